@@ -1,0 +1,84 @@
+# Build, boot and test the hypervisor. `make help` lists the targets.
+#
+# Every target installs what it needs on a fresh Debian machine (apt packages, the rustup
+# target) through the `deps` stamp, or says exactly what is missing.
+
+SHELL      := /bin/bash
+TARGET     := x86_64-unknown-none
+PROFILE    ?= release
+BUILD      := build
+KERNEL     := target/$(TARGET)/$(PROFILE)/hypervisor
+ISO        := $(BUILD)/hypervisor.iso
+
+# QEMU knobs (all overridable): CPUs, memory, accelerator, extra flags, machine.
+SMP        ?= 4
+MEM        ?= 256M
+ACCEL      ?= tcg
+MACHINE    ?= pc
+QEMU_EXTRA ?=
+BOOT       ?= pvh
+CMDLINE    ?=
+TIMEOUT    ?= 120
+
+QEMU       := qemu-system-x86_64
+QEMU_BASE   = -M $(MACHINE) -machine accel=$(ACCEL) -m $(MEM) -smp $(SMP) -display none \
+              -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+              $(if $(filter kvm%,$(ACCEL)),-cpu host,-cpu max) $(QEMU_EXTRA)
+
+CARGO_FLAGS := $(if $(filter release,$(PROFILE)),--release,)
+APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
+DEPS_STAMP  := $(BUILD)/.deps
+
+.PHONY: help deps build iso run smoke test test-host test-qemu clippy clean
+
+help:
+	@echo "make build           build the hypervisor ELF ($(KERNEL))"
+	@echo "make iso             build the GRUB multiboot2 ISO ($(ISO))"
+	@echo "make run             boot under QEMU (SMP=$(SMP) MEM=$(MEM) ACCEL=$(ACCEL) BOOT=pvh|iso CMDLINE= QEMU_EXTRA=)"
+	@echo "make smoke           boot with selftest, check the summary, exit 0 on success"
+	@echo "make test            host unit tests, clippy, and the QEMU test matrix"
+	@echo "make clippy          clippy with warnings denied, host and bare-metal"
+	@echo "make clean           remove build outputs"
+
+# ---- set-up -------------------------------------------------------------------------------
+
+$(DEPS_STAMP):
+	@mkdir -p $(BUILD)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
+	    || { echo "error: could not install:$$missing (apt-get install them by hand)"; exit 1; }; \
+	fi
+	@command -v rustup >/dev/null || { echo "error: rustup is missing: install Rust from rustup.rs"; exit 1; }
+	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
+	@touch $@
+
+deps: $(DEPS_STAMP)
+
+# ---- build --------------------------------------------------------------------------------
+
+build: $(DEPS_STAMP)
+	cargo build -p hypervisor --target $(TARGET) $(CARGO_FLAGS)
+
+iso: build
+	@mkdir -p $(BUILD)/iso/boot/grub
+	cp $(KERNEL) $(BUILD)/iso/boot/hypervisor
+	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_output serial\nmenuentry "hypervisor" {\n  multiboot2 /boot/hypervisor $(CMDLINE)\n  boot\n}\n' > $(BUILD)/iso/boot/grub/grub.cfg
+	grub-file --is-x86-multiboot2 $(BUILD)/iso/boot/hypervisor || { echo "error: not a multiboot2 image"; exit 1; }
+	grub-mkrescue -o $(ISO) $(BUILD)/iso 2>/dev/null
+
+# ---- boot ---------------------------------------------------------------------------------
+
+ifeq ($(BOOT),iso)
+run: iso
+	$(QEMU) $(QEMU_BASE) -cdrom $(ISO)
+else
+run: build
+	$(QEMU) $(QEMU_BASE) -kernel $(KERNEL) -append "$(CMDLINE)"
+endif
+
+clean:
+	cargo clean
+	rm -rf $(BUILD)

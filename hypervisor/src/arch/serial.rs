@@ -1,0 +1,61 @@
+//! The serial console: a 16550 UART on COM1 (115200 8N1) plus QEMU's debugcon port 0xe9.
+//!
+//! Used by the logger on every CPU, so writes are serialized by the logger's lock, not here.
+//! Must never allocate or take locks itself: it is also the panic and exception path.
+
+use x86_64::instructions::port::{Port, PortWriteOnly};
+
+const COM1: u16 = 0x3f8;
+const DEBUGCON: u16 = 0xe9;
+/// Line status register bit: transmit holding register empty.
+const LSR_THRE: u8 = 1 << 5;
+
+/// Programs COM1 for 115200 baud, 8 data bits, no parity, one stop bit, FIFOs on.
+pub fn init() {
+    let settings: [(u16, u8); 7] = [
+        (1, 0x00), // IER: no interrupts
+        (3, 0x80), // LCR: DLAB on
+        (0, 0x01), // DLL: divisor 1 = 115200 baud
+        (1, 0x00), // DLM
+        (3, 0x03), // LCR: 8N1, DLAB off
+        (2, 0xC7), // FCR: enable and clear FIFOs, 14-byte threshold
+        (4, 0x03), // MCR: DTR, RTS
+    ];
+    for (offset, value) in settings {
+        let mut port = PortWriteOnly::<u8>::new(COM1 + offset);
+        // SAFETY: COM1's registers are standard PC I/O ports owned by the console; writing
+        // them has no effect on memory safety.
+        unsafe { port.write(value) };
+    }
+}
+
+/// Writes bytes to COM1 (waiting for the transmitter) and to debugcon.
+pub fn write_bytes(bytes: &[u8]) {
+    let mut data = PortWriteOnly::<u8>::new(COM1);
+    let mut status = Port::<u8>::new(COM1 + 5);
+    let mut debugcon = PortWriteOnly::<u8>::new(DEBUGCON);
+    for &byte in bytes {
+        // SAFETY: reads of the UART line status register have no side effect on memory; the
+        // bounded loop keeps a missing UART (all-ones reads) from hanging us.
+        for _ in 0..100_000 {
+            if unsafe { status.read() } & LSR_THRE != 0 {
+                break;
+            }
+        }
+        // SAFETY: writing the UART data register and the debugcon port only emits a byte.
+        unsafe {
+            data.write(byte);
+            debugcon.write(byte);
+        }
+    }
+}
+
+/// A `core::fmt::Write` sink for the console.
+pub struct Console;
+
+impl core::fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        write_bytes(s.as_bytes());
+        Ok(())
+    }
+}

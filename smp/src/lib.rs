@@ -1,0 +1,2 @@
+//! smp (placeholder).
+#![cfg_attr(not(test), no_std)]
