@@ -1,4 +1,8 @@
-//! The thin hardware layer: the only place with assembly, port I/O, MSRs and control registers.
+//! The thin hardware layer: the only place with assembly, port I/O, MSRs, control registers
+//! and page-table entries.
 pub mod boot;
 pub mod exit;
+pub mod gdt;
+pub mod paging;
 pub mod serial;
+pub mod trap;

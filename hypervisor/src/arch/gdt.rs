@@ -1,0 +1,114 @@
+//! Per-CPU global descriptor tables in Xen's layout, and the task state segment.
+//!
+//! PV guests expect the hypervisor's descriptors in the reserved GDT page at selector
+//! 0xe000 (ring-0 code 0xe008, ring-0 data 0xe010, ring-3 code32 0xe023, ring-3 data
+//! 0xe02b, ring-3 code64 0xe033, TSS 0xe040); the entries below are the guest's own (set_gdt
+//! frames, mapped later). So a CPU's GDT base is the address of its reserved page minus
+//! 0xe000, and only that page has to exist for the hypervisor's own selectors to work.
+//! This module only builds and loads tables; callers own the memory.
+
+use core::mem::size_of;
+
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, GS, SS};
+use x86_64::instructions::tables::{lgdt, load_tss};
+use x86_64::registers::segmentation::SegmentSelector;
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::{PrivilegeLevel, VirtAddr};
+
+/// Offset of the reserved page in the GDT (first selector of the hypervisor's entries).
+pub const RESERVED_GDT_OFFSET: u64 = 0xe000;
+/// Ring-0 64-bit code.
+pub const HYPERVISOR_CS: u16 = 0xe008;
+/// Ring-0 data.
+pub const HYPERVISOR_DS: u16 = 0xe010;
+/// Ring-3 32-bit code (guest compat mode), RPL 3.
+#[allow(dead_code)]
+pub const GUEST_CS32: u16 = 0xe023;
+/// Ring-3 data, RPL 3.
+#[allow(dead_code)]
+pub const GUEST_DS: u16 = 0xe02b;
+/// Ring-3 64-bit code (guest kernel and user), RPL 3.
+#[allow(dead_code)]
+pub const GUEST_CS64: u16 = 0xe033;
+/// The TSS (a 16-byte system descriptor).
+pub const TSS_SELECTOR: u16 = 0xe040;
+
+/// IST slots (1-based, as the IDT encodes them).
+pub const IST_DOUBLE_FAULT: u16 = 1;
+pub const IST_NMI: u16 = 2;
+pub const IST_MACHINE_CHECK: u16 = 3;
+
+/// The reserved GDT page: the hypervisor's descriptors from selector 0xe000.
+#[repr(C, align(4096))]
+pub struct ReservedGdtPage([u64; 512]);
+
+impl ReservedGdtPage {
+    pub const fn new() -> Self {
+        ReservedGdtPage([0; 512])
+    }
+
+    /// Fills in the descriptors, with the TSS at `tss`.
+    pub fn build(&mut self, tss: &'static TaskStateSegment) {
+        let entries = &mut self.0;
+        entries[0] = 0;
+        entries[1] = 0x00af_9a00_0000_ffff; // 0xe008 ring 0 code, 64-bit
+        entries[2] = 0x00cf_9200_0000_ffff; // 0xe010 ring 0 data
+        entries[3] = 0;
+        entries[4] = 0x00cf_fa00_0000_ffff; // 0xe023 ring 3 code, compatibility mode
+        entries[5] = 0x00cf_f200_0000_ffff; // 0xe02b ring 3 data
+        entries[6] = 0x00af_fa00_0000_ffff; // 0xe033 ring 3 code, 64-bit
+        entries[7] = 0;
+        let (low, high) = tss_descriptor(tss);
+        entries[8] = low; // 0xe040
+        entries[9] = high;
+    }
+}
+
+/// The 16-byte available-TSS descriptor for `tss`.
+fn tss_descriptor(tss: &'static TaskStateSegment) -> (u64, u64) {
+    let base = tss as *const TaskStateSegment as u64;
+    let limit = (size_of::<TaskStateSegment>() - 1) as u64;
+    let low = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x89 << 40) // present, type 9: available 64-bit TSS
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    (low, base >> 32)
+}
+
+/// Loads the GDT whose reserved page is `page`, reloads every segment register and the TSS.
+///
+/// # Safety
+/// `page` must stay mapped and unchanged while it is this CPU's GDT, and its TSS descriptor
+/// must point to a TSS that lives as long; the TSS descriptor must not be busy (it is loaded
+/// once per CPU).
+pub unsafe fn load(page: &'static ReservedGdtPage) {
+    let base = page as *const ReservedGdtPage as u64 - RESERVED_GDT_OFFSET;
+    let pointer = DescriptorTablePointer {
+        limit: (RESERVED_GDT_OFFSET + 10 * 8 - 1) as u16,
+        base: VirtAddr::new(base),
+    };
+    // SAFETY: the caller guarantees the table outlives its use; the selectors loaded below
+    // are the hypervisor's own descriptors built by `ReservedGdtPage::build`.
+    unsafe {
+        lgdt(&pointer);
+        CS::set_reg(SegmentSelector::new(HYPERVISOR_CS >> 3, PrivilegeLevel::Ring0));
+        SS::set_reg(SegmentSelector::new(HYPERVISOR_DS >> 3, PrivilegeLevel::Ring0));
+        DS::set_reg(SegmentSelector(0));
+        ES::set_reg(SegmentSelector(0));
+        FS::set_reg(SegmentSelector(0));
+        GS::set_reg(SegmentSelector(0));
+        load_tss(SegmentSelector(TSS_SELECTOR));
+    }
+}
+
+/// A TSS whose IST slots and ring-0 stack point at the given stack tops.
+pub fn tss(rsp0: u64, double_fault: u64, nmi: u64, machine_check: u64) -> TaskStateSegment {
+    let mut tss = TaskStateSegment::new();
+    tss.privilege_stack_table[0] = VirtAddr::new(rsp0);
+    tss.interrupt_stack_table[(IST_DOUBLE_FAULT - 1) as usize] = VirtAddr::new(double_fault);
+    tss.interrupt_stack_table[(IST_NMI - 1) as usize] = VirtAddr::new(nmi);
+    tss.interrupt_stack_table[(IST_MACHINE_CHECK - 1) as usize] = VirtAddr::new(machine_check);
+    tss
+}

@@ -1,0 +1,200 @@
+//! The hypervisor window's page tables: one top-level slot, one L3, one L2 and 32 statically
+//! allocated L1 tables that describe the whole 64 MiB window at 4 KiB granularity.
+//!
+//! Mapping anything in the window is writing one L1 entry; no table is ever allocated at run
+//! time. The L2 ([`window_l2_phys`]) is what every guest address space will share, so a
+//! window mapping made here is visible in all of them at once. All window pages are
+//! supervisor-only and global. Callers outside `arch` use [`map`], [`unmap`] and
+//! [`translate`]; this module never decides *what* goes where (that is `mm::layout`).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use x86_64::registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags};
+use x86_64::structures::paging::PhysFrame;
+use x86_64::{PhysAddr, VirtAddr};
+
+/// First address of the window (top 64 MiB).
+pub const WINDOW_BASE: u64 = 0xFFFF_FFFF_FC00_0000;
+/// Size of the window in bytes.
+pub const WINDOW_SIZE: u64 = 64 << 20;
+const PAGE_SIZE: u64 = 4096;
+const ENTRIES: usize = 512;
+const WINDOW_L1_TABLES: usize = (WINDOW_SIZE >> 21) as usize;
+/// L2 index of the window's first 2 MiB.
+const WINDOW_L2_FIRST: usize = ENTRIES - WINDOW_L1_TABLES;
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const WRITE_THROUGH: u64 = 1 << 3;
+const CACHE_DISABLE: u64 = 1 << 4;
+const GLOBAL: u64 = 1 << 8;
+const NO_EXECUTE: u64 = 1 << 63;
+const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+
+/// What a window page is used for; decides its permission and cache bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    /// Hypervisor code: read and execute.
+    Text,
+    /// Read-only data.
+    ReadOnly,
+    /// Ordinary read-write data, never executable.
+    Data,
+    /// Device registers: read-write, uncached.
+    Mmio,
+}
+
+/// Why a window mapping request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// The virtual address is outside the window or not page aligned.
+    BadVirtual(u64),
+    /// The physical address is not page aligned or beyond the physical address width.
+    BadPhysical(u64),
+    /// The page is already mapped (to this physical address).
+    AlreadyMapped(u64),
+}
+
+#[repr(C, align(4096))]
+struct Table([AtomicU64; ENTRIES]);
+
+impl Table {
+    const fn new() -> Self {
+        Table([const { AtomicU64::new(0) }; ENTRIES])
+    }
+
+    fn phys(&self) -> u64 {
+        image_phys(self as *const Table as u64)
+    }
+}
+
+/// The hypervisor's own top-level table (its "idle" address space).
+static PML4: Table = Table::new();
+/// L3 for top-level slot 511.
+static L3: Table = Table::new();
+/// L2 for the last GiB; entries 480..511 are the window.
+static L2: Table = Table::new();
+/// The window's L1 tables, one per 2 MiB.
+static L1: [Table; WINDOW_L1_TABLES] = [const { Table::new() }; WINDOW_L1_TABLES];
+
+/// NX is used only when the CPU offers it (EFER.NXE was set by the boot stub).
+static NX_MASK: AtomicU64 = AtomicU64::new(0);
+
+unsafe extern "C" {
+    static __image_phys_start: u8;
+}
+
+/// Physical address of a location inside the loaded image (window offset + load address).
+pub fn image_phys(vaddr: u64) -> u64 {
+    let load = &raw const __image_phys_start as u64;
+    vaddr - WINDOW_BASE + load
+}
+
+fn flags(kind: MapKind) -> u64 {
+    let nx = NX_MASK.load(Ordering::Relaxed);
+    PRESENT
+        | GLOBAL
+        | match kind {
+            MapKind::Text => 0,
+            MapKind::ReadOnly => nx,
+            MapKind::Data => WRITABLE | nx,
+            MapKind::Mmio => WRITABLE | WRITE_THROUGH | CACHE_DISABLE | nx,
+        }
+}
+
+fn l1_entry(vaddr: u64) -> Result<&'static AtomicU64, MapError> {
+    if vaddr < WINDOW_BASE || vaddr % PAGE_SIZE != 0 {
+        return Err(MapError::BadVirtual(vaddr));
+    }
+    let page = ((vaddr - WINDOW_BASE) / PAGE_SIZE) as usize;
+    Ok(&L1[page / ENTRIES].0[page % ENTRIES])
+}
+
+/// Builds the window tables, maps the image at 4 KiB granularity with its permissions, keeps
+/// the boot stub's identity map (slot 0) until [`drop_identity_map`], and switches to them.
+///
+/// `sections` lists `(start, end, kind)` window ranges of the image; `nx` says whether the
+/// CPU supports no-execute. Runs once, on the boot CPU, before anything else is mapped.
+pub fn init(sections: &[(u64, u64, MapKind)], nx: bool, identity_slot: u64) {
+    NX_MASK.store(if nx { NO_EXECUTE } else { 0 }, Ordering::Relaxed);
+    for (i, table) in L1.iter().enumerate() {
+        L2.0[WINDOW_L2_FIRST + i].store(table.phys() | PRESENT | WRITABLE, Ordering::Relaxed);
+    }
+    L3.0[ENTRIES - 1].store(L2.phys() | PRESENT | WRITABLE, Ordering::Relaxed);
+    PML4.0[ENTRIES - 1].store(L3.phys() | PRESENT | WRITABLE, Ordering::Relaxed);
+    PML4.0[0].store(identity_slot, Ordering::Relaxed);
+    for &(start, end, kind) in sections {
+        let mut va = start & !(PAGE_SIZE - 1);
+        while va < end {
+            map(va, image_phys(va), kind).expect("image pages map once");
+            va += PAGE_SIZE;
+        }
+    }
+    load_hypervisor_tables();
+    // SAFETY: setting CR4.PGE (already on from the boot stub) keeps global pages enabled; it
+    // does not change any mapping.
+    unsafe { Cr4::update(|f| f.insert(Cr4Flags::PAGE_GLOBAL)) };
+}
+
+/// Loads the hypervisor's own top-level table on this CPU.
+pub fn load_hypervisor_tables() {
+    let frame = PhysFrame::containing_address(PhysAddr::new(PML4.phys()));
+    // SAFETY: the hypervisor tables map the whole image and every window mapping, which is
+    // all the hypervisor touches after boot; the stack and code in use live in the window.
+    unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+}
+
+/// Physical address of the hypervisor's top-level table (for the AP trampoline).
+pub fn hypervisor_pml4_phys() -> u64 {
+    PML4.phys()
+}
+
+/// Physical address of the window's L2, which every guest address space will share.
+#[allow(dead_code)]
+pub fn window_l2_phys() -> u64 {
+    L2.phys()
+}
+
+/// Removes the boot-time identity map. The caller flushes TLBs on every CPU.
+pub fn drop_identity_map() {
+    PML4.0[0].store(0, Ordering::SeqCst);
+    flush_all_local();
+}
+
+/// Maps one window page at `vaddr` to `phys`.
+pub fn map(vaddr: u64, phys: u64, kind: MapKind) -> Result<(), MapError> {
+    if phys % PAGE_SIZE != 0 || phys & !ADDRESS_MASK != 0 {
+        return Err(MapError::BadPhysical(phys));
+    }
+    let entry = l1_entry(vaddr)?;
+    entry
+        .compare_exchange(0, phys | flags(kind), Ordering::AcqRel, Ordering::Acquire)
+        .map(|_| ())
+        .map_err(|_| MapError::AlreadyMapped(vaddr))
+}
+
+/// Unmaps one window page and invalidates it on this CPU; returns the physical address it
+/// mapped. Other CPUs that may hold the translation must be flushed by the caller.
+pub fn unmap(vaddr: u64) -> Option<u64> {
+    let entry = l1_entry(vaddr).ok()?;
+    let old = entry.swap(0, Ordering::AcqRel);
+    x86_64::instructions::tlb::flush(VirtAddr::new(vaddr));
+    (old & PRESENT != 0).then_some(old & ADDRESS_MASK)
+}
+
+/// The physical address a window page maps, if any.
+#[allow(dead_code)]
+pub fn translate(vaddr: u64) -> Option<u64> {
+    let entry = l1_entry(vaddr & !(PAGE_SIZE - 1)).ok()?.load(Ordering::Acquire);
+    (entry & PRESENT != 0).then_some((entry & ADDRESS_MASK) | (vaddr & (PAGE_SIZE - 1)))
+}
+
+/// Flushes every TLB entry on this CPU, global ones included.
+pub fn flush_all_local() {
+    // SAFETY: toggling CR4.PGE flushes the whole TLB, global entries included, and changes
+    // no mapping.
+    unsafe {
+        Cr4::update(|f| f.remove(Cr4Flags::PAGE_GLOBAL));
+        Cr4::update(|f| f.insert(Cr4Flags::PAGE_GLOBAL));
+    }
+}

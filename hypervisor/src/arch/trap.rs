@@ -1,0 +1,168 @@
+//! Interrupt descriptor table, the assembly entry stubs for all 256 vectors, and the saved
+//! register frame handed to Rust.
+//!
+//! Every vector enters through a 16-byte stub (pushing a dummy error code where the CPU
+//! pushes none, then the vector) and one common path that swaps GS when it came from ring 3,
+//! saves the general registers into a [`TrapFrame`] and calls [`crate::traps::dispatch`].
+//! Double fault, NMI and machine check run on their own IST stacks. This module knows
+//! nothing about what a vector means; `crate::traps` decides.
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use x86_64::instructions::tables::lidt;
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::VirtAddr;
+
+use super::gdt::{self, HYPERVISOR_CS};
+
+/// The registers saved at entry, lowest address first.
+#[repr(C)]
+#[derive(Debug, Clone)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl TrapFrame {
+    /// Whether the interrupted code ran in ring 3 (a guest).
+    #[allow(dead_code)]
+    pub fn from_guest(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+global_asm!(
+    r#"
+    .section .text.trap_entry, "ax"
+    .p2align 4
+    .global trap_stubs
+trap_stubs:
+    .set vector, 0
+    .rept 256
+    .p2align 4
+    .if (vector == 8) || (vector >= 10 && vector <= 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)
+    pushq $vector
+    .else
+    pushq $0
+    pushq $vector
+    .endif
+    jmp trap_common
+    .set vector, vector + 1
+    .endr
+
+trap_common:
+    testb $3, 24(%rsp)
+    jz 1f
+    swapgs
+1:  pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    cld
+    movq %rsp, %rdi
+    callq {dispatch}
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rbp
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rbx
+    popq %rax
+    testb $3, 24(%rsp)
+    jz 2f
+    swapgs
+2:  addq $16, %rsp
+    iretq
+"#,
+    dispatch = sym crate::traps::dispatch,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static trap_stubs: u8;
+}
+
+/// Bytes per entry stub (each is 16-byte aligned).
+const STUB_SIZE: u64 = 16;
+
+#[repr(C, align(4096))]
+struct Idt([AtomicU64; 512]);
+
+/// One IDT for every CPU: the gates are the same everywhere.
+static IDT: Idt = Idt([const { AtomicU64::new(0) }; 512]);
+
+/// Builds the gates (once, on the boot CPU).
+pub fn init() {
+    let stubs = &raw const trap_stubs as u64;
+    for vector in 0..256u64 {
+        let ist = match vector {
+            2 => gdt::IST_NMI,
+            8 => gdt::IST_DOUBLE_FAULT,
+            18 => gdt::IST_MACHINE_CHECK,
+            _ => 0,
+        };
+        let (low, high) = interrupt_gate(stubs + vector * STUB_SIZE, ist);
+        IDT.0[vector as usize * 2].store(low, Ordering::Relaxed);
+        IDT.0[vector as usize * 2 + 1].store(high, Ordering::Relaxed);
+    }
+}
+
+/// A present, DPL-0 64-bit interrupt gate (interrupts off on entry) to `handler`.
+fn interrupt_gate(handler: u64, ist: u16) -> (u64, u64) {
+    let low = (handler & 0xffff)
+        | ((HYPERVISOR_CS as u64) << 16)
+        | ((ist as u64 & 7) << 32)
+        | (0x8e << 40)
+        | (((handler >> 16) & 0xffff) << 48);
+    (low, handler >> 32)
+}
+
+/// Loads the IDT on this CPU.
+pub fn load() {
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: VirtAddr::new(&IDT as *const Idt as u64),
+    };
+    // SAFETY: the IDT is a static with gates to the entry stubs above, built by `init`.
+    unsafe { lidt(&pointer) };
+}

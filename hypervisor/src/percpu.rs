@@ -1,0 +1,185 @@
+//! Per-CPU state: each CPU's stacks, TSS, GDT and data, reached through the GS base.
+//!
+//! A CPU's area is a fixed run of window pages ([`AREA_PAGES`]): a guard page, the kernel
+//! stack, three IST stacks (double fault, NMI, machine check) each behind a guard page, the
+//! data page holding [`PerCpu`], and a 16-page GDT window of which only the reserved page
+//! (selector 0xe000 up) is backed. The boot CPU starts on static early state and moves to its
+//! own area like every other CPU once frames can be allocated. Nothing here is shared between
+//! CPUs except through the fields documented as such.
+
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use x86_64::registers::model_specific::GsBase;
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::VirtAddr;
+
+use crate::arch::gdt::{self, ReservedGdtPage};
+
+const PAGE: u64 = 4096;
+const STACK_PAGES: u64 = 8;
+const IST_PAGES: u64 = 2;
+const GDT_PAGES: u64 = 16;
+/// Pages of window address space per CPU (guards and the unbacked GDT pages included).
+pub const AREA_PAGES: u64 = 1 + STACK_PAGES + 3 * (1 + IST_PAGES) + 1 + GDT_PAGES;
+/// Bytes of window address space per CPU.
+pub const AREA_BYTES: u64 = AREA_PAGES * PAGE;
+/// Pages of memory actually backing one area.
+pub const BACKED_PAGES: u64 = STACK_PAGES + 3 * IST_PAGES + 1 + 1;
+
+/// Where the parts of one area start, as page offsets from its base.
+mod offsets {
+    use super::{GDT_PAGES, IST_PAGES, STACK_PAGES};
+    pub const STACK: u64 = 1;
+    pub const IST: [u64; 3] = [
+        STACK + STACK_PAGES + 1,
+        STACK + STACK_PAGES + 1 + (IST_PAGES + 1),
+        STACK + STACK_PAGES + 1 + 2 * (IST_PAGES + 1),
+    ];
+    pub const DATA: u64 = IST[2] + IST_PAGES;
+    pub const GDT: u64 = DATA + 1;
+    pub const GDT_RESERVED: u64 = GDT + 14;
+    const _: () = assert!(GDT + GDT_PAGES == super::AREA_PAGES);
+}
+
+/// A CPU's logical index (0 is the boot CPU), dense and stable for the whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CpuIndex(pub u32);
+
+impl core::fmt::Display for CpuIndex {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The per-CPU data page. `self_ptr` must stay first: `gs:0` reads it.
+#[repr(C, align(4096))]
+pub struct PerCpu {
+    self_ptr: u64,
+    pub index: CpuIndex,
+    pub apic_id: u32,
+    /// Top of this CPU's kernel stack (also TSS.RSP0).
+    pub stack_top: u64,
+    /// Temporary-mapping slots in use (bit n = slot n); only this CPU touches it.
+    pub temp_slots: AtomicU32,
+    tss: TaskStateSegment,
+}
+
+/// The window pages of one CPU's area, for the page allocator to back.
+pub struct AreaPlan {
+    pub base: u64,
+}
+
+impl AreaPlan {
+    /// Window pages that need backing memory, in order.
+    pub fn backed_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let stack = offsets::STACK..offsets::STACK + STACK_PAGES;
+        let ists = offsets::IST.into_iter().flat_map(|start| start..start + IST_PAGES);
+        let data = [offsets::DATA, offsets::GDT_RESERVED];
+        stack.chain(ists).chain(data).map(move |page| self.base + page * PAGE)
+    }
+
+    fn page(&self, offset: u64) -> u64 {
+        self.base + offset * PAGE
+    }
+}
+
+/// Early boot-CPU state used until its own area exists (also the panic path before then).
+struct EarlyState {
+    data: MaybeUninit<PerCpu>,
+    gdt: ReservedGdtPage,
+    ist: [[u8; 4096]; 3],
+}
+
+static mut EARLY: EarlyState = EarlyState {
+    data: MaybeUninit::uninit(),
+    gdt: ReservedGdtPage::new(),
+    ist: [[0; 4096]; 3],
+};
+
+/// Set once the boot CPU's GS base points at a valid [`PerCpu`].
+static GS_READY: AtomicBool = AtomicBool::new(false);
+
+/// Sets up the boot CPU on static early state: GDT, TSS with IST stacks, GS.
+pub fn init_boot_cpu_early(stack_top: u64) {
+    // SAFETY: runs once on the boot CPU before any other CPU exists and before anything
+    // reads EARLY, so this exclusive reference is unique.
+    let early = unsafe { &mut *(&raw mut EARLY) };
+    let ist_top = |i: usize| early.ist[i].as_ptr() as u64 + 4096;
+    let tss = gdt::tss(stack_top, ist_top(0), ist_top(1), ist_top(2));
+    let data = early.data.write(PerCpu {
+        self_ptr: 0,
+        index: CpuIndex(0),
+        apic_id: 0,
+        stack_top,
+        temp_slots: AtomicU32::new(0),
+        tss,
+    });
+    data.self_ptr = data as *const PerCpu as u64;
+    // SAFETY: `data` and `early.gdt` are statics that stay valid for the whole run.
+    unsafe { activate(data, &mut early.gdt) };
+}
+
+/// Builds the area of CPU `index` (already backed by the caller) and returns its data page
+/// and stack top, for that CPU to activate with [`enter_area`].
+pub fn prepare_area(plan: &AreaPlan, index: CpuIndex, apic_id: u32) -> &'static mut PerCpu {
+    let stack_top = plan.page(offsets::STACK + STACK_PAGES);
+    let ist_top = |i: usize| plan.page(offsets::IST[i] + IST_PAGES);
+    let data_ptr = plan.page(offsets::DATA) as *mut PerCpu;
+    // SAFETY: the caller backed the data page with fresh memory that nothing else refers to;
+    // it is page aligned as PerCpu requires.
+    let data = unsafe {
+        data_ptr.write(PerCpu {
+            self_ptr: data_ptr as u64,
+            index,
+            apic_id,
+            stack_top,
+            temp_slots: AtomicU32::new(0),
+            tss: gdt::tss(stack_top, ist_top(0), ist_top(1), ist_top(2)),
+        });
+        &mut *data_ptr
+    };
+    data
+}
+
+/// Loads this CPU's GDT and TSS from its area and points GS at its data page.
+///
+/// # Safety
+/// Must be called on the CPU that owns `data`, once, with `data` prepared by
+/// [`prepare_area`] from `plan`.
+pub unsafe fn enter_area(plan: &AreaPlan, data: &'static mut PerCpu) {
+    let gdt_page = plan.page(offsets::GDT_RESERVED) as *mut ReservedGdtPage;
+    // SAFETY: the reserved GDT page is backed, page aligned and owned by this CPU alone.
+    unsafe { activate(data, &mut *gdt_page) };
+}
+
+/// # Safety
+/// `data` and `gdt` must live for the rest of the run and belong to the calling CPU.
+unsafe fn activate(data: &'static PerCpu, gdt: &'static mut ReservedGdtPage) {
+    gdt.build(&data.tss);
+    // SAFETY: the caller guarantees both tables outlive their use on this CPU.
+    unsafe { gdt::load(gdt) };
+    GsBase::write(VirtAddr::new(data as *const PerCpu as u64));
+    if data.index == CpuIndex(0) {
+        GS_READY.store(true, Ordering::Release);
+    }
+}
+
+/// This CPU's data.
+pub fn current() -> &'static PerCpu {
+    let ptr: u64;
+    // SAFETY: GS points at this CPU's PerCpu (set in `activate` before anything calls this)
+    // whose first field is its own address.
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: PerCpu data pages live for the whole run.
+    unsafe { &*(ptr as *const PerCpu) }
+}
+
+/// This CPU's index, or 0 while the boot CPU has no GS yet (early logging and panics).
+pub fn current_index_or_boot() -> u32 {
+    if GS_READY.load(Ordering::Acquire) {
+        current().index.0
+    } else {
+        0
+    }
+}

@@ -1,0 +1,43 @@
+//! System time: nanoseconds since the hypervisor was entered, from the TSC.
+//!
+//! The boot stub records the TSC at entry; [`set_tsc_hz`] installs the calibrated frequency.
+//! Before calibration, time reads as zero. Lock-free; safe from any CPU and any context.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// Records the TSC value taken by the boot stub at hypervisor entry.
+pub fn set_boot_tsc(tsc: u64) {
+    BOOT_TSC.store(tsc, Ordering::Relaxed);
+}
+
+/// Installs the calibrated TSC frequency.
+pub fn set_tsc_hz(hz: u64) {
+    TSC_HZ.store(hz, Ordering::Relaxed);
+}
+
+/// The calibrated TSC frequency in Hz (0 before calibration).
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no side effects and is available on every x86_64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Converts a TSC delta to nanoseconds.
+pub fn tsc_to_ns(delta: u64) -> u64 {
+    match tsc_hz() {
+        0 => 0,
+        hz => ((delta as u128 * 1_000_000_000) / hz as u128) as u64,
+    }
+}
+
+/// Nanoseconds since hypervisor entry.
+pub fn since_boot_ns() -> u64 {
+    tsc_to_ns(rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed)))
+}

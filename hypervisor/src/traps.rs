@@ -1,0 +1,74 @@
+//! What each vector means: exceptions in the hypervisor are fatal and reported in full;
+//! interrupts go to their handlers (timer, cross-CPU calls, spurious) and are acknowledged.
+//!
+//! Called only from the assembly entry path in `arch::trap`, with interrupts off.
+
+use crate::arch::exit::{exit, Outcome};
+use crate::arch::trap::TrapFrame;
+use crate::{logger, percpu};
+
+/// Interrupt vectors the hypervisor uses (exceptions are 0-31; the legacy PIC, masked, was
+/// moved to 0x20-0x2f so that a stray one cannot look like an exception).
+pub mod vectors {
+    pub const PIC_BASE: u8 = 0x20;
+    pub const TIMER: u8 = 0xf0;
+    pub const CALL: u8 = 0xf1;
+    pub const ERROR: u8 = 0xfe;
+    pub const SPURIOUS: u8 = 0xff;
+}
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "divide error", "debug", "NMI", "breakpoint", "overflow", "bound range", "invalid opcode",
+    "device not available", "double fault", "coprocessor overrun", "invalid TSS",
+    "segment not present", "stack fault", "general protection", "page fault", "reserved",
+    "x87 floating point", "alignment check", "machine check", "SIMD floating point",
+    "virtualization", "control protection", "reserved", "reserved", "reserved", "reserved",
+    "reserved", "reserved", "hypervisor injection", "VMM communication", "security", "reserved",
+];
+
+/// Entry from `trap_common`.
+pub extern "C" fn dispatch(frame: &mut TrapFrame) {
+    let vector = frame.vector as u8;
+    match vector {
+        0..=31 => fatal_exception(frame),
+        vectors::PIC_BASE..=0x2f => {} // masked legacy PIC: spurious, no EOI owed
+        vectors::SPURIOUS => {}
+        _ => crate::interrupts::handle(vector),
+    }
+}
+
+/// Reports an exception raised by the hypervisor itself and stops the machine.
+fn fatal_exception(frame: &TrapFrame) -> ! {
+    logger::force_unlock();
+    let vector = frame.vector as usize;
+    let cr2 = x86_64::registers::control::Cr2::read_raw();
+    logger::emergency(format_args!(
+        "FATAL: exception {} ({}) error code {:#x} on cpu {} cr2 {:#x}",
+        vector,
+        EXCEPTION_NAMES[vector],
+        frame.error_code,
+        percpu::current_index_or_boot(),
+        cr2
+    ));
+    logger::emergency(format_args!(
+        "  rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x}",
+        frame.rip, frame.cs, frame.rflags, frame.rsp, frame.ss
+    ));
+    logger::emergency(format_args!(
+        "  rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}",
+        frame.rax, frame.rbx, frame.rcx, frame.rdx
+    ));
+    logger::emergency(format_args!(
+        "  rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}",
+        frame.rsi, frame.rdi, frame.rbp, frame.r8
+    ));
+    logger::emergency(format_args!(
+        "  r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}",
+        frame.r9, frame.r10, frame.r11, frame.r12
+    ));
+    logger::emergency(format_args!(
+        "  r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+        frame.r13, frame.r14, frame.r15
+    ));
+    exit(Outcome::Failure)
+}
