@@ -29,13 +29,17 @@ CARGO_FLAGS := $(if $(filter release,$(PROFILE)),--release,)
 APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
 DEPS_STAMP  := $(BUILD)/.deps
 
-.PHONY: help deps build iso run smoke test test-host test-qemu clippy clean
+HOST_CRATES := xen-abi apic hypervisor mm smp topology
+ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
+
+.PHONY: help deps build iso iso-selftest run smoke boottime test test-host test-qemu clippy clean
 
 help:
 	@echo "make build           build the hypervisor ELF ($(KERNEL))"
 	@echo "make iso             build the GRUB multiboot2 ISO ($(ISO))"
 	@echo "make run             boot under QEMU (SMP=$(SMP) MEM=$(MEM) ACCEL=$(ACCEL) BOOT=pvh|iso CMDLINE= QEMU_EXTRA=)"
-	@echo "make smoke           boot with selftest, check the summary, exit 0 on success"
+	@echo "make smoke           boot with selftest, check the summary, exit 0 on success (SMP= ACCEL= QEMU_EXTRA= BOOT=)"
+	@echo "make boottime        QEMU start to 'all cores idle', median of 5, -smp 4 and 16 (RUNS= BOOT_SMP=)"
 	@echo "make test            host unit tests, clippy, and the QEMU test matrix"
 	@echo "make clippy          clippy with warnings denied, host and bare-metal"
 	@echo "make clean           remove build outputs"
@@ -62,12 +66,20 @@ deps: $(DEPS_STAMP)
 build: $(DEPS_STAMP)
 	cargo build -p hypervisor --target $(TARGET) $(CARGO_FLAGS)
 
-iso: build
-	@mkdir -p $(BUILD)/iso/boot/grub
+# $(call make-iso,output,command line)
+define make-iso
+	@rm -rf $(BUILD)/iso && mkdir -p $(BUILD)/iso/boot/grub
 	cp $(KERNEL) $(BUILD)/iso/boot/hypervisor
-	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_output serial\nmenuentry "hypervisor" {\n  multiboot2 /boot/hypervisor $(CMDLINE)\n  boot\n}\n' > $(BUILD)/iso/boot/grub/grub.cfg
+	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "hypervisor" {\n  multiboot2 /boot/hypervisor $(2)\n  boot\n}\n' > $(BUILD)/iso/boot/grub/grub.cfg
 	grub-file --is-x86-multiboot2 $(BUILD)/iso/boot/hypervisor || { echo "error: not a multiboot2 image"; exit 1; }
-	grub-mkrescue -o $(ISO) $(BUILD)/iso 2>/dev/null
+	grub-mkrescue -o $(1) $(BUILD)/iso 2>/dev/null
+endef
+
+iso: build
+	$(call make-iso,$(ISO),$(CMDLINE))
+
+iso-selftest: build
+	$(call make-iso,$(ISO_SELFTEST),selftest)
 
 # ---- boot ---------------------------------------------------------------------------------
 
@@ -78,6 +90,26 @@ else
 run: build
 	$(QEMU) $(QEMU_BASE) -kernel $(KERNEL) -append "$(CMDLINE)"
 endif
+
+smoke: $(if $(filter iso,$(BOOT)),iso-selftest,build)
+	@SMP=$(SMP) ACCEL=$(ACCEL) QEMU_EXTRA="$(QEMU_EXTRA)" MEM=$(MEM) BOOT=$(BOOT) python3 tests/qemu.py smoke
+
+boottime: build
+	ACCEL=$(ACCEL) python3 tests/qemu.py boottime --runs $(or $(RUNS),5) --smp $(or $(BOOT_SMP),4 16)
+
+# ---- tests --------------------------------------------------------------------------------
+
+test: test-host clippy test-qemu
+
+test-host: $(DEPS_STAMP)
+	cargo test $(foreach c,$(HOST_CRATES),-p $(c))
+
+clippy: $(DEPS_STAMP)
+	cargo clippy $(foreach c,$(HOST_CRATES),-p $(c)) --all-targets -- -D warnings
+	cargo clippy -p hypervisor $(foreach c,$(HOST_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
+
+test-qemu: build iso-selftest
+	python3 tests/qemu.py test
 
 clean:
 	cargo clean

@@ -1,7 +1,34 @@
-//! Interrupt handlers (vectors 32-255 other than the masked PIC range and spurious).
+//! Interrupt handlers (vectors 32-255 other than the masked PIC range and spurious): the
+//! local timer, cross-CPU calls and APIC errors. Each is acknowledged with an EOI here.
+//!
+//! Runs with interrupts off on the interrupted CPU's stack; handlers must be short and never
+//! block on another CPU except through the call board (which services its own mailbox).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use log::warn;
+
+use crate::traps::vectors;
+use crate::{cpus, lapic, percpu};
+
+/// Timer interrupts taken, per CPU index (for the boot self-check).
+static TIMER_TICKS: [AtomicU64; smp::xcall::MAX_CPUS] = [const { AtomicU64::new(0) }; smp::xcall::MAX_CPUS];
 
 /// Handles one interrupt; called with interrupts off.
 pub fn handle(vector: u8) {
-    warn!("unexpected interrupt vector {vector:#x}");
+    match vector {
+        vectors::TIMER => {
+            let cpu = percpu::current().index.0 as usize;
+            TIMER_TICKS[cpu].fetch_add(1, Ordering::Relaxed);
+        }
+        vectors::CALL => cpus::service_calls(),
+        vectors::ERROR => warn!("local APIC error {:#x}", lapic::read_error()),
+        other => warn!("unexpected interrupt vector {other:#x}"),
+    }
+    lapic::eoi();
+}
+
+/// Timer interrupts CPU `cpu` has taken so far.
+pub fn timer_ticks(cpu: usize) -> u64 {
+    TIMER_TICKS.get(cpu).map_or(0, |t| t.load(Ordering::Relaxed))
 }

@@ -1,17 +1,37 @@
-//! The hypervisor image: boot script and glue between the hardware layer and the logic crates.
+//! The hypervisor image: the boot script, and the glue between the hardware layer (`arch`)
+//! and the logic crates (`mm`, `topology`, `apic`, `smp`).
+//!
+//! [`boot_main`] is the whole boot as an ordered list of steps, one call and one log line
+//! each. It runs on the boot CPU; application processors join in `smpboot`.
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod arch;
+mod bootinfo;
+mod cpus;
+mod fwmap;
+mod idle;
 mod interrupts;
+mod lapic;
 mod logger;
+mod memory;
 mod percpu;
+mod platform;
+mod selftest;
+mod smpboot;
+mod summary;
 mod time;
 mod traps;
 
-use log::info;
+use hypervisor::cmdline::Options;
+use log::{error, info, warn};
 
+use arch::exit::{exit, Outcome};
 use arch::paging::{self, MapKind};
+use mm::layout::PerCpuArea;
+use percpu::CpuIndex;
 
 unsafe extern "C" {
     static __text_start: u8;
@@ -21,23 +41,58 @@ unsafe extern "C" {
     static boot_stack_top: u8;
 }
 
-/// Entered from the boot stub in long mode, on the boot stack, in the window.
+/// Entered from the boot stub in long mode, on the boot stack, in the window, with the
+/// loader's protocol magic, its information structure and the TSC at entry.
 #[unsafe(no_mangle)]
 pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     time::set_boot_tsc(entry_tsc);
     arch::serial::init();
-    init_window();
+    let image_bytes = init_window();
     percpu::init_boot_cpu_early(&raw const boot_stack_top as u64);
     arch::trap::init();
     arch::trap::load();
     logger::init(false);
-    info!("hypervisor: entered via {} (info at {info_phys:#x})", if magic == arch::boot::PVH_MAGIC { "PVH" } else { "multiboot2" });
-    x86_64::instructions::interrupts::int3();
-    arch::exit::exit(arch::exit::Outcome::Success)
+    info!("hypervisor {} starting", env!("CARGO_PKG_VERSION"));
+
+    let mut layout = memory::start_layout(image_bytes);
+    let boot = bootinfo::decode(magic, info_phys as u64).unwrap_or_else(|e| fatal(format_args!("boot information: {e}")));
+    let options = Options::parse(&boot.cmdline);
+    logger::set_verbose(options.verbose);
+    info!("boot: {} loader, command line {:?}, {} modules", boot.protocol, boot.cmdline.as_str(), boot.modules.len());
+    for word in &options.unknown {
+        warn!("boot: unknown command-line option {:?} ignored", word.as_str());
+    }
+    for word in &options.invalid {
+        warn!("boot: bad value in command-line option {:?} ignored", word.as_str());
+    }
+
+    lapic::init_boot_cpu(options.x2apic);
+    let early = memory::init_heap(&boot, &mut layout, &options).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
+    let machine = platform::discover(&boot, &options);
+    let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
+    let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
+    cpus::init(&machine.apic_ids_to_start());
+    memory::back_percpu_areas(areas).unwrap_or_else(|e| fatal(format_args!("per-CPU areas: {e}")));
+    move_boot_cpu(&areas[0]);
+    platform::init_interrupt_controllers(&machine);
+    lapic::init_this_cpu();
+    info!("window layout:\n{layout}");
+    let smp = smpboot::start_aps(areas, options.ap_timeout_ms);
+    let firmware_peak = fwmap::used();
+    finish_boot();
+    let checks = selftest::run(&options);
+    let all_idle_ns = wait_all_idle();
+    memory::record_usage(&mut layout, firmware_peak, cpus::online_count());
+    summary::print(&summary::Facts { boot: &boot, memory: &memory, machine: &machine, smp: &smp, checks: &checks, layout: &layout, all_idle_ns });
+    if options.selftest {
+        exit(if checks.passed() { Outcome::Success } else { Outcome::Failure });
+    }
+    idle::enter()
 }
 
-/// Moves onto the window page tables with the image mapped by section permissions.
-fn init_window() {
+/// Moves onto the window page tables with the image mapped by section permissions; returns
+/// the image size in bytes.
+fn init_window() -> u64 {
     let addr = |sym: *const u8| sym as u64;
     let (text, rodata, data, end) = (
         addr(&raw const __text_start),
@@ -48,13 +103,50 @@ fn init_window() {
     let sections = [(text, rodata, MapKind::Text), (rodata, data, MapKind::ReadOnly), (data, end, MapKind::Data)];
     // SAFETY: the boot stub's tables are still live (identity mapped) while we read slot 0.
     let identity = unsafe { core::ptr::read_volatile(&raw const arch::boot::boot_pml4[0]) };
-    let nx = x86_64::registers::model_specific::Efer::read().contains(x86_64::registers::model_specific::EferFlags::NO_EXECUTE_ENABLE);
+    let efer = x86_64::registers::model_specific::Efer::read();
+    let nx = efer.contains(x86_64::registers::model_specific::EferFlags::NO_EXECUTE_ENABLE);
     paging::init(&sections, nx, identity);
+    end - paging::WINDOW_BASE
+}
+
+/// Moves the boot CPU off its static early state into its own per-CPU area.
+fn move_boot_cpu(area: &PerCpuArea) {
+    let slot = cpus::slot(CpuIndex(0));
+    let data = percpu::prepare_area(area, CpuIndex(0), slot.apic_id);
+    slot.set_percpu(data);
+    // SAFETY: runs on the boot CPU, once, with the area just prepared from `area`.
+    unsafe { percpu::enter_area(area, data) };
+    slot.set_state(cpus::CpuState::Online);
+}
+
+/// Ends the boot-only mappings: the identity map and the firmware mappings, on every CPU.
+fn finish_boot() {
+    paging::drop_identity_map();
+    fwmap::release_all();
+    let flushed = cpus::call_all(|_| paging::flush_all_local(), 0);
+    info!("boot: identity map and firmware mappings removed, TLBs flushed on {flushed} CPUs");
+}
+
+/// Waits (bounded) until every online CPU sits in its idle loop; returns time since entry.
+fn wait_all_idle() -> u64 {
+    let others = cpus::online_count() - 1;
+    if !time::delay_until(|| idle::idle_cpus() >= others, 1_000_000_000) {
+        warn!("boot: only {} of {others} other CPUs reached idle", idle::idle_cpus());
+    }
+    let ns = time::since_boot_ns();
+    info!("boot: all cores idle {} us after hypervisor entry", ns / 1000);
+    ns
+}
+
+/// Reports a boot failure clearly and stops.
+fn fatal(args: core::fmt::Arguments) -> ! {
+    error!("boot failed: {args}");
+    exit(Outcome::Failure)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     logger::force_unlock();
     logger::emergency(format_args!("PANIC on cpu {}: {info}", percpu::current_index_or_boot()));
-    arch::exit::exit(arch::exit::Outcome::Failure)
+    exit(Outcome::Failure)
 }

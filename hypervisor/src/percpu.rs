@@ -1,46 +1,25 @@
 //! Per-CPU state: each CPU's stacks, TSS, GDT and data, reached through the GS base.
 //!
-//! A CPU's area is a fixed run of window pages ([`AREA_PAGES`]): a guard page, the kernel
-//! stack, three IST stacks (double fault, NMI, machine check) each behind a guard page, the
-//! data page holding [`PerCpu`], and a 16-page GDT window of which only the reserved page
-//! (selector 0xe000 up) is backed. The boot CPU starts on static early state and moves to its
+//! A CPU's area ([`mm::layout::PerCpuArea`]) is a fixed run of window pages: a guard page,
+//! the kernel stack, three IST stacks (double fault, NMI, machine check) each behind a guard
+//! page, the data page holding [`PerCpu`], and a 16-page GDT range of which only the reserved
+//! page (selector 0xe000 up) is backed. The boot CPU starts on static early state and moves to its
 //! own area like every other CPU once frames can be allocated. Nothing here is shared between
 //! CPUs except through the fields documented as such.
 
+use core::cell::OnceCell;
 use core::mem::MaybeUninit;
+
+use apic::LocalApic;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use x86_64::registers::model_specific::GsBase;
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;
 
+use mm::layout::{IstStack, PerCpuArea};
+
 use crate::arch::gdt::{self, ReservedGdtPage};
-
-const PAGE: u64 = 4096;
-const STACK_PAGES: u64 = 8;
-const IST_PAGES: u64 = 2;
-const GDT_PAGES: u64 = 16;
-/// Pages of window address space per CPU (guards and the unbacked GDT pages included).
-pub const AREA_PAGES: u64 = 1 + STACK_PAGES + 3 * (1 + IST_PAGES) + 1 + GDT_PAGES;
-/// Bytes of window address space per CPU.
-pub const AREA_BYTES: u64 = AREA_PAGES * PAGE;
-/// Pages of memory actually backing one area.
-pub const BACKED_PAGES: u64 = STACK_PAGES + 3 * IST_PAGES + 1 + 1;
-
-/// Where the parts of one area start, as page offsets from its base.
-mod offsets {
-    use super::{GDT_PAGES, IST_PAGES, STACK_PAGES};
-    pub const STACK: u64 = 1;
-    pub const IST: [u64; 3] = [
-        STACK + STACK_PAGES + 1,
-        STACK + STACK_PAGES + 1 + (IST_PAGES + 1),
-        STACK + STACK_PAGES + 1 + 2 * (IST_PAGES + 1),
-    ];
-    pub const DATA: u64 = IST[2] + IST_PAGES;
-    pub const GDT: u64 = DATA + 1;
-    pub const GDT_RESERVED: u64 = GDT + 14;
-    const _: () = assert!(GDT + GDT_PAGES == super::AREA_PAGES);
-}
 
 /// A CPU's logical index (0 is the boot CPU), dense and stable for the whole run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,24 +42,18 @@ pub struct PerCpu {
     /// Temporary-mapping slots in use (bit n = slot n); only this CPU touches it.
     pub temp_slots: AtomicU32,
     tss: TaskStateSegment,
+    lapic: OnceCell<LocalApic>,
 }
 
-/// The window pages of one CPU's area, for the page allocator to back.
-pub struct AreaPlan {
-    pub base: u64,
-}
-
-impl AreaPlan {
-    /// Window pages that need backing memory, in order.
-    pub fn backed_pages(&self) -> impl Iterator<Item = u64> + '_ {
-        let stack = offsets::STACK..offsets::STACK + STACK_PAGES;
-        let ists = offsets::IST.into_iter().flat_map(|start| start..start + IST_PAGES);
-        let data = [offsets::DATA, offsets::GDT_RESERVED];
-        stack.chain(ists).chain(data).map(move |page| self.base + page * PAGE)
+impl PerCpu {
+    /// This CPU's local APIC, once enabled.
+    pub fn lapic(&self) -> Option<&LocalApic> {
+        self.lapic.get()
     }
 
-    fn page(&self, offset: u64) -> u64 {
-        self.base + offset * PAGE
+    /// Keeps this CPU's local APIC handle (the first one set stays).
+    pub fn set_lapic(&self, lapic: LocalApic) {
+        let _ = self.lapic.set(lapic);
     }
 }
 
@@ -114,6 +87,7 @@ pub fn init_boot_cpu_early(stack_top: u64) {
         stack_top,
         temp_slots: AtomicU32::new(0),
         tss,
+        lapic: OnceCell::new(),
     });
     data.self_ptr = data as *const PerCpu as u64;
     // SAFETY: `data` and `early.gdt` are statics that stay valid for the whole run.
@@ -121,11 +95,11 @@ pub fn init_boot_cpu_early(stack_top: u64) {
 }
 
 /// Builds the area of CPU `index` (already backed by the caller) and returns its data page
-/// and stack top, for that CPU to activate with [`enter_area`].
-pub fn prepare_area(plan: &AreaPlan, index: CpuIndex, apic_id: u32) -> &'static mut PerCpu {
-    let stack_top = plan.page(offsets::STACK + STACK_PAGES);
-    let ist_top = |i: usize| plan.page(offsets::IST[i] + IST_PAGES);
-    let data_ptr = plan.page(offsets::DATA) as *mut PerCpu;
+/// (whose `stack_top` the CPU starts on), for that CPU to activate with [`enter_area`].
+pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'static PerCpu {
+    let stack_top = area.kernel_stack_top();
+    let ist = |stack| area.ist_top(stack);
+    let data_ptr = area.data.start as *mut PerCpu;
     // SAFETY: the caller backed the data page with fresh memory that nothing else refers to;
     // it is page aligned as PerCpu requires.
     let data = unsafe {
@@ -135,9 +109,10 @@ pub fn prepare_area(plan: &AreaPlan, index: CpuIndex, apic_id: u32) -> &'static 
             apic_id,
             stack_top,
             temp_slots: AtomicU32::new(0),
-            tss: gdt::tss(stack_top, ist_top(0), ist_top(1), ist_top(2)),
+            lapic: OnceCell::new(),
+            tss: gdt::tss(stack_top, ist(IstStack::DoubleFault), ist(IstStack::Nmi), ist(IstStack::MachineCheck)),
         });
-        &mut *data_ptr
+        &*data_ptr
     };
     data
 }
@@ -146,9 +121,9 @@ pub fn prepare_area(plan: &AreaPlan, index: CpuIndex, apic_id: u32) -> &'static 
 ///
 /// # Safety
 /// Must be called on the CPU that owns `data`, once, with `data` prepared by
-/// [`prepare_area`] from `plan`.
-pub unsafe fn enter_area(plan: &AreaPlan, data: &'static mut PerCpu) {
-    let gdt_page = plan.page(offsets::GDT_RESERVED) as *mut ReservedGdtPage;
+/// [`prepare_area`] from `area`.
+pub unsafe fn enter_area(area: &PerCpuArea, data: &'static PerCpu) {
+    let gdt_page = area.gdt_reserved_page() as *mut ReservedGdtPage;
     // SAFETY: the reserved GDT page is backed, page aligned and owned by this CPU alone.
     unsafe { activate(data, &mut *gdt_page) };
 }

@@ -41,3 +41,23 @@ pub fn tsc_to_ns(delta: u64) -> u64 {
 pub fn since_boot_ns() -> u64 {
     tsc_to_ns(rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed)))
 }
+
+/// Spins for `ns` nanoseconds (needs a calibrated TSC).
+pub fn delay_ns(ns: u64) {
+    delay_until(|| false, ns);
+}
+
+/// Spins until `done()` or until `ns` nanoseconds have passed; true if `done()` held.
+pub fn delay_until(mut done: impl FnMut() -> bool, ns: u64) -> bool {
+    let ticks = (ns as u128 * tsc_hz() as u128 / 1_000_000_000) as u64;
+    let start = rdtsc();
+    loop {
+        if done() {
+            return true;
+        }
+        if rdtsc().wrapping_sub(start) >= ticks {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+}

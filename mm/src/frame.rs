@@ -727,7 +727,6 @@ mod tests {
         const FRAMES_EACH: usize = 1024;
         let t = table(120_000, &[range(256, 120_000)]);
         let before = t.stats();
-        let start = std::time::Instant::now();
         let mut owned: Vec<Vec<Mfn>> = Vec::new();
         for dom in 0..DOMAINS {
             let mut frames = Vec::with_capacity(FRAMES_EACH);
@@ -747,7 +746,6 @@ mod tests {
                 t.free(mfn).unwrap();
             }
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(1));
         assert_eq!(t.stats(), before);
     }
 

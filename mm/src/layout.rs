@@ -44,12 +44,19 @@ pub const IST_STACK_BYTES: u64 = 8 * KIB;
 pub const IST_STACKS: usize = 3;
 /// The per-CPU data page.
 pub const PER_CPU_DATA_BYTES: u64 = PAGE_SIZE;
+/// Address space of a CPU's GDT: Xen's layout puts the hypervisor's descriptors in the
+/// reserved page at selector 0xe000 (page 14) and the guest's own GDT frames below it.
+pub const GDT_BYTES: u64 = 16 * PAGE_SIZE;
+/// Offset of the reserved (hypervisor) page inside the GDT range.
+pub const GDT_RESERVED_OFFSET: u64 = 0xe000;
 /// One CPU's slot in [`Region::PerCpu`], from low to high addresses: guard, kernel stack,
-/// then guard and stack for each [`IstStack`] in order, then the data page (76 KiB).
+/// then guard and stack for each [`IstStack`] in order, the data page, then the GDT range
+/// (140 KiB of address space, 64 KiB of it backed).
 pub const PER_CPU_BYTES: u64 = GUARD_BYTES
     + KERNEL_STACK_BYTES
     + IST_STACKS as u64 * (GUARD_BYTES + IST_STACK_BYTES)
-    + PER_CPU_DATA_BYTES;
+    + PER_CPU_DATA_BYTES
+    + GDT_BYTES;
 const _: () = assert!(PER_CPU_BYTES.is_multiple_of(PAGE_SIZE));
 
 /// The regions of the window.
@@ -205,6 +212,8 @@ pub struct PerCpuArea {
     pub ist: [VaRange; IST_STACKS],
     /// The per-CPU data page.
     pub data: VaRange,
+    /// The whole GDT range; only its reserved page is backed by the hypervisor.
+    pub gdt: VaRange,
 }
 
 impl PerCpuArea {
@@ -219,8 +228,25 @@ impl PerCpuArea {
         PerCpuArea {
             kernel_stack: stack(GUARD_BYTES, KERNEL_STACK_BYTES),
             ist: [0, 1, 2].map(|i| stack(ist_offset(i), IST_STACK_BYTES)),
-            data: stack(PER_CPU_BYTES - PER_CPU_DATA_BYTES, PER_CPU_DATA_BYTES),
+            data: stack(PER_CPU_BYTES - GDT_BYTES - PER_CPU_DATA_BYTES, PER_CPU_DATA_BYTES),
+            gdt: stack(PER_CPU_BYTES - GDT_BYTES, GDT_BYTES),
         }
+    }
+
+    /// The GDT's reserved page (selector 0xe000 up), the only GDT page the hypervisor backs.
+    pub const fn gdt_reserved_page(&self) -> u64 {
+        self.gdt.start + GDT_RESERVED_OFFSET
+    }
+
+    /// Every page of the area that needs memory behind it: the stacks, the data page and
+    /// the GDT's reserved page. Guard pages and the guest part of the GDT are left out.
+    pub fn backed_pages(&self) -> impl Iterator<Item = u64> {
+        let ranges = [self.kernel_stack, self.ist[0], self.ist[1], self.ist[2], self.data];
+        let reserved = self.gdt_reserved_page();
+        ranges
+            .into_iter()
+            .flat_map(|r| (0..r.size / PAGE_SIZE).map(move |i| r.start + i * PAGE_SIZE))
+            .chain(core::iter::once(reserved))
     }
 
     /// Initial stack pointer of the kernel stack (the data page lies above it, so the
@@ -562,7 +588,7 @@ mod tests {
     fn per_cpu_areas_have_guards_and_stay_in_their_region() {
         let layout = boot_layout();
         let region = layout.region(Region::PerCpu).unwrap().range;
-        assert_eq!(PER_CPU_BYTES, 76 * KIB);
+        assert_eq!(PER_CPU_BYTES, 140 * KIB);
         let cpu0 = layout.per_cpu(0).unwrap();
         assert_eq!(cpu0.kernel_stack.start, region.start + GUARD_BYTES);
         assert_eq!(
@@ -586,8 +612,14 @@ mod tests {
         }
         assert_eq!(cpu0.data.start, previous_end);
         assert!(cpu0.data.contains(cpu0.data.last()) && !cpu0.data.contains(previous_end - 1));
+        assert_eq!(cpu0.gdt.start, cpu0.data.start + PER_CPU_DATA_BYTES);
+        assert_eq!(cpu0.gdt_reserved_page(), cpu0.gdt.start + 14 * PAGE_SIZE);
+        let backed: Vec<u64> = cpu0.backed_pages().collect();
+        assert_eq!(backed.len() as u64, (KERNEL_STACK_BYTES + 3 * IST_STACK_BYTES + 2 * PAGE_SIZE) / PAGE_SIZE);
+        assert!(backed.iter().all(|&p| p % PAGE_SIZE == 0 && !(cpu0.gdt.contains(p) && p != cpu0.gdt_reserved_page())));
+        assert!(!backed.contains(&region.start), "the guard page is never backed");
         let cpu7 = layout.per_cpu(7).unwrap();
-        assert_eq!(cpu7.data.last(), region.last());
+        assert_eq!(cpu7.gdt.last(), region.last());
         assert_eq!(
             cpu7.kernel_stack.start - GUARD_BYTES,
             cpu0.kernel_stack.start - GUARD_BYTES + 7 * PER_CPU_BYTES
@@ -652,7 +684,7 @@ mod tests {
         assert!(lines[6].starts_with("window: per-cpu "));
         assert!(lines[7].starts_with("window: free           "));
         assert!(
-            lines[7].ends_with("0xffffffffffffffff           36508 KiB"),
+            lines[7].ends_with("0xffffffffffffffff           35996 KiB"),
             "{}",
             lines[7]
         );

@@ -161,6 +161,11 @@ pub fn drop_identity_map() {
     flush_all_local();
 }
 
+/// Whether the boot-time identity map is still installed.
+pub fn identity_map_present() -> bool {
+    PML4.0[0].load(Ordering::Acquire) != 0
+}
+
 /// Maps one window page at `vaddr` to `phys`.
 pub fn map(vaddr: u64, phys: u64, kind: MapKind) -> Result<(), MapError> {
     if phys % PAGE_SIZE != 0 || phys & !ADDRESS_MASK != 0 {

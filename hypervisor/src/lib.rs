@@ -1,0 +1,6 @@
+//! The hypervisor's pure logic that has no better home in a shared crate: it builds for the
+//! host (unit tests) and for the machine. The image itself is `main.rs` and its modules.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod cmdline;

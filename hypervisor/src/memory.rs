@@ -1,0 +1,321 @@
+//! The hypervisor's memory: the window layout, the heap, the frame table, per-CPU areas and
+//! temporary mappings of arbitrary machine frames — the glue between `mm` and the window's
+//! page tables.
+//!
+//! Boot order matters and is encoded in the function names: the heap comes first (backed by
+//! a small pool carved straight from usable memory, so that ACPI can be parsed with `alloc`),
+//! then the CPU regions (once the CPU count is known), then the frame metadata, which takes
+//! what is left of the window and so bounds the RAM the hypervisor can manage.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use log::{info, warn};
+use mm::addr::{pages_for, Mfn, PAGE_SIZE};
+use mm::frame::{FrameInfo, FrameStats, FrameTable, Owner};
+use mm::heap::{Heap, LockedHeap, PageBacker};
+use mm::layout::{self, PerCpuArea, Region, WindowLayout, TEMP_SLOTS_PER_CPU};
+use mm::memmap::{usable_memory, PhysRange, UsableMemory};
+use spin::{Mutex, Once};
+
+use crate::arch::paging::{self, MapKind};
+use crate::bootinfo::BootInfo;
+use crate::fwmap;
+use arrayvec::ArrayVec;
+
+use crate::bootinfo::MAX_MODULES;
+use crate::percpu::{self, CpuIndex};
+use hypervisor::cmdline::Options;
+
+/// Window space for boot-time firmware mappings (released at the end of boot).
+const FIRMWARE_WINDOW: u64 = 4 << 20;
+/// Window space for device registers (local APIC, I/O APICs, HPET).
+pub const MMIO_WINDOW: u64 = 256 << 10;
+/// Memory carved for the heap before the frame table exists.
+const EARLY_HEAP_POOL: u64 = 1 << 20;
+
+/// A boot failure in memory set-up.
+#[derive(Debug)]
+pub enum MemoryError {
+    Layout(layout::LayoutError),
+    Carve(mm::memmap::CarveError),
+    Heap(mm::heap::HeapError),
+    Frames(mm::frame::FrameError),
+    Map(paging::MapError),
+}
+
+impl fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Layout(e) => write!(f, "the hypervisor window does not fit: {e:?}"),
+            Self::Carve(e) => write!(f, "not enough contiguous memory: {e:?}"),
+            Self::Heap(e) => write!(f, "heap: {e:?}"),
+            Self::Frames(e) => write!(f, "frame allocation: {e:?}"),
+            Self::Map(e) => write!(f, "window mapping: {e:?}"),
+        }
+    }
+}
+
+impl From<layout::LayoutError> for MemoryError {
+    fn from(e: layout::LayoutError) -> Self {
+        Self::Layout(e)
+    }
+}
+
+/// What memory set-up found, for the summary.
+pub struct MemorySummary {
+    pub usable_bytes: u64,
+    pub metadata_bytes: u64,
+    /// RAM above what the frame metadata can describe, left unused.
+    pub capped_bytes: u64,
+}
+
+/// Usable memory between [`init_heap`] and [`init_frames`].
+pub struct EarlyMemory {
+    usable: UsableMemory,
+}
+
+static FRAMES: Once<FrameTable> = Once::new();
+static EARLY_POOL: Mutex<Option<PhysRange>> = Mutex::new(None);
+static CPU_AREAS: Once<Vec<PerCpuArea>> = Once::new();
+static TEMP_BASE: Once<u64> = Once::new();
+
+#[global_allocator]
+static HEAP: LockedHeap<WindowBacker> = LockedHeap::new();
+
+/// Backs heap growth with frames mapped into the heap's window range.
+struct WindowBacker;
+
+impl PageBacker for WindowBacker {
+    fn back(&mut self, vaddr: usize, pages: usize) -> bool {
+        (0..pages).all(|i| {
+            alloc_hypervisor_frame()
+                .and_then(|mfn| paging::map(vaddr as u64 + i as u64 * PAGE_SIZE, mfn.addr().0, MapKind::Data).ok())
+                .is_some()
+        })
+    }
+}
+
+/// One frame for the hypervisor's own use: from the early pool while it lasts, then from
+/// the frame table.
+fn alloc_hypervisor_frame() -> Option<Mfn> {
+    let mut pool = EARLY_POOL.lock();
+    if let Some(range) = pool.as_mut().filter(|r| !r.is_empty()) {
+        let mfn = Mfn(range.start / PAGE_SIZE);
+        range.start += PAGE_SIZE;
+        return Some(mfn);
+    }
+    drop(pool);
+    FRAMES.get()?.alloc(Owner::Hypervisor).ok()
+}
+
+/// Starts the window layout: the image, then the firmware and device-register regions.
+pub fn start_layout(image_bytes: u64) -> WindowLayout {
+    let mut layout = WindowLayout::new(image_bytes).unwrap_or_else(|e| panic!("image does not fit the window: {e:?}"));
+    let firmware = layout.place(Region::Firmware, FIRMWARE_WINDOW).expect("firmware region fits after the image");
+    fwmap::init(firmware.start, firmware.size);
+    let mmio = layout.place(Region::Mmio, MMIO_WINDOW).expect("device region fits after the image");
+    crate::platform::set_mmio_window(mmio.start, mmio.size);
+    layout
+}
+
+/// Decodes usable memory and starts the heap on a pool carved from it.
+pub fn init_heap(boot: &BootInfo, layout: &mut WindowLayout, options: &Options) -> Result<EarlyMemory, MemoryError> {
+    let reserved = reserved_ranges(boot);
+    let mut usable = usable_memory(&boot.memory, &reserved);
+    if usable.dropped_bytes() > 0 {
+        warn!("memory: map has too many ranges; {} KiB in small ranges ignored", usable.dropped_bytes() >> 10);
+    }
+    if boot.dropped_regions > 0 {
+        warn!("memory: the loader's map had more entries than fit; {} ignored", boot.dropped_regions);
+    }
+    let pool = usable.carve(pages_for(EARLY_HEAP_POOL)).map_err(MemoryError::Carve)?;
+    *EARLY_POOL.lock() = Some(pool);
+    let heap = layout.place(Region::Heap, (options.heap_mib as u64) << 20)?;
+    // SAFETY: the heap range was just placed in the window for the heap alone; nothing else
+    // maps or uses it.
+    let heap = unsafe { Heap::new(heap.start as usize, heap.size as usize, WindowBacker) }.map_err(MemoryError::Heap)?;
+    HEAP.init(heap).map_err(MemoryError::Heap)?;
+    info!("memory: {} MiB usable in {} ranges; heap started", usable.total_bytes() >> 20, usable.ranges().len());
+    Ok(EarlyMemory { usable })
+}
+
+/// The physical ranges the allocator must never hand out (built before the heap exists).
+fn reserved_ranges(boot: &BootInfo) -> ArrayVec<PhysRange, { MAX_MODULES + 8 }> {
+    let image = PhysRange { start: paging::image_phys(paging::WINDOW_BASE), end: paging::image_phys(image_end_va()) };
+    let mut ranges = ArrayVec::new();
+    ranges.push(PhysRange { start: 0, end: 1 << 20 }); // real-mode area, BIOS, AP trampoline
+    ranges.push(image);
+    ranges.extend(boot.loader_ranges.iter().map(|&(start, end)| PhysRange { start, end }));
+    ranges.extend(boot.modules.iter().map(|m| PhysRange { start: m.start, end: m.end }));
+    ranges
+}
+
+fn image_end_va() -> u64 {
+    unsafe extern "C" {
+        static __image_end: u8;
+    }
+    &raw const __image_end as u64
+}
+
+/// Places the regions that scale with the CPU count (temporary mappings, per-CPU areas) and
+/// returns each CPU's area.
+pub fn place_cpu_regions(layout: &mut WindowLayout, cpus: usize) -> Result<&'static [PerCpuArea], MemoryError> {
+    let temp = layout.place(Region::TempMappings, cpus as u64 * TEMP_SLOTS_PER_CPU * PAGE_SIZE)?;
+    TEMP_BASE.call_once(|| temp.start);
+    layout.place(Region::PerCpu, cpus as u64 * layout::PER_CPU_BYTES)?;
+    let areas = (0..cpus as u32).map(|cpu| layout.per_cpu(cpu).expect("per-CPU region was sized for every CPU")).collect();
+    Ok(CPU_AREAS.call_once(|| areas))
+}
+
+/// CPU `cpu`'s area (after [`place_cpu_regions`]).
+pub fn percpu_area(cpu: CpuIndex) -> &'static PerCpuArea {
+    &CPU_AREAS.get().expect("per-CPU areas are placed before any CPU enters one")[cpu.0 as usize]
+}
+
+/// Builds the frame table over the rest of usable memory, its metadata taking what is left
+/// of the window (RAM beyond that is left unused, with a warning).
+pub fn init_frames(early: EarlyMemory, layout: &mut WindowLayout) -> Result<MemorySummary, MemoryError> {
+    let EarlyMemory { mut usable } = early;
+    let cap = layout.max_ram_bytes(&[]);
+    let capped_bytes = if usable.max_addr() > cap { usable.truncate_above(cap) } else { 0 };
+    if capped_bytes > 0 {
+        warn!("memory: frame metadata fits {} MiB of address space in the window; {} MiB of RAM above it unused", cap >> 20, capped_bytes >> 20);
+    }
+    let metadata_bytes = layout::metadata_bytes_for(usable.max_addr());
+    let pages = pages_for(metadata_bytes);
+    let backing = usable.carve(pages).map_err(MemoryError::Carve)?;
+    let region = layout.place(Region::FrameMetadata, pages * PAGE_SIZE)?;
+    for page in 0..pages {
+        paging::map(region.start + page * PAGE_SIZE, backing.start + page * PAGE_SIZE, MapKind::Data).map_err(MemoryError::Map)?;
+    }
+    layout.set_used(Region::FrameMetadata, metadata_bytes)?;
+    let entries = (metadata_bytes / core::mem::size_of::<FrameInfo>() as u64) as usize;
+    // SAFETY: the region was just mapped to freshly carved memory that nothing else uses;
+    // FrameInfo is plain atomics (any bytes are valid) and `FrameTable::new` resets them.
+    let storage = unsafe { core::slice::from_raw_parts_mut(region.start as *mut FrameInfo, entries) };
+    let table = FRAMES.call_once(|| FrameTable::new(storage, usable.ranges()));
+    info!("memory: frame table: {} MiB free of {} MiB usable, metadata {} KiB", table.free_count() as u64 * PAGE_SIZE >> 20, usable.total_bytes() >> 20, metadata_bytes >> 10);
+    Ok(MemorySummary { usable_bytes: usable.total_bytes(), metadata_bytes, capped_bytes })
+}
+
+/// The frame table (after [`init_frames`]).
+pub fn frames() -> &'static FrameTable {
+    FRAMES.get().expect("the frame table is built during boot")
+}
+
+/// Backs every CPU's area with fresh frames.
+pub fn back_percpu_areas(areas: &[PerCpuArea]) -> Result<(), MemoryError> {
+    for area in areas {
+        for page in area.backed_pages() {
+            let mfn = frames().alloc(Owner::Hypervisor).map_err(MemoryError::Frames)?;
+            paging::map(page, mfn.addr().0, MapKind::Data).map_err(MemoryError::Map)?;
+            // SAFETY: the page was just mapped to a frame nobody else uses.
+            unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
+        }
+    }
+    Ok(())
+}
+
+/// Records how much of each region is in use, for the layout table and summary.
+pub fn record_usage(layout: &mut WindowLayout, firmware_peak: u64, cpus_online: usize) {
+    let per_cpu_backed = layout::KERNEL_STACK_BYTES + 3 * layout::IST_STACK_BYTES + 2 * PAGE_SIZE;
+    let _ = layout.set_used(Region::Heap, heap_mapped_bytes());
+    let _ = layout.set_used(Region::Firmware, firmware_peak);
+    let _ = layout.set_used(Region::Mmio, crate::platform::mmio_used());
+    let _ = layout.set_used(Region::PerCpu, cpus_online as u64 * per_cpu_backed);
+}
+
+/// Free memory in bytes.
+pub fn free_bytes() -> u64 {
+    FRAMES.get().map_or(0, |t| t.free_count() as u64 * PAGE_SIZE)
+}
+
+/// Frame counts, for leak checks.
+pub fn frame_stats() -> FrameStats {
+    frames().stats()
+}
+
+/// Heap memory in use.
+pub fn heap_used_bytes() -> u64 {
+    HEAP.stats().map_or(0, |s| s.in_use as u64)
+}
+
+/// Heap memory mapped (the heap region's "used" part).
+pub fn heap_mapped_bytes() -> u64 {
+    HEAP.stats().map_or(0, |s| s.mapped as u64)
+}
+
+/// A short-lived mapping of one machine frame in this CPU's temporary-mapping slots.
+/// Unmapped (and invalidated on this CPU) when dropped; never shared with other CPUs.
+pub struct FrameMapping {
+    slot: u32,
+    va: u64,
+}
+
+impl FrameMapping {
+    /// Maps `mfn` writable; `None` when all of this CPU's slots are in use.
+    pub fn new(mfn: Mfn) -> Option<FrameMapping> {
+        let cpu = percpu::current();
+        let slots = &cpu.temp_slots;
+        let taken = slots.load(core::sync::atomic::Ordering::Relaxed);
+        let slot = (!taken).trailing_zeros();
+        if slot as u64 >= TEMP_SLOTS_PER_CPU {
+            return None;
+        }
+        slots.fetch_or(1 << slot, core::sync::atomic::Ordering::Relaxed);
+        let base = *TEMP_BASE.get()?;
+        let va = base + (cpu.index.0 as u64 * TEMP_SLOTS_PER_CPU + slot as u64) * PAGE_SIZE;
+        paging::map(va, mfn.addr().0, MapKind::Data).ok()?;
+        Some(FrameMapping { slot, va })
+    }
+
+    /// The frame's bytes.
+    pub fn bytes(&mut self) -> &mut [u8; PAGE_SIZE as usize] {
+        // SAFETY: `va` maps one whole frame for as long as `self` lives, on this CPU only.
+        unsafe { &mut *(self.va as *mut [u8; PAGE_SIZE as usize]) }
+    }
+}
+
+impl Drop for FrameMapping {
+    fn drop(&mut self) {
+        paging::unmap(self.va);
+        percpu::current().temp_slots.fetch_and(!(1 << self.slot), core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Self-check: allocates `count` frames, writes and reads each through a temporary mapping,
+/// frees them, and checks that the free count came back.
+pub fn check_frames_round_trip(count: usize) -> (bool, String) {
+    let before = frames().stats();
+    let mut mfns = Vec::with_capacity(count);
+    if frames().alloc_many(Owner::Hypervisor, count, &mut mfns).is_err() {
+        return (false, alloc::format!("could not allocate {count} frames"));
+    }
+    let mut intact = true;
+    for &mfn in &mfns {
+        let Some(mut map) = FrameMapping::new(mfn) else { intact = false; break };
+        let pattern = (mfn.0 as u8) ^ 0xa5;
+        map.bytes().fill(pattern);
+        intact &= map.bytes().iter().all(|&b| b == pattern);
+        map.bytes().fill(0);
+    }
+    let freed = mfns.iter().all(|&mfn| frames().free(mfn).is_ok());
+    let after = frames().stats();
+    let ok = intact && freed && after == before;
+    (ok, alloc::format!("{count} frames written through temporary mappings and freed; free {} -> {}", before.free, after.free))
+}
+
+/// Self-check: a burst of heap allocations is returned in full.
+pub fn check_heap_round_trip() -> (bool, String) {
+    let before = heap_used_bytes();
+    {
+        let blocks: Vec<Vec<u8>> = (0..256).map(|i| alloc::vec![i as u8; 16 + i * 24]).collect();
+        if blocks.iter().enumerate().any(|(i, b)| b.iter().any(|&x| x != i as u8)) {
+            return (false, String::from("heap block contents corrupted"));
+        }
+    }
+    let after = heap_used_bytes();
+    (after == before, alloc::format!("in use {before} -> {after} bytes after 256 blocks"))
+}

@@ -1,0 +1,157 @@
+//! The machine we run on: ACPI tables and CPUID decoded into a topology (via the `topology`
+//! crate), the device-register window, and the I/O APICs.
+//!
+//! Missing or malformed firmware tables degrade with a warning: without a usable MADT the
+//! hypervisor runs on the boot CPU alone. Runs on the boot CPU during boot only.
+
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hypervisor::cmdline::Options;
+use log::{info, warn};
+use topology::{AcpiHandler, AcpiInfo, ApicId, CpuInfo, MemoryRange, PhysicalMapping, Topology};
+
+use crate::arch::paging::{self, MapKind};
+use crate::bootinfo::{BootInfo, RsdpSource};
+use crate::fwmap;
+use mm::memmap::RegionKind;
+
+/// What [`discover`] found.
+pub struct Machine {
+    pub cpu: CpuInfo,
+    pub acpi: AcpiInfo,
+    pub topology: Topology,
+    /// APIC ids of the CPUs to use, boot CPU first (the topology's order, cut to `maxcpus`).
+    start: Vec<u32>,
+}
+
+impl Machine {
+    /// CPUs the firmware lists (enabled ones, the boot CPU included).
+    pub fn cpus_listed(&self) -> usize {
+        self.topology.cpus().len()
+    }
+
+    /// CPUs the hypervisor will use.
+    pub fn cpus_to_start(&self) -> usize {
+        self.start.len()
+    }
+
+    /// Their APIC ids, boot CPU first.
+    pub fn apic_ids_to_start(&self) -> Vec<u32> {
+        self.start.clone()
+    }
+}
+
+/// Maps ACPI tables through the boot-time firmware mappings.
+#[derive(Clone, Copy)]
+struct FirmwareTables;
+
+impl AcpiHandler for FirmwareTables {
+    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+        let (virt, length) = match fwmap::map(physical_address as u64, size as u64, MapKind::ReadOnly) {
+            Ok(va) => (va as *mut T, size),
+            Err(e) => {
+                warn!("acpi: cannot map {size} bytes at {physical_address:#x}: {e}");
+                (NonNull::dangling().as_ptr(), 0)
+            }
+        };
+        let virt = NonNull::new(virt).unwrap_or(NonNull::dangling());
+        // SAFETY: `virt` maps `length` readable bytes (0 when the mapping failed, which the
+        // topology crate treats as "refused"), and stays mapped until the end of boot.
+        unsafe { PhysicalMapping::new(physical_address, virt, length, length, *self) }
+    }
+
+    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {
+        // Firmware mappings are released all at once at the end of boot.
+    }
+}
+
+/// Reads CPUID and the ACPI tables and builds the topology.
+pub fn discover(boot: &BootInfo, options: &Options) -> Machine {
+    let cpu = CpuInfo::read(&topology::cpuid::NativeCpuid);
+    let acpi = read_acpi(boot);
+    for warning in &acpi.warnings {
+        warn!("acpi: {warning}");
+    }
+    let ram: Vec<MemoryRange> = boot
+        .memory
+        .iter()
+        .filter(|r| r.kind == RegionKind::Usable && r.end > r.start)
+        .map(|r| MemoryRange::from_bounds(r.start, r.end))
+        .collect();
+    let boot_apic = ApicId(crate::lapic::current_id());
+    let topology = Topology::build(&acpi, &cpu.layout, boot_apic, &ram);
+    info!("{topology}");
+    for node in topology.nodes() {
+        info!("  {node}");
+    }
+    for warning in topology.warnings() {
+        warn!("topology: {warning}");
+    }
+    let limit = options.max_cpus.map_or(usize::MAX, |n| n as usize).min(smp::xcall::MAX_CPUS);
+    let start: Vec<u32> = topology.cpus().iter().take(limit).map(|c| c.apic_id.0).collect();
+    if start.len() < topology.cpus().len() {
+        info!("smp: using {} of {} CPUs (maxcpus or the {} CPU limit)", start.len(), topology.cpus().len(), smp::xcall::MAX_CPUS);
+    }
+    Machine { cpu, acpi, topology, start }
+}
+
+fn read_acpi(boot: &BootInfo) -> AcpiInfo {
+    let result = match &boot.rsdp {
+        // SAFETY: the handler maps any physical range read-only through the firmware
+        // window and reports a zero length when it cannot, as the contract requires.
+        Some(RsdpSource::Copy(bytes)) => unsafe { AcpiInfo::from_rsdp_copy(&FirmwareTables, bytes) },
+        // SAFETY: as above.
+        Some(RsdpSource::Physical(address)) => unsafe { AcpiInfo::from_rsdp_address(&FirmwareTables, *address) },
+        None => {
+            warn!("acpi: the loader passed no ACPI RSDP (no ACPI tables): running on the boot CPU alone");
+            return AcpiInfo::default();
+        }
+    };
+    result.unwrap_or_else(|e| {
+        warn!("acpi: unusable RSDP ({e}): no ACPI tables, running on the boot CPU alone");
+        AcpiInfo::default()
+    })
+}
+
+static MMIO_BASE: AtomicU64 = AtomicU64::new(0);
+static MMIO_NEXT: AtomicU64 = AtomicU64::new(0);
+static MMIO_END: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the window range for device registers.
+pub fn set_mmio_window(base: u64, size: u64) {
+    MMIO_BASE.store(base, Ordering::Relaxed);
+    MMIO_NEXT.store(base, Ordering::Relaxed);
+    MMIO_END.store(base + size, Ordering::Relaxed);
+}
+
+/// Maps device registers at `phys` (uncached) for the rest of the run; returns the address
+/// of `phys`. Panics when the device window is full (a boot-time sizing error).
+pub fn map_mmio(phys: u64, len: u64) -> u64 {
+    let first = phys & !0xfff;
+    let pages = (phys + len - first).div_ceil(4096);
+    let va = MMIO_NEXT.fetch_add(pages * 4096, Ordering::Relaxed);
+    assert!(va + pages * 4096 <= MMIO_END.load(Ordering::Relaxed), "device register window full");
+    for page in 0..pages {
+        paging::map(va + page * 4096, first + page * 4096, MapKind::Mmio).expect("device pages map once");
+    }
+    va + (phys - first)
+}
+
+/// Bytes of the device window mapped.
+pub fn mmio_used() -> u64 {
+    MMIO_NEXT.load(Ordering::Relaxed) - MMIO_BASE.load(Ordering::Relaxed)
+}
+
+/// Masks every I/O APIC input: the hypervisor takes no device interrupts yet.
+pub fn init_interrupt_controllers(machine: &Machine) {
+    for io in &machine.acpi.io_apics {
+        let va = map_mmio(io.address as u64, 4096);
+        // SAFETY: `va` maps this I/O APIC's registers uncached for the rest of the run, and
+        // only the boot CPU programs it, once, here.
+        let mut ioapic = unsafe { apic::IoApic::new(va) };
+        let pins = ioapic.mask_all();
+        info!("ioapic: id {} at {:#x}, GSI {}-{} masked", io.id, io.address, io.gsi_base, io.gsi_base + pins as u32 - 1);
+    }
+}

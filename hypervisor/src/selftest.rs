@@ -1,0 +1,119 @@
+//! Boot self-checks: every core answers a cross-CPU call, IPI round-trip time, every core's
+//! local timer fires, the identity map is gone, frames and heap memory come back when freed.
+//!
+//! Runs on the boot CPU after bring-up; each check records pass or fail with a detail line.
+//! The checks only use public mechanisms (call board, timers, allocator), so a failure here
+//! is a real failure of that mechanism, not of the check.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use hypervisor::cmdline::Options;
+use log::{error, info};
+
+use crate::arch::paging;
+use crate::cpus::{self, CpuState};
+use crate::percpu::CpuIndex;
+use crate::{interrupts, lapic, memory, time};
+
+/// One check's outcome.
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// All checks, plus the measured figures.
+pub struct Checks {
+    pub list: Vec<Check>,
+    /// Median cross-CPU call round trip in ns (None with one CPU).
+    pub ipi_rtt_ns: Option<u64>,
+    pub ipi_samples: usize,
+}
+
+impl Checks {
+    pub fn passed(&self) -> bool {
+        self.list.iter().all(|c| c.passed)
+    }
+}
+
+fn record(list: &mut Vec<Check>, name: &'static str, passed: bool, detail: String) {
+    if passed {
+        info!("selftest: {name}: ok ({detail})");
+    } else {
+        error!("selftest: {name}: FAILED ({detail})");
+    }
+    list.push(Check { name, passed, detail });
+}
+
+/// Runs every check.
+pub fn run(options: &Options) -> Checks {
+    let mut list = Vec::new();
+    let online = cpus::online_count();
+
+    let answered = cpus::call_all(|_| {}, 0);
+    record(&mut list, "every core answers", answered == online, alloc::format!("{answered} of {online} online CPUs"));
+
+    let (ipi_rtt_ns, ipi_samples) = ipi_round_trip(options.ipi_samples);
+    record(&mut list, "ipi round trip", online == 1 || ipi_rtt_ns.is_some(), alloc::format!("median {} ns over {ipi_samples} calls", ipi_rtt_ns.unwrap_or(0)));
+
+    let (fired, detail) = timers_fire();
+    record(&mut list, "local timers fire", fired, detail);
+
+    let identity_gone = !paging::identity_map_present();
+    record(&mut list, "identity map removed", identity_gone, String::from("top-level slot 0 empty"));
+
+    let (frames_ok, detail) = memory::check_frames_round_trip(256);
+    record(&mut list, "frames return to the allocator", frames_ok, detail);
+
+    let (heap_ok, detail) = memory::check_heap_round_trip();
+    record(&mut list, "heap returns memory", heap_ok, detail);
+
+    Checks { list, ipi_rtt_ns, ipi_samples }
+}
+
+/// Times `samples` empty cross-CPU calls to every other online CPU; returns the median.
+fn ipi_round_trip(samples: u32) -> (Option<u64>, usize) {
+    let mut ns = Vec::new();
+    for (index, slot) in cpus::all().iter().enumerate().skip(1) {
+        if slot.state() != CpuState::Online {
+            continue;
+        }
+        for _ in 0..samples {
+            let start = time::rdtsc();
+            if cpus::call(CpuIndex(index as u32), |_| {}, 0).is_ok() {
+                ns.push(time::tsc_to_ns(time::rdtsc() - start));
+            }
+        }
+    }
+    let count = ns.len();
+    if ns.is_empty() {
+        return (None, 0);
+    }
+    ns.sort_unstable();
+    (Some(ns[count / 2]), count)
+}
+
+/// Arms a 1 ms one-shot timer on every online CPU and checks that each one fired.
+fn timers_fire() -> (bool, String) {
+    let before: Vec<u64> = (0..cpus::all().len()).map(interrupts::timer_ticks).collect();
+    cpus::call_all(|_| lapic::arm_timer_ns(1_000_000), 0);
+    let all_fired = || {
+        cpus::all().iter().enumerate().all(|(i, s)| s.state() != CpuState::Online || interrupts::timer_ticks(i) > before[i])
+    };
+    // The boot CPU must take its own interrupt while it waits.
+    x86_64::instructions::interrupts::enable();
+    let fired = time::delay_until(all_fired, 200_000_000);
+    x86_64::instructions::interrupts::disable();
+    let mut detail = String::new();
+    let silent: Vec<usize> = (0..before.len())
+        .filter(|&i| cpus::all()[i].state() == CpuState::Online && interrupts::timer_ticks(i) <= before[i])
+        .collect();
+    if silent.is_empty() {
+        let _ = write!(detail, "1 ms one-shot fired on all {} CPUs ({})", cpus::online_count(), lapic::timer_kind());
+    } else {
+        let _ = write!(detail, "no timer interrupt on CPUs {silent:?}");
+    }
+    (fired, detail)
+}

@@ -1,0 +1,132 @@
+//! Starting the application processors: INIT-SIPI-SIPI to all of them in parallel, each into
+//! its own prepared per-CPU area, with a timeout after which a silent CPU is left out.
+//!
+//! Runs once on the boot CPU, after the CPU table, the per-CPU areas and the boot CPU's local
+//! APIC exist and while the trampoline page is still identity mapped. A CPU that answers
+//! after its timeout finds itself marked failed and halts without touching shared state.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use log::{info, warn};
+use smp::trampoline::{self, Params, StartEntry, TRAMPOLINE_PHYS};
+use x86_64::registers::model_specific::Efer;
+
+use crate::arch::paging::{self, MapKind};
+use crate::cpus::{self, CpuState};
+use mm::layout::PerCpuArea;
+
+use crate::percpu::{self, CpuIndex};
+use crate::memory;
+use crate::{fwmap, lapic, time};
+
+/// Intel's recommended INIT-to-SIPI delay.
+const INIT_WAIT_NS: u64 = 10_000_000;
+/// Wait after the first SIPI before sending the second one to CPUs that have not answered.
+const SECOND_SIPI_WAIT_NS: u64 = 1_000_000;
+
+/// What bring-up achieved.
+pub struct Report {
+    pub started: usize,
+    pub failed: Vec<(CpuIndex, u32)>,
+    /// From the first INIT to the last CPU online (or the timeout).
+    pub elapsed_ns: u64,
+}
+
+/// Starts every listed AP; `areas[i]` is CPU i's backed per-CPU area.
+pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32) -> Report {
+    let aps: Vec<CpuIndex> = (1..cpus::all().len() as u32).map(CpuIndex).collect();
+    if aps.is_empty() {
+        return Report { started: 0, failed: Vec::new(), elapsed_ns: 0 };
+    }
+    let table: Vec<StartEntry> = aps
+        .iter()
+        .map(|&cpu| {
+            let slot = cpus::slot(cpu);
+            let data = percpu::prepare_area(&areas[cpu.0 as usize], cpu, slot.apic_id);
+            let entry = StartEntry { apic_id: slot.apic_id, cpu_index: cpu.0, stack_top: data.stack_top };
+            slot.set_percpu(data);
+            entry
+        })
+        .collect();
+    // Leaked: a few bytes per CPU, read by APs in the trampoline.
+    install_trampoline(Vec::leak(table));
+
+    let start = time::rdtsc();
+    for &cpu in &aps {
+        cpus::slot(cpu).set_state(CpuState::Starting);
+        lapic::send_init(cpus::slot(cpu).apic_id);
+    }
+    time::delay_ns(INIT_WAIT_NS);
+    let vector = (TRAMPOLINE_PHYS >> 12) as u8;
+    for &cpu in &aps {
+        lapic::send_sipi(cpus::slot(cpu).apic_id, vector);
+    }
+    let waiting = |cpu: &&CpuIndex| cpus::slot(**cpu).state() == CpuState::Starting;
+    time::delay_until(|| !aps.iter().any(|c| waiting(&c)), SECOND_SIPI_WAIT_NS);
+    for cpu in aps.iter().filter(waiting) {
+        lapic::send_sipi(cpus::slot(*cpu).apic_id, vector);
+    }
+    time::delay_until(|| !aps.iter().any(|c| waiting(&c)), timeout_ms as u64 * 1_000_000);
+
+    let mut failed = Vec::new();
+    for &cpu in &aps {
+        let slot = cpus::slot(cpu);
+        if claim_state(cpu, CpuState::Starting, CpuState::Failed) {
+            // Put it back into wait-for-SIPI so that it cannot wander in later.
+            lapic::send_init(slot.apic_id);
+            warn!("smp: cpu {cpu} (APIC id {}) did not answer within {timeout_ms} ms; left out", slot.apic_id);
+            failed.push((cpu, slot.apic_id));
+        }
+    }
+    let elapsed_ns = time::tsc_to_ns(time::rdtsc() - start);
+    let started = aps.len() - failed.len();
+    info!("smp: {started} of {} application processors online in {} us", aps.len(), elapsed_ns / 1000);
+    Report { started, failed, elapsed_ns }
+}
+
+/// Copies the trampoline to its page below 1 MiB and fills in its parameters.
+fn install_trampoline(table: &'static [StartEntry]) {
+    let image = trampoline::image();
+    let va = fwmap::map(TRAMPOLINE_PHYS, 4096, MapKind::Data).expect("trampoline page maps");
+    let params = Params {
+        cr3: paging::hypervisor_pml4_phys(),
+        efer: Efer::read_raw() & 0xffff_ffff,
+        entry: ap_entry as usize as u64,
+        table: table.as_ptr() as u64,
+        count: table.len() as u64,
+    };
+    // SAFETY: `va` maps the (reserved, otherwise unused) trampoline page writable; the image
+    // is smaller than a page (a test in the smp crate checks) and `Params` sits at its end.
+    unsafe {
+        core::ptr::copy_nonoverlapping(image.as_ptr(), va as *mut u8, image.len());
+        core::ptr::write_unaligned((va as usize + trampoline::params_offset()) as *mut Params, params);
+    }
+}
+
+/// Moves CPU `cpu` from `from` to `to` if it is still in `from`.
+fn claim_state(cpu: CpuIndex, from: CpuState, to: CpuState) -> bool {
+    let slot = cpus::slot(cpu);
+    let raw: &AtomicU8 = slot.raw_state();
+    raw.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
+}
+
+/// Where every AP arrives from the trampoline, on its own kernel stack.
+extern "C" fn ap_entry(cpu_index: u32) -> ! {
+    let cpu = CpuIndex(cpu_index);
+    let slot = cpus::slot(cpu);
+    if slot.state() != CpuState::Starting {
+        crate::arch::exit::halt_forever();
+    }
+    crate::arch::trap::load();
+    let Some(data) = slot.percpu() else { crate::arch::exit::halt_forever() };
+    // SAFETY: this CPU is the only user of its area, prepared by the boot CPU in
+    // `start_aps`, and enters it exactly once.
+    unsafe { percpu::enter_area(memory::percpu_area(cpu), data) };
+    lapic::init_this_cpu();
+    if !claim_state(cpu, CpuState::Starting, CpuState::Online) {
+        // Too late: the boot CPU gave up on us. Stay out of the way.
+        crate::arch::exit::halt_forever();
+    }
+    crate::idle::enter()
+}

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""QEMU runs of the hypervisor: the test matrix (`test`) and the boot-time figures (`boottime`).
+
+Each case boots the image under QEMU (TCG unless ACCEL says otherwise) with `selftest` on the
+command line, reads the serial console, and checks the machine-readable summary the
+hypervisor prints at the end of boot (`summary: key=value` lines) and QEMU's exit status
+(33 = success through isa-debug-exit). Output of a failed case is kept in build/qemu-logs/.
+
+Usage:
+  tests/qemu.py test [--only NAME ...] [--list]
+  tests/qemu.py boottime [--runs 5] [--smp 4 16]
+  tests/qemu.py smoke      (SMP, MEM, BOOT, ACCEL, QEMU_EXTRA from the environment)
+"""
+import argparse
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL = os.path.join(ROOT, "target/x86_64-unknown-none/release/hypervisor")
+ISO = os.path.join(ROOT, "build/hypervisor-selftest.iso")
+LOGS = os.path.join(ROOT, "build/qemu-logs")
+SUCCESS_STATUS = 33
+SUMMARY = re.compile(r"summary: ([a-z0-9_.]+)=(\S*)")
+IDLE = re.compile(r"all cores idle")
+
+
+@dataclass
+class Case:
+    name: str
+    smp: str = "4"
+    mem: str = "256M"
+    machine: str = "pc"
+    boot: str = "pvh"  # pvh (-kernel) or iso (GRUB)
+    extra: list = field(default_factory=list)
+    cmdline: str = ""
+    expect: dict = field(default_factory=dict)
+    expect_lines: list = field(default_factory=list)
+    timeout: int = 120
+
+
+def numa_two_nodes():
+    return [
+        "-object", "memory-backend-ram,size=256M,id=m0",
+        "-object", "memory-backend-ram,size=256M,id=m1",
+        "-numa", "node,nodeid=0,cpus=0-1,memdev=m0",
+        "-numa", "node,nodeid=1,cpus=2-3,memdev=m1",
+    ]
+
+
+def matrix():
+    cases = []
+    for n in (1, 2, 4, 8, 16):
+        cases.append(Case(f"pvh-smp{n}", smp=str(n),
+                          expect={"cpus.online": str(n), "cpus.listed": str(n),
+                                  "topology.packages": "1", "numa.nodes": "1"}))
+    cases += [
+        Case("pvh-2sockets", smp="8,sockets=2,cores=2,threads=2",
+             expect={"cpus.online": "8", "topology.packages": "2", "topology.cores": "4",
+                     "topology.threads": "8"}),
+        Case("pvh-numa2", smp="4", mem="512M", extra=numa_two_nodes(),
+             expect={"cpus.online": "4", "numa.nodes": "2"}),
+        Case("iso-smp4", smp="4", boot="iso",
+             expect={"cpus.online": "4", "boot.protocol": "multiboot2"}),
+        Case("pvh-maxcpus2", smp="4", cmdline="maxcpus=2",
+             expect={"cpus.online": "2", "cpus.listed": "4"}),
+        Case("microvm-no-acpi", smp="2", machine="microvm,acpi=off",
+             expect={"cpus.online": "1"},
+             expect_lines=["no ACPI"]),
+    ]
+    return cases
+
+
+def qemu_command(case, accel):
+    cmd = ["qemu-system-x86_64", "-M", case.machine, "-machine", f"accel={accel}",
+           "-m", case.mem, "-smp", case.smp, "-display", "none", "-no-reboot",
+           "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+           "-cpu", "host" if accel.startswith("kvm") else "max"]
+    if case.machine.startswith("microvm"):
+        # microvm has no ISA bus by default for isa-debug-exit unless isa-serial is on.
+        cmd[cmd.index("-M") + 1] = case.machine + ",isa-serial=on"
+    if case.boot == "iso":
+        cmd += ["-cdrom", ISO]
+    else:
+        cmd += ["-kernel", KERNEL, "-append", ("selftest " + case.cmdline).strip()]
+    cmd += case.extra + shlex.split(os.environ.get("QEMU_EXTRA", ""))
+    return cmd
+
+
+def boot(case, accel):
+    """Boots once; returns (exit status, output text, seconds to 'all cores idle' or None)."""
+    cmd = qemu_command(case, accel)
+    start = time.monotonic()
+    idle_at = None
+    lines = []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = start + case.timeout
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            lines.append(line)
+            if idle_at is None and IDLE.search(line):
+                idle_at = time.monotonic() - start
+            if time.monotonic() > deadline:
+                proc.kill()
+                lines.append(f"harness: timed out after {case.timeout} s")
+                break
+        status = proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        status = -1
+    return status, "\n".join(lines), idle_at
+
+
+def check(case, status, output):
+    """Returns a list of problems (empty when the case passed)."""
+    problems = []
+    if status != SUCCESS_STATUS:
+        problems.append(f"exit status {status}, expected {SUCCESS_STATUS}")
+    facts = dict(SUMMARY.findall(output))
+    if facts.get("selftest") != "pass":
+        problems.append(f"selftest={facts.get('selftest')!r}, expected 'pass'")
+    for key, want in case.expect.items():
+        if facts.get(key) != want:
+            problems.append(f"{key}={facts.get(key)!r}, expected {want!r}")
+    for text in case.expect_lines:
+        if text not in output:
+            problems.append(f"no line mentioning {text!r}")
+    return problems
+
+
+def run_tests(args):
+    accel = os.environ.get("ACCEL", "tcg")
+    cases = [c for c in matrix() if not args.only or c.name in args.only]
+    if args.list:
+        for c in cases:
+            print(c.name)
+        return 0
+    os.makedirs(LOGS, exist_ok=True)
+    passed = failed = 0
+    for case in cases:
+        t0 = time.monotonic()
+        status, output, _ = boot(case, accel)
+        problems = check(case, status, output)
+        took = time.monotonic() - t0
+        with open(os.path.join(LOGS, case.name + ".log"), "w") as f:
+            f.write(" ".join(qemu_command(case, accel)) + "\n" + output + "\n")
+        if problems:
+            failed += 1
+            print(f"FAIL {case.name} ({took:.1f} s): " + "; ".join(problems))
+            print("\n".join("    | " + l for l in output.splitlines()[-25:]))
+        else:
+            passed += 1
+            print(f"ok   {case.name} ({took:.1f} s)")
+    print(f"qemu: {passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+def run_smoke(_args):
+    """One boot with the environment's settings; passes when the self-checks pass and every
+    listed CPU came online."""
+    accel = os.environ.get("ACCEL", "tcg")
+    boot_kind = os.environ.get("BOOT", "pvh")
+    case = Case("smoke", smp=os.environ.get("SMP", "4"), mem=os.environ.get("MEM", "256M"),
+                boot=boot_kind)
+    status, output, idle_at = boot(case, accel)
+    print(output)
+    facts = dict(SUMMARY.findall(output))
+    problems = check(case, status, output)
+    if facts.get("cpus.online") != facts.get("cpus.listed"):
+        problems.append(f"cpus online {facts.get('cpus.online')} of {facts.get('cpus.listed')}")
+    if problems:
+        print("smoke: FAILED: " + "; ".join(problems))
+        return 1
+    print(f"smoke: passed (qemu start to all cores idle {idle_at * 1000:.0f} ms)")
+    return 0
+
+
+def run_boottime(args):
+    accel = os.environ.get("ACCEL", "tcg")
+    for smp in args.smp:
+        case = Case(f"boottime-smp{smp}", smp=str(smp))
+        samples, ipi = [], []
+        for _ in range(args.runs):
+            status, output, idle_at = boot(case, accel)
+            if status != SUCCESS_STATUS or idle_at is None:
+                print(f"boot failed for -smp {smp} (status {status})")
+                print(output[-2000:])
+                return 1
+            samples.append(idle_at)
+            facts = dict(SUMMARY.findall(output))
+            ipi.append(int(facts.get("ipi.rtt_ns_median", "0")))
+        print(f"boottime: accel={accel} smp={smp} runs={args.runs} "
+              f"qemu_start_to_all_idle_ms median={statistics.median(samples) * 1000:.0f} "
+              f"min={min(samples) * 1000:.0f} max={max(samples) * 1000:.0f} "
+              f"ipi_rtt_ns median={statistics.median(ipi):.0f}")
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("test")
+    t.add_argument("--only", nargs="*")
+    t.add_argument("--list", action="store_true")
+    b = sub.add_parser("boottime")
+    b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--smp", type=int, nargs="*", default=[4, 16])
+    sub.add_parser("smoke")
+    args = parser.parse_args()
+    return {"test": run_tests, "boottime": run_boottime, "smoke": run_smoke}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
