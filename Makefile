@@ -29,7 +29,10 @@ CARGO_FLAGS := $(if $(filter release,$(PROFILE)),--release,)
 APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
 DEPS_STAMP  := $(BUILD)/.deps
 
-HOST_CRATES := xen-abi apic hypervisor mm smp topology
+# Logic crates: built and tested on the host as well as for the machine.
+HOST_CRATES := xen-abi apic builder mm smp topology
+# Everything that runs on the machine.
+METAL_CRATES := hypervisor guest-rt guest-hello
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
 .PHONY: help deps build iso iso-selftest run smoke boottime test test-host test-qemu clippy clean
@@ -102,11 +105,12 @@ boottime: build
 test: test-host clippy test-qemu
 
 test-host: $(DEPS_STAMP)
-	cargo test $(foreach c,$(HOST_CRATES),-p $(c))
+	cargo test $(foreach c,$(HOST_CRATES),-p $(c)) -p hypervisor --lib
 
 clippy: $(DEPS_STAMP)
 	cargo clippy $(foreach c,$(HOST_CRATES),-p $(c)) --all-targets -- -D warnings
-	cargo clippy -p hypervisor $(foreach c,$(HOST_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
+	cargo clippy -p hypervisor --lib --tests -- -D warnings
+	cargo clippy $(foreach c,$(HOST_CRATES) $(METAL_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
 
 test-qemu: build iso-selftest
 	python3 tests/qemu.py test

@@ -44,6 +44,7 @@ pub enum RsdpSource {
 
 /// A boot module: a guest image with its own command line.
 #[derive(Clone, Debug)]
+#[allow(dead_code)] // the command line is for the domain builder (next issue)
 pub struct Module {
     pub start: u64,
     pub end: u64,
@@ -155,7 +156,7 @@ fn decode_multiboot2(info_phys: u64, info: &mut BootInfo) -> Result<(), BootInfo
         .map_err(|_| BootInfoError::Multiboot2("invalid header or tags"))?;
     if let Some(map) = mbi.memory_map_tag() {
         for area in map.memory_areas() {
-            let kind = match MemoryAreaType::from(area.typ()) {
+            let kind = match area.typ() {
                 MemoryAreaType::Available => RegionKind::Usable,
                 MemoryAreaType::AcpiAvailable => RegionKind::AcpiReclaimable,
                 MemoryAreaType::ReservedHibernate => RegionKind::AcpiNvs,

@@ -54,43 +54,46 @@ fn clipped(word: &str) -> ArrayString<32> {
     out
 }
 
-fn number(value: Option<&str>) -> Option<u32> {
-    value?.parse().ok()
+/// A number in `range`, or `None`.
+fn number(value: Option<&str>, range: core::ops::RangeInclusive<u32>) -> Option<u32> {
+    value?.parse().ok().filter(|n| range.contains(n))
+}
+
+/// Stores `value` in `slot` when there is one; says whether it did.
+fn set<T>(slot: &mut T, value: Option<T>) -> bool {
+    value.map(|v| *slot = v).is_some()
 }
 
 impl Options {
     /// Parses a command line. Never fails; see [`Options::unknown`] and [`Options::invalid`].
     pub fn parse(line: &str) -> Options {
-        let mut options = Options::default();
+        let mut o = Options::default();
         for word in line.split_ascii_whitespace() {
             let (key, value) = match word.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
                 None => (word, None),
             };
-            let ok = match key {
-                "selftest" => value.is_none().then(|| options.selftest = true).is_some(),
-                "verbose" => value.is_none().then(|| options.verbose = true).is_some(),
-                "nosmp" => value.is_none().then(|| options.max_cpus = Some(1)).is_some(),
-                "maxcpus" => number(value).filter(|&n| n >= 1).map(|n| options.max_cpus = Some(n)).is_some(),
-                "x2apic" => match value {
-                    Some("on") => Some(options.x2apic = true),
-                    Some("off") => Some(options.x2apic = false),
-                    _ => None,
-                }
-                .is_some(),
-                "ap_timeout_ms" => number(value).filter(|&n| n >= 1).map(|n| options.ap_timeout_ms = n).is_some(),
-                "ipi_samples" => number(value).filter(|&n| n >= 1).map(|n| options.ipi_samples = n).is_some(),
-                "heap_mib" => number(value).filter(|&n| (1..=32).contains(&n)).map(|n| options.heap_mib = n).is_some(),
+            let applied = match (key, value) {
+                ("selftest", None) => set(&mut o.selftest, Some(true)),
+                ("verbose", None) => set(&mut o.verbose, Some(true)),
+                ("nosmp", None) => set(&mut o.max_cpus, Some(Some(1))),
+                ("x2apic", Some("on")) => set(&mut o.x2apic, Some(true)),
+                ("x2apic", Some("off")) => set(&mut o.x2apic, Some(false)),
+                ("maxcpus", v) => set(&mut o.max_cpus, number(v, 1..=u32::MAX).map(Some)),
+                ("ap_timeout_ms", v) => set(&mut o.ap_timeout_ms, number(v, 1..=60_000)),
+                ("ipi_samples", v) => set(&mut o.ipi_samples, number(v, 1..=1_000_000)),
+                ("heap_mib", v) => set(&mut o.heap_mib, number(v, 1..=32)),
+                ("selftest" | "verbose" | "nosmp" | "x2apic", _) => false,
                 _ => {
-                    let _ = options.unknown.try_push(clipped(word));
+                    let _ = o.unknown.try_push(clipped(word));
                     continue;
                 }
             };
-            if !ok {
-                let _ = options.invalid.try_push(clipped(word));
+            if !applied {
+                let _ = o.invalid.try_push(clipped(word));
             }
         }
-        options
+        o
     }
 }
 

@@ -13,7 +13,7 @@ use core::fmt;
 
 use log::{info, warn};
 use mm::addr::{pages_for, Mfn, PAGE_SIZE};
-use mm::frame::{FrameInfo, FrameStats, FrameTable, Owner};
+use mm::frame::{FrameInfo, FrameTable, Owner};
 use mm::heap::{Heap, LockedHeap, PageBacker};
 use mm::layout::{self, PerCpuArea, Region, WindowLayout, TEMP_SLOTS_PER_CPU};
 use mm::memmap::{usable_memory, PhysRange, UsableMemory};
@@ -196,7 +196,7 @@ pub fn init_frames(early: EarlyMemory, layout: &mut WindowLayout) -> Result<Memo
     // FrameInfo is plain atomics (any bytes are valid) and `FrameTable::new` resets them.
     let storage = unsafe { core::slice::from_raw_parts_mut(region.start as *mut FrameInfo, entries) };
     let table = FRAMES.call_once(|| FrameTable::new(storage, usable.ranges()));
-    info!("memory: frame table: {} MiB free of {} MiB usable, metadata {} KiB", table.free_count() as u64 * PAGE_SIZE >> 20, usable.total_bytes() >> 20, metadata_bytes >> 10);
+    info!("memory: frame table: {} MiB free of {} MiB usable, metadata {} KiB", (table.free_count() * PAGE_SIZE) >> 20, usable.total_bytes() >> 20, metadata_bytes >> 10);
     Ok(MemorySummary { usable_bytes: usable.total_bytes(), metadata_bytes, capped_bytes })
 }
 
@@ -229,12 +229,7 @@ pub fn record_usage(layout: &mut WindowLayout, firmware_peak: u64, cpus_online: 
 
 /// Free memory in bytes.
 pub fn free_bytes() -> u64 {
-    FRAMES.get().map_or(0, |t| t.free_count() as u64 * PAGE_SIZE)
-}
-
-/// Frame counts, for leak checks.
-pub fn frame_stats() -> FrameStats {
-    frames().stats()
+    FRAMES.get().map_or(0, |t| t.free_count() * PAGE_SIZE)
 }
 
 /// Heap memory in use.

@@ -75,9 +75,11 @@ static GS_READY: AtomicBool = AtomicBool::new(false);
 
 /// Sets up the boot CPU on static early state: GDT, TSS with IST stacks, GS.
 pub fn init_boot_cpu_early(stack_top: u64) {
-    // SAFETY: runs once on the boot CPU before any other CPU exists and before anything
-    // reads EARLY, so this exclusive reference is unique.
-    let early = unsafe { &mut *(&raw mut EARLY) };
+    // Runs once on the boot CPU before any other CPU exists and before anything reads
+    // EARLY, so the exclusive reference below is unique.
+    let early_ptr = &raw mut EARLY;
+    // SAFETY: see above.
+    let early = unsafe { &mut *early_ptr };
     let ist_top = |i: usize| early.ist[i].as_ptr() as u64 + 4096;
     let tss = gdt::tss(stack_top, ist_top(0), ist_top(1), ist_top(2));
     let data = early.data.write(PerCpu {
@@ -102,7 +104,7 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
     let data_ptr = area.data.start as *mut PerCpu;
     // SAFETY: the caller backed the data page with fresh memory that nothing else refers to;
     // it is page aligned as PerCpu requires.
-    let data = unsafe {
+    unsafe {
         data_ptr.write(PerCpu {
             self_ptr: data_ptr as u64,
             index,
@@ -113,8 +115,7 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
             tss: gdt::tss(stack_top, ist(IstStack::DoubleFault), ist(IstStack::Nmi), ist(IstStack::MachineCheck)),
         });
         &*data_ptr
-    };
-    data
+    }
 }
 
 /// Loads this CPU's GDT and TSS from its area and points GS at its data page.

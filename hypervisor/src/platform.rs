@@ -19,7 +19,6 @@ use mm::memmap::RegionKind;
 
 /// What [`discover`] found.
 pub struct Machine {
-    pub cpu: CpuInfo,
     pub acpi: AcpiInfo,
     pub topology: Topology,
     /// APIC ids of the CPUs to use, boot CPU first (the topology's order, cut to `maxcpus`).
@@ -94,7 +93,7 @@ pub fn discover(boot: &BootInfo, options: &Options) -> Machine {
     if start.len() < topology.cpus().len() {
         info!("smp: using {} of {} CPUs (maxcpus or the {} CPU limit)", start.len(), topology.cpus().len(), smp::xcall::MAX_CPUS);
     }
-    Machine { cpu, acpi, topology, start }
+    Machine { acpi, topology, start }
 }
 
 fn read_acpi(boot: &BootInfo) -> AcpiInfo {

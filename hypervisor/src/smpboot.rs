@@ -27,7 +27,6 @@ const SECOND_SIPI_WAIT_NS: u64 = 1_000_000;
 
 /// What bring-up achieved.
 pub struct Report {
-    pub started: usize,
     pub failed: Vec<(CpuIndex, u32)>,
     /// From the first INIT to the last CPU online (or the timeout).
     pub elapsed_ns: u64,
@@ -37,7 +36,7 @@ pub struct Report {
 pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32) -> Report {
     let aps: Vec<CpuIndex> = (1..cpus::all().len() as u32).map(CpuIndex).collect();
     if aps.is_empty() {
-        return Report { started: 0, failed: Vec::new(), elapsed_ns: 0 };
+        return Report { failed: Vec::new(), elapsed_ns: 0 };
     }
     let table: Vec<StartEntry> = aps
         .iter()
@@ -82,7 +81,7 @@ pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32) -> Report {
     let elapsed_ns = time::tsc_to_ns(time::rdtsc() - start);
     let started = aps.len() - failed.len();
     info!("smp: {started} of {} application processors online in {} us", aps.len(), elapsed_ns / 1000);
-    Report { started, failed, elapsed_ns }
+    Report { failed, elapsed_ns }
 }
 
 /// Copies the trampoline to its page below 1 MiB and fills in its parameters.
@@ -92,7 +91,7 @@ fn install_trampoline(table: &'static [StartEntry]) {
     let params = Params {
         cr3: paging::hypervisor_pml4_phys(),
         efer: Efer::read_raw() & 0xffff_ffff,
-        entry: ap_entry as usize as u64,
+        entry: ap_entry as *const () as u64,
         table: table.as_ptr() as u64,
         count: table.len() as u64,
     };

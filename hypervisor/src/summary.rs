@@ -45,6 +45,7 @@ pub fn print(f: &Facts) {
     fact!("memory.usable_mib", "{}", f.memory.usable_bytes >> 20);
     fact!("memory.free_mib", "{}", memory::free_bytes() >> 20);
     fact!("memory.frame_metadata_kib", "{}", f.memory.metadata_bytes >> 10);
+    fact!("memory.unmanaged_mib", "{}", f.memory.capped_bytes >> 20);
     fact!("memory.metadata_kib_per_gib", "{}", mm::layout::metadata_bytes_per_gib() >> 10);
     fact!("memory.heap_used_kib", "{}", memory::heap_used_bytes() >> 10);
     for placed in f.layout.regions() {

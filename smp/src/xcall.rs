@@ -35,6 +35,12 @@ pub struct Mailbox {
     done: AtomicU64,
 }
 
+impl Default for Mailbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Mailbox {
     pub const fn new() -> Self {
         Mailbox {

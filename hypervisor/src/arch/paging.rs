@@ -103,7 +103,7 @@ fn flags(kind: MapKind) -> u64 {
 }
 
 fn l1_entry(vaddr: u64) -> Result<&'static AtomicU64, MapError> {
-    if vaddr < WINDOW_BASE || vaddr % PAGE_SIZE != 0 {
+    if vaddr < WINDOW_BASE || !vaddr.is_multiple_of(PAGE_SIZE) {
         return Err(MapError::BadVirtual(vaddr));
     }
     let page = ((vaddr - WINDOW_BASE) / PAGE_SIZE) as usize;
@@ -168,7 +168,7 @@ pub fn identity_map_present() -> bool {
 
 /// Maps one window page at `vaddr` to `phys`.
 pub fn map(vaddr: u64, phys: u64, kind: MapKind) -> Result<(), MapError> {
-    if phys % PAGE_SIZE != 0 || phys & !ADDRESS_MASK != 0 {
+    if !phys.is_multiple_of(PAGE_SIZE) || phys & !ADDRESS_MASK != 0 {
         return Err(MapError::BadPhysical(phys));
     }
     let entry = l1_entry(vaddr)?;

@@ -35,9 +35,9 @@ pub fn write_bytes(bytes: &[u8]) {
     let mut status = Port::<u8>::new(COM1 + 5);
     let mut debugcon = PortWriteOnly::<u8>::new(DEBUGCON);
     for &byte in bytes {
-        // SAFETY: reads of the UART line status register have no side effect on memory; the
-        // bounded loop keeps a missing UART (all-ones reads) from hanging us.
+        // The bounded loop keeps a missing UART from hanging us.
         for _ in 0..100_000 {
+            // SAFETY: reading the UART line status register has no effect on memory.
             if unsafe { status.read() } & LSR_THRE != 0 {
                 break;
             }

@@ -47,7 +47,7 @@ pub struct TrapFrame {
 impl TrapFrame {
     /// Whether the interrupted code ran in ring 3 (a guest).
     #[allow(dead_code)]
-    pub fn from_guest(&self) -> bool {
+    pub fn is_from_guest(&self) -> bool {
         self.cs & 3 == 3
     }
 }
