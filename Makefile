@@ -21,9 +21,10 @@ CMDLINE    ?=
 TIMEOUT    ?= 120
 
 QEMU       := qemu-system-x86_64
+comma      := ,
 QEMU_BASE   = -M $(MACHINE) -machine accel=$(ACCEL) -m $(MEM) -smp $(SMP) -display none \
               -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-              $(if $(filter kvm%,$(ACCEL)),-cpu host,-cpu max) $(QEMU_EXTRA)
+              $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA)
 
 CARGO_FLAGS := $(if $(filter release,$(PROFILE)),--release,)
 APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools

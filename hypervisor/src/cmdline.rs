@@ -22,6 +22,9 @@ pub struct Options {
     pub ipi_samples: u32,
     /// `heap_mib=N`: the heap's reservation in the window (default 8 MiB).
     pub heap_mib: u32,
+    /// `test_silent_cpu=N`: fault injection for tests: CPU N is sent INIT but never its
+    /// start-up IPIs, so it stays silent and the start-up timeout path runs.
+    pub test_silent_cpu: Option<u32>,
     /// Words that are not options.
     pub unknown: ArrayVec<ArrayString<32>, 8>,
     /// Options whose value did not parse.
@@ -38,6 +41,7 @@ impl Default for Options {
             ap_timeout_ms: 100,
             ipi_samples: 200,
             heap_mib: 8,
+            test_silent_cpu: None,
             unknown: ArrayVec::new(),
             invalid: ArrayVec::new(),
         }
@@ -83,6 +87,7 @@ impl Options {
                 ("ap_timeout_ms", v) => set(&mut o.ap_timeout_ms, number(v, 1..=60_000)),
                 ("ipi_samples", v) => set(&mut o.ipi_samples, number(v, 1..=1_000_000)),
                 ("heap_mib", v) => set(&mut o.heap_mib, number(v, 1..=32)),
+                ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
                 ("selftest" | "verbose" | "nosmp" | "x2apic", _) => false,
                 _ => {
                     let _ = o.unknown.try_push(clipped(word));
@@ -109,8 +114,9 @@ mod tests {
 
     #[test]
     fn flags_and_values() {
-        let o = Options::parse("selftest verbose maxcpus=3 x2apic=off ap_timeout_ms=50 ipi_samples=9 heap_mib=4");
+        let o = Options::parse("selftest verbose maxcpus=3 x2apic=off ap_timeout_ms=50 ipi_samples=9 heap_mib=4 test_silent_cpu=2");
         assert!(o.selftest && o.verbose && !o.x2apic);
+        assert_eq!(o.test_silent_cpu, Some(2));
         assert_eq!(o.max_cpus, Some(3));
         assert_eq!((o.ap_timeout_ms, o.ipi_samples, o.heap_mib), (50, 9, 4));
         assert!(o.unknown.is_empty() && o.invalid.is_empty());
@@ -123,11 +129,12 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported_not_applied() {
-        let o = Options::parse("maxcpus=0 maxcpus=x x2apic=maybe heap_mib=999 selftest=1");
+        let o = Options::parse("maxcpus=0 maxcpus=x x2apic=maybe heap_mib=999 selftest=1 test_silent_cpu=0");
         assert_eq!(o.max_cpus, None);
         assert!(o.x2apic && !o.selftest);
         assert_eq!(o.heap_mib, 8);
-        assert_eq!(o.invalid.len(), 5);
+        assert_eq!(o.test_silent_cpu, None, "the boot CPU cannot be silenced");
+        assert_eq!(o.invalid.len(), 6);
     }
 
     #[test]

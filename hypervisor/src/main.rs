@@ -76,13 +76,15 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     move_boot_cpu(&areas[0]);
     platform::init_interrupt_controllers(&machine);
     lapic::init_this_cpu();
-    info!("window layout:\n{layout}");
-    let smp = smpboot::start_aps(areas, options.ap_timeout_ms);
+    let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);
     let firmware_peak = fwmap::used();
     finish_boot();
-    let checks = selftest::run(&options);
     let all_idle_ns = wait_all_idle();
+    let checks = selftest::run(&options);
     memory::record_usage(&mut layout, firmware_peak, cpus::online_count());
+    for line in alloc::format!("{layout}").lines() {
+        info!("{line}");
+    }
     summary::print(&summary::Facts { boot: &boot, memory: &memory, machine: &machine, smp: &smp, checks: &checks, layout: &layout, all_idle_ns });
     if options.selftest {
         exit(if checks.passed() { Outcome::Success } else { Outcome::Failure });
@@ -127,7 +129,8 @@ fn finish_boot() {
     info!("boot: identity map and firmware mappings removed, TLBs flushed on {flushed} CPUs");
 }
 
-/// Waits (bounded) until every online CPU sits in its idle loop; returns time since entry.
+/// Waits (bounded) until every other online CPU sits in its idle loop — the boot CPU's boot
+/// work is done at this point — and returns the time since hypervisor entry.
 fn wait_all_idle() -> u64 {
     let others = cpus::online_count() - 1;
     if !time::delay_until(|| idle::idle_cpus() >= others, 1_000_000_000) {

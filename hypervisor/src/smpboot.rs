@@ -33,8 +33,12 @@ pub struct Report {
 }
 
 /// Starts every listed AP; `areas[i]` is CPU i's backed per-CPU area.
-pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32) -> Report {
+pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32, silent: Option<u32>) -> Report {
     let aps: Vec<CpuIndex> = (1..cpus::all().len() as u32).map(CpuIndex).collect();
+    let sipi_to = |cpu: &&CpuIndex| Some(cpu.0) != silent;
+    if let Some(cpu) = silent {
+        warn!("smp: test_silent_cpu={cpu}: cpu {cpu} gets no start-up IPI (fault injection)");
+    }
     if aps.is_empty() {
         return Report { failed: Vec::new(), elapsed_ns: 0 };
     }
@@ -58,12 +62,12 @@ pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32) -> Report {
     }
     time::delay_ns(INIT_WAIT_NS);
     let vector = (TRAMPOLINE_PHYS >> 12) as u8;
-    for &cpu in &aps {
+    for &cpu in aps.iter().filter(sipi_to) {
         lapic::send_sipi(cpus::slot(cpu).apic_id, vector);
     }
     let waiting = |cpu: &&CpuIndex| cpus::slot(**cpu).state() == CpuState::Starting;
     time::delay_until(|| !aps.iter().any(|c| waiting(&c)), SECOND_SIPI_WAIT_NS);
-    for cpu in aps.iter().filter(waiting) {
+    for cpu in aps.iter().filter(waiting).filter(sipi_to) {
         lapic::send_sipi(cpus::slot(*cpu).apic_id, vector);
     }
     time::delay_until(|| !aps.iter().any(|c| waiting(&c)), timeout_ms as u64 * 1_000_000);

@@ -60,5 +60,10 @@ pub fn print(f: &Facts) {
     fact!("ipi.rtt_ns_median", "{}", f.checks.ipi_rtt_ns.unwrap_or(0));
     fact!("ipi.samples", "{}", f.checks.ipi_samples);
     fact!("boot.all_idle_us", "{}", f.all_idle_ns / 1000);
-    fact!("selftest", "{}", if f.checks.passed() { "pass" } else { "fail" });
+    let verdict = match (f.checks.passed(), f.checks.complete) {
+        (false, _) => "fail",
+        (true, false) => "not-run",
+        (true, true) => "pass",
+    };
+    fact!("selftest", "{verdict}");
 }
