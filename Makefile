@@ -31,9 +31,9 @@ APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
 DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine.
-HOST_CRATES := xen-abi apic mm smp topology
+HOST_CRATES := xen-abi apic guest-rt mm smp topology
 # Everything that runs on the machine.
-METAL_CRATES := hypervisor
+METAL_CRATES := hypervisor guest-rt guest-hello
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
 .PHONY: help deps build iso iso-selftest run smoke boottime test test-host test-qemu clippy clean

@@ -1,0 +1,48 @@
+//! guest-rt: the runtime of our minimal Rust Xen PV64 guest kernels. A guest binary writes
+//! `guest_rt::entry!(main)` and gets: the Xen ELF notes and the `_start` entry point
+//! ([`entry`](crate#entry-and-shutdown), guest target only), typed hypercalls through the
+//! hypercall page ([`hypercall`]), [`print!`]/[`println!`] on the hypervisor console
+//! ([`console`]), the start-of-day page and P2M list ([`mod@start_info`]), exception handling
+//! ([`traps`]), the shared info page ([`shared_info`]) and the address layout
+//! ([`layout`]). Guests link with `guest.ld`: their build script passes `-T` with the
+//! path this crate publishes as `DEP_GUEST_RT_LD`.
+//!
+//! # Entry and shutdown
+//! `_start` switches to the runtime's stack and calls `guest_rt_start`, which checks
+//! `start_info`, installs the trap table and calls the guest's main with the page. When
+//! main returns the domain powers off; a panic prints its message and crashes the domain.
+//!
+//! Who uses it: guest kernels only, built for `x86_64-unknown-none`. The pure parts
+//! (layout arithmetic, result decoding, line buffering, trap tables, start-info checks)
+//! also build and test on the host. What it must never do: assume a hypervisor feature
+//! beyond Xen's PV64 ABI, or change page tables other than through hypercalls.
+
+#![cfg_attr(not(test), no_std)]
+
+pub mod console;
+pub mod hypercall;
+pub mod layout;
+pub mod shared_info;
+pub mod start_info;
+pub mod traps;
+
+#[cfg(target_os = "none")]
+mod entry;
+
+pub use abi;
+pub use abi::start_info::StartInfo;
+pub use start_info::start_info;
+
+/// Names the guest's main function: `guest_rt::entry!(main);` with
+/// `fn main(start: &'static StartInfo)` (or `-> !`). The runtime calls it once, on the
+/// runtime's stack, with the trap table installed; the domain powers off when it returns.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        /// The guest's main function, as the runtime calls it.
+        #[unsafe(no_mangle)]
+        pub fn guest_main(start: &'static $crate::StartInfo) {
+            $main(start)
+        }
+    };
+}
