@@ -4,3 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod cmdline;
+pub mod domspec;
+pub mod hypercall;

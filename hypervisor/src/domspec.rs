@@ -1,0 +1,149 @@
+//! What a boot module asks for: its command line says how to build domains from the image.
+//!
+//! `name=NAME count=N mem_kib=K expect=ENDING -- GUEST COMMAND LINE`: the words before `--`
+//! are for the hypervisor, everything after it is passed to the guest verbatim (without
+//! `--`, the whole line is for the guest except the recognised keys). Pure and host-tested;
+//! bad values are reported, never fatal.
+
+use arrayvec::{ArrayString, ArrayVec};
+
+/// How a domain is expected to end (`expect=`), checked by the run's final report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Poweroff,
+    Reboot,
+    Crash,
+    /// Killed by the hypervisor (a hostile test guest).
+    Killed,
+}
+
+/// The build request of one boot module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainSpec {
+    pub name: ArrayString<32>,
+    pub count: u32,
+    pub mem_kib: u64,
+    pub expect: Expect,
+    pub guest_cmdline: ArrayString<1023>,
+    /// Words whose value did not parse.
+    pub invalid: ArrayVec<ArrayString<32>, 4>,
+}
+
+/// Default reservation of a boot domain.
+pub const DEFAULT_MEM_KIB: u64 = 1024;
+/// The most domains one module may ask for.
+pub const MAX_COUNT: u32 = 4096;
+
+fn clipped<const N: usize>(s: &str) -> ArrayString<N> {
+    let mut out = ArrayString::new();
+    for c in s.chars() {
+        if out.try_push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+impl DomainSpec {
+    /// Parses a module command line; `default_name` and `default_count` apply when the line
+    /// does not say.
+    pub fn parse(line: &str, default_name: &str, default_count: u32) -> DomainSpec {
+        // `--` as a word of its own separates our words from the guest's.
+        let separator = line
+            .match_indices("--")
+            .map(|(i, _)| i)
+            .find(|&i| line[..i].ends_with(' ') || i == 0)
+            .filter(|&i| line[i + 2..].is_empty() || line[i + 2..].starts_with(' '));
+        let (ours, guest) = match separator {
+            Some(i) => (&line[..i], Some(&line[i + 2..])),
+            None => (line, None),
+        };
+        let mut spec = DomainSpec {
+            name: clipped(default_name),
+            count: default_count,
+            mem_kib: DEFAULT_MEM_KIB,
+            expect: Expect::Poweroff,
+            guest_cmdline: ArrayString::new(),
+            invalid: ArrayVec::new(),
+        };
+        let mut rest = ArrayString::<1023>::new();
+        for word in ours.split_ascii_whitespace() {
+            let ok = match word.split_once('=') {
+                Some(("name", v)) if !v.is_empty() => {
+                    spec.name = clipped(v);
+                    true
+                }
+                Some(("count", v)) => v.parse().ok().filter(|n| (1..=MAX_COUNT).contains(n)).map(|n| spec.count = n).is_some(),
+                Some(("mem_kib", v)) => v.parse().ok().filter(|&k: &u64| k >= 4 && k % 4 == 0).map(|k| spec.mem_kib = k).is_some(),
+                Some(("expect", v)) => {
+                    let expect = match v {
+                        "poweroff" => Some(Expect::Poweroff),
+                        "reboot" => Some(Expect::Reboot),
+                        "crash" => Some(Expect::Crash),
+                        "killed" => Some(Expect::Killed),
+                        _ => None,
+                    };
+                    expect.map(|e| spec.expect = e).is_some()
+                }
+                _ if guest.is_none() => {
+                    // Without `--`, unknown words belong to the guest.
+                    if !rest.is_empty() {
+                        let _ = rest.try_push(' ');
+                    }
+                    let _ = rest.try_push_str(word);
+                    true
+                }
+                _ => false,
+            };
+            if !ok {
+                let _ = spec.invalid.try_push(clipped(word));
+            }
+        }
+        spec.guest_cmdline = match guest {
+            Some(g) => clipped(g.trim()),
+            None => rest,
+        };
+        spec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = DomainSpec::parse("", "hello", 1);
+        assert_eq!((s.name.as_str(), s.count, s.mem_kib, s.expect), ("hello", 1, DEFAULT_MEM_KIB, Expect::Poweroff));
+        assert!(s.guest_cmdline.is_empty() && s.invalid.is_empty());
+    }
+
+    #[test]
+    fn keys_and_guest_line() {
+        let s = DomainSpec::parse("name=evil count=3 mem_kib=512 expect=killed -- attack=all verbose", "x", 1);
+        assert_eq!((s.name.as_str(), s.count, s.mem_kib, s.expect), ("evil", 3, 512, Expect::Killed));
+        assert_eq!(s.guest_cmdline.as_str(), "attack=all verbose");
+    }
+
+    #[test]
+    fn without_separator_unknown_words_go_to_the_guest() {
+        let s = DomainSpec::parse("count=2 loops=10 quiet", "g", 1);
+        assert_eq!(s.count, 2);
+        assert_eq!(s.guest_cmdline.as_str(), "loops=10 quiet");
+    }
+
+    #[test]
+    fn bad_values_are_reported_and_ignored() {
+        let s = DomainSpec::parse("count=0 count=99999 mem_kib=3 mem_kib=x expect=maybe --", "g", 5);
+        assert_eq!((s.count, s.mem_kib, s.expect), (5, DEFAULT_MEM_KIB, Expect::Poweroff));
+        assert_eq!(s.invalid.len(), 4);
+        assert!(s.guest_cmdline.is_empty());
+    }
+
+    #[test]
+    fn words_before_separator_that_are_not_keys_are_invalid() {
+        let s = DomainSpec::parse("oops -- hi", "g", 1);
+        assert_eq!(s.invalid.len(), 1);
+        assert_eq!(s.guest_cmdline.as_str(), "hi");
+    }
+}

@@ -1,0 +1,203 @@
+//! Decoding a hypercall's registers into a typed request, before any handler runs.
+//!
+//! Pure and host-tested: every handler in the hypervisor starts from a [`Request`] whose
+//! numbers are known values, whose counts are bounded and whose guest pointers are typed
+//! ([`GuestVa`]) — whether a pointer names readable guest memory is checked when it is used.
+//! Registers follow the x86_64 PV convention: rax = number; rdi, rsi, rdx, r10, r8 = args.
+
+use abi::hypercall::{CallbackOp, ConsoleIoOp, Hypercall, SchedOp, VcpuOp, XenVersionOp, MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT};
+
+/// A guest virtual address given as a hypercall argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestVa(pub u64);
+
+impl GuestVa {
+    /// The address of element `index` of an array of `T` starting here.
+    pub fn offset<T>(self, index: u64) -> Option<GuestVa> {
+        index.checked_mul(size_of::<T>() as u64).and_then(|b| self.0.checked_add(b)).map(GuestVa)
+    }
+
+    pub fn is_null(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// The most entries one batched call (mmu_update, mmuext_op, multicall, set_trap_table)
+/// may name. Larger counts are refused with EINVAL rather than trusted.
+pub const MAX_BATCH: u64 = 1 << 20;
+/// The most bytes one console write may carry.
+pub const MAX_CONSOLE_WRITE: u64 = 1 << 16;
+
+/// A decoded hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    SetTrapTable { table: GuestVa },
+    MmuUpdate { requests: GuestVa, count: u64, done: GuestVa, domid: u16 },
+    StackSwitch { ss: u64, sp: u64 },
+    SetCallbacks { event: u64, failsafe: u64, syscall: u64 },
+    FpuTaskswitch { set: bool },
+    MemoryOp { cmd: u32, start_extent: u64, arg: GuestVa },
+    Multicall { calls: GuestVa, count: u64 },
+    UpdateVaMapping { va: u64, pte: u64, flags: u64 },
+    SetTimerOp { deadline_ns: u64 },
+    XenVersion { cmd: XenVersionOp, arg: GuestVa },
+    ConsoleWrite { buffer: GuestVa, count: u64 },
+    ConsoleRead { buffer: GuestVa, count: u64 },
+    VmAssist { cmd: u32, kind: u32 },
+    Iret,
+    VcpuOp { cmd: VcpuOp, vcpu: u32, arg: GuestVa },
+    SetSegmentBase { which: u32, base: u64 },
+    MmuextOp { ops: GuestVa, count: u64, done: GuestVa, domid: u16 },
+    SchedOp { cmd: SchedOp, arg: GuestVa },
+    CallbackOp { cmd: CallbackOp, arg: GuestVa },
+    EventChannelOp { cmd: u32, arg: GuestVa },
+    Domctl { arg: GuestVa },
+}
+
+/// Why a hypercall was refused before any handler ran; each maps to one errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// No such hypercall, or one this hypervisor does not implement (ENOSYS).
+    Unknown(u64),
+    /// A sub-operation this hypervisor does not implement (ENOSYS).
+    UnknownOp { call: Hypercall, op: u64 },
+    /// A count above the batch limit (EINVAL).
+    TooMany { call: Hypercall, count: u64 },
+}
+
+impl DecodeError {
+    pub fn errno(self) -> abi::errno::Errno {
+        match self {
+            DecodeError::Unknown(_) | DecodeError::UnknownOp { .. } => abi::errno::Errno::Enosys,
+            DecodeError::TooMany { .. } => abi::errno::Errno::Einval,
+        }
+    }
+}
+
+fn bounded(call: Hypercall, count: u64, max: u64) -> Result<u64, DecodeError> {
+    if count <= max { Ok(count) } else { Err(DecodeError::TooMany { call, count }) }
+}
+
+/// Decodes hypercall `number` with argument registers `a` (rdi, rsi, rdx, r10, r8).
+pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
+    use Hypercall as H;
+    let call = Hypercall::from_number(number).ok_or(DecodeError::Unknown(number))?;
+    // Sub-op numbers are C ints: truncate like the C ABI does.
+    let op32 = |v: u64| v as u32;
+    let unknown_op = |op: u64| DecodeError::UnknownOp { call, op };
+    Ok(match call {
+        H::SetTrapTable => Request::SetTrapTable { table: GuestVa(a[0]) },
+        H::MmuUpdate => Request::MmuUpdate {
+            requests: GuestVa(a[0]),
+            count: bounded(call, a[1] & 0xffff_ffff, MAX_BATCH)?,
+            done: GuestVa(a[2]),
+            domid: a[3] as u16,
+        },
+        H::StackSwitch => Request::StackSwitch { ss: a[0], sp: a[1] },
+        H::SetCallbacks => Request::SetCallbacks { event: a[0], failsafe: a[1], syscall: a[2] },
+        H::FpuTaskswitch => Request::FpuTaskswitch { set: a[0] != 0 },
+        H::MemoryOp => Request::MemoryOp {
+            cmd: (a[0] & MEMOP_CMD_MASK) as u32,
+            start_extent: a[0] >> MEMOP_EXTENT_SHIFT,
+            arg: GuestVa(a[1]),
+        },
+        H::Multicall => Request::Multicall { calls: GuestVa(a[0]), count: bounded(call, a[1] & 0xffff_ffff, MAX_BATCH)? },
+        H::UpdateVaMapping => Request::UpdateVaMapping { va: a[0], pte: a[1], flags: a[2] },
+        H::SetTimerOp => Request::SetTimerOp { deadline_ns: a[0] },
+        H::XenVersion => Request::XenVersion {
+            cmd: XenVersionOp::from_raw(op32(a[0])).ok_or(unknown_op(a[0]))?,
+            arg: GuestVa(a[1]),
+        },
+        H::ConsoleIo => match ConsoleIoOp::from_raw(op32(a[0])) {
+            Some(ConsoleIoOp::Write) => {
+                Request::ConsoleWrite { count: bounded(call, a[1] & 0xffff_ffff, MAX_CONSOLE_WRITE)?, buffer: GuestVa(a[2]) }
+            }
+            Some(ConsoleIoOp::Read) => Request::ConsoleRead { count: a[1] & 0xffff_ffff, buffer: GuestVa(a[2]) },
+            None => return Err(unknown_op(a[0])),
+        },
+        H::VmAssist => Request::VmAssist { cmd: op32(a[0]), kind: op32(a[1]) },
+        H::Iret => Request::Iret,
+        H::VcpuOp => Request::VcpuOp {
+            cmd: VcpuOp::from_raw(op32(a[0])).ok_or(unknown_op(a[0]))?,
+            vcpu: op32(a[1]),
+            arg: GuestVa(a[2]),
+        },
+        H::SetSegmentBase => Request::SetSegmentBase { which: op32(a[0]), base: a[1] },
+        H::MmuextOp => Request::MmuextOp {
+            ops: GuestVa(a[0]),
+            count: bounded(call, a[1] & 0xffff_ffff, MAX_BATCH)?,
+            done: GuestVa(a[2]),
+            domid: a[3] as u16,
+        },
+        H::SchedOp => Request::SchedOp { cmd: SchedOp::from_raw(op32(a[0])).ok_or(unknown_op(a[0]))?, arg: GuestVa(a[1]) },
+        H::CallbackOp => {
+            Request::CallbackOp { cmd: CallbackOp::from_raw(op32(a[0])).ok_or(unknown_op(a[0]))?, arg: GuestVa(a[1]) }
+        }
+        H::EventChannelOp => Request::EventChannelOp { cmd: op32(a[0]), arg: GuestVa(a[1]) },
+        H::Domctl => Request::Domctl { arg: GuestVa(a[0]) },
+        _ => return Err(DecodeError::Unknown(number)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_decode_to_their_requests() {
+        assert_eq!(decode(23, [0; 5]), Ok(Request::Iret));
+        assert_eq!(decode(3, [0xe02b, 0x1000, 0, 0, 0]), Ok(Request::StackSwitch { ss: 0xe02b, sp: 0x1000 }));
+        assert_eq!(
+            decode(18, [0, 5, 0x2000, 0, 0]),
+            Ok(Request::ConsoleWrite { buffer: GuestVa(0x2000), count: 5 })
+        );
+        assert_eq!(
+            decode(29, [2, 0x3000, 0, 0, 0]),
+            Ok(Request::SchedOp { cmd: SchedOp::Shutdown, arg: GuestVa(0x3000) })
+        );
+    }
+
+    #[test]
+    fn unknown_numbers_and_ops_are_enosys() {
+        for n in [11, 43, 64, 1 << 32, u64::MAX] {
+            assert_eq!(decode(n, [0; 5]).unwrap_err().errno(), abi::errno::Errno::Enosys, "hypercall {n}");
+        }
+        // Known but not implemented (grant tables, platform ops) are ENOSYS too.
+        assert_eq!(decode(20, [0; 5]), Err(DecodeError::Unknown(20)));
+        assert_eq!(decode(29, [99, 0, 0, 0, 0]).unwrap_err().errno(), abi::errno::Errno::Enosys);
+        assert_eq!(decode(18, [7, 0, 0, 0, 0]).unwrap_err().errno(), abi::errno::Errno::Enosys);
+    }
+
+    #[test]
+    fn sub_ops_are_truncated_like_c_ints() {
+        // The upper half of a sub-op register is ignored, as the C ABI's `int` would be.
+        assert_eq!(
+            decode(29, [0xdead_beef_0000_0000, 0, 0, 0, 0]),
+            Ok(Request::SchedOp { cmd: SchedOp::Yield, arg: GuestVa(0) })
+        );
+    }
+
+    #[test]
+    fn huge_counts_are_refused() {
+        let huge = MAX_BATCH + 1;
+        assert!(matches!(decode(1, [0x1000, huge, 0, 0x7ff0, 0]), Err(DecodeError::TooMany { .. })));
+        assert!(matches!(decode(26, [0x1000, huge, 0, 0x7ff0, 0]), Err(DecodeError::TooMany { .. })));
+        assert!(matches!(decode(13, [0x1000, huge, 0, 0, 0]), Err(DecodeError::TooMany { .. })));
+        assert!(matches!(decode(18, [0, MAX_CONSOLE_WRITE + 1, 0x1000, 0, 0]), Err(DecodeError::TooMany { .. })));
+        // Counts are 32-bit: the upper half does not count.
+        assert!(decode(1, [0x1000, (1 << 32) | 4, 0, 0x7ff0, 0]).is_ok());
+    }
+
+    #[test]
+    fn memory_op_splits_command_and_start_extent() {
+        let raw = (5 << MEMOP_EXTENT_SHIFT) | 6;
+        assert_eq!(decode(12, [raw, 0x4000, 0, 0, 0]), Ok(Request::MemoryOp { cmd: 6, start_extent: 5, arg: GuestVa(0x4000) }));
+    }
+
+    #[test]
+    fn guest_array_offsets_do_not_overflow() {
+        assert_eq!(GuestVa(0x1000).offset::<u64>(2), Some(GuestVa(0x1010)));
+        assert_eq!(GuestVa(u64::MAX - 4).offset::<u64>(1), None);
+        assert_eq!(GuestVa(0).offset::<[u8; 16]>(u64::MAX), None);
+    }
+}
