@@ -31,7 +31,7 @@ APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
 DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine.
-HOST_CRATES := xen-abi apic guest-rt mm smp topology
+HOST_CRATES := xen-abi apic builder guest-rt mm smp topology
 # Everything that runs on the machine.
 METAL_CRATES := hypervisor guest-rt guest-hello
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
