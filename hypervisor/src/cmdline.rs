@@ -22,6 +22,8 @@ pub struct Options {
     pub ipi_samples: u32,
     /// `heap_mib=N`: the heap's reservation in the window (default 8 MiB).
     pub heap_mib: u32,
+    /// `guests=N`: domains built from each boot module whose own line has no `count=`.
+    pub guests: u32,
     /// `test_silent_cpu=N`: fault injection for tests: CPU N is sent INIT but never its
     /// start-up IPIs, so it stays silent and the start-up timeout path runs.
     pub test_silent_cpu: Option<u32>,
@@ -42,6 +44,7 @@ impl Default for Options {
             ipi_samples: 200,
             heap_mib: 8,
             test_silent_cpu: None,
+            guests: 1,
             unknown: ArrayVec::new(),
             invalid: ArrayVec::new(),
         }
@@ -87,6 +90,7 @@ impl Options {
                 ("ap_timeout_ms", v) => set(&mut o.ap_timeout_ms, number(v, 1..=60_000)),
                 ("ipi_samples", v) => set(&mut o.ipi_samples, number(v, 1..=1_000_000)),
                 ("heap_mib", v) => set(&mut o.heap_mib, number(v, 1..=32)),
+                ("guests", v) => set(&mut o.guests, number(v, 1..=4096)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
                 ("selftest" | "verbose" | "nosmp" | "x2apic", _) => false,
                 _ => {
@@ -117,6 +121,8 @@ mod tests {
         let o = Options::parse("selftest verbose maxcpus=3 x2apic=off ap_timeout_ms=50 ipi_samples=9 heap_mib=4 test_silent_cpu=2");
         assert!(o.selftest && o.verbose && !o.x2apic);
         assert_eq!(o.test_silent_cpu, Some(2));
+        assert_eq!(Options::parse("guests=7").guests, 7);
+        assert_eq!(Options::parse("guests=0").guests, 1);
         assert_eq!(o.max_cpus, Some(3));
         assert_eq!((o.ap_timeout_ms, o.ipi_samples, o.heap_mib), (50, 9, 4));
         assert!(o.unknown.is_empty() && o.invalid.is_empty());

@@ -7,10 +7,22 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 static IDLE_CPUS: AtomicUsize = AtomicUsize::new(0);
 
-/// Enters the idle loop for good.
+/// Enters the idle loop at the end of boot (each CPU once).
 pub fn enter() -> ! {
+    crate::sched::enter_idle();
     IDLE_CPUS.fetch_add(1, Ordering::AcqRel);
+    run()
+}
+
+/// The idle loop itself; the scheduler also resumes it when a CPU runs out of vCPUs. Work
+/// queued while this CPU was busy is picked up through a self-addressed reschedule IPI,
+/// because vCPUs are switched in only on the way out of an interrupt.
+pub extern "C" fn run() -> ! {
     loop {
+        x86_64::instructions::interrupts::disable();
+        if crate::sched::has_work() {
+            crate::lapic::send_ipi(crate::percpu::current().apic_id, crate::traps::vectors::RESCHEDULE);
+        }
         x86_64::instructions::interrupts::enable_and_hlt();
     }
 }

@@ -1,5 +1,6 @@
 //! Interrupt handlers (vectors 32-255 other than the masked PIC range and spurious): the
-//! local timer, cross-CPU calls and APIC errors. Each is acknowledged with an EOI here.
+//! local timer, cross-CPU calls, reschedule kicks and APIC errors. Each is acknowledged
+//! with an EOI here.
 //!
 //! Runs with interrupts off on the interrupted CPU's stack; handlers must be short and never
 //! block on another CPU except through the call board (which services its own mailbox).
@@ -20,8 +21,11 @@ pub fn handle(vector: u8) {
         vectors::TIMER => {
             let cpu = percpu::current().index.0 as usize;
             TIMER_TICKS[cpu].fetch_add(1, Ordering::Relaxed);
+            crate::sched::slice_over();
         }
         vectors::CALL => cpus::service_calls(),
+        // The scheduler looks at the run queue on the way out of every interrupt.
+        vectors::RESCHEDULE => {}
         vectors::ERROR => warn!("local APIC error {:#x}", lapic::read_error()),
         other => warn!("unexpected interrupt vector {other:#x}"),
     }

@@ -11,6 +11,7 @@ extern crate alloc;
 mod arch;
 mod bootinfo;
 mod cpus;
+mod domain;
 mod fwmap;
 mod idle;
 mod interrupts;
@@ -19,6 +20,8 @@ mod logger;
 mod memory;
 mod percpu;
 mod platform;
+mod pv;
+mod sched;
 mod selftest;
 mod smpboot;
 mod summary;
@@ -68,12 +71,15 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
 
     lapic::init_boot_cpu(options.x2apic);
     let early = memory::init_heap(&boot, &mut layout, &options).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
+    pv::build::map_modules(&boot, &mut layout, options.guests);
     let machine = platform::discover(&boot, &options);
     let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
     cpus::init(&machine.apic_ids_to_start());
+    sched::init(machine.cpus_to_start());
     memory::back_percpu_areas(areas).unwrap_or_else(|e| fatal(format_args!("per-CPU areas: {e}")));
     move_boot_cpu(&areas[0]);
+    arch::entry::init_this_cpu();
     platform::init_interrupt_controllers(&machine);
     lapic::init_this_cpu();
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);
@@ -86,8 +92,13 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
         info!("{line}");
     }
     summary::print(&summary::Facts { boot: &boot, memory: &memory, machine: &machine, smp: &smp, checks: &checks, layout: &layout, all_idle_ns });
-    if options.selftest {
-        exit(if checks.passed() { Outcome::Success } else { Outcome::Failure });
+    if !checks.passed() {
+        fatal(format_args!("self-checks failed"));
+    }
+    if !pv::build::modules().is_empty() {
+        pv::build::start_boot_domains();
+    } else if options.selftest {
+        exit(Outcome::Success);
     }
     idle::enter()
 }

@@ -37,13 +37,23 @@ pub struct PerCpu {
     self_ptr: u64,
     pub index: CpuIndex,
     pub apic_id: u32,
-    /// Top of this CPU's kernel stack (also TSS.RSP0).
+    /// Top of this CPU's kernel stack (also TSS.RSP0). `syscall` entry reads it at
+    /// [`STACK_TOP_OFFSET`].
     pub stack_top: u64,
+    /// Scratch slot for the guest's stack pointer during `syscall` entry
+    /// ([`SCRATCH_OFFSET`]).
+    scratch: u64,
     /// Temporary-mapping slots in use (bit n = slot n); only this CPU touches it.
     pub temp_slots: AtomicU32,
     tss: TaskStateSegment,
     lapic: OnceCell<LocalApic>,
+    /// The vCPU this CPU runs (null when idle); only this CPU writes it.
+    pub current: core::sync::atomic::AtomicPtr<crate::domain::Vcpu>,
 }
+
+/// Offsets the assembly entry paths use through GS.
+pub const STACK_TOP_OFFSET: usize = core::mem::offset_of!(PerCpu, stack_top);
+pub const SCRATCH_OFFSET: usize = core::mem::offset_of!(PerCpu, scratch);
 
 impl PerCpu {
     /// This CPU's local APIC, once enabled.
@@ -87,9 +97,11 @@ pub fn init_boot_cpu_early(stack_top: u64) {
         index: CpuIndex(0),
         apic_id: 0,
         stack_top,
+        scratch: 0,
         temp_slots: AtomicU32::new(0),
         tss,
         lapic: OnceCell::new(),
+        current: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
     });
     data.self_ptr = data as *const PerCpu as u64;
     // SAFETY: `data` and `early.gdt` are statics that stay valid for the whole run.
@@ -110,8 +122,10 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
             index,
             apic_id,
             stack_top,
+            scratch: 0,
             temp_slots: AtomicU32::new(0),
             lapic: OnceCell::new(),
+            current: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
             tss: gdt::tss(stack_top, ist(IstStack::DoubleFault), ist(IstStack::Nmi), ist(IstStack::MachineCheck)),
         });
         &*data_ptr

@@ -3,6 +3,7 @@
 //!
 //! Called only from the assembly entry path in `arch::trap`, with interrupts off.
 
+use crate::arch::entry::SYSCALL_VECTOR;
 use crate::arch::exit::{exit, Outcome};
 use crate::arch::trap::TrapFrame;
 use crate::{logger, percpu};
@@ -13,6 +14,7 @@ pub mod vectors {
     pub const PIC_BASE: u8 = 0x20;
     pub const TIMER: u8 = 0xf0;
     pub const CALL: u8 = 0xf1;
+    pub const RESCHEDULE: u8 = 0xf2;
     pub const ERROR: u8 = 0xfe;
     pub const SPURIOUS: u8 = 0xff;
 }
@@ -26,15 +28,32 @@ const EXCEPTION_NAMES: [&str; 32] = [
     "reserved", "reserved", "hypervisor injection", "VMM communication", "security", "reserved",
 ];
 
-/// Entry from `trap_common`.
+/// Entry from `trap_common` (and the `syscall` entry), with interrupts off. Whatever the
+/// trap was, the scheduler decides on the way out what the frame returns to.
 pub extern "C" fn dispatch(frame: &mut TrapFrame) {
-    let vector = frame.vector as u8;
-    match vector {
-        0..=31 => fatal_exception(frame),
-        vectors::PIC_BASE..=0x2f => {} // masked legacy PIC: spurious, no EOI owed
-        vectors::SPURIOUS => {}
-        _ => crate::interrupts::handle(vector),
+    match frame.vector {
+        SYSCALL_VECTOR => crate::pv::guest_trap(frame),
+        0..=31 if frame.is_from_guest() => crate::pv::guest_trap(frame),
+        0..=31 => hypervisor_exception(frame),
+        v if (vectors::PIC_BASE as u64..=0x2f).contains(&v) => {} // masked legacy PIC: spurious, no EOI owed
+        v if v == vectors::SPURIOUS as u64 => {}
+        v => crate::interrupts::handle(v as u8),
     }
+    crate::sched::on_trap_exit(frame);
+}
+
+/// An exception in hypervisor code: a fault on a guest pointer inside a guest-memory copy
+/// resumes at the copy's fix-up; anything else is fatal.
+fn hypervisor_exception(frame: &mut TrapFrame) {
+    const GENERAL_PROTECTION: u64 = 13;
+    const PAGE_FAULT: u64 = 14;
+    if matches!(frame.vector, GENERAL_PROTECTION | PAGE_FAULT) {
+        if let Some(resume) = crate::arch::uaccess::fixup(frame.rip) {
+            frame.rip = resume;
+            return;
+        }
+    }
+    fatal_exception(frame)
 }
 
 /// Reports an exception raised by the hypervisor itself and stops the machine.

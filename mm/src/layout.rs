@@ -70,6 +70,8 @@ pub enum Region {
     Heap,
     /// Boot-time mappings of firmware data (ACPI tables, multiboot information).
     Firmware,
+    /// Boot modules (guest kernel images), mapped read-only for the whole run.
+    Modules,
     /// Device registers (local APIC, IO-APIC, HPET...).
     Mmio,
     /// Per-CPU temporary mappings of arbitrary machine frames.
@@ -79,6 +81,9 @@ pub enum Region {
 }
 
 impl Region {
+    /// Number of regions (each is placed at most once).
+    pub const COUNT: usize = 8;
+
     /// Short name for the layout table.
     pub const fn name(self) -> &'static str {
         match self {
@@ -86,6 +91,7 @@ impl Region {
             Region::FrameMetadata => "frame metadata",
             Region::Heap => "heap",
             Region::Firmware => "firmware",
+            Region::Modules => "modules",
             Region::Mmio => "mmio",
             Region::TempMappings => "temp mappings",
             Region::PerCpu => "per-cpu",
@@ -265,7 +271,7 @@ impl PerCpuArea {
 /// The window's regions, placed in order from [`WINDOW_BASE`].
 #[derive(Clone, Debug)]
 pub struct WindowLayout {
-    regions: ArrayVec<PlacedRegion, 7>,
+    regions: ArrayVec<PlacedRegion, { Region::COUNT }>,
     /// Bytes of the window placed so far.
     placed: u64,
 }

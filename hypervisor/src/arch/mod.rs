@@ -1,8 +1,10 @@
 //! The thin hardware layer: the only place with assembly, port I/O, MSRs, control registers
 //! and page-table entries.
 pub mod boot;
+pub mod entry;
 pub mod exit;
 pub mod gdt;
 pub mod paging;
 pub mod serial;
 pub mod trap;
+pub mod uaccess;

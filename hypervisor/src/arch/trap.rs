@@ -45,8 +45,16 @@ pub struct TrapFrame {
 }
 
 impl TrapFrame {
+    /// All registers zero.
+    pub const fn zeroed() -> TrapFrame {
+        TrapFrame {
+            r15: 0, r14: 0, r13: 0, r12: 0, r11: 0, r10: 0, r9: 0, r8: 0, rbp: 0, rdi: 0, rsi: 0,
+            rdx: 0, rcx: 0, rbx: 0, rax: 0, vector: 0, error_code: 0, rip: 0, cs: 0, rflags: 0,
+            rsp: 0, ss: 0,
+        }
+    }
+
     /// Whether the interrupted code ran in ring 3 (a guest).
-    #[allow(dead_code)]
     pub fn is_from_guest(&self) -> bool {
         self.cs & 3 == 3
     }
@@ -73,9 +81,11 @@ trap_stubs:
 
 trap_common:
     testb $3, 24(%rsp)
-    jz 1f
+    jz trap_save
     swapgs
-1:  pushq %rax
+    .global trap_save
+trap_save:
+    pushq %rax
     pushq %rbx
     pushq %rcx
     pushq %rdx
@@ -141,18 +151,21 @@ pub fn init() {
             18 => gdt::IST_MACHINE_CHECK,
             _ => 0,
         };
-        let (low, high) = interrupt_gate(stubs + vector * STUB_SIZE, ist);
+        // int3 and into may be used by guests (ring 3): their gates are DPL 3. Every other
+        // software `int` from a guest raises #GP and is checked against its trap table.
+        let dpl = if matches!(vector, 3 | 4) { 3 } else { 0 };
+        let (low, high) = interrupt_gate(stubs + vector * STUB_SIZE, ist, dpl);
         IDT.0[vector as usize * 2].store(low, Ordering::Relaxed);
         IDT.0[vector as usize * 2 + 1].store(high, Ordering::Relaxed);
     }
 }
 
-/// A present, DPL-0 64-bit interrupt gate (interrupts off on entry) to `handler`.
-fn interrupt_gate(handler: u64, ist: u16) -> (u64, u64) {
+/// A present 64-bit interrupt gate (interrupts off on entry) to `handler`.
+fn interrupt_gate(handler: u64, ist: u16, dpl: u64) -> (u64, u64) {
     let low = (handler & 0xffff)
         | ((HYPERVISOR_CS as u64) << 16)
         | ((ist as u64 & 7) << 32)
-        | (0x8e << 40)
+        | ((0x8e | (dpl << 5)) << 40)
         | (((handler >> 16) & 0xffff) << 48);
     (low, handler >> 32)
 }

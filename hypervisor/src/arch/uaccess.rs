@@ -1,0 +1,103 @@
+//! Reading and writing guest memory by guest virtual address, on the guest's page tables,
+//! without ever letting a bad guest pointer fault the hypervisor.
+//!
+//! Every range is first checked to be canonical and to stay clear of the hypervisor window
+//! (so a guest cannot make the hypervisor write its own memory); the copy itself runs in a
+//! tiny assembly routine whose faults (#PF, #GP) are turned by [`fixup`] into "this many
+//! bytes were not copied". Callers run on the CPU whose CR3 holds the guest's tables.
+
+use core::arch::global_asm;
+
+use super::paging::WINDOW_BASE;
+
+/// Guest addresses below this are the lower canonical half.
+const LOWER_HALF_END: u64 = 0x0000_8000_0000_0000;
+/// Guest addresses from here up to the window are the upper canonical half.
+const UPPER_HALF_START: u64 = 0xFFFF_8000_0000_0000;
+
+/// A guest pointer that does not name guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadGuestAddress {
+    pub addr: u64,
+    pub len: u64,
+}
+
+global_asm!(
+    r#"
+    .section .text.guest_copy, "ax"
+    .global guest_copy
+    .p2align 4
+/* rdi = destination, rsi = source, rdx = length; returns in rax the bytes not copied. */
+guest_copy:
+    movq %rdx, %rcx
+    .global guest_copy_insn
+guest_copy_insn:
+    rep movsb
+    xorl %eax, %eax
+    ret
+    .global guest_copy_fixup
+guest_copy_fixup:
+    movq %rcx, %rax
+    ret
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn guest_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
+    static guest_copy_insn: u8;
+    static guest_copy_fixup: u8;
+}
+
+/// Checks that `[addr, addr + len)` is canonical guest address space.
+pub fn check_range(addr: u64, len: u64) -> Result<(), BadGuestAddress> {
+    let bad = BadGuestAddress { addr, len };
+    let end = addr.checked_add(len).ok_or(bad)?;
+    let lower = end <= LOWER_HALF_END;
+    let upper = addr >= UPPER_HALF_START && end <= WINDOW_BASE;
+    if lower || upper {
+        Ok(())
+    } else {
+        Err(bad)
+    }
+}
+
+/// Copies `dst.len()` bytes from guest address `src`.
+pub fn read(src: u64, dst: &mut [u8]) -> Result<(), BadGuestAddress> {
+    check_range(src, dst.len() as u64)?;
+    // SAFETY: the source range is guest address space (checked above); faults on it are
+    // fixed up into a short count; the destination is a valid hypervisor slice.
+    let left = unsafe { guest_copy(dst.as_mut_ptr(), src as *const u8, dst.len()) };
+    if left == 0 { Ok(()) } else { Err(BadGuestAddress { addr: src, len: dst.len() as u64 }) }
+}
+
+/// Copies `src` to guest address `dst`.
+pub fn write(dst: u64, src: &[u8]) -> Result<(), BadGuestAddress> {
+    check_range(dst, src.len() as u64)?;
+    // SAFETY: as for `read`, with the roles swapped: the destination is checked guest space.
+    let left = unsafe { guest_copy(dst as *mut u8, src.as_ptr(), src.len()) };
+    if left == 0 { Ok(()) } else { Err(BadGuestAddress { addr: dst, len: src.len() as u64 }) }
+}
+
+/// Reads a plain-old-data value (any bit pattern valid) from guest address `src`.
+pub fn read_value<T: Copy + Default>(src: u64) -> Result<T, BadGuestAddress> {
+    let mut value = T::default();
+    // SAFETY: `T: Copy` with every bit pattern valid (the ABI structs are integers only);
+    // the slice covers exactly `value`.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(&mut value as *mut T as *mut u8, size_of::<T>()) };
+    read(src, bytes)?;
+    Ok(value)
+}
+
+/// Writes a plain-old-data value to guest address `dst`.
+pub fn write_value<T: Copy>(dst: u64, value: &T) -> Result<(), BadGuestAddress> {
+    // SAFETY: reading the bytes of a `Copy` value; the slice covers exactly `value`.
+    let bytes = unsafe { core::slice::from_raw_parts(value as *const T as *const u8, size_of::<T>()) };
+    write(dst, bytes)
+}
+
+/// If a fault at `rip` happened inside a guest copy, returns where to resume (the copy then
+/// reports the bytes it did not copy).
+pub fn fixup(rip: u64) -> Option<u64> {
+    (rip == &raw const guest_copy_insn as u64).then_some(&raw const guest_copy_fixup as u64)
+}

@@ -1,0 +1,303 @@
+//! Domains: the hypervisor's record of each guest — its memory (every frame it owns), its
+//! shared-info page, its vCPUs, its console line and its life state — and the table of all
+//! domains.
+//!
+//! A domain is created by the builder (`pv::build`), runs until it shuts down or crashes,
+//! and is then destroyed: every frame it owned goes back to the frame allocator and every
+//! hypervisor structure it used is dropped, so free memory returns to exactly what it was.
+//! Destruction happens only once no CPU runs any of its vCPUs (see [`Domain::destroy`]).
+
+pub mod vcpu;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use abi::hypercall::ShutdownReason;
+use log::{info, warn};
+use mm::addr::Mfn;
+use mm::frame::{DomainId, Owner};
+use spin::Mutex;
+
+pub use vcpu::Vcpu;
+
+use crate::memory::{self, FrameMapping};
+
+/// The most domains alive at once (ids 1..=MAX_DOMAINS; 0 is kept for domain 0).
+pub const MAX_DOMAINS: usize = 4096;
+
+/// Where a domain is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LifeState {
+    Running = 0,
+    /// Asked to shut down (or crashed); waiting for its vCPUs to stop running.
+    ShuttingDown = 1,
+    /// All memory returned.
+    Dead = 2,
+}
+
+/// Why a domain ended, as reported in the summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Poweroff,
+    Reboot,
+    Suspend,
+    Crash,
+    Watchdog,
+    /// Killed by the hypervisor (a fault it could not deliver, a bad hypercall frame...).
+    Killed,
+}
+
+impl Ending {
+    pub fn from_reason(reason: u32) -> Ending {
+        match ShutdownReason::from_raw(reason) {
+            Some(ShutdownReason::Poweroff) => Ending::Poweroff,
+            Some(ShutdownReason::Reboot) => Ending::Reboot,
+            Some(ShutdownReason::Suspend) => Ending::Suspend,
+            Some(ShutdownReason::Watchdog) => Ending::Watchdog,
+            _ => Ending::Crash,
+        }
+    }
+
+    /// Whether this ending counts as a failure of the domain.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Ending::Crash | Ending::Killed | Ending::Watchdog)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Ending::Poweroff => "poweroff",
+            Ending::Reboot => "reboot",
+            Ending::Suspend => "suspend",
+            Ending::Crash => "crash",
+            Ending::Watchdog => "watchdog",
+            Ending::Killed => "killed",
+        }
+    }
+}
+
+/// The frames a domain owns and its reservation limits.
+pub struct DomainMemory {
+    /// Every frame of the guest's reservation (not the shared-info page).
+    pub pages: Vec<Mfn>,
+    /// The most pages the domain may hold.
+    pub max_pages: u64,
+}
+
+/// Per-domain counters, read by the summary and the control interface.
+#[derive(Default)]
+pub struct Counters {
+    pub hypercalls: AtomicU64,
+    pub exceptions_bounced: AtomicU64,
+    pub console_bytes: AtomicU64,
+    pub console_dropped_lines: AtomicU64,
+}
+
+/// One guest.
+pub struct Domain {
+    pub id: DomainId,
+    pub name: arrayvec::ArrayString<32>,
+    pub shared_info: Mfn,
+    pub memory: Mutex<DomainMemory>,
+    /// Serializes this domain's page-table updates.
+    pub mmu_lock: Mutex<()>,
+    vcpus: Mutex<Vec<Arc<Vcpu>>>,
+    state: AtomicU8,
+    ending: Mutex<Option<Ending>>,
+    pub console: Mutex<crate::pv::console::ConsoleLine>,
+    pub counters: Counters,
+    /// vCPUs currently running on some CPU (destruction waits for zero).
+    pub running_vcpus: AtomicU32,
+    /// Time the build took, for the summary.
+    pub build_ns: AtomicU64,
+}
+
+struct Table {
+    slots: Vec<Option<Arc<Domain>>>,
+    next: usize,
+    created: u64,
+    endings: Vec<(DomainId, arrayvec::ArrayString<32>, Ending)>,
+}
+
+static DOMAINS: Mutex<Table> = Mutex::new(Table { slots: Vec::new(), next: 1, created: 0, endings: Vec::new() });
+
+/// Why a domain could not be created.
+#[derive(Debug)]
+pub enum CreateError {
+    TooManyDomains,
+    OutOfMemory(mm::frame::FrameError),
+}
+
+impl core::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooManyDomains => write!(f, "no free domain id (at most {MAX_DOMAINS} domains)"),
+            Self::OutOfMemory(e) => write!(f, "not enough memory: {e:?}"),
+        }
+    }
+}
+
+impl Domain {
+    /// Creates an empty domain (no memory yet but its zeroed shared-info page) and enters it
+    /// in the table under a fresh id.
+    pub fn create(name: &str, max_pages: u64) -> Result<Arc<Domain>, CreateError> {
+        let mut table = DOMAINS.lock();
+        let id = table.free_id().ok_or(CreateError::TooManyDomains)?;
+        let owner = Owner::Domain(id);
+        let shared_info = memory::frames().alloc(owner).map_err(CreateError::OutOfMemory)?;
+        zero_frame(shared_info);
+        let mut short_name = arrayvec::ArrayString::new();
+        for c in name.chars().take(32) {
+            let _ = short_name.try_push(c);
+        }
+        let domain = Arc::new(Domain {
+            id,
+            name: short_name,
+            shared_info,
+            memory: Mutex::new(DomainMemory { pages: Vec::new(), max_pages }),
+            mmu_lock: Mutex::new(()),
+            vcpus: Mutex::new(Vec::new()),
+            state: AtomicU8::new(LifeState::Running as u8),
+            ending: Mutex::new(None),
+            console: Mutex::new(crate::pv::console::ConsoleLine::new()),
+            counters: Counters::default(),
+            running_vcpus: AtomicU32::new(0),
+            build_ns: AtomicU64::new(0),
+        });
+        table.insert(id, domain.clone());
+        Ok(domain)
+    }
+
+    pub fn owner(&self) -> Owner {
+        Owner::Domain(self.id)
+    }
+
+    pub fn state(&self) -> LifeState {
+        match self.state.load(Ordering::Acquire) {
+            0 => LifeState::Running,
+            1 => LifeState::ShuttingDown,
+            _ => LifeState::Dead,
+        }
+    }
+
+    pub fn add_vcpu(&self, vcpu: Arc<Vcpu>) {
+        self.vcpus.lock().push(vcpu);
+    }
+
+    pub fn vcpus(&self) -> Vec<Arc<Vcpu>> {
+        self.vcpus.lock().clone()
+    }
+
+    /// Allocates `count` frames for the guest, within its maximum.
+    pub fn populate(&self, count: u64, out: &mut Vec<Mfn>) -> Result<(), abi::errno::Errno> {
+        let mut mem = self.memory.lock();
+        if mem.pages.len() as u64 + count > mem.max_pages {
+            return Err(abi::errno::Errno::Enomem);
+        }
+        let start = out.len();
+        memory::frames()
+            .alloc_many(self.owner(), count as usize, out)
+            .map_err(|_| abi::errno::Errno::Enomem)?;
+        for &mfn in &out[start..] {
+            zero_frame(mfn);
+        }
+        mem.pages.extend_from_slice(&out[start..]);
+        Ok(())
+    }
+
+    /// Number of pages the guest holds now.
+    pub fn tot_pages(&self) -> u64 {
+        self.memory.lock().pages.len() as u64
+    }
+
+    /// Starts shutting the domain down (once); the last CPU to stop running one of its vCPUs
+    /// destroys it.
+    pub fn shutdown(&self, ending: Ending) {
+        let mut slot = self.ending.lock();
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(ending);
+        drop(slot);
+        self.state.store(LifeState::ShuttingDown as u8, Ordering::Release);
+        if ending.is_failure() {
+            warn!("domain {} ({}) ended: {}", self.id.0, self.name, ending.name());
+        } else {
+            info!("domain {} ({}) ended: {}", self.id.0, self.name, ending.name());
+        }
+        for vcpu in self.vcpus() {
+            vcpu.stop();
+        }
+    }
+
+    pub fn ending(&self) -> Option<Ending> {
+        *self.ending.lock()
+    }
+
+    /// Returns every frame and structure of a domain that no CPU runs any more. Called by the
+    /// scheduler once the domain is shutting down and `running_vcpus` is zero.
+    pub fn destroy(self: &Arc<Self>) {
+        if self.state.swap(LifeState::Dead as u8, Ordering::AcqRel) == LifeState::Dead as u8 {
+            return;
+        }
+        let vcpus = core::mem::take(&mut *self.vcpus.lock());
+        let tables: Vec<Mfn> = vcpus.iter().flat_map(|v| v.page_table_roots()).collect();
+        let pages = core::mem::take(&mut self.memory.lock().pages);
+        crate::pv::mmu::relinquish(self, &tables, &pages);
+        for &mfn in pages.iter().chain(core::iter::once(&self.shared_info)) {
+            if let Err(e) = memory::frames().free(mfn) {
+                warn!("domain {}: frame {mfn} not freed: {e:?}", self.id.0);
+            }
+        }
+        let ending = self.ending().unwrap_or(Ending::Killed);
+        let mut table = DOMAINS.lock();
+        table.remove(self.id);
+        table.endings.push((self.id, self.name, ending));
+        drop(table);
+        drop(vcpus);
+        crate::pv::lifecycle::domain_destroyed();
+    }
+}
+
+impl Table {
+    fn free_id(&mut self) -> Option<DomainId> {
+        if self.slots.len() < MAX_DOMAINS + 1 {
+            self.slots.resize(MAX_DOMAINS + 1, None);
+        }
+        for _ in 0..MAX_DOMAINS {
+            let id = self.next;
+            self.next = if self.next >= MAX_DOMAINS { 1 } else { self.next + 1 };
+            if self.slots[id].is_none() {
+                return Some(DomainId(id as u16));
+            }
+        }
+        None
+    }
+
+    fn insert(&mut self, id: DomainId, domain: Arc<Domain>) {
+        self.slots[id.0 as usize] = Some(domain);
+        self.created += 1;
+    }
+
+    fn remove(&mut self, id: DomainId) {
+        self.slots[id.0 as usize] = None;
+    }
+}
+
+/// Number of live domains.
+pub fn live_count() -> usize {
+    DOMAINS.lock().slots.iter().filter(|s| s.is_some()).count()
+}
+
+/// Domains created and how each one that is gone ended.
+pub fn history() -> (u64, Vec<(DomainId, arrayvec::ArrayString<32>, Ending)>) {
+    let table = DOMAINS.lock();
+    (table.created, table.endings.clone())
+}
+
+/// Fills a frame with zeroes through a temporary mapping.
+pub fn zero_frame(mfn: Mfn) {
+    let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
+    map.bytes().fill(0);
+}

@@ -1,0 +1,143 @@
+//! A virtual CPU: the guest's saved registers while it is not running, its PV context (guest
+//! kernel or user mode, top-level tables, kernel stack, trap table, callbacks, segment
+//! bases) and its scheduling state.
+//!
+//! While a vCPU runs, its live registers are the trap frame on its CPU's stack; the copy in
+//! [`GuestContext::regs`] is current only while it is descheduled. Only the CPU running a
+//! vCPU changes its context; other CPUs only change [`Vcpu::state`] (to stop or wake it).
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+
+use abi::arch_x86::TrapInfo;
+use mm::addr::Mfn;
+use spin::Mutex;
+
+use super::Domain;
+use crate::arch::trap::TrapFrame;
+
+/// Scheduling state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RunState {
+    /// Waiting in a run queue or running.
+    Runnable = 0,
+    /// Waiting for an event.
+    Blocked = 1,
+    /// Its domain is shutting down: never runs again.
+    Stopped = 2,
+}
+
+/// The guest-visible machine state of a vCPU.
+pub struct GuestContext {
+    /// Registers while descheduled.
+    pub regs: TrapFrame,
+    /// Guest kernel mode (true) or guest user mode.
+    pub in_kernel: bool,
+    /// Top-level page table of guest kernel mode (type-referenced as an L4).
+    pub kernel_l4: Option<Mfn>,
+    /// Top-level page table of guest user mode (type-referenced as an L4), if any.
+    pub user_l4: Option<Mfn>,
+    /// The guest kernel stack for bounces from user mode (`stack_switch`).
+    pub kernel_ss: u64,
+    pub kernel_sp: u64,
+    /// Registered trap handlers, sorted by vector (only the vectors the guest set).
+    pub traps: Vec<TrapInfo>,
+    pub event_callback: u64,
+    pub failsafe_callback: u64,
+    pub syscall_callback: u64,
+    /// Mask events when entering the syscall callback.
+    pub syscall_masks_events: bool,
+    pub fs_base: u64,
+    pub gs_base_kernel: u64,
+    pub gs_base_user: u64,
+    /// Set while the hypervisor writes an exception frame for this vCPU: a fault then is a
+    /// fault while delivering a fault, and kills the domain.
+    pub delivering: bool,
+}
+
+impl GuestContext {
+    /// The handler registered for `vector`.
+    pub fn trap(&self, vector: u8) -> Option<&TrapInfo> {
+        self.traps.binary_search_by_key(&vector, |t| t.vector).ok().map(|i| &self.traps[i])
+    }
+
+    /// Sets (address != 0) or clears the handler of one vector.
+    pub fn set_trap(&mut self, info: TrapInfo) {
+        match self.traps.binary_search_by_key(&info.vector, |t| t.vector) {
+            Ok(i) if info.address == 0 => {
+                self.traps.remove(i);
+            }
+            Ok(i) => self.traps[i] = info,
+            Err(_) if info.address == 0 => {}
+            Err(i) => self.traps.insert(i, info),
+        }
+    }
+
+    /// The top-level table of the current guest mode.
+    pub fn active_l4(&self) -> Option<Mfn> {
+        if self.in_kernel { self.kernel_l4 } else { self.user_l4.or(self.kernel_l4) }
+    }
+}
+
+/// One virtual CPU of a domain.
+pub struct Vcpu {
+    pub domain: Arc<Domain>,
+    pub id: u32,
+    pub ctx: Mutex<GuestContext>,
+    state: AtomicU8,
+    /// The CPU whose run queue holds this vCPU.
+    pub cpu: AtomicU32,
+    /// Asked to give up its CPU at the next exit (yield, time slice over).
+    pub yield_requested: AtomicBool,
+}
+
+impl Vcpu {
+    pub fn new(domain: Arc<Domain>, id: u32, regs: TrapFrame, kernel_l4: Mfn, cpu: u32) -> Arc<Vcpu> {
+        Arc::new(Vcpu {
+            domain,
+            id,
+            ctx: Mutex::new(GuestContext {
+                regs,
+                in_kernel: true,
+                kernel_l4: Some(kernel_l4),
+                user_l4: None,
+                kernel_ss: 0,
+                kernel_sp: 0,
+                traps: Vec::new(),
+                event_callback: 0,
+                failsafe_callback: 0,
+                syscall_callback: 0,
+                syscall_masks_events: false,
+                fs_base: 0,
+                gs_base_kernel: 0,
+                gs_base_user: 0,
+                delivering: false,
+            }),
+            state: AtomicU8::new(RunState::Runnable as u8),
+            cpu: AtomicU32::new(cpu),
+            yield_requested: AtomicBool::new(false),
+        })
+    }
+
+    pub fn state(&self) -> RunState {
+        match self.state.load(Ordering::Acquire) {
+            0 => RunState::Runnable,
+            1 => RunState::Blocked,
+            _ => RunState::Stopped,
+        }
+    }
+
+    /// Marks the vCPU stopped (domain shutting down) and makes its CPU notice.
+    pub fn stop(&self) {
+        self.state.store(RunState::Stopped as u8, Ordering::Release);
+        crate::sched::kick(self.cpu.load(Ordering::Relaxed));
+    }
+
+    /// Top-level tables this vCPU holds type references on (released at destruction).
+    pub fn page_table_roots(&self) -> Vec<Mfn> {
+        let ctx = self.ctx.lock();
+        ctx.kernel_l4.into_iter().chain(ctx.user_l4).collect()
+    }
+}

@@ -1,0 +1,236 @@
+//! Building domains from boot modules: maps every module read-only into the window (for
+//! the whole run), and turns one into a running domain — reservation, start-of-day memory
+//! laid out by the `builder` crate, page-table types validated and the top level pinned, a
+//! vCPU in a run queue.
+//!
+//! A bad image is refused with the builder's message and everything the attempt allocated
+//! is returned; the other domains still start.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use abi::features::FeatureSet;
+use abi::ids::{Mfn as AbiMfn, Pfn};
+use builder::{build, DomainConfig, GuestMemory, HypervisorInputs, PvKernel};
+use hypervisor::domspec::{DomainSpec, Expect};
+use log::{info, warn};
+use mm::addr::{Mfn, PAGE_SIZE};
+use mm::layout::{Region, WindowLayout};
+use spin::Once;
+
+use crate::arch::gdt::{GUEST_CS64, GUEST_DS};
+use crate::arch::paging::{self, MapKind};
+use crate::arch::trap::TrapFrame;
+use crate::bootinfo::BootInfo;
+use crate::domain::{Domain, Ending, Vcpu};
+use crate::memory::FrameMapping;
+use crate::pv::{lifecycle, mmu, shared};
+use crate::{cpus, sched, time};
+
+/// A boot module: its image (mapped read-only) and what its command line asks for.
+pub struct BootModule {
+    pub image: &'static [u8],
+    pub spec: DomainSpec,
+}
+
+static MODULES: Once<Vec<BootModule>> = Once::new();
+
+/// The most window space given to boot modules; larger sets are refused module by module.
+const MODULES_WINDOW_MAX: u64 = 24 << 20;
+
+/// Maps every boot module read-only into the window's module region.
+pub fn map_modules(boot: &BootInfo, layout: &mut WindowLayout, default_count: u32) {
+    let pages = |m: &crate::bootinfo::Module| m.end.saturating_sub(m.start & !(PAGE_SIZE - 1)).div_ceil(PAGE_SIZE);
+    let wanted: u64 = boot.modules.iter().map(pages).sum::<u64>() * PAGE_SIZE;
+    let size = wanted.min(MODULES_WINDOW_MAX);
+    let mut next = match size {
+        0 => 0,
+        _ => match layout.place(Region::Modules, size) {
+            Ok(range) => range.start,
+            Err(e) => {
+                warn!("modules: no window space for boot modules ({e:?}); none will run");
+                0
+            }
+        },
+    };
+    let end = next + size;
+    let mut modules = Vec::new();
+    for (i, module) in boot.modules.iter().enumerate() {
+        let bytes = pages(module) * PAGE_SIZE;
+        if next == 0 || next + bytes > end || module.end <= module.start {
+            warn!("modules: module {i} ({} bytes) does not fit the module window; skipped", module.end.saturating_sub(module.start));
+            continue;
+        }
+        let first = module.start & !(PAGE_SIZE - 1);
+        for page in 0..bytes / PAGE_SIZE {
+            paging::map(next + page * PAGE_SIZE, first + page * PAGE_SIZE, MapKind::ReadOnly).expect("module pages map once");
+        }
+        let va = next + (module.start - first);
+        // SAFETY: the module's pages were just mapped read-only here for the rest of the run,
+        // and the frame allocator never hands them out (they are reserved at boot).
+        let image = unsafe { core::slice::from_raw_parts(va as *const u8, (module.end - module.start) as usize) };
+        next += bytes;
+        let spec = DomainSpec::parse(&module.cmdline, default_name(&module.cmdline, i), default_count);
+        for word in &spec.invalid {
+            warn!("modules: module {i}: bad option {:?} ignored", word.as_str());
+        }
+        modules.push(BootModule { image, spec });
+    }
+    let _ = layout.set_used(Region::Modules, wanted.min(size));
+    MODULES.call_once(|| modules);
+}
+
+fn default_name(_cmdline: &str, index: usize) -> &'static str {
+    const NAMES: [&str; 8] = ["guest0", "guest1", "guest2", "guest3", "guest4", "guest5", "guest6", "guest7"];
+    NAMES.get(index).copied().unwrap_or("guest")
+}
+
+/// The boot modules.
+pub fn modules() -> &'static [BootModule] {
+    MODULES.get().map_or(&[], |m| m.as_slice())
+}
+
+/// Builds and starts every domain the boot modules ask for; returns how many started.
+pub fn start_boot_domains() -> usize {
+    lifecycle::record_free_before();
+    let online: Vec<u32> = cpus::all()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.state() == cpus::CpuState::Online)
+        .map(|(i, _)| i as u32)
+        .collect();
+    let mut started = 0;
+    for module in modules() {
+        for copy in 0..module.spec.count {
+            let cpu = online[started % online.len()];
+            match build_domain(module, cpu) {
+                Ok(domain) => {
+                    lifecycle::started(domain.id, expected(module.spec.expect));
+                    info!(
+                        "domain {} ({}) built in {} us: {} KiB, vcpu 0 on cpu {cpu}",
+                        domain.id.0,
+                        domain.name,
+                        domain.build_ns.load(Ordering::Relaxed) / 1000,
+                        module.spec.mem_kib
+                    );
+                    started += 1;
+                }
+                Err(e) => warn!("domain {} copy {copy}: not started: {e}", module.spec.name),
+            }
+        }
+    }
+    lifecycle::boot_domains_built(started);
+    started
+}
+
+fn expected(expect: Expect) -> Ending {
+    match expect {
+        Expect::Poweroff => Ending::Poweroff,
+        Expect::Reboot => Ending::Reboot,
+        Expect::Crash => Ending::Crash,
+        Expect::Killed => Ending::Killed,
+    }
+}
+
+/// Why a domain could not be built.
+#[derive(Debug)]
+pub enum BuildFailure {
+    Image(builder::BuildError),
+    Create(crate::domain::CreateError),
+    Memory(abi::errno::Errno),
+    Tables(abi::errno::Errno),
+}
+
+impl core::fmt::Display for BuildFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Image(e) => write!(f, "bad image: {e}"),
+            Self::Create(e) => write!(f, "{e}"),
+            Self::Memory(e) => write!(f, "reservation refused: {e:?}"),
+            Self::Tables(e) => write!(f, "initial page tables refused: {e:?}"),
+        }
+    }
+}
+
+/// Features this hypervisor offers to guests (none of the optional ones yet).
+fn offered_features() -> FeatureSet {
+    FeatureSet::default()
+}
+
+/// Builds one domain from `module` with its vCPU on `cpu`, and makes it runnable.
+pub fn build_domain(module: &BootModule, cpu: u32) -> Result<Arc<Domain>, BuildFailure> {
+    let start = time::rdtsc();
+    let kernel = PvKernel::parse(module.image, offered_features()).map_err(BuildFailure::Image)?;
+    let nr_pages = module.spec.mem_kib / 4;
+    let config = DomainConfig {
+        nr_pages,
+        cmd_line: module.spec.guest_cmdline.as_bytes(),
+        is_privileged: false,
+        xenstore: None,
+        console: None,
+    };
+    // Refuse a bad layout before any memory is taken.
+    builder::Plan::new(&kernel, &config).map_err(BuildFailure::Image)?;
+    let domain = Domain::create(&module.spec.name, nr_pages).map_err(BuildFailure::Create)?;
+    match fill(&domain, &kernel, &config, cpu) {
+        Ok(vcpu) => {
+            domain.build_ns.store(time::tsc_to_ns(time::rdtsc() - start), Ordering::Relaxed);
+            sched::enqueue(vcpu);
+            Ok(domain)
+        }
+        Err(e) => {
+            domain.shutdown(Ending::Killed);
+            domain.destroy();
+            Err(e)
+        }
+    }
+}
+
+/// Populates the reservation, lays out the start-of-day memory and creates vCPU 0.
+fn fill(domain: &Arc<Domain>, kernel: &PvKernel, config: &DomainConfig, cpu: u32) -> Result<Arc<Vcpu>, BuildFailure> {
+    let mut pages = Vec::with_capacity(config.nr_pages as usize);
+    domain.populate(config.nr_pages, &mut pages).map_err(BuildFailure::Memory)?;
+    let inputs = HypervisorInputs {
+        shared_info_maddr: domain.shared_info.addr().0,
+        hypervisor_l3_entry: paging::window_l3_entry(),
+        m2p_l4_entry: None,
+    };
+    let built = build(kernel, config, &inputs, &mut DomainFrames { pages: &pages }).map_err(BuildFailure::Image)?;
+    let l4 = pages[built.l4_pfn.0 as usize];
+    mmu::pin_initial_tables(domain, l4).map_err(BuildFailure::Tables)?;
+    let regs = TrapFrame {
+        rip: built.entry_rip,
+        cs: GUEST_CS64 as u64,
+        rflags: 0x202,
+        rsp: built.stack_top,
+        ss: GUEST_DS as u64,
+        rsi: built.start_info_va,
+        ..TrapFrame::zeroed()
+    };
+    let vcpu = Vcpu::new(domain.clone(), 0, regs, l4, cpu);
+    domain.add_vcpu(vcpu.clone());
+    shared::with_vcpu_info(&vcpu, |info| info.evtchn_upcall_mask = 1);
+    Ok(vcpu)
+}
+
+/// The reservation as the builder writes it: through temporary mappings.
+struct DomainFrames<'a> {
+    pages: &'a [Mfn],
+}
+
+impl GuestMemory for DomainFrames<'_> {
+    fn frame_mfn(&self, pfn: Pfn) -> AbiMfn {
+        AbiMfn(self.pages[pfn.0 as usize].0)
+    }
+
+    fn write(&mut self, pfn: Pfn, offset: usize, bytes: &[u8]) {
+        let mut map = FrameMapping::new(self.pages[pfn.0 as usize]).expect("a temporary mapping slot is free");
+        map.bytes()[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn zero(&mut self, pfn: Pfn) {
+        let mut map = FrameMapping::new(self.pages[pfn.0 as usize]).expect("a temporary mapping slot is free");
+        map.bytes().fill(0);
+    }
+}

@@ -1,0 +1,140 @@
+//! Emulation of the few instructions a PV guest kernel may not execute itself: CPUID behind
+//! Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`), and the privileged ones the
+//! ABI emulates — reads of CR0/CR2/CR3/CR4, writes of CR3, `wbinvd`. Anything else raises
+//! the original exception in the guest.
+//!
+//! Instruction bytes are read from the guest at its rip through `uaccess`; an unreadable rip
+//! is simply "not emulated".
+
+use abi::arch_x86::XEN_EMULATE_PREFIX;
+
+use crate::arch::trap::TrapFrame;
+use crate::arch::uaccess;
+use crate::domain::Vcpu;
+use crate::pv::{mmu, shared};
+
+/// CPUID leaf range where the hypervisor describes itself ("XenVMMXenVMM").
+const HYPERVISOR_LEAF: u32 = 0x4000_0000;
+/// ECX bit 21 of leaf 1: x2APIC (the guest has no APIC); bit 31: running under a hypervisor.
+const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX bits a PV guest must not use directly: VMX, monitor/mwait, TSC-deadline.
+const LEAF1_ECX_HIDDEN: u32 = (1 << 5) | (1 << 3) | (1 << 24) | LEAF1_ECX_X2APIC;
+
+/// Emulates CPUID when the guest's rip holds the forced-emulation prefix and `cpuid`.
+pub fn forced_cpuid(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    let mut bytes = [0u8; 7];
+    if uaccess::read(frame.rip, &mut bytes).is_err() || bytes[..5] != XEN_EMULATE_PREFIX || bytes[5..] != [0x0f, 0xa2] {
+        return false;
+    }
+    let _ = vcpu;
+    let (eax, ebx, ecx, edx) = cpuid(frame.rax as u32, frame.rcx as u32);
+    frame.rax = eax as u64;
+    frame.rbx = ebx as u64;
+    frame.rcx = ecx as u64;
+    frame.rdx = edx as u64;
+    frame.rip += 7;
+    true
+}
+
+/// CPUID as a PV guest sees it: the host's, with what it must not use hidden and the
+/// hypervisor leaves describing us as Xen-compatible.
+pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
+    match leaf {
+        HYPERVISOR_LEAF => {
+            let sig = b"XenVMMXenVMM";
+            let word = |i: usize| u32::from_le_bytes([sig[i], sig[i + 1], sig[i + 2], sig[i + 3]]);
+            (HYPERVISOR_LEAF + 2, word(0), word(4), word(8))
+        }
+        // Leaf 0x40000001: version 4.17 (the interface level we follow).
+        l if l == HYPERVISOR_LEAF + 1 => ((4 << 16) | 17, 0, 0, 0),
+        // Leaf 0x40000002: one hypercall-page MSR-less interface, no MSR.
+        l if l == HYPERVISOR_LEAF + 2 => (1, 0, 0, 0),
+        _ => {
+            let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+            let ecx = if leaf == 1 { (r.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR } else { r.ecx };
+            (r.eax, r.ebx, ecx, r.edx)
+        }
+    }
+}
+
+/// Emulates a privileged instruction at the guest's rip after a #GP; false when it is not
+/// one we emulate.
+pub fn privileged(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    let mut bytes = [0u8; 4];
+    if uaccess::read(frame.rip, &mut bytes).is_err() {
+        return false;
+    }
+    let (rex, rest) = match bytes[0] {
+        0x40..=0x4f => (bytes[0], &bytes[1..]),
+        _ => (0, &bytes[..]),
+    };
+    let prefix_len = u64::from(rex != 0);
+    match rest {
+        // wbinvd / invd: nothing to do for a guest without devices.
+        [0x0f, 0x09 | 0x08, ..] => {
+            frame.rip += prefix_len + 2;
+            true
+        }
+        // mov crN, reg (0f 20 /r) and mov reg, crN (0f 22 /r), register form only.
+        [0x0f, op @ (0x20 | 0x22), modrm, ..] if modrm >> 6 == 3 => {
+            let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
+            let gpr = (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 };
+            let done = if *op == 0x20 { read_cr(vcpu, frame, cr, gpr) } else { write_cr(vcpu, frame, cr, gpr) };
+            if done {
+                frame.rip += prefix_len + 3;
+            }
+            done
+        }
+        _ => false,
+    }
+}
+
+fn read_cr(vcpu: &Vcpu, frame: &mut TrapFrame, cr: u8, gpr: u8) -> bool {
+    let value = match cr {
+        // PE, MP, ET, NE, WP, AM, PG: what a paged 64-bit kernel expects to see.
+        0 => 0x8005_003b,
+        2 => shared::with_vcpu_info(vcpu, |info| info.arch.cr2),
+        3 => vcpu.ctx.lock().active_l4().map_or(0, |l4| l4.addr().0),
+        // PAE, PGE, OSFXSR, OSXMMEXCPT.
+        4 => 0x6a0,
+        _ => return false,
+    };
+    *gpr_mut(frame, gpr) = value;
+    true
+}
+
+fn write_cr(vcpu: &Vcpu, frame: &mut TrapFrame, cr: u8, gpr: u8) -> bool {
+    match cr {
+        3 => {
+            let value = *gpr_mut(frame, gpr);
+            if let Err(errno) = mmu::new_baseptr(vcpu, mm::addr::Mfn(value >> 12), false) {
+                crate::pv::traps::crash(vcpu, frame, format_args!("mov to cr3 of {value:#x} refused ({errno:?})"));
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The general register numbered as in ModRM (rax=0 .. r15=15).
+fn gpr_mut(frame: &mut TrapFrame, n: u8) -> &mut u64 {
+    match n {
+        0 => &mut frame.rax,
+        1 => &mut frame.rcx,
+        2 => &mut frame.rdx,
+        3 => &mut frame.rbx,
+        4 => &mut frame.rsp,
+        5 => &mut frame.rbp,
+        6 => &mut frame.rsi,
+        7 => &mut frame.rdi,
+        8 => &mut frame.r8,
+        9 => &mut frame.r9,
+        10 => &mut frame.r10,
+        11 => &mut frame.r11,
+        12 => &mut frame.r12,
+        13 => &mut frame.r13,
+        14 => &mut frame.r14,
+        _ => &mut frame.r15,
+    }
+}

@@ -1,0 +1,78 @@
+//! The run as a whole once domains exist: what each boot domain is expected to end with,
+//! and — when the last one is gone — the per-domain report, the leak check and power-off.
+//!
+//! Under QEMU the exit status says whether every domain ended as expected (a hostile test
+//! guest is expected to be killed) and no frame leaked: 33 yes, 35 no.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use log::{error, info};
+use mm::frame::DomainId;
+use spin::Mutex;
+
+use crate::arch::exit::{exit, Outcome};
+use crate::domain::{self, Ending};
+use crate::memory;
+
+static FREE_BEFORE: AtomicU64 = AtomicU64::new(0);
+static STARTED: AtomicUsize = AtomicUsize::new(0);
+/// Every boot domain has been built (until then an empty domain table is not the end).
+static BUILT_ALL: AtomicBool = AtomicBool::new(false);
+static EXPECTED: Mutex<Vec<(DomainId, Ending)>> = Mutex::new(Vec::new());
+
+/// Remembers free memory before the first domain is built.
+pub fn record_free_before() {
+    FREE_BEFORE.store(memory::free_bytes(), Ordering::Relaxed);
+}
+
+/// Records a started boot domain and how it should end.
+pub fn started(id: DomainId, expected: Ending) {
+    EXPECTED.lock().push((id, expected));
+    STARTED.fetch_add(1, Ordering::AcqRel);
+}
+
+/// All boot domains are built (`started` of them run).
+pub fn boot_domains_built(started: usize) {
+    BUILT_ALL.store(true, Ordering::Release);
+    if started == 0 || domain::live_count() == 0 {
+        finish();
+    }
+}
+
+/// Called after each domain's destruction: ends the run when none is left.
+pub fn domain_destroyed() {
+    if BUILT_ALL.load(Ordering::Acquire) && domain::live_count() == 0 {
+        finish();
+    }
+}
+
+/// Prints the per-domain report and the leak check, then powers off.
+fn finish() -> ! {
+    let (created, endings) = domain::history();
+    let expected = EXPECTED.lock().clone();
+    let mut unexpected = 0;
+    for (id, name, ending) in &endings {
+        let want = expected.iter().find(|(e, _)| e == id).map_or(Ending::Poweroff, |(_, w)| *w);
+        let ok = *ending == want;
+        unexpected += usize::from(!ok);
+        info!("summary: domain.{}.name={}", id.0, name);
+        info!("summary: domain.{}.ending={}", id.0, ending.name());
+        info!("summary: domain.{}.expected={}", id.0, want.name());
+    }
+    let before = FREE_BEFORE.load(Ordering::Relaxed);
+    let after = memory::free_bytes();
+    let leaked_frames = before.saturating_sub(after) / 4096;
+    info!("summary: domains.created={created}");
+    info!("summary: domains.unexpected_endings={unexpected}");
+    info!("summary: memory.free_before_kib={}", before >> 10);
+    info!("summary: memory.free_after_kib={}", after >> 10);
+    info!("summary: memory.leaked_frames={leaked_frames}");
+    let pass = unexpected == 0 && leaked_frames == 0 && before == after;
+    if pass {
+        info!("summary: run=pass");
+        exit(Outcome::Success)
+    }
+    error!("summary: run=fail");
+    exit(Outcome::Failure)
+}

@@ -1,0 +1,35 @@
+//! Paravirtualized guests: everything between a guest's trap into the hypervisor and its
+//! return — hypercalls, exceptions, instruction emulation, memory management, console —
+//! plus building domains and ending the run.
+
+pub mod build;
+pub mod console;
+pub mod emulate;
+pub mod hypercall;
+pub mod lifecycle;
+pub mod memop;
+pub mod mmu;
+pub mod shared;
+pub mod traps;
+
+use crate::arch::entry::SYSCALL_VECTOR;
+use crate::arch::trap::TrapFrame;
+use crate::sched;
+
+/// A trap that interrupted a guest (ring 3): hypercall, guest syscall or exception.
+/// Interrupts are handled by `crate::interrupts`; this only sees vectors < 32 and syscalls.
+pub fn guest_trap(frame: &mut TrapFrame) {
+    let Some(vcpu) = sched::current() else {
+        panic!("trap {:#x} from ring 3 with no vCPU on this CPU", frame.vector);
+    };
+    if frame.vector == SYSCALL_VECTOR {
+        let in_kernel = vcpu.ctx.lock().in_kernel;
+        if in_kernel {
+            hypercall::dispatch(vcpu, frame);
+        } else {
+            traps::user_syscall(vcpu, frame);
+        }
+    } else {
+        traps::guest_exception(vcpu, frame);
+    }
+}

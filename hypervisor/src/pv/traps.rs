@@ -1,0 +1,227 @@
+//! Exceptions and callbacks into a PV guest: bounce frames, the `iret` hypercall, guest
+//! exceptions and software interrupts, and killing a guest whose fault cannot be delivered.
+//!
+//! A bounce writes Xen's x86_64 frame on the guest kernel stack — from low to high: rcx,
+//! r11, [error code], rip, cs (saved upcall mask in bits 32-39; RPL 3 only when the guest was
+//! in user mode), rflags, rsp, ss — switching to guest kernel mode (its stack from
+//! `stack_switch`, its kernel page tables) when the guest was in user mode, and enters the
+//! registered handler. A guest with no handler, or one whose frame cannot be written, is
+//! crashed alone. Runs on the CPU running the vCPU, inside its trap.
+
+use abi::arch_x86::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_DPL_MASK, TI_MASK_EVENTS, VGCF_IN_SYSCALL};
+use log::warn;
+use x86_64::registers::model_specific::KernelGsBase;
+use x86_64::VirtAddr;
+
+use crate::arch::paging;
+use crate::arch::trap::TrapFrame;
+use crate::arch::uaccess;
+use crate::domain::vcpu::GuestContext;
+use crate::domain::{Ending, Vcpu};
+use crate::pv::{emulate, shared};
+
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_NT: u64 = 1 << 14;
+const RFLAGS_RF: u64 = 1 << 16;
+const RFLAGS_VM: u64 = 1 << 17;
+const RFLAGS_IOPL: u64 = 3 << 12;
+
+const VECTOR_BREAKPOINT: u8 = 3;
+const VECTOR_INVALID_OPCODE: u8 = 6;
+const VECTOR_GENERAL_PROTECTION: u8 = 13;
+const VECTOR_PAGE_FAULT: u8 = 14;
+/// Page-fault error code bit: the access came from user mode.
+const PF_USER: u64 = 1 << 2;
+
+/// Exceptions that push an error code.
+fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// Kills the domain of `vcpu` for `why`; the scheduler takes it off the CPU on exit.
+pub fn crash(vcpu: &Vcpu, frame: &TrapFrame, why: core::fmt::Arguments) {
+    warn!("domain {} ({}) vcpu {}: {why} at rip {:#x}; killing it", vcpu.domain.id.0, vcpu.domain.name, vcpu.id, frame.rip);
+    vcpu.domain.shutdown(Ending::Killed);
+}
+
+/// An exception raised while the guest ran (vector < 32).
+pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let vector = frame.vector as u8;
+    match vector {
+        VECTOR_INVALID_OPCODE if emulate::forced_cpuid(vcpu, frame) => {}
+        VECTOR_GENERAL_PROTECTION if software_interrupt(vcpu, frame) => {}
+        VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
+        VECTOR_PAGE_FAULT => {
+            let cr2 = x86_64::registers::control::Cr2::read_raw();
+            shared::with_vcpu_info(vcpu, |info| info.arch.cr2 = cr2);
+            let in_kernel = vcpu.ctx.lock().in_kernel;
+            // The hardware always sees CPL 3: report the guest's own mode instead.
+            let error = if in_kernel { frame.error_code & !PF_USER } else { frame.error_code | PF_USER };
+            bounce(vcpu, frame, vector, Some(error));
+        }
+        _ => {
+            let error = has_error_code(vector).then_some(frame.error_code);
+            bounce(vcpu, frame, vector, error);
+        }
+    }
+}
+
+/// A `#GP` from `int n` (error code n*8+2) that the guest's trap table allows from its
+/// current mode is delivered as vector n after the instruction.
+fn software_interrupt(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    if frame.error_code & 7 != 2 {
+        return false;
+    }
+    let vector = (frame.error_code >> 3) as u8;
+    let allowed = {
+        let ctx = vcpu.ctx.lock();
+        ctx.trap(vector).is_some_and(|t| {
+            let dpl = t.flags & TI_DPL_MASK;
+            dpl == 3 || (dpl != 0 && ctx.in_kernel)
+        })
+    };
+    if allowed {
+        frame.rip += 2; // `int imm8` is two bytes
+        bounce(vcpu, frame, vector, None);
+    }
+    allowed
+}
+
+/// Delivers `vector` to the guest's registered handler.
+pub fn bounce(vcpu: &Vcpu, frame: &mut TrapFrame, vector: u8, error: Option<u64>) {
+    let Some(trap) = vcpu.ctx.lock().trap(vector).copied() else {
+        crash(vcpu, frame, format_args!("exception {vector} (error {:#x}) with no handler", error.unwrap_or(0)));
+        return;
+    };
+    if vector != VECTOR_BREAKPOINT && frame.rip == trap.address {
+        crash(vcpu, frame, format_args!("exception {vector} in its own handler"));
+        return;
+    }
+    vcpu.domain.counters.exceptions_bounced.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    deliver(vcpu, frame, trap.address, error, trap.flags & TI_MASK_EVENTS != 0);
+}
+
+/// Builds the bounce frame and enters `handler` in guest kernel mode.
+pub fn deliver(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool) {
+    let mut ctx = vcpu.ctx.lock();
+    if ctx.delivering {
+        drop(ctx);
+        crash(vcpu, frame, format_args!("fault while delivering a fault"));
+        return;
+    }
+    let was_kernel = ctx.in_kernel;
+    let stack = if was_kernel {
+        frame.rsp
+    } else {
+        if ctx.kernel_sp == 0 {
+            drop(ctx);
+            crash(vcpu, frame, format_args!("bounce from user mode with no kernel stack (stack_switch)"));
+            return;
+        }
+        switch_to_kernel_mode(&mut ctx);
+        ctx.kernel_sp
+    };
+    let upcall_mask = shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask) as u64;
+    let guest_rflags = (frame.rflags & !RFLAGS_IF) | if upcall_mask == 0 { RFLAGS_IF } else { 0 };
+    let cs = if was_kernel { frame.cs & !3 } else { frame.cs } | (upcall_mask << 32);
+    let mut words = arrayvec::ArrayVec::<u64, 8>::new();
+    words.push(frame.rcx);
+    words.push(frame.r11);
+    if let Some(error) = error {
+        words.push(error);
+    }
+    words.extend([frame.rip, cs, guest_rflags, frame.rsp, frame.ss]);
+    let sp = (stack & !15) - (words.len() as u64) * 8;
+    let bytes: &[u8] = bytemuck_words(&words);
+    ctx.delivering = true;
+    drop(ctx);
+    let written = uaccess::write(sp, bytes);
+    vcpu.ctx.lock().delivering = false;
+    if written.is_err() {
+        crash(vcpu, frame, format_args!("cannot write an exception frame at {sp:#x}"));
+        return;
+    }
+    if mask_events {
+        shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask = 1);
+    }
+    frame.rip = handler;
+    frame.cs = FLAT_KERNEL_CS64 as u64;
+    frame.ss = FLAT_KERNEL_SS64 as u64;
+    frame.rsp = sp;
+    frame.rflags = (frame.rflags & !(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM)) | RFLAGS_IF;
+}
+
+fn bytemuck_words(words: &[u64]) -> &[u8] {
+    // SAFETY: u64 has no padding and any byte view of it is valid; the length covers the
+    // slice exactly.
+    unsafe { core::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 8) }
+}
+
+/// Switches a vCPU from guest user to guest kernel mode on this CPU.
+fn switch_to_kernel_mode(ctx: &mut GuestContext) {
+    ctx.gs_base_user = KernelGsBase::read().as_u64();
+    KernelGsBase::write(VirtAddr::new_truncate(ctx.gs_base_kernel));
+    ctx.in_kernel = true;
+    if let Some(l4) = ctx.kernel_l4 {
+        paging::load_guest_tables(l4.addr().0);
+    }
+}
+
+/// Switches a vCPU from guest kernel to guest user mode on this CPU.
+fn switch_to_user_mode(ctx: &mut GuestContext) {
+    ctx.gs_base_kernel = KernelGsBase::read().as_u64();
+    KernelGsBase::write(VirtAddr::new_truncate(ctx.gs_base_user));
+    ctx.in_kernel = false;
+    if let Some(l4) = ctx.user_l4 {
+        paging::load_guest_tables(l4.addr().0);
+    }
+}
+
+/// The `iret` hypercall: returns from a bounce frame the guest left on its stack,
+/// {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}, to guest user mode when cs has RPL 3.
+pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let Ok(saved) = uaccess::read_value::<abi::arch_x86::IretContext>(frame.rsp) else {
+        crash(vcpu, frame, format_args!("iret frame at {:#x} unreadable", frame.rsp));
+        return;
+    };
+    {
+        let mut ctx = vcpu.ctx.lock();
+        if saved.cs & 3 == 3 && ctx.in_kernel {
+            if ctx.user_l4.is_none() {
+                drop(ctx);
+                crash(vcpu, frame, format_args!("iret to user mode with no user page tables"));
+                return;
+            }
+            switch_to_user_mode(&mut ctx);
+        }
+    }
+    frame.rax = saved.rax;
+    if saved.flags & VGCF_IN_SYSCALL == 0 {
+        frame.r11 = saved.r11;
+        frame.rcx = saved.rcx;
+    }
+    frame.rip = saved.rip;
+    frame.cs = (saved.cs & 0xffff) | 3;
+    frame.rflags = (saved.rflags & !(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF;
+    frame.rsp = saved.rsp;
+    frame.ss = (saved.ss & 0xffff) | 3;
+    // The guest's virtual interrupt flag is the inverse of its upcall mask.
+    let unmask = saved.rflags & RFLAGS_IF != 0;
+    shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask = u8::from(!unmask));
+}
+
+/// A `syscall` from guest user mode goes to the guest kernel's syscall callback.
+pub fn user_syscall(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let (callback, mask) = {
+        let ctx = vcpu.ctx.lock();
+        (ctx.syscall_callback, ctx.syscall_masks_events)
+    };
+    if callback == 0 {
+        // No callback: the guest kernel takes it as #UD, as hardware without SYSCALL would.
+        frame.rip -= 2;
+        bounce(vcpu, frame, VECTOR_INVALID_OPCODE, None);
+        return;
+    }
+    deliver(vcpu, frame, callback, None, mask);
+}

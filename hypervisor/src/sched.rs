@@ -1,0 +1,185 @@
+//! Running vCPUs on CPUs: one run queue per CPU, round robin with a time slice, and the
+//! context switch done on the way out of every trap.
+//!
+//! Every trap, interrupt and hypercall ends in [`on_trap_exit`] with the frame it will return
+//! through. If the CPU should run something else (its vCPU blocked, stopped, yielded or used
+//! up its slice; or the CPU was idle and work arrived) the frame is rewritten: the outgoing
+//! vCPU's registers are saved from it and the incoming one's loaded into it, CR3 and the
+//! guest segment bases switched; with nothing to run it becomes a frame into the idle loop.
+//! Frames from hypervisor code other than the idle loop are never rewritten.
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use spin::{Mutex, Once};
+use x86_64::registers::model_specific::{FsBase, KernelGsBase};
+use x86_64::VirtAddr;
+
+use crate::arch::gdt::{HYPERVISOR_CS, HYPERVISOR_DS};
+use crate::arch::paging;
+use crate::arch::trap::TrapFrame;
+use crate::domain::vcpu::RunState;
+use crate::domain::{LifeState, Vcpu};
+use crate::traps::vectors;
+use crate::{cpus, lapic, percpu};
+
+/// How long a vCPU runs before others on its CPU get a turn.
+pub const TIME_SLICE_NS: u64 = 10_000_000;
+
+struct RunQueue {
+    queue: Mutex<VecDeque<Arc<Vcpu>>>,
+    /// The time slice of the running vCPU is over.
+    slice_over: AtomicBool,
+    /// The CPU sits in its idle loop.
+    idle: AtomicBool,
+}
+
+static QUEUES: Once<Vec<RunQueue>> = Once::new();
+
+/// Creates one run queue per CPU.
+pub fn init(cpus: usize) {
+    QUEUES.call_once(|| {
+        (0..cpus)
+            .map(|_| RunQueue { queue: Mutex::new(VecDeque::new()), slice_over: AtomicBool::new(false), idle: AtomicBool::new(false) })
+            .collect()
+    });
+}
+
+fn queue(cpu: u32) -> &'static RunQueue {
+    &QUEUES.get().expect("sched::init runs at boot")[cpu as usize]
+}
+
+/// Makes `vcpu` runnable on its CPU and kicks that CPU if it idles.
+pub fn enqueue(vcpu: Arc<Vcpu>) {
+    let cpu = vcpu.cpu.load(Ordering::Relaxed);
+    queue(cpu).queue.lock().push_back(vcpu);
+    kick(cpu);
+}
+
+/// Interrupts `cpu` so that it reconsiders what to run.
+pub fn kick(cpu: u32) {
+    let me = percpu::current().index.0;
+    if cpu != me && cpus::all().get(cpu as usize).is_some_and(|s| s.state() == cpus::CpuState::Online) {
+        lapic::send_ipi(cpus::all()[cpu as usize].apic_id, vectors::RESCHEDULE);
+    }
+}
+
+/// Whether this CPU's run queue holds a vCPU.
+pub fn has_work() -> bool {
+    QUEUES.get().is_some_and(|_| !queue(percpu::current().index.0).queue.lock().is_empty())
+}
+
+/// The time slice of this CPU's vCPU is over (timer interrupt).
+pub fn slice_over() {
+    queue(percpu::current().index.0).slice_over.store(true, Ordering::Relaxed);
+}
+
+/// Marks this CPU as sitting in its idle loop (from then on its ring-0 frames may be
+/// rewritten into guest frames).
+pub fn enter_idle() {
+    queue(percpu::current().index.0).idle.store(true, Ordering::Release);
+}
+
+/// The vCPU this CPU runs, if any.
+pub fn current() -> Option<&'static Vcpu> {
+    let ptr = percpu::current().current.load(Ordering::Relaxed);
+    // SAFETY: `current` holds a pointer from `Arc::into_raw` while the vCPU runs here; the
+    // reference is used only within the trap that is running on this CPU.
+    (!ptr.is_null()).then(|| unsafe { &*ptr })
+}
+
+/// Decides what runs when `frame` is returned through, and rewrites it accordingly.
+pub fn on_trap_exit(frame: &mut TrapFrame) {
+    let Some(queues) = QUEUES.get() else { return };
+    let here = percpu::current();
+    let rq = &queues[here.index.0 as usize];
+    let from_guest = frame.is_from_guest();
+    if !from_guest && !rq.idle.load(Ordering::Acquire) {
+        return; // hypervisor code (boot), never rewritten
+    }
+    let current = here.current.load(Ordering::Relaxed);
+    let keep = !current.is_null() && {
+        // SAFETY: see `current()`.
+        let vcpu = unsafe { &*current };
+        let others_wait = rq.slice_over.load(Ordering::Relaxed) && !rq.queue.lock().is_empty();
+        vcpu.state() == RunState::Runnable && !vcpu.yield_requested.load(Ordering::Relaxed) && !others_wait
+    };
+    if keep || (current.is_null() && rq.queue.lock().is_empty()) {
+        rq.slice_over.store(false, Ordering::Relaxed);
+        return;
+    }
+    rq.slice_over.store(false, Ordering::Relaxed);
+    let outgoing = (!current.is_null()).then(|| {
+        // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
+        // this CPU's hold on it.
+        unsafe { Arc::from_raw(current) }
+    });
+    here.current.store(core::ptr::null_mut(), Ordering::Relaxed);
+    if let Some(vcpu) = &outgoing {
+        switch_out(vcpu, frame);
+    }
+    let next = rq.queue.lock().pop_front();
+    match next {
+        Some(vcpu) => switch_in(vcpu, frame),
+        None => idle_frame(frame, here.stack_top),
+    }
+    if let Some(vcpu) = outgoing {
+        finish_outgoing(vcpu, rq);
+    }
+}
+
+/// Saves the guest's registers and segment bases from this CPU.
+fn switch_out(vcpu: &Vcpu, frame: &TrapFrame) {
+    let mut ctx = vcpu.ctx.lock();
+    ctx.regs = frame.clone();
+    ctx.fs_base = FsBase::read().as_u64();
+    // The guest's GS base sits in KERNEL_GS_BASE while the hypervisor runs (swapgs).
+    let gs = KernelGsBase::read().as_u64();
+    if ctx.in_kernel { ctx.gs_base_kernel = gs } else { ctx.gs_base_user = gs }
+    vcpu.yield_requested.store(false, Ordering::Relaxed);
+}
+
+/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3.
+fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) {
+    {
+        let ctx = vcpu.ctx.lock();
+        *frame = ctx.regs.clone();
+        FsBase::write(VirtAddr::new_truncate(ctx.fs_base));
+        let gs = if ctx.in_kernel { ctx.gs_base_kernel } else { ctx.gs_base_user };
+        KernelGsBase::write(VirtAddr::new_truncate(gs));
+        let l4 = ctx.active_l4().expect("a runnable vCPU has page tables");
+        paging::load_guest_tables(l4.addr().0);
+    }
+    vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
+    percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
+    lapic::arm_timer_ns(TIME_SLICE_NS);
+}
+
+/// Turns `frame` into a return to the idle loop on this CPU's stack.
+fn idle_frame(frame: &mut TrapFrame, stack_top: u64) {
+    paging::load_hypervisor_tables();
+    *frame = TrapFrame {
+        rip: crate::idle::run as *const () as u64,
+        cs: HYPERVISOR_CS as u64,
+        rflags: 0x2,
+        rsp: stack_top - 8,
+        ss: HYPERVISOR_DS as u64,
+        ..TrapFrame::zeroed()
+    };
+}
+
+/// Puts a still-runnable vCPU back in the queue, or lets a dead domain go.
+fn finish_outgoing(vcpu: Arc<Vcpu>, rq: &RunQueue) {
+    let domain = vcpu.domain.clone();
+    let last = domain.running_vcpus.fetch_sub(1, Ordering::AcqRel) == 1;
+    match vcpu.state() {
+        RunState::Runnable => rq.queue.lock().push_back(vcpu),
+        RunState::Blocked => {}
+        RunState::Stopped => drop(vcpu),
+    }
+    if last && domain.state() == LifeState::ShuttingDown {
+        domain.destroy();
+    }
+}
