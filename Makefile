@@ -19,6 +19,10 @@ QEMU_EXTRA ?=
 BOOT       ?= pvh
 CMDLINE    ?=
 TIMEOUT    ?= 120
+# A Xen PV64 guest ELF to boot as a module, and how many domains to build from it.
+GUEST      ?=
+GUESTS     ?= 1
+GUEST_CRATES := guest-hello guest-balloon guest-pagetables guest-hostile
 
 QEMU       := qemu-system-x86_64
 comma      := ,
@@ -31,17 +35,19 @@ APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
 DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine.
-HOST_CRATES := xen-abi apic builder guest-rt mm smp topology
+HOST_CRATES := xen-abi apic builder guest-rt mm pvmm smp topology
 # Everything that runs on the machine.
 METAL_CRATES := hypervisor guest-rt guest-hello
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
-.PHONY: help deps build iso iso-selftest run smoke boottime test test-host test-qemu clippy clean
+.PHONY: help deps build guests iso iso-selftest run smoke boottime test test-host test-qemu clippy clean
 
 help:
 	@echo "make build           build the hypervisor ELF ($(KERNEL))"
 	@echo "make iso             build the GRUB multiboot2 ISO ($(ISO))"
 	@echo "make run             boot under QEMU (SMP=$(SMP) MEM=$(MEM) ACCEL=$(ACCEL) BOOT=pvh|iso CMDLINE= QEMU_EXTRA=)"
+	@echo "make run GUEST=<elf> [GUESTS=n]   boot with a Xen PV64 guest as a module, n domains of it"
+	@echo "make guests          build the Rust PV guests (target/x86_64-unknown-none/release/guest-*)"
 	@echo "make smoke           boot with selftest, check the summary, exit 0 on success (SMP= ACCEL= QEMU_EXTRA= BOOT=)"
 	@echo "make boottime        QEMU start to 'all cores idle', median of 5, -smp 4 and 16 (RUNS= BOOT_SMP=)"
 	@echo "make test            host unit tests, clippy, and the QEMU test matrix"
@@ -70,6 +76,9 @@ deps: $(DEPS_STAMP)
 build: $(DEPS_STAMP)
 	cargo build -p hypervisor --target $(TARGET) $(CARGO_FLAGS)
 
+guests: $(DEPS_STAMP)
+	cargo build $(foreach c,$(GUEST_CRATES),-p $(c)) --target $(TARGET) --release
+
 # $(call make-iso,output,command line)
 define make-iso
 	@rm -rf $(BUILD)/iso && mkdir -p $(BUILD)/iso/boot/grub
@@ -92,7 +101,8 @@ run: iso
 	$(QEMU) $(QEMU_BASE) -cdrom $(ISO)
 else
 run: build
-	$(QEMU) $(QEMU_BASE) -kernel $(KERNEL) -append "$(CMDLINE)"
+	$(QEMU) $(QEMU_BASE) -kernel $(KERNEL) -append "$(strip $(CMDLINE) $(if $(GUEST),guests=$(GUESTS)))" \
+	    $(if $(GUEST),-initrd $(GUEST))
 endif
 
 smoke: $(if $(filter iso,$(BOOT)),iso-selftest,build)
@@ -113,7 +123,7 @@ clippy: $(DEPS_STAMP)
 	cargo clippy -p hypervisor --lib --tests -- -D warnings
 	cargo clippy $(foreach c,$(HOST_CRATES) $(METAL_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
 
-test-qemu: build iso-selftest
+test-qemu: build iso-selftest guests
 	python3 tests/qemu.py test
 
 clean:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL = os.path.join(ROOT, "target/x86_64-unknown-none/release/hypervisor")
+GUESTS = os.path.join(ROOT, "target/x86_64-unknown-none/release")
 ISO = os.path.join(ROOT, "build/hypervisor-selftest.iso")
 LOGS = os.path.join(ROOT, "build/qemu-logs")
 SUCCESS_STATUS = 33
@@ -43,6 +44,9 @@ class Case:
     expect_lines: list = field(default_factory=list)
     timeout: int = 120
     accel: str = ""  # this case's accelerator ("kvm" cases are skipped where KVM is absent)
+    # Guest modules: (guest binary name, module command line). One module boots through PVH
+    # (-initrd, copies from `guests=`); several need GRUB and get their own ISO.
+    modules: list = field(default_factory=list)
 
 
 def numa_two_nodes():
@@ -52,6 +56,53 @@ def numa_two_nodes():
         "-numa", "node,nodeid=0,cpus=0-1,memdev=m0",
         "-numa", "node,nodeid=1,cpus=2-3,memdev=m1",
     ]
+
+
+def guest(name):
+    return os.path.join(GUESTS, name)
+
+
+def guest_cases():
+    everyone = [("guest-hello", "name=hello count=2"),
+                ("guest-balloon", "name=balloon"),
+                ("guest-pagetables", "name=pagetables"),
+                ("guest-hostile", "name=hostile expect=killed")]
+    ok_lines = ["summary: run=pass", "summary: memory.leaked_frames=0"]
+    return [
+        Case("pvh-hello-smp1", smp="1", cmdline="guests=3", modules=[("guest-hello", "")],
+             expect={"domains.created": "3", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]),
+        Case("pvh-hello-smp4", smp="4", cmdline="guests=8", modules=[("guest-hello", "")],
+             expect={"domains.created": "8", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines),
+        Case("iso-guests-smp1", smp="1", boot="iso", modules=everyone,
+             expect={"domains.created": "5", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
+        Case("iso-guests-smp4", smp="4", boot="iso", modules=everyone,
+             expect={"domains.created": "5", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
+    ]
+
+
+def guest_iso(case):
+    """Builds a GRUB ISO with the case's modules; returns its path."""
+    root = os.path.join(ROOT, "build", "iso-" + case.name)
+    boot_dir = os.path.join(root, "boot")
+    os.makedirs(os.path.join(boot_dir, "grub"), exist_ok=True)
+    subprocess.run(["cp", KERNEL, os.path.join(boot_dir, "hypervisor")], check=True)
+    lines = [f"multiboot2 /boot/hypervisor {('selftest ' + case.cmdline).strip()}"]
+    for name, cmdline in case.modules:
+        subprocess.run(["cp", guest(name), os.path.join(boot_dir, name)], check=True)
+        lines.append(f"module2 /boot/{name} {cmdline}".rstrip())
+    cfg = ("set timeout=0\nset default=0\nserial --unit=0 --speed=115200\n"
+           "terminal_input serial\nterminal_output serial\nmenuentry \"hypervisor\" {\n  "
+           + "\n  ".join(lines) + "\n  boot\n}\n")
+    with open(os.path.join(boot_dir, "grub", "grub.cfg"), "w") as f:
+        f.write(cfg)
+    iso = root + ".iso"
+    subprocess.run(["grub-mkrescue", "-o", iso, root], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return iso
 
 
 def matrix():
@@ -79,7 +130,7 @@ def matrix():
              expect={"cpus.online": "1"},
              expect_lines=["no ACPI"]),
     ]
-    return cases
+    return cases + guest_cases()
 
 
 def kvm_usable():
@@ -101,9 +152,11 @@ def qemu_command(case, accel):
         # microvm has no ISA bus by default for isa-debug-exit unless isa-serial is on.
         cmd[cmd.index("-M") + 1] = case.machine + ",isa-serial=on"
     if case.boot == "iso":
-        cmd += ["-cdrom", ISO]
+        cmd += ["-cdrom", guest_iso(case) if case.modules else ISO]
     else:
         cmd += ["-kernel", KERNEL, "-append", ("selftest " + case.cmdline).strip()]
+        if case.modules:
+            cmd += ["-initrd", guest(case.modules[0][0])]
     cmd += case.extra + shlex.split(os.environ.get("QEMU_EXTRA", ""))
     return cmd
 

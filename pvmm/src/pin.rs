@@ -1,0 +1,104 @@
+//! References that keep a table validated without any table pointing at it: pins
+//! (`MMUEXT_PIN_L1_TABLE`..`MMUEXT_PIN_L4_TABLE`, `MMUEXT_UNPIN_TABLE`) and base pointers
+//! (`MMUEXT_NEW_BASEPTR`, `MMUEXT_NEW_USER_BASEPTR`: the L4 a vCPU's CR3 loads).
+//!
+//! The hypervisor's `mmuext_op` handler calls these with the domain's page-table lock
+//! held, and keeps each vCPU's [`BasePtr`] until it switches to another table or the
+//! domain dies. Nothing here touches CR3 or flushes a TLB.
+
+use mm::addr::Mfn;
+use mm::frame::{DomainId, PageType, TypeFlags};
+
+use crate::error::MmError;
+use crate::level::Level;
+use crate::memory::TableMemory;
+use crate::refs::{update_type, Access, PvMmu};
+
+/// A general and an L4 type reference on the table a vCPU uses as its root. Release it
+/// with [`PvMmu::put_baseptr`] once CR3 no longer points at it.
+#[must_use = "a base pointer holds references until it is released with put_baseptr"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct BasePtr(Mfn);
+
+impl BasePtr {
+    /// The L4 table's frame: what CR3 loads.
+    pub const fn mfn(&self) -> Mfn {
+        self.0
+    }
+}
+
+impl PvMmu<'_> {
+    /// Pins `mfn`, owned by `dom`, as a `level` table: takes a general and a type
+    /// reference (validating the table if it was untyped) and marks it pinned, so it
+    /// stays validated while no table points at it.
+    pub fn pin_table<M: TableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        level: Level,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        let info = self.info(mfn)?;
+        self.get_page_for(mfn, dom, Access::Owner)?;
+        if let Err(error) = self.get_page_type(mfn, level.page_type(), dom, mem) {
+            self.put_page(mfn);
+            return Err(error);
+        }
+        update_type(info, |now| {
+            if now.flags().contains(TypeFlags::PINNED) {
+                return Err(MmError::AlreadyPinned(mfn));
+            }
+            Ok(now.with_flags(now.flags() | TypeFlags::PINNED))
+        })
+        .map(drop)
+        .inspect_err(|_| self.put_page_and_type(mfn, mem))
+    }
+
+    /// Unpins `mfn`, owned by `dom`, dropping the pin's references (which devalidates the
+    /// table if nothing else uses it).
+    pub fn unpin_table<M: TableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.check_owner(mfn, dom)?;
+        self.drop_pin(mfn, mem)
+    }
+
+    /// Takes the references that let `l4`, owned by `dom`, be a vCPU's root table
+    /// (validating it if it was untyped). The hypervisor then loads CR3 and releases the
+    /// previous base pointer, in that order.
+    pub fn new_baseptr<M: TableMemory + ?Sized>(
+        &self,
+        l4: Mfn,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<BasePtr, MmError> {
+        self.get_page_for(l4, dom, Access::Owner)?;
+        self.get_page_type(l4, PageType::L4, dom, mem)
+            .inspect_err(|_| self.put_page(l4))?;
+        Ok(BasePtr(l4))
+    }
+
+    /// Releases a base pointer's references.
+    pub fn put_baseptr<M: TableMemory + ?Sized>(&self, base: BasePtr, mem: &mut M) {
+        self.put_page_and_type(base.0, mem);
+    }
+
+    /// Clears the pin flag of `mfn` and drops the pin's references.
+    pub(crate) fn drop_pin<M: TableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        update_type(self.info(mfn)?, |now| {
+            if !now.flags().contains(TypeFlags::PINNED) {
+                return Err(MmError::NotPinned(mfn));
+            }
+            Ok(now.with_flags(now.flags() - TypeFlags::PINNED))
+        })?;
+        self.put_page_and_type(mfn, mem);
+        Ok(())
+    }
+}

@@ -1,0 +1,299 @@
+//! Reference counting on frames (Xen's `get_page`/`put_page`/`get_page_type`/
+//! `put_page_type`): [`PvMmu`], the view of the frame table every paravirtual memory
+//! operation goes through.
+//!
+//! The hypervisor builds one `PvMmu` per operation (it is two references) and calls the
+//! operations here and in `validate`, [`crate::update`], [`crate::pin`],
+//! [`crate::walk`] and [`crate::relinquish`]. This module never decides whether an entry
+//! value is allowed ([`crate::policy`] does) and never frees or allocates a frame.
+//!
+//! # Counting model
+//! Every frame's [`FrameInfo`] holds two counts:
+//! - The **general reference count** (`ref_count`) counts the users that keep the frame
+//!   from being freed: one per present entry of a validated table that points at it (an L1
+//!   entry mapping it, or an L2-L4 entry naming it as the next table), one per pin, one
+//!   per [`BasePtr`](crate::pin::BasePtr) using it as an L4, plus whatever the hypervisor
+//!   takes itself with [`PvMmu::get_page`] (grants, I/O, descriptor tables).
+//! - The **type count** counts the uses of the frame's current [`PageType`]. For L1-L4
+//!   tables: one per present entry of a validated next-higher-level table naming it, one
+//!   per pin, one per `BasePtr` (L4). For [`PageType::None`]: one per *writable* L1 entry
+//!   mapping it (read-only mappings take only a general reference). A type can change
+//!   only when its count is zero. Every type reference is taken while holding a general
+//!   reference, and dropped before it.
+//!
+//! Type word states: count 0 is always [`TypeInfo::NONE`] (untyped, any type may be
+//! taken). A table type with count > 0 and [`TypeFlags::VALIDATED`] is in use; without the
+//! flag it is being validated (count 1) or devalidated (count 1) by the CPU that moved it
+//! there, and everyone else gets [`MmError::Busy`]. [`TypeFlags::PINNED`] marks a pin's
+//! reference. Changes are compare-and-swap loops on the type word, so other CPUs may
+//! read and count concurrently; the hypervisor serializes a domain's table updates.
+
+use mm::addr::Mfn;
+use mm::frame::{
+    DomainId, FrameInfo, FrameState, FrameTable, Owner, PageType, TypeFlags, TypeInfo,
+};
+
+use crate::error::MmError;
+use crate::level::Level;
+use crate::memory::TableMemory;
+use crate::policy::Layout;
+
+/// The hook that says whether a frame its owner shares with `DomainId` may be mapped by
+/// that domain from its L1 tables (never used as one of its page tables).
+pub type SharedWith<'a> = &'a (dyn Fn(Mfn, DomainId) -> bool + Sync);
+
+/// Who may take a general reference on a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Only the owner (page tables, pins, `mmu_update` targets).
+    Owner,
+    /// The owner, or a domain the frame is shared with (L1 mappings).
+    OwnerOrShared,
+}
+
+/// Paravirtual memory management over a frame table.
+#[derive(Clone, Copy)]
+pub struct PvMmu<'a> {
+    pub(crate) frames: &'a FrameTable,
+    pub(crate) layout: &'a Layout,
+    shared: Option<SharedWith<'a>>,
+}
+
+impl<'a> PvMmu<'a> {
+    /// A view of `frames` under the slot rules of `layout`, with no frame shared across
+    /// domains.
+    pub const fn new(frames: &'a FrameTable, layout: &'a Layout) -> PvMmu<'a> {
+        PvMmu {
+            frames,
+            layout,
+            shared: None,
+        }
+    }
+
+    /// The same view, also letting a domain map (from L1 entries) the frames `shared`
+    /// says are shared with it.
+    pub const fn with_sharing(self, shared: SharedWith<'a>) -> PvMmu<'a> {
+        PvMmu {
+            shared: Some(shared),
+            ..self
+        }
+    }
+
+    /// Takes a general reference on `mfn` for `dom`: the frame must be allocated to
+    /// `dom` or shared with it.
+    pub fn get_page(&self, mfn: Mfn, dom: DomainId) -> Result<(), MmError> {
+        self.get_page_for(mfn, dom, Access::OwnerOrShared)
+    }
+
+    /// Drops a general reference taken with [`Self::get_page`] (or by an entry, pin or
+    /// base pointer being released). The frame stays allocated; freeing is the caller's.
+    ///
+    /// # Panics
+    /// If `mfn` has no reference or is outside the table: the caller dropped a reference it
+    /// did not hold, and the counts can no longer be trusted.
+    pub fn put_page(&self, mfn: Mfn) {
+        if self
+            .info(mfn)
+            .ok()
+            .and_then(|info| info.update_ref_count(|count| count.checked_sub(1)).ok())
+            .is_none()
+        {
+            panic!("put_page: frame {mfn} holds no general reference");
+        }
+    }
+
+    /// Takes a type reference of type `want` on `mfn`, which the caller holds a general
+    /// reference on. At type count 0 the frame takes the type; a page-table type is then
+    /// validated (every entry checked, and the references its present entries need taken
+    /// for `dom`), and on failure every reference taken is dropped again and the frame is
+    /// left untyped. A page-table type may only be taken on a frame `dom` owns. At a
+    /// non-zero count the type must match. For descriptor and shared types the caller
+    /// checks the contents itself after this returns.
+    pub fn get_page_type<M: TableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        want: PageType,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        let info = self.info(mfn)?;
+        let level = Level::of_page_type(want);
+        if level.is_some() {
+            check_user(info, mfn, dom, Access::Owner, None)?;
+        }
+        let before = update_type(info, |now| type_after_get(mfn, now, want))?;
+        if before.count() > 0 {
+            return Ok(());
+        }
+        if want != PageType::None {
+            mem.flush_stale_writable(mfn);
+        }
+        let Some(level) = level else {
+            return Ok(());
+        };
+        match self.validate(mfn, level, dom, mem) {
+            Ok(()) => {
+                replace_type(info, |now| {
+                    now.with_flags(now.flags() | TypeFlags::VALIDATED)
+                });
+                Ok(())
+            }
+            Err(error) => {
+                replace_type(info, |_| TypeInfo::NONE);
+                Err(error)
+            }
+        }
+    }
+
+    /// Drops a type reference. When the last reference of a page-table type goes, the
+    /// table is devalidated (every reference its entries held is dropped) and the frame
+    /// becomes untyped.
+    ///
+    /// # Panics
+    /// If `mfn` holds no type reference, or is pinned with only the pin's reference left
+    /// (unpin drops that one): the caller dropped a reference it did not hold.
+    pub fn put_page_type<M: TableMemory + ?Sized>(&self, mfn: Mfn, mem: &mut M) {
+        let refused =
+            || -> ! { panic!("put_page_type: frame {mfn} holds no type reference it may drop") };
+        let info = self.info(mfn).unwrap_or_else(|_| refused());
+        let before =
+            update_type(info, |now| type_after_put(mfn, now)).unwrap_or_else(|_| refused());
+        if before.count() != 1 {
+            return;
+        }
+        if let Some(level) = Level::of_page_type(before.page_type()) {
+            self.devalidate(mfn, level, mem);
+            replace_type(info, |_| TypeInfo::NONE);
+        }
+    }
+
+    /// [`Self::get_page`] then [`Self::get_page_type`], undoing the first if the second
+    /// fails.
+    pub fn get_page_and_type<M: TableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        want: PageType,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.get_page(mfn, dom)?;
+        self.get_page_type(mfn, want, dom, mem)
+            .inspect_err(|_| self.put_page(mfn))
+    }
+
+    /// [`Self::put_page_type`] then [`Self::put_page`].
+    ///
+    /// # Panics
+    /// As those two.
+    pub fn put_page_and_type<M: TableMemory + ?Sized>(&self, mfn: Mfn, mem: &mut M) {
+        self.put_page_type(mfn, mem);
+        self.put_page(mfn);
+    }
+
+    /// The metadata of `mfn`.
+    pub(crate) fn info(&self, mfn: Mfn) -> Result<&'a FrameInfo, MmError> {
+        self.frames.frame(mfn).map_err(|_| MmError::OutOfRange(mfn))
+    }
+
+    /// Takes a general reference for `dom` if `access` allows it.
+    pub(crate) fn get_page_for(
+        &self,
+        mfn: Mfn,
+        dom: DomainId,
+        access: Access,
+    ) -> Result<(), MmError> {
+        let info = self.info(mfn)?;
+        check_user(info, mfn, dom, access, self.shared)?;
+        info.update_ref_count(|count| count.checked_add(1))
+            .map_err(|_| MmError::CountOverflow(mfn))?;
+        // The frame may have been freed between the check and the increment; once the
+        // count is raised, `FrameTable::free` refuses it, so checking again is final.
+        check_user(info, mfn, dom, access, self.shared).inspect_err(|_| self.put_page(mfn))
+    }
+
+    /// Fails unless `dom` owns `mfn`.
+    pub(crate) fn check_owner(&self, mfn: Mfn, dom: DomainId) -> Result<(), MmError> {
+        check_user(self.info(mfn)?, mfn, dom, Access::Owner, None)
+    }
+}
+
+/// Whether `dom` may reference the frame `info` describes.
+fn check_user(
+    info: &FrameInfo,
+    mfn: Mfn,
+    dom: DomainId,
+    access: Access,
+    shared: Option<SharedWith<'_>>,
+) -> Result<(), MmError> {
+    match info.state() {
+        FrameState::Allocated(Owner::Domain(owner)) if owner == dom => Ok(()),
+        FrameState::Allocated(owner) => {
+            let shared = access == Access::OwnerOrShared && shared.is_some_and(|f| f(mfn, dom));
+            if shared {
+                Ok(())
+            } else {
+                Err(MmError::NotOwner { mfn, owner })
+            }
+        }
+        FrameState::Free | FrameState::Reserved => Err(MmError::NotAllocated(mfn)),
+    }
+}
+
+/// The type word after taking a reference of type `want` on a frame whose word is `now`.
+pub(crate) fn type_after_get(mfn: Mfn, now: TypeInfo, want: PageType) -> Result<TypeInfo, MmError> {
+    if now.count() == 0 {
+        return TypeInfo::NONE
+            .with_type(want)
+            .with_count(1)
+            .ok_or(MmError::CountOverflow(mfn));
+    }
+    let have = now.page_type();
+    if have != want {
+        return Err(MmError::TypeConflict { mfn, have, want });
+    }
+    if Level::of_page_type(have).is_some() && !now.flags().contains(TypeFlags::VALIDATED) {
+        return Err(MmError::Busy(mfn));
+    }
+    now.with_count(now.count() + 1)
+        .ok_or(MmError::CountOverflow(mfn))
+}
+
+/// The type word after dropping a reference from `now`; the last reference of a table
+/// type moves it to "devalidating" (count 1, no flags), any other last reference to
+/// [`TypeInfo::NONE`]. `Err` when there is no reference the caller may drop.
+fn type_after_put(mfn: Mfn, now: TypeInfo) -> Result<TypeInfo, MmError> {
+    let is_table = Level::of_page_type(now.page_type()).is_some();
+    let flags = now.flags();
+    match now.count() {
+        0 => Err(MmError::NotAllocated(mfn)),
+        _ if is_table && !flags.contains(TypeFlags::VALIDATED) => Err(MmError::Busy(mfn)),
+        1 if flags.contains(TypeFlags::PINNED) => Err(MmError::NotPinned(mfn)),
+        1 if is_table => Ok(now.with_flags(TypeFlags::empty())),
+        1 => Ok(TypeInfo::NONE),
+        count => now.with_count(count - 1).ok_or(MmError::CountOverflow(mfn)),
+    }
+}
+
+/// Moves the type word of `info` from `now` to `next(now)` with one compare-and-swap,
+/// retrying while other CPUs change it. Returns the word it replaced.
+pub(crate) fn update_type(
+    info: &FrameInfo,
+    mut next: impl FnMut(TypeInfo) -> Result<TypeInfo, MmError>,
+) -> Result<TypeInfo, MmError> {
+    loop {
+        let seen = info.type_info();
+        let wanted = next(seen)?;
+        if info
+            .update_type_info(|now| (now == seen).then_some(wanted))
+            .is_ok()
+        {
+            return Ok(seen);
+        }
+    }
+}
+
+/// [`update_type`] for a change that cannot be refused.
+pub(crate) fn replace_type(info: &FrameInfo, next: impl Fn(TypeInfo) -> TypeInfo) {
+    // The closure always returns `Some`, so the update cannot be declined.
+    let _previous = info.update_type_info(|now| Some(next(now)));
+}

@@ -1,0 +1,119 @@
+//! One checked page-table entry update: `mmu_update`'s `MMU_NORMAL_PT_UPDATE` and
+//! `MMU_PT_UPDATE_PRESERVE_AD` commands, and the last step of `update_va_mapping`.
+//!
+//! The hypervisor decodes the request (machine address of the entry: frame and index)
+//! and calls [`PvMmu::mod_entry`] with the domain's page-table lock held. An update either
+//! happens completely (new references taken, entry written, old references dropped) or
+//! not at all.
+
+use mm::addr::Mfn;
+use mm::frame::{DomainId, PageType};
+
+use crate::entry::ENTRIES;
+use crate::error::MmError;
+use crate::level::Level;
+use crate::memory::TableMemory;
+use crate::refs::{type_after_get, update_type, Access, PvMmu};
+use crate::walk::EntrySlot;
+
+/// What happens to the accessed and dirty bits of the entry being replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessedDirty {
+    /// The new value is stored as given (`MMU_NORMAL_PT_UPDATE`).
+    Overwrite,
+    /// The entry's current A and D bits are OR-ed into the new value
+    /// (`MMU_PT_UPDATE_PRESERVE_AD`).
+    Preserve,
+}
+
+impl PvMmu<'_> {
+    /// Sets entry `index` of frame `table`, owned by `dom`, to `new`.
+    ///
+    /// If `table` is a validated page table, `new` is checked under its level's rules
+    /// (hypervisor slots are refused), the references it needs are taken *before* the
+    /// old entry's are dropped (so rewriting an entry with itself leaves every count as it
+    /// was), and the normalized value is written. Otherwise, as in Xen, `table` is an
+    /// ordinary page: it takes a writable type reference for the duration (refused for
+    /// descriptor and shared pages) and the 8 bytes are written unchecked.
+    pub fn mod_entry<M: TableMemory + ?Sized>(
+        &self,
+        table: Mfn,
+        index: usize,
+        new: u64,
+        ad: AccessedDirty,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        if index >= ENTRIES {
+            return Err(MmError::BadIndex(index));
+        }
+        self.get_page_for(table, dom, Access::Owner)?;
+        let result = match self.hold_table(table) {
+            Ok(Some(level)) => {
+                let slot = EntrySlot { table, index };
+                let result = self.mod_table_entry(slot, level, new, ad, dom, mem);
+                self.put_page_type(table, mem);
+                result
+            }
+            Ok(None) => self.write_plain_page(table, index, new, dom, mem),
+            Err(error) => Err(error),
+        };
+        self.put_page(table);
+        result
+    }
+
+    /// Takes a type reference on `table` if it is a page table in use, and says which
+    /// level; `Ok(None)` (nothing taken) for an untyped or otherwise typed frame, `Busy`
+    /// for a table another CPU is validating or devalidating.
+    fn hold_table(&self, table: Mfn) -> Result<Option<Level>, MmError> {
+        let info = self.info(table)?;
+        let now = info.type_info();
+        let Some(level) = Level::of_page_type(now.page_type()).filter(|_| now.count() > 0) else {
+            return Ok(None);
+        };
+        update_type(info, |now| match now.count() {
+            0 => Err(MmError::Busy(table)),
+            _ => type_after_get(table, now, level.page_type()),
+        })?;
+        Ok(Some(level))
+    }
+
+    /// The update of a validated `level` table, which the caller holds.
+    fn mod_table_entry<M: TableMemory + ?Sized>(
+        &self,
+        EntrySlot { table, index }: EntrySlot,
+        level: Level,
+        new: u64,
+        ad: AccessedDirty,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        if self.layout.is_reserved(level, index) {
+            return Err(MmError::ReservedSlot { level, index });
+        }
+        let old = mem.read(table, index);
+        let stored = self.take_entry(level, new, dom, mem)?;
+        match ad {
+            AccessedDirty::Overwrite => mem.write(table, index, stored),
+            AccessedDirty::Preserve => mem.write_preserving_ad(table, index, stored),
+        }
+        self.drop_entry(level, old, mem);
+        Ok(())
+    }
+
+    /// The update of a frame that is not a page table: an unchecked write under a
+    /// writable type reference.
+    fn write_plain_page<M: TableMemory + ?Sized>(
+        &self,
+        page: Mfn,
+        index: usize,
+        new: u64,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.get_page_type(page, PageType::None, dom, mem)?;
+        mem.write(page, index, new);
+        self.put_page_type(page, mem);
+        Ok(())
+    }
+}
