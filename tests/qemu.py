@@ -75,12 +75,6 @@ def guest_cases():
         Case("pvh-hello-smp4", smp="4", cmdline="guests=8", modules=[("guest-hello", "")],
              expect={"domains.created": "8", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines),
-        Case("iso-guests-smp1", smp="1", boot="iso", modules=everyone,
-             expect={"domains.created": "5", "domains.unexpected_endings": "0"},
-             expect_lines=ok_lines + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
-        Case("iso-guests-smp4", smp="4", boot="iso", modules=everyone,
-             expect={"domains.created": "5", "domains.unexpected_endings": "0"},
-             expect_lines=ok_lines + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
     ]
 
 

@@ -242,9 +242,11 @@ impl Domain {
             return;
         }
         let vcpus = core::mem::take(&mut *self.vcpus.lock());
-        let tables: Vec<Mfn> = vcpus.iter().flat_map(|v| v.page_table_roots()).collect();
+        let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
         let pages = core::mem::take(&mut self.memory.lock().pages);
-        crate::pv::mmu::relinquish(self, &tables, &pages);
+        let mut owned = pages.clone();
+        owned.push(self.shared_info);
+        crate::pv::mmu::relinquish(self, bases, &owned);
         for &mfn in pages.iter().chain(core::iter::once(&self.shared_info)) {
             if let Err(e) = memory::frames().free(mfn) {
                 warn!("domain {}: frame {mfn} not freed: {e:?}", self.id.0);

@@ -12,6 +12,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use abi::arch_x86::TrapInfo;
 use mm::addr::Mfn;
+use pvmm::BasePtr;
 use spin::Mutex;
 
 use super::Domain;
@@ -35,10 +36,10 @@ pub struct GuestContext {
     pub regs: TrapFrame,
     /// Guest kernel mode (true) or guest user mode.
     pub in_kernel: bool,
-    /// Top-level page table of guest kernel mode (type-referenced as an L4).
-    pub kernel_l4: Option<Mfn>,
-    /// Top-level page table of guest user mode (type-referenced as an L4), if any.
-    pub user_l4: Option<Mfn>,
+    /// Top-level page table of guest kernel mode (holds a type reference as an L4).
+    pub kernel_base: Option<BasePtr>,
+    /// Top-level page table of guest user mode, if any (also an L4 reference).
+    pub user_base: Option<BasePtr>,
     /// The guest kernel stack for bounces from user mode (`stack_switch`).
     pub kernel_ss: u64,
     pub kernel_sp: u64,
@@ -75,9 +76,17 @@ impl GuestContext {
         }
     }
 
+    pub fn kernel_l4(&self) -> Option<Mfn> {
+        self.kernel_base.as_ref().map(BasePtr::mfn)
+    }
+
+    pub fn user_l4(&self) -> Option<Mfn> {
+        self.user_base.as_ref().map(BasePtr::mfn)
+    }
+
     /// The top-level table of the current guest mode.
     pub fn active_l4(&self) -> Option<Mfn> {
-        if self.in_kernel { self.kernel_l4 } else { self.user_l4.or(self.kernel_l4) }
+        if self.in_kernel { self.kernel_l4() } else { self.user_l4().or(self.kernel_l4()) }
     }
 }
 
@@ -94,15 +103,15 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    pub fn new(domain: Arc<Domain>, id: u32, regs: TrapFrame, kernel_l4: Mfn, cpu: u32) -> Arc<Vcpu> {
+    pub fn new(domain: Arc<Domain>, id: u32, regs: TrapFrame, kernel_base: BasePtr, cpu: u32) -> Arc<Vcpu> {
         Arc::new(Vcpu {
             domain,
             id,
             ctx: Mutex::new(GuestContext {
                 regs,
                 in_kernel: true,
-                kernel_l4: Some(kernel_l4),
-                user_l4: None,
+                kernel_base: Some(kernel_base),
+                user_base: None,
                 kernel_ss: 0,
                 kernel_sp: 0,
                 traps: Vec::new(),
@@ -135,9 +144,9 @@ impl Vcpu {
         crate::sched::kick(self.cpu.load(Ordering::Relaxed));
     }
 
-    /// Top-level tables this vCPU holds type references on (released at destruction).
-    pub fn page_table_roots(&self) -> Vec<Mfn> {
-        let ctx = self.ctx.lock();
-        ctx.kernel_l4.into_iter().chain(ctx.user_l4).collect()
+    /// Takes the top-level table references this vCPU holds (released at destruction).
+    pub fn take_bases(&self) -> Vec<BasePtr> {
+        let mut ctx = self.ctx.lock();
+        ctx.kernel_base.take().into_iter().chain(ctx.user_base.take()).collect()
     }
 }

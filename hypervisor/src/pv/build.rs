@@ -198,7 +198,7 @@ fn fill(domain: &Arc<Domain>, kernel: &PvKernel, config: &DomainConfig, cpu: u32
     };
     let built = build(kernel, config, &inputs, &mut DomainFrames { pages: &pages }).map_err(BuildFailure::Image)?;
     let l4 = pages[built.l4_pfn.0 as usize];
-    mmu::pin_initial_tables(domain, l4).map_err(BuildFailure::Tables)?;
+    let base = mmu::pin_initial_tables(domain, l4).map_err(BuildFailure::Tables)?;
     let regs = TrapFrame {
         rip: built.entry_rip,
         cs: GUEST_CS64 as u64,
@@ -208,7 +208,7 @@ fn fill(domain: &Arc<Domain>, kernel: &PvKernel, config: &DomainConfig, cpu: u32
         rsi: built.start_info_va,
         ..TrapFrame::zeroed()
     };
-    let vcpu = Vcpu::new(domain.clone(), 0, regs, l4, cpu);
+    let vcpu = Vcpu::new(domain.clone(), 0, regs, base, cpu);
     domain.add_vcpu(vcpu.clone());
     shared::with_vcpu_info(&vcpu, |info| info.evtchn_upcall_mask = 1);
     Ok(vcpu)

@@ -1,13 +1,218 @@
-//! TEMPORARY while pvmm lands.
+//! Guest page-table management: the hypercalls (`mmu_update`, `mmuext_op`,
+//! `update_va_mapping`, and `mov` to CR3) on top of the `pvmm` crate's validation and
+//! reference counting, plus pinning a new domain's tables and relinquishing a dead one's.
+//!
+//! Every operation runs under the domain's page-table lock; table frames are read and
+//! written through temporary mappings. Stale translations: guest entries are never global,
+//! so only CPUs running one of the domain's vCPUs can cache them; flushes go to exactly
+//! those (today: this CPU, as domains have one vCPU).
+
+use alloc::vec::Vec;
+
 use abi::errno::Errno;
+use abi::hypercall::{MmuUpdateCmd, MmuextCmd};
+use abi::ids::DomId;
+use abi::mmu::{MmuUpdate, MmuextOp, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH};
 use hypervisor::hypercall::GuestVa;
 use mm::addr::Mfn;
+use mm::frame::DomainId;
+use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, TableMemory};
+use spin::Once;
+use x86_64::VirtAddr;
+
+use crate::arch::paging;
 use crate::arch::trap::TrapFrame;
+use crate::arch::uaccess;
 use crate::domain::{Domain, Vcpu};
+use crate::memory::{self, FrameMapping};
 use crate::pv::hypercall::HcResult;
-pub fn pin_initial_tables(_d: &Domain, _l4: Mfn) -> Result<(), Errno> { Ok(()) }
-pub fn relinquish(_d: &Domain, _roots: &[Mfn], _pages: &[Mfn]) {}
-pub fn mmu_update(_v: &Vcpu, _f: &mut TrapFrame, _r: GuestVa, _c: u64, _d: GuestVa, _dom: u16) -> HcResult { Err(Errno::Enosys) }
-pub fn mmuext_op(_v: &Vcpu, _f: &mut TrapFrame, _r: GuestVa, _c: u64, _d: GuestVa, _dom: u16) -> HcResult { Err(Errno::Enosys) }
-pub fn update_va_mapping(_v: &Vcpu, _va: u64, _pte: u64, _fl: u64) -> HcResult { Err(Errno::Enosys) }
-pub fn new_baseptr(_v: &Vcpu, _m: Mfn, _u: bool) -> Result<(), Errno> { Err(Errno::Enosys) }
+
+static LAYOUT: Once<Layout> = Once::new();
+
+/// The validation rules: the hypervisor's window entry in every L3's slot 511.
+fn layout() -> &'static Layout {
+    LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), None))
+}
+
+fn mmu() -> PvMmu<'static> {
+    PvMmu::new(memory::frames(), layout())
+}
+
+fn errno(e: MmError) -> Errno {
+    e.errno()
+}
+
+/// Page-table frames as the validator sees them: entries read and written through
+/// temporary mappings.
+struct Tables;
+
+impl TableMemory for Tables {
+    fn read(&self, mfn: Mfn, index: usize) -> u64 {
+        let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
+        let bytes = &map.bytes()[index * 8..index * 8 + 8];
+        u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+    }
+
+    fn write(&mut self, mfn: Mfn, index: usize, value: u64) {
+        let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
+        map.bytes()[index * 8..index * 8 + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn flush_stale_writable(&mut self, _mfn: Mfn) {
+        // Only this CPU runs the domain (one vCPU per domain), and entries are not global.
+        paging::flush_all_local();
+    }
+}
+
+fn check_domid(vcpu: &Vcpu, domid: u16) -> Result<DomainId, Errno> {
+    if domid == DomId::SELF.0 || domid == vcpu.domain.id.0 {
+        Ok(vcpu.domain.id)
+    } else {
+        Err(Errno::Esrch)
+    }
+}
+
+/// Pins a new domain's top-level table (validating its whole boot tree) and returns the
+/// base pointer its vCPU runs on.
+pub fn pin_initial_tables(domain: &Domain, l4: Mfn) -> Result<BasePtr, Errno> {
+    let _lock = domain.mmu_lock.lock();
+    let mmu = mmu();
+    mmu.pin_table(l4, Level::L4, domain.id, &mut Tables).map_err(errno)?;
+    mmu.new_baseptr(l4, domain.id, &mut Tables).map_err(errno)
+}
+
+/// Drops every page-table reference a dead domain holds, so that its frames can be freed.
+pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
+    let _lock = domain.mmu_lock.lock();
+    if let Err(e) = mmu().relinquish(domain.id, owned, bases, &mut Tables) {
+        log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);
+    }
+}
+
+/// `mmu_update`: checked updates of page-table entries named by machine address.
+pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count: u64, done: GuestVa, domid: u16) -> HcResult {
+    let dom = check_domid(vcpu, domid)?;
+    let _lock = vcpu.domain.mmu_lock.lock();
+    let mmu = mmu();
+    let mut completed = 0u64;
+    let mut result = Ok(0);
+    for i in 0..count {
+        let at = requests.offset::<MmuUpdate>(i).ok_or(Errno::Efault)?;
+        let request: MmuUpdate = match uaccess::read_value(at.0) {
+            Ok(r) => r,
+            Err(_) => {
+                result = Err(Errno::Efault);
+                break;
+            }
+        };
+        let ad = match request.command() {
+            Some(MmuUpdateCmd::NormalPtUpdate) => AccessedDirty::Overwrite,
+            Some(MmuUpdateCmd::PtUpdatePreserveAd) => AccessedDirty::Preserve,
+            _ => {
+                result = Err(Errno::Einval);
+                break;
+            }
+        };
+        let entry_addr = request.ptr & !7;
+        let table = Mfn(entry_addr >> 12);
+        let index = ((entry_addr & 0xfff) >> 3) as usize;
+        if let Err(e) = mmu.mod_entry(table, index, request.val, ad, dom, &mut Tables) {
+            result = Err(errno(e));
+            break;
+        }
+        completed += 1;
+    }
+    if completed > 0 {
+        paging::flush_all_local();
+    }
+    if !done.is_null() {
+        uaccess::write_value(done.0, &(completed as u32)).map_err(|_| Errno::Efault)?;
+    }
+    result
+}
+
+/// `update_va_mapping`: a checked update of the L1 entry that maps `va` in the current
+/// kernel address space, then the requested flush.
+pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult {
+    uaccess::check_range(va, 1).map_err(|_| Errno::Einval)?;
+    let l4 = vcpu.ctx.lock().active_l4().ok_or(Errno::Einval)?;
+    let _lock = vcpu.domain.mmu_lock.lock();
+    let mmu = mmu();
+    let slot = mmu.l1_entry_of(l4, va, &Tables).map_err(errno)?;
+    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut Tables).map_err(errno)?;
+    match flags & UVMF_FLUSHTYPE_MASK {
+        UVMF_INVLPG => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
+        UVMF_TLB_FLUSH => paging::flush_all_local(),
+        _ => {}
+    }
+    Ok(0)
+}
+
+/// `mmuext_op`: pins, base pointers and TLB operations, in a batch.
+pub fn mmuext_op(vcpu: &Vcpu, _frame: &mut TrapFrame, ops: GuestVa, count: u64, done: GuestVa, domid: u16) -> HcResult {
+    let dom = check_domid(vcpu, domid)?;
+    let mut completed = 0u64;
+    let mut result = Ok(0);
+    for i in 0..count {
+        let at = ops.offset::<MmuextOp>(i).ok_or(Errno::Efault)?;
+        let outcome = uaccess::read_value::<MmuextOp>(at.0).map_err(|_| Errno::Efault).and_then(|op| one_op(vcpu, dom, &op));
+        if let Err(e) = outcome {
+            result = Err(e);
+            break;
+        }
+        completed += 1;
+    }
+    if !done.is_null() {
+        uaccess::write_value(done.0, &(completed as u32)).map_err(|_| Errno::Efault)?;
+    }
+    result
+}
+
+fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
+    let mfn = Mfn(op.arg1);
+    let pin = |level| {
+        let _lock = vcpu.domain.mmu_lock.lock();
+        mmu().pin_table(mfn, level, dom, &mut Tables).map_err(errno)
+    };
+    match MmuextCmd::from_raw(op.cmd) {
+        Some(MmuextCmd::PinL1Table) => pin(Level::L1),
+        Some(MmuextCmd::PinL2Table) => pin(Level::L2),
+        Some(MmuextCmd::PinL3Table) => pin(Level::L3),
+        Some(MmuextCmd::PinL4Table) => pin(Level::L4),
+        Some(MmuextCmd::UnpinTable) => {
+            let _lock = vcpu.domain.mmu_lock.lock();
+            mmu().unpin_table(mfn, dom, &mut Tables).map_err(errno)
+        }
+        Some(MmuextCmd::NewBaseptr) => new_baseptr(vcpu, mfn, false),
+        Some(MmuextCmd::NewUserBaseptr) => new_baseptr(vcpu, mfn, true),
+        Some(MmuextCmd::TlbFlushLocal | MmuextCmd::TlbFlushMulti | MmuextCmd::TlbFlushAll) => {
+            paging::flush_all_local();
+            Ok(())
+        }
+        Some(MmuextCmd::InvlpgLocal | MmuextCmd::InvlpgMulti | MmuextCmd::InvlpgAll) => {
+            let va = VirtAddr::try_new(op.arg1).map_err(|_| Errno::Einval)?;
+            x86_64::instructions::tlb::flush(va);
+            Ok(())
+        }
+        _ => Err(Errno::Enosys),
+    }
+}
+
+/// Switches the vCPU's kernel (or user) top-level table to `l4`, validated as an L4; the
+/// old one's reference is dropped. Loads CR3 when that mode is the current one.
+pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), Errno> {
+    let _lock = vcpu.domain.mmu_lock.lock();
+    let mmu = mmu();
+    let base = mmu.new_baseptr(l4, vcpu.domain.id, &mut Tables).map_err(errno)?;
+    let mut ctx = vcpu.ctx.lock();
+    let load = ctx.in_kernel != user;
+    let old = if user { ctx.user_base.replace(base) } else { ctx.kernel_base.replace(base) };
+    if load {
+        paging::load_guest_tables(l4.addr().0);
+    }
+    drop(ctx);
+    if let Some(old) = old {
+        mmu.put_baseptr(old, &mut Tables);
+    }
+    Ok(())
+}

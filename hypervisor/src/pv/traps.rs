@@ -163,7 +163,7 @@ fn switch_to_kernel_mode(ctx: &mut GuestContext) {
     ctx.gs_base_user = KernelGsBase::read().as_u64();
     KernelGsBase::write(VirtAddr::new_truncate(ctx.gs_base_kernel));
     ctx.in_kernel = true;
-    if let Some(l4) = ctx.kernel_l4 {
+    if let Some(l4) = ctx.kernel_l4() {
         paging::load_guest_tables(l4.addr().0);
     }
 }
@@ -173,7 +173,7 @@ fn switch_to_user_mode(ctx: &mut GuestContext) {
     ctx.gs_base_kernel = KernelGsBase::read().as_u64();
     KernelGsBase::write(VirtAddr::new_truncate(ctx.gs_base_user));
     ctx.in_kernel = false;
-    if let Some(l4) = ctx.user_l4 {
+    if let Some(l4) = ctx.user_l4() {
         paging::load_guest_tables(l4.addr().0);
     }
 }
@@ -188,7 +188,7 @@ pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     {
         let mut ctx = vcpu.ctx.lock();
         if saved.cs & 3 == 3 && ctx.in_kernel {
-            if ctx.user_l4.is_none() {
+            if ctx.user_base.is_none() {
                 drop(ctx);
                 crash(vcpu, frame, format_args!("iret to user mode with no user page tables"));
                 return;
