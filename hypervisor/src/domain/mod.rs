@@ -262,11 +262,13 @@ impl Domain {
     }
 }
 
+/// Allocates the domain table (once, at boot, so that its size is not charged to domains).
+pub fn init() {
+    DOMAINS.lock().slots.resize(MAX_DOMAINS + 1, None);
+}
+
 impl Table {
     fn free_id(&mut self) -> Option<DomainId> {
-        if self.slots.len() < MAX_DOMAINS + 1 {
-            self.slots.resize(MAX_DOMAINS + 1, None);
-        }
         for _ in 0..MAX_DOMAINS {
             let id = self.next;
             self.next = if self.next >= MAX_DOMAINS { 1 } else { self.next + 1 };

@@ -23,3 +23,20 @@ pub fn with_shared<R>(domain: &Domain, f: impl FnOnce(&mut SharedInfo) -> R) -> 
 pub fn with_vcpu_info<R>(vcpu: &Vcpu, f: impl FnOnce(&mut VcpuInfo) -> R) -> R {
     with_shared(&vcpu.domain, |shared| f(&mut shared.vcpu_info[vcpu.id as usize % shared.vcpu_info.len()]))
 }
+
+/// Publishes the vCPU's time record: TSC and system time now, and the TSC-to-ns scale, with
+/// Xen's version protocol (odd while the record changes) so the guest reads it lock-free.
+pub fn publish_time(vcpu: &Vcpu) {
+    let Ok(scale) = apic::TscScale::from_hz(crate::time::tsc_hz()) else { return };
+    with_vcpu_info(vcpu, |info| {
+        let time = &mut info.time;
+        time.version = time.version.wrapping_add(1) | 1;
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        time.tsc_timestamp = crate::time::rdtsc();
+        time.system_time = crate::time::since_boot_ns();
+        time.tsc_to_system_mul = scale.mul;
+        time.tsc_shift = scale.shift;
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        time.version = time.version.wrapping_add(1);
+    });
+}
