@@ -8,7 +8,9 @@
 //! those (today: this CPU, as domains have one vCPU).
 
 use alloc::vec::Vec;
+use core::cell::RefCell;
 
+use arrayvec::ArrayVec;
 use abi::errno::Errno;
 use abi::hypercall::{MmuUpdateCmd, MmuextCmd};
 use abi::ids::DomId;
@@ -43,19 +45,42 @@ fn errno(e: MmError) -> Errno {
 }
 
 /// Page-table frames as the validator sees them: entries read and written through
-/// temporary mappings.
-struct Tables;
+/// temporary mappings. The last few frames stay mapped for the length of one hypercall
+/// (a batch of updates mostly touches one table), which saves a map, an unmap and an
+/// `invlpg` per entry.
+struct Tables {
+    cache: RefCell<ArrayVec<(Mfn, FrameMapping), 4>>,
+}
+
+impl Tables {
+    fn new() -> Tables {
+        Tables { cache: RefCell::new(ArrayVec::new()) }
+    }
+
+    fn entry<R>(&self, mfn: Mfn, index: usize, f: impl FnOnce(&mut [u8; 8]) -> R) -> R {
+        let mut cache = self.cache.borrow_mut();
+        let slot = match cache.iter().position(|(m, _)| *m == mfn) {
+            Some(i) => i,
+            None => {
+                if cache.is_full() {
+                    cache.remove(0);
+                }
+                cache.push((mfn, FrameMapping::new(mfn).expect("a temporary mapping slot is free")));
+                cache.len() - 1
+            }
+        };
+        let bytes = cache[slot].1.bytes();
+        f((&mut bytes[index * 8..index * 8 + 8]).try_into().expect("8 bytes"))
+    }
+}
 
 impl TableMemory for Tables {
     fn read(&self, mfn: Mfn, index: usize) -> u64 {
-        let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
-        let bytes = &map.bytes()[index * 8..index * 8 + 8];
-        u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+        self.entry(mfn, index, |bytes| u64::from_le_bytes(*bytes))
     }
 
     fn write(&mut self, mfn: Mfn, index: usize, value: u64) {
-        let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
-        map.bytes()[index * 8..index * 8 + 8].copy_from_slice(&value.to_le_bytes());
+        self.entry(mfn, index, |bytes| *bytes = value.to_le_bytes());
     }
 
     fn flush_stale_writable(&mut self, _mfn: Mfn) {
@@ -77,14 +102,15 @@ fn check_domid(vcpu: &Vcpu, domid: u16) -> Result<DomainId, Errno> {
 pub fn pin_initial_tables(domain: &Domain, l4: Mfn) -> Result<BasePtr, Errno> {
     let _lock = domain.mmu_lock.lock();
     let mmu = mmu();
-    mmu.pin_table(l4, Level::L4, domain.id, &mut Tables).map_err(errno)?;
-    mmu.new_baseptr(l4, domain.id, &mut Tables).map_err(errno)
+    let mut tables = Tables::new();
+    mmu.pin_table(l4, Level::L4, domain.id, &mut tables).map_err(errno)?;
+    mmu.new_baseptr(l4, domain.id, &mut tables).map_err(errno)
 }
 
 /// Drops every page-table reference a dead domain holds, so that its frames can be freed.
 pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
     let _lock = domain.mmu_lock.lock();
-    if let Err(e) = mmu().relinquish(domain.id, owned, bases, &mut Tables) {
+    if let Err(e) = mmu().relinquish(domain.id, owned, bases, &mut Tables::new()) {
         log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);
     }
 }
@@ -94,6 +120,7 @@ pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count:
     let dom = check_domid(vcpu, domid)?;
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
+    let mut tables = Tables::new();
     let mut completed = 0u64;
     let mut result = Ok(0);
     for i in 0..count {
@@ -116,7 +143,7 @@ pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count:
         let entry_addr = request.ptr & !7;
         let table = Mfn(entry_addr >> 12);
         let index = ((entry_addr & 0xfff) >> 3) as usize;
-        if let Err(e) = mmu.mod_entry(table, index, request.val, ad, dom, &mut Tables) {
+        if let Err(e) = mmu.mod_entry(table, index, request.val, ad, dom, &mut tables) {
             result = Err(errno(e));
             break;
         }
@@ -138,8 +165,9 @@ pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult
     let l4 = vcpu.ctx.lock().active_l4().ok_or(Errno::Einval)?;
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
-    let slot = mmu.l1_entry_of(l4, va, &Tables).map_err(errno)?;
-    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut Tables).map_err(errno)?;
+    let mut tables = Tables::new();
+    let slot = mmu.l1_entry_of(l4, va, &tables).map_err(errno)?;
+    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut tables).map_err(errno)?;
     match flags & UVMF_FLUSHTYPE_MASK {
         UVMF_INVLPG => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
         UVMF_TLB_FLUSH => paging::flush_all_local(),
@@ -172,7 +200,7 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
     let mfn = Mfn(op.arg1);
     let pin = |level| {
         let _lock = vcpu.domain.mmu_lock.lock();
-        mmu().pin_table(mfn, level, dom, &mut Tables).map_err(errno)
+        mmu().pin_table(mfn, level, dom, &mut Tables::new()).map_err(errno)
     };
     match MmuextCmd::from_raw(op.cmd) {
         Some(MmuextCmd::PinL1Table) => pin(Level::L1),
@@ -181,7 +209,7 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
         Some(MmuextCmd::PinL4Table) => pin(Level::L4),
         Some(MmuextCmd::UnpinTable) => {
             let _lock = vcpu.domain.mmu_lock.lock();
-            mmu().unpin_table(mfn, dom, &mut Tables).map_err(errno)
+            mmu().unpin_table(mfn, dom, &mut Tables::new()).map_err(errno)
         }
         Some(MmuextCmd::NewBaseptr) => new_baseptr(vcpu, mfn, false),
         Some(MmuextCmd::NewUserBaseptr) => new_baseptr(vcpu, mfn, true),
@@ -203,7 +231,7 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
 pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), Errno> {
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
-    let base = mmu.new_baseptr(l4, vcpu.domain.id, &mut Tables).map_err(errno)?;
+    let base = mmu.new_baseptr(l4, vcpu.domain.id, &mut Tables::new()).map_err(errno)?;
     let mut ctx = vcpu.ctx.lock();
     let load = ctx.in_kernel != user;
     let old = if user { ctx.user_base.replace(base) } else { ctx.kernel_base.replace(base) };
@@ -212,7 +240,7 @@ pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), Errno> {
     }
     drop(ctx);
     if let Some(old) = old {
-        mmu.put_baseptr(old, &mut Tables);
+        mmu.put_baseptr(old, &mut Tables::new());
     }
     Ok(())
 }
