@@ -25,6 +25,8 @@ impl GuestVa {
 /// The most entries one batched call (mmu_update, mmuext_op, multicall, set_trap_table)
 /// may name. Larger counts are refused with EINVAL rather than trusted.
 pub const MAX_BATCH: u64 = 1 << 20;
+/// The most descriptors a guest GDT may hold: 14 frames, up to Xen's reserved entries.
+pub const MAX_GDT_ENTRIES: u64 = 14 * 512;
 /// The most bytes one console write may carry.
 pub const MAX_CONSOLE_WRITE: u64 = 1 << 16;
 
@@ -32,6 +34,8 @@ pub const MAX_CONSOLE_WRITE: u64 = 1 << 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     SetTrapTable { table: GuestVa },
+    SetGdt { frames: GuestVa, entries: u64 },
+    UpdateDescriptor { maddr: u64, descriptor: u64 },
     MmuUpdate { requests: GuestVa, count: u64, done: GuestVa, domid: u16 },
     StackSwitch { ss: u64, sp: u64 },
     SetCallbacks { event: u64, failsafe: u64, syscall: u64 },
@@ -93,6 +97,8 @@ pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
             done: GuestVa(a[2]),
             domid: a[3] as u16,
         },
+        H::SetGdt => Request::SetGdt { frames: GuestVa(a[0]), entries: bounded(call, a[1] & 0xffff_ffff, MAX_GDT_ENTRIES)? },
+        H::UpdateDescriptor => Request::UpdateDescriptor { maddr: a[0], descriptor: a[1] },
         H::StackSwitch => Request::StackSwitch { ss: a[0], sp: a[1] },
         H::SetCallbacks => Request::SetCallbacks { event: a[0], failsafe: a[1], syscall: a[2] },
         H::FpuTaskswitch => Request::FpuTaskswitch { set: a[0] != 0 },
@@ -184,6 +190,8 @@ mod tests {
         assert!(matches!(decode(26, [0x1000, huge, 0, 0x7ff0, 0]), Err(DecodeError::TooMany { .. })));
         assert!(matches!(decode(13, [0x1000, huge, 0, 0, 0]), Err(DecodeError::TooMany { .. })));
         assert!(matches!(decode(18, [0, MAX_CONSOLE_WRITE + 1, 0x1000, 0, 0]), Err(DecodeError::TooMany { .. })));
+        assert!(matches!(decode(2, [0x1000, MAX_GDT_ENTRIES + 1, 0, 0, 0]), Err(DecodeError::TooMany { .. })));
+        assert_eq!(decode(2, [0x1000, MAX_GDT_ENTRIES, 0, 0, 0]), Ok(Request::SetGdt { frames: GuestVa(0x1000), entries: MAX_GDT_ENTRIES }));
         // Counts are 32-bit: the upper half does not count.
         assert!(decode(1, [0x1000, (1 << 32) | 4, 0, 0x7ff0, 0]).is_ok());
     }

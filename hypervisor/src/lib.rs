@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cmdline;
+pub mod descriptor;
 pub mod domspec;
 pub mod hypercall;

@@ -205,9 +205,23 @@ pub fn frames() -> &'static FrameTable {
     FRAMES.get().expect("the frame table is built during boot")
 }
 
-/// Backs every CPU's area with fresh frames.
+static ZERO_PAGE: Once<Mfn> = Once::new();
+
+/// A frame of zeroes, mapped read-only wherever a page must exist but hold nothing (the
+/// unused part of each CPU's GDT area).
+pub fn zero_page() -> Mfn {
+    *ZERO_PAGE.get().expect("allocated with the per-CPU areas")
+}
+
+/// Backs every CPU's area with fresh frames; its guest-GDT pages map the zero page.
 pub fn back_percpu_areas(areas: &[PerCpuArea]) -> Result<(), MemoryError> {
+    let zero = frames().alloc(Owner::Hypervisor).map_err(MemoryError::Frames)?;
+    crate::domain::zero_frame(zero);
+    ZERO_PAGE.call_once(|| zero);
     for area in areas {
+        for page in 0..crate::pv::descriptors::MAX_FRAMES as u64 {
+            paging::map(area.gdt.start + page * PAGE_SIZE, zero.addr().0, MapKind::ReadOnly).map_err(MemoryError::Map)?;
+        }
         for page in area.backed_pages() {
             let mfn = frames().alloc(Owner::Hypervisor).map_err(MemoryError::Frames)?;
             paging::map(page, mfn.addr().0, MapKind::Data).map_err(MemoryError::Map)?;

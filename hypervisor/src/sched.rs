@@ -153,6 +153,7 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) {
         paging::load_guest_tables(l4.addr().0);
     }
     crate::pv::shared::publish_time(&vcpu);
+    crate::pv::descriptors::load(&vcpu.gdt.lock());
     vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
     percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
     lapic::arm_timer_ns(TIME_SLICE_NS);

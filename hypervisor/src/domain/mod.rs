@@ -242,6 +242,9 @@ impl Domain {
             return;
         }
         let vcpus = core::mem::take(&mut *self.vcpus.lock());
+        for vcpu in &vcpus {
+            crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
+        }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
         let pages = core::mem::take(&mut self.memory.lock().pages);
         let mut owned = pages.clone();

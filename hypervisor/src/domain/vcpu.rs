@@ -95,6 +95,8 @@ pub struct Vcpu {
     pub domain: Arc<Domain>,
     pub id: u32,
     pub ctx: Mutex<GuestContext>,
+    /// The guest's own GDT frames.
+    pub gdt: Mutex<crate::pv::descriptors::GuestGdt>,
     state: AtomicU8,
     /// The CPU whose run queue holds this vCPU.
     pub cpu: AtomicU32,
@@ -124,6 +126,7 @@ impl Vcpu {
                 gs_base_user: 0,
                 delivering: false,
             }),
+            gdt: Mutex::new(Default::default()),
             state: AtomicU8::new(RunState::Runnable as u8),
             cpu: AtomicU32::new(cpu),
             yield_requested: AtomicBool::new(false),

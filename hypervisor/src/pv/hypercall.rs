@@ -17,7 +17,7 @@ use x86_64::VirtAddr;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Ending, Vcpu};
-use crate::pv::{console, memop, mmu, traps};
+use crate::pv::{console, descriptors, memop, mmu, traps};
 
 /// What a handler returns: a value for rax, or an errno.
 pub type HcResult = Result<u64, Errno>;
@@ -60,6 +60,8 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> HcResult {
         Request::SchedOp { cmd, arg } => sched_op(vcpu, cmd, arg),
         Request::SetTrapTable { table } => set_trap_table(vcpu, table),
         Request::StackSwitch { ss, sp } => stack_switch(vcpu, ss, sp),
+        Request::SetGdt { frames, entries } => descriptors::set_gdt(vcpu, frames, entries),
+        Request::UpdateDescriptor { maddr, descriptor } => descriptors::update_descriptor(vcpu, maddr, descriptor),
         Request::SetCallbacks { event, failsafe, syscall } => set_callbacks(vcpu, event, failsafe, syscall),
         Request::CallbackOp { cmd, arg } => callback_op(vcpu, cmd, arg),
         Request::SetSegmentBase { which, base } => set_segment_base(vcpu, which, base),

@@ -17,7 +17,7 @@ use abi::ids::DomId;
 use abi::mmu::{MmuUpdate, MmuextOp, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH};
 use hypervisor::hypercall::GuestVa;
 use mm::addr::Mfn;
-use mm::frame::DomainId;
+use mm::frame::{DomainId, PageType};
 use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, TableMemory};
 use spin::Once;
 use x86_64::VirtAddr;
@@ -113,6 +113,17 @@ pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
     if let Err(e) = mmu().relinquish(domain.id, owned, bases, &mut Tables::new()) {
         log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);
     }
+}
+
+/// Takes a general and a descriptor-page type reference on `mfn` for the vCPU's domain
+/// (refused if the guest maps it writable or uses it as a page table).
+pub fn get_descriptor_page(vcpu: &Vcpu, mfn: Mfn) -> Result<(), Errno> {
+    mmu().get_page_and_type(mfn, PageType::SegmentDescriptors, vcpu.domain.id, &mut Tables::new()).map_err(errno)
+}
+
+/// Drops a reference taken by [`get_descriptor_page`].
+pub fn put_descriptor_page(mfn: Mfn) {
+    mmu().put_page_and_type(mfn, &mut Tables::new());
 }
 
 /// `mmu_update`: checked updates of page-table entries named by machine address.

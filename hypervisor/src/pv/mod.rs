@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod console;
+pub mod descriptors;
 pub mod emulate;
 pub mod hypercall;
 pub mod lifecycle;
