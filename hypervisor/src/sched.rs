@@ -119,14 +119,27 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
     here.current.store(core::ptr::null_mut(), Ordering::Relaxed);
     if let Some(vcpu) = &outgoing {
         switch_out(vcpu, frame);
+        if vcpu.state() == RunState::Runnable {
+            rq.queue.lock().push_back(vcpu.clone());
+        }
     }
-    let next = rq.queue.lock().pop_front();
-    match next {
-        Some(vcpu) => switch_in(vcpu, frame),
-        None => idle_frame(frame, here.stack_top),
+    loop {
+        let next = rq.queue.lock().pop_front();
+        match next {
+            Some(vcpu) if vcpu.state() != RunState::Runnable => drop(vcpu),
+            Some(vcpu) => {
+                if switch_in(vcpu, frame) {
+                    break;
+                }
+            }
+            None => {
+                idle_frame(frame, here.stack_top);
+                break;
+            }
+        }
     }
     if let Some(vcpu) = outgoing {
-        finish_outgoing(vcpu, rq);
+        leave(&vcpu.domain);
     }
 }
 
@@ -141,8 +154,15 @@ fn switch_out(vcpu: &Vcpu, frame: &TrapFrame) {
     vcpu.yield_requested.store(false, Ordering::Relaxed);
 }
 
-/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3.
-fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) {
+/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3. Refuses (and
+/// returns false) when its domain is shutting down: a domain's memory may be returned as
+/// soon as no CPU counts as running it, so the count is raised before CR3 is loaded.
+fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> bool {
+    vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
+    if vcpu.domain.state() != LifeState::Running {
+        leave(&vcpu.domain);
+        return false;
+    }
     {
         let ctx = vcpu.ctx.lock();
         *frame = ctx.regs.clone();
@@ -154,9 +174,9 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) {
     }
     crate::pv::shared::publish_time(&vcpu);
     crate::pv::descriptors::load(&vcpu.gdt.lock());
-    vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
     percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
     lapic::arm_timer_ns(TIME_SLICE_NS);
+    true
 }
 
 /// Turns `frame` into a return to the idle loop on this CPU's stack.
@@ -172,15 +192,10 @@ fn idle_frame(frame: &mut TrapFrame, stack_top: u64) {
     };
 }
 
-/// Puts a still-runnable vCPU back in the queue, or lets a dead domain go.
-fn finish_outgoing(vcpu: Arc<Vcpu>, rq: &RunQueue) {
-    let domain = vcpu.domain.clone();
+/// This CPU no longer runs a vCPU of `domain` (its CR3 has moved on); the last CPU to
+/// leave a domain that is shutting down destroys it.
+fn leave(domain: &Arc<crate::domain::Domain>) {
     let last = domain.running_vcpus.fetch_sub(1, Ordering::AcqRel) == 1;
-    match vcpu.state() {
-        RunState::Runnable => rq.queue.lock().push_back(vcpu),
-        RunState::Blocked => {}
-        RunState::Stopped => drop(vcpu),
-    }
     if last && domain.state() == LifeState::ShuttingDown {
         domain.destroy();
     }

@@ -189,6 +189,16 @@ impl Domain {
         self.vcpus.lock().clone()
     }
 
+    /// vCPU `id`, if it exists.
+    pub fn vcpu(&self, id: u32) -> Option<Arc<Vcpu>> {
+        self.vcpus.lock().iter().find(|v| v.id == id).cloned()
+    }
+
+    /// Whether more than one vCPU exists (TLB flushes must then reach other CPUs).
+    pub fn is_smp(&self) -> bool {
+        self.vcpus.lock().len() > 1
+    }
+
     /// Allocates `count` frames for the guest, within its maximum.
     pub fn populate(&self, count: u64, out: &mut Vec<Mfn>) -> Result<(), abi::errno::Errno> {
         let mut mem = self.memory.lock();

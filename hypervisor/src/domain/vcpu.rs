@@ -28,6 +28,8 @@ pub enum RunState {
     Blocked = 1,
     /// Its domain is shutting down: never runs again.
     Stopped = 2,
+    /// Initialised but not brought up yet (`VCPUOP_up`).
+    Down = 3,
 }
 
 /// The guest-visible machine state of a vCPU.
@@ -137,8 +139,21 @@ impl Vcpu {
         match self.state.load(Ordering::Acquire) {
             0 => RunState::Runnable,
             1 => RunState::Blocked,
-            _ => RunState::Stopped,
+            2 => RunState::Stopped,
+            _ => RunState::Down,
         }
+    }
+
+    /// Marks a freshly initialised secondary vCPU as down.
+    pub fn set_down(&self) {
+        self.state.store(RunState::Down as u8, Ordering::Release);
+    }
+
+    /// Brings a down vCPU up; false if it was not down.
+    pub fn start(&self) -> bool {
+        self.state
+            .compare_exchange(RunState::Down as u8, RunState::Runnable as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Marks the vCPU stopped (domain shutting down) and makes its CPU notice.

@@ -42,6 +42,13 @@ pub fn set_gdt(vcpu: &Vcpu, list: GuestVa, entries: u64) -> HcResult {
         let mfn: u64 = uaccess::read_value(at.0).map_err(|_| Errno::Efault)?;
         frames.push(Mfn(mfn));
     }
+    install(vcpu, &frames)?;
+    load(&vcpu.gdt.lock());
+    Ok(0)
+}
+
+/// Takes and checks `frames` as the vCPU's GDT, dropping the frames it had.
+pub fn install(vcpu: &Vcpu, frames: &[Mfn]) -> Result<(), Errno> {
     let _lock = vcpu.domain.mmu_lock.lock();
     for (taken, &mfn) in frames.iter().enumerate() {
         if let Err(e) = take_frame(vcpu, mfn) {
@@ -49,10 +56,10 @@ pub fn set_gdt(vcpu: &Vcpu, list: GuestVa, entries: u64) -> HcResult {
             return Err(e);
         }
     }
-    let old = core::mem::replace(&mut *vcpu.gdt.lock(), GuestGdt { frames });
+    let new = GuestGdt { frames: frames.iter().copied().collect() };
+    let old = core::mem::replace(&mut *vcpu.gdt.lock(), new);
     old.frames.iter().for_each(|&m| mmu::put_descriptor_page(m));
-    load(&vcpu.gdt.lock());
-    Ok(0)
+    Ok(())
 }
 
 /// Takes a descriptor-page reference on `mfn` and checks (fixing up) every descriptor in it.

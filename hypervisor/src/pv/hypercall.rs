@@ -8,7 +8,7 @@
 use abi::arch_x86::TrapInfo;
 use abi::callback::CallbackRegister;
 use abi::errno::Errno;
-use abi::hypercall::{CallbackOp, CallbackType, Hypercall, MulticallEntry, SchedOp, VcpuOp, XenVersionOp};
+use abi::hypercall::{CallbackOp, CallbackType, Hypercall, MulticallEntry, SchedOp, XenVersionOp};
 use abi::sched::SchedShutdown;
 use hypervisor::hypercall::{decode, GuestVa, Request};
 use x86_64::registers::model_specific::{FsBase, KernelGsBase};
@@ -17,7 +17,7 @@ use x86_64::VirtAddr;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Ending, Vcpu};
-use crate::pv::{console, descriptors, memop, mmu, traps};
+use crate::pv::{console, descriptors, memop, mmu, traps, vcpuop};
 
 /// What a handler returns: a value for rax, or an errno.
 pub type HcResult = Result<u64, Errno>;
@@ -68,14 +68,14 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> HcResult {
         Request::FpuTaskswitch { .. } => Ok(0),
         Request::VmAssist { cmd: 0 | 1, kind: 0 | 1 | 3 } => Ok(0),
         Request::VmAssist { .. } => Err(Errno::Einval),
-        Request::VcpuOp { cmd: VcpuOp::IsUp, vcpu: id, .. } => Ok(u64::from(id == vcpu.id)),
+        Request::VcpuOp { cmd, vcpu: id, arg } => vcpuop::vcpu_op(vcpu, cmd, id, arg),
         Request::MmuUpdate { requests, count, done, domid } => mmu::mmu_update(vcpu, frame, requests, count, done, domid),
         Request::MmuextOp { ops, count, done, domid } => mmu::mmuext_op(vcpu, frame, ops, count, done, domid),
         Request::UpdateVaMapping { va, pte, flags } => mmu::update_va_mapping(vcpu, va, pte, flags),
         Request::MemoryOp { cmd, start_extent, arg } => memop::memory_op(vcpu, cmd, start_extent, arg),
         Request::Multicall { calls, count } => multicall(vcpu, frame, calls, count),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
-        Request::SetTimerOp { .. } | Request::VcpuOp { .. } | Request::EventChannelOp { .. } | Request::Domctl { .. } => {
+        Request::SetTimerOp { .. } | Request::EventChannelOp { .. } | Request::Domctl { .. } => {
             Err(Errno::Enosys)
         }
         Request::Iret => Err(Errno::Einval), // only as a direct hypercall, never in a multicall

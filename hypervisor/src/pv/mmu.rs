@@ -14,7 +14,7 @@ use arrayvec::ArrayVec;
 use abi::errno::Errno;
 use abi::hypercall::{MmuUpdateCmd, MmuextCmd};
 use abi::ids::DomId;
-use abi::mmu::{MmuUpdate, MmuextOp, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH};
+use abi::mmu::{MmuUpdate, MmuextOp, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH};
 use hypervisor::hypercall::GuestVa;
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
@@ -50,11 +50,28 @@ fn errno(e: MmError) -> Errno {
 /// `invlpg` per entry.
 struct Tables {
     cache: RefCell<ArrayVec<(Mfn, FrameMapping), 4>>,
+    /// The domain has vCPUs on other CPUs: flushes must reach every CPU.
+    smp: bool,
 }
 
 impl Tables {
     fn new() -> Tables {
-        Tables { cache: RefCell::new(ArrayVec::new()) }
+        Tables { cache: RefCell::new(ArrayVec::new()), smp: false }
+    }
+
+    fn for_domain(domain: &Domain) -> Tables {
+        Tables { smp: domain.is_smp(), ..Tables::new() }
+    }
+
+    /// Flushes stale translations of this domain's address spaces: only CPUs running one of
+    /// its vCPUs can hold them (guest entries are never global, and switching a CPU to
+    /// another address space flushes them).
+    fn flush(&self) {
+        if self.smp {
+            crate::cpus::call_all(|_| paging::flush_all_local(), 0);
+        } else {
+            paging::flush_all_local();
+        }
     }
 
     fn entry<R>(&self, mfn: Mfn, index: usize, f: impl FnOnce(&mut [u8; 8]) -> R) -> R {
@@ -84,8 +101,7 @@ impl TableMemory for Tables {
     }
 
     fn flush_stale_writable(&mut self, _mfn: Mfn) {
-        // Only this CPU runs the domain (one vCPU per domain), and entries are not global.
-        paging::flush_all_local();
+        self.flush();
     }
 }
 
@@ -131,7 +147,7 @@ pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count:
     let dom = check_domid(vcpu, domid)?;
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
-    let mut tables = Tables::new();
+    let mut tables = Tables::for_domain(&vcpu.domain);
     let mut completed = 0u64;
     let mut result = Ok(0);
     for i in 0..count {
@@ -161,7 +177,7 @@ pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count:
         completed += 1;
     }
     if completed > 0 {
-        paging::flush_all_local();
+        tables.flush();
     }
     if !done.is_null() {
         uaccess::write_value(done.0, &(completed as u32)).map_err(|_| Errno::Efault)?;
@@ -176,12 +192,13 @@ pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult
     let l4 = vcpu.ctx.lock().active_l4().ok_or(Errno::Einval)?;
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
-    let mut tables = Tables::new();
+    let mut tables = Tables::for_domain(&vcpu.domain);
     let slot = mmu.l1_entry_of(l4, va, &tables).map_err(errno)?;
     mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut tables).map_err(errno)?;
+    let everywhere = flags & UVMF_ALL != 0 && tables.smp;
     match flags & UVMF_FLUSHTYPE_MASK {
-        UVMF_INVLPG => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
-        UVMF_TLB_FLUSH => paging::flush_all_local(),
+        UVMF_INVLPG if !everywhere => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
+        UVMF_INVLPG | UVMF_TLB_FLUSH => tables.flush(),
         _ => {}
     }
     Ok(0)
@@ -224,16 +241,35 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
         }
         Some(MmuextCmd::NewBaseptr) => new_baseptr(vcpu, mfn, false),
         Some(MmuextCmd::NewUserBaseptr) => new_baseptr(vcpu, mfn, true),
-        Some(MmuextCmd::TlbFlushLocal | MmuextCmd::TlbFlushMulti | MmuextCmd::TlbFlushAll) => {
+        Some(MmuextCmd::TlbFlushLocal) => {
             paging::flush_all_local();
             Ok(())
         }
-        Some(MmuextCmd::InvlpgLocal | MmuextCmd::InvlpgMulti | MmuextCmd::InvlpgAll) => {
+        Some(MmuextCmd::InvlpgLocal) => {
             let va = VirtAddr::try_new(op.arg1).map_err(|_| Errno::Einval)?;
             x86_64::instructions::tlb::flush(va);
             Ok(())
         }
+        // Flushes of other vCPUs: every CPU that runs one of this domain's vCPUs.
+        Some(MmuextCmd::TlbFlushMulti | MmuextCmd::TlbFlushAll | MmuextCmd::InvlpgMulti | MmuextCmd::InvlpgAll) => {
+            Tables::for_domain(&vcpu.domain).flush();
+            Ok(())
+        }
         _ => Err(Errno::Enosys),
+    }
+}
+
+/// Takes a base-pointer reference on `l4` for a vCPU being created.
+pub fn take_base(vcpu: &Vcpu, l4: Mfn) -> Result<BasePtr, Errno> {
+    let _lock = vcpu.domain.mmu_lock.lock();
+    mmu().new_baseptr(l4, vcpu.domain.id, &mut Tables::for_domain(&vcpu.domain)).map_err(errno)
+}
+
+/// Drops the base-pointer references of a vCPU that will not run.
+pub fn release_bases(vcpu: &Vcpu) {
+    let _lock = vcpu.domain.mmu_lock.lock();
+    for base in vcpu.take_bases() {
+        mmu().put_baseptr(base, &mut Tables::new());
     }
 }
 

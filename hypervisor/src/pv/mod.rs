@@ -12,6 +12,7 @@ pub mod memop;
 pub mod mmu;
 pub mod shared;
 pub mod traps;
+pub mod vcpuop;
 
 use crate::arch::entry::SYSCALL_VECTOR;
 use crate::arch::trap::TrapFrame;
