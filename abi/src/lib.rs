@@ -20,6 +20,7 @@
 //!   xen-x86_64.h); [`event_channel`], [`sched`], [`memory`], [`callback`], [`vcpu`],
 //!   [`version`], [`features`], [`elfnote`], [`pvh`] (hvm/start_info.h).
 //! - [`hypercall_page`]: the bytes of the guest's hypercall page.
+//! - [`control`]: this hypervisor's own control interface for domain 0 (not a Xen header).
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ mod macros;
 
 pub mod arch_x86;
 pub mod callback;
+pub mod control;
 pub mod elfnote;
 pub mod errno;
 pub mod event_channel;

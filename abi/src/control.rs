@@ -1,0 +1,244 @@
+//! The control interface: how domain 0 makes policy (creating and destroying domains,
+//! pausing them, their memory limits and scheduling parameters, reading counters).
+//!
+//! This is this hypervisor's own interface, not Xen's versioned domctl/sysctl ABI (which
+//! tracks Xen's toolstack): it travels in the `domctl` hypercall slot (36) as one
+//! [`ControlOp`] whose `cmd` selects the operation and whose 112 argument bytes hold the
+//! command's struct ([`CreateDomain`], [`SchedParams`], [`DomainInfo`], [`PhysInfo`],
+//! [`MaxMem`]). Only the privileged domain may use it; every other caller gets `EPERM`.
+//! The return value is 0 or a negative errno; `CreateDomain` returns the new domain id.
+
+use crate::macros::{abi_enum, assert_layout};
+
+/// Version of this interface; a `ControlOp` with another version is refused (`EACCES`).
+pub const CONTROL_INTERFACE_VERSION: u32 = 1;
+
+abi_enum! {
+    /// Control operations.
+    pub enum ControlCmd: u32 {
+        /// args: [`CreateDomain`]; returns the new domain id.
+        CreateDomain = 1,
+        /// Destroys `domain` (its memory returns to the hypervisor).
+        DestroyDomain = 2,
+        /// Stops `domain`'s vCPUs from running until unpaused.
+        PauseDomain = 3,
+        UnpauseDomain = 4,
+        /// args: [`MaxMem`].
+        SetMaxMem = 5,
+        /// args: [`SchedParams`].
+        SetSchedParams = 6,
+        /// args (out): [`SchedParams`].
+        GetSchedParams = 7,
+        /// args (out): [`DomainInfo`].
+        GetDomainInfo = 8,
+        /// args (out): [`PhysInfo`]; `domain` is ignored.
+        GetPhysInfo = 9,
+    }
+}
+
+/// One control request (128 bytes): the command, the interface version, the target domain
+/// and the command's arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ControlOp {
+    pub cmd: u32,
+    pub interface_version: u32,
+    pub domain: u16,
+    pub _pad: [u16; 3],
+    pub args: [u8; 112],
+}
+
+assert_layout!(ControlOp, size = 128, { cmd @ 0, interface_version @ 4, domain @ 8, args @ 16 });
+
+impl Default for ControlOp {
+    fn default() -> Self {
+        ControlOp { cmd: 0, interface_version: CONTROL_INTERFACE_VERSION, domain: 0, _pad: [0; 3], args: [0; 112] }
+    }
+}
+
+/// Borrowed Virtual Time parameters of a domain (all its vCPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SchedParams {
+    /// Relative share of the CPU (at least 1).
+    pub weight: u32,
+    pub _pad: u32,
+    /// Warp: how far (in virtual ns) a latency-sensitive domain jumps ahead on waking; 0: never warps.
+    pub warp_ns: u64,
+    /// Real time a domain may stay warped before it is unwarped.
+    pub warp_limit_ns: u64,
+    /// Real time a domain must stay unwarped before it may warp again.
+    pub unwarp_req_ns: u64,
+}
+
+assert_layout!(SchedParams, size = 32, { weight @ 0, warp_ns @ 8, warp_limit_ns @ 16, unwarp_req_ns @ 24 });
+
+/// `CreateDomain` arguments: build a domain from boot module `module` (its index among
+/// the boot modules), give it `mem_kib` now and at most `max_kib`, schedule it with
+/// `params`, and pass it the command line at `cmdline` (`cmdline_len` bytes, guest
+/// address). The domain starts running at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct CreateDomain {
+    pub module: u32,
+    pub mem_kib: u32,
+    pub max_kib: u32,
+    /// The CPU to run vCPU 0 on; `u32::MAX`: the hypervisor chooses.
+    pub cpu: u32,
+    pub params: SchedParams,
+    pub cmdline: u64,
+    pub cmdline_len: u64,
+}
+
+assert_layout!(CreateDomain, size = 64, { module @ 0, mem_kib @ 4, max_kib @ 8, cpu @ 12, params @ 16, cmdline @ 48, cmdline_len @ 56 });
+
+/// `SetMaxMem` arguments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MaxMem {
+    pub max_kib: u64,
+}
+
+assert_layout!(MaxMem, size = 8, { max_kib @ 0 });
+
+/// Domain states in [`DomainInfo::state`].
+pub const DOMAIN_RUNNING: u32 = 0;
+pub const DOMAIN_PAUSED: u32 = 1;
+pub const DOMAIN_SHUTTING_DOWN: u32 = 2;
+
+/// `GetDomainInfo` result: a domain's memory, state and counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DomainInfo {
+    pub tot_pages: u64,
+    pub max_pages: u64,
+    pub state: u32,
+    pub vcpus: u32,
+    /// Time its vCPUs have run, in ns.
+    pub cpu_time_ns: u64,
+    pub hypercalls: u64,
+    pub exceptions_bounced: u64,
+    pub events_sent: u64,
+    /// Time its creation took in the hypervisor, in ns.
+    pub build_ns: u64,
+}
+
+assert_layout!(DomainInfo, size = 64, { tot_pages @ 0, max_pages @ 8, state @ 16, vcpus @ 20, cpu_time_ns @ 24, hypercalls @ 32, exceptions_bounced @ 40, events_sent @ 48, build_ns @ 56 });
+
+/// `GetPhysInfo` result: the machine and the hypervisor's own memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PhysInfo {
+    pub total_kib: u64,
+    pub free_kib: u64,
+    /// Hypervisor heap in use, in bytes.
+    pub heap_bytes: u64,
+    pub domains: u32,
+    pub cpus: u32,
+    /// Hypervisor window in use, in KiB.
+    pub window_used_kib: u64,
+    /// Boot modules available to `CreateDomain`.
+    pub modules: u32,
+    pub _pad: u32,
+    pub tsc_khz: u64,
+}
+
+assert_layout!(PhysInfo, size = 56, { total_kib @ 0, free_kib @ 8, heap_bytes @ 16, domains @ 24, cpus @ 28, window_used_kib @ 32, modules @ 40, tsc_khz @ 48 });
+
+/// A struct that travels in [`ControlOp::args`], encoded field by field in little endian
+/// at its `#[repr(C)]` offsets.
+pub trait ControlArgs: Sized {
+    fn encode(&self) -> [u8; 112];
+    fn decode(args: &[u8; 112]) -> Self;
+}
+
+fn put(args: &mut [u8; 112], offset: usize, bytes: &[u8]) {
+    args[offset..offset + bytes.len()].copy_from_slice(bytes);
+}
+
+fn u32_at(args: &[u8; 112], offset: usize) -> u32 {
+    u32::from_le_bytes([args[offset], args[offset + 1], args[offset + 2], args[offset + 3]])
+}
+
+fn u64_at(args: &[u8; 112], offset: usize) -> u64 {
+    u64::from(u32_at(args, offset)) | (u64::from(u32_at(args, offset + 4)) << 32)
+}
+
+/// Implements [`ControlArgs`] from a list of `field: u32|u64 @ offset` (matching the
+/// struct's asserted layout).
+macro_rules! control_args {
+    ($ty:ident { $($field:ident : $kind:ident @ $offset:expr),* $(,)? } $(nested $nested:ident : $nty:ident @ $noffset:expr)?) => {
+        impl ControlArgs for $ty {
+            fn encode(&self) -> [u8; 112] {
+                let mut args = [0u8; 112];
+                $( put(&mut args, $offset, &self.$field.to_le_bytes()); )*
+                $( {
+                    let inner = self.$nested.encode();
+                    args[$noffset..$noffset + core::mem::size_of::<$nty>()].copy_from_slice(&inner[..core::mem::size_of::<$nty>()]);
+                } )?
+                args
+            }
+
+            #[allow(clippy::needless_update)] // padding fields, where a struct has them
+            fn decode(args: &[u8; 112]) -> Self {
+                $ty {
+                    $( $field: control_args!(@read $kind, args, $offset), )*
+                    $( $nested: {
+                        let mut inner = [0u8; 112];
+                        inner[..core::mem::size_of::<$nty>()].copy_from_slice(&args[$noffset..$noffset + core::mem::size_of::<$nty>()]);
+                        $nty::decode(&inner)
+                    }, )?
+                    ..Default::default()
+                }
+            }
+        }
+    };
+    (@read u32, $args:ident, $offset:expr) => { u32_at($args, $offset) };
+    (@read u64, $args:ident, $offset:expr) => { u64_at($args, $offset) };
+}
+
+control_args!(SchedParams { weight: u32 @ 0, warp_ns: u64 @ 8, warp_limit_ns: u64 @ 16, unwarp_req_ns: u64 @ 24 });
+control_args!(CreateDomain { module: u32 @ 0, mem_kib: u32 @ 4, max_kib: u32 @ 8, cpu: u32 @ 12, cmdline: u64 @ 48, cmdline_len: u64 @ 56 } nested params: SchedParams @ 16);
+control_args!(MaxMem { max_kib: u64 @ 0 });
+control_args!(DomainInfo {
+    tot_pages: u64 @ 0, max_pages: u64 @ 8, state: u32 @ 16, vcpus: u32 @ 20, cpu_time_ns: u64 @ 24,
+    hypercalls: u64 @ 32, exceptions_bounced: u64 @ 40, events_sent: u64 @ 48, build_ns: u64 @ 56,
+});
+control_args!(PhysInfo {
+    total_kib: u64 @ 0, free_kib: u64 @ 8, heap_bytes: u64 @ 16, domains: u32 @ 24, cpus: u32 @ 28,
+    window_used_kib: u64 @ 32, modules: u32 @ 40, tsc_khz: u64 @ 48,
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_round_trip_at_their_offsets() {
+        let create = CreateDomain {
+            module: 1,
+            mem_kib: 512,
+            max_kib: 1024,
+            cpu: u32::MAX,
+            params: SchedParams { weight: 3, _pad: 0, warp_ns: 5, warp_limit_ns: 6, unwarp_req_ns: 7 },
+            cmdline: 0xffff_ffff_8000_1000,
+            cmdline_len: 12,
+        };
+        let args = create.encode();
+        assert_eq!(CreateDomain::decode(&args), create);
+        assert_eq!(u32_at(&args, 16), 3, "params.weight at offset 16");
+        assert_eq!(u64_at(&args, 48), 0xffff_ffff_8000_1000);
+        let info = PhysInfo { total_kib: 1, free_kib: 2, heap_bytes: 3, domains: 4, cpus: 5, window_used_kib: 6, modules: 7, _pad: 0, tsc_khz: 8 };
+        assert_eq!(PhysInfo::decode(&info.encode()), info);
+        let dom = DomainInfo { tot_pages: 9, max_pages: 8, state: 1, vcpus: 2, cpu_time_ns: 3, hypercalls: 4, exceptions_bounced: 5, events_sent: 6, build_ns: 7 };
+        assert_eq!(DomainInfo::decode(&dom.encode()), dom);
+        assert_eq!(MaxMem::decode(&MaxMem { max_kib: 77 }.encode()), MaxMem { max_kib: 77 });
+    }
+
+    #[test]
+    fn commands_decode() {
+        assert_eq!(ControlCmd::from_raw(1), Some(ControlCmd::CreateDomain));
+        assert_eq!(ControlCmd::from_raw(0), None);
+        assert_eq!(ControlCmd::from_raw(10), None);
+    }
+}
