@@ -22,6 +22,9 @@ pub struct Options {
     pub ipi_samples: u32,
     /// `heap_mib=N`: the heap's reservation in the window (default 8 MiB).
     pub heap_mib: u32,
+    /// `dom0`: the first boot module is domain 0 (privileged, holds the control interface);
+    /// the other modules are only started when domain 0 asks.
+    pub dom0: bool,
     /// `guests=N`: domains built from each boot module whose own line has no `count=`.
     pub guests: u32,
     /// `test_silent_cpu=N`: fault injection for tests: CPU N is sent INIT but never its
@@ -45,6 +48,7 @@ impl Default for Options {
             heap_mib: 8,
             test_silent_cpu: None,
             guests: 1,
+            dom0: false,
             unknown: ArrayVec::new(),
             invalid: ArrayVec::new(),
         }
@@ -83,6 +87,7 @@ impl Options {
             let applied = match (key, value) {
                 ("selftest", None) => set(&mut o.selftest, Some(true)),
                 ("verbose", None) => set(&mut o.verbose, Some(true)),
+                ("dom0", None) => set(&mut o.dom0, Some(true)),
                 ("nosmp", None) => set(&mut o.max_cpus, Some(Some(1))),
                 ("x2apic", Some("on")) => set(&mut o.x2apic, Some(true)),
                 ("x2apic", Some("off")) => set(&mut o.x2apic, Some(false)),
@@ -92,7 +97,7 @@ impl Options {
                 ("heap_mib", v) => set(&mut o.heap_mib, number(v, 1..=32)),
                 ("guests", v) => set(&mut o.guests, number(v, 1..=4096)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
-                ("selftest" | "verbose" | "nosmp" | "x2apic", _) => false,
+                ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0", _) => false,
                 _ => {
                     let _ = o.unknown.try_push(clipped(word));
                     continue;
@@ -122,6 +127,7 @@ mod tests {
         assert!(o.selftest && o.verbose && !o.x2apic);
         assert_eq!(o.test_silent_cpu, Some(2));
         assert_eq!(Options::parse("guests=7").guests, 7);
+        assert!(Options::parse("dom0").dom0 && !Options::parse("").dom0);
         assert_eq!(Options::parse("guests=0").guests, 1);
         assert_eq!(o.max_cpus, Some(3));
         assert_eq!((o.ap_timeout_ms, o.ipi_samples, o.heap_mib), (50, 9, 4));

@@ -96,7 +96,9 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     if !checks.passed() {
         fatal(format_args!("self-checks failed"));
     }
-    if !pv::build::modules().is_empty() {
+    if options.dom0 {
+        pv::build::start_domain0();
+    } else if !pv::build::modules().is_empty() {
         pv::build::start_boot_domains();
     } else if options.selftest {
         exit(Outcome::Success);

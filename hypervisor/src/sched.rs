@@ -34,6 +34,8 @@ struct RunQueue {
     slice_over: AtomicBool,
     /// The CPU sits in its idle loop.
     idle: AtomicBool,
+    /// TSC when the running vCPU was switched in (for its domain's CPU time).
+    since: core::sync::atomic::AtomicU64,
 }
 
 static QUEUES: Once<Vec<RunQueue>> = Once::new();
@@ -42,7 +44,12 @@ static QUEUES: Once<Vec<RunQueue>> = Once::new();
 pub fn init(cpus: usize) {
     QUEUES.call_once(|| {
         (0..cpus)
-            .map(|_| RunQueue { queue: Mutex::new(VecDeque::new()), slice_over: AtomicBool::new(false), idle: AtomicBool::new(false) })
+            .map(|_| RunQueue {
+                queue: Mutex::new(VecDeque::new()),
+                slice_over: AtomicBool::new(false),
+                idle: AtomicBool::new(false),
+                since: core::sync::atomic::AtomicU64::new(0),
+            })
             .collect()
     });
 }
@@ -104,7 +111,10 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
         // SAFETY: see `current()`.
         let vcpu = unsafe { &*current };
         let others_wait = rq.slice_over.load(Ordering::Relaxed) && !rq.queue.lock().is_empty();
-        vcpu.state() == RunState::Runnable && !vcpu.yield_requested.load(Ordering::Relaxed) && !others_wait
+        vcpu.state() == RunState::Runnable
+            && !vcpu.yield_requested.load(Ordering::Relaxed)
+            && !vcpu.domain.paused.load(Ordering::Relaxed)
+            && !others_wait
     };
     if keep || (current.is_null() && rq.queue.lock().is_empty()) {
         rq.slice_over.store(false, Ordering::Relaxed);
@@ -118,6 +128,8 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
     });
     here.current.store(core::ptr::null_mut(), Ordering::Relaxed);
     if let Some(vcpu) = &outgoing {
+        let ran = crate::time::tsc_to_ns(crate::time::rdtsc().wrapping_sub(rq.since.load(Ordering::Relaxed)));
+        vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
         switch_out(vcpu, frame);
         if vcpu.state() == RunState::Runnable {
             rq.queue.lock().push_back(vcpu.clone());
@@ -127,8 +139,10 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
         let next = rq.queue.lock().pop_front();
         match next {
             Some(vcpu) if vcpu.state() != RunState::Runnable => drop(vcpu),
+            Some(vcpu) if vcpu.domain.paused.load(Ordering::Acquire) => park(vcpu),
             Some(vcpu) => {
                 if switch_in(vcpu, frame) {
+                    rq.since.store(crate::time::rdtsc(), Ordering::Relaxed);
                     break;
                 }
             }
@@ -190,6 +204,37 @@ fn idle_frame(frame: &mut TrapFrame, stack_top: u64) {
         ss: HYPERVISOR_DS as u64,
         ..TrapFrame::zeroed()
     };
+}
+
+/// Keeps a vCPU of a paused domain aside until [`unpause`]. The domain's `parked` lock is
+/// taken with its `paused` flag re-checked, so an unpause racing with this cannot strand it.
+fn park(vcpu: Arc<Vcpu>) {
+    let domain = vcpu.domain.clone();
+    let mut parked = domain.parked.lock();
+    if domain.paused.load(Ordering::Acquire) {
+        parked.push(vcpu);
+    } else {
+        drop(parked);
+        enqueue(vcpu);
+    }
+}
+
+/// Pauses a domain: its running vCPUs leave their CPUs at their next exit.
+pub fn pause(domain: &crate::domain::Domain) {
+    domain.paused.store(true, Ordering::Release);
+    for vcpu in domain.vcpus() {
+        kick(vcpu.cpu.load(Ordering::Relaxed));
+    }
+}
+
+/// Unpauses a domain: its parked vCPUs go back to their run queues.
+pub fn unpause(domain: &crate::domain::Domain) {
+    let parked = {
+        let mut parked = domain.parked.lock();
+        domain.paused.store(false, Ordering::Release);
+        core::mem::take(&mut *parked)
+    };
+    parked.into_iter().for_each(enqueue);
 }
 
 /// This CPU no longer runs a vCPU of `domain` (its CR3 has moved on); the last CPU to

@@ -47,6 +47,8 @@ pub enum Ending {
     Watchdog,
     /// Killed by the hypervisor (a fault it could not deliver, a bad hypercall frame...).
     Killed,
+    /// Destroyed by domain 0.
+    Destroyed,
 }
 
 impl Ending {
@@ -73,6 +75,7 @@ impl Ending {
             Ending::Crash => "crash",
             Ending::Watchdog => "watchdog",
             Ending::Killed => "killed",
+            Ending::Destroyed => "destroyed",
         }
     }
 }
@@ -89,6 +92,9 @@ pub struct DomainMemory {
 #[derive(Default)]
 pub struct Counters {
     pub hypercalls: AtomicU64,
+    /// Time its vCPUs have run, in ns.
+    pub cpu_time_ns: AtomicU64,
+    pub events_sent: AtomicU64,
     pub exceptions_bounced: AtomicU64,
     pub console_bytes: AtomicU64,
     pub console_dropped_lines: AtomicU64,
@@ -98,6 +104,13 @@ pub struct Counters {
 pub struct Domain {
     pub id: DomainId,
     pub name: arrayvec::ArrayString<32>,
+    /// Domain 0: may use the control interface.
+    pub privileged: bool,
+    /// Scheduling parameters (set at creation, changed by domain 0).
+    pub params: Mutex<abi::control::SchedParams>,
+    /// Paused by domain 0: its vCPUs wait in `parked` instead of a run queue.
+    pub paused: core::sync::atomic::AtomicBool,
+    pub parked: Mutex<Vec<Arc<Vcpu>>>,
     pub shared_info: Mfn,
     pub memory: Mutex<DomainMemory>,
     /// Serializes this domain's page-table updates.
@@ -141,9 +154,13 @@ impl core::fmt::Display for CreateError {
 impl Domain {
     /// Creates an empty domain (no memory yet but its zeroed shared-info page) and enters it
     /// in the table under a fresh id.
-    pub fn create(name: &str, max_pages: u64) -> Result<Arc<Domain>, CreateError> {
+    /// Creates an empty domain; domain 0 (`privileged`) takes id 0, others the next free id.
+    pub fn create(name: &str, max_pages: u64, privileged: bool, params: abi::control::SchedParams) -> Result<Arc<Domain>, CreateError> {
         let mut table = DOMAINS.lock();
-        let id = table.free_id().ok_or(CreateError::TooManyDomains)?;
+        let id = if privileged { DomainId(0) } else { table.free_id().ok_or(CreateError::TooManyDomains)? };
+        if table.slots[id.0 as usize].is_some() {
+            return Err(CreateError::TooManyDomains);
+        }
         let owner = Owner::Domain(id);
         let shared_info = memory::frames().alloc(owner).map_err(CreateError::OutOfMemory)?;
         zero_frame(shared_info);
@@ -154,6 +171,10 @@ impl Domain {
         let domain = Arc::new(Domain {
             id,
             name: short_name,
+            privileged,
+            params: Mutex::new(params),
+            paused: core::sync::atomic::AtomicBool::new(false),
+            parked: Mutex::new(Vec::new()),
             shared_info,
             memory: Mutex::new(DomainMemory { pages: Vec::new(), max_pages }),
             mmu_lock: Mutex::new(()),
@@ -245,6 +266,15 @@ impl Domain {
         *self.ending.lock()
     }
 
+    /// Shuts the domain down from outside (domain 0, or the hypervisor) and destroys it at
+    /// once if none of its vCPUs is on a CPU; otherwise the last CPU to leave it does.
+    pub fn kill(self: &Arc<Self>, ending: Ending) {
+        self.shutdown(ending);
+        if self.running_vcpus.load(Ordering::Acquire) == 0 {
+            self.destroy();
+        }
+    }
+
     /// Returns every frame and structure of a domain that no CPU runs any more. Called by the
     /// scheduler once the domain is shutting down and `running_vcpus` is zero.
     pub fn destroy(self: &Arc<Self>) {
@@ -300,6 +330,11 @@ impl Table {
     fn remove(&mut self, id: DomainId) {
         self.slots[id.0 as usize] = None;
     }
+}
+
+/// The live domain with this id.
+pub fn lookup(id: DomainId) -> Option<Arc<Domain>> {
+    DOMAINS.lock().slots.get(id.0 as usize).cloned().flatten()
 }
 
 /// Number of live domains.

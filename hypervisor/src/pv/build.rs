@@ -10,6 +10,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
+use abi::control::SchedParams;
 use abi::features::FeatureSet;
 use abi::ids::{Mfn as AbiMfn, Pfn};
 use builder::{build, DomainConfig, GuestMemory, HypervisorInputs, PvKernel};
@@ -91,6 +92,30 @@ pub fn modules() -> &'static [BootModule] {
     MODULES.get().map_or(&[], |m| m.as_slice())
 }
 
+/// Builds and starts domain 0 from the first boot module; the other modules wait for its
+/// `CreateDomain` requests.
+pub fn start_domain0() {
+    lifecycle::record_free_before();
+    let Some(module) = modules().first() else {
+        warn!("dom0: no boot module to build domain 0 from");
+        lifecycle::boot_domains_built(0);
+        return;
+    };
+    let request = BuildRequest { name: "dom0", privileged: true, max_kib: module.spec.mem_kib * 4, ..BuildRequest::from_module(module, 0) };
+    match build_domain(&request) {
+        Ok(domain) => {
+            lifecycle::started(domain.id, expected(module.spec.expect));
+            info!("domain 0 built in {} us: {} KiB", domain.build_ns.load(Ordering::Relaxed) / 1000, module.spec.mem_kib);
+            start(&domain);
+            lifecycle::boot_domains_built(1);
+        }
+        Err(e) => {
+            warn!("dom0: not started: {e}");
+            lifecycle::boot_domains_built(0);
+        }
+    }
+}
+
 /// Builds and starts every domain the boot modules ask for; returns how many started.
 /// Also reports what a domain costs the hypervisor beyond its reservation, build times, and
 /// each image's smallest workable reservation.
@@ -110,7 +135,7 @@ pub fn start_boot_domains() -> usize {
     for module in modules() {
         for copy in 0..module.spec.count {
             let cpu = online[started % online.len()];
-            match build_domain(module, cpu) {
+            match build_domain(&BuildRequest::from_module(module, cpu)) {
                 Ok(domain) => {
                     lifecycle::started(domain.id, expected(module.spec.expect));
                     build_us.push(domain.build_ns.load(Ordering::Relaxed) / 1000);
@@ -196,22 +221,54 @@ fn offered_features() -> FeatureSet {
     FeatureSet::default()
 }
 
-/// Builds one domain from `module` with its vCPU on `cpu` (not yet runnable: [`start`]).
-pub fn build_domain(module: &BootModule, cpu: u32) -> Result<Arc<Domain>, BuildFailure> {
+/// What to build: an image and how to run it.
+pub struct BuildRequest<'a> {
+    pub image: &'a [u8],
+    pub name: &'a str,
+    pub mem_kib: u64,
+    /// The most memory it may balloon up to (at least `mem_kib`).
+    pub max_kib: u64,
+    pub cmdline: &'a [u8],
+    /// Domain 0: privileged, id 0, may use the control interface.
+    pub privileged: bool,
+    /// CPU for vCPU 0.
+    pub cpu: u32,
+    pub params: SchedParams,
+}
+
+impl<'a> BuildRequest<'a> {
+    /// A request for one domain of a boot module, as its command line asks.
+    pub fn from_module(module: &'a BootModule, cpu: u32) -> BuildRequest<'a> {
+        BuildRequest {
+            image: module.image,
+            name: &module.spec.name,
+            mem_kib: module.spec.mem_kib,
+            max_kib: module.spec.mem_kib,
+            cmdline: module.spec.guest_cmdline.as_bytes(),
+            privileged: false,
+            cpu,
+            params: SchedParams::default(),
+        }
+    }
+}
+
+/// Builds one domain with its vCPU on `request.cpu` (not yet runnable: [`start`]).
+pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure> {
     let start = time::rdtsc();
-    let kernel = PvKernel::parse(module.image, offered_features()).map_err(BuildFailure::Image)?;
-    let nr_pages = module.spec.mem_kib / 4;
+    let kernel = PvKernel::parse(request.image, offered_features()).map_err(BuildFailure::Image)?;
+    let nr_pages = request.mem_kib / 4;
     let config = DomainConfig {
         nr_pages,
-        cmd_line: module.spec.guest_cmdline.as_bytes(),
-        is_privileged: false,
+        cmd_line: request.cmdline,
+        is_privileged: request.privileged,
         xenstore: None,
         console: None,
     };
     // Refuse a bad layout before any memory is taken.
     builder::Plan::new(&kernel, &config).map_err(BuildFailure::Image)?;
-    let domain = Domain::create(&module.spec.name, nr_pages).map_err(BuildFailure::Create)?;
-    match fill(&domain, &kernel, &config, cpu) {
+    let max_pages = request.max_kib.max(request.mem_kib) / 4;
+    let domain = Domain::create(request.name, max_pages, request.privileged, request.params).map_err(BuildFailure::Create)?;
+    match fill(&domain, &kernel, &config, request.cpu) {
         Ok(_) => {
             domain.build_ns.store(time::tsc_to_ns(time::rdtsc() - start), Ordering::Relaxed);
             Ok(domain)

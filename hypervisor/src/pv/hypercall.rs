@@ -17,7 +17,7 @@ use x86_64::VirtAddr;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Ending, Vcpu};
-use crate::pv::{console, descriptors, memop, mmu, traps, vcpuop};
+use crate::pv::{console, control, descriptors, memop, mmu, traps, vcpuop};
 
 /// What a handler returns: a value for rax, or an errno.
 pub type HcResult = Result<u64, Errno>;
@@ -75,7 +75,8 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> HcResult {
         Request::MemoryOp { cmd, start_extent, arg } => memop::memory_op(vcpu, cmd, start_extent, arg),
         Request::Multicall { calls, count } => multicall(vcpu, frame, calls, count),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
-        Request::SetTimerOp { .. } | Request::EventChannelOp { .. } | Request::Domctl { .. } => {
+        Request::Domctl { arg } => control::control(vcpu, arg),
+        Request::SetTimerOp { .. } | Request::EventChannelOp { .. } => {
             Err(Errno::Enosys)
         }
         Request::Iret => Err(Errno::Einval), // only as a direct hypercall, never in a multicall

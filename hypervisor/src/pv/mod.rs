@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod console;
+pub mod control;
 pub mod descriptors;
 pub mod emulate;
 pub mod hypercall;

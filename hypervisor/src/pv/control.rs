@@ -1,0 +1,176 @@
+//! The control interface (`abi::control`, hypercall 36): the mechanisms domain 0 uses to make
+//! policy — create a domain from a boot module, destroy, pause and unpause it, set its memory
+//! limit and scheduling parameters, read its counters and the machine's.
+//!
+//! Refused to every unprivileged domain (`EPERM`). Domain 0 cannot destroy or pause itself
+//! through it (it shuts down like any guest).
+
+use abi::control::{
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams, CONTROL_INTERFACE_VERSION,
+    DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN,
+};
+use abi::errno::Errno;
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use hypervisor::hypercall::GuestVa;
+use log::warn;
+use mm::frame::DomainId;
+
+use crate::arch::uaccess;
+use crate::domain::{self, Domain, Ending, LifeState, Vcpu};
+use crate::pv::build::{self, BuildRequest};
+use crate::pv::hypercall::HcResult;
+use crate::{cpus, memory, sched, time};
+
+/// The longest command line a created domain may get.
+const MAX_CMDLINE: u64 = 1023;
+
+pub fn control(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
+    if !vcpu.domain.privileged {
+        return Err(Errno::Eperm);
+    }
+    let mut op: ControlOp = uaccess::read_value(arg.0).map_err(|_| Errno::Efault)?;
+    if op.interface_version != CONTROL_INTERFACE_VERSION {
+        return Err(Errno::Eacces);
+    }
+    let cmd = ControlCmd::from_raw(op.cmd).ok_or(Errno::Enosys)?;
+    let result = match cmd {
+        ControlCmd::CreateDomain => create(&CreateDomain::decode(&op.args)),
+        ControlCmd::GetPhysInfo => {
+            op.args = phys_info().encode();
+            Ok(0)
+        }
+        _ => {
+            let target = other_domain(vcpu, op.domain)?;
+            match cmd {
+                ControlCmd::DestroyDomain => {
+                    target.kill(Ending::Destroyed);
+                    Ok(0)
+                }
+                ControlCmd::PauseDomain => {
+                    sched::pause(&target);
+                    Ok(0)
+                }
+                ControlCmd::UnpauseDomain => {
+                    sched::unpause(&target);
+                    Ok(0)
+                }
+                ControlCmd::SetMaxMem => {
+                    target.memory.lock().max_pages = MaxMem::decode(&op.args).max_kib / 4;
+                    Ok(0)
+                }
+                ControlCmd::SetSchedParams => {
+                    let params = SchedParams::decode(&op.args);
+                    *target.params.lock() = checked(params)?;
+                    Ok(0)
+                }
+                ControlCmd::GetSchedParams => {
+                    op.args = target.params.lock().encode();
+                    Ok(0)
+                }
+                ControlCmd::GetDomainInfo => {
+                    op.args = domain_info(&target).encode();
+                    Ok(0)
+                }
+                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo => unreachable!("handled above"),
+            }
+        }
+    };
+    if result.is_ok() && matches!(cmd, ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams) {
+        uaccess::write_value(arg.0, &op).map_err(|_| Errno::Efault)?;
+    }
+    result
+}
+
+/// The live domain `id`, other than the caller.
+fn other_domain(vcpu: &Vcpu, id: u16) -> Result<Arc<Domain>, Errno> {
+    let target = domain::lookup(DomainId(id)).ok_or(Errno::Esrch)?;
+    if target.id == vcpu.domain.id {
+        return Err(Errno::Einval);
+    }
+    Ok(target)
+}
+
+fn checked(params: SchedParams) -> Result<SchedParams, Errno> {
+    if params.weight == 0 { Err(Errno::Einval) } else { Ok(params) }
+}
+
+/// Builds and starts a domain from a boot module.
+fn create(args: &CreateDomain) -> HcResult {
+    let module = build::modules().get(args.module as usize).ok_or(Errno::Einval)?;
+    if args.cmdline_len > MAX_CMDLINE || args.mem_kib < 4 {
+        return Err(Errno::Einval);
+    }
+    let mut cmdline = [0u8; MAX_CMDLINE as usize];
+    let cmdline = &mut cmdline[..args.cmdline_len as usize];
+    uaccess::read(args.cmdline, cmdline).map_err(|_| Errno::Efault)?;
+    let online = cpus::online_count() as u32;
+    let cpu = if args.cpu == u32::MAX { next_cpu(online) } else { args.cpu };
+    if cpu >= online {
+        return Err(Errno::Einval);
+    }
+    let request = BuildRequest {
+        image: module.image,
+        name: &module.spec.name,
+        mem_kib: args.mem_kib as u64,
+        max_kib: args.max_kib as u64,
+        cmdline,
+        privileged: false,
+        cpu,
+        params: checked(args.params)?,
+    };
+    match build::build_domain(&request) {
+        Ok(domain) => {
+            build::start(&domain);
+            Ok(domain.id.0 as u64)
+        }
+        Err(e) => {
+            warn!("control: domain from module {} not created: {e}", args.module);
+            Err(match e {
+                build::BuildFailure::Memory(_) | build::BuildFailure::Create(domain::CreateError::OutOfMemory(_)) => Errno::Enomem,
+                build::BuildFailure::Create(domain::CreateError::TooManyDomains) => Errno::Enospc,
+                _ => Errno::Einval,
+            })
+        }
+    }
+}
+
+/// Round-robin CPU choice for domains domain 0 does not place.
+fn next_cpu(online: u32) -> u32 {
+    static NEXT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed) % online.max(1)
+}
+
+fn domain_info(domain: &Domain) -> DomainInfo {
+    let mem = domain.memory.lock();
+    DomainInfo {
+        tot_pages: mem.pages.len() as u64,
+        max_pages: mem.max_pages,
+        state: match (domain.state(), domain.paused.load(Ordering::Relaxed)) {
+            (LifeState::Running, false) => DOMAIN_RUNNING,
+            (LifeState::Running, true) => DOMAIN_PAUSED,
+            _ => DOMAIN_SHUTTING_DOWN,
+        },
+        vcpus: domain.vcpus().len() as u32,
+        cpu_time_ns: domain.counters.cpu_time_ns.load(Ordering::Relaxed),
+        hypercalls: domain.counters.hypercalls.load(Ordering::Relaxed),
+        exceptions_bounced: domain.counters.exceptions_bounced.load(Ordering::Relaxed),
+        events_sent: domain.counters.events_sent.load(Ordering::Relaxed),
+        build_ns: domain.build_ns.load(Ordering::Relaxed),
+    }
+}
+
+fn phys_info() -> PhysInfo {
+    let stats = memory::frames().stats();
+    PhysInfo {
+        total_kib: stats.usable * 4,
+        free_kib: stats.free * 4,
+        heap_bytes: memory::heap_used_bytes(),
+        domains: domain::live_count() as u32,
+        cpus: cpus::online_count() as u32,
+        window_used_kib: 0,
+        modules: build::modules().len() as u32,
+        _pad: 0,
+        tsc_khz: time::tsc_hz() / 1000,
+    }
+}
