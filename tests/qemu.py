@@ -58,7 +58,17 @@ def numa_two_nodes():
     ]
 
 
+# Modules that are not guests, to check that bad images are refused and the rest still run.
+BAD_IMAGES = {"not-an-elf": b"this is not an ELF image, whatever its name says\n" * 8}
+
+
 def guest(name):
+    if name in BAD_IMAGES:
+        path = os.path.join(ROOT, "build", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(BAD_IMAGES[name])
+        return path
     return os.path.join(GUESTS, name)
 
 
@@ -66,7 +76,10 @@ def guest_cases():
     everyone = [("guest-hello", "name=hello count=2"),
                 ("guest-balloon", "name=balloon"),
                 ("guest-pagetables", "name=pagetables"),
-                ("guest-hostile", "name=hostile expect=killed")]
+                ("guest-hostile", "name=hostile expect=killed"),
+                ("not-an-elf", "name=garbage"),
+                ("guest-hello", "name=tiny mem_kib=16")]
+    refusals = ["garbage copy 0: not started: bad image", "tiny copy 0: not started: bad image"]
     ok_lines = ["summary: run=pass", "summary: memory.leaked_frames=0"]
     return [
         Case("pvh-hello-smp1", smp="1", cmdline="guests=3", modules=[("guest-hello", "")],
@@ -75,6 +88,17 @@ def guest_cases():
         Case("pvh-hello-smp4", smp="4", cmdline="guests=8", modules=[("guest-hello", "")],
              expect={"domains.created": "8", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines),
+        Case("iso-guests-smp1", smp="1", boot="iso", modules=everyone,
+             expect={"domains.created": "5", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
+        Case("iso-guests-smp4", smp="4", boot="iso", modules=everyone,
+             expect={"domains.created": "5", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
+        Case("iso-hello-min-reservation", smp="2", boot="iso",
+             modules=[("guest-hello", "name=smallest mem_kib=96")],
+             expect={"domains.created": "1", "domains.unexpected_endings": "0",
+                     "module.smallest.min_reservation_kib": "96"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=24"]),
     ]
 
 

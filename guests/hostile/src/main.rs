@@ -1,0 +1,56 @@
+//! guest-hostile: a PV guest that attacks the hypervisor the way a malicious kernel would,
+//! through every interface it has, and checks that each attempt fails and the guest goes
+//! on. As the last attack it faults inside its own fault handler, which must get it killed.
+//!
+//! Attacks, in order (see each module): hypercall arguments ([`arguments`]: pointers into
+//! the hypervisor's window or non-canonical, huge counts and lengths, unknown hypercall
+//! and sub-op numbers); the reservation ([`reservation`]: past the maximum, giving back
+//! frames that are not free); the page tables ([`mappings`]: foreign frames, own tables
+//! writable, the hypervisor's L4 and L3 slots, pins); giving back one frame twice;
+//! switching to a foreign L4; then the fault in the fault handler ([`last_attack`]).
+//!
+//! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
+//! "skipped (...)" when a frame meant as foreign is the guest's own), "... SUCCEEDED (BUG)"
+//! for each attack that got through, then "hostile: all attacks refused (N made)" or
+//! "hostile: K of N attacks SUCCEEDED (BUG)", then the last attack's line. The QEMU guest
+//! test expects "hostile: all attacks refused" and the domain to end "killed"; a guest
+//! that survives prints "hostile: survived a fault in the fault handler (BUG)" and powers
+//! off. The guest must never attack in a way it could not survive if the hypervisor
+//! refuses, nor end itself before the last attack.
+
+#![no_std]
+#![no_main]
+
+mod arguments;
+mod last_attack;
+mod mappings;
+mod reservation;
+mod targets;
+mod verdict;
+
+use guest_rt::abi::hypercall::ShutdownReason;
+use guest_rt::hypercall::shutdown;
+use guest_rt::{println, StartInfo};
+
+use targets::Targets;
+use verdict::Tally;
+
+guest_rt::entry!(main);
+
+fn main(start: &'static StartInfo) {
+    let targets = match Targets::new(start) {
+        Ok(targets) => targets,
+        Err(error) => {
+            println!("hostile: FAILED preparing the attacks: {error}");
+            shutdown(ShutdownReason::Crash);
+        }
+    };
+    let mut tally = Tally::default();
+    arguments::run(&mut tally, &targets);
+    reservation::run(&mut tally, &targets);
+    mappings::run(&mut tally, &targets);
+    reservation::give_back_twice(&mut tally, &targets);
+    mappings::switch_to_foreign_l4(&mut tally, &targets);
+    tally.summary();
+    last_attack::fault_in_fault_handler(targets.hole)
+}
