@@ -14,7 +14,9 @@
 //!    then map writable again;
 //! 3. `int3` must reach the breakpoint handler with rip after it, a divide by zero the
 //!    divide-error handler with rip at the `div`;
-//! 4. forced-emulation CPUID must return "XenVMMXenVMM" at leaf 0x40000000 and a vendor at
+//! 4. its own GDT (see `gdt`): descriptor checks and fix-ups of `set_gdt` and
+//!    `update_descriptor`, and the frame's protection while it is a GDT;
+//! 5. forced-emulation CPUID must return "XenVMMXenVMM" at leaf 0x40000000 and a vendor at
 //!    leaf 0, and `mov rax, cr3` the boot L4's machine address.
 //!
 //! Console: one "pagetables: ..." line per step, then "pagetables: ok" and power-off, or
@@ -28,6 +30,7 @@
 mod emulated;
 mod faults;
 mod frames;
+mod gdt;
 mod tables;
 
 use core::fmt;
@@ -76,6 +79,7 @@ fn run(start: &StartInfo) -> Result<(), Failure> {
     demand_fault(&mut free)?;
     own_l1_table(&mut free)?;
     exceptions()?;
+    gdt::descriptor_tables(&mut free)?;
     emulation()
 }
 
@@ -99,6 +103,14 @@ enum Step {
     UnhookTable,
     UnpinTable,
     MapUnpinnedTableWritable,
+    RemapGdtReadOnly,
+    SetGdtWithSystemDescriptor,
+    SetGdt,
+    UpdateSystemDescriptor,
+    UpdateDescriptor,
+    MapGdtWritable,
+    ReleaseGdt,
+    MapReleasedGdtWritable,
 }
 
 impl fmt::Display for Step {
@@ -121,6 +133,14 @@ impl fmt::Display for Step {
             Self::UnhookTable => "unhooking the L1",
             Self::UnpinTable => "unpinning the L1",
             Self::MapUnpinnedTableWritable => "mapping the unpinned L1 writable",
+            Self::RemapGdtReadOnly => "remapping the GDT frame",
+            Self::SetGdtWithSystemDescriptor => "set_gdt with a TSS descriptor in the frame",
+            Self::SetGdt => "set_gdt",
+            Self::UpdateSystemDescriptor => "update_descriptor with a TSS descriptor",
+            Self::UpdateDescriptor => "update_descriptor with a ring-0 code descriptor",
+            Self::MapGdtWritable => "mapping the GDT frame writable",
+            Self::ReleaseGdt => "releasing the GDT",
+            Self::MapReleasedGdtWritable => "mapping the released GDT frame writable",
         })
     }
 }
@@ -190,6 +210,11 @@ enum Failure {
         max_leaf: u32,
         vendor: [u8; 12],
     },
+    /// A descriptor in the guest's GDT did not come back fixed up.
+    Descriptor {
+        index: u64,
+        seen: u64,
+    },
     /// The emulated cr3 read is not the boot L4's machine address.
     Cr3 {
         read: u64,
@@ -251,6 +276,9 @@ impl fmt::Display for Failure {
                 "cpuid 0: max leaf {max_leaf:#x}, vendor \"{}\"",
                 Bytes(&vendor)
             ),
+            Self::Descriptor { index, seen } => {
+                write!(f, "GDT entry {index} is {seen:#x}, expected DPL 3 and accessed added")
+            }
             Self::Cr3 { read, expected } => {
                 write!(f, "cr3 read {read:#x}, expected the L4 at {expected:#x}")
             }
