@@ -44,7 +44,6 @@ pub enum RsdpSource {
 
 /// A boot module: a guest image with its own command line.
 #[derive(Clone, Debug)]
-#[allow(dead_code)] // the command line is for the domain builder (next issue)
 pub struct Module {
     pub start: u64,
     pub end: u64,

@@ -22,14 +22,9 @@ pub const RESERVED_GDT_OFFSET: u64 = 0xe000;
 pub const HYPERVISOR_CS: u16 = 0xe008;
 /// Ring-0 data.
 pub const HYPERVISOR_DS: u16 = 0xe010;
-/// Ring-3 32-bit code (guest compat mode), RPL 3.
-#[allow(dead_code)]
-pub const GUEST_CS32: u16 = 0xe023;
 /// Ring-3 data, RPL 3.
-#[allow(dead_code)]
 pub const GUEST_DS: u16 = 0xe02b;
 /// Ring-3 64-bit code (guest kernel and user), RPL 3.
-#[allow(dead_code)]
 pub const GUEST_CS64: u16 = 0xe033;
 /// The TSS (a 16-byte system descriptor).
 pub const TSS_SELECTOR: u16 = 0xe040;

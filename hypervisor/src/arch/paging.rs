@@ -202,7 +202,6 @@ pub fn unmap(vaddr: u64) -> Option<u64> {
 }
 
 /// The physical address a window page maps, if any.
-#[allow(dead_code)]
 pub fn translate(vaddr: u64) -> Option<u64> {
     let entry = l1_entry(vaddr & !(PAGE_SIZE - 1)).ok()?.load(Ordering::Acquire);
     (entry & PRESENT != 0).then_some((entry & ADDRESS_MASK) | (vaddr & (PAGE_SIZE - 1)))

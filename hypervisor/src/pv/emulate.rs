@@ -22,12 +22,11 @@ const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_ECX_HIDDEN: u32 = (1 << 5) | (1 << 3) | (1 << 24) | LEAF1_ECX_X2APIC;
 
 /// Emulates CPUID when the guest's rip holds the forced-emulation prefix and `cpuid`.
-pub fn forced_cpuid(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+pub fn forced_cpuid(frame: &mut TrapFrame) -> bool {
     let mut bytes = [0u8; 7];
     if uaccess::read(frame.rip, &mut bytes).is_err() || bytes[..5] != XEN_EMULATE_PREFIX || bytes[5..] != [0x0f, 0xa2] {
         return false;
     }
-    let _ = vcpu;
     let (eax, ebx, ecx, edx) = cpuid(frame.rax as u32, frame.rcx as u32);
     frame.rax = eax as u64;
     frame.rbx = ebx as u64;

@@ -49,7 +49,7 @@ pub fn crash(vcpu: &Vcpu, frame: &TrapFrame, why: core::fmt::Arguments) {
 pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
-        VECTOR_INVALID_OPCODE if emulate::forced_cpuid(vcpu, frame) => {}
+        VECTOR_INVALID_OPCODE if emulate::forced_cpuid(frame) => {}
         VECTOR_GENERAL_PROTECTION if software_interrupt(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
