@@ -94,6 +94,15 @@ def guest_cases():
         Case("iso-guests-smp4", smp="4", boot="iso", modules=everyone,
              expect={"domains.created": "5", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
+        # Two vCPUs on two CPUs: a remap on one must reach the other's TLB; then guest user
+        # mode (own user L4, iret to user, syscall, user faults and int3 to the kernel).
+        Case("pvh-smpuser-smp2", smp="2", modules=[("guest-smpuser", "")],
+             expect={"domains.created": "1", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["smpuser: the shootdown crossed physical CPUs", "smpuser: smp ok",
+                                      "smpuser: user mode ok"]),
+        Case("pvh-smpuser-smp1", smp="1", modules=[("guest-smpuser", "")],
+             expect={"domains.created": "1", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",

@@ -6,7 +6,7 @@
 //! the corresponding hypercall would check it. It runs on another CPU than its siblings
 //! where there is one.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
 use abi::arch_x86::VcpuGuestContext;
 use abi::errno::Errno;
@@ -72,7 +72,7 @@ fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> HcResult {
         ..TrapFrame::zeroed()
     };
     let domain = vcpu.domain.clone();
-    let new = Vcpu::new(domain.clone(), id, regs, base, next_cpu());
+    let new = Vcpu::new(domain.clone(), id, regs, base, placement(vcpu, id));
     new.set_down();
     {
         let mut ctx = new.ctx.lock();
@@ -100,14 +100,16 @@ fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> HcResult {
     Ok(0)
 }
 
-/// Spreads vCPUs over the online CPUs.
-fn next_cpu() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
+/// The CPU for vCPU `id`: the `id`-th online CPU after vCPU 0's, so that a domain's vCPUs
+/// land on different CPUs while there are enough of them.
+fn placement(caller: &Vcpu, id: u32) -> u32 {
     let online: alloc::vec::Vec<u32> = cpus::all()
         .iter()
         .enumerate()
         .filter(|(_, s)| s.state() == cpus::CpuState::Online)
         .map(|(i, _)| i as u32)
         .collect();
-    online[NEXT.fetch_add(1, Ordering::Relaxed) as usize % online.len()]
+    let first = caller.domain.vcpu(0).map_or(0, |v| v.cpu.load(Ordering::Relaxed));
+    let start = online.iter().position(|&c| c == first).unwrap_or(0);
+    online[(start + id as usize) % online.len()]
 }
