@@ -24,6 +24,7 @@ GUEST      ?=
 GUESTS     ?= 1
 GUEST_CRATES := guest-hello guest-bench guest-balloon guest-pagetables guest-hostile guest-smpuser
 
+
 QEMU       := qemu-system-x86_64
 comma      := ,
 QEMU_BASE   = -M $(MACHINE) -machine accel=$(ACCEL) -m $(MEM) -smp $(SMP) -display none \
@@ -35,7 +36,7 @@ APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
 DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine.
-HOST_CRATES := xen-abi apic builder guest-rt mm pvmm smp topology
+HOST_CRATES := xen-abi apic builder events guest-rt mm pvmm smp topology
 # Everything that runs on the machine.
 METAL_CRATES := hypervisor guest-rt guest-hello
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
