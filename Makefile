@@ -22,7 +22,7 @@ TIMEOUT    ?= 120
 # A Xen PV64 guest ELF to boot as a module, and how many domains to build from it.
 GUEST      ?=
 GUESTS     ?= 1
-GUEST_CRATES := guest-hello guest-bench guest-balloon guest-pagetables guest-hostile guest-smpuser
+GUEST_CRATES := guest-hello guest-bench guest-balloon guest-pagetables guest-hostile guest-smpuser guest-dom0 guest-stress
 
 
 QEMU       := qemu-system-x86_64

@@ -103,6 +103,13 @@ def guest_cases():
         Case("pvh-smpuser-smp1", smp="1", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
+        # Domain 0 creates domains through the control interface; they balloon, take 1 ms
+        # timer wake-ups (VIRQ_TIMER), ping-pong over interdomain event channels and spin;
+        # domain 0 destroys them and checks free memory came back.
+        Case("iso-dom0-smp2", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "n=10 seconds=2"), ("guest-stress", "")],
+             expect={"domains.unexpected_endings": "0", "domains.failed_created_by_dom0": "0"},
+             expect_lines=ok_lines + ["stress: done ok", "stress: result domid=2 role=ping"]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",

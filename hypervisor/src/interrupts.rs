@@ -21,7 +21,7 @@ pub fn handle(vector: u8) {
         vectors::TIMER => {
             let cpu = percpu::current().index.0 as usize;
             TIMER_TICKS[cpu].fetch_add(1, Ordering::Relaxed);
-            crate::sched::slice_over();
+            crate::sched::timer_interrupt();
         }
         vectors::CALL => cpus::service_calls(),
         // The scheduler looks at the run queue on the way out of every interrupt.

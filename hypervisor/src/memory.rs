@@ -280,6 +280,11 @@ impl FrameMapping {
         Some(FrameMapping { slot, va })
     }
 
+    /// The mapping's virtual address.
+    pub fn address(&self) -> u64 {
+        self.va
+    }
+
     /// The frame's bytes.
     pub fn bytes(&mut self) -> &mut [u8; PAGE_SIZE as usize] {
         // SAFETY: `va` maps one whole frame for as long as `self` lives, on this CPU only.

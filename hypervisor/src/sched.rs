@@ -8,7 +8,7 @@
 //! guest segment bases switched; with nothing to run it becomes a frame into the idle loop.
 //! Frames from hypervisor code other than the idle loop are never rewritten.
 
-use alloc::collections::VecDeque;
+use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +36,35 @@ struct RunQueue {
     idle: AtomicBool,
     /// TSC when the running vCPU was switched in (for its domain's CPU time).
     since: core::sync::atomic::AtomicU64,
+    /// System time at which the running vCPU's slice ends (0: no slice running).
+    slice_end_ns: core::sync::atomic::AtomicU64,
+    /// One-shot timers of the vCPUs of this CPU, earliest first (lazily deleted: an entry
+    /// whose deadline is no longer its vCPU's current one is skipped).
+    timers: Mutex<BinaryHeap<TimerEntry>>,
+}
+
+/// A vCPU's single-shot timer in a CPU's heap.
+struct TimerEntry {
+    deadline_ns: u64,
+    vcpu: Arc<Vcpu>,
+}
+
+impl PartialEq for TimerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.deadline_ns == other.deadline_ns
+    }
+}
+impl Eq for TimerEntry {}
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerEntry {
+    /// Reversed: `BinaryHeap` is a max-heap and the earliest deadline must come first.
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        other.deadline_ns.cmp(&self.deadline_ns)
+    }
 }
 
 static QUEUES: Once<Vec<RunQueue>> = Once::new();
@@ -49,6 +78,8 @@ pub fn init(cpus: usize) {
                 slice_over: AtomicBool::new(false),
                 idle: AtomicBool::new(false),
                 since: core::sync::atomic::AtomicU64::new(0),
+                slice_end_ns: core::sync::atomic::AtomicU64::new(0),
+                timers: Mutex::new(BinaryHeap::new()),
             })
             .collect()
     });
@@ -58,8 +89,12 @@ fn queue(cpu: u32) -> &'static RunQueue {
     &QUEUES.get().expect("sched::init runs at boot")[cpu as usize]
 }
 
-/// Makes `vcpu` runnable on its CPU and kicks that CPU if it idles.
+/// Puts a runnable vCPU in its CPU's run queue and kicks that CPU — unless it is already
+/// queued or still loaded on a CPU (whose exit path then queues it).
 pub fn enqueue(vcpu: Arc<Vcpu>) {
+    if vcpu.on_cpu.load(Ordering::SeqCst) || vcpu.queued.swap(true, Ordering::SeqCst) {
+        return;
+    }
     let cpu = vcpu.cpu.load(Ordering::Relaxed);
     queue(cpu).queue.lock().push_back(vcpu);
     kick(cpu);
@@ -78,9 +113,75 @@ pub fn has_work() -> bool {
     QUEUES.get().is_some_and(|_| !queue(percpu::current().index.0).queue.lock().is_empty())
 }
 
-/// The time slice of this CPU's vCPU is over (timer interrupt).
-pub fn slice_over() {
-    queue(percpu::current().index.0).slice_over.store(true, Ordering::Relaxed);
+/// The local timer fired: fires the vCPU timers that are due and notes whether the running
+/// vCPU's slice is over.
+pub fn timer_interrupt() {
+    let rq = queue(percpu::current().index.0);
+    let now = crate::time::since_boot_ns();
+    let end = rq.slice_end_ns.load(Ordering::Relaxed);
+    if end != 0 && end <= now {
+        rq.slice_over.store(true, Ordering::Relaxed);
+    }
+    loop {
+        let due = {
+            let mut timers = rq.timers.lock();
+            match timers.peek() {
+                Some(entry) if entry.deadline_ns <= now => timers.pop(),
+                _ => None,
+            }
+        };
+        let Some(entry) = due else { break };
+        if entry.vcpu.timer_deadline.compare_exchange(entry.deadline_ns, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            crate::pv::events::timer_fired(&entry.vcpu);
+        }
+    }
+}
+
+/// Sets (or with 0 cancels) `vcpu`'s single-shot timer at system time `deadline_ns`; it
+/// lives in the heap of the vCPU's CPU (the caller's: a vCPU sets its own timer).
+pub fn set_timer(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
+    vcpu.timer_deadline.store(deadline_ns, Ordering::Release);
+    if deadline_ns == 0 {
+        return;
+    }
+    let rq = queue(vcpu.cpu.load(Ordering::Relaxed));
+    rq.timers.lock().push(TimerEntry { deadline_ns, vcpu: vcpu.clone() });
+}
+
+/// Programs this CPU's one-shot timer for its next event: the earliest vCPU timer, or the
+/// end of the running vCPU's slice when others wait for the CPU.
+fn program_timer(rq: &RunQueue) {
+    let now = crate::time::since_boot_ns();
+    let next_timer = {
+        let mut timers = rq.timers.lock();
+        // Drop entries superseded by a later set_timer_op or a cancel.
+        while timers.peek().is_some_and(|e| e.vcpu.timer_deadline.load(Ordering::Relaxed) != e.deadline_ns) {
+            timers.pop();
+        }
+        timers.peek().map(|e| e.deadline_ns)
+    };
+    let slice_end = match rq.slice_end_ns.load(Ordering::Relaxed) {
+        0 => None,
+        end => Some(end),
+    };
+    if let Some(next) = [next_timer, slice_end].into_iter().flatten().min() {
+        lapic::arm_timer_ns(next.saturating_sub(now).max(1_000));
+    }
+}
+
+/// Blocks the running vCPU until [`wake`]; it leaves its CPU on the way out of this trap.
+pub fn block(vcpu: &Vcpu) {
+    vcpu.set_blocked();
+}
+
+/// Makes a blocked vCPU runnable again (from any CPU); true if it was blocked. If it has
+/// not left its CPU yet, that CPU's exit path queues it (it re-checks after `on_cpu`).
+pub fn wake(vcpu: &Arc<Vcpu>) -> bool {
+    let woken = vcpu.unblock();
+    if woken {
+        enqueue(vcpu.clone());
+    }
+    woken
 }
 
 /// Marks this CPU as sitting in its idle loop (from then on its ring-0 frames may be
@@ -118,6 +219,10 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
     };
     if keep || (current.is_null() && rq.queue.lock().is_empty()) {
         rq.slice_over.store(false, Ordering::Relaxed);
+        if !current.is_null() && rq.slice_end_ns.load(Ordering::Relaxed) <= crate::time::since_boot_ns() {
+            rq.slice_end_ns.store(crate::time::since_boot_ns() + TIME_SLICE_NS, Ordering::Relaxed);
+        }
+        program_timer(rq);
         return;
     }
     rq.slice_over.store(false, Ordering::Relaxed);
@@ -131,22 +236,28 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
         let ran = crate::time::tsc_to_ns(crate::time::rdtsc().wrapping_sub(rq.since.load(Ordering::Relaxed)));
         vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
         switch_out(vcpu, frame);
+        vcpu.on_cpu.store(false, Ordering::SeqCst);
         if vcpu.state() == RunState::Runnable {
-            rq.queue.lock().push_back(vcpu.clone());
+            enqueue(vcpu.clone());
         }
     }
     loop {
         let next = rq.queue.lock().pop_front();
+        if let Some(vcpu) = &next {
+            vcpu.queued.store(false, Ordering::SeqCst);
+        }
         match next {
             Some(vcpu) if vcpu.state() != RunState::Runnable => drop(vcpu),
             Some(vcpu) if vcpu.domain.paused.load(Ordering::Acquire) => park(vcpu),
             Some(vcpu) => {
                 if switch_in(vcpu, frame) {
                     rq.since.store(crate::time::rdtsc(), Ordering::Relaxed);
+                    rq.slice_end_ns.store(crate::time::since_boot_ns() + TIME_SLICE_NS, Ordering::Relaxed);
                     break;
                 }
             }
             None => {
+                rq.slice_end_ns.store(0, Ordering::Relaxed);
                 idle_frame(frame, here.stack_top);
                 break;
             }
@@ -155,6 +266,7 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
     if let Some(vcpu) = outgoing {
         leave(&vcpu.domain);
     }
+    program_timer(rq);
 }
 
 /// Saves the guest's registers and segment bases from this CPU.
@@ -172,8 +284,10 @@ fn switch_out(vcpu: &Vcpu, frame: &TrapFrame) {
 /// returns false) when its domain is shutting down: a domain's memory may be returned as
 /// soon as no CPU counts as running it, so the count is raised before CR3 is loaded.
 fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> bool {
+    vcpu.on_cpu.store(true, Ordering::SeqCst);
     vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
     if vcpu.domain.state() != LifeState::Running {
+        vcpu.on_cpu.store(false, Ordering::SeqCst);
         leave(&vcpu.domain);
         return false;
     }
@@ -189,7 +303,6 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> bool {
     crate::pv::shared::publish_time(&vcpu);
     crate::pv::descriptors::load(&vcpu.gdt.lock());
     percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
-    lapic::arm_timer_ns(TIME_SLICE_NS);
     true
 }
 

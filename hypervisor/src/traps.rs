@@ -40,6 +40,11 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
         v => crate::interrupts::handle(v as u8),
     }
     crate::sched::on_trap_exit(frame);
+    if frame.is_from_guest() {
+        if let Some(vcpu) = crate::sched::current() {
+            crate::pv::events::deliver_upcall(vcpu, frame);
+        }
+    }
 }
 
 /// An exception in hypervisor code: a fault on a guest pointer inside a guest-memory copy

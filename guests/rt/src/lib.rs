@@ -4,7 +4,9 @@
 //! hypercall page ([`hypercall`]), [`print!`]/[`println!`] on the hypervisor console
 //! ([`console`]), the start-of-day page and P2M list ([`mod@start_info`]), exception handling
 //! ([`traps`]), the shared info page ([`shared_info`]) and the address layout
-//! ([`layout`]). Guests link with `guest.ld`: their build script passes `-T` with the
+//! ([`layout`]); system time ([`time`]), event delivery ([`events`]), event channels
+//! ([`evtchn`]), the one-shot timer ([`timer`]), ballooning ([`balloon`]) and, for domain
+//! 0, the control interface ([`control`]). Guests link with `guest.ld`: their build script passes `-T` with the
 //! path this crate publishes as `DEP_GUEST_RT_LD`.
 //!
 //! # Entry and shutdown
@@ -19,11 +21,17 @@
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod balloon;
 pub mod console;
+pub mod control;
+pub mod events;
+pub mod evtchn;
 pub mod hypercall;
 pub mod layout;
 pub mod shared_info;
 pub mod start_info;
+pub mod time;
+pub mod timer;
 pub mod traps;
 
 #[cfg(target_os = "none")]

@@ -119,6 +119,8 @@ pub struct Domain {
     state: AtomicU8,
     ending: Mutex<Option<Ending>>,
     pub console: Mutex<crate::pv::console::ConsoleLine>,
+    /// Event channels.
+    pub channels: Mutex<events::Channels>,
     pub counters: Counters,
     /// vCPUs currently running on some CPU (destruction waits for zero).
     pub running_vcpus: AtomicU32,
@@ -182,6 +184,7 @@ impl Domain {
             state: AtomicU8::new(LifeState::Running as u8),
             ending: Mutex::new(None),
             console: Mutex::new(crate::pv::console::ConsoleLine::new()),
+            channels: Mutex::new(events::Channels::new(abi::ids::DomId(id.0), 32, events::limits::DEFAULT_MAX_PORTS)),
             counters: Counters::default(),
             running_vcpus: AtomicU32::new(0),
             build_ns: AtomicU64::new(0),
@@ -281,6 +284,7 @@ impl Domain {
         if self.state.swap(LifeState::Dead as u8, Ordering::AcqRel) == LifeState::Dead as u8 {
             return;
         }
+        crate::pv::events::close_all(self);
         let vcpus = core::mem::take(&mut *self.vcpus.lock());
         for vcpu in &vcpus {
             crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));

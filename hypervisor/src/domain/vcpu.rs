@@ -104,6 +104,13 @@ pub struct Vcpu {
     pub cpu: AtomicU32,
     /// Asked to give up its CPU at the next exit (yield, time slice over).
     pub yield_requested: AtomicBool,
+    /// Its single-shot timer (`set_timer_op`), in system-time ns; 0: none.
+    pub timer_deadline: core::sync::atomic::AtomicU64,
+    /// Loaded on a CPU (from switch-in to switch-out).
+    pub on_cpu: AtomicBool,
+    /// In a run queue. Together with `on_cpu` this keeps a vCPU in at most one queue and
+    /// never queued while it runs, whoever wakes it (see `sched::enqueue`).
+    pub queued: AtomicBool,
 }
 
 impl Vcpu {
@@ -132,6 +139,9 @@ impl Vcpu {
             state: AtomicU8::new(RunState::Runnable as u8),
             cpu: AtomicU32::new(cpu),
             yield_requested: AtomicBool::new(false),
+            timer_deadline: core::sync::atomic::AtomicU64::new(0),
+            on_cpu: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
         })
     }
 
@@ -142,6 +152,18 @@ impl Vcpu {
             2 => RunState::Stopped,
             _ => RunState::Down,
         }
+    }
+
+    /// Blocks a runnable vCPU (it leaves its CPU at its next exit).
+    pub fn set_blocked(&self) {
+        let _ = self.state.compare_exchange(RunState::Runnable as u8, RunState::Blocked as u8, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Unblocks a blocked vCPU; true if it was blocked (the caller then queues it).
+    pub fn unblock(&self) -> bool {
+        self.state
+            .compare_exchange(RunState::Blocked as u8, RunState::Runnable as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Marks a freshly initialised secondary vCPU as down.

@@ -17,7 +17,7 @@ use x86_64::VirtAddr;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Ending, Vcpu};
-use crate::pv::{console, control, descriptors, memop, mmu, traps, vcpuop};
+use crate::pv::{console, control, descriptors, events, memop, mmu, traps, vcpuop};
 
 /// What a handler returns: a value for rax, or an errno.
 pub type HcResult = Result<u64, Errno>;
@@ -76,9 +76,11 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> HcResult {
         Request::Multicall { calls, count } => multicall(vcpu, frame, calls, count),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
         Request::Domctl { arg } => control::control(vcpu, arg),
-        Request::SetTimerOp { .. } | Request::EventChannelOp { .. } => {
-            Err(Errno::Enosys)
+        Request::SetTimerOp { deadline_ns } => {
+            events::set_timer(vcpu, deadline_ns);
+            Ok(0)
         }
+        Request::EventChannelOp { cmd, arg } => events::event_channel_op(vcpu, cmd, arg),
         Request::Iret => Err(Errno::Einval), // only as a direct hypercall, never in a multicall
     }
 }
@@ -128,6 +130,10 @@ fn sched_op(vcpu: &Vcpu, cmd: SchedOp, arg: GuestVa) -> HcResult {
     match cmd {
         SchedOp::Yield => {
             vcpu.yield_requested.store(true, core::sync::atomic::Ordering::Relaxed);
+            Ok(0)
+        }
+        SchedOp::Block => {
+            events::block(vcpu);
             Ok(0)
         }
         SchedOp::Shutdown => {

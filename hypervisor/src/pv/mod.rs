@@ -7,6 +7,7 @@ pub mod console;
 pub mod control;
 pub mod descriptors;
 pub mod emulate;
+pub mod events;
 pub mod hypercall;
 pub mod lifecycle;
 pub mod memop;

@@ -1,0 +1,430 @@
+//! guest-dom0: domain 0 of the stress run (boot module 0). It reads its options, plans
+//! the run ([`Plan`]), creates every stress domain from boot module 1 through the control
+//! interface (timing each creation), waits for them to balloon, sleeps through the run,
+//! waits until they have all finished (their CPU time stops growing: a finished worker
+//! blocks for good), reports each domain's counters, destroys them all, waits until they
+//! are gone, and powers off. Its console lines are the domain-0 half of
+//! `stress/PROTOCOL.md`; the run ends with `stress: done ok` or
+//! `stress: FAILED reason=<word>` (after destroying what it created).
+//!
+//! Domain 0 never spins while it waits: it sleeps on its one-shot timer, so that it takes
+//! no CPU time from the domains it measures.
+
+#![no_std]
+#![no_main]
+
+use core::fmt::{self, Write};
+
+use arrayvec::ArrayString;
+use guest_dom0::options::Options;
+use guest_dom0::plan::{Plan, PlanError};
+use guest_rt::abi::errno::Errno;
+use guest_rt::abi::ids::DomId;
+use guest_rt::control::{self, ControlError, NewDomain};
+use guest_rt::events::{EventError, Events};
+use guest_rt::hypercall::HypercallError;
+use guest_rt::time::Clock;
+use guest_rt::timer::Timer;
+use guest_rt::{println, StartInfo};
+use guest_stress::keyvalue::OptionError;
+
+guest_rt::entry!(main);
+
+/// The boot module stress domains are built from.
+const STRESS_MODULE: u32 = 1;
+const MS: u64 = 1_000_000;
+const SECOND: u64 = 1_000 * MS;
+/// How often domain 0 looks again while it waits for domains to change.
+const POLL_NS: u64 = 10 * MS;
+/// The longest wait for every domain to balloon.
+const BALLOON_TIMEOUT_NS: u64 = 10 * SECOND;
+/// Time past the run's end (from the last creation) before looking for quiet.
+const RUN_MARGIN_NS: u64 = 500 * MS;
+/// Domains are quiet when their total CPU time does not grow over this long.
+const QUIET_WINDOW_NS: u64 = 100 * MS;
+/// The longest wait for quiet.
+const QUIET_TIMEOUT_NS: u64 = 10 * SECOND;
+/// The longest wait for destroyed domains to go.
+const DESTROY_TIMEOUT_NS: u64 = 5 * SECOND;
+
+fn main(start: &'static StartInfo) {
+    let mut created = Created::default();
+    match run(start, &mut created) {
+        Ok(()) => println!("stress: done ok"),
+        Err(failure) => {
+            created.destroy_all();
+            println!("dom0: {failure}");
+            println!("stress: FAILED reason={}", failure.reason());
+        }
+    }
+}
+
+/// The control calls domain 0 makes, for failure reports.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    PhysInfo,
+    Create,
+    DomainInfo,
+    SchedParams,
+    Destroy,
+}
+
+/// Why the run failed.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    Options(OptionError),
+    Plan(PlanError),
+    Events(EventError),
+    Timer(HypercallError),
+    /// No boot module 1 to build stress domains from.
+    NoStressModule {
+        modules: u32,
+    },
+    Control {
+        call: Call,
+        domid: DomId,
+        error: ControlError,
+    },
+    /// A created domain did not get the id planned for it.
+    UnexpectedDomid {
+        index: u32,
+        expected: DomId,
+        got: DomId,
+    },
+    /// A stress domain ended (crashed) before domain 0 destroyed it.
+    DomainEnded(DomId),
+    BalloonTimeout {
+        waiting_for: DomId,
+        tot_pages: u64,
+        expected: u64,
+    },
+    NotQuiet,
+    DestroyTimeout(DomId),
+}
+
+impl Failure {
+    /// The word for `reason=`.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Options(_) => "bad_option",
+            Self::Plan(_) => "bad_config",
+            Self::Events(_) | Self::Timer(_) => "events",
+            Self::NoStressModule { .. } => "no_stress_module",
+            Self::Control {
+                call: Call::PhysInfo,
+                ..
+            } => "phys_info",
+            Self::Control {
+                call: Call::Create, ..
+            } => "create",
+            Self::Control {
+                call: Call::DomainInfo | Call::SchedParams,
+                ..
+            } => "domain_info",
+            Self::Control {
+                call: Call::Destroy,
+                ..
+            } => "destroy",
+            Self::UnexpectedDomid { .. } => "unexpected_domid",
+            Self::DomainEnded(_) => "domain_ended",
+            Self::BalloonTimeout { .. } => "balloon_timeout",
+            Self::NotQuiet => "not_quiet",
+            Self::DestroyTimeout(_) => "destroy_timeout",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Options(error) => write!(f, "bad command line: {error}"),
+            Self::Plan(error) => write!(f, "no plan: {error:?}"),
+            Self::Events(error) => write!(f, "events: {error:?}"),
+            Self::Timer(error) => write!(f, "timer: {error:?}"),
+            Self::NoStressModule { modules } => {
+                write!(
+                    f,
+                    "{modules} boot modules: the stress guest must be module 1"
+                )
+            }
+            Self::Control { call, domid, error } => {
+                write!(f, "{call:?} (domain {}) failed: {error:?}", domid.0)
+            }
+            Self::UnexpectedDomid {
+                index,
+                expected,
+                got,
+            } => write!(
+                f,
+                "domain {index} got id {}, {} was planned",
+                got.0, expected.0
+            ),
+            Self::DomainEnded(domid) => write!(f, "domain {} ended by itself", domid.0),
+            Self::BalloonTimeout {
+                waiting_for,
+                tot_pages,
+                expected,
+            } => write!(
+                f,
+                "domain {} still holds {tot_pages} pages, {expected} expected",
+                waiting_for.0
+            ),
+            Self::NotQuiet => f.write_str("the stress domains did not finish"),
+            Self::DestroyTimeout(domid) => write!(f, "domain {} not gone", domid.0),
+        }
+    }
+}
+
+/// The stress domains created so far: ids 1 to `count` as planned, and one with an
+/// unplanned id, if creation went wrong that way.
+#[derive(Default)]
+struct Created {
+    count: u32,
+    stray: Option<DomId>,
+}
+
+impl Created {
+    /// Destroys every domain created, ignoring errors (after a failure).
+    fn destroy_all(&self) {
+        for domid in (0..self.count).map(Plan::domid).chain(self.stray) {
+            let _ = control::destroy_domain(domid);
+        }
+    }
+}
+
+/// Domain 0's clock and timer: how it waits.
+#[derive(Clone, Copy)]
+struct Waiter {
+    clock: Clock,
+    timer: Timer,
+}
+
+impl Waiter {
+    fn new() -> Result<Self, Failure> {
+        let clock = Clock::new().map_err(Failure::Timer)?;
+        let events = Events::init().map_err(Failure::Events)?;
+        let timer = Timer::bind(events).map_err(Failure::Events)?;
+        events.enable();
+        Ok(Self { clock, timer })
+    }
+
+    fn now(self) -> u64 {
+        self.clock.now_ns()
+    }
+
+    /// Blocks until system time `deadline`.
+    fn sleep_until(self, deadline: u64) -> Result<(), Failure> {
+        self.timer
+            .sleep_until(deadline)
+            .map(drop)
+            .map_err(Failure::Timer)
+    }
+
+    fn sleep(self, ns: u64) -> Result<(), Failure> {
+        self.sleep_until(self.now() + ns)
+    }
+}
+
+/// A control call's error as a [`Failure`]; `ESRCH` means the domain ended by itself.
+fn control_failure(call: Call, domid: DomId) -> impl Fn(ControlError) -> Failure {
+    move |error| match error.errno() {
+        Some(Errno::Esrch) if !matches!(call, Call::Create | Call::PhysInfo) => {
+            Failure::DomainEnded(domid)
+        }
+        _ => Failure::Control { call, domid, error },
+    }
+}
+
+fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
+    let options = Options::parse(start.cmd_line()).map_err(Failure::Options)?;
+    let waiter = Waiter::new()?;
+    let machine = control::phys_info().map_err(control_failure(Call::PhysInfo, DomId::DOM0))?;
+    if machine.modules <= STRESS_MODULE {
+        return Err(Failure::NoStressModule {
+            modules: machine.modules,
+        });
+    }
+    let plan = Plan::new(&options, machine.cpus).map_err(Failure::Plan)?;
+    print_config(&options, &plan);
+    print_memory("before")?;
+    let last_created_at = create_all(&plan, &options, waiter, created)?;
+    print_memory("created")?;
+    wait_ballooned(&plan, &options, waiter)?;
+    print_memory("ballooned")?;
+    waiter.sleep_until(last_created_at + options.seconds * SECOND + RUN_MARGIN_NS)?;
+    wait_quiet(&plan, waiter)?;
+    report_domains(&plan)?;
+    destroy_all(&plan, waiter)?;
+    print_memory("destroyed")
+}
+
+fn print_config(options: &Options, plan: &Plan) {
+    let c = plan.counts;
+    println!(
+        "stress: config n={} cpus={} seconds={} hogs={} latency={} pairs={} periodic={} mem_kib={} max_kib={} balloon_down={} balloon_up={}",
+        plan.len(),
+        plan.cpus,
+        options.seconds,
+        c.hogs,
+        c.latency,
+        c.pairs,
+        c.periodic,
+        options.mem_kib,
+        options.max_kib,
+        options.balloon_down,
+        options.balloon_up
+    );
+}
+
+/// `stress: mem phase=<phase> ...` from the machine's figures now.
+fn print_memory(phase: &str) -> Result<(), Failure> {
+    let info = control::phys_info().map_err(control_failure(Call::PhysInfo, DomId::DOM0))?;
+    println!(
+        "stress: mem phase={phase} free_kib={} heap_bytes={} domains={}",
+        info.free_kib, info.heap_bytes, info.domains
+    );
+    Ok(())
+}
+
+/// Creates every planned domain in order, checking each gets its planned id; returns the
+/// system time after the last creation.
+fn create_all(
+    plan: &Plan,
+    options: &Options,
+    waiter: Waiter,
+    created: &mut Created,
+) -> Result<u64, Failure> {
+    let mut total_ns = 0;
+    for planned in (0..plan.len()).filter_map(|index| plan.domain(index)) {
+        let mut cmdline = ArrayString::<160>::new();
+        // The longest line (a ping's) is under 100 characters.
+        let _ = write!(cmdline, "{}", planned.args);
+        let spec = NewDomain {
+            module: STRESS_MODULE,
+            mem_kib: options.mem_kib,
+            max_kib: options.max_kib,
+            cpu: Some(planned.cpu),
+            params: planned.params,
+            cmdline: cmdline.as_bytes(),
+        };
+        let before = waiter.now();
+        let result = control::create_domain(&spec);
+        let ns = waiter.now() - before;
+        let domid = result.map_err(control_failure(Call::Create, planned.domid()))?;
+        if domid != planned.domid() {
+            created.stray = Some(domid);
+            return Err(Failure::UnexpectedDomid {
+                index: planned.index,
+                expected: planned.domid(),
+                got: domid,
+            });
+        }
+        created.count = planned.index + 1;
+        total_ns += ns;
+        println!(
+            "stress: create index={} domid={} role={} cpu={} ns={ns}",
+            planned.index,
+            domid.0,
+            planned.args.role.name(),
+            planned.cpu
+        );
+    }
+    println!("stress: create total_ns={total_ns}");
+    Ok(waiter.now())
+}
+
+/// Waits until every domain holds the pages it should after ballooning.
+fn wait_ballooned(plan: &Plan, options: &Options, waiter: Waiter) -> Result<(), Failure> {
+    let expected = u64::from(options.mem_kib) / 4 - options.balloon_down + options.balloon_up;
+    let deadline = waiter.now() + BALLOON_TIMEOUT_NS;
+    let mut index = 0;
+    while index < plan.len() {
+        let domid = Plan::domid(index);
+        let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
+        if info.tot_pages == expected {
+            index += 1;
+        } else if waiter.now() >= deadline {
+            return Err(Failure::BalloonTimeout {
+                waiting_for: domid,
+                tot_pages: info.tot_pages,
+                expected,
+            });
+        } else {
+            waiter.sleep(POLL_NS)?;
+        }
+    }
+    Ok(())
+}
+
+/// The stress domains' CPU time together.
+fn total_cpu_time(plan: &Plan) -> Result<u64, Failure> {
+    let mut total = 0u64;
+    for domid in (0..plan.len()).map(Plan::domid) {
+        let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
+        total = total.wrapping_add(info.cpu_time_ns);
+    }
+    Ok(total)
+}
+
+/// Waits until the stress domains' CPU time stops growing: every worker has reported and
+/// blocked for good.
+fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
+    let deadline = waiter.now() + QUIET_TIMEOUT_NS;
+    let mut last = total_cpu_time(plan)?;
+    loop {
+        waiter.sleep(QUIET_WINDOW_NS)?;
+        let total = total_cpu_time(plan)?;
+        if total == last {
+            return Ok(());
+        }
+        if waiter.now() >= deadline {
+            return Err(Failure::NotQuiet);
+        }
+        last = total;
+    }
+}
+
+/// `stress: domain ...` for every stress domain.
+fn report_domains(plan: &Plan) -> Result<(), Failure> {
+    for planned in (0..plan.len()).filter_map(|index| plan.domain(index)) {
+        let domid = planned.domid();
+        let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
+        let params =
+            control::sched_params(domid).map_err(control_failure(Call::SchedParams, domid))?;
+        println!(
+            "stress: domain domid={} role={} weight={} warp={} cpu_time_ns={} tot_pages={}",
+            domid.0,
+            planned.args.role.name(),
+            params.weight,
+            u8::from(params.warp_ns > 0),
+            info.cpu_time_ns,
+            info.tot_pages
+        );
+    }
+    Ok(())
+}
+
+/// Destroys every stress domain and waits until each is gone.
+fn destroy_all(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
+    for domid in (0..plan.len()).map(Plan::domid) {
+        control::destroy_domain(domid).map_err(control_failure(Call::Destroy, domid))?;
+    }
+    let deadline = waiter.now() + DESTROY_TIMEOUT_NS;
+    for domid in (0..plan.len()).map(Plan::domid) {
+        loop {
+            match control::domain_info(domid) {
+                Err(error) if error.errno() == Some(Errno::Esrch) => break,
+                Err(error) => {
+                    return Err(Failure::Control {
+                        call: Call::DomainInfo,
+                        domid,
+                        error,
+                    })
+                }
+                Ok(_) if waiter.now() >= deadline => return Err(Failure::DestroyTimeout(domid)),
+                Ok(_) => waiter.sleep(POLL_NS)?,
+            }
+        }
+    }
+    Ok(())
+}

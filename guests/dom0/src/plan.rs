@@ -1,0 +1,370 @@
+//! The shape of a stress run: which role each of the `n` stress domains gets, where it
+//! runs, how it is scheduled, which id it will get and what its command line says.
+//!
+//! Role counts ([`RoleCounts`]): given ones are kept (and must fit in `n`); left out,
+//! `hogs` is `min(2 * cpus, n / 4)`, `latency` and `pairs` are `min(4, n / 10)` each,
+//! each cut to the room the others leave, and the rest are `periodic`. Creation order (index 0 first): latency, then the pairs (ping
+//! before its pong), then periodic, then the hogs last, so that nothing spins while domain
+//! 0 is still creating. Placement: hog h runs on CPU `(h / 2) % cpus` with weight
+//! `1 + h % 2`, so each CPU has a weight-1 and a weight-2 hog side by side; every other
+//! domain, by index, round-robin on CPU `index % cpus`, so a ping and its pong sit on
+//! different CPUs when there are two. Weights are 1 except for the hogs; latency domains
+//! get BVT warp ([`LATENCY_WARP`]). Domain ids: domain 0 is the only creator and ids are
+//! handed out in sequence from 1, so index i gets id `1 + i` (domain 0 checks each). This
+//! module only computes: it must never create anything.
+
+use guest_rt::abi::control::SchedParams;
+use guest_rt::abi::ids::{DomId, EvtchnPort};
+use guest_stress::args::{Link, Role, StressArgs};
+
+use crate::options::Options;
+
+/// The id the first stress domain gets.
+pub const FIRST_DOMID: u16 = 1;
+/// The port a pong allocates for its ping: its first, and ports start at 1.
+pub const PONG_PORT: EvtchnPort = EvtchnPort(1);
+/// Default role counts (before they are cut to fit `n`).
+pub const DEFAULT_HOGS_PER_CPU: u32 = 2;
+pub const DEFAULT_LATENCY: u32 = 4;
+pub const DEFAULT_PAIRS: u32 = 4;
+/// The weight of every domain but the hogs.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// BVT parameters of the latency domains: warp 50 ms, at most 5 ms warped at a time, then
+/// 10 ms unwarped before warping again.
+pub const LATENCY_WARP: SchedParams = SchedParams {
+    weight: DEFAULT_WEIGHT,
+    _pad: 0,
+    warp_ns: 50_000_000,
+    warp_limit_ns: 5_000_000,
+    unwarp_req_ns: 10_000_000,
+};
+
+/// Why a plan cannot be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// The machine reports no CPU.
+    NoCpus,
+    /// The given role counts need more than `n` domains.
+    TooManyRoles { needed: u64, n: u32 },
+}
+
+/// How many domains get each role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleCounts {
+    pub hogs: u32,
+    pub latency: u32,
+    /// Ping-pong pairs (two domains each).
+    pub pairs: u32,
+    pub periodic: u32,
+}
+
+impl RoleCounts {
+    /// The counts for `options` on a machine with `cpus` CPUs: given counts as they are,
+    /// then the defaults of those left out, each cut to the room left.
+    pub fn new(options: &Options, cpus: u32) -> Result<Self, PlanError> {
+        let n = options.n;
+        let given = [options.hogs, options.latency, options.pairs.map(|p| 2 * p)];
+        let needed: u64 = given.iter().flatten().map(|&c| u64::from(c)).sum();
+        let mut room = u64::from(n)
+            .checked_sub(needed)
+            .ok_or(PlanError::TooManyRoles { needed, n })? as u32;
+        let mut default = |wanted: u32, size: u32| {
+            let count = wanted.min(room / size);
+            room -= count * size;
+            count
+        };
+        let hogs = options
+            .hogs
+            .unwrap_or_else(|| default((DEFAULT_HOGS_PER_CPU * cpus).min(n / 4), 1));
+        let latency = options
+            .latency
+            .unwrap_or_else(|| default(DEFAULT_LATENCY.min(n / 10), 1));
+        let pairs = options
+            .pairs
+            .unwrap_or_else(|| default(DEFAULT_PAIRS.min(n / 10), 2));
+        Ok(Self {
+            hogs,
+            latency,
+            pairs,
+            periodic: room,
+        })
+    }
+
+    /// All domains.
+    pub const fn total(&self) -> u32 {
+        self.hogs + self.latency + 2 * self.pairs + self.periodic
+    }
+}
+
+/// One stress domain as planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// Its place in the creation order (0-based).
+    pub index: u32,
+    /// The CPU its vCPU runs on.
+    pub cpu: u32,
+    pub params: SchedParams,
+    /// Its command line (which holds its role and predicted id).
+    pub args: StressArgs,
+}
+
+impl Planned {
+    /// The id it should get.
+    pub const fn domid(&self) -> DomId {
+        self.args.domid
+    }
+}
+
+/// A whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub counts: RoleCounts,
+    pub cpus: u32,
+    seconds: u64,
+    balloon_down: u64,
+    balloon_up: u64,
+}
+
+impl Plan {
+    /// The run `options` ask for on `cpus` CPUs.
+    pub fn new(options: &Options, cpus: u32) -> Result<Self, PlanError> {
+        if cpus == 0 {
+            return Err(PlanError::NoCpus);
+        }
+        Ok(Self {
+            counts: RoleCounts::new(options, cpus)?,
+            cpus,
+            seconds: options.seconds,
+            balloon_down: options.balloon_down,
+            balloon_up: options.balloon_up,
+        })
+    }
+
+    /// Stress domains in the run.
+    pub const fn len(&self) -> u32 {
+        self.counts.total()
+    }
+
+    /// Whether the run has no stress domain.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id stress domain `index` should get.
+    pub const fn domid(index: u32) -> DomId {
+        DomId(FIRST_DOMID + index as u16)
+    }
+
+    /// Stress domain `index`, if the run has it.
+    pub fn domain(&self, index: u32) -> Option<Planned> {
+        if index >= self.len() {
+            return None;
+        }
+        let c = self.counts;
+        let hogs_from = c.latency + 2 * c.pairs + c.periodic;
+        let domid = Self::domid(index);
+        let link = |peer: u32| Link {
+            peer: Self::domid(peer),
+            port: PONG_PORT,
+        };
+        let (role, cpu, params) = if index < c.latency {
+            (Role::Latency, index % self.cpus, LATENCY_WARP)
+        } else if index < c.latency + 2 * c.pairs {
+            let ping_first = (index - c.latency).is_multiple_of(2);
+            let role = if ping_first {
+                Role::Ping(link(index + 1))
+            } else {
+                Role::Pong(link(index - 1))
+            };
+            (role, index % self.cpus, weight(DEFAULT_WEIGHT))
+        } else if index < hogs_from {
+            (Role::Periodic, index % self.cpus, weight(DEFAULT_WEIGHT))
+        } else {
+            let hog = index - hogs_from;
+            (Role::Hog, (hog / 2) % self.cpus, weight(1 + hog % 2))
+        };
+        Some(Planned {
+            index,
+            cpu,
+            params,
+            args: StressArgs {
+                role,
+                domid,
+                seconds: self.seconds,
+                balloon_down: self.balloon_down,
+                balloon_up: self.balloon_up,
+            },
+        })
+    }
+}
+
+/// Plain BVT parameters of weight `weight`, no warp.
+const fn weight(weight: u32) -> SchedParams {
+    SchedParams {
+        weight,
+        _pad: 0,
+        warp_ns: 0,
+        warp_limit_ns: 0,
+        unwarp_req_ns: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    fn plan(line: &[u8], cpus: u32) -> Plan {
+        Plan::new(&Options::parse(line).unwrap(), cpus).unwrap()
+    }
+
+    fn all(plan: &Plan) -> Vec<Planned> {
+        (0..plan.len()).map(|i| plan.domain(i).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_default_run_on_two_cpus() {
+        let plan = plan(b"", 2);
+        assert_eq!(
+            plan.counts,
+            RoleCounts {
+                hogs: 4,
+                latency: 4,
+                pairs: 4,
+                periodic: 84
+            }
+        );
+        assert_eq!(plan.len(), 100);
+        assert!(plan.domain(100).is_none());
+    }
+
+    #[test]
+    fn small_runs_cut_the_defaults_to_fit() {
+        let plan = plan(b"n=10 seconds=2", 2);
+        assert_eq!(
+            plan.counts,
+            RoleCounts {
+                hogs: 2,
+                latency: 1,
+                pairs: 1,
+                periodic: 5
+            }
+        );
+        let tiny = self::plan(b"n=1", 4);
+        assert_eq!(
+            tiny.counts,
+            RoleCounts {
+                hogs: 0,
+                latency: 0,
+                pairs: 0,
+                periodic: 1
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_make_room_for_given_counts() {
+        let plan = plan(b"n=10 hogs=9", 2);
+        assert_eq!(
+            plan.counts,
+            RoleCounts {
+                hogs: 9,
+                latency: 1,
+                pairs: 0,
+                periodic: 0
+            }
+        );
+        let plan = self::plan(b"n=10 hogs=10", 2);
+        assert_eq!(
+            plan.counts,
+            RoleCounts {
+                hogs: 10,
+                latency: 0,
+                pairs: 0,
+                periodic: 0
+            }
+        );
+    }
+
+    #[test]
+    fn given_counts_must_fit() {
+        let options = Options::parse(b"n=10 hogs=4 pairs=4").unwrap();
+        assert_eq!(
+            Plan::new(&options, 2),
+            Err(PlanError::TooManyRoles { needed: 12, n: 10 })
+        );
+        assert_eq!(Plan::new(&Options::default(), 0), Err(PlanError::NoCpus));
+    }
+
+    #[test]
+    fn roles_come_in_creation_order_with_consecutive_ids() {
+        let plan = plan(b"n=12 hogs=3 latency=2 pairs=2", 2);
+        let names: Vec<_> = all(&plan).iter().map(|d| d.args.role.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "latency", "latency", "ping", "pong", "ping", "pong", "periodic", "periodic",
+                "periodic", "hog", "hog", "hog"
+            ]
+        );
+        for (i, d) in all(&plan).iter().enumerate() {
+            assert_eq!(d.index as usize, i);
+            assert_eq!(d.domid(), DomId(1 + i as u16));
+        }
+    }
+
+    #[test]
+    fn pairs_name_each_other() {
+        let plan = plan(b"n=8 hogs=0 latency=0 pairs=2", 2);
+        let domains = all(&plan);
+        for pair in domains[..4].chunks(2) {
+            let (Role::Ping(to_pong), Role::Pong(to_ping)) = (pair[0].args.role, pair[1].args.role)
+            else {
+                panic!("not a pair: {pair:?}");
+            };
+            assert_eq!(to_pong.peer, pair[1].domid());
+            assert_eq!(to_ping.peer, pair[0].domid());
+            assert_eq!((to_pong.port, to_ping.port), (PONG_PORT, PONG_PORT));
+            assert_ne!(pair[0].cpu, pair[1].cpu, "across CPUs");
+        }
+    }
+
+    #[test]
+    fn hogs_share_cpus_in_weight_1_and_2_pairs() {
+        let plan = plan(b"n=20", 2);
+        let hogs: Vec<_> = all(&plan)
+            .into_iter()
+            .filter(|d| d.args.role == Role::Hog)
+            .collect();
+        let placed: Vec<_> = hogs.iter().map(|d| (d.cpu, d.params.weight)).collect();
+        assert_eq!(placed, [(0, 1), (0, 2), (1, 1), (1, 2)]);
+        assert!(hogs.iter().all(|d| d.params.warp_ns == 0));
+    }
+
+    #[test]
+    fn only_latency_domains_warp_and_the_rest_go_round_robin() {
+        let plan = plan(b"n=30", 3);
+        for d in all(&plan) {
+            assert!(d.cpu < 3);
+            match d.args.role {
+                Role::Latency => assert_eq!(d.params, LATENCY_WARP),
+                Role::Hog => {}
+                _ => {
+                    assert_eq!(d.params.warp_ns, 0);
+                    assert_eq!(d.params.weight, DEFAULT_WEIGHT);
+                    assert_eq!(d.cpu, d.index % 3);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_line_parses_back() {
+        let plan = plan(b"n=40 seconds=3 balloon_down=10 balloon_up=5", 2);
+        for d in all(&plan) {
+            let line = std::format!("{}", d.args);
+            assert_eq!(StressArgs::parse(line.as_bytes()), Ok(d.args), "{line}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! guest-stress: the worker domain of the stress run (boot module 1). Domain 0 creates
+//! many of these with command lines saying what each does ([`StressArgs`]); each
+//! balloons its reservation down and back up, runs its role for the given seconds of
+//! system time, reports on the console as `stress/PROTOCOL.md` says, and then waits,
+//! blocked, for domain 0 to destroy it (it never ends itself, so that domain 0 can read
+//! its final counters first). Anything that fails is reported as
+//! `stress: error domid=D what=<word>`, after which it waits likewise.
+//!
+//! Roles: `periodic`/`latency` re-arm a 1 ms one-shot timer at each wake-up and record
+//! the lateness of each; `hog` spins; `pong` allocates port 1 for its peer and answers
+//! each event on it from its event handler; `ping` binds to it and every 1 ms sends an
+//! event and times the answer. It must never spin while waiting: it blocks.
+
+#![no_std]
+#![no_main]
+
+use core::fmt;
+use core::hint::black_box;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use guest_rt::abi::ids::EvtchnPort;
+use guest_rt::events::Events;
+use guest_rt::hypercall::{self, HypercallError};
+use guest_rt::time::Clock;
+use guest_rt::timer::{self, Timer};
+use guest_rt::{balloon, evtchn, println, StartInfo};
+use guest_stress::args::{Link, Role, StressArgs};
+use guest_stress::histogram::Histogram;
+use guest_stress::report;
+
+guest_rt::entry!(main);
+
+/// The timer period of periodic and latency workers, and ping's sending period.
+const PERIOD_NS: u64 = 1_000_000;
+/// How long ping waits for an answer before counting it lost.
+const ANSWER_TIMEOUT_NS: u64 = 100_000_000;
+/// Hog loops between two looks at the clock.
+const HOG_CHECK_EVERY: u64 = 1 << 16;
+const NS_PER_SECOND: u64 = 1_000_000_000;
+
+/// Events answered (pong) or answers received (ping).
+static ANSWERS: AtomicU64 = AtomicU64::new(0);
+/// System time at the upcall of ping's last answer.
+static ANSWERED_AT_NS: AtomicU64 = AtomicU64::new(0);
+
+fn main(start: &'static StartInfo) {
+    let args = match StressArgs::parse(start.cmd_line()) {
+        Ok(args) => args,
+        Err(error) => {
+            println!("stress-guest: bad command line: {error}");
+            println!("stress: error domid=0 what=options");
+            wait_for_destruction()
+        }
+    };
+    if let Err(failure) = run(&args) {
+        println!("stress-guest: {failure}");
+        println!(
+            "stress: error domid={} what={}",
+            args.domid.0,
+            failure.what()
+        );
+    }
+    // The timer may still be armed after a failure; an expiry would only wake us.
+    let _ = timer::cancel();
+    wait_for_destruction()
+}
+
+/// Where a worker failed.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    SharedInfo(HypercallError),
+    BalloonDown(balloon::BalloonError),
+    BalloonUp(balloon::BalloonError),
+    Reservation(HypercallError),
+    Events(guest_rt::events::EventError),
+    Timer(HypercallError),
+    /// pong's allocated port is not the one domain 0 told ping.
+    Port {
+        expected: EvtchnPort,
+        got: EvtchnPort,
+    },
+    Channel(HypercallError),
+    /// ping could not bind to pong's port within the run.
+    Bind(HypercallError),
+    Send(HypercallError),
+}
+
+impl Failure {
+    /// The word for `what=`.
+    fn what(self) -> &'static str {
+        match self {
+            Self::SharedInfo(_) => "shared_info",
+            Self::BalloonDown(_) => "balloon_down",
+            Self::BalloonUp(_) => "balloon_up",
+            Self::Reservation(_) => "reservation",
+            Self::Events(_) => "events",
+            Self::Timer(_) => "timer",
+            Self::Port { .. } => "port",
+            Self::Channel(_) => "channel",
+            Self::Bind(_) => "bind",
+            Self::Send(_) => "send",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Port { expected, got } => {
+                write!(
+                    f,
+                    "allocated port {}, domain 0 expected {}",
+                    got.0, expected.0
+                )
+            }
+            Self::SharedInfo(e)
+            | Self::Reservation(e)
+            | Self::Timer(e)
+            | Self::Channel(e)
+            | Self::Bind(e)
+            | Self::Send(e) => write!(f, "{}: {e:?}", self.what()),
+            Self::BalloonDown(e) | Self::BalloonUp(e) => write!(f, "{}: {e:?}", self.what()),
+            Self::Events(e) => write!(f, "{}: {e:?}", self.what()),
+        }
+    }
+}
+
+/// Balloons, runs the role and reports.
+fn run(args: &StressArgs) -> Result<(), Failure> {
+    let clock = Clock::new().map_err(Failure::SharedInfo)?;
+    balloon_step(args)?;
+    let domid = args.domid.0;
+    let role = args.role.name();
+    let end = clock.now_ns() + args.seconds * NS_PER_SECOND;
+    match args.role {
+        Role::Hog => {
+            let loops = hog(clock, end);
+            println!("stress: result domid={domid} role=hog loops={loops}");
+        }
+        Role::Periodic | Role::Latency => {
+            let (_, timer) = timer_events()?;
+            let hist = periodic(timer, clock, end)?;
+            report_hist(domid, role, &hist, Lost(None));
+        }
+        Role::Ping(link) => {
+            let (hist, lost) = ping(link, clock, end)?;
+            report_hist(domid, role, &hist, Lost(Some(lost)));
+        }
+        Role::Pong(link) => {
+            let answers = pong(link, end)?;
+            println!("stress: result domid={domid} role=pong answers={answers}");
+        }
+    }
+    Ok(())
+}
+
+/// Gives back `balloon_down` pages, takes `balloon_up` back, reports the reservation.
+fn balloon_step(args: &StressArgs) -> Result<(), Failure> {
+    // SAFETY: this guest uses only its image and the runtime's stacks (no allocator), and
+    // holds no slice of the P2M list.
+    unsafe { balloon::balloon_down(args.balloon_down) }.map_err(Failure::BalloonDown)?;
+    // SAFETY: as above.
+    unsafe { balloon::balloon_up(args.balloon_up) }.map_err(Failure::BalloonUp)?;
+    let pages = balloon::current_reservation().map_err(Failure::Reservation)?;
+    println!(
+        "stress: balloon domid={} down_pages={} up_pages={} tot_pages={pages}",
+        args.domid.0, args.balloon_down, args.balloon_up
+    );
+    Ok(())
+}
+
+/// ping's lost answers, shown as ` lost=L` at the end of its `result` line.
+struct Lost(Option<u64>);
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(lost) => write!(f, " lost={lost}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The `result` line (ending with `lost`) and the histogram's `hist` lines.
+fn report_hist(domid: u16, role: &str, hist: &Histogram, lost: Lost) {
+    println!(
+        "stress: result domid={domid} role={role} samples={} max_ns={}{lost}",
+        hist.samples(),
+        hist.max()
+    );
+    report::hist_lines(domid, role, hist, |line| println!("{line}"));
+}
+
+/// Event delivery with the timer bound, events on.
+fn timer_events() -> Result<(Events, Timer), Failure> {
+    let events = Events::init().map_err(Failure::Events)?;
+    let timer = Timer::bind(events).map_err(Failure::Events)?;
+    events.enable();
+    Ok((events, timer))
+}
+
+/// Spins until system time `end`; returns the loops done.
+fn hog(clock: Clock, end: u64) -> u64 {
+    let mut loops = 0u64;
+    loop {
+        for _ in 0..HOG_CHECK_EVERY {
+            loops = black_box(loops) + 1;
+        }
+        if clock.now_ns() >= end {
+            return loops;
+        }
+    }
+}
+
+/// Sleeps 1 ms at a time until `end`, recording how late each wake-up was.
+fn periodic(timer: Timer, clock: Clock, end: u64) -> Result<Histogram, Failure> {
+    let mut hist = Histogram::new();
+    loop {
+        let now = clock.now_ns();
+        if now >= end {
+            return Ok(hist);
+        }
+        let deadline = now + PERIOD_NS;
+        let woke = timer.sleep_until(deadline).map_err(Failure::Timer)?;
+        hist.record(woke.saturating_sub(deadline));
+    }
+}
+
+/// Allocates the pair's port, answers every event on it until `end`; returns how many.
+fn pong(link: Link, end: u64) -> Result<u64, Failure> {
+    // The pair's port must be this domain's first, so that domain 0 could tell ping.
+    let port = evtchn::alloc_unbound(link.peer).map_err(Failure::Channel)?;
+    if port != link.port {
+        return Err(Failure::Port {
+            expected: link.port,
+            got: port,
+        });
+    }
+    let events = Events::init().map_err(Failure::Events)?;
+    events.set_handler(port, answer).map_err(Failure::Events)?;
+    let timer = Timer::bind(events).map_err(Failure::Events)?;
+    events.enable();
+    timer.sleep_until(end).map_err(Failure::Timer)?;
+    Ok(ANSWERS.load(Ordering::Acquire))
+}
+
+/// pong's handler: answers at once, from the callback.
+fn answer(port: EvtchnPort) {
+    if evtchn::send(port).is_ok() {
+        ANSWERS.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// ping's handler: notes when the answer came.
+fn answered(_port: EvtchnPort) {
+    let now = Clock::mapped().map_or(0, Clock::now_ns);
+    ANSWERED_AT_NS.store(now, Ordering::Release);
+    ANSWERS.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Binds to pong's port, then every 1 ms until `end` sends an event and times the
+/// answer; returns the round trips and how many answers did not come within
+/// [`ANSWER_TIMEOUT_NS`].
+fn ping(link: Link, clock: Clock, end: u64) -> Result<(Histogram, u64), Failure> {
+    let (events, timer) = timer_events()?;
+    let port = bind_to_pong(link, clock, end)?;
+    events
+        .set_handler(port, answered)
+        .map_err(Failure::Events)?;
+    let mut hist = Histogram::new();
+    let mut lost = 0;
+    let mut next = clock.now_ns();
+    while next < end {
+        timer.sleep_until(next).map_err(Failure::Timer)?;
+        let answers = ANSWERS.load(Ordering::Acquire);
+        let sent_at = clock.now_ns();
+        evtchn::send(port).map_err(Failure::Send)?;
+        let answered = timer
+            .wait_until(sent_at + ANSWER_TIMEOUT_NS, || {
+                ANSWERS.load(Ordering::Acquire) != answers
+            })
+            .map_err(Failure::Timer)?;
+        if answered {
+            hist.record(
+                ANSWERED_AT_NS
+                    .load(Ordering::Acquire)
+                    .saturating_sub(sent_at),
+            );
+        } else {
+            lost += 1;
+        }
+        next = sent_at + PERIOD_NS;
+    }
+    Ok((hist, lost))
+}
+
+/// Binds to pong's port, retrying (yielding in between) until pong has allocated it or
+/// system time reaches `end`.
+fn bind_to_pong(link: Link, clock: Clock, end: u64) -> Result<EvtchnPort, Failure> {
+    loop {
+        match evtchn::bind_interdomain(link.peer, link.port) {
+            Ok(port) => return Ok(port),
+            Err(error) if clock.now_ns() >= end => return Err(Failure::Bind(error)),
+            Err(_) => {
+                let _ = hypercall::sched_yield();
+            }
+        }
+    }
+}
+
+/// Blocks until domain 0 destroys this domain. Events that still arrive (a late ping)
+/// are handled, if handlers were set up, and the domain blocks again.
+fn wait_for_destruction() -> ! {
+    loop {
+        let _ = hypercall::sched_block();
+    }
+}

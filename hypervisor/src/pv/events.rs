@@ -1,0 +1,280 @@
+//! Events for PV guests: delivering the event upcall on the way back into a guest, blocking
+//! until an event arrives, single-shot timers that raise VIRQ_TIMER — and (with the `events`
+//! crate) the event-channel hypercall.
+//!
+//! The upcall follows Xen's 2-level ABI: when the vCPU's `evtchn_upcall_pending` is set and
+//! its `evtchn_upcall_mask` clear, the guest's event callback is entered through a bounce
+//! frame with events masked. It is checked on every return to guest mode, so an event raised
+//! while the vCPU ran (or was woken) is taken at its next exit.
+
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use abi::errno::Errno;
+use abi::event_channel::{
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnSend, EvtchnStatus,
+    EvtchnUnmask,
+};
+use abi::hypercall::{EvtchnOp, Virq};
+use abi::ids::{DomId, EvtchnPort, VcpuId};
+use events::bitmap::set_pending;
+use events::table::bind_interdomain;
+use events::{Delivery, EventError, SendTarget, SharedPage};
+use hypervisor::hypercall::GuestVa;
+use mm::frame::DomainId;
+
+use crate::arch::trap::TrapFrame;
+use crate::arch::uaccess;
+use crate::domain::{self, Domain, Vcpu};
+use crate::memory::FrameMapping;
+use crate::pv::hypercall::HcResult;
+use crate::pv::{shared, traps};
+use crate::sched;
+
+/// The domain's shared-info page as the `events` crate sees it: its event words as atomics,
+/// through a temporary mapping on this CPU.
+struct Page {
+    map: FrameMapping,
+}
+
+impl Page {
+    fn of(domain: &Domain) -> Page {
+        Page { map: FrameMapping::new(domain.shared_info).expect("a temporary mapping slot is free") }
+    }
+
+    fn word<T>(&self, offset: usize) -> &T {
+        // SAFETY: `offset` is one of the fixed shared_info offsets below, aligned for `T`
+        // (an atomic integer) and inside the mapped page, which stays mapped while `self`
+        // lives; atomics may alias the guest's concurrent accesses to the same memory.
+        unsafe { &*((self.map.address() + offset as u64) as *const T) }
+    }
+}
+
+const PENDING: usize = 2048;
+const MASK: usize = 2560;
+const VCPU_INFO: usize = 64;
+
+impl SharedPage for Page {
+    fn pending_word(&self, word: usize) -> &AtomicU64 {
+        self.word(PENDING + word * 8)
+    }
+    fn mask_word(&self, word: usize) -> &AtomicU64 {
+        self.word(MASK + word * 8)
+    }
+    fn pending_sel(&self, vcpu: VcpuId) -> &AtomicU64 {
+        self.word(VCPU_INFO * (vcpu.0 as usize % 32) + 8)
+    }
+    fn upcall_pending(&self, vcpu: VcpuId) -> &AtomicU8 {
+        self.word(VCPU_INFO * (vcpu.0 as usize % 32))
+    }
+    fn upcall_mask(&self, vcpu: VcpuId) -> &AtomicU8 {
+        self.word(VCPU_INFO * (vcpu.0 as usize % 32) + 1)
+    }
+}
+
+/// Marks `delivery.port` pending in `domain` and wakes or kicks the vCPU it notifies.
+fn deliver(domain: &Domain, delivery: Delivery) {
+    let notify = set_pending(&Page::of(domain), delivery.port, delivery.vcpu);
+    domain.counters.events_sent.fetch_add(1, Ordering::Relaxed);
+    if notify.upcall {
+        if let Some(vcpu) = domain.vcpu(delivery.vcpu.0) {
+            if !sched::wake(&vcpu) {
+                sched::kick(vcpu.cpu.load(Ordering::Relaxed));
+            }
+        }
+    }
+}
+
+/// A vCPU's single-shot timer expired: raise VIRQ_TIMER on it (if it bound one).
+pub fn timer_fired(vcpu: &Arc<Vcpu>) {
+    let target = vcpu.domain.channels.lock().virq_target(Virq::Timer, VcpuId(vcpu.id));
+    if let Some(delivery) = target {
+        deliver(&vcpu.domain, delivery);
+    }
+}
+
+/// `event_channel_op`.
+pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
+    let domain = &vcpu.domain;
+    let err = |e: EventError| Errno::from(e);
+    match EvtchnOp::from_raw(cmd).ok_or(Errno::Enosys)? {
+        EvtchnOp::AllocUnbound => {
+            let mut op: EvtchnAllocUnbound = read(arg)?;
+            if op.dom != DomId::SELF && op.dom.0 != domain.id.0 {
+                return Err(Errno::Eperm);
+            }
+            let remote = resolve(domain, op.remote_dom)?;
+            op.port = domain.channels.lock().alloc_unbound(DomId(remote.0)).map_err(err)?;
+            write(arg, &op)
+        }
+        EvtchnOp::BindInterdomain => {
+            let mut op: EvtchnBindInterdomain = read(arg)?;
+            let remote_id = resolve(domain, op.remote_dom)?;
+            let delivery = if remote_id == domain.id {
+                domain.channels.lock().bind_loopback(op.remote_port).map_err(err)?
+            } else {
+                let remote = domain::lookup(remote_id).ok_or(Errno::Esrch)?;
+                // Both tables, lower domain id first.
+                let (first, second) = if domain.id < remote.id { (domain.as_ref(), remote.as_ref()) } else { (remote.as_ref(), domain.as_ref()) };
+                let mut a = first.channels.lock();
+                let mut b = second.channels.lock();
+                let (local, other) = if first.id == domain.id { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+                bind_interdomain(local, other, op.remote_port).map_err(err)?
+            };
+            op.local_port = delivery.port;
+            deliver(domain, delivery);
+            write(arg, &op)
+        }
+        EvtchnOp::BindVirq => {
+            let mut op: EvtchnBindVirq = read(arg)?;
+            op.port = domain.channels.lock().bind_virq(op.virq, op.vcpu).map_err(err)?;
+            write(arg, &op)
+        }
+        EvtchnOp::BindIpi => {
+            let mut op: EvtchnBindIpi = read(arg)?;
+            op.port = domain.channels.lock().bind_ipi(op.vcpu).map_err(err)?;
+            write(arg, &op)
+        }
+        EvtchnOp::Send => {
+            let op: EvtchnSend = read(arg)?;
+            let target = domain.channels.lock().send(op.port).map_err(err)?;
+            match target {
+                SendTarget::Local(delivery) => deliver(domain, delivery),
+                SendTarget::Remote { to, from } => {
+                    if let Some(remote) = domain::lookup(DomainId(to.dom.0)) {
+                        let delivery = remote.channels.lock().deliver_from(to.port, from);
+                        if let Some(delivery) = delivery {
+                            deliver(&remote, delivery);
+                        }
+                    }
+                }
+                SendTarget::Dropped => {}
+            }
+            Ok(0)
+        }
+        EvtchnOp::Close => {
+            let op: EvtchnClose = read(arg)?;
+            close(domain, op.port)?;
+            Ok(0)
+        }
+        EvtchnOp::Unmask => {
+            let op: EvtchnUnmask = read(arg)?;
+            let target = domain.channels.lock().notify_vcpu(op.port).map_err(err)?;
+            let notify = events::bitmap::unmask(&Page::of(domain), op.port, target);
+            if notify.upcall {
+                if let Some(v) = domain.vcpu(target.0) {
+                    if !sched::wake(&v) {
+                        sched::kick(v.cpu.load(Ordering::Relaxed));
+                    }
+                }
+            }
+            Ok(0)
+        }
+        EvtchnOp::Status => {
+            let mut op: EvtchnStatus = read(arg)?;
+            if op.dom != DomId::SELF && op.dom.0 != domain.id.0 {
+                return Err(Errno::Eperm);
+            }
+            domain.channels.lock().status(op.port).map_err(err)?.write_to(&mut op);
+            write(arg, &op)
+        }
+        EvtchnOp::BindVcpu => {
+            let op: EvtchnBindVcpu = read(arg)?;
+            domain.channels.lock().bind_vcpu(op.port, op.vcpu).map_err(err)?;
+            Ok(0)
+        }
+        _ => Err(Errno::Enosys),
+    }
+}
+
+/// Closes `port`; an interdomain peer goes back to unbound, both tables locked in id order.
+fn close(domain: &Domain, port: EvtchnPort) -> Result<(), Errno> {
+    let peer = domain.channels.lock().peer(port);
+    let remote = peer.filter(|p| p.dom.0 != domain.id.0).and_then(|p| domain::lookup(DomainId(p.dom.0)));
+    match remote {
+        Some(remote) => {
+            let (first, second) = if domain.id < remote.id { (domain, remote.as_ref()) } else { (remote.as_ref(), domain) };
+            let mut a = first.channels.lock();
+            let mut b = second.channels.lock();
+            let (local, other) = if first.id == domain.id { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+            if let Some(unlink) = local.close(port).map_err(Errno::from)? {
+                other.unlink(unlink);
+            }
+        }
+        None => {
+            domain.channels.lock().close(port).map_err(Errno::from)?;
+        }
+    }
+    events::bitmap::clear_pending(&Page::of(domain), port);
+    Ok(())
+}
+
+/// Unlinks every channel of a dying domain from its peers.
+pub fn close_all(domain: &Domain) {
+    let unlinks = domain.channels.lock().close_all();
+    for unlink in unlinks {
+        if let Some(remote) = domain::lookup(DomainId(unlink.remote.dom.0)) {
+            remote.channels.lock().unlink(unlink);
+        }
+    }
+}
+
+/// The domain a guest names (DOMID_SELF is itself); ESRCH when it does not exist.
+fn resolve(domain: &Domain, id: DomId) -> Result<DomainId, Errno> {
+    if id == DomId::SELF || id.0 == domain.id.0 {
+        return Ok(domain.id);
+    }
+    domain::lookup(DomainId(id.0)).map(|d| d.id).ok_or(Errno::Esrch)
+}
+
+fn read<T: Copy + Default>(arg: GuestVa) -> Result<T, Errno> {
+    uaccess::read_value(arg.0).map_err(|_| Errno::Efault)
+}
+
+fn write<T: Copy>(arg: GuestVa, value: &T) -> HcResult {
+    uaccess::write_value(arg.0, value).map_err(|_| Errno::Efault)?;
+    Ok(0)
+}
+
+/// Enters the guest's event callback if an upcall is pending and not masked; called with
+/// the frame about to return to `vcpu` in guest mode.
+pub fn deliver_upcall(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let callback = vcpu.ctx.lock().event_callback;
+    if callback == 0 {
+        return;
+    }
+    let due = shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_pending != 0 && info.evtchn_upcall_mask == 0);
+    if due {
+        traps::deliver(vcpu, frame, callback, None, true);
+    }
+}
+
+/// `sched_op block`: enables event delivery and blocks unless an event is already pending
+/// (Xen's `do_block`); the vCPU leaves its CPU on the way out and an event wakes it.
+pub fn block(vcpu: &Vcpu) {
+    let pending = shared::with_vcpu_info(vcpu, |info| {
+        info.evtchn_upcall_mask = 0;
+        info.evtchn_upcall_pending != 0
+    });
+    if !pending {
+        sched::block(vcpu);
+        // An event raised between the check and the block must not be slept through.
+        if shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_pending != 0) {
+            if let Some(me) = vcpu.domain.vcpu(vcpu.id) {
+                sched::wake(&me);
+            }
+        }
+    }
+}
+
+/// `set_timer_op`: arms (or with 0 cancels) the vCPU's single-shot timer at system time
+/// `deadline_ns`; a deadline already past fires at once.
+pub fn set_timer(vcpu: &Vcpu, deadline_ns: u64) {
+    let Some(me) = vcpu.domain.vcpu(vcpu.id) else { return };
+    if deadline_ns != 0 && deadline_ns <= crate::time::since_boot_ns() {
+        sched::set_timer(&me, 0);
+        timer_fired(&me);
+    } else {
+        sched::set_timer(&me, deadline_ns);
+    }
+}
