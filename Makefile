@@ -24,6 +24,13 @@ GUEST      ?=
 GUESTS     ?= 1
 GUEST_CRATES := guest-hello guest-bench guest-balloon guest-pagetables guest-hostile guest-smpuser guest-dom0 guest-stress
 
+# The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
+N          ?= 100
+SECONDS    ?= 10
+STRESS_SMP ?= $(if $(filter command line environment,$(origin SMP)),$(SMP),2)
+STRESS_MEM ?= $(shell echo $$(( $(N) * 2 + 256 )))M
+STRESS_ISO := $(BUILD)/stress.iso
+STRESS_OUT ?= stress/out
 
 QEMU       := qemu-system-x86_64
 comma      := ,
@@ -37,11 +44,13 @@ DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine.
 HOST_CRATES := xen-abi apic builder events guest-rt mm pvmm smp topology
+# Host programs (std): tested and linted on the host only.
+STD_CRATES := stress
 # Everything that runs on the machine.
 METAL_CRATES := hypervisor guest-rt guest-hello
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
-.PHONY: help deps build guests iso iso-selftest run smoke boottime test test-host test-qemu clippy clean
+.PHONY: help deps build guests stress iso iso-selftest run smoke boottime test test-host test-qemu clippy clean
 
 help:
 	@echo "make build           build the hypervisor ELF ($(KERNEL))"
@@ -51,6 +60,7 @@ help:
 	@echo "make guests          build the Rust PV guests (target/x86_64-unknown-none/release/guest-*)"
 	@echo "make smoke           boot with selftest, check the summary, exit 0 on success (SMP= ACCEL= QEMU_EXTRA= BOOT=)"
 	@echo "make boottime        QEMU start to 'all cores idle', median of 5, -smp 4 and 16 (RUNS= BOOT_SMP=)"
+	@echo "make stress N=100    domain 0 spawns N domains on SMP=2 CPUs for SECONDS=10; report in $(STRESS_OUT)/"
 	@echo "make test            host unit tests, clippy, and the QEMU test matrix"
 	@echo "make clippy          clippy with warnings denied, host and bare-metal"
 	@echo "make clean           remove build outputs"
@@ -117,15 +127,27 @@ boottime: build
 test: test-host clippy test-qemu
 
 test-host: $(DEPS_STAMP)
-	cargo test $(foreach c,$(HOST_CRATES),-p $(c)) -p hypervisor --lib
+	cargo test $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) -p hypervisor --lib
 
 clippy: $(DEPS_STAMP)
-	cargo clippy $(foreach c,$(HOST_CRATES),-p $(c)) --all-targets -- -D warnings
+	cargo clippy $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) --all-targets -- -D warnings
 	cargo clippy -p hypervisor --lib --tests -- -D warnings
 	cargo clippy $(foreach c,$(HOST_CRATES) $(METAL_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
 
 test-qemu: build iso-selftest guests
 	python3 tests/qemu.py test
+
+# ---- the stress suite ---------------------------------------------------------------------
+
+stress: build guests $(DEPS_STAMP)
+	cargo build -p stress --release
+	@rm -rf $(BUILD)/stress-iso && mkdir -p $(BUILD)/stress-iso/boot/grub
+	cp $(KERNEL) $(BUILD)/stress-iso/boot/hypervisor
+	cp target/$(TARGET)/release/guest-dom0 target/$(TARGET)/release/guest-stress $(BUILD)/stress-iso/boot/
+	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "stress" {\n  multiboot2 /boot/hypervisor dom0\n  module2 /boot/guest-dom0 n=$(N) seconds=$(SECONDS)\n  module2 /boot/guest-stress\n  boot\n}\n' > $(BUILD)/stress-iso/boot/grub/grub.cfg
+	grub-mkrescue -o $(STRESS_ISO) $(BUILD)/stress-iso 2>/dev/null
+	target/release/stress run --log $(BUILD)/stress.log --out $(STRESS_OUT) --timeout $$(( $(SECONDS) * 10 + 120 )) \
+	    --qemu "$(QEMU) -M $(MACHINE) -machine accel=$(ACCEL) -m $(STRESS_MEM) -smp $(STRESS_SMP) -display none -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA) -cdrom $(STRESS_ISO)"
 
 clean:
 	cargo clean

@@ -1,0 +1,97 @@
+//! The `stress` binary: `stress report <serial.log>` reports on a saved serial log,
+//! `stress run --qemu '...'` runs QEMU first (see [`stress::cli`] for the options).
+//! Prints the table, writes `report.json` and `latency.svg`, and exits 0 (pass),
+//! 1 (a domain failed, memory leaked or a target was missed) or 2 (usage or I/O error).
+
+#![forbid(unsafe_code)]
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use stress::cli::{self, Command};
+use stress::qemu::{self, QemuOutcome, QemuRun};
+use stress::{analyse, table, write_outputs};
+
+fn main() -> ExitCode {
+    let command = match cli::parse_args(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("stress: {error}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match execute(command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("stress: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the command; true when the run passed.
+fn execute(command: Command) -> io::Result<bool> {
+    match command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            Ok(true)
+        }
+        Command::Report {
+            log,
+            out,
+            enforce_targets,
+        } => report(&log, None, &out, enforce_targets),
+        Command::Run {
+            qemu,
+            log,
+            timeout,
+            out,
+            enforce_targets,
+        } => {
+            std::fs::create_dir_all(&out)?;
+            if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            eprintln!(
+                "stress: running {} (log {}, timeout {} s)",
+                qemu.join(" "),
+                log.display(),
+                timeout.as_secs()
+            );
+            let outcome = qemu::run(
+                &QemuRun {
+                    argv: qemu,
+                    log: log.clone(),
+                    timeout,
+                },
+                &mut io::stdout(),
+            )?;
+            eprintln!("stress: QEMU {outcome}");
+            report(&log, Some(outcome), &out, enforce_targets)
+        }
+    }
+}
+
+/// Reads the log, prints the table, writes the files.
+fn report(
+    log: &Path,
+    qemu: Option<QemuOutcome>,
+    out: &Path,
+    enforce_targets: bool,
+) -> io::Result<bool> {
+    let bytes = std::fs::read(log)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log.display())))?;
+    let analysis = analyse(&String::from_utf8_lossy(&bytes), qemu, enforce_targets);
+    let written = write_outputs(&analysis, out)?;
+    let text = format!(
+        "{}written: {} and {}\n",
+        table::render(&analysis),
+        written.json.display(),
+        written.svg.display()
+    );
+    // A closed pipe (`stress report x | head`) must not change the verdict.
+    let _ = io::stdout().lock().write_all(text.as_bytes());
+    Ok(analysis.passed())
+}
