@@ -43,7 +43,7 @@ APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
 DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine.
-HOST_CRATES := xen-abi apic builder events guest-rt mm pvmm smp topology
+HOST_CRATES := xen-abi apic builder bvt events guest-rt mm pvmm smp topology
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
 # Everything that runs on the machine.

@@ -1,0 +1,73 @@
+//! Borrowed Virtual Time (BVT) scheduling of vCPUs, one run queue per CPU, as in "Xen and
+//! the Art of Virtualization" (SOSP 2003) after Duda and Cheriton (SOSP 1999).
+//!
+//! The hypervisor owns one [`RunQueue`] per CPU and only that CPU ever touches it (it takes
+//! `&mut self`; there is no lock). Other CPUs reach it through its [`Inbox`], a lock-free
+//! multi-producer queue of [`Message`]s, and then send it an IPI; the owner calls
+//! [`RunQueue::drain`] at its next scheduling decision. This crate decides; it never touches
+//! hardware, never sends an IPI and never reads a clock: every time is passed in, and the
+//! things only the hypervisor can do come back as [`Action`]s.
+//!
+//! # Units and formulas
+//! - Real time: `u64` nanoseconds of system time (`now_ns`), the same clock on every CPU.
+//! - Virtual time: `u64` *virtual ns* (vns). One ns of CPU at weight 1 is one vns; a vCPU of
+//!   weight `w` that runs `t` ns advances its actual virtual time `A` by `t / w`. The
+//!   remainder is carried to the next charge, so after any sequence of charges
+//!   `A = A0 + floor(total_ns / w)` exactly (this is why no extra fixed-point scale is
+//!   needed; `u64` vns last 584 years of CPU time at weight 1).
+//! - Charging: exact, to the nanosecond, whenever the queue is told the time (pick, wake,
+//!   block, tick). The minimum charging unit (MCU) is the shortest slice [`RunQueue::pick_next`]
+//!   hands out, which bounds the rate of timer-driven switches; run time is not rounded up to
+//!   MCUs, so a vCPU that runs 5 us and blocks pays 5 us, not 100.
+//! - Effective virtual time: `E = A - W` while warped, else `E = A` (signed: `i128`).
+//! - Scheduler virtual time `SVT`: the minimum `A` over this queue's runnable vCPUs (the
+//!   running one included); it never decreases, and keeps its last value while the queue is
+//!   idle. A vCPU that wakes gets `A = max(A, SVT)`: sleeping earns no credit.
+//! - Dispatch: the runnable vCPU with the lowest `E` (ties: the one dispatched least
+//!   recently, which makes equal weights round robin). The running vCPU `r` keeps the CPU
+//!   against a rival `x` unless `E_x + C / w_r < E_r`, where `C` is the context switch
+//!   allowance in real ns converted through the running vCPU's weight (integer division).
+//! - Warp: a vCPU with `warp_vns > 0` is warped when it wakes, if it has been unwarped for at
+//!   least `U` (`unwarp_req_ns`, real time). It stays warped until it has *run* `L` ns
+//!   (`warp_limit_ns`; 0 means no limit) while warped, or until it blocks; either ends the
+//!   warp and starts the `U` clock (time spent blocked counts towards `U`).
+//! - Migration carries `A - SVT` (the lag, at least 0) rather than `A`, because each CPU's
+//!   virtual time is its own: the vCPU arrives with `A = SVT_there + lag`.
+//!
+//! # Stealing (the owner-only invariant kept)
+//! Each queue publishes its load (runnable vCPUs, the running one included) in an atomic of
+//! its inbox. An idle CPU calls [`steal_from_nearest`] with the other CPUs' inboxes nearest first;
+//! it posts [`Message::Steal`] to the first one with a vCPU waiting (load at least
+//! [`STEAL_MIN_LOAD`]) and no other steal request outstanding, and the hypervisor kicks that
+//! CPU. The victim, in `drain`, takes one runnable vCPU that is not running (the one
+//! dispatched least recently) out of its queue and returns [`Action::Migrate`]; the
+//! hypervisor records the vCPU's new CPU, posts [`Message::Arrive`] to the thief and kicks
+//! it. A queue's vCPUs are only ever moved by their owner.
+//!
+//! [`TimerQueue`] is a separate small helper: a per-CPU min-heap of deadlines with cancel.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod drain;
+mod error;
+mod inbox;
+mod params;
+mod run_queue;
+#[cfg(test)]
+mod sim;
+mod timer_queue;
+mod vcpu_state;
+
+pub use drain::{Action, Drained};
+pub use error::BvtError;
+pub use inbox::{steal_from_nearest, Inbox, Message};
+pub use params::{
+    BvtParams, Config, CpuId, DEFAULT_CTX_SWITCH_ALLOWANCE_NS, DEFAULT_MCU_NS, NO_WARP_LIMIT,
+    STEAL_MIN_LOAD,
+};
+pub use run_queue::{Decision, RunQueue, VcpuView};
+pub use timer_queue::{Expired, TimerHandle, TimerQueue};
+pub use vcpu_state::VcpuState;

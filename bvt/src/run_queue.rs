@@ -1,0 +1,668 @@
+//! One CPU's BVT run queue: the vCPUs homed on that CPU, which of them are runnable, which
+//! one runs, and the decision of what runs next and for how long.
+//!
+//! Only the owning CPU calls it (every method takes `&mut self` or reads); other CPUs go
+//! through its [`Inbox`]. It never reads a clock: each call gets `now_ns`, first charges the
+//! running vCPU up to then, and then acts. Members live in a small `Vec` searched linearly by
+//! id (a queue holds tens to a hundred vCPUs; a decision is one pass over them).
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use crate::error::BvtError;
+use crate::inbox::{Inbox, Message};
+use crate::params::{BvtParams, Config, CpuId};
+use crate::vcpu_state::{Account, VcpuState};
+
+/// What to run, decided by [`RunQueue::pick_next`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision<V> {
+    /// The vCPU to run (`None`: idle; consider [`steal_from_nearest`](crate::steal_from_nearest)).
+    pub run: Option<V>,
+    /// Call `pick_next` again after this many ns (`None`: no other vCPU waits, so only a
+    /// wake-up, block or message needs a new decision).
+    pub slice_ns: Option<u64>,
+}
+
+/// A read-only look at one vCPU of a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuView {
+    /// Parameters in force.
+    pub params: BvtParams,
+    /// Actual virtual time `A`, vns.
+    pub actual_vns: u64,
+    /// Effective virtual time `E`, vns.
+    pub effective_vns: i128,
+    /// Warped now.
+    pub warped: bool,
+    /// Runnable (the running vCPU included).
+    pub runnable: bool,
+}
+
+/// A vCPU homed on this queue.
+#[derive(Clone, Copy, Debug)]
+struct Member<V> {
+    id: V,
+    account: Account,
+    runnable: bool,
+    /// Queue-wide sequence number of its last dispatch (or of its arrival).
+    last_dispatch: u64,
+}
+
+/// One CPU's run queue; see the crate documentation for the rules it applies.
+#[derive(Debug)]
+pub struct RunQueue<V> {
+    cpu: CpuId,
+    config: Config,
+    inbox: Arc<Inbox<V>>,
+    members: Vec<Member<V>>,
+    current: Option<V>,
+    /// Runnable members, the running one included.
+    runnable: u32,
+    /// Scheduler virtual time, vns.
+    svt: u64,
+    /// System time up to which the running vCPU has been charged.
+    charged_until_ns: u64,
+    /// Source of `Member::last_dispatch`.
+    dispatch_seq: u64,
+    /// The running vCPU asked to give way at the next decision.
+    yield_pending: bool,
+    /// The last decision gave the running vCPU a slice (a timer is armed for it).
+    slice_armed: bool,
+}
+
+impl<V: Copy + Eq> RunQueue<V> {
+    /// An empty run queue for `cpu`, with its inbox.
+    pub fn new(cpu: CpuId, config: Config) -> RunQueue<V> {
+        RunQueue {
+            cpu,
+            config,
+            inbox: Arc::new(Inbox::new(cpu)),
+            members: Vec::new(),
+            current: None,
+            runnable: 0,
+            svt: 0,
+            charged_until_ns: 0,
+            dispatch_seq: 0,
+            yield_pending: false,
+            slice_armed: false,
+        }
+    }
+
+    /// The CPU this queue belongs to.
+    pub fn cpu(&self) -> CpuId {
+        self.cpu
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
+    /// The inbox other CPUs post to (clone the `Arc` to share it).
+    pub fn inbox(&self) -> &Arc<Inbox<V>> {
+        &self.inbox
+    }
+
+    /// The vCPU the last decision chose, while it stays runnable.
+    pub fn current(&self) -> Option<V> {
+        self.current
+    }
+
+    /// Runnable vCPUs, the running one included (also published in the inbox).
+    pub fn load(&self) -> u32 {
+        self.runnable
+    }
+
+    /// Scheduler virtual time, vns (as of the last call that was told the time).
+    pub fn svt_vns(&self) -> u64 {
+        self.svt
+    }
+
+    /// Whether `v` is homed on this queue.
+    pub fn contains(&self, v: V) -> bool {
+        self.find(v).is_some()
+    }
+
+    /// Whether `v` is on this queue and runnable.
+    pub fn is_runnable(&self, v: V) -> bool {
+        self.find(v).is_some_and(|i| self.members[i].runnable)
+    }
+
+    /// A look at `v`'s BVT state, if it is on this queue.
+    pub fn vcpu(&self, v: V) -> Option<VcpuView> {
+        self.find(v).map(|i| {
+            let member = &self.members[i];
+            VcpuView {
+                params: member.account.params(),
+                actual_vns: member.account.actual(),
+                effective_vns: member.account.effective(),
+                warped: member.account.warped(),
+                runnable: member.runnable,
+            }
+        })
+    }
+
+    /// Adds a new vCPU, runnable, as if it had just woken (no credit, warped if enabled).
+    /// Returns whether a decision is due now (see [`RunQueue::wake`]).
+    pub fn add(&mut self, v: V, params: BvtParams, now_ns: u64) -> Result<bool, BvtError> {
+        self.admit(v, VcpuState::fresh(params), now_ns)?;
+        self.wake(v, now_ns)
+    }
+
+    /// Takes in a vCPU that left another queue (see [`RunQueue::remove`]): it arrives with
+    /// its lag on top of this queue's SVT, runnable or blocked as it left, warp kept.
+    /// Returns whether a decision is due now (see [`RunQueue::wake`]).
+    pub fn admit(&mut self, v: V, state: VcpuState, now_ns: u64) -> Result<bool, BvtError> {
+        self.charge_running(now_ns);
+        if self.contains(v) {
+            return Err(BvtError::AlreadyQueued);
+        }
+        self.dispatch_seq += 1;
+        let account = Account::arrive(&state, self.svt);
+        let runnable = state.is_runnable();
+        self.members.push(Member { id: v, account, runnable, last_dispatch: self.dispatch_seq });
+        if runnable {
+            self.set_load(self.runnable + 1);
+        }
+        Ok(runnable && self.decision_due())
+    }
+
+    /// Makes a blocked vCPU runnable: `A = max(A, SVT)`, warped if enabled and its unwarp
+    /// requirement is met. Waking a runnable vCPU changes nothing. Returns whether a
+    /// decision is due now: call [`RunQueue::pick_next`] if so. It is when the woken vCPU
+    /// should preempt ([`RunQueue::should_preempt`]), when the CPU was idle, and when the
+    /// running vCPU was alone, had no slice and now needs one.
+    pub fn wake(&mut self, v: V, now_ns: u64) -> Result<bool, BvtError> {
+        self.charge_running(now_ns);
+        let i = self.index(v)?;
+        if !self.members[i].runnable {
+            self.members[i].account.wake(self.svt, now_ns);
+            self.members[i].runnable = true;
+            self.set_load(self.runnable + 1);
+        }
+        Ok(self.decision_due())
+    }
+
+    /// Makes `v` not runnable (it blocked, or its domain is paused); a warp ends here. If it
+    /// was running, the CPU needs a new decision.
+    pub fn block(&mut self, v: V, now_ns: u64) -> Result<(), BvtError> {
+        self.charge_running(now_ns);
+        let i = self.index(v)?;
+        let member = &mut self.members[i];
+        if member.runnable {
+            member.runnable = false;
+            member.account.unwarp(now_ns);
+            self.set_load(self.runnable - 1);
+            if self.current == Some(v) {
+                self.current = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `v` off this queue (to migrate it, or because its domain is going away) and
+    /// returns its portable state. If it was running, the CPU needs a new decision.
+    pub fn remove(&mut self, v: V, now_ns: u64) -> Result<VcpuState, BvtError> {
+        self.charge_running(now_ns);
+        let i = self.index(v)?;
+        let member = self.members.swap_remove(i);
+        if member.runnable {
+            self.set_load(self.runnable - 1);
+        }
+        if self.current == Some(v) {
+            self.current = None;
+        }
+        Ok(member.account.depart(self.svt, member.runnable))
+    }
+
+    /// Puts new parameters in force for `v` (a disabled or used-up warp ends). They count
+    /// from the next decision; call [`RunQueue::pick_next`] to apply them at once.
+    pub fn set_params(&mut self, v: V, params: BvtParams, now_ns: u64) -> Result<(), BvtError> {
+        self.charge_running(now_ns);
+        let i = self.index(v)?;
+        self.members[i].account.set_params(params, now_ns);
+        Ok(())
+    }
+
+    /// The running vCPU gives way: the next decision runs the best other runnable vCPU, if
+    /// any, whatever the context switch allowance says.
+    pub fn yield_current(&mut self) {
+        self.yield_pending = self.current.is_some();
+    }
+
+    /// Charges the running vCPU up to `now_ns` (ending a used-up warp) and tells whether a
+    /// new decision is due: a rival beats the running vCPU (or it yielded), it runs without a
+    /// slice while a rival waits, or the CPU idles with work.
+    pub fn tick(&mut self, now_ns: u64) -> bool {
+        self.charge_running(now_ns);
+        self.decision_due()
+    }
+
+    /// Whether the runnable vCPU `waking` should take the CPU from the running one now: it is
+    /// ahead by more than `C / w_running` vns, or the CPU is idle.
+    pub fn should_preempt(&mut self, waking: V, now_ns: u64) -> bool {
+        self.charge_running(now_ns);
+        self.find(waking).is_some_and(|i| self.preempts(i))
+    }
+
+    /// Charges the running vCPU up to `now_ns` and decides what runs next: the runnable vCPU
+    /// with the lowest `E`, except that the running one stays unless a rival is ahead of it
+    /// by more than its allowance (or it yielded). The slice is the time until that would
+    /// happen or its warp limit ends, and never less than one MCU.
+    pub fn pick_next(&mut self, now_ns: u64) -> Decision<V> {
+        self.charge_running(now_ns);
+        let chosen = self.choose();
+        self.yield_pending = false;
+        let slice_ns = chosen.and_then(|i| self.slice_ns(i));
+        self.slice_armed = slice_ns.is_some();
+        let run = chosen.map(|i| self.members[i].id);
+        if run != self.current {
+            self.current = run;
+            if let Some(i) = chosen {
+                self.dispatch_seq += 1;
+                self.members[i].last_dispatch = self.dispatch_seq;
+            }
+        }
+        Decision { run, slice_ns }
+    }
+
+    /// Whether the owner should call [`RunQueue::pick_next`] now (as for [`RunQueue::tick`],
+    /// without charging).
+    pub(crate) fn decision_due(&self) -> bool {
+        match self.current.and_then(|v| self.find(v)) {
+            Some(c) => self
+                .best_rival(Some(c))
+                .is_some_and(|r| self.yield_pending || !self.slice_armed || self.beats(r, c)),
+            None => self.runnable > 0,
+        }
+    }
+
+    /// The next message of this queue's inbox (the owner is the only consumer).
+    pub(crate) fn take_message(&self) -> Option<Message<V>> {
+        self.inbox.pop()
+    }
+
+    /// The vCPU to give a thief: runnable, not running, dispatched least recently.
+    pub(crate) fn steal_candidate(&self) -> Option<V> {
+        let current = self.current.and_then(|v| self.find(v));
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|&(i, m)| m.runnable && Some(i) != current)
+            .min_by_key(|(_, m)| m.last_dispatch)
+            .map(|(_, m)| m.id)
+    }
+
+    fn find(&self, v: V) -> Option<usize> {
+        self.members.iter().position(|m| m.id == v)
+    }
+
+    fn index(&self, v: V) -> Result<usize, BvtError> {
+        self.find(v).ok_or(BvtError::UnknownVcpu)
+    }
+
+    fn set_load(&mut self, runnable: u32) {
+        self.runnable = runnable;
+        self.inbox.publish_load(runnable);
+    }
+
+    /// Charges the running vCPU for the time since it was last charged, then brings SVT up
+    /// to date. A clock that goes backwards charges nothing.
+    fn charge_running(&mut self, now_ns: u64) {
+        let ran_ns = now_ns.saturating_sub(self.charged_until_ns);
+        self.charged_until_ns = self.charged_until_ns.max(now_ns);
+        if let Some(i) = self.current.and_then(|v| self.find(v)) {
+            self.members[i].account.charge(ran_ns, now_ns);
+        }
+        let min_runnable = self.members.iter().filter(|m| m.runnable).map(|m| m.account.actual()).min();
+        if let Some(min) = min_runnable {
+            self.svt = self.svt.max(min);
+        }
+    }
+
+    /// The running vCPU's allowance in vns: `C / w`.
+    fn allowance_vns(&self, running: usize) -> i128 {
+        let weight = self.members[running].account.params().weight.get();
+        i128::from(self.config.ctx_switch_allowance_ns / u64::from(weight))
+    }
+
+    /// Whether `rival` is ahead of the running `running` by more than its allowance.
+    fn beats(&self, rival: usize, running: usize) -> bool {
+        let e = |i: usize| self.members[i].account.effective();
+        e(rival) + self.allowance_vns(running) < e(running)
+    }
+
+    /// Whether the runnable member `i` should take the CPU from the running vCPU.
+    fn preempts(&self, i: usize) -> bool {
+        if !self.members[i].runnable {
+            return false;
+        }
+        match self.current.and_then(|v| self.find(v)) {
+            None => true,
+            Some(c) => c != i && self.beats(i, c),
+        }
+    }
+
+    /// The runnable member other than `except` with the lowest `E`, ties to the one
+    /// dispatched least recently.
+    fn best_rival(&self, except: Option<usize>) -> Option<usize> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|&(i, m)| m.runnable && Some(i) != except)
+            .min_by_key(|(_, m)| (m.account.effective(), m.last_dispatch))
+            .map(|(i, _)| i)
+    }
+
+    fn choose(&self) -> Option<usize> {
+        let current = self.current.and_then(|v| self.find(v));
+        let rival = self.best_rival(current);
+        match (current, rival) {
+            (Some(c), Some(r)) if self.yield_pending || self.beats(r, c) => Some(r),
+            (Some(c), _) => Some(c),
+            (None, rival) => rival,
+        }
+    }
+
+    /// How long member `i`, about to run, may run before the next decision.
+    fn slice_ns(&self, i: usize) -> Option<u64> {
+        let rival = self.best_rival(Some(i))?;
+        let account = &self.members[i].account;
+        // The rival beats `i` once E_i > E_rival + allowance: advance A by the difference + 1.
+        let gap = self.members[rival].account.effective() + self.allowance_vns(i) + 1 - account.effective();
+        let needed_vns = u64::try_from(gap.max(1)).unwrap_or(u64::MAX);
+        let until_rival = account.ns_to_advance(needed_vns);
+        let slice = account.warp_left_ns().map_or(until_rival, |left| until_rival.min(left));
+        Some(slice.max(self.config.mcu_ns))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::NO_WARP_LIMIT;
+    use core::num::NonZeroU32;
+
+    const MS: u64 = 1_000_000;
+
+    fn config(allowance_ns: u64, mcu_ns: u64) -> Config {
+        Config { ctx_switch_allowance_ns: allowance_ns, mcu_ns }
+    }
+
+    fn weight(w: u32) -> BvtParams {
+        BvtParams::weighted(NonZeroU32::new(w).unwrap())
+    }
+
+    fn warped(w: u32, warp_vns: u64) -> BvtParams {
+        BvtParams { warp_vns, ..weight(w) }
+    }
+
+    #[test]
+    fn an_empty_queue_idles_without_a_timer() {
+        let mut rq = RunQueue::<u32>::new(CpuId(0), Config::default());
+        assert_eq!(rq.pick_next(5), Decision { run: None, slice_ns: None });
+        assert!(!rq.tick(10));
+        assert_eq!(rq.load(), 0);
+    }
+
+    #[test]
+    fn a_lone_vcpu_runs_without_a_timer() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        assert_eq!(rq.add(1u32, weight(1), 0), Ok(true), "an idle CPU is preempted by anyone");
+        assert_eq!(rq.pick_next(0), Decision { run: Some(1), slice_ns: None });
+        assert_eq!(rq.current(), Some(1));
+        assert_eq!(rq.load(), 1);
+        assert_eq!(rq.inbox().load(), 1, "the load is published");
+    }
+
+    #[test]
+    fn unknown_and_duplicate_vcpus_are_refused() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        assert_eq!(rq.add(1, weight(1), 0), Err(BvtError::AlreadyQueued));
+        assert_eq!(rq.wake(2, 0), Err(BvtError::UnknownVcpu));
+        assert_eq!(rq.block(2, 0), Err(BvtError::UnknownVcpu));
+        assert_eq!(rq.set_params(2, weight(1), 0), Err(BvtError::UnknownVcpu));
+        assert_eq!(rq.remove(2, 0), Err(BvtError::UnknownVcpu));
+        assert!(!rq.should_preempt(2, 0));
+        assert_eq!(rq.vcpu(2), None);
+        assert_eq!(rq.load(), 1, "refusals change nothing");
+    }
+
+    #[test]
+    fn the_slice_lasts_until_the_rival_is_ahead_by_the_allowance() {
+        let mut rq = RunQueue::new(CpuId(0), config(MS, 1_000));
+        rq.add(1u32, weight(2), 0).unwrap();
+        rq.add(2, weight(2), 0).unwrap();
+        let first = rq.pick_next(0);
+        assert_eq!(first.run, Some(1));
+        // Allowance 1 ms / 2 = 500_000 vns; one more vns at weight 2 makes 1_000_002 ns.
+        assert_eq!(first.slice_ns, Some(1_000_002));
+        assert_eq!(rq.pick_next(1_000_001).run, Some(1), "not yet beyond the allowance");
+        assert_eq!(rq.pick_next(1_000_002).run, Some(2));
+    }
+
+    #[test]
+    fn no_slice_is_shorter_than_one_mcu() {
+        let mut rq = RunQueue::new(CpuId(0), config(0, 100_000));
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.add(2, weight(1), 0).unwrap();
+        assert_eq!(rq.pick_next(0).slice_ns, Some(100_000));
+    }
+
+    #[test]
+    fn preemption_needs_an_advantage_beyond_c_over_the_running_weight() {
+        for running_weight in [1u32, 4] {
+            let allowance_vns = MS / u64::from(running_weight);
+            for (warp, expected) in [(allowance_vns, false), (allowance_vns + 1, true)] {
+                let mut rq = RunQueue::new(CpuId(0), config(MS, 1_000));
+                rq.add(1u32, weight(running_weight), 0).unwrap();
+                rq.add(2, warped(1, warp), 0).unwrap();
+                rq.block(2, 0).unwrap();
+                assert_eq!(rq.pick_next(0).run, Some(1));
+                // vCPU 2 wakes with A = SVT = A_1 and E = A_1 - warp.
+                assert_eq!(rq.wake(2, 7 * MS), Ok(true), "vCPU 1 ran alone, without a slice");
+                assert_eq!(rq.should_preempt(2, 7 * MS), expected, "weight {running_weight} warp {warp}");
+                let expected_run = if expected { 2 } else { 1 };
+                assert_eq!(rq.pick_next(7 * MS).run, Some(expected_run));
+                assert!(!rq.tick(7 * MS), "the decision is made and its slice armed");
+            }
+        }
+    }
+
+    #[test]
+    fn a_vcpu_never_preempts_itself_and_blocked_ones_never_preempt() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, warped(1, 10 * MS), 0).unwrap();
+        rq.add(2, weight(1), 0).unwrap();
+        rq.pick_next(0);
+        assert!(!rq.should_preempt(1, 0));
+        rq.block(2, 0).unwrap();
+        assert!(!rq.should_preempt(2, 0));
+    }
+
+    #[test]
+    fn blocking_the_running_vcpu_hands_the_cpu_on() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.add(2, weight(1), 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(1));
+        rq.block(1, MS).unwrap();
+        assert_eq!(rq.current(), None);
+        assert_eq!(rq.load(), 1);
+        assert_eq!(rq.pick_next(MS), Decision { run: Some(2), slice_ns: None });
+        rq.block(1, MS).unwrap();
+        assert_eq!(rq.load(), 1, "blocking twice counts once");
+    }
+
+    #[test]
+    fn removing_the_running_vcpu_hands_the_cpu_on() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.add(2, weight(1), 0).unwrap();
+        rq.pick_next(0);
+        let state = rq.remove(1, 3 * MS).unwrap();
+        assert!(state.is_runnable());
+        assert_eq!(state.lag_vns(), 3 * MS, "ran 3 ms ahead of vCPU 2");
+        assert!(!rq.contains(1));
+        assert_eq!(rq.current(), None);
+        assert_eq!(rq.pick_next(3 * MS).run, Some(2));
+    }
+
+    #[test]
+    fn a_migrated_vcpu_keeps_its_lag_on_the_new_cpu() {
+        let mut from = RunQueue::new(CpuId(0), Config::default());
+        from.add(1u32, weight(1), 0).unwrap();
+        from.add(2, weight(1), 0).unwrap();
+        from.pick_next(0);
+        from.pick_next(6 * MS); // vCPU 1 ran 6 ms: A_1 = 6 ms, SVT = A_2 = 0
+        let state = from.remove(1, 6 * MS).unwrap();
+        let mut to = RunQueue::new(CpuId(1), Config::default());
+        to.add(9u32, weight(1), 0).unwrap();
+        to.pick_next(0);
+        to.tick(50 * MS); // SVT there: 50 ms
+        assert_eq!(to.admit(1, state, 50 * MS), Ok(true), "vCPU 9 now needs a slice");
+        assert_eq!(to.pick_next(50 * MS).run, Some(9), "vCPU 1 arrives with 6 ms more: 9 goes first");
+        assert_eq!(to.vcpu(1).unwrap().actual_vns, 56 * MS);
+        assert_eq!(to.load(), 2);
+        assert_eq!(to.admit(1, state, 50 * MS), Err(BvtError::AlreadyQueued));
+    }
+
+    #[test]
+    fn a_blocked_vcpu_migrates_blocked() {
+        let mut from = RunQueue::new(CpuId(0), Config::default());
+        from.add(1u32, weight(1), 0).unwrap();
+        from.block(1, 0).unwrap();
+        let state = from.remove(1, 0).unwrap();
+        assert!(!state.is_runnable());
+        let mut to = RunQueue::new(CpuId(1), Config::default());
+        assert_eq!(to.admit(1, state, 0), Ok(false));
+        assert_eq!(to.load(), 0);
+        assert_eq!(to.wake(1, 0), Ok(true));
+    }
+
+    #[test]
+    fn yielding_gives_way_once() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.add(2, weight(1), 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(1));
+        rq.yield_current();
+        assert!(rq.tick(0));
+        assert_eq!(rq.pick_next(0).run, Some(2));
+        assert_eq!(rq.pick_next(0).run, Some(2), "the yield was consumed");
+    }
+
+    #[test]
+    fn a_backwards_clock_charges_nothing() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.pick_next(10 * MS);
+        rq.tick(20 * MS);
+        rq.tick(5 * MS);
+        assert_eq!(rq.vcpu(1).unwrap().actual_vns, 10 * MS);
+        rq.tick(21 * MS);
+        assert_eq!(rq.vcpu(1).unwrap().actual_vns, 11 * MS, "charged from 20 ms, not from 5");
+    }
+
+    #[test]
+    fn svt_never_decreases() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.pick_next(0);
+        rq.tick(8 * MS);
+        assert_eq!(rq.svt_vns(), 8 * MS);
+        rq.block(1, 8 * MS).unwrap();
+        rq.add(2, weight(1), 9 * MS).unwrap();
+        assert_eq!(rq.svt_vns(), 8 * MS, "idle: SVT stays, and the newcomer starts there");
+        assert_eq!(rq.vcpu(2).unwrap().actual_vns, 8 * MS);
+    }
+
+    #[test]
+    fn a_warp_limit_bounds_the_slice_and_then_unwarps() {
+        let params = BvtParams { warp_limit_ns: 2 * MS, ..warped(1, 10 * MS) };
+        let mut rq = RunQueue::new(CpuId(0), config(5 * MS, 100_000));
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.pick_next(0);
+        assert_eq!(rq.add(2, params, 100 * MS), Ok(true), "E_2 = 90 ms, 10 ms ahead of vCPU 1");
+        let decision = rq.pick_next(100 * MS);
+        assert_eq!(decision, Decision { run: Some(2), slice_ns: Some(2 * MS) });
+        rq.tick(102 * MS);
+        let view = rq.vcpu(2).unwrap();
+        assert!(!view.warped, "L used up");
+        assert_eq!(view.effective_vns, i128::from(102 * MS));
+        // Unwarped, vCPU 2 keeps the CPU until it is 5 ms (C / 1) past vCPU 1 at 100 ms.
+        let next = rq.pick_next(102 * MS);
+        assert_eq!(next, Decision { run: Some(2), slice_ns: Some(3 * MS + 1) });
+        assert_eq!(rq.pick_next(105 * MS + 1).run, Some(1));
+    }
+
+    #[test]
+    fn the_unwarp_requirement_prevents_an_immediate_rewarp() {
+        let params = BvtParams { warp_limit_ns: MS, unwarp_req_ns: 50 * MS, ..warped(1, 10 * MS) };
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.pick_next(0);
+        rq.add(2, params, 100 * MS).unwrap();
+        assert_eq!(rq.pick_next(100 * MS).run, Some(2));
+        rq.tick(101 * MS); // L used up: unwarped at 101 ms
+        rq.block(2, 101 * MS).unwrap();
+        assert_eq!(rq.pick_next(101 * MS).run, Some(1));
+        rq.wake(2, 102 * MS).unwrap();
+        assert!(!rq.vcpu(2).unwrap().warped, "1 ms after unwarping");
+        assert!(!rq.should_preempt(2, 102 * MS));
+        rq.block(2, 102 * MS).unwrap();
+        rq.wake(2, 150 * MS).unwrap();
+        assert!(!rq.vcpu(2).unwrap().warped, "49 ms after unwarping");
+        rq.block(2, 150 * MS).unwrap();
+        rq.wake(2, 151 * MS).unwrap();
+        assert!(rq.vcpu(2).unwrap().warped, "50 ms after unwarping");
+        assert!(rq.should_preempt(2, 151 * MS));
+    }
+
+    #[test]
+    fn extreme_parameters_neither_panic_nor_starve_the_queue() {
+        let extreme = BvtParams {
+            weight: NonZeroU32::MAX,
+            warp_vns: u64::MAX,
+            warp_limit_ns: u64::MAX,
+            unwarp_req_ns: u64::MAX,
+        };
+        let mut rq = RunQueue::new(CpuId(0), config(u64::MAX, u64::MAX));
+        rq.add(1u32, extreme, u64::MAX - 1).unwrap();
+        rq.add(2, weight(1), u64::MAX - 1).unwrap();
+        let decision = rq.pick_next(u64::MAX);
+        assert_eq!(decision, Decision { run: Some(1), slice_ns: Some(u64::MAX) });
+        rq.set_params(2, extreme, u64::MAX).unwrap();
+        assert_eq!(rq.vcpu(2).unwrap().params, extreme);
+        rq.block(1, u64::MAX).unwrap();
+        assert_eq!(rq.pick_next(u64::MAX).run, Some(2));
+    }
+
+    #[test]
+    fn unlimited_warp_lasts_until_the_vcpu_blocks() {
+        let params = BvtParams { warp_limit_ns: NO_WARP_LIMIT, ..warped(1, 10 * MS) };
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, params, 0).unwrap();
+        rq.pick_next(0);
+        rq.tick(1_000 * MS);
+        assert!(rq.vcpu(1).unwrap().warped);
+        rq.block(1, 1_000 * MS).unwrap();
+        assert!(!rq.vcpu(1).unwrap().warped);
+    }
+
+    #[test]
+    fn set_params_changes_the_decision_at_the_next_pick() {
+        let mut rq = RunQueue::new(CpuId(0), config(MS, 1_000));
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.add(2, weight(1), 0).unwrap();
+        rq.pick_next(0);
+        rq.set_params(2, warped(1, 10 * MS), 0).unwrap();
+        assert!(!rq.vcpu(2).unwrap().warped, "warp starts at a wake-up, not at set_params");
+        rq.set_params(1, weight(1000), 0).unwrap();
+        // Allowance of vCPU 1 is now 1 ms / 1000 = 1000 vns.
+        assert_eq!(rq.pick_next(0).slice_ns, Some(1_001 * 1_000));
+        assert_eq!(rq.vcpu(1).unwrap().params.weight.get(), 1000);
+    }
+}
