@@ -28,13 +28,14 @@ GUEST_CRATES := guest-hello guest-bench guest-balloon guest-pagetables guest-hos
 N          ?= 100
 SECONDS    ?= 10
 STRESS_SMP ?= $(if $(filter command line environment,$(origin SMP)),$(SMP),2)
+STRESS_ARGS ?=
 STRESS_MEM ?= $(shell echo $$(( $(N) * 2 + 256 )))M
 STRESS_ISO := $(BUILD)/stress.iso
 STRESS_OUT ?= stress/out
 
 QEMU       := qemu-system-x86_64
 comma      := ,
-QEMU_BASE   = -M $(MACHINE) -machine accel=$(ACCEL) -m $(MEM) -smp $(SMP) -display none \
+QEMU_BASE   = -M $(MACHINE) -accel $(ACCEL) -m $(MEM) -smp $(SMP) -display none \
               -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
               $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA)
 
@@ -144,10 +145,10 @@ stress: build guests $(DEPS_STAMP)
 	@rm -rf $(BUILD)/stress-iso && mkdir -p $(BUILD)/stress-iso/boot/grub
 	cp $(KERNEL) $(BUILD)/stress-iso/boot/hypervisor
 	cp target/$(TARGET)/release/guest-dom0 target/$(TARGET)/release/guest-stress $(BUILD)/stress-iso/boot/
-	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "stress" {\n  multiboot2 /boot/hypervisor dom0\n  module2 /boot/guest-dom0 n=$(N) seconds=$(SECONDS)\n  module2 /boot/guest-stress\n  boot\n}\n' > $(BUILD)/stress-iso/boot/grub/grub.cfg
+	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "stress" {\n  multiboot2 /boot/hypervisor dom0\n  module2 /boot/guest-dom0 n=$(N) seconds=$(SECONDS) $(STRESS_ARGS)\n  module2 /boot/guest-stress\n  boot\n}\n' > $(BUILD)/stress-iso/boot/grub/grub.cfg
 	grub-mkrescue -o $(STRESS_ISO) $(BUILD)/stress-iso 2>/dev/null
 	target/release/stress run --log $(BUILD)/stress.log --out $(STRESS_OUT) --timeout $$(( $(SECONDS) * 10 + 120 )) \
-	    --qemu "$(QEMU) -M $(MACHINE) -machine accel=$(ACCEL) -m $(STRESS_MEM) -smp $(STRESS_SMP) -display none -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA) -cdrom $(STRESS_ISO)"
+	    --qemu "$(QEMU) -M $(MACHINE) -accel $(ACCEL) -m $(STRESS_MEM) -smp $(STRESS_SMP) -display none -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA) -cdrom $(STRESS_ISO)"
 
 clean:
 	cargo clean

@@ -72,7 +72,7 @@ impl<V: Copy + Eq> RunQueue<V> {
         if thief == self.cpu() {
             return None;
         }
-        let vcpu = self.steal_candidate()?;
+        let vcpu = self.steal_candidate(now_ns)?;
         let state = self.remove(vcpu, now_ns).expect("the steal candidate is on this queue");
         Some(Action::Migrate { vcpu, state, to: thief })
     }
@@ -197,9 +197,26 @@ mod tests {
         assert!(victim.inbox().request_steal(CpuId(2)), "answered: thieves may ask again");
         victim.inbox().post(Message::Steal { thief: CpuId(1) });
         victim.add(1, BvtParams::DEFAULT, 0).unwrap();
-        let actions = victim.drain(0).actions;
+        let actions = victim.drain(MS).actions;
         assert!(matches!(actions[..], [Action::Migrate { vcpu: 1, to: CpuId(2), .. }]), "{actions:?}");
         assert!(victim.contains(0), "a queue never steals from itself");
+    }
+
+    #[test]
+    fn only_a_vcpu_that_waited_the_threshold_is_stolen() {
+        let wait = crate::params::DEFAULT_STEAL_MIN_WAIT_NS;
+        let mut victim = queue_with(1, 0..2);
+        assert_eq!(victim.pick_next(0).run, Some(0));
+        assert!(victim.inbox().request_steal(CpuId(0)));
+        assert!(victim.drain(wait - 1).actions.is_empty(), "vCPU 1 waited just under the threshold");
+        // 0 runs until vCPU 1 beats it (5 ms); 1 runs; 0 starts waiting at that moment.
+        let switch = 6 * MS;
+        assert_eq!(victim.pick_next(switch).run, Some(1));
+        assert!(victim.inbox().request_steal(CpuId(0)));
+        assert!(victim.drain(switch + wait - 1).actions.is_empty(), "vCPU 0 was descheduled just now");
+        assert!(victim.inbox().request_steal(CpuId(0)));
+        let actions = victim.drain(switch + wait).actions;
+        assert!(matches!(actions[..], [Action::Migrate { vcpu: 0, to: CpuId(0), .. }]), "{actions:?}");
     }
 
     #[test]

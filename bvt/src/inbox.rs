@@ -63,6 +63,11 @@ impl<V> Inbox<V> {
         self.messages.push(message);
     }
 
+    /// Whether messages wait for the owner (a hint: one may be posted right after).
+    pub fn has_messages(&self) -> bool {
+        !self.messages.is_empty()
+    }
+
     /// The queue's load as last published by its owner.
     pub fn load(&self) -> u32 {
         self.load.load(Ordering::Relaxed)
@@ -122,9 +127,11 @@ mod tests {
         let inbox = inbox(0, 0);
         inbox.post(Message::Wake(1));
         inbox.post(Message::Remove(2));
+        assert!(inbox.has_messages());
         assert_eq!(inbox.pop(), Some(Message::Wake(1)));
         assert_eq!(inbox.pop(), Some(Message::Remove(2)));
         assert_eq!(inbox.pop(), None);
+        assert!(!inbox.has_messages());
     }
 
     #[test]

@@ -44,7 +44,8 @@
 //! hypervisor records the vCPU's new CPU, posts [`Message::Arrive`] to the thief and kicks
 //! it. A queue's vCPUs are only ever moved by their owner.
 //!
-//! [`TimerQueue`] is a separate small helper: a per-CPU min-heap of deadlines with cancel.
+//! [`TimerQueue`] is a separate small helper: a per-CPU min-heap of deadlines with cancel;
+//! [`TimerAdvance`] learns how early to program latency-sensitive timers.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -58,6 +59,7 @@ mod params;
 mod run_queue;
 #[cfg(test)]
 mod sim;
+mod timer_advance;
 mod timer_queue;
 mod vcpu_state;
 
@@ -69,5 +71,6 @@ pub use params::{
     STEAL_MIN_LOAD,
 };
 pub use run_queue::{Decision, RunQueue, VcpuView};
+pub use timer_advance::TimerAdvance;
 pub use timer_queue::{Expired, TimerHandle, TimerQueue};
 pub use vcpu_state::VcpuState;

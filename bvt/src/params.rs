@@ -13,6 +13,10 @@ pub const DEFAULT_CTX_SWITCH_ALLOWANCE_NS: u64 = 5_000_000;
 /// Default minimum charging unit: no slice is shorter than 100 us.
 pub const DEFAULT_MCU_NS: u64 = 100_000;
 
+/// Default steal threshold: a vCPU is given to an idle CPU only once it has waited 1 ms
+/// (one that waits less would run here sooner than the hand-over takes, and stays cache-hot).
+pub const DEFAULT_STEAL_MIN_WAIT_NS: u64 = 1_000_000;
+
 /// `warp_limit_ns` meaning "no limit": the warp lasts until the vCPU blocks.
 pub const NO_WARP_LIMIT: u64 = 0;
 
@@ -73,11 +77,17 @@ pub struct Config {
     pub ctx_switch_allowance_ns: u64,
     /// Minimum charging unit: the shortest slice handed out, real ns.
     pub mcu_ns: u64,
+    /// A waiting vCPU may be stolen only after it has waited this long, real ns.
+    pub steal_min_wait_ns: u64,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { ctx_switch_allowance_ns: DEFAULT_CTX_SWITCH_ALLOWANCE_NS, mcu_ns: DEFAULT_MCU_NS }
+        Config {
+            ctx_switch_allowance_ns: DEFAULT_CTX_SWITCH_ALLOWANCE_NS,
+            mcu_ns: DEFAULT_MCU_NS,
+            steal_min_wait_ns: DEFAULT_STEAL_MIN_WAIT_NS,
+        }
     }
 }
 
@@ -102,5 +112,6 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.ctx_switch_allowance_ns, DEFAULT_CTX_SWITCH_ALLOWANCE_NS);
         assert_eq!(config.mcu_ns, DEFAULT_MCU_NS);
+        assert_eq!(config.steal_min_wait_ns, DEFAULT_STEAL_MIN_WAIT_NS);
     }
 }

@@ -47,6 +47,8 @@ struct Member<V> {
     runnable: bool,
     /// Queue-wide sequence number of its last dispatch (or of its arrival).
     last_dispatch: u64,
+    /// Since when it has waited for the CPU (runnable and not running), system time ns.
+    waiting_since_ns: u64,
 }
 
 /// One CPU's run queue; see the crate documentation for the rules it applies.
@@ -161,7 +163,7 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.dispatch_seq += 1;
         let account = Account::arrive(&state, self.svt);
         let runnable = state.is_runnable();
-        self.members.push(Member { id: v, account, runnable, last_dispatch: self.dispatch_seq });
+        self.members.push(Member { id: v, account, runnable, last_dispatch: self.dispatch_seq, waiting_since_ns: now_ns });
         if runnable {
             self.set_load(self.runnable + 1);
         }
@@ -179,6 +181,7 @@ impl<V: Copy + Eq> RunQueue<V> {
         if !self.members[i].runnable {
             self.members[i].account.wake(self.svt, now_ns);
             self.members[i].runnable = true;
+            self.members[i].waiting_since_ns = now_ns;
             self.set_load(self.runnable + 1);
         }
         Ok(self.decision_due())
@@ -258,6 +261,9 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.slice_armed = slice_ns.is_some();
         let run = chosen.map(|i| self.members[i].id);
         if run != self.current {
+            if let Some(previous) = self.current.and_then(|v| self.find(v)) {
+                self.members[previous].waiting_since_ns = now_ns;
+            }
             self.current = run;
             if let Some(i) = chosen {
                 self.dispatch_seq += 1;
@@ -283,13 +289,15 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.inbox.pop()
     }
 
-    /// The vCPU to give a thief: runnable, not running, dispatched least recently.
-    pub(crate) fn steal_candidate(&self) -> Option<V> {
+    /// The vCPU to give a thief: runnable, not running, waiting for at least the steal
+    /// threshold, dispatched least recently.
+    pub(crate) fn steal_candidate(&self, now_ns: u64) -> Option<V> {
         let current = self.current.and_then(|v| self.find(v));
+        let min_wait = self.config.steal_min_wait_ns;
         self.members
             .iter()
             .enumerate()
-            .filter(|&(i, m)| m.runnable && Some(i) != current)
+            .filter(|&(i, m)| m.runnable && Some(i) != current && now_ns.saturating_sub(m.waiting_since_ns) >= min_wait)
             .min_by_key(|(_, m)| m.last_dispatch)
             .map(|(_, m)| m.id)
     }
@@ -387,7 +395,7 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn config(allowance_ns: u64, mcu_ns: u64) -> Config {
-        Config { ctx_switch_allowance_ns: allowance_ns, mcu_ns }
+        Config { ctx_switch_allowance_ns: allowance_ns, mcu_ns, ..Config::default() }
     }
 
     fn weight(w: u32) -> BvtParams {

@@ -114,7 +114,7 @@ fn hogs_share_a_cpu_in_proportion_to_their_weights() {
 
 #[test]
 fn fairness_holds_with_uneven_weights_and_no_allowance() {
-    let mut sim = Sim::new(Config { ctx_switch_allowance_ns: 0, mcu_ns: 100 * US });
+    let mut sim = Sim::new(Config { ctx_switch_allowance_ns: 0, mcu_ns: 100 * US, ..Config::default() });
     let weights = [3u32, 5, 7, 11, 256];
     for (v, &w) in (0..).zip(&weights) {
         sim.add(v, weight(w));

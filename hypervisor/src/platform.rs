@@ -36,6 +36,25 @@ impl Machine {
         self.start.len()
     }
 
+    /// The other CPUs to use, nearest to CPU `index` first by topology (same core, package,
+    /// node, then by NUMA distance), as indices into [`Machine::apic_ids_to_start`].
+    pub fn nearest_first(&self, index: usize) -> Vec<u32> {
+        let position = |apic: ApicId| self.start.iter().position(|&a| a == apic.0).map(|i| i as u32);
+        let Some(origin) = self.start.get(index).and_then(|&apic| self.topology.cpu_by_apic_id(ApicId(apic))) else {
+            return Vec::new();
+        };
+        let mut order: Vec<u32> = self
+            .topology
+            .nearest_first(origin.index)
+            .into_iter()
+            .filter_map(|i| self.topology.cpu(i).and_then(|c| position(c.apic_id)))
+            .collect();
+        // CPUs started but unknown to the topology (none in practice) come last.
+        let missing: Vec<u32> = (0..self.start.len() as u32).filter(|&i| i as usize != index && !order.contains(&i)).collect();
+        order.extend(missing);
+        order
+    }
+
     /// Their APIC ids, boot CPU first.
     pub fn apic_ids_to_start(&self) -> Vec<u32> {
         self.start.clone()

@@ -124,7 +124,9 @@ pub struct Creation {
     pub ns: u64,
 }
 
-/// `stress: domain domid=D role=R weight=W warp=0|1 cpu_time_ns=T tot_pages=P`.
+/// `stress: domain domid=D role=R weight=W warp=0|1 cpu_time_ns=T tot_pages=P
+/// [window_cpu_ns=C]`: `window_cpu_ns` is a hog's CPU time over the window in which every
+/// hog ran (see domain 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DomainInfo {
     pub domid: DomId,
@@ -133,6 +135,7 @@ pub struct DomainInfo {
     pub warp: bool,
     pub cpu_time_ns: u64,
     pub tot_pages: u64,
+    pub window_cpu_ns: Option<u64>,
 }
 
 /// `stress: balloon domid=D down_pages=X up_pages=Y tot_pages=P`.
@@ -607,6 +610,7 @@ impl<'a> Fields<'a> {
             warp: self.flag("warp")?,
             cpu_time_ns: self.number("cpu_time_ns")?,
             tot_pages: self.number("tot_pages")?,
+            window_cpu_ns: self.optional_number("window_cpu_ns")?,
         })
     }
 
@@ -752,7 +756,20 @@ mod tests {
                 weight: 2,
                 warp: false,
                 cpu_time_ns: 77,
-                tot_pages: 96
+                tot_pages: 96,
+                window_cpu_ns: None,
+            })
+        );
+        assert_eq!(
+            record("(d0) stress: domain domid=5 role=hog weight=2 warp=0 cpu_time_ns=77 tot_pages=96 window_cpu_ns=60"),
+            Record::Domain(DomainInfo {
+                domid: DomId(5),
+                role: Role::Hog,
+                weight: 2,
+                warp: false,
+                cpu_time_ns: 77,
+                tot_pages: 96,
+                window_cpu_ns: Some(60),
             })
         );
         assert_eq!(record("(d0) stress: done ok"), Record::Done);

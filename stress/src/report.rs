@@ -534,7 +534,8 @@ fn fairness(run: &Run) -> FairnessReport {
                 domid,
                 cpu,
                 weight: info.weight,
-                cpu_time_ns: info.cpu_time_ns,
+                // Over the window in which every hog ran, when domain 0 measured one.
+                cpu_time_ns: info.window_cpu_ns.unwrap_or(info.cpu_time_ns),
             })
         })
         .collect();

@@ -667,6 +667,18 @@ mod tests {
     }
 
     #[test]
+    fn the_common_window_decides_the_shares_when_measured() {
+        let unfair = replaced(&log(20), "cpu_time_ns=2500000000", "cpu_time_ns=3500000000");
+        let windowed: Vec<String> = unfair
+            .iter()
+            .map(|l| if l.contains("cpu_time_ns=3500000000") { format!("{l} window_cpu_ns=2500000000") } else { l.clone() })
+            .collect();
+        let a = analysed(&windowed, true);
+        assert_eq!(status(&a, "hog_shares"), Status::Pass, "the window's time is fair");
+        assert!(a.passed());
+    }
+
+    #[test]
     fn slow_warped_domains_miss_the_latency_targets() {
         // Domain 4 (latency) reports its 985 samples at 10.24 us as 1.31 ms instead.
         let lines: Vec<String> = log(20)

@@ -15,7 +15,7 @@
 
 use core::fmt::{self, Write};
 
-use arrayvec::ArrayString;
+use arrayvec::{ArrayString, ArrayVec};
 use guest_dom0::options::Options;
 use guest_dom0::plan::{Plan, PlanError};
 use guest_rt::abi::errno::Errno;
@@ -26,6 +26,7 @@ use guest_rt::hypercall::HypercallError;
 use guest_rt::time::Clock;
 use guest_rt::timer::Timer;
 use guest_rt::{println, StartInfo};
+use guest_stress::args::Role;
 use guest_stress::keyvalue::OptionError;
 
 guest_rt::entry!(main);
@@ -251,9 +252,10 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     print_memory("created")?;
     wait_ballooned(&plan, &options, waiter)?;
     print_memory("ballooned")?;
+    let window = HogWindow::measure(&plan, waiter, last_created_at, options.seconds * SECOND)?;
     waiter.sleep_until(last_created_at + options.seconds * SECOND + RUN_MARGIN_NS)?;
     wait_quiet(&plan, waiter)?;
-    report_domains(&plan)?;
+    report_domains(&plan, &window)?;
     destroy_all(&plan, waiter)?;
     print_memory("destroyed")
 }
@@ -384,21 +386,72 @@ fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
     }
 }
 
+/// The hogs measured in a [`HogWindow`] (the rest report their whole CPU time).
+const MAX_WINDOW_HOGS: usize = 256;
+
+/// Each hog's CPU time over a window in which every hog runs: from 10% to 90% of the run
+/// counted from the last creation (the hogs are created last). Whole-run times would favour
+/// the hog created first, which runs alone until its rival exists and stops first.
+struct HogWindow {
+    hogs: ArrayVec<(DomId, u64), MAX_WINDOW_HOGS>,
+}
+
+impl HogWindow {
+    fn measure(plan: &Plan, waiter: Waiter, last_created_at: u64, run_ns: u64) -> Result<Self, Failure> {
+        let hogs = (0..plan.len())
+            .filter_map(|index| plan.domain(index))
+            .filter(|planned| planned.args.role == Role::Hog)
+            .map(|planned| planned.domid())
+            .take(MAX_WINDOW_HOGS);
+        let mut window = Self { hogs: hogs.map(|domid| (domid, 0)).collect() };
+        waiter.sleep_until(last_created_at + run_ns / 10)?;
+        window.sample(|at_start, now| *at_start = now)?;
+        waiter.sleep_until(last_created_at + run_ns / 10 * 9)?;
+        window.sample(|at_start, now| *at_start = now.wrapping_sub(*at_start))?;
+        Ok(window)
+    }
+
+    fn sample(&mut self, mut record: impl FnMut(&mut u64, u64)) -> Result<(), Failure> {
+        for (domid, value) in &mut self.hogs {
+            let info = control::domain_info(*domid).map_err(control_failure(Call::DomainInfo, *domid))?;
+            record(value, info.cpu_time_ns);
+        }
+        Ok(())
+    }
+
+    fn cpu_ns(&self, domid: DomId) -> Option<u64> {
+        self.hogs.iter().find(|(d, _)| *d == domid).map(|&(_, ns)| ns)
+    }
+}
+
+/// ` window_cpu_ns=N` for a hog measured over the window.
+struct WindowField(Option<u64>);
+
+impl fmt::Display for WindowField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(ns) => write!(f, " window_cpu_ns={ns}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// `stress: domain ...` for every stress domain.
-fn report_domains(plan: &Plan) -> Result<(), Failure> {
+fn report_domains(plan: &Plan, window: &HogWindow) -> Result<(), Failure> {
     for planned in (0..plan.len()).filter_map(|index| plan.domain(index)) {
         let domid = planned.domid();
         let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
         let params =
             control::sched_params(domid).map_err(control_failure(Call::SchedParams, domid))?;
         println!(
-            "stress: domain domid={} role={} weight={} warp={} cpu_time_ns={} tot_pages={}",
+            "stress: domain domid={} role={} weight={} warp={} cpu_time_ns={} tot_pages={}{}",
             domid.0,
             planned.args.role.name(),
             params.weight,
             u8::from(params.warp_ns > 0),
             info.cpu_time_ns,
-            info.tot_pages
+            info.tot_pages,
+            WindowField(window.cpu_ns(domid))
         );
     }
     Ok(())

@@ -108,9 +108,10 @@ pub struct Domain {
     pub privileged: bool,
     /// Scheduling parameters (set at creation, changed by domain 0).
     pub params: Mutex<abi::control::SchedParams>,
-    /// Paused by domain 0: its vCPUs wait in `parked` instead of a run queue.
+    /// Paused by domain 0: its vCPUs wait, parked, until unpaused.
     pub paused: core::sync::atomic::AtomicBool,
-    pub parked: Mutex<Vec<Arc<Vcpu>>>,
+    /// Its vCPUs blocked in `sched_op poll` (senders look for them only when nonzero).
+    pub pollers: AtomicU32,
     pub shared_info: Mfn,
     pub memory: Mutex<DomainMemory>,
     /// Serializes this domain's page-table updates.
@@ -176,7 +177,7 @@ impl Domain {
             privileged,
             params: Mutex::new(params),
             paused: core::sync::atomic::AtomicBool::new(false),
-            parked: Mutex::new(Vec::new()),
+            pollers: AtomicU32::new(0),
             shared_info,
             memory: Mutex::new(DomainMemory { pages: Vec::new(), max_pages }),
             mmu_lock: Mutex::new(()),

@@ -8,15 +8,20 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use abi::arch_x86::TrapInfo;
+use events::poll::PollTarget;
 use mm::addr::Mfn;
 use pvmm::BasePtr;
 use spin::Mutex;
 
 use super::Domain;
 use crate::arch::trap::TrapFrame;
+
+/// `Vcpu::poll` when not polling, and when polling for any port.
+const NOT_POLLING: u32 = u32::MAX;
+const ANY_PORT: u32 = u32::MAX - 1;
 
 /// Scheduling state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,17 +105,24 @@ pub struct Vcpu {
     /// The guest's own GDT frames.
     pub gdt: Mutex<crate::pv::descriptors::GuestGdt>,
     state: AtomicU8,
-    /// The CPU whose run queue holds this vCPU.
+    /// Its name in the run queues.
+    pub key: crate::sched::VcpuKey,
+    /// Its home: the CPU whose run queue holds it (changed only by that CPU).
     pub cpu: AtomicU32,
-    /// Asked to give up its CPU at the next exit (yield, time slice over).
+    /// Asked to give up its CPU at the next exit (`sched_op yield`).
     pub yield_requested: AtomicBool,
     /// Its single-shot timer (`set_timer_op`), in system-time ns; 0: none.
-    pub timer_deadline: core::sync::atomic::AtomicU64,
-    /// Loaded on a CPU (from switch-in to switch-out).
-    pub on_cpu: AtomicBool,
-    /// In a run queue. Together with `on_cpu` this keeps a vCPU in at most one queue and
-    /// never queued while it runs, whoever wakes it (see `sched::enqueue`).
-    pub queued: AtomicBool,
+    pub timer_deadline: AtomicU64,
+    /// The timeout of its `sched_op poll`, in system-time ns; 0: none.
+    pub poll_deadline: AtomicU64,
+    /// Its pending timers in the CPUs' timer queues.
+    pub timers: Mutex<crate::sched::VcpuTimers>,
+    /// What it polls for while blocked in `sched_op poll` (see [`Vcpu::begin_poll`]).
+    poll: AtomicU32,
+    /// When it was last woken, until it runs (system time ns; for the wake-up latency).
+    pub woken_at_ns: AtomicU64,
+    /// Kept off its CPU because its domain is paused (see `sched::unpause`).
+    pub parked: AtomicBool,
 }
 
 impl Vcpu {
@@ -137,11 +149,15 @@ impl Vcpu {
             }),
             gdt: Mutex::new(Default::default()),
             state: AtomicU8::new(RunState::Runnable as u8),
+            key: crate::sched::VcpuKey::fresh(),
             cpu: AtomicU32::new(cpu),
             yield_requested: AtomicBool::new(false),
-            timer_deadline: core::sync::atomic::AtomicU64::new(0),
-            on_cpu: AtomicBool::new(false),
-            queued: AtomicBool::new(false),
+            timer_deadline: AtomicU64::new(0),
+            poll_deadline: AtomicU64::new(0),
+            timers: Mutex::new(Default::default()),
+            poll: AtomicU32::new(NOT_POLLING),
+            woken_at_ns: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
         })
     }
 
@@ -181,7 +197,37 @@ impl Vcpu {
     /// Marks the vCPU stopped (domain shutting down) and makes its CPU notice.
     pub fn stop(&self) {
         self.state.store(RunState::Stopped as u8, Ordering::Release);
-        crate::sched::kick(self.cpu.load(Ordering::Relaxed));
+        crate::sched::stopped(self);
+    }
+
+    /// Starts polling for `target` (`sched_op poll`); published before the ports are
+    /// checked, so that an event marked pending after the check finds the poller.
+    pub fn begin_poll(&self, target: PollTarget) {
+        let raw = match target {
+            PollTarget::AnyPort => ANY_PORT,
+            PollTarget::Port(port) => port.0,
+        };
+        if self.poll.swap(raw, Ordering::SeqCst) == NOT_POLLING {
+            self.domain.pollers.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// What the vCPU polls for, if it does.
+    pub fn poll_target(&self) -> Option<PollTarget> {
+        match self.poll.load(Ordering::SeqCst) {
+            NOT_POLLING => None,
+            ANY_PORT => Some(PollTarget::AnyPort),
+            port => Some(PollTarget::Port(abi::ids::EvtchnPort(port))),
+        }
+    }
+
+    /// Ends a poll; true for the one caller that ended it (and should wake the vCPU).
+    pub fn end_poll(&self) -> bool {
+        let ended = self.poll.swap(NOT_POLLING, Ordering::SeqCst) != NOT_POLLING;
+        if ended {
+            self.domain.pollers.fetch_sub(1, Ordering::SeqCst);
+        }
+        ended
     }
 
     /// Takes the top-level table references this vCPU holds (released at destruction).

@@ -172,7 +172,7 @@ pub fn start_boot_domains() -> usize {
 /// Makes a built domain's vCPUs runnable.
 pub fn start(domain: &Domain) {
     for vcpu in domain.vcpus() {
-        sched::enqueue(vcpu);
+        sched::add(vcpu);
     }
 }
 

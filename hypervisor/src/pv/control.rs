@@ -60,8 +60,7 @@ pub fn control(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
                     Ok(0)
                 }
                 ControlCmd::SetSchedParams => {
-                    let params = SchedParams::decode(&op.args);
-                    *target.params.lock() = checked(params)?;
+                    sched::set_params(&target, checked(SchedParams::decode(&op.args))?);
                     Ok(0)
                 }
                 ControlCmd::GetSchedParams => {

@@ -16,6 +16,10 @@ use abi::event_channel::{
     EvtchnUnmask,
 };
 use abi::hypercall::{EvtchnOp, Virq};
+use abi::sched::SchedPoll;
+use arrayvec::ArrayVec;
+use events::limits::MAX_POLL_PORTS;
+use events::poll::{PollOutcome, PollTarget};
 use abi::ids::{DomId, EvtchnPort, VcpuId};
 use events::bitmap::set_pending;
 use events::table::bind_interdomain;
@@ -72,10 +76,19 @@ impl SharedPage for Page {
     }
 }
 
-/// Marks `delivery.port` pending in `domain` and wakes or kicks the vCPU it notifies.
+/// Marks `delivery.port` pending in `domain` and wakes or kicks the vCPU it notifies, and
+/// any vCPU polling for the port.
 fn deliver(domain: &Domain, delivery: Delivery) {
     let notify = set_pending(&Page::of(domain), delivery.port, delivery.vcpu);
     domain.counters.events_sent.fetch_add(1, Ordering::Relaxed);
+    // After the pending bit is set (`poll` publishes its target before it checks).
+    if notify.newly_pending && domain.pollers.load(Ordering::SeqCst) > 0 {
+        for vcpu in domain.vcpus() {
+            if vcpu.poll_target().is_some_and(|t| t.wakes_on(delivery.port)) && vcpu.end_poll() {
+                sched::wake(&vcpu);
+            }
+        }
+    }
     if notify.upcall {
         if let Some(vcpu) = domain.vcpu(delivery.vcpu.0) {
             if !sched::wake(&vcpu) {
@@ -263,6 +276,41 @@ pub fn block(vcpu: &Vcpu) {
             if let Some(me) = vcpu.domain.vcpu(vcpu.id) {
                 sched::wake(&me);
             }
+        }
+    }
+}
+
+/// `sched_op poll`: blocks until one of the listed ports is pending (masked or not) or the
+/// timeout (absolute system time; 0: none) passes, as Xen's `do_poll`. Returns 0 either
+/// way; the guest looks at its ports to tell which.
+pub fn poll(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
+    let request: SchedPoll = read(arg)?;
+    let count = request.nr_ports as usize;
+    if count > MAX_POLL_PORTS {
+        return Err(Errno::Einval);
+    }
+    let mut raw = [0u8; MAX_POLL_PORTS * 4];
+    uaccess::read(request.ports, &mut raw[..count * 4]).map_err(|_| Errno::Efault)?;
+    let ports: ArrayVec<EvtchnPort, MAX_POLL_PORTS> =
+        raw[..count * 4].chunks_exact(4).map(|b| EvtchnPort(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect();
+    let Some(me) = vcpu.domain.vcpu(vcpu.id) else { return Err(Errno::Einval) };
+    // Blocked and polling first, then the check: an event after it finds the poller.
+    sched::block(vcpu);
+    vcpu.begin_poll(PollTarget::for_ports(&ports));
+    let outcome = events::poll::check(&Page::of(&vcpu.domain), &ports);
+    let expired = request.timeout != 0 && request.timeout <= crate::time::since_boot_ns();
+    match outcome {
+        Ok(PollOutcome::Block(_)) if !expired => {
+            if request.timeout != 0 {
+                sched::set_poll_timeout(&me, request.timeout);
+            }
+            Ok(0)
+        }
+        _ => {
+            if vcpu.end_poll() {
+                me.unblock();
+            }
+            outcome.map(|_| 0).map_err(Errno::from)
         }
     }
 }

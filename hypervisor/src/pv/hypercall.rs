@@ -136,6 +136,7 @@ fn sched_op(vcpu: &Vcpu, cmd: SchedOp, arg: GuestVa) -> HcResult {
             events::block(vcpu);
             Ok(0)
         }
+        SchedOp::Poll => events::poll(vcpu, arg),
         SchedOp::Shutdown => {
             let request: SchedShutdown = uaccess::read_value(arg.0).map_err(efault)?;
             console::flush_partial(&vcpu.domain);

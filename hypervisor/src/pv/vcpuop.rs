@@ -39,7 +39,7 @@ pub fn vcpu_op(vcpu: &Vcpu, cmd: VcpuOp, id: u32, arg: GuestVa) -> HcResult {
         VcpuOp::Up => {
             let target = target.ok_or(Errno::Einval)?;
             if target.start() {
-                crate::sched::enqueue(target);
+                crate::sched::add(target);
             }
             Ok(0)
         }

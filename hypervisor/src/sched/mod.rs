@@ -1,0 +1,724 @@
+//! Running vCPUs on CPUs: Borrowed Virtual Time with one run queue per CPU (the `bvt`
+//! crate decides; this module carries the decisions out), per-CPU timer queues, and the
+//! context switch on the way out of every trap.
+//!
+//! # Ownership
+//! Each CPU owns its run queue, its timer queue and its cache of the vCPUs homed on it
+//! ([`Local`], reached lock-free through [`PerCpuOwned`]). Other CPUs never touch them:
+//! they post to the CPU's [`Inbox`] (wake, add, arrive, new parameters, steal request) and
+//! kick it with a reschedule IPI. A vCPU's `Arc` travels next to its `Add`/`Arrive`
+//! message through the CPU's `arrivals` queue, so the owner always holds the vCPUs its
+//! queue names. A vCPU's home is `Vcpu::cpu`; only its home CPU changes it (when it gives
+//! the vCPU to a thief).
+//!
+//! # The decision on the way out
+//! Every trap, interrupt and hypercall ends in [`on_trap_exit`] with the frame it returns
+//! through. The CPU takes in arrivals, drains its inbox, folds in what happened to the vCPU
+//! it runs (blocked, stopped, paused, yielded), and, if the queue asks for a decision or the
+//! slice is over, asks it what runs next. The frame is then rewritten if needed: the
+//! outgoing vCPU's registers saved from it and the incoming one's loaded into it, CR3 and
+//! the guest segment bases switched; with nothing to run it becomes a frame into the idle
+//! loop, and the CPU asks the nearest busy CPU for work. Frames from hypervisor code other
+//! than the idle loop are never rewritten.
+//!
+//! # Why no wake-up is lost
+//! A vCPU's `RunState` (in [`Vcpu`]) is the truth; the queue's runnable flag follows it.
+//! A vCPU blocks itself while it runs (the queue learns at the exit); whoever unblocks it
+//! (`Blocked -> Runnable`) posts `Wake` to its home, which applies it after any earlier
+//! block. A blocked vCPU is never stolen (only runnable, waiting ones are), so the `Wake`
+//! always finds it; a `Wake` or `SetParams` that finds no vCPU (it is in flight to a thief,
+//! or gone) is dropped: in flight it is runnable already, and the thief re-reads its
+//! domain's parameters once it arrives. Dying vCPUs are woken so that their home notices
+//! and drops them.
+
+mod owned;
+mod stats;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arrayvec::ArrayVec;
+use bvt::{Action, BvtParams, Config, CpuId, Inbox, Message, RunQueue, TimerAdvance, TimerHandle, TimerQueue, STEAL_MIN_LOAD};
+use crossbeam_queue::SegQueue;
+use log::warn;
+use spin::Once;
+use x86_64::registers::model_specific::{FsBase, KernelGsBase};
+use x86_64::VirtAddr;
+
+use crate::arch::gdt::{HYPERVISOR_CS, HYPERVISOR_DS};
+use crate::arch::paging;
+use crate::arch::trap::TrapFrame;
+use crate::domain::vcpu::RunState;
+use crate::domain::{Domain, LifeState, Vcpu};
+use crate::percpu::PerCpu;
+use crate::traps::vectors;
+use crate::{cpus, lapic, percpu, time};
+use owned::PerCpuOwned;
+pub use stats::report;
+use stats::Stats;
+
+/// A vCPU's name in the run queues: unique for the whole run (never reused), so a message
+/// that outlives its vCPU can never reach another one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VcpuKey(u64);
+
+impl VcpuKey {
+    /// A key no vCPU had before.
+    pub fn fresh() -> VcpuKey {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        VcpuKey(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The vCPU's pending timers in its CPUs' timer queues, so that re-arming cancels the old
+/// one (a timer left in another CPU's queue after a migration is ignored when it fires:
+/// its deadline is no longer the vCPU's).
+#[derive(Default)]
+pub struct VcpuTimers {
+    guest: Option<(u32, TimerHandle)>,
+    poll: Option<(u32, TimerHandle)>,
+}
+
+/// What a CPU shows other CPUs.
+struct Shared {
+    inbox: Arc<Inbox<VcpuKey>>,
+    /// The vCPUs named by `Add`/`Arrive` messages in `inbox`, pushed before the message.
+    arrivals: SegQueue<Arc<Vcpu>>,
+    /// Sits in its idle loop with nothing runnable.
+    idle: AtomicBool,
+    /// Idle, and will look for work to steal again soon (no need to wake it for that).
+    balancing: AtomicBool,
+    /// The other CPUs, nearest first by topology: where it steals, whom it wakes to steal.
+    nearest: Vec<u32>,
+    /// What it did and how late (written by the CPU, read by the end-of-run report).
+    stats: Stats,
+}
+
+/// A one-shot timer in a CPU's timer queue.
+struct Timer {
+    kind: TimerKind,
+    deadline_ns: u64,
+    /// When the local timer is programmed for it: the deadline, or for a latency-sensitive
+    /// vCPU's timer, one learnt delivery latency earlier (see [`TimerAdvance`]).
+    fire_at_ns: u64,
+    /// Its vCPU's domain warps (the hypervisor then waits out an early interrupt).
+    latency_sensitive: bool,
+    vcpu: Arc<Vcpu>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    /// `set_timer_op`: raises VIRQ_TIMER.
+    Guest,
+    /// The timeout of `sched_op poll`.
+    PollTimeout,
+}
+
+/// What only the CPU itself touches.
+struct Local {
+    queue: RunQueue<VcpuKey>,
+    /// The vCPUs homed here (those the queue names, and arrivals on their way into it).
+    members: Vec<Arc<Vcpu>>,
+    /// Arrivals whose domain parameters are to be re-read once they are in the queue.
+    unsettled: Vec<VcpuKey>,
+    timers: TimerQueue<Timer>,
+    /// This CPU's timer delivery latency, for latency-sensitive timers.
+    advance: TimerAdvance,
+    /// When the running vCPU's slice ends (`None`: no other vCPU waits).
+    slice_end_ns: Option<u64>,
+    /// While idle: when to look for work to steal again (`None`: no CPU had any to spare).
+    balance_at_ns: Option<u64>,
+    /// TSC when the running vCPU was switched in (for its domain's CPU time).
+    since_tsc: u64,
+    /// Boot is over on this CPU: frames of its idle loop may be rewritten.
+    scheduling: bool,
+}
+
+/// The most a latency-sensitive timer is programmed ahead of its deadline (and so the
+/// longest the hypervisor waits out an early interrupt).
+const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
+
+/// How often an idle CPU looks again for work to steal while some CPU has a vCPU waiting.
+const BALANCE_INTERVAL_NS: u64 = 1_000_000;
+
+static SHARED: Once<Vec<Shared>> = Once::new();
+static LOCAL: Once<PerCpuOwned<Local>> = Once::new();
+
+/// Creates the run queues, one per CPU; `nearest(i)` lists CPU `i`'s others nearest first.
+pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>) {
+    let queues: Vec<RunQueue<VcpuKey>> = (0..cpus).map(|i| RunQueue::new(CpuId(i as u32), Config::default())).collect();
+    SHARED.call_once(|| {
+        queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Shared { inbox: q.inbox().clone(), arrivals: SegQueue::new(), idle: AtomicBool::new(false), balancing: AtomicBool::new(false), nearest: nearest(i), stats: Stats::default() })
+            .collect()
+    });
+    let mut queues = queues.into_iter();
+    LOCAL.call_once(|| {
+        PerCpuOwned::new(cpus, |_| Local {
+            queue: queues.next().expect("one queue per CPU"),
+            members: Vec::new(),
+            unsettled: Vec::new(),
+            timers: TimerQueue::new(),
+            advance: TimerAdvance::new(MAX_TIMER_ADVANCE_NS),
+            slice_end_ns: None,
+            balance_at_ns: None,
+            since_tsc: 0,
+            scheduling: false,
+        })
+    });
+}
+
+fn shared() -> &'static [Shared] {
+    SHARED.get().expect("sched::init runs at boot")
+}
+
+fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> R {
+    LOCAL.get().expect("sched::init runs at boot").with_mine(f)
+}
+
+fn this_cpu() -> u32 {
+    percpu::current().index.0
+}
+
+fn mine() -> &'static Shared {
+    &shared()[this_cpu() as usize]
+}
+
+/// The BVT parameters of a domain's vCPUs.
+pub fn bvt_params(params: &abi::control::SchedParams) -> BvtParams {
+    BvtParams {
+        weight: core::num::NonZeroU32::new(params.weight).unwrap_or(core::num::NonZeroU32::MIN),
+        warp_vns: params.warp_ns,
+        warp_limit_ns: params.warp_limit_ns,
+        unwarp_req_ns: params.unwarp_req_ns,
+    }
+}
+
+/// `cpu` if it is online, else the boot CPU (a vCPU must never be homed where nothing runs).
+fn online_or_boot(cpu: u32) -> u32 {
+    let online = cpus::all().get(cpu as usize).is_some_and(|s| s.state() == cpus::CpuState::Online);
+    if online { cpu } else { 0 }
+}
+
+/// Posts `message` to `cpu`'s inbox and kicks it.
+fn post(cpu: u32, message: Message<VcpuKey>) {
+    shared()[cpu as usize].inbox.post(message);
+    kick(cpu);
+}
+
+/// Interrupts `cpu` so that it reconsiders what to run (this CPU does at its next exit).
+pub fn kick(cpu: u32) {
+    if cpu != this_cpu() && cpus::all().get(cpu as usize).is_some_and(|s| s.state() == cpus::CpuState::Online) {
+        lapic::send_ipi(cpus::all()[cpu as usize].apic_id, vectors::RESCHEDULE);
+    }
+}
+
+/// Makes a new (or newly brought up) runnable vCPU known to its home CPU's run queue.
+pub fn add(vcpu: Arc<Vcpu>) {
+    let cpu = online_or_boot(vcpu.cpu.load(Ordering::SeqCst));
+    vcpu.cpu.store(cpu, Ordering::SeqCst);
+    let params = bvt_params(&vcpu.domain.params.lock());
+    let key = vcpu.key;
+    shared()[cpu as usize].arrivals.push(vcpu);
+    post(cpu, Message::Add(key, params));
+}
+
+/// Makes a blocked vCPU runnable again (from any CPU); true if it was blocked.
+pub fn wake(vcpu: &Vcpu) -> bool {
+    let woken = vcpu.unblock();
+    if woken {
+        vcpu.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
+        post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+    }
+    woken
+}
+
+/// Blocks the running vCPU until [`wake`]; it leaves its CPU on the way out of this trap.
+pub fn block(vcpu: &Vcpu) {
+    vcpu.set_blocked();
+}
+
+/// A vCPU was stopped (its domain is going away): its home drops it at its next decision.
+pub fn stopped(vcpu: &Vcpu) {
+    post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+}
+
+/// Puts new scheduling parameters in force for every vCPU of `domain`.
+pub fn set_params(domain: &Domain, params: abi::control::SchedParams) {
+    // Held while posting, so that two changes reach each queue in the order they were made.
+    let mut slot = domain.params.lock();
+    *slot = params;
+    for vcpu in domain.vcpus() {
+        post(vcpu.cpu.load(Ordering::SeqCst), Message::SetParams(vcpu.key, bvt_params(&params)));
+    }
+}
+
+/// Pauses a domain: its vCPUs leave their CPUs at their next decision and wait, parked,
+/// until [`unpause`].
+pub fn pause(domain: &Domain) {
+    domain.paused.store(true, Ordering::SeqCst);
+    for vcpu in domain.vcpus() {
+        kick(vcpu.cpu.load(Ordering::SeqCst));
+    }
+}
+
+/// Unpauses a domain: its parked vCPUs become runnable again.
+pub fn unpause(domain: &Domain) {
+    domain.paused.store(false, Ordering::SeqCst);
+    for vcpu in domain.vcpus() {
+        // Pairs with `park`: either it sees `paused` clear, or this sees `parked` set.
+        if vcpu.parked.swap(false, Ordering::SeqCst) {
+            post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+        }
+    }
+}
+
+/// Parks a vCPU of a paused domain; false (and not parked) if the domain was unpaused.
+fn park(vcpu: &Vcpu) -> bool {
+    vcpu.parked.store(true, Ordering::SeqCst);
+    if vcpu.domain.paused.load(Ordering::SeqCst) {
+        return true;
+    }
+    vcpu.parked.store(false, Ordering::SeqCst);
+    false
+}
+
+/// Sets (or with 0 cancels) the running `vcpu`'s `set_timer_op` timer at system time
+/// `deadline_ns`, in this CPU's timer queue.
+pub fn set_timer(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
+    vcpu.timer_deadline.store(deadline_ns, Ordering::Release);
+    arm(vcpu, TimerKind::Guest, deadline_ns);
+}
+
+/// Sets (or with 0 cancels) the running `vcpu`'s poll timeout.
+pub fn set_poll_timeout(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
+    vcpu.poll_deadline.store(deadline_ns, Ordering::Release);
+    arm(vcpu, TimerKind::PollTimeout, deadline_ns);
+}
+
+fn arm(vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
+    let me = this_cpu();
+    let latency_sensitive = kind == TimerKind::Guest && deadline_ns != 0 && vcpu.domain.params.lock().warp_ns > 0;
+    with_local(|local| {
+        let mut timers = vcpu.timers.lock();
+        let slot = match kind {
+            TimerKind::Guest => &mut timers.guest,
+            TimerKind::PollTimeout => &mut timers.poll,
+        };
+        if let Some((cpu, handle)) = slot.take() {
+            if cpu == me {
+                local.timers.cancel(handle);
+            }
+        }
+        if deadline_ns != 0 {
+            let advance = if latency_sensitive { local.advance.advance_ns() } else { 0 };
+            let fire_at_ns = deadline_ns.saturating_sub(advance);
+            let timer = Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu: vcpu.clone() };
+            let handle = local.timers.insert(fire_at_ns, timer);
+            *slot = Some((me, handle));
+        }
+    });
+}
+
+/// The local timer fired: fires the vCPU timers that are due (the exit path then sees
+/// whether the running vCPU's slice is over).
+pub fn timer_interrupt() {
+    const BATCH: usize = 16;
+    let now = time::since_boot_ns();
+    loop {
+        let due: ArrayVec<Timer, BATCH> = with_local(|local| {
+            let due: ArrayVec<Timer, BATCH> = local.timers.expire(now).take(BATCH).collect();
+            for timer in due.iter().filter(|t| t.latency_sensitive) {
+                local.advance.observe(now.saturating_sub(timer.fire_at_ns));
+            }
+            due
+        });
+        let more = due.is_full();
+        for timer in due {
+            fire(timer);
+        }
+        if !more {
+            break;
+        }
+    }
+}
+
+/// Fires one due timer, unless its vCPU has re-armed or cancelled it since. A timer
+/// programmed early whose interrupt came before the deadline waits it out (at most
+/// [`MAX_TIMER_ADVANCE_NS`]), so that the guest never sees its timer fire early.
+fn fire(timer: Timer) {
+    let vcpu = &timer.vcpu;
+    let mut now = time::since_boot_ns();
+    while now < timer.deadline_ns && timer.deadline_ns - now <= MAX_TIMER_ADVANCE_NS {
+        core::hint::spin_loop();
+        now = time::since_boot_ns();
+    }
+    let stats = &mine().stats;
+    let late = now.saturating_sub(timer.deadline_ns);
+    if timer.latency_sensitive { stats.timer_late_warped.record(late) } else { stats.timer_late.record(late) }
+    let current = |deadline: &AtomicU64| deadline.compare_exchange(timer.deadline_ns, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
+    match timer.kind {
+        TimerKind::Guest if current(&vcpu.timer_deadline) => crate::pv::events::timer_fired(vcpu),
+        TimerKind::PollTimeout if current(&vcpu.poll_deadline) && vcpu.end_poll() => {
+            wake(vcpu);
+        }
+        _ => {}
+    }
+}
+
+/// Marks this CPU as done with boot: from now on the frames of its idle loop may be
+/// rewritten into guest frames.
+pub fn enter_idle() {
+    with_local(|local| local.scheduling = true);
+    shared()[this_cpu() as usize].idle.store(true, Ordering::SeqCst);
+}
+
+/// Whether messages or arrivals wait for this CPU (the idle loop then interrupts itself).
+pub fn has_work() -> bool {
+    SHARED.get().is_some_and(|all| {
+        let mine = &all[this_cpu() as usize];
+        mine.inbox.has_messages() || !mine.arrivals.is_empty()
+    })
+}
+
+/// The vCPU this CPU runs, if any.
+pub fn current() -> Option<&'static Vcpu> {
+    let ptr = percpu::current().current.load(Ordering::Relaxed);
+    // SAFETY: `current` holds a pointer from `Arc::into_raw` while the vCPU runs here; the
+    // reference is used only within the trap that is running on this CPU.
+    (!ptr.is_null()).then(|| unsafe { &*ptr })
+}
+
+/// Decides what runs when `frame` is returned through, and rewrites it accordingly.
+pub fn on_trap_exit(frame: &mut TrapFrame) {
+    if LOCAL.get().is_none() {
+        return;
+    }
+    let here = percpu::current();
+    let from_guest = frame.is_from_guest();
+    let mut leaving = Vec::new();
+    with_local(|local| {
+        if from_guest || local.scheduling {
+            local.schedule(frame, here, &mut leaving);
+        }
+    });
+    for domain in leaving {
+        leave(&domain);
+    }
+}
+
+/// What to do with a vCPU the queue named.
+enum Verdict {
+    Run,
+    /// Not runnable now (blocked, or its domain paused): off the queue's runnable set.
+    Block,
+    /// Stopped, or its domain is going away: off the queue for good.
+    Drop,
+}
+
+fn verdict(vcpu: &Vcpu) -> Verdict {
+    match vcpu.state() {
+        RunState::Stopped => Verdict::Drop,
+        _ if vcpu.domain.state() != LifeState::Running => Verdict::Drop,
+        RunState::Blocked | RunState::Down => Verdict::Block,
+        RunState::Runnable if vcpu.domain.paused.load(Ordering::SeqCst) && park(vcpu) => Verdict::Block,
+        RunState::Runnable => Verdict::Run,
+    }
+}
+
+impl Local {
+    fn schedule(&mut self, frame: &mut TrapFrame, here: &PerCpu, leaving: &mut Vec<Arc<Domain>>) {
+        let me = here.index.0;
+        let mine = &shared()[me as usize];
+        while let Some(vcpu) = mine.arrivals.pop() {
+            self.unsettled.push(vcpu.key);
+            self.members.push(vcpu);
+        }
+        let now = time::since_boot_ns();
+        let drained = self.queue.drain(now);
+        let mut decide = drained.reschedule;
+        for action in drained.actions {
+            self.carry_out(action);
+        }
+        self.settle_arrivals(now);
+        let loaded = current();
+        if let Some(vcpu) = loaded {
+            decide |= self.settle(vcpu, now);
+        }
+        decide |= self.slice_end_ns.is_some_and(|end| now >= end) || (loaded.is_none() && self.queue.load() > 0);
+        if decide {
+            self.decide(frame, here, loaded, now, leaving);
+        }
+        if current().is_none() {
+            // Idle: look for work at every wake-up unless a look is planned already.
+            if self.balance_at_ns.is_none_or(|at| now >= at) {
+                self.balance(me, mine, now);
+            }
+        } else if self.queue.load() >= STEAL_MIN_LOAD {
+            wake_idle_neighbour(mine);
+        }
+        self.program_timer(now);
+    }
+
+    /// Carries out what a drain asked for.
+    fn carry_out(&mut self, action: Action<VcpuKey>) {
+        match action {
+            Action::Migrate { vcpu: key, state, to } => {
+                let Some(vcpu) = self.forget(key) else { return };
+                let to = online_or_boot(to.0);
+                shared()[self.queue.cpu().0 as usize].stats.migrations.fetch_add(1, Ordering::Relaxed);
+                vcpu.cpu.store(to, Ordering::SeqCst);
+                shared()[to as usize].arrivals.push(vcpu);
+                post(to, Message::Arrive(key, state));
+            }
+            Action::Removed(key) => drop(self.forget(key)),
+            // In flight to a thief (runnable already; the thief re-reads the parameters)
+            // or gone: nothing to do.
+            Action::Bounced { message: Message::Wake(_) | Message::SetParams(..) | Message::Remove(_), .. } => {}
+            Action::Bounced { message, reason } => warn!("sched: cpu {} could not apply {message:?}: {reason:?}", self.queue.cpu().0),
+        }
+    }
+
+    /// Brings the parameters of vCPUs that arrived in the queue up to their domain's.
+    fn settle_arrivals(&mut self, now: u64) {
+        let mut i = 0;
+        while i < self.unsettled.len() {
+            let key = self.unsettled[i];
+            let Some(view) = self.queue.vcpu(key) else {
+                // Its message is not drained yet (or it is gone already).
+                if self.member(key).is_none() {
+                    self.unsettled.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+                continue;
+            };
+            self.unsettled.swap_remove(i);
+            if let Some(vcpu) = self.member(key) {
+                let params = bvt_params(&vcpu.domain.params.lock());
+                if params != view.params {
+                    let _ = self.queue.set_params(key, params, now);
+                }
+            }
+        }
+    }
+
+    /// Folds what happened to the running vCPU into the queue; true if a decision is due.
+    fn settle(&mut self, vcpu: &Vcpu, now: u64) -> bool {
+        match verdict(vcpu) {
+            Verdict::Drop => {
+                self.forget(vcpu.key);
+                true
+            }
+            Verdict::Block => {
+                let _ = self.queue.block(vcpu.key, now);
+                true
+            }
+            Verdict::Run => {
+                if vcpu.poll_target().is_some() || vcpu.poll_deadline.load(Ordering::Relaxed) != 0 {
+                    self.end_poll(vcpu);
+                }
+                let yielded = vcpu.yield_requested.swap(false, Ordering::Relaxed);
+                if yielded {
+                    self.queue.yield_current();
+                }
+                yielded
+            }
+        }
+    }
+
+    /// The running vCPU is back from a poll (an event or the timeout woke it).
+    fn end_poll(&mut self, vcpu: &Vcpu) {
+        vcpu.end_poll();
+        vcpu.poll_deadline.store(0, Ordering::Release);
+        if let Some((cpu, handle)) = vcpu.timers.lock().poll.take() {
+            if cpu == self.queue.cpu().0 {
+                self.timers.cancel(handle);
+            }
+        }
+    }
+
+    /// Asks the queue what runs next and makes the frame return to it.
+    fn decide(&mut self, frame: &mut TrapFrame, here: &PerCpu, mut loaded: Option<&Vcpu>, now: u64, leaving: &mut Vec<Arc<Domain>>) {
+        let mine = &shared()[here.index.0 as usize];
+        // The frame returns to a guest (else to the idle loop, which it may stay in).
+        let guest_frame = loaded.is_some();
+        loop {
+            let decision = self.queue.pick_next(now);
+            let Some(key) = decision.run else {
+                if let Some(vcpu) = loaded.take() {
+                    leaving.push(self.switch_out(vcpu, frame, here));
+                }
+                if guest_frame {
+                    idle_frame(frame, here.stack_top);
+                }
+                self.slice_end_ns = None;
+                mine.idle.store(true, Ordering::SeqCst);
+                self.balance(here.index.0, mine, now);
+                return;
+            };
+            if loaded.is_some_and(|v| v.key == key) {
+                self.slice_end_ns = decision.slice_ns.map(|s| now + s);
+                return;
+            }
+            let Some(vcpu) = self.member(key) else {
+                warn!("sched: cpu {} queue named an unknown vCPU", here.index.0);
+                let _ = self.queue.remove(key, now);
+                continue;
+            };
+            match verdict(&vcpu) {
+                Verdict::Run => {}
+                Verdict::Block => {
+                    let _ = self.queue.block(key, now);
+                    continue;
+                }
+                Verdict::Drop => {
+                    self.forget(key);
+                    continue;
+                }
+            }
+            if let Some(out) = loaded.take() {
+                leaving.push(self.switch_out(out, frame, here));
+            }
+            if let Err(domain) = switch_in(vcpu, frame) {
+                self.forget(key);
+                leaving.push(domain);
+                continue;
+            }
+            mine.idle.store(false, Ordering::SeqCst);
+            mine.balancing.store(false, Ordering::Relaxed);
+            self.balance_at_ns = None;
+            mine.stats.switches.fetch_add(1, Ordering::Relaxed);
+            let woken_at = vcpu_woken_at(here);
+            if woken_at != 0 {
+                mine.stats.wake_to_run.record(now.saturating_sub(woken_at));
+            }
+            self.since_tsc = time::rdtsc();
+            self.slice_end_ns = decision.slice_ns.map(|s| now + s);
+            return;
+        }
+    }
+
+    fn member(&self, key: VcpuKey) -> Option<Arc<Vcpu>> {
+        self.members.iter().find(|v| v.key == key).cloned()
+    }
+
+    /// Takes a vCPU off this CPU for good: out of the queue and the members.
+    fn forget(&mut self, key: VcpuKey) -> Option<Arc<Vcpu>> {
+        let _ = self.queue.remove(key, time::since_boot_ns());
+        let i = self.members.iter().position(|v| v.key == key)?;
+        Some(self.members.swap_remove(i))
+    }
+
+    /// Saves the running vCPU's state from this CPU; returns its domain, which the caller
+    /// must [`leave`] once the frame no longer depends on it.
+    fn switch_out(&mut self, vcpu: &Vcpu, frame: &TrapFrame, here: &PerCpu) -> Arc<Domain> {
+        let ran = time::tsc_to_ns(time::rdtsc().wrapping_sub(self.since_tsc));
+        vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
+        {
+            let mut ctx = vcpu.ctx.lock();
+            ctx.regs = frame.clone();
+            ctx.fs_base = FsBase::read().as_u64();
+            // The guest's GS base sits in KERNEL_GS_BASE while the hypervisor runs (swapgs).
+            let gs = KernelGsBase::read().as_u64();
+            if ctx.in_kernel { ctx.gs_base_kernel = gs } else { ctx.gs_base_user = gs }
+        }
+        let ptr = here.current.swap(core::ptr::null_mut(), Ordering::Relaxed);
+        // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
+        // this CPU's hold on the vCPU.
+        let vcpu = unsafe { Arc::from_raw(ptr) };
+        vcpu.domain.clone()
+    }
+
+    /// This CPU is idle: asks the nearest CPU with a vCPU waiting long enough for one (it
+    /// answers at its next decision, not interrupted for it), and comes back to look again
+    /// while any CPU has a vCPU waiting.
+    fn balance(&mut self, me: u32, mine: &Shared, now: u64) {
+        let all = shared();
+        let inboxes = mine.nearest.iter().map(|&cpu| &*all[cpu as usize].inbox);
+        bvt::steal_from_nearest(CpuId(me), inboxes);
+        let busy = mine.nearest.iter().any(|&cpu| all[cpu as usize].inbox.load() >= STEAL_MIN_LOAD);
+        self.balance_at_ns = busy.then_some(now + BALANCE_INTERVAL_NS);
+        mine.balancing.store(busy, Ordering::Relaxed);
+    }
+
+    /// Arms the local timer for the earliest of the next vCPU timer, the slice's end and the
+    /// next look for work.
+    fn program_timer(&self, now: u64) {
+        if let Some(next) = [self.timers.next_deadline(), self.slice_end_ns, self.balance_at_ns].into_iter().flatten().min() {
+            lapic::arm_timer_ns(next.saturating_sub(now).max(1_000));
+        }
+    }
+}
+
+/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3. Refuses when
+/// its domain is shutting down (returning the domain to [`leave`]): a domain's memory may be
+/// returned as soon as no CPU counts as running it, so the count is raised before CR3 is
+/// loaded.
+fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> Result<(), Arc<Domain>> {
+    vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
+    if vcpu.domain.state() != LifeState::Running {
+        return Err(vcpu.domain.clone());
+    }
+    {
+        let ctx = vcpu.ctx.lock();
+        *frame = ctx.regs.clone();
+        FsBase::write(VirtAddr::new_truncate(ctx.fs_base));
+        let gs = if ctx.in_kernel { ctx.gs_base_kernel } else { ctx.gs_base_user };
+        KernelGsBase::write(VirtAddr::new_truncate(gs));
+        let l4 = ctx.active_l4().expect("a runnable vCPU has page tables");
+        paging::load_guest_tables(l4.addr().0);
+    }
+    crate::pv::shared::publish_time(&vcpu);
+    crate::pv::descriptors::load(&vcpu.gdt.lock());
+    percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
+    Ok(())
+}
+
+/// When the vCPU just switched in on this CPU was woken (0: it did not wait blocked).
+fn vcpu_woken_at(here: &PerCpu) -> u64 {
+    let ptr = here.current.load(Ordering::Relaxed);
+    // SAFETY: `switch_in` just stored it from `Arc::into_raw`; the vCPU lives while loaded.
+    let vcpu = unsafe { &*ptr };
+    vcpu.woken_at_ns.swap(0, Ordering::Relaxed)
+}
+
+/// Turns `frame` into a return to the idle loop on this CPU's stack.
+fn idle_frame(frame: &mut TrapFrame, stack_top: u64) {
+    paging::load_hypervisor_tables();
+    *frame = TrapFrame {
+        rip: crate::idle::run as *const () as u64,
+        cs: HYPERVISOR_CS as u64,
+        rflags: 0x2,
+        rsp: stack_top - 8,
+        ss: HYPERVISOR_DS as u64,
+        ..TrapFrame::zeroed()
+    };
+}
+
+/// Work is waiting here: wakes the nearest idle CPU that is not looking for work already,
+/// so that it starts to.
+fn wake_idle_neighbour(mine: &Shared) {
+    let all = shared();
+    let asleep = |cpu: &&u32| {
+        let other = &all[**cpu as usize];
+        other.idle.load(Ordering::Relaxed) && !other.balancing.load(Ordering::Relaxed)
+    };
+    if let Some(&cpu) = mine.nearest.iter().find(asleep) {
+        // Set here too, so that this CPU does not wake it again before it looked.
+        all[cpu as usize].balancing.store(true, Ordering::Relaxed);
+        kick(cpu);
+    }
+}
+
+/// This CPU no longer runs a vCPU of `domain` (its CR3 has moved on); the last CPU to
+/// leave a domain that is shutting down destroys it.
+fn leave(domain: &Arc<Domain>) {
+    let last = domain.running_vcpus.fetch_sub(1, Ordering::AcqRel) == 1;
+    if last && domain.state() == LifeState::ShuttingDown {
+        domain.destroy();
+    }
+}

@@ -1,0 +1,93 @@
+//! What each CPU's scheduler did and how late it was, for the end-of-run report: timer
+//! interrupts against the deadlines they served, and the time from a vCPU's wake-up to its
+//! switch-in. Written by the CPU concerned with relaxed atomics, read once at the end.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use log::info;
+
+/// Upper bounds of the latency buckets, ns; a last bucket takes the rest.
+const BOUNDS_NS: [u64; 11] = [
+    10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000,
+];
+
+/// A latency distribution: counts per bucket, the sum and the maximum.
+#[derive(Default)]
+pub struct Latency {
+    buckets: [AtomicU64; BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl Latency {
+    pub fn record(&self, ns: u64) {
+        let bucket = BOUNDS_NS.iter().position(|&bound| ns < bound).unwrap_or(BOUNDS_NS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The bucket bound under which `per_mille`/1000 of the samples lie (`None`: beyond
+    /// the last bound).
+    fn quantile_bound_ns(&self, per_mille: u64) -> Option<u64> {
+        let wanted = (self.count() * per_mille).div_ceil(1000);
+        let mut seen = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket.load(Ordering::Relaxed);
+            if seen >= wanted {
+                return BOUNDS_NS.get(i).copied();
+            }
+        }
+        None
+    }
+
+    fn print(&self, cpu: usize, name: &str) {
+        let count = self.count();
+        if count == 0 {
+            return;
+        }
+        let bound = |f| self.quantile_bound_ns(f).map_or_else(|| alloc::string::String::from("more"), |ns| alloc::format!("{}", ns / 1000));
+        info!(
+            "summary: sched.cpu{cpu}.{name}: count={count} avg_us={} p50_under_us={} p99_under_us={} max_us={}",
+            self.sum_ns.load(Ordering::Relaxed) / count / 1000,
+            bound(500),
+            bound(990),
+            self.max_ns.load(Ordering::Relaxed) / 1000
+        );
+    }
+}
+
+/// One CPU's scheduling statistics.
+#[derive(Default)]
+pub struct Stats {
+    /// vCPUs switched in.
+    pub switches: AtomicU64,
+    /// vCPUs given to another CPU that asked for work.
+    pub migrations: AtomicU64,
+    /// Timer interrupt handling after the deadline of each vCPU timer it fired.
+    pub timer_late: Latency,
+    /// The same for the timers of latency-sensitive (warping) domains, programmed early.
+    pub timer_late_warped: Latency,
+    /// From a vCPU's wake-up to its switch-in here.
+    pub wake_to_run: Latency,
+}
+
+/// Prints every CPU's statistics as summary lines.
+pub fn report() {
+    let Some(all) = super::SHARED.get() else { return };
+    for (cpu, shared) in all.iter().enumerate() {
+        let stats = &shared.stats;
+        info!(
+            "summary: sched.cpu{cpu}: switches={} migrations_out={}",
+            stats.switches.load(Ordering::Relaxed),
+            stats.migrations.load(Ordering::Relaxed)
+        );
+        stats.timer_late.print(cpu, "timer_late");
+        stats.timer_late_warped.print(cpu, "timer_late_warped");
+        stats.wake_to_run.print(cpu, "wake_to_run");
+    }
+}
