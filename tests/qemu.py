@@ -88,6 +88,16 @@ def guest_cases():
         Case("pvh-hello-smp4", smp="4", cmdline="guests=8", modules=[("guest-hello", "")],
              expect={"domains.created": "8", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines),
+        # Poll (timeout, woken by its port, already pending, too many ports), block until a
+        # timer, and a storm of 20000 re-armed/cancelled/expired timers, 4 domains on 2 CPUs.
+        Case("pvh-events-smp2", smp="2", cmdline="guests=4", modules=[("guest-events", "")],
+             expect={"domains.created": "4", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["events: poll timeout ok", "events: poll woken by its port ok",
+                                      "events: poll of a pending port ok", "events: poll of 129 ports refused ok",
+                                      "events: block until the timer ok", "events: timer storm ok", "events: all ok"]),
+        Case("pvh-events-smp1", smp="1", cmdline="guests=2", modules=[("guest-events", "")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["events: timer storm ok", "events: all ok"]),
         Case("iso-guests-smp1", smp="1", boot="iso", modules=everyone,
              expect={"domains.created": "5", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),

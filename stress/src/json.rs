@@ -216,6 +216,7 @@ fn run(run: &RunInfo) -> Value {
         ("failed", run.failed.clone().into()),
         ("log_lines", run.log_lines.into()),
         ("qemu", run.qemu.map(|q| q.to_string()).into()),
+        ("hypervisor_sched", Value::Object(run.sched.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect())),
     ])
 }
 

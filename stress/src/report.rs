@@ -330,6 +330,8 @@ pub struct RunInfo {
     pub failed: Option<String>,
     pub log_lines: usize,
     pub qemu: Option<QemuOutcome>,
+    /// The hypervisor's per-CPU scheduler figures (`summary: sched.*`, prefix kept).
+    pub sched: BTreeMap<String, String>,
 }
 
 /// The whole report.
@@ -367,6 +369,7 @@ fn run_info(run: &Run, qemu: Option<QemuOutcome>) -> RunInfo {
         failed: run.failed.clone(),
         log_lines: run.lines,
         qemu,
+        sched: run.summary.iter().filter(|(k, _)| k.starts_with("sched.")).map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 

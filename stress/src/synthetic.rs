@@ -297,6 +297,8 @@ fn end_summary(log: &mut Log, n: usize) {
         "domains.hypervisor_bytes_per_domain=7096".into(),
         "domains.unexpected_endings=0".into(),
         "memory.leaked_frames=0".into(),
+        "sched.cpu0.switches=4321".into(),
+        "sched.cpu0.timer_late_warped_us=900/8/10/50/120".into(),
         "run=pass".into(),
     ] {
         log.line(0, &format!("summary: {fact}"));
@@ -478,6 +480,7 @@ mod tests {
             "timer lateness, warped (latency)           3      3000     10.2     41.0     81.9     83.9",
             "unwarped/warped at p99: 10.0x",
             "PASS    each hog's CPU share within 5% of its weight's",
+            "cpu0   switches     4321  warped timers 900/8/10/50/120  other timers -",
             "verdict: PASS",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in\n{text}");
@@ -492,6 +495,8 @@ mod tests {
             "hogs",
             "slowdown",
             "targets",
+            "hypervisor_sched",
+            "sched.cpu0.switches",
         ] {
             assert!(keys.iter().any(|k| k == key), "no key {key}");
         }

@@ -20,6 +20,7 @@ pub fn render(a: &Analysis) -> String {
     header(&mut out, &a.report);
     memory(&mut out, &a.report.memory, a.report.run.created);
     latency(&mut out, &a.report.latency);
+    hypervisor_view(&mut out, &a.report.run.sched);
     fairness(&mut out, &a.report.fairness);
     creation(&mut out, &a.report.creation);
     targets(&mut out, a);
@@ -207,6 +208,31 @@ fn latency(out: &mut String, l: &LatencyReport) {
         l.lost_answers
     );
     out.push_str("  (percentiles are bucket low bounds, at most 6.25% under; max is exact)\n");
+}
+
+/// The hypervisor's own view per CPU (`summary: sched.cpuN.*`): how late timer interrupts
+/// came against the deadlines they served, and how long woken vCPUs waited to run.
+fn hypervisor_view(out: &mut String, summary: &std::collections::BTreeMap<String, String>) {
+    let cpus = (0..).take_while(|cpu| summary.contains_key(&format!("sched.cpu{cpu}.switches")));
+    let mut header = false;
+    for cpu in cpus {
+        if !header {
+            header = true;
+            let _ = writeln!(
+                out,
+                "  hypervisor per CPU (count/avg/p50</p99</max, µs): timer interrupt after the deadline; wake-up to run"
+            );
+        }
+        let get = |key: &str| summary.get(&format!("sched.cpu{cpu}.{key}")).map_or("-", String::as_str);
+        let _ = writeln!(
+            out,
+            "    cpu{cpu:<3} switches {:>8}  warped timers {}  other timers {}  wake-to-run {}",
+            get("switches"),
+            get("timer_late_warped_us"),
+            get("timer_late_us"),
+            get("wake_to_run_us")
+        );
+    }
 }
 
 fn fairness(out: &mut String, f: &FairnessReport) {

@@ -20,6 +20,8 @@ static STARTED: AtomicUsize = AtomicUsize::new(0);
 /// Every boot domain has been built (until then an empty domain table is not the end).
 static BUILT_ALL: AtomicBool = AtomicBool::new(false);
 static EXPECTED: Mutex<Vec<(DomainId, Ending)>> = Mutex::new(Vec::new());
+/// The end of the run has begun (the last two domains can die on two CPUs at once).
+static FINISHING: AtomicBool = AtomicBool::new(false);
 
 /// Remembers free memory before the first domain is built.
 pub fn record_free_before() {
@@ -35,14 +37,14 @@ pub fn started(id: DomainId, expected: Ending) {
 /// All boot domains are built (`started` of them run).
 pub fn boot_domains_built(started: usize) {
     BUILT_ALL.store(true, Ordering::Release);
-    if started == 0 || domain::live_count() == 0 {
+    if (started == 0 || domain::live_count() == 0) && !FINISHING.swap(true, Ordering::AcqRel) {
         finish();
     }
 }
 
 /// Called after each domain's destruction: ends the run when none is left.
 pub fn domain_destroyed() {
-    if BUILT_ALL.load(Ordering::Acquire) && domain::live_count() == 0 {
+    if BUILT_ALL.load(Ordering::Acquire) && domain::live_count() == 0 && !FINISHING.swap(true, Ordering::AcqRel) {
         finish();
     }
 }

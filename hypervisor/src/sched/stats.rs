@@ -52,7 +52,7 @@ impl Latency {
         }
         let bound = |f| self.quantile_bound_ns(f).map_or_else(|| alloc::string::String::from("more"), |ns| alloc::format!("{}", ns / 1000));
         info!(
-            "summary: sched.cpu{cpu}.{name}: count={count} avg_us={} p50_under_us={} p99_under_us={} max_us={}",
+            "summary: sched.cpu{cpu}.{name}_us={count}/{}/{}/{}/{}",
             self.sum_ns.load(Ordering::Relaxed) / count / 1000,
             bound(500),
             bound(990),
@@ -76,16 +76,15 @@ pub struct Stats {
     pub wake_to_run: Latency,
 }
 
-/// Prints every CPU's statistics as summary lines.
+/// Prints every CPU's statistics as summary lines: `sched.cpuN.switches`,
+/// `sched.cpuN.migrations_out`, and per latency `sched.cpuN.<name>_us=count/avg/p50/p99/max`
+/// where p50 and p99 are bucket upper bounds (`more`: beyond 20 ms).
 pub fn report() {
     let Some(all) = super::SHARED.get() else { return };
     for (cpu, shared) in all.iter().enumerate() {
         let stats = &shared.stats;
-        info!(
-            "summary: sched.cpu{cpu}: switches={} migrations_out={}",
-            stats.switches.load(Ordering::Relaxed),
-            stats.migrations.load(Ordering::Relaxed)
-        );
+        info!("summary: sched.cpu{cpu}.switches={}", stats.switches.load(Ordering::Relaxed));
+        info!("summary: sched.cpu{cpu}.migrations_out={}", stats.migrations.load(Ordering::Relaxed));
         stats.timer_late.print(cpu, "timer_late");
         stats.timer_late_warped.print(cpu, "timer_late_warped");
         stats.wake_to_run.print(cpu, "wake_to_run");
