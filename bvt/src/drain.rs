@@ -203,6 +203,22 @@ mod tests {
     }
 
     #[test]
+    fn pinned_vcpus_are_never_stolen() {
+        let mut victim = RunQueue::new(CpuId(1), Config::default());
+        let pinned = BvtParams { pinned: true, ..BvtParams::DEFAULT };
+        for v in 0..3 {
+            victim.add(v, pinned, 0).unwrap();
+        }
+        victim.pick_next(0);
+        assert!(victim.inbox().request_steal(CpuId(0)));
+        assert!(victim.drain(10 * MS).actions.is_empty(), "two waited 10 ms but are pinned");
+        victim.add(3, BvtParams::DEFAULT, 0).unwrap();
+        assert!(victim.inbox().request_steal(CpuId(0)));
+        let actions = victim.drain(20 * MS).actions;
+        assert!(matches!(actions[..], [Action::Migrate { vcpu: 3, .. }]), "{actions:?}");
+    }
+
+    #[test]
     fn only_a_vcpu_that_waited_the_threshold_is_stolen() {
         let wait = crate::params::DEFAULT_STEAL_MIN_WAIT_NS;
         let mut victim = queue_with(1, 0..2);

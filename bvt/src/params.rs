@@ -42,6 +42,8 @@ pub struct BvtParams {
     /// Unwarp requirement `U`: real ns a vCPU must have been unwarped before it may warp
     /// again.
     pub unwarp_req_ns: u64,
+    /// Hard affinity: never given to another CPU that steals work.
+    pub pinned: bool,
 }
 
 impl BvtParams {
@@ -51,6 +53,7 @@ impl BvtParams {
         warp_vns: 0,
         warp_limit_ns: NO_WARP_LIMIT,
         unwarp_req_ns: 0,
+        pinned: false,
     };
 
     /// The default parameters with `weight`.

@@ -289,15 +289,16 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.inbox.pop()
     }
 
-    /// The vCPU to give a thief: runnable, not running, waiting for at least the steal
-    /// threshold, dispatched least recently.
+    /// The vCPU to give a thief: runnable, not running, not pinned, waiting for at least
+    /// the steal threshold, dispatched least recently.
     pub(crate) fn steal_candidate(&self, now_ns: u64) -> Option<V> {
         let current = self.current.and_then(|v| self.find(v));
         let min_wait = self.config.steal_min_wait_ns;
         self.members
             .iter()
             .enumerate()
-            .filter(|&(i, m)| m.runnable && Some(i) != current && now_ns.saturating_sub(m.waiting_since_ns) >= min_wait)
+            .filter(|&(i, m)| m.runnable && Some(i) != current && !m.account.params().pinned)
+            .filter(|(_, m)| now_ns.saturating_sub(m.waiting_since_ns) >= min_wait)
             .min_by_key(|(_, m)| m.last_dispatch)
             .map(|(_, m)| m.id)
     }
@@ -636,6 +637,7 @@ mod tests {
             warp_vns: u64::MAX,
             warp_limit_ns: u64::MAX,
             unwarp_req_ns: u64::MAX,
+            pinned: true,
         };
         let mut rq = RunQueue::new(CpuId(0), config(u64::MAX, u64::MAX));
         rq.add(1u32, extreme, u64::MAX - 1).unwrap();

@@ -191,7 +191,7 @@ mod tests {
 
     fn account(weight: u32, warp_vns: u64, warp_limit_ns: u64, unwarp_req_ns: u64) -> Account {
         let weight = NonZeroU32::new(weight).unwrap();
-        let params = BvtParams { weight, warp_vns, warp_limit_ns, unwarp_req_ns };
+        let params = BvtParams { weight, warp_vns, warp_limit_ns, unwarp_req_ns, pinned: false };
         Account::arrive(&VcpuState::fresh(params), 0)
     }
 

@@ -108,6 +108,9 @@ pub struct Domain {
     pub privileged: bool,
     /// Scheduling parameters (set at creation, changed by domain 0).
     pub params: Mutex<abi::control::SchedParams>,
+    /// Its vCPUs stay on the CPUs they were placed on (domain 0 chose them): idle CPUs
+    /// never steal them.
+    pub pinned: bool,
     /// Paused by domain 0: its vCPUs wait, parked, until unpaused.
     pub paused: core::sync::atomic::AtomicBool,
     /// Its vCPUs blocked in `sched_op poll` (senders look for them only when nonzero).
@@ -158,7 +161,7 @@ impl Domain {
     /// Creates an empty domain (no memory yet but its zeroed shared-info page) and enters it
     /// in the table under a fresh id.
     /// Creates an empty domain; domain 0 (`privileged`) takes id 0, others the next free id.
-    pub fn create(name: &str, max_pages: u64, privileged: bool, params: abi::control::SchedParams) -> Result<Arc<Domain>, CreateError> {
+    pub fn create(name: &str, max_pages: u64, privileged: bool, params: abi::control::SchedParams, pinned: bool) -> Result<Arc<Domain>, CreateError> {
         let mut table = DOMAINS.lock();
         let id = if privileged { DomainId(0) } else { table.free_id().ok_or(CreateError::TooManyDomains)? };
         if table.slots[id.0 as usize].is_some() {
@@ -176,6 +179,7 @@ impl Domain {
             name: short_name,
             privileged,
             params: Mutex::new(params),
+            pinned,
             paused: core::sync::atomic::AtomicBool::new(false),
             pollers: AtomicU32::new(0),
             shared_info,

@@ -233,6 +233,8 @@ pub struct BuildRequest<'a> {
     pub privileged: bool,
     /// CPU for vCPU 0.
     pub cpu: u32,
+    /// Keep the vCPUs where they are placed (never stolen by idle CPUs).
+    pub pinned: bool,
     pub params: SchedParams,
 }
 
@@ -247,6 +249,7 @@ impl<'a> BuildRequest<'a> {
             cmdline: module.spec.guest_cmdline.as_bytes(),
             privileged: false,
             cpu,
+            pinned: false,
             params: SchedParams::default(),
         }
     }
@@ -267,7 +270,7 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
     // Refuse a bad layout before any memory is taken.
     builder::Plan::new(&kernel, &config).map_err(BuildFailure::Image)?;
     let max_pages = request.max_kib.max(request.mem_kib) / 4;
-    let domain = Domain::create(request.name, max_pages, request.privileged, request.params).map_err(BuildFailure::Create)?;
+    let domain = Domain::create(request.name, max_pages, request.privileged, request.params, request.pinned).map_err(BuildFailure::Create)?;
     match fill(&domain, &kernel, &config, request.cpu) {
         Ok(_) => {
             domain.build_ns.store(time::tsc_to_ns(time::rdtsc() - start), Ordering::Relaxed);

@@ -66,13 +66,14 @@ pub fn flush_partial(domain: &Domain) {
 
 fn flush(domain: &Domain, line: &mut ConsoleLine) {
     line.refill(time::since_boot_ns());
-    if line.tokens == 0 {
+    // Domain 0 is trusted (it reports for every other domain) and never limited.
+    if line.tokens == 0 && !domain.privileged {
         line.dropped_since_report += 1;
         domain.counters.console_dropped_lines.fetch_add(1, Ordering::Relaxed);
         line.buffer.clear();
         return;
     }
-    line.tokens -= 1;
+    line.tokens = line.tokens.saturating_sub(1);
     if line.dropped_since_report > 0 {
         info!("(d{}) [{} lines suppressed by the console rate limit]", domain.id.0, line.dropped_since_report);
         line.dropped_since_report = 0;

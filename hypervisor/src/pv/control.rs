@@ -116,6 +116,8 @@ fn create(args: &CreateDomain) -> HcResult {
         cmdline,
         privileged: false,
         cpu,
+        // Placed by domain 0: pinned there, as Xen's hard affinity.
+        pinned: args.cpu != u32::MAX,
         params: checked(args.params)?,
     };
     match build::build_domain(&request) {

@@ -187,13 +187,14 @@ fn mine() -> &'static Shared {
     &shared()[this_cpu() as usize]
 }
 
-/// The BVT parameters of a domain's vCPUs.
-pub fn bvt_params(params: &abi::control::SchedParams) -> BvtParams {
+/// The BVT parameters of `domain`'s vCPUs under `params`.
+pub fn bvt_params(domain: &Domain, params: &abi::control::SchedParams) -> BvtParams {
     BvtParams {
         weight: core::num::NonZeroU32::new(params.weight).unwrap_or(core::num::NonZeroU32::MIN),
         warp_vns: params.warp_ns,
         warp_limit_ns: params.warp_limit_ns,
         unwarp_req_ns: params.unwarp_req_ns,
+        pinned: domain.pinned,
     }
 }
 
@@ -220,7 +221,7 @@ pub fn kick(cpu: u32) {
 pub fn add(vcpu: Arc<Vcpu>) {
     let cpu = online_or_boot(vcpu.cpu.load(Ordering::SeqCst));
     vcpu.cpu.store(cpu, Ordering::SeqCst);
-    let params = bvt_params(&vcpu.domain.params.lock());
+    let params = bvt_params(&vcpu.domain, &vcpu.domain.params.lock());
     let key = vcpu.key;
     shared()[cpu as usize].arrivals.push(vcpu);
     post(cpu, Message::Add(key, params));
@@ -252,7 +253,7 @@ pub fn set_params(domain: &Domain, params: abi::control::SchedParams) {
     let mut slot = domain.params.lock();
     *slot = params;
     for vcpu in domain.vcpus() {
-        post(vcpu.cpu.load(Ordering::SeqCst), Message::SetParams(vcpu.key, bvt_params(&params)));
+        post(vcpu.cpu.load(Ordering::SeqCst), Message::SetParams(vcpu.key, bvt_params(domain, &params)));
     }
 }
 
@@ -498,7 +499,7 @@ impl Local {
             };
             self.unsettled.swap_remove(i);
             if let Some(vcpu) = self.member(key) {
-                let params = bvt_params(&vcpu.domain.params.lock());
+                let params = bvt_params(&vcpu.domain, &vcpu.domain.params.lock());
                 if params != view.params {
                     let _ = self.queue.set_params(key, params, now);
                 }
