@@ -470,7 +470,7 @@ impl Local {
             Action::Migrate { vcpu: key, state, to } => {
                 let Some(vcpu) = self.forget(key) else { return };
                 let to = online_or_boot(to.0);
-                shared()[self.queue.cpu().0 as usize].stats.migrations.fetch_add(1, Ordering::Relaxed);
+                mine().stats.migrations.fetch_add(1, Ordering::Relaxed);
                 vcpu.cpu.store(to, Ordering::SeqCst);
                 shared()[to as usize].arrivals.push(vcpu);
                 post(to, Message::Arrive(key, state));
@@ -584,6 +584,7 @@ impl Local {
             if let Some(out) = loaded.take() {
                 leaving.push(self.switch_out(out, frame, here));
             }
+            let woken_at = vcpu.woken_at_ns.swap(0, Ordering::Relaxed);
             if let Err(domain) = switch_in(vcpu, frame) {
                 self.forget(key);
                 leaving.push(domain);
@@ -593,7 +594,6 @@ impl Local {
             mine.balancing.store(false, Ordering::Relaxed);
             self.balance_at_ns = None;
             mine.stats.switches.fetch_add(1, Ordering::Relaxed);
-            let woken_at = vcpu_woken_at(here);
             if woken_at != 0 {
                 mine.stats.wake_to_run.record(now.saturating_sub(woken_at));
             }
@@ -677,14 +677,6 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> Result<(), Arc<Domain>> 
     crate::pv::descriptors::load(&vcpu.gdt.lock());
     percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
     Ok(())
-}
-
-/// When the vCPU just switched in on this CPU was woken (0: it did not wait blocked).
-fn vcpu_woken_at(here: &PerCpu) -> u64 {
-    let ptr = here.current.load(Ordering::Relaxed);
-    // SAFETY: `switch_in` just stored it from `Arc::into_raw`; the vCPU lives while loaded.
-    let vcpu = unsafe { &*ptr };
-    vcpu.woken_at_ns.swap(0, Ordering::Relaxed)
 }
 
 /// Turns `frame` into a return to the idle loop on this CPU's stack.
