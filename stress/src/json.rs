@@ -203,6 +203,7 @@ fn run(run: &RunInfo) -> Value {
             ("latency", c.latency.into()),
             ("pairs", c.pairs.into()),
             ("periodic", c.periodic.into()),
+            ("idle", c.idle.into()),
             ("mem_kib", c.mem_kib.into()),
             ("max_kib", c.max_kib.into()),
         ])
@@ -216,7 +217,15 @@ fn run(run: &RunInfo) -> Value {
         ("failed", run.failed.clone().into()),
         ("log_lines", run.log_lines.into()),
         ("qemu", run.qemu.map(|q| q.to_string()).into()),
-        ("hypervisor_sched", Value::Object(run.sched.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect())),
+        (
+            "hypervisor_sched",
+            Value::Object(
+                run.sched
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect(),
+            ),
+        ),
     ])
 }
 

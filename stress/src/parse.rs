@@ -25,6 +25,7 @@ impl fmt::Display for DomId {
 /// What a stress domain does (`role=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
+    Idle,
     Periodic,
     Latency,
     Hog,
@@ -34,7 +35,8 @@ pub enum Role {
 
 impl Role {
     /// Every role, in the order the report lists them.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
+        Role::Idle,
         Role::Periodic,
         Role::Latency,
         Role::Hog,
@@ -45,6 +47,7 @@ impl Role {
     /// The role's word on the console.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Idle => "idle",
             Self::Periodic => "periodic",
             Self::Latency => "latency",
             Self::Hog => "hog",
@@ -101,6 +104,7 @@ pub struct Config {
     pub latency: u32,
     pub pairs: u32,
     pub periodic: u32,
+    pub idle: u32,
     pub mem_kib: u64,
     pub max_kib: u64,
 }
@@ -571,6 +575,7 @@ impl<'a> Fields<'a> {
             latency: self.number("latency")?,
             pairs: self.number("pairs")?,
             periodic: self.number("periodic")?,
+            idle: self.number("idle")?,
             mem_kib: self.number("mem_kib")?,
             max_kib: self.number("max_kib")?,
         })
@@ -645,7 +650,7 @@ impl<'a> Fields<'a> {
             Role::Pong => Outcome::Pong {
                 answers: self.number("answers")?,
             },
-            Role::Periodic | Role::Latency | Role::Ping => Outcome::Measured {
+            Role::Idle | Role::Periodic | Role::Latency | Role::Ping => Outcome::Measured {
                 samples: self.number("samples")?,
                 max_ns: self.number("max_ns")?,
                 lost: self.optional_number("lost")?,
@@ -706,7 +711,7 @@ mod tests {
 
     #[test]
     fn reads_every_dom0_kind() {
-        let config = "[cpu0     1.000000] (d0) stress: config n=100 cpus=2 seconds=10 hogs=2 latency=4 pairs=4 periodic=88 mem_kib=512 max_kib=1024";
+        let config = "[cpu0     1.000000] (d0) stress: config n=100 cpus=2 seconds=10 hogs=2 latency=4 pairs=4 periodic=8 idle=80 mem_kib=512 max_kib=1024";
         assert_eq!(
             record(config),
             Record::Config(Config {
@@ -716,7 +721,8 @@ mod tests {
                 hogs: 2,
                 latency: 4,
                 pairs: 4,
-                periodic: 88,
+                periodic: 8,
+                idle: 80,
                 mem_kib: 512,
                 max_kib: 1024
             })

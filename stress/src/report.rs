@@ -189,18 +189,21 @@ pub enum SeriesKind {
     Warped,
     /// Timer lateness of `periodic` (unwarped) domains.
     Unwarped,
+    /// Timer lateness of `idle` domains (100 ms timers, unwarped).
+    Idle,
     /// `ping`'s event round trips.
     PingPong,
 }
 
 impl SeriesKind {
-    pub const ALL: [SeriesKind; 3] = [Self::Warped, Self::Unwarped, Self::PingPong];
+    pub const ALL: [SeriesKind; 4] = [Self::Warped, Self::Unwarped, Self::Idle, Self::PingPong];
 
     /// The role whose histograms make the series.
     pub fn role(self) -> Role {
         match self {
             Self::Warped => Role::Latency,
             Self::Unwarped => Role::Periodic,
+            Self::Idle => Role::Idle,
             Self::PingPong => Role::Ping,
         }
     }
@@ -210,6 +213,7 @@ impl SeriesKind {
         match self {
             Self::Warped => "timer_warped",
             Self::Unwarped => "timer_unwarped",
+            Self::Idle => "timer_idle",
             Self::PingPong => "ping_pong_rtt",
         }
     }
@@ -219,6 +223,7 @@ impl SeriesKind {
         match self {
             Self::Warped => "timer lateness, warped (latency)",
             Self::Unwarped => "timer lateness, unwarped (periodic)",
+            Self::Idle => "timer lateness, idle (100 ms)",
             Self::PingPong => "event ping-pong round trip",
         }
     }
@@ -238,7 +243,7 @@ pub struct Series {
 pub struct LatencyReport {
     /// The run's CPU count (the figures are for this many CPUs).
     pub cpus: Option<u32>,
-    /// Warped, unwarped, ping-pong, in that order.
+    /// Warped, unwarped, idle, ping-pong, in that order.
     pub series: Vec<Series>,
     /// Unwarped p99 over warped p99.
     pub p99_ratio: Option<f64>,
@@ -369,7 +374,12 @@ fn run_info(run: &Run, qemu: Option<QemuOutcome>) -> RunInfo {
         failed: run.failed.clone(),
         log_lines: run.lines,
         qemu,
-        sched: run.summary.iter().filter(|(k, _)| k.starts_with("sched.")).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        sched: run
+            .summary
+            .iter()
+            .filter(|(k, _)| k.starts_with("sched."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

@@ -58,6 +58,7 @@ fn style(kind: SeriesKind) -> (&'static str, &'static str) {
     match kind {
         SeriesKind::Warped => ("#1f77b4", ""),
         SeriesKind::Unwarped => ("#d62728", ""),
+        SeriesKind::Idle => ("#7f7f7f", "2,3"),
         SeriesKind::PingPong => ("#2ca02c", "6,4"),
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! The plan for N domains (domid = index + 1, cpu = index % 2): indices 0-2 are hogs
 //! (cpu 0: weights 100 and 300; cpu 1: weight 200), 3-5 latency (warped), 6-9 two
-//! ping/pong pairs, the rest periodic. Every sample value is a bucket's low bound, so the
+//! ping/pong pairs, 10-11 idle, the rest periodic. Every sample value is a bucket's low bound, so the
 //! expected percentiles are exact.
 
 use crate::hist::Histogram;
@@ -32,6 +32,7 @@ fn plan(n: usize) -> Vec<Planned> {
                 3..=5 => Role::Latency,
                 6 | 8 => Role::Ping,
                 7 | 9 => Role::Pong,
+                10 | 11 => Role::Idle,
                 _ => Role::Periodic,
             };
             Planned {
@@ -87,6 +88,7 @@ fn samples(d: &Planned) -> Vec<(u64, u64)> {
             (1_638_400 + (k - 10) * 100, 1),
         ],
         Role::Ping => vec![(20_480, 900), (30_720, 99), (30_720 + (k - 6) * 5, 1)],
+        Role::Idle => vec![(102_400, 90), (819_200, 9), (819_200 + (k - 10) * 7, 1)],
         Role::Hog | Role::Pong => vec![],
     }
 }
@@ -150,11 +152,13 @@ fn result_line(d: &Planned) -> String {
             "{head} samples={count} max_ns={max} lost={}",
             if d.index == 6 { 0 } else { 2 }
         ),
-        Role::Periodic | Role::Latency => format!("{head} samples={count} max_ns={max}"),
+        Role::Idle | Role::Periodic | Role::Latency => {
+            format!("{head} samples={count} max_ns={max}")
+        }
     }
 }
 
-/// A whole run's log for `n` domains (n >= 10).
+/// A whole run's log for `n` domains (n >= 12).
 pub fn log(n: usize) -> Vec<String> {
     let domains = plan(n);
     let mut log = Log {
@@ -165,8 +169,8 @@ pub fn log(n: usize) -> Vec<String> {
         micros: 0,
     };
     boot_summary(&mut log);
-    let periodic = n - 10;
-    log.guest(0, 0, &format!("config n={n} cpus=2 seconds=10 hogs=3 latency=3 pairs=2 periodic={periodic} mem_kib=512 max_kib=1024"));
+    let periodic = n - 12;
+    log.guest(0, 0, &format!("config n={n} cpus=2 seconds=10 hogs=3 latency=3 pairs=2 periodic={periodic} idle=2 mem_kib=512 max_kib=1024"));
     log.guest(
         0,
         0,
@@ -359,7 +363,8 @@ mod tests {
             (run.created, run.done, run.cpus_online, run.tsc_mhz),
             (20, true, Some(2), Some(2995))
         );
-        assert_eq!(run.config.unwrap().periodic, 10);
+        assert_eq!(run.config.unwrap().periodic, 8);
+        assert_eq!(run.config.unwrap().idle, 2);
 
         let m = &r.memory;
         assert_eq!(m.free_kib.before, Some(1_000_000));
@@ -410,14 +415,19 @@ mod tests {
         );
         assert_eq!(
             stats(SeriesKind::Unwarped),
-            expect(10_000, 51_200, 409_600, 1_638_400, 1_639_300)
+            expect(8_000, 51_200, 409_600, 1_638_400, 1_639_300)
+        );
+        assert_eq!(
+            stats(SeriesKind::Idle),
+            expect(200, 102_400, 819_200, 819_200, 819_207)
         );
         assert_eq!(
             stats(SeriesKind::PingPong),
             expect(2_000, 20_480, 30_720, 30_720, 30_730)
         );
         assert_eq!(l.series(SeriesKind::Warped).unwrap().domains, 3);
-        assert_eq!(l.series(SeriesKind::Unwarped).unwrap().domains, 10);
+        assert_eq!(l.series(SeriesKind::Unwarped).unwrap().domains, 8);
+        assert_eq!(l.series(SeriesKind::Idle).unwrap().domains, 2);
         assert!(close(l.p99_ratio.unwrap(), 10.0));
         assert_eq!(l.lost_answers, 2);
 
@@ -478,6 +488,7 @@ mod tests {
             "hypervisor bytes per domain        7096 B",
             "largest N that fits                2438",
             "timer lateness, warped (latency)           3      3000     10.2     41.0     81.9     83.9",
+            "timer lateness, idle (100 ms)              2       200    102.4    819.2    819.2    819.2",
             "unwarped/warped at p99: 10.0x",
             "PASS    each hog's CPU share within 5% of its weight's",
             "cpu0   switches     4321  warped timers 900/8/10/50/120  other timers -",
@@ -491,6 +502,7 @@ mod tests {
             "memory",
             "hypervisor_bytes_per_domain",
             "timer_warped",
+            "timer_idle",
             "p99_ns",
             "hogs",
             "slowdown",
@@ -502,7 +514,7 @@ mod tests {
         }
         let plot = svg::latency_plot(&a.report.latency, &a.title());
         let names = svg::tests::well_formed(&plot).unwrap();
-        assert_eq!(names.iter().filter(|n| *n == "polyline").count(), 3);
+        assert_eq!(names.iter().filter(|n| *n == "polyline").count(), 4);
         assert!(plot.contains("stress latency: n=20, 2 CPUs, 10 s"));
     }
 
@@ -676,10 +688,20 @@ mod tests {
         let unfair = replaced(&log(20), "cpu_time_ns=2500000000", "cpu_time_ns=3500000000");
         let windowed: Vec<String> = unfair
             .iter()
-            .map(|l| if l.contains("cpu_time_ns=3500000000") { format!("{l} window_cpu_ns=2500000000") } else { l.clone() })
+            .map(|l| {
+                if l.contains("cpu_time_ns=3500000000") {
+                    format!("{l} window_cpu_ns=2500000000")
+                } else {
+                    l.clone()
+                }
+            })
             .collect();
         let a = analysed(&windowed, true);
-        assert_eq!(status(&a, "hog_shares"), Status::Pass, "the window's time is fair");
+        assert_eq!(
+            status(&a, "hog_shares"),
+            Status::Pass,
+            "the window's time is fair"
+        );
         assert!(a.passed());
     }
 

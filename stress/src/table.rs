@@ -55,8 +55,8 @@ fn header(out: &mut String, r: &Report) {
     let _ = match run.config {
         Some(c) => writeln!(
             out,
-            "stress run: n={} cpus={} seconds={} (periodic={} latency={} hogs={} pairs={}) mem_kib={} max_kib={}",
-            c.n, c.cpus, c.seconds, c.periodic, c.latency, c.hogs, c.pairs, c.mem_kib, c.max_kib
+            "stress run: n={} cpus={} seconds={} (idle={} periodic={} latency={} hogs={} pairs={}) mem_kib={} max_kib={}",
+            c.n, c.cpus, c.seconds, c.idle, c.periodic, c.latency, c.hogs, c.pairs, c.mem_kib, c.max_kib
         ),
         None => writeln!(out, "stress run: no config line"),
     };
@@ -223,7 +223,11 @@ fn hypervisor_view(out: &mut String, summary: &std::collections::BTreeMap<String
                 "  hypervisor per CPU (count/avg/p50</p99</max, µs): timer interrupt after the deadline; wake-up to run"
             );
         }
-        let get = |key: &str| summary.get(&format!("sched.cpu{cpu}.{key}")).map_or("-", String::as_str);
+        let get = |key: &str| {
+            summary
+                .get(&format!("sched.cpu{cpu}.{key}"))
+                .map_or("-", String::as_str)
+        };
         let _ = writeln!(
             out,
             "    cpu{cpu:<3} switches {:>8}  warped timers {}  other timers {}  wake-to-run {}",

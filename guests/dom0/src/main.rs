@@ -263,7 +263,7 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
 fn print_config(options: &Options, plan: &Plan) {
     let c = plan.counts;
     println!(
-        "stress: config n={} cpus={} seconds={} hogs={} latency={} pairs={} periodic={} mem_kib={} max_kib={} balloon_down={} balloon_up={}",
+        "stress: config n={} cpus={} seconds={} hogs={} latency={} pairs={} periodic={} idle={} mem_kib={} max_kib={} balloon_down={} balloon_up={}",
         plan.len(),
         plan.cpus,
         options.seconds,
@@ -271,6 +271,7 @@ fn print_config(options: &Options, plan: &Plan) {
         c.latency,
         c.pairs,
         c.periodic,
+        c.idle,
         options.mem_kib,
         options.max_kib,
         options.balloon_down,
@@ -397,13 +398,20 @@ struct HogWindow {
 }
 
 impl HogWindow {
-    fn measure(plan: &Plan, waiter: Waiter, last_created_at: u64, run_ns: u64) -> Result<Self, Failure> {
+    fn measure(
+        plan: &Plan,
+        waiter: Waiter,
+        last_created_at: u64,
+        run_ns: u64,
+    ) -> Result<Self, Failure> {
         let hogs = (0..plan.len())
             .filter_map(|index| plan.domain(index))
             .filter(|planned| planned.args.role == Role::Hog)
             .map(|planned| planned.domid())
             .take(MAX_WINDOW_HOGS);
-        let mut window = Self { hogs: hogs.map(|domid| (domid, 0)).collect() };
+        let mut window = Self {
+            hogs: hogs.map(|domid| (domid, 0)).collect(),
+        };
         waiter.sleep_until(last_created_at + run_ns / 10)?;
         window.sample(|at_start, now| *at_start = now)?;
         waiter.sleep_until(last_created_at + run_ns / 10 * 9)?;
@@ -413,14 +421,18 @@ impl HogWindow {
 
     fn sample(&mut self, mut record: impl FnMut(&mut u64, u64)) -> Result<(), Failure> {
         for (domid, value) in &mut self.hogs {
-            let info = control::domain_info(*domid).map_err(control_failure(Call::DomainInfo, *domid))?;
+            let info =
+                control::domain_info(*domid).map_err(control_failure(Call::DomainInfo, *domid))?;
             record(value, info.cpu_time_ns);
         }
         Ok(())
     }
 
     fn cpu_ns(&self, domid: DomId) -> Option<u64> {
-        self.hogs.iter().find(|(d, _)| *d == domid).map(|&(_, ns)| ns)
+        self.hogs
+            .iter()
+            .find(|(d, _)| *d == domid)
+            .map(|&(_, ns)| ns)
     }
 }
 

@@ -1,10 +1,10 @@
-//! Domain 0's command line: `n=100 seconds=10 hogs=H latency=L pairs=P mem_kib=512
-//! max_kib=1024 balloon_down=16 balloon_up=8`, every key optional.
+//! Domain 0's command line: `n=100 seconds=10 hogs=H latency=L pairs=P periodic=Q
+//! mem_kib=512 max_kib=1024 balloon_down=16 balloon_up=8`, every key optional.
 //!
-//! `n` stress domains run for `seconds`; `hogs`, `latency` and `pairs` (ping-pong pairs,
-//! two domains each) say how many get those roles, the rest are `periodic`. Left out,
-//! `hogs` is two per CPU (weights 1 and 2 side by side) and `latency` and `pairs` are 4,
-//! each cut down to what a small `n` leaves room for (see [`crate::plan`]). Every stress
+//! `n` stress domains run for `seconds`; `hogs`, `latency`, `pairs` (ping-pong pairs,
+//! two domains each) and `periodic` say how many get those roles, the rest are `idle`.
+//! Left out, `hogs` is two per CPU (weights 1 and 2 side by side), `latency` and `pairs`
+//! are 4 and `periodic` is four per CPU, each cut down to what a small `n` leaves room for (see [`crate::plan`]). Every stress
 //! domain starts with `mem_kib`, may grow to `max_kib`, and balloons down `balloon_down`
 //! pages and back up `balloon_up`. The hypervisor takes `mem_kib` on a module line for
 //! itself, so on the boot module's line these options follow `--`. This module only
@@ -31,6 +31,8 @@ pub struct Options {
     pub latency: Option<u32>,
     /// `None`: 4, as room allows.
     pub pairs: Option<u32>,
+    /// `None`: four per CPU, as room allows.
+    pub periodic: Option<u32>,
     pub mem_kib: u32,
     pub max_kib: u32,
     pub balloon_down: u64,
@@ -45,6 +47,7 @@ impl Default for Options {
             hogs: None,
             latency: None,
             pairs: None,
+            periodic: None,
             mem_kib: 512,
             max_kib: 1024,
             balloon_down: 16,
@@ -63,6 +66,7 @@ impl Options {
             "hogs",
             "latency",
             "pairs",
+            "periodic",
             "mem_kib",
             "max_kib",
             "balloon_down",
@@ -102,6 +106,7 @@ impl Options {
             hogs: count("hogs")?,
             latency: count("latency")?,
             pairs: count("pairs")?,
+            periodic: count("periodic")?,
             mem_kib: mem_kib as u32,
             max_kib: max_kib as u32,
             balloon_down,
@@ -127,7 +132,7 @@ mod tests {
     #[test]
     fn given_values_are_taken() {
         let options = Options::parse(
-            b"n=10 seconds=2 hogs=0 pairs=1 mem_kib=256 max_kib=256 balloon_down=4 balloon_up=4",
+            b"n=10 seconds=2 hogs=0 pairs=1 periodic=3 mem_kib=256 max_kib=256 balloon_down=4 balloon_up=4",
         )
         .unwrap();
         assert_eq!(
@@ -138,6 +143,7 @@ mod tests {
                 hogs: Some(0),
                 latency: None,
                 pairs: Some(1),
+                periodic: Some(3),
                 mem_kib: 256,
                 max_kib: 256,
                 balloon_down: 4,
@@ -166,6 +172,7 @@ mod tests {
         refused(b"n=0", "n");
         refused(b"n=1001", "n");
         refused(b"n=10 hogs=11", "hogs");
+        refused(b"n=10 periodic=11", "periodic");
         refused(b"seconds=0", "seconds");
         refused(b"mem_kib=510", "mem_kib");
         refused(b"mem_kib=32", "mem_kib");

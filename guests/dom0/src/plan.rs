@@ -2,10 +2,11 @@
 //! runs, how it is scheduled, which id it will get and what its command line says.
 //!
 //! Role counts ([`RoleCounts`]): given ones are kept (and must fit in `n`); left out,
-//! `hogs` is `min(2 * cpus, n / 4)`, `latency` and `pairs` are `min(4, n / 10)` each,
-//! each cut to the room the others leave, and the rest are `periodic`. Creation order (index 0 first): latency, then the pairs (ping
-//! before its pong), then periodic, then the hogs last, so that nothing spins while domain
-//! 0 is still creating. Placement: hog h runs on CPU `(h / 2) % cpus` with weight
+//! `hogs` is `min(2 * cpus, n / 4)`, `latency` and `pairs` are `min(4, n / 10)` each and
+//! `periodic` is `min(4 * cpus, n / 10)`, each cut to the room the others leave, and the
+//! rest are `idle`. Creation order (index 0 first): latency, then the pairs (ping before
+//! its pong), then periodic, then idle, then the hogs last, so that nothing spins while
+//! domain 0 is still creating. Placement: hog h runs on CPU `(h / 2) % cpus` with weight
 //! `1 + h % 2`, so each CPU has a weight-1 and a weight-2 hog side by side; every other
 //! domain, by index, round-robin on CPU `index % cpus`, so a ping and its pong sit on
 //! different CPUs when there are two. Weights are 1 except for the hogs; latency domains
@@ -27,6 +28,7 @@ pub const PONG_PORT: EvtchnPort = EvtchnPort(1);
 pub const DEFAULT_HOGS_PER_CPU: u32 = 2;
 pub const DEFAULT_LATENCY: u32 = 4;
 pub const DEFAULT_PAIRS: u32 = 4;
+pub const DEFAULT_PERIODIC_PER_CPU: u32 = 4;
 /// The weight of every domain but the hogs.
 pub const DEFAULT_WEIGHT: u32 = 1;
 
@@ -59,6 +61,7 @@ pub struct RoleCounts {
     /// Ping-pong pairs (two domains each).
     pub pairs: u32,
     pub periodic: u32,
+    pub idle: u32,
 }
 
 impl RoleCounts {
@@ -66,7 +69,12 @@ impl RoleCounts {
     /// then the defaults of those left out, each cut to the room left.
     pub fn new(options: &Options, cpus: u32) -> Result<Self, PlanError> {
         let n = options.n;
-        let given = [options.hogs, options.latency, options.pairs.map(|p| 2 * p)];
+        let given = [
+            options.hogs,
+            options.latency,
+            options.pairs.map(|p| 2 * p),
+            options.periodic,
+        ];
         let needed: u64 = given.iter().flatten().map(|&c| u64::from(c)).sum();
         let mut room = u64::from(n)
             .checked_sub(needed)
@@ -85,17 +93,21 @@ impl RoleCounts {
         let pairs = options
             .pairs
             .unwrap_or_else(|| default(DEFAULT_PAIRS.min(n / 10), 2));
+        let periodic = options
+            .periodic
+            .unwrap_or_else(|| default((DEFAULT_PERIODIC_PER_CPU * cpus).min(n / 10), 1));
         Ok(Self {
             hogs,
             latency,
             pairs,
-            periodic: room,
+            periodic,
+            idle: room,
         })
     }
 
     /// All domains.
     pub const fn total(&self) -> u32 {
-        self.hogs + self.latency + 2 * self.pairs + self.periodic
+        self.hogs + self.latency + 2 * self.pairs + self.periodic + self.idle
     }
 }
 
@@ -164,7 +176,8 @@ impl Plan {
             return None;
         }
         let c = self.counts;
-        let hogs_from = c.latency + 2 * c.pairs + c.periodic;
+        let idle_from = c.latency + 2 * c.pairs + c.periodic;
+        let hogs_from = idle_from + c.idle;
         let domid = Self::domid(index);
         let link = |peer: u32| Link {
             peer: Self::domid(peer),
@@ -180,8 +193,10 @@ impl Plan {
                 Role::Pong(link(index - 1))
             };
             (role, index % self.cpus, weight(DEFAULT_WEIGHT))
-        } else if index < hogs_from {
+        } else if index < idle_from {
             (Role::Periodic, index % self.cpus, weight(DEFAULT_WEIGHT))
+        } else if index < hogs_from {
+            (Role::Idle, index % self.cpus, weight(DEFAULT_WEIGHT))
         } else {
             let hog = index - hogs_from;
             (Role::Hog, (hog / 2) % self.cpus, weight(1 + hog % 2))
@@ -234,7 +249,8 @@ mod tests {
                 hogs: 4,
                 latency: 4,
                 pairs: 4,
-                periodic: 84
+                periodic: 8,
+                idle: 76
             }
         );
         assert_eq!(plan.len(), 100);
@@ -250,7 +266,8 @@ mod tests {
                 hogs: 2,
                 latency: 1,
                 pairs: 1,
-                periodic: 5
+                periodic: 1,
+                idle: 4
             }
         );
         let tiny = self::plan(b"n=1", 4);
@@ -260,7 +277,8 @@ mod tests {
                 hogs: 0,
                 latency: 0,
                 pairs: 0,
-                periodic: 1
+                periodic: 0,
+                idle: 1
             }
         );
     }
@@ -274,7 +292,8 @@ mod tests {
                 hogs: 9,
                 latency: 1,
                 pairs: 0,
-                periodic: 0
+                periodic: 0,
+                idle: 0
             }
         );
         let plan = self::plan(b"n=10 hogs=10", 2);
@@ -284,7 +303,8 @@ mod tests {
                 hogs: 10,
                 latency: 0,
                 pairs: 0,
-                periodic: 0
+                periodic: 0,
+                idle: 0
             }
         );
     }
@@ -296,18 +316,23 @@ mod tests {
             Plan::new(&options, 2),
             Err(PlanError::TooManyRoles { needed: 12, n: 10 })
         );
+        let options = Options::parse(b"n=10 hogs=4 periodic=7").unwrap();
+        assert_eq!(
+            Plan::new(&options, 2),
+            Err(PlanError::TooManyRoles { needed: 11, n: 10 })
+        );
         assert_eq!(Plan::new(&Options::default(), 0), Err(PlanError::NoCpus));
     }
 
     #[test]
     fn roles_come_in_creation_order_with_consecutive_ids() {
-        let plan = plan(b"n=12 hogs=3 latency=2 pairs=2", 2);
+        let plan = plan(b"n=13 hogs=3 latency=2 pairs=2 periodic=2", 2);
         let names: Vec<_> = all(&plan).iter().map(|d| d.args.role.name()).collect();
         assert_eq!(
             names,
             [
                 "latency", "latency", "ping", "pong", "ping", "pong", "periodic", "periodic",
-                "periodic", "hog", "hog", "hog"
+                "idle", "idle", "hog", "hog", "hog"
             ]
         );
         for (i, d) in all(&plan).iter().enumerate() {

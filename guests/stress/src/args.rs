@@ -1,7 +1,7 @@
 //! The worker's command line: what domain 0 tells each stress domain.
 //!
 //! `role=R domid=D seconds=S balloon_down=X balloon_up=Y [peer=P port=Q]`, where R is
-//! `periodic`, `latency`, `hog`, `ping` or `pong`; `domid` is the worker's own id (domain
+//! `idle`, `periodic`, `latency`, `hog`, `ping` or `pong`; `domid` is the worker's own id (domain
 //! 0 predicts it: ids are handed out in sequence), and ping and pong name each other with
 //! `peer` and the port pong allocates for ping with `port`. Domain 0 writes it with
 //! [`StressArgs`]'s `Display`, the worker reads it with [`StressArgs::parse`]; the round
@@ -30,6 +30,9 @@ pub struct Link {
 /// What a worker does for its run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// Mostly blocked: a 100 ms one-shot timer, re-armed at each wake-up; records how late
+    /// each was.
+    Idle,
     /// A 1 ms one-shot timer, re-armed at each wake-up; records how late each was.
     Periodic,
     /// As `Periodic`, in a domain created with BVT warp.
@@ -46,6 +49,7 @@ impl Role {
     /// The role's name on command lines and in reports.
     pub const fn name(self) -> &'static str {
         match self {
+            Self::Idle => "idle",
             Self::Periodic => "periodic",
             Self::Latency => "latency",
             Self::Hog => "hog",
@@ -58,7 +62,7 @@ impl Role {
     pub const fn link(self) -> Option<Link> {
         match self {
             Self::Ping(link) | Self::Pong(link) => Some(link),
-            Self::Periodic | Self::Latency | Self::Hog => None,
+            Self::Idle | Self::Periodic | Self::Latency | Self::Hog => None,
         }
     }
 }
@@ -80,6 +84,7 @@ pub struct StressArgs {
 /// The role word before its link is known.
 #[derive(Clone, Copy)]
 enum RoleName {
+    Idle,
     Periodic,
     Latency,
     Hog,
@@ -90,6 +95,7 @@ enum RoleName {
 impl RoleName {
     fn parse(word: &str) -> Result<Self, OptionError> {
         Ok(match word {
+            "idle" => Self::Idle,
             "periodic" => Self::Periodic,
             "latency" => Self::Latency,
             "hog" => Self::Hog,
@@ -137,6 +143,7 @@ impl StressArgs {
             })
         };
         let role = match role {
+            RoleName::Idle => Role::Idle,
             RoleName::Periodic => Role::Periodic,
             RoleName::Latency => Role::Latency,
             RoleName::Hog => Role::Hog,
@@ -210,6 +217,11 @@ mod tests {
             ..args
         };
         assert_eq!(StressArgs::parse(hog.to_string().as_bytes()), Ok(hog));
+        let idle = StressArgs {
+            role: Role::Idle,
+            ..args
+        };
+        assert_eq!(StressArgs::parse(idle.to_string().as_bytes()), Ok(idle));
     }
 
     #[test]
@@ -241,7 +253,7 @@ mod tests {
         let refused = |line: &[u8], error| assert_eq!(StressArgs::parse(line), Err(error));
         refused(b"domid=1 seconds=1", OptionError::Missing("role"));
         refused(
-            b"role=idle domid=1 seconds=1",
+            b"role=sleepy domid=1 seconds=1",
             OptionError::BadValue("role"),
         );
         refused(

@@ -7,9 +7,9 @@
 //! `stress: error domid=D what=<word>`, after which it waits likewise.
 //!
 //! Roles: `periodic`/`latency` re-arm a 1 ms one-shot timer at each wake-up and record
-//! the lateness of each; `hog` spins; `pong` allocates port 1 for its peer and answers
-//! each event on it from its event handler; `ping` binds to it and every 1 ms sends an
-//! event and times the answer. It must never spin while waiting: it blocks.
+//! the lateness of each; `idle` does the same with a 100 ms timer; `hog` spins; `pong`
+//! allocates port 1 for its peer and answers each event on it from its event handler;
+//! `ping` binds to it and every 1 ms sends an event and times the answer. It must never spin while waiting: it blocks.
 
 #![no_std]
 #![no_main]
@@ -32,6 +32,8 @@ guest_rt::entry!(main);
 
 /// The timer period of periodic and latency workers, and ping's sending period.
 const PERIOD_NS: u64 = 1_000_000;
+/// The timer period of idle workers.
+const IDLE_PERIOD_NS: u64 = 100_000_000;
 /// How long ping waits for an answer before counting it lost.
 const ANSWER_TIMEOUT_NS: u64 = 100_000_000;
 /// Hog loops between two looks at the clock.
@@ -137,9 +139,13 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
             let loops = hog(clock, end);
             println!("stress: result domid={domid} role=hog loops={loops}");
         }
-        Role::Periodic | Role::Latency => {
+        Role::Idle | Role::Periodic | Role::Latency => {
+            let period = match args.role {
+                Role::Idle => IDLE_PERIOD_NS,
+                _ => PERIOD_NS,
+            };
             let (_, timer) = timer_events()?;
-            let hist = periodic(timer, clock, end)?;
+            let hist = periodic(timer, clock, end, period)?;
             report_hist(domid, role, &hist, Lost(None));
         }
         Role::Ping(link) => {
@@ -212,15 +218,15 @@ fn hog(clock: Clock, end: u64) -> u64 {
     }
 }
 
-/// Sleeps 1 ms at a time until `end`, recording how late each wake-up was.
-fn periodic(timer: Timer, clock: Clock, end: u64) -> Result<Histogram, Failure> {
+/// Sleeps `period` ns at a time until `end`, recording how late each wake-up was.
+fn periodic(timer: Timer, clock: Clock, end: u64, period: u64) -> Result<Histogram, Failure> {
     let mut hist = Histogram::new();
     loop {
         let now = clock.now_ns();
         if now >= end {
             return Ok(hist);
         }
-        let deadline = now + PERIOD_NS;
+        let deadline = now + period;
         let woke = timer.sleep_until(deadline).map_err(Failure::Timer)?;
         hist.record(woke.saturating_sub(deadline));
     }
