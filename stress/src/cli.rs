@@ -3,6 +3,7 @@
 //! ```text
 //! stress report <serial.log> [--out DIR] [--no-targets]
 //! stress run --qemu '<qemu command line>' [--log FILE] [--timeout SECS] [--out DIR] [--no-targets]
+//!            [--vcpu-threads default|idle]
 //! ```
 //!
 //! Called by `main`. It only turns arguments into a [`Command`]; it never touches files.
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::qemu::{split_command, SplitError};
+use crate::vcpu::VcpuThreads;
 
 /// Where the report goes unless `--out` says otherwise: `stress/out` in this checkout.
 pub const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/out");
@@ -23,7 +25,12 @@ pub const DEFAULT_LOG_NAME: &str = "serial.log";
 pub const USAGE: &str = "usage:
   stress report <serial.log> [--out DIR] [--no-targets]
   stress run --qemu '<qemu command line>' [--log FILE] [--timeout SECS] [--out DIR] [--no-targets]
+             [--vcpu-threads default|idle]
 
+--vcpu-threads idle puts QEMU's TCG vCPU threads in the host's SCHED_IDLE class and pins
+vCPU k to the k-th host CPU this tool may use, so that QEMU's main loop (which delivers
+timer interrupts under TCG) is never kept waiting by them; QEMU must have
+`-name <name>,debug-threads=on`. The default leaves them alone.
 The report goes to stdout, DIR/report.json and DIR/latency.svg (DIR defaults to stress/out).
 Exit status: 0 pass, 1 a domain failed, memory leaked or a target was missed
 (--no-targets: targets are shown but do not fail), 2 usage or I/O error.";
@@ -43,6 +50,7 @@ pub enum Command {
         timeout: Duration,
         out: PathBuf,
         enforce_targets: bool,
+        vcpu_threads: VcpuThreads,
     },
 }
 
@@ -54,6 +62,7 @@ pub enum UsageError {
     UnknownOption(String),
     MissingValue(&'static str),
     BadTimeout(String),
+    BadVcpuThreads(String),
     MissingLog,
     ExtraArgument(String),
     MissingQemu,
@@ -70,6 +79,9 @@ impl fmt::Display for UsageError {
             Self::MissingValue(option) => write!(f, "`{option}` needs a value"),
             Self::BadTimeout(value) => {
                 write!(f, "`--timeout {value}` is not a whole number of seconds")
+            }
+            Self::BadVcpuThreads(value) => {
+                write!(f, "`--vcpu-threads {value}`: say `default` or `idle`")
             }
             Self::MissingLog => f.write_str("`report` needs the serial log's path"),
             Self::ExtraArgument(arg) => write!(f, "unexpected argument `{arg}`"),
@@ -88,6 +100,7 @@ struct Options {
     log: Option<PathBuf>,
     qemu: Option<String>,
     timeout: Option<Duration>,
+    vcpu_threads: Option<VcpuThreads>,
     no_targets: bool,
     help: bool,
 }
@@ -123,6 +136,11 @@ fn read_options(mut args: impl Iterator<Item = String>) -> Result<Options, Usage
                 let seconds = text.parse().map_err(|_| UsageError::BadTimeout(text))?;
                 o.timeout = Some(Duration::from_secs(seconds));
             }
+            "--vcpu-threads" => {
+                let text = value("--vcpu-threads")?;
+                let mode = VcpuThreads::parse(&text).ok_or(UsageError::BadVcpuThreads(text))?;
+                o.vcpu_threads = Some(mode);
+            }
             "--no-targets" => o.no_targets = true,
             "-h" | "--help" => o.help = true,
             other if other.starts_with('-') && other.len() > 1 => {
@@ -143,6 +161,7 @@ fn report(o: Options) -> Result<Command, UsageError> {
         (o.qemu.is_some(), "--qemu"),
         (o.timeout.is_some(), "--timeout"),
         (o.log.is_some(), "--log"),
+        (o.vcpu_threads.is_some(), "--vcpu-threads"),
     ] {
         if given {
             return Err(UsageError::NotForReport(name));
@@ -174,6 +193,7 @@ fn run(o: Options) -> Result<Command, UsageError> {
         timeout: o.timeout.unwrap_or(DEFAULT_TIMEOUT),
         out,
         enforce_targets: !o.no_targets,
+        vcpu_threads: o.vcpu_threads.unwrap_or_default(),
     })
 }
 
@@ -213,7 +233,9 @@ mod tests {
                 "--qemu",
                 "qemu-system-x86_64 -smp 2 -append 'a b'",
                 "--timeout",
-                "90"
+                "90",
+                "--vcpu-threads",
+                "idle"
             ]),
             Ok(Command::Run {
                 qemu: vec![
@@ -227,6 +249,7 @@ mod tests {
                 timeout: Duration::from_secs(90),
                 out: DEFAULT_OUT.into(),
                 enforce_targets: true,
+                vcpu_threads: VcpuThreads::Idle,
             })
         );
         let Ok(Command::Run { log, .. }) = parse(&["run", "--qemu", "q", "--log", "x.log"]) else {
@@ -268,6 +291,18 @@ mod tests {
             parse(&["run", "--qemu", "q", "--timeout", "1.5"]),
             Err(UsageError::BadTimeout("1.5".into()))
         );
+        assert_eq!(
+            parse(&["run", "--qemu", "q", "--vcpu-threads", "fast"]),
+            Err(UsageError::BadVcpuThreads("fast".into()))
+        );
+        assert_eq!(
+            parse(&["report", "a", "--vcpu-threads", "idle"]),
+            Err(UsageError::NotForReport("--vcpu-threads"))
+        );
+        let Ok(Command::Run { vcpu_threads, .. }) = parse(&["run", "--qemu", "q"]) else {
+            panic!()
+        };
+        assert_eq!(vcpu_threads, VcpuThreads::Default);
         assert_eq!(parse(&["--help"]), Ok(Command::Help));
         assert_eq!(parse(&["run", "-h"]), Ok(Command::Help));
     }

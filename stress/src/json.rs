@@ -217,6 +217,7 @@ fn run(run: &RunInfo) -> Value {
         ("failed", run.failed.clone().into()),
         ("log_lines", run.log_lines.into()),
         ("qemu", run.qemu.map(|q| q.to_string()).into()),
+        ("host", run.host.clone().into()),
         (
             "hypervisor_sched",
             Value::Object(

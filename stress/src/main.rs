@@ -42,13 +42,14 @@ fn execute(command: Command) -> io::Result<bool> {
             log,
             out,
             enforce_targets,
-        } => report(&log, None, &out, enforce_targets),
+        } => report(&log, None, None, &out, enforce_targets),
         Command::Run {
             qemu,
             log,
             timeout,
             out,
             enforce_targets,
+            vcpu_threads,
         } => {
             std::fs::create_dir_all(&out)?;
             if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -60,30 +61,38 @@ fn execute(command: Command) -> io::Result<bool> {
                 log.display(),
                 timeout.as_secs()
             );
-            let outcome = qemu::run(
+            let finished = qemu::run(
                 &QemuRun {
                     argv: qemu,
                     log: log.clone(),
                     timeout,
+                    vcpu_threads,
                 },
                 &mut io::stdout(),
             )?;
-            eprintln!("stress: QEMU {outcome}");
-            report(&log, Some(outcome), &out, enforce_targets)
+            eprintln!("stress: QEMU {}", finished.outcome);
+            let host = finished.placement.map(|p| p.to_string());
+            if let Some(host) = &host {
+                eprintln!("stress: host: {host}");
+            }
+            report(&log, Some(finished.outcome), host, &out, enforce_targets)
         }
     }
 }
 
-/// Reads the log, prints the table, writes the files.
+/// Reads the log, prints the table, writes the files. `host` says how QEMU's vCPU threads
+/// were scheduled on the host, when this tool changed it.
 fn report(
     log: &Path,
     qemu: Option<QemuOutcome>,
+    host: Option<String>,
     out: &Path,
     enforce_targets: bool,
 ) -> io::Result<bool> {
     let bytes = std::fs::read(log)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log.display())))?;
-    let analysis = analyse(&String::from_utf8_lossy(&bytes), qemu, enforce_targets);
+    let mut analysis = analyse(&String::from_utf8_lossy(&bytes), qemu, enforce_targets);
+    analysis.report.run.host = host;
     let written = write_outputs(&analysis, out)?;
     let text = format!(
         "{}written: {} and {}\n",

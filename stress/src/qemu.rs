@@ -15,6 +15,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::vcpu::{self, Placement, VcpuThreads};
+
 /// QEMU's exit status when the hypervisor wrote the success code to isa-debug-exit.
 pub const EXIT_PASS: i32 = 33;
 /// QEMU's exit status when the hypervisor wrote the failure code.
@@ -69,6 +71,16 @@ pub struct QemuRun {
     /// Where the serial output goes.
     pub log: PathBuf,
     pub timeout: Duration,
+    /// What to do with QEMU's TCG vCPU threads once they exist.
+    pub vcpu_threads: VcpuThreads,
+}
+
+/// How a run ended, and where its vCPU threads ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub outcome: QemuOutcome,
+    /// `None` when the vCPU threads were left alone ([`VcpuThreads::Default`]).
+    pub placement: Option<Placement>,
 }
 
 /// Why a command line could not be split into words.
@@ -147,7 +159,7 @@ pub fn is_progress_line(line: &str) -> bool {
 }
 
 /// Runs QEMU to the end or the timeout, writing the log and the progress lines.
-pub fn run(spec: &QemuRun, progress: &mut dyn Write) -> io::Result<QemuOutcome> {
+pub fn run(spec: &QemuRun, progress: &mut dyn Write) -> io::Result<Finished> {
     let (program, args) = spec
         .argv
         .split_first()
@@ -165,6 +177,8 @@ pub fn run(spec: &QemuRun, progress: &mut dyn Write) -> io::Result<QemuOutcome> 
         .ok_or_else(|| io::Error::other("no stdout pipe"))?;
     let (lines, received) = mpsc::channel();
     let reader = thread::spawn(move || copy_lines(stdout, log, |line| lines.send(line).is_ok()));
+    // The reader keeps draining QEMU's output while the threads are looked for.
+    let placement = vcpu::place(child.id(), spec.vcpu_threads);
     let outcome = supervise(&mut child, spec.timeout, &received, progress)?;
     drain(&received, progress);
     if reader.is_finished() {
@@ -172,7 +186,7 @@ pub fn run(spec: &QemuRun, progress: &mut dyn Write) -> io::Result<QemuOutcome> 
             .join()
             .map_err(|_| io::Error::other("log reader panicked"))??;
     }
-    Ok(outcome)
+    Ok(Finished { outcome, placement })
 }
 
 /// Copies `input` to `log` line by line, handing each progress line to `show`.
@@ -255,6 +269,7 @@ mod tests {
                 argv: split_command(command).unwrap(),
                 log: log.clone(),
                 timeout,
+                vcpu_threads: VcpuThreads::Default,
             },
             log,
         )
@@ -268,7 +283,7 @@ mod tests {
             Duration::from_secs(30),
         );
         let mut progress = Vec::new();
-        let outcome = run(&spec, &mut progress).unwrap();
+        let outcome = run(&spec, &mut progress).unwrap().outcome;
         assert_eq!(outcome, QemuOutcome::Exited(EXIT_PASS));
         assert!(outcome.passed());
         let progress = String::from_utf8(progress).unwrap();
@@ -286,7 +301,7 @@ mod tests {
     #[test]
     fn failure_status_is_not_a_pass() {
         let (spec, _) = spec("fail", "sh -c 'exit 35'", Duration::from_secs(30));
-        let outcome = run(&spec, &mut Vec::new()).unwrap();
+        let outcome = run(&spec, &mut Vec::new()).unwrap().outcome;
         assert_eq!(outcome, QemuOutcome::Exited(EXIT_FAIL));
         assert!(!outcome.passed());
         assert!(outcome.to_string().contains("reported failure"));
@@ -296,7 +311,7 @@ mod tests {
     fn kills_the_child_after_the_timeout() {
         let (spec, _) = spec("timeout", "sleep 30", Duration::from_millis(300));
         let started = Instant::now();
-        let outcome = run(&spec, &mut Vec::new()).unwrap();
+        let outcome = run(&spec, &mut Vec::new()).unwrap().outcome;
         assert_eq!(outcome, QemuOutcome::TimedOut { seconds: 0 });
         assert!(started.elapsed() < Duration::from_secs(10));
     }

@@ -335,6 +335,9 @@ pub struct RunInfo {
     pub failed: Option<String>,
     pub log_lines: usize,
     pub qemu: Option<QemuOutcome>,
+    /// How QEMU's vCPU threads were scheduled on the host, when the runner changed it
+    /// (set by the binary; a log alone does not say).
+    pub host: Option<String>,
     /// The hypervisor's per-CPU scheduler figures (`summary: sched.*`, prefix kept).
     pub sched: BTreeMap<String, String>,
 }
@@ -374,6 +377,7 @@ fn run_info(run: &Run, qemu: Option<QemuOutcome>) -> RunInfo {
         failed: run.failed.clone(),
         log_lines: run.lines,
         qemu,
+        host: None,
         sched: run
             .summary
             .iter()

@@ -80,6 +80,9 @@ fn header(out: &mut String, r: &Report) {
         let _ = write!(out, "; QEMU {qemu}");
     }
     out.push('\n');
+    if let Some(host) = &run.host {
+        let _ = writeln!(out, "host: {host}");
+    }
 }
 
 fn row(out: &mut String, label: &str, value: String) {

@@ -129,6 +129,11 @@ struct Local {
     slice_end_ns: Option<u64>,
     /// While idle: when to look for work to steal again (`None`: no CPU had any to spare).
     balance_at_ns: Option<u64>,
+    /// The deadline the local timer is armed for (`None`: not armed, or it has fired). Every
+    /// exit to a guest passes [`Local::program_timer`]; most leave the next deadline as it
+    /// was, and re-arming costs an APIC register write (a trap to the device model under
+    /// emulation), so an unchanged deadline is not written again.
+    armed_ns: Option<u64>,
     /// TSC when the running vCPU was switched in (for its domain's CPU time).
     since_tsc: u64,
     /// Boot is over on this CPU: frames of its idle loop may be rewritten.
@@ -165,6 +170,7 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>) {
             advance: TimerAdvance::new(MAX_TIMER_ADVANCE_NS),
             slice_end_ns: None,
             balance_at_ns: None,
+            armed_ns: None,
             since_tsc: 0,
             scheduling: false,
         })
@@ -329,6 +335,8 @@ fn arm(vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
 pub fn timer_interrupt() {
     const BATCH: usize = 16;
     let now = time::since_boot_ns();
+    // The one-shot timer has fired: nothing is armed until the exit path arms it again.
+    with_local(|local| local.armed_ns = None);
     loop {
         let due: ArrayVec<Timer, BATCH> = with_local(|local| {
             let due: ArrayVec<Timer, BATCH> = local.timers.expire(now).take(BATCH).collect();
@@ -648,9 +656,11 @@ impl Local {
 
     /// Arms the local timer for the earliest of the next vCPU timer, the slice's end and the
     /// next look for work.
-    fn program_timer(&self, now: u64) {
-        if let Some(next) = [self.timers.next_deadline(), self.slice_end_ns, self.balance_at_ns].into_iter().flatten().min() {
+    fn program_timer(&mut self, now: u64) {
+        let next = [self.timers.next_deadline(), self.slice_end_ns, self.balance_at_ns].into_iter().flatten().min();
+        if let Some(next) = next.filter(|&next| self.armed_ns != Some(next)) {
             lapic::arm_timer_ns(next.saturating_sub(now).max(1_000));
+            self.armed_ns = Some(next);
         }
     }
 }

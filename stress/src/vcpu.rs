@@ -1,0 +1,275 @@
+//! Host scheduling of QEMU's TCG vCPU threads for `stress run --vcpu-threads idle`.
+//!
+//! Under TCG, QEMU delivers the guest's local APIC timer from its main-loop thread. When
+//! every host core is busy running vCPU threads (CPU hogs in the guest), that thread waits
+//! for the host scheduler and every guest timer interrupt comes late by the host's time
+//! slice: the report would measure the host, not the hypervisor. Real hardware has no such
+//! coupling, so the runner can put each TCG vCPU thread in the host's `SCHED_IDLE` class
+//! (any ordinary thread, QEMU's main loop among them, preempts it at once) and pin vCPU `k`
+//! to the `k`-th host CPU this process may use (so that two vCPUs never queue behind each
+//! other on one core while another core is free). Both changes are made with util-linux's
+//! `chrt` and `taskset`, so this tool stays free of unsafe code.
+//!
+//! Called by [`crate::qemu::run`] right after QEMU starts. It changes only threads of the
+//! child it was given whose names say `CPU <k>/TCG` (QEMU names them so with
+//! `-name <name>,debug-threads=on`); it never touches any other process.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long the runner waits for QEMU's vCPU threads to appear.
+const APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often it looks for them.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
+/// QEMU creates all vCPU threads together at machine init; once one exists, the runner
+/// waits this long for the others before it lists them.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// What the runner does with QEMU's vCPU threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VcpuThreads {
+    /// Leaves them as QEMU made them.
+    #[default]
+    Default,
+    /// `SCHED_IDLE`, vCPU k pinned to the k-th allowed host CPU (TCG threads only).
+    Idle,
+}
+
+impl VcpuThreads {
+    /// Reads `--vcpu-threads`'s value.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "default" => Some(Self::Default),
+            "idle" => Some(Self::Idle),
+            _ => None,
+        }
+    }
+}
+
+/// One TCG vCPU thread of the child: its thread id and vCPU index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuThread {
+    pub tid: u32,
+    pub vcpu: u32,
+}
+
+/// What was done, for the report's run line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// (vCPU index, host CPU) of every thread changed.
+    pub pinned: Vec<(u32, u32)>,
+    /// Why nothing (or not everything) was changed.
+    pub problem: Option<String>,
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.pinned.is_empty() {
+            let pins: Vec<String> = self
+                .pinned
+                .iter()
+                .map(|(vcpu, cpu)| format!("vCPU {vcpu} on host CPU {cpu}"))
+                .collect();
+            write!(f, "TCG vCPU threads SCHED_IDLE, {}", pins.join(", "))?;
+        }
+        match (&self.problem, self.pinned.is_empty()) {
+            (Some(problem), true) => write!(f, "vCPU threads left as they were: {problem}"),
+            (Some(problem), false) => write!(f, " ({problem})"),
+            (None, _) => Ok(()),
+        }
+    }
+}
+
+/// The vCPU index of a thread named `CPU <k>/TCG`.
+pub fn tcg_vcpu_index(comm: &str) -> Option<u32> {
+    comm.trim_end()
+        .strip_prefix("CPU ")?
+        .strip_suffix("/TCG")?
+        .parse()
+        .ok()
+}
+
+/// Parses a CPU list as `/proc/*/status` writes `Cpus_allowed_list` (`0-3,8,10-11`).
+pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (u32, u32) = (first.parse().ok()?, last.parse().ok()?);
+                if first > last {
+                    return None;
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// The host CPU for vCPU `vcpu`: the allowed CPUs in turn.
+pub fn host_cpu_for(vcpu: u32, allowed: &[u32]) -> Option<u32> {
+    (!allowed.is_empty()).then(|| allowed[vcpu as usize % allowed.len()])
+}
+
+/// The host CPUs this process may run on.
+fn allowed_cpus() -> Option<Vec<u32>> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    parse_cpu_list(line)
+}
+
+/// The child's TCG vCPU threads now.
+fn tcg_threads(pid: u32) -> Vec<VcpuThread> {
+    let Ok(tasks) = fs::read_dir(Path::new("/proc").join(pid.to_string()).join("task")) else {
+        return Vec::new();
+    };
+    let mut threads: Vec<VcpuThread> = tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(task.path().join("comm")).ok()?;
+            Some(VcpuThread {
+                tid,
+                vcpu: tcg_vcpu_index(&comm)?,
+            })
+        })
+        .collect();
+    threads.sort_by_key(|t| t.vcpu);
+    threads
+}
+
+/// Waits for the child's TCG vCPU threads (until `APPEAR_TIMEOUT`) and lists them.
+fn wait_for_threads(pid: u32) -> Vec<VcpuThread> {
+    let until = Instant::now() + APPEAR_TIMEOUT;
+    while Instant::now() < until {
+        if !tcg_threads(pid).is_empty() {
+            thread::sleep(SETTLE);
+            return tcg_threads(pid);
+        }
+        thread::sleep(LOOK_EVERY);
+    }
+    Vec::new()
+}
+
+/// Runs a util-linux tool; `Err` says what went wrong.
+fn tool(program: &str, args: &[String]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Applies `mode` to the TCG vCPU threads of process `pid`; `None` for
+/// [`VcpuThreads::Default`].
+pub fn place(pid: u32, mode: VcpuThreads) -> Option<Placement> {
+    if mode == VcpuThreads::Default {
+        return None;
+    }
+    let threads = wait_for_threads(pid);
+    let mut placement = Placement {
+        pinned: Vec::new(),
+        problem: None,
+    };
+    if threads.is_empty() {
+        placement.problem = Some(
+            "no thread named `CPU <k>/TCG` (not TCG, or QEMU lacks `-name x,debug-threads=on`)"
+                .into(),
+        );
+        return Some(placement);
+    }
+    let Some(allowed) = allowed_cpus() else {
+        placement.problem = Some("cannot read this process's allowed CPUs".into());
+        return Some(placement);
+    };
+    for t in threads {
+        let Some(cpu) = host_cpu_for(t.vcpu, &allowed) else {
+            continue;
+        };
+        let tid = t.tid.to_string();
+        let done = tool("chrt", &["--idle".into(), "-p".into(), "0".into(), tid.clone()])
+            .and_then(|()| tool("taskset", &["-p".into(), "-c".into(), cpu.to_string(), tid]));
+        match done {
+            Ok(()) => placement.pinned.push((t.vcpu, cpu)),
+            Err(problem) => {
+                placement.problem = Some(problem);
+                break;
+            }
+        }
+    }
+    Some(placement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_tcg_vcpu_threads() {
+        assert_eq!(tcg_vcpu_index("CPU 0/TCG\n"), Some(0));
+        assert_eq!(tcg_vcpu_index("CPU 13/TCG"), Some(13));
+        assert_eq!(tcg_vcpu_index("CPU 0/KVM"), None);
+        assert_eq!(tcg_vcpu_index("qemu-system-x86"), None);
+        assert_eq!(tcg_vcpu_index("CPU x/TCG"), None);
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
+        assert_eq!(parse_cpu_list("0-2,8,10-11"), Some(vec![0, 1, 2, 8, 10, 11]));
+        assert_eq!(parse_cpu_list("3"), Some(vec![3]));
+        assert_eq!(parse_cpu_list("2-1"), None);
+        assert_eq!(parse_cpu_list("a"), None);
+        assert_eq!(parse_cpu_list(""), None);
+    }
+
+    #[test]
+    fn vcpus_take_the_allowed_cpus_in_turn() {
+        let allowed = [2, 5];
+        let placed: Vec<_> = (0..4).map(|v| host_cpu_for(v, &allowed)).collect();
+        assert_eq!(placed, [Some(2), Some(5), Some(2), Some(5)]);
+        assert_eq!(host_cpu_for(0, &[]), None);
+    }
+
+    #[test]
+    fn placement_lines() {
+        let done = Placement {
+            pinned: vec![(0, 0), (1, 1)],
+            problem: None,
+        };
+        assert_eq!(
+            done.to_string(),
+            "TCG vCPU threads SCHED_IDLE, vCPU 0 on host CPU 0, vCPU 1 on host CPU 1"
+        );
+        let none = Placement {
+            pinned: vec![],
+            problem: Some("no thread".into()),
+        };
+        assert_eq!(
+            none.to_string(),
+            "vCPU threads left as they were: no thread"
+        );
+        assert_eq!(VcpuThreads::parse("idle"), Some(VcpuThreads::Idle));
+        assert_eq!(VcpuThreads::parse("fast"), None);
+    }
+
+    #[test]
+    fn default_touches_nothing() {
+        assert_eq!(place(std::process::id(), VcpuThreads::Default), None);
+    }
+}
