@@ -17,7 +17,7 @@ use core::fmt::{self, Write};
 
 use arrayvec::{ArrayString, ArrayVec};
 use guest_dom0::options::Options;
-use guest_dom0::plan::{Plan, PlanError};
+use guest_dom0::plan::{self, Plan, PlanError};
 use guest_rt::abi::errno::Errno;
 use guest_rt::abi::ids::DomId;
 use guest_rt::control::{self, ControlError, NewDomain};
@@ -246,6 +246,8 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
         });
     }
     let plan = Plan::new(&options, machine.cpus).map_err(Failure::Plan)?;
+    control::set_sched_params(DomId::DOM0, &plan::DOM0_PARAMS)
+        .map_err(control_failure(Call::SchedParams, DomId::DOM0))?;
     print_config(&options, &plan);
     print_memory("before")?;
     let last_created_at = create_all(&plan, &options, waiter, created)?;

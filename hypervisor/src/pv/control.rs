@@ -41,7 +41,14 @@ pub fn control(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
             Ok(0)
         }
         _ => {
-            let target = other_domain(vcpu, op.domain)?;
+            // Domain 0 may read its own figures and set its own scheduling; it may not
+            // destroy, pause or shrink itself.
+            let target = match cmd {
+                ControlCmd::SetSchedParams | ControlCmd::GetSchedParams | ControlCmd::GetDomainInfo => {
+                    domain::lookup(DomainId(op.domain)).ok_or(Errno::Esrch)?
+                }
+                _ => other_domain(vcpu, op.domain)?,
+            };
             match cmd {
                 ControlCmd::DestroyDomain => {
                     target.kill(Ending::Destroyed);
