@@ -6,6 +6,11 @@
 //! a small pool carved straight from usable memory, so that ACPI can be parsed with `alloc`),
 //! then the CPU regions (once the CPU count is known), then the frame metadata, which takes
 //! what is left of the window and so bounds the RAM the hypervisor can manage.
+//!
+//! The heap gives free pages back in [`trim_heap`], at safe points (after a domain is
+//! destroyed, before free memory is reported): the pages are unmapped under the heap lock,
+//! and their frames are freed only after every CPU has flushed its TLB, with no lock held.
+//! Nothing here ever flushes other CPUs from inside the allocator.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -21,7 +26,7 @@ use spin::{Mutex, Once};
 
 use crate::arch::paging::{self, MapKind};
 use crate::bootinfo::BootInfo;
-use crate::fwmap;
+use crate::{cpus, fwmap};
 use arrayvec::ArrayVec;
 
 use crate::bootinfo::MAX_MODULES;
@@ -34,6 +39,10 @@ const FIRMWARE_WINDOW: u64 = 4 << 20;
 pub const MMIO_WINDOW: u64 = 256 << 10;
 /// Memory carved for the heap before the frame table exists.
 const EARLY_HEAP_POOL: u64 = 1 << 20;
+/// Frames in the early pool.
+const EARLY_POOL_FRAMES: usize = (EARLY_HEAP_POOL / PAGE_SIZE) as usize;
+/// The most heap frames one trim round unmaps before the TLB flush that lets them go.
+const TRIM_BATCH: usize = 128;
 
 /// A boot failure in memory set-up.
 #[derive(Debug)]
@@ -77,37 +86,143 @@ pub struct EarlyMemory {
 }
 
 static FRAMES: Once<FrameTable> = Once::new();
-static EARLY_POOL: Mutex<Option<PhysRange>> = Mutex::new(None);
+static EARLY_POOL: Mutex<Option<EarlyPool>> = Mutex::new(None);
 static CPU_AREAS: Once<Vec<PerCpuArea>> = Once::new();
 static TEMP_BASE: Once<u64> = Once::new();
 
 #[global_allocator]
 static HEAP: LockedHeap<WindowBacker> = LockedHeap::new();
+/// Frames unmapped from the heap whose old translations other CPUs may still hold: freed
+/// by [`trim_heap`] after it has flushed every CPU.
+static UNMAPPED: Mutex<ArrayVec<Mfn, TRIM_BATCH>> = Mutex::new(ArrayVec::new_const());
+/// Held by the one CPU running [`trim_heap`] (one round's flush must cover every page it
+/// lets the heap reuse).
+static TRIMMING: Mutex<()> = Mutex::new(());
 
-/// Backs heap growth with frames mapped into the heap's window range.
+/// Backs heap growth with frames mapped into the heap's window range, and unmaps the pages
+/// the heap gives back (under the heap lock: no flush of other CPUs here, see [`trim_heap`]).
 struct WindowBacker;
 
 impl PageBacker for WindowBacker {
-    fn back(&mut self, vaddr: usize, pages: usize) -> bool {
-        (0..pages).all(|i| {
-            alloc_hypervisor_frame()
-                .and_then(|mfn| paging::map(vaddr as u64 + i as u64 * PAGE_SIZE, mfn.addr().0, MapKind::Data).ok())
-                .is_some()
+    fn back(&mut self, vaddr: usize, pages: usize) -> usize {
+        for i in 0..pages {
+            let Some(mfn) = alloc_hypervisor_frame() else { return i };
+            if paging::map(vaddr as u64 + i as u64 * PAGE_SIZE, mfn.addr().0, MapKind::Data).is_err() {
+                // Never mapped, so no CPU can hold a translation to it: free it at once.
+                release_hypervisor_frame(mfn);
+                return i;
+            }
+        }
+        pages
+    }
+
+    fn unback(&mut self, vaddr: usize, pages: usize) -> usize {
+        let mut unmapped = UNMAPPED.lock();
+        let taken = pages.min(unmapped.remaining_capacity());
+        for i in 0..taken {
+            // Invalidated on this CPU only; `trim_heap` flushes the others before the frame
+            // is freed. (No logging here: the heap lock is held.)
+            if let Some(phys) = paging::unmap(vaddr as u64 + i as u64 * PAGE_SIZE) {
+                unmapped.push(Mfn(phys / PAGE_SIZE));
+            }
+        }
+        taken
+    }
+}
+
+/// The frames carved for the heap before the frame table exists. The frame table counts
+/// them reserved (they are outside the ranges it is built from, and `FrameTable::free`
+/// refuses reserved frames), so they never go to it: the heap takes frames from here first,
+/// and heap frames given back return here. Free memory as the frame table counts it is
+/// therefore unchanged by heap use that fits in the pool.
+struct EarlyPool {
+    range: PhysRange,
+    /// Frames of the range never handed out start here.
+    next: u64,
+    /// Frames handed out and given back, one bit per frame of the range.
+    returned: [u64; EARLY_POOL_FRAMES.div_ceil(64)],
+}
+
+impl EarlyPool {
+    fn new(range: PhysRange) -> EarlyPool {
+        EarlyPool { range, next: range.start, returned: [0; EARLY_POOL_FRAMES.div_ceil(64)] }
+    }
+
+    fn take(&mut self) -> Option<Mfn> {
+        if let Some((word, bits)) = self.returned.iter_mut().enumerate().find(|(_, b)| **b != 0) {
+            let bit = bits.trailing_zeros() as u64;
+            *bits &= !(1 << bit);
+            return Some(Mfn(self.range.start / PAGE_SIZE + word as u64 * 64 + bit));
+        }
+        (self.next < self.range.end).then(|| {
+            self.next += PAGE_SIZE;
+            Mfn((self.next - PAGE_SIZE) / PAGE_SIZE)
         })
+    }
+
+    /// Takes `mfn` back if it is one of the pool's frames.
+    fn give_back(&mut self, mfn: Mfn) -> bool {
+        let addr = mfn.addr().0;
+        if addr < self.range.start || addr >= self.next {
+            return false;
+        }
+        let index = ((addr - self.range.start) / PAGE_SIZE) as usize;
+        self.returned[index / 64] |= 1 << (index % 64);
+        true
     }
 }
 
 /// One frame for the hypervisor's own use: from the early pool while it lasts, then from
 /// the frame table.
 fn alloc_hypervisor_frame() -> Option<Mfn> {
-    let mut pool = EARLY_POOL.lock();
-    if let Some(range) = pool.as_mut().filter(|r| !r.is_empty()) {
-        let mfn = Mfn(range.start / PAGE_SIZE);
-        range.start += PAGE_SIZE;
+    if let Some(mfn) = EARLY_POOL.lock().as_mut().and_then(EarlyPool::take) {
         return Some(mfn);
     }
-    drop(pool);
     FRAMES.get()?.alloc(Owner::Hypervisor).ok()
+}
+
+/// Returns a frame from [`alloc_hypervisor_frame`] that nothing maps any more, on any CPU.
+fn release_hypervisor_frame(mfn: Mfn) {
+    if EARLY_POOL.lock().as_mut().is_some_and(|pool| pool.give_back(mfn)) {
+        return;
+    }
+    if let Some(Err(e)) = FRAMES.get().map(|frames| frames.free(mfn)) {
+        warn!("memory: heap frame {mfn} not freed: {e:?}");
+    }
+}
+
+/// Gives the heap's free pages back: the heap unmaps them (in rounds of at most
+/// [`TRIM_BATCH`]), every CPU flushes its TLB, then their frames go back to the frame table
+/// (or the early pool) and the heap may map those pages again. Returns the pages given back.
+///
+/// Call it at a safe point: with no lock held that a CPU may spin on with interrupts off
+/// (the flush waits for every CPU), in particular not from the allocator, and only once the
+/// other CPUs answer cross-CPU calls (after boot). If another CPU is trimming, it waits for
+/// its turn, answering cross-CPU calls meanwhile (that CPU's flush waits for this one), so
+/// that on return every page that was free when it was called has been given back (or
+/// allocated again).
+pub fn trim_heap() -> usize {
+    let _only = loop {
+        if let Some(guard) = TRIMMING.try_lock() {
+            break guard;
+        }
+        cpus::service_calls();
+        core::hint::spin_loop();
+    };
+    let mut pages = 0;
+    loop {
+        let given = HEAP.trim();
+        if given == 0 {
+            return pages;
+        }
+        let frames = core::mem::take(&mut *UNMAPPED.lock());
+        cpus::call_all(|_| paging::flush_all_local(), 0);
+        for &mfn in &frames {
+            release_hypervisor_frame(mfn);
+        }
+        HEAP.reuse_unbacked();
+        pages += given;
+    }
 }
 
 /// Starts the window layout: the image, then the firmware and device-register regions.
@@ -131,7 +246,7 @@ pub fn init_heap(boot: &BootInfo, layout: &mut WindowLayout, options: &Options) 
         warn!("memory: the loader's map had more entries than fit; {} ignored", boot.dropped_regions);
     }
     let pool = usable.carve(pages_for(EARLY_HEAP_POOL)).map_err(MemoryError::Carve)?;
-    *EARLY_POOL.lock() = Some(pool);
+    *EARLY_POOL.lock() = Some(EarlyPool::new(pool));
     let heap = layout.place(Region::Heap, (options.heap_mib as u64) << 20)?;
     // SAFETY: the heap range was just placed in the window for the heap alone; nothing else
     // maps or uses it.

@@ -169,6 +169,8 @@ fn domain_info(domain: &Domain) -> DomainInfo {
 }
 
 fn phys_info() -> PhysInfo {
+    // The heap gives back what it holds unused first, so that free memory includes it.
+    memory::trim_heap();
     let stats = memory::frames().stats();
     PhysInfo {
         total_kib: stats.usable * 4,

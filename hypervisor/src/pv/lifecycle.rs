@@ -23,8 +23,10 @@ static EXPECTED: Mutex<Vec<(DomainId, Ending)>> = Mutex::new(Vec::new());
 /// The end of the run has begun (the last two domains can die on two CPUs at once).
 static FINISHING: AtomicBool = AtomicBool::new(false);
 
-/// Remembers free memory before the first domain is built.
+/// Remembers free memory before the first domain is built (with the heap trimmed, as at
+/// the end, so that boot-time heap slack does not count either way).
 pub fn record_free_before() {
+    memory::trim_heap();
     FREE_BEFORE.store(memory::free_bytes(), Ordering::Relaxed);
 }
 
@@ -42,8 +44,10 @@ pub fn boot_domains_built(started: usize) {
     }
 }
 
-/// Called after each domain's destruction: ends the run when none is left.
+/// Called after each domain's destruction: gives the heap memory the domain used back to
+/// the frame allocator, and ends the run when no domain is left.
 pub fn domain_destroyed() {
+    memory::trim_heap();
     if BUILT_ALL.load(Ordering::Acquire) && domain::live_count() == 0 && !FINISHING.swap(true, Ordering::AcqRel) {
         finish();
     }
@@ -79,7 +83,9 @@ fn finish() -> ! {
     info!("summary: domains.created_by_dom0={}", others.0);
     info!("summary: domains.failed_created_by_dom0={}", others.1);
     let before = FREE_BEFORE.load(Ordering::Relaxed);
+    memory::trim_heap();
     let after = memory::free_bytes();
+    info!("memory: heap after trimming: {} KiB mapped for {} KiB in use", memory::heap_mapped_bytes() >> 10, memory::heap_used_bytes() >> 10);
     let leaked_frames = before.saturating_sub(after) / 4096;
     info!("summary: domains.created={created}");
     info!("summary: domains.unexpected_endings={unexpected}");
