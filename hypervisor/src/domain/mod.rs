@@ -136,10 +136,28 @@ struct Table {
     slots: Vec<Option<Arc<Domain>>>,
     next: usize,
     created: u64,
+    /// Endings of boot domains, and of the first [`MAX_FAILURES_KEPT`] others that failed.
     endings: Vec<(DomainId, arrayvec::ArrayString<32>, Ending)>,
+    /// Domains created by domain 0 that are gone, and how many of them failed: counted, not
+    /// kept, so that a hypervisor that creates and destroys domains forever does not grow.
+    others_ended: u64,
+    others_failed: u64,
 }
 
-static DOMAINS: Mutex<Table> = Mutex::new(Table { slots: Vec::new(), next: 1, created: 0, endings: Vec::new() });
+/// How many failed endings of domains created by domain 0 are kept for the summary.
+const MAX_FAILURES_KEPT: u64 = 64;
+
+static DOMAINS: Mutex<Table> =
+    Mutex::new(Table { slots: Vec::new(), next: 1, created: 0, endings: Vec::new(), others_ended: 0, others_failed: 0 });
+
+/// What the domain table remembers of domains that are gone.
+pub struct History {
+    pub created: u64,
+    /// Boot domains' endings, then the first failed endings of the others.
+    pub endings: Vec<(DomainId, arrayvec::ArrayString<32>, Ending)>,
+    pub others_ended: u64,
+    pub others_failed: u64,
+}
 
 /// Why a domain could not be created.
 #[derive(Debug)]
@@ -305,9 +323,16 @@ impl Domain {
             }
         }
         let ending = self.ending().unwrap_or(Ending::Killed);
+        let boot = crate::pv::lifecycle::is_boot_domain(self.id);
         let mut table = DOMAINS.lock();
         table.remove(self.id);
-        table.endings.push((self.id, self.name, ending));
+        if !boot {
+            table.others_ended += 1;
+            table.others_failed += u64::from(ending.is_failure());
+        }
+        if boot || (ending.is_failure() && table.others_failed <= MAX_FAILURES_KEPT) {
+            table.endings.push((self.id, self.name, ending));
+        }
         drop(table);
         drop(vcpus);
         crate::pv::lifecycle::domain_destroyed();
@@ -351,10 +376,15 @@ pub fn live_count() -> usize {
     DOMAINS.lock().slots.iter().filter(|s| s.is_some()).count()
 }
 
-/// Domains created and how each one that is gone ended.
-pub fn history() -> (u64, Vec<(DomainId, arrayvec::ArrayString<32>, Ending)>) {
+/// Domains created and how those that are gone ended.
+pub fn history() -> History {
     let table = DOMAINS.lock();
-    (table.created, table.endings.clone())
+    History {
+        created: table.created,
+        endings: table.endings.clone(),
+        others_ended: table.others_ended,
+        others_failed: table.others_failed,
+    }
 }
 
 /// Fills a frame with zeroes through a temporary mapping.
