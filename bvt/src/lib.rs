@@ -46,6 +46,12 @@
 //!
 //! [`TimerQueue`] is a separate small helper: a per-CPU min-heap of deadlines with cancel;
 //! [`TimerAdvance`] learns how early to program latency-sensitive timers.
+//!
+//! # Memory
+//! A CPU's tables grow with the vCPUs and timers it holds and give the memory back once they
+//! are under a quarter full ([`shrink_when_sparse`], one policy with hysteresis, also for the
+//! hypervisor's own per-CPU lists), so creating and destroying domains forever does not keep
+//! the heap at its high-water mark.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -57,6 +63,7 @@ mod error;
 mod inbox;
 mod params;
 mod run_queue;
+mod shrink;
 #[cfg(test)]
 mod sim;
 mod timer_advance;
@@ -71,6 +78,7 @@ pub use params::{
     STEAL_MIN_LOAD,
 };
 pub use run_queue::{Decision, RunQueue, VcpuView};
+pub use shrink::{shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};
 pub use timer_advance::TimerAdvance;
 pub use timer_queue::{Expired, TimerHandle, TimerQueue};
 pub use vcpu_state::VcpuState;

@@ -4,7 +4,8 @@
 //! Only the owning CPU calls it (every method takes `&mut self` or reads); other CPUs go
 //! through its [`Inbox`]. It never reads a clock: each call gets `now_ns`, first charges the
 //! running vCPU up to then, and then acts. Members live in a small `Vec` searched linearly by
-//! id (a queue holds tens to a hundred vCPUs; a decision is one pass over them).
+//! id (a queue holds tens to a hundred vCPUs; a decision is one pass over them), which gives
+//! its capacity back as vCPUs leave ([`shrink_when_sparse`]).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -12,6 +13,7 @@ use alloc::vec::Vec;
 use crate::error::BvtError;
 use crate::inbox::{Inbox, Message};
 use crate::params::{BvtParams, Config, CpuId};
+use crate::shrink::{shrink_when_sparse, MIN_TABLE_CAPACITY};
 use crate::vcpu_state::{Account, VcpuState};
 
 /// What to run, decided by [`RunQueue::pick_next`].
@@ -210,6 +212,7 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
         let member = self.members.swap_remove(i);
+        shrink_when_sparse(&mut self.members, MIN_TABLE_CAPACITY);
         if member.runnable {
             self.set_load(self.runnable - 1);
         }
@@ -309,6 +312,11 @@ impl<V: Copy + Eq> RunQueue<V> {
 
     fn index(&self, v: V) -> Result<usize, BvtError> {
         self.find(v).ok_or(BvtError::UnknownVcpu)
+    }
+
+    #[cfg(test)]
+    fn members_capacity(&self) -> usize {
+        self.members.capacity()
     }
 
     fn set_load(&mut self, runnable: u32) {
@@ -660,6 +668,51 @@ mod tests {
         assert!(rq.vcpu(1).unwrap().warped);
         rq.block(1, 1_000 * MS).unwrap();
         assert!(!rq.vcpu(1).unwrap().warped);
+    }
+
+    #[test]
+    fn a_queue_that_held_many_vcpus_gives_the_memory_back_when_they_leave() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        for v in 0..1_000u32 {
+            rq.add(v, weight(1), 0).unwrap();
+        }
+        rq.pick_next(0);
+        let grown = rq.members_capacity();
+        assert!(grown >= 1_000);
+        for v in (0..1_000).rev().step_by(2) {
+            rq.remove(v, MS).unwrap();
+        }
+        assert_eq!(rq.members_capacity(), grown, "half full: kept");
+        for v in (0..1_000).step_by(2) {
+            rq.remove(v, MS).unwrap();
+        }
+        assert_eq!(rq.load(), 0);
+        assert!(rq.members_capacity() <= MIN_TABLE_CAPACITY, "capacity {}", rq.members_capacity());
+        assert_eq!(rq.pick_next(2 * MS), Decision { run: None, slice_ns: None });
+        rq.add(7, weight(1), 2 * MS).unwrap();
+        assert_eq!(rq.pick_next(2 * MS).run, Some(7), "the shrunk queue still works");
+    }
+
+    #[test]
+    fn vcpus_coming_and_going_around_one_count_never_reallocate_the_queue() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        let mut members: Vec<u32> = (0..100).collect();
+        for &v in &members {
+            rq.add(v, weight(1), 0).unwrap();
+        }
+        let capacity = rq.members_capacity();
+        let mut next = 100;
+        for _ in 0..20 {
+            for v in members.drain(..60) {
+                rq.remove(v, 0).unwrap();
+            }
+            for _ in 0..60 {
+                rq.add(next, weight(1), 0).unwrap();
+                members.push(next);
+                next += 1;
+            }
+            assert_eq!(rq.members_capacity(), capacity, "between 40 and 100 of {capacity}");
+        }
     }
 
     #[test]

@@ -4,16 +4,27 @@
 //! The hypervisor keeps one per CPU, owned by that CPU, for its vCPUs' one-shot timers and
 //! its own; it programs the local timer for [`TimerQueue::next_deadline`] and calls
 //! [`TimerQueue::expire`] from the timer interrupt. It never reads a clock or arms hardware.
-//! A handle carries its slot's generation, so a handle kept after its timer fired or was
-//! cancelled can never cancel a newer timer that reuses the slot. Cancelled entries are
-//! dropped lazily, and the heap is rebuilt when they outnumber live ones, so a guest that
-//! re-arms its timer forever cannot grow the heap.
+//!
+//! A timer lives in a slot; a handle names the slot and the timer's *generation*: the
+//! sequence number of the insert that armed it, unique over the queue's whole life. So a
+//! handle kept after its timer fired or was cancelled never matches a newer timer in the same
+//! slot, even one in a slot that was dropped and created again. Cancelled entries are dropped
+//! lazily, and the heap is rebuilt when they outnumber live ones, so a guest that re-arms its
+//! timer forever cannot grow the heap.
+//!
+//! The queue gives memory back as it empties (see [`crate::shrink`]): a new timer takes the
+//! lowest free slot, so long-lived re-armed timers drift to the front; free slots at the end
+//! are dropped at once; and each table is shrunk once it is under a quarter full. Every
+//! operation stays amortised O(log n).
 
 use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
-use core::cmp::Ordering;
+use core::cmp::{Ordering, Reverse};
 
-/// Rebuild the heap once it holds more than this many entries beyond twice the live ones.
+use crate::shrink::{shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};
+
+/// Rebuild the heap (or the free list) once it holds more than this many stale entries
+/// beyond the current ones.
 const STALE_SLACK: usize = 16;
 
 /// Names one inserted timer, for [`TimerQueue::cancel`].
@@ -26,19 +37,24 @@ pub struct TimerHandle {
 /// A slot of the queue: a pending payload, or free.
 #[derive(Debug)]
 struct Slot<T> {
-    /// Bumped each time the slot's timer fires or is cancelled.
+    /// The sequence number of the insert that last armed the slot.
     generation: u64,
     payload: Option<T>,
 }
 
-/// A heap entry; stale once its slot's generation has moved on.
+/// Whether `slot` exists and holds the pending timer of generation `generation`.
+fn is_armed<T>(slots: &[Slot<T>], slot: usize, generation: u64) -> bool {
+    slots.get(slot).is_some_and(|s| s.payload.is_some() && s.generation == generation)
+}
+
+/// A heap entry; stale once its slot no longer holds the timer its `seq` armed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     deadline_ns: u64,
-    /// Insertion order, so that equal deadlines fire first in, first out.
+    /// Insertion order, so that equal deadlines fire first in, first out; also the
+    /// generation of the timer the entry is for.
     seq: u64,
     slot: usize,
-    generation: u64,
 }
 
 impl Ord for Entry {
@@ -59,9 +75,14 @@ impl PartialOrd for Entry {
 pub struct TimerQueue<T> {
     /// Entries, earliest on top; the top is never stale.
     heap: BinaryHeap<Entry>,
+    /// The last slot, if any, is armed (free slots at the end are dropped at once).
     slots: Vec<Slot<T>>,
-    free: Vec<usize>,
+    /// Free slots, lowest first: every free slot below `slots.len()` once; indices at or
+    /// beyond it are left over from dropped slots and are ignored (no slot is created while
+    /// one is listed: see [`TimerQueue::take_free_slot`]).
+    free: BinaryHeap<Reverse<usize>>,
     live: usize,
+    /// The next insert's sequence number (and generation): `u64` never wraps in practice.
     next_seq: u64,
 }
 
@@ -74,7 +95,7 @@ impl<T> Default for TimerQueue<T> {
 impl<T> TimerQueue<T> {
     /// An empty queue (allocates nothing until the first insert).
     pub const fn new() -> TimerQueue<T> {
-        TimerQueue { heap: BinaryHeap::new(), slots: Vec::new(), free: Vec::new(), live: 0, next_seq: 0 }
+        TimerQueue { heap: BinaryHeap::new(), slots: Vec::new(), free: BinaryHeap::new(), live: 0, next_seq: 0 }
     }
 
     /// Pending timers.
@@ -89,17 +110,17 @@ impl<T> TimerQueue<T> {
 
     /// Arms a timer: `payload` is due at `deadline_ns`.
     pub fn insert(&mut self, deadline_ns: u64, payload: T) -> TimerHandle {
-        let slot = match self.free.pop() {
+        let generation = self.next_seq;
+        self.next_seq += 1;
+        let slot = match self.take_free_slot() {
             Some(slot) => slot,
             None => {
-                self.slots.push(Slot { generation: 0, payload: None });
+                self.slots.push(Slot { generation, payload: None });
                 self.slots.len() - 1
             }
         };
-        self.slots[slot].payload = Some(payload);
-        let generation = self.slots[slot].generation;
-        self.heap.push(Entry { deadline_ns, seq: self.next_seq, slot, generation });
-        self.next_seq += 1;
+        self.slots[slot] = Slot { generation, payload: Some(payload) };
+        self.heap.push(Entry { deadline_ns, seq: generation, slot });
         self.live += 1;
         TimerHandle { slot, generation }
     }
@@ -113,15 +134,16 @@ impl<T> TimerQueue<T> {
         let payload = self.release(handle.slot);
         if self.heap.len() > 2 * self.live + STALE_SLACK {
             let slots = &self.slots;
-            self.heap.retain(|entry| slots[entry.slot].generation == entry.generation);
+            self.heap.retain(|entry| is_armed(slots, entry.slot, entry.seq));
         }
         self.drop_stale_top();
+        self.give_back();
         Some(payload)
     }
 
     /// Whether the timer `handle` names is still armed.
     pub fn is_pending(&self, handle: TimerHandle) -> bool {
-        self.slots.get(handle.slot).is_some_and(|slot| slot.generation == handle.generation)
+        is_armed(&self.slots, handle.slot, handle.generation)
     }
 
     /// The earliest pending deadline.
@@ -135,17 +157,27 @@ impl<T> TimerQueue<T> {
         Expired { queue: self, now_ns }
     }
 
+    /// The lowest free slot, if any. Finding a dropped slot's index first means every
+    /// listed index is a dropped slot's: the list is cleared, and only then may slots be
+    /// created again (so no index is ever listed twice, or listed while armed).
+    fn take_free_slot(&mut self) -> Option<usize> {
+        let Reverse(slot) = self.free.pop()?;
+        if slot < self.slots.len() {
+            return Some(slot);
+        }
+        self.free.clear();
+        None
+    }
+
     /// Frees `slot`, whose timer is pending, and returns its payload.
     fn release(&mut self, slot: usize) -> T {
-        let freed = &mut self.slots[slot];
-        freed.generation += 1;
-        self.free.push(slot);
+        self.free.push(Reverse(slot));
         self.live -= 1;
-        freed.payload.take().expect("a pending slot holds its payload")
+        self.slots[slot].payload.take().expect("a pending slot holds its payload")
     }
 
     fn is_stale(&self, entry: &Entry) -> bool {
-        self.slots[entry.slot].generation != entry.generation
+        !is_armed(&self.slots, entry.slot, entry.seq)
     }
 
     fn drop_stale_top(&mut self) {
@@ -154,17 +186,92 @@ impl<T> TimerQueue<T> {
         }
     }
 
+    /// Drops the free slots at the end, forgets their indices once they outnumber the free
+    /// slots still there, and shrinks the tables that are under a quarter full. Amortised
+    /// O(1): each slot dropped or index forgotten was created by an insert, and each shrink
+    /// follows Ω(len) removals (see [`crate::shrink`]).
+    fn give_back(&mut self) {
+        while self.slots.last().is_some_and(|slot| slot.payload.is_none()) {
+            self.slots.pop();
+        }
+        let free_slots = self.slots.len() - self.live;
+        if self.slots.is_empty() {
+            self.free.clear();
+        } else if self.free.len() > 2 * free_slots + STALE_SLACK {
+            let len = self.slots.len();
+            self.free.retain(|&Reverse(slot)| slot < len);
+        }
+        shrink_when_sparse(&mut self.slots, MIN_TABLE_CAPACITY);
+        if let Some(capacity) = sparse_capacity(self.heap.len(), self.heap.capacity(), MIN_TABLE_CAPACITY) {
+            self.heap.shrink_to(capacity);
+        }
+        // The free list holds about one index per slot whenever many timers fire at once:
+        // it is sized by the slots, not by how many happen to be free right now.
+        let free_demand = self.slots.len().max(self.free.len());
+        if let Some(capacity) = sparse_capacity(free_demand, self.free.capacity(), MIN_TABLE_CAPACITY) {
+            self.free.shrink_to(capacity);
+        }
+    }
+
     fn pop_due(&mut self, now_ns: u64) -> Option<T> {
         let top = *self.heap.peek().filter(|top| top.deadline_ns <= now_ns)?;
         self.heap.pop();
         let payload = self.release(top.slot);
         self.drop_stale_top();
+        self.give_back();
         Some(payload)
+    }
+
+    /// Panics unless the queue's invariants hold.
+    #[cfg(test)]
+    fn check(&self) {
+        let armed = self.slots.iter().filter(|slot| slot.payload.is_some()).count();
+        assert_eq!(armed, self.live);
+        assert!(self.slots.last().is_none_or(|slot| slot.payload.is_some()), "the last slot is armed");
+        let len = self.slots.len();
+        let mut listed: Vec<usize> = self.free.iter().map(|&Reverse(slot)| slot).filter(|&slot| slot < len).collect();
+        listed.sort_unstable();
+        let free: Vec<usize> = (0..len).filter(|&i| self.slots[i].payload.is_none()).collect();
+        assert_eq!(listed, free, "every free slot listed once, no armed one");
+        assert!(self.heap.peek().is_none_or(|top| !self.is_stale(top)), "the top is current");
+        let current = self.heap.iter().filter(|entry| !self.is_stale(entry)).count();
+        assert_eq!(current, self.live, "one current entry per armed slot");
+        assert!(self.slots.iter().all(|slot| slot.generation < self.next_seq));
     }
 
     #[cfg(test)]
     fn heap_len(&self) -> usize {
         self.heap.len()
+    }
+
+    /// Slots in use (armed or free), and the capacities of the slots, the heap and the free
+    /// list.
+    #[cfg(test)]
+    fn footprint(&self) -> Footprint {
+        Footprint {
+            slots: self.slots.len(),
+            slots_capacity: self.slots.capacity(),
+            heap_capacity: self.heap.capacity(),
+            free_capacity: self.free.capacity(),
+        }
+    }
+}
+
+/// What a queue holds on to, for tests.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Footprint {
+    slots: usize,
+    slots_capacity: usize,
+    heap_capacity: usize,
+    free_capacity: usize,
+}
+
+#[cfg(test)]
+impl Footprint {
+    /// The largest of the three capacities.
+    fn max_capacity(self) -> usize {
+        self.slots_capacity.max(self.heap_capacity).max(self.free_capacity)
     }
 }
 
@@ -274,5 +381,187 @@ mod tests {
         }
         assert_eq!(timers.len(), 2);
         assert_eq!(timers.expire(u64::MAX).collect::<Vec<_>>(), [0, 9_999]);
+    }
+
+    #[test]
+    fn expiring_ten_thousand_timers_gives_the_memory_back() {
+        let mut timers = TimerQueue::new();
+        for i in 0..10_000u64 {
+            timers.insert(i * 7 % 10_007, i);
+        }
+        assert!(timers.footprint().max_capacity() >= 10_000);
+        assert_eq!(timers.expire(u64::MAX).count(), 10_000);
+        let footprint = timers.footprint();
+        assert_eq!(footprint.slots, 0);
+        assert!(footprint.max_capacity() <= MIN_TABLE_CAPACITY, "{footprint:?}");
+    }
+
+    #[test]
+    fn cancelling_ten_thousand_timers_gives_the_memory_back() {
+        let mut timers = TimerQueue::new();
+        let handles: Vec<TimerHandle> = (0..10_000u64).map(|i| timers.insert(1_000 + i, i)).collect();
+        // In an order that neither follows the slots nor the deadlines.
+        for k in 0..10_000 {
+            let i = k * 7_919 % 10_000;
+            assert_eq!(timers.cancel(handles[i]), Some(i as u64));
+        }
+        assert!(timers.is_empty());
+        assert_eq!(timers.next_deadline(), None);
+        let footprint = timers.footprint();
+        assert_eq!(footprint.slots, 0);
+        assert!(footprint.max_capacity() <= MIN_TABLE_CAPACITY, "{footprint:?}");
+    }
+
+    #[test]
+    fn a_few_rearmed_timers_do_not_pin_the_memory_of_the_many_gone() {
+        // A CPU that held 500 vCPUs keeps two; their timers sit in high slots at first.
+        let mut timers = TimerQueue::new();
+        let mut handles: Vec<TimerHandle> = (0..500u64).map(|v| timers.insert(1_000_000 + v, v)).collect();
+        for v in (0..500).filter(|&v| v != 250 && v != 499) {
+            assert_eq!(timers.cancel(handles[v]), Some(v as u64));
+        }
+        for now in 1..=3 {
+            for v in [499, 250] {
+                assert_eq!(timers.cancel(handles[v]), Some(v as u64));
+                handles[v] = timers.insert(1_000_000 * (now + 1), v as u64);
+            }
+        }
+        let footprint = timers.footprint();
+        assert_eq!(timers.len(), 2);
+        assert!(footprint.slots <= 2, "re-armed timers move to the lowest slots: {footprint:?}");
+        assert!(footprint.max_capacity() <= MIN_TABLE_CAPACITY, "{footprint:?}");
+        assert_eq!(timers.expire(u64::MAX).collect::<Vec<_>>(), [499, 250]);
+    }
+
+    #[test]
+    fn a_queue_hovering_around_one_size_never_reallocates() {
+        let mut timers = TimerQueue::new();
+        let mut deadline = 0;
+        let mut fill = |timers: &mut TimerQueue<u64>, count: usize| {
+            for _ in 0..count {
+                deadline += 1;
+                timers.insert(deadline, deadline);
+            }
+        };
+        fill(&mut timers, 100);
+        let mut settled = None;
+        for round in 0..50 {
+            // The earliest 60 fire (the oldest), 60 new ones come: between 40 and 100 pending.
+            let now = timers.next_deadline().unwrap() + 59;
+            assert_eq!(timers.expire(now).count(), 60);
+            fill(&mut timers, 60);
+            let footprint = timers.footprint();
+            if round >= 2 {
+                let first = *settled.get_or_insert(footprint);
+                assert_eq!(footprint.max_capacity(), first.max_capacity(), "round {round}: {footprint:?}");
+                assert_eq!(
+                    (footprint.slots_capacity, footprint.heap_capacity, footprint.free_capacity),
+                    (first.slots_capacity, first.heap_capacity, first.free_capacity),
+                    "round {round}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_old_handle_never_matches_a_slot_dropped_and_created_again() {
+        let mut timers = TimerQueue::new();
+        let old: Vec<TimerHandle> = (0..10_000u64).map(|i| timers.insert(i, i)).collect();
+        assert_eq!(timers.expire(u64::MAX).count(), 10_000);
+        assert_eq!(timers.footprint().slots, 0, "every slot was dropped");
+        let new: Vec<TimerHandle> = (0..10_000u64).map(|i| timers.insert(i, 10_000 + i)).collect();
+        for (old, new) in old.iter().zip(&new) {
+            assert_eq!(old.slot, new.slot, "created again at the same index");
+            assert!(!timers.is_pending(*old));
+            assert_eq!(timers.cancel(*old), None);
+            assert!(timers.is_pending(*new));
+        }
+        assert_eq!(timers.len(), 10_000);
+        assert_eq!(timers.expire(u64::MAX).collect::<Vec<_>>(), (10_000..20_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_stale_entry_of_a_dropped_slot_never_fires_its_successor() {
+        let mut timers = TimerQueue::new();
+        let first = timers.insert(10, "first");
+        let dropped = timers.insert(100, "dropped");
+        assert_eq!(timers.cancel(dropped), Some("dropped"));
+        assert_eq!(timers.footprint().slots, 1, "the last slot, free, is dropped at once");
+        let successor = timers.insert(200, "successor");
+        assert_eq!(successor.slot, dropped.slot);
+        assert_eq!(timers.expire(150).collect::<Vec<_>>(), ["first"], "the entry at 100 is stale");
+        assert!(!timers.is_pending(first));
+        assert!(!timers.is_pending(dropped));
+        assert_eq!(timers.cancel(dropped), None);
+        assert_eq!(timers.next_deadline(), Some(200));
+        assert_eq!(timers.expire(u64::MAX).collect::<Vec<_>>(), ["successor"]);
+    }
+
+    #[test]
+    fn random_inserts_cancels_and_expiries_agree_with_a_simple_model() {
+        use std::collections::BTreeMap;
+        let mut timers = TimerQueue::new();
+        // (deadline, insertion number) -> (handle, payload): the order timers must fire in.
+        let mut model: BTreeMap<(u64, u64), (TimerHandle, u64)> = BTreeMap::new();
+        let mut gone: Vec<TimerHandle> = Vec::new();
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut now = 0;
+        let (mut most, mut emptied, mut big) = (0, 0, false);
+        for n in 0..60_000u64 {
+            // Phases that grow to hundreds of timers and shrink back to none.
+            let growing = (n / 5_000) % 2 == 0;
+            match next() % 8 {
+                0..=3 if growing || next() % 3 == 0 => {
+                    let deadline = now + next() % 100_000;
+                    let handle = timers.insert(deadline, n);
+                    model.insert((deadline, n), (handle, n));
+                }
+                4 | 5 if !model.is_empty() => {
+                    let key = *model.keys().nth((next() % model.len() as u64) as usize).unwrap();
+                    let (handle, payload) = model.remove(&key).unwrap();
+                    assert_eq!(timers.cancel(handle), Some(payload));
+                    gone.push(handle);
+                }
+                6 => {
+                    now += next() % if growing { 20 } else { 2_000 };
+                    let due: Vec<u64> = timers.expire(now).collect();
+                    let expected: Vec<u64> = model.range(..(now + 1, 0)).map(|(_, &(_, payload))| payload).collect();
+                    assert_eq!(due, expected);
+                    for key in model.range(..(now + 1, 0)).map(|(&key, _)| key).collect::<Vec<_>>() {
+                        gone.push(model.remove(&key).unwrap().0);
+                    }
+                }
+                _ => {
+                    if let Some(&handle) = gone.get((next() % (gone.len() as u64 + 1)) as usize) {
+                        assert!(!timers.is_pending(handle));
+                        assert_eq!(timers.cancel(handle), None);
+                    }
+                }
+            }
+            if n % 97 == 0 {
+                timers.check();
+            }
+            assert_eq!(timers.len(), model.len());
+            assert_eq!(timers.next_deadline(), model.keys().next().map(|&(deadline, _)| deadline));
+            most = most.max(model.len());
+            big |= model.len() >= 100;
+            if big && model.is_empty() {
+                big = false;
+                emptied += 1;
+                let footprint = timers.footprint();
+                assert!(footprint.slots == 0 && footprint.max_capacity() <= MIN_TABLE_CAPACITY, "{footprint:?}");
+            }
+        }
+        assert!(most >= 500 && emptied >= 3, "the phases grow and drain: {most} {emptied}");
+        for handle in gone {
+            assert!(!timers.is_pending(handle));
+        }
+        timers.check();
     }
 }

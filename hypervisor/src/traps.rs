@@ -6,6 +6,7 @@
 use crate::arch::entry::SYSCALL_VECTOR;
 use crate::arch::exit::{exit, Outcome};
 use crate::arch::trap::TrapFrame;
+use crate::sched::Stay;
 use crate::{logger, percpu};
 
 /// Interrupt vectors the hypervisor uses (exceptions are 0-31; the legacy PIC, masked, was
@@ -31,6 +32,11 @@ const EXCEPTION_NAMES: [&str; 32] = [
 /// Entry from `trap_common` (and the `syscall` entry), with interrupts off. Whatever the
 /// trap was, the scheduler decides on the way out what the frame returns to.
 pub extern "C" fn dispatch(frame: &mut TrapFrame) {
+    let entered = crate::time::rdtsc();
+    let cause = match frame.vector {
+        SYSCALL_VECTOR => Stay::Syscall(frame.rax),
+        vector => Stay::Vector(vector),
+    };
     match frame.vector {
         SYSCALL_VECTOR => crate::pv::guest_trap(frame),
         0..=31 if frame.is_from_guest() => crate::pv::guest_trap(frame),
@@ -45,6 +51,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
             crate::pv::events::deliver_upcall(vcpu, frame);
         }
     }
+    crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause);
 }
 
 /// An exception in hypervisor code: a fault on a guest pointer inside a guest-memory copy

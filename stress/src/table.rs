@@ -223,7 +223,8 @@ fn hypervisor_view(out: &mut String, summary: &std::collections::BTreeMap<String
             header = true;
             let _ = writeln!(
                 out,
-                "  hypervisor per CPU (count/avg/p50</p99</max, µs): timer interrupt after the deadline; wake-up to run"
+                "  hypervisor per CPU (count/avg/p50</p99</max, µs): timer interrupt after the deadline; wake-up to run;\n  \
+                 each stay in the hypervisor (interrupts off), and what caused the longest"
             );
         }
         let get = |key: &str| {
@@ -233,11 +234,13 @@ fn hypervisor_view(out: &mut String, summary: &std::collections::BTreeMap<String
         };
         let _ = writeln!(
             out,
-            "    cpu{cpu:<3} switches {:>8}  warped timers {}  other timers {}  wake-to-run {}",
+            "    cpu{cpu:<3} switches {:>8}  warped timers {}  other timers {}  wake-to-run {}  stays {} ({})",
             get("switches"),
             get("timer_late_warped_us"),
             get("timer_late_us"),
-            get("wake_to_run_us")
+            get("wake_to_run_us"),
+            get("in_hypervisor_us"),
+            get("longest_stay")
         );
     }
 }

@@ -39,7 +39,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
-use bvt::{Action, BvtParams, Config, CpuId, Inbox, Message, RunQueue, TimerAdvance, TimerHandle, TimerQueue, STEAL_MIN_LOAD};
+use bvt::{
+    shrink_when_sparse, Action, BvtParams, Config, CpuId, Inbox, Message, RunQueue, TimerAdvance, TimerHandle, TimerQueue,
+    MIN_TABLE_CAPACITY, STEAL_MIN_LOAD,
+};
 use crossbeam_queue::SegQueue;
 use log::warn;
 use spin::Once;
@@ -55,7 +58,7 @@ use crate::percpu::PerCpu;
 use crate::traps::vectors;
 use crate::{cpus, lapic, percpu, time};
 use owned::PerCpuOwned;
-pub use stats::report;
+pub use stats::{report, Stay};
 use stats::Stats;
 
 /// A vCPU's name in the run queues: unique for the whole run (never reused), so a message
@@ -115,7 +118,9 @@ enum TimerKind {
     PollTimeout,
 }
 
-/// What only the CPU itself touches.
+/// What only the CPU itself touches. Its tables grow with the vCPUs homed here and give the
+/// memory back as they leave ([`shrink_when_sparse`]), so that a CPU that once held hundreds
+/// of vCPUs does not keep their room after their domains are gone.
 struct Local {
     queue: RunQueue<VcpuKey>,
     /// The vCPUs homed here (those the queue names, and arrivals on their way into it).
@@ -187,6 +192,13 @@ fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> R {
 
 fn this_cpu() -> u32 {
     percpu::current().index.0
+}
+
+/// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists).
+pub fn record_stay(ns: u64, cause: Stay) {
+    if let Some(all) = SHARED.get() {
+        all[this_cpu() as usize].stats.record_stay(ns, cause);
+    }
 }
 
 fn mine() -> &'static Shared {
@@ -331,27 +343,31 @@ fn arm(vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
 }
 
 /// The local timer fired: fires the vCPU timers that are due (the exit path then sees
-/// whether the running vCPU's slice is over).
+/// whether the running vCPU's slice is over). Timers that fall due while earlier ones are
+/// fired (one may wait out its deadline) are fired in the same interrupt, not left for
+/// another interrupt and its delivery latency.
 pub fn timer_interrupt() {
     const BATCH: usize = 16;
-    let now = time::since_boot_ns();
+    let arrived = time::since_boot_ns();
     // The one-shot timer has fired: nothing is armed until the exit path arms it again.
     with_local(|local| local.armed_ns = None);
+    let mut now = arrived;
     loop {
         let due: ArrayVec<Timer, BATCH> = with_local(|local| {
             let due: ArrayVec<Timer, BATCH> = local.timers.expire(now).take(BATCH).collect();
-            for timer in due.iter().filter(|t| t.latency_sensitive) {
-                local.advance.observe(now.saturating_sub(timer.fire_at_ns));
+            // Only the timers this interrupt came for measure its delivery latency.
+            for timer in due.iter().filter(|t| t.latency_sensitive && now == arrived) {
+                local.advance.observe(arrived.saturating_sub(timer.fire_at_ns));
             }
             due
         });
-        let more = due.is_full();
+        if due.is_empty() {
+            break;
+        }
         for timer in due {
             fire(timer);
         }
-        if !more {
-            break;
-        }
+        now = time::since_boot_ns().max(now + 1);
     }
 }
 
@@ -483,7 +499,7 @@ impl Local {
                 shared()[to as usize].arrivals.push(vcpu);
                 post(to, Message::Arrive(key, state));
             }
-            Action::Removed(key) => drop(self.forget(key)),
+            Action::Removed(key) => self.retire(key),
             // In flight to a thief (runnable already; the thief re-reads the parameters)
             // or gone: nothing to do.
             Action::Bounced { message: Message::Wake(_) | Message::SetParams(..) | Message::Remove(_), .. } => {}
@@ -513,13 +529,14 @@ impl Local {
                 }
             }
         }
+        shrink_when_sparse(&mut self.unsettled, MIN_TABLE_CAPACITY);
     }
 
     /// Folds what happened to the running vCPU into the queue; true if a decision is due.
     fn settle(&mut self, vcpu: &Vcpu, now: u64) -> bool {
         match verdict(vcpu) {
             Verdict::Drop => {
-                self.forget(vcpu.key);
+                self.retire(vcpu.key);
                 true
             }
             Verdict::Block => {
@@ -585,7 +602,7 @@ impl Local {
                     continue;
                 }
                 Verdict::Drop => {
-                    self.forget(key);
+                    self.retire(key);
                     continue;
                 }
             }
@@ -594,7 +611,7 @@ impl Local {
             }
             let woken_at = vcpu.woken_at_ns.swap(0, Ordering::Relaxed);
             if let Err(domain) = switch_in(vcpu, frame) {
-                self.forget(key);
+                self.retire(key);
                 leaving.push(domain);
                 continue;
             }
@@ -615,11 +632,31 @@ impl Local {
         self.members.iter().find(|v| v.key == key).cloned()
     }
 
-    /// Takes a vCPU off this CPU for good: out of the queue and the members.
+    /// Takes a vCPU off this CPU: out of the queue and the members (its timers stay).
     fn forget(&mut self, key: VcpuKey) -> Option<Arc<Vcpu>> {
         let _ = self.queue.remove(key, time::since_boot_ns());
         let i = self.members.iter().position(|v| v.key == key)?;
-        Some(self.members.swap_remove(i))
+        let vcpu = self.members.swap_remove(i);
+        shrink_when_sparse(&mut self.members, MIN_TABLE_CAPACITY);
+        Some(vcpu)
+    }
+
+    /// Takes a vCPU that will never run again off this CPU for good, with its timers in this
+    /// CPU's queue: they would only keep it (and its domain) alive until they fire. Timers
+    /// it left in other CPUs' queues before a migration fire there and are ignored.
+    fn retire(&mut self, key: VcpuKey) {
+        let Some(vcpu) = self.forget(key) else { return };
+        let me = self.queue.cpu().0;
+        let mut timers = vcpu.timers.lock();
+        let armed = &mut *timers;
+        for slot in [&mut armed.guest, &mut armed.poll] {
+            if let Some((cpu, handle)) = *slot {
+                if cpu == me {
+                    *slot = None;
+                    self.timers.cancel(handle);
+                }
+            }
+        }
     }
 
     /// Saves the running vCPU's state from this CPU; returns its domain, which the caller

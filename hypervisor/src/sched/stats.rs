@@ -74,11 +74,59 @@ pub struct Stats {
     pub timer_late_warped: Latency,
     /// From a vCPU's wake-up to its switch-in here.
     pub wake_to_run: Latency,
+    /// Each stay in the hypervisor, from a trap's entry to its return: interrupts are off
+    /// throughout, so this bounds how late any interrupt on this CPU can be taken.
+    pub in_hypervisor: Latency,
+    /// What caused the longest stay so far ([`Stay::raw`]).
+    longest_stay: AtomicU64,
+}
+
+/// What brought a CPU into the hypervisor: a `syscall` (by rax: the hypercall number when
+/// it came from a guest kernel) or an exception or interrupt vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stay {
+    Syscall(u64),
+    Vector(u64),
+}
+
+impl Stay {
+    const SYSCALL: u64 = 1 << 63;
+
+    fn raw(self) -> u64 {
+        match self {
+            Self::Syscall(rax) => Self::SYSCALL | rax,
+            Self::Vector(vector) => vector,
+        }
+    }
+
+    fn from_raw(raw: u64) -> Self {
+        if raw & Self::SYSCALL != 0 { Self::Syscall(raw & !Self::SYSCALL) } else { Self::Vector(raw) }
+    }
+}
+
+impl core::fmt::Display for Stay {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Syscall(rax) => write!(f, "syscall{rax}"),
+            Self::Vector(vector) => write!(f, "vector{vector:#x}"),
+        }
+    }
+}
+
+impl Stats {
+    /// Records one stay in the hypervisor of `ns`, caused by `cause`.
+    pub fn record_stay(&self, ns: u64, cause: Stay) {
+        if ns > self.in_hypervisor.max_ns.load(Ordering::Relaxed) {
+            self.longest_stay.store(cause.raw(), Ordering::Relaxed);
+        }
+        self.in_hypervisor.record(ns);
+    }
 }
 
 /// Prints every CPU's statistics as summary lines: `sched.cpuN.switches`,
-/// `sched.cpuN.migrations_out`, and per latency `sched.cpuN.<name>_us=count/avg/p50/p99/max`
-/// where p50 and p99 are bucket upper bounds (`more`: beyond 20 ms).
+/// `sched.cpuN.migrations_out`, per latency `sched.cpuN.<name>_us=count/avg/p50/p99/max`
+/// where p50 and p99 are bucket upper bounds (`more`: beyond 20 ms), and
+/// `sched.cpuN.longest_stay`: what caused the longest stay in the hypervisor.
 pub fn report() {
     let Some(all) = super::SHARED.get() else { return };
     for (cpu, shared) in all.iter().enumerate() {
@@ -88,5 +136,9 @@ pub fn report() {
         stats.timer_late.print(cpu, "timer_late");
         stats.timer_late_warped.print(cpu, "timer_late_warped");
         stats.wake_to_run.print(cpu, "wake_to_run");
+        stats.in_hypervisor.print(cpu, "in_hypervisor");
+        if stats.in_hypervisor.count() > 0 {
+            info!("summary: sched.cpu{cpu}.longest_stay={}", Stay::from_raw(stats.longest_stay.load(Ordering::Relaxed)));
+        }
     }
 }
