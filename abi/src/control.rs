@@ -76,7 +76,9 @@ assert_layout!(SchedParams, size = 32, { weight @ 0, warp_ns @ 8, warp_limit_ns 
 /// `CreateDomain` arguments: build a domain from boot module `module` (its index among
 /// the boot modules), give it `mem_kib` now and at most `max_kib`, schedule it with
 /// `params`, and pass it the command line at `cmdline` (`cmdline_len` bytes, guest
-/// address). The domain starts running at once.
+/// address). The domain starts running at once, or with [`CREATE_PAUSED`] in `flags`
+/// waits, paused, for `UnpauseDomain` (as Xen's toolstack builds domains paused and
+/// unpauses them when everything is ready). Unknown flags are refused (`EINVAL`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct CreateDomain {
@@ -88,9 +90,17 @@ pub struct CreateDomain {
     pub params: SchedParams,
     pub cmdline: u64,
     pub cmdline_len: u64,
+    /// [`CREATE_PAUSED`], or 0.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
-assert_layout!(CreateDomain, size = 64, { module @ 0, mem_kib @ 4, max_kib @ 8, cpu @ 12, params @ 16, cmdline @ 48, cmdline_len @ 56 });
+assert_layout!(CreateDomain, size = 72, { module @ 0, mem_kib @ 4, max_kib @ 8, cpu @ 12, params @ 16, cmdline @ 48, cmdline_len @ 56, flags @ 64 });
+
+/// [`CreateDomain::flags`]: create the domain paused.
+pub const CREATE_PAUSED: u32 = 1 << 0;
+/// Every flag [`CreateDomain::flags`] may hold.
+pub const CREATE_FLAGS: u32 = CREATE_PAUSED;
 
 /// `SetMaxMem` arguments.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -198,7 +208,7 @@ macro_rules! control_args {
 }
 
 control_args!(SchedParams { weight: u32 @ 0, warp_ns: u64 @ 8, warp_limit_ns: u64 @ 16, unwarp_req_ns: u64 @ 24 });
-control_args!(CreateDomain { module: u32 @ 0, mem_kib: u32 @ 4, max_kib: u32 @ 8, cpu: u32 @ 12, cmdline: u64 @ 48, cmdline_len: u64 @ 56 } nested params: SchedParams @ 16);
+control_args!(CreateDomain { module: u32 @ 0, mem_kib: u32 @ 4, max_kib: u32 @ 8, cpu: u32 @ 12, cmdline: u64 @ 48, cmdline_len: u64 @ 56, flags: u32 @ 64 } nested params: SchedParams @ 16);
 control_args!(MaxMem { max_kib: u64 @ 0 });
 control_args!(DomainInfo {
     tot_pages: u64 @ 0, max_pages: u64 @ 8, state: u32 @ 16, vcpus: u32 @ 20, cpu_time_ns: u64 @ 24,
@@ -223,11 +233,14 @@ mod tests {
             params: SchedParams { weight: 3, _pad: 0, warp_ns: 5, warp_limit_ns: 6, unwarp_req_ns: 7 },
             cmdline: 0xffff_ffff_8000_1000,
             cmdline_len: 12,
+            flags: CREATE_PAUSED,
+            _pad: 0,
         };
         let args = create.encode();
         assert_eq!(CreateDomain::decode(&args), create);
         assert_eq!(u32_at(&args, 16), 3, "params.weight at offset 16");
         assert_eq!(u64_at(&args, 48), 0xffff_ffff_8000_1000);
+        assert_eq!(u32_at(&args, 64), CREATE_PAUSED, "flags at offset 64");
         let info = PhysInfo { total_kib: 1, free_kib: 2, heap_bytes: 3, domains: 4, cpus: 5, window_used_kib: 6, modules: 7, _pad: 0, tsc_khz: 8 };
         assert_eq!(PhysInfo::decode(&info.encode()), info);
         let dom = DomainInfo { tot_pages: 9, max_pages: 8, state: 1, vcpus: 2, cpu_time_ns: 3, hypercalls: 4, exceptions_bounced: 5, events_sent: 6, build_ns: 7 };

@@ -71,7 +71,14 @@ fn execute(command: Command) -> io::Result<bool> {
                 &mut io::stdout(),
             )?;
             eprintln!("stress: QEMU {}", finished.outcome);
-            let host = finished.placement.map(|p| p.to_string());
+            let parts: Vec<String> = [
+                finished.placement.map(|p| p.to_string()),
+                finished.host_times.map(|t| t.to_string()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let host = (!parts.is_empty()).then(|| parts.join("; "));
             if let Some(host) = &host {
                 eprintln!("stress: host: {host}");
             }
@@ -81,7 +88,7 @@ fn execute(command: Command) -> io::Result<bool> {
 }
 
 /// Reads the log, prints the table, writes the files. `host` says how QEMU's vCPU threads
-/// were scheduled on the host, when this tool changed it.
+/// were scheduled on the host (when this tool changed it) and what the host gave them.
 fn report(
     log: &Path,
     qemu: Option<QemuOutcome>,

@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::vcpu::{self, Placement, VcpuThreads};
+use crate::vcpu::{self, HostTimes, Placement, VcpuThreads};
 
 /// QEMU's exit status when the hypervisor wrote the success code to isa-debug-exit.
 pub const EXIT_PASS: i32 = 33;
@@ -23,6 +23,9 @@ pub const EXIT_PASS: i32 = 33;
 pub const EXIT_FAIL: i32 = 35;
 /// How often the runner looks at the child between progress lines.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the vCPU threads' host times are read (the last reading before QEMU exits is
+/// reported).
+const SAMPLE_HOST_EVERY: Duration = Duration::from_millis(250);
 /// How long the log is drained after QEMU ended before giving up on the pipe.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -81,6 +84,8 @@ pub struct Finished {
     pub outcome: QemuOutcome,
     /// `None` when the vCPU threads were left alone ([`VcpuThreads::Default`]).
     pub placement: Option<Placement>,
+    /// What the vCPU threads got from the host, as last seen before QEMU ended.
+    pub host_times: Option<HostTimes>,
 }
 
 /// Why a command line could not be split into words.
@@ -179,14 +184,25 @@ pub fn run(spec: &QemuRun, progress: &mut dyn Write) -> io::Result<Finished> {
     let reader = thread::spawn(move || copy_lines(stdout, log, |line| lines.send(line).is_ok()));
     // The reader keeps draining QEMU's output while the threads are looked for.
     let placement = vcpu::place(child.id(), spec.vcpu_threads);
-    let outcome = supervise(&mut child, spec.timeout, &received, progress)?;
+    let mut host_times = None;
+    let outcome = supervise(
+        &mut child,
+        spec.timeout,
+        &received,
+        progress,
+        &mut host_times,
+    )?;
     drain(&received, progress);
     if reader.is_finished() {
         reader
             .join()
             .map_err(|_| io::Error::other("log reader panicked"))??;
     }
-    Ok(Finished { outcome, placement })
+    Ok(Finished {
+        outcome,
+        placement,
+        host_times,
+    })
 }
 
 /// Copies `input` to `log` line by line, handing each progress line to `show`.
@@ -209,15 +225,22 @@ fn copy_lines(
     log.flush()
 }
 
-/// Prints progress until QEMU ends or the timeout passes (then kills it).
+/// Prints progress until QEMU ends or the timeout passes (then kills it); meanwhile reads
+/// its vCPU threads' [`HostTimes`] every [`SAMPLE_HOST_EVERY`] into `host_times`.
 fn supervise(
     child: &mut Child,
     timeout: Duration,
     lines: &Receiver<String>,
     progress: &mut dyn Write,
+    host_times: &mut Option<HostTimes>,
 ) -> io::Result<QemuOutcome> {
     let deadline = Instant::now() + timeout;
+    let mut next_sample = Instant::now();
     loop {
+        if Instant::now() >= next_sample {
+            next_sample += SAMPLE_HOST_EVERY;
+            *host_times = vcpu::host_times(child.id()).or(*host_times);
+        }
         if let Some(status) = child.try_wait()? {
             return Ok(status
                 .code()

@@ -335,8 +335,8 @@ pub struct RunInfo {
     pub failed: Option<String>,
     pub log_lines: usize,
     pub qemu: Option<QemuOutcome>,
-    /// How QEMU's vCPU threads were scheduled on the host, when the runner changed it
-    /// (set by the binary; a log alone does not say).
+    /// How QEMU's vCPU threads were scheduled on the host (when the runner changed it) and
+    /// what the host gave them (set by the binary; a log alone does not say).
     pub host: Option<String>,
     /// The hypervisor's per-CPU scheduler figures (`summary: sched.*`, prefix kept).
     pub sched: BTreeMap<String, String>,

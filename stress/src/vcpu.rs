@@ -8,7 +8,10 @@
 //! (any ordinary thread, QEMU's main loop among them, preempts it at once) and pin vCPU `k`
 //! to the `k`-th host CPU this process may use (so that two vCPUs never queue behind each
 //! other on one core while another core is free). Both changes are made with util-linux's
-//! `chrt` and `taskset`, so this tool stays free of unsafe code.
+//! `chrt` and `taskset`, so this tool stays free of unsafe code. The same mode also sets
+//! the main thread's timer slack (`/proc/<pid>/timerslack_ns`) to 1 ns: QEMU's main loop
+//! sleeps in `ppoll` until its next timer, and with Linux's default slack of 50 µs every
+//! guest timer interrupt would come up to 50 µs late.
 //!
 //! Called by [`crate::qemu::run`] right after QEMU starts. It changes only threads of the
 //! child it was given whose names say `CPU <k>/TCG` (QEMU names them so with
@@ -28,6 +31,9 @@ const LOOK_EVERY: Duration = Duration::from_millis(20);
 /// QEMU creates all vCPU threads together at machine init; once one exists, the runner
 /// waits this long for the others before it lists them.
 const SETTLE: Duration = Duration::from_millis(200);
+
+/// The timer slack given to QEMU's main thread (the kernel's smallest).
+const TIMER_SLACK_NS: u64 = 1;
 
 /// What the runner does with QEMU's vCPU threads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,25 +68,34 @@ pub struct VcpuThread {
 pub struct Placement {
     /// (vCPU index, host CPU) of every thread changed.
     pub pinned: Vec<(u32, u32)>,
+    /// The main thread's timer slack, when it was set.
+    pub timer_slack_ns: Option<u64>,
     /// Why nothing (or not everything) was changed.
     pub problem: Option<String>,
 }
 
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.pinned.is_empty() {
+        let mut parts = Vec::new();
+        if self.pinned.is_empty() {
+            let why = self.problem.as_deref().unwrap_or("none found");
+            parts.push(format!("vCPU threads left as they were: {why}"));
+        } else {
             let pins: Vec<String> = self
                 .pinned
                 .iter()
                 .map(|(vcpu, cpu)| format!("vCPU {vcpu} on host CPU {cpu}"))
                 .collect();
-            write!(f, "TCG vCPU threads SCHED_IDLE, {}", pins.join(", "))?;
+            let mut text = format!("TCG vCPU threads SCHED_IDLE, {}", pins.join(", "));
+            if let Some(problem) = &self.problem {
+                text += &format!(" ({problem})");
+            }
+            parts.push(text);
         }
-        match (&self.problem, self.pinned.is_empty()) {
-            (Some(problem), true) => write!(f, "vCPU threads left as they were: {problem}"),
-            (Some(problem), false) => write!(f, " ({problem})"),
-            (None, _) => Ok(()),
+        if let Some(ns) = self.timer_slack_ns {
+            parts.push(format!("main loop timer slack {ns} ns"));
         }
+        f.write_str(&parts.join("; "))
     }
 }
 
@@ -91,6 +106,70 @@ pub fn tcg_vcpu_index(comm: &str) -> Option<u32> {
         .strip_suffix("/TCG")?
         .parse()
         .ok()
+}
+
+/// The vCPU index of a thread named `CPU <k>/TCG` or `CPU <k>/KVM`.
+pub fn vcpu_index(comm: &str) -> Option<u32> {
+    let comm = comm.trim_end();
+    let rest = comm
+        .strip_suffix("/TCG")
+        .or_else(|| comm.strip_suffix("/KVM"))?;
+    rest.strip_prefix("CPU ")?.parse().ok()
+}
+
+/// What QEMU's vCPU threads got from the host: CPU time, and time spent runnable but
+/// waiting for a host CPU (both from `/proc/<pid>/task/<tid>/schedstat`). Much waiting
+/// means the host, not the hypervisor, made the guest's timers late.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostTimes {
+    pub threads: u32,
+    pub ran_ns: u64,
+    pub waited_ns: u64,
+}
+
+impl fmt::Display for HostTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.ran_ns + self.waited_ns;
+        let share = if total == 0 {
+            0.0
+        } else {
+            self.waited_ns as f64 * 100.0 / total as f64
+        };
+        write!(
+            f,
+            "{} vCPU threads ran {:.2} s and waited {:.3} s runnable for a host CPU ({share:.2}%)",
+            self.threads,
+            self.ran_ns as f64 / 1e9,
+            self.waited_ns as f64 / 1e9
+        )
+    }
+}
+
+/// Reads a `schedstat` line: (CPU time, run-queue wait), in ns.
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut words = text.split_whitespace();
+    let ran = words.next()?.parse().ok()?;
+    let waited = words.next()?.parse().ok()?;
+    Some((ran, waited))
+}
+
+/// The vCPU threads' [`HostTimes`] of process `pid` now (`None`: none found).
+pub fn host_times(pid: u32) -> Option<HostTimes> {
+    let tasks = fs::read_dir(Path::new("/proc").join(pid.to_string()).join("task")).ok()?;
+    let mut times = HostTimes::default();
+    for task in tasks.flatten() {
+        let is_vcpu = fs::read_to_string(task.path().join("comm"))
+            .ok()
+            .and_then(|c| vcpu_index(&c))
+            .is_some();
+        let stat = fs::read_to_string(task.path().join("schedstat")).ok();
+        if let (true, Some((ran, waited))) = (is_vcpu, stat.as_deref().and_then(parse_schedstat)) {
+            times.threads += 1;
+            times.ran_ns += ran;
+            times.waited_ns += waited;
+        }
+    }
+    (times.threads > 0).then_some(times)
 }
 
 /// Parses a CPU list as `/proc/*/status` writes `Cpus_allowed_list` (`0-3,8,10-11`).
@@ -184,8 +263,16 @@ pub fn place(pid: u32, mode: VcpuThreads) -> Option<Placement> {
     let threads = wait_for_threads(pid);
     let mut placement = Placement {
         pinned: Vec::new(),
+        timer_slack_ns: None,
         problem: None,
     };
+    match fs::write(
+        format!("/proc/{pid}/timerslack_ns"),
+        TIMER_SLACK_NS.to_string(),
+    ) {
+        Ok(()) => placement.timer_slack_ns = Some(TIMER_SLACK_NS),
+        Err(e) => placement.problem = Some(format!("timer slack not set: {e}")),
+    }
     if threads.is_empty() {
         placement.problem = Some(
             "no thread named `CPU <k>/TCG` (not TCG, or QEMU lacks `-name x,debug-threads=on`)"
@@ -202,8 +289,11 @@ pub fn place(pid: u32, mode: VcpuThreads) -> Option<Placement> {
             continue;
         };
         let tid = t.tid.to_string();
-        let done = tool("chrt", &["--idle".into(), "-p".into(), "0".into(), tid.clone()])
-            .and_then(|()| tool("taskset", &["-p".into(), "-c".into(), cpu.to_string(), tid]));
+        let done = tool(
+            "chrt",
+            &["--idle".into(), "-p".into(), "0".into(), tid.clone()],
+        )
+        .and_then(|()| tool("taskset", &["-p".into(), "-c".into(), cpu.to_string(), tid]));
         match done {
             Ok(()) => placement.pinned.push((t.vcpu, cpu)),
             Err(problem) => {
@@ -229,9 +319,43 @@ mod tests {
     }
 
     #[test]
+    fn vcpu_threads_of_any_accelerator() {
+        assert_eq!(vcpu_index("CPU 1/KVM\n"), Some(1));
+        assert_eq!(vcpu_index("CPU 2/TCG"), Some(2));
+        assert_eq!(vcpu_index("CPU 2/HVF"), None);
+        assert_eq!(vcpu_index("worker"), None);
+    }
+
+    #[test]
+    fn schedstat_and_host_times() {
+        assert_eq!(
+            parse_schedstat("2151034194 12000000 5000\n"),
+            Some((2_151_034_194, 12_000_000))
+        );
+        assert_eq!(parse_schedstat("12"), None);
+        let times = HostTimes {
+            threads: 2,
+            ran_ns: 19_000_000_000,
+            waited_ns: 1_000_000_000,
+        };
+        assert_eq!(
+            times.to_string(),
+            "2 vCPU threads ran 19.00 s and waited 1.000 s runnable for a host CPU (5.00%)"
+        );
+        assert_eq!(
+            host_times(std::process::id()),
+            None,
+            "this test process has no vCPU threads"
+        );
+    }
+
+    #[test]
     fn cpu_lists() {
         assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
-        assert_eq!(parse_cpu_list("0-2,8,10-11"), Some(vec![0, 1, 2, 8, 10, 11]));
+        assert_eq!(
+            parse_cpu_list("0-2,8,10-11"),
+            Some(vec![0, 1, 2, 8, 10, 11])
+        );
         assert_eq!(parse_cpu_list("3"), Some(vec![3]));
         assert_eq!(parse_cpu_list("2-1"), None);
         assert_eq!(parse_cpu_list("a"), None);
@@ -250,19 +374,29 @@ mod tests {
     fn placement_lines() {
         let done = Placement {
             pinned: vec![(0, 0), (1, 1)],
+            timer_slack_ns: Some(1),
             problem: None,
         };
         assert_eq!(
             done.to_string(),
-            "TCG vCPU threads SCHED_IDLE, vCPU 0 on host CPU 0, vCPU 1 on host CPU 1"
+            "TCG vCPU threads SCHED_IDLE, vCPU 0 on host CPU 0, vCPU 1 on host CPU 1; main loop timer slack 1 ns"
         );
         let none = Placement {
             pinned: vec![],
+            timer_slack_ns: None,
             problem: Some("no thread".into()),
         };
         assert_eq!(
             none.to_string(),
             "vCPU threads left as they were: no thread"
+        );
+        let kvm = Placement {
+            timer_slack_ns: Some(1),
+            ..none
+        };
+        assert_eq!(
+            kvm.to_string(),
+            "vCPU threads left as they were: no thread; main loop timer slack 1 ns"
         );
         assert_eq!(VcpuThreads::parse("idle"), Some(VcpuThreads::Idle));
         assert_eq!(VcpuThreads::parse("fast"), None);

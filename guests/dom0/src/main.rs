@@ -1,6 +1,8 @@
 //! guest-dom0: domain 0 of the stress run (boot module 0). It reads its options, plans
 //! the run ([`Plan`]), creates every stress domain from boot module 1 through the control
-//! interface (timing each creation), waits for them to balloon, sleeps through the run,
+//! interface, paused (timing each creation), checks that none has run yet, unpauses them
+//! all (in creation order), so that the run measures N domains together rather than the
+//! creations, waits for them to balloon, sleeps through the run,
 //! waits until they have all finished (their CPU time stops growing: a finished worker
 //! blocks for good), reports each domain's counters, destroys them all, waits until they
 //! are gone, and powers off. Its console lines are the domain-0 half of
@@ -18,6 +20,7 @@ use core::fmt::{self, Write};
 use arrayvec::{ArrayString, ArrayVec};
 use guest_dom0::options::Options;
 use guest_dom0::plan::{self, Plan, PlanError};
+use guest_rt::abi::control::DOMAIN_PAUSED;
 use guest_rt::abi::errno::Errno;
 use guest_rt::abi::ids::DomId;
 use guest_rt::control::{self, ControlError, NewDomain};
@@ -39,7 +42,7 @@ const SECOND: u64 = 1_000 * MS;
 const POLL_NS: u64 = 10 * MS;
 /// The longest wait for every domain to balloon.
 const BALLOON_TIMEOUT_NS: u64 = 10 * SECOND;
-/// Time past the run's end (from the last creation) before looking for quiet.
+/// Time past the run's end (from the last unpause) before looking for quiet.
 const RUN_MARGIN_NS: u64 = 500 * MS;
 /// Domains are quiet when their total CPU time does not grow over this long.
 const QUIET_WINDOW_NS: u64 = 100 * MS;
@@ -67,6 +70,7 @@ enum Call {
     Create,
     DomainInfo,
     SchedParams,
+    Unpause,
     Destroy,
 }
 
@@ -101,6 +105,8 @@ enum Failure {
     },
     NotQuiet,
     DestroyTimeout(DomId),
+    /// A domain created paused had run (or was not paused) before domain 0 unpaused it.
+    RanWhilePaused(DomId),
 }
 
 impl Failure {
@@ -123,6 +129,10 @@ impl Failure {
                 ..
             } => "domain_info",
             Self::Control {
+                call: Call::Unpause,
+                ..
+            } => "unpause",
+            Self::Control {
                 call: Call::Destroy,
                 ..
             } => "destroy",
@@ -131,6 +141,7 @@ impl Failure {
             Self::BalloonTimeout { .. } => "balloon_timeout",
             Self::NotQuiet => "not_quiet",
             Self::DestroyTimeout(_) => "destroy_timeout",
+            Self::RanWhilePaused(_) => "ran_while_paused",
         }
     }
 }
@@ -172,6 +183,9 @@ impl fmt::Display for Failure {
             ),
             Self::NotQuiet => f.write_str("the stress domains did not finish"),
             Self::DestroyTimeout(domid) => write!(f, "domain {} not gone", domid.0),
+            Self::RanWhilePaused(domid) => {
+                write!(f, "domain {} ran before it was unpaused", domid.0)
+            }
         }
     }
 }
@@ -250,12 +264,13 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
         .map_err(control_failure(Call::SchedParams, DomId::DOM0))?;
     print_config(&options, &plan);
     print_memory("before")?;
-    let last_created_at = create_all(&plan, &options, waiter, created)?;
+    create_all(&plan, &options, waiter, created)?;
     print_memory("created")?;
+    let started_at = start_all(&plan, waiter)?;
     wait_ballooned(&plan, &options, waiter)?;
     print_memory("ballooned")?;
-    let window = HogWindow::measure(&plan, waiter, last_created_at, options.seconds * SECOND)?;
-    waiter.sleep_until(last_created_at + options.seconds * SECOND + RUN_MARGIN_NS)?;
+    let window = HogWindow::measure(&plan, waiter, started_at, options.seconds * SECOND)?;
+    waiter.sleep_until(started_at + options.seconds * SECOND + RUN_MARGIN_NS)?;
     wait_quiet(&plan, waiter)?;
     report_domains(&plan, &window)?;
     destroy_all(&plan, waiter)?;
@@ -291,14 +306,13 @@ fn print_memory(phase: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Creates every planned domain in order, checking each gets its planned id; returns the
-/// system time after the last creation.
+/// Creates every planned domain, paused, in order, checking each gets its planned id.
 fn create_all(
     plan: &Plan,
     options: &Options,
     waiter: Waiter,
     created: &mut Created,
-) -> Result<u64, Failure> {
+) -> Result<(), Failure> {
     let mut total_ns = 0;
     for planned in (0..plan.len()).filter_map(|index| plan.domain(index)) {
         let mut cmdline = ArrayString::<160>::new();
@@ -311,6 +325,7 @@ fn create_all(
             cpu: Some(planned.cpu),
             params: planned.params,
             cmdline: cmdline.as_bytes(),
+            paused: true,
         };
         let before = waiter.now();
         let result = control::create_domain(&spec);
@@ -335,6 +350,21 @@ fn create_all(
         );
     }
     println!("stress: create total_ns={total_ns}");
+    Ok(())
+}
+
+/// Checks that no stress domain has run yet (each was created paused), then unpauses them
+/// all in creation order; returns the system time after the last unpause.
+fn start_all(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
+    for domid in (0..plan.len()).map(Plan::domid) {
+        let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
+        if info.state != DOMAIN_PAUSED || info.cpu_time_ns != 0 {
+            return Err(Failure::RanWhilePaused(domid));
+        }
+    }
+    for domid in (0..plan.len()).map(Plan::domid) {
+        control::unpause_domain(domid).map_err(control_failure(Call::Unpause, domid))?;
+    }
     Ok(waiter.now())
 }
 
@@ -393,8 +423,8 @@ fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
 const MAX_WINDOW_HOGS: usize = 256;
 
 /// Each hog's CPU time over a window in which every hog runs: from 10% to 90% of the run
-/// counted from the last creation (the hogs are created last). Whole-run times would favour
-/// the hog created first, which runs alone until its rival exists and stops first.
+/// counted from the last unpause (the hogs are unpaused last). Whole-run times would favour
+/// the hog started first, which runs alone until its rival starts and stops first.
 struct HogWindow {
     hogs: ArrayVec<(DomId, u64), MAX_WINDOW_HOGS>,
 }
@@ -403,7 +433,7 @@ impl HogWindow {
     fn measure(
         plan: &Plan,
         waiter: Waiter,
-        last_created_at: u64,
+        started_at: u64,
         run_ns: u64,
     ) -> Result<Self, Failure> {
         let hogs = (0..plan.len())
@@ -414,9 +444,9 @@ impl HogWindow {
         let mut window = Self {
             hogs: hogs.map(|domid| (domid, 0)).collect(),
         };
-        waiter.sleep_until(last_created_at + run_ns / 10)?;
+        waiter.sleep_until(started_at + run_ns / 10)?;
         window.sample(|at_start, now| *at_start = now)?;
-        waiter.sleep_until(last_created_at + run_ns / 10 * 9)?;
+        waiter.sleep_until(started_at + run_ns / 10 * 9)?;
         window.sample(|at_start, now| *at_start = now.wrapping_sub(*at_start))?;
         Ok(window)
     }

@@ -10,6 +10,7 @@
 
 use abi::control::{
     ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams,
+    CREATE_PAUSED,
 };
 use abi::errno::Errno;
 use abi::hypercall::Hypercall;
@@ -60,6 +61,8 @@ pub struct NewDomain<'a> {
     pub params: SchedParams,
     /// Its command line.
     pub cmdline: &'a [u8],
+    /// Create it paused: it runs once [`unpause_domain`] lets it.
+    pub paused: bool,
 }
 
 /// `CreateDomain`'s arguments for `spec` (the command line by address, in this domain).
@@ -72,6 +75,8 @@ pub fn create_args(spec: &NewDomain<'_>) -> CreateDomain {
         params: spec.params,
         cmdline: spec.cmdline.as_ptr() as u64,
         cmdline_len: spec.cmdline.len() as u64,
+        flags: if spec.paused { CREATE_PAUSED } else { 0 },
+        _pad: 0,
     }
 }
 
@@ -104,7 +109,7 @@ fn call(cmd: ControlCmd, domain: DomId, args: [u8; 112]) -> Result<(u64, [u8; 11
     Ok((value, op.args))
 }
 
-/// Builds and starts a domain; returns its id.
+/// Builds a domain and starts it (or leaves it paused, as `spec` asks); returns its id.
 pub fn create_domain(spec: &NewDomain<'_>) -> Result<DomId> {
     let args = create_args(spec).encode();
     // `spec.cmdline` is borrowed for the call, so the address stays valid.
@@ -173,8 +178,10 @@ mod tests {
                 ..SchedParams::default()
             },
             cmdline,
+            paused: false,
         };
         let args = create_args(&spec);
+        assert_eq!(args.flags, 0, "not paused");
         assert_eq!(args.cpu, u32::MAX, "no CPU: the hypervisor chooses");
         assert_eq!(args.cmdline, cmdline.as_ptr() as u64);
         assert_eq!(args.cmdline_len, 18);
@@ -186,6 +193,11 @@ mod tests {
         });
         assert_eq!(pinned.cpu, 1);
         assert_eq!(CreateDomain::decode(&pinned.encode()), pinned);
+        let paused = create_args(&NewDomain {
+            paused: true,
+            ..spec
+        });
+        assert_eq!(paused.flags, CREATE_PAUSED);
     }
 
     #[test]

@@ -127,52 +127,66 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Balloons, runs the role and reports.
+/// What a role measured.
+enum Outcome {
+    Hog { loops: u64 },
+    Timer(Histogram),
+    Ping { hist: Histogram, lost: u64 },
+    Pong { answers: u64 },
+}
+
+/// Balloons, runs the role, then reports both. The console stays quiet while the role
+/// runs: a console write holds the CPU in the hypervisor, which would show up in the other
+/// domains' figures.
 fn run(args: &StressArgs) -> Result<(), Failure> {
     let clock = Clock::new().map_err(Failure::SharedInfo)?;
-    balloon_step(args)?;
+    let pages = balloon_step(args)?;
     let domid = args.domid.0;
     let role = args.role.name();
     let end = clock.now_ns() + args.seconds * NS_PER_SECOND;
-    match args.role {
-        Role::Hog => {
-            let loops = hog(clock, end);
-            println!("stress: result domid={domid} role=hog loops={loops}");
-        }
+    let outcome = match args.role {
+        Role::Hog => Outcome::Hog {
+            loops: hog(clock, end),
+        },
         Role::Idle | Role::Periodic | Role::Latency => {
             let period = match args.role {
                 Role::Idle => IDLE_PERIOD_NS,
                 _ => PERIOD_NS,
             };
             let (_, timer) = timer_events()?;
-            let hist = periodic(timer, clock, end, period)?;
-            report_hist(domid, role, &hist, Lost(None));
+            Outcome::Timer(periodic(timer, clock, end, period)?)
         }
         Role::Ping(link) => {
             let (hist, lost) = ping(link, clock, end)?;
-            report_hist(domid, role, &hist, Lost(Some(lost)));
+            Outcome::Ping { hist, lost }
         }
-        Role::Pong(link) => {
-            let answers = pong(link, end)?;
-            println!("stress: result domid={domid} role=pong answers={answers}");
+        Role::Pong(link) => Outcome::Pong {
+            answers: pong(link, end)?,
+        },
+    };
+    println!(
+        "stress: balloon domid={domid} down_pages={} up_pages={} tot_pages={pages}",
+        args.balloon_down, args.balloon_up
+    );
+    match outcome {
+        Outcome::Hog { loops } => println!("stress: result domid={domid} role=hog loops={loops}"),
+        Outcome::Timer(hist) => report_hist(domid, role, &hist, Lost(None)),
+        Outcome::Ping { hist, lost } => report_hist(domid, role, &hist, Lost(Some(lost))),
+        Outcome::Pong { answers } => {
+            println!("stress: result domid={domid} role=pong answers={answers}")
         }
     }
     Ok(())
 }
 
-/// Gives back `balloon_down` pages, takes `balloon_up` back, reports the reservation.
-fn balloon_step(args: &StressArgs) -> Result<(), Failure> {
+/// Gives back `balloon_down` pages, takes `balloon_up` back; returns the reservation.
+fn balloon_step(args: &StressArgs) -> Result<u64, Failure> {
     // SAFETY: this guest uses only its image and the runtime's stacks (no allocator), and
     // holds no slice of the P2M list.
     unsafe { balloon::balloon_down(args.balloon_down) }.map_err(Failure::BalloonDown)?;
     // SAFETY: as above.
     unsafe { balloon::balloon_up(args.balloon_up) }.map_err(Failure::BalloonUp)?;
-    let pages = balloon::current_reservation().map_err(Failure::Reservation)?;
-    println!(
-        "stress: balloon domid={} down_pages={} up_pages={} tot_pages={pages}",
-        args.domid.0, args.balloon_down, args.balloon_up
-    );
-    Ok(())
+    balloon::current_reservation().map_err(Failure::Reservation)
 }
 
 /// ping's lost answers, shown as ` lost=L` at the end of its `result` line.

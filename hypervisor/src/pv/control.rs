@@ -7,7 +7,7 @@
 
 use abi::control::{
     ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams, CONTROL_INTERFACE_VERSION,
-    DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN,
+    CREATE_FLAGS, CREATE_PAUSED, DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN,
 };
 use abi::errno::Errno;
 use alloc::sync::Arc;
@@ -101,10 +101,10 @@ fn checked(params: SchedParams) -> Result<SchedParams, Errno> {
     if params.weight == 0 { Err(Errno::Einval) } else { Ok(params) }
 }
 
-/// Builds and starts a domain from a boot module.
+/// Builds a domain from a boot module and starts it, or leaves it paused.
 fn create(args: &CreateDomain) -> HcResult {
     let module = build::modules().get(args.module as usize).ok_or(Errno::Einval)?;
-    if args.cmdline_len > MAX_CMDLINE || args.mem_kib < 4 {
+    if args.cmdline_len > MAX_CMDLINE || args.mem_kib < 4 || args.flags & !CREATE_FLAGS != 0 {
         return Err(Errno::Einval);
     }
     let mut cmdline = [0u8; MAX_CMDLINE as usize];
@@ -129,6 +129,10 @@ fn create(args: &CreateDomain) -> HcResult {
     };
     match build::build_domain(&request) {
         Ok(domain) => {
+            if args.flags & CREATE_PAUSED != 0 {
+                // Paused before its vCPU is queued: it never runs until unpaused.
+                sched::pause(&domain);
+            }
             build::start(&domain);
             Ok(domain.id.0 as u64)
         }
