@@ -239,7 +239,12 @@ fn supervise(
     loop {
         if Instant::now() >= next_sample {
             next_sample += SAMPLE_HOST_EVERY;
-            *host_times = vcpu::host_times(child.id()).or(*host_times);
+            // While QEMU shuts down its threads go one by one: keep the last full reading.
+            if let Some(now) = vcpu::host_times(child.id()) {
+                if host_times.is_none_or(|before| now.threads >= before.threads) {
+                    *host_times = Some(now);
+                }
+            }
         }
         if let Some(status) = child.try_wait()? {
             return Ok(status

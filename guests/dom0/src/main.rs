@@ -102,6 +102,9 @@ enum Failure {
         waiting_for: DomId,
         tot_pages: u64,
         expected: u64,
+        /// Its `DomainInfo::state` and CPU time then: paused, or never run, or starved.
+        state: u32,
+        cpu_time_ns: u64,
     },
     NotQuiet,
     DestroyTimeout(DomId),
@@ -176,9 +179,11 @@ impl fmt::Display for Failure {
                 waiting_for,
                 tot_pages,
                 expected,
+                state,
+                cpu_time_ns,
             } => write!(
                 f,
-                "domain {} still holds {tot_pages} pages, {expected} expected",
+                "domain {} still holds {tot_pages} pages, {expected} expected (state {state}, cpu time {cpu_time_ns} ns)",
                 waiting_for.0
             ),
             Self::NotQuiet => f.write_str("the stress domains did not finish"),
@@ -383,6 +388,8 @@ fn wait_ballooned(plan: &Plan, options: &Options, waiter: Waiter) -> Result<(), 
                 waiting_for: domid,
                 tot_pages: info.tot_pages,
                 expected,
+                state: info.state,
+                cpu_time_ns: info.cpu_time_ns,
             });
         } else {
             waiter.sleep(POLL_NS)?;

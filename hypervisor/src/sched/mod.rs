@@ -13,7 +13,7 @@
 //!
 //! # The decision on the way out
 //! Every trap, interrupt and hypercall ends in [`on_trap_exit`] with the frame it returns
-//! through. The CPU takes in arrivals, drains its inbox, folds in what happened to the vCPU
+//! through. The CPU drains its inbox, takes in arrivals, folds in what happened to the vCPU
 //! it runs (blocked, stopped, paused, yielded), and, if the queue asks for a decision or the
 //! slice is over, asks it what runs next. The frame is then rewritten if needed: the
 //! outgoing vCPU's registers saved from it and the incoming one's loaded into it, CR3 and
@@ -458,12 +458,16 @@ impl Local {
     fn schedule(&mut self, frame: &mut TrapFrame, here: &PerCpu, leaving: &mut Vec<Arc<Domain>>) {
         let me = here.index.0;
         let mine = &shared()[me as usize];
+        let now = time::since_boot_ns();
+        let drained = self.queue.drain(now);
+        // After the drain, never before: a vCPU's `Arc` is pushed before its `Add`/`Arrive`
+        // is posted, so every vCPU the drain put in the queue is in `arrivals` by now. (Taken
+        // before the drain, an `Arc` pushed in between would be missing from `members` while
+        // the queue already names its vCPU, which would then be dropped as unknown.)
         while let Some(vcpu) = mine.arrivals.pop() {
             self.unsettled.push(vcpu.key);
             self.members.push(vcpu);
         }
-        let now = time::since_boot_ns();
-        let drained = self.queue.drain(now);
         let mut decide = drained.reschedule;
         for action in drained.actions {
             self.carry_out(action);
