@@ -45,7 +45,7 @@ const BALLOON_TIMEOUT_NS: u64 = 10 * SECOND;
 /// Time past the run's end (from the last unpause) before looking for quiet.
 const RUN_MARGIN_NS: u64 = 500 * MS;
 /// Domains are quiet when their total CPU time does not grow over this long.
-const QUIET_WINDOW_NS: u64 = 100 * MS;
+const QUIET_WINDOW_NS: u64 = 500 * MS;
 /// The longest wait for quiet.
 const QUIET_TIMEOUT_NS: u64 = 10 * SECOND;
 /// The longest wait for destroyed domains to go.
