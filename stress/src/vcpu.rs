@@ -101,11 +101,7 @@ impl fmt::Display for Placement {
 
 /// The vCPU index of a thread named `CPU <k>/TCG`.
 pub fn tcg_vcpu_index(comm: &str) -> Option<u32> {
-    comm.trim_end()
-        .strip_prefix("CPU ")?
-        .strip_suffix("/TCG")?
-        .parse()
-        .ok()
+    vcpu_index(comm).filter(|_| comm.trim_end().ends_with("/TCG"))
 }
 
 /// The vCPU index of a thread named `CPU <k>/TCG` or `CPU <k>/KVM`.
