@@ -120,6 +120,14 @@ def guest_cases():
              modules=[("guest-dom0", "n=10 seconds=2"), ("guest-stress", "")],
              expect={"domains.unexpected_endings": "0", "domains.failed_created_by_dom0": "0"},
              expect_lines=ok_lines + ["stress: done ok", "stress: result domid=2 role=ping"]),
+        # Guest system calls and events under KVM, where present: some host virtualizers
+        # (kvm_pvm) carry out a guest's `syscall` without its privilege change.
+        Case("kvm-events-smp2", smp="2", accel="kvm", cmdline="guests=2", modules=[("guest-events", "")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["events: all ok"]),
+        Case("kvm-smpuser-smp2", smp="2", accel="kvm", modules=[("guest-smpuser", "")],
+             expect={"domains.created": "1", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",

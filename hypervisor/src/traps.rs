@@ -3,6 +3,8 @@
 //!
 //! Called only from the assembly entry path in `arch::trap`, with interrupts off.
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use crate::arch::entry::SYSCALL_VECTOR;
 use crate::arch::exit::{exit, Outcome};
 use crate::arch::trap::TrapFrame;
@@ -20,6 +22,9 @@ pub mod vectors {
     pub const SPURIOUS: u8 = 0xff;
 }
 
+/// Whether the log has said once that `syscall`s arrive without their privilege change.
+static SYSCALL_RECOVERY_NOTED: AtomicBool = AtomicBool::new(false);
+
 const EXCEPTION_NAMES: [&str; 32] = [
     "divide error", "debug", "NMI", "breakpoint", "overflow", "bound range", "invalid opcode",
     "device not available", "double fault", "coprocessor overrun", "invalid TSS",
@@ -33,6 +38,11 @@ const EXCEPTION_NAMES: [&str; 32] = [
 /// trap was, the scheduler decides on the way out what the frame returns to.
 pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     let entered = crate::time::rdtsc();
+    if crate::arch::entry::recover_unswitched_syscall(frame)
+        && !SYSCALL_RECOVERY_NOTED.swap(true, Ordering::Relaxed)
+    {
+        log::warn!("a guest syscall arrived without its privilege change (host virtualizer); taken as a syscall");
+    }
     let cause = match frame.vector {
         SYSCALL_VECTOR => Stay::Syscall(frame.rax),
         vector => Stay::Vector(vector),

@@ -6,6 +6,9 @@
 //! [`SYSCALL_VECTOR`], RIP from rcx, RFLAGS from r11) and joins the common trap path, which
 //! returns to the guest with `iretq`. Interrupts stay masked (SFMASK) until the hypervisor
 //! stack is in use.
+//!
+//! Some virtualizers carry out a guest's `syscall` without its privilege change; the page
+//! fault that follows is turned into the same frame by [`recover_unswitched_syscall`].
 
 use core::arch::global_asm;
 
@@ -15,6 +18,7 @@ use x86_64::registers::segmentation::SegmentSelector;
 use x86_64::{PrivilegeLevel, VirtAddr};
 
 use super::gdt::{GUEST_CS64, GUEST_DS, HYPERVISOR_CS, HYPERVISOR_DS};
+use super::trap::TrapFrame;
 use crate::percpu::{SCRATCH_OFFSET, STACK_TOP_OFFSET};
 
 /// The pseudo-vector of a `syscall` in [`super::trap::TrapFrame::vector`].
@@ -72,4 +76,38 @@ pub fn init_this_cpu() {
             | RFlags::IOPL_HIGH
             | RFlags::IOPL_LOW,
     );
+}
+
+/// Turns the page fault of a `syscall` that reached [`syscall_entry`] without its privilege
+/// change into the frame the entry stub builds (vector [`SYSCALL_VECTOR`], RIP from rcx,
+/// RFLAGS from r11). Returns whether `frame` was such a fault and has been rewritten.
+///
+/// The `kvm_pvm` host module (it runs the whole machine in ring 3 and emulates ring 0) does
+/// only part of a guest's `syscall`: it sets rcx and r11, applies SFMASK and jumps to LSTAR,
+/// but leaves the CPU in ring 3 with the guest's CS and SS. Fetching the supervisor-only
+/// entry stub then faults at once. Only such a `syscall` can raise that fault with
+/// RFLAGS.IF clear: guest code always runs with IF set, and at IOPL 0 neither `cli` nor
+/// `popf` can clear it. SFMASK can. IOPL and VM are cleared from r11 as the `iret`
+/// hypercall does, so the guest gains nothing it could not get from a real `syscall`.
+pub fn recover_unswitched_syscall(frame: &mut TrapFrame) -> bool {
+    const PAGE_FAULT: u64 = 14;
+    const PF_USER_FETCH: u64 = (1 << 2) | (1 << 4);
+    let landed_in_ring3 = frame.vector == PAGE_FAULT
+        && frame.is_from_guest()
+        && frame.error_code & PF_USER_FETCH == PF_USER_FETCH
+        && frame.rip == &raw const syscall_entry as u64
+        && !RFlags::from_bits_truncate(frame.rflags).contains(RFlags::INTERRUPT_FLAG);
+    if !landed_in_ring3 {
+        return false;
+    }
+    let saved = RFlags::from_bits_truncate(frame.r11);
+    frame.vector = SYSCALL_VECTOR;
+    frame.error_code = 0;
+    frame.rip = frame.rcx;
+    frame.cs = GUEST_CS64.into();
+    frame.rflags = ((saved - RFlags::IOPL_HIGH - RFlags::IOPL_LOW - RFlags::VIRTUAL_8086_MODE)
+        | RFlags::INTERRUPT_FLAG)
+        .bits();
+    frame.ss = GUEST_DS.into();
+    true
 }
