@@ -163,7 +163,7 @@ stress: build guests $(DEPS_STAMP)
 	grub-mkrescue -o $(STRESS_ISO) $(BUILD)/stress-iso 2>/dev/null
 	target/release/stress run --log $(BUILD)/stress.log --out $(STRESS_OUT) $(if $(filter report,$(STRESS_TARGETS)),--no-targets) --timeout $$(( $(SECONDS) * 10 + 120 )) \
 	    --vcpu-threads $(STRESS_VCPU) \
-	    --qemu "$(QEMU) -M $(MACHINE) -accel $(ACCEL) -m $(STRESS_MEM) -smp $(STRESS_SMP) -name stress,debug-threads=on -display none -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA) -cdrom $(STRESS_ISO)"
+	    --qemu "$(QEMU) -M $(MACHINE) -accel $(ACCEL) -m $(STRESS_MEM) -smp $(STRESS_SMP) -name stress,debug-threads=on -display none -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -mem-prealloc $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA) -cdrom $(STRESS_ISO)"
 
 clean:
 	cargo clean

@@ -121,6 +121,9 @@ pub struct Vcpu {
     poll: AtomicU32,
     /// When it was last woken, until it runs (system time ns; for the wake-up latency).
     pub woken_at_ns: AtomicU64,
+    /// The deadline of its latency-sensitive timer that last fired while it was blocked,
+    /// until it runs (system time ns; for the timer-to-run latency of warping domains).
+    pub warped_deadline_ns: AtomicU64,
     /// Kept off its CPU because its domain is paused (see `sched::unpause`).
     pub parked: AtomicBool,
 }
@@ -157,6 +160,7 @@ impl Vcpu {
             timers: Mutex::new(Default::default()),
             poll: AtomicU32::new(NOT_POLLING),
             woken_at_ns: AtomicU64::new(0),
+            warped_deadline_ns: AtomicU64::new(0),
             parked: AtomicBool::new(false),
         })
     }

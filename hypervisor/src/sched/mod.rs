@@ -386,7 +386,12 @@ fn fire(timer: Timer) {
     if timer.latency_sensitive { stats.timer_late_warped.record(late) } else { stats.timer_late.record(late) }
     let current = |deadline: &AtomicU64| deadline.compare_exchange(timer.deadline_ns, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
     match timer.kind {
-        TimerKind::Guest if current(&vcpu.timer_deadline) => crate::pv::events::timer_fired(vcpu),
+        TimerKind::Guest if current(&vcpu.timer_deadline) => {
+            if timer.latency_sensitive && vcpu.state() == RunState::Blocked {
+                vcpu.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
+            }
+            crate::pv::events::timer_fired(vcpu);
+        }
         TimerKind::PollTimeout if current(&vcpu.poll_deadline) && vcpu.end_poll() => {
             wake(vcpu);
         }
@@ -614,6 +619,7 @@ impl Local {
                 leaving.push(self.switch_out(out, frame, here));
             }
             let woken_at = vcpu.woken_at_ns.swap(0, Ordering::Relaxed);
+            let warped_deadline = vcpu.warped_deadline_ns.swap(0, Ordering::Relaxed);
             if let Err(domain) = switch_in(vcpu, frame) {
                 self.retire(key);
                 leaving.push(domain);
@@ -625,6 +631,9 @@ impl Local {
             mine.stats.switches.fetch_add(1, Ordering::Relaxed);
             if woken_at != 0 {
                 mine.stats.wake_to_run.record(now.saturating_sub(woken_at));
+                if warped_deadline != 0 {
+                    mine.stats.warped_to_run.record(now.saturating_sub(warped_deadline));
+                }
             }
             self.since_tsc = time::rdtsc();
             self.slice_end_ns = decision.slice_ns.map(|s| now + s);

@@ -74,6 +74,9 @@ pub struct Stats {
     pub timer_late_warped: Latency,
     /// From a vCPU's wake-up to its switch-in here.
     pub wake_to_run: Latency,
+    /// From a latency-sensitive timer's deadline to its blocked vCPU's switch-in: what the
+    /// hypervisor adds to a warping domain's wake-up before the guest runs.
+    pub warped_to_run: Latency,
     /// Each stay in the hypervisor, from a trap's entry to its return: interrupts are off
     /// throughout, so this bounds how late any interrupt on this CPU can be taken.
     pub in_hypervisor: Latency,
@@ -136,6 +139,7 @@ pub fn report() {
         stats.timer_late.print(cpu, "timer_late");
         stats.timer_late_warped.print(cpu, "timer_late_warped");
         stats.wake_to_run.print(cpu, "wake_to_run");
+        stats.warped_to_run.print(cpu, "warped_to_run");
         stats.in_hypervisor.print(cpu, "in_hypervisor");
         if stats.in_hypervisor.count() > 0 {
             info!("summary: sched.cpu{cpu}.longest_stay={}", Stay::from_raw(stats.longest_stay.load(Ordering::Relaxed)));
