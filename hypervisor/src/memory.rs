@@ -15,6 +15,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use log::{info, warn};
 use mm::addr::{pages_for, Mfn, PAGE_SIZE};
@@ -95,9 +96,17 @@ static HEAP: LockedHeap<WindowBacker> = LockedHeap::new();
 /// Frames unmapped from the heap whose old translations other CPUs may still hold: freed
 /// by [`trim_heap`] after it has flushed every CPU.
 static UNMAPPED: Mutex<ArrayVec<Mfn, TRIM_BATCH>> = Mutex::new(ArrayVec::new_const());
-/// Held by the one CPU running [`trim_heap`] (one round's flush must cover every page it
-/// lets the heap reuse).
+/// Held by the one CPU running [`trim_heap`] or [`compact_heap`] (one round's flush must
+/// cover every page it lets the heap reuse or moves).
 static TRIMMING: Mutex<()> = Mutex::new(());
+/// The heap's window range, for [`rebase_heap`].
+static HEAP_RANGE: Once<core::ops::Range<u64>> = Once::new();
+/// One [`rebase_heap`] round: the CPU that moves pages, how many others are parked, and
+/// its word that they may go on; the frames it moved pages off.
+static REBASE_LEADER: AtomicUsize = AtomicUsize::new(usize::MAX);
+static REBASE_PARKED: AtomicUsize = AtomicUsize::new(0);
+static REBASE_DONE: AtomicBool = AtomicBool::new(false);
+static REBASED: Mutex<ArrayVec<Mfn, TRIM_BATCH>> = Mutex::new(ArrayVec::new_const());
 
 /// Backs heap growth with frames mapped into the heap's window range, and unmaps the pages
 /// the heap gives back (under the heap lock: no flush of other CPUs here, see [`trim_heap`]).
@@ -160,10 +169,20 @@ impl EarlyPool {
         })
     }
 
+    /// Whether `mfn` is one of the pool's frames (handed out or given back).
+    fn holds(&self, mfn: Mfn) -> bool {
+        (self.range.start..self.next).contains(&mfn.addr().0)
+    }
+
+    /// Whether a frame is left to take.
+    fn has_free(&self) -> bool {
+        self.next < self.range.end || self.returned.iter().any(|&bits| bits != 0)
+    }
+
     /// Takes `mfn` back if it is one of the pool's frames.
     fn give_back(&mut self, mfn: Mfn) -> bool {
         let addr = mfn.addr().0;
-        if addr < self.range.start || addr >= self.next {
+        if !self.holds(mfn) {
             return false;
         }
         let index = ((addr - self.range.start) / PAGE_SIZE) as usize;
@@ -202,13 +221,32 @@ fn release_hypervisor_frame(mfn: Mfn) {
 /// that on return every page that was free when it was called has been given back (or
 /// allocated again).
 pub fn trim_heap() -> usize {
-    let _only = loop {
+    let _only = trimming();
+    trim_locked()
+}
+
+/// [`trim_heap`], then [`rebase_heap`]: afterwards the heap holds no frame of the frame
+/// table that a free early-pool frame could replace, so free memory reads the same for the
+/// same live heap whatever the heap's peak was. For exact free-memory figures (domain 0's
+/// `physinfo`, the end-of-run leak check); it stops every CPU briefly when it moves pages.
+/// Returns the pages given back and the pages moved.
+pub fn compact_heap() -> (usize, usize) {
+    let _only = trimming();
+    (trim_locked(), rebase_heap())
+}
+
+/// Takes [`TRIMMING`], answering cross-CPU calls while another CPU holds it.
+fn trimming() -> spin::MutexGuard<'static, ()> {
+    loop {
         if let Some(guard) = TRIMMING.try_lock() {
-            break guard;
+            return guard;
         }
         cpus::service_calls();
         core::hint::spin_loop();
-    };
+    }
+}
+
+fn trim_locked() -> usize {
     let mut pages = 0;
     loop {
         let given = HEAP.trim();
@@ -222,6 +260,94 @@ pub fn trim_heap() -> usize {
         }
         HEAP.reuse_unbacked();
         pages += given;
+    }
+}
+
+/// Moves live heap pages off frames of the frame table onto free early-pool frames (the
+/// pool is the heap's own; the frame table's frames are everyone's). After a peak (a
+/// thousand domains) the few heap pages still live, such as a table shrunk back to its
+/// minimum or a queue's current block, may sit on frames the heap took from the frame table
+/// while pool frames freed by trimming lie idle; free memory would read lower than before
+/// for as long as they live. Returns how many pages it moved. Call with [`TRIMMING`] held.
+///
+/// Each round parks every other CPU in a cross-CPU call: they take it with interrupts on
+/// (from a guest or idle) or in a wait that holds no heap lock, so none is inside the heap
+/// or writing a heap page. The leader then copies up to [`TRIM_BATCH`] pages under the heap
+/// lock and remaps them, every CPU flushes its TLB, and only then are the old frames freed.
+fn rebase_heap() -> usize {
+    let Some(range) = HEAP_RANGE.get() else { return 0 };
+    let mut moved = 0;
+    loop {
+        let pool_has_room = EARLY_POOL.lock().as_ref().is_some_and(EarlyPool::has_free);
+        let on_table_frames = || {
+            let pool = EARLY_POOL.lock();
+            let Some(pool) = pool.as_ref() else { return false };
+            range.clone().step_by(PAGE_SIZE as usize).filter_map(paging::translate).any(|phys| !pool.holds(Mfn(phys / PAGE_SIZE)))
+        };
+        if !pool_has_room || !on_table_frames() {
+            return moved;
+        }
+        REBASE_LEADER.store(percpu::current().index.0 as usize, Ordering::SeqCst);
+        REBASE_PARKED.store(0, Ordering::SeqCst);
+        REBASE_DONE.store(false, Ordering::SeqCst);
+        cpus::call_all(rebase_round, 0);
+        let frames = core::mem::take(&mut *REBASED.lock());
+        if frames.is_empty() {
+            return moved;
+        }
+        moved += frames.len();
+        for mfn in frames {
+            release_hypervisor_frame(mfn);
+        }
+    }
+}
+
+/// One CPU's part of a [`rebase_heap`] round (a cross-CPU call, run by every online CPU).
+fn rebase_round(_: usize) {
+    if percpu::current().index.0 as usize == REBASE_LEADER.load(Ordering::SeqCst) {
+        let others = cpus::online_count() - 1;
+        while REBASE_PARKED.load(Ordering::SeqCst) < others {
+            core::hint::spin_loop();
+        }
+        let range = HEAP_RANGE.get().expect("set before any round").clone();
+        HEAP.while_locked(|| move_heap_pages(range, &mut REBASED.lock()));
+        REBASE_DONE.store(true, Ordering::SeqCst);
+    } else {
+        REBASE_PARKED.fetch_add(1, Ordering::SeqCst);
+        while !REBASE_DONE.load(Ordering::SeqCst) {
+            core::hint::spin_loop();
+        }
+    }
+    paging::flush_all_local();
+}
+
+/// Copies heap pages that sit on frame-table frames onto free pool frames and remaps them,
+/// until `moved` (the old frames) is full or the pool is empty. Every other CPU is parked
+/// and the heap locked; this CPU's old translations are invalidated by `unmap`.
+fn move_heap_pages(range: core::ops::Range<u64>, moved: &mut ArrayVec<Mfn, TRIM_BATCH>) {
+    let mut pool = EARLY_POOL.lock();
+    let Some(pool) = pool.as_mut() else { return };
+    for va in range.step_by(PAGE_SIZE as usize) {
+        let Some(phys) = paging::translate(va) else { continue };
+        let old = Mfn(phys / PAGE_SIZE);
+        if pool.holds(old) {
+            continue;
+        }
+        if moved.is_full() {
+            return;
+        }
+        let Some(new) = pool.take() else { return };
+        let Some(mut copy) = FrameMapping::new(new) else {
+            pool.give_back(new);
+            return;
+        };
+        // SAFETY: `va` maps a whole heap page; every other CPU is parked and the heap is
+        // locked, so nothing writes the page while it is copied or until it maps `new`.
+        copy.bytes().copy_from_slice(unsafe { &*(va as *const [u8; PAGE_SIZE as usize]) });
+        drop(copy);
+        paging::unmap(va);
+        paging::map(va, new.addr().0, MapKind::Data).expect("a heap page just unmapped maps again");
+        moved.push(old);
     }
 }
 
@@ -248,6 +374,7 @@ pub fn init_heap(boot: &BootInfo, layout: &mut WindowLayout, options: &Options) 
     let pool = usable.carve(pages_for(EARLY_HEAP_POOL)).map_err(MemoryError::Carve)?;
     *EARLY_POOL.lock() = Some(EarlyPool::new(pool));
     let heap = layout.place(Region::Heap, (options.heap_mib as u64) << 20)?;
+    HEAP_RANGE.call_once(|| heap.start..heap.start + heap.size);
     // SAFETY: the heap range was just placed in the window for the heap alone; nothing else
     // maps or uses it.
     let heap = unsafe { Heap::new(heap.start as usize, heap.size as usize, WindowBacker) }.map_err(MemoryError::Heap)?;
@@ -437,6 +564,34 @@ pub fn check_frames_round_trip(count: usize) -> (bool, String) {
 }
 
 /// Self-check: a burst of heap allocations is returned in full.
+/// Grows the heap past its early pool, keeps only the last block (on frames from the frame
+/// table), and checks that [`compact_heap`] moves it onto pool frames with its contents
+/// intact, so that free memory reads as before.
+pub fn check_heap_rebase() -> (bool, String) {
+    const BLOCK: usize = 64 << 10;
+    let blocks_past_pool = (EARLY_HEAP_POOL as usize).div_ceil(BLOCK) + 4;
+    compact_heap();
+    let before = free_bytes();
+    let mut blocks: Vec<Vec<u8>> = (0..blocks_past_pool).map(|i| alloc::vec![i as u8; BLOCK]).collect();
+    let kept = blocks.pop().unwrap_or_default();
+    drop(blocks);
+    trim_heap();
+    let pinned = before.saturating_sub(free_bytes()) / PAGE_SIZE;
+    let (_, moved) = compact_heap();
+    let after = free_bytes();
+    let intact = kept.iter().all(|&b| b as usize == blocks_past_pool - 1);
+    drop(kept);
+    compact_heap();
+    let detail = alloc::format!(
+        "{pinned} frame-table frames held by a {} KiB block after the peak, {moved} pages moved, free {} -> {} KiB, contents {}",
+        BLOCK >> 10,
+        before >> 10,
+        after >> 10,
+        if intact { "intact" } else { "CORRUPTED" }
+    );
+    (pinned > 0 && after == before && intact, detail)
+}
+
 pub fn check_heap_round_trip() -> (bool, String) {
     let before = heap_used_bytes();
     {

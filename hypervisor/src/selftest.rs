@@ -74,6 +74,9 @@ pub fn run(options: &Options) -> Checks {
     let (heap_ok, detail) = memory::check_heap_round_trip();
     record(&mut list, "heap returns memory", heap_ok, detail);
 
+    let (rebased, detail) = memory::check_heap_rebase();
+    record(&mut list, "heap gives frame-table frames back", rebased, detail);
+
     Checks { list, ipi_rtt_ns, ipi_samples, complete: true }
 }
 

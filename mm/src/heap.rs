@@ -189,8 +189,11 @@ pub struct Heap<B> {
     /// The whole side table is backed.
     table_mapped: bool,
     /// Heads of the small free lists (doubly linked: `[next, prev]` in each free block);
-    /// block `i` is `MIN_BLOCK << i` bytes.
+    /// block `i` is `MIN_BLOCK << i` bytes. Roughly address-ordered (see
+    /// [`Heap::push_block`]), so that allocation prefers low pages.
     classes: [usize; CLASSES],
+    /// Tails of the small free lists, or EMPTY.
+    tails: [usize; CLASSES],
     /// The empty page each class keeps, or EMPTY.
     spare: [usize; CLASSES],
     /// Head of the free page-run list (`[end, next]` in each run's first page), sorted by
@@ -270,6 +273,7 @@ impl<B: PageBacker> Heap<B> {
             table_backed: 0,
             table_mapped: false,
             classes: [EMPTY; CLASSES],
+            tails: [EMPTY; CLASSES],
             spare: [EMPTY; CLASSES],
             runs: EMPTY,
             mapped_pages: 0,
@@ -419,6 +423,8 @@ impl<B: PageBacker> Heap<B> {
     fn refill(&mut self, class: usize) -> Option<()> {
         let page = self.take_pages(1, PAGE)?;
         self.set_state(page, PageState::Small { class, live: 0 });
+        // The list is empty: pushed in descending order, each block goes to the head, so
+        // the lowest is handed out first.
         for block in (page..page + PAGE).step_by(block_size(class)).rev() {
             self.push_block(class, block);
         }
@@ -434,20 +440,33 @@ impl<B: PageBacker> Heap<B> {
         self.free_pages(page, 1);
     }
 
-    /// Puts a free block at the head of its class list.
+    /// Puts a free block on its class list: at the head if it lies no higher than the
+    /// head's page, else at the tail. Allocation takes the head, so blocks on low pages are
+    /// used first and high pages empty out, to be trimmed: without it, the blocks freed
+    /// last (those of a structure that was large, high in the heap) are reused first, and
+    /// a few long-lived small allocations made then pin high pages for good.
     fn push_block(&mut self, class: usize, block: usize) {
-        let head = self.classes[class];
+        let (head, tail) = (self.classes[class], self.tails[class]);
+        let (next, prev) = if head == EMPTY || page_of(block) <= page_of(head) { (head, EMPTY) } else { (EMPTY, tail) };
         // SAFETY: `block` is a mapped block of at least MIN_BLOCK bytes, aligned to its
         // size, that nobody else uses any more (fresh from `refill` or freed by `dealloc`);
-        // `head`, if any, is a free block on the same list.
+        // `next` and `prev`, if any, are free blocks on the same list.
         unsafe {
-            store(block, head);
-            store(block + WORD, EMPTY);
-            if head != EMPTY {
-                store(head + WORD, block);
+            store(block, next);
+            store(block + WORD, prev);
+            if next != EMPTY {
+                store(next + WORD, block);
+            }
+            if prev != EMPTY {
+                store(prev, block);
             }
         }
-        self.classes[class] = block;
+        if prev == EMPTY {
+            self.classes[class] = block;
+        }
+        if next == EMPTY {
+            self.tails[class] = block;
+        }
     }
 
     /// Takes a free block off its class list.
@@ -461,7 +480,9 @@ impl<B: PageBacker> Heap<B> {
             } else {
                 store(prev, next);
             }
-            if next != EMPTY {
+            if next == EMPTY {
+                self.tails[class] = prev;
+            } else {
                 store(next + WORD, prev);
             }
         }
@@ -735,6 +756,14 @@ impl<B: PageBacker> LockedHeap<B> {
         self.heap.lock().as_mut().map_or(0, Heap::trim)
     }
 
+    /// Runs `f` with the heap locked, so that nothing is allocated, freed, backed or given
+    /// back meanwhile (a caller moving heap pages to other frames needs that); `f` must not
+    /// use the heap.
+    pub fn while_locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _heap = self.heap.lock();
+        f()
+    }
+
     /// [`Heap::reuse_unbacked`] under the lock.
     pub fn reuse_unbacked(&self) {
         if let Some(heap) = self.heap.lock().as_mut() {
@@ -1005,6 +1034,7 @@ mod tests {
                     *free_blocks.entry(page_of(block)).or_default() += 1;
                     (prev, block) = (block, next);
                 }
+                assert_eq!(heap.tails[class], prev, "tail of class {class}");
             }
             let mut empty_pages = BTreeSet::new();
             for (&page, &state) in &states {
@@ -1350,6 +1380,32 @@ mod tests {
         f.finish_round();
         assert_eq!(f.state(spare), PageState::Unmapped);
         assert_eq!(f.heap.trim(), 0, "nothing left to give");
+        f.check();
+    }
+
+    #[test]
+    fn small_blocks_come_from_low_pages_first() {
+        let mut f = fixture(1024 * KIB, usize::MAX);
+        // Four pages of 1024-byte blocks, all live; then everything but one block of the
+        // lowest page is freed, high pages last (as a large table is torn down).
+        let blocks: Vec<usize> = (0..16).map(|_| f.alloc(1024, 8).unwrap()).collect();
+        let pages: BTreeSet<usize> = blocks.iter().map(|&b| page_of(b)).collect();
+        assert_eq!(pages.len(), 4);
+        for &block in &blocks[1..] {
+            f.free(block, 1024, 8);
+        }
+        f.check();
+        // A long-lived block allocated now goes to the lowest page, not to the page freed
+        // last, so the high pages stay empty and trimming gives them back.
+        let kept = f.alloc(1024, 8).unwrap();
+        assert_eq!(page_of(kept), page_of(blocks[0]));
+        f.heap.trim();
+        f.check();
+        for &block in &blocks[4..] {
+            assert_eq!(f.state(block), PageState::Unbacked, "high pages given back");
+        }
+        f.free(kept, 1024, 8);
+        f.free(blocks[0], 1024, 8);
         f.check();
     }
 

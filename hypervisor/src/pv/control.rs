@@ -173,8 +173,9 @@ fn domain_info(domain: &Domain) -> DomainInfo {
 }
 
 fn phys_info() -> PhysInfo {
-    // The heap gives back what it holds unused first, so that free memory includes it.
-    memory::trim_heap();
+    // The heap gives back what it holds unused first (and moves what it keeps onto its own
+    // pool's frames), so that free memory includes it.
+    memory::compact_heap();
     let stats = memory::frames().stats();
     PhysInfo {
         total_kib: stats.usable * 4,

@@ -26,7 +26,7 @@ static FINISHING: AtomicBool = AtomicBool::new(false);
 /// Remembers free memory before the first domain is built (with the heap trimmed, as at
 /// the end, so that boot-time heap slack does not count either way).
 pub fn record_free_before() {
-    memory::trim_heap();
+    memory::compact_heap();
     FREE_BEFORE.store(memory::free_bytes(), Ordering::Relaxed);
 }
 
@@ -83,7 +83,7 @@ fn finish() -> ! {
     info!("summary: domains.created_by_dom0={}", others.0);
     info!("summary: domains.failed_created_by_dom0={}", others.1);
     let before = FREE_BEFORE.load(Ordering::Relaxed);
-    memory::trim_heap();
+    memory::compact_heap();
     let after = memory::free_bytes();
     info!("memory: heap after trimming: {} KiB mapped for {} KiB in use", memory::heap_mapped_bytes() >> 10, memory::heap_used_bytes() >> 10);
     let leaked_frames = before.saturating_sub(after) / 4096;
