@@ -40,14 +40,17 @@ const MS: u64 = 1_000_000;
 const SECOND: u64 = 1_000 * MS;
 /// How often domain 0 looks again while it waits for domains to change.
 const POLL_NS: u64 = 10 * MS;
-/// The longest wait for every domain to balloon.
-const BALLOON_TIMEOUT_NS: u64 = 10 * SECOND;
+/// The longest wait for every domain to balloon, or for quiet, is this plus
+/// [`WAIT_PER_DOMAIN_NS`] for each domain: every domain starts (and balloons) at once after
+/// the unpause, so with many domains per CPU the start-up alone takes seconds. At N=1000 on
+/// two emulated CPUs some domain had not ballooned after 10 s.
+const WAIT_BASE_NS: u64 = 10 * SECOND;
+/// See [`WAIT_BASE_NS`].
+const WAIT_PER_DOMAIN_NS: u64 = 20 * MS;
 /// Time past the run's end (from the last unpause) before looking for quiet.
 const RUN_MARGIN_NS: u64 = 500 * MS;
 /// Domains are quiet when their total CPU time does not grow over this long.
 const QUIET_WINDOW_NS: u64 = 500 * MS;
-/// The longest wait for quiet.
-const QUIET_TIMEOUT_NS: u64 = 10 * SECOND;
 /// The longest wait for destroyed domains to go.
 const DESTROY_TIMEOUT_NS: u64 = 5 * SECOND;
 
@@ -373,10 +376,15 @@ fn start_all(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
     Ok(waiter.now())
 }
 
+/// How long domain 0 waits for the domains of `plan` to balloon, or to fall quiet.
+fn wait_limit_ns(plan: &Plan) -> u64 {
+    WAIT_BASE_NS + WAIT_PER_DOMAIN_NS * u64::from(plan.len())
+}
+
 /// Waits until every domain holds the pages it should after ballooning.
 fn wait_ballooned(plan: &Plan, options: &Options, waiter: Waiter) -> Result<(), Failure> {
     let expected = u64::from(options.mem_kib) / 4 - options.balloon_down + options.balloon_up;
-    let deadline = waiter.now() + BALLOON_TIMEOUT_NS;
+    let deadline = waiter.now() + wait_limit_ns(plan);
     let mut index = 0;
     while index < plan.len() {
         let domid = Plan::domid(index);
@@ -411,7 +419,7 @@ fn total_cpu_time(plan: &Plan) -> Result<u64, Failure> {
 /// Waits until the stress domains' CPU time stops growing: every worker has reported and
 /// blocked for good.
 fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
-    let deadline = waiter.now() + QUIET_TIMEOUT_NS;
+    let deadline = waiter.now() + wait_limit_ns(plan);
     let mut last = total_cpu_time(plan)?;
     loop {
         waiter.sleep(QUIET_WINDOW_NS)?;
