@@ -20,7 +20,8 @@ pub struct Options {
     pub ap_timeout_ms: u32,
     /// `ipi_samples=N`: cross-CPU round trips measured per CPU by the self-check.
     pub ipi_samples: u32,
-    /// `heap_mib=N`: the heap's reservation in the window (default 8 MiB).
+    /// `heap_mib=N`: the heap's reservation in the window, 2-32 MiB (default 8; the boot
+    /// self-checks alone take about 1 MiB).
     pub heap_mib: u32,
     /// `dom0`: the first boot module is domain 0 (privileged, holds the control interface);
     /// the other modules are only started when domain 0 asks.
@@ -94,7 +95,7 @@ impl Options {
                 ("maxcpus", v) => set(&mut o.max_cpus, number(v, 1..=u32::MAX).map(Some)),
                 ("ap_timeout_ms", v) => set(&mut o.ap_timeout_ms, number(v, 1..=60_000)),
                 ("ipi_samples", v) => set(&mut o.ipi_samples, number(v, 1..=1_000_000)),
-                ("heap_mib", v) => set(&mut o.heap_mib, number(v, 1..=32)),
+                ("heap_mib", v) => set(&mut o.heap_mib, number(v, 2..=32)),
                 ("guests", v) => set(&mut o.guests, number(v, 1..=4096)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
                 ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0", _) => false,
@@ -145,6 +146,7 @@ mod tests {
         assert_eq!(o.max_cpus, None);
         assert!(o.x2apic && !o.selftest);
         assert_eq!(o.heap_mib, 8);
+        assert_eq!(Options::parse("heap_mib=1").heap_mib, 8, "too small for the self-checks");
         assert_eq!(o.test_silent_cpu, None, "the boot CPU cannot be silenced");
         assert_eq!(o.invalid.len(), 6);
     }
