@@ -120,6 +120,13 @@ def guest_cases():
              modules=[("guest-dom0", "n=10 seconds=2"), ("guest-stress", "")],
              expect={"domains.unexpected_endings": "0", "domains.failed_created_by_dom0": "0"},
              expect_lines=ok_lines + ["stress: done ok", "stress: result domid=2 role=ping"]),
+        # Domain 0 asks for more domains than a 2 MiB heap holds: refused with ENOMEM (the
+        # hypervisor keeps heap room for itself), domain 0 destroys what it made, nothing leaks.
+        Case("iso-dom0-heap-full", smp="2", mem="512M", boot="iso", cmdline="dom0 heap_mib=2",
+             modules=[("guest-dom0", "n=600 seconds=1"), ("guest-stress", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["the hypervisor heap is too full for another domain",
+                                      "stress: FAILED reason=create"]),
         # Guest system calls and events under KVM, where present: some host virtualizers
         # (kvm_pvm) carry out a guest's `syscall` without its privilege change.
         Case("kvm-events-smp2", smp="2", accel="kvm", cmdline="guests=2", modules=[("guest-events", "")],

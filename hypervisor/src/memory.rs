@@ -488,6 +488,26 @@ pub fn free_bytes() -> u64 {
     FRAMES.get().map_or(0, |t| t.free_count() * PAGE_SIZE)
 }
 
+/// Heap room kept for the hypervisor's own allocations, which cannot fail gracefully (an
+/// allocation the heap refuses stops the machine): allocations a guest or domain 0 asks
+/// for are refused first, with `ENOMEM` (see [`heap_has_room_for`]).
+const HEAP_RESERVE_BYTES: u64 = 512 << 10;
+
+/// Whether the heap can take `bytes` more for a guest's (or domain 0's) request and still
+/// keep [`HEAP_RESERVE_BYTES`] of its reservation for the hypervisor's own use.
+pub fn heap_has_room_for(bytes: u64) -> bool {
+    HEAP.stats().is_some_and(|s| (s.reserved as u64).saturating_sub(s.in_use as u64) >= bytes + HEAP_RESERVE_BYTES)
+}
+
+/// Whether `count` frames may go to guests: frames enough must stay free for the heap to
+/// grow to its whole reservation, or a hypervisor allocation would fail for lack of memory
+/// once guests had taken everything (the early pool covers the first part of it).
+pub fn frames_for_guests(count: u64) -> bool {
+    let Some(stats) = HEAP.stats() else { return true };
+    let heap_may_need = (stats.reserved.saturating_sub(stats.mapped) as u64 / PAGE_SIZE).saturating_sub(EARLY_POOL_FRAMES as u64);
+    free_bytes() / PAGE_SIZE >= count + heap_may_need
+}
+
 /// Heap memory in use.
 pub fn heap_used_bytes() -> u64 {
     HEAP.stats().map_or(0, |s| s.in_use as u64)

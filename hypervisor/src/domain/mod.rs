@@ -26,6 +26,10 @@ use crate::memory::{self, FrameMapping};
 /// The most domains alive at once (ids 1..=MAX_DOMAINS; 0 is kept for domain 0).
 pub const MAX_DOMAINS: usize = 4096;
 
+/// Heap room a new domain must find: its own few KiB, its event channels grown to their
+/// limit (1023 ports of 12 bytes), and the run and timer queues doubling as it joins.
+const DOMAIN_HEAP_BYTES: u64 = 64 << 10;
+
 /// Where a domain is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -164,6 +168,8 @@ pub struct History {
 pub enum CreateError {
     TooManyDomains,
     OutOfMemory(mm::frame::FrameError),
+    /// The hypervisor heap is too full to hold another domain.
+    HeapFull,
 }
 
 impl core::fmt::Display for CreateError {
@@ -171,15 +177,22 @@ impl core::fmt::Display for CreateError {
         match self {
             Self::TooManyDomains => write!(f, "no free domain id (at most {MAX_DOMAINS} domains)"),
             Self::OutOfMemory(e) => write!(f, "not enough memory: {e:?}"),
+            Self::HeapFull => write!(f, "the hypervisor heap is too full for another domain"),
         }
     }
 }
 
 impl Domain {
     /// Creates an empty domain (no memory yet but its zeroed shared-info page) and enters it
-    /// in the table under a fresh id.
-    /// Creates an empty domain; domain 0 (`privileged`) takes id 0, others the next free id.
+    /// in the table under a fresh id: domain 0 (`privileged`) takes id 0, others the next
+    /// free one. Refused while the heap has less than [`DOMAIN_HEAP_BYTES`] to spare.
     pub fn create(name: &str, max_pages: u64, privileged: bool, params: abi::control::SchedParams, pinned: bool) -> Result<Arc<Domain>, CreateError> {
+        if !memory::heap_has_room_for(DOMAIN_HEAP_BYTES) {
+            return Err(CreateError::HeapFull);
+        }
+        if !memory::frames_for_guests(1) {
+            return Err(CreateError::OutOfMemory(mm::frame::FrameError::OutOfMemory { requested: 1, free: 0 }));
+        }
         let mut table = DOMAINS.lock();
         let id = if privileged { DomainId(0) } else { table.free_id().ok_or(CreateError::TooManyDomains)? };
         if table.slots[id.0 as usize].is_some() {
@@ -249,7 +262,10 @@ impl Domain {
     /// Allocates `count` frames for the guest, within its maximum.
     pub fn populate(&self, count: u64, out: &mut Vec<Mfn>) -> Result<(), abi::errno::Errno> {
         let mut mem = self.memory.lock();
-        if mem.pages.len() as u64 + count > mem.max_pages {
+        let wanted = mem.pages.len() + count as usize;
+        // The list of its frames may have to grow (to twice the length) in the heap.
+        let list_growth = if wanted > mem.pages.capacity() { (wanted * 2 * core::mem::size_of::<Mfn>()) as u64 } else { 0 };
+        if wanted as u64 > mem.max_pages || !memory::frames_for_guests(count) || !memory::heap_has_room_for(list_growth) {
             return Err(abi::errno::Errno::Enomem);
         }
         let start = out.len();

@@ -139,7 +139,8 @@ fn create(args: &CreateDomain) -> HcResult {
         Err(e) => {
             warn!("control: domain from module {} not created: {e}", args.module);
             Err(match e {
-                build::BuildFailure::Memory(_) | build::BuildFailure::Create(domain::CreateError::OutOfMemory(_)) => Errno::Enomem,
+                build::BuildFailure::Memory(_)
+                | build::BuildFailure::Create(domain::CreateError::OutOfMemory(_) | domain::CreateError::HeapFull) => Errno::Enomem,
                 build::BuildFailure::Create(domain::CreateError::TooManyDomains) => Errno::Enospc,
                 _ => Errno::Einval,
             })

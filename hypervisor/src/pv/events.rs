@@ -27,6 +27,10 @@ use events::{Delivery, EventError, SendTarget, SharedPage};
 use hypervisor::hypercall::GuestVa;
 use mm::frame::DomainId;
 
+/// The most one new port can make a channel table allocate: the table doubling to its
+/// 1024-port limit (12 KiB) while the old one (6 KiB) is still held, rounded up.
+const CHANNEL_TABLE_GROWTH_BYTES: u64 = 32 << 10;
+
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{self, Domain, Vcpu};
@@ -110,7 +114,13 @@ pub fn timer_fired(vcpu: &Arc<Vcpu>) {
 pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
     let domain = &vcpu.domain;
     let err = |e: EventError| Errno::from(e);
-    match EvtchnOp::from_raw(cmd).ok_or(Errno::Enosys)? {
+    let op = EvtchnOp::from_raw(cmd).ok_or(Errno::Enosys)?;
+    // A new port may grow a channel table; the hypervisor's own heap room is not for guests.
+    let binds = matches!(op, EvtchnOp::AllocUnbound | EvtchnOp::BindInterdomain | EvtchnOp::BindVirq | EvtchnOp::BindIpi);
+    if binds && !crate::memory::heap_has_room_for(CHANNEL_TABLE_GROWTH_BYTES) {
+        return Err(Errno::Enomem);
+    }
+    match op {
         EvtchnOp::AllocUnbound => {
             let mut op: EvtchnAllocUnbound = read(arg)?;
             if op.dom != DomId::SELF && op.dom.0 != domain.id.0 {
