@@ -493,6 +493,12 @@ pub fn free_bytes() -> u64 {
 /// for are refused first, with `ENOMEM` (see [`heap_has_room_for`]).
 const HEAP_RESERVE_BYTES: u64 = 512 << 10;
 
+/// Heap bytes domains may use in all: the reservation less what the hypervisor keeps for
+/// itself and the room the last domain must find (for capacity planning).
+pub fn heap_for_domains_bytes() -> u64 {
+    HEAP.stats().map_or(0, |s| (s.reserved as u64).saturating_sub(HEAP_RESERVE_BYTES + crate::domain::DOMAIN_HEAP_BYTES))
+}
+
 /// Whether the heap can take `bytes` more for a guest's (or domain 0's) request and still
 /// keep [`HEAP_RESERVE_BYTES`] of its reservation for the hypervisor's own use.
 pub fn heap_has_room_for(bytes: u64) -> bool {

@@ -279,6 +279,7 @@ fn memory(m: &MemoryReport) -> Value {
         ("ballooned_pages", spread(m.ballooned_pages)),
         ("minimal_domain_kib", m.minimal_domain_kib.into()),
         ("largest_n", m.largest_n.into()),
+        ("largest_n_heap", m.largest_n_heap.into()),
         (
             "window",
             object([

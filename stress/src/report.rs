@@ -154,8 +154,10 @@ pub struct MemoryReport {
     pub ballooned_pages: Option<Spread>,
     /// The smallest ballooned domain in all: its guest KiB plus the hypervisor's KiB.
     pub minimal_domain_kib: Option<f64>,
-    /// `free_kib(before) / (guest KiB + hypervisor KiB per domain)`, floor.
+    /// The smaller of [`largest_n`] (free memory) and [`largest_n_heap`] (the heap).
     pub largest_n: Option<u64>,
+    /// How many domains the heap holds ([`largest_n_heap`]).
+    pub largest_n_heap: Option<u64>,
     pub window: WindowUsage,
 }
 
@@ -407,6 +409,11 @@ fn memory(run: &Run) -> MemoryReport {
     );
     let guest_pages =
         Spread::of(stress_domains(run).filter_map(|(_, d)| d.info.map(|i| i.tot_pages)));
+    let heap_n = largest_n_heap(
+        run.summary_number("memory.heap_for_domains_kib"),
+        heap(MemPhase::Before),
+        hypervisor,
+    );
     let ballooned_pages =
         Spread::of(stress_domains(run).filter_map(|(_, d)| d.balloon.map(|b| b.tot_pages)));
     MemoryReport {
@@ -424,11 +431,14 @@ fn memory(run: &Run) -> MemoryReport {
         guest_pages,
         ballooned_pages,
         minimal_domain_kib: minimal_domain_kib(ballooned_pages.map(|s| s.min), hypervisor),
-        largest_n: largest_n(
-            free(MemPhase::Before),
-            guest_pages.map(|s| s.mean),
-            hypervisor,
-        ),
+        largest_n: [
+            largest_n(free(MemPhase::Before), guest_pages.map(|s| s.mean), hypervisor),
+            heap_n,
+        ]
+        .into_iter()
+        .flatten()
+        .min(),
+        largest_n_heap: heap_n,
         window: window(run, hypervisor),
     }
 }
@@ -460,6 +470,18 @@ pub fn largest_n(
     let per_domain = mean_pages? * PAGE_BYTES as f64 + hypervisor_bytes? as f64;
     let free_bytes = free_kib? as f64 * 1024.0;
     (per_domain > 0.0).then(|| (free_bytes / per_domain).floor() as u64)
+}
+
+/// How many domains the hypervisor heap holds: what domains may use of it
+/// (`memory.heap_for_domains_kib`), less what was in use before, over each domain's heap
+/// bytes (the hypervisor bytes per domain less its shared-info page), floor.
+pub fn largest_n_heap(
+    for_domains_kib: Option<u64>,
+    heap_before: Option<u64>,
+    hypervisor_bytes: Option<u64>,
+) -> Option<u64> {
+    let per_domain = hypervisor_bytes?.checked_sub(PAGE_BYTES).filter(|&b| b > 0)?;
+    Some((for_domains_kib? * 1024).saturating_sub(heap_before?) / per_domain)
 }
 
 fn window(run: &Run, hypervisor_bytes: Option<u64>) -> WindowUsage {
@@ -828,6 +850,15 @@ mod tests {
         assert_eq!(largest_n(Some(1001), Some(1.0), Some(1024)), Some(200));
         assert_eq!(largest_n(Some(1000), Some(0.0), Some(0)), None);
         assert_eq!(largest_n(None, Some(1.0), Some(1)), None);
+    }
+
+    #[test]
+    fn largest_n_of_the_heap() {
+        // (8 KiB - 2048 bytes in use) / (5120 - 4096 bytes of heap per domain) = 6.
+        assert_eq!(largest_n_heap(Some(8), Some(2048), Some(5120)), Some(6));
+        assert_eq!(largest_n_heap(Some(1), Some(4096), Some(5120)), Some(0));
+        assert_eq!(largest_n_heap(Some(8), Some(0), Some(4096)), None, "no heap bytes per domain");
+        assert_eq!(largest_n_heap(None, Some(0), Some(5120)), None);
     }
 
     #[test]

@@ -171,7 +171,15 @@ fn memory(out: &mut String, m: &MemoryReport, created: usize) {
             format!("{}/{} KiB", region.used_kib, region.size_kib),
         );
     }
-    row(out, "largest N that fits", or_dash(m.largest_n));
+    row(
+        out,
+        "largest N that fits",
+        match (m.largest_n, m.largest_n_heap) {
+            (Some(n), Some(heap)) if n < heap => format!("{n} (bound by memory; the heap holds {heap})"),
+            (Some(n), Some(_)) => format!("{n} (bound by the hypervisor heap, `heap_mib`)"),
+            (n, _) => or_dash(n),
+        },
+    );
 }
 
 fn latency(out: &mut String, l: &LatencyReport) {

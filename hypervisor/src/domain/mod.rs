@@ -28,7 +28,7 @@ pub const MAX_DOMAINS: usize = 4096;
 
 /// Heap room a new domain must find: its own few KiB, its event channels grown to their
 /// limit (1023 ports of 12 bytes), and the run and timer queues doubling as it joins.
-const DOMAIN_HEAP_BYTES: u64 = 64 << 10;
+pub const DOMAIN_HEAP_BYTES: u64 = 64 << 10;
 
 /// Where a domain is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
