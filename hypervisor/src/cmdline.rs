@@ -23,6 +23,10 @@ pub struct Options {
     /// `heap_mib=N`: the heap's reservation in the window, 2-32 MiB (default 8; the boot
     /// self-checks alone take about 1 MiB).
     pub heap_mib: u32,
+    /// `timer_slop_us=N`: how late a timer of a domain that does not warp may fire, so that
+    /// timers due close together share one interrupt (default 50, as Xen's `timer_slop`;
+    /// 0: every timer on time).
+    pub timer_slop_us: u32,
     /// `dom0`: the first boot module is domain 0 (privileged, holds the control interface);
     /// the other modules are only started when domain 0 asks.
     pub dom0: bool,
@@ -47,6 +51,7 @@ impl Default for Options {
             ap_timeout_ms: 100,
             ipi_samples: 200,
             heap_mib: 8,
+            timer_slop_us: 50,
             test_silent_cpu: None,
             guests: 1,
             dom0: false,
@@ -96,6 +101,7 @@ impl Options {
                 ("ap_timeout_ms", v) => set(&mut o.ap_timeout_ms, number(v, 1..=60_000)),
                 ("ipi_samples", v) => set(&mut o.ipi_samples, number(v, 1..=1_000_000)),
                 ("heap_mib", v) => set(&mut o.heap_mib, number(v, 2..=32)),
+                ("timer_slop_us", v) => set(&mut o.timer_slop_us, number(v, 0..=1000)),
                 ("guests", v) => set(&mut o.guests, number(v, 1..=4096)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
                 ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0", _) => false,
@@ -147,6 +153,8 @@ mod tests {
         assert!(o.x2apic && !o.selftest);
         assert_eq!(o.heap_mib, 8);
         assert_eq!(Options::parse("heap_mib=1").heap_mib, 8, "too small for the self-checks");
+        assert_eq!(Options::parse("timer_slop_us=0").timer_slop_us, 0);
+        assert_eq!(Options::parse("timer_slop_us=1001").timer_slop_us, 50);
         assert_eq!(o.test_silent_cpu, None, "the boot CPU cannot be silenced");
         assert_eq!(o.invalid.len(), 6);
     }

@@ -77,7 +77,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
     cpus::init(&machine.apic_ids_to_start());
     domain::init();
-    sched::init(machine.cpus_to_start(), |cpu| machine.nearest_first(cpu));
+    sched::init(machine.cpus_to_start(), |cpu| machine.nearest_first(cpu), u64::from(options.timer_slop_us) * 1000);
     memory::back_percpu_areas(areas).unwrap_or_else(|e| fatal(format_args!("per-CPU areas: {e}")));
     move_boot_cpu(&areas[0]);
     arch::entry::init_this_cpu();

@@ -79,8 +79,17 @@ impl VcpuKey {
 /// its deadline is no longer the vCPU's).
 #[derive(Default)]
 pub struct VcpuTimers {
-    guest: Option<(u32, TimerHandle)>,
-    poll: Option<(u32, TimerHandle)>,
+    guest: Option<Armed>,
+    poll: Option<Armed>,
+}
+
+/// Where a vCPU timer waits: the CPU, the handle, and which of its two queues.
+#[derive(Clone, Copy)]
+struct Armed {
+    cpu: u32,
+    handle: TimerHandle,
+    /// In the queue fired up to [`TIMER_SLOP_NS`] late (see [`Local::lazy`]).
+    lazy: bool,
 }
 
 /// What a CPU shows other CPUs.
@@ -127,7 +136,11 @@ struct Local {
     members: Vec<Arc<Vcpu>>,
     /// Arrivals whose domain parameters are to be re-read once they are in the queue.
     unsettled: Vec<VcpuKey>,
+    /// Latency-sensitive timers: the local timer is armed for the first of them.
     timers: TimerQueue<Timer>,
+    /// The other timers: the local timer is armed [`TIMER_SLOP_NS`] after the first of them,
+    /// so that timers falling due close together take one interrupt (as Xen's `timer_slop`).
+    lazy: TimerQueue<Timer>,
     /// This CPU's timer delivery latency, for latency-sensitive timers.
     advance: TimerAdvance,
     /// When the running vCPU's slice ends (`None`: no other vCPU waits).
@@ -149,6 +162,11 @@ struct Local {
 /// longest the hypervisor waits out an early interrupt).
 const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
 
+/// How late a timer that is not latency-sensitive may fire, so that it shares an interrupt
+/// with others due about then (Xen programs its timer hardware 50 us late the same way);
+/// the `timer_slop_us` option.
+static TIMER_SLOP_NS: AtomicU64 = AtomicU64::new(50_000);
+
 /// How often an idle CPU looks again for work to steal while some CPU has a vCPU waiting.
 const BALANCE_INTERVAL_NS: u64 = 1_000_000;
 
@@ -156,7 +174,9 @@ static SHARED: Once<Vec<Shared>> = Once::new();
 static LOCAL: Once<PerCpuOwned<Local>> = Once::new();
 
 /// Creates the run queues, one per CPU; `nearest(i)` lists CPU `i`'s others nearest first.
-pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>) {
+/// Timers of domains that do not warp may fire up to `timer_slop_ns` late.
+pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64) {
+    TIMER_SLOP_NS.store(timer_slop_ns, Ordering::Relaxed);
     let queues: Vec<RunQueue<VcpuKey>> = (0..cpus).map(|i| RunQueue::new(CpuId(i as u32), Config::default())).collect();
     SHARED.call_once(|| {
         queues
@@ -172,6 +192,7 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>) {
             members: Vec::new(),
             unsettled: Vec::new(),
             timers: TimerQueue::new(),
+            lazy: TimerQueue::new(),
             advance: TimerAdvance::new(MAX_TIMER_ADVANCE_NS),
             slice_end_ns: None,
             balance_at_ns: None,
@@ -327,17 +348,16 @@ fn arm(vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
             TimerKind::Guest => &mut timers.guest,
             TimerKind::PollTimeout => &mut timers.poll,
         };
-        if let Some((cpu, handle)) = slot.take() {
-            if cpu == me {
-                local.timers.cancel(handle);
-            }
+        if let Some(armed) = slot.take() {
+            local.cancel_timer(armed);
         }
         if deadline_ns != 0 {
             let advance = if latency_sensitive { local.advance.advance_ns() } else { 0 };
             let fire_at_ns = deadline_ns.saturating_sub(advance);
             let timer = Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu: vcpu.clone() };
-            let handle = local.timers.insert(fire_at_ns, timer);
-            *slot = Some((me, handle));
+            let queue = if latency_sensitive { &mut local.timers } else { &mut local.lazy };
+            let handle = queue.insert(fire_at_ns, timer);
+            *slot = Some(Armed { cpu: me, handle, lazy: !latency_sensitive });
         }
     });
 }
@@ -354,7 +374,9 @@ pub fn timer_interrupt() {
     let mut now = arrived;
     loop {
         let due: ArrayVec<Timer, BATCH> = with_local(|local| {
-            let due: ArrayVec<Timer, BATCH> = local.timers.expire(now).take(BATCH).collect();
+            let mut due: ArrayVec<Timer, BATCH> = local.timers.expire(now).take(BATCH).collect();
+            let room = BATCH - due.len();
+            due.extend(local.lazy.expire(now).take(room));
             // Only the timers this interrupt came for measure its delivery latency.
             for timer in due.iter().filter(|t| t.latency_sensitive && now == arrived) {
                 local.advance.observe(arrived.saturating_sub(timer.fire_at_ns));
@@ -569,10 +591,17 @@ impl Local {
     fn end_poll(&mut self, vcpu: &Vcpu) {
         vcpu.end_poll();
         vcpu.poll_deadline.store(0, Ordering::Release);
-        if let Some((cpu, handle)) = vcpu.timers.lock().poll.take() {
-            if cpu == self.queue.cpu().0 {
-                self.timers.cancel(handle);
-            }
+        if let Some(armed) = vcpu.timers.lock().poll.take() {
+            self.cancel_timer(armed);
+        }
+    }
+
+    /// Cancels a timer if it waits in one of this CPU's queues (one left on another CPU by
+    /// a migration fires there and is ignored).
+    fn cancel_timer(&mut self, armed: Armed) {
+        if armed.cpu == self.queue.cpu().0 {
+            let queue = if armed.lazy { &mut self.lazy } else { &mut self.timers };
+            queue.cancel(armed.handle);
         }
     }
 
@@ -663,11 +692,9 @@ impl Local {
         let mut timers = vcpu.timers.lock();
         let armed = &mut *timers;
         for slot in [&mut armed.guest, &mut armed.poll] {
-            if let Some((cpu, handle)) = *slot {
-                if cpu == me {
-                    *slot = None;
-                    self.timers.cancel(handle);
-                }
+            if let Some(timer) = slot.filter(|t| t.cpu == me) {
+                *slot = None;
+                self.cancel_timer(timer);
             }
         }
     }
@@ -707,7 +734,8 @@ impl Local {
     /// Arms the local timer for the earliest of the next vCPU timer, the slice's end and the
     /// next look for work.
     fn program_timer(&mut self, now: u64) {
-        let next = [self.timers.next_deadline(), self.slice_end_ns, self.balance_at_ns].into_iter().flatten().min();
+        let lazy = self.lazy.next_deadline().map(|d| d.saturating_add(TIMER_SLOP_NS.load(Ordering::Relaxed)));
+        let next = [self.timers.next_deadline(), lazy, self.slice_end_ns, self.balance_at_ns].into_iter().flatten().min();
         if let Some(next) = next.filter(|&next| self.armed_ns != Some(next)) {
             lapic::arm_timer_ns(next.saturating_sub(now).max(1_000));
             self.armed_ns = Some(next);
