@@ -29,6 +29,8 @@ N          ?= 100
 SECONDS    ?= 10
 STRESS_SMP ?= $(if $(filter command line environment,$(origin SMP)),$(SMP),2)
 STRESS_ARGS ?=
+# Hypervisor command-line options for the stress run (`timer_slop_us=0`, `heap_mib=16`).
+STRESS_HV_ARGS ?=
 STRESS_TARGETS ?= enforce
 STRESS_MEM ?= $(shell echo $$(( $(N) * 2 + 256 )))M
 STRESS_ISO := $(BUILD)/stress.iso
@@ -68,6 +70,7 @@ help:
 	@echo "make boottime        QEMU start to 'all cores idle', median of 5, -smp 4 and 16 (RUNS= BOOT_SMP=)"
 	@echo "make stress N=100    domain 0 spawns N domains on SMP=2 CPUs for SECONDS=10; report in $(STRESS_OUT)/"
 	@echo "                     (STRESS_MEM=, STRESS_ARGS='hogs= latency= pairs= periodic= mem_kib= ...',"
+	@echo "                      STRESS_HV_ARGS='timer_slop_us= heap_mib=' for the hypervisor,"
 	@echo "                      STRESS_TARGETS=report, STRESS_VCPU=idle|default)"
 	@echo "make test            host unit tests, clippy, the QEMU test matrix and a short stress run"
 	@echo "make test-stress     make stress N=20 SMP=2 SECONDS=3, targets reported but not enforced"
@@ -159,7 +162,7 @@ stress: build guests $(DEPS_STAMP)
 	@rm -rf $(BUILD)/stress-iso && mkdir -p $(BUILD)/stress-iso/boot/grub
 	cp $(KERNEL) $(BUILD)/stress-iso/boot/hypervisor
 	cp target/$(TARGET)/release/guest-dom0 target/$(TARGET)/release/guest-stress $(BUILD)/stress-iso/boot/
-	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "stress" {\n  multiboot2 /boot/hypervisor dom0\n  module2 /boot/guest-dom0 n=$(N) seconds=$(SECONDS) $(STRESS_ARGS)\n  module2 /boot/guest-stress\n  boot\n}\n' > $(BUILD)/stress-iso/boot/grub/grub.cfg
+	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "stress" {\n  multiboot2 /boot/hypervisor dom0 $(STRESS_HV_ARGS)\n  module2 /boot/guest-dom0 n=$(N) seconds=$(SECONDS) $(STRESS_ARGS)\n  module2 /boot/guest-stress\n  boot\n}\n' > $(BUILD)/stress-iso/boot/grub/grub.cfg
 	grub-mkrescue -o $(STRESS_ISO) $(BUILD)/stress-iso 2>/dev/null
 	target/release/stress run --log $(BUILD)/stress.log --out $(STRESS_OUT) $(if $(filter report,$(STRESS_TARGETS)),--no-targets) --timeout $$(( $(SECONDS) * 10 + 120 )) \
 	    --vcpu-threads $(STRESS_VCPU) \
