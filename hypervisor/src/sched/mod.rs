@@ -731,8 +731,8 @@ impl Local {
         mine.balancing.store(busy, Ordering::Relaxed);
     }
 
-    /// Arms the local timer for the earliest of the next vCPU timer, the slice's end and the
-    /// next look for work.
+    /// Arms the local timer for the earliest of the next latency-sensitive timer, the next
+    /// other timer plus the slop, the slice's end and the next look for work.
     fn program_timer(&mut self, now: u64) {
         let lazy = self.lazy.next_deadline().map(|d| d.saturating_add(TIMER_SLOP_NS.load(Ordering::Relaxed)));
         let next = [self.timers.next_deadline(), lazy, self.slice_end_ns, self.balance_at_ns].into_iter().flatten().min();
