@@ -191,7 +191,9 @@ impl Domain {
             return Err(CreateError::HeapFull);
         }
         if !memory::frames_for_guests(1) {
-            return Err(CreateError::OutOfMemory(mm::frame::FrameError::OutOfMemory { requested: 1, free: 0 }));
+            // The free frames left are the heap's, to grow to its reservation.
+            let free = memory::free_bytes() / mm::addr::PAGE_SIZE;
+            return Err(CreateError::OutOfMemory(mm::frame::FrameError::OutOfMemory { requested: 1, free }));
         }
         let mut table = DOMAINS.lock();
         let id = if privileged { DomainId(0) } else { table.free_id().ok_or(CreateError::TooManyDomains)? };

@@ -27,10 +27,6 @@ use events::{Delivery, EventError, SendTarget, SharedPage};
 use hypervisor::hypercall::GuestVa;
 use mm::frame::DomainId;
 
-/// The most one new port can make a channel table allocate: the table doubling to its
-/// 1024-port limit (12 KiB) while the old one (6 KiB) is still held, rounded up.
-const CHANNEL_TABLE_GROWTH_BYTES: u64 = 32 << 10;
-
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{self, Domain, Vcpu};
@@ -38,6 +34,10 @@ use crate::memory::FrameMapping;
 use crate::pv::hypercall::HcResult;
 use crate::pv::{shared, traps};
 use crate::sched;
+
+/// The most one new port can make a channel table allocate: the table doubling to its
+/// 1024-port limit (12 KiB) while the old one (6 KiB) is still held, rounded up.
+const CHANNEL_TABLE_GROWTH_BYTES: u64 = 32 << 10;
 
 /// The domain's shared-info page as the `events` crate sees it: its event words as atomics,
 /// through a temporary mapping on this CPU.
