@@ -163,17 +163,7 @@ fn pick(
 /// allocator), and no slice returned by [`crate::start_info::mfn_list`] may be in use
 /// during the call: the P2M list changes.
 pub unsafe fn balloon_down(count: u64) -> Result<(), BalloonError> {
-    let start = start_info();
-    let frames = FrameLayout::of(start).ok_or(BalloonError::BadPtBase {
-        pt_base: start.pt_base,
-    })?;
-    let available = count_entries(frames, |mfn| mfn != INVALID_MFN);
-    if available < count {
-        return Err(BalloonError::NotEnough {
-            wanted: count,
-            available,
-        });
-    }
+    let frames = layout_with(count, |mfn| mfn != INVALID_MFN)?;
     let mut left = count;
     while left > 0 {
         let mut pfns = [Pfn(0); BATCH];
@@ -201,23 +191,30 @@ pub unsafe fn balloon_down(count: u64) -> Result<(), BalloonError> {
     Ok(())
 }
 
-/// Takes `count` new frames from the hypervisor into free P2M slots, mapping those in the
-/// initial mapping.
-///
-/// # Safety
-/// As [`balloon_down`].
-pub unsafe fn balloon_up(count: u64) -> Result<(), BalloonError> {
+/// This guest's frame layout, once at least `count` P2M entries pass `wanted` (frames to
+/// give back, or free slots to fill).
+fn layout_with(count: u64, wanted: impl Fn(Mfn) -> bool) -> Result<FrameLayout, BalloonError> {
     let start = start_info();
     let frames = FrameLayout::of(start).ok_or(BalloonError::BadPtBase {
         pt_base: start.pt_base,
     })?;
-    let available = count_entries(frames, |mfn| mfn == INVALID_MFN);
+    let available = count_entries(frames, wanted);
     if available < count {
         return Err(BalloonError::NotEnough {
             wanted: count,
             available,
         });
     }
+    Ok(frames)
+}
+
+/// Takes `count` new frames from the hypervisor into free P2M slots, mapping those in the
+/// initial mapping.
+///
+/// # Safety
+/// As [`balloon_down`].
+pub unsafe fn balloon_up(count: u64) -> Result<(), BalloonError> {
+    let frames = layout_with(count, |mfn| mfn == INVALID_MFN)?;
     let mut left = count;
     while left > 0 {
         let want = (left as usize).min(BATCH);

@@ -1,4 +1,5 @@
-//! Links the guest with guest-rt's linker script (published by guest-rt's build script as
+//! The build script of every guest binary (each guest's `Cargo.toml` names it): links the
+//! guest with guest-rt's linker script (published by guest-rt's build script as
 //! `DEP_GUEST_RT_LD`), for the guest target only.
 fn main() {
     if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-none") {
@@ -9,5 +10,5 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=--no-dynamic-linker");
         println!("cargo:rerun-if-changed={script}");
     }
-    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../link.rs");
 }
