@@ -9,7 +9,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use apic::{ApicId, ApicMode, ApicVectors, CpuFeatures, IoPorts, LocalApic, Pit, TimerChoice, TimerSource, TscScale};
+use apic::{ApicId, ApicMode, ApicVectors, CpuFeatures, IoPorts, LocalApic, Pit, TimerChoice, TimerSource};
 use log::info;
 use spin::Once;
 
@@ -100,7 +100,7 @@ pub fn arm_timer_ns(ns: u64) {
     let choice = CHOICE.get().expect("timer chosen at boot");
     match choice.timer {
         TimerSource::TscDeadline => {
-            let scale = TscScale::from_hz(time::tsc_hz()).expect("calibrated TSC");
+            let scale = time::tsc_scale().expect("calibrated TSC");
             let deadline = time::rdtsc().saturating_add(scale.ns_to_ticks(ns));
             with(|l| l.tsc_deadline(deadline)).expect("TSC-deadline offered");
         }

@@ -27,7 +27,7 @@ pub fn with_vcpu_info<R>(vcpu: &Vcpu, f: impl FnOnce(&mut VcpuInfo) -> R) -> R {
 /// Publishes the vCPU's time record: TSC and system time now, and the TSC-to-ns scale, with
 /// Xen's version protocol (odd while the record changes) so the guest reads it lock-free.
 pub fn publish_time(vcpu: &Vcpu) {
-    let Ok(scale) = apic::TscScale::from_hz(crate::time::tsc_hz()) else { return };
+    let Some(scale) = crate::time::tsc_scale() else { return };
     with_vcpu_info(vcpu, |info| {
         let time = &mut info.time;
         time.version = time.version.wrapping_add(1) | 1;
