@@ -324,6 +324,12 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.inbox.publish_load(runnable);
     }
 
+    /// Leaves the next `ns` of the running vCPU's time uncharged: time the hypervisor spent
+    /// on its own account while the vCPU was loaded (a wait for a held timer's deadline).
+    pub fn forgive_running(&mut self, ns: u64) {
+        self.charged_until_ns = self.charged_until_ns.saturating_add(ns);
+    }
+
     /// Charges the running vCPU for the time since it was last charged, then brings SVT up
     /// to date. A clock that goes backwards charges nothing.
     fn charge_running(&mut self, now_ns: u64) {
@@ -497,6 +503,18 @@ mod tests {
         assert!(!rq.should_preempt(1, 0));
         rq.block(2, 0).unwrap();
         assert!(!rq.should_preempt(2, 0));
+    }
+
+    #[test]
+    fn forgiven_time_is_not_charged() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(1));
+        rq.forgive_running(3 * MS);
+        rq.tick(10 * MS);
+        assert_eq!(rq.vcpu(1).unwrap().actual_vns, 7 * MS, "3 ms of the 10 forgiven");
+        rq.tick(12 * MS);
+        assert_eq!(rq.vcpu(1).unwrap().actual_vns, 9 * MS, "forgiven once only");
     }
 
     #[test]

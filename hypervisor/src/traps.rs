@@ -58,6 +58,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     crate::sched::on_trap_exit(frame);
     if frame.is_from_guest() {
         if let Some(vcpu) = crate::sched::current() {
+            crate::sched::release_held_timer(vcpu);
             crate::pv::events::deliver_upcall(vcpu, frame);
         }
     }

@@ -232,7 +232,8 @@ fn hypervisor_view(out: &mut String, summary: &std::collections::BTreeMap<String
             let _ = writeln!(
                 out,
                 "  hypervisor per CPU (count/avg/p50</p99</max, µs): timer interrupt after the deadline; wake-up to run;\n  \
-                 warped timer's deadline to its vCPU's run; each stay in the hypervisor (interrupts off), and what caused the longest"
+                 warped timer's deadline to its vCPU's run (0 when switched in ahead of it); each stay in the hypervisor\n  \
+                 (interrupts off), and what caused the longest; time spent waiting out the deadlines of warped vCPUs switched in early"
             );
         }
         let get = |key: &str| {
@@ -242,14 +243,15 @@ fn hypervisor_view(out: &mut String, summary: &std::collections::BTreeMap<String
         };
         let _ = writeln!(
             out,
-            "    cpu{cpu:<3} switches {:>8}  warped timers {}  other timers {}  wake-to-run {}  warped-to-run {}  stays {} ({})",
+            "    cpu{cpu:<3} switches {:>8}  warped timers {}  other timers {}  wake-to-run {}  warped-to-run {}  stays {} ({})  held {} ms",
             get("switches"),
             get("timer_late_warped_us"),
             get("timer_late_us"),
             get("wake_to_run_us"),
             get("warped_to_run_us"),
             get("in_hypervisor_us"),
-            get("longest_stay")
+            get("longest_stay"),
+            summary.get(&format!("sched.cpu{cpu}.held_wait_us")).and_then(|us| us.parse::<u64>().ok()).map_or("-".to_string(), |us| (us / 1000).to_string())
         );
     }
 }

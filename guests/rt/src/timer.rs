@@ -27,6 +27,8 @@ use crate::time::Clock;
 static FIRED: AtomicU64 = AtomicU64::new(0);
 /// System time (ns) at the upcall of the last expiry.
 static LAST_FIRED_NS: AtomicU64 = AtomicU64::new(0);
+/// Expiries that ended a wait before this guest's clock reached its deadline.
+static EARLY: AtomicU64 = AtomicU64::new(0);
 
 /// Arms the one-shot timer for system time `deadline_ns`, replacing any armed deadline.
 /// A deadline already past fires at once. 0 would cancel: use [`cancel`].
@@ -76,6 +78,13 @@ impl Timer {
         FIRED.load(Ordering::Acquire)
     }
 
+    /// Expiries so far that came while this guest's clock was still short of the deadline
+    /// being waited for (each was waited out again). A guest whose only timer is this one,
+    /// and that waits out each deadline it arms, sees none from a correct hypervisor.
+    pub fn early_expiries(self) -> u64 {
+        EARLY.load(Ordering::Acquire)
+    }
+
     /// System time (ns) at the upcall of the last expiry (0 before the first).
     pub fn last_fired_ns(self) -> u64 {
         LAST_FIRED_NS.load(Ordering::Acquire)
@@ -107,6 +116,9 @@ impl Timer {
             }
             if self.clock.now_ns() >= deadline_ns {
                 return Ok(false);
+            }
+            if self.fired() != before {
+                EARLY.fetch_add(1, Ordering::AcqRel);
             }
         }
     }

@@ -124,6 +124,10 @@ pub struct Vcpu {
     /// The deadline of its latency-sensitive timer that last fired while it was blocked,
     /// until it runs (system time ns; for the timer-to-run latency of warping domains).
     pub warped_deadline_ns: AtomicU64,
+    /// A latency-sensitive timer that fired early while the vCPU was blocked: woken ahead
+    /// of its deadline so that its switch-in happens before it, the vCPU gets VIRQ_TIMER at
+    /// its next return to the guest, once the deadline has come (see `sched::release_held_timer`).
+    pub held_timer: crate::sched::HeldTimer,
     /// Kept off its CPU because its domain is paused (see `sched::unpause`).
     pub parked: AtomicBool,
 }
@@ -161,6 +165,7 @@ impl Vcpu {
             poll: AtomicU32::new(NOT_POLLING),
             woken_at_ns: AtomicU64::new(0),
             warped_deadline_ns: AtomicU64::new(0),
+            held_timer: Default::default(),
             parked: AtomicBool::new(false),
         })
     }

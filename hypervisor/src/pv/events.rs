@@ -7,7 +7,6 @@
 //! frame with events masked. It is checked on every return to guest mode, so an event raised
 //! while the vCPU ran (or was woken) is taken at its next exit.
 
-use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use abi::errno::Errno;
@@ -103,7 +102,7 @@ fn deliver(domain: &Domain, delivery: Delivery) {
 }
 
 /// A vCPU's single-shot timer expired: raise VIRQ_TIMER on it (if it bound one).
-pub fn timer_fired(vcpu: &Arc<Vcpu>) {
+pub fn timer_fired(vcpu: &Vcpu) {
     let target = vcpu.domain.channels.lock().virq_target(Virq::Timer, VcpuId(vcpu.id));
     if let Some(delivery) = target {
         deliver(&vcpu.domain, delivery);

@@ -141,7 +141,8 @@ struct Local {
     /// The other timers: the local timer is armed [`TIMER_SLOP_NS`] after the first of them,
     /// so that timers falling due close together take one interrupt (as Xen's `timer_slop`).
     lazy: TimerQueue<Timer>,
-    /// This CPU's timer delivery latency, for latency-sensitive timers.
+    /// How far ahead to program latency-sensitive timers: the learnt latency from the
+    /// programmed interrupt to the return to the guest (held timers) or to the interrupt.
     advance: TimerAdvance,
     /// When the running vCPU's slice ends (`None`: no other vCPU waits).
     slice_end_ns: Option<u64>,
@@ -377,28 +378,34 @@ pub fn timer_interrupt() {
             let mut due: ArrayVec<Timer, BATCH> = local.timers.expire(now).take(BATCH).collect();
             let room = BATCH - due.len();
             due.extend(local.lazy.expire(now).take(room));
-            // Only the timers this interrupt came for measure its delivery latency.
-            for timer in due.iter().filter(|t| t.latency_sensitive && now == arrived) {
-                local.advance.observe(arrived.saturating_sub(timer.fire_at_ns));
-            }
             due
         });
         if due.is_empty() {
             break;
         }
+        // Only the timers this interrupt came for measure its delivery latency.
+        let came_for = (now == arrived).then_some(arrived);
         for timer in due {
-            fire(timer);
+            fire(timer, came_for);
         }
         now = time::since_boot_ns().max(now + 1);
     }
 }
 
-/// Fires one due timer, unless its vCPU has re-armed or cancelled it since. A timer
-/// programmed early whose interrupt came before the deadline waits it out (at most
-/// [`MAX_TIMER_ADVANCE_NS`]), so that the guest never sees its timer fire early.
-fn fire(timer: Timer) {
+/// Fires one due timer, unless its vCPU has re-armed or cancelled it since. A latency-
+/// sensitive timer programmed early whose interrupt came before the deadline is held if its
+/// vCPU is blocked (see [`HeldTimer`]); otherwise the hypervisor waits the deadline out (at
+/// most [`MAX_TIMER_ADVANCE_NS`]), so that the guest never sees its timer fire early.
+/// `arrived`: when the interrupt that fires it came, if it came for this timer.
+fn fire(timer: Timer, arrived: Option<u64>) {
     let vcpu = &timer.vcpu;
     let mut now = time::since_boot_ns();
+    if timer.latency_sensitive && now < timer.deadline_ns && hold(&timer) {
+        return;
+    }
+    if let Some(arrived) = arrived.filter(|_| timer.latency_sensitive) {
+        with_local(|local| local.advance.observe(arrived.saturating_sub(timer.fire_at_ns)));
+    }
     while now < timer.deadline_ns && timer.deadline_ns - now <= MAX_TIMER_ADVANCE_NS {
         core::hint::spin_loop();
         now = time::since_boot_ns();
@@ -418,6 +425,75 @@ fn fire(timer: Timer) {
             wake(vcpu);
         }
         _ => {}
+    }
+}
+
+/// A latency-sensitive timer of a blocked vCPU, fired ahead of its deadline: the vCPU is
+/// woken at once, so that the decision, the address-space switch and the return path
+/// (which under emulation dominate a wake-up, run cold after the switch) happen before the
+/// deadline, and VIRQ_TIMER is raised on its return to the guest once the deadline has
+/// come, as KVM's `lapic_timer_advance` hides VM entry. Deadline 0: none held.
+#[derive(Default)]
+pub struct HeldTimer {
+    deadline_ns: AtomicU64,
+    fire_at_ns: AtomicU64,
+}
+
+/// Holds `timer` (due early) on its vCPU and wakes it, if the vCPU is blocked and not
+/// polling (a poll ends on its ports, which the timer's port may not be among); false if
+/// it was not held (the caller fires it as usual).
+fn hold(timer: &Timer) -> bool {
+    let vcpu = &timer.vcpu;
+    let blocked = timer.kind == TimerKind::Guest && vcpu.state() == RunState::Blocked && vcpu.poll_target().is_none();
+    if !blocked || vcpu.timer_deadline.load(Ordering::Acquire) != timer.deadline_ns {
+        return false;
+    }
+    let held = &vcpu.held_timer;
+    held.fire_at_ns.store(timer.fire_at_ns, Ordering::Relaxed);
+    held.deadline_ns.store(timer.deadline_ns, Ordering::Release);
+    if wake(vcpu) {
+        vcpu.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
+        return true;
+    }
+    // Something else woke it meanwhile, and it may block again before it returns to the
+    // guest: the timer is taken back and fired as usual, unless a return to the guest
+    // has released it already.
+    held.deadline_ns.compare_exchange(timer.deadline_ns, 0, Ordering::AcqRel, Ordering::Acquire).is_err()
+}
+
+/// On every return to a guest: raises the held timer of `vcpu` (the vCPU about to run on
+/// this CPU) once its deadline has come. The time from the programmed interrupt to here is
+/// the latency the CPU learns to program ahead of; the wait is the hypervisor's, not the
+/// guest's: neither its domain's CPU time nor its BVT virtual time (else a domain woken
+/// every 1 ms would pay for the hiding of its wake-up path with its warp, and lose it).
+pub fn release_held_timer(vcpu: &Vcpu) {
+    let held = &vcpu.held_timer;
+    if held.deadline_ns.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let deadline = held.deadline_ns.swap(0, Ordering::Acquire);
+    if deadline == 0 {
+        return;
+    }
+    let ready_tsc = time::rdtsc();
+    let ready = time::since_boot_ns();
+    let mut now = ready;
+    while now < deadline && deadline - now <= MAX_TIMER_ADVANCE_NS {
+        core::hint::spin_loop();
+        now = time::since_boot_ns();
+    }
+    let waited_ticks = time::rdtsc().wrapping_sub(ready_tsc);
+    let fire_at = held.fire_at_ns.load(Ordering::Relaxed);
+    with_local(|local| {
+        local.advance.observe(ready.saturating_sub(fire_at));
+        local.queue.forgive_running(now - ready);
+        local.since_tsc = local.since_tsc.wrapping_add(waited_ticks);
+    });
+    let stats = &mine().stats;
+    stats.timer_late_warped.record(now.saturating_sub(deadline));
+    stats.held_wait_ns.fetch_add(now - ready, Ordering::Relaxed);
+    if vcpu.timer_deadline.compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        crate::pv::events::timer_fired(vcpu);
     }
 }
 
