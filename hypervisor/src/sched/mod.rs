@@ -399,17 +399,14 @@ pub fn timer_interrupt() {
 /// `arrived`: when the interrupt that fires it came, if it came for this timer.
 fn fire(timer: Timer, arrived: Option<u64>) {
     let vcpu = &timer.vcpu;
-    let mut now = time::since_boot_ns();
+    let now = time::since_boot_ns();
     if timer.latency_sensitive && now < timer.deadline_ns && hold(&timer) {
         return;
     }
     if let Some(arrived) = arrived.filter(|_| timer.latency_sensitive) {
         with_local(|local| local.advance.observe(arrived.saturating_sub(timer.fire_at_ns)));
     }
-    while now < timer.deadline_ns && timer.deadline_ns - now <= MAX_TIMER_ADVANCE_NS {
-        core::hint::spin_loop();
-        now = time::since_boot_ns();
-    }
+    let now = wait_out(timer.deadline_ns, now);
     let stats = &mine().stats;
     let late = now.saturating_sub(timer.deadline_ns);
     if timer.latency_sensitive { stats.timer_late_warped.record(late) } else { stats.timer_late.record(late) }
@@ -426,6 +423,17 @@ fn fire(timer: Timer, arrived: Option<u64>) {
         }
         _ => {}
     }
+}
+
+/// Spins from system time `now` until `deadline_ns`, if it is at most
+/// [`MAX_TIMER_ADVANCE_NS`] away (an early interrupt is never waited out for longer);
+/// returns the system time at the end.
+fn wait_out(deadline_ns: u64, mut now: u64) -> u64 {
+    while now < deadline_ns && deadline_ns - now <= MAX_TIMER_ADVANCE_NS {
+        core::hint::spin_loop();
+        now = time::since_boot_ns();
+    }
+    now
 }
 
 /// A latency-sensitive timer of a blocked vCPU, fired ahead of its deadline: the vCPU is
@@ -477,11 +485,7 @@ pub fn release_held_timer(vcpu: &Vcpu) {
     }
     let ready_tsc = time::rdtsc();
     let ready = time::since_boot_ns();
-    let mut now = ready;
-    while now < deadline && deadline - now <= MAX_TIMER_ADVANCE_NS {
-        core::hint::spin_loop();
-        now = time::since_boot_ns();
-    }
+    let now = wait_out(deadline, ready);
     let waited_ticks = time::rdtsc().wrapping_sub(ready_tsc);
     let fire_at = held.fire_at_ns.load(Ordering::Relaxed);
     with_local(|local| {
