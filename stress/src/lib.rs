@@ -5,8 +5,8 @@
 //!
 //! The pipeline is [`parse`] (lines to records) → [`collect`] (records to a run) →
 //! [`report`] (figures and problems) → [`targets`] (pass/fail), joined by [`analyse`];
-//! [`table`], [`json`] and [`svg`] present the [`Analysis`]; [`qemu`], [`vcpu`] and
-//! [`cli`] serve the binary. Nothing here panics on a bad log: what cannot be read becomes a warning,
+//! [`table`], [`json`] and [`svg`] present the [`Analysis`]; [`qemu`], [`vcpu`], [`noise`]
+//! and [`cli`] serve the binary. Nothing here panics on a bad log: what cannot be read becomes a warning,
 //! what is missing becomes a problem or a missing figure.
 
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@ pub mod cli;
 pub mod collect;
 pub mod hist;
 pub mod json;
+pub mod noise;
 pub mod parse;
 pub mod qemu;
 pub mod report;

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use stress::cli::{self, Command};
+use stress::noise;
 use stress::qemu::{self, QemuOutcome, QemuRun};
 use stress::{analyse, table, write_outputs};
 
@@ -61,6 +62,11 @@ fn execute(command: Command) -> io::Result<bool> {
                 log.display(),
                 timeout.as_secs()
             );
+            // Before QEMU starts, so that the probe competes with nothing of the run's.
+            let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            let stalls = noise::probe(host_cpus, noise::PROBE_LENGTH);
+            let steal_before = noise::steal_now();
+            let started = std::time::Instant::now();
             let finished = qemu::run(
                 &QemuRun {
                     argv: qemu,
@@ -71,9 +77,12 @@ fn execute(command: Command) -> io::Result<bool> {
                 &mut io::stdout(),
             )?;
             eprintln!("stress: QEMU {}", finished.outcome);
+            let steal = steal_during(&finished, &steal_before, started.elapsed());
             let parts: Vec<String> = [
-                finished.placement.map(|p| p.to_string()),
+                finished.placement.as_ref().map(|p| p.to_string()),
                 finished.host_times.map(|t| t.to_string()),
+                steal.map(|share| format!("host steal during the run {share:.2}% (its CPUs' time taken by the hypervisor beneath)")),
+                Some(stalls.to_string()),
             ]
             .into_iter()
             .flatten()
@@ -85,6 +94,14 @@ fn execute(command: Command) -> io::Result<bool> {
             report(&log, Some(finished.outcome), host, &out, enforce_targets)
         }
     }
+}
+
+/// The host's steal time over the run, in percent, on the host CPUs the vCPU threads were
+/// pinned to (all of them when they were not).
+fn steal_during(finished: &qemu::Finished, before: &[(u32, u64)], elapsed: std::time::Duration) -> Option<f64> {
+    let pinned: Vec<u32> = finished.placement.iter().flat_map(|p| p.pinned.iter().map(|&(_, cpu)| cpu)).collect();
+    let cpus = if pinned.is_empty() { before.iter().map(|&(cpu, _)| cpu).collect() } else { pinned };
+    noise::steal_percent(before, &noise::steal_now(), &cpus, elapsed)
 }
 
 /// Reads the log, prints the table, writes the files. `host` says how QEMU's vCPU threads
