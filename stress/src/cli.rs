@@ -31,6 +31,8 @@ pub const USAGE: &str = "usage:
 vCPU k to the k-th host CPU this tool may use, so that QEMU's main loop (which delivers
 timer interrupts under TCG) is never kept waiting by them; QEMU must have
 `-name <name>,debug-threads=on`. The default leaves them alone.
+Before QEMU starts, run spins a thread per host CPU for 1 s and counts the clock gaps (host
+stalls); it also reads the host's steal time over the run. Both go in the report's host line.
 The report goes to stdout, DIR/report.json and DIR/latency.svg (DIR defaults to stress/out).
 Exit status: 0 pass, 1 a domain failed, memory leaked or a target was missed
 (--no-targets: targets are shown but do not fail), 2 usage or I/O error.";

@@ -105,7 +105,8 @@ fn steal_during(finished: &qemu::Finished, before: &[(u32, u64)], elapsed: std::
 }
 
 /// Reads the log, prints the table, writes the files. `host` says how QEMU's vCPU threads
-/// were scheduled on the host (when this tool changed it) and what the host gave them.
+/// were scheduled on the host (when this tool changed it), what the host gave them, and how
+/// noisy the host was ([`noise`]).
 fn report(
     log: &Path,
     qemu: Option<QemuOutcome>,

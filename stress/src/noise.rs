@@ -134,10 +134,12 @@ pub fn steal_now() -> Vec<(u32, u64)> {
 /// Linux gives `USER_HZ` on every architecture it runs on.
 pub fn steal_percent(before: &[(u32, u64)], after: &[(u32, u64)], cpus: &[u32], elapsed: Duration) -> Option<f64> {
     const TICK_NS: u64 = 10_000_000;
+    if cpus.is_empty() || elapsed.is_zero() {
+        return None;
+    }
     let ticks = |stat: &[(u32, u64)], cpu: u32| stat.iter().find(|(c, _)| *c == cpu).map(|&(_, t)| t);
-    let stolen: Option<u64> = cpus.iter().map(|&cpu| Some(ticks(after, cpu)?.saturating_sub(ticks(before, cpu)?))).sum();
-    let spanned = elapsed.as_nanos() as f64 * cpus.len() as f64;
-    (spanned > 0.0 && !cpus.is_empty()).then_some(()).and(stolen).map(|t| (t * TICK_NS) as f64 * 100.0 / spanned)
+    let stolen: u64 = cpus.iter().map(|&cpu| Some(ticks(after, cpu)?.saturating_sub(ticks(before, cpu)?))).sum::<Option<u64>>()?;
+    Some((stolen * TICK_NS) as f64 * 100.0 / (elapsed.as_nanos() as f64 * cpus.len() as f64))
 }
 
 #[cfg(test)]
@@ -196,5 +198,6 @@ mod tests {
         assert_eq!(steal_percent(&before, &after, &[0], Duration::from_secs(10)), Some(5.0));
         assert_eq!(steal_percent(&before, &after, &[2], Duration::from_secs(10)), None);
         assert_eq!(steal_percent(&before, &after, &[], Duration::from_secs(10)), None);
+        assert_eq!(steal_percent(&before, &after, &[0], Duration::ZERO), None);
     }
 }
