@@ -72,10 +72,11 @@ impl fmt::Display for Stalls {
         let seconds = self.spun_ns as f64 / 1e9 / f64::from(self.threads.max(1));
         write!(
             f,
-            "host probe before the run ({} threads, {seconds:.1} s each): {:.2}% lost in stalls over {} µs, \
+            "host probe before the run ({} threads, {seconds:.1} s each): {:.2}% lost in {} stalls over {} µs, \
              {} over 100 µs, {} over 1 ms, longest {:.2} ms",
             self.threads,
             self.lost_percent(),
+            self.count,
             STALL_NS / 1000,
             self.over_100us,
             self.over_1ms,
@@ -166,7 +167,7 @@ mod tests {
         a.merge(&b);
         assert_eq!((a.threads, a.count, a.longest_ns), (2, 2, 30_000_000));
         assert!((a.lost_percent() - 2.0).abs() < 1e-9, "{}", a.lost_percent());
-        assert!(a.to_string().contains("2.00% lost"), "{a}");
+        assert!(a.to_string().contains("2.00% lost in 2 stalls"), "{a}");
     }
 
     #[test]
