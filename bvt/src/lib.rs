@@ -27,6 +27,10 @@
 //!   recently, which makes equal weights round robin). The running vCPU `r` keeps the CPU
 //!   against a rival `x` unless `E_x + C / w_r < E_r`, where `C` is the context switch
 //!   allowance in real ns converted through the running vCPU's weight (integer division).
+//!   Its slice lasts until the nearest rival would beat it so; a vCPU that becomes runnable
+//!   nearer than that rival makes a new decision due, which measures the slice again (else
+//!   a vCPU waking level with the running one would wait out a slice measured against a
+//!   rival far behind).
 //! - Warp: a vCPU with `warp_vns > 0` is warped when it wakes, if it has been unwarped for at
 //!   least `U` (`unwarp_req_ns`, real time). It stays warped until it has *run* `L` ns
 //!   (`warp_limit_ns`; 0 means no limit) while warped, or until it blocks; either ends the

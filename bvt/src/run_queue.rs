@@ -71,8 +71,10 @@ pub struct RunQueue<V> {
     dispatch_seq: u64,
     /// The running vCPU asked to give way at the next decision.
     yield_pending: bool,
-    /// The last decision gave the running vCPU a slice (a timer is armed for it).
-    slice_armed: bool,
+    /// The last decision gave the running vCPU a slice (a timer is armed for it), measured
+    /// against a rival of this `E`: a vCPU that becomes runnable with a lower `E` would beat
+    /// the running one sooner, so the slice must be measured again.
+    slice_rival_vns: Option<i128>,
 }
 
 impl<V: Copy + Eq> RunQueue<V> {
@@ -89,7 +91,7 @@ impl<V: Copy + Eq> RunQueue<V> {
             charged_until_ns: 0,
             dispatch_seq: 0,
             yield_pending: false,
-            slice_armed: false,
+            slice_rival_vns: None,
         }
     }
 
@@ -239,7 +241,8 @@ impl<V: Copy + Eq> RunQueue<V> {
 
     /// Charges the running vCPU up to `now_ns` (ending a used-up warp) and tells whether a
     /// new decision is due: a rival beats the running vCPU (or it yielded), it runs without a
-    /// slice while a rival waits, or the CPU idles with work.
+    /// slice while a rival waits or with one measured against a rival farther than the
+    /// nearest now, or the CPU idles with work.
     pub fn tick(&mut self, now_ns: u64) -> bool {
         self.charge_running(now_ns);
         self.decision_due()
@@ -260,8 +263,9 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.charge_running(now_ns);
         let chosen = self.choose();
         self.yield_pending = false;
-        let slice_ns = chosen.and_then(|i| self.slice_ns(i));
-        self.slice_armed = slice_ns.is_some();
+        let slice = chosen.and_then(|i| self.slice(i));
+        self.slice_rival_vns = slice.map(|(_, rival_vns)| rival_vns);
+        let slice_ns = slice.map(|(ns, _)| ns);
         let run = chosen.map(|i| self.members[i].id);
         if run != self.current {
             if let Some(previous) = self.current.and_then(|v| self.find(v)) {
@@ -280,9 +284,10 @@ impl<V: Copy + Eq> RunQueue<V> {
     /// without charging).
     pub(crate) fn decision_due(&self) -> bool {
         match self.current.and_then(|v| self.find(v)) {
-            Some(c) => self
-                .best_rival(Some(c))
-                .is_some_and(|r| self.yield_pending || !self.slice_armed || self.beats(r, c)),
+            Some(c) => self.best_rival(Some(c)).is_some_and(|r| {
+                let e = self.members[r].account.effective();
+                self.yield_pending || self.slice_rival_vns.is_none_or(|measured| e < measured) || self.beats(r, c)
+            }),
             None => self.runnable > 0,
         }
     }
@@ -388,16 +393,18 @@ impl<V: Copy + Eq> RunQueue<V> {
         }
     }
 
-    /// How long member `i`, about to run, may run before the next decision.
-    fn slice_ns(&self, i: usize) -> Option<u64> {
+    /// How long member `i`, about to run, may run before the next decision, and the `E` of
+    /// the rival that measures it.
+    fn slice(&self, i: usize) -> Option<(u64, i128)> {
         let rival = self.best_rival(Some(i))?;
+        let rival_vns = self.members[rival].account.effective();
         let account = &self.members[i].account;
         // The rival beats `i` once E_i > E_rival + allowance: advance A by the difference + 1.
-        let gap = self.members[rival].account.effective() + self.allowance_vns(i) + 1 - account.effective();
+        let gap = rival_vns + self.allowance_vns(i) + 1 - account.effective();
         let needed_vns = u64::try_from(gap.max(1)).unwrap_or(u64::MAX);
         let until_rival = account.ns_to_advance(needed_vns);
         let slice = account.warp_left_ns().map_or(until_rival, |left| until_rival.min(left));
-        Some(slice.max(self.config.mcu_ns))
+        Some((slice.max(self.config.mcu_ns), rival_vns))
     }
 }
 
@@ -745,5 +752,26 @@ mod tests {
         // Allowance of vCPU 1 is now 1 ms / 1000 = 1000 vns.
         assert_eq!(rq.pick_next(0).slice_ns, Some(1_001 * 1_000));
         assert_eq!(rq.vcpu(1).unwrap().params.weight.get(), 1000);
+    }
+
+    #[test]
+    fn a_wake_that_brings_a_nearer_rival_measures_the_slice_again() {
+        let mut rq = RunQueue::new(CpuId(0), config(MS, 1_000));
+        rq.add(1u32, warped(1, 10 * MS), 0).unwrap();
+        rq.add(2, weight(1), 0).unwrap();
+        rq.add(3, warped(1, 10 * MS), 0).unwrap();
+        rq.block(3, 0).unwrap();
+        let first = rq.pick_next(0);
+        assert_eq!(first, Decision { run: Some(1), slice_ns: Some(11 * MS + 1) }, "until 1 is behind the unwarped 2 by C");
+        assert!(!rq.tick(0));
+        // 3 wakes level with 1: no preemption, but 1 must not keep the 11 ms slice measured
+        // against 2, or 3 would wait all of it.
+        assert_eq!(rq.wake(3, 0), Ok(true), "a new decision is due");
+        assert_eq!(rq.pick_next(0), Decision { run: Some(1), slice_ns: Some(MS + 1) }, "1 keeps the CPU for C");
+        assert!(!rq.tick(0), "measured against 3 now");
+        assert_eq!(rq.pick_next(MS + 1).run, Some(3));
+        rq.block(2, MS + 1).unwrap();
+        rq.wake(2, MS + 1).unwrap();
+        assert!(!rq.tick(MS + 1), "2 unwarped is no nearer than 1, the rival the slice was measured against");
     }
 }
