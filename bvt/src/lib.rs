@@ -31,10 +31,13 @@
 //!   nearer than that rival makes a new decision due, which measures the slice again (else
 //!   a vCPU waking level with the running one would wait out a slice measured against a
 //!   rival far behind).
-//! - Warp: a vCPU with `warp_vns > 0` is warped when it wakes, if it has been unwarped for at
-//!   least `U` (`unwarp_req_ns`, real time). It stays warped until it has *run* `L` ns
-//!   (`warp_limit_ns`; 0 means no limit) while warped, or until it blocks; either ends the
-//!   warp and starts the `U` clock (time spent blocked counts towards `U`).
+//! - Warp: a vCPU with `warp_vns > 0` is warped when it wakes, unless it has used up its
+//!   warp limit `L` (`warp_limit_ns`; 0 means no limit): real ns *run* warped, summed over
+//!   its warped stretches. Blocking pauses the warp; running `L` ends it. Either way the vCPU
+//!   is unwarped from then on, and once it has been unwarped (asleep or runnable) for `U`
+//!   (`unwarp_req_ns`, real time) its limit is renewed. So no vCPU runs warped for more than
+//!   `L` without `U` unwarped in between, and a vCPU that was delayed, finished a wake-up
+//!   late and slept only briefly before the next still wakes warped.
 //! - Migration carries `A - SVT` (the lag, at least 0) rather than `A`, because each CPU's
 //!   virtual time is its own: the vCPU arrives with `A = SVT_there + lag`.
 //!

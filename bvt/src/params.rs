@@ -36,11 +36,11 @@ pub struct BvtParams {
     pub weight: NonZeroU32,
     /// Warp `W` in virtual ns: while warped, `E = A - W`. 0 disables warping.
     pub warp_vns: u64,
-    /// Warp time limit `L`: real ns a vCPU may run warped before it is unwarped
-    /// ([`NO_WARP_LIMIT`]: until it blocks).
+    /// Warp time limit `L`: real ns a vCPU may run warped, summed over its warped stretches,
+    /// before it is unwarped ([`NO_WARP_LIMIT`]: no limit).
     pub warp_limit_ns: u64,
-    /// Unwarp requirement `U`: real ns a vCPU must have been unwarped before it may warp
-    /// again.
+    /// Unwarp requirement `U`: real ns a vCPU must have been unwarped (asleep, or runnable
+    /// past its limit) for its warp limit to be renewed.
     pub unwarp_req_ns: u64,
     /// Hard affinity: never given to another CPU that steals work.
     pub pinned: bool,

@@ -205,6 +205,54 @@ fn a_warped_hog_cannot_keep_the_cpu_beyond_its_limit() {
     assert!(!sim.rq.vcpu(2).unwrap().warped);
 }
 
+/// The latency domains' parameters in the stress plan: warp 50 ms, L 20 ms, U 200 us.
+fn latency_params() -> BvtParams {
+    BvtParams { warp_vns: 50 * MS, warp_limit_ns: 20 * MS, unwarp_req_ns: 200 * US, ..weight(1) }
+}
+
+#[test]
+fn a_wake_up_that_ran_late_and_napped_briefly_still_preempts_the_hogs() {
+    let mut sim = Sim::new(Config::default());
+    for v in 1..100 {
+        sim.add(v, weight(1));
+    }
+    sim.add(0, latency_params());
+    for _ in 0..20 {
+        // A delayed wake-up: it runs 900 us and blocks only 100 us before its next deadline.
+        sim.run_until_dispatched(0);
+        sim.run_until(sim.now + 900 * US);
+        sim.block(0);
+        let wake_at = sim.now + 100 * US;
+        sim.run_until(wake_at);
+        sim.wake(0);
+        assert!(sim.rq.vcpu(0).unwrap().warped, "a 100 us nap pauses the warp, it does not end it");
+        assert_eq!(sim.run_until_dispatched(0), wake_at, "warped, it preempts at once");
+        sim.run_until(sim.now + 80 * US);
+        sim.block(0);
+        sim.run_until(sim.now + 920 * US);
+        sim.wake(0);
+    }
+}
+
+#[test]
+fn brief_naps_do_not_renew_the_warp_limit() {
+    let mut sim = Sim::new(Config::default());
+    sim.add(2, latency_params());
+    // 5 ms runs with 100 us naps: the fourth run uses up the 20 ms limit; the nap after it
+    // is short of U, but the fifth run, unwarped for 5 ms, meets it. The renewed limit lasts
+    // from the sixth run to the ninth.
+    let mut warped_wakes = Vec::new();
+    for _ in 0..10 {
+        sim.run_until_dispatched(2);
+        sim.run_until(sim.now + 5 * MS);
+        sim.block(2);
+        sim.run_until(sim.now + 100 * US);
+        sim.wake(2);
+        warped_wakes.push(sim.rq.vcpu(2).unwrap().warped);
+    }
+    assert_eq!(warped_wakes, [true, true, true, false, true, true, true, true, false, true]);
+}
+
 #[test]
 fn a_vcpu_that_slept_10_s_gets_no_credit_for_it() {
     let mut sim = Sim::new(Config::default());

@@ -7,14 +7,20 @@
 
 use crate::params::{BvtParams, NO_WARP_LIMIT};
 
-/// A vCPU's warp: whether it is warped now, how long it has run warped, and when it last
-/// stopped being warped.
+/// A vCPU's warp: whether it is warped now, how much of its warp limit it has used, and when
+/// it last stopped running warped.
+///
+/// Blocking only pauses a warp: the limit `L` bounds the warped run time summed over the
+/// vCPU's warped stretches, and only `U` of unwarped time (asleep, or runnable past the
+/// limit) renews it. A vCPU preempted in the middle of a wake-up that then finishes late and
+/// sleeps briefly therefore wakes warped again, while one that sleeps briefly between long
+/// runs still loses its warp once the runs add up to `L`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Warp {
     warped: bool,
-    /// Real ns run while warped, in the current warp.
+    /// Real ns run warped since the limit was last renewed.
     used_ns: u64,
-    /// System time the last warp ended (`None`: never warped, so `U` is met).
+    /// System time the vCPU last stopped running warped (`None`: never warped, so `U` is met).
     unwarped_at_ns: Option<u64>,
 }
 
@@ -24,6 +30,11 @@ impl Warp {
     /// Whether the vCPU has been unwarped for at least `unwarp_req_ns` at `now_ns`.
     fn requirement_met(&self, unwarp_req_ns: u64, now_ns: u64) -> bool {
         self.unwarped_at_ns.is_none_or(|since| now_ns.saturating_sub(since) >= unwarp_req_ns)
+    }
+
+    /// Whether `used_ns` has reached the limit.
+    fn limit_used(&self, warp_limit_ns: u64) -> bool {
+        warp_limit_ns != NO_WARP_LIMIT && self.used_ns >= warp_limit_ns
     }
 }
 
@@ -70,28 +81,34 @@ impl Account {
         self.remainder_ns = u64::try_from(total % weight).expect("a remainder is below a u32 weight");
         if self.warp.warped {
             self.warp.used_ns = self.warp.used_ns.saturating_add(ran_ns);
-            let limit = self.params.warp_limit_ns;
-            if limit != NO_WARP_LIMIT && self.warp.used_ns >= limit {
+            if self.warp.limit_used(self.params.warp_limit_ns) {
                 self.unwarp(now_ns);
             }
         }
     }
 
     /// The vCPU becomes runnable at `now_ns` on a queue whose SVT is `svt`: it earns no
-    /// credit for sleeping (`A = max(A, SVT)`) and warps if it may.
+    /// credit for sleeping (`A = max(A, SVT)`), and it warps if warping is enabled and it has
+    /// warp time left, after renewing its limit if it has been unwarped for at least `U`.
     pub(crate) fn wake(&mut self, svt: u64, now_ns: u64) {
         self.a = self.a.max(svt);
-        let may_warp = self.params.warp_enabled()
-            && self.warp.requirement_met(self.params.unwarp_req_ns, now_ns);
-        if may_warp && !self.warp.warped {
-            self.warp = Warp { warped: true, used_ns: 0, unwarped_at_ns: self.warp.unwarped_at_ns };
+        if !self.params.warp_enabled() || self.warp.warped {
+            return;
+        }
+        if self.warp.requirement_met(self.params.unwarp_req_ns, now_ns) {
+            self.warp.used_ns = 0;
+        }
+        if !self.warp.limit_used(self.params.warp_limit_ns) {
+            self.warp.warped = true;
         }
     }
 
-    /// Ends the warp (if any) at `now_ns`, which starts the unwarp requirement's clock.
+    /// Stops the warp (if any) at `now_ns`, which starts the unwarp requirement's clock. The
+    /// warp time used is kept: only `U` of unwarped time renews the limit.
     pub(crate) fn unwarp(&mut self, now_ns: u64) {
         if self.warp.warped {
-            self.warp = Warp { warped: false, used_ns: 0, unwarped_at_ns: Some(now_ns) };
+            self.warp.warped = false;
+            self.warp.unwarped_at_ns = Some(now_ns);
         }
     }
 
@@ -102,9 +119,7 @@ impl Account {
             self.remainder_ns = 0;
         }
         self.params = params;
-        let limit = params.warp_limit_ns;
-        let limit_used = limit != NO_WARP_LIMIT && self.warp.used_ns >= limit;
-        if !params.warp_enabled() || limit_used {
+        if !params.warp_enabled() || self.warp.limit_used(params.warp_limit_ns) {
             self.unwarp(now_ns);
         }
     }
@@ -247,15 +262,43 @@ mod tests {
     }
 
     #[test]
-    fn unwarp_requirement_counts_from_the_end_of_the_last_warp() {
-        let mut acc = account(1, 700, 0, 1_000);
+    fn the_unwarp_requirement_counts_from_the_end_of_the_last_warp() {
+        let mut acc = account(1, 700, 100, 1_000);
         acc.wake(0, 0);
         assert!(acc.warped(), "a vCPU that never warped meets U");
-        acc.unwarp(50);
-        acc.wake(0, 1_049);
+        acc.charge(100, 100);
+        assert!(!acc.warped(), "L used up at 100");
+        acc.wake(0, 1_099);
         assert!(!acc.warped(), "999 ns unwarped is short of U");
-        acc.wake(0, 1_050);
+        acc.wake(0, 1_100);
         assert!(acc.warped());
+        assert_eq!(acc.warp_left_ns(), Some(100), "U of unwarped time renewed the limit");
+    }
+
+    #[test]
+    fn a_short_sleep_pauses_the_warp_without_renewing_its_limit() {
+        let mut acc = account(1, 700, 100, 1_000);
+        acc.wake(0, 0);
+        acc.charge(60, 60);
+        acc.unwarp(60); // blocked
+        acc.wake(0, 70);
+        assert!(acc.warped(), "10 ns asleep: the warp goes on");
+        assert_eq!(acc.warp_left_ns(), Some(40), "and so does its limit");
+        acc.charge(30, 100);
+        acc.unwarp(100);
+        acc.wake(0, 1_100);
+        assert_eq!(acc.warp_left_ns(), Some(100), "U asleep renews it");
+    }
+
+    #[test]
+    fn without_a_limit_the_unwarp_requirement_has_nothing_to_renew() {
+        let mut acc = account(1, 700, NO_WARP_LIMIT, 1_000);
+        acc.wake(0, 0);
+        acc.charge(5_000, 5_000);
+        acc.unwarp(5_000);
+        acc.wake(0, 5_001);
+        assert!(acc.warped());
+        assert_eq!(acc.warp_left_ns(), None);
     }
 
     #[test]

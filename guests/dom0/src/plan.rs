@@ -39,15 +39,16 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 pub const DOM0_PARAMS: SchedParams = weight(16);
 
 /// BVT parameters of the latency domains: warp 50 ms (far ahead of any rival), at most
-/// 20 ms run warped at a time, and 200 us unwarped before warping again. A latency domain
-/// wakes every 1 ms and runs well under that (about 80 us a wake-up under TCG, the
-/// hypervisor's work on its behalf included), so the time it sleeps meets the unwarp requirement
-/// and every wake-up is warped; one that spins loses its warp after 20 ms. The limit is
-/// well above what the domain needs because the hypervisor can only charge elapsed time:
-/// when the host stops the vCPU's thread while it runs (stalls of 10-35 ms were measured
-/// on a shared host), the stall counts as warped run time. With a 1 ms limit such a stall
-/// cost the domain its warp, and that wake-up then waited behind the unwarped crowd for
-/// 50-400 ms, once or twice a run.
+/// 20 ms run warped without a break, and 200 us unwarped to renew that limit. A latency
+/// domain wakes every 1 ms and runs well under that (about 80 us a wake-up under TCG, the
+/// hypervisor's work on its behalf included), so the time it sleeps renews the limit at
+/// every wake-up. One that finished a wake-up late and sleeps less than 200 us before the
+/// next still wakes warped (a short sleep only pauses the warp); one that spins loses its
+/// warp after 20 ms. The limit is well above what the domain needs because the hypervisor
+/// can only charge elapsed time: when the host stops the vCPU's thread while it runs (stalls
+/// of 10-35 ms were measured on a shared host), the stall counts as warped run time. With a
+/// 1 ms limit such a stall cost the domain its warp, and that wake-up then waited behind the
+/// unwarped crowd for 50-400 ms, once or twice a run.
 pub const LATENCY_WARP: SchedParams = SchedParams {
     weight: DEFAULT_WEIGHT,
     _pad: 0,
