@@ -85,12 +85,13 @@ pub struct CreateDomain {
     pub module: u32,
     pub mem_kib: u32,
     pub max_kib: u32,
-    /// The CPU to run vCPU 0 on; `u32::MAX`: the hypervisor chooses.
+    /// The CPU to run vCPU 0 on, pinned there unless [`CREATE_UNPINNED`]; `u32::MAX`: the
+    /// hypervisor chooses (and may move it).
     pub cpu: u32,
     pub params: SchedParams,
     pub cmdline: u64,
     pub cmdline_len: u64,
-    /// [`CREATE_PAUSED`], or 0.
+    /// [`CREATE_PAUSED`] and [`CREATE_UNPINNED`], or 0.
     pub flags: u32,
     pub _pad: u32,
 }
@@ -99,8 +100,11 @@ assert_layout!(CreateDomain, size = 72, { module @ 0, mem_kib @ 4, max_kib @ 8, 
 
 /// [`CreateDomain::flags`]: create the domain paused.
 pub const CREATE_PAUSED: u32 = 1 << 0;
+/// [`CreateDomain::flags`]: [`CreateDomain::cpu`] is where the domain starts, not where it
+/// must stay (Xen's soft affinity against its hard one): the scheduler may move it.
+pub const CREATE_UNPINNED: u32 = 1 << 1;
 /// Every flag [`CreateDomain::flags`] may hold.
-pub const CREATE_FLAGS: u32 = CREATE_PAUSED;
+pub const CREATE_FLAGS: u32 = CREATE_PAUSED | CREATE_UNPINNED;
 
 /// `SetMaxMem` arguments.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -34,6 +34,9 @@ pub struct Drained<V> {
     /// parameters changed (the armed slice may be wrong), or a decision is due (see
     /// [`RunQueue::tick`]).
     pub reschedule: bool,
+    /// A vCPU became runnable here (a wake, an add or a runnable arrival): after the
+    /// decision, a warped one may be left waiting (see [`RunQueue::waiting_warped`]).
+    pub woke: bool,
 }
 
 impl<V: Copy + Eq> RunQueue<V> {
@@ -41,18 +44,21 @@ impl<V: Copy + Eq> RunQueue<V> {
     pub fn drain(&mut self, now_ns: u64) -> Drained<V> {
         let running_before = self.current();
         let mut params_changed = false;
+        let mut woke = false;
         let mut actions = Vec::new();
         while let Some(message) = self.take_message() {
             match self.apply(message, now_ns) {
                 Ok(action) => actions.extend(action),
                 Err(reason) => actions.push(Action::Bounced { message, reason }),
             }
-            if let Message::SetParams(v, _) = message {
-                params_changed |= self.is_runnable(v);
+            match message {
+                Message::SetParams(v, _) => params_changed |= self.is_runnable(v),
+                Message::Add(v, _) | Message::Wake(v) | Message::Arrive(v, _) => woke |= self.is_runnable(v),
+                Message::Remove(_) | Message::Steal { .. } => {}
             }
         }
         let reschedule = params_changed || self.current() != running_before || self.decision_due();
-        Drained { actions, reschedule }
+        Drained { actions, reschedule, woke }
     }
 
     fn apply(&mut self, message: Message<V>, now_ns: u64) -> Result<Option<Action<V>>, BvtError> {
@@ -99,7 +105,7 @@ mod tests {
     fn an_empty_inbox_drains_to_nothing() {
         let mut rq = queue_with(0, 0..1);
         rq.pick_next(0);
-        assert_eq!(rq.drain(0), Drained { actions: Vec::new(), reschedule: false });
+        assert_eq!(rq.drain(0), Drained { actions: Vec::new(), reschedule: false, woke: false });
     }
 
     #[test]
@@ -108,6 +114,7 @@ mod tests {
         rq.inbox().post(Message::Add(1, BvtParams::DEFAULT));
         let drained = rq.drain(0);
         assert!(drained.reschedule, "an idle CPU got work");
+        assert!(drained.woke, "an add makes a vCPU runnable");
         assert!(drained.actions.is_empty());
         assert_eq!(rq.pick_next(0), crate::Decision { run: Some(1), slice_ns: None });
         rq.inbox().post(Message::Add(2, BvtParams::DEFAULT));
@@ -116,10 +123,14 @@ mod tests {
         rq.add(3, BvtParams::DEFAULT, 0).unwrap();
         rq.block(3, 0).unwrap();
         rq.inbox().post(Message::Wake(3));
-        assert!(!rq.drain(0).reschedule, "no warp: vCPU 3 is not far enough ahead");
+        let drained = rq.drain(0);
+        assert!(!drained.reschedule, "no warp: vCPU 3 is not far enough ahead");
+        assert!(drained.woke);
         assert!(rq.is_runnable(3));
         rq.inbox().post(Message::SetParams(3, BvtParams::DEFAULT));
-        assert!(rq.drain(0).reschedule, "the armed slice may be wrong");
+        let drained = rq.drain(0);
+        assert!(drained.reschedule, "the armed slice may be wrong");
+        assert!(!drained.woke, "new parameters wake no one");
     }
 
     #[test]
@@ -145,9 +156,9 @@ mod tests {
         let mut rq = queue_with(0, 0..2);
         rq.pick_next(0);
         rq.inbox().post(Message::Remove(1));
-        assert_eq!(rq.drain(0), Drained { actions: alloc::vec![Action::Removed(1)], reschedule: false });
+        assert_eq!(rq.drain(0), Drained { actions: alloc::vec![Action::Removed(1)], reschedule: false, woke: false });
         rq.inbox().post(Message::Remove(0));
-        assert_eq!(rq.drain(0), Drained { actions: alloc::vec![Action::Removed(0)], reschedule: true });
+        assert_eq!(rq.drain(0), Drained { actions: alloc::vec![Action::Removed(0)], reschedule: true, woke: false });
         assert_eq!(rq.pick_next(0).run, None);
     }
 

@@ -280,6 +280,20 @@ impl<V: Copy + Eq> RunQueue<V> {
         Decision { run, slice_ns }
     }
 
+    /// A warped vCPU that is runnable but not running while another runs: the one with the
+    /// lowest `E` (ties: dispatched least recently), if it is not pinned. Its warp is meant
+    /// to put it on a CPU at once, so the hypervisor may move it to a CPU that runs no
+    /// warped vCPU rather than let it wait out the running one. `None` while idle.
+    pub fn waiting_warped(&self) -> Option<V> {
+        let current = self.current.and_then(|v| self.find(v))?;
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|&(i, m)| i != current && m.runnable && m.account.warped() && !m.account.params().pinned)
+            .min_by_key(|(_, m)| (m.account.effective(), m.last_dispatch))
+            .map(|(_, m)| m.id)
+    }
+
     /// Whether the owner should call [`RunQueue::pick_next`] now (as for [`RunQueue::tick`],
     /// without charging).
     pub(crate) fn decision_due(&self) -> bool {
@@ -661,6 +675,30 @@ mod tests {
         rq.wake(2, 151 * MS).unwrap();
         assert!(rq.vcpu(2).unwrap().warped, "50 ms after unwarping");
         assert!(rq.should_preempt(2, 151 * MS));
+    }
+
+    #[test]
+    fn a_warped_vcpu_waiting_behind_another_is_named_unless_pinned() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        assert_eq!(rq.waiting_warped(), None::<u32>, "idle");
+        rq.add(1, weight(1), 0).unwrap();
+        rq.add(2, warped(1, 10 * MS), 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(2));
+        assert_eq!(rq.waiting_warped(), None, "the warped one runs; vCPU 1 is not warped");
+        rq.add(3, warped(1, 10 * MS), 0).unwrap();
+        rq.add(4, BvtParams { pinned: true, ..warped(1, 20 * MS) }, 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(4), "E_4 is lowest");
+        assert_eq!(rq.waiting_warped(), Some(2), "2 and 3 tie on E; 2 ran before 3 came");
+        rq.block(2, 0).unwrap();
+        assert_eq!(rq.waiting_warped(), Some(3));
+        rq.block(3, 0).unwrap();
+        rq.block(4, 0).unwrap();
+        rq.pick_next(0);
+        rq.wake(4, 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(4));
+        rq.wake(2, 0).unwrap();
+        rq.set_params(2, BvtParams { pinned: true, ..warped(1, 10 * MS) }, 0).unwrap();
+        assert_eq!(rq.waiting_warped(), None, "a pinned vCPU stays");
     }
 
     #[test]

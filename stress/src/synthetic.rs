@@ -302,6 +302,8 @@ fn end_summary(log: &mut Log, n: usize) {
         "domains.unexpected_endings=0".into(),
         "memory.leaked_frames=0".into(),
         "sched.cpu0.switches=4321".into(),
+        "sched.cpu0.migrations_out=3".into(),
+        "sched.cpu0.warped_pushes_out=41".into(),
         "sched.cpu0.timer_late_warped_us=900/8/10/50/120".into(),
         "run=pass".into(),
     ] {
@@ -491,7 +493,7 @@ mod tests {
             "timer lateness, idle (100 ms)              2       200    102.4    819.2    819.2    819.2",
             "unwarped/warped at p99: 10.0x",
             "PASS    each hog's CPU share within 5% of its weight's",
-            "cpu0   switches     4321  warped timers 900/8/10/50/120  other timers -",
+            "cpu0   switches     4321  stolen 3  pushed 41  warped timers 900/8/10/50/120  other timers -",
             "verdict: PASS",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in\n{text}");
@@ -618,6 +620,15 @@ mod tests {
                 Problem::LeakedFrames(3)
             ]
         );
+    }
+
+    #[test]
+    fn a_run_with_more_latency_domains_than_cpus_and_no_push_fails() {
+        let lines = replaced(&log(20), "warped_pushes_out=41", "warped_pushes_out=0");
+        let problems = analysed(&lines, false).report.problems;
+        assert_eq!(problems, [Problem::NoWarpedPushes { latency: 3, cpus: 2 }]);
+        let lines = replaced(&lines, "latency=3", "latency=2");
+        assert_eq!(analysed(&lines, false).report.problems, [], "one per CPU: nothing to push");
     }
 
     #[test]

@@ -331,6 +331,7 @@ fn create_all(
             mem_kib: options.mem_kib,
             max_kib: options.max_kib,
             cpu: Some(planned.cpu),
+            pinned: planned.pinned,
             params: planned.params,
             cmdline: cmdline.as_bytes(),
             paused: true,

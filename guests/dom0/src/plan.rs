@@ -9,8 +9,10 @@
 //! domain 0 is still creating. Placement: hog h runs on CPU `(h / 2) % cpus` with weight
 //! `1 + h % 2`, so each CPU has a weight-1 and a weight-2 hog side by side; every other
 //! domain, by index, round-robin on CPU `index % cpus`, so a ping and its pong sit on
-//! different CPUs when there are two. Weights are 1 except for the hogs; latency domains
-//! get BVT warp ([`LATENCY_WARP`]). Domain ids: domain 0 is the only creator and ids are
+//! different CPUs when there are two. Every domain is pinned to its CPU except the latency
+//! domains: the hypervisor moves a warped vCPU that wakes behind another to a CPU that runs
+//! none, so their wake-ups do not queue behind one another. Weights are 1 except for the
+//! hogs; latency domains get BVT warp ([`LATENCY_WARP`]). Domain ids: domain 0 is the only creator and ids are
 //! handed out in sequence from 1, so index i gets id `1 + i` (domain 0 checks each). This
 //! module only computes: it must never create anything.
 
@@ -129,8 +131,10 @@ impl RoleCounts {
 pub struct Planned {
     /// Its place in the creation order (0-based).
     pub index: u32,
-    /// The CPU its vCPU runs on.
+    /// The CPU its vCPU starts on.
     pub cpu: u32,
+    /// Kept on `cpu` (hard affinity); else the hypervisor may move it.
+    pub pinned: bool,
     pub params: SchedParams,
     /// Its command line (which holds its role and predicted id).
     pub args: StressArgs,
@@ -217,6 +221,7 @@ impl Plan {
         Some(Planned {
             index,
             cpu,
+            pinned: role != Role::Latency,
             params,
             args: StressArgs {
                 role,
@@ -387,6 +392,7 @@ mod tests {
         let plan = plan(b"n=30", 3);
         for d in all(&plan) {
             assert!(d.cpu < 3);
+            assert_eq!(d.pinned, d.args.role != Role::Latency, "only latency domains may move");
             match d.args.role {
                 Role::Latency => assert_eq!(d.params, LATENCY_WARP),
                 Role::Hog => {}

@@ -10,7 +10,7 @@
 
 use abi::control::{
     ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams,
-    CREATE_PAUSED,
+    CREATE_PAUSED, CREATE_UNPINNED,
 };
 use abi::errno::Errno;
 use abi::hypercall::Hypercall;
@@ -57,6 +57,8 @@ pub struct NewDomain<'a> {
     pub max_kib: u32,
     /// The CPU for its vCPU 0; `None`: the hypervisor chooses.
     pub cpu: Option<u32>,
+    /// Keep it on `cpu` (hard affinity); false: `cpu` is only where it starts.
+    pub pinned: bool,
     /// Its BVT parameters.
     pub params: SchedParams,
     /// Its command line.
@@ -75,9 +77,14 @@ pub fn create_args(spec: &NewDomain<'_>) -> CreateDomain {
         params: spec.params,
         cmdline: spec.cmdline.as_ptr() as u64,
         cmdline_len: spec.cmdline.len() as u64,
-        flags: if spec.paused { CREATE_PAUSED } else { 0 },
+        flags: flag(spec.paused, CREATE_PAUSED) | flag(!spec.pinned, CREATE_UNPINNED),
         _pad: 0,
     }
+}
+
+/// `flag` if `set`, else 0.
+fn flag(set: bool, flag: u32) -> u32 {
+    if set { flag } else { 0 }
 }
 
 /// The request for `cmd` on `domain` with `args`.
@@ -173,6 +180,7 @@ mod tests {
             mem_kib: 512,
             max_kib: 1024,
             cpu: None,
+            pinned: true,
             params: SchedParams {
                 weight: 2,
                 ..SchedParams::default()
@@ -198,6 +206,12 @@ mod tests {
             ..spec
         });
         assert_eq!(paused.flags, CREATE_PAUSED);
+        let movable = create_args(&NewDomain {
+            cpu: Some(1),
+            pinned: false,
+            ..spec
+        });
+        assert_eq!((movable.cpu, movable.flags), (1, CREATE_UNPINNED), "starts on CPU 1, may move");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use abi::control::{
     ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams, CONTROL_INTERFACE_VERSION,
-    CREATE_FLAGS, CREATE_PAUSED, DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN,
+    CREATE_FLAGS, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN,
 };
 use abi::errno::Errno;
 use alloc::sync::Arc;
@@ -123,8 +123,8 @@ fn create(args: &CreateDomain) -> HcResult {
         cmdline,
         privileged: false,
         cpu,
-        // Placed by domain 0: pinned there, as Xen's hard affinity.
-        pinned: args.cpu != u32::MAX,
+        // Placed by domain 0: pinned there (Xen's hard affinity) unless it says otherwise.
+        pinned: args.cpu != u32::MAX && args.flags & CREATE_UNPINNED == 0,
         params: checked(args.params)?,
     };
     match build::build_domain(&request) {

@@ -41,7 +41,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use arrayvec::ArrayVec;
 use bvt::{
     shrink_when_sparse, Action, BvtParams, Config, CpuId, Inbox, Message, RunQueue, TimerAdvance, TimerHandle, TimerQueue,
-    MIN_TABLE_CAPACITY, STEAL_MIN_LOAD,
+    VcpuState, MIN_TABLE_CAPACITY, STEAL_MIN_LOAD,
 };
 use crossbeam_queue::SegQueue;
 use log::warn;
@@ -101,6 +101,9 @@ struct Shared {
     idle: AtomicBool,
     /// Idle, and will look for work to steal again soon (no need to wake it for that).
     balancing: AtomicBool,
+    /// Runs a warped vCPU (as of its last decision), or has one on its way in: no place to
+    /// push another warped vCPU to (see [`Local::push_waiting_warped`]).
+    runs_warped: AtomicBool,
     /// The other CPUs, nearest first by topology: where it steals, whom it wakes to steal.
     nearest: Vec<u32>,
     /// What it did and how late (written by the CPU, read by the end-of-run report).
@@ -183,7 +186,15 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64
         queues
             .iter()
             .enumerate()
-            .map(|(i, q)| Shared { inbox: q.inbox().clone(), arrivals: SegQueue::new(), idle: AtomicBool::new(false), balancing: AtomicBool::new(false), nearest: nearest(i), stats: Stats::default() })
+            .map(|(i, q)| Shared {
+                inbox: q.inbox().clone(),
+                arrivals: SegQueue::new(),
+                idle: AtomicBool::new(false),
+                balancing: AtomicBool::new(false),
+                runs_warped: AtomicBool::new(false),
+                nearest: nearest(i),
+                stats: Stats::default(),
+            })
             .collect()
     });
     let mut queues = queues.into_iter();
@@ -238,10 +249,13 @@ pub fn bvt_params(domain: &Domain, params: &abi::control::SchedParams) -> BvtPar
     }
 }
 
+fn is_online(cpu: u32) -> bool {
+    cpus::all().get(cpu as usize).is_some_and(|s| s.state() == cpus::CpuState::Online)
+}
+
 /// `cpu` if it is online, else the boot CPU (a vCPU must never be homed where nothing runs).
 fn online_or_boot(cpu: u32) -> u32 {
-    let online = cpus::all().get(cpu as usize).is_some_and(|s| s.state() == cpus::CpuState::Online);
-    if online { cpu } else { 0 }
+    if is_online(cpu) { cpu } else { 0 }
 }
 
 /// Posts `message` to `cpu`'s inbox and kicks it.
@@ -250,9 +264,17 @@ fn post(cpu: u32, message: Message<VcpuKey>) {
     kick(cpu);
 }
 
+/// Makes `cpu` the home of `vcpu`, which has left this CPU's queue in `state`.
+fn hand_over(vcpu: Arc<Vcpu>, state: VcpuState, cpu: u32) {
+    let key = vcpu.key;
+    vcpu.cpu.store(cpu, Ordering::SeqCst);
+    shared()[cpu as usize].arrivals.push(vcpu);
+    post(cpu, Message::Arrive(key, state));
+}
+
 /// Interrupts `cpu` so that it reconsiders what to run (this CPU does at its next exit).
 pub fn kick(cpu: u32) {
-    if cpu != this_cpu() && cpus::all().get(cpu as usize).is_some_and(|s| s.state() == cpus::CpuState::Online) {
+    if cpu != this_cpu() && is_online(cpu) {
         lapic::send_ipi(cpus::all()[cpu as usize].apic_id, vectors::RESCHEDULE);
     }
 }
@@ -588,6 +610,9 @@ impl Local {
         if decide {
             self.decide(frame, here, loaded, now, leaving);
         }
+        if drained.woke {
+            self.push_waiting_warped(mine, now);
+        }
         if current().is_none() {
             // Idle: look for work at every wake-up unless a look is planned already.
             if self.balance_at_ns.is_none_or(|at| now >= at) {
@@ -604,11 +629,8 @@ impl Local {
         match action {
             Action::Migrate { vcpu: key, state, to } => {
                 let Some(vcpu) = self.forget(key) else { return };
-                let to = online_or_boot(to.0);
                 mine().stats.migrations.fetch_add(1, Ordering::Relaxed);
-                vcpu.cpu.store(to, Ordering::SeqCst);
-                shared()[to as usize].arrivals.push(vcpu);
-                post(to, Message::Arrive(key, state));
+                hand_over(vcpu, state, online_or_boot(to.0));
             }
             Action::Removed(key) => self.retire(key),
             // In flight to a thief (runnable already; the thief re-reads the parameters)
@@ -692,6 +714,8 @@ impl Local {
         let guest_frame = loaded.is_some();
         loop {
             let decision = self.queue.pick_next(now);
+            let warped = decision.run.and_then(|key| self.queue.vcpu(key)).is_some_and(|view| view.warped);
+            mine.runs_warped.store(warped, Ordering::Relaxed);
             let Some(key) = decision.run else {
                 if let Some(vcpu) = loaded.take() {
                     leaving.push(self.switch_out(vcpu, frame, here));
@@ -700,6 +724,7 @@ impl Local {
                     idle_frame(frame, here.stack_top);
                 }
                 self.slice_end_ns = None;
+                mine.runs_warped.store(false, Ordering::Relaxed);
                 mine.idle.store(true, Ordering::SeqCst);
                 self.balance(here.index.0, mine, now);
                 return;
@@ -748,6 +773,27 @@ impl Local {
             self.slice_end_ns = decision.slice_ns.map(|s| now + s);
             return;
         }
+    }
+
+    /// A warped vCPU that woke here but waits behind the running one (a warped vCPU too,
+    /// whose wake-up it would otherwise wait out) moves to the nearest CPU that runs no
+    /// warped vCPU, where its warp puts it on the CPU at once: as Linux pushes a woken
+    /// real-time task to a CPU that runs lower-priority work. With several latency-sensitive
+    /// domains per CPU, their wake-ups no longer queue behind one another while another CPU
+    /// runs a CPU hog.
+    fn push_waiting_warped(&mut self, mine: &Shared, now: u64) {
+        let Some(key) = self.queue.waiting_warped() else { return };
+        let all = shared();
+        let free = |cpu: &&u32| is_online(**cpu) && !all[**cpu as usize].runs_warped.load(Ordering::Relaxed);
+        let Some(&to) = mine.nearest.iter().find(free) else { return };
+        let Some(i) = self.members.iter().position(|v| v.key == key) else { return };
+        let Ok(state) = self.queue.remove(key, now) else { return };
+        let vcpu = self.members.swap_remove(i);
+        shrink_when_sparse(&mut self.members, MIN_TABLE_CAPACITY);
+        // Claimed until its next decision, so that no CPU pushes another one there meanwhile.
+        all[to as usize].runs_warped.store(true, Ordering::Relaxed);
+        mine.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        hand_over(vcpu, state, to);
     }
 
     fn member(&self, key: VcpuKey) -> Option<Arc<Vcpu>> {

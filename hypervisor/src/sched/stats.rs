@@ -69,6 +69,8 @@ pub struct Stats {
     pub switches: AtomicU64,
     /// vCPUs given to another CPU that asked for work.
     pub migrations: AtomicU64,
+    /// Warped vCPUs that woke here behind another and were pushed to a CPU running none.
+    pub pushes: AtomicU64,
     /// Timer interrupt handling after the deadline of each vCPU timer it fired.
     pub timer_late: Latency,
     /// The same for the timers of latency-sensitive (warping) domains, programmed early.
@@ -132,7 +134,7 @@ impl Stats {
 }
 
 /// Prints every CPU's statistics as summary lines: `sched.cpuN.switches`,
-/// `sched.cpuN.migrations_out`, `sched.cpuN.held_wait_us`, per latency `sched.cpuN.<name>_us=count/avg/p50/p99/max`
+/// `sched.cpuN.migrations_out`, `sched.cpuN.warped_pushes_out`, `sched.cpuN.held_wait_us`, per latency `sched.cpuN.<name>_us=count/avg/p50/p99/max`
 /// where p50 and p99 are bucket upper bounds (`more`: beyond 20 ms), and
 /// `sched.cpuN.longest_stay`: what caused the longest stay in the hypervisor.
 pub fn report() {
@@ -141,6 +143,7 @@ pub fn report() {
         let stats = &shared.stats;
         info!("summary: sched.cpu{cpu}.switches={}", stats.switches.load(Ordering::Relaxed));
         info!("summary: sched.cpu{cpu}.migrations_out={}", stats.migrations.load(Ordering::Relaxed));
+        info!("summary: sched.cpu{cpu}.warped_pushes_out={}", stats.pushes.load(Ordering::Relaxed));
         info!("summary: sched.cpu{cpu}.held_wait_us={}", stats.held_wait_ns.load(Ordering::Relaxed) / 1000);
         stats.timer_late.print(cpu, "timer_late");
         stats.timer_late_warped.print(cpu, "timer_late_warped");
