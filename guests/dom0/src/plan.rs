@@ -12,9 +12,9 @@
 //! different CPUs when there are two. Every domain is pinned to its CPU except the latency
 //! domains: the hypervisor moves a warped vCPU that wakes behind another to a CPU that runs
 //! none, so their wake-ups do not queue behind one another. Weights are 1 except for the
-//! hogs; latency domains get BVT warp ([`LATENCY_WARP`]). Domain ids: domain 0 is the only creator and ids are
-//! handed out in sequence from 1, so index i gets id `1 + i` (domain 0 checks each). This
-//! module only computes: it must never create anything.
+//! hogs; latency domains get BVT warp ([`LATENCY_WARP`]). Domain ids: domain 0 is the only
+//! creator and ids are handed out in sequence from 1, so index i gets id `1 + i` (domain 0
+//! checks each). This module only computes: it must never create anything.
 
 use guest_rt::abi::control::SchedParams;
 use guest_rt::abi::ids::{DomId, EvtchnPort};
