@@ -34,8 +34,9 @@ pub struct Drained<V> {
     /// parameters changed (the armed slice may be wrong), or a decision is due (see
     /// [`RunQueue::tick`]).
     pub reschedule: bool,
-    /// A vCPU became runnable here (a wake, an add or a runnable arrival): after the
-    /// decision, a warped one may be left waiting (see [`RunQueue::waiting_warped`]).
+    /// A vCPU became runnable here (a wake or an add): after the decision, a warped one may
+    /// be left waiting (see [`RunQueue::waiting_warped`]). A vCPU that arrived from another
+    /// CPU does not count, so that a vCPU moved here is not moved on before it ran.
     pub woke: bool,
 }
 
@@ -53,8 +54,8 @@ impl<V: Copy + Eq> RunQueue<V> {
             }
             match message {
                 Message::SetParams(v, _) => params_changed |= self.is_runnable(v),
-                Message::Add(v, _) | Message::Wake(v) | Message::Arrive(v, _) => woke |= self.is_runnable(v),
-                Message::Remove(_) | Message::Steal { .. } => {}
+                Message::Add(v, _) | Message::Wake(v) => woke |= self.is_runnable(v),
+                Message::Arrive(..) | Message::Remove(_) | Message::Steal { .. } => {}
             }
         }
         let reschedule = params_changed || self.current() != running_before || self.decision_due();
@@ -180,7 +181,9 @@ mod tests {
         assert_eq!(victim.current(), Some(running));
         assert!(!victim.contains(vcpu));
         thief.inbox().post(Message::Arrive(vcpu, state));
-        assert!(thief.drain(MS).reschedule);
+        let drained = thief.drain(MS);
+        assert!(drained.reschedule);
+        assert!(!drained.woke, "an arrival is not a wake-up: it is not moved on at once");
         assert_eq!(thief.pick_next(MS).run, Some(vcpu));
     }
 

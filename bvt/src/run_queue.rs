@@ -280,12 +280,17 @@ impl<V: Copy + Eq> RunQueue<V> {
         Decision { run, slice_ns }
     }
 
-    /// A warped vCPU that is runnable but not running while another runs: the one with the
-    /// lowest `E` (ties: dispatched least recently), if it is not pinned. Its warp is meant
-    /// to put it on a CPU at once, so the hypervisor may move it to a CPU that runs no
-    /// warped vCPU rather than let it wait out the running one. `None` while idle.
+    /// A warped vCPU that is runnable but waits while another warped vCPU runs: the one
+    /// with the lowest `E` (ties: dispatched least recently), if it is not pinned. Its warp
+    /// is meant to put it on a CPU at once, so the hypervisor may move it to a CPU that runs
+    /// no warped vCPU rather than let it wait out the running one's wake-up. `None` when the
+    /// running vCPU is not warped: a warped vCPU that waits behind an unwarped one is too far
+    /// ahead for its warp to win, and would wait on another CPU too.
     pub fn waiting_warped(&self) -> Option<V> {
         let current = self.current.and_then(|v| self.find(v))?;
+        if !self.members[current].account.warped() {
+            return None;
+        }
         self.members
             .iter()
             .enumerate()
@@ -699,6 +704,20 @@ mod tests {
         rq.wake(2, 0).unwrap();
         rq.set_params(2, BvtParams { pinned: true, ..warped(1, 10 * MS) }, 0).unwrap();
         assert_eq!(rq.waiting_warped(), None, "a pinned vCPU stays");
+    }
+
+    #[test]
+    fn a_warped_vcpu_behind_an_unwarped_one_is_not_named() {
+        let mut rq = RunQueue::new(CpuId(0), Config::default());
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.add(2, warped(1, 10 * MS), 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(2));
+        assert_eq!(rq.pick_next(15 * MS + 1).run, Some(1), "2 is past 1 by C, warp included");
+        rq.block(2, 15 * MS + 1).unwrap();
+        rq.wake(2, 15 * MS + 1).unwrap();
+        assert!(rq.vcpu(2).unwrap().warped);
+        assert_eq!(rq.pick_next(15 * MS + 1).run, Some(1));
+        assert_eq!(rq.waiting_warped(), None, "too far ahead to win by its warp, here or elsewhere");
     }
 
     #[test]

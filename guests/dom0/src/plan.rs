@@ -41,7 +41,8 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 pub const DOM0_PARAMS: SchedParams = weight(16);
 
 /// BVT parameters of the latency domains: warp 50 ms (far ahead of any rival), at most
-/// 20 ms run warped without a break, and 200 us unwarped to renew that limit. A latency
+/// 20 ms run warped (summed over wake-ups less than 200 us apart), and 200 us unwarped to
+/// renew that limit. A latency
 /// domain wakes every 1 ms and runs well under that (about 80 us a wake-up under TCG, the
 /// hypervisor's work on its behalf included), so the time it sleeps renews the limit at
 /// every wake-up. One that finished a wake-up late and sleeps less than 200 us before the

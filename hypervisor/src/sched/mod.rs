@@ -36,7 +36,7 @@ mod stats;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 use bvt::{
@@ -421,6 +421,14 @@ pub fn timer_interrupt() {
 /// `arrived`: when the interrupt that fires it came, if it came for this timer.
 fn fire(timer: Timer, arrived: Option<u64>) {
     let vcpu = &timer.vcpu;
+    let armed = match timer.kind {
+        TimerKind::Guest => &vcpu.timer_deadline,
+        TimerKind::PollTimeout => &vcpu.poll_deadline,
+    };
+    if armed.load(Ordering::Acquire) != timer.deadline_ns {
+        // Re-armed or cancelled on the CPU the vCPU moved to: nothing to wait out or count.
+        return;
+    }
     let now = time::since_boot_ns();
     if timer.latency_sensitive && now < timer.deadline_ns && hold(&timer) {
         return;
@@ -467,6 +475,9 @@ fn wait_out(deadline_ns: u64, mut now: u64) -> u64 {
 pub struct HeldTimer {
     deadline_ns: AtomicU64,
     fire_at_ns: AtomicU64,
+    /// The CPU whose interrupt held it: only that CPU learns from its latency (a vCPU moved
+    /// meanwhile returns to its guest on another CPU, after a move the advance cannot hide).
+    cpu: AtomicU32,
 }
 
 /// Holds `timer` (due early) on its vCPU and wakes it, if the vCPU is blocked and not
@@ -480,6 +491,7 @@ fn hold(timer: &Timer) -> bool {
     }
     let held = &vcpu.held_timer;
     held.fire_at_ns.store(timer.fire_at_ns, Ordering::Relaxed);
+    held.cpu.store(this_cpu(), Ordering::Relaxed);
     held.deadline_ns.store(timer.deadline_ns, Ordering::Release);
     if wake(vcpu) {
         vcpu.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
@@ -493,7 +505,7 @@ fn hold(timer: &Timer) -> bool {
 
 /// On every return to a guest: raises the held timer of `vcpu` (the vCPU about to run on
 /// this CPU) once its deadline has come. The time from the programmed interrupt to here is
-/// the latency the CPU learns to program ahead of; the wait is the hypervisor's, not the
+/// the latency the CPU learns to program ahead of (if this CPU held the timer); the wait is the hypervisor's, not the
 /// guest's: neither its domain's CPU time nor its BVT virtual time (else a domain woken
 /// every 1 ms would pay for the hiding of its wake-up path with its warp, and lose it).
 pub fn release_held_timer(vcpu: &Vcpu) {
@@ -510,8 +522,11 @@ pub fn release_held_timer(vcpu: &Vcpu) {
     let now = wait_out(deadline, ready);
     let waited_ticks = time::rdtsc().wrapping_sub(ready_tsc);
     let fire_at = held.fire_at_ns.load(Ordering::Relaxed);
+    let held_here = held.cpu.load(Ordering::Relaxed) == this_cpu();
     with_local(|local| {
-        local.advance.observe(ready.saturating_sub(fire_at));
+        if held_here {
+            local.advance.observe(ready.saturating_sub(fire_at));
+        }
         local.queue.forgive_running(now - ready);
         local.since_tsc = local.since_tsc.wrapping_add(waited_ticks);
     });
