@@ -15,13 +15,15 @@
 //! "hostile: K of N attacks SUCCEEDED (BUG)", then the last attack's line. The QEMU guest
 //! test expects "hostile: all attacks refused" and the domain to end "killed"; a guest
 //! that survives prints "hostile: survived a fault in the fault handler (BUG)" and powers
-//! off. The guest must never attack in a way it could not survive if the hypervisor
+//! off. With `attack=<name>` on its command line it runs only that one attack, one that
+//! ends the domain when contained ([`fatal`]). The guest must never attack in a way it could not survive if the hypervisor
 //! refuses, nor end itself before the last attack.
 
 #![no_std]
 #![no_main]
 
 mod arguments;
+mod fatal;
 mod last_attack;
 mod mappings;
 mod reservation;
@@ -45,6 +47,9 @@ fn main(start: &'static StartInfo) {
             shutdown(ShutdownReason::Crash);
         }
     };
+    if let Some(name) = fatal::requested(guest_rt::start_info::cmd_line()) {
+        fatal::run(name, &targets);
+    }
     let mut tally = Tally::default();
     arguments::run(&mut tally, &targets);
     reservation::run(&mut tally, &targets);

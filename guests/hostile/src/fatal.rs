@@ -1,0 +1,50 @@
+//! Attacks that end the domain when the hypervisor contains them: one per boot, named on
+//! the guest's command line (`attack=<name>`), so that each runs in a domain of its own and
+//! the QEMU test can check both that the machine survived and how that domain ended.
+//!
+//! Each attack prints "hostile: attack <name>: <what it does>" before it strikes. One the
+//! hypervisor refuses outright prints "hostile: attack <name>: refused (...)" and powers
+//! off; one it contains by killing the domain never returns. An attack that gets through
+//! prints "... SUCCEEDED (BUG)" when it still can, and crashes the domain. The QEMU case
+//! names each module's expected ending (`expect=killed` or `expect=poweroff`), so a
+//! hypervisor that answers differently fails the run.
+//!
+//! Called by `main` instead of the survivable suite; this module must never strike an
+//! attack other than the one named.
+
+use guest_rt::abi::hypercall::ShutdownReason;
+use guest_rt::hypercall::shutdown;
+use guest_rt::println;
+
+use crate::last_attack;
+use crate::targets::Targets;
+
+/// One single attack: its name on the command line and what runs it.
+struct Attack {
+    name: &'static str,
+    run: fn(&Targets) -> !,
+}
+
+/// Every single attack, by name.
+const ATTACKS: &[Attack] = &[Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler }];
+
+/// The `attack=` value on the command line, if any.
+pub fn requested(cmdline: &[u8]) -> Option<&str> {
+    let text = core::str::from_utf8(cmdline).ok()?;
+    text.split_ascii_whitespace().find_map(|word| word.strip_prefix("attack="))
+}
+
+/// Runs the attack named `name`; an unknown name crashes the domain.
+pub fn run(name: &str, targets: &Targets) -> ! {
+    match ATTACKS.iter().find(|a| a.name == name) {
+        Some(attack) => (attack.run)(targets),
+        None => {
+            println!("hostile: unknown attack {name:?}");
+            shutdown(ShutdownReason::Crash)
+        }
+    }
+}
+
+fn fault_in_fault_handler(targets: &Targets) -> ! {
+    last_attack::fault_in_fault_handler(targets.hole)
+}
