@@ -58,7 +58,7 @@ STD_CRATES := stress
 METAL_CRATES := hypervisor guest-rt guest-hello
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
-.PHONY: help deps build guests stress iso iso-selftest run smoke boottime test test-host test-qemu test-stress clippy clean
+.PHONY: help deps build guests stress iso iso-selftest run smoke boottime test test-host test-qemu test-stress clippy clean xtf
 
 help:
 	@echo "make build           build the hypervisor ELF ($(KERNEL))"
@@ -74,6 +74,7 @@ help:
 	@echo "                      STRESS_TARGETS=report, STRESS_VCPU=idle|default)"
 	@echo "make test            host unit tests, clippy, the QEMU test matrix and a short stress run"
 	@echo "make test-stress     make stress N=20 SMP=2 SECONDS=3, targets reported but not enforced"
+	@echo "make xtf XTF=<dir>   run every pv64 test of a built Xen Test Framework tree (ONLY='a b', XTF_TIMEOUT=60)"
 	@echo "make clippy          clippy with warnings denied, host and bare-metal"
 	@echo "make clean           remove build outputs"
 
@@ -168,6 +169,11 @@ stress: build guests $(DEPS_STAMP)
 	target/release/stress run --log $(BUILD)/stress.log --out $(STRESS_OUT) $(if $(filter report,$(STRESS_TARGETS)),--no-targets) --timeout $$(( $(SECONDS) * 10 + 120 )) \
 	    --vcpu-threads $(STRESS_VCPU) \
 	    --qemu "$(QEMU) -M $(MACHINE) -accel $(ACCEL) -m $(STRESS_MEM) -smp $(STRESS_SMP) -name stress,debug-threads=on -display none -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -mem-prealloc $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA) -cdrom $(STRESS_ISO)"
+
+# The Xen Test Framework's pv64 tests (not vendored: build andyhhp/xtf with `make -k -j2`).
+xtf: build $(DEPS_STAMP)
+	@test -n "$(XTF)" || { echo "error: say where a built XTF tree is: make xtf XTF=<dir>"; exit 2; }
+	python3 tests/xtf.py --xtf $(XTF) --timeout $(or $(XTF_TIMEOUT),60) $(if $(ONLY),--only $(ONLY))
 
 clean:
 	cargo clean
