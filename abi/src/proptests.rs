@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 
 use crate::arch_x86::{cr3_to_pfn, pfn_to_cr3};
-use crate::control::ControlCmd;
+use crate::control::{ControlArgs, ControlCmd, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams};
 use crate::elfnote::{numeric_desc, string_desc, ElfNote};
 use crate::errno::Errno;
 use crate::event_channel::{EvtchnState, EvtchnStatus};
@@ -307,5 +307,85 @@ proptest! {
         let expected: &[u8] = if result.is_ok() { &line } else { &first };
         prop_assert_eq!(info.cmd_line(), expected);
         prop_assert!(info.has_valid_magic());
+    }
+
+    /// Domain 0's argument blocks: every field at its `#[repr(C)]` offset, little-endian,
+    /// nothing else written, and decoded back to the same value.
+    #[test]
+    fn control_arguments_sit_at_their_struct_offsets(
+        words in proptest::collection::vec(any::<u64>(), 16),
+    ) {
+        use core::mem::offset_of;
+        let w = |i: usize| words[i];
+        let h = |i: usize| words[i] as u32;
+        let params = SchedParams { weight: h(0), _pad: 0, warp_ns: w(1), warp_limit_ns: w(2), unwarp_req_ns: w(3) };
+        let create = CreateDomain {
+            module: h(4), mem_kib: h(5), max_kib: h(6), cpu: h(7), params, cmdline: w(8), cmdline_len: w(9), flags: h(10), _pad: 0,
+        };
+        let info = DomainInfo {
+            tot_pages: w(0), max_pages: w(1), state: h(2), vcpus: h(3), cpu_time_ns: w(4), hypercalls: w(5),
+            exceptions_bounced: w(6), events_sent: w(7), build_ns: w(8),
+        };
+        let phys = PhysInfo {
+            total_kib: w(9), free_kib: w(10), heap_bytes: w(11), domains: h(12), cpus: h(13), window_used_kib: w(14),
+            modules: h(15), _pad: 0, tsc_khz: w(0),
+        };
+        let max = MaxMem { max_kib: w(11) };
+        prop_assert_eq!(SchedParams::decode(&params.encode()), params);
+        prop_assert_eq!(CreateDomain::decode(&create.encode()), create);
+        prop_assert_eq!(DomainInfo::decode(&info.encode()), info);
+        prop_assert_eq!(PhysInfo::decode(&phys.encode()), phys);
+        prop_assert_eq!(MaxMem::decode(&max.encode()), max);
+
+        /// The expected block: each (offset, little-endian bytes), zero elsewhere.
+        fn block(fields: &[(usize, Vec<u8>)]) -> [u8; 112] {
+            let mut out = [0u8; 112];
+            for (offset, bytes) in fields {
+                out[*offset..offset + bytes.len()].copy_from_slice(bytes);
+            }
+            out
+        }
+        let le32 = |v: u32| v.to_le_bytes().to_vec();
+        let le64 = |v: u64| v.to_le_bytes().to_vec();
+        let sched_fields = |base: usize, p: &SchedParams| vec![
+            (base + offset_of!(SchedParams, weight), le32(p.weight)),
+            (base + offset_of!(SchedParams, warp_ns), le64(p.warp_ns)),
+            (base + offset_of!(SchedParams, warp_limit_ns), le64(p.warp_limit_ns)),
+            (base + offset_of!(SchedParams, unwarp_req_ns), le64(p.unwarp_req_ns)),
+        ];
+        prop_assert_eq!(params.encode(), block(&sched_fields(0, &params)));
+        let mut fields = vec![
+            (offset_of!(CreateDomain, module), le32(create.module)),
+            (offset_of!(CreateDomain, mem_kib), le32(create.mem_kib)),
+            (offset_of!(CreateDomain, max_kib), le32(create.max_kib)),
+            (offset_of!(CreateDomain, cpu), le32(create.cpu)),
+            (offset_of!(CreateDomain, cmdline), le64(create.cmdline)),
+            (offset_of!(CreateDomain, cmdline_len), le64(create.cmdline_len)),
+            (offset_of!(CreateDomain, flags), le32(create.flags)),
+        ];
+        fields.extend(sched_fields(offset_of!(CreateDomain, params), &params));
+        prop_assert_eq!(create.encode(), block(&fields));
+        prop_assert_eq!(max.encode(), block(&[(offset_of!(MaxMem, max_kib), le64(max.max_kib))]));
+        prop_assert_eq!(info.encode(), block(&[
+            (offset_of!(DomainInfo, tot_pages), le64(info.tot_pages)),
+            (offset_of!(DomainInfo, max_pages), le64(info.max_pages)),
+            (offset_of!(DomainInfo, state), le32(info.state)),
+            (offset_of!(DomainInfo, vcpus), le32(info.vcpus)),
+            (offset_of!(DomainInfo, cpu_time_ns), le64(info.cpu_time_ns)),
+            (offset_of!(DomainInfo, hypercalls), le64(info.hypercalls)),
+            (offset_of!(DomainInfo, exceptions_bounced), le64(info.exceptions_bounced)),
+            (offset_of!(DomainInfo, events_sent), le64(info.events_sent)),
+            (offset_of!(DomainInfo, build_ns), le64(info.build_ns)),
+        ]));
+        prop_assert_eq!(phys.encode(), block(&[
+            (offset_of!(PhysInfo, total_kib), le64(phys.total_kib)),
+            (offset_of!(PhysInfo, free_kib), le64(phys.free_kib)),
+            (offset_of!(PhysInfo, heap_bytes), le64(phys.heap_bytes)),
+            (offset_of!(PhysInfo, domains), le32(phys.domains)),
+            (offset_of!(PhysInfo, cpus), le32(phys.cpus)),
+            (offset_of!(PhysInfo, window_used_kib), le64(phys.window_used_kib)),
+            (offset_of!(PhysInfo, modules), le32(phys.modules)),
+            (offset_of!(PhysInfo, tsc_khz), le64(phys.tsc_khz)),
+        ]));
     }
 }
