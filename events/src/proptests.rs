@@ -5,7 +5,8 @@
 //! remote end and clears the pending bit, a send to another domain goes through its
 //! `deliver_from`, a bind marks the new port pending) and to a plain model of Xen's rules.
 //!
-//! After every step: each operation's result (port or errno) is the model's; every port's
+//! After every step: each operation's result (port, errno, or a poll's outcome: ready, or
+//! blocking on one port or any) is the model's; every port's
 //! status is the model's; the pending, mask and selector bits and the upcall flags are the
 //! model's; no port is linked to two others and every link is mutual; a pending bit is set
 //! only on a port in use (closed ports deliver nothing); the table holds exactly the
@@ -25,6 +26,7 @@ use proptest::prelude::*;
 use crate::bitmap::fake::FakePage;
 use crate::bitmap::{self, SharedPage};
 use crate::error::EventError;
+use crate::poll::{self, PollOutcome, PollTarget};
 use crate::table::{bind_interdomain, Binding, Channels, Delivery, Endpoint, SendTarget};
 
 /// The two domains (indices 0 and 1) and a third that exists only as a name.
@@ -42,7 +44,7 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 /// One step. `d` is the acting domain (0 or 1); ports and vCPUs are raw guest values.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Op {
     AllocUnbound {
         d: usize,
@@ -107,6 +109,11 @@ enum Op {
     Destroy {
         d: usize,
     },
+    /// `SCHEDOP_poll` on a list of ports: ready, block (and on what), or refused.
+    Poll {
+        d: usize,
+        ports: Vec<u32>,
+    },
 }
 
 fn op(max_ports: u32) -> impl Strategy<Value = Op> {
@@ -128,11 +135,20 @@ fn op(max_ports: u32) -> impl Strategy<Value = Op> {
         2 => (d.clone(), 0u32..max_ports + 2).prop_map(|(d, port)| Op::GuestMask { d, port }),
         1 => (d.clone(), 0u32..max_ports + 2).prop_map(|(d, port)| Op::GuestClear { d, port }),
         2 => (d.clone(), 0u32..4).prop_map(|(d, vcpu)| Op::GuestDrain { d, vcpu }),
-        1 => d.prop_map(|d| Op::Destroy { d }),
+        1 => d.clone().prop_map(|d| Op::Destroy { d }),
+        2 => (d, prop_oneof![
+            8 => proptest::collection::vec(port.clone(), 0..6),
+            1 => proptest::collection::vec(port, 126..131),
+        ]).prop_map(|(d, ports)| Op::Poll { d, ports }),
     ]
 }
 
 // ---- The model. ----
+
+/// A poll's outcome as a step result: ready, blocking on any port, or on one port.
+const POLL_READY: u32 = 1;
+const POLL_BLOCK_ANY: u32 = 2;
+const POLL_BLOCK_ON: u32 = 0x1_0000;
 
 /// A port in use, in the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,6 +380,23 @@ impl Model {
                 self.doms[d].drain(vcpu);
                 Ok(0)
             }
+            Op::Poll { d, ports } => {
+                if ports.len() > crate::limits::MAX_POLL_PORTS {
+                    return Err(Errno::Einval);
+                }
+                for &port in &ports {
+                    if port >= 4096 {
+                        return Err(Errno::Einval);
+                    }
+                    if self.doms[d].pending.contains(&port) {
+                        return Ok(POLL_READY);
+                    }
+                }
+                Ok(match ports[..] {
+                    [port] => POLL_BLOCK_ON + port,
+                    _ => POLL_BLOCK_ANY,
+                })
+            }
             Op::Destroy { d } => {
                 let me = self.doms[d].id;
                 let links: Vec<(DomId, u32, u32)> = self.doms[d]
@@ -496,6 +529,14 @@ impl Real {
             Op::GuestDrain { d, vcpu } => {
                 self.pages[d].guest_drain(vcpu);
                 Ok(0)
+            }
+            Op::Poll { d, ports } => {
+                let ports: Vec<EvtchnPort> = ports.into_iter().map(EvtchnPort).collect();
+                match poll::check(&*self.pages[d], &ports).map_err(err)? {
+                    PollOutcome::Ready => Ok(POLL_READY),
+                    PollOutcome::Block(PollTarget::AnyPort) => Ok(POLL_BLOCK_ANY),
+                    PollOutcome::Block(PollTarget::Port(port)) => Ok(POLL_BLOCK_ON + port.0),
+                }
             }
             Op::Destroy { d } => {
                 for unlink in self.tables[d].close_all() {
@@ -647,9 +688,9 @@ proptest! {
         let mut model = Model {
             doms: [0, 1].map(|d| ModelDom::new(DOMS[d], NR_VCPUS[d], max[d])),
         };
-        for (step, &op) in ops.iter().enumerate() {
-            let got = real.apply(op);
-            let expected = model.apply(op);
+        for (step, op) in ops.iter().enumerate() {
+            let got = real.apply(op.clone());
+            let expected = model.apply(op.clone());
             prop_assert_eq!(got, expected, "step {}: {:?}", step, op);
             check(&real, &model)?;
         }
