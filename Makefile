@@ -52,6 +52,9 @@ DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine.
 HOST_CRATES := xen-abi apic builder bvt events guest-rt mm pvmm smp topology
+# Guests whose library (their pure logic) is tested on the host; their binaries build
+# for the machine only.
+GUEST_LIB_CRATES := guest-dom0 guest-stress
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
 # Everything that runs on the machine.
@@ -139,13 +142,16 @@ boottime: build
 
 test: test-host clippy test-qemu test-stress
 
+# The property tests (proptest) run their default case counts; more with, for example,
+# `PROPTEST_CASES=10000 make test-host`.
 test-host: $(DEPS_STAMP)
 	cargo test $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) -p hypervisor --lib
+	cargo test $(foreach c,$(GUEST_LIB_CRATES),-p $(c)) --lib
 
 clippy: $(DEPS_STAMP)
 	cargo clippy $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) --all-targets -- -D warnings
-	cargo clippy -p hypervisor --lib --tests -- -D warnings
-	cargo clippy $(foreach c,$(HOST_CRATES) $(METAL_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
+	cargo clippy -p hypervisor $(foreach c,$(GUEST_LIB_CRATES),-p $(c)) --lib --tests -- -D warnings
+	cargo clippy $(foreach c,$(HOST_CRATES) $(GUEST_LIB_CRATES) $(METAL_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
 
 test-qemu: build iso-selftest guests
 	python3 tests/qemu.py test

@@ -39,6 +39,8 @@ pub mod hypercall_page;
 pub mod ids;
 pub mod memory;
 pub mod mmu;
+#[cfg(test)]
+mod proptests;
 pub mod pvh;
 pub mod sched;
 pub mod shared_info;

@@ -30,6 +30,8 @@ pub mod start_info;
 pub mod xen_notes;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod test_image;
 
 pub use build::{build, BuiltDomain, GuestMemory, HypervisorInputs};

@@ -69,6 +69,8 @@ mod drain;
 mod error;
 mod inbox;
 mod params;
+#[cfg(test)]
+mod proptests;
 mod run_queue;
 mod shrink;
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub mod bitmap;
 pub mod error;
 pub mod limits;
 pub mod poll;
+#[cfg(test)]
+mod proptests;
 pub mod table;
 pub mod virq;
 

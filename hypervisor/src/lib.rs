@@ -7,3 +7,5 @@ pub mod cmdline;
 pub mod descriptor;
 pub mod domspec;
 pub mod hypercall;
+#[cfg(test)]
+mod proptests;

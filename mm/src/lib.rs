@@ -14,3 +14,5 @@ pub mod frame;
 pub mod heap;
 pub mod layout;
 pub mod memmap;
+#[cfg(test)]
+mod proptests;

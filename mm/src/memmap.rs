@@ -179,8 +179,12 @@ impl Interval {
         }
     }
 
-    /// A non-usable interval, widened to whole pages.
+    /// A non-usable interval, widened to whole pages; an empty or inverted one excludes
+    /// nothing (widening it first would turn it into a page).
     fn excluded(start: u64, end: u64) -> Option<Interval> {
+        if end <= start {
+            return None;
+        }
         let widened_end = page_align_up(end).unwrap_or(u64::MAX);
         Interval::clipped(page_align_down(start), widened_end, false)
     }
@@ -422,6 +426,20 @@ mod tests {
         let reserved = [range(0x3000, 0x3000), range(0x4000, 0x1000)];
         let memory = usable_memory(&firmware, &reserved);
         assert_eq!(ranges(&memory), vec![(0x1000, 0x4000)]);
+    }
+
+    #[test]
+    fn unaligned_empty_or_inverted_entries_exclude_nothing() {
+        // Found by the property test: widened to whole pages before the emptiness check,
+        // an empty unaligned entry took the page around it out of usable memory.
+        let firmware = [
+            usable(0, 0x1_e000),
+            region(0x1_d800, 0x1_d800, RegionKind::Reserved),
+            region(0x1_0900, 0x1_0800, RegionKind::Bad),
+        ];
+        let reserved = [range(0x4800, 0x4800), range(0x8900, 0x8100)];
+        let memory = usable_memory(&firmware, &reserved);
+        assert_eq!(ranges(&memory), vec![(0, 0x1_e000)]);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod targets;
 pub mod vcpu;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod synthetic;
 
 use std::fs;

@@ -460,11 +460,16 @@ pub fn hypervisor_bytes_per_domain(
     n: usize,
 ) -> Option<u64> {
     let n = u64::try_from(n).ok().filter(|&n| n > 0)?;
-    Some(created?.saturating_sub(before?) / n + PAGE_BYTES)
+    Some((created?.saturating_sub(before?) / n).saturating_add(PAGE_BYTES))
 }
 
 fn minimal_domain_kib(min_pages: Option<u64>, hypervisor_bytes: Option<u64>) -> Option<f64> {
-    Some((min_pages? * PAGE_BYTES + hypervisor_bytes?) as f64 / 1024.0)
+    Some(
+        min_pages?
+            .saturating_mul(PAGE_BYTES)
+            .saturating_add(hypervisor_bytes?) as f64
+            / 1024.0,
+    )
 }
 
 /// How many domains of the average size fit in the memory free before the run.
@@ -486,8 +491,15 @@ pub fn largest_n_heap(
     heap_before: Option<u64>,
     hypervisor_bytes: Option<u64>,
 ) -> Option<u64> {
-    let per_domain = hypervisor_bytes?.checked_sub(PAGE_BYTES).filter(|&b| b > 0)?;
-    Some((for_domains_kib? * 1024).saturating_sub(heap_before?) / per_domain)
+    let per_domain = hypervisor_bytes?
+        .checked_sub(PAGE_BYTES)
+        .filter(|&b| b > 0)?;
+    Some(
+        for_domains_kib?
+            .saturating_mul(1024)
+            .saturating_sub(heap_before?)
+            / per_domain,
+    )
 }
 
 fn window(run: &Run, hypervisor_bytes: Option<u64>) -> WindowUsage {
@@ -511,7 +523,7 @@ fn window(run: &Run, hypervisor_bytes: Option<u64>) -> WindowUsage {
         regions,
         domains_that_fit: hypervisor_bytes
             .filter(|&b| b > 0)
-            .and_then(|b| Some(free_kib? * 1024 / b)),
+            .and_then(|b| Some(free_kib?.checked_mul(1024)? / b)),
     }
 }
 
@@ -559,7 +571,7 @@ fn lost_answers(run: &Run) -> u64 {
             Outcome::Measured { lost, .. } => lost,
             _ => None,
         })
-        .sum()
+        .fold(0, u64::saturating_add)
 }
 
 /// `a / b`, none when either is missing or `b` is 0.
@@ -661,9 +673,12 @@ fn creation(run: &Run) -> CreationReport {
         ratio_100th_first: ratio(at(SLOWDOWN_AT - 1), at(0)),
         total_ns: run
             .create_total_ns
-            .or_else(|| (count > 0).then(|| times.iter().sum())),
-        first_100_ns: (contiguous && count >= SLOWDOWN_AT)
-            .then(|| times[..SLOWDOWN_AT].iter().sum()),
+            .or_else(|| (count > 0).then(|| times.iter().fold(0u64, |a, &b| a.saturating_add(b)))),
+        first_100_ns: (contiguous && count >= SLOWDOWN_AT).then(|| {
+            times[..SLOWDOWN_AT]
+                .iter()
+                .fold(0u64, |a, &b| a.saturating_add(b))
+        }),
         early_median_ns,
         late_median_ns,
         late_from,
@@ -778,7 +793,7 @@ fn hypervisor_problems(run: &Run, problems: &mut Vec<Problem>) {
         let pushes: Vec<u64> = (0..config.cpus)
             .filter_map(|cpu| run.summary_number(&format!("sched.cpu{cpu}.warped_pushes_out")))
             .collect();
-        if !pushes.is_empty() && pushes.iter().sum::<u64>() == 0 {
+        if !pushes.is_empty() && pushes.iter().all(|&p| p == 0) {
             problems.push(Problem::NoWarpedPushes {
                 latency: config.latency,
                 cpus: config.cpus,
@@ -908,5 +923,65 @@ mod tests {
         assert_eq!((s.count, s.min, s.max), (4, 96, 128));
         assert!(close(s.mean, 105.0));
         assert!(Spread::of([]).is_none());
+    }
+
+    // ---- hostile numbers in the log ----
+
+    use crate::{analyse, synthetic};
+
+    /// The synthetic log of `n` domains with `key=` set to `value` on every line holding it.
+    fn with_value(n: usize, key: &str, value: &str) -> String {
+        let pattern = format!(" {key}=");
+        synthetic::log(n)
+            .into_iter()
+            // Without domain 0's own total, the report sums the creations itself.
+            .filter(|line| !line.contains(" total_ns="))
+            .map(|line| match line.find(&pattern) {
+                Some(at) => {
+                    let start = at + pattern.len();
+                    let end = line[start..].find(' ').map_or(line.len(), |e| start + e);
+                    format!("{}{}{}", &line[..start], value, &line[end..])
+                }
+                None => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    const HUGE: &str = "18446744073709551615";
+
+    #[test]
+    fn huge_free_window_memory_gives_no_domain_count() {
+        // Found by the property test (`proptests`): `free_kib * 1024` overflowed.
+        let analysis = analyse(&with_value(14, "window.free_kib", HUGE), None, true);
+        assert_eq!(analysis.report.memory.window.free_kib, Some(u64::MAX));
+        assert_eq!(analysis.report.memory.window.domains_that_fit, None);
+    }
+
+    #[test]
+    fn huge_creation_times_saturate_their_sum() {
+        // Found by the property test (`proptests`): the sum of the creations overflowed.
+        let analysis = analyse(&with_value(19, "ns", HUGE), None, true);
+        assert_eq!(analysis.report.creation.total_ns, Some(u64::MAX));
+    }
+
+    #[test]
+    fn huge_lost_answer_counts_saturate_their_sum() {
+        // Found by the property test (`proptests`): the sum of the ping domains' losses overflowed.
+        let analysis = analyse(&with_value(14, "lost", HUGE), None, true);
+        assert_eq!(analysis.report.latency.lost_answers, u64::MAX);
+    }
+
+    #[test]
+    fn huge_memory_figures_saturate() {
+        // The same arithmetic on the heap figures the summary reports.
+        assert_eq!(
+            hypervisor_bytes_per_domain(Some(0), Some(u64::MAX), 1),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            largest_n_heap(Some(u64::MAX), Some(0), Some(4096 + 1)),
+            Some(u64::MAX)
+        );
     }
 }

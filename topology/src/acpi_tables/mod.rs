@@ -29,6 +29,8 @@ mod table;
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use alloc::vec::Vec;
