@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cmdline;
+pub mod continuation;
 pub mod descriptor;
 pub mod domspec;
 pub mod hypercall;

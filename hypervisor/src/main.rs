@@ -20,6 +20,7 @@ mod logger;
 mod memory;
 mod percpu;
 mod platform;
+mod preempt;
 mod pv;
 mod sched;
 mod selftest;

@@ -42,8 +42,9 @@ impl ConsoleLine {
     }
 }
 
-/// Appends guest bytes to the domain's console, printing complete lines.
-pub fn write(domain: &Domain, bytes: &[u8]) {
+/// Appends guest bytes to the domain's console, printing complete lines; returns how many
+/// bytes it took (all of them).
+pub fn write(domain: &Domain, bytes: &[u8]) -> usize {
     domain.counters.console_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let mut line = domain.console.lock();
     for &byte in bytes {
@@ -54,6 +55,7 @@ pub fn write(domain: &Domain, bytes: &[u8]) {
             line.buffer.push(if byte.is_ascii_graphic() || byte == b' ' || byte == b'\t' { byte } else { b'.' });
         }
     }
+    bytes.len()
 }
 
 /// Prints whatever partial line is left (at shutdown).

@@ -3,7 +3,10 @@
 //! reference counting, plus pinning a new domain's tables and relinquishing a dead one's.
 //!
 //! Every operation runs under the domain's page-table lock; table frames are read and
-//! written through temporary mappings. Stale translations: guest entries are never global,
+//! written through temporary mappings. The batches (`mmu_update`, `mmuext_op`) stop
+//! between entries when `crate::preempt` says so and continue as Xen's do (the list
+//! advanced, the count reduced with `MMU_UPDATE_PREEMPTED` set, `done` accumulated through
+//! the guest's pointer), after flushing what they changed and releasing the lock. Stale translations: guest entries are never global,
 //! so only CPUs running one of the domain's vCPUs can cache them; flushes go to exactly
 //! those (today: this CPU, as domains have one vCPU).
 
@@ -15,7 +18,8 @@ use abi::errno::Errno;
 use abi::hypercall::{MmuUpdateCmd, MmuextCmd};
 use abi::ids::DomId;
 use abi::mmu::{MmuUpdate, MmuextOp, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH};
-use hypervisor::hypercall::GuestVa;
+use hypervisor::continuation::{Outcome, Stop};
+use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
 use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, TableMemory};
@@ -23,11 +27,11 @@ use spin::Once;
 use x86_64::VirtAddr;
 
 use crate::arch::paging;
-use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Domain, Vcpu};
 use crate::memory::{self, FrameMapping};
-use crate::pv::hypercall::HcResult;
+use crate::preempt;
+use crate::pv::hypercall::{stopped, HcResult};
 
 static LAYOUT: Once<Layout> = Once::new();
 
@@ -142,36 +146,57 @@ pub fn put_descriptor_page(mfn: Mfn) {
     mmu().put_page_and_type(mfn, &mut Tables::new());
 }
 
+/// What the guest's `done` counter holds before a batch: the count done so far for a
+/// continuation (`preempted`), else 0.
+fn done_before(done: GuestVa, preempted: bool) -> Result<u32, Errno> {
+    if preempted && !done.is_null() {
+        uaccess::read_value(done.0).map_err(|_| Errno::Efault)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Adds a batch's `completed` entries to the guest's `done` counter.
+fn report_done(done: GuestVa, before: u32, completed: u64) -> Result<(), Errno> {
+    if done.is_null() {
+        return Ok(());
+    }
+    uaccess::write_value(done.0, &before.wrapping_add(completed as u32)).map_err(|_| Errno::Efault)
+}
+
 /// `mmu_update`: checked updates of page-table entries named by machine address.
-pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count: u64, done: GuestVa, domid: u16) -> HcResult {
+pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, done: GuestVa, domid: u16, preempted: bool) -> Outcome {
     let dom = check_domid(vcpu, domid)?;
+    let before = done_before(done, preempted)?;
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::for_domain(&vcpu.domain);
     let mut completed = 0u64;
     let mut result = Ok(0);
     for i in 0..count {
-        let at = requests.offset::<MmuUpdate>(i).ok_or(Errno::Efault)?;
-        let request: MmuUpdate = match uaccess::read_value(at.0) {
-            Ok(r) => r,
-            Err(_) => {
-                result = Err(Errno::Efault);
-                break;
-            }
+        if i > 0 && preempt::should_stop() {
+            result = Err(stopped(request, i));
+            break;
+        }
+        let read = requests.offset::<MmuUpdate>(i).ok_or(()).and_then(|at| uaccess::read_value::<MmuUpdate>(at.0).map_err(drop));
+        let Ok(update) = read else {
+            result = Err(Stop::Failed(Errno::Efault));
+            break;
         };
-        let ad = match request.command() {
+        let ad = match update.command() {
             Some(MmuUpdateCmd::NormalPtUpdate) => AccessedDirty::Overwrite,
             Some(MmuUpdateCmd::PtUpdatePreserveAd) => AccessedDirty::Preserve,
             _ => {
-                result = Err(Errno::Einval);
+                result = Err(Stop::Failed(Errno::Einval));
                 break;
             }
         };
-        let entry_addr = request.ptr & !7;
+        let entry_addr = update.ptr & !7;
         let table = Mfn(entry_addr >> 12);
         let index = ((entry_addr & 0xfff) >> 3) as usize;
-        if let Err(e) = mmu.mod_entry(table, index, request.val, ad, dom, &mut tables) {
-            result = Err(errno(e));
+        // (A validation that stops part-way would continue here: `stopped(request, i)`.)
+        if let Err(e) = mmu.mod_entry(table, index, update.val, ad, dom, &mut tables) {
+            result = Err(Stop::Failed(errno(e)));
             break;
         }
         completed += 1;
@@ -179,9 +204,7 @@ pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count:
     if completed > 0 {
         tables.flush();
     }
-    if !done.is_null() {
-        uaccess::write_value(done.0, &(completed as u32)).map_err(|_| Errno::Efault)?;
-    }
+    report_done(done, before, completed)?;
     result
 }
 
@@ -205,22 +228,25 @@ pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult
 }
 
 /// `mmuext_op`: pins, base pointers and TLB operations, in a batch.
-pub fn mmuext_op(vcpu: &Vcpu, _frame: &mut TrapFrame, ops: GuestVa, count: u64, done: GuestVa, domid: u16) -> HcResult {
+pub fn mmuext_op(vcpu: &Vcpu, request: Request, ops: GuestVa, count: u64, done: GuestVa, domid: u16, preempted: bool) -> Outcome {
     let dom = check_domid(vcpu, domid)?;
+    let before = done_before(done, preempted)?;
     let mut completed = 0u64;
     let mut result = Ok(0);
     for i in 0..count {
-        let at = ops.offset::<MmuextOp>(i).ok_or(Errno::Efault)?;
-        let outcome = uaccess::read_value::<MmuextOp>(at.0).map_err(|_| Errno::Efault).and_then(|op| one_op(vcpu, dom, &op));
+        if i > 0 && preempt::should_stop() {
+            result = Err(stopped(request, i));
+            break;
+        }
+        let at = ops.offset::<MmuextOp>(i).ok_or(Errno::Efault);
+        let outcome = at.and_then(|at| uaccess::read_value::<MmuextOp>(at.0).map_err(|_| Errno::Efault)).and_then(|op| one_op(vcpu, dom, &op));
         if let Err(e) = outcome {
-            result = Err(e);
+            result = Err(Stop::Failed(e));
             break;
         }
         completed += 1;
     }
-    if !done.is_null() {
-        uaccess::write_value(done.0, &(completed as u32)).map_err(|_| Errno::Efault)?;
-    }
+    report_done(done, before, completed)?;
     result
 }
 
