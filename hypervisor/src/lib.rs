@@ -8,3 +8,4 @@ pub mod continuation;
 pub mod descriptor;
 pub mod domspec;
 pub mod hypercall;
+pub mod logring;
