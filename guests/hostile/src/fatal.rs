@@ -32,6 +32,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "long_mmuext", run: long_calls::mmuext },
     Attack { name: "long_console", run: long_calls::console },
     Attack { name: "long_decrease", run: long_calls::decrease },
+    Attack { name: "long_gdt", run: long_calls::gdt },
 ];
 
 /// The `attack=` value on the command line, if any.

@@ -6,8 +6,9 @@
 //! and cross-CPU call of that CPU waits behind it.
 //!
 //! Each attack is one entry of [`crate::fatal`]'s table (`attack=long_mmu_update`,
-//! `long_mmuext`, `long_console`, `long_decrease`), so that each runs in a domain of its
-//! own beside well-behaved ones. Every call must still give the right results (counts
+//! `long_mmuext`, `long_console`, `long_decrease`, `long_gdt`), so that each runs in a
+//! domain of its own beside well-behaved ones. (`long_gdt` makes many calls that are
+//! long but bounded, `set_gdt` of 14 frames, for the stays they cause.) Every call must still give the right results (counts
 //! done, entry results, reservation), and must let this domain's own timer event in while
 //! it runs: the vCPU's one-shot timer is armed 1 ms ahead of each call, and a call that
 //! takes longer than [`WATCHED_NS`] must have taken the event's upcall before half of it
@@ -33,7 +34,8 @@ use guest_rt::abi::memory::XenMemoryReservation;
 use guest_rt::abi::mmu::{MmuUpdate, MmuextOp};
 use guest_rt::balloon::{self, FrameLayout};
 use guest_rt::events::Events;
-use guest_rt::hypercall::{decode, hypercall2, hypercall3, hypercall4, shutdown};
+use guest_rt::abi::mmu::{UVMF_INVLPG, UVMF_LOCAL};
+use guest_rt::hypercall::{decode, hypercall2, hypercall3, hypercall4, shutdown, update_va_mapping};
 use guest_rt::layout::{self, PTE_ADDRESS_MASK, PTE_PRESENT};
 use guest_rt::time::Clock;
 use guest_rt::timer::{self, Timer};
@@ -416,6 +418,52 @@ pub fn decrease(_targets: &Targets) -> ! {
         ret == 0,
         format_args!("rax {ret}"),
         false,
+    );
+    watch.end()
+}
+
+/// GDT frames in the longest `set_gdt` (14: every page below Xen's reserved one).
+const GDT_FRAMES: usize = 14;
+/// `set_gdt` calls in a row.
+const GDT_CALLS: usize = 64;
+/// A flat 64-bit user data descriptor: every one of its checks passes.
+const USER_DATA: u64 = 0x00cf_f200_0000_ffff;
+
+/// `set_gdt` of [`GDT_FRAMES`] frames full of valid descriptors, [`GDT_CALLS`] times: each
+/// call checks 7168 descriptors, a bounded amount of work; the hypervisor's stays show
+/// how long it is.
+pub fn gdt(_targets: &Targets) -> ! {
+    println!("hostile: attack long_gdt: {GDT_CALLS} set_gdt calls of {GDT_FRAMES} frames of valid descriptors");
+    let mut watch = Watch::new();
+    let mut scratch = Scratch::new(&frames());
+    let mut list = [Mfn(0); GDT_FRAMES];
+    for slot in &mut list {
+        let page = scratch.take(PAGE_SIZE as usize / 8, USER_DATA);
+        let va = page.as_ptr() as u64;
+        *slot = start_info::virt_to_mfn(va).unwrap_or(Mfn(0));
+        // SAFETY: a scratch page of its own: nothing else uses it, and it is never
+        // touched again through this mapping.
+        if unsafe { update_va_mapping(va, 0, UVMF_INVLPG | UVMF_LOCAL) }.is_err() {
+            println!("hostile: long calls: unmapping a GDT frame failed");
+            shutdown(ShutdownReason::Crash);
+        }
+    }
+    let entries = (GDT_FRAMES * 512) as u64;
+    let (bad, seen) = watch.call(|| {
+        (0..GDT_CALLS)
+            .map(|_| {
+                // SAFETY: the frames hold only flat user data descriptors; no selector the
+                // program uses points into the guest GDT.
+                unsafe { hypercall2(Hypercall::SetGdt, list.as_ptr() as u64, entries) }
+            })
+            .filter(|&ret| ret != 0)
+            .count()
+    });
+    watch.judge(
+        format_args!("{GDT_CALLS} set_gdt of {GDT_FRAMES} frames"),
+        &seen,
+        bad == 0,
+        format_args!("{bad} calls failed"),
     );
     watch.end()
 }
