@@ -36,7 +36,7 @@ pub const GUEST_SHARE: usize = RING_BYTES - HYPERVISOR_RESERVE;
 /// Longest line kept (longer ones are cut, with a mark).
 const LINE_BYTES: usize = 1024;
 /// Console output at the end of a trap: at most this long (at least one chunk).
-pub const EXIT_SLICE_NS: u64 = 20_000;
+pub const EXIT_SLICE_NS: u64 = 10_000;
 /// Console output from the idle loop between two chances for interrupts.
 pub const IDLE_SLICE_NS: u64 = 50_000;
 /// Bytes written to the UART between two looks at the clock (and at the UART).

@@ -21,7 +21,7 @@ use crate::{cpus, percpu, sched, time};
 /// trap's entry and exit cost 1-25 us (more after a switch of address space, which
 /// flushes TCG's whole software TLB), so this keeps a stay near 50 us, and the restart of
 /// a stopped call (a `syscall` and its exit, about 1 us warm) costs a few per cent.
-pub const BUDGET_US: u64 = 30;
+pub const BUDGET_US: u64 = 40;
 
 /// TSC at the start of the hypercall each CPU is in.
 static STARTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];

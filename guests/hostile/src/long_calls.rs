@@ -22,7 +22,7 @@
 //! failed. Memory: the attacks use the free pages of the initial mapping after the
 //! targets as scratch (about 500 KiB; more with a larger reservation), and
 //! `long_decrease` gives back frames beyond the initial mapping (the QEMU case gives it a
-//! 64 MiB reservation). This module must never use a page the program or the targets use.
+//! 128 MiB reservation). This module must never use a page the program or the targets use.
 
 use core::fmt;
 
@@ -63,7 +63,7 @@ const CONSOLE_BYTES: usize = 64 * 1024;
 const CONSOLE_REST_NS: u64 = 500_000_000;
 /// Frames given back in one `decrease_reservation` (needs that many beyond the initial
 /// mapping).
-const GIVE_BACK: usize = 8192;
+const GIVE_BACK: usize = 16384;
 /// Extents in the list of frames the domain may not give back.
 const REFUSED_EXTENTS: usize = 8192;
 /// `DOMID_SELF` as a register argument.
