@@ -37,6 +37,9 @@ pub const DOM0_SHARE: usize = 32 << 10;
 
 /// Writes that stopped because their domain's line had no room in the console buffer yet.
 static WAITS: AtomicU64 = AtomicU64::new(0);
+/// Guest lines dropped over the rate limit, and at shutdown for want of room.
+static RATE_LIMITED: AtomicU64 = AtomicU64::new(0);
+static NO_ROOM: AtomicU64 = AtomicU64::new(0);
 
 /// One domain's partial line and its rate-limit budget.
 pub struct ConsoleLine {
@@ -97,6 +100,7 @@ fn emit(domain: &Domain, line: &mut ConsoleLine, force: bool) -> bool {
     if line.tokens < cost && !domain.privileged {
         line.dropped_since_report += 1;
         domain.counters.console_dropped_lines.fetch_add(1, Ordering::Relaxed);
+        RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
         line.buffer.clear();
         return true;
     }
@@ -119,6 +123,7 @@ fn emit(domain: &Domain, line: &mut ConsoleLine, force: bool) -> bool {
             return false;
         }
         domain.counters.console_dropped_lines.fetch_add(1, Ordering::Relaxed);
+        NO_ROOM.fetch_add(1, Ordering::Relaxed);
     }
     line.tokens = line.tokens.saturating_sub(cost);
     line.buffer.clear();
@@ -126,11 +131,14 @@ fn emit(domain: &Domain, line: &mut ConsoleLine, force: bool) -> bool {
 }
 
 /// Prints the console's figures as summary lines: `console.waits` (guest writes that
-/// stopped to wait for room in the console buffer), `console.hypervisor_lines_dropped`
-/// and `console.buffer_high_water_bytes`.
+/// stopped to wait for room in the console buffer), `console.guest_lines_rate_limited`,
+/// `console.guest_lines_dropped` (a domain's last line at shutdown, for want of room),
+/// `console.hypervisor_lines_dropped` and `console.buffer_high_water_bytes`.
 pub fn report() {
     let (dropped, high_water) = logger::figures();
     info!("summary: console.waits={}", WAITS.load(Ordering::Relaxed));
+    info!("summary: console.guest_lines_rate_limited={}", RATE_LIMITED.load(Ordering::Relaxed));
+    info!("summary: console.guest_lines_dropped={}", NO_ROOM.load(Ordering::Relaxed));
     info!("summary: console.hypervisor_lines_dropped={dropped}");
     info!("summary: console.buffer_high_water_bytes={high_water}");
 }

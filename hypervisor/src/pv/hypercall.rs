@@ -87,6 +87,7 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         }
         Request::MemoryOp { cmd, start_extent, arg } => return memop::memory_op(vcpu, request, cmd, start_extent, arg),
         Request::Multicall { calls, count } => return multicall(vcpu, frame, request, calls, count),
+        Request::UpdateVaMapping { va, pte, flags } => return mmu::update_va_mapping(vcpu, va, pte, flags),
         Request::ConsoleRead { .. } => Ok(0),
         Request::XenVersion { cmd, arg } => xen_version(cmd, arg),
         Request::SchedOp { cmd, arg } => sched_op(vcpu, cmd, arg),
@@ -101,7 +102,6 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         Request::VmAssist { cmd: 0 | 1, kind: 0 | 1 | 3 } => Ok(0),
         Request::VmAssist { .. } => Err(Errno::Einval),
         Request::VcpuOp { cmd, vcpu: id, arg } => vcpuop::vcpu_op(vcpu, cmd, id, arg),
-        Request::UpdateVaMapping { va, pte, flags } => mmu::update_va_mapping(vcpu, va, pte, flags),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
         Request::Domctl { arg } => control::control(vcpu, arg),
         Request::SetTimerOp { deadline_ns } => {
@@ -136,7 +136,8 @@ fn console_write(vcpu: &Vcpu, request: Request, buffer: GuestVa, count: u64) -> 
             return Err(stopped(request, done));
         }
         let n = (count - done).min(chunk.len() as u64) as usize;
-        uaccess::read(buffer.0 + done, &mut chunk[..n]).map_err(efault)?;
+        let at = buffer.offset::<u8>(done).ok_or(Errno::Efault)?;
+        uaccess::read(at.0, &mut chunk[..n]).map_err(efault)?;
         let taken = console::write(&vcpu.domain, &chunk[..n]);
         done += taken as u64;
         if taken < n {

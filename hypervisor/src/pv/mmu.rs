@@ -31,7 +31,7 @@ use crate::arch::uaccess;
 use crate::domain::{Domain, Vcpu};
 use crate::memory::{self, FrameMapping};
 use crate::preempt;
-use crate::pv::hypercall::{stopped, HcResult};
+use crate::pv::hypercall::stopped;
 
 static LAYOUT: Once<Layout> = Once::new();
 
@@ -46,6 +46,22 @@ fn mmu() -> PvMmu<'static> {
 
 fn errno(e: MmError) -> Errno {
     e.errno()
+}
+
+/// How a page-table operation's failure stops the hypercall it is part of: the guest gets
+/// its errno. This is the one place to map a validation that stopped part-way (and can be
+/// resumed) to [`Stop::Retry`]: the batches then continue from the entry that stopped, and
+/// a single call (`update_va_mapping`) is issued again as it stands.
+fn stop(e: MmError) -> Stop {
+    Stop::Failed(errno(e))
+}
+
+/// A batch's stop at entry `i` of `request` for `why`: a retry continues from that entry.
+fn stop_at(request: Request, i: u64, why: Stop) -> Stop {
+    match why {
+        Stop::Retry => stopped(request, i),
+        why => why,
+    }
 }
 
 /// Page-table frames as the validator sees them: entries read and written through
@@ -194,9 +210,8 @@ pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, 
         let entry_addr = update.ptr & !7;
         let table = Mfn(entry_addr >> 12);
         let index = ((entry_addr & 0xfff) >> 3) as usize;
-        // (A validation that stops part-way would continue here: `stopped(request, i)`.)
         if let Err(e) = mmu.mod_entry(table, index, update.val, ad, dom, &mut tables) {
-            result = Err(Stop::Failed(errno(e)));
+            result = Err(stop_at(request, i, stop(e)));
             break;
         }
         completed += 1;
@@ -210,14 +225,14 @@ pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, 
 
 /// `update_va_mapping`: a checked update of the L1 entry that maps `va` in the current
 /// kernel address space, then the requested flush.
-pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult {
+pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> Outcome {
     uaccess::check_range(va, 1).map_err(|_| Errno::Einval)?;
     let l4 = vcpu.ctx.lock().active_l4().ok_or(Errno::Einval)?;
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::for_domain(&vcpu.domain);
-    let slot = mmu.l1_entry_of(l4, va, &tables).map_err(errno)?;
-    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut tables).map_err(errno)?;
+    let slot = mmu.l1_entry_of(l4, va, &tables).map_err(stop)?;
+    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut tables).map_err(stop)?;
     let everywhere = flags & UVMF_ALL != 0 && tables.smp;
     match flags & UVMF_FLUSHTYPE_MASK {
         UVMF_INVLPG if !everywhere => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
@@ -239,9 +254,9 @@ pub fn mmuext_op(vcpu: &Vcpu, request: Request, ops: GuestVa, count: u64, done: 
             break;
         }
         let at = ops.offset::<MmuextOp>(i).ok_or(Errno::Efault);
-        let outcome = at.and_then(|at| uaccess::read_value::<MmuextOp>(at.0).map_err(|_| Errno::Efault)).and_then(|op| one_op(vcpu, dom, &op));
-        if let Err(e) = outcome {
-            result = Err(Stop::Failed(e));
+        let read = at.and_then(|at| uaccess::read_value::<MmuextOp>(at.0).map_err(|_| Errno::Efault));
+        if let Err(why) = read.map_err(Stop::from).and_then(|op| one_op(vcpu, dom, &op)) {
+            result = Err(stop_at(request, i, why));
             break;
         }
         completed += 1;
@@ -250,11 +265,11 @@ pub fn mmuext_op(vcpu: &Vcpu, request: Request, ops: GuestVa, count: u64, done: 
     result
 }
 
-fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
+fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
     let mfn = Mfn(op.arg1);
     let pin = |level| {
         let _lock = vcpu.domain.mmu_lock.lock();
-        mmu().pin_table(mfn, level, dom, &mut Tables::new()).map_err(errno)
+        mmu().pin_table(mfn, level, dom, &mut Tables::new()).map_err(stop)
     };
     match MmuextCmd::from_raw(op.cmd) {
         Some(MmuextCmd::PinL1Table) => pin(Level::L1),
@@ -263,10 +278,10 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
         Some(MmuextCmd::PinL4Table) => pin(Level::L4),
         Some(MmuextCmd::UnpinTable) => {
             let _lock = vcpu.domain.mmu_lock.lock();
-            mmu().unpin_table(mfn, dom, &mut Tables::new()).map_err(errno)
+            mmu().unpin_table(mfn, dom, &mut Tables::new()).map_err(stop)
         }
-        Some(MmuextCmd::NewBaseptr) => new_baseptr(vcpu, mfn, false),
-        Some(MmuextCmd::NewUserBaseptr) => new_baseptr(vcpu, mfn, true),
+        Some(MmuextCmd::NewBaseptr) => Ok(new_baseptr(vcpu, mfn, false)?),
+        Some(MmuextCmd::NewUserBaseptr) => Ok(new_baseptr(vcpu, mfn, true)?),
         Some(MmuextCmd::TlbFlushLocal) => {
             paging::flush_all_local();
             Ok(())
@@ -281,7 +296,7 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
             Tables::for_domain(&vcpu.domain).flush();
             Ok(())
         }
-        _ => Err(Errno::Enosys),
+        _ => Err(Errno::Enosys.into()),
     }
 }
 
