@@ -24,10 +24,13 @@ pub extern "C" fn run() -> ! {
         if crate::sched::has_work() {
             crate::lapic::send_ipi(crate::percpu::current().apic_id, crate::traps::vectors::RESCHEDULE);
         } else if crate::logger::has_queued() {
-            crate::logger::drain(crate::logger::IDLE_SLICE_NS);
+            let wrote = crate::logger::drain(crate::logger::IDLE_SLICE_NS);
             // `sti` lets interrupts in only after the next instruction: one is taken there.
             x86_64::instructions::interrupts::enable();
             core::hint::spin_loop();
+            if !wrote {
+                crate::time::delay_ns(crate::logger::IDLE_RETRY_NS);
+            }
             continue;
         }
         x86_64::instructions::interrupts::enable_and_hlt();

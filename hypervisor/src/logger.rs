@@ -39,6 +39,10 @@ const LINE_BYTES: usize = 1024;
 pub const EXIT_SLICE_NS: u64 = 10_000;
 /// Console output from the idle loop between two chances for interrupts.
 pub const IDLE_SLICE_NS: u64 = 50_000;
+/// How long the idle loop waits, interrupts on, before it looks again at output it could
+/// not write (the UART busy, or another CPU draining): it must not hammer the UART's
+/// status register, each read of which is an exit to the emulator under QEMU.
+pub const IDLE_RETRY_NS: u64 = 20_000;
 /// Bytes written to the UART between two looks at the clock (and at the UART).
 const CHUNK: usize = 8;
 const _: () = assert!(CHUNK <= serial::FIFO_BYTES);
@@ -165,12 +169,14 @@ pub fn guest_line(domain: u16, share: usize, args: core::fmt::Arguments) -> bool
 }
 
 /// Writes queued lines to the UART for about `budget_ns` (at least one chunk), unless
-/// another CPU is at it or the UART is busy. Called with interrupts off.
-pub fn drain(budget_ns: u64) {
+/// another CPU is at it or the UART is busy; returns whether it wrote anything. Called
+/// with interrupts off.
+pub fn drain(budget_ns: u64) -> bool {
     if !QUEUED.load(Ordering::Acquire) || DRAINING.swap(true, Ordering::Acquire) {
-        return;
+        return false;
     }
     let start = time::rdtsc();
+    let mut wrote = false;
     loop {
         if !serial::transmitter_empty() {
             break;
@@ -186,11 +192,13 @@ pub fn drain(budget_ns: u64) {
             break;
         }
         serial::write_fifo(&chunk[..n]);
+        wrote = true;
         if time::tsc_to_ns(time::rdtsc().wrapping_sub(start)) >= budget_ns {
             break;
         }
     }
     DRAINING.store(false, Ordering::Release);
+    wrote
 }
 
 /// Whether lines wait to be printed.
@@ -201,7 +209,7 @@ pub fn has_queued() -> bool {
 /// Prints everything queued (waiting while another CPU drains).
 fn flush() {
     while QUEUED.load(Ordering::Acquire) {
-        drain(u64::MAX);
+        let _ = drain(u64::MAX);
         core::hint::spin_loop();
     }
 }
