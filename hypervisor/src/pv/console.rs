@@ -44,6 +44,8 @@ static NO_ROOM: AtomicU64 = AtomicU64::new(0);
 /// One domain's partial line and its rate-limit budget.
 pub struct ConsoleLine {
     buffer: ArrayVec<u8, LINE_MAX>,
+    /// The line is complete and waits for room: nothing more goes into it.
+    waiting: bool,
     tokens: u64,
     refilled_at_ns: u64,
     dropped_since_report: u64,
@@ -51,7 +53,7 @@ pub struct ConsoleLine {
 
 impl ConsoleLine {
     pub const fn new() -> Self {
-        ConsoleLine { buffer: ArrayVec::new_const(), tokens: BURST_BYTES, refilled_at_ns: 0, dropped_since_report: 0 }
+        ConsoleLine { buffer: ArrayVec::new_const(), waiting: false, tokens: BURST_BYTES, refilled_at_ns: 0, dropped_since_report: 0 }
     }
 
     fn refill(&mut self, now_ns: u64) {
@@ -70,10 +72,18 @@ pub fn write(domain: &Domain, bytes: &[u8]) -> usize {
     let mut line = domain.console.lock();
     let mut taken = bytes.len();
     for (i, &byte) in bytes.iter().enumerate() {
-        if (byte == b'\n' || line.buffer.is_full()) && !emit(domain, &mut line, false) {
+        // A line that waits for room goes first (whichever write of the domain comes next:
+        // the stopped one, continued, or another made meanwhile).
+        let ends = line.waiting || byte == b'\n' || line.buffer.is_full();
+        if ends && !emit(domain, &mut line, false) {
+            line.waiting = true;
             WAITS.fetch_add(1, Ordering::Relaxed);
             taken = i;
             break;
+        }
+        if core::mem::take(&mut line.waiting) && byte == b'\n' {
+            // The newline that ended the line that waited.
+            continue;
         }
         if byte != b'\n' && byte != b'\r' {
             line.buffer.push(if byte.is_ascii_graphic() || byte == b' ' || byte == b'\t' { byte } else { b'.' });
@@ -90,6 +100,7 @@ pub fn flush_partial(domain: &Domain) {
     if !line.buffer.is_empty() {
         emit(domain, &mut line, true);
     }
+    line.waiting = false;
 }
 
 /// Sends the domain's line to the console buffer (or drops it, over the rate limit);
