@@ -95,7 +95,7 @@ impl Line {
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let room = self.0.remaining_capacity();
-        if s.len() < room.saturating_sub(Self::CUT.len()) {
+        if s.len() <= room.saturating_sub(Self::CUT.len()) {
             self.0.extend(s.bytes());
         } else if !self.0.ends_with(Self::CUT) {
             let keep = room.saturating_sub(Self::CUT.len());
