@@ -42,6 +42,8 @@ class Case:
     cmdline: str = ""
     expect: dict = field(default_factory=dict)
     expect_lines: list = field(default_factory=list)
+    # Summary keys whose integer value must not exceed a bound.
+    expect_at_most: dict = field(default_factory=dict)
     timeout: int = 120
     accel: str = ""  # this case's accelerator ("kvm" cases are skipped where KVM is absent)
     # Guest modules: (guest binary name, module command line). One module boots through PVH
@@ -135,12 +137,42 @@ def guest_cases():
         Case("kvm-smpuser-smp2", smp="2", accel="kvm", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
+        # Hypercalls that ask for a great deal of work in one call (long mmu_update and
+        # mmuext_op, alone and in multicalls, a 64 KiB console write, decrease_reservation
+        # of 16384 frames, set_gdt of 14 frames 64 times), each in a domain of its own,
+        # beside the events guest: each call must give the right results and let its own
+        # timer event in while it runs, and no stay in the hypervisor with interrupts off
+        # may last longer than the bound.
+        Case("iso-attacks-preempt", smp="2", boot="iso", modules=preempt_attacks(),
+             expect={"domains.created": "6", "domains.unexpected_endings": "0"},
+             expect_at_most={"sched.max_stay_us": PREEMPT_MAX_STAY_US},
+             expect_lines=ok_lines + ["events: all ok"]
+             + [f"hostile: attack {name}:" for name, _ in PREEMPT_ATTACKS]
+             + ["hostile: long calls contained"]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
                      "module.smallest.min_reservation_kib": "96"},
              expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=24"]),
     ]
+
+
+# The long-call attacks of guests/hostile (src/long_calls.rs) and their module options.
+PREEMPT_ATTACKS = [("long_mmu_update", ""), ("long_mmuext", ""), ("long_console", ""),
+                   ("long_decrease", "mem_kib=131072"), ("long_gdt", "")]
+# The longest stay in the hypervisor with interrupts off the preempt case allows, in us.
+# The hypervisor's own part of a stay is bounded (40 us of work per call, then entry, exit
+# and a 10 us console slice: under 100 us), but under TCG a stay is measured in host time:
+# on a loaded 2-core host a vCPU thread descheduled (or waiting for QEMU's I/O lock) in
+# the middle of a stay stretched the case's longest to 40-230 ms. Before continuations
+# the same case's longest stay was 6.2 s.
+PREEMPT_MAX_STAY_US = 500_000
+
+
+def preempt_attacks():
+    return [("guest-events", "name=events")] + [
+        ("guest-hostile", f"name={name} {options} attack={name}".replace("  ", " "))
+        for name, options in PREEMPT_ATTACKS]
 
 
 def guest_iso(case):
@@ -257,6 +289,10 @@ def check(case, status, output):
     for key, want in case.expect.items():
         if facts.get(key) != want:
             problems.append(f"{key}={facts.get(key)!r}, expected {want!r}")
+    for key, bound in case.expect_at_most.items():
+        value = facts.get(key)
+        if value is None or not value.isdigit() or int(value) > bound:
+            problems.append(f"{key}={value!r}, expected at most {bound}")
     for text in case.expect_lines:
         if text not in output:
             problems.append(f"no line mentioning {text!r}")

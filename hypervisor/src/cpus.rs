@@ -136,6 +136,11 @@ pub fn call_all(func: CallFn, arg: usize) -> usize {
     cpus().board.call_all(&Ipi, func, arg)
 }
 
+/// Whether a cross-CPU call waits for this CPU (its interrupt is pending).
+pub fn call_waiting() -> bool {
+    CPUS.get().is_some_and(|cpus| cpus.board.is_waiting(&Ipi))
+}
+
 /// Services this CPU's pending cross-CPU call (from the CALL vector).
 pub fn service_calls() {
     if let Some(cpus) = CPUS.get() {

@@ -4,6 +4,8 @@
 //! numbers are known values, whose counts are bounded and whose guest pointers are typed
 //! ([`GuestVa`]) — whether a pointer names readable guest memory is checked when it is used.
 //! Registers follow the x86_64 PV convention: rax = number; rdi, rsi, rdx, r10, r8 = args.
+//! [`Request::encode`] is the inverse: it gives the registers that decode to a request, so
+//! that a preempted call can be re-issued as a changed request (see [`crate::continuation`]).
 
 use abi::hypercall::{CallbackOp, ConsoleIoOp, Hypercall, SchedOp, VcpuOp, XenVersionOp, MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT};
 
@@ -29,6 +31,11 @@ pub const MAX_BATCH: u64 = 1 << 20;
 pub const MAX_GDT_ENTRIES: u64 = 14 * 512;
 /// The most bytes one console write may carry.
 pub const MAX_CONSOLE_WRITE: u64 = 1 << 16;
+/// Bit 31 of the count of `mmu_update` and `mmuext_op`: set in a continuation, where the
+/// call resumes a preempted one and the guest's `done` count holds the work done so far
+/// (Xen's `MMU_UPDATE_PREEMPTED`, asm-x86/hypercall.h: Xen-internal, but guests see it in
+/// their registers after a preemption and must pass it back unchanged).
+pub const MMU_UPDATE_PREEMPTED: u64 = 1 << 31;
 
 /// A decoded hypercall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +43,8 @@ pub enum Request {
     SetTrapTable { table: GuestVa },
     SetGdt { frames: GuestVa, entries: u64 },
     UpdateDescriptor { maddr: u64, descriptor: u64 },
-    MmuUpdate { requests: GuestVa, count: u64, done: GuestVa, domid: u16 },
+    /// `preempted`: a continuation ([`MMU_UPDATE_PREEMPTED`] was set in the count).
+    MmuUpdate { requests: GuestVa, count: u64, done: GuestVa, domid: u16, preempted: bool },
     StackSwitch { ss: u64, sp: u64 },
     SetCallbacks { event: u64, failsafe: u64, syscall: u64 },
     FpuTaskswitch { set: bool },
@@ -51,7 +59,8 @@ pub enum Request {
     Iret,
     VcpuOp { cmd: VcpuOp, vcpu: u32, arg: GuestVa },
     SetSegmentBase { which: u32, base: u64 },
-    MmuextOp { ops: GuestVa, count: u64, done: GuestVa, domid: u16 },
+    /// `preempted`: as for `MmuUpdate`.
+    MmuextOp { ops: GuestVa, count: u64, done: GuestVa, domid: u16, preempted: bool },
     SchedOp { cmd: SchedOp, arg: GuestVa },
     CallbackOp { cmd: CallbackOp, arg: GuestVa },
     EventChannelOp { cmd: u32, arg: GuestVa },
@@ -82,6 +91,13 @@ fn bounded(call: Hypercall, count: u64, max: u64) -> Result<u64, DecodeError> {
     if count <= max { Ok(count) } else { Err(DecodeError::TooMany { call, count }) }
 }
 
+/// The count of `mmu_update` / `mmuext_op` (a C `unsigned int`) without its
+/// [`MMU_UPDATE_PREEMPTED`] bit, bounded, and whether the bit was set.
+fn batch_count(call: Hypercall, raw: u64) -> Result<(u64, bool), DecodeError> {
+    let raw = raw & 0xffff_ffff;
+    Ok((bounded(call, raw & !MMU_UPDATE_PREEMPTED, MAX_BATCH)?, raw & MMU_UPDATE_PREEMPTED != 0))
+}
+
 /// Decodes hypercall `number` with argument registers `a` (rdi, rsi, rdx, r10, r8).
 pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
     use Hypercall as H;
@@ -91,12 +107,10 @@ pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
     let unknown_op = |op: u64| DecodeError::UnknownOp { call, op };
     Ok(match call {
         H::SetTrapTable => Request::SetTrapTable { table: GuestVa(a[0]) },
-        H::MmuUpdate => Request::MmuUpdate {
-            requests: GuestVa(a[0]),
-            count: bounded(call, a[1] & 0xffff_ffff, MAX_BATCH)?,
-            done: GuestVa(a[2]),
-            domid: a[3] as u16,
-        },
+        H::MmuUpdate => {
+            let (count, preempted) = batch_count(call, a[1])?;
+            Request::MmuUpdate { requests: GuestVa(a[0]), count, done: GuestVa(a[2]), domid: a[3] as u16, preempted }
+        }
         H::SetGdt => Request::SetGdt { frames: GuestVa(a[0]), entries: bounded(call, a[1] & 0xffff_ffff, MAX_GDT_ENTRIES)? },
         H::UpdateDescriptor => Request::UpdateDescriptor { maddr: a[0], descriptor: a[1] },
         H::StackSwitch => Request::StackSwitch { ss: a[0], sp: a[1] },
@@ -129,12 +143,10 @@ pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
             arg: GuestVa(a[2]),
         },
         H::SetSegmentBase => Request::SetSegmentBase { which: op32(a[0]), base: a[1] },
-        H::MmuextOp => Request::MmuextOp {
-            ops: GuestVa(a[0]),
-            count: bounded(call, a[1] & 0xffff_ffff, MAX_BATCH)?,
-            done: GuestVa(a[2]),
-            domid: a[3] as u16,
-        },
+        H::MmuextOp => {
+            let (count, preempted) = batch_count(call, a[1])?;
+            Request::MmuextOp { ops: GuestVa(a[0]), count, done: GuestVa(a[2]), domid: a[3] as u16, preempted }
+        }
         H::SchedOp => Request::SchedOp { cmd: SchedOp::from_raw(op32(a[0])).ok_or(unknown_op(a[0]))?, arg: GuestVa(a[1]) },
         H::CallbackOp => {
             Request::CallbackOp { cmd: CallbackOp::from_raw(op32(a[0])).ok_or(unknown_op(a[0]))?, arg: GuestVa(a[1]) }
@@ -145,8 +157,50 @@ pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
     })
 }
 
+impl Request {
+    /// The hypercall number and argument registers (rdi, rsi, rdx, r10, r8) that
+    /// [`decode`] turns into this request: `decode(n, a) == Ok(r)` for `(n, a) =
+    /// r.encode()`. Bits that decoding ignores (the upper half of 32-bit arguments) are 0.
+    pub fn encode(&self) -> (u64, [u64; 5]) {
+        use Hypercall as H;
+        let batch = |count: u64, preempted: bool| count | if preempted { MMU_UPDATE_PREEMPTED } else { 0 };
+        let (call, args) = match *self {
+            Request::SetTrapTable { table } => (H::SetTrapTable, [table.0, 0, 0, 0, 0]),
+            Request::SetGdt { frames, entries } => (H::SetGdt, [frames.0, entries, 0, 0, 0]),
+            Request::UpdateDescriptor { maddr, descriptor } => (H::UpdateDescriptor, [maddr, descriptor, 0, 0, 0]),
+            Request::MmuUpdate { requests, count, done, domid, preempted } => {
+                (H::MmuUpdate, [requests.0, batch(count, preempted), done.0, domid.into(), 0])
+            }
+            Request::StackSwitch { ss, sp } => (H::StackSwitch, [ss, sp, 0, 0, 0]),
+            Request::SetCallbacks { event, failsafe, syscall } => (H::SetCallbacks, [event, failsafe, syscall, 0, 0]),
+            Request::FpuTaskswitch { set } => (H::FpuTaskswitch, [set.into(), 0, 0, 0, 0]),
+            Request::MemoryOp { cmd, start_extent, arg } => {
+                (H::MemoryOp, [u64::from(cmd) | (start_extent << MEMOP_EXTENT_SHIFT), arg.0, 0, 0, 0])
+            }
+            Request::Multicall { calls, count } => (H::Multicall, [calls.0, count, 0, 0, 0]),
+            Request::UpdateVaMapping { va, pte, flags } => (H::UpdateVaMapping, [va, pte, flags, 0, 0]),
+            Request::SetTimerOp { deadline_ns } => (H::SetTimerOp, [deadline_ns, 0, 0, 0, 0]),
+            Request::XenVersion { cmd, arg } => (H::XenVersion, [cmd.raw().into(), arg.0, 0, 0, 0]),
+            Request::ConsoleWrite { buffer, count } => (H::ConsoleIo, [ConsoleIoOp::Write.raw().into(), count, buffer.0, 0, 0]),
+            Request::ConsoleRead { buffer, count } => (H::ConsoleIo, [ConsoleIoOp::Read.raw().into(), count, buffer.0, 0, 0]),
+            Request::VmAssist { cmd, kind } => (H::VmAssist, [cmd.into(), kind.into(), 0, 0, 0]),
+            Request::Iret => (H::Iret, [0; 5]),
+            Request::VcpuOp { cmd, vcpu, arg } => (H::VcpuOp, [cmd.raw().into(), vcpu.into(), arg.0, 0, 0]),
+            Request::SetSegmentBase { which, base } => (H::SetSegmentBase, [which.into(), base, 0, 0, 0]),
+            Request::MmuextOp { ops, count, done, domid, preempted } => {
+                (H::MmuextOp, [ops.0, batch(count, preempted), done.0, domid.into(), 0])
+            }
+            Request::SchedOp { cmd, arg } => (H::SchedOp, [cmd.raw().into(), arg.0, 0, 0, 0]),
+            Request::CallbackOp { cmd, arg } => (H::CallbackOp, [cmd.raw().into(), arg.0, 0, 0, 0]),
+            Request::EventChannelOp { cmd, arg } => (H::EventChannelOp, [cmd.into(), arg.0, 0, 0, 0]),
+            Request::Domctl { arg } => (H::Domctl, [arg.0, 0, 0, 0, 0]),
+        };
+        (call.number(), args)
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -194,6 +248,72 @@ mod tests {
         assert_eq!(decode(2, [0x1000, MAX_GDT_ENTRIES, 0, 0, 0]), Ok(Request::SetGdt { frames: GuestVa(0x1000), entries: MAX_GDT_ENTRIES }));
         // Counts are 32-bit: the upper half does not count.
         assert!(decode(1, [0x1000, (1 << 32) | 4, 0, 0x7ff0, 0]).is_ok());
+        // The preempted bit is not part of the count, but the rest is still bounded.
+        assert!(matches!(decode(1, [0x1000, MMU_UPDATE_PREEMPTED | huge, 0, 0x7ff0, 0]), Err(DecodeError::TooMany { .. })));
+        assert!(matches!(decode(13, [0x1000, MMU_UPDATE_PREEMPTED | 4, 0, 0, 0]), Err(DecodeError::TooMany { .. })));
+    }
+
+    #[test]
+    fn the_preempted_bit_of_batch_counts_is_decoded_apart() {
+        let fresh = Request::MmuUpdate { requests: GuestVa(0x1000), count: 4, done: GuestVa(0x2000), domid: 0x7ff0, preempted: false };
+        assert_eq!(decode(1, [0x1000, 4, 0x2000, 0x7ff0, 0]), Ok(fresh));
+        let resumed = Request::MmuUpdate { requests: GuestVa(0x1000), count: 4, done: GuestVa(0x2000), domid: 0x7ff0, preempted: true };
+        assert_eq!(decode(1, [0x1000, MMU_UPDATE_PREEMPTED | 4, 0x2000, 0x7ff0, 0]), Ok(resumed));
+        assert_eq!(
+            decode(26, [0x3000, (1 << 32) | MMU_UPDATE_PREEMPTED | MAX_BATCH, 0, 0x7ff0, 0]),
+            Ok(Request::MmuextOp { ops: GuestVa(0x3000), count: MAX_BATCH, done: GuestVa(0), domid: 0x7ff0, preempted: true })
+        );
+    }
+
+    /// One request of every kind, with arguments that use every decoded bit.
+    pub(crate) fn every_request() -> [Request; 24] {
+        let va = GuestVa(0xffff_8000_dead_b000);
+        [
+            Request::SetTrapTable { table: va },
+            Request::SetGdt { frames: va, entries: MAX_GDT_ENTRIES },
+            Request::UpdateDescriptor { maddr: 0x1234_5678, descriptor: u64::MAX },
+            Request::MmuUpdate { requests: va, count: MAX_BATCH, done: GuestVa(8), domid: 0x7ff0, preempted: true },
+            Request::StackSwitch { ss: 0xe02b, sp: u64::MAX },
+            Request::SetCallbacks { event: 1, failsafe: 2, syscall: 3 },
+            Request::FpuTaskswitch { set: true },
+            Request::MemoryOp { cmd: 63, start_extent: u64::MAX >> MEMOP_EXTENT_SHIFT, arg: va },
+            Request::Multicall { calls: va, count: MAX_BATCH },
+            Request::UpdateVaMapping { va: 1, pte: 2, flags: 3 },
+            Request::SetTimerOp { deadline_ns: u64::MAX },
+            Request::XenVersion { cmd: XenVersionOp::GetFeatures, arg: va },
+            Request::ConsoleWrite { buffer: va, count: MAX_CONSOLE_WRITE },
+            Request::ConsoleRead { buffer: va, count: 0xffff_ffff },
+            Request::VmAssist { cmd: u32::MAX, kind: 7 },
+            Request::Iret,
+            Request::VcpuOp { cmd: VcpuOp::IsUp, vcpu: u32::MAX, arg: va },
+            Request::SetSegmentBase { which: 2, base: u64::MAX },
+            Request::MmuextOp { ops: va, count: 0, done: GuestVa(0), domid: 0, preempted: false },
+            Request::SchedOp { cmd: SchedOp::Poll, arg: va },
+            Request::CallbackOp { cmd: CallbackOp::Register, arg: va },
+            Request::EventChannelOp { cmd: u32::MAX, arg: va },
+            Request::Domctl { arg: va },
+            Request::MmuUpdate { requests: GuestVa(0), count: 0, done: GuestVa(0), domid: 0, preempted: false },
+        ]
+    }
+
+    #[test]
+    fn encoding_is_the_inverse_of_decoding() {
+        for request in every_request() {
+            let (number, args) = request.encode();
+            assert_eq!(decode(number, args), Ok(request), "{request:?} encodes as {number} {args:x?}");
+        }
+    }
+
+    #[test]
+    fn decoded_registers_encode_to_registers_that_decode_the_same() {
+        // Registers with bits decoding ignores (upper halves of 32-bit arguments) come
+        // back without them, and decode to the same request.
+        let raw = [(18, [0xffff_0000_0000_0000, 5, 0x2000, 9, 9]), (1, [0x1000, (7 << 32) | 4, 0, 0xffff_7ff0, 0]), (29, [u64::MAX << 32, 1, 2, 3, 4])];
+        for (number, args) in raw {
+            let request = decode(number, args).unwrap();
+            let (again, encoded) = request.encode();
+            assert_eq!((again, decode(again, encoded)), (number, Ok(request)));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The idle loop every CPU ends boot in: halt with interrupts on, wake for interrupts
-//! (cross-CPU calls, timers), halt again.
+//! (cross-CPU calls, timers), halt again; while console output is queued, print it in
+//! slices, taking interrupts between them, before halting.
 //!
 //! Also counts CPUs that have reached it, so the boot CPU can tell when all cores are idle.
 
@@ -22,6 +23,15 @@ pub extern "C" fn run() -> ! {
         x86_64::instructions::interrupts::disable();
         if crate::sched::has_work() {
             crate::lapic::send_ipi(crate::percpu::current().apic_id, crate::traps::vectors::RESCHEDULE);
+        } else if crate::logger::has_queued() {
+            let wrote = crate::logger::drain(crate::logger::IDLE_SLICE_NS);
+            // `sti` lets interrupts in only after the next instruction: one is taken there.
+            x86_64::instructions::interrupts::enable();
+            core::hint::spin_loop();
+            if !wrote {
+                crate::time::delay_ns(crate::logger::IDLE_RETRY_NS);
+            }
+            continue;
         }
         x86_64::instructions::interrupts::enable_and_hlt();
     }

@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cmdline;
+pub mod continuation;
 pub mod descriptor;
 pub mod domspec;
 pub mod hypercall;
+pub mod logring;
 #[cfg(test)]
 mod proptests;

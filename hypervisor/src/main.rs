@@ -20,6 +20,7 @@ mod logger;
 mod memory;
 mod percpu;
 mod platform;
+mod preempt;
 mod pv;
 mod sched;
 mod selftest;
@@ -103,6 +104,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     } else if options.selftest {
         exit(Outcome::Success);
     }
+    logger::set_buffered(true);
     idle::enter()
 }
 

@@ -62,6 +62,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
             crate::pv::events::deliver_upcall(vcpu, frame);
         }
     }
+    let _ = crate::logger::drain(crate::logger::EXIT_SLICE_NS);
     crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause);
 }
 

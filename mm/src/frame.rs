@@ -191,7 +191,7 @@ impl TypeInfo {
 /// | 0      | `owner`     | 0 reserved, 1 free, 2 hypervisor, `0x1_0000 | domid` domain |
 /// | 4      | `type_info` | bits 0-23 type count, 24-26 [`PageType`], 27-28 [`TypeFlags`] |
 /// | 8      | `ref_count` | general references (mappings, grants, I/O)                  |
-/// | 12     | `next_free` | free-list link: next free frame number, `u32::MAX` = end    |
+/// | 12     | `next_free` | free: next free frame number (`u32::MAX` = end); allocated: the owner's slot ([`FrameInfo::owner_slot`]) |
 #[repr(C)]
 #[derive(Debug)]
 pub struct FrameInfo {
@@ -233,6 +233,20 @@ impl FrameInfo {
     /// The general reference count.
     pub fn ref_count(&self) -> u32 {
         self.ref_count.load(Ordering::Acquire)
+    }
+
+    /// A number the owner of an allocated frame keeps with it: the hypervisor keeps a
+    /// domain frame's index in the domain's list of frames here, so that taking the frame
+    /// out of the list costs no search. `u32::MAX` until set after each allocation;
+    /// meaningless for free and reserved frames (the word is then the free-list link).
+    pub fn owner_slot(&self) -> u32 {
+        self.next_free.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Self::owner_slot`]. Only the owner of an allocated frame may call it, and
+    /// only while the frame stays allocated (the allocator takes the word back on `free`).
+    pub fn set_owner_slot(&self, slot: u32) {
+        self.next_free.store(slot, Ordering::Relaxed);
     }
 
     /// Atomically replaces the type word with `f(current)` unless `f` returns `None`;
@@ -523,6 +537,25 @@ mod tests {
     fn table(frames: usize, usable: &[PhysRange]) -> FrameTable {
         let storage: Vec<FrameInfo> = (0..frames).map(|_| FrameInfo::new()).collect();
         FrameTable::new(Box::leak(storage.into_boxed_slice()), usable)
+    }
+
+    #[test]
+    fn owner_slots_start_unset_and_do_not_disturb_the_free_list() {
+        let t = table(8, &[range(0, 8)]);
+        let a = t.alloc(DOM1).unwrap();
+        let b = t.alloc(DOM1).unwrap();
+        assert_eq!(t.frame(a).unwrap().owner_slot(), u32::MAX);
+        t.frame(a).unwrap().set_owner_slot(7);
+        t.frame(b).unwrap().set_owner_slot(3);
+        assert_eq!(t.frame(a).unwrap().owner_slot(), 7);
+        t.free(a).unwrap();
+        t.free(b).unwrap();
+        // Both back on the list: all eight frames can be handed out again, each once.
+        let mut again = Vec::new();
+        t.alloc_many(DOM1, 8, &mut again).unwrap();
+        again.sort();
+        assert_eq!(again, (0..8).map(Mfn).collect::<Vec<_>>());
+        assert!(again.iter().all(|&m| t.frame(m).unwrap().owner_slot() == u32::MAX));
     }
 
     #[test]

@@ -105,6 +105,14 @@ impl<'a> CallBoard<'a> {
         CallBoard { mailboxes }
     }
 
+    /// Whether a call waits in this CPU's mailbox (posted, not run yet): a CPU busy with
+    /// long work looks here to know that it should let its interrupts in.
+    pub fn is_waiting(&self, platform: &impl Platform) -> bool {
+        self.mailboxes.get(platform.this_cpu()).is_some_and(|mailbox| {
+            mailbox.posted.load(Ordering::Acquire) != mailbox.done.load(Ordering::Relaxed)
+        })
+    }
+
     /// Runs pending calls for this CPU (from its IPI handler, or while it waits).
     pub fn service(&self, platform: &impl Platform) -> bool {
         self.mailboxes
@@ -232,6 +240,21 @@ mod tests {
         }
         stop.store(true, Ordering::SeqCst);
         pollers.into_iter().for_each(|p| p.join().unwrap());
+    }
+
+    #[test]
+    fn a_posted_call_is_seen_waiting_until_it_runs() {
+        let board = leak_board(2);
+        let target = Cpu { index: 1, online: 2 };
+        assert!(!board.is_waiting(&target));
+        let caller = thread::spawn(move || board.call(&Cpu { index: 0, online: 2 }, 1, |_| {}, 0).unwrap());
+        while !board.is_waiting(&target) {
+            std::hint::spin_loop();
+        }
+        assert!(!board.is_waiting(&Cpu { index: 0, online: 2 }), "only the target's mailbox holds it");
+        assert!(board.service(&target));
+        caller.join().unwrap();
+        assert!(!board.is_waiting(&target));
     }
 
     #[test]

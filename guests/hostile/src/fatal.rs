@@ -16,7 +16,7 @@ use guest_rt::abi::hypercall::ShutdownReason;
 use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
-use crate::last_attack;
+use crate::{last_attack, long_calls};
 use crate::targets::Targets;
 
 /// One single attack: its name on the command line and what runs it.
@@ -26,7 +26,14 @@ struct Attack {
 }
 
 /// Every single attack, by name.
-const ATTACKS: &[Attack] = &[Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler }];
+const ATTACKS: &[Attack] = &[
+    Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler },
+    Attack { name: "long_mmu_update", run: long_calls::mmu_update },
+    Attack { name: "long_mmuext", run: long_calls::mmuext },
+    Attack { name: "long_console", run: long_calls::console },
+    Attack { name: "long_decrease", run: long_calls::decrease },
+    Attack { name: "long_gdt", run: long_calls::gdt },
+];
 
 /// The `attack=` value on the command line, if any.
 pub fn requested(cmdline: &[u8]) -> Option<&str> {

@@ -1,14 +1,22 @@
 //! The serial console: a 16550 UART on COM1 (115200 8N1) plus QEMU's debugcon port 0xe9.
 //!
-//! Used by the logger on every CPU, so writes are serialized by the logger's lock, not here.
-//! Must never allocate or take locks itself: it is also the panic and exception path.
+//! Used by the logger on every CPU, so writes are serialized by the logger, not here. Two
+//! ways to write: [`write_bytes`] waits for the transmitter before each byte (boot, the end
+//! of the run, the fatal paths), [`write_fifo`] never waits: when [`transmitter_empty`]
+//! says so it fills the 16-byte transmit FIFO, and the logger's slices come back later when
+//! the UART is busy (under QEMU, while the host end of the serial line does not read, the
+//! transmitter stays busy for as long as that lasts). Must never allocate or take locks
+//! itself: it is also the panic and exception path.
 
 use x86_64::instructions::port::{Port, PortWriteOnly};
 
 const COM1: u16 = 0x3f8;
 const DEBUGCON: u16 = 0xe9;
-/// Line status register bit: transmit holding register empty.
+/// Line status register bit: transmit holding register empty (with FIFOs on: the
+/// transmit FIFO is empty).
 const LSR_THRE: u8 = 1 << 5;
+/// Bytes the transmit FIFO holds.
+pub const FIFO_BYTES: usize = 16;
 
 /// Programs COM1 for 115200 baud, 8 data bits, no parity, one stop bit, FIFOs on.
 pub fn init() {
@@ -42,6 +50,27 @@ pub fn write_bytes(bytes: &[u8]) {
                 break;
             }
         }
+        // SAFETY: writing the UART data register and the debugcon port only emits a byte.
+        unsafe {
+            data.write(byte);
+            debugcon.write(byte);
+        }
+    }
+}
+
+/// Whether the transmitter can take [`FIFO_BYTES`] bytes now.
+pub fn transmitter_empty() -> bool {
+    let mut status = Port::<u8>::new(COM1 + 5);
+    // SAFETY: reading the UART line status register has no effect on memory.
+    unsafe { status.read() & LSR_THRE != 0 }
+}
+
+/// Writes up to [`FIFO_BYTES`] bytes without waiting (the caller saw
+/// [`transmitter_empty`]); the rest of `bytes` is ignored.
+pub fn write_fifo(bytes: &[u8]) {
+    let mut data = PortWriteOnly::<u8>::new(COM1);
+    let mut debugcon = PortWriteOnly::<u8>::new(DEBUGCON);
+    for &byte in bytes.iter().take(FIFO_BYTES) {
         // SAFETY: writing the UART data register and the debugcon port only emits a byte.
         unsafe {
             data.write(byte);

@@ -86,10 +86,42 @@ impl Ending {
 
 /// The frames a domain owns and its reservation limits.
 pub struct DomainMemory {
-    /// Every frame of the guest's reservation (not the shared-info page).
+    /// Every frame of the guest's reservation (not the shared-info page), in no order.
+    /// Each frame's index here is kept in its metadata ([`mm::frame::FrameInfo::owner_slot`])
+    /// so that [`DomainMemory::remove`] needs no search: add and remove frames only
+    /// through [`DomainMemory::add`] and [`DomainMemory::remove`].
     pub pages: Vec<Mfn>,
     /// The most pages the domain may hold.
     pub max_pages: u64,
+}
+
+impl DomainMemory {
+    /// Appends frames just allocated to the domain.
+    pub fn add(&mut self, mfns: &[Mfn]) {
+        for &mfn in mfns {
+            if let Ok(info) = memory::frames().frame(mfn) {
+                info.set_owner_slot(self.pages.len() as u32);
+            }
+            self.pages.push(mfn);
+        }
+    }
+
+    /// Takes `mfn` out of the list in O(1) (the last frame moves to its place); false
+    /// when it is not in the list.
+    pub fn remove(&mut self, mfn: Mfn) -> bool {
+        let Ok(info) = memory::frames().frame(mfn) else { return false };
+        let slot = info.owner_slot() as usize;
+        if self.pages.get(slot) != Some(&mfn) {
+            return false;
+        }
+        self.pages.swap_remove(slot);
+        if let Some(&moved) = self.pages.get(slot) {
+            if let Ok(moved) = memory::frames().frame(moved) {
+                moved.set_owner_slot(slot as u32);
+            }
+        }
+        true
+    }
 }
 
 /// Per-domain counters, read by the summary and the control interface.
@@ -277,7 +309,7 @@ impl Domain {
         for &mfn in &out[start..] {
             zero_frame(mfn);
         }
-        mem.pages.extend_from_slice(&out[start..]);
+        mem.add(&out[start..]);
         Ok(())
     }
 

@@ -4,12 +4,23 @@
 //! Handlers take validated, typed arguments; every guest pointer goes through `uaccess`,
 //! which refuses hypervisor addresses and survives unmapped ones. A handler that finds the
 //! guest beyond help (an unreadable iret frame, say) crashes the domain instead of returning.
+//!
+//! Handlers of guest-sized work (`mmu_update`, `mmuext_op`, `memory_op`'s reservation
+//! changes, console writes, multicalls) stop after a bounded amount of it when
+//! `crate::preempt` says so, and return a continuation ([`Stop`], see
+//! [`hypervisor::continuation`] for the contract): the dispatcher rewrites the guest's
+//! registers into the rest of the call and moves rip back over its `syscall`, and a
+//! multicall rewrites the stopped entry in guest memory and continues from it. The guest
+//! never sees a continuation as a result. Every other handler does a bounded amount of
+//! work per call (the trap table: 256 entries; `set_gdt`: 14 frames; event channels, vCPU
+//! and scheduler operations: one object each).
 
 use abi::arch_x86::TrapInfo;
 use abi::callback::CallbackRegister;
 use abi::errno::Errno;
 use abi::hypercall::{CallbackOp, CallbackType, Hypercall, MulticallEntry, SchedOp, XenVersionOp};
 use abi::sched::SchedShutdown;
+use hypervisor::continuation::{self, Outcome, Stop};
 use hypervisor::hypercall::{decode, GuestVa, Request};
 use x86_64::registers::model_specific::{FsBase, KernelGsBase};
 use x86_64::VirtAddr;
@@ -17,6 +28,7 @@ use x86_64::VirtAddr;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Ending, Vcpu};
+use crate::preempt;
 use crate::pv::{console, control, descriptors, events, memop, mmu, traps, vcpuop};
 
 /// What a handler returns: a value for rax, or an errno.
@@ -32,6 +44,7 @@ fn efault<E>(_: E) -> Errno {
 /// Handles the hypercall in `frame` (a guest-kernel `syscall`).
 pub fn dispatch(vcpu: &Vcpu, frame: &mut TrapFrame) {
     vcpu.domain.counters.hypercalls.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    preempt::start();
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
     let request = match decode(frame.rax, args) {
         Ok(request) => request,
@@ -44,17 +57,37 @@ pub fn dispatch(vcpu: &Vcpu, frame: &mut TrapFrame) {
         traps::iret(vcpu, frame);
         return;
     }
-    let result = handle(vcpu, frame, request);
-    frame.rax = match result {
-        Ok(value) => value,
-        Err(errno) => errno.as_return() as u64,
-    };
+    match handle(vcpu, frame, request) {
+        Ok(value) => frame.rax = value,
+        Err(Stop::Failed(errno)) => frame.rax = errno.as_return() as u64,
+        Err(Stop::Continue(rest)) => continue_in_guest(frame, &rest),
+        Err(Stop::Retry) => continue_in_guest(frame, &request),
+    }
+}
+
+/// Makes the guest issue `rest` when it next runs: its registers hold the call and rip
+/// points back at the 2-byte `syscall` (from a guest kernel, `syscall` is the only way in
+/// here, so rip - 2 is that instruction).
+fn continue_in_guest(frame: &mut TrapFrame, rest: &Request) {
+    let (number, args) = rest.encode();
+    frame.rax = number;
+    [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8] = args;
+    frame.rip = frame.rip.wrapping_sub(2);
 }
 
 /// Runs one decoded request (also for each multicall entry).
-fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> HcResult {
-    match request {
-        Request::ConsoleWrite { buffer, count } => console_write(vcpu, buffer, count),
+fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
+    let result = match request {
+        Request::ConsoleWrite { buffer, count } => return console_write(vcpu, request, buffer, count),
+        Request::MmuUpdate { requests, count, done, domid, preempted } => {
+            return mmu::mmu_update(vcpu, request, requests, count, done, domid, preempted)
+        }
+        Request::MmuextOp { ops, count, done, domid, preempted } => {
+            return mmu::mmuext_op(vcpu, request, ops, count, done, domid, preempted)
+        }
+        Request::MemoryOp { cmd, start_extent, arg } => return memop::memory_op(vcpu, request, cmd, start_extent, arg),
+        Request::Multicall { calls, count } => return multicall(vcpu, frame, request, calls, count),
+        Request::UpdateVaMapping { va, pte, flags } => return mmu::update_va_mapping(vcpu, va, pte, flags),
         Request::ConsoleRead { .. } => Ok(0),
         Request::XenVersion { cmd, arg } => xen_version(cmd, arg),
         Request::SchedOp { cmd, arg } => sched_op(vcpu, cmd, arg),
@@ -69,11 +102,6 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> HcResult {
         Request::VmAssist { cmd: 0 | 1, kind: 0 | 1 | 3 } => Ok(0),
         Request::VmAssist { .. } => Err(Errno::Einval),
         Request::VcpuOp { cmd, vcpu: id, arg } => vcpuop::vcpu_op(vcpu, cmd, id, arg),
-        Request::MmuUpdate { requests, count, done, domid } => mmu::mmu_update(vcpu, frame, requests, count, done, domid),
-        Request::MmuextOp { ops, count, done, domid } => mmu::mmuext_op(vcpu, frame, ops, count, done, domid),
-        Request::UpdateVaMapping { va, pte, flags } => mmu::update_va_mapping(vcpu, va, pte, flags),
-        Request::MemoryOp { cmd, start_extent, arg } => memop::memory_op(vcpu, cmd, start_extent, arg),
-        Request::Multicall { calls, count } => multicall(vcpu, frame, calls, count),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
         Request::Domctl { arg } => control::control(vcpu, arg),
         Request::SetTimerOp { deadline_ns } => {
@@ -82,19 +110,41 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> HcResult {
         }
         Request::EventChannelOp { cmd, arg } => events::event_channel_op(vcpu, cmd, arg),
         Request::Iret => Err(Errno::Einval), // only as a direct hypercall, never in a multicall
+    };
+    result.map_err(Stop::Failed)
+}
+
+/// The continuation of `request` after `progress` units, as the stop of a handler that
+/// has done them.
+pub fn stopped(request: Request, progress: u64) -> Stop {
+    match request.continuation(progress) {
+        Some(rest) => Stop::Continue(rest),
+        // Unreachable for the calls that stop (they stop only with work left, at addresses
+        // they have read); should it happen, the guest learns that the call failed.
+        None => Stop::Failed(Errno::Einval),
     }
 }
 
-fn console_write(vcpu: &Vcpu, buffer: GuestVa, count: u64) -> HcResult {
+/// Writes guest bytes to the console, in chunks; stops between chunks when the CPU should
+/// be let go, and when the console takes no more now (the continuation resumes at the
+/// first byte not taken). Returns 0, as Xen's does.
+fn console_write(vcpu: &Vcpu, request: Request, buffer: GuestVa, count: u64) -> Outcome {
     let mut chunk = [0u8; 256];
     let mut done = 0;
     while done < count {
+        if done > 0 && preempt::should_stop() {
+            return Err(stopped(request, done));
+        }
         let n = (count - done).min(chunk.len() as u64) as usize;
-        uaccess::read(buffer.0 + done, &mut chunk[..n]).map_err(efault)?;
-        console::write(&vcpu.domain, &chunk[..n]);
-        done += n as u64;
+        let at = buffer.offset::<u8>(done).ok_or(Errno::Efault)?;
+        uaccess::read(at.0, &mut chunk[..n]).map_err(efault)?;
+        let taken = console::write(&vcpu.domain, &chunk[..n]);
+        done += taken as u64;
+        if taken < n {
+            return Err(stopped(request, done));
+        }
     }
-    Ok(count)
+    Ok(0)
 }
 
 fn xen_version(cmd: XenVersionOp, arg: GuestVa) -> HcResult {
@@ -231,21 +281,34 @@ fn set_segment_base(vcpu: &Vcpu, which: u32, base: u64) -> HcResult {
     Ok(0)
 }
 
-/// Runs a batch of hypercalls, storing each result in its entry.
-fn multicall(vcpu: &Vcpu, frame: &mut TrapFrame, calls: GuestVa, count: u64) -> HcResult {
+/// Runs a batch of hypercalls, storing each result in its entry. Stops between entries
+/// when the CPU should be let go (continuing from the next entry); an entry whose call
+/// stops part-way is rewritten in guest memory into the rest of that call, and the
+/// multicall continues from it.
+fn multicall(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request, calls: GuestVa, count: u64) -> Outcome {
     for i in 0..count {
+        if i > 0 && preempt::should_stop() {
+            return Err(stopped(request, i));
+        }
         let at = calls.offset::<MulticallEntry>(i).ok_or(Errno::Efault)?;
         let mut entry: MulticallEntry = uaccess::read_value(at.0).map_err(efault)?;
         let nested = matches!(Hypercall::from_number(entry.op), Some(Hypercall::Multicall | Hypercall::Iret));
         let args = [entry.args[0], entry.args[1], entry.args[2], entry.args[3], entry.args[4]];
         let result = match decode(entry.op, args) {
-            Ok(_) if nested => Err(Errno::Einval),
-            Ok(request) => handle(vcpu, frame, request),
-            Err(e) => Err(e.errno()),
+            Ok(_) if nested => Err(Stop::Failed(Errno::Einval)),
+            Ok(call) => handle(vcpu, frame, call),
+            Err(e) => Err(Stop::Failed(e.errno())),
         };
         entry.result = match result {
             Ok(value) => value,
-            Err(errno) => errno.as_return() as u64,
+            Err(Stop::Failed(errno)) => errno.as_return() as u64,
+            Err(Stop::Continue(rest)) => {
+                continuation::resume_entry(&mut entry, &rest);
+                uaccess::write_value(at.0, &entry).map_err(efault)?;
+                return Err(stopped(request, i));
+            }
+            // Stopped before changing anything: the entry is issued again as it is.
+            Err(Stop::Retry) => return Err(stopped(request, i)),
         };
         uaccess::write_value(at.0, &entry).map_err(efault)?;
         if vcpu.domain.state() != crate::domain::LifeState::Running {

@@ -60,6 +60,8 @@ pub fn domain_destroyed() {
 
 /// Prints the per-domain report and the leak check, then powers off.
 fn finish() -> ! {
+    // From here every line is printed at once, after what is queued.
+    crate::logger::set_buffered(false);
     let history = domain::history();
     let created = history.created;
     let expected = EXPECTED.lock().clone();
@@ -80,6 +82,7 @@ fn finish() -> ! {
         }
     }
     crate::sched::report();
+    crate::pv::console::report();
     info!("summary: domains.created_by_dom0={}", others.0);
     info!("summary: domains.failed_created_by_dom0={}", others.1);
     let before = FREE_BEFORE.load(Ordering::Relaxed);

@@ -5,27 +5,28 @@
 //! PV guests manage their own pseudo-physical map, so frames travel as machine frame numbers
 //! in the extent arrays. A frame leaves a domain only when nothing references it (the guest
 //! unmapped it and it is no page table); extents are handled in order and the call returns
-//! how many were done, as Xen's does.
+//! how many were done, as Xen's does. A long list stops between extents when
+//! `crate::preempt` says so and continues through the start-extent bits of the command
+//! (`MEMOP_EXTENT_SHIFT`), as Xen's does; each extent costs O(1) (the domain's frame list
+//! is indexed, see `DomainMemory::remove`).
 
 use abi::errno::Errno;
 use abi::hypercall::MemoryOp;
 use abi::ids::DomId;
 use abi::memory::XenMemoryReservation;
 use alloc::vec::Vec;
-use hypervisor::hypercall::GuestVa;
+use hypervisor::continuation::Outcome;
+use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::Owner;
 
 use crate::arch::uaccess;
 use crate::domain::{self, Vcpu};
 use crate::memory;
-use crate::pv::hypercall::HcResult;
+use crate::preempt;
+use crate::pv::hypercall::stopped;
 
-/// Extents handled per call before the guest is asked to call again (not needed yet: the
-/// count is bounded by the domain's maximum).
-const EXTENTS_PER_BATCH: u64 = 1 << 16;
-
-pub fn memory_op(vcpu: &Vcpu, cmd: u32, start_extent: u64, arg: GuestVa) -> HcResult {
+pub fn memory_op(vcpu: &Vcpu, request: Request, cmd: u32, start_extent: u64, arg: GuestVa) -> Outcome {
     let domain = &vcpu.domain;
     match MemoryOp::from_raw(cmd) {
         Some(MemoryOp::CurrentReservation) => {
@@ -41,14 +42,14 @@ pub fn memory_op(vcpu: &Vcpu, cmd: u32, start_extent: u64, arg: GuestVa) -> HcRe
             Ok(domain.memory.lock().max_pages.saturating_sub(1))
         }
         Some(MemoryOp::IncreaseReservation | MemoryOp::PopulatePhysmap) => {
-            let request = reservation(arg)?;
-            increase(vcpu, &request, start_extent)
+            let reservation = reservation(arg)?;
+            increase(vcpu, request, &reservation, start_extent)
         }
         Some(MemoryOp::DecreaseReservation) => {
-            let request = reservation(arg)?;
-            decrease(vcpu, &request, start_extent)
+            let reservation = reservation(arg)?;
+            decrease(vcpu, request, &reservation, start_extent)
         }
-        _ => Err(Errno::Enosys),
+        _ => Err(Errno::Enosys.into()),
     }
 }
 
@@ -75,11 +76,13 @@ fn extent_address(request: &XenMemoryReservation, index: u64) -> Result<u64, Err
 }
 
 /// Gives the domain new frames, writing their numbers into the extent array.
-fn increase(vcpu: &Vcpu, request: &XenMemoryReservation, start: u64) -> HcResult {
-    let end = request.nr_extents.min(start.saturating_add(EXTENTS_PER_BATCH));
+fn increase(vcpu: &Vcpu, request: Request, reservation: &XenMemoryReservation, start: u64) -> Outcome {
     let mut done = start;
-    while done < end {
-        let slot = extent_address(request, done)?;
+    while done < reservation.nr_extents {
+        if done > start && preempt::should_stop() {
+            return Err(stopped(request, done - start));
+        }
+        let slot = extent_address(reservation, done)?;
         uaccess::check_range(slot, 8).map_err(|_| Errno::Efault)?;
         let mut got = Vec::with_capacity(1);
         if vcpu.domain.populate(1, &mut got).is_err() {
@@ -87,7 +90,7 @@ fn increase(vcpu: &Vcpu, request: &XenMemoryReservation, start: u64) -> HcResult
         }
         if uaccess::write_value(slot, &got[0].0).is_err() {
             give_back(vcpu, got[0]);
-            return Err(Errno::Efault);
+            return Err(Errno::Efault.into());
         }
         done += 1;
     }
@@ -95,17 +98,18 @@ fn increase(vcpu: &Vcpu, request: &XenMemoryReservation, start: u64) -> HcResult
 }
 
 /// Takes frames named in the extent array away from the domain, scrubbed.
-fn decrease(vcpu: &Vcpu, request: &XenMemoryReservation, start: u64) -> HcResult {
+fn decrease(vcpu: &Vcpu, request: Request, reservation: &XenMemoryReservation, start: u64) -> Outcome {
     // No page-table update of this domain may take a reference while frames leave it.
     let _tables = vcpu.domain.mmu_lock.lock();
-    let end = request.nr_extents.min(start.saturating_add(EXTENTS_PER_BATCH));
     let mut done = start;
-    while done < end {
-        let mfn: u64 = uaccess::read_value(extent_address(request, done)?).map_err(|_| Errno::Efault)?;
-        if !releasable(vcpu, Mfn(mfn)) {
+    while done < reservation.nr_extents {
+        if done > start && preempt::should_stop() {
+            return Err(stopped(request, done - start));
+        }
+        let mfn: u64 = uaccess::read_value(extent_address(reservation, done)?).map_err(|_| Errno::Efault)?;
+        if !releasable(vcpu, Mfn(mfn)) || !give_back(vcpu, Mfn(mfn)) {
             break;
         }
-        give_back(vcpu, Mfn(mfn));
         done += 1;
     }
     Ok(done)
@@ -120,13 +124,13 @@ fn releasable(vcpu: &Vcpu, mfn: Mfn) -> bool {
         && info.type_info().count() == 0
 }
 
-/// Removes `mfn` from the domain, scrubs it and frees it.
-fn give_back(vcpu: &Vcpu, mfn: Mfn) {
-    let mut mem = vcpu.domain.memory.lock();
-    if let Some(i) = mem.pages.iter().position(|&p| p == mfn) {
-        mem.pages.swap_remove(i);
-        drop(mem);
-        domain::zero_frame(mfn);
-        let _ = memory::frames().free(mfn);
+/// Removes `mfn` from the domain, scrubs it and frees it; false (and nothing done) when it
+/// is not in the domain's list.
+fn give_back(vcpu: &Vcpu, mfn: Mfn) -> bool {
+    if !vcpu.domain.memory.lock().remove(mfn) {
+        return false;
     }
+    domain::zero_frame(mfn);
+    let _ = memory::frames().free(mfn);
+    true
 }

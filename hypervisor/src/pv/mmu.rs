@@ -3,7 +3,10 @@
 //! reference counting, plus pinning a new domain's tables and relinquishing a dead one's.
 //!
 //! Every operation runs under the domain's page-table lock; table frames are read and
-//! written through temporary mappings. Stale translations: guest entries are never global,
+//! written through temporary mappings. The batches (`mmu_update`, `mmuext_op`) stop
+//! between entries when `crate::preempt` says so and continue as Xen's do (the list
+//! advanced, the count reduced with `MMU_UPDATE_PREEMPTED` set, `done` accumulated through
+//! the guest's pointer), after flushing what they changed and releasing the lock. Stale translations: guest entries are never global,
 //! so only CPUs running one of the domain's vCPUs can cache them; flushes go to exactly
 //! those (today: this CPU, as domains have one vCPU).
 
@@ -15,7 +18,8 @@ use abi::errno::Errno;
 use abi::hypercall::{MmuUpdateCmd, MmuextCmd};
 use abi::ids::DomId;
 use abi::mmu::{MmuUpdate, MmuextOp, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH};
-use hypervisor::hypercall::GuestVa;
+use hypervisor::continuation::{Outcome, Stop};
+use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
 use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, TableMemory};
@@ -23,11 +27,11 @@ use spin::Once;
 use x86_64::VirtAddr;
 
 use crate::arch::paging;
-use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Domain, Vcpu};
 use crate::memory::{self, FrameMapping};
-use crate::pv::hypercall::HcResult;
+use crate::preempt;
+use crate::pv::hypercall::stopped;
 
 static LAYOUT: Once<Layout> = Once::new();
 
@@ -42,6 +46,22 @@ fn mmu() -> PvMmu<'static> {
 
 fn errno(e: MmError) -> Errno {
     e.errno()
+}
+
+/// How a page-table operation's failure stops the hypercall it is part of: the guest gets
+/// its errno. This is the one place to map a validation that stopped part-way (and can be
+/// resumed) to [`Stop::Retry`]: the batches then continue from the entry that stopped, and
+/// a single call (`update_va_mapping`) is issued again as it stands.
+fn stop(e: MmError) -> Stop {
+    Stop::Failed(errno(e))
+}
+
+/// A batch's stop at entry `i` of `request` for `why`: a retry continues from that entry.
+fn stop_at(request: Request, i: u64, why: Stop) -> Stop {
+    match why {
+        Stop::Retry => stopped(request, i),
+        why => why,
+    }
 }
 
 /// Page-table frames as the validator sees them: entries read and written through
@@ -142,36 +162,56 @@ pub fn put_descriptor_page(mfn: Mfn) {
     mmu().put_page_and_type(mfn, &mut Tables::new());
 }
 
+/// What the guest's `done` counter holds before a batch: the count done so far for a
+/// continuation (`preempted`), else 0.
+fn done_before(done: GuestVa, preempted: bool) -> Result<u32, Errno> {
+    if preempted && !done.is_null() {
+        uaccess::read_value(done.0).map_err(|_| Errno::Efault)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Adds a batch's `completed` entries to the guest's `done` counter.
+fn report_done(done: GuestVa, before: u32, completed: u64) -> Result<(), Errno> {
+    if done.is_null() {
+        return Ok(());
+    }
+    uaccess::write_value(done.0, &before.wrapping_add(completed as u32)).map_err(|_| Errno::Efault)
+}
+
 /// `mmu_update`: checked updates of page-table entries named by machine address.
-pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count: u64, done: GuestVa, domid: u16) -> HcResult {
+pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, done: GuestVa, domid: u16, preempted: bool) -> Outcome {
     let dom = check_domid(vcpu, domid)?;
+    let before = done_before(done, preempted)?;
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::for_domain(&vcpu.domain);
     let mut completed = 0u64;
     let mut result = Ok(0);
     for i in 0..count {
-        let at = requests.offset::<MmuUpdate>(i).ok_or(Errno::Efault)?;
-        let request: MmuUpdate = match uaccess::read_value(at.0) {
-            Ok(r) => r,
-            Err(_) => {
-                result = Err(Errno::Efault);
-                break;
-            }
+        if i > 0 && preempt::should_stop() {
+            result = Err(stopped(request, i));
+            break;
+        }
+        let read = requests.offset::<MmuUpdate>(i).ok_or(()).and_then(|at| uaccess::read_value::<MmuUpdate>(at.0).map_err(drop));
+        let Ok(update) = read else {
+            result = Err(Stop::Failed(Errno::Efault));
+            break;
         };
-        let ad = match request.command() {
+        let ad = match update.command() {
             Some(MmuUpdateCmd::NormalPtUpdate) => AccessedDirty::Overwrite,
             Some(MmuUpdateCmd::PtUpdatePreserveAd) => AccessedDirty::Preserve,
             _ => {
-                result = Err(Errno::Einval);
+                result = Err(Stop::Failed(Errno::Einval));
                 break;
             }
         };
-        let entry_addr = request.ptr & !7;
+        let entry_addr = update.ptr & !7;
         let table = Mfn(entry_addr >> 12);
         let index = ((entry_addr & 0xfff) >> 3) as usize;
-        if let Err(e) = mmu.mod_entry(table, index, request.val, ad, dom, &mut tables) {
-            result = Err(errno(e));
+        if let Err(e) = mmu.mod_entry(table, index, update.val, ad, dom, &mut tables) {
+            result = Err(stop_at(request, i, stop(e)));
             break;
         }
         completed += 1;
@@ -179,22 +219,20 @@ pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count:
     if completed > 0 {
         tables.flush();
     }
-    if !done.is_null() {
-        uaccess::write_value(done.0, &(completed as u32)).map_err(|_| Errno::Efault)?;
-    }
+    report_done(done, before, completed)?;
     result
 }
 
 /// `update_va_mapping`: a checked update of the L1 entry that maps `va` in the current
 /// kernel address space, then the requested flush.
-pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult {
+pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> Outcome {
     uaccess::check_range(va, 1).map_err(|_| Errno::Einval)?;
     let l4 = vcpu.ctx.lock().active_l4().ok_or(Errno::Einval)?;
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::for_domain(&vcpu.domain);
-    let slot = mmu.l1_entry_of(l4, va, &tables).map_err(errno)?;
-    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut tables).map_err(errno)?;
+    let slot = mmu.l1_entry_of(l4, va, &tables).map_err(stop)?;
+    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut tables).map_err(stop)?;
     let everywhere = flags & UVMF_ALL != 0 && tables.smp;
     match flags & UVMF_FLUSHTYPE_MASK {
         UVMF_INVLPG if !everywhere => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
@@ -205,30 +243,33 @@ pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult
 }
 
 /// `mmuext_op`: pins, base pointers and TLB operations, in a batch.
-pub fn mmuext_op(vcpu: &Vcpu, _frame: &mut TrapFrame, ops: GuestVa, count: u64, done: GuestVa, domid: u16) -> HcResult {
+pub fn mmuext_op(vcpu: &Vcpu, request: Request, ops: GuestVa, count: u64, done: GuestVa, domid: u16, preempted: bool) -> Outcome {
     let dom = check_domid(vcpu, domid)?;
+    let before = done_before(done, preempted)?;
     let mut completed = 0u64;
     let mut result = Ok(0);
     for i in 0..count {
-        let at = ops.offset::<MmuextOp>(i).ok_or(Errno::Efault)?;
-        let outcome = uaccess::read_value::<MmuextOp>(at.0).map_err(|_| Errno::Efault).and_then(|op| one_op(vcpu, dom, &op));
-        if let Err(e) = outcome {
-            result = Err(e);
+        if i > 0 && preempt::should_stop() {
+            result = Err(stopped(request, i));
+            break;
+        }
+        let at = ops.offset::<MmuextOp>(i).ok_or(Errno::Efault);
+        let read = at.and_then(|at| uaccess::read_value::<MmuextOp>(at.0).map_err(|_| Errno::Efault));
+        if let Err(why) = read.map_err(Stop::from).and_then(|op| one_op(vcpu, dom, &op)) {
+            result = Err(stop_at(request, i, why));
             break;
         }
         completed += 1;
     }
-    if !done.is_null() {
-        uaccess::write_value(done.0, &(completed as u32)).map_err(|_| Errno::Efault)?;
-    }
+    report_done(done, before, completed)?;
     result
 }
 
-fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
+fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
     let mfn = Mfn(op.arg1);
     let pin = |level| {
         let _lock = vcpu.domain.mmu_lock.lock();
-        mmu().pin_table(mfn, level, dom, &mut Tables::new()).map_err(errno)
+        mmu().pin_table(mfn, level, dom, &mut Tables::new()).map_err(stop)
     };
     match MmuextCmd::from_raw(op.cmd) {
         Some(MmuextCmd::PinL1Table) => pin(Level::L1),
@@ -237,10 +278,10 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
         Some(MmuextCmd::PinL4Table) => pin(Level::L4),
         Some(MmuextCmd::UnpinTable) => {
             let _lock = vcpu.domain.mmu_lock.lock();
-            mmu().unpin_table(mfn, dom, &mut Tables::new()).map_err(errno)
+            mmu().unpin_table(mfn, dom, &mut Tables::new()).map_err(stop)
         }
-        Some(MmuextCmd::NewBaseptr) => new_baseptr(vcpu, mfn, false),
-        Some(MmuextCmd::NewUserBaseptr) => new_baseptr(vcpu, mfn, true),
+        Some(MmuextCmd::NewBaseptr) => Ok(new_baseptr(vcpu, mfn, false)?),
+        Some(MmuextCmd::NewUserBaseptr) => Ok(new_baseptr(vcpu, mfn, true)?),
         Some(MmuextCmd::TlbFlushLocal) => {
             paging::flush_all_local();
             Ok(())
@@ -255,7 +296,7 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
             Tables::for_domain(&vcpu.domain).flush();
             Ok(())
         }
-        _ => Err(Errno::Enosys),
+        _ => Err(Errno::Enosys.into()),
     }
 }
 

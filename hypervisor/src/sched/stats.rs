@@ -136,11 +136,18 @@ impl Stats {
 /// Prints every CPU's statistics as summary lines: `sched.cpuN.switches`,
 /// `sched.cpuN.migrations_out`, `sched.cpuN.warped_pushes_out`, `sched.cpuN.held_wait_us`, per latency `sched.cpuN.<name>_us=count/avg/p50/p99/max`
 /// where p50 and p99 are bucket upper bounds (`more`: beyond 20 ms), and
-/// `sched.cpuN.longest_stay`: what caused the longest stay in the hypervisor.
+/// `sched.cpuN.longest_stay`: what caused the longest stay in the hypervisor; then, over
+/// all CPUs, `sched.max_stay_us` (the longest stay with interrupts off, in the run) and
+/// `sched.max_stay_cause`.
 pub fn report() {
     let Some(all) = super::SHARED.get() else { return };
+    let mut longest: Option<(u64, Stay)> = None;
     for (cpu, shared) in all.iter().enumerate() {
         let stats = &shared.stats;
+        let max_ns = stats.in_hypervisor.max_ns.load(Ordering::Relaxed);
+        if stats.in_hypervisor.count() > 0 && longest.is_none_or(|(ns, _)| max_ns > ns) {
+            longest = Some((max_ns, Stay::from_raw(stats.longest_stay.load(Ordering::Relaxed))));
+        }
         info!("summary: sched.cpu{cpu}.switches={}", stats.switches.load(Ordering::Relaxed));
         info!("summary: sched.cpu{cpu}.migrations_out={}", stats.migrations.load(Ordering::Relaxed));
         info!("summary: sched.cpu{cpu}.warped_pushes_out={}", stats.pushes.load(Ordering::Relaxed));
@@ -153,5 +160,9 @@ pub fn report() {
         if stats.in_hypervisor.count() > 0 {
             info!("summary: sched.cpu{cpu}.longest_stay={}", Stay::from_raw(stats.longest_stay.load(Ordering::Relaxed)));
         }
+    }
+    if let Some((ns, cause)) = longest {
+        info!("summary: sched.max_stay_us={}", ns / 1000);
+        info!("summary: sched.max_stay_cause={cause}");
     }
 }
