@@ -23,7 +23,7 @@ use proptest::sample::select;
 use crate::cmdline::Options;
 use crate::descriptor::{check, DescriptorError};
 use crate::domspec::{DomainSpec, Expect, DEFAULT_MEM_KIB, MAX_COUNT};
-use crate::hypercall::{decode, DecodeError, GuestVa, Request, MAX_BATCH, MAX_CONSOLE_WRITE, MAX_GDT_ENTRIES};
+use crate::hypercall::{decode, DecodeError, GuestVa, Request, MAX_BATCH, MAX_CONSOLE_WRITE, MAX_GDT_ENTRIES, MMU_UPDATE_PREEMPTED};
 
 fn config(cases: u32) -> ProptestConfig {
     // `PROPTEST_CASES` in the environment wins over the default given here.
@@ -52,8 +52,8 @@ fn encode(request: &Request) -> (u64, [u64; 5]) {
             a[0] = table.0;
             0
         }
-        Request::MmuUpdate { requests, count, done, domid } => {
-            a = [requests.0, count, done.0, domid.into(), 0];
+        Request::MmuUpdate { requests, count, done, domid, preempted } => {
+            a = [requests.0, count | u64::from(preempted) << 31, done.0, domid.into(), 0];
             1
         }
         Request::SetGdt { frames, entries } => {
@@ -117,8 +117,8 @@ fn encode(request: &Request) -> (u64, [u64; 5]) {
             a[..2].copy_from_slice(&[which.into(), base]);
             25
         }
-        Request::MmuextOp { ops, count, done, domid } => {
-            a = [ops.0, count, done.0, domid.into(), 0];
+        Request::MmuextOp { ops, count, done, domid, preempted } => {
+            a = [ops.0, count | u64::from(preempted) << 31, done.0, domid.into(), 0];
             26
         }
         Request::SchedOp { cmd, arg } => {
@@ -268,7 +268,9 @@ proptest! {
             return Ok(());
         }
         if let Some((at, max)) = narrow.count {
-            let count = a[at] & 0xFFFF_FFFF;
+            // mmu_update's and mmuext_op's bit 31 says "a continuation", not a count.
+            let continuation_bit = if matches!(n, 1 | 26) { MMU_UPDATE_PREEMPTED } else { 0 };
+            let count = a[at] & 0xFFFF_FFFF & !continuation_bit;
             if count > max {
                 prop_assert!(matches!(result, Err(DecodeError::TooMany { count: c, .. }) if c == count), "{:?}", result);
                 prop_assert_eq!(result.unwrap_err().errno(), abi::errno::Errno::Einval);
