@@ -72,6 +72,10 @@ def guest(name):
     return os.path.join(GUESTS, name)
 
 
+# The window attacks of guest-hostile that are fatal unless refused (guests/hostile/src/window.rs).
+WINDOW_ATTACKS = ["clear_l4_window", "new_baseptr_no_window", "new_user_baseptr_no_window"]
+
+
 def guest_cases():
     everyone = [("guest-hello", "name=hello count=2"),
                 ("guest-balloon", "name=balloon"),
@@ -135,6 +139,16 @@ def guest_cases():
         Case("kvm-smpuser-smp2", smp="2", accel="kvm", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
+        # Issue 15, holes 1 and 4 (the window only where it belongs): attacks that made the
+        # machine triple-fault before the fix (slot 511 of the live L4 cleared, an L4 without
+        # it loaded as the kernel's or, with an iret to user mode, the user's table). Each
+        # must now be refused and its domain power off, beside a guest that finishes.
+        Case("iso-attacks-window", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} expect=poweroff attack={a}") for a in WINDOW_ATTACKS],
+             expect={"domains.created": str(1 + len(WINDOW_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}: refused (errno 22)" for a in WINDOW_ATTACKS]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",

@@ -99,7 +99,7 @@ pub enum PageType {
     L1,
     /// Level-2 page table.
     L2,
-    /// Level-3 page table.
+    /// Level-3 page table (plain: linked at any L4 slot but the window's, or pinned).
     L3,
     /// Level-4 page table.
     L4,
@@ -107,6 +107,10 @@ pub enum PageType {
     SegmentDescriptors,
     /// Shared with another domain.
     Shared,
+    /// Level-3 page table under L4 slot 511, whose entry 511 is the hypervisor's window
+    /// (as Xen's `PGT_pae_xen_l2`): a type of its own, so that such a table can never be
+    /// linked where a plain L3 goes, nor a plain L3 where it goes.
+    WindowL3,
 }
 
 impl PageType {
@@ -114,16 +118,16 @@ impl PageType {
         (self as u32) << TYPE_SHIFT
     }
 
-    /// Decodes the type field. Only [`PageType::bits`] values are ever stored, so the
-    /// unused value 7 cannot occur; it reads as `None`.
+    /// Decodes the type field (every one of its eight values is a type).
     const fn from_bits(bits: u32) -> PageType {
-        match bits >> TYPE_SHIFT {
+        match (bits & TYPE_MASK) >> TYPE_SHIFT {
             1 => PageType::L1,
             2 => PageType::L2,
             3 => PageType::L3,
             4 => PageType::L4,
             5 => PageType::SegmentDescriptors,
             6 => PageType::Shared,
+            7 => PageType::WindowL3,
             _ => PageType::None,
         }
     }
@@ -661,6 +665,7 @@ mod tests {
             PageType::L4,
             PageType::SegmentDescriptors,
             PageType::Shared,
+            PageType::WindowL3,
         ];
         for page_type in all {
             for flags in [TypeFlags::empty(), TypeFlags::VALIDATED, TypeFlags::all()] {

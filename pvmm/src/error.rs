@@ -54,6 +54,10 @@ pub enum MmError {
         /// Index of the entry.
         index: usize,
     },
+    /// An L4 table whose slot 511 is not present, or an update that would clear it: slot
+    /// 511 names the window-L3 that maps the hypervisor, and CR3 must never load a table
+    /// without it.
+    NoWindow(Mfn),
     /// The entry sets bits the guest may not use at this level.
     BadFlags {
         /// Level of the table.
@@ -107,6 +111,7 @@ impl MmError {
             | MmError::TypeConflict { .. }
             | MmError::WritableTable { .. }
             | MmError::ReservedSlot { .. }
+            | MmError::NoWindow(_)
             | MmError::BadFlags { .. }
             | MmError::HugePage { .. }
             | MmError::BadIndex(_)
@@ -146,5 +151,6 @@ mod tests {
             Errno::Einval
         );
         assert_eq!(MmError::NotPinned(mfn).errno(), Errno::Einval);
+        assert_eq!(MmError::NoWindow(mfn).errno(), Errno::Einval);
     }
 }

@@ -30,7 +30,10 @@ impl BasePtr {
 impl PvMmu<'_> {
     /// Pins `mfn`, owned by `dom`, as a `level` table: takes a general and a type
     /// reference (validating the table if it was untyped) and marks it pinned, so it
-    /// stays validated while no table points at it.
+    /// stays validated while no table points at it. The type is the level's plain one,
+    /// except that an L3 pin of a window-L3 in use (one under L4 slot 511) keeps that
+    /// type: an untyped L3 becomes a plain L3, which can then never be linked at L4 slot
+    /// 511 while pinned (see [`crate::policy`]).
     pub fn pin_table<M: TableMemory + ?Sized>(
         &self,
         mfn: Mfn,
@@ -39,8 +42,15 @@ impl PvMmu<'_> {
         mem: &mut M,
     ) -> Result<(), MmError> {
         let info = self.info(mfn)?;
+        let now = info.type_info();
+        let want = match level {
+            Level::L3 if now.page_type() == PageType::WindowL3 && now.count() > 0 => {
+                PageType::WindowL3
+            }
+            _ => level.page_type(),
+        };
         self.get_page_for(mfn, dom, Access::Owner)?;
-        if let Err(error) = self.get_page_type(mfn, level.page_type(), dom, mem) {
+        if let Err(error) = self.get_page_type(mfn, want, dom, mem) {
             self.put_page(mfn);
             return Err(error);
         }

@@ -117,8 +117,8 @@ impl<'a> PvMmu<'a> {
         mem: &mut M,
     ) -> Result<(), MmError> {
         let info = self.info(mfn)?;
-        let level = Level::of_page_type(want);
-        if level.is_some() {
+        let is_table = Level::of_page_type(want).is_some();
+        if is_table {
             check_user(info, mfn, dom, Access::Owner, None)?;
         }
         let before = update_type(info, |now| type_after_get(mfn, now, want))?;
@@ -128,10 +128,10 @@ impl<'a> PvMmu<'a> {
         if want != PageType::None {
             mem.flush_stale_writable(mfn);
         }
-        let Some(level) = level else {
+        if !is_table {
             return Ok(());
-        };
-        match self.validate(mfn, level, dom, mem) {
+        }
+        match self.validate(mfn, want, dom, mem) {
             Ok(()) => {
                 replace_type(info, |now| {
                     now.with_flags(now.flags() | TypeFlags::VALIDATED)
@@ -161,8 +161,8 @@ impl<'a> PvMmu<'a> {
         if before.count() != 1 {
             return;
         }
-        if let Some(level) = Level::of_page_type(before.page_type()) {
-            self.devalidate(mfn, level, mem);
+        if Level::of_page_type(before.page_type()).is_some() {
+            self.devalidate(mfn, before.page_type(), mem);
             replace_type(info, |_| TypeInfo::NONE);
         }
     }

@@ -10,7 +10,7 @@ use mm::memmap::PhysRange;
 use crate::entry::{Pte, ENTRIES, GLOBAL, PRESENT, USER, WRITABLE};
 use crate::level::Level;
 use crate::memory::TableMemory;
-use crate::policy::Layout;
+use crate::policy::{child_type, must_be_present, Layout, WINDOW_L4_SLOT};
 use crate::refs::PvMmu;
 
 /// The guest domain under test.
@@ -72,6 +72,9 @@ pub struct World {
     pub hypervisor: Mfn,
     pub free: Mfn,
 }
+
+/// The first address [`Tree`] maps: L4 slot 511, L3 index 0.
+pub const TREE_BASE: u64 = 0xFFFF_FF80_0000_0000;
 
 /// The hypervisor's fixed L3 entry in every test layout.
 pub const HV_L3_ENTRY: u64 = 0x5000 | PRESENT | WRITABLE;
@@ -146,15 +149,21 @@ impl World {
                 refs[table.0 as usize] += 1;
                 types[table.0 as usize] += 1;
             }
-            let Some(level) = Level::of_page_type(word.page_type()) else {
+            if Level::of_page_type(word.page_type()).is_none() {
                 continue;
-            };
+            }
             assert!(word.count() > 0, "{table}: typed at count 0");
             assert!(
                 word.flags().contains(TypeFlags::VALIDATED),
                 "{table}: not validated"
             );
-            self.audit_table(table, level, &mut refs, &mut types, &mut want_type);
+            self.audit_table(
+                table,
+                word.page_type(),
+                &mut refs,
+                &mut types,
+                &mut want_type,
+            );
         }
         for mfn in 0..len {
             let (ref_count, word) = self.counts(Mfn(mfn as u64));
@@ -172,18 +181,29 @@ impl World {
     fn audit_table(
         &self,
         table: Mfn,
-        level: Level,
+        page_type: PageType,
         refs: &mut [u32],
         types: &mut [u32],
         want_type: &mut [Option<PageType>],
     ) {
+        let level = Level::of_page_type(page_type).unwrap();
         for index in 0..ENTRIES {
             let raw = self.ram.read(table, index);
-            if let Some(fixed) = self.layout.fixed_entry(level, index) {
+            if let Some(fixed) = self.layout.fixed_entry(page_type, index) {
                 assert_eq!(raw, fixed, "{table}[{index}]: hypervisor entry");
                 continue;
             }
+            assert_ne!(
+                raw, HV_L3_ENTRY,
+                "{table}[{index}]: the window outside a window-L3"
+            );
             let pte = Pte(raw);
+            if must_be_present(page_type, index) {
+                assert!(
+                    pte.is_present(),
+                    "{table}[{index}]: an L4 without its window-L3"
+                );
+            }
             if !pte.is_present() {
                 continue;
             }
@@ -193,8 +213,8 @@ impl World {
             }
             let target = pte.mfn().0 as usize;
             refs[target] += 1;
-            let typed = match level.child() {
-                Some(child) => Some(child.page_type()),
+            let typed = match child_type(level, index) {
+                Some(child) => Some(child),
                 None => pte.is_writable().then_some(PageType::None),
             };
             if let Some(page_type) = typed {
@@ -205,8 +225,9 @@ impl World {
     }
 }
 
-/// A validated 4-level tree in a [`World`]: L4 slot 0 -> L3 index 0 -> L2 index 0 -> L1,
-/// whose entries 0..4 map data frames writable and 4..8 read-only.
+/// A validated 4-level tree in a [`World`]: L4 slot 511 -> window-L3 index 0 -> L2 index
+/// 0 -> L1, whose entries 0..4 map data frames writable and 4..8 read-only. Its addresses
+/// start at [`TREE_BASE`].
 pub struct Tree {
     pub world: World,
     pub l4: Mfn,
@@ -227,7 +248,7 @@ impl Tree {
         let data = world.owned[4..12].to_vec();
         let spare = world.owned[12..].to_vec();
         let ram = &mut world.ram;
-        ram.write(l4, 0, pte(l3, WRITABLE));
+        ram.write(l4, WINDOW_L4_SLOT, pte(l3, WRITABLE));
         ram.write(l3, 0, pte(l2, WRITABLE));
         ram.write(l2, 0, pte(l1, WRITABLE));
         for (index, &frame) in data.iter().enumerate() {

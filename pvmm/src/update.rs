@@ -9,11 +9,13 @@
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
 
-use crate::entry::ENTRIES;
+use crate::entry::{Pte, ENTRIES};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
+use crate::policy::must_be_present;
 use crate::refs::{type_after_get, update_type, Access, PvMmu};
+use crate::validate::level_of;
 use crate::walk::EntrySlot;
 
 /// What happens to the accessed and dirty bits of the entry being replaced.
@@ -30,7 +32,8 @@ impl PvMmu<'_> {
     /// Sets entry `index` of frame `table`, owned by `dom`, to `new`.
     ///
     /// If `table` is a validated page table, `new` is checked under its level's rules
-    /// (hypervisor slots are refused), the references it needs are taken *before* the
+    /// (hypervisor slots are refused, and so is clearing L4 slot 511; a new entry there
+    /// must name a window-L3), the references it needs are taken *before* the
     /// old entry's are dropped (so rewriting an entry with itself leaves every count as it
     /// was), and the normalized value is written. Otherwise, as in Xen, `table` is an
     /// ordinary page: it takes a writable type reference for the duration (refused for
@@ -49,9 +52,9 @@ impl PvMmu<'_> {
         }
         self.get_page_for(table, dom, Access::Owner)?;
         let result = match self.hold_table(table) {
-            Ok(Some(level)) => {
+            Ok(Some(page_type)) => {
                 let slot = EntrySlot { table, index };
-                let result = self.mod_table_entry(slot, level, new, ad, dom, mem);
+                let result = self.mod_table_entry(slot, page_type, new, ad, dom, mem);
                 self.put_page_type(table, mem);
                 result
             }
@@ -62,37 +65,44 @@ impl PvMmu<'_> {
         result
     }
 
-    /// Takes a type reference on `table` if it is a page table in use, and says which
-    /// level; `Ok(None)` (nothing taken) for an untyped or otherwise typed frame, `Busy`
+    /// Takes a type reference on `table` if it is a page table in use, and says of which
+    /// type; `Ok(None)` (nothing taken) for an untyped or otherwise typed frame, `Busy`
     /// for a table another CPU is validating or devalidating.
-    fn hold_table(&self, table: Mfn) -> Result<Option<Level>, MmError> {
+    fn hold_table(&self, table: Mfn) -> Result<Option<PageType>, MmError> {
         let info = self.info(table)?;
         let now = info.type_info();
-        let Some(level) = Level::of_page_type(now.page_type()).filter(|_| now.count() > 0) else {
+        let page_type = now.page_type();
+        if Level::of_page_type(page_type).is_none() || now.count() == 0 {
             return Ok(None);
-        };
+        }
         update_type(info, |now| match now.count() {
             0 => Err(MmError::Busy(table)),
-            _ => type_after_get(table, now, level.page_type()),
+            _ => type_after_get(table, now, page_type),
         })?;
-        Ok(Some(level))
+        Ok(Some(page_type))
     }
 
-    /// The update of a validated `level` table, which the caller holds.
+    /// The update of a validated table of type `page_type`, which the caller holds.
+    /// Hypervisor entries are refused, and so is a value that is not present where one
+    /// must be (L4 slot 511).
     fn mod_table_entry<M: TableMemory + ?Sized>(
         &self,
         EntrySlot { table, index }: EntrySlot,
-        level: Level,
+        page_type: PageType,
         new: u64,
         ad: AccessedDirty,
         dom: DomainId,
         mem: &mut M,
     ) -> Result<(), MmError> {
-        if self.layout.is_reserved(level, index) {
+        let level = level_of(page_type);
+        if self.layout.is_reserved(page_type, index) {
             return Err(MmError::ReservedSlot { level, index });
         }
+        if must_be_present(page_type, index) && !Pte(new).is_present() {
+            return Err(MmError::NoWindow(table));
+        }
         let old = mem.read(table, index);
-        let stored = self.take_entry(level, new, dom, mem)?;
+        let stored = self.take_entry(level, index, new, dom, mem)?;
         match ad {
             AccessedDirty::Overwrite => mem.write(table, index, stored),
             AccessedDirty::Preserve => mem.write_preserving_ad(table, index, stored),

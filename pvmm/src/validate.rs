@@ -5,8 +5,10 @@
 //! single entries. Validation either succeeds completely or leaves every count and the
 //! table's own contents as they were (sub-tables that were validated on the way and
 //! devalidated by the undo keep their stored form: U/S set, G cleared, hypervisor slots
-//! filled, which changes nothing the guest relies on). Nothing here is public: the
-//! hypervisor reaches it only through the reference-counting operations.
+//! filled, which changes nothing the guest relies on). Which type a sub-table takes comes
+//! from its parent's level and index ([`crate::policy::child_type`]: a window-L3 under L4
+//! slot 511, a plain table elsewhere). Nothing here is public: the hypervisor reaches it
+//! only through the reference-counting operations.
 
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
@@ -15,24 +17,30 @@ use crate::entry::{Pte, ENTRIES};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
-use crate::policy::{normalize, Checked, Mapping};
+use crate::policy::{child_type, must_be_present, normalize, Checked, Mapping};
 use crate::refs::{Access, PvMmu};
 
 impl PvMmu<'_> {
-    /// Checks every guest entry of `table` as a `level` table and takes the references its
-    /// present entries need; then stores the entries in their normalized form and installs
-    /// the hypervisor's fixed entries. On failure, drops what it took and writes nothing.
+    /// Checks every guest entry of `table` as a table of type `page_type` and takes the
+    /// references its present entries need; then stores the entries in their normalized
+    /// form and installs the hypervisor's fixed entries. On failure, drops what it took and
+    /// writes nothing. An L4 whose slot 511 is not present fails at once.
     pub(crate) fn validate<M: TableMemory + ?Sized>(
         &self,
         table: Mfn,
-        level: Level,
+        page_type: PageType,
         dom: DomainId,
         mem: &mut M,
     ) -> Result<(), MmError> {
-        for index in self.guest_indices(level) {
+        let level = level_of(page_type);
+        let mut required = (0..ENTRIES).filter(|&index| must_be_present(page_type, index));
+        if required.any(|index| !Pte(mem.read(table, index)).is_present()) {
+            return Err(MmError::NoWindow(table));
+        }
+        for index in self.guest_indices(page_type) {
             let raw = mem.read(table, index);
-            if let Err(error) = self.take_entry(level, raw, dom, mem) {
-                for taken in self.guest_indices(level).take_while(|&i| i < index) {
+            if let Err(error) = self.take_entry(level, index, raw, dom, mem) {
+                for taken in self.guest_indices(page_type).take_while(|&i| i < index) {
                     let raw = mem.read(table, taken);
                     self.drop_entry(level, raw, mem);
                 }
@@ -41,7 +49,7 @@ impl PvMmu<'_> {
         }
         for index in 0..ENTRIES {
             let raw = mem.read(table, index);
-            let stored = match self.layout.fixed_entry(level, index) {
+            let stored = match self.layout.fixed_entry(page_type, index) {
                 Some(fixed) => fixed,
                 None if Pte(raw).is_present() => normalize(level, raw),
                 None => raw,
@@ -53,24 +61,27 @@ impl PvMmu<'_> {
         Ok(())
     }
 
-    /// Drops the references every guest entry of the validated `level` table holds.
+    /// Drops the references every guest entry of the validated table of type `page_type`
+    /// holds.
     pub(crate) fn devalidate<M: TableMemory + ?Sized>(
         &self,
         table: Mfn,
-        level: Level,
+        page_type: PageType,
         mem: &mut M,
     ) {
-        for index in self.guest_indices(level) {
+        let level = level_of(page_type);
+        for index in self.guest_indices(page_type) {
             let raw = mem.read(table, index);
             self.drop_entry(level, raw, mem);
         }
     }
 
-    /// Checks `raw` as a guest entry of a `level` table and takes the references it needs;
-    /// returns the value to store.
+    /// Checks `raw` as guest entry `index` of a `level` table and takes the references it
+    /// needs; returns the value to store.
     pub(crate) fn take_entry<M: TableMemory + ?Sized>(
         &self,
         level: Level,
+        index: usize,
         raw: u64,
         dom: DomainId,
         mem: &mut M,
@@ -78,7 +89,7 @@ impl PvMmu<'_> {
         match self.layout.check(level, raw)? {
             Checked::NotPresent => Ok(raw),
             Checked::Present(mapping) => {
-                self.take_mapping(level, mapping, dom, mem)?;
+                self.take_mapping(child_type(level, index), mapping, dom, mem)?;
                 Ok(mapping.value)
             }
         }
@@ -97,19 +108,19 @@ impl PvMmu<'_> {
         self.put_page(pte.mfn());
     }
 
-    /// L1: a general reference on the page (owned or shared), plus a writable-type
-    /// reference when the mapping is writable. L2-L4: a general and a type reference on
-    /// the next-level table, which the domain must own.
+    /// L1 entries (`child` is `None`): a general reference on the page (owned or shared),
+    /// plus a writable-type reference when the mapping is writable. L2-L4: a general and a
+    /// `child` type reference on the next-level table, which the domain must own.
     fn take_mapping<M: TableMemory + ?Sized>(
         &self,
-        level: Level,
+        child: Option<PageType>,
         mapping: Mapping,
         dom: DomainId,
         mem: &mut M,
     ) -> Result<(), MmError> {
         let mfn = mapping.mfn;
-        let (access, want) = match level.child() {
-            Some(child) => (Access::Owner, Some(child.page_type())),
+        let (access, want) = match child {
+            Some(child) => (Access::Owner, Some(child)),
             None if mapping.writable => (Access::OwnerOrShared, Some(PageType::None)),
             None => (Access::OwnerOrShared, None),
         };
@@ -130,8 +141,16 @@ impl PvMmu<'_> {
         })
     }
 
-    /// The indices of a `level` table the guest controls.
-    fn guest_indices(&self, level: Level) -> impl Iterator<Item = usize> + '_ {
-        (0..ENTRIES).filter(move |&index| !self.layout.is_reserved(level, index))
+    /// The indices of a table of type `page_type` the guest controls.
+    fn guest_indices(&self, page_type: PageType) -> impl Iterator<Item = usize> + '_ {
+        (0..ENTRIES).filter(move |&index| !self.layout.is_reserved(page_type, index))
     }
+}
+
+/// The level of a page-table type.
+///
+/// # Panics
+/// If `page_type` is not a page-table type: callers validate only those.
+pub(crate) fn level_of(page_type: PageType) -> Level {
+    Level::of_page_type(page_type).expect("only page-table types are validated")
 }

@@ -18,6 +18,7 @@ use guest_rt::println;
 
 use crate::last_attack;
 use crate::targets::Targets;
+use crate::window;
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -26,7 +27,12 @@ struct Attack {
 }
 
 /// Every single attack, by name.
-const ATTACKS: &[Attack] = &[Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler }];
+const ATTACKS: &[Attack] = &[
+    Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler },
+    Attack { name: "clear_l4_window", run: window::clear_live_window },
+    Attack { name: "new_baseptr_no_window", run: window::new_baseptr_without_window },
+    Attack { name: "new_user_baseptr_no_window", run: window::new_user_baseptr_without_window },
+];
 
 /// The `attack=` value on the command line, if any.
 pub fn requested(cmdline: &[u8]) -> Option<&str> {

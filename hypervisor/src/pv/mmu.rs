@@ -31,7 +31,8 @@ use crate::pv::hypercall::HcResult;
 
 static LAYOUT: Once<Layout> = Once::new();
 
-/// The validation rules: the hypervisor's window entry in every L3's slot 511.
+/// The validation rules: the hypervisor's window entry in slot 511 of every window-L3 (the
+/// L3 under L4 slot 511, which every L4 must name; see `pvmm::policy`), and nowhere else.
 fn layout() -> &'static Layout {
     LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), None))
 }
