@@ -33,6 +33,8 @@ mod validate;
 pub mod walk;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod testkit;
 #[cfg(test)]
 mod tests;

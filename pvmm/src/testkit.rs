@@ -133,6 +133,12 @@ impl World {
     /// `bases` (frames held as base pointers), and checks them against the frame table,
     /// together with the stored form of every entry.
     pub fn audit(&self, bases: &[Mfn]) {
+        self.audit_with(bases, &[]);
+    }
+
+    /// [`Self::audit`], with `descriptors` also holding a general and a descriptor-page
+    /// type reference each (what the hypervisor takes for a GDT frame).
+    pub fn audit_with(&self, bases: &[Mfn], descriptors: &[Mfn]) {
         let len = TABLE_FRAMES as usize;
         let mut refs = vec![0u32; len];
         let mut types = vec![0u32; len];
@@ -141,6 +147,11 @@ impl World {
             refs[base.0 as usize] += 1;
             types[base.0 as usize] += 1;
             want_type[base.0 as usize] = Some(PageType::L4);
+        }
+        for &frame in descriptors {
+            refs[frame.0 as usize] += 1;
+            types[frame.0 as usize] += 1;
+            want_type[frame.0 as usize] = Some(PageType::SegmentDescriptors);
         }
         for table in 0..TABLE_FRAMES {
             let table = Mfn(table);
