@@ -149,6 +149,14 @@ def guest_cases():
              expect={"domains.created": str(1 + len(WINDOW_ATTACKS)), "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hello from a Rust PV guest"]
              + [f"hostile: attack {a}: refused (errno 22)" for a in WINDOW_ATTACKS]),
+        # Issue 15, hole 7 (page tables): one pin validating 2053 distinct tables, then one
+        # unpin; both must succeed. The longest stay in the hypervisor is in the summary
+        # (sched.cpuN.in_hypervisor_us, longest_stay).
+        Case("iso-attacks-big-tree", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello"),
+                      ("guest-hostile", "name=big_tree mem_kib=16384 expect=poweroff attack=pin_big_tree")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack pin_big_tree: done"]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",

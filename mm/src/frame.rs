@@ -42,7 +42,7 @@ const OWNER_HYPERVISOR: u32 = 2;
 /// Domain owners are `OWNER_DOMAIN | domain id`.
 const OWNER_DOMAIN: u32 = 1 << 16;
 
-/// Type-word layout: bits 0..=23 type count, 24..=26 page type, 27 and 28 flags.
+/// Type-word layout: bits 0..=23 type count, 24..=26 page type, 27..=30 flags.
 const TYPE_COUNT_MASK: u32 = (1 << 24) - 1;
 const TYPE_SHIFT: u32 = 24;
 const TYPE_MASK: u32 = 0b111 << TYPE_SHIFT;
@@ -141,6 +141,13 @@ bitflags! {
         const VALIDATED = 1 << 27;
         /// The guest pinned the frame to its type (`MMUEXT_PIN_*`).
         const PINNED = 1 << 28;
+        /// A validation or devalidation of the frame stopped half-way (preempted, as Xen's
+        /// `PGT_partial`); how far it got is in the progress word
+        /// ([`FrameInfo::progress`]). Whoever continues it clears the flag.
+        const PARTIAL = 1 << 29;
+        /// A validated page table whose progress word names a table that an update of it
+        /// left half torn down (finished before the table's next update).
+        const TEARDOWN = 1 << 30;
     }
 }
 
@@ -193,9 +200,9 @@ impl TypeInfo {
 /// | offset | field       | meaning                                                     |
 /// |--------|-------------|-------------------------------------------------------------|
 /// | 0      | `owner`     | 0 reserved, 1 free, 2 hypervisor, `0x1_0000 | domid` domain |
-/// | 4      | `type_info` | bits 0-23 type count, 24-26 [`PageType`], 27-28 [`TypeFlags`] |
+/// | 4      | `type_info` | bits 0-23 type count, 24-26 [`PageType`], 27-30 [`TypeFlags`] |
 /// | 8      | `ref_count` | general references (mappings, grants, I/O)                  |
-/// | 12     | `next_free` | free-list link: next free frame number, `u32::MAX` = end    |
+/// | 12     | `next_free` | free: free-list link (next free frame, `u32::MAX` = end); allocated: the progress word ([`FrameInfo::progress`]) |
 #[repr(C)]
 #[derive(Debug)]
 pub struct FrameInfo {
@@ -237,6 +244,21 @@ impl FrameInfo {
     /// The general reference count.
     pub fn ref_count(&self) -> u32 {
         self.ref_count.load(Ordering::Acquire)
+    }
+
+    /// The progress word of an allocated frame: where a preempted validation or
+    /// devalidation of it stopped (paravirtual memory management's to encode). Meaningful
+    /// only while the type word's flags say so ([`TypeFlags::PARTIAL`],
+    /// [`TypeFlags::TEARDOWN`]); it shares its storage with the free-list link, which only
+    /// free frames use.
+    pub fn progress(&self) -> u32 {
+        self.next_free.load(Ordering::Acquire)
+    }
+
+    /// Sets the progress word of an allocated frame (see [`Self::progress`]). Write it
+    /// before setting the flag that makes it meaningful.
+    pub fn set_progress(&self, value: u32) {
+        self.next_free.store(value, Ordering::Release);
     }
 
     /// Atomically replaces the type word with `f(current)` unless `f` returns `None`;

@@ -38,10 +38,11 @@ use crate::entry::{
     Pte, ACCESSED, AVAILABLE_HIGH, AVAILABLE_LOW, CACHE_DISABLE, DIRTY, ENTRIES, GLOBAL, HUGE_PAGE,
     NO_EXECUTE, PRESENT, USER, WRITABLE, WRITE_THROUGH,
 };
+use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
 use crate::pin::BasePtr;
-use crate::testkit::{Ram, Tree, World, DOM, HV_L3_ENTRY, M2P_L4_ENTRY, TABLE_FRAMES};
+use crate::testkit::{Preempt, Ram, Tree, World, DOM, HV_L3_ENTRY, M2P_L4_ENTRY, TABLE_FRAMES};
 use crate::update::AccessedDirty;
 
 /// Frames of the domain the operations use (the first four start out as a tree).
@@ -515,9 +516,8 @@ impl Harness {
                     AccessedDirty::Overwrite
                 };
                 let old = self.world.ram.read(table, index % ENTRIES);
-                let got = mmu
-                    .mod_entry(table, index, new, ad, DOM, &mut self.world.ram)
-                    .is_ok();
+                let ram = &mut self.world.ram;
+                let got = until_done(|| mmu.mod_entry(table, index, new, ad, DOM, ram))?.is_ok();
                 let held = now
                     .get(&table)
                     .filter(|e| e.count > 0)
@@ -555,7 +555,8 @@ impl Harness {
             Op::Pin { frame, level } => {
                 let mfn = self.mfn(frame);
                 let page_type = self.model.pin_type(&now, mfn, level);
-                let got = mmu.pin_table(mfn, level, DOM, &mut self.world.ram).is_ok();
+                let ram = &mut self.world.ram;
+                let got = until_done(|| mmu.pin_table(mfn, level, DOM, ram))?.is_ok();
                 let want = self.owned(mfn)
                     && !self.model.pins.contains_key(&mfn)
                     && self.valid_with(Some((mfn, page_type)), None, None);
@@ -566,7 +567,8 @@ impl Harness {
             }
             Op::Unpin { frame } => {
                 let mfn = self.mfn(frame);
-                let got = mmu.unpin_table(mfn, DOM, &mut self.world.ram).is_ok();
+                let ram = &mut self.world.ram;
+                let got = until_done(|| mmu.unpin_table(mfn, DOM, ram))?.is_ok();
                 let want = self.owned(mfn) && self.model.pins.contains_key(&mfn);
                 if got {
                     self.model.pins.remove(&mfn);
@@ -576,7 +578,8 @@ impl Harness {
             Op::NewBase { frame } => {
                 let mfn = self.mfn(frame);
                 let want = self.owned(mfn) && self.valid_with(None, Some(mfn), None);
-                let got = match mmu.new_baseptr(mfn, DOM, &mut self.world.ram) {
+                let ram = &mut self.world.ram;
+                let got = match until_done(|| mmu.new_baseptr(mfn, DOM, ram))? {
                     Ok(base) => {
                         self.bases.push(base);
                         true
@@ -588,16 +591,23 @@ impl Harness {
             Op::PutBase { which } => {
                 if !self.bases.is_empty() {
                     let base = self.bases.remove(which % self.bases.len());
-                    mmu.put_baseptr(base, &mut self.world.ram);
+                    let l4 = base.mfn();
+                    let mut base = Some(base);
+                    let ram = &mut self.world.ram;
+                    let released = until_done(|| match base.take() {
+                        Some(base) => mmu.put_baseptr(base, ram),
+                        None => mmu.finish_teardown(l4, ram),
+                    })?;
+                    prop_assert_eq!(released, Ok(()));
                 }
                 (true, true, None)
             }
             Op::GetDescriptor { frame } => {
                 let mfn = self.mfn(frame);
                 let want = self.owned(mfn) && self.valid_with(None, None, Some(mfn));
-                let got = mmu
-                    .get_page_and_type(mfn, PageType::SegmentDescriptors, DOM, &mut self.world.ram)
-                    .is_ok();
+                let ram = &mut self.world.ram;
+                let descriptors = PageType::SegmentDescriptors;
+                let got = until_done(|| mmu.get_page_and_type(mfn, descriptors, DOM, ram))?.is_ok();
                 if got {
                     self.descriptors.push(mfn);
                 }
@@ -606,16 +616,24 @@ impl Harness {
             Op::PutDescriptor { which } => {
                 if !self.descriptors.is_empty() {
                     let mfn = self.descriptors.remove(which % self.descriptors.len());
-                    mmu.put_page_and_type(mfn, &mut self.world.ram);
+                    let ram = &mut self.world.ram;
+                    prop_assert_eq!(until_done(|| mmu.put_page_and_type(mfn, ram))?, Ok(()));
                 }
                 (true, true, None)
             }
             Op::Relinquish => {
                 for mfn in self.descriptors.drain(..) {
-                    mmu.put_page_and_type(mfn, &mut self.world.ram);
+                    let ram = &mut self.world.ram;
+                    prop_assert_eq!(until_done(|| mmu.put_page_and_type(mfn, ram))?, Ok(()));
                 }
                 let bases = core::mem::take(&mut self.bases);
-                let result = mmu.relinquish(DOM, &self.world.owned, bases, &mut self.world.ram);
+                let result = crate::testkit::relinquish(
+                    &mmu,
+                    DOM,
+                    &self.world.owned,
+                    bases,
+                    &mut self.world.ram,
+                );
                 prop_assert_eq!(result, Ok(()));
                 self.model.pins.clear();
                 for &mfn in &self.world.owned {
@@ -725,6 +743,20 @@ impl Harness {
     }
 }
 
+/// Calls `op` again while it returns `Restart` (each call must make progress, so a bounded
+/// number of calls must do); its final answer.
+fn until_done<T>(
+    mut op: impl FnMut() -> Result<T, MmError>,
+) -> Result<Result<T, MmError>, TestCaseError> {
+    for _ in 0..100_000 {
+        match op() {
+            Err(MmError::Restart) => continue,
+            other => return Ok(other),
+        }
+    }
+    Err(TestCaseError::fail("an operation kept returning Restart"))
+}
+
 /// Fails unless every entry that differs between `before` and `after` (but `except`) went
 /// into its stored form: U/S set, G cleared, or a hypervisor entry installed.
 fn only_stored_forms(
@@ -766,9 +798,16 @@ proptest! {
     #[test]
     fn random_operation_sequences_match_the_model(
         loaded in any::<bool>(),
+        preempt in prop_oneof![
+            1 => Just(Preempt::Never),
+            2 => (1u64..u64::MAX, 1u64..12).prop_map(|(seed, one_in)| Preempt::Random { seed, one_in }),
+        ],
         ops in prop::collection::vec(op(), 1..60),
     ) {
         let mut harness = Harness::new();
+        // Two thirds of the sequences run with operations stopped at random points and
+        // called again until they finish.
+        harness.world.ram.preempt = preempt;
         harness.check()?;
         if loaded {
             // Half the sequences start on the validated tree, as a running domain does.

@@ -29,11 +29,28 @@ pub fn pte(mfn: Mfn, flags: u64) -> u64 {
     Pte::new(mfn, flags | PRESENT).raw()
 }
 
-/// Table memory over a map of frames (absent frames read as zero), recording flushes.
+/// Table memory over a map of frames (absent frames read as zero), recording flushes, and
+/// asking operations to stop as [`Preempt`] says.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Ram {
     pages: HashMap<Mfn, Vec<u64>>,
     pub flushes: Vec<Mfn>,
+    pub preempt: Preempt,
+    /// How often operations asked whether to stop, and how often they were told to.
+    pub asked: u64,
+    pub stops: u64,
+}
+
+/// When [`Ram::should_preempt`] says stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preempt {
+    /// Never.
+    #[default]
+    Never,
+    /// At every `n`th question.
+    Every(u64),
+    /// At random, once in `one_in` questions on average (xorshift state `seed`).
+    Random { seed: u64, one_in: u64 },
 }
 
 impl TableMemory for Ram {
@@ -50,10 +67,26 @@ impl TableMemory for Ram {
     fn flush_stale_writable(&mut self, mfn: Mfn) {
         self.flushes.push(mfn);
     }
+
+    fn should_preempt(&mut self) -> bool {
+        self.asked += 1;
+        let stop = match &mut self.preempt {
+            Preempt::Never => false,
+            Preempt::Every(n) => self.asked.is_multiple_of(*n),
+            Preempt::Random { seed, one_in } => {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed).is_multiple_of(*one_in)
+            }
+        };
+        self.stops += u64::from(stop);
+        stop
+    }
 }
 
 impl Ram {
-    /// The contents of every frame written so far (flushes ignored).
+    /// The contents of every frame written so far (flushes and preemption ignored).
     pub fn contents(&self) -> Vec<(Mfn, Vec<u64>)> {
         let mut pages: Vec<_> = self.pages.iter().map(|(&m, p)| (m, p.clone())).collect();
         pages.sort_by_key(|&(mfn, _)| mfn);
@@ -80,6 +113,24 @@ pub const TREE_BASE: u64 = 0xFFFF_FF80_0000_0000;
 pub const HV_L3_ENTRY: u64 = 0x5000 | PRESENT | WRITABLE;
 /// The M2P entry in every test layout.
 pub const M2P_L4_ENTRY: u64 = 0x6000 | PRESENT | USER;
+
+/// Relinquishes `dom`'s frames with `bases`, calling again while it says `Restart`.
+pub fn relinquish(
+    mmu: &PvMmu<'_>,
+    dom: DomainId,
+    owned: &[Mfn],
+    bases: impl IntoIterator<Item = crate::pin::BasePtr>,
+    mem: &mut impl TableMemory,
+) -> Result<(), crate::error::MmError> {
+    let mut bases = bases.into_iter();
+    let mut progress = crate::relinquish::RelinquishProgress::default();
+    loop {
+        match mmu.relinquish(dom, owned, &mut bases, &mut progress, mem) {
+            Err(crate::error::MmError::Restart) => continue,
+            other => return other,
+        }
+    }
+}
 
 impl World {
     pub fn new() -> World {

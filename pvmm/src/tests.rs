@@ -534,7 +534,10 @@ fn a_writable_mapped_frame_cannot_become_a_table_until_unmapped() {
     );
     assert_eq!(
         w.counts(frame),
-        (2, validated(PageType::L1, 1).with_flags(TypeFlags::all()))
+        (
+            2,
+            validated(PageType::L1, 1).with_flags(TypeFlags::VALIDATED | TypeFlags::PINNED)
+        )
     );
     w.audit(&[base.mfn()]);
 }
@@ -678,7 +681,7 @@ fn base_pointers_hold_the_root_and_can_switch_to_the_same_table() {
     let mmu = w.mmu();
     let again = mmu.new_baseptr(tree.l4, DOM, &mut w.ram).unwrap();
     assert_eq!(w.counts(tree.l4), (2, validated(PageType::L4, 2)));
-    mmu.put_baseptr(base, &mut w.ram);
+    mmu.put_baseptr(base, &mut w.ram).unwrap();
     assert_eq!(w.counts(tree.l4), (1, validated(PageType::L4, 1)));
     w.audit(&[again.mfn()]);
     assert_eq!(
@@ -696,7 +699,7 @@ fn base_pointers_hold_the_root_and_can_switch_to_the_same_table() {
             owner: Owner::Domain(OTHER),
         })
     );
-    mmu.put_baseptr(again, &mut w.ram);
+    mmu.put_baseptr(again, &mut w.ram).unwrap();
     for frame in [tree.l4, tree.l3, tree.l2, tree.l1]
         .iter()
         .chain(&tree.data)
@@ -770,7 +773,7 @@ fn updates_to_ordinary_pages_are_plain_writes_and_descriptor_pages_are_refused()
             want: PageType::None,
         })
     );
-    mmu.put_page_and_type(gdt, &mut w.ram);
+    mmu.put_page_and_type(gdt, &mut w.ram).unwrap();
     w.audit(&[base.mfn()]);
 }
 
@@ -832,7 +835,7 @@ fn walks_find_the_l1_entry_or_say_why_not() {
             want: PageType::L4,
         })
     );
-    mmu.put_baseptr(base, &mut Ram::default());
+    mmu.put_baseptr(base, &mut Ram::default()).unwrap();
 }
 
 #[test]
@@ -873,9 +876,7 @@ fn relinquish_returns_every_frame() {
     }
     let w = &mut tree.world;
     let before_domain = w.frames.stats().free + w.owned.len() as u64;
-    w.mmu()
-        .relinquish(DOM, &w.owned, [base, user_base], &mut w.ram)
-        .unwrap();
+    crate::testkit::relinquish(&w.mmu(), DOM, &w.owned, [base, user_base], &mut w.ram).unwrap();
     for &frame in &w.owned {
         assert_eq!(w.counts(frame), (0, TypeInfo::NONE), "{frame}");
     }
@@ -896,15 +897,14 @@ fn relinquish_refuses_a_list_with_foreign_frames_before_changing_anything() {
     let mut list = world.owned.clone();
     list.push(world.foreign[0]);
     assert_eq!(
-        mmu.relinquish(DOM, &list, [], &mut world.ram),
+        crate::testkit::relinquish(&mmu, DOM, &list, [], &mut world.ram),
         Err(MmError::NotOwner {
             mfn: world.foreign[0],
             owner: Owner::Domain(OTHER),
         })
     );
     assert!(world.counts(table).1.flags().contains(TypeFlags::PINNED));
-    mmu.relinquish(DOM, &world.owned, [], &mut world.ram)
-        .unwrap();
+    crate::testkit::relinquish(&mmu, DOM, &world.owned, [], &mut world.ram).unwrap();
     world.audit(&[]);
 }
 
@@ -932,7 +932,7 @@ fn shared_frames_may_be_mapped_but_never_used_as_tables() {
     assert!(mmu.get_page(world.owned[41], OTHER).is_err());
     // The owner cannot destroy it while the other domain maps it...
     assert_eq!(
-        mmu.relinquish(DOM, &world.owned, [], &mut world.ram),
+        crate::testkit::relinquish(&mmu, DOM, &world.owned, [], &mut world.ram),
         Err(MmError::InUse {
             mfn: shared_frame,
             ref_count: 1,
@@ -940,10 +940,8 @@ fn shared_frames_may_be_mapped_but_never_used_as_tables() {
         })
     );
     // ...until that domain is gone too.
-    mmu.relinquish(OTHER, &world.foreign, [], &mut other_ram)
-        .unwrap();
-    mmu.relinquish(DOM, &world.owned, [], &mut world.ram)
-        .unwrap();
+    crate::testkit::relinquish(&mmu, OTHER, &world.foreign, [], &mut other_ram).unwrap();
+    crate::testkit::relinquish(&mmu, DOM, &world.owned, [], &mut world.ram).unwrap();
     for &frame in world.owned.iter().chain(&world.foreign) {
         world.frames.free(frame).unwrap();
     }
@@ -1019,7 +1017,7 @@ fn dropping_a_pins_reference_without_unpinning_panics() {
     let mmu = world.mmu();
     mmu.pin_table(world.owned[0], Level::L1, DOM, &mut world.ram)
         .unwrap();
-    mmu.put_page_type(world.owned[0], &mut world.ram);
+    mmu.put_page_type(world.owned[0], &mut world.ram).unwrap();
 }
 
 #[test]
@@ -1052,7 +1050,7 @@ fn concurrent_references_keep_counts_consistent() {
                             Ok(()) => {
                                 let now = frames.frame(frame).unwrap().type_info();
                                 assert_eq!(now.page_type(), PageType::None);
-                                mmu.put_page_type(frame, &mut ram);
+                                mmu.put_page_type(frame, &mut ram).unwrap();
                             }
                             Err(error) => assert!(matches!(
                                 error,
@@ -1212,7 +1210,7 @@ fn pinned_l3s_keep_their_kind_and_kinds_never_mix() {
         w.counts(tree.l3),
         (
             2,
-            validated(PageType::WindowL3, 2).with_flags(TypeFlags::all())
+            validated(PageType::WindowL3, 2).with_flags(TypeFlags::VALIDATED | TypeFlags::PINNED)
         )
     );
     w.audit(&[base.mfn()]);
@@ -1271,6 +1269,6 @@ fn kernel_and_user_l4s_share_one_window_l3() {
     let user = w.mmu().new_baseptr(user_l4, DOM, &mut w.ram).unwrap();
     assert_eq!(w.counts(tree.l3), (2, validated(PageType::WindowL3, 2)));
     w.audit(&[base.mfn(), user.mfn()]);
-    w.mmu().put_baseptr(user, &mut w.ram);
+    w.mmu().put_baseptr(user, &mut w.ram).unwrap();
     w.audit(&[base.mfn()]);
 }

@@ -24,6 +24,7 @@
 #![no_main]
 
 mod arguments;
+mod big_tree;
 mod fatal;
 mod last_attack;
 mod mappings;

@@ -6,9 +6,15 @@
 //! written through temporary mappings. Stale translations: guest entries are never global,
 //! so only CPUs running one of the domain's vCPUs can cache them; flushes go to exactly
 //! those (today: this CPU, as domains have one vCPU).
+//!
+//! pvmm's walks (validating or devalidating a tree, relinquishing a domain) stop when a
+//! slice's work budget is spent ([`Tables`]: a few thousand entries or ~30 us) and return
+//! `MmError::Restart`; every call here goes through [`until_done`], which for now calls
+//! again with a fresh budget until the operation completes.
 
 use alloc::vec::Vec;
 use core::cell::RefCell;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 use abi::errno::Errno;
@@ -18,7 +24,7 @@ use abi::mmu::{MmuUpdate, MmuextOp, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, 
 use hypervisor::hypercall::GuestVa;
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
-use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, TableMemory};
+use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, RelinquishProgress, TableMemory};
 use spin::Once;
 use x86_64::VirtAddr;
 
@@ -53,11 +59,27 @@ struct Tables {
     cache: RefCell<ArrayVec<(Mfn, FrameMapping), 4>>,
     /// The domain has vCPUs on other CPUs: flushes must reach every CPU.
     smp: bool,
+    /// This slice's work so far: entries pvmm processed, and when the slice began (TSC).
+    slice_entries: u32,
+    slice_start: u64,
 }
+
+/// Entries one slice of a pvmm walk may process before it is told to stop.
+const SLICE_ENTRIES: u32 = 4096;
+/// Time one slice may take before it is told to stop, looked at every [`CLOCK_EVERY`]
+/// entries (an entry costs well under a microsecond, even under TCG).
+const SLICE_NS: u64 = 30_000;
+const CLOCK_EVERY: u32 = 32;
 
 impl Tables {
     fn new() -> Tables {
-        Tables { cache: RefCell::new(ArrayVec::new()), smp: false }
+        Tables { cache: RefCell::new(ArrayVec::new()), smp: false, slice_entries: 0, slice_start: crate::time::rdtsc() }
+    }
+
+    /// Starts a new slice of work.
+    fn fresh_budget(&mut self) {
+        self.slice_entries = 0;
+        self.slice_start = crate::time::rdtsc();
     }
 
     fn for_domain(domain: &Domain) -> Tables {
@@ -104,6 +126,72 @@ impl TableMemory for Tables {
     fn flush_stale_writable(&mut self, _mfn: Mfn) {
         self.flush();
     }
+
+    fn should_preempt(&mut self) -> bool {
+        self.slice_entries += 1;
+        self.slice_entries >= SLICE_ENTRIES
+            || (self.slice_entries.is_multiple_of(CLOCK_EVERY)
+                && crate::time::tsc_to_ns(crate::time::rdtsc().wrapping_sub(self.slice_start)) >= SLICE_NS)
+    }
+}
+
+/// Runs a pvmm operation to completion: while it stops half-way (`MmError::Restart`: its
+/// slice's budget is spent, its progress kept in the frames), calls it again with a fresh
+/// budget, which continues it. So the hypervisor behaves as before pvmm became
+/// preemptible: the whole operation still runs in this one stay with interrupts off.
+///
+/// Integration: this loop is the one place to change. For guest hypercalls it becomes a
+/// hypercall continuation (return to the guest with the call restartable, so that
+/// interrupts, events and cross-CPU calls are taken between slices; the operation called
+/// again with the same arguments continues); for domain destruction (`relinquish`), a
+/// deferred teardown called again later. Every slice is bounded already.
+fn until_done<T>(tables: &mut Tables, mut op: impl FnMut(&mut Tables) -> Result<T, MmError>) -> Result<T, MmError> {
+    let mut slices = 0;
+    loop {
+        tables.fresh_budget();
+        let result = op(tables);
+        slices += 1;
+        let slice_ns = crate::time::tsc_to_ns(crate::time::rdtsc().wrapping_sub(tables.slice_start));
+        LONGEST_SLICE_NS.fetch_max(slice_ns, Ordering::Relaxed);
+        MOST_SLICES.fetch_max(slices, Ordering::Relaxed);
+        SLICES.fetch_add(1, Ordering::Relaxed);
+        if slice_ns > 100_000 {
+            SLICES_OVER_100US.fetch_add(1, Ordering::Relaxed);
+        }
+        match result {
+            Err(MmError::Restart) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The longest slice of a pvmm operation, and the most slices one operation took, so far:
+/// what a hypercall continuation will make the longest stay (see [`until_done`]).
+static LONGEST_SLICE_NS: AtomicU64 = AtomicU64::new(0);
+static MOST_SLICES: AtomicU64 = AtomicU64::new(0);
+/// Slices in all, and those over 100 us (under TCG, mostly host stalls of the vCPU thread).
+static SLICES: AtomicU64 = AtomicU64::new(0);
+static SLICES_OVER_100US: AtomicU64 = AtomicU64::new(0);
+
+/// Prints `summary: pvmm.slices=<all>/<over 100 us>`, `pvmm.longest_slice_us` and
+/// `pvmm.most_slices` (end of the run).
+pub fn report() {
+    log::info!("summary: pvmm.slices={}/{}", SLICES.load(Ordering::Relaxed), SLICES_OVER_100US.load(Ordering::Relaxed));
+    log::info!("summary: pvmm.longest_slice_us={}", LONGEST_SLICE_NS.load(Ordering::Relaxed) / 1000);
+    log::info!("summary: pvmm.most_slices={}", MOST_SLICES.load(Ordering::Relaxed));
+}
+
+/// Releases a base pointer, finishing the teardown of its table if that stops half-way.
+fn release_base(mmu: &PvMmu, base: BasePtr, tables: &mut Tables) {
+    let l4 = base.mfn();
+    let mut base = Some(base);
+    let released = until_done(tables, |t| match base.take() {
+        Some(base) => mmu.put_baseptr(base, t),
+        None => mmu.finish_teardown(l4, t),
+    });
+    if let Err(e) = released {
+        log::warn!("releasing base pointer {l4}: {e:?}");
+    }
 }
 
 fn check_domid(vcpu: &Vcpu, domid: u16) -> Result<DomainId, Errno> {
@@ -120,14 +208,18 @@ pub fn pin_initial_tables(domain: &Domain, l4: Mfn) -> Result<BasePtr, Errno> {
     let _lock = domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::new();
-    mmu.pin_table(l4, Level::L4, domain.id, &mut tables).map_err(errno)?;
-    mmu.new_baseptr(l4, domain.id, &mut tables).map_err(errno)
+    until_done(&mut tables, |t| mmu.pin_table(l4, Level::L4, domain.id, t)).map_err(errno)?;
+    until_done(&mut tables, |t| mmu.new_baseptr(l4, domain.id, t)).map_err(errno)
 }
 
 /// Drops every page-table reference a dead domain holds, so that its frames can be freed.
 pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
     let _lock = domain.mmu_lock.lock();
-    if let Err(e) = mmu().relinquish(domain.id, owned, bases, &mut Tables::new()) {
+    let mmu = mmu();
+    let mut bases = bases.into_iter();
+    let mut progress = RelinquishProgress::default();
+    let result = until_done(&mut Tables::new(), |t| mmu.relinquish(domain.id, owned, &mut bases, &mut progress, t));
+    if let Err(e) = result {
         log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);
     }
 }
@@ -135,12 +227,15 @@ pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
 /// Takes a general and a descriptor-page type reference on `mfn` for the vCPU's domain
 /// (refused if the guest maps it writable or uses it as a page table).
 pub fn get_descriptor_page(vcpu: &Vcpu, mfn: Mfn) -> Result<(), Errno> {
-    mmu().get_page_and_type(mfn, PageType::SegmentDescriptors, vcpu.domain.id, &mut Tables::new()).map_err(errno)
+    let dom = vcpu.domain.id;
+    until_done(&mut Tables::new(), |t| mmu().get_page_and_type(mfn, PageType::SegmentDescriptors, dom, t)).map_err(errno)
 }
 
 /// Drops a reference taken by [`get_descriptor_page`].
 pub fn put_descriptor_page(mfn: Mfn) {
-    mmu().put_page_and_type(mfn, &mut Tables::new());
+    if let Err(e) = until_done(&mut Tables::new(), |t| mmu().put_page_and_type(mfn, t)) {
+        log::warn!("releasing descriptor page {mfn}: {e:?}");
+    }
 }
 
 /// `mmu_update`: checked updates of page-table entries named by machine address.
@@ -171,7 +266,7 @@ pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count:
         let entry_addr = request.ptr & !7;
         let table = Mfn(entry_addr >> 12);
         let index = ((entry_addr & 0xfff) >> 3) as usize;
-        if let Err(e) = mmu.mod_entry(table, index, request.val, ad, dom, &mut tables) {
+        if let Err(e) = until_done(&mut tables, |t| mmu.mod_entry(table, index, request.val, ad, dom, t)) {
             result = Err(errno(e));
             break;
         }
@@ -195,7 +290,8 @@ pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult
     let mmu = mmu();
     let mut tables = Tables::for_domain(&vcpu.domain);
     let slot = mmu.l1_entry_of(l4, va, &tables).map_err(errno)?;
-    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut tables).map_err(errno)?;
+    let dom = vcpu.domain.id;
+    until_done(&mut tables, |t| mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, dom, t)).map_err(errno)?;
     let everywhere = flags & UVMF_ALL != 0 && tables.smp;
     match flags & UVMF_FLUSHTYPE_MASK {
         UVMF_INVLPG if !everywhere => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
@@ -229,7 +325,7 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
     let mfn = Mfn(op.arg1);
     let pin = |level| {
         let _lock = vcpu.domain.mmu_lock.lock();
-        mmu().pin_table(mfn, level, dom, &mut Tables::new()).map_err(errno)
+        until_done(&mut Tables::new(), |t| mmu().pin_table(mfn, level, dom, t)).map_err(errno)
     };
     match MmuextCmd::from_raw(op.cmd) {
         Some(MmuextCmd::PinL1Table) => pin(Level::L1),
@@ -238,7 +334,7 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
         Some(MmuextCmd::PinL4Table) => pin(Level::L4),
         Some(MmuextCmd::UnpinTable) => {
             let _lock = vcpu.domain.mmu_lock.lock();
-            mmu().unpin_table(mfn, dom, &mut Tables::new()).map_err(errno)
+            until_done(&mut Tables::new(), |t| mmu().unpin_table(mfn, dom, t)).map_err(errno)
         }
         Some(MmuextCmd::NewBaseptr) => new_baseptr(vcpu, mfn, false),
         Some(MmuextCmd::NewUserBaseptr) => new_baseptr(vcpu, mfn, true),
@@ -263,14 +359,15 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Errno> {
 /// Takes a base-pointer reference on `l4` for a vCPU being created.
 pub fn take_base(vcpu: &Vcpu, l4: Mfn) -> Result<BasePtr, Errno> {
     let _lock = vcpu.domain.mmu_lock.lock();
-    mmu().new_baseptr(l4, vcpu.domain.id, &mut Tables::for_domain(&vcpu.domain)).map_err(errno)
+    let dom = vcpu.domain.id;
+    until_done(&mut Tables::for_domain(&vcpu.domain), |t| mmu().new_baseptr(l4, dom, t)).map_err(errno)
 }
 
 /// Drops the base-pointer references of a vCPU that will not run.
 pub fn release_bases(vcpu: &Vcpu) {
     let _lock = vcpu.domain.mmu_lock.lock();
     for base in vcpu.take_bases() {
-        mmu().put_baseptr(base, &mut Tables::new());
+        release_base(&mmu(), base, &mut Tables::new());
     }
 }
 
@@ -279,7 +376,8 @@ pub fn release_bases(vcpu: &Vcpu) {
 pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), Errno> {
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
-    let base = mmu.new_baseptr(l4, vcpu.domain.id, &mut Tables::new()).map_err(errno)?;
+    let dom = vcpu.domain.id;
+    let base = until_done(&mut Tables::new(), |t| mmu.new_baseptr(l4, dom, t)).map_err(errno)?;
     let mut ctx = vcpu.ctx.lock();
     let load = ctx.in_kernel != user;
     let old = if user { ctx.user_base.replace(base) } else { ctx.kernel_base.replace(base) };
@@ -288,7 +386,7 @@ pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), Errno> {
     }
     drop(ctx);
     if let Some(old) = old {
-        mmu.put_baseptr(old, &mut Tables::new());
+        release_base(&mmu, old, &mut Tables::new());
     }
     Ok(())
 }
