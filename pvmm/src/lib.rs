@@ -16,7 +16,8 @@
 //!
 //! Modules: [`entry`] (entry bits), [`level`] (table levels), [`policy`] (what an entry
 //! may contain), [`memory`] (the table-access trait), [`refs`] (reference counting and the
-//! counting model), `validate` (whole-table validation), [`update`] (one entry update),
+//! counting model), `validate` (whole-table validation and devalidation, and how a
+//! stopped walk is continued), [`update`] (one entry update),
 //! [`pin`] (pins and base pointers), [`walk`] (finding an L1 entry), [`relinquish`]
 //! (domain destruction), [`error`].
 #![cfg_attr(not(test), no_std)]

@@ -4,7 +4,8 @@
 //! The hypervisor decodes the request (machine address of the entry: frame and index)
 //! and calls [`PvMmu::mod_entry`] with the domain's page-table lock held. An update either
 //! happens completely (new references taken, entry written, old references dropped) or
-//! not at all.
+//! not at all; one that stops half-way returns `Restart` and completes when called again
+//! with the same arguments.
 
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType, TypeFlags};
