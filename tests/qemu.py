@@ -74,6 +74,10 @@ def guest(name):
     return os.path.join(GUESTS, name)
 
 
+# The window attacks of guest-hostile that are fatal unless refused (guests/hostile/src/window.rs).
+WINDOW_ATTACKS = ["clear_l4_window", "new_baseptr_no_window", "new_user_baseptr_no_window"]
+
+
 def guest_cases():
     everyone = [("guest-hello", "name=hello count=2"),
                 ("guest-balloon", "name=balloon"),
@@ -149,6 +153,24 @@ def guest_cases():
              expect_lines=ok_lines + ["events: all ok"]
              + [f"hostile: attack {name}:" for name, _ in PREEMPT_ATTACKS]
              + ["hostile: long calls contained"]),
+        # Issue 15, holes 1 and 4 (the window only where it belongs): attacks that made the
+        # machine triple-fault before the fix (slot 511 of the live L4 cleared, an L4 without
+        # it loaded as the kernel's or, with an iret to user mode, the user's table). Each
+        # must now be refused and its domain power off, beside a guest that finishes.
+        Case("iso-attacks-window", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} expect=poweroff attack={a}") for a in WINDOW_ATTACKS],
+             expect={"domains.created": str(1 + len(WINDOW_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}: refused (errno 22)" for a in WINDOW_ATTACKS]),
+        # Issue 15, hole 7 (page tables): one pin validating 2053 distinct tables, then one
+        # unpin; both must succeed. The longest stay in the hypervisor is in the summary
+        # (sched.cpuN.in_hypervisor_us, longest_stay).
+        Case("iso-attacks-big-tree", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello"),
+                      ("guest-hostile", "name=big_tree mem_kib=16384 expect=poweroff attack=pin_big_tree")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack pin_big_tree: done"]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",

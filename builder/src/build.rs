@@ -44,8 +44,8 @@ pub trait GuestMemory {
 pub struct HypervisorInputs {
     /// Machine address of the domain's shared info page (`start_info.shared_info`).
     pub shared_info_maddr: u64,
-    /// Written verbatim into entry 511 of the L3 under L4 slot 511: the hypervisor's top
-    /// gigabyte.
+    /// Written verbatim into entry 511 of the window-L3 (the L3 under L4 slot 511, which
+    /// the hypervisor validates as its own type): the hypervisor's top gigabyte.
     pub hypervisor_l3_entry: u64,
     /// Written verbatim into L4 slot 256, if given: the read-only M2P table.
     pub m2p_l4_entry: Option<u64>,
@@ -501,6 +501,43 @@ mod tests {
         );
         let leaf = walk(&memory, built.l4_pfn, base).unwrap();
         assert_eq!(leaf & PTE_ADDRESS_MASK, memory.frame_mfn(Pfn(0)).address());
+    }
+
+    /// The window entry is in the window-L3 (the L3 under L4 slot 511) and in no other
+    /// boot L3: the hypervisor types tables by where they are linked, and a plain L3's
+    /// entry 511 is the guest's (one holding the window entry would be refused).
+    fn check_window_only_in_the_window_l3(built: &BuiltDomain, memory: &TestMemory) {
+        let window_l3 = hypervisor_l3(memory, built.l4_pfn);
+        for table in built.page_tables.iter().filter(|t| t.level == Level::L3) {
+            let entry = memory.u64_at(table.pfn, 511 * 8);
+            if table.pfn == window_l3 {
+                assert_eq!(entry, HYPERVISOR_L3_ENTRY, "{:?}: the window-L3", table.pfn);
+            } else {
+                assert_ne!(entry, HYPERVISOR_L3_ENTRY, "{:?}: a plain L3", table.pfn);
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_window_l3_holds_the_window_entry() {
+        let (built, memory, _) = build_minimal();
+        check_window_only_in_the_window_l3(&built, &memory);
+        // A guest mapped in the lower half, across two L4 slots: three L3s, one of them
+        // the window-L3 the builder adds.
+        let base = (1u64 << 39) - 0x4_0000;
+        let image = TestImage::minimal()
+            .with_note(ElfNote::VirtBase, &base.to_le_bytes())
+            .with_note(ElfNote::Entry, &(base + 0x40).to_le_bytes())
+            .with_note(ElfNote::HypercallPage, &(base + 0x1000).to_le_bytes());
+        let (built, memory) = build_image(&image, &CONFIG, &HYPERVISOR);
+        let built = built.unwrap();
+        let l3s = built
+            .page_tables
+            .iter()
+            .filter(|t| t.level == Level::L3)
+            .count();
+        assert_eq!(l3s, 3);
+        check_window_only_in_the_window_l3(&built, &memory);
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! Present|Writable|User|Accessed|Dirty, except that the page-table frames themselves are
 //! mapped read-only. Tables are taken from the plan's page-table frames in the order the
 //! walk first needs them, the L4 first. The two hypervisor-provided entries are copied
-//! verbatim: the hypervisor's entry into slot 511 of the L3 under L4 slot 511 (that L3 is
-//! added when the guest's mapping does not use slot 511), and the M2P entry into L4 slot
-//! 256. The layout has already checked that the guest's mapping avoids both. This module
-//! must never write guest memory or give frames their page-table types.
+//! verbatim: the hypervisor's entry into slot 511 of the window-L3, the L3 under L4 slot
+//! 511 (added when the guest's mapping does not use slot 511: every L4 must name one
+//! there), and the M2P entry into L4 slot 256; no other L3 gets the hypervisor's entry
+//! (the hypervisor validates the L3 under slot 511 as a window-L3 and every other as a
+//! plain L3, whose entry 511 is the guest's). The layout has already checked that the
+//! guest's mapping avoids both. This module must never write guest memory or give frames
+//! their page-table types.
 
 use alloc::vec;
 use alloc::vec::Vec;

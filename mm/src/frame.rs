@@ -42,7 +42,7 @@ const OWNER_HYPERVISOR: u32 = 2;
 /// Domain owners are `OWNER_DOMAIN | domain id`.
 const OWNER_DOMAIN: u32 = 1 << 16;
 
-/// Type-word layout: bits 0..=23 type count, 24..=26 page type, 27 and 28 flags.
+/// Type-word layout: bits 0..=23 type count, 24..=26 page type, 27..=30 flags.
 const TYPE_COUNT_MASK: u32 = (1 << 24) - 1;
 const TYPE_SHIFT: u32 = 24;
 const TYPE_MASK: u32 = 0b111 << TYPE_SHIFT;
@@ -99,7 +99,7 @@ pub enum PageType {
     L1,
     /// Level-2 page table.
     L2,
-    /// Level-3 page table.
+    /// Level-3 page table (plain: linked at any L4 slot but the window's, or pinned).
     L3,
     /// Level-4 page table.
     L4,
@@ -107,6 +107,10 @@ pub enum PageType {
     SegmentDescriptors,
     /// Shared with another domain.
     Shared,
+    /// Level-3 page table under L4 slot 511, whose entry 511 is the hypervisor's window
+    /// (as Xen's `PGT_pae_xen_l2`): a type of its own, so that such a table can never be
+    /// linked where a plain L3 goes, nor a plain L3 where it goes.
+    WindowL3,
 }
 
 impl PageType {
@@ -114,16 +118,16 @@ impl PageType {
         (self as u32) << TYPE_SHIFT
     }
 
-    /// Decodes the type field. Only [`PageType::bits`] values are ever stored, so the
-    /// unused value 7 cannot occur; it reads as `None`.
+    /// Decodes the type field (every one of its eight values is a type).
     const fn from_bits(bits: u32) -> PageType {
-        match bits >> TYPE_SHIFT {
+        match (bits & TYPE_MASK) >> TYPE_SHIFT {
             1 => PageType::L1,
             2 => PageType::L2,
             3 => PageType::L3,
             4 => PageType::L4,
             5 => PageType::SegmentDescriptors,
             6 => PageType::Shared,
+            7 => PageType::WindowL3,
             _ => PageType::None,
         }
     }
@@ -137,6 +141,13 @@ bitflags! {
         const VALIDATED = 1 << 27;
         /// The guest pinned the frame to its type (`MMUEXT_PIN_*`).
         const PINNED = 1 << 28;
+        /// A validation or devalidation of the frame stopped half-way (preempted, as Xen's
+        /// `PGT_partial`); how far it got is in the progress word
+        /// ([`FrameInfo::progress`]). Whoever continues it clears the flag.
+        const PARTIAL = 1 << 29;
+        /// A validated page table whose progress word names a table that an update of it
+        /// left half torn down (finished before the table's next update).
+        const TEARDOWN = 1 << 30;
     }
 }
 
@@ -189,9 +200,9 @@ impl TypeInfo {
 /// | offset | field       | meaning                                                     |
 /// |--------|-------------|-------------------------------------------------------------|
 /// | 0      | `owner`     | 0 reserved, 1 free, 2 hypervisor, `0x1_0000 | domid` domain |
-/// | 4      | `type_info` | bits 0-23 type count, 24-26 [`PageType`], 27-28 [`TypeFlags`] |
+/// | 4      | `type_info` | bits 0-23 type count, 24-26 [`PageType`], 27-30 [`TypeFlags`] |
 /// | 8      | `ref_count` | general references (mappings, grants, I/O)                  |
-/// | 12     | `next_free` | free: next free frame number (`u32::MAX` = end); allocated: the owner's slot ([`FrameInfo::owner_slot`]) |
+/// | 12     | `next_free` | free: free-list link (next free frame, `u32::MAX` = end); allocated: the progress word ([`FrameInfo::progress`]) |
 #[repr(C)]
 #[derive(Debug)]
 pub struct FrameInfo {
@@ -235,18 +246,19 @@ impl FrameInfo {
         self.ref_count.load(Ordering::Acquire)
     }
 
-    /// A number the owner of an allocated frame keeps with it: the hypervisor keeps a
-    /// domain frame's index in the domain's list of frames here, so that taking the frame
-    /// out of the list costs no search. `u32::MAX` until set after each allocation;
-    /// meaningless for free and reserved frames (the word is then the free-list link).
-    pub fn owner_slot(&self) -> u32 {
-        self.next_free.load(Ordering::Relaxed)
+    /// The progress word of an allocated frame: where a preempted validation or
+    /// devalidation of it stopped (paravirtual memory management's to encode). Meaningful
+    /// only while the type word's flags say so ([`TypeFlags::PARTIAL`],
+    /// [`TypeFlags::TEARDOWN`]); it shares its storage with the free-list link, which only
+    /// free frames use.
+    pub fn progress(&self) -> u32 {
+        self.next_free.load(Ordering::Acquire)
     }
 
-    /// Sets [`Self::owner_slot`]. Only the owner of an allocated frame may call it, and
-    /// only while the frame stays allocated (the allocator takes the word back on `free`).
-    pub fn set_owner_slot(&self, slot: u32) {
-        self.next_free.store(slot, Ordering::Relaxed);
+    /// Sets the progress word of an allocated frame (see [`Self::progress`]). Write it
+    /// before setting the flag that makes it meaningful.
+    pub fn set_progress(&self, value: u32) {
+        self.next_free.store(value, Ordering::Release);
     }
 
     /// Atomically replaces the type word with `f(current)` unless `f` returns `None`;
@@ -540,25 +552,6 @@ mod tests {
     }
 
     #[test]
-    fn owner_slots_start_unset_and_do_not_disturb_the_free_list() {
-        let t = table(8, &[range(0, 8)]);
-        let a = t.alloc(DOM1).unwrap();
-        let b = t.alloc(DOM1).unwrap();
-        assert_eq!(t.frame(a).unwrap().owner_slot(), u32::MAX);
-        t.frame(a).unwrap().set_owner_slot(7);
-        t.frame(b).unwrap().set_owner_slot(3);
-        assert_eq!(t.frame(a).unwrap().owner_slot(), 7);
-        t.free(a).unwrap();
-        t.free(b).unwrap();
-        // Both back on the list: all eight frames can be handed out again, each once.
-        let mut again = Vec::new();
-        t.alloc_many(DOM1, 8, &mut again).unwrap();
-        again.sort();
-        assert_eq!(again, (0..8).map(Mfn).collect::<Vec<_>>());
-        assert!(again.iter().all(|&m| t.frame(m).unwrap().owner_slot() == u32::MAX));
-    }
-
-    #[test]
     fn only_usable_frames_are_handed_out_in_ascending_order() {
         let t = table(32, &[range(4, 7), range(10, 12)]);
         assert_eq!(t.total_usable(), 5);
@@ -694,6 +687,7 @@ mod tests {
             PageType::L4,
             PageType::SegmentDescriptors,
             PageType::Shared,
+            PageType::WindowL3,
         ];
         for page_type in all {
             for flags in [TypeFlags::empty(), TypeFlags::VALIDATED, TypeFlags::all()] {

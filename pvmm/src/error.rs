@@ -3,7 +3,9 @@
 //!
 //! Every fallible operation of this crate returns it; the hypervisor's hypercall layer
 //! calls [`MmError::errno`] in one place. An error always means "nothing changed": no
-//! operation returns one after leaving a reference or an entry half-done.
+//! operation returns one after leaving a reference or an entry half-done. The exception is
+//! [`MmError::Restart`], which means "not finished": the operation left consistent partial
+//! state (see [`crate::refs`]) and must be called again.
 
 use abi::errno::Errno;
 use mm::addr::Mfn;
@@ -54,6 +56,10 @@ pub enum MmError {
         /// Index of the entry.
         index: usize,
     },
+    /// An L4 table whose slot 511 is not present, or an update that would clear it: slot
+    /// 511 names the window-L3 that maps the hypervisor, and CR3 must never load a table
+    /// without it.
+    NoWindow(Mfn),
     /// The entry sets bits the guest may not use at this level.
     BadFlags {
         /// Level of the table.
@@ -81,6 +87,14 @@ pub enum MmError {
     AlreadyPinned(Mfn),
     /// The table is not pinned.
     NotPinned(Mfn),
+    /// The operation stopped half-way because [`crate::TableMemory::should_preempt`] said
+    /// so (Xen's `ERESTART`): its progress is kept in the frames, and calling the same
+    /// operation again with the same arguments continues it. Never reaches a guest: the
+    /// hypervisor calls again, now or in a hypercall continuation.
+    Restart,
+    /// A validation failed in an earlier call, which stopped while undoing it; this call
+    /// finished the undo. The Xen error number of the original refusal.
+    FailedEarlier(Errno),
     /// The frame still has references after its domain released everything.
     InUse {
         /// The frame.
@@ -96,17 +110,19 @@ impl MmError {
     /// The Xen error number a guest sees. Follows Xen where it has a rule (`EINVAL` for
     /// refused entries, types, pins and Xen-private slots); `EPERM` for foreign frames,
     /// `EBUSY` for counts that cannot move, `EAGAIN` for a frame another CPU is
-    /// (de)validating.
+    /// (de)validating (and for [`MmError::Restart`], which the hypervisor never returns).
     pub const fn errno(self) -> Errno {
         match self {
             MmError::NotOwner { .. } => Errno::Eperm,
-            MmError::Busy(_) => Errno::Eagain,
+            MmError::Busy(_) | MmError::Restart => Errno::Eagain,
+            MmError::FailedEarlier(errno) => errno,
             MmError::CountOverflow(_) | MmError::InUse { .. } => Errno::Ebusy,
             MmError::OutOfRange(_)
             | MmError::NotAllocated(_)
             | MmError::TypeConflict { .. }
             | MmError::WritableTable { .. }
             | MmError::ReservedSlot { .. }
+            | MmError::NoWindow(_)
             | MmError::BadFlags { .. }
             | MmError::HugePage { .. }
             | MmError::BadIndex(_)
@@ -146,5 +162,7 @@ mod tests {
             Errno::Einval
         );
         assert_eq!(MmError::NotPinned(mfn).errno(), Errno::Einval);
+        assert_eq!(MmError::NoWindow(mfn).errno(), Errno::Einval);
+        assert_eq!(MmError::FailedEarlier(Errno::Eperm).errno(), Errno::Eperm);
     }
 }

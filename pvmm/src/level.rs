@@ -1,5 +1,6 @@
-//! The four levels of an x86-64 page-table tree, and how each maps to the frame type
-//! ([`PageType`]) a table of that level is validated for.
+//! The four levels of an x86-64 page-table tree, and how each maps to the frame types
+//! ([`PageType`]) a table of that level is validated for: one per level, plus the
+//! window-L3 ([`PageType::WindowL3`]), the L3 under L4 slot 511 (see [`crate::policy`]).
 //!
 //! Used by every module that walks, validates or updates tables. Pure arithmetic: it never
 //! touches a table or the frame metadata.
@@ -23,7 +24,9 @@ impl Level {
     /// Every level, from the leaves up.
     pub const ALL: [Level; 4] = [Level::L1, Level::L2, Level::L3, Level::L4];
 
-    /// The frame type a table of this level is validated for.
+    /// The frame type a plain table of this level is validated for (what a pin of this
+    /// level takes). An L3 under L4 slot 511 takes [`PageType::WindowL3`] instead
+    /// ([`crate::policy::child_type`]).
     pub const fn page_type(self) -> PageType {
         match self {
             Level::L1 => PageType::L1,
@@ -39,7 +42,7 @@ impl Level {
         match page_type {
             PageType::L1 => Some(Level::L1),
             PageType::L2 => Some(Level::L2),
-            PageType::L3 => Some(Level::L3),
+            PageType::L3 | PageType::WindowL3 => Some(Level::L3),
             PageType::L4 => Some(Level::L4),
             PageType::None | PageType::SegmentDescriptors | PageType::Shared => None,
         }
@@ -72,6 +75,7 @@ mod tests {
         for level in Level::ALL {
             assert_eq!(Level::of_page_type(level.page_type()), Some(level));
         }
+        assert_eq!(Level::of_page_type(PageType::WindowL3), Some(Level::L3));
         for other in [
             PageType::None,
             PageType::SegmentDescriptors,

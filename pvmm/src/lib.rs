@@ -10,11 +10,14 @@
 //! frame table ([`mm::frame::FrameTable`]), the fixed hypervisor entries ([`Layout`]) and
 //! access to table contents ([`TableMemory`]). This crate is pure logic: it never maps
 //! memory, loads CR3 or flushes a TLB itself, never allocates or frees a frame, and has no
-//! `unsafe`.
+//! `unsafe`. Walks over many tables (validation, devalidation, relinquish) stop when the
+//! table memory says so and return [`MmError::Restart`]; calling the same operation
+//! again continues them (see [`refs`]).
 //!
 //! Modules: [`entry`] (entry bits), [`level`] (table levels), [`policy`] (what an entry
 //! may contain), [`memory`] (the table-access trait), [`refs`] (reference counting and the
-//! counting model), `validate` (whole-table validation), [`update`] (one entry update),
+//! counting model), `validate` (whole-table validation and devalidation, and how a
+//! stopped walk is continued), [`update`] (one entry update),
 //! [`pin`] (pins and base pointers), [`walk`] (finding an L1 entry), [`relinquish`]
 //! (domain destruction), [`error`].
 #![cfg_attr(not(test), no_std)]
@@ -33,6 +36,10 @@ mod validate;
 pub mod walk;
 
 #[cfg(test)]
+mod preempt_tests;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod testkit;
 #[cfg(test)]
 mod tests;
@@ -44,5 +51,6 @@ pub use memory::TableMemory;
 pub use pin::BasePtr;
 pub use policy::Layout;
 pub use refs::{PvMmu, SharedWith};
+pub use relinquish::RelinquishProgress;
 pub use update::AccessedDirty;
 pub use walk::EntrySlot;

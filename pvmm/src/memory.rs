@@ -1,5 +1,6 @@
-//! [`TableMemory`]: how this crate reads and writes page-table frames and asks for stale
-//! TLB entries to be flushed, without ever touching memory itself.
+//! [`TableMemory`]: how this crate reads and writes page-table frames, asks for stale TLB
+//! entries to be flushed and asks whether to stop a long walk, without ever touching
+//! memory or reading a clock itself.
 //!
 //! The hypervisor implements it (through its temporary mappings and TLB-flush IPIs) and
 //! passes it to every operation that looks at table contents; host tests implement it over
@@ -33,4 +34,14 @@ pub trait TableMemory {
     /// `mfn` that a since-removed L1 entry created. Flushing every CPU's TLB is the simple
     /// correct implementation (Xen filters with a per-frame timestamp).
     fn flush_stale_writable(&mut self, mfn: Mfn);
+
+    /// Asked after each entry a validation or devalidation has processed (and after each
+    /// frame a relinquish has looked at): `true` stops the operation there, which then
+    /// returns [`crate::MmError::Restart`] with its progress kept in the frames, to be
+    /// continued by calling it again. Every call makes progress before it asks, so an
+    /// implementation may answer `true` as often as it likes. The hypervisor answers from
+    /// a work and time budget per call; the default never stops.
+    fn should_preempt(&mut self) -> bool {
+        false
+    }
 }

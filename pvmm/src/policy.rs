@@ -3,8 +3,8 @@
 //!
 //! Validation and `mmu_update` ask this module about every entry before taking any
 //! reference; the hypervisor builds one [`Layout`] at boot. This module judges entry
-//! *values* only: it never looks at frame ownership or types (that is [`crate::refs`]) and
-//! never touches a table.
+//! *values* and positions only: it never looks at a frame's owner or current type (that is
+//! [`crate::refs`]) and never touches a table.
 //!
 //! The rules, following Xen's `base_disallow_mask` for a PV domain without I/O access:
 //! - A non-present entry may hold anything (guests keep swap entries there) and takes no
@@ -19,16 +19,35 @@
 //!   kernel page would survive the switch to the user tables.
 //! - U/S is forced on in every present entry: the guest kernel runs at CPL 3.
 //! - L4 slots 256-271 (Xen's reserved range, where compatible guests find the read-only
-//!   M2P table at slot 256) and entry 511 of every L3 table (the hypervisor's 64 MiB
-//!   window at the top of the address space) belong to the hypervisor: guest updates to
-//!   them are refused, and validation overwrites them with [`Layout::fixed_entry`], as
-//!   Xen does for its L4 slots, whatever the guest left there. Consequence: the top 1 GiB
-//!   of every 512 GiB region a guest maps is not the guest's.
+//!   M2P table at slot 256) belong to the hypervisor: guest updates to them are refused,
+//!   and validation overwrites them with [`Layout::fixed_entry`], as Xen does for its L4
+//!   slots, whatever the guest left there.
+//! - The hypervisor's 64 MiB window lives in the top gigabyte of the address space: entry
+//!   511 of the L3 under L4 slot 511. That L3 is a *window-L3* ([`PageType::WindowL3`], as
+//!   Xen's `PGT_pae_xen_l2` for 32-bit PAE guests): a type of its own, taken by a table
+//!   referenced from L4 slot 511 and only there ([`child_type`]). Its entry 511 is the
+//!   hypervisor's (installed by validation, updates refused); its other entries are the
+//!   guest's. A plain L3 (linked at any other L4 slot, or pinned with
+//!   `MMUEXT_PIN_L3_TABLE`) has no hypervisor entry: all 512 are the guest's. A table of
+//!   one type cannot be used as the other while it has references (a type conflict), so
+//!   the window appears at `0xFFFF_FFFF_C000_0000` and nowhere else.
+//! - An L4 is valid only if slot 511 is present ([`must_be_present`]) and names a
+//!   window-L3, so every table CR3 may load maps the hypervisor; an update of that slot
+//!   must name another window-L3 (clearing it is refused).
+//!
+//! Pinning an L3 (`MMUEXT_PIN_L3_TABLE`) takes the window-L3 type when the frame already
+//! is a window-L3 in use, and the plain L3 type otherwise ([`crate::PvMmu::pin_table`]).
+//! Linux's x86-64 PV code pins one L3 that it links at L4 slot 511 of user tables (its
+//! vsyscall L3, pinned before any link); that layout cannot work here anyway, as entry
+//! 511 of that L3 (the top gigabyte, where Linux keeps its fixmap and vsyscall page) is the
+//! hypervisor's. A guest for this hypervisor links its own window-L3 at slot 511 (the
+//! builder provides one) and may pin it once it is in use there.
 
 use core::ops::Range;
 
 use abi::arch_x86::{HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, MACH2PHYS_VIRT_START};
 use mm::addr::Mfn;
+use mm::frame::PageType;
 
 use crate::entry::{
     Pte, ACCESSED, ADDRESS_MASK, AVAILABLE_HIGH, AVAILABLE_LOW, DIRTY, GLOBAL, HUGE_PAGE,
@@ -42,7 +61,9 @@ pub const RESERVED_L4_SLOTS: Range<usize> =
     Level::L4.index_of(HYPERVISOR_VIRT_START)..Level::L4.index_of(HYPERVISOR_VIRT_END);
 /// The L4 slot of the read-only machine-to-physical table (256).
 pub const M2P_L4_SLOT: usize = Level::L4.index_of(MACH2PHYS_VIRT_START);
-/// The L3 index every validated L3 table gives to the hypervisor's window (511).
+/// The L4 slot whose entry must name a window-L3 (511: the top 512 GiB).
+pub const WINDOW_L4_SLOT: usize = 511;
+/// The index of a window-L3 that holds the hypervisor's window entry (511: the top GiB).
 pub const HYPERVISOR_L3_INDEX: usize = 511;
 const _: () = assert!(RESERVED_L4_SLOTS.start == 256 && RESERVED_L4_SLOTS.end == 272);
 const _: () = assert!(M2P_L4_SLOT == 256);
@@ -86,8 +107,8 @@ pub enum Checked {
 }
 
 impl Layout {
-    /// A layout whose L3 tables all end with `hypervisor_l3_entry` (the hypervisor's L2
-    /// of its 64 MiB window) and whose L4 slot 256 holds `m2p_l4_entry` (the read-only
+    /// A layout whose window-L3 tables end with `hypervisor_l3_entry` (the hypervisor's
+    /// L2 of its 64 MiB window) and whose L4 slot 256 holds `m2p_l4_entry` (the read-only
     /// M2P window; `None` leaves it empty). The other reserved L4 slots stay empty.
     pub const fn new(hypervisor_l3_entry: u64, m2p_l4_entry: Option<u64>) -> Layout {
         Layout {
@@ -96,23 +117,25 @@ impl Layout {
         }
     }
 
-    /// Whether entry `index` of a `level` table belongs to the hypervisor.
-    pub const fn is_reserved(&self, level: Level, index: usize) -> bool {
-        match level {
-            Level::L4 => index >= RESERVED_L4_SLOTS.start && index < RESERVED_L4_SLOTS.end,
-            Level::L3 => index == HYPERVISOR_L3_INDEX,
-            Level::L2 | Level::L1 => false,
+    /// Whether entry `index` of a table of type `table` belongs to the hypervisor: L4
+    /// slots 256-271 and entry 511 of a window-L3.
+    pub const fn is_reserved(&self, table: PageType, index: usize) -> bool {
+        match table {
+            PageType::L4 => index >= RESERVED_L4_SLOTS.start && index < RESERVED_L4_SLOTS.end,
+            PageType::WindowL3 => index == HYPERVISOR_L3_INDEX,
+            _ => false,
         }
     }
 
-    /// The value validation installs in a reserved entry; `None` for guest entries.
-    pub const fn fixed_entry(&self, level: Level, index: usize) -> Option<u64> {
-        if !self.is_reserved(level, index) {
+    /// The value validation installs in a reserved entry of a table of type `table`;
+    /// `None` for guest entries.
+    pub const fn fixed_entry(&self, table: PageType, index: usize) -> Option<u64> {
+        if !self.is_reserved(table, index) {
             return None;
         }
-        match (level, index) {
-            (Level::L3, _) => Some(self.hypervisor_l3_entry),
-            (Level::L4, M2P_L4_SLOT) => match self.m2p_l4_entry {
+        match (table, index) {
+            (PageType::WindowL3, _) => Some(self.hypervisor_l3_entry),
+            (PageType::L4, M2P_L4_SLOT) => match self.m2p_l4_entry {
                 Some(entry) => Some(entry),
                 None => Some(0),
             },
@@ -140,6 +163,25 @@ impl Layout {
             value: normalize(level, raw),
         }))
     }
+}
+
+/// The type the table named by a present entry `index` of a `level` table must take:
+/// [`PageType::WindowL3`] under L4 slot 511, the next level's plain type elsewhere, `None`
+/// for L1 entries (which map pages).
+pub const fn child_type(level: Level, index: usize) -> Option<PageType> {
+    match level {
+        Level::L4 if index == WINDOW_L4_SLOT => Some(PageType::WindowL3),
+        Level::L4 => Some(PageType::L3),
+        Level::L3 => Some(PageType::L2),
+        Level::L2 => Some(PageType::L1),
+        Level::L1 => None,
+    }
+}
+
+/// Whether entry `index` of a table of type `table` must be present: L4 slot 511, which
+/// names the window-L3 that maps the hypervisor.
+pub const fn must_be_present(table: PageType, index: usize) -> bool {
+    matches!(table, PageType::L4) && index == WINDOW_L4_SLOT
 }
 
 /// Bits a present entry of `level` may set (before normalization).
@@ -175,32 +217,68 @@ mod tests {
         Pte::new(Mfn(0x42), flags).raw()
     }
 
+    const TABLE_TYPES: [PageType; 5] = [
+        PageType::L1,
+        PageType::L2,
+        PageType::L3,
+        PageType::WindowL3,
+        PageType::L4,
+    ];
+
     #[test]
     fn reserved_slots_are_exactly_the_hypervisors() {
         let layout = layout();
-        let reserved: Vec<(Level, usize)> = Level::ALL
+        let reserved: Vec<(PageType, usize)> = TABLE_TYPES
             .into_iter()
-            .flat_map(|level| (0..512).map(move |index| (level, index)))
-            .filter(|&(level, index)| layout.is_reserved(level, index))
+            .flat_map(|table| (0..512).map(move |index| (table, index)))
+            .filter(|&(table, index)| layout.is_reserved(table, index))
             .collect();
-        let mut expected: Vec<(Level, usize)> = vec![(Level::L3, 511)];
-        expected.extend((256..272).map(|slot| (Level::L4, slot)));
+        let mut expected: Vec<(PageType, usize)> = vec![(PageType::WindowL3, 511)];
+        expected.extend((256..272).map(|slot| (PageType::L4, slot)));
         assert_eq!(reserved, expected);
     }
 
     #[test]
     fn fixed_entries_fill_reserved_slots() {
         let layout = layout();
-        assert_eq!(layout.fixed_entry(Level::L3, 511), Some(HV_L3));
-        assert_eq!(layout.fixed_entry(Level::L4, 256), Some(M2P));
-        assert_eq!(layout.fixed_entry(Level::L4, 257), Some(0));
-        assert_eq!(layout.fixed_entry(Level::L4, 271), Some(0));
-        assert_eq!(layout.fixed_entry(Level::L4, 272), None);
-        assert_eq!(layout.fixed_entry(Level::L4, 511), None);
-        assert_eq!(layout.fixed_entry(Level::L3, 510), None);
-        assert_eq!(layout.fixed_entry(Level::L2, 511), None);
+        assert_eq!(layout.fixed_entry(PageType::WindowL3, 511), Some(HV_L3));
+        assert_eq!(
+            layout.fixed_entry(PageType::L3, 511),
+            None,
+            "a plain L3's 511 is the guest's"
+        );
+        assert_eq!(layout.fixed_entry(PageType::L4, 256), Some(M2P));
+        assert_eq!(layout.fixed_entry(PageType::L4, 257), Some(0));
+        assert_eq!(layout.fixed_entry(PageType::L4, 271), Some(0));
+        assert_eq!(layout.fixed_entry(PageType::L4, 272), None);
+        assert_eq!(layout.fixed_entry(PageType::L4, 511), None);
+        assert_eq!(layout.fixed_entry(PageType::WindowL3, 510), None);
+        assert_eq!(layout.fixed_entry(PageType::L2, 511), None);
         let no_m2p = Layout::new(HV_L3, None);
-        assert_eq!(no_m2p.fixed_entry(Level::L4, 256), Some(0));
+        assert_eq!(no_m2p.fixed_entry(PageType::L4, 256), Some(0));
+    }
+
+    #[test]
+    fn only_l4_slot_511_names_a_window_l3_and_must_be_present() {
+        for index in 0..512 {
+            let want = if index == 511 {
+                PageType::WindowL3
+            } else {
+                PageType::L3
+            };
+            assert_eq!(child_type(Level::L4, index), Some(want));
+            assert_eq!(child_type(Level::L3, index), Some(PageType::L2));
+            assert_eq!(child_type(Level::L2, index), Some(PageType::L1));
+            assert_eq!(child_type(Level::L1, index), None);
+            for table in TABLE_TYPES {
+                let required = table == PageType::L4 && index == 511;
+                assert_eq!(
+                    must_be_present(table, index),
+                    required,
+                    "{table:?}[{index}]"
+                );
+            }
+        }
     }
 
     #[test]

@@ -24,9 +24,21 @@
 //! Type word states: count 0 is always [`TypeInfo::NONE`] (untyped, any type may be
 //! taken). A table type with count > 0 and [`TypeFlags::VALIDATED`] is in use; without the
 //! flag it is being validated (count 1) or devalidated (count 1) by the CPU that moved it
-//! there, and everyone else gets [`MmError::Busy`]. [`TypeFlags::PINNED`] marks a pin's
-//! reference. Changes are compare-and-swap loops on the type word, so other CPUs may
+//! there, and everyone else gets [`MmError::Busy`]; with [`TypeFlags::PARTIAL`] such a
+//! walk stopped half-way (preempted) and waits to be continued (see `validate`: the
+//! partial state owns one general reference and the count). [`TypeFlags::PINNED`] marks a
+//! pin's reference; [`TypeFlags::TEARDOWN`] a validated table with a sub-table to finish
+//! tearing down. Changes are compare-and-swap loops on the type word, so other CPUs may
 //! read and count concurrently; the hypervisor serializes a domain's table updates.
+//!
+//! # Stopping and continuing
+//! Validating or devalidating a table walks every table below it that changes state, so
+//! one operation may touch millions of entries. Every operation that may walk stops when
+//! [`TableMemory::should_preempt`] says so and returns [`MmError::Restart`]: everything it
+//! did is consistent and counted, the walks in progress are left partial in their frames,
+//! and calling the same operation again with the same arguments continues them. A general
+//! reference the caller handed down with a walk that stopped belongs to the partial state
+//! from then on (the operations here account for that; see each one).
 
 use mm::addr::Mfn;
 use mm::frame::{
@@ -37,6 +49,7 @@ use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
 use crate::policy::Layout;
+use crate::validate::{claim, partial, Progress};
 
 /// The hook that says whether a frame its owner shares with `DomainId` may be mapped by
 /// that domain from its L1 tables (never used as one of its page tables).
@@ -109,6 +122,14 @@ impl<'a> PvMmu<'a> {
     /// left untyped. A page-table type may only be taken on a frame `dom` owns. At a
     /// non-zero count the type must match. For descriptor and shared types the caller
     /// checks the contents itself after this returns.
+    ///
+    /// A frame left partial by an earlier call is handled first: a half-done teardown is
+    /// finished (whatever `want` is; if it was the undo of a failed validation of type
+    /// `want`, that failure is returned as [`MmError::FailedEarlier`]), a half-done
+    /// validation of type `want` is continued. `Err(Restart)`: the validation (or the
+    /// teardown) stopped half-way; the type reference was not taken and the caller's
+    /// general reference now belongs to the frame's partial state (do not drop it); call
+    /// the same operation again.
     pub fn get_page_type<M: TableMemory + ?Sized>(
         &self,
         mfn: Mfn,
@@ -117,9 +138,32 @@ impl<'a> PvMmu<'a> {
         mem: &mut M,
     ) -> Result<(), MmError> {
         let info = self.info(mfn)?;
-        let level = Level::of_page_type(want);
-        if level.is_some() {
+        let is_table = Level::of_page_type(want).is_some();
+        if is_table {
             check_user(info, mfn, dom, Access::Owner, None)?;
+        }
+        match partial(info) {
+            Some(Progress::Devalidating { .. }) => {
+                let page_type = info.type_info().page_type();
+                match self.resume_teardown(mfn, mem) {
+                    Ok(Some(errno)) if page_type == want => {
+                        return Err(MmError::FailedEarlier(errno))
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        // The partial state keeps a general reference of its own.
+                        self.put_page(mfn);
+                        return Err(error);
+                    }
+                }
+            }
+            Some(Progress::Validating { next }) if info.type_info().page_type() == want => {
+                claim(info, mfn)?;
+                // The caller's general reference takes the place of the partial state's.
+                self.put_page(mfn);
+                return self.validate_from(mfn, want, next, dom, mem);
+            }
+            _ => {}
         }
         let before = update_type(info, |now| type_after_get(mfn, now, want))?;
         if before.count() > 0 {
@@ -128,47 +172,39 @@ impl<'a> PvMmu<'a> {
         if want != PageType::None {
             mem.flush_stale_writable(mfn);
         }
-        let Some(level) = level else {
+        if !is_table {
             return Ok(());
-        };
-        match self.validate(mfn, level, dom, mem) {
-            Ok(()) => {
-                replace_type(info, |now| {
-                    now.with_flags(now.flags() | TypeFlags::VALIDATED)
-                });
-                Ok(())
-            }
-            Err(error) => {
-                replace_type(info, |_| TypeInfo::NONE);
-                Err(error)
-            }
         }
+        self.validate_from(mfn, want, 0, dom, mem)
     }
 
     /// Drops a type reference. When the last reference of a page-table type goes, the
     /// table is devalidated (every reference its entries held is dropped) and the frame
-    /// becomes untyped.
+    /// becomes untyped. `Err(Restart)`: the devalidation stopped half-way; the frame keeps
+    /// the caller's general reference (do not drop it) until its teardown is finished
+    /// ([`PvMmu::finish_teardown`], or any later use of the frame).
     ///
     /// # Panics
     /// If `mfn` holds no type reference, or is pinned with only the pin's reference left
     /// (unpin drops that one): the caller dropped a reference it did not hold.
-    pub fn put_page_type<M: TableMemory + ?Sized>(&self, mfn: Mfn, mem: &mut M) {
+    pub fn put_page_type<M: TableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
         let refused =
             || -> ! { panic!("put_page_type: frame {mfn} holds no type reference it may drop") };
         let info = self.info(mfn).unwrap_or_else(|_| refused());
         let before =
             update_type(info, |now| type_after_put(mfn, now)).unwrap_or_else(|_| refused());
-        if before.count() != 1 {
-            return;
+        if before.count() != 1 || Level::of_page_type(before.page_type()).is_none() {
+            return Ok(());
         }
-        if let Some(level) = Level::of_page_type(before.page_type()) {
-            self.devalidate(mfn, level, mem);
-            replace_type(info, |_| TypeInfo::NONE);
-        }
+        self.devalidate(mfn, before.page_type(), mem)
     }
 
     /// [`Self::get_page`] then [`Self::get_page_type`], undoing the first if the second
-    /// fails.
+    /// fails (but not when it returns `Restart`, which keeps it).
     pub fn get_page_and_type<M: TableMemory + ?Sized>(
         &self,
         mfn: Mfn,
@@ -177,17 +213,25 @@ impl<'a> PvMmu<'a> {
         mem: &mut M,
     ) -> Result<(), MmError> {
         self.get_page(mfn, dom)?;
-        self.get_page_type(mfn, want, dom, mem)
-            .inspect_err(|_| self.put_page(mfn))
+        match self.get_page_type(mfn, want, dom, mem) {
+            Err(MmError::Restart) => Err(MmError::Restart),
+            other => other.inspect_err(|_| self.put_page(mfn)),
+        }
     }
 
-    /// [`Self::put_page_type`] then [`Self::put_page`].
+    /// [`Self::put_page_type`] then [`Self::put_page`]; `Err(Restart)` as the first (the
+    /// general reference then stays with the frame's partial state).
     ///
     /// # Panics
     /// As those two.
-    pub fn put_page_and_type<M: TableMemory + ?Sized>(&self, mfn: Mfn, mem: &mut M) {
-        self.put_page_type(mfn, mem);
+    pub fn put_page_and_type<M: TableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.put_page_type(mfn, mem)?;
         self.put_page(mfn);
+        Ok(())
     }
 
     /// The metadata of `mfn`.
@@ -239,7 +283,8 @@ fn check_user(
     }
 }
 
-/// The type word after taking a reference of type `want` on a frame whose word is `now`.
+/// The type word after taking a reference of type `want` on a frame whose word is `now`
+/// (a partial frame is busy, or of another type).
 pub(crate) fn type_after_get(mfn: Mfn, now: TypeInfo, want: PageType) -> Result<TypeInfo, MmError> {
     if now.count() == 0 {
         return TypeInfo::NONE

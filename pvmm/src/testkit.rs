@@ -10,7 +10,7 @@ use mm::memmap::PhysRange;
 use crate::entry::{Pte, ENTRIES, GLOBAL, PRESENT, USER, WRITABLE};
 use crate::level::Level;
 use crate::memory::TableMemory;
-use crate::policy::Layout;
+use crate::policy::{child_type, must_be_present, Layout, WINDOW_L4_SLOT};
 use crate::refs::PvMmu;
 
 /// The guest domain under test.
@@ -29,11 +29,28 @@ pub fn pte(mfn: Mfn, flags: u64) -> u64 {
     Pte::new(mfn, flags | PRESENT).raw()
 }
 
-/// Table memory over a map of frames (absent frames read as zero), recording flushes.
+/// Table memory over a map of frames (absent frames read as zero), recording flushes, and
+/// asking operations to stop as [`Preempt`] says.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Ram {
     pages: HashMap<Mfn, Vec<u64>>,
     pub flushes: Vec<Mfn>,
+    pub preempt: Preempt,
+    /// How often operations asked whether to stop, and how often they were told to.
+    pub asked: u64,
+    pub stops: u64,
+}
+
+/// When [`Ram::should_preempt`] says stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preempt {
+    /// Never.
+    #[default]
+    Never,
+    /// At every `n`th question.
+    Every(u64),
+    /// At random, once in `one_in` questions on average (xorshift state `seed`).
+    Random { seed: u64, one_in: u64 },
 }
 
 impl TableMemory for Ram {
@@ -50,10 +67,26 @@ impl TableMemory for Ram {
     fn flush_stale_writable(&mut self, mfn: Mfn) {
         self.flushes.push(mfn);
     }
+
+    fn should_preempt(&mut self) -> bool {
+        self.asked += 1;
+        let stop = match &mut self.preempt {
+            Preempt::Never => false,
+            Preempt::Every(n) => self.asked.is_multiple_of(*n),
+            Preempt::Random { seed, one_in } => {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed).is_multiple_of(*one_in)
+            }
+        };
+        self.stops += u64::from(stop);
+        stop
+    }
 }
 
 impl Ram {
-    /// The contents of every frame written so far (flushes ignored).
+    /// The contents of every frame written so far (flushes and preemption ignored).
     pub fn contents(&self) -> Vec<(Mfn, Vec<u64>)> {
         let mut pages: Vec<_> = self.pages.iter().map(|(&m, p)| (m, p.clone())).collect();
         pages.sort_by_key(|&(mfn, _)| mfn);
@@ -73,10 +106,31 @@ pub struct World {
     pub free: Mfn,
 }
 
+/// The first address [`Tree`] maps: L4 slot 511, L3 index 0.
+pub const TREE_BASE: u64 = 0xFFFF_FF80_0000_0000;
+
 /// The hypervisor's fixed L3 entry in every test layout.
 pub const HV_L3_ENTRY: u64 = 0x5000 | PRESENT | WRITABLE;
 /// The M2P entry in every test layout.
 pub const M2P_L4_ENTRY: u64 = 0x6000 | PRESENT | USER;
+
+/// Relinquishes `dom`'s frames with `bases`, calling again while it says `Restart`.
+pub fn relinquish(
+    mmu: &PvMmu<'_>,
+    dom: DomainId,
+    owned: &[Mfn],
+    bases: impl IntoIterator<Item = crate::pin::BasePtr>,
+    mem: &mut impl TableMemory,
+) -> Result<(), crate::error::MmError> {
+    let mut bases = bases.into_iter();
+    let mut progress = crate::relinquish::RelinquishProgress::default();
+    loop {
+        match mmu.relinquish(dom, owned, &mut bases, &mut progress, mem) {
+            Err(crate::error::MmError::Restart) => continue,
+            other => return other,
+        }
+    }
+}
 
 impl World {
     pub fn new() -> World {
@@ -130,6 +184,12 @@ impl World {
     /// `bases` (frames held as base pointers), and checks them against the frame table,
     /// together with the stored form of every entry.
     pub fn audit(&self, bases: &[Mfn]) {
+        self.audit_with(bases, &[]);
+    }
+
+    /// [`Self::audit`], with `descriptors` also holding a general and a descriptor-page
+    /// type reference each (what the hypervisor takes for a GDT frame).
+    pub fn audit_with(&self, bases: &[Mfn], descriptors: &[Mfn]) {
         let len = TABLE_FRAMES as usize;
         let mut refs = vec![0u32; len];
         let mut types = vec![0u32; len];
@@ -139,6 +199,11 @@ impl World {
             types[base.0 as usize] += 1;
             want_type[base.0 as usize] = Some(PageType::L4);
         }
+        for &frame in descriptors {
+            refs[frame.0 as usize] += 1;
+            types[frame.0 as usize] += 1;
+            want_type[frame.0 as usize] = Some(PageType::SegmentDescriptors);
+        }
         for table in 0..TABLE_FRAMES {
             let table = Mfn(table);
             let (_, word) = self.counts(table);
@@ -146,15 +211,21 @@ impl World {
                 refs[table.0 as usize] += 1;
                 types[table.0 as usize] += 1;
             }
-            let Some(level) = Level::of_page_type(word.page_type()) else {
+            if Level::of_page_type(word.page_type()).is_none() {
                 continue;
-            };
+            }
             assert!(word.count() > 0, "{table}: typed at count 0");
             assert!(
                 word.flags().contains(TypeFlags::VALIDATED),
                 "{table}: not validated"
             );
-            self.audit_table(table, level, &mut refs, &mut types, &mut want_type);
+            self.audit_table(
+                table,
+                word.page_type(),
+                &mut refs,
+                &mut types,
+                &mut want_type,
+            );
         }
         for mfn in 0..len {
             let (ref_count, word) = self.counts(Mfn(mfn as u64));
@@ -172,18 +243,29 @@ impl World {
     fn audit_table(
         &self,
         table: Mfn,
-        level: Level,
+        page_type: PageType,
         refs: &mut [u32],
         types: &mut [u32],
         want_type: &mut [Option<PageType>],
     ) {
+        let level = Level::of_page_type(page_type).unwrap();
         for index in 0..ENTRIES {
             let raw = self.ram.read(table, index);
-            if let Some(fixed) = self.layout.fixed_entry(level, index) {
+            if let Some(fixed) = self.layout.fixed_entry(page_type, index) {
                 assert_eq!(raw, fixed, "{table}[{index}]: hypervisor entry");
                 continue;
             }
+            assert_ne!(
+                raw, HV_L3_ENTRY,
+                "{table}[{index}]: the window outside a window-L3"
+            );
             let pte = Pte(raw);
+            if must_be_present(page_type, index) {
+                assert!(
+                    pte.is_present(),
+                    "{table}[{index}]: an L4 without its window-L3"
+                );
+            }
             if !pte.is_present() {
                 continue;
             }
@@ -193,8 +275,8 @@ impl World {
             }
             let target = pte.mfn().0 as usize;
             refs[target] += 1;
-            let typed = match level.child() {
-                Some(child) => Some(child.page_type()),
+            let typed = match child_type(level, index) {
+                Some(child) => Some(child),
                 None => pte.is_writable().then_some(PageType::None),
             };
             if let Some(page_type) = typed {
@@ -205,8 +287,9 @@ impl World {
     }
 }
 
-/// A validated 4-level tree in a [`World`]: L4 slot 0 -> L3 index 0 -> L2 index 0 -> L1,
-/// whose entries 0..4 map data frames writable and 4..8 read-only.
+/// A validated 4-level tree in a [`World`]: L4 slot 511 -> window-L3 index 0 -> L2 index
+/// 0 -> L1, whose entries 0..4 map data frames writable and 4..8 read-only. Its addresses
+/// start at [`TREE_BASE`].
 pub struct Tree {
     pub world: World,
     pub l4: Mfn,
@@ -227,7 +310,7 @@ impl Tree {
         let data = world.owned[4..12].to_vec();
         let spare = world.owned[12..].to_vec();
         let ram = &mut world.ram;
-        ram.write(l4, 0, pte(l3, WRITABLE));
+        ram.write(l4, WINDOW_L4_SLOT, pte(l3, WRITABLE));
         ram.write(l3, 0, pte(l2, WRITABLE));
         ram.write(l2, 0, pte(l1, WRITABLE));
         for (index, &frame) in data.iter().enumerate() {

@@ -12,7 +12,7 @@ use crate::entry::{
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
-use crate::testkit::{pte, Ram, Tree, World, DOM, HV_L3_ENTRY, M2P_L4_ENTRY, OTHER};
+use crate::testkit::{pte, Ram, Tree, World, DOM, HV_L3_ENTRY, M2P_L4_ENTRY, OTHER, TREE_BASE};
 use crate::update::AccessedDirty;
 use crate::walk::EntrySlot;
 
@@ -33,7 +33,7 @@ fn validating_a_tree_takes_exactly_the_references_its_entries_need() {
     let w = &tree.world;
     assert_eq!(base.mfn(), tree.l4);
     assert_eq!(w.counts(tree.l4), (1, validated(PageType::L4, 1)));
-    assert_eq!(w.counts(tree.l3), (1, validated(PageType::L3, 1)));
+    assert_eq!(w.counts(tree.l3), (1, validated(PageType::WindowL3, 1)));
     assert_eq!(w.counts(tree.l2), (1, validated(PageType::L2, 1)));
     assert_eq!(w.counts(tree.l1), (1, validated(PageType::L1, 1)));
     for &writable in &tree.data[..4] {
@@ -61,7 +61,7 @@ fn validation_overwrites_whatever_the_guest_left_in_hypervisor_slots() {
     assert_eq!(w.ram.read(tree.l4, 256), M2P_L4_ENTRY);
     assert_eq!(w.ram.read(tree.l4, 271), 0);
     assert_eq!(w.ram.read(tree.l3, 511), HV_L3_ENTRY);
-    assert_eq!(w.counts(tree.l3), (1, validated(PageType::L3, 1)));
+    assert_eq!(w.counts(tree.l3), (1, validated(PageType::WindowL3, 1)));
     w.audit(&[base.mfn()]);
 }
 
@@ -215,9 +215,46 @@ fn update_cases() -> Vec<Case> {
             },
         },
         Case {
-            name: "L4 slot 272, just past the reserved range",
-            entry: |t| (t.l4, 272, pte(t.l3, 0)),
+            name: "L4 slot 272, just past the reserved range, naming a fresh L3",
+            entry: |t| (t.l4, 272, pte(t.spare[0], 0)),
             expect: OK,
+        },
+        Case {
+            name: "the window-L3 linked at another L4 slot",
+            entry: |t| (t.l4, 272, pte(t.l3, 0)),
+            expect: |t| {
+                Err(MmError::TypeConflict {
+                    mfn: t.l3,
+                    have: PageType::WindowL3,
+                    want: PageType::L3,
+                })
+            },
+        },
+        Case {
+            name: "an L3 in use elsewhere linked at L4 slot 511",
+            entry: |t| (t.l4, 511, pte(t.l4, 0)),
+            expect: |t| {
+                Err(MmError::TypeConflict {
+                    mfn: t.l4,
+                    have: PageType::L4,
+                    want: PageType::WindowL3,
+                })
+            },
+        },
+        Case {
+            name: "L4 slot 511 pointed at a fresh table (a new window-L3)",
+            entry: |t| (t.l4, 511, pte(t.spare[0], WRITABLE)),
+            expect: OK,
+        },
+        Case {
+            name: "clearing L4 slot 511",
+            entry: |t| (t.l4, 511, 0),
+            expect: |t| Err(MmError::NoWindow(t.l4)),
+        },
+        Case {
+            name: "L4 slot 511 made not present, keeping the rest of the entry",
+            entry: |t| (t.l4, 511, t.world.ram.read(t.l4, 511) & !1),
+            expect: |t| Err(MmError::NoWindow(t.l4)),
         },
         Case {
             name: "2 MiB page in an L2",
@@ -270,7 +307,12 @@ fn update_cases() -> Vec<Case> {
             expect: OK,
         },
         Case {
-            name: "unmapping the only L3",
+            name: "unmapping the only L2",
+            entry: |t| (t.l3, 0, 0),
+            expect: OK,
+        },
+        Case {
+            name: "clearing an empty L4 slot",
             entry: |t| (t.l4, 0, 0),
             expect: OK,
         },
@@ -335,7 +377,7 @@ fn table_of_allowed_and_refused_updates() {
 
 #[test]
 fn replacing_an_entry_by_itself_changes_no_count() {
-    for (level_table, index) in [(0, 0), (1, 0), (2, 0), (3, 0), (3, 5)] {
+    for (level_table, index) in [(0, 511), (0, 0), (1, 0), (2, 0), (3, 0), (3, 5)] {
         let (mut tree, base) = Tree::validated();
         let table = [tree.l4, tree.l3, tree.l2, tree.l1][level_table];
         let before = tree.world.snapshot();
@@ -364,10 +406,10 @@ fn unmapping_a_subtree_devalidates_it_and_remapping_revalidates_it() {
     let mmu = w.mmu();
     let other_l1 = tree.spare[0];
     mmu.pin_table(other_l1, Level::L1, DOM, &mut w.ram).unwrap();
-    let l3_entry = w.ram.read(tree.l4, 0);
-    mmu.mod_entry(tree.l4, 0, 0, AccessedDirty::Overwrite, DOM, &mut w.ram)
+    let l2_entry = w.ram.read(tree.l3, 0);
+    mmu.mod_entry(tree.l3, 0, 0, AccessedDirty::Overwrite, DOM, &mut w.ram)
         .unwrap();
-    for frame in [tree.l3, tree.l2, tree.l1].iter().chain(&tree.data) {
+    for frame in [tree.l2, tree.l1].iter().chain(&tree.data) {
         assert_eq!(w.counts(*frame), (0, TypeInfo::NONE), "{frame}");
     }
     w.audit(&[base.mfn()]);
@@ -386,9 +428,9 @@ fn unmapping_a_subtree_devalidates_it_and_remapping_revalidates_it() {
     w.audit(&[base.mfn()]);
     assert_eq!(
         mmu.mod_entry(
-            tree.l4,
+            tree.l3,
             0,
-            l3_entry,
+            l2_entry,
             AccessedDirty::Overwrite,
             DOM,
             &mut w.ram
@@ -402,9 +444,9 @@ fn unmapping_a_subtree_devalidates_it_and_remapping_revalidates_it() {
     mmu.mod_entry(other_l1, 20, 0, AccessedDirty::Overwrite, DOM, &mut w.ram)
         .unwrap();
     mmu.mod_entry(
-        tree.l4,
+        tree.l3,
         0,
-        l3_entry,
+        l2_entry,
         AccessedDirty::Overwrite,
         DOM,
         &mut w.ram,
@@ -492,7 +534,10 @@ fn a_writable_mapped_frame_cannot_become_a_table_until_unmapped() {
     );
     assert_eq!(
         w.counts(frame),
-        (2, validated(PageType::L1, 1).with_flags(TypeFlags::all()))
+        (
+            2,
+            validated(PageType::L1, 1).with_flags(TypeFlags::VALIDATED | TypeFlags::PINNED)
+        )
     );
     w.audit(&[base.mfn()]);
 }
@@ -636,7 +681,7 @@ fn base_pointers_hold_the_root_and_can_switch_to_the_same_table() {
     let mmu = w.mmu();
     let again = mmu.new_baseptr(tree.l4, DOM, &mut w.ram).unwrap();
     assert_eq!(w.counts(tree.l4), (2, validated(PageType::L4, 2)));
-    mmu.put_baseptr(base, &mut w.ram);
+    mmu.put_baseptr(base, &mut w.ram).unwrap();
     assert_eq!(w.counts(tree.l4), (1, validated(PageType::L4, 1)));
     w.audit(&[again.mfn()]);
     assert_eq!(
@@ -654,7 +699,7 @@ fn base_pointers_hold_the_root_and_can_switch_to_the_same_table() {
             owner: Owner::Domain(OTHER),
         })
     );
-    mmu.put_baseptr(again, &mut w.ram);
+    mmu.put_baseptr(again, &mut w.ram).unwrap();
     for frame in [tree.l4, tree.l3, tree.l2, tree.l1]
         .iter()
         .chain(&tree.data)
@@ -728,7 +773,7 @@ fn updates_to_ordinary_pages_are_plain_writes_and_descriptor_pages_are_refused()
             want: PageType::None,
         })
     );
-    mmu.put_page_and_type(gdt, &mut w.ram);
+    mmu.put_page_and_type(gdt, &mut w.ram).unwrap();
     w.audit(&[base.mfn()]);
 }
 
@@ -737,7 +782,7 @@ fn walks_find_the_l1_entry_or_say_why_not() {
     let (tree, base) = Tree::validated();
     let w = &tree.world;
     let mmu = w.mmu();
-    let va = (5 << 12) | 0x123;
+    let va = TREE_BASE | (5 << 12) | 0x123;
     assert_eq!(
         mmu.l1_entry_of(tree.l4, va, &w.ram),
         Ok(EntrySlot {
@@ -745,7 +790,7 @@ fn walks_find_the_l1_entry_or_say_why_not() {
             index: 5,
         })
     );
-    let unmapped = 1 << 21;
+    let unmapped = TREE_BASE | 1 << 21;
     assert_eq!(
         mmu.l1_entry_of(tree.l4, unmapped, &w.ram),
         Err(MmError::NotMapped {
@@ -761,7 +806,7 @@ fn walks_find_the_l1_entry_or_say_why_not() {
             index: 256,
         })
     );
-    let window = 0x7F_C000_0000; // L4 slot 0, L3 index 511.
+    let window = 0xFFFF_FFFF_FC00_0000; // L4 slot 511, window-L3 index 511.
     assert_eq!(
         mmu.l1_entry_of(tree.l4, window, &w.ram),
         Err(MmError::ReservedSlot {
@@ -769,12 +814,12 @@ fn walks_find_the_l1_entry_or_say_why_not() {
             index: 511,
         })
     );
-    let high = 0xFFFF_FF80_0000_0000;
+    let low = 0x7F_FC00_0000; // L4 slot 0, L3 index 511: nothing there.
     assert_eq!(
-        mmu.l1_entry_of(tree.l4, high, &w.ram),
+        mmu.l1_entry_of(tree.l4, low, &w.ram),
         Err(MmError::NotMapped {
             level: Level::L4,
-            virtual_address: high,
+            virtual_address: low,
         })
     );
     let non_canonical = 0x0000_8000_0000_0000;
@@ -790,7 +835,7 @@ fn walks_find_the_l1_entry_or_say_why_not() {
             want: PageType::L4,
         })
     );
-    mmu.put_baseptr(base, &mut Ram::default());
+    mmu.put_baseptr(base, &mut Ram::default()).unwrap();
 }
 
 #[test]
@@ -803,7 +848,7 @@ fn relinquish_returns_every_frame() {
         // More state to tear down: a second root sharing the L3, pinned tables at every
         // level, an extra writable mapping, a second mapping of the L1 table.
         let user_l4 = tree.spare[0];
-        w.ram.write(user_l4, 3, pte(tree.l3, 0));
+        w.ram.write(user_l4, 511, pte(tree.l3, 0));
         user_base = mmu.new_baseptr(user_l4, DOM, &mut w.ram).unwrap();
         mmu.pin_table(tree.l4, Level::L4, DOM, &mut w.ram).unwrap();
         mmu.pin_table(tree.l1, Level::L1, DOM, &mut w.ram).unwrap();
@@ -831,9 +876,7 @@ fn relinquish_returns_every_frame() {
     }
     let w = &mut tree.world;
     let before_domain = w.frames.stats().free + w.owned.len() as u64;
-    w.mmu()
-        .relinquish(DOM, &w.owned, [base, user_base], &mut w.ram)
-        .unwrap();
+    crate::testkit::relinquish(&w.mmu(), DOM, &w.owned, [base, user_base], &mut w.ram).unwrap();
     for &frame in &w.owned {
         assert_eq!(w.counts(frame), (0, TypeInfo::NONE), "{frame}");
     }
@@ -854,15 +897,14 @@ fn relinquish_refuses_a_list_with_foreign_frames_before_changing_anything() {
     let mut list = world.owned.clone();
     list.push(world.foreign[0]);
     assert_eq!(
-        mmu.relinquish(DOM, &list, [], &mut world.ram),
+        crate::testkit::relinquish(&mmu, DOM, &list, [], &mut world.ram),
         Err(MmError::NotOwner {
             mfn: world.foreign[0],
             owner: Owner::Domain(OTHER),
         })
     );
     assert!(world.counts(table).1.flags().contains(TypeFlags::PINNED));
-    mmu.relinquish(DOM, &world.owned, [], &mut world.ram)
-        .unwrap();
+    crate::testkit::relinquish(&mmu, DOM, &world.owned, [], &mut world.ram).unwrap();
     world.audit(&[]);
 }
 
@@ -890,7 +932,7 @@ fn shared_frames_may_be_mapped_but_never_used_as_tables() {
     assert!(mmu.get_page(world.owned[41], OTHER).is_err());
     // The owner cannot destroy it while the other domain maps it...
     assert_eq!(
-        mmu.relinquish(DOM, &world.owned, [], &mut world.ram),
+        crate::testkit::relinquish(&mmu, DOM, &world.owned, [], &mut world.ram),
         Err(MmError::InUse {
             mfn: shared_frame,
             ref_count: 1,
@@ -898,10 +940,8 @@ fn shared_frames_may_be_mapped_but_never_used_as_tables() {
         })
     );
     // ...until that domain is gone too.
-    mmu.relinquish(OTHER, &world.foreign, [], &mut other_ram)
-        .unwrap();
-    mmu.relinquish(DOM, &world.owned, [], &mut world.ram)
-        .unwrap();
+    crate::testkit::relinquish(&mmu, OTHER, &world.foreign, [], &mut other_ram).unwrap();
+    crate::testkit::relinquish(&mmu, DOM, &world.owned, [], &mut world.ram).unwrap();
     for &frame in world.owned.iter().chain(&world.foreign) {
         world.frames.free(frame).unwrap();
     }
@@ -977,7 +1017,7 @@ fn dropping_a_pins_reference_without_unpinning_panics() {
     let mmu = world.mmu();
     mmu.pin_table(world.owned[0], Level::L1, DOM, &mut world.ram)
         .unwrap();
-    mmu.put_page_type(world.owned[0], &mut world.ram);
+    mmu.put_page_type(world.owned[0], &mut world.ram).unwrap();
 }
 
 #[test]
@@ -1010,7 +1050,7 @@ fn concurrent_references_keep_counts_consistent() {
                             Ok(()) => {
                                 let now = frames.frame(frame).unwrap().type_info();
                                 assert_eq!(now.page_type(), PageType::None);
-                                mmu.put_page_type(frame, &mut ram);
+                                mmu.put_page_type(frame, &mut ram).unwrap();
                             }
                             Err(error) => assert!(matches!(
                                 error,
@@ -1041,7 +1081,7 @@ fn present_bits_outside_the_address_never_reach_a_table_unchecked() {
             let level = [Level::L4, Level::L3, Level::L2, Level::L1][level_table];
             let value = pte(target, 1 << bit);
             let w = &mut tree.world;
-            let index = 0;
+            let index = if level == Level::L4 { 511 } else { 0 };
             let before = w.ram.contents();
             let result = w.mmu().mod_entry(
                 table,
@@ -1067,4 +1107,168 @@ fn present_bits_outside_the_address_never_reach_a_table_unchecked() {
             w.audit(&[base.mfn()]);
         }
     }
+}
+
+#[test]
+fn an_l4_without_its_window_l3_is_never_valid() {
+    let mut tree = Tree::write();
+    let w = &mut tree.world;
+    w.ram.write(tree.l4, 511, 0);
+    w.ram.write(tree.l4, 0, pte(tree.l3, WRITABLE));
+    let before = w.snapshot();
+    let mmu = w.mmu();
+    assert_eq!(
+        mmu.new_baseptr(tree.l4, DOM, &mut w.ram),
+        Err(MmError::NoWindow(tree.l4))
+    );
+    assert_eq!(
+        mmu.pin_table(tree.l4, Level::L4, DOM, &mut w.ram),
+        Err(MmError::NoWindow(tree.l4))
+    );
+    // Not present with other bits set is still not present.
+    w.ram.write(tree.l4, 511, pte(tree.l3, WRITABLE) & !1);
+    assert_eq!(
+        mmu.new_baseptr(tree.l4, DOM, &mut w.ram),
+        Err(MmError::NoWindow(tree.l4))
+    );
+    assert_eq!(w.snapshot(), before);
+    w.audit(&[]);
+}
+
+#[test]
+fn a_plain_l3_has_no_hypervisor_entry_and_its_slot_511_is_the_guests() {
+    let (mut tree, base) = Tree::validated();
+    let [l3, l2, l1, page] = [0, 1, 2, 3].map(|i| tree.spare[i]);
+    let w = &mut tree.world;
+    let mmu = w.mmu();
+    w.ram.write(l3, 511, pte(l2, WRITABLE));
+    w.ram.write(l2, 480, pte(l1, WRITABLE));
+    w.ram.write(l1, 0, pte(page, WRITABLE));
+    // Linked at L4 slot 0, its entry 511 covers 0x7F_C000_0000, where a window-L3 keeps
+    // the hypervisor: here it is the guest's own mapping.
+    mmu.mod_entry(
+        tree.l4,
+        0,
+        pte(l3, WRITABLE),
+        AccessedDirty::Overwrite,
+        DOM,
+        &mut w.ram,
+    )
+    .unwrap();
+    assert_eq!(w.counts(l3), (1, validated(PageType::L3, 1)));
+    assert_eq!(w.ram.read(l3, 511), pte(l2, WRITABLE | USER));
+    let alias = 0x7F_FC00_0000; // the window's alias before the fix
+    assert_eq!(
+        mmu.l1_entry_of(tree.l4, alias, &w.ram),
+        Ok(EntrySlot {
+            table: l1,
+            index: 0
+        })
+    );
+    // Its slot 511 takes updates like any other guest entry.
+    mmu.mod_entry(l3, 511, 0, AccessedDirty::Overwrite, DOM, &mut w.ram)
+        .unwrap();
+    assert_eq!(
+        mmu.l1_entry_of(tree.l4, alias, &w.ram),
+        Err(MmError::NotMapped {
+            level: Level::L3,
+            virtual_address: alias,
+        })
+    );
+    w.audit(&[base.mfn()]);
+}
+
+#[test]
+fn pinned_l3s_keep_their_kind_and_kinds_never_mix() {
+    let (mut tree, base) = Tree::validated();
+    let plain = tree.spare[0];
+    let w = &mut tree.world;
+    let mmu = w.mmu();
+    // An untyped L3 pinned is a plain L3: it cannot become the window-L3 while pinned.
+    mmu.pin_table(plain, Level::L3, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.counts(plain).1.page_type(), PageType::L3);
+    let before = w.snapshot();
+    assert_eq!(
+        mmu.mod_entry(
+            tree.l4,
+            511,
+            pte(plain, 0),
+            AccessedDirty::Overwrite,
+            DOM,
+            &mut w.ram
+        ),
+        Err(MmError::TypeConflict {
+            mfn: plain,
+            have: PageType::L3,
+            want: PageType::WindowL3,
+        })
+    );
+    assert_eq!(w.snapshot(), before);
+    // The window-L3 in use, pinned as an L3, keeps its kind (a second reference).
+    mmu.pin_table(tree.l3, Level::L3, DOM, &mut w.ram).unwrap();
+    assert_eq!(
+        w.counts(tree.l3),
+        (
+            2,
+            validated(PageType::WindowL3, 2).with_flags(TypeFlags::VALIDATED | TypeFlags::PINNED)
+        )
+    );
+    w.audit(&[base.mfn()]);
+    // Once unlinked and unpinned, a frame may take either kind again.
+    mmu.unpin_table(plain, DOM, &mut w.ram).unwrap();
+    mmu.mod_entry(
+        tree.l4,
+        511,
+        pte(plain, 0),
+        AccessedDirty::Overwrite,
+        DOM,
+        &mut w.ram,
+    )
+    .unwrap();
+    assert_eq!(w.counts(plain), (1, validated(PageType::WindowL3, 1)));
+    assert_eq!(w.ram.read(plain, 511), HV_L3_ENTRY);
+    assert_eq!(
+        w.counts(tree.l3).1.count(),
+        1,
+        "only the pin holds the old window-L3"
+    );
+    mmu.unpin_table(tree.l3, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.counts(tree.l3), (0, TypeInfo::NONE));
+    // The old window-L3 still holds the window entry, which names no frame of the
+    // guest's: as a plain L3 it is refused until the guest clears that entry itself.
+    let as_plain = mmu.mod_entry(
+        tree.l4,
+        5,
+        pte(tree.l3, 0),
+        AccessedDirty::Overwrite,
+        DOM,
+        &mut w.ram,
+    );
+    assert_eq!(as_plain, Err(MmError::NotAllocated(Pte(HV_L3_ENTRY).mfn())));
+    mmu.mod_entry(tree.l3, 511, 0, AccessedDirty::Overwrite, DOM, &mut w.ram)
+        .unwrap();
+    mmu.mod_entry(
+        tree.l4,
+        5,
+        pte(tree.l3, 0),
+        AccessedDirty::Overwrite,
+        DOM,
+        &mut w.ram,
+    )
+    .unwrap();
+    assert_eq!(w.counts(tree.l3).1.page_type(), PageType::L3);
+    w.audit(&[base.mfn()]);
+}
+
+#[test]
+fn kernel_and_user_l4s_share_one_window_l3() {
+    let (mut tree, base) = Tree::validated();
+    let user_l4 = tree.spare[0];
+    let w = &mut tree.world;
+    w.ram.write(user_l4, 511, w.ram.read(tree.l4, 511));
+    let user = w.mmu().new_baseptr(user_l4, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.counts(tree.l3), (2, validated(PageType::WindowL3, 2)));
+    w.audit(&[base.mfn(), user.mfn()]);
+    w.mmu().put_baseptr(user, &mut w.ram).unwrap();
+    w.audit(&[base.mfn()]);
 }

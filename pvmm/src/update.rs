@@ -4,16 +4,19 @@
 //! The hypervisor decodes the request (machine address of the entry: frame and index)
 //! and calls [`PvMmu::mod_entry`] with the domain's page-table lock held. An update either
 //! happens completely (new references taken, entry written, old references dropped) or
-//! not at all.
+//! not at all; one that stops half-way returns `Restart` and completes when called again
+//! with the same arguments.
 
 use mm::addr::Mfn;
-use mm::frame::{DomainId, PageType};
+use mm::frame::{DomainId, PageType, TypeFlags};
 
-use crate::entry::ENTRIES;
+use crate::entry::{Pte, ENTRIES};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
-use crate::refs::{type_after_get, update_type, Access, PvMmu};
+use crate::policy::must_be_present;
+use crate::refs::{replace_type, type_after_get, update_type, Access, PvMmu};
+use crate::validate::{level_of, partial, Progress};
 use crate::walk::EntrySlot;
 
 /// What happens to the accessed and dirty bits of the entry being replaced.
@@ -30,11 +33,17 @@ impl PvMmu<'_> {
     /// Sets entry `index` of frame `table`, owned by `dom`, to `new`.
     ///
     /// If `table` is a validated page table, `new` is checked under its level's rules
-    /// (hypervisor slots are refused), the references it needs are taken *before* the
+    /// (hypervisor slots are refused, and so is clearing L4 slot 511; a new entry there
+    /// must name a window-L3), the references it needs are taken *before* the
     /// old entry's are dropped (so rewriting an entry with itself leaves every count as it
     /// was), and the normalized value is written. Otherwise, as in Xen, `table` is an
     /// ordinary page: it takes a writable type reference for the duration (refused for
     /// descriptor and shared pages) and the 8 bytes are written unchecked.
+    ///
+    /// `Err(Restart)`: the validation of the new entry's sub-table stopped half-way
+    /// (nothing written), or the teardown of the old entry's did (written, and the table
+    /// keeps a note of the sub-table, [`TypeFlags::TEARDOWN`]), or a teardown the frame had
+    /// to finish first did. Calling it again with the same arguments finishes it.
     pub fn mod_entry<M: TableMemory + ?Sized>(
         &self,
         table: Mfn,
@@ -48,57 +57,106 @@ impl PvMmu<'_> {
             return Err(MmError::BadIndex(index));
         }
         self.get_page_for(table, dom, Access::Owner)?;
+        if let Err(error) = self.finish_noted_teardown(table, mem) {
+            self.put_page(table);
+            return Err(error);
+        }
         let result = match self.hold_table(table) {
-            Ok(Some(level)) => {
+            Ok(Some(page_type)) => {
                 let slot = EntrySlot { table, index };
-                let result = self.mod_table_entry(slot, level, new, ad, dom, mem);
-                self.put_page_type(table, mem);
+                let result = self.mod_table_entry(slot, page_type, new, ad, dom, mem);
+                // Never the last type reference: the table was in use before this one.
+                if self.put_page_type(table, mem).is_err() {
+                    return result;
+                }
                 result
             }
-            Ok(None) => self.write_plain_page(table, index, new, dom, mem),
+            Ok(None) => match self.write_plain_page(table, index, new, dom, mem) {
+                // The general reference went to the frame's partial state.
+                Err(MmError::Restart) => return Err(MmError::Restart),
+                other => other,
+            },
             Err(error) => Err(error),
         };
         self.put_page(table);
         result
     }
 
-    /// Takes a type reference on `table` if it is a page table in use, and says which
-    /// level; `Ok(None)` (nothing taken) for an untyped or otherwise typed frame, `Busy`
-    /// for a table another CPU is validating or devalidating.
-    fn hold_table(&self, table: Mfn) -> Result<Option<Level>, MmError> {
+    /// Finishes the teardown of the sub-table an earlier update of `table` left half
+    /// done ([`TypeFlags::TEARDOWN`]), and clears the note.
+    fn finish_noted_teardown<M: TableMemory + ?Sized>(
+        &self,
+        table: Mfn,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
         let info = self.info(table)?;
-        let now = info.type_info();
-        let Some(level) = Level::of_page_type(now.page_type()).filter(|_| now.count() > 0) else {
-            return Ok(None);
-        };
-        update_type(info, |now| match now.count() {
-            0 => Err(MmError::Busy(table)),
-            _ => type_after_get(table, now, level.page_type()),
-        })?;
-        Ok(Some(level))
+        if !info.type_info().flags().contains(TypeFlags::TEARDOWN) {
+            return Ok(());
+        }
+        self.finish_teardown(Mfn(u64::from(info.progress())), mem)?;
+        replace_type(info, |now| {
+            now.with_flags(now.flags() - TypeFlags::TEARDOWN)
+        });
+        Ok(())
     }
 
-    /// The update of a validated `level` table, which the caller holds.
+    /// Takes a type reference on `table` if it is a page table in use, and says of which
+    /// type; `Ok(None)` (nothing taken) for an untyped or otherwise typed frame, `Busy`
+    /// for a table another CPU is validating or devalidating.
+    fn hold_table(&self, table: Mfn) -> Result<Option<PageType>, MmError> {
+        let info = self.info(table)?;
+        let now = info.type_info();
+        let page_type = now.page_type();
+        if Level::of_page_type(page_type).is_none() || now.count() == 0 {
+            return Ok(None);
+        }
+        if let Some(Progress::Devalidating { .. }) = partial(info) {
+            // Half torn down: no longer a table; the plain write finishes the teardown.
+            return Ok(None);
+        }
+        update_type(info, |now| match now.count() {
+            0 => Err(MmError::Busy(table)),
+            _ => type_after_get(table, now, page_type),
+        })?;
+        Ok(Some(page_type))
+    }
+
+    /// The update of a validated table of type `page_type`, which the caller holds.
+    /// Hypervisor entries are refused, and so is a value that is not present where one
+    /// must be (L4 slot 511).
     fn mod_table_entry<M: TableMemory + ?Sized>(
         &self,
         EntrySlot { table, index }: EntrySlot,
-        level: Level,
+        page_type: PageType,
         new: u64,
         ad: AccessedDirty,
         dom: DomainId,
         mem: &mut M,
     ) -> Result<(), MmError> {
-        if self.layout.is_reserved(level, index) {
+        let level = level_of(page_type);
+        if self.layout.is_reserved(page_type, index) {
             return Err(MmError::ReservedSlot { level, index });
         }
+        if must_be_present(page_type, index) && !Pte(new).is_present() {
+            return Err(MmError::NoWindow(table));
+        }
         let old = mem.read(table, index);
-        let stored = self.take_entry(level, new, dom, mem)?;
+        let stored = self.take_entry(level, index, new, dom, mem)?;
         match ad {
             AccessedDirty::Overwrite => mem.write(table, index, stored),
             AccessedDirty::Preserve => mem.write_preserving_ad(table, index, stored),
         }
-        self.drop_entry(level, old, mem);
-        Ok(())
+        self.drop_entry(level, old, mem).inspect_err(|_| {
+            // The old sub-table keeps the old entry's reference until its teardown ends:
+            // note it in the table, so that the next update finishes it.
+            if let Ok(sub_table) = u32::try_from(Pte(old).mfn().0) {
+                let info = self.info(table).expect("the table was just read");
+                info.set_progress(sub_table);
+                replace_type(info, |now| {
+                    now.with_flags(now.flags() | TypeFlags::TEARDOWN)
+                });
+            }
+        })
     }
 
     /// The update of a frame that is not a page table: an unchecked write under a
@@ -113,7 +171,7 @@ impl PvMmu<'_> {
     ) -> Result<(), MmError> {
         self.get_page_type(page, PageType::None, dom, mem)?;
         mem.write(page, index, new);
-        self.put_page_type(page, mem);
-        Ok(())
+        // A writable type reference: dropping it never walks anything.
+        self.put_page_type(page, mem)
     }
 }

@@ -3,15 +3,16 @@
 //!
 //! The hypervisor calls [`PvMmu::l1_entry_of`] with the vCPU's current base pointer and
 //! the domain's page-table lock held. It only reads: it takes no reference and never
-//! descends through a hypervisor slot.
+//! descends through a hypervisor slot (L4 slots 256-271, the window-L3's entry 511).
 
 use mm::addr::Mfn;
-use mm::frame::TypeFlags;
+use mm::frame::{PageType, TypeFlags};
 
 use crate::entry::Pte;
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
+use crate::policy::child_type;
 use crate::refs::PvMmu;
 
 /// Where an entry lives: a table frame and an index in it.
@@ -25,7 +26,8 @@ pub struct EntrySlot {
 
 impl PvMmu<'_> {
     /// The L1 entry that maps `virtual_address` under the validated L4 table `l4`.
-    /// Fails if the address is not canonical, lies in a hypervisor slot, or an L4, L3 or
+    /// Fails if the address is not canonical, lies in a hypervisor slot (of the table on
+    /// the way: the type each one has under its parent, [`child_type`]), or an L4, L3 or
     /// L2 entry on the way is not present.
     pub fn l1_entry_of<M: TableMemory + ?Sized>(
         &self,
@@ -38,9 +40,10 @@ impl PvMmu<'_> {
         }
         self.check_validated_l4(l4)?;
         let mut table = l4;
+        let mut page_type = PageType::L4;
         for level in [Level::L4, Level::L3, Level::L2] {
             let index = level.index_of(virtual_address);
-            if self.layout.is_reserved(level, index) {
+            if self.layout.is_reserved(page_type, index) {
                 return Err(MmError::ReservedSlot { level, index });
             }
             let pte = Pte(mem.read(table, index));
@@ -51,6 +54,7 @@ impl PvMmu<'_> {
                 });
             }
             table = pte.mfn();
+            page_type = child_type(level, index).unwrap_or(PageType::L1);
         }
         Ok(EntrySlot {
             table,

@@ -7,7 +7,9 @@
 //! off; one it contains by killing the domain never returns. An attack that gets through
 //! prints "... SUCCEEDED (BUG)" when it still can, and crashes the domain. The QEMU case
 //! names each module's expected ending (`expect=killed` or `expect=poweroff`), so a
-//! hypervisor that answers differently fails the run.
+//! hypervisor that answers differently fails the run. One more runs here because it needs
+//! a domain (and a reservation) of its own, not because it ends the domain: a legitimate
+//! request of huge size ([`big_tree`]), which must succeed and then powers off.
 //!
 //! Called by `main` instead of the survivable suite; this module must never strike an
 //! attack other than the one named.
@@ -16,8 +18,8 @@ use guest_rt::abi::hypercall::ShutdownReason;
 use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
-use crate::{last_attack, long_calls};
 use crate::targets::Targets;
+use crate::{big_tree, last_attack, long_calls, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -33,6 +35,10 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "long_console", run: long_calls::console },
     Attack { name: "long_decrease", run: long_calls::decrease },
     Attack { name: "long_gdt", run: long_calls::gdt },
+    Attack { name: "clear_l4_window", run: window::clear_live_window },
+    Attack { name: "new_baseptr_no_window", run: window::new_baseptr_without_window },
+    Attack { name: "new_user_baseptr_no_window", run: window::new_user_baseptr_without_window },
+    Attack { name: "pin_big_tree", run: big_tree::pin_big_tree },
 ];
 
 /// The `attack=` value on the command line, if any.

@@ -6,7 +6,8 @@
 //! the hypervisor's window or non-canonical, huge counts and lengths, unknown hypercall
 //! and sub-op numbers); the reservation ([`reservation`]: past the maximum, giving back
 //! frames that are not free); the page tables ([`mappings`]: foreign frames, own tables
-//! writable, the hypervisor's L4 and L3 slots, pins); giving back one frame twice;
+//! writable, the hypervisor's L4 and L3 slots, pins); where the hypervisor's window may
+//! appear ([`window`]: aliases through own L3s, L4 slot 511); giving back one frame twice;
 //! switching to a foreign L4; then the fault in the fault handler ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
@@ -24,6 +25,7 @@
 #![no_main]
 
 mod arguments;
+mod big_tree;
 mod fatal;
 mod last_attack;
 mod long_calls;
@@ -31,6 +33,7 @@ mod mappings;
 mod reservation;
 mod targets;
 mod verdict;
+mod window;
 
 use guest_rt::abi::hypercall::ShutdownReason;
 use guest_rt::hypercall::shutdown;
@@ -56,6 +59,7 @@ fn main(start: &'static StartInfo) {
     arguments::run(&mut tally, &targets);
     reservation::run(&mut tally, &targets);
     mappings::run(&mut tally, &targets);
+    window::run(&mut tally, &targets);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     tally.summary();

@@ -1,6 +1,6 @@
 //! Attacks on the page tables: mapping frames the guest does not own (the hypervisor's
 //! image, other frames of the machine, a frame beyond RAM), mapping its own page tables
-//! writable, rewriting the hypervisor's L4 slot 256 and L3 entry 511, pinning a table that
+//! writable, rewriting the hypervisor's L4 slot 256 and the window-L3's entry 511, pinning a table that
 //! maps itself writable or a frame it does not own, and switching to a foreign L4.
 //!
 //! Mappings are attempted at the hole, which the program does not use, so a mapping that
@@ -116,8 +116,8 @@ fn own_tables_writable(tally: &mut Tally, targets: &Targets) {
     }
 }
 
-/// Rewrites the hypervisor's slots: L4 slot 256 to an own (empty) table, L3 entry 511 to
-/// its current value.
+/// Rewrites the hypervisor's slots: L4 slot 256 to an own (empty) table, entry 511 of the
+/// window-L3 (the L3 under L4 slot 511) to its current value.
 fn hypervisor_slots(tally: &mut Tally, targets: &Targets) {
     let l4 = &targets.l4;
     let original = l4.entry(M2P_SLOT);
@@ -135,15 +135,16 @@ fn hypervisor_slots(tally: &mut Tally, targets: &Targets) {
         });
     }
 
-    let l3 = &targets.hypervisor_l3;
+    let l3 = &targets.window_l3;
     let current = l3.entry(HYPERVISOR_SLOT);
     let request = MmuUpdate::new(
         MmuUpdateCmd::NormalPtUpdate,
         l3.entry_address(HYPERVISOR_SLOT),
         current,
     );
-    let attack =
-        format_args!("rewrite L3 entry {HYPERVISOR_SLOT} (the hypervisor's), even unchanged");
+    let attack = format_args!(
+        "rewrite window-L3 entry {HYPERVISOR_SLOT} (the hypervisor's), even unchanged"
+    );
     tally.record(attack, Outcome::of_call(update_one(request)));
 }
 

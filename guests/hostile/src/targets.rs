@@ -1,7 +1,8 @@
 //! What the attacks aim at, prepared from free frames before the first attack: an unmapped
 //! hole in the initial mapping, the page before it (a guard page whose end is followed by
-//! the hole), a zeroed unused frame, a frame set up as an L1 that maps itself writable;
-//! and the boot page tables, read through their read-only mapping.
+//! the hole), a zeroed unused frame, a frame set up as an L1 that maps itself writable,
+//! the free frames after those (still mapped writable, for attacks that build tables of
+//! their own); and the boot page tables, read through their read-only mapping.
 //!
 //! The builder's layout puts the boot stack right after the page tables
 //! (`nr_pt_frames` from `pt_base`) and maps at least Xen's 512 KiB of slack after it, so the
@@ -27,7 +28,8 @@ const BOOT_SLACK_PAGES: u64 = 128;
 const FRAMES_NEEDED: u64 = 3;
 /// The frame at 2 MiB: the hypervisor's image, never the guest's.
 pub const HYPERVISOR_IMAGE: Mfn = Mfn(0x200);
-/// The L4 slot, and the entry of the L3 under it, that the hypervisor keeps.
+/// The L4 slot that must name a window-L3, and the entry of that window-L3 that the
+/// hypervisor keeps (its L2 of the top gigabyte, which holds the 64 MiB window).
 pub const HYPERVISOR_SLOT: usize = 511;
 
 /// Why the targets could not be prepared.
@@ -39,8 +41,8 @@ pub enum SetupError {
     TooFewFreeFrames,
     /// Unmapping a free frame failed.
     Unmap(HypercallError),
-    /// The L3 under L4 slot 511 is not one of the domain's frames.
-    NoHypervisorL3,
+    /// The L3 under L4 slot 511 (the window-L3) is not one of the domain's frames.
+    NoWindowL3,
 }
 
 impl fmt::Display for SetupError {
@@ -49,7 +51,7 @@ impl fmt::Display for SetupError {
             Self::BadPtBase(pt_base) => write!(f, "pt_base {pt_base:#x} outside the mapping"),
             Self::TooFewFreeFrames => write!(f, "fewer than {FRAMES_NEEDED} free frames"),
             Self::Unmap(error) => write!(f, "unmapping a free frame: {error:?}"),
-            Self::NoHypervisorL3 => f.write_str("the L3 under L4 slot 511 is not ours"),
+            Self::NoWindowL3 => f.write_str("the L3 under L4 slot 511 is not ours"),
         }
     }
 }
@@ -121,8 +123,11 @@ pub struct Targets {
     pub tables: Range<u64>,
     /// The boot L4.
     pub l4: Table,
-    /// The boot L3 under L4 slot 511, whose entry 511 is the hypervisor's.
-    pub hypervisor_l3: Table,
+    /// The boot window-L3: the L3 under L4 slot 511, whose entry 511 is the hypervisor's.
+    pub window_l3: Table,
+    /// Free frames (pfns) after the three above, mapped writable and used by nothing:
+    /// attack modules take them in order ([`Targets::spare_frame`]).
+    pub spare_pfns: Range<u64>,
     /// The shared info frame.
     pub shared_info: Mfn,
 }
@@ -156,7 +161,7 @@ impl Targets {
             mfn: start_info::pfn_to_mfn(first_table).ok_or(SetupError::BadPtBase(start.pt_base))?,
             va: start.pt_base,
         };
-        let hypervisor_l3 = l4.next(HYPERVISOR_SLOT).ok_or(SetupError::NoHypervisorL3)?;
+        let window_l3 = l4.next(HYPERVISOR_SLOT).ok_or(SetupError::NoWindowL3)?;
         Ok(Self {
             guard,
             hole: hole.va,
@@ -164,9 +169,20 @@ impl Targets {
             self_map: self_map.mfn,
             tables,
             l4,
-            hypervisor_l3,
+            window_l3,
+            spare_pfns: first_free.saturating_add(FRAMES_NEEDED)..mapped_end,
             shared_info: Mfn::containing(start.shared_info),
         })
+    }
+
+    /// Spare frame `n` (from 0) of [`Self::spare_pfns`], mapped writable at its address;
+    /// `None` past the last. Each attack module uses its own, fixed, numbers.
+    pub fn spare_frame(&self, n: u64) -> Option<Frame> {
+        let pfn = self.spare_pfns.start.checked_add(n)?;
+        if !self.spare_pfns.contains(&pfn) {
+            return None;
+        }
+        Frame::of(Pfn(pfn))
     }
 
     /// Whether `mfn` is one of the domain's frames (or its shared info frame).

@@ -3,8 +3,9 @@
 //!
 //! Every attack module reports through [`Tally::record`]; `main` prints the summary. A
 //! line reads "hostile: <attack>: refused (errno N)", "... refused (D of A done)",
-//! "... skipped (<why>)" or "... SUCCEEDED (BUG)". This module must never decide what an
-//! attack is: it only judges and counts answers.
+//! "... skipped (<why>)", "... SUCCEEDED (BUG)" or "... NOT MADE: <step> failed (BUG)"
+//! (a preparation the hypervisor must allow was refused, which fails the run too). This
+//! module must never decide what an attack is: it only judges and counts answers.
 
 use core::fmt;
 
@@ -33,6 +34,9 @@ pub enum Outcome {
     Skipped(Skip),
     /// The hypervisor let it through.
     Succeeded,
+    /// A step that prepares the attack, and must work, failed (with this errno, or 0 when
+    /// it was no hypercall): the attack was not made, and the run fails.
+    NotPrepared { step: &'static str, errno: u64 },
 }
 
 impl Outcome {
@@ -78,6 +82,9 @@ impl fmt::Display for Outcome {
                 write!(f, "skipped ({headroom} pages below the maximum)")
             }
             Self::Succeeded => f.write_str("SUCCEEDED (BUG)"),
+            Self::NotPrepared { step, errno } => {
+                write!(f, "NOT MADE: {step} failed (errno {errno}) (BUG)")
+            }
         }
     }
 }
@@ -87,6 +94,7 @@ impl fmt::Display for Outcome {
 pub struct Tally {
     made: u32,
     succeeded: u32,
+    not_prepared: u32,
 }
 
 impl Tally {
@@ -105,12 +113,21 @@ impl Tally {
                 self.succeeded += 1;
                 true
             }
+            Outcome::NotPrepared { .. } => {
+                self.not_prepared += 1;
+                false
+            }
         }
     }
 
     /// Prints the summary line.
     pub fn summary(&self) {
-        if self.succeeded == 0 {
+        if self.not_prepared > 0 {
+            println!(
+                "hostile: {} attacks could not be prepared (BUG), {} of {} made SUCCEEDED",
+                self.not_prepared, self.succeeded, self.made
+            );
+        } else if self.succeeded == 0 {
             println!("hostile: all attacks refused ({} made)", self.made);
         } else {
             println!(

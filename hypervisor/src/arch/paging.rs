@@ -144,8 +144,8 @@ pub fn load_hypervisor_tables() {
     unsafe { Cr3::write(frame, Cr3Flags::empty()) };
 }
 
-/// Loads a guest's top-level table (validated by the caller; it maps the window through its
-/// slot-511 L3, whose entry 511 is the window's L2).
+/// Loads a guest's top-level table (validated by the caller: validation refuses an L4 whose
+/// slot 511 does not name a window-L3, whose entry 511 is the window's L2).
 pub fn load_guest_tables(l4_phys: u64) {
     let frame = PhysFrame::containing_address(PhysAddr::new(l4_phys));
     // SAFETY: the caller passes a validated guest L4, which maps the whole window (code,
@@ -163,8 +163,9 @@ pub fn window_l2_phys() -> u64 {
     L2.phys()
 }
 
-/// The L3 entry that puts the window in a guest address space: the window's L2, present and
-/// writable, supervisor-only (the guest kernel runs in ring 3 and cannot reach it).
+/// The L3 entry that puts the window in a guest address space, in slot 511 of its window-L3:
+/// the window's L2, present and writable, supervisor-only (the guest kernel runs in ring 3
+/// and cannot reach it).
 pub fn window_l3_entry() -> u64 {
     window_l2_phys() | PRESENT | WRITABLE
 }

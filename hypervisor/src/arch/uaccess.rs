@@ -1,19 +1,37 @@
 //! Reading and writing guest memory by guest virtual address, on the guest's page tables,
 //! without ever letting a bad guest pointer fault the hypervisor.
 //!
-//! Every range is first checked to be canonical and to stay clear of the hypervisor window
-//! (so a guest cannot make the hypervisor write its own memory); the copy itself runs in a
-//! tiny assembly routine whose faults (#PF, #GP) are turned by [`fixup`] into "this many
-//! bytes were not copied". Callers run on the CPU whose CR3 holds the guest's tables.
+//! Every range is first checked to lie in guest address space ([`check_range`]): the part
+//! of the canonical address space a guest's own entries can map, so that a guest pointer
+//! can never make the hypervisor read or write its own memory. Validation (`pvmm`) puts the
+//! hypervisor's window in exactly one place, entry 511 of the window-L3 under L4 slot 511
+//! (the top gigabyte), and nowhere else, so this check is exact and must stay so: no alias
+//! of the window is guest address space. The copy itself runs in a tiny assembly routine
+//! whose faults (#PF, #GP) are turned by [`fixup`] into "this many bytes were not copied".
+//! Callers run on the CPU whose CR3 holds the guest's tables.
 
 use core::arch::global_asm;
+
+use abi::arch_x86::{HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
 
 use super::paging::WINDOW_BASE;
 
 /// Guest addresses below this are the lower canonical half.
 const LOWER_HALF_END: u64 = 0x0000_8000_0000_0000;
-/// Guest addresses from here up to the window are the upper canonical half.
-const UPPER_HALF_START: u64 = 0xFFFF_8000_0000_0000;
+/// The upper canonical half starts here, with Xen's reserved L4 slots 256-271 (the
+/// read-only M2P table), which the hypervisor fills: guest address space resumes at
+/// their end, as in Xen's `__addr_ok`.
+const UPPER_GUEST_START: u64 = HYPERVISOR_VIRT_END;
+/// The top gigabyte, entry 511 of the window-L3, is the hypervisor's: it holds the window
+/// (the last 64 MiB) and nothing a guest maps.
+const UPPER_GUEST_END: u64 = 0xFFFF_FFFF_C000_0000;
+const _: () = assert!(HYPERVISOR_VIRT_START == 0xFFFF_8000_0000_0000);
+const _: () = assert!(UPPER_GUEST_END <= WINDOW_BASE && WINDOW_BASE - UPPER_GUEST_END < 1 << 30);
+const _: () = assert!(is_guest_range(0, 1) && is_guest_range(LOWER_HALF_END - 8, 8));
+const _: () = assert!(!is_guest_range(LOWER_HALF_END - 8, 9) && !is_guest_range(u64::MAX, 2));
+const _: () = assert!(!is_guest_range(HYPERVISOR_VIRT_START, 1) && !is_guest_range(UPPER_GUEST_START - 1, 1));
+const _: () = assert!(is_guest_range(UPPER_GUEST_START, 1) && is_guest_range(UPPER_GUEST_END - 4096, 4096));
+const _: () = assert!(!is_guest_range(UPPER_GUEST_END - 4096, 4097) && !is_guest_range(WINDOW_BASE, 1));
 
 /// A guest pointer that does not name guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,17 +67,18 @@ unsafe extern "C" {
     static guest_copy_fixup: u8;
 }
 
-/// Checks that `[addr, addr + len)` is canonical guest address space.
+/// Checks that `[addr, addr + len)` is guest address space: the lower canonical half, or
+/// the upper half from the end of Xen's reserved slots to the top gigabyte.
 pub fn check_range(addr: u64, len: u64) -> Result<(), BadGuestAddress> {
-    let bad = BadGuestAddress { addr, len };
-    let end = addr.checked_add(len).ok_or(bad)?;
+    if is_guest_range(addr, len) { Ok(()) } else { Err(BadGuestAddress { addr, len }) }
+}
+
+/// Whether `[addr, addr + len)` lies inside one of the two guest ranges.
+const fn is_guest_range(addr: u64, len: u64) -> bool {
+    let Some(end) = addr.checked_add(len) else { return false };
     let lower = end <= LOWER_HALF_END;
-    let upper = addr >= UPPER_HALF_START && end <= WINDOW_BASE;
-    if lower || upper {
-        Ok(())
-    } else {
-        Err(bad)
-    }
+    let upper = addr >= UPPER_GUEST_START && end <= UPPER_GUEST_END;
+    lower || upper
 }
 
 /// Copies `dst.len()` bytes from guest address `src`.

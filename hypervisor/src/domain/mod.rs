@@ -85,42 +85,73 @@ impl Ending {
 }
 
 /// The frames a domain owns and its reservation limits.
+///
+/// Giving a frame back costs no search: the list is not touched then, only the count of
+/// frames held. The list may therefore also name frames the domain gave back since it was
+/// last compacted (some since freed, some given to others, some given back to it again, so
+/// named twice); the frame table's owner word says which are the domain's, and
+/// [`DomainMemory::add`] compacts the list once more than half of it is stale. Give-backs
+/// are serialized by the domain's page-table lock (a frame leaves only with no reference
+/// on it), so a frame is counted out once.
 pub struct DomainMemory {
-    /// Every frame of the guest's reservation (not the shared-info page), in no order.
-    /// Each frame's index here is kept in its metadata ([`mm::frame::FrameInfo::owner_slot`])
-    /// so that [`DomainMemory::remove`] needs no search: add and remove frames only
-    /// through [`DomainMemory::add`] and [`DomainMemory::remove`].
-    pub pages: Vec<Mfn>,
+    /// Every frame of the guest's reservation (not the shared-info page), in no order, and
+    /// possibly stale entries (see above).
+    list: Vec<Mfn>,
+    /// How many frames the domain holds.
+    held: usize,
     /// The most pages the domain may hold.
     pub max_pages: u64,
 }
 
 impl DomainMemory {
-    /// Appends frames just allocated to the domain.
-    pub fn add(&mut self, mfns: &[Mfn]) {
-        for &mfn in mfns {
-            if let Ok(info) = memory::frames().frame(mfn) {
-                info.set_owner_slot(self.pages.len() as u32);
-            }
-            self.pages.push(mfn);
-        }
+    pub const fn new(max_pages: u64) -> DomainMemory {
+        DomainMemory { list: Vec::new(), held: 0, max_pages }
     }
 
-    /// Takes `mfn` out of the list in O(1) (the last frame moves to its place); false
-    /// when it is not in the list.
-    pub fn remove(&mut self, mfn: Mfn) -> bool {
-        let Ok(info) = memory::frames().frame(mfn) else { return false };
-        let slot = info.owner_slot() as usize;
-        if self.pages.get(slot) != Some(&mfn) {
-            return false;
+    /// How many frames the domain holds.
+    pub fn held(&self) -> u64 {
+        self.held as u64
+    }
+
+    /// Heap bytes the list may take on to hold `count` more frames (it grows to twice its
+    /// length), for the heap-room check before allocating them.
+    pub fn growth_for(&self, count: u64) -> u64 {
+        let wanted = self.list.len() + count as usize;
+        if wanted > self.list.capacity() { (wanted * 2 * core::mem::size_of::<Mfn>()) as u64 } else { 0 }
+    }
+
+    /// Appends frames just allocated to domain `dom`.
+    pub fn add(&mut self, dom: DomainId, mfns: &[Mfn]) {
+        if self.list.len() >= 2 * self.held + 64 {
+            self.compact(dom);
         }
-        self.pages.swap_remove(slot);
-        if let Some(&moved) = self.pages.get(slot) {
-            if let Ok(moved) = memory::frames().frame(moved) {
-                moved.set_owner_slot(slot as u32);
-            }
+        self.list.extend_from_slice(mfns);
+        self.held += mfns.len();
+    }
+
+    /// Counts `mfn` out of domain `dom`, which the caller frees next; false (nothing done)
+    /// when `dom` does not own it.
+    pub fn remove(&mut self, dom: DomainId, mfn: Mfn) -> bool {
+        let owned = memory::frames().frame(mfn).is_ok_and(|info| info.owner() == Some(Owner::Domain(dom)));
+        if owned && self.held > 0 {
+            self.held -= 1;
         }
-        true
+        owned
+    }
+
+    /// Takes out every frame domain `dom` holds, each once (at destruction).
+    pub fn take_all(&mut self, dom: DomainId) -> Vec<Mfn> {
+        self.compact(dom);
+        self.held = 0;
+        core::mem::take(&mut self.list)
+    }
+
+    /// Drops the stale entries: frames `dom` no longer owns, and repeats.
+    fn compact(&mut self, dom: DomainId) {
+        let frames = memory::frames();
+        self.list.retain(|&mfn| frames.frame(mfn).is_ok_and(|info| info.owner() == Some(Owner::Domain(dom))));
+        self.list.sort_unstable();
+        self.list.dedup();
     }
 }
 
@@ -248,7 +279,7 @@ impl Domain {
             paused: core::sync::atomic::AtomicBool::new(false),
             pollers: AtomicU32::new(0),
             shared_info,
-            memory: Mutex::new(DomainMemory { pages: Vec::new(), max_pages }),
+            memory: Mutex::new(DomainMemory::new(max_pages)),
             mmu_lock: Mutex::new(()),
             vcpus: Mutex::new(Vec::new()),
             state: AtomicU8::new(LifeState::Running as u8),
@@ -296,10 +327,9 @@ impl Domain {
     /// Allocates `count` frames for the guest, within its maximum.
     pub fn populate(&self, count: u64, out: &mut Vec<Mfn>) -> Result<(), abi::errno::Errno> {
         let mut mem = self.memory.lock();
-        let wanted = mem.pages.len() + count as usize;
-        // The list of its frames may have to grow (to twice the length) in the heap.
-        let list_growth = if wanted > mem.pages.capacity() { (wanted * 2 * core::mem::size_of::<Mfn>()) as u64 } else { 0 };
-        if wanted as u64 > mem.max_pages || !memory::frames_for_guests(count) || !memory::heap_has_room_for(list_growth) {
+        let wanted = mem.held().saturating_add(count);
+        // The list of its frames may have to grow in the heap.
+        if wanted > mem.max_pages || !memory::frames_for_guests(count) || !memory::heap_has_room_for(mem.growth_for(count)) {
             return Err(abi::errno::Errno::Enomem);
         }
         let start = out.len();
@@ -309,13 +339,13 @@ impl Domain {
         for &mfn in &out[start..] {
             zero_frame(mfn);
         }
-        mem.add(&out[start..]);
+        mem.add(self.id, &out[start..]);
         Ok(())
     }
 
     /// Number of pages the guest holds now.
     pub fn tot_pages(&self) -> u64 {
-        self.memory.lock().pages.len() as u64
+        self.memory.lock().held()
     }
 
     /// Starts shutting the domain down (once); the last CPU to stop running one of its vCPUs
@@ -363,7 +393,7 @@ impl Domain {
             crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
         }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
-        let pages = core::mem::take(&mut self.memory.lock().pages);
+        let pages = self.memory.lock().take_all(self.id);
         let mut owned = pages.clone();
         owned.push(self.shared_info);
         crate::pv::mmu::relinquish(self, bases, &owned);

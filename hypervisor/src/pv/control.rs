@@ -157,7 +157,7 @@ fn next_cpu(online: u32) -> u32 {
 fn domain_info(domain: &Domain) -> DomainInfo {
     let mem = domain.memory.lock();
     DomainInfo {
-        tot_pages: mem.pages.len() as u64,
+        tot_pages: mem.held(),
         max_pages: mem.max_pages,
         state: match (domain.state(), domain.paused.load(Ordering::Relaxed)) {
             (LifeState::Running, false) => DOMAIN_RUNNING,

@@ -79,11 +79,11 @@ pub fn privileged(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
         [0x0f, op @ (0x20 | 0x22), modrm, ..] if modrm >> 6 == 3 => {
             let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
             let gpr = (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 };
-            let done = if *op == 0x20 { read_cr(vcpu, frame, cr, gpr) } else { write_cr(vcpu, frame, cr, gpr) };
-            if done {
+            let outcome = if *op == 0x20 { Emulated::from(read_cr(vcpu, frame, cr, gpr)) } else { write_cr(vcpu, frame, cr, gpr) };
+            if outcome == Emulated::Done {
                 frame.rip += prefix_len + 3;
             }
-            done
+            outcome != Emulated::No
         }
         _ => false,
     }
@@ -103,16 +103,39 @@ fn read_cr(vcpu: &Vcpu, frame: &mut TrapFrame, cr: u8, gpr: u8) -> bool {
     true
 }
 
-fn write_cr(vcpu: &Vcpu, frame: &mut TrapFrame, cr: u8, gpr: u8) -> bool {
+/// What became of an instruction the hypervisor looked at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Emulated {
+    /// Carried out: the guest goes on after it.
+    Done,
+    /// Part done: the guest runs it again (and the hypervisor carries on where it stopped).
+    Again,
+    /// Not one the hypervisor emulates.
+    No,
+}
+
+impl From<bool> for Emulated {
+    fn from(done: bool) -> Emulated {
+        if done { Emulated::Done } else { Emulated::No }
+    }
+}
+
+fn write_cr(vcpu: &Vcpu, frame: &mut TrapFrame, cr: u8, gpr: u8) -> Emulated {
     match cr {
         3 => {
             let value = *gpr_mut(frame, gpr);
-            if let Err(errno) = mmu::new_baseptr(vcpu, mm::addr::Mfn(value >> 12), false) {
-                crate::pv::traps::crash(vcpu, frame, format_args!("mov to cr3 of {value:#x} refused ({errno:?})"));
+            match mmu::new_baseptr(vcpu, mm::addr::Mfn(value >> 12), false) {
+                Ok(()) => Emulated::Done,
+                // The new tree's validation stopped part-way: the guest's `mov` runs again
+                // when it next runs, and the validation goes on from where it stopped.
+                Err(pvmm::MmError::Restart) => Emulated::Again,
+                Err(e) => {
+                    crate::pv::traps::crash(vcpu, frame, format_args!("mov to cr3 of {value:#x} refused ({e:?})"));
+                    Emulated::Done
+                }
             }
-            true
         }
-        _ => false,
+        _ => Emulated::No,
     }
 }
 

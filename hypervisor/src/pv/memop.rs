@@ -124,10 +124,10 @@ fn releasable(vcpu: &Vcpu, mfn: Mfn) -> bool {
         && info.type_info().count() == 0
 }
 
-/// Removes `mfn` from the domain, scrubs it and frees it; false (and nothing done) when it
-/// is not in the domain's list.
+/// Counts `mfn` out of the domain, scrubs it and frees it; false (and nothing done) when
+/// the domain does not own it.
 fn give_back(vcpu: &Vcpu, mfn: Mfn) -> bool {
-    if !vcpu.domain.memory.lock().remove(mfn) {
+    if !vcpu.domain.memory.lock().remove(vcpu.domain.id, mfn) {
         return false;
     }
     domain::zero_frame(mfn);

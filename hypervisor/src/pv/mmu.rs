@@ -9,9 +9,15 @@
 //! the guest's pointer), after flushing what they changed and releasing the lock. Stale translations: guest entries are never global,
 //! so only CPUs running one of the domain's vCPUs can cache them; flushes go to exactly
 //! those (today: this CPU, as domains have one vCPU).
+//!
+//! pvmm's walks (validating or devalidating a tree, relinquishing a domain) stop when a
+//! slice's work budget is spent ([`Tables`]: a few thousand entries or ~30 us) and return
+//! `MmError::Restart`; every call here goes through [`until_done`], which for now calls
+//! again with a fresh budget until the operation completes.
 
 use alloc::vec::Vec;
 use core::cell::RefCell;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 use abi::errno::Errno;
@@ -22,7 +28,7 @@ use hypervisor::continuation::{Outcome, Stop};
 use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
-use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, TableMemory};
+use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, RelinquishProgress, TableMemory};
 use spin::Once;
 use x86_64::VirtAddr;
 
@@ -35,7 +41,8 @@ use crate::pv::hypercall::stopped;
 
 static LAYOUT: Once<Layout> = Once::new();
 
-/// The validation rules: the hypervisor's window entry in every L3's slot 511.
+/// The validation rules: the hypervisor's window entry in slot 511 of every window-L3 (the
+/// L3 under L4 slot 511, which every L4 must name; see `pvmm::policy`), and nowhere else.
 fn layout() -> &'static Layout {
     LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), None))
 }
@@ -53,7 +60,10 @@ fn errno(e: MmError) -> Errno {
 /// resumed) to [`Stop::Retry`]: the batches then continue from the entry that stopped, and
 /// a single call (`update_va_mapping`) is issued again as it stands.
 fn stop(e: MmError) -> Stop {
-    Stop::Failed(errno(e))
+    match e {
+        MmError::Restart => Stop::Retry,
+        e => Stop::Failed(errno(e)),
+    }
 }
 
 /// A batch's stop at entry `i` of `request` for `why`: a retry continues from that entry.
@@ -72,11 +82,27 @@ struct Tables {
     cache: RefCell<ArrayVec<(Mfn, FrameMapping), 4>>,
     /// The domain has vCPUs on other CPUs: flushes must reach every CPU.
     smp: bool,
+    /// This slice's work so far: entries pvmm processed, and when the slice began (TSC).
+    slice_entries: u32,
+    slice_start: u64,
 }
+
+/// Entries one slice of a pvmm walk may process before it is told to stop.
+const SLICE_ENTRIES: u32 = 4096;
+/// Time one slice may take before it is told to stop, looked at every [`CLOCK_EVERY`]
+/// entries (an entry costs well under a microsecond, even under TCG).
+const SLICE_NS: u64 = 30_000;
+const CLOCK_EVERY: u32 = 32;
 
 impl Tables {
     fn new() -> Tables {
-        Tables { cache: RefCell::new(ArrayVec::new()), smp: false }
+        Tables { cache: RefCell::new(ArrayVec::new()), smp: false, slice_entries: 0, slice_start: crate::time::rdtsc() }
+    }
+
+    /// Starts a new slice of work.
+    fn fresh_budget(&mut self) {
+        self.slice_entries = 0;
+        self.slice_start = crate::time::rdtsc();
     }
 
     fn for_domain(domain: &Domain) -> Tables {
@@ -123,6 +149,77 @@ impl TableMemory for Tables {
     fn flush_stale_writable(&mut self, _mfn: Mfn) {
         self.flush();
     }
+
+    fn should_preempt(&mut self) -> bool {
+        self.slice_entries += 1;
+        self.slice_entries >= SLICE_ENTRIES
+            || (self.slice_entries.is_multiple_of(CLOCK_EVERY)
+                && crate::time::tsc_to_ns(crate::time::rdtsc().wrapping_sub(self.slice_start)) >= SLICE_NS)
+    }
+}
+
+/// Runs one slice of a pvmm operation with a fresh budget. A guest's hypercall runs one
+/// slice per stay: an operation that stops half-way (`MmError::Restart`: its budget spent,
+/// its progress kept in the frames) becomes [`Stop::Retry`] through [`stop`], the guest
+/// issues the call again once it next runs (interrupts, events and cross-CPU calls are
+/// taken in between), and the same operation continues.
+fn one_slice<T>(tables: &mut Tables, op: impl FnOnce(&mut Tables) -> Result<T, MmError>) -> Result<T, MmError> {
+    tables.fresh_budget();
+    let result = op(tables);
+    let slice_ns = crate::time::tsc_to_ns(crate::time::rdtsc().wrapping_sub(tables.slice_start));
+    LONGEST_SLICE_NS.fetch_max(slice_ns, Ordering::Relaxed);
+    SLICES.fetch_add(1, Ordering::Relaxed);
+    if slice_ns > 100_000 {
+        SLICES_OVER_100US.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+/// Runs a pvmm operation to completion, slice after slice, in this one stay: for what no
+/// guest call can make long (a new domain's boot tables, whose size the hypervisor's
+/// builder chose; a vCPU's initial base pointer, which its creator validated; a
+/// descriptor page) and for domain destruction, which runs once the domain's vCPUs are
+/// off every CPU. Guest hypercalls use [`one_slice`] instead.
+fn until_done<T>(tables: &mut Tables, mut op: impl FnMut(&mut Tables) -> Result<T, MmError>) -> Result<T, MmError> {
+    let mut slices = 0;
+    loop {
+        let result = one_slice(tables, &mut op);
+        slices += 1;
+        MOST_SLICES.fetch_max(slices, Ordering::Relaxed);
+        match result {
+            Err(MmError::Restart) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The longest slice of a pvmm operation, and the most slices one operation took, so far:
+/// what a hypercall continuation will make the longest stay (see [`until_done`]).
+static LONGEST_SLICE_NS: AtomicU64 = AtomicU64::new(0);
+static MOST_SLICES: AtomicU64 = AtomicU64::new(0);
+/// Slices in all, and those over 100 us (under TCG, mostly host stalls of the vCPU thread).
+static SLICES: AtomicU64 = AtomicU64::new(0);
+static SLICES_OVER_100US: AtomicU64 = AtomicU64::new(0);
+
+/// Prints `summary: pvmm.slices=<all>/<over 100 us>`, `pvmm.longest_slice_us` and
+/// `pvmm.most_slices` (end of the run).
+pub fn report() {
+    log::info!("summary: pvmm.slices={}/{}", SLICES.load(Ordering::Relaxed), SLICES_OVER_100US.load(Ordering::Relaxed));
+    log::info!("summary: pvmm.longest_slice_us={}", LONGEST_SLICE_NS.load(Ordering::Relaxed) / 1000);
+    log::info!("summary: pvmm.most_slices={}", MOST_SLICES.load(Ordering::Relaxed));
+}
+
+/// Releases a base pointer, finishing the teardown of its table if that stops half-way.
+fn release_base(mmu: &PvMmu, base: BasePtr, tables: &mut Tables) {
+    let l4 = base.mfn();
+    let mut base = Some(base);
+    let released = until_done(tables, |t| match base.take() {
+        Some(base) => mmu.put_baseptr(base, t),
+        None => mmu.finish_teardown(l4, t),
+    });
+    if let Err(e) = released {
+        log::warn!("releasing base pointer {l4}: {e:?}");
+    }
 }
 
 fn check_domid(vcpu: &Vcpu, domid: u16) -> Result<DomainId, Errno> {
@@ -139,14 +236,18 @@ pub fn pin_initial_tables(domain: &Domain, l4: Mfn) -> Result<BasePtr, Errno> {
     let _lock = domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::new();
-    mmu.pin_table(l4, Level::L4, domain.id, &mut tables).map_err(errno)?;
-    mmu.new_baseptr(l4, domain.id, &mut tables).map_err(errno)
+    until_done(&mut tables, |t| mmu.pin_table(l4, Level::L4, domain.id, t)).map_err(errno)?;
+    until_done(&mut tables, |t| mmu.new_baseptr(l4, domain.id, t)).map_err(errno)
 }
 
 /// Drops every page-table reference a dead domain holds, so that its frames can be freed.
 pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
     let _lock = domain.mmu_lock.lock();
-    if let Err(e) = mmu().relinquish(domain.id, owned, bases, &mut Tables::new()) {
+    let mmu = mmu();
+    let mut bases = bases.into_iter();
+    let mut progress = RelinquishProgress::default();
+    let result = until_done(&mut Tables::new(), |t| mmu.relinquish(domain.id, owned, &mut bases, &mut progress, t));
+    if let Err(e) = result {
         log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);
     }
 }
@@ -154,12 +255,15 @@ pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
 /// Takes a general and a descriptor-page type reference on `mfn` for the vCPU's domain
 /// (refused if the guest maps it writable or uses it as a page table).
 pub fn get_descriptor_page(vcpu: &Vcpu, mfn: Mfn) -> Result<(), Errno> {
-    mmu().get_page_and_type(mfn, PageType::SegmentDescriptors, vcpu.domain.id, &mut Tables::new()).map_err(errno)
+    let dom = vcpu.domain.id;
+    until_done(&mut Tables::new(), |t| mmu().get_page_and_type(mfn, PageType::SegmentDescriptors, dom, t)).map_err(errno)
 }
 
 /// Drops a reference taken by [`get_descriptor_page`].
 pub fn put_descriptor_page(mfn: Mfn) {
-    mmu().put_page_and_type(mfn, &mut Tables::new());
+    if let Err(e) = until_done(&mut Tables::new(), |t| mmu().put_page_and_type(mfn, t)) {
+        log::warn!("releasing descriptor page {mfn}: {e:?}");
+    }
 }
 
 /// What the guest's `done` counter holds before a batch: the count done so far for a
@@ -210,7 +314,7 @@ pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, 
         let entry_addr = update.ptr & !7;
         let table = Mfn(entry_addr >> 12);
         let index = ((entry_addr & 0xfff) >> 3) as usize;
-        if let Err(e) = mmu.mod_entry(table, index, update.val, ad, dom, &mut tables) {
+        if let Err(e) = one_slice(&mut tables, |t| mmu.mod_entry(table, index, update.val, ad, dom, t)) {
             result = Err(stop_at(request, i, stop(e)));
             break;
         }
@@ -232,7 +336,8 @@ pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> Outcome 
     let mmu = mmu();
     let mut tables = Tables::for_domain(&vcpu.domain);
     let slot = mmu.l1_entry_of(l4, va, &tables).map_err(stop)?;
-    mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, vcpu.domain.id, &mut tables).map_err(stop)?;
+    let dom = vcpu.domain.id;
+    one_slice(&mut tables, |t| mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, dom, t)).map_err(stop)?;
     let everywhere = flags & UVMF_ALL != 0 && tables.smp;
     match flags & UVMF_FLUSHTYPE_MASK {
         UVMF_INVLPG if !everywhere => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
@@ -269,7 +374,7 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
     let mfn = Mfn(op.arg1);
     let pin = |level| {
         let _lock = vcpu.domain.mmu_lock.lock();
-        mmu().pin_table(mfn, level, dom, &mut Tables::new()).map_err(stop)
+        one_slice(&mut Tables::new(), |t| mmu().pin_table(mfn, level, dom, t)).map_err(stop)
     };
     match MmuextCmd::from_raw(op.cmd) {
         Some(MmuextCmd::PinL1Table) => pin(Level::L1),
@@ -278,10 +383,10 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
         Some(MmuextCmd::PinL4Table) => pin(Level::L4),
         Some(MmuextCmd::UnpinTable) => {
             let _lock = vcpu.domain.mmu_lock.lock();
-            mmu().unpin_table(mfn, dom, &mut Tables::new()).map_err(stop)
+            one_slice(&mut Tables::new(), |t| mmu().unpin_table(mfn, dom, t)).map_err(stop)
         }
-        Some(MmuextCmd::NewBaseptr) => Ok(new_baseptr(vcpu, mfn, false)?),
-        Some(MmuextCmd::NewUserBaseptr) => Ok(new_baseptr(vcpu, mfn, true)?),
+        Some(MmuextCmd::NewBaseptr) => new_baseptr(vcpu, mfn, false).map_err(stop),
+        Some(MmuextCmd::NewUserBaseptr) => new_baseptr(vcpu, mfn, true).map_err(stop),
         Some(MmuextCmd::TlbFlushLocal) => {
             paging::flush_all_local();
             Ok(())
@@ -303,23 +408,29 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
 /// Takes a base-pointer reference on `l4` for a vCPU being created.
 pub fn take_base(vcpu: &Vcpu, l4: Mfn) -> Result<BasePtr, Errno> {
     let _lock = vcpu.domain.mmu_lock.lock();
-    mmu().new_baseptr(l4, vcpu.domain.id, &mut Tables::for_domain(&vcpu.domain)).map_err(errno)
+    let dom = vcpu.domain.id;
+    until_done(&mut Tables::for_domain(&vcpu.domain), |t| mmu().new_baseptr(l4, dom, t)).map_err(errno)
 }
 
 /// Drops the base-pointer references of a vCPU that will not run.
 pub fn release_bases(vcpu: &Vcpu) {
     let _lock = vcpu.domain.mmu_lock.lock();
     for base in vcpu.take_bases() {
-        mmu().put_baseptr(base, &mut Tables::new());
+        release_base(&mmu(), base, &mut Tables::new());
     }
 }
 
 /// Switches the vCPU's kernel (or user) top-level table to `l4`, validated as an L4; the
-/// old one's reference is dropped. Loads CR3 when that mode is the current one.
-pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), Errno> {
+/// old one's reference is dropped. Loads CR3 when that mode is the current one. Runs one
+/// slice: `MmError::Restart` means the validation of `l4`'s tree stopped half-way and the
+/// caller must have the guest ask again (a hypercall continuation, or the `mov` to CR3
+/// executed again). The old table's teardown, if it stops, is finished by whoever next
+/// takes a type on it, or by the domain's destruction.
+pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), MmError> {
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
-    let base = mmu.new_baseptr(l4, vcpu.domain.id, &mut Tables::new()).map_err(errno)?;
+    let dom = vcpu.domain.id;
+    let base = one_slice(&mut Tables::new(), |t| mmu.new_baseptr(l4, dom, t))?;
     let mut ctx = vcpu.ctx.lock();
     let load = ctx.in_kernel != user;
     let old = if user { ctx.user_base.replace(base) } else { ctx.kernel_base.replace(base) };
@@ -328,7 +439,10 @@ pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), Errno> {
     }
     drop(ctx);
     if let Some(old) = old {
-        mmu.put_baseptr(old, &mut Tables::new());
+        let released = one_slice(&mut Tables::new(), |t| mmu.put_baseptr(old, t));
+        if let Err(e) = released.or_else(|e| if e == MmError::Restart { Ok(()) } else { Err(e) }) {
+            log::warn!("releasing base pointer {}: {e:?}", l4);
+        }
     }
     Ok(())
 }

@@ -1,0 +1,157 @@
+//! A request that is legitimate but huge (issue 15, hole 7, the page-table part): one
+//! `MMUEXT_PIN_L3_TABLE` of a fresh L3 over [`L2_TABLES`] L2s of 512 distinct, empty L1s
+//! each, so that one call validates 2053 tables (over a million entry checks), then one
+//! unpin that devalidates them all again.
+//!
+//! Before validation was preemptible, each of the two calls held its CPU with interrupts
+//! off for the whole walk; the hypervisor's `summary: sched.cpuN.in_hypervisor_us` (its
+//! maximum) and `longest_stay` lines show it. With hypercall continuations the work is cut
+//! into slices and the longest stay stays short; the guest's own timing below measures
+//! the whole call either way. The pin and the unpin must both succeed: the guest then
+//! powers off (anything else crashes it).
+//!
+//! Needs `mem_kib=` on its module line with room for the L1s past the initial mapping
+//! (16384 is plenty). The L1s are frames past the initial mapping (zeroed by the
+//! hypervisor, mapped nowhere); the L2s and the L3 are spare frames of [`Targets`] (10 to
+//! 14), filled while writable and then mapped read-only. Run by [`crate::fatal`] as
+//! `attack=pin_big_tree`; this module must never touch a frame of the initial mapping but
+//! those spare frames.
+
+use guest_rt::abi::hypercall::{Hypercall, MmuextCmd, ShutdownReason};
+use guest_rt::abi::ids::{DomId, Mfn, Pfn, PAGE_SIZE};
+use guest_rt::abi::mmu::{MmuextOp, UVMF_INVLPG, UVMF_LOCAL};
+use guest_rt::hypercall::{hypercall3, hypercall4, shutdown};
+use guest_rt::layout::{self, PTE_ADDRESS_MASK, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
+use guest_rt::time::Clock;
+use guest_rt::{println, start_info, StartInfo};
+
+use crate::targets::Targets;
+
+/// L2 tables under the L3; each names 512 L1s.
+const L2_TABLES: u64 = 4;
+/// Entries per table.
+const ENTRIES: u64 = 512;
+/// L1 tables in all.
+const L1_TABLES: u64 = L2_TABLES * ENTRIES;
+/// The first spare frame this module takes (the L2s, then the L3).
+const FIRST_SPARE: u64 = 10;
+/// Xen's boot slack (512 KiB) and the initial mapping's alignment (4 MiB), in pages.
+const BOOT_SLACK_PAGES: u64 = 128;
+const MAPPING_ALIGN_PAGES: u64 = 1024;
+/// `DOMID_SELF` as a register argument.
+const SELF: u64 = DomId::SELF.0 as u64;
+
+/// The attack: pins the big tree in one call and unpins it in another.
+pub fn pin_big_tree(targets: &Targets) -> ! {
+    let name = "pin_big_tree";
+    let start = start_info::start_info();
+    let l1s = match past_the_mapping(start) {
+        Some(first) => first,
+        None => fail(name, "too few frames past the initial mapping (raise mem_kib=)"),
+    };
+    let mut l2s = [Mfn(0); L2_TABLES as usize];
+    for (k, l2) in l2s.iter_mut().enumerate() {
+        let first = l1s + k as u64 * ENTRIES;
+        *l2 = table_in_spare(targets, FIRST_SPARE + k as u64, |index| {
+            start_info::pfn_to_mfn(Pfn(first + index)).map(table_entry)
+        })
+        .unwrap_or_else(|why| fail(name, why));
+    }
+    let l3 = table_in_spare(targets, FIRST_SPARE + L2_TABLES, |index| {
+        l2s.get(index as usize).map(|&l2| table_entry(l2))
+    })
+    .unwrap_or_else(|why| fail(name, why));
+    let clock = Clock::new().unwrap_or_else(|_| fail(name, "mapping the shared info page"));
+    let tables = 1 + L2_TABLES + L1_TABLES;
+    println!(
+        "hostile: attack {name}: pinning an L3 over {L2_TABLES} L2s and {L1_TABLES} distinct L1s \
+         ({tables} tables, {} entries) in one call",
+        tables * ENTRIES
+    );
+    let t0 = clock.now_ns();
+    let pinned = extended(MmuextCmd::PinL3Table, l3);
+    let t1 = clock.now_ns();
+    let unpinned = extended(MmuextCmd::UnpinTable, l3);
+    let t2 = clock.now_ns();
+    println!(
+        "hostile: attack {name}: pin returned {pinned} after {} us, unpin returned {unpinned} \
+         after {} us",
+        (t1 - t0) / 1000,
+        (t2 - t1) / 1000
+    );
+    if pinned == 0 && unpinned == 0 {
+        println!("hostile: attack {name}: done");
+        shutdown(ShutdownReason::Poweroff)
+    }
+    fail(name, "the pin or the unpin failed")
+}
+
+/// The first of [`L1_TABLES`] pfns past the initial mapping, if the reservation has them.
+fn past_the_mapping(start: &StartInfo) -> Option<u64> {
+    let first_table = layout::virt_to_pfn(start.pt_base)?;
+    // The boot stack page follows the tables; the mapping covers the slack after it,
+    // rounded up to 4 MiB (within the reservation).
+    let first_free = first_table.0 + start.nr_pt_frames + 1;
+    let mapped_end = (first_free + BOOT_SLACK_PAGES).next_multiple_of(MAPPING_ALIGN_PAGES);
+    let first = start.nr_pages.checked_sub(L1_TABLES)?;
+    (first >= mapped_end).then_some(first)
+}
+
+/// Spare frame `n`, zeroed, entry `i` set to `entry(i)` while that is `Some`, then mapped
+/// read-only.
+fn table_in_spare(
+    targets: &Targets,
+    n: u64,
+    entry: impl Fn(u64) -> Option<u64>,
+) -> Result<Mfn, &'static str> {
+    let frame = targets.spare_frame(n).ok_or("too few spare frames")?;
+    let table = frame.va as *mut u64;
+    for index in 0..ENTRIES {
+        let value = entry(index).unwrap_or(0);
+        // SAFETY: a spare frame is mapped writable at `va` and used by nothing else; the
+        // index stays inside the page.
+        unsafe { table.add(index as usize).write_volatile(value) };
+    }
+    let read_only = (frame.mfn.address() & PTE_ADDRESS_MASK) | PTE_PRESENT | PTE_USER;
+    // SAFETY: the spare frame's mapping loses its write permission; nothing writes it.
+    let ret = unsafe {
+        hypercall3(
+            Hypercall::UpdateVaMapping,
+            frame.va,
+            read_only,
+            UVMF_INVLPG | UVMF_LOCAL,
+        )
+    };
+    if ret < 0 {
+        return Err("mapping a spare frame read-only");
+    }
+    debug_assert_eq!(frame.va % PAGE_SIZE, 0);
+    Ok(frame.mfn)
+}
+
+/// A present, writable entry naming the table `mfn`.
+const fn table_entry(mfn: Mfn) -> u64 {
+    (mfn.address() & PTE_ADDRESS_MASK) | PTE_PRESENT | PTE_WRITABLE | PTE_USER
+}
+
+/// One `mmuext_op` of `cmd` on `mfn`; rax after it.
+fn extended(cmd: MmuextCmd, mfn: Mfn) -> i64 {
+    let op = MmuextOp::with_mfn(cmd, mfn);
+    let mut done = 0u32;
+    // SAFETY: pinning and unpinning change no mapping the program uses.
+    unsafe {
+        hypercall4(
+            Hypercall::MmuextOp,
+            &raw const op as u64,
+            1,
+            &raw mut done as u64,
+            SELF,
+        )
+    }
+}
+
+/// Reports why the attack could not be made, and crashes the domain.
+fn fail(name: &str, why: &str) -> ! {
+    println!("hostile: attack {name}: FAILED: {why}");
+    shutdown(ShutdownReason::Crash)
+}
