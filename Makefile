@@ -50,8 +50,9 @@ CARGO_FLAGS := $(if $(filter release,$(PROFILE)),--release,)
 APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
 DEPS_STAMP  := $(BUILD)/.deps
 
-# Logic crates: built and tested on the host as well as for the machine.
-HOST_CRATES := xen-abi apic builder bvt events guest-rt mm pvmm smp topology
+# Logic crates: built and tested on the host as well as for the machine (guest-dom0: its
+# library, the plan and options; its binary runs on the machine only).
+HOST_CRATES := xen-abi apic builder bvt events guest-dom0 guest-rt mm protocol pvmm smp topology
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
 # Everything that runs on the machine.
@@ -142,7 +143,8 @@ test-host: $(DEPS_STAMP)
 	cargo test $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) -p hypervisor --lib
 
 clippy: $(DEPS_STAMP)
-	cargo clippy $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) --all-targets -- -D warnings
+	cargo clippy $(foreach c,$(HOST_CRATES),-p $(c)) --lib --tests -- -D warnings
+	cargo clippy $(foreach c,$(STD_CRATES),-p $(c)) --all-targets -- -D warnings
 	cargo clippy -p hypervisor --lib --tests -- -D warnings
 	cargo clippy $(foreach c,$(HOST_CRATES) $(METAL_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
 

@@ -35,6 +35,11 @@ impl<'a> Word<'a> {
             },
         }
     }
+
+    /// `(key, value)` for a `key=value` word, none for a bare one.
+    pub fn pair(self) -> Option<(&'a str, &'a str)> {
+        Some((self.key, self.value?))
+    }
 }
 
 impl fmt::Display for Word<'_> {
