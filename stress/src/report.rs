@@ -13,7 +13,7 @@ use std::fmt;
 
 use crate::collect::{DomainLog, Run};
 use crate::hist::{Histogram, Percentile};
-use crate::parse::{Config, DomId, MemPhase, Outcome, Role, Warning};
+use crate::parse::{Config, Dom, DomId, MemPhase, Outcome, Role, Warning};
 use crate::qemu::QemuOutcome;
 
 /// The size of a page, and of the shared-info page every domain costs the hypervisor.
@@ -58,14 +58,14 @@ impl fmt::Display for Problem {
             }
             Self::NotDone => f.write_str("no `stress: done ok` line: the run did not finish"),
             Self::Failed { reason } => write!(f, "domain 0 reported FAILED reason={reason}"),
-            Self::GuestError { domid, what } => write!(f, "{domid} reported error what={what}"),
+            Self::GuestError { domid, what } => write!(f, "{} reported error what={what}", Dom(*domid)),
             Self::CreatedCount { expected, created } => {
                 write!(f, "{created} domains created, config said {expected}")
             }
-            Self::MissingResult { domid } => write!(f, "{domid} has no `result` line"),
-            Self::MissingBalloon { domid } => write!(f, "{domid} has no `balloon` line"),
+            Self::MissingResult { domid } => write!(f, "{} has no `result` line", Dom(*domid)),
+            Self::MissingBalloon { domid } => write!(f, "{} has no `balloon` line", Dom(*domid)),
             Self::MissingDomainInfo { domid } => {
-                write!(f, "{domid} has no `domain` line from domain 0")
+                write!(f, "{} has no `domain` line from domain 0", Dom(*domid))
             }
             Self::HypervisorFail => f.write_str("the hypervisor's summary says run=fail"),
             Self::UnexpectedEndings(n) => {

@@ -270,7 +270,7 @@ fn fairness(out: &mut String, f: &FairnessReport) {
         let _ = writeln!(
             out,
             "  {:<7} {:>4} {:>7} {:>13.1} {:>8.2}% {:>8.2}% {:>8.2}%",
-            h.hog.domid.to_string(),
+            crate::parse::Dom(h.hog.domid).to_string(),
             or_dash(h.hog.cpu),
             h.hog.weight,
             h.hog.cpu_time_ns as f64 / 1e6,
