@@ -483,10 +483,8 @@ impl<'a> Reader<'a> {
 
     /// `done ok` and nothing else; `rest` is the text after `done`.
     fn done(&self, rest: &'a str) -> Result<Record<'a>, LineError<'a>> {
-        if let Some(pair) = self.0.pairs().next() {
-            let start = rest.find(pair.key).unwrap_or(0);
-            let end = rest[start..].find(|c: char| c.is_ascii_whitespace()).map_or(rest.len(), |e| start + e);
-            return Err(LineError::StrayWord(&rest[start..end]));
+        if let Some(pair) = rest.split_ascii_whitespace().find(|word| word.contains('=')) {
+            return Err(LineError::StrayWord(pair));
         }
         let mut bare = self.0.bare();
         match (bare.next(), bare.next()) {
@@ -695,6 +693,7 @@ mod tests {
             ("stress: done", "`done=` is not a known value"),
             ("stress: done ok now", "`done=ok now` is not a known value"),
             ("stress: done ok x=1", "stray word `x=1`"),
+            ("stress: done okx x=1", "stray word `x=1`"),
             ("stress: mem phase=later free_kib=1 heap_bytes=1 domains=1", "`phase=later` is not a known value"),
             (
                 "stress: domain domid=1 role=hog weight=1 warp=2 cpu_time_ns=1 tot_pages=1",

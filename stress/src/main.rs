@@ -132,23 +132,29 @@ fn report(
 }
 
 /// Reads every input (a `.json` file as a report, anything else as a serial log) and
-/// writes the capacity page.
+/// writes the capacity page. An input that cannot be read is left out with a warning: the
+/// page is drawn from whatever runs there are.
 fn capacity(args: &CapacityArgs) -> io::Result<bool> {
-    let runs = args
-        .inputs
-        .iter()
-        .map(|path| {
-            let report = if path.extension().is_some_and(|e| e == "json") {
-                ReportFile::read(path)?
-            } else {
-                ReportFile::new(&analyse(&read_log(path)?, None, false))
-            };
-            Ok(RunReport {
+    let read = |path: &PathBuf| -> io::Result<ReportFile> {
+        if path.extension().is_some_and(|e| e == "json") {
+            ReportFile::read(path)
+        } else {
+            Ok(ReportFile::new(&analyse(&read_log(path)?, None, false)))
+        }
+    };
+    let mut runs = Vec::new();
+    for path in &args.inputs {
+        match read(path) {
+            Ok(report) => runs.push(RunReport {
                 source: path.display().to_string(),
                 report,
-            })
-        })
-        .collect::<io::Result<Vec<_>>>()?;
+            }),
+            Err(error) => eprintln!("stress: left out: {error}"),
+        }
+    }
+    if runs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no run could be read"));
+    }
     let out: PathBuf = args.out_path();
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
