@@ -170,7 +170,10 @@ mod tests {
         }
         assert_eq!((hist.samples(), hist.max()), (4, 1000));
         let buckets: Vec<_> = hist.buckets().collect();
-        assert_eq!(buckets, [(bucket_of(5), 2), (bucket_of(40), 1), (bucket_of(1000), 1)]);
+        assert_eq!(
+            buckets,
+            [(bucket_of(5), 2), (bucket_of(40), 1), (bucket_of(1000), 1)]
+        );
     }
 
     proptest! {

@@ -140,13 +140,14 @@ pub fn text(line: &[u8]) -> Result<&str, OptionError> {
 
 /// The `(key, value)` pairs of a strict line, in order; a bare word is an error.
 pub fn pairs(line: &str) -> impl Iterator<Item = Result<(&str, &str), OptionError>> {
-    line.split_ascii_whitespace().map(|word| match Word::parse(word) {
-        Word {
-            key,
-            value: Some(value),
-        } => Ok((key, value)),
-        Word { value: None, .. } => Err(OptionError::NotKeyValue(quote(word))),
-    })
+    line.split_ascii_whitespace()
+        .map(|word| match Word::parse(word) {
+            Word {
+                key,
+                value: Some(value),
+            } => Ok((key, value)),
+            Word { value: None, .. } => Err(OptionError::NotKeyValue(quote(word))),
+        })
 }
 
 /// A set of known keys of a strict line, each taking at most one number: the parser's
@@ -226,7 +227,9 @@ pub struct Fields<'a>(pub &'a str);
 impl<'a> Fields<'a> {
     /// The value of the first `key=`.
     pub fn get(self, key: &str) -> Option<&'a str> {
-        words(self.0).find(|w| w.key == key && w.value.is_some())?.value
+        words(self.0)
+            .find(|w| w.key == key && w.value.is_some())?
+            .value
     }
 
     /// True when some word is `key=...`.
@@ -262,10 +265,22 @@ mod tests {
         assert_eq!(
             got,
             [
-                Word { key: "a", value: Some("1") },
-                Word { key: "b", value: Some("x=y") },
-                Word { key: "c", value: Some("") },
-                Word { key: "flag", value: None },
+                Word {
+                    key: "a",
+                    value: Some("1")
+                },
+                Word {
+                    key: "b",
+                    value: Some("x=y")
+                },
+                Word {
+                    key: "c",
+                    value: Some("")
+                },
+                Word {
+                    key: "flag",
+                    value: None
+                },
             ]
         );
         assert_eq!(words("").count(), 0);
@@ -299,14 +314,20 @@ mod tests {
         assert_eq!(keys.get("seconds"), Some(3));
         assert_eq!(keys.get("other"), None);
         assert_eq!(keys.get_in("n", None, 1..=100), Ok(100));
-        assert_eq!(keys.get_in("n", None, 1..=99), Err(OptionError::BadValue("n")));
+        assert_eq!(
+            keys.get_in("n", None, 1..=99),
+            Err(OptionError::BadValue("n"))
+        );
     }
 
     #[test]
     fn defaults_fill_in_and_missing_keys_are_named() {
         let keys = Keys::new(["n"]);
         assert_eq!(keys.get_in("n", Some(7), 0..=10), Ok(7));
-        assert_eq!(keys.get_in("n", None, 0..=10), Err(OptionError::Missing("n")));
+        assert_eq!(
+            keys.get_in("n", None, 0..=10),
+            Err(OptionError::Missing("n"))
+        );
     }
 
     #[test]
@@ -315,7 +336,10 @@ mod tests {
         assert_eq!(parse("n=1 n=2"), Err(OptionError::Repeated("n")));
         assert_eq!(parse("n=-1"), Err(OptionError::BadValue("n")));
         assert_eq!(parse("n="), Err(OptionError::BadValue("n")));
-        assert_eq!(parse("n=99999999999999999999"), Err(OptionError::BadValue("n")));
+        assert_eq!(
+            parse("n=99999999999999999999"),
+            Err(OptionError::BadValue("n"))
+        );
         assert_eq!(parse("m=1"), Err(OptionError::UnknownKey(quote("m"))));
         assert_eq!(parse("n"), Err(OptionError::NotKeyValue(quote("n"))));
         assert_eq!(text(b"n=\xff"), Err(OptionError::NotText));

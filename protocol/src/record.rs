@@ -56,7 +56,12 @@ pub enum MemPhase {
 
 impl MemPhase {
     /// Every phase, in run order.
-    pub const ALL: [MemPhase; 4] = [Self::Before, Self::Created, Self::Ballooned, Self::Destroyed];
+    pub const ALL: [MemPhase; 4] = [
+        Self::Before,
+        Self::Created,
+        Self::Ballooned,
+        Self::Destroyed,
+    ];
 
     /// The phase's word on the console.
     pub const fn name(self) -> &'static str {
@@ -157,7 +162,9 @@ impl<'a> Buckets<'a> {
 
     /// The entries, in the order written.
     pub fn iter(self) -> impl Iterator<Item = (Bucket, u64)> + 'a {
-        self.0.split(',').filter_map(|entry| parse_bucket(entry).ok())
+        self.0
+            .split(',')
+            .filter_map(|entry| parse_bucket(entry).ok())
     }
 
     /// The list as written.
@@ -198,12 +205,16 @@ pub enum Record<'a> {
     Mem(MemSample),
     Create(Creation),
     /// `stress: create total_ns=T`.
-    CreateTotal { ns: u64 },
+    CreateTotal {
+        ns: u64,
+    },
     Domain(DomainInfo),
     /// `stress: done ok`.
     Done,
     /// `stress: FAILED reason=<word>`.
-    Failed { reason: &'a str },
+    Failed {
+        reason: &'a str,
+    },
     Balloon(Balloon),
     Result(WorkerResult),
     Hist(HistPart<'a>),
@@ -218,8 +229,14 @@ pub enum LineError<'a> {
     NoKind,
     UnknownKind(&'a str),
     MissingKey(&'static str),
-    BadNumber { key: &'static str, value: &'a str },
-    BadValue { key: &'static str, value: &'a str },
+    BadNumber {
+        key: &'static str,
+        value: &'a str,
+    },
+    BadValue {
+        key: &'static str,
+        value: &'a str,
+    },
     BadBucket(&'a str),
     StrayWord(&'a str),
 }
@@ -397,7 +414,9 @@ impl<'a> Reader<'a> {
 
     fn number<T: core::str::FromStr>(&self, key: &'static str) -> Result<T, LineError<'a>> {
         let value = self.word(key)?;
-        value.parse().map_err(|_| LineError::BadNumber { key, value })
+        value
+            .parse()
+            .map_err(|_| LineError::BadNumber { key, value })
     }
 
     fn optional_number(&self, key: &'static str) -> Result<Option<u64>, LineError<'a>> {
@@ -483,7 +502,10 @@ impl<'a> Reader<'a> {
 
     /// `done ok` and nothing else; `rest` is the text after `done`.
     fn done(&self, rest: &'a str) -> Result<Record<'a>, LineError<'a>> {
-        if let Some(pair) = rest.split_ascii_whitespace().find(|word| word.contains('=')) {
+        if let Some(pair) = rest
+            .split_ascii_whitespace()
+            .find(|word| word.contains('='))
+        {
             return Err(LineError::StrayWord(pair));
         }
         let mut bare = self.0.bare();
@@ -627,13 +649,27 @@ mod tests {
         );
         assert_eq!(
             read("stress: mem phase=ballooned free_kib=7 heap_bytes=8 domains=9"),
-            Record::Mem(MemSample { phase: MemPhase::Ballooned, free_kib: 7, heap_bytes: 8, domains: 9 })
+            Record::Mem(MemSample {
+                phase: MemPhase::Ballooned,
+                free_kib: 7,
+                heap_bytes: 8,
+                domains: 9
+            })
         );
         assert_eq!(
             read("stress: create index=3 domid=4 role=pong cpu=1 ns=1234"),
-            Record::Create(Creation { index: 3, domid: DomId(4), role: Role::Pong, cpu: 1, ns: 1234 })
+            Record::Create(Creation {
+                index: 3,
+                domid: DomId(4),
+                role: Role::Pong,
+                cpu: 1,
+                ns: 1234
+            })
         );
-        assert_eq!(read("stress: create total_ns=99"), Record::CreateTotal { ns: 99 });
+        assert_eq!(
+            read("stress: create total_ns=99"),
+            Record::CreateTotal { ns: 99 }
+        );
         assert_eq!(
             read("stress: domain domid=5 role=hog weight=2 warp=0 cpu_time_ns=77 tot_pages=96 window_cpu_ns=60"),
             Record::Domain(DomainInfo {
@@ -647,59 +683,109 @@ mod tests {
             })
         );
         assert_eq!(read("stress: done ok"), Record::Done);
-        assert_eq!(read("stress: FAILED reason=create"), Record::Failed { reason: "create" });
+        assert_eq!(
+            read("stress: FAILED reason=create"),
+            Record::Failed { reason: "create" }
+        );
         assert_eq!(
             read("stress: result domid=5 role=ping samples=10 max_ns=300 lost=2"),
             Record::Result(WorkerResult {
                 domid: DomId(5),
                 role: Role::Ping,
-                outcome: Outcome::Measured { samples: 10, max_ns: 300, lost: Some(2) }
+                outcome: Outcome::Measured {
+                    samples: 10,
+                    max_ns: 300,
+                    lost: Some(2)
+                }
             })
         );
-        let Record::Hist(hist) = read("stress: hist domid=5 role=latency part=1 buckets=3:2,400:1") else {
+        let Record::Hist(hist) = read("stress: hist domid=5 role=latency part=1 buckets=3:2,400:1")
+        else {
             panic!()
         };
-        assert_eq!((hist.domid, hist.role, hist.part), (DomId(5), Role::Latency, 1));
+        assert_eq!(
+            (hist.domid, hist.role, hist.part),
+            (DomId(5), Role::Latency, 1)
+        );
         assert_eq!(
             hist.buckets.iter().collect::<Vec<_>>(),
             [(Bucket::new(3).unwrap(), 2), (Bucket::new(400).unwrap(), 1)]
         );
         assert_eq!(
             read("stress: error domid=8 what=balloon_down"),
-            Record::Error(GuestError { domid: DomId(8), what: "balloon_down" })
+            Record::Error(GuestError {
+                domid: DomId(8),
+                what: "balloon_down"
+            })
         );
     }
 
     #[test]
     fn unknown_keys_are_ignored_and_the_first_of_a_key_wins() {
-        assert_eq!(read("stress: create total_ns=5 extra=1"), Record::CreateTotal { ns: 5 });
-        assert_eq!(read("stress: create total_ns=5 total_ns=6"), Record::CreateTotal { ns: 5 });
+        assert_eq!(
+            read("stress: create total_ns=5 extra=1"),
+            Record::CreateTotal { ns: 5 }
+        );
+        assert_eq!(
+            read("stress: create total_ns=5 total_ns=6"),
+            Record::CreateTotal { ns: 5 }
+        );
     }
 
     #[test]
     fn malformed_records_say_why() {
         let cases = [
             ("stress: result domid=1 role=hog", "missing `loops=`"),
-            ("stress: result domid=1 role=hog loops=12x", "`loops=12x` is not a number"),
-            ("stress: result domid=99999 role=hog loops=1", "`domid=99999` is not a number"),
-            ("stress: result domid=1 role=boss loops=1", "`role=boss` is not a known value"),
-            ("stress: hist domid=1 role=ping part=0 buckets=", "bad histogram entry ``"),
-            ("stress: hist domid=1 role=ping part=0 buckets=976:1", "bad histogram entry `976:1`"),
-            ("stress: hist domid=1 role=ping part=0 buckets=3:0", "bad histogram entry `3:0`"),
-            ("stress: hist domid=1 role=ping part=0 buckets=3", "bad histogram entry `3`"),
-            ("stress: hist domid=1 role=ping part=0 buckets=3:1,", "bad histogram entry ``"),
+            (
+                "stress: result domid=1 role=hog loops=12x",
+                "`loops=12x` is not a number",
+            ),
+            (
+                "stress: result domid=99999 role=hog loops=1",
+                "`domid=99999` is not a number",
+            ),
+            (
+                "stress: result domid=1 role=boss loops=1",
+                "`role=boss` is not a known value",
+            ),
+            (
+                "stress: hist domid=1 role=ping part=0 buckets=",
+                "bad histogram entry ``",
+            ),
+            (
+                "stress: hist domid=1 role=ping part=0 buckets=976:1",
+                "bad histogram entry `976:1`",
+            ),
+            (
+                "stress: hist domid=1 role=ping part=0 buckets=3:0",
+                "bad histogram entry `3:0`",
+            ),
+            (
+                "stress: hist domid=1 role=ping part=0 buckets=3",
+                "bad histogram entry `3`",
+            ),
+            (
+                "stress: hist domid=1 role=ping part=0 buckets=3:1,",
+                "bad histogram entry ``",
+            ),
             ("stress: teleport domid=1", "unknown kind `teleport`"),
             ("stress: ", "no kind after `stress:`"),
             ("stress: done", "`done=` is not a known value"),
             ("stress: done ok now", "`done=ok now` is not a known value"),
             ("stress: done ok x=1", "stray word `x=1`"),
             ("stress: done okx x=1", "stray word `x=1`"),
-            ("stress: mem phase=later free_kib=1 heap_bytes=1 domains=1", "`phase=later` is not a known value"),
+            (
+                "stress: mem phase=later free_kib=1 heap_bytes=1 domains=1",
+                "`phase=later` is not a known value",
+            ),
             (
                 "stress: domain domid=1 role=hog weight=1 warp=2 cpu_time_ns=1 tot_pages=1",
                 "`warp=2` is not a known value",
             ),
-            ("stress: create index=1 domid=1 role=hog cpu=1 ns=1 oops", "stray word `oops`"),
+            (
+                "stress: create index=1 domid=1 role=hog cpu=1 ns=1 oops",
+                "stray word `oops`",
+            ),
             ("stres: done ok", "not a `stress:` record"),
         ];
         for (line, expected) in cases {
@@ -715,13 +801,20 @@ mod tests {
             hist.record(v);
         }
         let mut lines = Vec::new();
-        hist_lines(DomId(42), Role::Periodic, &hist, |line| lines.push(String::from(line)));
+        hist_lines(DomId(42), Role::Periodic, &hist, |line| {
+            lines.push(String::from(line))
+        });
         assert_eq!(
             lines,
-            [std::format!("stress: hist domid=42 role=periodic part=0 buckets=3:2,{}:1", bucket_of(100).index())]
+            [std::format!(
+                "stress: hist domid=42 role=periodic part=0 buckets=3:2,{}:1",
+                bucket_of(100).index()
+            )]
         );
         lines.clear();
-        hist_lines(DomId(42), Role::Periodic, &Histogram::new(), |line| lines.push(String::from(line)));
+        hist_lines(DomId(42), Role::Periodic, &Histogram::new(), |line| {
+            lines.push(String::from(line))
+        });
         assert!(lines.is_empty(), "no samples, no line");
     }
 
@@ -731,15 +824,29 @@ mod tests {
 
     /// Words guests put in `reason=` and `what=`.
     fn word() -> impl Strategy<Value = &'static str> {
-        proptest::sample::select(std::vec!["create", "bad_option", "early_timer", "balloon_down", "x"])
+        proptest::sample::select(std::vec![
+            "create",
+            "bad_option",
+            "early_timer",
+            "balloon_down",
+            "x"
+        ])
     }
 
     fn outcome(role: Role) -> BoxedStrategy<Outcome> {
         match role {
-            Role::Hog => any::<u64>().prop_map(|loops| Outcome::Hog { loops }).boxed(),
-            Role::Pong => any::<u64>().prop_map(|answers| Outcome::Pong { answers }).boxed(),
+            Role::Hog => any::<u64>()
+                .prop_map(|loops| Outcome::Hog { loops })
+                .boxed(),
+            Role::Pong => any::<u64>()
+                .prop_map(|answers| Outcome::Pong { answers })
+                .boxed(),
             _ => (any::<u64>(), any::<u64>(), any::<Option<u64>>())
-                .prop_map(|(samples, max_ns, lost)| Outcome::Measured { samples, max_ns, lost })
+                .prop_map(|(samples, max_ns, lost)| Outcome::Measured {
+                    samples,
+                    max_ns,
+                    lost,
+                })
                 .boxed(),
         }
     }
@@ -749,27 +856,106 @@ mod tests {
         let phase = proptest::sample::select(MemPhase::ALL.to_vec());
         prop_oneof![
             (
-                (any::<u32>(), any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()),
-                (any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<Option<u64>>(), any::<Option<u64>>())
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u64>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>()
+                ),
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u64>(),
+                    any::<u64>(),
+                    any::<Option<u64>>(),
+                    any::<Option<u64>>()
+                )
             )
-                .prop_map(|((n, cpus, seconds, hogs, latency, pairs), (periodic, idle, mem_kib, max_kib, balloon_down, balloon_up))| {
-                    Record::Config(Config { n, cpus, seconds, hogs, latency, pairs, periodic, idle, mem_kib, max_kib, balloon_down, balloon_up })
-                }),
-            (phase, any::<u64>(), any::<u64>(), any::<u64>())
-                .prop_map(|(phase, free_kib, heap_bytes, domains)| Record::Mem(MemSample { phase, free_kib, heap_bytes, domains })),
-            (any::<u32>(), domid.clone(), role(), any::<u32>(), any::<u64>())
-                .prop_map(|(index, domid, role, cpu, ns)| Record::Create(Creation { index, domid, role, cpu, ns })),
+                .prop_map(
+                    |(
+                        (n, cpus, seconds, hogs, latency, pairs),
+                        (periodic, idle, mem_kib, max_kib, balloon_down, balloon_up),
+                    )| {
+                        Record::Config(Config {
+                            n,
+                            cpus,
+                            seconds,
+                            hogs,
+                            latency,
+                            pairs,
+                            periodic,
+                            idle,
+                            mem_kib,
+                            max_kib,
+                            balloon_down,
+                            balloon_up,
+                        })
+                    }
+                ),
+            (phase, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(phase, free_kib, heap_bytes, domains)| Record::Mem(MemSample {
+                    phase,
+                    free_kib,
+                    heap_bytes,
+                    domains
+                })
+            ),
+            (
+                any::<u32>(),
+                domid.clone(),
+                role(),
+                any::<u32>(),
+                any::<u64>()
+            )
+                .prop_map(|(index, domid, role, cpu, ns)| Record::Create(Creation {
+                    index,
+                    domid,
+                    role,
+                    cpu,
+                    ns
+                })),
             any::<u64>().prop_map(|ns| Record::CreateTotal { ns }),
-            (domid.clone(), role(), any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<Option<u64>>())
-                .prop_map(|(domid, role, weight, warp, cpu_time_ns, tot_pages, window_cpu_ns)| {
-                    Record::Domain(DomainInfo { domid, role, weight, warp, cpu_time_ns, tot_pages, window_cpu_ns })
-                }),
+            (
+                domid.clone(),
+                role(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<Option<u64>>()
+            )
+                .prop_map(
+                    |(domid, role, weight, warp, cpu_time_ns, tot_pages, window_cpu_ns)| {
+                        Record::Domain(DomainInfo {
+                            domid,
+                            role,
+                            weight,
+                            warp,
+                            cpu_time_ns,
+                            tot_pages,
+                            window_cpu_ns,
+                        })
+                    }
+                ),
             Just(Record::Done),
             word().prop_map(|reason| Record::Failed { reason }),
-            (domid.clone(), any::<u64>(), any::<u64>(), any::<u64>())
-                .prop_map(|(domid, down_pages, up_pages, tot_pages)| Record::Balloon(Balloon { domid, down_pages, up_pages, tot_pages })),
-            (domid.clone(), role())
-                .prop_flat_map(|(domid, role)| outcome(role).prop_map(move |outcome| Record::Result(WorkerResult { domid, role, outcome }))),
+            (domid.clone(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(domid, down_pages, up_pages, tot_pages)| Record::Balloon(Balloon {
+                    domid,
+                    down_pages,
+                    up_pages,
+                    tot_pages
+                })
+            ),
+            (domid.clone(), role()).prop_flat_map(|(domid, role)| outcome(role).prop_map(
+                move |outcome| Record::Result(WorkerResult {
+                    domid,
+                    role,
+                    outcome
+                })
+            )),
             (domid, word()).prop_map(|(domid, what)| Record::Error(GuestError { domid, what })),
         ]
     }

@@ -99,7 +99,14 @@ impl StressArgs {
     pub fn parse(line: &[u8]) -> Result<Self, OptionError> {
         let line = keyvalue::text(line)?;
         let mut role = None;
-        let mut keys = Keys::new(["domid", "seconds", "balloon_down", "balloon_up", "peer", "port"]);
+        let mut keys = Keys::new([
+            "domid",
+            "seconds",
+            "balloon_down",
+            "balloon_up",
+            "peer",
+            "port",
+        ]);
         keys.parse(line, |key, value| {
             if key != "role" {
                 return Ok(false);
@@ -182,7 +189,10 @@ mod tests {
     fn command_lines_round_trip() {
         let args = ping();
         let line = args.to_string();
-        assert_eq!(line, "role=ping domid=5 seconds=10 balloon_down=16 balloon_up=8 peer=6 port=1");
+        assert_eq!(
+            line,
+            "role=ping domid=5 seconds=10 balloon_down=16 balloon_up=8 peer=6 port=1"
+        );
         assert_eq!(StressArgs::parse(line.as_bytes()), Ok(args));
         for task in [Task::Hog, Task::Idle, Task::Periodic, Task::Latency] {
             let args = StressArgs { task, ..args };
@@ -218,14 +228,35 @@ mod tests {
     fn bad_lines_are_refused() {
         let refused = |line: &[u8], error| assert_eq!(StressArgs::parse(line), Err(error));
         refused(b"domid=1 seconds=1", OptionError::Missing("role"));
-        refused(b"role=sleepy domid=1 seconds=1", OptionError::BadValue("role"));
-        refused(b"role=hog role=hog domid=1 seconds=1", OptionError::Repeated("role"));
+        refused(
+            b"role=sleepy domid=1 seconds=1",
+            OptionError::BadValue("role"),
+        );
+        refused(
+            b"role=hog role=hog domid=1 seconds=1",
+            OptionError::Repeated("role"),
+        );
         refused(b"role=hog seconds=1", OptionError::Missing("domid"));
-        refused(b"role=hog domid=0 seconds=1", OptionError::BadValue("domid"));
-        refused(b"role=hog domid=32752 seconds=1", OptionError::BadValue("domid"));
-        refused(b"role=hog domid=1 seconds=0", OptionError::BadValue("seconds"));
-        refused(b"role=hog domid=1 seconds=1 balloon_up=1", OptionError::BadValue("balloon_up"));
-        refused(b"role=hog domid=1 seconds=1 colour=red", OptionError::UnknownKey(quote("colour")));
+        refused(
+            b"role=hog domid=0 seconds=1",
+            OptionError::BadValue("domid"),
+        );
+        refused(
+            b"role=hog domid=32752 seconds=1",
+            OptionError::BadValue("domid"),
+        );
+        refused(
+            b"role=hog domid=1 seconds=0",
+            OptionError::BadValue("seconds"),
+        );
+        refused(
+            b"role=hog domid=1 seconds=1 balloon_up=1",
+            OptionError::BadValue("balloon_up"),
+        );
+        refused(
+            b"role=hog domid=1 seconds=1 colour=red",
+            OptionError::UnknownKey(quote("colour")),
+        );
         refused(b"role=hog domid=1 seconds=1 \xff", OptionError::NotText);
     }
 

@@ -128,7 +128,11 @@ impl Figure {
             let s = r.latency.series(kind);
             (if p99 { s.p99_ns } else { s.p50_ns }).map(|ns| ns as f64 / 1e3)
         };
-        let hypervisor = || r.memory.hypervisor_bytes_per_domain.map(|b| b as f64 / 1024.0);
+        let hypervisor = || {
+            r.memory
+                .hypervisor_bytes_per_domain
+                .map(|b| b as f64 / 1024.0)
+        };
         let guest = || Some(r.memory.ballooned_pages.as_ref()?.mean? * 4.0);
         match self {
             Self::WarpedP50 => us(SeriesKind::Warped, false),
@@ -182,7 +186,10 @@ pub fn verdict(levels: &[Level], objective_us: Option<u64>) -> Verdict {
     let Some(objective) = objective_us.map(|us| us as f64) else {
         return Verdict::Unknown;
     };
-    let measured: Vec<&Level> = levels.iter().filter(|l| l.figures.contains_key(&Figure::WarpedP99) || !l.broken.is_empty()).collect();
+    let measured: Vec<&Level> = levels
+        .iter()
+        .filter(|l| l.figures.contains_key(&Figure::WarpedP99) || !l.broken.is_empty())
+        .collect();
     let Some(first) = measured.first() else {
         return Verdict::Unknown;
     };
@@ -201,7 +208,12 @@ pub fn levels(runs: &[RunReport]) -> BTreeMap<u32, Vec<Level>> {
     let mut grouped: BTreeMap<u32, BTreeMap<u32, Vec<usize>>> = BTreeMap::new();
     for (index, run) in runs.iter().enumerate() {
         if let Some(config) = run.report.config() {
-            grouped.entry(config.cpus).or_default().entry(config.n).or_default().push(index);
+            grouped
+                .entry(config.cpus)
+                .or_default()
+                .entry(config.n)
+                .or_default()
+                .push(index);
         }
     }
     grouped
@@ -213,7 +225,10 @@ pub fn levels(runs: &[RunReport]) -> BTreeMap<u32, Vec<Level>> {
                     let figures = Figure::ALL
                         .into_iter()
                         .filter_map(|figure| {
-                            let values: Vec<f64> = indices.iter().filter_map(|&i| figure.of(&runs[i].report)).collect();
+                            let values: Vec<f64> = indices
+                                .iter()
+                                .filter_map(|&i| figure.of(&runs[i].report))
+                                .collect();
                             Some((figure, Stat::of(&values)?))
                         })
                         .collect();
@@ -268,12 +283,18 @@ pub fn verdict_text(verdict: Verdict, objective_us: Option<u64>, cpus: u32) -> S
                 Some(next) => format!("; N={next}, the next measured, does not"),
                 None => "; no larger N was measured".to_string(),
             };
-            format!("Largest N that meets warped p99 ≤ {us} µs on {}: {n}{beyond}.", cpus_text(cpus))
+            format!(
+                "Largest N that meets warped p99 ≤ {us} µs on {}: {n}{beyond}.",
+                cpus_text(cpus)
+            )
         }
         (Verdict::NoneMeets { smallest }, Some(us)) => {
             format!("No measured N meets warped p99 ≤ {us} µs on {} (the smallest measured is N={smallest}).", cpus_text(cpus))
         }
-        (_, Some(us)) => format!("No run on {} measured warped latency: nothing to judge against {us} µs.", cpus_text(cpus)),
+        (_, Some(us)) => format!(
+            "No run on {} measured warped latency: nothing to judge against {us} µs.",
+            cpus_text(cpus)
+        ),
         (_, None) => "No latency objective given (`P99_US=` / `--p99-us`).".to_string(),
     }
 }
@@ -304,13 +325,20 @@ pub fn page(runs: &[RunReport], objective_us: Option<u64>) -> String {
     for (&cpus, levels) in &by_cpus {
         let verdict = verdict(levels, objective_us);
         let _ = writeln!(html, "<h2>{}</h2>", cpus_text(cpus));
-        let _ = writeln!(html, "<p class=\"verdict\">{}</p>", escape(&verdict_text(verdict, objective_us, cpus)));
+        let _ = writeln!(
+            html,
+            "<p class=\"verdict\">{}</p>",
+            escape(&verdict_text(verdict, objective_us, cpus))
+        );
         let mut latency = Plot {
             title: format!("timer lateness against N, {}", cpus_text(cpus)),
             x_label: "N (stress domains)".into(),
             y_label: "µs (log scale)".into(),
             y_log: true,
-            lines: Figure::LATENCY.into_iter().map(|f| line(levels, f, "")).collect(),
+            lines: Figure::LATENCY
+                .into_iter()
+                .map(|f| line(levels, f, ""))
+                .collect(),
             ..Plot::default()
         };
         if let Some(us) = objective_us {
@@ -331,7 +359,10 @@ pub fn page(runs: &[RunReport], objective_us: Option<u64>) -> String {
             x_label: "N (stress domains)".into(),
             y_label: "KiB per domain".into(),
             y_log: false,
-            lines: Figure::MEMORY.into_iter().map(|f| line(levels, f, "")).collect(),
+            lines: Figure::MEMORY
+                .into_iter()
+                .map(|f| line(levels, f, ""))
+                .collect(),
             ..Plot::default()
         };
         html.push_str(&plot::render(&memory));
@@ -344,7 +375,10 @@ pub fn page(runs: &[RunReport], objective_us: Option<u64>) -> String {
 
 fn cell(stat: Option<&Stat>, decimals: usize) -> String {
     match stat {
-        Some(s) if s.max > s.min => format!("{:.*} <small>({:.*}-{:.*})</small>", decimals, s.median, decimals, s.min, decimals, s.max),
+        Some(s) if s.max > s.min => format!(
+            "{:.*} <small>({:.*}-{:.*})</small>",
+            decimals, s.median, decimals, s.min, decimals, s.max
+        ),
         Some(s) => format!("{:.*}", decimals, s.median),
         None => "-".to_string(),
     }
@@ -362,14 +396,30 @@ fn level_table(html: &mut String, levels: &[Level], objective_us: Option<u64>) {
     }
     html.push_str("<th>objective</th></tr>\n");
     for level in levels {
-        let _ = write!(html, "<tr><td>{}</td><td>{}</td>", level.n, level.runs.len());
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td>",
+            level.n,
+            level.runs.len()
+        );
         for figure in Figure::ALL {
-            let decimals = if Figure::LATENCY.contains(&figure) || figure == Figure::LargestNFits { 0 } else { 1 };
-            let _ = write!(html, "<td>{}</td>", cell(level.figures.get(&figure), decimals));
+            let decimals = if Figure::LATENCY.contains(&figure) || figure == Figure::LargestNFits {
+                0
+            } else {
+                1
+            };
+            let _ = write!(
+                html,
+                "<td>{}</td>",
+                cell(level.figures.get(&figure), decimals)
+            );
         }
         let judged = match objective_us {
             None => "-".to_string(),
-            Some(_) if !level.broken.is_empty() => format!("<span class=\"broken\">broke: {}</span>", escape(&level.broken.join("; "))),
+            Some(_) if !level.broken.is_empty() => format!(
+                "<span class=\"broken\">broke: {}</span>",
+                escape(&level.broken.join("; "))
+            ),
             Some(us) if meets(level, us as f64) => "meets".to_string(),
             Some(_) => "misses".to_string(),
         };
@@ -383,20 +433,30 @@ fn run_table(html: &mut String, runs: &[RunReport]) {
     for run in runs {
         let r = &run.report;
         let config = r.config();
-        let field = |f: fn(crate::json::ConfigFile) -> u64| config.map_or("-".to_string(), |c| f(c).to_string());
-        let host = r.run.host.as_ref().map_or("not measured (a log re-read)".to_string(), |h| {
-            let mut parts = Vec::new();
-            if let Some(w) = h.vcpu_wait_percent {
-                parts.push(format!("vCPU wait {w:.1}%"));
-            }
-            if let Some(s) = h.steal_percent {
-                parts.push(format!("steal {s:.2}%"));
-            }
-            if let Some(p) = &h.probe {
-                parts.push(format!("probe {:.1}% lost, longest stall {:.1} ms", p.lost_percent.unwrap_or(0.0), p.longest_ms));
-            }
-            parts.join(", ")
-        });
+        let field = |f: fn(crate::json::ConfigFile) -> u64| {
+            config.map_or("-".to_string(), |c| f(c).to_string())
+        };
+        let host = r
+            .run
+            .host
+            .as_ref()
+            .map_or("not measured (a log re-read)".to_string(), |h| {
+                let mut parts = Vec::new();
+                if let Some(w) = h.vcpu_wait_percent {
+                    parts.push(format!("vCPU wait {w:.1}%"));
+                }
+                if let Some(s) = h.steal_percent {
+                    parts.push(format!("steal {s:.2}%"));
+                }
+                if let Some(p) = &h.probe {
+                    parts.push(format!(
+                        "probe {:.1}% lost, longest stall {:.1} ms",
+                        p.lost_percent.unwrap_or(0.0),
+                        p.longest_ms
+                    ));
+                }
+                parts.join(", ")
+            });
         let _ = writeln!(
             html,
             "<tr><td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td></tr>",
@@ -442,37 +502,79 @@ mod tests {
 
     #[test]
     fn the_largest_n_is_judged_from_below() {
-        let runs = vec![run(20, 2, 50), run(40, 2, 120), run(40, 2, 180), run(100, 2, 400), run(200, 2, 150)];
+        let runs = vec![
+            run(20, 2, 50),
+            run(40, 2, 120),
+            run(40, 2, 180),
+            run(100, 2, 400),
+            run(200, 2, 150),
+        ];
         let by_cpus = levels(&runs);
         let levels = &by_cpus[&2];
-        assert_eq!(levels.iter().map(|l| l.n).collect::<Vec<_>>(), [20, 40, 100, 200]);
+        assert_eq!(
+            levels.iter().map(|l| l.n).collect::<Vec<_>>(),
+            [20, 40, 100, 200]
+        );
         assert_eq!(levels[1].runs.len(), 2);
         let p99 = levels[1].figures[&Figure::WarpedP99];
         assert_eq!((p99.median, p99.min, p99.max), (150.0, 120.0, 180.0));
-        assert_eq!(verdict(levels, Some(200)), Verdict::Largest { n: 40, next: Some(100) });
-        assert_eq!(verdict(levels, Some(500)), Verdict::Largest { n: 200, next: None });
-        assert_eq!(verdict(levels, Some(10)), Verdict::NoneMeets { smallest: 20 });
+        assert_eq!(
+            verdict(levels, Some(200)),
+            Verdict::Largest {
+                n: 40,
+                next: Some(100)
+            }
+        );
+        assert_eq!(
+            verdict(levels, Some(500)),
+            Verdict::Largest { n: 200, next: None }
+        );
+        assert_eq!(
+            verdict(levels, Some(10)),
+            Verdict::NoneMeets { smallest: 20 }
+        );
         assert_eq!(verdict(levels, None), Verdict::Unknown);
     }
 
     #[test]
     fn a_broken_run_fails_its_n() {
         let mut runs = vec![run(20, 2, 50), run(40, 2, 60)];
-        runs[1].report.problems.push("d3 reported error what=early_timer".into());
+        runs[1]
+            .report
+            .problems
+            .push("d3 reported error what=early_timer".into());
         let by_cpus = levels(&runs);
         assert_eq!(by_cpus[&2][1].broken.len(), 1);
-        assert_eq!(verdict(&by_cpus[&2], Some(100)), Verdict::Largest { n: 20, next: Some(40) });
+        assert_eq!(
+            verdict(&by_cpus[&2], Some(100)),
+            Verdict::Largest {
+                n: 20,
+                next: Some(40)
+            }
+        );
         let html = page(&runs, Some(100));
-        assert!(html.contains("broke: d3 reported error what=early_timer"), "{html}");
+        assert!(
+            html.contains("broke: d3 reported error what=early_timer"),
+            "{html}"
+        );
     }
 
     #[test]
     fn the_page_plots_every_cpu_count_and_says_the_verdict() {
-        let runs = vec![run(20, 2, 50), run(100, 2, 150), run(300, 2, 900), run(20, 1, 80), run(100, 1, 700)];
+        let runs = vec![
+            run(20, 2, 50),
+            run(100, 2, 150),
+            run(300, 2, 900),
+            run(20, 1, 80),
+            run(100, 1, 700),
+        ];
         let html = page(&runs, Some(200));
         assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
         assert!(html.contains("Largest N that meets warped p99 ≤ 200 µs on 2 CPUs: 100; N=300, the next measured, does not."), "{html}");
-        assert!(html.contains("Largest N that meets warped p99 ≤ 200 µs on 1 CPU: 20; N=100"), "{html}");
+        assert!(
+            html.contains("Largest N that meets warped p99 ≤ 200 µs on 1 CPU: 20; N=100"),
+            "{html}"
+        );
         let plots = svgs(&html);
         assert_eq!(plots.len(), 4, "latency and memory for each CPU count");
         for svg in &plots {
@@ -487,7 +589,10 @@ mod tests {
         assert_eq!(plots[1].matches("<polyline").count(), 3);
         let level = &levels(&runs)[&2][0];
         let kib = level.figures[&Figure::DomainKib].median;
-        assert!((kib - (100.8 * 4.0 + 7096.0 / 1024.0)).abs() < 1e-9, "{kib}");
+        assert!(
+            (kib - (100.8 * 4.0 + 7096.0 / 1024.0)).abs() < 1e-9,
+            "{kib}"
+        );
         assert!(html.contains("not measured (a log re-read)"));
         assert!(!html.contains("<script"), "self-contained, nothing to run");
     }

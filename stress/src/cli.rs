@@ -132,7 +132,9 @@ pub struct RunArgs {
 impl RunArgs {
     /// The serial log's path.
     pub fn log_path(&self) -> PathBuf {
-        self.log.clone().unwrap_or_else(|| self.out.join(DEFAULT_LOG_NAME))
+        self.log
+            .clone()
+            .unwrap_or_else(|| self.out.join(DEFAULT_LOG_NAME))
     }
 
     /// QEMU's time limit.
@@ -172,7 +174,9 @@ pub struct CapacityArgs {
 impl CapacityArgs {
     /// The page's path.
     pub fn out_path(&self) -> PathBuf {
-        self.out.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_OUT).join(DEFAULT_CAPACITY_NAME))
+        self.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT).join(DEFAULT_CAPACITY_NAME))
     }
 }
 
@@ -207,7 +211,9 @@ mod tests {
         assert_eq!(args.log, PathBuf::from("serial.log"));
         assert_eq!(args.out, PathBuf::from(DEFAULT_OUT));
         assert!(!args.targets.enforce());
-        let Ok(Command::Report(args)) = parse(&["report", "x", "--out", "o", "--targets", "enforce"]) else {
+        let Ok(Command::Report(args)) =
+            parse(&["report", "x", "--out", "o", "--targets", "enforce"])
+        else {
             panic!()
         };
         assert!(args.targets.enforce());
@@ -231,10 +237,16 @@ mod tests {
         ]) else {
             panic!()
         };
-        assert_eq!(args.qemu.0, ["qemu-system-x86_64", "-smp", "2", "-append", "a b"]);
+        assert_eq!(
+            args.qemu.0,
+            ["qemu-system-x86_64", "-smp", "2", "-append", "a b"]
+        );
         assert_eq!(args.timeout(), Duration::from_secs(90));
         assert_eq!(args.vcpu_threads, VcpuThreads::Idle);
-        assert_eq!(args.log_path(), PathBuf::from(DEFAULT_OUT).join(DEFAULT_LOG_NAME));
+        assert_eq!(
+            args.log_path(),
+            PathBuf::from(DEFAULT_OUT).join(DEFAULT_LOG_NAME)
+        );
         let Ok(Command::Run(args)) = parse(&["run", "--qemu", "q", "--log", "x.log"]) else {
             panic!()
         };
@@ -251,30 +263,68 @@ mod tests {
                 reports: vec!["a/report.json".into(), "b/report.json".into()]
             })
         );
-        let Ok(Command::Capacity(args)) = parse(&["capacity", "a.log", "b/report.json", "--p99-us", "500"]) else {
+        let Ok(Command::Capacity(args)) =
+            parse(&["capacity", "a.log", "b/report.json", "--p99-us", "500"])
+        else {
             panic!()
         };
         assert_eq!(args.inputs.len(), 2);
         assert_eq!(args.p99_us, Some(500));
-        assert_eq!(args.out_path(), PathBuf::from(DEFAULT_OUT).join(DEFAULT_CAPACITY_NAME));
+        assert_eq!(
+            args.out_path(),
+            PathBuf::from(DEFAULT_OUT).join(DEFAULT_CAPACITY_NAME)
+        );
     }
 
     #[test]
     fn usage_errors() {
-        assert_eq!(parse(&[]), Err(ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand));
+        assert_eq!(
+            parse(&[]),
+            Err(ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
+        );
         assert_eq!(parse(&["plot"]), Err(ErrorKind::InvalidSubcommand));
         assert_eq!(parse(&["report"]), Err(ErrorKind::MissingRequiredArgument));
-        assert_eq!(parse(&["report", "a", "b"]), Err(ErrorKind::UnknownArgument));
-        assert_eq!(parse(&["report", "a", "--out"]), Err(ErrorKind::InvalidValue));
-        assert_eq!(parse(&["report", "a", "--fast"]), Err(ErrorKind::UnknownArgument));
-        assert_eq!(parse(&["report", "a", "--qemu", "q"]), Err(ErrorKind::UnknownArgument));
-        assert_eq!(parse(&["report", "a", "--targets", "maybe"]), Err(ErrorKind::InvalidValue));
+        assert_eq!(
+            parse(&["report", "a", "b"]),
+            Err(ErrorKind::UnknownArgument)
+        );
+        assert_eq!(
+            parse(&["report", "a", "--out"]),
+            Err(ErrorKind::InvalidValue)
+        );
+        assert_eq!(
+            parse(&["report", "a", "--fast"]),
+            Err(ErrorKind::UnknownArgument)
+        );
+        assert_eq!(
+            parse(&["report", "a", "--qemu", "q"]),
+            Err(ErrorKind::UnknownArgument)
+        );
+        assert_eq!(
+            parse(&["report", "a", "--targets", "maybe"]),
+            Err(ErrorKind::InvalidValue)
+        );
         assert_eq!(parse(&["run"]), Err(ErrorKind::MissingRequiredArgument));
-        assert_eq!(parse(&["run", "--qemu", "q 'x"]), Err(ErrorKind::ValueValidation));
-        assert_eq!(parse(&["run", "--qemu", "q", "--timeout", "1.5"]), Err(ErrorKind::ValueValidation));
-        assert_eq!(parse(&["run", "--qemu", "q", "--vcpu-threads", "fast"]), Err(ErrorKind::ValueValidation));
-        assert_eq!(parse(&["summarize"]), Err(ErrorKind::MissingRequiredArgument));
-        assert_eq!(parse(&["capacity", "a", "--p99-us", "x"]), Err(ErrorKind::ValueValidation));
+        assert_eq!(
+            parse(&["run", "--qemu", "q 'x"]),
+            Err(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            parse(&["run", "--qemu", "q", "--timeout", "1.5"]),
+            Err(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            parse(&["run", "--qemu", "q", "--vcpu-threads", "fast"]),
+            Err(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            parse(&["summarize"]),
+            Err(ErrorKind::MissingRequiredArgument)
+        );
+        assert_eq!(
+            parse(&["capacity", "a", "--p99-us", "x"]),
+            Err(ErrorKind::ValueValidation)
+        );
         assert_eq!(parse(&["--help"]), Err(ErrorKind::DisplayHelp));
         assert_eq!(parse(&["run", "-h"]), Err(ErrorKind::DisplayHelp));
     }

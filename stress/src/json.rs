@@ -345,7 +345,12 @@ impl ReportFile {
     pub fn read(path: &Path) -> io::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+        Self::parse(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
     }
 
     /// Parses the text of a `report.json`.
@@ -402,7 +407,10 @@ fn host(h: &HostInfo) -> HostFile {
     let seconds = |ns: u64| ns as f64 / 1e9;
     HostFile {
         description: h.to_string(),
-        pinned: h.placement.as_ref().map_or_else(Vec::new, |p| p.pinned.clone()),
+        pinned: h
+            .placement
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.pinned.clone()),
         vcpu_threads: h.times.map(|t| t.threads),
         vcpu_ran_s: h.times.map(|t| seconds(t.ran_ns)),
         vcpu_waited_s: h.times.map(|t| seconds(t.waited_ns)),
@@ -534,7 +542,11 @@ fn series(s: &Series) -> SeriesFile {
         p99_ns: s.stats.map(|s| s.p99_ns),
         p999_ns: s.stats.map(|s| s.p999_ns),
         max_ns: s.stats.map(|s| s.max_ns),
-        buckets: s.hist.buckets().map(|(b, count)| [b.low(), count]).collect(),
+        buckets: s
+            .hist
+            .buckets()
+            .map(|(b, count)| [b.low(), count])
+            .collect(),
     }
 }
 
@@ -560,7 +572,11 @@ fn fairness(f: &FairnessReport) -> FairnessFile {
 fn creation(c: &CreationReport) -> CreationFile {
     CreationFile {
         count: c.count,
-        milestones: c.milestones.iter().map(|m| [m.index as u64, m.ns]).collect(),
+        milestones: c
+            .milestones
+            .iter()
+            .map(|m| [m.index as u64, m.ns])
+            .collect(),
         ratio_last_first: c.ratio_last_first.and_then(finite),
         ratio_100th_first: c.ratio_100th_first.and_then(finite),
         total_ns: c.total_ns,
@@ -588,7 +604,10 @@ mod tests {
                 max_us: 9343
             })
         );
-        assert_eq!(SpanFile::parse("5/30000/more/more/40000").unwrap().p99_us, None);
+        assert_eq!(
+            SpanFile::parse("5/30000/more/more/40000").unwrap().p99_us,
+            None
+        );
         for bad in ["", "1/2/3/4", "1/2/3/4/5/6", "a/2/3/4/5", "1/2/less/4/5"] {
             assert_eq!(SpanFile::parse(bad), None, "{bad}");
         }
@@ -613,8 +632,13 @@ mod tests {
     fn other_schema_versions_are_refused_with_a_way_out() {
         let old = r#"{"verdict": "pass", "run": {}}"#;
         let error = ReportFile::parse(old).unwrap_err();
-        assert!(error.contains("schema version 1") && error.contains("stress report"), "{error}");
-        assert!(ReportFile::parse(r#"{"schema_version": 3}"#).unwrap_err().contains("version 3"));
+        assert!(
+            error.contains("schema version 1") && error.contains("stress report"),
+            "{error}"
+        );
+        assert!(ReportFile::parse(r#"{"schema_version": 3}"#)
+            .unwrap_err()
+            .contains("version 3"));
         assert!(ReportFile::parse("not json").is_err());
     }
 

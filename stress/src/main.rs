@@ -25,7 +25,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return if error.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match execute(cli.command) {
@@ -89,19 +93,38 @@ fn run(args: &RunArgs) -> io::Result<bool> {
         probe: Some(stalls),
     };
     eprintln!("stress: host: {host}");
-    report(&log, Some(finished.outcome), Some(host), &args.out, args.targets.enforce())
+    report(
+        &log,
+        Some(finished.outcome),
+        Some(host),
+        &args.out,
+        args.targets.enforce(),
+    )
 }
 
 /// The host's steal time over the run, in percent, on the host CPUs the vCPU threads were
 /// pinned to (all of them when they were not).
-fn steal_during(finished: &qemu::Finished, before: &[(u32, u64)], elapsed: std::time::Duration) -> Option<f64> {
-    let pinned: Vec<u32> = finished.placement.iter().flat_map(|p| p.pinned.iter().map(|&(_, cpu)| cpu)).collect();
-    let cpus = if pinned.is_empty() { before.iter().map(|&(cpu, _)| cpu).collect() } else { pinned };
+fn steal_during(
+    finished: &qemu::Finished,
+    before: &[(u32, u64)],
+    elapsed: std::time::Duration,
+) -> Option<f64> {
+    let pinned: Vec<u32> = finished
+        .placement
+        .iter()
+        .flat_map(|p| p.pinned.iter().map(|&(_, cpu)| cpu))
+        .collect();
+    let cpus = if pinned.is_empty() {
+        before.iter().map(|&(cpu, _)| cpu).collect()
+    } else {
+        pinned
+    };
     noise::steal_percent(before, &noise::steal_now(), &cpus, elapsed)
 }
 
 fn read_log(log: &Path) -> io::Result<String> {
-    let bytes = std::fs::read(log).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log.display())))?;
+    let bytes = std::fs::read(log)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log.display())))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -153,7 +176,10 @@ fn capacity(args: &CapacityArgs) -> io::Result<bool> {
         }
     }
     if runs.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no run could be read"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no run could be read",
+        ));
     }
     let out: PathBuf = args.out_path();
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -161,7 +187,10 @@ fn capacity(args: &CapacityArgs) -> io::Result<bool> {
     }
     std::fs::write(&out, capacity::page(&runs, args.p99_us))?;
     for (cpus, levels) in capacity::levels(&runs) {
-        println!("{}", capacity::verdict_text(capacity::verdict(&levels, args.p99_us), args.p99_us, cpus));
+        println!(
+            "{}",
+            capacity::verdict_text(capacity::verdict(&levels, args.p99_us), args.p99_us, cpus)
+        );
     }
     println!("written: {} ({} runs)", out.display(), runs.len());
     Ok(true)

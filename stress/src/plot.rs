@@ -92,7 +92,11 @@ fn step(max: f64) -> f64 {
 
 fn frame(plot: &Plot) -> Frame {
     let points = plot.lines.iter().flat_map(|l| l.points.iter());
-    let xs: Vec<f64> = points.clone().map(|p| p.x).chain(plot.x_marks.iter().map(|m| m.at)).collect();
+    let xs: Vec<f64> = points
+        .clone()
+        .map(|p| p.x)
+        .chain(plot.x_marks.iter().map(|m| m.at))
+        .collect();
     let ys: Vec<f64> = points
         .flat_map(|p| [p.y, p.low, p.high])
         .chain(plot.y_marks.iter().map(|m| m.at))
@@ -140,7 +144,10 @@ pub fn render(plot: &Plot) -> String {
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+    );
     let _ = writeln!(
         svg,
         r#"<text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
@@ -201,21 +208,31 @@ fn axes(svg: &mut String, f: &Frame, plot: &Plot) {
     let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
     svg.push_str("<g stroke=\"#ddd\">\n");
     let x_step = step(f.x.1);
-    let x_ticks: Vec<f64> = (0..=((f.x.1 / x_step).round() as u32)).map(|i| f64::from(i) * x_step).collect();
+    let x_ticks: Vec<f64> = (0..=((f.x.1 / x_step).round() as u32))
+        .map(|i| f64::from(i) * x_step)
+        .collect();
     for &x in &x_ticks {
         let px = f.px(x);
-        let _ = writeln!(svg, r#"<line x1="{px:.1}" y1="{y0}" x2="{px:.1}" y2="{y1}"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{px:.1}" y1="{y0}" x2="{px:.1}" y2="{y1}"/>"#
+        );
     }
     let y_ticks: Vec<f64> = if f.y_log {
         let (lo, hi) = (f.y.0.log10().round() as i32, f.y.1.log10().round() as i32);
         (lo..=hi).map(|d| 10f64.powi(d)).collect()
     } else {
         let s = step(f.y.1);
-        (0..=((f.y.1 / s).round() as u32)).map(|i| f64::from(i) * s).collect()
+        (0..=((f.y.1 / s).round() as u32))
+            .map(|i| f64::from(i) * s)
+            .collect()
     };
     for &y in &y_ticks {
         let py = f.py(y);
-        let _ = writeln!(svg, r#"<line x1="{x0}" y1="{py:.1}" x2="{x1}" y2="{py:.1}"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{x0}" y1="{py:.1}" x2="{x1}" y2="{py:.1}"/>"#
+        );
     }
     svg.push_str("</g>\n");
     let _ = writeln!(
@@ -225,10 +242,22 @@ fn axes(svg: &mut String, f: &Frame, plot: &Plot) {
         y0 - y1
     );
     for &x in &x_ticks {
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, f.px(x), y0 + 16.0, label(x));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            f.px(x),
+            y0 + 16.0,
+            label(x)
+        );
     }
     for &y in &y_ticks {
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, x0 - 6.0, f.py(y) + 4.0, label(y));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            x0 - 6.0,
+            f.py(y) + 4.0,
+            label(y)
+        );
     }
     let _ = writeln!(
         svg,
@@ -246,7 +275,11 @@ fn axes(svg: &mut String, f: &Frame, plot: &Plot) {
 }
 
 fn series(svg: &mut String, f: &Frame, line: &Line) {
-    let points: Vec<String> = line.points.iter().map(|p| format!("{:.1},{:.1}", f.px(p.x), f.py(p.y))).collect();
+    let points: Vec<String> = line
+        .points
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", f.px(p.x), f.py(p.y)))
+        .collect();
     let _ = writeln!(
         svg,
         r#"<polyline class="series" fill="none" stroke="{}" stroke-width="2" stroke-dasharray="{}" points="{}"/>"#,
@@ -265,7 +298,11 @@ fn series(svg: &mut String, f: &Frame, line: &Line) {
                 line.colour
             );
         }
-        let _ = writeln!(svg, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{}"/>"#, line.colour);
+        let _ = writeln!(
+            svg,
+            r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{}"/>"#,
+            line.colour
+        );
     }
 }
 
@@ -283,7 +320,12 @@ mod tests {
     use crate::svg::tests::well_formed;
 
     fn point(x: f64, y: f64) -> Point {
-        Point { x, y, low: y * 0.9, high: y * 1.2 }
+        Point {
+            x,
+            y,
+            low: y * 0.9,
+            high: y * 1.2,
+        }
     }
 
     #[test]
@@ -305,10 +347,20 @@ mod tests {
                 label: "warped p99".into(),
                 colour: "#1f77b4",
                 dash: "",
-                points: vec![point(100.0, 180.0), point(300.0, 1440.0), point(1000.0, 61_000.0)],
+                points: vec![
+                    point(100.0, 180.0),
+                    point(300.0, 1440.0),
+                    point(1000.0, 61_000.0),
+                ],
             }],
-            y_marks: vec![Mark { at: 1000.0, label: "objective".into() }],
-            x_marks: vec![Mark { at: 300.0, label: "largest N".into() }],
+            y_marks: vec![Mark {
+                at: 1000.0,
+                label: "objective".into(),
+            }],
+            x_marks: vec![Mark {
+                at: 300.0,
+                label: "largest N".into(),
+            }],
         };
         let svg = render(&plot);
         let names = well_formed(&svg).unwrap();
@@ -325,7 +377,16 @@ mod tests {
 
     #[test]
     fn an_empty_plot_says_so() {
-        let svg = render(&Plot { title: "t".into(), lines: vec![Line { label: "x".into(), colour: "red", dash: "", points: vec![] }], ..Plot::default() });
+        let svg = render(&Plot {
+            title: "t".into(),
+            lines: vec![Line {
+                label: "x".into(),
+                colour: "red",
+                dash: "",
+                points: vec![],
+            }],
+            ..Plot::default()
+        });
         assert!(well_formed(&svg).is_ok());
         assert!(svg.contains("no runs with this figure"));
     }

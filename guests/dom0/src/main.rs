@@ -6,8 +6,8 @@
 //! waits until they have all finished (their CPU time stops growing: a finished worker
 //! blocks for good), reports each domain's counters, destroys them all, waits until they
 //! are gone, and powers off. Its console lines are the domain-0 half of
-//! `stress/PROTOCOL.md`, written with the `protocol` crate's records; the run ends with `stress: done ok` or
-//! `stress: FAILED reason=<word>` (after destroying what it created).
+//! `stress/PROTOCOL.md`, written with the `protocol` crate's records; the run ends with
+//! `stress: done ok` or `stress: FAILED reason=<word>` (after destroying what it created).
 //!
 //! Domain 0 never spins while it waits: it sleeps on its one-shot timer, so that it takes
 //! no CPU time from the domains it measures.
