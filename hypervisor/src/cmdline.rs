@@ -1,9 +1,11 @@
-//! The hypervisor's command line: `key` and `key=value` words separated by spaces.
+//! The hypervisor's command line: `key` and `key=value` words separated by spaces, in the
+//! project's one grammar (`protocol::keyvalue`).
 //!
 //! Pure parsing, host-tested. Unknown words and bad values never stop the boot: they are
 //! collected in [`Options::unknown`] / [`Options::invalid`] for the boot log to warn about.
 
 use arrayvec::{ArrayString, ArrayVec};
+use protocol::keyvalue::{self, Word};
 
 /// Every option the hypervisor understands (the README lists the same set).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,16 +63,6 @@ impl Default for Options {
     }
 }
 
-fn clipped(word: &str) -> ArrayString<32> {
-    let mut out = ArrayString::new();
-    for c in word.chars() {
-        if out.try_push(c).is_err() {
-            break;
-        }
-    }
-    out
-}
-
 /// A number in `range`, or `None`.
 fn number(value: Option<&str>, range: core::ops::RangeInclusive<u32>) -> Option<u32> {
     value?.parse().ok().filter(|n| range.contains(n))
@@ -86,10 +78,7 @@ impl Options {
     pub fn parse(line: &str) -> Options {
         let mut o = Options::default();
         for word in line.split_ascii_whitespace() {
-            let (key, value) = match word.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (word, None),
-            };
+            let Word { key, value } = Word::parse(word);
             let applied = match (key, value) {
                 ("selftest", None) => set(&mut o.selftest, Some(true)),
                 ("verbose", None) => set(&mut o.verbose, Some(true)),
@@ -106,12 +95,12 @@ impl Options {
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
                 ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0", _) => false,
                 _ => {
-                    let _ = o.unknown.try_push(clipped(word));
+                    let _ = o.unknown.try_push(keyvalue::clip(word));
                     continue;
                 }
             };
             if !applied {
-                let _ = o.invalid.try_push(clipped(word));
+                let _ = o.invalid.try_push(keyvalue::clip(word));
             }
         }
         o

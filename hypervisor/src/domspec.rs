@@ -2,10 +2,11 @@
 //!
 //! `name=NAME count=N mem_kib=K expect=ENDING -- GUEST COMMAND LINE`: the words before `--`
 //! are for the hypervisor, everything after it is passed to the guest verbatim (without
-//! `--`, the whole line is for the guest except the recognised keys). Pure and host-tested;
-//! bad values are reported, never fatal.
+//! `--`, the whole line is for the guest except the recognised keys), in the project's one
+//! grammar (`protocol::keyvalue`). Pure and host-tested; bad values are reported, never fatal.
 
 use arrayvec::{ArrayString, ArrayVec};
+use protocol::keyvalue::{self, Word};
 
 /// How a domain is expected to end (`expect=`), checked by the run's final report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,32 +35,14 @@ pub const DEFAULT_MEM_KIB: u64 = 1024;
 /// The most domains one module may ask for.
 pub const MAX_COUNT: u32 = 4096;
 
-fn clipped<const N: usize>(s: &str) -> ArrayString<N> {
-    let mut out = ArrayString::new();
-    for c in s.chars() {
-        if out.try_push(c).is_err() {
-            break;
-        }
-    }
-    out
-}
-
 impl DomainSpec {
     /// Parses a module command line; `default_name` and `default_count` apply when the line
     /// does not say.
     pub fn parse(line: &str, default_name: &str, default_count: u32) -> DomainSpec {
         // `--` as a word of its own separates our words from the guest's.
-        let separator = line
-            .match_indices("--")
-            .map(|(i, _)| i)
-            .find(|&i| line[..i].ends_with(' ') || i == 0)
-            .filter(|&i| line[i + 2..].is_empty() || line[i + 2..].starts_with(' '));
-        let (ours, guest) = match separator {
-            Some(i) => (&line[..i], Some(&line[i + 2..])),
-            None => (line, None),
-        };
+        let (ours, guest) = keyvalue::split_guest(line);
         let mut spec = DomainSpec {
-            name: clipped(default_name),
+            name: keyvalue::clip(default_name),
             count: default_count,
             mem_kib: DEFAULT_MEM_KIB,
             expect: Expect::Poweroff,
@@ -68,9 +51,9 @@ impl DomainSpec {
         };
         let mut rest = ArrayString::<1023>::new();
         for word in ours.split_ascii_whitespace() {
-            let ok = match word.split_once('=') {
+            let ok = match Word::parse(word).pair() {
                 Some(("name", v)) if !v.is_empty() => {
-                    spec.name = clipped(v);
+                    spec.name = keyvalue::clip(v);
                     true
                 }
                 Some(("count", v)) => v.parse().ok().filter(|n| (1..=MAX_COUNT).contains(n)).map(|n| spec.count = n).is_some(),
@@ -96,11 +79,11 @@ impl DomainSpec {
                 _ => false,
             };
             if !ok {
-                let _ = spec.invalid.try_push(clipped(word));
+                let _ = spec.invalid.try_push(keyvalue::clip(word));
             }
         }
         spec.guest_cmdline = match guest {
-            Some(g) => clipped(g.trim()),
+            Some(g) => keyvalue::clip(g.trim()),
             None => rest,
         };
         spec

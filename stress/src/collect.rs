@@ -8,11 +8,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use protocol::record::{self as rec, HistPart};
+
 use crate::hist::{bucket_of, Histogram};
 use crate::parse::{
-    Balloon, Config, Creation, DomId, DomainInfo, Entry, GuestError, HistPart, MemPhase, MemSample,
-    Outcome, ParsedLog, Record, Role, Warning, WorkerResult,
+    Balloon, Config, Creation, Dom, DomId, DomainInfo, Entry, MemPhase, MemSample, Outcome,
+    ParsedLog, Record, Role, Warning, WorkerResult,
 };
+
+/// A guest's `error` record, kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestError {
+    pub domid: DomId,
+    pub what: String,
+}
 
 /// Everything known about one stress domain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,7 +86,7 @@ impl Run {
 }
 
 /// Builds the run from a parsed log.
-pub fn collect(log: ParsedLog) -> Run {
+pub fn collect(log: ParsedLog<'_>) -> Run {
     let mut run = Run {
         warnings: log.warnings,
         lines: log.lines,
@@ -91,22 +100,12 @@ pub fn collect(log: ParsedLog) -> Run {
 }
 
 /// Files one record.
-fn add(run: &mut Run, entry: Entry) {
+fn add(run: &mut Run, entry: Entry<'_>) {
     let line = entry.line;
     let duplicate = match entry.record {
-        Record::Config(config) => keep_first(&mut run.config, config),
-        Record::Mem(sample) => insert_first(&mut run.mem, sample.phase, sample),
-        Record::Create(creation) => add_creation(run, creation),
-        Record::CreateTotal { ns } => keep_first(&mut run.create_total_ns, ns),
-        Record::Domain(info) => keep_first(&mut domain(run, info.domid).info, info),
-        Record::Done => std::mem::replace(&mut run.done, true),
-        Record::Failed { reason } => keep_first(&mut run.failed, reason),
-        Record::Balloon(balloon) => keep_first(&mut domain(run, balloon.domid).balloon, balloon),
-        Record::Result(result) => add_result(domain(run, result.domid), result),
-        Record::Hist(part) => add_hist(domain(run, part.domid), part),
-        Record::Error(error) => add_error(run, entry.source, error),
+        Record::Stress(record) => add_record(run, entry.source, record),
         Record::Summary { key, value } => {
-            run.summary.insert(key, value);
+            run.summary.insert(key.to_string(), value.to_string());
             false
         }
         Record::Suppressed { lines } => add_suppressed(run, entry.source, line, lines),
@@ -117,6 +116,25 @@ fn add(run: &mut Run, entry: Entry) {
             Some(line),
             "repeated line ignored (the first one counts)".to_string(),
         );
+    }
+}
+
+/// Files one stress record; true when it repeats one already filed.
+fn add_record(run: &mut Run, source: Option<DomId>, record: rec::Record<'_>) -> bool {
+    match record {
+        rec::Record::Config(config) => keep_first(&mut run.config, config),
+        rec::Record::Mem(sample) => insert_first(&mut run.mem, sample.phase, sample),
+        rec::Record::Create(creation) => add_creation(run, creation),
+        rec::Record::CreateTotal { ns } => keep_first(&mut run.create_total_ns, ns),
+        rec::Record::Domain(info) => keep_first(&mut domain(run, info.domid).info, info),
+        rec::Record::Done => std::mem::replace(&mut run.done, true),
+        rec::Record::Failed { reason } => keep_first(&mut run.failed, reason.to_string()),
+        rec::Record::Balloon(balloon) => {
+            keep_first(&mut domain(run, balloon.domid).balloon, balloon)
+        }
+        rec::Record::Result(result) => add_result(domain(run, result.domid), result),
+        rec::Record::Hist(part) => add_hist(domain(run, part.domid), part),
+        rec::Record::Error(error) => add_error(run, source, error),
     }
 }
 
@@ -167,21 +185,25 @@ fn add_result(domain: &mut DomainLog, result: WorkerResult) -> bool {
     false
 }
 
-fn add_hist(domain: &mut DomainLog, part: HistPart) -> bool {
+fn add_hist(domain: &mut DomainLog, part: HistPart<'_>) -> bool {
     if !domain.hist_parts.insert(part.part) {
         return true;
     }
-    for (bucket, count) in part.buckets {
+    for (bucket, count) in part.buckets.iter() {
         domain.hist.add(bucket, count);
     }
     false
 }
 
-fn add_error(run: &mut Run, source: Option<DomId>, mut error: GuestError) -> bool {
-    if error.domid == DomId(0) {
-        error.domid = source.unwrap_or(error.domid);
-    }
-    run.errors.push(error);
+fn add_error(run: &mut Run, source: Option<DomId>, error: rec::GuestError<'_>) -> bool {
+    let domid = match error.domid {
+        DomId(0) => source.unwrap_or(error.domid),
+        domid => domid,
+    };
+    run.errors.push(GuestError {
+        domid,
+        what: error.what.to_string(),
+    });
     false
 }
 
@@ -190,7 +212,7 @@ fn add_suppressed(run: &mut Run, source: Option<DomId>, line: usize, lines: u64)
     warn(
         run,
         Some(line),
-        format!("{domid}: {lines} console lines suppressed by the rate limit"),
+        format!("{}: {lines} console lines suppressed by the rate limit", Dom(domid)),
     );
     let log = domain(run, domid);
     log.suppressed_lines = log.suppressed_lines.saturating_add(lines);
@@ -205,7 +227,7 @@ fn check_domains(run: &mut Run) {
             continue;
         }
         if log.creation.is_none() && log.has_reports() {
-            messages.push(format!("{domid} reported but no `create` line names it"));
+            messages.push(format!("{} reported but no `create` line names it", Dom(domid)));
         }
         check_roles(domid, log, &mut messages);
         check_hist(domid, log, &mut messages);
@@ -220,7 +242,8 @@ fn check_roles(domid: DomId, log: &DomainLog, messages: &mut Vec<String>) {
     let others = [log.info.map(|i| i.role), log.result.map(|r| r.role)];
     for other in others.into_iter().flatten().filter(|&r| r != role) {
         messages.push(format!(
-            "{domid}: role {} here, {} elsewhere",
+            "{}: role {} here, {} elsewhere",
+            Dom(domid),
             other.name(),
             role.name()
         ));
@@ -235,7 +258,7 @@ fn check_hist(domid: DomId, log: &DomainLog, messages: &mut Vec<String>) {
     }) = log.result.map(|r| r.outcome)
     else {
         if !log.hist_parts.is_empty() {
-            messages.push(format!("{domid}: histogram without a measuring result"));
+            messages.push(format!("{}: histogram without a measuring result", Dom(domid)));
         }
         return;
     };
@@ -247,20 +270,23 @@ fn check_hist(domid: DomId, log: &DomainLog, messages: &mut Vec<String>) {
         .any(|(i, &p)| i as u64 != u64::from(p))
     {
         messages.push(format!(
-            "{domid}: histogram parts {:?} are not 0..{parts}",
+            "{}: histogram parts {:?} are not 0..{parts}",
+            Dom(domid),
             log.hist_parts
         ));
     }
     let counted = log.hist.samples();
     if counted != samples {
         messages.push(format!(
-            "{domid}: histogram holds {counted} samples, result says {samples}"
+            "{}: histogram holds {counted} samples, result says {samples}",
+            Dom(domid)
         ));
     }
     let highest = log.hist.buckets().last().map(|(b, _)| b);
     if samples > 0 && highest.is_some_and(|b| b != bucket_of(max_ns)) {
         messages.push(format!(
-            "{domid}: max_ns={max_ns} is not in the highest histogram bucket"
+            "{}: max_ns={max_ns} is not in the highest histogram bucket",
+            Dom(domid)
         ));
     }
 }

@@ -1,67 +1,14 @@
-//! Log-linear latency histograms as the stress guests report them (`stress/PROTOCOL.md`):
-//! 16 buckets per power of two, exact below 16 ns. This module owns the bucket arithmetic
-//! ([`bucket_of`], [`bucket_low`]), merging the histograms of several domains and the
-//! figures the report prints (percentiles, maximum, cumulative distribution).
+//! Log-linear latency histograms as the stress guests report them: the buckets are the
+//! `protocol` crate's ([`bucket_of`], [`bucket_low`], re-exported here), the one definition
+//! the guests record with. This module merges the histograms of several domains and
+//! computes the figures the report prints (percentiles, maximum, cumulative distribution).
 //!
-//! Called by the log collector (which fills histograms from `hist` lines), the report
-//! and the SVG plot. It must never change the bucket functions without the guests'
-//! `guest_stress::histogram`: both sides implement the protocol's formulas.
+//! Called by the log collector (which fills histograms from `hist` records), the report
+//! and the SVG plots. It never defines a bucket: the protocol does.
 
 use std::collections::BTreeMap;
 
-/// Buckets covering every `u64`: `bucket_of(u64::MAX).index() + 1`.
-pub const BUCKETS: usize = 16 * (64 - 3);
-
-/// A bucket index, always below [`BUCKETS`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bucket(u16);
-
-impl Bucket {
-    /// The bucket with this index, if it exists.
-    pub fn new(index: u64) -> Option<Self> {
-        if index < BUCKETS as u64 {
-            u16::try_from(index).ok().map(Self)
-        } else {
-            None
-        }
-    }
-
-    /// The bucket's index.
-    pub fn index(self) -> usize {
-        usize::from(self.0)
-    }
-
-    /// The bucket after this one (none after the last).
-    pub fn next(self) -> Option<Self> {
-        Self::new(u64::from(self.0) + 1)
-    }
-
-    /// The first value above this bucket, saturating at `u64::MAX` for the last bucket.
-    pub fn end(self) -> u64 {
-        self.next().map_or(u64::MAX, bucket_low)
-    }
-}
-
-/// The bucket holding `value`: `value` itself below 16, else `16 * (p - 3) + m` with
-/// `p = floor(log2(value))` and `m` the four bits after the leading one.
-pub fn bucket_of(value: u64) -> Bucket {
-    if value < 16 {
-        return Bucket(value as u16);
-    }
-    let p = u64::from(63 - value.leading_zeros());
-    let m = (value >> (p - 4)) & 15;
-    Bucket((16 * (p - 3) + m) as u16)
-}
-
-/// The smallest value in `bucket`: the index below 16, else `(16 + i % 16) << (i / 16 - 1)`.
-pub fn bucket_low(bucket: Bucket) -> u64 {
-    let i = u64::from(bucket.0);
-    if i < 16 {
-        i
-    } else {
-        (16 + i % 16) << (i / 16 - 1)
-    }
-}
+pub use protocol::histogram::{bucket_low, bucket_of, Bucket, BUCKETS};
 
 /// A percentile the report prints, in parts per ten thousand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,69 +127,6 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Values around every power of two and a pseudo-random sweep.
-    fn interesting_values() -> Vec<u64> {
-        let mut values: Vec<u64> = (0..4096).collect();
-        for shift in 0..64 {
-            let p = 1u64 << shift;
-            values.extend([p - 1, p, p + 1, p | (p >> 1), p.saturating_mul(3) / 2]);
-        }
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            values.push(x >> (x % 64));
-        }
-        values.push(u64::MAX);
-        values
-    }
-
-    #[test]
-    fn protocol_examples() {
-        assert_eq!(bucket_of(15).index(), 15);
-        assert_eq!(bucket_of(16).index(), 16);
-        assert_eq!(bucket_of(31).index(), 31);
-        assert_eq!(bucket_of(32).index(), 32);
-        assert_eq!(bucket_of(34).index(), 33);
-        assert_eq!(bucket_of(u64::MAX).index(), BUCKETS - 1);
-        assert_eq!(bucket_low(Bucket::new(33).unwrap()), 34);
-        assert_eq!(bucket_low(Bucket::new(16 * 14 + 4).unwrap()), 20 << 13);
-    }
-
-    #[test]
-    fn every_value_lies_in_its_bucket() {
-        for v in interesting_values() {
-            let b = bucket_of(v);
-            assert!(bucket_low(b) <= v, "{v} below its bucket {b:?}");
-            if let Some(next) = b.next() {
-                assert!(v < bucket_low(next), "{v} above its bucket {b:?}");
-            } else {
-                assert_eq!(b.index(), BUCKETS - 1);
-            }
-        }
-    }
-
-    #[test]
-    fn bucket_lows_increase_and_are_their_own_bucket() {
-        for i in 0..BUCKETS as u64 {
-            let b = Bucket::new(i).unwrap();
-            assert_eq!(bucket_of(bucket_low(b)), b);
-            if let Some(next) = b.next() {
-                assert!(bucket_low(b) < bucket_low(next));
-                // At most 6.25% wide above the exact range.
-                assert!((bucket_low(next) - bucket_low(b)) * 16 <= bucket_low(b).max(16));
-            }
-        }
-    }
-
-    #[test]
-    fn bucket_rejects_out_of_range_indices() {
-        assert!(Bucket::new(BUCKETS as u64).is_none());
-        assert!(Bucket::new(u64::MAX).is_none());
-        assert_eq!(Bucket::new(BUCKETS as u64 - 1).unwrap().end(), u64::MAX);
-    }
 
     #[test]
     fn percentiles_on_known_data() {

@@ -1,28 +1,38 @@
-//! The `stress` binary: `stress report <serial.log>` reports on a saved serial log,
-//! `stress run --qemu '...'` runs QEMU first (see [`stress::cli`] for the options).
-//! Prints the table, writes `report.json` and `latency.svg`, and exits 0 (pass),
-//! 1 (a domain failed, memory leaked or a target was missed) or 2 (usage or I/O error).
+//! The `stress` binary: `stress run --qemu '...'` runs QEMU and reports on its serial log,
+//! `stress report <serial.log>` reports on a saved log, `stress summarize <report.json>...`
+//! prints the medians and ranges of several runs, `stress capacity <logs or reports>...`
+//! writes the capacity page (see [`stress::cli`] for the options). Exits 0 (pass), 1 (a
+//! domain failed, memory leaked, QEMU failed, or, with `--targets enforce`, a target was
+//! missed) or 2 (usage or I/O error).
 
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use stress::cli::{self, Command};
+use clap::Parser;
+use stress::capacity::{self, RunReport};
+use stress::cli::{CapacityArgs, Cli, Command, RunArgs};
+use stress::json::ReportFile;
 use stress::noise;
 use stress::qemu::{self, QemuOutcome, QemuRun};
-use stress::{analyse, table, write_outputs};
+use stress::report::HostInfo;
+use stress::{analyse, summary, table, write_outputs};
 
 fn main() -> ExitCode {
-    let command = match cli::parse_args(std::env::args().skip(1)) {
-        Ok(command) => command,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(error) => {
-            eprintln!("stress: {error}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    match execute(command) {
+    match execute(cli.command) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -35,97 +45,153 @@ fn main() -> ExitCode {
 /// Runs the command; true when the run passed.
 fn execute(command: Command) -> io::Result<bool> {
     match command {
-        Command::Help => {
-            println!("{}", cli::USAGE);
+        Command::Report(args) => report(&args.log, None, None, &args.out, args.targets.enforce()),
+        Command::Run(args) => run(&args),
+        Command::Summarize { reports } => {
+            let reports = reports
+                .into_iter()
+                .map(|path| Ok((path.clone(), ReportFile::read(&path)?)))
+                .collect::<io::Result<Vec<_>>>()?;
+            print(&summary::summarize(&reports));
             Ok(true)
         }
-        Command::Report {
-            log,
-            out,
-            enforce_targets,
-        } => report(&log, None, None, &out, enforce_targets),
-        Command::Run {
-            qemu,
-            log,
-            timeout,
-            out,
-            enforce_targets,
-            vcpu_threads,
-        } => {
-            std::fs::create_dir_all(&out)?;
-            if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            eprintln!(
-                "stress: running {} (log {}, timeout {} s)",
-                qemu.join(" "),
-                log.display(),
-                timeout.as_secs()
-            );
-            // Before QEMU starts, so that the probe competes with nothing of the run's.
-            let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
-            let stalls = noise::probe(host_cpus, noise::PROBE_LENGTH);
-            let steal_before = noise::steal_now();
-            let started = std::time::Instant::now();
-            let finished = qemu::run(
-                &QemuRun {
-                    argv: qemu,
-                    log: log.clone(),
-                    timeout,
-                    vcpu_threads,
-                },
-                &mut io::stdout(),
-            )?;
-            eprintln!("stress: QEMU {}", finished.outcome);
-            let steal = steal_during(&finished, &steal_before, started.elapsed());
-            let parts: Vec<String> = [
-                finished.placement.as_ref().map(|p| p.to_string()),
-                finished.host_times.map(|t| t.to_string()),
-                steal.map(|share| format!("host steal during the run {share:.2}% (its CPUs' time taken by the hypervisor beneath)")),
-                Some(stalls.to_string()),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            let host = (!parts.is_empty()).then(|| parts.join("; "));
-            if let Some(host) = &host {
-                eprintln!("stress: host: {host}");
-            }
-            report(&log, Some(finished.outcome), host, &out, enforce_targets)
-        }
+        Command::Capacity(args) => capacity(&args),
     }
+}
+
+fn run(args: &RunArgs) -> io::Result<bool> {
+    let log = args.log_path();
+    std::fs::create_dir_all(&args.out)?;
+    if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    eprintln!(
+        "stress: running {} (log {}, timeout {} s)",
+        args.qemu.0.join(" "),
+        log.display(),
+        args.timeout
+    );
+    // Before QEMU starts, so that the probe competes with nothing of the run's.
+    let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let stalls = noise::probe(host_cpus, noise::PROBE_LENGTH);
+    let steal_before = noise::steal_now();
+    let started = std::time::Instant::now();
+    let finished = qemu::run(
+        &QemuRun {
+            argv: args.qemu.0.clone(),
+            log: log.clone(),
+            timeout: args.timeout(),
+            vcpu_threads: args.vcpu_threads,
+        },
+        &mut io::stdout(),
+    )?;
+    eprintln!("stress: QEMU {}", finished.outcome);
+    let host = HostInfo {
+        placement: finished.placement.clone(),
+        times: finished.host_times,
+        steal_percent: steal_during(&finished, &steal_before, started.elapsed()),
+        probe: Some(stalls),
+    };
+    eprintln!("stress: host: {host}");
+    report(
+        &log,
+        Some(finished.outcome),
+        Some(host),
+        &args.out,
+        args.targets.enforce(),
+    )
 }
 
 /// The host's steal time over the run, in percent, on the host CPUs the vCPU threads were
 /// pinned to (all of them when they were not).
-fn steal_during(finished: &qemu::Finished, before: &[(u32, u64)], elapsed: std::time::Duration) -> Option<f64> {
-    let pinned: Vec<u32> = finished.placement.iter().flat_map(|p| p.pinned.iter().map(|&(_, cpu)| cpu)).collect();
-    let cpus = if pinned.is_empty() { before.iter().map(|&(cpu, _)| cpu).collect() } else { pinned };
+fn steal_during(
+    finished: &qemu::Finished,
+    before: &[(u32, u64)],
+    elapsed: std::time::Duration,
+) -> Option<f64> {
+    let pinned: Vec<u32> = finished
+        .placement
+        .iter()
+        .flat_map(|p| p.pinned.iter().map(|&(_, cpu)| cpu))
+        .collect();
+    let cpus = if pinned.is_empty() {
+        before.iter().map(|&(cpu, _)| cpu).collect()
+    } else {
+        pinned
+    };
     noise::steal_percent(before, &noise::steal_now(), &cpus, elapsed)
 }
 
-/// Reads the log, prints the table, writes the files. `host` says how QEMU's vCPU threads
-/// were scheduled on the host (when this tool changed it), what the host gave them, and how
-/// noisy the host was ([`noise`]).
+fn read_log(log: &Path) -> io::Result<String> {
+    let bytes = std::fs::read(log)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log.display())))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes to stdout; a closed pipe (`stress report x | head`) must not change the verdict.
+fn print(text: &str) {
+    let _ = io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Reads the log, prints the table, writes the files. `host` is what the host gave the run
+/// (when this tool ran QEMU).
 fn report(
     log: &Path,
     qemu: Option<QemuOutcome>,
-    host: Option<String>,
+    host: Option<HostInfo>,
     out: &Path,
     enforce_targets: bool,
 ) -> io::Result<bool> {
-    let bytes = std::fs::read(log)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", log.display())))?;
-    let mut analysis = analyse(&String::from_utf8_lossy(&bytes), qemu, enforce_targets);
+    let mut analysis = analyse(&read_log(log)?, qemu, enforce_targets);
     analysis.report.run.host = host;
     let written = write_outputs(&analysis, out)?;
-    let text = format!(
+    print(&format!(
         "{}written: {} and {}\n",
         table::render(&analysis),
         written.json.display(),
         written.svg.display()
-    );
-    // A closed pipe (`stress report x | head`) must not change the verdict.
-    let _ = io::stdout().lock().write_all(text.as_bytes());
+    ));
     Ok(analysis.passed())
+}
+
+/// Reads every input (a `.json` file as a report, anything else as a serial log) and
+/// writes the capacity page. An input that cannot be read is left out with a warning: the
+/// page is drawn from whatever runs there are.
+fn capacity(args: &CapacityArgs) -> io::Result<bool> {
+    let read = |path: &PathBuf| -> io::Result<ReportFile> {
+        if path.extension().is_some_and(|e| e == "json") {
+            ReportFile::read(path)
+        } else {
+            Ok(ReportFile::new(&analyse(&read_log(path)?, None, false)))
+        }
+    };
+    let mut runs = Vec::new();
+    for path in &args.inputs {
+        match read(path) {
+            Ok(report) => runs.push(RunReport {
+                source: path.display().to_string(),
+                report,
+            }),
+            Err(error) => eprintln!("stress: left out: {error}"),
+        }
+    }
+    if runs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no run could be read",
+        ));
+    }
+    let out: PathBuf = args.out_path();
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, capacity::page(&runs, args.p99_us))?;
+    for (cpus, levels) in capacity::levels(&runs) {
+        println!(
+            "{}",
+            capacity::verdict_text(capacity::verdict(&levels, args.p99_us), args.p99_us, cpus)
+        );
+    }
+    println!("written: {} ({} runs)", out.display(), runs.len());
+    Ok(true)
 }

@@ -164,7 +164,7 @@ proptest! {
         }
         let log = lines.join("\n");
         let analysis = analyse(&log, None, true);
-        let _ = json::analysis(&analysis).render();
+        let _ = json::ReportFile::new(&analysis).render();
         let _ = svg::latency_plot(&analysis.report.latency, &analysis.title());
         let _ = analysis.failures();
         // A run whose hypervisor summary is gone cannot pass.

@@ -13,8 +13,10 @@ use std::fmt;
 
 use crate::collect::{DomainLog, Run};
 use crate::hist::{Histogram, Percentile};
-use crate::parse::{Config, DomId, MemPhase, Outcome, Role, Warning};
+use crate::noise::Stalls;
+use crate::parse::{Config, Dom, DomId, MemPhase, Outcome, Role, Warning};
 use crate::qemu::QemuOutcome;
+use crate::vcpu::{HostTimes, Placement};
 
 /// The size of a page, and of the shared-info page every domain costs the hypervisor.
 pub const PAGE_BYTES: u64 = 4096;
@@ -58,14 +60,14 @@ impl fmt::Display for Problem {
             }
             Self::NotDone => f.write_str("no `stress: done ok` line: the run did not finish"),
             Self::Failed { reason } => write!(f, "domain 0 reported FAILED reason={reason}"),
-            Self::GuestError { domid, what } => write!(f, "{domid} reported error what={what}"),
+            Self::GuestError { domid, what } => write!(f, "{} reported error what={what}", Dom(*domid)),
             Self::CreatedCount { expected, created } => {
                 write!(f, "{created} domains created, config said {expected}")
             }
-            Self::MissingResult { domid } => write!(f, "{domid} has no `result` line"),
-            Self::MissingBalloon { domid } => write!(f, "{domid} has no `balloon` line"),
+            Self::MissingResult { domid } => write!(f, "{} has no `result` line", Dom(*domid)),
+            Self::MissingBalloon { domid } => write!(f, "{} has no `balloon` line", Dom(*domid)),
             Self::MissingDomainInfo { domid } => {
-                write!(f, "{domid} has no `domain` line from domain 0")
+                write!(f, "{} has no `domain` line from domain 0", Dom(*domid))
             }
             Self::HypervisorFail => f.write_str("the hypervisor's summary says run=fail"),
             Self::UnexpectedEndings(n) => {
@@ -343,11 +345,74 @@ pub struct RunInfo {
     pub failed: Option<String>,
     pub log_lines: usize,
     pub qemu: Option<QemuOutcome>,
-    /// How QEMU's vCPU threads were scheduled on the host (when the runner changed it) and
-    /// what the host gave them (set by the binary; a log alone does not say).
-    pub host: Option<String>,
+    /// How QEMU's vCPU threads were scheduled on the host and what the host gave them (set
+    /// by the binary when it ran QEMU; a log alone does not say).
+    pub host: Option<HostInfo>,
     /// The hypervisor's per-CPU scheduler figures (`summary: sched.*`, prefix kept).
     pub sched: BTreeMap<String, String>,
+}
+
+/// What the host gave a run, as the binary measured it around QEMU: how the vCPU threads
+/// were placed, how long they waited for a host CPU, the host's steal time and the stalls a
+/// probe saw before QEMU started. These are the noise figures a missed target is read
+/// against: a noisy host makes the guests' timers late whatever the hypervisor does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostInfo {
+    pub placement: Option<Placement>,
+    pub times: Option<HostTimes>,
+    /// Steal time of the vCPUs' host CPUs over the run, in percent.
+    pub steal_percent: Option<f64>,
+    pub probe: Option<Stalls>,
+}
+
+impl HostInfo {
+    /// The share of the vCPU threads' runnable time spent waiting for a host CPU, percent.
+    pub fn vcpu_wait_percent(&self) -> Option<f64> {
+        let t = self.times?;
+        let total = t.ran_ns + t.waited_ns;
+        (total > 0).then(|| t.waited_ns as f64 * 100.0 / total as f64)
+    }
+
+    /// The noise figures in a few words, for a missed target.
+    pub fn noise(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(wait) = self.vcpu_wait_percent() {
+            parts.push(format!("vCPU wait {wait:.1}%"));
+        }
+        if let Some(steal) = self.steal_percent {
+            parts.push(format!("steal {steal:.2}%"));
+        }
+        if let Some(probe) = &self.probe {
+            parts.push(format!(
+                "probe {:.1}% lost, longest stall {:.1} ms",
+                probe.lost_percent(),
+                probe.longest_ns as f64 / 1e6
+            ));
+        }
+        if parts.is_empty() {
+            "no host figures".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+impl fmt::Display for HostInfo {
+    /// The report's `host:` line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = [
+            self.placement.as_ref().map(ToString::to_string),
+            self.times.map(|t| t.to_string()),
+            self.steal_percent.map(|share| {
+                format!("host steal during the run {share:.2}% (its CPUs' time taken by the hypervisor beneath)")
+            }),
+            self.probe.map(|p| p.to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        f.write_str(&parts.join("; "))
+    }
 }
 
 /// The whole report.

@@ -270,7 +270,7 @@ fn fairness(out: &mut String, f: &FairnessReport) {
         let _ = writeln!(
             out,
             "  {:<7} {:>4} {:>7} {:>13.1} {:>8.2}% {:>8.2}% {:>8.2}%",
-            h.hog.domid.to_string(),
+            crate::parse::Dom(h.hog.domid).to_string(),
             or_dash(h.hog.cpu),
             h.hog.weight,
             h.hog.cpu_time_ns as f64 / 1e6,
@@ -322,12 +322,26 @@ fn creation(out: &mut String, c: &CreationReport) {
 }
 
 fn targets(out: &mut String, a: &Analysis) {
-    out.push_str("\ntargets\n");
+    let enforced = if a.enforce_targets {
+        "enforced: a MISS fails the run"
+    } else {
+        "reported: a MISS does not fail the run (`--targets enforce` to make it)"
+    };
+    let _ = writeln!(out, "\ntargets ({enforced})");
+    let noise = match &a.report.run.host {
+        Some(host) => format!("host: {}", host.noise()),
+        None => "host noise unknown: a log re-read".to_string(),
+    };
     for check in &a.checks {
+        let beside = if check.word() == "MISS" {
+            format!("  [{noise}]")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "  {:<7} {:<58} {}",
-            check.status.word(),
+            "  {:<7} {:<58} {}{beside}",
+            check.word(),
             check.goal,
             check.measured
         );

@@ -3,8 +3,9 @@
 //! for the target to mean anything (fewer than 100 creations, no hogs, no latency
 //! domains).
 //!
-//! Called by the crate's `analyse`. The limits live here and nowhere else. It never
-//! decides whether targets are enforced (`--no-targets` is the caller's business).
+//! Called by the crate's `analyse`. The limits live here and nowhere else. A missed
+//! performance target is a MISS, read against the host's noise figures; it fails the run
+//! only when targets are enforced (`--targets enforce`), which is the caller's business.
 //!
 //! The creation-slowdown target compares medians, not single creations: the median of
 //! creations 0-4 against the median of creations 95-99. One creation can be delayed by
@@ -40,7 +41,8 @@ pub enum Status {
 }
 
 impl Status {
-    /// The word the table prints.
+    /// The word the table prints (a missed performance target says MISS, see
+    /// [`Check::word`]).
     pub fn word(self) -> &'static str {
         match self {
             Self::Pass => "PASS",
@@ -74,6 +76,10 @@ pub struct Check {
     /// What the run measured.
     pub measured: String,
     pub status: Status,
+    /// A performance target (timing, memory size, fairness), which the host's noise can
+    /// make a run miss; false for a correctness check (no leak), whose failure is also a
+    /// problem of the run.
+    pub performance: bool,
 }
 
 impl Check {
@@ -83,7 +89,21 @@ impl Check {
             goal,
             measured,
             status,
+            performance: true,
         }
+    }
+
+    /// The word the table prints: MISS for a missed performance target, else the status's.
+    pub fn word(&self) -> &'static str {
+        match self.status {
+            Status::Fail if self.performance => "MISS",
+            status => status.word(),
+        }
+    }
+
+    /// True when this is a performance target the run missed.
+    pub fn missed(&self) -> bool {
+        self.performance && self.status.fails()
     }
 
     fn missing(key: &'static str, goal: String) -> Self {
@@ -289,10 +309,13 @@ fn no_leak(report: &Report) -> Check {
         return Check::missing(key, goal);
     };
     let leaks = report.problems.iter().filter(|p| p.is_leak()).count();
-    Check::new(
-        key,
-        goal,
-        Status::from_bool(leaks == 0),
-        format!("{before} KiB before, {after} KiB after"),
-    )
+    Check {
+        performance: false,
+        ..Check::new(
+            key,
+            goal,
+            Status::from_bool(leaks == 0),
+            format!("{before} KiB before, {after} KiB after"),
+        )
+    }
 }

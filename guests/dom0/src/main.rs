@@ -6,8 +6,8 @@
 //! waits until they have all finished (their CPU time stops growing: a finished worker
 //! blocks for good), reports each domain's counters, destroys them all, waits until they
 //! are gone, and powers off. Its console lines are the domain-0 half of
-//! `stress/PROTOCOL.md`; the run ends with `stress: done ok` or
-//! `stress: FAILED reason=<word>` (after destroying what it created).
+//! `stress/PROTOCOL.md`, written with the `protocol` crate's records; the run ends with
+//! `stress: done ok` or `stress: FAILED reason=<word>` (after destroying what it created).
 //!
 //! Domain 0 never spins while it waits: it sleeps on its one-shot timer, so that it takes
 //! no CPU time from the domains it measures.
@@ -29,8 +29,9 @@ use guest_rt::hypercall::HypercallError;
 use guest_rt::time::Clock;
 use guest_rt::timer::Timer;
 use guest_rt::{println, StartInfo};
-use guest_stress::args::Role;
-use guest_stress::keyvalue::OptionError;
+use protocol::keyvalue::OptionError;
+use protocol::record::{Config, Creation, DomainInfo, MemPhase, MemSample, Record};
+use protocol::worker::Task;
 
 guest_rt::entry!(main);
 
@@ -57,11 +58,16 @@ const DESTROY_TIMEOUT_NS: u64 = 5 * SECOND;
 fn main(start: &'static StartInfo) {
     let mut created = Created::default();
     match run(start, &mut created) {
-        Ok(()) => println!("stress: done ok"),
+        Ok(()) => println!("{}", Record::Done),
         Err(failure) => {
             created.destroy_all();
             println!("dom0: {failure}");
-            println!("stress: FAILED reason={}", failure.reason());
+            println!(
+                "{}",
+                Record::Failed {
+                    reason: failure.reason()
+                }
+            );
         }
     }
 }
@@ -271,46 +277,49 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     control::set_sched_params(DomId::DOM0, &plan::DOM0_PARAMS)
         .map_err(control_failure(Call::SchedParams, DomId::DOM0))?;
     print_config(&options, &plan);
-    print_memory("before")?;
+    print_memory(MemPhase::Before)?;
     create_all(&plan, &options, waiter, created)?;
-    print_memory("created")?;
+    print_memory(MemPhase::Created)?;
     let started_at = start_all(&plan, waiter)?;
     wait_ballooned(&plan, &options, waiter)?;
-    print_memory("ballooned")?;
+    print_memory(MemPhase::Ballooned)?;
     let window = HogWindow::measure(&plan, waiter, started_at, options.seconds * SECOND)?;
     waiter.sleep_until(started_at + options.seconds * SECOND + RUN_MARGIN_NS)?;
     wait_quiet(&plan, waiter)?;
     report_domains(&plan, &window)?;
     destroy_all(&plan, waiter)?;
-    print_memory("destroyed")
+    print_memory(MemPhase::Destroyed)
 }
 
 fn print_config(options: &Options, plan: &Plan) {
     let c = plan.counts;
-    println!(
-        "stress: config n={} cpus={} seconds={} hogs={} latency={} pairs={} periodic={} idle={} mem_kib={} max_kib={} balloon_down={} balloon_up={}",
-        plan.len(),
-        plan.cpus,
-        options.seconds,
-        c.hogs,
-        c.latency,
-        c.pairs,
-        c.periodic,
-        c.idle,
-        options.mem_kib,
-        options.max_kib,
-        options.balloon_down,
-        options.balloon_up
-    );
+    let config = Config {
+        n: plan.len(),
+        cpus: plan.cpus,
+        seconds: options.seconds,
+        hogs: c.hogs,
+        latency: c.latency,
+        pairs: c.pairs,
+        periodic: c.periodic,
+        idle: c.idle,
+        mem_kib: options.mem_kib.into(),
+        max_kib: options.max_kib.into(),
+        balloon_down: Some(options.balloon_down),
+        balloon_up: Some(options.balloon_up),
+    };
+    println!("{}", Record::Config(config));
 }
 
 /// `stress: mem phase=<phase> ...` from the machine's figures now.
-fn print_memory(phase: &str) -> Result<(), Failure> {
+fn print_memory(phase: MemPhase) -> Result<(), Failure> {
     let info = control::phys_info().map_err(control_failure(Call::PhysInfo, DomId::DOM0))?;
-    println!(
-        "stress: mem phase={phase} free_kib={} heap_bytes={} domains={}",
-        info.free_kib, info.heap_bytes, info.domains
-    );
+    let sample = MemSample {
+        phase,
+        free_kib: info.free_kib,
+        heap_bytes: info.heap_bytes,
+        domains: info.domains.into(),
+    };
+    println!("{}", Record::Mem(sample));
     Ok(())
 }
 
@@ -350,15 +359,16 @@ fn create_all(
         }
         created.count = planned.index + 1;
         total_ns += ns;
-        println!(
-            "stress: create index={} domid={} role={} cpu={} ns={ns}",
-            planned.index,
-            domid.0,
-            planned.args.role.name(),
-            planned.cpu
-        );
+        let creation = Creation {
+            index: planned.index,
+            domid,
+            role: planned.args.task.role(),
+            cpu: planned.cpu,
+            ns,
+        };
+        println!("{}", Record::Create(creation));
     }
-    println!("stress: create total_ns={total_ns}");
+    println!("{}", Record::CreateTotal { ns: total_ns });
     Ok(())
 }
 
@@ -454,7 +464,7 @@ impl HogWindow {
     ) -> Result<Self, Failure> {
         let hogs = (0..plan.len())
             .filter_map(|index| plan.domain(index))
-            .filter(|planned| planned.args.role == Role::Hog)
+            .filter(|planned| planned.args.task == Task::Hog)
             .map(|planned| planned.domid())
             .take(MAX_WINDOW_HOGS);
         let mut window = Self {
@@ -484,18 +494,6 @@ impl HogWindow {
     }
 }
 
-/// ` window_cpu_ns=N` for a hog measured over the window.
-struct WindowField(Option<u64>);
-
-impl fmt::Display for WindowField {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(ns) => write!(f, " window_cpu_ns={ns}"),
-            None => Ok(()),
-        }
-    }
-}
-
 /// `stress: domain ...` for every stress domain.
 fn report_domains(plan: &Plan, window: &HogWindow) -> Result<(), Failure> {
     for planned in (0..plan.len()).filter_map(|index| plan.domain(index)) {
@@ -503,16 +501,16 @@ fn report_domains(plan: &Plan, window: &HogWindow) -> Result<(), Failure> {
         let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
         let params =
             control::sched_params(domid).map_err(control_failure(Call::SchedParams, domid))?;
-        println!(
-            "stress: domain domid={} role={} weight={} warp={} cpu_time_ns={} tot_pages={}{}",
-            domid.0,
-            planned.args.role.name(),
-            params.weight,
-            u8::from(params.warp_ns > 0),
-            info.cpu_time_ns,
-            info.tot_pages,
-            WindowField(window.cpu_ns(domid))
-        );
+        let domain = DomainInfo {
+            domid,
+            role: planned.args.task.role(),
+            weight: params.weight.into(),
+            warp: params.warp_ns > 0,
+            cpu_time_ns: info.cpu_time_ns,
+            tot_pages: info.tot_pages,
+            window_cpu_ns: window.cpu_ns(domid),
+        };
+        println!("{}", Record::Domain(domain));
     }
     Ok(())
 }

@@ -7,11 +7,12 @@
 //! are 4 and `periodic` is four per CPU, each cut down to what a small `n` leaves room for (see [`crate::plan`]). Every stress
 //! domain starts with `mem_kib`, may grow to `max_kib`, and balloons down `balloon_down`
 //! pages and back up `balloon_up`. The hypervisor takes `mem_kib` on a module line for
-//! itself, so on the boot module's line these options follow `--`. This module only
-//! parses: it must never decide the plan.
+//! itself, so on the boot module's line these options follow `--`. The grammar is the
+//! `protocol` crate's (strict: a typo fails the run). This module only parses: it must
+//! never decide the plan.
 
-use guest_stress::args::{MAX_BALLOON_PAGES, MAX_SECONDS};
-use guest_stress::keyvalue::{self, Keys, OptionError};
+use protocol::keyvalue::{self, Keys, OptionError};
+use protocol::worker::{MAX_BALLOON_PAGES, MAX_SECONDS};
 
 /// The most stress domains one run creates.
 pub const MAX_DOMAINS: u32 = 1000;
@@ -122,7 +123,7 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guest_stress::keyvalue::quote;
+    use protocol::keyvalue::quote;
 
     #[test]
     fn an_empty_line_gives_the_defaults() {

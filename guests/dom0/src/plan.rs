@@ -18,7 +18,7 @@
 
 use guest_rt::abi::control::SchedParams;
 use guest_rt::abi::ids::{DomId, EvtchnPort};
-use guest_stress::args::{Link, Role, StressArgs};
+use protocol::worker::{Link, StressArgs, Task};
 
 use crate::options::Options;
 
@@ -201,31 +201,31 @@ impl Plan {
             peer: Self::domid(peer),
             port: PONG_PORT,
         };
-        let (role, cpu, params) = if index < c.latency {
-            (Role::Latency, index % self.cpus, LATENCY_WARP)
+        let (task, cpu, params) = if index < c.latency {
+            (Task::Latency, index % self.cpus, LATENCY_WARP)
         } else if index < c.latency + 2 * c.pairs {
             let ping_first = (index - c.latency).is_multiple_of(2);
-            let role = if ping_first {
-                Role::Ping(link(index + 1))
+            let task = if ping_first {
+                Task::Ping(link(index + 1))
             } else {
-                Role::Pong(link(index - 1))
+                Task::Pong(link(index - 1))
             };
-            (role, index % self.cpus, weight(DEFAULT_WEIGHT))
+            (task, index % self.cpus, weight(DEFAULT_WEIGHT))
         } else if index < idle_from {
-            (Role::Periodic, index % self.cpus, weight(DEFAULT_WEIGHT))
+            (Task::Periodic, index % self.cpus, weight(DEFAULT_WEIGHT))
         } else if index < hogs_from {
-            (Role::Idle, index % self.cpus, weight(DEFAULT_WEIGHT))
+            (Task::Idle, index % self.cpus, weight(DEFAULT_WEIGHT))
         } else {
             let hog = index - hogs_from;
-            (Role::Hog, (hog / 2) % self.cpus, weight(1 + hog % 2))
+            (Task::Hog, (hog / 2) % self.cpus, weight(1 + hog % 2))
         };
         Some(Planned {
             index,
             cpu,
-            pinned: role != Role::Latency,
+            pinned: task != Task::Latency,
             params,
             args: StressArgs {
-                role,
+                task,
                 domid,
                 seconds: self.seconds,
                 balloon_down: self.balloon_down,
@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn roles_come_in_creation_order_with_consecutive_ids() {
         let plan = plan(b"n=13 hogs=3 latency=2 pairs=2 periodic=2", 2);
-        let names: Vec<_> = all(&plan).iter().map(|d| d.args.role.name()).collect();
+        let names: Vec<_> = all(&plan).iter().map(|d| d.args.task.name()).collect();
         assert_eq!(
             names,
             [
@@ -365,7 +365,7 @@ mod tests {
         let plan = plan(b"n=8 hogs=0 latency=0 pairs=2", 2);
         let domains = all(&plan);
         for pair in domains[..4].chunks(2) {
-            let (Role::Ping(to_pong), Role::Pong(to_ping)) = (pair[0].args.role, pair[1].args.role)
+            let (Task::Ping(to_pong), Task::Pong(to_ping)) = (pair[0].args.task, pair[1].args.task)
             else {
                 panic!("not a pair: {pair:?}");
             };
@@ -381,7 +381,7 @@ mod tests {
         let plan = plan(b"n=20", 2);
         let hogs: Vec<_> = all(&plan)
             .into_iter()
-            .filter(|d| d.args.role == Role::Hog)
+            .filter(|d| d.args.task == Task::Hog)
             .collect();
         let placed: Vec<_> = hogs.iter().map(|d| (d.cpu, d.params.weight)).collect();
         assert_eq!(placed, [(0, 1), (0, 2), (1, 1), (1, 2)]);
@@ -393,10 +393,10 @@ mod tests {
         let plan = plan(b"n=30", 3);
         for d in all(&plan) {
             assert!(d.cpu < 3);
-            assert_eq!(d.pinned, d.args.role != Role::Latency, "only latency domains may move");
-            match d.args.role {
-                Role::Latency => assert_eq!(d.params, LATENCY_WARP),
-                Role::Hog => {}
+            assert_eq!(d.pinned, d.args.task != Task::Latency, "only latency domains may move");
+            match d.args.task {
+                Task::Latency => assert_eq!(d.params, LATENCY_WARP),
+                Task::Hog => {}
                 _ => {
                     assert_eq!(d.params.warp_ns, 0);
                     assert_eq!(d.params.weight, DEFAULT_WEIGHT);

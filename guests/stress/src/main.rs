@@ -1,5 +1,6 @@
 //! guest-stress: the worker domain of the stress run (boot module 1). Domain 0 creates
-//! many of these with command lines saying what each does ([`StressArgs`]); each
+//! many of these with command lines saying what each does ([`StressArgs`], the `protocol`
+//! crate's, as are its histogram and every record it prints); each
 //! balloons its reservation down and back up, runs its role for the given seconds of
 //! system time, reports on the console as `stress/PROTOCOL.md` says, and then waits,
 //! blocked, for domain 0 to destroy it (it never ends itself, so that domain 0 can read
@@ -24,9 +25,10 @@ use guest_rt::hypercall::{self, HypercallError};
 use guest_rt::time::Clock;
 use guest_rt::timer::{self, Timer};
 use guest_rt::{balloon, evtchn, println, StartInfo};
-use guest_stress::args::{Link, Role, StressArgs};
-use guest_stress::histogram::Histogram;
-use guest_stress::report;
+use protocol::histogram::Histogram;
+use protocol::record::{self, Balloon, GuestError, Outcome as Reported, Record, WorkerResult};
+use protocol::worker::{Link, StressArgs, Task};
+use protocol::{DomId, Role};
 
 guest_rt::entry!(main);
 
@@ -50,16 +52,18 @@ fn main(start: &'static StartInfo) {
         Ok(args) => args,
         Err(error) => {
             println!("stress-guest: bad command line: {error}");
-            println!("stress: error domid=0 what=options");
+            println!("{}", Record::Error(GuestError { domid: DomId(0), what: "options" }));
             wait_for_destruction()
         }
     };
     if let Err(failure) = run(&args) {
         println!("stress-guest: {failure}");
         println!(
-            "stress: error domid={} what={}",
-            args.domid.0,
-            failure.what()
+            "{}",
+            Record::Error(GuestError {
+                domid: args.domid,
+                what: failure.what()
+            })
         );
     }
     // The timer may still be armed after a failure; an expiry would only wake us.
@@ -145,40 +149,42 @@ enum Outcome {
 fn run(args: &StressArgs) -> Result<(), Failure> {
     let clock = Clock::new().map_err(Failure::SharedInfo)?;
     let pages = balloon_step(args)?;
-    let domid = args.domid.0;
-    let role = args.role.name();
+    let domid = args.domid;
+    let role = args.task.role();
     let end = clock.now_ns() + args.seconds * NS_PER_SECOND;
-    let outcome = match args.role {
-        Role::Hog => Outcome::Hog {
+    let outcome = match args.task {
+        Task::Hog => Outcome::Hog {
             loops: hog(clock, end),
         },
-        Role::Idle | Role::Periodic | Role::Latency => {
-            let period = match args.role {
-                Role::Idle => IDLE_PERIOD_NS,
+        Task::Idle | Task::Periodic | Task::Latency => {
+            let period = match args.task {
+                Task::Idle => IDLE_PERIOD_NS,
                 _ => PERIOD_NS,
             };
             let (_, timer) = timer_events()?;
             Outcome::Timer(periodic(timer, clock, end, period)?)
         }
-        Role::Ping(link) => {
+        Task::Ping(link) => {
             let (hist, lost) = ping(link, clock, end)?;
             Outcome::Ping { hist, lost }
         }
-        Role::Pong(link) => Outcome::Pong {
+        Task::Pong(link) => Outcome::Pong {
             answers: pong(link, end)?,
         },
     };
-    println!(
-        "stress: balloon domid={domid} down_pages={} up_pages={} tot_pages={pages}",
-        args.balloon_down, args.balloon_up
-    );
+    let balloon = Balloon {
+        domid,
+        down_pages: args.balloon_down,
+        up_pages: args.balloon_up,
+        tot_pages: pages,
+    };
+    println!("{}", Record::Balloon(balloon));
+    let result = |outcome| Record::Result(WorkerResult { domid, role, outcome });
     match outcome {
-        Outcome::Hog { loops } => println!("stress: result domid={domid} role=hog loops={loops}"),
-        Outcome::Timer(hist) => report_hist(domid, role, &hist, Lost(None)),
-        Outcome::Ping { hist, lost } => report_hist(domid, role, &hist, Lost(Some(lost))),
-        Outcome::Pong { answers } => {
-            println!("stress: result domid={domid} role=pong answers={answers}")
-        }
+        Outcome::Hog { loops } => println!("{}", result(Reported::Hog { loops })),
+        Outcome::Timer(hist) => report_hist(domid, role, &hist, None),
+        Outcome::Ping { hist, lost } => report_hist(domid, role, &hist, Some(lost)),
+        Outcome::Pong { answers } => println!("{}", result(Reported::Pong { answers })),
     }
     Ok(())
 }
@@ -193,26 +199,15 @@ fn balloon_step(args: &StressArgs) -> Result<u64, Failure> {
     balloon::current_reservation().map_err(Failure::Reservation)
 }
 
-/// ping's lost answers, shown as ` lost=L` at the end of its `result` line.
-struct Lost(Option<u64>);
-
-impl fmt::Display for Lost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(lost) => write!(f, " lost={lost}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The `result` line (ending with `lost`) and the histogram's `hist` lines.
-fn report_hist(domid: u16, role: &str, hist: &Histogram, lost: Lost) {
-    println!(
-        "stress: result domid={domid} role={role} samples={} max_ns={}{lost}",
-        hist.samples(),
-        hist.max()
-    );
-    report::hist_lines(domid, role, hist, |line| println!("{line}"));
+/// The `result` record (with ping's lost answers) and the histogram's `hist` records.
+fn report_hist(domid: DomId, role: Role, hist: &Histogram, lost: Option<u64>) {
+    let outcome = Reported::Measured {
+        samples: hist.samples(),
+        max_ns: hist.max(),
+        lost,
+    };
+    println!("{}", Record::Result(WorkerResult { domid, role, outcome }));
+    record::hist_lines(domid, role, hist, |line| println!("{line}"));
 }
 
 /// Event delivery with the timer bound, events on.

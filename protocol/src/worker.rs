@@ -1,17 +1,16 @@
 //! The worker's command line: what domain 0 tells each stress domain.
 //!
-//! `role=R domid=D seconds=S balloon_down=X balloon_up=Y [peer=P port=Q]`, where R is
-//! `idle`, `periodic`, `latency`, `hog`, `ping` or `pong`; `domid` is the worker's own id (domain
-//! 0 predicts it: ids are handed out in sequence), and ping and pong name each other with
-//! `peer` and the port pong allocates for ping with `port`. Domain 0 writes it with
-//! [`StressArgs`]'s `Display`, the worker reads it with [`StressArgs::parse`]; the round
+//! `role=R domid=D seconds=S balloon_down=X balloon_up=Y [peer=P port=Q]`, where R is a
+//! [`Role`]; `domid` is the worker's own id (domain 0 predicts it: ids are handed out in
+//! sequence), and ping and pong name each other with `peer` and the port pong allocates
+//! for ping with `port`. Domain 0 writes it with [`StressArgs`]'s `Display`, the worker
+//! reads it with [`StressArgs::parse`] (strict: see [`crate::keyvalue::Keys`]); the round
 //! trip is tested here. This module must never decide a run's shape: domain 0 does.
 
 use core::fmt;
 
-use guest_rt::abi::ids::{DomId, EvtchnPort};
-
-use crate::keyvalue::{self, Keys, OptionError};
+use crate::keyvalue::{self, write_pair, Keys, OptionError};
+use crate::{DomId, EvtchnPort, Role};
 
 /// The longest run a worker accepts, in seconds.
 pub const MAX_SECONDS: u64 = 3600;
@@ -27,35 +26,33 @@ pub struct Link {
     pub port: EvtchnPort,
 }
 
-/// What a worker does for its run.
+/// What a worker does for its run: its [`Role`], with the link for ping and pong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Mostly blocked: a 100 ms one-shot timer, re-armed at each wake-up; records how late
-    /// each was.
+pub enum Task {
     Idle,
-    /// A 1 ms one-shot timer, re-armed at each wake-up; records how late each was.
     Periodic,
-    /// As `Periodic`, in a domain created with BVT warp.
     Latency,
-    /// Spins, counting loops, never yielding.
     Hog,
-    /// Sends an event every 1 ms and measures the round trip to pong's answer.
     Ping(Link),
-    /// Answers ping's events.
     Pong(Link),
 }
 
-impl Role {
-    /// The role's name on command lines and in reports.
-    pub const fn name(self) -> &'static str {
+impl Task {
+    /// The role.
+    pub const fn role(self) -> Role {
         match self {
-            Self::Idle => "idle",
-            Self::Periodic => "periodic",
-            Self::Latency => "latency",
-            Self::Hog => "hog",
-            Self::Ping(_) => "ping",
-            Self::Pong(_) => "pong",
+            Self::Idle => Role::Idle,
+            Self::Periodic => Role::Periodic,
+            Self::Latency => Role::Latency,
+            Self::Hog => Role::Hog,
+            Self::Ping(_) => Role::Ping,
+            Self::Pong(_) => Role::Pong,
         }
+    }
+
+    /// The role's name on command lines and in records.
+    pub const fn name(self) -> &'static str {
+        self.role().name()
     }
 
     /// The pair's link, for ping and pong.
@@ -65,13 +62,26 @@ impl Role {
             Self::Idle | Self::Periodic | Self::Latency | Self::Hog => None,
         }
     }
+
+    /// The task of `role`; ping and pong need their `link`.
+    const fn of(role: Role, link: Option<Link>) -> Option<Self> {
+        Some(match (role, link) {
+            (Role::Idle, None) => Self::Idle,
+            (Role::Periodic, None) => Self::Periodic,
+            (Role::Latency, None) => Self::Latency,
+            (Role::Hog, None) => Self::Hog,
+            (Role::Ping, Some(link)) => Self::Ping(link),
+            (Role::Pong, Some(link)) => Self::Pong(link),
+            _ => return None,
+        })
+    }
 }
 
 /// A worker's command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StressArgs {
-    pub role: Role,
-    /// The worker's own domain id (for its report lines).
+    pub task: Task,
+    /// The worker's own domain id (for its records).
     pub domid: DomId,
     /// How long the role runs, in seconds of system time.
     pub seconds: u64,
@@ -81,30 +91,8 @@ pub struct StressArgs {
     pub balloon_up: u64,
 }
 
-/// The role word before its link is known.
-#[derive(Clone, Copy)]
-enum RoleName {
-    Idle,
-    Periodic,
-    Latency,
-    Hog,
-    Ping,
-    Pong,
-}
-
-impl RoleName {
-    fn parse(word: &str) -> Result<Self, OptionError> {
-        Ok(match word {
-            "idle" => Self::Idle,
-            "periodic" => Self::Periodic,
-            "latency" => Self::Latency,
-            "hog" => Self::Hog,
-            "ping" => Self::Ping,
-            "pong" => Self::Pong,
-            _ => return Err(OptionError::BadValue("role")),
-        })
-    }
-}
+/// The highest id of an ordinary domain.
+const LAST_DOMID: u64 = DomId::FIRST_RESERVED.0 as u64 - 1;
 
 impl StressArgs {
     /// Parses a worker's command line.
@@ -126,37 +114,33 @@ impl StressArgs {
             if role.is_some() {
                 return Err(OptionError::Repeated("role"));
             }
-            role = Some(RoleName::parse(value)?);
+            role = Some(Role::from_name(value).ok_or(OptionError::BadValue("role"))?);
             Ok(true)
         })?;
         let role = role.ok_or(OptionError::Missing("role"))?;
-        let domid = keys.get_in("domid", None, 1..=u64::from(DomId::FIRST_RESERVED.0) - 1)?;
-        let link = || -> Result<Link, OptionError> {
-            let peer = keys.get_in("peer", None, 1..=u64::from(DomId::FIRST_RESERVED.0) - 1)?;
-            let port = keys.get_in("port", None, 1..=u64::from(u32::MAX))?;
-            if peer == domid {
-                return Err(OptionError::Inconsistent("peer"));
+        let domid = keys.get_in("domid", None, 1..=LAST_DOMID)?;
+        let link = match role {
+            Role::Ping | Role::Pong => {
+                let peer = keys.get_in("peer", None, 1..=LAST_DOMID)?;
+                let port = keys.get_in("port", None, 1..=u64::from(u32::MAX))?;
+                if peer == domid {
+                    return Err(OptionError::Inconsistent("peer"));
+                }
+                Some(Link {
+                    peer: DomId(peer as u16),
+                    port: EvtchnPort(port as u32),
+                })
             }
-            Ok(Link {
-                peer: DomId(peer as u16),
-                port: EvtchnPort(port as u32),
-            })
+            _ if keys.get("peer").is_some() || keys.get("port").is_some() => {
+                return Err(OptionError::Inconsistent("peer"))
+            }
+            _ => None,
         };
-        let role = match role {
-            RoleName::Idle => Role::Idle,
-            RoleName::Periodic => Role::Periodic,
-            RoleName::Latency => Role::Latency,
-            RoleName::Hog => Role::Hog,
-            RoleName::Ping => Role::Ping(link()?),
-            RoleName::Pong => Role::Pong(link()?),
-        };
-        if role.link().is_none() && (keys.get("peer").is_some() || keys.get("port").is_some()) {
-            return Err(OptionError::Inconsistent("peer"));
-        }
+        let task = Task::of(role, link).ok_or(OptionError::Inconsistent("peer"))?;
         let balloon_down = keys.get_in("balloon_down", Some(0), 0..=MAX_BALLOON_PAGES)?;
         let balloon_up = keys.get_in("balloon_up", Some(0), 0..=balloon_down)?;
         Ok(Self {
-            role,
+            task,
             domid: DomId(domid as u16),
             seconds: keys.get_in("seconds", None, 1..=MAX_SECONDS)?,
             balloon_down,
@@ -168,17 +152,14 @@ impl StressArgs {
 impl fmt::Display for StressArgs {
     /// The command line [`StressArgs::parse`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "role={} domid={} seconds={} balloon_down={} balloon_up={}",
-            self.role.name(),
-            self.domid.0,
-            self.seconds,
-            self.balloon_down,
-            self.balloon_up
-        )?;
-        if let Some(link) = self.role.link() {
-            write!(f, " peer={} port={}", link.peer.0, link.port.0)?;
+        write!(f, "role={}", self.task.name())?;
+        write_pair(f, "domid", self.domid.0)?;
+        write_pair(f, "seconds", self.seconds)?;
+        write_pair(f, "balloon_down", self.balloon_down)?;
+        write_pair(f, "balloon_up", self.balloon_up)?;
+        if let Some(link) = self.task.link() {
+            write_pair(f, "peer", link.peer.0)?;
+            write_pair(f, "port", link.port.0)?;
         }
         Ok(())
     }
@@ -188,11 +169,12 @@ impl fmt::Display for StressArgs {
 mod tests {
     use super::*;
     use crate::keyvalue::quote;
+    use proptest::prelude::*;
     use std::string::ToString;
 
     fn ping() -> StressArgs {
         StressArgs {
-            role: Role::Ping(Link {
+            task: Task::Ping(Link {
                 peer: DomId(6),
                 port: EvtchnPort(1),
             }),
@@ -212,22 +194,16 @@ mod tests {
             "role=ping domid=5 seconds=10 balloon_down=16 balloon_up=8 peer=6 port=1"
         );
         assert_eq!(StressArgs::parse(line.as_bytes()), Ok(args));
-        let hog = StressArgs {
-            role: Role::Hog,
-            ..args
-        };
-        assert_eq!(StressArgs::parse(hog.to_string().as_bytes()), Ok(hog));
-        let idle = StressArgs {
-            role: Role::Idle,
-            ..args
-        };
-        assert_eq!(StressArgs::parse(idle.to_string().as_bytes()), Ok(idle));
+        for task in [Task::Hog, Task::Idle, Task::Periodic, Task::Latency] {
+            let args = StressArgs { task, ..args };
+            assert_eq!(StressArgs::parse(args.to_string().as_bytes()), Ok(args));
+        }
     }
 
     #[test]
     fn order_does_not_matter_and_balloons_default_to_zero() {
         let args = StressArgs::parse(b"seconds=2 domid=9 role=latency").unwrap();
-        assert_eq!(args.role, Role::Latency);
+        assert_eq!(args.task, Task::Latency);
         assert_eq!((args.domid, args.seconds), (DomId(9), 2));
         assert_eq!((args.balloon_down, args.balloon_up), (0, 0));
     }
@@ -282,5 +258,43 @@ mod tests {
             OptionError::UnknownKey(quote("colour")),
         );
         refused(b"role=hog domid=1 seconds=1 \xff", OptionError::NotText);
+    }
+
+    fn task() -> impl Strategy<Value = Task> {
+        let link = (1u16..0x7FF0, 1u32..).prop_map(|(peer, port)| Link {
+            peer: DomId(peer),
+            port: EvtchnPort(port),
+        });
+        prop_oneof![
+            Just(Task::Idle),
+            Just(Task::Periodic),
+            Just(Task::Latency),
+            Just(Task::Hog),
+            link.clone().prop_map(Task::Ping),
+            link.prop_map(Task::Pong),
+        ]
+    }
+
+    proptest! {
+        /// Every valid command line domain 0 can write, the worker reads back.
+        #[test]
+        fn every_valid_line_round_trips(
+            task in task(),
+            domid in 1u16..0x7FF0,
+            seconds in 1..=MAX_SECONDS,
+            balloon in (0..=MAX_BALLOON_PAGES).prop_flat_map(|down| (Just(down), 0..=down)),
+        ) {
+            prop_assume!(task.link().is_none_or(|l| l.peer != DomId(domid)));
+            let args = StressArgs { task, domid: DomId(domid), seconds, balloon_down: balloon.0, balloon_up: balloon.1 };
+            let line = args.to_string();
+            prop_assert!(line.len() < 160, "{line}");
+            prop_assert_eq!(StressArgs::parse(line.as_bytes()), Ok(args));
+        }
+
+        /// No byte string makes the parser panic.
+        #[test]
+        fn any_bytes_parse_or_fail(line in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = StressArgs::parse(&line);
+        }
     }
 }
