@@ -135,6 +135,14 @@ def guest_cases():
         Case("kvm-smpuser-smp2", smp="2", accel="kvm", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
+        # Work package "tlb" (issue 15, holes 3, 6, 10): the shared-info frame pinned as an
+        # L1 and linked into an L2 must be refused (the guest then powers off) while the hello
+        # guest finishes beside it.
+        Case("iso-tlb-attacks", smp="2", boot="iso",
+             modules=[("guest-hostile", "name=shinfo attack=shared_info_table expect=poweroff"),
+                      ("guest-hello", "name=hello")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hostile: attack shared_info_table: refused"]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",

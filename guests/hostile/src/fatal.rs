@@ -26,7 +26,10 @@ struct Attack {
 }
 
 /// Every single attack, by name.
-const ATTACKS: &[Attack] = &[Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler }];
+const ATTACKS: &[Attack] = &[
+    Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler },
+    Attack { name: "shared_info_table", run: crate::shared_info::table_attack },
+];
 
 /// The `attack=` value on the command line, if any.
 pub fn requested(cmdline: &[u8]) -> Option<&str> {
