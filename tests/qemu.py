@@ -18,6 +18,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -143,6 +144,13 @@ def guest_cases():
                       ("guest-hello", "name=hello")],
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hostile: attack shared_info_table: refused"]),
+        # Two vCPUs on two CPUs racing the TLB discipline 100000 times each (hole 3: a stale
+        # writable entry against a pin, a stale entry against decrease_reservation) and
+        # cross-CPU flushes from both at once (hole 6: a lock held across a shootdown hangs).
+        Case("pvh-races-smp2", smp="2", modules=[("guest-hostile2", "")], timeout=300,
+             expect={"domains.created": "1", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hostile2: race pin_stale_write: 100000 rounds", "hostile2: race free_stale_read: 100000 rounds",
+                                      "hostile2: race concurrent_flushes", "hostile2: all races held"]),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
@@ -236,6 +244,9 @@ def boot(case, accel):
     lines = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
+    # A machine that hangs silently prints nothing more: kill it at the deadline all the same.
+    watchdog = threading.Timer(case.timeout, proc.kill)
+    watchdog.start()
     try:
         deadline = start + case.timeout
         for raw in proc.stdout:
@@ -251,6 +262,10 @@ def boot(case, accel):
     except subprocess.TimeoutExpired:
         proc.kill()
         status = -1
+    finally:
+        watchdog.cancel()
+    if time.monotonic() - start >= case.timeout and not lines[-1:] == [f"harness: timed out after {case.timeout} s"]:
+        lines.append(f"harness: timed out after {case.timeout} s (no output)")
     return status, "\n".join(lines), idle_at
 
 
