@@ -191,7 +191,8 @@ impl TypeInfo {
 /// | 0      | `owner`     | 0 reserved, 1 free, 2 hypervisor, `0x1_0000 | domid` domain |
 /// | 4      | `type_info` | bits 0-23 type count, 24-26 [`PageType`], 27-28 [`TypeFlags`] |
 /// | 8      | `ref_count` | general references (mappings, grants, I/O)                  |
-/// | 12     | `next_free` | free-list link: next free frame number, `u32::MAX` = end    |
+/// | 12     | `next_free` | free: the free-list link (next free frame, `u32::MAX` = end); |
+/// |        |             | allocated: the TLB-flush stamp (0 from allocation on)       |
 #[repr(C)]
 #[derive(Debug)]
 pub struct FrameInfo {
@@ -249,6 +250,20 @@ impl FrameInfo {
             })
             .map(TypeInfo)
             .map_err(TypeInfo)
+    }
+
+    /// The TLB-flush stamp of an allocated frame: whatever its user last stored with
+    /// [`Self::set_tlbflush_stamp`], 0 from allocation until then. (The word is the free-list
+    /// link while the frame is free; a free frame's stamp is meaningless.)
+    pub fn tlbflush_stamp(&self) -> u32 {
+        self.next_free.load(Ordering::Acquire)
+    }
+
+    /// Records the TLB-flush stamp of an allocated frame (Xen's `tlbflush_timestamp`: when
+    /// the last translation of some kind to it was removed). Only for allocated frames, by
+    /// a holder of a reference or of the lock that serializes its owner's updates.
+    pub fn set_tlbflush_stamp(&self, stamp: u32) {
+        self.next_free.store(stamp, Ordering::Release);
     }
 
     /// Atomically replaces the reference count with `f(current)` unless `f` returns
@@ -499,7 +514,8 @@ impl FrameTable {
     /// Marks a frame just detached from the free list as owned by `owner`.
     fn hand_out(&self, index: u32, owner: Owner) -> Mfn {
         let info = &self.frames[index as usize];
-        info.next_free.store(NIL, Ordering::Relaxed);
+        // No TLB-flush stamp yet (the link word becomes the stamp while allocated).
+        info.next_free.store(0, Ordering::Relaxed);
         info.owner.store(encode_owner(owner), Ordering::Release);
         Mfn(u64::from(index))
     }

@@ -125,7 +125,9 @@ impl<'a> PvMmu<'a> {
         if before.count() > 0 {
             return Ok(());
         }
-        if want != PageType::None {
+        if want == PageType::None {
+            mem.flush_stale_tables(mfn);
+        } else {
             mem.flush_stale_writable(mfn);
         }
         let Some(level) = level else {
@@ -161,9 +163,13 @@ impl<'a> PvMmu<'a> {
         if before.count() != 1 {
             return;
         }
-        if let Some(level) = Level::of_page_type(before.page_type()) {
-            self.devalidate(mfn, level, mem);
-            replace_type(info, |_| TypeInfo::NONE);
+        match Level::of_page_type(before.page_type()) {
+            Some(level) => {
+                self.devalidate(mfn, level, mem);
+                mem.type_released(mfn, before.page_type());
+                replace_type(info, |_| TypeInfo::NONE);
+            }
+            None => mem.type_released(mfn, before.page_type()),
         }
     }
 

@@ -29,11 +29,16 @@ pub fn pte(mfn: Mfn, flags: u64) -> u64 {
     Pte::new(mfn, flags | PRESENT).raw()
 }
 
-/// Table memory over a map of frames (absent frames read as zero), recording flushes.
+/// Table memory over a map of frames (absent frames read as zero), recording flushes and
+/// type releases.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Ram {
     pages: HashMap<Mfn, Vec<u64>>,
     pub flushes: Vec<Mfn>,
+    /// Frames that took the writable type at count zero ([`TableMemory::flush_stale_tables`]).
+    pub writable_flushes: Vec<Mfn>,
+    /// Frames whose last type reference went, and the type it was.
+    pub released: Vec<(Mfn, PageType)>,
 }
 
 impl TableMemory for Ram {
@@ -49,6 +54,14 @@ impl TableMemory for Ram {
 
     fn flush_stale_writable(&mut self, mfn: Mfn) {
         self.flushes.push(mfn);
+    }
+
+    fn flush_stale_tables(&mut self, mfn: Mfn) {
+        self.writable_flushes.push(mfn);
+    }
+
+    fn type_released(&mut self, mfn: Mfn, was: PageType) {
+        self.released.push((mfn, was));
     }
 }
 
