@@ -6,24 +6,33 @@
 //! in the extent arrays. A frame leaves a domain only when nothing references it (the guest
 //! unmapped it and it is no page table); extents are handled in order and the call returns
 //! how many were done, as Xen's does.
+//!
+//! The guest may have unmapped a frame without flushing (`UVMF_NONE`), so another of its
+//! CPUs may still reach it through a stale TLB entry: frames leaving a domain are scrubbed
+//! and freed only after every CPU that may hold the domain's translations has flushed, one
+//! flush for up to [`FREE_BATCH`] frames (see `tlb`).
 
 use abi::errno::Errno;
 use abi::hypercall::MemoryOp;
 use abi::ids::DomId;
 use abi::memory::XenMemoryReservation;
 use alloc::vec::Vec;
+use arrayvec::ArrayVec;
 use hypervisor::hypercall::GuestVa;
 use mm::addr::Mfn;
 use mm::frame::Owner;
 
 use crate::arch::uaccess;
-use crate::domain::{self, Vcpu};
+use crate::domain::{self, Domain, Vcpu};
 use crate::memory;
 use crate::pv::hypercall::HcResult;
+use crate::tlb::{self, Flush};
 
 /// Extents handled per call before the guest is asked to call again (not needed yet: the
 /// count is bounded by the domain's maximum).
 const EXTENTS_PER_BATCH: u64 = 1 << 16;
+/// The most frames taken from a domain between two flushes of its CPUs.
+const FREE_BATCH: usize = 256;
 
 pub fn memory_op(vcpu: &Vcpu, cmd: u32, start_extent: u64, arg: GuestVa) -> HcResult {
     let domain = &vcpu.domain;
@@ -86,7 +95,10 @@ fn increase(vcpu: &Vcpu, request: &XenMemoryReservation, start: u64) -> HcResult
             break;
         }
         if uaccess::write_value(slot, &got[0].0).is_err() {
-            give_back(vcpu, got[0]);
+            // Never mapped: no CPU can hold a translation of it.
+            if detach(&vcpu.domain, got[0]) {
+                let _ = memory::frames().free(got[0]);
+            }
             return Err(Errno::Efault);
         }
         done += 1;
@@ -100,15 +112,27 @@ fn decrease(vcpu: &Vcpu, request: &XenMemoryReservation, start: u64) -> HcResult
     let _tables = vcpu.domain.mmu_lock.lock();
     let end = request.nr_extents.min(start.saturating_add(EXTENTS_PER_BATCH));
     let mut done = start;
-    while done < end {
-        let mfn: u64 = uaccess::read_value(extent_address(request, done)?).map_err(|_| Errno::Efault)?;
-        if !releasable(vcpu, Mfn(mfn)) {
-            break;
+    let mut leaving = ArrayVec::<Mfn, FREE_BATCH>::new();
+    let result = loop {
+        if done >= end {
+            break Ok(done);
         }
-        give_back(vcpu, Mfn(mfn));
+        let mfn = match extent_address(request, done).and_then(|at| uaccess::read_value::<u64>(at).map_err(|_| Errno::Efault)) {
+            Ok(mfn) => Mfn(mfn),
+            Err(e) => break Err(e),
+        };
+        // A frame named twice was detached the first time: the second is refused.
+        if !releasable(vcpu, mfn) || !detach(&vcpu.domain, mfn) {
+            break Ok(done);
+        }
+        leaving.push(mfn);
+        if leaving.is_full() {
+            release(&vcpu.domain, &mut leaving);
+        }
         done += 1;
-    }
-    Ok(done)
+    };
+    release(&vcpu.domain, &mut leaving);
+    result
 }
 
 /// Whether `mfn` belongs to the domain's reservation and nothing references it.
@@ -120,12 +144,25 @@ fn releasable(vcpu: &Vcpu, mfn: Mfn) -> bool {
         && info.type_info().count() == 0
 }
 
-/// Removes `mfn` from the domain, scrubs it and frees it.
-fn give_back(vcpu: &Vcpu, mfn: Mfn) {
-    let mut mem = vcpu.domain.memory.lock();
-    if let Some(i) = mem.pages.iter().position(|&p| p == mfn) {
+/// Removes `mfn` from the domain's list of frames (it stays the domain's in the frame table
+/// until freed); false if it is not there.
+fn detach(domain: &Domain, mfn: Mfn) -> bool {
+    let mut mem = domain.memory.lock();
+    let found = mem.pages.iter().position(|&p| p == mfn);
+    if let Some(i) = found {
         mem.pages.swap_remove(i);
-        drop(mem);
+    }
+    found.is_some()
+}
+
+/// Scrubs and frees `frames` (detached from `domain`, unreferenced) once every CPU that may
+/// still hold a translation of them has flushed.
+fn release(domain: &Domain, frames: &mut ArrayVec<Mfn, FREE_BATCH>) {
+    if frames.is_empty() {
+        return;
+    }
+    tlb::flush_dirty(&domain.dirty_cpus, Flush::All);
+    for mfn in frames.drain(..) {
         domain::zero_frame(mfn);
         let _ = memory::frames().free(mfn);
     }
