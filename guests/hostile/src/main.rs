@@ -7,7 +7,8 @@
 //! and sub-op numbers); the reservation ([`reservation`]: past the maximum, giving back
 //! frames that are not free); the page tables ([`mappings`]: foreign frames, own tables
 //! writable, the hypervisor's L4 and L3 slots, pins); the shared-info frame as a page table
-//! or descriptor frame ([`shared_info`]); giving back one frame twice;
+//! or descriptor frame ([`shared_info`]); polling the ports the hypervisor uses as markers
+//! ([`polling`]); giving back one frame twice;
 //! switching to a foreign L4; then the fault in the fault handler ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
@@ -27,6 +28,7 @@ mod arguments;
 mod fatal;
 mod last_attack;
 mod mappings;
+mod polling;
 mod reservation;
 mod shared_info;
 mod targets;
@@ -57,6 +59,7 @@ fn main(start: &'static StartInfo) {
     reservation::run(&mut tally, &targets);
     mappings::run(&mut tally, &targets);
     shared_info::run(&mut tally, &targets);
+    polling::run(&mut tally);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     tally.summary();
