@@ -35,12 +35,17 @@ use crate::{memory, percpu};
 static CLOCK: TlbClock = TlbClock::new();
 
 /// Counters for the end-of-run report: full flushes of guest translations this module made
-/// on this CPU for another's sake or its own, CPUs a flush left out because the clock said
-/// they had flushed since, and flushes that found no CPU to flush.
+/// on the asking CPU and on others, CPUs a flush left out because the clock said they had
+/// flushed since, and flushes that found no CPU to flush.
 static FLUSHED_LOCAL: AtomicU64 = AtomicU64::new(0);
 static FLUSHED_REMOTE: AtomicU64 = AtomicU64::new(0);
 static SPARED: AtomicU64 = AtomicU64::new(0);
 static NOTHING_TO_FLUSH: AtomicU64 = AtomicU64::new(0);
+/// Page tables released (each would flush under an eager rule), and frames taking the
+/// writable type whose stamp says they were no table since (each would flush under a rule
+/// without the stamp's table bit).
+static TABLES_RELEASED: AtomicU64 = AtomicU64::new(0);
+static WRITABLE_NOT_TABLE: AtomicU64 = AtomicU64::new(0);
 
 /// What a flush drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +91,7 @@ pub fn flush_local_page(va: VirtAddr) {
 /// Records on `mfn` that the last reference of a type went just now (after the entries
 /// that held it were removed); `table` when it was a page table.
 pub fn stamp(mfn: Mfn, table: bool) {
+    TABLES_RELEASED.fetch_add(u64::from(table), Ordering::Relaxed);
     if let Ok(info) = memory::frames().frame(mfn) {
         info.set_tlbflush_stamp(CLOCK.stamp(table));
     }
@@ -97,6 +103,7 @@ pub fn flush_stale(dirty: &CpuMask, mfn: Mfn, only_tables: bool) {
     let Ok(info) = memory::frames().frame(mfn) else { return };
     let stamp = info.tlbflush_stamp();
     if only_tables && !TlbClock::was_table(stamp) {
+        WRITABLE_NOT_TABLE.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let candidates = dirty.snapshot();
@@ -146,4 +153,6 @@ pub fn report() {
     log::info!("summary: tlb.flushes_remote={}", FLUSHED_REMOTE.load(Ordering::Relaxed));
     log::info!("summary: tlb.flushes_spared_by_clock={}", SPARED.load(Ordering::Relaxed));
     log::info!("summary: tlb.flushes_with_no_cpu={}", NOTHING_TO_FLUSH.load(Ordering::Relaxed));
+    log::info!("summary: tlb.tables_released={}", TABLES_RELEASED.load(Ordering::Relaxed));
+    log::info!("summary: tlb.writable_not_after_table={}", WRITABLE_NOT_TABLE.load(Ordering::Relaxed));
 }

@@ -12,7 +12,8 @@
 //! Console: "hostile2: race <name>: N rounds, ... held" or "... FAILED (BUG)" per race, then
 //! "hostile2: all races held" and power-off, or "hostile2: K races FAILED (BUG)" and a crash.
 //! A broken step of the guest itself prints "hostile2: FAILED <what>" and crashes. The QEMU
-//! case `pvh-races-smp2` runs it on two CPUs and looks for the verdict lines.
+//! case `iso-races-smp2` runs it on two CPUs (`RACE_ROUNDS=` to change the rounds) and looks
+//! for the verdict lines.
 
 #![no_std]
 #![no_main]

@@ -2,9 +2,9 @@
 //! counter (a non-present PTE value) into frame F through the probe page W; vCPU 0 unmaps W
 //! without any flush (`update_va_mapping(W, 0, UVMF_NONE)`) and pins F as an L1. From the
 //! moment the pin returns, no write may land in F: vCPU 1's TLB must have been flushed, so
-//! its next write faults. vCPU 0 then maps F read-only at R and checks both ways that a
-//! write started after the pin failed: vCPU 1's own account (a write it began after the pin
-//! went through) and F's contents (the entry changed after the pin).
+//! its next write faults. vCPU 0 then checks both ways that no write begun after the pin
+//! went through: vCPU 1's own account, and F's contents read through R (mapped read-only to
+//! F throughout, which takes no type) before and after vCPU 1's next attempts.
 //!
 //! `main` runs [`run`] on vCPU 0 while vCPU 1 runs [`secondary`]. Nothing here maps F
 //! writable while it is a table, and F holds only non-present entries, so a write that does
@@ -53,11 +53,12 @@ fn slot(round: u64) -> u64 {
 /// another free frame as R (its frame is unmapped for good).
 pub fn run(f: Frame, r: Frame, rounds: u64) -> Result<Outcome, Failure> {
     let call = |what, result: Result<(), _>| result.map_err(|e| Failure::Call(what, e));
-    call("unmap R", crate::calls::map(r.va, 0, UVMF_INVLPG | UVMF_LOCAL))?;
+    // A read-only mapping takes no type: F may be pinned while R maps it.
+    let read_only = f.mfn.address() | PTE_PRESENT | PTE_USER;
+    call("map F read-only at R", crate::calls::map(r.va, read_only, UVMF_INVLPG | UVMF_LOCAL))?;
     WRITE_VA.store(f.va, Ordering::Release);
     crew::start_on_secondary(crate::RACE_PIN);
     let writable = layout::kernel_rw_pte(f.mfn.address());
-    let read_only = f.mfn.address() | PTE_PRESENT | PTE_USER;
     let mut outcome = Outcome { rounds, stale_writes: 0, landed: 0 };
     for round in 1..=rounds {
         call("map F writable at W", crate::calls::map(f.va, writable, UVMF_INVLPG | UVMF_LOCAL))?;
@@ -66,7 +67,6 @@ pub fn run(f: Frame, r: Frame, rounds: u64) -> Result<Outcome, Failure> {
         call("unmap W without a flush", crate::calls::map(f.va, 0, UVMF_NONE))?;
         call("pin F as an L1", crate::calls::extended(MmuextCmd::PinL1Table, f.mfn))?;
         let after_pin = ATTEMPTS.load(Ordering::Acquire);
-        call("map F read-only at R", crate::calls::map(r.va, read_only, UVMF_INVLPG | UVMF_LOCAL))?;
         let entry = r.va + slot(round);
         let before = probe::try_read(entry).ok_or(Failure::Walk(entry))?;
         // Attempt `after_pin + 2` began after `after_pin + 1` was counted, so after the pin.
@@ -76,11 +76,11 @@ pub fn run(f: Frame, r: Frame, rounds: u64) -> Result<Outcome, Failure> {
         let after = probe::try_read(entry).ok_or(Failure::Walk(entry))?;
         outcome.stale_writes += u64::from(LAST_WRITTEN.load(Ordering::Acquire) >= after_pin + 2);
         outcome.landed += u64::from(after != before);
-        call("unmap R", crate::calls::map(r.va, 0, UVMF_INVLPG | UVMF_LOCAL))?;
         call("unpin F", crate::calls::extended(MmuextCmd::UnpinTable, f.mfn))?;
     }
     ROUND.store(STOP, Ordering::Release);
     crew::wait_for_secondary(crate::RACE_PIN)?;
+    call("unmap R", crate::calls::map(r.va, 0, UVMF_INVLPG | UVMF_LOCAL))?;
     call("map F writable at W again", crate::calls::map(f.va, writable, UVMF_INVLPG | UVMF_LOCAL))?;
     Ok(outcome)
 }
