@@ -7,10 +7,14 @@
 //! - [`free_race`] (b): a frame another vCPU still reads through a stale TLB entry is given
 //!   back: no read may reach it once `decrease_reservation` has returned;
 //! - [`flush_race`] (c): both vCPUs ask for cross-CPU flushes at once; a hypervisor that
-//!   waits for the other CPU with a lock held that it spins on hangs here.
+//!   waits for the other CPU with a lock held that it spins on hangs here;
+//!
+//! and a check that flushes naming vCPUs by bitmap ([`multi_flush`], `UVMF_MULTI`,
+//! `MMUEXT_*_MULTI`) reach the CPU of the vCPU named ("hostile2: check vcpumask_flushes").
 //!
 //! Console: "hostile2: race <name>: N rounds, ... held" or "... FAILED (BUG)" per race, then
-//! "hostile2: all races held" and power-off, or "hostile2: K races FAILED (BUG)" and a crash.
+//! the check's line, "hostile2: all races held" and power-off, or "hostile2: K races FAILED
+//! (BUG)" and a crash.
 //! A broken step of the guest itself prints "hostile2: FAILED <what>" and crashes. The QEMU
 //! case `iso-races-smp2` runs it on two CPUs (`RACE_ROUNDS=` to change the rounds) and looks
 //! for the verdict lines.
@@ -23,6 +27,7 @@ mod crew;
 mod flush_race;
 mod free_race;
 mod frames;
+mod multi_flush;
 mod pin_race;
 mod probe;
 
@@ -40,6 +45,9 @@ use frames::FreeFrames;
 pub const RACE_PIN: u32 = 1;
 pub const RACE_FREE: u32 = 2;
 pub const RACE_FLUSH: u32 = 3;
+pub const CHECK_MULTI: u32 = 4;
+/// Remaps the bitmap-flush check makes (a check, not a race: no need for more).
+const MULTI_ROUNDS: u64 = 3000;
 const DEFAULT_ROUNDS: u64 = 100_000;
 
 guest_rt::entry!(main);
@@ -56,12 +64,13 @@ fn main(start: &'static StartInfo) {
     crew::start_on_secondary(crew::PARK);
 }
 
-/// Runs the three races; returns how many failed.
+/// Runs the three races and the check; returns how many failed.
 fn run(start: &StartInfo) -> Result<u32, Failure> {
     let rounds = rounds_option(start_info::cmd_line()).unwrap_or(DEFAULT_ROUNDS);
     let mut free = FreeFrames::new(start).ok_or(Failure::BadPtBase(start.pt_base))?;
     let mut take = || free.take().ok_or(Failure::NoFreeFrame);
     let (f, r, g, mine, theirs) = (take()?, take()?, take()?, take()?, take()?);
+    let (probe_page, frame_a, frame_b) = (take()?, take()?, take()?);
     traps::set_handler(Vector::PAGE_FAULT, probe::page_fault).map_err(|_| Failure::Walk(0))?;
     crew::bring_up(start)?;
     let mut failed = 0;
@@ -90,6 +99,13 @@ fn run(start: &StartInfo) -> Result<u32, Failure> {
 
     let flushes = flush_race::run((mine, l1_entry(start, mine.va)?), (theirs, l1_entry(start, theirs.va)?), rounds)?;
     println!("hostile2: race concurrent_flushes: {flushes} flushes of every vCPU from both vCPUs at once: held");
+
+    let missed = multi_flush::run(probe_page, frame_a, frame_b, MULTI_ROUNDS)?;
+    println!(
+        "hostile2: check vcpumask_flushes: {MULTI_ROUNDS} remaps flushed on vCPU 1 through a bitmap, {missed} missed: {}",
+        if missed == 0 { "ok" } else { "FAILED (BUG)" }
+    );
+    failed += u32::from(missed != 0);
     Ok(failed)
 }
 
@@ -129,6 +145,7 @@ pub fn run_secondary_half(command: u32) -> Result<(), Failure> {
         RACE_PIN => pin_race::secondary(),
         RACE_FREE => free_race::secondary(),
         RACE_FLUSH => flush_race::secondary(),
+        CHECK_MULTI => multi_flush::secondary(),
         _ => Ok(()),
     }
 }
