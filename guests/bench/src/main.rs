@@ -2,12 +2,12 @@
 //! (`xen_version`), an `mmu_update` batch of 512 entries, a page fault bounced to the
 //! guest's handler and back through `iret`, a pin and unpin of an L1 table, and the life
 //! of a page-table page as a Linux guest leads it (written through its writable mapping,
-//! remapped read-only, pinned, unpinned, remapped writable): the type changes where the
-//! TLB discipline flushes. Each is timed with the TSC per iteration and reported as the
-//! median in nanoseconds, converted with the scale the hypervisor publishes in
-//! `vcpu_info.time`:
+//! remapped read-only, pinned, unpinned, remapped writable), and the same for a small tree
+//! (an L2 over four L1s, pinned through the L2): the type changes where the TLB discipline
+//! flushes. Each is timed with the TSC per iteration and reported as the median in
+//! nanoseconds, converted with the scale the hypervisor publishes in `vcpu_info.time`:
 //!
-//! `bench: null_hypercall_ns=N mmu_update_512_ns=N page_fault_bounce_ns=N pin_unpin_ns=N table_cycle_ns=N`
+//! `bench: null_hypercall_ns=N mmu_update_512_ns=N page_fault_bounce_ns=N pin_unpin_ns=N table_cycle_ns=N tree_cycle_ns=N`
 //!
 //! Then it powers off. A failed step prints `bench: FAILED <what>` and crashes the domain.
 
@@ -104,7 +104,7 @@ fn main(start: &'static StartInfo) {
         fail("page faults not all delivered");
     }
 
-    let (va, mfn) = first_free_frame(start);
+    let (va, mfn) = free_frame(start, 0);
     let read_only = mfn.address() | PTE_PRESENT | PTE_USER;
     let writable = layout::kernel_rw_pte(mfn.address());
     // SAFETY: the first free frame is mapped writable at `va` and used by nothing else.
@@ -124,42 +124,64 @@ fn main(start: &'static StartInfo) {
         remap(va, writable);
     });
 
+    // An L2 (the next free frame) over four L1s (the four after it).
+    let tree: [(u64, Mfn); 5] = core::array::from_fn(|i| free_frame(start, 1 + i));
+    for (i, &(va, _)) in tree.iter().enumerate() {
+        // SAFETY: free frames mapped writable at `va`, used by nothing else.
+        unsafe { core::ptr::write_bytes(va as *mut u8, 0, 4096) };
+        if i > 0 {
+            // SAFETY: entry i - 1 of the L2 frame, mapped writable.
+            unsafe { core::ptr::write_volatile((tree[0].0 + (i as u64 - 1) * 8) as *mut u64, layout::kernel_rw_pte(tree[i].1.address())) };
+        }
+    }
+    let tree_cycle = median_cycles::<TABLE_RUNS>(|| {
+        for &(va, mfn) in &tree {
+            remap(va, mfn.address() | PTE_PRESENT | PTE_USER);
+        }
+        extended(MmuextCmd::PinL2Table, tree[0].1);
+        extended(MmuextCmd::UnpinTable, tree[0].1);
+        for &(va, mfn) in &tree {
+            remap(va, layout::kernel_rw_pte(mfn.address()));
+        }
+    });
+
     println!(
-        "bench: null_hypercall_ns={} mmu_update_512_ns={} page_fault_bounce_ns={} pin_unpin_ns={} table_cycle_ns={}",
+        "bench: null_hypercall_ns={} mmu_update_512_ns={} page_fault_bounce_ns={} pin_unpin_ns={} table_cycle_ns={} tree_cycle_ns={}",
         to_ns(null, mul, shift),
         to_ns(batch, mul, shift),
         to_ns(fault, mul, shift),
         to_ns(pin_unpin, mul, shift),
-        to_ns(cycle, mul, shift)
+        to_ns(cycle, mul, shift),
+        to_ns(tree_cycle, mul, shift)
     );
 }
 
-/// The first frame after the boot stack (free, mapped writable at start of day): its
+/// Free frame `n` after the boot stack (free, mapped writable at start of day): its
 /// address and machine frame.
-fn first_free_frame(start: &'static StartInfo) -> (u64, Mfn) {
+fn free_frame(start: &'static StartInfo, n: usize) -> (u64, Mfn) {
     let first_table = layout::virt_to_pfn(start.pt_base).unwrap_or_else(|| fail("pt_base"));
-    let pfn = Pfn(first_table.0 + start.nr_pt_frames + 1);
+    let pfn = Pfn(first_table.0 + start.nr_pt_frames + 1 + n as u64);
     match (layout::pfn_to_virt(pfn), guest_rt::start_info::pfn_to_mfn(pfn)) {
         (Some(va), Some(mfn)) if pfn.0 < start.nr_pages => (va, mfn),
         _ => fail("no free frame"),
     }
 }
 
-/// Points the page at `va` (the free frame's) at `pte`, flushing it locally.
+/// Points the page at `va` (a free frame's) at `pte`, flushing it locally.
 fn remap(va: u64, pte: u64) {
-    // SAFETY: only the free frame's page is remapped, and only to that frame.
+    // SAFETY: only free frames' pages are remapped, each only to its own frame.
     if unsafe { hypercall::update_va_mapping(va, pte, UVMF_INVLPG | UVMF_LOCAL) }.is_err() {
-        fail("update_va_mapping of the free frame");
+        fail("update_va_mapping of a free frame");
     }
 }
 
-/// One `mmuext_op` on the free frame.
+/// One `mmuext_op` on a free frame.
 fn extended(cmd: MmuextCmd, mfn: Mfn) {
     let op = MmuextOp::with_mfn(cmd, mfn);
     let mut done = 0;
-    // SAFETY: pins and unpins of the free frame change no mapping.
+    // SAFETY: pins and unpins of free frames change no mapping.
     if unsafe { hypercall::mmuext_op(core::slice::from_ref(&op), &mut done, DomId::SELF) }.is_err() {
-        fail("pin or unpin of the free frame");
+        fail("pin or unpin of a free frame");
     }
 }
 
