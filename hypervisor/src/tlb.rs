@@ -14,7 +14,8 @@
 //! - so does a frame taking the writable type whose stamp says it was a page table (a CPU
 //!   may cache translations *through* it);
 //! - a guest frame is freed (ballooned out) only after every dirty CPU of its domain has
-//!   flushed ([`flush_cpus`]), once per call; a destroyed domain has no dirty CPU left;
+//!   flushed ([`flush_cpus`]), once per batch of frames; a destroyed domain has no dirty CPU
+//!   left. (A frame changing owner, which nothing does yet, must follow the same rule);
 //! - guest-requested flushes (`update_va_mapping`, `mmuext_op`) reach the domain's dirty
 //!   CPUs, or the CPUs running the vCPUs the guest names.
 //!
