@@ -1,9 +1,12 @@
 //! Race (c), cross-CPU flushes from both vCPUs at once: each vCPU, on its own CPU, rewrites
 //! the entry of its own probe page again and again, asking for a flush of every vCPU each
 //! time: `update_va_mapping` with `UVMF_INVLPG | UVMF_ALL`, `mmu_update` (which flushes the
-//! domain's vCPUs) and `MMUEXT_TLB_FLUSH_ALL` in turn. A hypervisor that waits for the other
-//! CPU while holding a lock that CPU spins on with interrupts off never comes back: the
-//! machine hangs (issue 15, hole 6). The race passes when both vCPUs finish.
+//! domain's vCPUs) and `MMUEXT_TLB_FLUSH_ALL` in turn; and every fourth time it unmaps its
+//! page without a flush, pins its frame as an L1, unpins it and maps it writable again,
+//! where the hypervisor itself flushes the other CPU with the domain's page-table lock held
+//! (a frame becoming a table, then writable after being one). A hypervisor that waits for
+//! the other CPU while holding a lock that CPU spins on with interrupts off never comes
+//! back: the machine hangs (issue 15, hole 6). The race passes when both vCPUs finish.
 //!
 //! `main` runs [`run`] on vCPU 0 while vCPU 1 runs [`secondary`]; each only remaps its own
 //! probe page to the frame it already maps.
@@ -12,7 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_rt::abi::hypercall::MmuextCmd;
 use guest_rt::abi::ids::Mfn;
-use guest_rt::abi::mmu::{UVMF_ALL, UVMF_INVLPG};
+use guest_rt::abi::mmu::{UVMF_ALL, UVMF_INVLPG, UVMF_LOCAL, UVMF_NONE};
 use guest_rt::layout;
 
 use crate::crew::{self, Failure};
@@ -48,14 +51,18 @@ pub fn secondary() -> Result<(), Failure> {
     flushes(va, mfn, entry, ROUNDS.load(Ordering::Acquire), &DONE_SECONDARY)
 }
 
-/// `rounds` flushes of every vCPU, cycling through the three ways to ask for one.
+/// `rounds` flushes of every vCPU, cycling through the four ways to cause one.
 fn flushes(va: u64, mfn: Mfn, entry: u64, rounds: u64, done: &AtomicU64) -> Result<(), Failure> {
     let pte = layout::kernel_rw_pte(mfn.address());
     for round in 0..rounds {
-        let result = match round % 3 {
+        let result = match round % 4 {
             0 => crate::calls::map(va, pte, UVMF_INVLPG | UVMF_ALL),
             1 => crate::calls::update(entry, pte),
-            _ => crate::calls::extended(MmuextCmd::TlbFlushAll, Mfn(0)),
+            2 => crate::calls::extended(MmuextCmd::TlbFlushAll, Mfn(0)),
+            _ => crate::calls::map(va, 0, UVMF_NONE)
+                .and_then(|()| crate::calls::extended(MmuextCmd::PinL1Table, mfn))
+                .and_then(|()| crate::calls::extended(MmuextCmd::UnpinTable, mfn))
+                .and_then(|()| crate::calls::map(va, pte, UVMF_INVLPG | UVMF_LOCAL)),
         };
         result.map_err(|e| Failure::Call("a flush of every vCPU", e))?;
         done.store(round + 1, Ordering::Release);

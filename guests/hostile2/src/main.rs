@@ -1,6 +1,7 @@
 //! guest-hostile2: a PV guest with two vCPUs on two CPUs that races the hypervisor where one
 //! CPU's view of memory must follow another's (issue 15, holes 3 and 6). Each race runs
-//! `rounds=` times (default 100000; command-line word `rounds=N`):
+//! `rounds=` times (default 100000; command-line word `rounds=N`); races (a) and (b) race
+//! [`RACE_FRAMES`] frames per round, (c) splits its flushes between the two vCPUs:
 //!
 //! - [`pin_race`] (a): a frame another vCPU still writes through a stale TLB entry becomes
 //!   a page table: no write may land in it once the pin has returned;
@@ -12,7 +13,7 @@
 //! and a check that flushes naming vCPUs by bitmap ([`multi_flush`], `UVMF_MULTI`,
 //! `MMUEXT_*_MULTI`) reach the CPU of the vCPU named ("hostile2: check vcpumask_flushes").
 //!
-//! Console: "hostile2: race <name>: N rounds, ... held" or "... FAILED (BUG)" per race, then
+//! Console: "hostile2: race <name>: N races ..., held" or "... FAILED (BUG)" per race, then
 //! the check's line, "hostile2: all races held" and power-off, or "hostile2: K races FAILED
 //! (BUG)" and a crash.
 //! A broken step of the guest itself prints "hostile2: FAILED <what>" and crashes. The QEMU
@@ -39,7 +40,8 @@ use guest_rt::traps::{self, Vector};
 use guest_rt::{println, start_info, StartInfo};
 
 use crew::Failure;
-use frames::FreeFrames;
+use arrayvec::ArrayVec;
+use frames::{Frame, FreeFrames};
 
 /// vCPU 1's commands: which race's half to run.
 pub const RACE_PIN: u32 = 1;
@@ -49,6 +51,9 @@ pub const CHECK_MULTI: u32 = 4;
 /// Remaps the bitmap-flush check makes (a check, not a race: no need for more).
 const MULTI_ROUNDS: u64 = 3000;
 const DEFAULT_ROUNDS: u64 = 100_000;
+/// Frames raced at once in races (a) and (b): each round is that many races, for the price
+/// of one round's hand-overs between the vCPUs.
+pub const RACE_FRAMES: usize = 32;
 
 guest_rt::entry!(main);
 
@@ -66,43 +71,49 @@ fn main(start: &'static StartInfo) {
 
 /// Runs the three races and the check; returns how many failed.
 fn run(start: &StartInfo) -> Result<u32, Failure> {
-    let rounds = rounds_option(start_info::cmd_line()).unwrap_or(DEFAULT_ROUNDS);
+    let races = rounds_option(start_info::cmd_line()).unwrap_or(DEFAULT_ROUNDS);
     let mut free = FreeFrames::new(start).ok_or(Failure::BadPtBase(start.pt_base))?;
-    let mut take = || free.take().ok_or(Failure::NoFreeFrame);
-    let (f, r, g, mine, theirs) = (take()?, take()?, take()?, take()?, take()?);
-    let (probe_page, frame_a, frame_b) = (take()?, take()?, take()?);
+    let mut take = |n: usize| -> Result<ArrayVec<Frame, RACE_FRAMES>, Failure> { (0..n).map(|_| free.take().ok_or(Failure::NoFreeFrame)).collect() };
+    let (fs, rs, gs) = (take(RACE_FRAMES)?, take(RACE_FRAMES)?, take(RACE_FRAMES)?);
+    let others = take(5)?;
+    let (mine, theirs, probe_page, frame_a, frame_b) = (others[0], others[1], others[2], others[3], others[4]);
     traps::set_handler(Vector::PAGE_FAULT, probe::page_fault).map_err(|_| Failure::Walk(0))?;
     crew::bring_up(start)?;
     let mut failed = 0;
+    let rounds = races.div_ceil(RACE_FRAMES as u64);
 
-    let a = pin_race::run(f, r, rounds)?;
+    let a = pin_race::run(&fs, &rs, rounds)?;
     let held = a.stale_writes == 0 && a.landed == 0;
     println!(
-        "hostile2: race pin_stale_write: {} rounds, {} writes begun after the pin went through, {} rounds with the pinned L1 changed: {}",
+        "hostile2: race pin_stale_write: {} races ({} rounds of {}), {} stale writes, {} pinned frames changed: {}",
+        a.rounds * a.frames as u64,
         a.rounds,
+        a.frames,
         a.stale_writes,
         a.landed,
         verdict(held)
     );
     failed += u32::from(!held);
 
-    let b = free_race::run(g, rounds)?;
+    let b = free_race::run(&gs, rounds)?;
     let held = b.stale_reads == 0;
     println!(
-        "hostile2: race free_stale_read: {} rounds, {} reads of a given-back frame (last read {:#x}): {}",
+        "hostile2: race free_stale_read: {} races ({} rounds of {}), {} stale reads (last {:#x}): {}",
+        b.rounds * b.frames as u64,
         b.rounds,
+        b.frames,
         b.stale_reads,
         b.last_value,
         verdict(held)
     );
     failed += u32::from(!held);
 
-    let flushes = flush_race::run((mine, l1_entry(start, mine.va)?), (theirs, l1_entry(start, theirs.va)?), rounds)?;
-    println!("hostile2: race concurrent_flushes: {flushes} flushes of every vCPU from both vCPUs at once: held");
+    let flushes = flush_race::run((mine, l1_entry(start, mine.va)?), (theirs, l1_entry(start, theirs.va)?), races.div_ceil(2))?;
+    println!("hostile2: race concurrent_flushes: {flushes} flushes from both vCPUs at once: held");
 
     let missed = multi_flush::run(probe_page, frame_a, frame_b, MULTI_ROUNDS)?;
     println!(
-        "hostile2: check vcpumask_flushes: {MULTI_ROUNDS} remaps flushed on vCPU 1 through a bitmap, {missed} missed: {}",
+        "hostile2: check vcpumask_flushes: {MULTI_ROUNDS} remaps flushed on vCPU 1 by bitmap, {missed} missed: {}",
         if missed == 0 { "ok" } else { "FAILED (BUG)" }
     );
     failed += u32::from(missed != 0);
