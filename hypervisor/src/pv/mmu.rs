@@ -20,7 +20,7 @@ use arrayvec::ArrayVec;
 use abi::errno::Errno;
 use abi::hypercall::{MmuUpdateCmd, MmuextCmd};
 use abi::ids::DomId;
-use abi::mmu::{MmuUpdate, MmuextOp, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_LOCAL, UVMF_TLB_FLUSH};
+use abi::mmu::{decode_uvmf, MmuUpdate, MmuextOp, UvmfFlush, UvmfScope};
 use hypervisor::hypercall::GuestVa;
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
@@ -223,17 +223,17 @@ pub fn mmu_update(vcpu: &Vcpu, _frame: &mut TrapFrame, requests: GuestVa, count:
 /// (`UVMF_MULTI`)). The bitmap is read first: a bad one changes nothing.
 pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> HcResult {
     uaccess::check_range(va, 1).map_err(|_| Errno::Einval)?;
-    let page = VirtAddr::new_truncate(va);
-    let flush = match flags & UVMF_FLUSHTYPE_MASK {
-        UVMF_TLB_FLUSH => Some(Flush::All),
-        UVMF_INVLPG => Some(Flush::Page(page)),
-        _ => None,
+    let (flush, scope) = decode_uvmf(flags);
+    let flush = match flush {
+        UvmfFlush::Nothing => None,
+        UvmfFlush::Tlb => Some(Flush::All),
+        UvmfFlush::Page => Some(Flush::Page(VirtAddr::new_truncate(va))),
     };
-    let cpus = match (flush, flags & !UVMF_FLUSHTYPE_MASK) {
+    let cpus = match (flush, scope) {
         (None, _) => None,
-        (Some(_), UVMF_LOCAL) => Some(Scope::Local),
-        (Some(_), UVMF_ALL) => Some(Scope::Dirty),
-        (Some(_), bitmap) => Some(Scope::Cpus(vcpu_mask(vcpu, GuestVa(bitmap))?)),
+        (Some(_), UvmfScope::Local) => Some(Scope::Local),
+        (Some(_), UvmfScope::All) => Some(Scope::Dirty),
+        (Some(_), UvmfScope::Multi(bitmap)) => Some(Scope::Cpus(vcpu_mask(vcpu, GuestVa(bitmap))?)),
     };
     let l4 = vcpu.ctx.lock().active_l4().ok_or(Errno::Einval)?;
     {
