@@ -24,6 +24,44 @@ pub const UVMF_LOCAL: u64 = 0;
 /// `UVMF_ALL`: flush every vCPU of the domain.
 pub const UVMF_ALL: u64 = 1 << 2;
 
+/// What `update_va_mapping`'s flags ask to flush (the [`UVMF_FLUSHTYPE_MASK`] bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UvmfFlush {
+    /// `UVMF_NONE` (and the undefined type 3, which Xen ignores too).
+    Nothing,
+    /// `UVMF_TLB_FLUSH`: every translation.
+    Tlb,
+    /// `UVMF_INVLPG`: the translations of the page updated.
+    Page,
+}
+
+/// Whose TLBs `update_va_mapping`'s flags ask to flush (the bits above the flush type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UvmfScope {
+    /// `UVMF_LOCAL`: the calling vCPU's.
+    Local,
+    /// `UVMF_ALL`: every vCPU of the domain.
+    All,
+    /// `UVMF_MULTI`: the vCPUs set in the bitmap at this guest address.
+    Multi(u64),
+}
+
+/// Splits `update_va_mapping`'s flags as Xen's `do_update_va_mapping` does: the flush type
+/// in the low two bits, then 0 (local), 4 (all) or the address of a vCPU bitmap.
+pub const fn decode_uvmf(flags: u64) -> (UvmfFlush, UvmfScope) {
+    let flush = match flags & UVMF_FLUSHTYPE_MASK {
+        UVMF_TLB_FLUSH => UvmfFlush::Tlb,
+        UVMF_INVLPG => UvmfFlush::Page,
+        _ => UvmfFlush::Nothing,
+    };
+    let scope = match flags & !UVMF_FLUSHTYPE_MASK {
+        UVMF_LOCAL => UvmfScope::Local,
+        UVMF_ALL => UvmfScope::All,
+        bitmap => UvmfScope::Multi(bitmap),
+    };
+    (flush, scope)
+}
+
 /// Bits of [`MmuUpdate::ptr`] that carry the command (the hypervisor masks with
 /// `sizeof(l1_pgentry_t) - 1`, so three bits, although the header comment says two).
 pub const MMU_UPDATE_CMD_MASK: u64 = 7;
@@ -206,5 +244,17 @@ mod tests {
             (UVMF_TLB_FLUSH | UVMF_LOCAL) & UVMF_FLUSHTYPE_MASK,
             UVMF_TLB_FLUSH
         );
+    }
+
+    #[test]
+    fn uvmf_flags_decode_as_xen_reads_them() {
+        assert_eq!(decode_uvmf(UVMF_NONE), (UvmfFlush::Nothing, UvmfScope::Local));
+        assert_eq!(decode_uvmf(UVMF_INVLPG | UVMF_LOCAL), (UvmfFlush::Page, UvmfScope::Local));
+        assert_eq!(decode_uvmf(UVMF_TLB_FLUSH | UVMF_ALL), (UvmfFlush::Tlb, UvmfScope::All));
+        let bitmap = 0xffff_ffff_8000_1238;
+        assert_eq!(decode_uvmf(UVMF_INVLPG | UVMF_MULTI | bitmap), (UvmfFlush::Page, UvmfScope::Multi(bitmap)));
+        // Type 3 is no flush; an odd "bitmap" is still passed on as an address.
+        assert_eq!(decode_uvmf(3 | UVMF_ALL), (UvmfFlush::Nothing, UvmfScope::All));
+        assert_eq!(decode_uvmf(UVMF_TLB_FLUSH | 8), (UvmfFlush::Tlb, UvmfScope::Multi(8)));
     }
 }

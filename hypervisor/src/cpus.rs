@@ -4,12 +4,30 @@
 //! Built once by the boot CPU after ACPI is parsed; afterwards only the atomic `state` and
 //! `percpu` fields change, each written by the CPU it describes (or by the boot CPU while
 //! that CPU is being started).
+//!
+//! # Waiting while another CPU may wait for this one
+//! Hypercalls and traps run with interrupts off, so a CPU answers a cross-CPU call ([`call`],
+//! [`call_all`], [`call_mask`]: TLB shootdowns, heap trimming) only from a wait that services
+//! its mailbox. The rule: every wait that can be reached while some CPU waits in a cross-CPU
+//! call for this one must service calls.
+//! - A lock that may be held across a cross-CPU call (or across the wait for another such
+//!   lock) is a [`CallLock`], whose `lock` answers calls while it spins: each domain's
+//!   page-table lock (`Domain::mmu_lock`, held while a new page table's frame is flushed
+//!   out of other CPUs' TLBs); the heap-trimming turn (`memory::trimming`) waits the same
+//!   way.
+//! - Every other lock (`spin::Mutex`: a vCPU's context, a domain's memory, vCPU list,
+//!   channels and console, the domain table, the frame allocator, the heap, the logger) is
+//!   a leaf: it is never held across a cross-CPU call nor while taking a [`CallLock`], so
+//!   its holder never waits for another CPU and a plain spin on it ends.
+//! - The cross-CPU calls themselves service this CPU's mailbox while they wait
+//!   (`smp::xcall`), and so do the waits inside a call (`memory::rebase_round`, which only
+//!   runs as a call).
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
-use smp::xcall::{CallBoard, CallError, CallFn, Mailbox, Platform};
+use smp::xcall::{CallBoard, CallError, CallFn, CpuBits, Mailbox, Platform, MAX_CPUS};
 use spin::Once;
 
 use crate::percpu::{self, CpuIndex, PerCpu};
@@ -141,9 +159,84 @@ pub fn call_waiting() -> bool {
     CPUS.get().is_some_and(|cpus| cpus.board.is_waiting(&Ipi))
 }
 
+/// Runs `func(arg)` on every online CPU in `mask` (this one too, if it is in it) and waits;
+/// returns how many ran it.
+pub fn call_mask(mask: &CpuBits, func: CallFn, arg: usize) -> usize {
+    cpus().board.call_many(&Ipi, mask, func, arg)
+}
+
 /// Services this CPU's pending cross-CPU call (from the CALL vector).
 pub fn service_calls() {
     if let Some(cpus) = CPUS.get() {
         cpus.board.service(&Ipi);
+    }
+}
+
+/// Spins until `attempt` succeeds, answering cross-CPU calls meanwhile (see the module
+/// documentation for when a wait must).
+pub fn spin_until<R>(attempt: impl FnMut() -> Option<R>) -> R {
+    match CPUS.get() {
+        Some(cpus) => cpus.board.spin_until(&Ipi, attempt),
+        None => {
+            let mut attempt = attempt;
+            loop {
+                if let Some(result) = attempt() {
+                    return result;
+                }
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// A spin lock that may be held across a cross-CPU call: waiting for it answers calls, so
+/// that a holder waiting for this CPU in a TLB shootdown gets its answer (issue 15, hole 6).
+/// It has no plain `lock`, so that no wait for it can forget to.
+#[derive(Default)]
+pub struct CallLock<T> {
+    inner: spin::Mutex<T>,
+}
+
+impl<T> CallLock<T> {
+    pub const fn new(value: T) -> CallLock<T> {
+        CallLock { inner: spin::Mutex::new(value) }
+    }
+
+    /// Takes the lock, answering cross-CPU calls while another CPU holds it.
+    pub fn lock(&self) -> spin::MutexGuard<'_, T> {
+        spin_until(|| self.inner.try_lock())
+    }
+}
+
+/// A set of CPUs (by index) that CPUs add themselves to and remove themselves from, read
+/// by others as a snapshot: a domain's dirty CPUs, say.
+pub struct CpuMask {
+    words: [AtomicU64; MAX_CPUS / 64],
+}
+
+impl Default for CpuMask {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuMask {
+    pub const fn new() -> CpuMask {
+        CpuMask { words: [const { AtomicU64::new(0) }; MAX_CPUS / 64] }
+    }
+
+    pub fn insert(&self, cpu: CpuIndex) {
+        let i = cpu.0 as usize % MAX_CPUS;
+        self.words[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+    }
+
+    pub fn remove(&self, cpu: CpuIndex) {
+        let i = cpu.0 as usize % MAX_CPUS;
+        self.words[i / 64].fetch_and(!(1 << (i % 64)), Ordering::SeqCst);
+    }
+
+    /// The set as it is now.
+    pub fn snapshot(&self) -> CpuBits {
+        core::array::from_fn(|w| self.words[w].load(Ordering::SeqCst))
     }
 }

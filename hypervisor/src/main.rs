@@ -27,6 +27,7 @@ mod selftest;
 mod smpboot;
 mod summary;
 mod time;
+mod tlb;
 mod traps;
 
 use hypervisor::cmdline::Options;

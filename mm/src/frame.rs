@@ -202,7 +202,10 @@ impl TypeInfo {
 /// | 0      | `owner`     | 0 reserved, 1 free, 2 hypervisor, `0x1_0000 | domid` domain |
 /// | 4      | `type_info` | bits 0-23 type count, 24-26 [`PageType`], 27-30 [`TypeFlags`] |
 /// | 8      | `ref_count` | general references (mappings, grants, I/O)                  |
-/// | 12     | `next_free` | free: free-list link (next free frame, `u32::MAX` = end); allocated: the progress word ([`FrameInfo::progress`]) |
+/// | 12     | `next_free` | free: the free-list link (next free frame, `u32::MAX` = end); |
+/// |        |             | allocated, with [`TypeFlags::PARTIAL`] or [`TypeFlags::TEARDOWN`]: |
+/// |        |             | the progress word ([`FrameInfo::progress`]); otherwise the   |
+/// |        |             | TLB-flush stamp ([`FrameInfo::tlbflush_stamp`], 0 from allocation on) |
 #[repr(C)]
 #[derive(Debug)]
 pub struct FrameInfo {
@@ -250,7 +253,8 @@ impl FrameInfo {
     /// devalidation of it stopped (paravirtual memory management's to encode). Meaningful
     /// only while the type word's flags say so ([`TypeFlags::PARTIAL`],
     /// [`TypeFlags::TEARDOWN`]); it shares its storage with the free-list link, which only
-    /// free frames use.
+    /// free frames use, and with the TLB-flush stamp, which only frames without those flags
+    /// use (whoever ends a partial state and leaves the frame untyped stamps it again).
     pub fn progress(&self) -> u32 {
         self.next_free.load(Ordering::Acquire)
     }
@@ -275,6 +279,22 @@ impl FrameInfo {
             })
             .map(TypeInfo)
             .map_err(TypeInfo)
+    }
+
+    /// The TLB-flush stamp of an allocated frame: whatever its user last stored with
+    /// [`Self::set_tlbflush_stamp`], 0 from allocation until then. (The word is the free-list
+    /// link while the frame is free, and the progress word while a partial state's flag is
+    /// set: a free frame's stamp is meaningless, and a frame is stamped again whenever its
+    /// last type reference goes, after any partial state ended.)
+    pub fn tlbflush_stamp(&self) -> u32 {
+        self.next_free.load(Ordering::Acquire)
+    }
+
+    /// Records the TLB-flush stamp of an allocated frame (Xen's `tlbflush_timestamp`: when
+    /// the last translation of some kind to it was removed). Only for allocated frames, by
+    /// a holder of a reference or of the lock that serializes its owner's updates.
+    pub fn set_tlbflush_stamp(&self, stamp: u32) {
+        self.next_free.store(stamp, Ordering::Release);
     }
 
     /// Atomically replaces the reference count with `f(current)` unless `f` returns
@@ -525,7 +545,8 @@ impl FrameTable {
     /// Marks a frame just detached from the free list as owned by `owner`.
     fn hand_out(&self, index: u32, owner: Owner) -> Mfn {
         let info = &self.frames[index as usize];
-        info.next_free.store(NIL, Ordering::Relaxed);
+        // No TLB-flush stamp yet (the link word becomes the stamp while allocated).
+        info.next_free.store(0, Ordering::Relaxed);
         info.owner.store(encode_owner(owner), Ordering::Release);
         Mfn(u64::from(index))
     }

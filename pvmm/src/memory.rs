@@ -8,6 +8,7 @@
 //! this crate.
 
 use mm::addr::Mfn;
+use mm::frame::PageType;
 
 use crate::entry::{ACCESSED, DIRTY};
 
@@ -32,7 +33,8 @@ pub trait TableMemory {
     /// page-table level, descriptor or shared page), after the type is set and before the
     /// contents are read. On return no CPU's TLB may still hold a writable translation of
     /// `mfn` that a since-removed L1 entry created. Flushing every CPU's TLB is the simple
-    /// correct implementation (Xen filters with a per-frame timestamp).
+    /// correct implementation (Xen filters with a per-frame timestamp, recorded in
+    /// [`Self::type_released`]).
     fn flush_stale_writable(&mut self, mfn: Mfn);
 
     /// Asked after each entry a validation or devalidation has processed (and after each
@@ -44,4 +46,20 @@ pub trait TableMemory {
     fn should_preempt(&mut self) -> bool {
         false
     }
+
+    /// Called once each time frame `mfn` takes the writable type ([`PageType::None`]) at
+    /// type count zero, before the writable mapping is stored. On return no CPU may still
+    /// hold a translation *through* `mfn` from a time it was a page table (a
+    /// paging-structure cache entry that a since-removed parent entry created): written to,
+    /// the frame would otherwise steer that CPU's translations. Needed only if the frame
+    /// was a table since the CPUs last flushed; the default does nothing (no TLB).
+    fn flush_stale_tables(&mut self, _mfn: Mfn) {}
+
+    /// Called when the last reference of `mfn`'s type `was` goes (the last writable
+    /// mapping removed, a table devalidated, a descriptor page dropped), after every entry
+    /// that referred to it in that type is gone and, for a table, before the frame becomes
+    /// untyped. An implementation records the time here (Xen's `tlbflush_timestamp`), so
+    /// that the two flushes above can skip CPUs that have flushed since. Calls for one
+    /// domain's frames are serialized by the caller (the hypervisor's page-table lock).
+    fn type_released(&mut self, _mfn: Mfn, _was: PageType) {}
 }

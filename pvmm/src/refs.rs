@@ -169,7 +169,9 @@ impl<'a> PvMmu<'a> {
         if before.count() > 0 {
             return Ok(());
         }
-        if want != PageType::None {
+        if want == PageType::None {
+            mem.flush_stale_tables(mfn);
+        } else {
             mem.flush_stale_writable(mfn);
         }
         if !is_table {
@@ -197,7 +199,11 @@ impl<'a> PvMmu<'a> {
         let info = self.info(mfn).unwrap_or_else(|_| refused());
         let before =
             update_type(info, |now| type_after_put(mfn, now)).unwrap_or_else(|_| refused());
-        if before.count() != 1 || Level::of_page_type(before.page_type()).is_none() {
+        if before.count() != 1 {
+            return Ok(());
+        }
+        if Level::of_page_type(before.page_type()).is_none() {
+            mem.type_released(mfn, before.page_type());
             return Ok(());
         }
         self.devalidate(mfn, before.page_type(), mem)

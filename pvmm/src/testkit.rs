@@ -29,8 +29,8 @@ pub fn pte(mfn: Mfn, flags: u64) -> u64 {
     Pte::new(mfn, flags | PRESENT).raw()
 }
 
-/// Table memory over a map of frames (absent frames read as zero), recording flushes, and
-/// asking operations to stop as [`Preempt`] says.
+/// Table memory over a map of frames (absent frames read as zero), recording flushes and
+/// type releases, and asking operations to stop as [`Preempt`] says.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Ram {
     pages: HashMap<Mfn, Vec<u64>>,
@@ -39,6 +39,10 @@ pub struct Ram {
     /// How often operations asked whether to stop, and how often they were told to.
     pub asked: u64,
     pub stops: u64,
+    /// Frames that took the writable type at count zero ([`TableMemory::flush_stale_tables`]).
+    pub writable_flushes: Vec<Mfn>,
+    /// Frames whose last type reference went, and the type it was.
+    pub released: Vec<(Mfn, PageType)>,
 }
 
 /// When [`Ram::should_preempt`] says stop.
@@ -82,6 +86,14 @@ impl TableMemory for Ram {
         };
         self.stops += u64::from(stop);
         stop
+    }
+
+    fn flush_stale_tables(&mut self, mfn: Mfn) {
+        self.writable_flushes.push(mfn);
+    }
+
+    fn type_released(&mut self, mfn: Mfn, was: PageType) {
+        self.released.push((mfn, was));
     }
 }
 

@@ -589,6 +589,49 @@ fn pins_are_counted_once_and_unpin_lets_the_frame_be_reused() {
     w.audit(&[base.mfn()]);
 }
 
+/// The hooks the hypervisor's TLB discipline hangs on: every last type reference is
+/// reported with its type, a frame taking the writable type asks for a flush of stale table
+/// translations, and one taking a protected type for a flush of stale writable ones.
+#[test]
+fn type_changes_report_releases_and_ask_for_the_right_flushes() {
+    let (mut tree, base) = Tree::validated();
+    let w = &mut tree.world;
+    let mmu = w.mmu();
+    let frame = tree.spare[1];
+    w.ram.flushes.clear();
+    w.ram.writable_flushes.clear();
+    // A writable mapping comes and goes: the writable type is taken and released.
+    let map = |w: &mut World, value| {
+        mmu.mod_entry(tree.l1, 9, value, AccessedDirty::Overwrite, DOM, &mut w.ram)
+            .unwrap()
+    };
+    map(w, pte(frame, WRITABLE));
+    assert_eq!(w.ram.writable_flushes, vec![frame]);
+    map(w, 0);
+    assert_eq!(w.ram.released, vec![(frame, PageType::None)]);
+    // Pinned as an L1 it asks for the writable flush; unpinned, it is released as an L1.
+    mmu.pin_table(frame, Level::L1, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.ram.flushes, vec![frame]);
+    mmu.unpin_table(frame, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.ram.released.last(), Some(&(frame, PageType::L1)));
+    // Mapped writable again: the table flush is asked for once more.
+    map(w, pte(frame, WRITABLE));
+    assert_eq!(w.ram.writable_flushes, vec![frame, frame]);
+    // A second writable mapping takes no type at count zero: no new request.
+    mmu.mod_entry(tree.l1, 10, pte(frame, WRITABLE), AccessedDirty::Overwrite, DOM, &mut w.ram)
+        .unwrap();
+    assert_eq!(w.ram.writable_flushes.len(), 2);
+    // Unlinking the tree's L1 devalidates it: released as an L1 (and the writable pages it
+    // mapped that nothing else maps, as writable pages).
+    w.ram.released.clear();
+    mmu.mod_entry(tree.l2, 0, 0, AccessedDirty::Overwrite, DOM, &mut w.ram)
+        .unwrap();
+    assert!(w.ram.released.contains(&(tree.l1, PageType::L1)));
+    assert!(w.ram.released.contains(&(frame, PageType::None)));
+    assert!(w.ram.released.contains(&(tree.data[0], PageType::None)));
+    w.audit(&[base.mfn()]);
+}
+
 #[test]
 fn validation_failing_half_way_leaves_counts_and_memory_unchanged() {
     let (mut tree, base) = Tree::validated();

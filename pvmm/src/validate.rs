@@ -141,6 +141,9 @@ impl PvMmu<'_> {
             Err(Stop::Failed { error, index }) => {
                 match self.devalidate_entries(table, page_type, index, mem) {
                     Ok(()) => {
+                        // Never reachable by the hardware as a table, but its word held
+                        // progress, not a stamp: stamp it again (conservatively, now).
+                        mem.type_released(table, page_type);
                         replace_type(info, |_| TypeInfo::NONE);
                         Err(error)
                     }
@@ -166,6 +169,7 @@ impl PvMmu<'_> {
         let info = self.info(table)?;
         match self.devalidate_entries(table, page_type, ENTRIES, mem) {
             Ok(()) => {
+                mem.type_released(table, page_type);
                 replace_type(info, |_| TypeInfo::NONE);
                 Ok(())
             }
@@ -200,6 +204,7 @@ impl PvMmu<'_> {
         }
         match self.devalidate_entries(mfn, page_type, end, mem) {
             Ok(()) => {
+                mem.type_released(mfn, page_type);
                 replace_type(info, |_| TypeInfo::NONE);
                 self.put_page(mfn);
                 Ok(failed)

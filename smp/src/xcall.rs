@@ -5,13 +5,22 @@
 //! kicks the target through [`Platform::kick`] and spins until the target marks it done. The
 //! target runs calls from its interrupt handler via [`CallBoard::service`]. While a
 //! requester spins (for a claim or for completion) it services its *own* mailbox, so two
-//! CPUs calling each other with interrupts off cannot deadlock. Lock-free apart from the
-//! per-mailbox claim flag; no allocation.
+//! CPUs calling each other with interrupts off cannot deadlock. Any other wait that a CPU
+//! holding up a call may be stuck in must do the same ([`CallBoard::spin_until`]): a CPU
+//! that spins with interrupts off without servicing its mailbox (on a lock whose holder
+//! waits for a call, say) never answers. Lock-free apart from the per-mailbox claim flag;
+//! no allocation.
 
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// The most CPUs a call board serves.
 pub const MAX_CPUS: usize = 256;
+
+/// A set of CPUs by index, one bit each: CPU `i` is bit `i % 64` of word `i / 64`.
+pub type CpuBits = [u64; MAX_CPUS / 64];
+
+/// Every CPU.
+pub const ALL_CPUS: CpuBits = [u64::MAX; MAX_CPUS / 64];
 
 /// A function run on another CPU; gets the caller's argument.
 pub type CallFn = fn(usize);
@@ -145,10 +154,17 @@ impl<'a> CallBoard<'a> {
     /// Runs `func(arg)` on every online CPU (this one included) and waits for all of them.
     /// Other CPUs run it in parallel. Returns how many CPUs ran it.
     pub fn call_all(&self, platform: &impl Platform, func: CallFn, arg: usize) -> usize {
+        self.call_many(platform, &ALL_CPUS, func, arg)
+    }
+
+    /// Runs `func(arg)` on every online CPU in `cpus` (this one too, if it is in the set)
+    /// and waits for all of them. Other CPUs run it in parallel. Returns how many CPUs ran it.
+    pub fn call_many(&self, platform: &impl Platform, cpus: &CpuBits, func: CallFn, arg: usize) -> usize {
         let me = platform.this_cpu();
+        let wanted = |cpu: usize| cpus[cpu / 64] & (1 << (cpu % 64)) != 0;
         let mut posted = [0u64; MAX_CPUS / 64];
         for cpu in 0..self.mailboxes.len().min(MAX_CPUS) {
-            if cpu == me || !platform.is_online(cpu) {
+            if cpu == me || !wanted(cpu) || !platform.is_online(cpu) {
                 continue;
             }
             let mailbox = &self.mailboxes[cpu];
@@ -160,8 +176,11 @@ impl<'a> CallBoard<'a> {
             platform.kick(cpu);
             posted[cpu / 64] |= 1 << (cpu % 64);
         }
-        func(arg);
-        let mut count = 1;
+        let mut count = 0;
+        if me < MAX_CPUS && wanted(me) {
+            func(arg);
+            count += 1;
+        }
         for cpu in (0..MAX_CPUS).filter(|&c| posted[c / 64] & (1 << (c % 64)) != 0) {
             let mailbox = &self.mailboxes[cpu];
             // We hold the claim, so `posted` is still our ticket.
@@ -174,6 +193,19 @@ impl<'a> CallBoard<'a> {
             count += 1;
         }
         count
+    }
+
+    /// Spins until `attempt` succeeds, servicing this CPU's mailbox in between: the way to
+    /// wait for anything (a lock, say) whose holder may itself be waiting for a call to this
+    /// CPU.
+    pub fn spin_until<R>(&self, platform: &impl Platform, mut attempt: impl FnMut() -> Option<R>) -> R {
+        loop {
+            if let Some(result) = attempt() {
+                return result;
+            }
+            self.service(platform);
+            core::hint::spin_loop();
+        }
     }
 
     fn online_mailbox(&self, platform: &impl Platform, cpu: usize) -> Result<&Mailbox, CallError> {
@@ -282,6 +314,62 @@ mod tests {
         assert_eq!(COUNT.load(Ordering::SeqCst), 6);
         stop.store(true, Ordering::SeqCst);
         pollers.into_iter().for_each(|p| p.join().unwrap());
+    }
+
+    #[test]
+    fn call_many_reaches_exactly_the_cpus_named() {
+        static RAN: [Counter; 6] = [const { Counter::new(0) }; 6];
+        let board = leak_board(6);
+        let stop = Arc::new(AtomicBool::new(false));
+        // CPUs 0-4 online, 5 offline; the set names 0, 2, 3 and 5.
+        let pollers = spawn_pollers(board, 1..5, 5, stop.clone());
+        let me = Cpu { index: 0, online: 5 };
+        let mut set: CpuBits = [0; MAX_CPUS / 64];
+        set[0] = 0b10_1101;
+        let n = board.call_many(&me, &set, |_| {}, 0);
+        assert_eq!(n, 3);
+        // Which CPUs ran it: each records its own index.
+        for cpu in 0..5 {
+            let mut one: CpuBits = [0; MAX_CPUS / 64];
+            one[0] = 1 << cpu;
+            board.call_many(&me, &one, |arg| { RAN[arg].fetch_add(1, Ordering::SeqCst); }, cpu);
+        }
+        assert!(RAN.iter().take(5).all(|c| c.load(Ordering::SeqCst) == 1));
+        // A set without this CPU does not run it here.
+        let mut others: CpuBits = [0; MAX_CPUS / 64];
+        others[0] = 0b10;
+        assert_eq!(board.call_many(&me, &others, |_| {}, 0), 1);
+        stop.store(true, Ordering::SeqCst);
+        pollers.into_iter().for_each(|p| p.join().unwrap());
+    }
+
+    /// Issue 15, hole 6: CPU 0 holds a lock and waits for a call to CPU 1, which wants the
+    /// same lock. Waiting with `spin_until` answers the call; a plain spin would not.
+    #[test]
+    fn a_lock_wait_that_services_calls_lets_the_holder_finish() {
+        static LOCK: AtomicBool = AtomicBool::new(false);
+        static FLUSHED: Counter = Counter::new(0);
+        let board = leak_board(2);
+        let rounds = 2000;
+        let threads: Vec<_> = (0..2)
+            .map(|index| {
+                thread::spawn(move || {
+                    let me = Cpu { index, online: 2 };
+                    for _ in 0..rounds {
+                        board.spin_until(&me, || LOCK.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).ok());
+                        // With the lock held, a call the other CPU must answer.
+                        board.call(&me, 1 - index, |_| { FLUSHED.fetch_add(1, Ordering::SeqCst); }, 0).unwrap();
+                        LOCK.store(false, Ordering::Release);
+                    }
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while FLUSHED.load(Ordering::SeqCst) < 2 * rounds && std::time::Instant::now() < deadline {
+                        board.service(&me);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(FLUSHED.load(Ordering::SeqCst), 2 * rounds);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Micro-benchmarks of the PV interface, run inside a guest: a null hypercall
-//! (`xen_version`), an `mmu_update` batch of 512 entries, and a page fault bounced to the
-//! guest's handler and back through `iret`. Each is timed with the TSC per iteration and
-//! reported as the median in nanoseconds, converted with the scale the hypervisor publishes
-//! in `vcpu_info.time`:
+//! (`xen_version`), an `mmu_update` batch of 512 entries, a page fault bounced to the
+//! guest's handler and back through `iret`, a pin and unpin of an L1 table, and the life
+//! of a page-table page as a Linux guest leads it (written through its writable mapping,
+//! remapped read-only, pinned, unpinned, remapped writable), and the same for a small tree
+//! (an L2 over four L1s, pinned through the L2): the type changes where the TLB discipline
+//! flushes. Each is timed with the TSC per iteration and reported as the median in
+//! nanoseconds, converted with the scale the hypervisor publishes in `vcpu_info.time`:
 //!
-//! `bench: null_hypercall_ns=N mmu_update_512_ns=N page_fault_bounce_ns=N`
+//! `bench: null_hypercall_ns=N mmu_update_512_ns=N page_fault_bounce_ns=N pin_unpin_ns=N table_cycle_ns=N tree_cycle_ns=N`
 //!
 //! Then it powers off. A failed step prints `bench: FAILED <what>` and crashes the domain.
 
@@ -15,11 +18,11 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_rt::abi::hypercall::ShutdownReason;
-use guest_rt::abi::ids::DomId;
-use guest_rt::abi::mmu::MmuUpdate;
-use guest_rt::abi::hypercall::MmuUpdateCmd;
+use guest_rt::abi::ids::{DomId, Mfn, Pfn};
+use guest_rt::abi::mmu::{MmuUpdate, MmuextOp, UVMF_INVLPG, UVMF_LOCAL};
+use guest_rt::abi::hypercall::{MmuUpdateCmd, MmuextCmd};
 use guest_rt::hypercall::{self, shutdown};
-use guest_rt::layout::VIRT_BASE;
+use guest_rt::layout::{self, PTE_PRESENT, PTE_USER, VIRT_BASE};
 use guest_rt::traps::{self, TrapFrame, Vector};
 use guest_rt::{println, StartInfo};
 
@@ -28,6 +31,7 @@ guest_rt::entry!(main);
 const HYPERCALL_RUNS: usize = 2001;
 const BATCH_RUNS: usize = 51;
 const FAULT_RUNS: usize = 501;
+const TABLE_RUNS: usize = 501;
 /// Entries per `mmu_update` batch: one whole L1 table.
 const BATCH: usize = 512;
 /// A guest address nothing maps (its L2 entry is empty): every touch faults.
@@ -100,12 +104,85 @@ fn main(start: &'static StartInfo) {
         fail("page faults not all delivered");
     }
 
+    let (va, mfn) = free_frame(start, 0);
+    let read_only = mfn.address() | PTE_PRESENT | PTE_USER;
+    let writable = layout::kernel_rw_pte(mfn.address());
+    // SAFETY: the first free frame is mapped writable at `va` and used by nothing else.
+    unsafe { core::ptr::write_bytes(va as *mut u8, 0, 4096) };
+    remap(va, read_only);
+    let pin_unpin = median_cycles::<TABLE_RUNS>(|| {
+        extended(MmuextCmd::PinL1Table, mfn);
+        extended(MmuextCmd::UnpinTable, mfn);
+    });
+    remap(va, writable);
+    let cycle = median_cycles::<TABLE_RUNS>(|| {
+        // SAFETY: `va` maps the frame writable here; entry 1 stays non-present.
+        unsafe { core::ptr::write_volatile((va + 8) as *mut u64, 0x1000) };
+        remap(va, read_only);
+        extended(MmuextCmd::PinL1Table, mfn);
+        extended(MmuextCmd::UnpinTable, mfn);
+        remap(va, writable);
+    });
+
+    // An L2 (the next free frame) over four L1s (the four after it).
+    let tree: [(u64, Mfn); 5] = core::array::from_fn(|i| free_frame(start, 1 + i));
+    for (i, &(va, _)) in tree.iter().enumerate() {
+        // SAFETY: free frames mapped writable at `va`, used by nothing else.
+        unsafe { core::ptr::write_bytes(va as *mut u8, 0, 4096) };
+        if i > 0 {
+            // SAFETY: entry i - 1 of the L2 frame, mapped writable.
+            unsafe { core::ptr::write_volatile((tree[0].0 + (i as u64 - 1) * 8) as *mut u64, layout::kernel_rw_pte(tree[i].1.address())) };
+        }
+    }
+    let tree_cycle = median_cycles::<TABLE_RUNS>(|| {
+        for &(va, mfn) in &tree {
+            remap(va, mfn.address() | PTE_PRESENT | PTE_USER);
+        }
+        extended(MmuextCmd::PinL2Table, tree[0].1);
+        extended(MmuextCmd::UnpinTable, tree[0].1);
+        for &(va, mfn) in &tree {
+            remap(va, layout::kernel_rw_pte(mfn.address()));
+        }
+    });
+
     println!(
-        "bench: null_hypercall_ns={} mmu_update_512_ns={} page_fault_bounce_ns={}",
+        "bench: null_hypercall_ns={} mmu_update_512_ns={} page_fault_bounce_ns={} pin_unpin_ns={} table_cycle_ns={} tree_cycle_ns={}",
         to_ns(null, mul, shift),
         to_ns(batch, mul, shift),
-        to_ns(fault, mul, shift)
+        to_ns(fault, mul, shift),
+        to_ns(pin_unpin, mul, shift),
+        to_ns(cycle, mul, shift),
+        to_ns(tree_cycle, mul, shift)
     );
+}
+
+/// Free frame `n` after the boot stack (free, mapped writable at start of day): its
+/// address and machine frame.
+fn free_frame(start: &'static StartInfo, n: usize) -> (u64, Mfn) {
+    let first_table = layout::virt_to_pfn(start.pt_base).unwrap_or_else(|| fail("pt_base"));
+    let pfn = Pfn(first_table.0 + start.nr_pt_frames + 1 + n as u64);
+    match (layout::pfn_to_virt(pfn), guest_rt::start_info::pfn_to_mfn(pfn)) {
+        (Some(va), Some(mfn)) if pfn.0 < start.nr_pages => (va, mfn),
+        _ => fail("no free frame"),
+    }
+}
+
+/// Points the page at `va` (a free frame's) at `pte`, flushing it locally.
+fn remap(va: u64, pte: u64) {
+    // SAFETY: only free frames' pages are remapped, each only to its own frame.
+    if unsafe { hypercall::update_va_mapping(va, pte, UVMF_INVLPG | UVMF_LOCAL) }.is_err() {
+        fail("update_va_mapping of a free frame");
+    }
+}
+
+/// One `mmuext_op` on a free frame.
+fn extended(cmd: MmuextCmd, mfn: Mfn) {
+    let op = MmuextOp::with_mfn(cmd, mfn);
+    let mut done = 0;
+    // SAFETY: pins and unpins of free frames change no mapping.
+    if unsafe { hypercall::mmuext_op(core::slice::from_ref(&op), &mut done, DomId::SELF) }.is_err() {
+        fail("pin or unpin of a free frame");
+    }
 }
 
 /// Resumes after the faulting `mov rcx, [rax]` (3 bytes).

@@ -39,6 +39,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "new_baseptr_no_window", run: window::new_baseptr_without_window },
     Attack { name: "new_user_baseptr_no_window", run: window::new_user_baseptr_without_window },
     Attack { name: "pin_big_tree", run: big_tree::pin_big_tree },
+    Attack { name: "shared_info_table", run: crate::shared_info::table_attack },
 ];
 
 /// The `attack=` value on the command line, if any.

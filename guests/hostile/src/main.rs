@@ -7,7 +7,9 @@
 //! and sub-op numbers); the reservation ([`reservation`]: past the maximum, giving back
 //! frames that are not free); the page tables ([`mappings`]: foreign frames, own tables
 //! writable, the hypervisor's L4 and L3 slots, pins); where the hypervisor's window may
-//! appear ([`window`]: aliases through own L3s, L4 slot 511); giving back one frame twice;
+//! appear ([`window`]: aliases through own L3s, L4 slot 511); the shared-info frame as a
+//! page table or descriptor frame ([`shared_info`]); polling the ports the hypervisor uses
+//! as markers ([`polling`]); giving back one frame twice;
 //! switching to a foreign L4; then the fault in the fault handler ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
@@ -30,7 +32,9 @@ mod fatal;
 mod last_attack;
 mod long_calls;
 mod mappings;
+mod polling;
 mod reservation;
+mod shared_info;
 mod targets;
 mod verdict;
 mod window;
@@ -60,6 +64,8 @@ fn main(start: &'static StartInfo) {
     reservation::run(&mut tally, &targets);
     mappings::run(&mut tally, &targets);
     window::run(&mut tally, &targets);
+    shared_info::run(&mut tally, &targets);
+    polling::run(&mut tally);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     tally.summary();

@@ -96,7 +96,7 @@ impl Table {
     }
 
     /// The table entry `index` points to, if present and one of the domain's frames.
-    fn next(&self, index: usize) -> Option<Self> {
+    pub fn next_table(&self, index: usize) -> Option<Self> {
         let entry = self.entry(index);
         if entry & PTE_PRESENT == 0 {
             return None;
@@ -161,7 +161,7 @@ impl Targets {
             mfn: start_info::pfn_to_mfn(first_table).ok_or(SetupError::BadPtBase(start.pt_base))?,
             va: start.pt_base,
         };
-        let window_l3 = l4.next(HYPERVISOR_SLOT).ok_or(SetupError::NoWindowL3)?;
+        let window_l3 = l4.next_table(HYPERVISOR_SLOT).ok_or(SetupError::NoWindowL3)?;
         Ok(Self {
             guard,
             hole: hole.va,

@@ -208,6 +208,14 @@ pub fn translate(vaddr: u64) -> Option<u64> {
     (entry & PRESENT != 0).then_some((entry & ADDRESS_MASK) | (vaddr & (PAGE_SIZE - 1)))
 }
 
+/// Flushes this CPU's non-global TLB entries (every guest translation: guest entries are
+/// never global) by reloading CR3; the window's global entries stay.
+pub fn flush_guest_local() {
+    let (frame, flags) = Cr3::read();
+    // SAFETY: reloading the table CR3 already holds changes no mapping.
+    unsafe { Cr3::write(frame, flags) };
+}
+
 /// Flushes every TLB entry on this CPU, global ones included.
 pub fn flush_all_local() {
     // SAFETY: toggling CR4.PGE flushes the whole TLB, global entries included, and changes

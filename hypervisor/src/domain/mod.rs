@@ -6,6 +6,16 @@
 //! and is then destroyed: every frame it owned goes back to the frame allocator and every
 //! hypervisor structure it used is dropped, so free memory returns to exactly what it was.
 //! Destruction happens only once no CPU runs any of its vCPUs (see [`Domain::destroy`]).
+//!
+//! Frames the hypervisor writes on a domain's behalf (today its shared-info page, where
+//! event bits and time go; later vcpu_info and runstate areas, grant tables, rings) hold,
+//! for as long as the hypervisor writes them, a general and a writable-type reference
+//! (`pv::mmu::hold_for_hypervisor`, taken at creation, dropped at destruction before the
+//! frame is freed): a frame with a writable type can never become a page table or a
+//! descriptor frame, so what the hypervisor writes can never become an entry the guest
+//! steers. Destruction closes the domain's event channels (under their lock, with the
+//! domain already marked dead) before that frame goes, so that no sender writes into it
+//! afterwards (`pv::events`).
 
 pub mod vcpu;
 
@@ -21,6 +31,7 @@ use spin::Mutex;
 
 pub use vcpu::Vcpu;
 
+use crate::cpus::{CallLock, CpuMask};
 use crate::memory::{self, FrameMapping};
 
 /// The most domains alive at once (ids 1..=MAX_DOMAINS; 0 is kept for domain 0).
@@ -184,8 +195,13 @@ pub struct Domain {
     pub pollers: AtomicU32,
     pub shared_info: Mfn,
     pub memory: Mutex<DomainMemory>,
-    /// Serializes this domain's page-table updates.
-    pub mmu_lock: Mutex<()>,
+    /// Serializes this domain's page-table updates (held across TLB shootdowns, so a
+    /// [`CallLock`]).
+    pub mmu_lock: CallLock<()>,
+    /// The CPUs that may hold translations of this domain's address spaces: each adds itself
+    /// before it loads one of its tables and removes itself once it has loaded another
+    /// address space (`sched`). See `tlb`.
+    pub dirty_cpus: CpuMask,
     vcpus: Mutex<Vec<Arc<Vcpu>>>,
     state: AtomicU8,
     ending: Mutex<Option<Ending>>,
@@ -233,6 +249,8 @@ pub enum CreateError {
     OutOfMemory(mm::frame::FrameError),
     /// The hypervisor heap is too full to hold another domain.
     HeapFull,
+    /// The new shared-info frame could not be given its permanent writable type.
+    SharedInfo(abi::errno::Errno),
 }
 
 impl core::fmt::Display for CreateError {
@@ -241,6 +259,7 @@ impl core::fmt::Display for CreateError {
             Self::TooManyDomains => write!(f, "no free domain id (at most {MAX_DOMAINS} domains)"),
             Self::OutOfMemory(e) => write!(f, "not enough memory: {e:?}"),
             Self::HeapFull => write!(f, "the hypervisor heap is too full for another domain"),
+            Self::SharedInfo(e) => write!(f, "the shared-info frame could not be held: {e:?}"),
         }
     }
 }
@@ -266,6 +285,10 @@ impl Domain {
         let owner = Owner::Domain(id);
         let shared_info = memory::frames().alloc(owner).map_err(CreateError::OutOfMemory)?;
         zero_frame(shared_info);
+        if let Err(e) = crate::pv::mmu::hold_for_hypervisor(id, shared_info) {
+            let _ = memory::frames().free(shared_info);
+            return Err(CreateError::SharedInfo(e));
+        }
         let mut short_name = arrayvec::ArrayString::new();
         for c in name.chars().take(32) {
             let _ = short_name.try_push(c);
@@ -280,7 +303,8 @@ impl Domain {
             pollers: AtomicU32::new(0),
             shared_info,
             memory: Mutex::new(DomainMemory::new(max_pages)),
-            mmu_lock: Mutex::new(()),
+            mmu_lock: CallLock::new(()),
+            dirty_cpus: CpuMask::new(),
             vcpus: Mutex::new(Vec::new()),
             state: AtomicU8::new(LifeState::Running as u8),
             ending: Mutex::new(None),
@@ -317,11 +341,6 @@ impl Domain {
     /// vCPU `id`, if it exists.
     pub fn vcpu(&self, id: u32) -> Option<Arc<Vcpu>> {
         self.vcpus.lock().iter().find(|v| v.id == id).cloned()
-    }
-
-    /// Whether more than one vCPU exists (TLB flushes must then reach other CPUs).
-    pub fn is_smp(&self) -> bool {
-        self.vcpus.lock().len() > 1
     }
 
     /// Allocates `count` frames for the guest, within its maximum.
@@ -383,6 +402,14 @@ impl Domain {
 
     /// Returns every frame and structure of a domain that no CPU runs any more. Called by the
     /// scheduler once the domain is shutting down and `running_vcpus` is zero.
+    ///
+    /// Order: marked dead, then its event channels closed (a sender holding its channel lock
+    /// has finished writing into the shared-info frame, and a later one sees it dead), its
+    /// descriptor frames, base pointers and the hypervisor's hold on the shared-info frame
+    /// dropped, its tables relinquished, and only then its frames freed. No CPU can still
+    /// hold one of its translations: every CPU that ran it left its dirty CPUs when it
+    /// loaded another address space, before `running_vcpus` fell to zero; the flush below
+    /// finds none (and would flush any).
     pub fn destroy(self: &Arc<Self>) {
         if self.state.swap(LifeState::Dead as u8, Ordering::AcqRel) == LifeState::Dead as u8 {
             return;
@@ -390,13 +417,16 @@ impl Domain {
         crate::pv::events::close_all(self);
         let vcpus = core::mem::take(&mut *self.vcpus.lock());
         for vcpu in &vcpus {
-            crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
+            let gdt = core::mem::take(&mut *vcpu.gdt.lock());
+            crate::pv::descriptors::release(gdt);
         }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
         let pages = self.memory.lock().take_all(self.id);
         let mut owned = pages.clone();
         owned.push(self.shared_info);
+        crate::pv::mmu::release_for_hypervisor(self.shared_info);
         crate::pv::mmu::relinquish(self, bases, &owned);
+        crate::tlb::flush_dirty(&self.dirty_cpus, crate::tlb::Flush::All);
         for &mfn in pages.iter().chain(core::iter::once(&self.shared_info)) {
             if let Err(e) = memory::frames().free(mfn) {
                 warn!("domain {}: frame {mfn} not freed: {e:?}", self.id.0);

@@ -19,9 +19,12 @@ use spin::Mutex;
 use super::Domain;
 use crate::arch::trap::TrapFrame;
 
-/// `Vcpu::poll` when not polling, and when polling for any port.
-const NOT_POLLING: u32 = u32::MAX;
-const ANY_PORT: u32 = u32::MAX - 1;
+/// `Vcpu::poll` when not polling, and when polling for any port: outside the range of port
+/// numbers (any `u32`), so that no port a guest names can be taken for either.
+const NOT_POLLING: u64 = u64::MAX;
+const ANY_PORT: u64 = u64::MAX - 1;
+/// `Vcpu::running_on` while the vCPU runs nowhere.
+const NOWHERE: u32 = u32::MAX;
 
 /// Scheduling state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +121,10 @@ pub struct Vcpu {
     /// Its pending timers in the CPUs' timer queues.
     pub timers: Mutex<crate::sched::VcpuTimers>,
     /// What it polls for while blocked in `sched_op poll` (see [`Vcpu::begin_poll`]).
-    poll: AtomicU32,
+    poll: AtomicU64,
+    /// The CPU it runs on, set (by that CPU) before its tables are loaded there and cleared
+    /// when it is switched out: the CPU a flush of its TLB or an event for it must reach.
+    running_on: AtomicU32,
     /// When it was last woken, until it runs (system time ns; for the wake-up latency).
     pub woken_at_ns: AtomicU64,
     /// The deadline of its latency-sensitive timer that last fired while it was blocked,
@@ -162,7 +168,8 @@ impl Vcpu {
             timer_deadline: AtomicU64::new(0),
             poll_deadline: AtomicU64::new(0),
             timers: Mutex::new(Default::default()),
-            poll: AtomicU32::new(NOT_POLLING),
+            poll: AtomicU64::new(NOT_POLLING),
+            running_on: AtomicU32::new(NOWHERE),
             woken_at_ns: AtomicU64::new(0),
             warped_deadline_ns: AtomicU64::new(0),
             held_timer: Default::default(),
@@ -214,7 +221,7 @@ impl Vcpu {
     pub fn begin_poll(&self, target: PollTarget) {
         let raw = match target {
             PollTarget::AnyPort => ANY_PORT,
-            PollTarget::Port(port) => port.0,
+            PollTarget::Port(port) => u64::from(port.0),
         };
         if self.poll.swap(raw, Ordering::SeqCst) == NOT_POLLING {
             self.domain.pollers.fetch_add(1, Ordering::SeqCst);
@@ -226,8 +233,22 @@ impl Vcpu {
         match self.poll.load(Ordering::SeqCst) {
             NOT_POLLING => None,
             ANY_PORT => Some(PollTarget::AnyPort),
-            port => Some(PollTarget::Port(abi::ids::EvtchnPort(port))),
+            port => Some(PollTarget::Port(abi::ids::EvtchnPort(port as u32))),
         }
+    }
+
+    /// The CPU this vCPU runs on now, if any.
+    pub fn running_on(&self) -> Option<crate::percpu::CpuIndex> {
+        match self.running_on.load(Ordering::SeqCst) {
+            NOWHERE => None,
+            cpu => Some(crate::percpu::CpuIndex(cpu)),
+        }
+    }
+
+    /// Records that this CPU runs the vCPU from now on (before its tables are loaded), or
+    /// (`None`) that it has been switched out.
+    pub fn set_running_on(&self, cpu: Option<crate::percpu::CpuIndex>) {
+        self.running_on.store(cpu.map_or(NOWHERE, |c| c.0), Ordering::SeqCst);
     }
 
     /// Ends a poll; true for the one caller that ended it (and should wake the vCPU).

@@ -5,7 +5,14 @@
 //! The upcall follows Xen's 2-level ABI: when the vCPU's `evtchn_upcall_pending` is set and
 //! its `evtchn_upcall_mask` clear, the guest's event callback is entered through a bounce
 //! frame with events masked. It is checked on every return to guest mode, so an event raised
-//! while the vCPU ran (or was woken) is taken at its next exit.
+//! while the vCPU ran (or was woken) is taken at its next exit. A sender wakes a blocked
+//! target and interrupts its CPU only when it runs there with events unmasked; one waiting
+//! for its CPU takes the upcall when it is switched in.
+//!
+//! Event bits are written into the target's shared-info frame with the target's channel
+//! lock held, and only while the target is not dead: its destruction marks it dead and then
+//! takes that lock (closing its channels) before the frame is freed, so no sender ever
+//! writes into a freed frame.
 
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -20,15 +27,15 @@ use arrayvec::ArrayVec;
 use events::limits::MAX_POLL_PORTS;
 use events::poll::{PollOutcome, PollTarget};
 use abi::ids::{DomId, EvtchnPort, VcpuId};
-use events::bitmap::set_pending;
+use events::bitmap::{set_pending, Notify};
 use events::table::bind_interdomain;
-use events::{Delivery, EventError, SendTarget, SharedPage};
+use events::{Channels, Delivery, EventError, SendTarget, SharedPage};
 use hypervisor::hypercall::GuestVa;
 use mm::frame::DomainId;
 
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
-use crate::domain::{self, Domain, Vcpu};
+use crate::domain::{self, Domain, LifeState, Vcpu};
 use crate::memory::FrameMapping;
 use crate::pv::hypercall::HcResult;
 use crate::pv::{shared, traps};
@@ -79,11 +86,29 @@ impl SharedPage for Page {
     }
 }
 
+/// Marks `delivery.port` pending in `domain`'s shared-info frame unless the domain is dead
+/// (being destroyed). `_channels` is the domain's channel table, locked by the caller: see
+/// the module documentation.
+fn mark_pending(domain: &Domain, _channels: &Channels, delivery: Delivery) -> Option<Notify> {
+    if domain.state() == LifeState::Dead {
+        return None;
+    }
+    domain.counters.events_sent.fetch_add(1, Ordering::Relaxed);
+    Some(set_pending(&Page::of(domain), delivery.port, delivery.vcpu))
+}
+
 /// Marks `delivery.port` pending in `domain` and wakes or kicks the vCPU it notifies, and
 /// any vCPU polling for the port.
 fn deliver(domain: &Domain, delivery: Delivery) {
-    let notify = set_pending(&Page::of(domain), delivery.port, delivery.vcpu);
-    domain.counters.events_sent.fetch_add(1, Ordering::Relaxed);
+    let notify = mark_pending(domain, &domain.channels.lock(), delivery);
+    if let Some(notify) = notify {
+        wake_for(domain, delivery, notify);
+    }
+}
+
+/// After `delivery` was marked pending with outcome `notify`: wakes the vCPUs polling its
+/// port, and wakes (blocked) or interrupts (running, events unmasked) the vCPU it notifies.
+fn wake_for(domain: &Domain, delivery: Delivery, notify: Notify) {
     // After the pending bit is set (`poll` publishes its target before it checks).
     if notify.newly_pending && domain.pollers.load(Ordering::SeqCst) > 0 {
         for vcpu in domain.vcpus() {
@@ -94,18 +119,33 @@ fn deliver(domain: &Domain, delivery: Delivery) {
     }
     if notify.upcall {
         if let Some(vcpu) = domain.vcpu(delivery.vcpu.0) {
-            if !sched::wake(&vcpu) {
-                sched::kick(vcpu.cpu.load(Ordering::Relaxed));
-            }
+            kick_for_upcall(&vcpu, notify.upcall_masked);
         }
+    }
+}
+
+/// A vCPU's upcall was raised: a blocked vCPU is woken; a running one (with events
+/// unmasked) has its CPU interrupted so that it takes the upcall at once; one waiting for
+/// its CPU takes it when it is switched in, so its CPU (running another vCPU, perhaps of
+/// another domain) is left alone.
+fn kick_for_upcall(vcpu: &Vcpu, masked: bool) {
+    if sched::wake(vcpu) || masked {
+        return;
+    }
+    if let Some(cpu) = vcpu.running_on() {
+        sched::kick(cpu.0);
     }
 }
 
 /// A vCPU's single-shot timer expired: raise VIRQ_TIMER on it (if it bound one).
 pub fn timer_fired(vcpu: &Vcpu) {
-    let target = vcpu.domain.channels.lock().virq_target(Virq::Timer, VcpuId(vcpu.id));
-    if let Some(delivery) = target {
-        deliver(&vcpu.domain, delivery);
+    let marked = {
+        let channels = vcpu.domain.channels.lock();
+        let target = channels.virq_target(Virq::Timer, VcpuId(vcpu.id));
+        target.and_then(|delivery| Some((delivery, mark_pending(&vcpu.domain, &channels, delivery)?)))
+    };
+    if let Some((delivery, notify)) = marked {
+        wake_for(&vcpu.domain, delivery, notify);
     }
 }
 
@@ -164,9 +204,14 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
                 SendTarget::Local(delivery) => deliver(domain, delivery),
                 SendTarget::Remote { to, from } => {
                     if let Some(remote) = domain::lookup(DomainId(to.dom.0)) {
-                        let delivery = remote.channels.lock().deliver_from(to.port, from);
-                        if let Some(delivery) = delivery {
-                            deliver(&remote, delivery);
+                        // The peer check and the pending bit under one hold of its lock.
+                        let marked = {
+                            let channels = remote.channels.lock();
+                            let delivery = channels.deliver_from(to.port, from);
+                            delivery.and_then(|delivery| Some((delivery, mark_pending(&remote, &channels, delivery)?)))
+                        };
+                        if let Some((delivery, notify)) = marked {
+                            wake_for(&remote, delivery, notify);
                         }
                     }
                 }
@@ -185,9 +230,7 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
             let notify = events::bitmap::unmask(&Page::of(domain), op.port, target);
             if notify.upcall {
                 if let Some(v) = domain.vcpu(target.0) {
-                    if !sched::wake(&v) {
-                        sched::kick(v.cpu.load(Ordering::Relaxed));
-                    }
+                    kick_for_upcall(&v, notify.upcall_masked);
                 }
             }
             Ok(0)

@@ -7,24 +7,33 @@
 //! unmapped it and it is no page table); extents are handled in order and the call returns
 //! how many were done, as Xen's does. A long list stops between extents when
 //! `crate::preempt` says so and continues through the start-extent bits of the command
-//! (`MEMOP_EXTENT_SHIFT`), as Xen's does; each extent costs O(1) (the domain's frame list
-//! is indexed, see `DomainMemory::remove`).
+//! (`MEMOP_EXTENT_SHIFT`), as Xen's does; each extent costs O(1) (see `DomainMemory`).
+//!
+//! The guest may have unmapped a frame without flushing (`UVMF_NONE`), so another of its
+//! CPUs may still reach it through a stale TLB entry: frames leaving a domain are scrubbed
+//! and freed only after every CPU that may hold the domain's translations has flushed, one
+//! flush for up to [`FREE_BATCH`] frames (see `tlb`), and always before the call stops.
 
 use abi::errno::Errno;
 use abi::hypercall::MemoryOp;
 use abi::ids::DomId;
 use abi::memory::XenMemoryReservation;
 use alloc::vec::Vec;
+use arrayvec::ArrayVec;
 use hypervisor::continuation::Outcome;
 use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::Owner;
 
 use crate::arch::uaccess;
-use crate::domain::{self, Vcpu};
+use crate::domain::{self, Domain, Vcpu};
 use crate::memory;
 use crate::preempt;
 use crate::pv::hypercall::stopped;
+use crate::tlb::{self, Flush};
+
+/// The most frames taken from a domain between two flushes of its CPUs.
+const FREE_BATCH: usize = 256;
 
 pub fn memory_op(vcpu: &Vcpu, request: Request, cmd: u32, start_extent: u64, arg: GuestVa) -> Outcome {
     let domain = &vcpu.domain;
@@ -89,7 +98,12 @@ fn increase(vcpu: &Vcpu, request: Request, reservation: &XenMemoryReservation, s
             break;
         }
         if uaccess::write_value(slot, &got[0].0).is_err() {
-            give_back(vcpu, got[0]);
+            // Never mapped: no CPU can hold a translation of it.
+            if detach(&vcpu.domain, got[0]) {
+                let mut one = ArrayVec::<Mfn, FREE_BATCH>::new();
+                one.push(got[0]);
+                scrub_and_free(&mut one);
+            }
             return Err(Errno::Efault.into());
         }
         done += 1;
@@ -102,17 +116,31 @@ fn decrease(vcpu: &Vcpu, request: Request, reservation: &XenMemoryReservation, s
     // No page-table update of this domain may take a reference while frames leave it.
     let _tables = vcpu.domain.mmu_lock.lock();
     let mut done = start;
-    while done < reservation.nr_extents {
-        if done > start && preempt::should_stop() {
-            return Err(stopped(request, done - start));
+    let mut leaving = ArrayVec::<Mfn, FREE_BATCH>::new();
+    let result = loop {
+        if done >= reservation.nr_extents {
+            break Ok(done);
         }
-        let mfn: u64 = uaccess::read_value(extent_address(reservation, done)?).map_err(|_| Errno::Efault)?;
-        if !releasable(vcpu, Mfn(mfn)) || !give_back(vcpu, Mfn(mfn)) {
-            break;
+        if done > start && preempt::should_stop() {
+            break Err(stopped(request, done - start));
+        }
+        let read = extent_address(reservation, done).and_then(|at| uaccess::read_value::<u64>(at).map_err(|_| Errno::Efault));
+        let mfn = match read {
+            Ok(mfn) => Mfn(mfn),
+            Err(e) => break Err(e.into()),
+        };
+        // A frame named twice holds the reference `detach` took: the second is refused.
+        if !releasable(vcpu, mfn) || !detach(&vcpu.domain, mfn) {
+            break Ok(done);
+        }
+        leaving.push(mfn);
+        if leaving.is_full() {
+            release(&vcpu.domain, &mut leaving);
         }
         done += 1;
-    }
-    Ok(done)
+    };
+    release(&vcpu.domain, &mut leaving);
+    result
 }
 
 /// Whether `mfn` belongs to the domain's reservation and nothing references it.
@@ -124,13 +152,35 @@ fn releasable(vcpu: &Vcpu, mfn: Mfn) -> bool {
         && info.type_info().count() == 0
 }
 
-/// Counts `mfn` out of the domain, scrubs it and frees it; false (and nothing done) when
-/// the domain does not own it.
-fn give_back(vcpu: &Vcpu, mfn: Mfn) -> bool {
-    if !vcpu.domain.memory.lock().remove(vcpu.domain.id, mfn) {
+/// Counts `mfn` out of the domain and takes a general reference on it, which it keeps until
+/// it is freed (it stays the domain's in the frame table until then); false (and nothing
+/// done) when the domain does not own it.
+fn detach(domain: &Domain, mfn: Mfn) -> bool {
+    if !domain.memory.lock().remove(domain.id, mfn) {
         return false;
     }
-    domain::zero_frame(mfn);
-    let _ = memory::frames().free(mfn);
-    true
+    memory::frames().frame(mfn).is_ok_and(|info| info.update_ref_count(|count| count.checked_add(1)).is_ok())
+}
+
+/// Scrubs and frees `frames` (detached from `domain`) once every CPU that may still hold a
+/// translation of them has flushed.
+fn release(domain: &Domain, frames: &mut ArrayVec<Mfn, FREE_BATCH>) {
+    if frames.is_empty() {
+        return;
+    }
+    tlb::flush_dirty(&domain.dirty_cpus, Flush::All);
+    scrub_and_free(frames);
+}
+
+/// Drops the reference `detach` took on each frame, scrubs it and frees it.
+fn scrub_and_free(frames: &mut ArrayVec<Mfn, FREE_BATCH>) {
+    for mfn in frames.drain(..) {
+        if let Ok(info) = memory::frames().frame(mfn) {
+            let _ = info.update_ref_count(|count| count.checked_sub(1));
+        }
+        domain::zero_frame(mfn);
+        if let Err(e) = memory::frames().free(mfn) {
+            log::warn!("memory_op: frame {mfn} not freed: {e:?}");
+        }
+    }
 }

@@ -1,19 +1,25 @@
 //! Guest page-table management: the hypercalls (`mmu_update`, `mmuext_op`,
 //! `update_va_mapping`, and `mov` to CR3) on top of the `pvmm` crate's validation and
-//! reference counting, plus pinning a new domain's tables and relinquishing a dead one's.
+//! reference counting, plus pinning a new domain's tables, relinquishing a dead one's, and
+//! the references that keep frames the hypervisor writes for a domain out of every
+//! protected type ([`hold_for_hypervisor`]).
 //!
-//! Every operation runs under the domain's page-table lock; table frames are read and
-//! written through temporary mappings. The batches (`mmu_update`, `mmuext_op`) stop
-//! between entries when `crate::preempt` says so and continue as Xen's do (the list
-//! advanced, the count reduced with `MMU_UPDATE_PREEMPTED` set, `done` accumulated through
-//! the guest's pointer), after flushing what they changed and releasing the lock. Stale translations: guest entries are never global,
-//! so only CPUs running one of the domain's vCPUs can cache them; flushes go to exactly
-//! those (today: this CPU, as domains have one vCPU).
+//! Every operation runs under the domain's page-table lock (a [`crate::cpus::CallLock`]: a
+//! type change may wait for other CPUs' flushes with it held); table frames are read and
+//! written through temporary mappings. Stale translations follow the TLB discipline of
+//! [`crate::tlb`]: when a frame takes a protected type (or the writable type after being a
+//! table) the domain's dirty CPUs that may still hold a translation of it are flushed, and
+//! when the last reference of a type goes the frame is stamped with the TLB clock. Flushes a
+//! guest asks for reach the domain's dirty CPUs (`UVMF_ALL`, `MMUEXT_*_ALL`) or the CPUs
+//! running the vCPUs it names (`UVMF_MULTI`, `MMUEXT_*_MULTI`), after the lock is dropped.
 //!
-//! pvmm's walks (validating or devalidating a tree, relinquishing a domain) stop when a
-//! slice's work budget is spent ([`Tables`]: a few thousand entries or ~30 us) and return
-//! `MmError::Restart`; every call here goes through [`until_done`], which for now calls
-//! again with a fresh budget until the operation completes.
+//! The batches (`mmu_update`, `mmuext_op`) stop between entries when `crate::preempt` says
+//! so and continue as Xen's do (the list advanced, the count reduced with
+//! `MMU_UPDATE_PREEMPTED` set, `done` accumulated through the guest's pointer). pvmm's walks
+//! (validating or devalidating a tree, relinquishing a domain) stop when a slice's work
+//! budget is spent ([`Tables`]: a few thousand entries or ~30 us) and return
+//! `MmError::Restart`: a guest's call runs one slice per stay ([`one_slice`]) and is issued
+//! again; what no guest call can make long runs to the end ([`until_done`]).
 
 use alloc::vec::Vec;
 use core::cell::RefCell;
@@ -23,21 +29,24 @@ use arrayvec::ArrayVec;
 use abi::errno::Errno;
 use abi::hypercall::{MmuUpdateCmd, MmuextCmd};
 use abi::ids::DomId;
-use abi::mmu::{MmuUpdate, MmuextOp, UVMF_ALL, UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH};
+use abi::mmu::{decode_uvmf, MmuUpdate, MmuextOp, UvmfFlush, UvmfScope};
 use hypervisor::continuation::{Outcome, Stop};
 use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
 use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, RelinquishProgress, TableMemory};
+use smp::xcall::CpuBits;
 use spin::Once;
 use x86_64::VirtAddr;
 
 use crate::arch::paging;
 use crate::arch::uaccess;
+use crate::cpus::CpuMask;
 use crate::domain::{Domain, Vcpu};
 use crate::memory::{self, FrameMapping};
 use crate::preempt;
 use crate::pv::hypercall::stopped;
+use crate::tlb::{self, Flush};
 
 static LAYOUT: Once<Layout> = Once::new();
 
@@ -74,14 +83,17 @@ fn stop_at(request: Request, i: u64, why: Stop) -> Stop {
     }
 }
 
+/// No CPU: the dirty CPUs of a frame whose domain no CPU can hold translations of.
+static NO_CPU: CpuMask = CpuMask::new();
+
 /// Page-table frames as the validator sees them: entries read and written through
 /// temporary mappings. The last few frames stay mapped for the length of one hypercall
 /// (a batch of updates mostly touches one table), which saves a map, an unmap and an
 /// `invlpg` per entry.
-struct Tables {
+struct Tables<'a> {
     cache: RefCell<ArrayVec<(Mfn, FrameMapping), 4>>,
-    /// The domain has vCPUs on other CPUs: flushes must reach every CPU.
-    smp: bool,
+    /// The CPUs that may hold translations of the domain whose frames these are.
+    dirty: &'a CpuMask,
     /// This slice's work so far: entries pvmm processed, and when the slice began (TSC).
     slice_entries: u32,
     slice_start: u64,
@@ -94,30 +106,25 @@ const SLICE_ENTRIES: u32 = 4096;
 const SLICE_NS: u64 = 30_000;
 const CLOCK_EVERY: u32 = 32;
 
-impl Tables {
-    fn new() -> Tables {
-        Tables { cache: RefCell::new(ArrayVec::new()), smp: false, slice_entries: 0, slice_start: crate::time::rdtsc() }
+impl<'a> Tables<'a> {
+    fn with_dirty(dirty: &'a CpuMask) -> Tables<'a> {
+        Tables { cache: RefCell::new(ArrayVec::new()), dirty, slice_entries: 0, slice_start: crate::time::rdtsc() }
+    }
+
+    fn for_domain(domain: &'a Domain) -> Tables<'a> {
+        Tables::with_dirty(&domain.dirty_cpus)
+    }
+
+    /// For operations that only take types no CPU can hold stale translations of (a new
+    /// domain's frames) or only drop references (which stamp frames, never flush).
+    fn without_cpus() -> Tables<'static> {
+        Tables::with_dirty(&NO_CPU)
     }
 
     /// Starts a new slice of work.
     fn fresh_budget(&mut self) {
         self.slice_entries = 0;
         self.slice_start = crate::time::rdtsc();
-    }
-
-    fn for_domain(domain: &Domain) -> Tables {
-        Tables { smp: domain.is_smp(), ..Tables::new() }
-    }
-
-    /// Flushes stale translations of this domain's address spaces: only CPUs running one of
-    /// its vCPUs can hold them (guest entries are never global, and switching a CPU to
-    /// another address space flushes them).
-    fn flush(&self) {
-        if self.smp {
-            crate::cpus::call_all(|_| paging::flush_all_local(), 0);
-        } else {
-            paging::flush_all_local();
-        }
     }
 
     fn entry<R>(&self, mfn: Mfn, index: usize, f: impl FnOnce(&mut [u8; 8]) -> R) -> R {
@@ -137,7 +144,7 @@ impl Tables {
     }
 }
 
-impl TableMemory for Tables {
+impl TableMemory for Tables<'_> {
     fn read(&self, mfn: Mfn, index: usize) -> u64 {
         self.entry(mfn, index, |bytes| u64::from_le_bytes(*bytes))
     }
@@ -146,8 +153,16 @@ impl TableMemory for Tables {
         self.entry(mfn, index, |bytes| *bytes = value.to_le_bytes());
     }
 
-    fn flush_stale_writable(&mut self, _mfn: Mfn) {
-        self.flush();
+    fn flush_stale_writable(&mut self, mfn: Mfn) {
+        tlb::flush_stale(self.dirty, mfn, false);
+    }
+
+    fn flush_stale_tables(&mut self, mfn: Mfn) {
+        tlb::flush_stale(self.dirty, mfn, true);
+    }
+
+    fn type_released(&mut self, mfn: Mfn, was: PageType) {
+        tlb::stamp(mfn, Level::of_page_type(was).is_some());
     }
 
     fn should_preempt(&mut self) -> bool {
@@ -163,7 +178,7 @@ impl TableMemory for Tables {
 /// its progress kept in the frames) becomes [`Stop::Retry`] through [`stop`], the guest
 /// issues the call again once it next runs (interrupts, events and cross-CPU calls are
 /// taken in between), and the same operation continues.
-fn one_slice<T>(tables: &mut Tables, op: impl FnOnce(&mut Tables) -> Result<T, MmError>) -> Result<T, MmError> {
+fn one_slice<T>(tables: &mut Tables<'_>, op: impl FnOnce(&mut Tables<'_>) -> Result<T, MmError>) -> Result<T, MmError> {
     tables.fresh_budget();
     let result = op(tables);
     let slice_ns = crate::time::tsc_to_ns(crate::time::rdtsc().wrapping_sub(tables.slice_start));
@@ -180,7 +195,7 @@ fn one_slice<T>(tables: &mut Tables, op: impl FnOnce(&mut Tables) -> Result<T, M
 /// builder chose; a vCPU's initial base pointer, which its creator validated; a
 /// descriptor page) and for domain destruction, which runs once the domain's vCPUs are
 /// off every CPU. Guest hypercalls use [`one_slice`] instead.
-fn until_done<T>(tables: &mut Tables, mut op: impl FnMut(&mut Tables) -> Result<T, MmError>) -> Result<T, MmError> {
+fn until_done<T>(tables: &mut Tables<'_>, mut op: impl FnMut(&mut Tables<'_>) -> Result<T, MmError>) -> Result<T, MmError> {
     let mut slices = 0;
     loop {
         let result = one_slice(tables, &mut op);
@@ -210,7 +225,7 @@ pub fn report() {
 }
 
 /// Releases a base pointer, finishing the teardown of its table if that stops half-way.
-fn release_base(mmu: &PvMmu, base: BasePtr, tables: &mut Tables) {
+fn release_base(mmu: &PvMmu, base: BasePtr, tables: &mut Tables<'_>) {
     let l4 = base.mfn();
     let mut base = Some(base);
     let released = until_done(tables, |t| match base.take() {
@@ -235,7 +250,7 @@ fn check_domid(vcpu: &Vcpu, domid: u16) -> Result<DomainId, Errno> {
 pub fn pin_initial_tables(domain: &Domain, l4: Mfn) -> Result<BasePtr, Errno> {
     let _lock = domain.mmu_lock.lock();
     let mmu = mmu();
-    let mut tables = Tables::new();
+    let mut tables = Tables::for_domain(domain);
     until_done(&mut tables, |t| mmu.pin_table(l4, Level::L4, domain.id, t)).map_err(errno)?;
     until_done(&mut tables, |t| mmu.new_baseptr(l4, domain.id, t)).map_err(errno)
 }
@@ -246,22 +261,40 @@ pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
     let mmu = mmu();
     let mut bases = bases.into_iter();
     let mut progress = RelinquishProgress::default();
-    let result = until_done(&mut Tables::new(), |t| mmu.relinquish(domain.id, owned, &mut bases, &mut progress, t));
+    let result = until_done(&mut Tables::for_domain(domain), |t| mmu.relinquish(domain.id, owned, &mut bases, &mut progress, t));
     if let Err(e) = result {
         log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);
     }
 }
 
+/// Takes a general and a writable-type reference on `mfn`, a frame of domain `dom` that the
+/// hypervisor writes on its behalf (its shared-info page; later vcpu_info and runstate
+/// areas, grant tables, rings), for as long as it does: a frame with a writable type can
+/// never become a page table or a descriptor frame, whatever the guest does with it. Taken
+/// before the domain's first vCPU runs; dropped with [`release_for_hypervisor`] at
+/// destruction, before the domain's tables are relinquished and its frames freed.
+pub fn hold_for_hypervisor(dom: DomainId, mfn: Mfn) -> Result<(), Errno> {
+    until_done(&mut Tables::without_cpus(), |t| mmu().get_page_and_type(mfn, PageType::None, dom, t)).map_err(errno)
+}
+
+/// Drops the references [`hold_for_hypervisor`] took.
+pub fn release_for_hypervisor(mfn: Mfn) {
+    if let Err(e) = until_done(&mut Tables::without_cpus(), |t| mmu().put_page_and_type(mfn, t)) {
+        log::warn!("releasing frame {mfn} held for the hypervisor: {e:?}");
+    }
+}
+
 /// Takes a general and a descriptor-page type reference on `mfn` for the vCPU's domain
-/// (refused if the guest maps it writable or uses it as a page table).
+/// (refused if the guest maps it writable or uses it as a page table). Call with the
+/// domain's page-table lock held: the type change may flush other CPUs.
 pub fn get_descriptor_page(vcpu: &Vcpu, mfn: Mfn) -> Result<(), Errno> {
     let dom = vcpu.domain.id;
-    until_done(&mut Tables::new(), |t| mmu().get_page_and_type(mfn, PageType::SegmentDescriptors, dom, t)).map_err(errno)
+    until_done(&mut Tables::for_domain(&vcpu.domain), |t| mmu().get_page_and_type(mfn, PageType::SegmentDescriptors, dom, t)).map_err(errno)
 }
 
 /// Drops a reference taken by [`get_descriptor_page`].
 pub fn put_descriptor_page(mfn: Mfn) {
-    if let Err(e) = until_done(&mut Tables::new(), |t| mmu().put_page_and_type(mfn, t)) {
+    if let Err(e) = until_done(&mut Tables::without_cpus(), |t| mmu().put_page_and_type(mfn, t)) {
         log::warn!("releasing descriptor page {mfn}: {e:?}");
     }
 }
@@ -288,7 +321,7 @@ fn report_done(done: GuestVa, before: u32, completed: u64) -> Result<(), Errno> 
 pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, done: GuestVa, domid: u16, preempted: bool) -> Outcome {
     let dom = check_domid(vcpu, domid)?;
     let before = done_before(done, preempted)?;
-    let _lock = vcpu.domain.mmu_lock.lock();
+    let lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::for_domain(&vcpu.domain);
     let mut completed = 0u64;
@@ -320,31 +353,89 @@ pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, 
         }
         completed += 1;
     }
+    drop(tables);
+    drop(lock);
     if completed > 0 {
-        tables.flush();
+        // For the guest's sake (its vCPUs see the new entries at once), not the
+        // hypervisor's: type changes flushed what they needed already.
+        tlb::flush_dirty(&vcpu.domain.dirty_cpus, Flush::All);
     }
     report_done(done, before, completed)?;
     result
 }
 
 /// `update_va_mapping`: a checked update of the L1 entry that maps `va` in the current
-/// kernel address space, then the requested flush.
+/// kernel address space, then the flush the flags ask for (as Xen: `UVMF_NONE`,
+/// `UVMF_TLB_FLUSH` or `UVMF_INVLPG`, of this vCPU (`UVMF_LOCAL`), of every vCPU
+/// (`UVMF_ALL`) or of those in the bitmap whose address is OR-ed into the flags
+/// (`UVMF_MULTI`)). The bitmap is read first: a bad one changes nothing.
 pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> Outcome {
     uaccess::check_range(va, 1).map_err(|_| Errno::Einval)?;
+    let (flush, scope) = decode_uvmf(flags);
+    let flush = match flush {
+        UvmfFlush::Nothing => None,
+        UvmfFlush::Tlb => Some(Flush::All),
+        UvmfFlush::Page => Some(Flush::Page(VirtAddr::new_truncate(va))),
+    };
+    let cpus = match (flush, scope) {
+        (None, _) => None,
+        (Some(_), UvmfScope::Local) => Some(Scope::Local),
+        (Some(_), UvmfScope::All) => Some(Scope::Dirty),
+        (Some(_), UvmfScope::Multi(bitmap)) => Some(Scope::Cpus(vcpu_mask(vcpu, GuestVa(bitmap))?)),
+    };
     let l4 = vcpu.ctx.lock().active_l4().ok_or(Errno::Einval)?;
-    let _lock = vcpu.domain.mmu_lock.lock();
-    let mmu = mmu();
-    let mut tables = Tables::for_domain(&vcpu.domain);
-    let slot = mmu.l1_entry_of(l4, va, &tables).map_err(stop)?;
-    let dom = vcpu.domain.id;
-    one_slice(&mut tables, |t| mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, dom, t)).map_err(stop)?;
-    let everywhere = flags & UVMF_ALL != 0 && tables.smp;
-    match flags & UVMF_FLUSHTYPE_MASK {
-        UVMF_INVLPG if !everywhere => x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va)),
-        UVMF_INVLPG | UVMF_TLB_FLUSH => tables.flush(),
-        _ => {}
+    {
+        let _lock = vcpu.domain.mmu_lock.lock();
+        let mmu = mmu();
+        let mut tables = Tables::for_domain(&vcpu.domain);
+        let slot = mmu.l1_entry_of(l4, va, &tables).map_err(stop)?;
+        let dom = vcpu.domain.id;
+        one_slice(&mut tables, |t| mmu.mod_entry(slot.table, slot.index, pte, AccessedDirty::Overwrite, dom, t)).map_err(stop)?;
+    }
+    if let (Some(flush), Some(cpus)) = (flush, cpus) {
+        cpus.flush(vcpu, flush);
     }
     Ok(0)
+}
+
+/// Which CPUs a flush the guest asks for reaches.
+enum Scope {
+    /// This CPU (the calling vCPU's).
+    Local,
+    /// Every CPU that may hold the domain's translations.
+    Dirty,
+    /// The CPUs running the vCPUs the guest named.
+    Cpus(CpuBits),
+}
+
+impl Scope {
+    fn flush(&self, vcpu: &Vcpu, what: Flush) {
+        match self {
+            Scope::Local => match what {
+                Flush::All => tlb::flush_local(),
+                Flush::Page(va) => tlb::flush_local_page(va),
+            },
+            Scope::Dirty => tlb::flush_dirty(&vcpu.domain.dirty_cpus, what),
+            Scope::Cpus(cpus) => tlb::flush_cpus(cpus, what),
+        }
+    }
+}
+
+/// The CPUs running the vCPUs named in the guest's vCPU bitmap at `bitmap` (one word: a
+/// domain has at most 64 vCPUs), among those that may hold the domain's translations (Xen's
+/// `vcpumask_to_pcpumask`). A vCPU not running anywhere needs no flush: it loads its tables
+/// afresh when it next runs.
+fn vcpu_mask(vcpu: &Vcpu, bitmap: GuestVa) -> Result<CpuBits, Errno> {
+    let named: u64 = uaccess::read_value(bitmap.0).map_err(|_| Errno::Efault)?;
+    let dirty = vcpu.domain.dirty_cpus.snapshot();
+    let mut cpus = [0u64; smp::xcall::MAX_CPUS / 64];
+    for other in vcpu.domain.vcpus().iter().filter(|v| v.id < 64 && named & (1 << v.id) != 0) {
+        if let Some(cpu) = other.running_on() {
+            let i = cpu.0 as usize % smp::xcall::MAX_CPUS;
+            cpus[i / 64] |= dirty[i / 64] & (1 << (i % 64));
+        }
+    }
+    Ok(cpus)
 }
 
 /// `mmuext_op`: pins, base pointers and TLB operations, in a batch.
@@ -374,35 +465,33 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
     let mfn = Mfn(op.arg1);
     let pin = |level| {
         let _lock = vcpu.domain.mmu_lock.lock();
-        one_slice(&mut Tables::new(), |t| mmu().pin_table(mfn, level, dom, t)).map_err(stop)
+        one_slice(&mut Tables::for_domain(&vcpu.domain), |t| mmu().pin_table(mfn, level, dom, t)).map_err(stop)
     };
-    match MmuextCmd::from_raw(op.cmd) {
-        Some(MmuextCmd::PinL1Table) => pin(Level::L1),
-        Some(MmuextCmd::PinL2Table) => pin(Level::L2),
-        Some(MmuextCmd::PinL3Table) => pin(Level::L3),
-        Some(MmuextCmd::PinL4Table) => pin(Level::L4),
+    let page = || VirtAddr::try_new(op.arg1).map(Flush::Page).map_err(|_| Errno::Einval);
+    let named = || vcpu_mask(vcpu, GuestVa(op.arg2)).map(Scope::Cpus);
+    let (what, scope) = match MmuextCmd::from_raw(op.cmd) {
+        Some(MmuextCmd::PinL1Table) => return pin(Level::L1),
+        Some(MmuextCmd::PinL2Table) => return pin(Level::L2),
+        Some(MmuextCmd::PinL3Table) => return pin(Level::L3),
+        Some(MmuextCmd::PinL4Table) => return pin(Level::L4),
         Some(MmuextCmd::UnpinTable) => {
             let _lock = vcpu.domain.mmu_lock.lock();
-            one_slice(&mut Tables::new(), |t| mmu().unpin_table(mfn, dom, t)).map_err(stop)
+            return one_slice(&mut Tables::for_domain(&vcpu.domain), |t| mmu().unpin_table(mfn, dom, t)).map_err(stop);
         }
-        Some(MmuextCmd::NewBaseptr) => new_baseptr(vcpu, mfn, false).map_err(stop),
-        Some(MmuextCmd::NewUserBaseptr) => new_baseptr(vcpu, mfn, true).map_err(stop),
-        Some(MmuextCmd::TlbFlushLocal) => {
-            paging::flush_all_local();
-            Ok(())
-        }
-        Some(MmuextCmd::InvlpgLocal) => {
-            let va = VirtAddr::try_new(op.arg1).map_err(|_| Errno::Einval)?;
-            x86_64::instructions::tlb::flush(va);
-            Ok(())
-        }
-        // Flushes of other vCPUs: every CPU that runs one of this domain's vCPUs.
-        Some(MmuextCmd::TlbFlushMulti | MmuextCmd::TlbFlushAll | MmuextCmd::InvlpgMulti | MmuextCmd::InvlpgAll) => {
-            Tables::for_domain(&vcpu.domain).flush();
-            Ok(())
-        }
-        _ => Err(Errno::Enosys.into()),
-    }
+        Some(MmuextCmd::NewBaseptr) => return new_baseptr(vcpu, mfn, false).map_err(stop),
+        Some(MmuextCmd::NewUserBaseptr) => return new_baseptr(vcpu, mfn, true).map_err(stop),
+        Some(MmuextCmd::TlbFlushLocal) => (Flush::All, Scope::Local),
+        Some(MmuextCmd::InvlpgLocal) => (page()?, Scope::Local),
+        // The CPUs running the vCPUs in the bitmap at `arg2`.
+        Some(MmuextCmd::TlbFlushMulti) => (Flush::All, named()?),
+        Some(MmuextCmd::InvlpgMulti) => (page()?, named()?),
+        // Every CPU that may hold the domain's translations.
+        Some(MmuextCmd::TlbFlushAll) => (Flush::All, Scope::Dirty),
+        Some(MmuextCmd::InvlpgAll) => (page()?, Scope::Dirty),
+        _ => return Err(Errno::Enosys.into()),
+    };
+    scope.flush(vcpu, what);
+    Ok(())
 }
 
 /// Takes a base-pointer reference on `l4` for a vCPU being created.
@@ -416,7 +505,7 @@ pub fn take_base(vcpu: &Vcpu, l4: Mfn) -> Result<BasePtr, Errno> {
 pub fn release_bases(vcpu: &Vcpu) {
     let _lock = vcpu.domain.mmu_lock.lock();
     for base in vcpu.take_bases() {
-        release_base(&mmu(), base, &mut Tables::new());
+        release_base(&mmu(), base, &mut Tables::for_domain(&vcpu.domain));
     }
 }
 
@@ -430,16 +519,17 @@ pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), MmError> {
     let _lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
     let dom = vcpu.domain.id;
-    let base = one_slice(&mut Tables::new(), |t| mmu.new_baseptr(l4, dom, t))?;
+    let mut tables = Tables::for_domain(&vcpu.domain);
+    let base = one_slice(&mut tables, |t| mmu.new_baseptr(l4, dom, t))?;
     let mut ctx = vcpu.ctx.lock();
     let load = ctx.in_kernel != user;
     let old = if user { ctx.user_base.replace(base) } else { ctx.kernel_base.replace(base) };
     if load {
-        paging::load_guest_tables(l4.addr().0);
+        tlb::load_guest_tables(l4);
     }
     drop(ctx);
     if let Some(old) = old {
-        let released = one_slice(&mut Tables::new(), |t| mmu.put_baseptr(old, t));
+        let released = one_slice(&mut tables, |t| mmu.put_baseptr(old, t));
         if let Err(e) = released.or_else(|e| if e == MmError::Restart { Ok(()) } else { Err(e) }) {
             log::warn!("releasing base pointer {}: {e:?}", l4);
         }

@@ -13,7 +13,6 @@ use log::warn;
 use x86_64::registers::model_specific::KernelGsBase;
 use x86_64::VirtAddr;
 
-use crate::arch::paging;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::vcpu::GuestContext;
@@ -164,7 +163,7 @@ fn switch_to_kernel_mode(ctx: &mut GuestContext) {
     KernelGsBase::write(VirtAddr::new_truncate(ctx.gs_base_kernel));
     ctx.in_kernel = true;
     if let Some(l4) = ctx.kernel_l4() {
-        paging::load_guest_tables(l4.addr().0);
+        crate::tlb::load_guest_tables(l4);
     }
 }
 
@@ -174,7 +173,7 @@ fn switch_to_user_mode(ctx: &mut GuestContext) {
     KernelGsBase::write(VirtAddr::new_truncate(ctx.gs_base_user));
     ctx.in_kernel = false;
     if let Some(l4) = ctx.user_l4() {
-        paging::load_guest_tables(l4.addr().0);
+        crate::tlb::load_guest_tables(l4);
     }
 }
 

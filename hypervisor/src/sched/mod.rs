@@ -50,7 +50,6 @@ use x86_64::registers::model_specific::{FsBase, KernelGsBase};
 use x86_64::VirtAddr;
 
 use crate::arch::gdt::{HYPERVISOR_CS, HYPERVISOR_DS};
-use crate::arch::paging;
 use crate::arch::trap::TrapFrame;
 use crate::domain::vcpu::RunState;
 use crate::domain::{Domain, LifeState, Vcpu};
@@ -853,6 +852,7 @@ impl Local {
             let gs = KernelGsBase::read().as_u64();
             if ctx.in_kernel { ctx.gs_base_kernel = gs } else { ctx.gs_base_user = gs }
         }
+        vcpu.set_running_on(None);
         let ptr = here.current.swap(core::ptr::null_mut(), Ordering::Relaxed);
         // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
         // this CPU's hold on the vCPU.
@@ -887,12 +887,16 @@ impl Local {
 /// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3. Refuses when
 /// its domain is shutting down (returning the domain to [`leave`]): a domain's memory may be
 /// returned as soon as no CPU counts as running it, so the count is raised before CR3 is
-/// loaded.
+/// loaded. Before CR3 is loaded this CPU also joins the domain's dirty CPUs (those a TLB
+/// flush for its frames must reach, see `tlb`) and the vCPU records where it runs.
 fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> Result<(), Arc<Domain>> {
     vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
     if vcpu.domain.state() != LifeState::Running {
         return Err(vcpu.domain.clone());
     }
+    let me = percpu::current().index;
+    vcpu.domain.dirty_cpus.insert(me);
+    vcpu.set_running_on(Some(me));
     {
         let ctx = vcpu.ctx.lock();
         *frame = ctx.regs.clone();
@@ -900,7 +904,7 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> Result<(), Arc<Domain>> 
         let gs = if ctx.in_kernel { ctx.gs_base_kernel } else { ctx.gs_base_user };
         KernelGsBase::write(VirtAddr::new_truncate(gs));
         let l4 = ctx.active_l4().expect("a runnable vCPU has page tables");
-        paging::load_guest_tables(l4.addr().0);
+        crate::tlb::load_guest_tables(l4);
     }
     crate::pv::shared::publish_time(&vcpu);
     crate::pv::descriptors::load(&vcpu.gdt.lock());
@@ -910,7 +914,7 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> Result<(), Arc<Domain>> 
 
 /// Turns `frame` into a return to the idle loop on this CPU's stack.
 fn idle_frame(frame: &mut TrapFrame, stack_top: u64) {
-    paging::load_hypervisor_tables();
+    crate::tlb::load_hypervisor_tables();
     *frame = TrapFrame {
         rip: crate::idle::run as *const () as u64,
         cs: HYPERVISOR_CS as u64,
@@ -937,8 +941,14 @@ fn wake_idle_neighbour(mine: &Shared) {
 }
 
 /// This CPU no longer runs a vCPU of `domain` (its CR3 has moved on); the last CPU to
-/// leave a domain that is shutting down destroys it.
+/// leave a domain that is shutting down destroys it. Unless it now runs another vCPU of the
+/// same domain, this CPU holds none of the domain's translations any more (the CR3 load
+/// dropped them) and leaves its dirty CPUs, before the count falls.
 fn leave(domain: &Arc<Domain>) {
+    let here = percpu::current();
+    if !current().is_some_and(|vcpu| Arc::ptr_eq(&vcpu.domain, domain)) {
+        domain.dirty_cpus.remove(here.index);
+    }
     let last = domain.running_vcpus.fetch_sub(1, Ordering::AcqRel) == 1;
     if last && domain.state() == LifeState::ShuttingDown {
         domain.destroy();
