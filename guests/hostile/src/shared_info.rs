@@ -81,7 +81,7 @@ pub fn table_attack(targets: &Targets) -> ! {
         shutdown(ShutdownReason::Crash);
     }
     let pin = extended(MmuextOp::with_mfn(MmuextCmd::PinL1Table, frame));
-    let Some(l2) = targets.hypervisor_l3.next_table(IMAGE_L3_SLOT) else {
+    let Some(l2) = targets.window_l3.next_table(IMAGE_L3_SLOT) else {
         println!("hostile: attack shared_info_table: FAILED finding the boot L2");
         shutdown(ShutdownReason::Crash);
     };
