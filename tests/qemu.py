@@ -72,6 +72,19 @@ def guest(name):
     return os.path.join(GUESTS, name)
 
 
+# Single attacks of guest-hostile (`attack=<name>`) on the hypervisor's entry and exit
+# paths: (name, expected ending, what the guest must print after "hostile: attack <name>: ").
+ENTRY_ATTACKS = [
+    ("iret_cs_null", "poweroff", "contained by the failsafe callback"),
+    ("iret_cs_null_unhandled", "killed", None),
+    ("iret_cs_ldt", "poweroff", "contained by the failsafe callback"),
+    ("iret_cs_not_present", "poweroff", "contained by the failsafe callback"),
+    ("iret_rip_noncanonical", "poweroff", "contained by the failsafe callback"),
+    ("iret_ss_null", "poweroff", "contained by the failsafe callback"),
+    ("stale_ss", "poweroff", "contained by the failsafe callback"),
+]
+
+
 def guest_cases():
     everyone = [("guest-hello", "name=hello count=2"),
                 ("guest-balloon", "name=balloon"),
@@ -140,6 +153,14 @@ def guest_cases():
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
                      "module.smallest.min_reservation_kib": "96"},
              expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=24"]),
+        # Issue 15, hole 5: attacks on the hypervisor's exit path, one
+        # domain each, beside a hello guest that must finish (see ENTRY_ATTACKS).
+        Case("iso-attacks-entry", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} attack={a} expect={e}") for a, e, _ in ENTRY_ATTACKS],
+             expect={"domains.created": str(1 + len(ENTRY_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}: {line}" for a, _, line in ENTRY_ATTACKS if line]),
     ]
 
 

@@ -1,5 +1,7 @@
-//! What each vector means: exceptions in the hypervisor are fatal and reported in full;
-//! interrupts go to their handlers (timer, cross-CPU calls, spurious) and are acknowledged.
+//! What each vector means: exceptions in the hypervisor are fatal and reported in full
+//! (except a guest-memory copy's fault and a fault of the return to a guest, both
+//! recovered); interrupts go to their handlers (timer, cross-CPU calls, spurious) and are
+//! acknowledged; exceptions and `syscall`s from guests go to `pv`.
 //!
 //! Called only from the assembly entry path in `arch::trap`, with interrupts off.
 
@@ -66,10 +68,20 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
 }
 
 /// An exception in hypervisor code: a fault on a guest pointer inside a guest-memory copy
-/// resumes at the copy's fix-up; anything else is fatal.
+/// resumes at the copy's fix-up; a fault of the `iretq` returning to a guest becomes that
+/// guest's failsafe callback (or its death); anything else is fatal.
 fn hypervisor_exception(frame: &mut TrapFrame) {
+    const SEGMENT_NOT_PRESENT: u64 = 11;
+    const STACK_FAULT: u64 = 12;
     const GENERAL_PROTECTION: u64 = 13;
     const PAGE_FAULT: u64 = 14;
+    if matches!(frame.vector, SEGMENT_NOT_PRESENT | STACK_FAULT | GENERAL_PROTECTION) {
+        if let Some(failed) = crate::arch::trap::failed_exit(frame) {
+            if crate::pv::traps::exit_fault(frame, failed) {
+                return;
+            }
+        }
+    }
     if matches!(frame.vector, GENERAL_PROTECTION | PAGE_FAULT) {
         if let Some(resume) = crate::arch::uaccess::fixup(frame.rip) {
             frame.rip = resume;

@@ -16,8 +16,8 @@ use guest_rt::abi::hypercall::ShutdownReason;
 use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
-use crate::last_attack;
 use crate::targets::Targets;
+use crate::{exit_path, last_attack};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -26,7 +26,16 @@ struct Attack {
 }
 
 /// Every single attack, by name.
-const ATTACKS: &[Attack] = &[Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler }];
+const ATTACKS: &[Attack] = &[
+    Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler },
+    Attack { name: "iret_cs_null", run: exit_path::iret_cs_null },
+    Attack { name: "iret_cs_null_unhandled", run: exit_path::iret_cs_null_unhandled },
+    Attack { name: "iret_cs_ldt", run: exit_path::iret_cs_ldt },
+    Attack { name: "iret_cs_not_present", run: exit_path::iret_cs_not_present },
+    Attack { name: "iret_rip_noncanonical", run: exit_path::iret_rip_noncanonical },
+    Attack { name: "iret_ss_null", run: exit_path::iret_ss_null },
+    Attack { name: "stale_ss", run: exit_path::stale_ss },
+];
 
 /// The `attack=` value on the command line, if any.
 pub fn requested(cmdline: &[u8]) -> Option<&str> {

@@ -23,6 +23,8 @@
 #![no_main]
 
 mod arguments;
+mod contained;
+mod exit_path;
 mod fatal;
 mod last_attack;
 mod mappings;

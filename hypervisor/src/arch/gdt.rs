@@ -107,3 +107,22 @@ pub fn tss(rsp0: u64, double_fault: u64, nmi: u64, machine_check: u64) -> TaskSt
     tss.interrupt_stack_table[(IST_MACHINE_CHECK - 1) as usize] = VirtAddr::new(machine_check);
     tss
 }
+
+/// Entry `index` of this CPU's GDT, for an index below the reserved page (a guest's own
+/// entries: the running vCPU's GDT frames, or the zero frame where it has none, are always
+/// mapped there read-only).
+pub fn guest_descriptor(index: u16) -> Option<u64> {
+    if u64::from(index) * 8 >= RESERVED_GDT_OFFSET {
+        return None;
+    }
+    let pointer = x86_64::instructions::tables::sgdt();
+    // SAFETY: the GDT area below the reserved page is backed page by page (guest frames or
+    // the zero frame) for as long as this CPU runs, and the index is inside it.
+    Some(unsafe { ((pointer.base.as_u64() + u64::from(index) * 8) as *const u64).read_volatile() })
+}
+
+/// The data segment selectors now loaded (ds, es, fs, gs): the hypervisor never loads
+/// them after boot, so they are the running guest's.
+pub fn data_selectors() -> [u16; 4] {
+    [DS::get_reg().0, ES::get_reg().0, FS::get_reg().0, GS::get_reg().0]
+}

@@ -6,9 +6,21 @@
 //! saves the general registers into a [`TrapFrame`] and calls [`crate::traps::dispatch`].
 //! Double fault, NMI and machine check run on their own IST stacks. This module knows
 //! nothing about what a vector means; `crate::traps` decides.
+//!
+//! The way out is `swapgs` (when returning to ring 3) and one `iretq` at `trap_exit_iret`,
+//! which loads the guest's code and stack selectors and may fault on them (#GP, #NP, #SS)
+//! in ring 0 with the guest's GS base already in place. The common path recognises such a
+//! fault by its rip before it touches per-CPU data, swaps GS back, and reports it as an
+//! ordinary ring-0 exception whose [`failed_exit`] is the frame that could not be loaded;
+//! the guest's registers are those of the new frame. It must never be confused with a
+//! fault of an `iretq` to ring 0 (the idle loop), which needs no swap.
+//!
+//! Every entry clears RFLAGS.AC (`clac`) when SMAP is on: an interrupt or exception keeps
+//! the interrupted AC (a guest's, or a user-access window's), which would otherwise turn
+//! SMAP off in the hypervisor; the `iretq` restores it.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
@@ -81,10 +93,31 @@ trap_stubs:
 
 trap_common:
     testb $3, 24(%rsp)
-    jz trap_save
-    swapgs
+    jnz 1f
+    /* From ring 0. GS is the guest's only between the exit path's swapgs and its iretq,
+       and only a #NP, #SS or #GP of that iretq on a frame returning to ring 3 can arrive
+       there with interrupts off (NMI and machine checks are not handled). */
+    pushq %rax
+    movq 8(%rsp), %rax
+    subq $11, %rax
+    cmpq $2, %rax
+    ja 2f
+    leaq trap_exit_iret(%rip), %rax
+    cmpq %rax, 24(%rsp)
+    jne 2f
+    movq 48(%rsp), %rax
+    testb $3, 8(%rax)
+    jz 2f
+    popq %rax
+1:  swapgs
+    jmp trap_save
+2:  popq %rax
     .global trap_save
 trap_save:
+    cmpb $0, {smap_on}(%rip)
+    je 3f
+    clac
+3:
     pushq %rax
     pushq %rbx
     pushq %rcx
@@ -122,14 +155,46 @@ trap_save:
     jz 2f
     swapgs
 2:  addq $16, %rsp
+    .global trap_exit_iret
+trap_exit_iret:
     iretq
 "#,
     dispatch = sym crate::traps::dispatch,
+    smap_on = sym SMAP_ON,
     options(att_syntax)
 );
 
 unsafe extern "C" {
     static trap_stubs: u8;
+    static trap_exit_iret: u8;
+}
+
+/// Set once, on the boot CPU before any guest runs, when every CPU has CR4.SMAP on: the
+/// entry paths then clear RFLAGS.AC (`clac`, which raises #UD on a CPU without SMAP).
+pub static SMAP_ON: AtomicBool = AtomicBool::new(false);
+
+/// The return frame an `iretq` to a guest could not load (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedExit {
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// If `frame` is the fault of the exit path's `iretq` to a guest, the frame that `iretq`
+/// was loading. The guest's general registers are `frame`'s own: the fault came before any
+/// of them changed.
+pub fn failed_exit(frame: &TrapFrame) -> Option<FailedExit> {
+    if frame.is_from_guest() || frame.rip != &raw const trap_exit_iret as u64 {
+        return None;
+    }
+    // SAFETY: a fault of that `iretq` pushed the stack pointer it had, which points at the
+    // five words it was loading, on this CPU's stack below the fault's own frame (the CPU
+    // pushed the new frame beneath it); nothing has written there since.
+    let [rip, cs, rflags, rsp, ss] = unsafe { (frame.rsp as *const [u64; 5]).read() };
+    (cs & 3 == 3).then_some(FailedExit { rip, cs, rflags, rsp, ss })
 }
 
 /// Bytes per entry stub (each is 16-byte aligned).

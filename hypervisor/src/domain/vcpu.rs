@@ -54,6 +54,8 @@ pub struct GuestContext {
     pub traps: Vec<TrapInfo>,
     pub event_callback: u64,
     pub failsafe_callback: u64,
+    /// Mask events when entering the failsafe callback.
+    pub failsafe_masks_events: bool,
     pub syscall_callback: u64,
     /// Mask events when entering the syscall callback.
     pub syscall_masks_events: bool,
@@ -147,6 +149,7 @@ impl Vcpu {
                 traps: Vec::new(),
                 event_callback: 0,
                 failsafe_callback: 0,
+                failsafe_masks_events: false,
                 syscall_callback: 0,
                 syscall_masks_events: false,
                 fs_base: 0,

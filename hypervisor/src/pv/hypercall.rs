@@ -199,7 +199,10 @@ fn callback_op(vcpu: &Vcpu, cmd: CallbackOp, arg: GuestVa) -> HcResult {
     let mut ctx = vcpu.ctx.lock();
     match CallbackType::from_raw(request.kind) {
         Some(CallbackType::Event) => ctx.event_callback = address,
-        Some(CallbackType::Failsafe) => ctx.failsafe_callback = address,
+        Some(CallbackType::Failsafe) => {
+            ctx.failsafe_callback = address;
+            ctx.failsafe_masks_events = request.masks_events();
+        }
         Some(CallbackType::Syscall) => {
             ctx.syscall_callback = address;
             ctx.syscall_masks_events = request.flags & abi::callback::CALLBACKF_MASK_EVENTS != 0;
