@@ -82,6 +82,10 @@ ENTRY_ATTACKS = [
     ("iret_rip_noncanonical", "poweroff", "contained by the failsafe callback"),
     ("iret_ss_null", "poweroff", "contained by the failsafe callback"),
     ("stale_ss", "poweroff", "contained by the failsafe callback"),
+    ("syscall32", "poweroff", "contained by the syscall32 callback"),
+    ("syscall32_no_callback", "poweroff", "contained by #UD delivered to the guest"),
+    ("sysenter", "poweroff", "contained by the sysenter callback"),
+    ("sysenter_no_callback", "poweroff", "contained by #"),
 ]
 
 
@@ -153,7 +157,7 @@ def guest_cases():
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
                      "module.smallest.min_reservation_kib": "96"},
              expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=24"]),
-        # Issue 15, hole 5: attacks on the hypervisor's exit path, one
+        # Issue 15, holes 2 and 5: attacks on the hypervisor's entry and exit paths, one
         # domain each, beside a hello guest that must finish (see ENTRY_ATTACKS).
         Case("iso-attacks-entry", smp="2", boot="iso",
              modules=[("guest-hello", "name=hello")]

@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::arch::entry::SYSCALL_VECTOR;
+use crate::arch::entry::{SYSCALL32_VECTOR, SYSCALL_VECTOR};
 use crate::arch::exit::{exit, Outcome};
 use crate::arch::trap::TrapFrame;
 use crate::sched::Stay;
@@ -46,11 +46,11 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
         log::warn!("a guest syscall arrived without its privilege change (host virtualizer); taken as a syscall");
     }
     let cause = match frame.vector {
-        SYSCALL_VECTOR => Stay::Syscall(frame.rax),
+        SYSCALL_VECTOR | SYSCALL32_VECTOR => Stay::Syscall(frame.rax),
         vector => Stay::Vector(vector),
     };
     match frame.vector {
-        SYSCALL_VECTOR => crate::pv::guest_trap(frame),
+        SYSCALL_VECTOR | SYSCALL32_VECTOR => crate::pv::guest_trap(frame),
         0..=31 if frame.is_from_guest() => crate::pv::guest_trap(frame),
         0..=31 => hypervisor_exception(frame),
         v if (vectors::PIC_BASE as u64..=0x2f).contains(&v) => {} // masked legacy PIC: spurious, no EOI owed

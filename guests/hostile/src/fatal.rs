@@ -17,7 +17,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{exit_path, last_attack};
+use crate::{compat, exit_path, last_attack};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -35,6 +35,10 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "iret_rip_noncanonical", run: exit_path::iret_rip_noncanonical },
     Attack { name: "iret_ss_null", run: exit_path::iret_ss_null },
     Attack { name: "stale_ss", run: exit_path::stale_ss },
+    Attack { name: "syscall32", run: compat::syscall32 },
+    Attack { name: "syscall32_no_callback", run: compat::syscall32_no_callback },
+    Attack { name: "sysenter", run: compat::sysenter },
+    Attack { name: "sysenter_no_callback", run: compat::sysenter_no_callback },
 ];
 
 /// The `attack=` value on the command line, if any.

@@ -23,6 +23,7 @@
 #![no_main]
 
 mod arguments;
+mod compat;
 mod contained;
 mod exit_path;
 mod fatal;

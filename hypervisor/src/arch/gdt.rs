@@ -22,6 +22,8 @@ pub const RESERVED_GDT_OFFSET: u64 = 0xe000;
 pub const HYPERVISOR_CS: u16 = 0xe008;
 /// Ring-0 data.
 pub const HYPERVISOR_DS: u16 = 0xe010;
+/// Ring-3 32-bit (compatibility-mode) code, RPL 3.
+pub const GUEST_CS32: u16 = 0xe023;
 /// Ring-3 data, RPL 3.
 pub const GUEST_DS: u16 = 0xe02b;
 /// Ring-3 64-bit code (guest kernel and user), RPL 3.

@@ -1,13 +1,15 @@
 //! Exceptions and callbacks into a PV guest: bounce frames, the `iret` hypercall, guest
-//! exceptions and software interrupts, the failsafe callback, and killing a guest whose
-//! fault cannot be delivered.
+//! exceptions and software interrupts, `syscall` from guest user mode and from 32-bit
+//! code, `sysenter`, the failsafe callback, and killing a guest whose fault cannot be
+//! delivered.
 //!
 //! A bounce writes Xen's x86_64 frame on the guest kernel stack — from low to high: rcx,
 //! r11, [error code | ds, es, fs, gs for the failsafe callback], rip, cs (saved upcall mask
 //! in bits 32-39; RPL 3 only when the guest was in user mode), rflags, rsp, ss — switching
 //! to guest kernel mode (its stack from `stack_switch`, its kernel page tables) when the
 //! guest was in user mode, and enters the registered handler with TF, NT, RF, VM and AC
-//! clear. A guest with no handler, or one whose frame cannot be written, is crashed alone.
+//! clear (DF too for the syscall callbacks, Xen's fixed SYSCALL mask). A guest with no
+//! handler, or one whose frame cannot be written, is crashed alone.
 //!
 //! Nothing a guest hands the `iret` hypercall reaches the hypervisor's `iretq` unchecked
 //! ([`hypervisor::guest_return::check`]), and when an `iretq` to a guest faults all the same
@@ -31,6 +33,7 @@ use crate::pv::{emulate, shared};
 
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_DF: u64 = 1 << 10;
 const RFLAGS_AC: u64 = 1 << 18;
 const RFLAGS_NT: u64 = 1 << 14;
 const RFLAGS_RF: u64 = 1 << 16;
@@ -60,6 +63,7 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
         VECTOR_INVALID_OPCODE if emulate::forced_cpuid(frame) => {}
+        VECTOR_INVALID_OPCODE | VECTOR_GENERAL_PROTECTION if sysenter(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if software_interrupt(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
@@ -280,11 +284,49 @@ pub fn user_syscall(vcpu: &Vcpu, frame: &mut TrapFrame) {
         let ctx = vcpu.ctx.lock();
         (ctx.syscall_callback, ctx.syscall_masks_events)
     };
+    syscall_callback(vcpu, frame, callback, mask);
+}
+
+/// A `syscall` from 32-bit guest code, in either guest mode, goes to the syscall32
+/// callback (Xen's `cstar_enter`).
+pub fn syscall32(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let (callback, mask) = {
+        let ctx = vcpu.ctx.lock();
+        (ctx.syscall32_callback, ctx.syscall32_masks_events)
+    };
+    syscall_callback(vcpu, frame, callback, mask);
+}
+
+/// Enters a syscall callback with DF clear, or, without one, raises #UD at the `syscall`
+/// in the guest kernel, as hardware without SYSCALL would.
+fn syscall_callback(vcpu: &Vcpu, frame: &mut TrapFrame, callback: u64, mask: bool) {
     if callback == 0 {
-        // No callback: the guest kernel takes it as #UD, as hardware without SYSCALL would.
-        frame.rip -= 2;
+        frame.rip = frame.rip.wrapping_sub(2);
         bounce(vcpu, frame, VECTOR_INVALID_OPCODE, None);
         return;
     }
     deliver(vcpu, frame, callback, None, mask);
+    frame.rflags &= !RFLAGS_DF;
+}
+
+/// A #GP(0) or #UD at a `sysenter` (SYSENTER_CS is 0, see `arch::entry`) goes to the
+/// sysenter callback, as after the instruction, when the guest registered one; otherwise
+/// the exception is delivered as it is. Xen's frame holds rip 0 and rsp 0 (`sysenter`
+/// saves neither); this one holds the guest's, which a callback ignores either way.
+fn sysenter(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    const SYSENTER: [u8; 2] = [0x0f, 0x34];
+    if frame.vector == u64::from(VECTOR_GENERAL_PROTECTION) && frame.error_code != 0 {
+        return false;
+    }
+    let (callback, mask) = {
+        let ctx = vcpu.ctx.lock();
+        (ctx.sysenter_callback, ctx.sysenter_masks_events)
+    };
+    let mut bytes = [0u8; 2];
+    if callback == 0 || uaccess::read(frame.rip, &mut bytes).is_err() || bytes != SYSENTER {
+        return false;
+    }
+    frame.rip += 2;
+    deliver(vcpu, frame, callback, None, mask);
+    true
 }
