@@ -192,9 +192,11 @@ def guest_iso(case):
 def matrix():
     cases = []
     for n in (1, 2, 4, 8, 16):
+        # TCG's -cpu max offers SMEP and SMAP: every CPU must run with both on.
         cases.append(Case(f"pvh-smp{n}", smp=str(n),
                           expect={"cpus.online": str(n), "cpus.listed": str(n),
-                                  "topology.packages": "1", "numa.nodes": "1"}))
+                                  "topology.packages": "1", "numa.nodes": "1",
+                                  "cpu.smep": "on", "cpu.smap": "on"}))
     cases += [
         Case("pvh-2sockets", smp="8,sockets=2,cores=2,threads=2",
              expect={"cpus.online": "8", "topology.packages": "2", "topology.cores": "4",

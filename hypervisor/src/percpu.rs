@@ -3,7 +3,7 @@
 //! A CPU's area ([`mm::layout::PerCpuArea`]) is a fixed run of window pages: a guard page,
 //! the kernel stack, three IST stacks (double fault, NMI, machine check) each behind a guard
 //! page, the data page holding [`PerCpu`], and a 16-page GDT range of which only the reserved
-//! page (selector 0xe000 up) is backed. The boot CPU starts on static early state and moves to its
+//! page (selector 0xe000 up) is backed, read-only once loaded. The boot CPU starts on static early state and moves to its
 //! own area like every other CPU once frames can be allocated. Nothing here is shared between
 //! CPUs except through the fields documented as such.
 
@@ -20,6 +20,7 @@ use x86_64::VirtAddr;
 use mm::layout::{IstStack, PerCpuArea};
 
 use crate::arch::gdt::{self, ReservedGdtPage};
+use crate::arch::paging::{self, MapKind};
 
 /// A CPU's logical index (0 is the boot CPU), dense and stable for the whole run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,6 +142,10 @@ pub unsafe fn enter_area(area: &PerCpuArea, data: &'static PerCpu) {
     let gdt_page = area.gdt_reserved_page() as *mut ReservedGdtPage;
     // SAFETY: the reserved GDT page is backed, page aligned and owned by this CPU alone.
     unsafe { activate(data, &mut *gdt_page) };
+    // Built and loaded (`ltr` has set the TSS busy bit): no one writes it again. The
+    // window mapping is global, so other CPUs may hold it in their TLBs only as writable
+    // until their next full flush; none of them writes it either.
+    paging::protect(area.gdt_reserved_page(), MapKind::ReadOnly).expect("the reserved GDT page is mapped");
 }
 
 /// # Safety

@@ -1,8 +1,10 @@
 //! Attacks through the other ways into ring 0 (issue 15, hole 2): `syscall` from 32-bit
 //! (compatibility-mode) code and `sysenter`.
 //!
-//! A 64-bit guest reaches compatibility mode with a far return to the ring-3 32-bit code
-//! selector 0xe023; its code must lie below 4 GiB, so the attack first maps a page of its
+//! A 64-bit guest reaches compatibility mode with a far jump to the ring-3 32-bit code
+//! selector 0xe023 (through a pointer in memory: under QEMU's TCG with SMAP on, a ring-3
+//! `lretq` or `iretq` faults, as TCG pops their stack with supervisor accesses); the
+//! code must lie below 4 GiB, so the attack first maps a page of its
 //! own at address 0 (new L3, L2 and L1 tables under L4 slot 0, which the builder leaves
 //! empty) holding the 32-bit `syscall`, and a stack page at 0x1000. The page at 0 also
 //! holds, at offset 0, a ring-0 payload: with CSTAR never written (0), a compat `syscall`
@@ -135,7 +137,16 @@ fn strike_sysenter(name: &'static str) -> ! {
     unsafe { asm!("sysenter", "ud2", options(noreturn)) }
 }
 
-/// Maps the low pages, then far-returns to the 32-bit code, which runs `syscall`.
+/// The far pointer (offset, then selector) the jump to the 32-bit code goes through.
+#[repr(C, packed)]
+struct FarPointer {
+    offset: u32,
+    selector: u16,
+}
+
+static COMPAT_ENTRY: FarPointer = FarPointer { offset: COMPAT_CODE as u32, selector: CS32 as u16 };
+
+/// Maps the low pages, then far-jumps to the 32-bit code, which runs `syscall`.
 fn compat_syscall(name: &'static str, targets: &Targets) -> ! {
     if let Err(why) = map_low_pages(targets) {
         println!("hostile: FAILED mapping the low pages: {why}");
@@ -143,18 +154,15 @@ fn compat_syscall(name: &'static str, targets: &Targets) -> ! {
     }
     println!("hostile: attack {name}: syscall from 32-bit code (cs {CS32:#x}, rip {COMPAT_CODE:#x})");
     contained::strike(name);
-    // SAFETY: the far return enters the 32-bit code at COMPAT_CODE on the low stack; its
+    // SAFETY: the far jump enters the 32-bit code at COMPAT_CODE on the low stack; its
     // `syscall` never comes back here (callback, #UD landing, or the bug).
     unsafe {
         asm!(
-            "mov rsp, {stack}",
-            "push {cs}",
-            "push {rip}",
-            "retfq",
+            "movq {stack}, %rsp",
+            "ljmpl *({entry})",
             stack = in(reg) LOW_STACK_TOP,
-            cs = in(reg) CS32,
-            rip = in(reg) COMPAT_CODE,
-            options(noreturn)
+            entry = in(reg) &raw const COMPAT_ENTRY,
+            options(noreturn, att_syntax)
         )
     }
 }

@@ -5,6 +5,8 @@
 //! 0xe02b, ring-3 code64 0xe033, TSS 0xe040); the entries below are the guest's own (set_gdt
 //! frames, mapped later). So a CPU's GDT base is the address of its reserved page minus
 //! 0xe000, and only that page has to exist for the hypervisor's own selectors to work.
+//! Its descriptors all have the accessed bit set and `ltr` marks the TSS busy, after which
+//! the CPU never writes the page and its owner maps it read-only (`percpu`).
 //! This module only builds and loads tables; callers own the memory.
 
 use core::mem::size_of;
@@ -49,12 +51,14 @@ impl ReservedGdtPage {
     pub fn build(&mut self, tss: &'static TaskStateSegment) {
         let entries = &mut self.0;
         entries[0] = 0;
-        entries[1] = 0x00af_9a00_0000_ffff; // 0xe008 ring 0 code, 64-bit
-        entries[2] = 0x00cf_9200_0000_ffff; // 0xe010 ring 0 data
+        // Every descriptor has its accessed bit set, so that the CPU never writes the page
+        // (it is mapped read-only once loaded).
+        entries[1] = 0x00af_9b00_0000_ffff; // 0xe008 ring 0 code, 64-bit
+        entries[2] = 0x00cf_9300_0000_ffff; // 0xe010 ring 0 data
         entries[3] = 0;
-        entries[4] = 0x00cf_fa00_0000_ffff; // 0xe023 ring 3 code, compatibility mode
-        entries[5] = 0x00cf_f200_0000_ffff; // 0xe02b ring 3 data
-        entries[6] = 0x00af_fa00_0000_ffff; // 0xe033 ring 3 code, 64-bit
+        entries[4] = 0x00cf_fb00_0000_ffff; // 0xe023 ring 3 code, compatibility mode
+        entries[5] = 0x00cf_f300_0000_ffff; // 0xe02b ring 3 data
+        entries[6] = 0x00af_fb00_0000_ffff; // 0xe033 ring 3 code, 64-bit
         entries[7] = 0;
         let (low, high) = tss_descriptor(tss);
         entries[8] = low; // 0xe040

@@ -15,18 +15,19 @@
 //! the guest's registers are those of the new frame. It must never be confused with a
 //! fault of an `iretq` to ring 0 (the idle loop), which needs no swap.
 //!
-//! Every entry clears RFLAGS.AC (`clac`) when SMAP is on: an interrupt or exception keeps
-//! the interrupted AC (a guest's, or a user-access window's), which would otherwise turn
-//! SMAP off in the hypervisor; the `iretq` restores it.
+//! Every entry clears RFLAGS.AC (`clac`) when SMAP is on ([`super::cpu`]): an interrupt or
+//! exception keeps the interrupted AC (a guest's, or a user-access window's), which would
+//! otherwise turn SMAP off in the hypervisor; the `iretq` restores it.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
 use super::gdt::{self, HYPERVISOR_CS};
+use super::paging::MapKind;
 
 /// The registers saved at entry, lowest address first.
 #[repr(C)]
@@ -160,7 +161,7 @@ trap_exit_iret:
     iretq
 "#,
     dispatch = sym crate::traps::dispatch,
-    smap_on = sym SMAP_ON,
+    smap_on = sym super::cpu::SMAP_ON,
     options(att_syntax)
 );
 
@@ -168,10 +169,6 @@ unsafe extern "C" {
     static trap_stubs: u8;
     static trap_exit_iret: u8;
 }
-
-/// Set once, on the boot CPU before any guest runs, when every CPU has CR4.SMAP on: the
-/// entry paths then clear RFLAGS.AC (`clac`, which raises #UD on a CPU without SMAP).
-pub static SMAP_ON: AtomicBool = AtomicBool::new(false);
 
 /// The return frame an `iretq` to a guest could not load (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,10 +200,11 @@ const STUB_SIZE: u64 = 16;
 #[repr(C, align(4096))]
 struct Idt([AtomicU64; 512]);
 
-/// One IDT for every CPU: the gates are the same everywhere.
+/// One IDT for every CPU: the gates are the same everywhere. Read-only once built.
 static IDT: Idt = Idt([const { AtomicU64::new(0) }; 512]);
 
-/// Builds the gates (once, on the boot CPU).
+/// Builds the gates (once, on the boot CPU, with the window page tables in use), then maps
+/// the IDT read-only: nothing may change a gate afterwards.
 pub fn init() {
     let stubs = &raw const trap_stubs as u64;
     for vector in 0..256u64 {
@@ -223,6 +221,12 @@ pub fn init() {
         IDT.0[vector as usize * 2].store(low, Ordering::Relaxed);
         IDT.0[vector as usize * 2 + 1].store(high, Ordering::Relaxed);
     }
+    super::paging::protect(idt_address(), MapKind::ReadOnly).expect("the IDT is a page of the image");
+}
+
+/// The IDT's address (one page).
+pub fn idt_address() -> u64 {
+    &IDT as *const Idt as u64
 }
 
 /// A present 64-bit interrupt gate (interrupts off on entry) to `handler`.

@@ -5,6 +5,11 @@
 //! (so a guest cannot make the hypervisor write its own memory); the copy itself runs in a
 //! tiny assembly routine whose faults (#PF, #GP) are turned by [`fixup`] into "this many
 //! bytes were not copied". Callers run on the CPU whose CR3 holds the guest's tables.
+//!
+//! That routine is the hypervisor's only user-access window: with SMAP on ([`super::cpu`])
+//! it alone sets RFLAGS.AC, around the `rep movsb`, and clears it on both ways out. Any
+//! other ring-0 access to a guest page faults, and is fatal: everything else the hypervisor
+//! writes on a guest's behalf goes through window mappings of the frame.
 
 use core::arch::global_asm;
 
@@ -27,19 +32,28 @@ global_asm!(
     .section .text.guest_copy, "ax"
     .global guest_copy
     .p2align 4
-/* rdi = destination, rsi = source, rdx = length; returns in rax the bytes not copied. */
+/* rdi = destination, rsi = source, rdx = length; returns in rax the bytes not copied.
+   With SMAP on, the copy alone runs with RFLAGS.AC set (stac .. clac). */
 guest_copy:
     movq %rdx, %rcx
+    cmpb $0, {smap_on}(%rip)
+    je 1f
+    stac
+1:
     .global guest_copy_insn
 guest_copy_insn:
     rep movsb
     xorl %eax, %eax
-    ret
+    jmp 2f
     .global guest_copy_fixup
 guest_copy_fixup:
     movq %rcx, %rax
-    ret
+2:  cmpb $0, {smap_on}(%rip)
+    je 3f
+    clac
+3:  ret
 "#,
+    smap_on = sym super::cpu::SMAP_ON,
     options(att_syntax)
 );
 
