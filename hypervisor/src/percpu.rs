@@ -13,7 +13,7 @@ use core::mem::MaybeUninit;
 use apic::LocalApic;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use x86_64::registers::model_specific::GsBase;
+use x86_64::registers::model_specific::{GsBase, KernelGsBase};
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;
 
@@ -168,6 +168,28 @@ pub fn current() -> &'static PerCpu {
     unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, readonly, preserves_flags)) };
     // SAFETY: PerCpu data pages live for the whole run.
     unsafe { &*(ptr as *const PerCpu) }
+}
+
+/// Makes GS point at this CPU's data again when an exception that can interrupt ring 0
+/// anywhere (NMI, machine check, double fault: only the fatal report runs for them) came
+/// between an entry and its `swapgs`, or between the exit's `swapgs` and `iretq`, where
+/// the GS base is the guest's. The GS base is taken as ours when it maps a data page
+/// whose first word is its own address; otherwise the bases are swapped. It never swaps
+/// back: only for the way to a fatal report.
+pub fn adopt_own_gs() {
+    fn is_data_page(base: u64) -> bool {
+        // SAFETY: `translate` says the window page is mapped (window pages are supervisor
+        // and never a guest's), so the read cannot fault.
+        base >= paging::WINDOW_BASE && paging::translate(base).is_some() && unsafe { (base as *const u64).read_volatile() } == base
+    }
+    if !GS_READY.load(Ordering::Acquire) || is_data_page(GsBase::read().as_u64()) {
+        return;
+    }
+    if is_data_page(KernelGsBase::read().as_u64()) {
+        // SAFETY: KERNEL_GS_BASE holds this CPU's data page (checked): swapping makes GS
+        // point at it, which is all the report needs.
+        unsafe { core::arch::asm!("swapgs", options(nostack, preserves_flags)) };
+    }
 }
 
 /// This CPU's index, or 0 while the boot CPU has no GS yet (early logging and panics).

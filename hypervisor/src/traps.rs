@@ -93,6 +93,7 @@ fn hypervisor_exception(frame: &mut TrapFrame) {
 
 /// Reports an exception raised by the hypervisor itself and stops the machine.
 fn fatal_exception(frame: &TrapFrame) -> ! {
+    percpu::adopt_own_gs();
     logger::force_unlock();
     let vector = frame.vector as usize;
     let cr2 = x86_64::registers::control::Cr2::read_raw();

@@ -120,9 +120,10 @@ pub fn init_this_cpu() {
     );
 }
 
-/// Turns the page fault of a `syscall` that reached [`syscall_entry`] without its privilege
-/// change into the frame the entry stub builds (vector [`SYSCALL_VECTOR`], RIP from rcx,
-/// RFLAGS from r11). Returns whether `frame` was such a fault and has been rewritten.
+/// Turns the page fault of a `syscall` that reached [`syscall_entry`] (or
+/// `syscall32_entry`) without its privilege change into the frame the entry stub builds
+/// (vector [`SYSCALL_VECTOR`] or [`SYSCALL32_VECTOR`], RIP from rcx, RFLAGS from r11).
+/// Returns whether `frame` was such a fault and has been rewritten.
 ///
 /// The `kvm_pvm` host module (it runs the whole machine in ring 3 and emulates ring 0) does
 /// only part of a guest's `syscall`: it sets rcx and r11, applies SFMASK and jumps to LSTAR,
@@ -134,19 +135,23 @@ pub fn init_this_cpu() {
 pub fn recover_unswitched_syscall(frame: &mut TrapFrame) -> bool {
     const PAGE_FAULT: u64 = 14;
     const PF_USER_FETCH: u64 = (1 << 2) | (1 << 4);
+    let (vector, cs) = match frame.rip {
+        rip if rip == &raw const syscall_entry as u64 => (SYSCALL_VECTOR, GUEST_CS64),
+        rip if rip == &raw const syscall32_entry as u64 => (SYSCALL32_VECTOR, GUEST_CS32),
+        _ => return false,
+    };
     let landed_in_ring3 = frame.vector == PAGE_FAULT
         && frame.is_from_guest()
         && frame.error_code & PF_USER_FETCH == PF_USER_FETCH
-        && frame.rip == &raw const syscall_entry as u64
         && !RFlags::from_bits_truncate(frame.rflags).contains(RFlags::INTERRUPT_FLAG);
     if !landed_in_ring3 {
         return false;
     }
     let saved = RFlags::from_bits_truncate(frame.r11);
-    frame.vector = SYSCALL_VECTOR;
+    frame.vector = vector;
     frame.error_code = 0;
     frame.rip = frame.rcx;
-    frame.cs = GUEST_CS64.into();
+    frame.cs = cs.into();
     frame.rflags = ((saved - RFlags::IOPL_HIGH - RFlags::IOPL_LOW - RFlags::VIRTUAL_8086_MODE)
         | RFlags::INTERRUPT_FLAG)
         .bits();
