@@ -16,7 +16,8 @@
 //! test expects "hostile: all attacks refused" and the domain to end "killed"; a guest
 //! that survives prints "hostile: survived a fault in the fault handler (BUG)" and powers
 //! off. With `attack=<name>` on its command line it runs only that one attack, one that
-//! ends the domain when contained ([`fatal`]). The guest must never attack in a way it could not survive if the hypervisor
+//! ends the domain when contained ([`fatal`]): among them the attacks on the hypervisor's
+//! exit path ([`exit_path`]) and entry paths ([`compat`]), which land in [`contained`]. The guest must never attack in a way it could not survive if the hypervisor
 //! refuses, nor end itself before the last attack.
 
 #![no_std]

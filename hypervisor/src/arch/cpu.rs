@@ -1,9 +1,15 @@
 //! Processor protections the hypervisor turns on for itself, on every CPU: SMEP (ring 0
 //! never runs code from a page the guest can reach), SMAP (ring 0 touches guest pages only
-//! inside `uaccess`'s user-access windows, `stac` .. `clac`), and CR4.FSGSBASE kept off (a
+//! inside `uaccess`'s user-access window, with RFLAGS.AC set), and CR4.FSGSBASE kept off (a
 //! guest cannot change its FS or GS base behind the hypervisor's back with `wrgsbase`; the
 //! entry path swaps GS with `swapgs` and trusts KERNEL_GS_BASE, which only the hypervisor
 //! writes).
+//!
+//! RFLAGS.AC is set and cleared with `pushf`/`popf`, not `stac`/`clac`: the nested KVM of
+//! this project's machines (`kvm_pvm`, which runs the machine in ring 3 and emulates ring 0)
+//! cannot emulate `clac` and stops the virtual machine ("KVM internal error, emulation
+//! failure"), while `popf` may change AC at any privilege level. The entry path pays a
+//! `pushf` and a test, and a `popf` only when the interrupted code had AC set.
 //!
 //! The boot CPU calls [`init_boot_cpu`] once it is in its own per-CPU area; every AP calls
 //! [`protect_this_cpu`] before it goes idle. Both happen before any guest runs. Every
@@ -19,9 +25,11 @@ use x86_64::registers::control::{Cr4, Cr4Flags};
 const LEAF7_EBX_SMEP: u32 = 1 << 7;
 const LEAF7_EBX_SMAP: u32 = 1 << 20;
 
-/// Whether the entry paths and `uaccess` execute `clac`/`stac` (which raise #UD on a CPU
-/// without SMAP): set on the boot CPU, before any guest runs, when it has SMAP.
+/// Whether the entry paths clear RFLAGS.AC and `uaccess` sets it around its copy: set on the
+/// boot CPU, before any guest runs, when it turned SMAP on.
 pub static SMAP_ON: AtomicBool = AtomicBool::new(false);
+/// RFLAGS.AC: with SMAP on, ring 0 may touch user pages only while it is set.
+pub const RFLAGS_AC: u32 = 1 << 18;
 static SMEP_ON: AtomicBool = AtomicBool::new(false);
 
 /// What a CPU offers and now has on.

@@ -15,9 +15,9 @@
 //! the guest's registers are those of the new frame. It must never be confused with a
 //! fault of an `iretq` to ring 0 (the idle loop), which needs no swap.
 //!
-//! Every entry clears RFLAGS.AC (`clac`) when SMAP is on ([`super::cpu`]): an interrupt or
-//! exception keeps the interrupted AC (a guest's, or a user-access window's), which would
-//! otherwise turn SMAP off in the hypervisor; the `iretq` restores it.
+//! Every entry clears RFLAGS.AC when SMAP is on ([`super::cpu`]): an interrupt or exception
+//! keeps the interrupted AC (a guest's, or a user-access window's), which would otherwise
+//! turn SMAP off in the hypervisor; the `iretq` restores it.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -115,9 +115,17 @@ trap_common:
 2:  popq %rax
     .global trap_save
 trap_save:
+    /* With SMAP on, clear RFLAGS.AC if the interrupted code had it set (popf, not clac:
+       see arch::cpu). */
     cmpb $0, {smap_on}(%rip)
     je 3f
-    clac
+    pushfq
+    testl ${ac}, (%rsp)
+    jz 4f
+    andl $~{ac}, (%rsp)
+    popfq
+    jmp 3f
+4:  addq $8, %rsp
 3:
     pushq %rax
     pushq %rbx
@@ -162,6 +170,7 @@ trap_exit_iret:
 "#,
     dispatch = sym crate::traps::dispatch,
     smap_on = sym super::cpu::SMAP_ON,
+    ac = const super::cpu::RFLAGS_AC,
     options(att_syntax)
 );
 

@@ -7,7 +7,7 @@
 //! bytes were not copied". Callers run on the CPU whose CR3 holds the guest's tables.
 //!
 //! That routine is the hypervisor's only user-access window: with SMAP on ([`super::cpu`])
-//! it alone sets RFLAGS.AC, around the `rep movsb`, and clears it on both ways out. Any
+//! it alone sets RFLAGS.AC, around the `rep movsb`, and restores it on both ways out. Any
 //! other ring-0 access to a guest page faults, and is fatal: everything else the hypervisor
 //! writes on a guest's behalf goes through window mappings of the frame.
 
@@ -33,27 +33,32 @@ global_asm!(
     .global guest_copy
     .p2align 4
 /* rdi = destination, rsi = source, rdx = length; returns in rax the bytes not copied.
-   With SMAP on, the copy alone runs with RFLAGS.AC set (stac .. clac). */
+   With SMAP on, the copy alone runs with RFLAGS.AC set: the flags are saved (AC clear),
+   AC is set, and the saved flags come back on both ways out (a fault resumes at the
+   fix-up with the stack as it was). */
 guest_copy:
     movq %rdx, %rcx
+    pushfq
     cmpb $0, {smap_on}(%rip)
     je 1f
-    stac
+    pushfq
+    orl ${ac}, (%rsp)
+    popfq
 1:
     .global guest_copy_insn
 guest_copy_insn:
     rep movsb
     xorl %eax, %eax
-    jmp 2f
+    popfq
+    ret
     .global guest_copy_fixup
 guest_copy_fixup:
     movq %rcx, %rax
-2:  cmpb $0, {smap_on}(%rip)
-    je 3f
-    clac
-3:  ret
+    popfq
+    ret
 "#,
     smap_on = sym super::cpu::SMAP_ON,
+    ac = const super::cpu::RFLAGS_AC,
     options(att_syntax)
 );
 
