@@ -8,8 +8,8 @@
 //! RFLAGS.AC is set and cleared with `pushf`/`popf`, not `stac`/`clac`: the nested KVM of
 //! this project's machines (`kvm_pvm`, which runs the machine in ring 3 and emulates ring 0)
 //! cannot emulate `clac` and stops the virtual machine ("KVM internal error, emulation
-//! failure"), while `popf` may change AC at any privilege level. The entry path pays a
-//! `pushf` and a test, and a `popf` only when the interrupted code had AC set.
+//! failure"), while `popf` may change AC at any privilege level. The entry path tests the
+//! interrupted RFLAGS in its frame and pays a `pushf`/`popf` only when AC was set there.
 //!
 //! The boot CPU calls [`init_boot_cpu`] once it is in its own per-CPU area; every AP calls
 //! [`protect_this_cpu`] before it goes idle. Both happen before any guest runs. Every

@@ -115,17 +115,16 @@ trap_common:
 2:  popq %rax
     .global trap_save
 trap_save:
-    /* With SMAP on, clear RFLAGS.AC if the interrupted code had it set (popf, not clac:
-       see arch::cpu). */
+    /* With SMAP on, clear RFLAGS.AC if the interrupted code had it set: an interrupt or
+       exception keeps it, so the frame's rflags say (a syscall frame's may say so after
+       SFMASK cleared it: harmless). popf, not clac: see arch::cpu. */
+    testl ${ac}, 32(%rsp)
+    jz 3f
     cmpb $0, {smap_on}(%rip)
     je 3f
     pushfq
-    testl ${ac}, (%rsp)
-    jz 4f
     andl $~{ac}, (%rsp)
     popfq
-    jmp 3f
-4:  addq $8, %rsp
 3:
     pushq %rax
     pushq %rbx
