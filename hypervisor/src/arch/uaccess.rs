@@ -35,24 +35,32 @@ global_asm!(
 /* rdi = destination, rsi = source, rdx = length; returns in rax the bytes not copied.
    With SMAP on, the copy alone runs with RFLAGS.AC set: the flags are saved (AC clear),
    AC is set, and the saved flags come back on both ways out (a fault resumes at the
-   fix-up with the stack as it was). */
+   fix-up with the stack as it was). Without SMAP no flag is touched (popf is slow). */
 guest_copy:
     movq %rdx, %rcx
-    pushfq
     cmpb $0, {smap_on}(%rip)
-    je 1f
-    pushfq
-    orl ${ac}, (%rsp)
-    popfq
-1:
+    jne 1f
     .global guest_copy_insn
 guest_copy_insn:
     rep movsb
     xorl %eax, %eax
-    popfq
     ret
     .global guest_copy_fixup
 guest_copy_fixup:
+    movq %rcx, %rax
+    ret
+1:  pushfq
+    pushfq
+    orl ${ac}, (%rsp)
+    popfq
+    .global guest_copy_smap_insn
+guest_copy_smap_insn:
+    rep movsb
+    xorl %eax, %eax
+    popfq
+    ret
+    .global guest_copy_smap_fixup
+guest_copy_smap_fixup:
     movq %rcx, %rax
     popfq
     ret
@@ -66,6 +74,8 @@ unsafe extern "C" {
     fn guest_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
     static guest_copy_insn: u8;
     static guest_copy_fixup: u8;
+    static guest_copy_smap_insn: u8;
+    static guest_copy_smap_fixup: u8;
 }
 
 /// Checks that `[addr, addr + len)` is canonical guest address space.
@@ -118,5 +128,11 @@ pub fn write_value<T: Copy>(dst: u64, value: &T) -> Result<(), BadGuestAddress> 
 /// If a fault at `rip` happened inside a guest copy, returns where to resume (the copy then
 /// reports the bytes it did not copy).
 pub fn fixup(rip: u64) -> Option<u64> {
-    (rip == &raw const guest_copy_insn as u64).then_some(&raw const guest_copy_fixup as u64)
+    if rip == &raw const guest_copy_insn as u64 {
+        Some(&raw const guest_copy_fixup as u64)
+    } else if rip == &raw const guest_copy_smap_insn as u64 {
+        Some(&raw const guest_copy_smap_fixup as u64)
+    } else {
+        None
+    }
 }
