@@ -82,6 +82,22 @@ def guest(name):
 # The window attacks of guest-hostile that are fatal unless refused (guests/hostile/src/window.rs).
 WINDOW_ATTACKS = ["clear_l4_window", "new_baseptr_no_window", "new_user_baseptr_no_window"]
 
+# Single attacks of guest-hostile (`attack=<name>`) on the hypervisor's entry and exit
+# paths: (name, expected ending, what the guest must print after "hostile: attack <name>: ").
+ENTRY_ATTACKS = [
+    ("iret_cs_null", "poweroff", "contained by the failsafe callback"),
+    ("iret_cs_null_unhandled", "killed", None),
+    ("iret_cs_ldt", "poweroff", "contained by the failsafe callback"),
+    ("iret_cs_not_present", "poweroff", "contained by the failsafe callback"),
+    ("iret_rip_noncanonical", "poweroff", "contained by the failsafe callback"),
+    ("iret_ss_null", "poweroff", "contained by the failsafe callback"),
+    ("stale_ss", "poweroff", "contained by the failsafe callback"),
+    ("syscall32", "poweroff", "contained by the syscall32 callback"),
+    ("syscall32_no_callback", "poweroff", "contained by #UD delivered to the guest"),
+    ("sysenter", "poweroff", "contained by the sysenter callback"),
+    ("sysenter_no_callback", "poweroff", "contained by #"),
+]
+
 
 def guest_cases():
     everyone = [("guest-hello", "name=hello count=2"),
@@ -201,6 +217,14 @@ def guest_cases():
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
                      "module.smallest.min_reservation_kib": "96"},
              expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=24"]),
+        # Issue 15, holes 2 and 5: attacks on the hypervisor's entry and exit paths, one
+        # domain each, beside a hello guest that must finish (see ENTRY_ATTACKS).
+        Case("iso-attacks-entry", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} attack={a} expect={e}") for a, e, _ in ENTRY_ATTACKS],
+             expect={"domains.created": str(1 + len(ENTRY_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}: {line}" for a, _, line in ENTRY_ATTACKS if line]),
     ]
 
 
@@ -246,9 +270,11 @@ def guest_iso(case):
 def matrix():
     cases = []
     for n in (1, 2, 4, 8, 16):
+        # TCG's -cpu max offers SMEP and SMAP: every CPU must run with both on.
         cases.append(Case(f"pvh-smp{n}", smp=str(n),
                           expect={"cpus.online": str(n), "cpus.listed": str(n),
-                                  "topology.packages": "1", "numa.nodes": "1"}))
+                                  "topology.packages": "1", "numa.nodes": "1",
+                                  "cpu.smep": "on", "cpu.smap": "on"}))
     cases += [
         Case("pvh-2sockets", smp="8,sockets=2,cores=2,threads=2",
              expect={"cpus.online": "8", "topology.packages": "2", "topology.cores": "4",

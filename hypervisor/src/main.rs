@@ -83,6 +83,8 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     memory::back_percpu_areas(areas).unwrap_or_else(|e| fatal(format_args!("per-CPU areas: {e}")));
     move_boot_cpu(&areas[0]);
     arch::entry::init_this_cpu();
+    let protections = arch::cpu::init_boot_cpu();
+    info!("cpu: SMEP {}, SMAP {}, FSGSBASE off", on_off(protections.smep), on_off(protections.smap));
     platform::init_interrupt_controllers(&machine);
     lapic::init_this_cpu();
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);
@@ -156,6 +158,10 @@ fn wait_all_idle() -> u64 {
     let ns = time::since_boot_ns();
     info!("boot: all cores idle {} us after hypervisor entry", ns / 1000);
     ns
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off (not offered)" }
 }
 
 /// Reports a boot failure clearly and stops.

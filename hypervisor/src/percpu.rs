@@ -3,7 +3,7 @@
 //! A CPU's area ([`mm::layout::PerCpuArea`]) is a fixed run of window pages: a guard page,
 //! the kernel stack, three IST stacks (double fault, NMI, machine check) each behind a guard
 //! page, the data page holding [`PerCpu`], and a 16-page GDT range of which only the reserved
-//! page (selector 0xe000 up) is backed. The boot CPU starts on static early state and moves to its
+//! page (selector 0xe000 up) is backed, read-only once loaded. The boot CPU starts on static early state and moves to its
 //! own area like every other CPU once frames can be allocated. Nothing here is shared between
 //! CPUs except through the fields documented as such.
 
@@ -13,13 +13,14 @@ use core::mem::MaybeUninit;
 use apic::LocalApic;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use x86_64::registers::model_specific::GsBase;
+use x86_64::registers::model_specific::{GsBase, KernelGsBase};
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;
 
 use mm::layout::{IstStack, PerCpuArea};
 
 use crate::arch::gdt::{self, ReservedGdtPage};
+use crate::arch::paging::{self, MapKind};
 
 /// A CPU's logical index (0 is the boot CPU), dense and stable for the whole run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,6 +142,10 @@ pub unsafe fn enter_area(area: &PerCpuArea, data: &'static PerCpu) {
     let gdt_page = area.gdt_reserved_page() as *mut ReservedGdtPage;
     // SAFETY: the reserved GDT page is backed, page aligned and owned by this CPU alone.
     unsafe { activate(data, &mut *gdt_page) };
+    // Built and loaded (`ltr` has set the TSS busy bit): no one writes it again. The
+    // window mapping is global, so other CPUs may hold it in their TLBs only as writable
+    // until their next full flush; none of them writes it either.
+    paging::protect(area.gdt_reserved_page(), MapKind::ReadOnly).expect("the reserved GDT page is mapped");
 }
 
 /// # Safety
@@ -163,6 +168,28 @@ pub fn current() -> &'static PerCpu {
     unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, readonly, preserves_flags)) };
     // SAFETY: PerCpu data pages live for the whole run.
     unsafe { &*(ptr as *const PerCpu) }
+}
+
+/// Makes GS point at this CPU's data again when an exception that can interrupt ring 0
+/// anywhere (NMI, machine check, double fault: only the fatal report runs for them) came
+/// between an entry and its `swapgs`, or between the exit's `swapgs` and `iretq`, where
+/// the GS base is the guest's. The GS base is taken as ours when it maps a data page
+/// whose first word is its own address; otherwise the bases are swapped. It never swaps
+/// back: only for the way to a fatal report.
+pub fn adopt_own_gs() {
+    fn is_data_page(base: u64) -> bool {
+        // SAFETY: `translate` says the window page is mapped (window pages are supervisor
+        // and never a guest's), so the read cannot fault.
+        base >= paging::WINDOW_BASE && paging::translate(base).is_some() && unsafe { (base as *const u64).read_volatile() } == base
+    }
+    if !GS_READY.load(Ordering::Acquire) || is_data_page(GsBase::read().as_u64()) {
+        return;
+    }
+    if is_data_page(KernelGsBase::read().as_u64()) {
+        // SAFETY: KERNEL_GS_BASE holds this CPU's data page (checked): swapping makes GS
+        // point at it, which is all the report needs.
+        unsafe { core::arch::asm!("swapgs", options(nostack, preserves_flags)) };
+    }
 }
 
 /// This CPU's index, or 0 while the boot CPU has no GS yet (early logging and panics).

@@ -1,5 +1,8 @@
 //! Boot self-checks: every core answers a cross-CPU call, IPI round-trip time, every core's
-//! local timer fires, the identity map is gone, frames and heap memory come back when freed.
+//! local timer fires, the identity map is gone, frames and heap memory come back when freed,
+//! the IDT and every CPU's GDT page are mapped read-only and not executable, the image's
+//! pages are writable or executable as their sections say and never both, and every CPU
+//! runs with the boot CPU's SMEP and SMAP and without FSGSBASE.
 //!
 //! Runs on the boot CPU after bring-up; each check records pass or fail with a detail line.
 //! The checks only use public mechanisms (call board, timers, allocator), so a failure here
@@ -12,7 +15,11 @@ use core::fmt::Write;
 use hypervisor::cmdline::Options;
 use log::{error, info};
 
-use crate::arch::paging;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use x86_64::registers::control::{Cr4, Cr4Flags};
+
+use crate::arch::{self, paging};
 use crate::cpus::{self, CpuState};
 use crate::percpu::CpuIndex;
 use crate::{interrupts, lapic, memory, time};
@@ -77,7 +84,92 @@ pub fn run(options: &Options) -> Checks {
     let (rebased, detail) = memory::check_heap_rebase();
     record(&mut list, "heap gives frame-table frames back", rebased, detail);
 
+    let (read_only, detail) = descriptor_tables_read_only();
+    record(&mut list, "descriptor tables read-only", read_only, detail);
+
+    let (w_xor_x, detail) = image_write_xor_execute();
+    record(&mut list, "image code read-only, everything else no-execute", w_xor_x, detail);
+
+    let (protected, detail) = cpus_protected();
+    record(&mut list, "cpu protections on every core", protected, detail);
+
     Checks { list, ipi_rtt_ns, ipi_samples, complete: true }
+}
+
+/// The IDT page and every online CPU's reserved GDT page: mapped, not writable, not
+/// executable (the page-table entries the window uses, read back).
+fn descriptor_tables_read_only() -> (bool, String) {
+    let mut pages = alloc::vec![("IDT", arch::trap::idt_address())];
+    for (index, slot) in cpus::all().iter().enumerate() {
+        if slot.state() == CpuState::Online {
+            pages.push(("GDT", memory::percpu_area(CpuIndex(index as u32)).gdt_reserved_page()));
+        }
+    }
+    let wrong: Vec<_> = pages
+        .iter()
+        .filter(|(_, va)| paging::access(*va) != Some(paging::Access { writable: false, executable: false }))
+        .map(|(what, va)| alloc::format!("{what} at {va:#x}: {:?}", paging::access(*va)))
+        .collect();
+    if wrong.is_empty() {
+        (true, alloc::format!("IDT and {} GDT pages read-only, no-execute", pages.len() - 1))
+    } else {
+        (false, wrong.join(", "))
+    }
+}
+
+unsafe extern "C" {
+    static __text_start: u8;
+    static __rodata_start: u8;
+    static __data_start: u8;
+    static __image_end: u8;
+}
+
+/// Every page of the image as its section says: code read-only and executable, read-only
+/// data read-only, data writable (the IDT page read-only), neither executable.
+fn image_write_xor_execute() -> (bool, String) {
+    let (text, rodata, data, end) =
+        (&raw const __text_start as u64, &raw const __rodata_start as u64, &raw const __data_start as u64, &raw const __image_end as u64);
+    let idt = arch::trap::idt_address();
+    let expected = |va: u64| {
+        let (writable, executable) = match va {
+            _ if va < rodata => (false, true),
+            _ if va < data || va == idt => (false, false),
+            _ => (true, false),
+        };
+        paging::Access { writable, executable }
+    };
+    let pages = (text & !0xfff..end).step_by(4096);
+    let count = (end - (text & !0xfff)) / 4096;
+    let wrong: Vec<_> = pages.filter(|&va| paging::access(va) != Some(expected(va))).collect();
+    match wrong.first() {
+        None => (true, alloc::format!("{count} pages: code {} KiB, read-only data {} KiB, data {} KiB", (rodata - text) >> 10, (data - rodata) >> 10, (end - data) >> 10)),
+        Some(&va) => (false, alloc::format!("{} pages wrong, first {va:#x}: {:?}, expected {:?}", wrong.len(), paging::access(va), expected(va))),
+    }
+}
+
+/// CPUs whose CR4 shows what the boot CPU turned on (SMEP, SMAP) and FSGSBASE off.
+static PROTECTED_CPUS: AtomicUsize = AtomicUsize::new(0);
+
+fn cpus_protected() -> (bool, String) {
+    PROTECTED_CPUS.store(0, Ordering::Relaxed);
+    let answered = cpus::call_all(
+        |_| {
+            let want = arch::cpu::protections();
+            let cr4 = Cr4::read();
+            let smep = cr4.contains(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION);
+            let smap = cr4.contains(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION);
+            if smep == want.smep && smap == want.smap && arch::cpu::fsgsbase_off() {
+                PROTECTED_CPUS.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+        0,
+    );
+    let protected = PROTECTED_CPUS.load(Ordering::Relaxed);
+    let want = arch::cpu::protections();
+    (
+        protected == answered && answered == cpus::online_count(),
+        alloc::format!("{protected} of {answered} CPUs with SMEP {} SMAP {} FSGSBASE off", want.smep, want.smap),
+    )
 }
 
 /// Times `samples` empty cross-CPU calls to every other online CPU; returns the median.

@@ -61,6 +61,9 @@ pub fn print(f: &Facts) {
     fact!("ipi.rtt_ns_median", "{}", f.checks.ipi_rtt_ns.unwrap_or(0));
     fact!("ipi.samples", "{}", f.checks.ipi_samples);
     fact!("boot.all_idle_us", "{}", f.all_idle_ns / 1000);
+    let protections = crate::arch::cpu::protections();
+    fact!("cpu.smep", "{}", if protections.smep { "on" } else { "off" });
+    fact!("cpu.smap", "{}", if protections.smap { "on" } else { "off" });
     let verdict = match (f.checks.passed(), f.checks.complete) {
         (false, _) => "fail",
         (true, false) => "not-run",

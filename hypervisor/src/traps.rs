@@ -1,11 +1,13 @@
-//! What each vector means: exceptions in the hypervisor are fatal and reported in full;
-//! interrupts go to their handlers (timer, cross-CPU calls, spurious) and are acknowledged.
+//! What each vector means: exceptions in the hypervisor are fatal and reported in full
+//! (except a guest-memory copy's fault and a fault of the return to a guest, both
+//! recovered); interrupts go to their handlers (timer, cross-CPU calls, spurious) and are
+//! acknowledged; exceptions and `syscall`s from guests go to `pv`.
 //!
 //! Called only from the assembly entry path in `arch::trap`, with interrupts off.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::arch::entry::SYSCALL_VECTOR;
+use crate::arch::entry::{SYSCALL32_VECTOR, SYSCALL_VECTOR};
 use crate::arch::exit::{exit, Outcome};
 use crate::arch::trap::TrapFrame;
 use crate::sched::Stay;
@@ -44,11 +46,11 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
         log::warn!("a guest syscall arrived without its privilege change (host virtualizer); taken as a syscall");
     }
     let cause = match frame.vector {
-        SYSCALL_VECTOR => Stay::Syscall(frame.rax),
+        SYSCALL_VECTOR | SYSCALL32_VECTOR => Stay::Syscall(frame.rax),
         vector => Stay::Vector(vector),
     };
     match frame.vector {
-        SYSCALL_VECTOR => crate::pv::guest_trap(frame),
+        SYSCALL_VECTOR | SYSCALL32_VECTOR => crate::pv::guest_trap(frame),
         0..=31 if frame.is_from_guest() => crate::pv::guest_trap(frame),
         0..=31 => hypervisor_exception(frame),
         v if (vectors::PIC_BASE as u64..=0x2f).contains(&v) => {} // masked legacy PIC: spurious, no EOI owed
@@ -67,10 +69,20 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
 }
 
 /// An exception in hypervisor code: a fault on a guest pointer inside a guest-memory copy
-/// resumes at the copy's fix-up; anything else is fatal.
+/// resumes at the copy's fix-up; a fault of the `iretq` returning to a guest becomes that
+/// guest's failsafe callback (or its death); anything else is fatal.
 fn hypervisor_exception(frame: &mut TrapFrame) {
+    const SEGMENT_NOT_PRESENT: u64 = 11;
+    const STACK_FAULT: u64 = 12;
     const GENERAL_PROTECTION: u64 = 13;
     const PAGE_FAULT: u64 = 14;
+    if matches!(frame.vector, SEGMENT_NOT_PRESENT | STACK_FAULT | GENERAL_PROTECTION) {
+        if let Some(failed) = crate::arch::trap::failed_exit(frame) {
+            if crate::pv::traps::exit_fault(frame, failed) {
+                return;
+            }
+        }
+    }
     if matches!(frame.vector, GENERAL_PROTECTION | PAGE_FAULT) {
         if let Some(resume) = crate::arch::uaccess::fixup(frame.rip) {
             frame.rip = resume;
@@ -82,6 +94,7 @@ fn hypervisor_exception(frame: &mut TrapFrame) {
 
 /// Reports an exception raised by the hypervisor itself and stops the machine.
 fn fatal_exception(frame: &TrapFrame) -> ! {
+    percpu::adopt_own_gs();
     logger::force_unlock();
     let vector = frame.vector as usize;
     let cr2 = x86_64::registers::control::Cr2::read_raw();

@@ -19,7 +19,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, last_attack, long_calls, window};
+use crate::{big_tree, compat, exit_path, last_attack, long_calls, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -40,6 +40,17 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "new_user_baseptr_no_window", run: window::new_user_baseptr_without_window },
     Attack { name: "pin_big_tree", run: big_tree::pin_big_tree },
     Attack { name: "shared_info_table", run: crate::shared_info::table_attack },
+    Attack { name: "iret_cs_null", run: exit_path::iret_cs_null },
+    Attack { name: "iret_cs_null_unhandled", run: exit_path::iret_cs_null_unhandled },
+    Attack { name: "iret_cs_ldt", run: exit_path::iret_cs_ldt },
+    Attack { name: "iret_cs_not_present", run: exit_path::iret_cs_not_present },
+    Attack { name: "iret_rip_noncanonical", run: exit_path::iret_rip_noncanonical },
+    Attack { name: "iret_ss_null", run: exit_path::iret_ss_null },
+    Attack { name: "stale_ss", run: exit_path::stale_ss },
+    Attack { name: "syscall32", run: compat::syscall32 },
+    Attack { name: "syscall32_no_callback", run: compat::syscall32_no_callback },
+    Attack { name: "sysenter", run: compat::sysenter },
+    Attack { name: "sysenter_no_callback", run: compat::sysenter_no_callback },
 ];
 
 /// The `attack=` value on the command line, if any.

@@ -19,8 +19,10 @@
 //! test expects "hostile: all attacks refused" and the domain to end "killed"; a guest
 //! that survives prints "hostile: survived a fault in the fault handler (BUG)" and powers
 //! off. With `attack=<name>` on its command line it runs only that one attack, one that
-//! ends the domain when contained ([`fatal`]), or one of the hypercalls that ask for a
-//! great deal of work in one call ([`long_calls`]). The guest must never attack in a way it could not survive if the hypervisor
+//! ends the domain when contained ([`fatal`]): among them the attacks on the hypervisor's
+//! exit path ([`exit_path`]) and entry paths ([`compat`]), which land in [`contained`], and
+//! the hypercalls that ask for a great deal of work in one call ([`long_calls`]). The guest
+//! must never attack in a way it could not survive if the hypervisor
 //! refuses, nor end itself before the last attack.
 
 #![no_std]
@@ -28,6 +30,9 @@
 
 mod arguments;
 mod big_tree;
+mod compat;
+mod contained;
+mod exit_path;
 mod fatal;
 mod last_attack;
 mod long_calls;

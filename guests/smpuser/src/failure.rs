@@ -98,6 +98,13 @@ pub enum Check {
     SyscallCsRpl,
     SyscallRsp,
     SyscallSs,
+    /// Times the general-protection handler saw the user program's `mov` from and to cr3
+    /// (each must raise #GP in the guest kernel: no emulation from user mode).
+    UserCr3Faults,
+    /// rax after the user `mov rax, cr3`: the marker it held before (not a base pointer).
+    UserCr3Rax,
+    /// The RPL of the user #GP frames' cs (3: guest user mode).
+    UserCr3CsRpl,
 }
 
 /// Why the guest gave up.

@@ -6,8 +6,9 @@
 //!    new frame. Prints whether the two vCPUs ran on different physical CPUs (only then
 //!    does the shootdown cross CPUs), then "smpuser: smp ok".
 //! 2. Guest user mode ([`user_mode`], [`user_tables`]): a user L4, `iret` to ring-3 user
-//!    code, and `int3`, a page fault (U bit set) and `syscall` from user mode bounced to the
-//!    guest kernel. Prints "smpuser: user mode ok".
+//!    code, and `int3`, a page fault (U bit set), `mov` from and to cr3 (#GP, never
+//!    emulated for user mode) and `syscall` from user mode bounced to the guest kernel.
+//!    Prints "smpuser: user mode ok".
 //!
 //! Then `main` returns and the runtime powers the domain off, which stops vCPU 1 too. Both
 //! vCPUs print progress lines ("smpuser: vcpu0 ...", "smpuser: vcpu1 ..."); a failed check

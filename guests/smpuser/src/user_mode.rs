@@ -7,7 +7,11 @@
 //! 2. loads from an unmapped address: the page-fault handler must see the address and an
 //!    error code with the U bit set (user, read, not present: 0x4), and resumes user mode
 //!    after the load;
-//! 3. executes `syscall` with rax = [`SYSCALL_MAGIC`]: the hypervisor bounces it to the
+//! 3. reads cr3 into rax (holding [`CR3_MARKER`]) and writes rax to cr3: privileged
+//!    instructions from guest user mode must raise #GP in the guest kernel, never be
+//!    emulated (issue 15, hole 8: the user process read its kernel's base pointer and
+//!    replaced it). The #GP handler records each and skips the 3-byte instruction;
+//! 4. executes `syscall` with rax = [`SYSCALL_MAGIC`]: the hypervisor bounces it to the
 //!    syscall callback in kernel mode with the frame {rcx, r11, rip, cs, rflags, rsp, ss}
 //!    on the `stack_switch` stack, and the callback records it and returns to the kernel.
 //!
@@ -34,6 +38,11 @@ use crate::user_tables;
 
 /// rax of the user program's `syscall`.
 const SYSCALL_MAGIC: u64 = 0x5C5C_A11E_D000_0042;
+/// rax before the user program's `mov rax, cr3`: still there after it when the read was
+/// refused (an emulated read would leave the user L4's address).
+const CR3_MARKER: u64 = 0x0C3C_3C3C_0000_0000;
+/// `mov rax, cr3` and `mov cr3, rax` are three bytes each.
+const MOV_CR_LEN: u64 = 3;
 /// An address nothing maps (its L2 entry is empty, past any initial mapping this guest
 /// gets): both page faults load from it.
 const UNMAPPED: u64 = VIRT_BASE + 0x3000_0000;
@@ -90,6 +99,7 @@ global_asm!(
     "smpuser_syscall_entry:",
     "    mov rdi, rsp",
     "    mov rsi, rax",
+    "    mov rdx, rbx",
     "    and rsp, -16",
     "    cld",
     "    call smpuser_syscall_arrived",
@@ -114,6 +124,14 @@ global_asm!(
     "    mov rax, qword ptr [rbx]",
     ".globl smpuser_user_after_load",
     "smpuser_user_after_load:",
+    "    movabs rax, {cr3_marker}",
+    ".globl smpuser_user_read_cr3",
+    "smpuser_user_read_cr3:",
+    "    mov rax, cr3",
+    "    mov rbx, rax",
+    ".globl smpuser_user_write_cr3",
+    "smpuser_user_write_cr3:",
+    "    mov cr3, rax",
     "    movabs rax, {magic}",
     "    syscall",
     ".globl smpuser_user_after_syscall",
@@ -136,6 +154,7 @@ global_asm!(
     iret_stub = const stub_offset(Hypercall::Iret),
     unmapped = const UNMAPPED,
     magic = const SYSCALL_MAGIC,
+    cr3_marker = const CR3_MARKER,
 );
 
 extern "C" {
@@ -153,6 +172,8 @@ extern "C" {
     static smpuser_user_after_load: u8;
     static smpuser_user_after_syscall: u8;
     static smpuser_kernel_after_load: u8;
+    static smpuser_user_read_cr3: u8;
+    static smpuser_user_write_cr3: u8;
 }
 
 /// The address of a symbol defined in the assembly above.
@@ -244,6 +265,9 @@ static KERNEL_FAULT: Record = Record::new();
 static USER_FAULT: Record = Record::new();
 static USER_BREAKPOINT: Record = Record::new();
 static SYSCALL: Record = Record::new();
+static USER_CR3: Record = Record::new();
+/// rbx at the user program's `syscall`: rax as its `mov rax, cr3` left it.
+static USER_CR3_RAX: AtomicU64 = AtomicU64::new(0);
 
 /// The syscall callback's frame, lowest address first.
 #[repr(C)]
@@ -257,9 +281,10 @@ struct SyscallFrame {
     ss: u64,
 }
 
-/// Called by the syscall callback with its frame and the user's rax.
+/// Called by the syscall callback with its frame and the user's rax and rbx.
 #[unsafe(no_mangle)]
-extern "C" fn smpuser_syscall_arrived(frame: *const SyscallFrame, rax: u64) {
+extern "C" fn smpuser_syscall_arrived(frame: *const SyscallFrame, rax: u64, rbx: u64) {
+    USER_CR3_RAX.store(rbx, Ordering::Relaxed);
     // SAFETY: the callback passes the frame the hypervisor just wrote on this stack, which
     // nothing else uses.
     let frame = unsafe { &*frame };
@@ -272,10 +297,12 @@ pub fn check(start: &StartInfo, free: &mut FreeFrames) -> Result<(), Failure> {
     shared_info::map_shared_info().map_err(|e| Failure::Call(Call::MapSharedInfo, e))?;
     route(Vector::PAGE_FAULT, on_page_fault)?;
     route(Vector::BREAKPOINT, on_breakpoint)?;
+    route(Vector::GENERAL_PROTECTION, on_general_protection)?;
     let outcome = kernel_fault().and_then(|()| user_program(start, free));
     // Clearing a vector below 32 cannot fail.
     let _ = traps::clear_handler(Vector::PAGE_FAULT);
     let _ = traps::clear_handler(Vector::BREAKPOINT);
+    let _ = traps::clear_handler(Vector::GENERAL_PROTECTION);
     outcome
 }
 
@@ -332,7 +359,30 @@ fn user_program(start: &StartInfo, free: &mut FreeFrames) -> Result<(), Failure>
     unsafe { smpuser_enter_user(address!(smpuser_user_program), user_stack) };
     check_breakpoint()?;
     check_user_fault()?;
+    check_user_cr3()?;
     check_syscall(user_stack)
+}
+
+fn check_user_cr3() -> Result<(), Failure> {
+    let seen = USER_CR3.snapshot();
+    let rax = USER_CR3_RAX.load(Ordering::Relaxed);
+    println!("smpuser: user-mode mov from and to cr3: {} #GP in the guest kernel, rax after the read {rax:#x}", seen.count);
+    expect(Check::UserCr3Faults, seen.count, 2)?;
+    expect(Check::UserCr3Rax, rax, CR3_MARKER)?;
+    expect(Check::UserCr3CsRpl, seen.cs_rpl, 3)?;
+    println!("smpuser: user-mode cr3 access refused: both raised #GP in the guest kernel, nothing emulated");
+    Ok(())
+}
+
+/// The general-protection handler: records the user program's `mov` from or to cr3 and
+/// resumes after it.
+fn on_general_protection(frame: &mut TrapFrame) {
+    let at = frame.rip;
+    if at != address!(smpuser_user_read_cr3) && at != address!(smpuser_user_write_cr3) {
+        unexpected(frame);
+    }
+    USER_CR3.trap(frame);
+    frame.rip = at + MOV_CR_LEN;
 }
 
 fn check_breakpoint() -> Result<(), Failure> {

@@ -5,6 +5,8 @@
 //! 0xe02b, ring-3 code64 0xe033, TSS 0xe040); the entries below are the guest's own (set_gdt
 //! frames, mapped later). So a CPU's GDT base is the address of its reserved page minus
 //! 0xe000, and only that page has to exist for the hypervisor's own selectors to work.
+//! Its descriptors all have the accessed bit set and `ltr` marks the TSS busy, after which
+//! the CPU never writes the page and its owner maps it read-only (`percpu`).
 //! This module only builds and loads tables; callers own the memory.
 
 use core::mem::size_of;
@@ -22,6 +24,8 @@ pub const RESERVED_GDT_OFFSET: u64 = 0xe000;
 pub const HYPERVISOR_CS: u16 = 0xe008;
 /// Ring-0 data.
 pub const HYPERVISOR_DS: u16 = 0xe010;
+/// Ring-3 32-bit (compatibility-mode) code, RPL 3.
+pub const GUEST_CS32: u16 = 0xe023;
 /// Ring-3 data, RPL 3.
 pub const GUEST_DS: u16 = 0xe02b;
 /// Ring-3 64-bit code (guest kernel and user), RPL 3.
@@ -47,12 +51,14 @@ impl ReservedGdtPage {
     pub fn build(&mut self, tss: &'static TaskStateSegment) {
         let entries = &mut self.0;
         entries[0] = 0;
-        entries[1] = 0x00af_9a00_0000_ffff; // 0xe008 ring 0 code, 64-bit
-        entries[2] = 0x00cf_9200_0000_ffff; // 0xe010 ring 0 data
+        // Every descriptor has its accessed bit set, so that the CPU never writes the page
+        // (it is mapped read-only once loaded).
+        entries[1] = 0x00af_9b00_0000_ffff; // 0xe008 ring 0 code, 64-bit
+        entries[2] = 0x00cf_9300_0000_ffff; // 0xe010 ring 0 data
         entries[3] = 0;
-        entries[4] = 0x00cf_fa00_0000_ffff; // 0xe023 ring 3 code, compatibility mode
-        entries[5] = 0x00cf_f200_0000_ffff; // 0xe02b ring 3 data
-        entries[6] = 0x00af_fa00_0000_ffff; // 0xe033 ring 3 code, 64-bit
+        entries[4] = 0x00cf_fb00_0000_ffff; // 0xe023 ring 3 code, compatibility mode
+        entries[5] = 0x00cf_f300_0000_ffff; // 0xe02b ring 3 data
+        entries[6] = 0x00af_fb00_0000_ffff; // 0xe033 ring 3 code, 64-bit
         entries[7] = 0;
         let (low, high) = tss_descriptor(tss);
         entries[8] = low; // 0xe040
@@ -106,4 +112,23 @@ pub fn tss(rsp0: u64, double_fault: u64, nmi: u64, machine_check: u64) -> TaskSt
     tss.interrupt_stack_table[(IST_NMI - 1) as usize] = VirtAddr::new(nmi);
     tss.interrupt_stack_table[(IST_MACHINE_CHECK - 1) as usize] = VirtAddr::new(machine_check);
     tss
+}
+
+/// Entry `index` of this CPU's GDT, for an index below the reserved page (a guest's own
+/// entries: the running vCPU's GDT frames, or the zero frame where it has none, are always
+/// mapped there read-only).
+pub fn guest_descriptor(index: u16) -> Option<u64> {
+    if u64::from(index) * 8 >= RESERVED_GDT_OFFSET {
+        return None;
+    }
+    let pointer = x86_64::instructions::tables::sgdt();
+    // SAFETY: the GDT area below the reserved page is backed page by page (guest frames or
+    // the zero frame) for as long as this CPU runs, and the index is inside it.
+    Some(unsafe { ((pointer.base.as_u64() + u64::from(index) * 8) as *const u64).read_volatile() })
+}
+
+/// The data segment selectors now loaded (ds, es, fs, gs): the hypervisor never loads
+/// them after boot, so they are the running guest's.
+pub fn data_selectors() -> [u16; 4] {
+    [DS::get_reg().0, ES::get_reg().0, FS::get_reg().0, GS::get_reg().0]
 }

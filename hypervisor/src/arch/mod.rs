@@ -1,6 +1,7 @@
 //! The thin hardware layer: the only place with assembly, port I/O, MSRs, control registers
 //! and page-table entries.
 pub mod boot;
+pub mod cpu;
 pub mod entry;
 pub mod exit;
 pub mod gdt;

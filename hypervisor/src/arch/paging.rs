@@ -202,6 +202,34 @@ pub fn unmap(vaddr: u64) -> Option<u64> {
     (old & PRESENT != 0).then_some(old & ADDRESS_MASK)
 }
 
+/// Gives the mapped window page at `vaddr` the permissions of `kind`, keeping its frame,
+/// and invalidates it on this CPU (the caller flushes other CPUs that may hold it).
+pub fn protect(vaddr: u64, kind: MapKind) -> Result<(), MapError> {
+    let entry = l1_entry(vaddr)?;
+    let old = entry.load(Ordering::Acquire);
+    if old & PRESENT == 0 {
+        return Err(MapError::BadVirtual(vaddr));
+    }
+    entry.store((old & ADDRESS_MASK) | flags(kind), Ordering::Release);
+    x86_64::instructions::tlb::flush(VirtAddr::new(vaddr));
+    Ok(())
+}
+
+/// How a mapped window page may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub writable: bool,
+    pub executable: bool,
+}
+
+/// The access a window page allows, as its L1 entry says (every upper level allows all),
+/// if it is mapped. Pages are never executable when the CPU has no NX.
+pub fn access(vaddr: u64) -> Option<Access> {
+    let entry = l1_entry(vaddr & !(PAGE_SIZE - 1)).ok()?.load(Ordering::Acquire);
+    let nx = NX_MASK.load(Ordering::Relaxed);
+    (entry & PRESENT != 0).then_some(Access { writable: entry & WRITABLE != 0, executable: nx == 0 || entry & nx == 0 })
+}
+
 /// The physical address a window page maps, if any.
 pub fn translate(vaddr: u64) -> Option<u64> {
     let entry = l1_entry(vaddr & !(PAGE_SIZE - 1)).ok()?.load(Ordering::Acquire);

@@ -6,6 +6,18 @@
 //! saves the general registers into a [`TrapFrame`] and calls [`crate::traps::dispatch`].
 //! Double fault, NMI and machine check run on their own IST stacks. This module knows
 //! nothing about what a vector means; `crate::traps` decides.
+//!
+//! The way out is `swapgs` (when returning to ring 3) and one `iretq` at `trap_exit_iret`,
+//! which loads the guest's code and stack selectors and may fault on them (#GP, #NP, #SS)
+//! in ring 0 with the guest's GS base already in place. The common path recognises such a
+//! fault by its rip before it touches per-CPU data, swaps GS back, and reports it as an
+//! ordinary ring-0 exception whose [`failed_exit`] is the frame that could not be loaded;
+//! the guest's registers are those of the new frame. It must never be confused with a
+//! fault of an `iretq` to ring 0 (the idle loop), which needs no swap.
+//!
+//! Every entry clears RFLAGS.AC when SMAP is on ([`super::cpu`]): an interrupt or exception
+//! keeps the interrupted AC (a guest's, or a user-access window's), which would otherwise
+//! turn SMAP off in the hypervisor; the `iretq` restores it.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +27,7 @@ use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
 use super::gdt::{self, HYPERVISOR_CS};
+use super::paging::MapKind;
 
 /// The registers saved at entry, lowest address first.
 #[repr(C)]
@@ -81,10 +94,38 @@ trap_stubs:
 
 trap_common:
     testb $3, 24(%rsp)
-    jz trap_save
-    swapgs
+    jnz 1f
+    /* From ring 0. GS is the guest's only between the exit path's swapgs and its iretq,
+       and only a #NP, #SS or #GP of that iretq on a frame returning to ring 3 can arrive
+       there with interrupts off (NMI and machine checks are not handled). */
+    pushq %rax
+    movq 8(%rsp), %rax
+    subq $11, %rax
+    cmpq $2, %rax
+    ja 2f
+    leaq trap_exit_iret(%rip), %rax
+    cmpq %rax, 24(%rsp)
+    jne 2f
+    movq 48(%rsp), %rax
+    testb $3, 8(%rax)
+    jz 2f
+    popq %rax
+1:  swapgs
+    jmp trap_save
+2:  popq %rax
     .global trap_save
 trap_save:
+    /* With SMAP on, clear RFLAGS.AC if the interrupted code had it set: an interrupt or
+       exception keeps it, so the frame's rflags say (a syscall frame's may say so after
+       SFMASK cleared it: harmless). popf, not clac: see arch::cpu. */
+    testl ${ac}, 32(%rsp)
+    jz 3f
+    cmpb $0, {smap_on}(%rip)
+    je 3f
+    pushfq
+    andl $~{ac}, (%rsp)
+    popfq
+3:
     pushq %rax
     pushq %rbx
     pushq %rcx
@@ -122,14 +163,43 @@ trap_save:
     jz 2f
     swapgs
 2:  addq $16, %rsp
+    .global trap_exit_iret
+trap_exit_iret:
     iretq
 "#,
     dispatch = sym crate::traps::dispatch,
+    smap_on = sym super::cpu::SMAP_ON,
+    ac = const super::cpu::RFLAGS_AC,
     options(att_syntax)
 );
 
 unsafe extern "C" {
     static trap_stubs: u8;
+    static trap_exit_iret: u8;
+}
+
+/// The return frame an `iretq` to a guest could not load (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedExit {
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// If `frame` is the fault of the exit path's `iretq` to a guest, the frame that `iretq`
+/// was loading. The guest's general registers are `frame`'s own: the fault came before any
+/// of them changed.
+pub fn failed_exit(frame: &TrapFrame) -> Option<FailedExit> {
+    if frame.is_from_guest() || frame.rip != &raw const trap_exit_iret as u64 {
+        return None;
+    }
+    // SAFETY: a fault of that `iretq` pushed the stack pointer it had, which points at the
+    // five words it was loading, on this CPU's stack below the fault's own frame (the CPU
+    // pushed the new frame beneath it); nothing has written there since.
+    let [rip, cs, rflags, rsp, ss] = unsafe { (frame.rsp as *const [u64; 5]).read() };
+    (cs & 3 == 3).then_some(FailedExit { rip, cs, rflags, rsp, ss })
 }
 
 /// Bytes per entry stub (each is 16-byte aligned).
@@ -138,10 +208,11 @@ const STUB_SIZE: u64 = 16;
 #[repr(C, align(4096))]
 struct Idt([AtomicU64; 512]);
 
-/// One IDT for every CPU: the gates are the same everywhere.
+/// One IDT for every CPU: the gates are the same everywhere. Read-only once built.
 static IDT: Idt = Idt([const { AtomicU64::new(0) }; 512]);
 
-/// Builds the gates (once, on the boot CPU).
+/// Builds the gates (once, on the boot CPU, with the window page tables in use), then maps
+/// the IDT read-only: nothing may change a gate afterwards.
 pub fn init() {
     let stubs = &raw const trap_stubs as u64;
     for vector in 0..256u64 {
@@ -158,6 +229,12 @@ pub fn init() {
         IDT.0[vector as usize * 2].store(low, Ordering::Relaxed);
         IDT.0[vector as usize * 2 + 1].store(high, Ordering::Relaxed);
     }
+    super::paging::protect(idt_address(), MapKind::ReadOnly).expect("the IDT is a page of the image");
+}
+
+/// The IDT's address (one page).
+pub fn idt_address() -> u64 {
+    &IDT as *const Idt as u64
 }
 
 /// A present 64-bit interrupt gate (interrupts off on entry) to `handler`.

@@ -9,6 +9,11 @@
 //! of the window is guest address space. The copy itself runs in a tiny assembly routine
 //! whose faults (#PF, #GP) are turned by [`fixup`] into "this many bytes were not copied".
 //! Callers run on the CPU whose CR3 holds the guest's tables.
+//!
+//! That routine is the hypervisor's only user-access window: with SMAP on ([`super::cpu`])
+//! it alone sets RFLAGS.AC, around the `rep movsb`, and restores it on both ways out. Any
+//! other ring-0 access to a guest page faults, and is fatal: everything else the hypervisor
+//! writes on a guest's behalf goes through window mappings of the frame.
 
 use core::arch::global_asm;
 
@@ -45,9 +50,14 @@ global_asm!(
     .section .text.guest_copy, "ax"
     .global guest_copy
     .p2align 4
-/* rdi = destination, rsi = source, rdx = length; returns in rax the bytes not copied. */
+/* rdi = destination, rsi = source, rdx = length; returns in rax the bytes not copied.
+   With SMAP on, the copy alone runs with RFLAGS.AC set: the flags are saved (AC clear),
+   AC is set, and the saved flags come back on both ways out (a fault resumes at the
+   fix-up with the stack as it was). Without SMAP no flag is touched (popf is slow). */
 guest_copy:
     movq %rdx, %rcx
+    cmpb $0, {smap_on}(%rip)
+    jne 1f
     .global guest_copy_insn
 guest_copy_insn:
     rep movsb
@@ -57,7 +67,24 @@ guest_copy_insn:
 guest_copy_fixup:
     movq %rcx, %rax
     ret
+1:  pushfq
+    pushfq
+    orl ${ac}, (%rsp)
+    popfq
+    .global guest_copy_smap_insn
+guest_copy_smap_insn:
+    rep movsb
+    xorl %eax, %eax
+    popfq
+    ret
+    .global guest_copy_smap_fixup
+guest_copy_smap_fixup:
+    movq %rcx, %rax
+    popfq
+    ret
 "#,
+    smap_on = sym super::cpu::SMAP_ON,
+    ac = const super::cpu::RFLAGS_AC,
     options(att_syntax)
 );
 
@@ -65,6 +92,8 @@ unsafe extern "C" {
     fn guest_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
     static guest_copy_insn: u8;
     static guest_copy_fixup: u8;
+    static guest_copy_smap_insn: u8;
+    static guest_copy_smap_fixup: u8;
 }
 
 /// Checks that `[addr, addr + len)` is guest address space: the lower canonical half, or
@@ -118,5 +147,11 @@ pub fn write_value<T: Copy>(dst: u64, value: &T) -> Result<(), BadGuestAddress> 
 /// If a fault at `rip` happened inside a guest copy, returns where to resume (the copy then
 /// reports the bytes it did not copy).
 pub fn fixup(rip: u64) -> Option<u64> {
-    (rip == &raw const guest_copy_insn as u64).then_some(&raw const guest_copy_fixup as u64)
+    if rip == &raw const guest_copy_insn as u64 {
+        Some(&raw const guest_copy_fixup as u64)
+    } else if rip == &raw const guest_copy_smap_insn as u64 {
+        Some(&raw const guest_copy_smap_fixup as u64)
+    } else {
+        None
+    }
 }

@@ -57,9 +57,18 @@ pub struct GuestContext {
     pub traps: Vec<TrapInfo>,
     pub event_callback: u64,
     pub failsafe_callback: u64,
+    /// Mask events when entering the failsafe callback.
+    pub failsafe_masks_events: bool,
     pub syscall_callback: u64,
     /// Mask events when entering the syscall callback.
     pub syscall_masks_events: bool,
+    /// `syscall` from 32-bit guest code, and `sysenter`: callbacks and their event masking.
+    pub syscall32_callback: u64,
+    pub syscall32_masks_events: bool,
+    pub sysenter_callback: u64,
+    pub sysenter_masks_events: bool,
+    /// The NMI callback (registered and kept; no NMI is ever delivered to a guest yet).
+    pub nmi_callback: u64,
     pub fs_base: u64,
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
@@ -153,8 +162,14 @@ impl Vcpu {
                 traps: Vec::new(),
                 event_callback: 0,
                 failsafe_callback: 0,
+                failsafe_masks_events: false,
                 syscall_callback: 0,
                 syscall_masks_events: false,
+                syscall32_callback: 0,
+                syscall32_masks_events: false,
+                sysenter_callback: 0,
+                sysenter_masks_events: false,
+                nmi_callback: 0,
                 fs_base: 0,
                 gs_base_kernel: 0,
                 gs_base_user: 0,

@@ -3,6 +3,11 @@
 //! ABI emulates — reads of CR0/CR2/CR3/CR4, writes of CR3, `wbinvd`. Anything else raises
 //! the original exception in the guest.
 //!
+//! Privileged instructions are emulated for guest kernel mode only: from guest user mode
+//! the #GP goes to the guest kernel, as on hardware. Forced CPUID is allowed in both modes
+//! (as in Xen, which refuses it to user mode only when the guest turned on CPUID faulting,
+//! which we do not offer): it reads nothing a user process could not read with `cpuid`.
+//!
 //! Instruction bytes are read from the guest at its rip through `uaccess`; an unreadable rip
 //! is simply "not emulated".
 
@@ -57,9 +62,12 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
     }
 }
 
-/// Emulates a privileged instruction at the guest's rip after a #GP; false when it is not
-/// one we emulate.
+/// Emulates a privileged instruction at the guest's rip after a #GP from guest kernel mode;
+/// false when it is not one we emulate, or the guest is in user mode.
 pub fn privileged(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    if !vcpu.ctx.lock().in_kernel {
+        return false;
+    }
     let mut bytes = [0u8; 4];
     if uaccess::read(frame.rip, &mut bytes).is_err() {
         return false;

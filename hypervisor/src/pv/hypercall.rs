@@ -16,7 +16,7 @@
 //! and scheduler operations: one object each).
 
 use abi::arch_x86::TrapInfo;
-use abi::callback::CallbackRegister;
+use abi::callback::{CallbackRegister, CallbackUnregister};
 use abi::errno::Errno;
 use abi::hypercall::{CallbackOp, CallbackType, Hypercall, MulticallEntry, SchedOp, XenVersionOp};
 use abi::sched::SchedShutdown;
@@ -227,34 +227,54 @@ fn stack_switch(vcpu: &Vcpu, ss: u64, sp: u64) -> HcResult {
     Ok(0)
 }
 
+/// `set_callbacks`: Xen's three registrations with no flags (so the failsafe and syscall
+/// callbacks no longer mask events), all checked before any is stored.
 fn set_callbacks(vcpu: &Vcpu, event: u64, failsafe: u64, syscall: u64) -> HcResult {
     for address in [event, failsafe, syscall] {
-        if address != 0 {
-            guest_code(address)?;
-        }
+        guest_code(address)?;
     }
-    let mut ctx = vcpu.ctx.lock();
-    ctx.event_callback = event;
-    ctx.failsafe_callback = failsafe;
-    ctx.syscall_callback = syscall;
+    for (kind, address) in [(CallbackType::Event, event), (CallbackType::Failsafe, failsafe), (CallbackType::Syscall, syscall)] {
+        register_callback(vcpu, CallbackRegister { kind: kind.raw(), flags: 0, _pad: 0, address })?;
+    }
     Ok(0)
 }
 
+/// `callback_op`, after Xen's `register_guest_callback` / `unregister_guest_callback`:
+/// every type a 64-bit guest has may be registered (ENOSYS for the others); only the NMI
+/// callback may be unregistered (EINVAL for the rest, which a guest cannot do without).
 fn callback_op(vcpu: &Vcpu, cmd: CallbackOp, arg: GuestVa) -> HcResult {
-    if cmd != CallbackOp::Register {
-        return Err(Errno::Enosys);
+    match cmd {
+        CallbackOp::Register => register_callback(vcpu, uaccess::read_value(arg.0).map_err(efault)?),
+        CallbackOp::Unregister => {
+            let request: CallbackUnregister = uaccess::read_value(arg.0).map_err(efault)?;
+            match CallbackType::from_raw(request.kind) {
+                Some(CallbackType::Nmi) => {
+                    vcpu.ctx.lock().nmi_callback = 0;
+                    Ok(0)
+                }
+                Some(CallbackType::Event | CallbackType::Failsafe | CallbackType::Syscall | CallbackType::Syscall32 | CallbackType::Sysenter) => {
+                    Err(Errno::Einval)
+                }
+                _ => Err(Errno::Enosys),
+            }
+        }
     }
-    let request: CallbackRegister = uaccess::read_value(arg.0).map_err(efault)?;
+}
+
+/// Stores one callback (`CALLBACKOP_register`); its address must be guest code space.
+fn register_callback(vcpu: &Vcpu, request: CallbackRegister) -> HcResult {
     let address = guest_code(request.address)?;
+    let masks = request.masks_events();
     let mut ctx = vcpu.ctx.lock();
     match CallbackType::from_raw(request.kind) {
         Some(CallbackType::Event) => ctx.event_callback = address,
-        Some(CallbackType::Failsafe) => ctx.failsafe_callback = address,
-        Some(CallbackType::Syscall) => {
-            ctx.syscall_callback = address;
-            ctx.syscall_masks_events = request.flags & abi::callback::CALLBACKF_MASK_EVENTS != 0;
-        }
-        _ => return Err(Errno::Einval),
+        Some(CallbackType::Failsafe) => (ctx.failsafe_callback, ctx.failsafe_masks_events) = (address, masks),
+        Some(CallbackType::Syscall) => (ctx.syscall_callback, ctx.syscall_masks_events) = (address, masks),
+        Some(CallbackType::Syscall32) => (ctx.syscall32_callback, ctx.syscall32_masks_events) = (address, masks),
+        Some(CallbackType::Sysenter) => (ctx.sysenter_callback, ctx.sysenter_masks_events) = (address, masks),
+        // Kept for when NMIs reach guests; nothing delivers one yet.
+        Some(CallbackType::Nmi) => ctx.nmi_callback = address,
+        _ => return Err(Errno::Enosys),
     }
     Ok(0)
 }

@@ -16,17 +16,20 @@ pub mod shared;
 pub mod traps;
 pub mod vcpuop;
 
-use crate::arch::entry::SYSCALL_VECTOR;
+use crate::arch::entry::{SYSCALL32_VECTOR, SYSCALL_VECTOR};
 use crate::arch::trap::TrapFrame;
 use crate::sched;
 
-/// A trap that interrupted a guest (ring 3): hypercall, guest syscall or exception.
-/// Interrupts are handled by `crate::interrupts`; this only sees vectors < 32 and syscalls.
+/// A trap that interrupted a guest (ring 3): hypercall, guest syscall (64-bit or 32-bit
+/// code) or exception. Interrupts are handled by `crate::interrupts`; this only sees
+/// vectors < 32 and syscalls.
 pub fn guest_trap(frame: &mut TrapFrame) {
     let Some(vcpu) = sched::current() else {
         panic!("trap {:#x} from ring 3 with no vCPU on this CPU", frame.vector);
     };
-    if frame.vector == SYSCALL_VECTOR {
+    if frame.vector == SYSCALL32_VECTOR {
+        traps::syscall32(vcpu, frame);
+    } else if frame.vector == SYSCALL_VECTOR {
         let in_kernel = vcpu.ctx.lock().in_kernel;
         if in_kernel {
             hypercall::dispatch(vcpu, frame);

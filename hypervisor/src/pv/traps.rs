@@ -1,19 +1,30 @@
 //! Exceptions and callbacks into a PV guest: bounce frames, the `iret` hypercall, guest
-//! exceptions and software interrupts, and killing a guest whose fault cannot be delivered.
+//! exceptions and software interrupts, `syscall` from guest user mode and from 32-bit
+//! code, `sysenter`, the failsafe callback, and killing a guest whose fault cannot be
+//! delivered.
 //!
 //! A bounce writes Xen's x86_64 frame on the guest kernel stack — from low to high: rcx,
-//! r11, [error code], rip, cs (saved upcall mask in bits 32-39; RPL 3 only when the guest was
-//! in user mode), rflags, rsp, ss — switching to guest kernel mode (its stack from
-//! `stack_switch`, its kernel page tables) when the guest was in user mode, and enters the
-//! registered handler. A guest with no handler, or one whose frame cannot be written, is
-//! crashed alone. Runs on the CPU running the vCPU, inside its trap.
+//! r11, [error code | ds, es, fs, gs for the failsafe callback], rip, cs (saved upcall mask
+//! in bits 32-39; RPL 3 only when the guest was in user mode), rflags, rsp, ss — switching
+//! to guest kernel mode (its stack from `stack_switch`, its kernel page tables) when the
+//! guest was in user mode, and enters the registered handler with TF, NT, RF, VM and AC
+//! clear (DF too for the syscall callbacks, Xen's fixed SYSCALL mask). A guest with no
+//! handler, or one whose frame cannot be written, is crashed alone.
+//!
+//! Nothing a guest hands the `iret` hypercall reaches the hypervisor's `iretq` unchecked
+//! ([`hypervisor::guest_return::check`]), and when an `iretq` to a guest faults all the same
+//! (a descriptor changed under a loaded selector), [`exit_fault`] makes it the guest's
+//! failsafe callback, with the frame that could not be loaded, as Xen does; without one the
+//! domain is killed. Runs on the CPU running the vCPU, inside its trap.
 
 use abi::arch_x86::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_DPL_MASK, TI_MASK_EVENTS, VGCF_IN_SYSCALL};
-use log::warn;
+use hypervisor::guest_return;
+use log::{debug, warn};
 use x86_64::registers::model_specific::KernelGsBase;
 use x86_64::VirtAddr;
 
-use crate::arch::trap::TrapFrame;
+use crate::arch::gdt;
+use crate::arch::trap::{FailedExit, TrapFrame};
 use crate::arch::uaccess;
 use crate::domain::vcpu::GuestContext;
 use crate::domain::{Ending, Vcpu};
@@ -21,6 +32,8 @@ use crate::pv::{emulate, shared};
 
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_DF: u64 = 1 << 10;
+const RFLAGS_AC: u64 = 1 << 18;
 const RFLAGS_NT: u64 = 1 << 14;
 const RFLAGS_RF: u64 = 1 << 16;
 const RFLAGS_VM: u64 = 1 << 17;
@@ -49,6 +62,7 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
         VECTOR_INVALID_OPCODE if emulate::forced_cpuid(frame) => {}
+        VECTOR_INVALID_OPCODE | VECTOR_GENERAL_PROTECTION if sysenter(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if software_interrupt(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
@@ -101,8 +115,20 @@ pub fn bounce(vcpu: &Vcpu, frame: &mut TrapFrame, vector: u8, error: Option<u64>
     deliver(vcpu, frame, trap.address, error, trap.flags & TI_MASK_EVENTS != 0);
 }
 
+/// What a bounce frame holds between r11 and rip.
+enum Extra {
+    None,
+    ErrorCode(u64),
+    /// The failsafe callback's ds, es, fs and gs.
+    Segments([u16; 4]),
+}
+
 /// Builds the bounce frame and enters `handler` in guest kernel mode.
 pub fn deliver(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, error: Option<u64>, mask_events: bool) {
+    deliver_frame(vcpu, frame, handler, error.map_or(Extra::None, Extra::ErrorCode), mask_events);
+}
+
+fn deliver_frame(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, extra: Extra, mask_events: bool) {
     let mut ctx = vcpu.ctx.lock();
     if ctx.delivering {
         drop(ctx);
@@ -124,11 +150,13 @@ pub fn deliver(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, error: Option<u
     let upcall_mask = shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask) as u64;
     let guest_rflags = (frame.rflags & !RFLAGS_IF) | if upcall_mask == 0 { RFLAGS_IF } else { 0 };
     let cs = if was_kernel { frame.cs & !3 } else { frame.cs } | (upcall_mask << 32);
-    let mut words = arrayvec::ArrayVec::<u64, 8>::new();
+    let mut words = arrayvec::ArrayVec::<u64, 11>::new();
     words.push(frame.rcx);
     words.push(frame.r11);
-    if let Some(error) = error {
-        words.push(error);
+    match extra {
+        Extra::None => {}
+        Extra::ErrorCode(error) => words.push(error),
+        Extra::Segments(selectors) => words.extend(selectors.map(u64::from)),
     }
     words.extend([frame.rip, cs, guest_rflags, frame.rsp, frame.ss]);
     let sp = (stack & !15) - (words.len() as u64) * 8;
@@ -148,7 +176,7 @@ pub fn deliver(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, error: Option<u
     frame.cs = FLAT_KERNEL_CS64 as u64;
     frame.ss = FLAT_KERNEL_SS64 as u64;
     frame.rsp = sp;
-    frame.rflags = (frame.rflags & !(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM)) | RFLAGS_IF;
+    frame.rflags = (frame.rflags & !(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM | RFLAGS_AC)) | RFLAGS_IF;
 }
 
 fn bytemuck_words(words: &[u64]) -> &[u8] {
@@ -179,6 +207,8 @@ fn switch_to_user_mode(ctx: &mut GuestContext) {
 
 /// The `iret` hypercall: returns from a bounce frame the guest left on its stack,
 /// {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}, to guest user mode when cs has RPL 3.
+/// A frame the `iretq` could not load goes to the failsafe callback instead, as the fault
+/// of that `iretq` would.
 pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     let Ok(saved) = uaccess::read_value::<abi::arch_x86::IretContext>(frame.rsp) else {
         crash(vcpu, frame, format_args!("iret frame at {:#x} unreadable", frame.rsp));
@@ -208,6 +238,43 @@ pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     // The guest's virtual interrupt flag is the inverse of its upcall mask.
     let unmask = saved.rflags & RFLAGS_IF != 0;
     shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask = u8::from(!unmask));
+    if let Err(bad) = guest_return::check(frame.rip, frame.cs as u16, frame.ss as u16, |index| gdt::guest_descriptor(index).unwrap_or(0)) {
+        failsafe(vcpu, frame, format_args!("iret to an unloadable frame ({bad:?})"));
+    }
+}
+
+/// The exit path's `iretq` faulted on `failed` (`frame` is that fault, with the guest's
+/// registers): the guest gets its failsafe callback as if it had been interrupted at the
+/// frame it could not return to, or dies. False when no vCPU runs here (not a guest's).
+pub fn exit_fault(frame: &mut TrapFrame, failed: FailedExit) -> bool {
+    let Some(vcpu) = crate::sched::current() else { return false };
+    let (vector, error) = (frame.vector, frame.error_code);
+    frame.rip = failed.rip;
+    frame.cs = failed.cs;
+    frame.rflags = failed.rflags;
+    frame.rsp = failed.rsp;
+    frame.ss = failed.ss;
+    failsafe(vcpu, frame, format_args!("return to the guest faulted (vector {vector}, error {error:#x})"));
+    true
+}
+
+/// Delivers the failsafe callback for the state in `frame`, which cannot be resumed; a
+/// guest without one is killed. Logged at debug level only: a guest may do this at will.
+fn failsafe(vcpu: &Vcpu, frame: &mut TrapFrame, why: core::fmt::Arguments) {
+    let (callback, mask) = {
+        let ctx = vcpu.ctx.lock();
+        (ctx.failsafe_callback, ctx.failsafe_masks_events)
+    };
+    if callback == 0 {
+        crash(vcpu, frame, format_args!("{why} with no failsafe callback (cs {:#x} ss {:#x})", frame.cs, frame.ss));
+        return;
+    }
+    debug!(
+        "domain {} vcpu {}: {why}: failsafe callback for rip {:#x} cs {:#x} ss {:#x}",
+        vcpu.domain.id.0, vcpu.id, frame.rip, frame.cs, frame.ss
+    );
+    vcpu.domain.counters.exceptions_bounced.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    deliver_frame(vcpu, frame, callback, Extra::Segments(gdt::data_selectors()), mask);
 }
 
 /// A `syscall` from guest user mode goes to the guest kernel's syscall callback.
@@ -216,11 +283,49 @@ pub fn user_syscall(vcpu: &Vcpu, frame: &mut TrapFrame) {
         let ctx = vcpu.ctx.lock();
         (ctx.syscall_callback, ctx.syscall_masks_events)
     };
+    syscall_callback(vcpu, frame, callback, mask);
+}
+
+/// A `syscall` from 32-bit guest code, in either guest mode, goes to the syscall32
+/// callback (Xen's `cstar_enter`).
+pub fn syscall32(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let (callback, mask) = {
+        let ctx = vcpu.ctx.lock();
+        (ctx.syscall32_callback, ctx.syscall32_masks_events)
+    };
+    syscall_callback(vcpu, frame, callback, mask);
+}
+
+/// Enters a syscall callback with DF clear, or, without one, raises #UD at the `syscall`
+/// in the guest kernel, as hardware without SYSCALL would.
+fn syscall_callback(vcpu: &Vcpu, frame: &mut TrapFrame, callback: u64, mask: bool) {
     if callback == 0 {
-        // No callback: the guest kernel takes it as #UD, as hardware without SYSCALL would.
-        frame.rip -= 2;
+        frame.rip = frame.rip.wrapping_sub(2);
         bounce(vcpu, frame, VECTOR_INVALID_OPCODE, None);
         return;
     }
     deliver(vcpu, frame, callback, None, mask);
+    frame.rflags &= !RFLAGS_DF;
+}
+
+/// A #GP(0) or #UD at a `sysenter` (SYSENTER_CS is 0, see `arch::entry`) goes to the
+/// sysenter callback, as after the instruction, when the guest registered one; otherwise
+/// the exception is delivered as it is. Xen's frame holds rip 0 and rsp 0 (`sysenter`
+/// saves neither); this one holds the guest's, which a callback ignores either way.
+fn sysenter(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    const SYSENTER: [u8; 2] = [0x0f, 0x34];
+    if frame.vector == u64::from(VECTOR_GENERAL_PROTECTION) && frame.error_code != 0 {
+        return false;
+    }
+    let (callback, mask) = {
+        let ctx = vcpu.ctx.lock();
+        (ctx.sysenter_callback, ctx.sysenter_masks_events)
+    };
+    let mut bytes = [0u8; 2];
+    if callback == 0 || uaccess::read(frame.rip, &mut bytes).is_err() || bytes != SYSENTER {
+        return false;
+    }
+    frame.rip += 2;
+    deliver(vcpu, frame, callback, None, mask);
+    true
 }
