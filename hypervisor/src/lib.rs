@@ -6,4 +6,5 @@
 pub mod cmdline;
 pub mod descriptor;
 pub mod domspec;
+pub mod fpu;
 pub mod hypercall;

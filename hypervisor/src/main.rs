@@ -71,7 +71,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
 
     lapic::init_boot_cpu(options.x2apic);
     let early = memory::init_heap(&boot, &mut layout, &options).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
-    pv::build::map_modules(&boot, &mut layout, options.guests);
+    pv::build::map_modules(&boot, &mut layout, options.guests, options.vcpus);
     let machine = platform::discover(&boot, &options);
     let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
@@ -81,6 +81,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     memory::back_percpu_areas(areas).unwrap_or_else(|e| fatal(format_args!("per-CPU areas: {e}")));
     move_boot_cpu(&areas[0]);
     arch::entry::init_this_cpu();
+    arch::fpu::init_this_cpu();
     platform::init_interrupt_controllers(&machine);
     lapic::init_this_cpu();
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);
