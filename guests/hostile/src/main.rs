@@ -7,7 +7,7 @@
 //! and sub-op numbers); the reservation ([`reservation`]: past the maximum, giving back
 //! frames that are not free); the page tables ([`mappings`]: foreign frames, own tables
 //! writable, the hypervisor's L4 and L3 slots, pins); giving back one frame twice;
-//! switching to a foreign L4; then the fault in the fault handler ([`last_attack`]).
+//! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); then the fault in the fault handler ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
 //! "skipped (...)" when a frame meant as foreign is the guest's own), "... SUCCEEDED (BUG)"
@@ -28,6 +28,7 @@ mod last_attack;
 mod mappings;
 mod reservation;
 mod targets;
+mod vcpus;
 mod verdict;
 
 use guest_rt::abi::hypercall::ShutdownReason;
@@ -56,6 +57,7 @@ fn main(start: &'static StartInfo) {
     mappings::run(&mut tally, &targets);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
+    vcpus::run(&mut tally);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }
