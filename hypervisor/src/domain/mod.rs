@@ -390,13 +390,12 @@ impl Domain {
             return Err(Errno::Enomem);
         }
         // The list of its frames may have to grow (to at most twice the length) in the heap.
-        let list_growth = if wanted >= mem.pages.capacity() as u64 { wanted.saturating_mul(2 * core::mem::size_of::<Mfn>() as u64) } else { 0 };
+        let list_growth = if wanted > mem.pages.capacity() as u64 { wanted.saturating_mul(2 * core::mem::size_of::<Mfn>() as u64) } else { 0 };
         if !memory::heap_has_room_for(list_growth.saturating_add(extra_bytes)) {
             return Err(Errno::Enomem);
         }
         let count = usize::try_from(count).map_err(|_| Errno::Enomem)?;
-        // One slot more than the frames: destruction appends the shared-info frame.
-        if !reserve_extra(count) || mem.pages.try_reserve(count + 1).is_err() {
+        if !reserve_extra(count) || mem.pages.try_reserve(count).is_err() {
             return Err(Errno::Enomem);
         }
         let start = mem.pages.len();
@@ -457,12 +456,13 @@ impl Domain {
             crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
         }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
-        // The list keeps room for one more frame (see `populate_locked`): the push does not
-        // allocate, so destruction needs no heap however large the reservation was.
-        let mut owned = core::mem::take(&mut self.memory.lock().pages);
-        owned.push(self.shared_info);
-        crate::pv::mmu::relinquish(self, bases, &owned);
-        for &mfn in &owned {
+        // In two steps, so that no list of all its frames is made (an allocation as large as
+        // the reservation, which could fail): the reservation first, which drops its
+        // tables' references to the shared-info frame, then the shared-info frame.
+        let pages = core::mem::take(&mut self.memory.lock().pages);
+        crate::pv::mmu::relinquish(self, bases, &pages);
+        crate::pv::mmu::relinquish(self, Vec::new(), &[self.shared_info]);
+        for &mfn in pages.iter().chain(core::iter::once(&self.shared_info)) {
             if let Err(e) = memory::frames().free(mfn) {
                 warn!("domain {}: frame {mfn} not freed: {e:?}", self.id.0);
             }

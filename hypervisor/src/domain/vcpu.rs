@@ -6,6 +6,7 @@
 //! [`GuestContext::regs`] is current only while it is descheduled. Only the CPU running a
 //! vCPU changes its context; other CPUs only change [`Vcpu::state`] (to stop or wake it).
 
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -23,9 +24,10 @@ use crate::arch::trap::TrapFrame;
 /// vCPUs per domain: the `vcpu_info` slots in shared info.
 pub const MAX_VCPUS: u32 = abi::control::MAX_VCPUS;
 
-/// Heap room a new secondary vCPU must find: itself, a full trap table (256 entries), its
-/// share of its CPU's run and timer queues, with room to spare.
-pub const VCPU_HEAP_BYTES: u64 = (core::mem::size_of::<Vcpu>() + 256 * core::mem::size_of::<TrapInfo>() + 2048) as u64;
+/// Heap room a new secondary vCPU must find: itself, its FPU area, a full trap table (256
+/// entries), its share of its CPU's run and timer queues, with room to spare.
+pub const VCPU_HEAP_BYTES: u64 =
+    (core::mem::size_of::<Vcpu>() + core::mem::size_of::<FxArea>() + 256 * core::mem::size_of::<TrapInfo>() + 2048) as u64;
 
 /// `Vcpu::poll` when not polling, and when polling for any port.
 const NOT_POLLING: u32 = u32::MAX;
@@ -71,8 +73,9 @@ pub struct GuestContext {
     /// Set while the hypervisor writes an exception frame for this vCPU: a fault then is a
     /// fault while delivering a fault, and kills the domain.
     pub delivering: bool,
-    /// x87/MMX/SSE registers while descheduled (see `arch::fpu`).
-    pub fpu: FxArea,
+    /// x87/MMX/SSE registers while descheduled (see `arch::fpu`). Boxed: inline it would
+    /// take the vCPU past the heap's largest small block (2 KiB) to a whole page.
+    pub fpu: Box<FxArea>,
     /// The CPU whose registers were last saved into `fpu` (`u32::MAX`: none yet); the
     /// scheduler skips the load when the vCPU comes back to a CPU that ran no other since.
     pub fpu_saved_on: u32,
@@ -179,7 +182,7 @@ impl Vcpu {
                 gs_base_kernel: 0,
                 gs_base_user: 0,
                 delivering: false,
-                fpu: FxArea::initial(),
+                fpu: Box::new(FxArea::initial()),
                 fpu_saved_on: u32::MAX,
             }),
             gdt: Mutex::new(Default::default()),

@@ -100,7 +100,7 @@ fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> HcResult {
         ctx.gs_base_kernel = context.gs_base_kernel;
         ctx.gs_base_user = context.gs_base_user;
         if context.flags & VGCF_I387_VALID != 0 {
-            ctx.fpu = FxArea::from_guest(&context.fpu_ctxt, fpu::mxcsr_mask());
+            *ctx.fpu = FxArea::from_guest(&context.fpu_ctxt, fpu::mxcsr_mask());
         }
         for trap in context.trap_ctxt.iter().filter(|t| t.address != 0) {
             if uaccess::check_range(trap.address, 1).is_ok() && ctx.set_trap(*trap).is_err() {
