@@ -135,7 +135,7 @@ def guest_cases():
              expect_lines=ok_lines + ["dom0: attack huge: ok"]),
         # domain 0 on two vCPUs destroying the domain its other vCPU is creating;
         Case("iso-dom0-races", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
-             modules=[("guest-dom0", "name=dom0 vcpus=2 -- attack=races races=100000 seconds=20"),
+             modules=[("guest-dom0", "name=dom0 vcpus=2 -- attack=races races=100000 seconds=10"),
                       ("guest-hello", "")],
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["dom0: attack races: ok"]),
