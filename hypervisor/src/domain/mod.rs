@@ -453,6 +453,10 @@ impl Domain {
         crate::pv::events::close_all(self);
         let vcpus = core::mem::take(&mut *self.vcpus.lock());
         for vcpu in &vcpus {
+            // Stopped here too: a `shutdown` that raced with this destruction may have found
+            // the list empty, and a vCPU left runnable (or parked) in its CPU's queue would
+            // keep the domain in memory for good.
+            vcpu.stop();
             crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
         }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
