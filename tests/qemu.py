@@ -133,11 +133,11 @@ def guest_cases():
              expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
         # Two vCPUs on two CPUs: a remap on one must reach the other's TLB; then guest user
         # mode (own user L4, iret to user, syscall, user faults and int3 to the kernel).
-        Case("pvh-smpuser-smp2", smp="2", modules=[("guest-smpuser", "")],
+        Case("pvh-smpuser-smp2", smp="2", cmdline="vcpus=2", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: the shootdown crossed physical CPUs", "smpuser: smp ok",
                                       "smpuser: user mode ok"]),
-        Case("pvh-smpuser-smp1", smp="1", modules=[("guest-smpuser", "")],
+        Case("pvh-smpuser-smp1", smp="1", cmdline="vcpus=2", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
         # Domain 0 creates domains through the control interface; they balloon, take 1 ms
@@ -154,12 +154,38 @@ def guest_cases():
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["the hypervisor heap is too full for another domain",
                                       "stress: FAILED reason=create"]),
+        # Lifecycle attacks and checks (issue 15, holes 9, 12, 13, 14), each run by domain 0:
+        # CreateDomain with sizes no machine could honour (refused, nothing leaks);
+        Case("iso-lifecycle-huge", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=huge"), ("guest-hello", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack huge: ok"]),
+        # domain 0 on two vCPUs destroying the domain its other vCPU is creating;
+        Case("iso-dom0-races", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 vcpus=2 -- attack=races races=100000 seconds=10"),
+                      ("guest-hello", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack races: ok"]),
+        # a two-vCPU hog against a one-vCPU hog of the same weight, both on CPU 0: even shares;
+        Case("iso-lifecycle-share", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=share"), ("guest-vcpus", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack share: ok"]),
+        # 1000 domains with timers a century ahead, stolen across CPUs, then destroyed;
+        Case("iso-lifecycle-timers", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 -- attack=timers domains=1000"), ("guest-vcpus", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack timers: ok"]),
+        # x87 and SSE registers private to each domain across switches on one CPU.
+        Case("pvh-fpu-smp1", smp="1", cmdline="guests=3", modules=[("guest-fpu", "")],
+             expect={"domains.created": "3", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["fpu: initial state ok", "fpu: 2000 rounds checked ok (x87 and SSE)"]),
         # Guest system calls and events under KVM, where present: some host virtualizers
         # (kvm_pvm) carry out a guest's `syscall` without its privilege change.
         Case("kvm-events-smp2", smp="2", accel="kvm", cmdline="guests=2", modules=[("guest-events", "")],
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["events: all ok"]),
-        Case("kvm-smpuser-smp2", smp="2", accel="kvm", modules=[("guest-smpuser", "")],
+        Case("kvm-smpuser-smp2", smp="2", accel="kvm", cmdline="vcpus=2", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
         # Hypercalls that ask for a great deal of work in one call (long mmu_update and

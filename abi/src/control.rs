@@ -79,6 +79,16 @@ assert_layout!(SchedParams, size = 32, { weight @ 0, warp_ns @ 8, warp_limit_ns 
 /// address). The domain starts running at once, or with [`CREATE_PAUSED`] in `flags`
 /// waits, paused, for `UnpauseDomain` (as Xen's toolstack builds domains paused and
 /// unpauses them when everything is ready). Unknown flags are refused (`EINVAL`).
+///
+/// vCPUs (as Xen's `max_vcpus` and vCPU affinity): the domain may bring up vCPUs
+/// `0..max_vcpus` (0 counts as 1; at most [`MAX_VCPUS`], else `EINVAL`); `VCPUOP_initialise`
+/// of any other id fails with `ENOENT`. Its weight in `params` is its share of the machine
+/// as a whole: each of its vCPUs that is up runs with an equal part of it, as Xen's credit
+/// scheduler divides a domain's credit among its vCPUs. vCPU 0 runs on `cpu`; vCPU `k` on
+/// the `k`-th CPU after `cpu` among those set in `cpu_mask` (bit `i` is CPU `i`; 0 means
+/// every online CPU), round robin. With `cpu` placed and no [`CREATE_UNPINNED`], every vCPU
+/// stays where it was placed (hard affinity); a `cpu` outside a non-zero mask, or a mask
+/// naming no online CPU, is refused (`EINVAL`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct CreateDomain {
@@ -93,10 +103,16 @@ pub struct CreateDomain {
     pub cmdline_len: u64,
     /// [`CREATE_PAUSED`] and [`CREATE_UNPINNED`], or 0.
     pub flags: u32,
-    pub _pad: u32,
+    /// The most vCPUs it may bring up (0: one).
+    pub max_vcpus: u32,
+    /// The CPUs its vCPUs are placed on, one bit per CPU (0: every online CPU).
+    pub cpu_mask: u64,
 }
 
-assert_layout!(CreateDomain, size = 72, { module @ 0, mem_kib @ 4, max_kib @ 8, cpu @ 12, params @ 16, cmdline @ 48, cmdline_len @ 56, flags @ 64 });
+assert_layout!(CreateDomain, size = 80, { module @ 0, mem_kib @ 4, max_kib @ 8, cpu @ 12, params @ 16, cmdline @ 48, cmdline_len @ 56, flags @ 64, max_vcpus @ 68, cpu_mask @ 72 });
+
+/// The most vCPUs a domain may have: the `vcpu_info` slots of its shared info page.
+pub const MAX_VCPUS: u32 = 32;
 
 /// [`CreateDomain::flags`]: create the domain paused.
 pub const CREATE_PAUSED: u32 = 1 << 0;
@@ -153,11 +169,14 @@ pub struct PhysInfo {
     pub window_used_kib: u64,
     /// Boot modules available to `CreateDomain`.
     pub modules: u32,
-    pub _pad: u32,
+    /// Domain records the hypervisor still holds in memory, in the domain table or not: a
+    /// destroyed domain that something still references counts here after it has left
+    /// `domains` (a leak; domain 0 checks that the two agree).
+    pub domains_held: u32,
     pub tsc_khz: u64,
 }
 
-assert_layout!(PhysInfo, size = 56, { total_kib @ 0, free_kib @ 8, heap_bytes @ 16, domains @ 24, cpus @ 28, window_used_kib @ 32, modules @ 40, tsc_khz @ 48 });
+assert_layout!(PhysInfo, size = 56, { total_kib @ 0, free_kib @ 8, heap_bytes @ 16, domains @ 24, cpus @ 28, window_used_kib @ 32, modules @ 40, domains_held @ 44, tsc_khz @ 48 });
 
 /// A struct that travels in [`ControlOp::args`], encoded field by field in little endian
 /// at its `#[repr(C)]` offsets.
@@ -212,7 +231,7 @@ macro_rules! control_args {
 }
 
 control_args!(SchedParams { weight: u32 @ 0, warp_ns: u64 @ 8, warp_limit_ns: u64 @ 16, unwarp_req_ns: u64 @ 24 });
-control_args!(CreateDomain { module: u32 @ 0, mem_kib: u32 @ 4, max_kib: u32 @ 8, cpu: u32 @ 12, cmdline: u64 @ 48, cmdline_len: u64 @ 56, flags: u32 @ 64 } nested params: SchedParams @ 16);
+control_args!(CreateDomain { module: u32 @ 0, mem_kib: u32 @ 4, max_kib: u32 @ 8, cpu: u32 @ 12, cmdline: u64 @ 48, cmdline_len: u64 @ 56, flags: u32 @ 64, max_vcpus: u32 @ 68, cpu_mask: u64 @ 72 } nested params: SchedParams @ 16);
 control_args!(MaxMem { max_kib: u64 @ 0 });
 control_args!(DomainInfo {
     tot_pages: u64 @ 0, max_pages: u64 @ 8, state: u32 @ 16, vcpus: u32 @ 20, cpu_time_ns: u64 @ 24,
@@ -220,7 +239,7 @@ control_args!(DomainInfo {
 });
 control_args!(PhysInfo {
     total_kib: u64 @ 0, free_kib: u64 @ 8, heap_bytes: u64 @ 16, domains: u32 @ 24, cpus: u32 @ 28,
-    window_used_kib: u64 @ 32, modules: u32 @ 40, tsc_khz: u64 @ 48,
+    window_used_kib: u64 @ 32, modules: u32 @ 40, domains_held: u32 @ 44, tsc_khz: u64 @ 48,
 });
 
 #[cfg(test)]
@@ -238,14 +257,17 @@ mod tests {
             cmdline: 0xffff_ffff_8000_1000,
             cmdline_len: 12,
             flags: CREATE_PAUSED,
-            _pad: 0,
+            max_vcpus: 4,
+            cpu_mask: 0x8000_0000_0000_0005,
         };
         let args = create.encode();
         assert_eq!(CreateDomain::decode(&args), create);
+        assert_eq!(u32_at(&args, 68), 4, "max_vcpus at offset 68");
+        assert_eq!(u64_at(&args, 72), 0x8000_0000_0000_0005, "cpu_mask at offset 72");
         assert_eq!(u32_at(&args, 16), 3, "params.weight at offset 16");
         assert_eq!(u64_at(&args, 48), 0xffff_ffff_8000_1000);
         assert_eq!(u32_at(&args, 64), CREATE_PAUSED, "flags at offset 64");
-        let info = PhysInfo { total_kib: 1, free_kib: 2, heap_bytes: 3, domains: 4, cpus: 5, window_used_kib: 6, modules: 7, _pad: 0, tsc_khz: 8 };
+        let info = PhysInfo { total_kib: 1, free_kib: 2, heap_bytes: 3, domains: 4, cpus: 5, window_used_kib: 6, modules: 7, domains_held: 9, tsc_khz: 8 };
         assert_eq!(PhysInfo::decode(&info.encode()), info);
         let dom = DomainInfo { tot_pages: 9, max_pages: 8, state: 1, vcpus: 2, cpu_time_ns: 3, hypercalls: 4, exceptions_bounced: 5, events_sent: 6, build_ns: 7 };
         assert_eq!(DomainInfo::decode(&dom.encode()), dom);

@@ -320,7 +320,7 @@ proptest! {
         let h = |i: usize| words[i] as u32;
         let params = SchedParams { weight: h(0), _pad: 0, warp_ns: w(1), warp_limit_ns: w(2), unwarp_req_ns: w(3) };
         let create = CreateDomain {
-            module: h(4), mem_kib: h(5), max_kib: h(6), cpu: h(7), params, cmdline: w(8), cmdline_len: w(9), flags: h(10), _pad: 0,
+            module: h(4), mem_kib: h(5), max_kib: h(6), cpu: h(7), params, cmdline: w(8), cmdline_len: w(9), flags: h(10), max_vcpus: h(11), cpu_mask: w(12),
         };
         let info = DomainInfo {
             tot_pages: w(0), max_pages: w(1), state: h(2), vcpus: h(3), cpu_time_ns: w(4), hypercalls: w(5),
@@ -328,7 +328,7 @@ proptest! {
         };
         let phys = PhysInfo {
             total_kib: w(9), free_kib: w(10), heap_bytes: w(11), domains: h(12), cpus: h(13), window_used_kib: w(14),
-            modules: h(15), _pad: 0, tsc_khz: w(0),
+            modules: h(15), domains_held: h(1), tsc_khz: w(0),
         };
         let max = MaxMem { max_kib: w(11) };
         prop_assert_eq!(SchedParams::decode(&params.encode()), params);
@@ -362,6 +362,8 @@ proptest! {
             (offset_of!(CreateDomain, cmdline), le64(create.cmdline)),
             (offset_of!(CreateDomain, cmdline_len), le64(create.cmdline_len)),
             (offset_of!(CreateDomain, flags), le32(create.flags)),
+            (offset_of!(CreateDomain, max_vcpus), le32(create.max_vcpus)),
+            (offset_of!(CreateDomain, cpu_mask), le64(create.cpu_mask)),
         ];
         fields.extend(sched_fields(offset_of!(CreateDomain, params), &params));
         prop_assert_eq!(create.encode(), block(&fields));
@@ -385,6 +387,7 @@ proptest! {
             (offset_of!(PhysInfo, cpus), le32(phys.cpus)),
             (offset_of!(PhysInfo, window_used_kib), le64(phys.window_used_kib)),
             (offset_of!(PhysInfo, modules), le32(phys.modules)),
+            (offset_of!(PhysInfo, domains_held), le32(phys.domains_held)),
             (offset_of!(PhysInfo, tsc_khz), le64(phys.tsc_khz)),
         ]));
     }

@@ -84,7 +84,7 @@ pub use error::BvtError;
 pub use inbox::{steal_from_nearest, Inbox, Message};
 pub use params::{
     BvtParams, Config, CpuId, DEFAULT_CTX_SWITCH_ALLOWANCE_NS, DEFAULT_MCU_NS, NO_WARP_LIMIT,
-    STEAL_MIN_LOAD,
+    STEAL_MIN_LOAD, WEIGHT_SCALE,
 };
 pub use run_queue::{Decision, RunQueue, VcpuView};
 pub use shrink::{shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};

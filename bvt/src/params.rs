@@ -24,6 +24,11 @@ pub const NO_WARP_LIMIT: u64 = 0;
 /// counts): one runs, at least one waits.
 pub const STEAL_MIN_LOAD: u32 = 2;
 
+/// BVT weight per unit of a domain's weight, before it is split among the domain's vCPUs
+/// ([`BvtParams::for_domain_vcpu`]): large enough that a split among up to 32 vCPUs rounds
+/// by under 0.1%, small enough that weights up to 4 million fit a `u32`.
+pub const WEIGHT_SCALE: u32 = 1 << 10;
+
 /// A CPU's logical index, as the hypervisor numbers them (dense, 0 is the boot CPU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CpuId(pub u32);
@@ -59,6 +64,19 @@ impl BvtParams {
     /// The default parameters with `weight`.
     pub const fn weighted(weight: NonZeroU32) -> BvtParams {
         BvtParams { weight, ..BvtParams::DEFAULT }
+    }
+
+    /// The parameters of each of a domain's `vcpus` vCPUs that are up, from the domain's
+    /// own (`weight`, warp `W`, limit `L`, requirement `U`, as domain 0 sets them): the
+    /// domain's weight is split evenly among them, as Xen's credit scheduler divides a
+    /// domain's credit among its vCPUs, so that its share of the machine does not grow with
+    /// its vCPU count. Weights are in units of 1/[`WEIGHT_SCALE`] (clamped to `1..=u32::MAX`),
+    /// and the warp in the virtual ns of those units (`W / WEIGHT_SCALE`), so that a
+    /// one-vCPU domain is scheduled exactly as with its weight and warp taken as they are.
+    pub fn for_domain_vcpu(weight: u32, warp_ns: u64, warp_limit_ns: u64, unwarp_req_ns: u64, pinned: bool, vcpus: u32) -> BvtParams {
+        let split = u64::from(weight) * u64::from(WEIGHT_SCALE) / u64::from(vcpus.max(1));
+        let weight = NonZeroU32::new(split.clamp(1, u64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
+        BvtParams { weight, warp_vns: warp_ns / u64::from(WEIGHT_SCALE), warp_limit_ns, unwarp_req_ns, pinned }
     }
 
     /// Whether this vCPU is latency-sensitive: it warps on wake-up.
@@ -97,6 +115,21 @@ impl Default for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_weight_is_split_among_its_vcpus() {
+        let one = BvtParams::for_domain_vcpu(3, 50_000_000, 7, 9, true, 1);
+        assert_eq!(one.weight.get(), 3 * WEIGHT_SCALE);
+        assert_eq!(one.warp_vns, 50_000_000 / u64::from(WEIGHT_SCALE));
+        assert_eq!((one.warp_limit_ns, one.unwarp_req_ns, one.pinned), (7, 9, true));
+        let two = BvtParams::for_domain_vcpu(3, 0, 0, 0, false, 2);
+        assert_eq!(two.weight.get() * 2, one.weight.get(), "two vCPUs: half each");
+        assert_eq!(BvtParams::for_domain_vcpu(1, 0, 0, 0, false, 0).weight.get(), WEIGHT_SCALE, "no vCPU up counts as one");
+        assert_eq!(BvtParams::for_domain_vcpu(u32::MAX, 0, 0, 0, false, 1).weight.get(), u32::MAX, "clamped");
+        assert_eq!(BvtParams::for_domain_vcpu(0, 0, 0, 0, false, 32).weight.get(), 1, "never zero");
+        let thirds = BvtParams::for_domain_vcpu(1, 0, 0, 0, false, 3).weight.get();
+        assert!((f64::from(thirds) * 3.0 / f64::from(WEIGHT_SCALE) - 1.0).abs() < 0.001);
+    }
 
     #[test]
     fn defaults_are_weight_one_without_warp() {

@@ -113,6 +113,21 @@ fn hogs_share_a_cpu_in_proportion_to_their_weights() {
 }
 
 #[test]
+fn a_domain_gets_its_share_whatever_its_vcpu_count() {
+    // vCPUs 1 and 2 are one domain of weight 1, vCPU 3 a one-vCPU domain of weight 1, all
+    // on one CPU: each domain gets half of it.
+    let mut sim = Sim::new(Config::default());
+    let pair = BvtParams::for_domain_vcpu(1, 0, 0, 0, false, 2);
+    sim.add(1, pair);
+    sim.add(2, pair);
+    sim.add(3, BvtParams::for_domain_vcpu(1, 0, 0, 0, false, 1));
+    sim.run_until(60 * S);
+    assert_share(&sim, 3, 0.5, 60 * S);
+    let pair_share = (sim.ran(1) + sim.ran(2)) as f64 / (60 * S) as f64;
+    assert!((pair_share - 0.5).abs() <= 0.005, "the two-vCPU domain got {pair_share}");
+}
+
+#[test]
 fn fairness_holds_with_uneven_weights_and_no_allowance() {
     let mut sim = Sim::new(Config { ctx_switch_allowance_ns: 0, mcu_ns: 100 * US, ..Config::default() });
     let weights = [3u32, 5, 7, 11, 256];

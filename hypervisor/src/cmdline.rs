@@ -34,6 +34,9 @@ pub struct Options {
     pub dom0: bool,
     /// `guests=N`: domains built from each boot module whose own line has no `count=`.
     pub guests: u32,
+    /// `vcpus=N`: vCPUs each domain built from a boot module whose own line has no
+    /// `vcpus=` may bring up (default 1, at most 32).
+    pub vcpus: u32,
     /// `test_silent_cpu=N`: fault injection for tests: CPU N is sent INIT but never its
     /// start-up IPIs, so it stays silent and the start-up timeout path runs.
     pub test_silent_cpu: Option<u32>,
@@ -56,6 +59,7 @@ impl Default for Options {
             timer_slop_us: 50,
             test_silent_cpu: None,
             guests: 1,
+            vcpus: 1,
             dom0: false,
             unknown: ArrayVec::new(),
             invalid: ArrayVec::new(),
@@ -92,6 +96,7 @@ impl Options {
                 ("heap_mib", v) => set(&mut o.heap_mib, number(v, 2..=32)),
                 ("timer_slop_us", v) => set(&mut o.timer_slop_us, number(v, 0..=1000)),
                 ("guests", v) => set(&mut o.guests, number(v, 1..=4096)),
+                ("vcpus", v) => set(&mut o.vcpus, number(v, 1..=crate::domspec::MAX_VCPUS)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
                 ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0", _) => false,
                 _ => {
@@ -125,6 +130,9 @@ mod tests {
         assert_eq!(Options::parse("guests=7").guests, 7);
         assert!(Options::parse("dom0").dom0 && !Options::parse("").dom0);
         assert_eq!(Options::parse("guests=0").guests, 1);
+        assert_eq!(Options::parse("").vcpus, 1);
+        assert_eq!(Options::parse("vcpus=2").vcpus, 2);
+        assert_eq!(Options::parse("vcpus=33").vcpus, 1);
         assert_eq!(o.max_cpus, Some(3));
         assert_eq!((o.ap_timeout_ms, o.ipi_samples, o.heap_mib), (50, 9, 4));
         assert!(o.unknown.is_empty() && o.invalid.is_empty());

@@ -1,6 +1,6 @@
 //! What a boot module asks for: its command line says how to build domains from the image.
 //!
-//! `name=NAME count=N mem_kib=K expect=ENDING -- GUEST COMMAND LINE`: the words before `--`
+//! `name=NAME count=N mem_kib=K vcpus=V expect=ENDING -- GUEST COMMAND LINE`: the words before `--`
 //! are for the hypervisor, everything after it is passed to the guest verbatim (without
 //! `--`, the whole line is for the guest except the recognised keys), in the project's one
 //! grammar (`protocol::keyvalue`). Pure and host-tested; bad values are reported, never fatal.
@@ -24,6 +24,9 @@ pub struct DomainSpec {
     pub name: ArrayString<32>,
     pub count: u32,
     pub mem_kib: u64,
+    /// The most vCPUs each domain may bring up (`vcpus=`); `None`: the hypervisor's
+    /// default (its `vcpus=` option).
+    pub vcpus: Option<u32>,
     pub expect: Expect,
     pub guest_cmdline: ArrayString<1023>,
     /// Words whose value did not parse.
@@ -34,6 +37,8 @@ pub struct DomainSpec {
 pub const DEFAULT_MEM_KIB: u64 = 1024;
 /// The most domains one module may ask for.
 pub const MAX_COUNT: u32 = 4096;
+/// The most vCPUs a domain may have (the `vcpu_info` slots of its shared info page).
+pub const MAX_VCPUS: u32 = abi::control::MAX_VCPUS;
 
 impl DomainSpec {
     /// Parses a module command line; `default_name` and `default_count` apply when the line
@@ -45,6 +50,7 @@ impl DomainSpec {
             name: keyvalue::clip(default_name),
             count: default_count,
             mem_kib: DEFAULT_MEM_KIB,
+            vcpus: None,
             expect: Expect::Poweroff,
             guest_cmdline: ArrayString::new(),
             invalid: ArrayVec::new(),
@@ -58,6 +64,7 @@ impl DomainSpec {
                 }
                 Some(("count", v)) => v.parse().ok().filter(|n| (1..=MAX_COUNT).contains(n)).map(|n| spec.count = n).is_some(),
                 Some(("mem_kib", v)) => v.parse().ok().filter(|&k: &u64| k >= 4 && k % 4 == 0).map(|k| spec.mem_kib = k).is_some(),
+                Some(("vcpus", v)) => v.parse().ok().filter(|n| (1..=MAX_VCPUS).contains(n)).map(|n| spec.vcpus = Some(n)).is_some(),
                 Some(("expect", v)) => {
                     let expect = match v {
                         "poweroff" => Some(Expect::Poweroff),
@@ -103,8 +110,9 @@ mod tests {
 
     #[test]
     fn keys_and_guest_line() {
-        let s = DomainSpec::parse("name=evil count=3 mem_kib=512 expect=killed -- attack=all verbose", "x", 1);
+        let s = DomainSpec::parse("name=evil count=3 mem_kib=512 vcpus=2 expect=killed -- attack=all verbose", "x", 1);
         assert_eq!((s.name.as_str(), s.count, s.mem_kib, s.expect), ("evil", 3, 512, Expect::Killed));
+        assert_eq!(s.vcpus, Some(2));
         assert_eq!(s.guest_cmdline.as_str(), "attack=all verbose");
     }
 
@@ -117,9 +125,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported_and_ignored() {
-        let s = DomainSpec::parse("count=0 count=99999 mem_kib=3 mem_kib=x expect=maybe --", "g", 5);
-        assert_eq!((s.count, s.mem_kib, s.expect), (5, DEFAULT_MEM_KIB, Expect::Poweroff));
-        assert_eq!(s.invalid.len(), 4);
+        let s = DomainSpec::parse("count=0 count=99999 mem_kib=3 mem_kib=x expect=maybe vcpus=0 vcpus=33 --", "g", 5);
+        assert_eq!((s.count, s.mem_kib, s.expect, s.vcpus), (5, DEFAULT_MEM_KIB, Expect::Poweroff, None));
+        assert_eq!(s.invalid.len(), 4, "the first four bad words are kept");
         assert!(s.guest_cmdline.is_empty());
     }
 

@@ -73,7 +73,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
 
     lapic::init_boot_cpu(options.x2apic);
     let early = memory::init_heap(&boot, &mut layout, &options).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
-    pv::build::map_modules(&boot, &mut layout, options.guests);
+    pv::build::map_modules(&boot, &mut layout, options.guests, options.vcpus);
     let machine = platform::discover(&boot, &options);
     let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
@@ -85,6 +85,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     arch::entry::init_this_cpu();
     let protections = arch::cpu::init_boot_cpu();
     info!("cpu: SMEP {}, SMAP {}, FSGSBASE off", on_off(protections.smep), on_off(protections.smap));
+    arch::fpu::init_this_cpu();
     platform::init_interrupt_controllers(&machine);
     lapic::init_this_cpu();
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);

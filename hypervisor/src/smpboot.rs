@@ -129,6 +129,7 @@ extern "C" fn ap_entry(cpu_index: u32) -> ! {
     lapic::init_this_cpu();
     crate::arch::entry::init_this_cpu();
     crate::arch::cpu::protect_this_cpu();
+    crate::arch::fpu::init_this_cpu();
     if !claim_state(cpu, CpuState::Starting, CpuState::Online) {
         // Too late: the boot CPU gave up on us. Stay out of the way.
         crate::arch::exit::halt_forever();

@@ -9,6 +9,9 @@
 //! `stress/PROTOCOL.md`, written with the `protocol` crate's records; the run ends with
 //! `stress: done ok` or `stress: FAILED reason=<word>` (after destroying what it created).
 //!
+//! With `attack=<name>` on its command line it runs one attack or lifecycle check
+//! instead ([`attack`]).
+//!
 //! Domain 0 never spins while it waits: it sleeps on its one-shot timer, so that it takes
 //! no CPU time from the domains it measures.
 
@@ -33,6 +36,8 @@ use protocol::keyvalue::OptionError;
 use protocol::record::{Config, Creation, DomainInfo, MemPhase, MemSample, Record};
 use protocol::worker::Task;
 
+mod attack;
+
 guest_rt::entry!(main);
 
 /// The boot module stress domains are built from.
@@ -56,6 +61,9 @@ const QUIET_WINDOW_NS: u64 = 500 * MS;
 const DESTROY_TIMEOUT_NS: u64 = 5 * SECOND;
 
 fn main(start: &'static StartInfo) {
+    if let Some(name) = attack::requested(start.cmd_line()) {
+        attack::run(name, start);
+    }
     let mut created = Created::default();
     match run(start, &mut created) {
         Ok(()) => println!("{}", Record::Done),
@@ -344,6 +352,8 @@ fn create_all(
             params: planned.params,
             cmdline: cmdline.as_bytes(),
             paused: true,
+            max_vcpus: 1,
+            cpu_mask: 0,
         };
         let before = waiter.now();
         let result = control::create_domain(&spec);

@@ -10,7 +10,7 @@
 //! appear ([`window`]: aliases through own L3s, L4 slot 511); the shared-info frame as a
 //! page table or descriptor frame ([`shared_info`]); polling the ports the hypervisor uses
 //! as markers ([`polling`]); giving back one frame twice;
-//! switching to a foreign L4; then the fault in the fault handler ([`last_attack`]).
+//! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); then the fault in the fault handler ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
 //! "skipped (...)" when a frame meant as foreign is the guest's own), "... SUCCEEDED (BUG)"
@@ -41,6 +41,7 @@ mod polling;
 mod reservation;
 mod shared_info;
 mod targets;
+mod vcpus;
 mod verdict;
 mod window;
 
@@ -73,6 +74,7 @@ fn main(start: &'static StartInfo) {
     polling::run(&mut tally);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
+    vcpus::run(&mut tally);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }

@@ -65,6 +65,10 @@ pub struct NewDomain<'a> {
     pub cmdline: &'a [u8],
     /// Create it paused: it runs once [`unpause_domain`] lets it.
     pub paused: bool,
+    /// The most vCPUs it may bring up (at least one).
+    pub max_vcpus: u32,
+    /// The CPUs its vCPUs go on, one bit per CPU; 0: any online CPU.
+    pub cpu_mask: u64,
 }
 
 /// `CreateDomain`'s arguments for `spec` (the command line by address, in this domain).
@@ -78,7 +82,8 @@ pub fn create_args(spec: &NewDomain<'_>) -> CreateDomain {
         cmdline: spec.cmdline.as_ptr() as u64,
         cmdline_len: spec.cmdline.len() as u64,
         flags: flag(spec.paused, CREATE_PAUSED) | flag(!spec.pinned, CREATE_UNPINNED),
-        _pad: 0,
+        max_vcpus: spec.max_vcpus,
+        cpu_mask: spec.cpu_mask,
     }
 }
 
@@ -187,8 +192,11 @@ mod tests {
             },
             cmdline,
             paused: false,
+            max_vcpus: 2,
+            cpu_mask: 0b10,
         };
         let args = create_args(&spec);
+        assert_eq!((args.max_vcpus, args.cpu_mask), (2, 0b10));
         assert_eq!(args.flags, 0, "not paused");
         assert_eq!(args.cpu, u32::MAX, "no CPU: the hypervisor chooses");
         assert_eq!(args.cmdline, cmdline.as_ptr() as u64);

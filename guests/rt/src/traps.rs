@@ -245,9 +245,14 @@ pub const fn trap_table(stubs: u64) -> [TrapInfo; EXCEPTION_COUNT + 1] {
     table
 }
 
+/// The address of the runtime's first entry stub (for a secondary vCPU's trap table).
+pub fn stubs_address() -> u64 {
+    &raw const guest_rt_trap_stubs as u64
+}
+
 /// Points every exception vector at the runtime's stubs (`set_trap_table`).
 pub fn install() -> Result<(), HypercallError> {
-    let table = trap_table(&raw const guest_rt_trap_stubs as u64);
+    let table = trap_table(stubs_address());
     // SAFETY: every address is one of the stubs above, which handle the bounce frame of
     // their vector and return with the iret hypercall.
     unsafe { hypercall::set_trap_table(&table) }

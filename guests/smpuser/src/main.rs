@@ -13,6 +13,7 @@
 //! Then `main` returns and the runtime powers the domain off, which stops vCPU 1 too. Both
 //! vCPUs print progress lines ("smpuser: vcpu0 ...", "smpuser: vcpu1 ..."); a failed check
 //! prints "smpuser: FAILED <what>" and crashes the domain. It needs three free frames and
+//! two vCPUs (`vcpus=2` on its module line, or the hypervisor's `vcpus=2` option), and
 //! passes on one physical CPU as on several; it must never change a mapping the program
 //! itself uses.
 

@@ -16,12 +16,20 @@
 //! steers. Destruction closes the domain's event channels (under their lock, with the
 //! domain already marked dead) before that frame goes, so that no sender writes into it
 //! afterwards (`pv::events`).
+//!
+//! # One owner for teardown
+//! While the builder fills a domain, the domain is in the table (its id is taken) but
+//! [`lookup`] does not find it: no control operation, event channel or other domain can
+//! reach it, so only the builder may destroy it (when the build fails). It becomes visible
+//! with [`Domain::publish`], once built. A vCPU joins a domain only while the domain runs
+//! ([`Domain::add_vcpu`] checks under the lock that destruction takes the vCPU list with),
+//! so no vCPU, which holds its domain, can be left in a domain that is gone.
 
 pub mod vcpu;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use abi::hypercall::ShutdownReason;
 use log::{info, warn};
@@ -40,6 +48,18 @@ pub const MAX_DOMAINS: usize = 4096;
 /// Heap room a new domain must find: its own few KiB, its event channels grown to their
 /// limit (1023 ports of 12 bytes), and the run and timer queues doubling as it joins.
 pub const DOMAIN_HEAP_BYTES: u64 = 64 << 10;
+
+/// How many vCPUs a domain may have and where they go (domain 0's `CreateDomain`, or a
+/// boot module's line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuPlacement {
+    /// vCPU ids `0..max_vcpus` may exist (1 to [`vcpu::MAX_VCPUS`]).
+    pub max_vcpus: u32,
+    /// The CPUs its vCPUs are placed on, bit `i` for CPU `i`; 0: every online CPU.
+    pub cpu_mask: u64,
+    /// Its vCPUs stay on the CPUs they were placed on (never stolen by idle CPUs).
+    pub pinned: bool,
+}
 
 /// Where a domain is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,17 +147,36 @@ impl DomainMemory {
     /// Heap bytes the list may take on to hold `count` more frames (it grows to twice its
     /// length), for the heap-room check before allocating them.
     pub fn growth_for(&self, count: u64) -> u64 {
-        let wanted = self.list.len() + count as usize;
-        if wanted > self.list.capacity() { (wanted * 2 * core::mem::size_of::<Mfn>()) as u64 } else { 0 }
+        let wanted = (self.list.len() as u64).saturating_add(count);
+        if wanted > self.list.capacity() as u64 { wanted.saturating_mul(2 * core::mem::size_of::<Mfn>() as u64) } else { 0 }
     }
 
-    /// Appends frames just allocated to domain `dom`.
-    pub fn add(&mut self, dom: DomainId, mfns: &[Mfn]) {
+    /// Appends `count` frames that `alloc` allocates to domain `dom` onto the list (after
+    /// dropping the stale entries, once more than half of the list is stale), zeroed;
+    /// returns where they start. The list grows fallibly: ENOMEM when the heap cannot hold
+    /// it.
+    pub fn add(
+        &mut self,
+        dom: DomainId,
+        count: usize,
+        alloc: impl FnOnce(&mut Vec<Mfn>) -> Result<(), abi::errno::Errno>,
+    ) -> Result<usize, abi::errno::Errno> {
         if self.list.len() >= 2 * self.held + 64 {
             self.compact(dom);
         }
-        self.list.extend_from_slice(mfns);
-        self.held += mfns.len();
+        self.list.try_reserve(count).map_err(|_| abi::errno::Errno::Enomem)?;
+        let start = self.list.len();
+        alloc(&mut self.list)?;
+        for &mfn in &self.list[start..] {
+            zero_frame(mfn);
+        }
+        self.held += self.list.len() - start;
+        Ok(start)
+    }
+
+    /// The frames appended from list position `start` on (see [`Self::add`]).
+    pub fn since(&self, start: usize) -> &[Mfn] {
+        &self.list[start..]
     }
 
     /// Counts `mfn` out of domain `dom`, which the caller frees next; false (nothing done)
@@ -189,6 +228,14 @@ pub struct Domain {
     /// Its vCPUs stay on the CPUs they were placed on (domain 0 chose them): idle CPUs
     /// never steal them.
     pub pinned: bool,
+    /// vCPU ids `0..max_vcpus` may exist.
+    pub max_vcpus: u32,
+    /// The CPUs its vCPUs are placed on (bit `i`: CPU `i`; 0: every online CPU).
+    pub cpu_mask: u64,
+    /// Its vCPUs that are up (vCPU 0 from the start): its weight is split among them.
+    vcpus_up: AtomicU32,
+    /// Being built: in the table, but invisible to [`lookup`] until [`Domain::publish`].
+    building: AtomicBool,
     /// Paused by domain 0: its vCPUs wait, parked, until unpaused.
     pub paused: core::sync::atomic::AtomicBool,
     /// Its vCPUs blocked in `sched_op poll` (senders look for them only when nonzero).
@@ -213,6 +260,21 @@ pub struct Domain {
     pub running_vcpus: AtomicU32,
     /// Time the build took, for the summary.
     pub build_ns: AtomicU64,
+}
+
+/// Domain records in memory (created and not yet dropped), in the table or not.
+static HELD: AtomicU32 = AtomicU32::new(0);
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Domain records the hypervisor holds in memory: the table's, and any destroyed domain
+/// that something still references (which would be a leak).
+pub fn held_count() -> u32 {
+    HELD.load(Ordering::Relaxed)
 }
 
 struct Table {
@@ -242,6 +304,15 @@ pub struct History {
     pub others_failed: u64,
 }
 
+/// Why a vCPU could not join its domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinError {
+    /// The domain is shutting down or gone.
+    Dying,
+    /// Its id is at or past the domain's `max_vcpus`, or taken.
+    NoSlot,
+}
+
 /// Why a domain could not be created.
 #[derive(Debug)]
 pub enum CreateError {
@@ -267,8 +338,15 @@ impl core::fmt::Display for CreateError {
 impl Domain {
     /// Creates an empty domain (no memory yet but its zeroed shared-info page) and enters it
     /// in the table under a fresh id: domain 0 (`privileged`) takes id 0, others the next
-    /// free one. Refused while the heap has less than [`DOMAIN_HEAP_BYTES`] to spare.
-    pub fn create(name: &str, max_pages: u64, privileged: bool, params: abi::control::SchedParams, pinned: bool) -> Result<Arc<Domain>, CreateError> {
+    /// free one. Refused while the heap has less than [`DOMAIN_HEAP_BYTES`] to spare. The
+    /// domain is invisible to [`lookup`] until its builder calls [`Domain::publish`].
+    pub fn create(
+        name: &str,
+        max_pages: u64,
+        privileged: bool,
+        params: abi::control::SchedParams,
+        placement: VcpuPlacement,
+    ) -> Result<Arc<Domain>, CreateError> {
         if !memory::heap_has_room_for(DOMAIN_HEAP_BYTES) {
             return Err(CreateError::HeapFull);
         }
@@ -293,19 +371,24 @@ impl Domain {
         for c in name.chars().take(32) {
             let _ = short_name.try_push(c);
         }
+        HELD.fetch_add(1, Ordering::Relaxed);
         let domain = Arc::new(Domain {
             id,
             name: short_name,
             privileged,
             params: Mutex::new(params),
-            pinned,
+            pinned: placement.pinned,
+            max_vcpus: placement.max_vcpus.clamp(1, vcpu::MAX_VCPUS),
+            cpu_mask: placement.cpu_mask,
+            vcpus_up: AtomicU32::new(1),
+            building: AtomicBool::new(true),
             paused: core::sync::atomic::AtomicBool::new(false),
             pollers: AtomicU32::new(0),
             shared_info,
             memory: Mutex::new(DomainMemory::new(max_pages)),
             mmu_lock: CallLock::new(()),
             dirty_cpus: CpuMask::new(),
-            vcpus: Mutex::new(Vec::new()),
+            vcpus: Mutex::new(Vec::with_capacity(placement.max_vcpus.clamp(1, vcpu::MAX_VCPUS) as usize)),
             state: AtomicU8::new(LifeState::Running as u8),
             ending: Mutex::new(None),
             console: Mutex::new(crate::pv::console::ConsoleLine::new()),
@@ -330,8 +413,37 @@ impl Domain {
         }
     }
 
-    pub fn add_vcpu(&self, vcpu: Arc<Vcpu>) {
-        self.vcpus.lock().push(vcpu);
+    /// Makes the builder's domain visible to [`lookup`] (and so to domain 0 and other
+    /// domains): its build is over.
+    pub fn publish(&self) {
+        self.building.store(false, Ordering::Release);
+    }
+
+    /// Adds a vCPU, unless the domain no longer runs or the vCPU's id is at or past its
+    /// `max_vcpus` or taken. Checked under the lock that [`Domain::destroy`] takes the vCPU
+    /// list with, after it marks the domain dead: a vCPU (which holds its domain) can never
+    /// join a domain that destruction has passed, where it would keep the domain alive.
+    pub fn add_vcpu(&self, vcpu: Arc<Vcpu>) -> Result<(), JoinError> {
+        let mut vcpus = self.vcpus.lock();
+        if self.state() != LifeState::Running {
+            return Err(JoinError::Dying);
+        }
+        if vcpu.id >= self.max_vcpus || vcpus.iter().any(|v| v.id == vcpu.id) {
+            return Err(JoinError::NoSlot);
+        }
+        // At most `max_vcpus` entries (32): the room was reserved with the domain's.
+        vcpus.push(vcpu);
+        Ok(())
+    }
+
+    /// Counts one more vCPU up (`VCPUOP_up`); returns how many are up.
+    pub fn vcpu_up(&self) -> u32 {
+        self.vcpus_up.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// How many of its vCPUs are up (vCPU 0 counts from the start).
+    pub fn vcpus_up(&self) -> u32 {
+        self.vcpus_up.load(Ordering::Acquire)
     }
 
     pub fn vcpus(&self) -> Vec<Arc<Vcpu>> {
@@ -343,23 +455,48 @@ impl Domain {
         self.vcpus.lock().iter().find(|v| v.id == id).cloned()
     }
 
-    /// Allocates `count` frames for the guest, within its maximum.
+    /// Allocates `count` frames for the guest, within its maximum, and appends them to
+    /// `out` as well. Every heap allocation this needs (the domain's frame list and `out`
+    /// growing) is checked first and made fallibly: a request the heap cannot hold gets
+    /// `ENOMEM`, never an allocation failure.
     pub fn populate(&self, count: u64, out: &mut Vec<Mfn>) -> Result<(), abi::errno::Errno> {
         let mut mem = self.memory.lock();
-        let wanted = mem.held().saturating_add(count);
-        // The list of its frames may have to grow in the heap.
-        if wanted > mem.max_pages || !memory::frames_for_guests(count) || !memory::heap_has_room_for(mem.growth_for(count)) {
-            return Err(abi::errno::Errno::Enomem);
-        }
-        let start = out.len();
-        memory::frames()
-            .alloc_many(self.owner(), count as usize, out)
-            .map_err(|_| abi::errno::Errno::Enomem)?;
-        for &mfn in &out[start..] {
-            zero_frame(mfn);
-        }
-        mem.add(self.id, &out[start..]);
+        let out_bytes = if out.capacity() - out.len() < count as usize { count.saturating_mul(8) } else { 0 };
+        let start = self.populate_locked(&mut mem, count, out_bytes, |reserved| out.try_reserve(reserved).is_ok())?;
+        out.extend_from_slice(mem.since(start));
         Ok(())
+    }
+
+    /// [`Domain::populate`] into the domain's own list only (the builder reads it there,
+    /// under the lock, so no copy of a reservation's frame list is made).
+    pub fn populate_into<'a>(&self, mem: &'a mut DomainMemory, count: u64) -> Result<&'a [Mfn], abi::errno::Errno> {
+        let start = self.populate_locked(mem, count, 0, |_| true)?;
+        Ok(mem.since(start))
+    }
+
+    /// Takes `count` frames into `mem` after checking the maximum, the free frames and the
+    /// heap room for the list to grow (plus `extra_bytes`, which `reserve_extra` then takes);
+    /// returns where they start in the list.
+    fn populate_locked(
+        &self,
+        mem: &mut DomainMemory,
+        count: u64,
+        extra_bytes: u64,
+        reserve_extra: impl FnOnce(usize) -> bool,
+    ) -> Result<usize, abi::errno::Errno> {
+        use abi::errno::Errno;
+        let wanted = mem.held().checked_add(count).ok_or(Errno::Enomem)?;
+        if wanted > mem.max_pages || !memory::frames_for_guests(count) {
+            return Err(Errno::Enomem);
+        }
+        if !memory::heap_has_room_for(mem.growth_for(count).saturating_add(extra_bytes)) {
+            return Err(Errno::Enomem);
+        }
+        let count = usize::try_from(count).map_err(|_| Errno::Enomem)?;
+        if !reserve_extra(count) {
+            return Err(Errno::Enomem);
+        }
+        mem.add(self.id, count, |list| memory::frames().alloc_many(self.owner(), count, list).map_err(|_| Errno::Enomem))
     }
 
     /// Number of pages the guest holds now.
@@ -417,15 +554,21 @@ impl Domain {
         crate::pv::events::close_all(self);
         let vcpus = core::mem::take(&mut *self.vcpus.lock());
         for vcpu in &vcpus {
-            let gdt = core::mem::take(&mut *vcpu.gdt.lock());
-            crate::pv::descriptors::release(gdt);
+            // Stopped here too: a `shutdown` that raced with this destruction may have found
+            // the list empty, and a vCPU left runnable (or parked) in its CPU's queue would
+            // keep the domain in memory for good.
+            vcpu.stop();
+            crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
         }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
+        // In two steps, so that no list of all its frames is made (an allocation as large as
+        // the reservation, which could fail): the reservation first, which drops its
+        // tables' references to the shared-info frame, then the shared-info frame, whose
+        // hypervisor hold goes first.
         let pages = self.memory.lock().take_all(self.id);
-        let mut owned = pages.clone();
-        owned.push(self.shared_info);
+        crate::pv::mmu::relinquish(self, bases, &pages);
         crate::pv::mmu::release_for_hypervisor(self.shared_info);
-        crate::pv::mmu::relinquish(self, bases, &owned);
+        crate::pv::mmu::relinquish(self, Vec::new(), &[self.shared_info]);
         crate::tlb::flush_dirty(&self.dirty_cpus, crate::tlb::Flush::All);
         for &mfn in pages.iter().chain(core::iter::once(&self.shared_info)) {
             if let Err(e) = memory::frames().free(mfn) {
@@ -476,9 +619,9 @@ impl Table {
     }
 }
 
-/// The live domain with this id.
+/// The live domain with this id, unless it is still being built (see [`Domain::publish`]).
 pub fn lookup(id: DomainId) -> Option<Arc<Domain>> {
-    DOMAINS.lock().slots.get(id.0 as usize).cloned().flatten()
+    DOMAINS.lock().slots.get(id.0 as usize).cloned().flatten().filter(|d| !d.building.load(Ordering::Acquire))
 }
 
 /// Number of live domains.

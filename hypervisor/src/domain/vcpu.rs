@@ -1,23 +1,33 @@
-//! A virtual CPU: the guest's saved registers while it is not running, its PV context (guest
-//! kernel or user mode, top-level tables, kernel stack, trap table, callbacks, segment
-//! bases) and its scheduling state.
+//! A virtual CPU: the guest's saved registers while it is not running (its x87/MMX/SSE
+//! state included), its PV context (guest kernel or user mode, top-level tables, kernel
+//! stack, trap table, callbacks, segment bases) and its scheduling state.
 //!
 //! While a vCPU runs, its live registers are the trap frame on its CPU's stack; the copy in
 //! [`GuestContext::regs`] is current only while it is descheduled. Only the CPU running a
 //! vCPU changes its context; other CPUs only change [`Vcpu::state`] (to stop or wake it).
 
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use abi::arch_x86::TrapInfo;
 use events::poll::PollTarget;
+use hypervisor::fpu::FxArea;
 use mm::addr::Mfn;
 use pvmm::BasePtr;
 use spin::Mutex;
 
 use super::Domain;
 use crate::arch::trap::TrapFrame;
+
+/// vCPUs per domain: the `vcpu_info` slots in shared info.
+pub const MAX_VCPUS: u32 = abi::control::MAX_VCPUS;
+
+/// Heap room a new secondary vCPU must find: itself, its FPU area, a full trap table (256
+/// entries), its share of its CPU's run and timer queues, with room to spare.
+pub const VCPU_HEAP_BYTES: u64 =
+    (core::mem::size_of::<Vcpu>() + core::mem::size_of::<FxArea>() + 256 * core::mem::size_of::<TrapInfo>() + 2048) as u64;
 
 /// `Vcpu::poll` when not polling, and when polling for any port: outside the range of port
 /// numbers (any `u32`), so that no port a guest names can be taken for either.
@@ -75,6 +85,12 @@ pub struct GuestContext {
     /// Set while the hypervisor writes an exception frame for this vCPU: a fault then is a
     /// fault while delivering a fault, and kills the domain.
     pub delivering: bool,
+    /// x87/MMX/SSE registers while descheduled (see `arch::fpu`). Boxed: inline it would
+    /// take the vCPU past the heap's largest small block (2 KiB) to a whole page.
+    pub fpu: Box<FxArea>,
+    /// The CPU whose registers were last saved into `fpu` (`u32::MAX`: none yet); the
+    /// scheduler skips the load when the vCPU comes back to a CPU that ran no other since.
+    pub fpu_saved_on: u32,
 }
 
 impl GuestContext {
@@ -83,16 +99,29 @@ impl GuestContext {
         self.traps.binary_search_by_key(&vector, |t| t.vector).ok().map(|i| &self.traps[i])
     }
 
-    /// Sets (address != 0) or clears the handler of one vector.
-    pub fn set_trap(&mut self, info: TrapInfo) {
+    /// Sets (address != 0) or clears the handler of one vector. The table grows in the heap
+    /// (to at most 256 entries), so a new vector is refused with `ENOMEM` when the heap has
+    /// no room left for guests.
+    pub fn set_trap(&mut self, info: TrapInfo) -> Result<(), abi::errno::Errno> {
         match self.traps.binary_search_by_key(&info.vector, |t| t.vector) {
             Ok(i) if info.address == 0 => {
                 self.traps.remove(i);
             }
             Ok(i) => self.traps[i] = info,
             Err(_) if info.address == 0 => {}
-            Err(i) => self.traps.insert(i, info),
+            Err(i) => {
+                if self.traps.len() == self.traps.capacity() {
+                    let grown = (self.traps.capacity() * 2).clamp(8, 256);
+                    let bytes = (grown * core::mem::size_of::<TrapInfo>()) as u64;
+                    if !crate::memory::heap_has_room_for(bytes) {
+                        return Err(abi::errno::Errno::Enomem);
+                    }
+                    self.traps.try_reserve_exact(grown - self.traps.len()).map_err(|_| abi::errno::Errno::Enomem)?;
+                }
+                self.traps.insert(i, info);
+            }
         }
+        Ok(())
     }
 
     pub fn kernel_l4(&self) -> Option<Mfn> {
@@ -174,6 +203,8 @@ impl Vcpu {
                 gs_base_kernel: 0,
                 gs_base_user: 0,
                 delivering: false,
+                fpu: Box::new(FxArea::initial()),
+                fpu_saved_on: u32::MAX,
             }),
             gdt: Mutex::new(Default::default()),
             state: AtomicU8::new(RunState::Runnable as u8),

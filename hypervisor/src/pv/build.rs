@@ -4,7 +4,12 @@
 //! vCPU in a run queue.
 //!
 //! A bad image is refused with the builder's message and everything the attempt allocated
-//! is returned; the other domains still start.
+//! is returned; the other domains still start. So is a request the machine cannot hold:
+//! the frames and the heap the build needs (the domain's frame list, the builder's page
+//! tables) are checked before anything is allocated, so no size domain 0 or a module line
+//! asks for reaches an allocation that cannot fail. The domain is invisible to everyone
+//! else until its build is over ([`Domain::publish`]): this module alone may destroy it
+//! meanwhile, when the build fails.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -24,7 +29,7 @@ use crate::arch::gdt::{GUEST_CS64, GUEST_DS};
 use crate::arch::paging::{self, MapKind};
 use crate::arch::trap::TrapFrame;
 use crate::bootinfo::BootInfo;
-use crate::domain::{Domain, Ending, Vcpu};
+use crate::domain::{Domain, Ending, JoinError, Vcpu, VcpuPlacement};
 use crate::memory::FrameMapping;
 use crate::pv::{lifecycle, mmu, shared};
 use crate::{cpus, sched, time};
@@ -40,8 +45,9 @@ static MODULES: Once<Vec<BootModule>> = Once::new();
 /// The most window space given to boot modules; larger sets are refused module by module.
 const MODULES_WINDOW_MAX: u64 = 24 << 20;
 
-/// Maps every boot module read-only into the window's module region.
-pub fn map_modules(boot: &BootInfo, layout: &mut WindowLayout, default_count: u32) {
+/// Maps every boot module read-only into the window's module region. A module whose line
+/// does not say how many vCPUs its domains may have gets `default_vcpus`.
+pub fn map_modules(boot: &BootInfo, layout: &mut WindowLayout, default_count: u32, default_vcpus: u32) {
     let pages = |m: &crate::bootinfo::Module| m.end.saturating_sub(m.start & !(PAGE_SIZE - 1)).div_ceil(PAGE_SIZE);
     let wanted: u64 = boot.modules.iter().map(pages).sum::<u64>() * PAGE_SIZE;
     let size = wanted.min(MODULES_WINDOW_MAX);
@@ -72,7 +78,8 @@ pub fn map_modules(boot: &BootInfo, layout: &mut WindowLayout, default_count: u3
         // and the frame allocator never hands them out (they are reserved at boot).
         let image = unsafe { core::slice::from_raw_parts(va as *const u8, (module.end - module.start) as usize) };
         next += bytes;
-        let spec = DomainSpec::parse(&module.cmdline, default_name(&module.cmdline, i), default_count);
+        let mut spec = DomainSpec::parse(&module.cmdline, default_name(&module.cmdline, i), default_count);
+        spec.vcpus = Some(spec.vcpus.unwrap_or(default_vcpus));
         for word in &spec.invalid {
             warn!("modules: module {i}: bad option {:?} ignored", word.as_str());
         }
@@ -203,6 +210,8 @@ pub enum BuildFailure {
     Create(crate::domain::CreateError),
     Memory(abi::errno::Errno),
     Tables(abi::errno::Errno),
+    /// vCPU 0 could not join the domain.
+    Vcpu(JoinError),
 }
 
 impl core::fmt::Display for BuildFailure {
@@ -212,6 +221,7 @@ impl core::fmt::Display for BuildFailure {
             Self::Create(e) => write!(f, "{e}"),
             Self::Memory(e) => write!(f, "reservation refused: {e:?}"),
             Self::Tables(e) => write!(f, "initial page tables refused: {e:?}"),
+            Self::Vcpu(e) => write!(f, "vCPU 0 refused: {e:?}"),
         }
     }
 }
@@ -233,8 +243,8 @@ pub struct BuildRequest<'a> {
     pub privileged: bool,
     /// CPU for vCPU 0.
     pub cpu: u32,
-    /// Keep the vCPUs where they are placed (never stolen by idle CPUs).
-    pub pinned: bool,
+    /// How many vCPUs it may have, on which CPUs, pinned there or not.
+    pub placement: VcpuPlacement,
     pub params: SchedParams,
 }
 
@@ -249,7 +259,7 @@ impl<'a> BuildRequest<'a> {
             cmdline: module.spec.guest_cmdline.as_bytes(),
             privileged: false,
             cpu,
-            pinned: false,
+            placement: VcpuPlacement { max_vcpus: module.spec.vcpus.unwrap_or(1), cpu_mask: 0, pinned: false },
             params: SchedParams::default(),
         }
     }
@@ -267,13 +277,15 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
         xenstore: None,
         console: None,
     };
-    // Refuse a bad layout before any memory is taken.
-    builder::Plan::new(&kernel, &config).map_err(BuildFailure::Image)?;
+    // Refuse a bad layout, or one the machine cannot hold, before any memory is taken.
+    let plan = builder::Plan::new(&kernel, &config).map_err(BuildFailure::Image)?;
+    check_room(&plan)?;
     let max_pages = request.max_kib.max(request.mem_kib) / 4;
-    let domain = Domain::create(request.name, max_pages, request.privileged, request.params, request.pinned).map_err(BuildFailure::Create)?;
+    let domain = Domain::create(request.name, max_pages, request.privileged, request.params, request.placement).map_err(BuildFailure::Create)?;
     match fill(&domain, &kernel, &config, request.cpu) {
         Ok(_) => {
             domain.build_ns.store(time::tsc_to_ns(time::rdtsc() - start), Ordering::Relaxed);
+            domain.publish();
             Ok(domain)
         }
         Err(e) => {
@@ -284,17 +296,39 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
     }
 }
 
+/// Heap the builder takes besides its page tables (its buffers, the hypercall page, the
+/// start-info page, the list of tables), with room to spare.
+const BUILD_HEAP_BYTES: u64 = 32 << 10;
+/// Heap each boot page table takes while the builder makes it (512 entries and its record).
+const BUILD_HEAP_PER_TABLE: u64 = 4096 + 128;
+
+/// Whether the machine can hold a domain laid out as `plan`: free frames for its
+/// reservation, and heap room for its list of frames and for the builder's page tables.
+fn check_room(plan: &builder::Plan) -> Result<(), BuildFailure> {
+    let tables = plan.page_tables.end.0.saturating_sub(plan.page_tables.start.0);
+    let heap = BUILD_HEAP_BYTES
+        .saturating_add(tables.saturating_mul(BUILD_HEAP_PER_TABLE))
+        .saturating_add(plan.nr_pages.saturating_mul(core::mem::size_of::<Mfn>() as u64));
+    if !crate::memory::frames_for_guests(plan.nr_pages) || !crate::memory::heap_has_room_for(heap) {
+        return Err(BuildFailure::Memory(abi::errno::Errno::Enomem));
+    }
+    Ok(())
+}
+
 /// Populates the reservation, lays out the start-of-day memory and creates vCPU 0.
 fn fill(domain: &Arc<Domain>, kernel: &PvKernel, config: &DomainConfig, cpu: u32) -> Result<Arc<Vcpu>, BuildFailure> {
-    let mut pages = Vec::with_capacity(config.nr_pages as usize);
-    domain.populate(config.nr_pages, &mut pages).map_err(BuildFailure::Memory)?;
+    // The domain's own list of its frames is the one the builder reads (nobody else sees
+    // the domain yet, so holding its lock stops no one).
+    let mut mem = domain.memory.lock();
+    let pages = domain.populate_into(&mut mem, config.nr_pages).map_err(BuildFailure::Memory)?;
     let inputs = HypervisorInputs {
         shared_info_maddr: domain.shared_info.addr().0,
         hypervisor_l3_entry: paging::window_l3_entry(),
         m2p_l4_entry: None,
     };
-    let built = build(kernel, config, &inputs, &mut DomainFrames { pages: &pages }).map_err(BuildFailure::Image)?;
+    let built = build(kernel, config, &inputs, &mut DomainFrames { pages }).map_err(BuildFailure::Image)?;
     let l4 = pages[built.l4_pfn.0 as usize];
+    drop(mem);
     let base = mmu::pin_initial_tables(domain, l4).map_err(BuildFailure::Tables)?;
     let regs = TrapFrame {
         rip: built.entry_rip,
@@ -306,7 +340,10 @@ fn fill(domain: &Arc<Domain>, kernel: &PvKernel, config: &DomainConfig, cpu: u32
         ..TrapFrame::zeroed()
     };
     let vcpu = Vcpu::new(domain.clone(), 0, regs, base, cpu);
-    domain.add_vcpu(vcpu.clone());
+    if let Err(e) = domain.add_vcpu(vcpu.clone()) {
+        crate::pv::mmu::release_bases(&vcpu);
+        return Err(BuildFailure::Vcpu(e));
+    }
     shared::with_vcpu_info(&vcpu, |info| info.evtchn_upcall_mask = 1);
     shared::publish_time(&vcpu);
     Ok(vcpu)

@@ -3,11 +3,15 @@
 //! limit and scheduling parameters, read its counters and the machine's.
 //!
 //! Refused to every unprivileged domain (`EPERM`). Domain 0 cannot destroy or pause itself
-//! through it (it shuts down like any guest).
+//! through it (it shuts down like any guest). A domain still being built is invisible
+//! here (`ESRCH`: only its builder may end it), and one shutting down may only be looked
+//! at or destroyed again (pausing, unpausing it or changing its limits gets `ESRCH`).
+//! Every value in a request is checked before it sizes anything: no request reaches an
+//! allocation that cannot fail.
 
 use abi::control::{
     ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams, CONTROL_INTERFACE_VERSION,
-    CREATE_FLAGS, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN,
+    CREATE_FLAGS, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN, MAX_VCPUS,
 };
 use abi::errno::Errno;
 use alloc::sync::Arc;
@@ -17,7 +21,7 @@ use log::warn;
 use mm::frame::DomainId;
 
 use crate::arch::uaccess;
-use crate::domain::{self, Domain, Ending, LifeState, Vcpu};
+use crate::domain::{self, Domain, Ending, LifeState, Vcpu, VcpuPlacement};
 use crate::pv::build::{self, BuildRequest};
 use crate::pv::hypercall::HcResult;
 use crate::{cpus, memory, sched, time};
@@ -49,6 +53,10 @@ pub fn control(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
                 }
                 _ => other_domain(vcpu, op.domain)?,
             };
+            let alive = target.state() == LifeState::Running;
+            if !alive && matches!(cmd, ControlCmd::PauseDomain | ControlCmd::UnpauseDomain | ControlCmd::SetMaxMem | ControlCmd::SetSchedParams) {
+                return Err(Errno::Esrch);
+            }
             match cmd {
                 ControlCmd::DestroyDomain => {
                     target.kill(Ending::Destroyed);
@@ -104,17 +112,18 @@ fn checked(params: SchedParams) -> Result<SchedParams, Errno> {
 /// Builds a domain from a boot module and starts it, or leaves it paused.
 fn create(args: &CreateDomain) -> HcResult {
     let module = build::modules().get(args.module as usize).ok_or(Errno::Einval)?;
-    if args.cmdline_len > MAX_CMDLINE || args.mem_kib < 4 || args.flags & !CREATE_FLAGS != 0 {
+    if args.cmdline_len > MAX_CMDLINE || args.mem_kib < 4 || args.flags & !CREATE_FLAGS != 0 || args.max_vcpus > MAX_VCPUS {
+        return Err(Errno::Einval);
+    }
+    let mask = args.cpu_mask;
+    let allowed = |cpu: u32| is_online(cpu) && (mask == 0 || (cpu < 64 && mask & (1 << cpu) != 0));
+    let cpu = if args.cpu == u32::MAX { next_cpu(allowed)? } else { args.cpu };
+    if !allowed(cpu) {
         return Err(Errno::Einval);
     }
     let mut cmdline = [0u8; MAX_CMDLINE as usize];
     let cmdline = &mut cmdline[..args.cmdline_len as usize];
     uaccess::read(args.cmdline, cmdline).map_err(|_| Errno::Efault)?;
-    let online = cpus::online_count() as u32;
-    let cpu = if args.cpu == u32::MAX { next_cpu(online) } else { args.cpu };
-    if cpu >= online {
-        return Err(Errno::Einval);
-    }
     let request = BuildRequest {
         image: module.image,
         name: &module.spec.name,
@@ -123,8 +132,12 @@ fn create(args: &CreateDomain) -> HcResult {
         cmdline,
         privileged: false,
         cpu,
-        // Placed by domain 0: pinned there (Xen's hard affinity) unless it says otherwise.
-        pinned: args.cpu != u32::MAX && args.flags & CREATE_UNPINNED == 0,
+        placement: VcpuPlacement {
+            max_vcpus: args.max_vcpus.max(1),
+            cpu_mask: mask,
+            // Placed by domain 0: pinned there (Xen's hard affinity) unless it says otherwise.
+            pinned: args.cpu != u32::MAX && args.flags & CREATE_UNPINNED == 0,
+        },
         params: checked(args.params)?,
     };
     match build::build_domain(&request) {
@@ -148,10 +161,21 @@ fn create(args: &CreateDomain) -> HcResult {
     }
 }
 
-/// Round-robin CPU choice for domains domain 0 does not place.
-fn next_cpu(online: u32) -> u32 {
+fn is_online(cpu: u32) -> bool {
+    cpus::all().get(cpu as usize).is_some_and(|s| s.state() == cpus::CpuState::Online)
+}
+
+/// Round-robin CPU choice, among those `allowed`, for domains domain 0 does not place
+/// (`EINVAL` when it allows none).
+fn next_cpu(allowed: impl Fn(u32) -> bool) -> Result<u32, Errno> {
     static NEXT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed) % online.max(1)
+    let all = cpus::all().len() as u32;
+    let count = (0..all).filter(|&c| allowed(c)).count() as u32;
+    if count == 0 {
+        return Err(Errno::Einval);
+    }
+    let nth = NEXT.fetch_add(1, Ordering::Relaxed) % count;
+    (0..all).filter(|&c| allowed(c)).nth(nth as usize).ok_or(Errno::Einval)
 }
 
 fn domain_info(domain: &Domain) -> DomainInfo {
@@ -186,7 +210,7 @@ fn phys_info() -> PhysInfo {
         cpus: cpus::online_count() as u32,
         window_used_kib: 0,
         modules: build::modules().len() as u32,
-        _pad: 0,
+        domains_held: domain::held_count(),
         tsc_khz: time::tsc_hz() / 1000,
     }
 }

@@ -214,7 +214,7 @@ fn set_trap_table(vcpu: &Vcpu, table: GuestVa) -> HcResult {
             return Ok(0);
         }
         guest_code(entry.address)?;
-        vcpu.ctx.lock().set_trap(entry);
+        vcpu.ctx.lock().set_trap(entry)?;
     }
     Ok(0)
 }

@@ -16,10 +16,25 @@
 //! through. The CPU drains its inbox, takes in arrivals, folds in what happened to the vCPU
 //! it runs (blocked, stopped, paused, yielded), and, if the queue asks for a decision or the
 //! slice is over, asks it what runs next. The frame is then rewritten if needed: the
-//! outgoing vCPU's registers saved from it and the incoming one's loaded into it, CR3 and
-//! the guest segment bases switched; with nothing to run it becomes a frame into the idle
-//! loop, and the CPU asks the nearest busy CPU for work. Frames from hypervisor code other
-//! than the idle loop are never rewritten.
+//! outgoing vCPU's registers saved from it and the incoming one's loaded into it, CR3, the
+//! guest segment bases and the x87/MMX/SSE registers switched (the outgoing vCPU's saved
+//! with FXSAVE, the incoming one's loaded unless this CPU ran no other vCPU since it left
+//! them here); with nothing to run it becomes a frame into the idle loop, and the CPU asks
+//! the nearest busy CPU for work. Frames from hypervisor code other than the idle loop are
+//! never rewritten.
+//!
+//! # Weights
+//! A domain's weight is its share of the machine, whatever its vCPU count: each of its
+//! vCPUs that is up runs with an equal part of it ([`bvt_params`], as Xen's credit
+//! scheduler divides a domain's credit among its vCPUs), and bringing one up re-weighs the
+//! others ([`reweigh`]).
+//!
+//! # Timers
+//! A vCPU's timers wait in its home CPU's timer queues, holding the vCPU: when the home
+//! gives the vCPU to another CPU it takes the vCPU's timers out of its queues, and the new
+//! home arms them again as the vCPU arrives; when the vCPU leaves for good (its domain is
+//! going) its home cancels them. So no queue keeps a vCPU, and through it its domain, alive
+//! after the domain is destroyed.
 //!
 //! # Why no wake-up is lost
 //! A vCPU's `RunState` (in [`Vcpu`]) is the truth; the queue's runnable flag follows it.
@@ -73,9 +88,8 @@ impl VcpuKey {
     }
 }
 
-/// The vCPU's pending timers in its CPUs' timer queues, so that re-arming cancels the old
-/// one (a timer left in another CPU's queue after a migration is ignored when it fires:
-/// its deadline is no longer the vCPU's).
+/// The vCPU's pending timers in its home CPU's timer queues, so that re-arming cancels the
+/// old one, and a move or the vCPU's end takes them out (see the module's Timers).
 #[derive(Default)]
 pub struct VcpuTimers {
     guest: Option<Armed>,
@@ -159,6 +173,9 @@ struct Local {
     since_tsc: u64,
     /// Boot is over on this CPU: frames of its idle loop may be rewritten.
     scheduling: bool,
+    /// The vCPU whose x87/MMX/SSE state this CPU's registers hold (the last one switched
+    /// in), if any: switching it in again needs no load.
+    fpu_holder: Option<VcpuKey>,
 }
 
 /// The most a latency-sensitive timer is programmed ahead of its deadline (and so the
@@ -210,6 +227,7 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64
             armed_ns: None,
             since_tsc: 0,
             scheduling: false,
+            fpu_holder: None,
         })
     });
 }
@@ -237,15 +255,10 @@ fn mine() -> &'static Shared {
     &shared()[this_cpu() as usize]
 }
 
-/// The BVT parameters of `domain`'s vCPUs under `params`.
+/// The BVT parameters of each of `domain`'s vCPUs under `params`: its weight split among
+/// the domain's vCPUs that are up ([`BvtParams::for_domain_vcpu`]).
 pub fn bvt_params(domain: &Domain, params: &abi::control::SchedParams) -> BvtParams {
-    BvtParams {
-        weight: core::num::NonZeroU32::new(params.weight).unwrap_or(core::num::NonZeroU32::MIN),
-        warp_vns: params.warp_ns,
-        warp_limit_ns: params.warp_limit_ns,
-        unwarp_req_ns: params.unwarp_req_ns,
-        pinned: domain.pinned,
-    }
+    BvtParams::for_domain_vcpu(params.weight, params.warp_ns, params.warp_limit_ns, params.unwarp_req_ns, domain.pinned, domain.vcpus_up())
 }
 
 fn is_online(cpu: u32) -> bool {
@@ -318,6 +331,13 @@ pub fn set_params(domain: &Domain, params: abi::control::SchedParams) {
     }
 }
 
+/// Puts a domain's parameters in force again for each of its vCPUs after the count of its
+/// vCPUs that are up changed (each vCPU's part of the weight changed with it).
+pub fn reweigh(domain: &Domain) {
+    let params = *domain.params.lock();
+    set_params(domain, params);
+}
+
 /// Pauses a domain: its vCPUs leave their CPUs at their next decision and wait, parked,
 /// until [`unpause`].
 pub fn pause(domain: &Domain) {
@@ -362,26 +382,7 @@ pub fn set_poll_timeout(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
 }
 
 fn arm(vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
-    let me = this_cpu();
-    let latency_sensitive = kind == TimerKind::Guest && deadline_ns != 0 && vcpu.domain.params.lock().warp_ns > 0;
-    with_local(|local| {
-        let mut timers = vcpu.timers.lock();
-        let slot = match kind {
-            TimerKind::Guest => &mut timers.guest,
-            TimerKind::PollTimeout => &mut timers.poll,
-        };
-        if let Some(armed) = slot.take() {
-            local.cancel_timer(armed);
-        }
-        if deadline_ns != 0 {
-            let advance = if latency_sensitive { local.advance.advance_ns() } else { 0 };
-            let fire_at_ns = deadline_ns.saturating_sub(advance);
-            let timer = Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu: vcpu.clone() };
-            let queue = if latency_sensitive { &mut local.timers } else { &mut local.lazy };
-            let handle = queue.insert(fire_at_ns, timer);
-            *slot = Some(Armed { cpu: me, handle, lazy: !latency_sensitive });
-        }
-    });
+    with_local(|local| local.arm_timer(vcpu, kind, deadline_ns));
 }
 
 /// The local timer fired: fires the vCPU timers that are due (the exit path then sees
@@ -608,6 +609,8 @@ impl Local {
         // before the drain, an `Arc` pushed in between would be missing from `members` while
         // the queue already names its vCPU, which would then be dropped as unknown.)
         while let Some(vcpu) = mine.arrivals.pop() {
+            // A vCPU that moved here left its timers behind (see `give_away`).
+            self.rearm_timers(&vcpu);
             self.unsettled.push(vcpu.key);
             self.members.push(vcpu);
         }
@@ -644,7 +647,7 @@ impl Local {
             Action::Migrate { vcpu: key, state, to } => {
                 let Some(vcpu) = self.forget(key) else { return };
                 mine().stats.migrations.fetch_add(1, Ordering::Relaxed);
-                hand_over(vcpu, state, online_or_boot(to.0));
+                self.give_away(vcpu, state, online_or_boot(to.0));
             }
             Action::Removed(key) => self.retire(key),
             // In flight to a thief (runnable already; the thief re-reads the parameters)
@@ -712,8 +715,8 @@ impl Local {
         }
     }
 
-    /// Cancels a timer if it waits in one of this CPU's queues (one left on another CPU by
-    /// a migration fires there and is ignored).
+    /// Cancels a timer if it waits in one of this CPU's queues (a vCPU's timers are always
+    /// in its home's: see the module's Timers).
     fn cancel_timer(&mut self, armed: Armed) {
         if armed.cpu == self.queue.cpu().0 {
             let queue = if armed.lazy { &mut self.lazy } else { &mut self.timers };
@@ -768,7 +771,7 @@ impl Local {
             }
             let woken_at = vcpu.woken_at_ns.swap(0, Ordering::Relaxed);
             let warped_deadline = vcpu.warped_deadline_ns.swap(0, Ordering::Relaxed);
-            if let Err(domain) = switch_in(vcpu, frame) {
+            if let Err(domain) = switch_in(vcpu, frame, &mut self.fpu_holder) {
                 self.retire(key);
                 leaving.push(domain);
                 continue;
@@ -807,7 +810,58 @@ impl Local {
         // Claimed until its next decision, so that no CPU pushes another one there meanwhile.
         all[to as usize].runs_warped.store(true, Ordering::Relaxed);
         mine.stats.pushes.fetch_add(1, Ordering::Relaxed);
-        hand_over(vcpu, state, to);
+        self.give_away(vcpu, state, to);
+    }
+
+    /// Hands a vCPU taken off this CPU to `cpu`, without its timers: they leave this CPU's
+    /// queues here and are armed again on `cpu` as the vCPU arrives (from its deadlines), so
+    /// no queue here holds the vCPU once it has gone.
+    fn give_away(&mut self, vcpu: Arc<Vcpu>, state: VcpuState, cpu: u32) {
+        self.drop_timers(&vcpu);
+        hand_over(vcpu, state, cpu);
+    }
+
+    /// Takes `vcpu`'s timers out of this CPU's queues.
+    fn drop_timers(&mut self, vcpu: &Vcpu) {
+        let mut timers = vcpu.timers.lock();
+        let armed = &mut *timers;
+        for slot in [&mut armed.guest, &mut armed.poll] {
+            if let Some(timer) = slot.take() {
+                self.cancel_timer(timer);
+            }
+        }
+    }
+
+    /// Arms (deadline != 0) or cancels one of `vcpu`'s timers in this CPU's queues.
+    fn arm_timer(&mut self, vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
+        let me = self.queue.cpu().0;
+        let latency_sensitive = kind == TimerKind::Guest && deadline_ns != 0 && vcpu.domain.params.lock().warp_ns > 0;
+        let mut timers = vcpu.timers.lock();
+        let slot = match kind {
+            TimerKind::Guest => &mut timers.guest,
+            TimerKind::PollTimeout => &mut timers.poll,
+        };
+        if let Some(armed) = slot.take() {
+            self.cancel_timer(armed);
+        }
+        if deadline_ns != 0 {
+            let advance = if latency_sensitive { self.advance.advance_ns() } else { 0 };
+            let fire_at_ns = deadline_ns.saturating_sub(advance);
+            let timer = Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu: vcpu.clone() };
+            let queue = if latency_sensitive { &mut self.timers } else { &mut self.lazy };
+            let handle = queue.insert(fire_at_ns, timer);
+            *slot = Some(Armed { cpu: me, handle, lazy: !latency_sensitive });
+        }
+    }
+
+    /// Arms here the timers of a vCPU that arrived from another CPU, from its deadlines.
+    fn rearm_timers(&mut self, vcpu: &Arc<Vcpu>) {
+        for (kind, deadline) in [(TimerKind::Guest, &vcpu.timer_deadline), (TimerKind::PollTimeout, &vcpu.poll_deadline)] {
+            let deadline_ns = deadline.load(Ordering::Acquire);
+            if deadline_ns != 0 {
+                self.arm_timer(vcpu, kind, deadline_ns);
+            }
+        }
     }
 
     fn member(&self, key: VcpuKey) -> Option<Arc<Vcpu>> {
@@ -823,19 +877,13 @@ impl Local {
         Some(vcpu)
     }
 
-    /// Takes a vCPU that will never run again off this CPU for good, with its timers in this
-    /// CPU's queue: they would only keep it (and its domain) alive until they fire. Timers
-    /// it left in other CPUs' queues before a migration fire there and are ignored.
+    /// Takes a vCPU that will never run again off this CPU for good, with its timers (all
+    /// in this CPU's queues): they would only keep it (and its domain) alive until they fire.
     fn retire(&mut self, key: VcpuKey) {
         let Some(vcpu) = self.forget(key) else { return };
-        let me = self.queue.cpu().0;
-        let mut timers = vcpu.timers.lock();
-        let armed = &mut *timers;
-        for slot in [&mut armed.guest, &mut armed.poll] {
-            if let Some(timer) = slot.filter(|t| t.cpu == me) {
-                *slot = None;
-                self.cancel_timer(timer);
-            }
+        self.drop_timers(&vcpu);
+        if self.fpu_holder == Some(key) {
+            self.fpu_holder = None;
         }
     }
 
@@ -847,6 +895,8 @@ impl Local {
         {
             let mut ctx = vcpu.ctx.lock();
             ctx.regs = frame.clone();
+            crate::arch::fpu::save(&mut ctx.fpu);
+            ctx.fpu_saved_on = here.index.0;
             ctx.fs_base = FsBase::read().as_u64();
             // The guest's GS base sits in KERNEL_GS_BASE while the hypervisor runs (swapgs).
             let gs = KernelGsBase::read().as_u64();
@@ -884,12 +934,14 @@ impl Local {
     }
 }
 
-/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3. Refuses when
-/// its domain is shutting down (returning the domain to [`leave`]): a domain's memory may be
-/// returned as soon as no CPU counts as running it, so the count is raised before CR3 is
-/// loaded. Before CR3 is loaded this CPU also joins the domain's dirty CPUs (those a TLB
-/// flush for its frames must reach, see `tlb`) and the vCPU records where it runs.
-fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> Result<(), Arc<Domain>> {
+/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3, its x87/MMX/
+/// SSE state into the registers (unless `fpu_holder`, the vCPU whose state they hold, is
+/// this one and it was saved here last). Refuses when its domain is shutting down
+/// (returning the domain to [`leave`]): a domain's memory may be returned as soon as no CPU
+/// counts as running it, so the count is raised before CR3 is loaded. Before CR3 is loaded
+/// this CPU also joins the domain's dirty CPUs (those a TLB flush for its frames must
+/// reach, see `tlb`) and the vCPU records where it runs.
+fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<VcpuKey>) -> Result<(), Arc<Domain>> {
     vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
     if vcpu.domain.state() != LifeState::Running {
         return Err(vcpu.domain.clone());
@@ -900,6 +952,10 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame) -> Result<(), Arc<Domain>> 
     {
         let ctx = vcpu.ctx.lock();
         *frame = ctx.regs.clone();
+        if *fpu_holder != Some(vcpu.key) || ctx.fpu_saved_on != this_cpu() {
+            crate::arch::fpu::restore(&ctx.fpu);
+            *fpu_holder = Some(vcpu.key);
+        }
         FsBase::write(VirtAddr::new_truncate(ctx.fs_base));
         let gs = if ctx.in_kernel { ctx.gs_base_kernel } else { ctx.gs_base_user };
         KernelGsBase::write(VirtAddr::new_truncate(gs));
