@@ -84,6 +84,8 @@ WINDOW_ATTACKS = ["clear_l4_window", "new_baseptr_no_window", "new_user_baseptr_
 
 # Single attacks of guest-hostile (`attack=<name>`) on the hypervisor's entry and exit
 # paths: (name, expected ending, what the guest must print after "hostile: attack <name>: ").
+# Those of them that bring up a second vCPU (a domain may have one unless its module line says).
+TWO_VCPU_ATTACKS = {"stale_ss"}
 ENTRY_ATTACKS = [
     ("iret_cs_null", "poweroff", "contained by the failsafe callback"),
     ("iret_cs_null_unhandled", "killed", None),
@@ -231,7 +233,7 @@ def guest_cases():
         # cross-CPU flushes from both at once (hole 6: a lock held across a shootdown hangs).
         # RACE_ROUNDS (default 100000) changes the rounds, for quick runs by hand.
         Case("iso-races-smp2", smp="2", boot="iso", timeout=3600,
-             modules=[("guest-hostile2", f"name=races rounds={RACE_ROUNDS}")],
+             modules=[("guest-hostile2", f"name=races vcpus=2 rounds={RACE_ROUNDS}")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + [f"hostile2: race pin_stale_write: {-(-RACE_ROUNDS // 32) * 32} races",
                                       f"hostile2: race free_stale_read: {-(-RACE_ROUNDS // 32) * 32} races",
@@ -247,7 +249,8 @@ def guest_cases():
         # domain each, beside a hello guest that must finish (see ENTRY_ATTACKS).
         Case("iso-attacks-entry", smp="2", boot="iso",
              modules=[("guest-hello", "name=hello")]
-             + [("guest-hostile", f"name={a} attack={a} expect={e}") for a, e, _ in ENTRY_ATTACKS],
+             + [("guest-hostile", f"name={a} attack={a} expect={e}" + (" vcpus=2" if a in TWO_VCPU_ATTACKS else ""))
+                for a, e, _ in ENTRY_ATTACKS],
              expect={"domains.created": str(1 + len(ENTRY_ATTACKS)), "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hello from a Rust PV guest"]
              + [f"hostile: attack {a}: {line}" for a, _, line in ENTRY_ATTACKS if line]),
