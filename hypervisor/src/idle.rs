@@ -1,6 +1,6 @@
 //! The idle loop every CPU ends boot in: halt with interrupts on, wake for interrupts
-//! (cross-CPU calls, timers), halt again; while console output is queued, print it in
-//! slices, taking interrupts between them, before halting.
+//! (cross-CPU calls, timers), halt again; while a dead domain's teardown is queued, or
+//! console output, work on it in slices, taking interrupts between them, before halting.
 //!
 //! Also counts CPUs that have reached it, so the boot CPU can tell when all cores are idle.
 
@@ -23,6 +23,12 @@ pub extern "C" fn run() -> ! {
         x86_64::instructions::interrupts::disable();
         if crate::sched::has_work() {
             crate::lapic::send_ipi(crate::percpu::current().apic_id, crate::traps::vectors::RESCHEDULE);
+        } else if crate::domain::teardown::pending() {
+            crate::domain::teardown::work(crate::domain::teardown::IDLE_SLICE_NS);
+            // Interrupts between slices (one is taken after `sti` and the next instruction).
+            x86_64::instructions::interrupts::enable();
+            core::hint::spin_loop();
+            continue;
         } else if crate::logger::has_queued() {
             let wrote = crate::logger::drain(crate::logger::IDLE_SLICE_NS);
             // `sti` lets interrupts in only after the next instruction: one is taken there.

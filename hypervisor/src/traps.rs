@@ -40,6 +40,7 @@ const EXCEPTION_NAMES: [&str; 32] = [
 /// trap was, the scheduler decides on the way out what the frame returns to.
 pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     let entered = crate::time::rdtsc();
+    let from_guest = frame.is_from_guest();
     if crate::arch::entry::recover_unswitched_syscall(frame)
         && !SYSCALL_RECOVERY_NOTED.swap(true, Ordering::Relaxed)
     {
@@ -56,6 +57,11 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
         v if (vectors::PIC_BASE as u64..=0x2f).contains(&v) => {} // masked legacy PIC: spurious, no EOI owed
         v if v == vectors::SPURIOUS as u64 => {}
         v => crate::interrupts::handle(v as u8),
+    }
+    if from_guest {
+        // A slice of a dead domain's teardown, if one is queued (not in a trap from
+        // hypervisor code, which may hold locks the teardown takes).
+        crate::domain::teardown::work(crate::domain::teardown::TRAP_SLICE_NS);
     }
     crate::sched::on_trap_exit(frame);
     if frame.is_from_guest() {

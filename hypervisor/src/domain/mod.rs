@@ -25,6 +25,7 @@
 //! ([`Domain::add_vcpu`] checks under the lock that destruction takes the vCPU list with),
 //! so no vCPU, which holds its domain, can be left in a domain that is gone.
 
+pub mod teardown;
 pub mod vcpu;
 
 use alloc::sync::Arc;
@@ -189,9 +190,9 @@ impl DomainMemory {
         owned
     }
 
-    /// Takes out every frame domain `dom` holds, each once (at destruction).
-    pub fn take_all(&mut self, dom: DomainId) -> Vec<Mfn> {
-        self.compact(dom);
+    /// Takes out the list, stale and repeated entries included, at destruction (the
+    /// teardown keeps the frames the domain owns, in slices).
+    pub fn take_list(&mut self) -> Vec<Mfn> {
         self.held = 0;
         core::mem::take(&mut self.list)
     }
@@ -537,15 +538,19 @@ impl Domain {
         }
     }
 
-    /// Returns every frame and structure of a domain that no CPU runs any more. Called by the
-    /// scheduler once the domain is shutting down and `running_vcpus` is zero.
+    /// Starts returning every frame and structure of a domain that no CPU runs any more.
+    /// Called by the scheduler once the domain is shutting down and `running_vcpus` is zero
+    /// (or by [`Domain::kill`]).
     ///
     /// Order: marked dead, then its event channels closed (a sender holding its channel lock
     /// has finished writing into the shared-info frame, and a later one sees it dead), its
-    /// descriptor frames, base pointers and the hypervisor's hold on the shared-info frame
-    /// dropped, its tables relinquished, and only then its frames freed. No CPU can still
-    /// hold one of its translations: every CPU that ran it left its dirty CPUs when it
-    /// loaded another address space, before `running_vcpus` fell to zero; the flush below
+    /// vCPUs stopped, their descriptor frames dropped and their base pointers taken; the
+    /// rest, whose cost grows with the domain's memory (its tables relinquished, the
+    /// hypervisor's hold on its shared-info frame dropped, every CPU that may hold its
+    /// translations flushed, its frames freed, its place in the table given up), goes to
+    /// [`teardown`], which does it in bounded slices. No CPU can still hold one of its
+    /// translations by then: every CPU that ran it left its dirty CPUs when it loaded
+    /// another address space, before `running_vcpus` fell to zero; the teardown's flush
     /// finds none (and would flush any).
     pub fn destroy(self: &Arc<Self>) {
         if self.state.swap(LifeState::Dead as u8, Ordering::AcqRel) == LifeState::Dead as u8 {
@@ -561,34 +566,8 @@ impl Domain {
             crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
         }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
-        // In two steps, so that no list of all its frames is made (an allocation as large as
-        // the reservation, which could fail): the reservation first, which drops its
-        // tables' references to the shared-info frame, then the shared-info frame, whose
-        // hypervisor hold goes first.
-        let pages = self.memory.lock().take_all(self.id);
-        crate::pv::mmu::relinquish(self, bases, &pages);
-        crate::pv::mmu::release_for_hypervisor(self.shared_info);
-        crate::pv::mmu::relinquish(self, Vec::new(), &[self.shared_info]);
-        crate::tlb::flush_dirty(&self.dirty_cpus, crate::tlb::Flush::All);
-        for &mfn in pages.iter().chain(core::iter::once(&self.shared_info)) {
-            if let Err(e) = memory::frames().free(mfn) {
-                warn!("domain {}: frame {mfn} not freed: {e:?}", self.id.0);
-            }
-        }
-        let ending = self.ending().unwrap_or(Ending::Killed);
-        let boot = crate::pv::lifecycle::is_boot_domain(self.id);
-        let mut table = DOMAINS.lock();
-        table.remove(self.id);
-        if !boot {
-            table.others_ended += 1;
-            table.others_failed += u64::from(ending.is_failure());
-        }
-        if boot || (ending.is_failure() && table.others_failed <= MAX_FAILURES_KEPT) {
-            table.endings.push((self.id, self.name, ending));
-        }
-        drop(table);
-        drop(vcpus);
-        crate::pv::lifecycle::domain_destroyed();
+        let pages = self.memory.lock().take_list();
+        teardown::enqueue(self.clone(), vcpus, bases, pages);
     }
 }
 

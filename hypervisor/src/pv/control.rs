@@ -7,7 +7,10 @@
 //! here (`ESRCH`: only its builder may end it), and one shutting down may only be looked
 //! at or destroyed again (pausing, unpausing it or changing its limits gets `ESRCH`).
 //! Every value in a request is checked before it sizes anything: no request reaches an
-//! allocation that cannot fail.
+//! allocation that cannot fail. `GetPhysInfo` waits (as a continuation, re-issued while
+//! teardown slices run) until every destroyed domain is torn down, so that the free memory
+//! it reports counts them all, and `CreateDomain` waits the same way, so that the memory they
+//! give back is there for it.
 
 use abi::control::{
     ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams, CONTROL_INTERFACE_VERSION,
@@ -24,15 +27,32 @@ use crate::arch::uaccess;
 use crate::domain::{self, Domain, Ending, LifeState, Vcpu, VcpuPlacement};
 use crate::pv::build::{self, BuildRequest};
 use crate::pv::hypercall::HcResult;
+use hypervisor::continuation::{Outcome, Stop};
 use crate::{cpus, memory, sched, time};
 
 /// The longest command line a created domain may get.
 const MAX_CMDLINE: u64 = 1023;
+/// The teardown work a `GetPhysInfo` does before it is issued again, while destroyed
+/// domains are still being torn down.
+const TEARDOWN_SLICE_NS: u64 = 40_000;
 
-pub fn control(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
+pub fn control(vcpu: &Vcpu, arg: GuestVa) -> Outcome {
     if !vcpu.domain.privileged {
-        return Err(Errno::Eperm);
+        return Err(Errno::Eperm.into());
     }
+    let op: ControlOp = uaccess::read_value(arg.0).map_err(|_| Errno::Efault)?;
+    let cmd = ControlCmd::from_raw(op.cmd);
+    let waits = matches!(cmd, Some(ControlCmd::GetPhysInfo | ControlCmd::CreateDomain));
+    if waits && domain::teardown::work(TEARDOWN_SLICE_NS) {
+        // Destroyed domains are still being torn down: free memory is not final yet, and
+        // what they give back is memory to come. The call is issued again (teardown slices
+        // run in between) until they are gone.
+        return Err(Stop::Retry);
+    }
+    Ok(control_op(vcpu, arg)?)
+}
+
+fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
     let mut op: ControlOp = uaccess::read_value(arg.0).map_err(|_| Errno::Efault)?;
     if op.interface_version != CONTROL_INTERFACE_VERSION {
         return Err(Errno::Eacces);

@@ -103,7 +103,7 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         Request::VmAssist { .. } => Err(Errno::Einval),
         Request::VcpuOp { cmd, vcpu: id, arg } => vcpuop::vcpu_op(vcpu, cmd, id, arg),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
-        Request::Domctl { arg } => control::control(vcpu, arg),
+        Request::Domctl { arg } => return control::control(vcpu, arg),
         Request::SetTimerOp { deadline_ns } => {
             events::set_timer(vcpu, deadline_ns);
             Ok(0)

@@ -267,6 +267,22 @@ pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
     }
 }
 
+/// One slice of [`relinquish`], for the teardown of a dead domain (`domain::teardown`):
+/// true once the relinquish is over (a failure is logged: the frames it names stay
+/// referenced and will not be freed), false when it stopped and is to be called again with
+/// the same arguments.
+pub fn relinquish_slice(domain: &Domain, bases: &mut alloc::vec::IntoIter<BasePtr>, owned: &[Mfn], progress: &mut RelinquishProgress) -> bool {
+    let _lock = domain.mmu_lock.lock();
+    match one_slice(&mut Tables::for_domain(domain), |t| mmu().relinquish(domain.id, owned, bases, progress, t)) {
+        Err(MmError::Restart) => false,
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);
+            true
+        }
+    }
+}
+
 /// Takes a general and a writable-type reference on `mfn`, a frame of domain `dom` that the
 /// hypervisor writes on its behalf (its shared-info page; later vcpu_info and runstate
 /// areas, grant tables, rings), for as long as it does: a frame with a writable type can
