@@ -184,7 +184,7 @@ def guest_cases():
              expect_lines=ok_lines + ["fpu: initial state ok", "fpu: 2000 rounds checked ok (x87 and SSE)"]),
         # Guest system calls and events under KVM, where present: some host virtualizers
         # (kvm_pvm) carry out a guest's `syscall` without its privilege change.
-        Case("kvm-events-smp2", smp="2", accel="kvm", cmdline="guests=2", modules=[("guest-events", "")],
+        Case("kvm-events-smp2", smp="2", accel="kvm", timeout=300, cmdline="guests=2", modules=[("guest-events", "")],
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["events: all ok"]),
         Case("kvm-smpuser-smp2", smp="2", accel="kvm", cmdline="vcpus=2", modules=[("guest-smpuser", "")],
