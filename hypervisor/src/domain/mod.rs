@@ -117,6 +117,9 @@ pub struct Domain {
     pub pinned: bool,
     /// Paused by domain 0: its vCPUs wait, parked, until unpaused.
     pub paused: core::sync::atomic::AtomicBool,
+    /// Created by domain 0 as hostile (a fuzzer, an attack): however it ends is no failure
+    /// of the run, and its ending is counted apart from the others'.
+    pub hostile: core::sync::atomic::AtomicBool,
     /// Its vCPUs blocked in `sched_op poll` (senders look for them only when nonzero).
     pub pollers: AtomicU32,
     pub shared_info: Mfn,
@@ -146,13 +149,32 @@ struct Table {
     /// kept, so that a hypervisor that creates and destroys domains forever does not grow.
     others_ended: u64,
     others_failed: u64,
+    /// Hostile domains created by domain 0 that are gone, by ending.
+    hostile: HostileEndings,
+}
+
+/// How the hostile domains domain 0 created ended (killed by the hypervisor, crashed by
+/// their own choice, or anything else: powered off, destroyed by domain 0).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostileEndings {
+    pub ended: u64,
+    pub killed: u64,
+    pub crashed: u64,
 }
 
 /// How many failed endings of domains created by domain 0 are kept for the summary.
 const MAX_FAILURES_KEPT: u64 = 64;
 
 static DOMAINS: Mutex<Table> =
-    Mutex::new(Table { slots: Vec::new(), next: 1, created: 0, endings: Vec::new(), others_ended: 0, others_failed: 0 });
+    Mutex::new(Table {
+        slots: Vec::new(),
+        next: 1,
+        created: 0,
+        endings: Vec::new(),
+        others_ended: 0,
+        others_failed: 0,
+        hostile: HostileEndings { ended: 0, killed: 0, crashed: 0 },
+    });
 
 /// What the domain table remembers of domains that are gone.
 pub struct History {
@@ -161,6 +183,7 @@ pub struct History {
     pub endings: Vec<(DomainId, arrayvec::ArrayString<32>, Ending)>,
     pub others_ended: u64,
     pub others_failed: u64,
+    pub hostile: HostileEndings,
 }
 
 /// Why a domain could not be created.
@@ -214,6 +237,7 @@ impl Domain {
             params: Mutex::new(params),
             pinned,
             paused: core::sync::atomic::AtomicBool::new(false),
+            hostile: core::sync::atomic::AtomicBool::new(false),
             pollers: AtomicU32::new(0),
             shared_info,
             memory: Mutex::new(DomainMemory { pages: Vec::new(), max_pages }),
@@ -342,13 +366,18 @@ impl Domain {
         }
         let ending = self.ending().unwrap_or(Ending::Killed);
         let boot = crate::pv::lifecycle::is_boot_domain(self.id);
+        let hostile = !boot && self.hostile.load(Ordering::Relaxed);
         let mut table = DOMAINS.lock();
         table.remove(self.id);
-        if !boot {
+        if hostile {
+            table.hostile.ended += 1;
+            table.hostile.killed += u64::from(ending == Ending::Killed);
+            table.hostile.crashed += u64::from(ending == Ending::Crash);
+        } else if !boot {
             table.others_ended += 1;
             table.others_failed += u64::from(ending.is_failure());
         }
-        if boot || (ending.is_failure() && table.others_failed <= MAX_FAILURES_KEPT) {
+        if boot || (!hostile && ending.is_failure() && table.others_failed <= MAX_FAILURES_KEPT) {
             table.endings.push((self.id, self.name, ending));
         }
         drop(table);
@@ -402,6 +431,7 @@ pub fn history() -> History {
         endings: table.endings.clone(),
         others_ended: table.others_ended,
         others_failed: table.others_failed,
+        hostile: table.hostile,
     }
 }
 

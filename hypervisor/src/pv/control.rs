@@ -1,13 +1,14 @@
 //! The control interface (`abi::control`, hypercall 36): the mechanisms domain 0 uses to make
 //! policy — create a domain from a boot module, destroy, pause and unpause it, set its memory
-//! limit and scheduling parameters, read its counters and the machine's.
+//! limit and scheduling parameters, read its counters and the machine's — and a heartbeat
+//! that times every other CPU's answer to a cross-CPU call.
 //!
 //! Refused to every unprivileged domain (`EPERM`). Domain 0 cannot destroy or pause itself
 //! through it (it shuts down like any guest).
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams, CONTROL_INTERFACE_VERSION,
-    CREATE_FLAGS, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, Heartbeat, MaxMem, PhysInfo, SchedParams,
+    CONTROL_INTERFACE_VERSION, CREATE_FLAGS, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN,
 };
 use abi::errno::Errno;
 use alloc::sync::Arc;
@@ -38,6 +39,10 @@ pub fn control(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
         ControlCmd::CreateDomain => create(&CreateDomain::decode(&op.args)),
         ControlCmd::GetPhysInfo => {
             op.args = phys_info().encode();
+            Ok(0)
+        }
+        ControlCmd::Heartbeat => {
+            op.args = heartbeat().encode();
             Ok(0)
         }
         _ => {
@@ -78,11 +83,13 @@ pub fn control(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
                     op.args = domain_info(&target).encode();
                     Ok(0)
                 }
-                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo => unreachable!("handled above"),
+                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo | ControlCmd::Heartbeat => unreachable!("handled above"),
             }
         }
     };
-    if result.is_ok() && matches!(cmd, ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams) {
+    if result.is_ok()
+        && matches!(cmd, ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams | ControlCmd::Heartbeat)
+    {
         uaccess::write_value(arg.0, &op).map_err(|_| Errno::Efault)?;
     }
     result
@@ -129,6 +136,7 @@ fn create(args: &CreateDomain) -> HcResult {
     };
     match build::build_domain(&request) {
         Ok(domain) => {
+            domain.hostile.store(args.flags & CREATE_HOSTILE != 0, Ordering::Relaxed);
             if args.flags & CREATE_PAUSED != 0 {
                 // Paused before its vCPU is queued: it never runs until unpaused.
                 sched::pause(&domain);
@@ -171,6 +179,31 @@ fn domain_info(domain: &Domain) -> DomainInfo {
         events_sent: domain.counters.events_sent.load(Ordering::Relaxed),
         build_ns: domain.build_ns.load(Ordering::Relaxed),
     }
+}
+
+/// Asks every other online CPU, one at a time, to run an empty cross-CPU call, and times
+/// each answer. A CPU held with interrupts off answers only when it lets them in again.
+fn heartbeat() -> Heartbeat {
+    fn answer(_: usize) {}
+    let me = crate::percpu::current().index;
+    let mut beat = Heartbeat::default();
+    for (index, slot) in cpus::all().iter().enumerate() {
+        let cpu = crate::percpu::CpuIndex(index as u32);
+        if cpu == me || slot.state() != cpus::CpuState::Online {
+            continue;
+        }
+        let started = time::rdtsc();
+        if cpus::call(cpu, answer, 0).is_ok() {
+            let ns = time::tsc_to_ns(time::rdtsc() - started);
+            beat.answered += 1;
+            beat.total_ns += ns;
+            if ns >= beat.max_ns {
+                beat.max_ns = ns;
+                beat.slowest_cpu = index as u32;
+            }
+        }
+    }
+    beat
 }
 
 fn phys_info() -> PhysInfo {

@@ -227,10 +227,11 @@ fn this_cpu() -> u32 {
     percpu::current().index.0
 }
 
-/// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists).
-pub fn record_stay(ns: u64, cause: Stay) {
+/// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists);
+/// `domu`: it began while an unprivileged domain ran.
+pub fn record_stay(ns: u64, cause: Stay, domu: bool) {
     if let Some(all) = SHARED.get() {
-        all[this_cpu() as usize].stats.record_stay(ns, cause);
+        all[this_cpu() as usize].stats.record_stay(ns, cause, domu);
     }
 }
 
