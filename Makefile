@@ -22,7 +22,7 @@ TIMEOUT    ?= 120
 # A Xen PV64 guest ELF to boot as a module, and how many domains to build from it.
 GUEST      ?=
 GUESTS     ?= 1
-GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-smpuser guest-dom0 guest-stress
+GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-smpuser guest-dom0 guest-stress guest-fuzz
 
 # The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
 N          ?= 100
@@ -54,8 +54,10 @@ DEPS_STAMP  := $(BUILD)/.deps
 HOST_CRATES := xen-abi apic builder bvt events guest-rt mm pvmm smp topology
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
+# Guest crates whose library (the logic) is tested and linted on the host too.
+GUEST_LIB_CRATES := guest-fuzz
 # Everything that runs on the machine.
-METAL_CRATES := hypervisor guest-rt guest-hello
+METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
 .PHONY: help deps build guests stress iso iso-selftest run smoke boottime test test-host test-qemu test-stress clippy clean
@@ -140,10 +142,12 @@ test: test-host clippy test-qemu test-stress
 
 test-host: $(DEPS_STAMP)
 	cargo test $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) -p hypervisor --lib
+	cargo test $(foreach c,$(GUEST_LIB_CRATES),-p $(c)) --lib
 
 clippy: $(DEPS_STAMP)
 	cargo clippy $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) --all-targets -- -D warnings
 	cargo clippy -p hypervisor --lib --tests -- -D warnings
+	cargo clippy $(foreach c,$(GUEST_LIB_CRATES),-p $(c)) --lib --tests -- -D warnings
 	cargo clippy $(foreach c,$(HOST_CRATES) $(METAL_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
 
 test-qemu: build iso-selftest guests
