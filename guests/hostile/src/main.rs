@@ -7,7 +7,8 @@
 //! and sub-op numbers); the reservation ([`reservation`]: past the maximum, giving back
 //! frames that are not free); the page tables ([`mappings`]: foreign frames, own tables
 //! writable, the hypervisor's L4 and L3 slots, pins); giving back one frame twice;
-//! switching to a foreign L4; then the fault in the fault handler ([`last_attack`]).
+//! switching to a foreign L4; hypercalls faulting on guest pointers while a second vCPU
+//! competes for the CPU ([`switches`]); then the fault in the fault handler ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
 //! "skipped (...)" when a frame meant as foreign is the guest's own), "... SUCCEEDED (BUG)"
@@ -23,10 +24,12 @@
 #![no_main]
 
 mod arguments;
+mod containment;
 mod fatal;
 mod last_attack;
 mod mappings;
 mod reservation;
+mod switches;
 mod targets;
 mod verdict;
 
@@ -56,6 +59,7 @@ fn main(start: &'static StartInfo) {
     mappings::run(&mut tally, &targets);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
+    switches::run(&mut tally, &targets);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }
