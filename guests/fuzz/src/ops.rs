@@ -506,17 +506,15 @@ impl Fuzzer {
                     self.scratch.fill(text + i, 1, byte);
                 }
                 // A long write reads on through the scratch (and into the hole).
-                let buffer = if self.console_budget > 0 {
-                    self.ptr(text, count, Access::Read)
-                } else {
-                    self.gen().unreadable()
-                };
-                let mut call = Call::new("console_write", Hypercall::ConsoleIo, [0, count, buffer, 0, 0]);
-                if buffer == text || long {
-                    self.console_budget = self.console_budget.saturating_sub(1);
-                    call = call.then(after::NEWLINE);
+                // Every write from something readable prints (up to a line per 160 bytes):
+                // each takes from the budget, which long writes empty at once.
+                if self.console_budget == 0 && !long {
+                    let buffer = self.gen().unreadable();
+                    return Some(Call::new("console_write", Hypercall::ConsoleIo, [0, count, buffer, 0, 0]));
                 }
-                Some(call)
+                let buffer = self.ptr(text, count, Access::Read);
+                self.console_budget = if long { 0 } else { self.console_budget - 1 };
+                Some(Call::new("console_write", Hypercall::ConsoleIo, [0, count, buffer, 0, 0]).then(after::NEWLINE))
             }
             6 => {
                 let buffer = self.scratch.alloc(256)?;

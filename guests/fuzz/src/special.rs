@@ -328,7 +328,9 @@ pub fn fatal(f: &mut Fuzzer) {
     report::fatal(f.vcpu, name);
     match name {
         "fatal_iret_rip" => {
-            let rip = f.rng.pick(&[0, 0x1000, f.world.hole[f.vcpu], 0xFFFF_8000_0000_0000 - 8]);
+            // A non-canonical rip faults the hypervisor's own return (hole 5).
+            let non_canonical = if avoid.has(Class::Iret) { 0 } else { 0xFFFF_8000_0000_0000 - 8 };
+            let rip = f.rng.pick(&[0, 0x1000, f.world.hole[f.vcpu], non_canonical]);
             let rsp = f.rng.next_u64();
             // SAFETY: a return to garbage: the domain is expected to die.
             unsafe { iret_garbage(rip, 0xe033, rsp, 0xe02b) };

@@ -16,7 +16,7 @@ use guest_rt::abi::hypercall::ShutdownReason;
 use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
-use crate::last_attack;
+use crate::{containment, last_attack};
 use crate::targets::Targets;
 
 /// One single attack: its name on the command line and what runs it.
@@ -26,7 +26,12 @@ struct Attack {
 }
 
 /// Every single attack, by name.
-const ATTACKS: &[Attack] = &[Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler }];
+const ATTACKS: &[Attack] = &[
+    Attack { name: "fault_in_fault_handler", run: fault_in_fault_handler },
+    Attack { name: "spin_masked", run: containment::spin_masked },
+    Attack { name: "flood_dom0", run: containment::flood_dom0 },
+    Attack { name: "exhaust_ports_timers", run: containment::exhaust_ports_timers },
+];
 
 /// The `attack=` value on the command line, if any.
 pub fn requested(cmdline: &[u8]) -> Option<&str> {

@@ -1,6 +1,7 @@
 //! The control interface of domain 0 ([`abi::control`], hypercall 36 `domctl`): typed
 //! calls to create, destroy, pause and unpause domains, set their memory limit and
-//! scheduling parameters, and read domain and machine information.
+//! scheduling parameters, read domain and machine information, and time every CPU's
+//! answer to a cross-CPU call (the heartbeat).
 //!
 //! Each call builds one [`ControlOp`] on the stack (current interface version, target
 //! domain, the command's arguments encoded with [`ControlArgs`]), passes its address, and
@@ -9,8 +10,8 @@
 //! policy (which domains to create, where): that is domain 0's own code.
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams,
-    CREATE_PAUSED, CREATE_UNPINNED,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, Heartbeat, MaxMem, PhysInfo,
+    SchedParams, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED,
 };
 use abi::errno::Errno;
 use abi::hypercall::Hypercall;
@@ -65,6 +66,8 @@ pub struct NewDomain<'a> {
     pub cmdline: &'a [u8],
     /// Create it paused: it runs once [`unpause_domain`] lets it.
     pub paused: bool,
+    /// A hostile domain (a fuzzer, an attack): however it ends is no failure of the run.
+    pub hostile: bool,
 }
 
 /// `CreateDomain`'s arguments for `spec` (the command line by address, in this domain).
@@ -77,7 +80,9 @@ pub fn create_args(spec: &NewDomain<'_>) -> CreateDomain {
         params: spec.params,
         cmdline: spec.cmdline.as_ptr() as u64,
         cmdline_len: spec.cmdline.len() as u64,
-        flags: flag(spec.paused, CREATE_PAUSED) | flag(!spec.pinned, CREATE_UNPINNED),
+        flags: flag(spec.paused, CREATE_PAUSED)
+            | flag(!spec.pinned, CREATE_UNPINNED)
+            | flag(spec.hostile, CREATE_HOSTILE),
         _pad: 0,
     }
 }
@@ -161,6 +166,12 @@ pub fn domain_info(domain: DomId) -> Result<DomainInfo> {
     Ok(DomainInfo::decode(&args))
 }
 
+/// How long each other CPU took to answer a cross-CPU call (see [`Heartbeat`]).
+pub fn heartbeat() -> Result<Heartbeat> {
+    let (_, args) = call(ControlCmd::Heartbeat, DomId::DOM0, [0; 112])?;
+    Ok(Heartbeat::decode(&args))
+}
+
 /// The machine's memory, CPUs and boot modules, and the hypervisor's heap.
 pub fn phys_info() -> Result<PhysInfo> {
     let (_, args) = call(ControlCmd::GetPhysInfo, DomId::DOM0, [0; 112])?;
@@ -187,6 +198,7 @@ mod tests {
             },
             cmdline,
             paused: false,
+            hostile: false,
         };
         let args = create_args(&spec);
         assert_eq!(args.flags, 0, "not paused");
@@ -212,6 +224,8 @@ mod tests {
             ..spec
         });
         assert_eq!((movable.cpu, movable.flags), (1, CREATE_UNPINNED), "starts on CPU 1, may move");
+        let hostile = create_args(&NewDomain { hostile: true, ..spec });
+        assert_eq!(hostile.flags, CREATE_HOSTILE);
     }
 
     #[test]

@@ -1,0 +1,491 @@
+//! Domain 0's fuzz run and containment cycles ([`guest_dom0::fuzzplan`]): good stress
+//! domains that must run through, hostile domains created and destroyed around them, a
+//! heartbeat of every other CPU at each look, and the memory check at the end.
+//!
+//! Lines (read by `tests/fuzz.py`): `fuzz: config ...`, `fuzz: mem phase=before|after
+//! free_kib=F heap_bytes=H domains=D`, `fuzz: good domid=D role=R`, `fuzz: spawn index=I
+//! domid=D seed=S`, `fuzz: gone domid=D seed=S by=self|destroyed life_ms=L`, `fuzz: status
+//! elapsed_ms=E spawned=N ended_self=A destroyed=B heartbeat_max_us=M`, `fuzz: heartbeat
+//! max_us=M slowest_cpu=C beats=N`, and last `fuzz: done ok` or `fuzz: FAILED
+//! reason=<word>`; the cycles print `cycles: ...` lines of the same kinds and
+//! `cycles: done ok cycles=N`. Domain 0 never spins: it sleeps on its timer between looks.
+//! This module must never leave a domain it created behind: on failure it destroys all.
+
+use core::fmt::{self, Write};
+
+use arrayvec::{ArrayString, ArrayVec};
+use guest_dom0::fuzzplan::{
+    cycle_domain, fuzzer_seed, AvoidList, CycleDomain, CycleOptions, FuzzOptions, FUZZ_MODULE, HOSTILE_MODULE,
+    MAX_FUZZERS, MAX_GOOD, STRESS_MODULE,
+};
+use guest_rt::abi::control::{PhysInfo, SchedParams, DOMAIN_SHUTTING_DOWN};
+use guest_rt::abi::errno::Errno;
+use guest_rt::abi::ids::{DomId, EvtchnPort};
+use guest_rt::control::{self, ControlError, NewDomain};
+use guest_rt::{evtchn, println};
+use guest_stress::args::{Link, Role, StressArgs};
+
+use crate::Waiter;
+
+const MS: u64 = 1_000_000;
+/// How often domain 0 looks at its domains during a fuzz run.
+const LOOK_NS: u64 = 20 * MS;
+/// How often it prints a status line.
+const STATUS_NS: u64 = 5_000 * MS;
+/// How long a destroyed domain may take to go.
+const GONE_TIMEOUT_NS: u64 = 10_000 * MS;
+/// The good domains' CPU time must stop growing over this long once their run is over.
+const QUIET_NS: u64 = 500 * MS;
+/// ... within this long.
+const QUIET_TIMEOUT_NS: u64 = 30_000 * MS;
+/// Extra memory a fuzzer may balloon up to, in KiB.
+const FUZZ_HEADROOM_KIB: u32 = 512;
+
+/// Why a fuzz run or the cycles failed.
+#[derive(Clone, Copy, Debug)]
+pub enum RunFailure {
+    Control { call: &'static str, domid: DomId, error: ControlError },
+    /// A good domain created with another id than planned.
+    UnexpectedDomid { expected: DomId, got: DomId },
+    /// A good domain ended before domain 0 destroyed it.
+    GoodEnded(DomId),
+    /// Some CPU took this long to answer the heartbeat.
+    Heartbeat { ns: u64, cpu: u32 },
+    /// A destroyed domain did not go.
+    NotGone(DomId),
+    /// The good domains did not finish.
+    NotQuiet,
+    /// Free memory or the heap differ after everything is gone.
+    Leak { before: PhysInfo, after: PhysInfo },
+    Timer,
+}
+
+impl RunFailure {
+    /// The word for `reason=`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Control { call, .. } => call,
+            Self::UnexpectedDomid { .. } => "unexpected_domid",
+            Self::GoodEnded(_) => "good_domain_ended",
+            Self::Heartbeat { .. } => "heartbeat",
+            Self::NotGone(_) => "destroy_timeout",
+            Self::NotQuiet => "not_quiet",
+            Self::Leak { .. } => "leak",
+            Self::Timer => "timer",
+        }
+    }
+}
+
+impl fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Control { call, domid, error } => write!(f, "{call} (domain {}) failed: {error:?}", domid.0),
+            Self::UnexpectedDomid { expected, got } => write!(f, "domain {} created, {} planned", got.0, expected.0),
+            Self::GoodEnded(domid) => write!(f, "good domain {} ended before it was destroyed", domid.0),
+            Self::Heartbeat { ns, cpu } => write!(f, "cpu {cpu} took {} us to answer the heartbeat", ns / 1000),
+            Self::NotGone(domid) => write!(f, "domain {} was not gone after its destruction", domid.0),
+            Self::NotQuiet => f.write_str("the good domains did not finish"),
+            Self::Leak { before, after } => write!(
+                f,
+                "free {} KiB before, {} KiB after; heap {} bytes before, {} after",
+                before.free_kib, after.free_kib, before.heap_bytes, after.heap_bytes
+            ),
+            Self::Timer => f.write_str("domain 0's timer failed"),
+        }
+    }
+}
+
+fn failed(call: &'static str, domid: DomId) -> impl Fn(ControlError) -> RunFailure {
+    move |error| RunFailure::Control { call, domid, error }
+}
+
+/// The domains domain 0 created and has not seen go yet: destroyed on failure.
+#[derive(Default)]
+pub struct Alive {
+    domids: ArrayVec<DomId, { (MAX_GOOD + MAX_FUZZERS + 1) as usize }>,
+}
+
+impl Alive {
+    fn add(&mut self, domid: DomId) {
+        let _ = self.domids.try_push(domid);
+    }
+
+    fn remove(&mut self, domid: DomId) {
+        self.domids.retain(|d| *d != domid);
+    }
+
+    /// Destroys every domain still listed, ignoring errors (after a failure).
+    pub fn destroy_all(&mut self) {
+        for &domid in &self.domids {
+            let _ = control::destroy_domain(domid);
+        }
+        self.domids.clear();
+    }
+}
+
+/// The heartbeat's figures over a run.
+#[derive(Default)]
+struct Beats {
+    count: u64,
+    max_ns: u64,
+    slowest_cpu: u32,
+    limit_ns: u64,
+}
+
+impl Beats {
+    fn new(limit_ms: u64) -> Self {
+        Self { limit_ns: limit_ms * MS, ..Self::default() }
+    }
+
+    /// One heartbeat; fails when a CPU took longer than the limit.
+    fn beat(&mut self) -> Result<(), RunFailure> {
+        let beat = control::heartbeat().map_err(failed("heartbeat", DomId::DOM0))?;
+        self.count += 1;
+        if beat.max_ns > self.max_ns {
+            self.max_ns = beat.max_ns;
+            self.slowest_cpu = beat.slowest_cpu;
+        }
+        if beat.max_ns > self.limit_ns {
+            return Err(RunFailure::Heartbeat { ns: beat.max_ns, cpu: beat.slowest_cpu });
+        }
+        Ok(())
+    }
+
+    fn print(&self, prefix: &str) {
+        println!("{prefix}: heartbeat max_us={} slowest_cpu={} beats={}", self.max_ns / 1000, self.slowest_cpu, self.count);
+    }
+}
+
+fn memory(prefix: &str, phase: &str) -> Result<PhysInfo, RunFailure> {
+    let info = control::phys_info().map_err(failed("phys_info", DomId::DOM0))?;
+    println!("{prefix}: mem phase={phase} free_kib={} heap_bytes={} domains={}", info.free_kib, info.heap_bytes, info.domains);
+    Ok(info)
+}
+
+/// The good domains: `pairs` ping-pong pairs and `periodic` periodic workers, running for
+/// `seconds`, created (paused, then unpaused together) with ids from `first` on.
+fn create_good(
+    prefix: &str,
+    pairs: u32,
+    periodic: u32,
+    seconds: u64,
+    alive: &mut Alive,
+) -> Result<ArrayVec<DomId, { MAX_GOOD as usize }>, RunFailure> {
+    let first = control::phys_info().map_err(failed("phys_info", DomId::DOM0))?.domains as u16;
+    let mut good = ArrayVec::new();
+    let count = 2 * pairs + periodic;
+    for index in 0..count {
+        let domid = DomId(first + index as u16);
+        let link = |peer: u32| Link { peer: DomId(first + peer as u16), port: EvtchnPort(1) };
+        let role = if index < 2 * pairs {
+            if index % 2 == 0 { Role::Ping(link(index + 1)) } else { Role::Pong(link(index - 1)) }
+        } else {
+            Role::Periodic
+        };
+        let args = StressArgs { role, domid, seconds, balloon_down: 0, balloon_up: 0 };
+        let mut cmdline = ArrayString::<160>::new();
+        let _ = write!(cmdline, "{args}");
+        let spec = NewDomain {
+            module: STRESS_MODULE,
+            mem_kib: 512,
+            max_kib: 512,
+            cpu: Some(index % 2),
+            pinned: false,
+            params: weight(1),
+            cmdline: cmdline.as_bytes(),
+            paused: true,
+            hostile: false,
+        };
+        let got = control::create_domain(&spec).map_err(failed("create", domid))?;
+        alive.add(got);
+        if got != domid {
+            return Err(RunFailure::UnexpectedDomid { expected: domid, got });
+        }
+        println!("{prefix}: good domid={} role={}", domid.0, role.name());
+        good.push(domid);
+    }
+    for &domid in &good {
+        control::unpause_domain(domid).map_err(failed("unpause", domid))?;
+    }
+    Ok(good)
+}
+
+const fn weight(weight: u32) -> SchedParams {
+    SchedParams { weight, _pad: 0, warp_ns: 0, warp_limit_ns: 0, unwarp_req_ns: 0 }
+}
+
+/// Fails if a good domain has ended.
+fn check_good(good: &[DomId]) -> Result<(), RunFailure> {
+    for &domid in good {
+        match control::domain_info(domid) {
+            Ok(info) if info.state != DOMAIN_SHUTTING_DOWN => {}
+            Ok(_) => return Err(RunFailure::GoodEnded(domid)),
+            Err(error) if error.errno() == Some(Errno::Esrch) => return Err(RunFailure::GoodEnded(domid)),
+            Err(error) => return Err(RunFailure::Control { call: "domain_info", domid, error }),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `domid` is gone.
+fn gone(domid: DomId) -> Result<bool, RunFailure> {
+    match control::domain_info(domid) {
+        Ok(_) => Ok(false),
+        Err(error) if error.errno() == Some(Errno::Esrch) => Ok(true),
+        Err(error) => Err(RunFailure::Control { call: "domain_info", domid, error }),
+    }
+}
+
+/// Destroys `domid` and waits until it is gone.
+fn destroy_and_wait(domid: DomId, waiter: Waiter, alive: &mut Alive) -> Result<(), RunFailure> {
+    match control::destroy_domain(domid) {
+        Ok(()) => {}
+        Err(error) if error.errno() == Some(Errno::Esrch) => {}
+        Err(error) => return Err(RunFailure::Control { call: "destroy", domid, error }),
+    }
+    let deadline = waiter.now() + GONE_TIMEOUT_NS;
+    while !gone(domid)? {
+        if waiter.now() >= deadline {
+            return Err(RunFailure::NotGone(domid));
+        }
+        waiter.sleep(MS).map_err(|_| RunFailure::Timer)?;
+    }
+    alive.remove(domid);
+    Ok(())
+}
+
+/// Waits until the good domains' run is over (at `end_ns`) and their CPU time stops
+/// growing (they have reported), then destroys them.
+fn finish_good(good: &[DomId], end_ns: u64, waiter: Waiter, alive: &mut Alive) -> Result<(), RunFailure> {
+    if waiter.now() < end_ns {
+        waiter.sleep_until(end_ns).map_err(|_| RunFailure::Timer)?;
+    }
+    let cpu_time = || -> Result<u64, RunFailure> {
+        let mut total = 0u64;
+        for &domid in good {
+            let info = control::domain_info(domid).map_err(|_| RunFailure::GoodEnded(domid))?;
+            total = total.wrapping_add(info.cpu_time_ns);
+        }
+        Ok(total)
+    };
+    let deadline = waiter.now() + QUIET_TIMEOUT_NS;
+    let mut last = cpu_time()?;
+    loop {
+        waiter.sleep(QUIET_NS).map_err(|_| RunFailure::Timer)?;
+        let now = cpu_time()?;
+        if now == last {
+            break;
+        }
+        if waiter.now() >= deadline {
+            return Err(RunFailure::NotQuiet);
+        }
+        last = now;
+    }
+    for &domid in good {
+        destroy_and_wait(domid, waiter, alive)?;
+    }
+    Ok(())
+}
+
+/// Compares the machine's memory now with `before`.
+fn check_memory(prefix: &str, before: PhysInfo) -> Result<(), RunFailure> {
+    let after = memory(prefix, "after")?;
+    let leaked = before.free_kib.saturating_sub(after.free_kib) / 4;
+    println!(
+        "{prefix}: leak frames={leaked} free_delta_kib={} heap_delta_bytes={}",
+        after.free_kib as i64 - before.free_kib as i64,
+        after.heap_bytes as i64 - before.heap_bytes as i64
+    );
+    if after.free_kib != before.free_kib || after.heap_bytes != before.heap_bytes {
+        return Err(RunFailure::Leak { before, after });
+    }
+    Ok(())
+}
+
+/// A fuzzer domain's command line.
+fn fuzzer_line(seed: u64, avoid: &AvoidList) -> ArrayString<200> {
+    let mut line = ArrayString::new();
+    let _ = write!(line, "seed={seed}");
+    if !avoid.is_empty() {
+        let _ = write!(line, " {avoid}");
+    }
+    line
+}
+
+/// Creates a hostile domain (a fuzzer when `module` is the fuzzer's) running `cmdline`.
+fn spawn(module: u32, mem_kib: u32, cmdline: &[u8], paused: bool) -> Result<DomId, RunFailure> {
+    let spec = NewDomain {
+        module,
+        mem_kib,
+        max_kib: mem_kib + FUZZ_HEADROOM_KIB,
+        cpu: None,
+        pinned: false,
+        params: weight(1),
+        cmdline,
+        paused,
+        hostile: true,
+    };
+    control::create_domain(&spec).map_err(failed("create", DomId::DOM0))
+}
+
+/// One fuzzer domain alive.
+#[derive(Clone, Copy)]
+struct Fuzzer {
+    domid: DomId,
+    seed: u64,
+    born_ns: u64,
+}
+
+/// The fuzz run.
+pub fn run_fuzz(options: &FuzzOptions, waiter: Waiter, alive: &mut Alive) -> Result<(), RunFailure> {
+    println!(
+        "fuzz: config seconds={} seed={} fuzzers={} life_ms={} mem_kib={} pairs={} periodic={} avoid={} replay={}",
+        options.seconds,
+        options.seed,
+        options.fuzzers,
+        options.life_ms,
+        options.mem_kib,
+        options.pairs,
+        options.periodic,
+        if options.avoid.is_empty() { "none" } else { options.avoid.as_str() },
+        options.replay.map_or(-1, |r| r as i64)
+    );
+    let before = memory("fuzz", "before")?;
+    let mut beats = Beats::new(options.heartbeat_ms);
+    let good = create_good("fuzz", options.pairs, options.periodic, options.seconds, alive)?;
+    let started = waiter.now();
+    let end = started + options.seconds * 1000 * MS;
+    let mut fuzzers: [Option<Fuzzer>; MAX_FUZZERS as usize] = [None; MAX_FUZZERS as usize];
+    let (mut spawned, mut ended_self, mut destroyed) = (0u64, 0u64, 0u64);
+    let mut next_status = started + STATUS_NS;
+    while waiter.now() < end {
+        for slot in fuzzers.iter_mut().take(options.fuzzers as usize) {
+            let now = waiter.now();
+            match *slot {
+                None => {
+                    let seed = options.replay.unwrap_or_else(|| fuzzer_seed(options.seed, spawned));
+                    let line = fuzzer_line(seed, &options.avoid);
+                    let domid = spawn(FUZZ_MODULE, options.mem_kib, line.as_bytes(), false)?;
+                    alive.add(domid);
+                    println!("fuzz: spawn index={spawned} domid={} seed={seed}", domid.0);
+                    spawned += 1;
+                    *slot = Some(Fuzzer { domid, seed, born_ns: now });
+                }
+                Some(fuzzer) => {
+                    let life_ms = (now - fuzzer.born_ns) / MS;
+                    if gone(fuzzer.domid)? {
+                        ended_self += 1;
+                        println!("fuzz: gone domid={} seed={} by=self life_ms={life_ms}", fuzzer.domid.0, fuzzer.seed);
+                        alive.remove(fuzzer.domid);
+                        *slot = None;
+                    } else if life_ms >= options.life_ms {
+                        destroy_and_wait(fuzzer.domid, waiter, alive)?;
+                        destroyed += 1;
+                        println!("fuzz: gone domid={} seed={} by=destroyed life_ms={life_ms}", fuzzer.domid.0, fuzzer.seed);
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        check_good(&good)?;
+        beats.beat()?;
+        if waiter.now() >= next_status {
+            next_status += STATUS_NS;
+            println!(
+                "fuzz: status elapsed_ms={} spawned={spawned} ended_self={ended_self} destroyed={destroyed} heartbeat_max_us={}",
+                (waiter.now() - started) / MS,
+                beats.max_ns / 1000
+            );
+        }
+        waiter.sleep(LOOK_NS).map_err(|_| RunFailure::Timer)?;
+    }
+    for fuzzer in fuzzers.iter().flatten() {
+        let life_ms = (waiter.now() - fuzzer.born_ns) / MS;
+        let by = if gone(fuzzer.domid)? { "self" } else { "destroyed" };
+        destroy_and_wait(fuzzer.domid, waiter, alive)?;
+        if by == "self" { ended_self += 1 } else { destroyed += 1 }
+        println!("fuzz: gone domid={} seed={} by={by} life_ms={life_ms}", fuzzer.domid.0, fuzzer.seed);
+    }
+    println!("fuzz: status elapsed_ms={} spawned={spawned} ended_self={ended_self} destroyed={destroyed} heartbeat_max_us={}", (waiter.now() - started) / MS, beats.max_ns / 1000);
+    check_good(&good)?;
+    finish_good(&good, end, waiter, alive)?;
+    beats.print("fuzz");
+    check_memory("fuzz", before)
+}
+
+/// The containment cycles.
+pub fn run_cycles(options: &CycleOptions, waiter: Waiter, alive: &mut Alive) -> Result<(), RunFailure> {
+    println!(
+        "cycles: config cycles={} life_ms={} seed={} mem_kib={} pairs={} periodic={} avoid={}",
+        options.cycles,
+        options.life_ms,
+        options.seed,
+        options.mem_kib,
+        options.pairs,
+        options.periodic,
+        if options.avoid.is_empty() { "none" } else { options.avoid.as_str() }
+    );
+    // The good domains run for as long as the cycles may take (they report at the end of
+    // their seconds; domain 0 destroys them after the cycles).
+    let seconds = (options.cycles * (options.life_ms + 50) / 1000 + 5).min(3600);
+    let before = memory("cycles", "before")?;
+    let mut beats = Beats::new(options.heartbeat_ms);
+    let good = create_good("cycles", options.pairs, options.periodic, seconds, alive)?;
+    let started = waiter.now();
+    let (mut ended_self, mut destroyed) = (0u64, 0u64);
+    for index in 0..options.cycles {
+        let kind = cycle_domain(index);
+        let mut line = ArrayString::<200>::new();
+        let module = match kind {
+            CycleDomain::Hostile(args) => {
+                let _ = write!(line, "{args}");
+                HOSTILE_MODULE
+            }
+            CycleDomain::Fuzzer => {
+                line = fuzzer_line(fuzzer_seed(options.seed, index), &options.avoid);
+                FUZZ_MODULE
+            }
+        };
+        let domid = spawn(module, options.mem_kib, line.as_bytes(), true)?;
+        alive.add(domid);
+        // A flood of domain 0: a port of domain 0's for the attacker to bind and send on.
+        let flood_port = if line.as_str() == "attack=flood_dom0" {
+            Some(evtchn::alloc_unbound(domid).map_err(|e| RunFailure::Control { call: "alloc_unbound", domid, error: ControlError::Call(e) })?)
+        } else {
+            None
+        };
+        control::unpause_domain(domid).map_err(failed("unpause", domid))?;
+        let born = waiter.now();
+        loop {
+            if gone(domid)? {
+                ended_self += 1;
+                alive.remove(domid);
+                break;
+            }
+            if waiter.now() - born >= options.life_ms * MS {
+                destroy_and_wait(domid, waiter, alive)?;
+                destroyed += 1;
+                break;
+            }
+            waiter.sleep(5 * MS).map_err(|_| RunFailure::Timer)?;
+        }
+        if let Some(port) = flood_port {
+            let _ = evtchn::close(port);
+        }
+        check_good(&good)?;
+        beats.beat()?;
+        if (index + 1) % 100 == 0 || index + 1 == options.cycles {
+            println!(
+                "cycles: status done={} ended_self={ended_self} destroyed={destroyed} elapsed_ms={} heartbeat_max_us={}",
+                index + 1,
+                (waiter.now() - started) / MS,
+                beats.max_ns / 1000
+            );
+        }
+    }
+    finish_good(&good, started + seconds * 1000 * MS, waiter, alive)?;
+    beats.print("cycles");
+    check_memory("cycles", before)?;
+    println!("cycles: done ok cycles={}", options.cycles);
+    Ok(())
+}
