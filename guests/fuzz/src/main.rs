@@ -110,6 +110,9 @@ fn main(start: &'static StartInfo) {
     // domain instead), so the reference is good for the domain's lifetime.
     let world: &'static World<'static> = unsafe { &*WORLD.load(Ordering::Acquire) };
     let mut fuzzer = new_fuzzer(0, world, &options, clock);
+    if options.fatal.is_some() {
+        special::fatal(&mut fuzzer, options.fatal);
+    }
     let progress_ns = options.progress_ms * 1_000_000;
     let started = clock.now_ns();
     let mut last_calls = 0;

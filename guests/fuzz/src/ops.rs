@@ -55,7 +55,7 @@ impl Fuzzer {
         self.scratch.reset();
         let lock_free = self.vcpu == 1 && self.avoid.has(Class::Lock);
         if !self.avoid.has(Class::Fatal) && !lock_free && self.rng.below(FATAL_ONE_IN) == 0 {
-            special::fatal(self);
+            special::fatal(self, None);
         }
         let mut weights = WEIGHTS;
         for (family, weight) in Family::ALL.iter().zip(weights.iter_mut()) {

@@ -8,7 +8,8 @@
 //! can go on past it; `only` limits the run to some families of calls ([`Family`]);
 //! `trace` prints every call from that call number on (for triage: the last line before a
 //! crash names it); `progress_ms` is the time between two progress lines; `check=1`
-//! checks after every call that the program's code is unchanged (slow). This module
+//! checks after every call that the program's code is unchanged (slow); `fatal=<name>`
+//! makes one of the calls meant to end the domain first thing. This module
 //! only parses: it must never decide what a call is.
 
 use guest_stress::keyvalue::{self, Keys, OptionError};
@@ -169,7 +170,21 @@ pub struct Options {
     pub progress_ms: u64,
     /// Check after every call that the program's code is unchanged (slow; for triage).
     pub check_code: bool,
+    /// Make this call meant to end the domain ([`FATAL_KINDS`]) first thing.
+    pub fatal: Option<u8>,
 }
+
+/// The calls meant to end the domain, by name (`fatal=<name>` makes one at once).
+pub const FATAL_KINDS: [&str; 8] = [
+    "iret_rip",
+    "iret_selectors",
+    "shutdown",
+    "baseptr",
+    "cr3",
+    "fault_in_handler",
+    "vcpu_garbage",
+    "no_stack",
+];
 
 /// The most vCPUs the fuzzer runs on.
 pub const MAX_VCPUS: u32 = 2;
@@ -181,7 +196,13 @@ impl Options {
         let mut keys = Keys::new(["seed", "calls", "vcpus", "trace", "progress_ms", "check"]);
         let mut avoid = None;
         let mut only = None;
+        let mut fatal = None;
         keys.parse(line, |key, value| match key {
+            "fatal" => {
+                let index = FATAL_KINDS.iter().position(|&k| k == value).ok_or(OptionError::BadValue("fatal"))?;
+                fatal = Some(index as u8);
+                Ok(true)
+            }
             "avoid" if avoid.is_none() => {
                 avoid = Some(Avoid::parse(value, "avoid")?);
                 Ok(true)
@@ -202,6 +223,7 @@ impl Options {
             trace_from: keys.get_in("trace", Some(u64::MAX), 0..=u64::MAX)?,
             progress_ms: keys.get_in("progress_ms", Some(2000), 100..=60_000)?,
             check_code: keys.get_in("check", Some(0), 0..=1)? == 1,
+            fatal,
         })
     }
 }
@@ -246,5 +268,7 @@ mod tests {
         assert_eq!(Options::parse(b"seed=1 only=mmu only=raw"), Err(OptionError::Repeated("only")));
         assert_eq!(Options::parse(b"seed=1 vcpus=3"), Err(OptionError::BadValue("vcpus")));
         assert!(matches!(Options::parse(b"seed=1 colour=red"), Err(OptionError::UnknownKey(_))));
+        assert_eq!(Options::parse(b"seed=1 fatal=nothing"), Err(OptionError::BadValue("fatal")));
+        assert_eq!(Options::parse(b"seed=1 fatal=cr3").unwrap().fatal, Some(4));
     }
 }

@@ -309,8 +309,9 @@ fn iret_to(f: &mut Fuzzer, name: &'static str, cs: u64, ss: u64, rflags: u64, fl
 /// A call meant to end the domain (one not avoided): it prints "fuzz: fatal ..." first, so
 /// that its end is told from an unexpected one. If the hypervisor refuses it, the fuzzer
 /// goes on.
-pub fn fatal(f: &mut Fuzzer) {
+pub fn fatal(f: &mut Fuzzer, which: Option<u8>) {
     let avoid = f.avoid;
+    // In the order of `guest_fuzz::options::FATAL_KINDS`.
     let kinds: [(&str, Option<Class>); 8] = [
         ("fatal_iret_rip", None),
         ("fatal_iret_selectors", Some(Class::Iret)),
@@ -321,8 +322,11 @@ pub fn fatal(f: &mut Fuzzer) {
         ("fatal_vcpu_garbage", Some(Class::Vcpus)),
         ("fatal_no_stack", None),
     ];
-    let (name, class) = f.rng.pick(&kinds);
-    if class.is_some_and(|c| avoid.has(c)) {
+    let (name, class) = match which {
+        Some(index) => kinds[usize::from(index) % kinds.len()],
+        None => f.rng.pick(&kinds),
+    };
+    if class.is_some_and(|c| avoid.has(c)) && which.is_none() {
         return;
     }
     report::fatal(f.vcpu, name);
@@ -331,9 +335,13 @@ pub fn fatal(f: &mut Fuzzer) {
             // A non-canonical rip faults the hypervisor's own return (hole 5).
             let non_canonical = if avoid.has(Class::Iret) { 0 } else { 0xFFFF_8000_0000_0000 - 8 };
             let rip = f.rng.pick(&[0, 0x1000, f.world.hole[f.vcpu], non_canonical]);
-            let rsp = f.rng.next_u64();
+            // So does a non-canonical rsp.
+            let rsp = if avoid.has(Class::Iret) { f.world.hole[f.vcpu] + 0x800 } else { f.rng.next_u64() };
             // SAFETY: a return to garbage: the domain is expected to die.
-            unsafe { iret_garbage(rip, 0xe033, rsp, 0xe02b) };
+            // Kernel mode (RPL 0): RPL 3 would go to user mode, on a user L4 that may lack
+            // slot 511 unless that class is avoided (hole 4).
+            let cs = if avoid.has(Class::Slot511) { 0xe030 } else { f.rng.pick(&[0xe030, 0xe033]) };
+            unsafe { iret_garbage(rip, cs, rsp, 0xe02b) };
         }
         "fatal_iret_selectors" => {
             let mut gen = f.gen();
