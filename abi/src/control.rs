@@ -163,9 +163,14 @@ pub struct PhysInfo {
     pub modules: u32,
     pub _pad: u32,
     pub tsc_khz: u64,
+    /// Domain records still in the hypervisor's heap, live or destroyed but still held (a
+    /// record held forever is a leak).
+    pub domain_records: u32,
+    /// vCPU records likewise.
+    pub vcpu_records: u32,
 }
 
-assert_layout!(PhysInfo, size = 56, { total_kib @ 0, free_kib @ 8, heap_bytes @ 16, domains @ 24, cpus @ 28, window_used_kib @ 32, modules @ 40, tsc_khz @ 48 });
+assert_layout!(PhysInfo, size = 64, { total_kib @ 0, free_kib @ 8, heap_bytes @ 16, domains @ 24, cpus @ 28, window_used_kib @ 32, modules @ 40, tsc_khz @ 48, domain_records @ 56, vcpu_records @ 60 });
 
 /// `Heartbeat` result: how long the other online CPUs took to answer a cross-CPU call each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -245,7 +250,7 @@ control_args!(DomainInfo {
 control_args!(Heartbeat { answered: u32 @ 0, slowest_cpu: u32 @ 4, max_ns: u64 @ 8, total_ns: u64 @ 16 });
 control_args!(PhysInfo {
     total_kib: u64 @ 0, free_kib: u64 @ 8, heap_bytes: u64 @ 16, domains: u32 @ 24, cpus: u32 @ 28,
-    window_used_kib: u64 @ 32, modules: u32 @ 40, tsc_khz: u64 @ 48,
+    window_used_kib: u64 @ 32, modules: u32 @ 40, tsc_khz: u64 @ 48, domain_records: u32 @ 56, vcpu_records: u32 @ 60,
 });
 
 #[cfg(test)]
@@ -270,7 +275,7 @@ mod tests {
         assert_eq!(u32_at(&args, 16), 3, "params.weight at offset 16");
         assert_eq!(u64_at(&args, 48), 0xffff_ffff_8000_1000);
         assert_eq!(u32_at(&args, 64), CREATE_PAUSED, "flags at offset 64");
-        let info = PhysInfo { total_kib: 1, free_kib: 2, heap_bytes: 3, domains: 4, cpus: 5, window_used_kib: 6, modules: 7, _pad: 0, tsc_khz: 8 };
+        let info = PhysInfo { total_kib: 1, free_kib: 2, heap_bytes: 3, domains: 4, cpus: 5, window_used_kib: 6, modules: 7, _pad: 0, tsc_khz: 8, domain_records: 9, vcpu_records: 10 };
         assert_eq!(PhysInfo::decode(&info.encode()), info);
         let dom = DomainInfo { tot_pages: 9, max_pages: 8, state: 1, vcpus: 2, cpu_time_ns: 3, hypercalls: 4, exceptions_bounced: 5, events_sent: 6, build_ns: 7 };
         assert_eq!(DomainInfo::decode(&dom.encode()), dom);

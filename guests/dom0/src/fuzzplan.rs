@@ -3,7 +3,7 @@
 //! domain 0 runs the stress plan ([`crate::options`]).
 //!
 //! `plan=fuzz seconds=S seed=N fuzzers=F life_ms=L mem_kib=K pairs=P periodic=Q
-//! avoid=<classes> only=<families> replay=R heartbeat_ms=H`: for S seconds domain 0 keeps F fuzzer
+//! avoid=<classes> only=<families> replay=R heartbeat_ms=H pin=0|1`: for S seconds domain 0 keeps F fuzzer
 //! domains (boot module 2, two vCPUs each, [`fuzzer_seed`] of N and their index, or all R
 //! with `replay=`) alive, each destroyed after L ms unless it ended first, and replaced;
 //! beside P ping-pong pairs and Q periodic stress workers (boot module 1) that must run
@@ -11,10 +11,11 @@
 //! they are.
 //!
 //! `plan=cycles cycles=C life_ms=L seed=N avoid=<classes> pairs=P periodic=Q
-//! heartbeat_ms=H`: C create/destroy cycles, each a hostile domain (boot module 3: its
+//! heartbeat_ms=H pin=0|1`: C create/destroy cycles, each a hostile domain (boot module 3: its
 //! survivable suite, or one of its `attack=` modes, [`CYCLE_ATTACKS`]) or a fuzzer domain,
 //! alive until it ends or L ms pass, beside the same good domains.
 //!
+//! `pin=1` keeps each hostile domain on the CPU it starts on (CPU 0, 1, 0, ... by index).
 //! In both, every domain 0 ever destroys must leave free memory and the hypervisor's heap
 //! exactly as they were, and every other CPU must keep answering the heartbeat within H
 //! ms. This module only parses and derives: it must never create anything.
@@ -61,6 +62,9 @@ pub struct FuzzOptions {
     /// Every fuzzer gets this seed (to replay one).
     pub replay: Option<u64>,
     pub heartbeat_ms: u64,
+    /// Keep each hostile domain's vCPUs on the CPUs they start on (`pin=1`): a vCPU that
+    /// moves can leave state behind on the CPU it left (issue 15, hole 14).
+    pub pin: bool,
 }
 
 /// Options of `plan=cycles`.
@@ -74,6 +78,8 @@ pub struct CycleOptions {
     pub periodic: u32,
     pub avoid: AvoidList,
     pub heartbeat_ms: u64,
+    /// As [`FuzzOptions::pin`].
+    pub pin: bool,
 }
 
 /// What the hostile domains of the cycles run, in turn: the survivable suite (which ends
@@ -162,7 +168,7 @@ fn parse<'a, const N: usize>(
 
 fn fuzz_options<'a>(words: impl Iterator<Item = &'a str>) -> Result<FuzzOptions, OptionError> {
     let mut keys = Keys::new([
-        "seconds", "seed", "fuzzers", "life_ms", "mem_kib", "pairs", "periodic", "replay", "heartbeat_ms",
+        "seconds", "seed", "fuzzers", "life_ms", "mem_kib", "pairs", "periodic", "replay", "heartbeat_ms", "pin",
     ]);
     let avoid = parse(words, &mut keys)?;
     let pairs = keys.get_in("pairs", Some(1), 0..=u64::from(MAX_GOOD / 2))? as u32;
@@ -177,11 +183,12 @@ fn fuzz_options<'a>(words: impl Iterator<Item = &'a str>) -> Result<FuzzOptions,
         avoid,
         replay: keys.get("replay"),
         heartbeat_ms: keys.get_in("heartbeat_ms", Some(2000), 1..=600_000)?,
+        pin: keys.get_in("pin", Some(0), 0..=1)? == 1,
     })
 }
 
 fn cycle_options<'a>(words: impl Iterator<Item = &'a str>) -> Result<CycleOptions, OptionError> {
-    let mut keys = Keys::new(["cycles", "life_ms", "seed", "mem_kib", "pairs", "periodic", "heartbeat_ms"]);
+    let mut keys = Keys::new(["cycles", "life_ms", "seed", "mem_kib", "pairs", "periodic", "heartbeat_ms", "pin"]);
     let avoid = parse(words, &mut keys)?;
     let pairs = keys.get_in("pairs", Some(1), 0..=u64::from(MAX_GOOD / 2))? as u32;
     Ok(CycleOptions {
@@ -193,6 +200,7 @@ fn cycle_options<'a>(words: impl Iterator<Item = &'a str>) -> Result<CycleOption
         periodic: keys.get_in("periodic", Some(1), 0..=u64::from(MAX_GOOD - 2 * pairs))? as u32,
         avoid,
         heartbeat_ms: keys.get_in("heartbeat_ms", Some(2000), 1..=600_000)?,
+        pin: keys.get_in("pin", Some(0), 0..=1)? == 1,
     })
 }
 

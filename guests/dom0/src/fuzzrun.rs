@@ -15,7 +15,7 @@ use core::fmt::{self, Write};
 
 use arrayvec::{ArrayString, ArrayVec};
 use guest_dom0::fuzzplan::{
-    cycle_domain, fuzzer_seed, AvoidList, CycleDomain, CycleOptions, FuzzOptions, FUZZ_MODULE, HOSTILE_MODULE,
+    cycle_domain, fuzzer_seed, AvoidList, CycleDomain, CycleOptions, FuzzOptions, CYCLE_ATTACKS, FUZZ_MODULE, HOSTILE_MODULE,
     MAX_FUZZERS, MAX_GOOD, STRESS_MODULE,
 };
 use guest_rt::abi::control::{PhysInfo, SchedParams, DOMAIN_SHUTTING_DOWN};
@@ -38,6 +38,8 @@ const GONE_TIMEOUT_NS: u64 = 10_000 * MS;
 const QUIET_NS: u64 = 500 * MS;
 /// ... within this long.
 const QUIET_TIMEOUT_NS: u64 = 30_000 * MS;
+/// How long the records of destroyed domains may take to leave the heap.
+const SETTLE_TIMEOUT_NS: u64 = 2_000 * MS;
 /// Extra memory a fuzzer may balloon up to, in KiB.
 const FUZZ_HEADROOM_KIB: u32 = 512;
 
@@ -57,6 +59,9 @@ pub enum RunFailure {
     NotQuiet,
     /// Free memory or the heap differ after everything is gone.
     Leak { before: PhysInfo, after: PhysInfo },
+    /// Records of domains that are gone are still in the heap (every domain but domain 0
+    /// is gone, and domain 0 has one vCPU).
+    RecordsHeld { domains: u32, vcpus: u32 },
     Timer,
 }
 
@@ -71,6 +76,7 @@ impl RunFailure {
             Self::NotGone(_) => "destroy_timeout",
             Self::NotQuiet => "not_quiet",
             Self::Leak { .. } => "leak",
+            Self::RecordsHeld { .. } => "records_held",
             Self::Timer => "timer",
         }
     }
@@ -90,6 +96,9 @@ impl fmt::Display for RunFailure {
                 "free {} KiB before, {} KiB after; heap {} bytes before, {} after",
                 before.free_kib, after.free_kib, before.heap_bytes, after.heap_bytes
             ),
+            Self::RecordsHeld { domains, vcpus } => {
+                write!(f, "{domains} domain and {vcpus} vCPU records still in the heap with only domain 0 left")
+            }
             Self::Timer => f.write_str("domain 0's timer failed"),
         }
     }
@@ -103,11 +112,20 @@ fn failed(call: &'static str, domid: DomId) -> impl Fn(ControlError) -> RunFailu
 #[derive(Default)]
 pub struct Alive {
     domids: ArrayVec<DomId, { (MAX_GOOD + MAX_FUZZERS + 1) as usize }>,
+    /// The last id the hypervisor handed out (ids come in sequence: domain 0 is the only
+    /// creator).
+    last: Option<DomId>,
 }
 
 impl Alive {
     fn add(&mut self, domid: DomId) {
         let _ = self.domids.try_push(domid);
+        self.last = Some(domid);
+    }
+
+    /// The id the next creation should get.
+    fn next_id(&self) -> DomId {
+        DomId(self.last.map_or(1, |d| d.0 + 1))
     }
 
     fn remove(&mut self, domid: DomId) {
@@ -156,10 +174,29 @@ impl Beats {
     }
 }
 
-fn memory(prefix: &str, phase: &str) -> Result<PhysInfo, RunFailure> {
-    let info = control::phys_info().map_err(failed("phys_info", DomId::DOM0))?;
-    println!("{prefix}: mem phase={phase} free_kib={} heap_bytes={} domains={}", info.free_kib, info.heap_bytes, info.domains);
-    Ok(info)
+/// The machine's memory once every destroyed domain's records have left the heap (a
+/// record goes when the last CPU that held its vCPUs lets go of it); fails when some are
+/// still held after [`SETTLE_TIMEOUT_NS`]: held forever, they are a leak.
+fn memory(prefix: &str, phase: &str, waiter: Waiter) -> Result<PhysInfo, RunFailure> {
+    let deadline = waiter.now() + SETTLE_TIMEOUT_NS;
+    loop {
+        let info = control::phys_info().map_err(failed("phys_info", DomId::DOM0))?;
+        let settled = info.domain_records == info.domains && info.vcpu_records == info.domains;
+        if settled || waiter.now() >= deadline {
+            println!(
+                "{prefix}: mem phase={phase} free_kib={} heap_bytes={} domains={} domain_records={} vcpu_records={}",
+                info.free_kib, info.heap_bytes, info.domains, info.domain_records, info.vcpu_records
+            );
+            if !settled {
+                return Err(RunFailure::RecordsHeld { domains: info.domain_records, vcpus: info.vcpu_records });
+            }
+            return Ok(info);
+        }
+        // Wake every CPU: an idle one lets go of the last vCPU it ran only when it looks
+        // at its queue again.
+        control::heartbeat().map_err(failed("heartbeat", DomId::DOM0))?;
+        waiter.sleep(10 * MS).map_err(|_| RunFailure::Timer)?;
+    }
 }
 
 /// The good domains: `pairs` ping-pong pairs and `periodic` periodic workers, running for
@@ -171,7 +208,7 @@ fn create_good(
     seconds: u64,
     alive: &mut Alive,
 ) -> Result<ArrayVec<DomId, { MAX_GOOD as usize }>, RunFailure> {
-    let first = control::phys_info().map_err(failed("phys_info", DomId::DOM0))?.domains as u16;
+    let first = alive.next_id().0;
     let mut good = ArrayVec::new();
     let count = 2 * pairs + periodic;
     for index in 0..count {
@@ -190,7 +227,7 @@ fn create_good(
             mem_kib: 512,
             max_kib: 512,
             cpu: Some(index % 2),
-            pinned: false,
+            pinned: true,
             params: weight(1),
             cmdline: cmdline.as_bytes(),
             paused: true,
@@ -212,6 +249,42 @@ fn create_good(
 
 const fn weight(weight: u32) -> SchedParams {
     SchedParams { weight, _pad: 0, warp_ns: 0, warp_limit_ns: 0, unwarp_req_ns: 0 }
+}
+
+/// Domains that prime the hypervisor's lasting structures: run queues, timer queues and
+/// the like keep the capacity their busiest moment needed, so that the heap measured after
+/// a run would otherwise hold what a run's peak added to them. Hogs, all runnable at once.
+const PRIME_DOMAINS: u32 = 16;
+
+/// Runs [`PRIME_DOMAINS`] hogs on every CPU together for a moment, then destroys them.
+fn prime(prefix: &str, waiter: Waiter, alive: &mut Alive) -> Result<(), RunFailure> {
+    let mut hogs: ArrayVec<DomId, { PRIME_DOMAINS as usize }> = ArrayVec::new();
+    for index in 0..PRIME_DOMAINS {
+        let domid = alive.next_id();
+        let args = StressArgs { role: Role::Hog, domid, seconds: 1, balloon_down: 0, balloon_up: 0 };
+        let mut cmdline = ArrayString::<160>::new();
+        let _ = write!(cmdline, "{args}");
+        let spec = NewDomain {
+            module: STRESS_MODULE,
+            mem_kib: 512,
+            max_kib: 512,
+            cpu: Some(index % 2),
+            pinned: false,
+            params: weight(1),
+            cmdline: cmdline.as_bytes(),
+            paused: false,
+            hostile: true,
+        };
+        let got = control::create_domain(&spec).map_err(failed("create", domid))?;
+        alive.add(got);
+        hogs.push(got);
+    }
+    waiter.sleep(300 * MS).map_err(|_| RunFailure::Timer)?;
+    for &domid in &hogs {
+        destroy_and_wait(domid, waiter, alive)?;
+    }
+    println!("{prefix}: primed with {PRIME_DOMAINS} hogs");
+    Ok(())
 }
 
 /// Fails if a good domain has ended.
@@ -288,8 +361,8 @@ fn finish_good(good: &[DomId], end_ns: u64, waiter: Waiter, alive: &mut Alive) -
 }
 
 /// Compares the machine's memory now with `before`.
-fn check_memory(prefix: &str, before: PhysInfo) -> Result<(), RunFailure> {
-    let after = memory(prefix, "after")?;
+fn check_memory(prefix: &str, before: PhysInfo, waiter: Waiter) -> Result<(), RunFailure> {
+    let after = memory(prefix, "after", waiter)?;
     let leaked = before.free_kib.saturating_sub(after.free_kib) / 4;
     println!(
         "{prefix}: leak frames={leaked} free_delta_kib={} heap_delta_bytes={}",
@@ -312,14 +385,15 @@ fn fuzzer_line(seed: u64, avoid: &AvoidList) -> ArrayString<200> {
     line
 }
 
-/// Creates a hostile domain (a fuzzer when `module` is the fuzzer's) running `cmdline`.
-fn spawn(module: u32, mem_kib: u32, cmdline: &[u8], paused: bool) -> Result<DomId, RunFailure> {
+/// Creates a hostile domain (a fuzzer when `module` is the fuzzer's) running `cmdline`,
+/// placed by the hypervisor, or kept on CPU `pin` (each of its vCPUs where it starts).
+fn spawn(module: u32, mem_kib: u32, cmdline: &[u8], paused: bool, pin: Option<u32>) -> Result<DomId, RunFailure> {
     let spec = NewDomain {
         module,
         mem_kib,
         max_kib: mem_kib + FUZZ_HEADROOM_KIB,
-        cpu: None,
-        pinned: false,
+        cpu: pin,
+        pinned: pin.is_some(),
         params: weight(1),
         cmdline,
         paused,
@@ -336,7 +410,17 @@ struct Fuzzer {
     born_ns: u64,
 }
 
-/// The fuzz run.
+/// What a fuzz phase did.
+#[derive(Default)]
+struct Counts {
+    spawned: u64,
+    ended_self: u64,
+    destroyed: u64,
+}
+
+/// The fuzz run: a warm-up phase of one second (so that the heap's lasting structures,
+/// such as the run queues, reach the size the run needs before it is measured), the
+/// memory figures, the run itself, and the memory figures again.
 pub fn run_fuzz(options: &FuzzOptions, waiter: Waiter, alive: &mut Alive) -> Result<(), RunFailure> {
     println!(
         "fuzz: config seconds={} seed={} fuzzers={} life_ms={} mem_kib={} pairs={} periodic={} avoid={} replay={}",
@@ -350,37 +434,56 @@ pub fn run_fuzz(options: &FuzzOptions, waiter: Waiter, alive: &mut Alive) -> Res
         if options.avoid.is_empty() { "none" } else { options.avoid.as_str() },
         options.replay.map_or(-1, |r| r as i64)
     );
-    let before = memory("fuzz", "before")?;
     let mut beats = Beats::new(options.heartbeat_ms);
-    let good = create_good("fuzz", options.pairs, options.periodic, options.seconds, alive)?;
+    let mut counts = Counts::default();
+    println!("fuzz: phase warm_up seconds=1");
+    fuzz_phase(options, 1, waiter, alive, &mut beats, &mut counts)?;
+    prime("fuzz", waiter, alive)?;
+    let before = memory("fuzz", "before", waiter)?;
+    println!("fuzz: phase run seconds={}", options.seconds);
+    fuzz_phase(options, options.seconds, waiter, alive, &mut beats, &mut counts)?;
+    beats.print("fuzz");
+    check_memory("fuzz", before, waiter)
+}
+
+/// Good domains and fuzzer domains for `seconds`, then everything destroyed.
+fn fuzz_phase(
+    options: &FuzzOptions,
+    seconds: u64,
+    waiter: Waiter,
+    alive: &mut Alive,
+    beats: &mut Beats,
+    counts: &mut Counts,
+) -> Result<(), RunFailure> {
+    let good = create_good("fuzz", options.pairs, options.periodic, seconds, alive)?;
     let started = waiter.now();
-    let end = started + options.seconds * 1000 * MS;
+    let end = started + seconds * 1000 * MS;
     let mut fuzzers: [Option<Fuzzer>; MAX_FUZZERS as usize] = [None; MAX_FUZZERS as usize];
-    let (mut spawned, mut ended_self, mut destroyed) = (0u64, 0u64, 0u64);
     let mut next_status = started + STATUS_NS;
     while waiter.now() < end {
         for slot in fuzzers.iter_mut().take(options.fuzzers as usize) {
             let now = waiter.now();
             match *slot {
                 None => {
-                    let seed = options.replay.unwrap_or_else(|| fuzzer_seed(options.seed, spawned));
+                    let seed = options.replay.unwrap_or_else(|| fuzzer_seed(options.seed, counts.spawned));
                     let line = fuzzer_line(seed, &options.avoid);
-                    let domid = spawn(FUZZ_MODULE, options.mem_kib, line.as_bytes(), false)?;
+                    let pin = options.pin.then_some((counts.spawned % 2) as u32);
+                    let domid = spawn(FUZZ_MODULE, options.mem_kib, line.as_bytes(), false, pin)?;
                     alive.add(domid);
-                    println!("fuzz: spawn index={spawned} domid={} seed={seed}", domid.0);
-                    spawned += 1;
+                    println!("fuzz: spawn index={} domid={} seed={seed}", counts.spawned, domid.0);
+                    counts.spawned += 1;
                     *slot = Some(Fuzzer { domid, seed, born_ns: now });
                 }
                 Some(fuzzer) => {
                     let life_ms = (now - fuzzer.born_ns) / MS;
                     if gone(fuzzer.domid)? {
-                        ended_self += 1;
+                        counts.ended_self += 1;
                         println!("fuzz: gone domid={} seed={} by=self life_ms={life_ms}", fuzzer.domid.0, fuzzer.seed);
                         alive.remove(fuzzer.domid);
                         *slot = None;
                     } else if life_ms >= options.life_ms {
                         destroy_and_wait(fuzzer.domid, waiter, alive)?;
-                        destroyed += 1;
+                        counts.destroyed += 1;
                         println!("fuzz: gone domid={} seed={} by=destroyed life_ms={life_ms}", fuzzer.domid.0, fuzzer.seed);
                         *slot = None;
                     }
@@ -391,11 +494,7 @@ pub fn run_fuzz(options: &FuzzOptions, waiter: Waiter, alive: &mut Alive) -> Res
         beats.beat()?;
         if waiter.now() >= next_status {
             next_status += STATUS_NS;
-            println!(
-                "fuzz: status elapsed_ms={} spawned={spawned} ended_self={ended_self} destroyed={destroyed} heartbeat_max_us={}",
-                (waiter.now() - started) / MS,
-                beats.max_ns / 1000
-            );
+            status(waiter.now() - started, counts, beats);
         }
         waiter.sleep(LOOK_NS).map_err(|_| RunFailure::Timer)?;
     }
@@ -403,14 +502,27 @@ pub fn run_fuzz(options: &FuzzOptions, waiter: Waiter, alive: &mut Alive) -> Res
         let life_ms = (waiter.now() - fuzzer.born_ns) / MS;
         let by = if gone(fuzzer.domid)? { "self" } else { "destroyed" };
         destroy_and_wait(fuzzer.domid, waiter, alive)?;
-        if by == "self" { ended_self += 1 } else { destroyed += 1 }
+        if by == "self" {
+            counts.ended_self += 1;
+        } else {
+            counts.destroyed += 1;
+        }
         println!("fuzz: gone domid={} seed={} by={by} life_ms={life_ms}", fuzzer.domid.0, fuzzer.seed);
     }
-    println!("fuzz: status elapsed_ms={} spawned={spawned} ended_self={ended_self} destroyed={destroyed} heartbeat_max_us={}", (waiter.now() - started) / MS, beats.max_ns / 1000);
+    status(waiter.now() - started, counts, beats);
     check_good(&good)?;
-    finish_good(&good, end, waiter, alive)?;
-    beats.print("fuzz");
-    check_memory("fuzz", before)
+    finish_good(&good, end, waiter, alive)
+}
+
+fn status(elapsed_ns: u64, counts: &Counts, beats: &Beats) {
+    println!(
+        "fuzz: status elapsed_ms={} spawned={} ended_self={} destroyed={} heartbeat_max_us={}",
+        elapsed_ns / MS,
+        counts.spawned,
+        counts.ended_self,
+        counts.destroyed,
+        beats.max_ns / 1000
+    );
 }
 
 /// The containment cycles.
@@ -425,15 +537,37 @@ pub fn run_cycles(options: &CycleOptions, waiter: Waiter, alive: &mut Alive) -> 
         options.periodic,
         if options.avoid.is_empty() { "none" } else { options.avoid.as_str() }
     );
+    let mut beats = Beats::new(options.heartbeat_ms);
+    // A warm-up of one cycle of each kind, so that the heap's lasting structures (the run
+    // queues...) reach their size before the heap is measured.
+    println!("cycles: phase warm_up cycles={}", CYCLE_ATTACKS.len());
+    cycle_phase(options, 0, CYCLE_ATTACKS.len() as u64, waiter, alive, &mut beats)?;
+    prime("cycles", waiter, alive)?;
+    let before = memory("cycles", "before", waiter)?;
+    println!("cycles: phase run cycles={}", options.cycles);
+    cycle_phase(options, CYCLE_ATTACKS.len() as u64, options.cycles, waiter, alive, &mut beats)?;
+    beats.print("cycles");
+    check_memory("cycles", before, waiter)?;
+    println!("cycles: done ok cycles={}", options.cycles);
+    Ok(())
+}
+
+/// Cycles `first..first + count` beside the good domains, then the good domains destroyed.
+fn cycle_phase(
+    options: &CycleOptions,
+    first: u64,
+    count: u64,
+    waiter: Waiter,
+    alive: &mut Alive,
+    beats: &mut Beats,
+) -> Result<(), RunFailure> {
     // The good domains run for as long as the cycles may take (they report at the end of
     // their seconds; domain 0 destroys them after the cycles).
-    let seconds = (options.cycles * (options.life_ms + 50) / 1000 + 5).min(3600);
-    let before = memory("cycles", "before")?;
-    let mut beats = Beats::new(options.heartbeat_ms);
+    let seconds = (count * (options.life_ms + 50) / 1000 + 2).min(3600);
     let good = create_good("cycles", options.pairs, options.periodic, seconds, alive)?;
     let started = waiter.now();
     let (mut ended_self, mut destroyed) = (0u64, 0u64);
-    for index in 0..options.cycles {
+    for index in first..first + count {
         let kind = cycle_domain(index);
         let mut line = ArrayString::<200>::new();
         let module = match kind {
@@ -446,7 +580,7 @@ pub fn run_cycles(options: &CycleOptions, waiter: Waiter, alive: &mut Alive) -> 
                 FUZZ_MODULE
             }
         };
-        let domid = spawn(module, options.mem_kib, line.as_bytes(), true)?;
+        let domid = spawn(module, options.mem_kib, line.as_bytes(), true, options.pin.then_some((index % 2) as u32))?;
         alive.add(domid);
         // A flood of domain 0: a port of domain 0's for the attacker to bind and send on.
         let flood_port = if line.as_str() == "attack=flood_dom0" {
@@ -474,18 +608,14 @@ pub fn run_cycles(options: &CycleOptions, waiter: Waiter, alive: &mut Alive) -> 
         }
         check_good(&good)?;
         beats.beat()?;
-        if (index + 1) % 100 == 0 || index + 1 == options.cycles {
+        let done = index + 1 - first;
+        if done.is_multiple_of(100) || done == count {
             println!(
-                "cycles: status done={} ended_self={ended_self} destroyed={destroyed} elapsed_ms={} heartbeat_max_us={}",
-                index + 1,
+                "cycles: status done={done} ended_self={ended_self} destroyed={destroyed} elapsed_ms={} heartbeat_max_us={}",
                 (waiter.now() - started) / MS,
                 beats.max_ns / 1000
             );
         }
     }
-    finish_good(&good, started + seconds * 1000 * MS, waiter, alive)?;
-    beats.print("cycles");
-    check_memory("cycles", before)?;
-    println!("cycles: done ok cycles={}", options.cycles);
-    Ok(())
+    finish_good(&good, started + seconds * 1000 * MS, waiter, alive)
 }

@@ -23,6 +23,10 @@ pub use vcpu::Vcpu;
 
 use crate::memory::{self, FrameMapping};
 
+/// Domain records in the heap (created, not yet dropped): a record destroyed but held
+/// forever by something (a queue, a timer, a cycle of references) is a leak.
+pub static DOMAIN_RECORDS: AtomicU32 = AtomicU32::new(0);
+
 /// The most domains alive at once (ids 1..=MAX_DOMAINS; 0 is kept for domain 0).
 pub const MAX_DOMAINS: usize = 4096;
 
@@ -252,6 +256,7 @@ impl Domain {
             build_ns: AtomicU64::new(0),
         });
         table.insert(id, domain.clone());
+        DOMAIN_RECORDS.fetch_add(1, Ordering::Relaxed);
         Ok(domain)
     }
 
@@ -383,6 +388,12 @@ impl Domain {
         drop(table);
         drop(vcpus);
         crate::pv::lifecycle::domain_destroyed();
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        DOMAIN_RECORDS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

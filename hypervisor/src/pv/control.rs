@@ -221,5 +221,7 @@ fn phys_info() -> PhysInfo {
         modules: build::modules().len() as u32,
         _pad: 0,
         tsc_khz: time::tsc_hz() / 1000,
+        domain_records: domain::DOMAIN_RECORDS.load(Ordering::Relaxed),
+        vcpu_records: domain::vcpu::VCPU_RECORDS.load(Ordering::Relaxed),
     }
 }
