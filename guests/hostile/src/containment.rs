@@ -80,7 +80,7 @@ pub fn exhaust_ports_timers(_: &Targets) -> ! {
     loop {
         let _ = hypercall::set_timer_op(clock.now_ns() + 1_000 + armed % 50_000);
         armed += 1;
-        if armed % 4096 == 0 && evtchn::alloc_unbound(DomId::SELF).is_ok() {
+        if armed.is_multiple_of(4096) && evtchn::alloc_unbound(DomId::SELF).is_ok() {
             println!("hostile: attack exhaust_ports_timers: a port past the limit SUCCEEDED (BUG)");
         }
     }
