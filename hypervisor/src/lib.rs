@@ -7,3 +7,4 @@ pub mod cmdline;
 pub mod descriptor;
 pub mod domspec;
 pub mod hypercall;
+pub mod softint;
