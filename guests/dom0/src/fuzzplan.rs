@@ -18,7 +18,8 @@
 //! `pin=1` keeps each hostile domain on the CPU it starts on (CPU 0, 1, 0, ... by index).
 //! In both, every domain 0 ever destroys must leave free memory and the hypervisor's heap
 //! exactly as they were, and every other CPU must keep answering the heartbeat within H
-//! ms. This module only parses and derives: it must never create anything.
+//! ms (default 10 s: under TCG on a loaded host a vCPU thread can wait seconds for a host
+//! CPU; a CPU that never answers is a hang, which the host tool sees as silence). This module only parses and derives: it must never create anything.
 
 use arrayvec::ArrayString;
 use guest_fuzz::options::{Avoid, Families};
@@ -182,7 +183,7 @@ fn fuzz_options<'a>(words: impl Iterator<Item = &'a str>) -> Result<FuzzOptions,
         periodic: keys.get_in("periodic", Some(1), 0..=u64::from(MAX_GOOD - 2 * pairs))? as u32,
         avoid,
         replay: keys.get("replay"),
-        heartbeat_ms: keys.get_in("heartbeat_ms", Some(2000), 1..=600_000)?,
+        heartbeat_ms: keys.get_in("heartbeat_ms", Some(10_000), 1..=600_000)?,
         pin: keys.get_in("pin", Some(0), 0..=1)? == 1,
     })
 }
@@ -199,7 +200,7 @@ fn cycle_options<'a>(words: impl Iterator<Item = &'a str>) -> Result<CycleOption
         pairs,
         periodic: keys.get_in("periodic", Some(1), 0..=u64::from(MAX_GOOD - 2 * pairs))? as u32,
         avoid,
-        heartbeat_ms: keys.get_in("heartbeat_ms", Some(2000), 1..=600_000)?,
+        heartbeat_ms: keys.get_in("heartbeat_ms", Some(10_000), 1..=600_000)?,
         pin: keys.get_in("pin", Some(0), 0..=1)? == 1,
     })
 }

@@ -1,6 +1,8 @@
-//! Attacks that end the domain when the hypervisor contains them: one per boot, named on
-//! the guest's command line (`attack=<name>`), so that each runs in a domain of its own and
-//! the QEMU test can check both that the machine survived and how that domain ended.
+//! Attacks that end the domain when the hypervisor contains them, or that never end and
+//! must be contained while they run (the containment attacks of [`crate::containment`],
+//! which domain 0's containment cycles destroy): one per boot, named on the guest's
+//! command line (`attack=<name>`), so that each runs in a domain of its own and the test
+//! can check both that the machine survived and how that domain ended.
 //!
 //! Each attack prints "hostile: attack <name>: <what it does>" before it strikes. One the
 //! hypervisor refuses outright prints "hostile: attack <name>: refused (...)" and powers
