@@ -269,7 +269,7 @@ fn prime(prefix: &str, waiter: Waiter, alive: &mut Alive) -> Result<(), RunFailu
             mem_kib: 512,
             max_kib: 512,
             cpu: Some(index % 2),
-            pinned: false,
+            pinned: true,
             params: weight(1),
             cmdline: cmdline.as_bytes(),
             paused: false,
