@@ -58,7 +58,7 @@ pub enum RunFailure {
     /// The good domains did not finish.
     NotQuiet,
     /// Free memory or the heap differ after everything is gone.
-    Leak { before: PhysInfo, after: PhysInfo },
+    Leak { free_kib: [u64; 2], heap_bytes: [u64; 2] },
     /// Records of domains that are gone are still in the heap (every domain but domain 0
     /// is gone, and domain 0 has one vCPU).
     RecordsHeld { domains: u32, vcpus: u32 },
@@ -91,10 +91,10 @@ impl fmt::Display for RunFailure {
             Self::Heartbeat { ns, cpu } => write!(f, "cpu {cpu} took {} us to answer the heartbeat", ns / 1000),
             Self::NotGone(domid) => write!(f, "domain {} was not gone after its destruction", domid.0),
             Self::NotQuiet => f.write_str("the good domains did not finish"),
-            Self::Leak { before, after } => write!(
+            Self::Leak { free_kib, heap_bytes } => write!(
                 f,
                 "free {} KiB before, {} KiB after; heap {} bytes before, {} after",
-                before.free_kib, after.free_kib, before.heap_bytes, after.heap_bytes
+                free_kib[0], free_kib[1], heap_bytes[0], heap_bytes[1]
             ),
             Self::RecordsHeld { domains, vcpus } => {
                 write!(f, "{domains} domain and {vcpus} vCPU records still in the heap with only domain 0 left")
@@ -370,7 +370,10 @@ fn check_memory(prefix: &str, before: PhysInfo, waiter: Waiter) -> Result<(), Ru
         after.heap_bytes as i64 - before.heap_bytes as i64
     );
     if after.free_kib != before.free_kib || after.heap_bytes != before.heap_bytes {
-        return Err(RunFailure::Leak { before, after });
+        return Err(RunFailure::Leak {
+            free_kib: [before.free_kib, after.free_kib],
+            heap_bytes: [before.heap_bytes, after.heap_bytes],
+        });
     }
     Ok(())
 }

@@ -819,6 +819,7 @@ impl Fuzzer {
     /// One mmuext op on `mfn`; whether it worked.
     pub fn ext(&mut self, name: &'static str, cmd: MmuextCmd, mfn: u64) -> bool {
         let Some(at) = self.scratch.put(MmuextOp { cmd: cmd.raw(), _pad: 0, arg1: mfn, arg2: 0 }) else { return false };
+        // The frame also rides in r8, which mmuext_op does not read, for the trace line.
         self.exec(&Call::new(name, Hypercall::MmuextOp, [at, 1, 0, SELF, mfn])) == 0
     }
 

@@ -96,7 +96,8 @@ name_set! {
     Avoid of Class {
         /// Pointers into the hypervisor window's aliases, `(s << 39) + 0x7F_FC00_0000` (hole 1).
         Alias = "alias",
-        /// `syscall`/`sysenter` from 32-bit code (hole 2).
+        /// `syscall`/`sysenter` from 32-bit code (hole 2): the `sysenter` probe (the fuzzer
+        /// never runs 32-bit code itself).
         Cstar = "cstar",
         /// Unmapping without a flush to every vCPU (`update_va_mapping` flags 0, hole 3):
         /// with this avoided every unmap flushes everywhere.
@@ -111,7 +112,8 @@ name_set! {
         Lock = "lock",
         /// Long batches: huge counts over valid entries, nested long multicalls (hole 7).
         Long = "long",
-        /// Privileged instructions from guest user mode (hole 8).
+        /// Privileged instructions from guest user mode (hole 8). The fuzzer does not enter
+        /// guest user mode yet, so this leaves nothing out.
         Usercr = "usercr",
         /// The shared-info frame as a page table or descriptor frame (hole 10).
         Shinfo = "shinfo",

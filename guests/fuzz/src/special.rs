@@ -341,6 +341,7 @@ pub fn fatal(f: &mut Fuzzer, which: Option<u8>) {
             // Kernel mode (RPL 0): RPL 3 would go to user mode, on a user L4 that may lack
             // slot 511 unless that class is avoided (hole 4).
             let cs = if avoid.has(Class::Slot511) { 0xe030 } else { f.rng.pick(&[0xe030, 0xe033]) };
+            // SAFETY: a return to garbage: the domain is expected to die.
             unsafe { iret_garbage(rip, cs, rsp, 0xe02b) };
         }
         "fatal_iret_selectors" => {
