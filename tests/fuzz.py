@@ -223,7 +223,7 @@ def report(facts, status, stopped, seconds, plan):
     print(f"  longest stay in the hypervisor with interrupts off: {overall[0]} us on cpu {overall[1]} ({overall[2]});"
           f" begun while an unprivileged domain ran: {domu[0]} us on cpu {domu[1]} ({domu[2]})")
     for line in facts["dom0"]:
-        if " heartbeat " in line or " mem " in line or " leak " in line:
+        if " heartbeat " in line or " mem " in line or " leak " in line or " records " in line:
             print(f"  domain 0: {line}")
     print(f"  memory (hypervisor): free before {s.get('memory.free_before_kib')} KiB, after {s.get('memory.free_after_kib')} KiB,"
           f" leaked frames {s.get('memory.leaked_frames')}")

@@ -177,7 +177,7 @@ impl Beats {
 /// The machine's memory once every destroyed domain's records have left the heap (a
 /// record goes when the last CPU that held its vCPUs lets go of it); fails when some are
 /// still held after [`SETTLE_TIMEOUT_NS`]: held forever, they are a leak.
-fn memory(prefix: &str, phase: &str, waiter: Waiter) -> Result<PhysInfo, RunFailure> {
+fn memory(prefix: &str, phase: &str, waiter: Waiter, heap_check: bool) -> Result<PhysInfo, RunFailure> {
     let deadline = waiter.now() + SETTLE_TIMEOUT_NS;
     loop {
         let info = control::phys_info().map_err(failed("phys_info", DomId::DOM0))?;
@@ -187,8 +187,15 @@ fn memory(prefix: &str, phase: &str, waiter: Waiter) -> Result<PhysInfo, RunFail
                 "{prefix}: mem phase={phase} free_kib={} heap_bytes={} domains={} domain_records={} vcpu_records={}",
                 info.free_kib, info.heap_bytes, info.domains, info.domain_records, info.vcpu_records
             );
-            if !settled {
+            if !settled && heap_check {
                 return Err(RunFailure::RecordsHeld { domains: info.domain_records, vcpus: info.vcpu_records });
+            }
+            if !settled {
+                println!(
+                    "{prefix}: records held domains={} vcpus={} (reported, not checked: heap=0)",
+                    info.domain_records - info.domains,
+                    info.vcpu_records - info.domains
+                );
             }
             return Ok(info);
         }
@@ -361,15 +368,15 @@ fn finish_good(good: &[DomId], end_ns: u64, waiter: Waiter, alive: &mut Alive) -
 }
 
 /// Compares the machine's memory now with `before`.
-fn check_memory(prefix: &str, before: PhysInfo, waiter: Waiter) -> Result<(), RunFailure> {
-    let after = memory(prefix, "after", waiter)?;
+fn check_memory(prefix: &str, before: PhysInfo, waiter: Waiter, heap_check: bool) -> Result<(), RunFailure> {
+    let after = memory(prefix, "after", waiter, heap_check)?;
     let leaked = before.free_kib.saturating_sub(after.free_kib) / 4;
     println!(
         "{prefix}: leak frames={leaked} free_delta_kib={} heap_delta_bytes={}",
         after.free_kib as i64 - before.free_kib as i64,
         after.heap_bytes as i64 - before.heap_bytes as i64
     );
-    if after.free_kib != before.free_kib || after.heap_bytes != before.heap_bytes {
+    if after.free_kib != before.free_kib || (heap_check && after.heap_bytes != before.heap_bytes) {
         return Err(RunFailure::Leak {
             free_kib: [before.free_kib, after.free_kib],
             heap_bytes: [before.heap_bytes, after.heap_bytes],
@@ -442,11 +449,11 @@ pub fn run_fuzz(options: &FuzzOptions, waiter: Waiter, alive: &mut Alive) -> Res
     println!("fuzz: phase warm_up seconds=1");
     fuzz_phase(options, 1, waiter, alive, &mut beats, &mut counts)?;
     prime("fuzz", waiter, alive)?;
-    let before = memory("fuzz", "before", waiter)?;
+    let before = memory("fuzz", "before", waiter, options.heap_check)?;
     println!("fuzz: phase run seconds={}", options.seconds);
     fuzz_phase(options, options.seconds, waiter, alive, &mut beats, &mut counts)?;
     beats.print("fuzz");
-    check_memory("fuzz", before, waiter)
+    check_memory("fuzz", before, waiter, options.heap_check)
 }
 
 /// Good domains and fuzzer domains for `seconds`, then everything destroyed.
@@ -546,11 +553,11 @@ pub fn run_cycles(options: &CycleOptions, waiter: Waiter, alive: &mut Alive) -> 
     println!("cycles: phase warm_up cycles={}", CYCLE_ATTACKS.len());
     cycle_phase(options, 0, CYCLE_ATTACKS.len() as u64, waiter, alive, &mut beats)?;
     prime("cycles", waiter, alive)?;
-    let before = memory("cycles", "before", waiter)?;
+    let before = memory("cycles", "before", waiter, options.heap_check)?;
     println!("cycles: phase run cycles={}", options.cycles);
     cycle_phase(options, CYCLE_ATTACKS.len() as u64, options.cycles, waiter, alive, &mut beats)?;
     beats.print("cycles");
-    check_memory("cycles", before, waiter)?;
+    check_memory("cycles", before, waiter, options.heap_check)?;
     println!("cycles: done ok cycles={}", options.cycles);
     Ok(())
 }
