@@ -90,13 +90,13 @@ fn on_exception(frame: &mut TrapFrame) {
         _ => {}
     }
     println!(
-        "fuzz: UNEXPECTED exception {} error={:#x} rip={:#x} rsp={:#x} cr2={:#x} vcpu={vcpu} {}",
+        "fuzz: UNEXPECTED {} vcpu={vcpu} exception {} error={:#x} rip={:#x} rsp={:#x} cr2={:#x}",
+        report::Last(vcpu),
         frame.vector,
         frame.error_code,
         frame.rip,
         frame.rsp,
-        frame.cr2,
-        report::Last(vcpu)
+        frame.cr2
     );
     println!("fuzz: registers rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rbp={:#x}", frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rbp);
     println!("fuzz: registers r12={:#x} r13={:#x} r14={:#x} r15={:#x} rflags={:#x}", frame.r12, frame.r13, frame.r14, frame.r15, frame.rflags);

@@ -6,8 +6,9 @@
 //! `fuzz: fatal seed=S calls=C op=<name>` right before a call meant to end the domain;
 //! `fuzz: trace seed=S vcpu=K n=C op=<name> nr=.. args=..` for the traced calls;
 //! `fuzz: end seed=S calls=C` before the domain powers off at its `calls=` budget;
-//! `fuzz: UNEXPECTED ...` and `fuzz: failsafe ...` (from [`crate::guard`]) when the fuzzer
-//! is hit by something it did not ask for. Calls are counted over both vCPUs: every
+//! `fuzz: UNEXPECTED seed=S calls=C op=<name> ...` and `fuzz: failsafe ...` (from
+//! [`crate::guard`]) when the fuzzer is hit by something it did not ask for (or, after a
+//! `fuzz: fatal` line, by the fatal call's consequence). Calls are counted over both vCPUs: every
 //! generated hypercall (each entry of a multicall too), probe and `iret`; the calls that
 //! only put the fuzzer's own state back are not counted. This module must never print
 //! more than a line per call it is asked to trace, and a line per progress period else:
