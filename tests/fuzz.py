@@ -30,6 +30,8 @@ BUILD = os.path.join(ROOT, "build")
 SUCCESS_STATUS = 33
 
 DOMAIN_LINE = re.compile(r"\(d(\d+)\) (.*)")
+# A fuzzer's own BUG line (its console writes may print any bytes, its own strings included).
+BUG_LINE = re.compile(r"^fuzz: BUG \w+ at 0x[0-9a-f]+ did not fault seed=\d+")
 KEYS = re.compile(r"([a-z_0-9]+)=(\S+)")
 SUMMARY = re.compile(r"summary: ([a-z0-9_.]+)=(\S*)")
 
@@ -138,9 +140,11 @@ def parse(lines):
     facts = {"summary": {}, "fuzzers": {}, "spawned": [], "gone": [], "dom0": [], "unexpected": [], "bugs": [],
              "fatal": [], "selfcheck": [], "hv_fatal": [], "killed": []}
     for line in lines:
-        for key, value in SUMMARY.findall(line):
-            facts["summary"][key] = value
-        if "FATAL" in line or "panicked" in line and "(d" not in line:
+        # The hypervisor's own lines only: a guest's console lines are prefixed (dN).
+        if "(d" not in line:
+            for key, value in SUMMARY.findall(line):
+                facts["summary"][key] = value
+        if "(d" not in line and ("FATAL" in line or "panicked" in line):
             facts["hv_fatal"].append(line)
         if "killing it" in line:
             facts["killed"].append(line)
@@ -166,11 +170,11 @@ def parse(lines):
             entry = facts["fuzzers"].setdefault((domid, seed), {"calls": 0, "ending": None})
             if "calls" in kv and kv["calls"].isdigit():
                 entry["calls"] = max(entry["calls"], int(kv["calls"]))
-        if text.startswith("fuzz: UNEXPECTED") or text.startswith("fuzz: failsafe"):
+        if re.match(r"^fuzz: (UNEXPECTED seed=\d+|failsafe callback rsp=0x)", text):
             # After a call meant to end the domain, its consequence is expected.
             if "op=fatal_" not in text:
                 facts["unexpected"].append((domid, text))
-        elif text.startswith("fuzz: BUG"):
+        elif BUG_LINE.match(text):
             facts["bugs"].append((domid, text))
         elif text.startswith("fuzz: fatal"):
             facts["fatal"].append((domid, text))
