@@ -5,6 +5,8 @@
 //! A domain is created by the builder (`pv::build`), runs until it shuts down or crashes,
 //! and is then destroyed: every frame it owned goes back to the frame allocator and every
 //! hypervisor structure it used is dropped, so free memory returns to exactly what it was.
+//! Domain and vCPU records are counted while they live in the heap ([`DOMAIN_RECORDS`],
+//! [`vcpu::VCPU_RECORDS`]), so that a record something holds after its destruction shows.
 //! Destruction happens only once no CPU runs any of its vCPUs (see [`Domain::destroy`]).
 
 pub mod vcpu;
