@@ -178,7 +178,7 @@ def parse(lines):
             facts["bugs"].append((domid, text))
         elif text.startswith("fuzz: fatal"):
             facts["fatal"].append((domid, text))
-        elif text.startswith("fuzz: SELF-CHECK"):
+        elif re.match(r"^fuzz: SELF-CHECK (pfn 0x|the program)", text):
             facts["selfcheck"].append((domid, text))
     return facts
 
