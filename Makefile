@@ -22,7 +22,7 @@ TIMEOUT    ?= 120
 # A Xen PV64 guest ELF to boot as a module, and how many domains to build from it.
 GUEST      ?=
 GUESTS     ?= 1
-GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu
+GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz
 
 # The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
 N          ?= 100
@@ -52,6 +52,24 @@ CAPACITY_OUT ?= $(BUILD)/capacity
 # left as QEMU makes them.
 STRESS_VCPU ?= idle
 
+# The fuzz run and the containment cycles: domain 0 runs plan=fuzz or plan=cycles.
+FUZZ_SECONDS = $(if $(filter command line environment,$(origin SECONDS)),$(SECONDS),60)
+FUZZ_SMP   = $(if $(filter command line environment,$(origin SMP)),$(SMP),2)
+SEED       ?= 1
+CYCLES     ?= 1000
+# Classes of calls the fuzzers leave out (guests/fuzz/src/options.rs): the holes of issue
+# 15 this branch does not close yet, so that a run goes on past them. Empty it (FUZZ_AVOID=)
+# once they are closed.
+FUZZ_AVOID ?= alias,iret,lock,long,poll,console,slot511,vcpus
+# Whether the heap and its domain records must be exactly as before (1) or are only
+# reported (0): records of destroyed domains stay held by timers left on CPUs their vCPUs
+# moved from (hole 14). Free memory is checked either way. Set 1 once hole 14 is closed.
+FUZZ_HEAP  ?= 0
+# Extra domain-0 options (fuzzers= life_ms= pairs= periodic= replay= heartbeat_ms= pin=)
+# and hypervisor options.
+FUZZ_ARGS  ?=
+FUZZ_HV_ARGS ?=
+
 QEMU       := qemu-system-x86_64
 comma      := ,
 QEMU_BASE   = -M $(MACHINE) -accel $(ACCEL) -m $(MEM) -smp $(SMP) -display none \
@@ -67,11 +85,13 @@ DEPS_STAMP  := $(BUILD)/.deps
 HOST_CRATES := xen-abi apic builder bvt events guest-dom0 guest-rt mm protocol pvmm smp topology
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
+# Guest crates whose library (the logic) is tested and linted on the host too.
+GUEST_LIB_CRATES := guest-fuzz
 # Everything that runs on the machine.
-METAL_CRATES := hypervisor guest-rt guest-hello
+METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz guest-dom0 guest-hostile guest-pagetables
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
-.PHONY: help deps build guests stress capacity capacity-page iso iso-selftest run smoke boottime test test-host test-qemu test-stress clippy clean xtf
+.PHONY: help deps build guests stress capacity capacity-page fuzz cycles iso iso-selftest run smoke boottime test test-host test-qemu test-stress test-fuzz clippy clean xtf
 
 help:
 	@echo "make build           build the hypervisor ELF ($(KERNEL))"
@@ -90,7 +110,11 @@ help:
 	@echo "make capacity        a sweep of stress runs (NS=\"$(NS)\" SMPS=\"$(SMPS)\" RUNS=$(or $(RUNS),1) SECONDS=$(SECONDS)), then"
 	@echo "                     $(CAPACITY_OUT)/capacity.html: latency and memory against N, the largest N"
 	@echo "                     whose warped p99 <= P99_US=$(P99_US); make capacity-page redraws it from the runs there"
-	@echo "make test            host unit tests, clippy, the QEMU test matrix and a short stress run"
+	@echo "make fuzz            domain 0 keeps fuzzer domains (2 vCPUs each) beside good domains for SECONDS=60"
+	@echo "                     on SMP=2 CPUs (SEED=1, FUZZ_AVOID='$(FUZZ_AVOID)', FUZZ_ARGS='fuzzers= life_ms= replay=',"
+	@echo "                     FUZZ_HV_ARGS=); report: calls, calls/s, domains, longest stay, heartbeat, memory"
+	@echo "make cycles          CYCLES=1000 create/destroy cycles of hostile and fuzzer domains; memory and heap exactly as before"
+	@echo "make test            host unit tests, clippy, the QEMU test matrix, a short stress run, a short fuzz run and cycles"
 	@echo "make test-stress     make stress N=20 SMP=2 SECONDS=3, targets reported but not enforced"
 	@echo "make xtf XTF=<dir>   run every pv64 test of a built Xen Test Framework tree (ONLY='a b', XTF_TIMEOUT=60)"
 	@echo "make clippy          clippy with warnings denied, host and bare-metal"
@@ -155,18 +179,20 @@ boottime: build
 
 # ---- tests --------------------------------------------------------------------------------
 
-test: test-host clippy test-qemu test-stress
+test: test-host clippy test-qemu test-stress test-fuzz
 
 # The property tests (proptest) run their default case counts; more with, for example,
 # `PROPTEST_CASES=10000 make test-host`.
 test-host: $(DEPS_STAMP)
 	cargo test $(foreach c,$(HOST_CRATES) $(STD_CRATES),-p $(c)) -p hypervisor --lib
+	cargo test $(foreach c,$(GUEST_LIB_CRATES),-p $(c)) --lib
 
 clippy: $(DEPS_STAMP)
 	cargo clippy $(foreach c,$(HOST_CRATES),-p $(c)) --lib --tests -- -D warnings
 	cargo clippy $(foreach c,$(STD_CRATES),-p $(c)) --all-targets -- -D warnings
 	cargo clippy -p hypervisor --lib --tests -- -D warnings
-	cargo clippy $(foreach c,$(HOST_CRATES) $(METAL_CRATES),-p $(c)) --target $(TARGET) -- -D warnings
+	cargo clippy $(foreach c,$(GUEST_LIB_CRATES),-p $(c)) --lib --tests -- -D warnings
+	cargo clippy $(foreach c,$(sort $(HOST_CRATES) $(METAL_CRATES)),-p $(c)) --target $(TARGET) -- -D warnings
 
 test-qemu: build iso-selftest guests
 	python3 tests/qemu.py test
@@ -177,6 +203,22 @@ test-qemu: build iso-selftest guests
 # `make stress N=100`, on a quiet machine).
 test-stress:
 	$(MAKE) --no-print-directory stress N=20 SMP=2 SECONDS=3 STRESS_TARGETS=report STRESS_OUT=$(BUILD)/stress-test STRESS_ARGS=latency=4
+
+# A short fuzz run (15 s) and 60 containment cycles: the hypervisor must not crash or hang,
+# the good domains must run through, and memory and heap must come back exactly.
+test-fuzz:
+	$(MAKE) --no-print-directory fuzz SECONDS=15
+	$(MAKE) --no-print-directory cycles CYCLES=60
+
+# ---- fuzzing ------------------------------------------------------------------------------
+
+fuzz: build guests
+	python3 tests/fuzz.py fuzz --seconds $(FUZZ_SECONDS) --seed $(SEED) --smp $(FUZZ_SMP) \
+	    --args "$(if $(FUZZ_AVOID),avoid=$(FUZZ_AVOID)) heap=$(FUZZ_HEAP) $(FUZZ_ARGS)" --hv-args "$(FUZZ_HV_ARGS)"
+
+cycles: build guests
+	python3 tests/fuzz.py cycles --cycles $(CYCLES) --seed $(SEED) --smp $(FUZZ_SMP) \
+	    --args "$(if $(FUZZ_AVOID),avoid=$(FUZZ_AVOID)) heap=$(FUZZ_HEAP) $(FUZZ_ARGS)" --hv-args "$(FUZZ_HV_ARGS)"
 
 # ---- the stress suite ---------------------------------------------------------------------
 

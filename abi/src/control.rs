@@ -5,7 +5,7 @@
 //! tracks Xen's toolstack): it travels in the `domctl` hypercall slot (36) as one
 //! [`ControlOp`] whose `cmd` selects the operation and whose 112 argument bytes hold the
 //! command's struct ([`CreateDomain`], [`SchedParams`], [`DomainInfo`], [`PhysInfo`],
-//! [`MaxMem`]). Only the privileged domain may use it; every other caller gets `EPERM`.
+//! [`MaxMem`], [`Heartbeat`]). Only the privileged domain may use it; every other caller gets `EPERM`.
 //! The return value is 0 or a negative errno; `CreateDomain` returns the new domain id.
 
 use crate::macros::{abi_enum, assert_layout};
@@ -33,6 +33,10 @@ abi_enum! {
         GetDomainInfo = 8,
         /// args (out): [`PhysInfo`]; `domain` is ignored.
         GetPhysInfo = 9,
+        /// args (out): [`Heartbeat`]; `domain` is ignored. Every other online CPU must
+        /// answer a cross-CPU call, timed one by one: a CPU held in the hypervisor with
+        /// interrupts off answers late (or, hung, never, and the caller hangs with it).
+        Heartbeat = 10,
     }
 }
 
@@ -119,8 +123,12 @@ pub const CREATE_PAUSED: u32 = 1 << 0;
 /// [`CreateDomain::flags`]: [`CreateDomain::cpu`] is where the domain starts, not where it
 /// must stay (Xen's soft affinity against its hard one): the scheduler may move it.
 pub const CREATE_UNPINNED: u32 = 1 << 1;
+/// [`CreateDomain::flags`]: a hostile or fuzzing domain, expected to be killed or to crash:
+/// however it ends, that is not a failure of the run, and its ending is counted apart
+/// (`summary: domains.hostile_*`).
+pub const CREATE_HOSTILE: u32 = 1 << 2;
 /// Every flag [`CreateDomain::flags`] may hold.
-pub const CREATE_FLAGS: u32 = CREATE_PAUSED | CREATE_UNPINNED;
+pub const CREATE_FLAGS: u32 = CREATE_PAUSED | CREATE_UNPINNED | CREATE_HOSTILE;
 
 /// `SetMaxMem` arguments.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,9 +182,30 @@ pub struct PhysInfo {
     /// `domains` (a leak; domain 0 checks that the two agree).
     pub domains_held: u32,
     pub tsc_khz: u64,
+    /// Domain records still in the hypervisor's heap, live or destroyed but still held (a
+    /// record held forever is a leak).
+    pub domain_records: u32,
+    /// vCPU records likewise.
+    pub vcpu_records: u32,
 }
 
-assert_layout!(PhysInfo, size = 56, { total_kib @ 0, free_kib @ 8, heap_bytes @ 16, domains @ 24, cpus @ 28, window_used_kib @ 32, modules @ 40, domains_held @ 44, tsc_khz @ 48 });
+assert_layout!(PhysInfo, size = 64, { total_kib @ 0, free_kib @ 8, heap_bytes @ 16, domains @ 24, cpus @ 28, window_used_kib @ 32, modules @ 40, domains_held @ 44, tsc_khz @ 48, domain_records @ 56, vcpu_records @ 60 });
+
+/// `Heartbeat` result: how long the other online CPUs took to answer a cross-CPU call each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Heartbeat {
+    /// CPUs that answered (the caller's own CPU is not asked).
+    pub answered: u32,
+    /// The CPU that took longest.
+    pub slowest_cpu: u32,
+    /// Its round trip, in ns.
+    pub max_ns: u64,
+    /// All round trips together, in ns.
+    pub total_ns: u64,
+}
+
+assert_layout!(Heartbeat, size = 24, { answered @ 0, slowest_cpu @ 4, max_ns @ 8, total_ns @ 16 });
 
 /// A struct that travels in [`ControlOp::args`], encoded field by field in little endian
 /// at its `#[repr(C)]` offsets.
@@ -237,9 +266,10 @@ control_args!(DomainInfo {
     tot_pages: u64 @ 0, max_pages: u64 @ 8, state: u32 @ 16, vcpus: u32 @ 20, cpu_time_ns: u64 @ 24,
     hypercalls: u64 @ 32, exceptions_bounced: u64 @ 40, events_sent: u64 @ 48, build_ns: u64 @ 56,
 });
+control_args!(Heartbeat { answered: u32 @ 0, slowest_cpu: u32 @ 4, max_ns: u64 @ 8, total_ns: u64 @ 16 });
 control_args!(PhysInfo {
     total_kib: u64 @ 0, free_kib: u64 @ 8, heap_bytes: u64 @ 16, domains: u32 @ 24, cpus: u32 @ 28,
-    window_used_kib: u64 @ 32, modules: u32 @ 40, domains_held: u32 @ 44, tsc_khz: u64 @ 48,
+    window_used_kib: u64 @ 32, modules: u32 @ 40, domains_held: u32 @ 44, tsc_khz: u64 @ 48, domain_records: u32 @ 56, vcpu_records: u32 @ 60,
 });
 
 #[cfg(test)]
@@ -267,17 +297,20 @@ mod tests {
         assert_eq!(u32_at(&args, 16), 3, "params.weight at offset 16");
         assert_eq!(u64_at(&args, 48), 0xffff_ffff_8000_1000);
         assert_eq!(u32_at(&args, 64), CREATE_PAUSED, "flags at offset 64");
-        let info = PhysInfo { total_kib: 1, free_kib: 2, heap_bytes: 3, domains: 4, cpus: 5, window_used_kib: 6, modules: 7, domains_held: 9, tsc_khz: 8 };
+        let info = PhysInfo { total_kib: 1, free_kib: 2, heap_bytes: 3, domains: 4, cpus: 5, window_used_kib: 6, modules: 7, domains_held: 11, tsc_khz: 8, domain_records: 9, vcpu_records: 10 };
         assert_eq!(PhysInfo::decode(&info.encode()), info);
         let dom = DomainInfo { tot_pages: 9, max_pages: 8, state: 1, vcpus: 2, cpu_time_ns: 3, hypercalls: 4, exceptions_bounced: 5, events_sent: 6, build_ns: 7 };
         assert_eq!(DomainInfo::decode(&dom.encode()), dom);
         assert_eq!(MaxMem::decode(&MaxMem { max_kib: 77 }.encode()), MaxMem { max_kib: 77 });
+        let beat = Heartbeat { answered: 3, slowest_cpu: 2, max_ns: 40_000, total_ns: 90_000 };
+        assert_eq!(Heartbeat::decode(&beat.encode()), beat);
     }
 
     #[test]
     fn commands_decode() {
         assert_eq!(ControlCmd::from_raw(1), Some(ControlCmd::CreateDomain));
         assert_eq!(ControlCmd::from_raw(0), None);
-        assert_eq!(ControlCmd::from_raw(10), None);
+        assert_eq!(ControlCmd::from_raw(10), Some(ControlCmd::Heartbeat));
+        assert_eq!(ControlCmd::from_raw(11), None);
     }
 }

@@ -328,7 +328,7 @@ proptest! {
         };
         let phys = PhysInfo {
             total_kib: w(9), free_kib: w(10), heap_bytes: w(11), domains: h(12), cpus: h(13), window_used_kib: w(14),
-            modules: h(15), domains_held: h(1), tsc_khz: w(0),
+            modules: h(15), domains_held: h(1), tsc_khz: w(0), domain_records: h(2), vcpu_records: h(3),
         };
         let max = MaxMem { max_kib: w(11) };
         prop_assert_eq!(SchedParams::decode(&params.encode()), params);
@@ -389,6 +389,8 @@ proptest! {
             (offset_of!(PhysInfo, modules), le32(phys.modules)),
             (offset_of!(PhysInfo, domains_held), le32(phys.domains_held)),
             (offset_of!(PhysInfo, tsc_khz), le64(phys.tsc_khz)),
+            (offset_of!(PhysInfo, domain_records), le32(phys.domain_records)),
+            (offset_of!(PhysInfo, vcpu_records), le32(phys.vcpu_records)),
         ]));
     }
 }

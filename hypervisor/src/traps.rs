@@ -50,6 +50,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
         SYSCALL_VECTOR | SYSCALL32_VECTOR => Stay::Syscall(frame.rax),
         vector => Stay::Vector(vector),
     };
+    let domu = crate::sched::current().is_some_and(|vcpu| !vcpu.domain.privileged);
     match frame.vector {
         SYSCALL_VECTOR | SYSCALL32_VECTOR => crate::pv::guest_trap(frame),
         0..=31 if frame.is_from_guest() => crate::pv::guest_trap(frame),
@@ -71,7 +72,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
         }
     }
     let _ = crate::logger::drain(crate::logger::EXIT_SLICE_NS);
-    crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause);
+    crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause, domu);
 }
 
 /// An exception in hypervisor code: a fault on a guest pointer inside a guest-memory copy

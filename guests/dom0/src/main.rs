@@ -1,4 +1,6 @@
-//! guest-dom0: domain 0 of the stress run (boot module 0). It reads its options, plans
+//! guest-dom0: domain 0 of the stress run (boot module 0); with `plan=fuzz` or
+//! `plan=cycles` on its command line, of the fuzz run or the containment cycles instead
+//! ([`fuzzrun`], [`guest_dom0::fuzzplan`]). For the stress run it reads its options, plans
 //! the run ([`Plan`]), creates every stress domain from boot module 1 through the control
 //! interface, paused (timing each creation), checks that none has run yet, unpauses them
 //! all (in creation order), so that the run measures N domains together rather than the
@@ -21,6 +23,7 @@
 use core::fmt::{self, Write};
 
 use arrayvec::{ArrayString, ArrayVec};
+use guest_dom0::fuzzplan::{self, Plan as FuzzPlan};
 use guest_dom0::options::Options;
 use guest_dom0::plan::{self, Plan, PlanError};
 use guest_rt::abi::control::DOMAIN_PAUSED;
@@ -37,6 +40,8 @@ use protocol::record::{Config, Creation, DomainInfo, MemPhase, MemSample, Record
 use protocol::worker::Task;
 
 mod attack;
+
+mod fuzzrun;
 
 guest_rt::entry!(main);
 
@@ -64,6 +69,16 @@ fn main(start: &'static StartInfo) {
     if let Some(name) = attack::requested(start.cmd_line()) {
         attack::run(name, start);
     }
+    match fuzzplan::plan(start.cmd_line()) {
+        Ok(FuzzPlan::Stress) => {}
+        Ok(FuzzPlan::Fuzz(options)) => return other_plan("fuzz", |w, alive| fuzzrun::run_fuzz(&options, w, alive)),
+        Ok(FuzzPlan::Cycles(options)) => return other_plan("cycles", |w, alive| fuzzrun::run_cycles(&options, w, alive)),
+        Err(error) => {
+            println!("dom0: bad command line: {error}");
+            println!("fuzz: FAILED reason=bad_option");
+            return;
+        }
+    }
     let mut created = Created::default();
     match run(start, &mut created) {
         Ok(()) => println!("{}", Record::Done),
@@ -76,6 +91,26 @@ fn main(start: &'static StartInfo) {
                     reason: failure.reason()
                 }
             );
+        }
+    }
+}
+
+/// Runs the fuzz or cycles plan, reporting as `<prefix>: done ok` or `<prefix>: FAILED`.
+fn other_plan(prefix: &str, run: impl FnOnce(Waiter, &mut fuzzrun::Alive) -> Result<(), fuzzrun::RunFailure>) {
+    let mut alive = fuzzrun::Alive::default();
+    let result = Waiter::new()
+        .map_err(|_| fuzzrun::RunFailure::Timer)
+        .and_then(|waiter| {
+            control::set_sched_params(DomId::DOM0, &plan::DOM0_PARAMS)
+                .map_err(|error| fuzzrun::RunFailure::Control { call: "sched_params", domid: DomId::DOM0, error })?;
+            run(waiter, &mut alive)
+        });
+    match result {
+        Ok(()) => println!("{prefix}: done ok"),
+        Err(failure) => {
+            alive.destroy_all();
+            println!("dom0: {failure}");
+            println!("{prefix}: FAILED reason={}", failure.reason());
         }
     }
 }
@@ -354,6 +389,7 @@ fn create_all(
             paused: true,
             max_vcpus: 1,
             cpu_mask: 0,
+            hostile: false,
         };
         let before = waiter.now();
         let result = control::create_domain(&spec);

@@ -1,6 +1,8 @@
-//! Attacks that end the domain when the hypervisor contains them: one per boot, named on
-//! the guest's command line (`attack=<name>`), so that each runs in a domain of its own and
-//! the QEMU test can check both that the machine survived and how that domain ended.
+//! Attacks that end the domain when the hypervisor contains them, or that never end and
+//! must be contained while they run (the containment attacks of [`crate::containment`],
+//! which domain 0's containment cycles destroy): one per boot, named on the guest's
+//! command line (`attack=<name>`), so that each runs in a domain of its own and the test
+//! can check both that the machine survived and how that domain ended.
 //!
 //! Each attack prints "hostile: attack <name>: <what it does>" before it strikes. One the
 //! hypervisor refuses outright prints "hostile: attack <name>: refused (...)" and powers
@@ -19,7 +21,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, compat, exit_path, last_attack, long_calls, window};
+use crate::{big_tree, compat, containment, exit_path, last_attack, long_calls, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -51,6 +53,9 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "syscall32_no_callback", run: compat::syscall32_no_callback },
     Attack { name: "sysenter", run: compat::sysenter },
     Attack { name: "sysenter_no_callback", run: compat::sysenter_no_callback },
+    Attack { name: "spin_masked", run: containment::spin_masked },
+    Attack { name: "flood_dom0", run: containment::flood_dom0 },
+    Attack { name: "exhaust_ports_timers", run: containment::exhaust_ports_timers },
 ];
 
 /// The `attack=` value on the command line, if any.

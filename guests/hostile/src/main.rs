@@ -10,7 +10,9 @@
 //! appear ([`window`]: aliases through own L3s, L4 slot 511); the shared-info frame as a
 //! page table or descriptor frame ([`shared_info`]); polling the ports the hypervisor uses
 //! as markers ([`polling`]); giving back one frame twice;
-//! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); then the fault in the fault handler ([`last_attack`]).
+//! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); hypercalls faulting on
+//! guest pointers while a second vCPU competes for the CPU ([`switches`]); then the fault
+//! in the fault handler ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
 //! "skipped (...)" when a frame meant as foreign is the guest's own), "... SUCCEEDED (BUG)"
@@ -33,6 +35,7 @@ mod big_tree;
 mod compat;
 mod contained;
 mod exit_path;
+mod containment;
 mod fatal;
 mod last_attack;
 mod long_calls;
@@ -40,6 +43,7 @@ mod mappings;
 mod polling;
 mod reservation;
 mod shared_info;
+mod switches;
 mod targets;
 mod vcpus;
 mod verdict;
@@ -75,6 +79,7 @@ fn main(start: &'static StartInfo) {
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     vcpus::run(&mut tally);
+    switches::run(&mut tally, &targets);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }

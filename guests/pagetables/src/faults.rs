@@ -172,3 +172,57 @@ pub fn divide_by_zero() -> (u64, u64) {
     }
     (div_at, DIVIDE_ERROR_RIP.load(Ordering::Acquire))
 }
+
+/// The vector `int 0x80` is given to, with DPL 3, as PV kernels give it their 32-bit
+/// system calls; through the hypervisor's IDT (DPL 0 there) it raises #GP, and the
+/// hypervisor must deliver vector 0x80 itself.
+pub const SOFTWARE_VECTOR: u8 = 0x80;
+
+/// Set by [`pagetables_int80_entry`]: the rip it was entered with.
+static SOFTWARE_RIP: AtomicU64 = AtomicU64::new(0);
+
+core::arch::global_asm!(
+    ".pushsection .text.pagetables_int80,\"ax\",@progbits",
+    ".globl pagetables_int80_entry",
+    "pagetables_int80_entry:",
+    // Bounce frame: rcx, r11, rip, cs, rflags, rsp, ss (no error code).
+    "    pop rcx",
+    "    pop r11",
+    "    push rax",
+    "    mov rax, [rsp + 8]",
+    "    mov [rip + {seen}], rax",
+    "    pop rax",
+    "    push 0",
+    "    jmp guest_rt_hypercall_page + {iret}",
+    ".popsection",
+    seen = sym SOFTWARE_RIP,
+    iret = const guest_rt::abi::hypercall_page::stub_offset(guest_rt::abi::hypercall::Hypercall::Iret),
+);
+
+extern "C" {
+    static pagetables_int80_entry: u8;
+}
+
+/// Points vector 0x80 (DPL 3) at [`pagetables_int80_entry`], runs `int 0x80`, and returns
+/// the address after it and the rip the entry saw (0: it never ran).
+pub fn software_interrupt() -> Result<(u64, u64), hypercall::HypercallError> {
+    let table = [
+        guest_rt::abi::arch_x86::TrapInfo {
+            vector: SOFTWARE_VECTOR,
+            flags: 3,
+            cs: guest_rt::abi::arch_x86::FLAT_KERNEL_CS64,
+            _pad: 0,
+            address: &raw const pagetables_int80_entry as u64,
+        },
+        guest_rt::abi::arch_x86::TrapInfo::default(),
+    ];
+    // SAFETY: the entry handles the bounce frame of a software interrupt and returns
+    // with the iret hypercall; the table is terminated.
+    unsafe { hypercall::set_trap_table(&table)? };
+    SOFTWARE_RIP.store(0, Ordering::Relaxed);
+    let after: u64;
+    // SAFETY: int 0x80 reaches the entry above (or, misdelivered, the runtime's default
+    // handler, which ends the domain); execution continues after it.
+    unsafe { asm!("lea {after}, [rip + 2f]", "int 0x80", "2:", after = out(reg) after) };
+    Ok((after, SOFTWARE_RIP.load(Ordering::Acquire)))
+}

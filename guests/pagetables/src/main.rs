@@ -12,7 +12,8 @@
 //!    `multicall` of `update_va_mapping`s, unmaps all (`tlb_flush_local`), takes a read
 //!    fault through it (error code 0x0), is unhooked (`tlb_flush_all`), unpinned, and must
 //!    then map writable again;
-//! 3. `int3` must reach the breakpoint handler with rip after it, a divide by zero the
+//! 3. `int3` must reach the breakpoint handler with rip after it, `int 0x80` its DPL-3
+//!    trap entry with rip after it (the vector read from the instruction), a divide by zero the
 //!    divide-error handler with rip at the `div`;
 //! 4. its own GDT (see `gdt`): descriptor checks and fix-ups of `set_gdt` and
 //!    `update_descriptor`, and the frame's protection while it is a GDT;
@@ -111,6 +112,7 @@ enum Step {
     MapGdtWritable,
     ReleaseGdt,
     MapReleasedGdtWritable,
+    SoftwareTrapEntry,
 }
 
 impl fmt::Display for Step {
@@ -141,6 +143,7 @@ impl fmt::Display for Step {
             Self::MapGdtWritable => "mapping the GDT frame writable",
             Self::ReleaseGdt => "releasing the GDT",
             Self::MapReleasedGdtWritable => "mapping the released GDT frame writable",
+            Self::SoftwareTrapEntry => "a DPL-3 trap entry for vector 0x80",
         })
     }
 }
@@ -192,6 +195,11 @@ enum Failure {
     MulticallEntry {
         index: usize,
         result: u64,
+    },
+    /// `int 0x80` did not reach its trap entry with rip after it (0: never reached).
+    SoftwareInterrupt {
+        expected: u64,
+        seen: u64,
     },
     /// The breakpoint handler did not see rip after the `int3`.
     Breakpoint {
@@ -254,6 +262,9 @@ impl fmt::Display for Failure {
             }
             Self::MulticallEntry { index, result } => {
                 write!(f, "multicall entry {index} returned {}", result as i64)
+            }
+            Self::SoftwareInterrupt { expected, seen } => {
+                write!(f, "int 0x80: its trap entry saw rip {seen:#x}, expected {expected:#x}")
             }
             Self::Breakpoint { expected, seen } => {
                 write!(f, "int3: handler saw rip {seen:#x}, expected {expected:#x}")
@@ -590,6 +601,11 @@ fn exceptions() -> Result<(), Failure> {
         "pagetables: int3 trapped with rip {after:#x} (after it); divide error with rip \
          {div_at:#x} (at the div), resumed"
     );
+    let (after, seen) = faults::software_interrupt().map_err(|error| Failure::Call { step: Step::SoftwareTrapEntry, error })?;
+    if seen != after {
+        return Err(Failure::SoftwareInterrupt { expected: after, seen });
+    }
+    println!("pagetables: int 0x80 reached its DPL-3 trap entry with rip {after:#x} (after it)");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The control interface of domain 0 ([`abi::control`], hypercall 36 `domctl`): typed
 //! calls to create, destroy, pause and unpause domains, set their memory limit and
-//! scheduling parameters, and read domain and machine information.
+//! scheduling parameters, read domain and machine information, and time every CPU's
+//! answer to a cross-CPU call (the heartbeat).
 //!
 //! Each call builds one [`ControlOp`] on the stack (current interface version, target
 //! domain, the command's arguments encoded with [`ControlArgs`]), passes its address, and
@@ -9,8 +10,8 @@
 //! policy (which domains to create, where): that is domain 0's own code.
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams,
-    CREATE_PAUSED, CREATE_UNPINNED,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, Heartbeat, MaxMem, PhysInfo,
+    SchedParams, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED,
 };
 use abi::errno::Errno;
 use abi::hypercall::Hypercall;
@@ -69,6 +70,8 @@ pub struct NewDomain<'a> {
     pub max_vcpus: u32,
     /// The CPUs its vCPUs go on, one bit per CPU; 0: any online CPU.
     pub cpu_mask: u64,
+    /// A hostile domain (a fuzzer, an attack): however it ends is no failure of the run.
+    pub hostile: bool,
 }
 
 /// `CreateDomain`'s arguments for `spec` (the command line by address, in this domain).
@@ -81,7 +84,7 @@ pub fn create_args(spec: &NewDomain<'_>) -> CreateDomain {
         params: spec.params,
         cmdline: spec.cmdline.as_ptr() as u64,
         cmdline_len: spec.cmdline.len() as u64,
-        flags: flag(spec.paused, CREATE_PAUSED) | flag(!spec.pinned, CREATE_UNPINNED),
+        flags: flag(spec.paused, CREATE_PAUSED) | flag(!spec.pinned, CREATE_UNPINNED) | flag(spec.hostile, CREATE_HOSTILE),
         max_vcpus: spec.max_vcpus,
         cpu_mask: spec.cpu_mask,
     }
@@ -166,6 +169,12 @@ pub fn domain_info(domain: DomId) -> Result<DomainInfo> {
     Ok(DomainInfo::decode(&args))
 }
 
+/// How long each other CPU took to answer a cross-CPU call (see [`Heartbeat`]).
+pub fn heartbeat() -> Result<Heartbeat> {
+    let (_, args) = call(ControlCmd::Heartbeat, DomId::DOM0, [0; 112])?;
+    Ok(Heartbeat::decode(&args))
+}
+
 /// The machine's memory, CPUs and boot modules, and the hypervisor's heap.
 pub fn phys_info() -> Result<PhysInfo> {
     let (_, args) = call(ControlCmd::GetPhysInfo, DomId::DOM0, [0; 112])?;
@@ -194,6 +203,7 @@ mod tests {
             paused: false,
             max_vcpus: 2,
             cpu_mask: 0b10,
+            hostile: false,
         };
         let args = create_args(&spec);
         assert_eq!((args.max_vcpus, args.cpu_mask), (2, 0b10));
@@ -220,6 +230,8 @@ mod tests {
             ..spec
         });
         assert_eq!((movable.cpu, movable.flags), (1, CREATE_UNPINNED), "starts on CPU 1, may move");
+        let hostile = create_args(&NewDomain { hostile: true, ..spec });
+        assert_eq!(hostile.flags, CREATE_HOSTILE);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! A domain is created by the builder (`pv::build`), runs until it shuts down or crashes,
 //! and is then destroyed: every frame it owned goes back to the frame allocator and every
 //! hypervisor structure it used is dropped, so free memory returns to exactly what it was.
+//! Domain and vCPU records are counted while they live in the heap ([`DOMAIN_RECORDS`],
+//! [`vcpu::VCPU_RECORDS`]), so that a record something holds after its destruction shows.
 //! Destruction happens only once no CPU runs any of its vCPUs (see [`Domain::destroy`]).
 //!
 //! Frames the hypervisor writes on a domain's behalf (today its shared-info page, where
@@ -42,6 +44,10 @@ pub use vcpu::Vcpu;
 
 use crate::cpus::{CallLock, CpuMask};
 use crate::memory::{self, FrameMapping};
+
+/// Domain records in the heap (created, not yet dropped): a record destroyed but held
+/// forever by something (a queue, a timer, a cycle of references) is a leak.
+pub static DOMAIN_RECORDS: AtomicU32 = AtomicU32::new(0);
 
 /// The most domains alive at once (ids 1..=MAX_DOMAINS; 0 is kept for domain 0).
 pub const MAX_DOMAINS: usize = 4096;
@@ -239,6 +245,9 @@ pub struct Domain {
     building: AtomicBool,
     /// Paused by domain 0: its vCPUs wait, parked, until unpaused.
     pub paused: core::sync::atomic::AtomicBool,
+    /// Created by domain 0 as hostile (a fuzzer, an attack): however it ends is no failure
+    /// of the run, and its ending is counted apart from the others'.
+    pub hostile: core::sync::atomic::AtomicBool,
     /// Its vCPUs blocked in `sched_op poll` (senders look for them only when nonzero).
     pub pollers: AtomicU32,
     pub shared_info: Mfn,
@@ -263,19 +272,10 @@ pub struct Domain {
     pub build_ns: AtomicU64,
 }
 
-/// Domain records in memory (created and not yet dropped), in the table or not.
-static HELD: AtomicU32 = AtomicU32::new(0);
-
-impl Drop for Domain {
-    fn drop(&mut self) {
-        HELD.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Domain records the hypervisor holds in memory: the table's, and any destroyed domain
-/// that something still references (which would be a leak).
+/// that something still references (which would be a leak): [`DOMAIN_RECORDS`].
 pub fn held_count() -> u32 {
-    HELD.load(Ordering::Relaxed)
+    DOMAIN_RECORDS.load(Ordering::Relaxed)
 }
 
 struct Table {
@@ -288,13 +288,32 @@ struct Table {
     /// kept, so that a hypervisor that creates and destroys domains forever does not grow.
     others_ended: u64,
     others_failed: u64,
+    /// Hostile domains created by domain 0 that are gone, by ending.
+    hostile: HostileEndings,
+}
+
+/// How the hostile domains domain 0 created ended (killed by the hypervisor, crashed by
+/// their own choice, or anything else: powered off, destroyed by domain 0).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostileEndings {
+    pub ended: u64,
+    pub killed: u64,
+    pub crashed: u64,
 }
 
 /// How many failed endings of domains created by domain 0 are kept for the summary.
 const MAX_FAILURES_KEPT: u64 = 64;
 
 static DOMAINS: Mutex<Table> =
-    Mutex::new(Table { slots: Vec::new(), next: 1, created: 0, endings: Vec::new(), others_ended: 0, others_failed: 0 });
+    Mutex::new(Table {
+        slots: Vec::new(),
+        next: 1,
+        created: 0,
+        endings: Vec::new(),
+        others_ended: 0,
+        others_failed: 0,
+        hostile: HostileEndings { ended: 0, killed: 0, crashed: 0 },
+    });
 
 /// What the domain table remembers of domains that are gone.
 pub struct History {
@@ -303,6 +322,7 @@ pub struct History {
     pub endings: Vec<(DomainId, arrayvec::ArrayString<32>, Ending)>,
     pub others_ended: u64,
     pub others_failed: u64,
+    pub hostile: HostileEndings,
 }
 
 /// Why a vCPU could not join its domain.
@@ -372,7 +392,6 @@ impl Domain {
         for c in name.chars().take(32) {
             let _ = short_name.try_push(c);
         }
-        HELD.fetch_add(1, Ordering::Relaxed);
         let domain = Arc::new(Domain {
             id,
             name: short_name,
@@ -384,6 +403,7 @@ impl Domain {
             vcpus_up: AtomicU32::new(1),
             building: AtomicBool::new(true),
             paused: core::sync::atomic::AtomicBool::new(false),
+            hostile: core::sync::atomic::AtomicBool::new(false),
             pollers: AtomicU32::new(0),
             shared_info,
             memory: Mutex::new(DomainMemory::new(max_pages)),
@@ -399,6 +419,7 @@ impl Domain {
             build_ns: AtomicU64::new(0),
         });
         table.insert(id, domain.clone());
+        DOMAIN_RECORDS.fetch_add(1, Ordering::Relaxed);
         Ok(domain)
     }
 
@@ -571,6 +592,12 @@ impl Domain {
     }
 }
 
+impl Drop for Domain {
+    fn drop(&mut self) {
+        DOMAIN_RECORDS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Allocates the domain table (once, at boot, so that its size is not charged to domains).
 pub fn init() {
     DOMAINS.lock().slots.resize(MAX_DOMAINS + 1, None);
@@ -616,6 +643,7 @@ pub fn history() -> History {
         endings: table.endings.clone(),
         others_ended: table.others_ended,
         others_failed: table.others_failed,
+        hostile: table.hostile,
     }
 }
 

@@ -193,13 +193,19 @@ impl Teardown {
         let domain = self.domain;
         let ending = domain.ending().unwrap_or(Ending::Killed);
         let boot = crate::pv::lifecycle::is_boot_domain(domain.id);
+        // A hostile domain (a fuzzer, an attack domain 0 made) ending badly is no failure.
+        let hostile = !boot && domain.hostile.load(Ordering::Relaxed);
         let mut table = DOMAINS.lock();
         table.remove(domain.id);
-        if !boot {
+        if hostile {
+            table.hostile.ended += 1;
+            table.hostile.killed += u64::from(ending == Ending::Killed);
+            table.hostile.crashed += u64::from(ending == Ending::Crash);
+        } else if !boot {
             table.others_ended += 1;
             table.others_failed += u64::from(ending.is_failure());
         }
-        if boot || (ending.is_failure() && table.others_failed <= MAX_FAILURES_KEPT) {
+        if boot || (!hostile && ending.is_failure() && table.others_failed <= MAX_FAILURES_KEPT) {
             table.endings.push((domain.id, domain.name, ending));
         }
         drop(table);

@@ -138,6 +138,15 @@ impl GuestContext {
     }
 }
 
+/// vCPU records in the heap (created, not yet dropped): see `DOMAIN_RECORDS`.
+pub static VCPU_RECORDS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        VCPU_RECORDS.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One virtual CPU of a domain.
 pub struct Vcpu {
     pub domain: Arc<Domain>,
@@ -178,6 +187,7 @@ pub struct Vcpu {
 
 impl Vcpu {
     pub fn new(domain: Arc<Domain>, id: u32, regs: TrapFrame, kernel_base: BasePtr, cpu: u32) -> Arc<Vcpu> {
+        VCPU_RECORDS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         Arc::new(Vcpu {
             domain,
             id,

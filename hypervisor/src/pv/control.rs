@@ -1,6 +1,7 @@
 //! The control interface (`abi::control`, hypercall 36): the mechanisms domain 0 uses to make
 //! policy — create a domain from a boot module, destroy, pause and unpause it, set its memory
-//! limit and scheduling parameters, read its counters and the machine's.
+//! limit and scheduling parameters, read its counters and the machine's — and a heartbeat
+//! that times every other CPU's answer to a cross-CPU call.
 //!
 //! Refused to every unprivileged domain (`EPERM`). Domain 0 cannot destroy or pause itself
 //! through it (it shuts down like any guest). A domain still being built is invisible
@@ -13,8 +14,9 @@
 //! give back is there for it.
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, MaxMem, PhysInfo, SchedParams, CONTROL_INTERFACE_VERSION,
-    CREATE_FLAGS, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING, DOMAIN_SHUTTING_DOWN, MAX_VCPUS,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, Heartbeat, MaxMem, PhysInfo, SchedParams,
+    CONTROL_INTERFACE_VERSION, CREATE_FLAGS, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING,
+    DOMAIN_SHUTTING_DOWN, MAX_VCPUS,
 };
 use abi::errno::Errno;
 use alloc::sync::Arc;
@@ -64,6 +66,10 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
             op.args = phys_info().encode();
             Ok(0)
         }
+        ControlCmd::Heartbeat => {
+            op.args = heartbeat().encode();
+            Ok(0)
+        }
         _ => {
             // Domain 0 may read its own figures and set its own scheduling; it may not
             // destroy, pause or shrink itself.
@@ -106,11 +112,13 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
                     op.args = domain_info(&target).encode();
                     Ok(0)
                 }
-                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo => unreachable!("handled above"),
+                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo | ControlCmd::Heartbeat => unreachable!("handled above"),
             }
         }
     };
-    if result.is_ok() && matches!(cmd, ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams) {
+    if result.is_ok()
+        && matches!(cmd, ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams | ControlCmd::Heartbeat)
+    {
         uaccess::write_value(arg.0, &op).map_err(|_| Errno::Efault)?;
     }
     result
@@ -162,6 +170,7 @@ fn create(args: &CreateDomain) -> HcResult {
     };
     match build::build_domain(&request) {
         Ok(domain) => {
+            domain.hostile.store(args.flags & CREATE_HOSTILE != 0, Ordering::Relaxed);
             if args.flags & CREATE_PAUSED != 0 {
                 // Paused before its vCPU is queued: it never runs until unpaused.
                 sched::pause(&domain);
@@ -217,6 +226,31 @@ fn domain_info(domain: &Domain) -> DomainInfo {
     }
 }
 
+/// Asks every other online CPU, one at a time, to run an empty cross-CPU call, and times
+/// each answer. A CPU held with interrupts off answers only when it lets them in again.
+fn heartbeat() -> Heartbeat {
+    fn answer(_: usize) {}
+    let me = crate::percpu::current().index;
+    let mut beat = Heartbeat::default();
+    for (index, slot) in cpus::all().iter().enumerate() {
+        let cpu = crate::percpu::CpuIndex(index as u32);
+        if cpu == me || slot.state() != cpus::CpuState::Online {
+            continue;
+        }
+        let started = time::rdtsc();
+        if cpus::call(cpu, answer, 0).is_ok() {
+            let ns = time::tsc_to_ns(time::rdtsc() - started);
+            beat.answered += 1;
+            beat.total_ns += ns;
+            if ns >= beat.max_ns {
+                beat.max_ns = ns;
+                beat.slowest_cpu = index as u32;
+            }
+        }
+    }
+    beat
+}
+
 fn phys_info() -> PhysInfo {
     // The heap gives back what it holds unused first (and moves what it keeps onto its own
     // pool's frames), so that free memory includes it.
@@ -232,5 +266,7 @@ fn phys_info() -> PhysInfo {
         modules: build::modules().len() as u32,
         domains_held: domain::held_count(),
         tsc_khz: time::tsc_hz() / 1000,
+        domain_records: domain::DOMAIN_RECORDS.load(Ordering::Relaxed),
+        vcpu_records: domain::vcpu::VCPU_RECORDS.load(Ordering::Relaxed),
     }
 }

@@ -80,13 +80,18 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     }
 }
 
-/// A `#GP` from `int n` (error code n*8+2) that the guest's trap table allows from its
-/// current mode is delivered as vector n after the instruction.
+/// A `#GP` from `int n` (its error code names IDT entry n) that the guest's trap table
+/// allows from its current mode is delivered as vector n after the instruction. The vector
+/// is read from the instruction ([`hypervisor::softint`]): CPUs do not agree on how the
+/// error code names the entry.
 fn software_interrupt(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
-    if frame.error_code & 7 != 2 {
+    let mut insn = [0u8; 2];
+    if uaccess::read(frame.rip, &mut insn).is_err() {
         return false;
     }
-    let vector = (frame.error_code >> 3) as u8;
+    let Some(vector) = hypervisor::softint::vector(frame.error_code, insn) else {
+        return false;
+    };
     let allowed = {
         let ctx = vcpu.ctx.lock();
         ctx.trap(vector).is_some_and(|t| {

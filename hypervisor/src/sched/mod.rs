@@ -244,10 +244,11 @@ fn this_cpu() -> u32 {
     percpu::current().index.0
 }
 
-/// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists).
-pub fn record_stay(ns: u64, cause: Stay) {
+/// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists);
+/// `domu`: it began while an unprivileged domain ran.
+pub fn record_stay(ns: u64, cause: Stay, domu: bool) {
     if let Some(all) = SHARED.get() {
-        all[this_cpu() as usize].stats.record_stay(ns, cause);
+        all[this_cpu() as usize].stats.record_stay(ns, cause, domu);
     }
 }
 
@@ -538,8 +539,11 @@ pub fn release_held_timer(vcpu: &Vcpu) {
     }
 }
 
-/// Marks this CPU as done with boot: from now on the frames of its idle loop may be
-/// rewritten into guest frames.
+/// The interrupt flag in a frame's rflags.
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// Marks this CPU as done with boot: from now on the frames of its idle loop (traps taken
+/// in the hypervisor with interrupts on) may be rewritten into guest frames.
 pub fn enter_idle() {
     with_local(|local| local.scheduling = true);
     shared()[this_cpu() as usize].idle.store(true, Ordering::SeqCst);
@@ -562,15 +566,22 @@ pub fn current() -> Option<&'static Vcpu> {
 }
 
 /// Decides what runs when `frame` is returned through, and rewrites it accordingly.
+///
+/// Only a frame of guest mode or of the idle loop may be rewritten: the idle loop is the
+/// one piece of the hypervisor that runs with interrupts on, so a trap taken in the
+/// hypervisor with them off (a page fault on a guest pointer, fixed up inside a hypercall)
+/// must return to where it was. Switching vCPUs there would save the hypervisor's own
+/// half-done frame as the vCPU's context and resume it later on a stack reused since.
 pub fn on_trap_exit(frame: &mut TrapFrame) {
     if LOCAL.get().is_none() {
         return;
     }
     let here = percpu::current();
     let from_guest = frame.is_from_guest();
+    let from_idle = !from_guest && frame.rflags & RFLAGS_IF != 0;
     let mut leaving = Vec::new();
     with_local(|local| {
-        if from_guest || local.scheduling {
+        if from_guest || (local.scheduling && from_idle) {
             local.schedule(frame, here, &mut leaving);
         }
     });

@@ -83,12 +83,17 @@ pub struct Stats {
     /// Each stay in the hypervisor, from a trap's entry to its return: interrupts are off
     /// throughout, so this bounds how late any interrupt on this CPU can be taken.
     pub in_hypervisor: Latency,
+    /// The stays that began while an unprivileged domain ran here (domain 0's creations and
+    /// memory compactions are long by design; these are what any guest can cause).
+    pub in_hypervisor_domu: Latency,
     /// Time spent waiting out the deadlines of held timers, whose vCPUs were switched in
     /// ahead of them (see `sched::HeldTimer`): hypervisor time spent to hide a warping
     /// domain's wake-up path, charged to no domain.
     pub held_wait_ns: AtomicU64,
     /// What caused the longest stay so far ([`Stay::raw`]).
     longest_stay: AtomicU64,
+    /// What caused the longest stay of an unprivileged domain so far ([`Stay::raw`]).
+    longest_domu_stay: AtomicU64,
 }
 
 /// What brought a CPU into the hypervisor: a `syscall` (by rax: the hypercall number when
@@ -124,21 +129,29 @@ impl core::fmt::Display for Stay {
 }
 
 impl Stats {
-    /// Records one stay in the hypervisor of `ns`, caused by `cause`.
-    pub fn record_stay(&self, ns: u64, cause: Stay) {
+    /// Records one stay in the hypervisor of `ns`, caused by `cause`; `domu`: it began while
+    /// an unprivileged domain ran.
+    pub fn record_stay(&self, ns: u64, cause: Stay, domu: bool) {
         if ns > self.in_hypervisor.max_ns.load(Ordering::Relaxed) {
             self.longest_stay.store(cause.raw(), Ordering::Relaxed);
         }
         self.in_hypervisor.record(ns);
+        if domu {
+            if ns > self.in_hypervisor_domu.max_ns.load(Ordering::Relaxed) {
+                self.longest_domu_stay.store(cause.raw(), Ordering::Relaxed);
+            }
+            self.in_hypervisor_domu.record(ns);
+        }
     }
 }
 
 /// Prints every CPU's statistics as summary lines: `sched.cpuN.switches`,
 /// `sched.cpuN.migrations_out`, `sched.cpuN.warped_pushes_out`, `sched.cpuN.held_wait_us`, per latency `sched.cpuN.<name>_us=count/avg/p50/p99/max`
 /// where p50 and p99 are bucket upper bounds (`more`: beyond 20 ms), and
-/// `sched.cpuN.longest_stay`: what caused the longest stay in the hypervisor; then, over
-/// all CPUs, `sched.max_stay_us` (the longest stay with interrupts off, in the run) and
-/// `sched.max_stay_cause`.
+/// `sched.cpuN.longest_stay`: what caused the longest stay in the hypervisor (and
+/// `longest_domu_stay` for `in_hypervisor_domu`, the stays begun while an unprivileged domain
+/// ran); then, over all CPUs, `sched.max_stay_us` (the longest stay with interrupts off, in
+/// the run) and `sched.max_stay_cause`.
 pub fn report() {
     let Some(all) = super::SHARED.get() else { return };
     let mut longest: Option<(u64, Stay)> = None;
@@ -159,6 +172,10 @@ pub fn report() {
         stats.in_hypervisor.print(cpu, "in_hypervisor");
         if stats.in_hypervisor.count() > 0 {
             info!("summary: sched.cpu{cpu}.longest_stay={}", Stay::from_raw(stats.longest_stay.load(Ordering::Relaxed)));
+        }
+        stats.in_hypervisor_domu.print(cpu, "in_hypervisor_domu");
+        if stats.in_hypervisor_domu.count() > 0 {
+            info!("summary: sched.cpu{cpu}.longest_domu_stay={}", Stay::from_raw(stats.longest_domu_stay.load(Ordering::Relaxed)));
         }
     }
     if let Some((ns, cause)) = longest {

@@ -97,6 +97,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         paused: true,
         max_vcpus: 1,
         cpu_mask: 0,
+        hostile: false,
     };
     // Measured with vCPU 1 up (its own structures stay while domain 0 lives).
     warm_up(waiter, &spec, 0)?;

@@ -33,6 +33,7 @@ fn spec(vcpus: u32, line: &[u8]) -> NewDomain<'_> {
         paused: true,
         max_vcpus: vcpus,
         cpu_mask: 1,
+        hostile: false,
     }
 }
 

@@ -51,6 +51,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         paused: false,
         max_vcpus: 1,
         cpu_mask: 0,
+        hostile: false,
     };
     warm_up_tables(waiter, &spec, hold_ms)?;
     let before = settled(waiter)?;
