@@ -221,12 +221,15 @@ impl Fuzzer {
             let _ = traps::install();
         }
         if what & after::CALLBACKS != 0 {
-            // SAFETY: the fuzzer's own entry points, which handle their frames; no syscall
-            // callback (the fuzzer never runs guest user code).
+            // SAFETY: the fuzzer's own entry points, which handle their frames; no syscall,
+            // syscall32, sysenter or NMI callback (the fuzzer never runs guest user code, and
+            // its `syscall`/`sysenter` probes expect the exception a CPU raises without one).
             unsafe {
                 let _ = hypercall::callback_register(CallbackType::Event, guard::event_entry(), 0);
                 let _ = hypercall::callback_register(CallbackType::Failsafe, guard::failsafe_entry(), 0);
-                let _ = hypercall::callback_register(CallbackType::Syscall, 0, 0);
+                for none in [CallbackType::Syscall, CallbackType::Syscall32, CallbackType::Sysenter, CallbackType::Nmi] {
+                    let _ = hypercall::callback_register(none, 0, 0);
+                }
             }
         }
         if what & after::GDT != 0 {
