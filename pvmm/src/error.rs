@@ -83,6 +83,9 @@ pub enum MmError {
         /// The address looked up.
         virtual_address: u64,
     },
+    /// The frame is not a page table in use (writable-page-table emulation writes only
+    /// those).
+    NotATable(Mfn),
     /// The table is pinned already.
     AlreadyPinned(Mfn),
     /// The table is not pinned.
@@ -129,7 +132,8 @@ impl MmError {
             | MmError::NonCanonical(_)
             | MmError::NotMapped { .. }
             | MmError::AlreadyPinned(_)
-            | MmError::NotPinned(_) => Errno::Einval,
+            | MmError::NotPinned(_)
+            | MmError::NotATable(_) => Errno::Einval,
         }
     }
 }

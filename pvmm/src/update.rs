@@ -1,5 +1,7 @@
 //! One checked page-table entry update: `mmu_update`'s `MMU_NORMAL_PT_UPDATE` and
-//! `MMU_PT_UPDATE_PRESERVE_AD` commands, and the last step of `update_va_mapping`.
+//! `MMU_PT_UPDATE_PRESERVE_AD` commands, the last step of `update_va_mapping`, and the
+//! write of an emulated guest instruction to one of its page tables (writable page
+//! tables: [`PvMmu::mod_table_entry_only`], which never writes a frame that is not one).
 //!
 //! The hypervisor decodes the request (machine address of the entry: frame and index)
 //! and calls [`PvMmu::mod_entry`] with the domain's page-table lock held. An update either
@@ -29,6 +31,15 @@ pub enum AccessedDirty {
     Preserve,
 }
 
+/// Which frames an update may write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A page table (checked update) or any other frame the domain may write (plain).
+    AnyPage,
+    /// A page table only.
+    TableOnly,
+}
+
 impl PvMmu<'_> {
     /// Sets entry `index` of frame `table`, owned by `dom`, to `new`.
     ///
@@ -53,6 +64,52 @@ impl PvMmu<'_> {
         dom: DomainId,
         mem: &mut M,
     ) -> Result<(), MmError> {
+        self.update_entry(table, index, new, ad, dom, mem, Target::AnyPage)
+    }
+
+    /// [`Self::mod_entry`] for writable-page-table emulation: the same update, but only of
+    /// an entry of a validated page table of `dom` in use (any level); a frame of any other
+    /// type (or untyped) is refused with [`MmError::NotATable`] and nothing changes, where
+    /// `mod_entry` would write it as a plain page. The caller learns the table's level from
+    /// [`Self::table_level`] first; this checks it again under the type reference it takes.
+    pub fn mod_table_entry_only<M: TableMemory + ?Sized>(
+        &self,
+        table: Mfn,
+        index: usize,
+        new: u64,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.update_entry(table, index, new, AccessedDirty::Overwrite, dom, mem, Target::TableOnly)
+    }
+
+    /// The level of `table` if it is a page table of `dom` in use (validated, type count
+    /// above zero, not half torn down); `NotATable` otherwise (`NotOwner` and the like for
+    /// a frame `dom` does not own). Reads only.
+    pub fn table_level(&self, table: Mfn, dom: DomainId) -> Result<Level, MmError> {
+        self.check_owner(table, dom)?;
+        let info = self.info(table)?;
+        let now = info.type_info();
+        let in_use = now.count() > 0
+            && now.flags().contains(TypeFlags::VALIDATED)
+            && !matches!(partial(info), Some(Progress::Devalidating { .. }));
+        match Level::of_page_type(now.page_type()) {
+            Some(level) if in_use => Ok(level),
+            _ => Err(MmError::NotATable(table)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_entry<M: TableMemory + ?Sized>(
+        &self,
+        table: Mfn,
+        index: usize,
+        new: u64,
+        ad: AccessedDirty,
+        dom: DomainId,
+        mem: &mut M,
+        target: Target,
+    ) -> Result<(), MmError> {
         if index >= ENTRIES {
             return Err(MmError::BadIndex(index));
         }
@@ -71,6 +128,7 @@ impl PvMmu<'_> {
                 }
                 result
             }
+            Ok(None) if target == Target::TableOnly => Err(MmError::NotATable(table)),
             Ok(None) => match self.write_plain_page(table, index, new, dom, mem) {
                 // The general reference went to the frame's partial state.
                 Err(MmError::Restart) => return Err(MmError::Restart),
