@@ -216,6 +216,10 @@ pub struct Counters {
     pub exceptions_bounced: AtomicU64,
     pub console_bytes: AtomicU64,
     pub console_dropped_lines: AtomicU64,
+    /// Guest writes to its own page tables emulated (writable page tables), and those
+    /// refused (bounced to the guest as its #PF).
+    pub ptwr_emulated: AtomicU64,
+    pub ptwr_refused: AtomicU64,
 }
 
 /// One guest.
@@ -261,6 +265,9 @@ pub struct Domain {
     pub running_vcpus: AtomicU32,
     /// Time the build took, for the summary.
     pub build_ns: AtomicU64,
+    /// The `vm_assist` types the guest has enabled (bit n: `VMASST_TYPE` n): see
+    /// `pv::hypercall::vm_assist`.
+    pub vm_assist: AtomicU64,
 }
 
 /// Domain records in memory (created and not yet dropped), in the table or not.
@@ -397,6 +404,7 @@ impl Domain {
             counters: Counters::default(),
             running_vcpus: AtomicU32::new(0),
             build_ns: AtomicU64::new(0),
+            vm_assist: AtomicU64::new(0),
         });
         table.insert(id, domain.clone());
         Ok(domain)

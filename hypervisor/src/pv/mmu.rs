@@ -414,6 +414,55 @@ pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> Outcome 
     Ok(0)
 }
 
+/// What became of an emulated guest write to a page table ([`emulated_write`]).
+pub enum TableWrite {
+    /// Carried out (or, for a `cmpxchg` whose comparison failed, rightly nothing written):
+    /// the instruction is complete.
+    Done,
+    /// The validation it needs stopped half-way (its progress kept in the frames), nothing
+    /// written: the guest is to execute the instruction again, which continues it.
+    Again,
+    /// Not a write to one of the domain's page tables in use, or a value `mmu_update`
+    /// would refuse: the guest gets its #PF.
+    Refused,
+}
+
+/// Writable page tables: carries out an emulated write of the guest kernel to entry
+/// `index` of the page table that `va` maps read-only in the L4 `l4` (the vCPU's active
+/// one). Under the domain's page-table lock: the mapping of `va` must still be present and
+/// read-only and name a page table of the domain in use; `compute` gets the entry's value
+/// and returns the new one (`None`: write nothing), which is validated and stored exactly
+/// as `mmu_update` would do it (`MMU_NORMAL_PT_UPDATE`), at any level. No flush: as with
+/// Xen's emulation, the guest flushes what its own write needs.
+///
+/// The entry is read, computed and stored under the lock, so no other update of the
+/// domain's tables comes between; a processor setting an accessed or dirty bit in between
+/// is not seen (as in Xen's emulated writes, which store plainly).
+pub fn emulated_write(domain: &Domain, l4: Mfn, va: u64, index: usize, compute: impl FnOnce(u64) -> Option<u64>) -> TableWrite {
+    let _lock = domain.mmu_lock.lock();
+    let mmu = mmu();
+    let mut tables = Tables::for_domain(domain);
+    let Ok(slot) = mmu.l1_entry_of(l4, va, &tables) else { return TableWrite::Refused };
+    let mapping = pvmm::Pte(tables.read(slot.table, slot.index));
+    if !mapping.is_present() || mapping.is_writable() {
+        return TableWrite::Refused;
+    }
+    let table = mapping.mfn();
+    if mmu.table_level(table, domain.id).is_err() {
+        return TableWrite::Refused;
+    }
+    let old = tables.read(table, index);
+    let Some(new) = compute(old) else { return TableWrite::Done };
+    match one_slice(&mut tables, |t| mmu.mod_table_entry_only(table, index, new, domain.id, t)) {
+        Ok(()) => TableWrite::Done,
+        // Stopped after the write (the old entry's sub-table is still being torn down, and
+        // the next update of this table finishes it): the instruction is complete.
+        Err(MmError::Restart) if tables.read(table, index) != old => TableWrite::Done,
+        Err(MmError::Restart) => TableWrite::Again,
+        Err(_) => TableWrite::Refused,
+    }
+}
+
 /// Which CPUs a flush the guest asks for reaches.
 enum Scope {
     /// This CPU (the calling vCPU's).
