@@ -129,10 +129,12 @@ def guest_cases():
              expect_lines=ok_lines + ["events: timer storm ok", "events: all ok"]),
         Case("iso-guests-smp1", smp="1", boot="iso", modules=everyone,
              expect={"domains.created": "5", "domains.unexpected_endings": "0"},
-             expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
+             expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: writable page tables:", "pagetables: ok",
+                                              "hostile: all attacks refused"]),
         Case("iso-guests-smp4", smp="4", boot="iso", modules=everyone,
              expect={"domains.created": "5", "domains.unexpected_endings": "0"},
-             expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: ok", "hostile: all attacks refused"]),
+             expect_lines=ok_lines + refusals + ["balloon: ok", "pagetables: writable page tables:", "pagetables: ok",
+                                              "hostile: all attacks refused"]),
         # Two vCPUs on two CPUs: a remap on one must reach the other's TLB; then guest user
         # mode (own user L4, iret to user, syscall, user faults and int3 to the kernel).
         Case("pvh-smpuser-smp2", smp="2", cmdline="vcpus=2", modules=[("guest-smpuser", "")],
