@@ -222,6 +222,14 @@ def guest_cases():
                       ("guest-hostile", "name=big_tree mem_kib=16384 expect=poweroff attack=pin_big_tree")],
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack pin_big_tree: done"]),
+        # Work package "ptwr" (issue 16): the big tree linked into the live L4 by one direct
+        # write, emulated in slices (the guest's mov runs again until the validation is
+        # done: summary ptwr.again), then unlinked; both land, beside a guest that finishes.
+        Case("iso-ptwr", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello"),
+                      ("guest-hostile", "name=write_big_tree mem_kib=16384 expect=poweroff attack=write_big_tree")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack write_big_tree: done"]),
         # Work package "tlb" (issue 15, holes 3, 6, 10): the shared-info frame pinned as an
         # L1 and linked into an L2 must be refused (the guest then powers off) while the hello
         # guest finishes beside it.

@@ -216,10 +216,6 @@ pub struct Counters {
     pub exceptions_bounced: AtomicU64,
     pub console_bytes: AtomicU64,
     pub console_dropped_lines: AtomicU64,
-    /// Guest writes to its own page tables emulated (writable page tables), and those
-    /// refused (bounced to the guest as its #PF).
-    pub ptwr_emulated: AtomicU64,
-    pub ptwr_refused: AtomicU64,
 }
 
 /// One guest.

@@ -22,7 +22,7 @@
 //! the fault was on, never trust the decoded bytes beyond that, and never commit a
 //! register before the entry is stored.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::hypercall::VmAssistType;
 use ptwr::{DecodeError, State, ARITHMETIC_FLAGS, MAX_LEN};
@@ -57,39 +57,53 @@ pub fn page_fault(vcpu: &Vcpu, frame: &mut TrapFrame, fault_address: u64) -> boo
         (ctx.in_kernel, ctx.active_l4())
     };
     let Some(l4) = l4.filter(|_| in_kernel) else { return false };
-    let emulated = emulate(vcpu, frame, l4, fault_address);
-    let counter = if emulated { &vcpu.domain.counters.ptwr_emulated } else { &vcpu.domain.counters.ptwr_refused };
+    let outcome = emulate(vcpu, frame, l4, fault_address);
+    let counter = match outcome {
+        TableWrite::Done => &EMULATED,
+        TableWrite::Again => &AGAIN,
+        TableWrite::Refused => &REFUSED,
+    };
     counter.fetch_add(1, Ordering::Relaxed);
-    emulated
+    !matches!(outcome, TableWrite::Refused)
 }
 
-fn emulate(vcpu: &Vcpu, frame: &mut TrapFrame, l4: mm::addr::Mfn, fault_address: u64) -> bool {
+/// Emulated writes, writes whose validation stopped half-way (the instruction runs again),
+/// and faulting writes to read-only pages that were not emulated, since boot.
+static EMULATED: AtomicU64 = AtomicU64::new(0);
+static AGAIN: AtomicU64 = AtomicU64::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Prints `summary: ptwr.emulated=<n>`, `ptwr.again=<n>` and `ptwr.refused=<n>` (end of
+/// the run).
+pub fn report() {
+    log::info!("summary: ptwr.emulated={}", EMULATED.load(Ordering::Relaxed));
+    log::info!("summary: ptwr.again={}", AGAIN.load(Ordering::Relaxed));
+    log::info!("summary: ptwr.refused={}", REFUSED.load(Ordering::Relaxed));
+}
+
+fn emulate(vcpu: &Vcpu, frame: &mut TrapFrame, l4: mm::addr::Mfn, fault_address: u64) -> TableWrite {
     let mut bytes = [0u8; MAX_LEN];
     let fetched = fetch(frame.rip, &mut bytes);
     let instruction = match ptwr::decode(&bytes[..fetched]) {
         Ok(instruction) => instruction,
-        Err(DecodeError::Truncated | DecodeError::Unsupported) => return false,
+        Err(DecodeError::Truncated | DecodeError::Unsupported) => return TableWrite::Refused,
     };
     let mut state = state_of(frame);
     // FS's base is live in its MSR; the guest's GS base is in KERNEL_GS_BASE while the
     // hypervisor runs (the entry swapped it out).
     let access = instruction.access(&state, frame.rip, FsBase::read().as_u64(), KernelGsBase::read().as_u64());
-    let Ok(spot) = ptwr::entry_of(access, fault_address) else { return false };
+    let Ok(spot) = ptwr::entry_of(access, fault_address) else { return TableWrite::Refused };
     let outcome = mmu::emulated_write(&vcpu.domain, l4, fault_address, spot.index, |entry| {
         ptwr::emulate_on_entry(&instruction, &mut state, spot, entry)
     });
-    match outcome {
-        TableWrite::Refused => false,
-        TableWrite::Again => true,
-        TableWrite::Done => {
-            commit(frame, &state);
-            frame.rip = frame.rip.wrapping_add(u64::from(instruction.len));
-            if frame.rflags & RFLAGS_TF != 0 {
-                crate::pv::traps::bounce(vcpu, frame, VECTOR_DEBUG, None);
-            }
-            true
+    if let TableWrite::Done = outcome {
+        commit(frame, &state);
+        frame.rip = frame.rip.wrapping_add(u64::from(instruction.len));
+        if frame.rflags & RFLAGS_TF != 0 {
+            crate::pv::traps::bounce(vcpu, frame, VECTOR_DEBUG, None);
         }
     }
+    outcome
 }
 
 /// Reads up to [`MAX_LEN`] instruction bytes at `rip` (fewer where the next page is not
