@@ -17,7 +17,8 @@
 //!    `auto_translated_physmap`; a direct write to the L1 must fault (P|W, kernel mode) until
 //!    the guest enables `VMASST_TYPE_writable_pagetables`; then `mov`, `xchg`, `lock btr`,
 //!    `lock cmpxchg` (stored, then refused with the entry in rax) and a locked byte `or` on
-//!    its entries must do what they do to memory, the pages they map must read back, and
+//!    its entries, and `xchg`/`mov` unlinking and relinking it in the boot L2, must do what
+//!    they do to memory, the pages they map must read back, and
 //!    writes that `mmu_update` would refuse (the L1 itself writable, a frame beyond RAM)
 //!    must fault with the entry unchanged;
 //! 3. `int3` must reach the breakpoint handler with rip after it, a divide by zero the
@@ -670,6 +671,19 @@ fn writable_tables(l1: &Table, l1_va: u64, x: Frame, y: Frame) -> Result<(), Fai
         expect_fault(step, entry(3), PF_PRESENT | PF_WRITE)?;
         expect(l1.entry(3) == 0, step, "a refused write changed entry 3", l1.entry(3))?;
     }
+    // An L2 entry: the boot L2's hook slot unlinked and linked again by direct writes.
+    let l2 = tables::boot_l2().map_err(Failure::Walk)?;
+    let hook = l2.va() + 8 * HOOK_SLOT as u64;
+    // SAFETY: the hook slot maps only the window, which nothing uses but these checks.
+    let old = unsafe { writable::xchg(hook, 0) };
+    expect(address(old) == l1.mfn.address(), step, "xchg on the boot L2: old hook entry", old)?;
+    expect(l2.entry(HOOK_SLOT) == 0, step, "xchg on the boot L2 left the hook", l2.entry(HOOK_SLOT))?;
+    // SAFETY: as above.
+    unsafe { writable::mov(hook, tables::table_pte(l1.mfn)) };
+    expect(address(l2.entry(HOOK_SLOT)) == l1.mfn.address(), step, "mov on the boot L2: hook", l2.entry(HOOK_SLOT))?;
+    call(Step::Flush, tables::flush_tlb(MmuextCmd::TlbFlushLocal))?;
+    // SAFETY: window page 1 maps y through the re-linked L1.
+    unsafe { expect_holds(step, window(1), MARKER_Y)? };
     for index in 0..3 {
         // SAFETY: as above.
         unsafe { writable::mov(entry(index), 0) };
@@ -681,7 +695,8 @@ fn writable_tables(l1: &Table, l1_va: u64, x: Frame, y: Frame) -> Result<(), Fai
     println!(
         "pagetables: writable page tables: features {features:#x}; direct write faulted until \
          vm_assist; mov, xchg, lock btr, lock cmpxchg (stored, then refused) and lock or byte \
-         emulated; the L1 mapped writable and a frame beyond RAM refused with #PF"
+         emulated; the boot L2's hook unlinked and linked again; the L1 mapped writable and a \
+         frame beyond RAM refused with #PF"
     );
     Ok(())
 }

@@ -80,6 +80,11 @@ impl Table {
         Self { mfn, va }
     }
 
+    /// The address of its read-only view.
+    pub const fn va(&self) -> u64 {
+        self.va
+    }
+
     /// Entry `index` as the hypervisor last wrote it. Panics beyond the table.
     pub fn entry(&self, index: usize) -> u64 {
         assert!(index < ENTRIES, "entry {index} is beyond the table");
