@@ -14,7 +14,7 @@
 //!    then map writable again;
 //!    Before it is unhooked, writable page tables (see `writable`): get_features must report
 //!    `mmu_pt_update_preserve_ad` and neither `writable_page_tables` nor
-//!    `auto_translated_physmap`; a direct write to the L1 must fault (P|W, kernel mode) until
+//!    `auto_translated_physmap` (and `MMU_PT_UPDATE_PRESERVE_AD` must keep A/D); a direct write to the L1 must fault (P|W, kernel mode) until
 //!    the guest enables `VMASST_TYPE_writable_pagetables`; then `mov`, `xchg`, `lock btr`,
 //!    `lock cmpxchg` (stored, then refused with the entry in rax) and a locked byte `or` on
 //!    its entries, and `xchg`/`mov` unlinking and relinking it in the boot L2, must do what
@@ -641,6 +641,17 @@ fn writable_tables(l1: &Table, l1_va: u64, x: Frame, y: Frame) -> Result<(), Fai
     expect(address(l1.entry(0)) == x.mfn.address(), step, "mov: entry 0 does not map x", l1.entry(0))?;
     // SAFETY: window page 0 maps x now.
     unsafe { expect_holds(step, window(0), MARKER_X)? };
+    // The reported mmu_pt_update_preserve_ad: the entry's accessed and dirty bits survive
+    // an update whose value has neither.
+    let accessed_dirty = (1 << 5) | (1 << 6);
+    let request = guest_rt::abi::mmu::MmuUpdate::new(
+        guest_rt::abi::hypercall::MmuUpdateCmd::PtUpdatePreserveAd,
+        l1.mfn.address(),
+        tables::rw_pte(x.mfn) & !accessed_dirty,
+    );
+    // SAFETY: entry 0 maps x as before; only its accessed and dirty bits are at stake.
+    unsafe { update_all(step, &[request])? };
+    expect(l1.entry(0) & accessed_dirty == accessed_dirty, step, "preserve-AD update lost A/D", l1.entry(0))?;
     // SAFETY: as above.
     let old = unsafe { writable::xchg(entry(1), tables::rw_pte(y.mfn)) };
     expect(old == 0, step, "xchg: old value of entry 1", old)?;

@@ -34,6 +34,7 @@ use hypervisor::continuation::{Outcome, Stop};
 use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
+use pvmm::entry::{ACCESSED, DIRTY};
 use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, RelinquishProgress, TableMemory};
 use smp::xcall::CpuBits;
 use spin::Once;
@@ -151,6 +152,23 @@ impl TableMemory for Tables<'_> {
 
     fn write(&mut self, mfn: Mfn, index: usize, value: u64) {
         self.entry(mfn, index, |bytes| *bytes = value.to_le_bytes());
+    }
+
+    /// `MMU_PT_UPDATE_PRESERVE_AD` (which `XENVER_get_features` reports): a compare-and-swap
+    /// loop, so that an accessed or dirty bit a processor sets while the entry is replaced
+    /// is kept.
+    fn write_preserving_ad(&mut self, mfn: Mfn, index: usize, value: u64) {
+        self.entry(mfn, index, |bytes| {
+            // SAFETY: the 8 bytes are one entry of a mapped table page, 8-byte aligned
+            // (page-aligned mapping, index * 8), valid for the closure's duration; other
+            // hypervisor writers of the domain's tables are held off by its page-table lock,
+            // and the processors' page walks update the entry atomically themselves.
+            let entry = unsafe { AtomicU64::from_ptr(bytes.as_mut_ptr().cast::<u64>()) };
+            let mut current = entry.load(Ordering::Relaxed);
+            while let Err(now) = entry.compare_exchange_weak(current, value | (current & (ACCESSED | DIRTY)), Ordering::SeqCst, Ordering::Relaxed) {
+                current = now;
+            }
+        });
     }
 
     fn flush_stale_writable(&mut self, mfn: Mfn) {
