@@ -29,6 +29,16 @@ pub enum AccessedDirty {
     /// The entry's current A and D bits are OR-ed into the new value
     /// (`MMU_PT_UPDATE_PRESERVE_AD`).
     Preserve,
+    /// The new value is stored only if the entry still holds `expected`, else
+    /// [`MmError::Changed`] and nothing changes: an emulated read-modify-write of the
+    /// guest (writable page tables) whose result must not overwrite an accessed or dirty
+    /// bit a processor set after the value was read. Atomic with the processor at L1
+    /// (where it sets the dirty bit); at the other levels the comparison is made under the
+    /// caller's lock and the store is plain (a processor sets only the accessed bit there).
+    CompareExchange {
+        /// The value the new one was computed from.
+        expected: u64,
+    },
 }
 
 /// Which frames an update may write.
@@ -77,10 +87,11 @@ impl PvMmu<'_> {
         table: Mfn,
         index: usize,
         new: u64,
+        ad: AccessedDirty,
         dom: DomainId,
         mem: &mut M,
     ) -> Result<(), MmError> {
-        self.update_entry(table, index, new, AccessedDirty::Overwrite, dom, mem, Target::TableOnly)
+        self.update_entry(table, index, new, ad, dom, mem, Target::TableOnly)
     }
 
     /// The level of `table` if it is a page table of `dom` in use (validated, type count
@@ -199,10 +210,24 @@ impl PvMmu<'_> {
             return Err(MmError::NoWindow(table));
         }
         let old = mem.read(table, index);
+        if let AccessedDirty::CompareExchange { expected } = ad {
+            if old != expected {
+                return Err(MmError::Changed(table));
+            }
+        }
         let stored = self.take_entry(level, index, new, dom, mem)?;
         match ad {
             AccessedDirty::Overwrite => mem.write(table, index, stored),
             AccessedDirty::Preserve => mem.write_preserving_ad(table, index, stored),
+            AccessedDirty::CompareExchange { expected } if level == Level::L1 => {
+                if !mem.compare_exchange(table, index, expected, stored) {
+                    // A processor changed it since: give back what the new entry took
+                    // (a leaf's references, whose release never walks a table).
+                    self.drop_entry(level, stored, mem)?;
+                    return Err(MmError::Changed(table));
+                }
+            }
+            AccessedDirty::CompareExchange { .. } => mem.write(table, index, stored),
         }
         self.drop_entry(level, old, mem).inspect_err(|_| {
             // The old sub-table keeps the old entry's reference until its teardown ends:

@@ -154,6 +154,16 @@ impl TableMemory for Tables<'_> {
         self.entry(mfn, index, |bytes| *bytes = value.to_le_bytes());
     }
 
+    /// One compare-and-swap, as a processor updating the entry's accessed and dirty bits
+    /// would see it (for emulated read-modify-writes of guest entries).
+    fn compare_exchange(&mut self, mfn: Mfn, index: usize, expected: u64, new: u64) -> bool {
+        self.entry(mfn, index, |bytes| {
+            // SAFETY: as in `write_preserving_ad` below.
+            let entry = unsafe { AtomicU64::from_ptr(bytes.as_mut_ptr().cast::<u64>()) };
+            entry.compare_exchange(expected, new, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        })
+    }
+
     /// `MMU_PT_UPDATE_PRESERVE_AD` (which `XENVER_get_features` reports): a compare-and-swap
     /// loop, so that an accessed or dirty bit a processor sets while the entry is replaced
     /// is kept.
@@ -454,9 +464,19 @@ pub enum TableWrite {
 /// Xen's emulation, the guest flushes what its own write needs.
 ///
 /// The entry is read, computed and stored under the lock, so no other update of the
-/// domain's tables comes between; a processor setting an accessed or dirty bit in between
-/// is not seen (as in Xen's emulated writes, which store plainly).
-pub fn emulated_write(domain: &Domain, l4: Mfn, va: u64, index: usize, compute: impl FnOnce(u64) -> Option<u64>) -> TableWrite {
+/// domain's tables comes between. A `read_modify_write` (anything but a whole-entry
+/// `mov`) is stored only over the value it was computed from, with a compare-and-swap at
+/// L1 (as Xen's emulator stores locked instructions): when a processor set an accessed or
+/// dirty bit in between, nothing is stored and the guest runs the instruction again
+/// ([`TableWrite::Again`]), so that `xchg` or `lock btr` never loses a dirty bit.
+pub fn emulated_write(
+    domain: &Domain,
+    l4: Mfn,
+    va: u64,
+    index: usize,
+    read_modify_write: bool,
+    compute: impl FnOnce(u64) -> Option<u64>,
+) -> TableWrite {
     let _lock = domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::for_domain(domain);
@@ -471,8 +491,10 @@ pub fn emulated_write(domain: &Domain, l4: Mfn, va: u64, index: usize, compute: 
     }
     let old = tables.read(table, index);
     let Some(new) = compute(old) else { return TableWrite::Done };
-    match one_slice(&mut tables, |t| mmu.mod_table_entry_only(table, index, new, domain.id, t)) {
+    let ad = if read_modify_write { AccessedDirty::CompareExchange { expected: old } } else { AccessedDirty::Overwrite };
+    match one_slice(&mut tables, |t| mmu.mod_table_entry_only(table, index, new, ad, domain.id, t)) {
         Ok(()) => TableWrite::Done,
+        Err(MmError::Changed(_)) => TableWrite::Again,
         // Stopped after the write (the old entry's sub-table is still being torn down, and
         // the next update of this table finishes it): the instruction is complete.
         Err(MmError::Restart) if tables.read(table, index) != old => TableWrite::Done,

@@ -12,7 +12,9 @@
 //! use, mapped read-only where it faulted ([`mmu::emulated_write`], under the page-table
 //! lock). The entry's new value is validated exactly as `mmu_update` validates one (any
 //! level: Xen emulates L1 writes only and faults the others; here a write to an L2-L4
-//! entry gets the same checks and is carried out), then stored, and only then are the
+//! entry gets the same checks and is carried out), then stored (a read-modify-write only
+//! over the value it read, or the instruction runs again: a dirty bit a processor sets
+//! meanwhile is never lost), and only then are the
 //! guest's registers, flags and rip updated; a guest single-stepping gets its #DB after
 //! the instruction. Anything else — another kind of fault, user mode, an instruction or
 //! operand not emulated, an entry the validation refuses, bytes that changed under us —
@@ -25,7 +27,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::hypercall::VmAssistType;
-use ptwr::{DecodeError, State, ARITHMETIC_FLAGS, MAX_LEN};
+use ptwr::{DecodeError, Operation, State, ARITHMETIC_FLAGS, MAX_LEN};
 use x86_64::registers::model_specific::{FsBase, KernelGsBase};
 
 use crate::arch::trap::TrapFrame;
@@ -93,7 +95,9 @@ fn emulate(vcpu: &Vcpu, frame: &mut TrapFrame, l4: mm::addr::Mfn, fault_address:
     // hypervisor runs (the entry swapped it out).
     let access = instruction.access(&state, frame.rip, FsBase::read().as_u64(), KernelGsBase::read().as_u64());
     let Ok(spot) = ptwr::entry_of(access, fault_address) else { return TableWrite::Refused };
-    let outcome = mmu::emulated_write(&vcpu.domain, l4, fault_address, spot.index, |entry| {
+    // Only a `mov` of a whole entry does not depend on the entry's value.
+    let read_modify_write = !(matches!(instruction.operation, Operation::Mov(_)) && spot.size == 8);
+    let outcome = mmu::emulated_write(&vcpu.domain, l4, fault_address, spot.index, read_modify_write, |entry| {
         ptwr::emulate_on_entry(&instruction, &mut state, spot, entry)
     });
     if let TableWrite::Done = outcome {
