@@ -7,6 +7,7 @@ pub mod cmdline;
 pub mod continuation;
 pub mod descriptor;
 pub mod domspec;
+pub mod features;
 pub mod fpu;
 pub mod guest_return;
 pub mod hypercall;

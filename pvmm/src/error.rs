@@ -83,6 +83,12 @@ pub enum MmError {
         /// The address looked up.
         virtual_address: u64,
     },
+    /// The frame is not a page table in use (writable-page-table emulation writes only
+    /// those).
+    NotATable(Mfn),
+    /// The entry no longer holds the value a compare-and-exchange update expected (a
+    /// processor set an accessed or dirty bit): nothing changed; the caller computes again.
+    Changed(Mfn),
     /// The table is pinned already.
     AlreadyPinned(Mfn),
     /// The table is not pinned.
@@ -114,7 +120,7 @@ impl MmError {
     pub const fn errno(self) -> Errno {
         match self {
             MmError::NotOwner { .. } => Errno::Eperm,
-            MmError::Busy(_) | MmError::Restart => Errno::Eagain,
+            MmError::Busy(_) | MmError::Restart | MmError::Changed(_) => Errno::Eagain,
             MmError::FailedEarlier(errno) => errno,
             MmError::CountOverflow(_) | MmError::InUse { .. } => Errno::Ebusy,
             MmError::OutOfRange(_)
@@ -129,7 +135,8 @@ impl MmError {
             | MmError::NonCanonical(_)
             | MmError::NotMapped { .. }
             | MmError::AlreadyPinned(_)
-            | MmError::NotPinned(_) => Errno::Einval,
+            | MmError::NotPinned(_)
+            | MmError::NotATable(_) => Errno::Einval,
         }
     }
 }

@@ -29,6 +29,17 @@ pub trait TableMemory {
         self.write(mfn, index, value | (current & (ACCESSED | DIRTY)));
     }
 
+    /// Writes `new` if the entry still holds `expected` (one atomic compare-and-swap on
+    /// live tables, so that an accessed or dirty bit a processor sets in between makes it
+    /// fail); whether it wrote. The default reads, compares, then writes.
+    fn compare_exchange(&mut self, mfn: Mfn, index: usize, expected: u64, new: u64) -> bool {
+        if self.read(mfn, index) != expected {
+            return false;
+        }
+        self.write(mfn, index, new);
+        true
+    }
+
     /// Called once each time frame `mfn` takes a type that forbids writable mappings (a
     /// page-table level, descriptor or shared page), after the type is set and before the
     /// contents are read. On return no CPU's TLB may still hold a writable translation of

@@ -43,6 +43,8 @@ pub struct Ram {
     pub writable_flushes: Vec<Mfn>,
     /// Frames whose last type reference went, and the type it was.
     pub released: Vec<(Mfn, PageType)>,
+    /// The next compare-and-exchange fails as if a processor had just set a bit.
+    pub fail_next_compare_exchange: bool,
 }
 
 /// When [`Ram::should_preempt`] says stop.
@@ -70,6 +72,14 @@ impl TableMemory for Ram {
 
     fn flush_stale_writable(&mut self, mfn: Mfn) {
         self.flushes.push(mfn);
+    }
+
+    fn compare_exchange(&mut self, mfn: Mfn, index: usize, expected: u64, new: u64) -> bool {
+        if std::mem::take(&mut self.fail_next_compare_exchange) || self.read(mfn, index) != expected {
+            return false;
+        }
+        self.write(mfn, index, new);
+        true
     }
 
     fn should_preempt(&mut self) -> bool {

@@ -1315,3 +1315,66 @@ fn kernel_and_user_l4s_share_one_window_l3() {
     w.mmu().put_baseptr(user, &mut w.ram).unwrap();
     w.audit(&[base.mfn()]);
 }
+
+#[test]
+fn table_only_updates_write_tables_and_refuse_every_other_frame() {
+    let (mut tree, base) = Tree::validated();
+    let (l1, l2, l3, l4) = (tree.l1, tree.l2, tree.l3, tree.l4);
+    let data = tree.data[0];
+    let w = &mut tree.world;
+    let mmu = w.mmu();
+    assert_eq!(mmu.table_level(l1, DOM), Ok(Level::L1));
+    assert_eq!(mmu.table_level(l2, DOM), Ok(Level::L2));
+    assert_eq!(mmu.table_level(l3, DOM), Ok(Level::L3));
+    assert_eq!(mmu.table_level(l4, DOM), Ok(Level::L4));
+    assert_eq!(mmu.table_level(data, DOM), Err(MmError::NotATable(data)));
+    assert!(matches!(mmu.table_level(l1, OTHER), Err(MmError::NotOwner { .. })));
+    // A plain page: mod_entry would write it, the table-only update must not.
+    let before = w.ram.read(data, 3);
+    assert_eq!(
+        mmu.mod_table_entry_only(data, 3, 0x1234, AccessedDirty::Overwrite, DOM, &mut w.ram),
+        Err(MmError::NotATable(data))
+    );
+    assert_eq!(w.ram.read(data, 3), before);
+    // A table entry: validated as mod_entry validates it.
+    // The L1 mapping itself read-only, as a guest maps its tables.
+    assert_eq!(mmu.mod_table_entry_only(l1, 7, pte(l1, USER), AccessedDirty::Overwrite, DOM, &mut w.ram), Ok(()));
+    assert_eq!(
+        mmu.mod_table_entry_only(l1, 8, pte(l2, WRITABLE | USER), AccessedDirty::Overwrite, DOM, &mut w.ram),
+        Err(MmError::WritableTable { mfn: l2, have: PageType::L2 }),
+        "a writable mapping of a page table is refused"
+    );
+    assert!(mmu.mod_table_entry_only(l4, 256, 0, AccessedDirty::Overwrite, DOM, &mut w.ram).is_err(), "hypervisor slot");
+    w.audit(&[base.mfn()]);
+}
+
+#[test]
+fn compare_exchange_updates_store_only_over_the_expected_value() {
+    let (mut tree, base) = Tree::validated();
+    let (l1, spare) = (tree.l1, tree.spare[0]);
+    let w = &mut tree.world;
+    let mmu = w.mmu();
+    let before = w.ram.read(l1, 9);
+    let snapshot = w.snapshot();
+    // A stale expectation (a processor set a bit since the value was read): refused,
+    // nothing taken.
+    let stale = AccessedDirty::CompareExchange { expected: before | ACCESSED };
+    assert_eq!(
+        mmu.mod_table_entry_only(l1, 9, pte(spare, WRITABLE | USER), stale, DOM, &mut w.ram),
+        Err(MmError::Changed(l1))
+    );
+    assert_eq!(w.ram.read(l1, 9), before);
+    assert_eq!(w.snapshot(), snapshot, "no reference moved");
+    // The bit set between the comparison under the lock and the store (the memory's own
+    // compare-and-swap fails): the references the new entry took are given back.
+    w.ram.fail_next_compare_exchange = true;
+    let fresh = AccessedDirty::CompareExchange { expected: before };
+    assert_eq!(
+        mmu.mod_table_entry_only(l1, 9, pte(spare, WRITABLE | USER), fresh, DOM, &mut w.ram),
+        Err(MmError::Changed(l1))
+    );
+    assert_eq!(w.snapshot(), snapshot, "the new entry's references were given back");
+    assert_eq!(mmu.mod_table_entry_only(l1, 9, pte(spare, WRITABLE | USER), fresh, DOM, &mut w.ram), Ok(()));
+    assert_eq!(w.counts(spare), (1, TypeInfo::NONE.with_type(PageType::None).with_count(1).unwrap()));
+    w.audit(&[base.mfn()]);
+}

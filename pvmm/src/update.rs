@@ -1,5 +1,7 @@
 //! One checked page-table entry update: `mmu_update`'s `MMU_NORMAL_PT_UPDATE` and
-//! `MMU_PT_UPDATE_PRESERVE_AD` commands, and the last step of `update_va_mapping`.
+//! `MMU_PT_UPDATE_PRESERVE_AD` commands, the last step of `update_va_mapping`, and the
+//! write of an emulated guest instruction to one of its page tables (writable page
+//! tables: [`PvMmu::mod_table_entry_only`], which never writes a frame that is not one).
 //!
 //! The hypervisor decodes the request (machine address of the entry: frame and index)
 //! and calls [`PvMmu::mod_entry`] with the domain's page-table lock held. An update either
@@ -27,6 +29,25 @@ pub enum AccessedDirty {
     /// The entry's current A and D bits are OR-ed into the new value
     /// (`MMU_PT_UPDATE_PRESERVE_AD`).
     Preserve,
+    /// The new value is stored only if the entry still holds `expected`, else
+    /// [`MmError::Changed`] and nothing changes: an emulated read-modify-write of the
+    /// guest (writable page tables) whose result must not overwrite an accessed or dirty
+    /// bit a processor set after the value was read. Atomic with the processor at L1
+    /// (where it sets the dirty bit); at the other levels the comparison is made under the
+    /// caller's lock and the store is plain (a processor sets only the accessed bit there).
+    CompareExchange {
+        /// The value the new one was computed from.
+        expected: u64,
+    },
+}
+
+/// Which frames an update may write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A page table (checked update) or any other frame the domain may write (plain).
+    AnyPage,
+    /// A page table only.
+    TableOnly,
 }
 
 impl PvMmu<'_> {
@@ -53,6 +74,53 @@ impl PvMmu<'_> {
         dom: DomainId,
         mem: &mut M,
     ) -> Result<(), MmError> {
+        self.update_entry(table, index, new, ad, dom, mem, Target::AnyPage)
+    }
+
+    /// [`Self::mod_entry`] for writable-page-table emulation: the same update, but only of
+    /// an entry of a validated page table of `dom` in use (any level); a frame of any other
+    /// type (or untyped) is refused with [`MmError::NotATable`] and nothing changes, where
+    /// `mod_entry` would write it as a plain page. The caller learns the table's level from
+    /// [`Self::table_level`] first; this checks it again under the type reference it takes.
+    pub fn mod_table_entry_only<M: TableMemory + ?Sized>(
+        &self,
+        table: Mfn,
+        index: usize,
+        new: u64,
+        ad: AccessedDirty,
+        dom: DomainId,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.update_entry(table, index, new, ad, dom, mem, Target::TableOnly)
+    }
+
+    /// The level of `table` if it is a page table of `dom` in use (validated, type count
+    /// above zero, not half torn down); `NotATable` otherwise (`NotOwner` and the like for
+    /// a frame `dom` does not own). Reads only.
+    pub fn table_level(&self, table: Mfn, dom: DomainId) -> Result<Level, MmError> {
+        self.check_owner(table, dom)?;
+        let info = self.info(table)?;
+        let now = info.type_info();
+        let in_use = now.count() > 0
+            && now.flags().contains(TypeFlags::VALIDATED)
+            && !matches!(partial(info), Some(Progress::Devalidating { .. }));
+        match Level::of_page_type(now.page_type()) {
+            Some(level) if in_use => Ok(level),
+            _ => Err(MmError::NotATable(table)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_entry<M: TableMemory + ?Sized>(
+        &self,
+        table: Mfn,
+        index: usize,
+        new: u64,
+        ad: AccessedDirty,
+        dom: DomainId,
+        mem: &mut M,
+        target: Target,
+    ) -> Result<(), MmError> {
         if index >= ENTRIES {
             return Err(MmError::BadIndex(index));
         }
@@ -71,6 +139,7 @@ impl PvMmu<'_> {
                 }
                 result
             }
+            Ok(None) if target == Target::TableOnly => Err(MmError::NotATable(table)),
             Ok(None) => match self.write_plain_page(table, index, new, dom, mem) {
                 // The general reference went to the frame's partial state.
                 Err(MmError::Restart) => return Err(MmError::Restart),
@@ -141,10 +210,24 @@ impl PvMmu<'_> {
             return Err(MmError::NoWindow(table));
         }
         let old = mem.read(table, index);
+        if let AccessedDirty::CompareExchange { expected } = ad {
+            if old != expected {
+                return Err(MmError::Changed(table));
+            }
+        }
         let stored = self.take_entry(level, index, new, dom, mem)?;
         match ad {
             AccessedDirty::Overwrite => mem.write(table, index, stored),
             AccessedDirty::Preserve => mem.write_preserving_ad(table, index, stored),
+            AccessedDirty::CompareExchange { expected } if level == Level::L1 => {
+                if !mem.compare_exchange(table, index, expected, stored) {
+                    // A processor changed it since: give back what the new entry took
+                    // (a leaf's references, whose release never walks a table).
+                    self.drop_entry(level, stored, mem)?;
+                    return Err(MmError::Changed(table));
+                }
+            }
+            AccessedDirty::CompareExchange { .. } => mem.write(table, index, stored),
         }
         self.drop_entry(level, old, mem).inspect_err(|_| {
             // The old sub-table keeps the old entry's reference until its teardown ends:

@@ -3,6 +3,10 @@
 //! each, so that one call validates 2053 tables (over a million entry checks), then one
 //! unpin that devalidates them all again.
 //!
+//! The same tree linked into the live L4 by a direct write ([`write_big_tree`], writable
+//! page tables) makes the emulated `mov` validate it all: the emulation runs it in slices
+//! too, the guest executing the `mov` again until it lands.
+//!
 //! Before validation was preemptible, each of the two calls held its CPU with interrupts
 //! off for the whole walk; the hypervisor's `summary: sched.cpuN.in_hypervisor_us` (its
 //! maximum) and `longest_stay` lines show it. With hypercall continuations the work is cut
@@ -14,13 +18,13 @@
 //! (16384 is plenty). The L1s are frames past the initial mapping (zeroed by the
 //! hypervisor, mapped nowhere); the L2s and the L3 are spare frames of [`Targets`] (10 to
 //! 14), filled while writable and then mapped read-only. Run by [`crate::fatal`] as
-//! `attack=pin_big_tree`; this module must never touch a frame of the initial mapping but
+//! `attack=pin_big_tree` and `attack=write_big_tree`; this module must never touch a frame of the initial mapping but
 //! those spare frames.
 
-use guest_rt::abi::hypercall::{Hypercall, MmuextCmd, ShutdownReason};
+use guest_rt::abi::hypercall::{Hypercall, MmuextCmd, ShutdownReason, VmAssistCmd, VmAssistType};
 use guest_rt::abi::ids::{DomId, Mfn, Pfn, PAGE_SIZE};
 use guest_rt::abi::mmu::{MmuextOp, UVMF_INVLPG, UVMF_LOCAL};
-use guest_rt::hypercall::{hypercall3, hypercall4, shutdown};
+use guest_rt::hypercall::{hypercall2, hypercall3, hypercall4, shutdown};
 use guest_rt::layout::{self, PTE_ADDRESS_MASK, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
 use guest_rt::time::Clock;
 use guest_rt::{println, start_info, StartInfo};
@@ -44,23 +48,7 @@ const SELF: u64 = DomId::SELF.0 as u64;
 /// The attack: pins the big tree in one call and unpins it in another.
 pub fn pin_big_tree(targets: &Targets) -> ! {
     let name = "pin_big_tree";
-    let start = start_info::start_info();
-    let l1s = match past_the_mapping(start) {
-        Some(first) => first,
-        None => fail(name, "too few frames past the initial mapping (raise mem_kib=)"),
-    };
-    let mut l2s = [Mfn(0); L2_TABLES as usize];
-    for (k, l2) in l2s.iter_mut().enumerate() {
-        let first = l1s + k as u64 * ENTRIES;
-        *l2 = table_in_spare(targets, FIRST_SPARE + k as u64, |index| {
-            start_info::pfn_to_mfn(Pfn(first + index)).map(table_entry)
-        })
-        .unwrap_or_else(|why| fail(name, why));
-    }
-    let l3 = table_in_spare(targets, FIRST_SPARE + L2_TABLES, |index| {
-        l2s.get(index as usize).map(|&l2| table_entry(l2))
-    })
-    .unwrap_or_else(|why| fail(name, why));
+    let l3 = build(targets, name);
     let clock = Clock::new().unwrap_or_else(|_| fail(name, "mapping the shared info page"));
     let tables = 1 + L2_TABLES + L1_TABLES;
     println!(
@@ -84,6 +72,75 @@ pub fn pin_big_tree(targets: &Targets) -> ! {
         shutdown(ShutdownReason::Poweroff)
     }
     fail(name, "the pin or the unpin failed")
+}
+
+/// The same tree linked into a free slot of the live L4 by one direct `mov` to the L4
+/// (writable page tables), then unlinked by another: the first validates 2053 tables,
+/// the second devalidates them, each in slices (the write runs again until its
+/// validation is done; the unlinking write completes at once and leaves the teardown to
+/// finish later). Both must land; the guest then powers off.
+pub fn write_big_tree(targets: &Targets) -> ! {
+    let name = "write_big_tree";
+    let l3 = build(targets, name);
+    let clock = Clock::new().unwrap_or_else(|_| fail(name, "mapping the shared info page"));
+    // SAFETY: vm_assist reads no guest memory.
+    let ret = unsafe { hypercall2(Hypercall::VmAssist, VmAssistCmd::Enable.raw().into(), VmAssistType::WritablePagetables.raw().into()) };
+    if ret != 0 {
+        fail(name, "enabling VMASST_TYPE_writable_pagetables");
+    }
+    let l4 = &targets.l4;
+    let slot = (1..256).find(|&slot| l4.entry(slot) == 0).unwrap_or_else(|| fail(name, "no free L4 slot"));
+    let entry = l4.va() + 8 * slot as u64;
+    println!("hostile: attack {name}: linking an L3 over {L1_TABLES} distinct L1s into L4 slot {slot} with one mov");
+    let t0 = clock.now_ns();
+    // SAFETY: the slot was free: nothing the program uses goes through it. The write to the
+    // read-only L4 faults and is emulated (or the domain dies of its #PF).
+    unsafe { store(entry, table_entry(l3)) };
+    let t1 = clock.now_ns();
+    let linked = l4.entry(slot) & PTE_ADDRESS_MASK == l3.address();
+    // SAFETY: as above.
+    unsafe { store(entry, 0) };
+    let t2 = clock.now_ns();
+    println!(
+        "hostile: attack {name}: link took {} us, unlink {} us",
+        (t1 - t0) / 1000,
+        (t2 - t1) / 1000
+    );
+    if linked && l4.entry(slot) == 0 {
+        println!("hostile: attack {name}: done");
+        shutdown(ShutdownReason::Poweroff)
+    }
+    fail(name, "the link or the unlink did not land")
+}
+
+/// `mov [address], value`.
+///
+/// # Safety
+/// `address` must be an entry whose change affects nothing the program uses.
+unsafe fn store(address: u64, value: u64) {
+    // SAFETY: the caller vouches for the address.
+    unsafe { core::arch::asm!("mov qword ptr [{a}], {v}", a = in(reg) address, v = in(reg) value) };
+}
+
+/// Builds the tree in frames past the initial mapping and spare frames: returns its L3.
+fn build(targets: &Targets, name: &str) -> Mfn {
+    let start = start_info::start_info();
+    let l1s = match past_the_mapping(start) {
+        Some(first) => first,
+        None => fail(name, "too few frames past the initial mapping (raise mem_kib=)"),
+    };
+    let mut l2s = [Mfn(0); L2_TABLES as usize];
+    for (k, l2) in l2s.iter_mut().enumerate() {
+        let first = l1s + k as u64 * ENTRIES;
+        *l2 = table_in_spare(targets, FIRST_SPARE + k as u64, |index| {
+            start_info::pfn_to_mfn(Pfn(first + index)).map(table_entry)
+        })
+        .unwrap_or_else(|why| fail(name, why));
+    }
+    table_in_spare(targets, FIRST_SPARE + L2_TABLES, |index| {
+        l2s.get(index as usize).map(|&l2| table_entry(l2))
+    })
+    .unwrap_or_else(|why| fail(name, why))
 }
 
 /// The first of [`L1_TABLES`] pfns past the initial mapping, if the reservation has them.

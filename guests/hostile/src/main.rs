@@ -8,7 +8,8 @@
 //! frames that are not free); the page tables ([`mappings`]: foreign frames, own tables
 //! writable, the hypervisor's L4 and L3 slots, pins); where the hypervisor's window may
 //! appear ([`window`]: aliases through own L3s, L4 slot 511); the shared-info frame as a
-//! page table or descriptor frame ([`shared_info`]); polling the ports the hypervisor uses
+//! page table or descriptor frame ([`shared_info`]); direct writes to its page tables
+//! that writable-page-table emulation must refuse or do exactly ([`ptwr`]); polling the ports the hypervisor uses
 //! as markers ([`polling`]); giving back one frame twice;
 //! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); hypercalls faulting on
 //! guest pointers while a second vCPU competes for the CPU ([`switches`]); then the fault
@@ -41,6 +42,7 @@ mod last_attack;
 mod long_calls;
 mod mappings;
 mod polling;
+mod ptwr;
 mod reservation;
 mod shared_info;
 mod switches;
@@ -74,6 +76,7 @@ fn main(start: &'static StartInfo) {
     reservation::run(&mut tally, &targets);
     mappings::run(&mut tally, &targets);
     window::run(&mut tally, &targets);
+    ptwr::run(&mut tally, &targets);
     shared_info::run(&mut tally, &targets);
     polling::run(&mut tally);
     reservation::give_back_twice(&mut tally, &targets);

@@ -81,6 +81,11 @@ pub struct Table {
 }
 
 impl Table {
+    /// The address of its read-only view.
+    pub fn va(&self) -> u64 {
+        self.va
+    }
+
     /// Entry `index` (below 512).
     pub fn entry(&self, index: usize) -> u64 {
         assert!(index < 512, "entry {index} is beyond the table");

@@ -34,6 +34,10 @@ pub enum Outcome {
     Skipped(Skip),
     /// The hypervisor let it through.
     Succeeded,
+    /// The guest's own page fault came back (an emulated write refused), nothing changed.
+    Faulted,
+    /// Emulated exactly as the processor does it (an attack on the emulator's arithmetic).
+    Exact,
     /// A step that prepares the attack, and must work, failed (with this errno, or 0 when
     /// it was no hypercall): the attack was not made, and the run fails.
     NotPrepared { step: &'static str, errno: u64 },
@@ -82,6 +86,8 @@ impl fmt::Display for Outcome {
                 write!(f, "skipped ({headroom} pages below the maximum)")
             }
             Self::Succeeded => f.write_str("SUCCEEDED (BUG)"),
+            Self::Faulted => f.write_str("refused (#PF to the guest)"),
+            Self::Exact => f.write_str("contained (emulated as the processor does it)"),
             Self::NotPrepared { step, errno } => {
                 write!(f, "NOT MADE: {step} failed (errno {errno}) (BUG)")
             }
@@ -104,7 +110,7 @@ impl Tally {
         println!("hostile: {attack}: {outcome}");
         match outcome {
             Outcome::Skipped(_) => false,
-            Outcome::Refused { .. } | Outcome::FewerDone { .. } => {
+            Outcome::Refused { .. } | Outcome::FewerDone { .. } | Outcome::Faulted | Outcome::Exact => {
                 self.made += 1;
                 false
             }

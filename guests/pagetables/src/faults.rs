@@ -1,5 +1,6 @@
 //! The exception handlers this guest installs and the instructions that raise them: a
 //! page-fault handler that serves one announced fault by mapping a page where it hit,
+//! (or records one announced fault and resumes after the faulting store),
 //! and breakpoint and divide-error handlers that record where they were entered.
 //!
 //! The handlers run through guest-rt's trap stubs with the interrupted frame. `main` arms
@@ -29,6 +30,8 @@ pub const PF_USER: u64 = 1 << 2;
 
 /// Whether a page fault is announced.
 static ARMED: AtomicBool = AtomicBool::new(false);
+/// The announced fault is to be skipped (resumed at the address in r8), not served.
+static SKIP: AtomicBool = AtomicBool::new(false);
 /// The page of the announced fault.
 static EXPECTED_PAGE: AtomicU64 = AtomicU64::new(0);
 /// The entry the handler maps at the announced page.
@@ -60,6 +63,7 @@ pub fn install() -> Result<(), TrapError> {
 /// Announces one page fault in the page holding `address`: the handler will map `pte`
 /// there and return, so that the access is retried.
 pub fn expect_page_fault(address: u64, pte: u64) {
+    SKIP.store(false, Ordering::Relaxed);
     SERVED.store(false, Ordering::Relaxed);
     EXPECTED_PAGE.store(address & !(PAGE_SIZE - 1), Ordering::Relaxed);
     FIX_PTE.store(pte, Ordering::Relaxed);
@@ -87,6 +91,11 @@ fn on_page_fault(frame: &mut TrapFrame) {
     }
     SERVED_ADDRESS.store(frame.cr2, Ordering::Relaxed);
     SERVED_ERROR_CODE.store(frame.error_code, Ordering::Relaxed);
+    if SKIP.load(Ordering::Relaxed) {
+        frame.rip = frame.r8;
+        SERVED.store(true, Ordering::Release);
+        return;
+    }
     let pte = FIX_PTE.load(Ordering::Relaxed);
     // SAFETY: the page is the one `main` left unmapped and announced; nothing uses it.
     if let Err(error) = unsafe { hypercall::update_va_mapping(page, pte, UVMF_INVLPG | UVMF_LOCAL) }
@@ -119,6 +128,32 @@ pub unsafe fn store(address: u64, value: u64) {
     unsafe {
         asm!("mov qword ptr [{address}], {value}", address = in(reg) address, value = in(reg) value)
     };
+}
+
+/// Stores `value` at `address` with one `mov` that must fault: the fault is announced, and
+/// the handler records it and resumes after the `mov` (at the address in r8).
+///
+/// # Safety
+/// `address` must be 8-byte aligned in a page that is mapped read-only (or not at all);
+/// were the store to land, nothing else may use the word as memory.
+pub unsafe fn store_expecting_fault(address: u64, value: u64) {
+    SERVED.store(false, Ordering::Relaxed);
+    EXPECTED_PAGE.store(address & !(PAGE_SIZE - 1), Ordering::Relaxed);
+    SKIP.store(true, Ordering::Relaxed);
+    ARMED.store(true, Ordering::Release);
+    // SAFETY: the caller vouches for the address; the fault is announced and skipped to
+    // label 2, whose address is in r8.
+    unsafe {
+        asm!(
+            "lea r8, [rip + 2f]",
+            "mov qword ptr [{address}], {value}",
+            "2:",
+            address = in(reg) address,
+            value = in(reg) value,
+            out("r8") _,
+        )
+    };
+    ARMED.store(false, Ordering::Relaxed);
 }
 
 /// Loads the word at `address` with one `mov`.

@@ -12,6 +12,15 @@
 //!    `multicall` of `update_va_mapping`s, unmaps all (`tlb_flush_local`), takes a read
 //!    fault through it (error code 0x0), is unhooked (`tlb_flush_all`), unpinned, and must
 //!    then map writable again;
+//!    Before it is unhooked, writable page tables (see `writable`): get_features must report
+//!    `mmu_pt_update_preserve_ad` and neither `writable_page_tables` nor
+//!    `auto_translated_physmap` (and `MMU_PT_UPDATE_PRESERVE_AD` must keep A/D); a direct write to the L1 must fault (P|W, kernel mode) until
+//!    the guest enables `VMASST_TYPE_writable_pagetables`; then `mov`, `xchg`, `lock btr`,
+//!    `lock cmpxchg` (stored, then refused with the entry in rax) and a locked byte `or` on
+//!    its entries, and `xchg`/`mov` unlinking and relinking it in the boot L2, must do what
+//!    they do to memory, the pages they map must read back, and
+//!    writes that `mmu_update` would refuse (the L1 itself writable, a frame beyond RAM)
+//!    must fault with the entry unchanged;
 //! 3. `int3` must reach the breakpoint handler with rip after it, `int 0x80` its DPL-3
 //!    trap entry with rip after it (the vector read from the instruction), a divide by zero the
 //!    divide-error handler with rip at the `div`;
@@ -33,6 +42,7 @@ mod faults;
 mod frames;
 mod gdt;
 mod tables;
+mod writable;
 
 use core::fmt;
 
@@ -113,6 +123,11 @@ enum Step {
     ReleaseGdt,
     MapReleasedGdtWritable,
     SoftwareTrapEntry,
+    Features,
+    WriteWithoutAssist,
+    EnableAssist,
+    EmulatedWrite,
+    RefusedWrite,
 }
 
 impl fmt::Display for Step {
@@ -144,6 +159,11 @@ impl fmt::Display for Step {
             Self::ReleaseGdt => "releasing the GDT",
             Self::MapReleasedGdtWritable => "mapping the released GDT frame writable",
             Self::SoftwareTrapEntry => "a DPL-3 trap entry for vector 0x80",
+            Self::Features => "XENVER_get_features",
+            Self::WriteWithoutAssist => "direct write to the L1 without the assist",
+            Self::EnableAssist => "enabling VMASST_TYPE_writable_pagetables",
+            Self::EmulatedWrite => "emulated write to the L1",
+            Self::RefusedWrite => "emulated write mmu_update would refuse",
         })
     }
 }
@@ -223,6 +243,14 @@ enum Failure {
         index: u64,
         seen: u64,
     },
+    /// XENVER_get_features reported a wrong set.
+    Features(u32),
+    /// An emulated page-table write did not do what the instruction does.
+    Emulated {
+        step: Step,
+        what: &'static str,
+        seen: u64,
+    },
     /// The emulated cr3 read is not the boot L4's machine address.
     Cr3 {
         read: u64,
@@ -290,6 +318,12 @@ impl fmt::Display for Failure {
             Self::Descriptor { index, seen } => {
                 write!(f, "GDT entry {index} is {seen:#x}, expected DPL 3 and accessed added")
             }
+            Self::Features(submap) => write!(
+                f,
+                "get_features submap {submap:#x}: wants mmu_pt_update_preserve_ad (bit 5), \
+                 never writable_page_tables (0) or auto_translated_physmap (2)"
+            ),
+            Self::Emulated { step, what, seen } => write!(f, "{step}: {what} (saw {seen:#x})"),
             Self::Cr3 { read, expected } => {
                 write!(f, "cr3 read {read:#x}, expected the L4 at {expected:#x}")
             }
@@ -430,6 +464,7 @@ fn own_l1_table(free: &mut FreeFrames) -> Result<(), Failure> {
     let y = take(free)?;
     map_through(&l1, x, y)?;
     unmap_through(&l1, y)?;
+    writable_tables(&l1, frame.va(), x, y)?;
     // SAFETY: the window is unmapped again: the slot maps nothing in use.
     unsafe { update_all(Step::UnhookTable, &[l2.set(HOOK_SLOT, 0)])? };
     call(Step::Flush, tables::flush_tlb(MmuextCmd::TlbFlushAll))?;
@@ -577,6 +612,113 @@ fn unmap_through(l1: &Table, y: Frame) -> Result<(), Failure> {
         "pagetables: unmapped (tlb_flush_local); read of {address:#x} faulted (error code \
          {:#x}) and was served through own L1",
         fault.error_code
+    );
+    Ok(())
+}
+
+/// Fails with `what` at `step` unless `ok`.
+fn expect(ok: bool, step: Step, what: &'static str, seen: u64) -> Result<(), Failure> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Emulated { step, what, seen })
+    }
+}
+
+/// Step 2, writable page tables: direct writes to the pinned, hooked `l1` (readable at
+/// `l1_va`, window pages unmapped), emulated once the guest enables the assist. Leaves
+/// every entry it used at 0, flushed.
+fn writable_tables(l1: &Table, l1_va: u64, x: Frame, y: Frame) -> Result<(), Failure> {
+    let features = call(Step::Features, writable::features())?;
+    if features & (1 << 5) == 0 || features & (1 | 1 << 2) != 0 {
+        return Err(Failure::Features(features));
+    }
+    let entry = |index: u64| l1_va + 8 * index;
+    let address = |pte: u64| pte & guest_rt::layout::PTE_ADDRESS_MASK;
+    const PTE_WRITABLE: u64 = guest_rt::layout::PTE_WRITABLE;
+    // SAFETY: entry 0 maps nothing in use; the write must fault and is skipped.
+    unsafe { faults::store_expecting_fault(entry(0), tables::rw_pte(x.mfn)) };
+    expect_fault(Step::WriteWithoutAssist, entry(0), PF_PRESENT | PF_WRITE)?;
+    expect(l1.entry(0) == 0, Step::WriteWithoutAssist, "the entry changed", l1.entry(0))?;
+    let unoffered = writable::vm_assist_unoffered();
+    let einval = guest_rt::abi::errno::Errno::Einval.as_return();
+    expect(unoffered == einval, Step::EnableAssist, "an unoffered type must be EINVAL", unoffered as u64)?;
+    call(Step::EnableAssist, writable::set_writable_pagetables(true))?;
+
+    let step = Step::EmulatedWrite;
+    // SAFETY (this block and the next ones): entries 0-3 of the pinned L1 map window pages
+    // 0-3, which nothing uses but these checks; x and y are frames nothing else uses.
+    unsafe { writable::mov(entry(0), tables::rw_pte(x.mfn)) };
+    expect(address(l1.entry(0)) == x.mfn.address(), step, "mov: entry 0 does not map x", l1.entry(0))?;
+    // SAFETY: window page 0 maps x now.
+    unsafe { expect_holds(step, window(0), MARKER_X)? };
+    // The reported mmu_pt_update_preserve_ad: the entry's accessed and dirty bits survive
+    // an update whose value has neither.
+    let accessed_dirty = (1 << 5) | (1 << 6);
+    let request = guest_rt::abi::mmu::MmuUpdate::new(
+        guest_rt::abi::hypercall::MmuUpdateCmd::PtUpdatePreserveAd,
+        l1.mfn.address(),
+        tables::rw_pte(x.mfn) & !accessed_dirty,
+    );
+    // SAFETY: entry 0 maps x as before; only its accessed and dirty bits are at stake.
+    unsafe { update_all(step, &[request])? };
+    expect(l1.entry(0) & accessed_dirty == accessed_dirty, step, "preserve-AD update lost A/D", l1.entry(0))?;
+    // SAFETY: as above.
+    let old = unsafe { writable::xchg(entry(1), tables::rw_pte(y.mfn)) };
+    expect(old == 0, step, "xchg: old value of entry 1", old)?;
+    // SAFETY: window page 1 maps y now.
+    unsafe { expect_holds(step, window(1), MARKER_Y)? };
+    // SAFETY: as above.
+    let was_writable = unsafe { writable::lock_btr(entry(0), 1) };
+    expect(was_writable, step, "lock btr: CF must hold the old RW bit", l1.entry(0))?;
+    expect(l1.entry(0) & PTE_WRITABLE == 0, step, "lock btr: entry 0 still writable", l1.entry(0))?;
+    // SAFETY: as above.
+    let (stored, _) = unsafe { writable::lock_cmpxchg(entry(2), 0, tables::rw_pte(x.mfn)) };
+    expect(stored, step, "lock cmpxchg on an empty entry did not store", l1.entry(2))?;
+    // SAFETY: window page 2 maps x now.
+    unsafe { expect_holds(step, window(2), MARKER_X)? };
+    // SAFETY: as above.
+    let (stored, seen) = unsafe { writable::lock_cmpxchg(entry(2), 0, tables::rw_pte(y.mfn)) };
+    expect(!stored && seen == l1.entry(2), step, "lock cmpxchg with a stale value", seen)?;
+    // SAFETY: as above.
+    unsafe { writable::lock_or_byte1(entry(1)) };
+    expect(l1.entry(1) & (1 << 9) != 0, step, "lock or byte: bit 9 of entry 1", l1.entry(1))?;
+    expect(address(l1.entry(1)) == y.mfn.address(), step, "lock or byte: entry 1 moved", l1.entry(1))?;
+
+    let step = Step::RefusedWrite;
+    let far = guest_rt::abi::ids::Mfn(0xf_ffff_ffff);
+    for refused in [tables::rw_pte(l1.mfn), tables::rw_pte(far)] {
+        // SAFETY: entry 3 maps nothing in use; the write must be refused and is skipped.
+        unsafe { faults::store_expecting_fault(entry(3), refused) };
+        expect_fault(step, entry(3), PF_PRESENT | PF_WRITE)?;
+        expect(l1.entry(3) == 0, step, "a refused write changed entry 3", l1.entry(3))?;
+    }
+    // An L2 entry: the boot L2's hook slot unlinked and linked again by direct writes.
+    let l2 = tables::boot_l2().map_err(Failure::Walk)?;
+    let hook = l2.va() + 8 * HOOK_SLOT as u64;
+    // SAFETY: the hook slot maps only the window, which nothing uses but these checks.
+    let old = unsafe { writable::xchg(hook, 0) };
+    expect(address(old) == l1.mfn.address(), step, "xchg on the boot L2: old hook entry", old)?;
+    expect(l2.entry(HOOK_SLOT) == 0, step, "xchg on the boot L2 left the hook", l2.entry(HOOK_SLOT))?;
+    // SAFETY: as above.
+    unsafe { writable::mov(hook, tables::table_pte(l1.mfn)) };
+    expect(address(l2.entry(HOOK_SLOT)) == l1.mfn.address(), step, "mov on the boot L2: hook", l2.entry(HOOK_SLOT))?;
+    call(Step::Flush, tables::flush_tlb(MmuextCmd::TlbFlushLocal))?;
+    // SAFETY: window page 1 maps y through the re-linked L1.
+    unsafe { expect_holds(step, window(1), MARKER_Y)? };
+    for index in 0..3 {
+        // SAFETY: as above.
+        unsafe { writable::mov(entry(index), 0) };
+    }
+    call(Step::Flush, tables::flush_tlb(MmuextCmd::TlbFlushLocal))?;
+    if let Some(index) = (0..4).find(|&i| l1.entry(i) != 0) {
+        return Err(Failure::EntryLeft { index, entry: l1.entry(index) });
+    }
+    println!(
+        "pagetables: writable page tables: features {features:#x}; direct write faulted until \
+         vm_assist; mov, xchg, lock btr, lock cmpxchg (stored, then refused) and lock or byte \
+         emulated; the boot L2's hook unlinked and linked again; the L1 mapped writable and a \
+         frame beyond RAM refused with #PF"
     );
     Ok(())
 }

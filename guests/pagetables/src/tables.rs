@@ -2,10 +2,11 @@
 //! down from `pt_base`, reading entries through a table's read-only mapping, and the
 //! requests that change tables (`mmu_update`, `mmuext_op`), which the hypervisor validates.
 //!
-//! A PV guest never writes a page table itself: its tables are mapped read-only, and each
-//! change is a hypercall. Table frames are found from the machine addresses in entries by
-//! searching the P2M list. `main` uses this module for the L1 table it builds; it must
-//! never write to a table other than through the hypervisor.
+//! A PV guest's tables are mapped read-only, and each change is a hypercall (or, with
+//! writable page tables, a direct write the hypervisor emulates: `writable`). Table frames
+//! are found from the machine addresses in entries by searching the P2M list. `main` uses
+//! this module for the L1 table it builds; it must never write to a table other than
+//! through the hypervisor.
 
 use core::fmt;
 
@@ -77,6 +78,11 @@ impl Table {
     /// The table in `mfn`, readable at `va`.
     pub const fn new(mfn: Mfn, va: u64) -> Self {
         Self { mfn, va }
+    }
+
+    /// The address of its read-only view.
+    pub const fn va(&self) -> u64 {
+        self.va
     }
 
     /// Entry `index` as the hypervisor last wrote it. Panics beyond the table.

@@ -270,6 +270,9 @@ pub struct Domain {
     pub running_vcpus: AtomicU32,
     /// Time the build took, for the summary.
     pub build_ns: AtomicU64,
+    /// The `vm_assist` types the guest has enabled (bit n: `VMASST_TYPE` n): see
+    /// `pv::hypercall::vm_assist`.
+    pub vm_assist: AtomicU64,
 }
 
 /// Domain records the hypervisor holds in memory: the table's, and any destroyed domain
@@ -417,6 +420,7 @@ impl Domain {
             counters: Counters::default(),
             running_vcpus: AtomicU32::new(0),
             build_ns: AtomicU64::new(0),
+            vm_assist: AtomicU64::new(0),
         });
         table.insert(id, domain.clone());
         DOMAIN_RECORDS.fetch_add(1, Ordering::Relaxed);

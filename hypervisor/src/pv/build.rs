@@ -226,9 +226,9 @@ impl core::fmt::Display for BuildFailure {
     }
 }
 
-/// Features this hypervisor offers to guests (none of the optional ones yet).
+/// The features an image may require (`hypervisor::features`).
 fn offered_features() -> FeatureSet {
-    FeatureSet::default()
+    hypervisor::features::HONOURED
 }
 
 /// What to build: an image and how to run it.

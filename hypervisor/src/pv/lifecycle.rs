@@ -87,6 +87,7 @@ fn finish() -> ! {
     crate::sched::report();
     crate::pv::console::report();
     crate::pv::mmu::report();
+    crate::pv::ptwr::report();
     crate::tlb::report();
     info!("summary: domains.created_by_dom0={}", others.0);
     info!("summary: domains.failed_created_by_dom0={}", others.1);

@@ -34,6 +34,7 @@ use hypervisor::continuation::{Outcome, Stop};
 use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
+use pvmm::entry::{ACCESSED, DIRTY};
 use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, RelinquishProgress, TableMemory};
 use smp::xcall::CpuBits;
 use spin::Once;
@@ -151,6 +152,33 @@ impl TableMemory for Tables<'_> {
 
     fn write(&mut self, mfn: Mfn, index: usize, value: u64) {
         self.entry(mfn, index, |bytes| *bytes = value.to_le_bytes());
+    }
+
+    /// One compare-and-swap, as a processor updating the entry's accessed and dirty bits
+    /// would see it (for emulated read-modify-writes of guest entries).
+    fn compare_exchange(&mut self, mfn: Mfn, index: usize, expected: u64, new: u64) -> bool {
+        self.entry(mfn, index, |bytes| {
+            // SAFETY: as in `write_preserving_ad` below.
+            let entry = unsafe { AtomicU64::from_ptr(bytes.as_mut_ptr().cast::<u64>()) };
+            entry.compare_exchange(expected, new, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        })
+    }
+
+    /// `MMU_PT_UPDATE_PRESERVE_AD` (which `XENVER_get_features` reports): a compare-and-swap
+    /// loop, so that an accessed or dirty bit a processor sets while the entry is replaced
+    /// is kept.
+    fn write_preserving_ad(&mut self, mfn: Mfn, index: usize, value: u64) {
+        self.entry(mfn, index, |bytes| {
+            // SAFETY: the 8 bytes are one entry of a mapped table page, 8-byte aligned
+            // (page-aligned mapping, index * 8), valid for the closure's duration; other
+            // hypervisor writers of the domain's tables are held off by its page-table lock,
+            // and the processors' page walks update the entry atomically themselves.
+            let entry = unsafe { AtomicU64::from_ptr(bytes.as_mut_ptr().cast::<u64>()) };
+            let mut current = entry.load(Ordering::Relaxed);
+            while let Err(now) = entry.compare_exchange_weak(current, value | (current & (ACCESSED | DIRTY)), Ordering::SeqCst, Ordering::Relaxed) {
+                current = now;
+            }
+        });
     }
 
     fn flush_stale_writable(&mut self, mfn: Mfn) {
@@ -412,6 +440,67 @@ pub fn update_va_mapping(vcpu: &Vcpu, va: u64, pte: u64, flags: u64) -> Outcome 
         cpus.flush(vcpu, flush);
     }
     Ok(0)
+}
+
+/// What became of an emulated guest write to a page table ([`emulated_write`]).
+pub enum TableWrite {
+    /// Carried out (or, for a `cmpxchg` whose comparison failed, rightly nothing written):
+    /// the instruction is complete.
+    Done,
+    /// The validation it needs stopped half-way (its progress kept in the frames), nothing
+    /// written: the guest is to execute the instruction again, which continues it.
+    Again,
+    /// Not a write to one of the domain's page tables in use, or a value `mmu_update`
+    /// would refuse: the guest gets its #PF.
+    Refused,
+}
+
+/// Writable page tables: carries out an emulated write of the guest kernel to entry
+/// `index` of the page table that `va` maps read-only in the L4 `l4` (the vCPU's active
+/// one). Under the domain's page-table lock: the mapping of `va` must still be present and
+/// read-only and name a page table of the domain in use; `compute` gets the entry's value
+/// and returns the new one (`None`: write nothing), which is validated and stored exactly
+/// as `mmu_update` would do it (`MMU_NORMAL_PT_UPDATE`), at any level. No flush: as with
+/// Xen's emulation, the guest flushes what its own write needs.
+///
+/// The entry is read, computed and stored under the lock, so no other update of the
+/// domain's tables comes between. A `read_modify_write` (anything but a whole-entry
+/// `mov`) is stored only over the value it was computed from, with a compare-and-swap at
+/// L1 (as Xen's emulator stores locked instructions): when a processor set an accessed or
+/// dirty bit in between, nothing is stored and the guest runs the instruction again
+/// ([`TableWrite::Again`]), so that `xchg` or `lock btr` never loses a dirty bit.
+pub fn emulated_write(
+    domain: &Domain,
+    l4: Mfn,
+    va: u64,
+    index: usize,
+    read_modify_write: bool,
+    compute: impl FnOnce(u64) -> Option<u64>,
+) -> TableWrite {
+    let _lock = domain.mmu_lock.lock();
+    let mmu = mmu();
+    let mut tables = Tables::for_domain(domain);
+    let Ok(slot) = mmu.l1_entry_of(l4, va, &tables) else { return TableWrite::Refused };
+    let mapping = pvmm::Pte(tables.read(slot.table, slot.index));
+    if !mapping.is_present() || mapping.is_writable() {
+        return TableWrite::Refused;
+    }
+    let table = mapping.mfn();
+    if mmu.table_level(table, domain.id).is_err() {
+        return TableWrite::Refused;
+    }
+    let old = tables.read(table, index);
+    let Some(new) = compute(old) else { return TableWrite::Done };
+    let ad = if read_modify_write { AccessedDirty::CompareExchange { expected: old } } else { AccessedDirty::Overwrite };
+    match one_slice(&mut tables, |t| mmu.mod_table_entry_only(table, index, new, ad, domain.id, t)) {
+        Ok(()) => TableWrite::Done,
+        Err(MmError::Changed(_)) => TableWrite::Again,
+        // Stopped after the write (the old entry's sub-table is still being torn down, and
+        // the next update of this table finishes it): the instruction is complete.
+        Err(MmError::Restart) if tables.read(table, index) != old => TableWrite::Done,
+        Err(MmError::Restart) => TableWrite::Again,
+        Err(_) => TableWrite::Refused,
+    }
 }
 
 /// Which CPUs a flush the guest asks for reaches.

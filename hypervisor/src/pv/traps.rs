@@ -1,5 +1,6 @@
 //! Exceptions and callbacks into a PV guest: bounce frames, the `iret` hypercall, guest
-//! exceptions and software interrupts, `syscall` from guest user mode and from 32-bit
+//! exceptions (a page fault first offered to writable-page-table emulation, `pv::ptwr`)
+//! and software interrupts, `syscall` from guest user mode and from 32-bit
 //! code, `sysenter`, the failsafe callback, and killing a guest whose fault cannot be
 //! delivered.
 //!
@@ -28,7 +29,7 @@ use crate::arch::trap::{FailedExit, TrapFrame};
 use crate::arch::uaccess;
 use crate::domain::vcpu::GuestContext;
 use crate::domain::{Ending, Vcpu};
-use crate::pv::{emulate, shared};
+use crate::pv::{emulate, ptwr, shared};
 
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_TF: u64 = 1 << 8;
@@ -67,6 +68,9 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
             let cr2 = x86_64::registers::control::Cr2::read_raw();
+            if ptwr::page_fault(vcpu, frame, cr2) {
+                return;
+            }
             shared::with_vcpu_info(vcpu, |info| info.arch.cr2 = cr2);
             let in_kernel = vcpu.ctx.lock().in_kernel;
             // The hardware always sees CPL 3: report the guest's own mode instead.
