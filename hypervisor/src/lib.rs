@@ -10,6 +10,7 @@ pub mod domspec;
 pub mod fpu;
 pub mod guest_return;
 pub mod hypercall;
+pub mod insn;
 pub mod logring;
 #[cfg(test)]
 mod proptests;

@@ -2,12 +2,14 @@
 //!
 //! PV guests expect the hypervisor's descriptors in the reserved GDT page at selector
 //! 0xe000 (ring-0 code 0xe008, ring-0 data 0xe010, ring-3 code32 0xe023, ring-3 data
-//! 0xe02b, ring-3 code64 0xe033, TSS 0xe040); the entries below are the guest's own (set_gdt
+//! 0xe02b, ring-3 code64 0xe033, TSS 0xe040, and the LDT descriptor 0xe050 that points at
+//! the running vCPU's LDT, as in Xen); the entries below are the guest's own (set_gdt
 //! frames, mapped later). So a CPU's GDT base is the address of its reserved page minus
 //! 0xe000, and only that page has to exist for the hypervisor's own selectors to work.
 //! Its descriptors all have the accessed bit set and `ltr` marks the TSS busy, after which
-//! the CPU never writes the page and its owner maps it read-only (`percpu`).
-//! This module only builds and loads tables; callers own the memory.
+//! the CPU never writes the page and its owner maps it read-only (`percpu`); only the LDT
+//! descriptor changes later, written by `pv::ldt` through a temporary mapping (`lldt` never
+//! writes a descriptor). This module only builds and loads tables; callers own the memory.
 
 use core::mem::size_of;
 
@@ -32,6 +34,12 @@ pub const GUEST_DS: u16 = 0xe02b;
 pub const GUEST_CS64: u16 = 0xe033;
 /// The TSS (a 16-byte system descriptor).
 pub const TSS_SELECTOR: u16 = 0xe040;
+/// The LDT descriptor (16 bytes) for the running vCPU's LDT (Xen's `LDT_SELECTOR`).
+pub const LDT_SELECTOR: u16 = 0xe050;
+/// Index in the reserved page of the LDT descriptor's first word.
+pub const LDT_ENTRY: usize = ((LDT_SELECTOR as u64 - RESERVED_GDT_OFFSET) / 8) as usize;
+/// Descriptors in use in the reserved page (through the LDT descriptor's second word).
+const RESERVED_ENTRIES: u64 = LDT_ENTRY as u64 + 2;
 
 /// IST slots (1-based, as the IDT encodes them).
 pub const IST_DOUBLE_FAULT: u16 = 1;
@@ -63,6 +71,8 @@ impl ReservedGdtPage {
         let (low, high) = tss_descriptor(tss);
         entries[8] = low; // 0xe040
         entries[9] = high;
+        entries[LDT_ENTRY] = 0; // 0xe050: written when a vCPU with an LDT runs
+        entries[LDT_ENTRY + 1] = 0;
     }
 }
 
@@ -87,7 +97,7 @@ fn tss_descriptor(tss: &'static TaskStateSegment) -> (u64, u64) {
 pub unsafe fn load(page: &'static ReservedGdtPage) {
     let base = page as *const ReservedGdtPage as u64 - RESERVED_GDT_OFFSET;
     let pointer = DescriptorTablePointer {
-        limit: (RESERVED_GDT_OFFSET + 10 * 8 - 1) as u16,
+        limit: (RESERVED_GDT_OFFSET + RESERVED_ENTRIES * 8 - 1) as u16,
         base: VirtAddr::new(base),
     };
     // SAFETY: the caller guarantees the table outlives its use; the selectors loaded below
@@ -125,6 +135,26 @@ pub fn guest_descriptor(index: u16) -> Option<u64> {
     // SAFETY: the GDT area below the reserved page is backed page by page (guest frames or
     // the zero frame) for as long as this CPU runs, and the index is inside it.
     Some(unsafe { ((pointer.base.as_u64() + u64::from(index) * 8) as *const u64).read_volatile() })
+}
+
+/// Loads LDTR with `selector` (0: no LDT).
+///
+/// # Safety
+/// A nonzero selector must name this CPU's LDT descriptor, present, whose table stays
+/// mapped (read-only) for as long as it is loaded.
+pub unsafe fn load_ldt(selector: u16) {
+    // SAFETY: the caller guarantees the descriptor and its table; a null selector just
+    // marks LDTR unusable.
+    unsafe { core::arch::asm!("lldt {0:x}", in(reg) selector, options(nostack, preserves_flags)) };
+}
+
+/// Entry `index` of the LDT whose table is mapped at `base`.
+///
+/// # Safety
+/// `base` must be this CPU's LDT area, with a frame mapped at the page holding `index`.
+pub unsafe fn ldt_entry(base: u64, index: u16) -> u64 {
+    // SAFETY: the caller guarantees the page is mapped; entries are 8-byte aligned.
+    unsafe { ((base + u64::from(index) * 8) as *const u64).read_volatile() }
 }
 
 /// The data segment selectors now loaded (ds, es, fs, gs): the hypervisor never loads

@@ -564,6 +564,7 @@ impl Domain {
             // keep the domain in memory for good.
             vcpu.stop();
             crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
+            crate::pv::ldt::release(core::mem::take(&mut *vcpu.ldt.lock()));
         }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
         let pages = self.memory.lock().take_list();

@@ -145,6 +145,8 @@ pub struct Vcpu {
     pub ctx: Mutex<GuestContext>,
     /// The guest's own GDT frames.
     pub gdt: Mutex<crate::pv::descriptors::GuestGdt>,
+    /// Its LDT (`MMUEXT_SET_LDT`).
+    pub ldt: Mutex<crate::pv::ldt::GuestLdt>,
     state: AtomicU8,
     /// Its name in the run queues.
     pub key: crate::sched::VcpuKey,
@@ -207,6 +209,7 @@ impl Vcpu {
                 fpu_saved_on: u32::MAX,
             }),
             gdt: Mutex::new(Default::default()),
+            ldt: Mutex::new(Default::default()),
             state: AtomicU8::new(RunState::Runnable as u8),
             key: crate::sched::VcpuKey::fresh(),
             cpu: AtomicU32::new(cpu),

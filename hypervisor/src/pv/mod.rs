@@ -9,6 +9,7 @@ pub mod descriptors;
 pub mod emulate;
 pub mod events;
 pub mod hypercall;
+pub mod ldt;
 pub mod lifecycle;
 pub mod memop;
 pub mod mmu;

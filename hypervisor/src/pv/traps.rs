@@ -18,7 +18,7 @@
 //! domain is killed. Runs on the CPU running the vCPU, inside its trap.
 
 use abi::arch_x86::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_DPL_MASK, TI_MASK_EVENTS, VGCF_IN_SYSCALL};
-use hypervisor::guest_return;
+use hypervisor::{guest_return, insn};
 use log::{debug, warn};
 use x86_64::registers::model_specific::KernelGsBase;
 use x86_64::VirtAddr;
@@ -28,7 +28,7 @@ use crate::arch::trap::{FailedExit, TrapFrame};
 use crate::arch::uaccess;
 use crate::domain::vcpu::GuestContext;
 use crate::domain::{Ending, Vcpu};
-use crate::pv::{emulate, shared};
+use crate::pv::{descriptors, emulate, shared};
 
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_TF: u64 = 1 << 8;
@@ -40,9 +40,14 @@ const RFLAGS_VM: u64 = 1 << 17;
 const RFLAGS_IOPL: u64 = 3 << 12;
 
 const VECTOR_BREAKPOINT: u8 = 3;
+const VECTOR_OVERFLOW: u8 = 4;
 const VECTOR_INVALID_OPCODE: u8 = 6;
 const VECTOR_GENERAL_PROTECTION: u8 = 13;
 const VECTOR_PAGE_FAULT: u8 = 14;
+/// #GP error code bits: an IDT entry is named (a software interrupt's gate), and an event
+/// external to the program caused it.
+const GP_IDT: u64 = 1 << 1;
+const GP_EXTERNAL: u64 = 1 << 0;
 /// Page-fault error code bit: the access came from user mode.
 const PF_USER: u64 = 1 << 2;
 
@@ -63,7 +68,7 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     match vector {
         VECTOR_INVALID_OPCODE if emulate::forced_cpuid(frame) => {}
         VECTOR_INVALID_OPCODE | VECTOR_GENERAL_PROTECTION if sysenter(vcpu, frame) => {}
-        VECTOR_GENERAL_PROTECTION if software_interrupt(vcpu, frame) => {}
+        VECTOR_GENERAL_PROTECTION if frame.error_code & (GP_IDT | GP_EXTERNAL) == GP_IDT => software_interrupt(vcpu, frame),
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
             let cr2 = x86_64::registers::control::Cr2::read_raw();
@@ -80,25 +85,79 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     }
 }
 
-/// A `#GP` from `int n` (error code n*8+2) that the guest's trap table allows from its
-/// current mode is delivered as vector n after the instruction.
-fn software_interrupt(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
-    if frame.error_code & 7 != 2 {
-        return false;
-    }
-    let vector = (frame.error_code >> 3) as u8;
-    let allowed = {
-        let ctx = vcpu.ctx.lock();
-        ctx.trap(vector).is_some_and(|t| {
-            let dpl = t.flags & TI_DPL_MASK;
-            dpl == 3 || (dpl != 0 && ctx.in_kernel)
-        })
+/// A #GP that the hardware says a software interrupt raised (error code with the IDT bit,
+/// not external): the instruction at rip is decoded rather than the error code trusted
+/// (QEMU's TCG reports vector `2n` for a faulting `int n`), as Xen's
+/// `pv_emulate_sw_interrupt` does. `int n` the guest's trap table allows from its mode
+/// (DPL 1-3 from the kernel, 3 from user mode: [`insn::permit_softint`]) is delivered as
+/// vector n with rip after the instruction, prefixes included; otherwise the guest gets
+/// #GP with the architectural error code (n*8+2) at the instruction. `int3`, `into` and
+/// `int1` reach their vectors whatever their DPL (the IDT's gates for 3 and 4 are DPL 3, so
+/// a guest DPL could not be enforced for them anyway, as in Xen); they only come here from
+/// a virtualizer that raised #GP for them. Anything else (the bytes changed under the
+/// fault, or cannot be read) gets the #GP as the hardware raised it.
+fn software_interrupt(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let decoded = code_mode(vcpu, frame.cs as u16).and_then(|(mode, base)| {
+        let mut bytes = [0u8; insn::MAX_LENGTH];
+        let readable = read_code(base.wrapping_add(frame.rip), &mut bytes);
+        insn::decode(&bytes[..readable], mode)
+    });
+    let Some(insn::Decoded { insn: insn::Insn::SoftInt(soft), len }) = decoded else {
+        bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(frame.error_code));
+        return;
+    };
+    let vector = soft.vector();
+    let allowed = match soft {
+        insn::SoftInt::Int(v) if v != VECTOR_BREAKPOINT && v != VECTOR_OVERFLOW => {
+            let ctx = vcpu.ctx.lock();
+            ctx.trap(v).is_some_and(|t| insn::permit_softint(t.flags & TI_DPL_MASK, ctx.in_kernel))
+        }
+        _ => true,
     };
     if allowed {
-        frame.rip += 2; // `int imm8` is two bytes
-        bounce(vcpu, frame, vector, None);
+        frame.rip = frame.rip.wrapping_add(u64::from(len));
+        software_trap(vcpu, frame, vector);
+    } else {
+        bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(insn::idt_error_code(vector)));
     }
-    allowed
+}
+
+/// The code mode and base of the guest's code selector `cs`: the flat ones, or the GDT or
+/// LDT descriptor it names; `None` if that is no present code segment.
+pub fn code_mode(vcpu: &Vcpu, cs: u16) -> Option<(insn::CodeMode, u64)> {
+    match cs {
+        gdt::GUEST_CS64 => Some((insn::CodeMode::Long, 0)),
+        gdt::GUEST_CS32 => Some((insn::CodeMode::Compat32, 0)),
+        _ => {
+            let raw = descriptors::lookup(vcpu, cs)?;
+            Some((hypervisor::descriptor::code_mode(raw)?, hypervisor::descriptor::base(raw)))
+        }
+    }
+}
+
+/// Reads up to `bytes.len()` bytes of guest code at `at`, stopping at the first page it
+/// cannot read; returns how many it read.
+pub fn read_code(at: u64, bytes: &mut [u8]) -> usize {
+    let in_first_page = (4096 - (at & 0xfff) as usize).min(bytes.len());
+    if uaccess::read(at, &mut bytes[..in_first_page]).is_err() {
+        return 0;
+    }
+    if in_first_page < bytes.len() && uaccess::read(at.wrapping_add(in_first_page as u64), &mut bytes[in_first_page..]).is_err() {
+        return in_first_page;
+    }
+    bytes.len()
+}
+
+/// Delivers a software interrupt (or trap-like exception) of `vector`, rip already past
+/// the instruction: no error code, and no "fault in its own handler" check (the return
+/// address may well be a handler's first byte).
+fn software_trap(vcpu: &Vcpu, frame: &mut TrapFrame, vector: u8) {
+    let Some(trap) = vcpu.ctx.lock().trap(vector).copied() else {
+        crash(vcpu, frame, format_args!("software interrupt {vector} with no handler"));
+        return;
+    };
+    vcpu.domain.counters.exceptions_bounced.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    deliver(vcpu, frame, trap.address, None, trap.flags & TI_MASK_EVENTS != 0);
 }
 
 /// Delivers `vector` to the guest's registered handler.
@@ -238,7 +297,7 @@ pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     // The guest's virtual interrupt flag is the inverse of its upcall mask.
     let unmask = saved.rflags & RFLAGS_IF != 0;
     shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask = u8::from(!unmask));
-    if let Err(bad) = guest_return::check(frame.rip, frame.cs as u16, frame.ss as u16, |index| gdt::guest_descriptor(index).unwrap_or(0)) {
+    if let Err(bad) = guest_return::check(frame.rip, frame.cs as u16, frame.ss as u16, |selector| descriptors::lookup(vcpu, selector)) {
         failsafe(vcpu, frame, format_args!("iret to an unloadable frame ({bad:?})"));
     }
 }
