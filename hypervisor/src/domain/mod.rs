@@ -261,6 +261,8 @@ pub struct Domain {
     pub running_vcpus: AtomicU32,
     /// Time the build took, for the summary.
     pub build_ns: AtomicU64,
+    /// The `vm_assist` types it enabled (bit n: `VMASST_TYPE` n; see `pv::physdev`).
+    vm_assists: AtomicU64,
 }
 
 /// Domain records in memory (created and not yet dropped), in the table or not.
@@ -337,6 +339,20 @@ impl core::fmt::Display for CreateError {
 }
 
 impl Domain {
+    /// Whether the domain enabled `kind` with `vm_assist`.
+    pub fn vm_assist(&self, kind: abi::hypercall::VmAssistType) -> bool {
+        kind.raw() < 64 && self.vm_assists.load(Ordering::Relaxed) & (1 << kind.raw()) != 0
+    }
+
+    /// Sets or clears `vm_assist` type `kind` (< 64; `pv::physdev` checks which are valid).
+    pub fn set_vm_assist(&self, kind: u32, on: bool) {
+        if on {
+            self.vm_assists.fetch_or(1 << kind, Ordering::Relaxed);
+        } else {
+            self.vm_assists.fetch_and(!(1 << kind), Ordering::Relaxed);
+        }
+    }
+
     /// Creates an empty domain (no memory yet but its zeroed shared-info page) and enters it
     /// in the table under a fresh id: domain 0 (`privileged`) takes id 0, others the next
     /// free one. Refused while the heap has less than [`DOMAIN_HEAP_BYTES`] to spare. The
@@ -397,6 +413,7 @@ impl Domain {
             counters: Counters::default(),
             running_vcpus: AtomicU32::new(0),
             build_ns: AtomicU64::new(0),
+            vm_assists: AtomicU64::new(0),
         });
         table.insert(id, domain.clone());
         Ok(domain)

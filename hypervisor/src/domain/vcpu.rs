@@ -79,6 +79,12 @@ pub struct GuestContext {
     pub sysenter_masks_events: bool,
     /// The NMI callback (registered and kept; no NMI is ever delivered to a guest yet).
     pub nmi_callback: u64,
+    /// The virtual I/O privilege level, 0-3 (`pv::physdev`; the real IOPL is always 0).
+    pub iopl: u8,
+    /// The I/O-port bitmap (`PHYSDEVOP_set_iobitmap`): its guest kernel address and the
+    /// ports it covers (0: none).
+    pub iobitmap: u64,
+    pub iobitmap_ports: u32,
     pub fs_base: u64,
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
@@ -201,6 +207,9 @@ impl Vcpu {
                 sysenter_callback: 0,
                 sysenter_masks_events: false,
                 nmi_callback: 0,
+                iopl: 0,
+                iobitmap: 0,
+                iobitmap_ports: 0,
                 fs_base: 0,
                 gs_base_kernel: 0,
                 gs_base_user: 0,

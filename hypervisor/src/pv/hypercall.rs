@@ -29,7 +29,7 @@ use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Ending, Vcpu};
 use crate::preempt;
-use crate::pv::{console, control, descriptors, events, memop, mmu, traps, vcpuop};
+use crate::pv::{console, control, descriptors, events, memop, mmu, physdev, traps, vcpuop};
 
 /// What a handler returns: a value for rax, or an errno.
 pub type HcResult = Result<u64, Errno>;
@@ -99,8 +99,9 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         Request::CallbackOp { cmd, arg } => callback_op(vcpu, cmd, arg),
         Request::SetSegmentBase { which, base } => set_segment_base(vcpu, which, base),
         Request::FpuTaskswitch { .. } => Ok(0),
-        Request::VmAssist { cmd: 0 | 1, kind: 0 | 1 | 3 } => Ok(0),
-        Request::VmAssist { .. } => Err(Errno::Einval),
+        Request::VmAssist { cmd, kind } => physdev::vm_assist(vcpu, cmd, kind),
+        Request::PhysdevOp { cmd, arg } => physdev::physdev_op(vcpu, cmd, arg),
+        Request::PhysdevOpCompat { arg } => physdev::physdev_op_compat(vcpu, arg),
         Request::VcpuOp { cmd, vcpu: id, arg } => vcpuop::vcpu_op(vcpu, cmd, id, arg),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
         Request::Domctl { arg } => return control::control(vcpu, arg),

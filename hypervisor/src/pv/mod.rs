@@ -13,6 +13,7 @@ pub mod ldt;
 pub mod lifecycle;
 pub mod memop;
 pub mod mmu;
+pub mod physdev;
 pub mod shared;
 pub mod traps;
 pub mod vcpuop;

@@ -18,6 +18,7 @@
 //! domain is killed. Runs on the CPU running the vCPU, inside its trap.
 
 use abi::arch_x86::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_DPL_MASK, TI_MASK_EVENTS, VGCF_IN_SYSCALL};
+use abi::hypercall::VmAssistType;
 use hypervisor::{guest_return, insn};
 use log::{debug, warn};
 use x86_64::registers::model_specific::KernelGsBase;
@@ -48,7 +49,8 @@ const VECTOR_PAGE_FAULT: u8 = 14;
 /// external to the program caused it.
 const GP_IDT: u64 = 1 << 1;
 const GP_EXTERNAL: u64 = 1 << 0;
-/// Page-fault error code bit: the access came from user mode.
+/// Page-fault error code bits: the access was a write; it came from user mode.
+const PF_WRITE: u64 = 1 << 1;
 const PF_USER: u64 = 1 << 2;
 
 /// Exceptions that push an error code.
@@ -69,6 +71,7 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
         VECTOR_INVALID_OPCODE if emulate::forced_cpuid(frame) => {}
         VECTOR_INVALID_OPCODE | VECTOR_GENERAL_PROTECTION if sysenter(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if frame.error_code & (GP_IDT | GP_EXTERNAL) == GP_IDT => software_interrupt(vcpu, frame),
+        VECTOR_GENERAL_PROTECTION if frame.error_code == 0 && emulate::port_io(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
             let cr2 = x86_64::registers::control::Cr2::read_raw();
@@ -83,6 +86,15 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
             bounce(vcpu, frame, vector, error);
         }
     }
+}
+
+/// Delivers a page fault at `address` that the hypervisor met while carrying out an
+/// instruction for the guest (rip still at it): cr2 and an error code of a not-present
+/// access, a write or a read, from the guest's mode (as Xen's emulator reports one).
+pub fn page_fault(vcpu: &Vcpu, frame: &mut TrapFrame, address: u64, write: bool) {
+    shared::with_vcpu_info(vcpu, |info| info.arch.cr2 = address);
+    let user = if vcpu.ctx.lock().in_kernel { 0 } else { PF_USER };
+    bounce(vcpu, frame, VECTOR_PAGE_FAULT, Some(user | if write { PF_WRITE } else { 0 }));
 }
 
 /// A #GP that the hardware says a software interrupt raised (error code with the IDT bit,
@@ -207,7 +219,10 @@ fn deliver_frame(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, extra: Extra,
         ctx.kernel_sp
     };
     let upcall_mask = shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask) as u64;
-    let guest_rflags = (frame.rflags & !RFLAGS_IF) | if upcall_mask == 0 { RFLAGS_IF } else { 0 };
+    // The frame shows the virtual IF (the inverse of the upcall mask) and, with the
+    // architectural IOPL assist, the virtual IOPL (as Xen's bounce frames).
+    let virtual_iopl = if vcpu.domain.vm_assist(VmAssistType::ArchitecturalIopl) { u64::from(ctx.iopl) << 12 } else { 0 };
+    let guest_rflags = (frame.rflags & !(RFLAGS_IF | RFLAGS_IOPL)) | virtual_iopl | if upcall_mask == 0 { RFLAGS_IF } else { 0 };
     let cs = if was_kernel { frame.cs & !3 } else { frame.cs } | (upcall_mask << 32);
     let mut words = arrayvec::ArrayVec::<u64, 11>::new();
     words.push(frame.rcx);
@@ -266,8 +281,9 @@ fn switch_to_user_mode(ctx: &mut GuestContext) {
 
 /// The `iret` hypercall: returns from a bounce frame the guest left on its stack,
 /// {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}, to guest user mode when cs has RPL 3.
-/// A frame the `iretq` could not load goes to the failsafe callback instead, as the fault
-/// of that `iretq` would.
+/// With the architectural IOPL assist the frame's IOPL becomes the virtual IOPL (the real
+/// one stays 0). A frame the `iretq` could not load goes to the failsafe callback instead,
+/// as the fault of that `iretq` would.
 pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     let Ok(saved) = uaccess::read_value::<abi::arch_x86::IretContext>(frame.rsp) else {
         crash(vcpu, frame, format_args!("iret frame at {:#x} unreadable", frame.rsp));
@@ -275,6 +291,9 @@ pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     };
     {
         let mut ctx = vcpu.ctx.lock();
+        if vcpu.domain.vm_assist(VmAssistType::ArchitecturalIopl) {
+            ctx.iopl = ((saved.rflags & RFLAGS_IOPL) >> 12) as u8;
+        }
         if saved.cs & 3 == 3 && ctx.in_kernel {
             if ctx.user_base.is_none() {
                 drop(ctx);
