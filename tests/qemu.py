@@ -182,6 +182,12 @@ def guest_cases():
         Case("pvh-fpu-smp1", smp="1", cmdline="guests=3", modules=[("guest-fpu", "")],
              expect={"domains.created": "3", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["fpu: initial state ok", "fpu: 2000 rounds checked ok (x87 and SSE)"]),
+        # Issue 16 (segments): LDTs, int n through every trap-table DPL from both modes, the
+        # virtual IOPL (set_iopl and the architectural assist), port I/O, physdev_op and
+        # vm_assist; two domains on one CPU, so that LDTs are reloaded across switches.
+        Case("pvh-segments-smp1", smp="1", cmdline="guests=2", modules=[("guest-segments", "")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["segments: ok"]),
         # Guest system calls and events under KVM, where present: some host virtualizers
         # (kvm_pvm) carry out a guest's `syscall` without its privilege change.
         Case("kvm-events-smp2", smp="2", accel="kvm", timeout=300, cmdline="guests=2", modules=[("guest-events", "")],
