@@ -19,7 +19,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, compat, exit_path, last_attack, long_calls, window};
+use crate::{big_tree, compat, exit_path, last_attack, long_calls, segments, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -51,6 +51,8 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "syscall32_no_callback", run: compat::syscall32_no_callback },
     Attack { name: "sysenter", run: compat::sysenter },
     Attack { name: "sysenter_no_callback", run: compat::sysenter_no_callback },
+    Attack { name: "ldt_call_gate", run: segments::ldt_call_gate },
+    Attack { name: "stale_ldt_ss", run: segments::stale_ldt_ss },
 ];
 
 /// The `attack=` value on the command line, if any.

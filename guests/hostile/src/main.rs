@@ -8,7 +8,8 @@
 //! frames that are not free); the page tables ([`mappings`]: foreign frames, own tables
 //! writable, the hypervisor's L4 and L3 slots, pins); where the hypervisor's window may
 //! appear ([`window`]: aliases through own L3s, L4 slot 511); the shared-info frame as a
-//! page table or descriptor frame ([`shared_info`]); polling the ports the hypervisor uses
+//! page table or descriptor frame ([`shared_info`]); LDTs ([`segments`]: gates, frames that
+//! are writable or something else, the hypervisor's range); polling the ports the hypervisor uses
 //! as markers ([`polling`]); giving back one frame twice;
 //! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); then the fault in the fault handler ([`last_attack`]).
 //!
@@ -39,6 +40,7 @@ mod long_calls;
 mod mappings;
 mod polling;
 mod reservation;
+mod segments;
 mod shared_info;
 mod targets;
 mod vcpus;
@@ -71,6 +73,7 @@ fn main(start: &'static StartInfo) {
     mappings::run(&mut tally, &targets);
     window::run(&mut tally, &targets);
     shared_info::run(&mut tally, &targets);
+    segments::run(&mut tally, &targets);
     polling::run(&mut tally);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
