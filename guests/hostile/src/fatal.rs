@@ -53,6 +53,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "sysenter_no_callback", run: compat::sysenter_no_callback },
     Attack { name: "ldt_call_gate", run: segments::ldt_call_gate },
     Attack { name: "stale_ldt_ss", run: segments::stale_ldt_ss },
+    Attack { name: "stale_ldt_ds", run: segments::stale_ldt_ds },
 ];
 
 /// The `attack=` value on the command line, if any.

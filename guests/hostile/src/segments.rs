@@ -11,19 +11,22 @@
 //! then, with a good LDT in place, its frame mapped writable and a call gate written into it
 //! with `update_descriptor`. Each must be refused; one that goes through is undone.
 //!
-//! Fatal ([`ldt_call_gate`], [`stale_ldt_ss`]; one per domain through [`crate::fatal`]):
-//! the first installs the gate and, if that is accepted, calls through it (a ring-0 far
-//! call to a guest address: the machine would be the guest's); refused, it powers off. The
-//! second loads ss from the LDT on vCPU 1, makes the descriptor not present from vCPU 0,
-//! and waits for vCPU 1's next return from an interrupt, whose `iretq` must fault into its
-//! failsafe callback ([`crate::contained`]), never in the hypervisor.
+//! Fatal ([`ldt_call_gate`], [`stale_ldt_ss`], [`stale_ldt_ds`]; one per domain through
+//! [`crate::fatal`]): the first installs the gate and, if that is accepted, calls through
+//! it (a ring-0 far call to a guest address: the machine would be the guest's); refused, it
+//! powers off. The second loads ss from the LDT on vCPU 1, makes the descriptor not present
+//! from vCPU 0, and waits for vCPU 1's next return from an interrupt, whose `iretq` must
+//! fault into its failsafe callback ([`crate::contained`]), never in the hypervisor. The
+//! third does the same with ds while vCPU 1 blocks and wakes: the hypervisor reloads ds on
+//! each switch-in, and that load must fault into the failsafe callback too.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use guest_rt::abi::arch_x86::{pfn_to_cr3, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, VGCF_IN_KERNEL};
 use guest_rt::abi::callback::CALLBACKF_MASK_EVENTS;
-use guest_rt::abi::hypercall::{CallbackType, Hypercall, MmuextCmd, ShutdownReason, VcpuOp};
+use guest_rt::abi::hypercall::{CallbackType, Hypercall, MmuextCmd, SchedOp, ShutdownReason, VcpuOp};
+use guest_rt::abi::sched::SchedPoll;
 use guest_rt::abi::ids::{DomId, VcpuId};
 use guest_rt::abi::mmu::{MmuextOp, UVMF_INVLPG, UVMF_LOCAL};
 use guest_rt::hypercall::{self, decode, hypercall2, sched_yield, shutdown};
@@ -185,11 +188,26 @@ unsafe extern "C" {
     static hostile_secondary_stack_top: u8;
 }
 
+/// Which register vCPU 1 loads from its LDT: 0 ss, 1 ds.
+static TARGET_REGISTER: AtomicU32 = AtomicU32::new(0);
+
 /// Fatal, two vCPUs: a stack selector from the LDT made not present while loaded.
 pub fn stale_ldt_ss(targets: &Targets) -> ! {
-    contained::strike("stale_ldt_ss");
+    stale_ldt_selector(targets, "stale_ldt_ss", 0)
+}
+
+/// Fatal, two vCPUs: a data selector (ds) from the LDT made not present while loaded; vCPU
+/// 1 blocks and wakes again and again, so that the hypervisor loads ds for it on every
+/// switch-in, where the load must fault into its failsafe callback.
+pub fn stale_ldt_ds(targets: &Targets) -> ! {
+    stale_ldt_selector(targets, "stale_ldt_ds", 1)
+}
+
+fn stale_ldt_selector(targets: &Targets, name: &'static str, register: u32) -> ! {
+    contained::strike(name);
+    TARGET_REGISTER.store(register, Ordering::Relaxed);
     let ldt = descriptor_frame(targets, SPARE_LDT, &[DATA_DPL3]).unwrap_or_else(|step| {
-        println!("hostile: attack stale_ldt_ss: FAILED {step}");
+        println!("hostile: attack {name}: FAILED {step}");
         shutdown(ShutdownReason::Crash)
     });
     let clock = Clock::new().unwrap_or_else(|error| {
@@ -198,7 +216,8 @@ pub fn stale_ldt_ss(targets: &Targets) -> ! {
     });
     LDT_VA.store(ldt.va, Ordering::Relaxed);
     DEADLINE_NS.store(clock.now_ns() + STALE_TIMER_NS, Ordering::Release);
-    println!("hostile: attack stale_ldt_ss: vcpu1 loads ss {LDT_ENTRY0:#x} from its LDT, then vcpu0 makes the descriptor not present");
+    let which = if register == 0 { "ss" } else { "ds" };
+    println!("hostile: attack {name}: vcpu1 loads {which} {LDT_ENTRY0:#x} from its LDT, then vcpu0 makes the descriptor not present");
     bring_up_secondary();
     for _ in 0..MAX_YIELDS {
         match SECONDARY_STATE.load(Ordering::Acquire) {
@@ -215,11 +234,11 @@ pub fn stale_ldt_ss(targets: &Targets) -> ! {
         println!("hostile: FAILED update_descriptor: {error:?}");
         shutdown(ShutdownReason::Crash);
     }
-    println!("hostile: attack stale_ldt_ss: descriptor of the loaded ss now not present; waiting for vcpu1's next return");
+    println!("hostile: attack {name}: descriptor of the loaded {which} now not present; waiting for vcpu1's next return");
     for _ in 0..MAX_YIELDS {
         let _ = sched_yield();
     }
-    println!("hostile: attack stale_ldt_ss: vcpu1 was never returned to (the selector was not reloaded)");
+    println!("hostile: attack {name}: vcpu1 was never returned to (the selector was not reloaded)");
     shutdown(ShutdownReason::Crash)
 }
 
@@ -264,6 +283,18 @@ extern "C" fn secondary_main() -> ! {
     if let Err(error) = hypercall::set_timer_op(DEADLINE_NS.load(Ordering::Acquire)) {
         println!("hostile: FAILED on vcpu1: set_timer_op: {error:?}");
         shutdown(ShutdownReason::Crash);
+    }
+    if TARGET_REGISTER.load(Ordering::Relaxed) == 1 {
+        // SAFETY: LDT entry 0 is a flat data segment with DPL 3; 64-bit code ignores ds.
+        unsafe { asm!("mov ds, {0:x}", in(reg) LDT_ENTRY0, options(nostack)) };
+        SECONDARY_STATE.store(1, Ordering::Release);
+        let clock = Clock::new().unwrap_or_else(|_| shutdown(ShutdownReason::Crash));
+        loop {
+            // Block for 2 ms (a poll of no port): switched out, then in again.
+            let mut poll = SchedPoll { ports: 0, nr_ports: 0, _pad: 0, timeout: clock.now_ns() + 2_000_000 };
+            // SAFETY: the hypervisor reads the poll request; no port is named.
+            unsafe { hypercall2(Hypercall::SchedOp, u64::from(SchedOp::Poll.raw()), &raw mut poll as u64) };
+        }
     }
     // SAFETY: LDT entry 0 is a flat writable data segment with DPL 3: the stack keeps
     // working. From here on no hypercall is made (a syscall would reload the flat ss).

@@ -20,8 +20,9 @@
 //!    frames, the kernel at privilege 0).
 //!
 //! Console: "segments: ..." lines, then "segments: ok" and power-off, or "segments: FAILED
-//! <what>" and a crash. The QEMU case runs two of it on one CPU. It needs about 10 free
-//! frames and must never change a mapping the program itself uses.
+//! <what>" and a crash. The QEMU case runs two of it on one CPU, one with `ds=0x17` on its
+//! command line (the selector it keeps in ds over yields). It needs about 10 free frames
+//! and must never change a mapping the program itself uses.
 
 #![no_std]
 #![no_main]
@@ -108,6 +109,11 @@ pub fn refused<T>(what: &'static str, result: Result<T, HypercallError>, wanted:
         Err(HypercallError::Xen(errno)) if errno == wanted => Ok(()),
         Err(seen) => Err(Failure::WrongError { what, seen, wanted }),
     }
+}
+
+/// Whether the guest's command line holds `word`.
+pub fn cmdline_has(word: &[u8]) -> bool {
+    guest_rt::start_info::cmd_line().split(|&b| b == b' ').any(|w| w == word)
 }
 
 /// The next free frame.

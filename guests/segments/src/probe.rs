@@ -197,6 +197,17 @@ global_asm!(
     "1:  xor ecx, ecx",
     "    mov ds, cx",
     "    ret",
+    // extern "C" fn(selector: u64): loads ds and leaves it loaded.
+    ".globl segments_set_ds",
+    "segments_set_ds:",
+    "    mov ds, di",
+    "    ret",
+    // extern "C" fn() -> u64: ds.
+    ".globl segments_get_ds",
+    "segments_get_ds:",
+    "    xor eax, eax",
+    "    mov ax, ds",
+    "    ret",
     // extern "C" fn(code_selector: u64) -> u64: iret (kernel mode) to the code segment
     // `code_selector`, read cs there, iret back to the flat code selector; the cs seen.
     ".globl segments_probe_far_code",
@@ -248,6 +259,8 @@ unsafe extern "C" {
     pub fn segments_probe_rep_outsb(source: u64, count: u64) -> u64;
     pub fn segments_probe_load_ds(selector: u64) -> u64;
     pub fn segments_probe_far_code(code_selector: u64) -> u64;
+    pub fn segments_set_ds(selector: u64);
+    pub fn segments_get_ds() -> u64;
     static segments_trap_stack_top: u8;
     static segments_softint_0x80: u8;
     static segments_softint_0x81: u8;

@@ -157,8 +157,93 @@ pub unsafe fn ldt_entry(base: u64, index: u16) -> u64 {
     unsafe { ((base + u64::from(index) * 8) as *const u64).read_volatile() }
 }
 
-/// The data segment selectors now loaded (ds, es, fs, gs): the hypervisor never loads
-/// them after boot, so they are the running guest's.
+core::arch::global_asm!(
+    r#"
+    .section .text.segment_load, "ax"
+/* Each routine loads one data segment register with the selector in edi; returns 0 in
+   eax, or 1 when the load faulted (#GP, #NP: the trap path resumes at the fix-up, see
+   `selector_load_fixup`). Loading gs in ring 0 replaces GS_BASE (the hypervisor's per-CPU
+   pointer) with the descriptor's base: it is read before and written back after, with
+   interrupts off; a faulting load leaves it untouched. */
+    .global segment_load_ds
+segment_load_ds:
+    xorl %eax, %eax
+    .global segment_load_ds_insn
+segment_load_ds_insn:
+    movw %di, %ds
+    ret
+    .global segment_load_es
+segment_load_es:
+    xorl %eax, %eax
+    .global segment_load_es_insn
+segment_load_es_insn:
+    movw %di, %es
+    ret
+    .global segment_load_fs
+segment_load_fs:
+    xorl %eax, %eax
+    .global segment_load_fs_insn
+segment_load_fs_insn:
+    movw %di, %fs
+    ret
+    .global segment_load_gs
+segment_load_gs:
+    movl $0xc0000101, %ecx
+    rdmsr
+    .global segment_load_gs_insn
+segment_load_gs_insn:
+    movw %di, %gs
+    wrmsr
+    xorl %eax, %eax
+    ret
+    .global segment_load_fixup
+segment_load_fixup:
+    movl $1, %eax
+    ret
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn segment_load_ds(selector: u32) -> u32;
+    fn segment_load_es(selector: u32) -> u32;
+    fn segment_load_fs(selector: u32) -> u32;
+    fn segment_load_gs(selector: u32) -> u32;
+    static segment_load_ds_insn: u8;
+    static segment_load_es_insn: u8;
+    static segment_load_fs_insn: u8;
+    static segment_load_gs_insn: u8;
+    static segment_load_fixup: u8;
+}
+
+/// Loads ds, es, fs and gs with a guest's selectors (in that order); returns which loads
+/// faulted (bit n for register n), each of those registers left null. Loading fs and gs
+/// also loads their bases from the descriptors: the caller writes the guest's bases after.
+/// The hypervisor's own GS base survives.
+pub fn load_data_selectors(selectors: [u16; 4]) -> u8 {
+    let loads: [unsafe extern "C" fn(u32) -> u32; 4] = [segment_load_ds, segment_load_es, segment_load_fs, segment_load_gs];
+    let mut failed = 0;
+    for (i, (load, selector)) in loads.iter().zip(selectors).enumerate() {
+        // SAFETY: a data segment load in ring 0 changes nothing the hypervisor relies on
+        // (64-bit code ignores ds and es; fs is not used; gs's base is put back); a fault
+        // on a bad selector resumes at the fix-up, which reports it.
+        if unsafe { load(u32::from(selector)) } != 0 {
+            failed |= 1 << i;
+            // SAFETY: the null selector always loads.
+            unsafe { load(0) };
+        }
+    }
+    failed
+}
+
+/// If a fault at `rip` is one of [`load_data_selectors`]'s loads, where to resume.
+pub fn selector_load_fixup(rip: u64) -> Option<u64> {
+    let insns = [&raw const segment_load_ds_insn, &raw const segment_load_es_insn, &raw const segment_load_fs_insn, &raw const segment_load_gs_insn];
+    insns.iter().any(|&insn| insn as u64 == rip).then_some(&raw const segment_load_fixup as u64)
+}
+
+/// The data segment selectors now loaded (ds, es, fs, gs): the hypervisor loads them only
+/// on switching a vCPU in ([`load_data_selectors`]), so they are the running guest's.
 pub fn data_selectors() -> [u16; 4] {
     [DS::get_reg().0, ES::get_reg().0, FS::get_reg().0, GS::get_reg().0]
 }

@@ -336,9 +336,21 @@ pub fn exit_fault(frame: &mut TrapFrame, failed: FailedExit) -> bool {
     true
 }
 
+/// The data selectors the vCPU had when it was switched in that would not load again
+/// (their descriptors changed meanwhile): its failsafe callback, with those selectors in
+/// the frame, as Xen's `load_segments` does (or its death without one).
+pub fn selectors_failsafe(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let Some(selectors) = vcpu.ctx.lock().bad_selectors.take() else { return };
+    failsafe_with(vcpu, frame, selectors, format_args!("data selectors {selectors:x?} no longer load"));
+}
+
 /// Delivers the failsafe callback for the state in `frame`, which cannot be resumed; a
 /// guest without one is killed. Logged at debug level only: a guest may do this at will.
 fn failsafe(vcpu: &Vcpu, frame: &mut TrapFrame, why: core::fmt::Arguments) {
+    failsafe_with(vcpu, frame, gdt::data_selectors(), why);
+}
+
+fn failsafe_with(vcpu: &Vcpu, frame: &mut TrapFrame, selectors: [u16; 4], why: core::fmt::Arguments) {
     let (callback, mask) = {
         let ctx = vcpu.ctx.lock();
         (ctx.failsafe_callback, ctx.failsafe_masks_events)
@@ -352,7 +364,7 @@ fn failsafe(vcpu: &Vcpu, frame: &mut TrapFrame, why: core::fmt::Arguments) {
         vcpu.domain.id.0, vcpu.id, frame.rip, frame.cs, frame.ss
     );
     vcpu.domain.counters.exceptions_bounced.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    deliver_frame(vcpu, frame, callback, Extra::Segments(gdt::data_selectors()), mask);
+    deliver_frame(vcpu, frame, callback, Extra::Segments(selectors), mask);
 }
 
 /// A `syscall` from guest user mode goes to the guest kernel's syscall callback.
