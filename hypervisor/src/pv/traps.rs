@@ -15,7 +15,10 @@
 //! ([`hypervisor::guest_return::check`]), and when an `iretq` to a guest faults all the same
 //! (a descriptor changed under a loaded selector), [`exit_fault`] makes it the guest's
 //! failsafe callback, with the frame that could not be loaded, as Xen does; without one the
-//! domain is killed. Runs on the CPU running the vCPU, inside its trap.
+//! domain is killed; so does a data selector that no longer loads when the vCPU is switched
+//! in ([`selectors_failsafe`]). A #GP raised by a software interrupt is decoded at its rip
+//! (`hypervisor::insn`), never trusted from the error code. Runs on the CPU running the
+//! vCPU, inside its trap.
 
 use abi::arch_x86::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_DPL_MASK, TI_MASK_EVENTS, VGCF_IN_SYSCALL};
 use abi::hypercall::VmAssistType;
