@@ -85,7 +85,7 @@ WINDOW_ATTACKS = ["clear_l4_window", "new_baseptr_no_window", "new_user_baseptr_
 # Single attacks of guest-hostile (`attack=<name>`) on the hypervisor's entry and exit
 # paths: (name, expected ending, what the guest must print after "hostile: attack <name>: ").
 # Those of them that bring up a second vCPU (a domain may have one unless its module line says).
-TWO_VCPU_ATTACKS = {"stale_ss"}
+TWO_VCPU_ATTACKS = {"stale_ss", "stale_ldt_ss", "stale_ldt_ds"}
 ENTRY_ATTACKS = [
     ("iret_cs_null", "poweroff", "contained by the failsafe callback"),
     ("iret_cs_null_unhandled", "killed", None),
@@ -184,6 +184,14 @@ def guest_cases():
         Case("pvh-fpu-smp1", smp="1", cmdline="guests=3", modules=[("guest-fpu", "")],
              expect={"domains.created": "3", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["fpu: initial state ok", "fpu: 2000 rounds checked ok (x87 and SSE)"]),
+        # Issue 16 (segments): LDTs, int n through every trap-table DPL from both modes, the
+        # virtual IOPL (set_iopl and the architectural assist), port I/O, physdev_op and
+        # vm_assist; two domains on one CPU, so that LDTs are reloaded across switches.
+        # The second keeps another selector in ds over its yields.
+        Case("iso-segments-smp1", smp="1", boot="iso",
+             modules=[("guest-segments", "name=seg7"), ("guest-segments", "name=seg17 -- ds=0x17")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["(d1) segments: ok", "(d2) segments: ok", "ds 0x17 and the LDT kept"]),
         # Guest system calls and events under KVM, where present: some host virtualizers
         # (kvm_pvm) carry out a guest's `syscall` without its privilege change.
         Case("kvm-events-smp2", smp="2", accel="kvm", timeout=300, cmdline="guests=2", modules=[("guest-events", "")],
@@ -264,7 +272,25 @@ def guest_cases():
              expect={"domains.created": str(1 + len(ENTRY_ATTACKS)), "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hello from a Rust PV guest"]
              + [f"hostile: attack {a}: {line}" for a, _, line in ENTRY_ATTACKS if line]),
+        # Issue 16 (segments): LDT attacks that end their domain when contained (see
+        # SEGMENT_ATTACKS), beside a hello guest that must finish.
+        Case("iso-attacks-segments", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} attack={a} expect={e}" + (" vcpus=2" if a in TWO_VCPU_ATTACKS else ""))
+                for a, e, _ in SEGMENT_ATTACKS],
+             expect={"domains.created": str(1 + len(SEGMENT_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}: {line}" for a, _, line in SEGMENT_ATTACKS if line]),
     ]
+
+
+# The LDT attacks of guests/hostile (src/segments.rs): name, expected ending, and the line
+# that shows how it was contained.
+SEGMENT_ATTACKS = [
+    ("ldt_call_gate", "poweroff", "refused (errno 22)"),
+    ("stale_ldt_ss", "poweroff", "contained by the failsafe callback"),
+    ("stale_ldt_ds", "poweroff", "failsafe frame ds 0x7"),
+]
 
 
 # The long-call attacks of guests/hostile (src/long_calls.rs) and their module options.

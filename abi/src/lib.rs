@@ -18,7 +18,7 @@
 //! - [`ids`]: domain, port, vCPU and frame newtypes.
 //! - [`start_info`], [`shared_info`], [`mmu`] (xen.h); [`arch_x86`] (arch-x86/xen.h,
 //!   xen-x86_64.h); [`event_channel`], [`sched`], [`memory`], [`callback`], [`vcpu`],
-//!   [`version`], [`features`], [`elfnote`], [`pvh`] (hvm/start_info.h).
+//!   [`version`], [`features`], [`elfnote`], [`physdev`], [`pvh`] (hvm/start_info.h).
 //! - [`hypercall_page`]: the bytes of the guest's hypercall page.
 //! - [`control`]: this hypervisor's own control interface for domain 0 (not a Xen header).
 
@@ -39,6 +39,7 @@ pub mod hypercall_page;
 pub mod ids;
 pub mod memory;
 pub mod mmu;
+pub mod physdev;
 #[cfg(test)]
 mod proptests;
 pub mod pvh;

@@ -3,7 +3,7 @@
 //! selectors, and an `iretq` that cannot load them faults in ring 0.
 //!
 //! Pure and host-tested; the `iret` hypercall (`pv::traps::iret`) calls [`check`] with the
-//! selectors' RPL already forced to 3 and a lookup of the running vCPU's GDT entries. A
+//! selectors' RPL already forced to 3 and a lookup of the running vCPU's GDT and LDT entries. A
 //! refused return gets the same answer as an `iretq` that faults: the guest's failsafe
 //! callback, or its death. Xen itself checks none of this in `do_iret` and leaves it all to
 //! its fault fix-up; checking first makes the answer the same on every CPU (Intel faults in
@@ -12,11 +12,12 @@
 //! this module must never be the only defence.
 //!
 //! Accepted: a canonical rip (within the segment limit for 32-bit code); cs the flat 64-bit
-//! or 32-bit ring-3 code selector (0xe033, 0xe023) or a guest GDT entry holding a present
-//! code segment that ring 3 may run (DPL 3, or conforming), not both L and D; ss the flat
-//! ring-3 data selector (0xe02b) or a guest GDT entry holding a present writable data
-//! segment of DPL 3. Refused: null selectors, LDT selectors (a PV guest has no LDT here),
-//! and every other selector in the hypervisor's reserved GDT page.
+//! or 32-bit ring-3 code selector (0xe033, 0xe023) or a guest GDT or LDT entry holding a
+//! present code segment that ring 3 may run (DPL 3, or conforming), not both L and D; ss the
+//! flat ring-3 data selector (0xe02b) or a guest GDT or LDT entry holding a present writable
+//! data segment of DPL 3. Refused: null selectors, selectors beyond their table (an LDT
+//! selector while the vCPU has no LDT, or past its entry count), and every other selector in
+//! the hypervisor's reserved GDT page.
 
 /// First selector of the hypervisor's reserved GDT page (Xen's `FIRST_RESERVED_GDT_BYTE`).
 pub const FIRST_RESERVED_SELECTOR: u16 = 0xe000;
@@ -52,8 +53,8 @@ pub enum BadReturn {
     RipBeyondLimit { rip: u64, limit: u64 },
     /// A null selector.
     Null(Role),
-    /// A selector into the LDT.
-    Ldt(Role, u16),
+    /// A selector beyond its table's limit (any LDT selector when there is no LDT).
+    OutsideTable(Role, u16),
     /// A selector of the hypervisor's reserved page other than the flat ones.
     Reserved(Role, u16),
     /// A guest GDT entry whose descriptor cannot be loaded in this role.
@@ -67,9 +68,9 @@ pub const fn is_canonical(address: u64) -> bool {
 }
 
 /// Checks a return to `rip` with code selector `cs` and stack selector `ss` (RPL already
-/// 3); `descriptor(index)` reads entry `index` (below the reserved page) of the running
-/// vCPU's GDT.
-pub fn check(rip: u64, cs: u16, ss: u16, descriptor: impl Fn(u16) -> u64) -> Result<(), BadReturn> {
+/// 3); `descriptor(selector)` reads the descriptor a selector names in the running vCPU's
+/// GDT (below the reserved page) or LDT, `None` beyond that table's limit.
+pub fn check(rip: u64, cs: u16, ss: u16, descriptor: impl Fn(u16) -> Option<u64>) -> Result<(), BadReturn> {
     let code = selector(Role::Code, cs, &descriptor)?;
     if let Some(raw) = code {
         if !is_code(raw) {
@@ -95,8 +96,8 @@ pub fn check(rip: u64, cs: u16, ss: u16, descriptor: impl Fn(u16) -> u64) -> Res
     }
 }
 
-/// The guest GDT descriptor `sel` names (`None` for an accepted flat selector).
-fn selector(role: Role, sel: u16, descriptor: &impl Fn(u16) -> u64) -> Result<Option<u64>, BadReturn> {
+/// The guest GDT or LDT descriptor `sel` names (`None` for an accepted flat selector).
+fn selector(role: Role, sel: u16, descriptor: &impl Fn(u16) -> Option<u64>) -> Result<Option<u64>, BadReturn> {
     let flat = match role {
         Role::Code => sel == FLAT_CS64 || sel == FLAT_CS32,
         Role::Stack => sel == FLAT_SS,
@@ -104,16 +105,14 @@ fn selector(role: Role, sel: u16, descriptor: &impl Fn(u16) -> u64) -> Result<Op
     if flat {
         return Ok(None);
     }
-    if sel & TABLE_INDICATOR != 0 {
-        return Err(BadReturn::Ldt(role, sel));
-    }
-    if sel >> 3 == 0 {
+    let in_gdt = sel & TABLE_INDICATOR == 0;
+    if in_gdt && sel >> 3 == 0 {
         return Err(BadReturn::Null(role));
     }
-    if sel >= FIRST_RESERVED_SELECTOR {
+    if in_gdt && sel >= FIRST_RESERVED_SELECTOR {
         return Err(BadReturn::Reserved(role, sel));
     }
-    Ok(Some(descriptor(sel >> 3)))
+    descriptor(sel).map(Some).ok_or(BadReturn::OutsideTable(role, sel))
 }
 
 fn dpl(raw: u64) -> u64 {
@@ -147,8 +146,17 @@ mod tests {
     const DATA: u64 = 0x00cf_f300_0000_ffff; // DPL 3, writable, accessed
     const READ_ONLY_DATA: u64 = 0x00cf_f100_0000_ffff;
 
-    fn gdt(entries: &[u64]) -> impl Fn(u16) -> u64 + '_ {
-        move |index| entries.get(usize::from(index)).copied().unwrap_or(0)
+    /// A GDT of `entries` (the rest of the guest part: null descriptors) and no LDT.
+    fn gdt(entries: &[u64]) -> impl Fn(u16) -> Option<u64> + '_ {
+        tables(entries, &[])
+    }
+
+    /// A GDT and an LDT of exactly `ldt.len()` entries.
+    fn tables<'a>(gdt: &'a [u64], ldt: &'a [u64]) -> impl Fn(u16) -> Option<u64> + 'a {
+        move |sel| {
+            let index = usize::from(sel >> 3);
+            if sel & TABLE_INDICATOR == 0 { Some(gdt.get(index).copied().unwrap_or(0)) } else { ldt.get(index).copied() }
+        }
     }
 
     const KERNEL_RIP: u64 = 0xffff_ffff_8000_1000;
@@ -183,8 +191,8 @@ mod tests {
     fn null_ldt_and_reserved_selectors_are_refused() {
         assert_eq!(check(KERNEL_RIP, 3, FLAT_SS, gdt(&[])), Err(BadReturn::Null(Role::Code)));
         assert_eq!(check(KERNEL_RIP, FLAT_CS64, 3, gdt(&[])), Err(BadReturn::Null(Role::Stack)));
-        assert_eq!(check(KERNEL_RIP, 0x7, FLAT_SS, gdt(&[])), Err(BadReturn::Ldt(Role::Code, 0x7)));
-        assert_eq!(check(KERNEL_RIP, FLAT_CS64, 0xf, gdt(&[])), Err(BadReturn::Ldt(Role::Stack, 0xf)));
+        assert_eq!(check(KERNEL_RIP, 0x7, FLAT_SS, gdt(&[])), Err(BadReturn::OutsideTable(Role::Code, 0x7)));
+        assert_eq!(check(KERNEL_RIP, FLAT_CS64, 0xf, gdt(&[])), Err(BadReturn::OutsideTable(Role::Stack, 0xf)));
         // Ring-0 code and data, the data selector as code, the TSS, past the table.
         for cs in [0xe00b, 0xe013, FLAT_SS, 0xe043, 0xfff3] {
             assert_eq!(check(KERNEL_RIP, cs, FLAT_SS, gdt(&[])), Err(BadReturn::Reserved(Role::Code, cs)), "{cs:#x}");
@@ -208,6 +216,23 @@ mod tests {
         // Beyond the guest's entries: the zero frame's null descriptors.
         refused(0x2b, FLAT_SS, Role::Code, 0x2b, 0);
         refused(FLAT_CS64, 0x1ff3, Role::Stack, 0x1ff3, 0);
+    }
+
+    #[test]
+    fn ldt_segments_are_checked_like_gdt_ones_within_the_ldt_limit() {
+        let ldt = [CODE32, DATA, CODE64 & !(3 << DPL_SHIFT)];
+        let both = tables(&[], &ldt);
+        // Entry 0 of the LDT is usable (the null selector is a GDT thing).
+        assert_eq!(check(0x1000, 0x7, 0xf, &both), Ok(()));
+        assert_eq!(check(0x1_0000_0000, 0x7, 0xf, &both), Err(BadReturn::RipBeyondLimit { rip: 0x1_0000_0000, limit: 0xffff_ffff }));
+        // Ring-0 code in the LDT, and selectors past its three entries.
+        assert_eq!(
+            check(0x1000, 0x17, 0xf, &both),
+            Err(BadReturn::Descriptor { role: Role::Code, selector: 0x17, descriptor: ldt[2] })
+        );
+        assert_eq!(check(0x1000, 0x1f, 0xf, &both), Err(BadReturn::OutsideTable(Role::Code, 0x1f)));
+        assert_eq!(check(0x1000, 0x7, 0x1f, &both), Err(BadReturn::OutsideTable(Role::Stack, 0x1f)));
+        assert_eq!(check(0x1000, 0xf, 0xf, &both), Err(BadReturn::Descriptor { role: Role::Code, selector: 0xf, descriptor: DATA }));
     }
 
     #[test]

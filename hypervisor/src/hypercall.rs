@@ -64,6 +64,10 @@ pub enum Request {
     SchedOp { cmd: SchedOp, arg: GuestVa },
     CallbackOp { cmd: CallbackOp, arg: GuestVa },
     EventChannelOp { cmd: u32, arg: GuestVa },
+    /// `cmd`: a `PHYSDEVOP_*` number, any value (the handler answers `ENOSYS` for the rest).
+    PhysdevOp { cmd: u32, arg: GuestVa },
+    /// The legacy form: `arg` names a `struct physdev_op` holding the command.
+    PhysdevOpCompat { arg: GuestVa },
     Domctl { arg: GuestVa },
 }
 
@@ -152,6 +156,8 @@ pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
             Request::CallbackOp { cmd: CallbackOp::from_raw(op32(a[0])).ok_or(unknown_op(a[0]))?, arg: GuestVa(a[1]) }
         }
         H::EventChannelOp => Request::EventChannelOp { cmd: op32(a[0]), arg: GuestVa(a[1]) },
+        H::PhysdevOp => Request::PhysdevOp { cmd: op32(a[0]), arg: GuestVa(a[1]) },
+        H::PhysdevOpCompat => Request::PhysdevOpCompat { arg: GuestVa(a[0]) },
         H::Domctl => Request::Domctl { arg: GuestVa(a[0]) },
         _ => return Err(DecodeError::Unknown(number)),
     })
@@ -193,6 +199,8 @@ impl Request {
             Request::SchedOp { cmd, arg } => (H::SchedOp, [cmd.raw().into(), arg.0, 0, 0, 0]),
             Request::CallbackOp { cmd, arg } => (H::CallbackOp, [cmd.raw().into(), arg.0, 0, 0, 0]),
             Request::EventChannelOp { cmd, arg } => (H::EventChannelOp, [cmd.into(), arg.0, 0, 0, 0]),
+            Request::PhysdevOp { cmd, arg } => (H::PhysdevOp, [cmd.into(), arg.0, 0, 0, 0]),
+            Request::PhysdevOpCompat { arg } => (H::PhysdevOpCompat, [arg.0, 0, 0, 0, 0]),
             Request::Domctl { arg } => (H::Domctl, [arg.0, 0, 0, 0, 0]),
         };
         (call.number(), args)
@@ -266,7 +274,7 @@ pub(crate) mod tests {
     }
 
     /// One request of every kind, with arguments that use every decoded bit.
-    pub(crate) fn every_request() -> [Request; 24] {
+    pub(crate) fn every_request() -> [Request; 26] {
         let va = GuestVa(0xffff_8000_dead_b000);
         [
             Request::SetTrapTable { table: va },
@@ -293,6 +301,8 @@ pub(crate) mod tests {
             Request::EventChannelOp { cmd: u32::MAX, arg: va },
             Request::Domctl { arg: va },
             Request::MmuUpdate { requests: GuestVa(0), count: 0, done: GuestVa(0), domid: 0, preempted: false },
+            Request::PhysdevOp { cmd: u32::MAX, arg: va },
+            Request::PhysdevOpCompat { arg: va },
         ]
     }
 

@@ -11,7 +11,7 @@ pub mod features;
 pub mod fpu;
 pub mod guest_return;
 pub mod hypercall;
+pub mod insn;
 pub mod logring;
-pub mod softint;
 #[cfg(test)]
 mod proptests;

@@ -450,12 +450,12 @@ pub fn frames() -> &'static FrameTable {
 static ZERO_PAGE: Once<Mfn> = Once::new();
 
 /// A frame of zeroes, mapped read-only wherever a page must exist but hold nothing (the
-/// unused part of each CPU's GDT area).
+/// unused part of each CPU's GDT and LDT areas).
 pub fn zero_page() -> Mfn {
     *ZERO_PAGE.get().expect("allocated with the per-CPU areas")
 }
 
-/// Backs every CPU's area with fresh frames; its guest-GDT pages map the zero page.
+/// Backs every CPU's area with fresh frames; its guest-GDT and LDT pages map the zero page.
 pub fn back_percpu_areas(areas: &[PerCpuArea]) -> Result<(), MemoryError> {
     let zero = frames().alloc(Owner::Hypervisor).map_err(MemoryError::Frames)?;
     crate::domain::zero_frame(zero);
@@ -463,6 +463,9 @@ pub fn back_percpu_areas(areas: &[PerCpuArea]) -> Result<(), MemoryError> {
     for area in areas {
         for page in 0..crate::pv::descriptors::MAX_FRAMES as u64 {
             paging::map(area.gdt.start + page * PAGE_SIZE, zero.addr().0, MapKind::ReadOnly).map_err(MemoryError::Map)?;
+        }
+        for page in 0..crate::pv::ldt::MAX_FRAMES as u64 {
+            paging::map(area.ldt.start + page * PAGE_SIZE, zero.addr().0, MapKind::ReadOnly).map_err(MemoryError::Map)?;
         }
         for page in area.backed_pages() {
             let mfn = frames().alloc(Owner::Hypervisor).map_err(MemoryError::Frames)?;

@@ -2,8 +2,9 @@
 //!
 //! A CPU's area ([`mm::layout::PerCpuArea`]) is a fixed run of window pages: a guard page,
 //! the kernel stack, three IST stacks (double fault, NMI, machine check) each behind a guard
-//! page, the data page holding [`PerCpu`], and a 16-page GDT range of which only the reserved
-//! page (selector 0xe000 up) is backed, read-only once loaded. The boot CPU starts on static early state and moves to its
+//! page, the data page holding [`PerCpu`], a 16-page GDT range of which only the reserved
+//! page (selector 0xe000 up) is backed, read-only once loaded, and a 16-page LDT range
+//! (the running vCPU's LDT frames, `pv::ldt`). The boot CPU starts on static early state and moves to its
 //! own area like every other CPU once frames can be allocated. Nothing here is shared between
 //! CPUs except through the fields documented as such.
 

@@ -39,9 +39,10 @@ fn config(cases: u32) -> ProptestConfig {
 /// The hypercalls this hypervisor implements, by Xen's numbers (xen.h): set_trap_table 0,
 /// mmu_update 1, set_gdt 2, stack_switch 3, set_callbacks 4, fpu_taskswitch 5,
 /// update_descriptor 10, memory_op 12, multicall 13, update_va_mapping 14, set_timer_op 15,
-/// xen_version 17, console_io 18, vm_assist 21, iret 23, vcpu_op 24, set_segment_base 25,
-/// mmuext_op 26, sched_op 29, callback_op 30, event_channel_op 32, domctl 36.
-const IMPLEMENTED: [u64; 22] = [0, 1, 2, 3, 4, 5, 10, 12, 13, 14, 15, 17, 18, 21, 23, 24, 25, 26, 29, 30, 32, 36];
+/// xen_version 17, console_io 18, physdev_op_compat 19, vm_assist 21, iret 23, vcpu_op 24,
+/// set_segment_base 25, mmuext_op 26, sched_op 29, callback_op 30, event_channel_op 32,
+/// physdev_op 33, domctl 36.
+const IMPLEMENTED: [u64; 24] = [0, 1, 2, 3, 4, 5, 10, 12, 13, 14, 15, 17, 18, 19, 21, 23, 24, 25, 26, 29, 30, 32, 33, 36];
 
 /// The registers a guest loads for `request` (rax, then rdi, rsi, rdx, r10, r8), with
 /// every bit the decoder ignores left 0.
@@ -133,6 +134,14 @@ fn encode(request: &Request) -> (u64, [u64; 5]) {
             a[..2].copy_from_slice(&[cmd.into(), arg.0]);
             32
         }
+        Request::PhysdevOp { cmd, arg } => {
+            a[..2].copy_from_slice(&[cmd.into(), arg.0]);
+            33
+        }
+        Request::PhysdevOpCompat { arg } => {
+            a[0] = arg.0;
+            19
+        }
         Request::Domctl { arg } => {
             a[0] = arg.0;
             36
@@ -155,7 +164,7 @@ fn narrow(number: u64, a: &[u64; 5]) -> Narrow {
         1 | 26 => Narrow { count: Some((1, MAX_BATCH)), int32: &[], u16_at: Some(3) },
         2 => Narrow { count: Some((1, MAX_GDT_ENTRIES)), ..none },
         13 => Narrow { count: Some((1, MAX_BATCH)), ..none },
-        17 | 29 | 30 | 32 => Narrow { int32: &[0], ..none },
+        17 | 29 | 30 | 32 | 33 => Narrow { int32: &[0], ..none },
         // console_io: a write's count is bounded; a read's is only 32-bit.
         18 if a[0] as u32 == ConsoleIoOp::Write.raw() => Narrow { count: Some((1, MAX_CONSOLE_WRITE)), int32: &[0], u16_at: None },
         18 => Narrow { count: Some((1, u64::from(u32::MAX))), int32: &[0], u16_at: None },

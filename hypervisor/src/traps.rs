@@ -1,6 +1,6 @@
 //! What each vector means: exceptions in the hypervisor are fatal and reported in full
-//! (except a guest-memory copy's fault and a fault of the return to a guest, both
-//! recovered); interrupts go to their handlers (timer, cross-CPU calls, spurious) and are
+//! (except a guest-memory copy's fault, a fault loading a guest's data selector and a fault
+//! of the return to a guest, all recovered); interrupts go to their handlers (timer, cross-CPU calls, spurious) and are
 //! acknowledged; exceptions and `syscall`s from guests go to `pv`.
 //!
 //! Called only from the assembly entry path in `arch::trap`, with interrupts off.
@@ -41,6 +41,9 @@ const EXCEPTION_NAMES: [&str; 32] = [
 pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     let entered = crate::time::rdtsc();
     let from_guest = frame.is_from_guest();
+    if !from_guest && frame.vector < 32 && resume_at_fixup(frame) {
+        return;
+    }
     if crate::arch::entry::recover_unswitched_syscall(frame)
         && !SYSCALL_RECOVERY_NOTED.swap(true, Ordering::Relaxed)
     {
@@ -68,6 +71,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     if frame.is_from_guest() {
         if let Some(vcpu) = crate::sched::current() {
             crate::sched::release_held_timer(vcpu);
+            crate::pv::traps::selectors_failsafe(vcpu, frame);
             crate::pv::events::deliver_upcall(vcpu, frame);
         }
     }
@@ -75,14 +79,13 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause, domu);
 }
 
-/// An exception in hypervisor code: a fault on a guest pointer inside a guest-memory copy
-/// resumes at the copy's fix-up; a fault of the `iretq` returning to a guest becomes that
-/// guest's failsafe callback (or its death); anything else is fatal.
+/// An exception in hypervisor code without a fix-up ([`resume_at_fixup`] took those): a
+/// fault of the `iretq` returning to a guest becomes that guest's failsafe callback (or its
+/// death); anything else is fatal.
 fn hypervisor_exception(frame: &mut TrapFrame) {
     const SEGMENT_NOT_PRESENT: u64 = 11;
     const STACK_FAULT: u64 = 12;
     const GENERAL_PROTECTION: u64 = 13;
-    const PAGE_FAULT: u64 = 14;
     if matches!(frame.vector, SEGMENT_NOT_PRESENT | STACK_FAULT | GENERAL_PROTECTION) {
         if let Some(failed) = crate::arch::trap::failed_exit(frame) {
             if crate::pv::traps::exit_fault(frame, failed) {
@@ -90,13 +93,23 @@ fn hypervisor_exception(frame: &mut TrapFrame) {
             }
         }
     }
-    if matches!(frame.vector, GENERAL_PROTECTION | PAGE_FAULT) {
-        if let Some(resume) = crate::arch::uaccess::fixup(frame.rip) {
-            frame.rip = resume;
-            return;
-        }
-    }
     fatal_exception(frame)
+}
+
+/// A fault in hypervisor code that has a fix-up: a guest-memory copy's (#GP, #PF on a guest
+/// pointer) or a guest data selector's load (#GP, #NP, on switching a vCPU in). Resumes
+/// there; true when it did, and then the trap must return at once: the code it interrupted
+/// (a hypercall, or the scheduler itself) is still running.
+fn resume_at_fixup(frame: &mut TrapFrame) -> bool {
+    const SEGMENT_NOT_PRESENT: u64 = 11;
+    const GENERAL_PROTECTION: u64 = 13;
+    const PAGE_FAULT: u64 = 14;
+    let resume = match frame.vector {
+        GENERAL_PROTECTION | PAGE_FAULT if crate::arch::uaccess::fixup(frame.rip).is_some() => crate::arch::uaccess::fixup(frame.rip),
+        SEGMENT_NOT_PRESENT | GENERAL_PROTECTION => crate::arch::gdt::selector_load_fixup(frame.rip),
+        _ => None,
+    };
+    resume.map(|rip| frame.rip = rip).is_some()
 }
 
 /// Reports an exception raised by the hypervisor itself and stops the machine.

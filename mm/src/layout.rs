@@ -49,14 +49,19 @@ pub const PER_CPU_DATA_BYTES: u64 = PAGE_SIZE;
 pub const GDT_BYTES: u64 = 16 * PAGE_SIZE;
 /// Offset of the reserved (hypervisor) page inside the GDT range.
 pub const GDT_RESERVED_OFFSET: u64 = 0xe000;
+/// Address space of a CPU's LDT: the running vCPU's LDT frames (at most 8192 descriptors,
+/// Xen's limit), mapped where the LDT descriptor of the reserved GDT page points.
+pub const LDT_BYTES: u64 = 16 * PAGE_SIZE;
 /// One CPU's slot in [`Region::PerCpu`], from low to high addresses: guard, kernel stack,
-/// then guard and stack for each [`IstStack`] in order, the data page, then the GDT range
-/// (140 KiB of address space, 64 KiB of it backed).
+/// then guard and stack for each [`IstStack`] in order, the data page, the GDT range, then
+/// the LDT range (204 KiB of address space, 64 KiB of it backed by the hypervisor's frames;
+/// the GDT's and LDT's guest pages map guest frames or the zero frame).
 pub const PER_CPU_BYTES: u64 = GUARD_BYTES
     + KERNEL_STACK_BYTES
     + IST_STACKS as u64 * (GUARD_BYTES + IST_STACK_BYTES)
     + PER_CPU_DATA_BYTES
-    + GDT_BYTES;
+    + GDT_BYTES
+    + LDT_BYTES;
 const _: () = assert!(PER_CPU_BYTES.is_multiple_of(PAGE_SIZE));
 
 /// The regions of the window.
@@ -220,6 +225,8 @@ pub struct PerCpuArea {
     pub data: VaRange,
     /// The whole GDT range; only its reserved page is backed by the hypervisor.
     pub gdt: VaRange,
+    /// The LDT range, backed by the running vCPU's LDT frames (or the zero frame).
+    pub ldt: VaRange,
 }
 
 impl PerCpuArea {
@@ -234,8 +241,9 @@ impl PerCpuArea {
         PerCpuArea {
             kernel_stack: stack(GUARD_BYTES, KERNEL_STACK_BYTES),
             ist: [0, 1, 2].map(|i| stack(ist_offset(i), IST_STACK_BYTES)),
-            data: stack(PER_CPU_BYTES - GDT_BYTES - PER_CPU_DATA_BYTES, PER_CPU_DATA_BYTES),
-            gdt: stack(PER_CPU_BYTES - GDT_BYTES, GDT_BYTES),
+            data: stack(PER_CPU_BYTES - LDT_BYTES - GDT_BYTES - PER_CPU_DATA_BYTES, PER_CPU_DATA_BYTES),
+            gdt: stack(PER_CPU_BYTES - LDT_BYTES - GDT_BYTES, GDT_BYTES),
+            ldt: stack(PER_CPU_BYTES - LDT_BYTES, LDT_BYTES),
         }
     }
 
@@ -547,7 +555,7 @@ mod tests {
         let later_bytes = 8 * MIB + MIB + 256 * KIB + PAGE_SIZE + 64 * PER_CPU_BYTES;
         let budget = WINDOW_SIZE - 4 * MIB - later_bytes;
         assert_eq!(max, budget / FRAME_INFO_SIZE * PAGE_SIZE);
-        assert!(max > 10 * GIB && max < 12 * GIB, "{max:#x}");
+        assert!(max > 9 * GIB && max < 11 * GIB, "{max:#x}");
         // Placing metadata for exactly that much, then the rest, fits; one page more does not.
         let mut fits = layout.clone();
         fits.place(Region::FrameMetadata, metadata_bytes_for(max))
@@ -594,7 +602,7 @@ mod tests {
     fn per_cpu_areas_have_guards_and_stay_in_their_region() {
         let layout = boot_layout();
         let region = layout.region(Region::PerCpu).unwrap().range;
-        assert_eq!(PER_CPU_BYTES, 140 * KIB);
+        assert_eq!(PER_CPU_BYTES, 204 * KIB);
         let cpu0 = layout.per_cpu(0).unwrap();
         assert_eq!(cpu0.kernel_stack.start, region.start + GUARD_BYTES);
         assert_eq!(
@@ -623,9 +631,11 @@ mod tests {
         let backed: Vec<u64> = cpu0.backed_pages().collect();
         assert_eq!(backed.len() as u64, (KERNEL_STACK_BYTES + 3 * IST_STACK_BYTES + 2 * PAGE_SIZE) / PAGE_SIZE);
         assert!(backed.iter().all(|&p| p % PAGE_SIZE == 0 && !(cpu0.gdt.contains(p) && p != cpu0.gdt_reserved_page())));
+        assert!(backed.iter().all(|&p| !cpu0.ldt.contains(p)), "the LDT range is never the hypervisor's memory");
+        assert_eq!(cpu0.ldt.start, cpu0.gdt.start + GDT_BYTES);
         assert!(!backed.contains(&region.start), "the guard page is never backed");
         let cpu7 = layout.per_cpu(7).unwrap();
-        assert_eq!(cpu7.gdt.last(), region.last());
+        assert_eq!(cpu7.ldt.last(), region.last());
         assert_eq!(
             cpu7.kernel_stack.start - GUARD_BYTES,
             cpu0.kernel_stack.start - GUARD_BYTES + 7 * PER_CPU_BYTES
@@ -690,7 +700,7 @@ mod tests {
         assert!(lines[6].starts_with("window: per-cpu "));
         assert!(lines[7].starts_with("window: free           "));
         assert!(
-            lines[7].ends_with("0xffffffffffffffff           35996 KiB"),
+            lines[7].ends_with("0xffffffffffffffff           35484 KiB"),
             "{}",
             lines[7]
         );

@@ -21,7 +21,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, compat, containment, exit_path, last_attack, long_calls, window};
+use crate::{big_tree, compat, containment, exit_path, last_attack, long_calls, segments, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -57,6 +57,9 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "spin_masked", run: containment::spin_masked },
     Attack { name: "flood_dom0", run: containment::flood_dom0 },
     Attack { name: "exhaust_ports_timers", run: containment::exhaust_ports_timers },
+    Attack { name: "ldt_call_gate", run: segments::ldt_call_gate },
+    Attack { name: "stale_ldt_ss", run: segments::stale_ldt_ss },
+    Attack { name: "stale_ldt_ds", run: segments::stale_ldt_ds },
 ];
 
 /// The `attack=` value on the command line, if any.

@@ -9,7 +9,8 @@
 //! writable, the hypervisor's L4 and L3 slots, pins); where the hypervisor's window may
 //! appear ([`window`]: aliases through own L3s, L4 slot 511); the shared-info frame as a
 //! page table or descriptor frame ([`shared_info`]); direct writes to its page tables
-//! that writable-page-table emulation must refuse or do exactly ([`ptwr`]); polling the ports the hypervisor uses
+//! that writable-page-table emulation must refuse or do exactly ([`ptwr`]); LDTs ([`segments`]: gates, frames that
+//! are writable or something else, the hypervisor's range); polling the ports the hypervisor uses
 //! as markers ([`polling`]); giving back one frame twice;
 //! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); hypercalls faulting on
 //! guest pointers while a second vCPU competes for the CPU ([`switches`]); then the fault
@@ -44,6 +45,7 @@ mod mappings;
 mod polling;
 mod ptwr;
 mod reservation;
+mod segments;
 mod shared_info;
 mod switches;
 mod targets;
@@ -78,6 +80,7 @@ fn main(start: &'static StartInfo) {
     window::run(&mut tally, &targets);
     ptwr::run(&mut tally, &targets);
     shared_info::run(&mut tally, &targets);
+    segments::run(&mut tally, &targets);
     polling::run(&mut tally);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);

@@ -171,15 +171,18 @@ fn not_emulated(tally: &mut Tally, l1: &Table, hole: usize) {
         }
     };
     let value = AVAILABLE_BIT_VALUE;
-    // SAFETY (the three blocks): the entries map nothing the program uses (the hole's and
-    // its neighbour in the initial mapping's slack, whose values are put back on a
-    // wrong success); a fault resumes at label 2 (r8).
+    // The entries map nothing the program uses (the hole's and its neighbour in the initial
+    // mapping's slack, whose values are put back on a wrong success); a fault resumes at
+    // label 2 (r8).
+    // SAFETY: as just said.
     let faulted = faults(|| unsafe { mov(entry + 4, value) });
     check(tally, "store straddling two entries", faulted);
+    // SAFETY: as for the store above.
     let faulted = faults(|| unsafe {
         asm!("lea r8, [rip + 2f]", "rep stosq", "2:", inout("rdi") entry => _, inout("rcx") 1u64 => _, in("rax") value, out("r8") _)
     });
     check(tally, "rep stosq onto an entry", faulted);
+    // SAFETY: as for the store above.
     let faulted = faults(|| unsafe {
         asm!(
             "xchg rbx, {new_low}",
@@ -211,6 +214,7 @@ fn bit_offset_wraps(tally: &mut Tally, l1: &Table, hole: usize) {
     let offset = (i64::MIN as u64) | AVAILABLE_BIT;
     // SAFETY: the address the processor computes is the hole's entry, which maps nothing
     // the program uses; a fault resumes at label 2 (r8).
+    // SAFETY: as for the store above.
     let faulted = faults(|| unsafe {
         asm!("lea r8, [rip + 2f]", "lock bts qword ptr [{base}], {offset}", "2:", base = in(reg) base, offset = in(reg) offset, out("r8") _)
     });
@@ -236,6 +240,7 @@ fn cmpxchg8b_with_operand_size(tally: &mut Tally, l1: &Table, hole: usize) {
     let new = AVAILABLE_BIT_VALUE | (0xabc << 52);
     // SAFETY: the hole's entry maps nothing the program uses; rbx is swapped in and out
     // (LLVM reserves it); a fault resumes at label 2 (r8).
+    // SAFETY: as for the store above.
     let faulted = faults(|| unsafe {
         asm!(
             "xchg rbx, {low}",

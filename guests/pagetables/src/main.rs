@@ -646,8 +646,9 @@ fn writable_tables(l1: &Table, l1_va: u64, x: Frame, y: Frame) -> Result<(), Fai
     call(Step::EnableAssist, writable::set_writable_pagetables(true))?;
 
     let step = Step::EmulatedWrite;
-    // SAFETY (this block and the next ones): entries 0-3 of the pinned L1 map window pages
-    // 0-3, which nothing uses but these checks; x and y are frames nothing else uses.
+    // Entries 0-3 of the pinned L1 map window pages 0-3, which nothing uses but these
+    // checks; x and y are frames nothing else uses.
+    // SAFETY: as just said, for this block and the next ones.
     unsafe { writable::mov(entry(0), tables::rw_pte(x.mfn)) };
     expect(address(l1.entry(0)) == x.mfn.address(), step, "mov: entry 0 does not map x", l1.entry(0))?;
     // SAFETY: window page 0 maps x now.

@@ -2,12 +2,14 @@
 //!
 //! PV guests expect the hypervisor's descriptors in the reserved GDT page at selector
 //! 0xe000 (ring-0 code 0xe008, ring-0 data 0xe010, ring-3 code32 0xe023, ring-3 data
-//! 0xe02b, ring-3 code64 0xe033, TSS 0xe040); the entries below are the guest's own (set_gdt
+//! 0xe02b, ring-3 code64 0xe033, TSS 0xe040, and the LDT descriptor 0xe050 that points at
+//! the running vCPU's LDT, as in Xen); the entries below are the guest's own (set_gdt
 //! frames, mapped later). So a CPU's GDT base is the address of its reserved page minus
 //! 0xe000, and only that page has to exist for the hypervisor's own selectors to work.
 //! Its descriptors all have the accessed bit set and `ltr` marks the TSS busy, after which
-//! the CPU never writes the page and its owner maps it read-only (`percpu`).
-//! This module only builds and loads tables; callers own the memory.
+//! the CPU never writes the page and its owner maps it read-only (`percpu`); only the LDT
+//! descriptor changes later, written by `pv::ldt` through a temporary mapping (`lldt` never
+//! writes a descriptor). This module only builds and loads tables; callers own the memory.
 
 use core::mem::size_of;
 
@@ -32,6 +34,12 @@ pub const GUEST_DS: u16 = 0xe02b;
 pub const GUEST_CS64: u16 = 0xe033;
 /// The TSS (a 16-byte system descriptor).
 pub const TSS_SELECTOR: u16 = 0xe040;
+/// The LDT descriptor (16 bytes) for the running vCPU's LDT (Xen's `LDT_SELECTOR`).
+pub const LDT_SELECTOR: u16 = 0xe050;
+/// Index in the reserved page of the LDT descriptor's first word.
+pub const LDT_ENTRY: usize = ((LDT_SELECTOR as u64 - RESERVED_GDT_OFFSET) / 8) as usize;
+/// Descriptors in use in the reserved page (through the LDT descriptor's second word).
+const RESERVED_ENTRIES: u64 = LDT_ENTRY as u64 + 2;
 
 /// IST slots (1-based, as the IDT encodes them).
 pub const IST_DOUBLE_FAULT: u16 = 1;
@@ -63,6 +71,8 @@ impl ReservedGdtPage {
         let (low, high) = tss_descriptor(tss);
         entries[8] = low; // 0xe040
         entries[9] = high;
+        entries[LDT_ENTRY] = 0; // 0xe050: written when a vCPU with an LDT runs
+        entries[LDT_ENTRY + 1] = 0;
     }
 }
 
@@ -87,7 +97,7 @@ fn tss_descriptor(tss: &'static TaskStateSegment) -> (u64, u64) {
 pub unsafe fn load(page: &'static ReservedGdtPage) {
     let base = page as *const ReservedGdtPage as u64 - RESERVED_GDT_OFFSET;
     let pointer = DescriptorTablePointer {
-        limit: (RESERVED_GDT_OFFSET + 10 * 8 - 1) as u16,
+        limit: (RESERVED_GDT_OFFSET + RESERVED_ENTRIES * 8 - 1) as u16,
         base: VirtAddr::new(base),
     };
     // SAFETY: the caller guarantees the table outlives its use; the selectors loaded below
@@ -127,8 +137,113 @@ pub fn guest_descriptor(index: u16) -> Option<u64> {
     Some(unsafe { ((pointer.base.as_u64() + u64::from(index) * 8) as *const u64).read_volatile() })
 }
 
-/// The data segment selectors now loaded (ds, es, fs, gs): the hypervisor never loads
-/// them after boot, so they are the running guest's.
+/// Loads LDTR with `selector` (0: no LDT).
+///
+/// # Safety
+/// A nonzero selector must name this CPU's LDT descriptor, present, whose table stays
+/// mapped (read-only) for as long as it is loaded.
+pub unsafe fn load_ldt(selector: u16) {
+    // SAFETY: the caller guarantees the descriptor and its table; a null selector just
+    // marks LDTR unusable.
+    unsafe { core::arch::asm!("lldt {0:x}", in(reg) selector, options(nostack, preserves_flags)) };
+}
+
+/// Entry `index` of the LDT whose table is mapped at `base`.
+///
+/// # Safety
+/// `base` must be this CPU's LDT area, with a frame mapped at the page holding `index`.
+pub unsafe fn ldt_entry(base: u64, index: u16) -> u64 {
+    // SAFETY: the caller guarantees the page is mapped; entries are 8-byte aligned.
+    unsafe { ((base + u64::from(index) * 8) as *const u64).read_volatile() }
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text.segment_load, "ax"
+/* Each routine loads one data segment register with the selector in edi; returns 0 in
+   eax, or 1 when the load faulted (#GP, #NP: the trap path resumes at the fix-up, see
+   `selector_load_fixup`). Loading gs in ring 0 replaces GS_BASE (the hypervisor's per-CPU
+   pointer) with the descriptor's base: it is read before and written back after, with
+   interrupts off; a faulting load leaves it untouched. */
+    .global segment_load_ds
+segment_load_ds:
+    xorl %eax, %eax
+    .global segment_load_ds_insn
+segment_load_ds_insn:
+    movw %di, %ds
+    ret
+    .global segment_load_es
+segment_load_es:
+    xorl %eax, %eax
+    .global segment_load_es_insn
+segment_load_es_insn:
+    movw %di, %es
+    ret
+    .global segment_load_fs
+segment_load_fs:
+    xorl %eax, %eax
+    .global segment_load_fs_insn
+segment_load_fs_insn:
+    movw %di, %fs
+    ret
+    .global segment_load_gs
+segment_load_gs:
+    movl $0xc0000101, %ecx
+    rdmsr
+    .global segment_load_gs_insn
+segment_load_gs_insn:
+    movw %di, %gs
+    wrmsr
+    xorl %eax, %eax
+    ret
+    .global segment_load_fixup
+segment_load_fixup:
+    movl $1, %eax
+    ret
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn segment_load_ds(selector: u32) -> u32;
+    fn segment_load_es(selector: u32) -> u32;
+    fn segment_load_fs(selector: u32) -> u32;
+    fn segment_load_gs(selector: u32) -> u32;
+    static segment_load_ds_insn: u8;
+    static segment_load_es_insn: u8;
+    static segment_load_fs_insn: u8;
+    static segment_load_gs_insn: u8;
+    static segment_load_fixup: u8;
+}
+
+/// Loads ds, es, fs and gs with a guest's selectors (in that order); returns which loads
+/// faulted (bit n for register n), each of those registers left null. Loading fs and gs
+/// also loads their bases from the descriptors: the caller writes the guest's bases after.
+/// The hypervisor's own GS base survives.
+pub fn load_data_selectors(selectors: [u16; 4]) -> u8 {
+    let loads: [unsafe extern "C" fn(u32) -> u32; 4] = [segment_load_ds, segment_load_es, segment_load_fs, segment_load_gs];
+    let mut failed = 0;
+    for (i, (load, selector)) in loads.iter().zip(selectors).enumerate() {
+        // SAFETY: a data segment load in ring 0 changes nothing the hypervisor relies on
+        // (64-bit code ignores ds and es; fs is not used; gs's base is put back); a fault
+        // on a bad selector resumes at the fix-up, which reports it.
+        if unsafe { load(u32::from(selector)) } != 0 {
+            failed |= 1 << i;
+            // SAFETY: the null selector always loads.
+            unsafe { load(0) };
+        }
+    }
+    failed
+}
+
+/// If a fault at `rip` is one of [`load_data_selectors`]'s loads, where to resume.
+pub fn selector_load_fixup(rip: u64) -> Option<u64> {
+    let insns = [&raw const segment_load_ds_insn, &raw const segment_load_es_insn, &raw const segment_load_fs_insn, &raw const segment_load_gs_insn];
+    insns.iter().any(|&insn| insn as u64 == rip).then_some(&raw const segment_load_fixup as u64)
+}
+
+/// The data segment selectors now loaded (ds, es, fs, gs): the hypervisor loads them only
+/// on switching a vCPU in ([`load_data_selectors`]), so they are the running guest's.
 pub fn data_selectors() -> [u16; 4] {
     [DS::get_reg().0, ES::get_reg().0, FS::get_reg().0, GS::get_reg().0]
 }

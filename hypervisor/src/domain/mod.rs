@@ -270,9 +270,8 @@ pub struct Domain {
     pub running_vcpus: AtomicU32,
     /// Time the build took, for the summary.
     pub build_ns: AtomicU64,
-    /// The `vm_assist` types the guest has enabled (bit n: `VMASST_TYPE` n): see
-    /// `pv::hypercall::vm_assist`.
-    pub vm_assist: AtomicU64,
+    /// The `vm_assist` types it enabled (bit n: `VMASST_TYPE` n; see `pv::physdev`).
+    vm_assists: AtomicU64,
 }
 
 /// Domain records the hypervisor holds in memory: the table's, and any destroyed domain
@@ -360,6 +359,20 @@ impl core::fmt::Display for CreateError {
 }
 
 impl Domain {
+    /// Whether the domain enabled `kind` with `vm_assist`.
+    pub fn vm_assist(&self, kind: abi::hypercall::VmAssistType) -> bool {
+        kind.raw() < 64 && self.vm_assists.load(Ordering::Relaxed) & (1 << kind.raw()) != 0
+    }
+
+    /// Sets or clears `vm_assist` type `kind` (< 64; `pv::physdev` checks which are valid).
+    pub fn set_vm_assist(&self, kind: u32, on: bool) {
+        if on {
+            self.vm_assists.fetch_or(1 << kind, Ordering::Relaxed);
+        } else {
+            self.vm_assists.fetch_and(!(1 << kind), Ordering::Relaxed);
+        }
+    }
+
     /// Creates an empty domain (no memory yet but its zeroed shared-info page) and enters it
     /// in the table under a fresh id: domain 0 (`privileged`) takes id 0, others the next
     /// free one. Refused while the heap has less than [`DOMAIN_HEAP_BYTES`] to spare. The
@@ -420,7 +433,7 @@ impl Domain {
             counters: Counters::default(),
             running_vcpus: AtomicU32::new(0),
             build_ns: AtomicU64::new(0),
-            vm_assist: AtomicU64::new(0),
+            vm_assists: AtomicU64::new(0),
         });
         table.insert(id, domain.clone());
         DOMAIN_RECORDS.fetch_add(1, Ordering::Relaxed);
@@ -589,6 +602,7 @@ impl Domain {
             // keep the domain in memory for good.
             vcpu.stop();
             crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
+            crate::pv::ldt::release(core::mem::take(&mut *vcpu.ldt.lock()));
         }
         let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
         let pages = self.memory.lock().take_list();

@@ -1,5 +1,5 @@
 //! A virtual CPU: the guest's saved registers while it is not running (its x87/MMX/SSE
-//! state included), its PV context (guest kernel or user mode, top-level tables, kernel
+//! state and data segment selectors included), its PV context (guest kernel or user mode, top-level tables, kernel
 //! stack, trap table, callbacks, segment bases) and its scheduling state.
 //!
 //! While a vCPU runs, its live registers are the trap frame on its CPU's stack; the copy in
@@ -79,6 +79,16 @@ pub struct GuestContext {
     pub sysenter_masks_events: bool,
     /// The NMI callback (registered and kept; no NMI is ever delivered to a guest yet).
     pub nmi_callback: u64,
+    /// ds, es, fs, gs while descheduled (loaded again on switch-in), and the ones that
+    /// failed to load then, for the failsafe callback on its way back to the guest.
+    pub selectors: [u16; 4],
+    pub bad_selectors: Option<[u16; 4]>,
+    /// The virtual I/O privilege level, 0-3 (`pv::physdev`; the real IOPL is always 0).
+    pub iopl: u8,
+    /// The I/O-port bitmap (`PHYSDEVOP_set_iobitmap`): its guest kernel address and the
+    /// ports it covers (0: none).
+    pub iobitmap: u64,
+    pub iobitmap_ports: u32,
     pub fs_base: u64,
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
@@ -154,6 +164,8 @@ pub struct Vcpu {
     pub ctx: Mutex<GuestContext>,
     /// The guest's own GDT frames.
     pub gdt: Mutex<crate::pv::descriptors::GuestGdt>,
+    /// Its LDT (`MMUEXT_SET_LDT`).
+    pub ldt: Mutex<crate::pv::ldt::GuestLdt>,
     state: AtomicU8,
     /// Its name in the run queues.
     pub key: crate::sched::VcpuKey,
@@ -209,6 +221,11 @@ impl Vcpu {
                 sysenter_callback: 0,
                 sysenter_masks_events: false,
                 nmi_callback: 0,
+                selectors: [0; 4],
+                bad_selectors: None,
+                iopl: 0,
+                iobitmap: 0,
+                iobitmap_ports: 0,
                 fs_base: 0,
                 gs_base_kernel: 0,
                 gs_base_user: 0,
@@ -217,6 +234,7 @@ impl Vcpu {
                 fpu_saved_on: u32::MAX,
             }),
             gdt: Mutex::new(Default::default()),
+            ldt: Mutex::new(Default::default()),
             state: AtomicU8::new(RunState::Runnable as u8),
             key: crate::sched::VcpuKey::fresh(),
             cpu: AtomicU32::new(cpu),

@@ -13,6 +13,7 @@ use hypervisor::descriptor;
 use hypervisor::hypercall::GuestVa;
 use mm::addr::{Mfn, PAGE_SIZE};
 
+use crate::arch::gdt;
 use crate::arch::paging::{self, MapKind};
 use crate::arch::uaccess;
 use crate::domain::Vcpu;
@@ -62,8 +63,9 @@ pub fn install(vcpu: &Vcpu, frames: &[Mfn]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Takes a descriptor-page reference on `mfn` and checks (fixing up) every descriptor in it.
-fn take_frame(vcpu: &Vcpu, mfn: Mfn) -> Result<(), Errno> {
+/// Takes a descriptor-page reference on `mfn` and checks (fixing up) every descriptor in it
+/// (for a GDT here, for an LDT in `pv::ldt`). Call with the domain's page-table lock held.
+pub fn take_frame(vcpu: &Vcpu, mfn: Mfn) -> Result<(), Errno> {
     mmu::get_descriptor_page(vcpu, mfn)?;
     let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
     let bytes = map.bytes();
@@ -111,6 +113,17 @@ pub fn load(gdt: &GuestGdt) {
             paging::unmap(va);
             paging::map(va, target.addr().0, MapKind::ReadOnly).expect("the GDT page was just unmapped");
         }
+    }
+}
+
+/// The descriptor `selector` names for `vcpu`, which runs on this CPU: an entry of its GDT
+/// below the reserved page (the zero frame's null descriptors past its frames) or of its
+/// LDT; `None` for the reserved page's selectors and past the LDT's entries.
+pub fn lookup(vcpu: &Vcpu, selector: u16) -> Option<u64> {
+    if selector & 4 != 0 {
+        crate::pv::ldt::descriptor(vcpu, selector)
+    } else {
+        gdt::guest_descriptor(selector >> 3)
     }
 }
 

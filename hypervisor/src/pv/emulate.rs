@@ -1,22 +1,42 @@
 //! Emulation of the few instructions a PV guest kernel may not execute itself: CPUID behind
-//! Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`), and the privileged ones the
-//! ABI emulates — reads of CR0/CR2/CR3/CR4, writes of CR3, `wbinvd`. Anything else raises
-//! the original exception in the guest.
+//! Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`), the privileged ones the
+//! ABI emulates — reads of CR0/CR2/CR3/CR4, writes of CR3, `wbinvd` — and port I/O and
+//! `cli`/`sti`, which the guest's virtual IOPL may allow. Anything else raises the original
+//! exception in the guest.
 //!
 //! Privileged instructions are emulated for guest kernel mode only: from guest user mode
 //! the #GP goes to the guest kernel, as on hardware. Forced CPUID is allowed in both modes
 //! (as in Xen, which refuses it to user mode only when the guest turned on CPUID faulting,
 //! which we do not offer): it reads nothing a user process could not read with `cpuid`.
 //!
+//! Port I/O (`in`, `out`, `ins`, `outs`, any size and prefix) and `cli`/`sti` are carried
+//! out in either guest mode when `pv::physdev` says the vCPU's virtual IOPL (or I/O bitmap)
+//! allows them, as Xen's `pv_emulate_privileged_op` does. A domain has no devices: every
+//! port reads all ones and writes go nowhere (Xen gives a domU the same for ports it was
+//! not granted). `cli` and `sti` do nothing, as in Xen, which dropped changing the event
+//! mask for them (a later `popf` could not undo it). A string transfer touches guest memory
+//! through `uaccess` (a fault there becomes the guest's page fault at the instruction, with
+//! the elements before it done) and does at most [`MAX_STRING_ELEMENTS`] elements per trap:
+//! a longer `rep` leaves rip at the instruction with rcx and rsi/rdi advanced, and the
+//! guest's next #GP continues it.
+//!
 //! Instruction bytes are read from the guest at its rip through `uaccess`; an unreadable rip
 //! is simply "not emulated".
 
 use abi::arch_x86::XEN_EMULATE_PREFIX;
 
+use hypervisor::insn::{self, Direction, Insn, Port, PortIo, Segment};
+use x86_64::registers::model_specific::{FsBase, KernelGsBase};
+
+use crate::arch::gdt;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::Vcpu;
-use crate::pv::{mmu, shared};
+use crate::pv::{descriptors, mmu, physdev, shared, traps};
+
+/// Elements of a `rep ins`/`rep outs` carried out per trap.
+pub const MAX_STRING_ELEMENTS: u64 = 256;
+const RFLAGS_DF: u64 = 1 << 10;
 
 /// CPUID leaf range where the hypervisor describes itself ("XenVMMXenVMM").
 const HYPERVISOR_LEAF: u32 = 0x4000_0000;
@@ -60,6 +80,137 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
             (r.eax, r.ebx, ecx, r.edx)
         }
     }
+}
+
+/// Carries out port I/O, `cli` or `sti` at the guest's rip after a #GP(0), in either guest
+/// mode, when the vCPU's virtual IOPL or I/O bitmap allows it; false otherwise (the #GP is
+/// the guest's).
+pub fn port_io(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    let Some((mode, base)) = traps::code_mode(vcpu, frame.cs as u16) else { return false };
+    let mut bytes = [0u8; insn::MAX_LENGTH];
+    let readable = traps::read_code(base.wrapping_add(frame.rip), &mut bytes);
+    let Some(decoded) = insn::decode(&bytes[..readable], mode) else { return false };
+    let len = u64::from(decoded.len);
+    match decoded.insn {
+        Insn::Cli | Insn::Sti if physdev::iopl_ok(vcpu) => {
+            frame.rip = frame.rip.wrapping_add(len);
+            true
+        }
+        Insn::Io(io) => {
+            let port = match io.port {
+                Port::Immediate(port) => u16::from(port),
+                Port::Dx => frame.rdx as u16,
+            };
+            if !physdev::io_allowed(vcpu, port, io.size) {
+                return false;
+            }
+            if !io.string {
+                if io.direction == Direction::In {
+                    // All ones, written as the instruction would: al and ax merge, eax
+                    // zero-extends into rax.
+                    frame.rax = match io.size {
+                        1 => frame.rax | 0xff,
+                        2 => frame.rax | 0xffff,
+                        _ => 0xffff_ffff,
+                    };
+                }
+                frame.rip = frame.rip.wrapping_add(len);
+            } else if string_io(vcpu, frame, &io, mode) {
+                frame.rip = frame.rip.wrapping_add(len);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Up to [`MAX_STRING_ELEMENTS`] elements of `ins`/`outs`; true when the instruction is
+/// complete (rip may move on), false when it stopped with elements left (the guest runs it
+/// again) or a page fault was delivered.
+fn string_io(vcpu: &Vcpu, frame: &mut TrapFrame, io: &PortIo, mode: insn::CodeMode) -> bool {
+    let bits = io.address_bits;
+    let size = u64::from(io.size);
+    let mut left = if io.rep { masked(frame.rcx, bits) } else { 1 };
+    let step = if frame.rflags & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
+    let segment = match io.direction {
+        Direction::In => Segment::Es,
+        Direction::Out => io.segment.unwrap_or(Segment::Ds),
+    };
+    let base = segment_base(vcpu, frame, segment, mode);
+    for _ in 0..MAX_STRING_ELEMENTS {
+        if left == 0 {
+            return true;
+        }
+        let offset = masked(if io.direction == Direction::In { frame.rdi } else { frame.rsi }, bits);
+        let mut linear = base.wrapping_add(offset);
+        if mode != insn::CodeMode::Long {
+            linear &= 0xffff_ffff;
+        }
+        let mut data = [0xffu8; 4];
+        let data = &mut data[..io.size as usize];
+        let moved = match io.direction {
+            Direction::In => uaccess::write(linear, data),
+            Direction::Out => uaccess::read(linear, data),
+        };
+        if moved.is_err() {
+            traps::page_fault(vcpu, frame, linear, io.direction == Direction::In);
+            return false;
+        }
+        match io.direction {
+            Direction::In => frame.rdi = advance(frame.rdi, step, bits),
+            Direction::Out => frame.rsi = advance(frame.rsi, step, bits),
+        }
+        left -= 1;
+        if io.rep {
+            frame.rcx = advance(frame.rcx, u64::MAX, bits);
+        }
+    }
+    left == 0
+}
+
+/// The part of a register an address size uses.
+fn masked(value: u64, bits: u8) -> u64 {
+    match bits {
+        16 => value & 0xffff,
+        32 => value & 0xffff_ffff,
+        _ => value,
+    }
+}
+
+/// `value + delta` as an instruction of that address size updates the register: 64 bits
+/// whole, 32 bits zero-extended, 16 bits merged.
+fn advance(value: u64, delta: u64, bits: u8) -> u64 {
+    match bits {
+        16 => (value & !0xffff) | u64::from((value as u16).wrapping_add(delta as u16)),
+        32 => u64::from((value as u32).wrapping_add(delta as u32)),
+        _ => value.wrapping_add(delta),
+    }
+}
+
+/// The base of `segment` for the guest's access: fs and gs from their base registers (in
+/// the hypervisor the guest's gs base is in KERNEL_GS_BASE), the others 0 in 64-bit code;
+/// in compatibility mode the base of the descriptor the segment register names.
+fn segment_base(vcpu: &Vcpu, frame: &TrapFrame, segment: Segment, mode: insn::CodeMode) -> u64 {
+    let [ds, es, fs, gs] = gdt::data_selectors();
+    if mode == insn::CodeMode::Long {
+        return match segment {
+            Segment::Fs => FsBase::read().as_u64(),
+            Segment::Gs => KernelGsBase::read().as_u64(),
+            _ => 0,
+        };
+    }
+    let selector = match segment {
+        Segment::Es => es,
+        Segment::Cs => frame.cs as u16,
+        Segment::Ss => frame.ss as u16,
+        Segment::Ds => ds,
+        Segment::Fs => fs,
+        Segment::Gs => gs,
+    };
+    if selector >> 3 == 0 || selector >= gdt::RESERVED_GDT_OFFSET as u16 {
+        return 0;
+    }
+    descriptors::lookup(vcpu, selector).map_or(0, hypervisor::descriptor::base)
 }
 
 /// Emulates a privileged instruction at the guest's rip after a #GP from guest kernel mode;

@@ -18,7 +18,7 @@
 use abi::arch_x86::TrapInfo;
 use abi::callback::{CallbackRegister, CallbackUnregister};
 use abi::errno::Errno;
-use abi::hypercall::{CallbackOp, CallbackType, Hypercall, MulticallEntry, SchedOp, VmAssistCmd, VmAssistType, XenVersionOp};
+use abi::hypercall::{CallbackOp, CallbackType, Hypercall, MulticallEntry, SchedOp, XenVersionOp};
 use abi::sched::SchedShutdown;
 use hypervisor::continuation::{self, Outcome, Stop};
 use hypervisor::hypercall::{decode, GuestVa, Request};
@@ -29,7 +29,7 @@ use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Ending, Vcpu};
 use crate::preempt;
-use crate::pv::{console, control, descriptors, events, memop, mmu, traps, vcpuop};
+use crate::pv::{console, control, descriptors, events, memop, mmu, physdev, traps, vcpuop};
 
 /// What a handler returns: a value for rax, or an errno.
 pub type HcResult = Result<u64, Errno>;
@@ -99,7 +99,9 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         Request::CallbackOp { cmd, arg } => callback_op(vcpu, cmd, arg),
         Request::SetSegmentBase { which, base } => set_segment_base(vcpu, which, base),
         Request::FpuTaskswitch { .. } => Ok(0),
-        Request::VmAssist { cmd, kind } => vm_assist(vcpu, cmd, kind),
+        Request::VmAssist { cmd, kind } => physdev::vm_assist(vcpu, cmd, kind),
+        Request::PhysdevOp { cmd, arg } => physdev::physdev_op(vcpu, cmd, arg),
+        Request::PhysdevOpCompat { arg } => physdev::physdev_op_compat(vcpu, arg),
         Request::VcpuOp { cmd, vcpu: id, arg } => vcpuop::vcpu_op(vcpu, cmd, id, arg),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
         Request::Domctl { arg } => return control::control(vcpu, arg),
@@ -274,26 +276,6 @@ fn register_callback(vcpu: &Vcpu, request: CallbackRegister) -> HcResult {
         Some(CallbackType::Nmi) => ctx.nmi_callback = address,
         _ => return Err(Errno::Enosys),
     }
-    Ok(0)
-}
-
-/// `vm_assist`: the types a PV64 guest may enable here, as Xen's `vm_assist` checks them
-/// (a type not offered: EINVAL; a command other than enable or disable: ENOSYS).
-/// `writable_pagetables` turns on the emulation of direct writes to the domain's page
-/// tables (`pv::ptwr`); `4gb_segments`, `4gb_segments_notify` and `pae_extended_cr3` are
-/// accepted and mean nothing to a 64-bit guest, as in Xen. The others (architectural IOPL,
-/// the runstate update flag, strict M2P) are not offered yet.
-fn vm_assist(vcpu: &Vcpu, cmd: u32, kind: u32) -> HcResult {
-    const OFFERED: u64 = (1 << VmAssistType::FourGbSegments.raw())
-        | (1 << VmAssistType::FourGbSegmentsNotify.raw())
-        | (1 << VmAssistType::WritablePagetables.raw())
-        | (1 << VmAssistType::PaeExtendedCr3.raw());
-    let bit = 1u64.checked_shl(kind).filter(|bit| OFFERED & bit != 0).ok_or(Errno::Einval)?;
-    match VmAssistCmd::from_raw(cmd) {
-        Some(VmAssistCmd::Enable) => vcpu.domain.vm_assist.fetch_or(bit, core::sync::atomic::Ordering::Relaxed),
-        Some(VmAssistCmd::Disable) => vcpu.domain.vm_assist.fetch_and(!bit, core::sync::atomic::Ordering::Relaxed),
-        None => return Err(Errno::Enosys),
-    };
     Ok(0)
 }
 

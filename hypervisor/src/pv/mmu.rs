@@ -336,6 +336,17 @@ pub fn get_descriptor_page(vcpu: &Vcpu, mfn: Mfn) -> Result<(), Errno> {
     until_done(&mut Tables::for_domain(&vcpu.domain), |t| mmu().get_page_and_type(mfn, PageType::SegmentDescriptors, dom, t)).map_err(errno)
 }
 
+/// The frame the vCPU's kernel page tables map at `va` (a present L1 entry; Xen's
+/// `guest_get_eff_kern_l1e`), for the frames of an LDT the guest names by address: `EFAULT`
+/// when nothing is mapped there. Call with the domain's page-table lock held.
+pub fn kernel_frame_at(vcpu: &Vcpu, va: u64) -> Result<Mfn, Errno> {
+    let l4 = vcpu.ctx.lock().kernel_l4().ok_or(Errno::Einval)?;
+    let tables = Tables::for_domain(&vcpu.domain);
+    let slot = mmu().l1_entry_of(l4, va, &tables).map_err(|_| Errno::Efault)?;
+    let pte = pvmm::Pte(tables.read(slot.table, slot.index));
+    if pte.is_present() { Ok(pte.mfn()) } else { Err(Errno::Efault) }
+}
+
 /// Drops a reference taken by [`get_descriptor_page`].
 pub fn put_descriptor_page(mfn: Mfn) {
     if let Err(e) = until_done(&mut Tables::without_cpus(), |t| mmu().put_page_and_type(mfn, t)) {
@@ -543,7 +554,7 @@ fn vcpu_mask(vcpu: &Vcpu, bitmap: GuestVa) -> Result<CpuBits, Errno> {
     Ok(cpus)
 }
 
-/// `mmuext_op`: pins, base pointers and TLB operations, in a batch.
+/// `mmuext_op`: pins, base pointers, TLB operations and the LDT, in a batch.
 pub fn mmuext_op(vcpu: &Vcpu, request: Request, ops: GuestVa, count: u64, done: GuestVa, domid: u16, preempted: bool) -> Outcome {
     let dom = check_domid(vcpu, domid)?;
     let before = done_before(done, preempted)?;
@@ -585,6 +596,8 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
         }
         Some(MmuextCmd::NewBaseptr) => return new_baseptr(vcpu, mfn, false).map_err(stop),
         Some(MmuextCmd::NewUserBaseptr) => return new_baseptr(vcpu, mfn, true).map_err(stop),
+        // arg1: the LDT's linear address; arg2: its entry count (a C unsigned int).
+        Some(MmuextCmd::SetLdt) => return crate::pv::ldt::set_ldt(vcpu, op.arg1, op.arg2 as u32).map_err(Stop::from),
         Some(MmuextCmd::TlbFlushLocal) => (Flush::All, Scope::Local),
         Some(MmuextCmd::InvlpgLocal) => (page()?, Scope::Local),
         // The CPUs running the vCPUs in the bitmap at `arg2`.

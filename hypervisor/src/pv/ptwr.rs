@@ -51,7 +51,7 @@ pub fn page_fault(vcpu: &Vcpu, frame: &mut TrapFrame, fault_address: u64) -> boo
     if frame.error_code & (PF_PRESENT | PF_WRITE | PF_RESERVED | PF_FETCH) != PF_PRESENT | PF_WRITE {
         return false;
     }
-    if vcpu.domain.vm_assist.load(Ordering::Relaxed) & (1 << VmAssistType::WritablePagetables.raw()) == 0 {
+    if !vcpu.domain.vm_assist(VmAssistType::WritablePagetables) {
         return false;
     }
     let (in_kernel, l4) = {

@@ -16,10 +16,14 @@
 //! ([`hypervisor::guest_return::check`]), and when an `iretq` to a guest faults all the same
 //! (a descriptor changed under a loaded selector), [`exit_fault`] makes it the guest's
 //! failsafe callback, with the frame that could not be loaded, as Xen does; without one the
-//! domain is killed. Runs on the CPU running the vCPU, inside its trap.
+//! domain is killed; so does a data selector that no longer loads when the vCPU is switched
+//! in ([`selectors_failsafe`]). A #GP raised by a software interrupt is decoded at its rip
+//! (`hypervisor::insn`), never trusted from the error code. Runs on the CPU running the
+//! vCPU, inside its trap.
 
 use abi::arch_x86::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_DPL_MASK, TI_MASK_EVENTS, VGCF_IN_SYSCALL};
-use hypervisor::guest_return;
+use abi::hypercall::VmAssistType;
+use hypervisor::{guest_return, insn};
 use log::{debug, warn};
 use x86_64::registers::model_specific::KernelGsBase;
 use x86_64::VirtAddr;
@@ -29,7 +33,7 @@ use crate::arch::trap::{FailedExit, TrapFrame};
 use crate::arch::uaccess;
 use crate::domain::vcpu::GuestContext;
 use crate::domain::{Ending, Vcpu};
-use crate::pv::{emulate, ptwr, shared};
+use crate::pv::{descriptors, emulate, ptwr, shared};
 
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_TF: u64 = 1 << 8;
@@ -41,10 +45,16 @@ const RFLAGS_VM: u64 = 1 << 17;
 const RFLAGS_IOPL: u64 = 3 << 12;
 
 const VECTOR_BREAKPOINT: u8 = 3;
+const VECTOR_OVERFLOW: u8 = 4;
 const VECTOR_INVALID_OPCODE: u8 = 6;
 const VECTOR_GENERAL_PROTECTION: u8 = 13;
 const VECTOR_PAGE_FAULT: u8 = 14;
-/// Page-fault error code bit: the access came from user mode.
+/// #GP error code bits: an IDT entry is named (a software interrupt's gate), and an event
+/// external to the program caused it.
+const GP_IDT: u64 = 1 << 1;
+const GP_EXTERNAL: u64 = 1 << 0;
+/// Page-fault error code bits: the access was a write; it came from user mode.
+const PF_WRITE: u64 = 1 << 1;
 const PF_USER: u64 = 1 << 2;
 
 /// Exceptions that push an error code.
@@ -64,7 +74,8 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     match vector {
         VECTOR_INVALID_OPCODE if emulate::forced_cpuid(frame) => {}
         VECTOR_INVALID_OPCODE | VECTOR_GENERAL_PROTECTION if sysenter(vcpu, frame) => {}
-        VECTOR_GENERAL_PROTECTION if software_interrupt(vcpu, frame) => {}
+        VECTOR_GENERAL_PROTECTION if frame.error_code & (GP_IDT | GP_EXTERNAL) == GP_IDT => software_interrupt(vcpu, frame),
+        VECTOR_GENERAL_PROTECTION if frame.error_code == 0 && emulate::port_io(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
             let cr2 = x86_64::registers::control::Cr2::read_raw();
@@ -84,30 +95,88 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     }
 }
 
-/// A `#GP` from `int n` (its error code names IDT entry n) that the guest's trap table
-/// allows from its current mode is delivered as vector n after the instruction. The vector
-/// is read from the instruction ([`hypervisor::softint`]): CPUs do not agree on how the
-/// error code names the entry.
-fn software_interrupt(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
-    let mut insn = [0u8; 2];
-    if uaccess::read(frame.rip, &mut insn).is_err() {
-        return false;
-    }
-    let Some(vector) = hypervisor::softint::vector(frame.error_code, insn) else {
-        return false;
+/// Delivers a page fault at `address` that the hypervisor met while carrying out an
+/// instruction for the guest (rip still at it): cr2 and an error code of a not-present
+/// access, a write or a read, from the guest's mode (as Xen's emulator reports one).
+pub fn page_fault(vcpu: &Vcpu, frame: &mut TrapFrame, address: u64, write: bool) {
+    shared::with_vcpu_info(vcpu, |info| info.arch.cr2 = address);
+    let user = if vcpu.ctx.lock().in_kernel { 0 } else { PF_USER };
+    bounce(vcpu, frame, VECTOR_PAGE_FAULT, Some(user | if write { PF_WRITE } else { 0 }));
+}
+
+/// A #GP that the hardware says a software interrupt raised (error code with the IDT bit,
+/// not external): the instruction at rip is decoded rather than the error code trusted
+/// (QEMU's TCG reports vector `2n` for a faulting `int n`), as Xen's
+/// `pv_emulate_sw_interrupt` does. `int n` the guest's trap table allows from its mode
+/// (DPL 1-3 from the kernel, 3 from user mode: [`insn::permit_softint`]) is delivered as
+/// vector n with rip after the instruction, prefixes included; otherwise the guest gets
+/// #GP with the architectural error code (n*8+2) at the instruction. `int3`, `into` and
+/// `int1` reach their vectors whatever their DPL (the IDT's gates for 3 and 4 are DPL 3, so
+/// a guest DPL could not be enforced for them anyway, as in Xen); they only come here from
+/// a virtualizer that raised #GP for them. Anything else (the bytes changed under the
+/// fault, or cannot be read) gets the #GP as the hardware raised it.
+fn software_interrupt(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let decoded = code_mode(vcpu, frame.cs as u16).and_then(|(mode, base)| {
+        let mut bytes = [0u8; insn::MAX_LENGTH];
+        let readable = read_code(base.wrapping_add(frame.rip), &mut bytes);
+        insn::decode(&bytes[..readable], mode)
+    });
+    let Some(insn::Decoded { insn: insn::Insn::SoftInt(soft), len }) = decoded else {
+        bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(frame.error_code));
+        return;
     };
-    let allowed = {
-        let ctx = vcpu.ctx.lock();
-        ctx.trap(vector).is_some_and(|t| {
-            let dpl = t.flags & TI_DPL_MASK;
-            dpl == 3 || (dpl != 0 && ctx.in_kernel)
-        })
+    let vector = soft.vector();
+    let allowed = match soft {
+        insn::SoftInt::Int(v) if v != VECTOR_BREAKPOINT && v != VECTOR_OVERFLOW => {
+            let ctx = vcpu.ctx.lock();
+            ctx.trap(v).is_some_and(|t| insn::permit_softint(t.flags & TI_DPL_MASK, ctx.in_kernel))
+        }
+        _ => true,
     };
     if allowed {
-        frame.rip += 2; // `int imm8` is two bytes
-        bounce(vcpu, frame, vector, None);
+        frame.rip = frame.rip.wrapping_add(u64::from(len));
+        software_trap(vcpu, frame, vector);
+    } else {
+        bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(insn::idt_error_code(vector)));
     }
-    allowed
+}
+
+/// The code mode and base of the guest's code selector `cs`: the flat ones, or the GDT or
+/// LDT descriptor it names; `None` if that is no present code segment.
+pub fn code_mode(vcpu: &Vcpu, cs: u16) -> Option<(insn::CodeMode, u64)> {
+    match cs {
+        gdt::GUEST_CS64 => Some((insn::CodeMode::Long, 0)),
+        gdt::GUEST_CS32 => Some((insn::CodeMode::Compat32, 0)),
+        _ => {
+            let raw = descriptors::lookup(vcpu, cs)?;
+            Some((hypervisor::descriptor::code_mode(raw)?, hypervisor::descriptor::base(raw)))
+        }
+    }
+}
+
+/// Reads up to `bytes.len()` bytes of guest code at `at`, stopping at the first page it
+/// cannot read; returns how many it read.
+pub fn read_code(at: u64, bytes: &mut [u8]) -> usize {
+    let in_first_page = (4096 - (at & 0xfff) as usize).min(bytes.len());
+    if uaccess::read(at, &mut bytes[..in_first_page]).is_err() {
+        return 0;
+    }
+    if in_first_page < bytes.len() && uaccess::read(at.wrapping_add(in_first_page as u64), &mut bytes[in_first_page..]).is_err() {
+        return in_first_page;
+    }
+    bytes.len()
+}
+
+/// Delivers a software interrupt (or trap-like exception) of `vector`, rip already past
+/// the instruction: no error code, and no "fault in its own handler" check (the return
+/// address may well be a handler's first byte).
+fn software_trap(vcpu: &Vcpu, frame: &mut TrapFrame, vector: u8) {
+    let Some(trap) = vcpu.ctx.lock().trap(vector).copied() else {
+        crash(vcpu, frame, format_args!("software interrupt {vector} with no handler"));
+        return;
+    };
+    vcpu.domain.counters.exceptions_bounced.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    deliver(vcpu, frame, trap.address, None, trap.flags & TI_MASK_EVENTS != 0);
 }
 
 /// Delivers `vector` to the guest's registered handler.
@@ -157,7 +226,10 @@ fn deliver_frame(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, extra: Extra,
         ctx.kernel_sp
     };
     let upcall_mask = shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask) as u64;
-    let guest_rflags = (frame.rflags & !RFLAGS_IF) | if upcall_mask == 0 { RFLAGS_IF } else { 0 };
+    // The frame shows the virtual IF (the inverse of the upcall mask) and, with the
+    // architectural IOPL assist, the virtual IOPL (as Xen's bounce frames).
+    let virtual_iopl = if vcpu.domain.vm_assist(VmAssistType::ArchitecturalIopl) { u64::from(ctx.iopl) << 12 } else { 0 };
+    let guest_rflags = (frame.rflags & !(RFLAGS_IF | RFLAGS_IOPL)) | virtual_iopl | if upcall_mask == 0 { RFLAGS_IF } else { 0 };
     let cs = if was_kernel { frame.cs & !3 } else { frame.cs } | (upcall_mask << 32);
     let mut words = arrayvec::ArrayVec::<u64, 11>::new();
     words.push(frame.rcx);
@@ -216,8 +288,9 @@ fn switch_to_user_mode(ctx: &mut GuestContext) {
 
 /// The `iret` hypercall: returns from a bounce frame the guest left on its stack,
 /// {rax, r11, rcx, flags, rip, cs, rflags, rsp, ss}, to guest user mode when cs has RPL 3.
-/// A frame the `iretq` could not load goes to the failsafe callback instead, as the fault
-/// of that `iretq` would.
+/// With the architectural IOPL assist the frame's IOPL becomes the virtual IOPL (the real
+/// one stays 0). A frame the `iretq` could not load goes to the failsafe callback instead,
+/// as the fault of that `iretq` would.
 pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     let Ok(saved) = uaccess::read_value::<abi::arch_x86::IretContext>(frame.rsp) else {
         crash(vcpu, frame, format_args!("iret frame at {:#x} unreadable", frame.rsp));
@@ -225,6 +298,9 @@ pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     };
     {
         let mut ctx = vcpu.ctx.lock();
+        if vcpu.domain.vm_assist(VmAssistType::ArchitecturalIopl) {
+            ctx.iopl = ((saved.rflags & RFLAGS_IOPL) >> 12) as u8;
+        }
         if saved.cs & 3 == 3 && ctx.in_kernel {
             if ctx.user_base.is_none() {
                 drop(ctx);
@@ -247,7 +323,7 @@ pub fn iret(vcpu: &Vcpu, frame: &mut TrapFrame) {
     // The guest's virtual interrupt flag is the inverse of its upcall mask.
     let unmask = saved.rflags & RFLAGS_IF != 0;
     shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask = u8::from(!unmask));
-    if let Err(bad) = guest_return::check(frame.rip, frame.cs as u16, frame.ss as u16, |index| gdt::guest_descriptor(index).unwrap_or(0)) {
+    if let Err(bad) = guest_return::check(frame.rip, frame.cs as u16, frame.ss as u16, |selector| descriptors::lookup(vcpu, selector)) {
         failsafe(vcpu, frame, format_args!("iret to an unloadable frame ({bad:?})"));
     }
 }
@@ -267,9 +343,21 @@ pub fn exit_fault(frame: &mut TrapFrame, failed: FailedExit) -> bool {
     true
 }
 
+/// The data selectors the vCPU had when it was switched in that would not load again
+/// (their descriptors changed meanwhile): its failsafe callback, with those selectors in
+/// the frame, as Xen's `load_segments` does (or its death without one).
+pub fn selectors_failsafe(vcpu: &Vcpu, frame: &mut TrapFrame) {
+    let Some(selectors) = vcpu.ctx.lock().bad_selectors.take() else { return };
+    failsafe_with(vcpu, frame, selectors, format_args!("data selectors {selectors:x?} no longer load"));
+}
+
 /// Delivers the failsafe callback for the state in `frame`, which cannot be resumed; a
 /// guest without one is killed. Logged at debug level only: a guest may do this at will.
 fn failsafe(vcpu: &Vcpu, frame: &mut TrapFrame, why: core::fmt::Arguments) {
+    failsafe_with(vcpu, frame, gdt::data_selectors(), why);
+}
+
+fn failsafe_with(vcpu: &Vcpu, frame: &mut TrapFrame, selectors: [u16; 4], why: core::fmt::Arguments) {
     let (callback, mask) = {
         let ctx = vcpu.ctx.lock();
         (ctx.failsafe_callback, ctx.failsafe_masks_events)
@@ -283,7 +371,7 @@ fn failsafe(vcpu: &Vcpu, frame: &mut TrapFrame, why: core::fmt::Arguments) {
         vcpu.domain.id.0, vcpu.id, frame.rip, frame.cs, frame.ss
     );
     vcpu.domain.counters.exceptions_bounced.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    deliver_frame(vcpu, frame, callback, Extra::Segments(gdt::data_selectors()), mask);
+    deliver_frame(vcpu, frame, callback, Extra::Segments(selectors), mask);
 }
 
 /// A `syscall` from guest user mode goes to the guest kernel's syscall callback.

@@ -28,7 +28,7 @@ use crate::arch::{fpu, uaccess};
 use crate::domain::vcpu::{RunState, VCPU_HEAP_BYTES};
 use crate::domain::{Domain, JoinError, Vcpu};
 use crate::pv::hypercall::HcResult;
-use crate::pv::{descriptors, mmu};
+use crate::pv::{descriptors, ldt, mmu};
 use crate::{cpus, memory, sched};
 
 pub fn vcpu_op(vcpu: &Vcpu, cmd: VcpuOp, id: u32, arg: GuestVa) -> HcResult {
@@ -114,12 +114,19 @@ fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> HcResult {
     if let Err(e) = descriptors::install(&new, &gdt) {
         return refused(&new, e);
     }
+    // Xen checks the LDT's alignment and size here; its frames are taken now (see `ldt`).
+    let ldt_entries = u32::try_from(context.ldt_ents).unwrap_or(u32::MAX);
+    if let Err(e) = ldt::install(&new, context.ldt_base, ldt_entries) {
+        descriptors::release(core::mem::take(&mut *new.gdt.lock()));
+        return refused(&new, e);
+    }
     match domain.add_vcpu(new.clone()) {
         Ok(()) => Ok(0),
         Err(refusal) => {
             // The domain is going (or another vCPU took the id meanwhile): nothing of the new
             // vCPU may outlive this call.
             descriptors::release(core::mem::take(&mut *new.gdt.lock()));
+            ldt::release(core::mem::take(&mut *new.ldt.lock()));
             refused(&new, if refusal == JoinError::Dying { Errno::Esrch } else { Errno::Eexist })
         }
     }

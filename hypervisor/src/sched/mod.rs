@@ -912,6 +912,7 @@ impl Local {
             // The guest's GS base sits in KERNEL_GS_BASE while the hypervisor runs (swapgs).
             let gs = KernelGsBase::read().as_u64();
             if ctx.in_kernel { ctx.gs_base_kernel = gs } else { ctx.gs_base_user = gs }
+            ctx.selectors = crate::arch::gdt::data_selectors();
         }
         vcpu.set_running_on(None);
         let ptr = here.current.swap(core::ptr::null_mut(), Ordering::Relaxed);
@@ -945,8 +946,8 @@ impl Local {
     }
 }
 
-/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3, its x87/MMX/
-/// SSE state into the registers (unless `fpu_holder`, the vCPU whose state they hold, is
+/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3, its GDT, LDT
+/// and data selectors, its x87/MMX/SSE state into the registers (unless `fpu_holder`, the vCPU whose state they hold, is
 /// this one and it was saved here last). Refuses when its domain is shutting down
 /// (returning the domain to [`leave`]): a domain's memory may be returned as soon as no CPU
 /// counts as running it, so the count is raised before CR3 is loaded. Before CR3 is loaded
@@ -967,14 +968,24 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
             crate::arch::fpu::restore(&ctx.fpu);
             *fpu_holder = Some(vcpu.key);
         }
-        FsBase::write(VirtAddr::new_truncate(ctx.fs_base));
-        let gs = if ctx.in_kernel { ctx.gs_base_kernel } else { ctx.gs_base_user };
-        KernelGsBase::write(VirtAddr::new_truncate(gs));
         let l4 = ctx.active_l4().expect("a runnable vCPU has page tables");
         crate::tlb::load_guest_tables(l4);
     }
     crate::pv::shared::publish_time(&vcpu);
     crate::pv::descriptors::load(&vcpu.gdt.lock());
+    crate::pv::ldt::load(&vcpu.ldt.lock());
+    {
+        // Its data selectors, from the tables just loaded (fs and gs loads replace their
+        // bases: the guest's are written after); one that no longer loads is nulled and the
+        // vCPU gets its failsafe callback on the way out (Xen's `load_segments`).
+        let mut ctx = vcpu.ctx.lock();
+        if crate::arch::gdt::load_data_selectors(ctx.selectors) != 0 {
+            ctx.bad_selectors = Some(ctx.selectors);
+        }
+        FsBase::write(VirtAddr::new_truncate(ctx.fs_base));
+        let gs = if ctx.in_kernel { ctx.gs_base_kernel } else { ctx.gs_base_user };
+        KernelGsBase::write(VirtAddr::new_truncate(gs));
+    }
     percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
     Ok(())
 }
