@@ -32,6 +32,7 @@ mod arguments;
 mod big_tree;
 mod compat;
 mod contained;
+mod debugregs;
 mod exit_path;
 mod fatal;
 mod last_attack;
@@ -75,6 +76,7 @@ fn main(start: &'static StartInfo) {
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     vcpus::run(&mut tally);
+    debugregs::run(&mut tally);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }

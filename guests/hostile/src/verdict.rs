@@ -34,6 +34,10 @@ pub enum Outcome {
     Skipped(Skip),
     /// The hypervisor let it through.
     Succeeded,
+    /// An instruction the hypervisor emulates raised this exception in the guest.
+    Faulted(&'static str),
+    /// The hypervisor survived it and the guest went on (what it did is the line's).
+    Contained,
     /// A step that prepares the attack, and must work, failed (with this errno, or 0 when
     /// it was no hypercall): the attack was not made, and the run fails.
     NotPrepared { step: &'static str, errno: u64 },
@@ -82,6 +86,8 @@ impl fmt::Display for Outcome {
                 write!(f, "skipped ({headroom} pages below the maximum)")
             }
             Self::Succeeded => f.write_str("SUCCEEDED (BUG)"),
+            Self::Faulted(exception) => write!(f, "refused ({exception})"),
+            Self::Contained => f.write_str("contained"),
             Self::NotPrepared { step, errno } => {
                 write!(f, "NOT MADE: {step} failed (errno {errno}) (BUG)")
             }
@@ -104,7 +110,7 @@ impl Tally {
         println!("hostile: {attack}: {outcome}");
         match outcome {
             Outcome::Skipped(_) => false,
-            Outcome::Refused { .. } | Outcome::FewerDone { .. } => {
+            Outcome::Refused { .. } | Outcome::FewerDone { .. } | Outcome::Faulted(_) | Outcome::Contained => {
                 self.made += 1;
                 false
             }

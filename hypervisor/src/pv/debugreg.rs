@@ -111,3 +111,9 @@ pub fn read_debugctl() -> u64 {
 pub fn write_debugctl(value: u64) -> bool {
     value == 0
 }
+
+/// The end-of-run count of #DB exceptions taken (and ignored) in hypervisor context.
+pub fn report() {
+    let count = crate::arch::trap::HYPERVISOR_DEBUG_EXCEPTIONS.load(core::sync::atomic::Ordering::Relaxed);
+    log::info!("summary: debug.hypervisor_exceptions={count}");
+}

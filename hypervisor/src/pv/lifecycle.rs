@@ -85,6 +85,7 @@ fn finish() -> ! {
     crate::pv::console::report();
     crate::pv::mmu::report();
     crate::tlb::report();
+    crate::pv::debugreg::report();
     info!("summary: domains.created_by_dom0={}", others.0);
     info!("summary: domains.failed_created_by_dom0={}", others.1);
     let before = FREE_BEFORE.load(Ordering::Relaxed);
