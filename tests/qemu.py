@@ -43,8 +43,9 @@ class Case:
     cmdline: str = ""
     expect: dict = field(default_factory=dict)
     expect_lines: list = field(default_factory=list)
-    # Summary keys whose integer value must not exceed a bound.
+    # Summary keys whose integer value must not exceed a bound, or must reach one.
     expect_at_most: dict = field(default_factory=dict)
+    expect_at_least: dict = field(default_factory=dict)
     timeout: int = 120
     accel: str = ""  # this case's accelerator ("kvm" cases are skipped where KVM is absent)
     # Guest modules: (guest binary name, module command line). One module boots through PVH
@@ -183,7 +184,7 @@ def guest_cases():
         # x87 and SSE registers private to each domain across switches on one CPU.
         Case("pvh-fpu-smp1", smp="1", cmdline="guests=3", modules=[("guest-fpu", "")],
              expect={"domains.created": "3", "domains.unexpected_endings": "0"},
-             expect_lines=ok_lines + ["fpu: initial state ok", "fpu: 2000 rounds checked ok (x87 and SSE)"]),
+             expect_lines=ok_lines + ["fpu: initial state ok", "fpu: 2000 rounds checked ok (x87, SSE and AVX)"]),
         # Issue 16 (segments): LDTs, int n through every trap-table DPL from both modes, the
         # virtual IOPL (set_iopl and the architectural assist), port I/O, physdev_op and
         # vm_assist; two domains on one CPU, so that LDTs are reloaded across switches.
@@ -192,6 +193,22 @@ def guest_cases():
              modules=[("guest-segments", "name=seg7"), ("guest-segments", "name=seg17 -- ds=0x17")],
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["(d1) segments: ok", "(d2) segments: ok", "ds 0x17 and the LDT kept"]),
+        # The same with FXSAVE (xsave=off): guests get x87 and SSE, no XSAVE or AVX.
+        Case("pvh-fpu-fxsave-smp1", smp="1", cmdline="guests=2 xsave=off", modules=[("guest-fpu", "")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["fpu: FXSAVE, guest XCR0 up to 0x3, 512 bytes per vCPU",
+                                      "fpu: 2000 rounds checked ok (x87 and SSE)"]),
+        # fpu_taskswitch, clts, CR0 and #NM; debug registers (Xen's refusals, breakpoints
+        # across switches between three domains, breakpoints on buffers the hypervisor
+        # touches, a single step); XSAVE with AVX across switches.
+        Case("iso-fpu-checks-smp1", smp="1", boot="iso", modules=[("guest-fpu", "count=3 -- checks")],
+             expect={"domains.created": "3", "domains.unexpected_endings": "0"},
+             # Each domain's breakpoints on a console buffer and a xen_version buffer fire
+             # in the hypervisor (reads and a write), which ignores them.
+             expect_at_least={"debug.hypervisor_exceptions": 6},
+             expect_lines=ok_lines + ["fpu: fpu_taskswitch, clts, CR0 and #NM ok",
+                                      "fpu: debug registers ok (100 breakpoints over 200 rounds)",
+                                      "fpu: 2000 rounds checked ok (x87, SSE and AVX)"]),
         # Guest system calls and events under KVM, where present: some host virtualizers
         # (kvm_pvm) carry out a guest's `syscall` without its privilege change.
         Case("kvm-events-smp2", smp="2", accel="kvm", timeout=300, cmdline="guests=2", modules=[("guest-events", "")],
@@ -438,6 +455,10 @@ def check(case, status, output):
         value = facts.get(key)
         if value is None or not value.isdigit() or int(value) > bound:
             problems.append(f"{key}={value!r}, expected at most {bound}")
+    for key, bound in case.expect_at_least.items():
+        value = facts.get(key)
+        if value is None or not value.isdigit() or int(value) < bound:
+            problems.append(f"{key}={value!r}, expected at least {bound}")
     for text in case.expect_lines:
         if text not in output:
             problems.append(f"no line mentioning {text!r}")

@@ -37,6 +37,10 @@ pub struct Options {
     /// `vcpus=N`: vCPUs each domain built from a boot module whose own line has no
     /// `vcpus=` may bring up (default 1, at most 32).
     pub vcpus: u32,
+    /// `xsave=off|on|opt`: how guests' FPU state is switched where the machine has XSAVE:
+    /// FXSAVE only (x87 and SSE; guests get no AVX), XSAVE, or XSAVEOPT where offered
+    /// (the default).
+    pub fpu_save: FpuSave,
     /// `test_silent_cpu=N`: fault injection for tests: CPU N is sent INIT but never its
     /// start-up IPIs, so it stays silent and the start-up timeout path runs.
     pub test_silent_cpu: Option<u32>,
@@ -58,6 +62,7 @@ impl Default for Options {
             heap_mib: 8,
             timer_slop_us: 50,
             test_silent_cpu: None,
+            fpu_save: FpuSave::Xsaveopt,
             guests: 1,
             vcpus: 1,
             dom0: false,
@@ -65,6 +70,17 @@ impl Default for Options {
             invalid: ArrayVec::new(),
         }
     }
+}
+
+/// How guests' x87/SSE/AVX state is saved and loaded (`xsave=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FpuSave {
+    /// FXSAVE/FXRSTOR, even where XSAVE is offered.
+    Fxsave,
+    /// XSAVE/XRSTOR where offered.
+    Xsave,
+    /// XSAVEOPT/XRSTOR where offered.
+    Xsaveopt,
 }
 
 /// A number in `range`, or `None`.
@@ -97,8 +113,11 @@ impl Options {
                 ("timer_slop_us", v) => set(&mut o.timer_slop_us, number(v, 0..=1000)),
                 ("guests", v) => set(&mut o.guests, number(v, 1..=4096)),
                 ("vcpus", v) => set(&mut o.vcpus, number(v, 1..=crate::domspec::MAX_VCPUS)),
+                ("xsave", Some("off")) => set(&mut o.fpu_save, Some(FpuSave::Fxsave)),
+                ("xsave", Some("on")) => set(&mut o.fpu_save, Some(FpuSave::Xsave)),
+                ("xsave", Some("opt")) => set(&mut o.fpu_save, Some(FpuSave::Xsaveopt)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
-                ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0", _) => false,
+                ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0" | "xsave", _) => false,
                 _ => {
                     let _ = o.unknown.try_push(keyvalue::clip(word));
                     continue;
@@ -151,6 +170,10 @@ mod tests {
         assert_eq!(o.heap_mib, 8);
         assert_eq!(Options::parse("heap_mib=1").heap_mib, 8, "too small for the self-checks");
         assert_eq!(Options::parse("timer_slop_us=0").timer_slop_us, 0);
+        assert_eq!(Options::parse("xsave=off").fpu_save, FpuSave::Fxsave);
+        assert_eq!(Options::parse("xsave=on").fpu_save, FpuSave::Xsave);
+        assert_eq!(Options::parse("").fpu_save, FpuSave::Xsaveopt);
+        assert_eq!(Options::parse("xsave=maybe").invalid.len(), 1);
         assert_eq!(Options::parse("timer_slop_us=1001").timer_slop_us, 50);
         assert_eq!(o.test_silent_cpu, None, "the boot CPU cannot be silenced");
         assert_eq!(o.invalid.len(), 6);

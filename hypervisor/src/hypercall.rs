@@ -48,6 +48,9 @@ pub enum Request {
     StackSwitch { ss: u64, sp: u64 },
     SetCallbacks { event: u64, failsafe: u64, syscall: u64 },
     FpuTaskswitch { set: bool },
+    /// `set_debugreg` / `get_debugreg`: the register number is a C `int`.
+    SetDebugreg { reg: u32, value: u64 },
+    GetDebugreg { reg: u32 },
     MemoryOp { cmd: u32, start_extent: u64, arg: GuestVa },
     Multicall { calls: GuestVa, count: u64 },
     UpdateVaMapping { va: u64, pte: u64, flags: u64 },
@@ -119,7 +122,9 @@ pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
         H::UpdateDescriptor => Request::UpdateDescriptor { maddr: a[0], descriptor: a[1] },
         H::StackSwitch => Request::StackSwitch { ss: a[0], sp: a[1] },
         H::SetCallbacks => Request::SetCallbacks { event: a[0], failsafe: a[1], syscall: a[2] },
-        H::FpuTaskswitch => Request::FpuTaskswitch { set: a[0] != 0 },
+        H::FpuTaskswitch => Request::FpuTaskswitch { set: op32(a[0]) != 0 },
+        H::SetDebugreg => Request::SetDebugreg { reg: op32(a[0]), value: a[1] },
+        H::GetDebugreg => Request::GetDebugreg { reg: op32(a[0]) },
         H::MemoryOp => Request::MemoryOp {
             cmd: (a[0] & MEMOP_CMD_MASK) as u32,
             start_extent: a[0] >> MEMOP_EXTENT_SHIFT,
@@ -180,6 +185,8 @@ impl Request {
             Request::StackSwitch { ss, sp } => (H::StackSwitch, [ss, sp, 0, 0, 0]),
             Request::SetCallbacks { event, failsafe, syscall } => (H::SetCallbacks, [event, failsafe, syscall, 0, 0]),
             Request::FpuTaskswitch { set } => (H::FpuTaskswitch, [set.into(), 0, 0, 0, 0]),
+            Request::SetDebugreg { reg, value } => (H::SetDebugreg, [reg.into(), value, 0, 0, 0]),
+            Request::GetDebugreg { reg } => (H::GetDebugreg, [reg.into(), 0, 0, 0, 0]),
             Request::MemoryOp { cmd, start_extent, arg } => {
                 (H::MemoryOp, [u64::from(cmd) | (start_extent << MEMOP_EXTENT_SHIFT), arg.0, 0, 0, 0])
             }
@@ -274,7 +281,7 @@ pub(crate) mod tests {
     }
 
     /// One request of every kind, with arguments that use every decoded bit.
-    pub(crate) fn every_request() -> [Request; 26] {
+    pub(crate) fn every_request() -> [Request; 28] {
         let va = GuestVa(0xffff_8000_dead_b000);
         [
             Request::SetTrapTable { table: va },
@@ -284,6 +291,8 @@ pub(crate) mod tests {
             Request::StackSwitch { ss: 0xe02b, sp: u64::MAX },
             Request::SetCallbacks { event: 1, failsafe: 2, syscall: 3 },
             Request::FpuTaskswitch { set: true },
+            Request::SetDebugreg { reg: u32::MAX, value: u64::MAX },
+            Request::GetDebugreg { reg: 7 },
             Request::MemoryOp { cmd: 63, start_extent: u64::MAX >> MEMOP_EXTENT_SHIFT, arg: va },
             Request::Multicall { calls: va, count: MAX_BATCH },
             Request::UpdateVaMapping { va: 1, pte: 2, flags: 3 },

@@ -5,10 +5,12 @@
 
 pub mod cmdline;
 pub mod continuation;
+pub mod debugreg;
 pub mod descriptor;
 pub mod domspec;
 pub mod features;
 pub mod fpu;
+pub mod guest_cpuid;
 pub mod guest_return;
 pub mod hypercall;
 pub mod insn;

@@ -85,7 +85,14 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     arch::entry::init_this_cpu();
     let protections = arch::cpu::init_boot_cpu();
     info!("cpu: SMEP {}, SMAP {}, FSGSBASE off", on_off(protections.smep), on_off(protections.smap));
-    arch::fpu::init_this_cpu();
+    arch::fpu::init_boot_cpu(options.fpu_save);
+    let fpu = arch::fpu::setup();
+    info!(
+        "fpu: {}, guest XCR0 up to {:#x}, {} bytes per vCPU",
+        if fpu.xsaveopt { "XSAVEOPT" } else if fpu.xsave { "XSAVE" } else { "FXSAVE" },
+        fpu.xcr0_max,
+        fpu.area_bytes
+    );
     platform::init_interrupt_controllers(&machine);
     lapic::init_this_cpu();
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);

@@ -1,7 +1,7 @@
 //! Per-CPU state: each CPU's stacks, TSS, GDT and data, reached through the GS base.
 //!
 //! A CPU's area ([`mm::layout::PerCpuArea`]) is a fixed run of window pages: a guard page,
-//! the kernel stack, three IST stacks (double fault, NMI, machine check) each behind a guard
+//! the kernel stack, four IST stacks (double fault, NMI, machine check, debug) each behind a guard
 //! page, the data page holding [`PerCpu`], a 16-page GDT range of which only the reserved
 //! page (selector 0xe000 up) is backed, read-only once loaded, and a 16-page LDT range
 //! (the running vCPU's LDT frames, `pv::ldt`). The boot CPU starts on static early state and moves to its
@@ -73,13 +73,13 @@ impl PerCpu {
 struct EarlyState {
     data: MaybeUninit<PerCpu>,
     gdt: ReservedGdtPage,
-    ist: [[u8; 4096]; 3],
+    ist: [[u8; 4096]; 4],
 }
 
 static mut EARLY: EarlyState = EarlyState {
     data: MaybeUninit::uninit(),
     gdt: ReservedGdtPage::new(),
-    ist: [[0; 4096]; 3],
+    ist: [[0; 4096]; 4],
 };
 
 /// Set once the boot CPU's GS base points at a valid [`PerCpu`].
@@ -93,7 +93,7 @@ pub fn init_boot_cpu_early(stack_top: u64) {
     // SAFETY: see above.
     let early = unsafe { &mut *early_ptr };
     let ist_top = |i: usize| early.ist[i].as_ptr() as u64 + 4096;
-    let tss = gdt::tss(stack_top, ist_top(0), ist_top(1), ist_top(2));
+    let tss = gdt::tss(stack_top, [ist_top(0), ist_top(1), ist_top(2), ist_top(3)]);
     let data = early.data.write(PerCpu {
         self_ptr: 0,
         index: CpuIndex(0),
@@ -128,7 +128,7 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
             temp_slots: AtomicU32::new(0),
             lapic: OnceCell::new(),
             current: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
-            tss: gdt::tss(stack_top, ist(IstStack::DoubleFault), ist(IstStack::Nmi), ist(IstStack::MachineCheck)),
+            tss: gdt::tss(stack_top, [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug].map(ist)),
         });
         &*data_ptr
     }

@@ -38,11 +38,11 @@ fn config(cases: u32) -> ProptestConfig {
 
 /// The hypercalls this hypervisor implements, by Xen's numbers (xen.h): set_trap_table 0,
 /// mmu_update 1, set_gdt 2, stack_switch 3, set_callbacks 4, fpu_taskswitch 5,
-/// update_descriptor 10, memory_op 12, multicall 13, update_va_mapping 14, set_timer_op 15,
-/// xen_version 17, console_io 18, physdev_op_compat 19, vm_assist 21, iret 23, vcpu_op 24,
-/// set_segment_base 25, mmuext_op 26, sched_op 29, callback_op 30, event_channel_op 32,
-/// physdev_op 33, domctl 36.
-const IMPLEMENTED: [u64; 24] = [0, 1, 2, 3, 4, 5, 10, 12, 13, 14, 15, 17, 18, 19, 21, 23, 24, 25, 26, 29, 30, 32, 33, 36];
+/// set_debugreg 8, get_debugreg 9, update_descriptor 10, memory_op 12, multicall 13,
+/// update_va_mapping 14, set_timer_op 15, xen_version 17, console_io 18, physdev_op_compat 19,
+/// vm_assist 21, iret 23, vcpu_op 24, set_segment_base 25, mmuext_op 26, sched_op 29,
+/// callback_op 30, event_channel_op 32, physdev_op 33, domctl 36.
+const IMPLEMENTED: [u64; 26] = [0, 1, 2, 3, 4, 5, 8, 9, 10, 12, 13, 14, 15, 17, 18, 19, 21, 23, 24, 25, 26, 29, 30, 32, 33, 36];
 
 /// The registers a guest loads for `request` (rax, then rdi, rsi, rdx, r10, r8), with
 /// every bit the decoder ignores left 0.
@@ -72,6 +72,14 @@ fn encode(request: &Request) -> (u64, [u64; 5]) {
         Request::FpuTaskswitch { set } => {
             a[0] = set.into();
             5
+        }
+        Request::SetDebugreg { reg, value } => {
+            a[..2].copy_from_slice(&[reg.into(), value]);
+            8
+        }
+        Request::GetDebugreg { reg } => {
+            a[0] = reg.into();
+            9
         }
         Request::UpdateDescriptor { maddr, descriptor } => {
             a[..2].copy_from_slice(&[maddr, descriptor]);
@@ -164,7 +172,7 @@ fn narrow(number: u64, a: &[u64; 5]) -> Narrow {
         1 | 26 => Narrow { count: Some((1, MAX_BATCH)), int32: &[], u16_at: Some(3) },
         2 => Narrow { count: Some((1, MAX_GDT_ENTRIES)), ..none },
         13 => Narrow { count: Some((1, MAX_BATCH)), ..none },
-        17 | 29 | 30 | 32 | 33 => Narrow { int32: &[0], ..none },
+        5 | 8 | 9 | 17 | 29 | 30 | 32 | 33 => Narrow { int32: &[0], ..none },
         // console_io: a write's count is bounded; a read's is only 32-bit.
         18 if a[0] as u32 == ConsoleIoOp::Write.raw() => Narrow { count: Some((1, MAX_CONSOLE_WRITE)), int32: &[0], u16_at: None },
         18 => Narrow { count: Some((1, u64::from(u32::MAX))), int32: &[0], u16_at: None },

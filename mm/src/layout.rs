@@ -41,7 +41,7 @@ pub const KERNEL_STACK_BYTES: u64 = 32 * KIB;
 /// Each interrupt-stack-table stack (see [`IstStack`]).
 pub const IST_STACK_BYTES: u64 = 8 * KIB;
 /// Number of IST stacks per CPU.
-pub const IST_STACKS: usize = 3;
+pub const IST_STACKS: usize = 4;
 /// The per-CPU data page.
 pub const PER_CPU_DATA_BYTES: u64 = PAGE_SIZE;
 /// Address space of a CPU's GDT: Xen's layout puts the hypervisor's descriptors in the
@@ -54,7 +54,7 @@ pub const GDT_RESERVED_OFFSET: u64 = 0xe000;
 pub const LDT_BYTES: u64 = 16 * PAGE_SIZE;
 /// One CPU's slot in [`Region::PerCpu`], from low to high addresses: guard, kernel stack,
 /// then guard and stack for each [`IstStack`] in order, the data page, the GDT range, then
-/// the LDT range (204 KiB of address space, 64 KiB of it backed by the hypervisor's frames;
+/// the LDT range (216 KiB of address space, 72 KiB of it backed by the hypervisor's frames;
 /// the GDT's and LDT's guest pages map guest frames or the zero frame).
 pub const PER_CPU_BYTES: u64 = GUARD_BYTES
     + KERNEL_STACK_BYTES
@@ -113,6 +113,9 @@ pub enum IstStack {
     Nmi = 1,
     /// #MC.
     MachineCheck = 2,
+    /// #DB: a guest's breakpoint may fire in hypervisor context, even at the first
+    /// instruction of the `syscall` entry, with the guest's stack pointer (XSA-260).
+    Debug = 3,
 }
 
 /// A non-empty, page-aligned virtual range inside the window.
@@ -240,7 +243,7 @@ impl PerCpuArea {
         };
         PerCpuArea {
             kernel_stack: stack(GUARD_BYTES, KERNEL_STACK_BYTES),
-            ist: [0, 1, 2].map(|i| stack(ist_offset(i), IST_STACK_BYTES)),
+            ist: [0, 1, 2, 3].map(|i| stack(ist_offset(i), IST_STACK_BYTES)),
             data: stack(PER_CPU_BYTES - LDT_BYTES - GDT_BYTES - PER_CPU_DATA_BYTES, PER_CPU_DATA_BYTES),
             gdt: stack(PER_CPU_BYTES - LDT_BYTES - GDT_BYTES, GDT_BYTES),
             ldt: stack(PER_CPU_BYTES - LDT_BYTES, LDT_BYTES),
@@ -255,7 +258,7 @@ impl PerCpuArea {
     /// Every page of the area that needs memory behind it: the stacks, the data page and
     /// the GDT's reserved page. Guard pages and the guest part of the GDT are left out.
     pub fn backed_pages(&self) -> impl Iterator<Item = u64> {
-        let ranges = [self.kernel_stack, self.ist[0], self.ist[1], self.ist[2], self.data];
+        let ranges = [self.kernel_stack, self.ist[0], self.ist[1], self.ist[2], self.ist[3], self.data];
         let reserved = self.gdt_reserved_page();
         ranges
             .into_iter()
@@ -602,7 +605,7 @@ mod tests {
     fn per_cpu_areas_have_guards_and_stay_in_their_region() {
         let layout = boot_layout();
         let region = layout.region(Region::PerCpu).unwrap().range;
-        assert_eq!(PER_CPU_BYTES, 204 * KIB);
+        assert_eq!(PER_CPU_BYTES, 216 * KIB);
         let cpu0 = layout.per_cpu(0).unwrap();
         assert_eq!(cpu0.kernel_stack.start, region.start + GUARD_BYTES);
         assert_eq!(
@@ -610,7 +613,7 @@ mod tests {
             region.start + GUARD_BYTES + KERNEL_STACK_BYTES
         );
         let mut previous_end = cpu0.kernel_stack_top();
-        for (i, stack) in [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck]
+        for (i, stack) in [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug]
             .into_iter()
             .enumerate()
         {
@@ -629,7 +632,7 @@ mod tests {
         assert_eq!(cpu0.gdt.start, cpu0.data.start + PER_CPU_DATA_BYTES);
         assert_eq!(cpu0.gdt_reserved_page(), cpu0.gdt.start + 14 * PAGE_SIZE);
         let backed: Vec<u64> = cpu0.backed_pages().collect();
-        assert_eq!(backed.len() as u64, (KERNEL_STACK_BYTES + 3 * IST_STACK_BYTES + 2 * PAGE_SIZE) / PAGE_SIZE);
+        assert_eq!(backed.len() as u64, (KERNEL_STACK_BYTES + 4 * IST_STACK_BYTES + 2 * PAGE_SIZE) / PAGE_SIZE);
         assert!(backed.iter().all(|&p| p % PAGE_SIZE == 0 && !(cpu0.gdt.contains(p) && p != cpu0.gdt_reserved_page())));
         assert!(backed.iter().all(|&p| !cpu0.ldt.contains(p)), "the LDT range is never the hypervisor's memory");
         assert_eq!(cpu0.ldt.start, cpu0.gdt.start + GDT_BYTES);
@@ -700,7 +703,7 @@ mod tests {
         assert!(lines[6].starts_with("window: per-cpu "));
         assert!(lines[7].starts_with("window: free           "));
         assert!(
-            lines[7].ends_with("0xffffffffffffffff           35484 KiB"),
+            lines[7].ends_with("0xffffffffffffffff           35388 KiB"),
             "{}",
             lines[7]
         );

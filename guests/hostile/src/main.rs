@@ -36,6 +36,7 @@ mod arguments;
 mod big_tree;
 mod compat;
 mod contained;
+mod debugregs;
 mod exit_path;
 mod containment;
 mod fatal;
@@ -86,6 +87,7 @@ fn main(start: &'static StartInfo) {
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     vcpus::run(&mut tally);
     switches::run(&mut tally, &targets);
+    debugregs::run(&mut tally);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }

@@ -86,7 +86,7 @@ fn refused_write(tally: &mut Tally, what: &str, table: &Table, index: usize, val
     // slot; restored below if it lands.
     let faulted = faults(|| unsafe { mov(table.va() + 8 * index as u64, value) });
     let after = table.entry(index);
-    let outcome = if faulted && after == before { Outcome::Faulted } else { Outcome::Succeeded };
+    let outcome = if faulted && after == before { Outcome::Faulted("#PF to the guest") } else { Outcome::Succeeded };
     if tally.record(format_args!("ptwr: {what}"), outcome) && after != before {
         restore(table, index, before);
     }
@@ -143,7 +143,7 @@ fn read_only_page(tally: &mut Tally, targets: &Targets) {
     let faulted = faults(|| unsafe { mov(targets.hole + 8, 0x1234) });
     // SAFETY: as above; the page is readable.
     let landed = unsafe { ((targets.hole + 8) as *const u64).read_volatile() } != 0;
-    let outcome = if faulted && !landed { Outcome::Faulted } else { Outcome::Succeeded };
+    let outcome = if faulted && !landed { Outcome::Faulted("#PF to the guest") } else { Outcome::Succeeded };
     tally.record(format_args!("ptwr: store to a read-only ordinary page"), outcome);
     // SAFETY: unmaps the hole again (and the spare frame gets its zero back if it landed).
     unsafe {
@@ -164,7 +164,7 @@ fn not_emulated(tally: &mut Tally, l1: &Table, hole: usize) {
     let before = (l1.entry(pair), l1.entry(pair + 1));
     let check = |tally: &mut Tally, what: &str, faulted: bool| {
         let after = (l1.entry(pair), l1.entry(pair + 1));
-        let outcome = if faulted && after == before { Outcome::Faulted } else { Outcome::Succeeded };
+        let outcome = if faulted && after == before { Outcome::Faulted("#PF to the guest") } else { Outcome::Succeeded };
         if tally.record(format_args!("ptwr: {what}"), outcome) {
             restore(l1, pair, before.0);
             restore(l1, pair + 1, before.1);
@@ -224,7 +224,7 @@ fn bit_offset_wraps(tally: &mut Tally, l1: &Table, hole: usize) {
     let outcome = if !faulted && after == expected {
         Outcome::Exact
     } else if faulted && after == before {
-        Outcome::Faulted
+        Outcome::Faulted("#PF to the guest")
     } else {
         Outcome::Succeeded
     };
@@ -260,7 +260,7 @@ fn cmpxchg8b_with_operand_size(tally: &mut Tally, l1: &Table, hole: usize) {
     let outcome = if !faulted && after == new {
         Outcome::Exact
     } else if faulted && after == before {
-        Outcome::Faulted
+        Outcome::Faulted("#PF to the guest")
     } else {
         Outcome::Succeeded
     };

@@ -34,8 +34,10 @@ pub enum Outcome {
     Skipped(Skip),
     /// The hypervisor let it through.
     Succeeded,
-    /// The guest's own page fault came back (an emulated write refused), nothing changed.
-    Faulted,
+    /// An instruction the hypervisor emulates raised this exception in the guest.
+    Faulted(&'static str),
+    /// The hypervisor survived it and the guest went on (what it did is the line's).
+    Contained,
     /// Emulated exactly as the processor does it (an attack on the emulator's arithmetic).
     Exact,
     /// A step that prepares the attack, and must work, failed (with this errno, or 0 when
@@ -86,7 +88,8 @@ impl fmt::Display for Outcome {
                 write!(f, "skipped ({headroom} pages below the maximum)")
             }
             Self::Succeeded => f.write_str("SUCCEEDED (BUG)"),
-            Self::Faulted => f.write_str("refused (#PF to the guest)"),
+            Self::Faulted(exception) => write!(f, "refused ({exception})"),
+            Self::Contained => f.write_str("contained"),
             Self::Exact => f.write_str("contained (emulated as the processor does it)"),
             Self::NotPrepared { step, errno } => {
                 write!(f, "NOT MADE: {step} failed (errno {errno}) (BUG)")
@@ -110,7 +113,7 @@ impl Tally {
         println!("hostile: {attack}: {outcome}");
         match outcome {
             Outcome::Skipped(_) => false,
-            Outcome::Refused { .. } | Outcome::FewerDone { .. } | Outcome::Faulted | Outcome::Exact => {
+            Outcome::Refused { .. } | Outcome::FewerDone { .. } | Outcome::Faulted(_) | Outcome::Contained | Outcome::Exact => {
                 self.made += 1;
                 false
             }

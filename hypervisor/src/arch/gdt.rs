@@ -45,6 +45,7 @@ const RESERVED_ENTRIES: u64 = LDT_ENTRY as u64 + 2;
 pub const IST_DOUBLE_FAULT: u16 = 1;
 pub const IST_NMI: u16 = 2;
 pub const IST_MACHINE_CHECK: u16 = 3;
+pub const IST_DEBUG: u16 = 4;
 
 /// The reserved GDT page: the hypervisor's descriptors from selector 0xe000.
 #[repr(C, align(4096))]
@@ -114,13 +115,14 @@ pub unsafe fn load(page: &'static ReservedGdtPage) {
     }
 }
 
-/// A TSS whose IST slots and ring-0 stack point at the given stack tops.
-pub fn tss(rsp0: u64, double_fault: u64, nmi: u64, machine_check: u64) -> TaskStateSegment {
+/// A TSS whose ring-0 stack and IST slots point at the given stack tops (IST stacks in
+/// slot order: double fault, NMI, machine check, debug).
+pub fn tss(rsp0: u64, ist: [u64; 4]) -> TaskStateSegment {
     let mut tss = TaskStateSegment::new();
     tss.privilege_stack_table[0] = VirtAddr::new(rsp0);
-    tss.interrupt_stack_table[(IST_DOUBLE_FAULT - 1) as usize] = VirtAddr::new(double_fault);
-    tss.interrupt_stack_table[(IST_NMI - 1) as usize] = VirtAddr::new(nmi);
-    tss.interrupt_stack_table[(IST_MACHINE_CHECK - 1) as usize] = VirtAddr::new(machine_check);
+    for (slot, top) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK, IST_DEBUG].into_iter().zip(ist) {
+        tss.interrupt_stack_table[(slot - 1) as usize] = VirtAddr::new(top);
+    }
     tss
 }
 

@@ -2,6 +2,7 @@
 //! and page-table entries.
 pub mod boot;
 pub mod cpu;
+pub mod debugreg;
 pub mod entry;
 pub mod exit;
 pub mod fpu;

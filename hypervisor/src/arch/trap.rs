@@ -4,8 +4,21 @@
 //! Every vector enters through a 16-byte stub (pushing a dummy error code where the CPU
 //! pushes none, then the vector) and one common path that swaps GS when it came from ring 3,
 //! saves the general registers into a [`TrapFrame`] and calls [`crate::traps::dispatch`].
-//! Double fault, NMI and machine check run on their own IST stacks. This module knows
-//! nothing about what a vector means; `crate::traps` decides.
+//! Double fault, NMI, machine check and debug run on their own IST stacks. This module
+//! knows nothing about what a vector means; `crate::traps` decides, except for #DB.
+//!
+//! #DB (vector 1) has its own path, `debug_entry`, because a guest can make one arrive in
+//! ring 0 where no other exception can: a data breakpoint of the guest's on memory the
+//! hypervisor touches for it, or a breakpoint deferred by `mov ss`/`pop ss` past the next
+//! instruction, which may be `syscall` (the #DB then comes at the first instruction of the
+//! entry, with the guest's stack pointer and GS base) or `int3` (at the first instruction
+//! of its stub, before `swapgs`): XSA-260. So the #DB gate has an IST stack, and a #DB from
+//! ring 0 touches neither GS nor per-CPU data nor the interrupted stack: it resets DR6, sets
+//! RF (so that an instruction breakpoint, which guests cannot set on hypervisor addresses
+//! anyway, could not fault again), clears TF, counts itself and returns (Xen's `do_debug`
+//! ignores such #DBs too; the guest sees nothing of them). A #DB from a guest moves its
+//! frame to the CPU's kernel stack and goes the ordinary way (to `pv::debugreg`), so that a
+//! #DB in ring 0 meanwhile, which restarts the IST stack from its top, cannot overwrite it.
 //!
 //! The way out is `swapgs` (when returning to ring 3) and one `iretq` at `trap_exit_iret`,
 //! which loads the guest's code and stack selectors and may fault on them (#GP, #NP, #SS)
@@ -88,9 +101,45 @@ trap_stubs:
     pushq $0
     pushq $vector
     .endif
+    .if vector == 1
+    jmp debug_entry
+    .else
     jmp trap_common
+    .endif
     .set vector, vector + 1
     .endr
+
+debug_entry:
+    /* On the #DB IST stack: vector, error code, then the hardware frame. */
+    testb $3, 24(%rsp)
+    jz 4f
+    /* From a guest: GS as for any entry from ring 3, then the frame onto this CPU's
+       kernel stack (where the hardware would have put it without IST: it is empty while
+       a guest runs) and the common path. */
+    swapgs
+    movq %rax, %gs:{scratch}
+    movq %rsp, %rax
+    movq %gs:{stack_top}, %rsp
+    pushq 48(%rax)
+    pushq 40(%rax)
+    pushq 32(%rax)
+    pushq 24(%rax)
+    pushq 16(%rax)
+    pushq 8(%rax)
+    pushq (%rax)
+    movq %gs:{scratch}, %rax
+    jmp trap_save
+4:  /* From the hypervisor (GS may be the guest's, the stack anything before the entry
+       switched it): reset DR6, resume with RF set and TF clear, count it. */
+    pushq %rax
+    movl ${dr6_default}, %eax
+    movq %rax, %dr6
+    orq ${rflags_rf}, 40(%rsp)
+    andq $~{rflags_tf}, 40(%rsp)
+    lock incq {hypervisor_db}(%rip)
+    popq %rax
+    addq $16, %rsp
+    iretq
 
 trap_common:
     testb $3, 24(%rsp)
@@ -169,9 +218,18 @@ trap_exit_iret:
 "#,
     dispatch = sym crate::traps::dispatch,
     smap_on = sym super::cpu::SMAP_ON,
+    scratch = const crate::percpu::SCRATCH_OFFSET,
+    stack_top = const crate::percpu::STACK_TOP_OFFSET,
+    dr6_default = const hypervisor::debugreg::DR6_DEFAULT,
+    rflags_rf = const 1u64 << 16,
+    rflags_tf = const 1u64 << 8,
+    hypervisor_db = sym HYPERVISOR_DEBUG_EXCEPTIONS,
     ac = const super::cpu::RFLAGS_AC,
     options(att_syntax)
 );
+
+/// #DB exceptions taken in hypervisor context and ignored (see the module documentation).
+pub static HYPERVISOR_DEBUG_EXCEPTIONS: AtomicU64 = AtomicU64::new(0);
 
 unsafe extern "C" {
     static trap_stubs: u8;
@@ -217,6 +275,7 @@ pub fn init() {
     let stubs = &raw const trap_stubs as u64;
     for vector in 0..256u64 {
         let ist = match vector {
+            1 => gdt::IST_DEBUG,
             2 => gdt::IST_NMI,
             8 => gdt::IST_DOUBLE_FAULT,
             18 => gdt::IST_MACHINE_CHECK,

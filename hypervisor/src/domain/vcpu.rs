@@ -1,19 +1,19 @@
-//! A virtual CPU: the guest's saved registers while it is not running (its x87/MMX/SSE
-//! state and data segment selectors included), its PV context (guest kernel or user mode, top-level tables, kernel
+//! A virtual CPU: the guest's saved registers while it is not running (its x87/SSE/AVX
+//! state, XCR0, debug registers and data segment selectors included), its virtual CR0.TS and CR4, its PV context (guest kernel or user mode, top-level tables, kernel
 //! stack, trap table, callbacks, segment bases) and its scheduling state.
 //!
 //! While a vCPU runs, its live registers are the trap frame on its CPU's stack; the copy in
 //! [`GuestContext::regs`] is current only while it is descheduled. Only the CPU running a
 //! vCPU changes its context; other CPUs only change [`Vcpu::state`] (to stop or wake it).
 
-use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use abi::arch_x86::TrapInfo;
 use events::poll::PollTarget;
-use hypervisor::fpu::FxArea;
+use hypervisor::debugreg::DebugRegs;
+use hypervisor::fpu::FpuArea;
 use mm::addr::Mfn;
 use pvmm::BasePtr;
 use spin::Mutex;
@@ -24,10 +24,14 @@ use crate::arch::trap::TrapFrame;
 /// vCPUs per domain: the `vcpu_info` slots in shared info.
 pub const MAX_VCPUS: u32 = abi::control::MAX_VCPUS;
 
-/// Heap room a new secondary vCPU must find: itself, its FPU area, a full trap table (256
-/// entries), its share of its CPU's run and timer queues, with room to spare.
-pub const VCPU_HEAP_BYTES: u64 =
-    (core::mem::size_of::<Vcpu>() + core::mem::size_of::<FxArea>() + 256 * core::mem::size_of::<TrapInfo>() + 2048) as u64;
+/// Heap room a new secondary vCPU must find: itself, its FPU area (at its largest, with
+/// the alignment slack), a full trap table (256 entries), its share of its CPU's run and
+/// timer queues, with room to spare.
+pub const VCPU_HEAP_BYTES: u64 = (core::mem::size_of::<Vcpu>()
+    + hypervisor::fpu::MAX_AREA_BYTES
+    + hypervisor::fpu::AREA_ALIGN
+    + 256 * core::mem::size_of::<TrapInfo>()
+    + 2048) as u64;
 
 /// `Vcpu::poll` when not polling, and when polling for any port: outside the range of port
 /// numbers (any `u32`), so that no port a guest names can be taken for either.
@@ -95,12 +99,22 @@ pub struct GuestContext {
     /// Set while the hypervisor writes an exception frame for this vCPU: a fault then is a
     /// fault while delivering a fault, and kills the domain.
     pub delivering: bool,
-    /// x87/MMX/SSE registers while descheduled (see `arch::fpu`). Boxed: inline it would
-    /// take the vCPU past the heap's largest small block (2 KiB) to a whole page.
-    pub fpu: Box<FxArea>,
+    /// x87/MMX/SSE/AVX registers while descheduled (see `arch::fpu`), in a heap area of
+    /// the machine's size.
+    pub fpu: FpuArea,
     /// The CPU whose registers were last saved into `fpu` (`u32::MAX`: none yet); the
     /// scheduler skips the load when the vCPU comes back to a CPU that ran no other since.
     pub fpu_saved_on: u32,
+    /// The guest's XCR0 (`xsetbv`), loaded while it runs.
+    pub xcr0: u64,
+    /// The guest's virtual CR0.TS (`fpu_taskswitch`, `clts`, `mov %cr0`): while set, the
+    /// hardware's is too, and the guest's next FPU instruction raises its #NM.
+    pub cr0_ts: bool,
+    /// The CR4 bits the guest controls (DE, OSXSAVE; see `pv::fpu`).
+    pub cr4_guest: u64,
+    /// Debug registers (see `pv::debugreg`), loaded while it runs only when DR7 enables a
+    /// breakpoint.
+    pub debug: DebugRegs,
 }
 
 impl GuestContext {
@@ -230,8 +244,14 @@ impl Vcpu {
                 gs_base_kernel: 0,
                 gs_base_user: 0,
                 delivering: false,
-                fpu: Box::new(FxArea::initial()),
+                // The callers checked heap room for it (`VCPU_HEAP_BYTES`, or the room a
+                // new domain needs).
+                fpu: FpuArea::try_new(crate::arch::fpu::area_bytes()).expect("heap room checked for the FPU area"),
                 fpu_saved_on: u32::MAX,
+                xcr0: hypervisor::fpu::XSTATE_FP_SSE,
+                cr0_ts: false,
+                cr4_guest: 0,
+                debug: DebugRegs::default(),
             }),
             gdt: Mutex::new(Default::default()),
             ldt: Mutex::new(Default::default()),

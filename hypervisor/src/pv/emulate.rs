@@ -1,8 +1,11 @@
 //! Emulation of the few instructions a PV guest kernel may not execute itself: CPUID behind
 //! Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`), the privileged ones the
-//! ABI emulates — reads of CR0/CR2/CR3/CR4, writes of CR3, `wbinvd` — and port I/O and
-//! `cli`/`sti`, which the guest's virtual IOPL may allow. Anything else raises the original
-//! exception in the guest.
+//! ABI emulates — reads of CR0/CR2/CR3/CR4, writes of CR0 (TS only), CR3 and CR4 (the bits
+//! the guest controls), `clts`, `mov` to and from DR0-DR7, `xsetbv`, `rdmsr`/`wrmsr` of
+//! DEBUGCTL, `wbinvd` — and port I/O and `cli`/`sti`, which the guest's virtual IOPL may
+//! allow. The FPU and debug-register parts are `pv::fpu` and `pv::debugreg`. Anything else
+//! raises the original exception in the guest; an emulated instruction that fails raises
+//! what the hardware would (#UD or #GP(0)), as Xen's emulator does.
 //!
 //! Privileged instructions are emulated for guest kernel mode only: from guest user mode
 //! the #GP goes to the guest kernel, as on hardware. Forced CPUID is allowed in both modes
@@ -32,7 +35,8 @@ use crate::arch::gdt;
 use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::Vcpu;
-use crate::pv::{descriptors, mmu, physdev, shared, traps};
+use crate::pv::fpu::Raise;
+use crate::pv::{debugreg, descriptors, fpu, mmu, physdev, shared, traps};
 
 /// Elements of a `rep ins`/`rep outs` carried out per trap.
 pub const MAX_STRING_ELEMENTS: u64 = 256;
@@ -40,19 +44,14 @@ const RFLAGS_DF: u64 = 1 << 10;
 
 /// CPUID leaf range where the hypervisor describes itself ("XenVMMXenVMM").
 const HYPERVISOR_LEAF: u32 = 0x4000_0000;
-/// ECX bit 21 of leaf 1: x2APIC (the guest has no APIC); bit 31: running under a hypervisor.
-const LEAF1_ECX_X2APIC: u32 = 1 << 21;
-const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Leaf 1 ECX bits a PV guest must not use directly: VMX, monitor/mwait, TSC-deadline.
-const LEAF1_ECX_HIDDEN: u32 = (1 << 5) | (1 << 3) | (1 << 24) | LEAF1_ECX_X2APIC;
 
 /// Emulates CPUID when the guest's rip holds the forced-emulation prefix and `cpuid`.
-pub fn forced_cpuid(frame: &mut TrapFrame) -> bool {
+pub fn forced_cpuid(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
     let mut bytes = [0u8; 7];
     if uaccess::read(frame.rip, &mut bytes).is_err() || bytes[..5] != XEN_EMULATE_PREFIX || bytes[5..] != [0x0f, 0xa2] {
         return false;
     }
-    let (eax, ebx, ecx, edx) = cpuid(frame.rax as u32, frame.rcx as u32);
+    let (eax, ebx, ecx, edx) = cpuid(frame.rax as u32, frame.rcx as u32, fpu::cpuid_osxsave(vcpu));
     frame.rax = eax as u64;
     frame.rbx = ebx as u64;
     frame.rcx = ecx as u64;
@@ -61,9 +60,16 @@ pub fn forced_cpuid(frame: &mut TrapFrame) -> bool {
     true
 }
 
-/// CPUID as a PV guest sees it: the host's, with what it must not use hidden and the
-/// hypervisor leaves describing us as Xen-compatible.
-pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
+/// A leaf of CPUID as guests see it, for decisions that do not depend on the vCPU (its
+/// leaf 1 OSXSAVE and leaf 0xD sizes do).
+pub fn cpuid_for_policy(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
+    cpuid(leaf, subleaf, false)
+}
+
+/// CPUID as a PV guest sees it: the host's, filtered as `hypervisor::guest_cpuid` says
+/// (`osxsave`: whether leaf 1 reports OSXSAVE), and the hypervisor leaves describing us as
+/// Xen-compatible.
+pub fn cpuid(leaf: u32, subleaf: u32, osxsave: bool) -> (u32, u32, u32, u32) {
     match leaf {
         HYPERVISOR_LEAF => {
             let sig = b"XenVMMXenVMM";
@@ -76,8 +82,16 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
         l if l == HYPERVISOR_LEAF + 2 => (1, 0, 0, 0),
         _ => {
             let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-            let ecx = if leaf == 1 { (r.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR } else { r.ecx };
-            (r.eax, r.ebx, ecx, r.edx)
+            let setup = crate::arch::fpu::setup();
+            let view = hypervisor::guest_cpuid::View {
+                xsave: setup.xsave,
+                xcr0_max: setup.xcr0_max,
+                size_current: crate::arch::fpu::xsave_bytes_for_current(),
+                size_max: setup.area_bytes as u32,
+                osxsave,
+            };
+            let [a, b, c, d] = hypervisor::guest_cpuid::filter(leaf, subleaf, [r.eax, r.ebx, r.ecx, r.edx], &view);
+            (a, b, c, d)
         }
     }
 }
@@ -220,7 +234,8 @@ pub fn privileged(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
         return false;
     }
     let mut bytes = [0u8; 4];
-    if uaccess::read(frame.rip, &mut bytes).is_err() {
+    // Instructions near the end of the guest's mapped space may be shorter than 4 bytes.
+    if uaccess::read(frame.rip, &mut bytes).is_err() && uaccess::read(frame.rip, &mut bytes[..3]).is_err() {
         return false;
     }
     let (rex, rest) = match bytes[0] {
@@ -234,28 +249,86 @@ pub fn privileged(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
             frame.rip += prefix_len + 2;
             true
         }
-        // mov crN, reg (0f 20 /r) and mov reg, crN (0f 22 /r), register form only.
-        [0x0f, op @ (0x20 | 0x22), modrm, ..] if modrm >> 6 == 3 => {
-            let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
+        // clts.
+        [0x0f, 0x06, ..] => {
+            fpu::taskswitch(vcpu, false);
+            frame.rip += prefix_len + 2;
+            true
+        }
+        // mov crN, reg (0f 20 /r) and mov reg, crN (0f 22 /r); mov drN, reg (0f 21 /r) and
+        // mov reg, drN (0f 23 /r). The mod bits are ignored: the operand is a register.
+        [0x0f, op @ 0x20..=0x23, modrm, ..] => {
+            let n = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
             let gpr = (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 };
-            let outcome = if *op == 0x20 { Emulated::from(read_cr(vcpu, frame, cr, gpr)) } else { write_cr(vcpu, frame, cr, gpr) };
-            if outcome == Emulated::Done {
-                frame.rip += prefix_len + 3;
-            }
-            outcome != Emulated::No
+            let outcome = match *op {
+                0x20 => Emulated::from(read_cr(vcpu, frame, n, gpr)),
+                0x22 => write_cr(vcpu, frame, n, gpr),
+                0x21 => move_from_dr(vcpu, frame, n, gpr),
+                _ => move_to_dr(vcpu, frame, n, gpr),
+            };
+            finish(vcpu, frame, outcome, prefix_len + 3)
+        }
+        // xsetbv.
+        [0x0f, 0x01, 0xd1, ..] => {
+            let outcome = fpu::xsetbv(vcpu, frame).map_or_else(Emulated::Raise, |()| Emulated::Done);
+            finish(vcpu, frame, outcome, prefix_len + 3)
+        }
+        // wrmsr / rdmsr: DEBUGCTL only.
+        [0x0f, op @ (0x30 | 0x32), ..] if frame.rcx as u32 == debugreg::MSR_DEBUGCTL => {
+            let outcome = if *op == 0x32 {
+                let value = debugreg::read_debugctl();
+                frame.rax = value & 0xffff_ffff;
+                frame.rdx = value >> 32;
+                Emulated::Done
+            } else if debugreg::write_debugctl((frame.rax & 0xffff_ffff) | (frame.rdx << 32)) {
+                Emulated::Done
+            } else {
+                Emulated::Raise(Raise::GeneralProtection)
+            };
+            finish(vcpu, frame, outcome, prefix_len + 2)
         }
         _ => false,
     }
 }
 
+/// Carries out what became of an instruction of `length` bytes; false if not emulated.
+fn finish(vcpu: &Vcpu, frame: &mut TrapFrame, outcome: Emulated, length: u64) -> bool {
+    match outcome {
+        Emulated::Done => frame.rip += length,
+        Emulated::Raise(exception) => exception.deliver(vcpu, frame),
+        Emulated::Again | Emulated::No => {}
+    }
+    outcome != Emulated::No
+}
+
+/// `mov reg, drN`: the guest's register `n` into `gpr`.
+fn move_from_dr(vcpu: &Vcpu, frame: &mut TrapFrame, n: u8, gpr: u8) -> Emulated {
+    match debugreg::get(vcpu, u32::from(n)) {
+        Ok(value) => {
+            *gpr_mut(frame, gpr) = value;
+            Emulated::Done
+        }
+        Err(_) => Emulated::Raise(Raise::InvalidOpcode),
+    }
+}
+
+/// `mov drN, reg`: as `set_debugreg`; #UD for a register that does not exist, #GP(0) for
+/// a value refused.
+fn move_to_dr(vcpu: &Vcpu, frame: &mut TrapFrame, n: u8, gpr: u8) -> Emulated {
+    let value = *gpr_mut(frame, gpr);
+    match debugreg::set(vcpu, u32::from(n), value) {
+        Ok(()) => Emulated::Done,
+        Err(hypervisor::debugreg::DrError::NoDevice) => Emulated::Raise(Raise::InvalidOpcode),
+        Err(_) => Emulated::Raise(Raise::GeneralProtection),
+    }
+}
+
 fn read_cr(vcpu: &Vcpu, frame: &mut TrapFrame, cr: u8, gpr: u8) -> bool {
     let value = match cr {
-        // PE, MP, ET, NE, WP, AM, PG: what a paged 64-bit kernel expects to see.
-        0 => 0x8005_003b,
+        0 => fpu::read_cr0(vcpu),
         2 => shared::with_vcpu_info(vcpu, |info| info.arch.cr2),
         3 => vcpu.ctx.lock().active_l4().map_or(0, |l4| l4.addr().0),
-        // PAE, PGE, OSFXSR, OSXMMEXCPT.
-        4 => 0x6a0,
+        4 => fpu::read_cr4(vcpu),
         _ => return false,
     };
     *gpr_mut(frame, gpr) = value;
@@ -271,6 +344,8 @@ enum Emulated {
     Again,
     /// Not one the hypervisor emulates.
     No,
+    /// Emulated, and it raises this exception (the guest's, at the instruction).
+    Raise(Raise),
 }
 
 impl From<bool> for Emulated {
@@ -281,6 +356,11 @@ impl From<bool> for Emulated {
 
 fn write_cr(vcpu: &Vcpu, frame: &mut TrapFrame, cr: u8, gpr: u8) -> Emulated {
     match cr {
+        0 => Emulated::from(fpu::write_cr0(vcpu, *gpr_mut(frame, gpr))),
+        4 => {
+            fpu::write_cr4(vcpu, *gpr_mut(frame, gpr));
+            Emulated::Done
+        }
         3 => {
             let value = *gpr_mut(frame, gpr);
             match mmu::new_baseptr(vcpu, mm::addr::Mfn(value >> 12), false) {

@@ -98,7 +98,12 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         Request::SetCallbacks { event, failsafe, syscall } => set_callbacks(vcpu, event, failsafe, syscall),
         Request::CallbackOp { cmd, arg } => callback_op(vcpu, cmd, arg),
         Request::SetSegmentBase { which, base } => set_segment_base(vcpu, which, base),
-        Request::FpuTaskswitch { .. } => Ok(0),
+        Request::FpuTaskswitch { set } => {
+            crate::pv::fpu::taskswitch(vcpu, set);
+            Ok(0)
+        }
+        Request::SetDebugreg { reg, value } => crate::pv::debugreg::set(vcpu, reg, value).map(|()| 0).map_err(|e| e.errno()),
+        Request::GetDebugreg { reg } => crate::pv::debugreg::get(vcpu, reg).map_err(|e| e.errno()),
         Request::VmAssist { cmd, kind } => physdev::vm_assist(vcpu, cmd, kind),
         Request::PhysdevOp { cmd, arg } => physdev::physdev_op(vcpu, cmd, arg),
         Request::PhysdevOpCompat { arg } => physdev::physdev_op_compat(vcpu, arg),

@@ -89,6 +89,7 @@ fn finish() -> ! {
     crate::pv::mmu::report();
     crate::pv::ptwr::report();
     crate::tlb::report();
+    crate::pv::debugreg::report();
     info!("summary: domains.created_by_dom0={}", others.0);
     info!("summary: domains.failed_created_by_dom0={}", others.1);
     // Hostile domains (fuzzers, attacks) may end any way; they are counted, not judged.

@@ -5,9 +5,11 @@
 pub mod build;
 pub mod console;
 pub mod control;
+pub mod debugreg;
 pub mod descriptors;
 pub mod emulate;
 pub mod events;
+pub mod fpu;
 pub mod hypercall;
 pub mod ldt;
 pub mod lifecycle;

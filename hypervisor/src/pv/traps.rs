@@ -44,9 +44,11 @@ const RFLAGS_RF: u64 = 1 << 16;
 const RFLAGS_VM: u64 = 1 << 17;
 const RFLAGS_IOPL: u64 = 3 << 12;
 
+const VECTOR_DEBUG: u8 = 1;
 const VECTOR_BREAKPOINT: u8 = 3;
 const VECTOR_OVERFLOW: u8 = 4;
 const VECTOR_INVALID_OPCODE: u8 = 6;
+const VECTOR_DEVICE_NOT_AVAILABLE: u8 = 7;
 const VECTOR_GENERAL_PROTECTION: u8 = 13;
 const VECTOR_PAGE_FAULT: u8 = 14;
 /// #GP error code bits: an IDT entry is named (a software interrupt's gate), and an event
@@ -72,7 +74,9 @@ pub fn crash(vcpu: &Vcpu, frame: &TrapFrame, why: core::fmt::Arguments) {
 pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
-        VECTOR_INVALID_OPCODE if emulate::forced_cpuid(frame) => {}
+        VECTOR_DEBUG => crate::pv::debugreg::debug_exception(vcpu, frame),
+        VECTOR_DEVICE_NOT_AVAILABLE => crate::pv::fpu::device_not_available(vcpu, frame),
+        VECTOR_INVALID_OPCODE if emulate::forced_cpuid(vcpu, frame) => {}
         VECTOR_INVALID_OPCODE | VECTOR_GENERAL_PROTECTION if sysenter(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if frame.error_code & (GP_IDT | GP_EXTERNAL) == GP_IDT => software_interrupt(vcpu, frame),
         VECTOR_GENERAL_PROTECTION if frame.error_code == 0 && emulate::port_io(vcpu, frame) => {}

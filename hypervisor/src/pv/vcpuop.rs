@@ -4,8 +4,9 @@
 //! A domain has the vCPU ids `0..max_vcpus` its creator gave it (`CreateDomain`, or
 //! `vcpus=` on its boot module's line; one by default): every command on another id fails
 //! with `ENOENT`, as in Xen. A new vCPU starts in guest kernel mode with the registers,
-//! page-table base, kernel stack, trap table, callbacks, GDT, segment bases and (with
-//! `VGCF_I387_VALID`) FPU state of its `vcpu_guest_context`, each checked as the
+//! page-table base, kernel stack, trap table, callbacks, GDT, segment bases, CR0.TS, the
+//! CR4 bits a guest controls, debug registers and (with `VGCF_I387_VALID`) FPU state of
+//! its `vcpu_guest_context`, each checked as the
 //! corresponding hypercall would check it, or in the FPU's initial state. It is placed on
 //! the CPUs its domain may use (see [`placement`]), and once up it runs with its part of the
 //! domain's weight, which the domain's other vCPUs then share with it. Creating one needs
@@ -14,17 +15,16 @@
 
 use core::sync::atomic::Ordering;
 
-use abi::arch_x86::{VcpuGuestContext, VGCF_I387_VALID};
+use abi::arch_x86::VcpuGuestContext;
 use abi::errno::Errno;
 use abi::hypercall::VcpuOp;
-use hypervisor::fpu::FxArea;
 use hypervisor::hypercall::GuestVa;
 use mm::addr::Mfn;
 use x86_64::VirtAddr;
 
 use crate::arch::gdt::{GUEST_CS64, GUEST_DS};
 use crate::arch::trap::TrapFrame;
-use crate::arch::{fpu, uaccess};
+use crate::arch::uaccess;
 use crate::domain::vcpu::{RunState, VCPU_HEAP_BYTES};
 use crate::domain::{Domain, JoinError, Vcpu};
 use crate::pv::hypercall::HcResult;
@@ -99,9 +99,7 @@ fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> HcResult {
         ctx.fs_base = context.fs_base;
         ctx.gs_base_kernel = context.gs_base_kernel;
         ctx.gs_base_user = context.gs_base_user;
-        if context.flags & VGCF_I387_VALID != 0 {
-            *ctx.fpu = FxArea::from_guest(&context.fpu_ctxt, fpu::mxcsr_mask());
-        }
+        crate::pv::fpu::init_from_context(&mut ctx, &context);
         for trap in context.trap_ctxt.iter().filter(|t| t.address != 0) {
             if uaccess::check_range(trap.address, 1).is_ok() && ctx.set_trap(*trap).is_err() {
                 drop(ctx);

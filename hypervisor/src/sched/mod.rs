@@ -906,7 +906,7 @@ impl Local {
         {
             let mut ctx = vcpu.ctx.lock();
             ctx.regs = frame.clone();
-            crate::arch::fpu::save(&mut ctx.fpu);
+            crate::pv::fpu::switch_out(&mut ctx);
             ctx.fpu_saved_on = here.index.0;
             ctx.fs_base = FsBase::read().as_u64();
             // The guest's GS base sits in KERNEL_GS_BASE while the hypervisor runs (swapgs).
@@ -947,8 +947,9 @@ impl Local {
 }
 
 /// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3, its GDT, LDT
-/// and data selectors, its x87/MMX/SSE state into the registers (unless `fpu_holder`, the vCPU whose state they hold, is
-/// this one and it was saved here last). Refuses when its domain is shutting down
+/// and data selectors, its x87/SSE/AVX state into the registers (unless `fpu_holder`, the
+/// vCPU whose state they hold, is this one and it was saved here last), its XCR0, CR0.TS and
+/// debug registers. Refuses when its domain is shutting down
 /// (returning the domain to [`leave`]): a domain's memory may be returned as soon as no CPU
 /// counts as running it, so the count is raised before CR3 is loaded. Before CR3 is loaded
 /// this CPU also joins the domain's dirty CPUs (those a TLB flush for its frames must
@@ -964,10 +965,9 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
     {
         let ctx = vcpu.ctx.lock();
         *frame = ctx.regs.clone();
-        if *fpu_holder != Some(vcpu.key) || ctx.fpu_saved_on != this_cpu() {
-            crate::arch::fpu::restore(&ctx.fpu);
-            *fpu_holder = Some(vcpu.key);
-        }
+        let resident = *fpu_holder == Some(vcpu.key) && ctx.fpu_saved_on == this_cpu();
+        crate::pv::fpu::switch_in(&ctx, resident);
+        *fpu_holder = Some(vcpu.key);
         let l4 = ctx.active_l4().expect("a runnable vCPU has page tables");
         crate::tlb::load_guest_tables(l4);
     }
