@@ -30,7 +30,8 @@ use crate::address_space::PAGE_SIZE;
 use crate::build::{build, GuestMemory, HypervisorInputs};
 use crate::elf::{ElfFile, Notes, PT_LOAD, PT_NOTE, SHT_NOTE};
 use crate::error::BuildError;
-use crate::kernel::PvKernel;
+use crate::image::ImageSource;
+use crate::kernel::{LoadSegment, PvKernel};
 use crate::layout::{DomainConfig, Plan};
 use crate::page_tables::{Level, PTE_ADDRESS_MASK, PTE_PRESENT, PTE_WRITABLE};
 use crate::test_image::{TestImage, TestSegment, VIRT_BASE};
@@ -315,6 +316,18 @@ fn within(outer: &[u8], inner: &[u8]) -> bool {
     inner.is_empty() || (start <= at && to <= end)
 }
 
+/// Whether `size` bytes at `offset` lie inside `bytes`.
+fn in_file(bytes: &[u8], offset: u64, size: u64) -> bool {
+    offset
+        .checked_add(size)
+        .is_some_and(|end| end <= bytes.len() as u64)
+}
+
+/// The file bytes of a loadable segment.
+fn file_bytes<'a>(bytes: &'a [u8], segment: &LoadSegment) -> &'a [u8] {
+    &bytes[segment.file_offset as usize..][..segment.filesz as usize]
+}
+
 /// What the ELF reader and the kernel checks accept from `bytes` must lie inside `bytes`,
 /// and every later step must refuse rather than panic.
 fn check_any_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
@@ -325,32 +338,36 @@ fn check_any_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
     let mut note_data = Vec::new();
     for (index, segment) in elf.segments().iter().enumerate() {
         if segment.p_type == PT_LOAD || segment.p_type == PT_NOTE {
-            let data = elf.segment_data(index);
+            let range = elf.segment_range(index);
             prop_assert!(
-                data.is_ok(),
+                range.is_ok(),
                 "accepted segment {index} lies outside the file"
             );
-            let data = data.unwrap();
-            prop_assert!(within(bytes, data));
-            prop_assert_eq!(data.len() as u64, segment.filesz);
+            let range = range.unwrap();
+            prop_assert!(in_file(bytes, range.offset, range.size));
+            prop_assert_eq!(range.size, segment.filesz);
             if segment.p_type == PT_LOAD {
                 prop_assert!(segment.filesz <= segment.memsz);
-            } else {
+            } else if let Ok(data) = elf.read_notes(range) {
+                prop_assert_eq!(&data[..], &bytes[range.offset as usize..][..data.len()]);
                 note_data.push(data);
             }
         }
     }
     for (index, section) in elf.sections().iter().enumerate() {
         if section.sh_type == SHT_NOTE {
-            let data = elf.section_data(index);
+            let range = elf.section_range(index);
             prop_assert!(
-                data.is_ok(),
+                range.is_ok(),
                 "accepted note section {index} lies outside the file"
             );
-            note_data.push(data.unwrap());
+            if let Ok(data) = elf.read_notes(range.unwrap()) {
+                note_data.push(data);
+            }
         }
     }
-    for data in note_data {
+    for data in &note_data {
+        let data = &data[..];
         let mut failed = false;
         let mut count = 0;
         for note in Notes::new(data, 0) {
@@ -374,7 +391,10 @@ fn check_any_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 /// The invariants of an accepted kernel.
-fn check_kernel(kernel: &PvKernel<'_>, bytes: &[u8]) -> Result<(), TestCaseError> {
+fn check_kernel(
+    kernel: &PvKernel<'_, impl ImageSource + ?Sized>,
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
     let virt_base = kernel.virt_base();
     prop_assert_eq!(virt_base % PAGE_SIZE, 0);
     let segments = kernel.segments();
@@ -386,9 +406,9 @@ fn check_kernel(kernel: &PvKernel<'_>, bytes: &[u8]) -> Result<(), TestCaseError
             segment.address.checked_add(segment.memsz).is_some(),
             "segment wraps"
         );
-        prop_assert!(segment.data.len() as u64 <= segment.memsz);
+        prop_assert!(segment.filesz <= segment.memsz);
         prop_assert!(
-            within(bytes, segment.data),
+            in_file(bytes, segment.file_offset, segment.filesz),
             "segment data outside the image"
         );
     }
@@ -420,7 +440,7 @@ fn check_kernel(kernel: &PvKernel<'_>, bytes: &[u8]) -> Result<(), TestCaseError
 /// The invariants of a plan for `kernel` in `config`.
 fn check_plan(
     plan: &Plan,
-    kernel: &PvKernel<'_>,
+    kernel: &PvKernel<'_, impl ImageSource + ?Sized>,
     config: &DomainConfig<'_>,
 ) -> Result<(), TestCaseError> {
     let nr_pages = config.nr_pages;
@@ -689,7 +709,7 @@ proptest! {
         let placed: Vec<_> = kernel
             .segments()
             .iter()
-            .map(|s| (s.address, s.data.to_vec(), s.memsz))
+            .map(|s| (s.address, file_bytes(&bytes, s).to_vec(), s.memsz))
             .collect();
         prop_assert_eq!(placed, good.expected);
     }
@@ -810,7 +830,7 @@ proptest! {
                     continue;
                 }
                 let byte = memory.frame(pfn).map_or(0xAA, |f| f[(va % PAGE_SIZE) as usize]);
-                let expected = segment.data.get(offset as usize).copied().unwrap_or(0);
+                let expected = file_bytes(&bytes, segment).get(offset as usize).copied().unwrap_or(0);
                 prop_assert_eq!(byte, expected, "byte at {:#x}", va);
             }
         }

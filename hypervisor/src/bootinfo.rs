@@ -48,6 +48,9 @@ pub struct Module {
     pub start: u64,
     pub end: u64,
     pub cmdline: ArrayString<256>,
+    /// Why it cannot be used, once checked (`pv::modules::check`); such a module is
+    /// neither reserved nor read.
+    pub refused: Option<hypervisor::bootmodule::Problem>,
 }
 
 /// Everything the loader handed over.
@@ -174,6 +177,7 @@ fn decode_multiboot2(info_phys: u64, info: &mut BootInfo) -> Result<(), BootInfo
             start: module.start_address() as u64,
             end: module.end_address() as u64,
             cmdline: copy_str(cmdline),
+            refused: None,
         };
         if info.modules.try_push(entry).is_err() {
             log::warn!("boot: more than {MAX_MODULES} modules; the rest are ignored");
@@ -262,6 +266,7 @@ fn decode_pvh(info_phys: u64, info: &mut BootInfo) -> Result<(), BootInfoError> 
                 start: paddr,
                 end: paddr.saturating_add(size),
                 cmdline: read_cstr(read_le::<8>(entry, 16))?,
+                refused: None,
             };
             info.modules.push(module);
         }

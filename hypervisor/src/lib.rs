@@ -3,10 +3,12 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod bootmodule;
 pub mod cmdline;
 pub mod continuation;
 pub mod descriptor;
 pub mod domspec;
+pub mod exitstatus;
 pub mod fpu;
 pub mod guest_return;
 pub mod hypercall;

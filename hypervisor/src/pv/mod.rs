@@ -12,6 +12,7 @@ pub mod hypercall;
 pub mod lifecycle;
 pub mod memop;
 pub mod mmu;
+pub mod modules;
 pub mod shared;
 pub mod traps;
 pub mod vcpuop;
