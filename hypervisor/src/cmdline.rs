@@ -44,8 +44,8 @@ pub struct Options {
     pub test_silent_cpu: Option<u32>,
     /// `exit=summary|guest`: what QEMU's exit status says at the end of the run.
     pub exit: ExitStatus,
-    /// What follows `--`: the module line of boot modules without one (trimmed; at most
-    /// 1023 bytes, the rest cut).
+    /// What follows `--`: the module line of boot modules without one (without the ASCII
+    /// whitespace around it; at most 1023 bytes, the rest cut).
     pub module_line: ArrayString<1023>,
     /// Words that are not options.
     pub unknown: ArrayVec<ArrayString<32>, 8>,
@@ -102,7 +102,7 @@ impl Options {
     pub fn parse(line: &str) -> Options {
         let mut o = Options::default();
         let (line, module_line) = keyvalue::split_guest(line);
-        o.module_line = keyvalue::clip(module_line.unwrap_or("").trim());
+        o.module_line = keyvalue::clip(module_line.unwrap_or("").trim_matches(|c: char| c.is_ascii_whitespace()));
         for word in line.split_ascii_whitespace() {
             let Word { key, value } = Word::parse(word);
             let applied = match (key, value) {
