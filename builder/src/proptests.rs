@@ -30,6 +30,7 @@ use crate::address_space::PAGE_SIZE;
 use crate::build::{build, GuestMemory, HypervisorInputs};
 use crate::elf::{ElfFile, Notes, PT_LOAD, PT_NOTE, SHT_NOTE};
 use crate::error::BuildError;
+use crate::image::tests::RecordingImage;
 use crate::image::ImageSource;
 use crate::kernel::{LoadSegment, PvKernel};
 use crate::layout::{DomainConfig, Plan};
@@ -694,6 +695,24 @@ proptest! {
     #[test]
     fn hostile_images_are_refused_or_stay_consistent(image in hostile_image()) {
         check_any_bytes(&image.bytes())?;
+    }
+
+    /// Read through a source that serves at most a page per read (as the hypervisor reads
+    /// a boot module), any image gives exactly what it gives as one slice: the same
+    /// refusal, or the same notes and segments.
+    #[test]
+    fn reading_in_pieces_changes_nothing(image in prop_oneof![good_image().prop_map(|g| g.image), hostile_image()]) {
+        let bytes = image.bytes();
+        let pieces = RecordingImage::new(bytes.clone());
+        let whole = PvKernel::parse(&bytes[..], FeatureSet(u32::MAX));
+        let read = PvKernel::parse(&pieces, FeatureSet(u32::MAX));
+        match (whole, read) {
+            (Ok(whole), Ok(read)) => {
+                prop_assert_eq!(whole.notes(), read.notes());
+                prop_assert_eq!(whole.segments(), read.segments());
+            }
+            (whole, read) => prop_assert_eq!(whole.err(), read.err()),
+        }
     }
 
     /// A well-formed kernel is accepted, with its loadable segments at
