@@ -35,7 +35,7 @@ GUEST_IMAGE_MIB = $(shell echo $$(( ( $$(stat -c %s $(GUEST) 2>/dev/null || echo
 GUEST_LINE  = name=$(basename $(notdir $(GUEST))) mem=$(GUEST_MEM)$(if $(GUEST_VCPUS), vcpus=$(GUEST_VCPUS)) -- $(GUEST_CMDLINE)
 # The hypervisor's line for a hand run: the exit status says how the guest ended.
 RUN_CMDLINE = $(strip $(CMDLINE) $(if $(GUEST),exit=guest guests=$(GUESTS)))
-GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-bigimage
+GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-bigimage guest-shutdown
 
 # The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
 N          ?= 100
@@ -81,7 +81,7 @@ HOST_CRATES := xen-abi apic builder bvt events guest-dom0 guest-rt mm protocol p
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
 # Everything that runs on the machine.
-METAL_CRATES := hypervisor guest-rt guest-hello guest-bigimage
+METAL_CRATES := hypervisor guest-rt guest-hello guest-bigimage guest-shutdown
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
 .PHONY: help deps build guests stress capacity capacity-page iso iso-selftest run smoke boottime test test-host test-qemu test-stress clippy clean xtf

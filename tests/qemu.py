@@ -294,9 +294,9 @@ def loader_cases():
     ]
     # exit=guest: QEMU's status says how the guest ended.
     for name, module, line, ending, status in [
-            ("poweroff", "guest-hello", "name=hello", "poweroff", 33),
-            ("reboot", "guest-hello", "name=hello shutdown=reboot", "reboot", 37),
-            ("crash", "guest-hello", "name=hello shutdown=crash", "crash", 39),
+            ("poweroff", "guest-shutdown", "name=off", "poweroff", 33),
+            ("reboot", "guest-shutdown", "name=reboot reason=reboot", "reboot", 37),
+            ("crash", "guest-shutdown", "name=crash reason=crash", "crash", 39),
             ("killed", "guest-hostile", "name=hostile attack=iret_cs_null_unhandled", "killed", 41),
             ("not-started", "not-an-elf", "name=garbage", "not_started", 43)]:
         cases.append(Case(f"pvh-exit-{name}", smp="2", cmdline="exit=guest", modules=[(module, line)],

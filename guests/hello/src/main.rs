@@ -1,7 +1,5 @@
 //! The smallest useful PV guest: prints its page count and command line on the hypervisor
-//! console, then returns, which powers the domain off (or, with `shutdown=reboot` or
-//! `shutdown=crash` on its command line, ends that way: the tests of a hand run's exit
-//! status use it). It exercises the whole guest path
+//! console, then returns, which powers the domain off. It exercises the whole guest path
 //! (ELF notes, entry, start_info, hypercall page, console_io, sched_op shutdown) and is
 //! what the hypervisor's domain tests boot first. It must never need more than the
 //! runtime gives it.
@@ -9,9 +7,7 @@
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::hypercall::ShutdownReason;
 use guest_rt::console::Bytes;
-use guest_rt::hypercall::shutdown;
 use guest_rt::{println, StartInfo};
 
 guest_rt::entry!(main);
@@ -22,10 +18,4 @@ fn main(start: &'static StartInfo) {
         start.nr_pages,
         Bytes(start.cmd_line())
     );
-    let text = core::str::from_utf8(start.cmd_line()).unwrap_or("");
-    match text.split_ascii_whitespace().find_map(|word| word.strip_prefix("shutdown=")) {
-        Some("reboot") => shutdown(ShutdownReason::Reboot),
-        Some("crash") => shutdown(ShutdownReason::Crash),
-        _ => {}
-    }
 }
