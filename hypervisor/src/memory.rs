@@ -1,5 +1,6 @@
 //! The hypervisor's memory: the window layout, the heap, the frame table, per-CPU areas and
-//! temporary mappings of arbitrary machine frames — the glue between `mm` and the window's
+//! temporary mappings of arbitrary machine frames (writable, or read-only for reading boot
+//! modules a page at a time: [`read_machine`]) — the glue between `mm` and the window's
 //! page tables.
 //!
 //! Boot order matters and is encoded in the function names: the heap comes first (backed by
