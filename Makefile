@@ -10,19 +10,32 @@ BUILD      := build
 KERNEL     := target/$(TARGET)/$(PROFILE)/hypervisor
 ISO        := $(BUILD)/hypervisor.iso
 
-# QEMU knobs (all overridable): CPUs, memory, accelerator, extra flags, machine.
+# QEMU knobs (all overridable): CPUs, memory, accelerator, extra flags, machine. With a
+# GUEST, MEM follows its memory: GUESTS * GUEST_MEM, the image (its module stays reserved)
+# and 64 MiB for the hypervisor (it takes about 6 MiB with 4 CPUs), at least 256 MiB.
 SMP        ?= 4
-MEM        ?= 256M
+MEM        ?= $(if $(GUEST),$(shell echo $$(( $(GUESTS) * $(GUEST_MEM) + $(GUEST_IMAGE_MIB) + 64 > 256 ? $(GUESTS) * $(GUEST_MEM) + $(GUEST_IMAGE_MIB) + 64 : 256 )))M,256M)
 ACCEL      ?= tcg
 MACHINE    ?= pc
 QEMU_EXTRA ?=
 BOOT       ?= pvh
 CMDLINE    ?=
 TIMEOUT    ?= 120
-# A Xen PV64 guest ELF to boot as a module, and how many domains to build from it.
+# A Xen PV64 guest ELF to run by hand, as xl's config would: its memory in MiB (xl's
+# `memory=`; 128 MiB is what XTF's tests and a small Linux ask for, and our own guests do
+# not mind it), its vCPUs (xl's `vcpus=`; empty: the hypervisor's `vcpus=`, 1), its command
+# line (xl's `cmdline=`), and how many domains to build from it.
 GUEST      ?=
 GUESTS     ?= 1
-GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments
+GUEST_MEM  ?= 128
+GUEST_VCPUS ?=
+GUEST_CMDLINE ?=
+GUEST_IMAGE_MIB = $(shell echo $$(( ( $$(stat -c %s $(GUEST) 2>/dev/null || echo 0) + 1048575 ) / 1048576 )))
+# The module line the guest's domains are built by (the same keys as a GRUB module line).
+GUEST_LINE  = name=$(basename $(notdir $(GUEST))) mem=$(GUEST_MEM)$(if $(GUEST_VCPUS), vcpus=$(GUEST_VCPUS)) -- $(GUEST_CMDLINE)
+# The hypervisor's line for a hand run: the exit status says how the guest ended.
+RUN_CMDLINE = $(strip $(CMDLINE) $(if $(GUEST),exit=guest guests=$(GUESTS)))
+GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments guest-bigimage guest-shutdown
 
 # The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
 N          ?= 100
@@ -88,7 +101,7 @@ STD_CRATES := stress
 # Guest crates whose library (the logic) is tested and linted on the host too.
 GUEST_LIB_CRATES := guest-fuzz
 # Everything that runs on the machine.
-METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz guest-dom0 guest-hostile guest-pagetables
+METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz guest-dom0 guest-hostile guest-pagetables guest-bigimage guest-shutdown
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
 .PHONY: help deps build guests stress capacity capacity-page fuzz cycles iso iso-selftest run smoke boottime test test-host test-qemu test-stress test-fuzz clippy clean xtf
@@ -97,7 +110,9 @@ help:
 	@echo "make build           build the hypervisor ELF ($(KERNEL))"
 	@echo "make iso             build the GRUB multiboot2 ISO ($(ISO))"
 	@echo "make run             boot under QEMU (SMP=$(SMP) MEM=$(MEM) ACCEL=$(ACCEL) BOOT=pvh|iso CMDLINE= QEMU_EXTRA=)"
-	@echo "make run GUEST=<elf> [GUESTS=n]   boot with a Xen PV64 guest as a module, n domains of it"
+	@echo "make run GUEST=<elf> [GUEST_MEM=128] [GUEST_VCPUS=n] [GUEST_CMDLINE='...'] [GUESTS=n]"
+	@echo "                     run a Xen PV64 guest by hand (n domains of it); the exit status says how it"
+	@echo "                     ended: 33 poweroff, 37 reboot, 39 crash, 41 killed, 43 not built, 35 hypervisor failed"
 	@echo "make guests          build the Rust PV guests (target/x86_64-unknown-none/release/guest-*)"
 	@echo "make smoke           boot with selftest, check the summary, exit 0 on success (SMP= ACCEL= QEMU_EXTRA= BOOT=)"
 	@echo "make boottime        QEMU start to 'all cores idle', median of 5, -smp 4 and 16 (RUNS= BOOT_SMP=)"
@@ -145,30 +160,41 @@ build: $(DEPS_STAMP)
 guests: $(DEPS_STAMP)
 	cargo build $(foreach c,$(GUEST_CRATES),-p $(c)) --target $(TARGET) --release
 
-# $(call make-iso,output,command line)
+# $(call make-iso,output,command line[,guest ELF,its module line])
 define make-iso
 	@rm -rf $(BUILD)/iso && mkdir -p $(BUILD)/iso/boot/grub
 	cp $(KERNEL) $(BUILD)/iso/boot/hypervisor
-	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "hypervisor" {\n  multiboot2 /boot/hypervisor $(2)\n  boot\n}\n' > $(BUILD)/iso/boot/grub/grub.cfg
+	$(if $(3),cp $(3) $(BUILD)/iso/boot/guest)
+	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "hypervisor" {\n  multiboot2 /boot/hypervisor $(2)\n$(if $(3),  module2 /boot/guest $(4)\n)  boot\n}\n' > $(BUILD)/iso/boot/grub/grub.cfg
 	grub-file --is-x86-multiboot2 $(BUILD)/iso/boot/hypervisor || { echo "error: not a multiboot2 image"; exit 1; }
 	grub-mkrescue -o $(1) $(BUILD)/iso 2>/dev/null
 endef
 
 iso: build
-	$(call make-iso,$(ISO),$(CMDLINE))
+	$(call make-iso,$(ISO),$(if $(GUEST),$(RUN_CMDLINE),$(CMDLINE)),$(GUEST),$(GUEST_LINE))
 
 iso-selftest: build
 	$(call make-iso,$(ISO_SELFTEST),selftest)
 
 # ---- boot ---------------------------------------------------------------------------------
 
+# What QEMU's exit status says of a hand-run guest (README, "Running a guest by hand").
+define exit-meaning
+case $$status in 33) m="the guest powered off";; 35) m="the hypervisor failed (a panic, a failed check, leaked memory)";; \
+  37) m="the guest rebooted";; 39) m="the guest crashed";; 41) m="the hypervisor killed the guest";; \
+  43) m="no guest could be built (the log says why)";; *) m="QEMU ended otherwise (killed, or its own error)";; esac; \
+echo "run: QEMU exit status $$status: $$m"
+endef
+
 ifeq ($(BOOT),iso)
 run: iso
-	$(QEMU) $(QEMU_BASE) -cdrom $(ISO)
+	@status=0; $(QEMU) $(QEMU_BASE) -cdrom $(ISO) || status=$$?; $(if $(GUEST),$(exit-meaning);) exit $$status
 else
+# PVH's -initrd module carries no line of its own: the hypervisor takes it from after `--`.
 run: build
-	$(QEMU) $(QEMU_BASE) -kernel $(KERNEL) -append "$(strip $(CMDLINE) $(if $(GUEST),guests=$(GUESTS)))" \
-	    $(if $(GUEST),-initrd $(GUEST))
+	@test -z "$(GUEST)" -o -f "$(GUEST)" || { echo "error: no guest image $(GUEST)"; exit 2; }
+	@status=0; $(QEMU) $(QEMU_BASE) -kernel $(KERNEL) -append "$(RUN_CMDLINE)$(if $(GUEST), -- $(GUEST_LINE))" \
+	    $(if $(GUEST),-initrd $(GUEST)) || status=$$?; $(if $(GUEST),$(exit-meaning);) exit $$status
 endif
 
 smoke: $(if $(filter iso,$(BOOT)),iso-selftest,build)

@@ -49,8 +49,11 @@ class Case:
     timeout: int = 120
     accel: str = ""  # this case's accelerator ("kvm" cases are skipped where KVM is absent)
     # Guest modules: (guest binary name, module command line). One module boots through PVH
-    # (-initrd, copies from `guests=`); several need GRUB and get their own ISO.
+    # (-initrd, copies from `guests=`; its line goes after `--` on the hypervisor's line);
+    # several need GRUB and get their own ISO.
     modules: list = field(default_factory=list)
+    # QEMU's exit status: 33 (the run passed), or with `exit=guest` how the guest ended.
+    status: int = SUCCESS_STATUS
 
 
 def numa_two_nodes():
@@ -70,7 +73,17 @@ RACE_ROUNDS = int(os.environ.get("RACE_ROUNDS", "100000"))
 BAD_IMAGES = {"not-an-elf": b"this is not an ELF image, whatever its name says\n" * 8}
 
 
+# Images made from guest-bigimage by tests/bigimage.py: (MiB of pattern, truncated to MiB).
+BIG_IMAGES = {"big-image": (80, None), "big-image-40": (40, None), "big-image-truncated": (40, 30)}
+
+
 def guest(name):
+    if name in BIG_IMAGES:
+        import bigimage
+        path = os.path.join(ROOT, "build", name)
+        mib, truncate = BIG_IMAGES[name]
+        bigimage.make(os.path.join(GUESTS, "guest-bigimage"), path, mib=mib, truncate_mib=truncate)
+        return path
     if name in BAD_IMAGES:
         path = os.path.join(ROOT, "build", name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -298,7 +311,42 @@ def guest_cases():
              expect={"domains.created": str(1 + len(SEGMENT_ATTACKS)), "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hello from a Rust PV guest"]
              + [f"hostile: attack {a}: {line}" for a, _, line in SEGMENT_ATTACKS if line]),
+    ] + loader_cases()
+
+
+def loader_cases():
+    """Work package "loader": boot modules of any size, read a page at a time (an 80 MiB one
+    used to panic the boot), refused by name when they cannot be used, and the exit status
+    of a guest run by hand (`exit=guest`, as `make run GUEST=...` boots it)."""
+    ok_lines = ["summary: run=pass", "summary: memory.leaked_frames=0"]
+    cases = [
+        # An 80 MiB image whose guest checks every page of it (through PVH's -initrd, its
+        # module line after `--` on the hypervisor's line).
+        Case("pvh-loader-big", smp="2", mem="320M", modules=[("big-image", "name=big mem=128")],
+             expect={"domains.created": "1", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["bigimage: 20480 pages (80 MiB) of the image checked and 1024 KiB of bss zero: ok"]),
+        # A 40 MiB image cut at 30 MiB, and one too large for the memory its line gives,
+        # beside a guest that runs: each refused by name, nothing leaked, the run passes.
+        Case("iso-loader-refusals", smp="2", mem="320M", boot="iso",
+             modules=[("guest-hello", "name=hello"), ("big-image-truncated", "name=truncated"),
+                      ("big-image-40", "name=toosmall mem=16")],
+             expect={"domains.created": "1", "domains.unexpected_endings": "0", "domains.not_started": "2"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest",
+                                      "truncated copy 0: not started: bad image: segment 4 (offset",
+                                      "runs past the end of the 31457280-byte file",
+                                      "toosmall copy 0: not started: bad image: image needs"]),
     ]
+    # exit=guest: QEMU's status says how the guest ended.
+    for name, module, line, ending, status in [
+            ("poweroff", "guest-shutdown", "name=off", "poweroff", 33),
+            ("reboot", "guest-shutdown", "name=reboot reason=reboot", "reboot", 37),
+            ("crash", "guest-shutdown", "name=crash reason=crash", "crash", 39),
+            ("killed", "guest-hostile", "name=hostile attack=iret_cs_null_unhandled", "killed", 41),
+            ("not-started", "not-an-elf", "name=garbage", "not_started", 43)]:
+        cases.append(Case(f"pvh-exit-{name}", smp="2", cmdline="exit=guest", modules=[(module, line)],
+                          status=status, expect={"guest.ending": ending, "guest.exit_status": str(status)},
+                          expect_lines=["summary: memory.leaked_frames=0"]))
+    return cases
 
 
 # The LDT attacks of guests/hostile (src/segments.rs): name, expected ending, and the line
@@ -400,7 +448,10 @@ def qemu_command(case, accel):
     if case.boot == "iso":
         cmd += ["-cdrom", guest_iso(case) if case.modules else ISO]
     else:
-        cmd += ["-kernel", KERNEL, "-append", ("selftest " + case.cmdline).strip()]
+        line = ("selftest " + case.cmdline).strip()
+        if case.modules and case.modules[0][1]:
+            line += " -- " + case.modules[0][1]
+        cmd += ["-kernel", KERNEL, "-append", line]
         if case.modules:
             cmd += ["-initrd", guest(case.modules[0][0])]
     cmd += case.extra + shlex.split(os.environ.get("QEMU_EXTRA", ""))
@@ -443,8 +494,8 @@ def boot(case, accel):
 def check(case, status, output):
     """Returns a list of problems (empty when the case passed)."""
     problems = []
-    if status != SUCCESS_STATUS:
-        problems.append(f"exit status {status}, expected {SUCCESS_STATUS}")
+    if status != case.status:
+        problems.append(f"exit status {status}, expected {case.status}")
     facts = dict(SUMMARY.findall(output))
     if facts.get("selftest") != "pass":
         problems.append(f"selftest={facts.get('selftest')!r}, expected 'pass'")

@@ -3,10 +3,13 @@
 //!
 //! The hypervisor allocates the domain's frames (any machine frames), then calls [`build`]
 //! with the kernel, the domain's configuration and the entries it provides. Everything
-//! that can fail (the plan, the command line) is checked before the first write. Then,
-//! in order: every frame of the initial mapping is zeroed; the segments' file bytes are
-//! copied (so the bss and all other frames stay zero); the hypercall page is filled; the
-//! P2M list, `start_info` and the page tables are written. Frames past the initial
+//! that can fail (the plan, the command line) is checked before the first write, except
+//! reading the image: a source may fail half-way (a decompressor finding its stream
+//! corrupt), and the build then stops with the error, leaving the frames for the
+//! hypervisor to release. Then, in order: every frame of the initial mapping is zeroed;
+//! the segments' file bytes are copied from the image, in file order, a page at a time
+//! (so the bss and all other frames stay zero); the hypercall page is filled; the P2M
+//! list, `start_info` and the page tables are written. Frames past the initial
 //! mapping are not touched: the hypervisor must hand them over scrubbed. This module must
 //! never give frames their page-table types or pin anything: it returns the list of
 //! table frames for the hypervisor to do so.
@@ -19,6 +22,7 @@ use abi::ids::{Mfn, Pfn};
 
 use crate::address_space::{P2M_ENTRIES_PER_FRAME, PAGE_SIZE};
 use crate::error::BuildError;
+use crate::image::{ImageSource, MAX_READ};
 use crate::kernel::{LoadSegment, PvKernel};
 use crate::layout::{DomainConfig, Plan};
 use crate::page_tables::{build_tables, HypervisorEntries, PageTableFrame, Table};
@@ -69,8 +73,8 @@ pub struct BuiltDomain {
 }
 
 /// Builds the start-of-day memory of a domain running `kernel`.
-pub fn build(
-    kernel: &PvKernel<'_>,
+pub fn build<I: ImageSource + ?Sized>(
+    kernel: &PvKernel<'_, I>,
     config: &DomainConfig<'_>,
     hypervisor: &HypervisorInputs,
     memory: &mut impl GuestMemory,
@@ -92,8 +96,18 @@ pub fn build(
     for pfn in plan.mapping().iter() {
         memory.zero(pfn);
     }
-    for segment in kernel.segments() {
-        load_segment(&plan, segment, memory);
+    // In file order, so that a source that is a stream is read front to back.
+    let mut segments: Vec<&LoadSegment> = kernel.segments().iter().collect();
+    segments.sort_by_key(|segment| segment.file_offset);
+    let mut buffer = Vec::new();
+    buffer
+        .try_reserve_exact(FRAME_BYTES)
+        .map_err(|_| BuildError::OutOfMemory {
+            bytes: FRAME_BYTES as u64,
+        })?;
+    buffer.resize(FRAME_BYTES, 0);
+    for segment in segments {
+        load_segment(&plan, kernel.image(), segment, &mut buffer, memory)?;
     }
     if let Some(pfn) = plan.hypercall_page {
         write_hypercall_page(pfn, memory);
@@ -112,18 +126,30 @@ pub fn build(
     })
 }
 
-/// Copies a segment's file bytes, frame by frame, to where the plan maps its address.
-fn load_segment(plan: &Plan, segment: &LoadSegment<'_>, memory: &mut impl GuestMemory) {
+/// Copies a segment's file bytes from the image, frame by frame (through `buffer`, one
+/// frame long), to where the plan maps its address.
+fn load_segment<I: ImageSource + ?Sized>(
+    plan: &Plan,
+    image: &I,
+    segment: &LoadSegment,
+    buffer: &mut [u8],
+    memory: &mut impl GuestMemory,
+) -> Result<(), BuildError> {
+    const _: () = assert!(MAX_READ >= FRAME_BYTES);
     let mut offset_in_image = segment.address - plan.virt_base;
-    let mut rest = segment.data;
-    while !rest.is_empty() {
+    let mut file_offset = segment.file_offset;
+    let end = segment.file_offset + segment.filesz;
+    while file_offset < end {
         let pfn = Pfn(offset_in_image / PAGE_SIZE);
         let offset = (offset_in_image % PAGE_SIZE) as usize;
-        let (chunk, tail) = rest.split_at(rest.len().min(FRAME_BYTES - offset));
+        let len = (end - file_offset).min((FRAME_BYTES - offset) as u64) as usize;
+        let chunk = &mut buffer[..len];
+        image.read(file_offset, chunk)?;
         memory.write(pfn, offset, chunk);
-        offset_in_image += chunk.len() as u64;
-        rest = tail;
+        offset_in_image += len as u64;
+        file_offset += len as u64;
     }
+    Ok(())
 }
 
 fn write_hypercall_page(pfn: Pfn, memory: &mut impl GuestMemory) {
@@ -167,6 +193,7 @@ mod tests {
     use abi::hypercall_page::hypercall_page;
     use abi::ids::EvtchnPort;
     use abi::start_info::CmdLineError;
+    use crate::image::tests::RecordingImage;
     use alloc::vec;
 
     /// What frames hold before the build: anything the builder leaves must show.
@@ -672,5 +699,73 @@ mod tests {
             let leaf = walk(&memory, built.l4_pfn, built.plan.va(pfn)).unwrap();
             assert_eq!(leaf & PTE_ADDRESS_MASK, memory.frame_mfn(pfn).address());
         }
+    }
+
+    /// An image with a large segment first in the file, not page aligned in memory, and
+    /// the minimal image's segment after it in the file but below it in memory.
+    fn large_image() -> TestImage {
+        let mut image = TestImage::minimal();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        image.segments.insert(0, TestSegment::new(0x10_0123, big, 0x6_0000));
+        image
+    }
+
+    #[test]
+    fn reads_the_image_in_bounded_pieces_and_the_segments_front_to_back() {
+        let image = large_image();
+        let source = RecordingImage::new(image.bytes());
+        let kernel = PvKernel::parse(&source, FeatureSet::EMPTY).unwrap();
+        let parsed = source.reads.borrow().len();
+        let config = DomainConfig { nr_pages: 1024, ..CONFIG };
+        let mut memory = TestMemory::new(config.nr_pages);
+        let built = build(&kernel, &config, &HYPERVISOR, &mut memory).unwrap();
+        // Every segment byte read once, in increasing file offset.
+        let copies: Vec<(u64, u64)> = source.reads.borrow()[parsed..].to_vec();
+        let copied: u64 = copies.iter().map(|&(_, len)| len).sum();
+        let file_bytes: u64 = image.segments.iter().map(|s| s.data.len() as u64).sum();
+        assert_eq!(copied, file_bytes);
+        assert!(copies.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "reads go forward");
+        // What the guest sees.
+        let big = &image.segments[0];
+        let at = VIRT_BASE + big.paddr;
+        assert_eq!(read_virtual(&memory, built.l4_pfn, at, big.data.len()), big.data);
+        let tail = big.memsz as usize - big.data.len();
+        assert!(read_virtual(&memory, built.l4_pfn, at + big.data.len() as u64, tail).iter().all(|&b| b == 0));
+        // Headers and notes are read, not the whole file again.
+        assert!(source.bytes_read.get() < file_bytes + 4096);
+    }
+
+    /// A source whose bytes past `fail_from` cannot be produced (a corrupt stream).
+    struct FailingImage {
+        bytes: Vec<u8>,
+        fail_from: u64,
+    }
+
+    impl ImageSource for FailingImage {
+        fn size(&self) -> u64 {
+            self.bytes.size()
+        }
+
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::image::ReadError> {
+            if offset + buf.len() as u64 > self.fail_from {
+                return Err(crate::image::ReadError { offset, len: buf.len() as u64 });
+            }
+            self.bytes.read(offset, buf)
+        }
+    }
+
+    #[test]
+    fn a_source_that_fails_half_way_stops_the_build_with_its_error() {
+        let bytes = large_image().bytes();
+        let fail_from = bytes.len() as u64 - 100_000;
+        let source = FailingImage { bytes, fail_from };
+        let kernel = PvKernel::parse(&source, FeatureSet::EMPTY).unwrap();
+        let config = DomainConfig { nr_pages: 1024, ..CONFIG };
+        let mut memory = TestMemory::new(config.nr_pages);
+        let error = build(&kernel, &config, &HYPERVISOR, &mut memory).unwrap_err();
+        assert!(
+            matches!(error, BuildError::ImageRead { offset, len } if offset + len > fail_from && offset < fail_from + 4096),
+            "{error:?}"
+        );
     }
 }

@@ -1,15 +1,18 @@
 //! A small, strictly bounds-checked ELF64 reader: the file header, the program and
 //! section header tables, and an iterator over the notes of a segment or section.
 //!
-//! The Xen-note collector and the kernel-image checks call it with a boot module's bytes,
-//! which may be hostile. Every offset and size read from the file is checked (overflow
-//! and end of file) before use, and every failure is a typed [`BuildError`]. It accepts
+//! The Xen-note collector and the kernel-image checks call it with a boot module, which
+//! may be hostile, read through an [`ImageSource`] (never as one slice: a module may be
+//! larger than anything the hypervisor maps at once). Every offset and size read from the
+//! file is checked (overflow and end of file) before use, what it keeps is bounded
+//! ([`MAX_TABLE_ENTRIES`], [`MAX_NOTES_BYTES`]), and every failure is a typed [`BuildError`]. It accepts
 //! only what a Xen PV64 kernel is: 64-bit, little-endian, x86-64, `ET_EXEC`. It must never
 //! panic on any input, and never interpret Xen notes (that is `xen_notes`' job).
 
 use alloc::vec::Vec;
 
 use crate::error::{BuildError, HeaderTable};
+use crate::image::{read_exact, read_to_vec, ImageSource};
 
 /// `\x7fELF`.
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
@@ -38,6 +41,12 @@ const SHDR_SIZE: usize = 64;
 const NOTE_HEADER_SIZE: usize = 12;
 /// Alignment of a note's name and desc fields.
 const NOTE_ALIGN: usize = 4;
+/// The most entries a header table may have. Kernels have a handful of segments and at
+/// most a few hundred sections; the decoded tables live in the hypervisor's heap.
+pub const MAX_TABLE_ENTRIES: usize = 4096;
+/// The most bytes one note segment or section may have (Linux's are under 1 KiB); they are
+/// read whole into the hypervisor's heap.
+pub const MAX_NOTES_BYTES: usize = 64 << 10;
 
 /// Program header type of a loadable segment.
 pub const PT_LOAD: u32 = 1;
@@ -106,38 +115,56 @@ impl SectionHeader {
 }
 
 /// A parsed ELF64 x86-64 executable whose header tables, loadable and note segments and
-/// note sections all lie inside the file.
+/// note sections all lie inside the file. It keeps the decoded header tables and reads
+/// everything else from the image when asked.
 #[derive(Clone, Debug)]
-pub struct ElfFile<'a> {
-    bytes: &'a [u8],
+pub struct ElfFile<'a, I: ImageSource + ?Sized = [u8]> {
+    image: &'a I,
     entry: u64,
     segments: Vec<ProgramHeader>,
     sections: Vec<SectionHeader>,
 }
 
-impl<'a> ElfFile<'a> {
-    /// Checks the header and both header tables of `bytes`.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, BuildError> {
-        check_ident(bytes)?;
-        let header = bytes
-            .first_chunk::<EHDR_SIZE>()
-            .ok_or(BuildError::TruncatedHeader { len: bytes.len() })?;
-        check_header(header)?;
+/// A checked byte range of the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileRange {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl<'a, I: ImageSource + ?Sized> ElfFile<'a, I> {
+    /// Checks the header and both header tables of `image`.
+    pub fn parse(image: &'a I) -> Result<Self, BuildError> {
+        let file_len = image.size();
+        let mut header = [0; EHDR_SIZE];
+        let have = usize::try_from(file_len.min(EHDR_SIZE as u64)).unwrap_or(EHDR_SIZE);
+        read_exact(image, 0, &mut header[..have])?;
+        check_ident(&header[..have])?;
+        if have < EHDR_SIZE {
+            return Err(BuildError::TruncatedHeader { len: file_len });
+        }
+        check_header(&header)?;
         let file = Self {
-            bytes,
-            entry: u64_at(header, 24),
-            segments: read_table(bytes, header, HeaderTable::Program)?
-                .iter()
-                .map(ProgramHeader::decode)
-                .collect(),
-            sections: read_table(bytes, header, HeaderTable::Section)?
-                .iter()
-                .map(SectionHeader::decode)
-                .collect(),
+            image,
+            entry: u64_at(&header, 24),
+            segments: read_table(image, &header, HeaderTable::Program, ProgramHeader::decode)?,
+            sections: read_table(image, &header, HeaderTable::Section, SectionHeader::decode)?,
         };
         file.check_segments()?;
         file.check_note_sections()?;
         Ok(file)
+    }
+
+    /// The image the file is read from.
+    pub fn image(&self) -> &'a I {
+        self.image
+    }
+
+    /// The file's size in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.image.size()
     }
 
     /// `e_entry`.
@@ -155,42 +182,58 @@ impl<'a> ElfFile<'a> {
         &self.sections
     }
 
-    /// The file bytes of program header `index` (`p_offset`, `p_filesz`).
-    pub fn segment_data(&self, index: usize) -> Result<&'a [u8], BuildError> {
-        let segment = self
+    /// Where the file bytes of program header `index` are (`p_offset`, `p_filesz`).
+    pub fn segment_range(&self, index: usize) -> Result<FileRange, BuildError> {
+        let (offset, filesz) = self
             .segments
             .get(index)
-            .ok_or(BuildError::SegmentOutOfFile {
-                index,
-                offset: 0,
-                filesz: 0,
-                file_len: self.bytes.len(),
-            })?;
-        file_range(self.bytes, segment.offset, segment.filesz).ok_or(BuildError::SegmentOutOfFile {
+            .map_or((0, 0), |segment| (segment.offset, segment.filesz));
+        let out_of_file = BuildError::SegmentOutOfFile {
             index,
-            offset: segment.offset,
-            filesz: segment.filesz,
-            file_len: self.bytes.len(),
-        })
+            offset,
+            filesz,
+            file_len: self.file_len(),
+        };
+        match (self.segments.get(index), self.range(offset, filesz)) {
+            (Some(_), Some(range)) => Ok(range),
+            _ => Err(out_of_file),
+        }
     }
 
-    /// The file bytes of section `index` (`sh_offset`, `sh_size`).
-    pub fn section_data(&self, index: usize) -> Result<&'a [u8], BuildError> {
-        let section = self
+    /// Where the bytes of section `index` are (`sh_offset`, `sh_size`).
+    pub fn section_range(&self, index: usize) -> Result<FileRange, BuildError> {
+        let (offset, size) = self
             .sections
             .get(index)
-            .ok_or(BuildError::SectionOutOfFile {
-                index,
-                offset: 0,
-                size: 0,
-                file_len: self.bytes.len(),
-            })?;
-        file_range(self.bytes, section.offset, section.size).ok_or(BuildError::SectionOutOfFile {
+            .map_or((0, 0), |section| (section.offset, section.size));
+        let out_of_file = BuildError::SectionOutOfFile {
             index,
-            offset: section.offset,
-            size: section.size,
-            file_len: self.bytes.len(),
-        })
+            offset,
+            size,
+            file_len: self.file_len(),
+        };
+        match (self.sections.get(index), self.range(offset, size)) {
+            (Some(_), Some(range)) => Ok(range),
+            _ => Err(out_of_file),
+        }
+    }
+
+    /// The bytes of a note segment or section (`range`, at most [`MAX_NOTES_BYTES`]).
+    pub fn read_notes(&self, range: FileRange) -> Result<Vec<u8>, BuildError> {
+        let size = usize::try_from(range.size)
+            .ok()
+            .filter(|&size| size <= MAX_NOTES_BYTES)
+            .ok_or(BuildError::NotesTooLarge {
+                offset: range.offset,
+                size: range.size,
+            })?;
+        read_to_vec(self.image, range.offset, size)
+    }
+
+    /// `offset..offset + size` if it lies inside the file.
+    fn range(&self, offset: u64, size: u64) -> Option<FileRange> {
+        let end = offset.checked_add(size)?;
+        (end <= self.file_len()).then_some(FileRange { offset, size })
     }
 
     fn check_segments(&self) -> Result<(), BuildError> {
@@ -198,7 +241,7 @@ impl<'a> ElfFile<'a> {
             if !segment.has_file_bytes() {
                 continue;
             }
-            self.segment_data(index)?;
+            self.segment_range(index)?;
             if segment.p_type == PT_LOAD && segment.filesz > segment.memsz {
                 return Err(BuildError::SegmentFileExceedsMemory {
                     index,
@@ -213,21 +256,24 @@ impl<'a> ElfFile<'a> {
     fn check_note_sections(&self) -> Result<(), BuildError> {
         for (index, section) in self.sections.iter().enumerate() {
             if section.sh_type == SHT_NOTE {
-                self.section_data(index)?;
+                self.section_range(index)?;
             }
         }
         Ok(())
     }
 }
 
-/// Checks `e_ident`: magic, 64-bit class, little-endian, version 1.
+/// Checks `e_ident`: magic, 64-bit class, little-endian, version 1 (`bytes`: the first
+/// bytes of the file, up to 64).
 fn check_ident(bytes: &[u8]) -> Result<(), BuildError> {
     if bytes.get(..ELF_MAGIC.len()) != Some(&ELF_MAGIC[..]) {
         return Err(BuildError::NotElf);
     }
     let ident = bytes
         .first_chunk::<EI_NIDENT>()
-        .ok_or(BuildError::TruncatedHeader { len: bytes.len() })?;
+        .ok_or(BuildError::TruncatedHeader {
+            len: bytes.len() as u64,
+        })?;
     match ident[4] {
         ELFCLASS64 => {}
         ELFCLASS32 => return Err(BuildError::Elf32),
@@ -261,20 +307,21 @@ fn check_header(header: &[u8; EHDR_SIZE]) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// The entries of a header table as fixed-size records, after checking the entry size
-/// and that the table lies inside the file. An empty table has no entries whatever its
-/// offset says.
-fn read_table<'a, const N: usize>(
-    bytes: &'a [u8],
+/// The entries of a header table, decoded, after checking the entry size, the count
+/// ([`MAX_TABLE_ENTRIES`]) and that the table lies inside the file. An empty table has no
+/// entries whatever its offset says. Entries are read one at a time.
+fn read_table<I: ImageSource + ?Sized, T, const N: usize>(
+    image: &I,
     header: &[u8; EHDR_SIZE],
     table: HeaderTable,
-) -> Result<&'a [[u8; N]], BuildError> {
+    decode: fn(&[u8; N]) -> T,
+) -> Result<Vec<T>, BuildError> {
     let (offset, entry_size, count) = match table {
         HeaderTable::Program => (u64_at(header, 32), u16_at(header, 54), u16_at(header, 56)),
         HeaderTable::Section => (u64_at(header, 40), u16_at(header, 58), u16_at(header, 60)),
     };
     if count == 0 {
-        return Ok(&[]);
+        return Ok(Vec::new());
     }
     if usize::from(entry_size) != N {
         return Err(BuildError::BadEntrySize {
@@ -283,20 +330,25 @@ fn read_table<'a, const N: usize>(
         });
     }
     let size = u64::from(count) * N as u64;
-    let raw = file_range(bytes, offset, size).ok_or(BuildError::TableOutOfFile {
-        table,
-        offset,
-        count,
-        file_len: bytes.len(),
-    })?;
-    Ok(raw.as_chunks::<N>().0)
-}
-
-/// `bytes[offset..offset + size]`, or `None` if any of it lies outside the file.
-fn file_range(bytes: &[u8], offset: u64, size: u64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let end = start.checked_add(usize::try_from(size).ok()?)?;
-    bytes.get(start..end)
+    let file_len = image.size();
+    if offset.checked_add(size).is_none_or(|end| end > file_len) {
+        return Err(BuildError::TableOutOfFile {
+            table,
+            offset,
+            count,
+            file_len,
+        });
+    }
+    if usize::from(count) > MAX_TABLE_ENTRIES {
+        return Err(BuildError::TooManyEntries { table, count });
+    }
+    let mut entries = Vec::with_capacity(usize::from(count));
+    let mut raw = [0; N];
+    for at in (offset..offset + size).step_by(N) {
+        read_exact(image, at, &mut raw)?;
+        entries.push(decode(&raw));
+    }
+    Ok(entries)
 }
 
 /// One ELF note.
@@ -434,7 +486,12 @@ mod tests {
         assert_eq!(load.p_type, PT_LOAD);
         assert!(load.is_loadable());
         assert_eq!(load.memsz, image.segments[0].memsz);
-        assert_eq!(elf.segment_data(0).unwrap(), &image.segments[0].data[..]);
+        let range = elf.segment_range(0).unwrap();
+        assert_eq!(
+            &bytes[range.offset as usize..][..range.size as usize],
+            &image.segments[0].data[..]
+        );
+        assert_eq!(elf.read_notes(range).unwrap(), image.segments[0].data);
         assert_eq!(elf.segments()[1].p_type, PT_NOTE);
         assert!(elf.sections().is_empty());
     }
@@ -561,6 +618,44 @@ mod tests {
     }
 
     #[test]
+    fn refuses_more_table_entries_than_it_keeps() {
+        let mut bytes = TestImage::minimal().bytes();
+        // 4097 section headers of 64 bytes, all inside the file (zero bytes at its end).
+        let count = MAX_TABLE_ENTRIES as u16 + 1;
+        let shoff = bytes.len() as u64;
+        bytes.resize(bytes.len() + usize::from(count) * SHDR_SIZE, 0);
+        bytes[40..48].copy_from_slice(&shoff.to_le_bytes());
+        bytes[58..60].copy_from_slice(&(SHDR_SIZE as u16).to_le_bytes());
+        bytes[60..62].copy_from_slice(&count.to_le_bytes());
+        assert_eq!(
+            parse(&bytes).unwrap_err(),
+            BuildError::TooManyEntries {
+                table: HeaderTable::Section,
+                count
+            }
+        );
+        bytes[60..62].copy_from_slice(&(count - 1).to_le_bytes());
+        assert_eq!(parse(&bytes).unwrap().sections().len(), MAX_TABLE_ENTRIES);
+    }
+
+    #[test]
+    fn refuses_note_segments_larger_than_it_reads() {
+        let mut image = TestImage::minimal();
+        image.segments[0].data = vec![0; MAX_NOTES_BYTES + 1];
+        image.segments[0].memsz = image.segments[0].data.len() as u64;
+        let bytes = image.bytes();
+        let elf = parse(&bytes).unwrap();
+        let range = elf.segment_range(0).unwrap();
+        assert_eq!(
+            elf.read_notes(range).unwrap_err(),
+            BuildError::NotesTooLarge {
+                offset: range.offset,
+                size: MAX_NOTES_BYTES as u64 + 1
+            }
+        );
+    }
+
+    #[test]
     fn refuses_segment_past_file_end() {
         let mut image = TestImage::minimal();
         image.file_size_override = Some((0, 0x10_0000));
@@ -679,8 +774,8 @@ mod tests {
             }
             if let Ok(elf) = parse(&corrupt) {
                 for index in 0..elf.segments().len() {
-                    if let Ok(data) = elf.segment_data(index) {
-                        let _ = Notes::new(data, 0).count();
+                    if let Ok(data) = elf.segment_range(index).and_then(|r| elf.read_notes(r)) {
+                        let _ = Notes::new(&data, 0).count();
                     }
                 }
             }

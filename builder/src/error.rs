@@ -39,7 +39,7 @@ pub enum BuildError {
     /// Not an x86-64 file (`e_machine` is not 62).
     WrongMachine { machine: u16 },
     /// The file is shorter than the 64-byte ELF header.
-    TruncatedHeader { len: usize },
+    TruncatedHeader { len: u64 },
     /// A header table's entry size is not the ELF64 one (56 or 64 bytes).
     BadEntrySize { table: HeaderTable, size: u16 },
     /// A header table runs past the end of the file.
@@ -47,21 +47,24 @@ pub enum BuildError {
         table: HeaderTable,
         offset: u64,
         count: u16,
-        file_len: usize,
+        file_len: u64,
     },
+    /// A header table has more entries than the builder keeps
+    /// ([`crate::elf::MAX_TABLE_ENTRIES`]).
+    TooManyEntries { table: HeaderTable, count: u16 },
     /// A loadable or note segment's file bytes run past the end of the file.
     SegmentOutOfFile {
         index: usize,
         offset: u64,
         filesz: u64,
-        file_len: usize,
+        file_len: u64,
     },
     /// A note section's bytes run past the end of the file.
     SectionOutOfFile {
         index: usize,
         offset: u64,
         size: u64,
-        file_len: usize,
+        file_len: u64,
     },
     /// A loadable segment has more file bytes than memory bytes.
     SegmentFileExceedsMemory {
@@ -71,6 +74,14 @@ pub enum BuildError {
     },
     /// An ELF note at this file offset does not fit in its segment or section.
     MalformedNote { offset: u64 },
+    /// A note segment or section is larger than the builder reads
+    /// ([`crate::elf::MAX_NOTES_BYTES`]).
+    NotesTooLarge { offset: u64, size: u64 },
+    /// The image source could not give these bytes (a source that decompresses may find
+    /// its stream corrupt).
+    ImageRead { offset: u64, len: u64 },
+    /// The builder's own buffers could not be allocated.
+    OutOfMemory { bytes: u64 },
 
     // ---- The Xen notes. ----
     /// No Xen ELF note at all: not a Xen PV guest.
@@ -170,6 +181,11 @@ impl fmt::Display for BuildError {
                 "{table} at offset {offset:#x} ({count} entries) runs past the end of the \
                  {file_len}-byte file"
             ),
+            Self::TooManyEntries { table, count } => write!(
+                f,
+                "{table} has {count} entries, more than the {} the builder reads",
+                crate::elf::MAX_TABLE_ENTRIES
+            ),
             Self::SegmentOutOfFile {
                 index,
                 offset,
@@ -200,6 +216,19 @@ impl fmt::Display for BuildError {
             ),
             Self::MalformedNote { offset } => {
                 write!(f, "malformed ELF note at file offset {offset:#x}")
+            }
+            Self::NotesTooLarge { offset, size } => write!(
+                f,
+                "note segment or section at file offset {offset:#x} has {size:#x} bytes, more \
+                 than the {:#x} the builder reads",
+                crate::elf::MAX_NOTES_BYTES
+            ),
+            Self::ImageRead { offset, len } => write!(
+                f,
+                "the image's bytes {offset:#x}..+{len:#x} could not be read"
+            ),
+            Self::OutOfMemory { bytes } => {
+                write!(f, "no memory for the builder's {bytes}-byte buffer")
             }
             Self::NotXenGuest => f.write_str("no Xen ELF notes: not a Xen PV guest"),
             Self::BadNumericNote { note, len } => {

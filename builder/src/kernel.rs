@@ -1,8 +1,10 @@
 //! A checked Xen PV64 kernel image: its Xen notes and its loadable segments placed at
 //! their virtual load addresses, validated against each other.
 //!
-//! The hypervisor parses each guest boot module once with [`PvKernel::parse`]; the layout
-//! planner and the builder then take the result. As in Xen's libelf, a segment loads at
+//! The hypervisor parses a guest boot module with [`PvKernel::parse`] each time it builds a
+//! domain from it (reading only the headers and notes; the segments stay in the image, an
+//! [`ImageSource`], until the builder copies them); the layout planner and the builder
+//! then take the result. As in Xen's libelf, a segment loads at
 //! `p_paddr + VIRT_BASE - PADDR_OFFSET` (`p_vaddr` is not used). Refused here: segments
 //! that wrap, that start below `VIRT_BASE` or overlap each other, an entry point outside
 //! the image, and a hypercall page that is unaligned or outside the image. This module
@@ -16,41 +18,46 @@ use abi::ids::Pfn;
 use crate::address_space::PAGE_SIZE;
 use crate::elf::ElfFile;
 use crate::error::BuildError;
+use crate::image::ImageSource;
 use crate::layout::PfnRange;
 use crate::xen_notes::XenNotes;
 
 /// One loadable segment at its virtual load address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LoadSegment<'a> {
+pub struct LoadSegment {
     /// Index of the segment's program header.
     pub index: usize,
     /// Virtual address of the segment's first byte.
     pub address: u64,
-    /// The file bytes (`p_filesz`); the rest, up to `memsz`, is zero (bss).
-    pub data: &'a [u8],
+    /// Where its file bytes are in the image (`p_offset`; checked to lie inside it).
+    pub file_offset: u64,
+    /// How many file bytes (`p_filesz`); the rest, up to `memsz`, is zero (bss).
+    pub filesz: u64,
     /// Bytes the segment occupies in memory.
     pub memsz: u64,
 }
 
-impl LoadSegment<'_> {
+impl LoadSegment {
     /// One past the segment's last virtual address (never wraps: checked on parsing).
     pub const fn end(&self) -> u64 {
         self.address + self.memsz
     }
 }
 
-/// A Xen PV64 kernel ready to be laid out.
+/// A Xen PV64 kernel ready to be laid out: its notes and segments, and the image its
+/// segments' bytes are read from.
 #[derive(Clone, Debug)]
-pub struct PvKernel<'a> {
-    notes: XenNotes<'a>,
+pub struct PvKernel<'a, I: ImageSource + ?Sized = [u8]> {
+    image: &'a I,
+    notes: XenNotes,
     /// Sorted by address; non-empty, non-overlapping.
-    segments: Vec<LoadSegment<'a>>,
+    segments: Vec<LoadSegment>,
 }
 
-impl<'a> PvKernel<'a> {
+impl<'a, I: ImageSource + ?Sized> PvKernel<'a, I> {
     /// Parses and checks a kernel image; `offered` are the features the hypervisor offers
     /// (an image requiring others is refused).
-    pub fn parse(image: &'a [u8], offered: FeatureSet) -> Result<Self, BuildError> {
+    pub fn parse(image: &'a I, offered: FeatureSet) -> Result<Self, BuildError> {
         let elf = ElfFile::parse(image)?;
         let notes = XenNotes::from_elf(&elf)?;
         notes.check_offered(offered)?;
@@ -60,6 +67,7 @@ impl<'a> PvKernel<'a> {
             });
         }
         let kernel = Self {
+            image,
             segments: load_segments(&elf, &notes)?,
             notes,
         };
@@ -69,12 +77,17 @@ impl<'a> PvKernel<'a> {
     }
 
     /// The Xen notes.
-    pub const fn notes(&self) -> &XenNotes<'a> {
+    pub const fn notes(&self) -> &XenNotes {
         &self.notes
     }
 
+    /// The image the segments' bytes are read from.
+    pub fn image(&self) -> &'a I {
+        self.image
+    }
+
     /// The loadable segments, by address.
-    pub fn segments(&self) -> &[LoadSegment<'a>] {
+    pub fn segments(&self) -> &[LoadSegment] {
         &self.segments
     }
 
@@ -144,10 +157,10 @@ impl<'a> PvKernel<'a> {
 
 /// The non-empty loadable segments at their load addresses, sorted, after checking that
 /// none wraps, starts below `VIRT_BASE` or overlaps another.
-fn load_segments<'a>(
-    elf: &ElfFile<'a>,
-    notes: &XenNotes<'a>,
-) -> Result<Vec<LoadSegment<'a>>, BuildError> {
+fn load_segments<I: ImageSource + ?Sized>(
+    elf: &ElfFile<'_, I>,
+    notes: &XenNotes,
+) -> Result<Vec<LoadSegment>, BuildError> {
     let virt_offset = notes.virt_base.wrapping_sub(notes.paddr_offset);
     let mut segments = Vec::new();
     for (index, header) in elf.segments().iter().enumerate() {
@@ -165,10 +178,12 @@ fn load_segments<'a>(
                 virt_base: notes.virt_base,
             });
         }
+        let range = elf.segment_range(index)?;
         segments.push(LoadSegment {
             index,
             address,
-            data: elf.segment_data(index)?,
+            file_offset: range.offset,
+            filesz: range.size,
             memsz: header.memsz,
         });
     }
@@ -209,8 +224,8 @@ mod tests {
         assert_eq!(kernel.frames(), PfnRange::new(Pfn(0), 4));
         assert_eq!(kernel.hypercall_page_frame(), Some(Pfn(1)));
         assert_eq!(
-            kernel.segments()[0].data.len(),
-            image.segments[0].data.len()
+            kernel.segments()[0].filesz,
+            image.segments[0].data.len() as u64
         );
     }
 

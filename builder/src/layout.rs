@@ -20,6 +20,7 @@ use crate::address_space::{
     PAGE_SIZE,
 };
 use crate::error::BuildError;
+use crate::image::ImageSource;
 use crate::kernel::PvKernel;
 use crate::page_tables::table_frames_for;
 
@@ -121,7 +122,10 @@ pub struct Plan {
 
 impl Plan {
     /// Lays out `kernel` in the domain `config` describes.
-    pub fn new(kernel: &PvKernel<'_>, config: &DomainConfig<'_>) -> Result<Self, BuildError> {
+    pub fn new(
+        kernel: &PvKernel<'_, impl ImageSource + ?Sized>,
+        config: &DomainConfig<'_>,
+    ) -> Result<Self, BuildError> {
         let virt_base = kernel.virt_base();
         let nr_pages = config.nr_pages;
         let kernel_frames = kernel.frames();
@@ -169,7 +173,7 @@ impl Plan {
     /// `nr_pages` is ignored). Errors other than [`BuildError::TooSmall`] are returned as
     /// they come.
     pub fn minimum_nr_pages(
-        kernel: &PvKernel<'_>,
+        kernel: &PvKernel<'_, impl ImageSource + ?Sized>,
         config: &DomainConfig<'_>,
     ) -> Result<u64, BuildError> {
         // The pages a layout needs never decrease as the reservation grows, so starting

@@ -2,8 +2,10 @@
 //! start-of-day memory, as Xen's domain builder lays it out.
 //!
 //! The hypervisor calls it in three steps:
-//! 1. [`PvKernel::parse`] checks the image (a strictly bounds-checked ELF64 reader in
-//!    [`elf`], the Xen notes in [`xen_notes`], the segments' placement in [`kernel`]);
+//! 1. [`PvKernel::parse`] checks the image, which it reads through an [`ImageSource`]
+//!    ([`image`]: the hypervisor's boot modules are read a page or two at a time, never
+//!    mapped whole) with a strictly bounds-checked ELF64 reader ([`elf`]), the Xen notes in
+//!    [`xen_notes`], the segments' placement in [`kernel`];
 //! 2. [`Plan::new`] decides what goes in which pseudo-physical frame ([`layout`]), and
 //!    [`Plan::minimum_nr_pages`] tells the smallest reservation a guest boots with;
 //! 3. [`build()`] writes the frames through the hypervisor's [`GuestMemory`] and returns
@@ -23,6 +25,7 @@ pub mod address_space;
 pub mod build;
 pub mod elf;
 pub mod error;
+pub mod image;
 pub mod kernel;
 pub mod layout;
 pub mod page_tables;
@@ -36,6 +39,7 @@ mod test_image;
 
 pub use build::{build, BuiltDomain, GuestMemory, HypervisorInputs};
 pub use error::BuildError;
+pub use image::{ImageSource, ReadError};
 pub use kernel::PvKernel;
 pub use layout::{DomainConfig, PfnRange, Plan};
 pub use page_tables::{Level, PageTableFrame};

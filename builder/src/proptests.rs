@@ -30,7 +30,9 @@ use crate::address_space::PAGE_SIZE;
 use crate::build::{build, GuestMemory, HypervisorInputs};
 use crate::elf::{ElfFile, Notes, PT_LOAD, PT_NOTE, SHT_NOTE};
 use crate::error::BuildError;
-use crate::kernel::PvKernel;
+use crate::image::tests::RecordingImage;
+use crate::image::ImageSource;
+use crate::kernel::{LoadSegment, PvKernel};
 use crate::layout::{DomainConfig, Plan};
 use crate::page_tables::{Level, PTE_ADDRESS_MASK, PTE_PRESENT, PTE_WRITABLE};
 use crate::test_image::{TestImage, TestSegment, VIRT_BASE};
@@ -315,6 +317,18 @@ fn within(outer: &[u8], inner: &[u8]) -> bool {
     inner.is_empty() || (start <= at && to <= end)
 }
 
+/// Whether `size` bytes at `offset` lie inside `bytes`.
+fn in_file(bytes: &[u8], offset: u64, size: u64) -> bool {
+    offset
+        .checked_add(size)
+        .is_some_and(|end| end <= bytes.len() as u64)
+}
+
+/// The file bytes of a loadable segment.
+fn file_bytes<'a>(bytes: &'a [u8], segment: &LoadSegment) -> &'a [u8] {
+    &bytes[segment.file_offset as usize..][..segment.filesz as usize]
+}
+
 /// What the ELF reader and the kernel checks accept from `bytes` must lie inside `bytes`,
 /// and every later step must refuse rather than panic.
 fn check_any_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
@@ -325,32 +339,36 @@ fn check_any_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
     let mut note_data = Vec::new();
     for (index, segment) in elf.segments().iter().enumerate() {
         if segment.p_type == PT_LOAD || segment.p_type == PT_NOTE {
-            let data = elf.segment_data(index);
+            let range = elf.segment_range(index);
             prop_assert!(
-                data.is_ok(),
+                range.is_ok(),
                 "accepted segment {index} lies outside the file"
             );
-            let data = data.unwrap();
-            prop_assert!(within(bytes, data));
-            prop_assert_eq!(data.len() as u64, segment.filesz);
+            let range = range.unwrap();
+            prop_assert!(in_file(bytes, range.offset, range.size));
+            prop_assert_eq!(range.size, segment.filesz);
             if segment.p_type == PT_LOAD {
                 prop_assert!(segment.filesz <= segment.memsz);
-            } else {
+            } else if let Ok(data) = elf.read_notes(range) {
+                prop_assert_eq!(&data[..], &bytes[range.offset as usize..][..data.len()]);
                 note_data.push(data);
             }
         }
     }
     for (index, section) in elf.sections().iter().enumerate() {
         if section.sh_type == SHT_NOTE {
-            let data = elf.section_data(index);
+            let range = elf.section_range(index);
             prop_assert!(
-                data.is_ok(),
+                range.is_ok(),
                 "accepted note section {index} lies outside the file"
             );
-            note_data.push(data.unwrap());
+            if let Ok(data) = elf.read_notes(range.unwrap()) {
+                note_data.push(data);
+            }
         }
     }
-    for data in note_data {
+    for data in &note_data {
+        let data = &data[..];
         let mut failed = false;
         let mut count = 0;
         for note in Notes::new(data, 0) {
@@ -374,7 +392,10 @@ fn check_any_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
 }
 
 /// The invariants of an accepted kernel.
-fn check_kernel(kernel: &PvKernel<'_>, bytes: &[u8]) -> Result<(), TestCaseError> {
+fn check_kernel(
+    kernel: &PvKernel<'_, impl ImageSource + ?Sized>,
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
     let virt_base = kernel.virt_base();
     prop_assert_eq!(virt_base % PAGE_SIZE, 0);
     let segments = kernel.segments();
@@ -386,9 +407,9 @@ fn check_kernel(kernel: &PvKernel<'_>, bytes: &[u8]) -> Result<(), TestCaseError
             segment.address.checked_add(segment.memsz).is_some(),
             "segment wraps"
         );
-        prop_assert!(segment.data.len() as u64 <= segment.memsz);
+        prop_assert!(segment.filesz <= segment.memsz);
         prop_assert!(
-            within(bytes, segment.data),
+            in_file(bytes, segment.file_offset, segment.filesz),
             "segment data outside the image"
         );
     }
@@ -420,7 +441,7 @@ fn check_kernel(kernel: &PvKernel<'_>, bytes: &[u8]) -> Result<(), TestCaseError
 /// The invariants of a plan for `kernel` in `config`.
 fn check_plan(
     plan: &Plan,
-    kernel: &PvKernel<'_>,
+    kernel: &PvKernel<'_, impl ImageSource + ?Sized>,
     config: &DomainConfig<'_>,
 ) -> Result<(), TestCaseError> {
     let nr_pages = config.nr_pages;
@@ -676,6 +697,24 @@ proptest! {
         check_any_bytes(&image.bytes())?;
     }
 
+    /// Read through a source that serves at most a page per read (as the hypervisor reads
+    /// a boot module), any image gives exactly what it gives as one slice: the same
+    /// refusal, or the same notes and segments.
+    #[test]
+    fn reading_in_pieces_changes_nothing(image in prop_oneof![good_image().prop_map(|g| g.image), hostile_image()]) {
+        let bytes = image.bytes();
+        let pieces = RecordingImage::new(bytes.clone());
+        let whole = PvKernel::parse(&bytes[..], FeatureSet(u32::MAX));
+        let read = PvKernel::parse(&pieces, FeatureSet(u32::MAX));
+        match (whole, read) {
+            (Ok(whole), Ok(read)) => {
+                prop_assert_eq!(whole.notes(), read.notes());
+                prop_assert_eq!(whole.segments(), read.segments());
+            }
+            (whole, read) => prop_assert_eq!(whole.err(), read.err()),
+        }
+    }
+
     /// A well-formed kernel is accepted, with its loadable segments at
     /// `p_paddr + VIRT_BASE - PADDR_OFFSET`, sorted, and nothing else.
     #[test]
@@ -689,7 +728,7 @@ proptest! {
         let placed: Vec<_> = kernel
             .segments()
             .iter()
-            .map(|s| (s.address, s.data.to_vec(), s.memsz))
+            .map(|s| (s.address, file_bytes(&bytes, s).to_vec(), s.memsz))
             .collect();
         prop_assert_eq!(placed, good.expected);
     }
@@ -810,7 +849,7 @@ proptest! {
                     continue;
                 }
                 let byte = memory.frame(pfn).map_or(0xAA, |f| f[(va % PAGE_SIZE) as usize]);
-                let expected = segment.data.get(offset as usize).copied().unwrap_or(0);
+                let expected = file_bytes(&bytes, segment).get(offset as usize).copied().unwrap_or(0);
                 prop_assert_eq!(byte, expected, "byte at {:#x}", va);
             }
         }

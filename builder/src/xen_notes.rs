@@ -16,11 +16,14 @@
 //! Stricter than libelf: a numeric note whose value is not 1, 2, 4 or 8 bytes long is
 //! refused rather than read as 0. This module must never decide where anything is loaded.
 
+use alloc::vec::Vec;
+
 use abi::elfnote::{numeric_desc, string_desc, ElfNote};
 use abi::features::{FeatureParseError, FeatureSet, GuestFeatures};
 
 use crate::elf::{ElfFile, Note, Notes, PT_NOTE, SHT_NOTE};
 use crate::error::BuildError;
+use crate::image::ImageSource;
 
 /// The name every Xen note carries.
 const XEN_NOTE_NAME: &[u8] = b"Xen";
@@ -41,9 +44,9 @@ pub enum NoteSource {
 }
 
 /// What a PV kernel declares in its Xen notes, with Xen's defaults applied. Strings are
-/// the note's bytes up to their NUL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XenNotes<'a> {
+/// the note's bytes up to their NUL, copied out of the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XenNotes {
     /// `ENTRY`, or `e_entry` when absent.
     pub entry: u64,
     /// `HYPERCALL_PAGE`: virtual address of the page to fill with hypercall stubs.
@@ -54,15 +57,15 @@ pub struct XenNotes<'a> {
     /// paddr_offset`.
     pub paddr_offset: u64,
     /// `GUEST_OS`.
-    pub guest_os: Option<&'a [u8]>,
+    pub guest_os: Option<Vec<u8>>,
     /// `GUEST_VERSION`.
-    pub guest_version: Option<&'a [u8]>,
+    pub guest_version: Option<Vec<u8>>,
     /// `XEN_VERSION` (starts with "xen-3.0" in any accepted image).
-    pub xen_version: Option<&'a [u8]>,
+    pub xen_version: Option<Vec<u8>>,
     /// `LOADER`.
-    pub loader: Option<&'a [u8]>,
+    pub loader: Option<Vec<u8>>,
     /// `PAE_MODE` (meaningful to 32-bit guests only).
-    pub pae_mode: Option<&'a [u8]>,
+    pub pae_mode: Option<Vec<u8>>,
     /// `FEATURES` parsed, with `SUPPORTED_FEATURES` ORed into the supported set.
     pub features: GuestFeatures,
     /// `SUPPORTED_FEATURES` as given (its first 32-bit word).
@@ -84,13 +87,14 @@ pub struct XenNotes<'a> {
     pub count: usize,
 }
 
-impl<'a> XenNotes<'a> {
+impl XenNotes {
     /// Collects and checks the Xen notes of `elf`.
-    pub fn from_elf(elf: &ElfFile<'a>) -> Result<Self, BuildError> {
+    pub fn from_elf<I: ImageSource + ?Sized>(elf: &ElfFile<'_, I>) -> Result<Self, BuildError> {
         let mut collector = Collector::default();
         for (index, segment) in elf.segments().iter().enumerate() {
             if segment.p_type == PT_NOTE && segment.offset != 0 {
-                collector.read(Notes::new(elf.segment_data(index)?, segment.offset))?;
+                let bytes = elf.read_notes(elf.segment_range(index)?)?;
+                collector.read(Notes::new(&bytes, segment.offset))?;
             }
         }
         let mut source = NoteSource::ProgramHeaders;
@@ -98,7 +102,8 @@ impl<'a> XenNotes<'a> {
             source = NoteSource::SectionHeaders;
             for (index, section) in elf.sections().iter().enumerate().skip(1) {
                 if section.sh_type == SHT_NOTE {
-                    collector.read(Notes::new(elf.section_data(index)?, section.offset))?;
+                    let bytes = elf.read_notes(elf.section_range(index)?)?;
+                    collector.read(Notes::new(&bytes, section.offset))?;
                 }
             }
         }
@@ -118,16 +123,16 @@ impl<'a> XenNotes<'a> {
 
 /// The notes read so far (`None`: not seen).
 #[derive(Default)]
-struct Collector<'a> {
+struct Collector {
     entry: Option<u64>,
     hypercall_page: Option<u64>,
     virt_base: Option<u64>,
     paddr_offset: Option<u64>,
-    guest_os: Option<&'a [u8]>,
-    guest_version: Option<&'a [u8]>,
-    xen_version: Option<&'a [u8]>,
-    loader: Option<&'a [u8]>,
-    pae_mode: Option<&'a [u8]>,
+    guest_os: Option<Vec<u8>>,
+    guest_version: Option<Vec<u8>>,
+    xen_version: Option<Vec<u8>>,
+    loader: Option<Vec<u8>>,
+    pae_mode: Option<Vec<u8>>,
     features: GuestFeatures,
     supported_features: Option<FeatureSet>,
     init_p2m: Option<u64>,
@@ -138,8 +143,8 @@ struct Collector<'a> {
     count: usize,
 }
 
-impl<'a> Collector<'a> {
-    fn read(&mut self, notes: Notes<'a>) -> Result<(), BuildError> {
+impl Collector {
+    fn read(&mut self, notes: Notes<'_>) -> Result<(), BuildError> {
         for note in notes {
             let note = note?;
             if note.has_name(XEN_NOTE_NAME) {
@@ -152,8 +157,9 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    fn record(&mut self, kind: ElfNote, note: &Note<'a>) -> Result<(), BuildError> {
+    fn record(&mut self, kind: ElfNote, note: &Note<'_>) -> Result<(), BuildError> {
         let text = string_desc(note.desc);
+        let owned = || Some(text.to_vec());
         match kind {
             ElfNote::Entry => self.entry = Some(numeric(kind, note)?),
             ElfNote::HypercallPage => self.hypercall_page = Some(numeric(kind, note)?),
@@ -171,11 +177,11 @@ impl<'a> Collector<'a> {
                 self.supported_features = Some(set);
                 self.features.add_supported(set);
             }
-            ElfNote::GuestOs => self.guest_os = Some(text),
-            ElfNote::GuestVersion => self.guest_version = Some(text),
-            ElfNote::XenVersion => self.xen_version = Some(text),
-            ElfNote::Loader => self.loader = Some(text),
-            ElfNote::PaeMode => self.pae_mode = Some(text),
+            ElfNote::GuestOs => self.guest_os = owned(),
+            ElfNote::GuestVersion => self.guest_version = owned(),
+            ElfNote::XenVersion => self.xen_version = owned(),
+            ElfNote::Loader => self.loader = owned(),
+            ElfNote::PaeMode => self.pae_mode = owned(),
             ElfNote::BsdSymtab => self.bsd_symtab = text == b"yes",
             ElfNote::Features => self.parse_features(text)?,
             ElfNote::Info | ElfNote::HvStartLow | ElfNote::L1MfnValid | ElfNote::Phys32Reloc => {}
@@ -196,18 +202,26 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    fn finish(self, e_entry: u64, source: NoteSource) -> Result<XenNotes<'a>, BuildError> {
+    fn finish(self, e_entry: u64, source: NoteSource) -> Result<XenNotes, BuildError> {
         if self.count == 0 {
             return Err(BuildError::NotXenGuest);
         }
-        let generic = self.loader.is_some_and(|l| l.starts_with(GENERIC_LOADER));
+        let generic = self
+            .loader
+            .as_ref()
+            .is_some_and(|l| l.starts_with(GENERIC_LOADER));
         let linux = self
             .guest_os
+            .as_ref()
             .is_some_and(|os| os.starts_with(LINUX_GUEST_OS));
         if !generic && !linux {
             return Err(BuildError::UnsupportedLoader);
         }
-        if !self.xen_version.is_some_and(|v| v.starts_with(XEN_3_0)) {
+        if !self
+            .xen_version
+            .as_ref()
+            .is_some_and(|v| v.starts_with(XEN_3_0))
+        {
             return Err(BuildError::UnsupportedXenVersion);
         }
         if self.paddr_offset.is_some() && self.virt_base.is_none() {
@@ -255,7 +269,7 @@ mod tests {
     use crate::test_image::{TestImage, VIRT_BASE};
     use abi::features::XenFeature;
 
-    fn notes_in(bytes: &[u8]) -> Result<XenNotes<'_>, BuildError> {
+    fn notes_in(bytes: &[u8]) -> Result<XenNotes, BuildError> {
         XenNotes::from_elf(&ElfFile::parse(bytes)?)
     }
 
@@ -281,11 +295,11 @@ mod tests {
         assert_eq!(notes.hypercall_page, Some(VIRT_BASE + 0x1000));
         assert_eq!(notes.virt_base, VIRT_BASE);
         assert_eq!(notes.paddr_offset, 0);
-        assert_eq!(notes.guest_os, Some(&b"TestOS"[..]));
-        assert_eq!(notes.guest_version, Some(&b"1.2"[..]));
-        assert_eq!(notes.xen_version, Some(&b"xen-3.0"[..]));
-        assert_eq!(notes.loader, Some(&b"generic"[..]));
-        assert_eq!(notes.pae_mode, Some(&b"yes"[..]));
+        assert_eq!(notes.guest_os.as_deref(), Some(&b"TestOS"[..]));
+        assert_eq!(notes.guest_version.as_deref(), Some(&b"1.2"[..]));
+        assert_eq!(notes.xen_version.as_deref(), Some(&b"xen-3.0"[..]));
+        assert_eq!(notes.loader.as_deref(), Some(&b"generic"[..]));
+        assert_eq!(notes.pae_mode.as_deref(), Some(&b"yes"[..]));
         assert_eq!(notes.init_p2m, Some(0x80_0000_0000));
         assert!(notes.mod_start_pfn && notes.suspend_cancel && notes.bsd_symtab);
         assert_eq!(notes.phys32_entry, Some(0x10_0000));
@@ -318,7 +332,7 @@ mod tests {
         let notes = notes_in(&bytes).unwrap();
         assert_eq!(notes.source, NoteSource::SectionHeaders);
         assert_eq!(notes.virt_base, VIRT_BASE);
-        assert_eq!(notes.guest_os, Some(&b"TestOS"[..]));
+        assert_eq!(notes.guest_os.as_deref(), Some(&b"TestOS"[..]));
     }
 
     #[test]

@@ -42,12 +42,18 @@ pub enum RsdpSource {
     Physical(u64),
 }
 
+/// The longest module line kept (the modules live on the boot stack until copied).
+pub const MODULE_LINE_MAX: usize = 256;
+
 /// A boot module: a guest image with its own command line.
 #[derive(Clone, Debug)]
 pub struct Module {
     pub start: u64,
     pub end: u64,
-    pub cmdline: ArrayString<256>,
+    pub cmdline: ArrayString<MODULE_LINE_MAX>,
+    /// Why it cannot be used, once checked (`pv::modules::check`); such a module is
+    /// neither reserved nor read.
+    pub refused: Option<hypervisor::bootmodule::Problem>,
 }
 
 /// Everything the loader handed over.
@@ -170,10 +176,14 @@ fn decode_multiboot2(info_phys: u64, info: &mut BootInfo) -> Result<(), BootInfo
     }
     for module in mbi.module_tags() {
         let cmdline = module.cmdline().unwrap_or("");
+        if cmdline.len() > MODULE_LINE_MAX {
+            log::warn!("boot: module {} line cut to {MODULE_LINE_MAX} bytes (longer guest lines: after `--` on the hypervisor's line)", info.modules.len());
+        }
         let entry = Module {
             start: module.start_address() as u64,
             end: module.end_address() as u64,
             cmdline: copy_str(cmdline),
+            refused: None,
         };
         if info.modules.try_push(entry).is_err() {
             log::warn!("boot: more than {MAX_MODULES} modules; the rest are ignored");
@@ -262,6 +272,7 @@ fn decode_pvh(info_phys: u64, info: &mut BootInfo) -> Result<(), BootInfoError> 
                 start: paddr,
                 end: paddr.saturating_add(size),
                 cmdline: read_cstr(read_le::<8>(entry, 16))?,
+                refused: None,
             };
             info.modules.push(module);
         }

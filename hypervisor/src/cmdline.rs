@@ -1,5 +1,7 @@
 //! The hypervisor's command line: `key` and `key=value` words separated by spaces, in the
-//! project's one grammar (`protocol::keyvalue`).
+//! project's one grammar (`protocol::keyvalue`), then optionally `--` and the module line
+//! of every boot module that has none of its own (as Xen passes what follows `--` on its
+//! line to domain 0's kernel; QEMU's PVH `-initrd` module carries no line).
 //!
 //! Pure parsing, host-tested. Unknown words and bad values never stop the boot: they are
 //! collected in [`Options::unknown`] / [`Options::invalid`] for the boot log to warn about.
@@ -44,6 +46,11 @@ pub struct Options {
     /// `test_silent_cpu=N`: fault injection for tests: CPU N is sent INIT but never its
     /// start-up IPIs, so it stays silent and the start-up timeout path runs.
     pub test_silent_cpu: Option<u32>,
+    /// `exit=summary|guest`: what QEMU's exit status says at the end of the run.
+    pub exit: ExitStatus,
+    /// What follows `--`: the module line of boot modules without one (without the ASCII
+    /// whitespace around it; at most 1023 bytes, the rest cut).
+    pub module_line: ArrayString<1023>,
     /// Words that are not options.
     pub unknown: ArrayVec<ArrayString<32>, 8>,
     /// Options whose value did not parse.
@@ -63,6 +70,8 @@ impl Default for Options {
             timer_slop_us: 50,
             test_silent_cpu: None,
             fpu_save: FpuSave::Xsaveopt,
+            exit: ExitStatus::Summary,
+            module_line: ArrayString::new(),
             guests: 1,
             vcpus: 1,
             dom0: false,
@@ -93,10 +102,23 @@ fn set<T>(slot: &mut T, value: Option<T>) -> bool {
     value.map(|v| *slot = v).is_some()
 }
 
+/// What the exit status of the run reports (QEMU's isa-debug-exit; the README's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Whether the run passed: every boot domain ended as its module line expected and no
+    /// memory leaked (33), or not (35). What the test harness reads.
+    Summary,
+    /// How the boot domains ended, the worst of them: what a guest run by hand wants to
+    /// know (`make run GUEST=...`).
+    Guest,
+}
+
 impl Options {
     /// Parses a command line. Never fails; see [`Options::unknown`] and [`Options::invalid`].
     pub fn parse(line: &str) -> Options {
         let mut o = Options::default();
+        let (line, module_line) = keyvalue::split_guest(line);
+        o.module_line = keyvalue::clip(module_line.unwrap_or("").trim_matches(|c: char| c.is_ascii_whitespace()));
         for word in line.split_ascii_whitespace() {
             let Word { key, value } = Word::parse(word);
             let applied = match (key, value) {
@@ -106,6 +128,8 @@ impl Options {
                 ("nosmp", None) => set(&mut o.max_cpus, Some(Some(1))),
                 ("x2apic", Some("on")) => set(&mut o.x2apic, Some(true)),
                 ("x2apic", Some("off")) => set(&mut o.x2apic, Some(false)),
+                ("exit", Some("summary")) => set(&mut o.exit, Some(ExitStatus::Summary)),
+                ("exit", Some("guest")) => set(&mut o.exit, Some(ExitStatus::Guest)),
                 ("maxcpus", v) => set(&mut o.max_cpus, number(v, 1..=u32::MAX).map(Some)),
                 ("ap_timeout_ms", v) => set(&mut o.ap_timeout_ms, number(v, 1..=60_000)),
                 ("ipi_samples", v) => set(&mut o.ipi_samples, number(v, 1..=1_000_000)),
@@ -117,7 +141,7 @@ impl Options {
                 ("xsave", Some("on")) => set(&mut o.fpu_save, Some(FpuSave::Xsave)),
                 ("xsave", Some("opt")) => set(&mut o.fpu_save, Some(FpuSave::Xsaveopt)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
-                ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0" | "xsave", _) => false,
+                ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0" | "xsave" | "exit", _) => false,
                 _ => {
                     let _ = o.unknown.try_push(keyvalue::clip(word));
                     continue;
@@ -177,6 +201,20 @@ mod tests {
         assert_eq!(Options::parse("timer_slop_us=1001").timer_slop_us, 50);
         assert_eq!(o.test_silent_cpu, None, "the boot CPU cannot be silenced");
         assert_eq!(o.invalid.len(), 6);
+    }
+
+    #[test]
+    fn exit_status_and_module_line() {
+        assert_eq!(Options::parse("").exit, ExitStatus::Summary);
+        let o = Options::parse("exit=guest guests=2 -- mem=128 vcpus=2 -- console=hvc0 --x");
+        assert_eq!((o.exit, o.guests), (ExitStatus::Guest, 2));
+        assert_eq!(o.module_line.as_str(), "mem=128 vcpus=2 -- console=hvc0 --x");
+        assert!(o.unknown.is_empty() && o.invalid.is_empty());
+        let o = Options::parse("exit=maybe --");
+        assert_eq!((o.exit, o.invalid.len()), (ExitStatus::Summary, 1));
+        assert!(o.module_line.is_empty());
+        // `--` inside a word is not the separator.
+        assert_eq!(Options::parse("a--b").unknown.len(), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What a boot module asks for: its command line says how to build domains from the image.
 //!
-//! `name=NAME count=N mem_kib=K vcpus=V expect=ENDING -- GUEST COMMAND LINE`: the words before `--`
+//! `name=NAME count=N mem=M mem_kib=K vcpus=V expect=ENDING -- GUEST COMMAND LINE` (`mem=`
+//! in MiB, as xl's `memory=`; `mem_kib=` in KiB; the later one wins): the words before `--`
 //! are for the hypervisor, everything after it is passed to the guest verbatim (without
 //! `--`, the whole line is for the guest except the recognised keys), in the project's one
 //! grammar (`protocol::keyvalue`). Pure and host-tested; bad values are reported, never fatal.
@@ -39,6 +40,8 @@ pub const DEFAULT_MEM_KIB: u64 = 1024;
 pub const MAX_COUNT: u32 = 4096;
 /// The most vCPUs a domain may have (the `vcpu_info` slots of its shared info page).
 pub const MAX_VCPUS: u32 = abi::control::MAX_VCPUS;
+/// The largest `mem=` in MiB (16 TiB; what a machine can give is checked at build time).
+pub const MAX_MEM_MIB: u64 = 1 << 24;
 
 impl DomainSpec {
     /// Parses a module command line; `default_name` and `default_count` apply when the line
@@ -64,6 +67,7 @@ impl DomainSpec {
                 }
                 Some(("count", v)) => v.parse().ok().filter(|n| (1..=MAX_COUNT).contains(n)).map(|n| spec.count = n).is_some(),
                 Some(("mem_kib", v)) => v.parse().ok().filter(|&k: &u64| k >= 4 && k % 4 == 0).map(|k| spec.mem_kib = k).is_some(),
+                Some(("mem", v)) => v.parse().ok().filter(|m: &u64| (1..=MAX_MEM_MIB).contains(m)).map(|m| spec.mem_kib = m * 1024).is_some(),
                 Some(("vcpus", v)) => v.parse().ok().filter(|n| (1..=MAX_VCPUS).contains(n)).map(|n| spec.vcpus = Some(n)).is_some(),
                 Some(("expect", v)) => {
                     let expect = match v {
@@ -114,6 +118,15 @@ mod tests {
         assert_eq!((s.name.as_str(), s.count, s.mem_kib, s.expect), ("evil", 3, 512, Expect::Killed));
         assert_eq!(s.vcpus, Some(2));
         assert_eq!(s.guest_cmdline.as_str(), "attack=all verbose");
+    }
+
+    #[test]
+    fn mem_is_in_mib_and_the_later_size_wins() {
+        assert_eq!(DomainSpec::parse("mem=128", "g", 1).mem_kib, 128 * 1024);
+        assert_eq!(DomainSpec::parse("mem=128 mem_kib=512", "g", 1).mem_kib, 512);
+        assert_eq!(DomainSpec::parse("mem_kib=512 mem=2", "g", 1).mem_kib, 2048);
+        let s = DomainSpec::parse("mem=0 mem=-1 mem=16777217 mem=1.5 --", "g", 1);
+        assert_eq!((s.mem_kib, s.invalid.len()), (DEFAULT_MEM_KIB, 4));
     }
 
     #[test]

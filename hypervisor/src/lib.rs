@@ -3,11 +3,13 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod bootmodule;
 pub mod cmdline;
 pub mod continuation;
 pub mod debugreg;
 pub mod descriptor;
 pub mod domspec;
+pub mod exitstatus;
 pub mod features;
 pub mod fpu;
 pub mod guest_cpuid;

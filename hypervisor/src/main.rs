@@ -60,7 +60,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     info!("hypervisor {} starting", env!("CARGO_PKG_VERSION"));
 
     let mut layout = memory::start_layout(image_bytes);
-    let boot = bootinfo::decode(magic, info_phys as u64).unwrap_or_else(|e| fatal(format_args!("boot information: {e}")));
+    let mut boot = bootinfo::decode(magic, info_phys as u64).unwrap_or_else(|e| fatal(format_args!("boot information: {e}")));
     let options = Options::parse(&boot.cmdline);
     logger::set_verbose(options.verbose);
     info!("boot: {} loader, command line {:?}, {} modules", boot.protocol, boot.cmdline.as_str(), boot.modules.len());
@@ -71,9 +71,11 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
         warn!("boot: bad value in command-line option {:?} ignored", word.as_str());
     }
 
+    pv::modules::check(&mut boot, &options);
+    pv::lifecycle::set_exit_status(options.exit);
     lapic::init_boot_cpu(options.x2apic);
     let early = memory::init_heap(&boot, &mut layout, &options).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
-    pv::build::map_modules(&boot, &mut layout, options.guests, options.vcpus);
+    pv::modules::register(&boot, &options);
     let machine = platform::discover(&boot, &options);
     let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
@@ -110,7 +112,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     }
     if options.dom0 {
         pv::build::start_domain0();
-    } else if !pv::build::modules().is_empty() {
+    } else if !pv::modules::modules().is_empty() {
         pv::build::start_boot_domains();
     } else if options.selftest {
         exit(Outcome::Success);

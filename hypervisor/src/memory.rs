@@ -1,5 +1,6 @@
 //! The hypervisor's memory: the window layout, the heap, the frame table, per-CPU areas and
-//! temporary mappings of arbitrary machine frames — the glue between `mm` and the window's
+//! temporary mappings of arbitrary machine frames (writable, or read-only for reading boot
+//! modules a page at a time: [`read_machine`]) — the glue between `mm` and the window's
 //! page tables.
 //!
 //! Boot order matters and is encoded in the function names: the heap comes first (backed by
@@ -390,11 +391,13 @@ fn reserved_ranges(boot: &BootInfo) -> ArrayVec<PhysRange, { MAX_MODULES + 8 }> 
     ranges.push(PhysRange { start: 0, end: 1 << 20 }); // real-mode area, BIOS, AP trampoline
     ranges.push(image);
     ranges.extend(boot.loader_ranges.iter().map(|&(start, end)| PhysRange { start, end }));
-    ranges.extend(boot.modules.iter().map(|m| PhysRange { start: m.start, end: m.end }));
+    // Modules refused at boot are never read, so their ranges (perhaps nonsense) stay free.
+    ranges.extend(boot.modules.iter().filter(|m| m.refused.is_none()).map(|m| PhysRange { start: m.start, end: m.end }));
     ranges
 }
 
-fn image_end_va() -> u64 {
+/// One past the hypervisor image's last virtual address.
+pub fn image_end_va() -> u64 {
     unsafe extern "C" {
         static __image_end: u8;
     }
@@ -537,17 +540,29 @@ pub struct FrameMapping {
 impl FrameMapping {
     /// Maps `mfn` writable; `None` when all of this CPU's slots are in use.
     pub fn new(mfn: Mfn) -> Option<FrameMapping> {
+        Self::with_kind(mfn, MapKind::Data)
+    }
+
+    /// Maps `mfn` read-only (a boot module: [`FrameMapping::bytes`] must not be used).
+    fn read_only(mfn: Mfn) -> Option<FrameMapping> {
+        Self::with_kind(mfn, MapKind::ReadOnly)
+    }
+
+    fn with_kind(mfn: Mfn, kind: MapKind) -> Option<FrameMapping> {
         let cpu = percpu::current();
         let slots = &cpu.temp_slots;
+        let base = *TEMP_BASE.get()?;
         let taken = slots.load(core::sync::atomic::Ordering::Relaxed);
         let slot = (!taken).trailing_zeros();
         if slot as u64 >= TEMP_SLOTS_PER_CPU {
             return None;
         }
         slots.fetch_or(1 << slot, core::sync::atomic::Ordering::Relaxed);
-        let base = *TEMP_BASE.get()?;
         let va = base + (cpu.index.0 as u64 * TEMP_SLOTS_PER_CPU + slot as u64) * PAGE_SIZE;
-        paging::map(va, mfn.addr().0, MapKind::Data).ok()?;
+        if paging::map(va, mfn.addr().0, kind).is_err() {
+            slots.fetch_and(!(1 << slot), core::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
         Some(FrameMapping { slot, va })
     }
 
@@ -561,6 +576,13 @@ impl FrameMapping {
         // SAFETY: `va` maps one whole frame for as long as `self` lives, on this CPU only.
         unsafe { &mut *(self.va as *mut [u8; PAGE_SIZE as usize]) }
     }
+
+    /// The frame's bytes, to read.
+    fn bytes_ref(&self) -> &[u8; PAGE_SIZE as usize] {
+        // SAFETY: `va` maps one whole frame (readable whatever its kind) for as long as
+        // `self` lives, on this CPU only.
+        unsafe { &*(self.va as *const [u8; PAGE_SIZE as usize]) }
+    }
 }
 
 impl Drop for FrameMapping {
@@ -568,6 +590,22 @@ impl Drop for FrameMapping {
         paging::unmap(self.va);
         percpu::current().temp_slots.fetch_and(!(1 << self.slot), core::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Copies machine memory at `maddr` into `buf` through read-only temporary mappings, a page
+/// at a time (boot modules, which are never mapped otherwise). `false` when no mapping slot
+/// was free.
+pub fn read_machine(maddr: u64, buf: &mut [u8]) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = maddr + done as u64;
+        let offset = (at % PAGE_SIZE) as usize;
+        let len = (buf.len() - done).min(PAGE_SIZE as usize - offset);
+        let Some(map) = FrameMapping::read_only(Mfn(at / PAGE_SIZE)) else { return false };
+        buf[done..done + len].copy_from_slice(&map.bytes_ref()[offset..offset + len]);
+        done += len;
+    }
+    true
 }
 
 /// Self-check: allocates `count` frames, writes and reads each through a temporary mapping,

@@ -486,4 +486,31 @@ proptest! {
         prop_assert_eq!(spec.invalid.len(), invalid);
         prop_assert_eq!(spec.guest_cmdline.as_str(), clip(guest.trim(), 1023));
     }
+
+    /// What follows `--` on the hypervisor's line is a module line, read exactly as a
+    /// module's own (ASCII whitespace around it dropped, clipped to 1023 bytes); the words
+    /// before it are the hypervisor's alone.
+    #[test]
+    fn the_line_after_the_separator_is_a_module_line(
+        before in proptest::collection::vec(word().prop_filter("not the separator", |w| w != "--"), 0..6),
+        module in line(),
+    ) {
+        let hypervisor = before.join(" ");
+        let options = Options::parse(&format!("{hypervisor} -- {module}"));
+        let trimmed = module.trim_matches(|c: char| c.is_ascii_whitespace());
+        prop_assert_eq!(options.module_line.as_str(), clip(trimmed, 1023));
+        prop_assert_eq!(&Options { module_line: Default::default(), ..options.clone() }, &Options::parse(&hypervisor));
+        if trimmed.len() <= 1023 {
+            prop_assert_eq!(DomainSpec::parse(&options.module_line, "m", 1), DomainSpec::parse(&module, "m", 1));
+        }
+    }
+
+    /// `mem=` is MiB: a valid value gives `mem_kib = mem * 1024`, anything else is reported.
+    #[test]
+    fn module_memory_in_mib(mem in prop_oneof![0u64..5000, any::<u64>()]) {
+        let spec = DomainSpec::parse(&format!("mem={mem} --"), "m", 1);
+        let ok = (1..=crate::domspec::MAX_MEM_MIB).contains(&mem);
+        prop_assert_eq!(spec.mem_kib, if ok { mem * 1024 } else { DEFAULT_MEM_KIB });
+        prop_assert_eq!(spec.invalid.len(), usize::from(!ok));
+    }
 }

@@ -75,8 +75,6 @@ pub enum Region {
     Heap,
     /// Boot-time mappings of firmware data (ACPI tables, multiboot information).
     Firmware,
-    /// Boot modules (guest kernel images), mapped read-only for the whole run.
-    Modules,
     /// Device registers (local APIC, IO-APIC, HPET...).
     Mmio,
     /// Per-CPU temporary mappings of arbitrary machine frames.
@@ -87,7 +85,7 @@ pub enum Region {
 
 impl Region {
     /// Number of regions (each is placed at most once).
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 7;
 
     /// Short name for the layout table.
     pub const fn name(self) -> &'static str {
@@ -96,7 +94,6 @@ impl Region {
             Region::FrameMetadata => "frame metadata",
             Region::Heap => "heap",
             Region::Firmware => "firmware",
-            Region::Modules => "modules",
             Region::Mmio => "mmio",
             Region::TempMappings => "temp mappings",
             Region::PerCpu => "per-cpu",

@@ -62,15 +62,17 @@ pub fn write_pair(f: &mut impl fmt::Write, key: &str, value: impl fmt::Display) 
     write!(f, " {key}={value}")
 }
 
-/// Splits a boot module's line at the first word that is exactly `--`: the words before
-/// it are the hypervisor's, the text after it is the guest's (untrimmed). Without `--`,
-/// the whole line and `None`.
+/// Splits a boot module's line at the first word that is exactly `--` (between ASCII
+/// whitespace or the line's ends, like every word): the words before it are the
+/// hypervisor's, the text after it is the guest's (untrimmed). Without `--`, the whole line
+/// and `None`.
 pub fn split_guest(line: &str) -> (&str, Option<&str>) {
+    let space = |c: char| c.is_ascii_whitespace();
     let separator = line
         .match_indices("--")
         .map(|(i, _)| i)
-        .find(|&i| line[..i].ends_with(' ') || i == 0)
-        .filter(|&i| line[i + 2..].is_empty() || line[i + 2..].starts_with(' '));
+        .filter(|&i| line[..i].ends_with(space) || i == 0)
+        .find(|&i| line[i + 2..].is_empty() || line[i + 2..].starts_with(space));
     match separator {
         Some(i) => (&line[..i], Some(&line[i + 2..])),
         None => (line, None),
@@ -304,6 +306,11 @@ mod tests {
         assert_eq!(split_guest("a --b c"), ("a --b c", None));
         assert_eq!(split_guest("a-- b"), ("a-- b", None));
         assert_eq!(split_guest("a=-- -- b"), ("a=-- ", Some(" b")));
+        // Any ASCII whitespace separates words, the separator too.
+        assert_eq!(split_guest("a\t--\tb"), ("a\t", Some("\tb")));
+        assert_eq!(split_guest("--\n"), ("", Some("\n")));
+        // A `--` that starts a longer word is passed over for a later one.
+        assert_eq!(split_guest(" --x -- y"), (" --x ", Some(" y")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! Building domains from boot modules: maps every module read-only into the window (for
-//! the whole run), and turns one into a running domain — reservation, start-of-day memory
-//! laid out by the `builder` crate, page-table types validated and the top level pinned, a
-//! vCPU in a run queue.
+//! Building domains from boot modules: turns one into a running domain — reservation,
+//! start-of-day memory laid out by the `builder` crate (which reads the image through
+//! `pv::modules`, a page at a time), page-table types validated and the top level pinned,
+//! a vCPU in a run queue.
 //!
 //! A bad image is refused with the builder's message and everything the attempt allocated
 //! is returned; the other domains still start. So is a request the machine cannot hold:
@@ -18,86 +18,19 @@ use core::sync::atomic::Ordering;
 use abi::control::SchedParams;
 use abi::features::FeatureSet;
 use abi::ids::{Mfn as AbiMfn, Pfn};
-use builder::{build, DomainConfig, GuestMemory, HypervisorInputs, PvKernel};
-use hypervisor::domspec::{DomainSpec, Expect};
+use builder::{build, DomainConfig, GuestMemory, HypervisorInputs, ImageSource, PvKernel};
+use hypervisor::domspec::Expect;
 use log::{info, warn};
 use mm::addr::{Mfn, PAGE_SIZE};
-use mm::layout::{Region, WindowLayout};
-use spin::Once;
 
 use crate::arch::gdt::{GUEST_CS64, GUEST_DS};
-use crate::arch::paging::{self, MapKind};
+use crate::arch::paging;
 use crate::arch::trap::TrapFrame;
-use crate::bootinfo::BootInfo;
 use crate::domain::{Domain, Ending, JoinError, Vcpu, VcpuPlacement};
 use crate::memory::FrameMapping;
+use crate::pv::modules::{modules, BootModule};
 use crate::pv::{lifecycle, mmu, shared};
 use crate::{cpus, sched, time};
-
-/// A boot module: its image (mapped read-only) and what its command line asks for.
-pub struct BootModule {
-    pub image: &'static [u8],
-    pub spec: DomainSpec,
-}
-
-static MODULES: Once<Vec<BootModule>> = Once::new();
-
-/// The most window space given to boot modules; larger sets are refused module by module.
-const MODULES_WINDOW_MAX: u64 = 24 << 20;
-
-/// Maps every boot module read-only into the window's module region. A module whose line
-/// does not say how many vCPUs its domains may have gets `default_vcpus`.
-pub fn map_modules(boot: &BootInfo, layout: &mut WindowLayout, default_count: u32, default_vcpus: u32) {
-    let pages = |m: &crate::bootinfo::Module| m.end.saturating_sub(m.start & !(PAGE_SIZE - 1)).div_ceil(PAGE_SIZE);
-    let wanted: u64 = boot.modules.iter().map(pages).sum::<u64>() * PAGE_SIZE;
-    let size = wanted.min(MODULES_WINDOW_MAX);
-    let mut next = match size {
-        0 => 0,
-        _ => match layout.place(Region::Modules, size) {
-            Ok(range) => range.start,
-            Err(e) => {
-                warn!("modules: no window space for boot modules ({e:?}); none will run");
-                0
-            }
-        },
-    };
-    let end = next + size;
-    let mut modules = Vec::new();
-    for (i, module) in boot.modules.iter().enumerate() {
-        let bytes = pages(module) * PAGE_SIZE;
-        if next == 0 || next + bytes > end || module.end <= module.start {
-            warn!("modules: module {i} ({} bytes) does not fit the module window; skipped", module.end.saturating_sub(module.start));
-            continue;
-        }
-        let first = module.start & !(PAGE_SIZE - 1);
-        for page in 0..bytes / PAGE_SIZE {
-            paging::map(next + page * PAGE_SIZE, first + page * PAGE_SIZE, MapKind::ReadOnly).expect("module pages map once");
-        }
-        let va = next + (module.start - first);
-        // SAFETY: the module's pages were just mapped read-only here for the rest of the run,
-        // and the frame allocator never hands them out (they are reserved at boot).
-        let image = unsafe { core::slice::from_raw_parts(va as *const u8, (module.end - module.start) as usize) };
-        next += bytes;
-        let mut spec = DomainSpec::parse(&module.cmdline, default_name(&module.cmdline, i), default_count);
-        spec.vcpus = Some(spec.vcpus.unwrap_or(default_vcpus));
-        for word in &spec.invalid {
-            warn!("modules: module {i}: bad option {:?} ignored", word.as_str());
-        }
-        modules.push(BootModule { image, spec });
-    }
-    let _ = layout.set_used(Region::Modules, wanted.min(size));
-    MODULES.call_once(|| modules);
-}
-
-fn default_name(_cmdline: &str, index: usize) -> &'static str {
-    const NAMES: [&str; 8] = ["guest0", "guest1", "guest2", "guest3", "guest4", "guest5", "guest6", "guest7"];
-    NAMES.get(index).copied().unwrap_or("guest")
-}
-
-/// The boot modules.
-pub fn modules() -> &'static [BootModule] {
-    MODULES.get().map_or(&[], |m| m.as_slice())
-}
 
 /// Builds and starts domain 0 from the first boot module; the other modules wait for its
 /// `CreateDomain` requests.
@@ -108,7 +41,13 @@ pub fn start_domain0() {
         lifecycle::boot_domains_built(0);
         return;
     };
-    let request = BuildRequest { name: "dom0", privileged: true, max_kib: module.spec.mem_kib * 4, ..BuildRequest::from_module(module, 0) };
+    let Ok(request) = BuildRequest::from_module(module, 0) else {
+        warn!("dom0: not started: its module was refused at boot");
+        lifecycle::not_started();
+        lifecycle::boot_domains_built(0);
+        return;
+    };
+    let request = BuildRequest { name: "dom0", privileged: true, max_kib: module.spec.mem_kib * 4, ..request };
     match build_domain(&request) {
         Ok(domain) => {
             lifecycle::started(domain.id, expected(module.spec.expect));
@@ -118,6 +57,7 @@ pub fn start_domain0() {
         }
         Err(e) => {
             warn!("dom0: not started: {e}");
+            lifecycle::not_started();
             lifecycle::boot_domains_built(0);
         }
     }
@@ -142,7 +82,15 @@ pub fn start_boot_domains() -> usize {
     for module in modules() {
         for copy in 0..module.spec.count {
             let cpu = online[started % online.len()];
-            match build_domain(&BuildRequest::from_module(module, cpu)) {
+            let request = match BuildRequest::from_module(module, cpu) {
+                Ok(request) => request,
+                Err(problem) => {
+                    warn!("domain {} copy {copy}: not started: its module was refused at boot ({problem})", module.spec.name);
+                    lifecycle::not_started();
+                    continue;
+                }
+            };
+            match build_domain(&request) {
                 Ok(domain) => {
                     lifecycle::started(domain.id, expected(module.spec.expect));
                     build_us.push(domain.build_ns.load(Ordering::Relaxed) / 1000);
@@ -156,7 +104,10 @@ pub fn start_boot_domains() -> usize {
                     );
                     started += 1;
                 }
-                Err(e) => warn!("domain {} copy {copy}: not started: {e}", module.spec.name),
+                Err(e) => {
+                    warn!("domain {} copy {copy}: not started: {e}", module.spec.name);
+                    lifecycle::not_started();
+                }
             }
         }
     }
@@ -186,7 +137,8 @@ pub fn start(domain: &Domain) {
 /// Logs, per module, the smallest reservation its image can be laid out in.
 fn report_minimum_reservations() {
     for module in modules() {
-        let Ok(kernel) = PvKernel::parse(module.image, offered_features()) else { continue };
+        let Ok(image) = &module.image else { continue };
+        let Ok(kernel) = PvKernel::parse(image, offered_features()) else { continue };
         let config = DomainConfig { nr_pages: 0, cmd_line: module.spec.guest_cmdline.as_bytes(), is_privileged: false, xenstore: None, console: None };
         if let Ok(pages) = builder::Plan::minimum_nr_pages(&kernel, &config) {
             info!("summary: module.{}.min_reservation_kib={}", module.spec.name, pages * 4);
@@ -233,7 +185,7 @@ fn offered_features() -> FeatureSet {
 
 /// What to build: an image and how to run it.
 pub struct BuildRequest<'a> {
-    pub image: &'a [u8],
+    pub image: &'a dyn ImageSource,
     pub name: &'a str,
     pub mem_kib: u64,
     /// The most memory it may balloon up to (at least `mem_kib`).
@@ -249,10 +201,12 @@ pub struct BuildRequest<'a> {
 }
 
 impl<'a> BuildRequest<'a> {
-    /// A request for one domain of a boot module, as its command line asks.
-    pub fn from_module(module: &'a BootModule, cpu: u32) -> BuildRequest<'a> {
-        BuildRequest {
-            image: module.image,
+    /// A request for one domain of a boot module, as its command line asks (the module's
+    /// problem if it was refused at boot).
+    pub fn from_module(module: &'a BootModule, cpu: u32) -> Result<BuildRequest<'a>, hypervisor::bootmodule::Problem> {
+        let image = module.image.as_ref().map_err(|problem| *problem)?;
+        Ok(BuildRequest {
+            image,
             name: &module.spec.name,
             mem_kib: module.spec.mem_kib,
             max_kib: module.spec.mem_kib,
@@ -261,7 +215,7 @@ impl<'a> BuildRequest<'a> {
             cpu,
             placement: VcpuPlacement { max_vcpus: module.spec.vcpus.unwrap_or(1), cpu_mask: 0, pinned: false },
             params: SchedParams::default(),
-        }
+        })
     }
 }
 
@@ -316,7 +270,7 @@ fn check_room(plan: &builder::Plan) -> Result<(), BuildFailure> {
 }
 
 /// Populates the reservation, lays out the start-of-day memory and creates vCPU 0.
-fn fill(domain: &Arc<Domain>, kernel: &PvKernel, config: &DomainConfig, cpu: u32) -> Result<Arc<Vcpu>, BuildFailure> {
+fn fill(domain: &Arc<Domain>, kernel: &PvKernel<'_, dyn ImageSource + '_>, config: &DomainConfig, cpu: u32) -> Result<Arc<Vcpu>, BuildFailure> {
     // The domain's own list of its frames is the one the builder reads (nobody else sees
     // the domain yet, so holding its lock stops no one).
     let mut mem = domain.memory.lock();

@@ -139,7 +139,9 @@ fn checked(params: SchedParams) -> Result<SchedParams, Errno> {
 
 /// Builds a domain from a boot module and starts it, or leaves it paused.
 fn create(args: &CreateDomain) -> HcResult {
-    let module = build::modules().get(args.module as usize).ok_or(Errno::Einval)?;
+    let module = crate::pv::modules::modules().get(args.module as usize).ok_or(Errno::Einval)?;
+    // A module refused at boot is never read.
+    let image = module.image.as_ref().map_err(|_| Errno::Einval)?;
     if args.cmdline_len > MAX_CMDLINE || args.mem_kib < 4 || args.flags & !CREATE_FLAGS != 0 || args.max_vcpus > MAX_VCPUS {
         return Err(Errno::Einval);
     }
@@ -153,7 +155,7 @@ fn create(args: &CreateDomain) -> HcResult {
     let cmdline = &mut cmdline[..args.cmdline_len as usize];
     uaccess::read(args.cmdline, cmdline).map_err(|_| Errno::Efault)?;
     let request = BuildRequest {
-        image: module.image,
+        image,
         name: &module.spec.name,
         mem_kib: args.mem_kib as u64,
         max_kib: args.max_kib as u64,
@@ -263,7 +265,7 @@ fn phys_info() -> PhysInfo {
         domains: domain::live_count() as u32,
         cpus: cpus::online_count() as u32,
         window_used_kib: 0,
-        modules: build::modules().len() as u32,
+        modules: crate::pv::modules::modules().len() as u32,
         domains_held: domain::held_count(),
         tsc_khz: time::tsc_hz() / 1000,
         domain_records: domain::DOMAIN_RECORDS.load(Ordering::Relaxed),

@@ -2,12 +2,16 @@
 //! and — when the last one is gone — the per-domain report, the leak check and power-off.
 //!
 //! Under QEMU the exit status says whether every domain ended as expected (a hostile test
-//! guest is expected to be killed) and no frame leaked: 33 yes, 35 no. Domains domain 0
-//! creates as hostile (fuzzers, attacks) may end any way: their endings are counted
-//! (`domains.hostile_*`), not judged.
+//! guest is expected to be killed) and no frame leaked: 33 yes, 35 no; or, with `exit=guest`
+//! (a guest run by hand), how the boot domains ended (`hypervisor::exitstatus`), 35 still
+//! meaning that memory leaked. Domains domain 0 creates as hostile (fuzzers, attacks) may
+//! end any way: their endings are counted (`domains.hostile_*`), not judged.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use hypervisor::cmdline::ExitStatus;
+use hypervisor::exitstatus::{guest_status, GuestEnd};
 
 use log::{error, info};
 use mm::frame::DomainId;
@@ -19,6 +23,10 @@ use crate::memory;
 
 static FREE_BEFORE: AtomicU64 = AtomicU64::new(0);
 static STARTED: AtomicUsize = AtomicUsize::new(0);
+/// Boot domains that could not be built.
+static NOT_STARTED: AtomicUsize = AtomicUsize::new(0);
+/// `exit=guest`: the exit status tells how the boot domains ended.
+static GUEST_STATUS: AtomicBool = AtomicBool::new(false);
 /// Every boot domain has been built (until then an empty domain table is not the end).
 static BUILT_ALL: AtomicBool = AtomicBool::new(false);
 static EXPECTED: Mutex<Vec<(DomainId, Ending)>> = Mutex::new(Vec::new());
@@ -35,6 +43,17 @@ pub fn record_free_before() {
 /// Whether `id` is a boot domain (one [`started`] recorded).
 pub fn is_boot_domain(id: DomainId) -> bool {
     EXPECTED.lock().iter().any(|(e, _)| *e == id)
+}
+
+/// Sets what the exit status reports (the `exit=` option).
+pub fn set_exit_status(status: ExitStatus) {
+    GUEST_STATUS.store(status == ExitStatus::Guest, Ordering::Relaxed);
+}
+
+/// Records a boot domain that could not be built (its module or image refused, too little
+/// memory): the run may still pass, but a hand-run guest's status says so.
+pub fn not_started() {
+    NOT_STARTED.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Records a started boot domain and how it should end.
@@ -71,11 +90,13 @@ fn finish() -> ! {
     // ones never: they are counted apart).
     let mut unexpected = history.others_failed as usize;
     let others = (history.others_ended, history.others_failed);
+    let mut guest_ends = Vec::new();
     for (id, name, ending) in &history.endings {
         match expected.iter().find(|(e, _)| e == id) {
             // Boot domains are judged against the ending their module line expects.
             Some(&(_, want)) => {
                 unexpected += usize::from(*ending != want);
+                guest_ends.push(guest_end(*ending));
                 info!("summary: domain.{}.name={}", id.0, name);
                 info!("summary: domain.{}.ending={}", id.0, ending.name());
                 info!("summary: domain.{}.expected={}", id.0, want.name());
@@ -106,6 +127,22 @@ fn finish() -> ! {
     info!("summary: memory.free_before_kib={}", before >> 10);
     info!("summary: memory.free_after_kib={}", after >> 10);
     info!("summary: memory.leaked_frames={leaked_frames}");
+    let not_started = NOT_STARTED.load(Ordering::Acquire);
+    info!("summary: domains.not_started={not_started}");
+    if GUEST_STATUS.load(Ordering::Relaxed) {
+        let end = guest_status(guest_ends, not_started);
+        match end {
+            Some(end) if before == after => {
+                info!("summary: guest.ending={}", end.name());
+                info!("summary: guest.exit_status={}", end.status());
+                exit(Outcome::Guest(end))
+            }
+            _ => {
+                error!("summary: guest ending unknown or memory leaked: run=fail");
+                exit(Outcome::Failure)
+            }
+        }
+    }
     let pass = unexpected == 0 && leaked_frames == 0 && before == after;
     if pass {
         info!("summary: run=pass");
@@ -113,4 +150,14 @@ fn finish() -> ! {
     }
     error!("summary: run=fail");
     exit(Outcome::Failure)
+}
+
+/// How an ending counts for a hand-run guest's exit status.
+fn guest_end(ending: Ending) -> GuestEnd {
+    match ending {
+        Ending::Poweroff | Ending::Destroyed => GuestEnd::Poweroff,
+        Ending::Reboot => GuestEnd::Reboot,
+        Ending::Crash | Ending::Suspend | Ending::Watchdog => GuestEnd::Crash,
+        Ending::Killed => GuestEnd::Killed,
+    }
 }

@@ -15,6 +15,7 @@ pub mod ldt;
 pub mod lifecycle;
 pub mod memop;
 pub mod mmu;
+pub mod modules;
 pub mod physdev;
 pub mod ptwr;
 pub mod shared;
