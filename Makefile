@@ -59,7 +59,7 @@ QEMU_BASE   = -M $(MACHINE) -accel $(ACCEL) -m $(MEM) -smp $(SMP) -display none 
               $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA)
 
 CARGO_FLAGS := $(if $(filter release,$(PROFILE)),--release,)
-APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
+APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools libxen-dev gcc
 DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine (guest-dom0: its
