@@ -247,6 +247,16 @@ impl GrantTable {
         Ok(())
     }
 
+    /// Heap bytes the next first pin of an entry may allocate (the active list growing),
+    /// for the caller's room check.
+    pub fn active_growth_bytes(&self) -> usize {
+        if self.active.len() < self.active.capacity() {
+            0
+        } else {
+            self.active.capacity().max(4) * 2 * size_of::<Active>()
+        }
+    }
+
     /// The entries in use.
     pub fn active(&self) -> &[Active] {
         &self.active

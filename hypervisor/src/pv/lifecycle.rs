@@ -84,6 +84,8 @@ fn finish() -> ! {
     crate::sched::report();
     crate::pv::console::report();
     crate::pv::mmu::report();
+    crate::pv::grants::report();
+    crate::domain::teardown::report();
     crate::tlb::report();
     info!("summary: domains.created_by_dom0={}", others.0);
     info!("summary: domains.failed_created_by_dom0={}", others.1);

@@ -8,6 +8,7 @@ pub mod control;
 pub mod descriptors;
 pub mod emulate;
 pub mod events;
+pub mod grants;
 pub mod hypercall;
 pub mod lifecycle;
 pub mod memop;
