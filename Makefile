@@ -35,7 +35,7 @@ GUEST_IMAGE_MIB = $(shell echo $$(( ( $$(stat -c %s $(GUEST) 2>/dev/null || echo
 GUEST_LINE  = name=$(basename $(notdir $(GUEST))) mem=$(GUEST_MEM)$(if $(GUEST_VCPUS), vcpus=$(GUEST_VCPUS)) -- $(GUEST_CMDLINE)
 # The hypervisor's line for a hand run: the exit status says how the guest ended.
 RUN_CMDLINE = $(strip $(CMDLINE) $(if $(GUEST),exit=guest guests=$(GUESTS)))
-GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments guest-bigimage guest-shutdown
+GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments guest-bigimage guest-shutdown guest-grants
 
 # The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
 N          ?= 100
@@ -90,12 +90,12 @@ QEMU_BASE   = -M $(MACHINE) -accel $(ACCEL) -m $(MEM) -smp $(SMP) -display none 
               $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA)
 
 CARGO_FLAGS := $(if $(filter release,$(PROFILE)),--release,)
-APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools
+APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools libxen-dev gcc
 DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine (guest-dom0: its
 # library, the plan and options; its binary runs on the machine only).
-HOST_CRATES := xen-abi apic builder bvt events guest-dom0 guest-rt mm protocol ptwr pvmm smp topology
+HOST_CRATES := xen-abi apic builder bvt events grants guest-dom0 guest-rt mm protocol ptwr pvmm smp topology
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
 # Guest crates whose library (the logic) is tested and linted on the host too.

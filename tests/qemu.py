@@ -288,6 +288,21 @@ def guest_cases():
                                       f"hostile2: race concurrent_flushes: {2 * -(-RACE_ROUNDS // 2)} flushes",
                                       "hostile2: check vcpumask_flushes: 3000 remaps flushed on vCPU 1 by bitmap, 0 missed: ok",
                                       "hostile2: all races held"]),
+        # Work package "grants" (issue 16): two domains of one image share pages through grant
+        # tables, v1 and v2 (map, unmap, copy, status frames, version changes); the granter
+        # powers off holding a mapping of the mapper's page while the mapper maps its pages:
+        # its mapping is released at its death, its frames only once the mapper unmaps them.
+        Case("iso-grants-smp2", smp="2", boot="iso",
+             modules=[("guest-grants", "name=granter -- role=granter peer=2"),
+                      ("guest-grants", "name=mapper -- role=mapper peer=1")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0",
+                     "teardown.waited_for_grants": "1", "grants.table_frames": "0"},
+             expect_lines=ok_lines + GRANTS_LINES),
+        Case("iso-grants-smp1", smp="1", boot="iso",
+             modules=[("guest-grants", "name=granter -- role=granter peer=2"),
+                      ("guest-grants", "name=mapper -- role=mapper peer=1")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0", "grants.table_frames": "0"},
+             expect_lines=ok_lines + GRANTS_LINES),
         Case("iso-hello-min-reservation", smp="2", boot="iso",
              modules=[("guest-hello", "name=smallest mem_kib=96")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
@@ -355,6 +370,17 @@ SEGMENT_ATTACKS = [
     ("ldt_call_gate", "poweroff", "refused (errno 22)"),
     ("stale_ldt_ss", "poweroff", "contained by the failsafe callback"),
     ("stale_ldt_ds", "poweroff", "failsafe frame ds 0x7"),
+]
+
+
+# What guest-grants prints when every phase held (guests/grants/src/main.rs).
+GRANTS_LINES = [
+    "grants: granter: v1 maps, unmaps and copies seen from the granting side ok",
+    "grants: granter: v2 status frames and version changes ok",
+    "grants: mapper: v1 maps ok", "grants: mapper: v1 unmaps and copies ok",
+    "grants: mapper: map+unmap round trip median", "grants: mapper: v2 maps and sub-page copies ok",
+    "grants: mapper: the granter died holding our page (released) and granting its own",
+    "grants: granter done", "grants: mapper all ok",
 ]
 
 

@@ -18,7 +18,7 @@
 //! - [`ids`]: domain, port, vCPU and frame newtypes.
 //! - [`start_info`], [`shared_info`], [`mmu`] (xen.h); [`arch_x86`] (arch-x86/xen.h,
 //!   xen-x86_64.h); [`event_channel`], [`sched`], [`memory`], [`callback`], [`vcpu`],
-//!   [`version`], [`features`], [`elfnote`], [`physdev`], [`pvh`] (hvm/start_info.h).
+//!   [`version`], [`features`], [`elfnote`], [`physdev`], [`grant_table`], [`pvh`] (hvm/start_info.h).
 //! - [`hypercall_page`]: the bytes of the guest's hypercall page.
 //! - [`control`]: this hypervisor's own control interface for domain 0 (not a Xen header).
 
@@ -34,6 +34,7 @@ pub mod elfnote;
 pub mod errno;
 pub mod event_channel;
 pub mod features;
+pub mod grant_table;
 pub mod hypercall;
 pub mod hypercall_page;
 pub mod ids;

@@ -32,7 +32,7 @@ use abi::errno::Errno;
 use abi::hypercall::{MulticallEntry, MEMOP_EXTENT_SHIFT};
 use abi::mmu::{MmuUpdate, MmuextOp};
 
-use crate::hypercall::Request;
+use crate::hypercall::{GuestVa, Request};
 
 /// Why a handler returned without a value for the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +88,12 @@ impl Request {
             Request::ConsoleWrite { buffer, count } => {
                 Request::ConsoleWrite { buffer: buffer.offset::<u8>(progress)?, count: left(count)? }
             }
+            Request::GrantTableOp { op, opaque, uop, count } => Request::GrantTableOp {
+                op,
+                opaque,
+                uop: GuestVa(uop.0.checked_add(op.element_size()?.checked_mul(progress)?)?),
+                count: left(count)?,
+            },
             Request::MemoryOp { cmd, start_extent, arg } => Request::MemoryOp {
                 cmd,
                 start_extent: start_extent.checked_add(progress).filter(|&s| s <= u64::MAX >> MEMOP_EXTENT_SHIFT)?,
@@ -109,7 +115,7 @@ pub fn resume_entry(entry: &mut MulticallEntry, rest: &Request) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypercall::{decode, GuestVa, MAX_BATCH, MMU_UPDATE_PREEMPTED};
+    use crate::hypercall::{decode, MAX_BATCH, MMU_UPDATE_PREEMPTED};
 
     fn mmu_update(count: u64) -> Request {
         Request::MmuUpdate { requests: GuestVa(0x10_0000), count, done: GuestVa(0x2000), domid: 0x7ff0, preempted: false }
@@ -167,6 +173,16 @@ mod tests {
         let rest = decrease.continuation(300).unwrap();
         assert_eq!(rest.encode(), (12, [(300 << MEMOP_EXTENT_SHIFT) | 1, 0x5000, 0, 0, 0]));
         assert_eq!(rest.continuation(200).unwrap(), Request::MemoryOp { cmd: 1, start_extent: 500, arg: GuestVa(0x5000) });
+    }
+
+    #[test]
+    fn grant_table_arrays_continue_advanced_by_their_element_size() {
+        let copies = decode(20, [5, 0x9000, 10, 0, 0]).unwrap();
+        assert_eq!(copies.continuation(4).unwrap().encode(), (20, [5, 0x9000 + 4 * 40, 6, 0, 0]));
+        // A single-struct command has no units to continue through.
+        let setup = decode(20, [2, 0x9000, 1, 0, 0]).unwrap();
+        assert_eq!(setup.continuation(1), None);
+        assert_eq!(setup.continuation(0), Some(setup));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`Request::encode`] is the inverse: it gives the registers that decode to a request, so
 //! that a preempted call can be re-issued as a changed request (see [`crate::continuation`]).
 
+use abi::grant_table::{GnttabOp, GNTTABOP_CMD_MASK, GNTTABOP_CONTINUATION_ARG_SHIFT};
 use abi::hypercall::{CallbackOp, ConsoleIoOp, Hypercall, SchedOp, VcpuOp, XenVersionOp, MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT};
 
 /// A guest virtual address given as a hypercall argument.
@@ -72,6 +73,9 @@ pub enum Request {
     /// The legacy form: `arg` names a `struct physdev_op` holding the command.
     PhysdevOpCompat { arg: GuestVa },
     Domctl { arg: GuestVa },
+    /// `grant_table_op`: `count` elements (or one struct) at `uop`; `opaque` is the
+    /// continuation argument in the command's upper bits (`cache_flush` only).
+    GrantTableOp { op: GnttabOp, opaque: u32, uop: GuestVa, count: u64 },
 }
 
 /// Why a hypercall was refused before any handler ran; each maps to one errno.
@@ -83,13 +87,15 @@ pub enum DecodeError {
     UnknownOp { call: Hypercall, op: u64 },
     /// A count above the batch limit (EINVAL).
     TooMany { call: Hypercall, count: u64 },
+    /// An argument no call of this kind takes (EINVAL).
+    BadArgument { call: Hypercall, value: u64 },
 }
 
 impl DecodeError {
     pub fn errno(self) -> abi::errno::Errno {
         match self {
             DecodeError::Unknown(_) | DecodeError::UnknownOp { .. } => abi::errno::Errno::Enosys,
-            DecodeError::TooMany { .. } => abi::errno::Errno::Einval,
+            DecodeError::TooMany { .. } | DecodeError::BadArgument { .. } => abi::errno::Errno::Einval,
         }
     }
 }
@@ -164,6 +170,19 @@ pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
         H::PhysdevOp => Request::PhysdevOp { cmd: op32(a[0]), arg: GuestVa(a[1]) },
         H::PhysdevOpCompat => Request::PhysdevOpCompat { arg: GuestVa(a[0]) },
         H::Domctl => Request::Domctl { arg: GuestVa(a[0]) },
+        H::GrantTableOp => {
+            // Xen's order: a negative count, then continuation bits on a command that has
+            // none (both EINVAL), then an unknown command (ENOSYS).
+            let (raw, count) = (op32(a[0]), a[2] as u32);
+            if count as i32 <= -1 {
+                return Err(DecodeError::TooMany { call, count: count.into() });
+            }
+            let (op, opaque) = (GnttabOp::from_raw(raw & GNTTABOP_CMD_MASK), raw >> GNTTABOP_CONTINUATION_ARG_SHIFT);
+            if opaque != 0 && op != Some(GnttabOp::CacheFlush) {
+                return Err(DecodeError::BadArgument { call, value: a[0] });
+            }
+            Request::GrantTableOp { op: op.ok_or(unknown_op(a[0]))?, opaque, uop: GuestVa(a[1]), count: count.into() }
+        }
         _ => return Err(DecodeError::Unknown(number)),
     })
 }
@@ -209,6 +228,9 @@ impl Request {
             Request::PhysdevOp { cmd, arg } => (H::PhysdevOp, [cmd.into(), arg.0, 0, 0, 0]),
             Request::PhysdevOpCompat { arg } => (H::PhysdevOpCompat, [arg.0, 0, 0, 0, 0]),
             Request::Domctl { arg } => (H::Domctl, [arg.0, 0, 0, 0, 0]),
+            Request::GrantTableOp { op, opaque, uop, count } => {
+                (H::GrantTableOp, [u64::from(op.raw() | opaque << GNTTABOP_CONTINUATION_ARG_SHIFT), uop.0, count, 0, 0])
+            }
         };
         (call.number(), args)
     }
@@ -237,8 +259,10 @@ pub(crate) mod tests {
         for n in [11, 43, 64, 1 << 32, u64::MAX] {
             assert_eq!(decode(n, [0; 5]).unwrap_err().errno(), abi::errno::Errno::Enosys, "hypercall {n}");
         }
-        // Known but not implemented (grant tables, platform ops) are ENOSYS too.
-        assert_eq!(decode(20, [0; 5]), Err(DecodeError::Unknown(20)));
+        // Known but not implemented (platform ops) are ENOSYS too, as are unknown grant-table
+        // commands.
+        assert_eq!(decode(7, [0; 5]), Err(DecodeError::Unknown(7)));
+        assert_eq!(decode(20, [13, 0, 1, 0, 0]).unwrap_err().errno(), abi::errno::Errno::Enosys);
         assert_eq!(decode(29, [99, 0, 0, 0, 0]).unwrap_err().errno(), abi::errno::Errno::Enosys);
         assert_eq!(decode(18, [7, 0, 0, 0, 0]).unwrap_err().errno(), abi::errno::Errno::Enosys);
     }
@@ -281,7 +305,7 @@ pub(crate) mod tests {
     }
 
     /// One request of every kind, with arguments that use every decoded bit.
-    pub(crate) fn every_request() -> [Request; 28] {
+    pub(crate) fn every_request() -> [Request; 29] {
         let va = GuestVa(0xffff_8000_dead_b000);
         [
             Request::SetTrapTable { table: va },
@@ -312,7 +336,24 @@ pub(crate) mod tests {
             Request::MmuUpdate { requests: GuestVa(0), count: 0, done: GuestVa(0), domid: 0, preempted: false },
             Request::PhysdevOp { cmd: u32::MAX, arg: va },
             Request::PhysdevOpCompat { arg: va },
+            Request::GrantTableOp { op: GnttabOp::CacheFlush, opaque: (1 << 20) - 1, uop: va, count: 0x7fff_ffff },
         ]
+    }
+
+    #[test]
+    fn grant_table_ops_decode_as_xen_checks_them() {
+        let map = Request::GrantTableOp { op: GnttabOp::MapGrantRef, opaque: 0, uop: GuestVa(0x1000), count: 3 };
+        assert_eq!(decode(20, [0, 0x1000, 3, 0, 0]), Ok(map));
+        // The count is an unsigned int the hypervisor refuses when negative as an int.
+        assert_eq!(decode(20, [0, 0x1000, 0x8000_0000, 0, 0]).unwrap_err().errno(), abi::errno::Errno::Einval);
+        assert!(decode(20, [0, 0x1000, (1 << 32) | 3, 0, 0]).is_ok());
+        // Continuation bits only on cache_flush (EINVAL elsewhere, before ENOSYS).
+        assert_eq!(decode(20, [1 << 12, 0x1000, 1, 0, 0]).unwrap_err().errno(), abi::errno::Errno::Einval);
+        assert_eq!(decode(20, [(1 << 12) | 13, 0x1000, 1, 0, 0]).unwrap_err().errno(), abi::errno::Errno::Einval);
+        assert_eq!(
+            decode(20, [(5 << 12) | 12, 0x1000, 1, 0, 0]),
+            Ok(Request::GrantTableOp { op: GnttabOp::CacheFlush, opaque: 5, uop: GuestVa(0x1000), count: 1 })
+        );
     }
 
     #[test]

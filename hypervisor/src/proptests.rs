@@ -16,6 +16,7 @@
 use std::string::String;
 use std::vec::Vec;
 
+use abi::grant_table::GnttabOp;
 use abi::hypercall::{CallbackOp, ConsoleIoOp, SchedOp, VcpuOp, XenVersionOp, MEMOP_CMD_MASK, MEMOP_EXTENT_SHIFT};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -40,9 +41,9 @@ fn config(cases: u32) -> ProptestConfig {
 /// mmu_update 1, set_gdt 2, stack_switch 3, set_callbacks 4, fpu_taskswitch 5,
 /// set_debugreg 8, get_debugreg 9, update_descriptor 10, memory_op 12, multicall 13,
 /// update_va_mapping 14, set_timer_op 15, xen_version 17, console_io 18, physdev_op_compat 19,
-/// vm_assist 21, iret 23, vcpu_op 24, set_segment_base 25, mmuext_op 26, sched_op 29,
-/// callback_op 30, event_channel_op 32, physdev_op 33, domctl 36.
-const IMPLEMENTED: [u64; 26] = [0, 1, 2, 3, 4, 5, 8, 9, 10, 12, 13, 14, 15, 17, 18, 19, 21, 23, 24, 25, 26, 29, 30, 32, 33, 36];
+/// grant_table_op 20, vm_assist 21, iret 23, vcpu_op 24, set_segment_base 25, mmuext_op 26,
+/// sched_op 29, callback_op 30, event_channel_op 32, physdev_op 33, domctl 36.
+const IMPLEMENTED: [u64; 27] = [0, 1, 2, 3, 4, 5, 8, 9, 10, 12, 13, 14, 15, 17, 18, 19, 20, 21, 23, 24, 25, 26, 29, 30, 32, 33, 36];
 
 /// The registers a guest loads for `request` (rax, then rdi, rsi, rdx, r10, r8), with
 /// every bit the decoder ignores left 0.
@@ -154,6 +155,10 @@ fn encode(request: &Request) -> (u64, [u64; 5]) {
             a[0] = arg.0;
             36
         }
+        Request::GrantTableOp { op, opaque, uop, count } => {
+            a[..3].copy_from_slice(&[u64::from(op.raw() | opaque << 12), uop.0, count]);
+            20
+        }
     };
     (number, a)
 }
@@ -173,6 +178,8 @@ fn narrow(number: u64, a: &[u64; 5]) -> Narrow {
         2 => Narrow { count: Some((1, MAX_GDT_ENTRIES)), ..none },
         13 => Narrow { count: Some((1, MAX_BATCH)), ..none },
         5 | 8 | 9 | 17 | 29 | 30 | 32 | 33 => Narrow { int32: &[0], ..none },
+        // grant_table_op: an unsigned int command and count (the count's sign bit refused).
+        20 => Narrow { count: Some((2, u64::from(i32::MAX as u32))), int32: &[0], u16_at: None },
         // console_io: a write's count is bounded; a read's is only 32-bit.
         18 if a[0] as u32 == ConsoleIoOp::Write.raw() => Narrow { count: Some((1, MAX_CONSOLE_WRITE)), int32: &[0], u16_at: None },
         18 => Narrow { count: Some((1, u64::from(u32::MAX))), int32: &[0], u16_at: None },
@@ -279,6 +286,21 @@ proptest! {
             30 => CallbackOp::from_raw(a[0] as u32).is_some(),
             _ => true,
         };
+        if n == 20 {
+            // grant_table_op checks, in Xen's order: the count's sign, continuation bits on
+            // a command other than cache_flush (both EINVAL), then the command (ENOSYS).
+            let (cmd, opaque) = (a[0] as u32 & 0xfff, a[0] as u32 >> 12);
+            let errno = result.map(drop).map_err(|e| e.errno()).err();
+            let want = if a[2] as u32 > i32::MAX as u32 || (opaque != 0 && cmd != 12) {
+                Some(abi::errno::Errno::Einval)
+            } else if GnttabOp::from_raw(cmd).is_none() {
+                Some(abi::errno::Errno::Enosys)
+            } else {
+                None
+            };
+            prop_assert_eq!(errno, want);
+            return Ok(());
+        }
         if !sub_op_defined {
             prop_assert!(matches!(result, Err(DecodeError::UnknownOp { op, .. }) if op == a[0]), "{:?}", result);
             prop_assert_eq!(result.unwrap_err().errno(), abi::errno::Errno::Enosys);

@@ -101,6 +101,14 @@ pub enum MmError {
     /// A validation failed in an earlier call, which stopped while undoing it; this call
     /// finished the undo. The Xen error number of the original refusal.
     FailedEarlier(Errno),
+    /// A grant mapping's removal found an entry that is not the grant's: not present, of
+    /// another frame, or with another access (XSA-234).
+    NotGranted {
+        /// The granted frame.
+        mfn: Mfn,
+        /// The entry found.
+        found: u64,
+    },
     /// The frame still has references after its domain released everything.
     InUse {
         /// The frame.
@@ -136,7 +144,8 @@ impl MmError {
             | MmError::NotMapped { .. }
             | MmError::AlreadyPinned(_)
             | MmError::NotPinned(_)
-            | MmError::NotATable(_) => Errno::Einval,
+            | MmError::NotATable(_)
+            | MmError::NotGranted { .. } => Errno::Einval,
         }
     }
 }

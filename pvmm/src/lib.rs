@@ -19,12 +19,13 @@
 //! counting model), `validate` (whole-table validation and devalidation, and how a
 //! stopped walk is continued), [`update`] (one entry update),
 //! [`pin`] (pins and base pointers), [`walk`] (finding an L1 entry), [`relinquish`]
-//! (domain destruction), [`error`].
+//! (domain destruction), [`foreign`] (grant mappings), [`error`].
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 pub mod entry;
 pub mod error;
+pub mod foreign;
 pub mod level;
 pub mod memory;
 pub mod pin;
@@ -36,6 +37,8 @@ mod validate;
 pub mod walk;
 
 #[cfg(test)]
+mod foreign_tests;
+#[cfg(test)]
 mod preempt_tests;
 #[cfg(test)]
 mod proptests;
@@ -45,6 +48,7 @@ mod testkit;
 mod tests;
 
 pub use entry::Pte;
+pub use foreign::grant_entry;
 pub use error::MmError;
 pub use level::Level;
 pub use memory::TableMemory;

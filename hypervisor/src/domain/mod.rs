@@ -9,8 +9,8 @@
 //! [`vcpu::VCPU_RECORDS`]), so that a record something holds after its destruction shows.
 //! Destruction happens only once no CPU runs any of its vCPUs (see [`Domain::destroy`]).
 //!
-//! Frames the hypervisor writes on a domain's behalf (today its shared-info page, where
-//! event bits and time go; later vcpu_info and runstate areas, grant tables, rings) hold,
+//! Frames the hypervisor writes on a domain's behalf (its shared-info page, where event
+//! bits and time go, and its grant-table frames; later vcpu_info and runstate areas, rings) hold,
 //! for as long as the hypervisor writes them, a general and a writable-type reference
 //! (`pv::mmu::hold_for_hypervisor`, taken at creation, dropped at destruction before the
 //! frame is freed): a frame with a writable type can never become a page table or a
@@ -265,6 +265,10 @@ pub struct Domain {
     pub console: Mutex<crate::pv::console::ConsoleLine>,
     /// Event channels.
     pub channels: Mutex<events::Channels>,
+    /// Its grant table (`pv::grants`): the grants it gives.
+    pub grants: Mutex<grants::GrantTable>,
+    /// Its maptrack: the grants of others (or its own) it maps.
+    pub maptrack: Mutex<grants::Maptrack>,
     pub counters: Counters,
     /// vCPUs currently running on some CPU (destruction waits for zero).
     pub running_vcpus: AtomicU32,
@@ -430,6 +434,8 @@ impl Domain {
             ending: Mutex::new(None),
             console: Mutex::new(crate::pv::console::ConsoleLine::new()),
             channels: Mutex::new(events::Channels::new(abi::ids::DomId(id.0), 32, events::limits::DEFAULT_MAX_PORTS)),
+            grants: Mutex::new(grants::GrantTable::new(grants::table::DEFAULT_MAX_FRAMES)),
+            maptrack: Mutex::new(grants::Maptrack::new(grants::maptrack::DEFAULT_MAX_MAPS)),
             counters: Counters::default(),
             running_vcpus: AtomicU32::new(0),
             build_ns: AtomicU64::new(0),
@@ -582,11 +588,13 @@ impl Domain {
     ///
     /// Order: marked dead, then its event channels closed (a sender holding its channel lock
     /// has finished writing into the shared-info frame, and a later one sees it dead), its
-    /// vCPUs stopped, their descriptor frames dropped and their base pointers taken; the
-    /// rest, whose cost grows with the domain's memory (its tables relinquished, the
-    /// hypervisor's hold on its shared-info frame dropped, every CPU that may hold its
-    /// translations flushed, its frames freed, its place in the table given up), goes to
-    /// [`teardown`], which does it in bounded slices. No CPU can still hold one of its
+    /// grant table closed (no other domain may start using one of its grants), its vCPUs
+    /// stopped, their descriptor frames dropped and their base pointers taken; the
+    /// rest, whose cost grows with the domain's memory (its tables relinquished, every CPU
+    /// that may hold its translations flushed, the grant mappings it holds released, a wait
+    /// until no other domain uses its grants or references its frames, the hypervisor's
+    /// holds on its shared-info and grant-table frames dropped, its frames freed, its place
+    /// in the table given up), goes to [`teardown`], which does it in bounded slices. No CPU can still hold one of its
     /// translations by then: every CPU that ran it left its dirty CPUs when it loaded
     /// another address space, before `running_vcpus` fell to zero; the teardown's flush
     /// finds none (and would flush any).
@@ -595,6 +603,7 @@ impl Domain {
             return;
         }
         crate::pv::events::close_all(self);
+        crate::pv::grants::close(self);
         let vcpus = core::mem::take(&mut *self.vcpus.lock());
         for vcpu in &vcpus {
             // Stopped here too: a `shutdown` that raced with this destruction may have found

@@ -3,13 +3,25 @@
 //! keeps a CPU in the hypervisor with interrupts off for long (issue 15, hole 7).
 //!
 //! `destroy` does only the constant part at once (the domain marked dead, its event
-//! channels closed, its vCPUs stopped, their descriptor frames and base pointers taken) and
-//! queues the rest here, in order: its frame list cut down to the frames it owns; its page
-//! tables relinquished (pvmm's walk stops when its slice's budget is spent and continues at
-//! the next slice); the hypervisor's hold on its shared-info frame dropped and that frame
-//! relinquished; every CPU that may hold its translations flushed; its frames freed; and
-//! last it leaves the domain table (its id is free again and the run's end can come:
-//! `pv::lifecycle::domain_destroyed`). Until then the domain is in the table, dead.
+//! channels and grant table closed, its vCPUs stopped, their descriptor frames and base
+//! pointers taken) and queues the rest here, in order: its frame list cut down to the
+//! frames it owns; its page tables relinquished (pvmm's walk stops when its slice's budget
+//! is spent and continues at the next slice; its grant mappings' own references go with
+//! them); every CPU that may hold its translations flushed; the grant mappings it holds
+//! released, one per step (their granters' entries unpinned, only now that no CPU can
+//! reach those frames through it); a wait until no other domain uses one of its grants or
+//! references one of its frames (a mapper that outlives it unmaps, or dies, first); the
+//! hypervisor's holds on its shared-info and grant-table frames dropped and those frames
+//! relinquished; its frames freed; and last it leaves the domain table (its id is free
+//! again and the run's end can come: `pv::lifecycle::domain_destroyed`). Until then the
+//! domain is in the table, dead.
+//!
+//! A teardown that waits for another domain (`Stage::AwaitForeign`) is *blocked*: the
+//! workers pass it over until a grant somewhere lets go of another domain's frame
+//! ([`foreign_reference_dropped`]), so that waiting costs nothing and [`pending`] and
+//! [`work`] say "nothing to do" while only blocked teardowns remain (a `GetPhysInfo` then
+//! answers without waiting for them). Two domains that map each other's grants both get
+//! through: each releases its own mappings before it waits.
 //!
 //! Who runs the slices: the idle loop (interrupts taken between slices), every trap exit
 //! while teardown work is queued (a slice of at most [`TRAP_SLICE_NS`]), and domain 0's
@@ -21,7 +33,7 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use log::warn;
 use mm::addr::Mfn;
@@ -49,9 +61,15 @@ struct Teardown {
     /// Its frame list (stale and repeated entries until [`Stage::Filter`] is done).
     pages: Vec<Mfn>,
     stage: Stage,
-    /// Where [`Stage::Filter`] and [`Stage::Free`] are in `pages`.
+    /// Where [`Stage::Filter`], [`Stage::AwaitForeign`] and [`Stage::Free`] are in `pages`.
     cursor: usize,
     progress: RelinquishProgress,
+    /// Blocked in [`Stage::AwaitForeign`] since this value of [`RELEASES`].
+    blocked_at: Option<u64>,
+    /// It logged that it waits.
+    said_waiting: bool,
+    /// Its grant-table frames, taken once nothing else uses them.
+    table_frames: Vec<Mfn>,
 }
 
 /// The steps, in order.
@@ -61,11 +79,16 @@ enum Stage {
     Filter,
     /// Relinquish its tables' references to its frames (and its base pointers).
     Relinquish,
-    /// Drop the hypervisor's hold on the shared-info frame and relinquish that frame.
-    SharedInfo,
     /// Flush every CPU that may still hold one of its translations.
     Flush,
-    /// Free its frames and its shared-info frame.
+    /// Release the grant mappings it holds, one per step.
+    Grants,
+    /// Wait until no other domain uses its grants or references its frames.
+    AwaitForeign,
+    /// Drop the hypervisor's holds on the shared-info and grant-table frames and
+    /// relinquish those frames.
+    SharedInfo,
+    /// Free its frames, its shared-info frame and its grant-table frames.
     Free,
     /// Leave the domain table.
     Forget,
@@ -74,6 +97,15 @@ enum Stage {
 static QUEUE: Mutex<VecDeque<Teardown>> = Mutex::new(VecDeque::new());
 /// Teardowns queued or under way.
 static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// Counts the times a grant let go of another domain's frame (what a blocked teardown
+/// waits for).
+static RELEASES: AtomicU64 = AtomicU64::new(0);
+/// Teardowns found blocked at [`RELEASES`] = [`BLOCKED_AT`] (written by the worker only).
+static BLOCKED: AtomicUsize = AtomicUsize::new(0);
+static BLOCKED_AT: AtomicU64 = AtomicU64::new(0);
+/// Teardowns that ever had to wait for another domain (`summary: teardown.waited_for_grants`).
+static WAITED: AtomicU64 = AtomicU64::new(0);
+
 /// Held by the one CPU working on the teardown at the queue's front.
 static WORKER: Mutex<()> = Mutex::new(());
 
@@ -88,18 +120,30 @@ pub(super) fn enqueue(domain: Arc<Domain>, vcpus: Vec<Arc<Vcpu>>, bases: Vec<Bas
         stage: Stage::Filter,
         cursor: 0,
         progress: RelinquishProgress::default(),
+        blocked_at: None,
+        said_waiting: false,
+        table_frames: Vec::new(),
     };
     PENDING.fetch_add(1, Ordering::AcqRel);
     QUEUE.lock().push_back(teardown);
 }
 
-/// Whether any teardown is queued or under way.
+/// Whether a teardown is queued or under way that is not blocked waiting for another
+/// domain's grants.
 pub fn pending() -> bool {
-    PENDING.load(Ordering::Acquire) != 0
+    let pending = PENDING.load(Ordering::Acquire);
+    pending != 0 && (pending > BLOCKED.load(Ordering::Acquire) || RELEASES.load(Ordering::Acquire) != BLOCKED_AT.load(Ordering::Acquire))
+}
+
+/// A grant let go of another domain's frame (an unmap, a copy's end, a dead mapper's
+/// mapping released): teardowns waiting for that look again.
+pub fn foreign_reference_dropped() {
+    RELEASES.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Works on the queued teardowns for about `budget_ns` (at least one step), unless another
-/// CPU is at it. Returns whether teardown work is left.
+/// CPU is at it; blocked ones are passed over. Returns whether teardown work that can
+/// progress is left.
 pub fn work(budget_ns: u64) -> bool {
     if !pending() {
         return false;
@@ -107,9 +151,22 @@ pub fn work(budget_ns: u64) -> bool {
     let Some(_worker) = WORKER.try_lock() else { return true };
     let start = crate::time::rdtsc();
     let spent = || crate::time::tsc_to_ns(crate::time::rdtsc().wrapping_sub(start));
-    loop {
-        let Some(mut teardown) = QUEUE.lock().pop_front() else { return false };
-        while teardown.stage != Stage::Forget && spent() < budget_ns {
+    let releases = RELEASES.load(Ordering::Acquire);
+    if releases != BLOCKED_AT.load(Ordering::Acquire) {
+        // Something was let go since: every blocked teardown looks again.
+        BLOCKED.store(0, Ordering::Release);
+        BLOCKED_AT.store(releases, Ordering::Release);
+    }
+    let mut visits = QUEUE.lock().len();
+    while visits > 0 {
+        visits -= 1;
+        let Some(mut teardown) = QUEUE.lock().pop_front() else { break };
+        if teardown.blocked_at == Some(releases) {
+            QUEUE.lock().push_back(teardown);
+            continue;
+        }
+        teardown.blocked_at = None;
+        while teardown.stage != Stage::Forget && teardown.blocked_at.is_none() && spent() < budget_ns {
             teardown.step();
         }
         if teardown.stage == Stage::Forget {
@@ -118,11 +175,19 @@ pub fn work(budget_ns: u64) -> bool {
             if spent() < budget_ns {
                 continue;
             }
-            return pending();
+            break;
+        }
+        if let Some(at) = teardown.blocked_at {
+            if at == releases {
+                BLOCKED.fetch_add(1, Ordering::AcqRel);
+            }
+            QUEUE.lock().push_back(teardown);
+            continue;
         }
         QUEUE.lock().push_front(teardown);
-        return true;
+        break;
     }
+    pending()
 }
 
 impl Teardown {
@@ -154,17 +219,25 @@ impl Teardown {
                 let domain = self.domain.clone();
                 if crate::pv::mmu::relinquish_slice(&domain, &mut self.bases, &self.pages, &mut self.progress) {
                     self.progress = RelinquishProgress::default();
-                    self.stage = Stage::SharedInfo;
+                    self.stage = Stage::Flush;
                 }
             }
+            Stage::Flush => {
+                crate::tlb::flush_dirty(&self.domain.dirty_cpus, crate::tlb::Flush::All);
+                self.stage = Stage::Grants;
+            }
+            Stage::Grants => {
+                if !crate::pv::grants::release_one_map(&self.domain) {
+                    self.table_frames = crate::pv::grants::table_frames(&self.domain);
+                    self.cursor = 0;
+                    self.stage = Stage::AwaitForeign;
+                }
+            }
+            Stage::AwaitForeign => self.await_foreign(),
             Stage::SharedInfo => {
                 let domain = self.domain.clone();
                 crate::pv::mmu::release_for_hypervisor(domain.shared_info);
                 crate::pv::mmu::relinquish(&domain, Vec::new(), &[domain.shared_info]);
-                self.stage = Stage::Flush;
-            }
-            Stage::Flush => {
-                crate::tlb::flush_dirty(&self.domain.dirty_cpus, crate::tlb::Flush::All);
                 self.stage = Stage::Free;
             }
             Stage::Free => {
@@ -180,11 +253,55 @@ impl Teardown {
                 self.cursor = end;
                 if self.cursor >= self.pages.len() {
                     free(&self.domain, self.domain.shared_info);
+                    crate::pv::grants::free_table(&self.domain);
                     self.pages = Vec::new();
                     self.stage = Stage::Forget;
                 }
             }
             Stage::Forget => {}
+        }
+    }
+
+    /// One step of [`Stage::AwaitForeign`]: the next frames of its list must be
+    /// unreferenced, its shared-info and grant-table frames referenced by the hypervisor's
+    /// hold alone, and none of its grants in use; else it is blocked until a grant lets go
+    /// of something.
+    fn await_foreign(&mut self) {
+        let releases = RELEASES.load(Ordering::Acquire);
+        let frames = memory::frames();
+        let counts = |mfn: Mfn| frames.frame(mfn).map_or((0, 0), |info| (info.ref_count(), info.type_info().count()));
+        let end = (self.cursor + FRAMES_PER_STEP).min(self.pages.len());
+        let mut busy = None;
+        while self.cursor < end {
+            let mfn = self.pages[self.cursor];
+            if counts(mfn) != (0, 0) {
+                busy = Some(mfn);
+                break;
+            }
+            self.cursor += 1;
+        }
+        if busy.is_none() && self.cursor >= self.pages.len() {
+            let held = core::iter::once(self.domain.shared_info).chain(self.table_frames.iter().copied());
+            busy = held.into_iter().find(|&mfn| counts(mfn) != (1, 1));
+            if busy.is_none() && crate::pv::grants::in_use(&self.domain) {
+                busy = Some(Mfn(u64::MAX));
+            }
+            if busy.is_none() {
+                self.cursor = 0;
+                self.stage = Stage::SharedInfo;
+                return;
+            }
+        }
+        let Some(mfn) = busy else { return };
+        self.blocked_at = Some(releases);
+        if !self.said_waiting {
+            self.said_waiting = true;
+            WAITED.fetch_add(1, Ordering::Relaxed);
+            let (refs, types) = counts(mfn);
+            log::info!(
+                "domain {}: teardown waits for other domains' grant mappings (frame {mfn}: {refs} references, {types} typed)",
+                self.domain.id.0
+            );
         }
     }
 
@@ -213,6 +330,12 @@ impl Teardown {
         drop(domain);
         crate::pv::lifecycle::domain_destroyed();
     }
+}
+
+/// `summary: teardown.waited_for_grants`: teardowns that had to wait for another domain's
+/// grant mappings of their frames.
+pub fn report() {
+    log::info!("summary: teardown.waited_for_grants={}", WAITED.load(Ordering::Relaxed));
 }
 
 fn free(domain: &Domain, mfn: Mfn) {

@@ -29,7 +29,7 @@ use crate::arch::trap::TrapFrame;
 use crate::arch::uaccess;
 use crate::domain::{Ending, Vcpu};
 use crate::preempt;
-use crate::pv::{console, control, descriptors, events, memop, mmu, physdev, traps, vcpuop};
+use crate::pv::{console, control, descriptors, events, grants, memop, mmu, physdev, traps, vcpuop};
 
 /// What a handler returns: a value for rax, or an errno.
 pub type HcResult = Result<u64, Errno>;
@@ -110,6 +110,7 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         Request::VcpuOp { cmd, vcpu: id, arg } => vcpuop::vcpu_op(vcpu, cmd, id, arg),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
         Request::Domctl { arg } => return control::control(vcpu, arg),
+        Request::GrantTableOp { op, opaque, uop, count } => return grants::grant_table_op(vcpu, request, op, opaque, uop, count),
         Request::SetTimerOp { deadline_ns } => {
             events::set_timer(vcpu, deadline_ns);
             Ok(0)

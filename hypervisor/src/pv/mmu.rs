@@ -1,8 +1,10 @@
 //! Guest page-table management: the hypercalls (`mmu_update`, `mmuext_op`,
 //! `update_va_mapping`, and `mov` to CR3) on top of the `pvmm` crate's validation and
-//! reference counting, plus pinning a new domain's tables, relinquishing a dead one's, and
-//! the references that keep frames the hypervisor writes for a domain out of every
-//! protected type ([`hold_for_hypervisor`]).
+//! reference counting, plus pinning a new domain's tables, relinquishing a dead one's, the
+//! references that keep frames the hypervisor writes for a domain out of every protected
+//! type ([`hold_for_hypervisor`]), and for `pv::grants` the grant mappings in a domain's L1
+//! tables ([`map_grant`], [`unmap_grant`]) and the references a grant holds on the frame it
+//! names ([`get_frame`], [`get_writable`]).
 //!
 //! Every operation runs under the domain's page-table lock (a [`crate::cpus::CallLock`]: a
 //! type change may wait for other CPUs' flushes with it held); table frames are read and
@@ -304,6 +306,9 @@ pub fn relinquish_slice(domain: &Domain, bases: &mut alloc::vec::IntoIter<BasePt
     match one_slice(&mut Tables::for_domain(domain), |t| mmu().relinquish(domain.id, owned, bases, progress, t)) {
         Err(MmError::Restart) => false,
         Ok(()) => true,
+        // Another domain still maps one of its frames through a grant: everything of its
+        // own is released, and the teardown waits for the others (`domain::teardown`).
+        Err(MmError::InUse { .. }) => true,
         Err(e) => {
             log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);
             true
@@ -653,4 +658,92 @@ pub fn new_baseptr(vcpu: &Vcpu, l4: Mfn, user: bool) -> Result<(), MmError> {
         }
     }
     Ok(())
+}
+
+// ---- Grant mappings and the references grants hold (`pv::grants`) ----
+
+/// Where a grant's host mapping goes: a virtual address of the current address space, or
+/// (`GNTMAP_contains_pte`) the machine address of the L1 entry itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PteAt {
+    Virtual(u64),
+    Machine(u64),
+}
+
+/// The L1 entry `at` names for `vcpu`: a virtual address must be guest address space and
+/// mapped down to an L1; a machine address must be 8-byte aligned (XSA-227: a misaligned
+/// one would straddle two entries). Whether the frame is a validated L1 of the domain is
+/// checked by the update itself.
+fn grant_slot(vcpu: &Vcpu, at: PteAt, tables: &Tables<'_>) -> Result<pvmm::EntrySlot, MmError> {
+    match at {
+        PteAt::Machine(maddr) if !maddr.is_multiple_of(8) => Err(MmError::BadIndex((maddr & 0xfff) as usize)),
+        PteAt::Machine(maddr) => Ok(pvmm::EntrySlot { table: Mfn(maddr >> 12), index: ((maddr & 0xfff) / 8) as usize }),
+        PteAt::Virtual(va) => {
+            uaccess::check_range(va, 1).map_err(|_| MmError::NonCanonical(va))?;
+            let l4 = vcpu.ctx.lock().active_l4().ok_or(MmError::NotMapped { level: Level::L4, virtual_address: va })?;
+            mmu().l1_entry_of(l4, va, tables)
+        }
+    }
+}
+
+/// Writes the grant mapping `value` of `mfn` (a frame of another domain, or the caller's
+/// own) at `at`, under the domain's page-table lock; the entry takes its own references
+/// (see `pvmm::foreign`). Only `mfn`, and only for this domain, is let through as a
+/// foreign frame.
+pub fn map_grant(vcpu: &Vcpu, at: PteAt, mfn: Mfn, value: u64) -> Result<(), MmError> {
+    let dom = vcpu.domain.id;
+    let only_this = move |frame: Mfn, who: DomainId| frame == mfn && who == dom;
+    let _lock = vcpu.domain.mmu_lock.lock();
+    let mut tables = Tables::for_domain(&vcpu.domain);
+    let slot = grant_slot(vcpu, at, &tables)?;
+    one_slice(&mut tables, |t| mmu().with_sharing(&only_this).set_grant_entry(slot, value, dom, t))
+}
+
+/// Removes the grant mapping of `mfn` at `at` (it must map `mfn`, writable exactly when
+/// `writable`), moving the L1 entry that maps `steal` (a virtual address) into its place
+/// when given. The caller flushes the domain's CPUs before it drops the grant's own
+/// references.
+pub fn unmap_grant(vcpu: &Vcpu, at: PteAt, mfn: Mfn, writable: bool, steal: Option<u64>) -> Result<(), MmError> {
+    let dom = vcpu.domain.id;
+    let _lock = vcpu.domain.mmu_lock.lock();
+    let mut tables = Tables::for_domain(&vcpu.domain);
+    let slot = grant_slot(vcpu, at, &tables)?;
+    let steal = steal.map(|va| grant_slot(vcpu, PteAt::Virtual(va), &tables)).transpose()?;
+    one_slice(&mut tables, |t| mmu().clear_grant_entry(slot, mfn, writable, steal, dom, t))
+}
+
+/// Takes a general reference on `mfn` for its owner `owner` (refused unless `owner` owns
+/// it): what a grant holds on the frame it names, and what a copy holds on a frame of the
+/// caller's.
+pub fn get_frame(owner: DomainId, mfn: Mfn) -> Result<(), MmError> {
+    mmu().get_page(mfn, owner)
+}
+
+/// Drops a reference [`get_frame`] took.
+pub fn put_frame(mfn: Mfn) {
+    mmu().put_page(mfn);
+}
+
+/// Takes a writable-type reference on `mfn`, a frame of `owner` that the caller holds a
+/// general reference on (a writable grant mapping or a copy's destination): refused while
+/// the frame is a page table, descriptor or shared frame, and from then on it cannot become
+/// one. Under the owner's page-table lock, flushing the owner's CPUs that may still hold
+/// translations through the frame from a time it was a table.
+pub fn get_writable(owner: &Domain, mfn: Mfn) -> Result<(), MmError> {
+    let _lock = owner.mmu_lock.lock();
+    until_done(&mut Tables::for_domain(owner), |t| mmu().get_page_type(mfn, PageType::None, owner.id, t))
+}
+
+/// Drops a reference [`get_writable`] took (stamping the frame when it was the last).
+pub fn put_writable(owner: &Domain, mfn: Mfn) {
+    let _lock = owner.mmu_lock.lock();
+    if let Err(e) = until_done(&mut Tables::for_domain(owner), |t| mmu().put_page_type(mfn, t)) {
+        log::warn!("grant: writable reference on {mfn}: {e:?}");
+    }
+}
+
+/// Whether anything but the hypervisor's own hold references `mfn`, a frame held with
+/// [`hold_for_hypervisor`] (a guest mapping of a grant status frame, say).
+pub fn used_beyond_hold(mfn: Mfn) -> bool {
+    memory::frames().frame(mfn).map_or(true, |info| info.ref_count() > 1 || info.type_info().count() > 1)
 }

@@ -10,6 +10,7 @@ pub mod descriptors;
 pub mod emulate;
 pub mod events;
 pub mod fpu;
+pub mod grants;
 pub mod hypercall;
 pub mod ldt;
 pub mod lifecycle;
