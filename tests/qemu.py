@@ -101,6 +101,11 @@ ENTRY_ATTACKS = [
 ]
 
 
+# The M2P attacks of guests/hostile (src/m2p.rs) that end their domain when contained:
+# (attack, expected ending, a line it must print).
+M2P_ATTACKS = []
+
+
 def guest_cases():
     everyone = [("guest-hello", "name=hello count=2"),
                 ("guest-balloon", "name=balloon"),
@@ -245,6 +250,15 @@ def guest_cases():
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
                      "module.smallest.min_reservation_kib": "96"},
              expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=24"]),
+        # Issue 16, the M2P table and memory_op (work package m2p): the table read at Xen's
+        # address against the P2M for every frame, through ballooning, populate_physmap,
+        # extents of several frames and exchanges (guest-m2p); the M2P attacks that end a
+        # domain (see M2P_ATTACKS), each beside the others.
+        Case("iso-m2p", smp="2", boot="iso",
+             modules=[("guest-m2p", "name=m2p")]
+             + [("guest-hostile", f"name={a} attack={a} expect={e}") for a, e, _ in M2P_ATTACKS],
+             expect={"domains.created": str(1 + len(M2P_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["m2p: ok"] + [f"hostile: attack {a}: {line}" for a, _, line in M2P_ATTACKS if line]),
         # Issue 15, holes 2 and 5: attacks on the hypervisor's entry and exit paths, one
         # domain each, beside a hello guest that must finish (see ENTRY_ATTACKS).
         Case("iso-attacks-entry", smp="2", boot="iso",
