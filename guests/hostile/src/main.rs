@@ -9,7 +9,9 @@
 //! writable, the hypervisor's L4 and L3 slots, pins); where the hypervisor's window may
 //! appear ([`window`]: aliases through own L3s, L4 slot 511); the shared-info frame as a
 //! page table or descriptor frame ([`shared_info`]); polling the ports the hypervisor uses
-//! as markers ([`polling`]); giving back one frame twice;
+//! as markers ([`polling`]); the machine-to-physical table and exchanges ([`m2p`]: foreign
+//! frames named, the table's frames mapped, a write through its mapping, XSA-212's
+//! exchange); giving back one frame twice;
 //! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); then the fault in the fault handler ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
@@ -36,6 +38,7 @@ mod exit_path;
 mod fatal;
 mod last_attack;
 mod long_calls;
+mod m2p;
 mod mappings;
 mod polling;
 mod reservation;
@@ -72,6 +75,7 @@ fn main(start: &'static StartInfo) {
     window::run(&mut tally, &targets);
     shared_info::run(&mut tally, &targets);
     polling::run(&mut tally);
+    m2p::run(&mut tally, &targets);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     vcpus::run(&mut tally);

@@ -79,12 +79,3 @@ pub unsafe fn is_zero(pfn: Pfn) -> bool {
     // SAFETY: the caller vouches that the page is mapped and unused.
     (0..(PAGE_SIZE / 8) as usize).all(|i| unsafe { page.add(i).read_volatile() } == 0)
 }
-
-/// Writes a word unique to `pfn` into its (mapped) page.
-///
-/// # Safety
-/// As [`is_zero`], and the page must be writable.
-pub unsafe fn mark(pfn: Pfn) {
-    // SAFETY: the caller vouches for the page.
-    unsafe { (page_address(pfn) as *mut u64).write_volatile(0xC0DE_0000 | pfn.0) }
-}
