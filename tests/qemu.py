@@ -115,6 +115,14 @@ ENTRY_ATTACKS = [
 ]
 
 
+# The M2P attacks of guests/hostile (src/m2p.rs, src/long_calls.rs) that need a domain of
+# their own: frames leaving with entries the guest set (the entries must not keep them),
+# and an exchange of 8192 frames in one call (continued between chunks, its timer event let
+# in): (attack, module options, expected ending, a line it must print).
+M2P_ATTACKS = [("m2p_leak", "", "poweroff", "refused (no entry left behind holds the marker"),
+               ("long_exchange", "mem_kib=131072", "poweroff", "")]
+
+
 def guest_cases():
     everyone = [("guest-hello", "name=hello count=2"),
                 ("guest-balloon", "name=balloon"),
@@ -308,6 +316,17 @@ def guest_cases():
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
                      "module.smallest.min_reservation_kib": "96"},
              expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=24"]),
+        # Issue 16, the M2P table and memory_op (work package m2p): the table read at Xen's
+        # address against the P2M for every frame, through ballooning, populate_physmap,
+        # extents of several frames and exchanges (guest-m2p); the M2P attacks that end a
+        # domain (see M2P_ATTACKS), each beside the others.
+        Case("iso-m2p", smp="2", boot="iso",
+             modules=[("guest-m2p", "name=m2p")]
+             + [("guest-hostile", f"name={a} {o} attack={a} expect={e}".replace("  ", " ")) for a, o, e, _ in M2P_ATTACKS],
+             expect={"domains.created": str(1 + len(M2P_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_at_most={"sched.max_stay_us": PREEMPT_MAX_STAY_US},
+             expect_lines=ok_lines + ["m2p: ok", "hostile: long calls contained"]
+             + [f"hostile: attack {a}: {line}" for a, _, _, line in M2P_ATTACKS if line]),
         # Issue 15, holes 2 and 5: attacks on the hypervisor's entry and exit paths, one
         # domain each, beside a hello guest that must finish (see ENTRY_ATTACKS).
         Case("iso-attacks-entry", smp="2", boot="iso",

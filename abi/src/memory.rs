@@ -64,6 +64,39 @@ pub struct XenMachphysMapping {
 
 assert_layout!(XenMachphysMapping, size = 24, { v_start @ 0, v_end @ 8, max_mfn @ 16 });
 
+/// `XENMEM_machphys_mfn_list`: the first machine frame of each 2 MiB chunk of the M2P
+/// table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct XenMachphysMfnList {
+    /// IN: entries the array can hold.
+    pub max_extents: u32,
+    pub _pad: u32,
+    /// Guest address of an array of `max_extents` frame numbers (OUT).
+    pub extent_start: u64,
+    /// OUT: entries written.
+    pub nr_extents: u32,
+    pub _pad2: u32,
+}
+
+assert_layout!(XenMachphysMfnList, size = 24, { max_extents @ 0, extent_start @ 8, nr_extents @ 16 });
+
+/// `XENMEM_exchange`: trade the frames of `input` for new ones described by `output`
+/// (as many pages in all), atomically per chunk; `nr_exchanged` (IN/OUT) counts the input
+/// extents done, and must start at 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct XenMemoryExchange {
+    /// The extents given up (IN: their machine frames, for a PV guest).
+    pub input: XenMemoryReservation,
+    /// The extents wanted (IN: the guest frame each one is for; OUT: its machine frame).
+    pub output: XenMemoryReservation,
+    /// Input extents exchanged so far.
+    pub nr_exchanged: u64,
+}
+
+assert_layout!(XenMemoryExchange, size = 72, { input @ 0, output @ 32, nr_exchanged @ 64 });
+
 /// `XENMEM_memory_map` / `machine_memory_map`: an E820-format map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]

@@ -17,5 +17,6 @@ pub mod guest_return;
 pub mod hypercall;
 pub mod insn;
 pub mod logring;
+pub mod memop;
 #[cfg(test)]
 mod proptests;

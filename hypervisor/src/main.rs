@@ -17,6 +17,7 @@ mod idle;
 mod interrupts;
 mod lapic;
 mod logger;
+mod m2p;
 mod memory;
 mod percpu;
 mod platform;
@@ -84,6 +85,8 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     sched::init(machine.cpus_to_start(), |cpu| machine.nearest_first(cpu), u64::from(options.timer_slop_us) * 1000);
     memory::back_percpu_areas(areas).unwrap_or_else(|e| fatal(format_args!("per-CPU areas: {e}")));
     move_boot_cpu(&areas[0]);
+    let m2p = m2p::init().unwrap_or_else(|e| fatal(format_args!("machine-to-physical table: {e}")));
+    info!("m2p: {} KiB in {} frames for machine frames 0..{:#x}, read-only at {:#x}", m2p.table_bytes >> 10, m2p.table_frames, m2p.frames_covered, abi::arch_x86::MACH2PHYS_VIRT_START);
     arch::entry::init_this_cpu();
     let protections = arch::cpu::init_boot_cpu();
     info!("cpu: SMEP {}, SMAP {}, FSGSBASE off", on_off(protections.smep), on_off(protections.smap));

@@ -1,8 +1,9 @@
 //! Boot self-checks: every core answers a cross-CPU call, IPI round-trip time, every core's
 //! local timer fires, the identity map is gone, frames and heap memory come back when freed,
 //! the IDT and every CPU's GDT page are mapped read-only and not executable, the image's
-//! pages are writable or executable as their sections say and never both, and every CPU
-//! runs with the boot CPU's SMEP and SMAP and without FSGSBASE.
+//! pages are writable or executable as their sections say and never both, the
+//! machine-to-physical table is mapped as guests will read it and holds no entry yet, and
+//! every CPU runs with the boot CPU's SMEP and SMAP and without FSGSBASE.
 //!
 //! Runs on the boot CPU after bring-up; each check records pass or fail with a detail line.
 //! The checks only use public mechanisms (call board, timers, allocator), so a failure here
@@ -83,6 +84,9 @@ pub fn run(options: &Options) -> Checks {
 
     let (rebased, detail) = memory::check_heap_rebase();
     record(&mut list, "heap gives frame-table frames back", rebased, detail);
+
+    let (m2p_ok, detail) = crate::m2p::check();
+    record(&mut list, "machine-to-physical table mapped and invalid", m2p_ok, detail);
 
     let (read_only, detail) = descriptor_tables_read_only();
     record(&mut list, "descriptor tables read-only", read_only, detail);

@@ -2,17 +2,26 @@
 //!
 //! [`FrameTable`] holds one 16-byte [`FrameInfo`] for every machine frame from 0 up to
 //! the highest frame it was told about, in storage the boot code places in the window.
-//! It is the frame allocator (free frames are threaded into a singly-linked list through
-//! their own metadata, so `alloc` and `free` are O(1)) and it is where paravirtual memory
-//! management keeps each frame's owner, page type, type count, reference count and flags.
-//! Boot code builds it once from the usable ranges; every later memory operation calls it.
-//! It never hands out a frame outside those ranges, never hands out a frame twice, and
-//! never touches the frames themselves, only their metadata.
+//! It is the frame allocator and it is where paravirtual memory management keeps each
+//! frame's owner, page type, type count, reference count and flags. Boot code builds it
+//! once from the usable ranges; every later memory operation calls it. It never hands out
+//! a frame outside those ranges, never hands out a frame twice, and never touches the
+//! frames themselves, only their metadata.
 //!
-//! Locking: a `spin::Mutex` guards only the free-list head and count. The metadata words
-//! are atomics: the owner word is changed by compare-and-swap, and the type word packs
-//! type, count and flags so that a single compare-and-swap changes them together, as
-//! Xen's `get_page_type` needs.
+//! Free frames are threaded into a doubly-linked list through their own metadata: the
+//! next link in the word an allocated frame uses for its TLB stamp, the previous link in
+//! the owner word (whose top bit says "free"), so `alloc` and `free` are O(1), and so is
+//! taking any one free frame off the list: [`FrameTable::alloc_run`] finds an aligned run
+//! of free frames (machine-contiguous extents, as Xen's `extent_order`, and frames below an
+//! address limit) by scanning the metadata and takes each one out where it lies.
+//!
+//! Locking: a `spin::Mutex` guards the free list (its head, its count, and the links of
+//! every free frame). Under it, a frame reads as free exactly when it is on the list: a
+//! frame between the list and an owner (being handed out, or being freed) reads as
+//! reserved ([`FrameState::Reserved`]) for that moment. The metadata words are atomics:
+//! the owner word is changed by compare-and-swap, and the type word packs type, count and
+//! flags so that a single compare-and-swap changes them together, as Xen's
+//! `get_page_type` needs.
 //!
 //! Later extension (not built): one free list per NUMA node, chosen by a node id stored
 //! beside each range at construction, with `alloc` taking a preferred node and falling
@@ -31,16 +40,24 @@ pub const FRAME_INFO_SIZE: u64 = 16;
 const _: () = assert!(core::mem::size_of::<FrameInfo>() as u64 == FRAME_INFO_SIZE);
 const _: () = assert!(core::mem::align_of::<FrameInfo>() == 4);
 
-/// Free-list "no next frame" marker; also the bound on frames a table can cover
-/// (2^32 - 1 frames, i.e. just under 16 TiB of machine memory).
+/// Free-list "no next frame" marker.
 const NIL: u32 = u32::MAX;
 
 /// Owner-word values. Zero means reserved, so zero-filled storage is all reserved.
 const OWNER_RESERVED: u32 = 0;
-const OWNER_FREE: u32 = 1;
+/// Off the free list and on the way to an owner, or from one to the list (read as
+/// reserved: nobody may use it meanwhile).
+const OWNER_CLAIMED: u32 = 1;
 const OWNER_HYPERVISOR: u32 = 2;
 /// Domain owners are `OWNER_DOMAIN | domain id`.
 const OWNER_DOMAIN: u32 = 1 << 16;
+/// Free frames: this bit, and the previous frame on the free list in the bits below it
+/// ([`PREV_NIL`] for the first).
+const OWNER_FREE: u32 = 1 << 31;
+/// The previous-frame field of a free frame's owner word, and its "no previous frame"
+/// value; also the bound on frames a table can cover (2^31 - 1 frames, just under 8 TiB of
+/// machine memory), so that no frame number is either marker.
+const PREV_NIL: u32 = OWNER_FREE - 1;
 
 /// Type-word layout: bits 0..=23 type count, 24..=26 page type, 27..=30 flags.
 const TYPE_COUNT_MASK: u32 = (1 << 24) - 1;
@@ -64,6 +81,8 @@ pub enum Owner {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameState {
     /// Not usable RAM, or RAM kept by the hypervisor at boot: never allocated or freed.
+    /// (A frame also reads so for the moment it passes between the free list and an
+    /// owner, inside `alloc*` or `free`.)
     Reserved,
     /// On the free list.
     Free,
@@ -74,8 +93,8 @@ pub enum FrameState {
 impl FrameState {
     fn decode(raw: u32) -> FrameState {
         match raw {
-            OWNER_RESERVED => FrameState::Reserved,
-            OWNER_FREE => FrameState::Free,
+            OWNER_RESERVED | OWNER_CLAIMED => FrameState::Reserved,
+            free if free & OWNER_FREE != 0 => FrameState::Free,
             OWNER_HYPERVISOR => FrameState::Allocated(Owner::Hypervisor),
             // Only `encode_owner` writes other values: OWNER_DOMAIN | a u16.
             domain => FrameState::Allocated(Owner::Domain(DomainId(domain as u16))),
@@ -199,7 +218,9 @@ impl TypeInfo {
 ///
 /// | offset | field       | meaning                                                     |
 /// |--------|-------------|-------------------------------------------------------------|
-/// | 0      | `owner`     | 0 reserved, 1 free, 2 hypervisor, `0x1_0000 | domid` domain |
+/// | 0      | `owner`     | 0 reserved, 1 in passing (reads as reserved), 2 hypervisor, |
+/// |        |             | `0x1_0000 | domid` domain; free: bit 31 and the previous     |
+/// |        |             | free frame (`0x7fff_ffff` = none)                            |
 /// | 4      | `type_info` | bits 0-23 type count, 24-26 [`PageType`], 27-30 [`TypeFlags`] |
 /// | 8      | `ref_count` | general references (mappings, grants, I/O)                  |
 /// | 12     | `next_free` | free: the free-list link (next free frame, `u32::MAX` = end); |
@@ -369,13 +390,14 @@ pub struct FrameTable {
 }
 
 impl FrameTable {
-    /// Builds the table over `storage`, which covers frames `0..storage.len()`.
+    /// Builds the table over `storage`, which covers frames `0..storage.len()` (at most
+    /// 2^31 - 1 of them).
     ///
     /// Every entry is reset; the whole pages inside `usable` (clipped to the table) become
     /// free and everything else reserved. Overlapping ranges are tolerated. Free frames
     /// are handed out in ascending order at first. `storage` may hold any bytes.
     pub fn new(storage: &'static mut [FrameInfo], usable: &[PhysRange]) -> FrameTable {
-        let len = storage.len().min(NIL as usize);
+        let len = storage.len().min(PREV_NIL as usize);
         let storage = &mut storage[..len];
         storage.iter_mut().for_each(|info| *info = FrameInfo::new());
         let mut list = FreeList {
@@ -386,13 +408,17 @@ impl FrameTable {
             let first = page_align_up(range.start).unwrap_or(u64::MAX) >> PAGE_SHIFT;
             let end = (page_align_down(range.end) >> PAGE_SHIFT).min(len as u64);
             for index in (first..end).rev() {
-                let info = &mut storage[index as usize];
-                if *info.owner.get_mut() == OWNER_FREE {
+                let index = index as u32;
+                if *storage[index as usize].owner.get_mut() & OWNER_FREE != 0 {
                     continue;
                 }
-                *info.owner.get_mut() = OWNER_FREE;
+                if list.head != NIL {
+                    *storage[list.head as usize].owner.get_mut() = OWNER_FREE | index;
+                }
+                let info = &mut storage[index as usize];
+                *info.owner.get_mut() = OWNER_FREE | PREV_NIL;
                 *info.next_free.get_mut() = list.head;
-                list.head = index as u32;
+                list.head = index;
                 list.count += 1;
             }
         }
@@ -425,26 +451,20 @@ impl FrameTable {
     /// Allocates one frame for `owner`. Its type word is [`TypeInfo::NONE`] and its
     /// reference count 0.
     pub fn alloc(&self, owner: Owner) -> Result<Mfn, FrameError> {
-        let index = {
-            let mut list = self.free.lock();
-            if list.head == NIL {
-                return Err(FrameError::OutOfMemory {
-                    requested: 1,
-                    free: 0,
-                });
-            }
-            let index = list.head;
-            list.head = self.frames[index as usize]
-                .next_free
-                .load(Ordering::Relaxed);
-            list.count -= 1;
-            index
-        };
+        let mut list = self.free.lock();
+        if list.head == NIL {
+            return Err(FrameError::OutOfMemory {
+                requested: 1,
+                free: 0,
+            });
+        }
+        let index = list.head;
+        self.unlink(&mut list, index);
         Ok(self.hand_out(index, owner))
     }
 
     /// Allocates `count` frames for `owner` and appends them to `out`, taking the lock
-    /// once. All or nothing: on error no frame is allocated.
+    /// once (`out` grows outside it). All or nothing: on error no frame is allocated.
     pub fn alloc_many(
         &self,
         owner: Owner,
@@ -462,12 +482,22 @@ impl FrameTable {
                     free: list.count,
                 });
             }
+            // Detach the first `count` frames as a chain: each keeps its next link and
+            // reads as reserved until it is handed out below.
             let first = list.head;
             let mut last = first;
-            for _ in 1..count {
-                last = self.frames[last as usize].next_free.load(Ordering::Relaxed);
+            for i in 0..count {
+                if i > 0 {
+                    last = self.frames[last as usize].next_free.load(Ordering::Relaxed);
+                }
+                self.frames[last as usize]
+                    .owner
+                    .store(OWNER_CLAIMED, Ordering::Release);
             }
             list.head = self.frames[last as usize].next_free.load(Ordering::Relaxed);
+            if list.head != NIL {
+                self.set_prev(list.head, PREV_NIL);
+            }
             list.count -= count as u64;
             first
         };
@@ -481,6 +511,53 @@ impl FrameTable {
             self.hand_out(index, owner)
         }));
         Ok(())
+    }
+
+    /// Allocates `2^order` machine-contiguous frames for `owner`, the first a multiple of
+    /// `2^order`, all below frame `below` (`u64::MAX`: anywhere); returns the first.
+    /// `OutOfMemory` when no such run is free. Each frame is as [`Self::alloc`] leaves it.
+    ///
+    /// A single frame below the limit comes off the head of the list when the head
+    /// qualifies; otherwise the metadata is scanned from frame 0 up, without the lock, for
+    /// a run that reads free, which is then checked and taken under the lock (the lock is
+    /// held for the run's own frames only). The scan is O(frames) in the worst case: at
+    /// most one read per frame of the table.
+    pub fn alloc_run(&self, owner: Owner, order: u32, below: u64) -> Result<Mfn, FrameError> {
+        let size = 1u64.checked_shl(order).filter(|&size| size <= self.len());
+        let out_of_memory = |size: u64| FrameError::OutOfMemory {
+            requested: size,
+            free: self.free_count(),
+        };
+        let Some(size) = size else {
+            return Err(out_of_memory(1u64.checked_shl(order).unwrap_or(u64::MAX)));
+        };
+        let end = below.min(self.len());
+        if size == 1 {
+            let mut list = self.free.lock();
+            let head = list.head;
+            if head != NIL && u64::from(head) < end {
+                self.unlink(&mut list, head);
+                return Ok(self.hand_out(head, owner));
+            }
+        }
+        let is_free = |index: u64| self.frames[index as usize].state() == FrameState::Free;
+        let mut base = 0;
+        while base + size <= end {
+            if (base..base + size).all(is_free) {
+                let mut list = self.free.lock();
+                // Checked again: under the lock a frame reads free exactly when it is on
+                // the list.
+                if (base..base + size).all(is_free) {
+                    for index in base..base + size {
+                        self.unlink(&mut list, index as u32);
+                        self.hand_out(index as u32, owner);
+                    }
+                    return Ok(Mfn(base));
+                }
+            }
+            base += size;
+        }
+        Err(out_of_memory(size))
     }
 
     /// Returns an allocated frame to the free list and resets its type word.
@@ -505,9 +582,10 @@ impl FrameTable {
                     type_count,
                 });
             }
+            // Claimed first: it reads free only once it is on the list.
             match info.owner.compare_exchange(
                 observed,
-                OWNER_FREE,
+                OWNER_CLAIMED,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -517,9 +595,14 @@ impl FrameTable {
         }
         info.type_info.store(0, Ordering::Relaxed);
         let mut list = self.free.lock();
+        // `frame` succeeded, so the index is below `len() <= PREV_NIL`.
+        let index = mfn.0 as u32;
+        if list.head != NIL {
+            self.set_prev(list.head, index);
+        }
         info.next_free.store(list.head, Ordering::Relaxed);
-        // `frame` succeeded, so the index is below `len() <= NIL`.
-        list.head = mfn.0 as u32;
+        info.owner.store(OWNER_FREE | PREV_NIL, Ordering::Release);
+        list.head = index;
         list.count += 1;
         Ok(())
     }
@@ -542,7 +625,34 @@ impl FrameTable {
         }
     }
 
-    /// Marks a frame just detached from the free list as owned by `owner`.
+    /// Takes free frame `index` off the list (the lock held): it reads as reserved until
+    /// the caller hands it out.
+    fn unlink(&self, list: &mut FreeList, index: u32) {
+        let info = &self.frames[index as usize];
+        let prev = info.owner.load(Ordering::Relaxed) & PREV_NIL;
+        let next = info.next_free.load(Ordering::Relaxed);
+        if prev == PREV_NIL {
+            list.head = next;
+        } else {
+            self.frames[prev as usize]
+                .next_free
+                .store(next, Ordering::Relaxed);
+        }
+        if next != NIL {
+            self.set_prev(next, prev);
+        }
+        info.owner.store(OWNER_CLAIMED, Ordering::Release);
+        list.count -= 1;
+    }
+
+    /// Sets the previous-frame link of free frame `index` (the lock held).
+    fn set_prev(&self, index: u32, prev: u32) {
+        self.frames[index as usize]
+            .owner
+            .store(OWNER_FREE | prev, Ordering::Release);
+    }
+
+    /// Marks a frame taken off the free list as owned by `owner`.
     fn hand_out(&self, index: u32, owner: Owner) -> Mfn {
         let info = &self.frames[index as usize];
         // No TLB-flush stamp yet (the link word becomes the stamp while allocated).
@@ -769,6 +879,139 @@ mod tests {
         assert_eq!(t.free_count(), 0);
     }
 
+    /// Walks the free list and checks it against the metadata: every link both ways, the
+    /// count, and that exactly the frames on it read free.
+    fn check_free_list(t: &FrameTable) {
+        let list = t.free.lock();
+        let mut on_list = HashSet::new();
+        let (mut index, mut prev) = (list.head, PREV_NIL);
+        while index != NIL {
+            let owner = t.frames[index as usize].owner.load(Ordering::Relaxed);
+            assert_eq!(owner, OWNER_FREE | prev, "frame {index}: previous link");
+            assert!(on_list.insert(index), "frame {index} twice on the list");
+            prev = index;
+            index = t.frames[index as usize].next_free.load(Ordering::Relaxed);
+        }
+        assert_eq!(on_list.len() as u64, list.count);
+        for (i, info) in t.frames.iter().enumerate() {
+            assert_eq!(
+                info.state() == FrameState::Free,
+                on_list.contains(&(i as u32)),
+                "frame {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn runs_are_aligned_contiguous_and_below_the_limit() {
+        let t = table(64, &[range(1, 64)]);
+        // Frame 0 is reserved: the first aligned run of 8 starts at 8.
+        let run = t.alloc_run(DOM1, 3, u64::MAX).unwrap();
+        assert_eq!(run, Mfn(8));
+        for i in 8..16 {
+            let info = t.frame(Mfn(i)).unwrap();
+            assert_eq!(info.owner(), Some(DOM1));
+            assert_eq!(info.type_info(), TypeInfo::NONE);
+            assert_eq!(info.tlbflush_stamp(), 0);
+        }
+        assert_eq!(t.free_count(), 63 - 8);
+        check_free_list(&t);
+        // One frame taken out of the middle of the next run: it is skipped.
+        let hole = t.alloc_run(DOM1, 0, 21).unwrap();
+        assert_eq!(hole, Mfn(1), "the head qualifies");
+        let mut taken = Vec::new();
+        while let Ok(mfn) = t.alloc_run(DOM1, 0, 20) {
+            taken.push(mfn);
+        }
+        assert_eq!(
+            taken.len(),
+            6 + 4,
+            "frames 2..8 and 16..20 are the free ones below 20"
+        );
+        assert!(taken.iter().all(|m| m.0 < 20));
+        check_free_list(&t);
+        for mfn in taken.drain(..) {
+            if mfn.0 != 18 {
+                t.free(mfn).unwrap();
+            }
+        }
+        check_free_list(&t);
+        // Frame 18 is in use: 16..24 is no run of 8, 24..32 is.
+        assert_eq!(t.alloc_run(DOM1, 3, u64::MAX), Ok(Mfn(24)));
+        let free = t.free_count();
+        assert_eq!(
+            t.alloc_run(DOM1, 3, 24),
+            Err(FrameError::OutOfMemory { requested: 8, free }),
+            "no run of 8 below frame 24"
+        );
+        assert_eq!(t.alloc_run(DOM1, 5, u64::MAX), Ok(Mfn(32)));
+        assert!(matches!(
+            t.alloc_run(DOM1, 5, u64::MAX),
+            Err(FrameError::OutOfMemory { requested: 32, .. })
+        ));
+        assert!(matches!(
+            t.alloc_run(DOM1, 7, u64::MAX),
+            Err(FrameError::OutOfMemory { requested: 128, .. })
+        ));
+        assert!(matches!(
+            t.alloc_run(DOM1, 64, u64::MAX),
+            Err(FrameError::OutOfMemory { .. })
+        ));
+        check_free_list(&t);
+        for i in (8..16).chain(24..64) {
+            t.free(Mfn(i)).unwrap();
+        }
+        t.free(Mfn(1)).unwrap();
+        t.free(Mfn(18)).unwrap();
+        check_free_list(&t);
+        assert_eq!(t.free_count(), 63);
+    }
+
+    proptest::proptest! {
+        /// Any mix of single, batched and contiguous allocations and frees keeps the free
+        /// list exact (links, count, free frames), never hands a frame out twice, and
+        /// gives every run aligned, below its limit and whole.
+        #[test]
+        fn any_mix_of_allocations_keeps_the_list_exact(
+            ops in proptest::collection::vec((0u8..4, 0u32..5, 1u64..80, 0usize..64), 1..120)
+        ) {
+            let t = table(72, &[range(1, 40), range(44, 72)]);
+            let mut held: Vec<Mfn> = Vec::new();
+            for (kind, order, below, pick) in ops {
+                match kind {
+                    0 => if let Ok(mfn) = t.alloc(DOM1) { held.push(mfn) },
+                    1 => { let _ = t.alloc_many(DOM1, (order * 3) as usize, &mut held); }
+                    2 => if let Ok(run) = t.alloc_run(DOM1, order, below) {
+                        let size = 1u64 << order;
+                        proptest::prop_assert_eq!(run.0 % size, 0);
+                        proptest::prop_assert!(run.0 + size <= below);
+                        held.extend((0..size).map(|i| Mfn(run.0 + i)));
+                    },
+                    _ => if !held.is_empty() {
+                        let mfn = held.swap_remove(pick % held.len());
+                        proptest::prop_assert_eq!(t.free(mfn), Ok(()));
+                    },
+                }
+                let unique: HashSet<Mfn> = held.iter().copied().collect();
+                proptest::prop_assert_eq!(unique.len(), held.len());
+                proptest::prop_assert_eq!(t.stats().allocated(), held.len() as u64);
+                check_free_list(&t);
+            }
+        }
+    }
+
+    #[test]
+    fn frames_in_passing_read_reserved() {
+        let info = FrameInfo::new();
+        info.owner.store(OWNER_CLAIMED, Ordering::Relaxed);
+        assert_eq!(info.state(), FrameState::Reserved);
+        assert_eq!(info.owner(), None);
+        for prev in [0, 5, PREV_NIL] {
+            info.owner.store(OWNER_FREE | prev, Ordering::Relaxed);
+            assert_eq!(info.state(), FrameState::Free);
+        }
+    }
+
     #[test]
     fn hundred_domains_leave_no_leak_and_run_fast() {
         const DOMAINS: u16 = 100;
@@ -814,6 +1057,11 @@ mod tests {
                         } else {
                             t.alloc_many(owner, 7, &mut held).unwrap();
                             held.push(t.alloc(owner).unwrap());
+                            // A run, when one is free (others may hold every one).
+                            if let Ok(run) = t.alloc_run(owner, 2, u64::MAX) {
+                                assert_eq!(run.0 % 4, 0);
+                                held.extend((0..4).map(|i| Mfn(run.0 + i)));
+                            }
                         }
                         for &mfn in &held {
                             assert_eq!(t.frame(mfn).unwrap().owner(), Some(owner));
@@ -832,5 +1080,6 @@ mod tests {
             }
         }
         assert_eq!(t.stats(), before);
+        check_free_list(t);
     }
 }

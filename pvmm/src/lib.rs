@@ -19,7 +19,8 @@
 //! counting model), `validate` (whole-table validation and devalidation, and how a
 //! stopped walk is continued), [`update`] (one entry update),
 //! [`pin`] (pins and base pointers), [`walk`] (finding an L1 entry), [`relinquish`]
-//! (domain destruction), [`foreign`] (grant mappings), [`error`].
+//! (domain destruction), [`foreign`] (grant mappings), [`m2p`] (the read-only
+//! machine-to-physical table's geometry and the entries that map it), [`error`].
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod entry;
 pub mod error;
 pub mod foreign;
 pub mod level;
+pub mod m2p;
 pub mod memory;
 pub mod pin;
 pub mod policy;

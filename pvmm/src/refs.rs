@@ -98,6 +98,13 @@ impl<'a> PvMmu<'a> {
         self.get_page_for(mfn, dom, Access::OwnerOrShared)
     }
 
+    /// Takes a general reference on `mfn` for `dom`, which must own it (a frame merely
+    /// shared with it is refused): for what only an owner may do to a frame, such as
+    /// naming its guest frame in the machine-to-physical table.
+    pub fn get_owned_page(&self, mfn: Mfn, dom: DomainId) -> Result<(), MmError> {
+        self.get_page_for(mfn, dom, Access::Owner)
+    }
+
     /// Drops a general reference taken with [`Self::get_page`] (or by an entry, pin or
     /// base pointer being released). The frame stays allocated; freeing is the caller's.
     ///

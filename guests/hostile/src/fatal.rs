@@ -21,7 +21,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, compat, containment, exit_path, last_attack, long_calls, segments, window};
+use crate::{big_tree, compat, containment, exit_path, last_attack, long_calls, m2p, segments, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -37,6 +37,8 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "long_console", run: long_calls::console },
     Attack { name: "long_decrease", run: long_calls::decrease },
     Attack { name: "long_gdt", run: long_calls::gdt },
+    Attack { name: "long_exchange", run: long_calls::exchange },
+    Attack { name: "m2p_leak", run: m2p::leak },
     Attack { name: "clear_l4_window", run: window::clear_live_window },
     Attack { name: "new_baseptr_no_window", run: window::new_baseptr_without_window },
     Attack { name: "new_user_baseptr_no_window", run: window::new_user_baseptr_without_window },

@@ -6,7 +6,8 @@
 //! and cross-CPU call of that CPU waits behind it.
 //!
 //! Each attack is one entry of [`crate::fatal`]'s table (`attack=long_mmu_update`,
-//! `long_mmuext`, `long_console`, `long_decrease`, `long_gdt`), so that each runs in a
+//! `long_mmuext`, `long_console`, `long_decrease`, `long_gdt`, `long_exchange`: an
+//! `exchange` of 8192 frames, one chunk each), so that each runs in a
 //! domain of its own beside well-behaved ones. (`long_gdt` makes many calls that are
 //! long but bounded, `set_gdt` of 14 frames, for the stays they cause.) Every call must still give the right results (counts
 //! done, entry results, reservation), and must let this domain's own timer event in while
@@ -22,8 +23,8 @@
 //! (...)", then "hostile: long calls contained" and power-off, or a crash when any call
 //! failed. Memory: the attacks use the free pages of the initial mapping after the
 //! targets as scratch (about 500 KiB; more with a larger reservation), and
-//! `long_decrease` gives back frames beyond the initial mapping (the QEMU case gives it a
-//! 128 MiB reservation). This module must never use a page the program or the targets use.
+//! `long_decrease` gives back (and `long_exchange` trades) frames beyond the initial
+//! mapping (the QEMU cases give them 128 MiB reservations). This module must never use a page the program or the targets use.
 
 use core::fmt;
 
@@ -31,7 +32,8 @@ use guest_rt::abi::hypercall::{
     ConsoleIoOp, Hypercall, MemoryOp, MmuUpdateCmd, MmuextCmd, MulticallEntry, ShutdownReason,
 };
 use guest_rt::abi::ids::{DomId, Mfn, Pfn, PAGE_SIZE};
-use guest_rt::abi::memory::XenMemoryReservation;
+use guest_rt::abi::arch_x86::MACH2PHYS_VIRT_START;
+use guest_rt::abi::memory::{XenMemoryExchange, XenMemoryReservation};
 use guest_rt::abi::mmu::{MmuUpdate, MmuextOp};
 use guest_rt::balloon::{self, FrameLayout};
 use guest_rt::events::Events;
@@ -442,6 +444,61 @@ pub fn decrease(_targets: &Targets) -> ! {
         ret == 0,
         format_args!("rax {ret}"),
         false,
+    );
+    watch.end()
+}
+
+/// Frames traded in one `exchange` (needs that many beyond the initial mapping).
+const EXCHANGED: usize = 8192;
+
+/// `exchange` of [`EXCHANGED`] unused frames beyond the initial mapping for as many new
+/// ones, one chunk per frame, in one call: it must end with every frame traded
+/// (`nr_exchanged`, the reservation unchanged, each new frame's M2P entry the guest frame
+/// asked for) and let the timer event in meanwhile.
+pub fn exchange(_targets: &Targets) -> ! {
+    println!("hostile: attack long_exchange: exchange {EXCHANGED} unused frames for new ones in one call");
+    let mut watch = Watch::new();
+    let frames = frames();
+    let mut scratch = Scratch::new(&frames);
+    let p2m = start_info::mfn_list();
+    if p2m.len() < frames.mapped_end as usize + EXCHANGED {
+        println!("hostile: long calls: {} frames beyond the initial mapping, {EXCHANGED} needed", p2m.len().saturating_sub(frames.mapped_end as usize));
+        shutdown(ShutdownReason::Crash);
+    }
+    let first_pfn = (p2m.len() - EXCHANGED) as u64;
+    let input = scratch.take(EXCHANGED, 0u64);
+    for (slot, mfn) in input.iter_mut().zip(&p2m[first_pfn as usize..]) {
+        *slot = mfn.0;
+    }
+    let output = scratch.take(EXCHANGED, 0u64);
+    for (i, slot) in output.iter_mut().enumerate() {
+        *slot = first_pfn + i as u64;
+    }
+    let side = |list: &mut [u64]| XenMemoryReservation {
+        extent_start: list.as_mut_ptr() as u64,
+        nr_extents: list.len() as u64,
+        domid: DomId::SELF,
+        ..XenMemoryReservation::default()
+    };
+    let mut x = XenMemoryExchange { input: side(input), output: side(output), nr_exchanged: 0 };
+    let before = balloon::current_reservation().unwrap_or(0);
+    let (ret, seen) = watch.call(|| {
+        // SAFETY: the input frames lie beyond the initial mapping and are never used; the
+        // new ones are only read through the M2P table.
+        unsafe { hypercall2(Hypercall::MemoryOp, MemoryOp::Exchange.raw().into(), &raw mut x as u64) }
+    });
+    let after = balloon::current_reservation().unwrap_or(0);
+    let m2p = |mfn: u64| {
+        // SAFETY: every frame of the machine has an entry in the read-only table.
+        unsafe { ((MACH2PHYS_VIRT_START + mfn * 8) as *const u64).read_volatile() }
+    };
+    let named = output.iter().enumerate().filter(|&(i, &mfn)| m2p(mfn) == first_pfn + i as u64).count();
+    let right = ret == 0 && x.nr_exchanged == EXCHANGED as u64 && before == after && named == EXCHANGED;
+    watch.judge(
+        format_args!("exchange of {EXCHANGED}"),
+        &seen,
+        right,
+        format_args!("rax {ret}, nr_exchanged {}, reservation {before} -> {after}, {named} new entries right", x.nr_exchanged),
     );
     watch.end()
 }

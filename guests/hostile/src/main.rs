@@ -11,7 +11,9 @@
 //! page table or descriptor frame ([`shared_info`]); direct writes to its page tables
 //! that writable-page-table emulation must refuse or do exactly ([`ptwr`]); LDTs ([`segments`]: gates, frames that
 //! are writable or something else, the hypervisor's range); polling the ports the hypervisor uses
-//! as markers ([`polling`]); giving back one frame twice;
+//! as markers ([`polling`]); the machine-to-physical table and exchanges ([`m2p`]: foreign
+//! frames named, the table's frames mapped, a write through its mapping, XSA-212's
+//! exchange); giving back one frame twice;
 //! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); hypercalls faulting on
 //! guest pointers while a second vCPU competes for the CPU ([`switches`]); then the fault
 //! in the fault handler ([`last_attack`]).
@@ -42,6 +44,7 @@ mod containment;
 mod fatal;
 mod last_attack;
 mod long_calls;
+mod m2p;
 mod mappings;
 mod polling;
 mod ptwr;
@@ -83,6 +86,7 @@ fn main(start: &'static StartInfo) {
     shared_info::run(&mut tally, &targets);
     segments::run(&mut tally, &targets);
     polling::run(&mut tally);
+    m2p::run(&mut tally, &targets);
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     vcpus::run(&mut tally);

@@ -3,6 +3,7 @@
 //!
 //! Every attack module reports through [`Tally::record`]; `main` prints the summary. A
 //! line reads "hostile: <attack>: refused (errno N)", "... refused (D of A done)",
+//! "... refused (fault V, error code E)",
 //! "... skipped (<why>)", "... SUCCEEDED (BUG)" or "... NOT MADE: <step> failed (BUG)"
 //! (a preparation the hypervisor must allow was refused, which fails the run too). This
 //! module must never decide what an attack is: it only judges and counts answers.
@@ -30,6 +31,8 @@ pub enum Outcome {
     Refused { errno: u64 },
     /// A batch stopped early: the rest was refused.
     FewerDone { done: u64, asked: u64 },
+    /// An access faulted (and changed nothing).
+    Fault { vector: u8, error_code: u64 },
     /// The attack was not made.
     Skipped(Skip),
     /// The hypervisor let it through.
@@ -78,6 +81,9 @@ impl fmt::Display for Outcome {
         match *self {
             Self::Refused { errno } => write!(f, "refused (errno {errno})"),
             Self::FewerDone { done, asked } => write!(f, "refused ({done} of {asked} done)"),
+            Self::Fault { vector, error_code } => {
+                write!(f, "refused (fault {vector}, error code {error_code:#x})")
+            }
             Self::Skipped(Skip::OwnFrame(mfn)) => {
                 write!(f, "skipped (mfn {:#x} is the guest's own)", mfn.0)
             }
@@ -113,7 +119,7 @@ impl Tally {
         println!("hostile: {attack}: {outcome}");
         match outcome {
             Outcome::Skipped(_) => false,
-            Outcome::Refused { .. } | Outcome::FewerDone { .. } | Outcome::Faulted(_) | Outcome::Contained | Outcome::Exact => {
+            Outcome::Refused { .. } | Outcome::FewerDone { .. } | Outcome::Faulted(_) | Outcome::Fault { .. } | Outcome::Contained | Outcome::Exact => {
                 self.made += 1;
                 false
             }

@@ -222,6 +222,12 @@ pub struct Access {
     pub executable: bool,
 }
 
+/// The NX bit when the CPU offers it (EFER.NXE set), else 0: for entries built elsewhere
+/// (the M2P table's).
+pub fn no_execute_bit() -> u64 {
+    NX_MASK.load(Ordering::Relaxed)
+}
+
 /// The access a window page allows, as its L1 entry says (every upper level allows all),
 /// if it is mapped. Pages are never executable when the CPU has no NX.
 pub fn access(vaddr: u64) -> Option<Access> {

@@ -196,6 +196,17 @@ impl DomainMemory {
         owned
     }
 
+    /// Counts `mfn` back in after [`Self::remove`] counted it out but the frame stayed
+    /// (an exchange that failed part-way keeps its input frames); false (nothing done)
+    /// when `dom` does not own it.
+    pub fn keep(&mut self, dom: DomainId, mfn: Mfn) -> bool {
+        let owned = memory::frames().frame(mfn).is_ok_and(|info| info.owner() == Some(Owner::Domain(dom)));
+        if owned {
+            self.held += 1;
+        }
+        owned
+    }
+
     /// Takes out the list, stale and repeated entries included, at destruction (the
     /// teardown keeps the frames the domain owns, in slices).
     pub fn take_list(&mut self) -> Vec<Mfn> {
@@ -500,36 +511,54 @@ impl Domain {
         self.vcpus.lock().iter().find(|v| v.id == id).cloned()
     }
 
-    /// Allocates `count` frames for the guest, within its maximum, and appends them to
-    /// `out` as well. Every heap allocation this needs (the domain's frame list and `out`
-    /// growing) is checked first and made fallibly: a request the heap cannot hold gets
-    /// `ENOMEM`, never an allocation failure.
-    pub fn populate(&self, count: u64, out: &mut Vec<Mfn>) -> Result<(), abi::errno::Errno> {
+    /// Allocates one extent of `2^order` machine-contiguous frames for the guest, the first
+    /// a multiple of `2^order` and all below frame `below`, within its maximum; returns the
+    /// first frame. Every heap allocation this needs (the domain's frame list growing) is
+    /// checked first and made fallibly: a request the heap cannot hold, or for which no such
+    /// run is free, gets `ENOMEM`, never an allocation failure.
+    pub fn populate_extent(&self, order: u32, below: u64) -> Result<Mfn, abi::errno::Errno> {
+        use abi::errno::Errno;
+        let count = 1u64.checked_shl(order).ok_or(Errno::Enomem)?;
+        let alloc = |list: &mut Vec<Mfn>| {
+            let first = memory::frames().alloc_run(self.owner(), order, below).map_err(|_| Errno::Enomem)?;
+            list.extend((0..count).map(|i| Mfn(first.0 + i)));
+            Ok(())
+        };
         let mut mem = self.memory.lock();
-        let out_bytes = if out.capacity() - out.len() < count as usize { count.saturating_mul(8) } else { 0 };
-        let start = self.populate_locked(&mut mem, count, out_bytes, |reserved| out.try_reserve(reserved).is_ok())?;
-        out.extend_from_slice(mem.since(start));
-        Ok(())
+        let start = self.populate_locked(&mut mem, count, 0, |_| true, alloc)?;
+        Ok(mem.since(start)[0])
     }
 
-    /// [`Domain::populate`] into the domain's own list only (the builder reads it there,
-    /// under the lock, so no copy of a reservation's frame list is made).
+    /// Allocates `count` frames for the guest, within its maximum, into the domain's own
+    /// list (the builder reads them there, under the lock, so no copy of a reservation's
+    /// frame list is made), with the checks of [`Domain::populate_extent`].
     pub fn populate_into<'a>(&self, mem: &'a mut DomainMemory, count: u64) -> Result<&'a [Mfn], abi::errno::Errno> {
-        let start = self.populate_locked(mem, count, 0, |_| true)?;
+        let start = self.populate_locked(mem, count, 0, |_| true, self.alloc_frames(count))?;
         Ok(mem.since(start))
     }
 
-    /// Takes `count` frames into `mem` after checking the maximum, the free frames and the
-    /// heap room for the list to grow (plus `extra_bytes`, which `reserve_extra` then takes);
-    /// returns where they start in the list.
+    /// Appends `count` frames from anywhere in the frame table to a list.
+    fn alloc_frames(&self, count: u64) -> impl FnOnce(&mut Vec<Mfn>) -> Result<(), abi::errno::Errno> + '_ {
+        move |list| memory::frames().alloc_many(self.owner(), count as usize, list).map_err(|_| abi::errno::Errno::Enomem)
+    }
+
+    /// Takes `count` frames into `mem` with `alloc` after checking that the domain is not
+    /// dead (its frame list, once [`Domain::destroy`] took it, would never see them), the
+    /// maximum, the free frames and the heap room for the list to grow (plus
+    /// `extra_bytes`, which `reserve_extra` then takes); returns where they start in the
+    /// list.
     fn populate_locked(
         &self,
         mem: &mut DomainMemory,
         count: u64,
         extra_bytes: u64,
         reserve_extra: impl FnOnce(usize) -> bool,
+        alloc: impl FnOnce(&mut Vec<Mfn>) -> Result<(), abi::errno::Errno>,
     ) -> Result<usize, abi::errno::Errno> {
         use abi::errno::Errno;
+        if self.state() == LifeState::Dead {
+            return Err(Errno::Esrch);
+        }
         let wanted = mem.held().checked_add(count).ok_or(Errno::Enomem)?;
         if wanted > mem.max_pages || !memory::frames_for_guests(count) {
             return Err(Errno::Enomem);
@@ -541,7 +570,7 @@ impl Domain {
         if !reserve_extra(count) {
             return Err(Errno::Enomem);
         }
-        mem.add(self.id, count, |list| memory::frames().alloc_many(self.owner(), count, list).map_err(|_| Errno::Enomem))
+        mem.add(self.id, count, alloc)
     }
 
     /// Number of pages the guest holds now.

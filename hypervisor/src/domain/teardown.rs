@@ -12,7 +12,8 @@
 //! reach those frames through it); a wait until no other domain uses one of its grants or
 //! references one of its frames (a mapper that outlives it unmaps, or dies, first); the
 //! hypervisor's holds on its shared-info and grant-table frames dropped and those frames
-//! relinquished; its frames freed; and last it leaves the domain table (its id is free
+//! relinquished; its frames' entries in the machine-to-physical table cleared and the frames
+//! freed; and last it leaves the domain table (its id is free
 //! again and the run's end can come: `pv::lifecycle::domain_destroyed`). Until then the
 //! domain is in the table, dead.
 //!
@@ -242,17 +243,18 @@ impl Teardown {
             }
             Stage::Free => {
                 let end = (self.cursor + FRAMES_PER_STEP).min(self.pages.len());
+                let mut m2p = crate::m2p::Writer::new();
                 for i in self.cursor..end {
                     // A frame named twice in the list was freed the first time: it is no
                     // longer the domain's (and may be someone else's by now).
                     let mfn = self.pages[i];
                     if self.owns(mfn) {
-                        free(&self.domain, mfn);
+                        free(&self.domain, mfn, &mut m2p);
                     }
                 }
                 self.cursor = end;
                 if self.cursor >= self.pages.len() {
-                    free(&self.domain, self.domain.shared_info);
+                    free(&self.domain, self.domain.shared_info, &mut m2p);
                     crate::pv::grants::free_table(&self.domain);
                     self.pages = Vec::new();
                     self.stage = Stage::Forget;
@@ -338,7 +340,10 @@ pub fn report() {
     log::info!("summary: teardown.waited_for_grants={}", WAITED.load(Ordering::Relaxed));
 }
 
-fn free(domain: &Domain, mfn: Mfn) {
+/// Clears the machine-to-physical entry of a frame of the dead domain (nobody else may
+/// learn what it was) and frees the frame.
+fn free(domain: &Domain, mfn: Mfn, m2p: &mut crate::m2p::Writer) {
+    m2p.clear(mfn);
     if let Err(e) = memory::frames().free(mfn) {
         warn!("domain {}: frame {mfn} not freed: {e:?}", domain.id.0);
     }

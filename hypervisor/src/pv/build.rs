@@ -1,7 +1,7 @@
 //! Building domains from boot modules: turns one into a running domain — reservation,
 //! start-of-day memory laid out by the `builder` crate (which reads the image through
-//! `pv::modules`, a page at a time), page-table types validated and the top level pinned,
-//! a vCPU in a run queue.
+//! `pv::modules`, a page at a time), each frame's guest frame in the machine-to-physical
+//! table, page-table types validated and the top level pinned, a vCPU in a run queue.
 //!
 //! A bad image is refused with the builder's message and everything the attempt allocated
 //! is returned; the other domains still start. So is a request the machine cannot hold:
@@ -278,10 +278,17 @@ fn fill(domain: &Arc<Domain>, kernel: &PvKernel<'_, dyn ImageSource + '_>, confi
     let inputs = HypervisorInputs {
         shared_info_maddr: domain.shared_info.addr().0,
         hypervisor_l3_entry: paging::window_l3_entry(),
-        m2p_l4_entry: None,
+        m2p_l4_entry: crate::m2p::l4_entry(),
     };
     let built = build(kernel, config, &inputs, &mut DomainFrames { pages }).map_err(BuildFailure::Image)?;
     let l4 = pages[built.l4_pfn.0 as usize];
+    // The machine-to-physical table learns each frame's guest frame, as the P2M list
+    // (`mfn_list`) the builder wrote says the other way round.
+    let mut m2p = crate::m2p::Writer::new();
+    for (pfn, &mfn) in pages.iter().enumerate() {
+        m2p.set(mfn, pfn as u64);
+    }
+    drop(m2p);
     drop(mem);
     let base = mmu::pin_initial_tables(domain, l4).map_err(BuildFailure::Tables)?;
     let regs = TrapFrame {

@@ -1,4 +1,5 @@
-//! Guest page-table management: the hypercalls (`mmu_update`, `mmuext_op`,
+//! Guest page-table management: the hypercalls (`mmu_update`, with its
+//! machine-to-physical updates, `mmuext_op`,
 //! `update_va_mapping`, and `mov` to CR3) on top of the `pvmm` crate's validation and
 //! reference counting, plus pinning a new domain's tables, relinquishing a dead one's, the
 //! references that keep frames the hypervisor writes for a domain out of every protected
@@ -54,9 +55,10 @@ use crate::tlb::{self, Flush};
 static LAYOUT: Once<Layout> = Once::new();
 
 /// The validation rules: the hypervisor's window entry in slot 511 of every window-L3 (the
-/// L3 under L4 slot 511, which every L4 must name; see `pvmm::policy`), and nowhere else.
+/// L3 under L4 slot 511, which every L4 must name; see `pvmm::policy`), and nowhere else;
+/// the read-only M2P table in L4 slot 256 (built at boot, before any domain).
 fn layout() -> &'static Layout {
-    LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), None))
+    LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), crate::m2p::l4_entry()))
 }
 
 fn mmu() -> PvMmu<'static> {
@@ -384,6 +386,7 @@ pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, 
     let lock = vcpu.domain.mmu_lock.lock();
     let mmu = mmu();
     let mut tables = Tables::for_domain(&vcpu.domain);
+    let mut m2p = crate::m2p::Writer::new();
     let mut completed = 0u64;
     let mut result = Ok(0);
     for i in 0..count {
@@ -399,6 +402,14 @@ pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, 
         let ad = match update.command() {
             Some(MmuUpdateCmd::NormalPtUpdate) => AccessedDirty::Overwrite,
             Some(MmuUpdateCmd::PtUpdatePreserveAd) => AccessedDirty::Preserve,
+            Some(MmuUpdateCmd::MachphysUpdate) => {
+                if let Err(e) = machphys_update(&mmu, Mfn(update.ptr >> 12), update.val, dom, &mut m2p) {
+                    result = Err(Stop::Failed(e));
+                    break;
+                }
+                completed += 1;
+                continue;
+            }
             _ => {
                 result = Err(Stop::Failed(Errno::Einval));
                 break;
@@ -413,6 +424,7 @@ pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, 
         }
         completed += 1;
     }
+    drop(m2p);
     drop(tables);
     drop(lock);
     if completed > 0 {
@@ -422,6 +434,18 @@ pub fn mmu_update(vcpu: &Vcpu, request: Request, requests: GuestVa, count: u64, 
     }
     report_done(done, before, completed)?;
     result
+}
+
+/// `MMU_MACHPHYS_UPDATE`: sets the machine-to-physical entry of `mfn`, a frame `dom` owns
+/// (EINVAL for any other, as Xen's `get_page_from_mfn`), to `pfn`, whatever it is (the
+/// guest's own layout is the guest's business). A general reference is held across the
+/// write, and the caller holds the domain's page-table lock, which giving frames back
+/// takes too: the frame cannot leave the domain (and have its entry cleared) meanwhile.
+fn machphys_update(mmu: &PvMmu, mfn: Mfn, pfn: u64, dom: DomainId, m2p: &mut crate::m2p::Writer) -> Result<(), Errno> {
+    mmu.get_owned_page(mfn, dom).map_err(|_| Errno::Einval)?;
+    m2p.set(mfn, pfn);
+    mmu.put_page(mfn);
+    Ok(())
 }
 
 /// `update_va_mapping`: a checked update of the L1 entry that maps `va` in the current
