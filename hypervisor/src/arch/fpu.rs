@@ -185,9 +185,22 @@ pub fn restore(area: &FpuArea, xcr0: u64) {
 /// Makes XCR0 `xcr0` on this CPU (a value [`hypervisor::fpu::valid_xcr0`] accepts, or the
 /// maximum), writing it only when it differs. Nothing without XSAVE.
 pub fn load_xcr0(xcr0: u64) {
-    if XSAVE.load(Ordering::Relaxed) && xgetbv() != xcr0 {
+    if XSAVE.load(Ordering::Relaxed) && current_xcr0() != xcr0 {
         xsetbv(xcr0);
     }
+}
+
+/// The XCR0 each CPU has, as [`xsetbv`] last wrote it (Xen's `this_cpu(xcr0)`): the switch
+/// path compares against this instead of running `xgetbv`, which is cheaper and which some
+/// host virtualizers (a nested KVM seen here) cannot emulate ("emulation failure").
+static XCR0_OF_CPU: [AtomicU64; smp::xcall::MAX_CPUS] = [const { AtomicU64::new(0) }; smp::xcall::MAX_CPUS];
+
+fn this_cpu_xcr0() -> &'static AtomicU64 {
+    &XCR0_OF_CPU[crate::percpu::current_index_or_boot() as usize % smp::xcall::MAX_CPUS]
+}
+
+fn current_xcr0() -> u64 {
+    this_cpu_xcr0().load(Ordering::Relaxed)
 }
 
 /// Clears CR0.TS on this CPU.
@@ -210,18 +223,12 @@ fn fxsave(area: &mut FpuArea) {
     unsafe { asm!("fxsave64 [{}]", in(reg) area.bytes_mut().as_mut_ptr(), options(nostack, preserves_flags)) };
 }
 
-fn xgetbv() -> u64 {
-    let (low, high): (u32, u32);
-    // SAFETY: XGETBV of XCR0 only reads it; only called with CR4.OSXSAVE set.
-    unsafe { asm!("xgetbv", in("ecx") 0u32, out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags)) };
-    u64::from(low) | u64::from(high) << 32
-}
-
 fn xsetbv(xcr0: u64) {
     // SAFETY: XSETBV of XCR0 with CR4.OSXSAVE set and a value the processor supports (a
     // subset of CPUID leaf 0xD's that `valid_xcr0` accepts); the hypervisor, soft-float,
     // does not depend on which components are enabled.
     unsafe { asm!("xsetbv", in("ecx") 0u32, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nomem, nostack, preserves_flags)) };
+    this_cpu_xcr0().store(xcr0, Ordering::Relaxed);
 }
 
 /// XSAVE area bytes for this CPU's XCR0 now (the running guest's, during its trap): CPUID
