@@ -18,6 +18,8 @@ MACHINE    ?= pc
 QEMU_EXTRA ?=
 BOOT       ?= pvh
 CMDLINE    ?=
+# Hypervisor cargo features, e.g. heap-trace (hypervisor/src/heaptrace.rs, tests/heaptrace.py).
+HV_FEATURES ?=
 TIMEOUT    ?= 120
 # A Xen PV64 guest ELF to boot as a module, and how many domains to build from it.
 GUEST      ?=
@@ -139,7 +141,7 @@ deps: $(DEPS_STAMP)
 # ---- build --------------------------------------------------------------------------------
 
 build: $(DEPS_STAMP)
-	cargo build -p hypervisor --target $(TARGET) $(CARGO_FLAGS)
+	cargo build -p hypervisor --target $(TARGET) $(CARGO_FLAGS) $(if $(HV_FEATURES),--features $(HV_FEATURES))
 
 guests: $(DEPS_STAMP)
 	cargo build $(foreach c,$(GUEST_CRATES),-p $(c)) --target $(TARGET) --release
