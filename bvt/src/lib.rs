@@ -58,7 +58,8 @@
 //! A CPU's tables grow with the vCPUs and timers it holds and give the memory back once they
 //! are under a quarter full ([`shrink_when_sparse`], one policy with hysteresis, also for the
 //! hypervisor's own per-CPU lists), so creating and destroying domains forever does not keep
-//! the heap at its high-water mark.
+//! the heap at its high-water mark. They are created at their floor and come back to exactly
+//! it once they hold few entries, so that a CPU at rest takes the same heap whatever it held.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -87,7 +88,7 @@ pub use params::{
     STEAL_MIN_LOAD, WEIGHT_SCALE,
 };
 pub use run_queue::{Decision, RunQueue, VcpuView};
-pub use shrink::{shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};
+pub use shrink::{new_table, shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};
 pub use timer_advance::TimerAdvance;
-pub use timer_queue::{Expired, TimerHandle, TimerQueue};
+pub use timer_queue::{Expired, TimerHandle, TimerQueue, TIMER_TABLE_FLOOR};
 pub use vcpu_state::VcpuState;

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use crate::error::BvtError;
 use crate::inbox::{Inbox, Message};
 use crate::params::{BvtParams, Config, CpuId};
-use crate::shrink::{shrink_when_sparse, MIN_TABLE_CAPACITY};
+use crate::shrink::{new_table, shrink_when_sparse, MIN_TABLE_CAPACITY};
 use crate::vcpu_state::{Account, VcpuState};
 
 /// What to run, decided by [`RunQueue::pick_next`].
@@ -84,7 +84,7 @@ impl<V: Copy + Eq> RunQueue<V> {
             cpu,
             config,
             inbox: Arc::new(Inbox::new(cpu)),
-            members: Vec::new(),
+            members: new_table(MIN_TABLE_CAPACITY),
             current: None,
             runnable: 0,
             svt: 0,
@@ -769,7 +769,7 @@ mod tests {
             rq.remove(v, MS).unwrap();
         }
         assert_eq!(rq.load(), 0);
-        assert!(rq.members_capacity() <= MIN_TABLE_CAPACITY, "capacity {}", rq.members_capacity());
+        assert_eq!(rq.members_capacity(), MIN_TABLE_CAPACITY);
         assert_eq!(rq.pick_next(2 * MS), Decision { run: None, slice_ns: None });
         rq.add(7, weight(1), 2 * MS).unwrap();
         assert_eq!(rq.pick_next(2 * MS).run, Some(7), "the shrunk queue still works");

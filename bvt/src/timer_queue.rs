@@ -15,17 +15,27 @@
 //! The queue gives memory back as it empties (see [`crate::shrink`]): a new timer takes the
 //! lowest free slot, so long-lived re-armed timers drift to the front; free slots at the end
 //! are dropped at once; and each table is shrunk once it is under a quarter full. Every
-//! operation stays amortised O(log n).
+//! operation stays amortised O(log n). Each table starts at, and comes back to exactly,
+//! [`TIMER_TABLE_FLOOR`] entries: the heap and the free list of a queue holding a few timers
+//! also hold up to [`STALE_SLACK`] and more stale entries, a number that depends on the
+//! history, so their floor is chosen large enough that such a queue holds at most half of it
+//! (and its capacity is then the floor, whatever the history: see [`crate::shrink`]).
 
 use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
 use core::cmp::{Ordering, Reverse};
 
-use crate::shrink::{shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};
+use crate::shrink::{new_table, shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};
 
 /// Rebuild the heap (or the free list) once it holds more than this many stale entries
 /// beyond the current ones.
 const STALE_SLACK: usize = 16;
+
+/// The capacity each table of a queue has from its creation and comes back to: a queue with
+/// up to eight pending timers (a CPU's steady few) has at most `2 * 8 + STALE_SLACK` heap
+/// entries and about as many free-list entries, half of this.
+pub const TIMER_TABLE_FLOOR: usize = 4 * STALE_SLACK;
+const _: () = assert!(TIMER_TABLE_FLOOR >= MIN_TABLE_CAPACITY);
 
 /// Names one inserted timer, for [`TimerQueue::cancel`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,9 +103,15 @@ impl<T> Default for TimerQueue<T> {
 }
 
 impl<T> TimerQueue<T> {
-    /// An empty queue (allocates nothing until the first insert).
-    pub const fn new() -> TimerQueue<T> {
-        TimerQueue { heap: BinaryHeap::new(), slots: Vec::new(), free: BinaryHeap::new(), live: 0, next_seq: 0 }
+    /// An empty queue, its tables allocated at [`TIMER_TABLE_FLOOR`].
+    pub fn new() -> TimerQueue<T> {
+        TimerQueue {
+            heap: BinaryHeap::from(new_table(TIMER_TABLE_FLOOR)),
+            slots: new_table(TIMER_TABLE_FLOOR),
+            free: BinaryHeap::from(new_table(TIMER_TABLE_FLOOR)),
+            live: 0,
+            next_seq: 0,
+        }
     }
 
     /// Pending timers.
@@ -201,14 +217,14 @@ impl<T> TimerQueue<T> {
             let len = self.slots.len();
             self.free.retain(|&Reverse(slot)| slot < len);
         }
-        shrink_when_sparse(&mut self.slots, MIN_TABLE_CAPACITY);
-        if let Some(capacity) = sparse_capacity(self.heap.len(), self.heap.capacity(), MIN_TABLE_CAPACITY) {
+        shrink_when_sparse(&mut self.slots, TIMER_TABLE_FLOOR);
+        if let Some(capacity) = sparse_capacity(self.heap.len(), self.heap.capacity(), TIMER_TABLE_FLOOR) {
             self.heap.shrink_to(capacity);
         }
         // The free list holds about one index per slot whenever many timers fire at once:
         // it is sized by the slots, not by how many happen to be free right now.
         let free_demand = self.slots.len().max(self.free.len());
-        if let Some(capacity) = sparse_capacity(free_demand, self.free.capacity(), MIN_TABLE_CAPACITY) {
+        if let Some(capacity) = sparse_capacity(free_demand, self.free.capacity(), TIMER_TABLE_FLOOR) {
             self.free.shrink_to(capacity);
         }
     }
@@ -272,6 +288,11 @@ impl Footprint {
     /// The largest of the three capacities.
     fn max_capacity(self) -> usize {
         self.slots_capacity.max(self.heap_capacity).max(self.free_capacity)
+    }
+
+    /// Every table is at exactly its floor.
+    fn at_floor(self) -> bool {
+        [self.slots_capacity, self.heap_capacity, self.free_capacity] == [TIMER_TABLE_FLOOR; 3]
     }
 }
 
@@ -393,7 +414,7 @@ mod tests {
         assert_eq!(timers.expire(u64::MAX).count(), 10_000);
         let footprint = timers.footprint();
         assert_eq!(footprint.slots, 0);
-        assert!(footprint.max_capacity() <= MIN_TABLE_CAPACITY, "{footprint:?}");
+        assert!(footprint.at_floor(), "{footprint:?}");
     }
 
     #[test]
@@ -409,7 +430,7 @@ mod tests {
         assert_eq!(timers.next_deadline(), None);
         let footprint = timers.footprint();
         assert_eq!(footprint.slots, 0);
-        assert!(footprint.max_capacity() <= MIN_TABLE_CAPACITY, "{footprint:?}");
+        assert!(footprint.at_floor(), "{footprint:?}");
     }
 
     #[test]
@@ -429,8 +450,33 @@ mod tests {
         let footprint = timers.footprint();
         assert_eq!(timers.len(), 2);
         assert!(footprint.slots <= 2, "re-armed timers move to the lowest slots: {footprint:?}");
-        assert!(footprint.max_capacity() <= MIN_TABLE_CAPACITY, "{footprint:?}");
+        assert!(footprint.at_floor(), "{footprint:?}");
         assert_eq!(timers.expire(u64::MAX).collect::<Vec<_>>(), [499, 250]);
+    }
+
+    #[test]
+    fn a_queue_with_few_timers_comes_back_to_its_floor_whatever_it_held() {
+        // A CPU's steady timers, re-armed (leaving stale entries), after peaks of any size.
+        for peak in [0u64, 5, 40, 70, 300, 5_000] {
+            for rest in 1..=8u64 {
+                let mut timers = TimerQueue::new();
+                let many: Vec<TimerHandle> = (0..peak).map(|i| timers.insert(1_000_000 + i, i)).collect();
+                let mut steady: Vec<TimerHandle> = (0..rest).map(|i| timers.insert(2_000_000 + i, i)).collect();
+                for handle in many {
+                    timers.cancel(handle);
+                }
+                for round in 0..50u64 {
+                    for (i, handle) in steady.iter_mut().enumerate() {
+                        timers.cancel(*handle);
+                        *handle = timers.insert(3_000_000 + round * 100 + i as u64, i as u64);
+                    }
+                    assert_eq!(timers.expire(round).count(), 0);
+                }
+                let footprint = timers.footprint();
+                assert_eq!(timers.len(), rest as usize);
+                assert!(footprint.at_floor(), "peak {peak}, rest {rest}: {footprint:?}");
+            }
+        }
     }
 
     #[test]
@@ -555,7 +601,7 @@ mod tests {
                 big = false;
                 emptied += 1;
                 let footprint = timers.footprint();
-                assert!(footprint.slots == 0 && footprint.max_capacity() <= MIN_TABLE_CAPACITY, "{footprint:?}");
+                assert!(footprint.slots == 0 && footprint.at_floor(), "{footprint:?}");
             }
         }
         assert!(most >= 500 && emptied >= 3, "the phases grow and drain: {most} {emptied}");

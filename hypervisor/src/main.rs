@@ -13,6 +13,8 @@ mod bootinfo;
 mod cpus;
 mod domain;
 mod fwmap;
+#[cfg(feature = "heap-trace")]
+mod heaptrace;
 mod idle;
 mod interrupts;
 mod lapic;
@@ -80,6 +82,8 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     let machine = platform::discover(&boot, &options);
     let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
+    #[cfg(feature = "heap-trace")]
+    heaptrace::init();
     cpus::init(&machine.apic_ids_to_start());
     domain::init();
     sched::init(machine.cpus_to_start(), |cpu| machine.nearest_first(cpu), u64::from(options.timer_slop_us) * 1000);

@@ -92,8 +92,12 @@ static EARLY_POOL: Mutex<Option<EarlyPool>> = Mutex::new(None);
 static CPU_AREAS: Once<Vec<PerCpuArea>> = Once::new();
 static TEMP_BASE: Once<u64> = Once::new();
 
+/// The heap: the global allocator, or behind the heap tracer with feature `heap-trace`.
+#[cfg_attr(not(feature = "heap-trace"), global_allocator)]
+pub(crate) static HEAP: LockedHeap<WindowBacker> = LockedHeap::new();
+#[cfg(feature = "heap-trace")]
 #[global_allocator]
-static HEAP: LockedHeap<WindowBacker> = LockedHeap::new();
+static TRACED: crate::heaptrace::Traced = crate::heaptrace::Traced;
 /// Frames unmapped from the heap whose old translations other CPUs may still hold: freed
 /// by [`trim_heap`] after it has flushed every CPU.
 static UNMAPPED: Mutex<ArrayVec<Mfn, TRIM_BATCH>> = Mutex::new(ArrayVec::new_const());
@@ -111,7 +115,7 @@ static REBASED: Mutex<ArrayVec<Mfn, TRIM_BATCH>> = Mutex::new(ArrayVec::new_cons
 
 /// Backs heap growth with frames mapped into the heap's window range, and unmaps the pages
 /// the heap gives back (under the heap lock: no flush of other CPUs here, see [`trim_heap`]).
-struct WindowBacker;
+pub(crate) struct WindowBacker;
 
 impl PageBacker for WindowBacker {
     fn back(&mut self, vaddr: usize, pages: usize) -> usize {

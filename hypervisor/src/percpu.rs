@@ -193,6 +193,13 @@ pub fn adopt_own_gs() {
     }
 }
 
+/// The top of this CPU's kernel stack, or `None` while the boot CPU has no GS yet (for the
+/// heap tracer's stack walk).
+#[cfg(feature = "heap-trace")]
+pub fn stack_top_if_ready() -> Option<u64> {
+    GS_READY.load(Ordering::Acquire).then(|| current().stack_top)
+}
+
 /// This CPU's index, or 0 while the boot CPU has no GS yet (early logging and panics).
 pub fn current_index_or_boot() -> u32 {
     if GS_READY.load(Ordering::Acquire) {

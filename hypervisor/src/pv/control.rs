@@ -257,6 +257,9 @@ fn phys_info() -> PhysInfo {
     // The heap gives back what it holds unused first (and moves what it keeps onto its own
     // pool's frames), so that free memory includes it.
     memory::compact_heap();
+    // Domain 0 reads the heap here before and after its runs: what is live at each read.
+    #[cfg(feature = "heap-trace")]
+    crate::heaptrace::dump();
     let stats = memory::frames().stats();
     PhysInfo {
         total_kib: stats.usable * 4,

@@ -217,8 +217,8 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64
     LOCAL.call_once(|| {
         PerCpuOwned::new(cpus, |_| Local {
             queue: queues.next().expect("one queue per CPU"),
-            members: Vec::new(),
-            unsettled: Vec::new(),
+            members: bvt::new_table(MIN_TABLE_CAPACITY),
+            unsettled: bvt::new_table(MIN_TABLE_CAPACITY),
             timers: TimerQueue::new(),
             lazy: TimerQueue::new(),
             advance: TimerAdvance::new(MAX_TIMER_ADVANCE_NS),
