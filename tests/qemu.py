@@ -254,7 +254,26 @@ def guest_cases():
              expect={"domains.created": str(1 + len(ENTRY_ATTACKS)), "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hello from a Rust PV guest"]
              + [f"hostile: attack {a}: {line}" for a, _, line in ENTRY_ATTACKS if line]),
+        # Work package "vcpuop" (issue 16): attacks on vcpu_op, event channels and the
+        # console ring, each in a domain of its own beside a hello guest that must finish
+        # (see VCPUOP_ATTACKS). The close race runs on two vCPUs against the next domain.
+        Case("iso-vcpuop-attacks", smp="2", boot="iso", timeout=240,
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} attack={a} expect={e}" + (f" {o}" if o else ""))
+                for a, e, o, _ in VCPUOP_ATTACKS],
+             expect={"domains.created": str(1 + len(VCPUOP_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}: {line}" for a, _, _, line in VCPUOP_ATTACKS if line]),
     ]
+
+
+# Single attacks of guest-hostile for work package "vcpuop": (name, expected ending, module
+# options, what the guest must print after "hostile: attack <name>: "). close_race and
+# close_race_peer go together, in this order (the peer is the attacker's next domain id).
+VCPUOP_ATTACKS = [
+    ("close_race", "poweroff", "vcpus=2 seconds=10", None),
+    ("close_race_peer", "poweroff", "", "8 offers checked, 0 stuck"),
+]
 
 
 # The long-call attacks of guests/hostile (src/long_calls.rs) and their module options.

@@ -30,6 +30,7 @@
 
 mod arguments;
 mod big_tree;
+mod close_race;
 mod compat;
 mod contained;
 mod exit_path;

@@ -215,7 +215,7 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
                         }
                     }
                 }
-                SendTarget::Dropped => {}
+                SendTarget::Dropped | SendTarget::Hypervisor(_) => {}
             }
             Ok(0)
         }
@@ -252,24 +252,36 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
     }
 }
 
-/// Closes `port`; an interdomain peer goes back to unbound, both tables locked in id order.
+/// How many times [`close`] reads a port again that changed under it before it answers
+/// `EINVAL`, as Xen does at once.
+const CLOSE_TRIES: usize = 4;
+
+/// Closes `port`; an interdomain peer goes back to unbound. The peer is read under this
+/// domain's table lock, which is then dropped so that both tables can be locked in id order;
+/// the close happens only if the port still has the peer read (`events::close_checked`),
+/// else the port is read again: a port closed and re-bound to another domain in between
+/// (by another vCPU) is never closed by the stale read, which used to free it while its new
+/// peer stayed linked to it.
 fn close(domain: &Domain, port: EvtchnPort) -> Result<(), Errno> {
-    let peer = domain.channels.lock().peer(port);
-    let remote = peer.filter(|p| p.dom.0 != domain.id.0).and_then(|p| domain::lookup(DomainId(p.dom.0)));
-    match remote {
-        Some(remote) => {
-            let (first, second) = if domain.id < remote.id { (domain, remote.as_ref()) } else { (remote.as_ref(), domain) };
-            let mut a = first.channels.lock();
-            let mut b = second.channels.lock();
-            let (local, other) = if first.id == domain.id { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
-            if let Some(unlink) = local.close(port).map_err(Errno::from)? {
-                other.unlink(unlink);
+    let mut result = Err(EventError::Changed);
+    for _ in 0..CLOSE_TRIES {
+        let seen = domain.channels.lock().peer(port);
+        let remote = seen.filter(|p| p.dom.0 != domain.id.0).and_then(|p| domain::lookup(DomainId(p.dom.0)));
+        result = match remote {
+            Some(remote) => {
+                let (first, second) = if domain.id < remote.id { (domain, remote.as_ref()) } else { (remote.as_ref(), domain) };
+                let mut a = first.channels.lock();
+                let mut b = second.channels.lock();
+                let (local, other) = if first.id == domain.id { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+                events::close_checked(local, Some(other), port, seen)
             }
-        }
-        None => {
-            domain.channels.lock().close(port).map_err(Errno::from)?;
+            None => events::close_checked(&mut domain.channels.lock(), None, port, seen),
+        };
+        if result != Err(EventError::Changed) {
+            break;
         }
     }
+    result.map_err(Errno::from)?;
     events::bitmap::clear_pending(&Page::of(domain), port);
     Ok(())
 }
