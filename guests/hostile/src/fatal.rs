@@ -19,7 +19,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, close_race, compat, exit_path, last_attack, long_calls, window};
+use crate::{big_tree, close_race, compat, exit_path, last_attack, long_calls, nested_fault, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -53,6 +53,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "sysenter_no_callback", run: compat::sysenter_no_callback },
     Attack { name: "close_race", run: close_race::attacker },
     Attack { name: "close_race_peer", run: close_race::peer },
+    Attack { name: "nested_fault", run: nested_fault::run },
 ];
 
 /// The `attack=` value on the command line, if any.

@@ -38,6 +38,7 @@ mod fatal;
 mod last_attack;
 mod long_calls;
 mod mappings;
+mod nested_fault;
 mod polling;
 mod reservation;
 mod shared_info;

@@ -187,6 +187,9 @@ const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
 /// the `timer_slop_us` option.
 static TIMER_SLOP_NS: AtomicU64 = AtomicU64::new(50_000);
 
+/// RFLAGS.IF: interrupts on.
+const RFLAGS_IF: u64 = 1 << 9;
+
 /// How often an idle CPU looks again for work to steal while some CPU has a vCPU waiting.
 const BALANCE_INTERVAL_NS: u64 = 1_000_000;
 
@@ -561,13 +564,23 @@ pub fn current() -> Option<&'static Vcpu> {
     (!ptr.is_null()).then(|| unsafe { &*ptr })
 }
 
-/// Decides what runs when `frame` is returned through, and rewrites it accordingly.
+/// Decides what runs when `frame` is returned through, and rewrites it accordingly. Only
+/// a return to a guest or to the idle loop is a scheduling point: a trap that interrupted
+/// other hypervisor code (a guest-memory copy's page fault, taken in the middle of a
+/// hypercall or of the scheduler itself) returns to it untouched. The idle loop is the only
+/// hypervisor code that runs with interrupts on once boot is over, so its frames are the
+/// ring-0 frames with IF set; before this test, the fault of a hypercall's copy ran the
+/// scheduler, which switched vCPUs on the hypercall's ring-0 frame once the slice was over.
 pub fn on_trap_exit(frame: &mut TrapFrame) {
     if LOCAL.get().is_none() {
         return;
     }
     let here = percpu::current();
     let from_guest = frame.is_from_guest();
+    let from_idle = !from_guest && frame.rflags & RFLAGS_IF != 0;
+    if !from_guest && !from_idle {
+        return;
+    }
     let mut leaving = Vec::new();
     with_local(|local| {
         if from_guest || local.scheduling {
