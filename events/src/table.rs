@@ -441,6 +441,12 @@ impl Channels {
         })
     }
 
+    /// One past the highest port that may be in use (every port from there up to the limit
+    /// is free).
+    pub fn ports_end(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
     /// Bytes this table occupies, itself and its heap allocations.
     pub fn memory_bytes(&self) -> usize {
         size_of::<Self>() + self.slots.capacity() * size_of::<Channel>() + self.virqs.heap_bytes()

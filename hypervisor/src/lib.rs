@@ -11,5 +11,6 @@ pub mod fpu;
 pub mod guest_return;
 pub mod hypercall;
 pub mod logring;
+pub mod runstate;
 #[cfg(test)]
 mod proptests;

@@ -67,10 +67,15 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     if frame.is_from_guest() {
         if let Some(vcpu) = crate::sched::current() {
             crate::sched::release_held_timer(vcpu);
+            crate::sched::periodic_tick(vcpu);
             crate::pv::events::deliver_upcall(vcpu, frame);
         }
     }
     let _ = crate::logger::drain(crate::logger::EXIT_SLICE_NS);
+    if from_guest {
+        // Console rings that waited for room in the console buffer.
+        crate::pv::console::retry_rings();
+    }
     crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause);
 }
 

@@ -4,8 +4,10 @@
 //!
 //! `destroy` does only the constant part at once (the domain marked dead, its event
 //! channels closed, its vCPUs stopped, their descriptor frames and base pointers taken) and
-//! queues the rest here, in order: its frame list cut down to the frames it owns; its page
-//! tables relinquished (pvmm's walk stops when its slice's budget is spent and continues at
+//! queues the rest here, in order: its frame list cut down to the frames it owns; the
+//! hypervisor's holds on frames of its reservation dropped (where its vCPUs' `vcpu_info`
+//! moved, its console ring: `pv::mmu::hold_for_hypervisor`), so that nothing but its own
+//! tables references its frames any more; its page tables relinquished (pvmm's walk stops when its slice's budget is spent and continues at
 //! the next slice); the hypervisor's hold on its shared-info frame dropped and that frame
 //! relinquished; every CPU that may hold its translations flushed; its frames freed; and
 //! last it leaves the domain table (its id is free again and the run's end can come:
@@ -59,6 +61,8 @@ struct Teardown {
 enum Stage {
     /// Keep only frames the domain owns (the list may name frames it gave back).
     Filter,
+    /// Drop the hypervisor's holds on frames of the reservation.
+    Release,
     /// Relinquish its tables' references to its frames (and its base pointers).
     Relinquish,
     /// Drop the hypervisor's hold on the shared-info frame and relinquish that frame.
@@ -147,8 +151,12 @@ impl Teardown {
                 self.cursor = i;
                 if self.cursor >= self.pages.len() {
                     self.cursor = 0;
-                    self.stage = Stage::Relinquish;
+                    self.stage = Stage::Release;
                 }
+            }
+            Stage::Release => {
+                release_holds(&self.domain);
+                self.stage = Stage::Relinquish;
             }
             Stage::Relinquish => {
                 let domain = self.domain.clone();
@@ -207,6 +215,20 @@ impl Teardown {
         drop(domain);
         crate::pv::lifecycle::domain_destroyed();
     }
+}
+
+/// Drops the holds the hypervisor took on frames of the domain's reservation: every
+/// moved `vcpu_info` (each registration holds its frame once, however many share it) and
+/// the console ring. Nothing writes them any more: the domain is dead, its event channels
+/// closed and no CPU runs its vCPUs.
+fn release_holds(domain: &Domain) {
+    for slot in domain.slots() {
+        let place = slot.vcpu_info.swap(0, Ordering::AcqRel);
+        if let Some(place) = hypervisor::runstate::VcpuInfoPlace::decode(place) {
+            crate::pv::mmu::release_for_hypervisor(Mfn(place.mfn));
+        }
+    }
+    crate::pv::console::release_ring(domain);
 }
 
 fn free(domain: &Domain, mfn: Mfn) {

@@ -147,6 +147,12 @@ fn deliver_frame(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, extra: Extra,
         switch_to_kernel_mode(&mut ctx);
         ctx.kernel_sp
     };
+    if !was_kernel && vcpu.runstate_stale.load(core::sync::atomic::Ordering::Acquire) {
+        // The runstate area missed an update in user mode: its kernel tables are loaded now.
+        drop(ctx);
+        crate::pv::vcpuop::update_runstate_area(vcpu, true);
+        ctx = vcpu.ctx.lock();
+    }
     let upcall_mask = shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask) as u64;
     let guest_rflags = (frame.rflags & !RFLAGS_IF) | if upcall_mask == 0 { RFLAGS_IF } else { 0 };
     let cs = if was_kernel { frame.cs & !3 } else { frame.cs } | (upcall_mask << 32);
