@@ -22,7 +22,7 @@ TIMEOUT    ?= 120
 # A Xen PV64 guest ELF to boot as a module, and how many domains to build from it.
 GUEST      ?=
 GUESTS     ?= 1
-GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu
+GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-vcpuop
 
 # The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
 N          ?= 100

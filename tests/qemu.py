@@ -139,6 +139,18 @@ def guest_cases():
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: the shootdown crossed physical CPUs", "smpuser: smp ok",
                                       "smpuser: user mode ok"]),
+        # Work package "vcpuop": vcpu_op on two vCPUs sharing one CPU (vcpu_info moved,
+        # runstate areas across switches, timers, down/up), event-channel operations, the
+        # console ring (its lines carry the domain's name); and on two CPUs.
+        Case("iso-vcpuop-smp1", smp="1", boot="iso",
+             modules=[("guest-vcpuop", "name=vcpuop vcpus=2 -- contended")],
+             expect={"domains.created": "1", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + VCPUOP_CHECKS + [":vcpuop) vcpuop: ring line 39 ", "vcpuop: all checks passed"]),
+        Case("iso-vcpuop-smp2", smp="2", boot="iso",
+             modules=[("guest-vcpuop", "name=vcpuop vcpus=2"), ("guest-hello", "name=hello")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + VCPUOP_CHECKS + [":vcpuop) vcpuop: ring line 00 ", "vcpuop: all checks passed",
+                                                      "hello from a Rust PV guest"]),
         Case("pvh-smpuser-smp1", smp="1", cmdline="vcpus=2", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
@@ -266,6 +278,13 @@ def guest_cases():
              expect_lines=ok_lines + ["hello from a Rust PV guest"]
              + [f"hostile: attack {a}: {line}" for a, _, _, line in VCPUOP_ATTACKS if line]),
     ]
+
+
+# The checks guest-vcpuop prints ("vcpuop: check <name>: ... ok").
+VCPUOP_CHECKS = [f"vcpuop: check {name}: " for name in (
+    "is_up", "runstate_registered", "register_vcpu_info", "vcpu_info_time", "events_follow_vcpu_info",
+    "runstate_switches", "singleshot_past", "singleshot_future", "singleshot_stop", "periodic", "down_up",
+    "unsupported", "evtchn_status", "evtchn_bind_vcpu_fifo", "evtchn_unmask", "console_ring", "reset")]
 
 
 # Single attacks of guest-hostile for work package "vcpuop": (name, expected ending, module
