@@ -294,6 +294,7 @@ VCPUOP_ATTACKS = [
     ("close_race", "poweroff", "vcpus=2 seconds=10", None),
     ("close_race_peer", "poweroff", "", "8 offers checked, 0 stuck"),
     ("nested_fault", "poweroff", "vcpus=3 seconds=5", None),
+    ("vcpu_info_table", "poweroff", "", "refused (pin errno"),
 ]
 
 

@@ -19,7 +19,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, close_race, compat, exit_path, last_attack, long_calls, nested_fault, window};
+use crate::{big_tree, close_race, compat, exit_path, last_attack, long_calls, nested_fault, vcpu_info, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -54,6 +54,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "close_race", run: close_race::attacker },
     Attack { name: "close_race_peer", run: close_race::peer },
     Attack { name: "nested_fault", run: nested_fault::run },
+    Attack { name: "vcpu_info_table", run: vcpu_info::table_attack },
 ];
 
 /// The `attack=` value on the command line, if any.

@@ -43,6 +43,7 @@ mod polling;
 mod reservation;
 mod shared_info;
 mod targets;
+mod vcpu_info;
 mod vcpus;
 mod verdict;
 mod window;
@@ -77,6 +78,7 @@ fn main(start: &'static StartInfo) {
     reservation::give_back_twice(&mut tally, &targets);
     mappings::switch_to_foreign_l4(&mut tally, &targets);
     vcpus::run(&mut tally);
+    vcpu_info::run(&mut tally, &targets);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }

@@ -89,6 +89,11 @@ impl Table {
         unsafe { (self.va as *const u64).add(index).read_volatile() }
     }
 
+    /// The address of its read-only view.
+    pub fn va(&self) -> u64 {
+        self.va
+    }
+
     /// The machine address of entry `index` (below 512), as `mmu_update` names it.
     pub fn entry_address(&self, index: usize) -> u64 {
         assert!(index < 512, "entry {index} is beyond the table");
