@@ -295,6 +295,7 @@ VCPUOP_ATTACKS = [
     ("close_race_peer", "poweroff", "", "8 offers checked, 0 stuck"),
     ("nested_fault", "poweroff", "vcpus=3 seconds=5", None),
     ("vcpu_info_table", "poweroff", "", "refused (pin errno"),
+    ("vcpu_info_alias", "poweroff", "vcpus=2", "vCPU 1 onto slot 0: 0, vCPU 0 onto slot 5: 0, vCPU 1 again: -22; 2 IPIs sent; vCPU 1 started: true"),
 ]
 
 

@@ -55,6 +55,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "close_race_peer", run: close_race::peer },
     Attack { name: "nested_fault", run: nested_fault::run },
     Attack { name: "vcpu_info_table", run: vcpu_info::table_attack },
+    Attack { name: "vcpu_info_alias", run: vcpu_info::alias_attack },
 ];
 
 /// The `attack=` value on the command line, if any.

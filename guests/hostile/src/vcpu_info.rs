@@ -216,3 +216,39 @@ fn update_one(request: MmuUpdate) -> i64 {
     // SAFETY: the request links a table into an L2 slot the program never uses.
     unsafe { hypercall4(Hypercall::MmuUpdate, &raw const request as u64, 1, &raw mut done as u64, SELF) }
 }
+
+/// A stack for vCPU 1 of [`alias_attack`]: it only blocks.
+static ALIAS_STACK: guest_rt::smp::VcpuStack<4096> = guest_rt::smp::VcpuStack::new();
+
+extern "C" fn block_forever(_: u64) -> ! {
+    loop {
+        let _ = guest_rt::hypercall::sched_block();
+    }
+}
+
+/// `attack=vcpu_info_alias` (two vCPUs): vCPU 1's `vcpu_info` onto vCPU 0's slot in the
+/// shared-info frame, vCPU 0's onto slot 5 of it, then events for both and vCPU 1 started.
+/// Xen accepts both (a guest may alias its own areas; only it is confused): what must hold
+/// is that the hypervisor writes nowhere else and that the frame's references balance when
+/// the domain is destroyed (the case checks that nothing leaks).
+pub fn alias_attack(targets: &Targets) -> ! {
+    println!("hostile: attack vcpu_info_alias: vCPU 1's vcpu_info onto vCPU 0's slot of shared info, vCPU 0's onto slot 5");
+    let one = register_vcpu_info(1, targets.shared_info, 0);
+    let zero = register_vcpu_info(0, targets.shared_info, 5 * 64);
+    let again = register_vcpu_info(1, targets.spare, 0);
+    let mut sent = 0;
+    for vcpu in [0, 1] {
+        if let Ok(port) = evtchn::bind_ipi(VcpuId(vcpu)) {
+            sent += u32::from(evtchn::send(port).is_ok());
+        }
+    }
+    let started = guest_rt::smp::start(VcpuId(1), block_forever, 0, &ALIAS_STACK);
+    for _ in 0..20 {
+        let _ = sched_yield();
+    }
+    println!(
+        "hostile: attack vcpu_info_alias: vCPU 1 onto slot 0: {one}, vCPU 0 onto slot 5: {zero}, vCPU 1 again: {again}; {sent} IPIs sent; vCPU 1 started: {}",
+        started.is_ok()
+    );
+    shutdown(ShutdownReason::Poweroff)
+}

@@ -14,7 +14,8 @@
 //! `up` restarts it; then event-channel status for every port state, four IPIs on a vCPU,
 //! bind_vcpu, the FIFO ABI refused with ENOSYS, unmask re-raising a pending port; it prints
 //! more than a ring's worth of lines through the console ring, and last resets its event
-//! channels. Its command line: `contended` when both vCPUs share one CPU (then vCPU 0 must
+//! channels (with every port it may have bound, timed) and takes vCPU 1 down before it
+//! powers off. Its command line: `contended` when both vCPUs share one CPU (then vCPU 0 must
 //! have waited runnable).
 //!
 //! Console: one "vcpuop: check <name>: ... ok" line per check, "vcpuop: ring line N" lines
@@ -314,6 +315,8 @@ fn main(start: &'static StartInfo) {
         reset_result.is_ok() && after.iter().all(|s| *s == Ok(EvtchnState::Closed.raw())),
         format_args!("{reset_result:?}, then IPI, timer and console ports {after:?}"),
     );
+    // The domain ends with vCPU 1 down: its teardown must not wait for it.
+    op(VcpuOp::Down, 1, ptr::null_mut::<u8>()).expect("down at the end");
     println!("vcpuop: all checks passed");
 }
 
