@@ -163,6 +163,18 @@ def guest_cases():
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: the shootdown crossed physical CPUs", "smpuser: smp ok",
                                       "smpuser: user mode ok"]),
+        # Work package "vcpuop": vcpu_op on two vCPUs sharing one CPU (vcpu_info moved,
+        # runstate areas across switches, timers, down/up), event-channel operations, the
+        # console ring (its lines carry the domain's name); and on two CPUs.
+        Case("iso-vcpuop-smp1", smp="1", boot="iso",
+             modules=[("guest-vcpuop", "name=vcpuop vcpus=2 -- contended")],
+             expect={"domains.created": "1", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + VCPUOP_CHECKS + [":vcpuop) vcpuop: ring line 39 ", "vcpuop: all checks passed"]),
+        Case("iso-vcpuop-smp2", smp="2", boot="iso",
+             modules=[("guest-vcpuop", "name=vcpuop vcpus=2"), ("guest-hello", "name=hello")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + VCPUOP_CHECKS + [":vcpuop) vcpuop: ring line 00 ", "vcpuop: all checks passed",
+                                                      "hello from a Rust PV guest"]),
         Case("pvh-smpuser-smp1", smp="1", cmdline="vcpus=2", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
@@ -314,11 +326,12 @@ def guest_cases():
                       ("guest-grants", "name=mapper -- role=mapper peer=1")],
              expect={"domains.created": "2", "domains.unexpected_endings": "0", "grants.table_frames": "0"},
              expect_lines=ok_lines + GRANTS_LINES),
+        # (The console ring page is part of the reservation, as in Xen.)
         Case("iso-hello-min-reservation", smp="2", boot="iso",
-             modules=[("guest-hello", "name=smallest mem_kib=96")],
+             modules=[("guest-hello", "name=smallest mem_kib=100")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0",
-                     "module.smallest.min_reservation_kib": "96"},
-             expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=24"]),
+                     "module.smallest.min_reservation_kib": "100"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest: nr_pages=25"]),
         # Issue 16, the M2P table and memory_op (work package m2p): the table read at Xen's
         # address against the P2M for every frame, through ballooning, populate_physmap,
         # extents of several frames and exchanges (guest-m2p); the M2P attacks that end a
@@ -348,6 +361,16 @@ def guest_cases():
              expect={"domains.created": str(1 + len(SEGMENT_ATTACKS)), "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hello from a Rust PV guest"]
              + [f"hostile: attack {a}: {line}" for a, _, line in SEGMENT_ATTACKS if line]),
+        # Work package "vcpuop" (issue 16): attacks on vcpu_op, event channels and the
+        # console ring, each in a domain of its own beside a hello guest that must finish
+        # (see VCPUOP_ATTACKS). The close race runs on two vCPUs against the next domain.
+        Case("iso-vcpuop-attacks", smp="2", boot="iso", timeout=240,
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} attack={a} expect={e}" + (f" {o}" if o else ""))
+                for a, e, o, _ in VCPUOP_ATTACKS],
+             expect={"domains.created": str(1 + len(VCPUOP_ATTACKS)), "domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}: {line}" for a, _, _, line in VCPUOP_ATTACKS if line]),
     ] + loader_cases()
 
 
@@ -403,6 +426,25 @@ GRANTS_LINES = [
     "grants: mapper: map+unmap round trip median", "grants: mapper: v2 maps and sub-page copies ok",
     "grants: mapper: the granter died holding our page (released) and granting its own",
     "grants: granter done", "grants: mapper all ok",
+]
+
+
+# The checks guest-vcpuop prints ("vcpuop: check <name>: ... ok").
+VCPUOP_CHECKS = [f"vcpuop: check {name}: " for name in (
+    "is_up", "runstate_registered", "register_vcpu_info", "vcpu_info_time", "events_follow_vcpu_info",
+    "runstate_switches", "singleshot_past", "singleshot_future", "singleshot_stop", "periodic", "down_up",
+    "unsupported", "evtchn_status", "evtchn_bind_vcpu_fifo", "evtchn_unmask", "console_ring", "reset")]
+
+
+# Single attacks of guest-hostile for work package "vcpuop": (name, expected ending, module
+# options, what the guest must print after "hostile: attack <name>: "). close_race and
+# close_race_peer go together, in this order (the peer is the attacker's next domain id).
+VCPUOP_ATTACKS = [
+    ("close_race", "poweroff", "vcpus=2 seconds=10", None),
+    ("close_race_peer", "poweroff", "", "8 offers checked, 0 stuck"),
+    ("nested_fault", "poweroff", "vcpus=3 seconds=5", None),
+    ("vcpu_info_table", "poweroff", "", "refused (pin errno"),
+    ("vcpu_info_alias", "poweroff", "vcpus=2", "vCPU 1 onto slot 0: 0, vCPU 0 onto slot 5: 0, vCPU 1 again: -22; 2 IPIs sent; vCPU 1 started: true"),
 ]
 
 

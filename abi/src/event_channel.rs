@@ -107,6 +107,17 @@ pub struct EvtchnBindVcpu {
 
 assert_layout!(EvtchnBindVcpu, size = 8, { port @ 0, vcpu @ 4 });
 
+/// `EVTCHNOP_reset`: close every port of `dom` (`DOMID_SELF`, or another domain for a
+/// privileged caller).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EvtchnReset {
+    /// IN.
+    pub dom: DomId,
+}
+
+assert_layout!(EvtchnReset, size = 2, { dom @ 0 });
+
 abi_enum! {
     /// A channel's state in [`EvtchnStatus::status`] (`EVTCHNSTAT_*`).
     pub enum EvtchnState: u32 {

@@ -140,6 +140,8 @@ abi_enum! {
         InitControl = 11,
         ExpandArray = 12,
         SetPriority = 13,
+        /// `EVTCHNOP_reset` continued (Xen 4.17): same argument.
+        ResetCont = 14,
     }
 }
 

@@ -18,7 +18,8 @@
 //! - [`ids`]: domain, port, vCPU and frame newtypes.
 //! - [`start_info`], [`shared_info`], [`mmu`] (xen.h); [`arch_x86`] (arch-x86/xen.h,
 //!   xen-x86_64.h); [`event_channel`], [`sched`], [`memory`], [`callback`], [`vcpu`],
-//!   [`version`], [`features`], [`elfnote`], [`physdev`], [`grant_table`], [`pvh`] (hvm/start_info.h).
+//!   [`version`], [`features`], [`elfnote`], [`physdev`], [`grant_table`], [`pvh`]
+//!   (hvm/start_info.h), [`console`] (io/console.h: the console ring page).
 //! - [`hypercall_page`]: the bytes of the guest's hypercall page.
 //! - [`control`]: this hypervisor's own control interface for domain 0 (not a Xen header).
 
@@ -29,6 +30,7 @@ mod macros;
 
 pub mod arch_x86;
 pub mod callback;
+pub mod console;
 pub mod control;
 pub mod elfnote;
 pub mod errno;

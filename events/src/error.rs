@@ -31,6 +31,10 @@ pub enum EventError {
     NoFreePort,
     /// `EINVAL`: a poll names more than [`crate::limits::MAX_POLL_PORTS`] ports.
     TooManyPollPorts,
+    /// `EINVAL`: the port was closed and re-bound between the caller's read of its peer
+    /// and the close ([`crate::table::close_checked`]); the caller may read it again. Xen
+    /// answers `EINVAL` in the same race, as for a port it found free.
+    Changed,
 }
 
 impl EventError {
@@ -42,7 +46,8 @@ impl EventError {
             | Self::NotOffered
             | Self::InvalidVirq
             | Self::GlobalVirqNotOnVcpu0
-            | Self::TooManyPollPorts => Errno::Einval,
+            | Self::TooManyPollPorts
+            | Self::Changed => Errno::Einval,
             Self::NoSuchVcpu => Errno::Enoent,
             Self::VirqInUse => Errno::Eexist,
             Self::NoFreePort => Errno::Enospc,

@@ -33,5 +33,6 @@ pub mod virq;
 pub use bitmap::{Notify, SharedPage};
 pub use error::EventError;
 pub use table::{
-    bind_interdomain, Binding, ChannelStatus, Channels, Delivery, Endpoint, SendTarget, Unlink,
+    bind_interdomain, close_checked, Binding, ChannelStatus, Channels, Delivery, Endpoint,
+    SendTarget, Unlink,
 };

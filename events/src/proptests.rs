@@ -27,7 +27,9 @@ use crate::bitmap::fake::FakePage;
 use crate::bitmap::{self, SharedPage};
 use crate::error::EventError;
 use crate::poll::{self, PollOutcome, PollTarget};
-use crate::table::{bind_interdomain, Binding, Channels, Delivery, Endpoint, SendTarget};
+use crate::table::{
+    bind_interdomain, close_checked, Binding, Channels, Delivery, Endpoint, SendTarget,
+};
 
 /// The two domains (indices 0 and 1) and a third that exists only as a name.
 const DOMS: [DomId; 3] = [DomId(1), DomId(2), DomId(3)];
@@ -482,11 +484,26 @@ impl Real {
                 .map(|()| 0)
                 .map_err(err),
             Op::Close { d, port } => {
-                if let Some(unlink) = self.tables[d].close(EvtchnPort(port)).map_err(err)? {
-                    let r = Self::index(unlink.remote.dom);
-                    self.tables[r].unlink(unlink);
+                // As the hypervisor closes: the peer read first, then both tables held.
+                let port = EvtchnPort(port);
+                let seen = self.tables[d].peer(port);
+                let other = seen
+                    .map(|p| Self::index(p.dom))
+                    .filter(|&r| r != d && r < 2);
+                match other {
+                    Some(r) => {
+                        let (low, high) = self.tables.split_at_mut(1);
+                        let (local, remote) = if d == 0 {
+                            (&mut low[0], &mut high[0])
+                        } else {
+                            (&mut high[0], &mut low[0])
+                        };
+                        debug_assert_eq!(r, 1 - d);
+                        close_checked(local, Some(remote), port, seen).map_err(err)?;
+                    }
+                    None => close_checked(&mut self.tables[d], None, port, seen).map_err(err)?,
                 }
-                bitmap::clear_pending(&*self.pages[d], EvtchnPort(port));
+                bitmap::clear_pending(&*self.pages[d], port);
                 Ok(0)
             }
             Op::Send { d, port } => {
@@ -498,7 +515,8 @@ impl Real {
                             self.deliver(r, delivery);
                         }
                     }
-                    SendTarget::Dropped => {}
+                    // No port here is bound to the hypervisor.
+                    SendTarget::Dropped | SendTarget::Hypervisor(_) => {}
                 }
                 Ok(0)
             }

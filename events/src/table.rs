@@ -9,6 +9,17 @@
 //! applies a returned [`Delivery`] with [`crate::bitmap::set_pending`]. It must never hold
 //! a reference to another domain.
 //!
+//! A port may also be bound to the hypervisor itself ([`Channels::bind_hypervisor`]: the
+//! console ring's channel): a send on it is for the hypervisor ([`SendTarget::Hypervisor`])
+//! and the hypervisor raises it ([`Channels::hypervisor_delivery`]); the guest sees it as an
+//! interdomain channel to `DOMID_XEN`, may move it to another vCPU and may close it.
+//!
+//! Closing an interdomain port needs the peer's table locked too, and the caller learns
+//! which table that is only by reading the port under this table's lock, which it must
+//! drop to lock both in order: [`close_checked`] closes only if the port still has the
+//! peer read before (as Xen's `evtchn_close` re-checks after re-locking), so a port closed
+//! and re-bound elsewhere in between is never half-closed.
+//!
 //! Memory: a `Vec` of 12-byte channels grown on demand (port 0 is reserved, as in Xen),
 //! plus 48 bytes per vCPU that has bound a VIRQ. See [`Channels::memory_bytes`].
 
@@ -51,6 +62,8 @@ pub enum SendTarget {
     Remote { to: Endpoint, from: Endpoint },
     /// The port is unbound: Xen silently drops the event.
     Dropped,
+    /// The port's other end is the hypervisor (see [`Channels::bind_hypervisor`]).
+    Hypervisor(EvtchnPort),
 }
 
 /// The remote half of closing an interdomain channel: in `remote.dom`'s table, put
@@ -76,6 +89,8 @@ pub enum Binding {
     Virq { virq: u32 },
     /// Bound for IPIs.
     Ipi,
+    /// Connected to the hypervisor itself (reported as interdomain to `DOMID_XEN`).
+    Hypervisor,
 }
 
 /// A port's status: its binding and the vCPU it notifies.
@@ -94,6 +109,7 @@ impl ChannelStatus {
             Binding::Interdomain { .. } => EvtchnState::Interdomain,
             Binding::Virq { .. } => EvtchnState::Virq,
             Binding::Ipi => EvtchnState::Ipi,
+            Binding::Hypervisor => EvtchnState::Interdomain,
         }
     }
 
@@ -103,6 +119,7 @@ impl ChannelStatus {
         match self.binding {
             Binding::Unbound { remote_dom } => out.set_remote(remote_dom, EvtchnPort(0)),
             Binding::Interdomain { remote } => out.set_remote(remote.dom, remote.port),
+            Binding::Hypervisor => out.set_remote(DomId::XEN, EvtchnPort(0)),
             Binding::Virq { virq } => out.set_irq(virq),
             Binding::Closed | Binding::Ipi => {}
         }
@@ -124,6 +141,8 @@ enum State {
     },
     Virq(VirqNumber),
     Ipi,
+    /// The other end is the hypervisor.
+    Hypervisor,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -226,13 +245,30 @@ impl Channels {
         self.allocate(State::Ipi, vcpu)
     }
 
+    /// A fresh port whose other end is the hypervisor, notifying vCPU 0: the domain
+    /// builder's channel for the console ring (`start_info.console.domU.evtchn`).
+    pub fn bind_hypervisor(&mut self) -> Result<EvtchnPort, EventError> {
+        self.allocate(State::Hypervisor, VcpuId(0))
+    }
+
+    /// The event the hypervisor raises on its end of `port`, if `port` is still bound to
+    /// the hypervisor (the guest may have closed it, or re-bound the number since).
+    pub fn hypervisor_delivery(&self, port: EvtchnPort) -> Option<Delivery> {
+        let channel = self.slots.get(port.0 as usize)?;
+        (channel.state == State::Hypervisor).then_some(Delivery {
+            port,
+            vcpu: channel.notify,
+        })
+    }
+
     /// `EVTCHNOP_bind_vcpu`: make `port` notify `vcpu`. Allowed for unbound,
-    /// interdomain and global-VIRQ ports; IPI and per-vCPU VIRQ ports keep their vCPU.
+    /// interdomain (the hypervisor's included) and global-VIRQ ports; IPI and per-vCPU
+    /// VIRQ ports keep their vCPU.
     pub fn bind_vcpu(&mut self, port: EvtchnPort, vcpu: VcpuId) -> Result<(), EventError> {
         self.check_vcpu(vcpu)?;
         let channel = self.live_mut(port)?;
         match channel.state {
-            State::Unbound { .. } | State::Interdomain { .. } => {}
+            State::Unbound { .. } | State::Interdomain { .. } | State::Hypervisor => {}
             State::Virq(virq) if !virq.is_per_vcpu() => {}
             _ => return Err(EventError::WrongState),
         }
@@ -250,7 +286,7 @@ impl Channels {
         let channel = self.channel(port)?;
         let unlink = match channel.state {
             State::Free | State::Reserved => return Err(EventError::WrongState),
-            State::Unbound { .. } | State::Ipi => None,
+            State::Unbound { .. } | State::Ipi | State::Hypervisor => None,
             State::Virq(virq) => {
                 self.virqs.clear(virq.map_vcpu(channel.notify), virq);
                 None
@@ -315,6 +351,7 @@ impl Channels {
                 vcpu: channel.notify,
             })),
             State::Unbound { .. } => Ok(SendTarget::Dropped),
+            State::Hypervisor => Ok(SendTarget::Hypervisor(port)),
             State::Interdomain {
                 remote_dom,
                 remote_port,
@@ -396,11 +433,18 @@ impl Channels {
             },
             State::Virq(virq) => Binding::Virq { virq: virq.raw() },
             State::Ipi => Binding::Ipi,
+            State::Hypervisor => Binding::Hypervisor,
         };
         Ok(ChannelStatus {
             binding,
             vcpu: channel.notify,
         })
+    }
+
+    /// One past the highest port that may be in use (every port from there up to the limit
+    /// is free).
+    pub fn ports_end(&self) -> u32 {
+        self.slots.len() as u32
     }
 
     /// Bytes this table occupies, itself and its heap allocations.
@@ -499,6 +543,30 @@ pub fn bind_interdomain(
         port,
         vcpu: VcpuId(0),
     })
+}
+
+/// `EVTCHNOP_close` of `port` in `local`, whose peer the caller read with
+/// [`Channels::peer`] as `seen` before it dropped `local`'s lock to lock `local` and, when
+/// `seen` is in another domain that still exists, that domain's table `remote` (lower
+/// domain id first; both are locked now). The port is closed only if its peer is still
+/// `seen`: otherwise it was closed and re-bound in between (perhaps to a third domain, whose
+/// table the caller does not hold) and the caller must read the peer again
+/// ([`EventError::Changed`]). An interdomain peer in `remote` goes back to unbound in the
+/// same step; a peer whose domain is gone (`remote` is `None`) has nothing left to unlink.
+/// The caller also clears the port's pending bit.
+pub fn close_checked(
+    local: &mut Channels,
+    remote: Option<&mut Channels>,
+    port: EvtchnPort,
+    seen: Option<Endpoint>,
+) -> Result<(), EventError> {
+    if local.peer(port) != seen {
+        return Err(EventError::Changed);
+    }
+    if let (Some(unlink), Some(remote)) = (local.close(port)?, remote) {
+        remote.unlink(unlink);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -953,5 +1021,102 @@ mod tests {
             a.bind_ipi(V0).unwrap();
         }
         assert_eq!(a.memory_bytes() - base, (40 - 1) * size_of::<Channel>());
+    }
+
+    #[test]
+    fn a_port_closed_and_rebound_elsewhere_meanwhile_is_not_half_closed() {
+        // vCPU 0 of A closes port X, a loopback channel: it reads X's peer (A itself, so it
+        // locks A's table alone) and drops the lock. Meanwhile vCPU 1 closes X and binds the
+        // same number to B's offer. Closing by the stale read must not free X while B's end
+        // stays linked to it (before the check, the unlink for B was returned and dropped,
+        // leaving B's port connected to a free port of A for good).
+        let (mut a, mut b) = (table(A), table(B));
+        let offer = a.alloc_unbound(A).unwrap();
+        let x = a.bind_loopback(offer).unwrap().port;
+        let seen = a.peer(x);
+        assert_eq!(seen, Some(end(A, offer)));
+        a.close(x).unwrap();
+        let b_offer = b.alloc_unbound(A).unwrap();
+        assert_eq!(
+            bind_interdomain(&mut a, &mut b, b_offer).unwrap().port,
+            x,
+            "the lowest free port again"
+        );
+        assert_eq!(
+            close_checked(&mut a, None, x, seen),
+            Err(EventError::Changed)
+        );
+        assert_eq!(
+            binding(&a, x),
+            Binding::Interdomain {
+                remote: end(B, b_offer)
+            }
+        );
+        assert_eq!(
+            binding(&b, b_offer),
+            Binding::Interdomain { remote: end(A, x) }
+        );
+        // Read again, with B's table held this time: both ends go, B's back to unbound.
+        let seen = a.peer(x);
+        assert_eq!(close_checked(&mut a, Some(&mut b), x, seen), Ok(()));
+        assert_eq!(binding(&a, x), Binding::Closed);
+        assert_eq!(binding(&b, b_offer), Binding::Unbound { remote_dom: A });
+    }
+
+    #[test]
+    fn close_checked_closes_every_kind_of_port() {
+        let (mut a, a_port, mut b, b_port) = linked();
+        assert_eq!(
+            close_checked(&mut b, Some(&mut a), b_port, Some(end(A, a_port))),
+            Ok(())
+        );
+        assert_eq!(binding(&a, a_port), Binding::Unbound { remote_dom: B });
+        let ipi = a.bind_ipi(V1).unwrap();
+        assert_eq!(close_checked(&mut a, None, ipi, None), Ok(()));
+        assert_eq!(
+            close_checked(&mut a, None, ipi, None),
+            Err(EventError::WrongState),
+            "free now"
+        );
+        // A peer whose domain is gone has nothing to unlink.
+        let (mut c, c_port, _, d_port) = linked();
+        assert_eq!(
+            close_checked(&mut c, None, c_port, Some(end(B, d_port))),
+            Ok(())
+        );
+        assert_eq!(binding(&c, c_port), Binding::Closed);
+    }
+
+    #[test]
+    fn the_hypervisor_end_sends_to_the_hypervisor_and_can_be_raised() {
+        let mut a = table(A);
+        let port = a.bind_hypervisor().unwrap();
+        assert_eq!(port, EvtchnPort(1));
+        assert_eq!(a.send(port), Ok(SendTarget::Hypervisor(port)));
+        assert_eq!(
+            a.hypervisor_delivery(port),
+            Some(Delivery { port, vcpu: V0 })
+        );
+        let mut out = EvtchnStatus::default();
+        a.status(port).unwrap().write_to(&mut out);
+        assert_eq!(out.state(), Some(EvtchnState::Interdomain));
+        assert_eq!(
+            (out.remote_dom(), out.remote_port()),
+            (DomId::XEN, EvtchnPort(0))
+        );
+        a.bind_vcpu(port, V1).unwrap();
+        assert_eq!(
+            a.hypervisor_delivery(port),
+            Some(Delivery { port, vcpu: V1 })
+        );
+        assert_eq!(a.close(port), Ok(None));
+        assert_eq!(a.hypervisor_delivery(port), None, "closed by the guest");
+        a.bind_ipi(V0).unwrap();
+        assert_eq!(
+            a.hypervisor_delivery(port),
+            None,
+            "the number re-bound to something else"
+        );
+        assert_eq!(a.hypervisor_delivery(EvtchnPort(5000)), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The idle loop every CPU ends boot in: halt with interrupts on, wake for interrupts
 //! (cross-CPU calls, timers), halt again; while a dead domain's teardown is queued, or
-//! console output, work on it in slices, taking interrupts between them, before halting.
+//! console output (and console rings that waited for it), work on it in slices, taking
+//! interrupts between them, before halting.
 //!
 //! Also counts CPUs that have reached it, so the boot CPU can tell when all cores are idle.
 
@@ -31,6 +32,7 @@ pub extern "C" fn run() -> ! {
             continue;
         } else if crate::logger::has_queued() {
             let wrote = crate::logger::drain(crate::logger::IDLE_SLICE_NS);
+            crate::pv::console::retry_rings();
             // `sti` lets interrupts in only after the next instruction: one is taken there.
             x86_64::instructions::interrupts::enable();
             core::hint::spin_loop();

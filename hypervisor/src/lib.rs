@@ -18,5 +18,6 @@ pub mod hypercall;
 pub mod insn;
 pub mod logring;
 pub mod memop;
+pub mod runstate;
 #[cfg(test)]
 mod proptests;

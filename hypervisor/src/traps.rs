@@ -72,10 +72,15 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
         if let Some(vcpu) = crate::sched::current() {
             crate::sched::release_held_timer(vcpu);
             crate::pv::traps::selectors_failsafe(vcpu, frame);
+            crate::sched::periodic_tick(vcpu);
             crate::pv::events::deliver_upcall(vcpu, frame);
         }
     }
     let _ = crate::logger::drain(crate::logger::EXIT_SLICE_NS);
+    if from_guest {
+        // Console rings that waited for room in the console buffer.
+        crate::pv::console::retry_rings();
+    }
     crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause, domu);
 }
 

@@ -21,7 +21,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, compat, containment, exit_path, last_attack, long_calls, m2p, segments, window};
+use crate::{big_tree, close_race, compat, containment, exit_path, last_attack, long_calls, m2p, nested_fault, segments, vcpu_info, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -62,6 +62,11 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "ldt_call_gate", run: segments::ldt_call_gate },
     Attack { name: "stale_ldt_ss", run: segments::stale_ldt_ss },
     Attack { name: "stale_ldt_ds", run: segments::stale_ldt_ds },
+    Attack { name: "close_race", run: close_race::attacker },
+    Attack { name: "close_race_peer", run: close_race::peer },
+    Attack { name: "nested_fault", run: nested_fault::run },
+    Attack { name: "vcpu_info_table", run: vcpu_info::table_attack },
+    Attack { name: "vcpu_info_alias", run: vcpu_info::alias_attack },
 ];
 
 /// The `attack=` value on the command line, if any.

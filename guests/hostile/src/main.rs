@@ -36,6 +36,7 @@
 
 mod arguments;
 mod big_tree;
+mod close_race;
 mod compat;
 mod contained;
 mod debugregs;
@@ -46,6 +47,7 @@ mod last_attack;
 mod long_calls;
 mod m2p;
 mod mappings;
+mod nested_fault;
 mod polling;
 mod ptwr;
 mod reservation;
@@ -53,6 +55,7 @@ mod segments;
 mod shared_info;
 mod switches;
 mod targets;
+mod vcpu_info;
 mod vcpus;
 mod verdict;
 mod window;
@@ -92,6 +95,7 @@ fn main(start: &'static StartInfo) {
     vcpus::run(&mut tally);
     switches::run(&mut tally, &targets);
     debugregs::run(&mut tally);
+    vcpu_info::run(&mut tally, &targets);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }

@@ -8,8 +8,8 @@
 //! business of [`crate::events`]; this module must never touch the shared info page.
 
 use abi::event_channel::{
-    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVirq, EvtchnClose,
-    EvtchnSend, EvtchnUnmask,
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq,
+    EvtchnClose, EvtchnSend, EvtchnStatus, EvtchnUnmask,
 };
 use abi::hypercall::{EvtchnOp, Virq};
 use abi::ids::{DomId, EvtchnPort, VcpuId};
@@ -84,4 +84,35 @@ pub fn unmask(port: EvtchnPort) -> Result<()> {
     let mut arg = EvtchnUnmask { port };
     // SAFETY: the hypervisor reads `arg` on our stack.
     unsafe { hypercall::event_channel_op(EvtchnOp::Unmask, &raw mut arg) }
+}
+
+/// `EVTCHNOP_status` of `port` in domain `dom` (`DomId::SELF` for this one).
+pub fn status(dom: DomId, port: EvtchnPort) -> Result<EvtchnStatus> {
+    let mut arg = EvtchnStatus {
+        dom,
+        port,
+        ..EvtchnStatus::default()
+    };
+    // SAFETY: the hypervisor reads and writes `arg` on our stack.
+    unsafe { hypercall::event_channel_op(EvtchnOp::Status, &raw mut arg)? };
+    Ok(arg)
+}
+
+/// Makes `port` notify `vcpu` from now on (`EVTCHNOP_bind_vcpu`).
+pub fn bind_vcpu(port: EvtchnPort, vcpu: VcpuId) -> Result<()> {
+    let mut arg = EvtchnBindVcpu { port, vcpu };
+    // SAFETY: the hypervisor reads `arg` on our stack.
+    unsafe { hypercall::event_channel_op(EvtchnOp::BindVcpu, &raw mut arg) }
+}
+
+/// This domain's id, as the hypervisor knows it: the remote domain of a port offered to
+/// `DOMID_SELF`, which the hypervisor records under the caller's own id (as Xen does).
+/// The port is closed again.
+pub fn own_domid() -> Result<DomId> {
+    let port = alloc_unbound(DomId::SELF)?;
+    let seen = status(DomId::SELF, port);
+    let closed = close(port);
+    let id = seen?.remote_dom();
+    closed?;
+    Ok(id)
 }

@@ -5,7 +5,7 @@
 //! ([`console`]), the start-of-day page and P2M list ([`mod@start_info`]), exception handling
 //! ([`traps`]), accesses that may fault ([`probe`]), the shared info page
 //! ([`shared_info`]) and the address layout ([`layout`]); system time ([`time`]), event delivery ([`events`]), event channels
-//! ([`evtchn`]), the one-shot timer ([`timer`]), ballooning ([`balloon`]), grant tables ([`grants`]), secondary vCPUs ([`smp`]) and, for domain
+//! ([`evtchn`]), the one-shot timer ([`timer`]), ballooning ([`balloon`]), grant tables ([`grants`]), secondary vCPUs ([`smp`]), the console ring ([`ring`]) and, for domain
 //! 0, the control interface ([`control`]). Guests link with `guest.ld`: their build script passes `-T` with the
 //! path this crate publishes as `DEP_GUEST_RT_LD`.
 //!
@@ -30,6 +30,7 @@ pub mod grants;
 pub mod hypercall;
 pub mod layout;
 pub mod probe;
+pub mod ring;
 pub mod shared_info;
 pub mod smp;
 pub mod start_info;

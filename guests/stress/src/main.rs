@@ -9,8 +9,8 @@
 //!
 //! Roles: `periodic`/`latency` re-arm a 1 ms one-shot timer at each wake-up and record
 //! the lateness of each; `idle` does the same with a 100 ms timer; `hog` spins; `pong`
-//! allocates port 1 for its peer and answers each event on it from its event handler;
-//! `ping` binds to it and every 1 ms sends an event and times the answer. It must never spin while waiting: it blocks.
+//! allocates port 2 (its first free one, after the console ring's) for its peer and
+//! answers each event on it from its event handler; `ping` binds to it and every 1 ms sends an event and times the answer. It must never spin while waiting: it blocks.
 
 #![no_std]
 #![no_main]

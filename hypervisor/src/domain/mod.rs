@@ -10,14 +10,16 @@
 //! Destruction happens only once no CPU runs any of its vCPUs (see [`Domain::destroy`]).
 //!
 //! Frames the hypervisor writes on a domain's behalf (its shared-info page, where event
-//! bits and time go, and its grant-table frames; later vcpu_info and runstate areas, rings) hold,
-//! for as long as the hypervisor writes them, a general and a writable-type reference
-//! (`pv::mmu::hold_for_hypervisor`, taken at creation, dropped at destruction before the
-//! frame is freed): a frame with a writable type can never become a page table or a
-//! descriptor frame, so what the hypervisor writes can never become an entry the guest
-//! steers. Destruction closes the domain's event channels (under their lock, with the
-//! domain already marked dead) before that frame goes, so that no sender writes into it
-//! afterwards (`pv::events`).
+//! bits and time go; its grant-table frames; the guest frames its vCPUs' `vcpu_info` moved
+//! to; its console ring) hold, for as long as the hypervisor writes them, a general and a
+//! writable-type reference (`pv::mmu::hold_for_hypervisor`, taken when the frame takes the
+//! role, dropped by the teardown before the frame is relinquished and freed): a frame with
+//! a writable type can never become a page table or a descriptor frame, so what the
+//! hypervisor writes can never become an entry the guest steers. Destruction closes the
+//! domain's event channels (under their lock, with the domain already marked dead) before
+//! those frames go, so that no sender writes into them afterwards (`pv::events`). (Guest
+//! virtual areas, the runstate area, are written through `uaccess` on the guest's own
+//! tables instead, and need no hold.)
 //!
 //! # One owner for teardown
 //! While the builder fills a domain, the domain is in the table (its id is taken) but
@@ -262,6 +264,8 @@ pub struct Domain {
     /// Its vCPUs blocked in `sched_op poll` (senders look for them only when nonzero).
     pub pollers: AtomicU32,
     pub shared_info: Mfn,
+    /// What the guest registered for each vCPU id `0..max_vcpus` (see [`vcpu::VcpuSlot`]).
+    slots: alloc::boxed::Box<[vcpu::VcpuSlot]>,
     pub memory: Mutex<DomainMemory>,
     /// Serializes this domain's page-table updates (held across TLB shootdowns, so a
     /// [`CallLock`]).
@@ -423,13 +427,14 @@ impl Domain {
         for c in name.chars().take(32) {
             let _ = short_name.try_push(c);
         }
+        let max_vcpus = placement.max_vcpus.clamp(1, vcpu::MAX_VCPUS);
         let domain = Arc::new(Domain {
             id,
             name: short_name,
             privileged,
             params: Mutex::new(params),
             pinned: placement.pinned,
-            max_vcpus: placement.max_vcpus.clamp(1, vcpu::MAX_VCPUS),
+            max_vcpus,
             cpu_mask: placement.cpu_mask,
             vcpus_up: AtomicU32::new(1),
             building: AtomicBool::new(true),
@@ -437,14 +442,15 @@ impl Domain {
             hostile: core::sync::atomic::AtomicBool::new(false),
             pollers: AtomicU32::new(0),
             shared_info,
+            slots: (0..max_vcpus).map(|_| vcpu::VcpuSlot::new()).collect(),
             memory: Mutex::new(DomainMemory::new(max_pages)),
             mmu_lock: CallLock::new(()),
             dirty_cpus: CpuMask::new(),
-            vcpus: Mutex::new(Vec::with_capacity(placement.max_vcpus.clamp(1, vcpu::MAX_VCPUS) as usize)),
+            vcpus: Mutex::new(Vec::with_capacity(max_vcpus as usize)),
             state: AtomicU8::new(LifeState::Running as u8),
             ending: Mutex::new(None),
             console: Mutex::new(crate::pv::console::ConsoleLine::new()),
-            channels: Mutex::new(events::Channels::new(abi::ids::DomId(id.0), 32, events::limits::DEFAULT_MAX_PORTS)),
+            channels: Mutex::new(events::Channels::new(abi::ids::DomId(id.0), max_vcpus, events::limits::DEFAULT_MAX_PORTS)),
             grants: Mutex::new(grants::GrantTable::new(grants::table::DEFAULT_MAX_FRAMES)),
             maptrack: Mutex::new(grants::Maptrack::new(grants::maptrack::DEFAULT_MAX_MAPS)),
             counters: Counters::default(),
@@ -497,6 +503,11 @@ impl Domain {
         self.vcpus_up.fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    /// Counts one vCPU fewer up (`VCPUOP_down`); returns how many are up.
+    pub fn vcpu_down(&self) -> u32 {
+        self.vcpus_up.fetch_sub(1, Ordering::AcqRel).saturating_sub(1)
+    }
+
     /// How many of its vCPUs are up (vCPU 0 counts from the start).
     pub fn vcpus_up(&self) -> u32 {
         self.vcpus_up.load(Ordering::Acquire)
@@ -504,6 +515,16 @@ impl Domain {
 
     pub fn vcpus(&self) -> Vec<Arc<Vcpu>> {
         self.vcpus.lock().clone()
+    }
+
+    /// What the guest registered for vCPU id `id` (`None` at or past `max_vcpus`).
+    pub fn slot(&self, id: u32) -> Option<&vcpu::VcpuSlot> {
+        self.slots.get(id as usize)
+    }
+
+    /// Every vCPU id's slot.
+    pub fn slots(&self) -> &[vcpu::VcpuSlot] {
+        &self.slots
     }
 
     /// vCPU `id`, if it exists.

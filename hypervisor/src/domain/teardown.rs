@@ -5,7 +5,9 @@
 //! `destroy` does only the constant part at once (the domain marked dead, its event
 //! channels and grant table closed, its vCPUs stopped, their descriptor frames and base
 //! pointers taken) and queues the rest here, in order: its frame list cut down to the
-//! frames it owns; its page tables relinquished (pvmm's walk stops when its slice's budget
+//! frames it owns; the hypervisor's holds on frames of its reservation dropped (where its
+//! vCPUs' `vcpu_info` moved, its console ring: `pv::mmu::hold_for_hypervisor`); its page
+//! tables relinquished (pvmm's walk stops when its slice's budget
 //! is spent and continues at the next slice; its grant mappings' own references go with
 //! them); every CPU that may hold its translations flushed; the grant mappings it holds
 //! released, one per step (their granters' entries unpinned, only now that no CPU can
@@ -78,6 +80,8 @@ struct Teardown {
 enum Stage {
     /// Keep only frames the domain owns (the list may name frames it gave back).
     Filter,
+    /// Drop the hypervisor's holds on frames of the reservation.
+    Release,
     /// Relinquish its tables' references to its frames (and its base pointers).
     Relinquish,
     /// Flush every CPU that may still hold one of its translations.
@@ -213,8 +217,12 @@ impl Teardown {
                 self.cursor = i;
                 if self.cursor >= self.pages.len() {
                     self.cursor = 0;
-                    self.stage = Stage::Relinquish;
+                    self.stage = Stage::Release;
                 }
+            }
+            Stage::Release => {
+                release_holds(&self.domain);
+                self.stage = Stage::Relinquish;
             }
             Stage::Relinquish => {
                 let domain = self.domain.clone();
@@ -338,6 +346,20 @@ impl Teardown {
 /// grant mappings of their frames.
 pub fn report() {
     log::info!("summary: teardown.waited_for_grants={}", WAITED.load(Ordering::Relaxed));
+}
+
+/// Drops the holds the hypervisor took on frames of the domain's reservation: every
+/// moved `vcpu_info` (each registration holds its frame once, however many share it) and
+/// the console ring. Nothing writes them any more: the domain is dead, its event channels
+/// closed and no CPU runs its vCPUs.
+fn release_holds(domain: &Domain) {
+    for slot in domain.slots() {
+        let place = slot.vcpu_info.swap(0, Ordering::AcqRel);
+        if let Some(place) = hypervisor::runstate::VcpuInfoPlace::decode(place) {
+            crate::pv::mmu::release_for_hypervisor(Mfn(place.mfn));
+        }
+    }
+    crate::pv::console::release_ring(domain);
 }
 
 /// Clears the machine-to-physical entry of a frame of the dead domain (nobody else may

@@ -5,6 +5,11 @@
 //! While a vCPU runs, its live registers are the trap frame on its CPU's stack; the copy in
 //! [`GuestContext::regs`] is current only while it is descheduled. Only the CPU running a
 //! vCPU changes its context; other CPUs only change [`Vcpu::state`] (to stop or wake it).
+//!
+//! What a guest registers for a vCPU id may come before the vCPU exists (Linux places every
+//! possible vCPU's `vcpu_info` and runstate area at boot, before it initialises them, as
+//! Xen, which creates them all at once, allows): that lives in the domain's [`VcpuSlot`]
+//! for the id, not in the `Vcpu`.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -14,6 +19,7 @@ use abi::arch_x86::TrapInfo;
 use events::poll::PollTarget;
 use hypervisor::debugreg::DebugRegs;
 use hypervisor::fpu::FpuArea;
+use hypervisor::runstate::Runstate;
 use mm::addr::Mfn;
 use pvmm::BasePtr;
 use spin::Mutex;
@@ -39,6 +45,34 @@ const NOT_POLLING: u64 = u64::MAX;
 const ANY_PORT: u64 = u64::MAX - 1;
 /// `Vcpu::running_on` while the vCPU runs nowhere.
 const NOWHERE: u32 = u32::MAX;
+
+/// What a guest registered for one vCPU id of its domain, whether or not that vCPU exists
+/// yet: where its `vcpu_info` lives (`VCPUOP_register_vcpu_info`: once, for good), where
+/// its runstate copy goes (`VCPUOP_register_runstate_memory_area`) and its periodic timer's
+/// period. Read lock-free by every path that touches the vCPU's `vcpu_info`.
+pub struct VcpuSlot {
+    /// A [`hypervisor::runstate::VcpuInfoPlace`], encoded; 0: its slot in shared info.
+    pub vcpu_info: AtomicU64,
+    /// Guest virtual address of its runstate area; 0: none.
+    pub runstate_area: AtomicU64,
+    /// Its periodic timer's period in ns (`VCPUOP_set_periodic_timer`); 0: stopped.
+    pub periodic_ns: AtomicU64,
+}
+
+/// The period of the periodic timer every vCPU starts with, as Xen gives PV vCPUs.
+pub const DEFAULT_PERIOD_NS: u64 = 10_000_000;
+
+impl VcpuSlot {
+    pub const fn new() -> VcpuSlot {
+        VcpuSlot { vcpu_info: AtomicU64::new(0), runstate_area: AtomicU64::new(0), periodic_ns: AtomicU64::new(DEFAULT_PERIOD_NS) }
+    }
+}
+
+impl Default for VcpuSlot {
+    fn default() -> Self {
+        VcpuSlot::new()
+    }
+}
 
 /// Scheduling state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +243,18 @@ pub struct Vcpu {
     pub held_timer: crate::sched::HeldTimer,
     /// Kept off its CPU because its domain is paused (see `sched::unpause`).
     pub parked: AtomicBool,
+    /// Known to a run queue (`sched::add` ran once): bringing it up again is a wake.
+    pub queued: AtomicBool,
+    /// Its runstate accounting (a leaf lock: changed by its CPU and by whoever wakes it).
+    pub runstate: Mutex<Runstate>,
+    /// Its registered runstate area missed an update (the vCPU was in guest user mode,
+    /// where the area need not be mapped): written when it next enters kernel mode.
+    pub runstate_stale: AtomicBool,
+    /// Its periodic timer: when it last raised VIRQ_TIMER, the deadline armed (0: none)
+    /// and the period it was armed for.
+    pub periodic_last_ns: AtomicU64,
+    pub periodic_deadline: AtomicU64,
+    pub periodic_armed_ns: AtomicU64,
 }
 
 impl Vcpu {
@@ -268,6 +314,12 @@ impl Vcpu {
             warped_deadline_ns: AtomicU64::new(0),
             held_timer: Default::default(),
             parked: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
+            runstate: Mutex::new(Runstate::new(abi::vcpu::Runstate::Runnable, crate::time::since_boot_ns())),
+            runstate_stale: AtomicBool::new(false),
+            periodic_last_ns: AtomicU64::new(crate::time::since_boot_ns()),
+            periodic_deadline: AtomicU64::new(0),
+            periodic_armed_ns: AtomicU64::new(0),
         })
     }
 
@@ -295,6 +347,31 @@ impl Vcpu {
     /// Marks a freshly initialised secondary vCPU as down.
     pub fn set_down(&self) {
         self.state.store(RunState::Down as u8, Ordering::Release);
+        self.set_runstate(abi::vcpu::Runstate::Offline);
+    }
+
+    /// Takes an up vCPU down (`VCPUOP_down`): it leaves its CPU at its next decision and
+    /// runs no more until brought up. False if it was not up (down already, or stopped).
+    pub fn take_down(&self) -> bool {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current != RunState::Runnable as u8 && current != RunState::Blocked as u8 {
+                return false;
+            }
+            match self.state.compare_exchange(current, RunState::Down as u8, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Moves its runstate to `to` now, unless it is running (its CPU changes that as it
+    /// switches it out).
+    pub fn set_runstate(&self, to: abi::vcpu::Runstate) {
+        let mut runstate = self.runstate.lock();
+        if runstate.state() != abi::vcpu::Runstate::Running {
+            runstate.change(to, crate::time::since_boot_ns());
+        }
     }
 
     /// Brings a down vCPU up; false if it was not down.

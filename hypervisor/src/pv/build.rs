@@ -2,6 +2,10 @@
 //! start-of-day memory laid out by the `builder` crate (which reads the image through
 //! `pv::modules`, a page at a time), each frame's guest frame in the machine-to-physical
 //! table, page-table types validated and the top level pinned, a vCPU in a run queue.
+//! Every domain but domain 0 also gets a console ring page (a frame of its reservation, as
+//! Xen's toolstack gives one, held writable for the hypervisor) and an event channel to the
+//! hypervisor, both in `start_info.console.domU` (domain 0's `start_info` has the VGA
+//! console information in that place, as in Xen).
 //!
 //! A bad image is refused with the builder's message and everything the attempt allocated
 //! is returned; the other domains still start. So is a request the machine cannot hold:
@@ -29,7 +33,7 @@ use crate::arch::trap::TrapFrame;
 use crate::domain::{Domain, Ending, JoinError, Vcpu, VcpuPlacement};
 use crate::memory::FrameMapping;
 use crate::pv::modules::{modules, BootModule};
-use crate::pv::{lifecycle, mmu, shared};
+use crate::pv::{console, lifecycle, mmu, shared};
 use crate::{cpus, sched, time};
 
 /// Builds and starts domain 0 from the first boot module; the other modules wait for its
@@ -139,7 +143,13 @@ fn report_minimum_reservations() {
     for module in modules() {
         let Ok(image) = &module.image else { continue };
         let Ok(kernel) = PvKernel::parse(image, offered_features()) else { continue };
-        let config = DomainConfig { nr_pages: 0, cmd_line: module.spec.guest_cmdline.as_bytes(), is_privileged: false, xenstore: None, console: None };
+        let config = DomainConfig {
+            nr_pages: 0,
+            cmd_line: module.spec.guest_cmdline.as_bytes(),
+            is_privileged: false,
+            xenstore: None,
+            console: Some(CONSOLE_PORT),
+        };
         if let Ok(pages) = builder::Plan::minimum_nr_pages(&kernel, &config) {
             info!("summary: module.{}.min_reservation_kib={}", module.spec.name, pages * 4);
         }
@@ -164,6 +174,8 @@ pub enum BuildFailure {
     Tables(abi::errno::Errno),
     /// vCPU 0 could not join the domain.
     Vcpu(JoinError),
+    /// The console ring or its channel could not be set up.
+    Console(abi::errno::Errno),
 }
 
 impl core::fmt::Display for BuildFailure {
@@ -174,6 +186,7 @@ impl core::fmt::Display for BuildFailure {
             Self::Memory(e) => write!(f, "reservation refused: {e:?}"),
             Self::Tables(e) => write!(f, "initial page tables refused: {e:?}"),
             Self::Vcpu(e) => write!(f, "vCPU 0 refused: {e:?}"),
+            Self::Console(e) => write!(f, "console ring refused: {e:?}"),
         }
     }
 }
@@ -229,7 +242,8 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
         cmd_line: request.cmdline,
         is_privileged: request.privileged,
         xenstore: None,
-        console: None,
+        // The port number is the first a new domain's table hands out; checked at binding.
+        console: (!request.privileged).then_some(CONSOLE_PORT),
     };
     // Refuse a bad layout, or one the machine cannot hold, before any memory is taken.
     let plan = builder::Plan::new(&kernel, &config).map_err(BuildFailure::Image)?;
@@ -249,6 +263,9 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
         }
     }
 }
+
+/// The console ring's event channel in every domain that has one: its first port.
+const CONSOLE_PORT: abi::ids::EvtchnPort = abi::ids::EvtchnPort(1);
 
 /// Heap the builder takes besides its page tables (its buffers, the hypercall page, the
 /// start-info page, the list of tables), with room to spare.
@@ -289,7 +306,11 @@ fn fill(domain: &Arc<Domain>, kernel: &PvKernel<'_, dyn ImageSource + '_>, confi
         m2p.set(mfn, pfn as u64);
     }
     drop(m2p);
+    let console_frame = built.plan.console.map(|pfn| pages[pfn.0 as usize]);
     drop(mem);
+    if let (Some(mfn), Some(port)) = (console_frame, config.console) {
+        attach_console(domain, mfn, port)?;
+    }
     let base = mmu::pin_initial_tables(domain, l4).map_err(BuildFailure::Tables)?;
     let regs = TrapFrame {
         rip: built.entry_rip,
@@ -308,6 +329,18 @@ fn fill(domain: &Arc<Domain>, kernel: &PvKernel<'_, dyn ImageSource + '_>, confi
     shared::with_vcpu_info(&vcpu, |info| info.evtchn_upcall_mask = 1);
     shared::publish_time(&vcpu);
     Ok(vcpu)
+}
+
+/// Gives a new domain its console ring: the frame held writable for the hypervisor, the
+/// channel bound to the hypervisor on the port `start_info` names.
+fn attach_console(domain: &Domain, mfn: Mfn, port: abi::ids::EvtchnPort) -> Result<(), BuildFailure> {
+    let bound = domain.channels.lock().bind_hypervisor().map_err(|_| BuildFailure::Console(abi::errno::Errno::Enospc))?;
+    if bound != port {
+        return Err(BuildFailure::Console(abi::errno::Errno::Einval));
+    }
+    mmu::hold_for_hypervisor(domain.id, mfn).map_err(BuildFailure::Console)?;
+    console::attach_ring(domain, mfn, port);
+    Ok(())
 }
 
 /// The reservation as the builder writes it: through temporary mappings.

@@ -1,24 +1,43 @@
-//! Guest console output: `console_io` writes become lines on the serial console prefixed
-//! with the domain id, through the console buffer (`crate::logger`), so that printing them
-//! never holds a CPU: the UART is written later, in bounded slices.
+//! Guest console output: `console_io` writes and the console ring (the page and event
+//! channel the builder announces in `start_info.console.domU`) become lines on the serial
+//! console prefixed with the domain's id (and, for the ring, its name), through the console
+//! buffer (`crate::logger`), so that printing them never holds a CPU: the UART is written
+//! later, in bounded slices.
 //!
-//! Each domain buffers one partial line; a line goes to the console buffer when it ends
-//! (or fills [`LINE_MAX`]). Two limits apply. A rate limit by bytes and time, a token
-//! bucket ([`BURST_BYTES`], refilled at [`BYTES_PER_SECOND`]) in which each line costs its
-//! bytes plus [`LINE_COST`]: lines over it are dropped and counted, and the count is
-//! reported when output resumes. Domain 0 is trusted (it reports for every other domain)
-//! and never rate-limited. And a share of the console buffer ([`DOMAIN_SHARE`],
-//! [`DOM0_SHARE`]): a line that finds its domain's share (or the guests' part of the
-//! buffer) full is not dropped but waits, and the write stops before it; the `console_io`
-//! handler continues the call later, so a well-behaved domain loses nothing and a chatty
-//! one cannot drown the others' lines.
+//! Each domain buffers one partial line per source; a line goes to the console buffer when
+//! it ends (or fills [`LINE_MAX`]). Two limits apply to both sources together. A rate limit
+//! by bytes and time, a token bucket ([`BURST_BYTES`], refilled at [`BYTES_PER_SECOND`]) in
+//! which each line costs its bytes plus [`LINE_COST`]: lines over it are dropped and
+//! counted, and the count is reported when output resumes. Domain 0 is trusted (it reports
+//! for every other domain) and never rate-limited. And a share of the console buffer
+//! ([`DOMAIN_SHARE`], [`DOM0_SHARE`]): a line that finds its domain's share (or the guests'
+//! part of the buffer) full is not dropped but waits. A `console_io` write then stops before
+//! it, and the handler continues the call later; the ring keeps the bytes not taken (the
+//! guest sees its ring full) and is drained again once the console buffer has drained
+//! ([`retry_rings`], from every trap exit and the idle loop). So a well-behaved domain
+//! loses nothing and a chatty one cannot drown the others' lines.
+//!
+//! The ring (Xen's `struct xencons_interface`, io/console.h) is a frame of the domain's
+//! reservation that holds a writable type for the domain's life (taken by the builder,
+//! dropped by the teardown: [`release_ring`]); its other end is the hypervisor, which drains
+//! the output ring on each notification of the ring's channel (`EVTCHNOP_send` on the
+//! `start_info` port) and notifies back once it has consumed bytes, as xenconsoled does.
+//! Indices are the guest's to write: output more than a ring ahead of the consumer is not
+//! read (reported once, left for the guest to mend, as xenconsoled leaves it), nothing is
+//! ever read or written outside the ring's arrays, and each drain reads at most one ring
+//! (2 KiB). Input: none yet (domain 0 takes the console in issue 17).
 
 use arrayvec::ArrayVec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use log::info;
+use abi::console::{self as ring_abi, OUT_CONS_OFFSET, OUT_PROD_OFFSET, OUT_RING_OFFSET, OUT_RING_SIZE};
+use abi::ids::EvtchnPort;
+use log::{info, warn};
+use mm::addr::Mfn;
+use spin::Mutex;
 
-use crate::domain::Domain;
+use crate::domain::{Domain, LifeState};
+use crate::memory::FrameMapping;
 use crate::{logger, time};
 
 /// Longest line kept; longer ones are split.
@@ -40,20 +59,68 @@ static WAITS: AtomicU64 = AtomicU64::new(0);
 /// Guest lines dropped over the rate limit, and at shutdown for want of room.
 static RATE_LIMITED: AtomicU64 = AtomicU64::new(0);
 static NO_ROOM: AtomicU64 = AtomicU64::new(0);
+/// Bytes taken from console rings, and rings found with indices more than a ring apart.
+static RING_BYTES: AtomicU64 = AtomicU64::new(0);
+static RING_BOGUS: AtomicU64 = AtomicU64::new(0);
 
-/// One domain's partial line and its rate-limit budget.
-pub struct ConsoleLine {
+/// Domains whose ring kept bytes for want of room in the console buffer, to drain again
+/// (each at most once: [`Ring::retry`]). A fixed array, one slot per possible domain id.
+static RETRY: Mutex<ArrayVec<u16, { crate::domain::MAX_DOMAINS + 1 }>> = Mutex::new(ArrayVec::new_const());
+/// How many ids wait in [`RETRY`] (read without the lock on every trap exit).
+static RETRY_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Where a line comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    ConsoleIo,
+    Ring,
+}
+
+/// One source's partial line.
+struct Line {
     buffer: ArrayVec<u8, LINE_MAX>,
     /// The line is complete and waits for room: nothing more goes into it.
     waiting: bool,
+}
+
+impl Line {
+    const fn new() -> Self {
+        Line { buffer: ArrayVec::new_const(), waiting: false }
+    }
+}
+
+/// A domain's console ring: its frame and the port of its channel.
+#[derive(Clone, Copy)]
+struct Ring {
+    mfn: Mfn,
+    port: EvtchnPort,
+    /// In [`RETRY`].
+    retry: bool,
+    /// Bogus indices were reported once.
+    bogus_reported: bool,
+}
+
+/// One domain's console: a partial line per source, the rate-limit budget they share, and
+/// the ring, if it has one.
+pub struct ConsoleLine {
+    io: Line,
+    ring_line: Line,
     tokens: u64,
     refilled_at_ns: u64,
     dropped_since_report: u64,
+    ring: Option<Ring>,
 }
 
 impl ConsoleLine {
     pub const fn new() -> Self {
-        ConsoleLine { buffer: ArrayVec::new_const(), waiting: false, tokens: BURST_BYTES, refilled_at_ns: 0, dropped_since_report: 0 }
+        ConsoleLine {
+            io: Line::new(),
+            ring_line: Line::new(),
+            tokens: BURST_BYTES,
+            refilled_at_ns: 0,
+            dropped_since_report: 0,
+            ring: None,
+        }
     }
 
     fn refill(&mut self, now_ns: u64) {
@@ -63,24 +130,38 @@ impl ConsoleLine {
             self.refilled_at_ns = now_ns;
         }
     }
+
+    fn line(&mut self, source: Source) -> &mut Line {
+        match source {
+            Source::ConsoleIo => &mut self.io,
+            Source::Ring => &mut self.ring_line,
+        }
+    }
 }
 
-/// Appends guest bytes to the domain's console; returns how many it took: all of them,
-/// unless a complete line found no room in the console buffer (the caller offers the
+/// Appends `console_io` bytes to the domain's console; returns how many it took: all of
+/// them, unless a complete line found no room in the console buffer (the caller offers the
 /// rest again later).
 pub fn write(domain: &Domain, bytes: &[u8]) -> usize {
-    let mut line = domain.console.lock();
+    let mut console = domain.console.lock();
+    take(domain, &mut console, Source::ConsoleIo, bytes)
+}
+
+/// Appends `bytes` from `source` to the domain's console, as [`write`] describes.
+fn take(domain: &Domain, console: &mut ConsoleLine, source: Source, bytes: &[u8]) -> usize {
     let mut taken = bytes.len();
     for (i, &byte) in bytes.iter().enumerate() {
         // A line that waits for room goes first (whichever write of the domain comes next:
         // the stopped one, continued, or another made meanwhile).
+        let line = console.line(source);
         let ends = line.waiting || byte == b'\n' || line.buffer.is_full();
-        if ends && !emit(domain, &mut line, false) {
-            line.waiting = true;
+        if ends && !emit(domain, console, source, false) {
+            console.line(source).waiting = true;
             WAITS.fetch_add(1, Ordering::Relaxed);
             taken = i;
             break;
         }
+        let line = console.line(source);
         if core::mem::take(&mut line.waiting) && byte == b'\n' {
             // The newline that ended the line that waited.
             continue;
@@ -93,26 +174,30 @@ pub fn write(domain: &Domain, bytes: &[u8]) -> usize {
     taken
 }
 
-/// Prints whatever partial line is left (at shutdown), beyond the domain's share if need
-/// be (but not beyond the guests' part of the buffer: then it is dropped and counted).
+/// At shutdown: takes what the domain's ring still holds, then prints whatever partial
+/// lines are left, beyond the domain's share if need be (but not beyond the guests' part of
+/// the buffer: then they are dropped and counted).
 pub fn flush_partial(domain: &Domain) {
-    let mut line = domain.console.lock();
-    if !line.buffer.is_empty() {
-        emit(domain, &mut line, true);
+    drain_ring(domain);
+    let mut console = domain.console.lock();
+    for source in [Source::ConsoleIo, Source::Ring] {
+        if !console.line(source).buffer.is_empty() {
+            emit(domain, &mut console, source, true);
+        }
+        console.line(source).waiting = false;
     }
-    line.waiting = false;
 }
 
-/// Sends the domain's line to the console buffer (or drops it, over the rate limit);
-/// false when it has to wait for room (not `force`d), and then it stays.
-fn emit(domain: &Domain, line: &mut ConsoleLine, force: bool) -> bool {
-    line.refill(time::since_boot_ns());
-    let cost = line.buffer.len() as u64 + LINE_COST;
-    if line.tokens < cost && !domain.privileged {
-        line.dropped_since_report += 1;
+/// Sends the domain's line from `source` to the console buffer (or drops it, over the rate
+/// limit); false when it has to wait for room (not `force`d), and then it stays.
+fn emit(domain: &Domain, console: &mut ConsoleLine, source: Source, force: bool) -> bool {
+    console.refill(time::since_boot_ns());
+    let cost = console.line(source).buffer.len() as u64 + LINE_COST;
+    if console.tokens < cost && !domain.privileged {
+        console.dropped_since_report += 1;
         domain.counters.console_dropped_lines.fetch_add(1, Ordering::Relaxed);
         RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
-        line.buffer.clear();
+        console.line(source).buffer.clear();
         return true;
     }
     let id = domain.id.0;
@@ -121,30 +206,153 @@ fn emit(domain: &Domain, line: &mut ConsoleLine, force: bool) -> bool {
         (false, true) => DOM0_SHARE,
         (false, false) => DOMAIN_SHARE,
     };
-    if line.dropped_since_report > 0 {
-        let dropped = line.dropped_since_report;
+    if console.dropped_since_report > 0 {
+        let dropped = console.dropped_since_report;
         if !logger::guest_line(id, share, format_args!("(d{id}) [{dropped} lines suppressed by the console rate limit]")) && !force {
             return false;
         }
-        line.dropped_since_report = 0;
+        console.dropped_since_report = 0;
     }
-    let text = core::str::from_utf8(&line.buffer).unwrap_or("<invalid>");
-    if !logger::guest_line(id, share, format_args!("(d{id}) {text}")) {
+    let text = core::str::from_utf8(&console.line(source).buffer).unwrap_or("<invalid>");
+    let queued = match source {
+        Source::ConsoleIo => logger::guest_line(id, share, format_args!("(d{id}) {text}")),
+        Source::Ring => logger::guest_line(id, share, format_args!("(d{id}:{}) {text}", domain.name)),
+    };
+    if !queued {
         if !force {
             return false;
         }
         domain.counters.console_dropped_lines.fetch_add(1, Ordering::Relaxed);
         NO_ROOM.fetch_add(1, Ordering::Relaxed);
     }
-    line.tokens = line.tokens.saturating_sub(cost);
-    line.buffer.clear();
+    console.tokens = console.tokens.saturating_sub(cost);
+    console.line(source).buffer.clear();
     true
+}
+
+/// Gives the domain its console ring: frame `mfn` of its reservation, already held for the
+/// hypervisor by the caller, announced with `port`, a channel whose other end is the
+/// hypervisor. Called by the builder before the domain runs.
+pub fn attach_ring(domain: &Domain, mfn: Mfn, port: EvtchnPort) {
+    domain.console.lock().ring = Some(Ring { mfn, port, retry: false, bogus_reported: false });
+}
+
+/// Takes the ring away from a dead domain and drops the hypervisor's hold on its frame
+/// (`domain::teardown`).
+pub fn release_ring(domain: &Domain) {
+    let ring = domain.console.lock().ring.take();
+    if let Some(ring) = ring {
+        crate::pv::mmu::release_for_hypervisor(ring.mfn);
+    }
+}
+
+/// The hypervisor's end of a channel was notified: `port` of `domain`. Drains the ring if
+/// that is its channel.
+pub fn notified(domain: &Domain, port: EvtchnPort) {
+    let ours = domain.console.lock().ring.is_some_and(|ring| ring.port == port);
+    if ours {
+        drain_ring(domain);
+    }
+}
+
+/// Takes what the domain's output ring holds (at most one ring) into its console lines,
+/// moves `out_cons` past what was taken and, when it took anything, notifies the guest on
+/// the ring's channel. Bytes a line waiting for room kept in the ring are taken by a later
+/// drain ([`retry_rings`]).
+fn drain_ring(domain: &Domain) {
+    let mut console = domain.console.lock();
+    let Some(ring) = console.ring else { return };
+    if domain.state() == LifeState::Dead {
+        return;
+    }
+    let mut map = FrameMapping::new(ring.mfn).expect("a temporary mapping slot is free");
+    let page = map.bytes().as_mut_ptr();
+    // SAFETY: the indices are naturally aligned u32s inside the mapped page (offsets from
+    // the header's layout, asserted in `abi::console`); the guest writes them concurrently,
+    // hence atomics.
+    let (cons_word, prod_word) = unsafe {
+        (
+            &*(page.add(OUT_CONS_OFFSET) as *const core::sync::atomic::AtomicU32),
+            &*(page.add(OUT_PROD_OFFSET) as *const core::sync::atomic::AtomicU32),
+        )
+    };
+    let cons = cons_word.load(Ordering::Acquire);
+    let prod = prod_word.load(Ordering::Acquire);
+    let Some(waiting) = ring_abi::pending(cons, prod, OUT_RING_SIZE) else {
+        RING_BOGUS.fetch_add(1, Ordering::Relaxed);
+        if !core::mem::replace(&mut console.ring.as_mut().expect("checked above").bogus_reported, true) {
+            warn!("domain {} ({}): console ring indices out of range (out_cons {cons:#x}, out_prod {prod:#x}); output ignored", domain.id.0, domain.name);
+        }
+        return;
+    };
+    if waiting == 0 {
+        return;
+    }
+    // In chunks, so that little stack is used; a chunk not taken whole ends the drain.
+    let mut taken = 0u32;
+    while taken < waiting {
+        let mut chunk = [0u8; 256];
+        let n = (waiting - taken).min(chunk.len() as u32);
+        for (i, byte) in chunk[..n as usize].iter_mut().enumerate() {
+            let at = OUT_RING_OFFSET + ring_abi::slot(cons.wrapping_add(taken + i as u32), OUT_RING_SIZE);
+            // SAFETY: `at` is inside the output ring, inside the mapped page; the guest may
+            // write the byte concurrently (then this reads either value), hence volatile.
+            *byte = unsafe { page.add(at).read_volatile() };
+        }
+        let took = take(domain, &mut console, Source::Ring, &chunk[..n as usize]) as u32;
+        taken += took;
+        if took < n {
+            break;
+        }
+    }
+    cons_word.store(cons.wrapping_add(taken), Ordering::Release);
+    RING_BYTES.fetch_add(u64::from(taken), Ordering::Relaxed);
+    let ring = console.ring.as_mut().expect("checked above");
+    if taken < waiting && !ring.retry {
+        ring.retry = true;
+        let mut retry = RETRY.lock();
+        if retry.try_push(domain.id.0).is_ok() {
+            RETRY_COUNT.store(retry.len() as u32, Ordering::Release);
+        } else {
+            ring.retry = false;
+        }
+    }
+    let port = ring.port;
+    drop(map);
+    drop(console);
+    if taken > 0 {
+        crate::pv::events::raise_hypervisor_port(domain, port);
+    }
+}
+
+/// Drains again the rings that kept bytes for want of room in the console buffer; called
+/// after the console buffer drained (every trap exit and the idle loop). Costs one load
+/// while none waits.
+pub fn retry_rings() {
+    let count = RETRY_COUNT.load(Ordering::Acquire);
+    // As many as wait now: a ring that finds no room again waits for the next call.
+    for _ in 0..count {
+        let id = {
+            let mut retry = RETRY.lock();
+            let id = retry.pop();
+            RETRY_COUNT.store(retry.len() as u32, Ordering::Release);
+            id
+        };
+        let Some(id) = id else { return };
+        let Some(domain) = crate::domain::lookup(mm::frame::DomainId(id)) else { continue };
+        if let Some(ring) = domain.console.lock().ring.as_mut() {
+            ring.retry = false;
+        }
+        drain_ring(&domain);
+    }
 }
 
 /// Prints the console's figures as summary lines: `console.waits` (guest writes that
 /// stopped to wait for room in the console buffer), `console.guest_lines_rate_limited`,
 /// `console.guest_lines_dropped` (a domain's last line at shutdown, for want of room),
-/// `console.hypervisor_lines_dropped` and `console.buffer_high_water_bytes`.
+/// `console.hypervisor_lines_dropped`, `console.buffer_high_water_bytes`, `console.ring_bytes`
+/// (taken from console rings) and `console.ring_bogus_indices` (drains that found a ring's
+/// indices more than a ring apart).
 pub fn report() {
     let (dropped, high_water) = logger::figures();
     info!("summary: console.waits={}", WAITS.load(Ordering::Relaxed));
@@ -152,4 +360,6 @@ pub fn report() {
     info!("summary: console.guest_lines_dropped={}", NO_ROOM.load(Ordering::Relaxed));
     info!("summary: console.hypervisor_lines_dropped={dropped}");
     info!("summary: console.buffer_high_water_bytes={high_water}");
+    info!("summary: console.ring_bytes={}", RING_BYTES.load(Ordering::Relaxed));
+    info!("summary: console.ring_bogus_indices={}", RING_BOGUS.load(Ordering::Relaxed));
 }

@@ -18,11 +18,12 @@ use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use abi::errno::Errno;
 use abi::event_channel::{
-    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnSend, EvtchnStatus,
-    EvtchnUnmask,
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnReset, EvtchnSend,
+    EvtchnStatus, EvtchnUnmask,
 };
 use abi::hypercall::{EvtchnOp, Virq};
 use abi::sched::SchedPoll;
+use alloc::sync::Arc;
 use arrayvec::ArrayVec;
 use events::limits::MAX_POLL_PORTS;
 use events::poll::{PollOutcome, PollTarget};
@@ -38,6 +39,7 @@ use crate::arch::uaccess;
 use crate::domain::{self, Domain, LifeState, Vcpu};
 use crate::memory::FrameMapping;
 use crate::pv::hypercall::HcResult;
+use hypervisor::continuation::{Outcome, Stop};
 use crate::pv::{shared, traps};
 use crate::sched;
 
@@ -46,43 +48,74 @@ use crate::sched;
 const CHANNEL_TABLE_GROWTH_BYTES: u64 = 32 << 10;
 
 /// The domain's shared-info page as the `events` crate sees it: its event words as atomics,
-/// through a temporary mapping on this CPU.
+/// through a temporary mapping on this CPU; and one vCPU's `vcpu_info` event fields,
+/// wherever that vCPU's `vcpu_info` lives (its slot in shared info, or the guest frame it
+/// was moved to, mapped too).
 struct Page {
-    map: FrameMapping,
+    shared: FrameMapping,
+    /// The vCPU whose fields [`SharedPage`]'s per-vCPU words are, and where its
+    /// `vcpu_info` is mapped (in `shared`, or in `_moved`, kept mapped while the page lives).
+    vcpu: VcpuId,
+    _moved: Option<FrameMapping>,
+    info: u64,
 }
 
 impl Page {
-    fn of(domain: &Domain) -> Page {
-        Page { map: FrameMapping::new(domain.shared_info).expect("a temporary mapping slot is free") }
+    /// The bitmaps of `domain` and the fields of `vcpu`'s `vcpu_info`.
+    fn new(domain: &Domain, vcpu: VcpuId) -> Page {
+        let shared = FrameMapping::new(domain.shared_info).expect("a temporary mapping slot is free");
+        let (mfn, offset) = shared::vcpu_info_at(domain, vcpu.0);
+        let moved = (mfn != domain.shared_info).then(|| FrameMapping::new(mfn).expect("a temporary mapping slot is free"));
+        let info = moved.as_ref().unwrap_or(&shared).address() + offset as u64;
+        Page { shared, vcpu, _moved: moved, info }
     }
 
-    fn word<T>(&self, offset: usize) -> &T {
-        // SAFETY: `offset` is one of the fixed shared_info offsets below, aligned for `T`
-        // (an atomic integer) and inside the mapped page, which stays mapped while `self`
-        // lives; atomics may alias the guest's concurrent accesses to the same memory.
-        unsafe { &*((self.map.address() + offset as u64) as *const T) }
+    /// The bitmaps of `domain` only (no vCPU's fields are touched through it).
+    fn bitmaps(domain: &Domain) -> Page {
+        Page::new(domain, VcpuId(0))
+    }
+
+    fn word<T>(&self, address: u64) -> &T {
+        // SAFETY: `address` is one of the fixed shared_info offsets below in `shared`, or a
+        // field of the 8-aligned vcpu_info at `info` (in `shared` or `_moved`), aligned for
+        // `T` (an atomic integer) and inside a page that stays mapped while `self` lives;
+        // atomics may alias the guest's concurrent accesses to the same memory.
+        unsafe { &*(address as *const T) }
+    }
+
+    /// The address of a field `offset` bytes into `vcpu`'s `vcpu_info`. Every caller asks
+    /// for the vCPU the page was made for (the events crate passes the delivery's vCPU
+    /// through); any other falls back to its slot in shared info, a frame that is always
+    /// the domain's.
+    fn vcpu_field(&self, vcpu: VcpuId, offset: u64) -> u64 {
+        debug_assert_eq!(vcpu, self.vcpu);
+        if vcpu == self.vcpu {
+            self.info + offset
+        } else {
+            self.shared.address() + VCPU_INFO * (vcpu.0 as u64 % 32) + offset
+        }
     }
 }
 
-const PENDING: usize = 2048;
-const MASK: usize = 2560;
-const VCPU_INFO: usize = 64;
+const PENDING: u64 = 2048;
+const MASK: u64 = 2560;
+const VCPU_INFO: u64 = 64;
 
 impl SharedPage for Page {
     fn pending_word(&self, word: usize) -> &AtomicU64 {
-        self.word(PENDING + word * 8)
+        self.word(self.shared.address() + PENDING + word as u64 % 64 * 8)
     }
     fn mask_word(&self, word: usize) -> &AtomicU64 {
-        self.word(MASK + word * 8)
+        self.word(self.shared.address() + MASK + word as u64 % 64 * 8)
     }
     fn pending_sel(&self, vcpu: VcpuId) -> &AtomicU64 {
-        self.word(VCPU_INFO * (vcpu.0 as usize % 32) + 8)
+        self.word(self.vcpu_field(vcpu, 8))
     }
     fn upcall_pending(&self, vcpu: VcpuId) -> &AtomicU8 {
-        self.word(VCPU_INFO * (vcpu.0 as usize % 32))
+        self.word(self.vcpu_field(vcpu, 0))
     }
     fn upcall_mask(&self, vcpu: VcpuId) -> &AtomicU8 {
-        self.word(VCPU_INFO * (vcpu.0 as usize % 32) + 1)
+        self.word(self.vcpu_field(vcpu, 1))
     }
 }
 
@@ -94,7 +127,7 @@ fn mark_pending(domain: &Domain, _channels: &Channels, delivery: Delivery) -> Op
         return None;
     }
     domain.counters.events_sent.fetch_add(1, Ordering::Relaxed);
-    Some(set_pending(&Page::of(domain), delivery.port, delivery.vcpu))
+    Some(set_pending(&Page::new(domain, delivery.vcpu), delivery.port, delivery.vcpu))
 }
 
 /// Marks `delivery.port` pending in `domain` and wakes or kicks the vCPU it notifies, and
@@ -137,6 +170,38 @@ fn kick_for_upcall(vcpu: &Vcpu, masked: bool) {
     }
 }
 
+/// vCPU `id`'s `vcpu_info` just moved (`VCPUOP_register_vcpu_info`): every selector bit
+/// and the upcall are set in its new place, as Xen's `map_vcpu_info` does, so that nothing
+/// raised into the old place meanwhile is lost (the guest scans every word once, finding
+/// what is pending), and the vCPU, if it exists, is kicked.
+pub fn mark_all_pending(domain: &Domain, id: u32) {
+    let vcpu = VcpuId(id);
+    let (raised, masked) = {
+        let page = Page::new(domain, vcpu);
+        page.pending_sel(vcpu).store(u64::MAX, Ordering::SeqCst);
+        let raised = page.upcall_pending(vcpu).swap(1, Ordering::SeqCst) == 0;
+        (raised, page.upcall_mask(vcpu).load(Ordering::SeqCst) != 0)
+    };
+    if raised {
+        if let Some(target) = domain.vcpu(id) {
+            kick_for_upcall(&target, masked);
+        }
+    }
+}
+
+/// Raises `port` of `domain` from the hypervisor's end of its channel (the console ring's),
+/// if the port is still bound to the hypervisor.
+pub fn raise_hypervisor_port(domain: &Domain, port: EvtchnPort) {
+    let marked = {
+        let channels = domain.channels.lock();
+        let delivery = channels.hypervisor_delivery(port);
+        delivery.and_then(|delivery| Some((delivery, mark_pending(domain, &channels, delivery)?)))
+    };
+    if let Some((delivery, notify)) = marked {
+        wake_for(domain, delivery, notify);
+    }
+}
+
 /// A vCPU's single-shot timer expired: raise VIRQ_TIMER on it (if it bound one).
 pub fn timer_fired(vcpu: &Vcpu) {
     let marked = {
@@ -161,12 +226,13 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
     }
     match op {
         EvtchnOp::AllocUnbound => {
+            // In the caller's domain, or (domain 0) another's; the remote domain is only a
+            // name until it binds (Xen checks only that it is not DOMID_SELF, which is the
+            // caller).
             let mut op: EvtchnAllocUnbound = read(arg)?;
-            if op.dom != DomId::SELF && op.dom.0 != domain.id.0 {
-                return Err(Errno::Eperm);
-            }
-            let remote = resolve(domain, op.remote_dom)?;
-            op.port = domain.channels.lock().alloc_unbound(DomId(remote.0)).map_err(err)?;
+            let target = named(domain, op.dom)?;
+            let remote = if op.remote_dom == DomId::SELF { DomId(domain.id.0) } else { op.remote_dom };
+            op.port = target.channels.lock().alloc_unbound(remote).map_err(err)?;
             write(arg, &op)
         }
         EvtchnOp::BindInterdomain => {
@@ -215,6 +281,7 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
                         }
                     }
                 }
+                SendTarget::Hypervisor(port) => crate::pv::console::notified(domain, port),
                 SendTarget::Dropped => {}
             }
             Ok(0)
@@ -227,7 +294,7 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
         EvtchnOp::Unmask => {
             let op: EvtchnUnmask = read(arg)?;
             let target = domain.channels.lock().notify_vcpu(op.port).map_err(err)?;
-            let notify = events::bitmap::unmask(&Page::of(domain), op.port, target);
+            let notify = events::bitmap::unmask(&Page::new(domain, target), op.port, target);
             if notify.upcall {
                 if let Some(v) = domain.vcpu(target.0) {
                     kick_for_upcall(&v, notify.upcall_masked);
@@ -237,10 +304,8 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
         }
         EvtchnOp::Status => {
             let mut op: EvtchnStatus = read(arg)?;
-            if op.dom != DomId::SELF && op.dom.0 != domain.id.0 {
-                return Err(Errno::Eperm);
-            }
-            domain.channels.lock().status(op.port).map_err(err)?.write_to(&mut op);
+            let target = named(domain, op.dom)?;
+            target.channels.lock().status(op.port).map_err(err)?.write_to(&mut op);
             write(arg, &op)
         }
         EvtchnOp::BindVcpu => {
@@ -248,29 +313,91 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
             domain.channels.lock().bind_vcpu(op.port, op.vcpu).map_err(err)?;
             Ok(0)
         }
-        _ => Err(Errno::Enosys),
+        // Handled by `reset` (it stops part-way): not reached through here.
+        EvtchnOp::Reset | EvtchnOp::ResetCont => Err(Errno::Enosys),
+        // The FIFO ABI is not offered: a guest falls back to the 2-level one (Linux does
+        // when `init_control` fails). Physical IRQs belong to no domain here.
+        EvtchnOp::InitControl | EvtchnOp::ExpandArray | EvtchnOp::SetPriority | EvtchnOp::BindPirq => Err(Errno::Enosys),
     }
 }
 
-/// Closes `port`; an interdomain peer goes back to unbound, both tables locked in id order.
-fn close(domain: &Domain, port: EvtchnPort) -> Result<(), Errno> {
-    let peer = domain.channels.lock().peer(port);
-    let remote = peer.filter(|p| p.dom.0 != domain.id.0).and_then(|p| domain::lookup(DomainId(p.dom.0)));
-    match remote {
-        Some(remote) => {
-            let (first, second) = if domain.id < remote.id { (domain, remote.as_ref()) } else { (remote.as_ref(), domain) };
-            let mut a = first.channels.lock();
-            let mut b = second.channels.lock();
-            let (local, other) = if first.id == domain.id { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
-            if let Some(unlink) = local.close(port).map_err(Errno::from)? {
-                other.unlink(unlink);
-            }
-        }
-        None => {
-            domain.channels.lock().close(port).map_err(Errno::from)?;
+/// Whether event-channel command `cmd` is `EVTCHNOP_reset` (or its continuation), which
+/// [`reset`] handles.
+pub fn is_reset(cmd: u32) -> bool {
+    matches!(EvtchnOp::from_raw(cmd), Some(EvtchnOp::Reset | EvtchnOp::ResetCont))
+}
+
+/// `EVTCHNOP_reset` and `reset_cont`: closes every port of the caller's domain, each as
+/// `EVTCHNOP_close` does (its peer, if any, back to unbound; its pending bit cleared). Xen
+/// lets domain 0 reset another domain only while it has paused it; ours may not (`EINVAL`,
+/// as Xen answers for a running one). Closing all 1023 ports of a domain takes about a
+/// millisecond under TCG, so the call stops when the CPU should be let go once it has
+/// closed at least one port, and the guest issues it again ([`Stop::Retry`]: the ports
+/// already closed are free, and the next slice skips them), as Xen continues it with
+/// `reset_cont`.
+pub fn reset(vcpu: &Vcpu, arg: GuestVa) -> Outcome {
+    let domain = &vcpu.domain;
+    let op: EvtchnReset = read(arg)?;
+    let target = named(domain, op.dom)?;
+    if target.id != domain.id {
+        return Err(Errno::Einval.into());
+    }
+    let ports = domain.channels.lock().ports_end();
+    let mut closed = false;
+    for port in (1..ports).map(EvtchnPort) {
+        closed |= close(domain, port).is_ok();
+        if closed && crate::preempt::should_stop() {
+            return Err(Stop::Retry);
         }
     }
-    events::bitmap::clear_pending(&Page::of(domain), port);
+    Ok(0)
+}
+
+/// The domain an event-channel operation names: the caller's own (`DOMID_SELF` or its
+/// id), or another for domain 0; `ESRCH` when there is none, `EPERM` for another's, as
+/// Xen's XSM_TARGET check.
+fn named(domain: &Arc<Domain>, id: DomId) -> Result<Arc<Domain>, Errno> {
+    if id == DomId::SELF || id.0 == domain.id.0 {
+        return Ok(domain.clone());
+    }
+    let other = domain::lookup(DomainId(id.0)).ok_or(Errno::Esrch)?;
+    if !domain.privileged {
+        return Err(Errno::Eperm);
+    }
+    Ok(other)
+}
+
+/// How many times [`close`] reads a port again that changed under it before it answers
+/// `EINVAL`, as Xen does at once.
+const CLOSE_TRIES: usize = 4;
+
+/// Closes `port`; an interdomain peer goes back to unbound. The peer is read under this
+/// domain's table lock, which is then dropped so that both tables can be locked in id order;
+/// the close happens only if the port still has the peer read (`events::close_checked`),
+/// else the port is read again: a port closed and re-bound to another domain in between
+/// (by another vCPU) is never closed by the stale read, which used to free it while its new
+/// peer stayed linked to it.
+fn close(domain: &Domain, port: EvtchnPort) -> Result<(), Errno> {
+    let mut result = Err(EventError::Changed);
+    for _ in 0..CLOSE_TRIES {
+        let seen = domain.channels.lock().peer(port);
+        let remote = seen.filter(|p| p.dom.0 != domain.id.0).and_then(|p| domain::lookup(DomainId(p.dom.0)));
+        result = match remote {
+            Some(remote) => {
+                let (first, second) = if domain.id < remote.id { (domain, remote.as_ref()) } else { (remote.as_ref(), domain) };
+                let mut a = first.channels.lock();
+                let mut b = second.channels.lock();
+                let (local, other) = if first.id == domain.id { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+                events::close_checked(local, Some(other), port, seen)
+            }
+            None => events::close_checked(&mut domain.channels.lock(), None, port, seen),
+        };
+        if result != Err(EventError::Changed) {
+            break;
+        }
+    }
+    result.map_err(Errno::from)?;
+    events::bitmap::clear_pending(&Page::bitmaps(domain), port);
     Ok(())
 }
 
@@ -349,7 +476,7 @@ pub fn poll(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
     // Blocked and polling first, then the check: an event after it finds the poller.
     sched::block(vcpu);
     vcpu.begin_poll(PollTarget::for_ports(&ports));
-    let outcome = events::poll::check(&Page::of(&vcpu.domain), &ports);
+    let outcome = events::poll::check(&Page::bitmaps(&vcpu.domain), &ports);
     let expired = request.timeout != 0 && request.timeout <= crate::time::since_boot_ns();
     match outcome {
         Ok(PollOutcome::Block(_)) if !expired => {

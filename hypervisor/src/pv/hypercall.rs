@@ -115,6 +115,7 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
             events::set_timer(vcpu, deadline_ns);
             Ok(0)
         }
+        Request::EventChannelOp { cmd, arg } if events::is_reset(cmd) => return events::reset(vcpu, arg),
         Request::EventChannelOp { cmd, arg } => events::event_channel_op(vcpu, cmd, arg),
         Request::Iret => Err(Errno::Einval), // only as a direct hypercall, never in a multicall
     };

@@ -229,6 +229,12 @@ fn deliver_frame(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, extra: Extra,
         switch_to_kernel_mode(&mut ctx);
         ctx.kernel_sp
     };
+    if !was_kernel && vcpu.runstate_stale.load(core::sync::atomic::Ordering::Acquire) {
+        // The runstate area missed an update in user mode: its kernel tables are loaded now.
+        drop(ctx);
+        crate::pv::vcpuop::update_runstate_area(vcpu, true);
+        ctx = vcpu.ctx.lock();
+    }
     let upcall_mask = shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_mask) as u64;
     // The frame shows the virtual IF (the inverse of the upcall mask) and, with the
     // architectural IOPL assist, the virtual IOPL (as Xen's bounce frames).

@@ -34,7 +34,19 @@
 //! gives the vCPU to another CPU it takes the vCPU's timers out of its queues, and the new
 //! home arms them again as the vCPU arrives; when the vCPU leaves for good (its domain is
 //! going) its home cancels them. So no queue keeps a vCPU, and through it its domain, alive
-//! after the domain is destroyed.
+//! after the domain is destroyed. The periodic timer (`VCPUOP_set_periodic_timer`, 10 ms
+//! from the start as Xen gives every PV vCPU) runs only while its vCPU runs, as Xen's: it
+//! is cancelled when the vCPU is switched out, and on its first return to the guest after
+//! being switched in (or after its period changed) [`periodic_tick`] raises VIRQ_TIMER if a
+//! period has passed since the last and arms the next; a blocked vCPU is never woken by it.
+//!
+//! # Runstates
+//! Each vCPU's runstate (`hypervisor::runstate`) follows it: running from its switch-in,
+//! then runnable, blocked or offline (down, stopped, its domain paused) from its switch-out;
+//! a wake or an up makes a vCPU that is not running runnable. Its registered runstate area
+//! is written at the switch-out (before CR3 leaves its tables) and after the switch-in
+//! (once they are loaded), through `uaccess`, only in guest kernel mode (see
+//! `pv::vcpuop::update_runstate_area`).
 //!
 //! # Why no wake-up is lost
 //! A vCPU's `RunState` (in [`Vcpu`]) is the truth; the queue's runnable flag follows it.
@@ -94,6 +106,7 @@ impl VcpuKey {
 pub struct VcpuTimers {
     guest: Option<Armed>,
     poll: Option<Armed>,
+    periodic: Option<Armed>,
 }
 
 /// Where a vCPU timer waits: the CPU, the handle, and which of its two queues.
@@ -141,6 +154,8 @@ enum TimerKind {
     Guest,
     /// The timeout of `sched_op poll`.
     PollTimeout,
+    /// The periodic timer (`VCPUOP_set_periodic_timer`): raises VIRQ_TIMER.
+    Periodic,
 }
 
 /// What only the CPU itself touches. Its tables grow with the vCPUs homed here and give the
@@ -186,6 +201,9 @@ const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
 /// with others due about then (Xen programs its timer hardware 50 us late the same way);
 /// the `timer_slop_us` option.
 static TIMER_SLOP_NS: AtomicU64 = AtomicU64::new(50_000);
+
+/// RFLAGS.IF: interrupts on.
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// How often an idle CPU looks again for work to steal while some CPU has a vCPU waiting.
 const BALANCE_INTERVAL_NS: u64 = 1_000_000;
@@ -294,6 +312,7 @@ pub fn kick(cpu: u32) {
 
 /// Makes a new (or newly brought up) runnable vCPU known to its home CPU's run queue.
 pub fn add(vcpu: Arc<Vcpu>) {
+    vcpu.queued.store(true, Ordering::Release);
     let cpu = online_or_boot(vcpu.cpu.load(Ordering::SeqCst));
     vcpu.cpu.store(cpu, Ordering::SeqCst);
     let params = bvt_params(&vcpu.domain, &vcpu.domain.params.lock());
@@ -306,10 +325,18 @@ pub fn add(vcpu: Arc<Vcpu>) {
 pub fn wake(vcpu: &Vcpu) -> bool {
     let woken = vcpu.unblock();
     if woken {
+        vcpu.set_runstate(abi::vcpu::Runstate::Runnable);
         vcpu.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
         post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
     }
     woken
+}
+
+/// Makes a vCPU brought up again after `VCPUOP_down` (already runnable: `Vcpu::start`)
+/// runnable in its home's queue, which knows it (blocked since it went down).
+pub fn resume(vcpu: &Vcpu) {
+    vcpu.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
+    post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
 }
 
 /// Blocks the running vCPU until [`wake`]; it leaves its CPU on the way out of this trap.
@@ -354,6 +381,7 @@ pub fn unpause(domain: &Domain) {
     for vcpu in domain.vcpus() {
         // Pairs with `park`: either it sees `paused` clear, or this sees `parked` set.
         if vcpu.parked.swap(false, Ordering::SeqCst) {
+            vcpu.set_runstate(abi::vcpu::Runstate::Runnable);
             post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
         }
     }
@@ -363,6 +391,7 @@ pub fn unpause(domain: &Domain) {
 fn park(vcpu: &Vcpu) -> bool {
     vcpu.parked.store(true, Ordering::SeqCst);
     if vcpu.domain.paused.load(Ordering::SeqCst) {
+        vcpu.set_runstate(abi::vcpu::Runstate::Offline);
         return true;
     }
     vcpu.parked.store(false, Ordering::SeqCst);
@@ -425,6 +454,7 @@ fn fire(timer: Timer, arrived: Option<u64>) {
     let armed = match timer.kind {
         TimerKind::Guest => &vcpu.timer_deadline,
         TimerKind::PollTimeout => &vcpu.poll_deadline,
+        TimerKind::Periodic => &vcpu.periodic_deadline,
     };
     if armed.load(Ordering::Acquire) != timer.deadline_ns {
         // Re-armed or cancelled on the CPU the vCPU moved to: nothing to wait out or count.
@@ -440,7 +470,12 @@ fn fire(timer: Timer, arrived: Option<u64>) {
     let now = wait_out(timer.deadline_ns, now);
     let stats = &mine().stats;
     let late = now.saturating_sub(timer.deadline_ns);
-    if timer.latency_sensitive { stats.timer_late_warped.record(late) } else { stats.timer_late.record(late) }
+    match (timer.latency_sensitive, timer.kind) {
+        (true, _) => stats.timer_late_warped.record(late),
+        // The periodic timer fires only while its vCPU runs: not a wake-up to measure.
+        (false, TimerKind::Periodic) => {}
+        (false, _) => stats.timer_late.record(late),
+    }
     let current = |deadline: &AtomicU64| deadline.compare_exchange(timer.deadline_ns, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
     match timer.kind {
         TimerKind::Guest if current(&vcpu.timer_deadline) => {
@@ -451,6 +486,10 @@ fn fire(timer: Timer, arrived: Option<u64>) {
         }
         TimerKind::PollTimeout if current(&vcpu.poll_deadline) && vcpu.end_poll() => {
             wake(vcpu);
+        }
+        TimerKind::Periodic if current(&vcpu.periodic_deadline) => {
+            vcpu.periodic_armed_ns.store(0, Ordering::Release);
+            periodic_tick(vcpu);
         }
         _ => {}
     }
@@ -539,11 +578,38 @@ pub fn release_held_timer(vcpu: &Vcpu) {
     }
 }
 
-/// The interrupt flag in a frame's rflags.
-const RFLAGS_IF: u64 = 1 << 9;
 
-/// Marks this CPU as done with boot: from now on the frames of its idle loop (traps taken
-/// in the hypervisor with interrupts on) may be rewritten into guest frames.
+/// On every return to a guest, for `vcpu` (running here): (re)arms its periodic timer when
+/// it is not armed for the current period (the vCPU was just switched in, its period
+/// changed, or the timer just fired), raising VIRQ_TIMER first if a whole period has passed
+/// since the last (Xen's `vcpu_periodic_timer_work`). Costs a few loads otherwise.
+pub fn periodic_tick(vcpu: &Vcpu) {
+    let period = vcpu.domain.slot(vcpu.id).map_or(0, |slot| slot.periodic_ns.load(Ordering::Acquire));
+    let armed_for = vcpu.periodic_armed_ns.load(Ordering::Acquire);
+    if period == armed_for && (period == 0 || vcpu.periodic_deadline.load(Ordering::Acquire) != 0) {
+        return;
+    }
+    let Some(me) = vcpu.domain.vcpu(vcpu.id) else { return };
+    if period == 0 {
+        vcpu.periodic_deadline.store(0, Ordering::Release);
+        vcpu.periodic_armed_ns.store(0, Ordering::Release);
+        arm(&me, TimerKind::Periodic, 0);
+        return;
+    }
+    let now = time::since_boot_ns();
+    let mut next = vcpu.periodic_last_ns.load(Ordering::Acquire).saturating_add(period);
+    if now >= next {
+        crate::pv::events::timer_fired(vcpu);
+        vcpu.periodic_last_ns.store(now, Ordering::Release);
+        next = now.saturating_add(period);
+    }
+    vcpu.periodic_deadline.store(next, Ordering::Release);
+    vcpu.periodic_armed_ns.store(period, Ordering::Release);
+    arm(&me, TimerKind::Periodic, next);
+}
+
+/// Marks this CPU as done with boot: from now on the frames of its idle loop may be
+/// rewritten into guest frames.
 pub fn enter_idle() {
     with_local(|local| local.scheduling = true);
     shared()[this_cpu() as usize].idle.store(true, Ordering::SeqCst);
@@ -579,6 +645,9 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
     let here = percpu::current();
     let from_guest = frame.is_from_guest();
     let from_idle = !from_guest && frame.rflags & RFLAGS_IF != 0;
+    if !from_guest && !from_idle {
+        return;
+    }
     let mut leaving = Vec::new();
     with_local(|local| {
         if from_guest || (local.scheduling && from_idle) {
@@ -587,6 +656,17 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
     });
     for domain in leaving {
         leave(&domain);
+    }
+}
+
+/// The runstate a vCPU leaving its CPU goes to.
+fn runstate_after(vcpu: &Vcpu) -> abi::vcpu::Runstate {
+    use abi::vcpu::Runstate as R;
+    match vcpu.state() {
+        RunState::Runnable if vcpu.domain.paused.load(Ordering::SeqCst) => R::Offline,
+        RunState::Runnable => R::Runnable,
+        RunState::Blocked => R::Blocked,
+        RunState::Stopped | RunState::Down => R::Offline,
     }
 }
 
@@ -836,7 +916,7 @@ impl Local {
     fn drop_timers(&mut self, vcpu: &Vcpu) {
         let mut timers = vcpu.timers.lock();
         let armed = &mut *timers;
-        for slot in [&mut armed.guest, &mut armed.poll] {
+        for slot in [&mut armed.guest, &mut armed.poll, &mut armed.periodic] {
             if let Some(timer) = slot.take() {
                 self.cancel_timer(timer);
             }
@@ -851,6 +931,7 @@ impl Local {
         let slot = match kind {
             TimerKind::Guest => &mut timers.guest,
             TimerKind::PollTimeout => &mut timers.poll,
+            TimerKind::Periodic => &mut timers.periodic,
         };
         if let Some(armed) = slot.take() {
             self.cancel_timer(armed);
@@ -903,7 +984,15 @@ impl Local {
     fn switch_out(&mut self, vcpu: &Vcpu, frame: &TrapFrame, here: &PerCpu) -> Arc<Domain> {
         let ran = time::tsc_to_ns(time::rdtsc().wrapping_sub(self.since_tsc));
         vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
-        {
+        // Its periodic timer runs only while it does.
+        vcpu.periodic_deadline.store(0, Ordering::Release);
+        vcpu.periodic_armed_ns.store(0, Ordering::Release);
+        let periodic = vcpu.timers.lock().periodic.take();
+        if let Some(armed) = periodic {
+            self.cancel_timer(armed);
+        }
+        vcpu.runstate.lock().change(runstate_after(vcpu), time::since_boot_ns());
+        let in_kernel = {
             let mut ctx = vcpu.ctx.lock();
             ctx.regs = frame.clone();
             crate::pv::fpu::switch_out(&mut ctx);
@@ -913,7 +1002,10 @@ impl Local {
             let gs = KernelGsBase::read().as_u64();
             if ctx.in_kernel { ctx.gs_base_kernel = gs } else { ctx.gs_base_user = gs }
             ctx.selectors = crate::arch::gdt::data_selectors();
-        }
+            ctx.in_kernel
+        };
+        // Its tables are still loaded: the area is written in its own address space.
+        crate::pv::vcpuop::update_runstate_area(vcpu, in_kernel);
         vcpu.set_running_on(None);
         let ptr = here.current.swap(core::ptr::null_mut(), Ordering::Relaxed);
         // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
@@ -962,7 +1054,8 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
     let me = percpu::current().index;
     vcpu.domain.dirty_cpus.insert(me);
     vcpu.set_running_on(Some(me));
-    {
+    vcpu.runstate.lock().change(abi::vcpu::Runstate::Running, time::since_boot_ns());
+    let in_kernel = {
         let ctx = vcpu.ctx.lock();
         *frame = ctx.regs.clone();
         let resident = *fpu_holder == Some(vcpu.key) && ctx.fpu_saved_on == this_cpu();
@@ -970,7 +1063,9 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
         *fpu_holder = Some(vcpu.key);
         let l4 = ctx.active_l4().expect("a runnable vCPU has page tables");
         crate::tlb::load_guest_tables(l4);
-    }
+        ctx.in_kernel
+    };
+    crate::pv::vcpuop::update_runstate_area(&vcpu, in_kernel);
     crate::pv::shared::publish_time(&vcpu);
     crate::pv::descriptors::load(&vcpu.gdt.lock());
     crate::pv::ldt::load(&vcpu.ldt.lock());
