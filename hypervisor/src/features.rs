@@ -6,6 +6,7 @@
 //! Reported (each bit must work, or a guest that believes it breaks):
 //! - `mmu_pt_update_preserve_ad`: `mmu_update`'s `MMU_PT_UPDATE_PRESERVE_AD` (Linux panics
 //!   without it).
+//! - `gnttab_map_avail_bits`: grant maps carry `GNTMAP_guest_avail` bits into the PTE.
 //!
 //! Not reported, as Xen reports none of them to a PV64 domain: `writable_page_tables`
 //! (Xen sets it for translated guests only; it tells a guest that its tables need not be
@@ -13,9 +14,8 @@
 //! them. PV guests get the emulation of their writes instead, with
 //! `VMASST_TYPE_writable_pagetables`), `auto_translated_physmap`, `supervisor_mode_kernel`.
 //! Not reported yet, although Xen reports them to PV domains: `highmem_assist`
-//! (`MMUEXT_CLEAR_PAGE`/`COPY_PAGE` are not implemented) and `gnttab_map_avail_bits` (no
-//! grant tables yet: Linux needs it before it boots, and whoever builds grant maps adds
-//! it), `dom0` (no domain runs as a hardware domain).
+//! (`MMUEXT_CLEAR_PAGE`/`COPY_PAGE` are not implemented) and `dom0` (no domain runs as a
+//! hardware domain).
 //!
 //! Honoured requirements: an image may require (`!name`) a reported feature,
 //! `writable_page_tables` (the emulation exists) and `pae_pgdir_above_4gb` (meaningless
@@ -27,7 +27,7 @@
 use abi::features::{FeatureSet, XenFeature};
 
 /// What `XENVER_get_features` reports in submap 0.
-pub const REPORTED: FeatureSet = FeatureSet::EMPTY.with(XenFeature::MmuPtUpdatePreserveAd);
+pub const REPORTED: FeatureSet = FeatureSet::EMPTY.with(XenFeature::MmuPtUpdatePreserveAd).with(XenFeature::GnttabMapAvailBits);
 
 /// What an image's `FEATURES` note may require.
 pub const HONOURED: FeatureSet =

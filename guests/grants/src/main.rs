@@ -88,6 +88,9 @@ const MAPPER: usize = 1;
 const ROUNDS: usize = 201;
 /// How long either side waits for the other.
 const PATIENCE_NS: u64 = 60_000_000_000;
+/// How long the mapper keeps its mapping of the dead granter's page before checking and
+/// unmapping it (guest time).
+const HOLD_AFTER_DEATH_NS: u64 = 200_000_000;
 
 fn main(start: &'static StartInfo) {
     let line = core::str::from_utf8(start.cmd_line()).unwrap_or("");
@@ -372,7 +375,14 @@ fn mapper(peer: DomId, clock: Clock) {
         assert!(clock.now_ns() - start < PATIENCE_NS, "grants: the dead granter's mapping of our page was never released");
         hypercall::sched_yield().expect("yield");
     }
-    // ...and its page stays valid for us until we unmap it.
+    // ...and its page stays valid for us until we unmap it. Held a while longer first, so
+    // that the granter's teardown, which released that mapping a step before it looks for
+    // other domains' references to its frames, finds ours and waits for it (the
+    // `teardown.waited_for_grants` the QEMU case checks) rather than racing our unmap.
+    let released = clock.now_ns();
+    while clock.now_ns() - released < HOLD_AFTER_DEATH_NS {
+        hypercall::sched_yield().expect("yield");
+    }
     assert!(holds(a, SEED_RW, 0..512), "the dead granter's page through our mapping");
     fill(a, SEED_GIFT);
     assert!(holds(a, SEED_GIFT, 0..512), "writes to the dead granter's page");
