@@ -232,10 +232,10 @@ def guest_cases():
                                       "fpu: 2000 rounds checked ok (x87, SSE and AVX)"]),
         # Guest system calls and events under KVM, where present: some host virtualizers
         # (kvm_pvm) carry out a guest's `syscall` without its privilege change.
-        Case("kvm-events-smp2", smp="2", accel="kvm", timeout=300, cmdline="guests=2", modules=[("guest-events", "")],
+        Case("kvm-events-smp2", smp="2", accel="kvm", timeout=300, cmdline="guests=2 xsave=off", modules=[("guest-events", "")],
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["events: all ok"]),
-        Case("kvm-smpuser-smp2", smp="2", accel="kvm", cmdline="vcpus=2", modules=[("guest-smpuser", "")],
+        Case("kvm-smpuser-smp2", smp="2", accel="kvm", cmdline="vcpus=2 xsave=off", modules=[("guest-smpuser", "")],
              expect={"domains.created": "1", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["smpuser: smp ok", "smpuser: user mode ok"]),
         # Hypercalls that ask for a great deal of work in one call (long mmu_update and
