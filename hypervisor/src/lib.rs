@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootmodule;
+pub mod budget;
 pub mod cmdline;
 pub mod continuation;
 pub mod debugreg;

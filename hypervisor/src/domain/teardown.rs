@@ -31,7 +31,10 @@
 //! `GetPhysInfo`, which continues until no teardown is left so that the free memory it
 //! reads includes every destroyed domain. One CPU works at a time (`WORKER`, taken with
 //! `try_lock` only, so no CPU ever spins on it: the worker may wait for other CPUs' TLB
-//! flushes while holding it). This module never decides when a domain dies.
+//! flushes while holding it). A call that finds work takes at least one step however
+//! little of its budget is left (`hypervisor::budget`): the budget's clock starts before
+//! the queue's bookkeeping, which nested virtualization can make longer than the budget.
+//! This module never decides when a domain dies.
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -146,9 +149,9 @@ pub fn foreign_reference_dropped() {
     RELEASES.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Works on the queued teardowns for about `budget_ns` (at least one step), unless another
-/// CPU is at it; blocked ones are passed over. Returns whether teardown work that can
-/// progress is left.
+/// Works on the queued teardowns for about `budget_ns` (at least one step, even when the
+/// budget is spent before it: `hypervisor::budget`), unless another CPU is at it; blocked
+/// ones are passed over. Returns whether teardown work that can progress is left.
 pub fn work(budget_ns: u64) -> bool {
     if !pending() {
         return false;
@@ -163,6 +166,7 @@ pub fn work(budget_ns: u64) -> bool {
         BLOCKED_AT.store(releases, Ordering::Release);
     }
     let mut visits = QUEUE.lock().len();
+    let mut stepped = false;
     while visits > 0 {
         visits -= 1;
         let Some(mut teardown) = QUEUE.lock().pop_front() else { break };
@@ -170,10 +174,16 @@ pub fn work(budget_ns: u64) -> bool {
             QUEUE.lock().push_back(teardown);
             continue;
         }
-        teardown.blocked_at = None;
-        while teardown.stage != Stage::Forget && teardown.blocked_at.is_none() && spent() < budget_ns {
-            teardown.step();
+        if stepped && spent() >= budget_ns {
+            // One teardown had its steps in this call: the next waits for the next call.
+            QUEUE.lock().push_front(teardown);
+            break;
         }
+        teardown.blocked_at = None;
+        // At least one step, however much of the budget the bookkeeping above took (under
+        // nested virtualization, where `rdtsc` traps, it took all of it, every time).
+        hypervisor::budget::run_steps(&mut teardown, &spent, budget_ns);
+        stepped = true;
         if teardown.stage == Stage::Forget {
             teardown.forget();
             PENDING.fetch_sub(1, Ordering::AcqRel);
@@ -193,6 +203,15 @@ pub fn work(budget_ns: u64) -> bool {
         break;
     }
     pending()
+}
+
+impl hypervisor::budget::Steps for Teardown {
+    fn step(&mut self) {
+        Teardown::step(self);
+    }
+    fn stopped(&self) -> bool {
+        self.stage == Stage::Forget || self.blocked_at.is_some()
+    }
 }
 
 impl Teardown {
