@@ -170,7 +170,13 @@ fn xen_version(cmd: XenVersionOp, arg: GuestVa) -> HcResult {
         XenVersionOp::Extraversion => put(arg, &padded::<16>(b"-rust")),
         XenVersionOp::Capabilities => put(arg, &padded::<1024>(b"xen-3.0-x86_64")),
         XenVersionOp::Changeset => put(arg, &padded::<64>(b"rust-hypervisor")),
-        XenVersionOp::CompileInfo => put(arg, &[0u8; 4 * 64]),
+        // Exactly the structure's 144 bytes (writing more overwrote the guest's stack
+        // beyond it, as XTF's xsa-122 found): the compiler named, the rest empty.
+        XenVersionOp::CompileInfo => {
+            let info = abi::version::XenCompileInfo { compiler: padded::<64>(b"rustc"), ..Default::default() };
+            uaccess::write_value(arg.0, &info).map_err(efault)?;
+            Ok(0)
+        }
         XenVersionOp::PlatformParameters => put(arg, &abi::arch_x86::HYPERVISOR_VIRT_START.to_le_bytes()),
         XenVersionOp::GetFeatures => {
             let info: abi::version::XenFeatureInfo = uaccess::read_value(arg.0).map_err(efault)?;
