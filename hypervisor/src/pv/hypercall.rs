@@ -117,7 +117,7 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         }
         Request::EventChannelOp { cmd, arg } if events::is_reset(cmd) => return events::reset(vcpu, arg),
         Request::EventChannelOp { cmd, arg } => events::event_channel_op(vcpu, cmd, arg),
-        Request::Iret => Err(Errno::Einval), // only as a direct hypercall, never in a multicall
+        Request::Iret => Err(Errno::Einval), // direct: `dispatch`; in a multicall: `multicall_iret`
     };
     result.map_err(Stop::Failed)
 }
@@ -131,6 +131,20 @@ pub fn stopped(request: Request, progress: u64) -> Stop {
         // they have read); should it happen, the guest learns that the call failed.
         None => Stop::Failed(Errno::Einval),
     }
+}
+
+/// The `iret` entry of a multicall at `entry`: its result (best effort, before the mode
+/// changes) is the rax of the guest's frame, then the vCPU returns from that frame and the
+/// multicall ends with the same value, so that the guest's rax is the frame's.
+fn multicall_iret(vcpu: &Vcpu, frame: &mut TrapFrame, entry: GuestVa) -> u64 {
+    if let Ok(saved) = uaccess::read_value::<abi::arch_x86::IretContext>(frame.rsp) {
+        let result = entry.offset::<u8>(core::mem::offset_of!(MulticallEntry, result) as u64);
+        if let Some(at) = result {
+            let _ = uaccess::write_value(at.0, &saved.rax);
+        }
+    }
+    traps::iret(vcpu, frame);
+    frame.rax
 }
 
 /// Writes guest bytes to the console, in chunks; stops between chunks when the CPU should
@@ -317,7 +331,9 @@ fn set_segment_base(vcpu: &Vcpu, which: u32, base: u64) -> HcResult {
 /// Runs a batch of hypercalls, storing each result in its entry. Stops between entries
 /// when the CPU should be let go (continuing from the next entry); an entry whose call
 /// stops part-way is rewritten in guest memory into the rest of that call, and the
-/// multicall continues from it.
+/// multicall continues from it. A nested multicall is refused (`EINVAL`); an `iret` entry
+/// returns from the guest's frame and ends the batch there, as Xen's does since XSA-213
+/// (the entries after it never run, so none runs in the user mode it may return to).
 fn multicall(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request, calls: GuestVa, count: u64) -> Outcome {
     for i in 0..count {
         if i > 0 && preempt::should_stop() {
@@ -325,7 +341,10 @@ fn multicall(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request, calls: GuestV
         }
         let at = calls.offset::<MulticallEntry>(i).ok_or(Errno::Efault)?;
         let mut entry: MulticallEntry = uaccess::read_value(at.0).map_err(efault)?;
-        let nested = matches!(Hypercall::from_number(entry.op), Some(Hypercall::Multicall | Hypercall::Iret));
+        if Hypercall::from_number(entry.op) == Some(Hypercall::Iret) {
+            return Ok(multicall_iret(vcpu, frame, at));
+        }
+        let nested = Hypercall::from_number(entry.op) == Some(Hypercall::Multicall);
         let args = [entry.args[0], entry.args[1], entry.args[2], entry.args[3], entry.args[4]];
         let result = match decode(entry.op, args) {
             Ok(_) if nested => Err(Stop::Failed(Errno::Einval)),
