@@ -67,11 +67,15 @@ pub fn dispatch(vcpu: &Vcpu, frame: &mut TrapFrame) {
 
 /// Makes the guest issue `rest` when it next runs: its registers hold the call and rip
 /// points back at the 2-byte `syscall` (from a guest kernel, `syscall` is the only way in
-/// here, so rip - 2 is that instruction).
+/// here, so rip - 2 is that instruction). Only the call's own argument registers are
+/// rewritten, as Xen's: the guest may keep values in the others across the call.
 fn continue_in_guest(frame: &mut TrapFrame, rest: &Request) {
     let (number, args) = rest.encode();
     frame.rax = number;
-    [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8] = args;
+    let registers = [&mut frame.rdi, &mut frame.rsi, &mut frame.rdx, &mut frame.r10, &mut frame.r8];
+    for (register, value) in registers.into_iter().zip(args).take(rest.arg_count()) {
+        *register = value;
+    }
     frame.rip = frame.rip.wrapping_sub(2);
 }
 
