@@ -196,7 +196,7 @@ const fn table_entry(mfn: Mfn) -> u64 {
 }
 
 /// What r8 and r9 hold across [`extended`]'s call, which takes neither.
-const NOT_AN_ARGUMENT: u64 = 0x5eed_0f_a11_c0ffee;
+const NOT_AN_ARGUMENT: u64 = 0x05ee_d0fa_11c0_ffee;
 
 /// One `mmuext_op` of `cmd` on `mfn` (a raw `syscall`); rax after it. The call is continued
 /// (the guest's `syscall` runs again with the rest of it) until its validation is done;

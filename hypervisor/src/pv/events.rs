@@ -332,7 +332,7 @@ fn fifo_init_control(domain: &Domain, arg: GuestVa) -> HcResult {
     use abi::event_channel::{EvtchnInitControl, EVTCHN_FIFO_CONTROL_BLOCK_SIZE};
     let op: EvtchnInitControl = read(arg)?;
     domain.slot(op.vcpu).ok_or(Errno::Enoent)?;
-    if op.offset > 4096 - EVTCHN_FIFO_CONTROL_BLOCK_SIZE || op.offset % 8 != 0 {
+    if op.offset > 4096 - EVTCHN_FIFO_CONTROL_BLOCK_SIZE || !op.offset.is_multiple_of(8) {
         return Err(Errno::Einval);
     }
     // The frame Xen would map for the block: taken and dropped again at once.
