@@ -118,6 +118,27 @@ pub struct EvtchnReset {
 
 assert_layout!(EvtchnReset, size = 2, { dom @ 0 });
 
+/// `EVTCHNOP_init_control`: the FIFO ABI's control block for one vCPU, at `offset` in
+/// frame `control_gfn` (8-aligned, not crossing the page).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EvtchnInitControl {
+    /// IN.
+    pub control_gfn: u64,
+    /// IN.
+    pub offset: u32,
+    /// IN.
+    pub vcpu: u32,
+    /// OUT: `EVTCHN_FIFO_LINK_BITS`.
+    pub link_bits: u8,
+    pub _pad: [u8; 7],
+}
+
+assert_layout!(EvtchnInitControl, size = 24, { control_gfn @ 0, offset @ 8, vcpu @ 12, link_bits @ 16 });
+
+/// `sizeof(evtchn_fifo_control_block_t)`: `ready`, a reserved word and 16 queue heads.
+pub const EVTCHN_FIFO_CONTROL_BLOCK_SIZE: u32 = 4 + 4 + 4 * 16;
+
 abi_enum! {
     /// A channel's state in [`EvtchnStatus::status`] (`EVTCHNSTAT_*`).
     pub enum EvtchnState: u32 {

@@ -6,7 +6,8 @@
 //! image's `preempt::should_stop`, always after at least one unit so that every call makes
 //! progress). To stop it returns [`Stop::Continue`] with the request that does the rest,
 //! made by [`Request::continuation`] from the work done so far. The dispatcher then
-//! rewrites the guest's registers with that request's encoding ([`Request::encode`]) and
+//! rewrites the guest's argument registers with that request's encoding
+//! ([`Request::encode`]; only the [`Request::arg_count`] registers the call takes) and
 //! moves rip back over the 2-byte `syscall`, so that the guest issues the rest when it next
 //! runs; in between, the trap returns normally: interrupts, events, cross-CPU calls and
 //! scheduling happen as after any hypercall. A call inside a multicall instead has its

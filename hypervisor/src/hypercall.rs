@@ -188,6 +188,43 @@ pub fn decode(number: u64, a: [u64; 5]) -> Result<Request, DecodeError> {
 }
 
 impl Request {
+    /// How many argument registers (rdi, rsi, rdx, r10, r8, in that order) the call takes,
+    /// as Xen's prototype of it has them. A continuation rewrites only those, as Xen's
+    /// `hypercall_create_continuation` does: the others are the guest's, and a guest may
+    /// keep values in them across the call (Xen's hypercall page preserves every register
+    /// but rax; XTF's compiled code relies on it).
+    pub const fn arg_count(&self) -> usize {
+        match self {
+            Request::Iret => 0,
+            Request::SetTrapTable { .. }
+            | Request::FpuTaskswitch { .. }
+            | Request::GetDebugreg { .. }
+            | Request::SetTimerOp { .. }
+            | Request::PhysdevOpCompat { .. }
+            | Request::Domctl { .. } => 1,
+            Request::SetGdt { .. }
+            | Request::UpdateDescriptor { .. }
+            | Request::StackSwitch { .. }
+            | Request::SetDebugreg { .. }
+            | Request::MemoryOp { .. }
+            | Request::Multicall { .. }
+            | Request::XenVersion { .. }
+            | Request::VmAssist { .. }
+            | Request::SetSegmentBase { .. }
+            | Request::SchedOp { .. }
+            | Request::CallbackOp { .. }
+            | Request::EventChannelOp { .. }
+            | Request::PhysdevOp { .. } => 2,
+            Request::SetCallbacks { .. }
+            | Request::UpdateVaMapping { .. }
+            | Request::ConsoleWrite { .. }
+            | Request::ConsoleRead { .. }
+            | Request::VcpuOp { .. }
+            | Request::GrantTableOp { .. } => 3,
+            Request::MmuUpdate { .. } | Request::MmuextOp { .. } => 4,
+        }
+    }
+
     /// The hypercall number and argument registers (rdi, rsi, rdx, r10, r8) that
     /// [`decode`] turns into this request: `decode(n, a) == Ok(r)` for `(n, a) =
     /// r.encode()`. Bits that decoding ignores (the upper half of 32-bit arguments) are 0.
@@ -361,6 +398,19 @@ pub(crate) mod tests {
         for request in every_request() {
             let (number, args) = request.encode();
             assert_eq!(decode(number, args), Ok(request), "{request:?} encodes as {number} {args:x?}");
+        }
+    }
+
+    #[test]
+    fn only_the_counted_arguments_matter() {
+        // Registers past a call's arguments decode to the same request, and encode as 0:
+        // a continuation that rewrites only the counted ones loses nothing.
+        for request in every_request() {
+            let (number, mut args) = request.encode();
+            let n = request.arg_count();
+            assert!(args[n..].iter().all(|a| *a == 0), "{request:?} encodes {args:x?} past {n} arguments");
+            args[n..].fill(0xdead_beef_dead_beef);
+            assert_eq!(decode(number, args), Ok(request), "{request:?} with junk past {n} arguments");
         }
     }
 

@@ -7,6 +7,10 @@
 //! page tables) makes the emulated `mov` validate it all: the emulation runs it in slices
 //! too, the guest executing the `mov` again until it lands.
 //!
+//! The pin is continued many times (a raw `syscall` run again with the rest of the call),
+//! and each time the hypervisor may rewrite only the call's four argument registers: r8
+//! and r9 must come back as they went in ([`extended`]).
+//!
 //! Before validation was preemptible, each of the two calls held its CPU with interrupts
 //! off for the whole walk; the hypervisor's `summary: sched.cpuN.in_hypervisor_us` (its
 //! maximum) and `longest_stay` lines show it. With hypercall continuations the work is cut
@@ -24,7 +28,7 @@
 use guest_rt::abi::hypercall::{Hypercall, MmuextCmd, ShutdownReason, VmAssistCmd, VmAssistType};
 use guest_rt::abi::ids::{DomId, Mfn, Pfn, PAGE_SIZE};
 use guest_rt::abi::mmu::{MmuextOp, UVMF_INVLPG, UVMF_LOCAL};
-use guest_rt::hypercall::{hypercall2, hypercall3, hypercall4, shutdown};
+use guest_rt::hypercall::{hypercall2, hypercall3, shutdown};
 use guest_rt::layout::{self, PTE_ADDRESS_MASK, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
 use guest_rt::time::Clock;
 use guest_rt::{println, start_info, StartInfo};
@@ -191,20 +195,39 @@ const fn table_entry(mfn: Mfn) -> u64 {
     (mfn.address() & PTE_ADDRESS_MASK) | PTE_PRESENT | PTE_WRITABLE | PTE_USER
 }
 
-/// One `mmuext_op` of `cmd` on `mfn`; rax after it.
+/// What r8 and r9 hold across [`extended`]'s call, which takes neither.
+const NOT_AN_ARGUMENT: u64 = 0x05ee_d0fa_11c0_ffee;
+
+/// One `mmuext_op` of `cmd` on `mfn` (a raw `syscall`); rax after it. The call is continued
+/// (the guest's `syscall` runs again with the rest of it) until its validation is done;
+/// the hypervisor rewrites only the four argument registers then, as Xen does (XTF's
+/// compiled code keeps values in the others: xsa-286 broke when r8 came back 0): r8 and
+/// r9 must come back as they went in, or the attack fails.
 fn extended(cmd: MmuextCmd, mfn: Mfn) -> i64 {
     let op = MmuextOp::with_mfn(cmd, mfn);
     let mut done = 0u32;
-    // SAFETY: pinning and unpinning change no mapping the program uses.
+    let (ret, r8, r9): (i64, u64, u64);
+    // SAFETY: pinning and unpinning change no mapping the program uses; the `syscall`
+    // clobbers rcx and r11, the hypervisor at most the argument registers and rax.
     unsafe {
-        hypercall4(
-            Hypercall::MmuextOp,
-            &raw const op as u64,
-            1,
-            &raw mut done as u64,
-            SELF,
-        )
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") Hypercall::MmuextOp.number() => ret,
+            inlateout("rdi") &raw const op as u64 => _,
+            inlateout("rsi") 1u64 => _,
+            inlateout("rdx") &raw mut done as u64 => _,
+            inlateout("r10") SELF => _,
+            inlateout("r8") NOT_AN_ARGUMENT => r8,
+            inlateout("r9") NOT_AN_ARGUMENT => r9,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
     }
+    if (r8, r9) != (NOT_AN_ARGUMENT, NOT_AN_ARGUMENT) {
+        println!("hostile: mmuext_op {cmd:?} returned {ret} with r8 {r8:#x} and r9 {r9:#x} (were {NOT_AN_ARGUMENT:#x})");
+        fail("big_tree", "a continued call changed registers it does not take");
+    }
+    ret
 }
 
 /// Reports why the attack could not be made, and crashes the domain.

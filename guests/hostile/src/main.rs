@@ -15,8 +15,9 @@
 //! frames named, the table's frames mapped, a write through its mapping, XSA-212's
 //! exchange); giving back one frame twice;
 //! switching to a foreign L4; vCPUs past its limit ([`vcpus`]); hypercalls faulting on
-//! guest pointers while a second vCPU competes for the CPU ([`switches`]); then the fault
-//! in the fault handler ([`last_attack`]).
+//! guest pointers while a second vCPU competes for the CPU ([`switches`]); Xen advisories'
+//! proofs of concept as XTF makes them ([`xsa`]); then the fault in the fault handler
+//! ([`last_attack`]).
 //!
 //! Console: "hostile: <attack>: refused (errno N)" (or "refused (D of A done)", or
 //! "skipped (...)" when a frame meant as foreign is the guest's own), "... SUCCEEDED (BUG)"
@@ -59,6 +60,7 @@ mod vcpu_info;
 mod vcpus;
 mod verdict;
 mod window;
+mod xsa;
 
 use guest_rt::abi::hypercall::ShutdownReason;
 use guest_rt::hypercall::shutdown;
@@ -96,6 +98,7 @@ fn main(start: &'static StartInfo) {
     switches::run(&mut tally, &targets);
     debugregs::run(&mut tally);
     vcpu_info::run(&mut tally, &targets);
+    xsa::run(&mut tally);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }

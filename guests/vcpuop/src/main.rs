@@ -12,7 +12,7 @@
 //! blocked wait shows as time blocked) and the periodic timer (ticks at its period while
 //! the vCPU runs, none once stopped); `down` stops vCPU 1 (offline, its counter still) and
 //! `up` restarts it; then event-channel status for every port state, four IPIs on a vCPU,
-//! bind_vcpu, the FIFO ABI refused with ENOSYS, unmask re-raising a pending port; it prints
+//! bind_vcpu, the FIFO ABI refused (init_control's arguments checked as Xen, then ENOSYS), unmask re-raising a pending port; it prints
 //! more than a ring's worth of lines through the console ring, and last resets its event
 //! channels (with every port it may have bound, timed) and takes vCPU 1 down before it
 //! powers off. Its command line: `contended` when both vCPUs share one CPU (then vCPU 0 must
@@ -31,7 +31,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use guest_rt::abi::errno::Errno;
-use guest_rt::abi::event_channel::EvtchnState;
+use guest_rt::abi::event_channel::{EvtchnInitControl, EvtchnState};
 use guest_rt::abi::hypercall::{EvtchnOp, VcpuOp};
 use guest_rt::abi::ids::{DomId, EvtchnPort, VcpuId};
 use guest_rt::abi::shared_info::VcpuInfo;
@@ -350,17 +350,34 @@ fn event_channels(events: Events, timer_port: EvtchnPort, start: &StartInfo) {
     );
     let ipi_move = evtchn::bind_vcpu(ipis[0], VcpuId(1));
     let unbound_move = evtchn::bind_vcpu(unbound, VcpuId(1));
+    // FIFO: init_control's arguments are checked as Xen checks them (XTF's xsa-188 wants
+    // EINVAL for a bad frame), and a valid request gets ENOSYS (the FIFO ABI is not offered).
+    let page = start_info::virt_to_mfn(INFO_PAGE.0.get() as u64).expect("page mfn").0;
+    let l4 = start_info::virt_to_mfn(start.pt_base).expect("l4 mfn").0;
+    let init_control = |control_gfn: u64, offset: u32, vcpu: u32| {
+        let mut arg = EvtchnInitControl { control_gfn, offset, vcpu, ..Default::default() };
+        let result = evtchn_op(EvtchnOp::InitControl, &raw mut arg);
+        (result, arg.link_bits)
+    };
+    let einval = (Err(HypercallError::Xen(Errno::Einval)), 0);
+    let refused = [init_control(u64::MAX - 1, 0, 0), init_control(l4, 0, 0), init_control(page, 4, 0), init_control(page, 4096 - 64, 0)];
+    let no_vcpu = init_control(page, 0, 1000);
+    let init = init_control(page, 0, 0);
     let mut fifo = [0u64; 4];
-    let init = evtchn_op(EvtchnOp::InitControl, fifo.as_mut_ptr());
     let expand = evtchn_op(EvtchnOp::ExpandArray, fifo.as_mut_ptr());
     check(
         "evtchn_bind_vcpu_fifo",
         ipi_move == Err(HypercallError::Xen(Errno::Einval))
             && unbound_move.is_ok()
             && status(unbound).vcpu == VcpuId(1)
-            && init == Err(HypercallError::Xen(Errno::Enosys))
+            && refused.iter().all(|r| *r == einval)
+            && no_vcpu == (Err(HypercallError::Xen(Errno::Enoent)), 0)
+            && init == (Err(HypercallError::Xen(Errno::Enosys)), 0)
             && expand == Err(HypercallError::Xen(Errno::Enosys)),
-        format_args!("IPI {ipi_move:?}, unbound {unbound_move:?}, init_control {init:?}, expand_array {expand:?}"),
+        format_args!(
+            "IPI {ipi_move:?}, unbound {unbound_move:?}, init_control bad frame/table/unaligned/crossing {refused:?}, \
+             no vCPU {no_vcpu:?}, valid {init:?}, expand_array {expand:?}"
+        ),
     );
 
     // Unmask re-raises a port that became pending while masked.

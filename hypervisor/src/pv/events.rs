@@ -315,10 +315,31 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
         }
         // Handled by `reset` (it stops part-way): not reached through here.
         EvtchnOp::Reset | EvtchnOp::ResetCont => Err(Errno::Enosys),
-        // The FIFO ABI is not offered: a guest falls back to the 2-level one (Linux does
-        // when `init_control` fails). Physical IRQs belong to no domain here.
-        EvtchnOp::InitControl | EvtchnOp::ExpandArray | EvtchnOp::SetPriority | EvtchnOp::BindPirq => Err(Errno::Enosys),
+        EvtchnOp::InitControl => fifo_init_control(domain, arg),
+        // The FIFO ABI is not offered (see `fifo_init_control`), so there is no array to
+        // expand nor priority to set. Physical IRQs belong to no domain here.
+        EvtchnOp::ExpandArray | EvtchnOp::SetPriority | EvtchnOp::BindPirq => Err(Errno::Enosys),
     }
+}
+
+/// `EVTCHNOP_init_control`. The FIFO ABI is not offered: a request is checked as Xen's
+/// `evtchn_fifo_init_control` checks it (an unreadable argument: `EFAULT`; no such vCPU:
+/// `ENOENT`; a block crossing the page or not 8-aligned, or a frame that is not the
+/// domain's or cannot take a writable type (a page table, a descriptor frame): `EINVAL`),
+/// and a valid one gets `ENOSYS`, on which a guest falls back to the 2-level ABI (Linux
+/// does on any failure). Nothing is written back, as Xen writes back only on success.
+fn fifo_init_control(domain: &Domain, arg: GuestVa) -> HcResult {
+    use abi::event_channel::{EvtchnInitControl, EVTCHN_FIFO_CONTROL_BLOCK_SIZE};
+    let op: EvtchnInitControl = read(arg)?;
+    domain.slot(op.vcpu).ok_or(Errno::Enoent)?;
+    if op.offset > 4096 - EVTCHN_FIFO_CONTROL_BLOCK_SIZE || !op.offset.is_multiple_of(8) {
+        return Err(Errno::Einval);
+    }
+    // The frame Xen would map for the block: taken and dropped again at once.
+    let mfn = mm::addr::Mfn(op.control_gfn);
+    crate::pv::mmu::hold_for_hypervisor(domain.id, mfn).map_err(|_| Errno::Einval)?;
+    crate::pv::mmu::release_for_hypervisor(mfn);
+    Err(Errno::Enosys)
 }
 
 /// Whether event-channel command `cmd` is `EVTCHNOP_reset` (or its continuation), which

@@ -67,11 +67,15 @@ pub fn dispatch(vcpu: &Vcpu, frame: &mut TrapFrame) {
 
 /// Makes the guest issue `rest` when it next runs: its registers hold the call and rip
 /// points back at the 2-byte `syscall` (from a guest kernel, `syscall` is the only way in
-/// here, so rip - 2 is that instruction).
+/// here, so rip - 2 is that instruction). Only the call's own argument registers are
+/// rewritten, as Xen's: the guest may keep values in the others across the call.
 fn continue_in_guest(frame: &mut TrapFrame, rest: &Request) {
     let (number, args) = rest.encode();
     frame.rax = number;
-    [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8] = args;
+    let registers = [&mut frame.rdi, &mut frame.rsi, &mut frame.rdx, &mut frame.r10, &mut frame.r8];
+    for (register, value) in registers.into_iter().zip(args).take(rest.arg_count()) {
+        *register = value;
+    }
     frame.rip = frame.rip.wrapping_sub(2);
 }
 
@@ -117,7 +121,7 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         }
         Request::EventChannelOp { cmd, arg } if events::is_reset(cmd) => return events::reset(vcpu, arg),
         Request::EventChannelOp { cmd, arg } => events::event_channel_op(vcpu, cmd, arg),
-        Request::Iret => Err(Errno::Einval), // only as a direct hypercall, never in a multicall
+        Request::Iret => Err(Errno::Einval), // direct: `dispatch`; in a multicall: `multicall_iret`
     };
     result.map_err(Stop::Failed)
 }
@@ -131,6 +135,20 @@ pub fn stopped(request: Request, progress: u64) -> Stop {
         // they have read); should it happen, the guest learns that the call failed.
         None => Stop::Failed(Errno::Einval),
     }
+}
+
+/// The `iret` entry of a multicall at `entry`: its result (best effort, before the mode
+/// changes) is the rax of the guest's frame, then the vCPU returns from that frame and the
+/// multicall ends with the same value, so that the guest's rax is the frame's.
+fn multicall_iret(vcpu: &Vcpu, frame: &mut TrapFrame, entry: GuestVa) -> u64 {
+    if let Ok(saved) = uaccess::read_value::<abi::arch_x86::IretContext>(frame.rsp) {
+        let result = entry.offset::<u8>(core::mem::offset_of!(MulticallEntry, result) as u64);
+        if let Some(at) = result {
+            let _ = uaccess::write_value(at.0, &saved.rax);
+        }
+    }
+    traps::iret(vcpu, frame);
+    frame.rax
 }
 
 /// Writes guest bytes to the console, in chunks; stops between chunks when the CPU should
@@ -170,7 +188,13 @@ fn xen_version(cmd: XenVersionOp, arg: GuestVa) -> HcResult {
         XenVersionOp::Extraversion => put(arg, &padded::<16>(b"-rust")),
         XenVersionOp::Capabilities => put(arg, &padded::<1024>(b"xen-3.0-x86_64")),
         XenVersionOp::Changeset => put(arg, &padded::<64>(b"rust-hypervisor")),
-        XenVersionOp::CompileInfo => put(arg, &[0u8; 4 * 64]),
+        // Exactly the structure's 144 bytes (writing more overwrote the guest's stack
+        // beyond it, as XTF's xsa-122 found): the compiler named, the rest empty.
+        XenVersionOp::CompileInfo => {
+            let info = abi::version::XenCompileInfo { compiler: padded::<64>(b"rustc"), ..Default::default() };
+            uaccess::write_value(arg.0, &info).map_err(efault)?;
+            Ok(0)
+        }
         XenVersionOp::PlatformParameters => put(arg, &abi::arch_x86::HYPERVISOR_VIRT_START.to_le_bytes()),
         XenVersionOp::GetFeatures => {
             let info: abi::version::XenFeatureInfo = uaccess::read_value(arg.0).map_err(efault)?;
@@ -311,7 +335,9 @@ fn set_segment_base(vcpu: &Vcpu, which: u32, base: u64) -> HcResult {
 /// Runs a batch of hypercalls, storing each result in its entry. Stops between entries
 /// when the CPU should be let go (continuing from the next entry); an entry whose call
 /// stops part-way is rewritten in guest memory into the rest of that call, and the
-/// multicall continues from it.
+/// multicall continues from it. A nested multicall is refused (`EINVAL`); an `iret` entry
+/// returns from the guest's frame and ends the batch there, as Xen's does since XSA-213
+/// (the entries after it never run, so none runs in the user mode it may return to).
 fn multicall(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request, calls: GuestVa, count: u64) -> Outcome {
     for i in 0..count {
         if i > 0 && preempt::should_stop() {
@@ -319,7 +345,10 @@ fn multicall(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request, calls: GuestV
         }
         let at = calls.offset::<MulticallEntry>(i).ok_or(Errno::Efault)?;
         let mut entry: MulticallEntry = uaccess::read_value(at.0).map_err(efault)?;
-        let nested = matches!(Hypercall::from_number(entry.op), Some(Hypercall::Multicall | Hypercall::Iret));
+        if Hypercall::from_number(entry.op) == Some(Hypercall::Iret) {
+            return Ok(multicall_iret(vcpu, frame, at));
+        }
+        let nested = Hypercall::from_number(entry.op) == Some(Hypercall::Multicall);
         let args = [entry.args[0], entry.args[1], entry.args[2], entry.args[3], entry.args[4]];
         let result = match decode(entry.op, args) {
             Ok(_) if nested => Err(Stop::Failed(Errno::Einval)),
