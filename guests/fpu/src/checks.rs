@@ -62,6 +62,22 @@ pub fn taskswitch() {
     println!("fpu: fpu_taskswitch, clts, CR0 and #NM ok");
 }
 
+/// FSGSBASE, which the hypervisor keeps off: CPUID.7.0:EBX[0] must not advertise it, the
+/// virtual CR4.FSGSBASE (bit 16) must not take, and `rdfsbase` must raise #UD (what XTF's
+/// pv-fsgsbase checks when the feature is absent, XSA-293's concern).
+pub fn fsgsbase() {
+    const CR4_FSGSBASE: u64 = 1 << 16;
+    let ebx = cpu::cpuid(7, 0)[1];
+    check(ebx & 1 == 0, format_args!("CPUID.7.0:EBX {ebx:#x} advertises FSGSBASE"));
+    let cr4 = cpu::read_cr4();
+    cpu::write_cr4(cr4 | CR4_FSGSBASE);
+    check(cpu::read_cr4() & CR4_FSGSBASE == 0, format_args!("CR4.FSGSBASE taken without the feature"));
+    let ud = cpu::expect_fault(5, cpu::rdfsbase);
+    check(ud == Some("#UD"), format_args!("rdfsbase: {ud:?}, not #UD"));
+    cpu::write_cr4(cr4);
+    println!("fpu: FSGSBASE hidden and off ok");
+}
+
 /// The debug registers: initial state, round trips, Xen's refusals, breakpoints that fire
 /// for this domain and no other, and breakpoints on memory the hypervisor touches (which
 /// must not stop it). `rounds` switches with a breakpoint armed on every other round.

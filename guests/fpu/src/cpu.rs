@@ -214,3 +214,10 @@ pub fn touch_x87() {
     // SAFETY: no effect but on the x87 state's instruction pointer.
     unsafe { asm!("fnop", options(nostack, nomem)) };
 }
+
+/// `rdfsbase %rax` (5 bytes): #UD unless CR4.FSGSBASE is on.
+pub fn rdfsbase() {
+    // SAFETY: reads the FS base into rax (clobbered) when allowed; raises #UD otherwise,
+    // which the caller expects and steps over.
+    unsafe { asm!(".byte 0xf3, 0x48, 0x0f, 0xae, 0xc0", out("rax") _, options(nostack, nomem)) };
+}
