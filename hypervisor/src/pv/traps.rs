@@ -49,6 +49,7 @@ const VECTOR_BREAKPOINT: u8 = 3;
 const VECTOR_OVERFLOW: u8 = 4;
 const VECTOR_INVALID_OPCODE: u8 = 6;
 const VECTOR_DEVICE_NOT_AVAILABLE: u8 = 7;
+const VECTOR_STACK_FAULT: u8 = 12;
 const VECTOR_GENERAL_PROTECTION: u8 = 13;
 const VECTOR_PAGE_FAULT: u8 = 14;
 /// #GP error code bits: an IDT entry is named (a software interrupt's gate), and an event
@@ -81,6 +82,7 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
         VECTOR_GENERAL_PROTECTION if frame.error_code & (GP_IDT | GP_EXTERNAL) == GP_IDT => software_interrupt(vcpu, frame),
         VECTOR_GENERAL_PROTECTION if frame.error_code == 0 && emulate::port_io(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
+        VECTOR_GENERAL_PROTECTION if frame.error_code == 0 && memory_operand_fault(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
             let cr2 = x86_64::registers::control::Cr2::read_raw();
             if ptwr::page_fault(vcpu, frame, cr2) {
@@ -143,6 +145,62 @@ fn software_interrupt(vcpu: &Vcpu, frame: &mut TrapFrame) {
     } else {
         bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(insn::idt_error_code(vector)));
     }
+}
+
+/// A #GP(0) from 64-bit code, decided again from the instruction at rip where the
+/// hardware's error code may not be what a real processor gives (QEMU's TCG raises #GP for
+/// every non-canonical address, and reads `rex64 lcall`'s far pointer as m16:64 even on a
+/// processor that calls itself AMD); true when it delivered the fault itself:
+/// - an ordinary instruction whose memory operand goes through SS (a base of rsp or rbp,
+///   no FS/GS override) to a non-canonical address raises #SS(0), as the processor does
+///   (XTF's memop-seg);
+/// - `call far`/`jmp far` through memory whose selector (where this vendor's processor
+///   reads it) names an LDT entry past the LDT's limit, or a GDT entry past the GDT's,
+///   raises #GP(selector) (XTF's xsa-298: a gate in a guest page at LDT offset 0x1000
+///   with no LDT set must not be used; the processor refuses it with its selector).
+///
+/// Anything it does not decode, or cannot read, keeps the hardware's #GP(0).
+fn memory_operand_fault(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    let Some((insn::CodeMode::Long, base)) = code_mode(vcpu, frame.cs as u16) else {
+        return false;
+    };
+    let mut bytes = [0u8; insn::MAX_LENGTH];
+    let readable = read_code(base.wrapping_add(frame.rip), &mut bytes);
+    let Some(access) = insn::memory_access(&bytes[..readable]) else {
+        return false;
+    };
+    if access.operand.rip_relative {
+        return false;
+    }
+    let f = &*frame;
+    let registers = [f.rax, f.rcx, f.rdx, f.rbx, f.rsp, f.rbp, f.rsi, f.rdi, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
+    let address = access.operand.effective_address(|n| registers[usize::from(n & 15)]);
+    if access.operand.segment == insn::Segment::Ss && !insn::canonical(address) {
+        bounce(vcpu, frame, VECTOR_STACK_FAULT, Some(0));
+        return true;
+    }
+    let Some(far) = access.far else {
+        return false;
+    };
+    if access.operand.segment != insn::Segment::Ds || !insn::canonical(address) {
+        return false;
+    }
+    let (_, vendor_ebx, _, _) = emulate::cpuid_for_policy(0, 0);
+    let intel = vendor_ebx == u32::from_le_bytes(*b"Genu");
+    let Ok(selector) = uaccess::read_value::<u16>(address.wrapping_add(far.offset_bytes(intel))) else {
+        return false;
+    };
+    let index = u64::from(selector >> 3);
+    let past_limit = if selector & 4 != 0 {
+        descriptors::lookup(vcpu, selector).is_none()
+    } else {
+        index * 8 + 7 > u64::from(x86_64::instructions::tables::sgdt().limit)
+    };
+    if selector & !3 == 0 || !past_limit {
+        return false;
+    }
+    bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(u64::from(selector & !3)));
+    true
 }
 
 /// The code mode and base of the guest's code selector `cs`: the flat ones, or the GDT or
