@@ -386,6 +386,46 @@ pub fn mov_ss_before(before: &[u8], long: bool) -> Option<MemOperand> {
     })
 }
 
+/// A far return (`lret`, cb, or `lret imm16`, ca iw).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FarReturn {
+    /// Bytes of each of the two stack slots it pops (offset, then selector): 2, 4 or 8.
+    pub slot_bytes: u8,
+    /// Bytes it releases from the stack after them (the immediate).
+    pub release: u16,
+}
+
+/// Decodes a far return at the start of `bytes`: its operand size (REX.W: 8 bytes in
+/// 64-bit code; the operand-size prefix: the other of 2 and 4) and immediate.
+pub fn far_return(bytes: &[u8], mode: CodeMode) -> Option<FarReturn> {
+    let mut at = 0;
+    let (mut operand_size, mut rex_w) = (false, false);
+    let opcode = loop {
+        let byte = *bytes.get(at)?;
+        match byte {
+            0x66 => (operand_size, rex_w) = (true, false),
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0xf2 | 0xf3 => rex_w = false,
+            0x40..=0x4f if mode == CodeMode::Long => rex_w = byte & 8 != 0,
+            _ => break byte,
+        }
+        at += 1;
+        if at >= MAX_LENGTH {
+            return None;
+        }
+    };
+    let release = match opcode {
+        0xcb => 0,
+        0xca => u16::from_le_bytes(bytes.get(at + 1..at + 3)?.try_into().ok()?),
+        _ => return None,
+    };
+    let slot_bytes = match (mode, rex_w, operand_size) {
+        (CodeMode::Long, true, _) => 8,
+        (CodeMode::Compat16, _, false) | (CodeMode::Long | CodeMode::Compat32, false, true) => 2,
+        _ => 4,
+    };
+    Some(FarReturn { slot_bytes, release })
+}
+
 /// Whether `address` is canonical with 48-bit linear addresses.
 pub const fn canonical(address: u64) -> bool {
     ((address as i64) << 16 >> 16) as u64 == address
@@ -614,5 +654,17 @@ mod tests {
         // Bytes that end mid-way through a longer mov ss do not count.
         assert_eq!(mov_ss_before(&[0x8e, 0x54, 0x24], true), None);
         assert_eq!(mov_ss_before(&[0x90], true), None);
+    }
+
+    #[test]
+    fn far_returns_and_their_operand_sizes() {
+        assert_eq!(far_return(&[0x48, 0xcb], CodeMode::Long), Some(FarReturn { slot_bytes: 8, release: 0 }));
+        assert_eq!(far_return(&[0xcb], CodeMode::Long), Some(FarReturn { slot_bytes: 4, release: 0 }));
+        assert_eq!(far_return(&[0x66, 0xca, 0x10, 0x00], CodeMode::Compat32), Some(FarReturn { slot_bytes: 2, release: 16 }));
+        assert_eq!(far_return(&[0xcb], CodeMode::Compat16).map(|r| r.slot_bytes), Some(2));
+        // REX.W voided by a later prefix.
+        assert_eq!(far_return(&[0x48, 0x2e, 0xcb], CodeMode::Long).map(|r| r.slot_bytes), Some(4));
+        assert_eq!(far_return(&[0xc3], CodeMode::Long), None);
+        assert_eq!(far_return(&[0xca, 0x10], CodeMode::Long), None);
     }
 }

@@ -85,7 +85,7 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
         VECTOR_GENERAL_PROTECTION if frame.error_code == 0 && memory_operand_fault(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
             let cr2 = x86_64::registers::control::Cr2::read_raw();
-            if ptwr::page_fault(vcpu, frame, cr2) {
+            if ptwr::page_fault(vcpu, frame, cr2) || far_return_refused_by_smap(vcpu, frame, cr2) {
                 return;
             }
             shared::with_vcpu_info(vcpu, |info| info.arch.cr2 = cr2);
@@ -200,6 +200,56 @@ fn memory_operand_fault(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
         return false;
     }
     bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(u64::from(selector & !3)));
+    true
+}
+
+/// A page fault that only QEMU's TCG raises: a far return (`lret`) from guest code pops
+/// its stack with supervisor accesses there, which SMAP refuses on the guest's (user)
+/// pages; a processor pops it as the CPL-3 code it is. Told apart by its error code (a
+/// protection fault of a supervisor data access at a guest address: guest code runs at
+/// CPL 3, whose only supervisor accesses are to the descriptor tables, in the
+/// hypervisor's part) and the instruction at rip. The return is carried out as the
+/// processor would, to the same privilege: offset and selector popped (slots of the
+/// instruction's operand size, then its immediate released), the selector a present code
+/// segment of the guest (RPL 3; the guest's descriptors all have DPL 3) and the offset
+/// canonical for 64-bit code (32-bit code takes its low half). Anything else keeps the
+/// page fault. True when it returned.
+fn far_return_refused_by_smap(vcpu: &Vcpu, frame: &mut TrapFrame, cr2: u64) -> bool {
+    const PF_PRESENT: u64 = 1 << 0;
+    const PF_FETCH: u64 = 1 << 4;
+    if frame.error_code & (PF_PRESENT | PF_USER | PF_FETCH) != PF_PRESENT || uaccess::check_range(cr2, 1).is_err() {
+        return false;
+    }
+    let Some((mode, base)) = code_mode(vcpu, frame.cs as u16) else {
+        return false;
+    };
+    let mut bytes = [0u8; insn::MAX_LENGTH];
+    let readable = read_code(base.wrapping_add(frame.rip), &mut bytes);
+    let Some(ret) = insn::far_return(&bytes[..readable], mode) else {
+        return false;
+    };
+    let slot = u64::from(ret.slot_bytes);
+    let mut offset = [0u8; 8];
+    let mut selector = [0u8; 2];
+    if uaccess::read(frame.rsp, &mut offset[..slot as usize]).is_err()
+        || uaccess::read(frame.rsp.wrapping_add(slot), &mut selector).is_err()
+    {
+        return false;
+    }
+    let (offset, selector) = (u64::from_le_bytes(offset), u16::from_le_bytes(selector));
+    if selector & 3 != 3 {
+        return false;
+    }
+    let Some((target_mode, _)) = code_mode(vcpu, selector) else {
+        return false;
+    };
+    let rip = if target_mode == insn::CodeMode::Long { offset } else { offset & 0xffff_ffff };
+    if !insn::canonical(rip) {
+        return false;
+    }
+    frame.rip = rip;
+    frame.cs = u64::from(selector);
+    frame.rsp = frame.rsp.wrapping_add(2 * slot + u64::from(ret.release));
     true
 }
 
