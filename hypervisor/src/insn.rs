@@ -345,16 +345,17 @@ fn modrm_operand(bytes: &[u8], rex: u8, override_fs_gs: Option<Segment>) -> Opti
     Some((MemOperand { base, index, disp, rip_relative, segment }, at + disp_bytes))
 }
 
-/// Whether the bytes just before an instruction boundary (`before`, the boundary at its
-/// end) end with a `mov` to SS from memory (8e /2), and its memory operand if so: tried
-/// for every length an instruction can have, shortest first. In 64-bit code (`long`) REX
+/// The memory operands of every `mov` to SS from memory (8e /2) that the bytes just
+/// before an instruction boundary (`before`, the boundary at its end) can end with: tried
+/// for every length an instruction can have, shortest first (`41 8e 11` is `mov (%r9),%ss`,
+/// and its last two bytes alone `mov (%rcx),%ss`). In 64-bit code (`long`) REX
 /// prefixes count and the operand may be rip-relative (relative to the boundary); in
 /// 32-bit code the same encodings address with 32-bit registers (disp32 alone is
 /// absolute). Address-size prefixed forms are not looked for. Bytes before an instruction
-/// may happen to look like one: the caller checks the operand against what it knows (the
+/// may happen to look like one: the caller checks each operand against what it knows (the
 /// breakpoint that fired).
-pub fn mov_ss_before(before: &[u8], long: bool) -> Option<MemOperand> {
-    (2..=before.len().min(MAX_LENGTH)).find_map(|len| {
+pub fn mov_ss_before(before: &[u8], long: bool) -> impl Iterator<Item = MemOperand> + '_ {
+    (2..=before.len().min(MAX_LENGTH)).filter_map(move |len| {
         let candidate = &before[before.len() - len..];
         let mut at = 0;
         let mut rex = 0;
@@ -639,21 +640,25 @@ mod tests {
     #[test]
     fn mov_ss_is_found_before_a_boundary() {
         // XTF's `mov 0xc(%rsp),%ss; nop`: the four bytes before the nop.
-        let op = mov_ss_before(&[0x90, 0x31, 0xc0, 0x8e, 0x54, 0x24, 0x0c], true).expect("mov ss");
+        let first = |before: &[u8], long| mov_ss_before(before, long).next();
+        let op = first(&[0x90, 0x31, 0xc0, 0x8e, 0x54, 0x24, 0x0c], true).expect("mov ss");
         assert_eq!((op.base, op.disp, op.segment), (Some(4), 0xc, Segment::Ss));
         // rip-relative: relative to the boundary.
-        let op = mov_ss_before(&[0x8e, 0x15, 0x10, 0, 0, 0], true).expect("mov ss rip");
+        let op = first(&[0x8e, 0x15, 0x10, 0, 0, 0], true).expect("mov ss rip");
         assert!(op.rip_relative && op.disp == 0x10);
         // 32-bit code: `mov (%esi),%ss`, and a disp32 that is absolute.
-        assert_eq!(mov_ss_before(&[0x0f, 0x05, 0x8e, 0x16], false).map(|o| o.base), Some(Some(6)));
-        let op = mov_ss_before(&[0x8e, 0x15, 0x10, 0, 0, 0], false).expect("absolute");
+        assert_eq!(first(&[0x0f, 0x05, 0x8e, 0x16], false).map(|o| o.base), Some(Some(6)));
+        let op = first(&[0x8e, 0x15, 0x10, 0, 0, 0], false).expect("absolute");
         assert!(!op.rip_relative && op.base.is_none());
+        // Every reading: `41 8e 11` is mov (%r9),%ss, and its tail mov (%rcx),%ss.
+        let bases: Vec<_> = mov_ss_before(&[0x41, 0x8e, 0x11], true).map(|o| o.base).collect();
+        assert_eq!(bases, [Some(1), Some(9)]);
         // Not a mov to SS: to DS (/3), or from a register.
-        assert_eq!(mov_ss_before(&[0x8e, 0x5c, 0x24, 0x0c], true), None);
-        assert_eq!(mov_ss_before(&[0x8e, 0xd0], true), None);
+        assert_eq!(first(&[0x8e, 0x5c, 0x24, 0x0c], true), None);
+        assert_eq!(first(&[0x8e, 0xd0], true), None);
         // Bytes that end mid-way through a longer mov ss do not count.
-        assert_eq!(mov_ss_before(&[0x8e, 0x54, 0x24], true), None);
-        assert_eq!(mov_ss_before(&[0x90], true), None);
+        assert_eq!(first(&[0x8e, 0x54, 0x24], true), None);
+        assert_eq!(first(&[0x90], true), None);
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //!    and #NM as Linux PV and XTF use them, FSGSBASE hidden and off, and the debug registers (initial state, Xen's
 //!    refusals, a data breakpoint armed every other round across `rounds=` switches, which
 //!    must fire for this domain exactly then, breakpoints on buffers the hypervisor reads
-//!    and writes, a single step): see `checks`.
+//!    and writes, a data breakpoint hit by `mov ss` held back over the next instruction or
+//!    dropped by a `syscall` right after it, a single step): see `checks`.
 //!
 //! The pattern comes from the machine address of the domain's shared info page, which no
 //! two domains share. Console: "fpu: initial state ok", "fpu: N rounds checked ok (x87,

@@ -129,7 +129,7 @@ pub fn debug_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
 
 /// Whether the instruction that ended at rip is a `mov` to SS from memory that the data
 /// breakpoints in `hit` watch (its operand, computed from the registers, which `mov ss`
-/// leaves alone, meets one of them): the bytes before rip decoded back
+/// leaves alone, meets one of them; every way the bytes can be read is tried): the bytes before rip decoded back
 /// (`hypervisor::insn::mov_ss_before`), in 64-bit or 32-bit guest code.
 fn after_mov_ss(vcpu: &Vcpu, frame: &TrapFrame, hit: u64) -> bool {
     let long = match traps::code_mode(vcpu, frame.cs as u16) {
@@ -155,20 +155,21 @@ fn after_mov_ss(vcpu: &Vcpu, frame: &TrapFrame, hit: u64) -> bool {
         }
         from
     };
-    let Some(operand) = insn::mov_ss_before(&bytes[from..], long) else {
-        return false;
-    };
     let f = frame;
     let registers = [f.rax, f.rcx, f.rdx, f.rbx, f.rsp, f.rbp, f.rsi, f.rdi, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
-    let mut address = if operand.rip_relative {
-        frame.rip.wrapping_add(operand.disp as u64)
-    } else {
-        operand.effective_address(|n| registers[usize::from(n & 15)])
-    };
-    if !long {
-        address &= 0xffff_ffff;
-    }
-    vcpu.ctx.lock().debug.data_breakpoint_covers(hit, address, 2)
+    let debug = vcpu.ctx.lock().debug;
+    let covered = insn::mov_ss_before(&bytes[from..], long).any(|operand| {
+        let mut address = if operand.rip_relative {
+            frame.rip.wrapping_add(operand.disp as u64)
+        } else {
+            operand.effective_address(|n| registers[usize::from(n & 15)])
+        };
+        if !long {
+            address &= 0xffff_ffff;
+        }
+        debug.data_breakpoint_covers(hit, address, 2)
+    });
+    covered
 }
 
 /// Drops a held-back #DB ([`debug_exception`]) when the vCPU enters the hypervisor by
