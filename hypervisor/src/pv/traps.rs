@@ -18,8 +18,10 @@
 //! failsafe callback, with the frame that could not be loaded, as Xen does; without one the
 //! domain is killed; so does a data selector that no longer loads when the vCPU is switched
 //! in ([`selectors_failsafe`]). A #GP raised by a software interrupt is decoded at its rip
-//! (`hypervisor::insn`), never trusted from the error code. Runs on the CPU running the
-//! vCPU, inside its trap.
+//! (`hypervisor::insn`), never trusted from the error code; so is a #GP(0) whose memory
+//! operand decides between #SS and #GP or whose far pointer's selector decides the error
+//! code, and a page fault that only QEMU's TCG raises for a far return under SMAP (carried
+//! out as a processor would). Runs on the CPU running the vCPU, inside its trap.
 
 use abi::arch_x86::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_DPL_MASK, TI_MASK_EVENTS, VGCF_IN_SYSCALL};
 use abi::hypercall::VmAssistType;
