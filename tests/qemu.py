@@ -240,6 +240,7 @@ def guest_cases():
              # in the hypervisor (reads and a write), which ignores them.
              expect_at_least={"debug.hypervisor_exceptions": 6},
              expect_lines=ok_lines + ["fpu: fpu_taskswitch, clts, CR0 and #NM ok",
+                                      "fpu: FSGSBASE hidden and off ok",
                                       "fpu: debug registers ok (100 breakpoints over 200 rounds)",
                                       "fpu: 2000 rounds checked ok (x87, SSE and AVX)"]),
         # Guest system calls and events under KVM, where present: some host virtualizers

@@ -97,11 +97,28 @@ pub struct DebugRegs {
     pub dr7: u64,
     /// The enables of I/O breakpoints, emulated.
     pub dr7_emul: u64,
+    /// A data breakpoint that a `mov ss` hit, held back until the instruction after it
+    /// completes (see [`Deferred`]).
+    pub deferred: Option<Deferred>,
+}
+
+/// A #DB that the processor holds back: a data breakpoint hit by `mov ss` (or `pop ss`)
+/// is delivered only after the next instruction (Intel SDM vol. 3, 6.8.3; XSA-260). A
+/// processor (QEMU's TCG) that reports it at once is made to behave so: the hypervisor
+/// keeps the DR6 bits here, single-steps the guest over that next instruction, and then
+/// delivers them; if the instruction enters the hypervisor instead (`syscall`, `int3`, a
+/// fault), the #DB is dropped, as Xen drops the one a processor raises in its entry path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    /// The DR6 bits the breakpoint set.
+    pub dr6: u64,
+    /// RFLAGS.TF was set by the hypervisor for the single step (not the guest's own).
+    pub added_tf: bool,
 }
 
 impl Default for DebugRegs {
     fn default() -> DebugRegs {
-        DebugRegs { address: [0; 4], dr6: DR6_DEFAULT, dr7: DR7_DEFAULT, dr7_emul: 0 }
+        DebugRegs { address: [0; 4], dr6: DR6_DEFAULT, dr7: DR7_DEFAULT, dr7_emul: 0, deferred: None }
     }
 }
 
@@ -138,6 +155,22 @@ impl DebugRegs {
     /// debug registers loaded when it runs (the others cost nothing at a switch).
     pub fn active(&self) -> bool {
         self.dr7 & DR7_ACTIVE_MASK != 0
+    }
+
+    /// Whether one of the breakpoints whose bits `hit` (DR6 B0-B3) holds is an enabled
+    /// data breakpoint (writes, or reads and writes) whose range meets the `len` bytes at
+    /// `start`.
+    pub fn data_breakpoint_covers(&self, hit: u64, start: u64, len: u64) -> bool {
+        (0..4).any(|n| {
+            let rw = (self.dr7 >> (16 + 4 * n)) & 3;
+            let size = breakpoint_width(self.dr7, n);
+            let low = self.address[n] & !(size - 1);
+            hit & (1 << n) != 0
+                && self.dr7 & (3 << (2 * n)) != 0
+                && rw & 1 == 1
+                && start < low.wrapping_add(size)
+                && low < start.wrapping_add(len)
+        })
     }
 
     /// Sets register `reg` to `value` under Xen's rules (see the module documentation);
@@ -352,5 +385,22 @@ mod tests {
     fn breakpoint_widths_follow_the_len_encoding() {
         assert_eq!([0, 1, 3, 2].map(|len| breakpoint_width(len << 18, 0)), [1, 2, 4, 8]);
         assert_eq!(breakpoint_width(3 << 30, 3), 4);
+    }
+
+    #[test]
+    fn data_breakpoints_cover_the_bytes_they_watch() {
+        let mut regs = DebugRegs::default();
+        regs.address[0] = 0x1004;
+        regs.dr7 = 0x400 | 0x1 | (0b11 << 18) | (0b01 << 16); // DR0: 4 bytes, writes, L0
+        assert!(regs.data_breakpoint_covers(1, 0x1004, 2));
+        assert!(regs.data_breakpoint_covers(1, 0x1006, 2));
+        assert!(regs.data_breakpoint_covers(1, 0x1003, 2));
+        assert!(!regs.data_breakpoint_covers(1, 0x1008, 2));
+        assert!(!regs.data_breakpoint_covers(1, 0x1002, 2));
+        assert!(!regs.data_breakpoint_covers(2, 0x1004, 2), "B1 did not hit");
+        regs.dr7 = 0x400 | 0x1 | (0b11 << 18); // an instruction breakpoint
+        assert!(!regs.data_breakpoint_covers(1, 0x1004, 2));
+        regs.dr7 = 0x400 | (0b11 << 18) | (0b11 << 16); // disabled
+        assert!(!regs.data_breakpoint_covers(1, 0x1004, 2));
     }
 }

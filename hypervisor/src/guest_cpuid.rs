@@ -6,8 +6,10 @@
 //!   hypervisor bit set. XSAVE as the hypervisor uses it; OSXSAVE as Xen reports it to PV
 //!   guests (`osxsave`, decided by the caller: the guest's virtual CR4.OSXSAVE, or for the
 //!   guest kernel the hardware's); without XSAVE no AVX, FMA or F16C either.
-//! - Leaf 7: no MPX, PKU/OSPKE, CET (state components or modes a PV guest does not get);
-//!   the AVX-512 family only where its components are offered, AVX2 and the other
+//! - Leaf 7: no FSGSBASE (the hypervisor keeps CR4.FSGSBASE off and the guest's virtual
+//!   CR4 cannot set it, so `rdfsbase` and friends raise #UD: advertising them would be a
+//!   lie; Xen offers them only where it can turn them on for the guest), no MPX, PKU/OSPKE,
+//!   CET (state components or modes a PV guest does not get); the AVX-512 family only where its components are offered, AVX2 and the other
 //!   VEX-only extensions only with AVX; no AMX.
 //! - Leaf 0xD: subleaf 0 names the offered components and the area sizes for the guest's
 //!   XCR0 and for all of them; subleaf 1 keeps XSAVEOPT, XSAVEC and XGETBV1 only (XSAVES
@@ -35,6 +37,7 @@ const L1_ECX_HIDDEN: u32 = L1_ECX_MONITOR | L1_ECX_VMX | L1_ECX_X2APIC | L1_ECX_
 const L1_ECX_AVX_FAMILY: u32 = L1_ECX_FMA | L1_ECX_AVX | L1_ECX_F16C;
 
 /// CPUID.(7,0) bits.
+const L7_EBX_FSGSBASE: u32 = 1 << 0;
 pub const L7_EBX_AVX2: u32 = 1 << 5;
 const L7_EBX_MPX: u32 = 1 << 14;
 const L7_EBX_AVX512: u32 = (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
@@ -85,7 +88,7 @@ pub fn filter(leaf: u32, subleaf: u32, raw: [u32; 4], view: &View) -> [u32; 4] {
             }
         }
         (7, 0) => {
-            b &= !L7_EBX_MPX;
+            b &= !(L7_EBX_MPX | L7_EBX_FSGSBASE);
             c &= !L7_ECX_HIDDEN;
             d &= !L7_EDX_HIDDEN;
             if !ymm {
@@ -159,7 +162,7 @@ mod tests {
     #[test]
     fn leaf7_hides_what_pv_guests_do_not_get() {
         let [_, b, c, d] = filter(7, 0, [0, u32::MAX, u32::MAX, u32::MAX], &AVX);
-        assert_eq!(b & (L7_EBX_MPX | L7_EBX_AVX512), 0);
+        assert_eq!(b & (L7_EBX_MPX | L7_EBX_AVX512 | L7_EBX_FSGSBASE), 0);
         assert_ne!(b & L7_EBX_AVX2, 0);
         assert_eq!(c & (L7_ECX_HIDDEN | L7_ECX_AVX512), 0);
         assert_eq!(d & (L7_EDX_HIDDEN | L7_EDX_AVX512), 0);

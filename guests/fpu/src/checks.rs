@@ -62,9 +62,26 @@ pub fn taskswitch() {
     println!("fpu: fpu_taskswitch, clts, CR0 and #NM ok");
 }
 
+/// FSGSBASE, which the hypervisor keeps off: CPUID.7.0:EBX[0] must not advertise it, the
+/// virtual CR4.FSGSBASE (bit 16) must not take, and `rdfsbase` must raise #UD (what XTF's
+/// pv-fsgsbase checks when the feature is absent, XSA-293's concern).
+pub fn fsgsbase() {
+    const CR4_FSGSBASE: u64 = 1 << 16;
+    let ebx = cpu::cpuid(7, 0)[1];
+    check(ebx & 1 == 0, format_args!("CPUID.7.0:EBX {ebx:#x} advertises FSGSBASE"));
+    let cr4 = cpu::read_cr4();
+    cpu::write_cr4(cr4 | CR4_FSGSBASE);
+    check(cpu::read_cr4() & CR4_FSGSBASE == 0, format_args!("CR4.FSGSBASE taken without the feature"));
+    let ud = cpu::expect_fault(5, cpu::rdfsbase);
+    check(ud == Some("#UD"), format_args!("rdfsbase: {ud:?}, not #UD"));
+    cpu::write_cr4(cr4);
+    println!("fpu: FSGSBASE hidden and off ok");
+}
+
 /// The debug registers: initial state, round trips, Xen's refusals, breakpoints that fire
 /// for this domain and no other, and breakpoints on memory the hypervisor touches (which
-/// must not stop it). `rounds` switches with a breakpoint armed on every other round.
+/// must not stop it), a breakpoint hit by `mov ss` (held back over the next instruction, or
+/// dropped by a `syscall` there). `rounds` switches with a breakpoint armed on every other round.
 pub fn debugregs(rounds: u32) {
     static TARGET: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
     let db = || DB.load(Ordering::SeqCst);
@@ -144,6 +161,30 @@ pub fn debugregs(rounds: u32) {
     // SAFETY: a live, writable XenFeatureInfo.
     let got = unsafe { guest_rt::hypercall::xen_version(guest_rt::abi::hypercall::XenVersionOp::GetFeatures, &raw mut features) };
     check(got.is_ok() && db() == before, format_args!("a #DB from the hypervisor's write of a xen_version buffer"));
+    check(cpu::set_debugreg(7, 0x400) == 0, format_args!("DR7 off"));
+
+    // A data breakpoint that `mov ss` hits is held back over the next instruction (Intel
+    // SDM 6.8.3): reported after the nop, with no BS; and dropped when that instruction is
+    // a syscall into the hypervisor (XSA-260: Xen ignores it in its entry path), with no
+    // trace (no #DB, no TF) left in the guest.
+    static SS_SLOT: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
+    SS_SLOT.store(cpu::read_ss(), Ordering::SeqCst);
+    let slot = SS_SLOT.as_ptr() as u64;
+    let rw2 = (0b01 << 18) | (0b11 << 16) | 0x1 | 0x400; // DR0: 2 bytes, reads and writes, L0
+    check(cpu::set_debugreg(0, slot) == 0 && cpu::set_debugreg(7, rw2) == 0, format_args!("DR0 on an SS slot"));
+    let before = db();
+    // SAFETY: the atomic's storage, read as u16 by one instruction.
+    let after = cpu::mov_ss_then_nop(unsafe { &*SS_SLOT.as_ptr() });
+    let (rip, dr6) = (cpu::LAST_DB_RIP.load(Ordering::SeqCst), cpu::LAST_DR6.load(Ordering::SeqCst));
+    check(db() == before + 1, format_args!("mov ss on a breakpoint: {} #DB", db() - before));
+    check(rip == after, format_args!("mov ss on a breakpoint: #DB at {rip:#x}, not after the next instruction ({after:#x})"));
+    check(dr6 & 0xf == 1 && dr6 & (1 << 14) == 0, format_args!("mov ss on a breakpoint: DR6 {dr6:#x}"));
+    let before = db();
+    // SAFETY: as above.
+    let version = cpu::mov_ss_then_hypercall(unsafe { &*SS_SLOT.as_ptr() });
+    // SAFETY: a few instructions after the hypercall, where a leaked TF would have trapped.
+    unsafe { core::arch::asm!("nop", "nop") };
+    check(version > 0 && db() == before, format_args!("mov ss; syscall on a breakpoint: xen_version {version:#x}, {} #DB (last at {:#x}, DR6 {:#x})", db() - before, cpu::LAST_DB_RIP.load(Ordering::SeqCst), cpu::LAST_DR6.load(Ordering::SeqCst)));
     check(cpu::set_debugreg(7, 0x400) == 0, format_args!("DR7 off"));
 
     // A single step.

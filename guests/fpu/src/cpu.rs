@@ -18,6 +18,8 @@ pub static DB: AtomicU32 = AtomicU32::new(0);
 pub static GP: AtomicU32 = AtomicU32::new(0);
 pub static UD: AtomicU32 = AtomicU32::new(0);
 pub static LAST_DR6: AtomicU64 = AtomicU64::new(0);
+/// Where the last #DB returns to.
+pub static LAST_DB_RIP: AtomicU64 = AtomicU64::new(0);
 /// Bytes to step over after an expected #GP or #UD (0: none expected, a fault fails).
 static SKIP: AtomicU64 = AtomicU64::new(0);
 
@@ -47,6 +49,7 @@ fn on_nm(_: &mut TrapFrame) {
 fn on_db(frame: &mut TrapFrame) {
     DB.fetch_add(1, Ordering::SeqCst);
     LAST_DR6.store(get_debugreg(6) as u64, Ordering::SeqCst);
+    LAST_DB_RIP.store(frame.rip, Ordering::SeqCst);
     set_debugreg(6, DR6_DEFAULT);
     frame.rflags &= !RFLAGS_TF;
 }
@@ -213,4 +216,43 @@ pub fn touch_sse() {
 pub fn touch_x87() {
     // SAFETY: no effect but on the x87 state's instruction pointer.
     unsafe { asm!("fnop", options(nostack, nomem)) };
+}
+
+/// `rdfsbase %rax` (5 bytes): #UD unless CR4.FSGSBASE is on.
+pub fn rdfsbase() {
+    // SAFETY: reads the FS base into rax (clobbered) when allowed; raises #UD otherwise,
+    // which the caller expects and steps over.
+    unsafe { asm!(".byte 0xf3, 0x48, 0x0f, 0xae, 0xc0", out("rax") _, options(nostack, nomem)) };
+}
+
+/// `mov ss` from `slot` (which holds the current SS), then a `nop`; returns the address
+/// after the `nop` (where a data breakpoint on `slot` must be reported: the processor
+/// holds it back over the instruction after `mov ss`).
+pub fn mov_ss_then_nop(slot: &u16) -> u64 {
+    let after: u64;
+    // SAFETY: reloads SS with the selector it already holds; the nop does nothing.
+    unsafe { asm!("mov ss, word ptr [{slot}]", "nop", "2:", "lea {after}, [rip + 2b]", slot = in(reg) slot, after = out(reg) after, options(nostack)) };
+    after
+}
+
+/// `mov ss` from `slot` (the current SS) then `syscall` straight away: the hypercall
+/// `xen_version(XENVER_version)`; returns its result.
+pub fn mov_ss_then_hypercall(slot: &u16) -> i64 {
+    let result: i64;
+    // SAFETY: reloads SS with the selector it already holds; xen_version(0) takes no
+    // buffer; syscall clobbers rcx and r11.
+    unsafe {
+        asm!("mov ss, word ptr [{slot}]", "syscall", slot = in(reg) slot,
+             inout("rax") u64::from(Hypercall::XenVersion.raw()) => result, in("rdi") 0u64, in("rsi") 0u64,
+             out("rcx") _, out("r11") _, options(nostack))
+    };
+    result
+}
+
+/// The current SS selector.
+pub fn read_ss() -> u16 {
+    let ss: u16;
+    // SAFETY: reads a segment register.
+    unsafe { asm!("mov {0:x}, ss", out(reg) ss, options(nostack, nomem)) };
+    ss
 }

@@ -21,10 +21,11 @@
 //!    CPU: two switches and the other's loop); with `dirty` too, each loop first loads all
 //!    sixteen YMM (or XMM) registers, so that every switch has changed state to save.
 //! 5. With `checks` on its command line, before the rounds: `fpu_taskswitch`, `clts`, CR0
-//!    and #NM as Linux PV and XTF use them, and the debug registers (initial state, Xen's
+//!    and #NM as Linux PV and XTF use them, FSGSBASE hidden and off, and the debug registers (initial state, Xen's
 //!    refusals, a data breakpoint armed every other round across `rounds=` switches, which
 //!    must fire for this domain exactly then, breakpoints on buffers the hypervisor reads
-//!    and writes, a single step): see `checks`.
+//!    and writes, a data breakpoint hit by `mov ss` held back over the next instruction or
+//!    dropped by a `syscall` right after it, a single step): see `checks`.
 //!
 //! The pattern comes from the machine address of the domain's shared info page, which no
 //! two domains share. Console: "fpu: initial state ok", "fpu: N rounds checked ok (x87,
@@ -84,6 +85,7 @@ fn main(start: &'static StartInfo) {
     let rounds = value("rounds=").map_or(DEFAULT_ROUNDS, |r| r as u32);
     if word("checks") {
         checks::taskswitch();
+        checks::fsgsbase();
         checks::debugregs(rounds.min(200));
     }
     for round in 0..rounds {

@@ -89,6 +89,24 @@ fn load_ds(selector: u64) -> u64 {
     unsafe { segments_probe_load_ds(selector) }
 }
 
+/// `rex64 lcall *` through a far pointer naming `selector`, laid out as XTF's xsa-298 lays
+/// it out for this vendor: AMD's processors read m16:32 whatever REX.W says (the selector
+/// at +4, the bytes at +8 zero, a null selector for a reader of m16:64), Intel's m16:64 (the
+/// selector at +8). A processor refuses it with #GP(selector); QEMU's TCG, which reads
+/// m16:64 on an AMD-named CPU too, finds the null selector and raises #GP(0), which the
+/// hypervisor must correct.
+fn far_call(selector: u16) {
+    let amd = u32::from_le_bytes(*b"Auth");
+    // SAFETY: CPUID through the hypervisor.
+    let vendor = unsafe { crate::probe::segments_vendor_ebx() } as u32;
+    let mut pointer = [0u8; 16];
+    let at = if vendor == amd { 4 } else { 8 };
+    pointer[at..at + 2].copy_from_slice(&selector.to_le_bytes());
+    probe::reset();
+    // SAFETY: the far call faults (the selector is past the LDT) and resumes in the probe.
+    unsafe { crate::probe::segments_probe_far_call(pointer.as_ptr() as u64) };
+}
+
 fn expect_gp(what: &'static str, error_code: u64) -> Result<(), Failure> {
     let fault = probe::fault().ok_or(Failure::Wrong { what, seen: 0, wanted: 13 })?;
     expect(what, fault.vector, 13)?;
@@ -117,12 +135,14 @@ pub fn check(free: &mut FreeFrames) -> Result<(), Failure> {
     expect("ds loaded with LDT selector 0x17", load_ds(LDT_DATA2), LDT_DATA2)?;
     load_ds(LDT_PAST);
     expect_gp("ds loaded with 0x27, past the LDT's 4 entries", LDT_PAST & !3)?;
+    far_call(LDT_PAST as u16);
+    expect_gp("rex64 lcall through 0x27, past the LDT's 4 entries", LDT_PAST & !3)?;
     probe::reset();
     // SAFETY: the probe returns through an iret into the LDT's code segment (64-bit) and a
     // far return to the flat one; nothing else changes.
     let cs = unsafe { segments_probe_far_code(LDT_CODE_KERNEL) };
     expect("cs in the LDT's code segment", cs, LDT_CODE_SEEN)?;
-    println!("segments: LDT of 4 entries: ring-0 data raised to DPL 3 ({fixed:#x}), ds 0x7 and 0x17 load, 0x27 #GP(0x24), iret to LDT code (cs {cs:#x})");
+    println!("segments: LDT of 4 entries: ring-0 data raised to DPL 3 ({fixed:#x}), ds 0x7 and 0x17 load, 0x27 #GP(0x24) (and through a far call), iret to LDT code (cs {cs:#x}) and lret back");
 
     let maddr = ldt.mfn.address() + 3 * 8;
     refused("update_descriptor of a call gate into the LDT", update_descriptor(maddr, CALL_GATE), Errno::Einval)?;

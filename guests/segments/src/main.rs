@@ -5,15 +5,18 @@
 //! 1. [`ldt`]: `MMUEXT_SET_LDT` — refusals (a frame mapped writable, unaligned, too many
 //!    entries, the hypervisor's range, nothing mapped, a call gate in the frame), then an
 //!    LDT of three entries whose ring-0 descriptors come back with DPL 3, data selectors and
-//!    a 64-bit code selector (an `iret` into it) from it, a selector past its count faulting
-//!    in the guest, `update_descriptor` on it, the frame refused writable while in use; the
+//!    a 64-bit code selector (an `iret` into it, a far return out) from it, a selector past
+//!    its count faulting in the guest (a data load, and a `rex64 lcall` through a pointer
+//!    laid out for the vendor, as XTF's xsa-298), `update_descriptor` on it, the frame refused writable while in use; the
 //!    LDT kept across yields (other domains run in between when there are several), and
 //!    released;
 //! 2. [`softint`]: `int n` through trap-table entries of DPL 0 to 3 from guest kernel and
 //!    user mode: delivered with rip after the instruction (prefixes included) where the DPL
 //!    allows, #GP with error code n*8+2 at it otherwise (QEMU's TCG reports 2n: the
 //!    hypervisor must decode the instruction);
-//! 3. [`iopl`]: `PHYSDEVOP_set_iopl` (and `physdev_op_compat`) at IOPL 0, 1 and 3 with `cli`
+//! 3. [`memops`]: stores at a non-canonical address from user mode, #SS(0) through rsp or
+//!    rbp and #GP(0) through rax (XTF's memop-seg);
+//! 4. [`iopl`]: `PHYSDEVOP_set_iopl` (and `physdev_op_compat`) at IOPL 0, 1 and 3 with `cli`
 //!    and `outb` from both modes (as XTF's pv-iopl), port reads (all ones), `rep insb` and
 //!    `rep outsb` (a fault in the middle), the I/O bitmap, `vm_assist` (valid types,
 //!    refusals) and `VMASST_TYPE_architectural_iopl` (IOPL from `iret`, shown in bounce
@@ -30,6 +33,7 @@
 mod frames;
 mod iopl;
 mod ldt;
+mod memops;
 mod probe;
 mod softint;
 mod user_tables;
@@ -62,6 +66,7 @@ fn run(start: &StartInfo) -> Result<(), Failure> {
     probe::install().map_err(|e| Failure::Call("installing the trap table", e))?;
     ldt::check(&mut free)?;
     softint::check()?;
+    memops::check()?;
     iopl::check(&mut free)
 }
 

@@ -85,9 +85,9 @@ global_asm!(
     "    pop rbp",
     "    pop rbx",
     "    ret",
-    // extern "C" fn segments_exec_user(probe: u64, rflags: u64)
-    ".globl segments_exec_user",
-    "segments_exec_user:",
+    // extern "C" fn segments_exec_user_with(probe: u64, rflags: u64, argument: u64)
+    ".globl segments_exec_user_with",
+    "segments_exec_user_with:",
     "    push rbx",
     "    push rbp",
     "    push r12",
@@ -103,12 +103,14 @@ global_asm!(
     "    lea rax, [rip + segments_user_stub]",
     "    push rax",
     "    push 0",
+    "    mov rsi, rdi",
+    "    mov rdi, rdx",
     "    xor eax, eax",
     "    xor ecx, ecx",
     "    xor r11d, r11d",
     "    jmp guest_rt_hypercall_page + {iret_stub}",
     "segments_user_stub:",
-    "    call rdi",
+    "    call rsi",
     "    int {return_vector}",
     "    ud2",
     // The probes. Each sets r8 to where a faulting instruction resumes.
@@ -221,20 +223,58 @@ global_asm!(
     "    push rax",
     "    push 0",
     "    jmp guest_rt_hypercall_page + {iret_stub}",
-    // Back to the flat code selector with another iret (a far return would do, but QEMU's
-    // TCG pops its frame with supervisor accesses, which SMAP refuses on a guest stack).
-    "2:  mov eax, cs",
-    "    mov rdx, rsp",
-    "    push {kernel_ss}",
-    "    push rdx",
-    "    push 2",
-    "    push {kernel_cs_rpl0}",
-    "    lea rdx, [rip + 3f]",
-    "    push rdx",
-    "    push 0",
-    "    mov edx, eax",
-    "    jmp guest_rt_hypercall_page + {iret_stub}",
+    // Back to the flat code selector with a far return (REX.W: 8-byte slots). QEMU's TCG
+    // pops its frame with supervisor accesses, which SMAP refuses on a guest stack: the
+    // hypervisor must carry it out as a processor would.
+    "2:  mov edx, cs",
+    "    push {kernel_cs}",
+    "    lea rax, [rip + 3f]",
+    "    push rax",
+    "    .byte 0x48, 0xcb",
     "3:  mov eax, edx",
+    "    ret",
+    // extern "C" fn(address: u64) (user mode): `movb $0, (%rsp)` with rsp = address.
+    ".globl segments_probe_store_rsp",
+    "segments_probe_store_rsp:",
+    "    lea r8, [rip + 1f]",
+    "    mov rcx, rsp",
+    "    mov rsp, rdi",
+    "    mov byte ptr [rsp], 0",
+    "1:  mov rsp, rcx",
+    "    ret",
+    // The same through rbp (SS too) and rax (DS).
+    ".globl segments_probe_store_rbp",
+    "segments_probe_store_rbp:",
+    "    lea r8, [rip + 1f]",
+    "    mov rcx, rbp",
+    "    mov rbp, rdi",
+    "    mov byte ptr [rbp], 0",
+    "1:  mov rbp, rcx",
+    "    ret",
+    ".globl segments_probe_store_rax",
+    "segments_probe_store_rax:",
+    "    lea r8, [rip + 1f]",
+    "    mov rax, rdi",
+    "    mov byte ptr ds:[rax], 0",
+    "1:  ret",
+    // extern "C" fn(pointer: u64): `rex64 lcall *(%rdi)`.
+    ".globl segments_probe_far_call",
+    "segments_probe_far_call:",
+    "    lea r8, [rip + 1f]",
+    "    .byte 0x48, 0xff, 0x1f",
+    "1:  ret",
+    // extern "C" fn() -> u64: CPUID leaf 0's ebx (the vendor's first four letters),
+    // through the hypervisor (the forced-emulation prefix).
+    ".globl segments_vendor_ebx",
+    "segments_vendor_ebx:",
+    "    push rbx",
+    "    xor eax, eax",
+    "    xor ecx, ecx",
+    "    ud2",
+    "    .ascii \"xen\"",
+    "    cpuid",
+    "    mov eax, ebx",
+    "    pop rbx",
     "    ret",
     ".popsection",
     trap_stack = const TRAP_STACK_SIZE,
@@ -246,12 +286,12 @@ global_asm!(
     user_ss = const FLAT_USER_SS64,
     user_cs = const FLAT_USER_CS64,
     kernel_ss = const FLAT_KERNEL_SS64,
-    kernel_cs_rpl0 = const FLAT_KERNEL_CS64 & !3,
+    kernel_cs = const FLAT_KERNEL_CS64,
     return_vector = const RETURN_VECTOR,
 );
 
 unsafe extern "C" {
-    fn segments_exec_user(probe: u64, rflags: u64);
+    fn segments_exec_user_with(probe: u64, rflags: u64, argument: u64);
     pub fn segments_probe_inb() -> u64;
     pub fn segments_probe_inl() -> u64;
     pub fn segments_probe_outb_dx(port: u64);
@@ -261,6 +301,11 @@ unsafe extern "C" {
     pub fn segments_probe_far_code(code_selector: u64) -> u64;
     pub fn segments_set_ds(selector: u64);
     pub fn segments_get_ds() -> u64;
+    pub fn segments_vendor_ebx() -> u64;
+    pub static segments_probe_store_rsp: u8;
+    pub static segments_probe_store_rbp: u8;
+    pub static segments_probe_store_rax: u8;
+    pub fn segments_probe_far_call(pointer: u64);
     static segments_trap_stack_top: u8;
     static segments_softint_0x80: u8;
     static segments_softint_0x81: u8;
@@ -299,11 +344,12 @@ pub struct Fault {
     pub cs: u64,
 }
 
-/// Installs the #GP and #PF handlers, the software-interrupt vectors and the return
+/// Installs the #GP, #PF and #SS handlers, the software-interrupt vectors and the return
 /// vector, and the stack bounces from user mode land on.
 pub fn install() -> Result<(), HypercallError> {
     let _ = traps::set_handler(Vector::GENERAL_PROTECTION, on_fault);
     let _ = traps::set_handler(Vector::PAGE_FAULT, on_fault);
+    let _ = traps::set_handler(Vector::STACK_FAULT, on_fault);
     let entry = |vector: u8, dpl: u8, address: u64| TrapInfo { vector, flags: dpl, cs: FLAT_KERNEL_CS64, _pad: 0, address };
     let handlers = [
         &raw const segments_softint_0x80 as u64,
@@ -381,8 +427,14 @@ pub fn run_kernel(probe: u64) {
 
 /// Runs the probe at `probe` in guest user mode with `rflags` (IOPL bits included).
 pub fn run_user(probe: u64, rflags: u64) {
+    run_user_with(probe, rflags, 0);
+}
+
+/// [`run_user`] for a probe that takes one argument (in rdi).
+pub fn run_user_with(probe: u64, rflags: u64, argument: u64) {
     reset();
     // SAFETY: the user L4, the trap stack and the return vector are in place (`main`); the
-    // probe returns to the user stub, whose `int 0x90` resumes here.
-    unsafe { segments_exec_user(probe, rflags) };
+    // probe returns to the user stub, whose `int 0x90` resumes here; rdi reaches the probe
+    // untouched.
+    unsafe { segments_exec_user_with(probe, rflags, argument) };
 }

@@ -9,7 +9,9 @@
 //! such a vCPU runs); one that does has DR0-DR3 and DR7 loaded at [`switch_in`] and DR7
 //! cleared at [`switch_out`]. The hardware's DR6 is kept at its default: the guest's DR6
 //! lives in the vCPU and every #DB from the guest merges what the hardware reported into
-//! it ([`debug_exception`]) before the #DB is bounced.
+//! it ([`debug_exception`]) before the #DB is bounced. A data breakpoint that a `mov ss`
+//! hit is held back over the next instruction, as the processor does, even where the
+//! processor (QEMU's TCG) reports it at once ([`debug_exception`], [`drop_deferred`]).
 //!
 //! A #DB in hypervisor context (a guest's data breakpoint on memory the hypervisor reads
 //! or writes for it, or one deferred by `mov ss`/`pop ss` to the first instruction of an
@@ -19,7 +21,8 @@
 //! DEBUGCTL (MSR 0x1d9) reads as 0 and takes 0 only (#GP for anything else): no branch
 //! tracing or last-branch records for PV guests.
 
-use hypervisor::debugreg::{DrError, Policy, Written, DR6_DEFAULT};
+use hypervisor::debugreg::{Deferred, DrError, Policy, Written, DR6_BP_MASK, DR6_BS, DR6_DEFAULT};
+use hypervisor::insn;
 
 use crate::arch::debugreg as hw;
 use crate::arch::trap::TrapFrame;
@@ -32,6 +35,7 @@ use crate::pv::traps;
 /// IA32_DEBUGCTL.
 pub const MSR_DEBUGCTL: u32 = 0x1d9;
 const VECTOR_DEBUG: u8 = 1;
+const RFLAGS_TF: u64 = 1 << 8;
 
 /// CPUID.(EAX=7, ECX=0) bits that change reserved debug-register bits.
 const LEAF7_EBX_RTM: u32 = 1 << 11;
@@ -95,11 +99,92 @@ pub fn switch_in(ctx: &GuestContext) {
 /// A #DB from the guest (a breakpoint of its own, a single step, `int1`): what the
 /// hardware's DR6 reports joins the guest's DR6, the hardware's is reset, and the #DB is
 /// bounced to the guest.
+///
+/// A data breakpoint hit by a `mov` to SS is held back until the next instruction
+/// completes, as the processor does (`hypervisor::debugreg::Deferred`): when the
+/// processor reports it at once (QEMU's TCG), rip is just past the `mov ss`, and the
+/// guest is single-stepped over the next instruction first; the #DB that single step
+/// raises delivers the breakpoint's bits (with BS only if the guest had TF set itself).
+/// If that instruction enters the hypervisor instead, [`drop_deferred`] drops them.
 pub fn debug_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
     let reported = hw::read_dr6();
     hw::write_dr6(DR6_DEFAULT);
-    vcpu.ctx.lock().debug.merge_dr6(policy(), reported ^ DR6_DEFAULT);
+    let mut hit = reported ^ DR6_DEFAULT;
+    let deferred = vcpu.ctx.lock().debug.deferred.take();
+    if let Some(deferred) = deferred {
+        if deferred.added_tf {
+            hit &= !DR6_BS;
+            frame.rflags &= !RFLAGS_TF;
+        }
+        hit |= deferred.dr6;
+    } else if hit & DR6_BP_MASK != 0 && hit & DR6_BS == 0 && after_mov_ss(vcpu, frame, hit) {
+        let added_tf = frame.rflags & RFLAGS_TF == 0;
+        vcpu.ctx.lock().debug.deferred = Some(Deferred { dr6: hit, added_tf });
+        frame.rflags |= RFLAGS_TF;
+        return;
+    }
+    vcpu.ctx.lock().debug.merge_dr6(policy(), hit);
     traps::bounce(vcpu, frame, VECTOR_DEBUG, None);
+}
+
+/// Whether the instruction that ended at rip is a `mov` to SS from memory that the data
+/// breakpoints in `hit` watch (its operand, computed from the registers, which `mov ss`
+/// leaves alone, meets one of them; every way the bytes can be read is tried): the bytes before rip decoded back
+/// (`hypervisor::insn::mov_ss_before`), in 64-bit or 32-bit guest code.
+fn after_mov_ss(vcpu: &Vcpu, frame: &TrapFrame, hit: u64) -> bool {
+    let long = match traps::code_mode(vcpu, frame.cs as u16) {
+        Some((insn::CodeMode::Long, 0)) => true,
+        Some((insn::CodeMode::Compat32, 0)) => false,
+        _ => return false,
+    };
+    let mut bytes = [0u8; insn::MAX_LENGTH];
+    let start = frame.rip.wrapping_sub(insn::MAX_LENGTH as u64);
+    // Only from rip's own page when the one before cannot be read: the instruction
+    // cannot have begun on a page the processor could not fetch from.
+    let page = frame.rip & !0xfff;
+    let from = if traps::read_code(start, &mut bytes) == bytes.len() {
+        0
+    } else {
+        let from = page.wrapping_sub(start);
+        if from == 0 || from >= bytes.len() as u64 {
+            return false;
+        }
+        let from = from as usize;
+        if traps::read_code(page, &mut bytes[from..]) != bytes.len() - from {
+            return false;
+        }
+        from
+    };
+    let f = frame;
+    let registers = [f.rax, f.rcx, f.rdx, f.rbx, f.rsp, f.rbp, f.rsi, f.rdi, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
+    let debug = vcpu.ctx.lock().debug;
+    let covered = insn::mov_ss_before(&bytes[from..], long).any(|operand| {
+        let mut address = if operand.rip_relative {
+            frame.rip.wrapping_add(operand.disp as u64)
+        } else {
+            operand.effective_address(|n| registers[usize::from(n & 15)])
+        };
+        if !long {
+            address &= 0xffff_ffff;
+        }
+        debug.data_breakpoint_covers(hit, address, 2)
+    });
+    covered
+}
+
+/// Drops a held-back #DB ([`debug_exception`]) when the vCPU enters the hypervisor by
+/// anything but the single step it was waiting for (`syscall`, an exception): the
+/// processor would have raised it in the hypervisor's entry path, where Xen ignores it.
+/// The TF the hypervisor set comes off the frame (and off r11, where `syscall` saved
+/// RFLAGS). Interrupts leave it held: the guest has not run its instruction yet.
+pub fn drop_deferred(vcpu: &Vcpu, frame: &mut TrapFrame, syscall: bool) {
+    let deferred = vcpu.ctx.lock().debug.deferred.take();
+    if let Some(Deferred { added_tf: true, .. }) = deferred {
+        frame.rflags &= !RFLAGS_TF;
+        if syscall {
+            frame.r11 &= !RFLAGS_TF;
+        }
+    }
 }
 
 /// `rdmsr` of DEBUGCTL.

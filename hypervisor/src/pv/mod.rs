@@ -27,6 +27,9 @@ use crate::arch::entry::{SYSCALL32_VECTOR, SYSCALL_VECTOR};
 use crate::arch::trap::TrapFrame;
 use crate::sched;
 
+/// #DB: the one exception that does not drop a held-back #DB (`debugreg::drop_deferred`).
+const VECTOR_DEBUG: u64 = 1;
+
 /// A trap that interrupted a guest (ring 3): hypercall, guest syscall (64-bit or 32-bit
 /// code) or exception. Interrupts are handled by `crate::interrupts`; this only sees
 /// vectors < 32 and syscalls.
@@ -34,6 +37,10 @@ pub fn guest_trap(frame: &mut TrapFrame) {
     let Some(vcpu) = sched::current() else {
         panic!("trap {:#x} from ring 3 with no vCPU on this CPU", frame.vector);
     };
+    let syscall = frame.vector == SYSCALL_VECTOR || frame.vector == SYSCALL32_VECTOR;
+    if frame.vector != VECTOR_DEBUG {
+        debugreg::drop_deferred(vcpu, frame, syscall);
+    }
     if frame.vector == SYSCALL32_VECTOR {
         traps::syscall32(vcpu, frame);
     } else if frame.vector == SYSCALL_VECTOR {

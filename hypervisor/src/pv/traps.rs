@@ -18,8 +18,10 @@
 //! failsafe callback, with the frame that could not be loaded, as Xen does; without one the
 //! domain is killed; so does a data selector that no longer loads when the vCPU is switched
 //! in ([`selectors_failsafe`]). A #GP raised by a software interrupt is decoded at its rip
-//! (`hypervisor::insn`), never trusted from the error code. Runs on the CPU running the
-//! vCPU, inside its trap.
+//! (`hypervisor::insn`), never trusted from the error code; so is a #GP(0) whose memory
+//! operand decides between #SS and #GP or whose far pointer's selector decides the error
+//! code, and a page fault that only QEMU's TCG raises for a far return under SMAP (carried
+//! out as a processor would). Runs on the CPU running the vCPU, inside its trap.
 
 use abi::arch_x86::{FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, TI_DPL_MASK, TI_MASK_EVENTS, VGCF_IN_SYSCALL};
 use abi::hypercall::VmAssistType;
@@ -49,6 +51,7 @@ const VECTOR_BREAKPOINT: u8 = 3;
 const VECTOR_OVERFLOW: u8 = 4;
 const VECTOR_INVALID_OPCODE: u8 = 6;
 const VECTOR_DEVICE_NOT_AVAILABLE: u8 = 7;
+const VECTOR_STACK_FAULT: u8 = 12;
 const VECTOR_GENERAL_PROTECTION: u8 = 13;
 const VECTOR_PAGE_FAULT: u8 = 14;
 /// #GP error code bits: an IDT entry is named (a software interrupt's gate), and an event
@@ -81,9 +84,10 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
         VECTOR_GENERAL_PROTECTION if frame.error_code & (GP_IDT | GP_EXTERNAL) == GP_IDT => software_interrupt(vcpu, frame),
         VECTOR_GENERAL_PROTECTION if frame.error_code == 0 && emulate::port_io(vcpu, frame) => {}
         VECTOR_GENERAL_PROTECTION if emulate::privileged(vcpu, frame) => {}
+        VECTOR_GENERAL_PROTECTION if frame.error_code == 0 && memory_operand_fault(vcpu, frame) => {}
         VECTOR_PAGE_FAULT => {
             let cr2 = x86_64::registers::control::Cr2::read_raw();
-            if ptwr::page_fault(vcpu, frame, cr2) {
+            if ptwr::page_fault(vcpu, frame, cr2) || far_return_refused_by_smap(vcpu, frame, cr2) {
                 return;
             }
             shared::with_vcpu_info(vcpu, |info| info.arch.cr2 = cr2);
@@ -143,6 +147,112 @@ fn software_interrupt(vcpu: &Vcpu, frame: &mut TrapFrame) {
     } else {
         bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(insn::idt_error_code(vector)));
     }
+}
+
+/// A #GP(0) from 64-bit code, decided again from the instruction at rip where the
+/// hardware's error code may not be what a real processor gives (QEMU's TCG raises #GP for
+/// every non-canonical address, and reads `rex64 lcall`'s far pointer as m16:64 even on a
+/// processor that calls itself AMD); true when it delivered the fault itself:
+/// - an ordinary instruction whose memory operand goes through SS (a base of rsp or rbp,
+///   no FS/GS override) to a non-canonical address raises #SS(0), as the processor does
+///   (XTF's memop-seg);
+/// - `call far`/`jmp far` through memory whose selector (where this vendor's processor
+///   reads it) names an LDT entry past the LDT's limit, or a GDT entry past the GDT's,
+///   raises #GP(selector) (XTF's xsa-298: a gate in a guest page at LDT offset 0x1000
+///   with no LDT set must not be used; the processor refuses it with its selector).
+///
+/// Anything it does not decode, or cannot read, keeps the hardware's #GP(0).
+fn memory_operand_fault(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
+    let Some((insn::CodeMode::Long, base)) = code_mode(vcpu, frame.cs as u16) else {
+        return false;
+    };
+    let mut bytes = [0u8; insn::MAX_LENGTH];
+    let readable = read_code(base.wrapping_add(frame.rip), &mut bytes);
+    let Some(access) = insn::memory_access(&bytes[..readable]) else {
+        return false;
+    };
+    if access.operand.rip_relative {
+        return false;
+    }
+    let f = &*frame;
+    let registers = [f.rax, f.rcx, f.rdx, f.rbx, f.rsp, f.rbp, f.rsi, f.rdi, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
+    let address = access.operand.effective_address(|n| registers[usize::from(n & 15)]);
+    if access.operand.segment == insn::Segment::Ss && !insn::canonical(address) {
+        bounce(vcpu, frame, VECTOR_STACK_FAULT, Some(0));
+        return true;
+    }
+    let Some(far) = access.far else {
+        return false;
+    };
+    if access.operand.segment != insn::Segment::Ds || !insn::canonical(address) {
+        return false;
+    }
+    let (_, vendor_ebx, _, _) = emulate::cpuid_for_policy(0, 0);
+    let intel = vendor_ebx == u32::from_le_bytes(*b"Genu");
+    let Ok(selector) = uaccess::read_value::<u16>(address.wrapping_add(far.offset_bytes(intel))) else {
+        return false;
+    };
+    let index = u64::from(selector >> 3);
+    let past_limit = if selector & 4 != 0 {
+        descriptors::lookup(vcpu, selector).is_none()
+    } else {
+        index * 8 + 7 > u64::from(x86_64::instructions::tables::sgdt().limit)
+    };
+    if selector & !3 == 0 || !past_limit {
+        return false;
+    }
+    bounce(vcpu, frame, VECTOR_GENERAL_PROTECTION, Some(u64::from(selector & !3)));
+    true
+}
+
+/// A page fault that only QEMU's TCG raises: a far return (`lret`) from guest code pops
+/// its stack with supervisor accesses there, which SMAP refuses on the guest's (user)
+/// pages; a processor pops it as the CPL-3 code it is. Told apart by its error code (a
+/// protection fault of a supervisor data access at a guest address: guest code runs at
+/// CPL 3, whose only supervisor accesses are to the descriptor tables, in the
+/// hypervisor's part) and the instruction at rip. The return is carried out as the
+/// processor would, to the same privilege: offset and selector popped (slots of the
+/// instruction's operand size, then its immediate released), the selector a present code
+/// segment of the guest (RPL 3; the guest's descriptors all have DPL 3) and the offset
+/// canonical for 64-bit code (32-bit code takes its low half). Anything else keeps the
+/// page fault. True when it returned.
+fn far_return_refused_by_smap(vcpu: &Vcpu, frame: &mut TrapFrame, cr2: u64) -> bool {
+    const PF_PRESENT: u64 = 1 << 0;
+    const PF_FETCH: u64 = 1 << 4;
+    if frame.error_code & (PF_PRESENT | PF_USER | PF_FETCH) != PF_PRESENT || uaccess::check_range(cr2, 1).is_err() {
+        return false;
+    }
+    let Some((mode, base)) = code_mode(vcpu, frame.cs as u16) else {
+        return false;
+    };
+    let mut bytes = [0u8; insn::MAX_LENGTH];
+    let readable = read_code(base.wrapping_add(frame.rip), &mut bytes);
+    let Some(ret) = insn::far_return(&bytes[..readable], mode) else {
+        return false;
+    };
+    let slot = u64::from(ret.slot_bytes);
+    let mut offset = [0u8; 8];
+    let mut selector = [0u8; 2];
+    if uaccess::read(frame.rsp, &mut offset[..slot as usize]).is_err()
+        || uaccess::read(frame.rsp.wrapping_add(slot), &mut selector).is_err()
+    {
+        return false;
+    }
+    let (offset, selector) = (u64::from_le_bytes(offset), u16::from_le_bytes(selector));
+    if selector & 3 != 3 {
+        return false;
+    }
+    let Some((target_mode, _)) = code_mode(vcpu, selector) else {
+        return false;
+    };
+    let rip = if target_mode == insn::CodeMode::Long { offset } else { offset & 0xffff_ffff };
+    if !insn::canonical(rip) {
+        return false;
+    }
+    frame.rip = rip;
+    frame.cs = u64::from(selector);
+    frame.rsp = frame.rsp.wrapping_add(2 * slot + u64::from(ret.release));
+    true
 }
 
 /// The code mode and base of the guest's code selector `cs`: the flat ones, or the GDT or
