@@ -25,6 +25,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use abi::elfnote::ElfNote;
 use abi::hypercall::ShutdownReason;
+use abi::ids::VcpuId;
 use abi::start_info::StartInfo;
 
 use crate::hypercall::shutdown;
@@ -138,6 +139,9 @@ extern "C" fn guest_rt_start(start_info: u64) -> ! {
     if let Err(error) = traps::install() {
         crate::println!("guest-rt: set_trap_table failed ({error:?}); exceptions are not caught");
     }
+    // Xen starts every PV vCPU with a 10 ms periodic timer; like Linux, the runtime stops
+    // it (a guest that wants ticks asks for them), so that an idle domain costs nothing.
+    crate::timer::stop_periodic(VcpuId(0));
     // SAFETY: `guest_main` is defined by the guest's `entry!` with exactly this signature.
     unsafe { guest_main(info) };
     shutdown(ShutdownReason::Poweroff)

@@ -96,7 +96,8 @@ pub fn is_up(id: VcpuId) -> Result<bool, HypercallError> {
     unsafe { hypercall::vcpu_op(VcpuOp::IsUp, id, ptr::null_mut::<u8>()) }.map(|up| up == 1)
 }
 
-/// Creates vCPU `id` running `entry(arg)` on `stack` and starts it.
+/// Creates vCPU `id` running `entry(arg)` on `stack` (without the periodic timer Xen gives
+/// vCPUs) and starts it.
 pub fn start<const N: usize>(
     id: VcpuId,
     entry: extern "C" fn(u64) -> !,
@@ -106,6 +107,8 @@ pub fn start<const N: usize>(
     let pt_base = crate::start_info().pt_base;
     let l4 = crate::start_info::virt_to_mfn(pt_base).ok_or(StartError::BadPtBase(pt_base))?;
     initialise(id, &context(entry, arg, stack.top(), l4.0)).map_err(StartError::Initialise)?;
+    // No 10 ms periodic timer (Xen's default), as for vCPU 0 at start.
+    crate::timer::stop_periodic(id);
     up(id).map(drop).map_err(StartError::Up)
 }
 

@@ -41,6 +41,13 @@ pub fn cancel() -> Result<(), HypercallError> {
     hypercall::set_timer_op(0)
 }
 
+/// Stops vCPU `vcpu`'s periodic timer (Xen gives every vCPU one of 10 ms). The result is
+/// ignored: a hypervisor without periodic timers has nothing to stop.
+pub fn stop_periodic(vcpu: VcpuId) {
+    // SAFETY: the command takes no argument (NULL) and only stops a timer.
+    let _ = unsafe { hypercall::vcpu_op(VcpuOp::StopPeriodicTimer, vcpu, ptr::null_mut::<u8>()) };
+}
+
 /// `VIRQ_TIMER` of vCPU 0, bound to a port with the runtime's handler.
 #[derive(Clone, Copy, Debug)]
 pub struct Timer {
@@ -53,11 +60,7 @@ impl Timer {
     /// Stops vCPU 0's periodic timer (if the hypervisor has one), binds `VIRQ_TIMER` on
     /// vCPU 0 and handles its port.
     pub fn bind(events: Events) -> Result<Self, EventError> {
-        // SAFETY: the command takes no argument (NULL) and only stops a timer. Its result
-        // is ignored: a hypervisor without periodic timers has nothing to stop.
-        let _ = unsafe {
-            hypercall::vcpu_op(VcpuOp::StopPeriodicTimer, VcpuId(0), ptr::null_mut::<u8>())
-        };
+        stop_periodic(VcpuId(0));
         let clock = Clock::new()?;
         let port = evtchn::bind_virq(Virq::Timer, VcpuId(0))?;
         events.set_handler(port, on_expiry)?;
