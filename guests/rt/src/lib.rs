@@ -3,7 +3,8 @@
 //! ([`entry`](crate#entry-and-shutdown), guest target only), typed hypercalls through the
 //! hypercall page ([`hypercall`]), [`print!`]/[`println!`] on the hypervisor console
 //! ([`console`]), the start-of-day page and P2M list ([`mod@start_info`]), exception handling
-//! ([`traps`]), accesses that may fault ([`probe`]), the shared info page
+//! ([`traps`]), accesses that may fault ([`probe`]), the free frames past the boot stack
+//! ([`frames`]), the shared info page
 //! ([`shared_info`]) and the address layout ([`layout`]); system time ([`time`]), event delivery ([`events`]), event channels
 //! ([`evtchn`]), the one-shot timer ([`timer`]), ballooning ([`balloon`]), grant tables ([`grants`]), secondary vCPUs ([`smp`]), the console ring ([`ring`]) and, for domain
 //! 0, the control interface ([`control`]). Guests link with `guest.ld`: their build script passes `-T` with the
@@ -26,6 +27,7 @@ pub mod console;
 pub mod control;
 pub mod events;
 pub mod evtchn;
+pub mod frames;
 pub mod grants;
 pub mod hypercall;
 pub mod layout;

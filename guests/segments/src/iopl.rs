@@ -20,7 +20,7 @@ use guest_rt::hypercall::{self, decode, HypercallError};
 use guest_rt::layout::VIRT_BASE;
 use guest_rt::println;
 
-use crate::frames::FreeFrames;
+use guest_rt::frames::FreeFrames;
 use crate::probe::{self, run_kernel, run_user, segments_probe_inb, segments_probe_inl, segments_probe_outb_dx};
 use crate::probe::{segments_probe_rep_insb, segments_probe_rep_outsb};
 use crate::softint::USER_RFLAGS;

@@ -18,7 +18,7 @@ use guest_rt::hypercall::{self, decode, HypercallError};
 use guest_rt::layout::{PTE_ADDRESS_MASK, PTE_PRESENT, PTE_USER, PTE_WRITABLE, VIRT_BASE};
 use guest_rt::println;
 
-use crate::frames::{Frame, FreeFrames};
+use guest_rt::frames::{Frame, FreeFrames};
 use crate::probe::{self, segments_get_ds, segments_probe_far_code, segments_probe_load_ds, segments_set_ds};
 use crate::{call, expect, refused, take, Failure};
 

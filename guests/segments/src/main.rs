@@ -30,7 +30,6 @@
 #![no_std]
 #![no_main]
 
-mod frames;
 mod iopl;
 mod ldt;
 mod memops;
@@ -45,7 +44,7 @@ use guest_rt::abi::hypercall::ShutdownReason;
 use guest_rt::hypercall::{shutdown, HypercallError};
 use guest_rt::{println, shared_info, StartInfo};
 
-use frames::{Frame, FreeFrames};
+use guest_rt::frames::{Frame, FreeFrames};
 
 guest_rt::entry!(main);
 

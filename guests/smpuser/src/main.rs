@@ -22,7 +22,6 @@
 
 mod cpu_id;
 mod failure;
-mod frames;
 mod shootdown;
 mod smp;
 mod user_mode;
@@ -32,7 +31,7 @@ mod wait;
 use guest_rt::{println, StartInfo};
 
 use failure::{fail, Failure};
-use frames::FreeFrames;
+use guest_rt::frames::FreeFrames;
 
 guest_rt::entry!(main);
 

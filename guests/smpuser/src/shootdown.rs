@@ -23,7 +23,7 @@ use guest_rt::layout::kernel_rw_pte;
 use guest_rt::println;
 
 use crate::failure::{expect, Call, Check, Failure, Wait};
-use crate::frames::Frame;
+use guest_rt::frames::Frame;
 use crate::wait::yield_until;
 
 /// Word 0 of frames A and B: the marker telling them apart.

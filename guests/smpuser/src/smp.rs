@@ -29,7 +29,7 @@ use guest_rt::{println, start_info, StartInfo};
 
 use crate::cpu_id::physical_apic_id;
 use crate::failure::{expect, fail, Call, Check, Failure, Wait};
-use crate::frames::FreeFrames;
+use guest_rt::frames::FreeFrames;
 use crate::shootdown;
 use crate::wait::{yield_until, MAX_YIELDS};
 

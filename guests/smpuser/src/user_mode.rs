@@ -33,7 +33,7 @@ use guest_rt::traps::{self, TrapFrame, Vector};
 use guest_rt::{println, shared_info, StartInfo};
 
 use crate::failure::{expect, fail, Call, Check, Failure};
-use crate::frames::FreeFrames;
+use guest_rt::frames::FreeFrames;
 use crate::user_tables;
 
 /// rax of the user program's `syscall`.

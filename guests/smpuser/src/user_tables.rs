@@ -18,7 +18,7 @@ use guest_rt::hypercall;
 use guest_rt::layout::{PTE_ADDRESS_MASK, PTE_PRESENT, PTE_USER};
 
 use crate::failure::{Call, Failure};
-use crate::frames::Frame;
+use guest_rt::frames::Frame;
 
 /// Entries in a page table.
 const ENTRIES: usize = 512;

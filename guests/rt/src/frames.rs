@@ -4,14 +4,16 @@
 //! The builder lays out, from pfn 0: the image, the P2M list, `start_info`, the boot page
 //! tables (`nr_pt_frames` of them from `pt_base`) and one boot stack page; the frames after
 //! the stack are free, and the initial mapping covers at least Xen's 512 KiB of slack past
-//! the stack (within the reservation). `main` takes frames here for the shootdown check's
-//! two target pages and for the user L4. This module must never hand out a frame twice or
-//! one below the first free frame.
+//! the stack (within the reservation). Guests take frames here for pages and tables of
+//! their own (guest-smpuser, guest-segments). This module must never hand out a frame twice
+//! or one below the first free frame.
 
 use core::ops::Range;
 
-use guest_rt::abi::ids::{Mfn, Pfn};
-use guest_rt::{layout, start_info, StartInfo};
+use abi::ids::{Mfn, Pfn};
+use abi::start_info::StartInfo;
+
+use crate::{layout, start_info};
 
 /// Xen's boot slack in pages (512 KiB): the initial mapping covers at least this many
 /// frames after the boot stack, when the reservation has them.
