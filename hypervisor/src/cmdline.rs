@@ -20,7 +20,8 @@ pub struct Options {
     pub max_cpus: Option<u32>,
     /// `x2apic=off`: use the xAPIC even where x2APIC is offered.
     pub x2apic: bool,
-    /// `ap_timeout_ms=N`: how long a starting CPU may take to answer (default 100 ms).
+    /// `ap_timeout_ms=N`: how long to wait for the next starting CPU to answer, counted from
+    /// the last one that did (default 100 ms).
     pub ap_timeout_ms: u32,
     /// `ipi_samples=N`: cross-CPU round trips measured per CPU by the self-check.
     pub ipi_samples: u32,

@@ -1,5 +1,6 @@
 //! Starting the application processors: INIT-SIPI-SIPI to all of them in parallel, each into
-//! its own prepared per-CPU area, with a timeout after which a silent CPU is left out.
+//! its own prepared per-CPU area, with a timeout (counted from the last CPU that answered) after which the silent ones are
+//! left out.
 //!
 //! Runs once on the boot CPU, after the CPU table, the per-CPU areas and the boot CPU's local
 //! APIC exist and while the trampoline page is still identity mapped. A CPU that answers
@@ -70,7 +71,15 @@ pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32, silent: Option<u32>) -> 
     for cpu in aps.iter().filter(waiting).filter(sipi_to) {
         lapic::send_sipi(cpus::slot(*cpu).apic_id, vector);
     }
-    time::delay_until(|| !aps.iter().any(|c| waiting(&c)), timeout_ms as u64 * 1_000_000);
+    // The timeout counts from the last CPU that answered: on an overcommitted host the
+    // CPUs of a large machine come up over more than one timeout, but while they keep
+    // coming none is left out (a CPU that never answers costs one timeout after the last).
+    // At most one wait per CPU.
+    let still_waiting = || aps.iter().filter(|c| waiting(c)).count();
+    let mut left = still_waiting();
+    while left > 0 && time::delay_until(|| still_waiting() < left, timeout_ms as u64 * 1_000_000) {
+        left = still_waiting();
+    }
 
     let mut failed = Vec::new();
     for &cpu in &aps {
@@ -78,7 +87,7 @@ pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32, silent: Option<u32>) -> 
         if claim_state(cpu, CpuState::Starting, CpuState::Failed) {
             // Put it back into wait-for-SIPI so that it cannot wander in later.
             lapic::send_init(slot.apic_id);
-            warn!("smp: cpu {cpu} (APIC id {}) did not answer within {timeout_ms} ms; left out", slot.apic_id);
+            warn!("smp: cpu {cpu} (APIC id {}) did not answer within {timeout_ms} ms of the last that did; left out", slot.apic_id);
             failed.push((cpu, slot.apic_id));
         }
     }
