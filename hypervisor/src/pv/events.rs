@@ -452,8 +452,15 @@ fn write<T: Copy>(arg: GuestVa, value: &T) -> HcResult {
 /// Enters the guest's event callback if an upcall is pending and not masked; called with
 /// the frame about to return to `vcpu` in guest mode.
 pub fn deliver_upcall(vcpu: &Vcpu, frame: &mut TrapFrame) {
-    let callback = vcpu.ctx.lock().event_callback;
-    if callback == 0 {
+    // Not while a `mov ss` breakpoint is held back over the guest's next instruction
+    // (`pv::debugreg`): like the hardware's interrupt shadow after `mov ss`, that instruction
+    // runs first, and the single step it takes brings the vCPU back here. An upcall now would
+    // save the hypervisor's single-step TF in the guest's frame.
+    let (callback, stepping) = {
+        let ctx = vcpu.ctx.lock();
+        (ctx.event_callback, ctx.debug.deferred.is_some())
+    };
+    if callback == 0 || stepping {
         return;
     }
     let due = shared::with_vcpu_info(vcpu, |info| info.evtchn_upcall_pending != 0 && info.evtchn_upcall_mask == 0);
