@@ -75,7 +75,8 @@ pub enum BuildError {
     /// An ELF note at this file offset does not fit in its segment or section.
     MalformedNote { offset: u64 },
     /// A note segment or section is larger than the builder reads
-    /// ([`crate::elf::MAX_NOTES_BYTES`]).
+    /// ([`crate::elf::MAX_NOTES_BYTES`]), or the notes together more than
+    /// [`crate::xen_notes::MAX_NOTE_BYTES_TOTAL`].
     NotesTooLarge { offset: u64, size: u64 },
     /// The image source could not give these bytes (a source that decompresses may find
     /// its stream corrupt).
@@ -219,9 +220,10 @@ impl fmt::Display for BuildError {
             }
             Self::NotesTooLarge { offset, size } => write!(
                 f,
-                "note segment or section at file offset {offset:#x} has {size:#x} bytes, more \
-                 than the {:#x} the builder reads",
-                crate::elf::MAX_NOTES_BYTES
+                "note segment or section at file offset {offset:#x} ({size:#x} bytes) goes past \
+                 what the builder reads: {:#x} bytes each, {:#x} in all",
+                crate::elf::MAX_NOTES_BYTES,
+                crate::xen_notes::MAX_NOTE_BYTES_TOTAL
             ),
             Self::ImageRead { offset, len } => write!(
                 f,

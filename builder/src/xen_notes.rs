@@ -87,13 +87,29 @@ pub struct XenNotes {
     pub count: usize,
 }
 
+/// The most note bytes one image's parse reads, all segments and sections together.
+pub const MAX_NOTE_BYTES_TOTAL: u64 = 256 << 10;
+
 impl XenNotes {
-    /// Collects and checks the Xen notes of `elf`.
+    /// Collects and checks the Xen notes of `elf`. Each note segment or section is read
+    /// whole (at most [`crate::elf::MAX_NOTES_BYTES`]), and all of them together at most
+    /// [`MAX_NOTE_BYTES_TOTAL`]: otherwise an image whose thousands of headers name the same
+    /// 64 KiB of notes would make one parse copy and walk hundreds of MiB.
     pub fn from_elf<I: ImageSource + ?Sized>(elf: &ElfFile<'_, I>) -> Result<Self, BuildError> {
+        Self::from_elf_within(elf, MAX_NOTE_BYTES_TOTAL)
+    }
+
+    /// [`Self::from_elf`], reading at most `budget` note bytes in all.
+    fn from_elf_within<I: ImageSource + ?Sized>(elf: &ElfFile<'_, I>, budget: u64) -> Result<Self, BuildError> {
         let mut collector = Collector::default();
+        let mut left = budget;
+        let mut read = |range: crate::elf::FileRange| -> Result<Vec<u8>, BuildError> {
+            left = left.checked_sub(range.size).ok_or(BuildError::NotesTooLarge { offset: range.offset, size: range.size })?;
+            elf.read_notes(range)
+        };
         for (index, segment) in elf.segments().iter().enumerate() {
             if segment.p_type == PT_NOTE && segment.offset != 0 {
-                let bytes = elf.read_notes(elf.segment_range(index)?)?;
+                let bytes = read(elf.segment_range(index)?)?;
                 collector.read(Notes::new(&bytes, segment.offset))?;
             }
         }
@@ -102,7 +118,7 @@ impl XenNotes {
             source = NoteSource::SectionHeaders;
             for (index, section) in elf.sections().iter().enumerate().skip(1) {
                 if section.sh_type == SHT_NOTE {
-                    let bytes = elf.read_notes(elf.section_range(index)?)?;
+                    let bytes = read(elf.section_range(index)?)?;
                     collector.read(Notes::new(&bytes, section.offset))?;
                 }
             }
@@ -310,6 +326,15 @@ mod tests {
             .supported
             .contains(XenFeature::WritableDescriptorTables));
         assert!(notes.features.required.is_empty());
+    }
+
+    #[test]
+    fn all_note_ranges_together_stay_within_the_budget() {
+        let bytes = TestImage::minimal().bytes();
+        let elf = ElfFile::parse(&bytes[..]).unwrap();
+        let size = elf.segments().iter().enumerate().filter(|(_, s)| s.p_type == PT_NOTE).map(|(i, _)| elf.segment_range(i).unwrap().size).sum::<u64>();
+        assert!(XenNotes::from_elf_within(&elf, size).is_ok());
+        assert!(matches!(XenNotes::from_elf_within(&elf, size - 1), Err(BuildError::NotesTooLarge { .. })));
     }
 
     #[test]

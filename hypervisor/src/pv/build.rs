@@ -51,7 +51,7 @@ pub fn start_domain0() {
         lifecycle::boot_domains_built(0);
         return;
     };
-    let request = BuildRequest { name: "dom0", privileged: true, max_kib: module.spec.mem_kib * 4, ..request };
+    let request = BuildRequest { name: "dom0", privileged: true, max_kib: module.spec.mem_kib.saturating_mul(4), ..request };
     match build_domain(&request) {
         Ok(domain) => {
             lifecycle::started(domain.id, expected(module.spec.expect));
