@@ -101,6 +101,13 @@ pub enum MmError {
     /// A validation failed in an earlier call, which stopped while undoing it; this call
     /// finished the undo. The Xen error number of the original refusal.
     FailedEarlier(Errno),
+    /// A device-memory frame ([`crate::device`]) the domain may not map.
+    NotDeviceOwner {
+        /// The device frame.
+        mfn: Mfn,
+        /// The domain that asked.
+        dom: mm::frame::DomainId,
+    },
     /// A grant mapping's removal found an entry that is not the grant's: not present, of
     /// another frame, or with another access (XSA-234).
     NotGranted {
@@ -127,7 +134,7 @@ impl MmError {
     /// (de)validating (and for [`MmError::Restart`], which the hypervisor never returns).
     pub const fn errno(self) -> Errno {
         match self {
-            MmError::NotOwner { .. } => Errno::Eperm,
+            MmError::NotOwner { .. } | MmError::NotDeviceOwner { .. } => Errno::Eperm,
             MmError::Busy(_) | MmError::Restart | MmError::Changed(_) => Errno::Eagain,
             MmError::FailedEarlier(errno) => errno,
             MmError::CountOverflow(_) | MmError::InUse { .. } => Errno::Ebusy,

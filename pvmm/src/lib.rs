@@ -19,13 +19,14 @@
 //! counting model), `validate` (whole-table validation and devalidation, and how a
 //! stopped walk is continued), [`update`] (one entry update),
 //! [`pin`] (pins and base pointers), [`walk`] (finding an L1 entry), [`relinquish`]
-//! (domain destruction), [`foreign`] (grant mappings), [`m2p`] (the read-only
+//! (domain destruction), [`foreign`] (grant mappings), [`device`] (device memory), [`m2p`] (the read-only
 //! machine-to-physical table's geometry and the entries that map it), [`error`].
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 pub mod entry;
 pub mod error;
+pub mod device;
 pub mod foreign;
 pub mod level;
 pub mod m2p;
@@ -39,6 +40,8 @@ mod validate;
 pub mod walk;
 
 #[cfg(test)]
+mod device_tests;
+#[cfg(test)]
 mod foreign_tests;
 #[cfg(test)]
 mod preempt_tests;
@@ -50,6 +53,7 @@ mod testkit;
 mod tests;
 
 pub use entry::Pte;
+pub use device::DeviceMemory;
 pub use foreign::grant_entry;
 pub use error::MmError;
 pub use level::Level;

@@ -55,6 +55,10 @@ use crate::validate::{claim, partial, Progress};
 /// that domain from its L1 tables (never used as one of its page tables).
 pub type SharedWith<'a> = &'a (dyn Fn(Mfn, DomainId) -> bool + Sync);
 
+/// Device memory (frames of PCI BARs) that some domain may map from its L1 tables
+/// ([`crate::device`]).
+pub type DeviceMemoryRef<'a> = &'a (dyn crate::device::DeviceMemory + Sync);
+
 /// Who may take a general reference on a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {
@@ -70,6 +74,7 @@ pub struct PvMmu<'a> {
     pub(crate) frames: &'a FrameTable,
     pub(crate) layout: &'a Layout,
     shared: Option<SharedWith<'a>>,
+    pub(crate) device: Option<DeviceMemoryRef<'a>>,
 }
 
 impl<'a> PvMmu<'a> {
@@ -80,6 +85,18 @@ impl<'a> PvMmu<'a> {
             frames,
             layout,
             shared: None,
+            device: None,
+        }
+    }
+
+    /// The same view, also letting a domain map (from L1 entries) the device-memory frames
+    /// `device` says it may (see [`crate::device`]). Every view of one frame table must be
+    /// given the same `device` for the whole run: an entry mapping device memory holds no
+    /// reference, and only a view that knows the frame is device memory drops none.
+    pub const fn with_device_memory(self, device: DeviceMemoryRef<'a>) -> PvMmu<'a> {
+        PvMmu {
+            device: Some(device),
+            ..self
         }
     }
 

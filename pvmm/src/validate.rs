@@ -282,6 +282,9 @@ impl PvMmu<'_> {
             let raw = mem.read(table, index);
             let stored = match self.layout.fixed_entry(page_type, index) {
                 Some(fixed) => fixed,
+                None if level == Level::L1 && Pte(raw).is_present() && self.is_device_memory(Pte(raw).mfn()) => {
+                    normalize(level, raw) | crate::device::UNCACHED
+                }
                 None if Pte(raw).is_present() => normalize(level, raw),
                 None => raw,
             };
@@ -333,6 +336,9 @@ impl PvMmu<'_> {
         dom: DomainId,
         mem: &mut M,
     ) -> Result<u64, MmError> {
+        if let Some(stored) = self.device_entry(level, raw, dom)? {
+            return Ok(stored);
+        }
         match self.layout.check(level, raw)? {
             Checked::NotPresent => Ok(raw),
             Checked::Present(mapping) => {
@@ -352,7 +358,7 @@ impl PvMmu<'_> {
         mem: &mut M,
     ) -> Result<(), MmError> {
         let pte = Pte(raw);
-        if !pte.is_present() {
+        if !pte.is_present() || (level == Level::L1 && self.is_device_memory(pte.mfn())) {
             return Ok(());
         }
         let holds_type = level.child().is_some() || pte.is_writable();
