@@ -29,6 +29,8 @@ pub enum EventError {
     VirqInUse,
     /// `ENOSPC`: every port up to the domain's limit is in use.
     NoFreePort,
+    /// `EBUSY`: the physical IRQ is already bound to a port.
+    PirqInUse,
     /// `EINVAL`: a poll names more than [`crate::limits::MAX_POLL_PORTS`] ports.
     TooManyPollPorts,
     /// `EINVAL`: the port was closed and re-bound between the caller's read of its peer
@@ -51,6 +53,7 @@ impl EventError {
             Self::NoSuchVcpu => Errno::Enoent,
             Self::VirqInUse => Errno::Eexist,
             Self::NoFreePort => Errno::Enospc,
+            Self::PirqInUse => Errno::Ebusy,
         }
     }
 }

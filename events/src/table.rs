@@ -14,6 +14,10 @@
 //! and the hypervisor raises it ([`Channels::hypervisor_delivery`]); the guest sees it as an
 //! interdomain channel to `DOMID_XEN`, may move it to another vCPU and may close it.
 //!
+//! A port may be bound to a physical IRQ ([`Channels::bind_pirq`]: a device interrupt of
+//! domain 0's): the hypervisor's interrupt path raises it only while the port is still
+//! bound to that pirq ([`Channels::pirq_delivery`]); the guest cannot send on it.
+//!
 //! Closing an interdomain port needs the peer's table locked too, and the caller learns
 //! which table that is only by reading the port under this table's lock, which it must
 //! drop to lock both in order: [`close_checked`] closes only if the port still has the
@@ -91,6 +95,8 @@ pub enum Binding {
     Ipi,
     /// Connected to the hypervisor itself (reported as interdomain to `DOMID_XEN`).
     Hypervisor,
+    /// Bound to physical IRQ `pirq` (a device interrupt, domain 0 only).
+    Pirq { pirq: u32 },
 }
 
 /// A port's status: its binding and the vCPU it notifies.
@@ -110,6 +116,7 @@ impl ChannelStatus {
             Binding::Virq { .. } => EvtchnState::Virq,
             Binding::Ipi => EvtchnState::Ipi,
             Binding::Hypervisor => EvtchnState::Interdomain,
+            Binding::Pirq { .. } => EvtchnState::Pirq,
         }
     }
 
@@ -120,7 +127,7 @@ impl ChannelStatus {
             Binding::Unbound { remote_dom } => out.set_remote(remote_dom, EvtchnPort(0)),
             Binding::Interdomain { remote } => out.set_remote(remote.dom, remote.port),
             Binding::Hypervisor => out.set_remote(DomId::XEN, EvtchnPort(0)),
-            Binding::Virq { virq } => out.set_irq(virq),
+            Binding::Virq { virq } | Binding::Pirq { pirq: virq } => out.set_irq(virq),
             Binding::Closed | Binding::Ipi => {}
         }
     }
@@ -143,6 +150,8 @@ enum State {
     Ipi,
     /// The other end is the hypervisor.
     Hypervisor,
+    /// A physical IRQ.
+    Pirq(u32),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -261,6 +270,26 @@ impl Channels {
         })
     }
 
+    /// `EVTCHNOP_bind_pirq`: a fresh port for physical IRQ `pirq`, notifying vCPU 0. A
+    /// pirq binds at most once per table (`EBUSY`, as Xen's). Whether the domain may bind
+    /// it at all is the caller's (the hypervisor's pirq table).
+    pub fn bind_pirq(&mut self, pirq: u32) -> Result<EvtchnPort, EventError> {
+        if self.slots.iter().any(|c| c.state == State::Pirq(pirq)) {
+            return Err(EventError::PirqInUse);
+        }
+        self.allocate(State::Pirq(pirq), VcpuId(0))
+    }
+
+    /// The event a device interrupt raises on `port`, if `port` is still bound to `pirq`
+    /// (the guest may have closed it, or re-bound the number since).
+    pub fn pirq_delivery(&self, port: EvtchnPort, pirq: u32) -> Option<Delivery> {
+        let channel = self.slots.get(port.0 as usize)?;
+        (channel.state == State::Pirq(pirq)).then_some(Delivery {
+            port,
+            vcpu: channel.notify,
+        })
+    }
+
     /// `EVTCHNOP_bind_vcpu`: make `port` notify `vcpu`. Allowed for unbound,
     /// interdomain (the hypervisor's included) and global-VIRQ ports; IPI and per-vCPU
     /// VIRQ ports keep their vCPU.
@@ -268,7 +297,7 @@ impl Channels {
         self.check_vcpu(vcpu)?;
         let channel = self.live_mut(port)?;
         match channel.state {
-            State::Unbound { .. } | State::Interdomain { .. } | State::Hypervisor => {}
+            State::Unbound { .. } | State::Interdomain { .. } | State::Hypervisor | State::Pirq(_) => {}
             State::Virq(virq) if !virq.is_per_vcpu() => {}
             _ => return Err(EventError::WrongState),
         }
@@ -286,7 +315,7 @@ impl Channels {
         let channel = self.channel(port)?;
         let unlink = match channel.state {
             State::Free | State::Reserved => return Err(EventError::WrongState),
-            State::Unbound { .. } | State::Ipi | State::Hypervisor => None,
+            State::Unbound { .. } | State::Ipi | State::Hypervisor | State::Pirq(_) => None,
             State::Virq(virq) => {
                 self.virqs.clear(virq.map_vcpu(channel.notify), virq);
                 None
@@ -370,7 +399,7 @@ impl Channels {
                 let delivery = self.deliver_from(remote_port, from);
                 Ok(delivery.map_or(SendTarget::Dropped, SendTarget::Local))
             }
-            State::Free | State::Reserved | State::Virq(_) => Err(EventError::WrongState),
+            State::Free | State::Reserved | State::Virq(_) | State::Pirq(_) => Err(EventError::WrongState),
         }
     }
 
@@ -434,6 +463,7 @@ impl Channels {
             State::Virq(virq) => Binding::Virq { virq: virq.raw() },
             State::Ipi => Binding::Ipi,
             State::Hypervisor => Binding::Hypervisor,
+            State::Pirq(pirq) => Binding::Pirq { pirq },
         };
         Ok(ChannelStatus {
             binding,
@@ -1118,5 +1148,31 @@ mod tests {
             "the number re-bound to something else"
         );
         assert_eq!(a.hypervisor_delivery(EvtchnPort(5000)), None);
+    }
+}
+
+#[cfg(test)]
+mod pirq_tests {
+    use super::*;
+
+    #[test]
+    fn a_pirq_binds_once_reports_its_state_and_is_raised_only_while_bound() {
+        let mut table = Channels::new(DomId(0), 2, 64);
+        let port = table.bind_pirq(11).unwrap();
+        assert_eq!(table.bind_pirq(11), Err(EventError::PirqInUse));
+        assert_eq!(EventError::PirqInUse.errno(), abi::errno::Errno::Ebusy);
+        let status = table.status(port).unwrap();
+        assert_eq!((status.binding, status.state()), (Binding::Pirq { pirq: 11 }, EvtchnState::Pirq));
+        assert_eq!(table.pirq_delivery(port, 11), Some(Delivery { port, vcpu: VcpuId(0) }));
+        assert_eq!(table.pirq_delivery(port, 10), None);
+        // A guest cannot send on it; it may move it to another vCPU.
+        assert_eq!(table.send(port), Err(EventError::WrongState));
+        table.bind_vcpu(port, VcpuId(1)).unwrap();
+        assert_eq!(table.pirq_delivery(port, 11), Some(Delivery { port, vcpu: VcpuId(1) }));
+        // Closed, the interrupt finds nothing; the pirq binds again.
+        assert_eq!(table.close(port), Ok(None));
+        assert_eq!(table.pirq_delivery(port, 11), None);
+        let again = table.bind_pirq(11).unwrap();
+        assert_eq!(table.pirq_delivery(again, 11).map(|d| d.vcpu), Some(VcpuId(0)));
     }
 }
