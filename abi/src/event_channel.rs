@@ -53,6 +53,24 @@ pub struct EvtchnBindVirq {
 
 assert_layout!(EvtchnBindVirq, size = 12, { virq @ 0, vcpu @ 4, port @ 8 });
 
+/// `EVTCHNOP_bind_pirq`: bind a port to a physical IRQ (a device interrupt) the domain
+/// mapped with `PHYSDEVOP_map_pirq`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EvtchnBindPirq {
+    /// IN.
+    pub pirq: u32,
+    /// IN: [`BIND_PIRQ_WILL_SHARE`] or 0.
+    pub flags: u32,
+    /// OUT.
+    pub port: EvtchnPort,
+}
+
+assert_layout!(EvtchnBindPirq, size = 12, { pirq @ 0, flags @ 4, port @ 8 });
+
+/// `BIND_PIRQ__WILL_SHARE`: the binder accepts sharing the line with other domains.
+pub const BIND_PIRQ_WILL_SHARE: u32 = 1;
+
 /// `EVTCHNOP_bind_ipi`: bind a port for IPIs to a vCPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]

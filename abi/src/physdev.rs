@@ -1,6 +1,7 @@
 //! `physdev_op` (physdev.h): the sub-operation numbers and the argument structs of the
-//! sub-operations a PV domain without devices uses, its I/O privilege level and I/O-port
-//! bitmap, plus the legacy `physdev_op_compat` envelope.
+//! sub-operations a PV domain uses: its I/O privilege level and I/O-port bitmap, and for
+//! domain 0 the physical IRQs of its devices (`map_pirq`, `eoi`, `irq_status_query`), plus
+//! the legacy `physdev_op_compat` envelope.
 //!
 //! Numbers and layouts only; the hypervisor decides what each does (`pv::physdev`).
 
@@ -71,6 +72,59 @@ assert_layout!(PhysdevSetIobitmap, size = 16, { bitmap @ 0, nr_ports @ 8 });
 pub const IOBMP_BYTES: u64 = 8192;
 /// The most ports a bitmap may cover.
 pub const MAX_PORTS: u32 = 65536;
+
+/// `struct physdev_map_pirq`: map a device interrupt to a pirq of `domid`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PhysdevMapPirq {
+    pub domid: u16,
+    pub _pad: u16,
+    /// IN: `MAP_PIRQ_TYPE_*`.
+    pub kind: i32,
+    /// IN: the GSI (`MAP_PIRQ_TYPE_GSI`).
+    pub index: i32,
+    /// IN (a wanted pirq, or -1 for any) and OUT.
+    pub pirq: i32,
+    /// IN (MSI only).
+    pub bus: i32,
+    pub devfn: i32,
+    pub entry_nr: i32,
+    pub _pad2: u32,
+    pub table_base: u64,
+}
+
+assert_layout!(PhysdevMapPirq, size = 40, { domid @ 0, kind @ 4, index @ 8, pirq @ 12, bus @ 16, devfn @ 20, entry_nr @ 24, table_base @ 32 });
+
+/// `MAP_PIRQ_TYPE_MSI`.
+pub const MAP_PIRQ_TYPE_MSI: i32 = 0;
+/// `MAP_PIRQ_TYPE_GSI`.
+pub const MAP_PIRQ_TYPE_GSI: i32 = 1;
+
+/// `struct physdev_eoi`: the guest finished with an interrupt of `irq` (a pirq).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PhysdevEoi {
+    pub irq: u32,
+}
+
+assert_layout!(PhysdevEoi, size = 4, { irq @ 0 });
+
+/// `struct physdev_irq_status_query`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PhysdevIrqStatusQuery {
+    /// IN: a pirq.
+    pub irq: u32,
+    /// OUT: `XENIRQSTAT_*`.
+    pub flags: u32,
+}
+
+assert_layout!(PhysdevIrqStatusQuery, size = 8, { irq @ 0, flags @ 4 });
+
+/// `XENIRQSTAT_needs_eoi`: the guest must call `PHYSDEVOP_eoi` after each interrupt.
+pub const XENIRQSTAT_NEEDS_EOI: u32 = 1 << 0;
+/// `XENIRQSTAT_shared`.
+pub const XENIRQSTAT_SHARED: u32 = 1 << 1;
 
 /// `struct physdev_op`, the argument of the legacy `physdev_op_compat` hypercall: a
 /// command and, at [`COMPAT_ARG_OFFSET`], its argument struct (a union of at most 16 bytes).

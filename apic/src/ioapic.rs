@@ -155,6 +155,19 @@ impl IoApic {
         Ok(())
     }
 
+    /// Masks or unmasks input `pin` (its other fields unchanged): a level-triggered device
+    /// interrupt stays masked from its arrival until its handler is done with it.
+    pub fn set_masked(&mut self, pin: u8, masked: bool) -> Result<(), IoApicError> {
+        let max = self.version().max_redirection_entry;
+        if pin > max {
+            return Err(IoApicError::PinOutOfRange { pin, max });
+        }
+        let low = self.read(entry_low(pin));
+        let low = if masked { low | ENTRY_MASKED } else { low & !ENTRY_MASKED };
+        self.write(entry_low(pin), low);
+        Ok(())
+    }
+
     fn read(&mut self, index: u32) -> u32 {
         // SAFETY: `new`'s contract: the window is mapped uncached and this value has
         // exclusive use of it; `&mut self` keeps the select/read pair together.

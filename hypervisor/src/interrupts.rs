@@ -1,6 +1,7 @@
 //! Interrupt handlers (vectors 32-255 other than the masked PIC range and spurious): the
-//! local timer, cross-CPU calls, reschedule kicks and APIC errors. Each is acknowledged
-//! with an EOI here.
+//! local timer, cross-CPU calls, reschedule kicks, APIC errors and domain 0's device
+//! interrupts (`pv::pirq`, which masks the line until domain 0 acknowledges it). Each is
+//! acknowledged with an EOI here.
 //!
 //! Runs with interrupts off on the interrupted CPU's stack; handlers must be short and never
 //! block on another CPU except through the call board (which services its own mailbox).
@@ -27,6 +28,7 @@ pub fn handle(vector: u8) {
         // The scheduler looks at the run queue on the way out of every interrupt.
         vectors::RESCHEDULE => {}
         vectors::ERROR => warn!("local APIC error {:#x}", lapic::read_error()),
+        device @ vectors::DEVICE_BASE..=vectors::DEVICE_LAST if crate::pv::pirq::interrupt(device) => {}
         other => warn!("unexpected interrupt vector {other:#x}"),
     }
     lapic::eoi();

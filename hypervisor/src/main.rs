@@ -21,6 +21,7 @@ mod lapic;
 mod logger;
 mod m2p;
 mod memory;
+mod pci;
 mod percpu;
 mod platform;
 mod preempt;
@@ -103,6 +104,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
         fpu.area_bytes
     );
     platform::init_interrupt_controllers(&machine);
+    pci::init(&boot, &machine);
     lapic::init_this_cpu();
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);
     let firmware_peak = fwmap::used();

@@ -162,14 +162,36 @@ pub fn mmio_used() -> u64 {
     MMIO_NEXT.load(Ordering::Relaxed) - MMIO_BASE.load(Ordering::Relaxed)
 }
 
-/// Masks every I/O APIC input: the hypervisor takes no device interrupts yet.
+/// One I/O APIC: the GSIs it serves and its registers (behind a lock: the select/window
+/// pair must not interleave).
+pub struct IoApicInputs {
+    pub gsi_base: u32,
+    pub pins: u16,
+    pub registers: spin::Mutex<apic::IoApic>,
+}
+
+static IO_APICS: spin::Once<Vec<IoApicInputs>> = spin::Once::new();
+
+/// Masks every I/O APIC input and keeps the I/O APICs for the device interrupts domain 0
+/// binds later (`pv::pirq`): until then the hypervisor takes no device interrupt.
 pub fn init_interrupt_controllers(machine: &Machine) {
+    let mut all = Vec::new();
     for io in &machine.acpi.io_apics {
         let va = map_mmio(io.address as u64, 4096);
-        // SAFETY: `va` maps this I/O APIC's registers uncached for the rest of the run, and
-        // only the boot CPU programs it, once, here.
+        // SAFETY: `va` maps this I/O APIC's registers uncached for the rest of the run;
+        // from here on they are reached only through the lock below.
         let mut ioapic = unsafe { apic::IoApic::new(va) };
         let pins = ioapic.mask_all();
         info!("ioapic: id {} at {:#x}, GSI {}-{} masked", io.id, io.address, io.gsi_base, io.gsi_base + pins as u32 - 1);
+        all.push(IoApicInputs { gsi_base: io.gsi_base, pins, registers: spin::Mutex::new(ioapic) });
     }
+    IO_APICS.call_once(|| all);
+}
+
+/// The I/O APIC serving `gsi` and its pin there.
+pub fn io_apic_for(gsi: u32) -> Option<(&'static IoApicInputs, u8)> {
+    IO_APICS.get()?.iter().find_map(|io| {
+        let pin = gsi.checked_sub(io.gsi_base)?;
+        (pin < u32::from(io.pins)).then_some((io, pin as u8))
+    })
 }

@@ -17,6 +17,9 @@ use crate::{logger, percpu};
 /// moved to 0x20-0x2f so that a stray one cannot look like an exception).
 pub mod vectors {
     pub const PIC_BASE: u8 = 0x20;
+    /// Device interrupts domain 0 binds (`pv::pirq`), one vector per line.
+    pub const DEVICE_BASE: u8 = 0x30;
+    pub const DEVICE_LAST: u8 = 0x3f;
     pub const TIMER: u8 = 0xf0;
     pub const CALL: u8 = 0xf1;
     pub const RESCHEDULE: u8 = 0xf2;

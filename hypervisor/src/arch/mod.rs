@@ -8,6 +8,7 @@ pub mod exit;
 pub mod fpu;
 pub mod gdt;
 pub mod paging;
+pub mod pciconf;
 pub mod serial;
 pub mod trap;
 pub mod uaccess;

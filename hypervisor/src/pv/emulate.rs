@@ -14,9 +14,10 @@
 //!
 //! Port I/O (`in`, `out`, `ins`, `outs`, any size and prefix) and `cli`/`sti` are carried
 //! out in either guest mode when `pv::physdev` says the vCPU's virtual IOPL (or I/O bitmap)
-//! allows them, as Xen's `pv_emulate_privileged_op` does. A domain has no devices: every
-//! port reads all ones and writes go nowhere (Xen gives a domU the same for ports it was
-//! not granted). `cli` and `sti` do nothing, as in Xen, which dropped changing the event
+//! allows them, as Xen's `pv_emulate_privileged_op` does. Domain 0's non-string accesses
+//! to the PCI configuration ports (0xCF8, 0xCFC-0xCFF) reach its devices through
+//! `crate::pci`'s filter; every other port reads all ones and writes go nowhere (Xen gives
+//! a domU the same for ports it was not granted). `cli` and `sti` do nothing, as in Xen, which dropped changing the event
 //! mask for them (a later `popf` could not undo it). A string transfer touches guest memory
 //! through `uaccess` (a fault there becomes the guest's page fault at the instruction, with
 //! the elements before it done) and does at most [`MAX_STRING_ELEMENTS`] elements per trap:
@@ -119,13 +120,17 @@ pub fn port_io(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
                 return false;
             }
             if !io.string {
+                let written = (io.direction == Direction::Out).then_some(frame.rax as u32);
+                // Domain 0's configuration-space ports reach its devices (`crate::pci`).
+                let device = crate::pci::port_io(vcpu, port, io.size, written);
                 if io.direction == Direction::In {
-                    // All ones, written as the instruction would: al and ax merge, eax
-                    // zero-extends into rax.
+                    // All ones (or the device's answer), written as the instruction would:
+                    // al and ax merge, eax zero-extends into rax.
+                    let value = u64::from(device.unwrap_or(u32::MAX));
                     frame.rax = match io.size {
-                        1 => frame.rax | 0xff,
-                        2 => frame.rax | 0xffff,
-                        _ => 0xffff_ffff,
+                        1 => frame.rax & !0xff | value & 0xff,
+                        2 => frame.rax & !0xffff | value & 0xffff,
+                        _ => value & 0xffff_ffff,
                     };
                 }
                 frame.rip = frame.rip.wrapping_add(len);

@@ -202,6 +202,24 @@ pub fn raise_hypervisor_port(domain: &Domain, port: EvtchnPort) {
     }
 }
 
+/// A device interrupt of `pirq` arrived: raise `port` of `domain` if it is still bound to
+/// that pirq. Whether it was.
+pub fn raise_pirq(domain: &Domain, port: EvtchnPort, pirq: u32) -> bool {
+    let marked = {
+        let channels = domain.channels.lock();
+        let delivery = channels.pirq_delivery(port, pirq);
+        delivery.map(|delivery| (delivery, mark_pending(domain, &channels, delivery)))
+    };
+    match marked {
+        Some((delivery, Some(notify))) => {
+            wake_for(domain, delivery, notify);
+            true
+        }
+        Some((_, None)) => true,
+        None => false,
+    }
+}
+
 /// A vCPU's single-shot timer expired: raise VIRQ_TIMER on it (if it bound one).
 pub fn timer_fired(vcpu: &Vcpu) {
     let marked = {
@@ -220,7 +238,7 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
     let err = |e: EventError| Errno::from(e);
     let op = EvtchnOp::from_raw(cmd).ok_or(Errno::Enosys)?;
     // A new port may grow a channel table; the hypervisor's own heap room is not for guests.
-    let binds = matches!(op, EvtchnOp::AllocUnbound | EvtchnOp::BindInterdomain | EvtchnOp::BindVirq | EvtchnOp::BindIpi);
+    let binds = matches!(op, EvtchnOp::AllocUnbound | EvtchnOp::BindInterdomain | EvtchnOp::BindVirq | EvtchnOp::BindIpi | EvtchnOp::BindPirq);
     if binds && !crate::memory::heap_has_room_for(CHANNEL_TABLE_GROWTH_BYTES) {
         return Err(Errno::Enomem);
     }
@@ -318,7 +336,9 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
         EvtchnOp::InitControl => fifo_init_control(domain, arg),
         // The FIFO ABI is not offered (see `fifo_init_control`), so there is no array to
         // expand nor priority to set. Physical IRQs belong to no domain here.
-        EvtchnOp::ExpandArray | EvtchnOp::SetPriority | EvtchnOp::BindPirq => Err(Errno::Enosys),
+        EvtchnOp::ExpandArray | EvtchnOp::SetPriority => Err(Errno::Enosys),
+        // Domain 0's device interrupts (EPERM for others).
+        EvtchnOp::BindPirq => crate::pv::pirq::bind_pirq(vcpu, arg),
     }
 }
 

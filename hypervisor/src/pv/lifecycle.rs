@@ -131,6 +131,10 @@ fn finish() -> ! {
     info!("summary: memory.leaked_frames={leaked_frames}");
     let not_started = NOT_STARTED.load(Ordering::Acquire);
     info!("summary: domains.not_started={not_started}");
+    let (raised, unclaimed, eois) = crate::pv::pirq::counts();
+    if raised + unclaimed > 0 {
+        info!("summary: pirq.raised={raised} pirq.unclaimed={unclaimed} pirq.eois={eois}");
+    }
     if GUEST_STATUS.load(Ordering::Relaxed) {
         let end = guest_status(guest_ends, not_started);
         match end {

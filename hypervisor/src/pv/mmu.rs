@@ -61,8 +61,10 @@ fn layout() -> &'static Layout {
     LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), crate::m2p::l4_entry()))
 }
 
+/// Every view knows the device memory domain 0 may map (`crate::pci`): the same set for
+/// the whole run, as `pvmm::device` requires.
 fn mmu() -> PvMmu<'static> {
-    PvMmu::new(memory::frames(), layout())
+    PvMmu::new(memory::frames(), layout()).with_device_memory(&crate::pci::Devices)
 }
 
 fn errno(e: MmError) -> Errno {

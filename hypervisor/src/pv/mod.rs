@@ -18,6 +18,7 @@ pub mod memop;
 pub mod mmu;
 pub mod modules;
 pub mod physdev;
+pub mod pirq;
 pub mod ptwr;
 pub mod shared;
 pub mod traps;

@@ -20,9 +20,11 @@
 //! `runstate_update_flag` and `m2p_strict` are recorded for the
 //! code that implements those features to consult ([`crate::domain::Domain::vm_assist`]).
 //!
-//! Every other `physdev_op` answers ENOSYS: interrupts, MSI and PCI belong to a domain
-//! with devices (the `PHYSDEVOP_pirq_eoi_gmfn_v2` a Linux domU tries at boot is refused and
-//! it does without). Runs on the CPU running the calling vCPU.
+//! Domain 0's device interrupts (`map_pirq` for GSIs, `eoi`, `irq_status_query`) are
+//! `pv::pirq`'s; another domain gets EPERM from them. Every other `physdev_op` answers
+//! ENOSYS: MSI and PCI management are not offered (the `PHYSDEVOP_pirq_eoi_gmfn_v2` a
+//! Linux domU tries at boot is refused and it does without). Runs on the CPU running the
+//! calling vCPU.
 
 use abi::errno::Errno;
 use abi::hypercall::{VmAssistCmd, VmAssistType};
@@ -32,6 +34,7 @@ use hypervisor::hypercall::GuestVa;
 use crate::arch::uaccess;
 use crate::domain::Vcpu;
 use crate::pv::hypercall::HcResult;
+use crate::pv::pirq;
 
 /// The `vm_assist` types a 64-bit PV guest may enable (Xen 4.17's `NATIVE_VM_ASSIST_VALID`).
 pub const VM_ASSIST_VALID: u64 = 1 << VmAssistType::FourGbSegments.raw()
@@ -77,6 +80,9 @@ pub fn physdev_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
             ctx.iobitmap_ports = request.nr_ports;
             Ok(0)
         }
+        Some(PhysdevOp::MapPirq) => pirq::map_pirq(vcpu, arg),
+        Some(PhysdevOp::Eoi) => pirq::eoi(vcpu, arg),
+        Some(PhysdevOp::IrqStatusQuery) => pirq::irq_status_query(vcpu, arg),
         _ => Err(Errno::Enosys),
     }
 }
