@@ -104,8 +104,8 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
         fpu.area_bytes
     );
     platform::init_interrupt_controllers(&machine);
-    pci::init(&boot, &machine);
     lapic::init_this_cpu();
+    pci::init(&boot, &machine);
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);
     let firmware_peak = fwmap::used();
     finish_boot();
