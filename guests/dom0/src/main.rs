@@ -12,7 +12,8 @@
 //! `stress: done ok` or `stress: FAILED reason=<word>` (after destroying what it created).
 //!
 //! With `attack=<name>` on its command line it runs one attack or lifecycle check
-//! instead ([`attack`]).
+//! instead ([`attack`]); with `plan=virtio` it drives the machine's virtio disk and
+//! measures it ([`virtio`]).
 //!
 //! Domain 0 never spins while it waits: it sleeps on its one-shot timer, so that it takes
 //! no CPU time from the domains it measures.
@@ -43,6 +44,8 @@ mod attack;
 
 mod fuzzrun;
 
+mod virtio;
+
 guest_rt::entry!(main);
 
 /// The boot module stress domains are built from.
@@ -68,6 +71,9 @@ const DESTROY_TIMEOUT_NS: u64 = 5 * SECOND;
 fn main(start: &'static StartInfo) {
     if let Some(name) = attack::requested(start.cmd_line()) {
         attack::run(name, start);
+    }
+    if start.cmd_line().split(|&b| b == b' ').any(|word| word == b"plan=virtio") {
+        return virtio::run(start);
     }
     match fuzzplan::plan(start.cmd_line()) {
         Ok(FuzzPlan::Stress) => {}
