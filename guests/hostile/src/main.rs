@@ -41,6 +41,7 @@ mod close_race;
 mod compat;
 mod contained;
 mod debugregs;
+mod devices;
 mod exit_path;
 mod containment;
 mod fatal;
@@ -99,6 +100,7 @@ fn main(start: &'static StartInfo) {
     debugregs::run(&mut tally);
     vcpu_info::run(&mut tally, &targets);
     xsa::run(&mut tally);
+    devices::run(&mut tally, &targets);
     tally.summary();
     last_attack::fault_in_fault_handler(targets.hole)
 }
