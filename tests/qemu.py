@@ -385,7 +385,7 @@ def io_cases():
         # INTx as a pirq event. It checks the pattern this script wrote, writes and flushes
         # a region (checked in the file after QEMU exits), and prints the sequential 64 KiB
         # read throughput (docs/measurements.md).
-        Case("io-virtio-disk", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=300, disk_mib=8,
+        Case("io-virtio-disk", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=300, disk_mib=32,
              modules=[("guest-dom0", "plan=virtio"), ("guest-hello", "")],
              expect={"domains.unexpected_endings": "0"},
              expect_lines=["virtio: pattern read ok", "virtio: write, flush and read back ok",
