@@ -166,7 +166,7 @@ pub fn init(frames: &mut FreeFrames) -> Result<(), PlatformError> {
     }
     let base = output[0];
     for i in 0..POOL_PAGES {
-        let pte = (base + i as u64) * PAGE_SIZE as u64 | PTE_PRESENT | PTE_WRITABLE | PTE_USER;
+        let pte = ((base + i as u64) * PAGE_SIZE as u64) | PTE_PRESENT | PTE_WRITABLE | PTE_USER;
         // SAFETY: maps the new extent's frames where the old ones were.
         unsafe { hypercall::update_va_mapping(va + (i * PAGE_SIZE) as u64, pte, UVMF_INVLPG) }
             .map_err(|e| PlatformError::Hypercall("update_va_mapping (map)", e))?;
@@ -233,7 +233,7 @@ fn map_device_frame(mfn: u64) -> Option<u64> {
     let left = SPARE_LEFT.load(Ordering::Relaxed);
     let slot = MAPPED.len().checked_sub(left)?;
     let va = SPARE_VA.load(Ordering::Relaxed) + (slot * PAGE_SIZE) as u64;
-    let pte = mfn * PAGE_SIZE as u64 | PTE_PRESENT | PTE_WRITABLE | PTE_USER | PTE_UNCACHED;
+    let pte = (mfn * PAGE_SIZE as u64) | PTE_PRESENT | PTE_WRITABLE | PTE_USER | PTE_UNCACHED;
     // SAFETY: `va` is a spare frame's address in the initial mapping, used for nothing
     // else; from here on it maps the device's registers.
     unsafe { hypercall::update_va_mapping(va, pte, UVMF_INVLPG) }.ok()?;
