@@ -49,7 +49,7 @@ mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use entry::Pte;
+pub use entry::{Pte, PteFlags};
 pub use foreign::grant_entry;
 pub use error::MmError;
 pub use level::Level;
