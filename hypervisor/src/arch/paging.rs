@@ -224,6 +224,12 @@ pub fn no_execute_bit() -> u64 {
     NX_MASK.load(Ordering::Relaxed)
 }
 
+/// Whether the window page at `vaddr` is mapped with caching disabled (a device page).
+pub fn is_uncached(vaddr: u64) -> bool {
+    l1_entry(vaddr & !(PAGE_SIZE - 1))
+        .is_ok_and(|entry| Pte(entry.load(Ordering::Acquire)).flags().contains(PteFlags::PRESENT | PteFlags::CACHE_DISABLE))
+}
+
 /// The access a window page allows, as its L1 entry says (every upper level allows all),
 /// if it is mapped. Pages are never executable when the CPU has no NX.
 pub fn access(vaddr: u64) -> Option<Access> {
