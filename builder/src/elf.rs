@@ -1,42 +1,40 @@
-//! A small, strictly bounds-checked ELF64 reader: the file header, the program and
-//! section header tables, and an iterator over the notes of a segment or section.
+//! The builder's ELF64 reading: the file header and the program and section header
+//! tables decoded by the `elf` crate, read through an [`ImageSource`] and bounded here,
+//! and an iterator over the notes of a segment or section.
 //!
 //! The Xen-note collector and the kernel-image checks call it with a boot module, which
 //! may be hostile, read through an [`ImageSource`] (never as one slice: a module may be
-//! larger than anything the hypervisor maps at once). Every offset and size read from the
-//! file is checked (overflow and end of file) before use, what it keeps is bounded
-//! ([`MAX_TABLE_ENTRIES`], [`MAX_NOTES_BYTES`]), and every failure is a typed [`BuildError`]. It accepts
-//! only what a Xen PV64 kernel is: 64-bit, little-endian, x86-64, `ET_EXEC`. It must never
-//! panic on any input, and never interpret Xen notes (that is `xen_notes`' job).
+//! larger than anything the hypervisor maps at once, so the `elf` crate's whole-file
+//! `ElfBytes` is not used; its per-structure parsers decode each header as it is read).
+//! Every offset and size read from the file is checked (overflow and end of file) before
+//! use, what it keeps is bounded ([`MAX_TABLE_ENTRIES`], [`MAX_NOTES_BYTES`]), and every
+//! failure is a typed [`BuildError`]. It accepts only what a Xen PV64 kernel is: 64-bit,
+//! little-endian, x86-64, `ET_EXEC`. Notes are walked by [`Notes`], not by the `elf`
+//! crate's `NoteIterator`, which ends silently at a note that does not fit (the builder
+//! refuses it) and at a short GNU ABI-tag note (hiding the notes after it); the tests show
+//! both. It must never panic on any input, and never interpret Xen notes (that is
+//! `xen_notes`' job).
 
 use alloc::vec::Vec;
+
+use ::elf::abi::{EI_NIDENT, ELFMAGIC, EM_X86_64, ET_EXEC, EV_CURRENT, PF_R, PF_W, PF_X};
+use ::elf::endian::LittleEndian;
+use ::elf::file::{parse_ident, Class, FileHeader};
+use ::elf::parse::{ParseAt, ParseError};
+
+pub use ::elf::abi::{PT_LOAD, PT_NOTE, SHT_NOTE};
+/// One program header, as the `elf` crate decodes it.
+pub use ::elf::segment::ProgramHeader;
+/// One section header, as the `elf` crate decodes it.
+pub use ::elf::section::SectionHeader;
 
 use crate::error::{BuildError, HeaderTable};
 use crate::image::{read_exact, read_to_vec, ImageSource};
 
-/// `\x7fELF`.
-const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
-/// Size of `e_ident`.
-const EI_NIDENT: usize = 16;
-/// `e_ident[EI_CLASS]` of a 32-bit file.
-const ELFCLASS32: u8 = 1;
-/// `e_ident[EI_CLASS]` of a 64-bit file.
-const ELFCLASS64: u8 = 2;
-/// `e_ident[EI_DATA]` of a little-endian file.
-const ELFDATA2LSB: u8 = 1;
-/// The only ELF version (`EV_CURRENT`).
-const EV_CURRENT: u32 = 1;
-/// `e_type` of an executable.
-const ET_EXEC: u16 = 2;
-/// `e_machine` of x86-64.
-pub const EM_X86_64: u16 = 62;
-
 /// Size of the ELF64 file header.
 const EHDR_SIZE: usize = 64;
-/// Size of an ELF64 program header.
-const PHDR_SIZE: usize = 56;
-/// Size of an ELF64 section header.
-const SHDR_SIZE: usize = 64;
+/// The larger of an ELF64 program header (56 bytes) and section header (64 bytes).
+const MAX_ENTRY_SIZE: usize = 64;
 /// Size of a note header (`namesz`, `descsz`, `type`).
 const NOTE_HEADER_SIZE: usize = 12;
 /// Alignment of a note's name and desc fields.
@@ -48,70 +46,14 @@ pub const MAX_TABLE_ENTRIES: usize = 4096;
 /// read whole into the hypervisor's heap.
 pub const MAX_NOTES_BYTES: usize = 64 << 10;
 
-/// Program header type of a loadable segment.
-pub const PT_LOAD: u32 = 1;
-/// Program header type of a note segment.
-pub const PT_NOTE: u32 = 4;
-/// Section header type of a note section.
-pub const SHT_NOTE: u32 = 7;
-/// Segment permission bits (`PF_X | PF_W | PF_R`).
-pub const PF_RWX: u32 = 0b111;
-
-/// One ELF64 program header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProgramHeader {
-    pub p_type: u32,
-    pub flags: u32,
-    pub offset: u64,
-    pub vaddr: u64,
-    pub paddr: u64,
-    pub filesz: u64,
-    pub memsz: u64,
-    pub align: u64,
+/// Whether a segment is loaded: `PT_LOAD` with some permission (as Xen's libelf decides).
+pub const fn is_loadable(segment: &ProgramHeader) -> bool {
+    segment.p_type == PT_LOAD && segment.p_flags & (PF_R | PF_W | PF_X) != 0
 }
 
-impl ProgramHeader {
-    fn decode(raw: &[u8; PHDR_SIZE]) -> Self {
-        Self {
-            p_type: u32_at(raw, 0),
-            flags: u32_at(raw, 4),
-            offset: u64_at(raw, 8),
-            vaddr: u64_at(raw, 16),
-            paddr: u64_at(raw, 24),
-            filesz: u64_at(raw, 32),
-            memsz: u64_at(raw, 40),
-            align: u64_at(raw, 48),
-        }
-    }
-
-    /// Whether the segment is loaded: `PT_LOAD` with some permission (as Xen's libelf
-    /// decides).
-    pub const fn is_loadable(&self) -> bool {
-        self.p_type == PT_LOAD && self.flags & PF_RWX != 0
-    }
-
-    /// Whether the segment's file bytes must lie inside the file.
-    const fn has_file_bytes(&self) -> bool {
-        self.p_type == PT_LOAD || self.p_type == PT_NOTE
-    }
-}
-
-/// The fields of an ELF64 section header that the builder uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SectionHeader {
-    pub sh_type: u32,
-    pub offset: u64,
-    pub size: u64,
-}
-
-impl SectionHeader {
-    fn decode(raw: &[u8; SHDR_SIZE]) -> Self {
-        Self {
-            sh_type: u32_at(raw, 4),
-            offset: u64_at(raw, 24),
-            size: u64_at(raw, 32),
-        }
-    }
+/// Whether a segment's file bytes must lie inside the file.
+const fn has_file_bytes(segment: &ProgramHeader) -> bool {
+    segment.p_type == PT_LOAD || segment.p_type == PT_NOTE
 }
 
 /// A parsed ELF64 x86-64 executable whose header tables, loadable and note segments and
@@ -138,19 +80,15 @@ impl<'a, I: ImageSource + ?Sized> ElfFile<'a, I> {
     /// Checks the header and both header tables of `image`.
     pub fn parse(image: &'a I) -> Result<Self, BuildError> {
         let file_len = image.size();
-        let mut header = [0; EHDR_SIZE];
+        let mut bytes = [0; EHDR_SIZE];
         let have = usize::try_from(file_len.min(EHDR_SIZE as u64)).unwrap_or(EHDR_SIZE);
-        read_exact(image, 0, &mut header[..have])?;
-        check_ident(&header[..have])?;
-        if have < EHDR_SIZE {
-            return Err(BuildError::TruncatedHeader { len: file_len });
-        }
-        check_header(&header)?;
+        read_exact(image, 0, &mut bytes[..have])?;
+        let header = parse_header(&bytes, have, file_len)?;
         let file = Self {
             image,
-            entry: u64_at(&header, 24),
-            segments: read_table(image, &header, HeaderTable::Program, ProgramHeader::decode)?,
-            sections: read_table(image, &header, HeaderTable::Section, SectionHeader::decode)?,
+            entry: header.e_entry,
+            segments: read_table(image, &header, HeaderTable::Program)?,
+            sections: read_table(image, &header, HeaderTable::Section)?,
         };
         file.check_segments()?;
         file.check_note_sections()?;
@@ -187,7 +125,7 @@ impl<'a, I: ImageSource + ?Sized> ElfFile<'a, I> {
         let (offset, filesz) = self
             .segments
             .get(index)
-            .map_or((0, 0), |segment| (segment.offset, segment.filesz));
+            .map_or((0, 0), |segment| (segment.p_offset, segment.p_filesz));
         let out_of_file = BuildError::SegmentOutOfFile {
             index,
             offset,
@@ -205,7 +143,7 @@ impl<'a, I: ImageSource + ?Sized> ElfFile<'a, I> {
         let (offset, size) = self
             .sections
             .get(index)
-            .map_or((0, 0), |section| (section.offset, section.size));
+            .map_or((0, 0), |section| (section.sh_offset, section.sh_size));
         let out_of_file = BuildError::SectionOutOfFile {
             index,
             offset,
@@ -238,15 +176,15 @@ impl<'a, I: ImageSource + ?Sized> ElfFile<'a, I> {
 
     fn check_segments(&self) -> Result<(), BuildError> {
         for (index, segment) in self.segments.iter().enumerate() {
-            if !segment.has_file_bytes() {
+            if !has_file_bytes(segment) {
                 continue;
             }
             self.segment_range(index)?;
-            if segment.p_type == PT_LOAD && segment.filesz > segment.memsz {
+            if segment.p_type == PT_LOAD && segment.p_filesz > segment.p_memsz {
                 return Err(BuildError::SegmentFileExceedsMemory {
                     index,
-                    filesz: segment.filesz,
-                    memsz: segment.memsz,
+                    filesz: segment.p_filesz,
+                    memsz: segment.p_memsz,
                 });
             }
         }
@@ -263,90 +201,103 @@ impl<'a, I: ImageSource + ?Sized> ElfFile<'a, I> {
     }
 }
 
-/// Checks `e_ident`: magic, 64-bit class, little-endian, version 1 (`bytes`: the first
-/// bytes of the file, up to 64).
-fn check_ident(bytes: &[u8]) -> Result<(), BuildError> {
-    if bytes.get(..ELF_MAGIC.len()) != Some(&ELF_MAGIC[..]) {
+/// Decodes and checks the file header: magic, 64-bit class, little-endian, version 1 in
+/// `e_ident` and `e_version`, `ET_EXEC`, x86-64. `bytes` holds the first `have` bytes of a
+/// file of `file_len` bytes, zero after them.
+fn parse_header(
+    bytes: &[u8; EHDR_SIZE],
+    have: usize,
+    file_len: u64,
+) -> Result<FileHeader<LittleEndian>, BuildError> {
+    let truncated = BuildError::TruncatedHeader { len: file_len };
+    if !bytes[..have].starts_with(&ELFMAGIC) {
         return Err(BuildError::NotElf);
     }
-    let ident = bytes
-        .first_chunk::<EI_NIDENT>()
-        .ok_or(BuildError::TruncatedHeader {
-            len: bytes.len() as u64,
-        })?;
-    match ident[4] {
-        ELFCLASS64 => {}
-        ELFCLASS32 => return Err(BuildError::Elf32),
-        class => return Err(BuildError::UnknownClass { class }),
+    if have < EI_NIDENT {
+        return Err(truncated);
     }
-    if ident[5] != ELFDATA2LSB {
-        return Err(BuildError::NotLittleEndian { data: ident[5] });
+    // `parse_ident` indexes `e_ident` without checking the slice's length (a short one
+    // panics: see the tests), so it is always given all 16 bytes.
+    let ident = parse_ident::<LittleEndian>(&bytes[..EI_NIDENT]).map_err(|e| match e {
+        ParseError::UnsupportedElfClass(class) => BuildError::UnknownClass { class },
+        ParseError::UnsupportedElfEndianness(data) => BuildError::NotLittleEndian { data },
+        ParseError::UnsupportedVersion((version, _)) => BuildError::UnknownElfVersion {
+            version: u32::try_from(version).unwrap_or(u32::MAX),
+        },
+        _ => BuildError::NotElf,
+    })?;
+    if ident.1 == Class::ELF32 {
+        return Err(BuildError::Elf32);
     }
-    if u32::from(ident[6]) != EV_CURRENT {
-        return Err(BuildError::UnknownElfVersion {
-            version: ident[6].into(),
+    if have < EHDR_SIZE {
+        return Err(truncated);
+    }
+    let header = FileHeader::parse_tail(ident, &bytes[EI_NIDENT..]).map_err(|_| truncated)?;
+    if header.e_type != ET_EXEC {
+        return Err(BuildError::NotExecutable {
+            elf_type: header.e_type,
         });
     }
-    Ok(())
+    if header.e_machine != EM_X86_64 {
+        return Err(BuildError::WrongMachine {
+            machine: header.e_machine,
+        });
+    }
+    if header.version != u32::from(EV_CURRENT) {
+        return Err(BuildError::UnknownElfVersion {
+            version: header.version,
+        });
+    }
+    Ok(header)
 }
 
-/// Checks `e_type`, `e_machine` and `e_version`.
-fn check_header(header: &[u8; EHDR_SIZE]) -> Result<(), BuildError> {
-    let elf_type = u16_at(header, 16);
-    if elf_type != ET_EXEC {
-        return Err(BuildError::NotExecutable { elf_type });
-    }
-    let machine = u16_at(header, 18);
-    if machine != EM_X86_64 {
-        return Err(BuildError::WrongMachine { machine });
-    }
-    let version = u32_at(header, 20);
-    if version != EV_CURRENT {
-        return Err(BuildError::UnknownElfVersion { version });
-    }
-    Ok(())
-}
-
-/// The entries of a header table, decoded, after checking the entry size, the count
-/// ([`MAX_TABLE_ENTRIES`]) and that the table lies inside the file. An empty table has no
-/// entries whatever its offset says. Entries are read one at a time.
-fn read_table<I: ImageSource + ?Sized, T, const N: usize>(
+/// The entries of a header table, decoded by the `elf` crate, after checking the entry
+/// size, that the table lies inside the file and the count ([`MAX_TABLE_ENTRIES`]). An
+/// empty table has no entries whatever its offset says. Entries are read one at a time.
+fn read_table<I: ImageSource + ?Sized, P: ParseAt>(
     image: &I,
-    header: &[u8; EHDR_SIZE],
+    header: &FileHeader<LittleEndian>,
     table: HeaderTable,
-    decode: fn(&[u8; N]) -> T,
-) -> Result<Vec<T>, BuildError> {
+) -> Result<Vec<P>, BuildError> {
     let (offset, entry_size, count) = match table {
-        HeaderTable::Program => (u64_at(header, 32), u16_at(header, 54), u16_at(header, 56)),
-        HeaderTable::Section => (u64_at(header, 40), u16_at(header, 58), u16_at(header, 60)),
+        HeaderTable::Program => (header.e_phoff, header.e_phentsize, header.e_phnum),
+        HeaderTable::Section => (header.e_shoff, header.e_shentsize, header.e_shnum),
     };
     if count == 0 {
         return Ok(Vec::new());
     }
-    if usize::from(entry_size) != N {
+    let entry_len = usize::from(entry_size);
+    if P::validate_entsize(Class::ELF64, entry_len).is_err() || entry_len > MAX_ENTRY_SIZE {
         return Err(BuildError::BadEntrySize {
             table,
             size: entry_size,
         });
     }
-    let size = u64::from(count) * N as u64;
+    let size = u64::from(count) * u64::from(entry_size);
     let file_len = image.size();
+    let out_of_file = BuildError::TableOutOfFile {
+        table,
+        offset,
+        count,
+        file_len,
+    };
     if offset.checked_add(size).is_none_or(|end| end > file_len) {
-        return Err(BuildError::TableOutOfFile {
-            table,
-            offset,
-            count,
-            file_len,
-        });
+        return Err(out_of_file);
     }
     if usize::from(count) > MAX_TABLE_ENTRIES {
         return Err(BuildError::TooManyEntries { table, count });
     }
-    let mut entries = Vec::with_capacity(usize::from(count));
-    let mut raw = [0; N];
-    for at in (offset..offset + size).step_by(N) {
-        read_exact(image, at, &mut raw)?;
-        entries.push(decode(&raw));
+    let mut entries = Vec::new();
+    entries
+        .try_reserve_exact(usize::from(count))
+        .map_err(|_| BuildError::OutOfMemory {
+            bytes: u64::from(count) * core::mem::size_of::<P>() as u64,
+        })?;
+    let mut buffer = [0; MAX_ENTRY_SIZE];
+    let raw = &mut buffer[..entry_len];
+    for at in (offset..offset + size).step_by(entry_len) {
+        read_exact(image, at, raw)?;
+        entries.push(P::parse_at(LittleEndian, Class::ELF64, &mut 0, raw).map_err(|_| out_of_file)?);
     }
     Ok(entries)
 }
@@ -449,20 +400,10 @@ fn align_note(len: usize) -> Option<usize> {
     Some(len.checked_add(NOTE_ALIGN - 1)? & !(NOTE_ALIGN - 1))
 }
 
-fn u16_at(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
     let mut raw = [0; 4];
     raw.copy_from_slice(&bytes[at..at + 4]);
     u32::from_le_bytes(raw)
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut raw = [0; 8];
-    raw.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(raw)
 }
 
 #[cfg(test)]
@@ -470,6 +411,9 @@ mod tests {
     use super::*;
     use crate::test_image::{note_bytes, TestImage};
     use alloc::vec;
+
+    /// Size of an ELF64 section header.
+    const SHDR_SIZE: usize = 64;
 
     fn parse(bytes: &[u8]) -> Result<ElfFile<'_>, BuildError> {
         ElfFile::parse(bytes)
@@ -484,8 +428,8 @@ mod tests {
         assert_eq!(elf.segments().len(), 2, "one PT_LOAD and one PT_NOTE");
         let load = elf.segments()[0];
         assert_eq!(load.p_type, PT_LOAD);
-        assert!(load.is_loadable());
-        assert_eq!(load.memsz, image.segments[0].memsz);
+        assert!(is_loadable(&load));
+        assert_eq!(load.p_memsz, image.segments[0].memsz);
         let range = elf.segment_range(0).unwrap();
         assert_eq!(
             &bytes[range.offset as usize..][..range.size as usize],
@@ -501,7 +445,7 @@ mod tests {
         let mut image = TestImage::minimal();
         image.segments[0].flags = 0;
         let bytes = image.bytes();
-        assert!(!parse(&bytes).unwrap().segments()[0].is_loadable());
+        assert!(!is_loadable(&parse(&bytes).unwrap().segments()[0]));
     }
 
     #[test]
@@ -756,6 +700,47 @@ mod tests {
             Notes::new(&stub, 0).collect::<Vec<_>>(),
             vec![Err(BuildError::MalformedNote { offset: 0 })]
         );
+    }
+
+    /// Why the notes are walked by [`Notes`] and not by the `elf` crate's `NoteIterator`.
+    #[test]
+    fn the_elf_crates_note_iterator_hides_bad_notes() {
+        use ::elf::abi::NT_GNU_ABI_TAG;
+        use ::elf::note::NoteIterator;
+        let theirs = |data: &[u8]| NoteIterator::new(LittleEndian, Class::ELF64, NOTE_ALIGN, data).count();
+        // A note whose desc runs past the end: `NoteIterator` just stops, as at the end of
+        // good notes, where the builder must refuse the image.
+        let mut data = note_bytes(b"Xen\0", 6, b"ok\0");
+        let good = data.clone();
+        data.extend(&4u32.to_le_bytes());
+        data.extend(&64u32.to_le_bytes());
+        data.extend(&6u32.to_le_bytes());
+        data.extend(b"Xen\0");
+        assert_eq!(theirs(&data), theirs(&good));
+        assert!(Notes::new(&data, 0).any(|note| note.is_err()));
+        // A GNU ABI-tag note with a 4-byte desc (the crate expects 16) ends its iteration:
+        // the Xen note after it is never seen.
+        let mut data = note_bytes(b"GNU\0", u32::try_from(NT_GNU_ABI_TAG).unwrap(), &[0; 4]);
+        data.extend(note_bytes(b"Xen\0", 6, b"linux\0"));
+        assert_eq!(theirs(&data), 0);
+        let ours: Vec<_> = Notes::new(&data, 0).collect::<Result<_, _>>().unwrap();
+        assert!(ours[1].has_name(b"Xen"));
+    }
+
+    /// Why `parse_header` gives `parse_ident` a whole `e_ident` even for a short file.
+    #[test]
+    fn the_elf_crates_ident_parser_panics_on_a_short_slice() {
+        let short = std::panic::catch_unwind(|| parse_ident::<LittleEndian>(b"\x7fELF\x02"));
+        assert!(short.is_err(), "parse_ident checks the slice's length now");
+        for len in 0..=EI_NIDENT {
+            let bytes = &TestImage::minimal().bytes()[..len];
+            let expected = if len < ELFMAGIC.len() {
+                BuildError::NotElf
+            } else {
+                BuildError::TruncatedHeader { len: len as u64 }
+            };
+            assert_eq!(parse(bytes).unwrap_err(), expected);
+        }
     }
 
     #[test]

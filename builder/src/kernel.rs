@@ -16,7 +16,7 @@ use abi::features::FeatureSet;
 use abi::ids::Pfn;
 
 use crate::address_space::PAGE_SIZE;
-use crate::elf::ElfFile;
+use crate::elf::{is_loadable, ElfFile};
 use crate::error::BuildError;
 use crate::image::ImageSource;
 use crate::layout::PfnRange;
@@ -164,11 +164,11 @@ fn load_segments<I: ImageSource + ?Sized>(
     let virt_offset = notes.virt_base.wrapping_sub(notes.paddr_offset);
     let mut segments = Vec::new();
     for (index, header) in elf.segments().iter().enumerate() {
-        if !header.is_loadable() || header.memsz == 0 {
+        if !is_loadable(header) || header.p_memsz == 0 {
             continue;
         }
-        let address = header.paddr.wrapping_add(virt_offset);
-        if address.checked_add(header.memsz).is_none() {
+        let address = header.p_paddr.wrapping_add(virt_offset);
+        if address.checked_add(header.p_memsz).is_none() {
             return Err(BuildError::SegmentWraps { index });
         }
         if address < notes.virt_base {
@@ -184,7 +184,7 @@ fn load_segments<I: ImageSource + ?Sized>(
             address,
             file_offset: range.offset,
             filesz: range.size,
-            memsz: header.memsz,
+            memsz: header.p_memsz,
         });
     }
     if segments.is_empty() {

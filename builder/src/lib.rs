@@ -4,7 +4,8 @@
 //! The hypervisor calls it in three steps:
 //! 1. [`PvKernel::parse`] checks the image, which it reads through an [`ImageSource`]
 //!    ([`image`]: the hypervisor's boot modules are read a page or two at a time, never
-//!    mapped whole) with a strictly bounds-checked ELF64 reader ([`elf`]), the Xen notes in
+//!    mapped whole) with a strictly bounds-checked ELF64 reader ([`elf`], on the `elf`
+//!    crate's header parsers), the Xen notes in
 //!    [`xen_notes`], the segments' placement in [`kernel`];
 //! 2. [`Plan::new`] decides what goes in which pseudo-physical frame ([`layout`]), and
 //!    [`Plan::minimum_nr_pages`] tells the smallest reservation a guest boots with;

@@ -346,9 +346,9 @@ fn check_any_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
             );
             let range = range.unwrap();
             prop_assert!(in_file(bytes, range.offset, range.size));
-            prop_assert_eq!(range.size, segment.filesz);
+            prop_assert_eq!(range.size, segment.p_filesz);
             if segment.p_type == PT_LOAD {
-                prop_assert!(segment.filesz <= segment.memsz);
+                prop_assert!(segment.p_filesz <= segment.p_memsz);
             } else if let Ok(data) = elf.read_notes(range) {
                 prop_assert_eq!(&data[..], &bytes[range.offset as usize..][..data.len()]);
                 note_data.push(data);

@@ -108,9 +108,9 @@ impl XenNotes {
             elf.read_notes(range)
         };
         for (index, segment) in elf.segments().iter().enumerate() {
-            if segment.p_type == PT_NOTE && segment.offset != 0 {
+            if segment.p_type == PT_NOTE && segment.p_offset != 0 {
                 let bytes = read(elf.segment_range(index)?)?;
-                collector.read(Notes::new(&bytes, segment.offset))?;
+                collector.read(Notes::new(&bytes, segment.p_offset))?;
             }
         }
         let mut source = NoteSource::ProgramHeaders;
@@ -119,7 +119,7 @@ impl XenNotes {
             for (index, section) in elf.sections().iter().enumerate().skip(1) {
                 if section.sh_type == SHT_NOTE {
                     let bytes = read(elf.section_range(index)?)?;
-                    collector.read(Notes::new(&bytes, section.offset))?;
+                    collector.read(Notes::new(&bytes, section.sh_offset))?;
                 }
             }
         }

@@ -6,18 +6,19 @@
 //! calibrates the TSC and APIC timer and mutes the legacy PICs); every CPU then enables its
 //! own APIC with [`init_this_cpu`] and keeps the handle in its per-CPU data. The xAPIC page
 //! is mapped once (uncached) in the window's device region; all CPUs use the same address.
+//! The `apic` crate's unsafe entry points are reached through `arch::lapic` only.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use apic::{ApicId, ApicMode, ApicVectors, CpuFeatures, IoPorts, LocalApic, Pit, TimerChoice, TimerSource};
+use apic::{ApicId, ApicMode, ApicVectors, CpuFeatures, LocalApic, Pit, TimerChoice, TimerSource};
 use log::info;
 use spin::Once;
 
+use crate::arch::lapic as hw;
 use crate::traps::vectors;
 use crate::{percpu, platform, time};
 
 static CHOICE: Once<TimerChoice> = Once::new();
-static XAPIC_VA: AtomicU64 = AtomicU64::new(0);
 static APIC_TIMER_HZ: AtomicU64 = AtomicU64::new(0);
 
 const VECTORS: ApicVectors = ApicVectors { timer: vectors::TIMER, error: vectors::ERROR, spurious: vectors::SPURIOUS };
@@ -27,15 +28,13 @@ const VECTORS: ApicVectors = ApicVectors { timer: vectors::TIMER, error: vectors
 pub fn init_boot_cpu(allow_x2apic: bool) {
     let choice = *CHOICE.call_once(|| apic::choose_timer(CpuFeatures::detect(), allow_x2apic));
     if choice.apic_mode == ApicMode::XApic {
-        // SAFETY: CPL 0; reading IA32_APIC_BASE has no side effect.
-        let base = unsafe { apic::read_apic_base() }.phys_base();
-        XAPIC_VA.store(platform::map_mmio(base, 4096), Ordering::Relaxed);
+        let base = hw::apic_base().phys_base();
+        assert!(hw::use_xapic_page(platform::map_mmio(base, 4096)), "the xAPIC page maps as a device page");
     }
-    // SAFETY: CPL 0 on the boot CPU; the PICs are legacy devices nothing else programs.
-    unsafe { apic::disable_legacy_pics() };
+    hw::mute_legacy_pics();
     init_this_cpu();
-    // SAFETY: the PIT's ports belong to the boot CPU during boot; nothing else uses them.
-    let mut pit = Pit::start(unsafe { IoPorts::new() }).unwrap_or_else(|e| panic!("PIT does not count: {e:?}"));
+    let ports = hw::take_pit_ports().expect("the PIT is calibrated against once");
+    let mut pit = Pit::start(ports).unwrap_or_else(|e| panic!("PIT does not count: {e:?}"));
     let calibration = with(|lapic| lapic.calibrate_timers(&mut pit)).unwrap_or_else(|e| panic!("timer calibration failed: {e:?}"));
     time::set_tsc_hz(calibration.tsc_hz);
     APIC_TIMER_HZ.store(calibration.apic_timer_hz, Ordering::Relaxed);
@@ -51,13 +50,7 @@ pub fn init_boot_cpu(allow_x2apic: bool) {
 /// Enables this CPU's local APIC in the chosen mode and keeps its handle per CPU.
 pub fn init_this_cpu() {
     let choice = CHOICE.get().expect("the boot CPU chooses the APIC mode first");
-    let base = match choice.apic_mode {
-        ApicMode::XApic => Some(XAPIC_VA.load(Ordering::Relaxed)),
-        ApicMode::X2Apic => None,
-    };
-    // SAFETY: CPL 0 on the CPU being enabled, which alone programs its APIC; in xAPIC mode
-    // the page is mapped uncached for the rest of the run (`init_boot_cpu`).
-    let lapic = unsafe { LocalApic::enable(choice.apic_mode, base, VECTORS) }.unwrap_or_else(|e| panic!("local APIC: {e:?}"));
+    let lapic = hw::enable(choice.apic_mode, VECTORS).unwrap_or_else(|e| panic!("local APIC: {e:?}"));
     percpu::current().set_lapic(lapic);
 }
 

@@ -21,7 +21,7 @@
 use mm::addr::Mfn;
 use mm::frame::DomainId;
 
-use crate::entry::{Pte, CACHE_DISABLE, PAT_4K, WRITE_THROUGH};
+use crate::entry::{Pte, PteFlags};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::policy::{normalize, Checked};
@@ -36,7 +36,7 @@ pub trait DeviceMemory {
 }
 
 /// The cache bits a device mapping always has: uncacheable.
-pub const UNCACHED: u64 = WRITE_THROUGH | CACHE_DISABLE;
+pub const UNCACHED: PteFlags = PteFlags::WRITE_THROUGH.union(PteFlags::CACHE_DISABLE);
 
 impl PvMmu<'_> {
     /// Whether this view knows `mfn` as device memory.
@@ -56,12 +56,12 @@ impl PvMmu<'_> {
         if !device.may_map(pte.mfn(), dom) {
             return Err(MmError::NotDeviceOwner { mfn: pte.mfn(), dom });
         }
-        if raw & PAT_4K != 0 {
-            return Err(MmError::BadFlags { level, bits: PAT_4K });
+        if pte.flags().contains(PteFlags::PAT_4K) {
+            return Err(MmError::BadFlags { level, bits: PteFlags::PAT_4K });
         }
         // The ordinary bit checks, without the cache bits this path allows.
-        match self.layout.check(level, raw & !UNCACHED)? {
-            Checked::Present(_) => Ok(Some(normalize(level, raw) | UNCACHED)),
+        match self.layout.check(level, pte.without(UNCACHED).raw())? {
+            Checked::Present(_) => Ok(Some(Pte(normalize(level, raw)).with(UNCACHED).raw())),
             Checked::NotPresent => Ok(None),
         }
     }

@@ -11,6 +11,7 @@ use abi::errno::Errno;
 use mm::addr::Mfn;
 use mm::frame::{Owner, PageType};
 
+use crate::entry::PteFlags;
 use crate::level::Level;
 
 /// A refused memory-management operation.
@@ -65,7 +66,7 @@ pub enum MmError {
         /// Level of the table.
         level: Level,
         /// The refused bits.
-        bits: u64,
+        bits: PteFlags,
     },
     /// A 2 MiB or 1 GiB mapping (PS bit in an L2 or L3 entry): not supported.
     HugePage {

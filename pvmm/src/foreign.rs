@@ -20,7 +20,7 @@
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType, TypeFlags};
 
-use crate::entry::{Pte, ACCESSED, DIRTY, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::entry::{Pte, PteFlags};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
@@ -34,8 +34,14 @@ pub const GRANT_AVAIL_BITS: u64 = 0b111;
 /// accessed, dirty, never executable, user-accessible (the guest kernel runs at CPL 3),
 /// writable unless read-only, and the guest's `avail` bits (the low 3) in bits 9-11.
 pub const fn grant_entry(mfn: Mfn, writable: bool, avail: u64) -> u64 {
-    let rw = if writable { WRITABLE } else { 0 };
-    Pte::new(mfn, PRESENT | ACCESSED | DIRTY | USER | NO_EXECUTE | rw | (avail & GRANT_AVAIL_BITS) << 9).raw()
+    let fixed = PteFlags::PRESENT
+        .union(PteFlags::ACCESSED)
+        .union(PteFlags::DIRTY)
+        .union(PteFlags::USER)
+        .union(PteFlags::NO_EXECUTE);
+    let rw = if writable { PteFlags::WRITABLE } else { PteFlags::empty() };
+    let avail = PteFlags::from_bits_retain((avail & GRANT_AVAIL_BITS) << 9);
+    Pte::new(mfn, fixed.union(rw).union(avail)).raw()
 }
 
 impl PvMmu<'_> {

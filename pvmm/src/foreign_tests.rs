@@ -3,7 +3,7 @@
 use mm::addr::Mfn;
 use mm::frame::{DomainId, Owner, PageType, TypeInfo};
 
-use crate::entry::{Pte, AVAILABLE_LOW, NO_EXECUTE, WRITABLE};
+use crate::entry::{Pte, PteFlags};
 use crate::error::MmError;
 use crate::foreign::grant_entry;
 use crate::level::Level;
@@ -46,7 +46,7 @@ fn a_grant_entry_takes_its_own_references_and_only_where_an_l1_is() {
     mmu.set_grant_entry(slot, value, DOM, &mut world.ram).unwrap();
     assert_eq!(world.counts(frame), (1, typed(PageType::None, 1)));
     let stored = Pte(world.ram.read(tree.l1, 10));
-    assert_eq!((stored.mfn(), stored.is_writable(), stored.raw() & NO_EXECUTE != 0), (frame, true, true));
+    assert_eq!((stored.mfn(), stored.is_writable(), stored.raw() & PteFlags::NO_EXECUTE.bits() != 0), (frame, true, true));
     // The granter cannot make its frame a table while the entry maps it writable.
     let mut other_ram = crate::testkit::Ram::default();
     assert!(world.mmu().pin_table(frame, Level::L1, OTHER, &mut other_ram).is_err());
@@ -105,12 +105,12 @@ fn unmap_and_replace_moves_an_entry_with_its_references() {
 #[test]
 fn grant_entries_carry_the_guest_available_bits_and_pass_the_l1_rules() {
     let value = grant_entry(Mfn(0x1234), true, 0b101);
-    assert_eq!(value & AVAILABLE_LOW, 0b101 << 9);
-    assert_eq!(value & WRITABLE, WRITABLE);
-    assert_eq!(grant_entry(Mfn(0x1234), false, 0xff) & AVAILABLE_LOW, AVAILABLE_LOW, "only three bits");
+    assert_eq!(value & PteFlags::AVAILABLE_LOW.bits(), 0b101 << 9);
+    assert_eq!(value & PteFlags::WRITABLE.bits(), PteFlags::WRITABLE.bits());
+    assert_eq!(grant_entry(Mfn(0x1234), false, 0xff) & PteFlags::AVAILABLE_LOW.bits(), PteFlags::AVAILABLE_LOW.bits(), "only three bits");
     let layout = crate::policy::Layout::new(0, None);
     assert!(layout.check(Level::L1, value).is_ok());
-    assert_eq!(Pte(grant_entry(Mfn(7), false, 0)).raw() & !0xfff & !NO_EXECUTE, pte(Mfn(7), 0) & !0xfff);
+    assert_eq!(Pte(grant_entry(Mfn(7), false, 0)).raw() & !0xfff & !PteFlags::NO_EXECUTE.bits(), pte(Mfn(7), PteFlags::empty()) & !0xfff);
 }
 
 #[test]

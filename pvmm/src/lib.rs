@@ -52,7 +52,7 @@ mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use entry::Pte;
+pub use entry::{Pte, PteFlags};
 pub use device::DeviceMemory;
 pub use foreign::grant_entry;
 pub use error::MmError;

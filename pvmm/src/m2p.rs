@@ -20,7 +20,7 @@ use abi::arch_x86::{MACH2PHYS_NR_ENTRIES, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_STA
 use abi::memory::XenMachphysMapping;
 use mm::addr::{Mfn, PAGE_SIZE};
 
-use crate::entry::{Pte, ACCESSED, DIRTY, ENTRIES, HUGE_PAGE, NO_EXECUTE, PRESENT, USER};
+use crate::entry::{Pte, PteFlags, ENTRIES};
 
 /// The entry of a frame no domain has given a guest frame number (Xen's
 /// `INVALID_M2P_ENTRY`): every entry at boot, and every frame's once it leaves a domain.
@@ -130,8 +130,11 @@ impl Geometry {
 pub mod entries {
     use super::*;
 
-    fn table_flags(no_execute: u64) -> u64 {
-        PRESENT | USER | ACCESSED | (no_execute & NO_EXECUTE)
+    fn table_flags(no_execute: u64) -> PteFlags {
+        PteFlags::PRESENT
+            | PteFlags::USER
+            | PteFlags::ACCESSED
+            | (PteFlags::from_bits_retain(no_execute) & PteFlags::NO_EXECUTE)
     }
 
     /// L4 slot 256: the M2P L3.
@@ -146,7 +149,7 @@ pub mod entries {
 
     /// An entry of an M2P L2: one chunk, as a 2 MiB page.
     pub fn l2(chunk: Mfn, no_execute: u64) -> u64 {
-        Pte::new(chunk, table_flags(no_execute) | DIRTY | HUGE_PAGE).raw()
+        Pte::new(chunk, table_flags(no_execute) | PteFlags::DIRTY | PteFlags::HUGE_PAGE).raw()
     }
 }
 
@@ -181,7 +184,7 @@ pub const fn mfn_list_extents(geometry: &Geometry, max_extents: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::WRITABLE;
+    use crate::entry::PteFlags;
     use crate::policy::M2P_L4_SLOT;
     use crate::Level;
 
@@ -246,7 +249,7 @@ mod tests {
 
     #[test]
     fn mapping_entries_are_read_only_user_and_never_global() {
-        for nx in [0, NO_EXECUTE] {
+        for nx in [0, PteFlags::NO_EXECUTE.bits()] {
             for entry in [
                 entries::l4(Mfn(0x1234), nx),
                 entries::l3(Mfn(0x1234), nx),
@@ -254,21 +257,21 @@ mod tests {
             ] {
                 let pte = Pte(entry);
                 assert!(pte.is_present());
-                assert_eq!(entry & WRITABLE, 0);
-                assert_ne!(entry & USER, 0);
-                assert_eq!(entry & crate::entry::GLOBAL, 0);
-                assert_ne!(entry & ACCESSED, 0);
-                assert_eq!(entry & NO_EXECUTE, nx);
+                assert_eq!(entry & PteFlags::WRITABLE.bits(), 0);
+                assert_ne!(entry & PteFlags::USER.bits(), 0);
+                assert_eq!(entry & PteFlags::GLOBAL.bits(), 0);
+                assert_ne!(entry & PteFlags::ACCESSED.bits(), 0);
+                assert_eq!(entry & PteFlags::NO_EXECUTE.bits(), nx);
             }
             assert_eq!(Pte(entries::l2(Mfn(0x1200), nx)).mfn(), Mfn(0x1200));
-            assert_ne!(entries::l2(Mfn(0x1200), nx) & HUGE_PAGE, 0);
-            assert_eq!(entries::l3(Mfn(0x1200), nx) & HUGE_PAGE, 0);
-            assert_eq!(entries::l4(Mfn(0x1200), nx) & HUGE_PAGE, 0);
+            assert_ne!(entries::l2(Mfn(0x1200), nx) & PteFlags::HUGE_PAGE.bits(), 0);
+            assert_eq!(entries::l3(Mfn(0x1200), nx) & PteFlags::HUGE_PAGE.bits(), 0);
+            assert_eq!(entries::l4(Mfn(0x1200), nx) & PteFlags::HUGE_PAGE.bits(), 0);
         }
         // A stray NX request without the bit changes nothing but NX.
         assert_eq!(
             entries::l4(Mfn(1), u64::MAX),
-            entries::l4(Mfn(1), NO_EXECUTE)
+            entries::l4(Mfn(1), PteFlags::NO_EXECUTE.bits())
         );
     }
 

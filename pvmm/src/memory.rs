@@ -10,7 +10,7 @@
 use mm::addr::Mfn;
 use mm::frame::PageType;
 
-use crate::entry::{ACCESSED, DIRTY};
+use crate::entry::PteFlags;
 
 /// Access to the contents of page-table frames.
 pub trait TableMemory {
@@ -26,7 +26,7 @@ pub trait TableMemory {
     /// should use a compare-and-swap loop.
     fn write_preserving_ad(&mut self, mfn: Mfn, index: usize, value: u64) {
         let current = self.read(mfn, index);
-        self.write(mfn, index, value | (current & (ACCESSED | DIRTY)));
+        self.write(mfn, index, value | (current & PteFlags::ACCESSED.union(PteFlags::DIRTY).bits()));
     }
 
     /// Writes `new` if the entry still holds `expected` (one atomic compare-and-swap on

@@ -49,10 +49,7 @@ use abi::arch_x86::{HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, MACH2PHYS_VIRT_S
 use mm::addr::Mfn;
 use mm::frame::PageType;
 
-use crate::entry::{
-    Pte, ACCESSED, ADDRESS_MASK, AVAILABLE_HIGH, AVAILABLE_LOW, DIRTY, GLOBAL, HUGE_PAGE,
-    NO_EXECUTE, PRESENT, USER, WRITABLE,
-};
+use crate::entry::{Pte, PteFlags};
 use crate::error::MmError;
 use crate::level::Level;
 
@@ -68,16 +65,15 @@ pub const HYPERVISOR_L3_INDEX: usize = 511;
 const _: () = assert!(RESERVED_L4_SLOTS.start == 256 && RESERVED_L4_SLOTS.end == 272);
 const _: () = assert!(M2P_L4_SLOT == 256);
 
-/// Bits a present guest entry of any level may set.
-const GUEST_BITS: u64 = PRESENT
-    | WRITABLE
-    | USER
-    | ACCESSED
-    | DIRTY
-    | AVAILABLE_LOW
-    | AVAILABLE_HIGH
-    | NO_EXECUTE
-    | ADDRESS_MASK;
+/// Flags a present guest entry of any level may set (besides the address).
+const GUEST_FLAGS: PteFlags = PteFlags::PRESENT
+    .union(PteFlags::WRITABLE)
+    .union(PteFlags::USER)
+    .union(PteFlags::ACCESSED)
+    .union(PteFlags::DIRTY)
+    .union(PteFlags::AVAILABLE_LOW)
+    .union(PteFlags::AVAILABLE_HIGH)
+    .union(PteFlags::NO_EXECUTE);
 
 /// The hypervisor's entries in guest tables, fixed at boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,11 +146,11 @@ impl Layout {
         if !pte.is_present() {
             return Ok(Checked::NotPresent);
         }
-        if raw & HUGE_PAGE != 0 && matches!(level, Level::L2 | Level::L3) {
+        if pte.flags().contains(PteFlags::HUGE_PAGE) && matches!(level, Level::L2 | Level::L3) {
             return Err(MmError::HugePage { level });
         }
-        let bits = raw & !allowed_bits(level);
-        if bits != 0 {
+        let bits = pte.flags().difference(allowed_flags(level));
+        if !bits.is_empty() {
             return Err(MmError::BadFlags { level, bits });
         }
         Ok(Checked::Present(Mapping {
@@ -184,36 +180,36 @@ pub const fn must_be_present(table: PageType, index: usize) -> bool {
     matches!(table, PageType::L4) && index == WINDOW_L4_SLOT
 }
 
-/// Bits a present entry of `level` may set (before normalization).
-const fn allowed_bits(level: Level) -> u64 {
+/// Flags a present entry of `level` may set besides the address (before normalization).
+const fn allowed_flags(level: Level) -> PteFlags {
     match level {
-        Level::L1 => GUEST_BITS | GLOBAL,
-        Level::L2 | Level::L3 | Level::L4 => GUEST_BITS,
+        Level::L1 => GUEST_FLAGS.union(PteFlags::GLOBAL),
+        Level::L2 | Level::L3 | Level::L4 => GUEST_FLAGS,
     }
 }
 
 /// The stored form of an allowed present entry: U/S on, and G off in L1.
 pub(crate) const fn normalize(level: Level, raw: u64) -> u64 {
-    let forced = raw | USER;
+    let forced = Pte(raw).with(PteFlags::USER);
     match level {
-        Level::L1 => forced & !GLOBAL,
-        Level::L2 | Level::L3 | Level::L4 => forced,
+        Level::L1 => forced.without(PteFlags::GLOBAL).raw(),
+        Level::L2 | Level::L3 | Level::L4 => forced.raw(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{CACHE_DISABLE, PAT_4K, WRITE_THROUGH};
+    use crate::entry::PteFlags;
 
-    const HV_L3: u64 = 0x5000 | PRESENT | WRITABLE;
-    const M2P: u64 = 0x6000 | PRESENT | USER;
+    const HV_L3: u64 = 0x5000 | PteFlags::PRESENT.bits() | PteFlags::WRITABLE.bits();
+    const M2P: u64 = 0x6000 | PteFlags::PRESENT.bits() | PteFlags::USER.bits();
 
     fn layout() -> Layout {
         Layout::new(HV_L3, Some(M2P))
     }
 
-    fn entry(flags: u64) -> u64 {
+    fn entry(flags: PteFlags) -> u64 {
         Pte::new(Mfn(0x42), flags).raw()
     }
 
@@ -283,7 +279,7 @@ mod tests {
 
     #[test]
     fn non_present_entries_may_hold_anything() {
-        for raw in [0, !PRESENT, 0xdead_beef_0000_0000] {
+        for raw in [0, !PteFlags::PRESENT.bits(), 0xdead_beef_0000_0000] {
             for level in Level::ALL {
                 assert_eq!(layout().check(level, raw), Ok(Checked::NotPresent));
             }
@@ -293,45 +289,45 @@ mod tests {
     #[test]
     fn present_entries_are_normalized() {
         let layout = layout();
-        let kernel_rw = entry(PRESENT | WRITABLE | ACCESSED | DIRTY | NO_EXECUTE);
+        let kernel_rw = entry(PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::NO_EXECUTE);
         for level in Level::ALL {
             let Ok(Checked::Present(mapping)) = layout.check(level, kernel_rw) else {
                 panic!("{level:?} refused a plain entry");
             };
             assert_eq!(mapping.mfn, Mfn(0x42));
             assert!(mapping.writable);
-            assert_eq!(mapping.value, kernel_rw | USER);
+            assert_eq!(mapping.value, kernel_rw | PteFlags::USER.bits());
         }
-        let global = entry(PRESENT | GLOBAL | AVAILABLE_LOW | AVAILABLE_HIGH);
+        let global = entry(PteFlags::PRESENT | PteFlags::GLOBAL | PteFlags::AVAILABLE_LOW | PteFlags::AVAILABLE_HIGH);
         let Ok(Checked::Present(mapping)) = layout.check(Level::L1, global) else {
             panic!("L1 refused a global entry");
         };
         assert!(!mapping.writable);
-        assert_eq!(mapping.value, (global | USER) & !GLOBAL);
+        assert_eq!(mapping.value, (global | PteFlags::USER.bits()) & !PteFlags::GLOBAL.bits());
     }
 
     #[test]
     fn refused_bits_are_reported_per_level() {
         let layout = layout();
         let cases = [
-            (Level::L1, WRITE_THROUGH),
-            (Level::L1, CACHE_DISABLE),
-            (Level::L1, PAT_4K),
-            (Level::L2, GLOBAL),
-            (Level::L3, CACHE_DISABLE | WRITE_THROUGH),
-            (Level::L4, HUGE_PAGE),
-            (Level::L4, GLOBAL),
+            (Level::L1, PteFlags::WRITE_THROUGH),
+            (Level::L1, PteFlags::CACHE_DISABLE),
+            (Level::L1, PteFlags::PAT_4K),
+            (Level::L2, PteFlags::GLOBAL),
+            (Level::L3, PteFlags::CACHE_DISABLE | PteFlags::WRITE_THROUGH),
+            (Level::L4, PteFlags::HUGE_PAGE),
+            (Level::L4, PteFlags::GLOBAL),
         ];
         for (level, bits) in cases {
             assert_eq!(
-                layout.check(level, entry(PRESENT | bits)),
+                layout.check(level, entry(PteFlags::PRESENT | bits)),
                 Err(MmError::BadFlags { level, bits }),
-                "{level:?} {bits:#x}"
+                "{level:?} {bits:?}"
             );
         }
         for level in [Level::L2, Level::L3] {
             assert_eq!(
-                layout.check(level, entry(PRESENT | HUGE_PAGE)),
+                layout.check(level, entry(PteFlags::PRESENT | PteFlags::HUGE_PAGE)),
                 Err(MmError::HugePage { level })
             );
         }

@@ -8,7 +8,7 @@
 use mm::addr::Mfn;
 use mm::frame::{PageType, TypeFlags, TypeInfo};
 
-use crate::entry::WRITABLE;
+use crate::entry::PteFlags;
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
@@ -59,25 +59,25 @@ fn write_scenario(w: &mut World) -> Frames {
         bad_l1: o[42],
     };
     let ram = &mut w.ram;
-    ram.write(f.l4, 511, pte(f.window_l3, WRITABLE));
-    ram.write(f.l4, 3, pte(f.plain_l3, WRITABLE));
-    ram.write(f.window_l3, 0, pte(f.l2a, WRITABLE));
-    ram.write(f.window_l3, 1, pte(f.l2b, WRITABLE));
-    ram.write(f.plain_l3, 5, pte(f.l2a, 0));
+    ram.write(f.l4, 511, pte(f.window_l3, PteFlags::WRITABLE));
+    ram.write(f.l4, 3, pte(f.plain_l3, PteFlags::WRITABLE));
+    ram.write(f.window_l3, 0, pte(f.l2a, PteFlags::WRITABLE));
+    ram.write(f.window_l3, 1, pte(f.l2b, PteFlags::WRITABLE));
+    ram.write(f.plain_l3, 5, pte(f.l2a, PteFlags::empty()));
     for (j, &l1) in f.l1s.iter().enumerate() {
         let (l2, slot) = if j < 10 { (f.l2a, j) } else { (f.l2b, j - 10) };
-        ram.write(l2, slot * 3, pte(l1, WRITABLE));
+        ram.write(l2, slot * 3, pte(l1, PteFlags::WRITABLE));
         for k in 0..16 {
-            let flags = if (j + k) % 2 == 0 { WRITABLE } else { 0 };
+            let flags = if (j + k) % 2 == 0 { PteFlags::WRITABLE } else { PteFlags::empty() };
             ram.write(l1, k * 7, pte(f.data[(j + k) % 16], flags));
         }
-        ram.write(l1, 300, pte(f.l1s[(j + 1) % 20], 0));
+        ram.write(l1, 300, pte(f.l1s[(j + 1) % 20], PteFlags::empty()));
     }
     for (slot, &l1) in f.l1s[10..18].iter().chain([&f.bad_l1]).enumerate() {
-        ram.write(f.new_l2, slot, pte(l1, WRITABLE));
+        ram.write(f.new_l2, slot, pte(l1, PteFlags::WRITABLE));
     }
-    ram.write(f.bad_l1, 0, pte(f.data[3], 0));
-    ram.write(f.bad_l1, 300, pte(w.foreign[0], 0));
+    ram.write(f.bad_l1, 0, pte(f.data[3], PteFlags::empty()));
+    ram.write(f.bad_l1, 300, pte(w.foreign[0], PteFlags::empty()));
     f
 }
 
@@ -136,7 +136,7 @@ fn run_scenario(preempt: Preempt) -> (Vec<Outcome>, u32) {
     let (result, calls) = set(&mut w, f.l4, 3, 0);
     record(&w, result, calls, &bases);
     // A validation that fails at its tenth L1, linked and pinned: undone both times.
-    let bad = pte(f.new_l2, WRITABLE);
+    let bad = pte(f.new_l2, PteFlags::WRITABLE);
     let (result, calls) = set(&mut w, f.window_l3, 2, bad);
     record(&w, result, calls, &bases);
     let (result, calls) = complete(|| mmu.pin_table(f.new_l2, Level::L2, DOM, &mut w.ram));

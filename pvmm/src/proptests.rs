@@ -34,10 +34,7 @@ use mm::addr::Mfn;
 use mm::frame::{FrameState, Owner, PageType, TypeFlags, TypeInfo};
 use proptest::prelude::*;
 
-use crate::entry::{
-    Pte, ACCESSED, AVAILABLE_HIGH, AVAILABLE_LOW, CACHE_DISABLE, DIRTY, ENTRIES, GLOBAL, HUGE_PAGE,
-    NO_EXECUTE, PRESENT, USER, WRITABLE, WRITE_THROUGH,
-};
+use crate::entry::{ENTRIES, Pte, PteFlags};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
@@ -252,15 +249,15 @@ struct Harness {
 /// Bits a present entry may set at `level`, written out from the rules in
 /// [`crate::policy`]'s documentation: no PWT, PCD or PS/PAT anywhere, G only in L1.
 fn entry_allowed(level: Level, raw: u64) -> bool {
-    if raw & PRESENT == 0 {
+    if raw & PteFlags::PRESENT.bits() == 0 {
         return true;
     }
-    let refused = WRITE_THROUGH | CACHE_DISABLE | HUGE_PAGE;
+    let refused = PteFlags::WRITE_THROUGH | PteFlags::CACHE_DISABLE | PteFlags::HUGE_PAGE;
     let refused = match level {
         Level::L1 => refused,
-        _ => refused | GLOBAL,
+        _ => refused | PteFlags::GLOBAL,
     };
-    raw & refused == 0
+    raw & refused.bits() == 0
 }
 
 /// The hypervisor's entries, written out again: L4 slots 256-271 and window-L3 entry 511.
@@ -294,12 +291,12 @@ fn level_of(page_type: PageType) -> Option<Level> {
 
 /// An entry's stored form: U/S on, G off in L1 (present entries only).
 fn stored(level: Level, raw: u64) -> u64 {
-    if raw & PRESENT == 0 {
+    if raw & PteFlags::PRESENT.bits() == 0 {
         return raw;
     }
     match level {
-        Level::L1 => (raw | USER) & !GLOBAL,
-        _ => raw | USER,
+        Level::L1 => (raw | PteFlags::USER.bits()) & !PteFlags::GLOBAL.bits(),
+        _ => raw | PteFlags::USER.bits(),
     }
 }
 
@@ -332,7 +329,7 @@ impl Model {
         }
         while let Some((table, page_type)) = state.scan.pop() {
             let level = level_of(page_type).unwrap();
-            if page_type == PageType::L4 && mem.read(table, 511) & PRESENT == 0 {
+            if page_type == PageType::L4 && mem.read(table, 511) & PteFlags::PRESENT.bits() == 0 {
                 return Err(format!("L4 {table} without slot 511"));
             }
             for index in (0..ENTRIES).filter(|&i| !model_reserved(page_type, i)) {
@@ -340,7 +337,7 @@ impl Model {
                     .filter(|&(t, i, _)| t == table && i == index)
                     .map(|(_, _, v)| v);
                 for raw in core::iter::once(mem.read(table, index)).chain(extra_value) {
-                    if raw & PRESENT == 0 {
+                    if raw & PteFlags::PRESENT.bits() == 0 {
                         continue;
                     }
                     if !entry_allowed(level, raw) {
@@ -348,7 +345,7 @@ impl Model {
                     }
                     let target = Pte(raw).mfn();
                     match level {
-                        Level::L1 if raw & WRITABLE != 0 => state.typed(target, PageType::None)?,
+                        Level::L1 if raw & PteFlags::WRITABLE.bits() != 0 => state.typed(target, PageType::None)?,
                         Level::L1 => state.referenced(target)?,
                         _ => state.typed(target, model_child(level, index))?,
                     }
@@ -437,16 +434,16 @@ impl Harness {
     fn value(&self, entry: Entry) -> u64 {
         let mfn = self.mfn(entry.frame);
         let flags = match entry.flags {
-            Flags::Rw => PRESENT | WRITABLE,
-            Flags::Ro => PRESENT,
+            Flags::Rw => PteFlags::PRESENT | PteFlags::WRITABLE,
+            Flags::Ro => PteFlags::PRESENT,
             Flags::RwNxAd => {
-                PRESENT | WRITABLE | NO_EXECUTE | ACCESSED | DIRTY | AVAILABLE_LOW | AVAILABLE_HIGH
+                PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::AVAILABLE_LOW | PteFlags::AVAILABLE_HIGH
             }
-            Flags::Global => PRESENT | GLOBAL,
-            Flags::Huge => PRESENT | HUGE_PAGE,
-            Flags::Uncached => PRESENT | CACHE_DISABLE | WRITE_THROUGH,
+            Flags::Global => PteFlags::PRESENT | PteFlags::GLOBAL,
+            Flags::Huge => PteFlags::PRESENT | PteFlags::HUGE_PAGE,
+            Flags::Uncached => PteFlags::PRESENT | PteFlags::CACHE_DISABLE | PteFlags::WRITE_THROUGH,
             Flags::Empty => return 0,
-            Flags::Garbage => WRITABLE | AVAILABLE_HIGH,
+            Flags::Garbage => PteFlags::WRITABLE | PteFlags::AVAILABLE_HIGH,
         };
         Pte::new(mfn, flags).raw()
     }
@@ -527,7 +524,7 @@ impl Harness {
                     Some(page_type) if level_of(page_type).is_some() => {
                         let level = level_of(page_type).unwrap();
                         let clears_window =
-                            page_type == PageType::L4 && index == 511 && new & PRESENT == 0;
+                            page_type == PageType::L4 && index == 511 && new & PteFlags::PRESENT.bits() == 0;
                         let allowed = !model_reserved(page_type, index)
                             && !clears_window
                             && self
@@ -541,7 +538,7 @@ impl Harness {
                                 )
                                 .is_ok();
                         let kept = if preserve_ad {
-                            old & (ACCESSED | DIRTY)
+                            old & (PteFlags::ACCESSED.bits() | PteFlags::DIRTY.bits())
                         } else {
                             0
                         };
@@ -776,7 +773,7 @@ fn only_stored_forms(
             if was == now || except == Some((mfn, index)) {
                 continue;
             }
-            let normalized = was & PRESENT != 0
+            let normalized = was & PteFlags::PRESENT.bits() != 0
                 && (now == stored(Level::L2, was) || now == stored(Level::L1, was));
             let hypervisor = (index == 511 && now == HV_L3_ENTRY)
                 || (index == 256 && now == M2P_L4_ENTRY)

@@ -7,7 +7,7 @@ use mm::addr::{Mfn, PAGE_SIZE};
 use mm::frame::{DomainId, FrameInfo, FrameTable, Owner, PageType, TypeFlags, TypeInfo};
 use mm::memmap::PhysRange;
 
-use crate::entry::{Pte, ENTRIES, GLOBAL, PRESENT, USER, WRITABLE};
+use crate::entry::{ENTRIES, Pte, PteFlags};
 use crate::level::Level;
 use crate::memory::TableMemory;
 use crate::policy::{child_type, must_be_present, Layout, WINDOW_L4_SLOT};
@@ -25,8 +25,8 @@ pub const FIRST_USABLE: u64 = 16;
 pub const DOM_FRAMES: usize = 64;
 
 /// Entry value of a present mapping of `mfn` with `flags` (P is added).
-pub fn pte(mfn: Mfn, flags: u64) -> u64 {
-    Pte::new(mfn, flags | PRESENT).raw()
+pub fn pte(mfn: Mfn, flags: PteFlags) -> u64 {
+    Pte::new(mfn, flags | PteFlags::PRESENT).raw()
 }
 
 /// Table memory over a map of frames (absent frames read as zero), recording flushes and
@@ -132,9 +132,9 @@ pub struct World {
 pub const TREE_BASE: u64 = 0xFFFF_FF80_0000_0000;
 
 /// The hypervisor's fixed L3 entry in every test layout.
-pub const HV_L3_ENTRY: u64 = 0x5000 | PRESENT | WRITABLE;
+pub const HV_L3_ENTRY: u64 = 0x5000 | PteFlags::PRESENT.bits() | PteFlags::WRITABLE.bits();
 /// The M2P entry in every test layout.
-pub const M2P_L4_ENTRY: u64 = 0x6000 | PRESENT | USER;
+pub const M2P_L4_ENTRY: u64 = 0x6000 | PteFlags::PRESENT.bits() | PteFlags::USER.bits();
 
 /// Relinquishes `dom`'s frames with `bases`, calling again while it says `Restart`.
 pub fn relinquish(
@@ -291,9 +291,9 @@ impl World {
             if !pte.is_present() {
                 continue;
             }
-            assert_ne!(raw & USER, 0, "{table}[{index}]: U/S not forced");
+            assert_ne!(raw & PteFlags::USER.bits(), 0, "{table}[{index}]: U/S not forced");
             if level == Level::L1 {
-                assert_eq!(raw & GLOBAL, 0, "{table}[{index}]: G not stripped");
+                assert_eq!(raw & PteFlags::GLOBAL.bits(), 0, "{table}[{index}]: G not stripped");
             }
             let target = pte.mfn().0 as usize;
             refs[target] += 1;
@@ -332,11 +332,11 @@ impl Tree {
         let data = world.owned[4..12].to_vec();
         let spare = world.owned[12..].to_vec();
         let ram = &mut world.ram;
-        ram.write(l4, WINDOW_L4_SLOT, pte(l3, WRITABLE));
-        ram.write(l3, 0, pte(l2, WRITABLE));
-        ram.write(l2, 0, pte(l1, WRITABLE));
+        ram.write(l4, WINDOW_L4_SLOT, pte(l3, PteFlags::WRITABLE));
+        ram.write(l3, 0, pte(l2, PteFlags::WRITABLE));
+        ram.write(l2, 0, pte(l1, PteFlags::WRITABLE));
         for (index, &frame) in data.iter().enumerate() {
-            let flags = if index < 4 { WRITABLE } else { 0 };
+            let flags = if index < 4 { PteFlags::WRITABLE } else { PteFlags::empty() };
             ram.write(l1, index, pte(frame, flags));
         }
         Tree {

@@ -5,10 +5,7 @@
 use mm::addr::Mfn;
 use mm::frame::{DomainId, Owner, PageType, TypeFlags, TypeInfo};
 
-use crate::entry::{
-    Pte, ACCESSED, AVAILABLE_HIGH, CACHE_DISABLE, DIRTY, GLOBAL, HUGE_PAGE, NO_EXECUTE, USER,
-    WRITABLE, WRITE_THROUGH,
-};
+use crate::entry::{Pte, PteFlags};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
@@ -44,7 +41,7 @@ fn validating_a_tree_takes_exactly_the_references_its_entries_need() {
     }
     assert_eq!(w.ram.read(tree.l4, 256), M2P_L4_ENTRY);
     assert_eq!(w.ram.read(tree.l3, 511), HV_L3_ENTRY);
-    assert_eq!(w.ram.read(tree.l1, 0), pte(tree.data[0], WRITABLE | USER));
+    assert_eq!(w.ram.read(tree.l1, 0), pte(tree.data[0], PteFlags::WRITABLE | PteFlags::USER));
     assert_eq!(w.ram.flushes, vec![tree.l4, tree.l3, tree.l2, tree.l1]);
     w.audit(&[tree.l4]);
 }
@@ -54,9 +51,9 @@ fn validation_overwrites_whatever_the_guest_left_in_hypervisor_slots() {
     let mut tree = Tree::write();
     let w = &mut tree.world;
     // A guest trying to sneak its own mappings into the hypervisor's slots.
-    w.ram.write(tree.l4, 256, pte(tree.l3, WRITABLE));
-    w.ram.write(tree.l4, 271, pte(w.hypervisor, WRITABLE));
-    w.ram.write(tree.l3, 511, pte(tree.l2, WRITABLE));
+    w.ram.write(tree.l4, 256, pte(tree.l3, PteFlags::WRITABLE));
+    w.ram.write(tree.l4, 271, pte(w.hypervisor, PteFlags::WRITABLE));
+    w.ram.write(tree.l3, 511, pte(tree.l2, PteFlags::WRITABLE));
     let base = w.mmu().new_baseptr(tree.l4, DOM, &mut w.ram).unwrap();
     assert_eq!(w.ram.read(tree.l4, 256), M2P_L4_ENTRY);
     assert_eq!(w.ram.read(tree.l4, 271), 0);
@@ -78,7 +75,7 @@ fn update_cases() -> Vec<Case> {
     vec![
         Case {
             name: "map own frame writable",
-            entry: |t| (t.l1, 100, pte(t.spare[0], WRITABLE)),
+            entry: |t| (t.l1, 100, pte(t.spare[0], PteFlags::WRITABLE)),
             expect: OK,
         },
         Case {
@@ -87,14 +84,14 @@ fn update_cases() -> Vec<Case> {
                 (
                     t.l1,
                     100,
-                    pte(t.spare[0], NO_EXECUTE | ACCESSED | DIRTY | AVAILABLE_HIGH),
+                    pte(t.spare[0], PteFlags::NO_EXECUTE | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::AVAILABLE_HIGH),
                 )
             },
             expect: OK,
         },
         Case {
             name: "map a frame of another domain",
-            entry: |t| (t.l1, 100, pte(t.world.foreign[0], 0)),
+            entry: |t| (t.l1, 100, pte(t.world.foreign[0], PteFlags::empty())),
             expect: |t| {
                 Err(MmError::NotOwner {
                     mfn: t.world.foreign[0],
@@ -104,7 +101,7 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "map a hypervisor frame",
-            entry: |t| (t.l1, 100, pte(t.world.hypervisor, 0)),
+            entry: |t| (t.l1, 100, pte(t.world.hypervisor, PteFlags::empty())),
             expect: |t| {
                 Err(MmError::NotOwner {
                     mfn: t.world.hypervisor,
@@ -114,22 +111,22 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "map a free frame",
-            entry: |t| (t.l1, 100, pte(t.world.free, WRITABLE)),
+            entry: |t| (t.l1, 100, pte(t.world.free, PteFlags::WRITABLE)),
             expect: |t| Err(MmError::NotAllocated(t.world.free)),
         },
         Case {
             name: "map a reserved frame",
-            entry: |t| (t.l1, 100, pte(Mfn(0), 0)),
+            entry: |t| (t.l1, 100, pte(Mfn(0), PteFlags::empty())),
             expect: |_| Err(MmError::NotAllocated(Mfn(0))),
         },
         Case {
             name: "map a frame beyond the frame table",
-            entry: |t| (t.l1, 100, pte(Mfn(0xF_FFFF_FFFF), 0)),
+            entry: |t| (t.l1, 100, pte(Mfn(0xF_FFFF_FFFF), PteFlags::empty())),
             expect: |_| Err(MmError::OutOfRange(Mfn(0xF_FFFF_FFFF))),
         },
         Case {
             name: "map own L1 table writable",
-            entry: |t| (t.l1, 100, pte(t.l1, WRITABLE)),
+            entry: |t| (t.l1, 100, pte(t.l1, PteFlags::WRITABLE)),
             expect: |t| {
                 Err(MmError::WritableTable {
                     mfn: t.l1,
@@ -139,12 +136,12 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "map own L1 table read-only",
-            entry: |t| (t.l1, 100, pte(t.l1, 0)),
+            entry: |t| (t.l1, 100, pte(t.l1, PteFlags::empty())),
             expect: OK,
         },
         Case {
             name: "map the L4 writable from an L1",
-            entry: |t| (t.l1, 100, pte(t.l4, WRITABLE)),
+            entry: |t| (t.l1, 100, pte(t.l4, PteFlags::WRITABLE)),
             expect: |t| {
                 Err(MmError::WritableTable {
                     mfn: t.l4,
@@ -154,7 +151,7 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "L4 entry naming the L4 itself (linear map)",
-            entry: |t| (t.l4, 5, pte(t.l4, WRITABLE)),
+            entry: |t| (t.l4, 5, pte(t.l4, PteFlags::WRITABLE)),
             expect: |t| {
                 Err(MmError::TypeConflict {
                     mfn: t.l4,
@@ -165,7 +162,7 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "L2 entry naming a writable-mapped frame",
-            entry: |t| (t.l2, 1, pte(t.data[0], WRITABLE)),
+            entry: |t| (t.l2, 1, pte(t.data[0], PteFlags::WRITABLE)),
             expect: |t| {
                 Err(MmError::TypeConflict {
                     mfn: t.data[0],
@@ -176,17 +173,17 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "L2 entry naming a fresh zeroed frame validates it as an L1",
-            entry: |t| (t.l2, 1, pte(t.spare[0], WRITABLE)),
+            entry: |t| (t.l2, 1, pte(t.spare[0], PteFlags::WRITABLE)),
             expect: OK,
         },
         Case {
             name: "L2 entry naming the L1 a second time",
-            entry: |t| (t.l2, 7, pte(t.l1, 0)),
+            entry: |t| (t.l2, 7, pte(t.l1, PteFlags::empty())),
             expect: OK,
         },
         Case {
             name: "L4 slot 256 (M2P)",
-            entry: |t| (t.l4, 256, pte(t.l3, 0)),
+            entry: |t| (t.l4, 256, pte(t.l3, PteFlags::empty())),
             expect: |_| {
                 Err(MmError::ReservedSlot {
                     level: Level::L4,
@@ -206,7 +203,7 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "L3 index 511 (hypervisor window)",
-            entry: |t| (t.l3, 511, pte(t.l2, 0)),
+            entry: |t| (t.l3, 511, pte(t.l2, PteFlags::empty())),
             expect: |_| {
                 Err(MmError::ReservedSlot {
                     level: Level::L3,
@@ -216,12 +213,12 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "L4 slot 272, just past the reserved range, naming a fresh L3",
-            entry: |t| (t.l4, 272, pte(t.spare[0], 0)),
+            entry: |t| (t.l4, 272, pte(t.spare[0], PteFlags::empty())),
             expect: OK,
         },
         Case {
             name: "the window-L3 linked at another L4 slot",
-            entry: |t| (t.l4, 272, pte(t.l3, 0)),
+            entry: |t| (t.l4, 272, pte(t.l3, PteFlags::empty())),
             expect: |t| {
                 Err(MmError::TypeConflict {
                     mfn: t.l3,
@@ -232,7 +229,7 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "an L3 in use elsewhere linked at L4 slot 511",
-            entry: |t| (t.l4, 511, pte(t.l4, 0)),
+            entry: |t| (t.l4, 511, pte(t.l4, PteFlags::empty())),
             expect: |t| {
                 Err(MmError::TypeConflict {
                     mfn: t.l4,
@@ -243,7 +240,7 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "L4 slot 511 pointed at a fresh table (a new window-L3)",
-            entry: |t| (t.l4, 511, pte(t.spare[0], WRITABLE)),
+            entry: |t| (t.l4, 511, pte(t.spare[0], PteFlags::WRITABLE)),
             expect: OK,
         },
         Case {
@@ -258,37 +255,37 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "2 MiB page in an L2",
-            entry: |t| (t.l2, 1, pte(t.spare[0], HUGE_PAGE | WRITABLE)),
+            entry: |t| (t.l2, 1, pte(t.spare[0], PteFlags::HUGE_PAGE | PteFlags::WRITABLE)),
             expect: |_| Err(MmError::HugePage { level: Level::L2 }),
         },
         Case {
             name: "1 GiB page in an L3",
-            entry: |t| (t.l3, 1, pte(t.spare[0], HUGE_PAGE)),
+            entry: |t| (t.l3, 1, pte(t.spare[0], PteFlags::HUGE_PAGE)),
             expect: |_| Err(MmError::HugePage { level: Level::L3 }),
         },
         Case {
             name: "PCD in an L1 entry",
-            entry: |t| (t.l1, 100, pte(t.spare[0], CACHE_DISABLE)),
+            entry: |t| (t.l1, 100, pte(t.spare[0], PteFlags::CACHE_DISABLE)),
             expect: |_| {
                 Err(MmError::BadFlags {
                     level: Level::L1,
-                    bits: CACHE_DISABLE,
+                    bits: PteFlags::CACHE_DISABLE,
                 })
             },
         },
         Case {
             name: "PWT in an L3 entry",
-            entry: |t| (t.l3, 1, pte(t.spare[0], WRITE_THROUGH)),
+            entry: |t| (t.l3, 1, pte(t.spare[0], PteFlags::WRITE_THROUGH)),
             expect: |_| {
                 Err(MmError::BadFlags {
                     level: Level::L3,
-                    bits: WRITE_THROUGH,
+                    bits: PteFlags::WRITE_THROUGH,
                 })
             },
         },
         Case {
             name: "G in an L1 entry is stripped",
-            entry: |t| (t.l1, 100, pte(t.spare[0], GLOBAL)),
+            entry: |t| (t.l1, 100, pte(t.spare[0], PteFlags::GLOBAL)),
             expect: OK,
         },
         Case {
@@ -303,7 +300,7 @@ fn update_cases() -> Vec<Case> {
         },
         Case {
             name: "replacing a writable mapping by a read-only one",
-            entry: |t| (t.l1, 0, pte(t.data[0], 0)),
+            entry: |t| (t.l1, 0, pte(t.data[0], PteFlags::empty())),
             expect: OK,
         },
         Case {
@@ -356,7 +353,7 @@ fn table_of_allowed_and_refused_updates() {
             Ok(()) => {
                 let stored = w.ram.read(table, index);
                 let wanted = if Pte(value).is_present() {
-                    (value | USER) & !GLOBAL
+                    (value | PteFlags::USER.bits()) & !PteFlags::GLOBAL.bits()
                 } else {
                     value
                 };
@@ -418,7 +415,7 @@ fn unmapping_a_subtree_devalidates_it_and_remapping_revalidates_it() {
     mmu.mod_entry(
         other_l1,
         20,
-        pte(tree.l1, WRITABLE),
+        pte(tree.l1, PteFlags::WRITABLE),
         AccessedDirty::Overwrite,
         DOM,
         &mut w.ram,
@@ -472,7 +469,7 @@ fn a_frame_used_as_l1_becomes_l2_only_at_type_count_zero() {
         mmu.pin_table(frame, Level::L2, DOM, &mut w.ram),
         Err(conflict)
     );
-    let l3_entry = pte(frame, 0);
+    let l3_entry = pte(frame, PteFlags::empty());
     assert_eq!(
         mmu.mod_entry(
             tree.l3,
@@ -519,7 +516,7 @@ fn a_writable_mapped_frame_cannot_become_a_table_until_unmapped() {
     mmu.mod_entry(
         tree.l1,
         0,
-        pte(frame, 0),
+        pte(frame, PteFlags::empty()),
         AccessedDirty::Overwrite,
         DOM,
         &mut w.ram,
@@ -572,7 +569,7 @@ fn pins_are_counted_once_and_unpin_lets_the_frame_be_reused() {
     mmu.mod_entry(
         tree.l1,
         9,
-        pte(frame, WRITABLE),
+        pte(frame, PteFlags::WRITABLE),
         AccessedDirty::Overwrite,
         DOM,
         &mut w.ram,
@@ -605,7 +602,7 @@ fn type_changes_report_releases_and_ask_for_the_right_flushes() {
         mmu.mod_entry(tree.l1, 9, value, AccessedDirty::Overwrite, DOM, &mut w.ram)
             .unwrap()
     };
-    map(w, pte(frame, WRITABLE));
+    map(w, pte(frame, PteFlags::WRITABLE));
     assert_eq!(w.ram.writable_flushes, vec![frame]);
     map(w, 0);
     assert_eq!(w.ram.released, vec![(frame, PageType::None)]);
@@ -615,10 +612,10 @@ fn type_changes_report_releases_and_ask_for_the_right_flushes() {
     mmu.unpin_table(frame, DOM, &mut w.ram).unwrap();
     assert_eq!(w.ram.released.last(), Some(&(frame, PageType::L1)));
     // Mapped writable again: the table flush is asked for once more.
-    map(w, pte(frame, WRITABLE));
+    map(w, pte(frame, PteFlags::WRITABLE));
     assert_eq!(w.ram.writable_flushes, vec![frame, frame]);
     // A second writable mapping takes no type at count zero: no new request.
-    mmu.mod_entry(tree.l1, 10, pte(frame, WRITABLE), AccessedDirty::Overwrite, DOM, &mut w.ram)
+    mmu.mod_entry(tree.l1, 10, pte(frame, PteFlags::WRITABLE), AccessedDirty::Overwrite, DOM, &mut w.ram)
         .unwrap();
     assert_eq!(w.ram.writable_flushes.len(), 2);
     // Unlinking the tree's L1 devalidates it: released as an L1 (and the writable pages it
@@ -642,17 +639,17 @@ fn validation_failing_half_way_leaves_counts_and_memory_unchanged() {
     // an L2 whose L1 is fine up to entry 300, which maps a foreign frame. Entries are
     // written in stored form (U/S set) so that the sub-tables validated and devalidated
     // on the way are left byte-for-byte as they were.
-    w.ram.write(l3, 0, pte(l2_good, WRITABLE | USER));
-    w.ram.write(l3, 1, pte(l2_bad, WRITABLE | USER));
-    w.ram.write(l2_good, 0, pte(l1_good, WRITABLE | USER));
-    w.ram.write(l2_good, 1, pte(tree.l1, USER));
-    w.ram.write(l2_bad, 0, pte(l1_good, USER));
-    w.ram.write(l2_bad, 9, pte(l1_bad, USER));
+    w.ram.write(l3, 0, pte(l2_good, PteFlags::WRITABLE | PteFlags::USER));
+    w.ram.write(l3, 1, pte(l2_bad, PteFlags::WRITABLE | PteFlags::USER));
+    w.ram.write(l2_good, 0, pte(l1_good, PteFlags::WRITABLE | PteFlags::USER));
+    w.ram.write(l2_good, 1, pte(tree.l1, PteFlags::USER));
+    w.ram.write(l2_bad, 0, pte(l1_good, PteFlags::USER));
+    w.ram.write(l2_bad, 9, pte(l1_bad, PteFlags::USER));
     for (index, &frame) in data.iter().enumerate() {
-        w.ram.write(l1_good, index, pte(frame, WRITABLE | USER));
-        w.ram.write(l1_bad, index, pte(frame, USER));
+        w.ram.write(l1_good, index, pte(frame, PteFlags::WRITABLE | PteFlags::USER));
+        w.ram.write(l1_bad, index, pte(frame, PteFlags::USER));
     }
-    w.ram.write(l1_bad, 300, pte(w.foreign[0], USER));
+    w.ram.write(l1_bad, 300, pte(w.foreign[0], PteFlags::USER));
     let counts_before = w.snapshot();
     let memory_before = w.ram.contents();
     let refused = MmError::NotOwner {
@@ -665,7 +662,7 @@ fn validation_failing_half_way_leaves_counts_and_memory_unchanged() {
         mmu.mod_entry(
             tree.l4,
             3,
-            pte(l3, 0),
+            pte(l3, PteFlags::empty()),
             AccessedDirty::Overwrite,
             DOM,
             &mut w.ram
@@ -690,9 +687,9 @@ fn tables_that_would_map_themselves_are_refused() {
     let w = &mut tree.world;
     let mmu = w.mmu();
     // An L1 mapping the L2 that names it, writable: the L2 is typed L2 by then.
-    w.ram.write(l2, 0, pte(l1, WRITABLE));
-    w.ram.write(l1, 0, pte(l2, WRITABLE));
-    w.ram.write(l1, 1, pte(l1, WRITABLE));
+    w.ram.write(l2, 0, pte(l1, PteFlags::WRITABLE));
+    w.ram.write(l1, 0, pte(l2, PteFlags::WRITABLE));
+    w.ram.write(l1, 1, pte(l1, PteFlags::WRITABLE));
     let before = w.snapshot();
     assert_eq!(
         mmu.pin_table(l2, Level::L2, DOM, &mut w.ram),
@@ -711,8 +708,8 @@ fn tables_that_would_map_themselves_are_refused() {
     );
     assert_eq!(w.snapshot(), before);
     // Read-only, both are fine.
-    w.ram.write(l1, 0, pte(l2, 0));
-    w.ram.write(l1, 1, pte(l1, 0));
+    w.ram.write(l1, 0, pte(l2, PteFlags::empty()));
+    w.ram.write(l1, 1, pte(l1, PteFlags::empty()));
     mmu.pin_table(l2, Level::L2, DOM, &mut w.ram).unwrap();
     w.audit(&[base.mfn()]);
 }
@@ -758,7 +755,7 @@ fn preserve_ad_keeps_the_bits_the_processor_set() {
     let w = &mut tree.world;
     let mmu = w.mmu();
     let current = w.ram.read(tree.l1, 0);
-    w.ram.write(tree.l1, 0, current | ACCESSED | DIRTY);
+    w.ram.write(tree.l1, 0, current | PteFlags::ACCESSED.bits() | PteFlags::DIRTY.bits());
     mmu.mod_entry(
         tree.l1,
         0,
@@ -768,7 +765,7 @@ fn preserve_ad_keeps_the_bits_the_processor_set() {
         &mut w.ram,
     )
     .unwrap();
-    assert_eq!(w.ram.read(tree.l1, 0), current | ACCESSED | DIRTY);
+    assert_eq!(w.ram.read(tree.l1, 0), current | PteFlags::ACCESSED.bits() | PteFlags::DIRTY.bits());
     mmu.mod_entry(
         tree.l1,
         0,
@@ -794,13 +791,13 @@ fn updates_to_ordinary_pages_are_plain_writes_and_descriptor_pages_are_refused()
         mmu.mod_entry(
             target,
             7,
-            pte(w.foreign[0], HUGE_PAGE),
+            pte(w.foreign[0], PteFlags::HUGE_PAGE),
             AccessedDirty::Overwrite,
             DOM,
             &mut w.ram,
         )
         .unwrap();
-        assert_eq!(w.ram.read(target, 7), pte(w.foreign[0], HUGE_PAGE));
+        assert_eq!(w.ram.read(target, 7), pte(w.foreign[0], PteFlags::HUGE_PAGE));
     }
     assert_eq!(w.snapshot(), before);
     let gdt = tree.spare[1];
@@ -891,7 +888,7 @@ fn relinquish_returns_every_frame() {
         // More state to tear down: a second root sharing the L3, pinned tables at every
         // level, an extra writable mapping, a second mapping of the L1 table.
         let user_l4 = tree.spare[0];
-        w.ram.write(user_l4, 511, pte(tree.l3, 0));
+        w.ram.write(user_l4, 511, pte(tree.l3, PteFlags::empty()));
         user_base = mmu.new_baseptr(user_l4, DOM, &mut w.ram).unwrap();
         mmu.pin_table(tree.l4, Level::L4, DOM, &mut w.ram).unwrap();
         mmu.pin_table(tree.l1, Level::L1, DOM, &mut w.ram).unwrap();
@@ -900,7 +897,7 @@ fn relinquish_returns_every_frame() {
         mmu.mod_entry(
             tree.l1,
             50,
-            pte(tree.spare[2], WRITABLE),
+            pte(tree.spare[2], PteFlags::WRITABLE),
             AccessedDirty::Overwrite,
             DOM,
             &mut w.ram,
@@ -909,7 +906,7 @@ fn relinquish_returns_every_frame() {
         mmu.mod_entry(
             tree.l2,
             9,
-            pte(tree.l1, 0),
+            pte(tree.l1, PteFlags::empty()),
             AccessedDirty::Overwrite,
             DOM,
             &mut w.ram,
@@ -959,7 +956,7 @@ fn shared_frames_may_be_mapped_but_never_used_as_tables() {
     let mmu = world.mmu().with_sharing(&is_shared);
     let other_l1 = world.foreign[0];
     let mut other_ram = Ram::default();
-    other_ram.write(other_l1, 0, pte(shared_frame, WRITABLE));
+    other_ram.write(other_l1, 0, pte(shared_frame, PteFlags::WRITABLE));
     mmu.pin_table(other_l1, Level::L1, OTHER, &mut other_ram)
         .unwrap();
     assert_eq!(world.counts(shared_frame), (1, typed(PageType::None, 1)));
@@ -1004,7 +1001,7 @@ fn counts_refuse_to_overflow() {
         mmu.mod_entry(
             tree.l1,
             60,
-            pte(frame, WRITABLE),
+            pte(frame, PteFlags::WRITABLE),
             AccessedDirty::Overwrite,
             DOM,
             &mut w.ram
@@ -1122,7 +1119,7 @@ fn present_bits_outside_the_address_never_reach_a_table_unchecked() {
             let target = [tree.l3, tree.l2, tree.l1, tree.spare[0]][level_table];
             let table = [tree.l4, tree.l3, tree.l2, tree.l1][level_table];
             let level = [Level::L4, Level::L3, Level::L2, Level::L1][level_table];
-            let value = pte(target, 1 << bit);
+            let value = pte(target, PteFlags::from_bits_retain(1 << bit));
             let w = &mut tree.world;
             let index = if level == Level::L4 { 511 } else { 0 };
             let before = w.ram.contents();
@@ -1157,7 +1154,7 @@ fn an_l4_without_its_window_l3_is_never_valid() {
     let mut tree = Tree::write();
     let w = &mut tree.world;
     w.ram.write(tree.l4, 511, 0);
-    w.ram.write(tree.l4, 0, pte(tree.l3, WRITABLE));
+    w.ram.write(tree.l4, 0, pte(tree.l3, PteFlags::WRITABLE));
     let before = w.snapshot();
     let mmu = w.mmu();
     assert_eq!(
@@ -1169,7 +1166,7 @@ fn an_l4_without_its_window_l3_is_never_valid() {
         Err(MmError::NoWindow(tree.l4))
     );
     // Not present with other bits set is still not present.
-    w.ram.write(tree.l4, 511, pte(tree.l3, WRITABLE) & !1);
+    w.ram.write(tree.l4, 511, pte(tree.l3, PteFlags::WRITABLE) & !1);
     assert_eq!(
         mmu.new_baseptr(tree.l4, DOM, &mut w.ram),
         Err(MmError::NoWindow(tree.l4))
@@ -1184,22 +1181,22 @@ fn a_plain_l3_has_no_hypervisor_entry_and_its_slot_511_is_the_guests() {
     let [l3, l2, l1, page] = [0, 1, 2, 3].map(|i| tree.spare[i]);
     let w = &mut tree.world;
     let mmu = w.mmu();
-    w.ram.write(l3, 511, pte(l2, WRITABLE));
-    w.ram.write(l2, 480, pte(l1, WRITABLE));
-    w.ram.write(l1, 0, pte(page, WRITABLE));
+    w.ram.write(l3, 511, pte(l2, PteFlags::WRITABLE));
+    w.ram.write(l2, 480, pte(l1, PteFlags::WRITABLE));
+    w.ram.write(l1, 0, pte(page, PteFlags::WRITABLE));
     // Linked at L4 slot 0, its entry 511 covers 0x7F_C000_0000, where a window-L3 keeps
     // the hypervisor: here it is the guest's own mapping.
     mmu.mod_entry(
         tree.l4,
         0,
-        pte(l3, WRITABLE),
+        pte(l3, PteFlags::WRITABLE),
         AccessedDirty::Overwrite,
         DOM,
         &mut w.ram,
     )
     .unwrap();
     assert_eq!(w.counts(l3), (1, validated(PageType::L3, 1)));
-    assert_eq!(w.ram.read(l3, 511), pte(l2, WRITABLE | USER));
+    assert_eq!(w.ram.read(l3, 511), pte(l2, PteFlags::WRITABLE | PteFlags::USER));
     let alias = 0x7F_FC00_0000; // the window's alias before the fix
     assert_eq!(
         mmu.l1_entry_of(tree.l4, alias, &w.ram),
@@ -1235,7 +1232,7 @@ fn pinned_l3s_keep_their_kind_and_kinds_never_mix() {
         mmu.mod_entry(
             tree.l4,
             511,
-            pte(plain, 0),
+            pte(plain, PteFlags::empty()),
             AccessedDirty::Overwrite,
             DOM,
             &mut w.ram
@@ -1262,7 +1259,7 @@ fn pinned_l3s_keep_their_kind_and_kinds_never_mix() {
     mmu.mod_entry(
         tree.l4,
         511,
-        pte(plain, 0),
+        pte(plain, PteFlags::empty()),
         AccessedDirty::Overwrite,
         DOM,
         &mut w.ram,
@@ -1282,7 +1279,7 @@ fn pinned_l3s_keep_their_kind_and_kinds_never_mix() {
     let as_plain = mmu.mod_entry(
         tree.l4,
         5,
-        pte(tree.l3, 0),
+        pte(tree.l3, PteFlags::empty()),
         AccessedDirty::Overwrite,
         DOM,
         &mut w.ram,
@@ -1293,7 +1290,7 @@ fn pinned_l3s_keep_their_kind_and_kinds_never_mix() {
     mmu.mod_entry(
         tree.l4,
         5,
-        pte(tree.l3, 0),
+        pte(tree.l3, PteFlags::empty()),
         AccessedDirty::Overwrite,
         DOM,
         &mut w.ram,
@@ -1338,9 +1335,9 @@ fn table_only_updates_write_tables_and_refuse_every_other_frame() {
     assert_eq!(w.ram.read(data, 3), before);
     // A table entry: validated as mod_entry validates it.
     // The L1 mapping itself read-only, as a guest maps its tables.
-    assert_eq!(mmu.mod_table_entry_only(l1, 7, pte(l1, USER), AccessedDirty::Overwrite, DOM, &mut w.ram), Ok(()));
+    assert_eq!(mmu.mod_table_entry_only(l1, 7, pte(l1, PteFlags::USER), AccessedDirty::Overwrite, DOM, &mut w.ram), Ok(()));
     assert_eq!(
-        mmu.mod_table_entry_only(l1, 8, pte(l2, WRITABLE | USER), AccessedDirty::Overwrite, DOM, &mut w.ram),
+        mmu.mod_table_entry_only(l1, 8, pte(l2, PteFlags::WRITABLE | PteFlags::USER), AccessedDirty::Overwrite, DOM, &mut w.ram),
         Err(MmError::WritableTable { mfn: l2, have: PageType::L2 }),
         "a writable mapping of a page table is refused"
     );
@@ -1358,9 +1355,9 @@ fn compare_exchange_updates_store_only_over_the_expected_value() {
     let snapshot = w.snapshot();
     // A stale expectation (a processor set a bit since the value was read): refused,
     // nothing taken.
-    let stale = AccessedDirty::CompareExchange { expected: before | ACCESSED };
+    let stale = AccessedDirty::CompareExchange { expected: before | PteFlags::ACCESSED.bits() };
     assert_eq!(
-        mmu.mod_table_entry_only(l1, 9, pte(spare, WRITABLE | USER), stale, DOM, &mut w.ram),
+        mmu.mod_table_entry_only(l1, 9, pte(spare, PteFlags::WRITABLE | PteFlags::USER), stale, DOM, &mut w.ram),
         Err(MmError::Changed(l1))
     );
     assert_eq!(w.ram.read(l1, 9), before);
@@ -1370,11 +1367,11 @@ fn compare_exchange_updates_store_only_over_the_expected_value() {
     w.ram.fail_next_compare_exchange = true;
     let fresh = AccessedDirty::CompareExchange { expected: before };
     assert_eq!(
-        mmu.mod_table_entry_only(l1, 9, pte(spare, WRITABLE | USER), fresh, DOM, &mut w.ram),
+        mmu.mod_table_entry_only(l1, 9, pte(spare, PteFlags::WRITABLE | PteFlags::USER), fresh, DOM, &mut w.ram),
         Err(MmError::Changed(l1))
     );
     assert_eq!(w.snapshot(), snapshot, "the new entry's references were given back");
-    assert_eq!(mmu.mod_table_entry_only(l1, 9, pte(spare, WRITABLE | USER), fresh, DOM, &mut w.ram), Ok(()));
+    assert_eq!(mmu.mod_table_entry_only(l1, 9, pte(spare, PteFlags::WRITABLE | PteFlags::USER), fresh, DOM, &mut w.ram), Ok(()));
     assert_eq!(w.counts(spare), (1, TypeInfo::NONE.with_type(PageType::None).with_count(1).unwrap()));
     w.audit(&[base.mfn()]);
 }

@@ -283,7 +283,7 @@ impl PvMmu<'_> {
             let stored = match self.layout.fixed_entry(page_type, index) {
                 Some(fixed) => fixed,
                 None if level == Level::L1 && Pte(raw).is_present() && self.is_device_memory(Pte(raw).mfn()) => {
-                    normalize(level, raw) | crate::device::UNCACHED
+                    normalize(level, raw) | crate::device::UNCACHED.bits()
                 }
                 None if Pte(raw).is_present() => normalize(level, raw),
                 None => raw,

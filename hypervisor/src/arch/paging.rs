@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use x86_64::registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags};
 use x86_64::structures::paging::PhysFrame;
+use pvmm::entry::{Pte, PteFlags, ADDRESS_MASK};
 use x86_64::{PhysAddr, VirtAddr};
 
 /// First address of the window (top 64 MiB).
@@ -23,13 +24,8 @@ const WINDOW_L1_TABLES: usize = (WINDOW_SIZE >> 21) as usize;
 /// L2 index of the window's first 2 MiB.
 const WINDOW_L2_FIRST: usize = ENTRIES - WINDOW_L1_TABLES;
 
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const WRITE_THROUGH: u64 = 1 << 3;
-const CACHE_DISABLE: u64 = 1 << 4;
-const GLOBAL: u64 = 1 << 8;
-const NO_EXECUTE: u64 = 1 << 63;
-const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+/// The flags of the window's table entries (L4 slot 511, its L3 and its L2).
+const TABLE_FLAGS: PteFlags = PteFlags::PRESENT.union(PteFlags::WRITABLE);
 
 /// What a window page is used for; decides its permission and cache bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,15 +86,15 @@ pub fn image_phys(vaddr: u64) -> u64 {
     vaddr - WINDOW_BASE + load
 }
 
-fn flags(kind: MapKind) -> u64 {
-    let nx = NX_MASK.load(Ordering::Relaxed);
-    PRESENT
-        | GLOBAL
+fn flags(kind: MapKind) -> PteFlags {
+    let nx = PteFlags::from_bits_retain(NX_MASK.load(Ordering::Relaxed));
+    PteFlags::PRESENT
+        | PteFlags::GLOBAL
         | match kind {
-            MapKind::Text => 0,
+            MapKind::Text => PteFlags::empty(),
             MapKind::ReadOnly => nx,
-            MapKind::Data => WRITABLE | nx,
-            MapKind::Mmio => WRITABLE | WRITE_THROUGH | CACHE_DISABLE | nx,
+            MapKind::Data => PteFlags::WRITABLE | nx,
+            MapKind::Mmio => PteFlags::WRITABLE | PteFlags::WRITE_THROUGH | PteFlags::CACHE_DISABLE | nx,
         }
 }
 
@@ -116,12 +112,12 @@ fn l1_entry(vaddr: u64) -> Result<&'static AtomicU64, MapError> {
 /// `sections` lists `(start, end, kind)` window ranges of the image; `nx` says whether the
 /// CPU supports no-execute. Runs once, on the boot CPU, before anything else is mapped.
 pub fn init(sections: &[(u64, u64, MapKind)], nx: bool, identity_slot: u64) {
-    NX_MASK.store(if nx { NO_EXECUTE } else { 0 }, Ordering::Relaxed);
+    NX_MASK.store(if nx { PteFlags::NO_EXECUTE.bits() } else { 0 }, Ordering::Relaxed);
     for (i, table) in L1.iter().enumerate() {
-        L2.0[WINDOW_L2_FIRST + i].store(table.phys() | PRESENT | WRITABLE, Ordering::Relaxed);
+        L2.0[WINDOW_L2_FIRST + i].store(table.phys() | TABLE_FLAGS.bits(), Ordering::Relaxed);
     }
-    L3.0[ENTRIES - 1].store(L2.phys() | PRESENT | WRITABLE, Ordering::Relaxed);
-    PML4.0[ENTRIES - 1].store(L3.phys() | PRESENT | WRITABLE, Ordering::Relaxed);
+    L3.0[ENTRIES - 1].store(L2.phys() | TABLE_FLAGS.bits(), Ordering::Relaxed);
+    PML4.0[ENTRIES - 1].store(L3.phys() | TABLE_FLAGS.bits(), Ordering::Relaxed);
     PML4.0[0].store(identity_slot, Ordering::Relaxed);
     for &(start, end, kind) in sections {
         let mut va = start & !(PAGE_SIZE - 1);
@@ -167,7 +163,7 @@ pub fn window_l2_phys() -> u64 {
 /// the window's L2, present and writable, supervisor-only (the guest kernel runs in ring 3
 /// and cannot reach it).
 pub fn window_l3_entry() -> u64 {
-    window_l2_phys() | PRESENT | WRITABLE
+    window_l2_phys() | TABLE_FLAGS.bits()
 }
 
 /// Removes the boot-time identity map. The caller flushes TLBs on every CPU.
@@ -188,7 +184,7 @@ pub fn map(vaddr: u64, phys: u64, kind: MapKind) -> Result<(), MapError> {
     }
     let entry = l1_entry(vaddr)?;
     entry
-        .compare_exchange(0, phys | flags(kind), Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(0, phys | flags(kind).bits(), Ordering::AcqRel, Ordering::Acquire)
         .map(|_| ())
         .map_err(|_| MapError::AlreadyMapped(vaddr))
 }
@@ -199,7 +195,7 @@ pub fn unmap(vaddr: u64) -> Option<u64> {
     let entry = l1_entry(vaddr).ok()?;
     let old = entry.swap(0, Ordering::AcqRel);
     x86_64::instructions::tlb::flush(VirtAddr::new(vaddr));
-    (old & PRESENT != 0).then_some(old & ADDRESS_MASK)
+    Pte(old).is_present().then_some(old & ADDRESS_MASK)
 }
 
 /// Gives the mapped window page at `vaddr` the permissions of `kind`, keeping its frame,
@@ -207,10 +203,10 @@ pub fn unmap(vaddr: u64) -> Option<u64> {
 pub fn protect(vaddr: u64, kind: MapKind) -> Result<(), MapError> {
     let entry = l1_entry(vaddr)?;
     let old = entry.load(Ordering::Acquire);
-    if old & PRESENT == 0 {
+    if !Pte(old).is_present() {
         return Err(MapError::BadVirtual(vaddr));
     }
-    entry.store((old & ADDRESS_MASK) | flags(kind), Ordering::Release);
+    entry.store((old & ADDRESS_MASK) | flags(kind).bits(), Ordering::Release);
     x86_64::instructions::tlb::flush(VirtAddr::new(vaddr));
     Ok(())
 }
@@ -228,18 +224,25 @@ pub fn no_execute_bit() -> u64 {
     NX_MASK.load(Ordering::Relaxed)
 }
 
+/// Whether the window page at `vaddr` is mapped with caching disabled (a device page).
+pub fn is_uncached(vaddr: u64) -> bool {
+    l1_entry(vaddr & !(PAGE_SIZE - 1))
+        .is_ok_and(|entry| Pte(entry.load(Ordering::Acquire)).flags().contains(PteFlags::PRESENT | PteFlags::CACHE_DISABLE))
+}
+
 /// The access a window page allows, as its L1 entry says (every upper level allows all),
 /// if it is mapped. Pages are never executable when the CPU has no NX.
 pub fn access(vaddr: u64) -> Option<Access> {
     let entry = l1_entry(vaddr & !(PAGE_SIZE - 1)).ok()?.load(Ordering::Acquire);
     let nx = NX_MASK.load(Ordering::Relaxed);
-    (entry & PRESENT != 0).then_some(Access { writable: entry & WRITABLE != 0, executable: nx == 0 || entry & nx == 0 })
+    let pte = Pte(entry);
+    pte.is_present().then_some(Access { writable: pte.is_writable(), executable: nx == 0 || entry & nx == 0 })
 }
 
 /// The physical address a window page maps, if any.
 pub fn translate(vaddr: u64) -> Option<u64> {
     let entry = l1_entry(vaddr & !(PAGE_SIZE - 1)).ok()?.load(Ordering::Acquire);
-    (entry & PRESENT != 0).then_some((entry & ADDRESS_MASK) | (vaddr & (PAGE_SIZE - 1)))
+    Pte(entry).is_present().then_some((entry & ADDRESS_MASK) | (vaddr & (PAGE_SIZE - 1)))
 }
 
 /// Flushes this CPU's non-global TLB entries (every guest translation: guest entries are

@@ -37,7 +37,7 @@ use hypervisor::continuation::{Outcome, Stop};
 use hypervisor::hypercall::{GuestVa, Request};
 use mm::addr::Mfn;
 use mm::frame::{DomainId, PageType};
-use pvmm::entry::{ACCESSED, DIRTY};
+use pvmm::entry::PteFlags;
 use pvmm::{AccessedDirty, BasePtr, Layout, Level, MmError, PvMmu, RelinquishProgress, TableMemory};
 use smp::xcall::CpuBits;
 use spin::Once;
@@ -181,7 +181,7 @@ impl TableMemory for Tables<'_> {
             // and the processors' page walks update the entry atomically themselves.
             let entry = unsafe { AtomicU64::from_ptr(bytes.as_mut_ptr().cast::<u64>()) };
             let mut current = entry.load(Ordering::Relaxed);
-            while let Err(now) = entry.compare_exchange_weak(current, value | (current & (ACCESSED | DIRTY)), Ordering::SeqCst, Ordering::Relaxed) {
+            while let Err(now) = entry.compare_exchange_weak(current, value | (current & PteFlags::ACCESSED.union(PteFlags::DIRTY).bits()), Ordering::SeqCst, Ordering::Relaxed) {
                 current = now;
             }
         });
