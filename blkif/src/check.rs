@@ -57,6 +57,26 @@ pub struct Chunk {
     pub len: u16,
 }
 
+impl Chunk {
+    /// The chunk cut where it crosses a `page`-byte boundary of the VBD (a backend whose
+    /// disk lives in pages copies each piece to or from one of its own pages): one piece, or
+    /// two when the chunk straddles a boundary (a chunk is at most one page long).
+    pub fn split_at_vbd_page(&self, page: u64) -> (Chunk, Option<Chunk>) {
+        let room = page - self.vbd_offset % page;
+        if u64::from(self.len) <= room {
+            return (*self, None);
+        }
+        let first = Chunk { len: room as u16, ..*self };
+        let second = Chunk {
+            gref: self.gref,
+            page_offset: self.page_offset + room as u16,
+            vbd_offset: self.vbd_offset + room,
+            len: self.len - room as u16,
+        };
+        (first, Some(second))
+    }
+}
+
 /// A checked request the backend may perform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Work {

@@ -11,6 +11,9 @@
 //! - [`check`]: [`check::check_request`] turns a request copied off the ring into an
 //!   [`check::Work`] the backend may perform, or a [`check::Refusal`] that carries the
 //!   response to send; it never panics on any request.
+//! - [`backend`]: [`backend::Backend`], one frontend's ring served with a bounded budget
+//!   per round through the caller's [`backend::DataMover`] (grant copies).
+//! - [`frontend`]: [`frontend::Frontend`], requests with tracked ids, responses in any order.
 //! - [`xenbus`]: `XenbusState`, the VBD key names, virtual device numbers (`xvda`).
 //!
 //! Who calls it: blkback (domain 0) and blkfront (guests). What it must never do: trust a
@@ -23,12 +26,16 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod check;
+pub mod frontend;
 pub mod wire;
 pub mod xenbus;
 
 pub use check::{check_request, Refusal, Vbd, Work};
 pub use wire::{Request, Response, Segment};
 
+#[cfg(test)]
+mod sim_tests;
 #[cfg(test)]
 mod tests;
