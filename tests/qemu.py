@@ -77,7 +77,36 @@ BAD_IMAGES = {"not-an-elf": b"this is not an ELF image, whatever its name says\n
 BIG_IMAGES = {"big-image": (80, None), "big-image-40": (40, None), "big-image-truncated": (40, 30)}
 
 
+# Disk images for domain 0 to serve (module lines with `disk=`): name -> bytes. The
+# pattern names each 512-byte sector by its number, so a misplaced sector shows.
+def disk_pattern(size):
+    out = bytearray(size)
+    for i in range(0, size, 512):
+        sector = (i // 512).to_bytes(4, "little")
+        out[i:i + 512] = (sector + bytes((i // 512 * 7 + j) & 0xff for j in range(4, 512)))[:size - i]
+    return bytes(out)
+
+
+DISK_IMAGES = {
+    "disk-pattern": disk_pattern(1024 * 1024 + 512 * 3),
+    "disk-small": b"a read-only disk of three sectors\n".ljust(1536, b"."),
+}
+
+
+def fnv1a(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+    return "%016x" % h
+
+
 def guest(name):
+    if name in DISK_IMAGES:
+        path = os.path.join(ROOT, "build", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(DISK_IMAGES[name])
+        return path
     if name in BIG_IMAGES:
         import bigimage
         path = os.path.join(ROOT, "build", name)
@@ -192,6 +221,18 @@ def guest_cases():
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["the hypervisor heap is too full for another domain",
                                       "stress: FAILED reason=create"]),
+        # Disk modules (issue 17 item 6): domain 0 reads each through ReadDisk and prints its
+        # hash; non-disks, oversized reads, hypervisor buffers and CreateDomain from a disk
+        # are refused.
+        Case("io-blk-disk-modules", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=disks"), ("guest-hello", ""),
+                      ("disk-pattern", "name=data disk=xvda"), ("disk-small", "name=small disk=xvdc,ro")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + [
+                 "dom0: attack disks: ok",
+                 "dom0: disk module 2: xvda size=%d rw for_module=1 fnv1a=%s" % (len(DISK_IMAGES["disk-pattern"]), fnv1a(DISK_IMAGES["disk-pattern"])),
+                 "dom0: disk module 3: xvdc size=1536 ro for_module=1 fnv1a=%s" % fnv1a(DISK_IMAGES["disk-small"]),
+             ]),
         # Lifecycle attacks and checks (issue 15, holes 9, 12, 13, 14), each run by domain 0:
         # CreateDomain with sizes no machine could honour (refused, nothing leaks);
         Case("iso-lifecycle-huge", smp="2", mem="512M", boot="iso", cmdline="dom0",

@@ -16,10 +16,13 @@
 //! - `timers` ([`timers`]): `domains=N` hogs with a timer armed a century ahead, created
 //!   in small groups on one CPU, unpinned, so that the idle CPU steals some, then
 //!   destroyed: the heap must come back to what it was. Module 1: guest-vcpus.
+//! - `disks` ([`disks`]): every disk module read through `ReadDisk` (hash printed) and
+//!   its refusals. Module 1: any guest; disk modules after it.
 //!
 //! Each check prints what it measured, so that a failure says by how much. This module
 //! must never leave a domain it created alive when it reports.
 
+mod disks;
 mod huge;
 mod race;
 mod share;
@@ -201,6 +204,7 @@ pub fn run(name: &str, start: &StartInfo) -> ! {
     let cmdline = start.cmd_line();
     let result = Waiter::new().and_then(|waiter| match name {
         "huge" => huge::run(waiter),
+        "disks" => disks::run(waiter),
         "races" => race::run(waiter, cmdline),
         "share" => share::run(waiter, cmdline),
         "timers" => timers::run(waiter, cmdline),
