@@ -13,6 +13,8 @@
 //!   response to send; it never panics on any request.
 //! - [`backend`]: [`backend::Backend`], one frontend's ring served with a bounded budget
 //!   per round through the caller's [`backend::DataMover`] (grant copies).
+//! - [`copies`]: a checked request as the `GNTTABOP_copy` descriptors that move its data
+//!   between the frontend's grants and the backend's own disk frames.
 //! - [`frontend`]: [`frontend::Frontend`], requests with tracked ids, responses in any order.
 //! - [`xenbus`]: `XenbusState`, the VBD key names, virtual device numbers (`xvda`).
 //!
@@ -28,6 +30,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod copies;
 pub mod frontend;
 pub mod wire;
 pub mod xenbus;
