@@ -23,6 +23,7 @@
 //! - [`perms`]: permissions (owner + ACL) and who may do what.
 //! - [`tree`]: the nodes, and transactions as overlays with Xen's conflict rule.
 //! - [`store`]: connections, watches, quotas, and the request dispatcher.
+//! - [`server`]: one domain's ring served through the store, hostile indices cut off.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@
 extern crate alloc;
 
 pub mod path;
+pub mod server;
 pub mod perms;
 pub mod store;
 pub mod tree;
