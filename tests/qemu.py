@@ -209,6 +209,13 @@ def guest_cases():
              modules=[("guest-dom0", "name=dom0 -- attack=share"), ("guest-vcpus", "")],
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["dom0: attack share: ok"]),
+        # Work package "store" (issue 17): domain 0 serves the store to two good clients and
+        # a hostile one (quota floods, then garbage ring indices: cut off alone);
+        Case("io-store-basic", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=2 hostile=1"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: flood: every quota held",
+                                      "xs: cut off error=2", "xs: read round trip median="]),
         # 1000 domains with timers a century ahead, stolen across CPUs, then destroyed;
         Case("iso-lifecycle-timers", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
              modules=[("guest-dom0", "name=dom0 -- attack=timers domains=1000"), ("guest-vcpus", "")],
