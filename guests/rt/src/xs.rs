@@ -103,7 +103,8 @@ impl Xs {
         (self.page + offset as u64) as *mut u8
     }
 
-    /// Writes `bytes` into `req`, waiting for room.
+    /// Writes `bytes` into `req`, waiting for room (the store is notified when it must make
+    /// room; the caller notifies once the whole message is in).
     fn put(&mut self, bytes: &[u8]) -> Result<(), XsFail> {
         let mut done = 0;
         while done < bytes.len() {
@@ -127,7 +128,6 @@ impl Xs {
             self.index(wire::REQ_PROD_OFFSET).store(prod.wrapping_add(n as u32), Ordering::Release);
             done += n;
         }
-        let _ = evtchn::send(self.port);
         Ok(())
     }
 
@@ -158,7 +158,10 @@ impl Xs {
                 self.buffer[have + i] = unsafe { self.byte_at(at).read_volatile() };
             }
             self.index(wire::RSP_CONS_OFFSET).store(cons.wrapping_add(n as u32), Ordering::Release);
-            let _ = evtchn::send(self.port);
+            // The store waits for room only when the ring was full (as Linux's xenbus).
+            if avail == wire::RING_SIZE as usize {
+                let _ = evtchn::send(self.port);
+            }
             have += n;
             if have == HEADER_SIZE && header.is_none() {
                 let h = Header::parse(&self.buffer[..HEADER_SIZE]).map_err(|_| XsFail::Protocol)?;
@@ -188,6 +191,7 @@ impl Xs {
                 self.put(&[0])?;
             }
         }
+        let _ = evtchn::send(self.port);
         loop {
             let h = self.take_message()?;
             let payload = &self.buffer[HEADER_SIZE..HEADER_SIZE + h.len as usize];

@@ -1,11 +1,14 @@
 //! guest-xs: a store client (domain 0's xenstored, over the ring `start_info` names).
 //!
-//! `mode=good peer=next|prev`: writes its own keys and reads them back, lists them, is
+//! `mode=good peer=next|prev|none`: writes its own keys and reads them back, lists them, is
 //! refused its peer's keys (the domain created after or before it) and domain 0's
 //! (`EACCES`), gets a watch's initial event and the event of a write beneath it, commits a
 //! transaction and sees a conflicting one fail with `EAGAIN`, then times reads of a small
 //! key (the store round trip: "xs: read round trip median=<n> ns over <k>") and prints
 //! "xs: all checks passed". Any failure panics (the domain crashes).
+//!
+//! `mode=garbage`: one request, then the garbage indices at once (so that the good
+//! domains do their checks with this one already cut off).
 //!
 //! `mode=flood`: a hostile client. It floods the store (nodes, watches, transactions and a
 //! value past their quotas) and must get the quota errors (`ENOSPC` or `ENOMEM` for
@@ -47,11 +50,19 @@ fn main(start: &'static StartInfo) {
     events.enable();
     let me = evtchn::own_domid().expect("own domain id");
     match word("mode=") {
-        Some("flood") => flood(&mut xs),
+        Some("flood") => {
+            flood(&mut xs);
+            garbage(&mut xs);
+        }
+        Some("garbage") => {
+            xs.write(0, "data/before", b"served").expect("served before the attack");
+            garbage(&mut xs);
+        }
         _ => {
             let peer = match word("peer=") {
-                Some("prev") => DomId(me.0 - 1),
-                _ => DomId(me.0 + 1),
+                Some("prev") => Some(DomId(me.0 - 1)),
+                Some("none") => None,
+                _ => Some(DomId(me.0 + 1)),
             };
             good(&mut xs, me, peer);
         }
@@ -62,7 +73,7 @@ fn text(bytes: &[u8]) -> &str {
     core::str::from_utf8(bytes).unwrap_or("<bytes>")
 }
 
-fn good(xs: &mut Xs, me: DomId, peer: DomId) {
+fn good(xs: &mut Xs, me: DomId, peer: Option<DomId>) {
     let mut buf = [0u8; 512];
     let mut value = arrayvec_like::Line::new();
     let _ = write!(value, "hello from {}", me.0);
@@ -76,14 +87,18 @@ fn good(xs: &mut Xs, me: DomId, peer: DomId) {
     let dir = xs.directory(0, "data/list", &mut buf);
     let listed = dir.map(|n| &buf[..n] == b"a\0b\0");
     check("directory", listed == Ok(true), format_args!("{dir:?}"));
-    let mut path = arrayvec_like::Line::new();
-    let _ = write!(path, "/local/domain/{}/name", peer.0);
-    let theirs = xs.read(0, path.as_str(), &mut buf);
-    check("peer refused", theirs == Err(XsFail::Store(XsError::Eacces)), format_args!("reading {}: {theirs:?}", path.as_str()));
-    let mut path2 = arrayvec_like::Line::new();
-    let _ = write!(path2, "/local/domain/{}/data/mine", peer.0);
-    let write_theirs = xs.write(0, path2.as_str(), b"x");
-    check("peer write refused", write_theirs == Err(XsFail::Store(XsError::Eacces)), format_args!("{write_theirs:?}"));
+    if let Some(peer) = peer {
+        let mut path = arrayvec_like::Line::new();
+        let _ = write!(path, "/local/domain/{}/name", peer.0);
+        let theirs = xs.read(0, path.as_str(), &mut buf);
+        check("peer refused", theirs == Err(XsFail::Store(XsError::Eacces)), format_args!("reading {}: {theirs:?}", path.as_str()));
+        let mut path2 = arrayvec_like::Line::new();
+        let _ = write!(path2, "/local/domain/{}/data/mine", peer.0);
+        let write_theirs = xs.write(0, path2.as_str(), b"x");
+        check("peer write refused", write_theirs == Err(XsFail::Store(XsError::Eacces)), format_args!("{write_theirs:?}"));
+    } else {
+        println!("xs: check peer refused: skipped (no peer: peer=none)");
+    }
     let dom0 = xs.write(0, "/tool/evil", b"x");
     check("domain 0's refused", dom0 == Err(XsFail::Store(XsError::Eacces)), format_args!("{dom0:?}"));
     let bad = xs.read(0, "data/../name", &mut buf);
@@ -175,7 +190,10 @@ fn flood(xs: &mut Xs) {
         && tx_error == XsFail::Store(XsError::Enospc)
         && value_error == Err(XsFail::Store(XsError::Enospc));
     println!("xs: flood: {}", if refused { "every quota held" } else { "a quota did not hold" });
-    // Garbage indices: a producer far past the consumer.
+}
+
+/// Garbage indices: a producer far past the consumer; domain 0 must cut this domain off.
+fn garbage(xs: &mut Xs) {
     let page = xs.page();
     let at = |offset: usize| (page + offset as u64) as *mut u32;
     // SAFETY: the ring page is mapped writable for the guest's life; this is the attack.

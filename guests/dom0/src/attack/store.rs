@@ -1,7 +1,7 @@
 //! `attack=store good=N hostile=M seconds=S`: domain 0 runs the store (xenstored) for the
 //! domains it creates from boot module 1 (guest-xs): `good` well-behaved ones (`mode=good
-//! peer=<another's id>`) and `hostile` ones (`mode=flood`: quota floods, then garbage ring
-//! indices). For each, as Xen's toolstack does: created paused, its store ring reached the
+//! peer=<another's id>`) and `hostile` ones (alternately `mode=flood`: quota floods, then
+//! garbage ring indices, and `mode=garbage`: garbage indices at once). For each, as Xen's toolstack does: created paused, its store ring reached the
 //! way `GetDomainDevices` says (grant reference 1 mapped into a page of domain 0, its
 //! unbound store port bound), its home written and the domain introduced
 //! (`xenstore::Store::create_domain`), then unpaused. Domain 0 then serves every ring
@@ -148,6 +148,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let before = settled(waiter)?;
     let mut store = Store::new();
     store.quota.memory = DOMAIN_MEMORY;
+    let (heap_before, _) = guest_rt::heap::HEAP.usage();
     let mut served: Vec<Served> = Vec::new();
     // Ids are handed out in order: a good domain's peer (whose keys it must be refused) is
     // the domain created after it, or for the last one the one before.
@@ -155,13 +156,28 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     for i in 0..all {
         let hostile = i >= good;
         let mut line = ArrayString::<64>::new();
-        let peer = if i + 1 < all { "next" } else { "prev" };
-        let _ = write!(line, "mode={} peer={peer}", if hostile { "flood" } else { "good" });
+        let peer = match (all, i + 1 < all) {
+            (1, _) => "none",
+            (_, true) => "next",
+            (_, false) => "prev",
+        };
+        let mode = match (hostile, (i - good.min(i)) % 2) {
+            (false, _) => "good",
+            (true, 0) => "flood",
+            (true, _) => "garbage",
+        };
+        let _ = write!(line, "mode={mode} peer={peer}");
         let id = control::create_domain(&spec(line.as_bytes(), hostile)).map_err(|e| Failure::Control("CreateDomain", e))?;
         let window = frames.take().ok_or(Failure::Setup("no page to map a ring at"))?;
         let s = attach(&mut store, events, id, hostile, window.va())?;
         served.push(s);
     }
+    let (heap_after, _) = guest_rt::heap::HEAP.usage();
+    println!(
+        "dom0: store: an introduced domain costs {} bytes of domain 0's heap ({} nodes in all; the server's own records included)",
+        heap_after.saturating_sub(heap_before) / served.len().max(1),
+        store.tree().len()
+    );
     events.enable();
     for s in &served {
         control::unpause_domain(s.id).map_err(|e| Failure::Control("UnpauseDomain", e))?;
