@@ -15,7 +15,9 @@
 //! nodes, `E2BIG` for watches, `ENOSPC` for transactions and the value), then
 //! writes garbage into its request ring (a producer index far past the consumer) and must
 //! see domain 0 cut it off ("xs: cut off error=<n>", the page's `error` field); it powers
-//! off either way, printing what it saw.
+//! off either way, printing what it saw. It also writes 64 KiB of lines into its console
+//! ring, which domain 0's per-domain rate limit must cut down. A good domain prints three
+//! lines through its console ring ("xs: ring line <i> of d<id>"), which domain 0 relays.
 
 #![no_std]
 #![no_main]
@@ -138,6 +140,13 @@ fn good(xs: &mut Xs, me: DomId, peer: Option<DomId>) {
     }
     times.sort_unstable();
     println!("xs: read round trip median={} ns over {} (p90 {} ns)", times[times.len() / 2], times.len(), times[times.len() * 9 / 10]);
+    // Console lines through the ring, which domain 0 relays.
+    let ring = guest_rt::ring::ConsoleRing::get().expect("a console ring");
+    for i in 0..3 {
+        let mut l = arrayvec_like::Line::new();
+        let _ = writeln!(l, "xs: ring line {i} of d{}", me.0);
+        ring.write(l.as_bytes());
+    }
     println!("xs: all checks passed");
 }
 
@@ -190,6 +199,14 @@ fn flood(xs: &mut Xs) {
         && tx_error == XsFail::Store(XsError::Enospc)
         && value_error == Err(XsFail::Store(XsError::Enospc));
     println!("xs: flood: {}", if refused { "every quota held" } else { "a quota did not hold" });
+    // The console too: 64 KiB of lines through the ring (domain 0's rate limit holds).
+    let ring = guest_rt::ring::ConsoleRing::get().expect("a console ring");
+    let mut written = 0;
+    for _ in 0..128 {
+        written += ring.write(&[b'f'; 511]);
+        written += ring.write(b"\n");
+    }
+    println!("xs: flood: {written} bytes into the console ring");
 }
 
 /// Garbage indices: a producer far past the consumer; domain 0 must cut this domain off.

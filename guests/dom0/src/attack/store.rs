@@ -6,7 +6,10 @@
 //! unbound store port bound), its home written and the domain introduced
 //! (`xenstore::Store::create_domain`), then unpaused. Domain 0 then serves every ring
 //! ([`xenstore::server::Connection`]: a budget of requests per domain per round, round
-//! robin, woken by the ports' events or a 10 ms tick), and when a domain shuts down it
+//! robin, woken by the ports' events or a 10 ms tick) and relays every console
+//! (`guest_dom0::consoled`: each domain's lines prefixed `[dN]`, rate-limited per domain;
+//! domain 0 binds each console port, so the hypervisor drains none of these rings), and
+//! when a domain shuts down it
 //! unmaps its ring, closes its port, removes its home and releases it
 //! (`Store::destroy_domain`), and destroys it. The check passes when every good domain
 //! powered off (its own checks passed: "xs: all checks passed"), every hostile one was cut
@@ -25,6 +28,7 @@ use guest_rt::control::{self, NewDomain};
 use guest_rt::events::Events;
 use guest_rt::frames::FreeFrames;
 use guest_rt::{evtchn, grants, println};
+use guest_dom0::consoled::{ConsolePage, Relay};
 use xenstore::server::{Connection, RingPage};
 use xenstore::Store;
 
@@ -33,14 +37,14 @@ use super::{expect_as_before, option, settled, Compare, Failure, Waiter, MODULE}
 const MS: u64 = 1_000_000;
 /// Pages of domain 0's heap for the store (the free frames of its initial mapping leave
 /// room for about this many).
-const HEAP_PAGES: usize = 112;
+const HEAP_PAGES: usize = 96;
 /// Each domain's memory quota in the store: with at most [`MAX_DOMAINS`], their worst
 /// case (every one flooding) fits the heap with room for the server's own.
 const DOMAIN_MEMORY: usize = 24 << 10;
 /// Requests served per domain per round.
 const BUDGET: usize = 8;
 /// The most domains this check serves at once.
-const MAX_DOMAINS: usize = 16;
+const MAX_DOMAINS: usize = 8;
 
 /// Ports whose event came since the last round (ports below 64: the runtime's handlers).
 static PENDING: AtomicU64 = AtomicU64::new(0);
@@ -72,6 +76,21 @@ impl RingPage for Mapped {
     }
 }
 
+impl ConsolePage for Mapped {
+    fn load_u32(&self, offset: usize) -> u32 {
+        RingPage::load_u32(self, offset)
+    }
+    fn store_u32(&self, offset: usize, value: u32) {
+        RingPage::store_u32(self, offset, value)
+    }
+    fn load_u8(&self, offset: usize) -> u8 {
+        RingPage::load_u8(self, offset)
+    }
+    fn store_u8(&self, offset: usize, value: u8) {
+        RingPage::store_u8(self, offset, value)
+    }
+}
+
 /// One domain served.
 struct Served {
     id: DomId,
@@ -81,7 +100,28 @@ struct Served {
     handle: u32,
     page: Mapped,
     conn: Connection,
+    /// Its console: domain 0's end of the channel, the grant mapping, the relay.
+    console_port: EvtchnPort,
+    console_handle: u32,
+    console: Mapped,
+    relay: Relay,
     ended: bool,
+}
+
+/// Prints a relayed console line with its domain's prefix.
+fn relay_line(domid: u16, text: &str) {
+    println!("[d{domid}] {text}");
+}
+
+/// Drains `s`'s console ring, notifying it when bytes were taken.
+fn drain_console(s: &mut Served, now_ns: u64) {
+    let drained = s.relay.drain(&s.console, now_ns, &mut relay_line);
+    if drained.bogus_reported {
+        println!("dom0: console of domain {}: ring indices out of range; output ignored", s.id.0);
+    }
+    if drained.bytes > 0 {
+        let _ = evtchn::send(s.console_port);
+    }
 }
 
 fn spec(line: &[u8], hostile: bool) -> NewDomain<'_> {
@@ -114,20 +154,42 @@ fn unmap_ring(handle: u32, va: u64) {
     let _ = unsafe { grants::grant_table_op(GnttabOp::UnmapGrantRef, &mut op, 1) };
 }
 
-/// Sets a created domain up as the toolstack does and returns what serves it.
-fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool, va: u64) -> Result<Served, Failure> {
+/// Sets a created domain up as the toolstack does and returns what serves it: its store
+/// ring mapped at `va`, its console ring at `console_va` (domain 0 takes the console: once
+/// it binds the port, the hypervisor no longer drains the ring).
+fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool, va: u64, console_va: u64, now_ns: u64) -> Result<Served, Failure> {
     let devices = control::domain_devices(id).map_err(|e| Failure::Control("GetDomainDevices", e))?;
     let handle = map_ring(id, devices.store_gref, va)?;
     let port = evtchn::bind_interdomain(id, EvtchnPort(devices.store_port)).map_err(|_| Failure::Setup("bind to the store port"))?;
     events.set_handler(port, on_event).map_err(|_| Failure::Setup("a handler for the store port"))?;
+    let console_handle = map_ring(id, devices.console_gref, console_va)?;
+    let console_port =
+        evtchn::bind_interdomain(id, EvtchnPort(devices.console_port)).map_err(|_| Failure::Setup("bind to the console port"))?;
+    events.set_handler(console_port, on_event).map_err(|_| Failure::Setup("a handler for the console port"))?;
     let mut name = ArrayString::<16>::new();
     let _ = write!(name, "xs{}", id.0);
     store.create_domain(id.0, &name).map_err(|_| Failure::Setup("the domain's home"))?;
-    Ok(Served { id, hostile, port, handle, page: Mapped(va), conn: Connection::new(id.0), ended: false })
+    Ok(Served {
+        id,
+        hostile,
+        port,
+        handle,
+        page: Mapped(va),
+        conn: Connection::new(id.0),
+        console_port,
+        console_handle,
+        console: Mapped(console_va),
+        relay: Relay::new(id.0, now_ns),
+        ended: false,
+    })
 }
 
 /// Undoes [`attach`] for a domain that ended, and destroys it.
-fn detach(store: &mut Store, s: &mut Served) {
+fn detach(store: &mut Store, s: &mut Served, now_ns: u64) {
+    drain_console(s, now_ns);
+    s.relay.flush(now_ns, &mut relay_line);
+    unmap_ring(s.console_handle, s.console.0);
+    let _ = evtchn::close(s.console_port);
     unmap_ring(s.handle, s.page.0);
     let _ = evtchn::close(s.port);
     store.destroy_domain(s.id.0);
@@ -136,8 +198,8 @@ fn detach(store: &mut Store, s: &mut Served) {
 }
 
 pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
-    let good = option(cmdline, "good").unwrap_or(2).clamp(1, 8) as usize;
-    let hostile = option(cmdline, "hostile").unwrap_or(1).min(MAX_DOMAINS as u64 - 8) as usize;
+    let good = option(cmdline, "good").unwrap_or(2).clamp(1, MAX_DOMAINS as u64) as usize;
+    let hostile = option(cmdline, "hostile").unwrap_or(1).min((MAX_DOMAINS - good) as u64) as usize;
     let seconds = option(cmdline, "seconds").unwrap_or(60).max(1);
     let mut frames = FreeFrames::new(guest_rt::start_info()).ok_or(Failure::Setup("no free frames"))?;
     let heap = guest_rt::heap::init(&mut frames, HEAP_PAGES);
@@ -169,7 +231,8 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         let _ = write!(line, "mode={mode} peer={peer}");
         let id = control::create_domain(&spec(line.as_bytes(), hostile)).map_err(|e| Failure::Control("CreateDomain", e))?;
         let window = frames.take().ok_or(Failure::Setup("no page to map a ring at"))?;
-        let s = attach(&mut store, events, id, hostile, window.va())?;
+        let console_window = frames.take().ok_or(Failure::Setup("no page to map a console at"))?;
+        let s = attach(&mut store, events, id, hostile, window.va(), console_window.va(), waiter.now())?;
         served.push(s);
     }
     let (heap_after, _) = guest_rt::heap::HEAP.usage();
@@ -186,14 +249,18 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let mut rounds = 0u64;
     while served.iter().any(|s| !s.ended) {
         if waiter.now() > deadline {
+            let now = waiter.now();
             for s in served.iter_mut().filter(|s| !s.ended) {
-                detach(&mut store, s);
+                detach(&mut store, s, now);
             }
             return Err(Failure::OutOfBounds("the store's domains did not all end in time"));
         }
         let pending = PENDING.swap(0, Ordering::AcqRel);
         let mut more = false;
         for s in served.iter_mut().filter(|s| !s.ended) {
+            if pending & (1 << (s.console_port.0 % 64)) != 0 || rounds.is_multiple_of(16) {
+                drain_console(s, waiter.now());
+            }
             let woke = pending & (1 << (s.port.0 % 64)) != 0;
             if woke || rounds.is_multiple_of(16) || s.conn.broken().is_none() {
                 let r = s.conn.serve(&mut store, &s.page, BUDGET);
@@ -210,7 +277,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
                 let state = control::domain_info(s.id).map(|i| i.state).unwrap_or(DOMAIN_SHUTTING_DOWN);
                 if state == DOMAIN_SHUTTING_DOWN {
                     report(&store, s);
-                    detach(&mut store, s);
+                    detach(&mut store, s, waiter.now());
                 }
             }
         }
