@@ -102,7 +102,7 @@ STD_CRATES := stress
 # Guest crates whose library (the logic) is tested and linted on the host too.
 GUEST_LIB_CRATES := guest-fuzz
 # Everything that runs on the machine.
-METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz guest-dom0 guest-hostile guest-pagetables guest-bigimage guest-shutdown
+METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz guest-dom0 guest-hostile guest-pagetables guest-bigimage guest-shutdown guest-xs
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
 .PHONY: help deps build guests stress capacity capacity-page fuzz cycles iso iso-selftest run smoke boottime test test-host test-qemu test-stress test-fuzz clippy clean xtf

@@ -1,14 +1,17 @@
-//! `attack=store good=N hostile=M seconds=S`: domain 0 runs the store (xenstored) for the
+//! `attack=store good=N hostile=M seconds=S [input=1]`: domain 0 runs the store (xenstored) for the
 //! domains it creates from boot module 1 (guest-xs): `good` well-behaved ones (`mode=good
 //! peer=<another's id>`) and `hostile` ones (alternately `mode=flood`: quota floods, then
-//! garbage ring indices, and `mode=garbage`: garbage indices at once). For each, as Xen's toolstack does: created paused, its store ring reached the
+//! garbage ring indices, and `mode=garbage`: garbage indices at once); with `input=1` the
+//! first good one also waits for a line of serial input. For each, as Xen's toolstack does: created paused, its store ring reached the
 //! way `GetDomainDevices` says (grant reference 1 mapped into a page of domain 0, its
 //! unbound store port bound), its home written and the domain introduced
 //! (`xenstore::Store::create_domain`), then unpaused. Domain 0 then serves every ring
 //! ([`xenstore::server::Connection`]: a budget of requests per domain per round, round
 //! robin, woken by the ports' events or a 10 ms tick) and relays every console
 //! (`guest_dom0::consoled`: each domain's lines prefixed `[dN]`, rate-limited per domain;
-//! domain 0 binds each console port, so the hypervisor drains none of these rings), and
+//! domain 0 binds each console port, so the hypervisor drains none of these rings), routes
+//! serial input (`VIRQ_CONSOLE`, `CONSOLEIO_read`) to the domain in focus (Ctrl-A three
+//! times moves the focus: domain 0, then each served domain in turn), and
 //! when a domain shuts down it
 //! unmaps its ring, closes its port, removes its home and releases it
 //! (`Store::destroy_domain`), and destroys it. The check passes when every good domain
@@ -28,7 +31,10 @@ use guest_rt::control::{self, NewDomain};
 use guest_rt::events::Events;
 use guest_rt::frames::FreeFrames;
 use guest_rt::{evtchn, grants, println};
-use guest_dom0::consoled::{ConsolePage, Relay};
+use guest_dom0::consoled::{ConsolePage, Focus, Key, Relay};
+use guest_rt::abi::hypercall::Virq;
+use guest_rt::abi::ids::VcpuId;
+use guest_rt::hypercall;
 use xenstore::server::{Connection, RingPage};
 use xenstore::Store;
 
@@ -229,6 +235,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             (true, _) => "garbage",
         };
         let _ = write!(line, "mode={mode} peer={peer}");
+        if i == 0 && option(cmdline, "input") == Some(1) {
+            let _ = write!(line, " input=1");
+        }
         let id = control::create_domain(&spec(line.as_bytes(), hostile)).map_err(|e| Failure::Control("CreateDomain", e))?;
         let window = frames.take().ok_or(Failure::Setup("no page to map a ring at"))?;
         let console_window = frames.take().ok_or(Failure::Setup("no page to map a console at"))?;
@@ -241,6 +250,10 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         heap_after.saturating_sub(heap_before) / served.len().max(1),
         store.tree().len()
     );
+    // Serial input: VIRQ_CONSOLE says it came; Ctrl-A three times moves the focus.
+    let input_port = evtchn::bind_virq(Virq::Console, VcpuId(0)).map_err(|_| Failure::Setup("bind VIRQ_CONSOLE"))?;
+    events.set_handler(input_port, on_event).map_err(|_| Failure::Setup("a handler for VIRQ_CONSOLE"))?;
+    let mut input = Input { focus: Focus::default(), at: 0, line: ArrayString::new() };
     events.enable();
     for s in &served {
         control::unpause_domain(s.id).map_err(|e| Failure::Control("UnpauseDomain", e))?;
@@ -256,6 +269,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             return Err(Failure::OutOfBounds("the store's domains did not all end in time"));
         }
         let pending = PENDING.swap(0, Ordering::AcqRel);
+        if pending & (1 << (input_port.0 % 64)) != 0 {
+            input.take(&mut served);
+        }
         let mut more = false;
         for s in served.iter_mut().filter(|s| !s.ended) {
             if pending & (1 << (s.console_port.0 % 64)) != 0 || rounds.is_multiple_of(16) {
@@ -301,6 +317,60 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     println!("dom0: store: {} nodes, heap {used} of {size} bytes in use", store.tree().len());
     expect_as_before(waiter, &before, Compare::FreeMemory, 5000)?;
     Ok(())
+}
+
+/// Serial input as domain 0 routes it: to the domain in focus (`at`: 0 is domain 0, `k`
+/// the `k`-th served domain).
+struct Input {
+    focus: Focus,
+    at: usize,
+    /// Domain 0's own input line.
+    line: ArrayString<80>,
+}
+
+impl Input {
+    /// Reads what came (`CONSOLEIO_read`) and hands each byte to its domain.
+    fn take(&mut self, served: &mut [Served]) {
+        let mut buf = [0u8; 64];
+        loop {
+            let n = hypercall::console_read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            for &b in &buf[..n] {
+                match self.focus.key(b) {
+                    Key::Held => {}
+                    Key::Switch => {
+                        // The next domain still running, or domain 0.
+                        let count = served.len() + 1;
+                        self.at = (1..=count).map(|k| (self.at + k) % count).find(|&k| k == 0 || !served[k - 1].ended).unwrap_or(0);
+                        match self.at {
+                            0 => println!("dom0: console input goes to domain 0"),
+                            k => println!("dom0: console input goes to d{}", served[k - 1].id.0),
+                        }
+                    }
+                    Key::Byte(b) if self.at == 0 => {
+                        if b == b'\n' || b == b'\r' || self.line.is_full() {
+                            println!("dom0: console input for domain 0: {}", self.line.as_str());
+                            self.line.clear();
+                        } else if b.is_ascii_graphic() || b == b' ' {
+                            self.line.push(b as char);
+                        }
+                    }
+                    Key::Byte(b) => {
+                        let s = &mut served[self.at - 1];
+                        if s.ended {
+                            continue;
+                        }
+                        if s.relay.feed(&s.console, &[b]) == 0 {
+                            s.relay.dropped_input += 1;
+                        }
+                        let _ = evtchn::send(s.console_port);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn report(store: &Store, s: &Served) {
