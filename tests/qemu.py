@@ -46,6 +46,9 @@ class Case:
     # Summary keys whose integer value must not exceed a bound, or must reach one.
     expect_at_most: dict = field(default_factory=dict)
     expect_at_least: dict = field(default_factory=dict)
+    # Serial input: (trigger, bytes) pairs; `bytes` go to the serial port once a line
+    # containing `trigger` has been printed.
+    serial_input: list = field(default_factory=list)
     timeout: int = 120
     accel: str = ""  # this case's accelerator ("kvm" cases are skipped where KVM is absent)
     # Guest modules: (guest binary name, module command line). One module boots through PVH
@@ -250,6 +253,29 @@ def guest_cases():
              modules=[("guest-dom0", "name=dom0 -- attack=share"), ("guest-vcpus", "")],
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["dom0: attack share: ok"]),
+        # Work package "store" (issue 17): domain 0 serves the store to two good clients and
+        # two hostile ones (quota floods then garbage ring indices; garbage indices at once:
+        # each cut off alone, the good ones served on);
+        Case("io-store-basic", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=2 hostile=2"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_at_most={"console.ring_bytes": 0},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: flood: every quota held",
+                                      "xs: cut off error=2", "xs: read round trip median=", "(d0) [d1] xs: ring line 2 of d1",
+                                      "(d0) [d2] xs: ring line 2 of d2", "lines suppressed by the console rate limit]"]),
+        # the store round trip with one client alone (its median is printed);
+        # serial input: Ctrl-A three times gives the focus to d1, which gets the typed line;
+        Case("io-store-input", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0 input=1"), ("guest-xs", "")],
+             serial_input=[("xs: waiting for console input", b"for dom0\n\x01\x01\x01typed on the serial line\n")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "dom0: console input for domain 0: for dom0",
+                                      "dom0: console input goes to d1", "xs: console input: typed on the serial line",
+                                      "xs: all checks passed"]),
+        Case("io-store-rtt", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: read round trip median="]),
         # 1000 domains with timers a century ahead, stolen across CPUs, then destroyed;
         Case("iso-lifecycle-timers", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
              modules=[("guest-dom0", "name=dom0 -- attack=timers domains=1000"), ("guest-vcpus", "")],
@@ -597,7 +623,8 @@ def boot(case, accel):
     idle_at = None
     lines = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.PIPE if case.serial_input else subprocess.DEVNULL)
+    to_send = list(case.serial_input)
     # A machine that hangs silently prints nothing more: kill it at the deadline all the same.
     watchdog = threading.Timer(case.timeout, proc.kill)
     watchdog.start()
@@ -606,6 +633,9 @@ def boot(case, accel):
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             lines.append(line)
+            while to_send and to_send[0][0] in line:
+                proc.stdin.write(to_send.pop(0)[1])
+                proc.stdin.flush()
             if idle_at is None and IDLE.search(line):
                 idle_at = time.monotonic() - start
             if time.monotonic() > deadline:
