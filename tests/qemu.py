@@ -236,6 +236,19 @@ def guest_cases():
                  "dom0: disk module 2: xvda size=%d rw for_module=1 fnv1a=%s" % (len(DISK_IMAGES["disk-pattern"]), fnv1a(DISK_IMAGES["disk-pattern"])),
                  "dom0: disk module 3: xvdc size=1536 ro for_module=1 fnv1a=%s" % fnv1a(DISK_IMAGES["disk-small"]),
              ]),
+        # Domain 0's blkback on the disk modules (issue 17 items 3-6): a good guest-blk reads
+        # the pattern, writes and reads back, keeps 16 requests in flight and times the ring
+        # round trip; a hostile one gets an error for every bad request, then is cut off for
+        # garbage ring indices; a third powers off with its ring full and is destroyed with
+        # its ring still mapped by domain 0. Free memory must come back.
+        Case("io-blk-basic", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk good=1 hostile=1 die=1"), ("guest-blk", ""),
+                      ("disk-pattern", "name=data disk=xvda"), ("disk-small", "name=small disk=xvdc,ro")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack blk: ok", "blk: all checks passed", "blk: ring round trip median=",
+                                      "blk: check a write to a read-only vbd refused: ok", "blk: check still served: ok",
+                                      "blk: cut off, backend state", "blk: dying with 32 requests in flight",
+                                      "destroyed mid-request"]),
         # Lifecycle attacks and checks (issue 15, holes 9, 12, 13, 14), each run by domain 0:
         # CreateDomain with sizes no machine could honour (refused, nothing leaks);
         Case("iso-lifecycle-huge", smp="2", mem="512M", boot="iso", cmdline="dom0",

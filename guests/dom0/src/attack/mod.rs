@@ -18,6 +18,8 @@
 //!   destroyed: the heap must come back to what it was. Module 1: guest-vcpus.
 //! - `disks` ([`disks`]): every disk module read through `ReadDisk` (hash printed) and
 //!   its refusals. Module 1: any guest; disk modules after it.
+//! - `blk` ([`blk`]): domain 0 as the block backend on in-memory disks (the disk
+//!   modules) for good, hostile and dying frontends. Module 1: guest-blk; disks after it.
 //! - `store` ([`store`]): domain 0 runs the store for good and hostile store clients,
 //!   introduces and releases them; the hostile ones must be cut off alone. Module 1:
 //!   guest-xs.
@@ -25,6 +27,7 @@
 //! Each check prints what it measured, so that a failure says by how much. This module
 //! must never leave a domain it created alive when it reports.
 
+mod blk;
 mod disks;
 mod huge;
 mod race;
@@ -214,6 +217,7 @@ pub fn run(name: &str, start: &StartInfo) -> ! {
     let result = Waiter::new().and_then(|waiter| match name {
         "huge" => huge::run(waiter),
         "disks" => disks::run(waiter),
+        "blk" => blk::run(waiter, cmdline),
         "races" => race::run(waiter, cmdline),
         "share" => share::run(waiter, cmdline),
         "timers" => timers::run(waiter, cmdline),

@@ -53,14 +53,14 @@ const BUDGET: usize = 8;
 const MAX_DOMAINS: usize = 8;
 
 /// Ports whose event came since the last round (ports below 64: the runtime's handlers).
-static PENDING: AtomicU64 = AtomicU64::new(0);
+pub(super) static PENDING: AtomicU64 = AtomicU64::new(0);
 
-fn on_event(port: EvtchnPort) {
+pub(super) fn on_event(port: EvtchnPort) {
     PENDING.fetch_or(1 << (port.0 % 64), Ordering::AcqRel);
 }
 
 /// A ring page mapped at `va` in domain 0.
-struct Mapped(u64);
+pub(super) struct Mapped(pub(super) u64);
 
 impl RingPage for Mapped {
     fn load_u32(&self, offset: usize) -> u32 {
@@ -98,20 +98,20 @@ impl ConsolePage for Mapped {
 }
 
 /// One domain served.
-struct Served {
-    id: DomId,
-    hostile: bool,
+pub(super) struct Served {
+    pub(super) id: DomId,
+    pub(super) hostile: bool,
     /// Domain 0's end of the store channel.
-    port: EvtchnPort,
-    handle: u32,
-    page: Mapped,
-    conn: Connection,
+    pub(super) port: EvtchnPort,
+    pub(super) handle: u32,
+    pub(super) page: Mapped,
+    pub(super) conn: Connection,
     /// Its console: domain 0's end of the channel, the grant mapping, the relay.
-    console_port: EvtchnPort,
-    console_handle: u32,
-    console: Mapped,
-    relay: Relay,
-    ended: bool,
+    pub(super) console_port: EvtchnPort,
+    pub(super) console_handle: u32,
+    pub(super) console: Mapped,
+    pub(super) relay: Relay,
+    pub(super) ended: bool,
 }
 
 /// Prints a relayed console line with its domain's prefix.
@@ -120,7 +120,7 @@ fn relay_line(domid: u16, text: &str) {
 }
 
 /// Drains `s`'s console ring, notifying it when bytes were taken.
-fn drain_console(s: &mut Served, now_ns: u64) {
+pub(super) fn drain_console(s: &mut Served, now_ns: u64) {
     let drained = s.relay.drain(&s.console, now_ns, &mut relay_line);
     if drained.bogus_reported {
         println!("dom0: console of domain {}: ring indices out of range; output ignored", s.id.0);
@@ -130,7 +130,7 @@ fn drain_console(s: &mut Served, now_ns: u64) {
     }
 }
 
-fn spec(line: &[u8], hostile: bool) -> NewDomain<'_> {
+pub(super) fn spec(line: &[u8], hostile: bool) -> NewDomain<'_> {
     NewDomain {
         module: MODULE,
         mem_kib: 1024,
@@ -146,7 +146,7 @@ fn spec(line: &[u8], hostile: bool) -> NewDomain<'_> {
     }
 }
 
-fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
+pub(super) fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
     let mut op = GnttabMapGrantRef { host_addr: va, flags: GNTMAP_HOST_MAP, ref_: gref, dom, ..Default::default() };
     // SAFETY: `va` is a free page of domain 0 used for nothing else.
     unsafe { grants::grant_table_op(GnttabOp::MapGrantRef, &mut op, 1) }.map_err(|_| Failure::Setup("map_grant_ref call"))?;
@@ -154,7 +154,7 @@ fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
     Ok(op.handle)
 }
 
-fn unmap_ring(handle: u32, va: u64) {
+pub(super) fn unmap_ring(handle: u32, va: u64) {
     let mut op = GnttabUnmapGrantRef { host_addr: va, handle, ..Default::default() };
     // SAFETY: nothing uses the ring at `va` any more.
     let _ = unsafe { grants::grant_table_op(GnttabOp::UnmapGrantRef, &mut op, 1) };
@@ -163,7 +163,7 @@ fn unmap_ring(handle: u32, va: u64) {
 /// Sets a created domain up as the toolstack does and returns what serves it: its store
 /// ring mapped at `va`, its console ring at `console_va` (domain 0 takes the console: once
 /// it binds the port, the hypervisor no longer drains the ring).
-fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool, va: u64, console_va: u64, now_ns: u64) -> Result<Served, Failure> {
+pub(super) fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool, va: u64, console_va: u64, now_ns: u64) -> Result<Served, Failure> {
     let devices = control::domain_devices(id).map_err(|e| Failure::Control("GetDomainDevices", e))?;
     let handle = map_ring(id, devices.store_gref, va)?;
     let port = evtchn::bind_interdomain(id, EvtchnPort(devices.store_port)).map_err(|_| Failure::Setup("bind to the store port"))?;
@@ -191,7 +191,7 @@ fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool, va: u64, 
 }
 
 /// Undoes [`attach`] for a domain that ended, and destroys it.
-fn detach(store: &mut Store, s: &mut Served, now_ns: u64) {
+pub(super) fn detach(store: &mut Store, s: &mut Served, now_ns: u64) {
     drain_console(s, now_ns);
     s.relay.flush(now_ns, &mut relay_line);
     unmap_ring(s.console_handle, s.console.0);
