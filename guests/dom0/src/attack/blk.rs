@@ -45,7 +45,7 @@ use guest_rt::abi::control::DOMAIN_SHUTTING_DOWN;
 use guest_rt::abi::errno::Errno;
 use guest_rt::abi::grant_table::{GnttabCopy, GnttabCopyPtr, GnttabOp};
 use guest_rt::abi::ids::{DomId, EvtchnPort, Pfn};
-use guest_rt::control;
+use guest_rt::control::{self, NewDomain};
 use guest_rt::events::Events;
 use guest_rt::frames::{Frame, FreeFrames};
 use guest_rt::{evtchn, grants, println};
@@ -340,13 +340,21 @@ enum Kind {
     Good,
     Hostile,
     Die,
+    /// `serve=1`: a guest of the user's (`make run GUEST_DISK=`), with the command line
+    /// after ` -- ` in domain 0's; nothing is expected of it but an end.
+    Plain,
 }
 
 pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let good = option(cmdline, "good").unwrap_or(1).min(MAX_DOMAINS as u64) as usize;
     let hostile = option(cmdline, "hostile").unwrap_or(0).min((MAX_DOMAINS - good) as u64) as usize;
     let die = option(cmdline, "die").unwrap_or(0).min((MAX_DOMAINS - good - hostile) as u64) as usize;
-    let seconds = option(cmdline, "seconds").unwrap_or(60).max(1);
+    let serving = option(cmdline, "serve") == Some(1);
+    let seconds = option(cmdline, "seconds").unwrap_or(if serving { 24 * 3600 } else { 60 }).max(1);
+    // The user's guest line: what follows ` -- ` in domain 0's own.
+    let text = core::str::from_utf8(cmdline).unwrap_or("");
+    let guest_line = text.split_once(" -- ").map_or("", |(_, rest)| rest).trim();
+    let guest_kib = (option(cmdline, "guest_mem").unwrap_or(1).clamp(1, 4096) * 1024) as u32;
     let start = guest_rt::start_info();
     let mut frames = FreeFrames::new(start).ok_or(Failure::Setup("no free frames"))?;
     let mut past = frames
@@ -362,7 +370,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let mut kinds: Vec<Kind> = Vec::new();
     let mut vbds: Vec<VbdConn> = Vec::new();
     for i in 0..good + hostile + die {
-        let kind = if i < good {
+        let kind = if serving {
+            Kind::Plain
+        } else if i < good {
             Kind::Good
         } else if i < good + hostile {
             Kind::Hostile
@@ -370,8 +380,12 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             Kind::Die
         };
         let mut line = ArrayString::<32>::new();
-        let _ = write!(line, "mode={}", ["good", "hostile", "die"][kind as usize]);
-        let id = control::create_domain(&spec(line.as_bytes(), kind == Kind::Hostile)).map_err(|e| Failure::Control("CreateDomain", e))?;
+        let _ = write!(line, "mode={}", ["good", "hostile", "die", ""][kind as usize]);
+        let mut new = spec(line.as_bytes(), kind == Kind::Hostile);
+        if kind == Kind::Plain {
+            new = NewDomain { cmdline: guest_line.as_bytes(), mem_kib: guest_kib, max_kib: guest_kib, ..new };
+        }
+        let id = control::create_domain(&new).map_err(|e| Failure::Control("CreateDomain", e))?;
         let window = frames.take().ok_or(Failure::Setup("no page to map a ring at"))?;
         let console_window = frames.take().ok_or(Failure::Setup("no page to map a console at"))?;
         let s = attach(&mut store, events, id, kind == Kind::Hostile, window.va(), console_window.va(), waiter.now())?;
