@@ -249,6 +249,13 @@ def guest_cases():
                                       "blk: check a write to a read-only vbd refused: ok", "blk: check still served: ok",
                                       "blk: cut off, backend state", "blk: dying with 32 requests in flight",
                                       "destroyed mid-request"]),
+        # The ring round trip (an empty request answered) with one CPU: frontend and backend
+        # take turns on it, no IPI in the path (docs/measurements.md).
+        Case("io-blk-rtt", smp="1", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk good=1"), ("guest-blk", ""),
+                      ("disk-pattern", "name=data disk=xvda")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack blk: ok", "blk: all checks passed", "blk: ring round trip median="]),
         # Lifecycle attacks and checks (issue 15, holes 9, 12, 13, 14), each run by domain 0:
         # CreateDomain with sizes no machine could honour (refused, nothing leaks);
         Case("iso-lifecycle-huge", smp="2", mem="512M", boot="iso", cmdline="dom0",
