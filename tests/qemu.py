@@ -46,6 +46,9 @@ class Case:
     # Summary keys whose integer value must not exceed a bound, or must reach one.
     expect_at_most: dict = field(default_factory=dict)
     expect_at_least: dict = field(default_factory=dict)
+    # Serial input: (trigger, bytes) pairs; `bytes` go to the serial port once a line
+    # containing `trigger` has been printed.
+    serial_input: list = field(default_factory=list)
     timeout: int = 120
     accel: str = ""  # this case's accelerator ("kvm" cases are skipped where KVM is absent)
     # Guest modules: (guest binary name, module command line). One module boots through PVH
@@ -80,7 +83,36 @@ BAD_IMAGES = {"not-an-elf": b"this is not an ELF image, whatever its name says\n
 BIG_IMAGES = {"big-image": (80, None), "big-image-40": (40, None), "big-image-truncated": (40, 30)}
 
 
+# Disk images for domain 0 to serve (module lines with `disk=`): name -> bytes. The
+# pattern names each 512-byte sector by its number, so a misplaced sector shows.
+def disk_pattern(size):
+    out = bytearray(size)
+    for i in range(0, size, 512):
+        sector = (i // 512).to_bytes(4, "little")
+        out[i:i + 512] = (sector + bytes((i // 512 * 7 + j) & 0xff for j in range(4, 512)))[:size - i]
+    return bytes(out)
+
+
+DISK_IMAGES = {
+    "disk-pattern": disk_pattern(1024 * 1024 + 512 * 3),
+    "disk-small": b"a read-only disk of three sectors\n".ljust(1536, b"."),
+}
+
+
+def fnv1a(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+    return "%016x" % h
+
+
 def guest(name):
+    if name in DISK_IMAGES:
+        path = os.path.join(ROOT, "build", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(DISK_IMAGES[name])
+        return path
     if name in BIG_IMAGES:
         import bigimage
         path = os.path.join(ROOT, "build", name)
@@ -195,6 +227,38 @@ def guest_cases():
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["the hypervisor heap is too full for another domain",
                                       "stress: FAILED reason=create"]),
+        # Disk modules (issue 17 item 6): domain 0 reads each through ReadDisk and prints its
+        # hash; non-disks, oversized reads, hypervisor buffers and CreateDomain from a disk
+        # are refused.
+        Case("io-blk-disk-modules", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=disks"), ("guest-hello", ""),
+                      ("disk-pattern", "name=data disk=xvda"), ("disk-small", "name=small disk=xvdc,ro")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + [
+                 "dom0: attack disks: ok",
+                 "dom0: disk module 2: xvda size=%d rw for_module=1 fnv1a=%s" % (len(DISK_IMAGES["disk-pattern"]), fnv1a(DISK_IMAGES["disk-pattern"])),
+                 "dom0: disk module 3: xvdc size=1536 ro for_module=1 fnv1a=%s" % fnv1a(DISK_IMAGES["disk-small"]),
+             ]),
+        # Domain 0's blkback on the disk modules (issue 17 items 3-6): a good guest-blk reads
+        # the pattern, writes and reads back, keeps 16 requests in flight and times the ring
+        # round trip; a hostile one gets an error for every bad request, then is cut off for
+        # garbage ring indices; a third powers off with its ring full and is destroyed with
+        # its ring still mapped by domain 0. Free memory must come back.
+        Case("io-blk-basic", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk good=1 hostile=1 die=1"), ("guest-blk", ""),
+                      ("disk-pattern", "name=data disk=xvda"), ("disk-small", "name=small disk=xvdc,ro")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack blk: ok", "blk: all checks passed", "blk: ring round trip median=",
+                                      "blk: check a write to a read-only vbd refused: ok", "blk: check still served: ok",
+                                      "blk: cut off, backend state", "blk: dying with 32 requests in flight",
+                                      "destroyed mid-request"]),
+        # The ring round trip (an empty request answered) with one CPU: frontend and backend
+        # take turns on it, no IPI in the path (docs/measurements.md).
+        Case("io-blk-rtt", smp="1", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk good=1"), ("guest-blk", ""),
+                      ("disk-pattern", "name=data disk=xvda")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack blk: ok", "blk: all checks passed", "blk: ring round trip median="]),
         # Lifecycle attacks and checks (issue 15, holes 9, 12, 13, 14), each run by domain 0:
         # CreateDomain with sizes no machine could honour (refused, nothing leaks);
         Case("iso-lifecycle-huge", smp="2", mem="512M", boot="iso", cmdline="dom0",
@@ -212,6 +276,29 @@ def guest_cases():
              modules=[("guest-dom0", "name=dom0 -- attack=share"), ("guest-vcpus", "")],
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["dom0: attack share: ok"]),
+        # Work package "store" (issue 17): domain 0 serves the store to two good clients and
+        # two hostile ones (quota floods then garbage ring indices; garbage indices at once:
+        # each cut off alone, the good ones served on);
+        Case("io-store-basic", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=2 hostile=2"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_at_most={"console.ring_bytes": 0},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: flood: every quota held",
+                                      "xs: cut off error=2", "xs: read round trip median=", "(d0) [d1] xs: ring line 2 of d1",
+                                      "(d0) [d2] xs: ring line 2 of d2", "lines suppressed by the console rate limit]"]),
+        # the store round trip with one client alone (its median is printed);
+        # serial input: Ctrl-A three times gives the focus to d1, which gets the typed line;
+        Case("io-store-input", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0 input=1"), ("guest-xs", "")],
+             serial_input=[("xs: waiting for console input", b"for dom0\n\x01\x01\x01typed on the serial line\n")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "dom0: console input for domain 0: for dom0",
+                                      "dom0: console input goes to d1", "xs: console input: typed on the serial line",
+                                      "xs: all checks passed"]),
+        Case("io-store-rtt", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: read round trip median="]),
         # 1000 domains with timers a century ahead, stolen across CPUs, then destroyed;
         Case("iso-lifecycle-timers", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
              modules=[("guest-dom0", "name=dom0 -- attack=timers domains=1000"), ("guest-vcpus", "")],
@@ -624,7 +711,8 @@ def boot(case, accel):
     idle_at = None
     lines = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.PIPE if case.serial_input else subprocess.DEVNULL)
+    to_send = list(case.serial_input)
     # A machine that hangs silently prints nothing more: kill it at the deadline all the same.
     watchdog = threading.Timer(case.timeout, proc.kill)
     watchdog.start()
@@ -633,6 +721,9 @@ def boot(case, accel):
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             lines.append(line)
+            while to_send and to_send[0][0] in line:
+                proc.stdin.write(to_send.pop(0)[1])
+                proc.stdin.flush()
             if idle_at is None and IDLE.search(line):
                 idle_at = time.monotonic() - start
             if time.monotonic() > deadline:

@@ -1,7 +1,8 @@
 //! The control interface (`abi::control`, hypercall 36): the mechanisms domain 0 uses to make
 //! policy — create a domain from a boot module, destroy, pause and unpause it, set its memory
 //! limit and scheduling parameters, read its counters and the machine's — and a heartbeat
-//! that times every other CPU's answer to a cross-CPU call.
+//! that times every other CPU's answer to a cross-CPU call; and where a created domain's
+//! console and store rings are (`GetDomainDevices`, what `pv::build` recorded).
 //!
 //! Refused to every unprivileged domain (`EPERM`). Domain 0 cannot destroy or pause itself
 //! through it (it shuts down like any guest). A domain still being built is invisible
@@ -14,8 +15,8 @@
 //! give back is there for it.
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, Heartbeat, MaxMem, PhysInfo, SchedParams,
-    CONTROL_INTERFACE_VERSION, CREATE_FLAGS, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainDevices, DomainInfo, Heartbeat, MaxMem, PhysInfo, ReadDisk,
+    SchedParams, CONTROL_INTERFACE_VERSION, DISK_READ_ONLY, READ_DISK_MAX, CREATE_FLAGS, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING,
     DOMAIN_SHUTTING_DOWN, MAX_VCPUS,
 };
 use abi::errno::Errno;
@@ -70,11 +71,17 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
             op.args = heartbeat().encode();
             Ok(0)
         }
+        ControlCmd::ReadDisk => {
+            let mut args = ReadDisk::decode(&op.args);
+            let copied = read_disk(&mut args);
+            op.args = args.encode();
+            copied
+        }
         _ => {
             // Domain 0 may read its own figures and set its own scheduling; it may not
             // destroy, pause or shrink itself.
             let target = match cmd {
-                ControlCmd::SetSchedParams | ControlCmd::GetSchedParams | ControlCmd::GetDomainInfo => {
+                ControlCmd::SetSchedParams | ControlCmd::GetSchedParams | ControlCmd::GetDomainInfo | ControlCmd::GetDomainDevices => {
                     domain::lookup(DomainId(op.domain)).ok_or(Errno::Esrch)?
                 }
                 _ => other_domain(vcpu, op.domain)?,
@@ -112,12 +119,27 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
                     op.args = domain_info(&target).encode();
                     Ok(0)
                 }
-                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo | ControlCmd::Heartbeat => unreachable!("handled above"),
+                ControlCmd::GetDomainDevices => {
+                    let devices: DomainDevices = (*target.devices.lock()).ok_or(Errno::Enoent)?;
+                    op.args = devices.encode();
+                    Ok(0)
+                }
+                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo | ControlCmd::Heartbeat | ControlCmd::ReadDisk => {
+                    unreachable!("handled above")
+                }
             }
         }
     };
     if result.is_ok()
-        && matches!(cmd, ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams | ControlCmd::Heartbeat)
+        && matches!(
+            cmd,
+            ControlCmd::GetPhysInfo
+                | ControlCmd::GetDomainInfo
+                | ControlCmd::GetSchedParams
+                | ControlCmd::Heartbeat
+                | ControlCmd::GetDomainDevices
+                | ControlCmd::ReadDisk
+        )
     {
         uaccess::write_value(arg.0, &op).map_err(|_| Errno::Efault)?;
     }
@@ -137,9 +159,39 @@ fn checked(params: SchedParams) -> Result<SchedParams, Errno> {
     if params.weight == 0 { Err(Errno::Einval) } else { Ok(params) }
 }
 
+/// Copies part of a disk module to domain 0 (`ReadDisk`): only a module marked `disk=` and
+/// not refused at boot, at most a page, through a bounce buffer on this stack (the module
+/// is read a page at a time through the temporary mappings, never mapped into domain 0).
+fn read_disk(args: &mut ReadDisk) -> HcResult {
+    let modules = crate::pv::modules::modules();
+    let module = modules.get(args.module as usize).ok_or(Errno::Einval)?;
+    let disk = module.spec.disk.ok_or(Errno::Einval)?;
+    let image = module.image.as_ref().map_err(|_| Errno::Einval)?;
+    if args.len > READ_DISK_MAX {
+        return Err(Errno::Einval);
+    }
+    let size = builder::ImageSource::size(image);
+    args.size = size;
+    args.flags = if disk.read_only { DISK_READ_ONLY } else { 0 };
+    args.index = u32::from(disk.index);
+    args.for_module = modules[..args.module as usize].iter().rposition(|m| m.spec.disk.is_none()).map_or(u32::MAX, |i| i as u32);
+    let len = u64::from(args.len).min(size.saturating_sub(args.offset)) as usize;
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut bounce = [0u8; READ_DISK_MAX as usize];
+    builder::ImageSource::read(image, args.offset, &mut bounce[..len]).map_err(|_| Errno::Eio)?;
+    uaccess::write(args.buffer, &bounce[..len]).map_err(|_| Errno::Efault)?;
+    Ok(len as u64)
+}
+
 /// Builds a domain from a boot module and starts it, or leaves it paused.
 fn create(args: &CreateDomain) -> HcResult {
     let module = crate::pv::modules::modules().get(args.module as usize).ok_or(Errno::Einval)?;
+    // A disk is data for domain 0 to serve, never a kernel.
+    if module.spec.disk.is_some() {
+        return Err(Errno::Einval);
+    }
     // A module refused at boot is never read.
     let image = module.image.as_ref().map_err(|_| Errno::Einval)?;
     if args.cmdline_len > MAX_CMDLINE || args.mem_kib < 4 || args.flags & !CREATE_FLAGS != 0 || args.max_vcpus > MAX_VCPUS {
@@ -169,6 +221,7 @@ fn create(args: &CreateDomain) -> HcResult {
             pinned: args.cpu != u32::MAX && args.flags & CREATE_UNPINNED == 0,
         },
         params: checked(args.params)?,
+        devices: true,
     };
     match build::build_domain(&request) {
         Ok(domain) => {
