@@ -250,9 +250,11 @@ fn interrupts(disk: &mut VirtioDisk, events: Events, clock: Clock) -> Check {
 fn device_memory() -> Check {
     let (bar, va) = platform::first_device_mapping().ok_or("no device mapping")?;
     let pte = |mfn: u64, extra: u64| mfn << 12 | PTE_PRESENT | PTE_WRITABLE | PTE_USER | extra;
-    // SAFETY (every update below): `va` maps the device's BAR frame for `platform`; each
-    // refused update leaves it as it was, and the loop ends with the BAR mapped again.
-    let map = |value: u64| unsafe { hypercall::update_va_mapping(va, value, UVMF_INVLPG) };
+    let map = |value: u64| {
+        // SAFETY: `va` maps the device's BAR frame for `platform`; each refused update
+        // leaves it as it was, and the rounds below end with the BAR mapped again.
+        unsafe { hypercall::update_va_mapping(va, value, UVMF_INVLPG) }
+    };
     // SAFETY: `va` maps device memory, read with a volatile 32-bit access.
     let peek = || unsafe { (va as *const u32).read_volatile() };
     let before = peek();
@@ -272,11 +274,11 @@ fn device_memory() -> Check {
         MmuextCmd::ClearPage,
         MmuextCmd::NewBaseptr,
     ] {
-        // SAFETY: each op names only the device frame, which must be refused.
+        let op = [MmuextOp::with_mfn(cmd, Mfn(bar))];
+        // SAFETY: the op names only the device frame, which must be refused.
+        let result = unsafe { hypercall::mmuext_op(&op, &mut done, DomId::SELF) };
         fails(
-            unsafe {
-                hypercall::mmuext_op(&[MmuextOp::with_mfn(cmd, Mfn(bar))], &mut done, DomId::SELF)
-            },
+            result,
             "a BAR frame as a page table or cleared page",
         )?;
     }
@@ -285,8 +287,9 @@ fn device_memory() -> Check {
         MmuUpdate::new(MmuUpdateCmd::MachphysUpdate, bar << 12, 0x10),
     ] {
         // SAFETY: the update targets only the device frame, which must be refused.
+        let result = unsafe { hypercall::mmu_update(&[update], &mut done, DomId::SELF) };
         fails(
-            unsafe { hypercall::mmu_update(&[update], &mut done, DomId::SELF) },
+            result,
             "a BAR frame written through mmu_update",
         )?;
     }
