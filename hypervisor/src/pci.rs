@@ -51,8 +51,10 @@ static DOM0_CF8: AtomicU32 = AtomicU32::new(0);
 static DROPPED_WRITES: AtomicU64 = AtomicU64::new(0);
 
 /// Fixed PC ranges kept from domain 0 whatever the firmware says: the first MiB (legacy
-/// video, BIOS), the I/O APIC, HPET and local APIC default pages.
-const ALWAYS_EXCLUDED: [Range<u64>; 4] = [0..0x10_0000, 0xfec0_0000..0xfec0_1000, 0xfed0_0000..0xfed0_1000, 0xfee0_0000..0xfee0_1000];
+/// video, BIOS), the I/O APIC and HPET default pages, and the whole MiB of the local APIC
+/// and MSI range (a CPU's access anywhere there reaches its own local APIC: QEMU repeats
+/// the 4 KiB of registers over the MiB), not only its default page.
+const ALWAYS_EXCLUDED: [Range<u64>; 4] = [0..0x10_0000, 0xfec0_0000..0xfec0_1000, 0xfed0_0000..0xfed0_1000, 0xfee0_0000..0xfef0_0000];
 
 /// Scans the buses and records the devices (boot CPU, before any domain).
 pub fn init(boot: &BootInfo, machine: &Machine) {

@@ -23,6 +23,9 @@
 //! - `store` ([`store`]): domain 0 runs the store for good and hostile store clients,
 //!   introduces and releases them; the hostile ones must be cut off alone. Module 1:
 //!   guest-xs.
+//! - `devices` (`crate::virtio::review`): domain 0 misusing its own devices (interrupt
+//!   storms, closed and re-bound pirq ports, device frames as tables, BAR moves, MSI-X,
+//!   the host bridge); needs the virtio disk of the `io-virtio-*` cases.
 //!
 //! Each check prints what it measured, so that a failure says by how much. This module
 //! must never leave a domain it created alive when it reports.
@@ -214,16 +217,21 @@ pub fn warm_up(waiter: Waiter, spec: &NewDomain<'_>, run_ms: u64) -> Result<(), 
 /// Runs the check `name` and ends domain 0 with its verdict.
 pub fn run(name: &str, start: &StartInfo) -> ! {
     let cmdline = start.cmd_line();
-    let result = Waiter::new().and_then(|waiter| match name {
-        "huge" => huge::run(waiter),
-        "disks" => disks::run(waiter),
-        "blk" => blk::run(waiter, cmdline),
-        "races" => race::run(waiter, cmdline),
-        "share" => share::run(waiter, cmdline),
-        "timers" => timers::run(waiter, cmdline),
-        "store" => store::run(waiter, cmdline),
-        _ => Err(Failure::Setup("unknown attack")),
-    });
+    // `devices` drives the virtio disk, which takes the event channels itself.
+    let result = if name == "devices" {
+        crate::virtio::review::run(start).map_err(Failure::Setup)
+    } else {
+        Waiter::new().and_then(|waiter| match name {
+            "huge" => huge::run(waiter),
+            "disks" => disks::run(waiter),
+            "blk" => blk::run(waiter, cmdline),
+            "races" => race::run(waiter, cmdline),
+            "share" => share::run(waiter, cmdline),
+            "timers" => timers::run(waiter, cmdline),
+            "store" => store::run(waiter, cmdline),
+            _ => Err(Failure::Setup("unknown attack")),
+        })
+    };
     match result {
         Ok(()) => {
             println!("dom0: attack {name}: ok");

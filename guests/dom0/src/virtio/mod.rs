@@ -16,6 +16,7 @@
 //! flush, so it spins for its (single) completion.
 
 pub mod platform;
+pub mod review;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -103,6 +104,8 @@ pub struct VirtioDisk {
     slots: [Slot; SLOTS],
     events: Events,
     needs_eoi: bool,
+    /// The interrupt's port (re-bound by [`review`]).
+    port: EvtchnPort,
 }
 
 /// `T` placed in fresh pool memory.
@@ -223,7 +226,7 @@ pub fn open(start: &StartInfo, events: Events) -> Result<VirtioDisk, &'static st
     events.set_handler(port, on_interrupt).map_err(|_| "event handler")?;
     events.enable();
     println!("virtio: {} sectors{}, line {line} as port {}, needs_eoi {needs_eoi}", blk.capacity(), if blk.readonly() { " (read-only)" } else { "" }, port.0);
-    Ok(VirtioDisk { blk, slots, events, needs_eoi })
+    Ok(VirtioDisk { blk, slots, events, needs_eoi, port })
 }
 
 fn interrupt_line(root: &PciRoot<PortCam>, df: DeviceFunction) -> u8 {

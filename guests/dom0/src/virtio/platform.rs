@@ -78,6 +78,18 @@ pub fn bind_interrupt(gsi: u32) -> Result<(EvtchnPort, bool), PlatformError> {
 
 static PIRQ: AtomicU64 = AtomicU64::new(0);
 
+/// The pirq [`bind_interrupt`] mapped and bound.
+pub fn pirq() -> u32 {
+    PIRQ.load(Ordering::Relaxed) as u32
+}
+
+/// The first device frame mapped, and where (for domain 0's checks of its own misuse).
+pub fn first_device_mapping() -> Option<(u64, u64)> {
+    let (mfn, va) = &MAPPED[0];
+    let va = va.load(Ordering::Relaxed);
+    (va != 0).then(|| (mfn.load(Ordering::Relaxed), va))
+}
+
 /// `PHYSDEVOP_eoi` for the bound pirq: the hypervisor unmasks the line.
 pub fn eoi() -> Result<(), HypercallError> {
     physdev(PhysdevOp::Eoi, &mut PhysdevEoi { irq: PIRQ.load(Ordering::Relaxed) as u32 })
