@@ -71,6 +71,16 @@ fn a_domain_writes_and_reads_its_own_keys() {
 }
 
 #[test]
+fn the_rings_are_written_where_libxl_writes_them() {
+    let mut s = with_domains();
+    s.write_rings(1, (0x1234, 1), (0x1235, 2)).unwrap();
+    assert_eq!(call(&mut s, 1, MsgType::Read, 0, b"console/ring-ref\0"), Ok(b"4660".to_vec()));
+    assert_eq!(call(&mut s, 1, MsgType::Read, 0, b"store/port\0"), Ok(b"2".to_vec()));
+    assert_eq!(call(&mut s, 1, MsgType::Write, 0, b"store/port\09"), Err(XsError::Eacces), "domain 0's");
+    assert_eq!(call(&mut s, 2, MsgType::Read, 0, b"/local/domain/1/store/port\0"), Err(XsError::Eacces));
+}
+
+#[test]
 fn another_domains_keys_are_refused() {
     let mut s = with_domains();
     call(&mut s, 1, MsgType::Write, 0, b"data/secret\0s").unwrap();

@@ -677,6 +677,24 @@ impl Store {
         Ok(())
     }
 
+    /// What libxl writes of a domain's rings once it is built: `console/{ring-ref,port,
+    /// type,limit}` and `store/{ring-ref,port}` under its home (readable by it, domain 0's).
+    pub fn write_rings(&mut self, domid: DomId, console: (u64, u32), store: (u64, u32)) -> Result<(), XsError> {
+        let home = path::home(domid);
+        let nodes = [
+            ("console/ring-ref", format!("{}", console.0)),
+            ("console/port", format!("{}", console.1)),
+            ("console/type", String::from("xenconsoled")),
+            ("console/limit", String::from("1048576")),
+            ("store/ring-ref", format!("{}", store.0)),
+            ("store/port", format!("{}", store.1)),
+        ];
+        for (key, value) in nodes {
+            self.write_as(0, &format!("{home}/{key}"), value.as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// The toolstack's side of a domain's end: its home removed, then its release.
     pub fn destroy_domain(&mut self, domid: DomId) {
         self.rm(&path::home(domid));

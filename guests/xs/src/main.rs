@@ -2,7 +2,8 @@
 //!
 //! `mode=good peer=next|prev|none`: writes its own keys and reads them back, lists them, is
 //! refused its peer's keys (the domain created after or before it) and domain 0's
-//! (`EACCES`), gets a watch's initial event and the event of a write beneath it, commits a
+//! (`EACCES`), reads its store port where libxl writes it, is refused serial input
+//! (`CONSOLEIO_read`: `EPERM`), gets a watch's initial event and the event of a write beneath it, commits a
 //! transaction and sees a conflicting one fail with `EAGAIN`, then times reads of a small
 //! key (the store round trip: "xs: read round trip median=<n> ns over <k>") and prints
 //! "xs: all checks passed". Any failure panics (the domain crashes).
@@ -26,7 +27,9 @@
 
 use core::fmt::Write as _;
 
+use guest_rt::abi::errno::Errno;
 use guest_rt::abi::ids::DomId;
+use guest_rt::hypercall::HypercallError;
 use guest_rt::events::Events;
 use guest_rt::frames::FreeFrames;
 use guest_rt::time::Clock;
@@ -105,6 +108,11 @@ fn good(xs: &mut Xs, events: Events, me: DomId, peer: Option<DomId>, input: bool
     }
     let dom0 = xs.write(0, "/tool/evil", b"x");
     check("domain 0's refused", dom0 == Err(XsFail::Store(XsError::Eacces)), format_args!("{dom0:?}"));
+    let mut port = [0u8; 16];
+    let store_port = xs.read(0, "store/port", &mut port).map(|n| text(&port[..n]).parse::<u32>().ok());
+    check("store/port as libxl writes it", store_port == Ok(Some(xs.port().0)), format_args!("{store_port:?}"));
+    let read = hypercall::console_read(&mut buf);
+    check("serial input refused", read == Err(HypercallError::Xen(Errno::Eperm)), format_args!("{read:?}"));
     let bad = xs.read(0, "data/../name", &mut buf);
     check("bad path refused", bad == Err(XsFail::Store(XsError::Einval)), format_args!("{bad:?}"));
 

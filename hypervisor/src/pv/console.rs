@@ -377,16 +377,16 @@ static INPUT: Mutex<Input> = Mutex::new(Input { bytes: [0; INPUT_BYTES], head: 0
 static INPUT_TAKEN: AtomicU64 = AtomicU64::new(0);
 /// When the serial port was last polled, and how often it may be.
 static LAST_POLL_NS: AtomicU64 = AtomicU64::new(0);
-const INPUT_POLL_NS: u64 = 1_000_000;
+const INPUT_POLL_NS: u64 = 10_000_000;
 static INPUT_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Takes what the serial port received (at most a FIFO's worth) into the input buffer and,
 /// when anything came, raises `VIRQ_CONSOLE` on domain 0. Called with interrupts off from
-/// every CPU's timer interrupt; polls at most once a millisecond (one CPU at a time), and
+/// every CPU's timer interrupt; polls at most once every 10 ms (one CPU at a time), and
 /// costs one port read when nothing waits.
 pub fn poll_input() {
-    // At most one poll a millisecond, whatever the timer interrupts' rate (a port read is
-    // slow under emulation).
+    // At most one poll every 10 ms, whatever the timer interrupts' rate (a port read is
+    // slow under emulation, and an exit to the host under a virtualizer).
     let now = time::since_boot_ns();
     let last = LAST_POLL_NS.load(Ordering::Relaxed);
     if now.saturating_sub(last) < INPUT_POLL_NS || LAST_POLL_NS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {

@@ -175,6 +175,9 @@ pub(super) fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool
     let mut name = ArrayString::<16>::new();
     let _ = write!(name, "xs{}", id.0);
     store.create_domain(id.0, &name).map_err(|_| Failure::Setup("the domain's home"))?;
+    store
+        .write_rings(id.0, (devices.console_mfn, devices.console_port), (devices.store_mfn, devices.store_port))
+        .map_err(|_| Failure::Setup("the domain's ring nodes"))?;
     Ok(Served {
         id,
         hostile,
