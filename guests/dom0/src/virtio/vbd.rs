@@ -120,11 +120,6 @@ impl<D: SectorDisk> Server<D> {
         &mut self.disk
     }
 
-    /// Whether requests are in flight or flushes wait.
-    pub fn busy(&self) -> bool {
-        self.in_flight.iter().any(Option::is_some) || !self.flushes.is_empty()
-    }
-
     fn copy_work(&mut self, slot: usize, frontend: DomId, work: &Work) -> bool {
         let mut ops = [GnttabCopy::default(); MAX_COPIES];
         let Ok(n) = plan_buffer(work, frontend, &Buffer { disk: &self.disk, slot }, &mut ops) else { return false };
@@ -175,6 +170,12 @@ impl<D: SectorDisk> Server<D> {
                 self.answer(rings, done.key, &done.work.response(ok));
             }
         }
+    }
+
+    /// Whether a disk slot is free and no flush waits (else the disk's interrupt says when
+    /// to take more: no need to come back before it).
+    pub fn can_start(&self) -> bool {
+        self.flushes.is_empty() && self.in_flight.iter().any(Option::is_none)
     }
 
     /// Takes at most `budget` requests off ring `key` and starts them, as long as a disk
