@@ -10,6 +10,13 @@
 //! only (`blkif::copies`). Every domain gets every disk (`xvd<index>`, read-only when the
 //! line says `,ro`); writes land in domain 0's copy, not in the boot module.
 //!
+//! With `vdisk=1` (`vdisk_ro=1`: read-only) domain 0 also drives the virtio disk and gives
+//! every domain an equal slice of it as one more VBD (`crate::virtio::vbd`: requests
+//! complete out of order, a flush waits for the disk to be quiet); the loop wakes on the
+//! disk's interrupt too. With `bench=1` it first reads the first slice directly and, when
+//! the guest (guest-blk `mode=vbench`, given on its line) ends, prints both figures
+//! (`dom0: blk: bench seq64k direct_mbps= vbd_mbps= ratio=`).
+//!
 //! Each domain is set up as the store check does (`super::store::attach`: its store and
 //! console served), then the VBD's store nodes as libxl writes them
 //! (`/local/domain/0/backend/vbd/<domid>/<devid>/` owned by domain 0, readable by the
