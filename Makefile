@@ -43,7 +43,13 @@ GUEST_DISK ?=
 DISK_FILES  = $(foreach d,$(GUEST_DISK),$(firstword $(subst $(comma), ,$(d))))
 DISK_MIB    = $(shell echo $$(( ( 0 $(foreach f,$(DISK_FILES),+ $$(stat -c %s $(f) 2>/dev/null || echo 0)) ) / 1048576 + $(words $(DISK_FILES)) )))
 DISK_RUN_MIB = $(if $(GUEST_DISK),$(shell echo $$(( 2 * $(DISK_MIB) + 32 ))),0)
-DOM0_DISK_LINE = name=dom0 mem=$(shell echo $$(( 16 + $(DISK_MIB) ))) -- attack=blk serve=1 good=$(GUESTS) guest_mem=$(GUEST_MEM) -- $(GUEST_CMDLINE)
+# A virtio disk for them: `GUEST_VDISK=FILE[,ro]` attaches FILE to QEMU as a virtio-blk
+# device, which domain 0 drives and serves, one slice of it per guest (its last xvd).
+GUEST_VDISK ?=
+VDISK_FILE  = $(firstword $(subst $(comma), ,$(GUEST_VDISK)))
+VDISK_RO    = $(if $(filter %$(comma)ro,$(GUEST_VDISK)),1)
+VDISK_QEMU  = $(if $(GUEST_VDISK),-drive file=$(VDISK_FILE)$(comma)if=none$(comma)id=vd0$(comma)format=raw$(comma)cache=writeback$(if $(VDISK_RO),$(comma)readonly=on) -device virtio-blk-pci$(comma)drive=vd0$(comma)disable-legacy=on)
+DOM0_DISK_LINE = name=dom0 mem=$(shell echo $$(( 16 + $(DISK_MIB) ))) -- attack=blk serve=1 good=$(GUESTS) guest_mem=$(GUEST_MEM)$(if $(GUEST_VDISK), vdisk=1$(if $(VDISK_RO), vdisk_ro=1)) -- $(GUEST_CMDLINE)
 # The hypervisor's line for a hand run: the exit status says how the guest ended.
 RUN_CMDLINE = $(strip $(CMDLINE) $(if $(GUEST),exit=guest guests=$(GUESTS)))
 GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments guest-bigimage guest-shutdown guest-grants guest-m2p guest-vcpuop guest-xs guest-blk
@@ -196,13 +202,13 @@ case $$status in 33) m="the guest powered off";; 35) m="the hypervisor failed (a
 echo "run: QEMU exit status $$status: $$m"
 endef
 
-ifneq ($(GUEST_DISK),)
+ifneq ($(GUEST_DISK)$(GUEST_VDISK),)
 # A guest with disks: domain 0 (module 0) creates it from module 1 and serves the disks
 # (modules 2 on, `disk=xvdX[,ro]`). The status is the run's (33: every domain ended as
 # expected, domain 0 last).
 run: build guests
-	@test -f "$(GUEST)" || { echo "error: GUEST_DISK needs GUEST=<a Xen PV64 ELF>"; exit 2; }
-	@for f in $(DISK_FILES); do test -f $$f || { echo "error: no disk image $$f"; exit 2; }; done
+	@test -f "$(GUEST)" || { echo "error: GUEST_DISK and GUEST_VDISK need GUEST=<a Xen PV64 ELF>"; exit 2; }
+	@for f in $(DISK_FILES) $(VDISK_FILE); do test -f $$f || { echo "error: no disk image $$f"; exit 2; }; done
 	@rm -rf $(BUILD)/iso && mkdir -p $(BUILD)/iso/boot/grub
 	@cp $(KERNEL) $(BUILD)/iso/boot/hypervisor && cp target/$(TARGET)/release/guest-dom0 $(BUILD)/iso/boot/dom0 && cp $(GUEST) $(BUILD)/iso/boot/guest
 	@{ printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n'; \
@@ -213,7 +219,7 @@ run: build guests
 	    printf '  module2 /boot/disk%d name=disk%d disk=xvd%s%s\n' $$i $$i $$l $$ro; i=$$((i + 1)); done; \
 	  printf '  boot\n}\n'; } > $(BUILD)/iso/boot/grub/grub.cfg
 	@grub-mkrescue -o $(ISO) $(BUILD)/iso 2>/dev/null
-	@status=0; $(QEMU) $(QEMU_BASE) -cdrom $(ISO) || status=$$?; echo "run: QEMU exit status $$status (33: every domain ended as expected)"; exit $$status
+	@status=0; $(QEMU) $(QEMU_BASE) -cdrom $(ISO) $(VDISK_QEMU) || status=$$?; echo "run: QEMU exit status $$status (33: every domain ended as expected)"; exit $$status
 else ifeq ($(BOOT),iso)
 run: iso
 	@status=0; $(QEMU) $(QEMU_BASE) -cdrom $(ISO) || status=$$?; $(if $(GUEST),$(exit-meaning);) exit $$status

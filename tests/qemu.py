@@ -479,6 +479,19 @@ def io_cases():
              expect={"domains.unexpected_endings": "0"},
              expect_lines=["virtio: pattern read ok", "virtio: write, flush and read back ok",
                            "virtio: bench seq64k", "virtio: disk ok", "summary: run=pass"]),
+        # A VBD on the virtio disk (issue 17 item 4(b)): domain 0's blkback serves guest-blk
+        # a slice of the disk (guests/dom0/src/virtio/vbd.rs); the guest checks the pattern,
+        # is refused a read past its slice, reads the whole VBD sequentially in 64 KiB
+        # (11 + 5 segments, three in flight), writes 64 sectors, flushes and crashes at
+        # once: the sectors must be in the image after QEMU exits. Domain 0 reads the same
+        # range directly first and prints both figures and their ratio
+        # (docs/measurements.md).
+        Case("io-vbd-virtio", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=300, disk_mib=32,
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk good=1 vdisk=1 bench=1"), ("guest-blk", "")],
+             expect_lines=["dom0: blk: direct seq64k", "blk: check the virtio pattern: ok",
+                           "blk: check a read past the slice refused: ok", "blk: vbench seq64k",
+                           "blk: vbench written and flushed", "dom0: blk: bench seq64k direct_mbps=",
+                           "dom0: attack blk: ok", "summary: run=pass"]),
         # Domain 0 misusing its own devices (guests/dom0/src/virtio/review.rs): a level
         # line held asserted (one interrupt per EOI), its port closed and re-bound, device
         # frames as tables or M2P entries, BAR moves, MSI-X, the host bridge; ends with

@@ -5,6 +5,10 @@
 //! (an error status when the check or a copy failed), publishes the answers and says
 //! whether to notify the frontend and whether more work waits.
 //!
+//! A disk whose requests complete later uses the asynchronous half instead:
+//! [`Backend::take`] (the next request, checked), [`Backend::answer`] (in any order, when
+//! the disk is done), [`Backend::publish`] and [`Backend::more`].
+//!
 //! A frontend whose ring indices are impossible is cut off: the connection serves nothing
 //! more, and the caller tears it down (unmaps the ring, closes the port); no other
 //! connection is affected.
@@ -125,6 +129,60 @@ impl<M: RingMemory> Backend<M> {
             }
         };
         round
+    }
+
+    /// The asynchronous half (a disk whose requests complete later, such as domain 0's
+    /// virtio disk): the next request off the ring, checked: `Ok(work)` to perform and
+    /// answer later with [`answer`](Self::answer), or `Err(response)` (a refusal) to
+    /// answer now. `None` when there is none, or when the frontend is (or was just) cut
+    /// off for impossible indices ([`cut_off`](Self::cut_off) says so).
+    pub fn take(&mut self) -> Option<Result<Work, Response>> {
+        if self.cut_off.is_some() {
+            return None;
+        }
+        match self.ring.next_request() {
+            Ok(Some(req)) => Some(check_request(&req, &self.vbd).map_err(|refusal| refusal.response)),
+            Ok(None) => None,
+            Err(e) => {
+                self.cut_off = Some(e);
+                None
+            }
+        }
+    }
+
+    /// Writes the answer of a request [`take`](Self::take) gave (in any order); the
+    /// frontend sees it after [`publish`](Self::publish). False when no request is
+    /// waiting for an answer (a caller bug) or the frontend was cut off.
+    pub fn answer(&mut self, rsp: &Response) -> bool {
+        if self.cut_off.is_some() || self.ring.push_response(rsp).is_err() {
+            return false;
+        }
+        if rsp.status == crate::wire::RSP_OKAY {
+            self.counters.ok += 1;
+        } else {
+            self.counters.failed += 1;
+        }
+        true
+    }
+
+    /// Publishes the answers written: true when the frontend asked to be notified.
+    pub fn publish(&mut self) -> bool {
+        self.cut_off.is_none() && self.ring.publish_responses()
+    }
+
+    /// Before waiting for an event: whether requests wait (asks the frontend to notify
+    /// the next one otherwise). Impossible indices cut the frontend off (false).
+    pub fn more(&mut self) -> bool {
+        if self.cut_off.is_some() {
+            return false;
+        }
+        match self.ring.final_check_for_requests() {
+            Ok(more) => more,
+            Err(e) => {
+                self.cut_off = Some(e);
+                false
+            }
+        }
     }
 
     fn cut(&mut self, mut round: Round, e: RingError) -> Round {

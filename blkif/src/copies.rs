@@ -26,9 +26,22 @@ pub struct NoFrame(pub u64);
 
 /// Fills `out` with the copies `work` needs; returns how many.
 pub fn plan(work: &Work, frontend: DomId, disk: &impl DiskFrames, out: &mut [GnttabCopy; MAX_COPIES]) -> Result<usize, NoFrame> {
+    plan_from(work, 0, frontend, disk, out)
+}
+
+/// The same for a request-sized buffer of the backend's own pages (a disk that moves data
+/// through its own DMA buffers): page `index` of `buffer` holds the request's bytes from
+/// `index * 4096` on (the request's first sector at the buffer's first byte).
+pub fn plan_buffer(work: &Work, frontend: DomId, buffer: &impl DiskFrames, out: &mut [GnttabCopy; MAX_COPIES]) -> Result<usize, NoFrame> {
+    plan_from(work, work.sector_number.saturating_mul(crate::wire::SECTOR_BYTES), frontend, buffer, out)
+}
+
+/// Copies for `work` where the backend's byte `origin` of the VBD is byte 0 of `disk`.
+fn plan_from(work: &Work, origin: u64, frontend: DomId, disk: &impl DiskFrames, out: &mut [GnttabCopy; MAX_COPIES]) -> Result<usize, NoFrame> {
     let mut n = 0;
     for chunk in work.chunks() {
-        let (a, b) = chunk.split_at_vbd_page(4096);
+        let at = crate::check::Chunk { vbd_offset: chunk.vbd_offset - origin, ..chunk };
+        let (a, b) = at.split_at_vbd_page(4096);
         for piece in [Some(a), b].into_iter().flatten() {
             let page = piece.vbd_offset / 4096;
             let frame = disk.frame(page).ok_or(NoFrame(page))?;
@@ -87,5 +100,34 @@ mod tests {
         // A disk whose frames stop short (a backend bug) is reported, not copied.
         let w = check_request(&req(OP_READ, 40, &[seg]), &vbd).unwrap();
         assert_eq!(plan(&w, DomId(5), &Frames(2), &mut out), Err(NoFrame(5)));
+    }
+
+    #[test]
+    fn buffer_copies_start_at_the_requests_first_sector() {
+        let vbd = Vbd { sectors: 1 << 20, read_only: false };
+        let mut out = [GnttabCopy::default(); MAX_COPIES];
+        // 11 whole pages from sector 6 (not page-aligned on the VBD): in the buffer they
+        // are whole pages again, one copy each.
+        let segs: [Segment; 11] = core::array::from_fn(|i| Segment { gref: 20 + i as u32, first_sect: 0, last_sect: 7 });
+        let w = check_request(&req(OP_READ, 6, &segs), &vbd).unwrap();
+        let n = plan_buffer(&w, DomId(5), &Frames(11), &mut out).unwrap();
+        assert_eq!(n, 11);
+        for (i, c) in out[..n].iter().enumerate() {
+            assert_eq!((c.source.u, c.source.offset, c.dest.u, c.dest.offset, c.len), (0x1000 + i as u64, 0, 20 + i as u64, 0, 4096));
+        }
+        // Sub-page segments: the buffer fills from byte 0, cut at its pages.
+        let seg = Segment { gref: 9, first_sect: 2, last_sect: 7 };
+        let w = check_request(&req(OP_WRITE, 1_000_001, &[seg; 3]), &vbd).unwrap();
+        let n = plan_buffer(&w, DomId(5), &Frames(5), &mut out).unwrap();
+        let mut at = 0u32;
+        for c in &out[..n] {
+            assert_eq!(c.dest.u * 4096 + u64::from(c.dest.offset), 0x1000 * 4096 + u64::from(at));
+            assert!(c.dest.offset as u32 + c.len as u32 <= 4096);
+            at += u32::from(c.len);
+        }
+        assert_eq!(at, 3 * 3072);
+        // A buffer too small (a backend bug) is reported.
+        let w = check_request(&req(OP_READ, 6, &segs), &vbd).unwrap();
+        assert_eq!(plan_buffer(&w, DomId(5), &Frames(10), &mut out), Err(NoFrame(10)));
     }
 }

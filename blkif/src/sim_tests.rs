@@ -299,3 +299,39 @@ proptest! {
         prop_assert!(w.disk == model_disk, "disk differs from the model");
     }
 }
+
+#[test]
+fn asynchronous_half_answers_out_of_order_and_cuts_off() {
+    let mut page = vec![0u8; PAGE];
+    let mem = PlainMemory::new(&mut page);
+    let mut front = Frontend::new(mem, 1).unwrap();
+    let mut back = Backend::new(mem, 1, Vbd { sectors: 64, read_only: true }).unwrap();
+    let a = front.submit(OP_READ, 0, 0, &[seg(1, 0, 7)]).unwrap();
+    let b = front.submit(OP_READ, 0, 8, &[seg(2, 0, 7)]).unwrap();
+    let c = front.submit(OP_WRITE, 0, 8, &[seg(2, 0, 7)]).unwrap();
+    front.publish();
+    let wa = back.take().unwrap().unwrap();
+    let wb = back.take().unwrap().unwrap();
+    // The write to a read-only VBD is refused at once.
+    let refused = back.take().unwrap().unwrap_err();
+    assert_eq!((refused.id, refused.status), (c, RSP_ERROR));
+    assert!(back.take().is_none());
+    assert!(back.answer(&refused));
+    // Answered in the other order than taken.
+    assert!(back.answer(&wb.response(true)));
+    assert!(back.answer(&wa.response(false)));
+    // A fourth answer has no request.
+    assert!(!back.answer(&wa.response(true)));
+    back.publish();
+    assert!(!back.more());
+    let got: Vec<(u64, i16)> = (0..3).map(|_| front.complete().unwrap().map(|c| (c.id, c.status)).unwrap()).collect();
+    assert_eq!(got, vec![(c, RSP_ERROR), (b, RSP_OKAY), (a, RSP_ERROR)]);
+    assert_eq!((back.counters().ok, back.counters().failed), (1, 2));
+    // Impossible indices: cut off, nothing more taken or answered.
+    front.submit(OP_READ, 0, 0, &[seg(1, 0, 7)]).unwrap();
+    front.publish();
+    mem.store_index(Layout::REQ_PROD, 0x8000_0000);
+    assert!(back.take().is_none());
+    assert!(back.cut_off().is_some());
+    assert!(!back.answer(&wa.response(true)) && !back.more() && !back.publish());
+}

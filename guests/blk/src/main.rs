@@ -20,6 +20,11 @@
 //! producer 1000 ahead) that must get it cut off: the backend leaves `Connected`
 //! ("blk: cut off, backend state <n>").
 //!
+//! `mode=vbench base=<sector> [bench=1] [crash=1]`: its first VBD is a slice of domain
+//! 0's virtio disk from sector `base` (the `io-vbd-virtio` case's pattern checked, a read
+//! past the slice refused, with `bench=1` sequential 64 KiB reads timed, then its writes
+//! flushed; see [`vbench`]).
+//!
 //! `mode=die`: fills the ring with reads, notifies, and powers off at once, with every
 //! request in flight (domain 0 must release everything of it).
 
@@ -113,6 +118,16 @@ fn main(start: &'static StartInfo) {
         })
         .collect();
     match word("mode=") {
+        Some("vbench") => {
+            let base = word("base=").and_then(|b| b.parse().ok()).expect("base=<sector>");
+            let extra: Vec<Page> = (0..VBENCH_PAGES)
+                .map(|_| {
+                    let frame = frames.take().expect("a benchmark page");
+                    Page { frame, gref: table.grant(backend, frame.mfn.0, false).expect("grant") }
+                })
+                .collect();
+            vbench(&mut xs, &mut disks[0], &pages, &extra, base, word("bench=") == Some("1"), word("crash=") == Some("1"))
+        }
         Some("hostile") => hostile(&mut xs, &mut disks, &pages, &mut table),
         Some("die") => die(&mut disks[0], &pages),
         _ => good(&mut disks, &pages),
@@ -217,6 +232,125 @@ fn good(disks: &mut [Blkfront], pages: &[Page]) {
     times.sort_unstable();
     println!("blk: ring round trip polled median={} ns over {} (p90 {} ns)", times[times.len() / 2], times.len(), times[times.len() * 9 / 10]);
     println!("blk: all checks passed");
+}
+
+/// Pages of the benchmark's reads in flight (three 64 KiB reads).
+const VBENCH_PAGES: usize = 48;
+/// Passes over the VBD the benchmark makes (as domain 0's direct one).
+const VBENCH_RUNS: usize = 5;
+/// Where `mode=vbench` writes (sectors from its VBD's start) and how many.
+const VWRITE_AT: u64 = 1024;
+const VWRITE_SECTORS: u64 = 64;
+
+/// Byte `j` of (absolute) sector `s` of the virtio disk as the test script fills it.
+fn vpattern(s: u64, j: usize) -> u8 {
+    if j < 8 {
+        s.to_le_bytes()[j]
+    } else {
+        (s as u32).wrapping_mul(31).wrapping_add(j as u32) as u8
+    }
+}
+
+/// Byte `j` of (absolute) sector `s` as `mode=vbench` writes it (domain 0's `written`).
+fn vwritten(s: u64, j: usize) -> u8 {
+    if j < 8 {
+        (!s).to_le_bytes()[j]
+    } else {
+        (s as u32).wrapping_mul(17).wrapping_add(j as u32 * 3).wrapping_add(0x5a) as u8
+    }
+}
+
+/// A 64 KiB read (16 pages from `pages[first..]`) at `sector` as two requests of 11 and 5
+/// segments; their ids.
+fn read64k(d: &mut Blkfront, pages: &[Page], first: usize, sector: u64) -> [u64; 2] {
+    let segs: Vec<Segment> = pages[first..first + 16].iter().map(|p| seg(p, 0, 7)).collect();
+    let a = d.front.submit(OP_READ, d.devid as u16, sector, &segs[..11]).expect("submit");
+    let b = d.front.submit(OP_READ, d.devid as u16, sector + 88, &segs[11..]).expect("submit");
+    [a, b]
+}
+
+/// `mode=vbench base=<sector> [bench=1]`: on a VBD that is a slice of domain 0's virtio
+/// disk from sector `base`: the test script's pattern read and checked (64 KiB as 11 + 5
+/// segments, and the last sector), a read past the slice's end refused; with `bench=1`
+/// sequential 64 KiB reads over the whole VBD, three in flight (each two requests),
+/// median MB/s of five passes written to `data/vbench` for domain 0; then 64 sectors
+/// from its sector 1024 written, read back and flushed, and with `crash=1` the domain
+/// crashes at once: the test script finds them in the image after QEMU exits.
+fn vbench(xs: &mut Xs, d: &mut Blkfront, small: &[Page], pages: &[Page], base: u64, bench: bool, crash: bool) {
+    let ids = read64k(d, pages, 0, 0);
+    d.kick();
+    for _ in 0..2 {
+        let c = d.wait().expect("completion");
+        check("a 64 KiB read", ids.contains(&c.id) && c.status == RSP_OKAY, format_args!("status {}", c.status));
+    }
+    let ok = (0..128u64).all(|s| (0..512).all(|j| pages[(s / 8) as usize].bytes()[(s % 8) as usize * 512 + j] == vpattern(base + s, j)));
+    check("the virtio pattern", ok, format_args!("data"));
+    let last = d.sectors - 1;
+    let st = d.io(OP_READ, last, &[seg(&small[0], 0, 0)]).expect("read");
+    check("the slice's last sector", st == RSP_OKAY && (0..512).all(|j| small[0].bytes()[j] == vpattern(base + last, j)), format_args!("status {st}"));
+    let st = d.io(OP_READ, last, &[seg(&small[0], 0, 1)]).expect("read");
+    expect_status("a read past the slice refused", st, RSP_ERROR);
+    if bench {
+        let clock = Clock::new().expect("clock");
+        let reads = d.sectors / 128;
+        let mut rates = [0u64; VBENCH_RUNS];
+        for rate in rates.iter_mut() {
+            let begin = clock.now_ns();
+            let (mut next, mut done) = (0u64, 0u64);
+            // Three 64 KiB reads in flight: page sets 0, 1, 2.
+            let mut sets = [[0u64; 2]; 3];
+            let mut left = [0u8; 3];
+            while done < reads {
+                for (k, set) in sets.iter_mut().enumerate() {
+                    if left[k] == 0 && next < reads {
+                        *set = read64k(d, pages, 16 * k, next * 128);
+                        left[k] = 2;
+                        next += 1;
+                    }
+                }
+                d.kick();
+                let c = d.wait().expect("completion");
+                assert_eq!(c.status, RSP_OKAY, "a benchmark read failed");
+                let k = sets.iter().position(|s| s.contains(&c.id)).expect("a known id");
+                left[k] -= 1;
+                if left[k] == 0 {
+                    done += 1;
+                }
+            }
+            let ns = clock.now_ns().saturating_sub(begin).max(1);
+            *rate = reads * 65536 * 100_000 / ns;
+        }
+        rates.sort_unstable();
+        let median = rates[VBENCH_RUNS / 2];
+        println!(
+            "blk: vbench seq64k bytes={} runs={VBENCH_RUNS} median_mbps={}.{:02} min_mbps={}.{:02} max_mbps={}.{:02}",
+            reads * 65536,
+            median / 100,
+            median % 100,
+            rates[0] / 100,
+            rates[0] % 100,
+            rates[VBENCH_RUNS - 1] / 100,
+            rates[VBENCH_RUNS - 1] % 100
+        );
+        xs.write(0, "data/vbench", alloc::format!("{median}").as_bytes()).expect("data/vbench");
+    }
+    for s in 0..VWRITE_SECTORS {
+        for j in 0..512 {
+            pages[(s / 8) as usize].bytes()[(s % 8) as usize * 512 + j] = vwritten(base + VWRITE_AT + s, j);
+        }
+    }
+    let segs: Vec<Segment> = pages[..8].iter().map(|p| seg(p, 0, 7)).collect();
+    expect_status("write 64 sectors", d.io(OP_WRITE, VWRITE_AT, &segs).expect("write"), RSP_OKAY);
+    let back: Vec<Segment> = pages[16..24].iter().map(|p| seg(p, 0, 7)).collect();
+    expect_status("read them back", d.io(OP_READ, VWRITE_AT, &back).expect("read"), RSP_OKAY);
+    let ok = (0..VWRITE_SECTORS).all(|s| (0..512).all(|j| pages[16 + (s / 8) as usize].bytes()[(s % 8) as usize * 512 + j] == vwritten(base + VWRITE_AT + s, j)));
+    check("own writes read back", ok, format_args!("data"));
+    expect_status("flush", d.io(OP_FLUSH_DISKCACHE, 0, &[]).expect("flush"), RSP_OKAY);
+    if crash {
+        println!("blk: vbench written and flushed, crashing now");
+        hypercall::shutdown(ShutdownReason::Crash);
+    }
+    println!("blk: vbench written and flushed");
 }
 
 /// Sends `req` raw and returns the status of its answer.

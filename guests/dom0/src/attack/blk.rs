@@ -10,6 +10,13 @@
 //! only (`blkif::copies`). Every domain gets every disk (`xvd<index>`, read-only when the
 //! line says `,ro`); writes land in domain 0's copy, not in the boot module.
 //!
+//! With `vdisk=1` (`vdisk_ro=1`: read-only) domain 0 also drives the virtio disk and gives
+//! every domain an equal slice of it as one more VBD (`crate::virtio::vbd`: requests
+//! complete out of order, a flush waits for the disk to be quiet); the loop wakes on the
+//! disk's interrupt too. With `bench=1` it first reads the first slice directly and, when
+//! the guest (guest-blk `mode=vbench`, given on its line) ends, prints both figures
+//! (`dom0: blk: bench seq64k direct_mbps= vbd_mbps= ratio=`).
+//!
 //! Each domain is set up as the store check does (`super::store::attach`: its store and
 //! console served), then the VBD's store nodes as libxl writes them
 //! (`/local/domain/0/backend/vbd/<domid>/<devid>/` owned by domain 0, readable by the
@@ -53,18 +60,31 @@ use xenring::RawMemory;
 use xenstore::perms::{Perm, PermKind};
 use xenstore::Store;
 
+use crate::virtio::vbd::{Rings, Server, Slice, VbdRing};
+use crate::virtio::{SectorDisk, VirtioDisk};
+
 use super::store::{attach, detach, drain_console, map_ring, on_event, spec, unmap_ring, Served, PENDING};
 use super::{expect_as_before, option, phys, settled, Compare, Failure, Waiter};
 
 const MS: u64 = 1_000_000;
 /// Pages of domain 0's heap (the store and the backend's records).
 const HEAP_PAGES: usize = 64;
+/// The same beside the virtio disk's DMA pool (both come out of the boot slack).
+const VDISK_HEAP_PAGES: usize = 32;
 /// Requests served per ring per round.
 pub const BUDGET: u32 = 8;
 /// Store requests served per domain per round.
 const STORE_BUDGET: usize = 8;
 /// The most domains served at once.
 const MAX_DOMAINS: usize = 6;
+
+/// What the store says of a VBD's disk.
+#[derive(Clone, Copy)]
+struct DiskDesc {
+    index: u32,
+    read_only: bool,
+    sectors: u64,
+}
 
 /// A disk in domain 0's memory.
 struct Disk {
@@ -73,6 +93,12 @@ struct Disk {
     sectors: u64,
     /// Machine frames of its pages.
     frames: Vec<u64>,
+}
+
+impl Disk {
+    fn desc(&self) -> DiskDesc {
+        DiskDesc { index: self.index, read_only: self.read_only, sectors: self.sectors }
+    }
 }
 
 impl DiskFrames for Disk {
@@ -90,7 +116,7 @@ fn copy(ops: &mut [GnttabCopy]) -> bool {
 }
 
 /// Reads every disk module into frames taken from `store` (frames past the slack).
-fn load_disks(bounce: Frame, store: &mut impl Iterator<Item = Frame>) -> Result<Vec<Disk>, Failure> {
+fn load_disks(bounce: Frame, store: &mut impl Iterator<Item = Frame>, virtio: bool) -> Result<Vec<Disk>, Failure> {
     let modules = phys()?.modules;
     let mut disks = Vec::new();
     // SAFETY: `bounce` is a free frame of ours, mapped at its address, used only here.
@@ -123,7 +149,7 @@ fn load_disks(bounce: Frame, store: &mut impl Iterator<Item = Frame>) -> Result<
         );
         disks.push(Disk { index: info.index, read_only: info.read_only, sectors: info.size / 512, frames });
     }
-    if disks.is_empty() {
+    if disks.is_empty() && !virtio {
         return Err(Failure::Setup("no disk module"));
     }
     Ok(disks)
@@ -174,6 +200,10 @@ struct VbdConn {
     ring: Option<Ring>,
     /// A spare page of domain 0 to map the ring at.
     window: u64,
+    /// Served from this slice of the virtio disk (else from `disk`).
+    slice: Option<Slice>,
+    /// Requests were left on its ring (virtio: no free disk slot, or the budget ran out).
+    left: bool,
     closed: bool,
     cut: bool,
     copies: u64,
@@ -194,7 +224,7 @@ fn set_state(store: &mut Store, bpath: &str, state: XenbusState) {
 }
 
 /// The toolstack's and blkback's nodes for `disk` on `frontend` (see the module docs).
-fn create_vbd(store: &mut Store, frontend: DomId, domain: usize, disk_index: usize, disk: &Disk, window: u64) -> Result<VbdConn, Failure> {
+fn create_vbd(store: &mut Store, frontend: DomId, domain: usize, disk_index: usize, disk: DiskDesc, slice: Option<Slice>, window: u64) -> Result<VbdConn, Failure> {
     let devid = xvd_number(disk.index as u8).ok_or(Failure::Setup("an xvd index past 15"))?;
     let d = frontend.0;
     let bpath = format!("/local/domain/0/backend/vbd/{d}/{devid}");
@@ -233,6 +263,8 @@ fn create_vbd(store: &mut Store, frontend: DomId, domain: usize, disk_index: usi
         fpath,
         ring: None,
         window,
+        slice,
+        left: false,
         closed: false,
         cut: false,
         copies: 0,
@@ -243,6 +275,10 @@ fn create_vbd(store: &mut Store, frontend: DomId, domain: usize, disk_index: usi
 /// Connects `v` when its frontend published its ring; refuses (backend `Closed`) a
 /// frontend whose keys are missing or ask what was not offered.
 fn try_connect(store: &mut Store, events: Events, v: &mut VbdConn, disks: &[Disk]) {
+    let disk = match v.slice {
+        Some(slice) => DiskDesc { index: 0, read_only: slice.read_only, sectors: slice.sectors },
+        None => disks[v.disk].desc(),
+    };
     let state = read(store, &format!("{}/{}", v.fpath, fk::STATE)).and_then(|s| XenbusState::parse(s.as_bytes()));
     match state {
         Some(XenbusState::Initialised | XenbusState::Connected) => {}
@@ -273,7 +309,6 @@ fn try_connect(store: &mut Store, events: Events, v: &mut VbdConn, disks: &[Disk
         return refuse(store, v, "its event channel could not be bound");
     };
     let _ = events.set_handler(local, on_event);
-    let disk = &disks[v.disk];
     // SAFETY: the ring page is mapped at `window` until `disconnect` unmaps it; the
     // frontend writes it concurrently, and the ring reaches it only by atomic and volatile
     // accesses.
@@ -328,6 +363,64 @@ fn serve(store: &mut Store, v: &mut VbdConn, disks: &[Disk]) -> bool {
     round.more
 }
 
+/// The connected rings of the virtio disk's VBDs, by index into the VBDs.
+struct VirtioRings<'a>(&'a mut [VbdConn]);
+
+impl Rings for VirtioRings<'_> {
+    fn ring(&mut self, key: usize) -> Option<VbdRing<'_>> {
+        let v = self.0.get_mut(key)?;
+        let slice = v.slice?;
+        let frontend = v.frontend;
+        let ring = v.ring.as_mut()?;
+        Some(VbdRing { backend: &mut ring.backend, frontend, port: ring.port, slice })
+    }
+}
+
+/// One round of the virtio disk: answers what it finished, takes requests off the rings
+/// woken (`all`: every ring), flushes when quiet, publishes; cuts off a frontend with
+/// impossible indices. Whether requests are left on a ring.
+fn serve_virtio(store: &mut Store, server: &mut Server<VirtioDisk>, vbds: &mut [VbdConn], woke: impl Fn(EvtchnPort) -> bool, all: bool) -> bool {
+    server.complete(&mut VirtioRings(vbds));
+    let mut more = false;
+    for k in 0..vbds.len() {
+        let Some(port) = vbds[k].ring.as_ref().filter(|_| vbds[k].slice.is_some()).map(|r| r.port) else { continue };
+        if !(all || woke(port) || vbds[k].left) {
+            continue;
+        }
+        let left = server.take(&mut VirtioRings(vbds), k, BUDGET);
+        let v = &mut vbds[k];
+        v.left = left;
+        // A ring waiting for a disk slot waits for the disk's interrupt, not in a spin.
+        more |= left && server.can_start();
+        if let Some(e) = v.ring.as_ref().and_then(|r| r.backend.cut_off()) {
+            println!("dom0: blk: d{} vbd {}: cut off ({e:?})", v.frontend.0, v.devid);
+            v.cut = true;
+            disconnect(store, v, XenbusState::Closing);
+        }
+    }
+    server.flush(&mut VirtioRings(vbds));
+    server.publish(&mut VirtioRings(vbds));
+    more
+}
+
+/// The guest's figure (`data/vbench`, MB/s in hundredths, written by guest-blk
+/// `mode=vbench bench=1`) beside domain 0's direct one, and their ratio.
+fn bench_line(store: &mut Store, id: DomId, direct: &crate::virtio::Bench) {
+    let Some(vbd) = read(store, &format!("/local/domain/{}/data/vbench", id.0)).and_then(|s| s.trim_end_matches('\0').parse::<u64>().ok()) else {
+        println!("dom0: blk: d{} wrote no vbench figure", id.0);
+        return;
+    };
+    let ratio = vbd * 100 / direct.median.max(1);
+    println!(
+        "dom0: blk: bench seq64k direct_mbps={}.{:02} vbd_mbps={}.{:02} ratio={ratio}% (target 80%: {})",
+        direct.median / 100,
+        direct.median % 100,
+        vbd / 100,
+        vbd % 100,
+        if ratio >= 80 { "met" } else { "missed" }
+    );
+}
+
 fn report(v: &VbdConn) {
     println!(
         "dom0: blk: d{} vbd {} ended: {} ok, {} failed, {} grant copies, cut off: {}",
@@ -360,10 +453,38 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let mut past = frames
         .past_slack(start)
         .filter_map(|pfn| Some(Frame { pfn: Pfn(pfn), mfn: guest_rt::start_info::pfn_to_mfn(Pfn(pfn))? }));
-    guest_rt::heap::init(&mut frames, HEAP_PAGES);
-    let bounce = frames.take().ok_or(Failure::Setup("no bounce page"))?;
-    let disks = load_disks(bounce, &mut past)?;
+    let vdisk = option(cmdline, "vdisk") == Some(1);
     let events = Events::init().map_err(|_| Failure::Setup("no events"))?;
+    // The virtio disk's DMA pool first: it needs a run of the initial mapping's frames.
+    let mut server = if vdisk {
+        let disk = crate::virtio::open(&mut frames, events).map_err(Failure::Setup)?;
+        Some(Server::new(disk))
+    } else {
+        None
+    };
+    guest_rt::heap::init(&mut frames, if vdisk { VDISK_HEAP_PAGES } else { HEAP_PAGES });
+    let bounce = frames.take().ok_or(Failure::Setup("no bounce page"))?;
+    let disks = load_disks(bounce, &mut past, vdisk)?;
+    let vslices = match server.as_mut() {
+        Some(server) => {
+            let read_only = option(cmdline, "vdisk_ro") == Some(1) || server.disk().read_only();
+            crate::virtio::vbd::slices(server.disk().sectors(), good + hostile + die, read_only).ok_or(Failure::Setup("the virtio disk is too small"))?
+        }
+        None => Vec::new(),
+    };
+    // Domain 0 reading the virtio disk directly (every slot in flight), to compare with a
+    // guest reading its VBD.
+    let direct = match (server.as_mut(), option(cmdline, "bench")) {
+        (Some(server), Some(1)) => {
+            let clock = guest_rt::time::Clock::new().map_err(|_| Failure::Setup("clock"))?;
+            let sectors = vslices[0].sectors;
+            let b = crate::virtio::bench(server.disk(), &clock, sectors).map_err(Failure::Setup)?;
+            println!("dom0: blk: direct seq64k {b}");
+            Some(b)
+        }
+        _ => None,
+    };
+    let vindex = disks.iter().map(|d| d.index + 1).max().unwrap_or(0);
     let before = settled(waiter)?;
     let mut store = Store::new();
     let mut served: Vec<Served> = Vec::new();
@@ -379,9 +500,16 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         } else {
             Kind::Die
         };
-        let mut line = ArrayString::<32>::new();
+        let mut line = ArrayString::<64>::new();
         let _ = write!(line, "mode={}", ["good", "hostile", "die", ""][kind as usize]);
-        let mut new = spec(line.as_bytes(), kind == Kind::Hostile);
+        if let Some(slice) = vslices.get(i).filter(|_| kind == Kind::Good && disks.is_empty()) {
+            // The guest checks the virtio disk's pattern, which names absolute sectors.
+            line.clear();
+            let _ = write!(line, "mode=vbench crash=1 base={}{}", slice.start, if direct.is_some() { " bench=1" } else { "" });
+        }
+        // A benchmark guest crashes on purpose after its flush: counted, not judged.
+        let crashes = line.contains("crash=1");
+        let mut new = spec(line.as_bytes(), kind == Kind::Hostile || crashes);
         if kind == Kind::Plain {
             new = NewDomain { cmdline: guest_line.as_bytes(), mem_kib: guest_kib, max_kib: guest_kib, ..new };
         }
@@ -391,7 +519,13 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         let s = attach(&mut store, events, id, kind == Kind::Hostile, window.va(), console_window.va(), waiter.now())?;
         for (k, disk) in disks.iter().enumerate() {
             let w = frames.take().ok_or(Failure::Setup("no page to map a block ring at"))?;
-            vbds.push(create_vbd(&mut store, id, served.len(), k, disk, w.va())?);
+            vbds.push(create_vbd(&mut store, id, served.len(), k, disk.desc(), None, w.va())?);
+        }
+        if let Some(&slice) = vslices.get(i) {
+            let w = frames.take().ok_or(Failure::Setup("no page to map a block ring at"))?;
+            let desc = DiskDesc { index: vindex, read_only: slice.read_only, sectors: slice.sectors };
+            println!("dom0: blk: d{} xvd{}: virtio sectors {}-{}", id.0, (b'a' + vindex as u8) as char, slice.start, slice.start + slice.sectors - 1);
+            vbds.push(create_vbd(&mut store, id, served.len(), 0, desc, Some(slice), w.va())?);
         }
         served.push(s);
         kinds.push(kind);
@@ -431,9 +565,12 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         for v in vbds.iter_mut().filter(|v| !v.closed) {
             if v.ring.is_none() {
                 try_connect(&mut store, events, v, &disks);
-            } else if woke(v.ring.as_ref().map_or(EvtchnPort(0), |r| r.port)) || rounds.is_multiple_of(16) {
+            } else if v.slice.is_none() && (woke(v.ring.as_ref().map_or(EvtchnPort(0), |r| r.port)) || rounds.is_multiple_of(16)) {
                 more |= serve(&mut store, v, &disks);
             }
+        }
+        if let Some(server) = server.as_mut() {
+            more |= serve_virtio(&mut store, server, &mut vbds, woke, rounds.is_multiple_of(16));
         }
         rounds += 1;
         if rounds.is_multiple_of(8) {
@@ -452,6 +589,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
                         println!("dom0: blk: d{} destroyed mid-request ({pending} answered before)", s.id.0);
                     }
                 }
+                if let Some(direct) = direct {
+                    bench_line(&mut store, s.id, &direct);
+                }
                 for v in vbds.iter_mut().filter(|v| v.domain == i) {
                     disconnect(&mut store, v, XenbusState::Closed);
                     store.rm(&v.bpath);
@@ -461,8 +601,15 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             }
         }
         if !more {
-            waiter.wait_for(waiter.now() + 10 * MS, || PENDING.load(Ordering::Acquire) != 0)?;
+            waiter.wait_for(waiter.now() + 10 * MS, || PENDING.load(Ordering::Acquire) != 0 || crate::virtio::interrupted())?;
         }
+    }
+    if let Some(server) = server.as_ref() {
+        let st = server.stats;
+        println!(
+            "dom0: blk: virtio disk: {} requests, {} grant copies in {} calls, {} flushes, {} interrupts, at most {} in flight",
+            st.requests, st.grant_copies, st.copy_calls, st.flushes, st.interrupts, st.max_in_flight
+        );
     }
     println!("dom0: blk: served {} domains, {} vbds in {rounds} rounds", served.len(), vbds.len());
     for (i, v) in vbds.iter().enumerate() {

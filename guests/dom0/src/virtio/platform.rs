@@ -33,7 +33,8 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 const PTE_UNCACHED: u64 = (1 << 3) | (1 << 4);
 
 /// Frames the DMA pool holds (one extent of order [`POOL_ORDER`]): the virtqueue's three
-/// parts, requests and responses, and the data buffers (two of 64 KiB).
+/// parts, requests and responses, and the data buffers (three of 64 KiB). It comes out of
+/// the initial mapping's free frames (Xen's 512 KiB boot slack), which bounds it.
 pub const POOL_ORDER: u32 = 6;
 pub const POOL_PAGES: usize = 1 << POOL_ORDER;
 

@@ -119,7 +119,8 @@ fn bind_pirq(pirq: u32) -> Result<EvtchnPort, HypercallError> {
 /// The `attack=devices` check.
 pub fn run(start: &StartInfo) -> Check {
     let events = Events::init().map_err(|_| "events")?;
-    let mut disk = open(start, events)?;
+    let mut frames = guest_rt::frames::FreeFrames::new(start).ok_or("free frames")?;
+    let mut disk = open(&mut frames, events)?;
     let clock = Clock::new().map_err(|_| "clock")?;
     interrupts(&mut disk, events, clock)?;
     println!("dom0: devices: interrupts ok");
