@@ -551,9 +551,13 @@ fn wait_ballooned(plan: &Plan, options: &Options, waiter: Waiter) -> Result<(), 
     Ok(())
 }
 
-/// The stress domains' CPU time together.
-fn total_cpu_time(plan: &Plan) -> Result<u64, Failure> {
-    let mut total = 0u64;
+/// The stress domains' CPU time together, plus (with devices) the VBD requests domain 0
+/// has answered: a domain blocked on a read takes no CPU time but is not finished.
+fn total_cpu_time(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
+    let mut total = waiter.devices.map_or(0, |d| {
+        let f = d.borrow().figures();
+        f.requests + f.failed
+    });
     for domid in (0..plan.len()).map(Plan::domid) {
         let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
         total = total.wrapping_add(info.cpu_time_ns);
@@ -565,10 +569,10 @@ fn total_cpu_time(plan: &Plan) -> Result<u64, Failure> {
 /// blocked for good.
 fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
     let deadline = waiter.now() + wait_limit_ns(plan);
-    let mut last = total_cpu_time(plan)?;
+    let mut last = total_cpu_time(plan, waiter)?;
     loop {
         waiter.sleep(QUIET_WINDOW_NS)?;
-        let total = total_cpu_time(plan)?;
+        let total = total_cpu_time(plan, waiter)?;
         if total == last {
             return Ok(());
         }
