@@ -65,7 +65,13 @@ STRESS_HV_ARGS ?=
 # does not fail the run (a noisy host must not fail `make stress`); enforce: it does. What
 # breaks a run (a domain failed, memory leaked, an early timer) fails it either way.
 STRESS_TARGETS ?= report
-STRESS_MEM ?= $(shell echo $$(( $(N) * 2 + 256 )))M
+# IO=1: every stress domain also gets a VBD of IO_KIB KiB (a RAM disk in domain 0's memory,
+# served by domain 0 with the domain's store); domain 0 gets 8 MiB plus the disks.
+IO ?=
+IO_KIB ?= 1024
+STRESS_IO_ARGS = $(if $(filter 1,$(IO)),io_kib=$(IO_KIB))
+DOM0_IO_MIB = $(if $(filter 1,$(IO)),$(shell echo $$(( 8 + ($(N) * $(IO_KIB) + 1023) / 1024 ))))
+STRESS_MEM ?= $(shell echo $$(( $(N) * 2 + 256 + $(or $(DOM0_IO_MIB),0) )))M
 STRESS_ISO := $(BUILD)/stress.iso
 STRESS_OUT ?= stress/out
 STRESS_LOG ?= $(BUILD)/stress.log
@@ -287,7 +293,7 @@ stress: build guests $(DEPS_STAMP)
 	@rm -rf $(BUILD)/stress-iso && mkdir -p $(BUILD)/stress-iso/boot/grub
 	cp $(KERNEL) $(BUILD)/stress-iso/boot/hypervisor
 	cp target/$(TARGET)/release/guest-dom0 target/$(TARGET)/release/guest-stress $(BUILD)/stress-iso/boot/
-	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "stress" {\n  multiboot2 /boot/hypervisor dom0 $(STRESS_HV_ARGS)\n  module2 /boot/guest-dom0 n=$(N) seconds=$(SECONDS) $(STRESS_ARGS)\n  module2 /boot/guest-stress\n  boot\n}\n' > $(BUILD)/stress-iso/boot/grub/grub.cfg
+	printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nmenuentry "stress" {\n  multiboot2 /boot/hypervisor dom0 $(STRESS_HV_ARGS)\n  module2 /boot/guest-dom0 $(if $(DOM0_IO_MIB),mem=$(DOM0_IO_MIB) --) n=$(N) seconds=$(SECONDS) $(STRESS_IO_ARGS) $(STRESS_ARGS)\n  module2 /boot/guest-stress\n  boot\n}\n' > $(BUILD)/stress-iso/boot/grub/grub.cfg
 	grub-mkrescue -o $(STRESS_ISO) $(BUILD)/stress-iso 2>/dev/null
 	target/release/stress run --log $(STRESS_LOG) --out $(STRESS_OUT) --targets $(STRESS_TARGETS) --timeout $$(( $(SECONDS) * 10 + 120 )) \
 	    --vcpu-threads $(STRESS_VCPU) \

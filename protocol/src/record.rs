@@ -51,15 +51,18 @@ pub enum MemPhase {
     Before,
     Created,
     Ballooned,
+    /// Every stress domain's VBD connected (`IO=1` runs only).
+    Connected,
     Destroyed,
 }
 
 impl MemPhase {
     /// Every phase, in run order.
-    pub const ALL: [MemPhase; 4] = [
+    pub const ALL: [MemPhase; 5] = [
         Self::Before,
         Self::Created,
         Self::Ballooned,
+        Self::Connected,
         Self::Destroyed,
     ];
 
@@ -69,6 +72,7 @@ impl MemPhase {
             Self::Before => "before",
             Self::Created => "created",
             Self::Ballooned => "ballooned",
+            Self::Connected => "connected",
             Self::Destroyed => "destroyed",
         }
     }
@@ -191,6 +195,39 @@ pub struct HistPart<'a> {
     pub buckets: Buckets<'a>,
 }
 
+/// `stress: io domid=D requests=R failed=F bad_data=B lost=L max_ns=M`: a worker's VBD
+/// reads (`IO=1`): requests sent, answered with an error status, answered but with data
+/// that is not its disk's pattern, never answered (within the worker's timeout), and the
+/// slowest answer. Its latency histogram follows as `iohist` records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoResult {
+    pub domid: DomId,
+    pub requests: u64,
+    pub failed: u64,
+    pub bad_data: u64,
+    pub lost: u64,
+    pub max_ns: u64,
+}
+
+/// `stress: devices served=S connected=C dom0_heap_bytes=H ring_pages=P disk_kib=K
+/// requests=R failed=F cut=X`: domain 0's block backends of an `IO=1` run, printed once the
+/// stress domains have finished: how many domains it served (each a store ring and a VBD),
+/// how many VBDs connected, its heap bytes per served domain (store nodes and connection,
+/// backend records; the ring pages and disks are not heap), the ring pages it maps per
+/// domain, each disk's size, the requests it answered OK and with an error, and the
+/// frontends it cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Devices {
+    pub served: u64,
+    pub connected: u64,
+    pub dom0_heap_bytes: u64,
+    pub ring_pages: u64,
+    pub disk_kib: u64,
+    pub requests: u64,
+    pub failed: u64,
+    pub cut: u64,
+}
+
 /// `stress: error domid=D what=W`: `what` is one word (see `stress/PROTOCOL.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestError<'a> {
@@ -219,6 +256,11 @@ pub enum Record<'a> {
     Result(WorkerResult),
     Hist(HistPart<'a>),
     Error(GuestError<'a>),
+    Io(IoResult),
+    /// `stress: iohist domid=D role=R part=K buckets=...`: the I/O latency histogram of
+    /// an [`IoResult`], cut as `hist` records are ([`io_hist_lines`]).
+    IoHist(HistPart<'a>),
+    Devices(Devices),
 }
 
 /// Why a record could not be read.
@@ -284,6 +326,9 @@ impl<'a> Record<'a> {
             "balloon" => Record::Balloon(r.balloon()?),
             "result" => Record::Result(r.result()?),
             "hist" => Record::Hist(r.hist()?),
+            "io" => Record::Io(r.io()?),
+            "iohist" => Record::IoHist(r.hist()?),
+            "devices" => Record::Devices(r.devices()?),
             "error" => Record::Error(GuestError {
                 domid: r.domid()?,
                 what: r.word("what")?,
@@ -372,8 +417,8 @@ impl fmt::Display for Record<'_> {
                     Outcome::Pong { answers } => write_pair(f, "answers", answers),
                 }
             }
-            Self::Hist(h) => {
-                f.write_str("hist")?;
+            Self::Hist(h) | Self::IoHist(h) => {
+                f.write_str(if matches!(self, Self::Hist(_)) { "hist" } else { "iohist" })?;
                 write_pair(f, "domid", h.domid.0)?;
                 write_pair(f, "role", h.role)?;
                 write_pair(f, "part", h.part)?;
@@ -383,6 +428,26 @@ impl fmt::Display for Record<'_> {
                 f.write_str("error")?;
                 write_pair(f, "domid", e.domid.0)?;
                 write_pair(f, "what", e.what)
+            }
+            Self::Io(io) => {
+                f.write_str("io")?;
+                write_pair(f, "domid", io.domid.0)?;
+                write_pair(f, "requests", io.requests)?;
+                write_pair(f, "failed", io.failed)?;
+                write_pair(f, "bad_data", io.bad_data)?;
+                write_pair(f, "lost", io.lost)?;
+                write_pair(f, "max_ns", io.max_ns)
+            }
+            Self::Devices(d) => {
+                f.write_str("devices")?;
+                write_pair(f, "served", d.served)?;
+                write_pair(f, "connected", d.connected)?;
+                write_pair(f, "dom0_heap_bytes", d.dom0_heap_bytes)?;
+                write_pair(f, "ring_pages", d.ring_pages)?;
+                write_pair(f, "disk_kib", d.disk_kib)?;
+                write_pair(f, "requests", d.requests)?;
+                write_pair(f, "failed", d.failed)?;
+                write_pair(f, "cut", d.cut)
             }
         }
     }
@@ -551,6 +616,32 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn io(&self) -> Result<IoResult, LineError<'a>> {
+        self.no_bare_words()?;
+        Ok(IoResult {
+            domid: self.domid()?,
+            requests: self.number("requests")?,
+            failed: self.number("failed")?,
+            bad_data: self.number("bad_data")?,
+            lost: self.number("lost")?,
+            max_ns: self.number("max_ns")?,
+        })
+    }
+
+    fn devices(&self) -> Result<Devices, LineError<'a>> {
+        self.no_bare_words()?;
+        Ok(Devices {
+            served: self.number("served")?,
+            connected: self.number("connected")?,
+            dom0_heap_bytes: self.number("dom0_heap_bytes")?,
+            ring_pages: self.number("ring_pages")?,
+            disk_kib: self.number("disk_kib")?,
+            requests: self.number("requests")?,
+            failed: self.number("failed")?,
+            cut: self.number("cut")?,
+        })
+    }
+
     fn hist(&self) -> Result<HistPart<'a>, LineError<'a>> {
         self.no_bare_words()?;
         let buckets = self.word("buckets")?;
@@ -576,20 +667,38 @@ impl Write for Counter {
 /// Writes `hist` as `hist` records for worker `domid` in role `role`, handing each line to
 /// `emit`: non-empty buckets only, lowest first, as many per line as fit in [`LINE_MAX`],
 /// parts numbered from 0. A histogram without samples gives no line.
-pub fn hist_lines(domid: DomId, role: Role, hist: &Histogram, mut emit: impl FnMut(&str)) {
-    fn record(domid: DomId, role: Role, part: u32, entries: &str) -> Record<'_> {
-        Record::Hist(HistPart {
+pub fn hist_lines(domid: DomId, role: Role, hist: &Histogram, emit: impl FnMut(&str)) {
+    parts(false, domid, role, hist, emit);
+}
+
+/// Writes an I/O latency histogram as `iohist` records, as [`hist_lines`] does.
+pub fn io_hist_lines(domid: DomId, role: Role, hist: &Histogram, emit: impl FnMut(&str)) {
+    parts(true, domid, role, hist, emit);
+}
+
+/// [`hist_lines`] for `hist` records, or `iohist` ones when `io`.
+fn parts(
+    io: bool,
+    domid: DomId,
+    role: Role,
+    hist: &Histogram,
+    mut emit: impl FnMut(&str),
+) {
+    let record = |domid: DomId, role: Role, part: u32, entries: &str| -> Line {
+        let mut line = Line::new();
+        // Fits: the entries were sized against the header's length.
+        let part = HistPart {
             domid,
             role,
             part,
             buckets: Buckets(entries),
-        })
-    }
+        };
+        let record = if io { Record::IoHist(part) } else { Record::Hist(part) };
+        let _ = write!(line, "{record}");
+        line
+    };
     let mut flush = |part, entries: &str| {
-        let mut line = Line::new();
-        // Fits: the entries were sized against the header's length.
-        let _ = write!(line, "{}", record(domid, role, part, entries));
-        emit(&line);
+        emit(&record(domid, role, part, entries));
     };
     let mut part = 0;
     let mut entries = Line::new();
@@ -597,8 +706,7 @@ pub fn hist_lines(domid: DomId, role: Role, hist: &Histogram, mut emit: impl FnM
         let mut entry = ArrayString::<24>::new();
         // 24 bytes hold two u32-sized numbers and ':'.
         let _ = write!(entry, "{}:{count}", bucket.index());
-        let mut header = Counter(0);
-        let _ = write!(header, "{}", record(domid, role, part, ""));
+        let header = Counter(record(domid, role, part, "").len());
         let comma = usize::from(!entries.is_empty());
         if !entries.is_empty() && header.0 + entries.len() + comma + entry.len() > LINE_MAX {
             flush(part, &entries);
@@ -718,6 +826,19 @@ mod tests {
                 what: "balloon_down"
             })
         );
+    }
+
+    #[test]
+    fn reads_the_io_records() {
+        assert_eq!(
+            read("stress: io domid=4 requests=40 failed=0 bad_data=0 lost=0 max_ns=900000"),
+            Record::Io(IoResult { domid: DomId(4), requests: 40, failed: 0, bad_data: 0, lost: 0, max_ns: 900_000 })
+        );
+        assert!(matches!(read("stress: iohist domid=4 role=idle part=0 buckets=3:1"), Record::IoHist(_)));
+        let line = "stress: devices served=100 connected=100 dom0_heap_bytes=9000 ring_pages=2 disk_kib=1024 requests=4000 failed=0 cut=0";
+        assert_eq!(read(line).to_string(), line);
+        assert_eq!(read("stress: mem phase=connected free_kib=1 heap_bytes=2 domains=3").to_string(), "stress: mem phase=connected free_kib=1 heap_bytes=2 domains=3");
+        assert!(Record::parse("stress: io domid=4 requests=40").is_err());
     }
 
     #[test]
@@ -956,7 +1077,20 @@ mod tests {
                     outcome
                 })
             )),
-            (domid, word()).prop_map(|(domid, what)| Record::Error(GuestError { domid, what })),
+            (domid.clone(), word()).prop_map(|(domid, what)| Record::Error(GuestError { domid, what })),
+            (domid, any::<[u64; 5]>()).prop_map(|(domid, [requests, failed, bad_data, lost, max_ns])| {
+                Record::Io(IoResult { domid, requests, failed, bad_data, lost, max_ns })
+            }),
+            any::<[u64; 8]>().prop_map(|v| Record::Devices(Devices {
+                served: v[0],
+                connected: v[1],
+                dom0_heap_bytes: v[2],
+                ring_pages: v[3],
+                disk_kib: v[4],
+                requests: v[5],
+                failed: v[6],
+                cut: v[7],
+            })),
         ]
     }
 
@@ -982,19 +1116,27 @@ mod tests {
                     hist.record(value >> shift);
                 }
             }
-            let mut lines = Vec::new();
-            hist_lines(DomId(domid), role, &hist, |line| lines.push(String::from(line)));
-            let mut read_back = Vec::new();
-            for (part, line) in lines.iter().enumerate() {
-                prop_assert!(line.len() <= LINE_MAX, "{} characters", line.len());
-                let Ok(Record::Hist(h)) = Record::parse(line) else {
-                    return Err(TestCaseError::fail(std::format!("not a hist record: {line}")));
-                };
-                prop_assert_eq!((h.domid, h.role, h.part as usize), (DomId(domid), role, part));
-                read_back.extend(h.buckets.iter());
-            }
             let expected: Vec<(Bucket, u64)> = hist.buckets().map(|(b, c)| (b, u64::from(c))).collect();
-            prop_assert_eq!(read_back, expected);
+            for io in [false, true] {
+                let mut lines = Vec::new();
+                let push = |line: &str| lines.push(String::from(line));
+                if io {
+                    io_hist_lines(DomId(domid), role, &hist, push);
+                } else {
+                    hist_lines(DomId(domid), role, &hist, push);
+                }
+                let mut read_back = Vec::new();
+                for (part, line) in lines.iter().enumerate() {
+                    prop_assert!(line.len() <= LINE_MAX, "{} characters", line.len());
+                    let h = match (io, Record::parse(line)) {
+                        (false, Ok(Record::Hist(h))) | (true, Ok(Record::IoHist(h))) => h,
+                        _ => return Err(TestCaseError::fail(std::format!("not a hist/iohist record: {line}"))),
+                    };
+                    prop_assert_eq!((h.domid, h.role, h.part as usize), (DomId(domid), role, part));
+                    read_back.extend(h.buckets.iter());
+                }
+                prop_assert_eq!(&read_back, &expected);
+            }
         }
 
         /// No text makes the reader panic.

@@ -1,9 +1,10 @@
 //! The worker's command line: what domain 0 tells each stress domain.
 //!
-//! `role=R domid=D seconds=S balloon_down=X balloon_up=Y [peer=P port=Q]`, where R is a
+//! `role=R domid=D seconds=S balloon_down=X balloon_up=Y [peer=P port=Q] [io_kib=K]`, where R is a
 //! [`Role`]; `domid` is the worker's own id (domain 0 predicts it: ids are handed out in
 //! sequence), and ping and pong name each other with `peer` and the port pong allocates
-//! for ping with `port`. Domain 0 writes it with [`StressArgs`]'s `Display`, the worker
+//! for ping with `port`; `io_kib` (the `IO=1` run) says the worker has a VBD of that size
+//! to read (absent: no I/O). Domain 0 writes it with [`StressArgs`]'s `Display`, the worker
 //! reads it with [`StressArgs::parse`] (strict: see [`crate::keyvalue::Keys`]); the round
 //! trip is tested here. This module must never decide a run's shape: domain 0 does.
 
@@ -16,6 +17,8 @@ use crate::{DomId, EvtchnPort, Role};
 pub const MAX_SECONDS: u64 = 3600;
 /// The most pages a worker balloons down (or up) by.
 pub const MAX_BALLOON_PAGES: u64 = 1 << 20;
+/// The largest VBD a worker is told of, in KiB (64 MiB).
+pub const MAX_IO_KIB: u64 = 64 << 10;
 
 /// The two ends of a ping-pong pair: the peer's domain and pong's port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +92,8 @@ pub struct StressArgs {
     pub balloon_down: u64,
     /// Pages to take back after that (at most `balloon_down`).
     pub balloon_up: u64,
+    /// The size of the worker's VBD in KiB, 0 for none (`io_kib=`).
+    pub io_kib: u64,
 }
 
 /// The highest id of an ordinary domain.
@@ -106,6 +111,7 @@ impl StressArgs {
             "balloon_up",
             "peer",
             "port",
+            "io_kib",
         ]);
         keys.parse(line, |key, value| {
             if key != "role" {
@@ -145,6 +151,7 @@ impl StressArgs {
             seconds: keys.get_in("seconds", None, 1..=MAX_SECONDS)?,
             balloon_down,
             balloon_up,
+            io_kib: keys.get_in("io_kib", Some(0), 0..=MAX_IO_KIB)?,
         })
     }
 }
@@ -161,6 +168,9 @@ impl fmt::Display for StressArgs {
             write_pair(f, "peer", link.peer.0)?;
             write_pair(f, "port", link.port.0)?;
         }
+        if self.io_kib > 0 {
+            write_pair(f, "io_kib", self.io_kib)?;
+        }
         Ok(())
     }
 }
@@ -170,6 +180,7 @@ mod tests {
     use super::*;
     use crate::keyvalue::quote;
     use proptest::prelude::*;
+    use std::format;
     use std::string::ToString;
 
     fn ping() -> StressArgs {
@@ -182,6 +193,7 @@ mod tests {
             seconds: 10,
             balloon_down: 16,
             balloon_up: 8,
+            io_kib: 0,
         }
     }
 
@@ -197,7 +209,12 @@ mod tests {
         for task in [Task::Hog, Task::Idle, Task::Periodic, Task::Latency] {
             let args = StressArgs { task, ..args };
             assert_eq!(StressArgs::parse(args.to_string().as_bytes()), Ok(args));
+            let io = StressArgs { io_kib: 1024, ..args };
+            assert!(io.to_string().ends_with(" io_kib=1024"));
+            assert_eq!(StressArgs::parse(io.to_string().as_bytes()), Ok(io));
         }
+        let too_big = format!("role=idle domid=3 seconds=1 io_kib={}", MAX_IO_KIB + 1);
+        assert!(StressArgs::parse(too_big.as_bytes()).is_err());
     }
 
     #[test]
@@ -285,7 +302,7 @@ mod tests {
             balloon in (0..=MAX_BALLOON_PAGES).prop_flat_map(|down| (Just(down), 0..=down)),
         ) {
             prop_assume!(task.link().is_none_or(|l| l.peer != DomId(domid)));
-            let args = StressArgs { task, domid: DomId(domid), seconds, balloon_down: balloon.0, balloon_up: balloon.1 };
+            let args = StressArgs { task, domid: DomId(domid), seconds, balloon_down: balloon.0, balloon_up: balloon.1, io_kib: 0 };
             let line = args.to_string();
             prop_assert!(line.len() < 160, "{line}");
             prop_assert_eq!(StressArgs::parse(line.as_bytes()), Ok(args));

@@ -36,6 +36,11 @@ pub struct DomainLog {
     pub info: Option<DomainInfo>,
     /// Console lines the rate limit dropped.
     pub suppressed_lines: u64,
+    /// Its VBD reads (`IO=1` runs).
+    pub io: Option<rec::IoResult>,
+    /// The `iohist` parts merged, with the `io` record's exact maximum.
+    pub io_hist: Histogram,
+    pub io_hist_parts: BTreeSet<u32>,
 }
 
 impl DomainLog {
@@ -71,6 +76,8 @@ pub struct Run {
     pub errors: Vec<GuestError>,
     pub failed: Option<String>,
     pub done: bool,
+    /// Domain 0's `devices` record (`IO=1` runs).
+    pub devices: Option<rec::Devices>,
     /// Hypervisor `summary:` facts; a repeated key keeps its last value.
     pub summary: BTreeMap<String, String>,
     pub warnings: Vec<Warning>,
@@ -135,6 +142,24 @@ fn add_record(run: &mut Run, source: Option<DomId>, record: rec::Record<'_>) -> 
         rec::Record::Result(result) => add_result(domain(run, result.domid), result),
         rec::Record::Hist(part) => add_hist(domain(run, part.domid), part),
         rec::Record::Error(error) => add_error(run, source, error),
+        rec::Record::Io(io) => {
+            let d = domain(run, io.domid);
+            if io.requests > io.failed + io.lost {
+                d.io_hist.note_max(io.max_ns);
+            }
+            keep_first(&mut d.io, io)
+        }
+        rec::Record::IoHist(part) => {
+            let d = domain(run, part.domid);
+            if !d.io_hist_parts.insert(part.part) {
+                return true;
+            }
+            for (bucket, count) in part.buckets.iter() {
+                d.io_hist.add(bucket, count);
+            }
+            false
+        }
+        rec::Record::Devices(devices) => keep_first(&mut run.devices, devices),
     }
 }
 

@@ -40,6 +40,9 @@ pub struct ReportFile {
     pub latency: LatencyFile,
     pub fairness: FairnessFile,
     pub creation: CreationFile,
+    /// `IO=1` runs only (absent from older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoFile>,
     pub targets: Vec<TargetFile>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
@@ -299,6 +302,55 @@ pub struct TargetFile {
     pub performance: bool,
 }
 
+/// `IO=1`: the VBD reads (every domain's merged) and what the devices cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IoFile {
+    pub domains: usize,
+    pub requests: u64,
+    pub failed: u64,
+    pub bad_data: u64,
+    pub lost: u64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub max_us: Option<f64>,
+    /// Domain 0's `devices` record.
+    pub served: Option<u64>,
+    pub connected: Option<u64>,
+    pub dom0_answered: Option<u64>,
+    pub dom0_failed: Option<u64>,
+    pub cut: Option<u64>,
+    pub disk_kib: Option<u64>,
+    pub ring_pages_per_domain: Option<u64>,
+    /// Domain 0's heap bytes per served domain (beyond the ring pages).
+    pub dom0_bytes_per_domain: Option<u64>,
+    /// Hypervisor heap bytes per domain taken by connecting the devices.
+    pub hypervisor_bytes_per_domain: Option<i64>,
+}
+
+fn io(io: &crate::report::IoReport) -> IoFile {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let d = io.devices;
+    IoFile {
+        domains: io.domains,
+        requests: io.requests,
+        failed: io.failed,
+        bad_data: io.bad_data,
+        lost: io.lost,
+        p50_us: io.stats.map(|s| us(s.p50_ns)),
+        p99_us: io.stats.map(|s| us(s.p99_ns)),
+        max_us: io.stats.map(|s| us(s.max_ns)),
+        served: d.map(|d| d.served),
+        connected: d.map(|d| d.connected),
+        dom0_answered: d.map(|d| d.requests),
+        dom0_failed: d.map(|d| d.failed),
+        cut: d.map(|d| d.cut),
+        disk_kib: d.map(|d| d.disk_kib),
+        ring_pages_per_domain: d.map(|d| d.ring_pages),
+        dom0_bytes_per_domain: d.map(|d| d.dom0_heap_bytes),
+        hypervisor_bytes_per_domain: io.hypervisor_bytes_per_domain,
+    }
+}
+
 /// A finite number, else none.
 fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
@@ -318,6 +370,7 @@ impl ReportFile {
             latency: latency(&r.latency),
             fairness: fairness(&r.fairness),
             creation: creation(&r.creation),
+            io: r.io.as_ref().map(io),
             targets: a
                 .checks
                 .iter()

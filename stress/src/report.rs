@@ -43,6 +43,15 @@ pub enum Problem {
     Leak { before_kib: u64, after_kib: u64 },
     LeakedFrames(u64),
     Qemu(QemuOutcome),
+    /// `IO=1`: a domain without its `io` record.
+    MissingIo { domid: DomId },
+    /// `IO=1`: requests not answered, answered with an error, or with another disk's data.
+    Io { lost: u64, failed: u64, bad_data: u64 },
+    /// `IO=1`: domain 0 answered a different number of requests than the domains sent
+    /// (less the lost ones).
+    IoCount { sent: u64, answered: u64 },
+    /// `IO=1`: no `devices` record from domain 0, or a VBD not connected or cut off.
+    Devices(String),
 }
 
 impl Problem {
@@ -90,6 +99,15 @@ impl fmt::Display for Problem {
             }
             Self::LeakedFrames(n) => write!(f, "the hypervisor counts {n} leaked frames"),
             Self::Qemu(outcome) => write!(f, "QEMU {outcome}"),
+            Self::MissingIo { domid } => write!(f, "{} has no `io` line", Dom(*domid)),
+            Self::Io { lost, failed, bad_data } => write!(
+                f,
+                "VBD reads: {lost} never answered, {failed} answered with an error, {bad_data} with data not of the domain's disk"
+            ),
+            Self::IoCount { sent, answered } => {
+                write!(f, "the domains' answered VBD requests add up to {sent}, domain 0 answered {answered}")
+            }
+            Self::Devices(what) => write!(f, "devices: {what}"),
         }
     }
 }
@@ -415,10 +433,30 @@ impl fmt::Display for HostInfo {
     }
 }
 
+/// The `IO=1` figures: every domain's VBD reads and what domain 0's devices cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IoReport {
+    /// Domains with an `io` record.
+    pub domains: usize,
+    pub requests: u64,
+    pub failed: u64,
+    pub bad_data: u64,
+    pub lost: u64,
+    /// Request-to-response latency, every domain's reads merged.
+    pub stats: Option<Stats>,
+    /// Domain 0's `devices` record.
+    pub devices: Option<protocol::record::Devices>,
+    /// Hypervisor heap bytes per domain the devices' connection took: (`mem
+    /// phase=connected` - `phase=ballooned`) / n (grant mappings, bound ports).
+    pub hypervisor_bytes_per_domain: Option<i64>,
+}
+
 /// The whole report.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
     pub run: RunInfo,
+    /// `IO=1` runs only.
+    pub io: Option<IoReport>,
     pub memory: MemoryReport,
     pub latency: LatencyReport,
     pub fairness: FairnessReport,
@@ -431,6 +469,7 @@ pub struct Report {
 pub fn build(run: &Run, qemu: Option<QemuOutcome>) -> Report {
     Report {
         run: run_info(run, qemu),
+        io: io(run),
         memory: memory(run),
         latency: latency(run),
         fairness: fairness(run),
@@ -589,6 +628,74 @@ fn window(run: &Run, hypervisor_bytes: Option<u64>) -> WindowUsage {
         domains_that_fit: hypervisor_bytes
             .filter(|&b| b > 0)
             .and_then(|b| Some(free_kib?.checked_mul(1024)? / b)),
+    }
+}
+
+// ---- I/O ---------------------------------------------------------------------------------
+
+/// Whether the run had VBDs: domain 0 said so, or a domain reported reads.
+fn is_io_run(run: &Run) -> bool {
+    run.devices.is_some() || run.mem.contains_key(&MemPhase::Connected) || run.domains.values().any(|d| d.io.is_some())
+}
+
+fn io(run: &Run) -> Option<IoReport> {
+    if !is_io_run(run) {
+        return None;
+    }
+    let mut hist = Histogram::new();
+    let mut report = IoReport {
+        domains: 0,
+        requests: 0,
+        failed: 0,
+        bad_data: 0,
+        lost: 0,
+        stats: None,
+        devices: run.devices,
+        hypervisor_bytes_per_domain: None,
+    };
+    for (_, log) in stress_domains(run) {
+        let Some(io) = log.io else { continue };
+        report.domains += 1;
+        report.requests += io.requests;
+        report.failed += io.failed;
+        report.bad_data += io.bad_data;
+        report.lost += io.lost;
+        hist.merge(&log.io_hist);
+    }
+    report.stats = Stats::of(&hist);
+    let heap = |phase| run.mem.get(&phase).map(|m: &crate::parse::MemSample| m.heap_bytes as i64);
+    let n = run.config.map(|c| i64::from(c.n)).filter(|&n| n > 0);
+    report.hypervisor_bytes_per_domain = match (heap(MemPhase::Connected), heap(MemPhase::Ballooned), n) {
+        (Some(c), Some(b), Some(n)) => Some((c - b) / n),
+        _ => None,
+    };
+    Some(report)
+}
+
+fn io_problems(run: &Run, problems: &mut Vec<Problem>) {
+    let Some(io) = io(run) else { return };
+    for creation in run.creations.values() {
+        if run.domains.get(&creation.domid).and_then(|d| d.io).is_none() {
+            problems.push(Problem::MissingIo { domid: creation.domid });
+        }
+    }
+    if io.lost + io.failed + io.bad_data > 0 {
+        problems.push(Problem::Io { lost: io.lost, failed: io.failed, bad_data: io.bad_data });
+    }
+    match io.devices {
+        None => problems.push(Problem::Devices("no `devices` line from domain 0".to_string())),
+        Some(d) => {
+            let sent = io.requests - io.lost;
+            if d.requests + d.failed != sent {
+                problems.push(Problem::IoCount { sent, answered: d.requests + d.failed });
+            }
+            if d.connected != d.served || d.cut > 0 {
+                problems.push(Problem::Devices(format!(
+                    "{} of {} VBDs connected, {} cut off",
+                    d.connected, d.served, d.cut
+                )));
+            }
+        }
     }
 }
 
@@ -789,6 +896,7 @@ fn problems(run: &Run, qemu: Option<QemuOutcome>) -> Vec<Problem> {
     domain_problems(run, &mut problems);
     hypervisor_problems(run, &mut problems);
     leak_problems(run, &mut problems);
+    io_problems(run, &mut problems);
     if let Some(outcome) = qemu.filter(|q| !q.passed()) {
         problems.push(Problem::Qemu(outcome));
     }

@@ -20,6 +20,9 @@ pub fn render(a: &Analysis) -> String {
     header(&mut out, &a.report);
     memory(&mut out, &a.report.memory, a.report.run.created);
     latency(&mut out, &a.report.latency);
+    if let Some(io) = &a.report.io {
+        io_section(&mut out, io);
+    }
     hypervisor_view(&mut out, &a.report.run.sched);
     fairness(&mut out, &a.report.fairness);
     creation(&mut out, &a.report.creation);
@@ -219,6 +222,36 @@ fn latency(out: &mut String, l: &LatencyReport) {
         l.lost_answers
     );
     out.push_str("  (percentiles are bucket low bounds, at most 6.25% under; max is exact)\n");
+}
+
+/// `IO=1`: the VBD reads and what the devices cost.
+fn io_section(out: &mut String, io: &crate::report::IoReport) {
+    let _ = writeln!(out, "\nVBD reads (IO=1; request to response, µs)");
+    let figures = io.stats.map_or("-".to_string(), |s| {
+        format!("p50 {}  p99 {}  max {}", us(s.p50_ns), us(s.p99_ns), us(s.max_ns))
+    });
+    let _ = writeln!(
+        out,
+        "  {} domains, {} requests: {figures}; lost {}, failed {}, bad data {}",
+        io.domains, io.requests, io.lost, io.failed, io.bad_data
+    );
+    match io.devices {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "  domain 0: {} served, {} connected, {} answered OK, {} with an error, {} cut off; {} KiB disk each",
+                d.served, d.connected, d.requests, d.failed, d.cut, d.disk_kib
+            );
+            let _ = writeln!(
+                out,
+                "  memory per domain for its devices: domain 0 heap {} B beyond its {} ring pages; hypervisor heap {} B (connected - ballooned)",
+                d.dom0_heap_bytes,
+                d.ring_pages,
+                or_dash(io.hypervisor_bytes_per_domain)
+            );
+        }
+        None => out.push_str("  no `devices` line from domain 0\n"),
+    }
 }
 
 /// The hypervisor's own view per CPU (`summary: sched.cpuN.*`): how late timer interrupts

@@ -11,6 +11,13 @@
 //! `stress/PROTOCOL.md`, written with the `protocol` crate's records; the run ends with
 //! `stress: done ok` or `stress: FAILED reason=<word>` (after destroying what it created).
 //!
+//! With `io_kib=K` (`make stress IO=1`) every stress domain also gets its store and a VBD
+//! of K KiB served by domain 0 ([`devices`]), served in bounded rounds from every wait of
+//! this loop; domain 0 waits for every VBD to connect (`mem phase=connected`), and before
+//! the destruction prints the `devices` record and releases every ring, port and store
+//! entry; a VBD cut off, a request answered with an error or a VBD never connected fails
+//! the run.
+//!
 //! With `attack=<name>` on its command line it runs one attack or lifecycle check
 //! instead ([`attack`]); with `plan=virtio` it drives the machine's virtio disk and
 //! measures it ([`virtio`]).
@@ -23,6 +30,7 @@
 
 extern crate alloc;
 
+use core::cell::RefCell;
 use core::fmt::{self, Write};
 
 use arrayvec::{ArrayString, ArrayVec};
@@ -40,9 +48,12 @@ use guest_rt::timer::Timer;
 use guest_rt::{println, StartInfo};
 use protocol::keyvalue::OptionError;
 use protocol::record::{Config, Creation, DomainInfo, MemPhase, MemSample, Record};
+use devices::{DevError, Devices};
 use protocol::worker::Task;
 
 mod attack;
+
+mod devices;
 
 mod fuzzrun;
 
@@ -170,6 +181,12 @@ enum Failure {
     DestroyTimeout(DomId),
     /// A domain created paused had run (or was not paused) before domain 0 unpaused it.
     RanWhilePaused(DomId),
+    /// The device service could not start or attach a domain (`IO=1`).
+    Devices(DevError),
+    /// Not every VBD connected in time: how many did.
+    IoConnect { connected: usize },
+    /// A VBD was cut off or a request answered with an error.
+    Io { cut: u64, failed: u64 },
 }
 
 impl Failure {
@@ -205,6 +222,10 @@ impl Failure {
             Self::NotQuiet => "not_quiet",
             Self::DestroyTimeout(_) => "destroy_timeout",
             Self::RanWhilePaused(_) => "ran_while_paused",
+            Self::Devices(DevError::DiskMemory { .. } | DevError::MappedMemory { .. }) => "io_memory",
+            Self::Devices(_) => "io_setup",
+            Self::IoConnect { .. } => "io_connect",
+            Self::Io { .. } => "io",
         }
     }
 }
@@ -251,6 +272,9 @@ impl fmt::Display for Failure {
             Self::RanWhilePaused(domid) => {
                 write!(f, "domain {} ran before it was unpaused", domid.0)
             }
+            Self::Devices(error) => write!(f, "devices: {error}"),
+            Self::IoConnect { connected } => write!(f, "only {connected} VBDs connected"),
+            Self::Io { cut, failed } => write!(f, "{cut} VBDs cut off, {failed} requests failed"),
         }
     }
 }
@@ -272,11 +296,15 @@ impl Created {
     }
 }
 
-/// Domain 0's clock and timer: how it waits.
+/// How often domain 0 serves its devices at least while it waits.
+const DEVICE_TICK_NS: u64 = 10 * MS;
+
+/// Domain 0's clock and timer: how it waits (serving its devices, if it has them).
 #[derive(Clone, Copy)]
 struct Waiter {
     clock: Clock,
     timer: Timer,
+    devices: Option<&'static RefCell<Devices>>,
 }
 
 impl Waiter {
@@ -285,19 +313,35 @@ impl Waiter {
         let events = Events::init().map_err(Failure::Events)?;
         let timer = Timer::bind(events).map_err(Failure::Events)?;
         events.enable();
-        Ok(Self { clock, timer })
+        Ok(Self { clock, timer, devices: None })
     }
 
     fn now(self) -> u64 {
         self.clock.now_ns()
     }
 
-    /// Blocks until system time `deadline`.
+    /// Blocks until system time `deadline`; with devices, serves them in rounds until
+    /// then, blocking between rounds until a port fires or [`DEVICE_TICK_NS`] passes.
     fn sleep_until(self, deadline: u64) -> Result<(), Failure> {
-        self.timer
-            .sleep_until(deadline)
-            .map(drop)
-            .map_err(Failure::Timer)
+        let Some(devices) = self.devices else {
+            return self
+                .timer
+                .sleep_until(deadline)
+                .map(drop)
+                .map_err(Failure::Timer);
+        };
+        loop {
+            let now = self.now();
+            if now >= deadline {
+                return Ok(());
+            }
+            if devices.borrow_mut().serve() {
+                continue;
+            }
+            self.timer
+                .wait_until(deadline.min(now + DEVICE_TICK_NS), devices::pending)
+                .map_err(Failure::Timer)?;
+        }
     }
 
     fn sleep(self, ns: u64) -> Result<(), Failure> {
@@ -327,6 +371,12 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     let plan = Plan::new(&options, machine.cpus).map_err(Failure::Plan)?;
     control::set_sched_params(DomId::DOM0, &plan::DOM0_PARAMS)
         .map_err(control_failure(Call::SchedParams, DomId::DOM0))?;
+    let mut waiter = waiter;
+    if options.io_kib > 0 {
+        let events = Events::init().map_err(Failure::Events)?;
+        let service = Devices::new(start, plan.len().into(), options.io_kib, events).map_err(Failure::Devices)?;
+        waiter.devices = Some(alloc::boxed::Box::leak(alloc::boxed::Box::new(RefCell::new(service))));
+    }
     print_config(&options, &plan);
     print_memory(MemPhase::Before)?;
     create_all(&plan, &options, waiter, created)?;
@@ -334,12 +384,39 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     let started_at = start_all(&plan, waiter)?;
     wait_ballooned(&plan, &options, waiter)?;
     print_memory(MemPhase::Ballooned)?;
+    if let Some(devices) = waiter.devices {
+        wait_connected(&plan, devices, waiter)?;
+        print_memory(MemPhase::Connected)?;
+    }
     let window = HogWindow::measure(&plan, waiter, started_at, options.seconds * SECOND)?;
     waiter.sleep_until(started_at + options.seconds * SECOND + RUN_MARGIN_NS)?;
     wait_quiet(&plan, waiter)?;
     report_domains(&plan, &window)?;
+    if let Some(devices) = waiter.devices {
+        let figures = devices.borrow().figures();
+        println!("{}", Record::Devices(figures));
+        devices.borrow_mut().detach_all();
+        if figures.cut > 0 || figures.failed > 0 {
+            return Err(Failure::Io { cut: figures.cut, failed: figures.failed });
+        }
+    }
     destroy_all(&plan, waiter)?;
     print_memory(MemPhase::Destroyed)
+}
+
+/// Waits (serving) until every stress domain's VBD is connected.
+fn wait_connected(plan: &Plan, devices: &RefCell<Devices>, waiter: Waiter) -> Result<(), Failure> {
+    let deadline = waiter.now() + wait_limit_ns(plan);
+    loop {
+        let connected = devices.borrow().connected();
+        if connected == plan.len() as usize {
+            return Ok(());
+        }
+        if waiter.now() >= deadline {
+            return Err(Failure::IoConnect { connected });
+        }
+        waiter.sleep(POLL_NS)?;
+    }
 }
 
 fn print_config(options: &Options, plan: &Plan) {
@@ -413,6 +490,9 @@ fn create_all(
         }
         created.count = planned.index + 1;
         total_ns += ns;
+        if let Some(devices) = waiter.devices {
+            devices.borrow_mut().attach(domid).map_err(Failure::Devices)?;
+        }
         let creation = Creation {
             index: planned.index,
             domid,
@@ -471,9 +551,13 @@ fn wait_ballooned(plan: &Plan, options: &Options, waiter: Waiter) -> Result<(), 
     Ok(())
 }
 
-/// The stress domains' CPU time together.
-fn total_cpu_time(plan: &Plan) -> Result<u64, Failure> {
-    let mut total = 0u64;
+/// The stress domains' CPU time together, plus (with devices) the VBD requests domain 0
+/// has answered: a domain blocked on a read takes no CPU time but is not finished.
+fn total_cpu_time(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
+    let mut total = waiter.devices.map_or(0, |d| {
+        let f = d.borrow().figures();
+        f.requests + f.failed
+    });
     for domid in (0..plan.len()).map(Plan::domid) {
         let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
         total = total.wrapping_add(info.cpu_time_ns);
@@ -485,10 +569,10 @@ fn total_cpu_time(plan: &Plan) -> Result<u64, Failure> {
 /// blocked for good.
 fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
     let deadline = waiter.now() + wait_limit_ns(plan);
-    let mut last = total_cpu_time(plan)?;
+    let mut last = total_cpu_time(plan, waiter)?;
     loop {
         waiter.sleep(QUIET_WINDOW_NS)?;
-        let total = total_cpu_time(plan)?;
+        let total = total_cpu_time(plan, waiter)?;
         if total == last {
             return Ok(());
         }

@@ -1,18 +1,19 @@
 //! Domain 0's command line: `n=100 seconds=10 hogs=H latency=L pairs=P periodic=Q
-//! mem_kib=512 max_kib=1024 balloon_down=16 balloon_up=8`, every key optional.
+//! mem_kib=512 max_kib=1024 balloon_down=16 balloon_up=8 io_kib=0`, every key optional.
 //!
 //! `n` stress domains run for `seconds`; `hogs`, `latency`, `pairs` (ping-pong pairs,
 //! two domains each) and `periodic` say how many get those roles, the rest are `idle`.
 //! Left out, `hogs` is two per CPU (weights 1 and 2 side by side), `latency` and `pairs`
 //! are 4 and `periodic` is four per CPU, each cut down to what a small `n` leaves room for (see [`crate::plan`]). Every stress
 //! domain starts with `mem_kib`, may grow to `max_kib`, and balloons down `balloon_down`
-//! pages and back up `balloon_up`. The hypervisor takes `mem_kib` on a module line for
+//! pages and back up `balloon_up`. With `io_kib` above 0 (`make stress IO=1`) every stress
+//! domain gets a VBD of that many KiB, a RAM disk in domain 0's memory, and reads it. The hypervisor takes `mem_kib` on a module line for
 //! itself, so on the boot module's line these options follow `--`. The grammar is the
 //! `protocol` crate's (strict: a typo fails the run). This module only parses: it must
 //! never decide the plan.
 
 use protocol::keyvalue::{self, Keys, OptionError};
-use protocol::worker::{MAX_BALLOON_PAGES, MAX_SECONDS};
+use protocol::worker::{MAX_BALLOON_PAGES, MAX_IO_KIB, MAX_SECONDS};
 
 /// The most stress domains one run creates.
 pub const MAX_DOMAINS: u32 = 1000;
@@ -38,6 +39,8 @@ pub struct Options {
     pub max_kib: u32,
     pub balloon_down: u64,
     pub balloon_up: u64,
+    /// Each stress domain's VBD in KiB (a multiple of 4), 0 for none.
+    pub io_kib: u64,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
             max_kib: 1024,
             balloon_down: 16,
             balloon_up: 8,
+            io_kib: 0,
         }
     }
 }
@@ -72,6 +76,7 @@ impl Options {
             "max_kib",
             "balloon_down",
             "balloon_up",
+            "io_kib",
         ]);
         keys.parse(line, |_, _| Ok(false))?;
         let defaults = Self::default();
@@ -101,8 +106,13 @@ impl Options {
             Some(defaults.balloon_down.min(most_down)),
             0..=most_down,
         )?;
+        let io_kib = keys.get_in("io_kib", Some(0), 0..=MAX_IO_KIB)?;
+        if !io_kib.is_multiple_of(4) {
+            return Err(OptionError::BadValue("io_kib"));
+        }
         Ok(Self {
             n: n as u32,
+            io_kib,
             seconds: keys.get_in("seconds", Some(defaults.seconds), 1..=MAX_SECONDS)?,
             hogs: count("hogs")?,
             latency: count("latency")?,
@@ -149,8 +159,10 @@ mod tests {
                 max_kib: 256,
                 balloon_down: 4,
                 balloon_up: 4,
+                io_kib: 0,
             }
         );
+        assert_eq!(Options::parse(b"io_kib=1024").unwrap().io_kib, 1024);
     }
 
     #[test]
@@ -180,6 +192,8 @@ mod tests {
         refused(b"mem_kib=512 max_kib=256", "max_kib");
         refused(b"mem_kib=64 balloon_down=16", "balloon_down");
         refused(b"balloon_down=2 balloon_up=3", "balloon_up");
+        refused(b"io_kib=6", "io_kib");
+        refused(b"io_kib=1048576", "io_kib");
         assert_eq!(
             Options::parse(b"cpus=2"),
             Err(OptionError::UnknownKey(quote("cpus")))

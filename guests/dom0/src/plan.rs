@@ -158,6 +158,8 @@ pub struct Plan {
     seconds: u64,
     balloon_down: u64,
     balloon_up: u64,
+    /// Each domain's VBD in KiB, 0 for none.
+    pub io_kib: u64,
 }
 
 impl Plan {
@@ -172,6 +174,7 @@ impl Plan {
             seconds: options.seconds,
             balloon_down: options.balloon_down,
             balloon_up: options.balloon_up,
+            io_kib: options.io_kib,
         })
     }
 
@@ -232,6 +235,7 @@ impl Plan {
                 seconds: self.seconds,
                 balloon_down: self.balloon_down,
                 balloon_up: self.balloon_up,
+                io_kib: self.io_kib,
             },
         })
     }

@@ -32,8 +32,9 @@ use crate::hypercall::{self, HypercallError};
 use crate::shared_info;
 
 /// Ports 0 to `MAX_HANDLED_PORTS - 1` can have handlers (ports are allocated lowest
-/// first, so a small guest's ports are small).
-pub const MAX_HANDLED_PORTS: usize = 64;
+/// first, so a small guest's ports are small; domain 0 serving a hundred domains binds two
+/// ports for each): a domain's default port limit.
+pub const MAX_HANDLED_PORTS: usize = 1024;
 
 /// The vCPU the runtime runs on, whose `vcpu_info` events arrive through.
 const VCPU: usize = 0;

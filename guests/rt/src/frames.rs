@@ -58,6 +58,22 @@ impl FreeFrames {
         })
     }
 
+    /// Every free frame of the initial mapping: past Xen's 512 KiB of slack up to the
+    /// mapping's end (rounded up to 4 MiB, [`crate::balloon::FrameLayout`]), for a guest
+    /// that needs more than the slack (domain 0 serving many domains); [`Self::past_slack`]
+    /// then starts at the mapping's end.
+    pub fn whole_mapping(start: &StartInfo) -> Option<Self> {
+        let layout = crate::balloon::FrameLayout::of(start)?;
+        let mut frames = Self::new(start)?;
+        frames.pfns.end = frames.pfns.end.max(layout.mapped_end);
+        Some(frames)
+    }
+
+    /// Frames not yet taken.
+    pub fn remaining(&self) -> u64 {
+        self.pfns.end - self.pfns.start
+    }
+
     /// The next free frame, still mapped writable at its own address; `None` when all are
     /// taken.
     pub fn take(&mut self) -> Option<Frame> {

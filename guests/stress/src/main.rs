@@ -11,9 +11,19 @@
 //! the lateness of each; `idle` does the same with a 100 ms timer; `hog` spins; `pong`
 //! allocates port 2 (its first free one, after the console ring's) for its peer and
 //! answers each event on it from its event handler; `ping` binds to it and every 1 ms sends an event and times the answer. It must never spin while waiting: it blocks.
+//!
+//! With `io_kib=` (`make stress IO=1`) it also connects to its VBD after ballooning
+//! ([`io`]; pong allocates its pair's port first, so that the port is still the one domain
+//! 0 told ping), reads the whole disk at once (every domain at the same time), then the
+//! timer roles read a page every 100 ms of their run (idle at each wake-up, periodic and
+//! latency at every 100th), and it reports `io` and `iohist` records after its others.
 
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod io;
 
 use core::fmt;
 use core::hint::black_box;
@@ -91,6 +101,8 @@ enum Failure {
     Send(HypercallError),
     /// The timer fired before its deadline this many times.
     EarlyTimer(u64),
+    /// The VBD could not be set up.
+    Io(io::IoError),
 }
 
 impl Failure {
@@ -108,6 +120,7 @@ impl Failure {
             Self::Bind(_) => "bind",
             Self::Send(_) => "send",
             Self::EarlyTimer(_) => "early_timer",
+            Self::Io(_) => "io",
         }
     }
 }
@@ -131,6 +144,7 @@ impl fmt::Display for Failure {
             Self::BalloonDown(e) | Self::BalloonUp(e) => write!(f, "{}: {e:?}", self.what()),
             Self::Events(e) => write!(f, "{}: {e:?}", self.what()),
             Self::EarlyTimer(n) => write!(f, "the timer fired before its deadline {n} times"),
+            Self::Io(e) => write!(f, "io: {e:?}"),
         }
     }
 }
@@ -152,6 +166,18 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
     let domid = args.domid;
     let role = args.task.role();
     let end = clock.now_ns() + args.seconds * NS_PER_SECOND;
+    // Pong's port first: the VBD's port comes after it.
+    let pong_port = match args.task {
+        Task::Pong(link) => Some(alloc_pong_port(link)?),
+        _ => None,
+    };
+    let mut disk = if args.io_kib > 0 {
+        let mut disk = io::Disk::connect(guest_rt::start_info(), domid, clock).map_err(Failure::Io)?;
+        disk.read_all();
+        Some(disk)
+    } else {
+        None
+    };
     let outcome = match args.task {
         Task::Hog => Outcome::Hog {
             loops: hog(clock, end),
@@ -162,14 +188,19 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
                 _ => PERIOD_NS,
             };
             let (_, timer) = timer_events()?;
-            Outcome::Timer(periodic(timer, clock, end, period)?)
+            // A read every 100 ms: each idle wake-up, every 100th of the others.
+            let every = match args.task {
+                Task::Idle => 1,
+                _ => 100,
+            };
+            Outcome::Timer(periodic(timer, clock, end, period, disk.as_mut().map(|d| (d, every)))?)
         }
         Task::Ping(link) => {
             let (hist, lost) = ping(link, clock, end)?;
             Outcome::Ping { hist, lost }
         }
-        Task::Pong(link) => Outcome::Pong {
-            answers: pong(link, end)?,
+        Task::Pong(_) => Outcome::Pong {
+            answers: pong(pong_port.ok_or(Failure::Port { expected: EvtchnPort(0), got: EvtchnPort(0) })?, end)?,
         },
     };
     let balloon = Balloon {
@@ -185,6 +216,9 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
         Outcome::Timer(hist) => report_hist(domid, role, &hist, None),
         Outcome::Ping { hist, lost } => report_hist(domid, role, &hist, Some(lost)),
         Outcome::Pong { answers } => println!("{}", result(Reported::Pong { answers })),
+    }
+    if let Some(disk) = disk {
+        disk.report(role);
     }
     Ok(())
 }
@@ -235,8 +269,15 @@ fn hog(clock: Clock, end: u64) -> u64 {
 /// timer is this domain's only one and every deadline is waited out, so an expiry before
 /// its deadline is the hypervisor's error (as those of warping domains, whose vCPUs are
 /// switched in ahead of their deadlines, would show).
-fn periodic(timer: Timer, clock: Clock, end: u64, period: u64) -> Result<Histogram, Failure> {
+fn periodic(
+    timer: Timer,
+    clock: Clock,
+    end: u64,
+    period: u64,
+    mut disk: Option<(&mut io::Disk, u64)>,
+) -> Result<Histogram, Failure> {
     let mut hist = Histogram::new();
+    let mut wakeups = 0u64;
     loop {
         let now = clock.now_ns();
         if now >= end {
@@ -248,12 +289,18 @@ fn periodic(timer: Timer, clock: Clock, end: u64, period: u64) -> Result<Histogr
         let deadline = now + period;
         let woke = timer.sleep_until(deadline).map_err(Failure::Timer)?;
         hist.record(woke.saturating_sub(deadline));
+        wakeups += 1;
+        if let Some((disk, every)) = disk.as_mut() {
+            if wakeups.is_multiple_of(*every) {
+                disk.read_one();
+            }
+        }
     }
 }
 
-/// Allocates the pair's port, answers every event on it until `end`; returns how many.
-fn pong(link: Link, end: u64) -> Result<u64, Failure> {
-    // The pair's port must be this domain's first, so that domain 0 could tell ping.
+/// Allocates the pair's port (it must be this domain's first, so that domain 0 could tell
+/// ping) and answers events on it from then on.
+fn alloc_pong_port(link: Link) -> Result<EvtchnPort, Failure> {
     let port = evtchn::alloc_unbound(link.peer).map_err(Failure::Channel)?;
     if port != link.port {
         return Err(Failure::Port {
@@ -263,6 +310,13 @@ fn pong(link: Link, end: u64) -> Result<u64, Failure> {
     }
     let events = Events::init().map_err(Failure::Events)?;
     events.set_handler(port, answer).map_err(Failure::Events)?;
+    events.enable();
+    Ok(port)
+}
+
+/// Answers every event on the pair's `port` until `end`; returns how many.
+fn pong(_port: EvtchnPort, end: u64) -> Result<u64, Failure> {
+    let events = Events::init().map_err(Failure::Events)?;
     let timer = Timer::bind(events).map_err(Failure::Events)?;
     events.enable();
     timer.sleep_until(end).map_err(Failure::Timer)?;

@@ -35,7 +35,7 @@ mod disks;
 mod huge;
 mod race;
 mod share;
-mod store;
+pub(crate) mod store;
 mod timers;
 
 use core::fmt;

@@ -60,7 +60,7 @@ pub(super) fn on_event(port: EvtchnPort) {
 }
 
 /// A ring page mapped at `va` in domain 0.
-pub(super) struct Mapped(pub(super) u64);
+pub(crate) struct Mapped(pub(crate) u64);
 
 impl RingPage for Mapped {
     fn load_u32(&self, offset: usize) -> u32 {
@@ -146,7 +146,7 @@ pub(super) fn spec(line: &[u8], hostile: bool) -> NewDomain<'_> {
     }
 }
 
-pub(super) fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
+pub(crate) fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
     let mut op = GnttabMapGrantRef { host_addr: va, flags: GNTMAP_HOST_MAP, ref_: gref, dom, ..Default::default() };
     // SAFETY: `va` is a free page of domain 0 used for nothing else.
     unsafe { grants::grant_table_op(GnttabOp::MapGrantRef, &mut op, 1) }.map_err(|_| Failure::Setup("map_grant_ref call"))?;
@@ -154,7 +154,7 @@ pub(super) fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
     Ok(op.handle)
 }
 
-pub(super) fn unmap_ring(handle: u32, va: u64) {
+pub(crate) fn unmap_ring(handle: u32, va: u64) {
     let mut op = GnttabUnmapGrantRef { host_addr: va, handle, ..Default::default() };
     // SAFETY: nothing uses the ring at `va` any more.
     let _ = unsafe { grants::grant_table_op(GnttabOp::UnmapGrantRef, &mut op, 1) };
