@@ -55,10 +55,14 @@ use crate::tlb::{self, Flush};
 static LAYOUT: Once<Layout> = Once::new();
 
 /// The validation rules: the hypervisor's window entry in slot 511 of every window-L3 (the
-/// L3 under L4 slot 511, which every L4 must name; see `pvmm::policy`), and nowhere else;
-/// the read-only M2P table in L4 slot 256 (built at boot, before any domain).
+/// L3 under L4 slot 511, which every L4 names; see `pvmm::policy`), and nowhere else; the
+/// read-only M2P table in L4 slot 256 (built at boot, before any domain); the default
+/// window-L3 in slot 511 of an L4 the guest left without one, as Xen fills its own slots.
 fn layout() -> &'static Layout {
-    LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), crate::m2p::l4_entry()))
+    LAYOUT.call_once(|| {
+        let window = paging::default_window_l4_entry();
+        Layout::new(paging::window_l3_entry(), crate::m2p::l4_entry(), window)
+    })
 }
 
 fn mmu() -> PvMmu<'static> {
