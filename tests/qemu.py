@@ -292,6 +292,15 @@ def guest_cases():
                       ("guest-hostile", "name=big_tree mem_kib=16384 expect=poweroff attack=pin_big_tree")],
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack pin_big_tree: done"]),
+        # Work package "xtf16" (issue 16): VCPUOP_initialise on an L4 without slot 511 over
+        # 2054 tables (the default window-L3 goes in slot 511; the validation runs a slice
+        # per stay and the call is issued again: before, one stay validated it all).
+        Case("iso-xtf16", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello"),
+                      ("guest-hostile", "name=init_big_tree mem_kib=16384 vcpus=2 expect=poweroff attack=init_big_tree")],
+             expect={"domains.created": "2", "domains.unexpected_endings": "0"},
+             expect_at_most={"sched.max_stay_us": PREEMPT_MAX_STAY_US},
+             expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack init_big_tree: done"]),
         # Work package "ptwr" (issue 16): the big tree linked into the live L4 by one direct
         # write, emulated in slices (the guest's mov runs again until the validation is
         # done: summary ptwr.again), then unlinked; both land, beside a guest that finishes.

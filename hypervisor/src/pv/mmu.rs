@@ -228,8 +228,7 @@ fn one_slice<T>(tables: &mut Tables<'_>, op: impl FnOnce(&mut Tables<'_>) -> Res
 
 /// Runs a pvmm operation to completion, slice after slice, in this one stay: for what no
 /// guest call can make long (a new domain's boot tables, whose size the hypervisor's
-/// builder chose; a vCPU's initial base pointer, which its creator validated; a
-/// descriptor page) and for domain destruction, which runs once the domain's vCPUs are
+/// builder chose; a descriptor page) and for domain destruction, which runs once the domain's vCPUs are
 /// off every CPU. Guest hypercalls use [`one_slice`] instead.
 fn until_done<T>(tables: &mut Tables<'_>, mut op: impl FnMut(&mut Tables<'_>) -> Result<T, MmError>) -> Result<T, MmError> {
     let mut slices = 0;
@@ -645,11 +644,13 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
     Ok(())
 }
 
-/// Takes a base-pointer reference on `l4` for a vCPU being created.
-pub fn take_base(vcpu: &Vcpu, l4: Mfn) -> Result<BasePtr, Errno> {
+/// Takes a base-pointer reference on `l4` for a vCPU a guest creates (`VCPUOP_initialise`):
+/// one slice of validation per stay, [`Stop::Retry`] when the walk stopped (the partial
+/// state stays in the frames; the call issued again continues it).
+pub fn take_base_for_guest(vcpu: &Vcpu, l4: Mfn) -> Result<BasePtr, Stop> {
     let _lock = vcpu.domain.mmu_lock.lock();
     let dom = vcpu.domain.id;
-    until_done(&mut Tables::for_domain(&vcpu.domain), |t| mmu().new_baseptr(l4, dom, t)).map_err(errno)
+    one_slice(&mut Tables::for_domain(&vcpu.domain), |t| mmu().new_baseptr(l4, dom, t)).map_err(stop)
 }
 
 /// Drops the base-pointer references of a vCPU that will not run.
