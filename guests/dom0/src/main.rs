@@ -12,7 +12,8 @@
 //! `stress: done ok` or `stress: FAILED reason=<word>` (after destroying what it created).
 //!
 //! With `attack=<name>` on its command line it runs one attack or lifecycle check
-//! instead ([`attack`]).
+//! instead ([`attack`]); with `plan=xtf`, one Xen Test Framework test's domain
+//! ([`xtfrun`]).
 //!
 //! Domain 0 never spins while it waits: it sleeps on its one-shot timer, so that it takes
 //! no CPU time from the domains it measures.
@@ -43,6 +44,8 @@ mod attack;
 
 mod fuzzrun;
 
+mod xtfrun;
+
 guest_rt::entry!(main);
 
 /// The boot module stress domains are built from.
@@ -68,6 +71,9 @@ const DESTROY_TIMEOUT_NS: u64 = 5 * SECOND;
 fn main(start: &'static StartInfo) {
     if let Some(name) = attack::requested(start.cmd_line()) {
         attack::run(name, start);
+    }
+    if let Some(options) = guest_dom0::xtfplan::requested(start.cmd_line()) {
+        xtfrun::run(options);
     }
     match fuzzplan::plan(start.cmd_line()) {
         Ok(FuzzPlan::Stress) => {}
