@@ -27,7 +27,7 @@ const POLL_NS: u64 = 10_000_000;
 
 /// Runs the plan (`options` as parsed) and ends domain 0.
 pub fn run(options: Result<XtfOptions<'_>, OptionError>) -> ! {
-    match options.map_err(|error| option_reason(error)).and_then(create_and_wait) {
+    match options.map_err(option_reason).and_then(create_and_wait) {
         Ok(()) => shutdown(ShutdownReason::Poweroff),
         Err(why) => {
             println!("dom0: xtf: FAILED {why}");
