@@ -300,7 +300,7 @@ stress: build guests $(DEPS_STAMP)
 	    --qemu "$(QEMU) -M $(MACHINE) -accel $(ACCEL) -m $(STRESS_MEM) -smp $(STRESS_SMP) -name stress,debug-threads=on -display none -no-reboot -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -mem-prealloc $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA) -cdrom $(STRESS_ISO)"
 
 # The Xen Test Framework's pv64 tests (not vendored: build andyhhp/xtf with `make -k -j2`).
-xtf: build $(DEPS_STAMP)
+xtf: build guests $(DEPS_STAMP)
 	@test -n "$(XTF)" || { echo "error: say where a built XTF tree is: make xtf XTF=<dir>"; exit 2; }
 	python3 tests/xtf.py --xtf $(XTF) --timeout $(or $(XTF_TIMEOUT),60) $(if $(ONLY),--only $(ONLY))
 

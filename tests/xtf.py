@@ -6,10 +6,13 @@ vendored here and CI does not fetch it. Build it once with `make -C <dir> -k -j2
 and make). Every `tests/*/test-pv64-*.cfg` is one run: the xl config names the image
 (`kernel=`), its memory (`memory=`, MiB), its vCPUs (`vcpus=`) and, for variations such as
 `test-pv64-pv-iopl~hypercall.cfg`, a command line (`cmdline=`). Each run boots the hypervisor
-through GRUB with the image as its one boot module, reads the console, and takes the test's
-verdict from its `Test result: SUCCESS|SKIP|FAILURE|ERROR` line; a run with no verdict is
-REFUSED (the hypervisor would not build the image; the log says why), CRASH (the guest
-died first: its `PANIC:` lines are kept in the log) or TIMEOUT.
+through GRUB as Xen runs XTF, with a domain 0 beside the test: guest-dom0 (boot module 0,
+`plan=xtf`) creates the test's domain from the image (boot module 1) with the memory, vCPUs
+and command line of its `.cfg`, waits for it to end and powers off (tests that name domain 0,
+such as xsa-316's grant map from it, then meet one). The harness reads the console and takes
+the test's verdict from its `Test result: SUCCESS|SKIP|FAILURE|ERROR` line; a run with no
+verdict is REFUSED (the hypervisor would not build the image; the log says why), CRASH (the
+guest died first: its `PANIC:` lines are kept in the log) or TIMEOUT.
 
 Prints a table (test, result, seconds, and what Xen 4.17 gives under the same QEMU, from
 issue 16) and writes build/xtf/results.json. Exits 0 when every test that passes or skips
@@ -29,6 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL = os.path.join(ROOT, "target/x86_64-unknown-none/release/hypervisor")
+DOM0 = os.path.join(ROOT, "target/x86_64-unknown-none/release/guest-dom0")
 OUT = os.path.join(ROOT, "build/xtf")
 RESULT = re.compile(r"Test result: (SUCCESS|SKIP|FAILURE|ERROR)")
 # QEMU's memory beyond the guest's: the hypervisor, its heap and the frame table.
@@ -74,17 +78,21 @@ def runs(xtf_dir):
 
 
 def make_iso(name, image, mem_mib, vcpus, cmdline):
-    """A GRUB ISO booting the hypervisor with `image` as the one boot domain."""
+    """A GRUB ISO booting the hypervisor with domain 0 (module 0), which creates the test's
+    domain from `image` (module 1) as the test's `.cfg` says."""
     root = os.path.join(OUT, "iso-" + name)
     boot_dir = os.path.join(root, "boot")
     os.makedirs(os.path.join(boot_dir, "grub"), exist_ok=True)
     subprocess.run(["cp", KERNEL, os.path.join(boot_dir, "hypervisor")], check=True)
+    subprocess.run(["cp", DOM0, os.path.join(boot_dir, "dom0")], check=True)
     subprocess.run(["cp", image, os.path.join(boot_dir, "guest")], check=True)
-    ours = f"name=xtf mem_kib={mem_mib * 1024}" + (f" vcpus={vcpus}" if vcpus != 1 else "")
-    module = f"module2 /boot/guest {ours} -- {cmdline}".rstrip()
+    plan = f"plan=xtf mem_kib={mem_mib * 1024} vcpus={vcpus}" + (f" cmdline={cmdline}" if cmdline else "")
+    dom0 = f"module2 /boot/dom0 name=dom0 expect=poweroff -- {plan}"
+    # Module 1 is only an image for domain 0 to build from; its name names the domain.
+    test = "module2 /boot/guest name=xtf"
     cfg = ("set timeout=0\nset default=0\nserial --unit=0 --speed=115200\n"
            "terminal_input serial\nterminal_output serial\nmenuentry \"xtf\" {\n"
-           "  multiboot2 /boot/hypervisor\n  " + module + "\n  boot\n}\n")
+           "  multiboot2 /boot/hypervisor dom0\n  " + dom0 + "\n  " + test + "\n  boot\n}\n")
     with open(os.path.join(boot_dir, "grub", "grub.cfg"), "w") as f:
         f.write(cfg)
     iso = root + ".iso"
@@ -116,7 +124,7 @@ def boot(iso, mem_mib, smp, timeout):
         proc.kill()
         proc.wait()
     text = "\n".join(lines)
-    if verdict is None and "not started" in text:
+    if verdict is None and ("not started" in text or "not created" in text):
         verdict = "REFUSED"
     elif verdict is None:
         verdict = "TIMEOUT" if time.monotonic() - start > timeout else "CRASH"

@@ -57,8 +57,9 @@ pub enum MmError {
         /// Index of the entry.
         index: usize,
     },
-    /// An L4 table whose slot 511 is not present, or an update that would clear it: slot
-    /// 511 names the window-L3 that maps the hypervisor, and CR3 must never load a table
+    /// An update that would clear slot 511 of an L4 table in use: slot 511 names the
+    /// window-L3 that maps the hypervisor (the guest's or the default one, which
+    /// validation installs in an L4 left without), and CR3 must never load a table
     /// without it.
     NoWindow(Mfn),
     /// The entry sets bits the guest may not use at this level.

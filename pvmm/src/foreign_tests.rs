@@ -108,7 +108,7 @@ fn grant_entries_carry_the_guest_available_bits_and_pass_the_l1_rules() {
     assert_eq!(value & PteFlags::AVAILABLE_LOW.bits(), 0b101 << 9);
     assert_eq!(value & PteFlags::WRITABLE.bits(), PteFlags::WRITABLE.bits());
     assert_eq!(grant_entry(Mfn(0x1234), false, 0xff) & PteFlags::AVAILABLE_LOW.bits(), PteFlags::AVAILABLE_LOW.bits(), "only three bits");
-    let layout = crate::policy::Layout::new(0, None);
+    let layout = crate::policy::Layout::new(0, None, 0);
     assert!(layout.check(Level::L1, value).is_ok());
     assert_eq!(Pte(grant_entry(Mfn(7), false, 0)).raw() & !0xfff & !PteFlags::NO_EXECUTE.bits(), pte(Mfn(7), PteFlags::empty()) & !0xfff);
 }

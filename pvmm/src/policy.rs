@@ -31,9 +31,18 @@
 //!   `MMUEXT_PIN_L3_TABLE`) has no hypervisor entry: all 512 are the guest's. A table of
 //!   one type cannot be used as the other while it has references (a type conflict), so
 //!   the window appears at `0xFFFF_FFFF_C000_0000` and nowhere else.
-//! - An L4 is valid only if slot 511 is present ([`must_be_present`]) and names a
-//!   window-L3, so every table CR3 may load maps the hypervisor; an update of that slot
-//!   must name another window-L3 (clearing it is refused).
+//! - Every L4 names a window-L3 in slot 511, so every table CR3 may load maps the
+//!   hypervisor. Either the guest's own (present in the guest's entry: validated as a
+//!   window-L3 it owns), or the hypervisor's *default window-L3* ([`Layout::new`]'s
+//!   `window_l4_entry`: a table outside every domain whose entries are empty but 511, the
+//!   window), which validation installs when the guest left slot 511 empty, as Xen fills
+//!   its own L4 slots whatever the guest left there (`init_xen_l4_slots`): an unmodified
+//!   guest (XTF's, Linux's) knows nothing of our window. An entry naming the default
+//!   window-L3 holds no reference and always has its one stored value
+//!   ([`Layout::default_window`]), whatever flags the guest wrote with it (a guest that
+//!   copies an L4 copies it). An update of slot 511 must name a window-L3 of the guest or
+//!   the default one; clearing it is refused ([`must_be_present`]), as Xen refuses
+//!   updates of its slots.
 //!
 //! Pinning an L3 (`MMUEXT_PIN_L3_TABLE`) takes the window-L3 type when the frame already
 //! is a window-L3 in use, and the plain L3 type otherwise ([`crate::PvMmu::pin_table`]).
@@ -80,6 +89,7 @@ const GUEST_FLAGS: PteFlags = PteFlags::PRESENT
 pub struct Layout {
     hypervisor_l3_entry: u64,
     m2p_l4_entry: Option<u64>,
+    window_l4_entry: u64,
 }
 
 /// A present entry that passed [`Layout::check`].
@@ -104,13 +114,41 @@ pub enum Checked {
 
 impl Layout {
     /// A layout whose window-L3 tables end with `hypervisor_l3_entry` (the hypervisor's
-    /// L2 of its 64 MiB window) and whose L4 slot 256 holds `m2p_l4_entry` (the read-only
-    /// M2P window; `None` leaves it empty). The other reserved L4 slots stay empty.
-    pub const fn new(hypervisor_l3_entry: u64, m2p_l4_entry: Option<u64>) -> Layout {
+    /// L2 of its 64 MiB window), whose L4 slot 256 holds `m2p_l4_entry` (the read-only
+    /// M2P window; `None` leaves it empty) and whose L4 slot 511, when the guest leaves it
+    /// empty, holds `window_l4_entry`: a present entry naming the hypervisor's default
+    /// window-L3, a frame no domain owns whose only entry is `hypervisor_l3_entry` at 511
+    /// (the caller keeps it so). The other reserved L4 slots stay empty.
+    pub const fn new(
+        hypervisor_l3_entry: u64,
+        m2p_l4_entry: Option<u64>,
+        window_l4_entry: u64,
+    ) -> Layout {
         Layout {
             hypervisor_l3_entry,
             m2p_l4_entry,
+            window_l4_entry,
         }
+    }
+
+    /// The value stored in L4 slot 511 for a guest value `raw` that stands for the
+    /// hypervisor's default window-L3: not present (the guest left the slot to the
+    /// hypervisor) or naming the default window-L3's frame, with any flags. `None` for
+    /// any other present value: a window-L3 of the guest's, checked as such.
+    pub const fn default_window(&self, raw: u64) -> Option<u64> {
+        let pte = Pte(raw);
+        if !pte.is_present() || self.names_default_window(raw) {
+            Some(self.window_l4_entry)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `raw` is present and names the default window-L3's frame: as L4 slot 511
+    /// it holds no reference (the frame is no domain's).
+    pub const fn names_default_window(&self, raw: u64) -> bool {
+        let pte = Pte(raw);
+        pte.is_present() && pte.mfn().0 == Pte(self.window_l4_entry).mfn().0
     }
 
     /// Whether entry `index` of a table of type `table` belongs to the hypervisor: L4
@@ -136,6 +174,21 @@ impl Layout {
                 None => Some(0),
             },
             _ => Some(0),
+        }
+    }
+
+    /// The value entry `index` of a table of type `table` holds when the entry is the
+    /// hypervisor's, the guest's value being `raw`: a reserved slot's
+    /// [`Self::fixed_entry`], or in L4 slot 511 the default window-L3
+    /// ([`Self::default_window`]). Such an entry holds no reference. `None` for guest
+    /// entries.
+    pub const fn hypervisor_entry(&self, table: PageType, index: usize, raw: u64) -> Option<u64> {
+        if let Some(fixed) = self.fixed_entry(table, index) {
+            return Some(fixed);
+        }
+        match table {
+            PageType::L4 if index == WINDOW_L4_SLOT => self.default_window(raw),
+            _ => None,
         }
     }
 
@@ -175,7 +228,8 @@ pub const fn child_type(level: Level, index: usize) -> Option<PageType> {
 }
 
 /// Whether entry `index` of a table of type `table` must be present: L4 slot 511, which
-/// names the window-L3 that maps the hypervisor.
+/// names the window-L3 that maps the hypervisor (validation installs the default one
+/// there when it is empty; an update may not clear it).
 pub const fn must_be_present(table: PageType, index: usize) -> bool {
     matches!(table, PageType::L4) && index == WINDOW_L4_SLOT
 }
@@ -204,9 +258,10 @@ mod tests {
 
     const HV_L3: u64 = 0x5000 | PteFlags::PRESENT.bits() | PteFlags::WRITABLE.bits();
     const M2P: u64 = 0x6000 | PteFlags::PRESENT.bits() | PteFlags::USER.bits();
+    const WINDOW: u64 = 0x7000 | PteFlags::PRESENT.bits() | PteFlags::WRITABLE.bits() | PteFlags::USER.bits() | PteFlags::ACCESSED.bits();
 
     fn layout() -> Layout {
-        Layout::new(HV_L3, Some(M2P))
+        Layout::new(HV_L3, Some(M2P), WINDOW)
     }
 
     fn entry(flags: PteFlags) -> u64 {
@@ -250,8 +305,30 @@ mod tests {
         assert_eq!(layout.fixed_entry(PageType::L4, 511), None);
         assert_eq!(layout.fixed_entry(PageType::WindowL3, 510), None);
         assert_eq!(layout.fixed_entry(PageType::L2, 511), None);
-        let no_m2p = Layout::new(HV_L3, None);
+        let no_m2p = Layout::new(HV_L3, None, WINDOW);
         assert_eq!(no_m2p.fixed_entry(PageType::L4, 256), Some(0));
+    }
+
+    #[test]
+    fn slot_511_left_empty_or_naming_the_default_window_l3_is_the_hypervisors() {
+        let layout = layout();
+        let own_window_l3 = entry(PteFlags::PRESENT | PteFlags::WRITABLE);
+        for raw in [0, !PteFlags::PRESENT.bits(), 0x7000 | PteFlags::PRESENT.bits(), 0x7000 | PteFlags::PRESENT.bits() | PteFlags::NO_EXECUTE.bits() | PteFlags::CACHE_DISABLE.bits()] {
+            assert_eq!(layout.default_window(raw), Some(WINDOW), "{raw:#x}");
+            assert_eq!(layout.hypervisor_entry(PageType::L4, 511, raw), Some(WINDOW));
+        }
+        assert!(layout.names_default_window(WINDOW));
+        assert!(!layout.names_default_window(0x7000), "not present");
+        assert_eq!(layout.default_window(own_window_l3), None);
+        assert_eq!(layout.hypervisor_entry(PageType::L4, 511, own_window_l3), None);
+        // Only L4 slot 511: the same values elsewhere are the guest's (or refused).
+        for (table, index) in [(PageType::L4, 510), (PageType::L3, 511), (PageType::WindowL3, 0)] {
+            assert_eq!(layout.hypervisor_entry(table, index, 0), None, "{table:?}[{index}]");
+            assert_eq!(layout.hypervisor_entry(table, index, WINDOW), None);
+        }
+        // Reserved slots keep their fixed entries whatever the guest wrote.
+        assert_eq!(layout.hypervisor_entry(PageType::L4, 256, WINDOW), Some(M2P));
+        assert_eq!(layout.hypervisor_entry(PageType::WindowL3, 511, 0), Some(HV_L3));
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   L1, and no validated table maps a frame the domain does not own;
 //! - the auditor's recount from the validated tables, pins, base pointers and descriptor
 //!   references matches, the window entry is only in window-L3s and every validated L4's
-//!   slot 511 names one ([`World::audit_with`]);
+//!   slot 511 names one, the guest's or the hypervisor's default window-L3 in its one
+//!   stored form, installed where the guest left the slot empty ([`World::audit_with`]);
 //! - a failed operation changed no count and no entry except into its stored form (what
 //!   validation writes into sub-tables it validated before the failure: U/S set, G
 //!   cleared, hypervisor entries); a successful update changed its entry to the expected
@@ -39,7 +40,9 @@ use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
 use crate::pin::BasePtr;
-use crate::testkit::{Preempt, Ram, Tree, World, DOM, HV_L3_ENTRY, M2P_L4_ENTRY, TABLE_FRAMES};
+use crate::testkit::{
+    window_l4_entry, Preempt, Ram, Tree, World, DOM, HV_L3_ENTRY, M2P_L4_ENTRY, TABLE_FRAMES,
+};
 use crate::update::AccessedDirty;
 
 /// Frames of the domain the operations use (the first four start out as a tree).
@@ -58,6 +61,8 @@ enum Frame {
     Foreign,
     /// A frame of the hypervisor.
     Hypervisor,
+    /// The hypervisor's default window-L3.
+    Window,
     /// A free frame.
     Free,
     /// A reserved frame.
@@ -127,6 +132,7 @@ impl fmt::Debug for Frame {
             Frame::Own(n) => write!(f, "own{n}"),
             Frame::Foreign => f.write_str("foreign"),
             Frame::Hypervisor => f.write_str("hypervisor"),
+            Frame::Window => f.write_str("default-window-L3"),
             Frame::Free => f.write_str("free"),
             Frame::Reserved => f.write_str("reserved"),
             Frame::Beyond => f.write_str("beyond-RAM"),
@@ -170,6 +176,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         1 => prop::sample::select(vec![
             Frame::Foreign,
             Frame::Hypervisor,
+            Frame::Window,
             Frame::Free,
             Frame::Reserved,
             Frame::Beyond,
@@ -269,6 +276,14 @@ fn model_reserved(table: PageType, index: usize) -> bool {
     }
 }
 
+/// Whether `raw` as entry `index` of a `table` stands for the hypervisor's default
+/// window-L3, written out again: L4 slot 511, present and naming its frame (any flags; a
+/// validated L4 holds it in one form, [`window_l4_entry`]). An empty slot 511 gets it too
+/// when the L4 is validated.
+fn model_default_window(world: &World, table: PageType, index: usize, raw: u64) -> bool {
+    table == PageType::L4 && index == 511 && raw & PteFlags::PRESENT.bits() != 0 && Pte(raw).mfn() == world.window_l3
+}
+
 /// The type the table an entry `index` of a `level` table names must take.
 fn model_child(level: Level, index: usize) -> PageType {
     match level {
@@ -329,15 +344,12 @@ impl Model {
         }
         while let Some((table, page_type)) = state.scan.pop() {
             let level = level_of(page_type).unwrap();
-            if page_type == PageType::L4 && mem.read(table, 511) & PteFlags::PRESENT.bits() == 0 {
-                return Err(format!("L4 {table} without slot 511"));
-            }
             for index in (0..ENTRIES).filter(|&i| !model_reserved(page_type, i)) {
                 let extra_value = extra
                     .filter(|&(t, i, _)| t == table && i == index)
                     .map(|(_, _, v)| v);
                 for raw in core::iter::once(mem.read(table, index)).chain(extra_value) {
-                    if raw & PteFlags::PRESENT.bits() == 0 {
+                    if raw & PteFlags::PRESENT.bits() == 0 || model_default_window(world, page_type, index, raw) {
                         continue;
                     }
                     if !entry_allowed(level, raw) {
@@ -425,6 +437,7 @@ impl Harness {
             Frame::Own(n) => self.world.owned[usize::from(n)],
             Frame::Foreign => self.world.foreign[0],
             Frame::Hypervisor => self.world.hypervisor,
+            Frame::Window => self.world.window_l3,
             Frame::Free => self.world.free,
             Frame::Reserved => RESERVED,
             Frame::Beyond => BEYOND,
@@ -542,7 +555,11 @@ impl Harness {
                         } else {
                             0
                         };
-                        (allowed, stored(level, new) | kept)
+                        if model_default_window(&self.world, page_type, index, new) {
+                            (allowed, window_l4_entry(self.world.window_l3))
+                        } else {
+                            (allowed, stored(level, new) | kept)
+                        }
                     }
                     Some(PageType::SegmentDescriptors | PageType::Shared) => (false, new),
                     _ => (true, new),
@@ -661,6 +678,7 @@ impl Harness {
                 );
             }
             only_stored_forms(
+                &self.world,
                 &memory_before,
                 &self.world.ram,
                 except.map(|(t, i, _)| (t, i)),
@@ -671,7 +689,7 @@ impl Harness {
                 "the failed {:?} changed counts",
                 op
             );
-            only_stored_forms(&memory_before, &self.world.ram, None)?;
+            only_stored_forms(&self.world, &memory_before, &self.world.ram, None)?;
         }
         self.check()
     }
@@ -711,7 +729,17 @@ impl Harness {
                 continue;
             };
             for index in (0..ENTRIES).filter(|&i| !model_reserved(word.page_type(), i)) {
-                let pte = Pte(self.world.ram.read(table, index));
+                let raw = self.world.ram.read(table, index);
+                let pte = Pte(raw);
+                if model_default_window(&self.world, word.page_type(), index, raw) {
+                    prop_assert_eq!(raw, window_l4_entry(self.world.window_l3));
+                    continue;
+                }
+                prop_assert!(
+                    pte.is_present() || word.page_type() != PageType::L4 || index != 511,
+                    "{} is an L4 without slot 511",
+                    table
+                );
                 if !pte.is_present() {
                     continue;
                 }
@@ -755,8 +783,10 @@ fn until_done<T>(
 }
 
 /// Fails unless every entry that differs between `before` and `after` (but `except`) went
-/// into its stored form: U/S set, G cleared, or a hypervisor entry installed.
+/// into its stored form: U/S set, G cleared, or a hypervisor entry installed (the default
+/// window-L3 in an L4's slot 511 among them).
 fn only_stored_forms(
+    world: &World,
     before: &Ram,
     after: &Ram,
     except: Option<(Mfn, usize)>,
@@ -775,7 +805,8 @@ fn only_stored_forms(
             }
             let normalized = was & PteFlags::PRESENT.bits() != 0
                 && (now == stored(Level::L2, was) || now == stored(Level::L1, was));
-            let hypervisor = (index == 511 && now == HV_L3_ENTRY)
+            let default_window = window_l4_entry(world.window_l3);
+            let hypervisor = (index == 511 && (now == HV_L3_ENTRY || now == default_window))
                 || (index == 256 && now == M2P_L4_ENTRY)
                 || ((256..272).contains(&index) && now == 0);
             prop_assert!(

@@ -116,8 +116,9 @@ impl Ram {
     }
 }
 
-/// A frame table with [`DOM`]'s frames, a few of [`OTHER`]'s, one hypervisor frame and
-/// some free frames, plus the layout and table memory.
+/// A frame table with [`DOM`]'s frames, a few of [`OTHER`]'s, a hypervisor frame, the
+/// default window-L3 (another hypervisor frame) and some free frames, plus the layout and
+/// table memory.
 pub struct World {
     pub frames: &'static FrameTable,
     pub layout: &'static Layout,
@@ -125,6 +126,8 @@ pub struct World {
     pub owned: Vec<Mfn>,
     pub foreign: Vec<Mfn>,
     pub hypervisor: Mfn,
+    /// The hypervisor's default window-L3 (the layout's `window_l4_entry` names it).
+    pub window_l3: Mfn,
     pub free: Mfn,
 }
 
@@ -135,6 +138,11 @@ pub const TREE_BASE: u64 = 0xFFFF_FF80_0000_0000;
 pub const HV_L3_ENTRY: u64 = 0x5000 | PteFlags::PRESENT.bits() | PteFlags::WRITABLE.bits();
 /// The M2P entry in every test layout.
 pub const M2P_L4_ENTRY: u64 = 0x6000 | PteFlags::PRESENT.bits() | PteFlags::USER.bits();
+
+/// The stored value of L4 slot 511 naming the default window-L3 `window_l3`.
+pub fn window_l4_entry(window_l3: Mfn) -> u64 {
+    pte(window_l3, PteFlags::WRITABLE | PteFlags::USER | PteFlags::ACCESSED)
+}
 
 /// Relinquishes `dom`'s frames with `bases`, calling again while it says `Restart`.
 pub fn relinquish(
@@ -166,6 +174,7 @@ impl World {
             &[usable],
         )));
         let hypervisor = frames.alloc(Owner::Hypervisor).unwrap();
+        let window_l3 = frames.alloc(Owner::Hypervisor).unwrap();
         let mut owned = Vec::new();
         frames
             .alloc_many(Owner::Domain(DOM), DOM_FRAMES, &mut owned)
@@ -178,11 +187,16 @@ impl World {
         assert_eq!(frames.frame(free).unwrap().owner(), None);
         World {
             frames,
-            layout: Box::leak(Box::new(Layout::new(HV_L3_ENTRY, Some(M2P_L4_ENTRY)))),
+            layout: Box::leak(Box::new(Layout::new(
+                HV_L3_ENTRY,
+                Some(M2P_L4_ENTRY),
+                window_l4_entry(window_l3),
+            ))),
             ram: Ram::default(),
             owned,
             foreign,
             hypervisor,
+            window_l3,
             free,
         }
     }
@@ -275,6 +289,14 @@ impl World {
             let raw = self.ram.read(table, index);
             if let Some(fixed) = self.layout.fixed_entry(page_type, index) {
                 assert_eq!(raw, fixed, "{table}[{index}]: hypervisor entry");
+                continue;
+            }
+            if page_type == PageType::L4
+                && index == WINDOW_L4_SLOT
+                && Pte(raw).mfn() == self.window_l3
+            {
+                let default = window_l4_entry(self.window_l3);
+                assert_eq!(raw, default, "{table}[{index}]: the default window-L3");
                 continue;
             }
             assert_ne!(

@@ -9,7 +9,9 @@ use crate::entry::{Pte, PteFlags};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
-use crate::testkit::{pte, Ram, Tree, World, DOM, HV_L3_ENTRY, M2P_L4_ENTRY, OTHER, TREE_BASE};
+use crate::testkit::{
+    pte, window_l4_entry, Ram, Tree, World, DOM, HV_L3_ENTRY, M2P_L4_ENTRY, OTHER, TREE_BASE,
+};
 use crate::update::AccessedDirty;
 use crate::walk::EntrySlot;
 
@@ -105,6 +107,36 @@ fn update_cases() -> Vec<Case> {
             expect: |t| {
                 Err(MmError::NotOwner {
                     mfn: t.world.hypervisor,
+                    owner: Owner::Hypervisor,
+                })
+            },
+        },
+        Case {
+            name: "map the default window-L3",
+            entry: |t| (t.l1, 100, pte(t.world.window_l3, PteFlags::empty())),
+            expect: |t| {
+                Err(MmError::NotOwner {
+                    mfn: t.world.window_l3,
+                    owner: Owner::Hypervisor,
+                })
+            },
+        },
+        Case {
+            name: "link the default window-L3 at another L4 slot (a window alias)",
+            entry: |t| (t.l4, 0, pte(t.world.window_l3, PteFlags::WRITABLE)),
+            expect: |t| {
+                Err(MmError::NotOwner {
+                    mfn: t.world.window_l3,
+                    owner: Owner::Hypervisor,
+                })
+            },
+        },
+        Case {
+            name: "write an entry of the default window-L3",
+            entry: |t| (t.world.window_l3, 0, pte(t.spare[0], PteFlags::WRITABLE)),
+            expect: |t| {
+                Err(MmError::NotOwner {
+                    mfn: t.world.window_l3,
                     owner: Owner::Hypervisor,
                 })
             },
@@ -1150,29 +1182,75 @@ fn present_bits_outside_the_address_never_reach_a_table_unchecked() {
 }
 
 #[test]
-fn an_l4_without_its_window_l3_is_never_valid() {
+fn an_l4_without_slot_511_gets_the_default_window_l3() {
     let mut tree = Tree::write();
     let w = &mut tree.world;
+    let default = window_l4_entry(w.window_l3);
     w.ram.write(tree.l4, 511, 0);
     w.ram.write(tree.l4, 0, pte(tree.l3, PteFlags::WRITABLE));
-    let before = w.snapshot();
     let mmu = w.mmu();
+    let base = mmu.new_baseptr(tree.l4, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.ram.read(tree.l4, 511), default, "installed by validation");
+    assert_eq!(w.counts(w.window_l3), (0, TypeInfo::NONE), "no reference on it");
+    assert_eq!(w.counts(tree.l3), (1, validated(PageType::L3, 1)), "a plain L3 at slot 0");
+    assert!(w.ram.contents().iter().all(|(mfn, _)| *mfn != w.window_l3), "never written");
+    w.audit(&[tree.l4]);
+    // The walk finds nothing of the guest's through it, and never the window.
     assert_eq!(
-        mmu.new_baseptr(tree.l4, DOM, &mut w.ram),
-        Err(MmError::NoWindow(tree.l4))
+        mmu.l1_entry_of(tree.l4, 0xFFFF_FF80_0000_0000, &w.ram),
+        Err(MmError::NotMapped { level: Level::L3, virtual_address: 0xFFFF_FF80_0000_0000 })
     );
-    assert_eq!(
-        mmu.pin_table(tree.l4, Level::L4, DOM, &mut w.ram),
-        Err(MmError::NoWindow(tree.l4))
-    );
-    // Not present with other bits set is still not present.
-    w.ram.write(tree.l4, 511, pte(tree.l3, PteFlags::WRITABLE) & !1);
-    assert_eq!(
-        mmu.new_baseptr(tree.l4, DOM, &mut w.ram),
-        Err(MmError::NoWindow(tree.l4))
-    );
-    assert_eq!(w.snapshot(), before);
+    mmu.put_baseptr(base, &mut w.ram).unwrap();
+    assert_eq!(w.counts(tree.l4), (0, TypeInfo::NONE));
+    assert_eq!(w.counts(tree.l3), (0, TypeInfo::NONE));
+    assert_eq!(w.counts(w.window_l3), (0, TypeInfo::NONE));
     w.audit(&[]);
+    // Not present with other bits set is left to the hypervisor as well; so is an entry
+    // naming the default window-L3, whatever its flags (a copy of a validated L4's),
+    // which gets its one stored value.
+    for raw in [pte(tree.l3, PteFlags::WRITABLE) & !1, pte(w.window_l3, PteFlags::NO_EXECUTE | PteFlags::CACHE_DISABLE)] {
+        w.ram.write(tree.l4, 511, raw);
+        mmu.pin_table(tree.l4, Level::L4, DOM, &mut w.ram).unwrap();
+        assert_eq!(w.ram.read(tree.l4, 511), default, "{raw:#x}");
+        assert_eq!(w.counts(w.window_l3), (0, TypeInfo::NONE));
+        w.audit(&[]);
+        mmu.unpin_table(tree.l4, DOM, &mut w.ram).unwrap();
+        w.audit(&[]);
+    }
+    let everything_else_freed = crate::testkit::relinquish(&mmu, DOM, &w.owned, [], &mut w.ram);
+    assert_eq!(everything_else_freed, Ok(()));
+}
+
+#[test]
+fn slot_511_may_move_between_the_guests_window_l3_and_the_default_but_never_clear() {
+    let (mut tree, base) = Tree::validated();
+    let w = &mut tree.world;
+    let default = window_l4_entry(w.window_l3);
+    let mmu = w.mmu();
+    let own = w.ram.read(tree.l4, 511);
+    // To the default, with flags that must not reach the hardware (read-only, NX, PCD):
+    // the hypervisor runs on this table, so slot 511 gets its one value.
+    let odd = pte(w.window_l3, PteFlags::NO_EXECUTE | PteFlags::CACHE_DISABLE | PteFlags::DIRTY);
+    for ad in [AccessedDirty::Overwrite, AccessedDirty::Preserve] {
+        mmu.mod_entry(tree.l4, 511, odd, ad, DOM, &mut w.ram).unwrap();
+        assert_eq!(w.ram.read(tree.l4, 511), default, "{ad:?}");
+        assert_eq!(w.counts(tree.l3), (0, TypeInfo::NONE), "the guest's window-L3 dropped");
+        assert_eq!(w.counts(w.window_l3), (0, TypeInfo::NONE));
+        w.audit(&[tree.l4]);
+    }
+    assert_eq!(
+        mmu.mod_entry(tree.l4, 511, 0, AccessedDirty::Overwrite, DOM, &mut w.ram),
+        Err(MmError::NoWindow(tree.l4)),
+        "clearing the default is refused as well"
+    );
+    assert_eq!(w.ram.read(tree.l4, 511), default);
+    // Back to the guest's own window-L3, its entries validated again.
+    mmu.mod_entry(tree.l4, 511, own, AccessedDirty::Overwrite, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.counts(tree.l3), (1, validated(PageType::WindowL3, 1)));
+    assert_eq!(w.ram.read(tree.l3, 511), HV_L3_ENTRY);
+    w.audit(&[tree.l4]);
+    crate::testkit::relinquish(&mmu, DOM, &w.owned, [base], &mut w.ram).unwrap();
+    assert_eq!(w.counts(w.window_l3), (0, TypeInfo::NONE));
 }
 
 #[test]

@@ -55,7 +55,8 @@ impl PvMmu<'_> {
     ///
     /// If `table` is a validated page table, `new` is checked under its level's rules
     /// (hypervisor slots are refused, and so is clearing L4 slot 511; a new entry there
-    /// must name a window-L3), the references it needs are taken *before* the
+    /// must name a window-L3 of the domain's, or the default one, which is then stored in
+    /// its one form and takes no reference), the references it needs are taken *before* the
     /// old entry's are dropped (so rewriting an entry with itself leaves every count as it
     /// was), and the normalized value is written. Otherwise, as in Xen, `table` is an
     /// ordinary page: it takes a writable type reference for the duration (refused for
@@ -215,6 +216,11 @@ impl PvMmu<'_> {
                 return Err(MmError::Changed(table));
             }
         }
+        if let Some(hypervisor) = self.layout.hypervisor_entry(page_type, index, new) {
+            // L4 slot 511 back to the default window-L3: its one value, no reference.
+            mem.write(table, index, hypervisor);
+            return self.drop_old_entry(table, page_type, index, old, mem);
+        }
         let stored = self.take_entry(level, index, new, dom, mem)?;
         match ad {
             AccessedDirty::Overwrite => mem.write(table, index, stored),
@@ -229,7 +235,24 @@ impl PvMmu<'_> {
             }
             AccessedDirty::CompareExchange { .. } => mem.write(table, index, stored),
         }
-        self.drop_entry(level, old, mem).inspect_err(|_| {
+        self.drop_old_entry(table, page_type, index, old, mem)
+    }
+
+    /// Drops the references of `old`, the value entry `index` of `table` (a validated
+    /// table of type `page_type`) held before an update (none when it was the
+    /// hypervisor's default window-L3). `Restart`: as [`Self::mod_entry`] says.
+    fn drop_old_entry<M: TableMemory + ?Sized>(
+        &self,
+        table: Mfn,
+        page_type: PageType,
+        index: usize,
+        old: u64,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        if self.layout.hypervisor_entry(page_type, index, old).is_some() {
+            return Ok(());
+        }
+        self.drop_entry(level_of(page_type), old, mem).inspect_err(|_| {
             // The old sub-table keeps the old entry's reference until its teardown ends:
             // note it in the table, so that the next update finishes it.
             if let Ok(sub_table) = u32::try_from(Pte(old).mfn().0) {

@@ -9,7 +9,9 @@
 //! (a devalidation of the entries it took) and leaves every count and the table's own
 //! contents as they were (sub-tables that were validated on the way and devalidated by
 //! the undo keep their stored form: U/S set, G cleared, hypervisor slots filled, which
-//! changes nothing the guest relies on). Which type a sub-table takes comes from its
+//! changes nothing the guest relies on). An entry that is the hypervisor's (a reserved
+//! slot, or L4 slot 511 left empty for the default window-L3) is skipped by both walks:
+//! it holds no reference. Which type a sub-table takes comes from its
 //! parent's level and index ([`crate::policy::child_type`]: a window-L3 under L4 slot
 //! 511, a plain table elsewhere).
 //!
@@ -38,7 +40,7 @@ use crate::entry::{Pte, ENTRIES};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::memory::TableMemory;
-use crate::policy::{child_type, must_be_present, normalize, Checked, Mapping};
+use crate::policy::{child_type, normalize, Checked, Mapping};
 use crate::refs::{replace_type, update_type, Access, PvMmu};
 
 /// How far a stopped walk of a partial frame got (kept in its progress word).
@@ -251,8 +253,9 @@ impl PvMmu<'_> {
 
     /// Checks entries `start..` of `table` as a table of type `page_type` and takes the
     /// references its present entries need; at the end stores every entry in its
-    /// normalized form and installs the hypervisor's fixed entries. An L4 whose slot 511
-    /// is not present fails at once.
+    /// normalized form and installs the hypervisor's entries: the fixed ones, and in an
+    /// L4 whose slot 511 is empty (or names it) the default window-L3
+    /// ([`crate::policy::Layout::hypervisor_entry`]), which takes no reference.
     fn validate_entries<M: TableMemory + ?Sized>(
         &self,
         table: Mfn,
@@ -262,13 +265,11 @@ impl PvMmu<'_> {
         mem: &mut M,
     ) -> Result<(), Stop> {
         let level = level_of(page_type);
-        let mut required = (0..ENTRIES).filter(|&index| must_be_present(page_type, index));
-        if start == 0 && required.any(|index| !Pte(mem.read(table, index)).is_present()) {
-            let error = MmError::NoWindow(table);
-            return Err(Stop::Failed { error, index: 0 });
-        }
         for index in (start..ENTRIES).filter(|&i| !self.layout.is_reserved(page_type, i)) {
             let raw = mem.read(table, index);
+            if self.layout.hypervisor_entry(page_type, index, raw).is_some() {
+                continue;
+            }
             match self.take_entry(level, index, raw, dom, mem) {
                 Ok(_) => {}
                 Err(MmError::Restart) => return Err(Stop::Preempted { next: index }),
@@ -280,8 +281,8 @@ impl PvMmu<'_> {
         }
         for index in 0..ENTRIES {
             let raw = mem.read(table, index);
-            let stored = match self.layout.fixed_entry(page_type, index) {
-                Some(fixed) => fixed,
+            let stored = match self.layout.hypervisor_entry(page_type, index, raw) {
+                Some(hypervisor) => hypervisor,
                 None if level == Level::L1 && Pte(raw).is_present() && self.is_device_memory(Pte(raw).mfn()) => {
                     normalize(level, raw) | crate::device::UNCACHED.bits()
                 }
@@ -305,10 +306,10 @@ impl PvMmu<'_> {
     ) -> Result<(), Stopped> {
         let level = level_of(page_type);
         for index in (0..end).rev() {
-            if self.layout.is_reserved(page_type, index) {
+            let raw = mem.read(table, index);
+            if self.layout.hypervisor_entry(page_type, index, raw).is_some() {
                 continue;
             }
-            let raw = mem.read(table, index);
             if self.drop_entry(level, raw, mem).is_err() {
                 return Err(Stopped {
                     end: index,

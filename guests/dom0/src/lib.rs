@@ -1,9 +1,9 @@
 //! guest-dom0's pure logic: its command line ([`options`]) and the shape of the stress
 //! run it derives from it and the machine ([`plan`]): which role each stress domain gets,
 //! on which CPU, with which BVT parameters, under which predicted domain id, with which
-//! command line; and the options and seeds of the fuzz run and containment cycles
-//! ([`fuzzplan`]); and its console service's relay of each domain's console ring
-//! ([`consoled`]).
+//! command line; the options and seeds of the fuzz run and containment cycles
+//! ([`fuzzplan`]); the options of an XTF test's domain ([`xtfplan`]); and its console
+//! service's relay of each domain's console ring ([`consoled`]).
 //!
 //! The domain 0 binary (`src/main.rs`, guest target only) executes the plan through the
 //! control interface; everything here builds and is tested on the host. It must never
@@ -16,3 +16,4 @@ pub mod consoled;
 pub mod fuzzplan;
 pub mod options;
 pub mod plan;
+pub mod xtfplan;

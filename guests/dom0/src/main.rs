@@ -20,7 +20,8 @@
 //!
 //! With `attack=<name>` on its command line it runs one attack or lifecycle check
 //! instead ([`attack`]); with `plan=virtio` it drives the machine's virtio disk and
-//! measures it ([`virtio`]).
+//! measures it ([`virtio`]); with `plan=xtf`, one Xen Test Framework test's domain
+//! ([`xtfrun`]).
 //!
 //! Domain 0 never spins while it waits: it sleeps on its one-shot timer, so that it takes
 //! no CPU time from the domains it measures.
@@ -59,6 +60,8 @@ mod fuzzrun;
 
 mod virtio;
 
+mod xtfrun;
+
 guest_rt::entry!(main);
 
 /// The boot module stress domains are built from.
@@ -87,6 +90,9 @@ fn main(start: &'static StartInfo) {
     }
     if start.cmd_line().split(|&b| b == b' ').any(|word| word == b"plan=virtio") {
         return virtio::run(start);
+    }
+    if let Some(options) = guest_dom0::xtfplan::requested(start.cmd_line()) {
+        xtfrun::run(options);
     }
     match fuzzplan::plan(start.cmd_line()) {
         Ok(FuzzPlan::Stress) => {}

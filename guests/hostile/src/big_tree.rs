@@ -5,7 +5,8 @@
 //!
 //! The same tree linked into the live L4 by a direct write ([`write_big_tree`], writable
 //! page tables) makes the emulated `mov` validate it all: the emulation runs it in slices
-//! too, the guest executing the `mov` again until it lands.
+//! too, the guest executing the `mov` again until it lands. Under a fresh L4 given to
+//! `VCPUOP_initialise` ([`init_big_tree`]) it is validated in slices as well.
 //!
 //! The pin is continued many times (a raw `syscall` run again with the rest of the call),
 //! and each time the hypervisor may rewrite only the call's four argument registers: r8
@@ -20,18 +21,19 @@
 //!
 //! Needs `mem_kib=` on its module line with room for the L1s past the initial mapping
 //! (16384 is plenty). The L1s are frames past the initial mapping (zeroed by the
-//! hypervisor, mapped nowhere); the L2s and the L3 are spare frames of [`Targets`] (10 to
-//! 14), filled while writable and then mapped read-only. Run by [`crate::fatal`] as
-//! `attack=pin_big_tree` and `attack=write_big_tree`; this module must never touch a frame of the initial mapping but
+//! hypervisor, mapped nowhere); the L2s, the L3 and [`init_big_tree`]'s L4 are spare frames
+//! of [`Targets`] (10 to 15), filled while writable and then mapped read-only. Run by
+//! [`crate::fatal`] as `attack=pin_big_tree`, `attack=write_big_tree` and
+//! `attack=init_big_tree`; this module must never touch a frame of the initial mapping but
 //! those spare frames.
 
 use guest_rt::abi::hypercall::{Hypercall, MmuextCmd, ShutdownReason, VmAssistCmd, VmAssistType};
-use guest_rt::abi::ids::{DomId, Mfn, Pfn, PAGE_SIZE};
+use guest_rt::abi::ids::{DomId, Mfn, Pfn, VcpuId, PAGE_SIZE};
 use guest_rt::abi::mmu::{MmuextOp, UVMF_INVLPG, UVMF_LOCAL};
 use guest_rt::hypercall::{hypercall2, hypercall3, shutdown};
 use guest_rt::layout::{self, PTE_ADDRESS_MASK, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
 use guest_rt::time::Clock;
-use guest_rt::{println, start_info, StartInfo};
+use guest_rt::{println, smp, start_info, StartInfo};
 
 use crate::targets::Targets;
 
@@ -115,6 +117,39 @@ pub fn write_big_tree(targets: &Targets) -> ! {
         shutdown(ShutdownReason::Poweroff)
     }
     fail(name, "the link or the unlink did not land")
+}
+
+/// The same tree under a fresh L4 (at slot 0; slot 511 left empty, which the hypervisor
+/// fills with its default window-L3) given to `VCPUOP_initialise` for vCPU 1, which is
+/// never brought up: one call validating 2054 tables (XTF's xsa-296 does the same with two
+/// tables, to make the call continue). Before the call was preemptible it validated the
+/// whole tree in one stay; now it runs a slice per stay and is issued again (the guest
+/// sees one call). It must succeed; the guest then powers off. Needs `vcpus=2`.
+pub fn init_big_tree(targets: &Targets) -> ! {
+    let name = "init_big_tree";
+    let l3 = build(targets, name);
+    let l4 = table_in_spare(targets, FIRST_SPARE + L2_TABLES + 1, |index| (index == 0).then(|| table_entry(l3)))
+        .unwrap_or_else(|why| fail(name, why));
+    let clock = Clock::new().unwrap_or_else(|_| fail(name, "mapping the shared info page"));
+    println!(
+        "hostile: attack {name}: VCPUOP_initialise of vCPU 1 on an L4 over {} tables",
+        2 + L2_TABLES + L1_TABLES
+    );
+    let context = smp::context(never_runs, 0, targets.guard.va + PAGE_SIZE, l4.0);
+    let t0 = clock.now_ns();
+    let initialised = smp::initialise(VcpuId(1), &context);
+    let t1 = clock.now_ns();
+    println!("hostile: attack {name}: initialise returned {initialised:?} after {} us", (t1 - t0) / 1000);
+    if initialised.is_ok() {
+        println!("hostile: attack {name}: done");
+        shutdown(ShutdownReason::Poweroff)
+    }
+    fail(name, "the initialise failed")
+}
+
+/// vCPU 1's entry point in [`init_big_tree`]: it is never brought up.
+extern "C" fn never_runs(_: u64) -> ! {
+    shutdown(ShutdownReason::Crash)
 }
 
 /// `mov [address], value`.

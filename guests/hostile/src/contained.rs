@@ -1,13 +1,13 @@
 //! Where the single attacks on the hypervisor's entry and exit paths ([`crate::exit_path`],
 //! [`crate::compat`]) land when the hypervisor contains them: assembly entry points for
-//! the failsafe callback, the syscall32 and sysenter callbacks, and #UD and #GP, each of
+//! the failsafe callback, the syscall32 and sysenter callbacks, and #UD, #GP and #PF, each of
 //! which switches to a stack of its own (the frame may sit on a tiny or odd stack), reports
 //! "hostile: attack <name>: contained by <what> (rip .., cs .., ss ..)" and powers the
 //! domain off.
 //!
 //! The frames, from the stack pointer up (Xen's x86-64 bounce frames): failsafe {rcx, r11,
 //! ds, es, fs, gs, rip, cs, rflags, rsp, ss}; syscall32 and sysenter {rcx, r11, rip, cs,
-//! rflags, rsp, ss}; #UD {rcx, r11, rip, ...}; #GP {rcx, r11, error, rip, ...}. The attack
+//! rflags, rsp, ss}; #UD {rcx, r11, rip, ...}; #GP and #PF {rcx, r11, error, rip, ...}. The attack
 //! names itself with [`strike`] before it strikes; this module must never return into the
 //! attack.
 
@@ -27,11 +27,19 @@ pub enum Landing {
     Sysenter = 2,
     InvalidOpcode = 3,
     GeneralProtection = 4,
+    PageFault = 5,
 }
 
 impl Landing {
     fn from_raw(raw: u64) -> Option<Self> {
-        [Self::Failsafe, Self::Syscall32, Self::Sysenter, Self::InvalidOpcode, Self::GeneralProtection]
+        [
+            Self::Failsafe,
+            Self::Syscall32,
+            Self::Sysenter,
+            Self::InvalidOpcode,
+            Self::GeneralProtection,
+            Self::PageFault,
+        ]
             .into_iter()
             .find(|l| *l as u64 == raw)
     }
@@ -44,6 +52,7 @@ impl Landing {
             Self::Sysenter => ("the sysenter callback", 2),
             Self::InvalidOpcode => ("#UD delivered to the guest", 2),
             Self::GeneralProtection => ("#GP delivered to the guest", 3),
+            Self::PageFault => ("#PF delivered to the guest", 3),
         }
     }
 
@@ -55,6 +64,7 @@ impl Landing {
             Self::Sysenter => &raw const hostile_land_sysenter as u64,
             Self::InvalidOpcode => &raw const hostile_land_ud as u64,
             Self::GeneralProtection => &raw const hostile_land_gp as u64,
+            Self::PageFault => &raw const hostile_land_pf as u64,
         }
     }
 }
@@ -84,6 +94,7 @@ global_asm!(
     "hostile_landing hostile_land_sysenter, {sysenter}",
     "hostile_landing hostile_land_ud, {ud}",
     "hostile_landing hostile_land_gp, {gp}",
+    "hostile_landing hostile_land_pf, {pf}",
     ".popsection",
     size = const LANDING_STACK_SIZE,
     failsafe = const Landing::Failsafe as u64,
@@ -91,6 +102,7 @@ global_asm!(
     sysenter = const Landing::Sysenter as u64,
     ud = const Landing::InvalidOpcode as u64,
     gp = const Landing::GeneralProtection as u64,
+    pf = const Landing::PageFault as u64,
 );
 
 extern "C" {
@@ -99,6 +111,7 @@ extern "C" {
     static hostile_land_sysenter: u8;
     static hostile_land_ud: u8;
     static hostile_land_gp: u8;
+    static hostile_land_pf: u8;
 }
 
 /// The attack under way (its name as a pointer and a length).

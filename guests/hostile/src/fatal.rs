@@ -44,6 +44,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "new_user_baseptr_no_window", run: window::new_user_baseptr_without_window },
     Attack { name: "pin_big_tree", run: big_tree::pin_big_tree },
     Attack { name: "write_big_tree", run: big_tree::write_big_tree },
+    Attack { name: "init_big_tree", run: big_tree::init_big_tree },
     Attack { name: "shared_info_table", run: crate::shared_info::table_attack },
     Attack { name: "iret_cs_null", run: exit_path::iret_cs_null },
     Attack { name: "iret_cs_null_unhandled", run: exit_path::iret_cs_null_unhandled },

@@ -1,6 +1,8 @@
 //! Attacks on where the hypervisor's window may appear (issue 15, holes 1 and 4): the
 //! window's L3 entry must be in the window-L3 under L4 slot 511 and nowhere else, and every
-//! L4 the guest uses must keep slot 511 naming a window-L3.
+//! L4 the guest uses must keep slot 511 naming a window-L3: its own, or the hypervisor's
+//! default window-L3, which validation installs where the guest left slot 511 empty (as
+//! Xen fills its own slots, so that unmodified guests such as XTF's run).
 //!
 //! Survivable ([`run`], in the suite):
 //! - an own empty L3 linked at L4 slot 0, then the IDT read (`console_io` write) and
@@ -12,15 +14,22 @@
 //! - the boot window-L3 linked at L4 slot 1 (a second window alias before the fix);
 //! - L4 slot 511 of the live L4 pointed at a pinned plain L3 (a copy of the window-L3, so
 //!   that the guest would survive it: before the fix the copy got the window entry too);
-//! - `MMUEXT_PIN_L4_TABLE` of an L4 whose slot 511 is empty;
+//! - `MMUEXT_PIN_L4_TABLE` of an L4 whose slot 511 is empty (refused before the default
+//!   window-L3): slot 511 must then name a frame that is not the guest's, which the guest
+//!   can neither map, link at another L4 slot nor write, and a rewrite of slot 511 naming
+//!   it read-only and NX must leave its one stored value (the hypervisor runs on it);
 //! - slot 511 cleared in a pinned L4 that is not loaded.
 //!
-//! Fatal before the fix, refused after it ([`clear_live_window`],
+//! Fatal before the fix (issue 15), contained after it ([`clear_live_window`],
 //! [`new_baseptr_without_window`], [`new_user_baseptr_without_window`], run one per boot
 //! by [`crate::fatal`]): clearing slot 511 of the live L4, and loading an L4 without slot
 //! 511 as the kernel's or (followed by an `iret` to user mode) the user's top-level table.
 //! Each made the hypervisor lose its own mappings at the next instruction: a triple fault,
-//! QEMU gone with no report. Each is refused now; the guest reports that and powers off.
+//! QEMU gone with no report. Clearing is refused (the guest reports it and powers off);
+//! the two loads are accepted with the default window-L3 in slot 511, and the hypervisor
+//! runs on those tables: the user program's first fetch (its code is under the guest's own
+//! window-L3, which those tables lack) faults into the guest kernel's #PF handler, which
+//! reports it and powers off; the kernel, having unmapped its own code, is killed.
 //!
 //! Tables are built in the spare frames of [`Targets`] (0 to 3, in this module only) while
 //! still writable, then mapped read-only before the hypervisor sees them. Everything an
@@ -29,22 +38,27 @@
 
 use core::arch::{asm, global_asm};
 
-use guest_rt::abi::arch_x86::{FLAT_USER_CS64, FLAT_USER_SS64};
+use guest_rt::abi::arch_x86::{FLAT_KERNEL_SS64, FLAT_USER_CS64, FLAT_USER_SS64};
 use guest_rt::abi::hypercall::{
     ConsoleIoOp, Hypercall, MmuUpdateCmd, MmuextCmd, ShutdownReason, XenVersionOp,
 };
 use guest_rt::abi::hypercall_page::stub_offset;
 use guest_rt::abi::ids::{DomId, Mfn};
 use guest_rt::abi::mmu::{MmuUpdate, MmuextOp, UVMF_INVLPG, UVMF_LOCAL};
-use guest_rt::hypercall::{hypercall2, hypercall3, hypercall4, shutdown};
+use guest_rt::hypercall::{hypercall2, hypercall3, hypercall4, shutdown, stack_switch};
 use guest_rt::layout::{PTE_ADDRESS_MASK, PTE_PRESENT, PTE_USER, PTE_WRITABLE};
 use guest_rt::println;
+use guest_rt::traps::{self, Vector};
+
+use crate::contained::{self, Landing};
 
 use crate::targets::{Frame, Table, Targets, HYPERVISOR_SLOT};
 use crate::verdict::{Outcome, Tally};
 
 /// Entries in a page table.
 const ENTRIES: usize = 512;
+/// Entry bit: no-execute.
+const PTE_NO_EXECUTE: u64 = 1 << 63;
 /// The L4 slot where the guest links an own L3 to look for the window's alias.
 const ALIAS_SLOT: usize = 0;
 /// Another L4 slot, where the boot window-L3 must not be linked.
@@ -68,6 +82,12 @@ const SPARE_L4_WITHOUT_WINDOW: u64 = 2;
 const SPARE_L4_COPY: u64 = 3;
 
 global_asm!(
+    // The kernel stack the hypervisor bounces a fault from user mode onto (stack_switch).
+    ".pushsection .bss.hostile_window_trap_stack,\"aw\",@nobits",
+    ".balign 16",
+    ".skip 4096",
+    "hostile_window_trap_stack_top:",
+    ".popsection",
     ".pushsection .text.hostile_window_user,\"ax\",@progbits",
     // extern "C" fn hostile_window_enter_user(rip: u64, rsp: u64) -> !: the iret
     // hypercall into guest user mode (cs RPL 3), which loads the user base pointer.
@@ -93,6 +113,7 @@ global_asm!(
 
 extern "C" {
     fn hostile_window_enter_user(rip: u64, rsp: u64) -> !;
+    static hostile_window_trap_stack_top: u8;
 }
 
 /// Runs the survivable window attacks.
@@ -100,7 +121,7 @@ pub fn run(tally: &mut Tally, targets: &Targets) {
     alias_of_the_idt(tally, targets);
     window_l3_at_another_slot(tally, targets);
     plain_l3_at_slot_511(tally, targets);
-    pin_l4_without_window(tally, targets);
+    l4_without_window_gets_the_default(tally, targets);
     clear_window_of_pinned_l4(tally, targets);
 }
 
@@ -186,20 +207,66 @@ fn plain_l3_at_slot_511(tally: &mut Tally, targets: &Targets) {
     extended(MmuextCmd::UnpinTable, copy);
 }
 
-/// Pins, as an L4, a table whose slot 511 is empty.
-fn pin_l4_without_window(tally: &mut Tally, targets: &Targets) {
+/// Pins, as an L4, a table whose slot 511 is empty: the hypervisor's default window-L3
+/// must appear there, out of the guest's reach.
+fn l4_without_window_gets_the_default(tally: &mut Tally, targets: &Targets) {
     let attack = "pin an L4 whose slot 511 is empty";
-    let l4 = match l4_without_window(targets) {
-        Ok(mfn) => mfn,
+    let (l4, va) = match l4_without_window(targets) {
+        Ok(mfn) => (mfn, spare_va(targets, SPARE_L4_WITHOUT_WINDOW)),
         Err(outcome) => {
             tally.record(format_args!("{attack}"), outcome);
             return;
         }
     };
-    let ret = extended(MmuextCmd::PinL4Table, l4);
-    if tally.record(format_args!("{attack}"), Outcome::of_call(ret)) {
-        extended(MmuextCmd::UnpinTable, l4);
+    let pinned = extended(MmuextCmd::PinL4Table, l4);
+    if pinned < 0 {
+        tally.record(format_args!("{attack}"), not_prepared("pin an L4 whose slot 511 is empty", pinned));
+        return;
     }
+    let slot = |va: u64| {
+        // SAFETY: the spare frame stays mapped (read-only) at `va`; entry 511 is in it.
+        unsafe { (va as *const u64).add(HYPERVISOR_SLOT).read_volatile() }
+    };
+    let entry = slot(va);
+    let default = Mfn::containing(entry & PTE_ADDRESS_MASK);
+    println!("hostile: {attack}: slot 511 now holds {entry:#x}");
+    let installed = entry & PTE_PRESENT != 0 && !targets.owns(default);
+    let outcome = if installed { Outcome::Contained } else { Outcome::Succeeded };
+    tally.record(format_args!("{attack} (the hypervisor's window-L3 installed there)"), outcome);
+    if installed {
+        the_default_is_out_of_reach(tally, targets, default);
+        let odd = (entry & PTE_ADDRESS_MASK) | PTE_PRESENT | PTE_USER | PTE_NO_EXECUTE;
+        let ret = update_one(l4.address() + 8 * HYPERVISOR_SLOT as u64, odd);
+        let outcome = match slot(va) {
+            _ if ret < 0 => Outcome::of_call(ret),
+            now if now == entry => Outcome::Contained,
+            _ => Outcome::Succeeded,
+        };
+        tally.record(
+            format_args!("rewrite slot 511 naming the default window-L3 read-only and NX (kept as {entry:#x})"),
+            outcome,
+        );
+    }
+    extended(MmuextCmd::UnpinTable, l4);
+}
+
+/// The default window-L3 `default` is no frame of the guest's: mapping it, linking it at
+/// another L4 slot and writing its entries must be refused (each undone if not).
+fn the_default_is_out_of_reach(tally: &mut Tally, targets: &Targets, default: Mfn) {
+    let read_only = (default.address() & PTE_ADDRESS_MASK) | PTE_PRESENT | PTE_USER;
+    // SAFETY: the hole is an unmapped page of the guest's; the mapping must be refused.
+    let ret = unsafe { hypercall3(Hypercall::UpdateVaMapping, targets.hole, read_only, UVMF_INVLPG | UVMF_LOCAL) };
+    if tally.record(format_args!("map the default window-L3 read-only"), Outcome::of_call(ret)) {
+        // SAFETY: unmaps the hole again.
+        unsafe { hypercall3(Hypercall::UpdateVaMapping, targets.hole, 0, UVMF_INVLPG | UVMF_LOCAL) };
+    }
+    let l4 = &targets.l4;
+    let ret = update_one(l4.entry_address(OTHER_SLOT), table_entry(default));
+    if tally.record(format_args!("link the default window-L3 at L4 slot {OTHER_SLOT}"), Outcome::of_call(ret)) {
+        update_one(l4.entry_address(OTHER_SLOT), 0);
+    }
+    let ret = update_one(default.address(), 0);
+    tally.record(format_args!("write entry 0 of the default window-L3"), Outcome::of_call(ret));
 }
 
 /// Pins a copy of the boot L4, then clears its slot 511.
@@ -235,12 +302,17 @@ pub fn clear_live_window(targets: &Targets) -> ! {
     end_fatal(name, ret)
 }
 
-/// Fatal attack: `MMUEXT_NEW_BASEPTR` to an L4 whose slot 511 is empty.
+/// Fatal attack: `MMUEXT_NEW_BASEPTR` to an L4 whose slot 511 is empty. Accepted (the
+/// default window-L3 goes there), it unmaps this very code: the domain must be killed, and
+/// the hypervisor, which runs on that L4 until then, go on.
 pub fn new_baseptr_without_window(targets: &Targets) -> ! {
     let name = "new_baseptr_no_window";
     let l4 = prepared_or_crash(name, l4_without_window(targets));
     println!("hostile: attack {name}: new_baseptr to an L4 whose slot 511 is empty");
-    end_fatal(name, extended(MmuextCmd::NewBaseptr, l4))
+    let ret = extended(MmuextCmd::NewBaseptr, l4);
+    // Only reached if it was refused: the tables that were loaded are still the boot ones.
+    println!("hostile: attack {name}: {}", Outcome::of_call(ret));
+    shutdown(ShutdownReason::Poweroff)
 }
 
 /// Fatal attack: `MMUEXT_NEW_USER_BASEPTR` to an L4 whose slot 511 is empty, then an
@@ -256,9 +328,21 @@ pub fn new_user_baseptr_without_window(targets: &Targets) -> ! {
     if ret < 0 {
         end_fatal(name, ret);
     }
-    println!("hostile: attack {name}: new_user_baseptr accepted (BUG); returning to user mode");
-    // SAFETY: the user program is never meant to run: the user tables have no slot 511,
-    // so the hypervisor must not even get there. Whatever happens ends the domain.
+    println!("hostile: attack {name}: new_user_baseptr accepted; returning to user mode");
+    contained::strike(name);
+    // SAFETY: the landing handles the #PF bounce frame and never returns; the trap stack
+    // is this module's and used by nothing else.
+    let routed = unsafe {
+        traps::install_entry(Vector::PAGE_FAULT, Landing::PageFault.entry())
+            .and_then(|()| stack_switch(FLAT_KERNEL_SS64, &raw const hostile_window_trap_stack_top as u64))
+    };
+    if let Err(error) = routed {
+        println!("hostile: attack {name}: routing #PF failed: {error:?}");
+        shutdown(ShutdownReason::Crash);
+    }
+    // SAFETY: the user tables map nothing of the guest's (slot 511 is the hypervisor's
+    // default window-L3), so the first fetch at the guard page faults into the landing,
+    // through the hypervisor's entry path on those tables.
     unsafe { hostile_window_enter_user(targets.guard.va, targets.guard.va + 4096) }
 }
 
@@ -285,9 +369,14 @@ fn prepared_or_crash(name: &str, table: Result<Mfn, Outcome>) -> Mfn {
 }
 
 /// An L4 in the spare frame for it: empty (the boot L4 maps only slot 511 and the
-/// hypervisor's slots, which validation fills).
+/// hypervisor's slots, which validation fills; slot 511 gets the default window-L3).
 fn l4_without_window(targets: &Targets) -> Result<Mfn, Outcome> {
     own_table(targets, SPARE_L4_WITHOUT_WINDOW, |_| {})
+}
+
+/// The address spare frame `n` is mapped at (0 when there is none).
+fn spare_va(targets: &Targets, n: u64) -> u64 {
+    targets.spare_frame(n).map_or(0, |frame| frame.va)
 }
 
 /// Spare frame `n`, zeroed, filled by `fill` and mapped read-only: ready to be a table.

@@ -1,5 +1,6 @@
 //! The hypervisor window's page tables: one top-level slot, one L3, one L2 and 32 statically
-//! allocated L1 tables that describe the whole 64 MiB window at 4 KiB granularity.
+//! allocated L1 tables that describe the whole 64 MiB window at 4 KiB granularity; and the
+//! default window-L3 that guest L4s left without a slot 511 get ([`default_window_l4_entry`]).
 //!
 //! Mapping anything in the window is writing one L1 entry; no table is ever allocated at run
 //! time. The L2 ([`window_l2_phys`]) is what every guest address space will share, so a
@@ -70,6 +71,10 @@ static PML4: Table = Table::new();
 static L3: Table = Table::new();
 /// L2 for the last GiB; entries 480..511 are the window.
 static L2: Table = Table::new();
+/// The default window-L3 of guest address spaces: entry 511 the window's L2, every other
+/// entry empty, forever. Validation installs it in slot 511 of a guest L4 that leaves the
+/// slot empty ([`default_window_l4_entry`]); no domain owns it, so no guest can name it.
+static DEFAULT_WINDOW_L3: Table = Table::new();
 /// The window's L1 tables, one per 2 MiB.
 static L1: [Table; WINDOW_L1_TABLES] = [const { Table::new() }; WINDOW_L1_TABLES];
 
@@ -117,6 +122,7 @@ pub fn init(sections: &[(u64, u64, MapKind)], nx: bool, identity_slot: u64) {
         L2.0[WINDOW_L2_FIRST + i].store(table.phys() | TABLE_FLAGS.bits(), Ordering::Relaxed);
     }
     L3.0[ENTRIES - 1].store(L2.phys() | TABLE_FLAGS.bits(), Ordering::Relaxed);
+    DEFAULT_WINDOW_L3.0[ENTRIES - 1].store(window_l3_entry(), Ordering::Relaxed);
     PML4.0[ENTRIES - 1].store(L3.phys() | TABLE_FLAGS.bits(), Ordering::Relaxed);
     PML4.0[0].store(identity_slot, Ordering::Relaxed);
     for &(start, end, kind) in sections {
@@ -140,8 +146,9 @@ pub fn load_hypervisor_tables() {
     unsafe { Cr3::write(frame, Cr3Flags::empty()) };
 }
 
-/// Loads a guest's top-level table (validated by the caller: validation refuses an L4 whose
-/// slot 511 does not name a window-L3, whose entry 511 is the window's L2).
+/// Loads a guest's top-level table (validated by the caller: validation gives every L4 a
+/// window-L3 in slot 511, the guest's or the default one, whose entry 511 is the window's
+/// L2).
 pub fn load_guest_tables(l4_phys: u64) {
     let frame = PhysFrame::containing_address(PhysAddr::new(l4_phys));
     // SAFETY: the caller passes a validated guest L4, which maps the whole window (code,
@@ -164,6 +171,13 @@ pub fn window_l2_phys() -> u64 {
 /// and cannot reach it).
 pub fn window_l3_entry() -> u64 {
     window_l2_phys() | TABLE_FLAGS.bits()
+}
+
+/// The L4 entry that names the default window-L3 (present, writable, user: the stored form
+/// of a guest's table entries; the window below it is supervisor-only), for slot 511 of a
+/// guest L4 that leaves the slot to the hypervisor.
+pub fn default_window_l4_entry() -> u64 {
+    DEFAULT_WINDOW_L3.phys() | (TABLE_FLAGS | PteFlags::USER | PteFlags::ACCESSED).bits()
 }
 
 /// Removes the boot-time identity map. The caller flushes TLBs on every CPU.

@@ -111,7 +111,7 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         Request::VmAssist { cmd, kind } => physdev::vm_assist(vcpu, cmd, kind),
         Request::PhysdevOp { cmd, arg } => physdev::physdev_op(vcpu, cmd, arg),
         Request::PhysdevOpCompat { arg } => physdev::physdev_op_compat(vcpu, arg),
-        Request::VcpuOp { cmd, vcpu: id, arg } => vcpuop::vcpu_op(vcpu, cmd, id, arg),
+        Request::VcpuOp { cmd, vcpu: id, arg } => return vcpuop::vcpu_op(vcpu, cmd, id, arg),
         // Timers, events, vCPU operations and the control interface come with the scheduler.
         Request::Domctl { arg } => return control::control(vcpu, arg),
         Request::GrantTableOp { op, opaque, uop, count } => return grants::grant_table_op(vcpu, request, op, opaque, uop, count),

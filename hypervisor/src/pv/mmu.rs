@@ -55,10 +55,14 @@ use crate::tlb::{self, Flush};
 static LAYOUT: Once<Layout> = Once::new();
 
 /// The validation rules: the hypervisor's window entry in slot 511 of every window-L3 (the
-/// L3 under L4 slot 511, which every L4 must name; see `pvmm::policy`), and nowhere else;
-/// the read-only M2P table in L4 slot 256 (built at boot, before any domain).
+/// L3 under L4 slot 511, which every L4 names; see `pvmm::policy`), and nowhere else; the
+/// read-only M2P table in L4 slot 256 (built at boot, before any domain); the default
+/// window-L3 in slot 511 of an L4 the guest left without one, as Xen fills its own slots.
 fn layout() -> &'static Layout {
-    LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), crate::m2p::l4_entry()))
+    LAYOUT.call_once(|| {
+        let window = paging::default_window_l4_entry();
+        Layout::new(paging::window_l3_entry(), crate::m2p::l4_entry(), window)
+    })
 }
 
 /// Every view knows the device memory domain 0 may map (`crate::pci`): the same set for
@@ -226,8 +230,7 @@ fn one_slice<T>(tables: &mut Tables<'_>, op: impl FnOnce(&mut Tables<'_>) -> Res
 
 /// Runs a pvmm operation to completion, slice after slice, in this one stay: for what no
 /// guest call can make long (a new domain's boot tables, whose size the hypervisor's
-/// builder chose; a vCPU's initial base pointer, which its creator validated; a
-/// descriptor page) and for domain destruction, which runs once the domain's vCPUs are
+/// builder chose; a descriptor page) and for domain destruction, which runs once the domain's vCPUs are
 /// off every CPU. Guest hypercalls use [`one_slice`] instead.
 fn until_done<T>(tables: &mut Tables<'_>, mut op: impl FnMut(&mut Tables<'_>) -> Result<T, MmError>) -> Result<T, MmError> {
     let mut slices = 0;
@@ -643,11 +646,13 @@ fn one_op(vcpu: &Vcpu, dom: DomainId, op: &MmuextOp) -> Result<(), Stop> {
     Ok(())
 }
 
-/// Takes a base-pointer reference on `l4` for a vCPU being created.
-pub fn take_base(vcpu: &Vcpu, l4: Mfn) -> Result<BasePtr, Errno> {
+/// Takes a base-pointer reference on `l4` for a vCPU a guest creates (`VCPUOP_initialise`):
+/// one slice of validation per stay, [`Stop::Retry`] when the walk stopped (the partial
+/// state stays in the frames; the call issued again continues it).
+pub fn take_base_for_guest(vcpu: &Vcpu, l4: Mfn) -> Result<BasePtr, Stop> {
     let _lock = vcpu.domain.mmu_lock.lock();
     let dom = vcpu.domain.id;
-    until_done(&mut Tables::for_domain(&vcpu.domain), |t| mmu().new_baseptr(l4, dom, t)).map_err(errno)
+    one_slice(&mut Tables::for_domain(&vcpu.domain), |t| mmu().new_baseptr(l4, dom, t)).map_err(stop)
 }
 
 /// Drops the base-pointer references of a vCPU that will not run.

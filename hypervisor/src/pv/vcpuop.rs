@@ -16,7 +16,8 @@
 //! A new vCPU starts in guest kernel mode with the registers, page-table base, kernel
 //! stack, trap table, callbacks, GDT, segment bases, CR0.TS, the CR4 bits a guest controls,
 //! debug registers and (with `VGCF_I387_VALID`) FPU state of its `vcpu_guest_context`, each checked as the corresponding hypercall would check it,
-//! or in the FPU's initial state. It is placed on the CPUs its domain may use (see
+//! or in the FPU's initial state. Its page tables are validated one slice per stay, the
+//! call issued again until the walk is done (as Xen continues `VCPUOP_initialise`). It is placed on the CPUs its domain may use (see
 //! [`placement`]), and once up it runs with its part of the domain's weight, which the
 //! domain's other vCPUs then share with it. Creating one needs heap room
 //! ([`crate::domain::vcpu::VCPU_HEAP_BYTES`]); without it the call fails with `ENOMEM`.
@@ -53,6 +54,7 @@ use crate::domain::vcpu::{RunState, VCPU_HEAP_BYTES};
 use crate::domain::{Domain, Ending, JoinError, Vcpu};
 use crate::memory::FrameMapping;
 use crate::pv::hypercall::HcResult;
+use hypervisor::continuation::{Outcome, Stop};
 use crate::pv::{descriptors, events, ldt, mmu, shared};
 use crate::{cpus, memory, sched, time};
 
@@ -61,17 +63,27 @@ const MIN_PERIOD_NS: u64 = 1_000_000;
 /// The longest period of a periodic timer (Xen's `STIME_DELTA_MAX`).
 const MAX_PERIOD_NS: u64 = u64::MAX >> 2;
 
-pub fn vcpu_op(vcpu: &Vcpu, cmd: VcpuOp, id: u32, arg: GuestVa) -> HcResult {
+/// `vcpu_op` of `cmd` on vCPU `id`: `initialise` may stop and be issued again (the
+/// validation of the new vCPU's page tables runs one slice per stay); the others finish.
+pub fn vcpu_op(vcpu: &Vcpu, cmd: VcpuOp, id: u32, arg: GuestVa) -> Outcome {
     if id >= vcpu.domain.max_vcpus {
-        return Err(Errno::Enoent);
+        return Err(Errno::Enoent.into());
     }
+    match cmd {
+        VcpuOp::Initialise if vcpu.domain.vcpu(id).is_some() => Err(Errno::Eexist.into()),
+        VcpuOp::Initialise => initialise(vcpu, id, arg),
+        cmd => other_op(vcpu, cmd, id, arg).map_err(Stop::Failed),
+    }
+}
+
+/// Every command but `initialise`, on vCPU `id` (below the domain's limit).
+fn other_op(vcpu: &Vcpu, cmd: VcpuOp, id: u32, arg: GuestVa) -> HcResult {
     let domain = &vcpu.domain;
     let target = domain.vcpu(id);
     let itself = id == vcpu.id;
     match cmd {
         VcpuOp::IsUp => Ok(u64::from(target.as_deref().is_some_and(is_up))),
-        VcpuOp::Initialise if target.is_some() => Err(Errno::Eexist),
-        VcpuOp::Initialise => initialise(vcpu, id, arg),
+        VcpuOp::Initialise => Err(Errno::Einval), // `vcpu_op`'s own
         VcpuOp::Up => up(target.ok_or(Errno::Einval)?),
         VcpuOp::Down => down(domain, id, target),
         VcpuOp::GetRunstateInfo => {
@@ -287,10 +299,14 @@ fn write<T: Copy>(arg: GuestVa, value: &T) -> HcResult {
     Ok(0)
 }
 
-/// Creates vCPU `id` (down) from the guest context at `arg`.
-fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> HcResult {
+/// Creates vCPU `id` (down) from the guest context at `arg`. Its page tables are validated
+/// one slice per stay, as a pin is: a table tree too big for one slice leaves its walk
+/// partial in the frames and the call is issued again ([`Stop::Retry`]: nothing else has
+/// been done yet), reading the context again and continuing the walk (Xen's continuation
+/// of `VCPUOP_initialise`, XSA-296's path).
+fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> Outcome {
     if !memory::heap_has_room_for(VCPU_HEAP_BYTES) {
-        return Err(Errno::Enomem);
+        return Err(Errno::Enomem.into());
     }
     let context: VcpuGuestContext = uaccess::read_value(arg.0).map_err(|_| Errno::Efault)?;
     let user = &context.user_regs;
@@ -302,7 +318,7 @@ fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> HcResult {
     for base in [context.fs_base, context.gs_base_kernel, context.gs_base_user] {
         VirtAddr::try_new(base).map_err(|_| Errno::Einval)?;
     }
-    let base = mmu::take_base(vcpu, Mfn(context.ctrlreg[3] >> 12))?;
+    let base = mmu::take_base_for_guest(vcpu, Mfn(context.ctrlreg[3] >> 12))?;
     let regs = TrapFrame {
         r15: user.r15, r14: user.r14, r13: user.r13, r12: user.r12, rbp: user.rbp, rbx: user.rbx,
         r11: user.r11, r10: user.r10, r9: user.r9, r8: user.r8, rax: user.rax, rcx: user.rcx,
@@ -319,7 +335,7 @@ fn initialise(vcpu: &Vcpu, id: u32, arg: GuestVa) -> HcResult {
     new.set_down();
     let refused = |new: &Vcpu, errno: Errno| {
         mmu::release_bases(new);
-        Err(errno)
+        Err(Stop::Failed(errno))
     };
     {
         let mut ctx = new.ctx.lock();
