@@ -69,6 +69,8 @@ extern crate alloc;
 mod drain;
 mod error;
 mod inbox;
+#[cfg(any(test, feature = "sim"))]
+mod linear_queue;
 mod params;
 #[cfg(test)]
 mod proptests;
