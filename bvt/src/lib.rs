@@ -76,6 +76,8 @@ mod params;
 mod proptests;
 mod run_queue;
 mod shrink;
+#[cfg(any(test, feature = "sim"))]
+pub mod stress_sim;
 #[cfg(test)]
 mod sim;
 mod timer_advance;
