@@ -61,6 +61,7 @@
 mod owned;
 mod stats;
 
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -159,12 +160,15 @@ enum TimerKind {
 }
 
 /// What only the CPU itself touches. Its tables grow with the vCPUs homed here and give the
-/// memory back as they leave ([`shrink_when_sparse`]), so that a CPU that once held hundreds
-/// of vCPUs does not keep their room after their domains are gone.
+/// memory back as they leave ([`shrink_when_sparse`] for the lists; the map of members frees
+/// its nodes as it empties), so that a CPU that once held hundreds of vCPUs does not keep
+/// their room after their domains are gone.
 struct Local {
     queue: RunQueue<VcpuKey>,
-    /// The vCPUs homed here (those the queue names, and arrivals on their way into it).
-    members: Vec<Arc<Vcpu>>,
+    /// The vCPUs homed here (those the queue names, and arrivals on their way into it), by
+    /// key: found in O(log n), as the queue finds its own (a CPU may hold hundreds, and every
+    /// decision looks one up with interrupts off).
+    members: BTreeMap<VcpuKey, Arc<Vcpu>>,
     /// Arrivals whose domain parameters are to be re-read once they are in the queue.
     unsettled: Vec<VcpuKey>,
     /// Latency-sensitive timers: the local timer is armed for the first of them.
@@ -235,7 +239,7 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64
     LOCAL.call_once(|| {
         PerCpuOwned::new(cpus, |_| Local {
             queue: queues.next().expect("one queue per CPU"),
-            members: bvt::new_table(MIN_TABLE_CAPACITY),
+            members: BTreeMap::new(),
             unsettled: bvt::new_table(MIN_TABLE_CAPACITY),
             timers: TimerQueue::new(),
             lazy: TimerQueue::new(),
@@ -703,7 +707,7 @@ impl Local {
             // A vCPU that moved here left its timers behind (see `give_away`).
             self.rearm_timers(&vcpu);
             self.unsettled.push(vcpu.key);
-            self.members.push(vcpu);
+            self.members.insert(vcpu.key, vcpu);
         }
         let mut decide = drained.reschedule;
         for action in drained.actions {
@@ -894,10 +898,11 @@ impl Local {
         let all = shared();
         let free = |cpu: &&u32| is_online(**cpu) && !all[**cpu as usize].runs_warped.load(Ordering::Relaxed);
         let Some(&to) = mine.nearest.iter().find(free) else { return };
-        let Some(i) = self.members.iter().position(|v| v.key == key) else { return };
+        if !self.members.contains_key(&key) {
+            return;
+        }
         let Ok(state) = self.queue.remove(key, now) else { return };
-        let vcpu = self.members.swap_remove(i);
-        shrink_when_sparse(&mut self.members, MIN_TABLE_CAPACITY);
+        let Some(vcpu) = self.members.remove(&key) else { return };
         // Claimed until its next decision, so that no CPU pushes another one there meanwhile.
         all[to as usize].runs_warped.store(true, Ordering::Relaxed);
         mine.stats.pushes.fetch_add(1, Ordering::Relaxed);
@@ -957,16 +962,13 @@ impl Local {
     }
 
     fn member(&self, key: VcpuKey) -> Option<Arc<Vcpu>> {
-        self.members.iter().find(|v| v.key == key).cloned()
+        self.members.get(&key).cloned()
     }
 
     /// Takes a vCPU off this CPU: out of the queue and the members (its timers stay).
     fn forget(&mut self, key: VcpuKey) -> Option<Arc<Vcpu>> {
         let _ = self.queue.remove(key, time::since_boot_ns());
-        let i = self.members.iter().position(|v| v.key == key)?;
-        let vcpu = self.members.swap_remove(i);
-        shrink_when_sparse(&mut self.members, MIN_TABLE_CAPACITY);
-        Some(vcpu)
+        self.members.remove(&key)
     }
 
     /// Takes a vCPU that will never run again off this CPU for good, with its timers (all
