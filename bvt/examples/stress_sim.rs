@@ -15,9 +15,6 @@ fn line<Q: SimQueue>(name: &str, n: u32) {
     if let Some(step) = std::env::var("STEP_NS").ok().and_then(|s| s.parse().ok()) {
         model.costs.step_ns = step;
     }
-    if let Some(batch) = std::env::var("LAZY_BATCH").ok().and_then(|s| s.parse().ok()) {
-        model.costs.lazy_batch = batch;
-    }
     if let Some(ms) = std::env::var("WARP_MS").ok().and_then(|s| s.parse::<u64>().ok()) {
         model.warp.warp_ns = ms * 1_000_000;
     }

@@ -11,8 +11,8 @@
 //!
 //! # What is simulated
 //! Each CPU owns a run queue ([`SimQueue`]: the [`RunQueue`] of the hypervisor, or the
-//! linear queue it replaced), a timer queue for warped vCPUs' timers and one for the others
-//! (fired up to the slop late, grouped, as the hypervisor's `lazy` queue). Everything the
+//! linear queue it replaced) and the hypervisor's [`CpuTimers`] (warped vCPUs' timers on
+//! time, the others up to the slop late, grouped), programmed through [`TimerHardware`]. Everything the
 //! hypervisor does runs with interrupts off and costs time during which nothing else runs on
 //! that CPU: an event that comes meanwhile waits for it. A stay costs [`Costs::entry_ns`],
 //! plus [`Costs::fire_ns`] per timer fired, plus [`Costs::switch_ns`] when the vCPU changes,
@@ -38,7 +38,7 @@ pub use crate::linear_queue::LinearRunQueue;
 pub type LinearQueue = LinearRunQueue<u32>;
 use crate::params::{BvtParams, Config, CpuId};
 use crate::run_queue::{Decision, RunQueue};
-use crate::timer_queue::TimerQueue;
+use crate::cpu_timers::{CpuTimers, TimerHardware};
 use crate::vcpu_state::VcpuState;
 
 const US: u64 = 1_000;
@@ -126,8 +126,6 @@ pub struct Costs {
     pub startup_ns: u64,
     /// How late a timer of a domain that does not warp may fire (`timer_slop_us`).
     pub slop_ns: u64,
-    /// The most timers of domains that do not warp fired in one interrupt.
-    pub lazy_batch: usize,
 }
 
 /// The latency domains' BVT parameters, as domain 0's plan gives them (`LATENCY_WARP`).
@@ -149,7 +147,6 @@ impl Default for Costs {
             wake_work_ns: 25 * US,
             startup_ns: 2 * MS,
             slop_ns: 50 * US,
-            lazy_batch: usize::MAX,
         }
     }
 }
@@ -306,18 +303,25 @@ struct Vm {
 
 struct Cpu<Q> {
     queue: Q,
-    warped_timers: TimerQueue<(u32, u64)>,
-    lazy_timers: TimerQueue<(u32, u64)>,
+    timers: CpuTimers<(u32, u64)>,
     running: Option<u32>,
     /// When the running guest last resumed.
     resumed_at: u64,
     /// The hypervisor runs on this CPU until then.
     free_at: u64,
     slice_end: Option<u64>,
-    armed: Option<u64>,
     timer_token: u64,
     guest_token: u64,
     hypervisor_ns: u64,
+}
+
+/// A CPU's local timer as [`CpuTimers::program`] sets it: the delay armed, if it was.
+struct SimApic(Option<u64>);
+
+impl TimerHardware for SimApic {
+    fn arm_timer_ns(&mut self, delay_ns: u64) {
+        self.0 = Some(delay_ns);
+    }
 }
 
 struct Sim<Q> {
@@ -368,13 +372,11 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
         cpus: (0..model.cpus)
             .map(|c| Cpu {
                 queue: Q::create(c, config),
-                warped_timers: TimerQueue::new(),
-                lazy_timers: TimerQueue::new(),
+                timers: CpuTimers::new(0, model.costs.slop_ns),
                 running: None,
                 resumed_at: 0,
                 free_at: 0,
                 slice_end: None,
-                armed: None,
                 timer_token: 0,
                 guest_token: 0,
                 hypervisor_ns: 0,
@@ -421,7 +423,7 @@ impl<Q: SimQueue> Sim<Q> {
         match event {
             Event::Timer { token, .. } if token != self.cpus[cpu].timer_token => {}
             Event::Timer { .. } => {
-                self.cpus[cpu].armed = None;
+                self.cpus[cpu].timers.fired();
                 self.enter(cpu, t, |sim, c, now| sim.fire_timers(c, now));
             }
             Event::GuestDone { v, token, .. } if token != self.cpus[cpu].guest_token || self.cpus[cpu].running != Some(v) => {}
@@ -503,14 +505,12 @@ impl<Q: SimQueue> Sim<Q> {
                 self.push(done, Event::GuestDone { cpu: c, v, token });
             }
         }
-        self.program_timer(c);
+        self.program_timer(c, t);
     }
 
     /// Fires the due timers of `c`; returns their cost.
     fn fire_timers(&mut self, c: usize, now: u64) -> u64 {
-        let mut due: Vec<(u32, u64)> = self.cpus[c].warped_timers.expire(now).collect();
-        let batch = self.model.costs.lazy_batch;
-        due.extend(self.cpus[c].lazy_timers.expire(now).take(batch));
+        let due: Vec<(u32, u64)> = self.cpus[c].timers.expire(now).collect();
         let cost = due.len() as u64 * self.model.costs.fire_ns;
         for (v, deadline) in due {
             let vm = &mut self.vms[v as usize];
@@ -578,11 +578,8 @@ impl<Q: SimQueue> Sim<Q> {
 
     fn arm(&mut self, c: usize, v: u32, deadline: u64) {
         self.vms[v as usize].deadline_ns = deadline;
-        if self.vms[v as usize].role == Role::Latency {
-            self.cpus[c].warped_timers.insert(deadline, (v, deadline));
-        } else {
-            self.cpus[c].lazy_timers.insert(deadline, (v, deadline));
-        }
+        let latency_sensitive = self.vms[v as usize].role == Role::Latency;
+        self.cpus[c].timers.insert(deadline, latency_sensitive, |_| (v, deadline));
     }
 
     /// Arms on its new home the timer of a vCPU that arrived there.
@@ -616,19 +613,15 @@ impl<Q: SimQueue> Sim<Q> {
     }
 
     /// Arms the local timer for the next warped timer, the next other one plus the slop,
-    /// and the slice's end.
-    fn program_timer(&mut self, c: usize) {
-        let slop = self.model.costs.slop_ns;
+    /// and the slice's end, as the hypervisor does (through [`CpuTimers::program`]).
+    fn program_timer(&mut self, c: usize, now: u64) {
+        let mut apic = SimApic(None);
         let cpu = &mut self.cpus[c];
-        let lazy = cpu.lazy_timers.next_deadline().map(|d| d + slop);
-        let next = [cpu.warped_timers.next_deadline(), lazy, cpu.slice_end].into_iter().flatten().min();
-        if next != cpu.armed {
-            cpu.armed = next;
+        cpu.timers.program(now, [cpu.slice_end], &mut apic);
+        if let SimApic(Some(delay)) = apic {
             cpu.timer_token += 1;
-            if let Some(at) = next {
-                let (token, at) = (cpu.timer_token, at.max(cpu.free_at));
-                self.push(at, Event::Timer { cpu: c, token });
-            }
+            let (token, at) = (cpu.timer_token, (now + delay).max(cpu.free_at));
+            self.push(at, Event::Timer { cpu: c, token });
         }
     }
 
