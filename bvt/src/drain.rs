@@ -40,7 +40,7 @@ pub struct Drained<V> {
     pub woke: bool,
 }
 
-impl<V: Copy + Eq> RunQueue<V> {
+impl<V: Copy + Ord> RunQueue<V> {
     /// Applies every message posted so far, charging the running vCPU up to `now_ns` first.
     pub fn drain(&mut self, now_ns: u64) -> Drained<V> {
         let running_before = self.current();

@@ -17,6 +17,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use crate::params::{BvtParams, Config, CpuId};
+use crate::linear_queue::LinearRunQueue;
 use crate::run_queue::RunQueue;
 
 fn config(cases: u32) -> ProptestConfig {
@@ -222,5 +223,60 @@ fn here_after(place: &[Place], v: u32) -> Option<(usize, bool)> {
     match place[v as usize] {
         Place::On { q, runnable } => Some((q, runnable)),
         Place::Nowhere => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(config(500))]
+
+    /// The indexed run queue decides exactly as the linear one it replaced (issue 18): the
+    /// same answers, decisions, slices, SVT, pushes and steal candidates for the same calls,
+    /// and its ordered sets hold exactly its waiting vCPUs after every call.
+    #[test]
+    fn the_indexed_queue_decides_as_the_linear_one(
+        ops in proptest::collection::vec(op(), 1..150),
+        start in prop_oneof![Just(0u64), 0u64..(1 << 50)],
+        mcu_ns in prop_oneof![Just(crate::params::DEFAULT_MCU_NS), 1u64..1_000_000],
+        allowance in knob(),
+        steal_min_wait_ns in prop_oneof![Just(0u64), 0u64..5_000_000],
+    ) {
+        let config = Config { ctx_switch_allowance_ns: allowance, mcu_ns, steal_min_wait_ns };
+        let mut new = [RunQueue::<u32>::new(CpuId(0), config), RunQueue::<u32>::new(CpuId(1), config)];
+        let mut old = [LinearRunQueue::<u32>::new(CpuId(0), config), LinearRunQueue::<u32>::new(CpuId(1), config)];
+        let mut now = start;
+        for (step, &op) in ops.iter().enumerate() {
+            let at = |new: &[RunQueue<u32>; 2], v: u32| (0..2).find(|&q| new[q].contains(v));
+            match op {
+                Op::Add { q, v, params } => prop_assert_eq!(new[q].add(v, params, now), old[q].add(v, params, now)),
+                Op::Wake { v } => if let Some(q) = at(&new, v) { prop_assert_eq!(new[q].wake(v, now), old[q].wake(v, now)) },
+                Op::Block { v } => if let Some(q) = at(&new, v) { prop_assert_eq!(new[q].block(v, now), old[q].block(v, now)) },
+                Op::Migrate { v } => if let Some(q) = at(&new, v) {
+                    let (a, b) = (new[q].remove(v, now).unwrap(), old[q].remove(v, now).unwrap());
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(new[1 - q].admit(v, a, now), old[1 - q].admit(v, b, now));
+                },
+                Op::Remove { v } => if let Some(q) = at(&new, v) { prop_assert_eq!(new[q].remove(v, now), old[q].remove(v, now)) },
+                Op::SetParams { v, params } => if let Some(q) = at(&new, v) {
+                    prop_assert_eq!(new[q].set_params(v, params, now), old[q].set_params(v, params, now));
+                },
+                Op::Yield { q } => { new[q].yield_current(); old[q].yield_current(); }
+                Op::Tick { q } => prop_assert_eq!(new[q].tick(now), old[q].tick(now), "step {}", step),
+                Op::Pick { q } => prop_assert_eq!(new[q].pick_next(now), old[q].pick_next(now), "step {}", step),
+                Op::Forgive { q, ns } => { new[q].forgive_running(ns); old[q].forgive_running(ns); }
+                Op::Advance { ns } => now += ns,
+            }
+            for q in 0..2 {
+                new[q].check_sets();
+                prop_assert_eq!(new[q].load(), old[q].load());
+                prop_assert_eq!(new[q].svt_vns(), old[q].svt_vns());
+                prop_assert_eq!(new[q].current(), old[q].current());
+                prop_assert_eq!(new[q].waiting_warped(), old[q].waiting_warped(), "step {}", step);
+                prop_assert_eq!(new[q].steal_candidate(now), old[q].steal_candidate(now), "step {}", step);
+                prop_assert_eq!(new[q].decision_due(), old[q].decision_due(), "step {}", step);
+                for v in 0..VCPUS {
+                    prop_assert_eq!(new[q].vcpu(v), old[q].vcpu(v));
+                }
+            }
+        }
     }
 }

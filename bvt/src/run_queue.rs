@@ -3,12 +3,27 @@
 //!
 //! Only the owning CPU calls it (every method takes `&mut self` or reads); other CPUs go
 //! through its [`Inbox`]. It never reads a clock: each call gets `now_ns`, first charges the
-//! running vCPU up to then, and then acts. Members live in a small `Vec` searched linearly by
-//! id (a queue holds tens to a hundred vCPUs; a decision is one pass over them), which gives
-//! its capacity back as vCPUs leave ([`shrink_when_sparse`]).
+//! running vCPU up to then, and then acts.
+//!
+//! # Cost
+//! Every operation is O(log n) in the vCPUs homed here, none is a pass over them: a queue
+//! may hold hundreds of vCPUs (1000 domains on 2 CPUs), and each wake-up, block and decision
+//! runs in the hypervisor with interrupts off, so work per operation that grows with n is
+//! paid by every wake-up on the CPU, the latency-sensitive ones included (issue 18: with a
+//! pass over the members in each search, SVT update and rival search, a decision at n = 500
+//! cost more than the wake-up it served, and the warped p99 went from 0.3 ms at 100 domains
+//! to tens of ms at 1000; `sim::collapse` reproduces it). Members live in a `Vec` (which
+//! gives its capacity back as vCPUs leave, [`shrink_when_sparse`]) found through an ordered
+//! index by id; the runnable vCPUs that wait (all runnable ones but the running one) are
+//! kept in ordered sets by `(E, last dispatch)` (the best rival), by `A` (for SVT), and the
+//! subsets a push or a steal looks for. A waiting vCPU's `E` and `A` change only through
+//! the calls that take it out of the sets and put it back; the running vCPU, whose `A`
+//! grows as it is charged, is in none of them.
 
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::Cell;
 
 use crate::error::BvtError;
 use crate::inbox::{Inbox, Message};
@@ -53,6 +68,55 @@ struct Member<V> {
     waiting_since_ns: u64,
 }
 
+impl<V: Copy> Member<V> {
+    /// Its key in the sets ordered by effective virtual time.
+    fn by_effective(&self) -> (i128, u64, V) {
+        (self.account.effective(), self.last_dispatch, self.id)
+    }
+}
+
+/// The runnable vCPUs that wait (runnable, not running), ordered for each question asked.
+#[derive(Debug)]
+struct Waiting<V> {
+    /// By `(E, last dispatch)`: the first is the best rival.
+    by_effective: BTreeSet<(i128, u64, V)>,
+    /// By `A`: the first is the waiting part of SVT.
+    by_actual: BTreeSet<(u64, V)>,
+    /// The warped, unpinned ones by `(E, last dispatch)`: what a push takes.
+    warped: BTreeSet<(i128, u64, V)>,
+    /// The unpinned ones by last dispatch: what a steal takes.
+    stealable: BTreeSet<(u64, V)>,
+}
+
+impl<V: Copy + Ord> Waiting<V> {
+    fn new() -> Waiting<V> {
+        Waiting { by_effective: BTreeSet::new(), by_actual: BTreeSet::new(), warped: BTreeSet::new(), stealable: BTreeSet::new() }
+    }
+
+    fn insert(&mut self, m: &Member<V>) {
+        self.by_effective.insert(m.by_effective());
+        self.by_actual.insert((m.account.actual(), m.id));
+        let pinned = m.account.params().pinned;
+        if m.account.warped() && !pinned {
+            self.warped.insert(m.by_effective());
+        }
+        if !pinned {
+            self.stealable.insert((m.last_dispatch, m.id));
+        }
+    }
+
+    fn remove(&mut self, m: &Member<V>) {
+        self.by_effective.remove(&m.by_effective());
+        self.by_actual.remove(&(m.account.actual(), m.id));
+        self.warped.remove(&m.by_effective());
+        self.stealable.remove(&(m.last_dispatch, m.id));
+    }
+
+    fn len(&self) -> usize {
+        self.by_effective.len()
+    }
+}
+
 /// One CPU's run queue; see the crate documentation for the rules it applies.
 #[derive(Debug)]
 pub struct RunQueue<V> {
@@ -60,6 +124,10 @@ pub struct RunQueue<V> {
     config: Config,
     inbox: Arc<Inbox<V>>,
     members: Vec<Member<V>>,
+    /// Where each member is in `members`.
+    index: BTreeMap<V, usize>,
+    /// The runnable members but the running one.
+    waiting: Waiting<V>,
     current: Option<V>,
     /// Runnable members, the running one included.
     runnable: u32,
@@ -75,9 +143,11 @@ pub struct RunQueue<V> {
     /// against a rival of this `E`: a vCPU that becomes runnable with a lower `E` would beat
     /// the running one sooner, so the slice must be measured again.
     slice_rival_vns: Option<i128>,
+    /// Steps of the searches made so far (see [`RunQueue::search_steps`]).
+    steps: Cell<u64>,
 }
 
-impl<V: Copy + Eq> RunQueue<V> {
+impl<V: Copy + Ord> RunQueue<V> {
     /// An empty run queue for `cpu`, with its inbox.
     pub fn new(cpu: CpuId, config: Config) -> RunQueue<V> {
         RunQueue {
@@ -85,6 +155,8 @@ impl<V: Copy + Eq> RunQueue<V> {
             config,
             inbox: Arc::new(Inbox::new(cpu)),
             members: new_table(MIN_TABLE_CAPACITY),
+            index: BTreeMap::new(),
+            waiting: Waiting::new(),
             current: None,
             runnable: 0,
             svt: 0,
@@ -92,6 +164,7 @@ impl<V: Copy + Eq> RunQueue<V> {
             dispatch_seq: 0,
             yield_pending: false,
             slice_rival_vns: None,
+            steps: Cell::new(0),
         }
     }
 
@@ -123,6 +196,13 @@ impl<V: Copy + Eq> RunQueue<V> {
     /// Scheduler virtual time, vns (as of the last call that was told the time).
     pub fn svt_vns(&self) -> u64 {
         self.svt
+    }
+
+    /// The work this queue's searches have done so far, in steps of a tree search (about
+    /// `log2 n` per lookup, insertion or removal among n entries); a cost model's input
+    /// (the simulator's, `sim`), never a decision's.
+    pub fn search_steps(&self) -> u64 {
+        self.steps.get()
     }
 
     /// Whether `v` is homed on this queue.
@@ -167,8 +247,12 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.dispatch_seq += 1;
         let account = Account::arrive(&state, self.svt);
         let runnable = state.is_runnable();
-        self.members.push(Member { id: v, account, runnable, last_dispatch: self.dispatch_seq, waiting_since_ns: now_ns });
+        let member = Member { id: v, account, runnable, last_dispatch: self.dispatch_seq, waiting_since_ns: now_ns };
+        self.note(self.members.len());
+        self.index.insert(v, self.members.len());
+        self.members.push(member);
         if runnable {
+            self.list(self.members.len() - 1);
             self.set_load(self.runnable + 1);
         }
         Ok(runnable && self.decision_due())
@@ -183,9 +267,12 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
         if !self.members[i].runnable {
-            self.members[i].account.wake(self.svt, now_ns);
-            self.members[i].runnable = true;
-            self.members[i].waiting_since_ns = now_ns;
+            let svt = self.svt;
+            let member = &mut self.members[i];
+            member.account.wake(svt, now_ns);
+            member.runnable = true;
+            member.waiting_since_ns = now_ns;
+            self.list(i);
             self.set_load(self.runnable + 1);
         }
         Ok(self.decision_due())
@@ -196,8 +283,9 @@ impl<V: Copy + Eq> RunQueue<V> {
     pub fn block(&mut self, v: V, now_ns: u64) -> Result<(), BvtError> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
-        let member = &mut self.members[i];
-        if member.runnable {
+        if self.members[i].runnable {
+            self.unlist(i);
+            let member = &mut self.members[i];
             member.runnable = false;
             member.account.unwarp(now_ns);
             self.set_load(self.runnable - 1);
@@ -213,7 +301,13 @@ impl<V: Copy + Eq> RunQueue<V> {
     pub fn remove(&mut self, v: V, now_ns: u64) -> Result<VcpuState, BvtError> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
+        self.unlist(i);
         let member = self.members.swap_remove(i);
+        self.note(self.members.len() + 1);
+        self.index.remove(&v);
+        if let Some(moved) = self.members.get(i) {
+            self.index.insert(moved.id, i);
+        }
         shrink_when_sparse(&mut self.members, MIN_TABLE_CAPACITY);
         if member.runnable {
             self.set_load(self.runnable - 1);
@@ -229,7 +323,9 @@ impl<V: Copy + Eq> RunQueue<V> {
     pub fn set_params(&mut self, v: V, params: BvtParams, now_ns: u64) -> Result<(), BvtError> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
+        self.unlist(i);
         self.members[i].account.set_params(params, now_ns);
+        self.list(i);
         Ok(())
     }
 
@@ -263,20 +359,23 @@ impl<V: Copy + Eq> RunQueue<V> {
         self.charge_running(now_ns);
         let chosen = self.choose();
         self.yield_pending = false;
-        let slice = chosen.and_then(|i| self.slice(i));
-        self.slice_rival_vns = slice.map(|(_, rival_vns)| rival_vns);
-        let slice_ns = slice.map(|(ns, _)| ns);
         let run = chosen.map(|i| self.members[i].id);
         if run != self.current {
-            if let Some(previous) = self.current.and_then(|v| self.find(v)) {
-                self.members[previous].waiting_since_ns = now_ns;
-            }
-            self.current = run;
+            let previous = self.current.and_then(|v| self.find(v));
             if let Some(i) = chosen {
+                self.unlist(i);
                 self.dispatch_seq += 1;
                 self.members[i].last_dispatch = self.dispatch_seq;
             }
+            self.current = run;
+            if let Some(previous) = previous {
+                self.members[previous].waiting_since_ns = now_ns;
+                self.list(previous);
+            }
         }
+        let slice = chosen.and_then(|i| self.slice(i));
+        self.slice_rival_vns = slice.map(|(_, rival_vns)| rival_vns);
+        let slice_ns = slice.map(|(ns, _)| ns);
         Decision { run, slice_ns }
     }
 
@@ -291,20 +390,15 @@ impl<V: Copy + Eq> RunQueue<V> {
         if !self.members[current].account.warped() {
             return None;
         }
-        self.members
-            .iter()
-            .enumerate()
-            .filter(|&(i, m)| i != current && m.runnable && m.account.warped() && !m.account.params().pinned)
-            .min_by_key(|(_, m)| (m.account.effective(), m.last_dispatch))
-            .map(|(_, m)| m.id)
+        self.note(self.waiting.warped.len());
+        self.waiting.warped.first().map(|&(_, _, v)| v)
     }
 
     /// Whether the owner should call [`RunQueue::pick_next`] now (as for [`RunQueue::tick`],
     /// without charging).
     pub(crate) fn decision_due(&self) -> bool {
         match self.current.and_then(|v| self.find(v)) {
-            Some(c) => self.best_rival(Some(c)).is_some_and(|r| {
-                let e = self.members[r].account.effective();
+            Some(c) => self.best_rival().is_some_and(|(e, r)| {
                 self.yield_pending || self.slice_rival_vns.is_none_or(|measured| e < measured) || self.beats(r, c)
             }),
             None => self.runnable > 0,
@@ -319,28 +413,67 @@ impl<V: Copy + Eq> RunQueue<V> {
     /// The vCPU to give a thief: runnable, not running, not pinned, waiting for at least
     /// the steal threshold, dispatched least recently.
     pub(crate) fn steal_candidate(&self, now_ns: u64) -> Option<V> {
-        let current = self.current.and_then(|v| self.find(v));
         let min_wait = self.config.steal_min_wait_ns;
-        self.members
+        self.note(self.waiting.stealable.len());
+        self.waiting
+            .stealable
             .iter()
-            .enumerate()
-            .filter(|&(i, m)| m.runnable && Some(i) != current && !m.account.params().pinned)
-            .filter(|(_, m)| now_ns.saturating_sub(m.waiting_since_ns) >= min_wait)
-            .min_by_key(|(_, m)| m.last_dispatch)
-            .map(|(_, m)| m.id)
+            .map(|&(_, v)| v)
+            .find(|&v| self.find(v).is_some_and(|i| now_ns.saturating_sub(self.members[i].waiting_since_ns) >= min_wait))
+    }
+
+    /// Counts one search among `n` entries: `log2 n` steps, at least one.
+    fn note(&self, n: usize) {
+        let depth = usize::BITS - n.leading_zeros();
+        self.steps.set(self.steps.get() + u64::from(depth.max(1)));
     }
 
     fn find(&self, v: V) -> Option<usize> {
-        self.members.iter().position(|m| m.id == v)
+        self.note(self.index.len());
+        self.index.get(&v).copied()
     }
 
     fn index(&self, v: V) -> Result<usize, BvtError> {
         self.find(v).ok_or(BvtError::UnknownVcpu)
     }
 
+    /// Puts member `i` in the waiting sets if it waits (runnable, not running).
+    fn list(&mut self, i: usize) {
+        let member = &self.members[i];
+        if member.runnable && self.current != Some(member.id) {
+            self.note(self.waiting.len());
+            self.waiting.insert(member);
+        }
+    }
+
+    /// Takes member `i` out of the waiting sets (before its keys change or it runs).
+    fn unlist(&mut self, i: usize) {
+        let member = &self.members[i];
+        if member.runnable && self.current != Some(member.id) {
+            self.note(self.waiting.len());
+            self.waiting.remove(member);
+        }
+    }
+
     #[cfg(test)]
     fn members_capacity(&self) -> usize {
         self.members.capacity()
+    }
+
+    /// Checks that the sets hold exactly the waiting members, each under its current keys.
+    #[cfg(test)]
+    pub(crate) fn check_sets(&self) {
+        let waiting: Vec<&Member<V>> = self.members.iter().filter(|m| m.runnable && Some(m.id) != self.current).collect();
+        assert_eq!(self.waiting.len(), waiting.len());
+        assert_eq!(self.waiting.by_actual.len(), waiting.len());
+        for m in &waiting {
+            assert!(self.waiting.by_effective.contains(&m.by_effective()));
+            assert!(self.waiting.by_actual.contains(&(m.account.actual(), m.id)));
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            assert_eq!(self.index.get(&m.id), Some(&i));
+        }
+        assert_eq!(self.index.len(), self.members.len());
     }
 
     fn set_load(&mut self, runnable: u32) {
@@ -355,14 +488,17 @@ impl<V: Copy + Eq> RunQueue<V> {
     }
 
     /// Charges the running vCPU for the time since it was last charged, then brings SVT up
-    /// to date. A clock that goes backwards charges nothing.
+    /// to date (the least `A` of the runnable vCPUs). A clock that goes backwards charges
+    /// nothing.
     fn charge_running(&mut self, now_ns: u64) {
         let ran_ns = now_ns.saturating_sub(self.charged_until_ns);
         self.charged_until_ns = self.charged_until_ns.max(now_ns);
-        if let Some(i) = self.current.and_then(|v| self.find(v)) {
+        let running = self.current.and_then(|v| self.find(v));
+        if let Some(i) = running {
             self.members[i].account.charge(ran_ns, now_ns);
         }
-        let min_runnable = self.members.iter().filter(|m| m.runnable).map(|m| m.account.actual()).min();
+        let waiting = self.waiting.by_actual.first().map(|&(a, _)| a);
+        let min_runnable = running.map(|i| self.members[i].account.actual()).into_iter().chain(waiting).min();
         if let Some(min) = min_runnable {
             self.svt = self.svt.max(min);
         }
@@ -391,20 +527,17 @@ impl<V: Copy + Eq> RunQueue<V> {
         }
     }
 
-    /// The runnable member other than `except` with the lowest `E`, ties to the one
-    /// dispatched least recently.
-    fn best_rival(&self, except: Option<usize>) -> Option<usize> {
-        self.members
-            .iter()
-            .enumerate()
-            .filter(|&(i, m)| m.runnable && Some(i) != except)
-            .min_by_key(|(_, m)| (m.account.effective(), m.last_dispatch))
-            .map(|(i, _)| i)
+    /// The waiting member with the lowest `E`, ties to the one dispatched least recently:
+    /// its `E` and index.
+    fn best_rival(&self) -> Option<(i128, usize)> {
+        self.note(self.waiting.len());
+        let &(e, _, v) = self.waiting.by_effective.first()?;
+        Some((e, self.find(v).expect("a waiting vCPU is a member")))
     }
 
     fn choose(&self) -> Option<usize> {
         let current = self.current.and_then(|v| self.find(v));
-        let rival = self.best_rival(current);
+        let rival = self.best_rival().map(|(_, r)| r);
         match (current, rival) {
             (Some(c), Some(r)) if self.yield_pending || self.beats(r, c) => Some(r),
             (Some(c), _) => Some(c),
@@ -412,11 +545,10 @@ impl<V: Copy + Eq> RunQueue<V> {
         }
     }
 
-    /// How long member `i`, about to run, may run before the next decision, and the `E` of
-    /// the rival that measures it.
+    /// How long member `i`, the running one, may run before the next decision, and the `E`
+    /// of the rival that measures it.
     fn slice(&self, i: usize) -> Option<(u64, i128)> {
-        let rival = self.best_rival(Some(i))?;
-        let rival_vns = self.members[rival].account.effective();
+        let (rival_vns, _) = self.best_rival()?;
         let account = &self.members[i].account;
         // The rival beats `i` once E_i > E_rival + allowance: advance A by the difference + 1.
         let gap = rival_vns + self.allowance_vns(i) + 1 - account.effective();

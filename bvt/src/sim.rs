@@ -220,7 +220,8 @@ fn a_warped_hog_cannot_keep_the_cpu_beyond_its_limit() {
     assert!(!sim.rq.vcpu(2).unwrap().warped);
 }
 
-/// The latency domains' parameters in the stress plan: warp 50 ms, L 20 ms, U 200 us.
+/// The latency domains' parameters in the stress plan (before issue 18 moved the warp to
+/// 200 ms, which changes nothing here): warp 50 ms, L 20 ms, U 200 us.
 fn latency_params() -> BvtParams {
     BvtParams { warp_vns: 50 * MS, warp_limit_ns: 20 * MS, unwarp_req_ns: 200 * US, ..weight(1) }
 }

@@ -61,13 +61,14 @@
 mod owned;
 mod stats;
 
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 use bvt::{
-    shrink_when_sparse, Action, BvtParams, Config, CpuId, Inbox, Message, RunQueue, TimerAdvance, TimerHandle, TimerQueue,
+    shrink_when_sparse, Action, ArmedTimer, BvtParams, Config, CpuId, CpuTimers, Inbox, Message, RunQueue, TimerHardware,
     VcpuState, MIN_TABLE_CAPACITY, STEAL_MIN_LOAD,
 };
 use crossbeam_queue::SegQueue;
@@ -109,13 +110,11 @@ pub struct VcpuTimers {
     periodic: Option<Armed>,
 }
 
-/// Where a vCPU timer waits: the CPU, the handle, and which of its two queues.
+/// Where a vCPU timer waits: the CPU, and where in its timers.
 #[derive(Clone, Copy)]
 struct Armed {
     cpu: u32,
-    handle: TimerHandle,
-    /// In the queue fired up to [`TIMER_SLOP_NS`] late (see [`Local::lazy`]).
-    lazy: bool,
+    timer: ArmedTimer,
 }
 
 /// What a CPU shows other CPUs.
@@ -159,31 +158,27 @@ enum TimerKind {
 }
 
 /// What only the CPU itself touches. Its tables grow with the vCPUs homed here and give the
-/// memory back as they leave ([`shrink_when_sparse`]), so that a CPU that once held hundreds
-/// of vCPUs does not keep their room after their domains are gone.
+/// memory back as they leave ([`shrink_when_sparse`] for the lists; the map of members frees
+/// its nodes as it empties), so that a CPU that once held hundreds of vCPUs does not keep
+/// their room after their domains are gone.
 struct Local {
     queue: RunQueue<VcpuKey>,
-    /// The vCPUs homed here (those the queue names, and arrivals on their way into it).
-    members: Vec<Arc<Vcpu>>,
+    /// The vCPUs homed here (those the queue names, and arrivals on their way into it), by
+    /// key: found in O(log n), as the queue finds its own (a CPU may hold hundreds, and every
+    /// decision looks one up with interrupts off).
+    members: BTreeMap<VcpuKey, Arc<Vcpu>>,
     /// Arrivals whose domain parameters are to be re-read once they are in the queue.
     unsettled: Vec<VcpuKey>,
-    /// Latency-sensitive timers: the local timer is armed for the first of them.
-    timers: TimerQueue<Timer>,
-    /// The other timers: the local timer is armed [`TIMER_SLOP_NS`] after the first of them,
-    /// so that timers falling due close together take one interrupt (as Xen's `timer_slop`).
-    lazy: TimerQueue<Timer>,
-    /// How far ahead to program latency-sensitive timers: the learnt latency from the
-    /// programmed interrupt to the return to the guest (held timers) or to the interrupt.
-    advance: TimerAdvance,
+    /// The vCPU timers homed here ([`CpuTimers`]): latency-sensitive ones programmed ahead
+    /// by the learnt latency from the programmed interrupt to the return to the guest (held
+    /// timers) or to the interrupt, the others fired up to the slop late (`timer_slop_us`,
+    /// 50 us by default, as Xen programs its timer hardware), so that
+    /// timers falling due close together take one interrupt (as Xen's `timer_slop`).
+    timers: CpuTimers<Timer>,
     /// When the running vCPU's slice ends (`None`: no other vCPU waits).
     slice_end_ns: Option<u64>,
     /// While idle: when to look for work to steal again (`None`: no CPU had any to spare).
     balance_at_ns: Option<u64>,
-    /// The deadline the local timer is armed for (`None`: not armed, or it has fired). Every
-    /// exit to a guest passes [`Local::program_timer`]; most leave the next deadline as it
-    /// was, and re-arming costs an APIC register write (a trap to the device model under
-    /// emulation), so an unchanged deadline is not written again.
-    armed_ns: Option<u64>,
     /// TSC when the running vCPU was switched in (for its domain's CPU time).
     since_tsc: u64,
     /// Boot is over on this CPU: frames of its idle loop may be rewritten.
@@ -197,11 +192,6 @@ struct Local {
 /// longest the hypervisor waits out an early interrupt).
 const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
 
-/// How late a timer that is not latency-sensitive may fire, so that it shares an interrupt
-/// with others due about then (Xen programs its timer hardware 50 us late the same way);
-/// the `timer_slop_us` option.
-static TIMER_SLOP_NS: AtomicU64 = AtomicU64::new(50_000);
-
 /// RFLAGS.IF: interrupts on.
 const RFLAGS_IF: u64 = 1 << 9;
 
@@ -214,7 +204,6 @@ static LOCAL: Once<PerCpuOwned<Local>> = Once::new();
 /// Creates the run queues, one per CPU; `nearest(i)` lists CPU `i`'s others nearest first.
 /// Timers of domains that do not warp may fire up to `timer_slop_ns` late.
 pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64) {
-    TIMER_SLOP_NS.store(timer_slop_ns, Ordering::Relaxed);
     let queues: Vec<RunQueue<VcpuKey>> = (0..cpus).map(|i| RunQueue::new(CpuId(i as u32), Config::default())).collect();
     SHARED.call_once(|| {
         queues
@@ -235,14 +224,11 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64
     LOCAL.call_once(|| {
         PerCpuOwned::new(cpus, |_| Local {
             queue: queues.next().expect("one queue per CPU"),
-            members: bvt::new_table(MIN_TABLE_CAPACITY),
+            members: BTreeMap::new(),
             unsettled: bvt::new_table(MIN_TABLE_CAPACITY),
-            timers: TimerQueue::new(),
-            lazy: TimerQueue::new(),
-            advance: TimerAdvance::new(MAX_TIMER_ADVANCE_NS),
+            timers: CpuTimers::new(MAX_TIMER_ADVANCE_NS, timer_slop_ns),
             slice_end_ns: None,
             balance_at_ns: None,
-            armed_ns: None,
             since_tsc: 0,
             scheduling: false,
             fpu_holder: None,
@@ -301,6 +287,15 @@ fn hand_over(vcpu: Arc<Vcpu>, state: VcpuState, cpu: u32) {
     vcpu.cpu.store(cpu, Ordering::SeqCst);
     shared()[cpu as usize].arrivals.push(vcpu);
     post(cpu, Message::Arrive(key, state));
+}
+
+/// This CPU's local APIC timer, where its [`CpuTimers`] are programmed.
+struct LocalApic;
+
+impl TimerHardware for LocalApic {
+    fn arm_timer_ns(&mut self, delay_ns: u64) {
+        lapic::arm_timer_ns(delay_ns);
+    }
 }
 
 /// Interrupts `cpu` so that it reconsiders what to run (this CPU does at its next exit).
@@ -423,15 +418,10 @@ pub fn timer_interrupt() {
     const BATCH: usize = 16;
     let arrived = time::since_boot_ns();
     // The one-shot timer has fired: nothing is armed until the exit path arms it again.
-    with_local(|local| local.armed_ns = None);
+    with_local(|local| local.timers.fired());
     let mut now = arrived;
     loop {
-        let due: ArrayVec<Timer, BATCH> = with_local(|local| {
-            let mut due: ArrayVec<Timer, BATCH> = local.timers.expire(now).take(BATCH).collect();
-            let room = BATCH - due.len();
-            due.extend(local.lazy.expire(now).take(room));
-            due
-        });
+        let due: ArrayVec<Timer, BATCH> = with_local(|local| local.timers.expire(now).take(BATCH).collect());
         if due.is_empty() {
             break;
         }
@@ -465,7 +455,7 @@ fn fire(timer: Timer, arrived: Option<u64>) {
         return;
     }
     if let Some(arrived) = arrived.filter(|_| timer.latency_sensitive) {
-        with_local(|local| local.advance.observe(arrived.saturating_sub(timer.fire_at_ns)));
+        with_local(|local| local.timers.observe(arrived.saturating_sub(timer.fire_at_ns)));
     }
     let now = wait_out(timer.deadline_ns, now);
     let stats = &mine().stats;
@@ -565,7 +555,7 @@ pub fn release_held_timer(vcpu: &Vcpu) {
     let held_here = held.cpu.load(Ordering::Relaxed) == this_cpu();
     with_local(|local| {
         if held_here {
-            local.advance.observe(ready.saturating_sub(fire_at));
+            local.timers.observe(ready.saturating_sub(fire_at));
         }
         local.queue.forgive_running(now - ready);
         local.since_tsc = local.since_tsc.wrapping_add(waited_ticks);
@@ -703,7 +693,7 @@ impl Local {
             // A vCPU that moved here left its timers behind (see `give_away`).
             self.rearm_timers(&vcpu);
             self.unsettled.push(vcpu.key);
-            self.members.push(vcpu);
+            self.members.insert(vcpu.key, vcpu);
         }
         let mut decide = drained.reschedule;
         for action in drained.actions {
@@ -810,8 +800,7 @@ impl Local {
     /// in its home's: see the module's Timers).
     fn cancel_timer(&mut self, armed: Armed) {
         if armed.cpu == self.queue.cpu().0 {
-            let queue = if armed.lazy { &mut self.lazy } else { &mut self.timers };
-            queue.cancel(armed.handle);
+            self.timers.cancel(armed.timer);
         }
     }
 
@@ -894,10 +883,11 @@ impl Local {
         let all = shared();
         let free = |cpu: &&u32| is_online(**cpu) && !all[**cpu as usize].runs_warped.load(Ordering::Relaxed);
         let Some(&to) = mine.nearest.iter().find(free) else { return };
-        let Some(i) = self.members.iter().position(|v| v.key == key) else { return };
+        if !self.members.contains_key(&key) {
+            return;
+        }
         let Ok(state) = self.queue.remove(key, now) else { return };
-        let vcpu = self.members.swap_remove(i);
-        shrink_when_sparse(&mut self.members, MIN_TABLE_CAPACITY);
+        let Some(vcpu) = self.members.remove(&key) else { return };
         // Claimed until its next decision, so that no CPU pushes another one there meanwhile.
         all[to as usize].runs_warped.store(true, Ordering::Relaxed);
         mine.stats.pushes.fetch_add(1, Ordering::Relaxed);
@@ -937,12 +927,9 @@ impl Local {
             self.cancel_timer(armed);
         }
         if deadline_ns != 0 {
-            let advance = if latency_sensitive { self.advance.advance_ns() } else { 0 };
-            let fire_at_ns = deadline_ns.saturating_sub(advance);
-            let timer = Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu: vcpu.clone() };
-            let queue = if latency_sensitive { &mut self.timers } else { &mut self.lazy };
-            let handle = queue.insert(fire_at_ns, timer);
-            *slot = Some(Armed { cpu: me, handle, lazy: !latency_sensitive });
+            let vcpu = vcpu.clone();
+            let timer = self.timers.insert(deadline_ns, latency_sensitive, |fire_at_ns| Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu });
+            *slot = Some(Armed { cpu: me, timer });
         }
     }
 
@@ -957,16 +944,13 @@ impl Local {
     }
 
     fn member(&self, key: VcpuKey) -> Option<Arc<Vcpu>> {
-        self.members.iter().find(|v| v.key == key).cloned()
+        self.members.get(&key).cloned()
     }
 
     /// Takes a vCPU off this CPU: out of the queue and the members (its timers stay).
     fn forget(&mut self, key: VcpuKey) -> Option<Arc<Vcpu>> {
         let _ = self.queue.remove(key, time::since_boot_ns());
-        let i = self.members.iter().position(|v| v.key == key)?;
-        let vcpu = self.members.swap_remove(i);
-        shrink_when_sparse(&mut self.members, MIN_TABLE_CAPACITY);
-        Some(vcpu)
+        self.members.remove(&key)
     }
 
     /// Takes a vCPU that will never run again off this CPU for good, with its timers (all
@@ -1027,14 +1011,10 @@ impl Local {
     }
 
     /// Arms the local timer for the earliest of the next latency-sensitive timer, the next
-    /// other timer plus the slop, the slice's end and the next look for work.
+    /// other timer plus the slop, the slice's end and the next look for work (unless it is
+    /// armed for it already: see [`CpuTimers::program`]).
     fn program_timer(&mut self, now: u64) {
-        let lazy = self.lazy.next_deadline().map(|d| d.saturating_add(TIMER_SLOP_NS.load(Ordering::Relaxed)));
-        let next = [self.timers.next_deadline(), lazy, self.slice_end_ns, self.balance_at_ns].into_iter().flatten().min();
-        if let Some(next) = next.filter(|&next| self.armed_ns != Some(next)) {
-            lapic::arm_timer_ns(next.saturating_sub(now).max(1_000));
-            self.armed_ns = Some(next);
-        }
+        self.timers.program(now, [self.slice_end_ns, self.balance_at_ns], &mut LocalApic);
     }
 }
 
