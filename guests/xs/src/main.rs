@@ -11,6 +11,11 @@
 //! `mode=garbage`: one request, then the garbage indices at once (so that the good
 //! domains do their checks with this one already cut off).
 //!
+//! `mode=amplify`: a hostile client that makes one request fire thousands of watch events
+//! (nodes under `data/a`, every watch it may have on `data`, then `rm data/a`); domain 0
+//! must answer it and drop the events past the domain's queue, then cut it off for the
+//! garbage indices that follow ("xs: amplify: rm answered Ok(())").
+//!
 //! `mode=flood`: a hostile client. It floods the store (nodes, watches, transactions and a
 //! value past their quotas) and must get the quota errors (`ENOSPC` or `ENOMEM` for
 //! nodes, `E2BIG` for watches, `ENOSPC` for transactions and the value), then
@@ -63,6 +68,10 @@ fn main(start: &'static StartInfo) {
         }
         Some("garbage") => {
             xs.write(0, "data/before", b"served").expect("served before the attack");
+            garbage(&mut xs);
+        }
+        Some("amplify") => {
+            amplify(&mut xs);
             garbage(&mut xs);
         }
         _ => {
@@ -236,6 +245,41 @@ fn flood(xs: &mut Xs) {
         written += ring.write(b"\n");
     }
     println!("xs: flood: {written} bytes into the console ring");
+}
+
+/// Watch amplification (as XSA-115's): nodes beneath `data/a` up to half the memory quota,
+/// as many watches on `data` as the quotas allow, then one `rm` of `data/a`: every watch
+/// fires for every node removed, thousands of events from one request for domain 0 to
+/// build and queue. Domain 0 must answer the `rm`, drop the events beyond its per-domain
+/// event queue (this domain reads none of them) and serve on.
+fn amplify(xs: &mut Xs) {
+    let mut path = arrayvec_like::Line::new();
+    let mut nodes = 0;
+    // About half the memory quota (24 KiB in domain 0's store check; a node costs ~155
+    // bytes), the rest for the watches.
+    while nodes < 80 {
+        path.clear();
+        let _ = write!(path, "data/a/n{nodes}");
+        if xs.write(0, path.as_str(), b"x").is_err() {
+            break;
+        }
+        nodes += 1;
+    }
+    let mut watches = 0;
+    let watch_error = loop {
+        path.clear();
+        let _ = write!(path, "t{watches}");
+        match xs.watch("data", path.as_str()) {
+            Ok(()) => watches += 1,
+            Err(e) => break e,
+        }
+        if watches > 1000 {
+            break XsFail::Protocol;
+        }
+    };
+    println!("xs: amplify: {nodes} nodes, {watches} watches (then {watch_error:?}); rm of data/a fires {} events", nodes * watches);
+    let removed = xs.rm(0, "data/a");
+    println!("xs: amplify: rm answered {removed:?} ({} events dropped here)", xs.dropped_events);
 }
 
 /// Garbage indices: a producer far past the consumer; domain 0 must cut this domain off.
