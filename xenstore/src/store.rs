@@ -14,7 +14,8 @@
 //! the bytes its nodes, watches and transactions hold (`ENOMEM`: the bound that keeps the
 //! server's heap safe whatever the counts allow);
 //! [`Store::may_read_requests`] says whether a domain may have another request read (its
-//! queued replies are fewer than the outstanding-request quota), so that one that never
+//! queued replies are fewer than the outstanding-request quota and its queued output under
+//! [`OUTPUT_BYTES`]), so that one that never
 //! reads its replies stops being served rather than growing domain 0's memory; watch events
 //! beyond [`EVENT_QUEUE_BYTES`] of queued output are dropped and counted (never built: one
 //! request may concern every watch times every node it touched).
@@ -61,6 +62,13 @@ impl Default for Quota {
 
 /// What a watch costs the memory quota beyond its path and token.
 const WATCH_OVERHEAD: usize = 64;
+
+/// Queued output (replies and events) from which a domain's requests are no longer read
+/// until it reads: with replies of up to 4 KiB, the outstanding-request quota alone would
+/// let one domain that never reads hold 80 KiB of domain 0's heap (XSA-326's concern).
+/// A domain's queue is thus at most this plus one reply, or [`EVENT_QUEUE_BYTES`] plus
+/// one event.
+pub const OUTPUT_BYTES: usize = 8 << 10;
 
 /// Queued output beyond which a domain's watch events are dropped.
 pub const EVENT_QUEUE_BYTES: usize = 16 << 10;
@@ -202,9 +210,10 @@ impl Store {
     }
 
     /// Whether another request of `domid` may be read: it is introduced and leaves fewer
-    /// than the outstanding-request quota of replies unread (domain 0: always).
+    /// than the outstanding-request quota of replies unread, and less than
+    /// [`OUTPUT_BYTES`] of output (domain 0: always).
     pub fn may_read_requests(&self, domid: DomId) -> bool {
-        self.conns.get(&domid).is_some_and(|c| domid == 0 || c.replies < self.quota.outstanding)
+        self.conns.get(&domid).is_some_and(|c| domid == 0 || (c.replies < self.quota.outstanding && c.out_bytes < OUTPUT_BYTES))
     }
 
     fn queue_reply(&mut self, domid: DomId, msg: Vec<u8>) {

@@ -16,6 +16,11 @@
 //! must answer it and drop the events past the domain's queue, then cut it off for the
 //! garbage indices that follow ("xs: amplify: rm answered Ok(())").
 //!
+//! `mode=unread`: a hostile client that fills its request ring with requests whose replies
+//! are 4 KiB each and leaves the replies unread for a while (domain 0 must stop reading its
+//! requests before their output costs more than its share), then reads them and is cut off
+//! for garbage indices.
+//!
 //! `mode=flood`: a hostile client. It floods the store (nodes, watches, transactions and a
 //! value past their quotas) and must get the quota errors (`ENOSPC` or `ENOMEM` for
 //! nodes, `E2BIG` for watches, `ENOSPC` for transactions and the value), then
@@ -68,6 +73,10 @@ fn main(start: &'static StartInfo) {
         }
         Some("garbage") => {
             xs.write(0, "data/before", b"served").expect("served before the attack");
+            garbage(&mut xs);
+        }
+        Some("unread") => {
+            unread(&mut xs);
             garbage(&mut xs);
         }
         Some("amplify") => {
@@ -280,6 +289,68 @@ fn amplify(xs: &mut Xs) {
     println!("xs: amplify: {nodes} nodes, {watches} watches (then {watch_error:?}); rm of data/a fires {} events", nodes * watches);
     let removed = xs.rm(0, "data/a");
     println!("xs: amplify: rm answered {removed:?} ({} events dropped here)", xs.dropped_events);
+}
+
+/// Replies left unread (as XSA-326's): two children with 2000-byte names under `data/d`,
+/// then as many `directory data/d` requests as the request ring holds (44), each answered
+/// with 4 KiB, and none of the replies read for a while: domain 0 must stop reading this
+/// domain's requests before its queued output costs more than the domain's share. Then it
+/// reads every reply (so that it is served again) and counts them.
+fn unread(xs: &mut Xs) {
+    use guest_rt::xs::wire::{encode, ring_slot, MsgType, REQ_OFFSET, RSP_CONS_OFFSET, RSP_PROD_OFFSET};
+    let mut name = [0u8; 7 + 2000];
+    name[..7].copy_from_slice(b"data/d/");
+    for fill in [b'a', b'b'] {
+        name[7..].fill(fill);
+        xs.write(0, core::str::from_utf8(&name).expect("ascii"), b"").expect("a child with a long name");
+    }
+    let page = xs.page();
+    let word = |offset: usize| (page + offset as u64) as *mut u32;
+    let request = encode(MsgType::Directory, 0x7700, 0, b"data/d\0");
+    // SAFETY: the ring page is mapped writable for the guest's life; Xs has no request in
+    // flight (its last call returned), so the ring's indices are this function's now.
+    let prod = unsafe { word(REQ_PROD_OFFSET).read_volatile() };
+    let count = wire_ring_room() / request.len() as u32;
+    for k in 0..count {
+        for (i, &b) in request.iter().enumerate() {
+            let at = REQ_OFFSET + ring_slot(prod.wrapping_add(k * request.len() as u32 + i as u32));
+            // SAFETY: `at` is inside the request ring of the mapped page.
+            unsafe { ((page + at as u64) as *mut u8).write_volatile(b) };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { word(REQ_PROD_OFFSET).write_volatile(prod.wrapping_add(count * request.len() as u32)) };
+    let _ = evtchn::send(xs.port());
+    // Leave the replies unread while domain 0 serves (it is woken by the send and its tick).
+    for _ in 0..20_000 {
+        let _ = hypercall::sched_yield();
+    }
+    // SAFETY: as above; the server writes rsp_prod.
+    let waiting = unsafe { word(RSP_PROD_OFFSET).read_volatile().wrapping_sub(word(RSP_CONS_OFFSET).read_volatile()) };
+    println!("xs: unread: {count} directory requests of 4 KiB replies sent, {waiting} bytes in the reply ring unread");
+    // Now read them all (discarding), so that domain 0 serves this domain again.
+    let want = u64::from(count) * (16 + 2 * 2001) as u64;
+    let mut got = 0u64;
+    for _ in 0..200_000 {
+        // SAFETY: as above.
+        let (cons, prod) = unsafe { (word(RSP_CONS_OFFSET).read_volatile(), word(RSP_PROD_OFFSET).read_volatile()) };
+        if prod != cons {
+            got += u64::from(prod.wrapping_sub(cons));
+            // SAFETY: as above.
+            unsafe { word(RSP_CONS_OFFSET).write_volatile(prod) };
+            let _ = evtchn::send(xs.port());
+        }
+        if got >= want {
+            break;
+        }
+        let _ = hypercall::sched_yield();
+    }
+    println!("xs: unread: then read {got} of {want} reply bytes");
+}
+
+/// The request ring's size.
+fn wire_ring_room() -> u32 {
+    guest_rt::xs::wire::RING_SIZE
 }
 
 /// Garbage indices: a producer far past the consumer; domain 0 must cut this domain off.

@@ -2,7 +2,8 @@
 //! domains it creates from boot module 1 (guest-xs): `good` well-behaved ones (`mode=good
 //! peer=<another's id>`) and `hostile` ones (in turn `mode=flood`: quota floods, then
 //! garbage ring indices, `mode=garbage`: garbage indices at once, and `mode=amplify`: one
-//! request firing thousands of watch events, then garbage indices); with `input=1` the
+//! request firing thousands of watch events, then garbage indices; with `unread=1` every
+//! hostile one is `mode=unread`: replies of 4 KiB left unread, then garbage indices); with `input=1` the
 //! first good one also waits for a line of serial input. For each, as Xen's toolstack does: created paused, its store ring reached the
 //! way `GetDomainDevices` says (grant reference 1 mapped into a page of domain 0, its
 //! unbound store port bound), its home written and the domain introduced
@@ -235,6 +236,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         };
         let mode = match (hostile, (i - good.min(i)) % 3) {
             (false, _) => "good",
+            (true, _) if option(cmdline, "unread") == Some(1) => "unread",
             (true, 0) => "flood",
             (true, 1) => "garbage",
             (true, _) => "amplify",
