@@ -295,6 +295,22 @@ def guest_cases():
              expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: flood: every quota held",
                                       "xs: cut off error=2", "xs: read round trip median=", "(d0) [d1] xs: ring line 2 of d1",
                                       "(d0) [d2] xs: ring line 2 of d2", "lines suppressed by the console rate limit]"]),
+        # review-io: a store client whose one rm fires every watch it may have for every
+        # node removed (XSA-115's amplification): domain 0 answers it, drops the events past
+        # the domain's queue and serves on (before the fix, domain 0's heap ran out);
+        Case("io-review-store", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=3"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: flood: every quota held",
+                                      "xs: amplify: rm answered Ok(())", "xs: cut off error=2"]),
+        # review-io: clients that fill their request rings with requests answered by 4 KiB
+        # each and leave the replies unread (XSA-326's): domain 0 stops reading them before
+        # their output costs more than their share (before the fix, its heap ran out);
+        Case("io-review-unread", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=2 hostile=4 unread=1"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: unread: then read",
+                                      "xs: cut off error=2"]),
         # the store round trip with one client alone (its median is printed);
         # serial input: Ctrl-A three times gives the focus to d1, which gets the typed line;
         Case("io-store-input", smp="2", mem="512M", boot="iso", cmdline="dom0",

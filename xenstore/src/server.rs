@@ -46,7 +46,7 @@ pub struct Served {
     /// The guest should be notified (responses produced, or requests consumed from a full
     /// ring).
     pub notify: bool,
-    /// Work is left (the budget ran out, or requests wait for room in `rsp`).
+    /// Work is left (the budget ran out); output waiting for room in `rsp` is not.
     pub more: bool,
 }
 
@@ -123,7 +123,9 @@ impl Connection {
                 None => break,
             }
         }
-        served.more |= self.sending.is_some();
+        // Output waiting for room in `rsp` is not work left: the ring is full, and the
+        // guest notifies when it reads from a full ring (a caller that went round again at
+        // once would spin for a client that never reads).
         served
     }
 
@@ -268,6 +270,21 @@ mod tests {
         send(&page, &h.to_bytes());
         conn.serve(&mut s, &page, 8);
         assert_eq!(conn.broken(), Some(wire::ERROR_PROTO));
+    }
+
+    #[test]
+    fn a_client_that_never_reads_its_replies_leaves_no_work_and_a_bounded_queue() {
+        let (mut s, page, mut conn) = setup();
+        s.write_as(0, "/local/domain/1/data/big", &[b'x'; 2000]).unwrap();
+        for i in 0..40 {
+            send(&page, &encode(MsgType::Read, i, 0, b"data/big\0"));
+        }
+        let first = conn.serve(&mut s, &page, 64);
+        assert!(first.notify && !first.more, "{first:?}: nothing to do until the client reads");
+        // Its requests are no longer read once its output passes the bound.
+        let queued: usize = core::iter::from_fn(|| s.pop_output(1)).map(|m| m.len()).sum();
+        assert!(queued <= crate::store::OUTPUT_BYTES + 2016, "{queued} bytes queued");
+        assert!(page.load_u32(wire::REQ_CONS_OFFSET) < 40 * 25, "every request was read");
     }
 
     proptest::proptest! {

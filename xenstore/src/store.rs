@@ -14,9 +14,11 @@
 //! the bytes its nodes, watches and transactions hold (`ENOMEM`: the bound that keeps the
 //! server's heap safe whatever the counts allow);
 //! [`Store::may_read_requests`] says whether a domain may have another request read (its
-//! queued replies are fewer than the outstanding-request quota), so that one that never
+//! queued replies are fewer than the outstanding-request quota and its queued output under
+//! [`OUTPUT_BYTES`]), so that one that never
 //! reads its replies stops being served rather than growing domain 0's memory; watch events
-//! beyond [`EVENT_QUEUE_BYTES`] of queued output are dropped and counted.
+//! beyond [`EVENT_QUEUE_BYTES`] of queued output are dropped and counted (never built: one
+//! request may concern every watch times every node it touched).
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
@@ -61,6 +63,13 @@ impl Default for Quota {
 /// What a watch costs the memory quota beyond its path and token.
 const WATCH_OVERHEAD: usize = 64;
 
+/// Queued output (replies and events) from which a domain's requests are no longer read
+/// until it reads: with replies of up to 4 KiB, the outstanding-request quota alone would
+/// let one domain that never reads hold 80 KiB of domain 0's heap (XSA-326's concern).
+/// A domain's queue is thus at most this plus one reply, or [`EVENT_QUEUE_BYTES`] plus
+/// one event.
+pub const OUTPUT_BYTES: usize = 8 << 10;
+
 /// Queued output beyond which a domain's watch events are dropped.
 pub const EVENT_QUEUE_BYTES: usize = 16 << 10;
 
@@ -85,6 +94,20 @@ struct Conn {
     /// Replies (not events) in `out`.
     replies: usize,
     dropped_events: u64,
+}
+
+impl Conn {
+    /// Queues a watch event, unless the queue already holds [`EVENT_QUEUE_BYTES`] (then
+    /// it is dropped and counted).
+    fn queue_event(&mut self, payload: &[u8]) {
+        if self.out_bytes > EVENT_QUEUE_BYTES {
+            self.dropped_events += 1;
+            return;
+        }
+        let msg = encode(MsgType::WatchEvent, 0, 0, payload);
+        self.out_bytes += msg.len();
+        self.out.push_back(msg);
+    }
 }
 
 /// Figures of one domain's connection.
@@ -187,9 +210,10 @@ impl Store {
     }
 
     /// Whether another request of `domid` may be read: it is introduced and leaves fewer
-    /// than the outstanding-request quota of replies unread (domain 0: always).
+    /// than the outstanding-request quota of replies unread, and less than
+    /// [`OUTPUT_BYTES`] of output (domain 0: always).
     pub fn may_read_requests(&self, domid: DomId) -> bool {
-        self.conns.get(&domid).is_some_and(|c| domid == 0 || c.replies < self.quota.outstanding)
+        self.conns.get(&domid).is_some_and(|c| domid == 0 || (c.replies < self.quota.outstanding && c.out_bytes < OUTPUT_BYTES))
     }
 
     fn queue_reply(&mut self, domid: DomId, msg: Vec<u8>) {
@@ -202,13 +226,7 @@ impl Store {
 
     fn queue_event(&mut self, domid: DomId, payload: &[u8]) {
         if let Some(c) = self.conns.get_mut(&domid) {
-            if c.out_bytes > EVENT_QUEUE_BYTES {
-                c.dropped_events += 1;
-                return;
-            }
-            let msg = encode(MsgType::WatchEvent, 0, 0, payload);
-            c.out_bytes += msg.len();
-            c.out.push_back(msg);
+            c.queue_event(payload);
         }
     }
 
@@ -229,17 +247,37 @@ impl Store {
         }
     }
 
-    /// Fires the watches `changes` concern.
+    /// Fires the watches `changes` concern, straight into each connection's queue: one
+    /// request may concern every watch times every node it touched (a subtree removed, a
+    /// transaction committed), far more events than any queue keeps, so none is built once
+    /// its connection's queue is full ([`EVENT_QUEUE_BYTES`]; dropped and counted).
     fn fire(&mut self, changes: &Changes) {
-        let mut events = Vec::new();
-        for (&domid, c) in &self.conns {
-            for w in &c.watches {
+        for (&domid, c) in self.conns.iter_mut() {
+            let Conn { watches, out, out_bytes, dropped_events, .. } = c;
+            // The last event queued here, so that one watch reporting the same path twice
+            // in a row (a removed ancestor of its path, then the path) sends it once.
+            let mut last: Option<Vec<u8>> = None;
+            let mut queue = |w: &Watch, p: &str| {
+                if *out_bytes > EVENT_QUEUE_BYTES {
+                    *dropped_events += 1;
+                    return;
+                }
+                let payload = event_payload(&shown(domid, w, p), &w.token);
+                if last.as_ref() == Some(&payload) {
+                    return;
+                }
+                let msg = encode(MsgType::WatchEvent, 0, 0, &payload);
+                *out_bytes += msg.len();
+                out.push_back(msg);
+                last = Some(payload);
+            };
+            for w in watches.iter() {
                 if w.path.starts_with('@') {
                     continue;
                 }
                 for (p, perms) in &changes.written {
                     if path::is_within(p, &w.path) && perms::access(perms, domid, domid == 0).reads() {
-                        events.push((domid, event_payload(&shown(domid, w, p), &w.token)));
+                        queue(w, p);
                     }
                 }
                 for (p, node) in &changes.removed {
@@ -252,15 +290,11 @@ impl Store {
                     };
                     if let Some(r) = reported {
                         if perms::access(&node.perms, domid, domid == 0).reads() {
-                            events.push((domid, event_payload(&shown(domid, w, r), &w.token)));
+                            queue(w, r);
                         }
                     }
                 }
             }
-        }
-        events.dedup();
-        for (domid, payload) in events {
-            self.queue_event(domid, &payload);
         }
     }
 

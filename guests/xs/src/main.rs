@@ -11,6 +11,16 @@
 //! `mode=garbage`: one request, then the garbage indices at once (so that the good
 //! domains do their checks with this one already cut off).
 //!
+//! `mode=amplify`: a hostile client that makes one request fire thousands of watch events
+//! (nodes under `data/a`, every watch it may have on `data`, then `rm data/a`); domain 0
+//! must answer it and drop the events past the domain's queue, then cut it off for the
+//! garbage indices that follow ("xs: amplify: rm answered Ok(())").
+//!
+//! `mode=unread`: a hostile client that fills its request ring with requests whose replies
+//! are 4 KiB each and leaves the replies unread for a while (domain 0 must stop reading its
+//! requests before their output costs more than its share), then reads them and is cut off
+//! for garbage indices.
+//!
 //! `mode=flood`: a hostile client. It floods the store (nodes, watches, transactions and a
 //! value past their quotas) and must get the quota errors (`ENOSPC` or `ENOMEM` for
 //! nodes, `E2BIG` for watches, `ENOSPC` for transactions and the value), then
@@ -63,6 +73,14 @@ fn main(start: &'static StartInfo) {
         }
         Some("garbage") => {
             xs.write(0, "data/before", b"served").expect("served before the attack");
+            garbage(&mut xs);
+        }
+        Some("unread") => {
+            unread(&mut xs);
+            garbage(&mut xs);
+        }
+        Some("amplify") => {
+            amplify(&mut xs);
             garbage(&mut xs);
         }
         _ => {
@@ -236,6 +254,103 @@ fn flood(xs: &mut Xs) {
         written += ring.write(b"\n");
     }
     println!("xs: flood: {written} bytes into the console ring");
+}
+
+/// Watch amplification (as XSA-115's): nodes beneath `data/a` up to half the memory quota,
+/// as many watches on `data` as the quotas allow, then one `rm` of `data/a`: every watch
+/// fires for every node removed, thousands of events from one request for domain 0 to
+/// build and queue. Domain 0 must answer the `rm`, drop the events beyond its per-domain
+/// event queue (this domain reads none of them) and serve on.
+fn amplify(xs: &mut Xs) {
+    let mut path = arrayvec_like::Line::new();
+    let mut nodes = 0;
+    // About half the memory quota (24 KiB in domain 0's store check; a node costs ~155
+    // bytes), the rest for the watches.
+    while nodes < 80 {
+        path.clear();
+        let _ = write!(path, "data/a/n{nodes}");
+        if xs.write(0, path.as_str(), b"x").is_err() {
+            break;
+        }
+        nodes += 1;
+    }
+    let mut watches = 0;
+    let watch_error = loop {
+        path.clear();
+        let _ = write!(path, "t{watches}");
+        match xs.watch("data", path.as_str()) {
+            Ok(()) => watches += 1,
+            Err(e) => break e,
+        }
+        if watches > 1000 {
+            break XsFail::Protocol;
+        }
+    };
+    println!("xs: amplify: {nodes} nodes, {watches} watches (then {watch_error:?}); rm of data/a fires {} events", nodes * watches);
+    let removed = xs.rm(0, "data/a");
+    println!("xs: amplify: rm answered {removed:?} ({} events dropped here)", xs.dropped_events);
+}
+
+/// Replies left unread (as XSA-326's): two children with 2000-byte names under `data/d`,
+/// then as many `directory data/d` requests as the request ring holds (44), each answered
+/// with 4 KiB, and none of the replies read for a while: domain 0 must stop reading this
+/// domain's requests before its queued output costs more than the domain's share. Then it
+/// reads every reply (so that it is served again) and counts them.
+fn unread(xs: &mut Xs) {
+    use guest_rt::xs::wire::{encode, ring_slot, MsgType, REQ_OFFSET, RSP_CONS_OFFSET, RSP_PROD_OFFSET};
+    let mut name = [0u8; 7 + 2000];
+    name[..7].copy_from_slice(b"data/d/");
+    for fill in [b'a', b'b'] {
+        name[7..].fill(fill);
+        xs.write(0, core::str::from_utf8(&name).expect("ascii"), b"").expect("a child with a long name");
+    }
+    let page = xs.page();
+    let word = |offset: usize| (page + offset as u64) as *mut u32;
+    let request = encode(MsgType::Directory, 0x7700, 0, b"data/d\0");
+    // SAFETY: the ring page is mapped writable for the guest's life; Xs has no request in
+    // flight (its last call returned), so the ring's indices are this function's now.
+    let prod = unsafe { word(REQ_PROD_OFFSET).read_volatile() };
+    let count = wire_ring_room() / request.len() as u32;
+    for k in 0..count {
+        for (i, &b) in request.iter().enumerate() {
+            let at = REQ_OFFSET + ring_slot(prod.wrapping_add(k * request.len() as u32 + i as u32));
+            // SAFETY: `at` is inside the request ring of the mapped page.
+            unsafe { ((page + at as u64) as *mut u8).write_volatile(b) };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { word(REQ_PROD_OFFSET).write_volatile(prod.wrapping_add(count * request.len() as u32)) };
+    let _ = evtchn::send(xs.port());
+    // Leave the replies unread while domain 0 serves (it is woken by the send and its tick).
+    for _ in 0..20_000 {
+        let _ = hypercall::sched_yield();
+    }
+    // SAFETY: as above; the server writes rsp_prod.
+    let waiting = unsafe { word(RSP_PROD_OFFSET).read_volatile().wrapping_sub(word(RSP_CONS_OFFSET).read_volatile()) };
+    println!("xs: unread: {count} directory requests of 4 KiB replies sent, {waiting} bytes in the reply ring unread");
+    // Now read them all (discarding), so that domain 0 serves this domain again.
+    let want = u64::from(count) * (16 + 2 * 2001) as u64;
+    let mut got = 0u64;
+    for _ in 0..200_000 {
+        // SAFETY: as above.
+        let (cons, prod) = unsafe { (word(RSP_CONS_OFFSET).read_volatile(), word(RSP_PROD_OFFSET).read_volatile()) };
+        if prod != cons {
+            got += u64::from(prod.wrapping_sub(cons));
+            // SAFETY: as above.
+            unsafe { word(RSP_CONS_OFFSET).write_volatile(prod) };
+            let _ = evtchn::send(xs.port());
+        }
+        if got >= want {
+            break;
+        }
+        let _ = hypercall::sched_yield();
+    }
+    println!("xs: unread: then read {got} of {want} reply bytes");
+}
+
+/// The request ring's size.
+fn wire_ring_room() -> u32 {
+    guest_rt::xs::wire::RING_SIZE
 }
 
 /// Garbage indices: a producer far past the consumer; domain 0 must cut this domain off.

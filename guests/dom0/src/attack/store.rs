@@ -1,7 +1,9 @@
 //! `attack=store good=N hostile=M seconds=S [input=1]`: domain 0 runs the store (xenstored) for the
 //! domains it creates from boot module 1 (guest-xs): `good` well-behaved ones (`mode=good
-//! peer=<another's id>`) and `hostile` ones (alternately `mode=flood`: quota floods, then
-//! garbage ring indices, and `mode=garbage`: garbage indices at once); with `input=1` the
+//! peer=<another's id>`) and `hostile` ones (in turn `mode=flood`: quota floods, then
+//! garbage ring indices, `mode=garbage`: garbage indices at once, and `mode=amplify`: one
+//! request firing thousands of watch events, then garbage indices; with `unread=1` every
+//! hostile one is `mode=unread`: replies of 4 KiB left unread, then garbage indices); with `input=1` the
 //! first good one also waits for a line of serial input. For each, as Xen's toolstack does: created paused, its store ring reached the
 //! way `GetDomainDevices` says (grant reference 1 mapped into a page of domain 0, its
 //! unbound store port bound), its home written and the domain introduced
@@ -232,10 +234,12 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             (_, true) => "next",
             (_, false) => "prev",
         };
-        let mode = match (hostile, (i - good.min(i)) % 2) {
+        let mode = match (hostile, (i - good.min(i)) % 3) {
             (false, _) => "good",
+            (true, _) if option(cmdline, "unread") == Some(1) => "unread",
             (true, 0) => "flood",
-            (true, _) => "garbage",
+            (true, 1) => "garbage",
+            (true, _) => "amplify",
         };
         let _ = write!(line, "mode={mode} peer={peer}");
         if i == 0 && option(cmdline, "input") == Some(1) {
