@@ -1178,6 +1178,84 @@ fn an_l4_without_its_window_l3_is_never_valid() {
     w.audit(&[]);
 }
 
+/// GRUB's Xen image builds an L4 that names one L3 at slot 0 and nothing else: with a
+/// default window, the hypervisor's own window-L3 stands in for slot 511 and holds no
+/// reference; the guest can still link a window-L3 of its own there and put the default
+/// back, never name the default one anywhere else nor clear the slot, and a table read
+/// back (accessed bit set by the processor) and validated again stays valid.
+#[test]
+fn a_default_window_stands_in_for_an_empty_slot_511() {
+    let mut tree = Tree::write();
+    let default = tree.world.with_default_window();
+    let hv = tree.world.hypervisor;
+    let [l4, l3, l1] = [tree.l4, tree.l3, tree.l1];
+    let w = &mut tree.world;
+    // The tree at slot 0 instead of 511 (its L3 now a plain L3).
+    w.ram.write(l4, 511, 0);
+    w.ram.write(l4, 0, pte(l3, WRITABLE));
+    let before = w.snapshot();
+    let mmu = w.mmu();
+    mmu.pin_table(l4, Level::L4, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.ram.read(l4, 511), default, "the default window stored");
+    assert_eq!(w.counts(hv), before[hv.0 as usize], "and no reference taken");
+    assert_eq!(w.counts(l3), (1, validated(PageType::L3, 1)));
+    w.audit(&[]);
+    // The top gigabyte is the hypervisor's, the rest of slot 511 empty.
+    assert_eq!(
+        mmu.l1_entry_of(l4, 0xFFFF_FFFF_C000_0000, &w.ram),
+        Err(MmError::ReservedSlot { level: Level::L3, index: 511 })
+    );
+    assert_eq!(
+        mmu.l1_entry_of(l4, TREE_BASE, &w.ram),
+        Err(MmError::NotMapped { level: Level::L3, virtual_address: TREE_BASE })
+    );
+    assert_eq!(
+        mmu.l1_entry_of(l4, 0, &w.ram),
+        Ok(EntrySlot { table: l1, index: 0 })
+    );
+    // No other slot may name the default window-L3 (it is the hypervisor's frame).
+    let unchanged = w.snapshot();
+    assert!(matches!(
+        mmu.mod_entry(l4, 1, default, AccessedDirty::Overwrite, DOM, &mut w.ram),
+        Err(MmError::NotOwner { .. })
+    ));
+    assert_eq!(w.snapshot(), unchanged);
+    // Clearing slot 511 of a validated L4 is refused as without a default window.
+    assert_eq!(
+        mmu.mod_entry(l4, 511, 0, AccessedDirty::Overwrite, DOM, &mut w.ram),
+        Err(MmError::NoWindow(l4))
+    );
+    assert_eq!(w.snapshot(), unchanged);
+    // Writing the default back, with the accessed bit or without write, keeps it.
+    for value in [default, default | ACCESSED, default & !WRITABLE] {
+        mmu.mod_entry(l4, 511, value, AccessedDirty::Overwrite, DOM, &mut w.ram)
+            .unwrap();
+        assert_eq!(w.ram.read(l4, 511), default);
+        assert_eq!(w.snapshot(), unchanged);
+    }
+    // A window-L3 of the guest's own replaces it, and goes again.
+    let own = tree.spare[0];
+    mmu.mod_entry(l4, 511, pte(own, WRITABLE), AccessedDirty::Overwrite, DOM, &mut w.ram)
+        .unwrap();
+    assert_eq!(w.counts(own), (1, validated(PageType::WindowL3, 1)));
+    assert_eq!(w.ram.read(own, 511), HV_L3_ENTRY);
+    w.audit(&[]);
+    mmu.mod_entry(l4, 511, default, AccessedDirty::Overwrite, DOM, &mut w.ram)
+        .unwrap();
+    assert_eq!(w.ram.read(l4, 511), default);
+    assert_eq!(w.counts(own), (0, TypeInfo::NONE));
+    w.audit(&[]);
+    // Unpinned, the processor's accessed bit left in the stored entry, pinned again.
+    mmu.unpin_table(l4, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.snapshot(), before);
+    w.ram.write(l4, 511, default | ACCESSED);
+    let base = mmu.new_baseptr(l4, DOM, &mut w.ram).unwrap();
+    assert_eq!(w.ram.read(l4, 511), default);
+    w.audit(&[base.mfn()]);
+    mmu.put_baseptr(base, &mut w.ram).unwrap();
+    assert_eq!(w.snapshot(), before);
+}
+
 #[test]
 fn a_plain_l3_has_no_hypervisor_entry_and_its_slot_511_is_the_guests() {
     let (mut tree, base) = Tree::validated();
