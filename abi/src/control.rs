@@ -5,13 +5,35 @@
 //! tracks Xen's toolstack): it travels in the `domctl` hypercall slot (36) as one
 //! [`ControlOp`] whose `cmd` selects the operation and whose 112 argument bytes hold the
 //! command's struct ([`CreateDomain`], [`SchedParams`], [`DomainInfo`], [`PhysInfo`],
-//! [`MaxMem`], [`Heartbeat`]). Only the privileged domain may use it; every other caller gets `EPERM`.
-//! The return value is 0 or a negative errno; `CreateDomain` returns the new domain id.
+//! [`MaxMem`], [`Heartbeat`], [`DomainDevices`]). Only the privileged domain may use it; every
+//! other caller gets `EPERM`. The return value is 0 or a negative errno; `CreateDomain`
+//! returns the new domain id.
+//!
+//! Devices (version 2): every domain `CreateDomain` builds gets, as Xen's toolstack gives
+//! it, a console ring page and a store ring page (frames of its reservation, named in its
+//! `start_info`), one unbound event channel per ring whose remote end is domain 0
+//! ([`CREATED_CONSOLE_PORT`], [`CREATED_STORE_PORT`]; its first free port is
+//! [`CREATED_FIRST_FREE_PORT`]), and a grant table seeded as libxl seeds it: entry
+//! `GNTTAB_RESERVED_CONSOLE` (0) grants domain 0 the console page, `GNTTAB_RESERVED_XENSTORE`
+//! (1) the store page, both read-write (the entries are the guest's to change afterwards).
+//! `GetDomainDevices` tells domain 0 where they are. Until domain 0 binds the console port,
+//! the hypervisor drains the console ring itself (as it does for domains built from boot
+//! modules without domain 0, whose console port is bound to the hypervisor and which get
+//! no store page).
 
 use crate::macros::{abi_enum, assert_layout};
 
 /// Version of this interface; a `ControlOp` with another version is refused (`EACCES`).
-pub const CONTROL_INTERFACE_VERSION: u32 = 1;
+/// Version 2: created domains get store and console pages served by domain 0, and
+/// `GetDomainDevices` (see the module documentation).
+pub const CONTROL_INTERFACE_VERSION: u32 = 2;
+
+/// The console ring's port in every domain `CreateDomain` builds (unbound, remote domain 0).
+pub const CREATED_CONSOLE_PORT: u32 = 1;
+/// The store ring's port in every domain `CreateDomain` builds (unbound, remote domain 0).
+pub const CREATED_STORE_PORT: u32 = 2;
+/// The first port a domain `CreateDomain` builds allocates itself.
+pub const CREATED_FIRST_FREE_PORT: u32 = 3;
 
 abi_enum! {
     /// Control operations.
@@ -37,6 +59,9 @@ abi_enum! {
         /// answer a cross-CPU call, timed one by one: a CPU held in the hypervisor with
         /// interrupts off answers late (or, hung, never, and the caller hangs with it).
         Heartbeat = 10,
+        /// args (out): [`DomainDevices`] of `domain` (`ENOENT` for a domain built without
+        /// them: domain 0, or one built from a boot module).
+        GetDomainDevices = 11,
     }
 }
 
@@ -207,6 +232,27 @@ pub struct Heartbeat {
 
 assert_layout!(Heartbeat, size = 24, { answered @ 0, slowest_cpu @ 4, max_ns @ 8, total_ns @ 16 });
 
+/// `GetDomainDevices` result: where a created domain's console and store rings are and
+/// how domain 0 reaches them (the grant references it was given, the ports to bind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DomainDevices {
+    /// The console ring's frame (a PV guest's grant frame number: its machine frame).
+    pub console_mfn: u64,
+    /// The store ring's frame.
+    pub store_mfn: u64,
+    /// The domain's unbound port for the console, remote domain 0.
+    pub console_port: u32,
+    /// The domain's unbound port for the store, remote domain 0.
+    pub store_port: u32,
+    /// The grant reference of the console page (`GNTTAB_RESERVED_CONSOLE`).
+    pub console_gref: u32,
+    /// The grant reference of the store page (`GNTTAB_RESERVED_XENSTORE`).
+    pub store_gref: u32,
+}
+
+assert_layout!(DomainDevices, size = 32, { console_mfn @ 0, store_mfn @ 8, console_port @ 16, store_port @ 20, console_gref @ 24, store_gref @ 28 });
+
 /// A struct that travels in [`ControlOp::args`], encoded field by field in little endian
 /// at its `#[repr(C)]` offsets.
 pub trait ControlArgs: Sized {
@@ -266,6 +312,7 @@ control_args!(DomainInfo {
     tot_pages: u64 @ 0, max_pages: u64 @ 8, state: u32 @ 16, vcpus: u32 @ 20, cpu_time_ns: u64 @ 24,
     hypercalls: u64 @ 32, exceptions_bounced: u64 @ 40, events_sent: u64 @ 48, build_ns: u64 @ 56,
 });
+control_args!(DomainDevices { console_mfn: u64 @ 0, store_mfn: u64 @ 8, console_port: u32 @ 16, store_port: u32 @ 20, console_gref: u32 @ 24, store_gref: u32 @ 28 });
 control_args!(Heartbeat { answered: u32 @ 0, slowest_cpu: u32 @ 4, max_ns: u64 @ 8, total_ns: u64 @ 16 });
 control_args!(PhysInfo {
     total_kib: u64 @ 0, free_kib: u64 @ 8, heap_bytes: u64 @ 16, domains: u32 @ 24, cpus: u32 @ 28,
@@ -304,6 +351,11 @@ mod tests {
         assert_eq!(MaxMem::decode(&MaxMem { max_kib: 77 }.encode()), MaxMem { max_kib: 77 });
         let beat = Heartbeat { answered: 3, slowest_cpu: 2, max_ns: 40_000, total_ns: 90_000 };
         assert_eq!(Heartbeat::decode(&beat.encode()), beat);
+        let devices = DomainDevices { console_mfn: 0x1234, store_mfn: 0x5678, console_port: 1, store_port: 2, console_gref: 0, store_gref: 1 };
+        let args = devices.encode();
+        assert_eq!(DomainDevices::decode(&args), devices);
+        assert_eq!(u64_at(&args, 8), 0x5678, "store_mfn at offset 8");
+        assert_eq!(u32_at(&args, 20), 2, "store_port at offset 20");
     }
 
     #[test]
@@ -311,6 +363,7 @@ mod tests {
         assert_eq!(ControlCmd::from_raw(1), Some(ControlCmd::CreateDomain));
         assert_eq!(ControlCmd::from_raw(0), None);
         assert_eq!(ControlCmd::from_raw(10), Some(ControlCmd::Heartbeat));
-        assert_eq!(ControlCmd::from_raw(11), None);
+        assert_eq!(ControlCmd::from_raw(11), Some(ControlCmd::GetDomainDevices));
+        assert_eq!(ControlCmd::from_raw(12), None);
     }
 }

@@ -261,6 +261,20 @@ impl Channels {
         })
     }
 
+    /// The event the hypervisor raises on `port` while it stands in for a backend that has
+    /// not bound the port yet: `port` is bound to the hypervisor, or still unbound with
+    /// `backend` as its remote domain (a created domain's console channel, whose backend is
+    /// domain 0). `None` once the backend bound it (or the guest closed or re-bound it).
+    pub fn standin_delivery(&self, port: EvtchnPort, backend: DomId) -> Option<Delivery> {
+        let channel = self.slots.get(port.0 as usize)?;
+        let standing_in = match channel.state {
+            State::Hypervisor => true,
+            State::Unbound { remote_dom } => remote_dom == backend,
+            _ => false,
+        };
+        standing_in.then_some(Delivery { port, vcpu: channel.notify })
+    }
+
     /// `EVTCHNOP_bind_vcpu`: make `port` notify `vcpu`. Allowed for unbound,
     /// interdomain (the hypervisor's included) and global-VIRQ ports; IPI and per-vCPU
     /// VIRQ ports keep their vCPU.
@@ -1085,6 +1099,21 @@ mod tests {
             Ok(())
         );
         assert_eq!(binding(&c, c_port), Binding::Closed);
+    }
+
+    #[test]
+    fn the_hypervisor_stands_in_for_a_backend_until_it_binds() {
+        let mut a = table(A);
+        let mut b = table(B);
+        let port = a.alloc_unbound(B).unwrap();
+        assert_eq!(a.send(port), Ok(SendTarget::Dropped));
+        assert_eq!(a.standin_delivery(port, B), Some(Delivery { port, vcpu: V0 }));
+        assert_eq!(a.standin_delivery(port, C), None, "another backend's port");
+        bind_interdomain(&mut b, &mut a, port).unwrap();
+        assert_eq!(a.standin_delivery(port, B), None, "the backend bound it");
+        let hv = a.bind_hypervisor().unwrap();
+        assert_eq!(a.standin_delivery(hv, B), Some(Delivery { port: hv, vcpu: V0 }));
+        assert_eq!(a.standin_delivery(EvtchnPort(999), B), None);
     }
 
     #[test]

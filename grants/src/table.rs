@@ -668,6 +668,22 @@ impl GrantTable {
         mem.fetch_or_u16(at.mfn, at.offset + offsets::HEADER, GTF_TRANSFER_COMPLETED);
     }
 
+    /// The builder's seeding of a new domain's table (libxl's `xc_dom_gnttab_seed`): entry
+    /// `gref` of a version-1 table grants `grantee` read-write access to `frame`. The
+    /// table must have its first frames already ([`GrantTable::grow`]); `false` when the
+    /// entry has none or the table is not version 1. The entry is the guest's to change
+    /// afterwards, as any other.
+    pub fn seed<M: SharedMemory + ?Sized>(&self, mem: &M, gref: u32, grantee: DomId, frame: u64) -> bool {
+        let Some(at) = self.entry(gref) else { return false };
+        if self.version != Version::V1 || frame > u64::from(u32::MAX) {
+            return false;
+        }
+        mem.store_u32(at.mfn, at.offset + offsets::V1_FRAME, frame as u32);
+        mem.fence();
+        mem.store_u32(at.mfn, at.offset + offsets::HEADER, u32::from(GTF_PERMIT_ACCESS) | u32::from(grantee.0) << 16);
+        true
+    }
+
     /// Whether entry `gref` is invalid (nothing granted), for tests and diagnostics.
     pub fn is_invalid<M: SharedMemory + ?Sized>(&self, mem: &M, gref: u32) -> bool {
         self.entry(gref).is_none_or(|at| mem.load_u16(at.mfn, at.offset) & GTF_TYPE_MASK == GTF_INVALID)

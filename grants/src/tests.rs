@@ -416,3 +416,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn seeded_entries_grant_the_backend_read_write() {
+    let mem = Memory::default();
+    let mut table = GrantTable::new(4);
+    let backend = DomId(0);
+    assert!(!table.seed(&mem, 0, backend, 0x42), "no frame yet: nothing to seed");
+    table.grow(1, &mut mem.allocator(4)).unwrap();
+    assert!(table.seed(&mem, 0, backend, 0x42));
+    assert!(table.seed(&mem, 1, backend, 0x43));
+    assert!(!table.seed(&mem, 512, backend, 0x44), "beyond the first frame");
+    assert!(!table.seed(&mem, 2, backend, 1 << 32), "a frame a version-1 entry cannot name");
+    for (gref, mfn) in [(0u32, 0x42u64), (1, 0x43)] {
+        let req = PinRequest { gref, grantee: backend, kind: PinKind { device: false, readonly: false }, purpose: Purpose::Map };
+        let pinned = table.pin(&mem, req).expect("the backend may map the seeded entry writable");
+        assert_eq!(pinned.mfn, Mfn(mfn));
+        assert!(table.unpin(&mem, gref, req.kind));
+    }
+    let other = PinRequest { gref: 0, grantee: DomId(5), kind: PinKind { device: false, readonly: true }, purpose: Purpose::Map };
+    assert!(table.pin(&mem, other).is_err(), "only the backend is granted");
+}

@@ -20,7 +20,7 @@ use guest_dom0::fuzzplan::{
 };
 use guest_rt::abi::control::{PhysInfo, SchedParams, DOMAIN_SHUTTING_DOWN};
 use guest_rt::abi::errno::Errno;
-use guest_rt::abi::ids::{DomId, EvtchnPort};
+use guest_rt::abi::ids::DomId;
 use guest_rt::control::{self, ControlError, NewDomain};
 use guest_rt::{evtchn, println};
 use protocol::worker::{Link, StressArgs, Task};
@@ -220,7 +220,7 @@ fn create_good(
     let count = 2 * pairs + periodic;
     for index in 0..count {
         let domid = DomId(first + index as u16);
-        let link = |peer: u32| Link { peer: DomId(first + peer as u16), port: EvtchnPort(1) };
+        let link = |peer: u32| Link { peer: DomId(first + peer as u16), port: crate::plan::PONG_PORT };
         let task = if index < 2 * pairs {
             if index % 2 == 0 { Task::Ping(link(index + 1)) } else { Task::Pong(link(index - 1)) }
         } else {

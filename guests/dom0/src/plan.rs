@@ -25,8 +25,9 @@ use crate::options::Options;
 /// The id the first stress domain gets.
 pub const FIRST_DOMID: u16 = 1;
 /// The port a pong allocates for its ping: its first free one. Ports start at 1, and the
-/// builder binds port 1 of every domain but domain 0 to its console ring.
-pub const PONG_PORT: EvtchnPort = EvtchnPort(2);
+/// builder gives ports 1 and 2 of every domain domain 0 creates to its console and store
+/// rings.
+pub const PONG_PORT: EvtchnPort = EvtchnPort(guest_rt::abi::control::CREATED_FIRST_FREE_PORT);
 /// Default role counts (before they are cut to fit `n`).
 pub const DEFAULT_HOGS_PER_CPU: u32 = 2;
 pub const DEFAULT_LATENCY: u32 = 4;

@@ -1,7 +1,8 @@
 //! The control interface of domain 0 ([`abi::control`], hypercall 36 `domctl`): typed
 //! calls to create, destroy, pause and unpause domains, set their memory limit and
 //! scheduling parameters, read domain and machine information, and time every CPU's
-//! answer to a cross-CPU call (the heartbeat).
+//! answer to a cross-CPU call (the heartbeat), and learn where a created domain's console
+//! and store rings are (its devices, which domain 0 serves).
 //!
 //! Each call builds one [`ControlOp`] on the stack (current interface version, target
 //! domain, the command's arguments encoded with [`ControlArgs`]), passes its address, and
@@ -10,7 +11,7 @@
 //! policy (which domains to create, where): that is domain 0's own code.
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, Heartbeat, MaxMem, PhysInfo,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainDevices, DomainInfo, Heartbeat, MaxMem, PhysInfo,
     SchedParams, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED,
 };
 use abi::errno::Errno;
@@ -167,6 +168,13 @@ pub fn sched_params(domain: DomId) -> Result<SchedParams> {
 pub fn domain_info(domain: DomId) -> Result<DomainInfo> {
     let (_, args) = call(ControlCmd::GetDomainInfo, domain, [0; 112])?;
     Ok(DomainInfo::decode(&args))
+}
+
+/// Where `domain`'s console and store rings are: their frames, the grant references that
+/// give them to domain 0 and the unbound ports to bind (`ENOENT` for a domain without them).
+pub fn domain_devices(domain: DomId) -> Result<DomainDevices> {
+    let (_, args) = call(ControlCmd::GetDomainDevices, domain, [0; 112])?;
+    Ok(DomainDevices::decode(&args))
 }
 
 /// How long each other CPU took to answer a cross-CPU call (see [`Heartbeat`]).

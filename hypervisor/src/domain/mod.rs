@@ -282,6 +282,9 @@ pub struct Domain {
     pub channels: Mutex<events::Channels>,
     /// Its grant table (`pv::grants`): the grants it gives.
     pub grants: Mutex<grants::GrantTable>,
+    /// Its console and store rings served by domain 0, set once by the builder for a
+    /// domain domain 0 creates (`ControlCmd::GetDomainDevices`).
+    pub devices: Mutex<Option<abi::control::DomainDevices>>,
     /// Its maptrack: the grants of others (or its own) it maps.
     pub maptrack: Mutex<grants::Maptrack>,
     pub counters: Counters,
@@ -452,6 +455,7 @@ impl Domain {
             console: Mutex::new(crate::pv::console::ConsoleLine::new()),
             channels: Mutex::new(events::Channels::new(abi::ids::DomId(id.0), max_vcpus, events::limits::DEFAULT_MAX_PORTS)),
             grants: Mutex::new(grants::GrantTable::new(grants::table::DEFAULT_MAX_FRAMES)),
+            devices: Mutex::new(None),
             maptrack: Mutex::new(grants::Maptrack::new(grants::maptrack::DEFAULT_MAX_MAPS)),
             counters: Counters::default(),
             running_vcpus: AtomicU32::new(0),

@@ -3,9 +3,15 @@
 //! `pv::modules`, a page at a time), each frame's guest frame in the machine-to-physical
 //! table, page-table types validated and the top level pinned, a vCPU in a run queue.
 //! Every domain but domain 0 also gets a console ring page (a frame of its reservation, as
-//! Xen's toolstack gives one, held writable for the hypervisor) and an event channel to the
-//! hypervisor, both in `start_info.console.domU` (domain 0's `start_info` has the VGA
-//! console information in that place, as in Xen).
+//! Xen's toolstack gives one, held writable for the hypervisor) in `start_info.console.domU`
+//! (domain 0's `start_info` has the VGA console information in that place, as in Xen). A
+//! domain built from a boot module has its console channel bound to the hypervisor, which
+//! drains the ring. A domain domain 0 creates ([`BuildRequest::devices`]) is set up as
+//! libxl sets one up: a store ring page too (`start_info.store_mfn`), one unbound port per
+//! ring whose remote end is domain 0 (console port 1, store port 2), and its grant table
+//! seeded (entry 0 grants domain 0 the console page, entry 1 the store page, read-write);
+//! `Domain::devices` records them for `GetDomainDevices`. Until domain 0 binds the console
+//! port, the hypervisor stands in and drains that ring too (`pv::console`).
 //!
 //! A bad image is refused with the builder's message and everything the attempt allocated
 //! is returned; the other domains still start. So is a request the machine cannot hold:
@@ -211,6 +217,9 @@ pub struct BuildRequest<'a> {
     /// How many vCPUs it may have, on which CPUs, pinned there or not.
     pub placement: VcpuPlacement,
     pub params: SchedParams,
+    /// Console and store rings served by domain 0 (a domain domain 0 creates); false: the
+    /// console bound to the hypervisor, no store.
+    pub devices: bool,
 }
 
 impl<'a> BuildRequest<'a> {
@@ -228,6 +237,7 @@ impl<'a> BuildRequest<'a> {
             cpu,
             placement: VcpuPlacement { max_vcpus: module.spec.vcpus.unwrap_or(1), cpu_mask: 0, pinned: false },
             params: SchedParams::default(),
+            devices: false,
         })
     }
 }
@@ -241,8 +251,8 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
         nr_pages,
         cmd_line: request.cmdline,
         is_privileged: request.privileged,
-        xenstore: None,
-        // The port number is the first a new domain's table hands out; checked at binding.
+        xenstore: request.devices.then_some(STORE_PORT),
+        // The port numbers are the first a new domain's table hands out; checked at binding.
         console: (!request.privileged).then_some(CONSOLE_PORT),
     };
     // Refuse a bad layout, or one the machine cannot hold, before any memory is taken.
@@ -250,7 +260,7 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
     check_room(&plan)?;
     let max_pages = request.max_kib.max(request.mem_kib) / 4;
     let domain = Domain::create(request.name, max_pages, request.privileged, request.params, request.placement).map_err(BuildFailure::Create)?;
-    match fill(&domain, &kernel, &config, request.cpu) {
+    match fill(&domain, &kernel, &config, request.cpu, request.devices) {
         Ok(_) => {
             domain.build_ns.store(time::tsc_to_ns(time::rdtsc() - start), Ordering::Relaxed);
             domain.publish();
@@ -265,7 +275,11 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
 }
 
 /// The console ring's event channel in every domain that has one: its first port.
-const CONSOLE_PORT: abi::ids::EvtchnPort = abi::ids::EvtchnPort(1);
+const CONSOLE_PORT: abi::ids::EvtchnPort = abi::ids::EvtchnPort(abi::control::CREATED_CONSOLE_PORT);
+/// The store ring's event channel in a domain domain 0 creates: its second port.
+const STORE_PORT: abi::ids::EvtchnPort = abi::ids::EvtchnPort(abi::control::CREATED_STORE_PORT);
+/// The backend of every created domain's console and store: domain 0.
+const BACKEND: abi::ids::DomId = abi::ids::DomId(0);
 
 /// Heap the builder takes besides its page tables (its buffers, the hypercall page, the
 /// start-info page, the list of tables), with room to spare.
@@ -287,7 +301,7 @@ fn check_room(plan: &builder::Plan) -> Result<(), BuildFailure> {
 }
 
 /// Populates the reservation, lays out the start-of-day memory and creates vCPU 0.
-fn fill(domain: &Arc<Domain>, kernel: &PvKernel<'_, dyn ImageSource + '_>, config: &DomainConfig, cpu: u32) -> Result<Arc<Vcpu>, BuildFailure> {
+fn fill(domain: &Arc<Domain>, kernel: &PvKernel<'_, dyn ImageSource + '_>, config: &DomainConfig, cpu: u32, devices: bool) -> Result<Arc<Vcpu>, BuildFailure> {
     // The domain's own list of its frames is the one the builder reads (nobody else sees
     // the domain yet, so holding its lock stops no one).
     let mut mem = domain.memory.lock();
@@ -307,9 +321,13 @@ fn fill(domain: &Arc<Domain>, kernel: &PvKernel<'_, dyn ImageSource + '_>, confi
     }
     drop(m2p);
     let console_frame = built.plan.console.map(|pfn| pages[pfn.0 as usize]);
+    let store_frame = built.plan.xenstore.map(|pfn| pages[pfn.0 as usize]);
     drop(mem);
-    if let (Some(mfn), Some(port)) = (console_frame, config.console) {
-        attach_console(domain, mfn, port)?;
+    match (console_frame, store_frame, devices) {
+        (Some(console), Some(store), true) => attach_devices(domain, console, store)?,
+        (Some(console), _, false) => attach_console(domain, console, CONSOLE_PORT)?,
+        (None, None, false) => {}
+        _ => return Err(BuildFailure::Console(abi::errno::Errno::Einval)),
     }
     let base = mmu::pin_initial_tables(domain, l4).map_err(BuildFailure::Tables)?;
     let regs = TrapFrame {
@@ -340,6 +358,34 @@ fn attach_console(domain: &Domain, mfn: Mfn, port: abi::ids::EvtchnPort) -> Resu
     }
     mmu::hold_for_hypervisor(domain.id, mfn).map_err(BuildFailure::Console)?;
     console::attach_ring(domain, mfn, port);
+    Ok(())
+}
+
+/// Gives a domain domain 0 creates its console and store rings as libxl does: an unbound
+/// port per ring for domain 0 (on the ports `start_info` names), the console frame held
+/// writable for the hypervisor (which drains it until domain 0 binds the port), the grant
+/// table seeded, and the whole recorded for `GetDomainDevices`.
+fn attach_devices(domain: &Domain, console: Mfn, store: Mfn) -> Result<(), BuildFailure> {
+    use abi::grant_table::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
+    let ports = {
+        let mut channels = domain.channels.lock();
+        (channels.alloc_unbound(BACKEND), channels.alloc_unbound(BACKEND))
+    };
+    if ports != (Ok(CONSOLE_PORT), Ok(STORE_PORT)) {
+        return Err(BuildFailure::Console(abi::errno::Errno::Enospc));
+    }
+    crate::pv::grants::seed(domain, BACKEND, &[(GNTTAB_RESERVED_CONSOLE, console), (GNTTAB_RESERVED_XENSTORE, store)])
+        .map_err(BuildFailure::Console)?;
+    mmu::hold_for_hypervisor(domain.id, console).map_err(BuildFailure::Console)?;
+    console::attach_ring(domain, console, CONSOLE_PORT);
+    *domain.devices.lock() = Some(abi::control::DomainDevices {
+        console_mfn: console.0,
+        store_mfn: store.0,
+        console_port: CONSOLE_PORT.0,
+        store_port: STORE_PORT.0,
+        console_gref: GNTTAB_RESERVED_CONSOLE,
+        store_gref: GNTTAB_RESERVED_XENSTORE,
+    });
     Ok(())
 }
 

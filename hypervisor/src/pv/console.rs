@@ -26,6 +26,12 @@
 //! read (reported once, left for the guest to mend, as xenconsoled leaves it), nothing is
 //! ever read or written outside the ring's arrays, and each drain reads at most one ring
 //! (2 KiB). Input: none yet (domain 0 takes the console in issue 17).
+//!
+//! A domain domain 0 creates has its console port unbound for domain 0 instead (its
+//! backend, `pv::build`): the hypervisor stands in and drains the ring on the guest's
+//! notifications (a send on the unbound port) only until domain 0 binds the port, and again
+//! if domain 0 closes its end; while domain 0 holds it, the ring is domain 0's alone and
+//! nothing here reads it.
 
 use arrayvec::ArrayVec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -263,6 +269,10 @@ fn drain_ring(domain: &Domain) {
     let mut console = domain.console.lock();
     let Some(ring) = console.ring else { return };
     if domain.state() == LifeState::Dead {
+        return;
+    }
+    // Domain 0 took the ring: it is its backend's alone (lock order: console, channels).
+    if !crate::pv::events::hypervisor_stands_in(domain, ring.port) {
         return;
     }
     let mut map = FrameMapping::new(ring.mfn).expect("a temporary mapping slot is free");

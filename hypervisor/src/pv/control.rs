@@ -1,7 +1,8 @@
 //! The control interface (`abi::control`, hypercall 36): the mechanisms domain 0 uses to make
 //! policy — create a domain from a boot module, destroy, pause and unpause it, set its memory
 //! limit and scheduling parameters, read its counters and the machine's — and a heartbeat
-//! that times every other CPU's answer to a cross-CPU call.
+//! that times every other CPU's answer to a cross-CPU call; and where a created domain's
+//! console and store rings are (`GetDomainDevices`, what `pv::build` recorded).
 //!
 //! Refused to every unprivileged domain (`EPERM`). Domain 0 cannot destroy or pause itself
 //! through it (it shuts down like any guest). A domain still being built is invisible
@@ -14,7 +15,7 @@
 //! give back is there for it.
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainInfo, Heartbeat, MaxMem, PhysInfo, SchedParams,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainDevices, DomainInfo, Heartbeat, MaxMem, PhysInfo, SchedParams,
     CONTROL_INTERFACE_VERSION, CREATE_FLAGS, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING,
     DOMAIN_SHUTTING_DOWN, MAX_VCPUS,
 };
@@ -74,7 +75,7 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
             // Domain 0 may read its own figures and set its own scheduling; it may not
             // destroy, pause or shrink itself.
             let target = match cmd {
-                ControlCmd::SetSchedParams | ControlCmd::GetSchedParams | ControlCmd::GetDomainInfo => {
+                ControlCmd::SetSchedParams | ControlCmd::GetSchedParams | ControlCmd::GetDomainInfo | ControlCmd::GetDomainDevices => {
                     domain::lookup(DomainId(op.domain)).ok_or(Errno::Esrch)?
                 }
                 _ => other_domain(vcpu, op.domain)?,
@@ -112,12 +113,20 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
                     op.args = domain_info(&target).encode();
                     Ok(0)
                 }
+                ControlCmd::GetDomainDevices => {
+                    let devices: DomainDevices = (*target.devices.lock()).ok_or(Errno::Enoent)?;
+                    op.args = devices.encode();
+                    Ok(0)
+                }
                 ControlCmd::CreateDomain | ControlCmd::GetPhysInfo | ControlCmd::Heartbeat => unreachable!("handled above"),
             }
         }
     };
     if result.is_ok()
-        && matches!(cmd, ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams | ControlCmd::Heartbeat)
+        && matches!(
+            cmd,
+            ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams | ControlCmd::Heartbeat | ControlCmd::GetDomainDevices
+        )
     {
         uaccess::write_value(arg.0, &op).map_err(|_| Errno::Efault)?;
     }
@@ -169,6 +178,7 @@ fn create(args: &CreateDomain) -> HcResult {
             pinned: args.cpu != u32::MAX && args.flags & CREATE_UNPINNED == 0,
         },
         params: checked(args.params)?,
+        devices: true,
     };
     match build::build_domain(&request) {
         Ok(domain) => {

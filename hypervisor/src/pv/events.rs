@@ -190,11 +190,12 @@ pub fn mark_all_pending(domain: &Domain, id: u32) {
 }
 
 /// Raises `port` of `domain` from the hypervisor's end of its channel (the console ring's),
-/// if the port is still bound to the hypervisor.
+/// if the hypervisor still stands in for the ring's backend: the port is bound to the
+/// hypervisor, or still unbound for domain 0 (`pv::console`).
 pub fn raise_hypervisor_port(domain: &Domain, port: EvtchnPort) {
     let marked = {
         let channels = domain.channels.lock();
-        let delivery = channels.hypervisor_delivery(port);
+        let delivery = channels.standin_delivery(port, DomId(0));
         delivery.and_then(|delivery| Some((delivery, mark_pending(domain, &channels, delivery)?)))
     };
     if let Some((delivery, notify)) = marked {
@@ -282,7 +283,9 @@ pub fn event_channel_op(vcpu: &Vcpu, cmd: u32, arg: GuestVa) -> HcResult {
                     }
                 }
                 SendTarget::Hypervisor(port) => crate::pv::console::notified(domain, port),
-                SendTarget::Dropped => {}
+                // Unbound: Xen drops it; a created domain's console port is drained by the
+                // hypervisor until domain 0 binds it (`pv::console`).
+                SendTarget::Dropped => crate::pv::console::notified(domain, op.port),
             }
             Ok(0)
         }
@@ -532,4 +535,10 @@ pub fn set_timer(vcpu: &Vcpu, deadline_ns: u64) {
     } else {
         sched::set_timer(&me, deadline_ns);
     }
+}
+
+/// Whether the hypervisor still stands in for the backend of `port` of `domain` (see
+/// [`raise_hypervisor_port`]).
+pub fn hypervisor_stands_in(domain: &Domain, port: EvtchnPort) -> bool {
+    domain.channels.lock().standin_delivery(port, DomId(0)).is_some()
 }

@@ -857,6 +857,24 @@ pub fn release_one_map(domain: &Domain) -> bool {
 }
 
 /// Whether another domain still uses one of `domain`'s grants.
+/// The builder's seeding of a new domain's table (libxl's): its first frame allocated and
+/// each `(gref, frame)` of `entries` granted read-write to `backend`. The entries are the
+/// guest's afterwards. `ENOMEM` when the frame cannot be had.
+pub fn seed(domain: &Domain, backend: DomId, entries: &[(u32, Mfn)]) -> Result<(), Errno> {
+    let mut frames = ArrayVec::<Mfn, { DEFAULT_MAX_FRAMES as usize }>::new();
+    if grow(domain, 1, &mut frames) != GntSt::Okay {
+        return Err(Errno::Enomem);
+    }
+    let table = domain.grants.lock();
+    let mapped = Mapped::new();
+    for &(gref, mfn) in entries {
+        if !table.seed(&mapped, gref, backend, mfn.0) {
+            return Err(Errno::Einval);
+        }
+    }
+    Ok(())
+}
+
 pub fn in_use(domain: &Domain) -> bool {
     !domain.grants.lock().active().is_empty()
 }
