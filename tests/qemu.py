@@ -77,7 +77,16 @@ BAD_IMAGES = {"not-an-elf": b"this is not an ELF image, whatever its name says\n
 BIG_IMAGES = {"big-image": (80, None), "big-image-40": (40, None), "big-image-truncated": (40, 30)}
 
 
+# GRUB's Xen image and its test disks, made by tests/grubimage.py (Debian's grub-xen-bin).
+GRUB_FILES = {"grub-xen": ("image", None), "grub-disk-fat": ("disk", "fat"), "grub-disk-ext2": ("disk", "ext2")}
+
+
 def guest(name):
+    if name in GRUB_FILES:
+        import grubimage
+        path = os.path.join(ROOT, "build", "grub", name)
+        what, fs = GRUB_FILES[name]
+        return grubimage.make_image(path) if what == "image" else grubimage.make_disk(path, fs)
     if name in BIG_IMAGES:
         import bigimage
         path = os.path.join(ROOT, "build", name)
