@@ -98,7 +98,7 @@ DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine (guest-dom0: its
 # library, the plan and options; its binary runs on the machine only).
-HOST_CRATES := xen-abi apic builder bvt events grants guest-dom0 guest-rt mm protocol ptwr pvmm smp topology
+HOST_CRATES := xen-abi apic builder bvt events grants guest-dom0 guest-rt mm protocol ptwr pvmm smp topology xenstore
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
 # Guest crates whose library (the logic) is tested and linted on the host too.
