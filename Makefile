@@ -37,7 +37,7 @@ GUEST_IMAGE_MIB = $(shell echo $$(( ( $$(stat -c %s $(GUEST) 2>/dev/null || echo
 GUEST_LINE  = name=$(basename $(notdir $(GUEST))) mem=$(GUEST_MEM)$(if $(GUEST_VCPUS), vcpus=$(GUEST_VCPUS)) -- $(GUEST_CMDLINE)
 # The hypervisor's line for a hand run: the exit status says how the guest ended.
 RUN_CMDLINE = $(strip $(CMDLINE) $(if $(GUEST),exit=guest guests=$(GUESTS)))
-GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments guest-bigimage guest-shutdown guest-grants guest-m2p guest-vcpuop
+GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments guest-bigimage guest-shutdown guest-grants guest-m2p guest-vcpuop guest-xs
 
 # The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
 N          ?= 100

@@ -223,6 +223,21 @@ def guest_cases():
              modules=[("guest-dom0", "name=dom0 -- attack=share"), ("guest-vcpus", "")],
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["dom0: attack share: ok"]),
+        # Work package "store" (issue 17): domain 0 serves the store to two good clients and
+        # two hostile ones (quota floods then garbage ring indices; garbage indices at once:
+        # each cut off alone, the good ones served on);
+        Case("io-store-basic", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=2 hostile=2"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_at_most={"console.ring_bytes": 0},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: flood: every quota held",
+                                      "xs: cut off error=2", "xs: read round trip median=", "(d0) [d1] xs: ring line 2 of d1",
+                                      "(d0) [d2] xs: ring line 2 of d2", "lines suppressed by the console rate limit]"]),
+        # the store round trip with one client alone (its median is printed);
+        Case("io-store-rtt", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0"), ("guest-xs", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: read round trip median="]),
         # 1000 domains with timers a century ahead, stolen across CPUs, then destroyed;
         Case("iso-lifecycle-timers", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
              modules=[("guest-dom0", "name=dom0 -- attack=timers domains=1000"), ("guest-vcpus", "")],

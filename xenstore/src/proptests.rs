@@ -210,6 +210,31 @@ fn quotas_hold_for_domains_but_domain_0() {
 }
 
 #[test]
+fn the_memory_quota_bounds_what_a_domain_holds() {
+    let mut s = with_domains();
+    s.quota = Quota { memory: 16 << 10, ..Quota::default() };
+    let before = s.memory_of(1);
+    let value = [b'v'; 2000];
+    let mut refused = None;
+    for i in 0..20 {
+        let mut w = alloc::format!("data/big{i}\0").into_bytes();
+        w.extend_from_slice(&value);
+        if let Err(e) = call(&mut s, 1, MsgType::Write, 0, &w) {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(XsError::Enomem));
+    assert!(s.memory_of(1) <= 16 << 10);
+    assert_eq!(call(&mut s, 2, MsgType::Write, 0, b"data/k\0v"), Ok(b"OK\0".to_vec()), "others unaffected");
+    call(&mut s, 1, MsgType::Rm, 0, b"data\0").unwrap();
+    assert!(s.memory_of(1) < before, "removing gives it back");
+    s.destroy_domain(1);
+    assert_eq!(s.memory_of(1), 0);
+    assert_eq!(s.tree().bytes_of(1), 0);
+}
+
+#[test]
 fn a_domain_that_never_reads_its_replies_stops_being_read() {
     let mut s = with_domains();
     for _ in 0..s.quota.outstanding {

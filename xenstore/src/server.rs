@@ -43,7 +43,8 @@ pub struct Connection {
 /// What one pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Served {
-    /// The guest should be notified (requests consumed or responses produced).
+    /// The guest should be notified (responses produced, or requests consumed from a full
+    /// ring).
     pub notify: bool,
     /// Work is left (the budget ran out, or requests wait for room in `rsp`).
     pub more: bool,
@@ -111,7 +112,8 @@ impl Connection {
                 }
             }
             page.store_u32(wire::REQ_CONS_OFFSET, cons.wrapping_add(taken));
-            served.notify = true;
+            // A client waits for room only when its ring was full.
+            served.notify |= waiting == wire::RING_SIZE;
             match message {
                 Some(m) => {
                     store.handle(self.domid, &m);

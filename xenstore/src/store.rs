@@ -10,7 +10,9 @@
 //!
 //! Quotas ([`Quota`], xenstored's defaults) hold for every domain but domain 0: nodes it
 //! owns (`ENOSPC`), value size (`ENOSPC`), permission entries (`ENOSPC`), watches
-//! (`E2BIG`), open transactions (`ENOSPC`), nodes one transaction touches (`ENOSPC`);
+//! (`E2BIG`), open transactions (`ENOSPC`), nodes one transaction touches (`ENOSPC`), and
+//! the bytes its nodes, watches and transactions hold (`ENOMEM`: the bound that keeps the
+//! server's heap safe whatever the counts allow);
 //! [`Store::may_read_requests`] says whether a domain may have another request read (its
 //! queued replies are fewer than the outstanding-request quota), so that one that never
 //! reads its replies stops being served rather than growing domain 0's memory; watch events
@@ -44,13 +46,20 @@ pub struct Quota {
     pub perms: usize,
     /// Nodes one transaction may touch (`quota_trans_nodes`).
     pub tx_nodes: usize,
+    /// Bytes of the store a domain's nodes, watches and open transactions may hold
+    /// (`ENOMEM` beyond; as xenstored's per-domain memory quota, here the bound that keeps
+    /// domain 0's heap safe: its server sizes it to its heap and the domains it serves).
+    pub memory: usize,
 }
 
 impl Default for Quota {
     fn default() -> Self {
-        Quota { nodes: 1000, value_bytes: 2048, watches: 128, transactions: 10, outstanding: 20, perms: 5, tx_nodes: 1024 }
+        Quota { nodes: 1000, value_bytes: 2048, watches: 128, transactions: 10, outstanding: 20, perms: 5, tx_nodes: 1024, memory: 256 << 10 }
     }
 }
+
+/// What a watch costs the memory quota beyond its path and token.
+const WATCH_OVERHEAD: usize = 64;
 
 /// Queued output beyond which a domain's watch events are dropped.
 pub const EVENT_QUEUE_BYTES: usize = 16 << 10;
@@ -412,6 +421,11 @@ impl Store {
                 if !privileged && c.watches.len() >= quota {
                     return Err(XsError::E2big);
                 }
+                let cost = WATCH_OVERHEAD + watch.path.len() + watch.token.len();
+                if !privileged && self.memory_of(domid) + cost > self.quota.memory {
+                    return Err(XsError::Enomem);
+                }
+                let c = self.conns.get_mut(&domid).expect("checked");
                 // The reply first, then the initial event (xenstored's order).
                 let shown_path = String::from(shown(domid, &watch, &watch.path));
                 self.initial = Some(event_payload(&shown_path, &watch.token));
@@ -532,6 +546,19 @@ impl Store {
         Ok(node)
     }
 
+    /// Bytes of the store `domid` holds: its nodes, watches and open transactions.
+    pub fn memory_of(&self, domid: DomId) -> usize {
+        let conn = self.conns.get(&domid).map_or(0, |c| {
+            c.watches.iter().map(|w| WATCH_OVERHEAD + w.path.len() + w.token.len()).sum::<usize>() + c.txs.values().map(Tx::bytes).sum::<usize>()
+        });
+        self.tree.bytes_of(domid) + conn
+    }
+
+    /// `ENOMEM` when `domid` (unprivileged) would go past its memory quota with `more`.
+    fn check_memory(&self, domid: DomId, more: usize) -> Result<(), XsError> {
+        if domid != 0 && self.memory_of(domid) + more > self.quota.memory { Err(XsError::Enomem) } else { Ok(()) }
+    }
+
     fn check_tx_size(&self, domid: DomId, tx_id: u32) -> Result<(), XsError> {
         if domid == 0 || tx_id == 0 {
             return Ok(());
@@ -546,16 +573,20 @@ impl Store {
     fn write(&mut self, domid: DomId, tx_id: u32, p: &str, mut value: Vec<u8>) -> Result<(), XsError> {
         let privileged = domid == 0;
         self.check_tx_size(domid, tx_id)?;
-        let mut view = self.view(domid, tx_id);
-        if let Some(node) = view.get(p) {
+        let existing = self.view(domid, tx_id).get(p);
+        if let Some(node) = existing {
             if !perms::access(&node.perms, domid, privileged).writes() {
                 return Err(XsError::Eacces);
             }
-            let changes = view.set(p, value, node.perms);
+            // The owner pays for a value that grows (in a transaction: the overlay's copy).
+            let grows = if tx_id != 0 { crate::tree::node_cost(p, value.len(), node.perms.len()) } else { value.len().saturating_sub(node.value.len()) };
+            self.check_memory(node.owner(), grows)?;
+            let changes = self.view(domid, tx_id).set(p, value, node.perms);
             self.fire(&changes);
             return Ok(());
         }
         // The missing nodes from the top down.
+        let mut view = self.view(domid, tx_id);
         let mut missing = alloc::vec![String::from(p)];
         let mut ancestor = path::parent(p).unwrap_or("/");
         let parent = loop {
@@ -576,13 +607,19 @@ impl Store {
             if i64::from(self.tree.owned_by(domid)) + i64::from(pending) + missing.len() as i64 > quota {
                 return Err(XsError::Enospc);
             }
+            let cost: usize = missing.iter().map(|m| crate::tree::node_cost(m, if m == p { value.len() } else { 0 }, perms.len())).sum();
+            self.check_memory(domid, cost)?;
         }
         let mut all = Changes::default();
         let mut view = self.view(domid, tx_id);
         while let Some(m) = missing.pop() {
             let v = if missing.is_empty() { core::mem::take(&mut value) } else { Vec::new() };
             let c = view.set(&m, v, perms.clone());
-            all.written.extend(c.written);
+            // Watches fire for the path written (intermediate nodes lie above it, so a
+            // watch on one of them fires with it), as xenstored.
+            if m == p {
+                all.written.extend(c.written);
+            }
         }
         self.fire(&all);
         Ok(())

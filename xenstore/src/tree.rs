@@ -43,13 +43,24 @@ pub struct Tree {
     next_generation: u64,
     /// Nodes per owner, for the quota.
     owned: BTreeMap<DomId, u32>,
+    /// Bytes of the nodes per owner ([`node_cost`]), for the memory quota.
+    owned_bytes: BTreeMap<DomId, usize>,
 }
+
+/// What a node costs its owner's memory quota: its path, value and permissions, and a
+/// fixed overhead for the tree's bookkeeping.
+pub fn node_cost(path: &str, value_len: usize, perms: usize) -> usize {
+    NODE_OVERHEAD + path.len() + value_len + perms * core::mem::size_of::<Perm>()
+}
+
+/// The bookkeeping of one node in the tree (map entry, allocations' headers), rounded up.
+pub const NODE_OVERHEAD: usize = 128;
 
 impl Tree {
     /// A tree with `/` owned by domain 0 (no access for others), as xenstored starts, and
     /// `/local`, `/local/domain`, `/tool` likewise.
     pub fn new() -> Tree {
-        let mut tree = Tree { nodes: BTreeMap::new(), next_generation: 1, owned: BTreeMap::new() };
+        let mut tree = Tree { nodes: BTreeMap::new(), next_generation: 1, owned: BTreeMap::new(), owned_bytes: BTreeMap::new() };
         let root = alloc::vec![Perm { domid: 0, kind: crate::PermKind::None }];
         for p in ["/", "/local", "/local/domain", "/tool"] {
             tree.insert(String::from(p), Vec::new(), root.clone());
@@ -72,6 +83,19 @@ impl Tree {
     /// Nodes `domid` owns.
     pub fn owned_by(&self, domid: DomId) -> u32 {
         self.owned.get(&domid).copied().unwrap_or(0)
+    }
+
+    /// Bytes of the nodes `domid` owns ([`node_cost`]).
+    pub fn bytes_of(&self, domid: DomId) -> usize {
+        self.owned_bytes.get(&domid).copied().unwrap_or(0)
+    }
+
+    fn count_bytes(&mut self, owner: DomId, add: usize, sub: usize) {
+        let n = self.owned_bytes.entry(owner).or_insert(0);
+        *n = (*n + add).saturating_sub(sub);
+        if *n == 0 {
+            self.owned_bytes.remove(&owner);
+        }
     }
 
     fn generation(&mut self) -> u64 {
@@ -104,14 +128,17 @@ impl Tree {
     pub fn insert(&mut self, path: String, value: Vec<u8>, perms: Vec<Perm>) {
         let generation = self.generation();
         let owner = perms[0].domid;
+        let cost = node_cost(&path, value.len(), perms.len());
         if let Some(old) = self.nodes.insert(path.clone(), Node { value, perms, generation }) {
             self.count(old.owner(), -1);
+            self.count_bytes(old.owner(), 0, node_cost(&path, old.value.len(), old.perms.len()));
         } else if let Some(parent) = path::parent(&path) {
             if let Some(p) = self.nodes.get_mut(parent) {
                 p.generation = generation;
             }
         }
         self.count(owner, 1);
+        self.count_bytes(owner, cost, 0);
     }
 
     /// Removes `path` and everything beneath it; returns what went (the top first).
@@ -125,6 +152,7 @@ impl Tree {
         for p in doomed {
             if let Some(node) = self.nodes.remove(&p) {
                 self.count(node.owner(), -1);
+                self.count_bytes(node.owner(), 0, node_cost(&p, node.value.len(), node.perms.len()));
                 gone.push((p, node));
             }
         }
@@ -140,10 +168,12 @@ impl Tree {
     /// entries naming it go (a released domain's id must give a later domain nothing).
     pub fn forget_domain(&mut self, domid: DomId) {
         let mut moved = 0;
-        for node in self.nodes.values_mut() {
+        let mut moved_bytes = 0;
+        for (path, node) in self.nodes.iter_mut() {
             if node.perms[0].domid == domid {
                 node.perms[0].domid = 0;
                 moved += 1;
+                moved_bytes += node_cost(path, node.value.len(), node.perms.len());
             }
             let owner = node.perms[0];
             node.perms.retain(|p| p.domid != domid);
@@ -152,9 +182,11 @@ impl Tree {
             }
         }
         self.owned.remove(&domid);
+        self.owned_bytes.remove(&domid);
         for _ in 0..moved {
             self.count(0, 1);
         }
+        self.count_bytes(0, moved_bytes, 0);
     }
 }
 
@@ -173,6 +205,8 @@ pub struct Tx {
     seen: BTreeMap<String, Option<u64>>,
     /// Net nodes created per owner, for the quota.
     added: BTreeMap<DomId, i32>,
+    /// Bytes the overlay holds ([`node_cost`] of each change).
+    bytes: usize,
 }
 
 impl Tx {
@@ -185,6 +219,11 @@ impl Tx {
         if !self.seen.contains_key(path) {
             self.seen.insert(String::from(path), tree.get(path).map(|n| n.generation));
         }
+    }
+
+    /// Bytes the overlay holds (an upper bound: a node changed twice counts twice).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Net nodes this transaction adds for `owner`.
@@ -283,6 +322,7 @@ impl View<'_> {
                     *tx.added.entry(old).or_insert(0) -= 1;
                 }
                 *tx.added.entry(perms[0].domid).or_insert(0) += 1;
+                tx.bytes += node_cost(path, value.len(), perms.len());
                 tx.changes.insert(String::from(path), Some(Node { value, perms, generation: 0 }));
                 Changes::default()
             }
@@ -320,6 +360,7 @@ impl View<'_> {
                     if let Some(owner) = owner {
                         *tx.added.entry(owner).or_insert(0) -= 1;
                     }
+                    tx.bytes += node_cost(&p, 0, 0);
                     tx.changes.insert(p, None);
                 }
                 Changes::default()

@@ -20,6 +20,8 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use core::fmt::{self, Write};
 
 use arrayvec::{ArrayString, ArrayVec};

@@ -7,7 +7,8 @@
 //! ([`frames`]), the shared info page
 //! ([`shared_info`]) and the address layout ([`layout`]); system time ([`time`]), event delivery ([`events`]), event channels
 //! ([`evtchn`]), the one-shot timer ([`timer`]), ballooning ([`balloon`]), grant tables ([`grants`]), secondary vCPUs ([`smp`]), the console ring ([`ring`]) and, for domain
-//! 0, the control interface ([`control`]). Guests link with `guest.ld`: their build script passes `-T` with the
+//! 0, the control interface ([`control`]); with the `heap` feature, a global allocator
+//! (`heap`), and the store client ([`xs`]). Guests link with `guest.ld`: their build script passes `-T` with the
 //! path this crate publishes as `DEP_GUEST_RT_LD`.
 //!
 //! # Entry and shutdown
@@ -29,6 +30,8 @@ pub mod events;
 pub mod evtchn;
 pub mod frames;
 pub mod grants;
+#[cfg(feature = "heap")]
+pub mod heap;
 pub mod hypercall;
 pub mod layout;
 pub mod probe;
@@ -39,6 +42,8 @@ pub mod start_info;
 pub mod time;
 pub mod timer;
 pub mod traps;
+#[cfg(feature = "xs")]
+pub mod xs;
 
 #[cfg(target_os = "none")]
 mod entry;

@@ -16,6 +16,9 @@
 //! - `timers` ([`timers`]): `domains=N` hogs with a timer armed a century ahead, created
 //!   in small groups on one CPU, unpinned, so that the idle CPU steals some, then
 //!   destroyed: the heap must come back to what it was. Module 1: guest-vcpus.
+//! - `store` ([`store`]): domain 0 runs the store for good and hostile store clients,
+//!   introduces and releases them; the hostile ones must be cut off alone. Module 1:
+//!   guest-xs.
 //!
 //! Each check prints what it measured, so that a failure says by how much. This module
 //! must never leave a domain it created alive when it reports.
@@ -23,6 +26,7 @@
 mod huge;
 mod race;
 mod share;
+mod store;
 mod timers;
 
 use core::fmt;
@@ -100,6 +104,11 @@ impl Waiter {
 
     pub fn now(self) -> u64 {
         self.clock.now_ns()
+    }
+
+    /// Blocks until `done()` holds or system time reaches `deadline_ns`.
+    pub fn wait_for(self, deadline_ns: u64, done: impl FnMut() -> bool) -> Result<bool, Failure> {
+        self.timer.wait_until(deadline_ns, done).map_err(|_| Failure::Setup("timer refused"))
     }
 
     pub fn sleep_ms(self, ms: u64) -> Result<(), Failure> {
@@ -204,6 +213,7 @@ pub fn run(name: &str, start: &StartInfo) -> ! {
         "races" => race::run(waiter, cmdline),
         "share" => share::run(waiter, cmdline),
         "timers" => timers::run(waiter, cmdline),
+        "store" => store::run(waiter, cmdline),
         _ => Err(Failure::Setup("unknown attack")),
     });
     match result {
