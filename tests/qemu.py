@@ -234,6 +234,16 @@ def guest_cases():
                                       "xs: cut off error=2", "xs: read round trip median=", "(d0) [d1] xs: ring line 2 of d1",
                                       "(d0) [d2] xs: ring line 2 of d2", "lines suppressed by the console rate limit]"]),
         # the store round trip with one client alone (its median is printed);
+        # The unmodified frontend (issue 17 item 5): GRUB's Xen image (tests/grubimage.py)
+        # created by domain 0, its store and console served by domain 0; with no disk yet it
+        # finds none (device/vbd: ENOENT), runs its embedded configuration (whose search
+        # fails) and halts: the domain powers off and domain 0 releases it.
+        Case("io-grub-nodisk", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0 mem_kib=32768"), ("grub-xen", "")],
+             expect={"domains.unexpected_endings": "0", "console.ring_bytes": "0"},
+             expect_lines=ok_lines + ["(d0) [d1] ", "Welcome to GRUB!", "grub: embedded configuration running",
+                                      "error: no such device: /hello.txt", "grub: halting",
+                                      "domain 1 (guest1) ended: poweroff", "dom0: attack store: ok"]),
         Case("io-store-rtt", smp="2", mem="512M", boot="iso", cmdline="dom0",
              modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0"), ("guest-xs", "")],
              expect={"domains.unexpected_endings": "0"},
