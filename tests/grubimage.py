@@ -12,9 +12,14 @@ line below, with a per-filesystem word, so that a case reading the wrong disk fa
 Usage:
   tests/grubimage.py image OUT            the GRUB image
   tests/grubimage.py disk OUT [--fs fat|ext2]
+  tests/grubimage.py boottime LOG...      boot to halt in each serial log of an io-grub-* case
+                                          (domain 0's "domains unpaused" line to the hypervisor's
+                                          "domain 1 (...) ended: poweroff"), and their median
 """
 import argparse
 import os
+import re
+import statistics
 import shutil
 import subprocess
 import sys
@@ -91,6 +96,28 @@ def make_disk(out, fs):
     return out
 
 
+# Serial log lines: "[cpuN  seconds] text".
+STAMP = re.compile(r"^\[cpu\d+\s+([0-9.]+)\] (.*)$")
+
+
+def boot_to_halt_ms(log):
+    """Milliseconds from domain 0 unpausing GRUB's domain to the hypervisor's line saying it
+    powered off, in one serial log; None when either line is missing."""
+    start = end = None
+    with open(log, errors="replace") as f:
+        for line in f:
+            m = STAMP.match(line.strip())
+            if not m:
+                continue
+            t, text = float(m.group(1)), m.group(2)
+            if start is None and "dom0: store: 1 domains unpaused" in text:
+                start = t
+            elif start is not None and re.match(r"domain 1 \(.*\) ended: poweroff", text):
+                end = t
+                break
+    return None if start is None or end is None else (end - start) * 1000
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -99,8 +126,18 @@ def main():
     disk = sub.add_parser("disk")
     disk.add_argument("out")
     disk.add_argument("--fs", choices=["fat", "ext2"], default="fat")
+    boottime = sub.add_parser("boottime")
+    boottime.add_argument("logs", nargs="+")
     args = parser.parse_args()
-    if args.what == "image":
+    if args.what == "boottime":
+        figures = [boot_to_halt_ms(log) for log in args.logs]
+        for log, ms in zip(args.logs, figures):
+            print(f"{log}: " + ("no boot-to-halt lines" if ms is None else f"{ms:.1f} ms"))
+        got = [ms for ms in figures if ms is not None]
+        if not got:
+            sys.exit("grubimage: no log had both lines")
+        print(f"boot to halt: median {statistics.median(got):.1f} ms of {len(got)} (min {min(got):.1f}, max {max(got):.1f})")
+    elif args.what == "image":
         print(make_image(args.out))
     else:
         print(make_disk(args.out, args.fs))
