@@ -14,7 +14,7 @@ ISO        := $(BUILD)/hypervisor.iso
 # GUEST, MEM follows its memory: GUESTS * GUEST_MEM, the image (its module stays reserved)
 # and 64 MiB for the hypervisor (it takes about 6 MiB with 4 CPUs), at least 256 MiB.
 SMP        ?= 4
-MEM        ?= $(if $(GUEST),$(shell echo $$(( $(GUESTS) * $(GUEST_MEM) + $(GUEST_IMAGE_MIB) + 64 > 256 ? $(GUESTS) * $(GUEST_MEM) + $(GUEST_IMAGE_MIB) + 64 : 256 )))M,256M)
+MEM        ?= $(if $(GUEST),$(shell echo $$(( $(GUESTS) * $(GUEST_MEM) + $(GUEST_IMAGE_MIB) + 64 + $(DISK_RUN_MIB) > 256 ? $(GUESTS) * $(GUEST_MEM) + $(GUEST_IMAGE_MIB) + 64 + $(DISK_RUN_MIB) : 256 )))M,256M)
 ACCEL      ?= tcg
 MACHINE    ?= pc
 QEMU_EXTRA ?=
@@ -35,9 +35,18 @@ GUEST_CMDLINE ?=
 GUEST_IMAGE_MIB = $(shell echo $$(( ( $$(stat -c %s $(GUEST) 2>/dev/null || echo 0) + 1048575 ) / 1048576 )))
 # The module line the guest's domains are built by (the same keys as a GRUB module line).
 GUEST_LINE  = name=$(basename $(notdir $(GUEST))) mem=$(GUEST_MEM)$(if $(GUEST_VCPUS), vcpus=$(GUEST_VCPUS)) -- $(GUEST_CMDLINE)
+# Virtual disks for a hand-run guest: `FILE[,ro]` words, its `xvda`, `xvdb`, ... in order.
+# Domain 0 (guest-dom0, `attack=blk serve=1`) keeps each in its memory and serves it over
+# Xen's blkif protocol (a store, consoles and blkback); the run boots from an ISO (GRUB
+# module lines, as on a real host) and domain 0 gets room for the disks.
+GUEST_DISK ?=
+DISK_FILES  = $(foreach d,$(GUEST_DISK),$(firstword $(subst $(comma), ,$(d))))
+DISK_MIB    = $(shell echo $$(( ( 0 $(foreach f,$(DISK_FILES),+ $$(stat -c %s $(f) 2>/dev/null || echo 0)) ) / 1048576 + $(words $(DISK_FILES)) )))
+DISK_RUN_MIB = $(if $(GUEST_DISK),$(shell echo $$(( 2 * $(DISK_MIB) + 32 ))),0)
+DOM0_DISK_LINE = name=dom0 mem=$(shell echo $$(( 16 + $(DISK_MIB) ))) -- attack=blk serve=1 good=$(GUESTS) guest_mem=$(GUEST_MEM) -- $(GUEST_CMDLINE)
 # The hypervisor's line for a hand run: the exit status says how the guest ended.
 RUN_CMDLINE = $(strip $(CMDLINE) $(if $(GUEST),exit=guest guests=$(GUESTS)))
-GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments guest-bigimage guest-shutdown guest-grants guest-m2p guest-vcpuop guest-xs
+GUEST_CRATES := guest-hello guest-events guest-bench guest-balloon guest-pagetables guest-hostile guest-hostile2 guest-smpuser guest-dom0 guest-stress guest-vcpus guest-fpu guest-fuzz guest-segments guest-bigimage guest-shutdown guest-grants guest-m2p guest-vcpuop guest-xs guest-blk
 
 # The stress run: domain 0 spawns N stress domains for SECONDS on SMP CPUs.
 N          ?= 100
@@ -98,13 +107,13 @@ DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine (guest-dom0: its
 # library, the plan and options; its binary runs on the machine only).
-HOST_CRATES := xen-abi apic builder bvt events grants guest-dom0 guest-rt mm protocol ptwr pvmm smp topology xenstore
+HOST_CRATES := xen-abi apic blkif builder bvt events grants guest-dom0 guest-rt mm protocol ptwr pvmm smp topology xenring xenstore
 # Host programs (std): tested and linted on the host only.
 STD_CRATES := stress
 # Guest crates whose library (the logic) is tested and linted on the host too.
 GUEST_LIB_CRATES := guest-fuzz
 # Everything that runs on the machine.
-METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz guest-dom0 guest-hostile guest-pagetables guest-bigimage guest-shutdown
+METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz guest-dom0 guest-hostile guest-pagetables guest-bigimage guest-shutdown guest-xs guest-blk
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
 .PHONY: grub-image help deps build guests stress capacity capacity-page fuzz cycles iso iso-selftest run smoke boottime test test-host test-qemu test-stress test-fuzz clippy clean xtf
@@ -199,7 +208,25 @@ case $$status in 33) m="the guest powered off";; 35) m="the hypervisor failed (a
 echo "run: QEMU exit status $$status: $$m"
 endef
 
-ifeq ($(BOOT),iso)
+ifneq ($(GUEST_DISK),)
+# A guest with disks: domain 0 (module 0) creates it from module 1 and serves the disks
+# (modules 2 on, `disk=xvdX[,ro]`). The status is the run's (33: every domain ended as
+# expected, domain 0 last).
+run: build guests
+	@test -f "$(GUEST)" || { echo "error: GUEST_DISK needs GUEST=<a Xen PV64 ELF>"; exit 2; }
+	@for f in $(DISK_FILES); do test -f $$f || { echo "error: no disk image $$f"; exit 2; }; done
+	@rm -rf $(BUILD)/iso && mkdir -p $(BUILD)/iso/boot/grub
+	@cp $(KERNEL) $(BUILD)/iso/boot/hypervisor && cp target/$(TARGET)/release/guest-dom0 $(BUILD)/iso/boot/dom0 && cp $(GUEST) $(BUILD)/iso/boot/guest
+	@{ printf 'set timeout=0\nset default=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n'; \
+	  printf 'menuentry "hypervisor" {\n  multiboot2 /boot/hypervisor dom0 %s\n' "$(CMDLINE)"; \
+	  printf '  module2 /boot/dom0 %s\n  module2 /boot/guest %s\n' "$(DOM0_DISK_LINE)" "$(GUEST_LINE)"; \
+	  i=0; for d in $(GUEST_DISK); do cp $${d%%,*} $(BUILD)/iso/boot/disk$$i; \
+	    l=$$(echo abcdefghijklmnop | cut -c$$((i + 1))); ro=; case $$d in *,ro) ro=,ro;; esac; \
+	    printf '  module2 /boot/disk%d name=disk%d disk=xvd%s%s\n' $$i $$i $$l $$ro; i=$$((i + 1)); done; \
+	  printf '  boot\n}\n'; } > $(BUILD)/iso/boot/grub/grub.cfg
+	@grub-mkrescue -o $(ISO) $(BUILD)/iso 2>/dev/null
+	@status=0; $(QEMU) $(QEMU_BASE) -cdrom $(ISO) || status=$$?; echo "run: QEMU exit status $$status (33: every domain ended as expected)"; exit $$status
+else ifeq ($(BOOT),iso)
 run: iso
 	@status=0; $(QEMU) $(QEMU_BASE) -cdrom $(ISO) || status=$$?; $(if $(GUEST),$(exit-meaning);) exit $$status
 else

@@ -46,6 +46,9 @@ class Case:
     # Summary keys whose integer value must not exceed a bound, or must reach one.
     expect_at_most: dict = field(default_factory=dict)
     expect_at_least: dict = field(default_factory=dict)
+    # Serial input: (trigger, bytes) pairs; `bytes` go to the serial port once a line
+    # containing `trigger` has been printed.
+    serial_input: list = field(default_factory=list)
     timeout: int = 120
     accel: str = ""  # this case's accelerator ("kvm" cases are skipped where KVM is absent)
     # Guest modules: (guest binary name, module command line). One module boots through PVH
@@ -77,6 +80,29 @@ BAD_IMAGES = {"not-an-elf": b"this is not an ELF image, whatever its name says\n
 BIG_IMAGES = {"big-image": (80, None), "big-image-40": (40, None), "big-image-truncated": (40, 30)}
 
 
+# Disk images for domain 0 to serve (module lines with `disk=`): name -> bytes. The
+# pattern names each 512-byte sector by its number, so a misplaced sector shows.
+def disk_pattern(size):
+    out = bytearray(size)
+    for i in range(0, size, 512):
+        sector = (i // 512).to_bytes(4, "little")
+        out[i:i + 512] = (sector + bytes((i // 512 * 7 + j) & 0xff for j in range(4, 512)))[:size - i]
+    return bytes(out)
+
+
+DISK_IMAGES = {
+    "disk-pattern": disk_pattern(1024 * 1024 + 512 * 3),
+    "disk-small": b"a read-only disk of three sectors\n".ljust(1536, b"."),
+}
+
+
+def fnv1a(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+    return "%016x" % h
+
+
 # GRUB's Xen image and its test disks, made by tests/grubimage.py (Debian's grub-xen-bin).
 GRUB_FILES = {"grub-xen": ("image", None), "grub-disk-fat": ("disk", "fat"), "grub-disk-ext2": ("disk", "ext2")}
 
@@ -87,6 +113,12 @@ def guest(name):
         path = os.path.join(ROOT, "build", "grub", name)
         what, fs = GRUB_FILES[name]
         return grubimage.make_image(path) if what == "image" else grubimage.make_disk(path, fs)
+    if name in DISK_IMAGES:
+        path = os.path.join(ROOT, "build", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(DISK_IMAGES[name])
+        return path
     if name in BIG_IMAGES:
         import bigimage
         path = os.path.join(ROOT, "build", name)
@@ -206,6 +238,31 @@ def guest_cases():
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["the hypervisor heap is too full for another domain",
                                       "stress: FAILED reason=create"]),
+        # Disk modules (issue 17 item 6): domain 0 reads each through ReadDisk and prints its
+        # hash; non-disks, oversized reads, hypervisor buffers and CreateDomain from a disk
+        # are refused.
+        Case("io-blk-disk-modules", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=disks"), ("guest-hello", ""),
+                      ("disk-pattern", "name=data disk=xvda"), ("disk-small", "name=small disk=xvdc,ro")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + [
+                 "dom0: attack disks: ok",
+                 "dom0: disk module 2: xvda size=%d rw for_module=1 fnv1a=%s" % (len(DISK_IMAGES["disk-pattern"]), fnv1a(DISK_IMAGES["disk-pattern"])),
+                 "dom0: disk module 3: xvdc size=1536 ro for_module=1 fnv1a=%s" % fnv1a(DISK_IMAGES["disk-small"]),
+             ]),
+        # Domain 0's blkback on the disk modules (issue 17 items 3-6): a good guest-blk reads
+        # the pattern, writes and reads back, keeps 16 requests in flight and times the ring
+        # round trip; a hostile one gets an error for every bad request, then is cut off for
+        # garbage ring indices; a third powers off with its ring full and is destroyed with
+        # its ring still mapped by domain 0. Free memory must come back.
+        Case("io-blk-basic", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=240,
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk good=1 hostile=1 die=1"), ("guest-blk", ""),
+                      ("disk-pattern", "name=data disk=xvda"), ("disk-small", "name=small disk=xvdc,ro")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack blk: ok", "blk: all checks passed", "blk: ring round trip median=",
+                                      "blk: check a write to a read-only vbd refused: ok", "blk: check still served: ok",
+                                      "blk: cut off, backend state", "blk: dying with 32 requests in flight",
+                                      "destroyed mid-request"]),
         # Lifecycle attacks and checks (issue 15, holes 9, 12, 13, 14), each run by domain 0:
         # CreateDomain with sizes no machine could honour (refused, nothing leaks);
         Case("iso-lifecycle-huge", smp="2", mem="512M", boot="iso", cmdline="dom0",
@@ -233,7 +290,6 @@ def guest_cases():
              expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: flood: every quota held",
                                       "xs: cut off error=2", "xs: read round trip median=", "(d0) [d1] xs: ring line 2 of d1",
                                       "(d0) [d2] xs: ring line 2 of d2", "lines suppressed by the console rate limit]"]),
-        # the store round trip with one client alone (its median is printed);
         # The unmodified frontend (issue 17 item 5): GRUB's Xen image (tests/grubimage.py)
         # created by domain 0, its store and console served by domain 0; with no disk yet it
         # finds none (device/vbd: ENOENT), runs its embedded configuration (whose search
@@ -244,6 +300,32 @@ def guest_cases():
              expect_lines=ok_lines + ["(d0) [d1] ", "Welcome to GRUB!", "grub: embedded configuration running",
                                       "error: no such device: /hello.txt", "grub: halting",
                                       "domain 1 (guest1) ended: poweroff", "dom0: attack store: ok"]),
+        # and with its disk (FAT, then ext2): domain 0's blkback serves it (attack=blk serve=1,
+        # as `make run GUEST_DISK=`); GRUB finds the disk through the store, connects its
+        # blkfront, finds the file with `search`, prints it with `cat` and halts.
+        Case("io-grub-fat", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk serve=1 guest_mem=32"), ("grub-xen", ""),
+                      ("grub-disk-fat", "name=fat disk=xvda,ro")],
+             expect={"domains.unexpected_endings": "0", "console.ring_bytes": "0"},
+             expect_lines=ok_lines + ["Welcome to GRUB!", "grub: embedded configuration running",
+                                      "grub: found /hello.txt on", "grub read this line from its fat disk through blkfront",
+                                      "grub: halting", "domain 1 (guest1) ended: poweroff"]),
+        Case("io-grub-ext2", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk serve=1 guest_mem=32"), ("grub-xen", ""),
+                      ("grub-disk-ext2", "name=ext2 disk=xvda,ro")],
+             expect={"domains.unexpected_endings": "0", "console.ring_bytes": "0"},
+             expect_lines=ok_lines + ["Welcome to GRUB!", "grub: found /hello.txt on",
+                                      "grub read this line from its ext2 disk through blkfront",
+                                      "grub: halting", "domain 1 (guest1) ended: poweroff"]),
+        # serial input: Ctrl-A three times gives the focus to d1, which gets the typed line;
+        Case("io-store-input", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0 input=1"), ("guest-xs", "")],
+             serial_input=[("xs: waiting for console input", b"for dom0\n\x01\x01\x01typed on the serial line\n")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack store: ok", "dom0: console input for domain 0: for dom0",
+                                      "dom0: console input goes to d1", "xs: console input: typed on the serial line",
+                                      "xs: all checks passed"]),
+        # the store round trip with one client alone (its median is printed);
         Case("io-store-rtt", smp="2", mem="512M", boot="iso", cmdline="dom0",
              modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0"), ("guest-xs", "")],
              expect={"domains.unexpected_endings": "0"},
@@ -595,7 +677,8 @@ def boot(case, accel):
     idle_at = None
     lines = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.PIPE if case.serial_input else subprocess.DEVNULL)
+    to_send = list(case.serial_input)
     # A machine that hangs silently prints nothing more: kill it at the deadline all the same.
     watchdog = threading.Timer(case.timeout, proc.kill)
     watchdog.start()
@@ -604,6 +687,9 @@ def boot(case, accel):
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             lines.append(line)
+            while to_send and to_send[0][0] in line:
+                proc.stdin.write(to_send.pop(0)[1])
+                proc.stdin.flush()
             if idle_at is None and IDLE.search(line):
                 idle_at = time.monotonic() - start
             if time.monotonic() > deadline:

@@ -62,6 +62,13 @@ abi_enum! {
         /// args (out): [`DomainDevices`] of `domain` (`ENOENT` for a domain built without
         /// them: domain 0, or one built from a boot module).
         GetDomainDevices = 11,
+        /// args (in/out): [`ReadDisk`]; `domain` is ignored. Copies bytes of a boot module
+        /// marked as a disk (`disk=` on its line) into the caller's memory; returns the
+        /// bytes copied (0 at or past the end). `EINVAL` for a module that is not a usable
+        /// disk or more than a page at once, `EFAULT` for a buffer the caller cannot write.
+        /// (Added in version 2 after `GetDomainDevices`: an older hypervisor answers
+        /// `ENOSYS`.)
+        ReadDisk = 20,
     }
 }
 
@@ -253,6 +260,31 @@ pub struct DomainDevices {
 
 assert_layout!(DomainDevices, size = 32, { console_mfn @ 0, store_mfn @ 8, console_port @ 16, store_port @ 20, console_gref @ 24, store_gref @ 28 });
 
+/// `ReadDisk` arguments: copy `len` bytes (at most [`READ_DISK_MAX`]) at `offset` of disk
+/// module `module` to `buffer` (a guest address). On the way out, whatever was copied,
+/// the disk's `size` in bytes, its `xvd` index (0: `xvda`), [`DISK_READ_ONLY`] in `flags`,
+/// and `for_module`, the image module whose domains get it (the closest image module before
+/// it; `u32::MAX`: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ReadDisk {
+    pub module: u32,
+    pub len: u32,
+    pub offset: u64,
+    pub buffer: u64,
+    pub size: u64,
+    pub flags: u32,
+    pub index: u32,
+    pub for_module: u32,
+}
+
+assert_layout!(ReadDisk, size = 48, { module @ 0, len @ 4, offset @ 8, buffer @ 16, size @ 24, flags @ 32, index @ 36, for_module @ 40 });
+
+/// The most bytes one `ReadDisk` copies.
+pub const READ_DISK_MAX: u32 = 4096;
+/// `ReadDisk` flag: the VBD is read-only (`disk=xvdX,ro`).
+pub const DISK_READ_ONLY: u32 = 1;
+
 /// A struct that travels in [`ControlOp::args`], encoded field by field in little endian
 /// at its `#[repr(C)]` offsets.
 pub trait ControlArgs: Sized {
@@ -313,6 +345,7 @@ control_args!(DomainInfo {
     hypercalls: u64 @ 32, exceptions_bounced: u64 @ 40, events_sent: u64 @ 48, build_ns: u64 @ 56,
 });
 control_args!(DomainDevices { console_mfn: u64 @ 0, store_mfn: u64 @ 8, console_port: u32 @ 16, store_port: u32 @ 20, console_gref: u32 @ 24, store_gref: u32 @ 28 });
+control_args!(ReadDisk { module: u32 @ 0, len: u32 @ 4, offset: u64 @ 8, buffer: u64 @ 16, size: u64 @ 24, flags: u32 @ 32, index: u32 @ 36, for_module: u32 @ 40 });
 control_args!(Heartbeat { answered: u32 @ 0, slowest_cpu: u32 @ 4, max_ns: u64 @ 8, total_ns: u64 @ 16 });
 control_args!(PhysInfo {
     total_kib: u64 @ 0, free_kib: u64 @ 8, heap_bytes: u64 @ 16, domains: u32 @ 24, cpus: u32 @ 28,
@@ -356,6 +389,10 @@ mod tests {
         assert_eq!(DomainDevices::decode(&args), devices);
         assert_eq!(u64_at(&args, 8), 0x5678, "store_mfn at offset 8");
         assert_eq!(u32_at(&args, 20), 2, "store_port at offset 20");
+        let disk = ReadDisk { module: 2, len: 4096, offset: 8192, buffer: 0xffff_8000_0000_0000, size: 1 << 20, flags: DISK_READ_ONLY, index: 1, for_module: 1 };
+        let args = disk.encode();
+        assert_eq!(ReadDisk::decode(&args), disk);
+        assert_eq!(u32_at(&args, 40), 1, "for_module at offset 40");
     }
 
     #[test]
@@ -365,5 +402,6 @@ mod tests {
         assert_eq!(ControlCmd::from_raw(10), Some(ControlCmd::Heartbeat));
         assert_eq!(ControlCmd::from_raw(11), Some(ControlCmd::GetDomainDevices));
         assert_eq!(ControlCmd::from_raw(12), None);
+        assert_eq!(ControlCmd::from_raw(20), Some(ControlCmd::ReadDisk));
     }
 }

@@ -1,10 +1,14 @@
-//! What a boot module asks for: its command line says how to build domains from the image.
+//! What a boot module asks for: its command line says how to build domains from the image,
+//! or, with `disk=`, that the module is a disk image for domain 0 to serve, not a kernel.
 //!
 //! `name=NAME count=N mem=M mem_kib=K vcpus=V expect=ENDING -- GUEST COMMAND LINE` (`mem=`
 //! in MiB, as xl's `memory=`; `mem_kib=` in KiB; the later one wins): the words before `--`
 //! are for the hypervisor, everything after it is passed to the guest verbatim (without
 //! `--`, the whole line is for the guest except the recognised keys), in the project's one
-//! grammar (`protocol::keyvalue`). Pure and host-tested; bad values are reported, never fatal.
+//! grammar (`protocol::keyvalue`). `disk=xvdX[,ro|,rw]` makes the module a virtual block
+//! device `xvdX` (read-only with `,ro`) of the domains of the closest image module before it:
+//! it is never built as a domain, and domain 0 reads it (`abi::control`'s `ReadDisk`).
+//! Pure and host-tested; bad values are reported, never fatal.
 
 use arrayvec::{ArrayString, ArrayVec};
 use protocol::keyvalue::{self, Word};
@@ -19,6 +23,30 @@ pub enum Expect {
     Killed,
 }
 
+/// A module that is a disk (`disk=`): the `xvd` letter it appears as (0 is `xvda`) and
+/// whether it is read-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub index: u8,
+    pub read_only: bool,
+}
+
+impl DiskSpec {
+    /// `xvdX`, `xvdX,ro` or `xvdX,rw` (X in a..p: Linux's 16 minors per disk leave room for
+    /// 16 disks under major 202).
+    pub fn parse(value: &str) -> Option<DiskSpec> {
+        let (name, mode) = value.split_once(',').unwrap_or((value, "rw"));
+        let read_only = match mode {
+            "ro" | "r" => true,
+            "rw" | "w" => false,
+            _ => return None,
+        };
+        let letter = name.strip_prefix("xvd")?;
+        let &[c] = letter.as_bytes() else { return None };
+        (b'a'..=b'p').contains(&c).then(|| DiskSpec { index: c - b'a', read_only })
+    }
+}
+
 /// The build request of one boot module.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainSpec {
@@ -30,6 +58,8 @@ pub struct DomainSpec {
     pub vcpus: Option<u32>,
     pub expect: Expect,
     pub guest_cmdline: ArrayString<1023>,
+    /// `Some`: the module is a disk, not a kernel image.
+    pub disk: Option<DiskSpec>,
     /// Words whose value did not parse.
     pub invalid: ArrayVec<ArrayString<32>, 4>,
 }
@@ -56,6 +86,7 @@ impl DomainSpec {
             vcpus: None,
             expect: Expect::Poweroff,
             guest_cmdline: ArrayString::new(),
+            disk: None,
             invalid: ArrayVec::new(),
         };
         let mut rest = ArrayString::<1023>::new();
@@ -68,6 +99,7 @@ impl DomainSpec {
                 Some(("count", v)) => v.parse().ok().filter(|n| (1..=MAX_COUNT).contains(n)).map(|n| spec.count = n).is_some(),
                 Some(("mem_kib", v)) => v.parse().ok().filter(|&k: &u64| k >= 4 && k % 4 == 0).map(|k| spec.mem_kib = k).is_some(),
                 Some(("mem", v)) => v.parse().ok().filter(|m: &u64| (1..=MAX_MEM_MIB).contains(m)).map(|m| spec.mem_kib = m * 1024).is_some(),
+                Some(("disk", v)) => DiskSpec::parse(v).map(|d| spec.disk = Some(d)).is_some(),
                 Some(("vcpus", v)) => v.parse().ok().filter(|n| (1..=MAX_VCPUS).contains(n)).map(|n| spec.vcpus = Some(n)).is_some(),
                 Some(("expect", v)) => {
                     let expect = match v {
@@ -142,6 +174,18 @@ mod tests {
         assert_eq!((s.count, s.mem_kib, s.expect, s.vcpus), (5, DEFAULT_MEM_KIB, Expect::Poweroff, None));
         assert_eq!(s.invalid.len(), 4, "the first four bad words are kept");
         assert!(s.guest_cmdline.is_empty());
+    }
+
+    #[test]
+    fn disks() {
+        assert_eq!(DomainSpec::parse("disk=xvda", "d", 1).disk, Some(DiskSpec { index: 0, read_only: false }));
+        assert_eq!(DomainSpec::parse("name=data disk=xvdc,ro", "d", 1).disk, Some(DiskSpec { index: 2, read_only: true }));
+        assert_eq!(DomainSpec::parse("disk=xvdp,rw", "d", 1).disk, Some(DiskSpec { index: 15, read_only: false }));
+        for bad in ["disk=xvdq", "disk=sda", "disk=xvda,rx", "disk=xvdaa", "disk=", "disk=xvd"] {
+            let s = DomainSpec::parse(bad, "d", 1);
+            assert_eq!((s.disk, s.invalid.len()), (None, 1), "{bad}");
+        }
+        assert_eq!(DomainSpec::parse("", "d", 1).disk, None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Interrupt handlers (vectors 32-255 other than the masked PIC range and spurious): the
-//! local timer, cross-CPU calls, reschedule kicks and APIC errors. Each is acknowledged
-//! with an EOI here.
+//! local timer (which also polls the serial port for input), cross-CPU calls,
+//! reschedule kicks and APIC errors. Each is acknowledged with an EOI here.
 //!
 //! Runs with interrupts off on the interrupted CPU's stack; handlers must be short and never
 //! block on another CPU except through the call board (which services its own mailbox).
@@ -21,6 +21,7 @@ pub fn handle(vector: u8) {
         vectors::TIMER => {
             let cpu = percpu::current().index.0 as usize;
             TIMER_TICKS[cpu].fetch_add(1, Ordering::Relaxed);
+            crate::pv::console::poll_input();
             crate::sched::timer_interrupt();
         }
         vectors::CALL => cpus::service_calls(),

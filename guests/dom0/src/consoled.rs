@@ -2,6 +2,8 @@
 //! ring (`struct xencons_interface`, io/console.h) domain 0 has taken drains its output
 //! ring into lines and hands each complete line, with the domain's prefix (`[dN] `), to
 //! domain 0's own console; and puts input bytes into its input ring ([`Relay::feed`]).
+//! Which domain serial input is for is the [`Focus`]: [`SWITCH_KEY`] (Ctrl-A) three times
+//! in a row moves it on.
 //!
 //! Rate limit: as the hypervisor limits a domain's console (its `pv::console`), a domain
 //! may print a burst of [`BURST_BYTES`] and then [`BYTES_PER_SECOND`], each line costing
@@ -33,6 +35,47 @@ pub const LINE_MAX: usize = 148;
 /// Offset of the input ring in the page.
 pub const IN_RING_OFFSET: usize = 0;
 
+/// The key that, typed three times in a row, moves the serial input's focus to the next
+/// domain (domain 0, then each served domain in turn): Ctrl-A, as Xen's switch between
+/// the hypervisor and domain 0.
+pub const SWITCH_KEY: u8 = 0x01;
+/// How many [`SWITCH_KEY`]s in a row switch.
+pub const SWITCH_PRESSES: u8 = 3;
+
+/// What one input byte means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// For the domain in focus.
+    Byte(u8),
+    /// Move the focus on.
+    Switch,
+    /// A switch key, held until the next byte says whether it is a switch.
+    Held,
+}
+
+/// The serial input's focus keys.
+#[derive(Debug, Default)]
+pub struct Focus {
+    presses: u8,
+}
+
+impl Focus {
+    /// Reads one byte: three switch keys in a row switch (fewer, followed by another byte,
+    /// are dropped: a lone Ctrl-A reaches no domain).
+    pub fn key(&mut self, byte: u8) -> Key {
+        if byte == SWITCH_KEY {
+            self.presses += 1;
+            if self.presses == SWITCH_PRESSES {
+                self.presses = 0;
+                return Key::Switch;
+            }
+            return Key::Held;
+        }
+        self.presses = 0;
+        Key::Byte(byte)
+    }
+}
+
 /// A console ring page as domain 0 reaches it (a mapped grant; plain memory in tests).
 pub trait ConsolePage {
     fn load_u32(&self, offset: usize) -> u32;
@@ -63,11 +106,13 @@ pub struct Relay {
     bogus: bool,
     /// Lines dropped over the rate limit, in all.
     pub dropped_lines: u64,
+    /// Input bytes that found the input ring full (the caller counts them).
+    pub dropped_input: u64,
 }
 
 impl Relay {
     pub fn new(domid: u16, now_ns: u64) -> Relay {
-        Relay { domid, line: ArrayVec::new(), tokens: BURST_BYTES, refilled_at_ns: now_ns, suppressed: 0, bogus: false, dropped_lines: 0 }
+        Relay { domid, line: ArrayVec::new(), tokens: BURST_BYTES, refilled_at_ns: now_ns, suppressed: 0, bogus: false, dropped_lines: 0, dropped_input: 0 }
     }
 
     fn refill(&mut self, now_ns: u64) {
@@ -251,6 +296,13 @@ mod tests {
         assert_eq!(r.feed(&p, &[b'x'; 2000]), IN_RING_SIZE as usize - 2);
         p.store_u32(IN_CONS_OFFSET, 7777);
         assert_eq!(r.feed(&p, b"c"), 0, "indices out of range");
+    }
+
+    #[test]
+    fn three_switch_keys_switch() {
+        let mut f = Focus::default();
+        let keys: Vec<Key> = b"a\x01\x01\x01b\x01c".iter().map(|&b| f.key(b)).collect();
+        assert_eq!(keys, [Key::Byte(b'a'), Key::Held, Key::Held, Key::Switch, Key::Byte(b'b'), Key::Held, Key::Byte(b'c')]);
     }
 
     proptest::proptest! {

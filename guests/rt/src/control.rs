@@ -2,7 +2,8 @@
 //! calls to create, destroy, pause and unpause domains, set their memory limit and
 //! scheduling parameters, read domain and machine information, and time every CPU's
 //! answer to a cross-CPU call (the heartbeat), and learn where a created domain's console
-//! and store rings are (its devices, which domain 0 serves).
+//! and store rings are (its devices, which domain 0 serves), and read the disk modules it
+//! serves as virtual block devices.
 //!
 //! Each call builds one [`ControlOp`] on the stack (current interface version, target
 //! domain, the command's arguments encoded with [`ControlArgs`]), passes its address, and
@@ -11,8 +12,8 @@
 //! policy (which domains to create, where): that is domain 0's own code.
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainDevices, DomainInfo, Heartbeat, MaxMem, PhysInfo,
-    SchedParams, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainDevices, DomainInfo, Heartbeat, MaxMem, PhysInfo, ReadDisk,
+    SchedParams, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED, DISK_READ_ONLY,
 };
 use abi::errno::Errno;
 use abi::hypercall::Hypercall;
@@ -181,6 +182,35 @@ pub fn domain_devices(domain: DomId) -> Result<DomainDevices> {
 pub fn heartbeat() -> Result<Heartbeat> {
     let (_, args) = call(ControlCmd::Heartbeat, DomId::DOM0, [0; 112])?;
     Ok(Heartbeat::decode(&args))
+}
+
+/// What [`read_disk`] learnt of a disk module besides its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskModule {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its `xvd` index (0: `xvda`).
+    pub index: u32,
+    pub read_only: bool,
+    /// The image module whose domains get it (`None`: no image module before it).
+    pub for_module: Option<u32>,
+}
+
+/// Copies `buf.len()` bytes (at most a page) at `offset` of disk module `module` (a boot
+/// module whose line says `disk=`) into `buf`; returns the bytes copied (0 past the end) and
+/// what the module is.
+pub fn read_disk(module: u32, offset: u64, buf: &mut [u8]) -> Result<(usize, DiskModule)> {
+    let args = ReadDisk { module, len: buf.len() as u32, offset, buffer: buf.as_mut_ptr() as u64, ..Default::default() };
+    // `buf` is borrowed mutably for the call: the hypervisor writes at most `len` bytes to it.
+    let (copied, args) = call(ControlCmd::ReadDisk, DomId::DOM0, args.encode())?;
+    let args = ReadDisk::decode(&args);
+    let disk = DiskModule {
+        size: args.size,
+        index: args.index,
+        read_only: args.flags & DISK_READ_ONLY != 0,
+        for_module: (args.for_module != u32::MAX).then_some(args.for_module),
+    };
+    Ok((copied as usize, disk))
 }
 
 /// The machine's memory, CPUs and boot modules, and the hypervisor's heap.

@@ -65,4 +65,12 @@ impl FreeFrames {
         let mfn = start_info::pfn_to_mfn(pfn)?;
         Some(Frame { pfn, mfn })
     }
+
+    /// The page frame numbers of the reservation past the free ones of the initial mapping
+    /// (from the end of Xen's boot slack to `nr_pages`): not necessarily mapped, and used
+    /// by nothing in the runtime. Domain 0 keeps disks there, reached by machine frame
+    /// ([`start_info::pfn_to_mfn`]) through grant copies.
+    pub fn past_slack(&self, start: &StartInfo) -> Range<u64> {
+        self.pfns.end..start.nr_pages.max(self.pfns.end)
+    }
 }

@@ -182,6 +182,16 @@ pub fn console_write(bytes: &[u8]) -> Result<()> {
     decode(ret).map(drop)
 }
 
+/// Reads console input into `buffer` (`console_io` read: domain 0's serial input); returns
+/// how many bytes came.
+pub fn console_read(buffer: &mut [u8]) -> Result<usize> {
+    let count = list_len(buffer.len())?;
+    let op = u64::from(ConsoleIoOp::Read.raw());
+    // SAFETY: the hypervisor writes at most `count` bytes into the live slice.
+    let ret = unsafe { hypercall3(Hypercall::ConsoleIo, op, count, buffer.as_mut_ptr() as u64) };
+    decode(ret).map(|n| n as usize)
+}
+
 /// Gives up the CPU to other vCPUs (`sched_op` yield).
 pub fn sched_yield() -> Result<()> {
     // SAFETY: yield takes no argument and has no effect on guest memory.

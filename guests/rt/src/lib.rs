@@ -8,7 +8,7 @@
 //! ([`shared_info`]) and the address layout ([`layout`]); system time ([`time`]), event delivery ([`events`]), event channels
 //! ([`evtchn`]), the one-shot timer ([`timer`]), ballooning ([`balloon`]), grant tables ([`grants`]), secondary vCPUs ([`smp`]), the console ring ([`ring`]) and, for domain
 //! 0, the control interface ([`control`]); with the `heap` feature, a global allocator
-//! (`heap`), and the store client ([`xs`]). Guests link with `guest.ld`: their build script passes `-T` with the
+//! (`heap`), the store client ([`xs`]) and, with `blk`, the block frontend ([`blkfront`]). Guests link with `guest.ld`: their build script passes `-T` with the
 //! path this crate publishes as `DEP_GUEST_RT_LD`.
 //!
 //! # Entry and shutdown
@@ -23,7 +23,12 @@
 
 #![cfg_attr(not(test), no_std)]
 
+#[cfg(feature = "blk")]
+extern crate alloc;
+
 pub mod balloon;
+#[cfg(feature = "blk")]
+pub mod blkfront;
 pub mod console;
 pub mod control;
 pub mod events;

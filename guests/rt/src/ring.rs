@@ -9,12 +9,15 @@
 //! the P2M list. A full ring waits for the consumer (yielding the vCPU) up to a bound, then
 //! drops the rest. Who uses it: guests that print through the ring (guest-vcpuop) and the
 //! hostile guest's ring attacks. Unlike [`crate::console`], it is for one vCPU at a time:
-//! two writers on one ring would interleave. This module must never write the ring's
-//! consumer index or its input ring.
+//! two writers on one ring would interleave. Input (what the console's backend, domain 0,
+//! puts in the input ring) is read with [`ConsoleRing::read`]. This module must never
+//! write the output ring's consumer index, the input ring or its producer index.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use abi::console::{pending, room, slot, OUT_CONS_OFFSET, OUT_PROD_OFFSET, OUT_RING_OFFSET, OUT_RING_SIZE};
+use abi::console::{
+    pending, room, slot, IN_CONS_OFFSET, IN_PROD_OFFSET, IN_RING_SIZE, OUT_CONS_OFFSET, OUT_PROD_OFFSET, OUT_RING_OFFSET, OUT_RING_SIZE,
+};
 use abi::ids::{EvtchnPort, Pfn};
 
 use crate::console::Sink;
@@ -89,6 +92,28 @@ impl ConsoleRing {
             let _ = evtchn::send(self.port);
         }
         written
+    }
+
+    /// Takes what the input ring holds into `out`; returns how many bytes (0 also when the
+    /// other end's indices are out of range).
+    pub fn read(self, out: &mut [u8]) -> usize {
+        let (cons_index, prod_index) = (self.index(IN_CONS_OFFSET), self.index(IN_PROD_OFFSET));
+        let cons = cons_index.load(Ordering::Relaxed);
+        let prod = prod_index.load(Ordering::Acquire);
+        let Some(waiting) = pending(cons, prod, IN_RING_SIZE) else { return 0 };
+        let n = (waiting as usize).min(out.len());
+        for (i, byte) in out[..n].iter_mut().enumerate() {
+            let at = self.page + slot(cons.wrapping_add(i as u32), IN_RING_SIZE) as u64;
+            // SAFETY: `at` is inside the input ring (offset 0) of the mapped ring page.
+            *byte = unsafe { (at as *const u8).read_volatile() };
+        }
+        cons_index.store(cons.wrapping_add(n as u32), Ordering::Release);
+        n
+    }
+
+    /// Whether input waits in the input ring.
+    pub fn input_pending(self) -> bool {
+        self.index(IN_CONS_OFFSET).load(Ordering::Acquire) != self.index(IN_PROD_OFFSET).load(Ordering::Acquire)
     }
 
     /// Bytes written and not yet taken by the other end (`None`: indices out of range).

@@ -17,7 +17,9 @@
 //! see domain 0 cut it off ("xs: cut off error=<n>", the page's `error` field); it powers
 //! off either way, printing what it saw. It also writes 64 KiB of lines into its console
 //! ring, which domain 0's per-domain rate limit must cut down. A good domain prints three
-//! lines through its console ring ("xs: ring line <i> of d<id>"), which domain 0 relays.
+//! lines through its console ring ("xs: ring line <i> of d<id>"), which domain 0 relays;
+//! with `input=1` it then waits for a line in its console's input ring (serial input that
+//! domain 0 routed to it) and prints it ("xs: console input: <line>").
 
 #![no_std]
 #![no_main]
@@ -66,7 +68,7 @@ fn main(start: &'static StartInfo) {
                 Some("none") => None,
                 _ => Some(DomId(me.0 + 1)),
             };
-            good(&mut xs, me, peer);
+            good(&mut xs, events, me, peer, word("input=") == Some("1"));
         }
     }
 }
@@ -75,7 +77,7 @@ fn text(bytes: &[u8]) -> &str {
     core::str::from_utf8(bytes).unwrap_or("<bytes>")
 }
 
-fn good(xs: &mut Xs, me: DomId, peer: Option<DomId>) {
+fn good(xs: &mut Xs, events: Events, me: DomId, peer: Option<DomId>, input: bool) {
     let mut buf = [0u8; 512];
     let mut value = arrayvec_like::Line::new();
     let _ = write!(value, "hello from {}", me.0);
@@ -147,8 +149,27 @@ fn good(xs: &mut Xs, me: DomId, peer: Option<DomId>) {
         let _ = writeln!(l, "xs: ring line {i} of d{}", me.0);
         ring.write(l.as_bytes());
     }
+    if input {
+        // A line typed on the serial port, routed here by domain 0 (Ctrl-A three times).
+        events.set_handler(ring.port(), ignore).expect("a handler for the console port");
+        println!("xs: waiting for console input");
+        let mut line = arrayvec_like::Line::new();
+        let mut byte = [0u8; 1];
+        loop {
+            events.wait_until(|| ring.input_pending()).expect("block");
+            if ring.read(&mut byte) == 1 {
+                if byte[0] == b'\n' || byte[0] == b'\r' {
+                    break;
+                }
+                let _ = line.write_char(byte[0] as char);
+            }
+        }
+        println!("xs: console input: {}", line.as_str());
+    }
     println!("xs: all checks passed");
 }
+
+fn ignore(_: guest_rt::abi::ids::EvtchnPort) {}
 
 fn flood(xs: &mut Xs) {
     let mut path = arrayvec_like::Line::new();

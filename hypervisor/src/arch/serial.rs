@@ -1,5 +1,8 @@
 //! The serial console: a 16550 UART on COM1 (115200 8N1) plus QEMU's debugcon port 0xe9.
 //!
+//! Input: [`read_byte`] polls the receive buffer (`pv::console`'s input, from timer
+//! interrupts, one CPU at a time).
+//!
 //! Used by the logger on every CPU, so writes are serialized by the logger, not here. Two
 //! ways to write: [`write_bytes`] waits for the transmitter before each byte (boot, the end
 //! of the run, the fatal paths), [`write_fifo`] never waits: when [`transmitter_empty`]
@@ -56,6 +59,24 @@ pub fn write_bytes(bytes: &[u8]) {
             debugcon.write(byte);
         }
     }
+}
+
+/// Line status register bit: data ready (a received byte waits in the receive buffer).
+const LSR_DR: u8 = 1 << 0;
+
+/// The next byte received on COM1, if one waits (never blocks). A machine without a UART
+/// reads 0xff from the status port, which is not taken for data: at most [`FIFO_BYTES`]
+/// bytes are read per call by the caller anyway.
+pub fn read_byte() -> Option<u8> {
+    let mut status = Port::<u8>::new(COM1 + 5);
+    let mut data = Port::<u8>::new(COM1);
+    // SAFETY: reading the UART line status register has no effect on memory.
+    let lsr = unsafe { status.read() };
+    if lsr == 0xff || lsr & LSR_DR == 0 {
+        return None;
+    }
+    // SAFETY: reading the receive buffer register takes the byte; no effect on memory.
+    Some(unsafe { data.read() })
 }
 
 /// Whether the transmitter can take [`FIFO_BYTES`] bytes now.

@@ -51,6 +51,12 @@ pub fn start_domain0() {
         lifecycle::boot_domains_built(0);
         return;
     };
+    if module.spec.disk.is_some() {
+        warn!("dom0: not started: its module is a disk (disk=)");
+        lifecycle::not_started();
+        lifecycle::boot_domains_built(0);
+        return;
+    }
     let Ok(request) = BuildRequest::from_module(module, 0) else {
         warn!("dom0: not started: its module was refused at boot");
         lifecycle::not_started();
@@ -90,6 +96,11 @@ pub fn start_boot_domains() -> usize {
         .collect();
     let mut started = 0;
     for module in modules() {
+        if module.spec.disk.is_some() {
+            // A disk, for domain 0 to serve; without domain 0 nobody does.
+            info!("module {}: a disk (disk=), not built as a domain", module.spec.name);
+            continue;
+        }
         for copy in 0..module.spec.count {
             let cpu = online[started % online.len()];
             let request = match BuildRequest::from_module(module, cpu) {
@@ -148,6 +159,9 @@ pub fn start(domain: &Domain) {
 fn report_minimum_reservations() {
     for module in modules() {
         let Ok(image) = &module.image else { continue };
+        if module.spec.disk.is_some() {
+            continue;
+        }
         let Ok(kernel) = PvKernel::parse(image, offered_features()) else { continue };
         let config = DomainConfig {
             nr_pages: 0,

@@ -27,6 +27,12 @@
 //! ever read or written outside the ring's arrays, and each drain reads at most one ring
 //! (2 KiB). Input: none yet (domain 0 takes the console in issue 17).
 //!
+//! Input (as Xen's serial console gives it to domain 0): bytes received on the serial
+//! port are polled on timer interrupts ([`poll_input`]) into a 1 KiB buffer
+//! (bytes beyond it are dropped and counted), `VIRQ_CONSOLE` is raised on domain 0, and
+//! domain 0 takes them with `CONSOLEIO_read` ([`read_input`]; `EPERM` for any other
+//! domain). Domain 0 decides which domain the input is for (its console service).
+//!
 //! A domain domain 0 creates has its console port unbound for domain 0 instead (its
 //! backend, `pv::build`): the hypervisor stands in and drains the ring on the guest's
 //! notifications (a send on the unbound port) only until domain 0 binds the port, and again
@@ -357,6 +363,87 @@ pub fn retry_rings() {
     }
 }
 
+/// Bytes of serial input waiting for domain 0.
+const INPUT_BYTES: usize = 1024;
+
+/// Serial input not yet read by domain 0: a ring of bytes and its indices.
+struct Input {
+    bytes: [u8; INPUT_BYTES],
+    head: usize,
+    len: usize,
+}
+
+static INPUT: Mutex<Input> = Mutex::new(Input { bytes: [0; INPUT_BYTES], head: 0, len: 0 });
+static INPUT_TAKEN: AtomicU64 = AtomicU64::new(0);
+/// When the serial port was last polled, and how often it may be.
+static LAST_POLL_NS: AtomicU64 = AtomicU64::new(0);
+const INPUT_POLL_NS: u64 = 1_000_000;
+static INPUT_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Takes what the serial port received (at most a FIFO's worth) into the input buffer and,
+/// when anything came, raises `VIRQ_CONSOLE` on domain 0. Called with interrupts off from
+/// every CPU's timer interrupt; polls at most once a millisecond (one CPU at a time), and
+/// costs one port read when nothing waits.
+pub fn poll_input() {
+    // At most one poll a millisecond, whatever the timer interrupts' rate (a port read is
+    // slow under emulation).
+    let now = time::since_boot_ns();
+    let last = LAST_POLL_NS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < INPUT_POLL_NS || LAST_POLL_NS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return;
+    }
+    let mut came = false;
+    {
+        // One CPU at a time reads the port; the others skip it this time.
+        let Some(mut input) = INPUT.try_lock() else { return };
+        for _ in 0..crate::arch::serial::FIFO_BYTES {
+            let Some(byte) = crate::arch::serial::read_byte() else { break };
+            came = true;
+            if input.len == INPUT_BYTES {
+                INPUT_DROPPED.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let at = (input.head + input.len) % INPUT_BYTES;
+            input.bytes[at] = byte;
+            input.len += 1;
+            INPUT_TAKEN.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if came {
+        if let Some(dom0) = crate::domain::lookup(mm::frame::DomainId(0)) {
+            crate::pv::events::raise_global_virq(&dom0, abi::hypercall::Virq::Console);
+        }
+    }
+}
+
+/// `CONSOLEIO_read`: copies up to `count` bytes of serial input to `buffer` and returns
+/// how many; domain 0 only (`EPERM`). Bytes are taken only once they are copied.
+pub fn read_input(domain: &Domain, buffer: u64, count: u64) -> Result<u64, abi::errno::Errno> {
+    if !domain.privileged {
+        return Err(abi::errno::Errno::Eperm);
+    }
+    let mut chunk = [0u8; 256];
+    let n = {
+        let input = INPUT.lock();
+        let n = input.len.min(chunk.len()).min(count as usize);
+        for (i, b) in chunk[..n].iter_mut().enumerate() {
+            *b = input.bytes[(input.head + i) % INPUT_BYTES];
+        }
+        n
+    };
+    if n == 0 {
+        return Ok(0);
+    }
+    crate::arch::uaccess::write(buffer, &chunk[..n]).map_err(|_| abi::errno::Errno::Efault)?;
+    let mut input = INPUT.lock();
+    // Only domain 0 reads, one call at a time per vCPU; another of its vCPUs may have taken
+    // some meanwhile: take no more than what is there.
+    let taken = n.min(input.len);
+    input.head = (input.head + taken) % INPUT_BYTES;
+    input.len -= taken;
+    Ok(n as u64)
+}
+
 /// Prints the console's figures as summary lines: `console.waits` (guest writes that
 /// stopped to wait for room in the console buffer), `console.guest_lines_rate_limited`,
 /// `console.guest_lines_dropped` (a domain's last line at shutdown, for want of room),
@@ -372,4 +459,6 @@ pub fn report() {
     info!("summary: console.buffer_high_water_bytes={high_water}");
     info!("summary: console.ring_bytes={}", RING_BYTES.load(Ordering::Relaxed));
     info!("summary: console.ring_bogus_indices={}", RING_BOGUS.load(Ordering::Relaxed));
+    info!("summary: console.input_bytes={}", INPUT_TAKEN.load(Ordering::Relaxed));
+    info!("summary: console.input_dropped={}", INPUT_DROPPED.load(Ordering::Relaxed));
 }

@@ -15,8 +15,8 @@
 //! give back is there for it.
 
 use abi::control::{
-    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainDevices, DomainInfo, Heartbeat, MaxMem, PhysInfo, SchedParams,
-    CONTROL_INTERFACE_VERSION, CREATE_FLAGS, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING,
+    ControlArgs, ControlCmd, ControlOp, CreateDomain, DomainDevices, DomainInfo, Heartbeat, MaxMem, PhysInfo, ReadDisk,
+    SchedParams, CONTROL_INTERFACE_VERSION, DISK_READ_ONLY, READ_DISK_MAX, CREATE_FLAGS, CREATE_HOSTILE, CREATE_PAUSED, CREATE_UNPINNED, DOMAIN_PAUSED, DOMAIN_RUNNING,
     DOMAIN_SHUTTING_DOWN, MAX_VCPUS,
 };
 use abi::errno::Errno;
@@ -71,6 +71,12 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
             op.args = heartbeat().encode();
             Ok(0)
         }
+        ControlCmd::ReadDisk => {
+            let mut args = ReadDisk::decode(&op.args);
+            let copied = read_disk(&mut args);
+            op.args = args.encode();
+            copied
+        }
         _ => {
             // Domain 0 may read its own figures and set its own scheduling; it may not
             // destroy, pause or shrink itself.
@@ -118,14 +124,21 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
                     op.args = devices.encode();
                     Ok(0)
                 }
-                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo | ControlCmd::Heartbeat => unreachable!("handled above"),
+                ControlCmd::CreateDomain | ControlCmd::GetPhysInfo | ControlCmd::Heartbeat | ControlCmd::ReadDisk => {
+                    unreachable!("handled above")
+                }
             }
         }
     };
     if result.is_ok()
         && matches!(
             cmd,
-            ControlCmd::GetPhysInfo | ControlCmd::GetDomainInfo | ControlCmd::GetSchedParams | ControlCmd::Heartbeat | ControlCmd::GetDomainDevices
+            ControlCmd::GetPhysInfo
+                | ControlCmd::GetDomainInfo
+                | ControlCmd::GetSchedParams
+                | ControlCmd::Heartbeat
+                | ControlCmd::GetDomainDevices
+                | ControlCmd::ReadDisk
         )
     {
         uaccess::write_value(arg.0, &op).map_err(|_| Errno::Efault)?;
@@ -146,9 +159,39 @@ fn checked(params: SchedParams) -> Result<SchedParams, Errno> {
     if params.weight == 0 { Err(Errno::Einval) } else { Ok(params) }
 }
 
+/// Copies part of a disk module to domain 0 (`ReadDisk`): only a module marked `disk=` and
+/// not refused at boot, at most a page, through a bounce buffer on this stack (the module
+/// is read a page at a time through the temporary mappings, never mapped into domain 0).
+fn read_disk(args: &mut ReadDisk) -> HcResult {
+    let modules = crate::pv::modules::modules();
+    let module = modules.get(args.module as usize).ok_or(Errno::Einval)?;
+    let disk = module.spec.disk.ok_or(Errno::Einval)?;
+    let image = module.image.as_ref().map_err(|_| Errno::Einval)?;
+    if args.len > READ_DISK_MAX {
+        return Err(Errno::Einval);
+    }
+    let size = builder::ImageSource::size(image);
+    args.size = size;
+    args.flags = if disk.read_only { DISK_READ_ONLY } else { 0 };
+    args.index = u32::from(disk.index);
+    args.for_module = modules[..args.module as usize].iter().rposition(|m| m.spec.disk.is_none()).map_or(u32::MAX, |i| i as u32);
+    let len = u64::from(args.len).min(size.saturating_sub(args.offset)) as usize;
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut bounce = [0u8; READ_DISK_MAX as usize];
+    builder::ImageSource::read(image, args.offset, &mut bounce[..len]).map_err(|_| Errno::Eio)?;
+    uaccess::write(args.buffer, &bounce[..len]).map_err(|_| Errno::Efault)?;
+    Ok(len as u64)
+}
+
 /// Builds a domain from a boot module and starts it, or leaves it paused.
 fn create(args: &CreateDomain) -> HcResult {
     let module = crate::pv::modules::modules().get(args.module as usize).ok_or(Errno::Einval)?;
+    // A disk is data for domain 0 to serve, never a kernel.
+    if module.spec.disk.is_some() {
+        return Err(Errno::Einval);
+    }
     // A module refused at boot is never read.
     let image = module.image.as_ref().map_err(|_| Errno::Einval)?;
     if args.cmdline_len > MAX_CMDLINE || args.mem_kib < 4 || args.flags & !CREATE_FLAGS != 0 || args.max_vcpus > MAX_VCPUS {

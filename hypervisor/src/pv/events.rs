@@ -203,6 +203,19 @@ pub fn raise_hypervisor_port(domain: &Domain, port: EvtchnPort) {
     }
 }
 
+/// Raises global VIRQ `virq` on `domain` (on the vCPU its channel notifies), if it bound
+/// one (`VIRQ_CONSOLE` for domain 0's serial input).
+pub fn raise_global_virq(domain: &Domain, virq: Virq) {
+    let marked = {
+        let channels = domain.channels.lock();
+        let target = channels.virq_target(virq, VcpuId(0));
+        target.and_then(|delivery| Some((delivery, mark_pending(domain, &channels, delivery)?)))
+    };
+    if let Some((delivery, notify)) = marked {
+        wake_for(domain, delivery, notify);
+    }
+}
+
 /// A vCPU's single-shot timer expired: raise VIRQ_TIMER on it (if it bound one).
 pub fn timer_fired(vcpu: &Vcpu) {
     let marked = {

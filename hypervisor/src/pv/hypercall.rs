@@ -92,7 +92,7 @@ fn handle(vcpu: &Vcpu, frame: &mut TrapFrame, request: Request) -> Outcome {
         Request::MemoryOp { cmd, start_extent, arg } => return memop::memory_op(vcpu, request, cmd, start_extent, arg),
         Request::Multicall { calls, count } => return multicall(vcpu, frame, request, calls, count),
         Request::UpdateVaMapping { va, pte, flags } => return mmu::update_va_mapping(vcpu, va, pte, flags),
-        Request::ConsoleRead { .. } => Ok(0),
+        Request::ConsoleRead { buffer, count } => console::read_input(&vcpu.domain, buffer.0, count),
         Request::XenVersion { cmd, arg } => xen_version(cmd, arg),
         Request::SchedOp { cmd, arg } => sched_op(vcpu, cmd, arg),
         Request::SetTrapTable { table } => set_trap_table(vcpu, table),

@@ -16,6 +16,10 @@
 //! - `timers` ([`timers`]): `domains=N` hogs with a timer armed a century ahead, created
 //!   in small groups on one CPU, unpinned, so that the idle CPU steals some, then
 //!   destroyed: the heap must come back to what it was. Module 1: guest-vcpus.
+//! - `disks` ([`disks`]): every disk module read through `ReadDisk` (hash printed) and
+//!   its refusals. Module 1: any guest; disk modules after it.
+//! - `blk` ([`blk`]): domain 0 as the block backend on in-memory disks (the disk
+//!   modules) for good, hostile and dying frontends. Module 1: guest-blk; disks after it.
 //! - `store` ([`store`]): domain 0 runs the store for good and hostile store clients,
 //!   introduces and releases them; the hostile ones must be cut off alone. Module 1:
 //!   guest-xs.
@@ -23,6 +27,8 @@
 //! Each check prints what it measured, so that a failure says by how much. This module
 //! must never leave a domain it created alive when it reports.
 
+mod blk;
+mod disks;
 mod huge;
 mod race;
 mod share;
@@ -210,6 +216,8 @@ pub fn run(name: &str, start: &StartInfo) -> ! {
     let cmdline = start.cmd_line();
     let result = Waiter::new().and_then(|waiter| match name {
         "huge" => huge::run(waiter),
+        "disks" => disks::run(waiter),
+        "blk" => blk::run(waiter, cmdline),
         "races" => race::run(waiter, cmdline),
         "share" => share::run(waiter, cmdline),
         "timers" => timers::run(waiter, cmdline),

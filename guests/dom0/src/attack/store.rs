@@ -1,15 +1,18 @@
-//! `attack=store good=N hostile=M seconds=S mem_kib=K`: domain 0 runs the store (xenstored) for the
-//! domains it creates from boot module 1 (guest-xs, or an unmodified guest such as GRUB's
-//! Xen image, given `mem_kib` of memory): `good` well-behaved ones (`mode=good
+//! `attack=store good=N hostile=M seconds=S [input=1] [mem_kib=K]`: domain 0 runs the store
+//! (xenstored) for the domains it creates from boot module 1 (guest-xs, or an unmodified
+//! guest such as GRUB's Xen image, given `mem_kib` of memory): `good` well-behaved ones (`mode=good
 //! peer=<another's id>`) and `hostile` ones (alternately `mode=flood`: quota floods, then
-//! garbage ring indices, and `mode=garbage`: garbage indices at once). For each, as Xen's toolstack does: created paused, its store ring reached the
+//! garbage ring indices, and `mode=garbage`: garbage indices at once); with `input=1` the
+//! first good one also waits for a line of serial input. For each, as Xen's toolstack does: created paused, its store ring reached the
 //! way `GetDomainDevices` says (grant reference 1 mapped into a page of domain 0, its
 //! unbound store port bound), its home written and the domain introduced
 //! (`xenstore::Store::create_domain`), then unpaused. Domain 0 then serves every ring
 //! ([`xenstore::server::Connection`]: a budget of requests per domain per round, round
 //! robin, woken by the ports' events or a 10 ms tick) and relays every console
 //! (`guest_dom0::consoled`: each domain's lines prefixed `[dN]`, rate-limited per domain;
-//! domain 0 binds each console port, so the hypervisor drains none of these rings), and
+//! domain 0 binds each console port, so the hypervisor drains none of these rings), routes
+//! serial input (`VIRQ_CONSOLE`, `CONSOLEIO_read`) to the domain in focus (Ctrl-A three
+//! times moves the focus: domain 0, then each served domain in turn), and
 //! when a domain shuts down it
 //! unmaps its ring, closes its port, removes its home and releases it
 //! (`Store::destroy_domain`), and destroys it. The check passes when every good domain
@@ -29,7 +32,10 @@ use guest_rt::control::{self, NewDomain};
 use guest_rt::events::Events;
 use guest_rt::frames::FreeFrames;
 use guest_rt::{evtchn, grants, println};
-use guest_dom0::consoled::{ConsolePage, Relay};
+use guest_dom0::consoled::{ConsolePage, Focus, Key, Relay};
+use guest_rt::abi::hypercall::Virq;
+use guest_rt::abi::ids::VcpuId;
+use guest_rt::hypercall;
 use xenstore::server::{Connection, RingPage};
 use xenstore::Store;
 
@@ -50,14 +56,14 @@ const MAX_DOMAINS: usize = 8;
 const MAX_MEM_KIB: u64 = 64 << 10;
 
 /// Ports whose event came since the last round (ports below 64: the runtime's handlers).
-static PENDING: AtomicU64 = AtomicU64::new(0);
+pub(super) static PENDING: AtomicU64 = AtomicU64::new(0);
 
-fn on_event(port: EvtchnPort) {
+pub(super) fn on_event(port: EvtchnPort) {
     PENDING.fetch_or(1 << (port.0 % 64), Ordering::AcqRel);
 }
 
 /// A ring page mapped at `va` in domain 0.
-struct Mapped(u64);
+pub(super) struct Mapped(pub(super) u64);
 
 impl RingPage for Mapped {
     fn load_u32(&self, offset: usize) -> u32 {
@@ -95,20 +101,20 @@ impl ConsolePage for Mapped {
 }
 
 /// One domain served.
-struct Served {
-    id: DomId,
-    hostile: bool,
+pub(super) struct Served {
+    pub(super) id: DomId,
+    pub(super) hostile: bool,
     /// Domain 0's end of the store channel.
-    port: EvtchnPort,
-    handle: u32,
-    page: Mapped,
-    conn: Connection,
+    pub(super) port: EvtchnPort,
+    pub(super) handle: u32,
+    pub(super) page: Mapped,
+    pub(super) conn: Connection,
     /// Its console: domain 0's end of the channel, the grant mapping, the relay.
-    console_port: EvtchnPort,
-    console_handle: u32,
-    console: Mapped,
-    relay: Relay,
-    ended: bool,
+    pub(super) console_port: EvtchnPort,
+    pub(super) console_handle: u32,
+    pub(super) console: Mapped,
+    pub(super) relay: Relay,
+    pub(super) ended: bool,
 }
 
 /// Prints a relayed console line with its domain's prefix.
@@ -117,7 +123,7 @@ fn relay_line(domid: u16, text: &str) {
 }
 
 /// Drains `s`'s console ring, notifying it when bytes were taken.
-fn drain_console(s: &mut Served, now_ns: u64) {
+pub(super) fn drain_console(s: &mut Served, now_ns: u64) {
     let drained = s.relay.drain(&s.console, now_ns, &mut relay_line);
     if drained.bogus_reported {
         println!("dom0: console of domain {}: ring indices out of range; output ignored", s.id.0);
@@ -127,7 +133,7 @@ fn drain_console(s: &mut Served, now_ns: u64) {
     }
 }
 
-fn spec(line: &[u8], hostile: bool, mem_kib: u32) -> NewDomain<'_> {
+pub(super) fn spec(line: &[u8], hostile: bool, mem_kib: u32) -> NewDomain<'_> {
     NewDomain {
         module: MODULE,
         mem_kib,
@@ -143,7 +149,7 @@ fn spec(line: &[u8], hostile: bool, mem_kib: u32) -> NewDomain<'_> {
     }
 }
 
-fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
+pub(super) fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
     let mut op = GnttabMapGrantRef { host_addr: va, flags: GNTMAP_HOST_MAP, ref_: gref, dom, ..Default::default() };
     // SAFETY: `va` is a free page of domain 0 used for nothing else.
     unsafe { grants::grant_table_op(GnttabOp::MapGrantRef, &mut op, 1) }.map_err(|_| Failure::Setup("map_grant_ref call"))?;
@@ -151,7 +157,7 @@ fn map_ring(dom: DomId, gref: u32, va: u64) -> Result<u32, Failure> {
     Ok(op.handle)
 }
 
-fn unmap_ring(handle: u32, va: u64) {
+pub(super) fn unmap_ring(handle: u32, va: u64) {
     let mut op = GnttabUnmapGrantRef { host_addr: va, handle, ..Default::default() };
     // SAFETY: nothing uses the ring at `va` any more.
     let _ = unsafe { grants::grant_table_op(GnttabOp::UnmapGrantRef, &mut op, 1) };
@@ -160,7 +166,7 @@ fn unmap_ring(handle: u32, va: u64) {
 /// Sets a created domain up as the toolstack does and returns what serves it: its store
 /// ring mapped at `va`, its console ring at `console_va` (domain 0 takes the console: once
 /// it binds the port, the hypervisor no longer drains the ring).
-fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool, va: u64, console_va: u64, now_ns: u64) -> Result<Served, Failure> {
+pub(super) fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool, va: u64, console_va: u64, now_ns: u64) -> Result<Served, Failure> {
     let devices = control::domain_devices(id).map_err(|e| Failure::Control("GetDomainDevices", e))?;
     let handle = map_ring(id, devices.store_gref, va)?;
     let port = evtchn::bind_interdomain(id, EvtchnPort(devices.store_port)).map_err(|_| Failure::Setup("bind to the store port"))?;
@@ -188,7 +194,7 @@ fn attach(store: &mut Store, events: Events, id: DomId, hostile: bool, va: u64, 
 }
 
 /// Undoes [`attach`] for a domain that ended, and destroys it.
-fn detach(store: &mut Store, s: &mut Served, now_ns: u64) {
+pub(super) fn detach(store: &mut Store, s: &mut Served, now_ns: u64) {
     drain_console(s, now_ns);
     s.relay.flush(now_ns, &mut relay_line);
     unmap_ring(s.console_handle, s.console.0);
@@ -235,6 +241,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             (true, _) => "garbage",
         };
         let _ = write!(line, "mode={mode} peer={peer}");
+        if i == 0 && option(cmdline, "input") == Some(1) {
+            let _ = write!(line, " input=1");
+        }
         let id = control::create_domain(&spec(line.as_bytes(), hostile, mem_kib)).map_err(|e| Failure::Control("CreateDomain", e))?;
         let window = frames.take().ok_or(Failure::Setup("no page to map a ring at"))?;
         let console_window = frames.take().ok_or(Failure::Setup("no page to map a console at"))?;
@@ -247,6 +256,10 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         heap_after.saturating_sub(heap_before) / served.len().max(1),
         store.tree().len()
     );
+    // Serial input: VIRQ_CONSOLE says it came; Ctrl-A three times moves the focus.
+    let input_port = evtchn::bind_virq(Virq::Console, VcpuId(0)).map_err(|_| Failure::Setup("bind VIRQ_CONSOLE"))?;
+    events.set_handler(input_port, on_event).map_err(|_| Failure::Setup("a handler for VIRQ_CONSOLE"))?;
+    let mut input = Input { focus: Focus::default(), at: 0, line: ArrayString::new() };
     events.enable();
     for s in &served {
         control::unpause_domain(s.id).map_err(|e| Failure::Control("UnpauseDomain", e))?;
@@ -264,6 +277,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             return Err(Failure::OutOfBounds("the store's domains did not all end in time"));
         }
         let pending = PENDING.swap(0, Ordering::AcqRel);
+        if pending & (1 << (input_port.0 % 64)) != 0 {
+            input.take(&mut served);
+        }
         let mut more = false;
         for s in served.iter_mut().filter(|s| !s.ended) {
             if pending & (1 << (s.console_port.0 % 64)) != 0 || rounds.is_multiple_of(16) {
@@ -309,6 +325,60 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     println!("dom0: store: {} nodes, heap {used} of {size} bytes in use", store.tree().len());
     expect_as_before(waiter, &before, Compare::FreeMemory, 5000)?;
     Ok(())
+}
+
+/// Serial input as domain 0 routes it: to the domain in focus (`at`: 0 is domain 0, `k`
+/// the `k`-th served domain).
+struct Input {
+    focus: Focus,
+    at: usize,
+    /// Domain 0's own input line.
+    line: ArrayString<80>,
+}
+
+impl Input {
+    /// Reads what came (`CONSOLEIO_read`) and hands each byte to its domain.
+    fn take(&mut self, served: &mut [Served]) {
+        let mut buf = [0u8; 64];
+        loop {
+            let n = hypercall::console_read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            for &b in &buf[..n] {
+                match self.focus.key(b) {
+                    Key::Held => {}
+                    Key::Switch => {
+                        // The next domain still running, or domain 0.
+                        let count = served.len() + 1;
+                        self.at = (1..=count).map(|k| (self.at + k) % count).find(|&k| k == 0 || !served[k - 1].ended).unwrap_or(0);
+                        match self.at {
+                            0 => println!("dom0: console input goes to domain 0"),
+                            k => println!("dom0: console input goes to d{}", served[k - 1].id.0),
+                        }
+                    }
+                    Key::Byte(b) if self.at == 0 => {
+                        if b == b'\n' || b == b'\r' || self.line.is_full() {
+                            println!("dom0: console input for domain 0: {}", self.line.as_str());
+                            self.line.clear();
+                        } else if b.is_ascii_graphic() || b == b' ' {
+                            self.line.push(b as char);
+                        }
+                    }
+                    Key::Byte(b) => {
+                        let s = &mut served[self.at - 1];
+                        if s.ended {
+                            continue;
+                        }
+                        if s.relay.feed(&s.console, &[b]) == 0 {
+                            s.relay.dropped_input += 1;
+                        }
+                        let _ = evtchn::send(s.console_port);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn report(store: &Store, s: &Served) {

@@ -1,0 +1,285 @@
+//! guest-blk: a block frontend (guest-rt's `blkfront`) on the VBDs domain 0's blkback
+//! serves it, connected through the store as Linux's blkfront.
+//!
+//! `mode=good`: on its first VBD (the test script's pattern: sector `s` starts with `s`
+//! as 4 little-endian bytes, then byte `j` is `(s * 7 + j) & 0xff`) it reads a page and
+//! checks it, reads with 11 segments of partial pages, reads the last sector, is refused a
+//! read past the end, writes 16 sectors of its own pattern (one straddling request of
+//! sub-page segments), flushes, reads them back into other pages, keeps 16 reads in flight
+//! at once (answers matched by id in whatever order), and on a read-only VBD (a second
+//! one, when it has it) is refused a write. Then the ring round trip: an empty request
+//! (a flush without data) answered, median of 201 ("blk: ring round trip median=<n> ns").
+//! Prints "blk: all checks passed"; any failure panics (the domain crashes).
+//!
+//! `mode=hostile`: requests that must each be answered with an error while the
+//! connection stays up (unknown and unoffered operations, grant references it never
+//! granted, granted to another domain, granted read-only for a read, sectors past the
+//! end and at 2^64 - 1, too many segments, segments out of order or past their page, a
+//! write to a read-only VBD), a good read still served, then garbage ring indices (a
+//! producer 1000 ahead) that must get it cut off: the backend leaves `Connected`
+//! ("blk: cut off, backend state <n>").
+//!
+//! `mode=die`: fills the ring with reads, notifies, and powers off at once, with every
+//! request in flight (domain 0 must release everything of it).
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+use guest_rt::abi::hypercall::ShutdownReason;
+use guest_rt::abi::ids::DomId;
+use guest_rt::blkfront::{
+    backend_state, wait_backend, Blkfront, XenbusState, GrantTable, Request, Segment, OP_FLUSH_DISKCACHE, OP_READ, OP_WRITE, RSP_EOPNOTSUPP,
+    RSP_ERROR, RSP_OKAY,
+};
+use guest_rt::events::Events;
+use guest_rt::frames::{Frame, FreeFrames};
+use guest_rt::time::Clock;
+use guest_rt::xs::Xs;
+use guest_rt::{evtchn, hypercall, println, StartInfo};
+
+guest_rt::entry!(main);
+
+/// Data pages granted to the backend.
+const PAGES: usize = 24;
+
+fn check(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
+    if ok {
+        println!("blk: check {name}: ok");
+    } else {
+        panic!("blk: check {name}: FAILED {detail}");
+    }
+}
+
+/// The test script's byte `j` of sector `s`.
+fn pattern(s: u64, j: usize) -> u8 {
+    if j < 4 {
+        (s as u32).to_le_bytes()[j]
+    } else {
+        ((s * 7 + j as u64) & 0xff) as u8
+    }
+}
+
+/// This guest's own pattern for the sectors it writes.
+fn mine(s: u64, j: usize) -> u8 {
+    ((s * 13 + j as u64 * 3 + 0x5a) & 0xff) as u8
+}
+
+struct Page {
+    frame: Frame,
+    gref: u32,
+}
+
+impl Page {
+    fn bytes(&self) -> &'static mut [u8; 4096] {
+        // SAFETY: a free frame of ours, mapped at its address, used only as this buffer
+        // (the backend writes it through grant copies, between our requests).
+        unsafe { &mut *(self.frame.va() as *mut [u8; 4096]) }
+    }
+}
+
+fn seg(page: &Page, first: u8, last: u8) -> Segment {
+    Segment { gref: page.gref, first_sect: first, last_sect: last }
+}
+
+fn main(start: &'static StartInfo) {
+    let line = core::str::from_utf8(start.cmd_line()).unwrap_or("");
+    let word = |key: &str| line.split_ascii_whitespace().find_map(|w| w.strip_prefix(key));
+    let mut frames = FreeFrames::new(start).expect("free frames");
+    guest_rt::heap::init(&mut frames, 8);
+    let events = Events::init().expect("events");
+    let mut xs = Xs::open(events).expect("a store ring in start_info");
+    events.enable();
+    let mut table = GrantTable::map(frames.take().expect("a frame for the grant table")).expect("grant table");
+    let mut list = [0u8; 256];
+    let n = xs.directory(0, "device/vbd", &mut list).expect("device/vbd");
+    let devids: Vec<u32> = list[..n].split(|&b| b == 0).filter_map(|w| core::str::from_utf8(w).ok()?.parse().ok()).collect();
+    check("vbds listed", !devids.is_empty(), format_args!("{:?}", &list[..n]));
+    let mut disks = Vec::new();
+    for &devid in &devids {
+        let d = Blkfront::connect(&mut xs, events, &mut frames, &mut table, devid).expect("connect");
+        println!("blk: vbd {devid} connected: {} sectors, {}", d.sectors, if d.read_only { "ro" } else { "rw" });
+        disks.push(d);
+    }
+    let backend = disks[0].backend_id;
+    let pages: Vec<Page> = (0..PAGES)
+        .map(|_| {
+            let frame = frames.take().expect("a data page");
+            Page { frame, gref: table.grant(backend, frame.mfn.0, false).expect("grant") }
+        })
+        .collect();
+    match word("mode=") {
+        Some("hostile") => hostile(&mut xs, &mut disks, &pages, &mut table),
+        Some("die") => die(&mut disks[0], &pages),
+        _ => good(&mut disks, &pages),
+    }
+}
+
+fn expect_status(what: &str, got: i16, want: i16) {
+    check(what, got == want, format_args!("status {got}, want {want}"));
+}
+
+fn good(disks: &mut [Blkfront], pages: &[Page]) {
+    let d = &mut disks[0];
+    let st = d.io(OP_READ, 0, &[seg(&pages[0], 0, 7)]).expect("read");
+    let ok = (0..8u64).all(|s| (0..512).all(|j| pages[0].bytes()[s as usize * 512 + j] == pattern(s, j)));
+    check("read a page", st == RSP_OKAY && ok, format_args!("status {st}"));
+
+    // 11 segments of partial pages: sectors 100.. in pages 1..=11, sectors 1..=5 of each.
+    let segs: Vec<Segment> = (1..=11).map(|i| seg(&pages[i], 1, 5)).collect();
+    let st = d.io(OP_READ, 100, &segs).expect("read");
+    let ok = (0..11).all(|i| (0..5).all(|k| {
+        let s = 100 + (i * 5 + k) as u64;
+        let off = (1 + k) * 512;
+        (0..512).all(|j| pages[1 + i].bytes()[off + j] == pattern(s, j))
+    }));
+    check("read 11 partial segments", st == RSP_OKAY && ok, format_args!("status {st}"));
+
+    let last = d.sectors - 1;
+    let st = d.io(OP_READ, last, &[seg(&pages[0], 0, 0)]).expect("read");
+    check("read the last sector", st == RSP_OKAY && (0..512).all(|j| pages[0].bytes()[j] == pattern(last, j)), format_args!("status {st}"));
+    let st = d.io(OP_READ, last, &[seg(&pages[0], 0, 1)]).expect("read");
+    expect_status("a read past the end refused", st, RSP_ERROR);
+
+    // Writes: sectors 1000..1016, two requests, the second of sub-page segments.
+    let base = 1000u64;
+    for s in 0..16u64 {
+        let (p, o) = ((s / 8) as usize, (s % 8) as usize * 512);
+        for j in 0..512 {
+            pages[12 + p].bytes()[o + j] = mine(base + s, j);
+        }
+    }
+    let st = d.io(OP_WRITE, base, &[seg(&pages[12], 0, 7)]).expect("write");
+    expect_status("write a page", st, RSP_OKAY);
+    let st = d.io(OP_WRITE, base + 8, &[seg(&pages[13], 0, 2), seg(&pages[13], 3, 7)]).expect("write");
+    expect_status("write sub-page segments", st, RSP_OKAY);
+    let st = d.io(OP_FLUSH_DISKCACHE, 0, &[]).expect("flush");
+    expect_status("flush", st, RSP_OKAY);
+    for p in &pages[14..16] {
+        p.bytes().fill(0);
+    }
+    let st = d.io(OP_READ, base, &[seg(&pages[14], 0, 7), seg(&pages[15], 0, 7)]).expect("read");
+    let ok = (0..16u64).all(|s| (0..512).all(|j| pages[14 + (s / 8) as usize].bytes()[(s % 8) as usize * 512 + j] == mine(base + s, j)));
+    check("own writes read back", st == RSP_OKAY && ok, format_args!("status {st}"));
+
+    // 16 reads in flight at once, each a page at sector 8 * k.
+    let mut ids = [0u64; 16];
+    for (k, id) in ids.iter_mut().enumerate() {
+        pages[k].bytes().fill(0);
+        *id = d.front.submit(OP_READ, d.devid as u16, 8 * k as u64, &[seg(&pages[k], 0, 7)]).expect("submit");
+    }
+    d.kick();
+    let mut done = 0;
+    while done < ids.len() {
+        let c = d.wait().expect("completion");
+        let k = ids.iter().position(|&id| id == c.id).expect("a known id");
+        let ok = (0..8u64).all(|s| (0..512).all(|j| pages[k].bytes()[s as usize * 512 + j] == pattern(8 * k as u64 + s, j)));
+        check("a read in flight", c.status == RSP_OKAY && ok, format_args!("slot {k} status {}", c.status));
+        done += 1;
+    }
+    if let Some(ro) = disks.iter_mut().find(|d| d.read_only) {
+        let st = ro.io(OP_WRITE, 0, &[seg(&pages[0], 0, 0)]).expect("write");
+        expect_status("a write to a read-only vbd refused", st, RSP_ERROR);
+        let st = ro.io(OP_READ, 0, &[seg(&pages[0], 0, 0)]).expect("read");
+        expect_status("a read of a read-only vbd", st, RSP_OKAY);
+    }
+    let d = &mut disks[0];
+    // The ring round trip: empty requests.
+    let clock = Clock::new().expect("clock");
+    let mut times = [0u64; 201];
+    for t in times.iter_mut() {
+        let start = clock.now_ns();
+        let st = d.io(OP_FLUSH_DISKCACHE, 0, &[]).expect("flush");
+        *t = clock.now_ns() - start;
+        assert_eq!(st, RSP_OKAY, "an empty request failed");
+    }
+    times.sort_unstable();
+    println!("blk: ring round trip median={} ns over {} (p90 {} ns)", times[times.len() / 2], times.len(), times[times.len() * 9 / 10]);
+    println!("blk: all checks passed");
+}
+
+/// Sends `req` raw and returns the status of its answer.
+fn raw(d: &mut Blkfront, req: &Request) -> i16 {
+    d.front.submit_raw(req).expect("submit raw");
+    d.kick();
+    loop {
+        if let Some(rsp) = d.front.complete_raw().expect("ring") {
+            assert_eq!(rsp.id, req.id, "an answer to another request");
+            return rsp.status;
+        }
+        let _ = hypercall::sched_yield();
+    }
+}
+
+fn hostile(xs: &mut Xs, disks: &mut [Blkfront], pages: &[Page], table: &mut GrantTable) {
+    let me = evtchn::own_domid().expect("own id");
+    let d = &mut disks[0];
+    let handle = d.devid as u16;
+    let read = |id: u64, sector: u64, segs: &[Segment]| {
+        let mut r = Request { operation: OP_READ, nr_segments: segs.len() as u8, handle, id, sector_number: sector, ..Default::default() };
+        r.seg[..segs.len()].copy_from_slice(segs);
+        r
+    };
+    let good = seg(&pages[0], 0, 7);
+    let mut r = read(1, 0, &[good]);
+    r.operation = 99;
+    expect_status("unknown operation", raw(d, &r), RSP_EOPNOTSUPP);
+    for op in [2u8, 5, 6] {
+        r.operation = op;
+        expect_status("barrier/discard/indirect not offered", raw(d, &r), RSP_EOPNOTSUPP);
+    }
+    expect_status("a reference never granted", raw(d, &read(2, 0, &[Segment { gref: 400, first_sect: 0, last_sect: 7 }])), RSP_ERROR);
+    expect_status("a reference past the table", raw(d, &read(3, 0, &[Segment { gref: 0x00ff_ffff, first_sect: 0, last_sect: 7 }])), RSP_ERROR);
+    // Granted to another domain.
+    table.set(300, DomId(me.0.wrapping_add(7)), pages[1].frame.mfn.0, false);
+    expect_status("a reference granted to another domain", raw(d, &read(4, 0, &[Segment { gref: 300, first_sect: 0, last_sect: 7 }])), RSP_ERROR);
+    // Granted read-only, used for a read (the backend writes into it).
+    table.set(301, d.backend_id, pages[2].frame.mfn.0, true);
+    pages[2].bytes().fill(0xee);
+    expect_status("a read into a read-only grant", raw(d, &read(5, 0, &[Segment { gref: 301, first_sect: 0, last_sect: 7 }])), RSP_ERROR);
+    check("the read-only page untouched", pages[2].bytes().iter().all(|&b| b == 0xee), format_args!("written"));
+    let sectors = d.sectors;
+    expect_status("past the end", raw(d, &read(7, sectors - 7, &[good])), RSP_ERROR);
+    expect_status("at 2^64 - 1", raw(d, &read(8, u64::MAX, &[good])), RSP_ERROR);
+    let mut r = read(9, 0, &[good; 11]);
+    r.nr_segments = 12;
+    expect_status("12 segments", raw(d, &r), RSP_ERROR);
+    r.nr_segments = 255;
+    expect_status("255 segments", raw(d, &r), RSP_ERROR);
+    expect_status("sectors out of order", raw(d, &read(10, 0, &[Segment { gref: pages[0].gref, first_sect: 5, last_sect: 2 }])), RSP_ERROR);
+    expect_status("past the page", raw(d, &read(11, 0, &[Segment { gref: pages[0].gref, first_sect: 0, last_sect: 8 }])), RSP_ERROR);
+    let mut w = read(12, 0, &[good]);
+    w.operation = OP_WRITE;
+    if d.read_only {
+        expect_status("a write to a read-only vbd", raw(d, &w), RSP_ERROR);
+    }
+    let st = raw(d, &read(13, 0, &[good]));
+    check("still served", st == RSP_OKAY && pages[0].bytes()[..4] == [0, 0, 0, 0], format_args!("status {st}"));
+    // Garbage indices: a producer 1000 past what the backend consumed.
+    let ring = d.ring_va as *mut u32;
+    // SAFETY: the ring page is ours (shared with the backend); req_prod is its first word.
+    unsafe { ring.write_volatile(ring.read_volatile().wrapping_add(1000)) };
+    let _ = evtchn::send(d.port);
+    let backend = d.backend.clone();
+    let left = wait_backend(xs, &backend, XenbusState::Closing);
+    let state = backend_state(xs, &backend).unwrap_or(0);
+    println!("blk: cut off, backend state {state} ({left:?})");
+    check("cut off", state >= 5, format_args!("backend state {state}"));
+    hypercall::shutdown(ShutdownReason::Poweroff);
+}
+
+fn die(d: &mut Blkfront, pages: &[Page]) -> ! {
+    let mut sent = 0;
+    for k in 0..32u64 {
+        let p = &pages[k as usize % pages.len()];
+        if d.front.submit(OP_READ, d.devid as u16, 8 * k, &[seg(p, 0, 7)]).is_ok() {
+            sent += 1;
+        }
+    }
+    d.kick();
+    println!("blk: dying with {sent} requests in flight");
+    hypercall::shutdown(ShutdownReason::Poweroff);
+}

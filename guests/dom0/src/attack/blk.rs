@@ -1,0 +1,483 @@
+//! `attack=blk good=N hostile=M die=K seconds=S`: domain 0 as the block backend (blkback)
+//! on in-memory disks, for domains it creates from boot module 1 (guest-blk): `good` ones
+//! (`mode=good`), `hostile` ones (`mode=hostile`: bad requests, then garbage ring
+//! indices) and `die` ones (`mode=die`: power off with every request in flight).
+//!
+//! The disks: every boot module whose line says `disk=` is read (`ReadDisk`, a page at a
+//! time, into a bounce page) and copied (`GNTTABOP_copy` between two frames of domain 0's
+//! own) into frames of domain 0's reservation past its initial mapping's slack: domain 0
+//! never maps them; data moves between them and the frontends' granted pages by grant copy
+//! only (`blkif::copies`). Every domain gets every disk (`xvd<index>`, read-only when the
+//! line says `,ro`); writes land in domain 0's copy, not in the boot module.
+//!
+//! Each domain is set up as the store check does (`super::store::attach`: its store and
+//! console served), then the VBD's store nodes as libxl writes them
+//! (`/local/domain/0/backend/vbd/<domid>/<devid>/` owned by domain 0, readable by the
+//! frontend: `frontend`, `frontend-id`, `online`, `state`; `device/vbd/<devid>/` owned
+//! by the frontend: `backend`, `backend-id`, `virtual-device`, `device-type`, `state`)
+//! and blkback's (`sectors`, `sector-size`, `info`, `mode`, `feature-flush-cache`, `state`
+//! `InitWait`). When the frontend says `Initialised` (or `Connected`) the backend reads
+//! `ring-ref`, `event-channel` and `protocol` (only `x86_64-abi`; no `ring-page-order`
+//! was offered, so one page), maps the ring grant, binds the port and says `Connected`.
+//!
+//! The loop serves every ring ([`blkif::backend::Backend`]: at most [`BUDGET`] requests per
+//! ring per round, round robin) beside the stores and consoles. A frontend with
+//! impossible ring indices is cut off alone: its ring unmapped, its port closed, the
+//! backend `Closing`. A domain that ends is torn down; a `die` domain is destroyed first,
+//! with its ring still mapped and its requests unserved, then served once more (the copies
+//! into a dead domain's grants fail) and released. The check passes when every good and
+//! hostile domain powered off, every hostile ring (no good one) was cut off, and free
+//! memory comes back as before.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+
+use arrayvec::ArrayString;
+use blkif::backend::{Backend, DataMover};
+use blkif::check::{Vbd, Work};
+use blkif::copies::{plan, DiskFrames, MAX_COPIES};
+use blkif::xenbus::{backend_keys as bk, frontend_keys as fk, parse_u32, xvd_number, XenbusState, PROTOCOL_X86_64};
+use guest_rt::abi::control::DOMAIN_SHUTTING_DOWN;
+use guest_rt::abi::errno::Errno;
+use guest_rt::abi::grant_table::{GnttabCopy, GnttabCopyPtr, GnttabOp};
+use guest_rt::abi::ids::{DomId, EvtchnPort, Pfn};
+use guest_rt::control::{self, NewDomain};
+use guest_rt::events::Events;
+use guest_rt::frames::{Frame, FreeFrames};
+use guest_rt::{evtchn, grants, println};
+use xenring::RawMemory;
+use xenstore::perms::{Perm, PermKind};
+use xenstore::Store;
+
+use super::store::{attach, detach, drain_console, map_ring, on_event, spec, unmap_ring, Served, PENDING};
+use super::{expect_as_before, option, phys, settled, Compare, Failure, Waiter};
+
+const MS: u64 = 1_000_000;
+/// Pages of domain 0's heap (the store and the backend's records).
+const HEAP_PAGES: usize = 64;
+/// Requests served per ring per round.
+pub const BUDGET: u32 = 8;
+/// Store requests served per domain per round.
+const STORE_BUDGET: usize = 8;
+/// The most domains served at once.
+const MAX_DOMAINS: usize = 6;
+
+/// A disk in domain 0's memory.
+struct Disk {
+    index: u32,
+    read_only: bool,
+    sectors: u64,
+    /// Machine frames of its pages.
+    frames: Vec<u64>,
+}
+
+impl DiskFrames for Disk {
+    fn frame(&self, index: u64) -> Option<u64> {
+        self.frames.get(usize::try_from(index).ok()?).copied()
+    }
+}
+
+/// `GNTTABOP_copy` over `ops`; true when every one succeeded.
+fn copy(ops: &mut [GnttabCopy]) -> bool {
+    // SAFETY: `ops` are ours for the call; every page they name is domain 0's own frame or
+    // a frontend's grant, which the hypervisor checks.
+    let called = unsafe { grants::grant_table_op(GnttabOp::Copy, ops.as_mut_ptr(), ops.len() as u32) };
+    called.is_ok() && ops.iter().all(|op| grants::status(op.status).is_ok())
+}
+
+/// Reads every disk module into frames taken from `store` (frames past the slack).
+fn load_disks(bounce: Frame, store: &mut impl Iterator<Item = Frame>) -> Result<Vec<Disk>, Failure> {
+    let modules = phys()?.modules;
+    let mut disks = Vec::new();
+    // SAFETY: `bounce` is a free frame of ours, mapped at its address, used only here.
+    let page = unsafe { &mut *(bounce.va() as *mut [u8; 4096]) };
+    for module in 1..modules {
+        let info = match control::read_disk(module, 0, &mut page[..0]) {
+            Ok((_, disk)) => disk,
+            Err(e) if e.errno() == Some(Errno::Einval) => continue,
+            Err(e) => return Err(Failure::Control("ReadDisk", e)),
+        };
+        let pages = info.size.div_ceil(4096);
+        let mut frames = Vec::new();
+        for p in 0..pages {
+            let frame = store.next().ok_or(Failure::Setup("domain 0 has no room for its disks (mem= on its line)"))?;
+            page.fill(0);
+            control::read_disk(module, p * 4096, page).map_err(|e| Failure::Control("ReadDisk", e))?;
+            let own = |mfn: u64| GnttabCopyPtr { u: mfn, domid: DomId::SELF, offset: 0, _pad: 0 };
+            let mut op = [GnttabCopy { source: own(bounce.mfn.0), dest: own(frame.mfn.0), len: 4096, ..Default::default() }];
+            if !copy(&mut op) {
+                return Err(Failure::Setup("copying a disk page into domain 0's frame"));
+            }
+            frames.push(frame.mfn.0);
+        }
+        println!(
+            "dom0: blk: disk module {module} as xvd{}: {} sectors{} in {} frames",
+            (b'a' + info.index as u8) as char,
+            info.size / 512,
+            if info.read_only { ", read-only" } else { "" },
+            frames.len()
+        );
+        disks.push(Disk { index: info.index, read_only: info.read_only, sectors: info.size / 512, frames });
+    }
+    if disks.is_empty() {
+        return Err(Failure::Setup("no disk module"));
+    }
+    Ok(disks)
+}
+
+/// Grant copies between one frontend's grants and one disk.
+struct Mover<'a> {
+    frontend: DomId,
+    disk: &'a Disk,
+    copies: u64,
+    failed: u64,
+}
+
+impl DataMover for Mover<'_> {
+    fn transfer(&mut self, work: &Work) -> bool {
+        let mut ops = [GnttabCopy::default(); MAX_COPIES];
+        let Ok(n) = plan(work, self.frontend, self.disk, &mut ops) else { return false };
+        self.copies += n as u64;
+        let ok = copy(&mut ops[..n]);
+        if !ok {
+            self.failed += 1;
+        }
+        ok
+    }
+    fn flush(&mut self) -> bool {
+        // The disk is domain 0's memory: every copy is done when the hypercall returns.
+        true
+    }
+}
+
+/// A connected ring.
+struct Ring {
+    backend: Backend<RawMemory>,
+    port: EvtchnPort,
+    handle: u32,
+    va: u64,
+}
+
+/// One VBD of one domain.
+struct VbdConn {
+    /// Index into the served domains.
+    domain: usize,
+    frontend: DomId,
+    disk: usize,
+    devid: u32,
+    bpath: String,
+    fpath: String,
+    ring: Option<Ring>,
+    /// A spare page of domain 0 to map the ring at.
+    window: u64,
+    closed: bool,
+    cut: bool,
+    copies: u64,
+    served: (u64, u64),
+}
+
+fn write(store: &mut Store, path: &str, value: &str) -> Result<(), Failure> {
+    store.write_as(0, path, value.as_bytes()).map_err(|_| Failure::Setup("a store write of the toolstack"))
+}
+
+fn read(store: &mut Store, path: &str) -> Option<String> {
+    let v = store.read_as(0, path).ok()?;
+    String::from_utf8(v).ok()
+}
+
+fn set_state(store: &mut Store, bpath: &str, state: XenbusState) {
+    let _ = store.write_as(0, &format!("{bpath}/{}", bk::STATE), format!("{}", state.raw()).as_bytes());
+}
+
+/// The toolstack's and blkback's nodes for `disk` on `frontend` (see the module docs).
+fn create_vbd(store: &mut Store, frontend: DomId, domain: usize, disk_index: usize, disk: &Disk, window: u64) -> Result<VbdConn, Failure> {
+    let devid = xvd_number(disk.index as u8).ok_or(Failure::Setup("an xvd index past 15"))?;
+    let d = frontend.0;
+    let bpath = format!("/local/domain/0/backend/vbd/{d}/{devid}");
+    let fpath = format!("/local/domain/{d}/device/vbd/{devid}");
+    write(store, &bpath, "")?;
+    store
+        .set_perms(&bpath, alloc::vec![Perm { domid: 0, kind: PermKind::None }, Perm { domid: d, kind: PermKind::Read }])
+        .map_err(|_| Failure::Setup("backend permissions"))?;
+    write(store, &fpath, "")?;
+    store
+        .set_perms(&fpath, alloc::vec![Perm { domid: d, kind: PermKind::None }, Perm { domid: 0, kind: PermKind::Read }])
+        .map_err(|_| Failure::Setup("frontend permissions"))?;
+    write(store, &format!("{bpath}/{}", bk::FRONTEND), &fpath)?;
+    write(store, &format!("{bpath}/{}", bk::FRONTEND_ID), &format!("{d}"))?;
+    write(store, &format!("{bpath}/{}", bk::ONLINE), "1")?;
+    write(store, &format!("{bpath}/{}", bk::STATE), &format!("{}", XenbusState::Initialising.raw()))?;
+    write(store, &format!("{fpath}/{}", fk::BACKEND), &bpath)?;
+    write(store, &format!("{fpath}/{}", fk::BACKEND_ID), "0")?;
+    write(store, &format!("{fpath}/{}", fk::VIRTUAL_DEVICE), &format!("{devid}"))?;
+    write(store, &format!("{fpath}/{}", fk::DEVICE_TYPE), "disk")?;
+    write(store, &format!("{fpath}/{}", fk::STATE), &format!("{}", XenbusState::Initialising.raw()))?;
+    // blkback's part once its disk is ready.
+    write(store, &format!("{bpath}/{}", bk::SECTORS), &format!("{}", disk.sectors))?;
+    write(store, &format!("{bpath}/{}", bk::SECTOR_SIZE), "512")?;
+    let info = if disk.read_only { blkif::wire::VDISK_READONLY } else { 0 };
+    write(store, &format!("{bpath}/{}", bk::INFO), &format!("{info}"))?;
+    write(store, &format!("{bpath}/{}", bk::MODE), if disk.read_only { "r" } else { "w" })?;
+    write(store, &format!("{bpath}/{}", bk::FEATURE_FLUSH_CACHE), "1")?;
+    write(store, &format!("{bpath}/{}", bk::STATE), &format!("{}", XenbusState::InitWait.raw()))?;
+    Ok(VbdConn {
+        domain,
+        frontend,
+        disk: disk_index,
+        devid,
+        bpath,
+        fpath,
+        ring: None,
+        window,
+        closed: false,
+        cut: false,
+        copies: 0,
+        served: (0, 0),
+    })
+}
+
+/// Connects `v` when its frontend published its ring; refuses (backend `Closed`) a
+/// frontend whose keys are missing or ask what was not offered.
+fn try_connect(store: &mut Store, events: Events, v: &mut VbdConn, disks: &[Disk]) {
+    let state = read(store, &format!("{}/{}", v.fpath, fk::STATE)).and_then(|s| XenbusState::parse(s.as_bytes()));
+    match state {
+        Some(XenbusState::Initialised | XenbusState::Connected) => {}
+        Some(XenbusState::Closing | XenbusState::Closed) => {
+            set_state(store, &v.bpath, XenbusState::Closed);
+            v.closed = true;
+            return;
+        }
+        _ => return,
+    }
+    let number = |store: &mut Store, key: &str| read(store, &format!("{}/{key}", v.fpath)).and_then(|s| parse_u32(s.as_bytes()));
+    let protocol = read(store, &format!("{}/{}", v.fpath, fk::PROTOCOL));
+    let order = number(store, fk::RING_PAGE_ORDER);
+    let (Some(gref), Some(port)) = (number(store, fk::RING_REF), number(store, fk::EVENT_CHANNEL)) else {
+        return refuse(store, v, "no ring-ref or event-channel");
+    };
+    if protocol.is_some_and(|p| p != PROTOCOL_X86_64) {
+        return refuse(store, v, "a protocol other than x86_64-abi");
+    }
+    if order.is_some_and(|o| o != 0) {
+        return refuse(store, v, "a multi-page ring (not offered)");
+    }
+    let Ok(handle) = map_ring(v.frontend, gref, v.window) else {
+        return refuse(store, v, "its ring grant could not be mapped");
+    };
+    let Ok(local) = evtchn::bind_interdomain(v.frontend, EvtchnPort(port)) else {
+        unmap_ring(handle, v.window);
+        return refuse(store, v, "its event channel could not be bound");
+    };
+    let _ = events.set_handler(local, on_event);
+    let disk = &disks[v.disk];
+    // SAFETY: the ring page is mapped at `window` until `disconnect` unmaps it; the
+    // frontend writes it concurrently, and the ring reaches it only by atomic and volatile
+    // accesses.
+    let mem = unsafe { RawMemory::new(NonNull::new(v.window as *mut u8).expect("a window address"), 4096) };
+    let vbd = Vbd { sectors: disk.sectors, read_only: disk.read_only };
+    match Backend::new(mem, 1, vbd) {
+        Ok(backend) => {
+            v.ring = Some(Ring { backend, port: local, handle, va: v.window });
+            set_state(store, &v.bpath, XenbusState::Connected);
+        }
+        Err(_) => {
+            let _ = evtchn::close(local);
+            unmap_ring(handle, v.window);
+            refuse(store, v, "the ring layout");
+        }
+    }
+}
+
+fn refuse(store: &mut Store, v: &mut VbdConn, why: &str) {
+    println!("dom0: blk: d{} vbd {}: refused: {why}", v.frontend.0, v.devid);
+    set_state(store, &v.bpath, XenbusState::Closed);
+    v.closed = true;
+}
+
+/// Unmaps `v`'s ring and closes its port.
+fn disconnect(store: &mut Store, v: &mut VbdConn, state: XenbusState) {
+    if let Some(ring) = v.ring.take() {
+        let c = ring.backend.counters();
+        v.served = (c.ok, c.failed);
+        let _ = evtchn::close(ring.port);
+        unmap_ring(ring.handle, ring.va);
+    }
+    set_state(store, &v.bpath, state);
+    v.closed = true;
+}
+
+/// Serves `v`'s ring once; whether more waits.
+fn serve(store: &mut Store, v: &mut VbdConn, disks: &[Disk]) -> bool {
+    let Some(ring) = v.ring.as_mut() else { return false };
+    let mut mover = Mover { frontend: v.frontend, disk: &disks[v.disk], copies: 0, failed: 0 };
+    let round = ring.backend.serve(&mut mover, BUDGET);
+    v.copies += mover.copies;
+    if round.notify {
+        let _ = evtchn::send(ring.port);
+    }
+    if let Some(e) = round.cut_off {
+        println!("dom0: blk: d{} vbd {}: cut off ({e:?})", v.frontend.0, v.devid);
+        v.cut = true;
+        disconnect(store, v, XenbusState::Closing);
+        return false;
+    }
+    round.more
+}
+
+fn report(v: &VbdConn) {
+    println!(
+        "dom0: blk: d{} vbd {} ended: {} ok, {} failed, {} grant copies, cut off: {}",
+        v.frontend.0, v.devid, v.served.0, v.served.1, v.copies, v.cut
+    );
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Good,
+    Hostile,
+    Die,
+    /// `serve=1`: a guest of the user's (`make run GUEST_DISK=`), with the command line
+    /// after ` -- ` in domain 0's; nothing is expected of it but an end.
+    Plain,
+}
+
+pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
+    let good = option(cmdline, "good").unwrap_or(1).min(MAX_DOMAINS as u64) as usize;
+    let hostile = option(cmdline, "hostile").unwrap_or(0).min((MAX_DOMAINS - good) as u64) as usize;
+    let die = option(cmdline, "die").unwrap_or(0).min((MAX_DOMAINS - good - hostile) as u64) as usize;
+    let serving = option(cmdline, "serve") == Some(1);
+    let seconds = option(cmdline, "seconds").unwrap_or(if serving { 24 * 3600 } else { 60 }).max(1);
+    // The user's guest line: what follows ` -- ` in domain 0's own.
+    let text = core::str::from_utf8(cmdline).unwrap_or("");
+    let guest_line = text.split_once(" -- ").map_or("", |(_, rest)| rest).trim();
+    let guest_kib = (option(cmdline, "guest_mem").unwrap_or(1).clamp(1, 4096) * 1024) as u32;
+    let start = guest_rt::start_info();
+    let mut frames = FreeFrames::new(start).ok_or(Failure::Setup("no free frames"))?;
+    let mut past = frames
+        .past_slack(start)
+        .filter_map(|pfn| Some(Frame { pfn: Pfn(pfn), mfn: guest_rt::start_info::pfn_to_mfn(Pfn(pfn))? }));
+    guest_rt::heap::init(&mut frames, HEAP_PAGES);
+    let bounce = frames.take().ok_or(Failure::Setup("no bounce page"))?;
+    let disks = load_disks(bounce, &mut past)?;
+    let events = Events::init().map_err(|_| Failure::Setup("no events"))?;
+    let before = settled(waiter)?;
+    let mut store = Store::new();
+    let mut served: Vec<Served> = Vec::new();
+    let mut kinds: Vec<Kind> = Vec::new();
+    let mut vbds: Vec<VbdConn> = Vec::new();
+    for i in 0..good + hostile + die {
+        let kind = if serving {
+            Kind::Plain
+        } else if i < good {
+            Kind::Good
+        } else if i < good + hostile {
+            Kind::Hostile
+        } else {
+            Kind::Die
+        };
+        let mut line = ArrayString::<32>::new();
+        let _ = write!(line, "mode={}", ["good", "hostile", "die", ""][kind as usize]);
+        let mut new = spec(line.as_bytes(), kind == Kind::Hostile, 1024);
+        if kind == Kind::Plain {
+            new = NewDomain { cmdline: guest_line.as_bytes(), mem_kib: guest_kib, max_kib: guest_kib, ..new };
+        }
+        let id = control::create_domain(&new).map_err(|e| Failure::Control("CreateDomain", e))?;
+        let window = frames.take().ok_or(Failure::Setup("no page to map a ring at"))?;
+        let console_window = frames.take().ok_or(Failure::Setup("no page to map a console at"))?;
+        let s = attach(&mut store, events, id, kind == Kind::Hostile, window.va(), console_window.va(), waiter.now())?;
+        for (k, disk) in disks.iter().enumerate() {
+            let w = frames.take().ok_or(Failure::Setup("no page to map a block ring at"))?;
+            vbds.push(create_vbd(&mut store, id, served.len(), k, disk, w.va())?);
+        }
+        served.push(s);
+        kinds.push(kind);
+    }
+    events.enable();
+    for s in &served {
+        control::unpause_domain(s.id).map_err(|e| Failure::Control("UnpauseDomain", e))?;
+    }
+    let deadline = waiter.now() + seconds * 1000 * MS;
+    let mut rounds = 0u64;
+    while served.iter().any(|s| !s.ended) {
+        if waiter.now() > deadline {
+            let now = waiter.now();
+            for v in vbds.iter_mut() {
+                disconnect(&mut store, v, XenbusState::Closed);
+            }
+            for s in served.iter_mut().filter(|s| !s.ended) {
+                detach(&mut store, s, now);
+            }
+            return Err(Failure::OutOfBounds("the block domains did not all end in time"));
+        }
+        let pending = PENDING.swap(0, Ordering::AcqRel);
+        let woke = |port: EvtchnPort| pending & (1 << (port.0 % 64)) != 0;
+        let mut more = false;
+        for s in served.iter_mut().filter(|s| !s.ended) {
+            if woke(s.console_port) || rounds.is_multiple_of(16) {
+                drain_console(s, waiter.now());
+            }
+            if woke(s.port) || rounds.is_multiple_of(16) || s.conn.broken().is_none() {
+                let r = s.conn.serve(&mut store, &s.page, STORE_BUDGET);
+                if r.notify {
+                    let _ = evtchn::send(s.port);
+                }
+                more |= r.more;
+            }
+        }
+        for v in vbds.iter_mut().filter(|v| !v.closed) {
+            if v.ring.is_none() {
+                try_connect(&mut store, events, v, &disks);
+            } else if woke(v.ring.as_ref().map_or(EvtchnPort(0), |r| r.port)) || rounds.is_multiple_of(16) {
+                more |= serve(&mut store, v, &disks);
+            }
+        }
+        rounds += 1;
+        if rounds.is_multiple_of(8) {
+            for (i, s) in served.iter_mut().enumerate().filter(|(_, s)| !s.ended) {
+                let state = control::domain_info(s.id).map(|info| info.state).unwrap_or(DOMAIN_SHUTTING_DOWN);
+                if state != DOMAIN_SHUTTING_DOWN {
+                    continue;
+                }
+                if kinds[i] == Kind::Die {
+                    // Destroyed with its ring mapped and its requests unserved; served
+                    // once more (its grants are gone), then released.
+                    let _ = control::destroy_domain(s.id);
+                    for v in vbds.iter_mut().filter(|v| v.domain == i) {
+                        let pending = v.ring.as_ref().map_or(0, |r| r.backend.counters().ok);
+                        let _ = serve(&mut store, v, &disks);
+                        println!("dom0: blk: d{} destroyed mid-request ({pending} answered before)", s.id.0);
+                    }
+                }
+                for v in vbds.iter_mut().filter(|v| v.domain == i) {
+                    disconnect(&mut store, v, XenbusState::Closed);
+                    store.rm(&v.bpath);
+                    report(v);
+                }
+                detach(&mut store, s, waiter.now());
+            }
+        }
+        if !more {
+            waiter.wait_for(waiter.now() + 10 * MS, || PENDING.load(Ordering::Acquire) != 0)?;
+        }
+    }
+    println!("dom0: blk: served {} domains, {} vbds in {rounds} rounds", served.len(), vbds.len());
+    for (i, v) in vbds.iter().enumerate() {
+        let kind = kinds[v.domain];
+        if kind == Kind::Good && (v.cut || v.served.0 == 0) {
+            return Err(Failure::OutOfBounds("a good frontend was cut off or not served"));
+        }
+        // The hostile domain attacks its first VBD.
+        if kind == Kind::Hostile && i == vbds.iter().position(|w| w.domain == v.domain).unwrap_or(i) && !v.cut {
+            return Err(Failure::OutOfBounds("a hostile frontend was not cut off"));
+        }
+    }
+    if store.domains().any(|d| d != 0) {
+        return Err(Failure::OutOfBounds("a released domain left a store connection"));
+    }
+    expect_as_before(waiter, &before, Compare::FreeMemory, 5000)?;
+    Ok(())
+}
