@@ -13,7 +13,8 @@ Usage:
   tests/grubimage.py image OUT            the GRUB image
   tests/grubimage.py disk OUT [--fs fat|ext2]
   tests/grubimage.py boottime LOG...      boot to halt in each serial log of an io-grub-* case
-                                          (domain 0's "domains unpaused" line to the hypervisor's
+                                          (domain 0's "domains unpaused" line, attack=store or
+                                          attack=blk, to the hypervisor's
                                           "domain 1 (...) ended: poweroff"), and their median
 """
 import argparse
@@ -110,7 +111,7 @@ def boot_to_halt_ms(log):
             if not m:
                 continue
             t, text = float(m.group(1)), m.group(2)
-            if start is None and "dom0: store: 1 domains unpaused" in text:
+            if start is None and re.search(r"dom0: (store|blk): 1 domains unpaused", text):
                 start = t
             elif start is not None and re.match(r"domain 1 \(.*\) ended: poweroff", text):
                 end = t
