@@ -15,9 +15,7 @@
 //! - `MMUEXT_PIN_L4_TABLE` of an L4 whose slot 511 is empty: refused at first; since
 //!   guests written for Xen (GRUB's Xen image) build such tables, the hypervisor now puts
 //!   its default window-L3 in that slot instead (`pvmm::policy`), and the attack checks
-//!   the pinned table reads back with slot 511 present (contained); the default window-L3
-//!   it names (the hypervisor's frame) linked at another L4 slot, or mapped by a page of
-//!   the guest read-only or writable, is refused;
+//!   the pinned table reads back with slot 511 present (contained);
 //! - slot 511 cleared in a pinned L4 that is not loaded.
 //!
 //! Fatal before the fix ([`clear_live_window`], [`new_baseptr_without_window`],
@@ -220,28 +218,6 @@ fn pin_l4_without_window(tally: &mut Tally, targets: &Targets) {
     };
     tally.record(format_args!("{attack} (slot 511 read back {:#x})", slot.unwrap_or(0)), outcome);
     extended(MmuextCmd::UnpinTable, l4);
-    if let Some(entry) = slot.filter(|entry| entry & PTE_PRESENT != 0) {
-        default_window_elsewhere(tally, targets, entry);
-    }
-}
-
-/// The default window-L3 (the hypervisor's frame that the entry read back names) linked at
-/// another L4 slot of the live L4, and mapped by a page of the guest: both must be refused.
-fn default_window_elsewhere(tally: &mut Tally, targets: &Targets, entry: u64) {
-    let l4 = &targets.l4;
-    let ret = update_one(l4.entry_address(OTHER_SLOT), entry);
-    if tally.record(format_args!("link the default window-L3 at L4 slot {OTHER_SLOT}"), Outcome::of_call(ret)) {
-        update_one(l4.entry_address(OTHER_SLOT), 0);
-    }
-    let frame = entry & PTE_ADDRESS_MASK;
-    for (what, flags) in [("read-only", PTE_PRESENT | PTE_USER), ("writable", PTE_PRESENT | PTE_USER | PTE_WRITABLE)] {
-        // SAFETY: the hole maps nothing the program uses; a wrong success is undone below.
-        let ret = unsafe { hypercall3(Hypercall::UpdateVaMapping, targets.hole, frame | flags, UVMF_INVLPG | UVMF_LOCAL) };
-        if tally.record(format_args!("map the default window-L3 {what} at the hole"), Outcome::of_call(ret)) {
-            // SAFETY: as above: unmaps the hole again.
-            unsafe { hypercall3(Hypercall::UpdateVaMapping, targets.hole, 0, UVMF_INVLPG | UVMF_LOCAL) };
-        }
-    }
 }
 
 /// Pins a copy of the boot L4, then clears its slot 511.
