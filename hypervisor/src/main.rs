@@ -91,7 +91,6 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     move_boot_cpu(&areas[0]);
     let m2p = m2p::init().unwrap_or_else(|e| fatal(format_args!("machine-to-physical table: {e}")));
     info!("m2p: {} KiB in {} frames for machine frames 0..{:#x}, read-only at {:#x}", m2p.table_bytes >> 10, m2p.table_frames, m2p.frames_covered, abi::arch_x86::MACH2PHYS_VIRT_START);
-    pv::mmu::init().unwrap_or_else(|e| fatal(format_args!("page-table rules (default window): {e:?}")));
     arch::entry::init_this_cpu();
     let protections = arch::cpu::init_boot_cpu();
     info!("cpu: SMEP {}, SMAP {}, FSGSBASE off", on_off(protections.smep), on_off(protections.smap));

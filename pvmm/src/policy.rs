@@ -33,18 +33,7 @@
 //!   the window appears at `0xFFFF_FFFF_C000_0000` and nowhere else.
 //! - An L4 is valid only if slot 511 is present ([`must_be_present`]) and names a
 //!   window-L3, so every table CR3 may load maps the hypervisor; an update of that slot
-//!   must name another window-L3 (clearing it is refused). With a *default window*
-//!   ([`Layout::with_default_window`]: a window-L3 of the hypervisor's own, whose only
-//!   entry is the hypervisor's), an L4 whose slot 511 is not present is valid too:
-//!   validation stores the default entry there, which holds no reference
-//!   ([`Layout::window_default`]), and an entry naming the default window-L3 (validated
-//!   or written) is treated the same way, so a table read back and written again,
-//!   accessed bit and all, stays valid. Clearing slot 511 of a validated L4 is still
-//!   refused. This is for guests written for Xen, which leave the top 512 GiB empty
-//!   (GRUB's Xen image builds tables that map its first gigabytes and nothing else):
-//!   such a guest cannot use the rest of slot 511's 512 GiB without linking its own
-//!   window-L3, and no guest can link the default one anywhere else (it is the
-//!   hypervisor's frame).
+//!   must name another window-L3 (clearing it is refused).
 //!
 //! Pinning an L3 (`MMUEXT_PIN_L3_TABLE`) takes the window-L3 type when the frame already
 //! is a window-L3 in use, and the plain L3 type otherwise ([`crate::PvMmu::pin_table`]).
@@ -95,7 +84,6 @@ const GUEST_BITS: u64 = PRESENT
 pub struct Layout {
     hypervisor_l3_entry: u64,
     m2p_l4_entry: Option<u64>,
-    default_window_l4_entry: Option<u64>,
 }
 
 /// A present entry that passed [`Layout::check`].
@@ -126,45 +114,6 @@ impl Layout {
         Layout {
             hypervisor_l3_entry,
             m2p_l4_entry,
-            default_window_l4_entry: None,
-        }
-    }
-
-    /// This layout, with `l4_entry` (present, naming a window-L3 the hypervisor owns,
-    /// whose entry 511 is the hypervisor's entry and the rest empty) stored in L4 slot 511
-    /// of a table whose guest left that slot empty.
-    pub const fn with_default_window(self, l4_entry: u64) -> Layout {
-        Layout {
-            default_window_l4_entry: Some(l4_entry),
-            ..self
-        }
-    }
-
-    /// The value to store instead of `raw` in entry `index` of a `level` table when the
-    /// default window stands there: L4 slot 511, a default window configured, and `raw`
-    /// either not present or naming the default window-L3. Such an entry holds no
-    /// reference ([`Layout::is_default_window`]).
-    pub const fn window_default(&self, level: Level, index: usize, raw: u64) -> Option<u64> {
-        let Some(default) = self.default_window_l4_entry else {
-            return None;
-        };
-        let is_slot = matches!(level, Level::L4) && index == WINDOW_L4_SLOT;
-        if is_slot && (!Pte(raw).is_present() || Pte(raw).mfn().0 == Pte(default).mfn().0) {
-            Some(default)
-        } else {
-            None
-        }
-    }
-
-    /// Whether `raw`, an entry of a validated `level` table, is the default window's
-    /// (which no guest entry can name, since the frame is the hypervisor's): it holds no
-    /// reference to drop.
-    pub const fn is_default_window(&self, level: Level, raw: u64) -> bool {
-        match self.default_window_l4_entry {
-            Some(default) => {
-                matches!(level, Level::L4) && Pte(raw).is_present() && Pte(raw).mfn().0 == Pte(default).mfn().0
-            }
-            None => false,
         }
     }
 

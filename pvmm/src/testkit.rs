@@ -187,16 +187,6 @@ impl World {
         }
     }
 
-    /// This world with a default window ([`Layout::with_default_window`]): the
-    /// hypervisor's frame `hypervisor`, holding the window entry at 511, stands in
-    /// for an empty L4 slot 511. Returns the L4 entry naming it.
-    pub fn with_default_window(&mut self) -> u64 {
-        let entry = pte(self.hypervisor, WRITABLE | USER);
-        self.ram.write(self.hypervisor, 511, HV_L3_ENTRY);
-        self.layout = Box::leak(Box::new(self.layout.with_default_window(entry)));
-        entry
-    }
-
     pub fn mmu(&self) -> PvMmu<'static> {
         PvMmu::new(self.frames, self.layout)
     }
@@ -291,15 +281,6 @@ impl World {
                 raw, HV_L3_ENTRY,
                 "{table}[{index}]: the window outside a window-L3"
             );
-            if self.layout.is_default_window(level, raw) {
-                assert_eq!(index, WINDOW_L4_SLOT, "{table}[{index}]: the default window elsewhere");
-                assert_eq!(
-                    self.layout.window_default(level, index, raw),
-                    Some(raw),
-                    "{table}[{index}]: the default window as the layout stores it"
-                );
-                continue;
-            }
             let pte = Pte(raw);
             if must_be_present(page_type, index) {
                 assert!(

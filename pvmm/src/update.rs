@@ -192,9 +192,7 @@ impl PvMmu<'_> {
 
     /// The update of a validated table of type `page_type`, which the caller holds.
     /// Hypervisor entries are refused, and so is a value that is not present where one
-    /// must be (L4 slot 511: the default window stands in for an empty slot 511 when a
-    /// table is validated, but a guest that clears the slot of a validated table is
-    /// refused, as before).
+    /// must be (L4 slot 511).
     fn mod_table_entry<M: TableMemory + ?Sized>(
         &self,
         EntrySlot { table, index }: EntrySlot,

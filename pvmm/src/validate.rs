@@ -251,9 +251,8 @@ impl PvMmu<'_> {
 
     /// Checks entries `start..` of `table` as a table of type `page_type` and takes the
     /// references its present entries need; at the end stores every entry in its
-    /// normalized form and installs the hypervisor's fixed entries (and the default
-    /// window, where the layout has one and slot 511 is empty). An L4 whose slot 511 is
-    /// not present fails at once when the layout has no default window.
+    /// normalized form and installs the hypervisor's fixed entries. An L4 whose slot 511
+    /// is not present fails at once.
     fn validate_entries<M: TableMemory + ?Sized>(
         &self,
         table: Mfn,
@@ -264,11 +263,7 @@ impl PvMmu<'_> {
     ) -> Result<(), Stop> {
         let level = level_of(page_type);
         let mut required = (0..ENTRIES).filter(|&index| must_be_present(page_type, index));
-        let missing = |index: usize| {
-            let raw = mem.read(table, index);
-            !Pte(raw).is_present() && self.layout.window_default(level, index, raw).is_none()
-        };
-        if start == 0 && required.any(missing) {
+        if start == 0 && required.any(|index| !Pte(mem.read(table, index)).is_present()) {
             let error = MmError::NoWindow(table);
             return Err(Stop::Failed { error, index: 0 });
         }
@@ -287,11 +282,8 @@ impl PvMmu<'_> {
             let raw = mem.read(table, index);
             let stored = match self.layout.fixed_entry(page_type, index) {
                 Some(fixed) => fixed,
-                None => match self.layout.window_default(level, index, raw) {
-                    Some(default) => default,
-                    None if Pte(raw).is_present() => normalize(level, raw),
-                    None => raw,
-                },
+                None if Pte(raw).is_present() => normalize(level, raw),
+                None => raw,
             };
             if stored != raw {
                 mem.write(table, index, stored);
@@ -341,9 +333,6 @@ impl PvMmu<'_> {
         dom: DomainId,
         mem: &mut M,
     ) -> Result<u64, MmError> {
-        if let Some(default) = self.layout.window_default(level, index, raw) {
-            return Ok(default);
-        }
         match self.layout.check(level, raw)? {
             Checked::NotPresent => Ok(raw),
             Checked::Present(mapping) => {
@@ -363,7 +352,7 @@ impl PvMmu<'_> {
         mem: &mut M,
     ) -> Result<(), MmError> {
         let pte = Pte(raw);
-        if !pte.is_present() || self.layout.is_default_window(level, raw) {
+        if !pte.is_present() {
             return Ok(());
         }
         let holds_type = level.child().is_some() || pte.is_writable();

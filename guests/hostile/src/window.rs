@@ -12,20 +12,15 @@
 //! - the boot window-L3 linked at L4 slot 1 (a second window alias before the fix);
 //! - L4 slot 511 of the live L4 pointed at a pinned plain L3 (a copy of the window-L3, so
 //!   that the guest would survive it: before the fix the copy got the window entry too);
-//! - `MMUEXT_PIN_L4_TABLE` of an L4 whose slot 511 is empty: refused at first; since
-//!   guests written for Xen (GRUB's Xen image) build such tables, the hypervisor now puts
-//!   its default window-L3 in that slot instead (`pvmm::policy`), and the attack checks
-//!   the pinned table reads back with slot 511 present (contained);
+//! - `MMUEXT_PIN_L4_TABLE` of an L4 whose slot 511 is empty;
 //! - slot 511 cleared in a pinned L4 that is not loaded.
 //!
-//! Fatal before the fix ([`clear_live_window`], [`new_baseptr_without_window`],
-//! [`new_user_baseptr_without_window`], run one per boot by [`crate::fatal`]): clearing
-//! slot 511 of the live L4, and loading an L4 without slot 511 as the kernel's or
-//! (followed by an `iret` to user mode) the user's top-level table. Each made the
-//! hypervisor lose its own mappings at the next instruction: a triple fault, QEMU gone
-//! with no report. Clearing is refused (the guest reports that and powers off); the two
-//! loads are accepted with the default window in slot 511, so the hypervisor keeps its
-//! mappings and the guest, which loses its own (they live in slot 511), is killed alone.
+//! Fatal before the fix, refused after it ([`clear_live_window`],
+//! [`new_baseptr_without_window`], [`new_user_baseptr_without_window`], run one per boot
+//! by [`crate::fatal`]): clearing slot 511 of the live L4, and loading an L4 without slot
+//! 511 as the kernel's or (followed by an `iret` to user mode) the user's top-level table.
+//! Each made the hypervisor lose its own mappings at the next instruction: a triple fault,
+//! QEMU gone with no report. Each is refused now; the guest reports that and powers off.
 //!
 //! Tables are built in the spare frames of [`Targets`] (0 to 3, in this module only) while
 //! still writable, then mapped read-only before the hypervisor sees them. Everything an
@@ -202,22 +197,9 @@ fn pin_l4_without_window(tally: &mut Tally, targets: &Targets) {
         }
     };
     let ret = extended(MmuextCmd::PinL4Table, l4);
-    if ret < 0 {
-        tally.record(format_args!("{attack}"), Outcome::of_call(ret));
-        return;
+    if tally.record(format_args!("{attack}"), Outcome::of_call(ret)) {
+        extended(MmuextCmd::UnpinTable, l4);
     }
-    // Accepted: contained only if validation put a window-L3 in slot 511 (the table is
-    // mapped read-only at its spare frame's address).
-    let slot = targets.spare_frame(SPARE_L4_WITHOUT_WINDOW).map(|frame| {
-        // SAFETY: the spare frame is mapped (read-only) and holds ENTRIES words.
-        unsafe { (frame.va as *const u64).add(HYPERVISOR_SLOT).read_volatile() }
-    });
-    let outcome = match slot {
-        Some(entry) if entry & PTE_PRESENT != 0 => Outcome::Contained,
-        _ => Outcome::Succeeded,
-    };
-    tally.record(format_args!("{attack} (slot 511 read back {:#x})", slot.unwrap_or(0)), outcome);
-    extended(MmuextCmd::UnpinTable, l4);
 }
 
 /// Pins a copy of the boot L4, then clears its slot 511.
@@ -253,16 +235,11 @@ pub fn clear_live_window(targets: &Targets) -> ! {
     end_fatal(name, ret)
 }
 
-/// Fatal attack: `MMUEXT_NEW_BASEPTR` to an L4 whose slot 511 is empty. Accepted with the
-/// default window there: the call returns into code the new table does not map, and the
-/// domain is killed (the hypervisor, mapped, survives). A refusal powers off.
+/// Fatal attack: `MMUEXT_NEW_BASEPTR` to an L4 whose slot 511 is empty.
 pub fn new_baseptr_without_window(targets: &Targets) -> ! {
     let name = "new_baseptr_no_window";
     let l4 = prepared_or_crash(name, l4_without_window(targets));
-    println!(
-        "hostile: attack {name}: new_baseptr to an L4 whose slot 511 is empty (the hypervisor \
-         must fill it; this domain then runs on a table that maps none of it and must be killed)"
-    );
+    println!("hostile: attack {name}: new_baseptr to an L4 whose slot 511 is empty");
     end_fatal(name, extended(MmuextCmd::NewBaseptr, l4))
 }
 
@@ -279,12 +256,9 @@ pub fn new_user_baseptr_without_window(targets: &Targets) -> ! {
     if ret < 0 {
         end_fatal(name, ret);
     }
-    println!(
-        "hostile: attack {name}: new_user_baseptr accepted with the hypervisor's window in slot \
-         511; returning to user mode, where nothing is mapped (the domain must be killed)"
-    );
-    // SAFETY: the user program never runs: the user table maps nothing of the guest's, so
-    // the first fetch faults, and with no page-fault handler the domain is killed.
+    println!("hostile: attack {name}: new_user_baseptr accepted (BUG); returning to user mode");
+    // SAFETY: the user program is never meant to run: the user tables have no slot 511,
+    // so the hypervisor must not even get there. Whatever happens ends the domain.
     unsafe { hostile_window_enter_user(targets.guard.va, targets.guard.va + 4096) }
 }
 

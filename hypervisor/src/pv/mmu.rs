@@ -55,29 +55,10 @@ use crate::tlb::{self, Flush};
 static LAYOUT: Once<Layout> = Once::new();
 
 /// The validation rules: the hypervisor's window entry in slot 511 of every window-L3 (the
-/// L3 under L4 slot 511; see `pvmm::policy`), and nowhere else; the read-only M2P table
-/// in L4 slot 256 (built at boot, before any domain); and the default window, a
-/// window-L3 of the hypervisor's own that an L4 whose guest left slot 511 empty gets
-/// there (guests written for Xen, such as GRUB's Xen image, leave it empty). Built by
-/// [`init`] at boot.
+/// L3 under L4 slot 511, which every L4 must name; see `pvmm::policy`), and nowhere else;
+/// the read-only M2P table in L4 slot 256 (built at boot, before any domain).
 fn layout() -> &'static Layout {
-    LAYOUT.get().expect("pv::mmu::init ran at boot")
-}
-
-/// Builds the validation rules (after the M2P table): allocates and fills the default
-/// window-L3, a frame of the hypervisor's that lives as long as it does.
-pub fn init() -> Result<(), mm::frame::FrameError> {
-    let default = memory::frames().alloc(mm::frame::Owner::Hypervisor)?;
-    let mut map = FrameMapping::new(default).expect("a temporary mapping slot is free");
-    map.bytes().fill(0);
-    let last = pvmm::policy::HYPERVISOR_L3_INDEX * 8;
-    map.bytes()[last..last + 8].copy_from_slice(&paging::window_l3_entry().to_le_bytes());
-    drop(map);
-    // As the builder's L4 entries: present, writable, user (the window's own L3 entry
-    // is supervisor-only, so the guest reaches nothing through it).
-    let entry = default.addr().0 | pvmm::entry::PRESENT | pvmm::entry::WRITABLE | pvmm::entry::USER;
-    LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), crate::m2p::l4_entry()).with_default_window(entry));
-    Ok(())
+    LAYOUT.call_once(|| Layout::new(paging::window_l3_entry(), crate::m2p::l4_entry()))
 }
 
 fn mmu() -> PvMmu<'static> {

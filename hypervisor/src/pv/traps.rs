@@ -91,12 +91,6 @@ pub fn guest_exception(vcpu: &Vcpu, frame: &mut TrapFrame) {
                 return;
             }
             shared::with_vcpu_info(vcpu, |info| info.arch.cr2 = cr2);
-            if vcpu.ctx.lock().trap(vector).is_none() {
-                // No handler: say where it faulted, which is what anyone debugging a new
-                // guest's first steps needs.
-                crash(vcpu, frame, format_args!("page fault (error {:#x}, address {cr2:#x}) with no handler", frame.error_code));
-                return;
-            }
             let in_kernel = vcpu.ctx.lock().in_kernel;
             // The hardware always sees CPL 3: report the guest's own mode instead.
             let error = if in_kernel { frame.error_code & !PF_USER } else { frame.error_code | PF_USER };
