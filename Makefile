@@ -112,7 +112,9 @@ QEMU_BASE   = -M $(MACHINE) -accel $(ACCEL) -m $(MEM) -smp $(SMP) -display none 
               $(if $(filter kvm%,$(ACCEL)),-cpu host$(comma)-arch-capabilities,-cpu max) $(QEMU_EXTRA)
 
 CARGO_FLAGS := $(if $(filter release,$(PROFILE)),--release,)
-APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools libxen-dev gcc
+# grub-xen-bin: GRUB's Xen PV image, the unmodified frontend (`make grub-image`); mtools and
+# e2fsprogs (mke2fs -d) make its test disks without root.
+APT_PKGS    := qemu-system-x86 grub-pc-bin grub-common xorriso mtools libxen-dev gcc grub-xen-bin e2fsprogs
 DEPS_STAMP  := $(BUILD)/.deps
 
 # Logic crates: built and tested on the host as well as for the machine (guest-dom0: its
@@ -126,7 +128,7 @@ GUEST_LIB_CRATES := guest-fuzz
 METAL_CRATES := hypervisor guest-rt guest-hello guest-fuzz guest-dom0 guest-hostile guest-pagetables guest-bigimage guest-shutdown guest-xs guest-blk
 ISO_SELFTEST := $(BUILD)/hypervisor-selftest.iso
 
-.PHONY: help deps build guests stress capacity capacity-page fuzz cycles iso iso-selftest run smoke boottime test test-host test-qemu test-stress test-fuzz clippy clean xtf
+.PHONY: grub-image help deps build guests stress capacity capacity-page fuzz cycles iso iso-selftest run smoke boottime test test-host test-qemu test-stress test-fuzz clippy clean xtf
 
 help:
 	@echo "make build           build the hypervisor ELF ($(KERNEL))"
@@ -136,6 +138,7 @@ help:
 	@echo "                     run a Xen PV64 guest by hand (n domains of it); the exit status says how it"
 	@echo "                     ended: 33 poweroff, 37 reboot, 39 crash, 41 killed, 43 not built, 35 hypervisor failed"
 	@echo "make guests          build the Rust PV guests (target/x86_64-unknown-none/release/guest-*)"
+	@echo "make grub-image      GRUB's Xen PV image (grub-xen-bin) with a test config, and FAT/ext2 test disks ($(BUILD)/grub/)"
 	@echo "make smoke           boot with selftest, check the summary, exit 0 on success (SMP= ACCEL= QEMU_EXTRA= BOOT=)"
 	@echo "make boottime        QEMU start to 'all cores idle', median of 5, -smp 4 and 16 (RUNS= BOOT_SMP=)"
 	@echo "make stress N=100    domain 0 spawns N domains on SMP=2 CPUs for SECONDS=10; report in $(STRESS_OUT)/"
@@ -159,7 +162,8 @@ help:
 
 # ---- set-up -------------------------------------------------------------------------------
 
-$(DEPS_STAMP):
+# Checked again when the Makefile changes (a package added to APT_PKGS gets installed).
+$(DEPS_STAMP): Makefile
 	@mkdir -p $(BUILD)
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -197,6 +201,14 @@ iso: build
 
 iso-selftest: build
 	$(call make-iso,$(ISO_SELFTEST),selftest)
+
+# GRUB's Xen PV image with its test configuration embedded, and its test disks (FAT and ext2,
+# one known file each): tests/grubimage.py says what the configuration does.
+GRUB_DIR := $(BUILD)/grub
+grub-image: $(DEPS_STAMP)
+	python3 tests/grubimage.py image $(GRUB_DIR)/grub-xen.elf
+	python3 tests/grubimage.py disk $(GRUB_DIR)/disk-fat.img --fs fat
+	python3 tests/grubimage.py disk $(GRUB_DIR)/disk-ext2.img --fs ext2
 
 # ---- boot ---------------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ pub mod tree;
 pub mod wire;
 
 #[cfg(test)]
+mod grub_tests;
+#[cfg(test)]
 mod proptests;
 
 pub use perms::{Perm, PermKind};

@@ -240,6 +240,9 @@ fn create_vbd(store: &mut Store, frontend: DomId, domain: usize, disk_index: usi
     write(store, &format!("{bpath}/{}", bk::FRONTEND), &fpath)?;
     write(store, &format!("{bpath}/{}", bk::FRONTEND_ID), &format!("{d}"))?;
     write(store, &format!("{bpath}/{}", bk::ONLINE), "1")?;
+    // The device's name, as libxl writes it: GRUB's Xen image names the disk `(xen/xvda)`
+    // from it (without it, `(xenid/<devid>)`).
+    write(store, &format!("{bpath}/dev"), &format!("xvd{}", char::from(b'a' + disk.index as u8)))?;
     write(store, &format!("{bpath}/{}", bk::STATE), &format!("{}", XenbusState::Initialising.raw()))?;
     write(store, &format!("{fpath}/{}", fk::BACKEND), &bpath)?;
     write(store, &format!("{fpath}/{}", fk::BACKEND_ID), "0")?;
@@ -509,7 +512,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         }
         // A benchmark guest crashes on purpose after its flush: counted, not judged.
         let crashes = line.contains("crash=1");
-        let mut new = spec(line.as_bytes(), kind == Kind::Hostile || crashes);
+        let mut new = spec(line.as_bytes(), kind == Kind::Hostile || crashes, 1024);
         if kind == Kind::Plain {
             new = NewDomain { cmdline: guest_line.as_bytes(), mem_kib: guest_kib, max_kib: guest_kib, ..new };
         }
@@ -534,6 +537,8 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     for s in &served {
         control::unpause_domain(s.id).map_err(|e| Failure::Control("UnpauseDomain", e))?;
     }
+    // Its time stamp starts the domains' clock (io-grub-*: boot to halt).
+    println!("dom0: blk: {} domains unpaused", served.len());
     let deadline = waiter.now() + seconds * 1000 * MS;
     let mut rounds = 0u64;
     while served.iter().any(|s| !s.ended) {

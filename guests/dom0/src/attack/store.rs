@@ -1,5 +1,6 @@
-//! `attack=store good=N hostile=M seconds=S [input=1]`: domain 0 runs the store (xenstored) for the
-//! domains it creates from boot module 1 (guest-xs): `good` well-behaved ones (`mode=good
+//! `attack=store good=N hostile=M seconds=S [input=1] [mem_kib=K]`: domain 0 runs the store
+//! (xenstored) for the domains it creates from boot module 1 (guest-xs, or an unmodified
+//! guest such as GRUB's Xen image, given `mem_kib` of memory): `good` well-behaved ones (`mode=good
 //! peer=<another's id>`) and `hostile` ones (in turn `mode=flood`: quota floods, then
 //! garbage ring indices, `mode=garbage`: garbage indices at once, and `mode=amplify`: one
 //! request firing thousands of watch events, then garbage indices; with `unread=1` every
@@ -53,6 +54,8 @@ const DOMAIN_MEMORY: usize = 24 << 10;
 const BUDGET: usize = 8;
 /// The most domains this check serves at once.
 const MAX_DOMAINS: usize = 8;
+/// The largest `mem_kib` a domain of this check may ask for (64 MiB).
+const MAX_MEM_KIB: u64 = 64 << 10;
 
 /// Ports whose event came since the last round (ports below 64: the runtime's handlers).
 pub(super) static PENDING: AtomicU64 = AtomicU64::new(0);
@@ -132,11 +135,11 @@ pub(super) fn drain_console(s: &mut Served, now_ns: u64) {
     }
 }
 
-pub(super) fn spec(line: &[u8], hostile: bool) -> NewDomain<'_> {
+pub(super) fn spec(line: &[u8], hostile: bool, mem_kib: u32) -> NewDomain<'_> {
     NewDomain {
         module: MODULE,
-        mem_kib: 1024,
-        max_kib: 1024,
+        mem_kib,
+        max_kib: mem_kib,
         cpu: None,
         pinned: false,
         params: SchedParams { weight: 1, ..SchedParams::default() },
@@ -212,6 +215,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let good = option(cmdline, "good").unwrap_or(2).clamp(1, MAX_DOMAINS as u64) as usize;
     let hostile = option(cmdline, "hostile").unwrap_or(1).min((MAX_DOMAINS - good) as u64) as usize;
     let seconds = option(cmdline, "seconds").unwrap_or(60).max(1);
+    // Each domain's memory: guest-xs runs in 1 MiB; an unmodified guest such as GRUB's Xen
+    // image (io-grub-*) needs more.
+    let mem_kib = option(cmdline, "mem_kib").unwrap_or(1024).clamp(1024, MAX_MEM_KIB) as u32;
     let mut frames = FreeFrames::new(guest_rt::start_info()).ok_or(Failure::Setup("no free frames"))?;
     let heap = guest_rt::heap::init(&mut frames, HEAP_PAGES);
     if heap < MAX_DOMAINS * DOMAIN_MEMORY + (64 << 10) {
@@ -245,7 +251,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         if i == 0 && option(cmdline, "input") == Some(1) {
             let _ = write!(line, " input=1");
         }
-        let id = control::create_domain(&spec(line.as_bytes(), hostile)).map_err(|e| Failure::Control("CreateDomain", e))?;
+        let id = control::create_domain(&spec(line.as_bytes(), hostile, mem_kib)).map_err(|e| Failure::Control("CreateDomain", e))?;
         let window = frames.take().ok_or(Failure::Setup("no page to map a ring at"))?;
         let console_window = frames.take().ok_or(Failure::Setup("no page to map a console at"))?;
         let s = attach(&mut store, events, id, hostile, window.va(), console_window.va(), waiter.now())?;
@@ -265,6 +271,8 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     for s in &served {
         control::unpause_domain(s.id).map_err(|e| Failure::Control("UnpauseDomain", e))?;
     }
+    // Its time stamp starts the domains' clock (io-grub-*: boot to halt).
+    println!("dom0: store: {} domains unpaused", served.len());
     let deadline = waiter.now() + seconds * 1000 * MS;
     let mut rounds = 0u64;
     while served.iter().any(|s| !s.ended) {
