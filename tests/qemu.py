@@ -245,6 +245,14 @@ def guest_cases():
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["the hypervisor heap is too full for another domain",
                                       "stress: FAILED reason=create"]),
+        # Hundreds of domains in a 4 MiB heap, all destroyed at once: the teardown queue
+        # grew by doubling as they died (512 entries of 160 bytes: the "memory allocation of
+        # 81920 bytes failed" panic seen at N=1000 with the 8 MiB heap); its room is now
+        # reserved as each domain is created (ENOMEM without it) and queueing never allocates.
+        Case("iso-dom0-heap-teardown", smp="2", mem="768M", boot="iso", cmdline="dom0 heap_mib=4", timeout=300,
+             modules=[("guest-dom0", "n=400 seconds=1"), ("guest-stress", "")],
+             expect={"domains.unexpected_endings": "0", "domains.created_by_dom0": "400"},
+             expect_lines=ok_lines + ["stress: done ok", "stress: mem phase=destroyed"]),
         # Disk modules (issue 17 item 6): domain 0 reads each through ReadDisk and prints its
         # hash; non-disks, oversized reads, hypervisor buffers and CreateDomain from a disk
         # are refused.

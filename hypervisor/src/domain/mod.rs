@@ -306,6 +306,8 @@ struct Table {
     slots: Vec<Option<Arc<Domain>>>,
     next: usize,
     created: u64,
+    /// Domains in `slots` (alive, or dead with their teardown not finished).
+    live: usize,
     /// Endings of boot domains, and of the first [`MAX_FAILURES_KEPT`] others that failed.
     endings: Vec<(DomainId, arrayvec::ArrayString<32>, Ending)>,
     /// Domains created by domain 0 that are gone, and how many of them failed: counted, not
@@ -333,6 +335,7 @@ static DOMAINS: Mutex<Table> =
         slots: Vec::new(),
         next: 1,
         created: 0,
+        live: 0,
         endings: Vec::new(),
         others_ended: 0,
         others_failed: 0,
@@ -397,7 +400,9 @@ impl Domain {
 
     /// Creates an empty domain (no memory yet but its zeroed shared-info page) and enters it
     /// in the table under a fresh id: domain 0 (`privileged`) takes id 0, others the next
-    /// free one. Refused while the heap has less than [`DOMAIN_HEAP_BYTES`] to spare. The
+    /// free one. Refused while the heap has less than [`DOMAIN_HEAP_BYTES`] to spare, or no
+    /// room to grow the teardown queue to one place per domain in the table (its
+    /// destruction must not allocate: `teardown::reserve`). The
     /// domain is invisible to [`lookup`] until its builder calls [`Domain::publish`].
     pub fn create(
         name: &str,
@@ -419,6 +424,8 @@ impl Domain {
         if table.slots[id.0 as usize].is_some() {
             return Err(CreateError::TooManyDomains);
         }
+        // Its teardown will need a place in the queue: reserved now, as it enters the table.
+        teardown::reserve(table.live + 1).map_err(|_| CreateError::HeapFull)?;
         let owner = Owner::Domain(id);
         let shared_info = memory::frames().alloc(owner).map_err(CreateError::OutOfMemory)?;
         zero_frame(shared_info);
@@ -699,10 +706,13 @@ impl Table {
     fn insert(&mut self, id: DomainId, domain: Arc<Domain>) {
         self.slots[id.0 as usize] = Some(domain);
         self.created += 1;
+        self.live += 1;
     }
 
     fn remove(&mut self, id: DomainId) {
-        self.slots[id.0 as usize] = None;
+        if self.slots[id.0 as usize].take().is_some() {
+            self.live -= 1;
+        }
     }
 }
 

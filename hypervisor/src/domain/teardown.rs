@@ -34,7 +34,9 @@
 //! flushes while holding it). A call that finds work takes at least one step however
 //! little of its budget is left (`hypervisor::budget`): the budget's clock starts before
 //! the queue's bookkeeping, which nested virtualization can make longer than the budget.
-//! This module never decides when a domain dies.
+//! The queue's room is reserved as each domain enters the table ([`reserve`], called by
+//! `Domain::create`, which is refused with `ENOMEM` without it), so that queueing a
+//! teardown never allocates. This module never decides when a domain dies.
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -117,8 +119,37 @@ static WAITED: AtomicU64 = AtomicU64::new(0);
 /// Held by the one CPU working on the teardown at the queue's front.
 static WORKER: Mutex<()> = Mutex::new(());
 
+/// The queue has room for no more teardowns than there are domains in the table
+/// ([`reserve`]'s figure), and needs no more: a domain is queued at most once, and leaves
+/// the table only at the end of its teardown.
+#[derive(Debug)]
+pub(super) struct NoRoom;
+
+/// Makes room in the queue for `domains` teardowns (one per domain in the table), so that
+/// [`enqueue`] never grows it: a domain's destruction must never allocate (an allocation
+/// the heap refuses stops the machine; at a thousand domains destroyed at once the queue
+/// grew to 80 KiB). Called by [`super::Domain::create`] before a domain enters the table;
+/// refused while the growth would take the heap room kept for the hypervisor
+/// (`memory::heap_has_room_for`). The queue never shrinks.
+pub(super) fn reserve(domains: usize) -> Result<(), NoRoom> {
+    let mut queue = QUEUE.lock();
+    if queue.capacity() >= domains {
+        return Ok(());
+    }
+    // The growth allocates the new capacity whole (at least double the old) while the old
+    // is still in use.
+    let grown = domains.max(queue.capacity().saturating_mul(2)).max(4);
+    let bytes = grown.saturating_mul(core::mem::size_of::<Teardown>()) as u64;
+    if !memory::heap_has_room_for(bytes) {
+        return Err(NoRoom);
+    }
+    let additional = domains - queue.len();
+    queue.try_reserve(additional).map_err(|_| NoRoom)
+}
+
 /// Queues the teardown of `domain`, which `destroy` has marked dead, with its vCPUs and
-/// their base pointers, and its frame list.
+/// their base pointers, and its frame list. The queue has room for it ([`reserve`]): this
+/// never allocates.
 pub(super) fn enqueue(domain: Arc<Domain>, vcpus: Vec<Arc<Vcpu>>, bases: Vec<BasePtr>, pages: Vec<Mfn>) {
     let teardown = Teardown {
         domain,
@@ -133,7 +164,9 @@ pub(super) fn enqueue(domain: Arc<Domain>, vcpus: Vec<Arc<Vcpu>>, bases: Vec<Bas
         table_frames: Vec::new(),
     };
     PENDING.fetch_add(1, Ordering::AcqRel);
-    QUEUE.lock().push_back(teardown);
+    let mut queue = QUEUE.lock();
+    debug_assert!(queue.len() < queue.capacity(), "teardown queue room reserved at creation");
+    queue.push_back(teardown);
 }
 
 /// Whether a teardown is queued or under way that is not blocked waiting for another
