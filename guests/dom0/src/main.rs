@@ -13,7 +13,9 @@
 //!
 //! With `io_kib=K` (`make stress IO=1`) every stress domain also gets its store and a VBD
 //! of K KiB served by domain 0 ([`devices`]), served in bounded rounds from every wait of
-//! this loop; domain 0 waits for every VBD to connect (`mem phase=connected`), and before
+//! this loop; domain 0 waits for every VBD to connect (`mem phase=connected`), then starts
+//! the workers' runs ([`Devices::start_run`]: each waits for it after connecting, so the
+//! run and the hogs' window count from then, not from the unpause), and before
 //! the destruction prints the `devices` record and releases every ring, port and store
 //! entry; a VBD cut off, a request answered with an error or a VBD never connected fails
 //! the run.
@@ -387,12 +389,15 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     print_memory(MemPhase::Before)?;
     create_all(&plan, &options, waiter, created)?;
     print_memory(MemPhase::Created)?;
-    let started_at = start_all(&plan, waiter)?;
+    let mut started_at = start_all(&plan, waiter)?;
     wait_ballooned(&plan, &options, waiter)?;
     print_memory(MemPhase::Ballooned)?;
     if let Some(devices) = waiter.devices {
         wait_connected(&plan, devices, waiter)?;
         print_memory(MemPhase::Connected)?;
+        // The workers' runs start now (each waits for this after connecting).
+        devices.borrow_mut().start_run().map_err(Failure::Devices)?;
+        started_at = waiter.now();
     }
     let window = HogWindow::measure(&plan, waiter, started_at, options.seconds * SECOND)?;
     waiter.sleep_until(started_at + options.seconds * SECOND + RUN_MARGIN_NS)?;
