@@ -175,6 +175,10 @@ impl fmt::Display for StressArgs {
     }
 }
 
+/// With `io_kib=`, the store node (in each worker's home) domain 0 writes once every VBD is
+/// connected; a worker waits for it after connecting its VBD, and its role's run starts then.
+pub const GO_NODE: &str = "stress-go";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,8 @@
 //!
 //! Who calls it: `main.rs`'s stress plan ([`Devices::attach`] after each creation,
 //! [`Devices::serve`] from every wait of domain 0's loop, [`Devices::detach_all`] before
-//! the destruction). [`Devices::serve`] is one bounded round, driven by events: a domain's
+//! the destruction, [`Devices::start_run`] once every VBD is connected: the workers' runs
+//! start then). [`Devices::serve`] is one bounded round, driven by events: a domain's
 //! store ring and block ring are looked at when their port fired (a handler per port sets
 //! a bit in [`PENDING`]), and every [`SWEEP_ROUNDS`]-th round all of them are, at most
 //! [`STORE_BUDGET`] store requests and [`BLK_BUDGET`] block requests per domain per round.
@@ -39,6 +40,7 @@ use guest_rt::control;
 use guest_rt::events::Events;
 use guest_rt::frames::{Frame, FreeFrames};
 use guest_rt::{evtchn, grants, println, StartInfo};
+use protocol::worker::GO_NODE;
 use xenring::RawMemory;
 use xenstore::perms::{Perm, PermKind};
 use xenstore::server::Connection;
@@ -64,6 +66,7 @@ const HEAP_PAGES_PER_DOMAIN: u64 = 4;
 pub const RING_PAGES: u64 = 2;
 /// `xvda`.
 const XVD_INDEX: u8 = 0;
+
 
 /// Ports whose event came since the last round, one bit per port.
 static PENDING: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
@@ -378,6 +381,21 @@ impl Devices {
             }
         }
         more
+    }
+
+    /// Starts the run: writes `stress-go` in every served domain's home (owned by domain
+    /// 0, readable by the domain), which each worker waits for before its role's run, and
+    /// makes the next round a sweep, so that the watch events go out at once.
+    pub fn start_run(&mut self) -> Result<(), DevError> {
+        for d in &self.domains {
+            let path = format!("/local/domain/{}/{GO_NODE}", d.id.0);
+            self.store.write_as(0, &path, b"1").map_err(|_| DevError::Setup("the go node"))?;
+            self.store
+                .set_perms(&path, alloc::vec![Perm { domid: 0, kind: PermKind::None }, Perm { domid: d.id.0, kind: PermKind::Read }])
+                .map_err(|_| DevError::Setup("the go node's permissions"))?;
+        }
+        self.rounds = self.rounds.next_multiple_of(SWEEP_ROUNDS);
+        Ok(())
     }
 
     /// VBDs connected now.

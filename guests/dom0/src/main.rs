@@ -4,7 +4,8 @@
 //! the run ([`Plan`]), creates every stress domain from boot module 1 through the control
 //! interface, paused (timing each creation), checks that none has run yet, unpauses them
 //! all (in creation order), so that the run measures N domains together rather than the
-//! creations, waits for them to balloon, sleeps through the run,
+//! creations, waits for them to balloon, sleeps through the run (to the latest worker's
+//! end: each starts its run once it has ballooned),
 //! waits until they have all finished (their CPU time stops growing: a finished worker
 //! blocks for good), reports each domain's counters, destroys them all, waits until they
 //! are gone, and powers off. Its console lines are the domain-0 half of
@@ -13,7 +14,9 @@
 //!
 //! With `io_kib=K` (`make stress IO=1`) every stress domain also gets its store and a VBD
 //! of K KiB served by domain 0 ([`devices`]), served in bounded rounds from every wait of
-//! this loop; domain 0 waits for every VBD to connect (`mem phase=connected`), and before
+//! this loop; domain 0 waits for every VBD to connect (`mem phase=connected`), then starts
+//! the workers' runs ([`Devices::start_run`]: each waits for it after connecting, so the
+//! run and the hogs' window count from then, not from the unpause), and before
 //! the destruction prints the `devices` record and releases every ring, port and store
 //! entry; a VBD cut off, a request answered with an error or a VBD never connected fails
 //! the run.
@@ -77,7 +80,8 @@ const POLL_NS: u64 = 10 * MS;
 const WAIT_BASE_NS: u64 = 10 * SECOND;
 /// See [`WAIT_BASE_NS`].
 const WAIT_PER_DOMAIN_NS: u64 = 20 * MS;
-/// Time past the run's end (from the last unpause) before looking for quiet.
+/// Time past the run's end (the latest worker's start plus the run) before looking for
+/// quiet.
 const RUN_MARGIN_NS: u64 = 500 * MS;
 /// Domains are quiet when their total CPU time does not grow over this long.
 const QUIET_WINDOW_NS: u64 = 500 * MS;
@@ -387,15 +391,24 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     print_memory(MemPhase::Before)?;
     create_all(&plan, &options, waiter, created)?;
     print_memory(MemPhase::Created)?;
-    let started_at = start_all(&plan, waiter)?;
+    // Each worker's run starts when it has ballooned: between the last unpause and the
+    // moment domain 0 sees every domain ballooned (seconds apart at N=100 on a loaded host).
+    let mut first_start = start_all(&plan, waiter)?;
     wait_ballooned(&plan, &options, waiter)?;
+    let mut last_start = waiter.now();
     print_memory(MemPhase::Ballooned)?;
     if let Some(devices) = waiter.devices {
         wait_connected(&plan, devices, waiter)?;
         print_memory(MemPhase::Connected)?;
+        // The workers' runs start now (each waits for this after connecting).
+        devices.borrow_mut().start_run().map_err(Failure::Devices)?;
+        first_start = waiter.now();
+        last_start = first_start;
     }
-    let window = HogWindow::measure(&plan, waiter, started_at, options.seconds * SECOND)?;
-    waiter.sleep_until(started_at + options.seconds * SECOND + RUN_MARGIN_NS)?;
+    let run_ns = options.seconds * SECOND;
+    let window = HogWindow::measure(&plan, waiter, first_start, last_start, run_ns)?;
+    // No worker's run ends before this: only then can quiet mean finished.
+    waiter.sleep_until(last_start + run_ns + RUN_MARGIN_NS)?;
     wait_quiet(&plan, waiter)?;
     report_domains(&plan, &window)?;
     if let Some(devices) = waiter.devices {
@@ -592,9 +605,11 @@ fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
 /// The hogs measured in a [`HogWindow`] (the rest report their whole CPU time).
 const MAX_WINDOW_HOGS: usize = 256;
 
-/// Each hog's CPU time over a window in which every hog runs: from 10% to 90% of the run
-/// counted from the last unpause (the hogs are unpaused last). Whole-run times would favour
-/// the hog started first, which runs alone until its rival starts and stops first.
+/// Each hog's CPU time over a window in which every hog runs: from 10% of the run past the
+/// latest start to 90% of it past the earliest (each hog starts once it has ballooned, or
+/// at `stress-go` with VBDs). Whole-run times would favour the hog started first, which
+/// runs alone until its rival starts and stops first. If the starts are spread over more
+/// than 80% of the run the window is empty (every hog 0: reported as a fairness miss).
 struct HogWindow {
     hogs: ArrayVec<(DomId, u64), MAX_WINDOW_HOGS>,
 }
@@ -603,7 +618,8 @@ impl HogWindow {
     fn measure(
         plan: &Plan,
         waiter: Waiter,
-        started_at: u64,
+        first_start: u64,
+        last_start: u64,
         run_ns: u64,
     ) -> Result<Self, Failure> {
         let hogs = (0..plan.len())
@@ -614,9 +630,10 @@ impl HogWindow {
         let mut window = Self {
             hogs: hogs.map(|domid| (domid, 0)).collect(),
         };
-        waiter.sleep_until(started_at + run_ns / 10)?;
+        let (from, to) = (last_start + run_ns / 10, first_start + run_ns / 10 * 9);
+        waiter.sleep_until(from)?;
         window.sample(|at_start, now| *at_start = now)?;
-        waiter.sleep_until(started_at + run_ns / 10 * 9)?;
+        waiter.sleep_until(to.max(from))?;
         window.sample(|at_start, now| *at_start = now.wrapping_sub(*at_start))?;
         Ok(window)
     }

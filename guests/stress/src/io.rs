@@ -5,9 +5,12 @@
 //! is taken off the ring, and each sector's first 8 bytes checked against this domain's
 //! pattern (another domain's disk, or stale data, would not match).
 //!
-//! Who calls it: `main.rs`'s `run` ([`Disk::connect`] after ballooning, [`Disk::read_all`]
-//! at once: every domain reads its whole disk at the same time, then a request now and then
-//! from the timer roles, [`Disk::report`] at the end). A request not answered within
+//! Who calls it: `main.rs`'s `run` ([`Disk::connect`] after ballooning, which returns once
+//! domain 0 has written `protocol::worker::GO_NODE` in this domain's home (every VBD connected: the role's
+//! run starts then), [`Disk::read_all`] at once: every domain but the hogs reads its whole
+//! disk at the same time, the hogs after their run, so that the reads stay out of their
+//! fairness window; then a request now and then from the timer roles, [`Disk::report`] at
+//! the end). A request not answered within
 //! [`ANSWER_TIMEOUT_NS`] counts as lost and ends this domain's I/O (its slot stays in
 //! flight). It waits for answers by polling its port (`SCHEDOP_poll` with a timeout),
 //! never by spinning.
@@ -20,6 +23,7 @@ use guest_rt::xs::Xs;
 use guest_rt::{println, StartInfo};
 use protocol::histogram::Histogram;
 use protocol::record::{self, IoResult, Record};
+use protocol::worker::GO_NODE;
 use protocol::{DomId, Role};
 
 /// Data pages granted to the backend: the segments of one request.
@@ -81,6 +85,7 @@ impl Disk {
             let gref = table.grant(front.backend_id, frame.mfn.0, false).map_err(|_| IoError::Grant)?;
             *page = (frame, gref);
         }
+        wait_go(&mut xs)?;
         Ok(Self {
             front,
             events,
@@ -210,6 +215,23 @@ impl Disk {
         println!("{}", Record::Io(io));
         record::io_hist_lines(self.domid, role, &self.hist, |line| println!("{line}"));
     }
+}
+
+/// Waits (on a watch) until domain 0 has written `protocol::worker::GO_NODE`.
+fn wait_go(xs: &mut Xs) -> Result<(), IoError> {
+    xs.watch(GO_NODE, "go").map_err(|_| IoError::Store)?;
+    let mut buf = [0u8; 8];
+    let mut event = [0u8; 64];
+    let result = loop {
+        if xs.read(0, GO_NODE, &mut buf).is_ok() {
+            break Ok(());
+        }
+        if xs.next_event(&mut event).is_err() {
+            break Err(IoError::Store);
+        }
+    };
+    let _ = xs.unwatch(GO_NODE, "go");
+    result
 }
 
 fn page_bytes(frame: Frame) -> &'static mut [u8; 4096] {

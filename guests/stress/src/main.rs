@@ -14,9 +14,11 @@
 //!
 //! With `io_kib=` (`make stress IO=1`) it also connects to its VBD after ballooning
 //! ([`io`]; pong allocates its pair's port first, so that the port is still the one domain
-//! 0 told ping), reads the whole disk at once (every domain at the same time), then the
-//! timer roles read a page every 100 ms of their run (idle at each wake-up, periodic and
-//! latency at every 100th), and it reports `io` and `iohist` records after its others.
+//! 0 told ping), waits until domain 0 says every VBD is connected (its role's run starts
+//! then), reads the whole disk at once (every domain but the hogs at the same time; a hog
+//! after its run, outside its fairness window), then the timer roles read a page every
+//! 100 ms of their run (idle at each wake-up, periodic and latency at every 100th), and it
+//! reports `io` and `iohist` records after its others.
 
 #![no_std]
 #![no_main]
@@ -165,23 +167,31 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
     let pages = balloon_step(args)?;
     let domid = args.domid;
     let role = args.task.role();
-    let end = clock.now_ns() + args.seconds * NS_PER_SECOND;
     // Pong's port first: the VBD's port comes after it.
     let pong_port = match args.task {
         Task::Pong(link) => Some(alloc_pong_port(link)?),
         _ => None,
     };
+    // With a VBD the run starts when domain 0 says every VBD is connected.
     let mut disk = if args.io_kib > 0 {
-        let mut disk = io::Disk::connect(guest_rt::start_info(), domid, clock).map_err(Failure::Io)?;
-        disk.read_all();
-        Some(disk)
+        Some(io::Disk::connect(guest_rt::start_info(), domid, clock).map_err(Failure::Io)?)
     } else {
         None
     };
+    let end = clock.now_ns() + args.seconds * NS_PER_SECOND;
+    if args.task != Task::Hog {
+        if let Some(disk) = disk.as_mut() {
+            disk.read_all();
+        }
+    }
     let outcome = match args.task {
-        Task::Hog => Outcome::Hog {
-            loops: hog(clock, end),
-        },
+        Task::Hog => {
+            let loops = hog(clock, end);
+            if let Some(disk) = disk.as_mut() {
+                disk.read_all();
+            }
+            Outcome::Hog { loops }
+        }
         Task::Idle | Task::Periodic | Task::Latency => {
             let period = match args.task {
                 Task::Idle => IDLE_PERIOD_NS,
