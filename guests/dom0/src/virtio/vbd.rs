@@ -6,9 +6,15 @@
 //! A request takes a disk slot: a write's data is grant-copied from the frontend's pages
 //! into the slot's DMA buffer and then submitted; a read is submitted and, when the disk
 //! completes it, grant-copied from the buffer into the frontend's pages
-//! (`blkif::copies::plan_buffer`, the buffer's frames under `DOMID_SELF`). The device's
+//! (`blkif::copies::plan_buffer_at`, the buffer's frames under `DOMID_SELF`). The device's
 //! DMA only ever reaches domain 0's pool, and domain 0 never maps a frontend's page.
 //! Requests complete in whatever order the disk finishes them, and are answered so.
+//!
+//! Reads of consecutive sectors that follow each other on one ring (a 64 KiB read is two
+//! ring requests: one carries at most 44 KiB) share one disk request and one slot (at
+//! most [`MERGE`] of them, [`CHUNK`] bytes); a request taken to see whether it joins and
+//! that does not is held for the next free slot. The reads finished in one round are
+//! copied out by one `GNTTABOP_copy` call, each answered by its own descriptors' status.
 //!
 //! A flush (with or without data) is answered once the disk has flushed with nothing in
 //! flight: while one waits, no new request is started, so that the disk becomes quiet;
@@ -16,7 +22,7 @@
 //!
 //! Who calls it: domain 0's block backend loop (`attack::blk`), in bounded slices from
 //! its event loop: [`Server::complete`] after the disk's interrupt, [`Server::take`] per
-//! ring woken (at most `budget` requests, and at most one per free slot), [`Server::flush`]
+//! ring woken (at most `budget` requests, and at most one disk request per free slot), [`Server::flush`]
 //! when the disk is quiet. It never waits for the disk.
 
 use alloc::vec::Vec;
