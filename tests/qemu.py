@@ -561,7 +561,7 @@ def io_cases():
         # A VBD on the virtio disk (issue 17 item 4(b)): domain 0's blkback serves guest-blk
         # a slice of the disk (guests/dom0/src/virtio/vbd.rs); the guest checks the pattern,
         # is refused a read past its slice, reads the whole VBD sequentially in 64 KiB
-        # (11 + 5 segments, three in flight), writes 64 sectors, flushes and crashes at
+        # (11 + 5 segments, six in flight), writes 64 sectors, flushes and crashes at
         # once: the sectors must be in the image after QEMU exits. Domain 0 reads the same
         # range directly first and prints both figures and their ratio
         # (docs/measurements.md).

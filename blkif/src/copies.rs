@@ -33,7 +33,17 @@ pub fn plan(work: &Work, frontend: DomId, disk: &impl DiskFrames, out: &mut [Gnt
 /// through its own DMA buffers): page `index` of `buffer` holds the request's bytes from
 /// `index * 4096` on (the request's first sector at the buffer's first byte).
 pub fn plan_buffer(work: &Work, frontend: DomId, buffer: &impl DiskFrames, out: &mut [GnttabCopy; MAX_COPIES]) -> Result<usize, NoFrame> {
-    plan_from(work, work.sector_number.saturating_mul(crate::wire::SECTOR_BYTES), frontend, buffer, out)
+    plan_buffer_at(work, work.sector_number, frontend, buffer, out)
+}
+
+/// The same for a buffer whose byte 0 holds sector `buffer_sector` of the VBD (several
+/// requests for consecutive sectors served by one disk request into one buffer). A
+/// request that starts before `buffer_sector` is a backend bug, reported as `NoFrame`.
+pub fn plan_buffer_at(work: &Work, buffer_sector: u64, frontend: DomId, buffer: &impl DiskFrames, out: &mut [GnttabCopy; MAX_COPIES]) -> Result<usize, NoFrame> {
+    if work.sector_number < buffer_sector {
+        return Err(NoFrame(0));
+    }
+    plan_from(work, buffer_sector.saturating_mul(crate::wire::SECTOR_BYTES), frontend, buffer, out)
 }
 
 /// Copies for `work` where the backend's byte `origin` of the VBD is byte 0 of `disk`.
@@ -129,5 +139,22 @@ mod tests {
         // A buffer too small (a backend bug) is reported.
         let w = check_request(&req(OP_READ, 6, &segs), &vbd).unwrap();
         assert_eq!(plan_buffer(&w, DomId(5), &Frames(10), &mut out), Err(NoFrame(10)));
+    }
+
+    #[test]
+    fn a_second_request_lands_after_the_first_in_a_shared_buffer() {
+        let vbd = Vbd { sectors: 1 << 20, read_only: false };
+        let mut out = [GnttabCopy::default(); MAX_COPIES];
+        let segs: [Segment; 5] = core::array::from_fn(|i| Segment { gref: 40 + i as u32, first_sect: 0, last_sect: 7 });
+        // The second half of a 64 KiB read at sector 1000: 11 pages (88 sectors) in.
+        let w = check_request(&req(OP_READ, 1088, &segs), &vbd).unwrap();
+        let n = plan_buffer_at(&w, 1000, DomId(5), &Frames(16), &mut out).unwrap();
+        assert_eq!(n, 5);
+        for (i, c) in out[..n].iter().enumerate() {
+            assert_eq!((c.source.u, c.source.offset, c.dest.u, c.len), (0x1000 + 11 + i as u64, 0, 40 + i as u64, 4096));
+        }
+        // Past the buffer's end, or before its start: reported, not copied.
+        assert_eq!(plan_buffer_at(&w, 1000, DomId(5), &Frames(15), &mut out), Err(NoFrame(15)));
+        assert_eq!(plan_buffer_at(&w, 1089, DomId(5), &Frames(16), &mut out), Err(NoFrame(0)));
     }
 }

@@ -541,6 +541,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     println!("dom0: blk: {} domains unpaused", served.len());
     let deadline = waiter.now() + seconds * 1000 * MS;
     let mut rounds = 0u64;
+    // Where the loop's time goes: waits for an event (or the timer), and how long.
+    let (mut waits, mut timeouts, mut waited_ns) = (0u64, 0u64, 0u64);
+    let loop_begin = waiter.now();
     while served.iter().any(|s| !s.ended) {
         if waiter.now() > deadline {
             let now = waiter.now();
@@ -606,16 +609,29 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             }
         }
         if !more {
-            waiter.wait_for(waiter.now() + 10 * MS, || PENDING.load(Ordering::Acquire) != 0 || crate::virtio::interrupted())?;
+            let begin = waiter.now();
+            let woken = waiter.wait_for(begin + 10 * MS, || PENDING.load(Ordering::Acquire) != 0 || crate::virtio::interrupted())?;
+            waits += 1;
+            timeouts += u64::from(!woken);
+            waited_ns += waiter.now().saturating_sub(begin);
         }
     }
     if let Some(server) = server.as_ref() {
         let st = server.stats;
         println!(
-            "dom0: blk: virtio disk: {} requests, {} grant copies in {} calls, {} flushes, {} interrupts, at most {} in flight",
-            st.requests, st.grant_copies, st.copy_calls, st.flushes, st.interrupts, st.max_in_flight
+            "dom0: blk: virtio disk: {} requests in {} disk requests, {} grant copies in {} calls ({} Mcycles), {} flushes, {} interrupts, at most {} in flight",
+            st.requests,
+            st.disk_requests,
+            st.grant_copies,
+            st.copy_calls,
+            st.copy_cycles / 1_000_000,
+            st.flushes,
+            st.interrupts,
+            st.max_in_flight
         );
     }
+    let busy_ms = waiter.now().saturating_sub(loop_begin) / MS;
+    println!("dom0: blk: loop: {rounds} rounds in {busy_ms} ms, {waits} waits ({timeouts} timed out) blocked {} ms", waited_ns / MS);
     println!("dom0: blk: served {} domains, {} vbds in {rounds} rounds", served.len(), vbds.len());
     for (i, v) in vbds.iter().enumerate() {
         let kind = kinds[v.domain];
