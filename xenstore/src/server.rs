@@ -83,13 +83,14 @@ impl Connection {
                 served.more = true;
                 break;
             }
+            // Impossible indices cut the domain off even while its requests are not read.
+            let cons = page.load_u32(wire::REQ_CONS_OFFSET);
+            let prod = page.load_u32(wire::REQ_PROD_OFFSET);
+            let Some(waiting) = wire::ring_pending(cons, prod) else { return self.cut(page, wire::ERROR_RINGIDX) };
             if !store.may_read_requests(self.domid) {
                 // Its replies wait for it to read them; it is served again once it does.
                 break;
             }
-            let cons = page.load_u32(wire::REQ_CONS_OFFSET);
-            let prod = page.load_u32(wire::REQ_PROD_OFFSET);
-            let Some(waiting) = wire::ring_pending(cons, prod) else { return self.cut(page, wire::ERROR_RINGIDX) };
             if waiting == 0 {
                 break;
             }
@@ -285,6 +286,21 @@ mod tests {
         let queued: usize = core::iter::from_fn(|| s.pop_output(1)).map(|m| m.len()).sum();
         assert!(queued <= crate::store::OUTPUT_BYTES + 2016, "{queued} bytes queued");
         assert!(page.load_u32(wire::REQ_CONS_OFFSET) < 40 * 25, "every request was read");
+    }
+
+    #[test]
+    fn garbage_indices_cut_off_a_client_whose_requests_are_not_read() {
+        let (mut s, page, mut conn) = setup();
+        s.write_as(0, "/local/domain/1/data/big", &[b'x'; 2000]).unwrap();
+        for i in 0..40 {
+            send(&page, &encode(MsgType::Read, i, 0, b"data/big\0"));
+        }
+        conn.serve(&mut s, &page, 64);
+        // Its output is past the bound (its requests are not read), and it writes garbage.
+        let prod = page.load_u32(wire::REQ_PROD_OFFSET);
+        page.store_u32(wire::REQ_PROD_OFFSET, prod.wrapping_add(50_000));
+        conn.serve(&mut s, &page, 64);
+        assert_eq!(conn.broken(), Some(wire::ERROR_RINGIDX), "cut off though its requests wait");
     }
 
     proptest::proptest! {
