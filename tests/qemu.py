@@ -571,6 +571,13 @@ def io_cases():
                            "blk: check a read past the slice refused: ok", "blk: vbench seq64k",
                            "blk: vbench written and flushed", "dom0: blk: bench seq64k direct_mbps=",
                            "dom0: attack blk: ok", "summary: run=pass"]),
+        # Two frontends keeping their rings on slices of one virtio disk full (guest-blk
+        # mode=flood): each must keep getting answers (no wait over 3 s), and a third
+        # domain's checks pass beside them.
+        Case("io-vbd-flood", smp="2", mem="512M", boot="iso", cmdline="dom0", timeout=300, disk_mib=32,
+             modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk good=3 flood=2 vdisk=1"), ("guest-blk", "")],
+             expect_lines=["blk: check the flood got its share of the disk: ok", "blk: check the virtio pattern: ok",
+                           "dom0: attack blk: ok", "summary: run=pass"]),
         # Domain 0 misusing its own devices (guests/dom0/src/virtio/review.rs): a level
         # line held asserted (one interrupt per EOI), its port closed and re-bound, device
         # frames as tables or M2P entries, BAR moves, MSI-X, the host bridge; ends with

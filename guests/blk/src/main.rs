@@ -27,6 +27,12 @@
 //!
 //! `mode=die`: fills the ring with reads, notifies, and powers off at once, with every
 //! request in flight (domain 0 must release everything of it).
+//!
+//! `mode=flood seconds=<s>`: keeps its first VBD's ring full of 4 KiB reads (of every
+//! other page, so that no two join into one disk request) for `s`
+//! seconds (a frontend hogging a shared disk), then takes every answer and powers off;
+//! the longest wait between two answers must stay under [`FLOOD_MAX_WAIT_MS`] (several
+//! flooders on slices of one virtio disk each get a share of it), else it crashes.
 
 #![no_std]
 #![no_main]
@@ -133,6 +139,7 @@ fn main(start: &'static StartInfo) {
         }
         Some("hostile") => hostile(&mut xs, &mut disks, &pages, &mut table),
         Some("die") => die(&mut disks[0], &pages),
+        Some("flood") => flood(&mut disks[0], &pages, word("seconds=").and_then(|s| s.parse().ok()).unwrap_or(10)),
         _ => good(&mut disks, &pages),
     }
 }
@@ -462,4 +469,38 @@ fn die(d: &mut Blkfront, pages: &[Page]) -> ! {
     d.kick();
     println!("blk: dying with {sent} requests in flight");
     hypercall::shutdown(ShutdownReason::Poweroff);
+}
+
+/// The longest a `mode=flood` frontend may wait for its next answer.
+const FLOOD_MAX_WAIT_MS: u64 = 3000;
+
+/// `mode=flood seconds=<s>`: see the module documentation.
+fn flood(d: &mut Blkfront, pages: &[Page], seconds: u64) {
+    let clock = Clock::new().expect("clock");
+    let begin = clock.now_ns();
+    let end = begin + seconds * 1_000_000_000;
+    // Every other page: reads that never join into one disk request.
+    let places = (d.sectors / 16).clamp(1, 64);
+    let (mut next, mut outstanding, mut answers, mut longest, mut last) = (0u64, 0u32, 0u64, 0u64, begin);
+    loop {
+        if clock.now_ns() < end {
+            while d.front.submit(OP_READ, d.devid as u16, (next % places) * 16, &[seg(&pages[next as usize % pages.len()], 0, 7)]).is_ok() {
+                next += 1;
+                outstanding += 1;
+            }
+        } else if outstanding == 0 {
+            break;
+        }
+        d.kick();
+        let c = d.wait().expect("completion");
+        assert_eq!(c.status, RSP_OKAY, "a flood read failed");
+        let now = clock.now_ns();
+        longest = longest.max(now.saturating_sub(last));
+        last = now;
+        outstanding -= 1;
+        answers += 1;
+    }
+    let ms = longest / 1_000_000;
+    println!("blk: flood {answers} answers in {} ms, longest wait {ms} ms", clock.now_ns().saturating_sub(begin) / 1_000_000);
+    check("the flood got its share of the disk", ms < FLOOD_MAX_WAIT_MS, format_args!("waited {ms} ms for an answer"));
 }

@@ -13,8 +13,11 @@
 //! With `vdisk=1` (`vdisk_ro=1`: read-only) domain 0 also drives the virtio disk and gives
 //! every domain an equal slice of it as one more VBD (`crate::virtio::vbd`: requests
 //! complete out of order, a flush waits for the disk to be quiet); the loop wakes on the
-//! disk's interrupt too. With `bench=1` it first reads the first slice directly and, when
-//! the guest (guest-blk `mode=vbench`, given on its line) ends, prints both figures
+//! disk's interrupt too. Its rings are served in turn, a different one first each round,
+//! so that a frontend keeping its ring full cannot take every disk slot (`flood=N`: the
+//! last `N` good domains run guest-blk `mode=flood`, each of which must still get
+//! answers). With `bench=1` it first reads the
+//! first slice directly and, when the guest (guest-blk `mode=vbench`, given on its line) ends, prints both figures
 //! (`dom0: blk: bench seq64k direct_mbps= vbd_mbps= ratio=`).
 //!
 //! Each domain is set up as the store check does (`super::store::attach`: its store and
@@ -77,6 +80,8 @@ pub const BUDGET: u32 = 8;
 const STORE_BUDGET: usize = 8;
 /// The most domains served at once.
 const MAX_DOMAINS: usize = 6;
+/// How long a `flood=` domain keeps its ring full.
+const FLOOD_SECONDS: u64 = 12;
 
 /// What the store says of a VBD's disk.
 #[derive(Clone, Copy)]
@@ -382,10 +387,22 @@ impl Rings for VirtioRings<'_> {
 /// One round of the virtio disk: answers what it finished, takes requests off the rings
 /// woken (`all`: every ring), flushes when quiet, publishes; cuts off a frontend with
 /// impossible indices. Whether requests are left on a ring.
-fn serve_virtio(store: &mut Store, server: &mut Server<VirtioDisk>, vbds: &mut [VbdConn], woke: impl Fn(EvtchnPort) -> bool, all: bool) -> bool {
+///
+/// The rings are taken from in turn, from the `round % connected`-th connected one on: the
+/// first one may take every free disk slot, so it is a different ring each round (always the same one first, a
+/// frontend keeping its ring full starved every ring after it: 176 answers against
+/// 106301 in 12 s, io-vbd-flood).
+fn serve_virtio(store: &mut Store, server: &mut Server<VirtioDisk>, vbds: &mut [VbdConn], woke: impl Fn(EvtchnPort) -> bool, all: bool, round: u64) -> bool {
     server.complete(&mut VirtioRings(vbds));
     let mut more = false;
-    for k in 0..vbds.len() {
+    let n = vbds.len();
+    // The first ring this round: the next connected ring of the disk in turn (counting
+    // every VBD instead would ask a ring after a closed one first twice as often).
+    let served = |k: &usize| vbds[*k].slice.is_some() && vbds[*k].ring.is_some();
+    let m = (0..n).filter(served).count() as u64;
+    let first = (0..n).filter(served).nth(round.checked_rem(m).unwrap_or(0) as usize).unwrap_or(0);
+    for i in 0..n {
+        let k = (first + i) % n;
         let Some(port) = vbds[k].ring.as_ref().filter(|_| vbds[k].slice.is_some()).map(|r| r.port) else { continue };
         if !(all || woke(port) || vbds[k].left) {
             continue;
@@ -446,6 +463,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let hostile = option(cmdline, "hostile").unwrap_or(0).min((MAX_DOMAINS - good) as u64) as usize;
     let die = option(cmdline, "die").unwrap_or(0).min((MAX_DOMAINS - good - hostile) as u64) as usize;
     let serving = option(cmdline, "serve") == Some(1);
+    let flood = option(cmdline, "flood").unwrap_or(0);
     let seconds = option(cmdline, "seconds").unwrap_or(if serving { 24 * 3600 } else { 60 }).max(1);
     // The user's guest line: what follows ` -- ` in domain 0's own.
     let text = core::str::from_utf8(cmdline).unwrap_or("");
@@ -509,6 +527,11 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             // The guest checks the virtio disk's pattern, which names absolute sectors.
             line.clear();
             let _ = write!(line, "mode=vbench crash=1 base={}{}", slice.start, if direct.is_some() { " bench=1" } else { "" });
+        }
+        if kind == Kind::Good && i as u64 + flood >= good as u64 {
+            // A frontend hogging its VBD: every flooder must still get a share of the disk.
+            line.clear();
+            let _ = write!(line, "mode=flood seconds={}", FLOOD_SECONDS);
         }
         // A benchmark guest crashes on purpose after its flush: counted, not judged.
         let crashes = line.contains("crash=1");
@@ -578,7 +601,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             }
         }
         if let Some(server) = server.as_mut() {
-            more |= serve_virtio(&mut store, server, &mut vbds, woke, rounds.is_multiple_of(16));
+            more |= serve_virtio(&mut store, server, &mut vbds, woke, rounds.is_multiple_of(16), rounds);
         }
         rounds += 1;
         if rounds.is_multiple_of(8) {

@@ -272,7 +272,9 @@ impl<D: SectorDisk> Server<D> {
     /// Takes at most `budget` requests off ring `key` and starts them, as long as a disk
     /// slot is free and no flush waits; reads of consecutive sectors that follow each
     /// other on the ring share one disk request (at most [`MERGE`], [`CHUNK`] bytes).
-    /// Whether requests are left on the ring (or one taken waits for a slot).
+    /// Whether requests are left on the ring (or one taken waits for a slot). A full ring
+    /// may take every free slot: the caller takes from its rings in turn, a different one
+    /// first each round.
     pub fn take(&mut self, rings: &mut impl Rings, key: usize, budget: u32) -> bool {
         let mut taken = 0;
         loop {
