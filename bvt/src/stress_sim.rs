@@ -25,10 +25,14 @@
 //! [`Costs::startup_ns`] (boot, ballooning) from the common unpause. A warped vCPU that wakes
 //! behind another warped one is pushed to a CPU running none, as the hypervisor does.
 //! Lateness is measured as the guest measures it: from the deadline to its first
-//! instruction after the wake-up. Not simulated: the held timers (they hide a constant
+//! instruction after the wake-up. With [`Model::worker_run_ns`], each worker runs that long
+//! from the end of its own start-up, as the real ones do, then prints its report through the
+//! console buffer ([`Console`]): a writer that finds the buffer full either retries at once
+//! (the hypercall's continuation: runnable, a stay per retry) or blocks until the buffer has
+//! drained enough ([`ConsoleWait`]). Not simulated: the held timers (they hide a constant
 //! delivery latency, not work), stealing (the hogs keep both CPUs busy), the host.
 
-use alloc::collections::BinaryHeap;
+use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
@@ -131,9 +135,33 @@ pub struct Costs {
 /// The latency domains' BVT parameters, as domain 0's plan gives them (`LATENCY_WARP`).
 #[derive(Clone, Copy, Debug)]
 pub struct Warp {
+    pub weight: u32,
     pub warp_ns: u64,
     pub limit_ns: u64,
     pub unwarp_ns: u64,
+}
+
+/// What a `console_io` write does when the console buffer has no room for its line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleWait {
+    /// Retries at once (the hypercall's continuation): the vCPU stays runnable and each
+    /// retry is a stay in the hypervisor.
+    Spin,
+    /// Blocks until the buffer has drained enough for its line, woken oldest first.
+    Block,
+}
+
+/// The console buffer the workers' reports go through (the hypervisor's `logger`).
+#[derive(Clone, Copy, Debug)]
+pub struct Console {
+    /// Bytes the guests' lines may fill at once.
+    pub capacity: u64,
+    /// Bytes per second printed to the UART (the buffer drains at this rate).
+    pub drain_bytes_per_s: u64,
+    /// Each worker's report at the end of its run (its balloon, result and histogram
+    /// records), bytes.
+    pub report_bytes: u64,
+    pub wait: ConsoleWait,
 }
 
 impl Default for Costs {
@@ -151,23 +179,65 @@ impl Default for Costs {
     }
 }
 
+impl Costs {
+    /// The costs measured in real `make stress` runs (TCG, 2 host cores; issue 18 item 2,
+    /// docs/measurements.md): stays of 20-27 us on average at N=100..1000, the CPU time a
+    /// domain is charged per wake-up (periodic 47 us, latency 70 us, idle about 90 us: the
+    /// switch under TCG flushes its software TLB, and the guest then runs cold), and each
+    /// domain's start-up (boot and ballooning: N=1000 took 3.1 s on 2 CPUs, about 6 ms each).
+    pub fn measured() -> Costs {
+        Costs {
+            entry_ns: 12 * US,
+            step_ns: 25,
+            switch_ns: 25 * US,
+            fire_ns: 3 * US,
+            ipi_ns: 10 * US,
+            wake_work_ns: 30 * US,
+            startup_ns: 6 * MS,
+            slop_ns: 50 * US,
+        }
+    }
+}
+
 /// One simulated `make stress` run.
 #[derive(Clone, Copy, Debug)]
 pub struct Model {
     /// Stress domains (domain 0 is not simulated: it blocks once they are created).
     pub n: u32,
     pub cpus: u32,
-    /// Simulated time from the unpause, ns.
+    /// Simulated time from the unpause, at most, ns.
     pub run_ns: u64,
     pub costs: Costs,
     pub warp: Warp,
+    /// Each worker's own run, from the end of its start-up to its report, as `seconds=`
+    /// gives it (`None`: workers never end; the simulation stops at `run_ns`).
+    pub worker_run_ns: Option<u64>,
+    pub console: Console,
 }
 
 impl Model {
-    /// `n` domains on 2 CPUs for 10 s with the default costs, as `make stress N=n`.
+    /// `n` domains on 2 CPUs for 10 s with the default costs, as `make stress N=n`
+    /// (the workers measure until `run_ns` and never report).
     pub fn stress(n: u32) -> Model {
-        let warp = Warp { warp_ns: 200 * MS, limit_ns: 20 * MS, unwarp_ns: 200 * US };
-        Model { n, cpus: 2, run_ns: 10_000 * MS, costs: Costs::default(), warp }
+        let warp = Warp { weight: 1, warp_ns: 200 * MS, limit_ns: 20 * MS, unwarp_ns: 200 * US };
+        let console = Console { capacity: 96 << 10, drain_bytes_per_s: 120_000, report_bytes: 600, wait: ConsoleWait::Block };
+        Model { n, cpus: 2, run_ns: 10_000 * MS, costs: Costs::default(), warp, worker_run_ns: None, console }
+    }
+
+    /// `make stress N=n` as measured: the costs of real runs ([`Costs::measured`]), each
+    /// worker running 10 s from its own start and then printing its report (the simulation
+    /// ends once all have), with the parameters of domain 0's plan and the hypervisor's
+    /// console as they are now.
+    pub fn measured(n: u32) -> Model {
+        Model { run_ns: 60_000 * MS, costs: Costs::measured(), worker_run_ns: Some(10_000 * MS), ..Model::stress(n) }
+    }
+
+    /// [`Model::measured`] as the image and the plan were before issue 18 item 2: a
+    /// `console_io` write that found the buffer full spun on its continuation.
+    pub fn measured_before(n: u32) -> Model {
+        let mut model = Model::measured(n);
+        model.console.wait = ConsoleWait::Spin;
+        model
     }
 }
 
@@ -266,6 +336,15 @@ pub struct Outcome {
     pub switches: u64,
     /// Warped vCPUs pushed to another CPU.
     pub pushes: u64,
+    /// Console writes that found no room (each retry of a spinning writer counts).
+    pub console_waits: u64,
+    /// When the last domain ended its start-up (boot and ballooning) and began its run.
+    pub last_start_ns: u64,
+    /// Reports written, and when the last was (0: none).
+    pub reports: u64,
+    pub last_report_ns: u64,
+    /// The last event simulated: the run's length.
+    pub end_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -278,6 +357,8 @@ enum Event {
     Wake { cpu: usize, v: u32 },
     /// An IPI to `cpu` carrying the pushed vCPU `v` (its state is in `Vm::in_flight`).
     Arrive { cpu: usize, v: u32 },
+    /// The console buffer may have drained enough for the first blocked writer.
+    ConsoleRoom,
 }
 
 /// One vCPU (one domain).
@@ -299,6 +380,23 @@ struct Vm {
     answered: bool,
     ran_ns: u64,
     in_flight: Option<VcpuState>,
+    /// When its start-up ended and its run began.
+    start_ns: u64,
+    /// Its run is over: it prints its report (retrying or waiting while the console is full).
+    reporting: bool,
+    /// A blocked writer woken with room set aside for its report.
+    console_granted: bool,
+    /// Hogs: (time, CPU time so far) at each charge, for the fairness window.
+    ran_log: Vec<(u64, u64)>,
+}
+
+/// The console buffer: bytes queued as of `at_ns`, draining at a constant rate.
+struct ConsoleState {
+    level: u64,
+    at_ns: u64,
+    waiters: VecDeque<u32>,
+    /// A [`Event::ConsoleRoom`] is pending.
+    armed: bool,
 }
 
 struct Cpu<Q> {
@@ -328,6 +426,7 @@ struct Sim<Q> {
     model: Model,
     cpus: Vec<Cpu<Q>>,
     vms: Vec<Vm>,
+    console: ConsoleState,
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     seq: u64,
     out: Outcome,
@@ -349,7 +448,11 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
                 (i % cpus, 1)
             };
             let pinned = role != Role::Latency;
-            let (warp, limit, unwarp) = if role == Role::Latency { (model.warp.warp_ns, model.warp.limit_ns, model.warp.unwarp_ns) } else { (0, 0, 0) };
+            let (weight, warp, limit, unwarp) = if role == Role::Latency {
+                (model.warp.weight as usize, model.warp.warp_ns, model.warp.limit_ns, model.warp.unwarp_ns)
+            } else {
+                (weight, 0, 0, 0)
+            };
             let params = BvtParams::for_domain_vcpu(weight as u32, warp, limit, unwarp, pinned, 1);
             Vm {
                 role,
@@ -363,6 +466,10 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
                 answered: false,
                 ran_ns: 0,
                 in_flight: None,
+                start_ns: 0,
+                reporting: false,
+                console_granted: false,
+                ran_log: Vec::new(),
             }
         })
         .collect::<Vec<_>>();
@@ -383,6 +490,7 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
             })
             .collect(),
         vms,
+        console: ConsoleState { level: 0, at_ns: 0, waiters: VecDeque::new(), armed: false },
         events: BinaryHeap::new(),
         seq: 0,
         out: Outcome::default(),
@@ -399,6 +507,7 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
         if t >= model.run_ns {
             break;
         }
+        sim.out.end_ns = t;
         sim.handle(t, event);
     }
     sim.finish()
@@ -413,6 +522,10 @@ impl<Q: SimQueue> Sim<Q> {
     fn handle(&mut self, t: u64, event: Event) {
         let cpu = match event {
             Event::Timer { cpu, .. } | Event::GuestDone { cpu, .. } | Event::Wake { cpu, .. } | Event::Arrive { cpu, .. } => cpu,
+            Event::ConsoleRoom => {
+                self.console_room(t);
+                return;
+            }
         };
         if t < self.cpus[cpu].free_at {
             // Interrupts are off while the hypervisor works: the event waits for it.
@@ -438,6 +551,7 @@ impl<Q: SimQueue> Sim<Q> {
                 sim.rearm(c, v);
                 0
             }),
+            Event::ConsoleRoom => unreachable!("handled above"),
         }
     }
 
@@ -451,7 +565,10 @@ impl<Q: SimQueue> Sim<Q> {
             let ran = t.saturating_sub(self.cpus[c].resumed_at);
             let vm = &mut self.vms[v as usize];
             vm.ran_ns += ran;
-            if vm.role != Role::Hog || !vm.started {
+            if vm.role == Role::Hog {
+                vm.ran_log.push((t, vm.ran_ns));
+            }
+            if vm.work_left_ns != u64::MAX {
                 vm.work_left_ns = vm.work_left_ns.saturating_sub(ran);
             }
         }
@@ -497,10 +614,14 @@ impl<Q: SimQueue> Sim<Q> {
                 vm.sent_at_ns = 0;
                 vm.answered = true;
             }
-            if vm.work_left_ns == 0 && (vm.role != Role::Hog || !vm.started) {
+            if vm.work_left_ns == 0 {
                 vm.work_left_ns = costs.wake_work_ns;
             }
-            if vm.role != Role::Hog || !vm.started {
+            let hog_end = self.model.worker_run_ns.filter(|_| vm.role == Role::Hog && vm.started && !vm.reporting).map(|run| vm.start_ns + run);
+            if let Some(end) = hog_end {
+                // A hog spins until the end of its run in real time.
+                self.push(end.max(free_at), Event::GuestDone { cpu: c, v, token });
+            } else if vm.work_left_ns != u64::MAX {
                 let done = free_at + vm.work_left_ns;
                 self.push(done, Event::GuestDone { cpu: c, v, token });
             }
@@ -518,7 +639,7 @@ impl<Q: SimQueue> Sim<Q> {
                 continue;
             }
             vm.deadline_ns = 0;
-            vm.woken_for_ns = if vm.role == Role::Ping { 0 } else { deadline };
+            vm.woken_for_ns = if matches!(vm.role, Role::Ping | Role::Pong) { 0 } else { deadline };
             if vm.role == Role::Ping {
                 vm.work_left_ns = self.model.costs.wake_work_ns;
             }
@@ -530,15 +651,33 @@ impl<Q: SimQueue> Sim<Q> {
     /// `v` finished the work of its wake-up (or its start): what its role does next.
     fn guest_done(&mut self, c: usize, v: u32, now: u64) -> u64 {
         let costs = self.model.costs;
+        let run = self.model.worker_run_ns;
         let vm = &mut self.vms[v as usize];
         vm.work_left_ns = 0;
         if !vm.started {
             vm.started = true;
-            if vm.role == Role::Hog {
-                vm.work_left_ns = u64::MAX;
-                return 0;
+            vm.start_ns = now;
+            self.out.last_start_ns = self.out.last_start_ns.max(now);
+            match vm.role {
+                Role::Hog => {
+                    // Spins to the end of its run (see `enter`).
+                    vm.work_left_ns = u64::MAX;
+                    return 0;
+                }
+                Role::Pong => {
+                    // Answers until the end of its run (a timer then ends its wait).
+                    if let Some(run) = run {
+                        self.arm(c, v, now + run);
+                    }
+                }
+                _ => {}
             }
         }
+        let vm = &mut self.vms[v as usize];
+        if vm.reporting || run.is_some_and(|run| now >= vm.start_ns + run) && vm.sent_at_ns == 0 {
+            return self.report(c, v, now);
+        }
+        let vm = &mut self.vms[v as usize];
         match vm.role {
             Role::Hog => 0,
             Role::Pong => {
@@ -596,6 +735,90 @@ impl<Q: SimQueue> Sim<Q> {
         }
     }
 
+    /// `v`'s run is over: it writes its report to the console, or (no room) retries or
+    /// blocks as [`ConsoleWait`] says; once written it blocks for good. Returns the cost.
+    fn report(&mut self, c: usize, v: u32, now: u64) -> u64 {
+        let costs = self.model.costs;
+        let console = self.model.console;
+        let vm = &mut self.vms[v as usize];
+        vm.reporting = true;
+        let written = core::mem::take(&mut vm.console_granted) || self.console_take(now, console.report_bytes);
+        if written {
+            // Written: it blocks for good.
+            self.vms[v as usize].reporting = false;
+            self.out.reports += 1;
+            self.out.last_report_ns = self.out.last_report_ns.max(now);
+            self.cpus[c].queue.block(v, now);
+            return costs.entry_ns;
+        }
+        self.out.console_waits += 1;
+        match console.wait {
+            ConsoleWait::Spin => {
+                // The continuation: the guest re-enters the call at once.
+                self.vms[v as usize].work_left_ns = US;
+            }
+            ConsoleWait::Block => {
+                self.console.waiters.push_back(v);
+                self.cpus[c].queue.block(v, now);
+                self.arm_console_room(now);
+            }
+        }
+        costs.entry_ns
+    }
+
+    /// The console buffer's bytes queued at `now`, after its drain since it was last looked at.
+    fn console_level(&mut self, now: u64) -> u64 {
+        let rate = u128::from(self.model.console.drain_bytes_per_s.max(1));
+        let drained = u128::from(now.saturating_sub(self.console.at_ns)) * rate / 1_000_000_000;
+        if drained >= u128::from(self.console.level) {
+            self.console.level = 0;
+            self.console.at_ns = now;
+        } else {
+            // Whole bytes only: the time of the fraction left is drained at the next look.
+            self.console.level -= drained as u64;
+            self.console.at_ns += u64::try_from(drained * 1_000_000_000 / rate).unwrap_or(0);
+        }
+        self.console.level
+    }
+
+    /// Queues `bytes` if the buffer has room for them at `now`.
+    fn console_take(&mut self, now: u64, bytes: u64) -> bool {
+        if self.console_level(now) + bytes > self.model.console.capacity {
+            return false;
+        }
+        self.console.level += bytes;
+        true
+    }
+
+    /// Plans the wake-up of the first blocked writer for when the buffer has room for it.
+    fn arm_console_room(&mut self, now: u64) {
+        if self.console.armed || self.console.waiters.is_empty() {
+            return;
+        }
+        let console = self.model.console;
+        let over = (self.console_level(now) + console.report_bytes).saturating_sub(console.capacity);
+        let wait = u64::try_from(u128::from(over) * 1_000_000_000 / u128::from(console.drain_bytes_per_s.max(1))).unwrap_or(u64::MAX);
+        self.console.armed = true;
+        self.push(now + wait.max(US), Event::ConsoleRoom);
+    }
+
+    /// The buffer drained: the blocked writers it has room for are woken, oldest first,
+    /// their reports' room set aside.
+    fn console_room(&mut self, now: u64) {
+        self.console.armed = false;
+        let bytes = self.model.console.report_bytes;
+        while let Some(&v) = self.console.waiters.front() {
+            if !self.console_take(now, bytes) {
+                break;
+            }
+            self.console.waiters.pop_front();
+            self.vms[v as usize].console_granted = true;
+            let home = self.vms[v as usize].home;
+            self.push(now + self.model.costs.ipi_ns, Event::Wake { cpu: home, v });
+        }
+        self.arm_console_room(now);
+    }
+
     /// As the hypervisor's `push_waiting_warped`: a warped vCPU waiting behind a warped one
     /// moves to a CPU that runs none.
     fn push_waiting_warped(&mut self, c: usize, now: u64) {
@@ -627,12 +850,26 @@ impl<Q: SimQueue> Sim<Q> {
 
     fn finish(mut self) -> Outcome {
         let mut worst: f64 = 0.0;
+        // With workers that end, the hogs' window is domain 0's: from 10% of the run past
+        // the latest start to 90% past the earliest.
+        let window = self.model.worker_run_ns.map(|run| {
+            let starts = self.vms.iter().filter(|vm| vm.started).map(|vm| vm.start_ns);
+            let (first, last) = (starts.clone().min().unwrap_or(0), starts.max().unwrap_or(0));
+            (last + run / 10, (first + run / 10 * 9).max(last + run / 10))
+        });
+        let ran_in = |vm: &Vm| match window {
+            None => vm.ran_ns,
+            Some((from, to)) => {
+                let at = |t: u64| vm.ran_log.iter().take_while(|&&(when, _)| when <= t).last().map_or(0, |&(_, ran)| ran);
+                at(to) - at(from)
+            }
+        };
         for c in 0..self.cpus.len() {
             let hogs: Vec<&Vm> = self.vms.iter().filter(|vm| vm.role == Role::Hog && vm.home == c).collect();
-            let total: u64 = hogs.iter().map(|vm| vm.ran_ns).sum();
+            let total: u64 = hogs.iter().map(|vm| ran_in(vm)).sum();
             let weights: u32 = hogs.iter().map(|vm| vm.params.weight.get()).sum();
             for vm in &hogs {
-                let share = vm.ran_ns as f64 / total.max(1) as f64;
+                let share = ran_in(vm) as f64 / total.max(1) as f64;
                 let expected = f64::from(vm.params.weight.get()) / f64::from(weights.max(1));
                 worst = worst.max(((share - expected) / expected).abs());
             }
