@@ -168,6 +168,14 @@ pub fn guest_line(domain: u16, share: usize, args: core::fmt::Arguments) -> bool
     queued
 }
 
+/// Bytes a guest line may still take: in the guests' part of the buffer, and with
+/// `domain`, also within its `share`.
+pub fn guest_room(domain: Option<u16>, share: usize) -> usize {
+    let ring = RING.lock();
+    let all = GUEST_SHARE.saturating_sub(ring.used());
+    domain.map_or(all, |id| all.min(share.saturating_sub(ring.queued(id))))
+}
+
 /// Writes queued lines to the UART for about `budget_ns` (at least one chunk), unless
 /// another CPU is at it or the UART is busy; returns whether it wrote anything. Called
 /// with interrupts off.

@@ -221,6 +221,9 @@ pub struct Vcpu {
     pub cpu: AtomicU32,
     /// Asked to give up its CPU at the next exit (`sched_op yield`).
     pub yield_requested: AtomicBool,
+    /// Blocked in a `console_io` write that waits for room in the console buffer
+    /// (`pv::console::wait_for_room`).
+    pub console_wait: AtomicBool,
     /// Its single-shot timer (`set_timer_op`), in system-time ns; 0: none.
     pub timer_deadline: AtomicU64,
     /// The timeout of its `sched_op poll`, in system-time ns; 0: none.
@@ -305,6 +308,7 @@ impl Vcpu {
             key: crate::sched::VcpuKey::fresh(),
             cpu: AtomicU32::new(cpu),
             yield_requested: AtomicBool::new(false),
+            console_wait: AtomicBool::new(false),
             timer_deadline: AtomicU64::new(0),
             poll_deadline: AtomicU64::new(0),
             timers: Mutex::new(Default::default()),

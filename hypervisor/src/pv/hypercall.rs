@@ -153,10 +153,13 @@ fn multicall_iret(vcpu: &Vcpu, frame: &mut TrapFrame, entry: GuestVa) -> u64 {
 
 /// Writes guest bytes to the console, in chunks; stops between chunks when the CPU should
 /// be let go, and when the console takes no more now (the continuation resumes at the
-/// first byte not taken). Returns 0, as Xen's does.
+/// first byte not taken; the vCPU then blocks until there is room, see
+/// `console::wait_for_room`). Returns 0, as Xen's does.
 fn console_write(vcpu: &Vcpu, request: Request, buffer: GuestVa, count: u64) -> Outcome {
     let mut chunk = [0u8; 256];
     let mut done = 0;
+    // Running again: whatever it waited for, it writes now.
+    vcpu.console_wait.store(false, core::sync::atomic::Ordering::SeqCst);
     while done < count {
         if done > 0 && preempt::should_stop() {
             return Err(stopped(request, done));
@@ -167,6 +170,7 @@ fn console_write(vcpu: &Vcpu, request: Request, buffer: GuestVa, count: u64) -> 
         let taken = console::write(&vcpu.domain, &chunk[..n]);
         done += taken as u64;
         if taken < n {
+            console::wait_for_room(vcpu);
             return Err(stopped(request, done));
         }
     }
