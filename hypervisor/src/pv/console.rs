@@ -221,7 +221,6 @@ fn take(domain: &Domain, console: &mut ConsoleLine, source: Source, bytes: &[u8]
         if ends && !emit(domain, console, source, false) {
             console.line(source).waiting = true;
             WAITS.fetch_add(1, Ordering::Relaxed);
-            crate::sched::note_console_wait();
             taken = i;
             break;
         }

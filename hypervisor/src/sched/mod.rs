@@ -60,7 +60,6 @@
 
 mod owned;
 mod stats;
-mod trace;
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -254,13 +253,6 @@ fn this_cpu() -> u32 {
 pub fn record_stay(ns: u64, cause: Stay, domu: bool) {
     if let Some(all) = SHARED.get() {
         all[this_cpu() as usize].stats.record_stay(ns, cause, domu);
-    }
-}
-
-/// A guest's console write waits for room (diagnostic trace).
-pub fn note_console_wait() {
-    if let Some(all) = SHARED.get() {
-        all[this_cpu() as usize].stats.trace.lock().add(time::since_boot_ns(), trace::Field::ConsoleWaits, 1);
     }
 }
 
@@ -821,11 +813,6 @@ impl Local {
             let decision = self.queue.pick_next(now);
             let warped = decision.run.and_then(|key| self.queue.vcpu(key)).is_some_and(|view| view.warped);
             mine.runs_warped.store(warped, Ordering::Relaxed);
-            {
-                let mut trace = mine.stats.trace.lock();
-                trace.set(now, trace::Field::Svt, self.queue.svt_vns());
-                trace.max(now, trace::Field::MaxLoad, u64::from(self.queue.load()));
-            }
             let Some(key) = decision.run else {
                 if let Some(vcpu) = loaded.take() {
                     leaving.push(self.switch_out(vcpu, frame, here));
@@ -879,47 +866,10 @@ impl Local {
                     mine.stats.warped_to_run.record(now.saturating_sub(warped_deadline));
                 }
             }
-            self.trace_switch_in(mine, key, now, woken_at, warped_deadline, decision.slice_ns);
             self.since_tsc = time::rdtsc();
             self.slice_end_ns = decision.slice_ns.map(|s| now + s);
             return;
         }
-    }
-
-    /// Records a switch-in in this CPU's diagnostic trace.
-    fn trace_switch_in(&self, mine: &Shared, key: VcpuKey, now: u64, woken_at: u64, warped_deadline: u64, slice_ns: Option<u64>) {
-        use trace::Field;
-        let Some(view) = self.queue.vcpu(key) else { return };
-        let lag = view.actual_vns as i64 - self.queue.svt_vns() as i64;
-        let load = u64::from(self.queue.load());
-        let who = self.members.get(&key).map_or(0, |v| (u64::from(v.domain.id.0) << 8) | u64::from(v.id & 0xff)) | (u64::from(view.warped) << 31);
-        let wait = if woken_at != 0 { now.saturating_sub(woken_at) } else { 0 };
-        let mut trace = mine.stats.trace.lock();
-        trace.add(now, Field::Switches, 1);
-        if woken_at != 0 {
-            trace.add(now, Field::Wakes, 1);
-            trace.add(now, Field::LoadSum, load);
-            trace.add(now, Field::Long5ms, u64::from(wait >= 5_000_000));
-            trace.max(now, Field::MaxWaitUs, wait / 1000);
-            if view.params.warp_enabled() {
-                trace.max(now, Field::MaxWarpedLag, lag.max(0) as u64);
-                trace.min(now, Field::MinWarpedLag, lag.max(0) as u64);
-            } else {
-                trace.max(now, Field::MaxUnwarpedLag, lag.max(0) as u64);
-            }
-        }
-        if warped_deadline != 0 {
-            trace.add(now, Field::Warped, 1);
-            trace.add(now, Field::WarpedLong1ms, u64::from(now.saturating_sub(warped_deadline) >= 1_000_000));
-        }
-        trace.switch_in(trace::Switch {
-            t_us: now / 1000,
-            who,
-            lag_vns: lag,
-            load,
-            slice_us: slice_ns.map_or(0, |s| s / 1000),
-            wait_us: wait / 1000,
-        });
     }
 
     /// A warped vCPU that woke here but waits behind the running one (a warped vCPU too,

@@ -90,8 +90,6 @@ pub struct Stats {
     /// ahead of them (see `sched::HeldTimer`): hypervisor time spent to hide a warping
     /// domain's wake-up path, charged to no domain.
     pub held_wait_ns: AtomicU64,
-    /// Diagnostic timeline and switch-in dumps (issue 18 item 2).
-    pub trace: spin::Mutex<super::trace::Trace>,
     /// What caused the longest stay so far ([`Stay::raw`]).
     longest_stay: AtomicU64,
     /// What caused the longest stay of an unprivileged domain so far ([`Stay::raw`]).
@@ -176,7 +174,6 @@ pub fn report() {
             info!("summary: sched.cpu{cpu}.longest_stay={}", Stay::from_raw(stats.longest_stay.load(Ordering::Relaxed)));
         }
         stats.in_hypervisor_domu.print(cpu, "in_hypervisor_domu");
-        stats.trace.lock().print(cpu);
         if stats.in_hypervisor_domu.count() > 0 {
             info!("summary: sched.cpu{cpu}.longest_domu_stay={}", Stay::from_raw(stats.longest_domu_stay.load(Ordering::Relaxed)));
         }
