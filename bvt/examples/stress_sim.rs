@@ -63,6 +63,12 @@ fn knobs(mut model: Model) -> Model {
         Ok("block") => model.console.wait = ConsoleWait::Block,
         _ => {}
     }
+    if let Some(v) = env("REPORT_US") {
+        model.console.report_work_ns = v * US;
+    }
+    if let Some(v) = env("ALIGNED") {
+        model.aligned_start = v != 0;
+    }
     if let Some(v) = env("LATENCY_WEIGHT") {
         model.warp.weight = v as u32;
     }
@@ -104,7 +110,10 @@ fn main() {
     println!("model                N   warped p50/p99        unwarped p50/p99      idle p50/p99          ping-pong p50/p99     hog err   switches  con.wait  run s  hypervisor per CPU");
     if !only_measured {
         for &n in &ns {
-            line::<bvt::stress_sim::LinearQueue>("linear", Model::stress(n));
+            // With the plan of then: latency domains at weight 1.
+            let mut model = Model::stress(n);
+            model.warp.weight = 1;
+            line::<bvt::stress_sim::LinearQueue>("linear", model);
         }
         for &n in &ns {
             line::<bvt::RunQueue<u32>>("indexed", Model::stress(n));

@@ -161,6 +161,8 @@ pub struct Console {
     /// Each worker's report at the end of its run (its balloon, result and histogram
     /// records), bytes.
     pub report_bytes: u64,
+    /// The guest's work to compose its report, ns of CPU.
+    pub report_work_ns: u64,
     pub wait: ConsoleWait,
 }
 
@@ -215,15 +217,18 @@ pub struct Model {
     /// gives it (`None`: workers never end; the simulation stops at `run_ns`).
     pub worker_run_ns: Option<u64>,
     pub console: Console,
+    /// Workers start their runs together, at domain 0's go once every domain has started
+    /// up (as `make stress IO=1` does with `stress-go`), not each as it has.
+    pub aligned_start: bool,
 }
 
 impl Model {
     /// `n` domains on 2 CPUs for 10 s with the default costs, as `make stress N=n`
     /// (the workers measure until `run_ns` and never report).
     pub fn stress(n: u32) -> Model {
-        let warp = Warp { weight: 4, warp_ns: 200 * MS, limit_ns: 20 * MS, unwarp_ns: 200 * US };
-        let console = Console { capacity: 96 << 10, drain_bytes_per_s: 190_000, report_bytes: 830, wait: ConsoleWait::Block };
-        Model { n, cpus: 2, run_ns: 10_000 * MS, costs: Costs::default(), warp, worker_run_ns: None, console }
+        let warp = Warp { weight: 16, warp_ns: 200 * MS, limit_ns: 20 * MS, unwarp_ns: 200 * US };
+        let console = Console { capacity: 96 << 10, drain_bytes_per_s: 190_000, report_bytes: 830, report_work_ns: 0, wait: ConsoleWait::Block };
+        Model { n, cpus: 2, run_ns: 10_000 * MS, costs: Costs::default(), warp, worker_run_ns: None, console, aligned_start: false }
     }
 
     /// `make stress N=n` as measured: the costs of real runs ([`Costs::measured`]), each
@@ -390,6 +395,9 @@ struct Vm {
     reporting: bool,
     /// A blocked writer woken with room set aside for its report.
     console_granted: bool,
+    /// Started up and waiting for domain 0's go ([`Model::aligned_start`]); the go came.
+    waiting_go: bool,
+    go: bool,
     /// Hogs: (time, CPU time so far) at each charge, for the fairness window.
     ran_log: Vec<(u64, u64)>,
 }
@@ -431,6 +439,8 @@ struct Sim<Q> {
     cpus: Vec<Cpu<Q>>,
     vms: Vec<Vm>,
     console: ConsoleState,
+    /// Domains started up and waiting for the go.
+    ready: usize,
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     seq: u64,
     out: Outcome,
@@ -473,6 +483,8 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
                 start_ns: 0,
                 reporting: false,
                 console_granted: false,
+                waiting_go: false,
+                go: false,
                 ran_log: Vec::new(),
             }
         })
@@ -495,6 +507,7 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
             .collect(),
         vms,
         console: ConsoleState { level: 0, at_ns: 0, waiters: VecDeque::new(), armed: false },
+        ready: 0,
         events: BinaryHeap::new(),
         seq: 0,
         out: Outcome::default(),
@@ -658,6 +671,23 @@ impl<Q: SimQueue> Sim<Q> {
         let run = self.model.worker_run_ns;
         let vm = &mut self.vms[v as usize];
         vm.work_left_ns = 0;
+        if !vm.started && self.model.aligned_start && !vm.go {
+            // Started up: it waits for domain 0's go, sent once every domain has.
+            if !vm.waiting_go {
+                vm.waiting_go = true;
+                self.cpus[c].queue.block(v, now);
+                self.ready += 1;
+                if self.ready == self.vms.len() {
+                    for w in 0..self.vms.len() {
+                        self.vms[w].go = true;
+                        let home = self.vms[w].home;
+                        self.push(now + costs.ipi_ns, Event::Wake { cpu: home, v: w as u32 });
+                    }
+                }
+            }
+            return costs.entry_ns;
+        }
+        let vm = &mut self.vms[v as usize];
         if !vm.started {
             vm.started = true;
             vm.start_ns = now;
@@ -678,7 +708,15 @@ impl<Q: SimQueue> Sim<Q> {
             }
         }
         let vm = &mut self.vms[v as usize];
-        if vm.reporting || run.is_some_and(|run| now >= vm.start_ns + run) && vm.sent_at_ns == 0 {
+        if !vm.reporting && run.is_some_and(|run| now >= vm.start_ns + run) && vm.sent_at_ns == 0 {
+            // Its run is over: it composes its report (the histogram records), then writes it.
+            vm.reporting = true;
+            if self.model.console.report_work_ns > 0 {
+                vm.work_left_ns = self.model.console.report_work_ns;
+                return costs.entry_ns;
+            }
+        }
+        if self.vms[v as usize].reporting {
             return self.report(c, v, now);
         }
         let vm = &mut self.vms[v as usize];

@@ -38,15 +38,16 @@ pub const DEFAULT_PERIODIC_PER_CPU: u32 = 4;
 pub const DEFAULT_WEIGHT: u32 = 1;
 
 /// The latency domains' weight: the share of a CPU they need, as BVT has it (the warp only
-/// puts a wake-up first; the weight is what the domain may use). At weight 1 a latency domain
-/// is entitled to what the weight-1 hog beside it gets, and it needs more: at N=1000 (3 s of
-/// start-up rush, then hogs at 20-30% of a CPU between them) its virtual time ran 200 ms
-/// ahead of SVT, its whole warp, by the end of the rush and stayed there (measured in the
-/// image, issue 18 item 2): every later wake-up waited for the running vCPU's slice, warped
-/// p99 6.6-8.9 ms. At weight 4 its virtual time advances a quarter as fast and the rush
-/// leaves it 40-50 ms ahead at N=1000 (`bvt::stress_sim`: warped p99 under 100 us from
-/// N=100 to 1000, against 2.6 ms at weight 1).
-pub const LATENCY_WEIGHT: u32 = 4;
+/// puts a wake-up first; the weight is what the domain may use before it runs ahead of SVT,
+/// and ahead by its whole warp it waits like any other). A latency domain needs 8-10% of a
+/// CPU under TCG (70-95 us a wake-up, every 1 ms); SVT advances as fast as the weight-1
+/// hog's virtual time, and at N=1000 the idle domains' wake-ups take most of the CPU, so
+/// that hog gets 1-3% of it. Measured in the image (issue 18 item 2): at weight 1 the 3 s
+/// start-up rush took the whole 200 ms warp (warped p99 13-17 ms); at weight 4 the lag
+/// still grew by ~20,000 vns a second after the rush and reached the warp at ~9 s (3.1-5.2
+/// ms); at weight 16 it grew by ~5,000 a second, a quarter of the warp by the end of the
+/// run (0.7-2.0 ms).
+pub const LATENCY_WEIGHT: u32 = 16;
 
 /// Domain 0's own BVT weight, which it sets at start. It works in bursts (each creation
 /// is a few ms of hypervisor time) on CPUs where hogs of weights 1 and 2 spin; at weight 16
