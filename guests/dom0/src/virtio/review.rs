@@ -26,7 +26,7 @@ use core::sync::atomic::Ordering;
 
 use guest_rt::abi::errno::Errno;
 use guest_rt::abi::event_channel::{EvtchnBindPirq, EvtchnClose};
-use guest_rt::abi::hypercall::{EvtchnOp, Hypercall, MmuUpdateCmd, MmuextCmd};
+use guest_rt::abi::hypercall::{Hypercall, MmuUpdateCmd, MmuextCmd};
 use guest_rt::abi::ids::{DomId, EvtchnPort, Mfn};
 use guest_rt::abi::mmu::{MmuUpdate, MmuextOp, UVMF_INVLPG};
 use guest_rt::abi::physdev::{
@@ -111,8 +111,7 @@ fn bind_pirq(pirq: u32) -> Result<EvtchnPort, HypercallError> {
         flags: 0,
         port: EvtchnPort(0),
     };
-    // SAFETY: `bind` is a live `evtchn_bind_pirq`.
-    unsafe { hypercall::event_channel_op(EvtchnOp::BindPirq, &raw mut bind) }?;
+    hypercall::event_channel_op(&mut bind)?;
     Ok(bind.port)
 }
 
@@ -219,8 +218,7 @@ fn interrupts(disk: &mut VirtioDisk, events: Events, clock: Clock) -> Check {
     // Close the port while the line is asserted and its interrupt in flight: EOIs let
     // the interrupt in again, and it is raised nowhere.
     let mut close = EvtchnClose { port: disk.port };
-    // SAFETY: a live `evtchn_close`.
-    unsafe { hypercall::event_channel_op(EvtchnOp::Close, &raw mut close) }.map_err(|_| "close")?;
+    hypercall::event_channel_op(&mut close).map_err(|_| "close")?;
     for _ in 0..20 {
         eoi(pirq).map_err(|_| "eoi after close")?;
     }
