@@ -7,6 +7,7 @@ pub mod entry;
 pub mod exit;
 pub mod fpu;
 pub mod gdt;
+pub mod gs;
 pub mod lapic;
 pub mod paging;
 pub mod pciconf;
