@@ -57,6 +57,10 @@
 //! slop late) and the programming of its one-shot timer through [`TimerHardware`], the one
 //! thing of the platform it needs.
 //!
+//! [`VcpuSched`] is a vCPU's scheduling record, shared by every CPU (its run state, home,
+//! timer deadlines, held timer): the hypervisor's `Vcpu` carries one and nothing else of
+//! the scheduler.
+//!
 //! `stress_sim` (test-only, or with the `sim` feature) simulates `make stress` on several
 //! CPUs with these queues and a cost model, at up to 1000 domains and more.
 //!
@@ -89,6 +93,7 @@ pub mod stress_sim;
 mod sim;
 mod timer_advance;
 mod timer_queue;
+mod vcpu_sched;
 mod vcpu_state;
 
 pub use cpu_timers::{ArmedTimer, CpuTimers, TimerHardware, MIN_TIMER_DELAY_NS};
@@ -103,4 +108,5 @@ pub use run_queue::{Decision, RunQueue, VcpuView};
 pub use shrink::{new_table, shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};
 pub use timer_advance::TimerAdvance;
 pub use timer_queue::{Expired, TimerHandle, TimerQueue, TIMER_TABLE_FLOOR};
+pub use vcpu_sched::{ArmedAt, HeldTimer, RunState, VcpuKey, VcpuSched, VcpuTimers};
 pub use vcpu_state::VcpuState;

@@ -10,6 +10,8 @@ pub mod gdt;
 pub mod lapic;
 pub mod paging;
 pub mod pciconf;
+pub mod percpu;
 pub mod serial;
 pub mod trap;
 pub mod uaccess;
+pub mod vectors;

@@ -8,8 +8,8 @@
 //! they post to the CPU's [`Inbox`] (wake, add, arrive, new parameters, steal request) and
 //! kick it with a reschedule IPI. A vCPU's `Arc` travels next to its `Add`/`Arrive`
 //! message through the CPU's `arrivals` queue, so the owner always holds the vCPUs its
-//! queue names. A vCPU's home is `Vcpu::cpu`; only its home CPU changes it (when it gives
-//! the vCPU to a thief).
+//! queue names. A vCPU's home is `vcpu.sched.home` ([`bvt::VcpuSched`]); only its home CPU
+//! changes it (when it gives the vCPU to a thief).
 //!
 //! # The decision on the way out
 //! Every trap, interrupt and hypercall ends in [`on_trap_exit`] with the frame it returns
@@ -64,57 +64,54 @@ mod stats;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 use bvt::{
-    shrink_when_sparse, Action, ArmedTimer, BvtParams, Config, CpuId, CpuTimers, Inbox, Message, RunQueue, TimerHardware,
-    VcpuState, MIN_TABLE_CAPACITY, STEAL_MIN_LOAD,
+    shrink_when_sparse, Action, ArmedAt, BvtParams, Config, CpuId, CpuTimers, Inbox, Message, RunQueue, RunState, TimerHardware,
+    VcpuKey, VcpuState, MIN_TABLE_CAPACITY, STEAL_MIN_LOAD,
 };
 use crossbeam_queue::SegQueue;
+use smp::xcall::MAX_CPUS;
 use log::warn;
 use spin::Once;
-use x86_64::registers::model_specific::{FsBase, KernelGsBase};
-use x86_64::VirtAddr;
 
 use crate::arch::gdt::{HYPERVISOR_CS, HYPERVISOR_DS};
 use crate::arch::trap::TrapFrame;
-use crate::domain::vcpu::RunState;
 use crate::domain::{Domain, LifeState, Vcpu};
-use crate::percpu::PerCpu;
-use crate::traps::vectors;
-use crate::{cpus, lapic, percpu, time};
+use crate::arch::percpu::PerCpu;
+use crate::arch::vectors;
+use crate::arch::percpu;
+use crate::{cpus, lapic, time};
 use owned::PerCpuOwned;
-pub use stats::{report, Stay};
+pub use stats::Stay;
 use stats::Stats;
 
-/// A vCPU's name in the run queues: unique for the whole run (never reused), so a message
-/// that outlives its vCPU can never reach another one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct VcpuKey(u64);
-
-impl VcpuKey {
-    /// A key no vCPU had before.
-    pub fn fresh() -> VcpuKey {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        VcpuKey(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
+/// What the scheduler asks of the layers above it, given once at boot ([`init`]) by the
+/// boot script: the guest-visible half of a context switch (`pv`), a vCPU's timer event
+/// (`pv::events`), a domain's destruction (its teardown) and the idle loop. Function
+/// pointers, so that this module names nothing above it (issue 18: no import circle).
+pub struct Glue {
+    /// Loads `vcpu`'s saved guest state onto this CPU and into `frame`: registers, page
+    /// tables, FPU state (no load when the bool says this CPU's registers hold it since it
+    /// last left here), descriptor tables, selectors, segment bases, its runstate area and
+    /// time. The scheduler's bookkeeping (running counts, dirty CPUs, runstate) is done.
+    pub load: fn(&Vcpu, &mut TrapFrame, bool),
+    /// Saves the state of `vcpu`, which `frame` returned to, from this CPU (its tables are
+    /// still loaded): the mirror of `load`.
+    pub save: fn(&Vcpu, &TrapFrame),
+    /// Raises the vCPU's timer event (VIRQ_TIMER).
+    pub timer_fired: fn(&Vcpu),
+    /// Destroys a domain that is shutting down and that no CPU runs any more.
+    pub destroy: fn(&Arc<Domain>),
+    /// The idle loop, which a frame with nothing to run returns to.
+    pub idle_loop: extern "C" fn() -> !,
 }
 
-/// The vCPU's pending timers in its home CPU's timer queues, so that re-arming cancels the
-/// old one, and a move or the vCPU's end takes them out (see the module's Timers).
-#[derive(Default)]
-pub struct VcpuTimers {
-    guest: Option<Armed>,
-    poll: Option<Armed>,
-    periodic: Option<Armed>,
-}
+static GLUE: Once<Glue> = Once::new();
 
-/// Where a vCPU timer waits: the CPU, and where in its timers.
-#[derive(Clone, Copy)]
-struct Armed {
-    cpu: u32,
-    timer: ArmedTimer,
+fn glue() -> &'static Glue {
+    GLUE.get().expect("sched::init runs at boot")
 }
 
 /// What a CPU shows other CPUs.
@@ -199,11 +196,19 @@ const RFLAGS_IF: u64 = 1 << 9;
 const BALANCE_INTERVAL_NS: u64 = 1_000_000;
 
 static SHARED: Once<Vec<Shared>> = Once::new();
+/// The vCPU each CPU runs (null when idle), from `Arc::into_raw`; only that CPU writes its
+/// slot.
+static RUNNING: [AtomicPtr<Vcpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+fn running_slot() -> &'static AtomicPtr<Vcpu> {
+    &RUNNING[this_cpu() as usize]
+}
 static LOCAL: Once<PerCpuOwned<Local>> = Once::new();
 
 /// Creates the run queues, one per CPU; `nearest(i)` lists CPU `i`'s others nearest first.
 /// Timers of domains that do not warp may fire up to `timer_slop_ns` late.
-pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64) {
+pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64, glue: Glue) {
+    GLUE.call_once(|| glue);
     let queues: Vec<RunQueue<VcpuKey>> = (0..cpus).map(|i| RunQueue::new(CpuId(i as u32), Config::default())).collect();
     SHARED.call_once(|| {
         queues
@@ -248,6 +253,13 @@ fn this_cpu() -> u32 {
     percpu::current().index.0
 }
 
+/// Prints every CPU's scheduling statistics as summary lines (see [`stats::report`]).
+pub fn report() {
+    if let Some(all) = SHARED.get() {
+        stats::report(all.iter().map(|shared| &shared.stats));
+    }
+}
+
 /// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists);
 /// `domu`: it began while an unprivileged domain ran.
 pub fn record_stay(ns: u64, cause: Stay, domu: bool) {
@@ -283,8 +295,8 @@ fn post(cpu: u32, message: Message<VcpuKey>) {
 
 /// Makes `cpu` the home of `vcpu`, which has left this CPU's queue in `state`.
 fn hand_over(vcpu: Arc<Vcpu>, state: VcpuState, cpu: u32) {
-    let key = vcpu.key;
-    vcpu.cpu.store(cpu, Ordering::SeqCst);
+    let key = vcpu.sched.key;
+    vcpu.sched.home.store(cpu, Ordering::SeqCst);
     shared()[cpu as usize].arrivals.push(vcpu);
     post(cpu, Message::Arrive(key, state));
 }
@@ -307,11 +319,11 @@ pub fn kick(cpu: u32) {
 
 /// Makes a new (or newly brought up) runnable vCPU known to its home CPU's run queue.
 pub fn add(vcpu: Arc<Vcpu>) {
-    vcpu.queued.store(true, Ordering::Release);
-    let cpu = online_or_boot(vcpu.cpu.load(Ordering::SeqCst));
-    vcpu.cpu.store(cpu, Ordering::SeqCst);
+    vcpu.sched.queued.store(true, Ordering::Release);
+    let cpu = online_or_boot(vcpu.sched.home.load(Ordering::SeqCst));
+    vcpu.sched.home.store(cpu, Ordering::SeqCst);
     let params = bvt_params(&vcpu.domain, &vcpu.domain.params.lock());
-    let key = vcpu.key;
+    let key = vcpu.sched.key;
     shared()[cpu as usize].arrivals.push(vcpu);
     post(cpu, Message::Add(key, params));
 }
@@ -321,8 +333,8 @@ pub fn wake(vcpu: &Vcpu) -> bool {
     let woken = vcpu.unblock();
     if woken {
         vcpu.set_runstate(abi::vcpu::Runstate::Runnable);
-        vcpu.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
-        post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+        vcpu.sched.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
+        post(vcpu.sched.home.load(Ordering::SeqCst), Message::Wake(vcpu.sched.key));
     }
     woken
 }
@@ -330,8 +342,8 @@ pub fn wake(vcpu: &Vcpu) -> bool {
 /// Makes a vCPU brought up again after `VCPUOP_down` (already runnable: `Vcpu::start`)
 /// runnable in its home's queue, which knows it (blocked since it went down).
 pub fn resume(vcpu: &Vcpu) {
-    vcpu.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
-    post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+    vcpu.sched.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
+    post(vcpu.sched.home.load(Ordering::SeqCst), Message::Wake(vcpu.sched.key));
 }
 
 /// Blocks the running vCPU until [`wake`]; it leaves its CPU on the way out of this trap.
@@ -341,7 +353,7 @@ pub fn block(vcpu: &Vcpu) {
 
 /// A vCPU was stopped (its domain is going away): its home drops it at its next decision.
 pub fn stopped(vcpu: &Vcpu) {
-    post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+    post(vcpu.sched.home.load(Ordering::SeqCst), Message::Wake(vcpu.sched.key));
 }
 
 /// Puts new scheduling parameters in force for every vCPU of `domain`.
@@ -350,7 +362,7 @@ pub fn set_params(domain: &Domain, params: abi::control::SchedParams) {
     let mut slot = domain.params.lock();
     *slot = params;
     for vcpu in domain.vcpus() {
-        post(vcpu.cpu.load(Ordering::SeqCst), Message::SetParams(vcpu.key, bvt_params(domain, &params)));
+        post(vcpu.sched.home.load(Ordering::SeqCst), Message::SetParams(vcpu.sched.key, bvt_params(domain, &params)));
     }
 }
 
@@ -366,7 +378,7 @@ pub fn reweigh(domain: &Domain) {
 pub fn pause(domain: &Domain) {
     domain.paused.store(true, Ordering::SeqCst);
     for vcpu in domain.vcpus() {
-        kick(vcpu.cpu.load(Ordering::SeqCst));
+        kick(vcpu.sched.home.load(Ordering::SeqCst));
     }
 }
 
@@ -375,34 +387,34 @@ pub fn unpause(domain: &Domain) {
     domain.paused.store(false, Ordering::SeqCst);
     for vcpu in domain.vcpus() {
         // Pairs with `park`: either it sees `paused` clear, or this sees `parked` set.
-        if vcpu.parked.swap(false, Ordering::SeqCst) {
+        if vcpu.sched.parked.swap(false, Ordering::SeqCst) {
             vcpu.set_runstate(abi::vcpu::Runstate::Runnable);
-            post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+            post(vcpu.sched.home.load(Ordering::SeqCst), Message::Wake(vcpu.sched.key));
         }
     }
 }
 
 /// Parks a vCPU of a paused domain; false (and not parked) if the domain was unpaused.
 fn park(vcpu: &Vcpu) -> bool {
-    vcpu.parked.store(true, Ordering::SeqCst);
+    vcpu.sched.parked.store(true, Ordering::SeqCst);
     if vcpu.domain.paused.load(Ordering::SeqCst) {
         vcpu.set_runstate(abi::vcpu::Runstate::Offline);
         return true;
     }
-    vcpu.parked.store(false, Ordering::SeqCst);
+    vcpu.sched.parked.store(false, Ordering::SeqCst);
     false
 }
 
 /// Sets (or with 0 cancels) the running `vcpu`'s `set_timer_op` timer at system time
 /// `deadline_ns`, in this CPU's timer queue.
 pub fn set_timer(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
-    vcpu.timer_deadline.store(deadline_ns, Ordering::Release);
+    vcpu.sched.timer_deadline.store(deadline_ns, Ordering::Release);
     arm(vcpu, TimerKind::Guest, deadline_ns);
 }
 
 /// Sets (or with 0 cancels) the running `vcpu`'s poll timeout.
 pub fn set_poll_timeout(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
-    vcpu.poll_deadline.store(deadline_ns, Ordering::Release);
+    vcpu.sched.poll_deadline.store(deadline_ns, Ordering::Release);
     arm(vcpu, TimerKind::PollTimeout, deadline_ns);
 }
 
@@ -436,15 +448,15 @@ pub fn timer_interrupt() {
 
 /// Fires one due timer, unless its vCPU has re-armed or cancelled it since. A latency-
 /// sensitive timer programmed early whose interrupt came before the deadline is held if its
-/// vCPU is blocked (see [`HeldTimer`]); otherwise the hypervisor waits the deadline out (at
+/// vCPU is blocked (see [`hold`]); otherwise the hypervisor waits the deadline out (at
 /// most [`MAX_TIMER_ADVANCE_NS`]), so that the guest never sees its timer fire early.
 /// `arrived`: when the interrupt that fires it came, if it came for this timer.
 fn fire(timer: Timer, arrived: Option<u64>) {
     let vcpu = &timer.vcpu;
     let armed = match timer.kind {
-        TimerKind::Guest => &vcpu.timer_deadline,
-        TimerKind::PollTimeout => &vcpu.poll_deadline,
-        TimerKind::Periodic => &vcpu.periodic_deadline,
+        TimerKind::Guest => &vcpu.sched.timer_deadline,
+        TimerKind::PollTimeout => &vcpu.sched.poll_deadline,
+        TimerKind::Periodic => &vcpu.sched.periodic_deadline,
     };
     if armed.load(Ordering::Acquire) != timer.deadline_ns {
         // Re-armed or cancelled on the CPU the vCPU moved to: nothing to wait out or count.
@@ -468,17 +480,17 @@ fn fire(timer: Timer, arrived: Option<u64>) {
     }
     let current = |deadline: &AtomicU64| deadline.compare_exchange(timer.deadline_ns, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
     match timer.kind {
-        TimerKind::Guest if current(&vcpu.timer_deadline) => {
+        TimerKind::Guest if current(&vcpu.sched.timer_deadline) => {
             if timer.latency_sensitive && vcpu.state() == RunState::Blocked {
-                vcpu.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
+                vcpu.sched.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
             }
-            crate::pv::events::timer_fired(vcpu);
+            (glue().timer_fired)(vcpu);
         }
-        TimerKind::PollTimeout if current(&vcpu.poll_deadline) && vcpu.end_poll() => {
+        TimerKind::PollTimeout if current(&vcpu.sched.poll_deadline) && vcpu.end_poll() => {
             wake(vcpu);
         }
-        TimerKind::Periodic if current(&vcpu.periodic_deadline) => {
-            vcpu.periodic_armed_ns.store(0, Ordering::Release);
+        TimerKind::Periodic if current(&vcpu.sched.periodic_deadline) => {
+            vcpu.sched.periodic_armed_ns.store(0, Ordering::Release);
             periodic_tick(vcpu);
         }
         _ => {}
@@ -496,35 +508,22 @@ fn wait_out(deadline_ns: u64, mut now: u64) -> u64 {
     now
 }
 
-/// A latency-sensitive timer of a blocked vCPU, fired ahead of its deadline: the vCPU is
-/// woken at once, so that the decision, the address-space switch and the return path
-/// (which under emulation dominate a wake-up, run cold after the switch) happen before the
-/// deadline, and VIRQ_TIMER is raised on its return to the guest once the deadline has
-/// come, as KVM's `lapic_timer_advance` hides VM entry. Deadline 0: none held.
-#[derive(Default)]
-pub struct HeldTimer {
-    deadline_ns: AtomicU64,
-    fire_at_ns: AtomicU64,
-    /// The CPU whose interrupt held it: only that CPU learns from its latency (a vCPU moved
-    /// meanwhile returns to its guest on another CPU, after a move the advance cannot hide).
-    cpu: AtomicU32,
-}
-
-/// Holds `timer` (due early) on its vCPU and wakes it, if the vCPU is blocked and not
+/// Holds `timer` (due early) on its vCPU ([`bvt::HeldTimer`]) and wakes it, if the vCPU is
+/// blocked and not
 /// polling (a poll ends on its ports, which the timer's port may not be among); false if
 /// it was not held (the caller fires it as usual).
 fn hold(timer: &Timer) -> bool {
     let vcpu = &timer.vcpu;
     let blocked = timer.kind == TimerKind::Guest && vcpu.state() == RunState::Blocked && vcpu.poll_target().is_none();
-    if !blocked || vcpu.timer_deadline.load(Ordering::Acquire) != timer.deadline_ns {
+    if !blocked || vcpu.sched.timer_deadline.load(Ordering::Acquire) != timer.deadline_ns {
         return false;
     }
-    let held = &vcpu.held_timer;
+    let held = &vcpu.sched.held_timer;
     held.fire_at_ns.store(timer.fire_at_ns, Ordering::Relaxed);
     held.cpu.store(this_cpu(), Ordering::Relaxed);
     held.deadline_ns.store(timer.deadline_ns, Ordering::Release);
     if wake(vcpu) {
-        vcpu.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
+        vcpu.sched.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
         return true;
     }
     // Something else woke it meanwhile, and it may block again before it returns to the
@@ -539,7 +538,7 @@ fn hold(timer: &Timer) -> bool {
 /// guest's: neither its domain's CPU time nor its BVT virtual time (else a domain woken
 /// every 1 ms would pay for the hiding of its wake-up path with its warp, and lose it).
 pub fn release_held_timer(vcpu: &Vcpu) {
-    let held = &vcpu.held_timer;
+    let held = &vcpu.sched.held_timer;
     if held.deadline_ns.load(Ordering::Relaxed) == 0 {
         return;
     }
@@ -563,8 +562,8 @@ pub fn release_held_timer(vcpu: &Vcpu) {
     let stats = &mine().stats;
     stats.timer_late_warped.record(now.saturating_sub(deadline));
     stats.held_wait_ns.fetch_add(now - ready, Ordering::Relaxed);
-    if vcpu.timer_deadline.compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-        crate::pv::events::timer_fired(vcpu);
+    if vcpu.sched.timer_deadline.compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        (glue().timer_fired)(vcpu);
     }
 }
 
@@ -575,26 +574,26 @@ pub fn release_held_timer(vcpu: &Vcpu) {
 /// since the last (Xen's `vcpu_periodic_timer_work`). Costs a few loads otherwise.
 pub fn periodic_tick(vcpu: &Vcpu) {
     let period = vcpu.domain.slot(vcpu.id).map_or(0, |slot| slot.periodic_ns.load(Ordering::Acquire));
-    let armed_for = vcpu.periodic_armed_ns.load(Ordering::Acquire);
-    if period == armed_for && (period == 0 || vcpu.periodic_deadline.load(Ordering::Acquire) != 0) {
+    let armed_for = vcpu.sched.periodic_armed_ns.load(Ordering::Acquire);
+    if period == armed_for && (period == 0 || vcpu.sched.periodic_deadline.load(Ordering::Acquire) != 0) {
         return;
     }
     let Some(me) = vcpu.domain.vcpu(vcpu.id) else { return };
     if period == 0 {
-        vcpu.periodic_deadline.store(0, Ordering::Release);
-        vcpu.periodic_armed_ns.store(0, Ordering::Release);
+        vcpu.sched.periodic_deadline.store(0, Ordering::Release);
+        vcpu.sched.periodic_armed_ns.store(0, Ordering::Release);
         arm(&me, TimerKind::Periodic, 0);
         return;
     }
     let now = time::since_boot_ns();
-    let mut next = vcpu.periodic_last_ns.load(Ordering::Acquire).saturating_add(period);
+    let mut next = vcpu.sched.periodic_last_ns.load(Ordering::Acquire).saturating_add(period);
     if now >= next {
-        crate::pv::events::timer_fired(vcpu);
-        vcpu.periodic_last_ns.store(now, Ordering::Release);
+        (glue().timer_fired)(vcpu);
+        vcpu.sched.periodic_last_ns.store(now, Ordering::Release);
         next = now.saturating_add(period);
     }
-    vcpu.periodic_deadline.store(next, Ordering::Release);
-    vcpu.periodic_armed_ns.store(period, Ordering::Release);
+    vcpu.sched.periodic_deadline.store(next, Ordering::Release);
+    vcpu.sched.periodic_armed_ns.store(period, Ordering::Release);
     arm(&me, TimerKind::Periodic, next);
 }
 
@@ -615,7 +614,7 @@ pub fn has_work() -> bool {
 
 /// The vCPU this CPU runs, if any.
 pub fn current() -> Option<&'static Vcpu> {
-    let ptr = percpu::current().current.load(Ordering::Relaxed);
+    let ptr = running_slot().load(Ordering::Relaxed);
     // SAFETY: `current` holds a pointer from `Arc::into_raw` while the vCPU runs here; the
     // reference is used only within the trap that is running on this CPU.
     (!ptr.is_null()).then(|| unsafe { &*ptr })
@@ -692,8 +691,8 @@ impl Local {
         while let Some(vcpu) = mine.arrivals.pop() {
             // A vCPU that moved here left its timers behind (see `give_away`).
             self.rearm_timers(&vcpu);
-            self.unsettled.push(vcpu.key);
-            self.members.insert(vcpu.key, vcpu);
+            self.unsettled.push(vcpu.sched.key);
+            self.members.insert(vcpu.sched.key, vcpu);
         }
         let mut decide = drained.reschedule;
         for action in drained.actions {
@@ -767,18 +766,18 @@ impl Local {
     fn settle(&mut self, vcpu: &Vcpu, now: u64) -> bool {
         match verdict(vcpu) {
             Verdict::Drop => {
-                self.retire(vcpu.key);
+                self.retire(vcpu.sched.key);
                 true
             }
             Verdict::Block => {
-                let _ = self.queue.block(vcpu.key, now);
+                let _ = self.queue.block(vcpu.sched.key, now);
                 true
             }
             Verdict::Run => {
-                if vcpu.poll_target().is_some() || vcpu.poll_deadline.load(Ordering::Relaxed) != 0 {
+                if vcpu.poll_target().is_some() || vcpu.sched.poll_deadline.load(Ordering::Relaxed) != 0 {
                     self.end_poll(vcpu);
                 }
-                let yielded = vcpu.yield_requested.swap(false, Ordering::Relaxed);
+                let yielded = vcpu.sched.yield_requested.swap(false, Ordering::Relaxed);
                 if yielded {
                     self.queue.yield_current();
                 }
@@ -790,15 +789,15 @@ impl Local {
     /// The running vCPU is back from a poll (an event or the timeout woke it).
     fn end_poll(&mut self, vcpu: &Vcpu) {
         vcpu.end_poll();
-        vcpu.poll_deadline.store(0, Ordering::Release);
-        if let Some(armed) = vcpu.timers.lock().poll.take() {
+        vcpu.sched.poll_deadline.store(0, Ordering::Release);
+        if let Some(armed) = vcpu.sched.timers.lock().poll.take() {
             self.cancel_timer(armed);
         }
     }
 
     /// Cancels a timer if it waits in one of this CPU's queues (a vCPU's timers are always
     /// in its home's: see the module's Timers).
-    fn cancel_timer(&mut self, armed: Armed) {
+    fn cancel_timer(&mut self, armed: ArmedAt) {
         if armed.cpu == self.queue.cpu().0 {
             self.timers.cancel(armed.timer);
         }
@@ -815,7 +814,7 @@ impl Local {
             mine.runs_warped.store(warped, Ordering::Relaxed);
             let Some(key) = decision.run else {
                 if let Some(vcpu) = loaded.take() {
-                    leaving.push(self.switch_out(vcpu, frame, here));
+                    leaving.push(self.switch_out(vcpu, frame));
                 }
                 if guest_frame {
                     idle_frame(frame, here.stack_top);
@@ -826,7 +825,7 @@ impl Local {
                 self.balance(here.index.0, mine, now);
                 return;
             };
-            if loaded.is_some_and(|v| v.key == key) {
+            if loaded.is_some_and(|v| v.sched.key == key) {
                 self.slice_end_ns = decision.slice_ns.map(|s| now + s);
                 return;
             }
@@ -847,10 +846,10 @@ impl Local {
                 }
             }
             if let Some(out) = loaded.take() {
-                leaving.push(self.switch_out(out, frame, here));
+                leaving.push(self.switch_out(out, frame));
             }
-            let woken_at = vcpu.woken_at_ns.swap(0, Ordering::Relaxed);
-            let warped_deadline = vcpu.warped_deadline_ns.swap(0, Ordering::Relaxed);
+            let woken_at = vcpu.sched.woken_at_ns.swap(0, Ordering::Relaxed);
+            let warped_deadline = vcpu.sched.warped_deadline_ns.swap(0, Ordering::Relaxed);
             if let Err(domain) = switch_in(vcpu, frame, &mut self.fpu_holder) {
                 self.retire(key);
                 leaving.push(domain);
@@ -904,7 +903,7 @@ impl Local {
 
     /// Takes `vcpu`'s timers out of this CPU's queues.
     fn drop_timers(&mut self, vcpu: &Vcpu) {
-        let mut timers = vcpu.timers.lock();
+        let mut timers = vcpu.sched.timers.lock();
         let armed = &mut *timers;
         for slot in [&mut armed.guest, &mut armed.poll, &mut armed.periodic] {
             if let Some(timer) = slot.take() {
@@ -917,7 +916,7 @@ impl Local {
     fn arm_timer(&mut self, vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
         let me = self.queue.cpu().0;
         let latency_sensitive = kind == TimerKind::Guest && deadline_ns != 0 && vcpu.domain.params.lock().warp_ns > 0;
-        let mut timers = vcpu.timers.lock();
+        let mut timers = vcpu.sched.timers.lock();
         let slot = match kind {
             TimerKind::Guest => &mut timers.guest,
             TimerKind::PollTimeout => &mut timers.poll,
@@ -929,13 +928,13 @@ impl Local {
         if deadline_ns != 0 {
             let vcpu = vcpu.clone();
             let timer = self.timers.insert(deadline_ns, latency_sensitive, |fire_at_ns| Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu });
-            *slot = Some(Armed { cpu: me, timer });
+            *slot = Some(ArmedAt { cpu: me, timer });
         }
     }
 
     /// Arms here the timers of a vCPU that arrived from another CPU, from its deadlines.
     fn rearm_timers(&mut self, vcpu: &Arc<Vcpu>) {
-        for (kind, deadline) in [(TimerKind::Guest, &vcpu.timer_deadline), (TimerKind::PollTimeout, &vcpu.poll_deadline)] {
+        for (kind, deadline) in [(TimerKind::Guest, &vcpu.sched.timer_deadline), (TimerKind::PollTimeout, &vcpu.sched.poll_deadline)] {
             let deadline_ns = deadline.load(Ordering::Acquire);
             if deadline_ns != 0 {
                 self.arm_timer(vcpu, kind, deadline_ns);
@@ -965,33 +964,20 @@ impl Local {
 
     /// Saves the running vCPU's state from this CPU; returns its domain, which the caller
     /// must [`leave`] once the frame no longer depends on it.
-    fn switch_out(&mut self, vcpu: &Vcpu, frame: &TrapFrame, here: &PerCpu) -> Arc<Domain> {
+    fn switch_out(&mut self, vcpu: &Vcpu, frame: &TrapFrame) -> Arc<Domain> {
         let ran = time::tsc_to_ns(time::rdtsc().wrapping_sub(self.since_tsc));
         vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
         // Its periodic timer runs only while it does.
-        vcpu.periodic_deadline.store(0, Ordering::Release);
-        vcpu.periodic_armed_ns.store(0, Ordering::Release);
-        let periodic = vcpu.timers.lock().periodic.take();
+        vcpu.sched.periodic_deadline.store(0, Ordering::Release);
+        vcpu.sched.periodic_armed_ns.store(0, Ordering::Release);
+        let periodic = vcpu.sched.timers.lock().periodic.take();
         if let Some(armed) = periodic {
             self.cancel_timer(armed);
         }
         vcpu.runstate.lock().change(runstate_after(vcpu), time::since_boot_ns());
-        let in_kernel = {
-            let mut ctx = vcpu.ctx.lock();
-            ctx.regs = frame.clone();
-            crate::pv::fpu::switch_out(&mut ctx);
-            ctx.fpu_saved_on = here.index.0;
-            ctx.fs_base = FsBase::read().as_u64();
-            // The guest's GS base sits in KERNEL_GS_BASE while the hypervisor runs (swapgs).
-            let gs = KernelGsBase::read().as_u64();
-            if ctx.in_kernel { ctx.gs_base_kernel = gs } else { ctx.gs_base_user = gs }
-            ctx.selectors = crate::arch::gdt::data_selectors();
-            ctx.in_kernel
-        };
-        // Its tables are still loaded: the area is written in its own address space.
-        crate::pv::vcpuop::update_runstate_area(vcpu, in_kernel);
+        (glue().save)(vcpu, frame);
         vcpu.set_running_on(None);
-        let ptr = here.current.swap(core::ptr::null_mut(), Ordering::Relaxed);
+        let ptr = running_slot().swap(core::ptr::null_mut(), Ordering::Relaxed);
         // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
         // this CPU's hold on the vCPU.
         let vcpu = unsafe { Arc::from_raw(ptr) };
@@ -1018,10 +1004,10 @@ impl Local {
     }
 }
 
-/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3, its GDT, LDT
-/// and data selectors, its x87/SSE/AVX state into the registers (unless `fpu_holder`, the
-/// vCPU whose state they hold, is this one and it was saved here last), its XCR0, CR0.TS and
-/// debug registers. Refuses when its domain is shutting down
+/// Loads `vcpu` onto this CPU through [`Glue::load`]: registers into the frame, its tables
+/// into CR3, its GDT, LDT and data selectors, its x87/SSE/AVX state into the registers
+/// (unless `fpu_holder`, the vCPU whose state they hold, is this one and it was saved here
+/// last), its XCR0, CR0.TS and debug registers. Refuses when its domain is shutting down
 /// (returning the domain to [`leave`]): a domain's memory may be returned as soon as no CPU
 /// counts as running it, so the count is raised before CR3 is loaded. Before CR3 is loaded
 /// this CPU also joins the domain's dirty CPUs (those a TLB flush for its frames must
@@ -1035,33 +1021,9 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
     vcpu.domain.dirty_cpus.insert(me);
     vcpu.set_running_on(Some(me));
     vcpu.runstate.lock().change(abi::vcpu::Runstate::Running, time::since_boot_ns());
-    let in_kernel = {
-        let ctx = vcpu.ctx.lock();
-        *frame = ctx.regs.clone();
-        let resident = *fpu_holder == Some(vcpu.key) && ctx.fpu_saved_on == this_cpu();
-        crate::pv::fpu::switch_in(&ctx, resident);
-        *fpu_holder = Some(vcpu.key);
-        let l4 = ctx.active_l4().expect("a runnable vCPU has page tables");
-        crate::tlb::load_guest_tables(l4);
-        ctx.in_kernel
-    };
-    crate::pv::vcpuop::update_runstate_area(&vcpu, in_kernel);
-    crate::pv::shared::publish_time(&vcpu);
-    crate::pv::descriptors::load(&vcpu.gdt.lock());
-    crate::pv::ldt::load(&vcpu.ldt.lock());
-    {
-        // Its data selectors, from the tables just loaded (fs and gs loads replace their
-        // bases: the guest's are written after); one that no longer loads is nulled and the
-        // vCPU gets its failsafe callback on the way out (Xen's `load_segments`).
-        let mut ctx = vcpu.ctx.lock();
-        if crate::arch::gdt::load_data_selectors(ctx.selectors) != 0 {
-            ctx.bad_selectors = Some(ctx.selectors);
-        }
-        FsBase::write(VirtAddr::new_truncate(ctx.fs_base));
-        let gs = if ctx.in_kernel { ctx.gs_base_kernel } else { ctx.gs_base_user };
-        KernelGsBase::write(VirtAddr::new_truncate(gs));
-    }
-    percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
+    (glue().load)(&vcpu, frame, *fpu_holder == Some(vcpu.sched.key));
+    *fpu_holder = Some(vcpu.sched.key);
+    running_slot().store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
     Ok(())
 }
 
@@ -1069,7 +1031,7 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
 fn idle_frame(frame: &mut TrapFrame, stack_top: u64) {
     crate::tlb::load_hypervisor_tables();
     *frame = TrapFrame {
-        rip: crate::idle::run as *const () as u64,
+        rip: glue().idle_loop as *const () as u64,
         cs: HYPERVISOR_CS as u64,
         rflags: 0x2,
         rsp: stack_top - 8,
@@ -1104,6 +1066,6 @@ fn leave(domain: &Arc<Domain>) {
     }
     let last = domain.running_vcpus.fetch_sub(1, Ordering::AcqRel) == 1;
     if last && domain.state() == LifeState::ShuttingDown {
-        domain.destroy();
+        (glue().destroy)(domain);
     }
 }
