@@ -1,21 +1,25 @@
-//! Running vCPUs on CPUs: Borrowed Virtual Time with one run queue per CPU (the `bvt`
-//! crate decides; this module carries the decisions out), per-CPU timer queues, and the
-//! context switch on the way out of every trap.
+//! Running vCPUs on CPUs: Borrowed Virtual Time with one run queue per CPU. The `bvt`
+//! crate decides ([`bvt::CpuSched`]: the decision at every exit, pushing, stealing, the
+//! timer's programming, host-tested and run by its stress simulator too); this module is
+//! the glue that carries the decisions out on the machine ([`Exit`], its
+//! [`bvt::Platform`]): per-CPU timer queues, held timers, the context switch on the way out
+//! of every trap, IPIs, and the vCPUs' and domains' state the decision looks at.
 //!
 //! # Ownership
-//! Each CPU owns its run queue, its timer queue and its cache of the vCPUs homed on it
-//! ([`Local`], reached lock-free through [`PerCpuOwned`]). Other CPUs never touch them:
-//! they post to the CPU's [`Inbox`] (wake, add, arrive, new parameters, steal request) and
-//! kick it with a reschedule IPI. A vCPU's `Arc` travels next to its `Add`/`Arrive`
-//! message through the CPU's `arrivals` queue, so the owner always holds the vCPUs its
-//! queue names. A vCPU's home is `vcpu.sched.home` ([`bvt::VcpuSched`]); only its home CPU
-//! changes it (when it gives the vCPU to a thief).
+//! Each CPU owns its scheduler and its timer queues ([`Local`], reached lock-free through
+//! [`PerCpuOwned`]). Other CPUs never touch them: they post to the CPU's inbox (wake, add,
+//! arrive, new parameters, steal request; its [`bvt::Board`]) and kick it with a
+//! reschedule IPI. A vCPU's `Arc` travels next to its `Add`/`Arrive` message through the
+//! CPU's arrivals, so the owner always holds the vCPUs its queue names. A vCPU's home is
+//! its `sched.home` ([`bvt::VcpuSched`]); only its home CPU changes it (when it gives the
+//! vCPU to a thief, or pushes it).
 //!
 //! # The decision on the way out
 //! Every trap, interrupt and hypercall ends in [`on_trap_exit`] with the frame it returns
 //! through. The CPU drains its inbox, takes in arrivals, folds in what happened to the vCPU
 //! it runs (blocked, stopped, paused, yielded), and, if the queue asks for a decision or the
-//! slice is over, asks it what runs next. The frame is then rewritten if needed: the
+//! slice is over, asks it what runs next ([`bvt::CpuSched::schedule`]). The frame is then
+//! rewritten if needed: the
 //! outgoing vCPU's registers saved from it and the incoming one's loaded into it, CR3, the
 //! guest segment bases and the x87/MMX/SSE registers switched (the outgoing vCPU's saved
 //! with FXSAVE, the incoming one's loaded unless this CPU ran no other vCPU since it left
@@ -49,7 +53,7 @@
 //! `pv::vcpuop::update_runstate_area`).
 //!
 //! # Why no wake-up is lost
-//! A vCPU's `RunState` (in [`Vcpu`]) is the truth; the queue's runnable flag follows it.
+//! A vCPU's `RunState` (in its [`bvt::VcpuSched`]) is the truth; the queue's runnable flag follows it.
 //! A vCPU blocks itself while it runs (the queue learns at the exit); whoever unblocks it
 //! (`Blocked -> Runnable`) posts `Wake` to its home, which applies it after any earlier
 //! block. A blocked vCPU is never stolen (only runnable, waiting ones are), so the `Wake`
@@ -61,17 +65,12 @@
 mod owned;
 mod stats;
 
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
-use bvt::{
-    shrink_when_sparse, Action, ArmedAt, BvtParams, Config, CpuId, CpuTimers, Inbox, Message, RunQueue, RunState, TimerHardware,
-    VcpuKey, VcpuState, MIN_TABLE_CAPACITY, STEAL_MIN_LOAD,
-};
-use crossbeam_queue::SegQueue;
+use bvt::{ArmedAt, Board, BvtParams, Config, CpuSched, CpuTimers, Message, Note, Platform, RunState, TimerHardware, VcpuKey, Verdict};
 use smp::xcall::MAX_CPUS;
 use log::warn;
 use spin::Once;
@@ -79,7 +78,6 @@ use spin::Once;
 use crate::arch::gdt::{HYPERVISOR_CS, HYPERVISOR_DS};
 use crate::arch::trap::TrapFrame;
 use crate::domain::{Domain, LifeState, Vcpu};
-use crate::arch::percpu::PerCpu;
 use crate::arch::vectors;
 use crate::arch::percpu;
 use crate::{cpus, lapic, time};
@@ -114,24 +112,6 @@ fn glue() -> &'static Glue {
     GLUE.get().expect("sched::init runs at boot")
 }
 
-/// What a CPU shows other CPUs.
-struct Shared {
-    inbox: Arc<Inbox<VcpuKey>>,
-    /// The vCPUs named by `Add`/`Arrive` messages in `inbox`, pushed before the message.
-    arrivals: SegQueue<Arc<Vcpu>>,
-    /// Sits in its idle loop with nothing runnable.
-    idle: AtomicBool,
-    /// Idle, and will look for work to steal again soon (no need to wake it for that).
-    balancing: AtomicBool,
-    /// Runs a warped vCPU (as of its last decision), or has one on its way in: no place to
-    /// push another warped vCPU to (see [`Local::push_waiting_warped`]).
-    runs_warped: AtomicBool,
-    /// The other CPUs, nearest first by topology: where it steals, whom it wakes to steal.
-    nearest: Vec<u32>,
-    /// What it did and how late (written by the CPU, read by the end-of-run report).
-    stats: Stats,
-}
-
 /// A one-shot timer in a CPU's timer queue.
 struct Timer {
     kind: TimerKind,
@@ -155,27 +135,13 @@ enum TimerKind {
 }
 
 /// What only the CPU itself touches. Its tables grow with the vCPUs homed here and give the
-/// memory back as they leave ([`shrink_when_sparse`] for the lists; the map of members frees
-/// its nodes as it empties), so that a CPU that once held hundreds of vCPUs does not keep
-/// their room after their domains are gone.
+/// memory back as they leave (the scheduler's, and the timer queues'), so that a CPU that
+/// once held hundreds of vCPUs does not keep their room after their domains are gone.
 struct Local {
-    queue: RunQueue<VcpuKey>,
-    /// The vCPUs homed here (those the queue names, and arrivals on their way into it), by
-    /// key: found in O(log n), as the queue finds its own (a CPU may hold hundreds, and every
-    /// decision looks one up with interrupts off).
-    members: BTreeMap<VcpuKey, Arc<Vcpu>>,
-    /// Arrivals whose domain parameters are to be re-read once they are in the queue.
-    unsettled: Vec<VcpuKey>,
-    /// The vCPU timers homed here ([`CpuTimers`]): latency-sensitive ones programmed ahead
-    /// by the learnt latency from the programmed interrupt to the return to the guest (held
-    /// timers) or to the interrupt, the others fired up to the slop late (`timer_slop_us`,
-    /// 50 us by default, as Xen programs its timer hardware), so that
-    /// timers falling due close together take one interrupt (as Xen's `timer_slop`).
-    timers: CpuTimers<Timer>,
-    /// When the running vCPU's slice ends (`None`: no other vCPU waits).
-    slice_end_ns: Option<u64>,
-    /// While idle: when to look for work to steal again (`None`: no CPU had any to spare).
-    balance_at_ns: Option<u64>,
+    /// The scheduler: run queue, members, slice, balancing ([`bvt::CpuSched`]).
+    core: CpuSched<VcpuKey, Arc<Vcpu>>,
+    /// The vCPU timers homed here.
+    timers: Timers,
     /// TSC when the running vCPU was switched in (for its domain's CPU time).
     since_tsc: u64,
     /// Boot is over on this CPU: frames of its idle loop may be rewritten.
@@ -185,6 +151,16 @@ struct Local {
     fpu_holder: Option<VcpuKey>,
 }
 
+/// The vCPU timers homed on one CPU ([`CpuTimers`]): latency-sensitive ones programmed
+/// ahead by the learnt latency from the programmed interrupt to the return to the guest
+/// (held timers) or to the interrupt, the others fired up to the slop late
+/// (`timer_slop_us`, 50 us by default, as Xen programs its timer hardware), so that timers
+/// falling due close together take one interrupt (as Xen's `timer_slop`).
+struct Timers {
+    cpu: u32,
+    queues: CpuTimers<Timer>,
+}
+
 /// The most a latency-sensitive timer is programmed ahead of its deadline (and so the
 /// longest the hypervisor waits out an early interrupt).
 const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
@@ -192,10 +168,10 @@ const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
 /// RFLAGS.IF: interrupts on.
 const RFLAGS_IF: u64 = 1 << 9;
 
-/// How often an idle CPU looks again for work to steal while some CPU has a vCPU waiting.
-const BALANCE_INTERVAL_NS: u64 = 1_000_000;
-
-static SHARED: Once<Vec<Shared>> = Once::new();
+/// What each CPU shows the others (its inbox, arrivals, idle and warped flags).
+static BOARDS: Once<Vec<Board<VcpuKey, Arc<Vcpu>>>> = Once::new();
+/// What each CPU did and how late (written by the CPU, read by the end-of-run report).
+static STATS: Once<Vec<Stats>> = Once::new();
 /// The vCPU each CPU runs (null when idle), from `Arc::into_raw`; only that CPU writes its
 /// slot.
 static RUNNING: [AtomicPtr<Vcpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
@@ -209,31 +185,14 @@ static LOCAL: Once<PerCpuOwned<Local>> = Once::new();
 /// Timers of domains that do not warp may fire up to `timer_slop_ns` late.
 pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64, glue: Glue) {
     GLUE.call_once(|| glue);
-    let queues: Vec<RunQueue<VcpuKey>> = (0..cpus).map(|i| RunQueue::new(CpuId(i as u32), Config::default())).collect();
-    SHARED.call_once(|| {
-        queues
-            .iter()
-            .enumerate()
-            .map(|(i, q)| Shared {
-                inbox: q.inbox().clone(),
-                arrivals: SegQueue::new(),
-                idle: AtomicBool::new(false),
-                balancing: AtomicBool::new(false),
-                runs_warped: AtomicBool::new(false),
-                nearest: nearest(i),
-                stats: Stats::default(),
-            })
-            .collect()
-    });
-    let mut queues = queues.into_iter();
+    let (cores, boards) = bvt::cpus(cpus, Config::default(), nearest);
+    BOARDS.call_once(|| boards);
+    STATS.call_once(|| (0..cpus).map(|_| Stats::default()).collect());
+    let mut cores = cores.into_iter();
     LOCAL.call_once(|| {
-        PerCpuOwned::new(cpus, |_| Local {
-            queue: queues.next().expect("one queue per CPU"),
-            members: BTreeMap::new(),
-            unsettled: bvt::new_table(MIN_TABLE_CAPACITY),
-            timers: CpuTimers::new(MAX_TIMER_ADVANCE_NS, timer_slop_ns),
-            slice_end_ns: None,
-            balance_at_ns: None,
+        PerCpuOwned::new(cpus, |cpu| Local {
+            core: cores.next().expect("one scheduler per CPU"),
+            timers: Timers { cpu: cpu as u32, queues: CpuTimers::new(MAX_TIMER_ADVANCE_NS, timer_slop_ns) },
             since_tsc: 0,
             scheduling: false,
             fpu_holder: None,
@@ -241,8 +200,8 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64
     });
 }
 
-fn shared() -> &'static [Shared] {
-    SHARED.get().expect("sched::init runs at boot")
+fn boards() -> &'static [Board<VcpuKey, Arc<Vcpu>>] {
+    BOARDS.get().expect("sched::init runs at boot")
 }
 
 fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> R {
@@ -255,21 +214,22 @@ fn this_cpu() -> u32 {
 
 /// Prints every CPU's scheduling statistics as summary lines (see [`stats::report`]).
 pub fn report() {
-    if let Some(all) = SHARED.get() {
-        stats::report(all.iter().map(|shared| &shared.stats));
+    if let Some(all) = STATS.get() {
+        stats::report(all.iter());
     }
 }
 
 /// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists);
 /// `domu`: it began while an unprivileged domain ran.
 pub fn record_stay(ns: u64, cause: Stay, domu: bool) {
-    if let Some(all) = SHARED.get() {
-        all[this_cpu() as usize].stats.record_stay(ns, cause, domu);
+    if let Some(all) = STATS.get() {
+        all[this_cpu() as usize].record_stay(ns, cause, domu);
     }
 }
 
-fn mine() -> &'static Shared {
-    &shared()[this_cpu() as usize]
+/// This CPU's statistics.
+fn my_stats() -> &'static Stats {
+    &STATS.get().expect("sched::init runs at boot")[this_cpu() as usize]
 }
 
 /// The BVT parameters of each of `domain`'s vCPUs under `params`: its weight split among
@@ -289,16 +249,8 @@ fn online_or_boot(cpu: u32) -> u32 {
 
 /// Posts `message` to `cpu`'s inbox and kicks it.
 fn post(cpu: u32, message: Message<VcpuKey>) {
-    shared()[cpu as usize].inbox.post(message);
+    boards()[cpu as usize].inbox().post(message);
     kick(cpu);
-}
-
-/// Makes `cpu` the home of `vcpu`, which has left this CPU's queue in `state`.
-fn hand_over(vcpu: Arc<Vcpu>, state: VcpuState, cpu: u32) {
-    let key = vcpu.sched.key;
-    vcpu.sched.home.store(cpu, Ordering::SeqCst);
-    shared()[cpu as usize].arrivals.push(vcpu);
-    post(cpu, Message::Arrive(key, state));
 }
 
 /// This CPU's local APIC timer, where its [`CpuTimers`] are programmed.
@@ -324,8 +276,8 @@ pub fn add(vcpu: Arc<Vcpu>) {
     vcpu.sched.home.store(cpu, Ordering::SeqCst);
     let params = bvt_params(&vcpu.domain, &vcpu.domain.params.lock());
     let key = vcpu.sched.key;
-    shared()[cpu as usize].arrivals.push(vcpu);
-    post(cpu, Message::Add(key, params));
+    boards()[cpu as usize].deliver(key, vcpu, Message::Add(key, params));
+    kick(cpu);
 }
 
 /// Makes a blocked vCPU runnable again (from any CPU); true if it was blocked.
@@ -419,7 +371,7 @@ pub fn set_poll_timeout(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
 }
 
 fn arm(vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
-    with_local(|local| local.arm_timer(vcpu, kind, deadline_ns));
+    with_local(|local| local.timers.arm(vcpu, kind, deadline_ns));
 }
 
 /// The local timer fired: fires the vCPU timers that are due (the exit path then sees
@@ -430,10 +382,10 @@ pub fn timer_interrupt() {
     const BATCH: usize = 16;
     let arrived = time::since_boot_ns();
     // The one-shot timer has fired: nothing is armed until the exit path arms it again.
-    with_local(|local| local.timers.fired());
+    with_local(|local| local.timers.queues.fired());
     let mut now = arrived;
     loop {
-        let due: ArrayVec<Timer, BATCH> = with_local(|local| local.timers.expire(now).take(BATCH).collect());
+        let due: ArrayVec<Timer, BATCH> = with_local(|local| local.timers.queues.expire(now).take(BATCH).collect());
         if due.is_empty() {
             break;
         }
@@ -467,10 +419,10 @@ fn fire(timer: Timer, arrived: Option<u64>) {
         return;
     }
     if let Some(arrived) = arrived.filter(|_| timer.latency_sensitive) {
-        with_local(|local| local.timers.observe(arrived.saturating_sub(timer.fire_at_ns)));
+        with_local(|local| local.timers.queues.observe(arrived.saturating_sub(timer.fire_at_ns)));
     }
     let now = wait_out(timer.deadline_ns, now);
-    let stats = &mine().stats;
+    let stats = my_stats();
     let late = now.saturating_sub(timer.deadline_ns);
     match (timer.latency_sensitive, timer.kind) {
         (true, _) => stats.timer_late_warped.record(late),
@@ -554,12 +506,12 @@ pub fn release_held_timer(vcpu: &Vcpu) {
     let held_here = held.cpu.load(Ordering::Relaxed) == this_cpu();
     with_local(|local| {
         if held_here {
-            local.timers.observe(ready.saturating_sub(fire_at));
+            local.timers.queues.observe(ready.saturating_sub(fire_at));
         }
-        local.queue.forgive_running(now - ready);
+        bvt::Queue::forgive_running(local.core.queue_mut(), now - ready);
         local.since_tsc = local.since_tsc.wrapping_add(waited_ticks);
     });
-    let stats = &mine().stats;
+    let stats = my_stats();
     stats.timer_late_warped.record(now.saturating_sub(deadline));
     stats.held_wait_ns.fetch_add(now - ready, Ordering::Relaxed);
     if vcpu.sched.timer_deadline.compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
@@ -601,15 +553,12 @@ pub fn periodic_tick(vcpu: &Vcpu) {
 /// rewritten into guest frames.
 pub fn enter_idle() {
     with_local(|local| local.scheduling = true);
-    shared()[this_cpu() as usize].idle.store(true, Ordering::SeqCst);
+    boards()[this_cpu() as usize].enter_idle();
 }
 
 /// Whether messages or arrivals wait for this CPU (the idle loop then interrupts itself).
 pub fn has_work() -> bool {
-    SHARED.get().is_some_and(|all| {
-        let mine = &all[this_cpu() as usize];
-        mine.inbox.has_messages() || !mine.arrivals.is_empty()
-    })
+    BOARDS.get().is_some_and(|all| all[this_cpu() as usize].has_work())
 }
 
 /// The vCPU this CPU runs, if any.
@@ -640,7 +589,9 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
     let mut leaving = Vec::new();
     with_local(|local| {
         if from_guest || (local.scheduling && from_idle) {
-            local.schedule(frame, here, &mut leaving);
+            let Local { core, timers, since_tsc, fpu_holder, .. } = local;
+            let mut exit = Exit { now: time::since_boot_ns(), frame, stack_top: here.stack_top, timers, since_tsc, fpu_holder, leaving: &mut leaving, stats: my_stats() };
+            core.schedule(boards(), &mut exit);
         }
     });
     for domain in leaving {
@@ -659,15 +610,7 @@ fn runstate_after(vcpu: &Vcpu) -> abi::vcpu::Runstate {
     }
 }
 
-/// What to do with a vCPU the queue named.
-enum Verdict {
-    Run,
-    /// Not runnable now (blocked, or its domain paused): off the queue's runnable set.
-    Block,
-    /// Stopped, or its domain is going away: off the queue for good.
-    Drop,
-}
-
+/// What may happen to a vCPU the queue named, or the running one (see [`bvt::Verdict`]).
 fn verdict(vcpu: &Vcpu) -> Verdict {
     match vcpu.state() {
         RunState::Stopped => Verdict::Drop,
@@ -678,243 +621,156 @@ fn verdict(vcpu: &Vcpu) -> Verdict {
     }
 }
 
-impl Local {
-    fn schedule(&mut self, frame: &mut TrapFrame, here: &PerCpu, leaving: &mut Vec<Arc<Domain>>) {
-        let me = here.index.0;
-        let mine = &shared()[me as usize];
-        let now = time::since_boot_ns();
-        let drained = self.queue.drain(now);
-        // After the drain, never before: a vCPU's `Arc` is pushed before its `Add`/`Arrive`
-        // is posted, so every vCPU the drain put in the queue is in `arrivals` by now. (Taken
-        // before the drain, an `Arc` pushed in between would be missing from `members` while
-        // the queue already names its vCPU, which would then be dropped as unknown.)
-        while let Some(vcpu) = mine.arrivals.pop() {
-            // A vCPU that moved here left its timers behind (see `give_away`).
-            self.rearm_timers(&vcpu);
-            self.unsettled.push(vcpu.sched.key);
-            self.members.insert(vcpu.sched.key, vcpu);
-        }
-        let mut decide = drained.reschedule;
-        for action in drained.actions {
-            self.carry_out(action);
-        }
-        self.settle_arrivals(now);
-        let loaded = current();
-        if let Some(vcpu) = loaded {
-            decide |= self.settle(vcpu, now);
-        }
-        decide |= self.slice_end_ns.is_some_and(|end| now >= end) || (loaded.is_none() && self.queue.load() > 0);
-        if decide {
-            self.decide(frame, here, loaded, now, leaving);
-        }
-        if drained.woke {
-            self.push_waiting_warped(mine, now);
-        }
-        if current().is_none() {
-            // Idle: look for work at every wake-up unless a look is planned already.
-            if self.balance_at_ns.is_none_or(|at| now >= at) {
-                self.balance(me, mine, now);
-            }
-        } else if self.queue.load() >= STEAL_MIN_LOAD {
-            wake_idle_neighbour(mine);
-        }
-        self.program_timer(now);
+/// The machine as this CPU's scheduler sees it on the way out of one trap: the frame it
+/// returns through, this CPU's timers and the domains whose vCPUs it stopped running.
+struct Exit<'a> {
+    /// System time when the exit began (the decision's time).
+    now: u64,
+    frame: &'a mut TrapFrame,
+    stack_top: u64,
+    timers: &'a mut Timers,
+    since_tsc: &'a mut u64,
+    fpu_holder: &'a mut Option<VcpuKey>,
+    /// Domains this CPU no longer runs a vCPU of, to [`leave`] once the frame no longer
+    /// depends on them.
+    leaving: &'a mut Vec<Arc<Domain>>,
+    stats: &'static Stats,
+}
+
+impl Platform<VcpuKey, Arc<Vcpu>> for Exit<'_> {
+    fn now_ns(&self) -> u64 {
+        self.now
     }
 
-    /// Carries out what a drain asked for.
-    fn carry_out(&mut self, action: Action<VcpuKey>) {
-        match action {
-            Action::Migrate { vcpu: key, state, to } => {
-                let Some(vcpu) = self.forget(key) else { return };
-                mine().stats.migrations.fetch_add(1, Ordering::Relaxed);
-                self.give_away(vcpu, state, online_or_boot(to.0));
-            }
-            Action::Removed(key) => self.retire(key),
-            // In flight to a thief (runnable already; the thief re-reads the parameters)
-            // or gone: nothing to do.
-            Action::Bounced { message: Message::Wake(_) | Message::SetParams(..) | Message::Remove(_), .. } => {}
-            Action::Bounced { message, reason } => warn!("sched: cpu {} could not apply {message:?}: {reason:?}", self.queue.cpu().0),
-        }
+    /// Arms the local timer for the earliest of the next latency-sensitive timer, the next
+    /// other timer plus the slop, the slice's end and the next look for work (unless it is
+    /// armed for it already: see [`CpuTimers::program`]).
+    fn program_timer(&mut self, now_ns: u64, deadlines: [Option<u64>; 2]) {
+        self.timers.queues.program(now_ns, deadlines, &mut LocalApic);
     }
 
-    /// Brings the parameters of vCPUs that arrived in the queue up to their domain's.
-    fn settle_arrivals(&mut self, now: u64) {
-        let mut i = 0;
-        while i < self.unsettled.len() {
-            let key = self.unsettled[i];
-            let Some(view) = self.queue.vcpu(key) else {
-                // Its message is not drained yet (or it is gone already).
-                if self.member(key).is_none() {
-                    self.unsettled.swap_remove(i);
-                } else {
-                    i += 1;
-                }
-                continue;
-            };
-            self.unsettled.swap_remove(i);
-            if let Some(vcpu) = self.member(key) {
-                let params = bvt_params(&vcpu.domain, &vcpu.domain.params.lock());
-                if params != view.params {
-                    let _ = self.queue.set_params(key, params, now);
-                }
-            }
-        }
-        shrink_when_sparse(&mut self.unsettled, MIN_TABLE_CAPACITY);
+    fn send_ipi(&mut self, cpu: u32) {
+        lapic::send_ipi(cpus::all()[cpu as usize].apic_id, vectors::RESCHEDULE);
     }
 
-    /// Folds what happened to the running vCPU into the queue; true if a decision is due.
-    fn settle(&mut self, vcpu: &Vcpu, now: u64) -> bool {
-        match verdict(vcpu) {
-            Verdict::Drop => {
-                self.retire(vcpu.sched.key);
-                true
+    fn is_online(&self, cpu: u32) -> bool {
+        is_online(cpu)
+    }
+
+    fn verdict(&mut self, vcpu: &Arc<Vcpu>) -> Verdict {
+        verdict(vcpu)
+    }
+
+    /// The running vCPU is back from a poll (an event or the timeout woke it), and may
+    /// have asked to yield.
+    fn yielded(&mut self, vcpu: &Arc<Vcpu>) -> bool {
+        if vcpu.poll_target().is_some() || vcpu.sched.poll_deadline.load(Ordering::Relaxed) != 0 {
+            self.timers.end_poll(vcpu);
+        }
+        vcpu.sched.yield_requested.swap(false, Ordering::Relaxed)
+    }
+
+    /// Its domain's parameters (an arrival re-reads them once it is in the queue).
+    fn params(&self, vcpu: &Arc<Vcpu>) -> BvtParams {
+        bvt_params(&vcpu.domain, &vcpu.domain.params.lock())
+    }
+
+    fn switch_out(&mut self, vcpu: &Arc<Vcpu>) {
+        let domain = switch_out(vcpu, self.frame, *self.since_tsc, self.timers);
+        self.leaving.push(domain);
+    }
+
+    fn switch_in(&mut self, vcpu: &Arc<Vcpu>) -> bool {
+        let woken_at = vcpu.sched.woken_at_ns.swap(0, Ordering::Relaxed);
+        let warped_deadline = vcpu.sched.warped_deadline_ns.swap(0, Ordering::Relaxed);
+        if let Err(domain) = switch_in(vcpu.clone(), self.frame, self.fpu_holder) {
+            self.leaving.push(domain);
+            return false;
+        }
+        let now = self.now;
+        self.stats.switches.fetch_add(1, Ordering::Relaxed);
+        if woken_at != 0 {
+            self.stats.wake_to_run.record(now.saturating_sub(woken_at));
+            if warped_deadline != 0 {
+                self.stats.warped_to_run.record(now.saturating_sub(warped_deadline));
             }
-            Verdict::Block => {
-                let _ = self.queue.block(vcpu.sched.key, now);
-                true
-            }
-            Verdict::Run => {
-                if vcpu.poll_target().is_some() || vcpu.sched.poll_deadline.load(Ordering::Relaxed) != 0 {
-                    self.end_poll(vcpu);
-                }
-                let yielded = vcpu.sched.yield_requested.swap(false, Ordering::Relaxed);
-                if yielded {
-                    self.queue.yield_current();
-                }
-                yielded
-            }
+        }
+        *self.since_tsc = time::rdtsc();
+        true
+    }
+
+    fn to_idle(&mut self) {
+        idle_frame(self.frame, self.stack_top);
+    }
+
+    /// The vCPU leaves for `cpu` without its timers: they leave this CPU's queues here and
+    /// are armed again on `cpu` as the vCPU arrives (from its deadlines), so no queue here
+    /// holds the vCPU once it has gone.
+    fn depart(&mut self, vcpu: &Arc<Vcpu>, cpu: u32) {
+        self.timers.drop_all(vcpu);
+        vcpu.sched.home.store(cpu, Ordering::SeqCst);
+    }
+
+    /// A vCPU that moved here left its timers behind: armed here from its deadlines.
+    fn arrive(&mut self, vcpu: &Arc<Vcpu>) {
+        self.timers.rearm(vcpu);
+    }
+
+    /// A vCPU that will never run again: its timers (all in this CPU's queues) would only
+    /// keep it (and its domain) alive until they fire.
+    fn retire(&mut self, key: VcpuKey, vcpu: &Arc<Vcpu>) {
+        self.timers.drop_all(vcpu);
+        if *self.fpu_holder == Some(key) {
+            *self.fpu_holder = None;
         }
     }
 
-    /// The running vCPU is back from a poll (an event or the timeout woke it).
+    fn note(&mut self, note: Note<VcpuKey>) {
+        match note {
+            Note::Migrated(_) => {
+                self.stats.migrations.fetch_add(1, Ordering::Relaxed);
+            }
+            Note::Pushed { .. } => {
+                self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+            }
+            Note::Bounced { message, reason } => warn!("sched: cpu {} could not apply {message:?}: {reason:?}", self.timers.cpu),
+            Note::Unknown(_) => warn!("sched: cpu {} queue named an unknown vCPU", self.timers.cpu),
+        }
+    }
+}
+
+impl Timers {
+    /// The running vCPU is back from a poll: its timeout goes.
     fn end_poll(&mut self, vcpu: &Vcpu) {
         vcpu.end_poll();
         vcpu.sched.poll_deadline.store(0, Ordering::Release);
         if let Some(armed) = vcpu.sched.timers.lock().poll.take() {
-            self.cancel_timer(armed);
+            self.cancel(armed);
         }
     }
 
     /// Cancels a timer if it waits in one of this CPU's queues (a vCPU's timers are always
     /// in its home's: see the module's Timers).
-    fn cancel_timer(&mut self, armed: ArmedAt) {
-        if armed.cpu == self.queue.cpu().0 {
-            self.timers.cancel(armed.timer);
+    fn cancel(&mut self, armed: ArmedAt) {
+        if armed.cpu == self.cpu {
+            self.queues.cancel(armed.timer);
         }
-    }
-
-    /// Asks the queue what runs next and makes the frame return to it.
-    fn decide(&mut self, frame: &mut TrapFrame, here: &PerCpu, mut loaded: Option<&Vcpu>, now: u64, leaving: &mut Vec<Arc<Domain>>) {
-        let mine = &shared()[here.index.0 as usize];
-        // The frame returns to a guest (else to the idle loop, which it may stay in).
-        let guest_frame = loaded.is_some();
-        loop {
-            let decision = self.queue.pick_next(now);
-            let warped = decision.run.and_then(|key| self.queue.vcpu(key)).is_some_and(|view| view.warped);
-            mine.runs_warped.store(warped, Ordering::Relaxed);
-            let Some(key) = decision.run else {
-                if let Some(vcpu) = loaded.take() {
-                    leaving.push(self.switch_out(vcpu, frame));
-                }
-                if guest_frame {
-                    idle_frame(frame, here.stack_top);
-                }
-                self.slice_end_ns = None;
-                mine.runs_warped.store(false, Ordering::Relaxed);
-                mine.idle.store(true, Ordering::SeqCst);
-                self.balance(here.index.0, mine, now);
-                return;
-            };
-            if loaded.is_some_and(|v| v.sched.key == key) {
-                self.slice_end_ns = decision.slice_ns.map(|s| now + s);
-                return;
-            }
-            let Some(vcpu) = self.member(key) else {
-                warn!("sched: cpu {} queue named an unknown vCPU", here.index.0);
-                let _ = self.queue.remove(key, now);
-                continue;
-            };
-            match verdict(&vcpu) {
-                Verdict::Run => {}
-                Verdict::Block => {
-                    let _ = self.queue.block(key, now);
-                    continue;
-                }
-                Verdict::Drop => {
-                    self.retire(key);
-                    continue;
-                }
-            }
-            if let Some(out) = loaded.take() {
-                leaving.push(self.switch_out(out, frame));
-            }
-            let woken_at = vcpu.sched.woken_at_ns.swap(0, Ordering::Relaxed);
-            let warped_deadline = vcpu.sched.warped_deadline_ns.swap(0, Ordering::Relaxed);
-            if let Err(domain) = switch_in(vcpu, frame, &mut self.fpu_holder) {
-                self.retire(key);
-                leaving.push(domain);
-                continue;
-            }
-            mine.idle.store(false, Ordering::SeqCst);
-            mine.balancing.store(false, Ordering::Relaxed);
-            self.balance_at_ns = None;
-            mine.stats.switches.fetch_add(1, Ordering::Relaxed);
-            if woken_at != 0 {
-                mine.stats.wake_to_run.record(now.saturating_sub(woken_at));
-                if warped_deadline != 0 {
-                    mine.stats.warped_to_run.record(now.saturating_sub(warped_deadline));
-                }
-            }
-            self.since_tsc = time::rdtsc();
-            self.slice_end_ns = decision.slice_ns.map(|s| now + s);
-            return;
-        }
-    }
-
-    /// A warped vCPU that woke here but waits behind the running one (a warped vCPU too,
-    /// whose wake-up it would otherwise wait out) moves to the nearest CPU that runs no
-    /// warped vCPU, where its warp puts it on the CPU at once: as Linux pushes a woken
-    /// real-time task to a CPU that runs lower-priority work. With several latency-sensitive
-    /// domains per CPU, their wake-ups no longer queue behind one another while another CPU
-    /// runs a CPU hog.
-    fn push_waiting_warped(&mut self, mine: &Shared, now: u64) {
-        let Some(key) = self.queue.waiting_warped() else { return };
-        let all = shared();
-        let free = |cpu: &&u32| is_online(**cpu) && !all[**cpu as usize].runs_warped.load(Ordering::Relaxed);
-        let Some(&to) = mine.nearest.iter().find(free) else { return };
-        if !self.members.contains_key(&key) {
-            return;
-        }
-        let Ok(state) = self.queue.remove(key, now) else { return };
-        let Some(vcpu) = self.members.remove(&key) else { return };
-        // Claimed until its next decision, so that no CPU pushes another one there meanwhile.
-        all[to as usize].runs_warped.store(true, Ordering::Relaxed);
-        mine.stats.pushes.fetch_add(1, Ordering::Relaxed);
-        self.give_away(vcpu, state, to);
-    }
-
-    /// Hands a vCPU taken off this CPU to `cpu`, without its timers: they leave this CPU's
-    /// queues here and are armed again on `cpu` as the vCPU arrives (from its deadlines), so
-    /// no queue here holds the vCPU once it has gone.
-    fn give_away(&mut self, vcpu: Arc<Vcpu>, state: VcpuState, cpu: u32) {
-        self.drop_timers(&vcpu);
-        hand_over(vcpu, state, cpu);
     }
 
     /// Takes `vcpu`'s timers out of this CPU's queues.
-    fn drop_timers(&mut self, vcpu: &Vcpu) {
+    fn drop_all(&mut self, vcpu: &Vcpu) {
         let mut timers = vcpu.sched.timers.lock();
         let armed = &mut *timers;
         for slot in [&mut armed.guest, &mut armed.poll, &mut armed.periodic] {
             if let Some(timer) = slot.take() {
-                self.cancel_timer(timer);
+                self.cancel(timer);
             }
         }
     }
 
     /// Arms (deadline != 0) or cancels one of `vcpu`'s timers in this CPU's queues.
-    fn arm_timer(&mut self, vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
-        let me = self.queue.cpu().0;
+    fn arm(&mut self, vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
+        let me = self.cpu;
         let latency_sensitive = kind == TimerKind::Guest && deadline_ns != 0 && vcpu.domain.params.lock().warp_ns > 0;
         let mut timers = vcpu.sched.timers.lock();
         let slot = match kind {
@@ -923,85 +779,47 @@ impl Local {
             TimerKind::Periodic => &mut timers.periodic,
         };
         if let Some(armed) = slot.take() {
-            self.cancel_timer(armed);
+            self.cancel(armed);
         }
         if deadline_ns != 0 {
             let vcpu = vcpu.clone();
-            let timer = self.timers.insert(deadline_ns, latency_sensitive, |fire_at_ns| Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu });
+            let timer = self.queues.insert(deadline_ns, latency_sensitive, |fire_at_ns| Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu });
             *slot = Some(ArmedAt { cpu: me, timer });
         }
     }
 
     /// Arms here the timers of a vCPU that arrived from another CPU, from its deadlines.
-    fn rearm_timers(&mut self, vcpu: &Arc<Vcpu>) {
+    fn rearm(&mut self, vcpu: &Arc<Vcpu>) {
         for (kind, deadline) in [(TimerKind::Guest, &vcpu.sched.timer_deadline), (TimerKind::PollTimeout, &vcpu.sched.poll_deadline)] {
             let deadline_ns = deadline.load(Ordering::Acquire);
             if deadline_ns != 0 {
-                self.arm_timer(vcpu, kind, deadline_ns);
+                self.arm(vcpu, kind, deadline_ns);
             }
         }
     }
+}
 
-    fn member(&self, key: VcpuKey) -> Option<Arc<Vcpu>> {
-        self.members.get(&key).cloned()
+/// Saves the running vCPU's state from this CPU (through [`Glue::save`]) and its domain's
+/// CPU time since `since_tsc`; returns its domain, which the caller must [`leave`] once the
+/// frame no longer depends on it.
+fn switch_out(vcpu: &Vcpu, frame: &TrapFrame, since_tsc: u64, timers: &mut Timers) -> Arc<Domain> {
+    let ran = time::tsc_to_ns(time::rdtsc().wrapping_sub(since_tsc));
+    vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
+    // Its periodic timer runs only while it does.
+    vcpu.sched.periodic_deadline.store(0, Ordering::Release);
+    vcpu.sched.periodic_armed_ns.store(0, Ordering::Release);
+    let periodic = vcpu.sched.timers.lock().periodic.take();
+    if let Some(armed) = periodic {
+        timers.cancel(armed);
     }
-
-    /// Takes a vCPU off this CPU: out of the queue and the members (its timers stay).
-    fn forget(&mut self, key: VcpuKey) -> Option<Arc<Vcpu>> {
-        let _ = self.queue.remove(key, time::since_boot_ns());
-        self.members.remove(&key)
-    }
-
-    /// Takes a vCPU that will never run again off this CPU for good, with its timers (all
-    /// in this CPU's queues): they would only keep it (and its domain) alive until they fire.
-    fn retire(&mut self, key: VcpuKey) {
-        let Some(vcpu) = self.forget(key) else { return };
-        self.drop_timers(&vcpu);
-        if self.fpu_holder == Some(key) {
-            self.fpu_holder = None;
-        }
-    }
-
-    /// Saves the running vCPU's state from this CPU; returns its domain, which the caller
-    /// must [`leave`] once the frame no longer depends on it.
-    fn switch_out(&mut self, vcpu: &Vcpu, frame: &TrapFrame) -> Arc<Domain> {
-        let ran = time::tsc_to_ns(time::rdtsc().wrapping_sub(self.since_tsc));
-        vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
-        // Its periodic timer runs only while it does.
-        vcpu.sched.periodic_deadline.store(0, Ordering::Release);
-        vcpu.sched.periodic_armed_ns.store(0, Ordering::Release);
-        let periodic = vcpu.sched.timers.lock().periodic.take();
-        if let Some(armed) = periodic {
-            self.cancel_timer(armed);
-        }
-        vcpu.runstate.lock().change(runstate_after(vcpu), time::since_boot_ns());
-        (glue().save)(vcpu, frame);
-        vcpu.set_running_on(None);
-        let ptr = running_slot().swap(core::ptr::null_mut(), Ordering::Relaxed);
-        // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
-        // this CPU's hold on the vCPU.
-        let vcpu = unsafe { Arc::from_raw(ptr) };
-        vcpu.domain.clone()
-    }
-
-    /// This CPU is idle: asks the nearest CPU with a vCPU waiting long enough for one (it
-    /// answers at its next decision, not interrupted for it), and comes back to look again
-    /// while any CPU has a vCPU waiting.
-    fn balance(&mut self, me: u32, mine: &Shared, now: u64) {
-        let all = shared();
-        let inboxes = mine.nearest.iter().map(|&cpu| &*all[cpu as usize].inbox);
-        bvt::steal_from_nearest(CpuId(me), inboxes);
-        let busy = mine.nearest.iter().any(|&cpu| all[cpu as usize].inbox.load() >= STEAL_MIN_LOAD);
-        self.balance_at_ns = busy.then_some(now + BALANCE_INTERVAL_NS);
-        mine.balancing.store(busy, Ordering::Relaxed);
-    }
-
-    /// Arms the local timer for the earliest of the next latency-sensitive timer, the next
-    /// other timer plus the slop, the slice's end and the next look for work (unless it is
-    /// armed for it already: see [`CpuTimers::program`]).
-    fn program_timer(&mut self, now: u64) {
-        self.timers.program(now, [self.slice_end_ns, self.balance_at_ns], &mut LocalApic);
-    }
+    vcpu.runstate.lock().change(runstate_after(vcpu), time::since_boot_ns());
+    (glue().save)(vcpu, frame);
+    vcpu.set_running_on(None);
+    let ptr = running_slot().swap(core::ptr::null_mut(), Ordering::Relaxed);
+    // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
+    // this CPU's hold on the vCPU.
+    let vcpu = unsafe { Arc::from_raw(ptr) };
+    vcpu.domain.clone()
 }
 
 /// Loads `vcpu` onto this CPU through [`Glue::load`]: registers into the frame, its tables
@@ -1038,21 +856,6 @@ fn idle_frame(frame: &mut TrapFrame, stack_top: u64) {
         ss: HYPERVISOR_DS as u64,
         ..TrapFrame::zeroed()
     };
-}
-
-/// Work is waiting here: wakes the nearest idle CPU that is not looking for work already,
-/// so that it starts to.
-fn wake_idle_neighbour(mine: &Shared) {
-    let all = shared();
-    let asleep = |cpu: &&u32| {
-        let other = &all[**cpu as usize];
-        other.idle.load(Ordering::Relaxed) && !other.balancing.load(Ordering::Relaxed)
-    };
-    if let Some(&cpu) = mine.nearest.iter().find(asleep) {
-        // Set here too, so that this CPU does not wake it again before it looked.
-        all[cpu as usize].balancing.store(true, Ordering::Relaxed);
-        kick(cpu);
-    }
 }
 
 /// This CPU no longer runs a vCPU of `domain` (its CR3 has moved on); the last CPU to
