@@ -157,7 +157,7 @@ help:
 	@echo "make test            host unit tests, clippy, the QEMU test matrix, a short stress run, a short fuzz run and cycles"
 	@echo "make test-stress     make stress N=20 SMP=2 SECONDS=3, targets reported but not enforced"
 	@echo "make xtf XTF=<dir>   run every pv64 test of a built Xen Test Framework tree (ONLY='a b', XTF_TIMEOUT=60)"
-	@echo "make clippy          clippy with warnings denied, host and bare-metal"
+	@echo "make clippy          the image's import circles (tests/imports.py), clippy with warnings denied, host and bare-metal"
 	@echo "make clean           remove build outputs"
 
 # ---- set-up -------------------------------------------------------------------------------
@@ -266,6 +266,8 @@ test-host: $(DEPS_STAMP)
 	cargo test $(foreach c,$(GUEST_LIB_CRATES),-p $(c)) --lib
 
 clippy: $(DEPS_STAMP)
+	python3 tests/imports.py --selftest
+	python3 tests/imports.py
 	cargo clippy $(foreach c,$(HOST_CRATES),-p $(c)) --lib --tests -- -D warnings
 	cargo clippy $(foreach c,$(STD_CRATES),-p $(c)) --all-targets -- -D warnings
 	cargo clippy -p hypervisor --lib --tests -- -D warnings

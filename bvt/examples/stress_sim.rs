@@ -4,13 +4,14 @@
 //! [N...]`;
 //! `STEP_NS=` sets the cost of one search step (default 25 ns).
 
-use bvt::stress_sim::{run, Model, Outcome, SimQueue};
+use bvt::stress_sim::{run, Model, Outcome};
+use bvt::Queue;
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
-fn line<Q: SimQueue>(name: &str, n: u32) {
+fn line<Q: Queue<u32>>(name: &str, n: u32) {
     let mut model = Model::stress(n);
     if let Some(step) = std::env::var("STEP_NS").ok().and_then(|s| s.parse().ok()) {
         model.costs.step_ns = step;

@@ -10,14 +10,20 @@
 //! be used by the hypervisor.
 //!
 //! # What is simulated
-//! Each CPU owns a run queue ([`SimQueue`]: the [`RunQueue`] of the hypervisor, or the
-//! linear queue it replaced) and the hypervisor's [`CpuTimers`] (warped vCPUs' timers on
-//! time, the others up to the slop late, grouped), programmed through [`TimerHardware`]. Everything the
+//! Each CPU runs the hypervisor's own scheduler, [`CpuSched`] (the decision at every exit,
+//! the push of a warped vCPU that woke behind another, stealing when idle, the timer's
+//! programming: the code the image runs, not a copy), over a run queue ([`Queue`]: the
+//! [`RunQueue`](crate::RunQueue) of the hypervisor, or the linear queue it replaced), and the
+//! hypervisor's [`CpuTimers`] (warped vCPUs' timers on
+//! time, the others up to the slop late, grouped), programmed through [`TimerHardware`]. The
+//! simulated machine is the scheduler's [`Platform`]: wake-ups from another CPU and
+//! arrivals travel through the target's inbox and a reschedule IPI ([`Costs::ipi_ns`]), as
+//! in the hypervisor. Everything the
 //! hypervisor does runs with interrupts off and costs time during which nothing else runs on
 //! that CPU: an event that comes meanwhile waits for it. A stay costs [`Costs::entry_ns`],
 //! plus [`Costs::fire_ns`] per timer fired, plus [`Costs::switch_ns`] when the vCPU changes,
 //! plus [`Costs::step_ns`] per search step the run queue reports
-//! ([`RunQueue::search_steps`]: members looked at by the linear queue, tree levels by the
+//! ([`Queue::search_steps`]: members looked at by the linear queue, tree levels by the
 //! indexed one): the work that grows with the number of vCPUs is measured, not assumed.
 //! Guests: a timer role wakes, works [`Costs::wake_work_ns`], sets its next deadline one
 //! period from then and blocks (two hypercalls); ping sends an event to pong on the other
@@ -26,7 +32,7 @@
 //! behind another warped one is pushed to a CPU running none, as the hypervisor does.
 //! Lateness is measured as the guest measures it: from the deadline to its first
 //! instruction after the wake-up. Not simulated: the held timers (they hide a constant
-//! delivery latency, not work), stealing (the hogs keep both CPUs busy), the host.
+//! delivery latency, not work), the host.
 
 use alloc::collections::BinaryHeap;
 use alloc::vec;
@@ -36,75 +42,16 @@ use core::cmp::Reverse;
 pub use crate::linear_queue::LinearRunQueue;
 /// The run queue before issue 18 (linear), for comparison.
 pub type LinearQueue = LinearRunQueue<u32>;
-use crate::params::{BvtParams, Config, CpuId};
-use crate::run_queue::{Decision, RunQueue};
+use crate::cpu_sched::{Board, CpuSched, Note, Platform, Verdict};
 use crate::cpu_timers::{CpuTimers, TimerHardware};
-use crate::vcpu_state::VcpuState;
+use crate::inbox::Message;
+use crate::params::{BvtParams, Config};
+pub use crate::queue::Queue;
+#[cfg(test)]
+use crate::run_queue::RunQueue;
 
 const US: u64 = 1_000;
 const MS: u64 = 1_000_000;
-
-/// What the simulator needs of a run queue: the calls the hypervisor makes.
-pub trait SimQueue {
-    fn create(cpu: u32, config: Config) -> Self;
-    fn add(&mut self, v: u32, params: BvtParams, now_ns: u64);
-    fn wake(&mut self, v: u32, now_ns: u64);
-    fn block(&mut self, v: u32, now_ns: u64);
-    fn remove(&mut self, v: u32, now_ns: u64) -> VcpuState;
-    fn admit(&mut self, v: u32, state: VcpuState, now_ns: u64);
-    fn tick(&mut self, now_ns: u64) -> bool;
-    fn pick_next(&mut self, now_ns: u64) -> Decision<u32>;
-    fn current(&self) -> Option<u32>;
-    fn waiting_warped(&self) -> Option<u32>;
-    fn is_warped(&self, v: u32) -> bool;
-    fn search_steps(&self) -> u64;
-}
-
-macro_rules! sim_queue {
-    ($queue:ident) => {
-        impl SimQueue for $queue<u32> {
-            fn create(cpu: u32, config: Config) -> Self {
-                $queue::new(CpuId(cpu), config)
-            }
-            fn add(&mut self, v: u32, params: BvtParams, now_ns: u64) {
-                $queue::add(self, v, params, now_ns).expect("a new vCPU");
-            }
-            fn wake(&mut self, v: u32, now_ns: u64) {
-                $queue::wake(self, v, now_ns).expect("a member");
-            }
-            fn block(&mut self, v: u32, now_ns: u64) {
-                $queue::block(self, v, now_ns).expect("a member");
-            }
-            fn remove(&mut self, v: u32, now_ns: u64) -> VcpuState {
-                $queue::remove(self, v, now_ns).expect("a member")
-            }
-            fn admit(&mut self, v: u32, state: VcpuState, now_ns: u64) {
-                $queue::admit(self, v, state, now_ns).expect("not a member yet");
-            }
-            fn tick(&mut self, now_ns: u64) -> bool {
-                $queue::tick(self, now_ns)
-            }
-            fn pick_next(&mut self, now_ns: u64) -> Decision<u32> {
-                $queue::pick_next(self, now_ns)
-            }
-            fn current(&self) -> Option<u32> {
-                $queue::current(self)
-            }
-            fn waiting_warped(&self) -> Option<u32> {
-                $queue::waiting_warped(self)
-            }
-            fn is_warped(&self, v: u32) -> bool {
-                $queue::vcpu(self, v).is_some_and(|view| view.warped)
-            }
-            fn search_steps(&self) -> u64 {
-                $queue::search_steps(self)
-            }
-        }
-    };
-}
-
-sim_queue!(RunQueue);
-sim_queue!(LinearRunQueue);
 
 /// The cost model, ns of one CPU under TCG. The defaults are calibrated from `make stress`
 /// runs on this project's machine kind (docs/measurements.md, "The scheduler simulator").
@@ -274,10 +221,8 @@ enum Event {
     Timer { cpu: usize, token: u64 },
     /// The running guest `v` finished its work, if it still runs as `token`.
     GuestDone { cpu: usize, v: u32, token: u64 },
-    /// An IPI to `cpu` carrying a wake-up of `v`.
-    Wake { cpu: usize, v: u32 },
-    /// An IPI to `cpu` carrying the pushed vCPU `v` (its state is in `Vm::in_flight`).
-    Arrive { cpu: usize, v: u32 },
+    /// A reschedule IPI reaches `cpu` (its inbox has news: a wake-up, an arrival, a steal).
+    Ipi { cpu: usize },
 }
 
 /// One vCPU (one domain).
@@ -286,6 +231,8 @@ struct Vm {
     role: Role,
     home: usize,
     params: BvtParams,
+    /// Blocked (its run state, which the scheduler's verdict reads).
+    blocked: bool,
     /// Guest work left before it next blocks (hogs: never blocks).
     work_left_ns: u64,
     started: bool,
@@ -298,21 +245,25 @@ struct Vm {
     /// Ping: the answer came (its round trip is recorded); the next send is one period on.
     answered: bool,
     ran_ns: u64,
-    in_flight: Option<VcpuState>,
 }
 
 struct Cpu<Q> {
-    queue: Q,
+    /// The hypervisor's scheduler for this CPU: the same code as the image's.
+    sched: CpuSched<u32, u32, Q>,
     timers: CpuTimers<(u32, u64)>,
-    running: Option<u32>,
     /// When the running guest last resumed.
     resumed_at: u64,
     /// The hypervisor runs on this CPU until then.
     free_at: u64,
-    slice_end: Option<u64>,
     timer_token: u64,
     guest_token: u64,
     hypervisor_ns: u64,
+}
+
+impl<Q: Queue<u32>> Cpu<Q> {
+    fn running(&self) -> Option<u32> {
+        self.sched.running().map(|&(v, _)| v)
+    }
 }
 
 /// A CPU's local timer as [`CpuTimers::program`] sets it: the delay armed, if it was.
@@ -324,17 +275,95 @@ impl TimerHardware for SimApic {
     }
 }
 
+/// The simulated events to come, in time order (ties: in order of insertion).
+#[derive(Default)]
+struct Events {
+    heap: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+}
+
+impl Events {
+    fn push(&mut self, t: u64, event: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((t, self.seq, event)));
+    }
+}
+
+/// What the scheduler of CPU `c` sees of the simulated machine during one stay.
+struct Machine<'a> {
+    now: u64,
+    vms: &'a mut [Vm],
+    timers: &'a mut CpuTimers<(u32, u64)>,
+    events: &'a mut Events,
+    out: &'a mut Outcome,
+    ipi_ns: u64,
+    /// The delay the local timer was armed with, if it was.
+    armed: Option<u64>,
+}
+
+impl Platform<u32, u32> for Machine<'_> {
+    fn now_ns(&self) -> u64 {
+        self.now
+    }
+    fn program_timer(&mut self, now_ns: u64, deadlines: [Option<u64>; 2]) {
+        let mut apic = SimApic(None);
+        self.timers.program(now_ns, deadlines, &mut apic);
+        self.armed = apic.0;
+    }
+    fn send_ipi(&mut self, cpu: u32) {
+        self.events.push(self.now + self.ipi_ns, Event::Ipi { cpu: cpu as usize });
+    }
+    fn is_online(&self, _cpu: u32) -> bool {
+        true
+    }
+    fn verdict(&mut self, &v: &u32) -> Verdict {
+        if self.vms[v as usize].blocked { Verdict::Block } else { Verdict::Run }
+    }
+    fn yielded(&mut self, _v: &u32) -> bool {
+        false
+    }
+    fn params(&self, &v: &u32) -> BvtParams {
+        self.vms[v as usize].params
+    }
+    fn switch_out(&mut self, _v: &u32) {}
+    fn switch_in(&mut self, _v: &u32) -> bool {
+        true
+    }
+    fn to_idle(&mut self) {}
+    fn depart(&mut self, &v: &u32, cpu: u32) {
+        // Its timer stays behind, and is not fired there (`fire_timers` checks the home).
+        self.vms[v as usize].home = cpu as usize;
+    }
+    fn arrive(&mut self, &v: &u32) {
+        let deadline = self.vms[v as usize].deadline_ns;
+        if deadline != 0 {
+            arm(self.timers, &self.vms[v as usize], v, deadline);
+        }
+    }
+    fn retire(&mut self, _key: u32, _v: &u32) {}
+    fn note(&mut self, note: Note<u32>) {
+        if let Note::Pushed { .. } = note {
+            self.out.pushes += 1;
+        }
+    }
+}
+
+/// Arms `v`'s timer for `deadline` in `timers`.
+fn arm(timers: &mut CpuTimers<(u32, u64)>, vm: &Vm, v: u32, deadline: u64) {
+    timers.insert(deadline, vm.role == Role::Latency, |_| (v, deadline));
+}
+
 struct Sim<Q> {
     model: Model,
     cpus: Vec<Cpu<Q>>,
+    boards: Vec<Board<u32, u32>>,
     vms: Vec<Vm>,
-    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
-    seq: u64,
+    events: Events,
     out: Outcome,
 }
 
 /// Runs `model` with run queues of type `Q`.
-pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
+pub fn run<Q: Queue<u32>>(model: &Model) -> Outcome {
     let roles = roles(model.n, model.cpus);
     let cpus = model.cpus as usize;
     let mut hog = 0;
@@ -355,6 +384,7 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
                 role,
                 home,
                 params,
+                blocked: false,
                 work_left_ns: model.costs.startup_ns,
                 started: false,
                 deadline_ns: 0,
@@ -362,40 +392,40 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
                 sent_at_ns: 0,
                 answered: false,
                 ran_ns: 0,
-                in_flight: None,
             }
         })
         .collect::<Vec<_>>();
-    let config = Config::default();
+    let nearest = |c: usize| (1..cpus).map(|d| ((c + d) % cpus) as u32).collect();
+    let (scheds, boards) = crate::cpu_sched::cpus::<u32, u32, Q>(cpus, Config::default(), nearest);
     let mut sim = Sim {
         model: *model,
-        cpus: (0..model.cpus)
-            .map(|c| Cpu {
-                queue: Q::create(c, config),
+        cpus: scheds
+            .into_iter()
+            .map(|sched| Cpu {
+                sched,
                 timers: CpuTimers::new(0, model.costs.slop_ns),
-                running: None,
                 resumed_at: 0,
                 free_at: 0,
-                slice_end: None,
                 timer_token: 0,
                 guest_token: 0,
                 hypervisor_ns: 0,
             })
             .collect(),
+        boards,
         vms,
-        events: BinaryHeap::new(),
-        seq: 0,
+        events: Events::default(),
         out: Outcome::default(),
     };
-    // The unpause: every domain is added to its CPU's queue at time 0.
+    // The unpause: every domain is added to its CPU's queue at time 0 (as `sched::add`).
     for v in 0..sim.vms.len() {
         let (home, params) = (sim.vms[v].home, sim.vms[v].params);
-        sim.cpus[home].queue.add(v as u32, params, 0);
+        sim.boards[home].deliver(v as u32, v as u32, Message::Add(v as u32, params));
     }
     for c in 0..cpus {
+        sim.boards[c].enter_idle();
         sim.enter(c, 0, |_, _, _| 0);
     }
-    while let Some(Reverse((t, _, event))) = sim.events.pop() {
+    while let Some(Reverse((t, _, event))) = sim.events.heap.pop() {
         if t >= model.run_ns {
             break;
         }
@@ -404,20 +434,15 @@ pub fn run<Q: SimQueue>(model: &Model) -> Outcome {
     sim.finish()
 }
 
-impl<Q: SimQueue> Sim<Q> {
-    fn push(&mut self, t: u64, event: Event) {
-        self.seq += 1;
-        self.events.push(Reverse((t, self.seq, event)));
-    }
-
+impl<Q: Queue<u32>> Sim<Q> {
     fn handle(&mut self, t: u64, event: Event) {
         let cpu = match event {
-            Event::Timer { cpu, .. } | Event::GuestDone { cpu, .. } | Event::Wake { cpu, .. } | Event::Arrive { cpu, .. } => cpu,
+            Event::Timer { cpu, .. } | Event::GuestDone { cpu, .. } | Event::Ipi { cpu } => cpu,
         };
         if t < self.cpus[cpu].free_at {
             // Interrupts are off while the hypervisor works: the event waits for it.
             let at = self.cpus[cpu].free_at;
-            self.push(at, event);
+            self.events.push(at, event);
             return;
         }
         match event {
@@ -426,28 +451,19 @@ impl<Q: SimQueue> Sim<Q> {
                 self.cpus[cpu].timers.fired();
                 self.enter(cpu, t, |sim, c, now| sim.fire_timers(c, now));
             }
-            Event::GuestDone { v, token, .. } if token != self.cpus[cpu].guest_token || self.cpus[cpu].running != Some(v) => {}
+            Event::GuestDone { v, token, .. } if token != self.cpus[cpu].guest_token || self.cpus[cpu].running() != Some(v) => {}
             Event::GuestDone { v, .. } => self.enter(cpu, t, |sim, c, now| sim.guest_done(c, v, now)),
-            Event::Wake { v, .. } => self.enter(cpu, t, |sim, c, now| {
-                sim.wake(c, v, now);
-                0
-            }),
-            Event::Arrive { v, .. } => self.enter(cpu, t, |sim, c, now| {
-                let state = sim.vms[v as usize].in_flight.take().expect("a pushed vCPU carries its state");
-                sim.cpus[c].queue.admit(v, state, now);
-                sim.rearm(c, v);
-                0
-            }),
+            Event::Ipi { .. } => self.enter(cpu, t, |_, _, _| 0),
         }
     }
 
     /// A stay in the hypervisor on `c` at `t`: `work` (which returns its own cost beyond
-    /// the run queue's), then the decision, the push and the timer; the CPU is busy for the
-    /// cost of it all, and the guest chosen runs from then.
+    /// the run queue's), then the scheduler's decision ([`CpuSched::schedule`]); the CPU is
+    /// busy for the cost of it all, and the guest chosen runs from then.
     fn enter(&mut self, c: usize, t: u64, work: impl FnOnce(&mut Self, usize, u64) -> u64) {
         let costs = self.model.costs;
-        let steps_before = self.cpus[c].queue.search_steps();
-        if let Some(v) = self.cpus[c].running {
+        let steps_before = self.cpus[c].sched.queue().search_steps();
+        if let Some(v) = self.cpus[c].running() {
             let ran = t.saturating_sub(self.cpus[c].resumed_at);
             let vm = &mut self.vms[v as usize];
             vm.ran_ns += ran;
@@ -456,21 +472,19 @@ impl<Q: SimQueue> Sim<Q> {
             }
         }
         let mut cost = costs.entry_ns + work(self, c, t);
-        let cpu = &mut self.cpus[c];
-        let before = cpu.running;
-        let decide = cpu.queue.current() != before || cpu.slice_end.is_some_and(|end| t >= end) || cpu.queue.tick(t);
-        if decide {
-            let decision = cpu.queue.pick_next(t);
-            cpu.slice_end = decision.slice_ns.map(|s| t + s);
-            cpu.running = decision.run;
-        }
-        let switched = self.cpus[c].running != before && self.cpus[c].running.is_some();
+        let before = self.cpus[c].running();
+        let Sim { cpus, boards, vms, events, out, model, .. } = self;
+        let cpu = &mut cpus[c];
+        let mut machine = Machine { now: t, vms: &mut vms[..], timers: &mut cpu.timers, events, out, ipi_ns: model.costs.ipi_ns, armed: None };
+        cpu.sched.schedule(&boards[..], &mut machine);
+        let armed = machine.armed;
+        let running = self.cpus[c].running();
+        let switched = running != before && running.is_some();
         if switched {
             cost += costs.switch_ns;
             self.out.switches += 1;
         }
-        self.push_waiting_warped(c, t);
-        let steps = self.cpus[c].queue.search_steps() - steps_before;
+        let steps = self.cpus[c].sched.queue().search_steps() - steps_before;
         cost += steps * costs.step_ns;
         let free_at = t + cost;
         let cpu = &mut self.cpus[c];
@@ -479,7 +493,12 @@ impl<Q: SimQueue> Sim<Q> {
         cpu.resumed_at = free_at;
         cpu.guest_token += 1;
         let token = cpu.guest_token;
-        if let Some(v) = cpu.running {
+        if let Some(delay) = armed {
+            cpu.timer_token += 1;
+            let (timer_token, at) = (cpu.timer_token, (t + delay).max(free_at));
+            self.events.push(at, Event::Timer { cpu: c, token: timer_token });
+        }
+        if let Some(v) = running {
             let vm = &mut self.vms[v as usize];
             if switched && vm.woken_for_ns != 0 {
                 let late = free_at.saturating_sub(vm.woken_for_ns);
@@ -502,10 +521,9 @@ impl<Q: SimQueue> Sim<Q> {
             }
             if vm.role != Role::Hog || !vm.started {
                 let done = free_at + vm.work_left_ns;
-                self.push(done, Event::GuestDone { cpu: c, v, token });
+                self.events.push(done, Event::GuestDone { cpu: c, v, token });
             }
         }
-        self.program_timer(c, t);
     }
 
     /// Fires the due timers of `c`; returns their cost.
@@ -522,12 +540,27 @@ impl<Q: SimQueue> Sim<Q> {
             if vm.role == Role::Ping {
                 vm.work_left_ns = self.model.costs.wake_work_ns;
             }
-            self.cpus[c].queue.wake(v, now);
+            self.wake(c, v, now);
         }
         cost
     }
 
-    /// `v` finished the work of its wake-up (or its start): what its role does next.
+    /// As the hypervisor's `sched::wake`, from CPU `from`: a blocked `v` becomes runnable
+    /// and its home is told (and kicked, if it is another CPU).
+    fn wake(&mut self, from: usize, v: u32, now: u64) {
+        let vm = &mut self.vms[v as usize];
+        if !core::mem::take(&mut vm.blocked) {
+            return;
+        }
+        let home = vm.home;
+        self.boards[home].inbox().post(Message::Wake(v));
+        if home != from {
+            self.events.push(now + self.model.costs.ipi_ns, Event::Ipi { cpu: home });
+        }
+    }
+
+    /// `v` finished the work of its wake-up (or its start): what its role does next. A role
+    /// that blocks marks itself blocked; the scheduler sees it on the way out.
     fn guest_done(&mut self, c: usize, v: u32, now: u64) -> u64 {
         let costs = self.model.costs;
         let vm = &mut self.vms[v as usize];
@@ -542,35 +575,31 @@ impl<Q: SimQueue> Sim<Q> {
         match vm.role {
             Role::Hog => 0,
             Role::Pong => {
-                self.cpus[c].queue.block(v, now);
-                if self.vms[v as usize].sent_at_ns != 0 {
-                    self.vms[v as usize].sent_at_ns = 0;
-                    let ping = v - 1;
-                    let to = self.vms[ping as usize].home;
-                    self.push(now + costs.ipi_ns, Event::Wake { cpu: to, v: ping });
+                vm.blocked = true;
+                if vm.sent_at_ns != 0 {
+                    vm.sent_at_ns = 0;
+                    self.wake(c, v - 1, now);
                 }
                 costs.entry_ns
             }
             Role::Ping if !vm.answered => {
                 // Its timer woke it: send, and wait for the answer.
                 vm.sent_at_ns = now;
-                let pong = v + 1;
-                self.vms[pong as usize].sent_at_ns = now;
-                let to = self.vms[pong as usize].home;
-                self.push(now + costs.ipi_ns, Event::Wake { cpu: to, v: pong });
-                self.cpus[c].queue.block(v, now);
+                vm.blocked = true;
+                self.vms[v as usize + 1].sent_at_ns = now;
+                self.wake(c, v + 1, now);
                 costs.entry_ns
             }
             Role::Ping => {
                 // Answered (recorded at its dispatch): the next send one period on.
                 vm.answered = false;
+                vm.blocked = true;
                 self.arm(c, v, now + MS);
-                self.cpus[c].queue.block(v, now);
                 2 * costs.entry_ns
             }
             role => {
+                vm.blocked = true;
                 self.arm(c, v, now + role.period_ns());
-                self.cpus[c].queue.block(v, now);
                 costs.entry_ns
             }
         }
@@ -578,51 +607,7 @@ impl<Q: SimQueue> Sim<Q> {
 
     fn arm(&mut self, c: usize, v: u32, deadline: u64) {
         self.vms[v as usize].deadline_ns = deadline;
-        let latency_sensitive = self.vms[v as usize].role == Role::Latency;
-        self.cpus[c].timers.insert(deadline, latency_sensitive, |_| (v, deadline));
-    }
-
-    /// Arms on its new home the timer of a vCPU that arrived there.
-    fn rearm(&mut self, c: usize, v: u32) {
-        let deadline = self.vms[v as usize].deadline_ns;
-        if deadline != 0 {
-            self.arm(c, v, deadline);
-        }
-    }
-
-    fn wake(&mut self, c: usize, v: u32, now: u64) {
-        if self.vms[v as usize].home == c {
-            self.cpus[c].queue.wake(v, now);
-        }
-    }
-
-    /// As the hypervisor's `push_waiting_warped`: a warped vCPU waiting behind a warped one
-    /// moves to a CPU that runs none.
-    fn push_waiting_warped(&mut self, c: usize, now: u64) {
-        let Some(v) = self.cpus[c].queue.waiting_warped() else { return };
-        let free = (0..self.cpus.len()).find(|&o| {
-            o != c && !self.cpus[o].running.is_some_and(|r| self.cpus[o].queue.is_warped(r)) && self.vms.iter().all(|vm| vm.in_flight.is_none() || vm.home != o)
-        });
-        let Some(to) = free else { return };
-        let state = self.cpus[c].queue.remove(v, now);
-        let vm = &mut self.vms[v as usize];
-        vm.home = to;
-        vm.in_flight = Some(state);
-        self.out.pushes += 1;
-        self.push(now + self.model.costs.ipi_ns, Event::Arrive { cpu: to, v });
-    }
-
-    /// Arms the local timer for the next warped timer, the next other one plus the slop,
-    /// and the slice's end, as the hypervisor does (through [`CpuTimers::program`]).
-    fn program_timer(&mut self, c: usize, now: u64) {
-        let mut apic = SimApic(None);
-        let cpu = &mut self.cpus[c];
-        cpu.timers.program(now, [cpu.slice_end], &mut apic);
-        if let SimApic(Some(delay)) = apic {
-            cpu.timer_token += 1;
-            let (token, at) = (cpu.timer_token, (now + delay).max(cpu.free_at));
-            self.push(at, Event::Timer { cpu: c, token });
-        }
+        arm(&mut self.cpus[c].timers, &self.vms[v as usize], v, deadline);
     }
 
     fn finish(mut self) -> Outcome {
@@ -697,21 +682,21 @@ mod tests {
     /// the indexed queue takes under 3x the search steps it takes at 10, the linear one 100x.
     #[test]
     fn a_wake_up_costs_log_n_search_steps() {
-        fn cycle<Q: SimQueue>(members: u32) -> u64 {
-            let mut q = Q::create(0, Config::default());
+        fn cycle<Q: Queue<u32>>(members: u32) -> u64 {
+            let mut q = Q::new(crate::params::CpuId(0), Config::default());
             for v in 0..members {
-                q.add(v, BvtParams::DEFAULT, 0);
+                q.add(v, BvtParams::DEFAULT, 0).expect("a new vCPU");
                 if v > 0 {
-                    q.block(v, 0);
+                    q.block(v, 0).expect("a member");
                 }
             }
             q.pick_next(0);
             let before = q.search_steps();
             for round in 1..=100u64 {
                 let v = 1 + (round as u32 % (members - 1));
-                q.wake(v, round * MS);
+                q.wake(v, round * MS).expect("a member");
                 q.pick_next(round * MS);
-                q.block(v, round * MS + 10 * US);
+                q.block(v, round * MS + 10 * US).expect("a member");
                 q.pick_next(round * MS + 10 * US);
             }
             (q.search_steps() - before) / 100

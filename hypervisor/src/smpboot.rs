@@ -17,7 +17,7 @@ use crate::arch::paging::{self, MapKind};
 use crate::cpus::{self, CpuState};
 use mm::layout::PerCpuArea;
 
-use crate::percpu::{self, CpuIndex};
+use crate::arch::percpu::{self, CpuIndex};
 use crate::memory;
 use crate::{fwmap, lapic, time};
 

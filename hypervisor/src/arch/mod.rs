@@ -11,6 +11,8 @@ pub mod gs;
 pub mod lapic;
 pub mod paging;
 pub mod pciconf;
+pub mod percpu;
 pub mod serial;
 pub mod trap;
 pub mod uaccess;
+pub mod vectors;

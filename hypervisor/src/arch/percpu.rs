@@ -18,9 +18,9 @@ use x86_64::structures::tss::TaskStateSegment;
 
 use mm::layout::{IstStack, PerCpuArea};
 
-use crate::arch::gdt::{self, ReservedGdtPage};
-use crate::arch::gs::{self, GsArea};
-use crate::arch::paging::{self, MapKind};
+use super::gdt::{self, ReservedGdtPage};
+use super::gs::{self, GsArea};
+use super::paging::{self, MapKind};
 
 /// A CPU's logical index (0 is the boot CPU), dense and stable for the whole run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,8 +48,6 @@ pub struct PerCpu {
     pub temp_slots: AtomicU32,
     tss: TaskStateSegment,
     lapic: OnceCell<LocalApic>,
-    /// The vCPU this CPU runs (null when idle); only this CPU writes it.
-    pub current: core::sync::atomic::AtomicPtr<crate::domain::Vcpu>,
 }
 
 // SAFETY: the one type GS points at (`activate` installs every CPU's); `repr(C)` with
@@ -103,7 +101,6 @@ pub fn init_boot_cpu_early(stack_top: u64) {
         temp_slots: AtomicU32::new(0),
         tss,
         lapic: OnceCell::new(),
-        current: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
     });
     data.self_ptr = data as *const PerCpu as u64;
     // SAFETY: `data` and `early.gdt` are statics that stay valid for the whole run.
@@ -127,8 +124,7 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
             scratch: 0,
             temp_slots: AtomicU32::new(0),
             lapic: OnceCell::new(),
-            current: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
-            tss: gdt::tss(stack_top, [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug].map(ist)),
+                tss: gdt::tss(stack_top, [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug].map(ist)),
         });
         &*data_ptr
     }
