@@ -521,6 +521,24 @@ mod tests {
     }
 
     #[test]
+    fn relayed_records_give_the_same_report() {
+        // Every worker's line as domain 0 relays its console ring (`make stress IO=1`).
+        let direct = log(20);
+        let relayed: Vec<String> = direct
+            .iter()
+            .map(|line| {
+                (1..=20).fold(line.clone(), |l, n| l.replace(&format!("(d{n}) "), &format!("(d0) [d{n}] ")))
+            })
+            .collect();
+        assert!(relayed.iter().filter(|l| l.contains("(d0) [d")).count() > 20 * 2);
+        let (a, b) = (analysed(&direct, true), analysed(&relayed, true));
+        assert_eq!(a.report, b.report);
+        assert_eq!(table::render(&a), table::render(&b));
+        assert_eq!(a.checks, b.checks);
+        assert!(b.passed());
+    }
+
+    #[test]
     fn n100_creation_targets() {
         let a = analysed(&log(100), true);
         assert!(a.passed(), "{:?}", a.failures());

@@ -628,6 +628,11 @@ impl Domain {
         for vcpu in self.vcpus() {
             vcpu.stop();
         }
+        if !self.privileged {
+            // Domain 0 learns of it (VIRQ_DOM_EXC) and drains what is left of its console
+            // ring before it releases it.
+            crate::pv::events::domain_ended();
+        }
     }
 
     pub fn ending(&self) -> Option<Ending> {
