@@ -39,6 +39,7 @@ pub const RELAY_TEXT_MAX: usize = LINE_MAX - RELAY_TAG_MAX;
 
 // A stress record relayed whole stays one line.
 const _: () = assert!(crate::record::LINE_MAX <= RELAY_TEXT_MAX);
+const _: () = assert!(RELAY_TAG_MAX + RELAY_TEXT_MAX <= LINE_MAX);
 
 /// Who a console line is from (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +203,6 @@ mod tests {
     fn relayed_lines_fit_one_hypervisor_line() {
         let tag = format!("{} ", RelayTag(DomId(u16::MAX)));
         assert_eq!(tag.len(), RELAY_TAG_MAX);
-        assert!(RELAY_TAG_MAX + RELAY_TEXT_MAX <= LINE_MAX);
     }
 
     fn origin() -> impl Strategy<Value = (u8, u16, &'static str)> {
