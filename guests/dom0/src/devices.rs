@@ -15,7 +15,9 @@
 //! released, and [`Devices::ended`] names the first (a stress domain never ends by itself:
 //! the run fails). [`Devices::drain_consoles`] drains every ring (before domain 0's reports,
 //! and after a failure before the destruction), [`Devices::detach_all`] drains each ring
-//! a last time before it unmaps it.
+//! a last time before it unmaps it. Domain 0's quiet test counts the console bytes taken
+//! ([`Devices::activity`]) and waits for every worker's last report to come through
+//! ([`Devices::all_reported`]).
 //!
 //! The RAM disks: frames of domain 0 past its initial mapping ([`FreeFrames::past_slack`]
 //! after [`FreeFrames::whole_mapping`]), `io_kib / 4` for each domain, never mapped by
@@ -47,6 +49,7 @@ use blkif::check::{Vbd, Work};
 use blkif::copies::{plan, DiskFrames, MAX_COPIES};
 use blkif::xenbus::{backend_keys as bk, frontend_keys as fk, parse_u32, xvd_number, XenbusState, PROTOCOL_X86_64};
 use guest_dom0::consoled::Relay;
+use guest_rt::abi::console::{OUT_CONS_OFFSET, OUT_PROD_OFFSET};
 use guest_rt::abi::control::DOMAIN_SHUTTING_DOWN;
 use guest_rt::abi::grant_table::{GnttabCopy, GnttabCopyPtr, GnttabOp};
 use guest_rt::abi::hypercall::Virq;
@@ -152,6 +155,15 @@ impl DiskFrames for RamDisk {
     }
 }
 
+/// A worker's `io` record (it prints only `iohist` lines after it) or `error` record (it
+/// prints nothing after it).
+fn is_last_report(text: &str) -> bool {
+    matches!(
+        protocol::record::Record::parse(text),
+        Ok(protocol::record::Record::Io(_) | protocol::record::Record::Error(_))
+    )
+}
+
 /// `GNTTABOP_copy` over `ops`; true when every one succeeded.
 fn copy(ops: &mut [GnttabCopy]) -> bool {
     // SAFETY: `ops` are ours for the call; every page they name is domain 0's own frame or
@@ -191,6 +203,13 @@ struct Console {
     handle: u32,
     page: Mapped,
     relay: Relay,
+    /// Lines relayed so far.
+    lines: u64,
+    /// Bytes taken from the ring so far.
+    bytes: u64,
+    /// The worker's `io` record (after which it prints only its `iohist` lines) or an
+    /// `error` record (after which it prints nothing) came through.
+    reported: bool,
 }
 
 impl Console {
@@ -203,16 +222,21 @@ impl Console {
     /// [`Self::drain`], also returning the bytes taken.
     fn drain_counted(&mut self, id: DomId, now_ns: u64) -> (u32, u64) {
         let mut lines = 0;
+        let mut reported = false;
         let drained = self.relay.drain(&self.page, now_ns, &mut |d, text| {
             relay_line(d, text);
             lines += 1;
+            reported |= is_last_report(text);
         });
+        self.reported |= reported;
         if drained.bogus_reported {
             println!("dom0: io: d{}: console ring indices out of range; output ignored", id.0);
         }
         if drained.bytes > 0 {
             let _ = evtchn::send(self.port);
         }
+        self.lines += lines;
+        self.bytes += u64::from(drained.bytes);
         (drained.bytes, lines)
     }
 
@@ -227,10 +251,12 @@ impl Console {
                 break;
             }
         }
+        let before = lines;
         self.relay.flush(now_ns, &mut |d, text| {
             relay_line(d, text);
             lines += 1;
         });
+        self.lines += lines - before;
         lines
     }
 }
@@ -383,6 +409,9 @@ impl Devices {
             handle: console_handle,
             page: Mapped(console_window),
             relay: Relay::new(id.0, self.clock.now_ns()),
+            lines: 0,
+            bytes: 0,
+            reported: false,
         };
         self.consoles += 1;
         let store_handle = map_ring(id, devices.store_gref, store_window).map_err(|_| DevError::Setup("the store grant"))?;
@@ -526,6 +555,23 @@ impl Devices {
         }
     }
 
+    /// What the served domains have had done so far, as a count that grows while any of
+    /// them is busy with its devices: requests answered, console bytes taken (for domain
+    /// 0's quiet test: a worker blocked on a read, or waiting for room in its console ring,
+    /// takes no CPU time but is not finished).
+    pub fn activity(&self) -> u64 {
+        let f = self.figures();
+        let console: u64 = self.domains.iter().map(|d| d.console.bytes).sum();
+        f.requests + f.failed + console
+    }
+
+    /// Whether every served domain's console has relayed its `io` record (or an `error`
+    /// record), or the domain ended: domain 0's quiet test waits for it, so that a host
+    /// stall of a CPU's thread longer than its window does not pass for the workers' end.
+    pub fn all_reported(&self) -> bool {
+        self.domains.iter().all(|d| d.console.reported || d.ended)
+    }
+
     /// The `consoles` record's figures now.
     pub fn consoles(&self) -> protocol::record::Consoles {
         protocol::record::Consoles {
@@ -590,6 +636,12 @@ impl Devices {
                 self.relayed_lines += d.console.drain_to_end(d.id, now);
             }
             self.relay_dropped += d.console.relay.dropped_lines;
+            if d.console.lines == 0 {
+                use guest_dom0::consoled::ConsolePage;
+                let (cons, prod) = (d.console.page.load_u32(OUT_CONS_OFFSET), d.console.page.load_u32(OUT_PROD_OFFSET));
+                let info = control::domain_info(d.id);
+                println!("dom0: io: d{}: nothing came through its console ring (out_cons {cons}, out_prod {prod}; {info:?})", d.id.0);
+            }
             let _ = self.events.clear_handler(d.console.port);
             let _ = evtchn::close(d.console.port);
             unmap_ring(d.console.handle, d.console.page.0);

@@ -592,12 +592,10 @@ fn wait_ballooned(plan: &Plan, options: &Options, waiter: Waiter) -> Result<(), 
 }
 
 /// The stress domains' CPU time together, plus (with devices) the VBD requests domain 0
-/// has answered: a domain blocked on a read takes no CPU time but is not finished.
+/// has answered and the console bytes it has taken: a domain blocked on a read, or waiting
+/// for room in its console ring, takes no CPU time but is not finished.
 fn total_cpu_time(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
-    let mut total = waiter.devices.map_or(0, |d| {
-        let f = d.borrow().figures();
-        f.requests + f.failed
-    });
+    let mut total = waiter.devices.map_or(0, |d| d.borrow().activity());
     for domid in (0..plan.len()).map(Plan::domid) {
         let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
         total = total.wrapping_add(info.cpu_time_ns);
@@ -606,14 +604,16 @@ fn total_cpu_time(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
 }
 
 /// Waits until the stress domains' CPU time stops growing: every worker has reported and
-/// blocked for good.
+/// blocked for good. With devices, also until every worker's console has relayed its last
+/// report (a host stall of one CPU's thread longer than the window stops every domain on
+/// it, and must not pass for their end).
 fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
     let deadline = waiter.now() + wait_limit_ns(plan);
     let mut last = total_cpu_time(plan, waiter)?;
     loop {
         waiter.sleep(QUIET_WINDOW_NS)?;
         let total = total_cpu_time(plan, waiter)?;
-        if total == last {
+        if total == last && waiter.devices.is_none_or(|d| d.borrow().all_reported()) {
             return Ok(());
         }
         if waiter.now() >= deadline {
