@@ -311,7 +311,11 @@ def guest_cases():
              expect_at_most={"console.ring_bytes": 0},
              expect_lines=ok_lines + ["dom0: attack store: ok", "xs: all checks passed", "xs: flood: every quota held",
                                       "xs: cut off error=2", "xs: read round trip median=", "(d0) [d1] xs: ring line 2 of d1",
-                                      "(d0) [d2] xs: ring line 2 of d2", "lines suppressed by the console rate limit]"]),
+                                      "(d0) [d2] xs: ring line 2 of d2", "lines suppressed by the console rate limit]",
+                                      # written unnotified right before poweroff: drained after the end
+                                      "(d0) [d1] xs: last words of d1, unnotified, no newline",
+                                      "(d0) [d2] xs: last words of d2, unnotified, no newline",
+                                      "dom0: store: domain 1 (good) ended (told by VIRQ_DOM_EXC)"]),
         # review-io: a store client whose one rm fires every watch it may have for every
         # node removed (XSA-115's amplification): domain 0 answers it, drops the events past
         # the domain's queue and serves on (before the fix, domain 0's heap ran out);
@@ -336,7 +340,10 @@ def guest_cases():
              modules=[("guest-dom0", "name=dom0 -- attack=store good=1 hostile=0 mem_kib=32768"), ("grub-xen", "")],
              expect={"domains.unexpected_endings": "0", "console.ring_bytes": "0"},
              expect_lines=ok_lines + ["(d0) [d1] ", "Welcome to GRUB!", "grub: embedded configuration running",
-                                      "error: no such device: /hello.txt", "grub: halting",
+                                      "error: no such device: /hello.txt",
+                                      # its last line, printed right before it halts: relayed by
+                                      # domain 0 once it learnt of the end (VIRQ_DOM_EXC)
+                                      "(d0) [d1] grub: halting", "domain 1 (good) ended (told by VIRQ_DOM_EXC)",
                                       "domain 1 (guest1) ended: poweroff", "dom0: attack store: ok"]),
         # and with its disk (FAT, then ext2): domain 0's blkback serves it (attack=blk serve=1,
         # as `make run GUEST_DISK=`); GRUB finds the disk through the store, connects its
@@ -348,14 +355,16 @@ def guest_cases():
              expect_lines=ok_lines + ["Welcome to GRUB!", "grub: embedded configuration running",
                                       "(xen/xvda)", "grub: found /hello.txt on xen/xvda",
                                       "grub read this line from its fat disk through blkfront",
-                                      "grub: halting", "domain 1 (guest1) ended: poweroff"]),
+                                      "(d0) [d1] grub: halting", "dom0: blk: d1 ended (told by VIRQ_DOM_EXC)",
+                                      "domain 1 (guest1) ended: poweroff"]),
         Case("io-grub-ext2", smp="2", mem="512M", boot="iso", cmdline="dom0",
              modules=[("guest-dom0", "name=dom0 mem=16 -- attack=blk serve=1 guest_mem=32"), ("grub-xen", ""),
                       ("grub-disk-ext2", "name=ext2 disk=xvda,ro")],
              expect={"domains.unexpected_endings": "0", "console.ring_bytes": "0"},
              expect_lines=ok_lines + ["Welcome to GRUB!", "grub: found /hello.txt on xen/xvda",
                                       "grub read this line from its ext2 disk through blkfront",
-                                      "grub: halting", "domain 1 (guest1) ended: poweroff"]),
+                                      "(d0) [d1] grub: halting", "dom0: blk: d1 ended (told by VIRQ_DOM_EXC)",
+                                      "domain 1 (guest1) ended: poweroff"]),
         # the store round trip with one client alone (its median is printed);
         # serial input: Ctrl-A three times gives the focus to d1, which gets the typed line;
         Case("io-store-input", smp="2", mem="512M", boot="iso", cmdline="dom0",

@@ -9,8 +9,9 @@ use arrayvec::ArrayVec;
 use abi::ids::EvtchnPort;
 use mm::addr::Mfn;
 
-/// Longest line kept; longer ones are split.
-pub const LINE_MAX: usize = 160;
+/// Longest line kept; longer ones are split (the console grammar's, which domain 0's relay
+/// sizes its lines by).
+pub const LINE_MAX: usize = protocol::console::LINE_MAX;
 /// Bytes a domain may print in a burst (each line counting [`LINE_COST`] more).
 pub const BURST_BYTES: u64 = 32 << 10;
 /// Bytes per second a domain may print once its burst is spent.

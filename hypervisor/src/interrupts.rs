@@ -24,6 +24,7 @@ pub fn handle(vector: u8) {
             let cpu = percpu::current().index.0 as usize;
             TIMER_TICKS[cpu].fetch_add(1, Ordering::Relaxed);
             crate::pv::console::poll_input();
+            crate::pv::events::tell_domain_ended();
             crate::sched::timer_interrupt();
         }
         vectors::CALL => cpus::service_calls(),

@@ -73,6 +73,8 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     if from_guest {
         // Console rings that waited for room in the console buffer.
         crate::pv::console::retry_rings();
+        // A domain that ended: domain 0's VIRQ_DOM_EXC.
+        crate::pv::events::tell_domain_ended();
     }
     crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause, domu);
 }

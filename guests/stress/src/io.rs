@@ -20,7 +20,7 @@ use guest_rt::events::Events;
 use guest_rt::frames::{Frame, FreeFrames};
 use guest_rt::time::Clock;
 use guest_rt::xs::Xs;
-use guest_rt::{println, StartInfo};
+use guest_rt::StartInfo;
 use protocol::histogram::Histogram;
 use protocol::record::{self, IoResult, Record};
 use protocol::worker::GO_NODE;
@@ -127,7 +127,7 @@ impl Disk {
         self.front.kick();
         let Some(status) = self.answer(id, sent + ANSWER_TIMEOUT_NS) else {
             self.lost += 1;
-            println!("stress-guest: d{}: read of sector {sector} not answered", self.domid.0);
+            say!("stress-guest: d{}: read of sector {sector} not answered", self.domid.0);
             return;
         };
         let took = self.clock.now_ns().saturating_sub(sent);
@@ -212,8 +212,8 @@ impl Disk {
             lost: self.lost,
             max_ns: self.max_ns,
         };
-        println!("{}", Record::Io(io));
-        record::io_hist_lines(self.domid, role, &self.hist, |line| println!("{line}"));
+        say!("{}", Record::Io(io));
+        record::io_hist_lines(self.domid, role, &self.hist, |line| say!("{line}"));
     }
 }
 

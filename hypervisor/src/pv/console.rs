@@ -43,8 +43,9 @@ use arrayvec::ArrayVec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use abi::console::{self as ring_abi, OUT_CONS_OFFSET, OUT_PROD_OFFSET, OUT_RING_OFFSET, OUT_RING_SIZE};
-use abi::ids::EvtchnPort;
+use abi::ids::{DomId, EvtchnPort};
 use log::{info, warn};
+use protocol::console::{Origin, Suppressed};
 use mm::addr::Mfn;
 use spin::Mutex;
 
@@ -144,15 +145,15 @@ fn emit(domain: &Domain, console: &mut ConsoleLine, source: Source, force: bool)
     };
     if console.dropped_since_report > 0 {
         let dropped = console.dropped_since_report;
-        if !logger::guest_line(id, share, format_args!("(d{id}) [{dropped} lines suppressed by the console rate limit]")) && !force {
+        if !logger::guest_line(id, share, format_args!("{} {}", Origin::Direct(DomId(id)), Suppressed(dropped))) && !force {
             return false;
         }
         console.dropped_since_report = 0;
     }
     let text = core::str::from_utf8(&console.line(source).buffer).unwrap_or("<invalid>");
     let queued = match source {
-        Source::ConsoleIo => logger::guest_line(id, share, format_args!("(d{id}) {text}")),
-        Source::Ring => logger::guest_line(id, share, format_args!("(d{id}:{}) {text}", domain.name)),
+        Source::ConsoleIo => logger::guest_line(id, share, format_args!("{} {text}", Origin::Direct(DomId(id)))),
+        Source::Ring => logger::guest_line(id, share, format_args!("{} {text}", Origin::Ring { domid: DomId(id), name: domain.name.as_str() })),
     };
     if !queued {
         if !force {

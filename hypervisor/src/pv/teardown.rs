@@ -64,6 +64,11 @@ pub fn shutdown(domain: &Domain, ending: Ending) {
         for vcpu in domain.vcpus() {
             stop(&vcpu);
         }
+        if !domain.privileged {
+            // Domain 0 learns of it (VIRQ_DOM_EXC) and drains what is left of its console
+            // ring before it releases it.
+            crate::pv::events::domain_ended();
+        }
     }
 }
 

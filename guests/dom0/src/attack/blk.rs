@@ -66,7 +66,7 @@ use xenstore::Store;
 use crate::virtio::vbd::{Rings, Server, Slice, VbdRing};
 use crate::virtio::{SectorDisk, VirtioDisk};
 
-use super::store::{attach, detach, drain_console, map_ring, on_event, spec, unmap_ring, Served, PENDING};
+use super::store::{attach, bind_dom_exc, detach, drain_console, map_ring, on_event, spec, told, unmap_ring, Served, ENDING_POLL_ROUNDS, PENDING};
 use super::{expect_as_before, option, phys, settled, Compare, Failure, Waiter};
 
 const MS: u64 = 1_000_000;
@@ -556,6 +556,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         served.push(s);
         kinds.push(kind);
     }
+    let dom_exc = bind_dom_exc(events)?;
     events.enable();
     for s in &served {
         control::unpause_domain(s.id).map_err(|e| Failure::Control("UnpauseDomain", e))?;
@@ -604,12 +605,14 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             more |= serve_virtio(&mut store, server, &mut vbds, woke, rounds.is_multiple_of(16), rounds);
         }
         rounds += 1;
-        if rounds.is_multiple_of(8) {
+        let by_virq = woke(dom_exc);
+        if by_virq || rounds.is_multiple_of(ENDING_POLL_ROUNDS) {
             for (i, s) in served.iter_mut().enumerate().filter(|(_, s)| !s.ended) {
                 let state = control::domain_info(s.id).map(|info| info.state).unwrap_or(DOMAIN_SHUTTING_DOWN);
                 if state != DOMAIN_SHUTTING_DOWN {
                     continue;
                 }
+                println!("dom0: blk: d{} ended ({})", s.id.0, told(by_virq, dom_exc));
                 if kinds[i] == Kind::Die {
                     // Destroyed with its ring mapped and its requests unserved; served
                     // once more (its grants are gone), then released.
