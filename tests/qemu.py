@@ -735,6 +735,12 @@ def matrix():
         Case("pvh-silent-cpu", smp="4", cmdline="test_silent_cpu=2 ap_timeout_ms=50",
              expect={"cpus.online": "3", "cpus.listed": "4", "cpus.failed": "1"},
              expect_lines=["did not answer within 50 ms of the last that did; left out"]),
+        # A CPU that answers its start-up IPIs after boot (identity map gone): it must halt
+        # at the trampoline's closed gate. Without the gate it turned paging on with no
+        # mapping of the code it ran and the triple fault reset the machine.
+        Case("pvh-late-cpu", smp="4", cmdline="test_late_cpu=2 ap_timeout_ms=50",
+             expect={"cpus.online": "3", "cpus.listed": "4", "cpus.failed": "1"},
+             expect_lines=["start-up IPIs sent after boot; cpu 2 is Failed", "summary: selftest=pass"]),
         Case("kvm-x2apic", smp="2", accel="kvm",
              expect={"cpus.online": "2", "apic.mode": "x2apic", "apic.timer": "tsc-deadline"}),
         Case("microvm-no-acpi", smp="2", machine="microvm,acpi=off",

@@ -112,9 +112,12 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     platform::init_interrupt_controllers(&machine);
     lapic::init_this_cpu();
     pci::init(&boot, &machine, |functions| pv::pirq::register_lines(functions, &machine));
-    let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);
+    let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu.or(options.test_late_cpu));
     let firmware_peak = fwmap::used();
     finish_boot();
+    if let Some(cpu) = options.test_late_cpu {
+        smpboot::start_late(CpuIndex(cpu));
+    }
     let all_idle_ns = wait_all_idle();
     let checks = selftest::run(&options);
     memory::record_usage(&mut layout, firmware_peak, cpus::online_count());
