@@ -18,12 +18,16 @@
 //! end and at 2^64 - 1, too many segments, segments out of order or past their page, a
 //! write to a read-only VBD), a good read still served, then garbage ring indices (a
 //! producer 1000 ahead) that must get it cut off: the backend leaves `Connected`
-//! ("blk: cut off, backend state <n>").
+//! ("blk: cut off, backend state <n>"). With `base=<sector>` its first VBD is a slice of
+//! domain 0's virtio disk from that sector (the good read is checked against its pattern).
 //!
 //! `mode=vbench base=<sector> [bench=1] [crash=1]`: its first VBD is a slice of domain
 //! 0's virtio disk from sector `base` (the `io-vbd-virtio` case's pattern checked, a read
 //! past the slice refused, with `bench=1` sequential 64 KiB reads timed, then its writes
 //! flushed; see [`vbench`]).
+//!
+//! Every mode offers persistent grants (`feature-persistent`: its data pages are granted
+//! once and reused) unless its line says `persistent=0`.
 //!
 //! `mode=die`: fills the ring with reads, notifies, and powers off at once, with every
 //! request in flight (domain 0 must release everything of it).
@@ -112,7 +116,9 @@ fn main(start: &'static StartInfo) {
     check("vbds listed", !devids.is_empty(), format_args!("{:?}", &list[..n]));
     let mut disks = Vec::new();
     for &devid in &devids {
-        let d = Blkfront::connect(&mut xs, events, &mut frames, &mut table, devid).expect("connect");
+        // Its data pages are granted once and reused for every request: persistent grants,
+        // unless the line says `persistent=0` (the backend then copies every request).
+        let d = Blkfront::connect(&mut xs, events, &mut frames, &mut table, devid, word("persistent=") != Some("0")).expect("connect");
         println!("blk: vbd {devid} connected: {} sectors, {}", d.sectors, if d.read_only { "ro" } else { "rw" });
         disks.push(d);
     }
@@ -137,7 +143,7 @@ fn main(start: &'static StartInfo) {
                 .collect();
             vbench(&mut xs, &mut disks[0], &pages, &extra, base, word("bench=") == Some("1"), word("crash=") == Some("1"))
         }
-        Some("hostile") => hostile(&mut xs, &mut disks, &pages, &mut table),
+        Some("hostile") => hostile(&mut xs, &mut disks, &pages, &mut table, word("base=").and_then(|b| b.parse().ok())),
         Some("die") => die(&mut disks[0], &pages),
         Some("flood") => flood(&mut disks[0], &pages, word("seconds=").and_then(|s| s.parse().ok()).unwrap_or(10)),
         _ => good(&mut disks, &pages),
@@ -401,7 +407,9 @@ fn raw(d: &mut Blkfront, req: &Request) -> i16 {
     }
 }
 
-fn hostile(xs: &mut Xs, disks: &mut [Blkfront], pages: &[Page], table: &mut GrantTable) {
+/// `base`: its first VBD is a slice of domain 0's virtio disk from that sector (its
+/// pattern is the virtio disk's), else a disk module with the test script's pattern.
+fn hostile(xs: &mut Xs, disks: &mut [Blkfront], pages: &[Page], table: &mut GrantTable, base: Option<u64>) {
     let me = evtchn::own_domid().expect("own id");
     let d = &mut disks[0];
     let handle = d.devid as u16;
@@ -444,7 +452,11 @@ fn hostile(xs: &mut Xs, disks: &mut [Blkfront], pages: &[Page], table: &mut Gran
         expect_status("a write to a read-only vbd", raw(d, &w), RSP_ERROR);
     }
     let st = raw(d, &read(13, 0, &[good]));
-    check("still served", st == RSP_OKAY && pages[0].bytes()[..4] == [0, 0, 0, 0], format_args!("status {st}"));
+    let data = match base {
+        Some(base) => (0..512).all(|j| pages[0].bytes()[j] == vpattern(base, j)),
+        None => pages[0].bytes()[..4] == [0, 0, 0, 0],
+    };
+    check("still served", st == RSP_OKAY && data, format_args!("status {st}"));
     // Garbage indices: a producer 1000 past what the backend consumed.
     let ring = d.ring_va as *mut u32;
     // SAFETY: the ring page is ours (shared with the backend); req_prod is its first word.

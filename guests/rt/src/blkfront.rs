@@ -7,7 +7,11 @@
 //! (Initialised), waits for the backend's `Connected` and writes its own `state` 4.
 //!
 //! Requests are the `blkif` crate's [`Frontend`] (ids naming in-flight slots, responses in
-//! any order); data pages are the caller's, granted with [`GrantTable::grant`]. Who uses it:
+//! any order); data pages are the caller's, granted with [`GrantTable::grant`]. A caller
+//! that grants its data pages once and reuses them for every request (never ending access
+//! while connected) says so with `persistent`: the frontend then writes
+//! `feature-persistent = 1`, and a backend that offers it may keep those grants mapped (and
+//! writable) for the connection's life. Who uses it:
 //! guest-blk (its checks, the round trip figure and its attacks). It never believes the
 //! backend: a response to no request in flight, or impossible ring indices, is an error.
 
@@ -170,8 +174,9 @@ pub fn wait_backend(xs: &mut Xs, backend: &str, want: XenbusState) -> Result<(),
 
 impl Blkfront {
     /// Connects to `device/vbd/<devid>` (see the module documentation); the ring page is
-    /// taken from `frames`. Events must be enabled.
-    pub fn connect(xs: &mut Xs, events: Events, frames: &mut FreeFrames, table: &mut GrantTable, devid: u32) -> Result<Blkfront, BlkError> {
+    /// taken from `frames`; `persistent`: the caller reuses the same grants for all its
+    /// requests (`feature-persistent`). Events must be enabled.
+    pub fn connect(xs: &mut Xs, events: Events, frames: &mut FreeFrames, table: &mut GrantTable, devid: u32, persistent: bool) -> Result<Blkfront, BlkError> {
         let me = format!("device/vbd/{devid}");
         let backend = read_string(xs, &format!("{me}/{}", fk::BACKEND), "backend")?;
         let backend_id = read_number(xs, &format!("{me}/{}", fk::BACKEND_ID), "backend-id")?;
@@ -194,6 +199,9 @@ impl Blkfront {
         xs.write(0, &format!("{me}/{}", fk::RING_REF), format!("{gref}").as_bytes())?;
         xs.write(0, &format!("{me}/{}", fk::EVENT_CHANNEL), format!("{}", port.0).as_bytes())?;
         xs.write(0, &format!("{me}/{}", fk::PROTOCOL), PROTOCOL_X86_64.as_bytes())?;
+        if persistent {
+            xs.write(0, &format!("{me}/{}", fk::FEATURE_PERSISTENT), b"1")?;
+        }
         xs.write(0, &format!("{me}/{}", fk::STATE), format!("{}", XenbusState::Initialised.raw()).as_bytes())?;
         wait_backend(xs, &backend, XenbusState::Connected)?;
         xs.write(0, &format!("{me}/{}", fk::STATE), format!("{}", XenbusState::Connected.raw()).as_bytes())?;

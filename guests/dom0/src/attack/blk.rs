@@ -13,7 +13,11 @@
 //! With `vdisk=1` (`vdisk_ro=1`: read-only) domain 0 also drives the virtio disk and gives
 //! every domain an equal slice of it as one more VBD (`crate::virtio::vbd`: requests
 //! complete out of order, a flush waits for the disk to be quiet); the loop wakes on the
-//! disk's interrupt too. Its rings are served in turn, a different one first each round,
+//! disk's interrupt too. These VBDs offer `feature-persistent`: a frontend that takes it
+//! has its grants mapped for the device once and the disk reads into and writes from its
+//! pages directly; any other is served by grant copies through domain 0's bounce buffers
+//! (`copy=1`: the guests are told not to take it). At the end every grant mapped for the
+//! device must have been unmapped. Its rings are served in turn, a different one first each round,
 //! so that a frontend keeping its ring full cannot take every disk slot (`flood=N`: the
 //! last `N` good domains run guest-blk `mode=flood`, each of which must still get
 //! answers). With `bench=1` it first reads the
@@ -46,7 +50,7 @@ use core::fmt::Write as _;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
-use arrayvec::ArrayString;
+use arrayvec::{ArrayString, ArrayVec};
 use blkif::backend::{Backend, DataMover};
 use blkif::check::{Vbd, Work};
 use blkif::copies::{plan, DiskFrames, MAX_COPIES};
@@ -64,7 +68,7 @@ use xenstore::perms::{Perm, PermKind};
 use xenstore::Store;
 
 use crate::virtio::vbd::{Rings, Server, Slice, VbdRing};
-use crate::virtio::{SectorDisk, VirtioDisk};
+use crate::virtio::{Buffers, Extent, SectorDisk, VirtioDisk, CHUNK, DEPTH, SLOTS};
 
 use super::store::{attach, detach, drain_console, map_ring, on_event, spec, unmap_ring, Served, PENDING};
 use super::{expect_as_before, option, phys, settled, Compare, Failure, Waiter};
@@ -207,6 +211,9 @@ struct VbdConn {
     window: u64,
     /// Served from this slice of the virtio disk (else from `disk`).
     slice: Option<Slice>,
+    /// The frontend offered `feature-persistent` (a virtio VBD only: its grants are kept
+    /// mapped for the device).
+    persistent: bool,
     /// Requests were left on its ring (virtio: no free disk slot, or the budget ran out).
     left: bool,
     closed: bool,
@@ -261,6 +268,10 @@ fn create_vbd(store: &mut Store, frontend: DomId, domain: usize, disk_index: usi
     write(store, &format!("{bpath}/{}", bk::INFO), &format!("{info}"))?;
     write(store, &format!("{bpath}/{}", bk::MODE), if disk.read_only { "r" } else { "w" })?;
     write(store, &format!("{bpath}/{}", bk::FEATURE_FLUSH_CACHE), "1")?;
+    if slice.is_some() {
+        // The virtio disk moves data straight to and from grants it may keep mapped.
+        write(store, &format!("{bpath}/{}", bk::FEATURE_PERSISTENT), "1")?;
+    }
     write(store, &format!("{bpath}/{}", bk::STATE), &format!("{}", XenbusState::InitWait.raw()))?;
     Ok(VbdConn {
         domain,
@@ -272,6 +283,7 @@ fn create_vbd(store: &mut Store, frontend: DomId, domain: usize, disk_index: usi
         ring: None,
         window,
         slice,
+        persistent: false,
         left: false,
         closed: false,
         cut: false,
@@ -300,6 +312,7 @@ fn try_connect(store: &mut Store, events: Events, v: &mut VbdConn, disks: &[Disk
     let number = |store: &mut Store, key: &str| read(store, &format!("{}/{key}", v.fpath)).and_then(|s| parse_u32(s.as_bytes()));
     let protocol = read(store, &format!("{}/{}", v.fpath, fk::PROTOCOL));
     let order = number(store, fk::RING_PAGE_ORDER);
+    let persistent = v.slice.is_some() && number(store, fk::FEATURE_PERSISTENT) == Some(1);
     let (Some(gref), Some(port)) = (number(store, fk::RING_REF), number(store, fk::EVENT_CHANNEL)) else {
         return refuse(store, v, "no ring-ref or event-channel");
     };
@@ -325,6 +338,7 @@ fn try_connect(store: &mut Store, events: Events, v: &mut VbdConn, disks: &[Disk
     match Backend::new(mem, 1, vbd) {
         Ok(backend) => {
             v.ring = Some(Ring { backend, port: local, handle, va: v.window });
+            v.persistent = persistent;
             set_state(store, &v.bpath, XenbusState::Connected);
         }
         Err(_) => {
@@ -379,8 +393,9 @@ impl Rings for VirtioRings<'_> {
         let v = self.0.get_mut(key)?;
         let slice = v.slice?;
         let frontend = v.frontend;
+        let persistent = v.persistent;
         let ring = v.ring.as_mut()?;
-        Some(VbdRing { backend: &mut ring.backend, frontend, port: ring.port, slice })
+        Some(VbdRing { backend: &mut ring.backend, frontend, port: ring.port, slice, persistent })
     }
 }
 
@@ -464,6 +479,8 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let die = option(cmdline, "die").unwrap_or(0).min((MAX_DOMAINS - good - hostile) as u64) as usize;
     let serving = option(cmdline, "serve") == Some(1);
     let flood = option(cmdline, "flood").unwrap_or(0);
+    // `copy=1`: the guests offer no persistent grants, so the virtio VBDs copy every request.
+    let copy_only = option(cmdline, "copy") == Some(1);
     let seconds = option(cmdline, "seconds").unwrap_or(if serving { 24 * 3600 } else { 60 }).max(1);
     // The user's guest line: what follows ` -- ` in domain 0's own.
     let text = core::str::from_utf8(cmdline).unwrap_or("");
@@ -477,13 +494,16 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let vdisk = option(cmdline, "vdisk") == Some(1);
     let events = Events::init().map_err(|_| Failure::Setup("no events"))?;
     // The virtio disk's DMA pool first: it needs a run of the initial mapping's frames.
-    let mut server = if vdisk {
+    let opened = if vdisk {
         let disk = crate::virtio::open(&mut frames, events).map_err(Failure::Setup)?;
-        Some(Server::new(disk))
+        let buffers = Buffers::alloc(SLOTS).ok_or(Failure::Setup("the DMA pool has no room for the bounce buffers"))?;
+        Some((disk, buffers))
     } else {
         None
     };
     guest_rt::heap::init(&mut frames, if vdisk { VDISK_HEAP_PAGES } else { HEAP_PAGES });
+    // On the heap: it is large for domain 0's stack.
+    let mut server = opened.map(|(disk, buffers)| Server::new(disk, buffers));
     let bounce = frames.take().ok_or(Failure::Setup("no bounce page"))?;
     let disks = load_disks(bounce, &mut past, vdisk)?;
     let vslices = match server.as_mut() {
@@ -493,15 +513,35 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         }
         None => Vec::new(),
     };
-    // Domain 0 reading the virtio disk directly (every slot in flight), to compare with a
-    // guest reading its VBD.
+    // Domain 0 reading the virtio disk directly, to compare with a guest reading its VBD:
+    // into its bounce buffers (one piece per read, as many in flight as it has buffers),
+    // and into frames of its own, a page per piece, as many in flight as the disk takes
+    // (the VBD's reads come as pieces of pages, at most that many in flight). The better
+    // of the two is the figure.
     let direct = match (server.as_mut(), option(cmdline, "bench")) {
         (Some(server), Some(1)) => {
             let clock = guest_rt::time::Clock::new().map_err(|_| Failure::Setup("clock"))?;
             let sectors = vslices[0].sectors;
-            let b = crate::virtio::bench(server.disk(), &clock, sectors).map_err(Failure::Setup)?;
-            println!("dom0: blk: direct seq64k {b}");
-            Some(b)
+            let buffers: Vec<ArrayVec<Extent, 16>> =
+                (0..server.buffers().len()).map(|i| [server.buffers().extent(i, CHUNK)].into_iter().collect()).collect();
+            // SAFETY: the bounce buffers are domain 0's pool memory, idle until the VBDs are
+            // served.
+            let a = unsafe { crate::virtio::bench(server.disk(), &clock, sectors, &buffers) }.map_err(Failure::Setup)?;
+            println!("dom0: blk: direct seq64k {a}");
+            let mut pages: Vec<ArrayVec<Extent, 16>> = Vec::new();
+            for _ in 0..DEPTH {
+                let mut read = ArrayVec::new();
+                for _ in 0..CHUNK / 4096 {
+                    let frame = past.next().ok_or(Failure::Setup("domain 0 has no frames for its direct benchmark"))?;
+                    read.push(Extent { addr: frame.mfn.0 << 12, len: 4096 });
+                }
+                pages.push(read);
+            }
+            // SAFETY: frames of domain 0's reservation past its initial mapping, used by
+            // nothing else (never mapped; the device writes them, nobody reads them).
+            let b = unsafe { crate::virtio::bench(server.disk(), &clock, sectors, &pages) }.map_err(Failure::Setup)?;
+            println!("dom0: blk: direct seq64k pages {b}");
+            Some(if b.median > a.median { b } else { a })
         }
         _ => None,
     };
@@ -528,10 +568,17 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             line.clear();
             let _ = write!(line, "mode=vbench crash=1 base={}{}", slice.start, if direct.is_some() { " bench=1" } else { "" });
         }
+        if let Some(slice) = vslices.get(i).filter(|_| kind == Kind::Hostile && disks.is_empty()) {
+            // It attacks the virtio disk's slice; its good read checks the slice's pattern.
+            let _ = write!(line, " base={}", slice.start);
+        }
         if kind == Kind::Good && i as u64 + flood >= good as u64 {
             // A frontend hogging its VBD: every flooder must still get a share of the disk.
             line.clear();
             let _ = write!(line, "mode=flood seconds={}", FLOOD_SECONDS);
+        }
+        if copy_only && kind != Kind::Plain {
+            let _ = write!(line, " persistent=0");
         }
         // A benchmark guest crashes on purpose after its flush: counted, not judged.
         let crashes = line.contains("crash=1");
@@ -616,7 +663,11 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
                     let _ = control::destroy_domain(s.id);
                     for v in vbds.iter_mut().filter(|v| v.domain == i) {
                         let pending = v.ring.as_ref().map_or(0, |r| r.backend.counters().ok);
-                        let _ = serve(&mut store, v, &disks);
+                        if v.slice.is_none() {
+                            let _ = serve(&mut store, v, &disks);
+                        }
+                        // A virtio VBD's disk requests in flight complete into its frames,
+                        // which stay the hypervisor's to free until domain 0 unmaps them.
                         println!("dom0: blk: d{} destroyed mid-request ({pending} answered before)", s.id.0);
                     }
                 }
@@ -639,19 +690,29 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
             waited_ns += waiter.now().saturating_sub(begin);
         }
     }
-    if let Some(server) = server.as_ref() {
+    if let Some(server) = server.as_mut() {
+        // Every ring is disconnected: the disk finishes what it has, the grants go.
+        server.drain(&mut VirtioRings(&mut vbds));
         let st = server.stats;
         println!(
-            "dom0: blk: virtio disk: {} requests in {} disk requests, {} grant copies in {} calls ({} Mcycles), {} flushes, {} interrupts, at most {} in flight",
+            "dom0: blk: virtio disk: {} requests in {} disk requests ({} zero-copy), {} grant copies in {} calls ({} Mcycles), {} grants mapped and {} unmapped ({} Mcycles), {} left mapped, {} flushes, {} interrupts, at most {} in flight",
             st.requests,
             st.disk_requests,
+            st.zero_copy,
             st.grant_copies,
             st.copy_calls,
             st.copy_cycles / 1_000_000,
+            st.maps,
+            st.unmaps,
+            st.map_cycles / 1_000_000,
+            server.mapped_grants(),
             st.flushes,
             st.interrupts,
             st.max_in_flight
         );
+        if server.mapped_grants() != 0 || st.maps != st.unmaps {
+            return Err(Failure::OutOfBounds("grants mapped for the virtio disk were not all unmapped"));
+        }
     }
     let busy_ms = waiter.now().saturating_sub(loop_begin) / MS;
     println!("dom0: blk: loop: {rounds} rounds in {busy_ms} ms, {waits} waits ({timeouts} timed out) blocked {} ms", waited_ns / MS);
