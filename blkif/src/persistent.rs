@@ -24,10 +24,11 @@ use alloc::vec::Vec;
 use crate::check::Work;
 use crate::wire::MAX_SEGMENTS;
 
-/// Grants kept mapped per ring at most: a full one-page ring of requests of 8 segments
-/// (Linux's blkback keeps up to `RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST`; ours is lower
-/// so that six rings stay well inside domain 0's 2048 maptrack entries).
-pub const DEFAULT_LIMIT: usize = 256;
+/// Grants kept mapped per ring at most: a full one-page ring of requests of 11 segments
+/// (`RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST`, what `io/blkif.h` calls ideal). With
+/// many rings domain 0's maptrack (2048 entries) may fill first: the maps then fail and
+/// those requests are copied.
+pub const DEFAULT_LIMIT: usize = 32 * MAX_SEGMENTS;
 
 /// A piece of a request's data as the device sees it: `len` bytes at bus (machine)
 /// address `addr`.

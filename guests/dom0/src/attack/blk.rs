@@ -582,7 +582,9 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         }
         // A benchmark guest crashes on purpose after its flush: counted, not judged.
         let crashes = line.contains("crash=1");
-        let mut new = spec(line.as_bytes(), kind == Kind::Hostile || crashes, 1024);
+        // The benchmark's 16 reads in flight need 256 pages of their own.
+        let mem_kib = if line.contains("bench=1") { 2048 } else { 1024 };
+        let mut new = spec(line.as_bytes(), kind == Kind::Hostile || crashes, mem_kib);
         if kind == Kind::Plain {
             new = NewDomain { cmdline: guest_line.as_bytes(), mem_kib: guest_kib, max_kib: guest_kib, ..new };
         }
