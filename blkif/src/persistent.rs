@@ -6,7 +6,7 @@
 //! A frontend that writes `feature-persistent = 1` promises to reuse the same grants for
 //! all its requests and lets the backend map them writable even for writes to the disk.
 //! [`Persistent`] is the table of one ring's mapped grants (by reference: the frame's bus
-//! address and the map's handle) with a bound on its size ([`DEFAULT_LIMIT`]); a request
+//! address and the map's handle) with a bound on its size ([`limit_for`] the ring); a request
 //! whose grants are all in it becomes a list of [`Extent`]s (bus address, length) for the
 //! disk ([`Persistent::extents`]). Each entry counts the disk requests in flight that use
 //! it, so that closing the ring unmaps only what no device access can still reach
@@ -24,11 +24,24 @@ use alloc::vec::Vec;
 use crate::check::Work;
 use crate::wire::MAX_SEGMENTS;
 
-/// Grants kept mapped per ring at most: a full one-page ring of requests of 11 segments
-/// (`RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST`, what `io/blkif.h` calls ideal). With
-/// many rings domain 0's maptrack (2048 entries) may fill first: the maps then fail and
-/// those requests are copied.
+/// Grants kept mapped per ring at most for a one-page ring: a full ring of requests of 11
+/// segments (`RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST`, what `io/blkif.h` calls ideal).
+/// With many rings domain 0's maptrack (2048 entries) may fill first: the maps then fail
+/// and those requests are copied.
 pub const DEFAULT_LIMIT: usize = 32 * MAX_SEGMENTS;
+/// The most grants kept mapped for one ring, however large.
+pub const MAX_LIMIT: usize = 1024;
+
+/// The limit for a ring of `entries` requests: all of them with 11 segments, at most
+/// [`MAX_LIMIT`].
+pub const fn limit_for(entries: usize) -> usize {
+    let all = entries * MAX_SEGMENTS;
+    if all < MAX_LIMIT {
+        all
+    } else {
+        MAX_LIMIT
+    }
+}
 
 /// A piece of a request's data as the device sees it: `len` bytes at bus (machine)
 /// address `addr`.
@@ -270,6 +283,13 @@ mod tests {
         p.release(&w, &mut freed);
         p.close(&mut freed);
         assert_eq!(freed.len(), 2, "only `w` used them");
+    }
+
+    #[test]
+    fn the_limit_follows_the_ring_up_to_a_bound() {
+        assert_eq!(limit_for(32), DEFAULT_LIMIT);
+        assert_eq!(limit_for(64), 704);
+        assert_eq!(limit_for(128), MAX_LIMIT);
     }
 
     #[test]

@@ -146,25 +146,24 @@ impl<M: RingMemory> Queue<M> {
         if buffers.len() > usize::from(self.free_len) {
             return Err(QueueError::Full);
         }
-        let mut ids = [0u16; MAX_SIZE];
-        for id in ids.iter_mut().take(buffers.len()) {
+        // Back to front, so that each descriptor knows the next one's index (no list of
+        // them is built: under emulation every large copy or fill costs).
+        let mut next = 0u16;
+        for (i, b) in buffers.iter().enumerate().rev() {
             self.free_len -= 1;
-            *id = self.free[usize::from(self.free_len)];
-        }
-        for (i, b) in buffers.iter().enumerate() {
-            let id = ids[i];
+            let id = self.free[usize::from(self.free_len)];
             let last = i + 1 == buffers.len();
-            let next = if last { 0 } else { ids[i + 1] };
             let flags = if last { 0 } else { DESC_F_NEXT } | if b.device_writes { DESC_F_WRITE } else { 0 };
             let mut d = [0u8; DESC_BYTES];
             d[0..8].copy_from_slice(&b.addr.to_le_bytes());
             d[8..12].copy_from_slice(&b.len.to_le_bytes());
             d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
+            d[14..16].copy_from_slice(&(if last { 0 } else { next }).to_le_bytes());
             self.desc.write(usize::from(id) * DESC_BYTES, &d);
-            self.next[usize::from(id)] = next;
+            self.next[usize::from(id)] = if last { 0 } else { next };
+            next = id;
         }
-        let head = ids[0];
+        let head = next;
         self.chain[usize::from(head)] = buffers.len() as u16;
         let slot = usize::from(self.avail_idx % self.size);
         self.avail.write(4 + 2 * slot, &head.to_le_bytes());

@@ -195,6 +195,7 @@ fn interrupts(disk: &mut VirtioDisk, buffers: &mut Buffers, events: Events, cloc
     let _ = INTERRUPTED.swap(false, Ordering::AcqRel);
     // SAFETY: buffer 0 is domain 0's pool memory, used by nothing else meanwhile.
     let tag = unsafe { disk.start(Op::Read, 0, &[buffers.extent(0, 4096)]) }.map_err(|_| "submit")?;
+    disk.kick();
     if !interrupted_within(clock, 2000 * MS) {
         return Err("no interrupt for the request");
     }

@@ -8,7 +8,8 @@
 //!   grants for all its requests): domain 0 maps each grant once for the device
 //!   (`GNTMAP_device_map`, writable, batched per request; the hypervisor checks granter,
 //!   grantee and access and pins the frame), keeps it mapped for the ring's life
-//!   ([`blkif::persistent::Persistent`], at most [`DEFAULT_LIMIT`] grants per ring), and
+//!   ([`blkif::persistent::Persistent`], at most 11 grants per request the ring holds,
+//!   [`blkif::persistent::limit_for`]), and
 //!   the disk reads into or writes from the frontend's pages directly (one descriptor per
 //!   piece, [`Extent`]s at the frames' bus addresses). Domain 0 never maps a frontend's
 //!   page into its own address space; the device reaches it by DMA, as Xen's blkback does
@@ -38,6 +39,7 @@
 //! Who calls it: domain 0's block backend loop (`attack::blk`), in bounded slices from
 //! its event loop: [`Server::complete`] after the disk's interrupt, [`Server::take`] per
 //! ring woken (at most `budget` requests, and at most the disk's depth in flight),
+//! [`Server::kick`] once after them (one notification of the disk per round),
 //! [`Server::flush`] when the disk is quiet, [`Server::drain`] at the end. It never waits
 //! for the disk except in `drain`.
 
@@ -47,14 +49,14 @@ use arrayvec::ArrayVec;
 use blkif::backend::Backend;
 use blkif::check::Work;
 use blkif::copies::{plan_buffer, plan_buffer_at, DiskFrames, MAX_COPIES};
-use blkif::persistent::{Mapped, Persistent, DEFAULT_LIMIT};
+use blkif::persistent::{limit_for, Mapped, Persistent};
 use blkif::wire::{Response, MAX_SEGMENTS, SECTOR_BYTES};
 use guest_rt::abi::grant_table::{GnttabCopy, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef, GNTMAP_DEVICE_MAP};
 use guest_rt::abi::ids::{DomId, EvtchnPort};
 use guest_rt::{evtchn, grants, println};
 use xenring::RawMemory;
 
-use super::{Buffers, Extent, Op, SectorDisk, Tag, CHUNK, DEPTH, MAX_SEGMENTS as DISK_SEGMENTS, SLOTS};
+use super::{rdtsc, Buffers, Extent, Op, SectorDisk, Tag, CHUNK, DEPTH, MAX_SEGMENTS as DISK_SEGMENTS, SLOTS};
 
 /// The most ring requests one disk request serves: reads of consecutive sectors, taken
 /// off one ring one after the other, are read by one disk request (a 64 KiB read comes as
@@ -86,6 +88,8 @@ pub struct VbdRing<'a> {
     pub slice: Slice,
     /// The frontend offered `feature-persistent`: its grants may be kept mapped.
     pub persistent: bool,
+    /// Requests the ring holds (its grants kept mapped: [`blkif::persistent::limit_for`]).
+    pub entries: usize,
 }
 
 /// The caller's rings, by key (`None` once the ring was disconnected: answers for it are
@@ -114,6 +118,20 @@ pub struct Stats {
     pub maps: u64,
     pub unmaps: u64,
     pub map_cycles: u64,
+    /// TSC cycles in [`Server::complete`], [`Server::take`] and [`Server::publish`] (each
+    /// including the hypercalls and device accesses it makes).
+    pub complete_cycles: u64,
+    pub take_cycles: u64,
+    pub publish_cycles: u64,
+    /// TSC cycles notifying the disk.
+    pub kick_cycles: u64,
+    /// Events sent to frontends, and their cycles.
+    pub sends: u64,
+    pub send_cycles: u64,
+    /// TSC cycles with some disk request in flight, and their sum weighted by how many
+    /// (their ratio: the disk's average depth while busy).
+    pub busy_cycles: u64,
+    pub depth_cycles: u64,
 }
 
 /// How a disk request's data moves.
@@ -126,6 +144,11 @@ enum Path {
     /// A flush of the disk (answers the flushes that waited for it).
     Flush,
 }
+
+/// An [`InFlight`]'s tag once its disk request completed (until it is removed).
+const DONE: Tag = usize::MAX;
+/// An [`InFlight`]'s tag while its works are gathered, before the disk takes it.
+const GATHERING: Tag = usize::MAX - 1;
 
 struct InFlight {
     tag: Tag,
@@ -161,10 +184,6 @@ fn joins(works: &[Work], next: &Work) -> bool {
         && (end - first.sector_number) * SECTOR_BYTES + bytes(next) <= CHUNK as u64
 }
 
-fn rdtsc() -> u64 {
-    // SAFETY: reads the time-stamp counter; no memory is touched.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
 
 /// The virtio disk serving VBDs (see the module documentation).
 pub struct Server<D> {
@@ -175,8 +194,7 @@ pub struct Server<D> {
     /// The disk requests in flight (at most [`DEPTH`]; on the heap, as every list here:
     /// domain 0's stack is small).
     in_flight: Vec<InFlight>,
-    /// One round's finished requests, and where their copies lie (kept for their capacity).
-    finished: Vec<(InFlight, bool)>,
+    /// Where one round's finished reads' copies lie (kept for its capacity).
     ranges: Vec<Option<(usize, usize)>>,
     /// Flushes waiting for the disk to be quiet: (ring key, the request).
     flushes: Vec<(usize, Work)>,
@@ -193,6 +211,8 @@ pub struct Server<D> {
     /// The grant-copy descriptors of one round's finished reads (kept for its capacity).
     ops: Vec<GnttabCopy>,
     touched: Vec<usize>,
+    /// When the number of disk requests in flight last changed (TSC).
+    depth_at: u64,
     pub stats: Stats,
 }
 
@@ -215,7 +235,6 @@ impl<D: SectorDisk> Server<D> {
             buffers,
             buffer_busy: [false; SLOTS],
             in_flight: Vec::with_capacity(DEPTH),
-            finished: Vec::with_capacity(DEPTH),
             ranges: Vec::with_capacity(DEPTH * MERGE),
             flushes: Vec::new(),
             flushing: Vec::new(),
@@ -225,6 +244,7 @@ impl<D: SectorDisk> Server<D> {
             unmaps: Vec::new(),
             ops: Vec::new(),
             touched: Vec::new(),
+            depth_at: 0,
             stats: Stats::default(),
         })
     }
@@ -237,6 +257,11 @@ impl<D: SectorDisk> Server<D> {
     /// The bounce buffers (for domain 0's own use while no ring is served).
     pub fn buffers(&self) -> &Buffers {
         &self.buffers
+    }
+
+    /// Whether no disk request is in flight (domain 0 may use the disk itself).
+    pub fn idle(&self) -> bool {
+        self.in_flight.is_empty()
     }
 
     /// Grants mapped for the device now (all rings).
@@ -271,11 +296,11 @@ impl<D: SectorDisk> Server<D> {
     /// (the missing ones mapped by one `GNTTABOP_map_grant_ref` call): false when the
     /// table has no room or a map was refused (the request then goes through a bounce
     /// buffer, where the copy meets the same check).
-    fn map_grants(&mut self, key: usize, frontend: DomId, work: &Work) -> bool {
+    fn map_grants(&mut self, key: usize, frontend: DomId, entries: usize, work: &Work) -> bool {
         let index = match self.grants.iter().position(|g| g.key == key) {
             Some(i) => i,
             None => {
-                self.grants.push(Grants { key, table: Persistent::new(DEFAULT_LIMIT) });
+                self.grants.push(Grants { key, table: Persistent::new(limit_for(entries)) });
                 self.grants.len() - 1
             }
         };
@@ -359,15 +384,20 @@ impl<D: SectorDisk> Server<D> {
     /// Publishes the answers written since the last call, notifying the frontends that
     /// asked.
     pub fn publish(&mut self, rings: &mut impl Rings) {
+        let begin = rdtsc();
         // A held request of a ring since disconnected is dropped with it.
         self.held.retain(|(key, _)| rings.ring(*key).is_some());
         for key in core::mem::take(&mut self.touched) {
             if let Some(ring) = rings.ring(key) {
                 if ring.backend.publish() {
+                    let sent = rdtsc();
                     let _ = evtchn::send(ring.port);
+                    self.stats.sends += 1;
+                    self.stats.send_cycles += rdtsc().wrapping_sub(sent);
                 }
             }
         }
+        self.stats.publish_cycles += rdtsc().wrapping_sub(begin);
     }
 
     /// Acknowledges the disk's interrupt and answers every request it finished: the data
@@ -376,15 +406,22 @@ impl<D: SectorDisk> Server<D> {
     /// with a flush waits for the flush. Then the grants of closed rings that nothing
     /// reaches any more are unmapped.
     pub fn complete(&mut self, rings: &mut impl Rings) {
+        let begin = rdtsc();
         if self.disk.poll() {
             self.stats.interrupts += 1;
         }
-        let mut finished = core::mem::take(&mut self.finished);
-        finished.clear();
+        // The finished requests, by index into `in_flight`, processed where they lie and
+        // removed at the end (under emulation every copy of these records costs).
+        let mut finished = ArrayVec::<(usize, bool), DEPTH>::new();
         while let Some((tag, result)) = self.disk.complete() {
             let Some(i) = self.in_flight.iter().position(|f| f.tag == tag) else { continue };
+            if finished.iter().any(|&(j, _)| j == i) {
+                continue;
+            }
+            self.depth_tick();
+            self.in_flight[i].tag = DONE;
             // At most one completion per request in flight: there is room.
-            finished.push((self.in_flight.swap_remove(i), result.is_ok()));
+            finished.push((i, result.is_ok()));
         }
         // Plan every bounce-buffer read's copies: (where its descriptors start and end in
         // `ops`), or `None` when it has none to make.
@@ -392,7 +429,8 @@ impl<D: SectorDisk> Server<D> {
         ops.clear();
         let mut ranges = core::mem::take(&mut self.ranges);
         ranges.clear();
-        for (done, ok) in &finished {
+        for &(i, ok) in &finished {
+            let done = &self.in_flight[i];
             let Path::Buffer(slot) = done.path else {
                 ranges.extend(done.works.iter().map(|_| None));
                 continue;
@@ -402,7 +440,7 @@ impl<D: SectorDisk> Server<D> {
             for work in &done.works {
                 let mut planned = [GnttabCopy::default(); MAX_COPIES];
                 let range = match plan_buffer_at(work, first, done.frontend, &Buffer { buffers: &self.buffers, slot }, &mut planned) {
-                    Ok(n) if *ok && live && !work.write => {
+                    Ok(n) if ok && live && !work.write => {
                         ops.extend_from_slice(&planned[..n]);
                         Some((ops.len() - n, ops.len()))
                     }
@@ -412,16 +450,17 @@ impl<D: SectorDisk> Server<D> {
             }
         }
         let called = self.copy(&mut ops);
-        let mut range = ranges.drain(..);
-        for (done, ok) in finished.drain(..) {
-            match done.path {
+        let mut r = 0;
+        for &(i, ok) in &finished {
+            let (key, path, n) = (self.in_flight[i].key, self.in_flight[i].path, self.in_flight[i].works.len());
+            match path {
                 Path::Buffer(slot) => {
                     self.buffer_busy[slot] = false;
                     self.wants_buffer = false;
                 }
                 Path::Granted => {
-                    if let Some(g) = self.grants.iter_mut().find(|g| g.key == done.key) {
-                        for work in &done.works {
+                    if let Some(g) = self.grants.iter_mut().find(|g| g.key == key) {
+                        for work in &self.in_flight[i].works {
                             g.table.release(work, &mut self.unmaps);
                         }
                     }
@@ -434,29 +473,37 @@ impl<D: SectorDisk> Server<D> {
                     continue;
                 }
             }
-            let live = rings.ring(done.key).is_some();
-            for work in done.works {
-                let planned = range.next().flatten();
+            let live = rings.ring(key).is_some();
+            for w in 0..n {
+                let planned = ranges[r];
+                r += 1;
                 if !live {
                     continue;
                 }
-                let moved = match (done.path, planned) {
+                let work = &self.in_flight[i].works[w];
+                let moved = match (path, planned) {
                     (Path::Buffer(_), Some((a, b))) => called && ops[a..b].iter().all(|op| grants::status(op.status).is_ok()),
                     (Path::Buffer(_), None) => work.write,
                     _ => true,
                 };
                 if ok && moved && work.flush {
-                    self.flushes.push((done.key, work));
+                    let work = *work;
+                    self.flushes.push((key, work));
                 } else {
-                    self.answer(rings, done.key, &work.response(ok && moved));
+                    let rsp = work.response(ok && moved);
+                    self.answer(rings, key, &rsp);
                 }
             }
         }
-        drop(range);
+        // Highest index first: a removal moves only the last entry, never one still listed.
+        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for &(i, _) in &finished {
+            self.in_flight.swap_remove(i);
+        }
         self.ops = ops;
         self.ranges = ranges;
-        self.finished = finished;
         self.reap(rings);
+        self.stats.complete_cycles += rdtsc().wrapping_sub(begin);
     }
 
     /// Whether a new disk request may start (else the disk's interrupt says when to take
@@ -466,6 +513,19 @@ impl<D: SectorDisk> Server<D> {
             && self.flushing.is_empty()
             && self.in_flight.len() < self.disk.depth().min(DEPTH)
             && !(self.wants_buffer && self.buffer_busy.iter().take(self.buffers.len()).all(|&b| b))
+    }
+
+    /// Before the number of disk requests in flight changes: accounts the time since the
+    /// last change.
+    fn depth_tick(&mut self) {
+        let now = rdtsc();
+        let since = now.wrapping_sub(self.depth_at);
+        self.depth_at = now;
+        let depth = self.in_flight.iter().filter(|f| f.tag < GATHERING).count() as u64;
+        if depth > 0 {
+            self.stats.busy_cycles += since;
+            self.stats.depth_cycles += since * depth;
+        }
     }
 
     fn note_started(&mut self, zero_copy: bool) {
@@ -481,6 +541,21 @@ impl<D: SectorDisk> Server<D> {
     /// disk slot: the caller takes from its rings in turn, a different one first each
     /// round.
     pub fn take(&mut self, rings: &mut impl Rings, key: usize, budget: u32) -> bool {
+        let begin = rdtsc();
+        let left = self.take_timed(rings, key, budget);
+        self.stats.take_cycles += rdtsc().wrapping_sub(begin);
+        left
+    }
+
+    /// Tells the disk of the requests started since the last kick (one notification for
+    /// all of a round's): after the rings are taken from.
+    pub fn kick(&mut self) {
+        let begin = rdtsc();
+        self.disk.kick();
+        self.stats.kick_cycles += rdtsc().wrapping_sub(begin);
+    }
+
+    fn take_timed(&mut self, rings: &mut impl Rings, key: usize, budget: u32) -> bool {
         let mut taken = 0;
         loop {
             if self.in_flight.len() >= self.disk.depth().min(DEPTH) || !self.flushes.is_empty() || !self.flushing.is_empty() {
@@ -488,7 +563,7 @@ impl<D: SectorDisk> Server<D> {
             }
             let held = self.held.iter().position(|(k, _)| *k == key).map(|i| self.held.swap_remove(i).1);
             let Some(ring) = rings.ring(key) else { return false };
-            let (frontend, slice, persistent) = (ring.frontend, ring.slice, ring.persistent);
+            let (frontend, slice, persistent, entries) = (ring.frontend, ring.slice, ring.persistent, ring.entries);
             let work = match held {
                 Some(work) => work,
                 None => {
@@ -511,8 +586,8 @@ impl<D: SectorDisk> Server<D> {
                 self.flushes.push((key, work));
                 continue;
             }
-            if persistent && self.map_grants(key, frontend, &work) {
-                self.start_granted(rings, key, frontend, slice, work, &mut taken, budget);
+            if persistent && self.map_grants(key, frontend, entries, &work) {
+                self.start_granted(rings, key, frontend, entries, slice, work, &mut taken, budget);
                 continue;
             }
             let Some(slot) = (0..self.buffers.len()).find(|&s| !self.buffer_busy[s]) else {
@@ -525,16 +600,20 @@ impl<D: SectorDisk> Server<D> {
         }
     }
 
-    /// Takes the reads that join `first` off ring `key` (within the budget), holding the
-    /// first that does not; `also` says whether a joining one may be added (and does
-    /// what adding it needs).
-    fn join_reads(&mut self, rings: &mut impl Rings, key: usize, works: &mut ArrayVec<Work, MERGE>, taken: &mut u32, budget: u32, mut also: impl FnMut(&mut Self, &Work) -> bool) {
-        while !works[0].write && !works[0].flush && works.len() < MERGE && *taken < budget {
+    /// Takes the reads that join the works of `in_flight[at]` (being gathered) off ring
+    /// `key` (within the budget), holding the first that does not; `also` says whether a
+    /// joining one may be added (and does what adding it needs).
+    fn join_reads(&mut self, rings: &mut impl Rings, key: usize, at: usize, taken: &mut u32, budget: u32, mut also: impl FnMut(&mut Self, &Work) -> bool) {
+        loop {
+            let works = &self.in_flight[at].works;
+            if works[0].write || works[0].flush || works.len() >= MERGE || *taken >= budget {
+                break;
+            }
             let Some(next) = rings.ring(key).and_then(|ring| ring.backend.take()) else { break };
             *taken += 1;
             self.stats.requests += 1;
             match next {
-                Ok(next) if joins(works, &next) && also(self, &next) => works.push(next),
+                Ok(next) if joins(&self.in_flight[at].works, &next) && also(self, &next) => self.in_flight[at].works.push(next),
                 Ok(next) => {
                     self.held.push((key, next));
                     break;
@@ -544,9 +623,44 @@ impl<D: SectorDisk> Server<D> {
         }
     }
 
+    /// Starts gathering a disk request's works in a new entry of `in_flight` (its index).
+    fn gather(&mut self, key: usize, frontend: DomId, path: Path, work: Work) -> usize {
+        self.in_flight.push(InFlight { tag: GATHERING, key, frontend, works: ArrayVec::new(), path });
+        let at = self.in_flight.len() - 1;
+        self.in_flight[at].works.push(work);
+        at
+    }
+
+    /// The disk took the entry gathered at `at` (tag `tag`), or refused it: then its works
+    /// are answered as failed and it goes.
+    fn started(&mut self, rings: &mut impl Rings, at: usize, started: Result<Tag, super::DiskError>) {
+        match started {
+            Ok(tag) => {
+                // The time before it, at the depth before it (gathering is not counted).
+                self.depth_tick();
+                self.in_flight[at].tag = tag;
+                let zero_copy = self.in_flight[at].path == Path::Granted;
+                self.note_started(zero_copy);
+            }
+            Err(_) => {
+                let done = self.in_flight.swap_remove(at);
+                if done.path == Path::Granted {
+                    if let Some(g) = self.grants.iter_mut().find(|g| g.key == done.key) {
+                        for work in &done.works {
+                            g.table.release(work, &mut self.unmaps);
+                        }
+                    }
+                }
+                for work in &done.works {
+                    self.answer(rings, done.key, &work.response(false));
+                }
+            }
+        }
+    }
+
     /// Starts `work` (and the reads that join it) straight on the frontend's mapped pages.
     #[allow(clippy::too_many_arguments)]
-    fn start_granted(&mut self, rings: &mut impl Rings, key: usize, frontend: DomId, slice: Slice, work: Work, taken: &mut u32, budget: u32) {
+    fn start_granted(&mut self, rings: &mut impl Rings, key: usize, frontend: DomId, entries: usize, slice: Slice, work: Work, taken: &mut u32, budget: u32) {
         let mut extents = ArrayVec::<Extent, DISK_SEGMENTS>::new();
         let Some(g) = self.grants.iter_mut().find(|g| g.key == key) else { return };
         if !g.table.extents(&work, &mut extents) {
@@ -555,35 +669,21 @@ impl<D: SectorDisk> Server<D> {
             self.answer(rings, key, &work.response(false));
             return;
         }
-        let mut works = ArrayVec::<Work, MERGE>::new();
-        works.push(work);
-        self.join_reads(rings, key, &mut works, taken, budget, |server, next| {
-            server.map_grants(key, frontend, next)
+        let at = self.gather(key, frontend, Path::Granted, work);
+        self.join_reads(rings, key, at, taken, budget, |server, next| {
+            server.map_grants(key, frontend, entries, next)
                 && server.grants.iter_mut().find(|g| g.key == key).is_some_and(|g| g.table.extents(next, &mut extents))
         });
-        let op = if works[0].write { Op::Write } else { Op::Read };
+        let first = &self.in_flight[at].works[0];
+        let op = if first.write { Op::Write } else { Op::Read };
         // The check kept each request inside the slice, and joined ones are consecutive;
         // the disk checks the end again.
-        let sector = slice.start + works[0].sector_number;
+        let sector = slice.start + first.sector_number;
         // SAFETY: every extent lies in a frontend frame mapped for the device and counted
         // as used by these works: it stays mapped (and the frame pinned) until `complete`
-        // releases them after the disk is done.
-        match unsafe { self.disk.start(op, sector, &extents) } {
-            Ok(tag) => {
-                self.in_flight.push(InFlight { tag, key, frontend, works, path: Path::Granted });
-                self.note_started(true);
-            }
-            Err(_) => {
-                if let Some(g) = self.grants.iter_mut().find(|g| g.key == key) {
-                    for work in &works {
-                        g.table.release(work, &mut self.unmaps);
-                    }
-                }
-                for work in &works {
-                    self.answer(rings, key, &work.response(false));
-                }
-            }
-        }
+        // releases them after the disk is done (or `started` at once if it refuses).
+        let started = unsafe { self.disk.start(op, sector, &extents) };
+        self.started(rings, at, started);
     }
 
     /// Starts `work` (and the reads that join it) through bounce buffer `slot`.
@@ -593,25 +693,18 @@ impl<D: SectorDisk> Server<D> {
             self.answer(rings, key, &work.response(false));
             return;
         }
-        let mut works = ArrayVec::<Work, MERGE>::new();
-        works.push(work);
-        self.join_reads(rings, key, &mut works, taken, budget, |_, _| true);
+        let at = self.gather(key, frontend, Path::Buffer(slot), work);
+        self.join_reads(rings, key, at, taken, budget, |_, _| true);
+        let works = &self.in_flight[at].works;
         let op = if works[0].write { Op::Write } else { Op::Read };
         let bytes: u64 = works.iter().map(bytes).sum();
         let sector = slice.start + works[0].sector_number;
         // SAFETY: the bounce buffer is domain 0's pool memory, marked busy until `complete`.
-        match unsafe { self.disk.start(op, sector, &[self.buffers.extent(slot, bytes as usize)]) } {
-            Ok(tag) => {
-                self.buffer_busy[slot] = true;
-                self.in_flight.push(InFlight { tag, key, frontend, works, path: Path::Buffer(slot) });
-                self.note_started(false);
-            }
-            Err(_) => {
-                for work in &works {
-                    self.answer(rings, key, &work.response(false));
-                }
-            }
+        let started = unsafe { self.disk.start(op, sector, &[self.buffers.extent(slot, bytes as usize)]) };
+        if started.is_ok() {
+            self.buffer_busy[slot] = true;
         }
+        self.started(rings, at, started);
     }
 
     /// When flushes wait and nothing is in flight: starts a flush of the disk, which
@@ -623,7 +716,9 @@ impl<D: SectorDisk> Server<D> {
         // SAFETY: a flush names no memory.
         match unsafe { self.disk.start(Op::Flush, 0, &[]) } {
             Ok(tag) => {
+                self.disk.kick();
                 self.flushing = core::mem::take(&mut self.flushes);
+                self.depth_tick();
                 self.in_flight.push(InFlight { tag, key: usize::MAX, frontend: DomId(0), works: ArrayVec::new(), path: Path::Flush });
             }
             Err(_) => {
