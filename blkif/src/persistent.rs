@@ -147,7 +147,7 @@ impl Persistent {
         if self.closing {
             return Err(AddError::Closing);
         }
-        if bus % 4096 != 0 {
+        if !bus.is_multiple_of(4096) {
             return Err(AddError::Unaligned);
         }
         if self.entries.len() >= self.limit {

@@ -496,7 +496,7 @@ impl<D: SectorDisk> Server<D> {
             }
         }
         // Highest index first: a removal moves only the last entry, never one still listed.
-        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_unstable_by_key(|&(i, _)| core::cmp::Reverse(i));
         for &(i, _) in &finished {
             self.in_flight.swap_remove(i);
         }
