@@ -609,15 +609,19 @@ pub struct Bench {
     pub median: u64,
     pub min: u64,
     pub max: u64,
+    /// The disk's average depth while busy, in hundredths (all passes).
+    pub avg_depth: u64,
 }
 
 impl core::fmt::Display for Bench {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "bytes={} depth={} runs={BENCH_RUNS} median_mbps={}.{:02} min_mbps={}.{:02} max_mbps={}.{:02}",
+            "bytes={} depth={} avg_depth={}.{:02} runs={BENCH_RUNS} median_mbps={}.{:02} min_mbps={}.{:02} max_mbps={}.{:02}",
             self.bytes,
             self.depth,
+            self.avg_depth / 100,
+            self.avg_depth % 100,
             self.median / 100,
             self.median % 100,
             self.min / 100,
@@ -639,18 +643,30 @@ pub unsafe fn bench<const N: usize>(disk: &mut impl SectorDisk, clock: &Clock, s
     let chunks = sectors / per_chunk as u64;
     let depth = targets.len().min(disk.depth()).min(DEPTH);
     let mut rates = [0u64; BENCH_RUNS];
+    // Cycles with reads in flight, and weighted by how many.
+    let (mut busy_cycles, mut depth_cycles, mut at) = (0u64, 0u64, rdtsc());
+    let mut tick = |in_flight: u64| {
+        let now = rdtsc();
+        if in_flight > 0 {
+            busy_cycles += now.wrapping_sub(at);
+            depth_cycles += now.wrapping_sub(at) * in_flight;
+        }
+        at = now;
+    };
     for rate in rates.iter_mut() {
         let begin = clock.now_ns();
         let mut next = 0u64;
         let mut done = 0u64;
         // The disk's tag of the read each target holds.
         let mut busy: [Option<Tag>; DEPTH] = [None; DEPTH];
+        let in_flight = |busy: &[Option<Tag>; DEPTH]| busy.iter().filter(|b| b.is_some()).count() as u64;
         while done < chunks {
-            for (t, slot) in busy.iter_mut().enumerate().take(depth) {
-                if slot.is_none() && next < chunks {
+            for t in 0..depth {
+                if busy[t].is_none() && next < chunks {
                     // SAFETY: the caller's promise; the target is not in flight.
                     if let Ok(tag) = unsafe { disk.start(Op::Read, next * per_chunk as u64, &targets[t]) } {
-                        *slot = Some(tag);
+                        tick(in_flight(&busy));
+                        busy[t] = Some(tag);
                         next += 1;
                     }
                 }
@@ -659,6 +675,7 @@ pub unsafe fn bench<const N: usize>(disk: &mut impl SectorDisk, clock: &Clock, s
             match disk.complete() {
                 Some((tag, result)) => {
                     result.map_err(|_| "benchmark read")?;
+                    tick(in_flight(&busy));
                     if let Some(slot) = busy.iter_mut().find(|b| **b == Some(tag)) {
                         *slot = None;
                     }
@@ -672,5 +689,12 @@ pub unsafe fn bench<const N: usize>(disk: &mut impl SectorDisk, clock: &Clock, s
         *rate = chunks * CHUNK as u64 * 100_000 / ns;
     }
     rates.sort_unstable();
-    Ok(Bench { bytes: chunks * CHUNK as u64, depth, median: rates[BENCH_RUNS / 2], min: rates[0], max: rates[BENCH_RUNS - 1] })
+    Ok(Bench {
+        bytes: chunks * CHUNK as u64,
+        depth,
+        median: rates[BENCH_RUNS / 2],
+        min: rates[0],
+        max: rates[BENCH_RUNS - 1],
+        avg_depth: depth_cycles * 100 / busy_cycles.max(1),
+    })
 }
