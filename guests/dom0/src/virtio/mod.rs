@@ -109,6 +109,9 @@ pub trait SectorDisk {
     unsafe fn start(&mut self, op: Op, sector: u64, data: &[Extent]) -> Result<Tag, DiskError>;
     /// Tells the device of the requests started since the last kick (if it wants to hear).
     fn kick(&mut self);
+    /// Whether a request finished that [`complete`](Self::complete) has not returned yet
+    /// (without waiting for the interrupt that says so).
+    fn has_completed(&self) -> bool;
     /// A request that finished, with its result, if any (without waiting).
     fn complete(&mut self) -> Option<(Tag, Result<(), DiskError>)>;
     /// Waits (blocked on the interrupt's event) until some request may have finished
@@ -323,6 +326,10 @@ impl SectorDisk for VirtioDisk {
             self.headers.read(STATUS_AT + slot, &mut status);
             return Some((slot, if status[0] == 0 { Ok(()) } else { Err(DiskError::Device) }));
         }
+    }
+
+    fn has_completed(&self) -> bool {
+        self.queue.has_used()
     }
 
     fn wait(&mut self) {

@@ -125,6 +125,8 @@ pub struct Stats {
     pub publish_cycles: u64,
     /// TSC cycles notifying the disk.
     pub kick_cycles: u64,
+    /// Times a ring had no request left while the disk could take more.
+    pub ring_dry: u64,
     /// Events sent to frontends, and their cycles.
     pub sends: u64,
     pub send_cycles: u64,
@@ -257,6 +259,12 @@ impl<D: SectorDisk> Server<D> {
     /// The bounce buffers (for domain 0's own use while no ring is served).
     pub fn buffers(&self) -> &Buffers {
         &self.buffers
+    }
+
+    /// Whether the disk finished a request not yet answered: the caller comes back at once
+    /// rather than wait for the interrupt (which may take a while to be delivered).
+    pub fn completions_waiting(&self) -> bool {
+        self.disk.has_completed()
     }
 
     /// Whether no disk request is in flight (domain 0 may use the disk itself).
@@ -570,7 +578,11 @@ impl<D: SectorDisk> Server<D> {
                     if taken == budget {
                         return true;
                     }
-                    let Some(next) = ring.backend.take() else { return ring.backend.more() };
+                    let Some(next) = ring.backend.take() else {
+                        // The disk could take more than the ring holds: the frontend is behind.
+                        self.stats.ring_dry += 1;
+                        return ring.backend.more();
+                    };
                     taken += 1;
                     self.stats.requests += 1;
                     match next {
