@@ -784,7 +784,15 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         state_cycles += crate::virtio::rdtsc().wrapping_sub(virtio_end);
         if !more {
             let begin = waiter.now();
-            let woken = waiter.wait_for(begin + 10 * MS, || PENDING.load(Ordering::Acquire) != 0 || crate::virtio::interrupted())?;
+            let ready = || PENDING.load(Ordering::Acquire) != 0 || crate::virtio::interrupted();
+            let woken = if server.as_ref().is_some_and(|s| !s.idle()) {
+                // The disk's interrupt comes: no timer to set (a hypercall, and the
+                // hypervisor's timer programming) for each wait.
+                events.wait_until(ready).map_err(|_| Failure::Setup("block"))?;
+                true
+            } else {
+                waiter.wait_for(begin + 10 * MS, ready)?
+            };
             waits += 1;
             timeouts += u64::from(!woken);
             waited_ns += waiter.now().saturating_sub(begin);
