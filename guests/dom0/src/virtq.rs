@@ -26,6 +26,8 @@ pub const DESC_F_NEXT: u16 = 1;
 pub const DESC_F_WRITE: u16 = 2;
 /// `VIRTQ_USED_F_NO_NOTIFY`: the device asks not to be notified of new buffers.
 pub const USED_F_NO_NOTIFY: u16 = 1;
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT`: the driver asks for no interrupt on used buffers.
+pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Bytes of one descriptor (`struct virtq_desc`).
 pub const DESC_BYTES: usize = 16;
@@ -82,6 +84,8 @@ pub struct Queue<M> {
     /// Descriptors in the chain whose head is the index; 0 when it heads no chain in flight.
     chain: [u16; MAX_SIZE],
     avail_idx: u16,
+    /// The available ring's flags (`VIRTQ_AVAIL_F_NO_INTERRUPT` or 0).
+    avail_flags: u16,
     last_used: u16,
     in_flight: u16,
 }
@@ -115,6 +119,7 @@ impl<M: RingMemory> Queue<M> {
             next: [0; MAX_SIZE],
             chain: [0; MAX_SIZE],
             avail_idx: 0,
+            avail_flags: 0,
             last_used: 0,
             in_flight: 0,
         })
@@ -170,8 +175,8 @@ impl<M: RingMemory> Queue<M> {
         // The descriptors and the ring entry before the index that publishes them.
         fence(Ordering::Release);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        // `flags` (0: interrupts wanted) and `idx` in one store.
-        self.avail.store_index(0, u32::from(self.avail_idx) << 16);
+        // `flags` and `idx` in one store.
+        self.avail.store_index(0, u32::from(self.avail_idx) << 16 | u32::from(self.avail_flags));
         self.in_flight += 1;
         Ok(head)
     }
@@ -182,6 +187,17 @@ impl<M: RingMemory> Queue<M> {
         // The index store before the look at the device's flags.
         fence(Ordering::SeqCst);
         self.used.load_index(0) as u16 & USED_F_NO_NOTIFY == 0
+    }
+
+    /// Asks the device for interrupts on used buffers, or not (a hint: it may still send
+    /// some). Turning them on returns whether a chain was returned meanwhile, checked after
+    /// the flag is visible, so that a caller that then blocks for the interrupt misses none.
+    pub fn set_interrupts(&mut self, on: bool) -> bool {
+        self.avail_flags = if on { 0 } else { AVAIL_F_NO_INTERRUPT };
+        self.avail.store_index(0, u32::from(self.avail_idx) << 16 | u32::from(self.avail_flags));
+        // The flag before the look at the used index (the device reads them the other way).
+        fence(Ordering::SeqCst);
+        self.has_used()
     }
 
     /// Whether the device returned a chain not yet popped.
@@ -373,6 +389,20 @@ mod tests {
             assert!(q.should_notify());
             dev.used.store_index(0, u32::from(USED_F_NO_NOTIFY));
             assert!(!q.should_notify());
+        });
+    }
+
+    #[test]
+    fn interrupts_can_be_turned_off_and_on_and_the_flag_survives_adds() {
+        with_queue(4, |q, dev| {
+            assert!(!q.set_interrupts(false));
+            q.add(&[buf(1, 1, true)]).unwrap();
+            assert_eq!(dev.avail.load_index(0), 1 << 16 | u32::from(AVAIL_F_NO_INTERRUPT));
+            let (h, _) = dev.take().unwrap();
+            dev.give_back(u32::from(h), 1);
+            // Turned on with a used chain waiting: the caller is told not to block.
+            assert!(q.set_interrupts(true));
+            assert_eq!(dev.avail.load_index(0), 1 << 16);
         });
     }
 

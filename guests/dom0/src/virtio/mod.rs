@@ -112,6 +112,11 @@ pub trait SectorDisk {
     /// Whether a request finished that [`complete`](Self::complete) has not returned yet
     /// (without waiting for the interrupt that says so).
     fn has_completed(&self) -> bool;
+    /// Asks the device for its interrupt when requests finish, or not (a caller that looks
+    /// for completions itself while it runs). Turning it on returns whether one finished
+    /// meanwhile: then the caller must not block for the interrupt. [`wait`](Self::wait)
+    /// turns it on while it blocks.
+    fn interrupts(&mut self, on: bool) -> bool;
     /// A request that finished, with its result, if any (without waiting).
     fn complete(&mut self) -> Option<(Tag, Result<(), DiskError>)>;
     /// Waits (blocked on the interrupt's event) until some request may have finished
@@ -222,6 +227,8 @@ pub struct VirtioDisk {
     depth: usize,
     /// Requests were started since the device was last notified.
     unkicked: bool,
+    /// The device is asked for interrupts ([`SectorDisk::interrupts`]).
+    interrupts_on: bool,
     /// Queue 0's notification register, found once (the transport's `notify` selects the
     /// queue and reads its offset each time: three device accesses instead of one).
     notify: Option<NonNull<u16>>,
@@ -332,16 +339,26 @@ impl SectorDisk for VirtioDisk {
         self.queue.has_used()
     }
 
+    fn interrupts(&mut self, on: bool) -> bool {
+        self.interrupts_on = on;
+        self.queue.set_interrupts(on)
+    }
+
     fn wait(&mut self) {
         self.kick();
-        if self.queue.has_used() {
-            return;
+        let was_on = self.interrupts_on;
+        // On while blocked; a completion that came meanwhile ends the wait at once.
+        if !self.queue.set_interrupts(true) {
+            let _ = self.events.wait_until(|| INTERRUPTED.swap(false, Ordering::AcqRel));
+            // The device lowers its line when its ISR is read; then the hypervisor may
+            // unmask.
+            let _ = self.transport.ack_interrupt();
+            if self.needs_eoi {
+                let _ = platform::eoi();
+            }
         }
-        let _ = self.events.wait_until(|| INTERRUPTED.swap(false, Ordering::AcqRel));
-        // The device lowers its line when its ISR is read; then the hypervisor may unmask.
-        let _ = self.transport.ack_interrupt();
-        if self.needs_eoi {
-            let _ = platform::eoi();
+        if !was_on {
+            let _ = self.queue.set_interrupts(false);
         }
     }
 
@@ -450,6 +467,7 @@ pub fn open(frames: &mut FreeFrames, events: Events) -> Result<VirtioDisk, &'sta
         max_segments,
         depth,
         unkicked: false,
+        interrupts_on: true,
         notify,
         costs: DeviceCosts::default(),
         events,
@@ -650,6 +668,9 @@ pub unsafe fn bench<const N: usize>(disk: &mut impl SectorDisk, clock: &Clock, s
     let chunks = sectors / per_chunk as u64;
     let depth = targets.len().min(disk.depth()).min(DEPTH);
     let mut rates = [0u64; BENCH_RUNS];
+    // No interrupt while it looks for completions itself: `wait` asks for one when it
+    // blocks (as the VBD loop does).
+    let _ = disk.interrupts(false);
     // Cycles with reads in flight, and weighted by how many.
     let (mut busy_cycles, mut depth_cycles, mut at) = (0u64, 0u64, rdtsc());
     let mut tick = |in_flight: u64| {
@@ -695,6 +716,7 @@ pub unsafe fn bench<const N: usize>(disk: &mut impl SectorDisk, clock: &Clock, s
         // Bytes per microsecond is MB/s; kept in hundredths.
         *rate = chunks * CHUNK as u64 * 100_000 / ns;
     }
+    let _ = disk.interrupts(true);
     rates.sort_unstable();
     Ok(Bench {
         bytes: chunks * CHUNK as u64,

@@ -267,6 +267,18 @@ impl<D: SectorDisk> Server<D> {
         self.disk.has_completed()
     }
 
+    /// Before the caller blocks: asks the disk for its interrupt; false when a request
+    /// finished meanwhile (then it must not block).
+    pub fn may_block(&mut self) -> bool {
+        !self.disk.interrupts(true)
+    }
+
+    /// After the caller woke: no interrupt while it runs (each costs an interrupt, a status
+    /// read and an EOI; [`complete`](Self::complete) looks at the used ring every round).
+    pub fn running(&mut self) {
+        let _ = self.disk.interrupts(false);
+    }
+
     /// Whether no disk request is in flight (domain 0 may use the disk itself).
     pub fn idle(&self) -> bool {
         self.in_flight.is_empty()
