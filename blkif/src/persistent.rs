@@ -168,11 +168,14 @@ impl Persistent {
     /// or `out` has no room.
     pub fn extents<const N: usize>(&mut self, work: &Work, out: &mut arrayvec::ArrayVec<Extent, N>) -> bool {
         let start = out.len();
+        // One lookup per piece (each a binary search: this runs for every request).
+        let mut found = arrayvec::ArrayVec::<usize, MAX_SEGMENTS>::new();
         for chunk in work.chunks() {
             let Ok(i) = self.find(chunk.gref) else {
                 out.truncate(start);
                 return false;
             };
+            found.push(i);
             let addr = self.entries[i].bus + u64::from(chunk.page_offset);
             let len = u32::from(chunk.len);
             let extends = out.len() > start;
@@ -186,10 +189,8 @@ impl Persistent {
                 }
             }
         }
-        for chunk in work.chunks() {
-            if let Ok(i) = self.find(chunk.gref) {
-                self.entries[i].users += 1;
-            }
+        for i in found {
+            self.entries[i].users += 1;
         }
         true
     }

@@ -610,9 +610,16 @@ impl<D: SectorDisk> Server<D> {
                 self.flushes.push((key, work));
                 continue;
             }
-            if persistent && self.map_grants(key, frontend, entries, &work) {
-                self.start_granted(rings, key, frontend, entries, slice, work, &mut taken, budget);
-                continue;
+            if persistent {
+                // Its grants' bus addresses: at once when all are mapped (the usual case),
+                // else once the missing ones are.
+                let mut extents = ArrayVec::<Extent, DISK_SEGMENTS>::new();
+                if self.extents_for(key, &work, &mut extents)
+                    || (self.map_grants(key, frontend, entries, &work) && self.extents_for(key, &work, &mut extents))
+                {
+                    self.start_granted(rings, key, frontend, entries, slice, work, extents, &mut taken, budget);
+                    continue;
+                }
             }
             let Some(slot) = (0..self.buffers.len()).find(|&s| !self.buffer_busy[s]) else {
                 // Its turn comes when a bounce buffer frees.
@@ -682,21 +689,20 @@ impl<D: SectorDisk> Server<D> {
         }
     }
 
-    /// Starts `work` (and the reads that join it) straight on the frontend's mapped pages.
+    /// `work`'s extents appended to `out`, its grants counted as used, when ring `key`'s
+    /// table holds them all (and `out` has room); else nothing.
+    fn extents_for(&mut self, key: usize, work: &Work, out: &mut ArrayVec<Extent, DISK_SEGMENTS>) -> bool {
+        self.grants.iter_mut().find(|g| g.key == key).is_some_and(|g| g.table.extents(work, out))
+    }
+
+    /// Starts `work` (whose `extents` are counted already) and the reads that join it
+    /// straight on the frontend's mapped pages.
     #[allow(clippy::too_many_arguments)]
-    fn start_granted(&mut self, rings: &mut impl Rings, key: usize, frontend: DomId, entries: usize, slice: Slice, work: Work, taken: &mut u32, budget: u32) {
-        let mut extents = ArrayVec::<Extent, DISK_SEGMENTS>::new();
-        let Some(g) = self.grants.iter_mut().find(|g| g.key == key) else { return };
-        if !g.table.extents(&work, &mut extents) {
-            // More pieces than a disk request takes (sub-page segments cannot do that:
-            // 11 at most): answered as failed rather than dropped.
-            self.answer(rings, key, &work.response(false));
-            return;
-        }
+    fn start_granted(&mut self, rings: &mut impl Rings, key: usize, frontend: DomId, entries: usize, slice: Slice, work: Work, mut extents: ArrayVec<Extent, DISK_SEGMENTS>, taken: &mut u32, budget: u32) {
         let at = self.gather(key, frontend, Path::Granted, work);
         self.join_reads(rings, key, at, taken, budget, |server, next| {
-            server.map_grants(key, frontend, entries, next)
-                && server.grants.iter_mut().find(|g| g.key == key).is_some_and(|g| g.table.extents(next, &mut extents))
+            server.extents_for(key, next, &mut extents)
+                || (server.map_grants(key, frontend, entries, next) && server.extents_for(key, next, &mut extents))
         });
         let first = &self.in_flight[at].works[0];
         let op = if first.write { Op::Write } else { Op::Read };
