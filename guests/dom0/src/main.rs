@@ -128,6 +128,7 @@ fn main(start: &'static StartInfo) {
 }
 
 /// Runs the fuzz or cycles plan, reporting as `<prefix>: done ok` or `<prefix>: FAILED`.
+#[inline(never)]
 fn other_plan(prefix: &str, run: impl FnOnce(Waiter, &mut fuzzrun::Alive) -> Result<(), fuzzrun::RunFailure>) {
     let mut alive = fuzzrun::Alive::default();
     let result = Waiter::new()
@@ -376,6 +377,9 @@ fn control_failure(call: Call, domid: DomId) -> impl Fn(ControlError) -> Failure
     }
 }
 
+// Not inlined into `main`: its frame would be on the stack of every other plan too (the
+// attack checks run deep, and domain 0's 32 KiB stack ends at its shared-info page).
+#[inline(never)]
 fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     let mut waiter = Waiter::new()?;
     let result = run_with(start, created, &mut waiter);
