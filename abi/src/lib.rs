@@ -21,6 +21,7 @@
 //!   [`version`], [`features`], [`elfnote`], [`physdev`], [`grant_table`], [`pvh`]
 //!   (hvm/start_info.h), [`console`] (io/console.h: the console ring page).
 //! - [`hypercall_page`]: the bytes of the guest's hypercall page.
+//! - [`args`]: which command each argument struct belongs to.
 //! - [`control`]: this hypervisor's own control interface for domain 0 (not a Xen header).
 
 #![cfg_attr(not(test), no_std)]
@@ -28,6 +29,7 @@
 
 mod macros;
 
+pub mod args;
 pub mod arch_x86;
 pub mod callback;
 pub mod console;

@@ -3,7 +3,8 @@
 //! hypervisor checks that the frontend granted it, to the backend, writable for a read),
 //! the backend's side by its own frame number (`DOMID_SELF`). The backend issues the
 //! descriptors in one hypercall and answers `BLKIF_RSP_ERROR` unless every status is
-//! `GNTST_okay`. Domain 0 never maps the frontend's pages.
+//! `GNTST_okay`. On this path domain 0 never maps the frontend's pages (persistent grants,
+//! [`crate::persistent`], are the other path).
 
 use abi::grant_table::{GnttabCopy, GnttabCopyPtr, GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF};
 use abi::ids::DomId;

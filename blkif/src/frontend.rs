@@ -7,9 +7,9 @@ use xenring::{FrontRing, Layout, LayoutError, PushError, RingError, RingMemory};
 
 use crate::wire::{Request, Response, Segment, MAX_SEGMENTS};
 
-/// The most requests in flight (a one-page ring's 32 slots; a larger ring is used up to
-/// this many).
-pub const MAX_IN_FLIGHT: usize = 32;
+/// The most requests in flight (a four-page ring's 128 slots; a larger ring is used up to
+/// this many). Ids carry the slot in their low 8 bits.
+pub const MAX_IN_FLIGHT: usize = 128;
 
 /// What the backend did wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,12 @@ impl<M: RingMemory> Frontend<M> {
     pub fn new(mem: M, pages: usize) -> Result<Self, LayoutError> {
         let layout = Layout::for_entries::<Request, Response>(pages)?;
         Ok(Self { ring: FrontRing::init(mem, layout)?, in_flight: [None; MAX_IN_FLIGHT], generation: 0, ids: [0; MAX_IN_FLIGHT] })
+    }
+
+    /// Requests that may be in flight at once (the ring's slots, at most
+    /// [`MAX_IN_FLIGHT`]).
+    pub fn capacity(&self) -> usize {
+        (self.ring.free_requests() + self.ring.outstanding()).min(MAX_IN_FLIGHT as u32) as usize
     }
 
     /// Requests sent and not yet answered.
@@ -120,5 +126,11 @@ impl<M: RingMemory> Frontend<M> {
     /// [`complete`](Self::complete) again).
     pub fn final_check(&mut self) -> Result<bool, FrontError> {
         self.ring.final_check_for_responses().map_err(FrontError::Ring)
+    }
+
+    /// The same, asking for the event only once `batch` more responses are published (at
+    /// most the requests published and unanswered, so that it always comes).
+    pub fn final_check_after(&mut self, batch: u32) -> Result<bool, FrontError> {
+        self.ring.final_check_for_responses_after(batch).map_err(FrontError::Ring)
     }
 }

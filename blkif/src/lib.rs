@@ -15,6 +15,8 @@
 //!   per round through the caller's [`backend::DataMover`] (grant copies).
 //! - [`copies`]: a checked request as the `GNTTABOP_copy` descriptors that move its data
 //!   between the frontend's grants and the backend's own disk frames.
+//! - [`persistent`]: [`persistent::Persistent`], the grants of one frontend the backend
+//!   keeps mapped for its disk (`feature-persistent`), a request as bus-address extents.
 //! - [`frontend`]: [`frontend::Frontend`], requests with tracked ids, responses in any order.
 //! - [`xenbus`]: `XenbusState`, the VBD key names, virtual device numbers (`xvda`).
 //!
@@ -22,16 +24,20 @@
 //! request: every field of a request is the frontend's to choose, so every path from a
 //! request ends in work that stays inside the VBD or in an error response. Grant
 //! references are not checked here (only the hypervisor knows whose they are): the backend
-//! moves data with grant copies naming the frontend as the granter, which the hypervisor
-//! refuses for any reference the frontend has not granted as the copy needs.
+//! moves data with grant copies naming the frontend as the granter, or (persistent grants)
+//! maps the frontend's grants for its device; the hypervisor refuses either for any
+//! reference the frontend has not granted as the copy or map needs.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
 
 pub mod backend;
 pub mod check;
 pub mod copies;
 pub mod frontend;
+pub mod persistent;
 pub mod wire;
 pub mod xenbus;
 

@@ -72,6 +72,8 @@ pub mod backend_keys {
     pub const MODE: &str = "mode";
     pub const FEATURE_FLUSH_CACHE: &str = "feature-flush-cache";
     pub const MAX_RING_PAGE_ORDER: &str = "max-ring-page-order";
+    /// The backend can keep the frontend's grants mapped across requests.
+    pub const FEATURE_PERSISTENT: &str = "feature-persistent";
 }
 
 /// Keys the frontend writes under `device/vbd/<devid>/`.
@@ -85,6 +87,9 @@ pub mod frontend_keys {
     pub const EVENT_CHANNEL: &str = "event-channel";
     pub const PROTOCOL: &str = "protocol";
     pub const RING_PAGE_ORDER: &str = "ring-page-order";
+    /// The frontend reuses the same grants for all its requests (and lets the backend map
+    /// them writable even for writes to the disk).
+    pub const FEATURE_PERSISTENT: &str = "feature-persistent";
 }
 
 /// `XEN_IO_PROTO_ABI_X86_64` (`io/protocols.h`): the only request layout served.

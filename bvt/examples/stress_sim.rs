@@ -12,7 +12,8 @@
 //! `REPORT_BYTES=`, `CONSOLE=spin|block`, `LATENCY_WEIGHT=`; `ONLY=measured` prints only the
 //! measured models.
 
-use bvt::stress_sim::{run, ConsoleWait, Model, Outcome, SimQueue};
+use bvt::stress_sim::{run, ConsoleWait, Model, Outcome};
+use bvt::Queue;
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
@@ -75,7 +76,7 @@ fn knobs(mut model: Model) -> Model {
     model
 }
 
-fn line<Q: SimQueue>(name: &str, model: Model) {
+fn line<Q: Queue<u32>>(name: &str, model: Model) {
     let model = knobs(model);
     let out: Outcome = run::<Q>(&model);
     let length = out.end_ns.max(1);

@@ -41,47 +41,10 @@ pub struct Drained<V> {
 }
 
 impl<V: Copy + Ord> RunQueue<V> {
-    /// Applies every message posted so far, charging the running vCPU up to `now_ns` first.
+    /// Applies every message posted so far, charging the running vCPU up to `now_ns` first
+    /// (written once for every [`Queue`](crate::Queue)).
     pub fn drain(&mut self, now_ns: u64) -> Drained<V> {
-        let running_before = self.current();
-        let mut params_changed = false;
-        let mut woke = false;
-        let mut actions = Vec::new();
-        while let Some(message) = self.take_message() {
-            match self.apply(message, now_ns) {
-                Ok(action) => actions.extend(action),
-                Err(reason) => actions.push(Action::Bounced { message, reason }),
-            }
-            match message {
-                Message::SetParams(v, _) => params_changed |= self.is_runnable(v),
-                Message::Add(v, _) | Message::Wake(v) => woke |= self.is_runnable(v),
-                Message::Arrive(..) | Message::Remove(_) | Message::Steal { .. } => {}
-            }
-        }
-        let reschedule = params_changed || self.current() != running_before || self.decision_due();
-        Drained { actions, reschedule, woke }
-    }
-
-    fn apply(&mut self, message: Message<V>, now_ns: u64) -> Result<Option<Action<V>>, BvtError> {
-        match message {
-            Message::Add(v, params) => self.add(v, params, now_ns).map(|_| None),
-            Message::Wake(v) => self.wake(v, now_ns).map(|_| None),
-            Message::Arrive(v, state) => self.admit(v, state, now_ns).map(|_| None),
-            Message::SetParams(v, params) => self.set_params(v, params, now_ns).map(|()| None),
-            Message::Remove(v) => self.remove(v, now_ns).map(|_| Some(Action::Removed(v))),
-            Message::Steal { thief } => Ok(self.answer_steal(thief, now_ns)),
-        }
-    }
-
-    /// Gives `thief` the waiting vCPU dispatched least recently, never the running one.
-    fn answer_steal(&mut self, thief: CpuId, now_ns: u64) -> Option<Action<V>> {
-        self.inbox().steal_answered();
-        if thief == self.cpu() {
-            return None;
-        }
-        let vcpu = self.steal_candidate(now_ns)?;
-        let state = self.remove(vcpu, now_ns).expect("the steal candidate is on this queue");
-        Some(Action::Migrate { vcpu, state, to: thief })
+        crate::queue::drain(self, now_ns)
     }
 }
 

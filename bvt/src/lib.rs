@@ -45,17 +45,27 @@
 //! Each queue publishes its load (runnable vCPUs, the running one included) in an atomic of
 //! its inbox. An idle CPU calls [`steal_from_nearest`] with the other CPUs' inboxes nearest first;
 //! it posts [`Message::Steal`] to the first one with a vCPU waiting (load at least
-//! [`STEAL_MIN_LOAD`]) and no other steal request outstanding, and the hypervisor kicks that
-//! CPU. The victim, in `drain`, takes one runnable vCPU that is not running (the one
-//! dispatched least recently) out of its queue and returns [`Action::Migrate`]; the
-//! hypervisor records the vCPU's new CPU, posts [`Message::Arrive`] to the thief and kicks
-//! it. A queue's vCPUs are only ever moved by their owner.
+//! [`STEAL_MIN_LOAD`]) and no other steal request outstanding; the victim answers at its
+//! next decision (it is not interrupted for it). The victim, in `drain`, takes one runnable
+//! vCPU that is not running (the one dispatched least recently) out of its queue and returns
+//! [`Action::Migrate`]; its [`CpuSched`] has the platform record the vCPU's new CPU, delivers
+//! it with [`Message::Arrive`] to the thief and has the platform kick it. A queue's vCPUs
+//! are only ever moved by their owner.
 //!
 //! [`TimerQueue`] is a separate small helper: a per-CPU min-heap of deadlines with cancel;
 //! [`TimerAdvance`] learns how early to program latency-sensitive timers; [`CpuTimers`] is a
 //! CPU's two timer queues (latency-sensitive ones programmed early, the others fired up to a
 //! slop late) and the programming of its one-shot timer through [`TimerHardware`], the one
 //! thing of the platform it needs.
+//!
+//! [`CpuSched`] is one CPU's scheduler built on these: the decision on the way out of every
+//! trap, pushing, stealing and the timer's programming, written against [`Platform`] (the
+//! time, the timer, an IPI, the context switch); the hypervisor and the stress simulator
+//! both run it.
+//!
+//! [`VcpuSched`] is a vCPU's scheduling record, shared by every CPU (its run state, home,
+//! timer deadlines, held timer): the hypervisor's `Vcpu` carries one and nothing else of
+//! the scheduler.
 //!
 //! `stress_sim` (test-only, or with the `sim` feature) simulates `make stress` on several
 //! CPUs with these queues and a cost model, at up to 1000 domains and more.
@@ -72,6 +82,7 @@
 
 extern crate alloc;
 
+mod cpu_sched;
 mod cpu_timers;
 mod drain;
 mod error;
@@ -79,6 +90,7 @@ mod inbox;
 #[cfg(any(test, feature = "sim"))]
 mod linear_queue;
 mod params;
+mod queue;
 #[cfg(test)]
 mod proptests;
 mod run_queue;
@@ -89,8 +101,10 @@ pub mod stress_sim;
 mod sim;
 mod timer_advance;
 mod timer_queue;
+mod vcpu_sched;
 mod vcpu_state;
 
+pub use cpu_sched::{cpus, Board, CpuSched, Cpus, Note, Platform, Verdict, BALANCE_INTERVAL_NS};
 pub use cpu_timers::{ArmedTimer, CpuTimers, TimerHardware, MIN_TIMER_DELAY_NS};
 pub use drain::{Action, Drained};
 pub use error::BvtError;
@@ -99,8 +113,10 @@ pub use params::{
     BvtParams, Config, CpuId, DEFAULT_CTX_SWITCH_ALLOWANCE_NS, DEFAULT_MCU_NS, NO_WARP_LIMIT,
     STEAL_MIN_LOAD, WEIGHT_SCALE,
 };
+pub use queue::Queue;
 pub use run_queue::{Decision, RunQueue, VcpuView};
 pub use shrink::{new_table, shrink_when_sparse, sparse_capacity, MIN_TABLE_CAPACITY};
 pub use timer_advance::TimerAdvance;
 pub use timer_queue::{Expired, TimerHandle, TimerQueue, TIMER_TABLE_FLOOR};
+pub use vcpu_sched::{ArmedAt, HeldTimer, RunState, VcpuKey, VcpuSched, VcpuTimers};
 pub use vcpu_state::VcpuState;

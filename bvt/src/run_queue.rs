@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 use core::cell::Cell;
 
 use crate::error::BvtError;
-use crate::inbox::{Inbox, Message};
+use crate::inbox::Inbox;
 use crate::params::{BvtParams, Config, CpuId};
 use crate::shrink::{new_table, shrink_when_sparse, MIN_TABLE_CAPACITY};
 use crate::vcpu_state::{Account, VcpuState};
@@ -403,11 +403,6 @@ impl<V: Copy + Ord> RunQueue<V> {
             }),
             None => self.runnable > 0,
         }
-    }
-
-    /// The next message of this queue's inbox (the owner is the only consumer).
-    pub(crate) fn take_message(&self) -> Option<Message<V>> {
-        self.inbox.pop()
     }
 
     /// The vCPU to give a thief: runnable, not running, not pinned, waiting for at least

@@ -1,7 +1,7 @@
 //! Work in slices under a time budget that always makes progress: at least one step, then
 //! more while the budget lasts.
 //!
-//! `domain::teardown::work` runs a dead domain's teardown through [`run_steps`] (from the
+//! `pv::teardown::work` runs a dead domain's teardown through [`run_steps`] (from the
 //! idle loop, trap exits and domain 0's `GetPhysInfo`). The budget is measured from before
 //! the caller's own bookkeeping (locks, queue moves), so a check made before the first
 //! step may find the budget spent already: on a machine where that bookkeeping or the

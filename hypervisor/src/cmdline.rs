@@ -47,6 +47,9 @@ pub struct Options {
     /// `test_silent_cpu=N`: fault injection for tests: CPU N is sent INIT but never its
     /// start-up IPIs, so it stays silent and the start-up timeout path runs.
     pub test_silent_cpu: Option<u32>,
+    /// `test_late_cpu=N`: fault injection for tests: CPU N is left out of bring-up like a
+    /// silent one, then sent its start-up IPIs once boot is over (it must stay halted).
+    pub test_late_cpu: Option<u32>,
     /// `exit=summary|guest`: what QEMU's exit status says at the end of the run.
     pub exit: ExitStatus,
     /// What follows `--`: the module line of boot modules without one (without the ASCII
@@ -70,6 +73,7 @@ impl Default for Options {
             heap_mib: 8,
             timer_slop_us: 50,
             test_silent_cpu: None,
+            test_late_cpu: None,
             fpu_save: FpuSave::Xsaveopt,
             exit: ExitStatus::Summary,
             module_line: ArrayString::new(),
@@ -142,6 +146,7 @@ impl Options {
                 ("xsave", Some("on")) => set(&mut o.fpu_save, Some(FpuSave::Xsave)),
                 ("xsave", Some("opt")) => set(&mut o.fpu_save, Some(FpuSave::Xsaveopt)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
+                ("test_late_cpu", v) => set(&mut o.test_late_cpu, number(v, 1..=u32::MAX).map(Some)),
                 ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0" | "xsave" | "exit", _) => false,
                 _ => {
                     let _ = o.unknown.try_push(keyvalue::clip(word));
@@ -168,9 +173,10 @@ mod tests {
 
     #[test]
     fn flags_and_values() {
-        let o = Options::parse("selftest verbose maxcpus=3 x2apic=off ap_timeout_ms=50 ipi_samples=9 heap_mib=4 test_silent_cpu=2");
+        let o = Options::parse("selftest verbose maxcpus=3 x2apic=off ap_timeout_ms=50 ipi_samples=9 heap_mib=4 test_silent_cpu=2 test_late_cpu=3");
         assert!(o.selftest && o.verbose && !o.x2apic);
         assert_eq!(o.test_silent_cpu, Some(2));
+        assert_eq!(o.test_late_cpu, Some(3));
         assert_eq!(Options::parse("guests=7").guests, 7);
         assert!(Options::parse("dom0").dom0 && !Options::parse("").dom0);
         assert_eq!(Options::parse("guests=0").guests, 1);

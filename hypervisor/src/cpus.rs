@@ -30,8 +30,9 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use smp::xcall::{CallBoard, CallError, CallFn, CpuBits, Mailbox, Platform, MAX_CPUS};
 use spin::Once;
 
-use crate::percpu::{self, CpuIndex, PerCpu};
-use crate::{lapic, traps::vectors};
+use crate::arch::percpu::{self, CpuIndex, PerCpu};
+use crate::arch::vectors;
+use crate::lapic;
 
 /// Where a CPU is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -80,7 +80,7 @@ fn stack(out: &mut [u64; DEPTH]) {
     let (mut rbp, rsp): (u64, u64);
     // SAFETY: reads two registers.
     unsafe { core::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) rbp, out(reg) rsp, options(nomem, nostack)) };
-    let top = crate::percpu::stack_top_if_ready();
+    let top = crate::arch::percpu::stack_top_if_ready();
     let Some(top) = top else { return };
     if rsp > top || rsp < top - 64 * 1024 {
         return;
@@ -159,15 +159,16 @@ impl Tables {
     }
 }
 
-/// The traced global allocator.
-pub struct Traced;
+/// The traced global allocator: the heap it wraps (`memory`'s), named by `memory` so that
+/// the tracer imports nothing above it.
+pub struct Traced<A: 'static>(pub &'static A);
 
 // SAFETY: every allocation and release is the heap's own (which upholds `GlobalAlloc`'s
 // contract); the tracer only records addresses and never touches the memory handed out.
-unsafe impl GlobalAlloc for Traced {
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Traced<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: delegated.
-        let ptr = unsafe { crate::memory::HEAP.alloc(layout) };
+        let ptr = unsafe { self.0.alloc(layout) };
         if !ptr.is_null() && READY.load(Ordering::Relaxed) {
             let mut rips = [0u64; DEPTH];
             stack(&mut rips);
@@ -188,16 +189,16 @@ unsafe impl GlobalAlloc for Traced {
             }
         }
         // SAFETY: delegated.
-        unsafe { crate::memory::HEAP.dealloc(ptr, layout) }
+        unsafe { self.0.dealloc(ptr, layout) }
     }
 }
 
-/// Sets the tables up (from the heap itself, untraced).
-pub fn init() {
+/// Sets the tables up (from `heap` itself, untraced).
+pub fn init(heap: &impl GlobalAlloc) {
     let live = Layout::array::<Live>(LIVE).unwrap();
     let sites = Layout::array::<Site>(SITES).unwrap();
     // SAFETY: non-zero sizes; zeroed memory is a valid empty table.
-    let (l, s) = unsafe { (crate::memory::HEAP.alloc(live), crate::memory::HEAP.alloc(sites)) };
+    let (l, s) = unsafe { (heap.alloc(live), heap.alloc(sites)) };
     if l.is_null() || s.is_null() {
         info!("heaptrace: no room");
         return;

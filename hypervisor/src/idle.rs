@@ -23,9 +23,9 @@ pub extern "C" fn run() -> ! {
     loop {
         x86_64::instructions::interrupts::disable();
         if crate::sched::has_work() {
-            crate::lapic::send_ipi(crate::percpu::current().apic_id, crate::traps::vectors::RESCHEDULE);
-        } else if crate::domain::teardown::pending() {
-            crate::domain::teardown::work(crate::domain::teardown::IDLE_SLICE_NS);
+            crate::lapic::send_ipi(crate::arch::percpu::current().apic_id, crate::arch::vectors::RESCHEDULE);
+        } else if crate::pv::teardown::pending() {
+            crate::pv::teardown::work(crate::pv::teardown::IDLE_SLICE_NS);
             // Interrupts between slices (one is taken after `sti` and the next instruction).
             x86_64::instructions::interrupts::enable();
             core::hint::spin_loop();

@@ -10,8 +10,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use log::warn;
 
-use crate::traps::vectors;
-use crate::{cpus, lapic, percpu};
+use crate::arch::vectors;
+use crate::arch::percpu;
+use crate::{cpus, lapic};
 
 /// Timer interrupts taken, per CPU index (for the boot self-check).
 static TIMER_TICKS: [AtomicU64; smp::xcall::MAX_CPUS] = [const { AtomicU64::new(0) }; smp::xcall::MAX_CPUS];
@@ -23,6 +24,7 @@ pub fn handle(vector: u8) {
             let cpu = percpu::current().index.0 as usize;
             TIMER_TICKS[cpu].fetch_add(1, Ordering::Relaxed);
             crate::pv::console::poll_input();
+            crate::pv::events::tell_domain_ended();
             crate::sched::timer_interrupt();
         }
         vectors::CALL => cpus::service_calls(),

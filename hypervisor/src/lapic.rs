@@ -15,8 +15,9 @@ use log::info;
 use spin::Once;
 
 use crate::arch::lapic as hw;
-use crate::traps::vectors;
-use crate::{percpu, platform, time};
+use crate::arch::vectors;
+use crate::arch::percpu;
+use crate::{platform, time};
 
 static CHOICE: Once<TimerChoice> = Once::new();
 static APIC_TIMER_HZ: AtomicU64 = AtomicU64::new(0);

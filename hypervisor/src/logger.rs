@@ -25,7 +25,8 @@ use log::{LevelFilter, Log, Metadata, Record};
 use spin::Mutex;
 
 use crate::arch::serial::{self, Console};
-use crate::{percpu, time};
+use crate::arch::percpu;
+use crate::time;
 
 /// Bytes of the line buffer.
 const RING_BYTES: usize = 128 << 10;

@@ -121,7 +121,7 @@ pub fn init() -> Result<M2pSummary, M2pError> {
 /// A zeroed frame for one of the table's L3 and L2s.
 fn table_frame() -> Result<Mfn, M2pError> {
     let mfn = memory::frames().alloc(Owner::Hypervisor).map_err(M2pError::Frames)?;
-    crate::domain::zero_frame(mfn);
+    crate::memory::zero_frame(mfn);
     Ok(mfn)
 }
 

@@ -22,7 +22,6 @@ mod logger;
 mod m2p;
 mod memory;
 mod pci;
-mod percpu;
 mod platform;
 mod preempt;
 mod pv;
@@ -40,7 +39,7 @@ use log::{error, info, warn};
 use arch::exit::{exit, Outcome};
 use arch::paging::{self, MapKind};
 use mm::layout::PerCpuArea;
-use percpu::CpuIndex;
+use arch::percpu::{self, CpuIndex};
 
 unsafe extern "C" {
     static __text_start: u8;
@@ -80,14 +79,21 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     lapic::init_boot_cpu(options.x2apic);
     let early = memory::init_heap(&boot, &mut layout, &options).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
     pv::modules::register(&boot, &options);
-    let machine = platform::discover(&boot, &options);
+    let machine = platform::discover(&boot, &options, lapic::current_id());
     let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
     #[cfg(feature = "heap-trace")]
-    heaptrace::init();
+    heaptrace::init(&memory::HEAP);
     cpus::init(&machine.apic_ids_to_start());
     domain::init();
-    sched::init(machine.cpus_to_start(), |cpu| machine.nearest_first(cpu), u64::from(options.timer_slop_us) * 1000);
+    let glue = sched::Glue {
+        load: pv::switch::load,
+        save: pv::switch::save,
+        timer_fired: pv::events::timer_fired,
+        destroy: pv::teardown::destroy,
+        idle_loop: idle::run,
+    };
+    sched::init(machine.cpus_to_start(), |cpu| machine.nearest_first(cpu), u64::from(options.timer_slop_us) * 1000, glue);
     memory::back_percpu_areas(areas).unwrap_or_else(|e| fatal(format_args!("per-CPU areas: {e}")));
     move_boot_cpu(&areas[0]);
     let m2p = m2p::init().unwrap_or_else(|e| fatal(format_args!("machine-to-physical table: {e}")));
@@ -105,10 +111,13 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     );
     platform::init_interrupt_controllers(&machine);
     lapic::init_this_cpu();
-    pci::init(&boot, &machine);
-    let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu);
+    pci::init(&boot, &machine, |functions| pv::pirq::register_lines(functions, &machine));
+    let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu.or(options.test_late_cpu));
     let firmware_peak = fwmap::used();
     finish_boot();
+    if let Some(cpu) = options.test_late_cpu {
+        smpboot::start_late(CpuIndex(cpu));
+    }
     let all_idle_ns = wait_all_idle();
     let checks = selftest::run(&options);
     memory::record_usage(&mut layout, firmware_peak, cpus::online_count());

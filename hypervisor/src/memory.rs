@@ -32,7 +32,7 @@ use crate::{cpus, fwmap};
 use arrayvec::ArrayVec;
 
 use crate::bootinfo::MAX_MODULES;
-use crate::percpu::{self, CpuIndex};
+use crate::arch::percpu::{self, CpuIndex};
 use hypervisor::cmdline::Options;
 
 /// Window space for boot-time firmware mappings (released at the end of boot).
@@ -97,7 +97,7 @@ static TEMP_BASE: Once<u64> = Once::new();
 pub(crate) static HEAP: LockedHeap<WindowBacker> = LockedHeap::new();
 #[cfg(feature = "heap-trace")]
 #[global_allocator]
-static TRACED: crate::heaptrace::Traced = crate::heaptrace::Traced;
+static TRACED: crate::heaptrace::Traced<LockedHeap<WindowBacker>> = crate::heaptrace::Traced(&HEAP);
 /// Frames unmapped from the heap whose old translations other CPUs may still hold: freed
 /// by [`trim_heap`] after it has flushed every CPU.
 static UNMAPPED: Mutex<ArrayVec<Mfn, TRIM_BATCH>> = Mutex::new(ArrayVec::new_const());
@@ -465,13 +465,13 @@ pub fn zero_page() -> Mfn {
 /// Backs every CPU's area with fresh frames; its guest-GDT and LDT pages map the zero page.
 pub fn back_percpu_areas(areas: &[PerCpuArea]) -> Result<(), MemoryError> {
     let zero = frames().alloc(Owner::Hypervisor).map_err(MemoryError::Frames)?;
-    crate::domain::zero_frame(zero);
+    zero_frame(zero);
     ZERO_PAGE.call_once(|| zero);
     for area in areas {
-        for page in 0..crate::pv::descriptors::MAX_FRAMES as u64 {
+        for page in 0..crate::arch::gdt::GUEST_GDT_MAX_FRAMES as u64 {
             paging::map(area.gdt.start + page * PAGE_SIZE, zero.addr().0, MapKind::ReadOnly).map_err(MemoryError::Map)?;
         }
-        for page in 0..crate::pv::ldt::MAX_FRAMES as u64 {
+        for page in 0..crate::arch::gdt::LDT_MAX_FRAMES as u64 {
             paging::map(area.ldt.start + page * PAGE_SIZE, zero.addr().0, MapKind::ReadOnly).map_err(MemoryError::Map)?;
         }
         for page in area.backed_pages() {
@@ -504,9 +504,10 @@ pub fn free_bytes() -> u64 {
 const HEAP_RESERVE_BYTES: u64 = 512 << 10;
 
 /// Heap bytes domains may use in all: the reservation less what the hypervisor keeps for
-/// itself and the room the last domain must find (for capacity planning).
-pub fn heap_for_domains_bytes() -> u64 {
-    HEAP.stats().map_or(0, |s| (s.reserved as u64).saturating_sub(HEAP_RESERVE_BYTES + crate::domain::DOMAIN_HEAP_BYTES))
+/// itself and `last_domain_bytes`, the room the last domain must find (for capacity
+/// planning).
+pub fn heap_for_domains_bytes(last_domain_bytes: u64) -> u64 {
+    HEAP.stats().map_or(0, |s| (s.reserved as u64).saturating_sub(HEAP_RESERVE_BYTES + last_domain_bytes))
 }
 
 /// Whether the heap can take `bytes` more for a guest's (or domain 0's) request and still
@@ -686,4 +687,10 @@ pub fn check_heap_round_trip() -> (bool, String) {
     }
     let after = heap_used_bytes();
     (after == before, alloc::format!("in use {before} -> {after} bytes after 256 blocks"))
+}
+
+/// Fills a frame with zeroes through a temporary mapping.
+pub fn zero_frame(mfn: Mfn) {
+    let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
+    map.bytes().fill(0);
 }

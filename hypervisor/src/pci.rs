@@ -6,7 +6,7 @@
 //! functions ([`pci::DeviceAccess`]) and the device-memory frames ([`pci::IoRanges`]: whole
 //! memory BARs that overlap no range of the firmware's memory map, nothing below 1 MiB,
 //! and none of the local APIC, the I/O APICs or the HPET). It hands the functions'
-//! interrupt lines to `pv::pirq`.
+//! interrupt lines to the boot script's callback (`pv::pirq`: the layer above).
 //!
 //! Domain 0 reaches configuration space as Xen's PV domain 0 does, with `in`/`out` on
 //! ports 0xCF8 (a dword: the address latch, kept per run for domain 0) and 0xCFC-0xCFF,
@@ -37,7 +37,6 @@ use spin::{Mutex, Once};
 
 use crate::arch::pciconf;
 use crate::bootinfo::BootInfo;
-use crate::domain::Vcpu;
 use crate::platform::Machine;
 
 /// The domain that drives the devices.
@@ -57,7 +56,7 @@ static DROPPED_WRITES: AtomicU64 = AtomicU64::new(0);
 const ALWAYS_EXCLUDED: [Range<u64>; 4] = [0..0x10_0000, 0xfec0_0000..0xfec0_1000, 0xfed0_0000..0xfed0_1000, 0xfee0_0000..0xfef0_0000];
 
 /// Scans the buses and records the devices (boot CPU, before any domain).
-pub fn init(boot: &BootInfo, machine: &Machine) {
+pub fn init(boot: &BootInfo, machine: &Machine, register_lines: impl FnOnce(&[pci::Function])) {
     let functions = pci::scan(&mut pciconf::Ports);
     for f in &functions {
         info!(
@@ -88,7 +87,7 @@ pub fn init(boot: &BootInfo, machine: &Machine) {
     for r in ranges.ranges() {
         info!("pci: device memory for domain 0: frames {:#x}-{:#x}", r.start, r.end - 1);
     }
-    crate::pv::pirq::register_lines(&functions, machine);
+    register_lines(&functions);
     IO.call_once(|| ranges);
     ACCESS.call_once(|| Mutex::new(DeviceAccess::new(functions)));
 }
@@ -118,10 +117,10 @@ impl pvmm::DeviceMemory for Devices {
 
 /// Domain 0's non-string `in`/`out` of `size` bytes on `port`: `Some(value read)` for a
 /// read (`value` ignored), `Some(0)` for a write carried out or dropped; `None` when the
-/// port is not a configuration port or the vCPU not domain 0's (the caller gives the
-/// ordinary answer: all ones, writes ignored).
-pub fn port_io(vcpu: &Vcpu, port: u16, size: u8, write: Option<u32>) -> Option<u32> {
-    if vcpu.domain.id != DEVICE_DOMAIN || !vcpu.domain.privileged {
+/// port is not a configuration port or the caller (domain `dom`, `privileged` or not) not
+/// domain 0 (the caller gives the ordinary answer: all ones, writes ignored).
+pub fn port_io(dom: DomainId, privileged: bool, port: u16, size: u8, write: Option<u32>) -> Option<u32> {
+    if dom != DEVICE_DOMAIN || !privileged {
         return None;
     }
     let access = ACCESS.get()?;

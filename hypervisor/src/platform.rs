@@ -85,8 +85,9 @@ impl AcpiHandler for FirmwareTables {
     }
 }
 
-/// Reads CPUID and the ACPI tables and builds the topology.
-pub fn discover(boot: &BootInfo, options: &Options) -> Machine {
+/// Reads CPUID and the ACPI tables and builds the topology; `boot_apic` is the boot CPU's
+/// APIC id (`lapic::current_id`).
+pub fn discover(boot: &BootInfo, options: &Options, boot_apic: u32) -> Machine {
     let cpu = CpuInfo::read(&topology::cpuid::NativeCpuid);
     let acpi = read_acpi(boot);
     for warning in &acpi.warnings {
@@ -98,7 +99,7 @@ pub fn discover(boot: &BootInfo, options: &Options) -> Machine {
         .filter(|r| r.kind == RegionKind::Usable && r.end > r.start)
         .map(|r| MemoryRange::from_bounds(r.start, r.end))
         .collect();
-    let boot_apic = ApicId(crate::lapic::current_id());
+    let boot_apic = ApicId(boot_apic);
     let topology = Topology::build(&acpi, &cpu.layout, boot_apic, &ram);
     info!("{topology}");
     for node in topology.nodes() {

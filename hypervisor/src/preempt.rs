@@ -15,7 +15,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use smp::xcall::MAX_CPUS;
 
-use crate::{cpus, percpu, sched, time};
+use crate::arch::percpu;
+use crate::{cpus, sched, time};
 
 /// Work one hypercall may do in one stay in the hypervisor, in microseconds. Under TCG a
 /// trap's entry and exit cost 1-25 us (more after a switch of address space, which

@@ -22,7 +22,7 @@ use x86_64::registers::control::{Cr4, Cr4Flags};
 
 use crate::arch::{self, paging};
 use crate::cpus::{self, CpuState};
-use crate::percpu::CpuIndex;
+use crate::arch::percpu::CpuIndex;
 use crate::{interrupts, lapic, memory, time};
 
 /// One check's outcome (its name and detail are logged when it is recorded).

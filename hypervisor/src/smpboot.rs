@@ -4,20 +4,22 @@
 //!
 //! Runs once on the boot CPU, after the CPU table, the per-CPU areas and the boot CPU's local
 //! APIC exist and while the trampoline page is still identity mapped. A CPU that answers
-//! after its timeout finds itself marked failed and halts without touching shared state.
+//! after its timeout finds itself marked failed and halts without touching shared state;
+//! one that answers after bring-up has ended finds the trampoline's gate closed and halts
+//! before paging (`smp::trampoline`), since the identity map it would need is gone by then.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use log::{info, warn};
-use smp::trampoline::{self, Params, StartEntry, TRAMPOLINE_PHYS};
+use smp::trampoline::{self, Params, StartEntry, GATE_CLOSED, TRAMPOLINE_PHYS};
 use x86_64::registers::model_specific::Efer;
 
 use crate::arch::paging::{self, MapKind};
 use crate::cpus::{self, CpuState};
 use mm::layout::PerCpuArea;
 
-use crate::percpu::{self, CpuIndex};
+use crate::arch::percpu::{self, CpuIndex};
 use crate::memory;
 use crate::{fwmap, lapic, time};
 
@@ -25,6 +27,14 @@ use crate::{fwmap, lapic, time};
 const INIT_WAIT_NS: u64 = 10_000_000;
 /// Wait after the first SIPI before sending the second one to CPUs that have not answered.
 const SECOND_SIPI_WAIT_NS: u64 = 1_000_000;
+
+/// How long bring-up waits, once the gate is closed, for APs already past it to reach
+/// their entry (they run a few hundred instructions; only a host that deschedules the CPU
+/// makes this long).
+const GATE_DRAIN_NS: u64 = 1_000_000_000;
+
+/// Where the trampoline page is mapped (its firmware mapping, until the end of boot).
+static TRAMPOLINE_VA: AtomicU64 = AtomicU64::new(0);
 
 /// What bring-up achieved.
 pub struct Report {
@@ -91,6 +101,7 @@ pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32, silent: Option<u32>) -> 
             failed.push((cpu, slot.apic_id));
         }
     }
+    close_gate();
     let elapsed_ns = time::tsc_to_ns(time::rdtsc() - start);
     let started = aps.len() - failed.len();
     info!("smp: {started} of {} application processors online in {} us", aps.len(), elapsed_ns / 1000);
@@ -107,6 +118,8 @@ fn install_trampoline(table: &'static [StartEntry]) {
         entry: ap_entry as *const () as u64,
         table: table.as_ptr() as u64,
         count: table.len() as u64,
+        gate: 0,
+        _pad: 0,
     };
     // SAFETY: `va` maps the (reserved, otherwise unused) trampoline page writable; the image
     // is smaller than a page (a test in the smp crate checks) and `Params` sits at its end.
@@ -114,6 +127,43 @@ fn install_trampoline(table: &'static [StartEntry]) {
         core::ptr::copy_nonoverlapping(image.as_ptr(), va as *mut u8, image.len());
         core::ptr::write_unaligned((va as usize + trampoline::params_offset()) as *mut Params, params);
     }
+    TRAMPOLINE_VA.store(va, Ordering::Release);
+}
+
+/// The trampoline's gate word ([`Params::gate`]), shared with the APs running it.
+fn gate() -> &'static AtomicU32 {
+    let va = TRAMPOLINE_VA.load(Ordering::Acquire);
+    assert!(va != 0, "the trampoline is installed");
+    let address = va as usize + trampoline::params_offset() + core::mem::offset_of!(Params, gate);
+    // SAFETY: the word lies in the trampoline page, mapped writable until the end of boot
+    // (every use is before it), aligned (Params is 8-aligned at an 8-aligned offset), and
+    // only ever accessed atomically (the APs use `lock` instructions).
+    unsafe { AtomicU32::from_ptr(address as *mut u32) }
+}
+
+/// Closes the gate (no AP passes it from now on) and waits for the APs already past it to
+/// reach their entry, so that none still needs the identity map when it goes.
+fn close_gate() {
+    let gate = gate();
+    gate.fetch_or(GATE_CLOSED, Ordering::AcqRel);
+    if !time::delay_until(|| gate.load(Ordering::Acquire) & !GATE_CLOSED == 0, GATE_DRAIN_NS) {
+        warn!("smp: {} CPUs past the trampoline's gate never reached their entry", gate.load(Ordering::Acquire) & !GATE_CLOSED);
+    }
+}
+
+/// Fault injection (`test_late_cpu=N`): CPU `cpu`, left out at bring-up, is sent INIT-SIPI-SIPI
+/// now that boot is over (identity map gone), as a CPU of an overcommitted host that
+/// answers late. It must halt at the closed gate: the machine goes on without it.
+pub fn start_late(cpu: CpuIndex) {
+    let Some(slot) = cpus::all().get(cpu.0 as usize) else { return };
+    let vector = (TRAMPOLINE_PHYS >> 12) as u8;
+    lapic::send_init(slot.apic_id);
+    time::delay_ns(INIT_WAIT_NS);
+    lapic::send_sipi(slot.apic_id, vector);
+    time::delay_ns(SECOND_SIPI_WAIT_NS);
+    lapic::send_sipi(slot.apic_id, vector);
+    time::delay_ns(50 * SECOND_SIPI_WAIT_NS);
+    warn!("smp: test_late_cpu={cpu}: start-up IPIs sent after boot; cpu {cpu} is {:?}", slot.state());
 }
 
 /// Moves CPU `cpu` from `from` to `to` if it is still in `from`.
@@ -125,6 +175,8 @@ fn claim_state(cpu: CpuIndex, from: CpuState, to: CpuState) -> bool {
 
 /// Where every AP arrives from the trampoline, on its own kernel stack.
 extern "C" fn ap_entry(cpu_index: u32) -> ! {
+    // Past the identity-mapped code: counted out of the gate.
+    gate().fetch_sub(1, Ordering::AcqRel);
     let cpu = CpuIndex(cpu_index);
     let slot = cpus::slot(cpu);
     if slot.state() != CpuState::Starting {

@@ -48,7 +48,7 @@ pub fn print(f: &Facts) {
     fact!("memory.unmanaged_mib", "{}", f.memory.capped_bytes >> 20);
     fact!("memory.metadata_kib_per_gib", "{}", mm::layout::metadata_bytes_per_gib() >> 10);
     fact!("memory.heap_used_kib", "{}", memory::heap_used_bytes() >> 10);
-    fact!("memory.heap_for_domains_kib", "{}", memory::heap_for_domains_bytes() >> 10);
+    fact!("memory.heap_for_domains_kib", "{}", memory::heap_for_domains_bytes(crate::domain::DOMAIN_HEAP_BYTES) >> 10);
     for placed in f.layout.regions() {
         let name = placed.region.name().replace([' ', '-'], "_");
         fact!(alloc::format!("window.{name}_kib"), "{}/{}", placed.used >> 10, placed.range.size >> 10);

@@ -31,7 +31,8 @@ use x86_64::VirtAddr;
 
 use crate::arch::paging;
 use crate::cpus::{self, CpuMask};
-use crate::{memory, percpu};
+use crate::arch::percpu;
+use crate::memory;
 
 static CLOCK: TlbClock = TlbClock::new();
 

@@ -10,22 +10,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use crate::arch::entry::{SYSCALL32_VECTOR, SYSCALL_VECTOR};
 use crate::arch::exit::{exit, Outcome};
 use crate::arch::trap::TrapFrame;
+use crate::arch::vectors;
 use crate::sched::Stay;
-use crate::{logger, percpu};
-
-/// Interrupt vectors the hypervisor uses (exceptions are 0-31; the legacy PIC, masked, was
-/// moved to 0x20-0x2f so that a stray one cannot look like an exception).
-pub mod vectors {
-    pub const PIC_BASE: u8 = 0x20;
-    /// Device interrupts domain 0 binds (`pv::pirq`), one vector per line.
-    pub const DEVICE_BASE: u8 = 0x30;
-    pub const DEVICE_LAST: u8 = 0x3f;
-    pub const TIMER: u8 = 0xf0;
-    pub const CALL: u8 = 0xf1;
-    pub const RESCHEDULE: u8 = 0xf2;
-    pub const ERROR: u8 = 0xfe;
-    pub const SPURIOUS: u8 = 0xff;
-}
+use crate::arch::percpu;
+use crate::logger;
 
 /// Whether the log has said once that `syscall`s arrive without their privilege change.
 static SYSCALL_RECOVERY_NOTED: AtomicBool = AtomicBool::new(false);
@@ -40,7 +28,9 @@ const EXCEPTION_NAMES: [&str; 32] = [
 ];
 
 /// Entry from `trap_common` (and the `syscall` entry), with interrupts off. Whatever the
-/// trap was, the scheduler decides on the way out what the frame returns to.
+/// trap was, the scheduler decides on the way out what the frame returns to. Exported by
+/// name, which is how the entry path (below everything) reaches it.
+#[unsafe(export_name = "hypervisor_trap_dispatch")]
 pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     let entered = crate::time::rdtsc();
     let from_guest = frame.is_from_guest();
@@ -68,7 +58,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     if from_guest {
         // A slice of a dead domain's teardown, if one is queued (not in a trap from
         // hypervisor code, which may hold locks the teardown takes).
-        crate::domain::teardown::work(crate::domain::teardown::TRAP_SLICE_NS);
+        crate::pv::teardown::work(crate::pv::teardown::TRAP_SLICE_NS);
     }
     crate::sched::on_trap_exit(frame);
     if frame.is_from_guest() {
@@ -83,6 +73,8 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     if from_guest {
         // Console rings that waited for room in the console buffer.
         crate::pv::console::retry_rings();
+        // A domain that ended: domain 0's VIRQ_DOM_EXC.
+        crate::pv::events::tell_domain_ended();
     }
     crate::sched::record_stay(crate::time::tsc_to_ns(crate::time::rdtsc() - entered), cause, domu);
 }

@@ -228,6 +228,16 @@ pub struct Devices {
     pub cut: u64,
 }
 
+/// `stress: consoles relayed=N lines=L dropped=D`: the console rings domain 0 relays in an
+/// `IO=1` run (printed after `devices`): how many, the lines it printed for them (rate-limit
+/// notices included) and the lines it dropped over its per-domain rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Consoles {
+    pub relayed: u64,
+    pub lines: u64,
+    pub dropped: u64,
+}
+
 /// `stress: error domid=D what=W`: `what` is one word (see `stress/PROTOCOL.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestError<'a> {
@@ -261,6 +271,7 @@ pub enum Record<'a> {
     /// an [`IoResult`], cut as `hist` records are ([`io_hist_lines`]).
     IoHist(HistPart<'a>),
     Devices(Devices),
+    Consoles(Consoles),
 }
 
 /// Why a record could not be read.
@@ -329,6 +340,7 @@ impl<'a> Record<'a> {
             "io" => Record::Io(r.io()?),
             "iohist" => Record::IoHist(r.hist()?),
             "devices" => Record::Devices(r.devices()?),
+            "consoles" => Record::Consoles(r.consoles()?),
             "error" => Record::Error(GuestError {
                 domid: r.domid()?,
                 what: r.word("what")?,
@@ -448,6 +460,12 @@ impl fmt::Display for Record<'_> {
                 write_pair(f, "requests", d.requests)?;
                 write_pair(f, "failed", d.failed)?;
                 write_pair(f, "cut", d.cut)
+            }
+            Self::Consoles(c) => {
+                f.write_str("consoles")?;
+                write_pair(f, "relayed", c.relayed)?;
+                write_pair(f, "lines", c.lines)?;
+                write_pair(f, "dropped", c.dropped)
             }
         }
     }
@@ -625,6 +643,15 @@ impl<'a> Reader<'a> {
             bad_data: self.number("bad_data")?,
             lost: self.number("lost")?,
             max_ns: self.number("max_ns")?,
+        })
+    }
+
+    fn consoles(&self) -> Result<Consoles, LineError<'a>> {
+        self.no_bare_words()?;
+        Ok(Consoles {
+            relayed: self.number("relayed")?,
+            lines: self.number("lines")?,
+            dropped: self.number("dropped")?,
         })
     }
 
@@ -837,6 +864,10 @@ mod tests {
         assert!(matches!(read("stress: iohist domid=4 role=idle part=0 buckets=3:1"), Record::IoHist(_)));
         let line = "stress: devices served=100 connected=100 dom0_heap_bytes=9000 ring_pages=2 disk_kib=1024 requests=4000 failed=0 cut=0";
         assert_eq!(read(line).to_string(), line);
+        assert_eq!(
+            read("stress: consoles relayed=100 lines=900 dropped=0"),
+            Record::Consoles(Consoles { relayed: 100, lines: 900, dropped: 0 })
+        );
         assert_eq!(read("stress: mem phase=connected free_kib=1 heap_bytes=2 domains=3").to_string(), "stress: mem phase=connected free_kib=1 heap_bytes=2 domains=3");
         assert!(Record::parse("stress: io domid=4 requests=40").is_err());
     }
@@ -1081,6 +1112,7 @@ mod tests {
             (domid, any::<[u64; 5]>()).prop_map(|(domid, [requests, failed, bad_data, lost, max_ns])| {
                 Record::Io(IoResult { domid, requests, failed, bad_data, lost, max_ns })
             }),
+            any::<[u64; 3]>().prop_map(|[relayed, lines, dropped]| Record::Consoles(Consoles { relayed, lines, dropped })),
             any::<[u64; 8]>().prop_map(|v| Record::Devices(Devices {
                 served: v[0],
                 connected: v[1],

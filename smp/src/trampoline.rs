@@ -6,7 +6,16 @@
 //! still identity-map the trampoline page), finds its own APIC id (CPUID leaf 0xB, else
 //! leaf 1) in the start table, switches to the stack listed there and calls
 //! `entry(cpu_index)`. Many APs run it at once: nothing in it is written but the CPU's own
-//! registers. An AP whose APIC id is not in the table halts.
+//! registers and the gate. An AP whose APIC id is not in the table halts.
+//!
+//! The gate ([`Params::gate`]) keeps a late AP from running into page tables that no longer
+//! map the trampoline: before it turns paging on, each AP counts itself in (a `lock
+//! cmpxchg` of the gate word) unless the boot CPU has closed the gate ([`GATE_CLOSED`]),
+//! in which case it halts there, in protected mode without paging, touching nothing. The
+//! entry counts itself out once it runs on the hypervisor's own mappings; the boot CPU
+//! closes the gate and waits for the count to reach zero before it drops the identity
+//! map. An AP that answers its SIPI after bring-up (an overcommitted host, or QEMU running
+//! a SIPI that was pending when it handled the boot CPU's INIT) stays halted.
 
 use core::arch::global_asm;
 
@@ -36,10 +45,18 @@ pub struct Params {
     pub table: u64,
     /// Number of entries in the table.
     pub count: u64,
+    /// APs between the gate and their entry, and [`GATE_CLOSED`] once the boot CPU has
+    /// closed it (0 at install: open, none in).
+    pub gate: u32,
+    pub _pad: u32,
 }
 
+/// The gate's closed bit: an AP that finds it set halts before paging.
+pub const GATE_CLOSED: u32 = 1 << 31;
+
 const _: () = assert!(core::mem::size_of::<StartEntry>() == 16);
-const _: () = assert!(core::mem::size_of::<Params>() == 40);
+const _: () = assert!(core::mem::size_of::<Params>() == 48);
+const _: () = assert!(core::mem::offset_of!(Params, gate) == 40);
 
 global_asm!(
     r#"
@@ -49,6 +66,8 @@ global_asm!(
     .set OFF_ENTRY, 16
     .set OFF_TABLE, 24
     .set OFF_COUNT, 32
+    .set OFF_GATE,  40
+    .set GATE,      TRAMP + (tr_params - smp_trampoline_start) + OFF_GATE
 
     .section .rodata.smp_trampoline, "a"
     .p2align 12
@@ -71,6 +90,14 @@ tr_protected:
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
+    /* The gate: count this CPU in unless the boot CPU has closed it (then halt here,
+       before paging: the page tables may no longer map this page). */
+    movl GATE, %eax
+6:  testl ${closed}, %eax
+    jnz 7f
+    leal 1(%eax), %edx
+    lock cmpxchgl %edx, GATE
+    jnz 6b
     movl %cr4, %eax
     orl $((1 << 5) | (1 << 7)), %eax
     movl %eax, %cr4
@@ -118,9 +145,16 @@ tr_long:
     movl 4(%rbx), %edi
     movq TRAMP + (tr_params - smp_trampoline_start) + OFF_ENTRY, %rax
     callq *%rax
-5:  cli
+    /* Not in the table: count out (the boot CPU waits for the count), then halt. */
+5:  lock decl GATE
+8:  cli
     hlt
-    jmp 5b
+    jmp 8b
+
+    .code32
+7:  cli
+    hlt
+    jmp 7b
 
     .p2align 3
 tr_gdt:
@@ -136,11 +170,12 @@ tr_gdt_pointer:
     .global smp_trampoline_params
 smp_trampoline_params:
 tr_params:
-    .skip 40
+    .skip 48
     .global smp_trampoline_end
 smp_trampoline_end:
 "#,
     tramp = const TRAMPOLINE_PHYS,
+    closed = const GATE_CLOSED,
     options(att_syntax)
 );
 

@@ -78,6 +78,8 @@ pub struct Run {
     pub done: bool,
     /// Domain 0's `devices` record (`IO=1` runs).
     pub devices: Option<rec::Devices>,
+    /// Domain 0's `consoles` record (`IO=1` runs: the console rings it relayed).
+    pub consoles: Option<rec::Consoles>,
     /// Hypervisor `summary:` facts; a repeated key keeps its last value.
     pub summary: BTreeMap<String, String>,
     pub warnings: Vec<Warning>,
@@ -160,6 +162,7 @@ fn add_record(run: &mut Run, source: Option<DomId>, record: rec::Record<'_>) -> 
             false
         }
         rec::Record::Devices(devices) => keep_first(&mut run.devices, devices),
+        rec::Record::Consoles(consoles) => keep_first(&mut run.consoles, consoles),
     }
 }
 

@@ -325,6 +325,14 @@ pub struct IoFile {
     pub dom0_bytes_per_domain: Option<u64>,
     /// Hypervisor heap bytes per domain taken by connecting the devices.
     pub hypervisor_bytes_per_domain: Option<i64>,
+    /// Domain 0's `consoles` record: consoles relayed, lines relayed, lines dropped over
+    /// its rate limit (absent from older reports).
+    #[serde(default)]
+    pub consoles_relayed: Option<u64>,
+    #[serde(default)]
+    pub relayed_lines: Option<u64>,
+    #[serde(default)]
+    pub relay_dropped: Option<u64>,
 }
 
 fn io(io: &crate::report::IoReport) -> IoFile {
@@ -348,6 +356,9 @@ fn io(io: &crate::report::IoReport) -> IoFile {
         ring_pages_per_domain: d.map(|d| d.ring_pages),
         dom0_bytes_per_domain: d.map(|d| d.dom0_heap_bytes),
         hypervisor_bytes_per_domain: io.hypervisor_bytes_per_domain,
+        consoles_relayed: io.consoles.map(|c| c.relayed),
+        relayed_lines: io.consoles.map(|c| c.lines),
+        relay_dropped: io.consoles.map(|c| c.dropped),
     }
 }
 

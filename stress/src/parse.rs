@@ -2,7 +2,10 @@
 //! the `protocol` crate ([`protocol::record::Record::parse`], the same definition the
 //! guests print with), plus the hypervisor's own `summary: key=value` lines and the
 //! console's rate-limit notices; everything it cannot read becomes a [`Warning`] with the
-//! line number.
+//! line number. Whose line it is comes from its prefix, read with
+//! [`protocol::console`]: `(dN) ` (a `console_io` write), `(dN:name) ` (a console ring the
+//! hypervisor drained) or `(d0) [dN] ` (a console ring domain 0 relayed: `make stress
+//! IO=1`); all three read the same.
 //!
 //! Called by the crate's `analyse` on a whole log. It only reads lines: it never
 //! interprets a run (that is `collect` and `report`), and it never panics, whatever the
@@ -17,6 +20,7 @@ pub use protocol::record::{
 };
 pub use protocol::{DomId, Role};
 
+use protocol::console::{self, Found, Suppressed};
 use protocol::record::{self, PREFIX as STRESS};
 
 /// A domain id as the report names it: `dN`.
@@ -36,7 +40,7 @@ pub enum Record<'a> {
     Stress(record::Record<'a>),
     /// A hypervisor `summary: key=value` line.
     Summary { key: &'a str, value: &'a str },
-    /// `(dN) [K lines suppressed by the console rate limit]`.
+    /// `(dN) [K lines suppressed by the console rate limit]` (or relayed: `(d0) [dN] [...]`).
     Suppressed { lines: u64 },
 }
 
@@ -45,7 +49,8 @@ pub enum Record<'a> {
 pub struct Entry<'a> {
     /// 1-based line number in the log.
     pub line: usize,
-    /// The `(dN)` prefix; none for hypervisor lines.
+    /// Whose line it is (`protocol::console::Origin::domid`: N of `(dN) ` or `(dN:name) `,
+    /// M of domain 0's relayed `(d0) [dM] `); none for hypervisor lines.
     pub source: Option<DomId>,
     pub record: Record<'a>,
 }
@@ -77,7 +82,6 @@ pub struct ParsedLog<'a> {
 }
 
 const SUMMARY: &str = "summary: ";
-const SUPPRESSED: &str = "lines suppressed";
 
 /// Parses a whole serial log.
 pub fn parse_log(text: &str) -> ParsedLog<'_> {
@@ -143,7 +147,7 @@ fn parse_into<'a>(line: usize, raw: &'a str, log: &mut ParsedLog<'a>) {
 enum Kind<'a> {
     /// Neither a stress nor a summary line.
     Noise,
-    /// A guest line worth reading: its body starts after `(dN) `. `glued`: more than one
+    /// A guest line worth reading: its body starts after the domain's prefix. `glued`: more than one
     /// stress record on the line; `clean`: only the tag and a level word precede it.
     Guest {
         source: DomId,
@@ -159,19 +163,20 @@ enum Kind<'a> {
 
 /// Sorts a line by its prefixes.
 fn classify(text: &str) -> Kind<'_> {
-    let guests = guest_prefixes(text);
-    let readable = guests.iter().rev().find(|&&(_, _, body)| {
-        body.starts_with(STRESS) || (body.starts_with('[') && body.contains(SUPPRESSED))
-    });
-    if let Some(&(start, source, body)) = readable {
+    let guests: Vec<Found<'_>> = console::find_all(text).collect();
+    let readable = guests
+        .iter()
+        .rev()
+        .find(|found| found.body.starts_with(STRESS) || Suppressed::parse(found.body).is_some());
+    if let Some(found) = readable {
         let records = guests
             .iter()
-            .filter(|(_, _, b)| b.starts_with(STRESS))
+            .filter(|found| found.body.starts_with(STRESS))
             .count();
-        let clean = is_tag_and_level(&text[..start]);
+        let clean = is_tag_and_level(&text[..found.at]);
         return Kind::Guest {
-            source,
-            body,
+            source: found.origin.domid(),
+            body: found.body,
             glued: records > 1,
             clean,
         };
@@ -187,19 +192,6 @@ fn classify(text: &str) -> Kind<'_> {
         }
     }
     Kind::Noise
-}
-
-/// Every `(dN) ` in the line: (its offset, N, the text after it).
-fn guest_prefixes(text: &str) -> Vec<(usize, DomId, &str)> {
-    text.match_indices("(d")
-        .filter_map(|(start, _)| {
-            let rest = &text[start + 2..];
-            let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-            let id = rest[..digits].parse().ok()?;
-            let body = rest[digits..].strip_prefix(") ")?;
-            Some((start, DomId(id), body))
-        })
-        .collect()
 }
 
 /// Removes the `[cpuC  seconds] ` tag and an `ERROR `/`WARN ` level word.
@@ -219,18 +211,19 @@ fn is_tag_and_level(prefix: &str) -> bool {
     strip_tag_and_level(prefix).is_empty()
 }
 
-/// Parses what follows `(dN) `: a stress record or a rate-limit notice.
+/// Parses what follows a domain's prefix: a stress record or a rate-limit notice.
 fn parse_guest_body(body: &str) -> Result<Record<'_>, record::LineError<'_>> {
     if body.starts_with(STRESS) {
         return record::Record::parse(body).map(Record::Stress);
     }
-    // `[K lines suppressed by the console rate limit]`.
-    let count = body.trim_start_matches('[').split(' ').next().unwrap_or("");
-    let lines = count.parse().map_err(|_| record::LineError::BadNumber {
-        key: "suppressed",
-        value: count,
-    })?;
-    Ok(Record::Suppressed { lines })
+    match Suppressed::parse(body) {
+        Some(Ok(Suppressed(lines))) => Ok(Record::Suppressed { lines }),
+        Some(Err(count)) => Err(record::LineError::BadNumber {
+            key: "suppressed",
+            value: count,
+        }),
+        None => Err(record::LineError::NotStress),
+    }
 }
 
 /// `key=value`; a value may itself hold `=` or `/`.
@@ -287,6 +280,34 @@ mod tests {
                 what: "balloon_down"
             }))
         );
+    }
+
+    #[test]
+    fn relayed_and_ring_lines_read_as_the_domain_s_own() {
+        let lines = [
+            "[cpu1     2.345678] (d5) stress: balloon domid=5 down_pages=16 up_pages=8 tot_pages=120",
+            "[cpu1     2.345678] (d0) [d5] stress: balloon domid=5 down_pages=16 up_pages=8 tot_pages=120",
+            "[cpu1     2.345678] (d5:stress5) stress: balloon domid=5 down_pages=16 up_pages=8 tot_pages=120",
+        ];
+        let direct = parse_log(lines[0]);
+        for line in lines {
+            let log = parse_log(line);
+            assert!(log.warnings.is_empty(), "{line}: {:?}", log.warnings);
+            assert_eq!(log.entries, direct.entries, "{line}");
+            assert_eq!(log.entries[0].source, Some(DomId(5)));
+        }
+        // A worker's bad command line (domid=0) is charged to the relayed domain.
+        let log = parse_log("(d0) [d9] stress: error domid=0 what=options");
+        assert_eq!(log.entries[0].source, Some(DomId(9)));
+        // Domain 0's own records stay domain 0's.
+        let log = parse_log("[cpu0 1.0] (d0) stress: done ok");
+        assert_eq!(log.entries[0].source, Some(DomId(0)));
+        // Domain 0's relay notices, as the hypervisor's.
+        let log = parse_log("[cpu0 1.0] (d0) [d9] [12 lines suppressed by the console rate limit]");
+        assert_eq!(log.entries[0].record, Record::Suppressed { lines: 12 });
+        assert_eq!(log.entries[0].source, Some(DomId(9)));
+        // Only domain 0 relays: another domain's `[dN]` is its own (and not a record).
+        assert!(parse_log("(d5) [d7] stress: done ok").entries.is_empty());
     }
 
     #[test]

@@ -446,6 +446,8 @@ pub struct IoReport {
     pub stats: Option<Stats>,
     /// Domain 0's `devices` record.
     pub devices: Option<protocol::record::Devices>,
+    /// Domain 0's `consoles` record: the console rings it relayed.
+    pub consoles: Option<protocol::record::Consoles>,
     /// Hypervisor heap bytes per domain the devices' connection took: (`mem
     /// phase=connected` - `phase=ballooned`) / n (grant mappings, bound ports).
     pub hypervisor_bytes_per_domain: Option<i64>,
@@ -651,6 +653,7 @@ fn io(run: &Run) -> Option<IoReport> {
         lost: 0,
         stats: None,
         devices: run.devices,
+        consoles: run.consoles,
         hypervisor_bytes_per_domain: None,
     };
     for (_, log) in stress_domains(run) {
@@ -694,6 +697,16 @@ fn io_problems(run: &Run, problems: &mut Vec<Problem>) {
                     "{} of {} VBDs connected, {} cut off",
                     d.connected, d.served, d.cut
                 )));
+            }
+            // Domain 0 relays every served domain's console (logs of older runs have no
+            // `consoles` record).
+            if let Some(c) = io.consoles {
+                if c.relayed != d.served || c.dropped > 0 {
+                    problems.push(Problem::Devices(format!(
+                        "domain 0 relayed {} of {} consoles and dropped {} lines over its rate limit",
+                        c.relayed, d.served, c.dropped
+                    )));
+                }
             }
         }
     }

@@ -521,6 +521,77 @@ mod tests {
     }
 
     #[test]
+    fn relayed_records_give_the_same_report() {
+        // Every worker's line as domain 0 relays its console ring (`make stress IO=1`).
+        let direct = log(20);
+        let relayed: Vec<String> = direct
+            .iter()
+            .map(|line| {
+                (1..=20).fold(line.clone(), |l, n| l.replace(&format!("(d{n}) "), &format!("(d0) [d{n}] ")))
+            })
+            .collect();
+        assert!(relayed.iter().filter(|l| l.contains("(d0) [d")).count() > 20 * 2);
+        let (a, b) = (analysed(&direct, true), analysed(&relayed, true));
+        assert_eq!(a.report, b.report);
+        assert_eq!(table::render(&a), table::render(&b));
+        assert_eq!(a.checks, b.checks);
+        assert!(b.passed());
+    }
+
+    /// `log(n)` as an `IO=1` run whose worker lines domain 0 relayed: `mem phase=connected`,
+    /// each worker's `io` and `iohist` records, domain 0's `devices` and `consoles`.
+    fn io_log(n: usize) -> Vec<String> {
+        let relay = |line: &String| {
+            (1..=n).fold(line.clone(), |l, d| l.replace(&format!("(d{d}) "), &format!("(d0) [d{d}] ")))
+        };
+        let mut lines: Vec<String> = log(n).iter().map(relay).collect();
+        let done = lines.iter().position(|l| l.contains("stress: done ok")).unwrap();
+        let mut io = vec!["[cpu0 5.0] (d0) stress: mem phase=connected free_kib=1 heap_bytes=2 domains=3".to_string()];
+        for d in 1..=n {
+            io.push(format!("[cpu1 9.0] (d0) [d{d}] stress: io domid={d} requests=10 failed=0 bad_data=0 lost=0 max_ns=900000"));
+            io.push(format!("[cpu1 9.0] (d0) [d{d}] stress: iohist domid={d} role=idle part=0 buckets=300:10"));
+        }
+        io.push(format!("[cpu0 9.5] (d0) stress: devices served={n} connected={n} dom0_heap_bytes=7900 ring_pages=3 disk_kib=1024 requests={} failed=0 cut=0", 10 * n));
+        io.push(format!("[cpu0 9.6] (d0) stress: consoles relayed={n} lines={} dropped=0", 9 * n));
+        lines.splice(done..done, io);
+        lines
+    }
+
+    fn failures(lines: &[String]) -> String {
+        let a = analysed(lines, false);
+        assert!(!a.passed(), "the run must fail");
+        a.failures().join("\n")
+    }
+
+    #[test]
+    fn an_io_run_passes_when_every_read_and_record_came_through() {
+        let a = analysed(&io_log(20), false);
+        assert!(a.passed(), "{:?}", a.failures());
+        let io = a.report.io.as_ref().expect("an IO run");
+        assert_eq!((io.domains, io.requests, io.lost), (20, 200, 0));
+        assert_eq!(io.consoles.map(|c| (c.relayed, c.dropped)), Some((20, 0)));
+        let text = table::render(&a);
+        assert!(text.contains("consoles relayed by domain 0: 20 (180 lines, 0 dropped over its rate limit)"), "{text}");
+        let file = json::ReportFile::new(&a);
+        assert_eq!(json::ReportFile::parse(&file.render()), Ok(file.clone()));
+    }
+
+    #[test]
+    fn an_io_run_fails_on_a_lost_read_a_missing_record_or_a_dropped_line() {
+        let lines = io_log(20);
+        let lost = replaced(&lines, "io domid=7 requests=10 failed=0 bad_data=0 lost=0", "io domid=7 requests=10 failed=0 bad_data=0 lost=1");
+        assert!(failures(&lost).contains("1 never answered"), "{}", failures(&lost));
+        // A worker whose records never came through its console ring.
+        let silent: Vec<String> = lines.iter().filter(|l| !l.contains("(d0) [d9] ")).cloned().collect();
+        let why = failures(&silent);
+        assert!(why.contains("d9 has no `result` line") && why.contains("d9 has no `io` line"), "{why}");
+        let dropped = replaced(&lines, "dropped=0", "dropped=2");
+        assert!(failures(&dropped).contains("dropped 2 lines"), "{}", failures(&dropped));
+        let unrelayed = replaced(&lines, "consoles relayed=20", "consoles relayed=19");
+        assert!(failures(&unrelayed).contains("relayed 19 of 20 consoles"), "{}", failures(&unrelayed));
+    }
+
+    #[test]
     fn n100_creation_targets() {
         let a = analysed(&log(100), true);
         assert!(a.passed(), "{:?}", a.failures());

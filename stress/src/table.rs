@@ -252,6 +252,13 @@ fn io_section(out: &mut String, io: &crate::report::IoReport) {
         }
         None => out.push_str("  no `devices` line from domain 0\n"),
     }
+    if let Some(c) = io.consoles {
+        let _ = writeln!(
+            out,
+            "  consoles relayed by domain 0: {} ({} lines, {} dropped over its rate limit)",
+            c.relayed, c.lines, c.dropped
+        );
+    }
 }
 
 /// The hypervisor's own view per CPU (`summary: sched.cpuN.*`): how late timer interrupts

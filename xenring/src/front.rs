@@ -105,10 +105,19 @@ impl<M: RingMemory, Req: Entry, Rsp: Entry> FrontRing<M, Req, Rsp> {
     /// Before waiting for an event (`RING_FINAL_CHECK_FOR_RESPONSES`): true when responses
     /// are ready; otherwise asks the backend to notify the next response and checks again.
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
+        self.final_check_for_responses_after(1)
+    }
+
+    /// The same, asking to be notified only once `batch` more responses are published
+    /// (fewer events for a frontend with many requests in flight): `batch` is cut to the
+    /// requests published and not yet answered, so that the event always comes.
+    pub fn final_check_for_responses_after(&mut self, batch: u32) -> Result<bool, RingError> {
         if self.poll_responses()? > 0 {
             return Ok(true);
         }
-        self.mem.store_index(header::RSP_EVENT, self.rsp_cons.wrapping_add(1));
+        let published = self.mem.load_index(header::REQ_PROD).wrapping_sub(self.rsp_cons);
+        let batch = batch.clamp(1, published.clamp(1, self.layout.entries()));
+        self.mem.store_index(header::RSP_EVENT, self.rsp_cons.wrapping_add(batch));
         mb();
         Ok(self.poll_responses()? > 0)
     }

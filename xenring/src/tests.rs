@@ -118,6 +118,49 @@ fn round_trip_and_notify_rules() {
 }
 
 #[test]
+fn a_frontend_may_ask_for_one_event_per_batch_of_responses() {
+    let mut page = [0u8; 4096];
+    let mem = PlainMemory::new(&mut page);
+    let l = Layout::new(4096, 112).unwrap();
+    let mut f: FrontRing<_, Req, Rsp> = FrontRing::init(mem, l).unwrap();
+    let mut b: BackRing<_, Req, Rsp> = BackRing::attach(mem, l).unwrap();
+    for i in 0..6 {
+        f.push_request(&Req { id: i, value: 0 }).unwrap();
+    }
+    f.publish_requests();
+    // A request written but not published cannot be answered: it does not count.
+    f.push_request(&Req { id: 6, value: 0 }).unwrap();
+    for _ in 0..6 {
+        b.next_request().unwrap().unwrap();
+    }
+    assert!(!f.final_check_for_responses_after(4).unwrap());
+    assert_eq!(mem.load_index(Layout::RSP_EVENT), 4);
+    // Three answers published one by one: no event; the fourth brings it.
+    for i in 0..3 {
+        b.push_response(&Rsp { id: i, value: 0 }).unwrap();
+        assert!(!b.publish_responses());
+    }
+    b.push_response(&Rsp { id: 3, value: 0 }).unwrap();
+    assert!(b.publish_responses());
+    for _ in 0..4 {
+        f.next_response().unwrap().unwrap();
+    }
+    // A batch past what is in flight is cut to it (two published, unanswered): the event
+    // always comes.
+    assert!(!f.final_check_for_responses_after(100).unwrap());
+    assert_eq!(mem.load_index(Layout::RSP_EVENT), 6);
+    b.push_response(&Rsp { id: 4, value: 0 }).unwrap();
+    b.push_response(&Rsp { id: 5, value: 0 }).unwrap();
+    assert!(b.publish_responses());
+    // Answers waiting: no event is asked for, the check says so.
+    f.publish_requests();
+    b.next_request().unwrap().unwrap();
+    b.push_response(&Rsp { id: 6, value: 0 }).unwrap();
+    b.publish_responses();
+    assert!(f.final_check_for_responses_after(3).unwrap());
+}
+
+#[test]
 fn front_full_after_ring_size_requests() {
     let mut page = [0u8; 4096];
     let l = Layout::new(4096, 112).unwrap();

@@ -1,7 +1,9 @@
 //! Consoles through domain 0 (xenconsoled's part): one [`Relay`] per domain whose console
 //! ring (`struct xencons_interface`, io/console.h) domain 0 has taken drains its output
-//! ring into lines and hands each complete line, with the domain's prefix (`[dN] `), to
-//! domain 0's own console; and puts input bytes into its input ring ([`Relay::feed`]).
+//! ring into lines and hands each complete line, with the domain's id, to its caller, which
+//! prints it on domain 0's own console after the domain's tag (`[dN] `,
+//! `protocol::console::RelayTag`, which the stress tool reads back); and puts input bytes
+//! into its input ring ([`Relay::feed`]).
 //! Which domain serial input is for is the [`Focus`]: [`SWITCH_KEY`] (Ctrl-A) three times
 //! in a row moves it on.
 //!
@@ -18,6 +20,7 @@
 //! pure (the page is reached through [`ConsolePage`]), tested on the host.
 
 use arrayvec::ArrayVec;
+use protocol::console::Suppressed;
 use guest_rt::abi::console::{
     pending, room, slot, IN_CONS_OFFSET, IN_PROD_OFFSET, IN_RING_SIZE, OUT_CONS_OFFSET, OUT_PROD_OFFSET, OUT_RING_OFFSET,
     OUT_RING_SIZE,
@@ -29,9 +32,10 @@ pub const BURST_BYTES: u64 = 32 << 10;
 pub const BYTES_PER_SECOND: u64 = 8 << 10;
 /// What a line costs beyond its bytes.
 pub const LINE_COST: u64 = 32;
-/// Longest line kept; longer ones are split (so that with its `[dN] ` prefix a relayed
-/// line stays within the hypervisor's 160-byte console line and is never split again).
-pub const LINE_MAX: usize = 148;
+/// Longest line kept; longer ones are split (so that with its `[dN] ` tag a relayed line
+/// stays within the hypervisor's console line and is never split again; a stress record
+/// fits whole).
+pub const LINE_MAX: usize = protocol::console::RELAY_TEXT_MAX;
 /// Offset of the input ring in the page.
 pub const IN_RING_OFFSET: usize = 0;
 
@@ -134,8 +138,8 @@ impl Relay {
             false
         } else {
             if self.suppressed > 0 {
-                let mut note = arrayvec::ArrayString::<64>::new();
-                let _ = core::fmt::Write::write_fmt(&mut note, format_args!("[{} lines suppressed by the console rate limit]", self.suppressed));
+                let mut note = arrayvec::ArrayString::<80>::new();
+                let _ = core::fmt::Write::write_fmt(&mut note, format_args!("{}", Suppressed(self.suppressed)));
                 out(self.domid, &note);
                 self.suppressed = 0;
             }
@@ -248,6 +252,21 @@ mod tests {
         r.drain(&p, 0, &mut |d, t| lines.push((d, t.to_string())));
         assert_eq!(lines, [(3, "hello".to_string()), (3, "world.".to_string())]);
         assert_eq!(p.load_u32(OUT_CONS_OFFSET), p.load_u32(OUT_PROD_OFFSET));
+    }
+
+    #[test]
+    fn a_stress_record_is_relayed_whole() {
+        let p = page();
+        let mut r = Relay::new(65535, 0);
+        let record = "stress: hist domid=7 role=periodic part=0 buckets=".to_string() + &"1:1,".repeat(40);
+        let record = &record[..protocol::record::LINE_MAX];
+        print(&p, record.as_bytes());
+        print(&p, b"\n");
+        let mut lines: Vec<String> = Vec::new();
+        r.drain(&p, 0, &mut |d, t| lines.push(std::format!("{} {t}", protocol::console::RelayTag(protocol::DomId(d)))));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].len() <= protocol::console::LINE_MAX);
+        assert!(lines[0].ends_with(record));
     }
 
     #[test]

@@ -2,9 +2,22 @@
 //! for every stress domain, its store (`xenstore`, as the `attach` of the store check:
 //! its store grant mapped, its store port bound, its home written and the domain
 //! introduced) and one VBD (`xvda`, devid 51712) on a RAM disk of `io_kib` KiB carved from
-//! domain 0's own reservation, served through `blkif::backend::Backend` by grant copies.
-//! Consoles stay with the hypervisor here (each stress domain has its ring and port 1; the
-//! host tool reads the hypervisor's `(dN)` lines).
+//! domain 0's own reservation, served through `blkif::backend::Backend` by grant copies;
+//! and its console, as xenconsoled: its console grant mapped and its console port bound
+//! before it first runs (so the hypervisor drains none of it), its ring relayed through
+//! `guest_dom0::consoled` (each line printed after the domain's tag, `(d0) [dN] ...` on
+//! the serial log, which the host tool reads with `protocol::console`). The workers print
+//! their records into that ring.
+//!
+//! A domain's end: domain 0 binds `VIRQ_DOM_EXC`, which the hypervisor raises when a
+//! domain shuts down; it then looks at every served domain and drains what is left in the
+//! ring of each that ended (its last line too, newline or not) before anything of it is
+//! released, and [`Devices::ended`] names the first (a stress domain never ends by itself:
+//! the run fails). [`Devices::drain_consoles`] drains every ring (before domain 0's reports,
+//! and after a failure before the destruction), [`Devices::detach_all`] drains each ring
+//! a last time before it unmaps it. Domain 0's quiet test counts the console bytes taken
+//! ([`Devices::activity`]) and waits for every worker's last report to come through
+//! ([`Devices::all_reported`]).
 //!
 //! The RAM disks: frames of domain 0 past its initial mapping ([`FreeFrames::past_slack`]
 //! after [`FreeFrames::whole_mapping`]), `io_kib / 4` for each domain, never mapped by
@@ -18,9 +31,10 @@
 //! [`Devices::serve`] from every wait of domain 0's loop, [`Devices::detach_all`] before
 //! the destruction, [`Devices::start_run`] once every VBD is connected: the workers' runs
 //! start then). [`Devices::serve`] is one bounded round, driven by events: a domain's
-//! store ring and block ring are looked at when their port fired (a handler per port sets
-//! a bit in [`PENDING`]), and every [`SWEEP_ROUNDS`]-th round all of them are, at most
-//! [`STORE_BUDGET`] store requests and [`BLK_BUDGET`] block requests per domain per round.
+//! store ring, block ring and console ring are looked at when their port fired (a handler
+//! per port sets a bit in [`PENDING`]), and every [`SWEEP_ROUNDS`]-th round all of them
+//! are, at most [`STORE_BUDGET`] store requests and [`BLK_BUDGET`] block requests per
+//! domain per round and one console ring's worth of output.
 //! It never blocks and never maps a disk frame.
 
 use alloc::format;
@@ -34,11 +48,16 @@ use blkif::backend::{Backend, DataMover};
 use blkif::check::{Vbd, Work};
 use blkif::copies::{plan, DiskFrames, MAX_COPIES};
 use blkif::xenbus::{backend_keys as bk, frontend_keys as fk, parse_u32, xvd_number, XenbusState, PROTOCOL_X86_64};
+use guest_dom0::consoled::Relay;
+use guest_rt::abi::console::{OUT_CONS_OFFSET, OUT_PROD_OFFSET};
+use guest_rt::abi::control::DOMAIN_SHUTTING_DOWN;
 use guest_rt::abi::grant_table::{GnttabCopy, GnttabCopyPtr, GnttabOp};
-use guest_rt::abi::ids::{DomId, EvtchnPort, Pfn};
+use guest_rt::abi::hypercall::Virq;
+use guest_rt::abi::ids::{DomId, EvtchnPort, Pfn, VcpuId};
 use guest_rt::control;
 use guest_rt::events::Events;
 use guest_rt::frames::{Frame, FreeFrames};
+use guest_rt::time::Clock;
 use guest_rt::{evtchn, grants, println, StartInfo};
 use protocol::worker::GO_NODE;
 use xenring::RawMemory;
@@ -46,7 +65,7 @@ use xenstore::perms::{Perm, PermKind};
 use xenstore::server::Connection;
 use xenstore::Store;
 
-use crate::attack::store::{map_ring, unmap_ring, Mapped};
+use crate::attack::store::{map_ring, relay_line, unmap_ring, Mapped};
 
 /// Store requests served per domain per round.
 pub const STORE_BUDGET: usize = 4;
@@ -62,8 +81,11 @@ const HEAP_BASE_PAGES: u64 = 32;
 /// with room to spare (the figure measured is printed in the `devices` record).
 const HEAP_PAGES_PER_DOMAIN: u64 = 4;
 /// Pages of the initial mapping each domain needs as windows: its store ring, its block
-/// ring.
-pub const RING_PAGES: u64 = 2;
+/// ring, its console ring.
+pub const RING_PAGES: u64 = 3;
+/// Drains of one console ring at a domain's end (each takes at most a ring): a domain that
+/// ended writes no more, so the first finds all there is.
+const FINAL_DRAINS: u32 = 4;
 /// `xvda`.
 const XVD_INDEX: u8 = 0;
 
@@ -133,6 +155,15 @@ impl DiskFrames for RamDisk {
     }
 }
 
+/// A worker's `io` record (it prints only `iohist` lines after it) or `error` record (it
+/// prints nothing after it).
+fn is_last_report(text: &str) -> bool {
+    matches!(
+        protocol::record::Record::parse(text),
+        Ok(protocol::record::Record::Io(_) | protocol::record::Record::Error(_))
+    )
+}
+
 /// `GNTTABOP_copy` over `ops`; true when every one succeeded.
 fn copy(ops: &mut [GnttabCopy]) -> bool {
     // SAFETY: `ops` are ours for the call; every page they name is domain 0's own frame or
@@ -166,9 +197,76 @@ struct Ring {
     handle: u32,
 }
 
+/// A served domain's console ring and its relay.
+struct Console {
+    port: EvtchnPort,
+    handle: u32,
+    page: Mapped,
+    relay: Relay,
+    /// Lines relayed so far.
+    lines: u64,
+    /// Bytes taken from the ring so far.
+    bytes: u64,
+    /// The worker's `io` record (after which it prints only its `iohist` lines) or an
+    /// `error` record (after which it prints nothing) came through.
+    reported: bool,
+}
+
+impl Console {
+    /// Relays what the ring holds (at most one ring), notifying the guest when bytes were
+    /// taken; returns the lines printed.
+    fn drain(&mut self, id: DomId, now_ns: u64) -> u64 {
+        self.drain_counted(id, now_ns).1
+    }
+
+    /// [`Self::drain`], also returning the bytes taken.
+    fn drain_counted(&mut self, id: DomId, now_ns: u64) -> (u32, u64) {
+        let mut lines = 0;
+        let mut reported = false;
+        let drained = self.relay.drain(&self.page, now_ns, &mut |d, text| {
+            relay_line(d, text);
+            lines += 1;
+            reported |= is_last_report(text);
+        });
+        self.reported |= reported;
+        if drained.bogus_reported {
+            println!("dom0: io: d{}: console ring indices out of range; output ignored", id.0);
+        }
+        if drained.bytes > 0 {
+            let _ = evtchn::send(self.port);
+        }
+        self.lines += lines;
+        self.bytes += u64::from(drained.bytes);
+        (drained.bytes, lines)
+    }
+
+    /// Relays everything left, the last partial line too (the domain ended or is about to
+    /// be released); returns the lines printed.
+    fn drain_to_end(&mut self, id: DomId, now_ns: u64) -> u64 {
+        let mut lines = 0;
+        for _ in 0..FINAL_DRAINS {
+            let (bytes, drained) = self.drain_counted(id, now_ns);
+            lines += drained;
+            if bytes == 0 {
+                break;
+            }
+        }
+        let before = lines;
+        self.relay.flush(now_ns, &mut |d, text| {
+            relay_line(d, text);
+            lines += 1;
+        });
+        self.lines += lines - before;
+        lines
+    }
+}
+
 /// One served domain.
 struct Domain {
     id: DomId,
+    console: Console,
+    /// It shut down (seen after `VIRQ_DOM_EXC`); its console was drained to the end.
+    ended: bool,
     store_port: EvtchnPort,
     store_handle: u32,
     store_page: Mapped,
@@ -200,13 +298,23 @@ pub struct Devices {
     disk_pages: u64,
     rounds: u64,
     heap_before: usize,
+    clock: Clock,
+    /// Domain 0's `VIRQ_DOM_EXC` port.
+    dom_exc: EvtchnPort,
+    /// The first served domain that ended by itself.
+    first_ended: Option<DomId>,
+    /// Console figures: rings taken, lines relayed, lines dropped over the relay's rate
+    /// limit (of domains already detached; [`Self::consoles`] adds the others').
+    consoles: u64,
+    relayed_lines: u64,
+    relay_dropped: u64,
 }
 
 impl Devices {
     /// Sets up for `n` domains with disks of `io_kib` KiB: the heap, the windows, the disk
-    /// frames (checked: see [`DevError`]). Handlers are set on `events`; the caller enables
-    /// events.
-    pub fn new(start: &StartInfo, n: u64, io_kib: u64, events: Events) -> Result<Self, DevError> {
+    /// frames (checked: see [`DevError`]), `VIRQ_DOM_EXC`. Handlers are set on `events`;
+    /// the caller enables events.
+    pub fn new(start: &StartInfo, n: u64, io_kib: u64, events: Events, clock: Clock) -> Result<Self, DevError> {
         let mut frames = FreeFrames::whole_mapping(start).ok_or(DevError::Setup("no free frames"))?;
         let disk_pages = io_kib.div_ceil(4);
         let heap_pages = HEAP_BASE_PAGES + HEAP_PAGES_PER_DOMAIN * n;
@@ -227,6 +335,8 @@ impl Devices {
         for b in &mut bounce {
             *b = frames.take().ok_or(DevError::Setup("no bounce page"))?;
         }
+        let dom_exc = evtchn::bind_virq(Virq::DomExc, VcpuId(0)).map_err(|_| DevError::Setup("bind VIRQ_DOM_EXC"))?;
+        events.set_handler(dom_exc, on_event).map_err(|_| DevError::Setup("a handler for VIRQ_DOM_EXC"))?;
         let (heap_before, _) = guest_rt::heap::HEAP.usage();
         Ok(Self {
             store: Store::new(),
@@ -239,6 +349,12 @@ impl Devices {
             disk_pages,
             rounds: 0,
             heap_before,
+            clock,
+            dom_exc,
+            first_ended: None,
+            consoles: 0,
+            relayed_lines: 0,
+            relay_dropped: 0,
         })
     }
 
@@ -269,8 +385,8 @@ impl Devices {
         Ok(())
     }
 
-    /// Serves `id` (created paused, not yet unpaused): its store and a VBD on a new RAM
-    /// disk.
+    /// Serves `id` (created paused, not yet unpaused): its store, its console and a VBD on
+    /// a new RAM disk.
     pub fn attach(&mut self, id: DomId) -> Result<(), DevError> {
         let disk = RamDisk { first: self.next_disk, pages: self.disk_pages };
         if self.next_disk + self.disk_pages > self.disk_end {
@@ -281,6 +397,23 @@ impl Devices {
         let devices = control::domain_devices(id).map_err(|_| DevError::Setup("GetDomainDevices"))?;
         let store_window = self.windows.take().ok_or(DevError::Setup("no store window"))?.va();
         let ring_window = self.windows.take().ok_or(DevError::Setup("no ring window"))?.va();
+        let console_window = self.windows.take().ok_or(DevError::Setup("no console window"))?.va();
+        // The console first: once its port is bound, the ring is domain 0's alone.
+        let console_handle =
+            map_ring(id, devices.console_gref, console_window).map_err(|_| DevError::Setup("the console grant"))?;
+        let console_port = evtchn::bind_interdomain(id, EvtchnPort(devices.console_port))
+            .map_err(|_| DevError::Setup("bind to the console port"))?;
+        self.events.set_handler(console_port, on_event).map_err(|_| DevError::Setup("a handler for the console port"))?;
+        let console = Console {
+            port: console_port,
+            handle: console_handle,
+            page: Mapped(console_window),
+            relay: Relay::new(id.0, self.clock.now_ns()),
+            lines: 0,
+            bytes: 0,
+            reported: false,
+        };
+        self.consoles += 1;
         let store_handle = map_ring(id, devices.store_gref, store_window).map_err(|_| DevError::Setup("the store grant"))?;
         let store_port =
             evtchn::bind_interdomain(id, EvtchnPort(devices.store_port)).map_err(|_| DevError::Setup("bind to the store port"))?;
@@ -291,6 +424,8 @@ impl Devices {
         let (bpath, fpath) = self.write_vbd(id, devid, disk).map_err(|_| DevError::Setup("the VBD's store nodes"))?;
         self.domains.push(Domain {
             id,
+            console,
+            ended: false,
             store_port,
             store_handle,
             store_page: Mapped(store_window),
@@ -347,8 +482,15 @@ impl Devices {
         let bits = take_pending();
         let sweep = self.rounds.is_multiple_of(SWEEP_ROUNDS);
         self.rounds += 1;
+        let now = self.clock.now_ns();
+        if woke(&bits, self.dom_exc) {
+            self.look_for_endings(now);
+        }
         let mut more = false;
         for d in &mut self.domains {
+            if !d.ended && (woke(&bits, d.console.port) || sweep) {
+                self.relayed_lines += d.console.drain(d.id, now);
+            }
             let store_woke = woke(&bits, d.store_port);
             if (store_woke || sweep) && d.conn.broken().is_none() {
                 let r = d.conn.serve(&mut self.store, &d.store_page, STORE_BUDGET);
@@ -381,6 +523,62 @@ impl Devices {
             }
         }
         more
+    }
+
+    /// After `VIRQ_DOM_EXC`: every served domain that shut down (or is gone) has its
+    /// console drained to the end, while its ring is still mapped.
+    fn look_for_endings(&mut self, now: u64) {
+        for d in self.domains.iter_mut().filter(|d| !d.ended) {
+            let state = control::domain_info(d.id).map(|info| info.state).unwrap_or(DOMAIN_SHUTTING_DOWN);
+            if state != DOMAIN_SHUTTING_DOWN {
+                continue;
+            }
+            d.ended = true;
+            let lines = d.console.drain_to_end(d.id, now);
+            self.relayed_lines += lines;
+            println!("dom0: io: d{} ended (VIRQ_DOM_EXC); {lines} console lines drained after it", d.id.0);
+            self.first_ended.get_or_insert(d.id);
+        }
+    }
+
+    /// The first served domain that ended by itself, if one did.
+    pub fn ended(&self) -> Option<DomId> {
+        self.first_ended
+    }
+
+    /// Relays what every console ring holds, to the end (before domain 0 reports, and
+    /// after a failure before it destroys the domains).
+    pub fn drain_consoles(&mut self) {
+        let now = self.clock.now_ns();
+        for d in self.domains.iter_mut().filter(|d| !d.ended) {
+            self.relayed_lines += d.console.drain_to_end(d.id, now);
+        }
+    }
+
+    /// What the served domains have had done so far, as a count that grows while any of
+    /// them is busy with its devices: requests answered, console bytes taken (for domain
+    /// 0's quiet test: a worker blocked on a read, or waiting for room in its console ring,
+    /// takes no CPU time but is not finished).
+    pub fn activity(&self) -> u64 {
+        let f = self.figures();
+        let console: u64 = self.domains.iter().map(|d| d.console.bytes).sum();
+        f.requests + f.failed + console
+    }
+
+    /// Whether every served domain's console has relayed its `io` record (or an `error`
+    /// record), or the domain ended: domain 0's quiet test waits for it, so that a host
+    /// stall of a CPU's thread longer than its window does not pass for the workers' end.
+    pub fn all_reported(&self) -> bool {
+        self.domains.iter().all(|d| d.console.reported || d.ended)
+    }
+
+    /// The `consoles` record's figures now.
+    pub fn consoles(&self) -> protocol::record::Consoles {
+        protocol::record::Consoles {
+            relayed: self.consoles,
+            lines: self.relayed_lines,
+            dropped: self.relay_dropped + self.domains.iter().map(|d| d.console.relay.dropped_lines).sum::<u64>(),
+        }
     }
 
     /// Starts the run: writes `stress-go` in every served domain's home (owned by domain
@@ -428,10 +626,25 @@ impl Devices {
         }
     }
 
-    /// Undoes every [`Self::attach`]: rings unmapped, ports closed, homes removed and
-    /// domains released from the store (before domain 0 destroys them).
+    /// Undoes every [`Self::attach`]: consoles drained to the end, rings unmapped, ports
+    /// closed, homes removed and domains released from the store (before domain 0 destroys
+    /// them).
     pub fn detach_all(&mut self) {
+        let now = self.clock.now_ns();
         for mut d in core::mem::take(&mut self.domains) {
+            if !d.ended {
+                self.relayed_lines += d.console.drain_to_end(d.id, now);
+            }
+            self.relay_dropped += d.console.relay.dropped_lines;
+            if d.console.lines == 0 {
+                use guest_dom0::consoled::ConsolePage;
+                let (cons, prod) = (d.console.page.load_u32(OUT_CONS_OFFSET), d.console.page.load_u32(OUT_PROD_OFFSET));
+                let info = control::domain_info(d.id);
+                println!("dom0: io: d{}: nothing came through its console ring (out_cons {cons}, out_prod {prod}; {info:?})", d.id.0);
+            }
+            let _ = self.events.clear_handler(d.console.port);
+            let _ = evtchn::close(d.console.port);
+            unmap_ring(d.console.handle, d.console.page.0);
             disconnect(&mut self.store, &mut d, XenbusState::Closed);
             self.store.rm(&d.bpath);
             unmap_ring(d.store_handle, d.store_page.0);

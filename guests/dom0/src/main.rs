@@ -12,14 +12,17 @@
 //! `stress/PROTOCOL.md`, written with the `protocol` crate's records; the run ends with
 //! `stress: done ok` or `stress: FAILED reason=<word>` (after destroying what it created).
 //!
-//! With `io_kib=K` (`make stress IO=1`) every stress domain also gets its store and a VBD
-//! of K KiB served by domain 0 ([`devices`]), served in bounded rounds from every wait of
-//! this loop; domain 0 waits for every VBD to connect (`mem phase=connected`), then starts
-//! the workers' runs ([`Devices::start_run`]: each waits for it after connecting, so the
-//! run and the hogs' window count from then, not from the unpause), and before
-//! the destruction prints the `devices` record and releases every ring, port and store
-//! entry; a VBD cut off, a request answered with an error or a VBD never connected fails
-//! the run.
+//! With `io_kib=K` (`make stress IO=1`) every stress domain also gets its store, its
+//! console and a VBD of K KiB served by domain 0 ([`devices`]), served in bounded rounds
+//! from every wait of this loop (the workers' records come through their console rings,
+//! relayed as `[dN] stress: ...`); domain 0 waits for every VBD to connect (`mem
+//! phase=connected`), then starts the workers' runs ([`Devices::start_run`]: each waits
+//! for it after connecting, so the run and the hogs' window count from then, not from the
+//! unpause), and before the destruction relays what is left in every console ring, prints
+//! the `devices` record, releases every ring, port and store entry and prints the
+//! `consoles` record; a VBD cut off, a request answered with an error or a VBD never
+//! connected fails the run, and so does a stress domain that ends by itself (domain 0
+//! learns of it through `VIRQ_DOM_EXC` and relays its console's last lines first).
 //!
 //! With `attack=<name>` on its command line it runs one attack or lifecycle check
 //! instead ([`attack`]); with `plan=virtio` it drives the machine's virtio disk and
@@ -125,6 +128,7 @@ fn main(start: &'static StartInfo) {
 }
 
 /// Runs the fuzz or cycles plan, reporting as `<prefix>: done ok` or `<prefix>: FAILED`.
+#[inline(never)]
 fn other_plan(prefix: &str, run: impl FnOnce(Waiter, &mut fuzzrun::Alive) -> Result<(), fuzzrun::RunFailure>) {
     let mut alive = fuzzrun::Alive::default();
     let result = Waiter::new()
@@ -345,7 +349,11 @@ impl Waiter {
             if now >= deadline {
                 return Ok(());
             }
-            if devices.borrow_mut().serve() {
+            let more = devices.borrow_mut().serve();
+            if let Some(domid) = devices.borrow().ended() {
+                return Err(Failure::DomainEnded(domid));
+            }
+            if more {
                 continue;
             }
             self.timer
@@ -369,9 +377,21 @@ fn control_failure(call: Call, domid: DomId) -> impl Fn(ControlError) -> Failure
     }
 }
 
+// Not inlined into `main`: its frame would be on the stack of every other plan too (the
+// attack checks run deep, and domain 0's 32 KiB stack ends at its shared-info page).
+#[inline(never)]
 fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
+    let mut waiter = Waiter::new()?;
+    let result = run_with(start, created, &mut waiter);
+    if let (Err(_), Some(devices)) = (&result, waiter.devices) {
+        // What the domains printed before the failure, before they are destroyed.
+        devices.borrow_mut().drain_consoles();
+    }
+    result
+}
+
+fn run_with(start: &StartInfo, created: &mut Created, waiter: &mut Waiter) -> Result<(), Failure> {
     let options = Options::parse(start.cmd_line()).map_err(Failure::Options)?;
-    let waiter = Waiter::new()?;
     let machine = control::phys_info().map_err(control_failure(Call::PhysInfo, DomId::DOM0))?;
     if machine.modules <= STRESS_MODULE {
         return Err(Failure::NoStressModule {
@@ -381,12 +401,12 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     let plan = Plan::new(&options, machine.cpus).map_err(Failure::Plan)?;
     control::set_sched_params(DomId::DOM0, &plan::DOM0_PARAMS)
         .map_err(control_failure(Call::SchedParams, DomId::DOM0))?;
-    let mut waiter = waiter;
     if options.io_kib > 0 {
         let events = Events::init().map_err(Failure::Events)?;
-        let service = Devices::new(start, plan.len().into(), options.io_kib, events).map_err(Failure::Devices)?;
+        let service = Devices::new(start, plan.len().into(), options.io_kib, events, waiter.clock).map_err(Failure::Devices)?;
         waiter.devices = Some(alloc::boxed::Box::leak(alloc::boxed::Box::new(RefCell::new(service))));
     }
+    let waiter = *waiter;
     print_config(&options, &plan);
     print_memory(MemPhase::Before)?;
     create_all(&plan, &options, waiter, created)?;
@@ -410,11 +430,16 @@ fn run(start: &StartInfo, created: &mut Created) -> Result<(), Failure> {
     // No worker's run ends before this: only then can quiet mean finished.
     waiter.sleep_until(last_start + run_ns + RUN_MARGIN_NS)?;
     wait_quiet(&plan, waiter)?;
+    if let Some(devices) = waiter.devices {
+        // Every worker has printed its records (and is blocked): relay what is left.
+        devices.borrow_mut().drain_consoles();
+    }
     report_domains(&plan, &window)?;
     if let Some(devices) = waiter.devices {
         let figures = devices.borrow().figures();
         println!("{}", Record::Devices(figures));
         devices.borrow_mut().detach_all();
+        println!("{}", Record::Consoles(devices.borrow().consoles()));
         if figures.cut > 0 || figures.failed > 0 {
             return Err(Failure::Io { cut: figures.cut, failed: figures.failed });
         }
@@ -571,12 +596,10 @@ fn wait_ballooned(plan: &Plan, options: &Options, waiter: Waiter) -> Result<(), 
 }
 
 /// The stress domains' CPU time together, plus (with devices) the VBD requests domain 0
-/// has answered: a domain blocked on a read takes no CPU time but is not finished.
+/// has answered and the console bytes it has taken: a domain blocked on a read, or waiting
+/// for room in its console ring, takes no CPU time but is not finished.
 fn total_cpu_time(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
-    let mut total = waiter.devices.map_or(0, |d| {
-        let f = d.borrow().figures();
-        f.requests + f.failed
-    });
+    let mut total = waiter.devices.map_or(0, |d| d.borrow().activity());
     for domid in (0..plan.len()).map(Plan::domid) {
         let info = control::domain_info(domid).map_err(control_failure(Call::DomainInfo, domid))?;
         total = total.wrapping_add(info.cpu_time_ns);
@@ -585,14 +608,16 @@ fn total_cpu_time(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
 }
 
 /// Waits until the stress domains' CPU time stops growing: every worker has reported and
-/// blocked for good.
+/// blocked for good. With devices, also until every worker's console has relayed its last
+/// report (a host stall of one CPU's thread longer than the window stops every domain on
+/// it, and must not pass for their end).
 fn wait_quiet(plan: &Plan, waiter: Waiter) -> Result<(), Failure> {
     let deadline = waiter.now() + wait_limit_ns(plan);
     let mut last = total_cpu_time(plan, waiter)?;
     loop {
         waiter.sleep(QUIET_WINDOW_NS)?;
         let total = total_cpu_time(plan, waiter)?;
-        if total == last {
+        if total == last && waiter.devices.is_none_or(|d| d.borrow().all_reported()) {
             return Ok(());
         }
         if waiter.now() >= deadline {

@@ -158,8 +158,7 @@ pub fn debugregs(rounds: u32) {
     check(db() == before, format_args!("a #DB from the hypervisor's read of a console buffer"));
     let mut features = guest_rt::abi::version::XenFeatureInfo { submap_idx: 0, submap: 0 };
     check(cpu::set_debugreg(1, &raw mut features as u64 & !7) == 0, format_args!("DR1 on a xen_version buffer"));
-    // SAFETY: a live, writable XenFeatureInfo.
-    let got = unsafe { guest_rt::hypercall::xen_version(guest_rt::abi::hypercall::XenVersionOp::GetFeatures, &raw mut features) };
+    let got = guest_rt::hypercall::xen_version(&mut features);
     check(got.is_ok() && db() == before, format_args!("a #DB from the hypervisor's write of a xen_version buffer"));
     check(cpu::set_debugreg(7, 0x400) == 0, format_args!("DR7 off"));
 

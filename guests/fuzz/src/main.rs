@@ -259,11 +259,10 @@ fn bring_up_second(world: &World<'_>) {
     context.ctrlreg[3] = pfn_to_cr3(world.tables.l4);
     // SAFETY: a complete context: its own stack, an entry that never returns, the
     // runtime's trap table and the boot L4 every vCPU shares. The hypervisor only reads it.
-    if let Err(error) = unsafe { hypercall::vcpu_op(VcpuOp::Initialise, VcpuId(1), &raw mut context) } {
+    if let Err(error) = unsafe { hypercall::vcpu_op_raw(VcpuOp::Initialise, VcpuId(1), &raw mut context) } {
         fail("initialising vCPU 1", error);
     }
-    // SAFETY: `up` takes no argument; it starts the vCPU initialised above.
-    if let Err(error) = unsafe { hypercall::vcpu_op(VcpuOp::Up, VcpuId(1), ptr::null_mut::<u8>()) } {
+    if let Err(error) = hypercall::vcpu_control(hypercall::VcpuControl::Up, VcpuId(1)) {
         fail("starting vCPU 1", error);
     }
 }

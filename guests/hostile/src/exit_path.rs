@@ -270,9 +270,8 @@ fn bring_up_secondary() {
     context.ctrlreg[3] = pfn_to_cr3(l4.0);
     context.failsafe_callback_eip = Landing::Failsafe.entry();
     // SAFETY: a stack nothing else uses, the boot L4, an entry that never returns.
-    let up = unsafe { hypercall::vcpu_op(VcpuOp::Initialise, VcpuId(1), &raw mut context) }
-        // SAFETY: `up` takes no argument.
-        .and_then(|_| unsafe { hypercall::vcpu_op(VcpuOp::Up, VcpuId(1), core::ptr::null_mut::<u8>()) });
+    let up = unsafe { hypercall::vcpu_op_raw(VcpuOp::Initialise, VcpuId(1), &raw mut context) }
+        .and_then(|_| hypercall::vcpu_control(hypercall::VcpuControl::Up, VcpuId(1)));
     if let Err(error) = up {
         println!("hostile: FAILED bringing up vcpu1: {error:?}");
         shutdown(ShutdownReason::Crash);

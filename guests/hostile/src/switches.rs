@@ -14,7 +14,6 @@
 //! domain ends with the last attack).
 
 use core::arch::global_asm;
-use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guest_rt::abi::arch_x86::{pfn_to_cr3, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, VGCF_IN_KERNEL};
@@ -62,7 +61,7 @@ pub fn run(tally: &mut Tally, targets: &Targets) {
     let mut wrong = 0;
     for _ in 0..CALLS {
         // SAFETY: the hole is unmapped: the hypervisor's write must fault and be refused.
-        let result = unsafe { hypercall::xen_version(XenVersionOp::Extraversion, targets.hole as *mut [u8; 16]) };
+        let result = unsafe { hypercall::xen_version_raw(XenVersionOp::Extraversion, targets.hole as *mut [u8; 16]) };
         wrong += u32::from(result != Err(HypercallError::Xen(Errno::Efault)));
     }
     DONE.store(true, Ordering::Release);
@@ -93,9 +92,8 @@ fn start_spinner() -> Result<(), HypercallError> {
     context.ctrlreg[3] = pfn_to_cr3(l4.0);
     // SAFETY: a complete context: its own stack, an entry that never returns, the runtime's
     // trap table and the boot L4. The hypervisor only reads it.
-    unsafe { hypercall::vcpu_op(VcpuOp::Initialise, VcpuId(1), &raw mut context)? };
-    // SAFETY: `up` takes no argument.
-    unsafe { hypercall::vcpu_op(VcpuOp::Up, VcpuId(1), ptr::null_mut::<u8>())? };
+    unsafe { hypercall::vcpu_op_raw(VcpuOp::Initialise, VcpuId(1), &raw mut context)? };
+    hypercall::vcpu_control(hypercall::VcpuControl::Up, VcpuId(1))?;
     Ok(())
 }
 

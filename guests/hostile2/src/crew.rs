@@ -11,7 +11,6 @@
 use core::arch::global_asm;
 use core::fmt;
 use core::hint::spin_loop;
-use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use guest_rt::abi::arch_x86::{pfn_to_cr3, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, VGCF_IN_KERNEL};
@@ -108,10 +107,9 @@ pub fn bring_up(start: &StartInfo) -> Result<(), Failure> {
     let mut context = secondary_context(start)?;
     // SAFETY: a complete context: a stack nothing else uses, the boot L4, an entry that
     // never returns, the runtime's trap table. The hypervisor only reads it.
-    unsafe { hypercall::vcpu_op(VcpuOp::Initialise, SECONDARY, &raw mut context) }
+    unsafe { hypercall::vcpu_op_raw(VcpuOp::Initialise, SECONDARY, &raw mut context) }
         .map_err(|e| Failure::Call("VCPUOP_initialise", e))?;
-    // SAFETY: `up` takes no argument; it starts the vCPU initialised above.
-    unsafe { hypercall::vcpu_op(VcpuOp::Up, SECONDARY, ptr::null_mut::<u8>()) }
+    hypercall::vcpu_control(hypercall::VcpuControl::Up, SECONDARY)
         .map_err(|e| Failure::Call("VCPUOP_up", e))?;
     until("vCPU 1 to start", || SECONDARY_APIC_ID.load(Ordering::Acquire) != u64::MAX)?;
     let (mine, theirs) = (physical_apic_id(), SECONDARY_APIC_ID.load(Ordering::Acquire) as u32);

@@ -11,7 +11,7 @@
 
 use core::arch::asm;
 
-use guest_rt::abi::hypercall::{Hypercall, VmAssistCmd, VmAssistType, XenVersionOp};
+use guest_rt::abi::hypercall::{Hypercall, VmAssistCmd, VmAssistType};
 use guest_rt::abi::version::XenFeatureInfo;
 use guest_rt::hypercall::{self, HypercallError};
 
@@ -32,8 +32,7 @@ pub fn vm_assist_unoffered() -> i64 {
 /// Feature submap 0 (`XENVER_get_features`).
 pub fn features() -> Result<u32, HypercallError> {
     let mut info = XenFeatureInfo { submap_idx: 0, submap: 0 };
-    // SAFETY: `info` is the buffer get_features fills.
-    unsafe { hypercall::xen_version(XenVersionOp::GetFeatures, &mut info) }?;
+    hypercall::xen_version(&mut info)?;
     Ok(info.submap)
 }
 

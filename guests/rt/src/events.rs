@@ -111,6 +111,8 @@ static HANDLERS: [AtomicUsize; MAX_HANDLED_PORTS] =
 
 /// Pending ports that had no handler.
 static UNHANDLED: AtomicU64 = AtomicU64::new(0);
+/// [`Events::init`] succeeded.
+static REGISTERED: AtomicU8 = AtomicU8::new(0);
 
 /// Event delivery, set up. Zero-sized: holding one proves the shared info page is mapped
 /// and the callback registered.
@@ -125,7 +127,13 @@ impl Events {
         let entry = &raw const guest_rt_event_entry as u64;
         // SAFETY: the entry handles the event bounce frame and returns with iret.
         unsafe { hypercall::callback_register(abi::hypercall::CallbackType::Event, entry, 0)? };
+        REGISTERED.store(1, Ordering::Release);
         Ok(Self(()))
+    }
+
+    /// Event delivery, if [`Events::init`] set it up already. Makes no hypercall.
+    pub fn registered() -> Option<Self> {
+        (REGISTERED.load(Ordering::Acquire) != 0).then_some(Self(()))
     }
 
     /// Runs `handler` for each event on `port`.

@@ -11,7 +11,7 @@ use abi::event_channel::{
     EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq,
     EvtchnClose, EvtchnSend, EvtchnStatus, EvtchnUnmask,
 };
-use abi::hypercall::{EvtchnOp, Virq};
+use abi::hypercall::Virq;
 use abi::ids::{DomId, EvtchnPort, VcpuId};
 
 use crate::hypercall::{self, Result};
@@ -23,8 +23,7 @@ pub fn alloc_unbound(remote: DomId) -> Result<EvtchnPort> {
         remote_dom: remote,
         port: EvtchnPort(0),
     };
-    // SAFETY: the hypervisor reads and writes `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::AllocUnbound, &raw mut arg)? };
+    hypercall::event_channel_op(&mut arg)?;
     Ok(arg.port)
 }
 
@@ -37,8 +36,7 @@ pub fn bind_interdomain(remote: DomId, remote_port: EvtchnPort) -> Result<Evtchn
         remote_port,
         local_port: EvtchnPort(0),
     };
-    // SAFETY: the hypervisor reads and writes `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::BindInterdomain, &raw mut arg)? };
+    hypercall::event_channel_op(&mut arg)?;
     Ok(arg.local_port)
 }
 
@@ -49,8 +47,7 @@ pub fn bind_virq(virq: Virq, vcpu: VcpuId) -> Result<EvtchnPort> {
         vcpu,
         port: EvtchnPort(0),
     };
-    // SAFETY: the hypervisor reads and writes `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::BindVirq, &raw mut arg)? };
+    hypercall::event_channel_op(&mut arg)?;
     Ok(arg.port)
 }
 
@@ -60,30 +57,26 @@ pub fn bind_ipi(vcpu: VcpuId) -> Result<EvtchnPort> {
         vcpu,
         port: EvtchnPort(0),
     };
-    // SAFETY: the hypervisor reads and writes `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::BindIpi, &raw mut arg)? };
+    hypercall::event_channel_op(&mut arg)?;
     Ok(arg.port)
 }
 
 /// Raises the event at the other end of `port`.
 pub fn send(port: EvtchnPort) -> Result<()> {
     let mut arg = EvtchnSend { port };
-    // SAFETY: the hypervisor reads `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::Send, &raw mut arg) }
+    hypercall::event_channel_op(&mut arg)
 }
 
 /// Closes `port` (an interdomain peer's end goes back to unbound).
 pub fn close(port: EvtchnPort) -> Result<()> {
     let mut arg = EvtchnClose { port };
-    // SAFETY: the hypervisor reads `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::Close, &raw mut arg) }
+    hypercall::event_channel_op(&mut arg)
 }
 
 /// Clears `port`'s mask bit and has the hypervisor deliver it if it is pending.
 pub fn unmask(port: EvtchnPort) -> Result<()> {
     let mut arg = EvtchnUnmask { port };
-    // SAFETY: the hypervisor reads `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::Unmask, &raw mut arg) }
+    hypercall::event_channel_op(&mut arg)
 }
 
 /// `EVTCHNOP_status` of `port` in domain `dom` (`DomId::SELF` for this one).
@@ -93,16 +86,14 @@ pub fn status(dom: DomId, port: EvtchnPort) -> Result<EvtchnStatus> {
         port,
         ..EvtchnStatus::default()
     };
-    // SAFETY: the hypervisor reads and writes `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::Status, &raw mut arg)? };
+    hypercall::event_channel_op(&mut arg)?;
     Ok(arg)
 }
 
 /// Makes `port` notify `vcpu` from now on (`EVTCHNOP_bind_vcpu`).
 pub fn bind_vcpu(port: EvtchnPort, vcpu: VcpuId) -> Result<()> {
     let mut arg = EvtchnBindVcpu { port, vcpu };
-    // SAFETY: the hypervisor reads `arg` on our stack.
-    unsafe { hypercall::event_channel_op(EvtchnOp::BindVcpu, &raw mut arg) }
+    hypercall::event_channel_op(&mut arg)
 }
 
 /// This domain's id, as the hypervisor knows it: the remote domain of a port offered to

@@ -5,14 +5,21 @@
 //! Stub n sits at `guest_rt_hypercall_page + n * 32`; we `call` it with the arguments in
 //! rdi, rsi, rdx, r10 and r8 and get the result in rax (a negative Xen errno on failure,
 //! decoded by [`decode`]). Every argument register, rcx and r11 are treated as clobbered
-//! (a debug Xen poisons unused argument registers). Wrappers that hand the hypervisor
+//! (a debug Xen poisons unused argument registers). Wrappers whose argument is one plain
+//! struct (no address inside, see [`Plain`]) are safe and take the struct by reference,
+//! the command following from its type (`abi::args`); wrappers that hand the hypervisor
 //! addresses to read or write, or that change page tables, trap handlers or stacks, are
-//! `unsafe`. This module must never keep state or decide policy: it only makes calls.
+//! `unsafe` (the `_raw` ones take any command and pointer, for probing the hypervisor). This module must never keep state or decide policy: it only makes calls.
 
 use core::arch::{asm, global_asm};
 
 use abi::arch_x86::TrapInfo;
+use abi::args::{EvtchnArg, VcpuArg, XenVersionArg};
 use abi::callback::CallbackRegister;
+use abi::event_channel::{
+    EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindPirq, EvtchnBindVcpu, EvtchnBindVirq,
+    EvtchnClose, EvtchnReset, EvtchnSend, EvtchnStatus, EvtchnUnmask,
+};
 use abi::errno::Errno;
 use abi::hypercall::{
     CallbackOp, CallbackType, ConsoleIoOp, EvtchnOp, Hypercall, MemoryOp, MulticallEntry, SchedOp,
@@ -22,6 +29,8 @@ use abi::hypercall_page::{stub_offset, HYPERCALL_PAGE_SIZE};
 use abi::ids::{DomId, VcpuId};
 use abi::mmu::{MmuUpdate, MmuextOp};
 use abi::sched::SchedShutdown;
+use abi::vcpu::{VcpuGetPhysid, VcpuRunstateInfo, VcpuSetPeriodicTimer, VcpuSetSingleshotTimer};
+use abi::version::{XenCompileInfo, XenFeatureInfo, XenPlatformParameters};
 
 // The hypercall page: 4 KiB of int3 until the builder writes the stubs over it. guest.ld
 // places `.text.hypercall_page` first, at VIRT_BASE (pfn 0).
@@ -247,13 +256,115 @@ pub fn version() -> Result<(u16, u16)> {
     Ok(((raw >> 16) as u16, raw as u16))
 }
 
+// ---- Calls whose argument is one plain struct: safe. ----
+
+/// A command argument the hypervisor only reads and writes in place: no guest address
+/// inside it, and the command that takes it changes no memory of the caller beyond the
+/// struct (it may change event channels, timers or vCPU states, none of which the Rust
+/// program's memory depends on).
+///
+/// # Safety
+/// Implement only for such structs: the safe wrappers below hand the hypervisor a pointer
+/// to the struct and nothing else vouches for what the call does with memory.
+pub unsafe trait Plain {}
+
+// The event-channel structs hold ports, domain ids, vCPU numbers and VIRQ/PIRQ numbers
+// only; `EVTCHNOP_init_control` (a control frame the hypervisor writes) is left out.
+// SAFETY: as said above.
+unsafe impl Plain for EvtchnBindInterdomain {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnBindVirq {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnBindPirq {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnClose {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnSend {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnStatus {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnAllocUnbound {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnBindIpi {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnBindVcpu {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnUnmask {}
+// SAFETY: as above.
+unsafe impl Plain for EvtchnReset {}
+// SAFETY: a copy of the runstate written into the struct; `VCPUOP_register_runstate_memory_area`
+// (written from then on) and `VCPUOP_register_vcpu_info` (a frame) are left out.
+unsafe impl Plain for VcpuRunstateInfo {}
+// SAFETY: a period in ns.
+unsafe impl Plain for VcpuSetPeriodicTimer {}
+// SAFETY: a deadline and flags.
+unsafe impl Plain for VcpuSetSingleshotTimer {}
+// SAFETY: an id written into the struct.
+unsafe impl Plain for VcpuGetPhysid {}
+// SAFETY: strings and numbers written into the struct.
+unsafe impl Plain for XenCompileInfo {}
+// SAFETY: a number written into the struct.
+unsafe impl Plain for XenPlatformParameters {}
+// SAFETY: an index read, a bitmap written, in the struct.
+unsafe impl Plain for XenFeatureInfo {}
+
+/// `event_channel_op` with `arg`'s command.
+pub fn event_channel_op<A: EvtchnArg + Plain>(arg: &mut A) -> Result<()> {
+    // SAFETY: `arg` is the whole argument of `A::OP` and holds no address (`Plain`).
+    unsafe { event_channel_op_raw(A::OP, arg as *mut A) }
+}
+
+/// `vcpu_op` with `arg`'s command for `vcpu`; the result is the command's value.
+pub fn vcpu_op<A: VcpuArg + Plain>(vcpu: VcpuId, arg: &mut A) -> Result<u64> {
+    // SAFETY: `arg` is the whole argument of `A::OP` and holds no address (`Plain`).
+    unsafe { vcpu_op_raw(A::OP, vcpu, arg as *mut A) }
+}
+
+/// The `vcpu_op` commands that take no argument and touch no memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuControl {
+    /// Starts a vCPU given a context by `VCPUOP_initialise` (whose call is the unsafe one).
+    Up,
+    /// Stops a vCPU (the caller's own: it runs no further until another brings it up).
+    Down,
+    /// 1 if the vCPU is up, else 0.
+    IsUp,
+    StopPeriodicTimer,
+    StopSingleshotTimer,
+}
+
+impl VcpuControl {
+    const fn op(self) -> VcpuOp {
+        match self {
+            Self::Up => VcpuOp::Up,
+            Self::Down => VcpuOp::Down,
+            Self::IsUp => VcpuOp::IsUp,
+            Self::StopPeriodicTimer => VcpuOp::StopPeriodicTimer,
+            Self::StopSingleshotTimer => VcpuOp::StopSingleshotTimer,
+        }
+    }
+}
+
+/// `vcpu_op(cmd, vcpu, NULL)`; the result is the command's value.
+pub fn vcpu_control(cmd: VcpuControl, vcpu: VcpuId) -> Result<u64> {
+    // SAFETY: these commands read no argument and change no memory of ours.
+    unsafe { vcpu_op_raw(cmd.op(), vcpu, core::ptr::null_mut::<u8>()) }
+}
+
+/// `xen_version` filling `arg` (the command follows from its type).
+pub fn xen_version<A: XenVersionArg + Plain>(arg: &mut A) -> Result<u64> {
+    // SAFETY: `arg` is the whole buffer of `A::OP`, written in place (`Plain`).
+    unsafe { xen_version_raw(A::OP, arg as *mut A) }
+}
+
 // ---- Calls that read or write guest memory given by address: unsafe. ----
 
-/// `xen_version(cmd, arg)`.
+/// `xen_version(cmd, arg)` with a raw buffer (for probing the hypervisor with bad ones);
+/// [`xen_version`] is the safe form.
 ///
 /// # Safety
 /// `arg` must be null or point to a writable buffer of the type `cmd` fills.
-pub unsafe fn xen_version<T>(cmd: XenVersionOp, arg: *mut T) -> Result<u64> {
+pub unsafe fn xen_version_raw<T>(cmd: XenVersionOp, arg: *mut T) -> Result<u64> {
     // SAFETY: the caller vouches for `arg`.
     decode(unsafe { hypercall2(Hypercall::XenVersion, cmd.raw().into(), arg as u64) })
 }
@@ -362,21 +473,26 @@ pub unsafe fn memory_op<T>(cmd: MemoryOp, arg: *mut T) -> Result<u64> {
     decode(unsafe { hypercall2(Hypercall::MemoryOp, cmd.raw().into(), arg as u64) })
 }
 
-/// `event_channel_op(cmd, arg)`.
+/// `event_channel_op(cmd, arg)` with a raw argument (for probing the hypervisor with bad
+/// ones, or `EVTCHNOP_init_control`); [`event_channel_op`] is the safe form.
 ///
 /// # Safety
-/// `arg` must point to the argument type `cmd` takes (read and written by the call).
-pub unsafe fn event_channel_op<T>(cmd: EvtchnOp, arg: *mut T) -> Result<()> {
+/// `arg` must point to the argument type `cmd` takes (read and written by the call), and
+/// any frame it names must be one the program lets the hypervisor write.
+pub unsafe fn event_channel_op_raw<T>(cmd: EvtchnOp, arg: *mut T) -> Result<()> {
     // SAFETY: the caller vouches for `arg`.
     decode(unsafe { hypercall2(Hypercall::EventChannelOp, cmd.raw().into(), arg as u64) }).map(drop)
 }
 
-/// `vcpu_op(cmd, vcpu, arg)`; the result is the command's value (1 for `IsUp` when up).
+/// `vcpu_op(cmd, vcpu, arg)` with a raw argument (`VCPUOP_initialise`, areas registered by
+/// address, probes with bad arguments); [`vcpu_op`] and [`vcpu_control`] are the safe
+/// forms. The result is the command's value (1 for `IsUp` when up).
 ///
 /// # Safety
 /// `arg` must be null or point to the argument type `cmd` takes; starting a vCPU needs a
-/// context whose stacks and page tables are valid.
-pub unsafe fn vcpu_op<T>(cmd: VcpuOp, vcpu: VcpuId, arg: *mut T) -> Result<u64> {
+/// context whose stacks and page tables are valid, and an area registered by address is
+/// written by the hypervisor from then on.
+pub unsafe fn vcpu_op_raw<T>(cmd: VcpuOp, vcpu: VcpuId, arg: *mut T) -> Result<u64> {
     // SAFETY: the caller vouches for `arg` and the effect of `cmd`.
     decode(unsafe {
         hypercall3(

@@ -82,16 +82,36 @@ impl ConsoleRing {
                 continue;
             }
             let n = (free as usize).min(bytes.len() - written);
-            for (i, &byte) in bytes[written..written + n].iter().enumerate() {
-                let at = self.page + (OUT_RING_OFFSET + slot(prod.wrapping_add(i as u32), OUT_RING_SIZE)) as u64;
-                // SAFETY: `at` is inside the output ring of the mapped ring page.
-                unsafe { (at as *mut u8).write_volatile(byte) };
-            }
+            self.put(prod, &bytes[written..written + n]);
             prod_index.store(prod.wrapping_add(n as u32), Ordering::Release);
             written += n;
             let _ = evtchn::send(self.port);
         }
         written
+    }
+
+    /// Writes what fits of `bytes` into the output ring now, without waiting and without
+    /// notifying the other end (as a guest that dies in the middle of a print leaves its
+    /// ring: its backend must still find the bytes when it drains the ring at the domain's
+    /// end); returns how many went in.
+    pub fn write_quiet(self, bytes: &[u8]) -> usize {
+        let (cons_index, prod_index) = (self.index(OUT_CONS_OFFSET), self.index(OUT_PROD_OFFSET));
+        let cons = cons_index.load(Ordering::Acquire);
+        let prod = prod_index.load(Ordering::Relaxed);
+        let Some(free) = room(cons, prod, OUT_RING_SIZE) else { return 0 };
+        let n = (free as usize).min(bytes.len());
+        self.put(prod, &bytes[..n]);
+        prod_index.store(prod.wrapping_add(n as u32), Ordering::Release);
+        n
+    }
+
+    /// Copies `bytes` into the output ring from index `prod` on.
+    fn put(self, prod: u32, bytes: &[u8]) {
+        for (i, &byte) in bytes.iter().enumerate() {
+            let at = self.page + (OUT_RING_OFFSET + slot(prod.wrapping_add(i as u32), OUT_RING_SIZE)) as u64;
+            // SAFETY: `at` is inside the output ring of the mapped ring page.
+            unsafe { (at as *mut u8).write_volatile(byte) };
+        }
     }
 
     /// Takes what the input ring holds into `out`; returns how many bytes (0 also when the

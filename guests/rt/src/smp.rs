@@ -12,13 +12,12 @@
 //! nothing to return to.
 
 use core::cell::UnsafeCell;
-use core::ptr;
 
 use abi::arch_x86::{pfn_to_cr3, VcpuGuestContext, FLAT_KERNEL_CS64, FLAT_KERNEL_SS64, VGCF_IN_KERNEL};
 use abi::hypercall::VcpuOp;
 use abi::ids::VcpuId;
 
-use crate::hypercall::{self, HypercallError};
+use crate::hypercall::{self, HypercallError, VcpuControl};
 use crate::traps::{trap_table, EXCEPTION_COUNT};
 
 /// rflags a secondary vCPU starts with: interrupts on, reserved bit 1 (its events are
@@ -77,23 +76,25 @@ pub fn context(entry: extern "C" fn(u64) -> !, arg: u64, stack_top: u64, l4_mfn:
 }
 
 /// `VCPUOP_initialise` of vCPU `id` from `context` (the vCPU is created down).
-pub fn initialise(id: VcpuId, context: &VcpuGuestContext) -> Result<u64, HypercallError> {
+///
+/// # Safety
+/// Once brought up the vCPU runs `context` as it stands: its entry, stack and page tables
+/// must be ones the program gives that vCPU alone (as [`context`] builds them for
+/// [`start`]), or the context one the hypervisor refuses (a probe).
+pub unsafe fn initialise(id: VcpuId, context: &VcpuGuestContext) -> Result<u64, HypercallError> {
     let mut copy = *context;
-    // SAFETY: the hypervisor only reads the context; the caller built it with
-    // [`context`] (or deliberately otherwise, to be refused).
-    unsafe { hypercall::vcpu_op(VcpuOp::Initialise, id, &raw mut copy) }
+    // SAFETY: the hypervisor only reads the copy; the caller vouches for what it starts.
+    unsafe { hypercall::vcpu_op_raw(VcpuOp::Initialise, id, &raw mut copy) }
 }
 
 /// `VCPUOP_up` of vCPU `id`.
 pub fn up(id: VcpuId) -> Result<u64, HypercallError> {
-    // SAFETY: `up` takes no argument; it starts a vCPU initialised before.
-    unsafe { hypercall::vcpu_op(VcpuOp::Up, id, ptr::null_mut::<u8>()) }
+    hypercall::vcpu_control(VcpuControl::Up, id)
 }
 
 /// `VCPUOP_is_up` of vCPU `id`: whether it runs.
 pub fn is_up(id: VcpuId) -> Result<bool, HypercallError> {
-    // SAFETY: `is_up` takes no argument and changes nothing.
-    unsafe { hypercall::vcpu_op(VcpuOp::IsUp, id, ptr::null_mut::<u8>()) }.map(|up| up == 1)
+    hypercall::vcpu_control(VcpuControl::IsUp, id).map(|up| up == 1)
 }
 
 /// Creates vCPU `id` running `entry(arg)` on `stack` (without the periodic timer Xen gives
@@ -106,7 +107,8 @@ pub fn start<const N: usize>(
 ) -> Result<(), StartError> {
     let pt_base = crate::start_info().pt_base;
     let l4 = crate::start_info::virt_to_mfn(pt_base).ok_or(StartError::BadPtBase(pt_base))?;
-    initialise(id, &context(entry, arg, stack.top(), l4.0)).map_err(StartError::Initialise)?;
+    // SAFETY: the context runs `entry` on `stack` (given to this vCPU) with our own tables.
+    unsafe { initialise(id, &context(entry, arg, stack.top(), l4.0)) }.map_err(StartError::Initialise)?;
     // No 10 ms periodic timer (Xen's default), as for vCPU 0 at start.
     crate::timer::stop_periodic(id);
     up(id).map(drop).map_err(StartError::Up)

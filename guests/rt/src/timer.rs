@@ -12,15 +12,14 @@
 //! vCPU 0 only): binding twice fails in the hypervisor. This module must never busy-wait:
 //! waiting is blocking in [`crate::events`].
 
-use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::hypercall::{VcpuOp, Virq};
+use abi::hypercall::Virq;
 use abi::ids::{EvtchnPort, VcpuId};
 
 use crate::events::{EventError, Events};
 use crate::evtchn;
-use crate::hypercall::{self, HypercallError};
+use crate::hypercall::{self, HypercallError, VcpuControl};
 use crate::time::Clock;
 
 /// Expiries delivered so far.
@@ -44,8 +43,7 @@ pub fn cancel() -> Result<(), HypercallError> {
 /// Stops vCPU `vcpu`'s periodic timer (Xen gives every vCPU one of 10 ms). The result is
 /// ignored: a hypervisor without periodic timers has nothing to stop.
 pub fn stop_periodic(vcpu: VcpuId) {
-    // SAFETY: the command takes no argument (NULL) and only stops a timer.
-    let _ = unsafe { hypercall::vcpu_op(VcpuOp::StopPeriodicTimer, vcpu, ptr::null_mut::<u8>()) };
+    let _ = hypercall::vcpu_control(VcpuControl::StopPeriodicTimer, vcpu);
 }
 
 /// `VIRQ_TIMER` of vCPU 0, bound to a port with the runtime's handler.

@@ -15,7 +15,6 @@
 //! console order is fixed. vCPU 1 must never return: it has nothing to return to.
 
 use core::arch::global_asm;
-use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use guest_rt::abi::arch_x86::{
@@ -127,19 +126,17 @@ fn bring_up(start: &StartInfo) -> Result<(), Failure> {
     // SAFETY: the context is complete: a stack nothing else uses, the boot L4 every vCPU
     // shares, an entry that never returns, and the runtime's trap table. The hypervisor
     // only reads it.
-    unsafe { hypercall::vcpu_op(VcpuOp::Initialise, SECONDARY, &raw mut context) }
+    unsafe { hypercall::vcpu_op_raw(VcpuOp::Initialise, SECONDARY, &raw mut context) }
         .map_err(|e| Failure::Call(Call::VcpuInitialise, e))?;
     expect(Check::IsUpBeforeUp, is_up()?, 0)?;
-    // SAFETY: `up` takes no argument; it starts the vCPU initialised above.
-    unsafe { hypercall::vcpu_op(VcpuOp::Up, SECONDARY, ptr::null_mut::<u8>()) }
+    hypercall::vcpu_control(hypercall::VcpuControl::Up, SECONDARY)
         .map_err(|e| Failure::Call(Call::VcpuUp, e))?;
     expect(Check::IsUpAfterUp, is_up()?, 1)
 }
 
 /// `VCPUOP_is_up` of vCPU 1.
 fn is_up() -> Result<u64, Failure> {
-    // SAFETY: `is_up` takes no argument and changes nothing.
-    unsafe { hypercall::vcpu_op(VcpuOp::IsUp, SECONDARY, ptr::null_mut::<u8>()) }
+    hypercall::vcpu_control(hypercall::VcpuControl::IsUp, SECONDARY)
         .map_err(|e| Failure::Call(Call::VcpuIsUp, e))
 }
 

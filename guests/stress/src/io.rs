@@ -15,12 +15,12 @@
 //! flight). It waits for answers by polling its port (`SCHEDOP_poll` with a timeout),
 //! never by spinning.
 
-use guest_rt::blkfront::{Blkfront, GrantTable, Segment, OP_READ, RSP_OKAY};
+use guest_rt::blkfront::{Options, Blkfront, GrantTable, Segment, OP_READ, RSP_OKAY};
 use guest_rt::events::Events;
 use guest_rt::frames::{Frame, FreeFrames};
 use guest_rt::time::Clock;
 use guest_rt::xs::Xs;
-use guest_rt::{println, StartInfo};
+use guest_rt::StartInfo;
 use protocol::histogram::Histogram;
 use protocol::record::{self, IoResult, Record};
 use protocol::worker::GO_NODE;
@@ -78,7 +78,8 @@ impl Disk {
             .split(|&b| b == 0)
             .find_map(|w| core::str::from_utf8(w).ok()?.parse().ok())
             .ok_or(IoError::NoVbd)?;
-        let front = Blkfront::connect(&mut xs, events, &mut frames, &mut table, devid).map_err(|_| IoError::Connect)?;
+        // Its pages are granted once and reused for every read (persistent grants).
+        let front = Blkfront::connect(&mut xs, events, &mut frames, &mut table, devid, Options { persistent: true, max_ring_order: 0 }).map_err(|_| IoError::Connect)?;
         let mut pages = [(Frame { pfn: guest_rt::abi::ids::Pfn(0), mfn: guest_rt::abi::ids::Mfn(0) }, 0); PAGES];
         for page in &mut pages {
             let frame = frames.take().ok_or(IoError::Frames)?;
@@ -127,7 +128,7 @@ impl Disk {
         self.front.kick();
         let Some(status) = self.answer(id, sent + ANSWER_TIMEOUT_NS) else {
             self.lost += 1;
-            println!("stress-guest: d{}: read of sector {sector} not answered", self.domid.0);
+            say!("stress-guest: d{}: read of sector {sector} not answered", self.domid.0);
             return;
         };
         let took = self.clock.now_ns().saturating_sub(sent);
@@ -212,8 +213,8 @@ impl Disk {
             lost: self.lost,
             max_ns: self.max_ns,
         };
-        println!("{}", Record::Io(io));
-        record::io_hist_lines(self.domid, role, &self.hist, |line| println!("{line}"));
+        say!("{}", Record::Io(io));
+        record::io_hist_lines(self.domid, role, &self.hist, |line| say!("{line}"));
     }
 }
 

@@ -18,13 +18,16 @@
 //! then), reads the whole disk at once (every domain but the hogs at the same time; a hog
 //! after its run, outside its fairness window), then the timer roles read a page every
 //! 100 ms of their run (idle at each wake-up, periodic and latency at every 100th), and it
-//! reports `io` and `iohist` records after its others.
+//! reports `io` and `iohist` records after its others. Its lines then go into its console
+//! ring, which domain 0 relays ([`console`]).
 
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+#[macro_use]
+mod console;
 mod io;
 
 use core::fmt;
@@ -36,7 +39,7 @@ use guest_rt::events::Events;
 use guest_rt::hypercall::{self, HypercallError};
 use guest_rt::time::Clock;
 use guest_rt::timer::{self, Timer};
-use guest_rt::{balloon, evtchn, println, StartInfo};
+use guest_rt::{balloon, evtchn, StartInfo};
 use protocol::histogram::Histogram;
 use protocol::record::{self, Balloon, GuestError, Outcome as Reported, Record, WorkerResult};
 use protocol::worker::{Link, StressArgs, Task};
@@ -63,14 +66,18 @@ fn main(start: &'static StartInfo) {
     let args = match StressArgs::parse(start.cmd_line()) {
         Ok(args) => args,
         Err(error) => {
-            println!("stress-guest: bad command line: {error}");
-            println!("{}", Record::Error(GuestError { domid: DomId(0), what: "options" }));
+            say!("stress-guest: bad command line: {error}");
+            say!("{}", Record::Error(GuestError { domid: DomId(0), what: "options" }));
             wait_for_destruction()
         }
     };
+    if args.io_kib > 0 {
+        // Domain 0 serves this domain's devices: its console too.
+        console::use_ring();
+    }
     if let Err(failure) = run(&args) {
-        println!("stress-guest: {failure}");
-        println!(
+        say!("stress-guest: {failure}");
+        say!(
             "{}",
             Record::Error(GuestError {
                 domid: args.domid,
@@ -219,13 +226,13 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
         up_pages: args.balloon_up,
         tot_pages: pages,
     };
-    println!("{}", Record::Balloon(balloon));
+    say!("{}", Record::Balloon(balloon));
     let result = |outcome| Record::Result(WorkerResult { domid, role, outcome });
     match outcome {
-        Outcome::Hog { loops } => println!("{}", result(Reported::Hog { loops })),
+        Outcome::Hog { loops } => say!("{}", result(Reported::Hog { loops })),
         Outcome::Timer(hist) => report_hist(domid, role, &hist, None),
         Outcome::Ping { hist, lost } => report_hist(domid, role, &hist, Some(lost)),
-        Outcome::Pong { answers } => println!("{}", result(Reported::Pong { answers })),
+        Outcome::Pong { answers } => say!("{}", result(Reported::Pong { answers })),
     }
     if let Some(disk) = disk {
         disk.report(role);
@@ -250,8 +257,8 @@ fn report_hist(domid: DomId, role: Role, hist: &Histogram, lost: Option<u64>) {
         max_ns: hist.max(),
         lost,
     };
-    println!("{}", Record::Result(WorkerResult { domid, role, outcome }));
-    record::hist_lines(domid, role, hist, |line| println!("{line}"));
+    say!("{}", Record::Result(WorkerResult { domid, role, outcome }));
+    record::hist_lines(domid, role, hist, |line| say!("{line}"));
 }
 
 /// Event delivery with the timer bound, events on.

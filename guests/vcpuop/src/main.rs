@@ -82,12 +82,12 @@ fn check(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
 
 fn op<T>(cmd: VcpuOp, id: u32, arg: *mut T) -> Result<u64, HypercallError> {
     // SAFETY: every call passes null or a live argument of the type `cmd` takes.
-    unsafe { hypercall::vcpu_op(cmd, VcpuId(id), arg) }
+    unsafe { hypercall::vcpu_op_raw(cmd, VcpuId(id), arg) }
 }
 
 fn evtchn_op<T>(cmd: EvtchnOp, arg: *mut T) -> Result<(), HypercallError> {
     // SAFETY: every call passes a live argument of the type `cmd` takes.
-    unsafe { hypercall::event_channel_op(cmd, arg) }
+    unsafe { hypercall::event_channel_op_raw(cmd, arg) }
 }
 
 const fn err(errno: Errno) -> Result<u64, HypercallError> {

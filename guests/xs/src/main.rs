@@ -30,7 +30,10 @@
 //! ring, which domain 0's per-domain rate limit must cut down. A good domain prints three
 //! lines through its console ring ("xs: ring line <i> of d<id>"), which domain 0 relays;
 //! with `input=1` it then waits for a line in its console's input ring (serial input that
-//! domain 0 routed to it) and prints it ("xs: console input: <line>").
+//! domain 0 routed to it) and prints it ("xs: console input: <line>"). It ends with a line
+//! it writes into the ring without a newline or a notification just before it powers off
+//! ("xs: last words of d<id>, ..."), which domain 0 finds only by draining the ring after
+//! the domain's end.
 
 #![no_std]
 #![no_main]
@@ -193,6 +196,11 @@ fn good(xs: &mut Xs, events: Events, me: DomId, peer: Option<DomId>, input: bool
         println!("xs: console input: {}", line.as_str());
     }
     println!("xs: all checks passed");
+    // Last words into the ring, with no newline and no notification, right before the
+    // domain powers off: domain 0 must drain the ring after the domain's end to find them.
+    let mut l = arrayvec_like::Line::new();
+    let _ = write!(l, "xs: last words of d{}, unnotified, no newline", me.0);
+    ring.write_quiet(l.as_bytes());
 }
 
 fn ignore(_: guest_rt::abi::ids::EvtchnPort) {}

@@ -3,7 +3,7 @@
 //!
 //! It checks for long mode, builds throw-away page tables (an identity map of the first GiB
 //! for itself and the AP trampoline, and the image mapped at the hypervisor window), enables
-//! long mode and jumps to [`crate::boot_main`] in the window with
+//! long mode and jumps to `boot_main` (the boot script, `main.rs`) in the window with
 //! `(protocol magic, boot information physical address, TSC at entry)`.
 //! Everything here is linked with VMA = LMA below 4 GiB; it must never call Rust code
 //! before paging is on, and Rust code must not depend on these tables after boot.
@@ -237,7 +237,7 @@ boot_entry_tsc: .skip 8
 "#,
     mb2 = const MULTIBOOT2_MAGIC,
     pvh = const PVH_MAGIC,
-    entry = sym crate::boot_main,
+    entry = sym boot_main,
     options(att_syntax)
 );
 
@@ -260,6 +260,9 @@ global_asm!(
 );
 
 unsafe extern "C" {
+    /// The boot script (`main.rs`), entered once from the stub above: named by its link
+    /// name, so that the arch layer imports nothing above it.
+    fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> !;
     /// The boot stub's top-level table; its slot 0 (the identity map) is borrowed by the
     /// window page tables until every AP is up.
     pub static boot_pml4: [u64; 512];

@@ -29,7 +29,7 @@ use x86_64::{PrivilegeLevel, VirtAddr};
 
 use super::gdt::{GUEST_CS32, GUEST_CS64, GUEST_DS, HYPERVISOR_CS, HYPERVISOR_DS};
 use super::trap::TrapFrame;
-use crate::percpu::{SCRATCH_OFFSET, STACK_TOP_OFFSET};
+use super::percpu::{SCRATCH_OFFSET, STACK_TOP_OFFSET};
 
 /// The pseudo-vector of a `syscall` in [`super::trap::TrapFrame::vector`].
 pub const SYSCALL_VECTOR: u64 = 0x100;

@@ -196,7 +196,7 @@ pub fn load_xcr0(xcr0: u64) {
 static XCR0_OF_CPU: [AtomicU64; smp::xcall::MAX_CPUS] = [const { AtomicU64::new(0) }; smp::xcall::MAX_CPUS];
 
 fn this_cpu_xcr0() -> &'static AtomicU64 {
-    &XCR0_OF_CPU[crate::percpu::current_index_or_boot() as usize % smp::xcall::MAX_CPUS]
+    &XCR0_OF_CPU[super::percpu::current_index_or_boot() as usize % smp::xcall::MAX_CPUS]
 }
 
 fn current_xcr0() -> u64 {

@@ -33,6 +33,11 @@ pub const GUEST_DS: u16 = 0xe02b;
 /// Ring-3 64-bit code (guest kernel and user), RPL 3.
 pub const GUEST_CS64: u16 = 0xe033;
 /// The TSS (a 16-byte system descriptor).
+/// Frames of a guest's own GDT (the reserved hypervisor page is the 15th of a CPU's GDT
+/// area; `mm::layout` gives the area 16 pages).
+pub const GUEST_GDT_MAX_FRAMES: usize = 14;
+/// Frames of the largest LDT (Xen's limit of 8192 descriptors, 64 KiB): a CPU's LDT area.
+pub const LDT_MAX_FRAMES: usize = 16;
 pub const TSS_SELECTOR: u16 = 0xe040;
 /// The LDT descriptor (16 bytes) for the running vCPU's LDT (Xen's `LDT_SELECTOR`).
 pub const LDT_SELECTOR: u16 = 0xe050;

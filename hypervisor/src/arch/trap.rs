@@ -3,7 +3,8 @@
 //!
 //! Every vector enters through a 16-byte stub (pushing a dummy error code where the CPU
 //! pushes none, then the vector) and one common path that swaps GS when it came from ring 3,
-//! saves the general registers into a [`TrapFrame`] and calls [`crate::traps::dispatch`].
+//! saves the general registers into a [`TrapFrame`] and calls `crate::traps::dispatch`
+//! (by its link name, `hypervisor_trap_dispatch`: the arch layer imports nothing above it).
 //! Double fault, NMI, machine check and debug run on their own IST stacks. This module
 //! knows nothing about what a vector means; `crate::traps` decides, except for #DB.
 //!
@@ -216,10 +217,10 @@ trap_save:
 trap_exit_iret:
     iretq
 "#,
-    dispatch = sym crate::traps::dispatch,
+    dispatch = sym hypervisor_trap_dispatch,
     smap_on = sym super::cpu::SMAP_ON,
-    scratch = const crate::percpu::SCRATCH_OFFSET,
-    stack_top = const crate::percpu::STACK_TOP_OFFSET,
+    scratch = const super::percpu::SCRATCH_OFFSET,
+    stack_top = const super::percpu::STACK_TOP_OFFSET,
     dr6_default = const hypervisor::debugreg::DR6_DEFAULT,
     rflags_rf = const 1u64 << 16,
     rflags_tf = const 1u64 << 8,
@@ -232,6 +233,8 @@ trap_exit_iret:
 pub static HYPERVISOR_DEBUG_EXCEPTIONS: AtomicU64 = AtomicU64::new(0);
 
 unsafe extern "C" {
+    /// What each vector means (`crate::traps::dispatch`), with interrupts off.
+    fn hypervisor_trap_dispatch(frame: &mut TrapFrame);
     static trap_stubs: u8;
     static trap_exit_iret: u8;
 }

@@ -7,7 +7,7 @@
 //! hypervisor structure it used is dropped, so free memory returns to exactly what it was.
 //! Domain and vCPU records are counted while they live in the heap ([`DOMAIN_RECORDS`],
 //! [`vcpu::VCPU_RECORDS`]), so that a record something holds after its destruction shows.
-//! Destruction happens only once no CPU runs any of its vCPUs (see [`Domain::destroy`]).
+//! Destruction happens only once no CPU runs any of its vCPUs (see `pv::teardown::destroy`).
 //!
 //! Frames the hypervisor writes on a domain's behalf (its shared-info page, where event
 //! bits and time go; its grant-table frames; the guest frames its vCPUs' `vcpu_info` moved
@@ -29,7 +29,6 @@
 //! ([`Domain::add_vcpu`] checks under the lock that destruction takes the vCPU list with),
 //! so no vCPU, which holds its domain, can be left in a domain that is gone.
 
-pub mod teardown;
 pub mod vcpu;
 
 use alloc::sync::Arc;
@@ -45,7 +44,7 @@ use spin::Mutex;
 pub use vcpu::Vcpu;
 
 use crate::cpus::{CallLock, CpuMask};
-use crate::memory::{self, FrameMapping};
+use crate::memory;
 
 /// Domain records in the heap (created, not yet dropped): a record destroyed but held
 /// forever by something (a queue, a timer, a cycle of references) is a leak.
@@ -177,7 +176,7 @@ impl DomainMemory {
         let start = self.list.len();
         alloc(&mut self.list)?;
         for &mfn in &self.list[start..] {
-            zero_frame(mfn);
+            memory::zero_frame(mfn);
         }
         self.held += self.list.len() - start;
         Ok(start)
@@ -277,7 +276,7 @@ pub struct Domain {
     vcpus: Mutex<Vec<Arc<Vcpu>>>,
     state: AtomicU8,
     ending: Mutex<Option<Ending>>,
-    pub console: Mutex<crate::pv::console::ConsoleLine>,
+    pub console: Mutex<hypervisor::console_line::ConsoleLine>,
     /// Event channels.
     pub channels: Mutex<events::Channels>,
     /// Its grant table (`pv::grants`): the grants it gives.
@@ -402,7 +401,9 @@ impl Domain {
     /// in the table under a fresh id: domain 0 (`privileged`) takes id 0, others the next
     /// free one. Refused while the heap has less than [`DOMAIN_HEAP_BYTES`] to spare, or no
     /// room to grow the teardown queue to one place per domain in the table (its
-    /// destruction must not allocate: `teardown::reserve`). The
+    /// destruction must not allocate: `reserve_teardown(domains)` makes the room, or says
+    /// there is none: `pv::teardown::reserve`). The shared-info frame is held writable for
+    /// the hypervisor with `hold` (`pv::mmu::hold_for_hypervisor`). The
     /// domain is invisible to [`lookup`] until its builder calls [`Domain::publish`].
     pub fn create(
         name: &str,
@@ -410,6 +411,8 @@ impl Domain {
         privileged: bool,
         params: abi::control::SchedParams,
         placement: VcpuPlacement,
+        reserve_teardown: impl FnOnce(usize) -> bool,
+        hold: impl FnOnce(DomainId, Mfn) -> Result<(), abi::errno::Errno>,
     ) -> Result<Arc<Domain>, CreateError> {
         if !memory::heap_has_room_for(DOMAIN_HEAP_BYTES) {
             return Err(CreateError::HeapFull);
@@ -425,11 +428,13 @@ impl Domain {
             return Err(CreateError::TooManyDomains);
         }
         // Its teardown will need a place in the queue: reserved now, as it enters the table.
-        teardown::reserve(table.live + 1).map_err(|_| CreateError::HeapFull)?;
+        if !reserve_teardown(table.live + 1) {
+            return Err(CreateError::HeapFull);
+        }
         let owner = Owner::Domain(id);
         let shared_info = memory::frames().alloc(owner).map_err(CreateError::OutOfMemory)?;
-        zero_frame(shared_info);
-        if let Err(e) = crate::pv::mmu::hold_for_hypervisor(id, shared_info) {
+        memory::zero_frame(shared_info);
+        if let Err(e) = hold(id, shared_info) {
             let _ = memory::frames().free(shared_info);
             return Err(CreateError::SharedInfo(e));
         }
@@ -459,7 +464,7 @@ impl Domain {
             vcpus: Mutex::new(Vec::with_capacity(max_vcpus as usize)),
             state: AtomicU8::new(LifeState::Running as u8),
             ending: Mutex::new(None),
-            console: Mutex::new(crate::pv::console::ConsoleLine::new()),
+            console: Mutex::new(hypervisor::console_line::ConsoleLine::new()),
             channels: Mutex::new(events::Channels::new(abi::ids::DomId(id.0), max_vcpus, events::limits::DEFAULT_MAX_PORTS)),
             grants: Mutex::new(grants::GrantTable::new(grants::table::DEFAULT_MAX_FRAMES)),
             devices: Mutex::new(None),
@@ -493,7 +498,7 @@ impl Domain {
     }
 
     /// Adds a vCPU, unless the domain no longer runs or the vCPU's id is at or past its
-    /// `max_vcpus` or taken. Checked under the lock that [`Domain::destroy`] takes the vCPU
+    /// `max_vcpus` or taken. Checked under the lock that `pv::teardown::destroy` takes the vCPU
     /// list with, after it marks the domain dead: a vCPU (which holds its domain) can never
     /// join a domain that destruction has passed, where it would keep the domain alive.
     pub fn add_vcpu(&self, vcpu: Arc<Vcpu>) -> Result<(), JoinError> {
@@ -575,7 +580,7 @@ impl Domain {
     }
 
     /// Takes `count` frames into `mem` with `alloc` after checking that the domain is not
-    /// dead (its frame list, once [`Domain::destroy`] took it, would never see them), the
+    /// dead (its frame list, once `pv::teardown::destroy` took it, would never see them), the
     /// maximum, the free frames and the heap room for the list to grow (plus
     /// `extra_bytes`, which `reserve_extra` then takes); returns where they start in the
     /// list.
@@ -610,12 +615,13 @@ impl Domain {
         self.memory.lock().held()
     }
 
-    /// Starts shutting the domain down (once); the last CPU to stop running one of its vCPUs
-    /// destroys it.
-    pub fn shutdown(&self, ending: Ending) {
+    /// Marks the domain shutting down with `ending` and says so in the log; false (nothing
+    /// done) if it was shutting down already. The caller stops its vCPUs
+    /// (`pv::teardown::shutdown`, the one owner of a domain's end).
+    pub fn begin_shutdown(&self, ending: Ending) -> bool {
         let mut slot = self.ending.lock();
         if slot.is_some() {
-            return;
+            return false;
         }
         *slot = Some(ending);
         drop(slot);
@@ -625,58 +631,22 @@ impl Domain {
         } else {
             info!("domain {} ({}) ended: {}", self.id.0, self.name, ending.name());
         }
-        for vcpu in self.vcpus() {
-            vcpu.stop();
-        }
+        true
     }
 
     pub fn ending(&self) -> Option<Ending> {
         *self.ending.lock()
     }
 
-    /// Shuts the domain down from outside (domain 0, or the hypervisor) and destroys it at
-    /// once if none of its vCPUs is on a CPU; otherwise the last CPU to leave it does.
-    pub fn kill(self: &Arc<Self>, ending: Ending) {
-        self.shutdown(ending);
-        if self.running_vcpus.load(Ordering::Acquire) == 0 {
-            self.destroy();
-        }
+    /// Marks the domain dead; false if it was dead already (its destruction has begun).
+    pub fn mark_dead(&self) -> bool {
+        self.state.swap(LifeState::Dead as u8, Ordering::AcqRel) != LifeState::Dead as u8
     }
 
-    /// Starts returning every frame and structure of a domain that no CPU runs any more.
-    /// Called by the scheduler once the domain is shutting down and `running_vcpus` is zero
-    /// (or by [`Domain::kill`]).
-    ///
-    /// Order: marked dead, then its event channels closed (a sender holding its channel lock
-    /// has finished writing into the shared-info frame, and a later one sees it dead), its
-    /// grant table closed (no other domain may start using one of its grants), its vCPUs
-    /// stopped, their descriptor frames dropped and their base pointers taken; the
-    /// rest, whose cost grows with the domain's memory (its tables relinquished, every CPU
-    /// that may hold its translations flushed, the grant mappings it holds released, a wait
-    /// until no other domain uses its grants or references its frames, the hypervisor's
-    /// holds on its shared-info and grant-table frames dropped, its frames freed, its place
-    /// in the table given up), goes to [`teardown`], which does it in bounded slices. No CPU can still hold one of its
-    /// translations by then: every CPU that ran it left its dirty CPUs when it loaded
-    /// another address space, before `running_vcpus` fell to zero; the teardown's flush
-    /// finds none (and would flush any).
-    pub fn destroy(self: &Arc<Self>) {
-        if self.state.swap(LifeState::Dead as u8, Ordering::AcqRel) == LifeState::Dead as u8 {
-            return;
-        }
-        crate::pv::events::close_all(self);
-        crate::pv::grants::close(self);
-        let vcpus = core::mem::take(&mut *self.vcpus.lock());
-        for vcpu in &vcpus {
-            // Stopped here too: a `shutdown` that raced with this destruction may have found
-            // the list empty, and a vCPU left runnable (or parked) in its CPU's queue would
-            // keep the domain in memory for good.
-            vcpu.stop();
-            crate::pv::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
-            crate::pv::ldt::release(core::mem::take(&mut *vcpu.ldt.lock()));
-        }
-        let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
-        let pages = self.memory.lock().take_list();
-        teardown::enqueue(self.clone(), vcpus, bases, pages);
+    /// Takes its vCPUs out of it, for its destruction (after [`Domain::mark_dead`], under the
+    /// lock [`Domain::add_vcpu`] checks the state under, so none joins afterwards).
+    pub fn take_vcpus(&self) -> Vec<Arc<Vcpu>> {
+        core::mem::take(&mut *self.vcpus.lock())
     }
 }
 
@@ -716,6 +686,27 @@ impl Table {
     }
 }
 
+/// Takes a destroyed domain out of the table (its id is free again) and records how it
+/// ended (`boot`: it was a boot domain); the end of its teardown (`pv::teardown`).
+pub fn forget(domain: &Domain, boot: bool) {
+    let ending = domain.ending().unwrap_or(Ending::Killed);
+    // A hostile domain (a fuzzer, an attack domain 0 made) ending badly is no failure.
+    let hostile = !boot && domain.hostile.load(Ordering::Relaxed);
+    let mut table = DOMAINS.lock();
+    table.remove(domain.id);
+    if hostile {
+        table.hostile.ended += 1;
+        table.hostile.killed += u64::from(ending == Ending::Killed);
+        table.hostile.crashed += u64::from(ending == Ending::Crash);
+    } else if !boot {
+        table.others_ended += 1;
+        table.others_failed += u64::from(ending.is_failure());
+    }
+    if boot || (!hostile && ending.is_failure() && table.others_failed <= MAX_FAILURES_KEPT) {
+        table.endings.push((domain.id, domain.name, ending));
+    }
+}
+
 /// The live domain with this id, unless it is still being built (see [`Domain::publish`]).
 pub fn lookup(id: DomainId) -> Option<Arc<Domain>> {
     DOMAINS.lock().slots.get(id.0 as usize).cloned().flatten().filter(|d| !d.building.load(Ordering::Acquire))
@@ -736,10 +727,4 @@ pub fn history() -> History {
         others_failed: table.others_failed,
         hostile: table.hostile,
     }
-}
-
-/// Fills a frame with zeroes through a temporary mapping.
-pub fn zero_frame(mfn: Mfn) {
-    let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
-    map.bytes().fill(0);
 }

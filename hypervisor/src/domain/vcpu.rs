@@ -1,6 +1,7 @@
 //! A virtual CPU: the guest's saved registers while it is not running (its x87/SSE/AVX
 //! state, XCR0, debug registers and data segment selectors included), its virtual CR0.TS and CR4, its PV context (guest kernel or user mode, top-level tables, kernel
-//! stack, trap table, callbacks, segment bases) and its scheduling state.
+//! stack, trap table, callbacks, segment bases) and its scheduling record
+//! ([`bvt::VcpuSched`]: the scheduler's, carried here; this module needs nothing of `sched`).
 //!
 //! While a vCPU runs, its live registers are the trap frame on its CPU's stack; the copy in
 //! [`GuestContext::regs`] is current only while it is descheduled. Only the CPU running a
@@ -12,10 +13,13 @@
 //! for the id, not in the `Vcpu`.
 
 use alloc::sync::Arc;
+use arrayvec::ArrayVec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use abi::arch_x86::TrapInfo;
+pub use bvt::RunState;
+use bvt::VcpuSched;
 use events::poll::PollTarget;
 use hypervisor::debugreg::DebugRegs;
 use hypervisor::fpu::FpuArea;
@@ -74,18 +78,21 @@ impl Default for VcpuSlot {
     }
 }
 
-/// Scheduling state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum RunState {
-    /// Waiting in a run queue or running.
-    Runnable = 0,
-    /// Waiting for an event.
-    Blocked = 1,
-    /// Its domain is shutting down: never runs again.
-    Stopped = 2,
-    /// Initialised but not brought up yet (`VCPUOP_up`).
-    Down = 3,
+/// A vCPU's GDT frames (`set_gdt`, `pv::descriptors`), each holding a descriptor-page
+/// reference. Every descriptor in them is checked, so the entry count only decides how many
+/// frames there are.
+#[derive(Default)]
+pub struct GuestGdt {
+    pub frames: ArrayVec<Mfn, { crate::arch::gdt::GUEST_GDT_MAX_FRAMES }>,
+}
+
+/// A vCPU's LDT (`MMUEXT_SET_LDT`, `pv::ldt`): where the guest put it, how many entries it
+/// has, and its frames (each holding a descriptor-page reference).
+#[derive(Default)]
+pub struct GuestLdt {
+    pub base: u64,
+    pub entries: u32,
+    pub frames: ArrayVec<Mfn, { crate::arch::gdt::LDT_MAX_FRAMES }>,
 }
 
 /// The guest-visible machine state of a vCPU.
@@ -211,53 +218,24 @@ pub struct Vcpu {
     pub id: u32,
     pub ctx: Mutex<GuestContext>,
     /// The guest's own GDT frames.
-    pub gdt: Mutex<crate::pv::descriptors::GuestGdt>,
+    pub gdt: Mutex<GuestGdt>,
     /// Its LDT (`MMUEXT_SET_LDT`).
-    pub ldt: Mutex<crate::pv::ldt::GuestLdt>,
-    state: AtomicU8,
-    /// Its name in the run queues.
-    pub key: crate::sched::VcpuKey,
-    /// Its home: the CPU whose run queue holds it (changed only by that CPU).
-    pub cpu: AtomicU32,
-    /// Asked to give up its CPU at the next exit (`sched_op yield`).
-    pub yield_requested: AtomicBool,
+    pub ldt: Mutex<GuestLdt>,
+    /// Its scheduling record: run state, home CPU, timers (the scheduler's; see `sched`).
+    pub sched: VcpuSched,
     /// Blocked in a `console_io` write that waits for room in the console buffer
     /// (`pv::console::wait_for_room`).
     pub console_wait: AtomicBool,
-    /// Its single-shot timer (`set_timer_op`), in system-time ns; 0: none.
-    pub timer_deadline: AtomicU64,
-    /// The timeout of its `sched_op poll`, in system-time ns; 0: none.
-    pub poll_deadline: AtomicU64,
-    /// Its pending timers in the CPUs' timer queues.
-    pub timers: Mutex<crate::sched::VcpuTimers>,
     /// What it polls for while blocked in `sched_op poll` (see [`Vcpu::begin_poll`]).
     poll: AtomicU64,
     /// The CPU it runs on, set (by that CPU) before its tables are loaded there and cleared
     /// when it is switched out: the CPU a flush of its TLB or an event for it must reach.
     running_on: AtomicU32,
-    /// When it was last woken, until it runs (system time ns; for the wake-up latency).
-    pub woken_at_ns: AtomicU64,
-    /// The deadline of its latency-sensitive timer that last fired while it was blocked,
-    /// until it runs (system time ns; for the timer-to-run latency of warping domains).
-    pub warped_deadline_ns: AtomicU64,
-    /// A latency-sensitive timer that fired early while the vCPU was blocked: woken ahead
-    /// of its deadline so that its switch-in happens before it, the vCPU gets VIRQ_TIMER at
-    /// its next return to the guest, once the deadline has come (see `sched::release_held_timer`).
-    pub held_timer: crate::sched::HeldTimer,
-    /// Kept off its CPU because its domain is paused (see `sched::unpause`).
-    pub parked: AtomicBool,
-    /// Known to a run queue (`sched::add` ran once): bringing it up again is a wake.
-    pub queued: AtomicBool,
     /// Its runstate accounting (a leaf lock: changed by its CPU and by whoever wakes it).
     pub runstate: Mutex<Runstate>,
     /// Its registered runstate area missed an update (the vCPU was in guest user mode,
     /// where the area need not be mapped): written when it next enters kernel mode.
     pub runstate_stale: AtomicBool,
-    /// Its periodic timer: when it last raised VIRQ_TIMER, the deadline armed (0: none)
-    /// and the period it was armed for.
-    pub periodic_last_ns: AtomicU64,
-    pub periodic_deadline: AtomicU64,
-    pub periodic_armed_ns: AtomicU64,
 }
 
 impl Vcpu {
@@ -304,69 +282,40 @@ impl Vcpu {
             }),
             gdt: Mutex::new(Default::default()),
             ldt: Mutex::new(Default::default()),
-            state: AtomicU8::new(RunState::Runnable as u8),
-            key: crate::sched::VcpuKey::fresh(),
-            cpu: AtomicU32::new(cpu),
-            yield_requested: AtomicBool::new(false),
+            sched: VcpuSched::new(cpu, crate::time::since_boot_ns()),
             console_wait: AtomicBool::new(false),
-            timer_deadline: AtomicU64::new(0),
-            poll_deadline: AtomicU64::new(0),
-            timers: Mutex::new(Default::default()),
             poll: AtomicU64::new(NOT_POLLING),
             running_on: AtomicU32::new(NOWHERE),
-            woken_at_ns: AtomicU64::new(0),
-            warped_deadline_ns: AtomicU64::new(0),
-            held_timer: Default::default(),
-            parked: AtomicBool::new(false),
-            queued: AtomicBool::new(false),
             runstate: Mutex::new(Runstate::new(abi::vcpu::Runstate::Runnable, crate::time::since_boot_ns())),
             runstate_stale: AtomicBool::new(false),
-            periodic_last_ns: AtomicU64::new(crate::time::since_boot_ns()),
-            periodic_deadline: AtomicU64::new(0),
-            periodic_armed_ns: AtomicU64::new(0),
         })
     }
 
+    /// Its run state (see [`bvt::VcpuSched`]).
     pub fn state(&self) -> RunState {
-        match self.state.load(Ordering::Acquire) {
-            0 => RunState::Runnable,
-            1 => RunState::Blocked,
-            2 => RunState::Stopped,
-            _ => RunState::Down,
-        }
+        self.sched.state()
     }
 
     /// Blocks a runnable vCPU (it leaves its CPU at its next exit).
     pub fn set_blocked(&self) {
-        let _ = self.state.compare_exchange(RunState::Runnable as u8, RunState::Blocked as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.sched.set_blocked();
     }
 
     /// Unblocks a blocked vCPU; true if it was blocked (the caller then queues it).
     pub fn unblock(&self) -> bool {
-        self.state
-            .compare_exchange(RunState::Blocked as u8, RunState::Runnable as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.sched.unblock()
     }
 
     /// Marks a freshly initialised secondary vCPU as down.
     pub fn set_down(&self) {
-        self.state.store(RunState::Down as u8, Ordering::Release);
+        self.sched.set_down();
         self.set_runstate(abi::vcpu::Runstate::Offline);
     }
 
     /// Takes an up vCPU down (`VCPUOP_down`): it leaves its CPU at its next decision and
     /// runs no more until brought up. False if it was not up (down already, or stopped).
     pub fn take_down(&self) -> bool {
-        let mut current = self.state.load(Ordering::Acquire);
-        loop {
-            if current != RunState::Runnable as u8 && current != RunState::Blocked as u8 {
-                return false;
-            }
-            match self.state.compare_exchange(current, RunState::Down as u8, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(seen) => current = seen,
-            }
-        }
+        self.sched.take_down()
     }
 
     /// Moves its runstate to `to` now, unless it is running (its CPU changes that as it
@@ -380,15 +329,7 @@ impl Vcpu {
 
     /// Brings a down vCPU up; false if it was not down.
     pub fn start(&self) -> bool {
-        self.state
-            .compare_exchange(RunState::Down as u8, RunState::Runnable as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Marks the vCPU stopped (domain shutting down) and makes its CPU notice.
-    pub fn stop(&self) {
-        self.state.store(RunState::Stopped as u8, Ordering::Release);
-        crate::sched::stopped(self);
+        self.sched.start()
     }
 
     /// Starts polling for `target` (`sched_op poll`); published before the ports are
@@ -413,16 +354,16 @@ impl Vcpu {
     }
 
     /// The CPU this vCPU runs on now, if any.
-    pub fn running_on(&self) -> Option<crate::percpu::CpuIndex> {
+    pub fn running_on(&self) -> Option<crate::arch::percpu::CpuIndex> {
         match self.running_on.load(Ordering::SeqCst) {
             NOWHERE => None,
-            cpu => Some(crate::percpu::CpuIndex(cpu)),
+            cpu => Some(crate::arch::percpu::CpuIndex(cpu)),
         }
     }
 
     /// Records that this CPU runs the vCPU from now on (before its tables are loaded), or
     /// (`None`) that it has been switched out.
-    pub fn set_running_on(&self, cpu: Option<crate::percpu::CpuIndex>) {
+    pub fn set_running_on(&self, cpu: Option<crate::arch::percpu::CpuIndex>) {
         self.running_on.store(cpu.map_or(NOWHERE, |c| c.0), Ordering::SeqCst);
     }
 

@@ -273,7 +273,9 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
     let plan = builder::Plan::new(&kernel, &config).map_err(BuildFailure::Image)?;
     check_room(&plan)?;
     let max_pages = request.max_kib.max(request.mem_kib) / 4;
-    let domain = Domain::create(request.name, max_pages, request.privileged, request.params, request.placement).map_err(BuildFailure::Create)?;
+    let reserve_teardown = |domains| super::teardown::reserve(domains).is_ok();
+    let domain = Domain::create(request.name, max_pages, request.privileged, request.params, request.placement, reserve_teardown, super::mmu::hold_for_hypervisor)
+        .map_err(BuildFailure::Create)?;
     match fill(&domain, &kernel, &config, request.cpu, request.devices) {
         Ok(_) => {
             domain.build_ns.store(time::tsc_to_ns(time::rdtsc() - start), Ordering::Relaxed);
@@ -281,8 +283,8 @@ pub fn build_domain(request: &BuildRequest) -> Result<Arc<Domain>, BuildFailure>
             Ok(domain)
         }
         Err(e) => {
-            domain.shutdown(Ending::Killed);
-            domain.destroy();
+            super::teardown::shutdown(&domain, Ending::Killed);
+            super::teardown::destroy(&domain);
             Err(e)
         }
     }

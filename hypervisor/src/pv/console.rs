@@ -50,24 +50,19 @@ use arrayvec::ArrayVec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use abi::console::{self as ring_abi, OUT_CONS_OFFSET, OUT_PROD_OFFSET, OUT_RING_OFFSET, OUT_RING_SIZE};
-use abi::ids::EvtchnPort;
+use abi::ids::{DomId, EvtchnPort};
 use log::{info, warn};
+use protocol::console::{Origin, Suppressed};
 use mm::addr::Mfn;
 use spin::Mutex;
+
+use hypervisor::console_line::{ConsoleLine, Ring, Source};
 
 use crate::domain::{Domain, LifeState, Vcpu};
 use crate::memory::FrameMapping;
 use crate::{logger, time};
 
-/// Longest line kept; longer ones are split.
-const LINE_MAX: usize = 160;
-/// Bytes a domain may print in a burst (each line counting [`LINE_COST`] more).
-pub const BURST_BYTES: u64 = 32 << 10;
-/// Bytes per second a domain may print once its burst is spent.
-pub const BYTES_PER_SECOND: u64 = 8 << 10;
-/// What a line costs beyond its bytes (its tag, and the work of a line), so that a flood
-/// of empty lines is limited too.
-pub const LINE_COST: u64 = 32;
+use hypervisor::console_line::{LINE_COST, LINE_MAX};
 /// Bytes of the console buffer one domain's lines may fill.
 pub const DOMAIN_SHARE: usize = 8 << 10;
 /// The same for domain 0, which prints for the others.
@@ -131,76 +126,6 @@ impl Waiters {
 static RETRY: Mutex<ArrayVec<u16, { crate::domain::MAX_DOMAINS + 1 }>> = Mutex::new(ArrayVec::new_const());
 /// How many ids wait in [`RETRY`] (read without the lock on every trap exit).
 static RETRY_COUNT: AtomicU32 = AtomicU32::new(0);
-
-/// Where a line comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
-    ConsoleIo,
-    Ring,
-}
-
-/// One source's partial line.
-struct Line {
-    buffer: ArrayVec<u8, LINE_MAX>,
-    /// The line is complete and waits for room: nothing more goes into it.
-    waiting: bool,
-}
-
-impl Line {
-    const fn new() -> Self {
-        Line { buffer: ArrayVec::new_const(), waiting: false }
-    }
-}
-
-/// A domain's console ring: its frame and the port of its channel.
-#[derive(Clone, Copy)]
-struct Ring {
-    mfn: Mfn,
-    port: EvtchnPort,
-    /// In [`RETRY`].
-    retry: bool,
-    /// Bogus indices were reported once.
-    bogus_reported: bool,
-}
-
-/// One domain's console: a partial line per source, the rate-limit budget they share, and
-/// the ring, if it has one.
-pub struct ConsoleLine {
-    io: Line,
-    ring_line: Line,
-    tokens: u64,
-    refilled_at_ns: u64,
-    dropped_since_report: u64,
-    ring: Option<Ring>,
-}
-
-impl ConsoleLine {
-    pub const fn new() -> Self {
-        ConsoleLine {
-            io: Line::new(),
-            ring_line: Line::new(),
-            tokens: BURST_BYTES,
-            refilled_at_ns: 0,
-            dropped_since_report: 0,
-            ring: None,
-        }
-    }
-
-    fn refill(&mut self, now_ns: u64) {
-        let earned = now_ns.saturating_sub(self.refilled_at_ns) * BYTES_PER_SECOND / 1_000_000_000;
-        if earned > 0 {
-            self.tokens = (self.tokens + earned).min(BURST_BYTES);
-            self.refilled_at_ns = now_ns;
-        }
-    }
-
-    fn line(&mut self, source: Source) -> &mut Line {
-        match source {
-            Source::ConsoleIo => &mut self.io,
-            Source::Ring => &mut self.ring_line,
-        }
-    }
-}
 
 /// Appends `console_io` bytes to the domain's console; returns how many it took: all of
 /// them, unless a complete line found no room in the console buffer (the caller offers the
@@ -271,15 +196,15 @@ fn emit(domain: &Domain, console: &mut ConsoleLine, source: Source, force: bool)
     };
     if console.dropped_since_report > 0 {
         let dropped = console.dropped_since_report;
-        if !logger::guest_line(id, share, format_args!("(d{id}) [{dropped} lines suppressed by the console rate limit]")) && !force {
+        if !logger::guest_line(id, share, format_args!("{} {}", Origin::Direct(DomId(id)), Suppressed(dropped))) && !force {
             return false;
         }
         console.dropped_since_report = 0;
     }
     let text = core::str::from_utf8(&console.line(source).buffer).unwrap_or("<invalid>");
     let queued = match source {
-        Source::ConsoleIo => logger::guest_line(id, share, format_args!("(d{id}) {text}")),
-        Source::Ring => logger::guest_line(id, share, format_args!("(d{id}:{}) {text}", domain.name)),
+        Source::ConsoleIo => logger::guest_line(id, share, format_args!("{} {text}", Origin::Direct(DomId(id)))),
+        Source::Ring => logger::guest_line(id, share, format_args!("{} {text}", Origin::Ring { domid: DomId(id), name: domain.name.as_str() })),
     };
     if !queued {
         if !force {
@@ -301,7 +226,7 @@ pub fn attach_ring(domain: &Domain, mfn: Mfn, port: EvtchnPort) {
 }
 
 /// Takes the ring away from a dead domain and drops the hypervisor's hold on its frame
-/// (`domain::teardown`).
+/// (`pv::teardown`).
 pub fn release_ring(domain: &Domain) {
     let ring = domain.console.lock().ring.take();
     if let Some(ring) = ring {

@@ -46,7 +46,7 @@ pub fn control(vcpu: &Vcpu, arg: GuestVa) -> Outcome {
     let op: ControlOp = uaccess::read_value(arg.0).map_err(|_| Errno::Efault)?;
     let cmd = ControlCmd::from_raw(op.cmd);
     let waits = matches!(cmd, Some(ControlCmd::GetPhysInfo | ControlCmd::CreateDomain));
-    if waits && domain::teardown::work(TEARDOWN_SLICE_NS) {
+    if waits && super::teardown::work(TEARDOWN_SLICE_NS) {
         // Destroyed domains are still being torn down: free memory is not final yet, and
         // what they give back is memory to come. The call is issued again (teardown slices
         // run in between) until they are gone.
@@ -92,7 +92,7 @@ fn control_op(vcpu: &Vcpu, arg: GuestVa) -> HcResult {
             }
             match cmd {
                 ControlCmd::DestroyDomain => {
-                    target.kill(Ending::Destroyed);
+                    super::teardown::kill(&target, Ending::Destroyed);
                     Ok(0)
                 }
                 ControlCmd::PauseDomain => {
@@ -285,10 +285,10 @@ fn domain_info(domain: &Domain) -> DomainInfo {
 /// each answer. A CPU held with interrupts off answers only when it lets them in again.
 fn heartbeat() -> Heartbeat {
     fn answer(_: usize) {}
-    let me = crate::percpu::current().index;
+    let me = crate::arch::percpu::current().index;
     let mut beat = Heartbeat::default();
     for (index, slot) in cpus::all().iter().enumerate() {
-        let cpu = crate::percpu::CpuIndex(index as u32);
+        let cpu = crate::arch::percpu::CpuIndex(index as u32);
         if cpu == me || slot.state() != cpus::CpuState::Online {
             continue;
         }

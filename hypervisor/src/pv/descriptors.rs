@@ -18,20 +18,15 @@ use crate::arch::paging::{self, MapKind};
 use crate::arch::uaccess;
 use crate::domain::Vcpu;
 use crate::memory::{self, FrameMapping};
-use crate::percpu;
+use crate::arch::percpu;
 use crate::pv::hypercall::HcResult;
 use crate::pv::mmu;
 
 /// Guest GDT frames (the reserved hypervisor page is the 15th of the GDT area).
-pub const MAX_FRAMES: usize = 14;
+pub const MAX_FRAMES: usize = crate::arch::gdt::GUEST_GDT_MAX_FRAMES;
 const DESCRIPTORS_PER_FRAME: usize = 512;
 
-/// A vCPU's GDT frames, each holding a descriptor-page reference. Every descriptor in them
-/// is checked, so the entry count only decides how many frames there are.
-#[derive(Default)]
-pub struct GuestGdt {
-    pub frames: ArrayVec<Mfn, MAX_FRAMES>,
-}
+pub use crate::domain::vcpu::GuestGdt;
 
 /// `set_gdt`: validates and takes the frames listed at `list`, drops the old ones, and
 /// installs the new table on this CPU.

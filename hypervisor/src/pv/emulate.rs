@@ -122,7 +122,7 @@ pub fn port_io(vcpu: &Vcpu, frame: &mut TrapFrame) -> bool {
             if !io.string {
                 let written = (io.direction == Direction::Out).then_some(frame.rax as u32);
                 // Domain 0's configuration-space ports reach its devices (`crate::pci`).
-                let device = crate::pci::port_io(vcpu, port, io.size, written);
+                let device = crate::pci::port_io(vcpu.domain.id, vcpu.domain.privileged, port, io.size, written);
                 if io.direction == Direction::In {
                     // All ones (or the device's answer), written as the instruction would:
                     // al and ax merge, eax zero-extends into rax.

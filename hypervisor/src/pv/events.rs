@@ -221,8 +221,31 @@ pub fn raise_pirq(domain: &Domain, port: EvtchnPort, pirq: u32) -> bool {
     }
 }
 
+/// A domain other than domain 0 shut down since domain 0 was last told (`VIRQ_DOM_EXC`).
+static DOMAIN_ENDED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// A domain other than domain 0 is shutting down: domain 0 gets `VIRQ_DOM_EXC` (as Xen's
+/// `domain_shutdown` sends it to the toolstack, whose xenstored then fires
+/// `@releaseDomain`), raised by [`tell_domain_ended`] from a place that holds no lock, so
+/// that this may be called from anywhere (a fault handler, the scheduler).
+pub fn domain_ended() {
+    DOMAIN_ENDED.store(true, Ordering::Release);
+}
+
+/// Raises `VIRQ_DOM_EXC` on domain 0 if a domain ended since the last call. Called on the
+/// way out of every trap from a guest and from the timer interrupt (with interrupts off,
+/// no lock held); costs one load while no domain ended.
+pub fn tell_domain_ended() {
+    if !DOMAIN_ENDED.load(Ordering::Relaxed) || !DOMAIN_ENDED.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    if let Some(dom0) = domain::lookup(DomainId(0)).filter(|d| d.privileged) {
+        raise_global_virq(&dom0, Virq::DomExc);
+    }
+}
+
 /// Raises global VIRQ `virq` on `domain` (on the vCPU its channel notifies), if it bound
-/// one (`VIRQ_CONSOLE` for domain 0's serial input).
+/// one (`VIRQ_CONSOLE` for domain 0's serial input, `VIRQ_DOM_EXC` when a domain ended).
 pub fn raise_global_virq(domain: &Domain, virq: Virq) {
     let marked = {
         let channels = domain.channels.lock();

@@ -24,7 +24,7 @@
 //!
 //! # Death
 //! A dying domain's table is closed at destruction (no new pin). Its teardown
-//! (`domain::teardown`) relinquishes its page tables (dropping its grant mappings' own
+//! (`pv::teardown`) relinquishes its page tables (dropping its grant mappings' own
 //! references), flushes, releases every mapping it holds ([`release_one_map`]: the
 //! granters' entries are unpinned), then waits until no other domain uses one of its
 //! grants or references one of its frames, and only then frees its frames and table. A
@@ -168,7 +168,7 @@ impl SharedMemory for Mapped {
     }
 
     fn zero(&self, mfn: Mfn) {
-        domain::zero_frame(mfn);
+        crate::memory::zero_frame(mfn);
     }
 
     fn fence(&self) {
@@ -186,7 +186,7 @@ fn alloc_table_frame(domain: &Domain) -> Option<Mfn> {
         return None;
     }
     let mfn = memory::frames().alloc(domain.owner()).ok()?;
-    domain::zero_frame(mfn);
+    crate::memory::zero_frame(mfn);
     if mmu::hold_for_hypervisor(domain.id, mfn).is_err() {
         let _ = memory::frames().free(mfn);
         return None;
@@ -200,7 +200,7 @@ fn alloc_table_frame(domain: &Domain) -> Option<Mfn> {
 fn free_table_frames(domain: &Domain, frames: &[Mfn]) {
     for &mfn in frames {
         mmu::release_for_hypervisor(mfn);
-        domain::zero_frame(mfn);
+        crate::memory::zero_frame(mfn);
         if let Err(e) = memory::frames().free(mfn) {
             warn!("domain {}: grant frame {mfn} not freed: {e:?}", domain.id.0);
         }
@@ -464,7 +464,7 @@ impl Held<'_> {
             }
         }
         drop(table);
-        domain::teardown::foreign_reference_dropped();
+        super::teardown::foreign_reference_dropped();
     }
 }
 

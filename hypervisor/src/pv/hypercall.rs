@@ -214,7 +214,7 @@ fn xen_version(cmd: XenVersionOp, arg: GuestVa) -> HcResult {
 fn sched_op(vcpu: &Vcpu, cmd: SchedOp, arg: GuestVa) -> HcResult {
     match cmd {
         SchedOp::Yield => {
-            vcpu.yield_requested.store(true, core::sync::atomic::Ordering::Relaxed);
+            vcpu.sched.yield_requested.store(true, core::sync::atomic::Ordering::Relaxed);
             Ok(0)
         }
         SchedOp::Block => {
@@ -225,7 +225,7 @@ fn sched_op(vcpu: &Vcpu, cmd: SchedOp, arg: GuestVa) -> HcResult {
         SchedOp::Shutdown => {
             let request: SchedShutdown = uaccess::read_value(arg.0).map_err(efault)?;
             console::flush_partial(&vcpu.domain);
-            vcpu.domain.shutdown(Ending::from_reason(request.reason));
+            super::teardown::shutdown(&vcpu.domain, Ending::from_reason(request.reason));
             Ok(0)
         }
         _ => Err(Errno::Enosys),

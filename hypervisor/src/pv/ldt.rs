@@ -35,23 +35,16 @@ use crate::arch::paging::{self, MapKind};
 use crate::arch::uaccess;
 use crate::domain::Vcpu;
 use crate::memory::{self, FrameMapping};
-use crate::percpu;
+use crate::arch::percpu;
 use crate::pv::{descriptors, mmu};
 
 /// The most descriptors an LDT may hold (Xen's limit, 64 KiB).
 pub const MAX_ENTRIES: u32 = 8192;
 /// Frames of the largest LDT.
-pub const MAX_FRAMES: usize = 16;
+pub const MAX_FRAMES: usize = crate::arch::gdt::LDT_MAX_FRAMES;
 const DESCRIPTORS_PER_FRAME: u64 = PAGE_SIZE / 8;
 
-/// A vCPU's LDT: where the guest put it, how many entries it has, and its frames (each
-/// holding a descriptor-page reference).
-#[derive(Default)]
-pub struct GuestLdt {
-    pub base: u64,
-    pub entries: u32,
-    pub frames: ArrayVec<Mfn, MAX_FRAMES>,
-}
+pub use crate::domain::vcpu::GuestLdt;
 
 /// `MMUEXT_SET_LDT` for the calling vCPU: checks the range, takes the new frames, loads the
 /// new LDT on this CPU and drops the old frames. Nothing changes on failure, and nothing

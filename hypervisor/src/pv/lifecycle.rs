@@ -110,7 +110,7 @@ fn finish() -> ! {
     crate::pv::mmu::report();
     crate::pv::ptwr::report();
     crate::pv::grants::report();
-    crate::domain::teardown::report();
+    super::teardown::report();
     crate::tlb::report();
     crate::pv::debugreg::report();
     info!("summary: domains.created_by_dom0={}", others.0);

@@ -290,7 +290,7 @@ fn scrub_and_free(frames: impl Iterator<Item = Mfn>, m2p: &mut m2p::Writer) {
             let _ = info.update_ref_count(|count| count.checked_sub(1));
         }
         m2p.clear(mfn);
-        domain::zero_frame(mfn);
+        crate::memory::zero_frame(mfn);
         if let Err(e) = memory::frames().free(mfn) {
             log::warn!("memory_op: frame {mfn} not freed: {e:?}");
         }

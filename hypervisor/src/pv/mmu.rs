@@ -304,7 +304,7 @@ pub fn relinquish(domain: &Domain, bases: Vec<BasePtr>, owned: &[Mfn]) {
     }
 }
 
-/// One slice of [`relinquish`], for the teardown of a dead domain (`domain::teardown`):
+/// One slice of [`relinquish`], for the teardown of a dead domain (`pv::teardown`):
 /// true once the relinquish is over (a failure is logged: the frames it names stay
 /// referenced and will not be freed), false when it stopped and is to be called again with
 /// the same arguments.
@@ -314,7 +314,7 @@ pub fn relinquish_slice(domain: &Domain, bases: &mut alloc::vec::IntoIter<BasePt
         Err(MmError::Restart) => false,
         Ok(()) => true,
         // Another domain still maps one of its frames through a grant: everything of its
-        // own is released, and the teardown waits for the others (`domain::teardown`).
+        // own is released, and the teardown waits for the others (`pv::teardown`).
         Err(MmError::InUse { .. }) => true,
         Err(e) => {
             log::warn!("domain {}: relinquish stopped: {e:?}", domain.id.0);

@@ -21,6 +21,8 @@ pub mod physdev;
 pub mod pirq;
 pub mod ptwr;
 pub mod shared;
+pub mod switch;
+pub mod teardown;
 pub mod traps;
 pub mod vcpuop;
 

@@ -38,7 +38,7 @@ use crate::domain::{self, Vcpu};
 use crate::pci::DEVICE_DOMAIN;
 use crate::platform::{self, IoApicInputs, Machine};
 use crate::pv::hypercall::HcResult;
-use crate::traps::vectors;
+use crate::arch::vectors;
 
 /// One device interrupt line.
 struct Line {

@@ -70,7 +70,7 @@ fn has_error_code(vector: u8) -> bool {
 /// Kills the domain of `vcpu` for `why`; the scheduler takes it off the CPU on exit.
 pub fn crash(vcpu: &Vcpu, frame: &TrapFrame, why: core::fmt::Arguments) {
     warn!("domain {} ({}) vcpu {}: {why} at rip {:#x}; killing it", vcpu.domain.id.0, vcpu.domain.name, vcpu.id, frame.rip);
-    vcpu.domain.shutdown(Ending::Killed);
+    super::teardown::shutdown(&vcpu.domain, Ending::Killed);
 }
 
 /// An exception raised while the guest ran (vector < 32).

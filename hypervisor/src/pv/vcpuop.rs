@@ -136,7 +136,7 @@ fn up(target: Arc<Vcpu>) -> HcResult {
         target.domain.vcpu_up();
         target.set_runstate(RunstateKind::Runnable);
         let domain = target.domain.clone();
-        if target.queued.load(Ordering::Acquire) {
+        if target.sched.queued.load(Ordering::Acquire) {
             sched::resume(&target);
         } else {
             sched::add(target);
@@ -152,7 +152,7 @@ fn up(target: Arc<Vcpu>) -> HcResult {
 fn down(domain: &Arc<Domain>, id: u32, target: Option<Arc<Vcpu>>) -> HcResult {
     if !domain.vcpus().iter().any(|v| v.id != id && is_up(v)) {
         crate::pv::console::flush_partial(domain);
-        domain.shutdown(Ending::Poweroff);
+        super::teardown::shutdown(domain, Ending::Poweroff);
         return Ok(0);
     }
     // A vCPU never initialised is down already.
@@ -223,7 +223,7 @@ fn physid(domain: &Domain, target: Option<&Vcpu>, arg: GuestVa) -> HcResult {
     if !domain.privileged || !domain.pinned {
         return Err(Errno::Einval);
     }
-    let cpu = target.cpu.load(Ordering::Acquire);
+    let cpu = target.sched.home.load(Ordering::Acquire);
     let apic_id = cpus::all().get(cpu as usize).ok_or(Errno::Einval)?.apic_id;
     write(arg, &VcpuGetPhysid { phys_id: u64::from(apic_id) | (u64::from(cpu) << 32) })
 }
@@ -386,7 +386,7 @@ fn placement(domain: &Domain, id: u32) -> u32 {
     let allowed = |cpu: u32| mask == 0 || (cpu < 64 && mask & (1 << cpu) != 0);
     let online = cpus::all().iter().enumerate().filter(|(_, s)| s.state() == cpus::CpuState::Online).map(|(i, _)| i as u32);
     let count = online.clone().filter(|&c| allowed(c)).count();
-    let first = domain.vcpu(0).map_or(0, |v| v.cpu.load(Ordering::Relaxed));
+    let first = domain.vcpu(0).map_or(0, |v| v.sched.home.load(Ordering::Relaxed));
     if count == 0 {
         return first;
     }

@@ -1,21 +1,25 @@
-//! Running vCPUs on CPUs: Borrowed Virtual Time with one run queue per CPU (the `bvt`
-//! crate decides; this module carries the decisions out), per-CPU timer queues, and the
-//! context switch on the way out of every trap.
+//! Running vCPUs on CPUs: Borrowed Virtual Time with one run queue per CPU. The `bvt`
+//! crate decides ([`bvt::CpuSched`]: the decision at every exit, pushing, stealing, the
+//! timer's programming, host-tested and run by its stress simulator too); this module is
+//! the glue that carries the decisions out on the machine ([`Exit`], its
+//! [`bvt::Platform`]): per-CPU timer queues, held timers, the context switch on the way out
+//! of every trap, IPIs, and the vCPUs' and domains' state the decision looks at.
 //!
 //! # Ownership
-//! Each CPU owns its run queue, its timer queue and its cache of the vCPUs homed on it
-//! ([`Local`], reached lock-free through [`PerCpuOwned`]). Other CPUs never touch them:
-//! they post to the CPU's [`Inbox`] (wake, add, arrive, new parameters, steal request) and
-//! kick it with a reschedule IPI. A vCPU's `Arc` travels next to its `Add`/`Arrive`
-//! message through the CPU's `arrivals` queue, so the owner always holds the vCPUs its
-//! queue names. A vCPU's home is `Vcpu::cpu`; only its home CPU changes it (when it gives
-//! the vCPU to a thief).
+//! Each CPU owns its scheduler and its timer queues ([`Local`], reached lock-free through
+//! [`PerCpuOwned`]). Other CPUs never touch them: they post to the CPU's inbox (wake, add,
+//! arrive, new parameters, steal request; its [`bvt::Board`]) and kick it with a
+//! reschedule IPI. A vCPU's `Arc` travels next to its `Add`/`Arrive` message through the
+//! CPU's arrivals, so the owner always holds the vCPUs its queue names. A vCPU's home is
+//! its `sched.home` ([`bvt::VcpuSched`]); only its home CPU changes it (when it gives the
+//! vCPU to a thief, or pushes it).
 //!
 //! # The decision on the way out
 //! Every trap, interrupt and hypercall ends in [`on_trap_exit`] with the frame it returns
 //! through. The CPU drains its inbox, takes in arrivals, folds in what happened to the vCPU
 //! it runs (blocked, stopped, paused, yielded), and, if the queue asks for a decision or the
-//! slice is over, asks it what runs next. The frame is then rewritten if needed: the
+//! slice is over, asks it what runs next ([`bvt::CpuSched::schedule`]). The frame is then
+//! rewritten if needed: the
 //! outgoing vCPU's registers saved from it and the incoming one's loaded into it, CR3, the
 //! guest segment bases and the x87/MMX/SSE registers switched (the outgoing vCPU's saved
 //! with FXSAVE, the incoming one's loaded unless this CPU ran no other vCPU since it left
@@ -49,7 +53,7 @@
 //! `pv::vcpuop::update_runstate_area`).
 //!
 //! # Why no wake-up is lost
-//! A vCPU's `RunState` (in [`Vcpu`]) is the truth; the queue's runnable flag follows it.
+//! A vCPU's `RunState` (in its [`bvt::VcpuSched`]) is the truth; the queue's runnable flag follows it.
 //! A vCPU blocks itself while it runs (the queue learns at the exit); whoever unblocks it
 //! (`Blocked -> Runnable`) posts `Wake` to its home, which applies it after any earlier
 //! block. A blocked vCPU is never stolen (only runnable, waiting ones are), so the `Wake`
@@ -61,78 +65,51 @@
 mod owned;
 mod stats;
 
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
-use bvt::{
-    shrink_when_sparse, Action, ArmedTimer, BvtParams, Config, CpuId, CpuTimers, Inbox, Message, RunQueue, TimerHardware,
-    VcpuState, MIN_TABLE_CAPACITY, STEAL_MIN_LOAD,
-};
-use crossbeam_queue::SegQueue;
+use bvt::{ArmedAt, Board, BvtParams, Config, CpuSched, CpuTimers, Message, Note, Platform, RunState, TimerHardware, VcpuKey, Verdict};
+use smp::xcall::MAX_CPUS;
 use log::warn;
 use spin::Once;
-use x86_64::registers::model_specific::{FsBase, KernelGsBase};
-use x86_64::VirtAddr;
 
 use crate::arch::gdt::{HYPERVISOR_CS, HYPERVISOR_DS};
 use crate::arch::trap::TrapFrame;
-use crate::domain::vcpu::RunState;
 use crate::domain::{Domain, LifeState, Vcpu};
-use crate::percpu::PerCpu;
-use crate::traps::vectors;
-use crate::{cpus, lapic, percpu, time};
+use crate::arch::vectors;
+use crate::arch::percpu;
+use crate::{cpus, lapic, time};
 use owned::PerCpuOwned;
-pub use stats::{report, Stay};
+pub use stats::Stay;
 use stats::Stats;
 
-/// A vCPU's name in the run queues: unique for the whole run (never reused), so a message
-/// that outlives its vCPU can never reach another one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct VcpuKey(u64);
-
-impl VcpuKey {
-    /// A key no vCPU had before.
-    pub fn fresh() -> VcpuKey {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        VcpuKey(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
+/// What the scheduler asks of the layers above it, given once at boot ([`init`]) by the
+/// boot script: the guest-visible half of a context switch (`pv`), a vCPU's timer event
+/// (`pv::events`), a domain's destruction (its teardown) and the idle loop. Function
+/// pointers, so that this module names nothing above it (issue 18: no import circle).
+pub struct Glue {
+    /// Loads `vcpu`'s saved guest state onto this CPU and into `frame`: registers, page
+    /// tables, FPU state (no load when the bool says this CPU's registers hold it since it
+    /// last left here), descriptor tables, selectors, segment bases, its runstate area and
+    /// time. The scheduler's bookkeeping (running counts, dirty CPUs, runstate) is done.
+    pub load: fn(&Vcpu, &mut TrapFrame, bool),
+    /// Saves the state of `vcpu`, which `frame` returned to, from this CPU (its tables are
+    /// still loaded): the mirror of `load`.
+    pub save: fn(&Vcpu, &TrapFrame),
+    /// Raises the vCPU's timer event (VIRQ_TIMER).
+    pub timer_fired: fn(&Vcpu),
+    /// Destroys a domain that is shutting down and that no CPU runs any more.
+    pub destroy: fn(&Arc<Domain>),
+    /// The idle loop, which a frame with nothing to run returns to.
+    pub idle_loop: extern "C" fn() -> !,
 }
 
-/// The vCPU's pending timers in its home CPU's timer queues, so that re-arming cancels the
-/// old one, and a move or the vCPU's end takes them out (see the module's Timers).
-#[derive(Default)]
-pub struct VcpuTimers {
-    guest: Option<Armed>,
-    poll: Option<Armed>,
-    periodic: Option<Armed>,
-}
+static GLUE: Once<Glue> = Once::new();
 
-/// Where a vCPU timer waits: the CPU, and where in its timers.
-#[derive(Clone, Copy)]
-struct Armed {
-    cpu: u32,
-    timer: ArmedTimer,
-}
-
-/// What a CPU shows other CPUs.
-struct Shared {
-    inbox: Arc<Inbox<VcpuKey>>,
-    /// The vCPUs named by `Add`/`Arrive` messages in `inbox`, pushed before the message.
-    arrivals: SegQueue<Arc<Vcpu>>,
-    /// Sits in its idle loop with nothing runnable.
-    idle: AtomicBool,
-    /// Idle, and will look for work to steal again soon (no need to wake it for that).
-    balancing: AtomicBool,
-    /// Runs a warped vCPU (as of its last decision), or has one on its way in: no place to
-    /// push another warped vCPU to (see [`Local::push_waiting_warped`]).
-    runs_warped: AtomicBool,
-    /// The other CPUs, nearest first by topology: where it steals, whom it wakes to steal.
-    nearest: Vec<u32>,
-    /// What it did and how late (written by the CPU, read by the end-of-run report).
-    stats: Stats,
+fn glue() -> &'static Glue {
+    GLUE.get().expect("sched::init runs at boot")
 }
 
 /// A one-shot timer in a CPU's timer queue.
@@ -158,27 +135,13 @@ enum TimerKind {
 }
 
 /// What only the CPU itself touches. Its tables grow with the vCPUs homed here and give the
-/// memory back as they leave ([`shrink_when_sparse`] for the lists; the map of members frees
-/// its nodes as it empties), so that a CPU that once held hundreds of vCPUs does not keep
-/// their room after their domains are gone.
+/// memory back as they leave (the scheduler's, and the timer queues'), so that a CPU that
+/// once held hundreds of vCPUs does not keep their room after their domains are gone.
 struct Local {
-    queue: RunQueue<VcpuKey>,
-    /// The vCPUs homed here (those the queue names, and arrivals on their way into it), by
-    /// key: found in O(log n), as the queue finds its own (a CPU may hold hundreds, and every
-    /// decision looks one up with interrupts off).
-    members: BTreeMap<VcpuKey, Arc<Vcpu>>,
-    /// Arrivals whose domain parameters are to be re-read once they are in the queue.
-    unsettled: Vec<VcpuKey>,
-    /// The vCPU timers homed here ([`CpuTimers`]): latency-sensitive ones programmed ahead
-    /// by the learnt latency from the programmed interrupt to the return to the guest (held
-    /// timers) or to the interrupt, the others fired up to the slop late (`timer_slop_us`,
-    /// 50 us by default, as Xen programs its timer hardware), so that
-    /// timers falling due close together take one interrupt (as Xen's `timer_slop`).
-    timers: CpuTimers<Timer>,
-    /// When the running vCPU's slice ends (`None`: no other vCPU waits).
-    slice_end_ns: Option<u64>,
-    /// While idle: when to look for work to steal again (`None`: no CPU had any to spare).
-    balance_at_ns: Option<u64>,
+    /// The scheduler: run queue, members, slice, balancing ([`bvt::CpuSched`]).
+    core: CpuSched<VcpuKey, Arc<Vcpu>>,
+    /// The vCPU timers homed here.
+    timers: Timers,
     /// TSC when the running vCPU was switched in (for its domain's CPU time).
     since_tsc: u64,
     /// Boot is over on this CPU: frames of its idle loop may be rewritten.
@@ -188,6 +151,16 @@ struct Local {
     fpu_holder: Option<VcpuKey>,
 }
 
+/// The vCPU timers homed on one CPU ([`CpuTimers`]): latency-sensitive ones programmed
+/// ahead by the learnt latency from the programmed interrupt to the return to the guest
+/// (held timers) or to the interrupt, the others fired up to the slop late
+/// (`timer_slop_us`, 50 us by default, as Xen programs its timer hardware), so that timers
+/// falling due close together take one interrupt (as Xen's `timer_slop`).
+struct Timers {
+    cpu: u32,
+    queues: CpuTimers<Timer>,
+}
+
 /// The most a latency-sensitive timer is programmed ahead of its deadline (and so the
 /// longest the hypervisor waits out an early interrupt).
 const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
@@ -195,40 +168,31 @@ const MAX_TIMER_ADVANCE_NS: u64 = 200_000;
 /// RFLAGS.IF: interrupts on.
 const RFLAGS_IF: u64 = 1 << 9;
 
-/// How often an idle CPU looks again for work to steal while some CPU has a vCPU waiting.
-const BALANCE_INTERVAL_NS: u64 = 1_000_000;
+/// What each CPU shows the others (its inbox, arrivals, idle and warped flags).
+static BOARDS: Once<Vec<Board<VcpuKey, Arc<Vcpu>>>> = Once::new();
+/// What each CPU did and how late (written by the CPU, read by the end-of-run report).
+static STATS: Once<Vec<Stats>> = Once::new();
+/// The vCPU each CPU runs (null when idle), from `Arc::into_raw`; only that CPU writes its
+/// slot.
+static RUNNING: [AtomicPtr<Vcpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 
-static SHARED: Once<Vec<Shared>> = Once::new();
+fn running_slot() -> &'static AtomicPtr<Vcpu> {
+    &RUNNING[this_cpu() as usize]
+}
 static LOCAL: Once<PerCpuOwned<Local>> = Once::new();
 
 /// Creates the run queues, one per CPU; `nearest(i)` lists CPU `i`'s others nearest first.
 /// Timers of domains that do not warp may fire up to `timer_slop_ns` late.
-pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64) {
-    let queues: Vec<RunQueue<VcpuKey>> = (0..cpus).map(|i| RunQueue::new(CpuId(i as u32), Config::default())).collect();
-    SHARED.call_once(|| {
-        queues
-            .iter()
-            .enumerate()
-            .map(|(i, q)| Shared {
-                inbox: q.inbox().clone(),
-                arrivals: SegQueue::new(),
-                idle: AtomicBool::new(false),
-                balancing: AtomicBool::new(false),
-                runs_warped: AtomicBool::new(false),
-                nearest: nearest(i),
-                stats: Stats::default(),
-            })
-            .collect()
-    });
-    let mut queues = queues.into_iter();
+pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64, glue: Glue) {
+    GLUE.call_once(|| glue);
+    let (cores, boards) = bvt::cpus(cpus, Config::default(), nearest);
+    BOARDS.call_once(|| boards);
+    STATS.call_once(|| (0..cpus).map(|_| Stats::default()).collect());
+    let mut cores = cores.into_iter();
     LOCAL.call_once(|| {
-        PerCpuOwned::new(cpus, |_| Local {
-            queue: queues.next().expect("one queue per CPU"),
-            members: BTreeMap::new(),
-            unsettled: bvt::new_table(MIN_TABLE_CAPACITY),
-            timers: CpuTimers::new(MAX_TIMER_ADVANCE_NS, timer_slop_ns),
-            slice_end_ns: None,
-            balance_at_ns: None,
+        PerCpuOwned::new(cpus, |cpu| Local {
+            core: cores.next().expect("one scheduler per CPU"),
+            timers: Timers { cpu: cpu as u32, queues: CpuTimers::new(MAX_TIMER_ADVANCE_NS, timer_slop_ns) },
             since_tsc: 0,
             scheduling: false,
             fpu_holder: None,
@@ -236,8 +200,8 @@ pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64
     });
 }
 
-fn shared() -> &'static [Shared] {
-    SHARED.get().expect("sched::init runs at boot")
+fn boards() -> &'static [Board<VcpuKey, Arc<Vcpu>>] {
+    BOARDS.get().expect("sched::init runs at boot")
 }
 
 fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> R {
@@ -248,16 +212,24 @@ fn this_cpu() -> u32 {
     percpu::current().index.0
 }
 
-/// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists);
-/// `domu`: it began while an unprivileged domain ran.
-pub fn record_stay(ns: u64, cause: Stay, domu: bool) {
-    if let Some(all) = SHARED.get() {
-        all[this_cpu() as usize].stats.record_stay(ns, cause, domu);
+/// Prints every CPU's scheduling statistics as summary lines (see [`stats::report`]).
+pub fn report() {
+    if let Some(all) = STATS.get() {
+        stats::report(all.iter());
     }
 }
 
-fn mine() -> &'static Shared {
-    &shared()[this_cpu() as usize]
+/// Records one stay in the hypervisor on this CPU (nothing before the scheduler exists);
+/// `domu`: it began while an unprivileged domain ran.
+pub fn record_stay(ns: u64, cause: Stay, domu: bool) {
+    if let Some(all) = STATS.get() {
+        all[this_cpu() as usize].record_stay(ns, cause, domu);
+    }
+}
+
+/// This CPU's statistics.
+fn my_stats() -> &'static Stats {
+    &STATS.get().expect("sched::init runs at boot")[this_cpu() as usize]
 }
 
 /// The BVT parameters of each of `domain`'s vCPUs under `params`: its weight split among
@@ -277,16 +249,8 @@ fn online_or_boot(cpu: u32) -> u32 {
 
 /// Posts `message` to `cpu`'s inbox and kicks it.
 fn post(cpu: u32, message: Message<VcpuKey>) {
-    shared()[cpu as usize].inbox.post(message);
+    boards()[cpu as usize].inbox().post(message);
     kick(cpu);
-}
-
-/// Makes `cpu` the home of `vcpu`, which has left this CPU's queue in `state`.
-fn hand_over(vcpu: Arc<Vcpu>, state: VcpuState, cpu: u32) {
-    let key = vcpu.key;
-    vcpu.cpu.store(cpu, Ordering::SeqCst);
-    shared()[cpu as usize].arrivals.push(vcpu);
-    post(cpu, Message::Arrive(key, state));
 }
 
 /// This CPU's local APIC timer, where its [`CpuTimers`] are programmed.
@@ -307,13 +271,13 @@ pub fn kick(cpu: u32) {
 
 /// Makes a new (or newly brought up) runnable vCPU known to its home CPU's run queue.
 pub fn add(vcpu: Arc<Vcpu>) {
-    vcpu.queued.store(true, Ordering::Release);
-    let cpu = online_or_boot(vcpu.cpu.load(Ordering::SeqCst));
-    vcpu.cpu.store(cpu, Ordering::SeqCst);
+    vcpu.sched.queued.store(true, Ordering::Release);
+    let cpu = online_or_boot(vcpu.sched.home.load(Ordering::SeqCst));
+    vcpu.sched.home.store(cpu, Ordering::SeqCst);
     let params = bvt_params(&vcpu.domain, &vcpu.domain.params.lock());
-    let key = vcpu.key;
-    shared()[cpu as usize].arrivals.push(vcpu);
-    post(cpu, Message::Add(key, params));
+    let key = vcpu.sched.key;
+    boards()[cpu as usize].deliver(key, vcpu, Message::Add(key, params));
+    kick(cpu);
 }
 
 /// Makes a blocked vCPU runnable again (from any CPU); true if it was blocked.
@@ -321,8 +285,8 @@ pub fn wake(vcpu: &Vcpu) -> bool {
     let woken = vcpu.unblock();
     if woken {
         vcpu.set_runstate(abi::vcpu::Runstate::Runnable);
-        vcpu.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
-        post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+        vcpu.sched.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
+        post(vcpu.sched.home.load(Ordering::SeqCst), Message::Wake(vcpu.sched.key));
     }
     woken
 }
@@ -330,8 +294,8 @@ pub fn wake(vcpu: &Vcpu) -> bool {
 /// Makes a vCPU brought up again after `VCPUOP_down` (already runnable: `Vcpu::start`)
 /// runnable in its home's queue, which knows it (blocked since it went down).
 pub fn resume(vcpu: &Vcpu) {
-    vcpu.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
-    post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+    vcpu.sched.woken_at_ns.store(time::since_boot_ns(), Ordering::Relaxed);
+    post(vcpu.sched.home.load(Ordering::SeqCst), Message::Wake(vcpu.sched.key));
 }
 
 /// Blocks the running vCPU until [`wake`]; it leaves its CPU on the way out of this trap.
@@ -341,7 +305,7 @@ pub fn block(vcpu: &Vcpu) {
 
 /// A vCPU was stopped (its domain is going away): its home drops it at its next decision.
 pub fn stopped(vcpu: &Vcpu) {
-    post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+    post(vcpu.sched.home.load(Ordering::SeqCst), Message::Wake(vcpu.sched.key));
 }
 
 /// Puts new scheduling parameters in force for every vCPU of `domain`.
@@ -350,7 +314,7 @@ pub fn set_params(domain: &Domain, params: abi::control::SchedParams) {
     let mut slot = domain.params.lock();
     *slot = params;
     for vcpu in domain.vcpus() {
-        post(vcpu.cpu.load(Ordering::SeqCst), Message::SetParams(vcpu.key, bvt_params(domain, &params)));
+        post(vcpu.sched.home.load(Ordering::SeqCst), Message::SetParams(vcpu.sched.key, bvt_params(domain, &params)));
     }
 }
 
@@ -366,7 +330,7 @@ pub fn reweigh(domain: &Domain) {
 pub fn pause(domain: &Domain) {
     domain.paused.store(true, Ordering::SeqCst);
     for vcpu in domain.vcpus() {
-        kick(vcpu.cpu.load(Ordering::SeqCst));
+        kick(vcpu.sched.home.load(Ordering::SeqCst));
     }
 }
 
@@ -375,39 +339,39 @@ pub fn unpause(domain: &Domain) {
     domain.paused.store(false, Ordering::SeqCst);
     for vcpu in domain.vcpus() {
         // Pairs with `park`: either it sees `paused` clear, or this sees `parked` set.
-        if vcpu.parked.swap(false, Ordering::SeqCst) {
+        if vcpu.sched.parked.swap(false, Ordering::SeqCst) {
             vcpu.set_runstate(abi::vcpu::Runstate::Runnable);
-            post(vcpu.cpu.load(Ordering::SeqCst), Message::Wake(vcpu.key));
+            post(vcpu.sched.home.load(Ordering::SeqCst), Message::Wake(vcpu.sched.key));
         }
     }
 }
 
 /// Parks a vCPU of a paused domain; false (and not parked) if the domain was unpaused.
 fn park(vcpu: &Vcpu) -> bool {
-    vcpu.parked.store(true, Ordering::SeqCst);
+    vcpu.sched.parked.store(true, Ordering::SeqCst);
     if vcpu.domain.paused.load(Ordering::SeqCst) {
         vcpu.set_runstate(abi::vcpu::Runstate::Offline);
         return true;
     }
-    vcpu.parked.store(false, Ordering::SeqCst);
+    vcpu.sched.parked.store(false, Ordering::SeqCst);
     false
 }
 
 /// Sets (or with 0 cancels) the running `vcpu`'s `set_timer_op` timer at system time
 /// `deadline_ns`, in this CPU's timer queue.
 pub fn set_timer(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
-    vcpu.timer_deadline.store(deadline_ns, Ordering::Release);
+    vcpu.sched.timer_deadline.store(deadline_ns, Ordering::Release);
     arm(vcpu, TimerKind::Guest, deadline_ns);
 }
 
 /// Sets (or with 0 cancels) the running `vcpu`'s poll timeout.
 pub fn set_poll_timeout(vcpu: &Arc<Vcpu>, deadline_ns: u64) {
-    vcpu.poll_deadline.store(deadline_ns, Ordering::Release);
+    vcpu.sched.poll_deadline.store(deadline_ns, Ordering::Release);
     arm(vcpu, TimerKind::PollTimeout, deadline_ns);
 }
 
 fn arm(vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
-    with_local(|local| local.arm_timer(vcpu, kind, deadline_ns));
+    with_local(|local| local.timers.arm(vcpu, kind, deadline_ns));
 }
 
 /// The local timer fired: fires the vCPU timers that are due (the exit path then sees
@@ -418,10 +382,10 @@ pub fn timer_interrupt() {
     const BATCH: usize = 16;
     let arrived = time::since_boot_ns();
     // The one-shot timer has fired: nothing is armed until the exit path arms it again.
-    with_local(|local| local.timers.fired());
+    with_local(|local| local.timers.queues.fired());
     let mut now = arrived;
     loop {
-        let due: ArrayVec<Timer, BATCH> = with_local(|local| local.timers.expire(now).take(BATCH).collect());
+        let due: ArrayVec<Timer, BATCH> = with_local(|local| local.timers.queues.expire(now).take(BATCH).collect());
         if due.is_empty() {
             break;
         }
@@ -436,15 +400,15 @@ pub fn timer_interrupt() {
 
 /// Fires one due timer, unless its vCPU has re-armed or cancelled it since. A latency-
 /// sensitive timer programmed early whose interrupt came before the deadline is held if its
-/// vCPU is blocked (see [`HeldTimer`]); otherwise the hypervisor waits the deadline out (at
+/// vCPU is blocked (see [`hold`]); otherwise the hypervisor waits the deadline out (at
 /// most [`MAX_TIMER_ADVANCE_NS`]), so that the guest never sees its timer fire early.
 /// `arrived`: when the interrupt that fires it came, if it came for this timer.
 fn fire(timer: Timer, arrived: Option<u64>) {
     let vcpu = &timer.vcpu;
     let armed = match timer.kind {
-        TimerKind::Guest => &vcpu.timer_deadline,
-        TimerKind::PollTimeout => &vcpu.poll_deadline,
-        TimerKind::Periodic => &vcpu.periodic_deadline,
+        TimerKind::Guest => &vcpu.sched.timer_deadline,
+        TimerKind::PollTimeout => &vcpu.sched.poll_deadline,
+        TimerKind::Periodic => &vcpu.sched.periodic_deadline,
     };
     if armed.load(Ordering::Acquire) != timer.deadline_ns {
         // Re-armed or cancelled on the CPU the vCPU moved to: nothing to wait out or count.
@@ -455,10 +419,10 @@ fn fire(timer: Timer, arrived: Option<u64>) {
         return;
     }
     if let Some(arrived) = arrived.filter(|_| timer.latency_sensitive) {
-        with_local(|local| local.timers.observe(arrived.saturating_sub(timer.fire_at_ns)));
+        with_local(|local| local.timers.queues.observe(arrived.saturating_sub(timer.fire_at_ns)));
     }
     let now = wait_out(timer.deadline_ns, now);
-    let stats = &mine().stats;
+    let stats = my_stats();
     let late = now.saturating_sub(timer.deadline_ns);
     match (timer.latency_sensitive, timer.kind) {
         (true, _) => stats.timer_late_warped.record(late),
@@ -468,17 +432,17 @@ fn fire(timer: Timer, arrived: Option<u64>) {
     }
     let current = |deadline: &AtomicU64| deadline.compare_exchange(timer.deadline_ns, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
     match timer.kind {
-        TimerKind::Guest if current(&vcpu.timer_deadline) => {
+        TimerKind::Guest if current(&vcpu.sched.timer_deadline) => {
             if timer.latency_sensitive && vcpu.state() == RunState::Blocked {
-                vcpu.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
+                vcpu.sched.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
             }
-            crate::pv::events::timer_fired(vcpu);
+            (glue().timer_fired)(vcpu);
         }
-        TimerKind::PollTimeout if current(&vcpu.poll_deadline) && vcpu.end_poll() => {
+        TimerKind::PollTimeout if current(&vcpu.sched.poll_deadline) && vcpu.end_poll() => {
             wake(vcpu);
         }
-        TimerKind::Periodic if current(&vcpu.periodic_deadline) => {
-            vcpu.periodic_armed_ns.store(0, Ordering::Release);
+        TimerKind::Periodic if current(&vcpu.sched.periodic_deadline) => {
+            vcpu.sched.periodic_armed_ns.store(0, Ordering::Release);
             periodic_tick(vcpu);
         }
         _ => {}
@@ -496,35 +460,22 @@ fn wait_out(deadline_ns: u64, mut now: u64) -> u64 {
     now
 }
 
-/// A latency-sensitive timer of a blocked vCPU, fired ahead of its deadline: the vCPU is
-/// woken at once, so that the decision, the address-space switch and the return path
-/// (which under emulation dominate a wake-up, run cold after the switch) happen before the
-/// deadline, and VIRQ_TIMER is raised on its return to the guest once the deadline has
-/// come, as KVM's `lapic_timer_advance` hides VM entry. Deadline 0: none held.
-#[derive(Default)]
-pub struct HeldTimer {
-    deadline_ns: AtomicU64,
-    fire_at_ns: AtomicU64,
-    /// The CPU whose interrupt held it: only that CPU learns from its latency (a vCPU moved
-    /// meanwhile returns to its guest on another CPU, after a move the advance cannot hide).
-    cpu: AtomicU32,
-}
-
-/// Holds `timer` (due early) on its vCPU and wakes it, if the vCPU is blocked and not
+/// Holds `timer` (due early) on its vCPU ([`bvt::HeldTimer`]) and wakes it, if the vCPU is
+/// blocked and not
 /// polling (a poll ends on its ports, which the timer's port may not be among); false if
 /// it was not held (the caller fires it as usual).
 fn hold(timer: &Timer) -> bool {
     let vcpu = &timer.vcpu;
     let blocked = timer.kind == TimerKind::Guest && vcpu.state() == RunState::Blocked && vcpu.poll_target().is_none();
-    if !blocked || vcpu.timer_deadline.load(Ordering::Acquire) != timer.deadline_ns {
+    if !blocked || vcpu.sched.timer_deadline.load(Ordering::Acquire) != timer.deadline_ns {
         return false;
     }
-    let held = &vcpu.held_timer;
+    let held = &vcpu.sched.held_timer;
     held.fire_at_ns.store(timer.fire_at_ns, Ordering::Relaxed);
     held.cpu.store(this_cpu(), Ordering::Relaxed);
     held.deadline_ns.store(timer.deadline_ns, Ordering::Release);
     if wake(vcpu) {
-        vcpu.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
+        vcpu.sched.warped_deadline_ns.store(timer.deadline_ns, Ordering::Relaxed);
         return true;
     }
     // Something else woke it meanwhile, and it may block again before it returns to the
@@ -539,7 +490,7 @@ fn hold(timer: &Timer) -> bool {
 /// guest's: neither its domain's CPU time nor its BVT virtual time (else a domain woken
 /// every 1 ms would pay for the hiding of its wake-up path with its warp, and lose it).
 pub fn release_held_timer(vcpu: &Vcpu) {
-    let held = &vcpu.held_timer;
+    let held = &vcpu.sched.held_timer;
     if held.deadline_ns.load(Ordering::Relaxed) == 0 {
         return;
     }
@@ -555,16 +506,16 @@ pub fn release_held_timer(vcpu: &Vcpu) {
     let held_here = held.cpu.load(Ordering::Relaxed) == this_cpu();
     with_local(|local| {
         if held_here {
-            local.timers.observe(ready.saturating_sub(fire_at));
+            local.timers.queues.observe(ready.saturating_sub(fire_at));
         }
-        local.queue.forgive_running(now - ready);
+        bvt::Queue::forgive_running(local.core.queue_mut(), now - ready);
         local.since_tsc = local.since_tsc.wrapping_add(waited_ticks);
     });
-    let stats = &mine().stats;
+    let stats = my_stats();
     stats.timer_late_warped.record(now.saturating_sub(deadline));
     stats.held_wait_ns.fetch_add(now - ready, Ordering::Relaxed);
-    if vcpu.timer_deadline.compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-        crate::pv::events::timer_fired(vcpu);
+    if vcpu.sched.timer_deadline.compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        (glue().timer_fired)(vcpu);
     }
 }
 
@@ -575,26 +526,26 @@ pub fn release_held_timer(vcpu: &Vcpu) {
 /// since the last (Xen's `vcpu_periodic_timer_work`). Costs a few loads otherwise.
 pub fn periodic_tick(vcpu: &Vcpu) {
     let period = vcpu.domain.slot(vcpu.id).map_or(0, |slot| slot.periodic_ns.load(Ordering::Acquire));
-    let armed_for = vcpu.periodic_armed_ns.load(Ordering::Acquire);
-    if period == armed_for && (period == 0 || vcpu.periodic_deadline.load(Ordering::Acquire) != 0) {
+    let armed_for = vcpu.sched.periodic_armed_ns.load(Ordering::Acquire);
+    if period == armed_for && (period == 0 || vcpu.sched.periodic_deadline.load(Ordering::Acquire) != 0) {
         return;
     }
     let Some(me) = vcpu.domain.vcpu(vcpu.id) else { return };
     if period == 0 {
-        vcpu.periodic_deadline.store(0, Ordering::Release);
-        vcpu.periodic_armed_ns.store(0, Ordering::Release);
+        vcpu.sched.periodic_deadline.store(0, Ordering::Release);
+        vcpu.sched.periodic_armed_ns.store(0, Ordering::Release);
         arm(&me, TimerKind::Periodic, 0);
         return;
     }
     let now = time::since_boot_ns();
-    let mut next = vcpu.periodic_last_ns.load(Ordering::Acquire).saturating_add(period);
+    let mut next = vcpu.sched.periodic_last_ns.load(Ordering::Acquire).saturating_add(period);
     if now >= next {
-        crate::pv::events::timer_fired(vcpu);
-        vcpu.periodic_last_ns.store(now, Ordering::Release);
+        (glue().timer_fired)(vcpu);
+        vcpu.sched.periodic_last_ns.store(now, Ordering::Release);
         next = now.saturating_add(period);
     }
-    vcpu.periodic_deadline.store(next, Ordering::Release);
-    vcpu.periodic_armed_ns.store(period, Ordering::Release);
+    vcpu.sched.periodic_deadline.store(next, Ordering::Release);
+    vcpu.sched.periodic_armed_ns.store(period, Ordering::Release);
     arm(&me, TimerKind::Periodic, next);
 }
 
@@ -602,20 +553,17 @@ pub fn periodic_tick(vcpu: &Vcpu) {
 /// rewritten into guest frames.
 pub fn enter_idle() {
     with_local(|local| local.scheduling = true);
-    shared()[this_cpu() as usize].idle.store(true, Ordering::SeqCst);
+    boards()[this_cpu() as usize].enter_idle();
 }
 
 /// Whether messages or arrivals wait for this CPU (the idle loop then interrupts itself).
 pub fn has_work() -> bool {
-    SHARED.get().is_some_and(|all| {
-        let mine = &all[this_cpu() as usize];
-        mine.inbox.has_messages() || !mine.arrivals.is_empty()
-    })
+    BOARDS.get().is_some_and(|all| all[this_cpu() as usize].has_work())
 }
 
 /// The vCPU this CPU runs, if any.
 pub fn current() -> Option<&'static Vcpu> {
-    let ptr = percpu::current().current.load(Ordering::Relaxed);
+    let ptr = running_slot().load(Ordering::Relaxed);
     // SAFETY: `current` holds a pointer from `Arc::into_raw` while the vCPU runs here; the
     // reference is used only within the trap that is running on this CPU.
     (!ptr.is_null()).then(|| unsafe { &*ptr })
@@ -641,7 +589,9 @@ pub fn on_trap_exit(frame: &mut TrapFrame) {
     let mut leaving = Vec::new();
     with_local(|local| {
         if from_guest || (local.scheduling && from_idle) {
-            local.schedule(frame, here, &mut leaving);
+            let Local { core, timers, since_tsc, fpu_holder, .. } = local;
+            let mut exit = Exit { now: time::since_boot_ns(), frame, stack_top: here.stack_top, timers, since_tsc, fpu_holder, leaving: &mut leaving, stats: my_stats() };
+            core.schedule(boards(), &mut exit);
         }
     });
     for domain in leaving {
@@ -660,15 +610,7 @@ fn runstate_after(vcpu: &Vcpu) -> abi::vcpu::Runstate {
     }
 }
 
-/// What to do with a vCPU the queue named.
-enum Verdict {
-    Run,
-    /// Not runnable now (blocked, or its domain paused): off the queue's runnable set.
-    Block,
-    /// Stopped, or its domain is going away: off the queue for good.
-    Drop,
-}
-
+/// What may happen to a vCPU the queue named, or the running one (see [`bvt::Verdict`]).
 fn verdict(vcpu: &Vcpu) -> Verdict {
     match vcpu.state() {
         RunState::Stopped => Verdict::Drop,
@@ -679,349 +621,211 @@ fn verdict(vcpu: &Vcpu) -> Verdict {
     }
 }
 
-impl Local {
-    fn schedule(&mut self, frame: &mut TrapFrame, here: &PerCpu, leaving: &mut Vec<Arc<Domain>>) {
-        let me = here.index.0;
-        let mine = &shared()[me as usize];
-        let now = time::since_boot_ns();
-        let drained = self.queue.drain(now);
-        // After the drain, never before: a vCPU's `Arc` is pushed before its `Add`/`Arrive`
-        // is posted, so every vCPU the drain put in the queue is in `arrivals` by now. (Taken
-        // before the drain, an `Arc` pushed in between would be missing from `members` while
-        // the queue already names its vCPU, which would then be dropped as unknown.)
-        while let Some(vcpu) = mine.arrivals.pop() {
-            // A vCPU that moved here left its timers behind (see `give_away`).
-            self.rearm_timers(&vcpu);
-            self.unsettled.push(vcpu.key);
-            self.members.insert(vcpu.key, vcpu);
-        }
-        let mut decide = drained.reschedule;
-        for action in drained.actions {
-            self.carry_out(action);
-        }
-        self.settle_arrivals(now);
-        let loaded = current();
-        if let Some(vcpu) = loaded {
-            decide |= self.settle(vcpu, now);
-        }
-        decide |= self.slice_end_ns.is_some_and(|end| now >= end) || (loaded.is_none() && self.queue.load() > 0);
-        if decide {
-            self.decide(frame, here, loaded, now, leaving);
-        }
-        if drained.woke {
-            self.push_waiting_warped(mine, now);
-        }
-        if current().is_none() {
-            // Idle: look for work at every wake-up unless a look is planned already.
-            if self.balance_at_ns.is_none_or(|at| now >= at) {
-                self.balance(me, mine, now);
-            }
-        } else if self.queue.load() >= STEAL_MIN_LOAD {
-            wake_idle_neighbour(mine);
-        }
-        self.program_timer(now);
+/// The machine as this CPU's scheduler sees it on the way out of one trap: the frame it
+/// returns through, this CPU's timers and the domains whose vCPUs it stopped running.
+struct Exit<'a> {
+    /// System time when the exit began (the decision's time).
+    now: u64,
+    frame: &'a mut TrapFrame,
+    stack_top: u64,
+    timers: &'a mut Timers,
+    since_tsc: &'a mut u64,
+    fpu_holder: &'a mut Option<VcpuKey>,
+    /// Domains this CPU no longer runs a vCPU of, to [`leave`] once the frame no longer
+    /// depends on them.
+    leaving: &'a mut Vec<Arc<Domain>>,
+    stats: &'static Stats,
+}
+
+impl Platform<VcpuKey, Arc<Vcpu>> for Exit<'_> {
+    fn now_ns(&self) -> u64 {
+        self.now
     }
 
-    /// Carries out what a drain asked for.
-    fn carry_out(&mut self, action: Action<VcpuKey>) {
-        match action {
-            Action::Migrate { vcpu: key, state, to } => {
-                let Some(vcpu) = self.forget(key) else { return };
-                mine().stats.migrations.fetch_add(1, Ordering::Relaxed);
-                self.give_away(vcpu, state, online_or_boot(to.0));
-            }
-            Action::Removed(key) => self.retire(key),
-            // In flight to a thief (runnable already; the thief re-reads the parameters)
-            // or gone: nothing to do.
-            Action::Bounced { message: Message::Wake(_) | Message::SetParams(..) | Message::Remove(_), .. } => {}
-            Action::Bounced { message, reason } => warn!("sched: cpu {} could not apply {message:?}: {reason:?}", self.queue.cpu().0),
-        }
+    /// Arms the local timer for the earliest of the next latency-sensitive timer, the next
+    /// other timer plus the slop, the slice's end and the next look for work (unless it is
+    /// armed for it already: see [`CpuTimers::program`]).
+    fn program_timer(&mut self, now_ns: u64, deadlines: [Option<u64>; 2]) {
+        self.timers.queues.program(now_ns, deadlines, &mut LocalApic);
     }
 
-    /// Brings the parameters of vCPUs that arrived in the queue up to their domain's.
-    fn settle_arrivals(&mut self, now: u64) {
-        let mut i = 0;
-        while i < self.unsettled.len() {
-            let key = self.unsettled[i];
-            let Some(view) = self.queue.vcpu(key) else {
-                // Its message is not drained yet (or it is gone already).
-                if self.member(key).is_none() {
-                    self.unsettled.swap_remove(i);
-                } else {
-                    i += 1;
-                }
-                continue;
-            };
-            self.unsettled.swap_remove(i);
-            if let Some(vcpu) = self.member(key) {
-                let params = bvt_params(&vcpu.domain, &vcpu.domain.params.lock());
-                if params != view.params {
-                    let _ = self.queue.set_params(key, params, now);
-                }
-            }
-        }
-        shrink_when_sparse(&mut self.unsettled, MIN_TABLE_CAPACITY);
+    fn send_ipi(&mut self, cpu: u32) {
+        lapic::send_ipi(cpus::all()[cpu as usize].apic_id, vectors::RESCHEDULE);
     }
 
-    /// Folds what happened to the running vCPU into the queue; true if a decision is due.
-    fn settle(&mut self, vcpu: &Vcpu, now: u64) -> bool {
-        match verdict(vcpu) {
-            Verdict::Drop => {
-                self.retire(vcpu.key);
-                true
+    fn is_online(&self, cpu: u32) -> bool {
+        is_online(cpu)
+    }
+
+    fn verdict(&mut self, vcpu: &Arc<Vcpu>) -> Verdict {
+        verdict(vcpu)
+    }
+
+    /// The running vCPU is back from a poll (an event or the timeout woke it), and may
+    /// have asked to yield.
+    fn yielded(&mut self, vcpu: &Arc<Vcpu>) -> bool {
+        if vcpu.poll_target().is_some() || vcpu.sched.poll_deadline.load(Ordering::Relaxed) != 0 {
+            self.timers.end_poll(vcpu);
+        }
+        vcpu.sched.yield_requested.swap(false, Ordering::Relaxed)
+    }
+
+    /// Its domain's parameters (an arrival re-reads them once it is in the queue).
+    fn params(&self, vcpu: &Arc<Vcpu>) -> BvtParams {
+        bvt_params(&vcpu.domain, &vcpu.domain.params.lock())
+    }
+
+    fn switch_out(&mut self, vcpu: &Arc<Vcpu>) {
+        let domain = switch_out(vcpu, self.frame, *self.since_tsc, self.timers);
+        self.leaving.push(domain);
+    }
+
+    fn switch_in(&mut self, vcpu: &Arc<Vcpu>) -> bool {
+        let woken_at = vcpu.sched.woken_at_ns.swap(0, Ordering::Relaxed);
+        let warped_deadline = vcpu.sched.warped_deadline_ns.swap(0, Ordering::Relaxed);
+        if let Err(domain) = switch_in(vcpu.clone(), self.frame, self.fpu_holder) {
+            self.leaving.push(domain);
+            return false;
+        }
+        let now = self.now;
+        self.stats.switches.fetch_add(1, Ordering::Relaxed);
+        if woken_at != 0 {
+            self.stats.wake_to_run.record(now.saturating_sub(woken_at));
+            if warped_deadline != 0 {
+                self.stats.warped_to_run.record(now.saturating_sub(warped_deadline));
             }
-            Verdict::Block => {
-                let _ = self.queue.block(vcpu.key, now);
-                true
-            }
-            Verdict::Run => {
-                if vcpu.poll_target().is_some() || vcpu.poll_deadline.load(Ordering::Relaxed) != 0 {
-                    self.end_poll(vcpu);
-                }
-                let yielded = vcpu.yield_requested.swap(false, Ordering::Relaxed);
-                if yielded {
-                    self.queue.yield_current();
-                }
-                yielded
-            }
+        }
+        *self.since_tsc = time::rdtsc();
+        true
+    }
+
+    fn to_idle(&mut self) {
+        idle_frame(self.frame, self.stack_top);
+    }
+
+    /// The vCPU leaves for `cpu` without its timers: they leave this CPU's queues here and
+    /// are armed again on `cpu` as the vCPU arrives (from its deadlines), so no queue here
+    /// holds the vCPU once it has gone.
+    fn depart(&mut self, vcpu: &Arc<Vcpu>, cpu: u32) {
+        self.timers.drop_all(vcpu);
+        vcpu.sched.home.store(cpu, Ordering::SeqCst);
+    }
+
+    /// A vCPU that moved here left its timers behind: armed here from its deadlines.
+    fn arrive(&mut self, vcpu: &Arc<Vcpu>) {
+        self.timers.rearm(vcpu);
+    }
+
+    /// A vCPU that will never run again: its timers (all in this CPU's queues) would only
+    /// keep it (and its domain) alive until they fire.
+    fn retire(&mut self, key: VcpuKey, vcpu: &Arc<Vcpu>) {
+        self.timers.drop_all(vcpu);
+        if *self.fpu_holder == Some(key) {
+            *self.fpu_holder = None;
         }
     }
 
-    /// The running vCPU is back from a poll (an event or the timeout woke it).
+    fn note(&mut self, note: Note<VcpuKey>) {
+        match note {
+            Note::Migrated(_) => {
+                self.stats.migrations.fetch_add(1, Ordering::Relaxed);
+            }
+            Note::Pushed { .. } => {
+                self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+            }
+            Note::Bounced { message, reason } => warn!("sched: cpu {} could not apply {message:?}: {reason:?}", self.timers.cpu),
+            Note::Unknown(_) => warn!("sched: cpu {} queue named an unknown vCPU", self.timers.cpu),
+        }
+    }
+}
+
+impl Timers {
+    /// The running vCPU is back from a poll: its timeout goes.
     fn end_poll(&mut self, vcpu: &Vcpu) {
         vcpu.end_poll();
-        vcpu.poll_deadline.store(0, Ordering::Release);
-        if let Some(armed) = vcpu.timers.lock().poll.take() {
-            self.cancel_timer(armed);
+        vcpu.sched.poll_deadline.store(0, Ordering::Release);
+        if let Some(armed) = vcpu.sched.timers.lock().poll.take() {
+            self.cancel(armed);
         }
     }
 
     /// Cancels a timer if it waits in one of this CPU's queues (a vCPU's timers are always
     /// in its home's: see the module's Timers).
-    fn cancel_timer(&mut self, armed: Armed) {
-        if armed.cpu == self.queue.cpu().0 {
-            self.timers.cancel(armed.timer);
+    fn cancel(&mut self, armed: ArmedAt) {
+        if armed.cpu == self.cpu {
+            self.queues.cancel(armed.timer);
         }
-    }
-
-    /// Asks the queue what runs next and makes the frame return to it.
-    fn decide(&mut self, frame: &mut TrapFrame, here: &PerCpu, mut loaded: Option<&Vcpu>, now: u64, leaving: &mut Vec<Arc<Domain>>) {
-        let mine = &shared()[here.index.0 as usize];
-        // The frame returns to a guest (else to the idle loop, which it may stay in).
-        let guest_frame = loaded.is_some();
-        loop {
-            let decision = self.queue.pick_next(now);
-            let warped = decision.run.and_then(|key| self.queue.vcpu(key)).is_some_and(|view| view.warped);
-            mine.runs_warped.store(warped, Ordering::Relaxed);
-            let Some(key) = decision.run else {
-                if let Some(vcpu) = loaded.take() {
-                    leaving.push(self.switch_out(vcpu, frame, here));
-                }
-                if guest_frame {
-                    idle_frame(frame, here.stack_top);
-                }
-                self.slice_end_ns = None;
-                mine.runs_warped.store(false, Ordering::Relaxed);
-                mine.idle.store(true, Ordering::SeqCst);
-                self.balance(here.index.0, mine, now);
-                return;
-            };
-            if loaded.is_some_and(|v| v.key == key) {
-                self.slice_end_ns = decision.slice_ns.map(|s| now + s);
-                return;
-            }
-            let Some(vcpu) = self.member(key) else {
-                warn!("sched: cpu {} queue named an unknown vCPU", here.index.0);
-                let _ = self.queue.remove(key, now);
-                continue;
-            };
-            match verdict(&vcpu) {
-                Verdict::Run => {}
-                Verdict::Block => {
-                    let _ = self.queue.block(key, now);
-                    continue;
-                }
-                Verdict::Drop => {
-                    self.retire(key);
-                    continue;
-                }
-            }
-            if let Some(out) = loaded.take() {
-                leaving.push(self.switch_out(out, frame, here));
-            }
-            let woken_at = vcpu.woken_at_ns.swap(0, Ordering::Relaxed);
-            let warped_deadline = vcpu.warped_deadline_ns.swap(0, Ordering::Relaxed);
-            if let Err(domain) = switch_in(vcpu, frame, &mut self.fpu_holder) {
-                self.retire(key);
-                leaving.push(domain);
-                continue;
-            }
-            mine.idle.store(false, Ordering::SeqCst);
-            mine.balancing.store(false, Ordering::Relaxed);
-            self.balance_at_ns = None;
-            mine.stats.switches.fetch_add(1, Ordering::Relaxed);
-            if woken_at != 0 {
-                mine.stats.wake_to_run.record(now.saturating_sub(woken_at));
-                if warped_deadline != 0 {
-                    mine.stats.warped_to_run.record(now.saturating_sub(warped_deadline));
-                }
-            }
-            self.since_tsc = time::rdtsc();
-            self.slice_end_ns = decision.slice_ns.map(|s| now + s);
-            return;
-        }
-    }
-
-    /// A warped vCPU that woke here but waits behind the running one (a warped vCPU too,
-    /// whose wake-up it would otherwise wait out) moves to the nearest CPU that runs no
-    /// warped vCPU, where its warp puts it on the CPU at once: as Linux pushes a woken
-    /// real-time task to a CPU that runs lower-priority work. With several latency-sensitive
-    /// domains per CPU, their wake-ups no longer queue behind one another while another CPU
-    /// runs a CPU hog.
-    fn push_waiting_warped(&mut self, mine: &Shared, now: u64) {
-        let Some(key) = self.queue.waiting_warped() else { return };
-        let all = shared();
-        let free = |cpu: &&u32| is_online(**cpu) && !all[**cpu as usize].runs_warped.load(Ordering::Relaxed);
-        let Some(&to) = mine.nearest.iter().find(free) else { return };
-        if !self.members.contains_key(&key) {
-            return;
-        }
-        let Ok(state) = self.queue.remove(key, now) else { return };
-        let Some(vcpu) = self.members.remove(&key) else { return };
-        // Claimed until its next decision, so that no CPU pushes another one there meanwhile.
-        all[to as usize].runs_warped.store(true, Ordering::Relaxed);
-        mine.stats.pushes.fetch_add(1, Ordering::Relaxed);
-        self.give_away(vcpu, state, to);
-    }
-
-    /// Hands a vCPU taken off this CPU to `cpu`, without its timers: they leave this CPU's
-    /// queues here and are armed again on `cpu` as the vCPU arrives (from its deadlines), so
-    /// no queue here holds the vCPU once it has gone.
-    fn give_away(&mut self, vcpu: Arc<Vcpu>, state: VcpuState, cpu: u32) {
-        self.drop_timers(&vcpu);
-        hand_over(vcpu, state, cpu);
     }
 
     /// Takes `vcpu`'s timers out of this CPU's queues.
-    fn drop_timers(&mut self, vcpu: &Vcpu) {
-        let mut timers = vcpu.timers.lock();
+    fn drop_all(&mut self, vcpu: &Vcpu) {
+        let mut timers = vcpu.sched.timers.lock();
         let armed = &mut *timers;
         for slot in [&mut armed.guest, &mut armed.poll, &mut armed.periodic] {
             if let Some(timer) = slot.take() {
-                self.cancel_timer(timer);
+                self.cancel(timer);
             }
         }
     }
 
     /// Arms (deadline != 0) or cancels one of `vcpu`'s timers in this CPU's queues.
-    fn arm_timer(&mut self, vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
-        let me = self.queue.cpu().0;
+    fn arm(&mut self, vcpu: &Arc<Vcpu>, kind: TimerKind, deadline_ns: u64) {
+        let me = self.cpu;
         let latency_sensitive = kind == TimerKind::Guest && deadline_ns != 0 && vcpu.domain.params.lock().warp_ns > 0;
-        let mut timers = vcpu.timers.lock();
+        let mut timers = vcpu.sched.timers.lock();
         let slot = match kind {
             TimerKind::Guest => &mut timers.guest,
             TimerKind::PollTimeout => &mut timers.poll,
             TimerKind::Periodic => &mut timers.periodic,
         };
         if let Some(armed) = slot.take() {
-            self.cancel_timer(armed);
+            self.cancel(armed);
         }
         if deadline_ns != 0 {
             let vcpu = vcpu.clone();
-            let timer = self.timers.insert(deadline_ns, latency_sensitive, |fire_at_ns| Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu });
-            *slot = Some(Armed { cpu: me, timer });
+            let timer = self.queues.insert(deadline_ns, latency_sensitive, |fire_at_ns| Timer { kind, deadline_ns, fire_at_ns, latency_sensitive, vcpu });
+            *slot = Some(ArmedAt { cpu: me, timer });
         }
     }
 
     /// Arms here the timers of a vCPU that arrived from another CPU, from its deadlines.
-    fn rearm_timers(&mut self, vcpu: &Arc<Vcpu>) {
-        for (kind, deadline) in [(TimerKind::Guest, &vcpu.timer_deadline), (TimerKind::PollTimeout, &vcpu.poll_deadline)] {
+    fn rearm(&mut self, vcpu: &Arc<Vcpu>) {
+        for (kind, deadline) in [(TimerKind::Guest, &vcpu.sched.timer_deadline), (TimerKind::PollTimeout, &vcpu.sched.poll_deadline)] {
             let deadline_ns = deadline.load(Ordering::Acquire);
             if deadline_ns != 0 {
-                self.arm_timer(vcpu, kind, deadline_ns);
+                self.arm(vcpu, kind, deadline_ns);
             }
         }
     }
-
-    fn member(&self, key: VcpuKey) -> Option<Arc<Vcpu>> {
-        self.members.get(&key).cloned()
-    }
-
-    /// Takes a vCPU off this CPU: out of the queue and the members (its timers stay).
-    fn forget(&mut self, key: VcpuKey) -> Option<Arc<Vcpu>> {
-        let _ = self.queue.remove(key, time::since_boot_ns());
-        self.members.remove(&key)
-    }
-
-    /// Takes a vCPU that will never run again off this CPU for good, with its timers (all
-    /// in this CPU's queues): they would only keep it (and its domain) alive until they fire.
-    fn retire(&mut self, key: VcpuKey) {
-        let Some(vcpu) = self.forget(key) else { return };
-        self.drop_timers(&vcpu);
-        if self.fpu_holder == Some(key) {
-            self.fpu_holder = None;
-        }
-    }
-
-    /// Saves the running vCPU's state from this CPU; returns its domain, which the caller
-    /// must [`leave`] once the frame no longer depends on it.
-    fn switch_out(&mut self, vcpu: &Vcpu, frame: &TrapFrame, here: &PerCpu) -> Arc<Domain> {
-        let ran = time::tsc_to_ns(time::rdtsc().wrapping_sub(self.since_tsc));
-        vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
-        // Its periodic timer runs only while it does.
-        vcpu.periodic_deadline.store(0, Ordering::Release);
-        vcpu.periodic_armed_ns.store(0, Ordering::Release);
-        let periodic = vcpu.timers.lock().periodic.take();
-        if let Some(armed) = periodic {
-            self.cancel_timer(armed);
-        }
-        vcpu.runstate.lock().change(runstate_after(vcpu), time::since_boot_ns());
-        let in_kernel = {
-            let mut ctx = vcpu.ctx.lock();
-            ctx.regs = frame.clone();
-            crate::pv::fpu::switch_out(&mut ctx);
-            ctx.fpu_saved_on = here.index.0;
-            ctx.fs_base = FsBase::read().as_u64();
-            // The guest's GS base sits in KERNEL_GS_BASE while the hypervisor runs (swapgs).
-            let gs = KernelGsBase::read().as_u64();
-            if ctx.in_kernel { ctx.gs_base_kernel = gs } else { ctx.gs_base_user = gs }
-            ctx.selectors = crate::arch::gdt::data_selectors();
-            ctx.in_kernel
-        };
-        // Its tables are still loaded: the area is written in its own address space.
-        crate::pv::vcpuop::update_runstate_area(vcpu, in_kernel);
-        vcpu.set_running_on(None);
-        let ptr = here.current.swap(core::ptr::null_mut(), Ordering::Relaxed);
-        // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
-        // this CPU's hold on the vCPU.
-        let vcpu = unsafe { Arc::from_raw(ptr) };
-        vcpu.domain.clone()
-    }
-
-    /// This CPU is idle: asks the nearest CPU with a vCPU waiting long enough for one (it
-    /// answers at its next decision, not interrupted for it), and comes back to look again
-    /// while any CPU has a vCPU waiting.
-    fn balance(&mut self, me: u32, mine: &Shared, now: u64) {
-        let all = shared();
-        let inboxes = mine.nearest.iter().map(|&cpu| &*all[cpu as usize].inbox);
-        bvt::steal_from_nearest(CpuId(me), inboxes);
-        let busy = mine.nearest.iter().any(|&cpu| all[cpu as usize].inbox.load() >= STEAL_MIN_LOAD);
-        self.balance_at_ns = busy.then_some(now + BALANCE_INTERVAL_NS);
-        mine.balancing.store(busy, Ordering::Relaxed);
-    }
-
-    /// Arms the local timer for the earliest of the next latency-sensitive timer, the next
-    /// other timer plus the slop, the slice's end and the next look for work (unless it is
-    /// armed for it already: see [`CpuTimers::program`]).
-    fn program_timer(&mut self, now: u64) {
-        self.timers.program(now, [self.slice_end_ns, self.balance_at_ns], &mut LocalApic);
-    }
 }
 
-/// Loads `vcpu` onto this CPU: registers into the frame, its tables into CR3, its GDT, LDT
-/// and data selectors, its x87/SSE/AVX state into the registers (unless `fpu_holder`, the
-/// vCPU whose state they hold, is this one and it was saved here last), its XCR0, CR0.TS and
-/// debug registers. Refuses when its domain is shutting down
+/// Saves the running vCPU's state from this CPU (through [`Glue::save`]) and its domain's
+/// CPU time since `since_tsc`; returns its domain, which the caller must [`leave`] once the
+/// frame no longer depends on it.
+fn switch_out(vcpu: &Vcpu, frame: &TrapFrame, since_tsc: u64, timers: &mut Timers) -> Arc<Domain> {
+    let ran = time::tsc_to_ns(time::rdtsc().wrapping_sub(since_tsc));
+    vcpu.domain.counters.cpu_time_ns.fetch_add(ran, Ordering::Relaxed);
+    // Its periodic timer runs only while it does.
+    vcpu.sched.periodic_deadline.store(0, Ordering::Release);
+    vcpu.sched.periodic_armed_ns.store(0, Ordering::Release);
+    let periodic = vcpu.sched.timers.lock().periodic.take();
+    if let Some(armed) = periodic {
+        timers.cancel(armed);
+    }
+    vcpu.runstate.lock().change(runstate_after(vcpu), time::since_boot_ns());
+    (glue().save)(vcpu, frame);
+    vcpu.set_running_on(None);
+    let ptr = running_slot().swap(core::ptr::null_mut(), Ordering::Relaxed);
+    // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
+    // this CPU's hold on the vCPU.
+    let vcpu = unsafe { Arc::from_raw(ptr) };
+    vcpu.domain.clone()
+}
+
+/// Loads `vcpu` onto this CPU through [`Glue::load`]: registers into the frame, its tables
+/// into CR3, its GDT, LDT and data selectors, its x87/SSE/AVX state into the registers
+/// (unless `fpu_holder`, the vCPU whose state they hold, is this one and it was saved here
+/// last), its XCR0, CR0.TS and debug registers. Refuses when its domain is shutting down
 /// (returning the domain to [`leave`]): a domain's memory may be returned as soon as no CPU
 /// counts as running it, so the count is raised before CR3 is loaded. Before CR3 is loaded
 /// this CPU also joins the domain's dirty CPUs (those a TLB flush for its frames must
@@ -1035,33 +839,9 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
     vcpu.domain.dirty_cpus.insert(me);
     vcpu.set_running_on(Some(me));
     vcpu.runstate.lock().change(abi::vcpu::Runstate::Running, time::since_boot_ns());
-    let in_kernel = {
-        let ctx = vcpu.ctx.lock();
-        *frame = ctx.regs.clone();
-        let resident = *fpu_holder == Some(vcpu.key) && ctx.fpu_saved_on == this_cpu();
-        crate::pv::fpu::switch_in(&ctx, resident);
-        *fpu_holder = Some(vcpu.key);
-        let l4 = ctx.active_l4().expect("a runnable vCPU has page tables");
-        crate::tlb::load_guest_tables(l4);
-        ctx.in_kernel
-    };
-    crate::pv::vcpuop::update_runstate_area(&vcpu, in_kernel);
-    crate::pv::shared::publish_time(&vcpu);
-    crate::pv::descriptors::load(&vcpu.gdt.lock());
-    crate::pv::ldt::load(&vcpu.ldt.lock());
-    {
-        // Its data selectors, from the tables just loaded (fs and gs loads replace their
-        // bases: the guest's are written after); one that no longer loads is nulled and the
-        // vCPU gets its failsafe callback on the way out (Xen's `load_segments`).
-        let mut ctx = vcpu.ctx.lock();
-        if crate::arch::gdt::load_data_selectors(ctx.selectors) != 0 {
-            ctx.bad_selectors = Some(ctx.selectors);
-        }
-        FsBase::write(VirtAddr::new_truncate(ctx.fs_base));
-        let gs = if ctx.in_kernel { ctx.gs_base_kernel } else { ctx.gs_base_user };
-        KernelGsBase::write(VirtAddr::new_truncate(gs));
-    }
-    percpu::current().current.store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
+    (glue().load)(&vcpu, frame, *fpu_holder == Some(vcpu.sched.key));
+    *fpu_holder = Some(vcpu.sched.key);
+    running_slot().store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
     Ok(())
 }
 
@@ -1069,28 +849,13 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
 fn idle_frame(frame: &mut TrapFrame, stack_top: u64) {
     crate::tlb::load_hypervisor_tables();
     *frame = TrapFrame {
-        rip: crate::idle::run as *const () as u64,
+        rip: glue().idle_loop as *const () as u64,
         cs: HYPERVISOR_CS as u64,
         rflags: 0x2,
         rsp: stack_top - 8,
         ss: HYPERVISOR_DS as u64,
         ..TrapFrame::zeroed()
     };
-}
-
-/// Work is waiting here: wakes the nearest idle CPU that is not looking for work already,
-/// so that it starts to.
-fn wake_idle_neighbour(mine: &Shared) {
-    let all = shared();
-    let asleep = |cpu: &&u32| {
-        let other = &all[**cpu as usize];
-        other.idle.load(Ordering::Relaxed) && !other.balancing.load(Ordering::Relaxed)
-    };
-    if let Some(&cpu) = mine.nearest.iter().find(asleep) {
-        // Set here too, so that this CPU does not wake it again before it looked.
-        all[cpu as usize].balancing.store(true, Ordering::Relaxed);
-        kick(cpu);
-    }
 }
 
 /// This CPU no longer runs a vCPU of `domain` (its CR3 has moved on); the last CPU to
@@ -1104,6 +869,6 @@ fn leave(domain: &Arc<Domain>) {
     }
     let last = domain.running_vcpus.fetch_sub(1, Ordering::AcqRel) == 1;
     if last && domain.state() == LifeState::ShuttingDown {
-        domain.destroy();
+        (glue().destroy)(domain);
     }
 }

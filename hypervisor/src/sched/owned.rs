@@ -8,7 +8,7 @@
 use alloc::vec::Vec;
 use core::cell::{Cell, UnsafeCell};
 
-use crate::percpu;
+use crate::arch::percpu;
 
 struct Slot<T> {
     lent: Cell<bool>,

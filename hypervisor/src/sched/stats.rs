@@ -87,7 +87,7 @@ pub struct Stats {
     /// memory compactions are long by design; these are what any guest can cause).
     pub in_hypervisor_domu: Latency,
     /// Time spent waiting out the deadlines of held timers, whose vCPUs were switched in
-    /// ahead of them (see `sched::HeldTimer`): hypervisor time spent to hide a warping
+    /// ahead of them (see `bvt::HeldTimer`): hypervisor time spent to hide a warping
     /// domain's wake-up path, charged to no domain.
     pub held_wait_ns: AtomicU64,
     /// What caused the longest stay so far ([`Stay::raw`]).
@@ -151,12 +151,10 @@ impl Stats {
 /// `sched.cpuN.longest_stay`: what caused the longest stay in the hypervisor (and
 /// `longest_domu_stay` for `in_hypervisor_domu`, the stays begun while an unprivileged domain
 /// ran); then, over all CPUs, `sched.max_stay_us` (the longest stay with interrupts off, in
-/// the run) and `sched.max_stay_cause`.
-pub fn report() {
-    let Some(all) = super::SHARED.get() else { return };
+/// the run) and `sched.max_stay_cause`. `all`: each CPU's, in order.
+pub fn report<'a>(all: impl Iterator<Item = &'a Stats>) {
     let mut longest: Option<(u64, Stay)> = None;
-    for (cpu, shared) in all.iter().enumerate() {
-        let stats = &shared.stats;
+    for (cpu, stats) in all.enumerate() {
         let max_ns = stats.in_hypervisor.max_ns.load(Ordering::Relaxed);
         if stats.in_hypervisor.count() > 0 && longest.is_none_or(|(ns, _)| max_ns > ns) {
             longest = Some((max_ns, Stay::from_raw(stats.longest_stay.load(Ordering::Relaxed))));

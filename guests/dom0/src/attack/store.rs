@@ -15,8 +15,9 @@
 //! domain 0 binds each console port, so the hypervisor drains none of these rings), routes
 //! serial input (`VIRQ_CONSOLE`, `CONSOLEIO_read`) to the domain in focus (Ctrl-A three
 //! times moves the focus: domain 0, then each served domain in turn), and
-//! when a domain shuts down it
-//! unmaps its ring, closes its port, removes its home and releases it
+//! when a domain shuts down (`VIRQ_DOM_EXC` says one did; every [`ENDING_POLL_ROUNDS`]
+//! rounds domain 0 looks anyway) it drains what is left in its console ring (its last
+//! line too), unmaps its rings, closes its ports, removes its home and releases it
 //! (`Store::destroy_domain`), and destroys it. The check passes when every good domain
 //! powered off (its own checks passed: "xs: all checks passed"), every hostile one was cut
 //! off alone (its connection broken, the others served on), no node, watch or connection
@@ -56,6 +57,26 @@ const BUDGET: usize = 8;
 const MAX_DOMAINS: usize = 8;
 /// The largest `mem_kib` a domain of this check may ask for (64 MiB).
 const MAX_MEM_KIB: u64 = 64 << 10;
+/// Without `VIRQ_DOM_EXC`, domain 0 looks for domains that ended every this many rounds.
+pub(super) const ENDING_POLL_ROUNDS: u64 = 64;
+
+/// Binds `VIRQ_DOM_EXC` (a domain ended) to [`on_event`].
+pub(super) fn bind_dom_exc(events: Events) -> Result<EvtchnPort, Failure> {
+    let port = evtchn::bind_virq(Virq::DomExc, VcpuId(0)).map_err(|_| Failure::Setup("bind VIRQ_DOM_EXC"))?;
+    events.set_handler(port, on_event).map_err(|_| Failure::Setup("a handler for VIRQ_DOM_EXC"))?;
+    Ok(port)
+}
+
+/// How domain 0 learnt that a domain ended, for its report line: `VIRQ_DOM_EXC` came this
+/// round (`woke`), or has come since (a look that was due anyway found the domain just
+/// before the event arrived).
+pub(super) fn told(woke: bool, dom_exc: EvtchnPort) -> &'static str {
+    if woke || PENDING.load(Ordering::Acquire) & (1 << (dom_exc.0 % 64)) != 0 {
+        "told by VIRQ_DOM_EXC"
+    } else {
+        "found by polling"
+    }
+}
 
 /// Ports whose event came since the last round (ports below 64: the runtime's handlers).
 pub(super) static PENDING: AtomicU64 = AtomicU64::new(0);
@@ -119,9 +140,10 @@ pub(super) struct Served {
     pub(super) ended: bool,
 }
 
-/// Prints a relayed console line with its domain's prefix.
-fn relay_line(domid: u16, text: &str) {
-    println!("[d{domid}] {text}");
+/// Prints a relayed console line after its domain's tag (`[dN] `; the hypervisor adds
+/// domain 0's `(d0) `: `protocol::console` reads it back).
+pub(crate) fn relay_line(domid: u16, text: &str) {
+    println!("{} {text}", protocol::console::RelayTag(DomId(domid)));
 }
 
 /// Drains `s`'s console ring, notifying it when bytes were taken.
@@ -267,6 +289,7 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
     let input_port = evtchn::bind_virq(Virq::Console, VcpuId(0)).map_err(|_| Failure::Setup("bind VIRQ_CONSOLE"))?;
     events.set_handler(input_port, on_event).map_err(|_| Failure::Setup("a handler for VIRQ_CONSOLE"))?;
     let mut input = Input { focus: Focus::default(), at: 0, line: ArrayString::new() };
+    let dom_exc = bind_dom_exc(events)?;
     events.enable();
     for s in &served {
         control::unpause_domain(s.id).map_err(|e| Failure::Control("UnpauseDomain", e))?;
@@ -303,11 +326,12 @@ pub fn run(waiter: Waiter, cmdline: &[u8]) -> Result<(), Failure> {
         }
         rounds += 1;
         // Domains that ended: the toolstack's part.
-        if rounds.is_multiple_of(8) {
+        let by_virq = pending & (1 << (dom_exc.0 % 64)) != 0;
+        if by_virq || rounds.is_multiple_of(ENDING_POLL_ROUNDS) {
             for s in served.iter_mut().filter(|s| !s.ended) {
                 let state = control::domain_info(s.id).map(|i| i.state).unwrap_or(DOMAIN_SHUTTING_DOWN);
                 if state == DOMAIN_SHUTTING_DOWN {
-                    report(&store, s);
+                    report(&store, s, told(by_virq, dom_exc));
                     detach(&mut store, s, waiter.now());
                 }
             }
@@ -388,12 +412,13 @@ impl Input {
     }
 }
 
-fn report(store: &Store, s: &Served) {
+fn report(store: &Store, s: &Served, told: &str) {
     if let Some(f) = store.figures(s.id.0) {
         println!(
-            "dom0: store: domain {} ({}) ended: {} requests, {} nodes, {} watches, {} events dropped, cut off: {:?}",
+            "dom0: store: domain {} ({}) ended ({}): {} requests, {} nodes, {} watches, {} events dropped, cut off: {:?}",
             s.id.0,
             if s.hostile { "hostile" } else { "good" },
+            told,
             s.conn.requests,
             f.nodes,
             f.watches,

@@ -16,7 +16,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use guest_rt::abi::event_channel::EvtchnBindPirq;
-use guest_rt::abi::hypercall::{EvtchnOp, Hypercall};
+use guest_rt::abi::hypercall::Hypercall;
 use guest_rt::abi::ids::EvtchnPort;
 use guest_rt::abi::physdev::{PhysdevEoi, PhysdevIrqStatusQuery, PhysdevMapPirq, PhysdevOp, PhysdevSetIopl, MAP_PIRQ_TYPE_GSI, XENIRQSTAT_NEEDS_EOI};
 use guest_rt::abi::hypercall::MemoryOp;
@@ -69,8 +69,7 @@ pub fn bind_interrupt(gsi: u32) -> Result<(EvtchnPort, bool), PlatformError> {
     let mut map = PhysdevMapPirq { domid: 0x7ff0, kind: MAP_PIRQ_TYPE_GSI, index: gsi as i32, pirq: -1, ..Default::default() };
     physdev(PhysdevOp::MapPirq, &mut map).map_err(|e| PlatformError::Hypercall("map_pirq", e))?;
     let mut bind = EvtchnBindPirq { pirq: map.pirq as u32, flags: 0, port: EvtchnPort(0) };
-    // SAFETY: `bind` is a live `evtchn_bind_pirq`.
-    unsafe { hypercall::event_channel_op(EvtchnOp::BindPirq, &raw mut bind) }.map_err(|e| PlatformError::Hypercall("bind_pirq", e))?;
+    hypercall::event_channel_op(&mut bind).map_err(|e| PlatformError::Hypercall("bind_pirq", e))?;
     let mut query = PhysdevIrqStatusQuery { irq: map.pirq as u32, flags: 0 };
     physdev(PhysdevOp::IrqStatusQuery, &mut query).map_err(|e| PlatformError::Hypercall("irq_status_query", e))?;
     PIRQ.store(map.pirq as u64, Ordering::Relaxed);

@@ -26,7 +26,7 @@ use core::sync::atomic::Ordering;
 
 use guest_rt::abi::errno::Errno;
 use guest_rt::abi::event_channel::{EvtchnBindPirq, EvtchnClose};
-use guest_rt::abi::hypercall::{EvtchnOp, Hypercall, MmuUpdateCmd, MmuextCmd};
+use guest_rt::abi::hypercall::{Hypercall, MmuUpdateCmd, MmuextCmd};
 use guest_rt::abi::ids::{DomId, EvtchnPort, Mfn};
 use guest_rt::abi::mmu::{MmuUpdate, MmuextOp, UVMF_INVLPG};
 use guest_rt::abi::physdev::{
@@ -40,7 +40,7 @@ use guest_rt::{println, StartInfo};
 use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
 
 use super::platform::{self, PortCam};
-use super::{on_interrupt, open, Op, SectorDisk, VirtioDisk, INTERRUPTED};
+use super::{on_interrupt, open, Buffers, Op, SectorDisk, VirtioDisk, INTERRUPTED};
 
 const MS: u64 = 1_000_000;
 /// EOIs made while the device holds its line asserted.
@@ -111,8 +111,7 @@ fn bind_pirq(pirq: u32) -> Result<EvtchnPort, HypercallError> {
         flags: 0,
         port: EvtchnPort(0),
     };
-    // SAFETY: `bind` is a live `evtchn_bind_pirq`.
-    unsafe { hypercall::event_channel_op(EvtchnOp::BindPirq, &raw mut bind) }?;
+    hypercall::event_channel_op(&mut bind)?;
     Ok(bind.port)
 }
 
@@ -121,18 +120,19 @@ pub fn run(start: &StartInfo) -> Check {
     let events = Events::init().map_err(|_| "events")?;
     let mut frames = guest_rt::frames::FreeFrames::new(start).ok_or("free frames")?;
     let mut disk = open(&mut frames, events)?;
+    let mut buffers = Buffers::alloc(1).ok_or("DMA pool")?;
     let clock = Clock::new().map_err(|_| "clock")?;
-    interrupts(&mut disk, events, clock)?;
+    interrupts(&mut disk, &mut buffers, events, clock)?;
     println!("dom0: devices: interrupts ok");
     device_memory()?;
     println!("dom0: devices: device memory ok");
-    config_space(&mut disk)?;
+    config_space(&mut disk, &mut buffers)?;
     println!("dom0: devices: configuration space ok");
     // The pirq stays bound and the BARs mapped: domain 0's teardown must undo both.
     Ok(())
 }
 
-fn interrupts(disk: &mut VirtioDisk, events: Events, clock: Clock) -> Check {
+fn interrupts(disk: &mut VirtioDisk, buffers: &mut Buffers, events: Events, clock: Clock) -> Check {
     let pirq = platform::pirq();
     // Numbers that are no device line's, or not mapped.
     refused(eoi(u32::MAX), Errno::Einval, "eoi of pirq 2^32-1")?;
@@ -192,7 +192,9 @@ fn interrupts(disk: &mut VirtioDisk, events: Events, clock: Clock) -> Check {
 
     // A request whose completion leaves the line asserted: the ISR is never read.
     let _ = INTERRUPTED.swap(false, Ordering::AcqRel);
-    disk.submit(0, Op::Read, 0, 8).map_err(|_| "submit")?;
+    // SAFETY: buffer 0 is domain 0's pool memory, used by nothing else meanwhile.
+    let tag = unsafe { disk.start(Op::Read, 0, &[buffers.extent(0, 4096)]) }.map_err(|_| "submit")?;
+    disk.kick();
     if !interrupted_within(clock, 2000 * MS) {
         return Err("no interrupt for the request");
     }
@@ -219,8 +221,7 @@ fn interrupts(disk: &mut VirtioDisk, events: Events, clock: Clock) -> Check {
     // Close the port while the line is asserted and its interrupt in flight: EOIs let
     // the interrupt in again, and it is raised nowhere.
     let mut close = EvtchnClose { port: disk.port };
-    // SAFETY: a live `evtchn_close`.
-    unsafe { hypercall::event_channel_op(EvtchnOp::Close, &raw mut close) }.map_err(|_| "close")?;
+    hypercall::event_channel_op(&mut close).map_err(|_| "close")?;
     for _ in 0..20 {
         eoi(pirq).map_err(|_| "eoi after close")?;
     }
@@ -237,14 +238,14 @@ fn interrupts(disk: &mut VirtioDisk, events: Events, clock: Clock) -> Check {
         return Err("no interrupt on the re-bound port");
     }
     // Served properly: the device lowers the line, then the EOI.
-    let _ = disk.blk.ack_interrupt();
+    disk.ack_device();
     eoi(pirq).map_err(|_| "eoi")?;
     match disk.complete() {
-        Some((0, Ok(()))) => {}
+        Some((t, Ok(()))) if t == tag => {}
         _ => return Err("the request did not complete"),
     }
     // And the disk still works, interrupt-driven.
-    super::check(disk, 0, 8, super::pattern)?;
+    super::check(disk, buffers, 0, 8, super::pattern)?;
     Ok(())
 }
 
@@ -305,7 +306,7 @@ fn device_memory() -> Check {
     Ok(())
 }
 
-fn config_space(disk: &mut VirtioDisk) -> Check {
+fn config_space(disk: &mut VirtioDisk, buffers: &mut Buffers) -> Check {
     let mut cam = PortCam;
     let df = find_device(&cam).ok_or("no virtio function")?;
     let host = DeviceFunction {
@@ -377,7 +378,7 @@ fn config_space(disk: &mut VirtioDisk) -> Check {
         return Err("the BAR reads differently once decoding is back");
     }
     println!("dom0: devices: BAR word {before:#x}, {off:#x} with decoding off");
-    super::check(disk, 0, 8, super::pattern)?;
+    super::check(disk, buffers, 0, 8, super::pattern)?;
     Ok(())
 }
 

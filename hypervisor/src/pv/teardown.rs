@@ -1,8 +1,13 @@
-//! Domain teardown in bounded slices: what [`super::Domain::destroy`] starts and the CPUs
-//! finish between other work, so that a domain's death, however large its memory, never
-//! keeps a CPU in the hypervisor with interrupts off for long (issue 15, hole 7).
+//! A domain's end, the one place that carries it out: [`shutdown`] (its vCPUs stopped),
+//! [`kill`], and [`destroy`], which the last CPU to stop running a shutting-down domain
+//! calls (through `sched::Glue::destroy`); then the teardown in bounded slices, which the
+//! CPUs finish between other work, so that a domain's death, however large its memory,
+//! never keeps a CPU in the hypervisor with interrupts off for long (issue 15, hole 7).
+//! Here, above `domain` (which keeps the records and their state) and beside the rest of
+//! `pv` (whose event channels, grants, page tables and console it closes), so that
+//! `domain` calls nothing of `pv` (issue 18: no import circle).
 //!
-//! `destroy` does only the constant part at once (the domain marked dead, its event
+//! [`destroy`] does only the constant part at once (the domain marked dead, its event
 //! channels and grant table closed, its vCPUs stopped, their descriptor frames and base
 //! pointers taken) and queues the rest here, in order: its frame list cut down to the
 //! frames it owns; the hypervisor's holds on frames of its reservation dropped (where its
@@ -35,7 +40,7 @@
 //! little of its budget is left (`hypervisor::budget`): the budget's clock starts before
 //! the queue's bookkeeping, which nested virtualization can make longer than the budget.
 //! The queue's room is reserved as each domain enters the table ([`reserve`], called by
-//! `Domain::create`, which is refused with `ENOMEM` without it), so that queueing a
+//! `Domain::create` for the builder, which is refused with `ENOMEM` without it), so that queueing a
 //! teardown never allocates. This module never decides when a domain dies.
 
 use alloc::collections::VecDeque;
@@ -49,8 +54,74 @@ use mm::frame::Owner;
 use pvmm::{BasePtr, RelinquishProgress};
 use spin::Mutex;
 
-use super::{Domain, Ending, Vcpu, DOMAINS, MAX_FAILURES_KEPT};
+use crate::domain::{self, Domain, Ending, Vcpu};
 use crate::memory;
+
+/// Starts shutting `domain` down (once): marks it so and stops its vCPUs, whose CPUs drop
+/// them at their next decision; the last CPU to stop running one destroys it.
+pub fn shutdown(domain: &Domain, ending: Ending) {
+    if domain.begin_shutdown(ending) {
+        for vcpu in domain.vcpus() {
+            stop(&vcpu);
+        }
+        if !domain.privileged {
+            // Domain 0 learns of it (VIRQ_DOM_EXC) and drains what is left of its console
+            // ring before it releases it.
+            crate::pv::events::domain_ended();
+        }
+    }
+}
+
+/// Shuts `domain` down from outside (domain 0, or the hypervisor) and destroys it at once
+/// if none of its vCPUs is on a CPU; otherwise the last CPU to leave it does.
+pub fn kill(domain: &Arc<Domain>, ending: Ending) {
+    shutdown(domain, ending);
+    if domain.running_vcpus.load(Ordering::Acquire) == 0 {
+        destroy(domain);
+    }
+}
+
+/// Marks a vCPU stopped (its domain is going away) and makes its CPU notice.
+fn stop(vcpu: &Vcpu) {
+    vcpu.sched.stop();
+    crate::sched::stopped(vcpu);
+}
+
+/// Starts returning every frame and structure of a domain that no CPU runs any more.
+/// Called by the scheduler once the domain is shutting down and `running_vcpus` is zero
+/// (or by [`kill`]).
+///
+/// Order: marked dead, then its event channels closed (a sender holding its channel lock
+/// has finished writing into the shared-info frame, and a later one sees it dead), its
+/// grant table closed (no other domain may start using one of its grants), its vCPUs
+/// stopped, their descriptor frames dropped and their base pointers taken; the
+/// rest, whose cost grows with the domain's memory (its tables relinquished, every CPU
+/// that may hold its translations flushed, the grant mappings it holds released, a wait
+/// until no other domain uses its grants or references its frames, the hypervisor's
+/// holds on its shared-info and grant-table frames dropped, its frames freed, its place
+/// in the table given up), is queued here and done in bounded slices. No CPU can still
+/// hold one of its translations by then: every CPU that ran it left its dirty CPUs when it
+/// loaded another address space, before `running_vcpus` fell to zero; the teardown's
+/// flush finds none (and would flush any).
+pub fn destroy(domain: &Arc<Domain>) {
+    if !domain.mark_dead() {
+        return;
+    }
+    super::events::close_all(domain);
+    super::grants::close(domain);
+    let vcpus = domain.take_vcpus();
+    for vcpu in &vcpus {
+        // Stopped here too: a `shutdown` that raced with this destruction may have found
+        // the list empty, and a vCPU left runnable (or parked) in its CPU's queue would
+        // keep the domain in memory for good.
+        stop(vcpu);
+        super::descriptors::release(core::mem::take(&mut *vcpu.gdt.lock()));
+        super::ldt::release(core::mem::take(&mut *vcpu.ldt.lock()));
+    }
+    let bases = vcpus.iter().flat_map(|v| v.take_bases()).collect();
+    let pages = domain.memory.lock().take_list();
+    enqueue(domain.clone(), vcpus, bases, pages);
+}
 
 /// The longest teardown slice a trap exit runs.
 pub const TRAP_SLICE_NS: u64 = 20_000;
@@ -123,15 +194,15 @@ static WORKER: Mutex<()> = Mutex::new(());
 /// ([`reserve`]'s figure), and needs no more: a domain is queued at most once, and leaves
 /// the table only at the end of its teardown.
 #[derive(Debug)]
-pub(super) struct NoRoom;
+pub struct NoRoom;
 
 /// Makes room in the queue for `domains` teardowns (one per domain in the table), so that
 /// [`enqueue`] never grows it: a domain's destruction must never allocate (an allocation
 /// the heap refuses stops the machine; at a thousand domains destroyed at once the queue
-/// grew to 80 KiB). Called by [`super::Domain::create`] before a domain enters the table;
+/// grew to 80 KiB). Called through `Domain::create` before a domain enters the table;
 /// refused while the growth would take the heap room kept for the hypervisor
 /// (`memory::heap_has_room_for`). The queue never shrinks.
-pub(super) fn reserve(domains: usize) -> Result<(), NoRoom> {
+pub fn reserve(domains: usize) -> Result<(), NoRoom> {
     let mut queue = QUEUE.lock();
     if queue.capacity() >= domains {
         return Ok(());
@@ -150,7 +221,7 @@ pub(super) fn reserve(domains: usize) -> Result<(), NoRoom> {
 /// Queues the teardown of `domain`, which `destroy` has marked dead, with its vCPUs and
 /// their base pointers, and its frame list. The queue has room for it ([`reserve`]): this
 /// never allocates.
-pub(super) fn enqueue(domain: Arc<Domain>, vcpus: Vec<Arc<Vcpu>>, bases: Vec<BasePtr>, pages: Vec<Mfn>) {
+fn enqueue(domain: Arc<Domain>, vcpus: Vec<Arc<Vcpu>>, bases: Vec<BasePtr>, pages: Vec<Mfn>) {
     let teardown = Teardown {
         domain,
         vcpus,
@@ -278,7 +349,7 @@ impl Teardown {
             }
             Stage::Relinquish => {
                 let domain = self.domain.clone();
-                if crate::pv::mmu::relinquish_slice(&domain, &mut self.bases, &self.pages, &mut self.progress) {
+                if super::mmu::relinquish_slice(&domain, &mut self.bases, &self.pages, &mut self.progress) {
                     self.progress = RelinquishProgress::default();
                     self.stage = Stage::Flush;
                 }
@@ -288,8 +359,8 @@ impl Teardown {
                 self.stage = Stage::Grants;
             }
             Stage::Grants => {
-                if !crate::pv::grants::release_one_map(&self.domain) {
-                    self.table_frames = crate::pv::grants::table_frames(&self.domain);
+                if !super::grants::release_one_map(&self.domain) {
+                    self.table_frames = super::grants::table_frames(&self.domain);
                     self.cursor = 0;
                     self.stage = Stage::AwaitForeign;
                 }
@@ -297,8 +368,8 @@ impl Teardown {
             Stage::AwaitForeign => self.await_foreign(),
             Stage::SharedInfo => {
                 let domain = self.domain.clone();
-                crate::pv::mmu::release_for_hypervisor(domain.shared_info);
-                crate::pv::mmu::relinquish(&domain, Vec::new(), &[domain.shared_info]);
+                super::mmu::release_for_hypervisor(domain.shared_info);
+                super::mmu::relinquish(&domain, Vec::new(), &[domain.shared_info]);
                 self.stage = Stage::Free;
             }
             Stage::Free => {
@@ -315,7 +386,7 @@ impl Teardown {
                 self.cursor = end;
                 if self.cursor >= self.pages.len() {
                     free(&self.domain, self.domain.shared_info, &mut m2p);
-                    crate::pv::grants::free_table(&self.domain);
+                    super::grants::free_table(&self.domain);
                     self.pages = Vec::new();
                     self.stage = Stage::Forget;
                 }
@@ -345,7 +416,7 @@ impl Teardown {
         if busy.is_none() && self.cursor >= self.pages.len() {
             let held = core::iter::once(self.domain.shared_info).chain(self.table_frames.iter().copied());
             busy = held.into_iter().find(|&mfn| counts(mfn) != (1, 1));
-            if busy.is_none() && crate::pv::grants::in_use(&self.domain) {
+            if busy.is_none() && super::grants::in_use(&self.domain) {
                 busy = Some(Mfn(u64::MAX));
             }
             if busy.is_none() {
@@ -370,27 +441,10 @@ impl Teardown {
     /// Takes the domain out of the table and records how it ended.
     fn forget(self) {
         let domain = self.domain;
-        let ending = domain.ending().unwrap_or(Ending::Killed);
-        let boot = crate::pv::lifecycle::is_boot_domain(domain.id);
-        // A hostile domain (a fuzzer, an attack domain 0 made) ending badly is no failure.
-        let hostile = !boot && domain.hostile.load(Ordering::Relaxed);
-        let mut table = DOMAINS.lock();
-        table.remove(domain.id);
-        if hostile {
-            table.hostile.ended += 1;
-            table.hostile.killed += u64::from(ending == Ending::Killed);
-            table.hostile.crashed += u64::from(ending == Ending::Crash);
-        } else if !boot {
-            table.others_ended += 1;
-            table.others_failed += u64::from(ending.is_failure());
-        }
-        if boot || (!hostile && ending.is_failure() && table.others_failed <= MAX_FAILURES_KEPT) {
-            table.endings.push((domain.id, domain.name, ending));
-        }
-        drop(table);
+        domain::forget(&domain, super::lifecycle::is_boot_domain(domain.id));
         drop(self.vcpus);
         drop(domain);
-        crate::pv::lifecycle::domain_destroyed();
+        super::lifecycle::domain_destroyed();
     }
 }
 
@@ -408,10 +462,10 @@ fn release_holds(domain: &Domain) {
     for slot in domain.slots() {
         let place = slot.vcpu_info.swap(0, Ordering::AcqRel);
         if let Some(place) = hypervisor::runstate::VcpuInfoPlace::decode(place) {
-            crate::pv::mmu::release_for_hypervisor(Mfn(place.mfn));
+            super::mmu::release_for_hypervisor(Mfn(place.mfn));
         }
     }
-    crate::pv::console::release_ring(domain);
+    super::console::release_ring(domain);
 }
 
 /// Clears the machine-to-physical entry of a frame of the dead domain (nobody else may

@@ -12,16 +12,15 @@ use core::cell::OnceCell;
 use core::mem::MaybeUninit;
 
 use apic::LocalApic;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::AtomicU32;
 
-use x86_64::registers::model_specific::{GsBase, KernelGsBase};
 use x86_64::structures::tss::TaskStateSegment;
-use x86_64::VirtAddr;
 
 use mm::layout::{IstStack, PerCpuArea};
 
-use crate::arch::gdt::{self, ReservedGdtPage};
-use crate::arch::paging::{self, MapKind};
+use super::gdt::{self, ReservedGdtPage};
+use super::gs::{self, GsArea};
+use super::paging::{self, MapKind};
 
 /// A CPU's logical index (0 is the boot CPU), dense and stable for the whole run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,9 +48,11 @@ pub struct PerCpu {
     pub temp_slots: AtomicU32,
     tss: TaskStateSegment,
     lapic: OnceCell<LocalApic>,
-    /// The vCPU this CPU runs (null when idle); only this CPU writes it.
-    pub current: core::sync::atomic::AtomicPtr<crate::domain::Vcpu>,
 }
+
+// SAFETY: the one type GS points at (`activate` installs every CPU's); `repr(C)` with
+// `self_ptr`, its own address, first (set by `prepare_area` and `init_boot_cpu_early`).
+unsafe impl GsArea for PerCpu {}
 
 /// Offsets the assembly entry paths use through GS.
 pub const STACK_TOP_OFFSET: usize = core::mem::offset_of!(PerCpu, stack_top);
@@ -82,9 +83,6 @@ static mut EARLY: EarlyState = EarlyState {
     ist: [[0; 4096]; 4],
 };
 
-/// Set once the boot CPU's GS base points at a valid [`PerCpu`].
-static GS_READY: AtomicBool = AtomicBool::new(false);
-
 /// Sets up the boot CPU on static early state: GDT, TSS with IST stacks, GS.
 pub fn init_boot_cpu_early(stack_top: u64) {
     // Runs once on the boot CPU before any other CPU exists and before anything reads
@@ -103,7 +101,6 @@ pub fn init_boot_cpu_early(stack_top: u64) {
         temp_slots: AtomicU32::new(0),
         tss,
         lapic: OnceCell::new(),
-        current: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
     });
     data.self_ptr = data as *const PerCpu as u64;
     // SAFETY: `data` and `early.gdt` are statics that stay valid for the whole run.
@@ -127,8 +124,7 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
             scratch: 0,
             temp_slots: AtomicU32::new(0),
             lapic: OnceCell::new(),
-            current: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
-            tss: gdt::tss(stack_top, [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug].map(ist)),
+                tss: gdt::tss(stack_top, [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug].map(ist)),
         });
         &*data_ptr
     }
@@ -155,54 +151,30 @@ unsafe fn activate(data: &'static PerCpu, gdt: &'static mut ReservedGdtPage) {
     gdt.build(&data.tss);
     // SAFETY: the caller guarantees both tables outlive their use on this CPU.
     unsafe { gdt::load(gdt) };
-    GsBase::write(VirtAddr::new(data as *const PerCpu as u64));
-    if data.index == CpuIndex(0) {
-        GS_READY.store(true, Ordering::Release);
-    }
+    gs::install(data);
 }
 
 /// This CPU's data.
 pub fn current() -> &'static PerCpu {
-    let ptr: u64;
-    // SAFETY: GS points at this CPU's PerCpu (set in `activate` before anything calls this)
-    // whose first field is its own address.
-    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, readonly, preserves_flags)) };
-    // SAFETY: PerCpu data pages live for the whole run.
-    unsafe { &*(ptr as *const PerCpu) }
+    gs::current()
 }
 
-/// Makes GS point at this CPU's data again when an exception that can interrupt ring 0
-/// anywhere (NMI, machine check, double fault: only the fatal report runs for them) came
-/// between an entry and its `swapgs`, or between the exit's `swapgs` and `iretq`, where
-/// the GS base is the guest's. The GS base is taken as ours when it maps a data page
-/// whose first word is its own address; otherwise the bases are swapped. It never swaps
-/// back: only for the way to a fatal report.
+/// Makes GS point at this CPU's data again on the way to a fatal report
+/// ([`gs::adopt_own`]).
 pub fn adopt_own_gs() {
-    fn is_data_page(base: u64) -> bool {
-        // SAFETY: `translate` says the window page is mapped (window pages are supervisor
-        // and never a guest's), so the read cannot fault.
-        base >= paging::WINDOW_BASE && paging::translate(base).is_some() && unsafe { (base as *const u64).read_volatile() } == base
-    }
-    if !GS_READY.load(Ordering::Acquire) || is_data_page(GsBase::read().as_u64()) {
-        return;
-    }
-    if is_data_page(KernelGsBase::read().as_u64()) {
-        // SAFETY: KERNEL_GS_BASE holds this CPU's data page (checked): swapping makes GS
-        // point at it, which is all the report needs.
-        unsafe { core::arch::asm!("swapgs", options(nostack, preserves_flags)) };
-    }
+    gs::adopt_own();
 }
 
 /// The top of this CPU's kernel stack, or `None` while the boot CPU has no GS yet (for the
 /// heap tracer's stack walk).
 #[cfg(feature = "heap-trace")]
 pub fn stack_top_if_ready() -> Option<u64> {
-    GS_READY.load(Ordering::Acquire).then(|| current().stack_top)
+    gs::ready().then(|| current().stack_top)
 }
 
 /// This CPU's index, or 0 while the boot CPU has no GS yet (early logging and panics).
 pub fn current_index_or_boot() -> u32 {
-    if GS_READY.load(Ordering::Acquire) {
+    if gs::ready() {
         current().index.0
     } else {
         0
