@@ -3,14 +3,16 @@
 //! never end), with the linear run queue of before issue 18 and with the indexed one; then
 //! with the costs measured in real runs ([`Costs::measured`]), each worker running 10 s from
 //! its own start and then printing its report, as the image was before item 2 (console
-//! writers spinning on a full buffer, latency domains at weight 1) and as it is now.
+//! writers spinning on a full buffer, latency domains at weight 1, each report at its run's
+//! end) and as it is now.
 //!
 //! `cargo run --release -p bvt --features sim --example stress_sim [N...]`. Knobs (for
 //! calibrating; each applies to every model printed): `STEP_NS=` (one search step, default
 //! 25), `WARP_MS=`, `RUN_MS=` (the simulation's bound), `ENTRY_US=`, `SWITCH_US=`,
 //! `FIRE_US=`, `WORK_US=`, `STARTUP_MS=`, `WORKER_S=` (each worker's run), `DRAIN_KBPS=`,
-//! `REPORT_BYTES=`, `CONSOLE=spin|block`, `LATENCY_WEIGHT=`; `ONLY=measured` prints only the
-//! measured models.
+//! `REPORT_BYTES=`, `REPORT_US=` (the report's CPU), `TOLD=0|1` (reports when domain 0 says),
+//! `ALIGNED=0|1` (runs start together), `CONSOLE=spin|block`, `LATENCY_WEIGHT=`;
+//! `ONLY=measured` prints only the measured models.
 
 use bvt::stress_sim::{run, ConsoleWait, Model, Outcome};
 use bvt::Queue;
@@ -66,6 +68,9 @@ fn knobs(mut model: Model) -> Model {
     }
     if let Some(v) = env("REPORT_US") {
         model.console.report_work_ns = v * US;
+    }
+    if let Some(v) = env("TOLD") {
+        model.console.report_when_told = v != 0;
     }
     if let Some(v) = env("ALIGNED") {
         model.aligned_start = v != 0;

@@ -429,6 +429,10 @@ fn run_with(start: &StartInfo, created: &mut Created, waiter: &mut Waiter) -> Re
     let window = HogWindow::measure(&plan, waiter, first_start, last_start, run_ns)?;
     // No worker's run ends before this: only then can quiet mean finished.
     waiter.sleep_until(last_start + run_ns + RUN_MARGIN_NS)?;
+    if plan.waits_for_reports() {
+        // Every run is over: the workers may print their reports now.
+        tell_reports(&plan);
+    }
     wait_quiet(&plan, waiter)?;
     if let Some(devices) = waiter.devices {
         // Every worker has printed its records (and is blocked): relay what is left.
@@ -568,6 +572,18 @@ fn start_all(plan: &Plan, waiter: Waiter) -> Result<u64, Failure> {
 /// How long domain 0 waits for the domains of `plan` to balloon, or to fall quiet.
 fn wait_limit_ns(plan: &Plan) -> u64 {
     WAIT_BASE_NS + WAIT_PER_DOMAIN_NS * u64::from(plan.len())
+}
+
+/// Notifies every stress domain's [`protocol::worker::REPORT_PORT`] (bound for the
+/// notification, then closed again): its run and every other's are over, it may print its
+/// report. A domain that cannot be told prints it after its own wait runs out.
+fn tell_reports(plan: &Plan) {
+    for domid in (0..plan.len()).map(Plan::domid) {
+        if let Ok(port) = guest_rt::evtchn::bind_interdomain(domid, protocol::worker::REPORT_PORT) {
+            let _ = guest_rt::evtchn::send(port);
+            let _ = guest_rt::evtchn::close(port);
+        }
+    }
 }
 
 /// Waits until every domain holds the pages it should after ballooning.

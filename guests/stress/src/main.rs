@@ -32,7 +32,7 @@ mod io;
 
 use core::fmt;
 use core::hint::black_box;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guest_rt::abi::ids::EvtchnPort;
 use guest_rt::events::Events;
@@ -42,7 +42,7 @@ use guest_rt::timer::{self, Timer};
 use guest_rt::{balloon, evtchn, StartInfo};
 use protocol::histogram::Histogram;
 use protocol::record::{self, Balloon, GuestError, Outcome as Reported, Record, WorkerResult};
-use protocol::worker::{Link, StressArgs, Task};
+use protocol::worker::{Link, StressArgs, Task, REPORT_PORT};
 use protocol::{DomId, Role};
 
 guest_rt::entry!(main);
@@ -56,6 +56,12 @@ const ANSWER_TIMEOUT_NS: u64 = 100_000_000;
 /// Hog loops between two looks at the clock.
 const HOG_CHECK_EVERY: u64 = 1 << 16;
 const NS_PER_SECOND: u64 = 1_000_000_000;
+/// With `wait_report=1`, the longest a worker waits for domain 0's word before it prints
+/// its report anyway.
+const REPORT_WAIT_NS: u64 = 60 * NS_PER_SECOND;
+
+/// Domain 0 notified [`REPORT_PORT`]: every worker's run is over.
+static REPORT_NOW: AtomicBool = AtomicBool::new(false);
 
 /// Events answered (pong) or answers received (ping).
 static ANSWERS: AtomicU64 = AtomicU64::new(0);
@@ -171,6 +177,8 @@ enum Outcome {
 /// domains' figures.
 fn run(args: &StressArgs) -> Result<(), Failure> {
     let clock = Clock::new().map_err(Failure::SharedInfo)?;
+    // Listening from the start: domain 0's word cannot come before it is awaited unnoticed.
+    let report_events = if args.wait_report { Some(listen_for_report()?) } else { None };
     let pages = balloon_step(args)?;
     let domid = args.domid;
     let role = args.task.role();
@@ -220,6 +228,9 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
             answers: pong(pong_port.ok_or(Failure::Port { expected: EvtchnPort(0), got: EvtchnPort(0) })?, end)?,
         },
     };
+    if let Some(events) = report_events {
+        wait_for_report(events, clock);
+    }
     let balloon = Balloon {
         domid,
         down_pages: args.balloon_down,
@@ -259,6 +270,31 @@ fn report_hist(domid: DomId, role: Role, hist: &Histogram, lost: Option<u64>) {
     };
     say!("{}", Record::Result(WorkerResult { domid, role, outcome }));
     record::hist_lines(domid, role, hist, |line| say!("{line}"));
+}
+
+/// With `wait_report=1`: event delivery on, [`REPORT_PORT`] handled (domain 0 notifies it
+/// once every worker's run is over).
+fn listen_for_report() -> Result<Events, Failure> {
+    fn report_now(_port: EvtchnPort) {
+        REPORT_NOW.store(true, Ordering::Release);
+    }
+    let events = Events::init().map_err(Failure::Events)?;
+    events.set_handler(REPORT_PORT, report_now).map_err(Failure::Events)?;
+    let _ = evtchn::unmask(REPORT_PORT);
+    events.enable();
+    Ok(events)
+}
+
+/// Waits, blocked, until domain 0 has notified [`REPORT_PORT`] (at most
+/// [`REPORT_WAIT_NS`]): the report that follows (4 ms of CPU under TCG) then runs in no other
+/// worker's run. Runs start as each worker has ballooned, seconds apart at N=1000, so
+/// reports printed at each run's end landed in the runs of those that started later.
+fn wait_for_report(events: Events, clock: Clock) {
+    let deadline = clock.now_ns() + REPORT_WAIT_NS;
+    while !REPORT_NOW.load(Ordering::Acquire) && clock.now_ns() < deadline {
+        // Returns once the port is pending (its handler then runs) or at the deadline.
+        let _ = events.poll(&[REPORT_PORT], deadline);
+    }
 }
 
 /// Event delivery with the timer bound, events on.
