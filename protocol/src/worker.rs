@@ -1,11 +1,12 @@
 //! The worker's command line: what domain 0 tells each stress domain.
 //!
-//! `role=R domid=D seconds=S balloon_down=X balloon_up=Y [peer=P port=Q] [io_kib=K] [wait_report=1]`,
+//! `role=R domid=D seconds=S balloon_down=X balloon_up=Y [peer=P port=Q] [io_kib=K] [told=1]`,
 //! where R is a [`Role`]; `domid` is the worker's own id (domain 0 predicts it: ids are
 //! handed out in sequence), and ping and pong name each other with `peer` and the port pong
 //! allocates for ping with `port`; `io_kib` (the `IO=1` run) says the worker has a VBD of
-//! that size to read (absent: no I/O); `wait_report=1` says the worker prints its report only
-//! once domain 0 notifies its store port ([`REPORT_PORT`]), when every worker's run is over.
+//! that size to read (absent: no I/O); `told=1` says domain 0 notifies the worker's store
+//! port ([`TOLD_PORT`]) twice: once every worker has ballooned (its run starts then) and once
+//! every run is over (it prints its report then).
 //! Domain 0 writes it with [`StressArgs`]'s `Display`, the worker reads it with
 //! [`StressArgs::parse`] (strict: see [`crate::keyvalue::Keys`]); the round trip is tested
 //! here. This module must never decide a run's shape: domain 0 does.
@@ -96,15 +97,16 @@ pub struct StressArgs {
     pub balloon_up: u64,
     /// The size of the worker's VBD in KiB, 0 for none (`io_kib=`).
     pub io_kib: u64,
-    /// The worker waits for domain 0's notification on [`REPORT_PORT`] before it prints
-    /// its report (`wait_report=1`), so that no worker's report runs in another's run.
-    pub wait_report: bool,
+    /// The worker starts its run at domain 0's first notification on [`TOLD_PORT`] and
+    /// prints its report at the second (`told=1`), so that every run starts together, after
+    /// every start-up, and no report runs in another worker's run.
+    pub told: bool,
 }
 
-/// With `wait_report=1`, the port domain 0 notifies once every worker's run is over: the
-/// worker's store port, which domain 0 holds unbound for it (without `io_kib`, domain 0
-/// serves no store: the port is free).
-pub const REPORT_PORT: EvtchnPort = EvtchnPort(2);
+/// With `told=1`, the port domain 0 notifies once every worker has ballooned (go) and once
+/// every run is over (report): the worker's store port, which domain 0 holds unbound for it
+/// (without `io_kib`, domain 0 serves no store: the port is free).
+pub const TOLD_PORT: EvtchnPort = EvtchnPort(2);
 
 /// The highest id of an ordinary domain.
 const LAST_DOMID: u64 = DomId::FIRST_RESERVED.0 as u64 - 1;
@@ -122,7 +124,7 @@ impl StressArgs {
             "peer",
             "port",
             "io_kib",
-            "wait_report",
+            "told",
         ]);
         keys.parse(line, |key, value| {
             if key != "role" {
@@ -163,7 +165,7 @@ impl StressArgs {
             balloon_down,
             balloon_up,
             io_kib: keys.get_in("io_kib", Some(0), 0..=MAX_IO_KIB)?,
-            wait_report: keys.get_in("wait_report", Some(0), 0..=1)? == 1,
+            told: keys.get_in("told", Some(0), 0..=1)? == 1,
         })
     }
 }
@@ -183,8 +185,8 @@ impl fmt::Display for StressArgs {
         if self.io_kib > 0 {
             write_pair(f, "io_kib", self.io_kib)?;
         }
-        if self.wait_report {
-            write_pair(f, "wait_report", 1)?;
+        if self.told {
+            write_pair(f, "told", 1)?;
         }
         Ok(())
     }
@@ -213,7 +215,7 @@ mod tests {
             balloon_down: 16,
             balloon_up: 8,
             io_kib: 0,
-            wait_report: false,
+            told: false,
         }
     }
 
@@ -232,11 +234,11 @@ mod tests {
             let io = StressArgs { io_kib: 1024, ..args };
             assert!(io.to_string().ends_with(" io_kib=1024"));
             assert_eq!(StressArgs::parse(io.to_string().as_bytes()), Ok(io));
-            let told = StressArgs { wait_report: true, ..args };
-            assert!(told.to_string().ends_with(" wait_report=1"));
+            let told = StressArgs { told: true, ..args };
+            assert!(told.to_string().ends_with(" told=1"));
             assert_eq!(StressArgs::parse(told.to_string().as_bytes()), Ok(told));
         }
-        assert!(StressArgs::parse(b"role=idle domid=3 seconds=1 wait_report=2").is_err());
+        assert!(StressArgs::parse(b"role=idle domid=3 seconds=1 told=2").is_err());
         let too_big = format!("role=idle domid=3 seconds=1 io_kib={}", MAX_IO_KIB + 1);
         assert!(StressArgs::parse(too_big.as_bytes()).is_err());
     }
@@ -326,7 +328,7 @@ mod tests {
             balloon in (0..=MAX_BALLOON_PAGES).prop_flat_map(|down| (Just(down), 0..=down)),
         ) {
             prop_assume!(task.link().is_none_or(|l| l.peer != DomId(domid)));
-            let args = StressArgs { task, domid: DomId(domid), seconds, balloon_down: balloon.0, balloon_up: balloon.1, io_kib: 0, wait_report: false };
+            let args = StressArgs { task, domid: DomId(domid), seconds, balloon_down: balloon.0, balloon_up: balloon.1, io_kib: 0, told: false };
             let line = args.to_string();
             prop_assert!(line.len() < 160, "{line}");
             prop_assert_eq!(StressArgs::parse(line.as_bytes()), Ok(args));

@@ -226,7 +226,7 @@ fn create_good(
         } else {
             Task::Periodic
         };
-        let args = StressArgs { task, domid, seconds, balloon_down: 0, balloon_up: 0, io_kib: 0, wait_report: false };
+        let args = StressArgs { task, domid, seconds, balloon_down: 0, balloon_up: 0, io_kib: 0, told: false };
         let mut cmdline = ArrayString::<160>::new();
         let _ = write!(cmdline, "{args}");
         let spec = NewDomain {
@@ -270,7 +270,7 @@ fn prime(prefix: &str, waiter: Waiter, alive: &mut Alive) -> Result<(), RunFailu
     let mut hogs: ArrayVec<DomId, { PRIME_DOMAINS as usize }> = ArrayVec::new();
     for index in 0..PRIME_DOMAINS {
         let domid = alive.next_id();
-        let args = StressArgs { task: Task::Hog, domid, seconds: 1, balloon_down: 0, balloon_up: 0, io_kib: 0, wait_report: false };
+        let args = StressArgs { task: Task::Hog, domid, seconds: 1, balloon_down: 0, balloon_up: 0, io_kib: 0, told: false };
         let mut cmdline = ArrayString::<160>::new();
         let _ = write!(cmdline, "{args}");
         let spec = NewDomain {

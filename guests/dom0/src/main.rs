@@ -411,12 +411,19 @@ fn run_with(start: &StartInfo, created: &mut Created, waiter: &mut Waiter) -> Re
     print_memory(MemPhase::Before)?;
     create_all(&plan, &options, waiter, created)?;
     print_memory(MemPhase::Created)?;
-    // Each worker's run starts when it has ballooned: between the last unpause and the
-    // moment domain 0 sees every domain ballooned (seconds apart at N=100 on a loaded host).
+    // Each worker's run starts when it has ballooned (between the last unpause and the
+    // moment domain 0 sees every domain ballooned: seconds apart at N=1000), or, told by
+    // domain 0 (no VBDs) or at `stress-go` (VBDs), when every domain has.
     let mut first_start = start_all(&plan, waiter)?;
     wait_ballooned(&plan, &options, waiter)?;
     let mut last_start = waiter.now();
     print_memory(MemPhase::Ballooned)?;
+    if plan.tells() {
+        // Every domain has ballooned: the runs start now.
+        tell_all(&plan);
+        first_start = waiter.now();
+        last_start = first_start;
+    }
     if let Some(devices) = waiter.devices {
         wait_connected(&plan, devices, waiter)?;
         print_memory(MemPhase::Connected)?;
@@ -429,9 +436,9 @@ fn run_with(start: &StartInfo, created: &mut Created, waiter: &mut Waiter) -> Re
     let window = HogWindow::measure(&plan, waiter, first_start, last_start, run_ns)?;
     // No worker's run ends before this: only then can quiet mean finished.
     waiter.sleep_until(last_start + run_ns + RUN_MARGIN_NS)?;
-    if plan.waits_for_reports() {
+    if plan.tells() {
         // Every run is over: the workers may print their reports now.
-        tell_reports(&plan);
+        tell_all(&plan);
     }
     wait_quiet(&plan, waiter)?;
     if let Some(devices) = waiter.devices {
@@ -574,12 +581,13 @@ fn wait_limit_ns(plan: &Plan) -> u64 {
     WAIT_BASE_NS + WAIT_PER_DOMAIN_NS * u64::from(plan.len())
 }
 
-/// Notifies every stress domain's [`protocol::worker::REPORT_PORT`] (bound for the
-/// notification, then closed again): its run and every other's are over, it may print its
-/// report. A domain that cannot be told prints it after its own wait runs out.
-fn tell_reports(plan: &Plan) {
+/// Notifies every stress domain's [`protocol::worker::TOLD_PORT`] (bound for the
+/// notification, then closed again): the first time its run may start (every domain has
+/// ballooned), the second its report may be printed (every run is over). A domain that
+/// cannot be told goes on when its own wait runs out.
+fn tell_all(plan: &Plan) {
     for domid in (0..plan.len()).map(Plan::domid) {
-        if let Ok(port) = guest_rt::evtchn::bind_interdomain(domid, protocol::worker::REPORT_PORT) {
+        if let Ok(port) = guest_rt::evtchn::bind_interdomain(domid, protocol::worker::TOLD_PORT) {
             let _ = guest_rt::evtchn::send(port);
             let _ = guest_rt::evtchn::close(port);
         }

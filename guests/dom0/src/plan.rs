@@ -198,12 +198,13 @@ impl Plan {
         })
     }
 
-    /// Whether the workers print their reports only when domain 0 notifies their
-    /// [`protocol::worker::REPORT_PORT`] (`wait_report=1`): without VBDs. A worker's run
-    /// starts when it has ballooned, so runs end up to the start-up's length apart, and a
-    /// report (4 ms of CPU under TCG) printed while others still run lands in their
-    /// measurements: at N=600 the idle domains' p99 was 84-92 ms (issue 18 item 2).
-    pub const fn waits_for_reports(&self) -> bool {
+    /// Whether the workers start their runs and print their reports when domain 0
+    /// notifies their [`protocol::worker::TOLD_PORT`] (`told=1`): without VBDs. Started each
+    /// as it had ballooned, runs began during the start-up rush (every domain booting and
+    /// ballooning at once, 2-7 s at N=1000), whose domains went first, and ended seconds
+    /// apart, each report (4 ms of CPU under TCG) landing in the runs of those that started
+    /// later: at N=600 the idle domains' p99 was 84-92 ms (issue 18 item 2).
+    pub const fn tells(&self) -> bool {
         self.io_kib == 0
     }
 
@@ -266,9 +267,9 @@ impl Plan {
                 balloon_up: self.balloon_up,
                 io_kib: self.io_kib,
                 // Without VBDs the store port is free: domain 0 says there when every run
-                // is over, and the reports wait for it (with VBDs the run starts together
-                // at `stress-go`, and the store carries it).
-                wait_report: self.waits_for_reports(),
+                // may start and when every run is over (with VBDs the runs start together
+                // at `stress-go`, which the store carries).
+                told: self.tells(),
             },
         })
     }
@@ -316,12 +317,12 @@ mod tests {
     }
 
     #[test]
-    fn without_vbds_the_reports_wait_for_domain_0_on_the_store_port() {
-        assert_eq!(protocol::worker::REPORT_PORT.0, guest_rt::abi::control::CREATED_STORE_PORT);
-        assert!(all(&plan(b"n=20", 2)).iter().all(|d| d.args.wait_report));
-        assert!(all(&plan(b"n=20 io_kib=64", 2)).iter().all(|d| !d.args.wait_report));
+    fn without_vbds_domain_0_tells_the_workers_on_their_store_port() {
+        assert_eq!(protocol::worker::TOLD_PORT.0, guest_rt::abi::control::CREATED_STORE_PORT);
+        assert!(all(&plan(b"n=20", 2)).iter().all(|d| d.args.told));
+        assert!(all(&plan(b"n=20 io_kib=64", 2)).iter().all(|d| !d.args.told));
         let line = plan(b"n=20", 2).domain(0).unwrap().args.to_string();
-        assert!(line.ends_with(" wait_report=1"), "{line}");
+        assert!(line.ends_with(" told=1"), "{line}");
     }
 
     #[test]

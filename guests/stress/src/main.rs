@@ -32,7 +32,7 @@ mod io;
 
 use core::fmt;
 use core::hint::black_box;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use guest_rt::abi::ids::EvtchnPort;
 use guest_rt::events::Events;
@@ -42,7 +42,7 @@ use guest_rt::timer::{self, Timer};
 use guest_rt::{balloon, evtchn, StartInfo};
 use protocol::histogram::Histogram;
 use protocol::record::{self, Balloon, GuestError, Outcome as Reported, Record, WorkerResult};
-use protocol::worker::{Link, StressArgs, Task, REPORT_PORT};
+use protocol::worker::{Link, StressArgs, Task, TOLD_PORT};
 use protocol::{DomId, Role};
 
 guest_rt::entry!(main);
@@ -56,12 +56,13 @@ const ANSWER_TIMEOUT_NS: u64 = 100_000_000;
 /// Hog loops between two looks at the clock.
 const HOG_CHECK_EVERY: u64 = 1 << 16;
 const NS_PER_SECOND: u64 = 1_000_000_000;
-/// With `wait_report=1`, the longest a worker waits for domain 0's word before it prints
-/// its report anyway.
-const REPORT_WAIT_NS: u64 = 60 * NS_PER_SECOND;
+/// With `told=1`, the longest a worker waits for each of domain 0's words (go, report)
+/// before it goes on anyway.
+const TOLD_WAIT_NS: u64 = 60 * NS_PER_SECOND;
 
-/// Domain 0 notified [`REPORT_PORT`]: every worker's run is over.
-static REPORT_NOW: AtomicBool = AtomicBool::new(false);
+/// Domain 0's notifications on [`TOLD_PORT`] so far: 1, every domain has ballooned (the run
+/// starts); 2, every run is over (the report may be printed).
+static TOLD: AtomicU32 = AtomicU32::new(0);
 
 /// Events answered (pong) or answers received (ping).
 static ANSWERS: AtomicU64 = AtomicU64::new(0);
@@ -178,7 +179,7 @@ enum Outcome {
 fn run(args: &StressArgs) -> Result<(), Failure> {
     let clock = Clock::new().map_err(Failure::SharedInfo)?;
     // Listening from the start: domain 0's word cannot come before it is awaited unnoticed.
-    let report_events = if args.wait_report { Some(listen_for_report()?) } else { None };
+    let told = if args.told { Some(listen_to_domain_0()?) } else { None };
     let pages = balloon_step(args)?;
     let domid = args.domid;
     let role = args.task.role();
@@ -193,6 +194,10 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
     } else {
         None
     };
+    if let Some(events) = told {
+        // The run starts once every domain has ballooned.
+        wait_told(events, clock, 1);
+    }
     let end = clock.now_ns() + args.seconds * NS_PER_SECOND;
     if args.task != Task::Hog {
         if let Some(disk) = disk.as_mut() {
@@ -218,7 +223,9 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
                 Task::Idle => 1,
                 _ => 100,
             };
-            Outcome::Timer(periodic(timer, clock, end, period, disk.as_mut().map(|d| (d, every)))?)
+            // Runs started together (told) put their first deadlines apart.
+            let phase = if args.told { phase(domid, period) } else { 0 };
+            Outcome::Timer(periodic(timer, clock, end, period, phase, disk.as_mut().map(|d| (d, every)))?)
         }
         Task::Ping(link) => {
             let (hist, lost) = ping(link, clock, end)?;
@@ -228,8 +235,9 @@ fn run(args: &StressArgs) -> Result<(), Failure> {
             answers: pong(pong_port.ok_or(Failure::Port { expected: EvtchnPort(0), got: EvtchnPort(0) })?, end)?,
         },
     };
-    if let Some(events) = report_events {
-        wait_for_report(events, clock);
+    if let Some(events) = told {
+        // The report once every run is over.
+        wait_told(events, clock, 2);
     }
     let balloon = Balloon {
         domid,
@@ -272,29 +280,37 @@ fn report_hist(domid: DomId, role: Role, hist: &Histogram, lost: Option<u64>) {
     record::hist_lines(domid, role, hist, |line| say!("{line}"));
 }
 
-/// With `wait_report=1`: event delivery on, [`REPORT_PORT`] handled (domain 0 notifies it
-/// once every worker's run is over).
-fn listen_for_report() -> Result<Events, Failure> {
-    fn report_now(_port: EvtchnPort) {
-        REPORT_NOW.store(true, Ordering::Release);
+/// With `told=1`: event delivery on, [`TOLD_PORT`] handled (domain 0 notifies it once
+/// every domain has ballooned and once every run is over).
+fn listen_to_domain_0() -> Result<Events, Failure> {
+    fn told(_port: EvtchnPort) {
+        TOLD.fetch_add(1, Ordering::AcqRel);
     }
     let events = Events::init().map_err(Failure::Events)?;
-    events.set_handler(REPORT_PORT, report_now).map_err(Failure::Events)?;
-    let _ = evtchn::unmask(REPORT_PORT);
+    events.set_handler(TOLD_PORT, told).map_err(Failure::Events)?;
+    let _ = evtchn::unmask(TOLD_PORT);
     events.enable();
     Ok(events)
 }
 
-/// Waits, blocked, until domain 0 has notified [`REPORT_PORT`] (at most
-/// [`REPORT_WAIT_NS`]): the report that follows (4 ms of CPU under TCG) then runs in no other
-/// worker's run. Runs start as each worker has ballooned, seconds apart at N=1000, so
-/// reports printed at each run's end landed in the runs of those that started later.
-fn wait_for_report(events: Events, clock: Clock) {
-    let deadline = clock.now_ns() + REPORT_WAIT_NS;
-    while !REPORT_NOW.load(Ordering::Acquire) && clock.now_ns() < deadline {
+/// Waits, blocked, until domain 0 has notified [`TOLD_PORT`] `count` times (at most
+/// [`TOLD_WAIT_NS`]). Started each as it had ballooned, runs began while the other domains
+/// still booted and ballooned (their start-ups went first) and ended seconds apart, each
+/// report (4 ms of CPU under TCG) landing in the runs of those that started later.
+fn wait_told(events: Events, clock: Clock, count: u32) {
+    let deadline = clock.now_ns() + TOLD_WAIT_NS;
+    while TOLD.load(Ordering::Acquire) < count && clock.now_ns() < deadline {
         // Returns once the port is pending (its handler then runs) or at the deadline.
-        let _ = events.poll(&[REPORT_PORT], deadline);
+        let _ = events.poll(&[TOLD_PORT], deadline);
     }
+}
+
+/// Where in its `period` a worker's first deadline falls, after `period`, when every run
+/// starts together (`told=1`): spread by domain id (Fibonacci hashing), so that timers that
+/// start together do not fall due together (976 idle domains at once, every 100 ms).
+fn phase(domid: DomId, period: u64) -> u64 {
+    let spread = u64::from(domid.0).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    (spread * (period & 0xFFFF_FFFF)) >> 32
 }
 
 /// Event delivery with the timer bound, events on.
@@ -327,10 +343,12 @@ fn periodic(
     clock: Clock,
     end: u64,
     period: u64,
+    phase: u64,
     mut disk: Option<(&mut io::Disk, u64)>,
 ) -> Result<Histogram, Failure> {
     let mut hist = Histogram::new();
     let mut wakeups = 0u64;
+    let mut first = true;
     loop {
         let now = clock.now_ns();
         if now >= end {
@@ -339,7 +357,7 @@ fn periodic(
                 early => Err(Failure::EarlyTimer(early)),
             };
         }
-        let deadline = now + period;
+        let deadline = now + period + if core::mem::take(&mut first) { phase } else { 0 };
         let woke = timer.sleep_until(deadline).map_err(Failure::Timer)?;
         hist.record(woke.saturating_sub(deadline));
         wakeups += 1;
