@@ -112,7 +112,7 @@ pub struct Console {
     /// The guest's work to compose its report, ns of CPU.
     pub report_work_ns: u64,
     /// Workers compose and write their reports only when domain 0 says every run is over
-    /// (`wait_report=1`: the run's latest start plus its length plus 500 ms), not each at
+    /// (`told=1`: the run's latest start plus its length plus 500 ms), not each at
     /// the end of its own run.
     pub report_when_told: bool,
     pub wait: ConsoleWait,
