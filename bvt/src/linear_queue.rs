@@ -46,10 +46,14 @@ pub struct LinearRunQueue<V> {
     dispatch_seq: u64,
     /// The running vCPU asked to give way at the next decision.
     yield_pending: bool,
+    /// The vCPU an interruption (a warped or boosted vCPU) preempted, resumed once the
+    /// interruptions are over (see "Interruptions" in the crate documentation); cleared
+    /// once any other vCPU is dispatched.
+    resume: Option<V>,
     /// The last decision gave the running vCPU a slice (a timer is armed for it), measured
     /// against a rival of this `E`: a vCPU that becomes runnable with a lower `E` would beat
     /// the running one sooner, so the slice must be measured again.
-    slice_rival_vns: Option<i128>,
+    slice_threshold_vns: Option<i128>,
     /// Members looked at so far.
     steps: Cell<u64>,
 }
@@ -68,7 +72,8 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
             charged_until_ns: 0,
             dispatch_seq: 0,
             yield_pending: false,
-            slice_rival_vns: None,
+            resume: None,
+            slice_threshold_vns: None,
             steps: Cell::new(0),
         }
     }
@@ -161,7 +166,7 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
         if !self.members[i].runnable {
-            self.members[i].account.wake(self.svt, now_ns);
+            self.members[i].account.wake(self.svt, self.config.wake_boost_ns, now_ns);
             self.members[i].runnable = true;
             self.members[i].waiting_since_ns = now_ns;
             self.set_load(self.runnable + 1);
@@ -242,10 +247,11 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
         let chosen = self.choose();
         self.yield_pending = false;
         let slice = chosen.and_then(|i| self.slice(i));
-        self.slice_rival_vns = slice.map(|(_, rival_vns)| rival_vns);
+        self.slice_threshold_vns = slice.map(|(_, threshold)| threshold);
         let slice_ns = slice.map(|(ns, _)| ns);
         let run = chosen.map(|i| self.members[i].id);
         if run != self.current {
+            self.note_preemption(self.current.and_then(|v| self.find(v)), chosen);
             if let Some(previous) = self.current.and_then(|v| self.find(v)) {
                 self.members[previous].waiting_since_ns = now_ns;
             }
@@ -282,9 +288,10 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
     /// without charging).
     pub fn decision_due(&self) -> bool {
         match self.current.and_then(|v| self.find(v)) {
-            Some(c) => self.best_rival(Some(c)).is_some_and(|r| {
-                let e = self.members[r].account.effective();
-                self.yield_pending || self.slice_rival_vns.is_none_or(|measured| e < measured) || self.beats(r, c)
+            Some(c) => self.threshold(c).is_some_and(|threshold| {
+                self.yield_pending
+                    || self.slice_threshold_vns.is_none_or(|measured| threshold < measured)
+                    || self.members[c].account.effective() > threshold
             }),
             None => self.runnable > 0,
         }
@@ -352,16 +359,43 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
         }
     }
 
+    /// Whether member `i` is boosted.
+    fn boosted(&self, i: usize) -> bool {
+        self.members[i].account.boosted()
+    }
+
     /// The running vCPU's allowance in vns: `C / w`.
     fn allowance_vns(&self, running: usize) -> i128 {
         let weight = self.members[running].account.params().weight.get();
         i128::from(self.config.ctx_switch_allowance_ns / u64::from(weight))
     }
 
-    /// Whether `rival` is ahead of the running `running` by more than its allowance.
+    /// Whether `rival` is ahead of the running `running` by more than its allowance (or at
+    /// all, if `rival` is boosted and `running` is not).
     fn beats(&self, rival: usize, running: usize) -> bool {
         let e = |i: usize| self.members[i].account.effective();
-        e(rival) + self.allowance_vns(running) < e(running)
+        let allowance = if self.boosted(rival) && !self.boosted(running) { 0 } else { self.allowance_vns(running) };
+        e(rival) + allowance < e(running)
+    }
+
+    /// The `E` past which member `running` is beaten by another runnable one: the best
+    /// rival's `E` plus the allowance, or, unless `running` is boosted itself, a boosted
+    /// rival's `E` if lower (`None`: no rival).
+    fn threshold(&self, running: usize) -> Option<i128> {
+        let rival = self.best_rival(Some(running))?;
+        let allowed = self.members[rival].account.effective() + self.allowance_vns(running);
+        if self.boosted(running) {
+            return Some(allowed);
+        }
+        self.note(self.members.len());
+        let boosted = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|&(i, m)| m.runnable && i != running && self.boosted(i))
+            .map(|(_, m)| m.account.effective())
+            .min();
+        Some(boosted.map_or(allowed, |e| e.min(allowed)))
     }
 
     /// Whether the runnable member `i` should take the CPU from the running vCPU.
@@ -387,28 +421,77 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
             .map(|(i, _)| i)
     }
 
+    /// The waiting boosted vCPU with the lowest `E` (ties: dispatched least recently).
+    fn first_boosted(&self) -> Option<usize> {
+        self.note(self.members.len());
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|&(i, m)| m.runnable && self.current != Some(m.id) && self.boosted(i))
+            .min_by_key(|(_, m)| (m.account.effective(), m.last_dispatch))
+            .map(|(i, _)| i)
+    }
+
+    /// Who takes the CPU when the running vCPU leaves it or is beaten, `r` being the best
+    /// rival: `r` if it is warped; else the vCPU an interruption preempted if it is boosted
+    /// (a wake-up cut short); else the first boosted vCPU (it would beat anyone else at
+    /// once); else the preempted vCPU; else `r` (see "Interruptions" in the crate
+    /// documentation).
+    fn next_after(&self, r: usize) -> usize {
+        if self.members[r].account.warped() {
+            return r;
+        }
+        let resumed = self
+            .resume
+            .and_then(|v| self.find(v))
+            .filter(|&i| self.members[i].runnable && self.current != Some(self.members[i].id));
+        if let Some(b) = resumed.filter(|&b| self.boosted(b)) {
+            return b;
+        }
+        self.first_boosted().or(resumed).unwrap_or(r)
+    }
+
+    /// Keeps track of the vCPU an interruption (a warped or boosted vCPU) preempted:
+    /// `previous` (the running vCPU, if any) leaves the CPU for `chosen`.
+    fn note_preemption(&mut self, previous: Option<usize>, chosen: Option<usize>) {
+        let warped = |i: usize| self.members[i].account.warped();
+        let interrupts = |i: usize| warped(i) || self.boosted(i);
+        // A boosted vCPU's wake-up cut short by a warp; a vCPU that has run its boost out
+        // cut short by a boosted one's wake-up.
+        let cut_short = |p: usize, c: usize| if self.boosted(p) { warped(c) } else { !warped(p) && self.boosted(c) };
+        match (previous, chosen) {
+            (Some(p), Some(c)) if cut_short(p, c) && self.members[p].runnable => {
+                self.resume = Some(self.members[p].id);
+            }
+            (_, Some(c)) if interrupts(c) => {}
+            _ => self.resume = None,
+        }
+    }
+
     fn choose(&self) -> Option<usize> {
         let current = self.current.and_then(|v| self.find(v));
-        let rival = self.best_rival(current);
+        let rival = self.best_rival(current).map(|r| self.next_after(r));
+        let beaten = |c: usize| self.threshold(c).is_some_and(|threshold| self.members[c].account.effective() > threshold);
         match (current, rival) {
-            (Some(c), Some(r)) if self.yield_pending || self.beats(r, c) => Some(r),
+            (Some(c), Some(r)) if self.yield_pending || beaten(c) => Some(r),
             (Some(c), _) => Some(c),
             (None, rival) => rival,
         }
     }
 
-    /// How long member `i`, about to run, may run before the next decision, and the `E` of
-    /// the rival that measures it.
+    /// How long member `i`, about to run, may run before the next decision, and the
+    /// threshold that measures it.
     fn slice(&self, i: usize) -> Option<(u64, i128)> {
-        let rival = self.best_rival(Some(i))?;
-        let rival_vns = self.members[rival].account.effective();
+        let threshold = self.threshold(i)?;
         let account = &self.members[i].account;
-        // The rival beats `i` once E_i > E_rival + allowance: advance A by the difference + 1.
-        let gap = rival_vns + self.allowance_vns(i) + 1 - account.effective();
+        // A rival beats `i` once E_i > threshold: advance A by the difference + 1.
+        let gap = threshold + 1 - account.effective();
         let needed_vns = u64::try_from(gap.max(1)).unwrap_or(u64::MAX);
         let until_rival = account.ns_to_advance(needed_vns);
         let slice = account.warp_left_ns().map_or(until_rival, |left| until_rival.min(left));
-        Some((slice.max(self.config.mcu_ns), rival_vns))
+        // A boosted vCPU's boost ends within the slice: boosted rivals may beat it from then.
+        let slice = if account.boosted() { slice.min(account.boost_left_ns()) } else { slice };
+        Some((slice.max(self.config.mcu_ns), threshold))
     }
 }
 

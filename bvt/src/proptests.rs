@@ -240,7 +240,7 @@ proptest! {
         allowance in knob(),
         steal_min_wait_ns in prop_oneof![Just(0u64), 0u64..5_000_000],
     ) {
-        let config = Config { ctx_switch_allowance_ns: allowance, mcu_ns, steal_min_wait_ns };
+        let config = Config { ctx_switch_allowance_ns: allowance, mcu_ns, steal_min_wait_ns, ..Config::default() };
         let mut new = [RunQueue::<u32>::new(CpuId(0), config), RunQueue::<u32>::new(CpuId(1), config)];
         let mut old = [LinearRunQueue::<u32>::new(CpuId(0), config), LinearRunQueue::<u32>::new(CpuId(1), config)];
         let mut now = start;

@@ -86,11 +86,20 @@ struct Waiting<V> {
     warped: BTreeSet<(i128, u64, V)>,
     /// The unpinned ones by last dispatch: what a steal takes.
     stealable: BTreeSet<(u64, V)>,
+    /// The boosted ones by `(E, last dispatch)`: they beat the running vCPU without its
+    /// allowance.
+    boosted: BTreeSet<(i128, u64, V)>,
 }
 
 impl<V: Copy + Ord> Waiting<V> {
     fn new() -> Waiting<V> {
-        Waiting { by_effective: BTreeSet::new(), by_actual: BTreeSet::new(), warped: BTreeSet::new(), stealable: BTreeSet::new() }
+        Waiting {
+            by_effective: BTreeSet::new(),
+            by_actual: BTreeSet::new(),
+            warped: BTreeSet::new(),
+            stealable: BTreeSet::new(),
+            boosted: BTreeSet::new(),
+        }
     }
 
     fn insert(&mut self, m: &Member<V>) {
@@ -103,6 +112,9 @@ impl<V: Copy + Ord> Waiting<V> {
         if !pinned {
             self.stealable.insert((m.last_dispatch, m.id));
         }
+        if m.account.boosted() {
+            self.boosted.insert(m.by_effective());
+        }
     }
 
     fn remove(&mut self, m: &Member<V>) {
@@ -110,6 +122,7 @@ impl<V: Copy + Ord> Waiting<V> {
         self.by_actual.remove(&(m.account.actual(), m.id));
         self.warped.remove(&m.by_effective());
         self.stealable.remove(&(m.last_dispatch, m.id));
+        self.boosted.remove(&m.by_effective());
     }
 
     fn len(&self) -> usize {
@@ -139,10 +152,15 @@ pub struct RunQueue<V> {
     dispatch_seq: u64,
     /// The running vCPU asked to give way at the next decision.
     yield_pending: bool,
-    /// The last decision gave the running vCPU a slice (a timer is armed for it), measured
-    /// against a rival of this `E`: a vCPU that becomes runnable with a lower `E` would beat
-    /// the running one sooner, so the slice must be measured again.
-    slice_rival_vns: Option<i128>,
+    /// The vCPU an interruption (a warped or boosted vCPU) preempted, resumed once the
+    /// interruptions are over (see "Interruptions" in the crate documentation); cleared
+    /// once any other vCPU is dispatched.
+    resume: Option<V>,
+    /// The last decision gave the running vCPU a slice (a timer is armed for it), until its
+    /// `E` passes this threshold (see [`RunQueue::threshold`]): a vCPU that becomes runnable
+    /// and lowers the threshold would beat the running one sooner, so the slice must be
+    /// measured again.
+    slice_threshold_vns: Option<i128>,
     /// Steps of the searches made so far (see [`RunQueue::search_steps`]).
     steps: Cell<u64>,
 }
@@ -163,7 +181,8 @@ impl<V: Copy + Ord> RunQueue<V> {
             charged_until_ns: 0,
             dispatch_seq: 0,
             yield_pending: false,
-            slice_rival_vns: None,
+            resume: None,
+            slice_threshold_vns: None,
             steps: Cell::new(0),
         }
     }
@@ -267,9 +286,9 @@ impl<V: Copy + Ord> RunQueue<V> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
         if !self.members[i].runnable {
-            let svt = self.svt;
+            let (svt, boost_ns) = (self.svt, self.config.wake_boost_ns);
             let member = &mut self.members[i];
-            member.account.wake(svt, now_ns);
+            member.account.wake(svt, boost_ns, now_ns);
             member.runnable = true;
             member.waiting_since_ns = now_ns;
             self.list(i);
@@ -362,6 +381,7 @@ impl<V: Copy + Ord> RunQueue<V> {
         let run = chosen.map(|i| self.members[i].id);
         if run != self.current {
             let previous = self.current.and_then(|v| self.find(v));
+            self.note_preemption(previous, chosen);
             if let Some(i) = chosen {
                 self.unlist(i);
                 self.dispatch_seq += 1;
@@ -374,7 +394,7 @@ impl<V: Copy + Ord> RunQueue<V> {
             }
         }
         let slice = chosen.and_then(|i| self.slice(i));
-        self.slice_rival_vns = slice.map(|(_, rival_vns)| rival_vns);
+        self.slice_threshold_vns = slice.map(|(_, threshold)| threshold);
         let slice_ns = slice.map(|(ns, _)| ns);
         Decision { run, slice_ns }
     }
@@ -398,8 +418,10 @@ impl<V: Copy + Ord> RunQueue<V> {
     /// without charging).
     pub(crate) fn decision_due(&self) -> bool {
         match self.current.and_then(|v| self.find(v)) {
-            Some(c) => self.best_rival().is_some_and(|(e, r)| {
-                self.yield_pending || self.slice_rival_vns.is_none_or(|measured| e < measured) || self.beats(r, c)
+            Some(c) => self.threshold(c).is_some_and(|threshold| {
+                self.yield_pending
+                    || self.slice_threshold_vns.is_none_or(|measured| threshold < measured)
+                    || self.members[c].account.effective() > threshold
             }),
             None => self.runnable > 0,
         }
@@ -464,7 +486,9 @@ impl<V: Copy + Ord> RunQueue<V> {
         for m in &waiting {
             assert!(self.waiting.by_effective.contains(&m.by_effective()));
             assert!(self.waiting.by_actual.contains(&(m.account.actual(), m.id)));
+            assert_eq!(self.waiting.boosted.contains(&m.by_effective()), m.account.boosted());
         }
+        assert_eq!(self.waiting.boosted.len(), waiting.iter().filter(|m| m.account.boosted()).count());
         for (i, m) in self.members.iter().enumerate() {
             assert_eq!(self.index.get(&m.id), Some(&i));
         }
@@ -499,16 +523,37 @@ impl<V: Copy + Ord> RunQueue<V> {
         }
     }
 
+    /// Whether member `i` is boosted.
+    fn boosted(&self, i: usize) -> bool {
+        self.members[i].account.boosted()
+    }
+
     /// The running vCPU's allowance in vns: `C / w`.
     fn allowance_vns(&self, running: usize) -> i128 {
         let weight = self.members[running].account.params().weight.get();
         i128::from(self.config.ctx_switch_allowance_ns / u64::from(weight))
     }
 
-    /// Whether `rival` is ahead of the running `running` by more than its allowance.
+    /// Whether `rival` is ahead of the running `running` by more than its allowance (or at
+    /// all, if `rival` is boosted and `running` is not).
     fn beats(&self, rival: usize, running: usize) -> bool {
         let e = |i: usize| self.members[i].account.effective();
-        e(rival) + self.allowance_vns(running) < e(running)
+        let allowance = if self.boosted(rival) && !self.boosted(running) { 0 } else { self.allowance_vns(running) };
+        e(rival) + allowance < e(running)
+    }
+
+    /// The `E` past which the running member `running` is beaten by a waiting one: the best
+    /// rival's `E` plus the allowance, or, unless `running` is boosted itself, a boosted
+    /// rival's `E` if lower (`None`: no rival).
+    fn threshold(&self, running: usize) -> Option<i128> {
+        let (rival_vns, _) = self.best_rival()?;
+        let allowed = rival_vns + self.allowance_vns(running);
+        if self.boosted(running) {
+            return Some(allowed);
+        }
+        self.note(self.waiting.boosted.len());
+        let boosted = self.waiting.boosted.first().map(|&(e, _, _)| e);
+        Some(boosted.map_or(allowed, |e| e.min(allowed)))
     }
 
     /// Whether the runnable member `i` should take the CPU from the running vCPU.
@@ -530,34 +575,79 @@ impl<V: Copy + Ord> RunQueue<V> {
         Some((e, self.find(v).expect("a waiting vCPU is a member")))
     }
 
+    /// The waiting boosted vCPU with the lowest `E` (ties: dispatched least recently).
+    fn first_boosted(&self) -> Option<usize> {
+        self.note(self.waiting.boosted.len());
+        self.waiting.boosted.first().and_then(|&(_, _, v)| self.find(v))
+    }
+
+    /// Who takes the CPU when the running vCPU leaves it or is beaten, `r` being the best
+    /// rival: `r` if it is warped; else the vCPU an interruption preempted if it is boosted
+    /// (a wake-up cut short); else the first boosted vCPU (it would beat anyone else at
+    /// once); else the preempted vCPU; else `r` (see "Interruptions" in the crate
+    /// documentation).
+    fn next_after(&self, r: usize) -> usize {
+        if self.members[r].account.warped() {
+            return r;
+        }
+        let resumed = self
+            .resume
+            .and_then(|v| self.find(v))
+            .filter(|&i| self.members[i].runnable && self.current != Some(self.members[i].id));
+        if let Some(b) = resumed.filter(|&b| self.boosted(b)) {
+            return b;
+        }
+        self.first_boosted().or(resumed).unwrap_or(r)
+    }
+
+    /// Keeps track of the vCPU an interruption (a warped or boosted vCPU) preempted:
+    /// `previous` (the running vCPU, if any) leaves the CPU for `chosen`.
+    fn note_preemption(&mut self, previous: Option<usize>, chosen: Option<usize>) {
+        let warped = |i: usize| self.members[i].account.warped();
+        let interrupts = |i: usize| warped(i) || self.boosted(i);
+        // A boosted vCPU's wake-up cut short by a warp; a vCPU that has run its boost out
+        // cut short by a boosted one's wake-up.
+        let cut_short = |p: usize, c: usize| if self.boosted(p) { warped(c) } else { !warped(p) && self.boosted(c) };
+        match (previous, chosen) {
+            (Some(p), Some(c)) if cut_short(p, c) && self.members[p].runnable => {
+                self.resume = Some(self.members[p].id);
+            }
+            (_, Some(c)) if interrupts(c) => {}
+            _ => self.resume = None,
+        }
+    }
+
     fn choose(&self) -> Option<usize> {
         let current = self.current.and_then(|v| self.find(v));
-        let rival = self.best_rival().map(|(_, r)| r);
+        let rival = self.best_rival().map(|(_, r)| self.next_after(r));
+        let beaten = |c: usize| self.threshold(c).is_some_and(|threshold| self.members[c].account.effective() > threshold);
         match (current, rival) {
-            (Some(c), Some(r)) if self.yield_pending || self.beats(r, c) => Some(r),
+            (Some(c), Some(r)) if self.yield_pending || beaten(c) => Some(r),
             (Some(c), _) => Some(c),
             (None, rival) => rival,
         }
     }
 
-    /// How long member `i`, the running one, may run before the next decision, and the `E`
-    /// of the rival that measures it.
+    /// How long member `i`, the running one, may run before the next decision, and the
+    /// threshold that measures it.
     fn slice(&self, i: usize) -> Option<(u64, i128)> {
-        let (rival_vns, _) = self.best_rival()?;
+        let threshold = self.threshold(i)?;
         let account = &self.members[i].account;
-        // The rival beats `i` once E_i > E_rival + allowance: advance A by the difference + 1.
-        let gap = rival_vns + self.allowance_vns(i) + 1 - account.effective();
+        // A rival beats `i` once E_i > threshold: advance A by the difference + 1.
+        let gap = threshold + 1 - account.effective();
         let needed_vns = u64::try_from(gap.max(1)).unwrap_or(u64::MAX);
         let until_rival = account.ns_to_advance(needed_vns);
         let slice = account.warp_left_ns().map_or(until_rival, |left| until_rival.min(left));
-        Some((slice.max(self.config.mcu_ns), rival_vns))
+        // A boosted vCPU's boost ends within the slice: boosted rivals may beat it from then.
+        let slice = if account.boosted() { slice.min(account.boost_left_ns()) } else { slice };
+        Some((slice.max(self.config.mcu_ns), threshold))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::NO_WARP_LIMIT;
+    use crate::params::{DEFAULT_WAKE_BOOST_NS, NO_WARP_LIMIT};
     use core::num::NonZeroU32;
 
     const MS: u64 = 1_000_000;
@@ -632,7 +722,7 @@ mod tests {
         for running_weight in [1u32, 4] {
             let allowance_vns = MS / u64::from(running_weight);
             for (warp, expected) in [(allowance_vns, false), (allowance_vns + 1, true)] {
-                let mut rq = RunQueue::new(CpuId(0), config(MS, 1_000));
+                let mut rq = RunQueue::new(CpuId(0), Config { wake_boost_ns: 0, ..config(MS, 1_000) });
                 rq.add(1u32, weight(running_weight), 0).unwrap();
                 rq.add(2, warped(1, warp), 0).unwrap();
                 rq.block(2, 0).unwrap();
@@ -656,6 +746,89 @@ mod tests {
         assert!(!rq.should_preempt(1, 0));
         rq.block(2, 0).unwrap();
         assert!(!rq.should_preempt(2, 0));
+    }
+
+    #[test]
+    fn a_vcpu_that_woke_behind_svt_beats_the_running_one_without_the_allowance() {
+        const US: u64 = 1_000;
+        for boost_ns in [DEFAULT_WAKE_BOOST_NS, 0] {
+            let mut rq = RunQueue::new(CpuId(0), Config { wake_boost_ns: boost_ns, ..config(5 * MS, 100 * US) });
+            rq.add(1u32, weight(1), 0).unwrap();
+            rq.add(2, weight(1), 0).unwrap();
+            rq.block(2, 0).unwrap();
+            assert_eq!(rq.pick_next(0).run, Some(1));
+            // vCPU 2 slept at A = 0 while vCPU 1 took SVT to 10 ms: it wakes level with 1.
+            assert_eq!(rq.wake(2, 10 * MS), Ok(true));
+            let decision = rq.pick_next(10 * MS);
+            assert_eq!(decision.run, Some(1), "not ahead yet");
+            if boost_ns > 0 {
+                assert_eq!(decision.slice_ns, Some(100 * US), "beaten as soon as it is ahead at all: one MCU");
+                assert_eq!(rq.pick_next(10 * MS + 100 * US).run, Some(2));
+            } else {
+                assert_eq!(decision.slice_ns, Some(5 * MS + 1), "the allowance");
+                assert_eq!(rq.pick_next(10 * MS + 100 * US).run, Some(1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_boost_gains_no_virtual_time_keeps_the_allowance_against_boosts_and_runs_out() {
+        const US: u64 = 1_000;
+        let mut rq = RunQueue::new(CpuId(0), config(5 * MS, US));
+        rq.add(1u32, weight(1), 0).unwrap();
+        for v in [2, 3] {
+            rq.add(v, weight(1), 0).unwrap();
+            rq.block(v, 0).unwrap();
+        }
+        rq.pick_next(0);
+        rq.wake(2, 10 * MS).unwrap();
+        assert_eq!(rq.vcpu(2).map(|v| v.actual_vns), Some(10 * MS), "A = SVT, as without a boost");
+        assert_eq!(rq.pick_next(10 * MS + US).run, Some(2));
+        rq.wake(3, 10 * MS + 100 * US).unwrap();
+        assert!(rq.vcpu(3).unwrap().effective_vns < rq.vcpu(2).unwrap().effective_vns);
+        let decision = rq.pick_next(10 * MS + 100 * US);
+        assert_eq!(decision.run, Some(2), "boosted vCPUs keep the allowance among themselves");
+        assert_eq!(decision.slice_ns, Some(DEFAULT_WAKE_BOOST_NS - 99 * US), "until its boost runs out");
+        assert_eq!(rq.pick_next(10 * MS + US + DEFAULT_WAKE_BOOST_NS).run, Some(3), "run out: the boosted rival beats it");
+    }
+
+    #[test]
+    fn a_wake_up_cut_short_by_a_warp_finishes_before_later_wake_ups() {
+        let mut rq = RunQueue::new(CpuId(0), config(5 * MS, 10_000));
+        rq.add(1u32, weight(1), 0).unwrap();
+        for v in [2, 3] {
+            rq.add(v, weight(1), 0).unwrap();
+            rq.block(v, 0).unwrap();
+        }
+        rq.add(4, warped(1, 100 * MS), 0).unwrap();
+        rq.block(4, 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(1));
+        rq.wake(2, 10 * MS).unwrap();
+        assert_eq!(rq.pick_next(10 * MS + 10_000).run, Some(2), "boosted past the hog");
+        rq.wake(4, 10 * MS + 50_000).unwrap();
+        assert_eq!(rq.pick_next(10 * MS + 50_000).run, Some(4), "the warp preempts the wake-up");
+        rq.wake(3, 10 * MS + 60_000).unwrap();
+        rq.block(4, 10 * MS + 100_000).unwrap();
+        assert!(rq.vcpu(3).unwrap().effective_vns < rq.vcpu(2).unwrap().effective_vns, "the later wake-up is ahead in E");
+        assert_eq!(rq.pick_next(10 * MS + 100_000).run, Some(2), "the cut-short wake-up finishes first");
+        rq.block(2, 10 * MS + 150_000).unwrap();
+        assert_eq!(rq.pick_next(10 * MS + 150_000).run, Some(3));
+    }
+
+    #[test]
+    fn a_hog_that_boosted_wake_ups_interrupt_keeps_its_turn() {
+        let mut rq = RunQueue::new(CpuId(0), config(5 * MS, 10_000));
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.add(3, weight(1), 0).unwrap();
+        rq.block(3, 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(1));
+        rq.add(2, weight(1), 3 * MS).unwrap();
+        assert_eq!(rq.pick_next(3 * MS).run, Some(1), "a rival level with it waits out the allowance");
+        rq.wake(3, 4 * MS).unwrap();
+        assert_eq!(rq.pick_next(4 * MS).run, Some(3), "boosted");
+        rq.block(3, 4 * MS + 50_000).unwrap();
+        assert!(rq.vcpu(2).unwrap().effective_vns < rq.vcpu(1).unwrap().effective_vns);
+        assert_eq!(rq.pick_next(4 * MS + 50_000).run, Some(1), "the interrupted hog resumes, within its allowance");
     }
 
     #[test]

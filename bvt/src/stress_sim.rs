@@ -171,6 +171,8 @@ pub struct Model {
     /// Workers start their runs together, at domain 0's go once every domain has started
     /// up (as `make stress IO=1` does with `stress-go`), not each as it has.
     pub aligned_start: bool,
+    /// The run queues' wake-up boost ([`Config::wake_boost`]).
+    pub wake_boost: bool,
 }
 
 impl Model {
@@ -179,7 +181,7 @@ impl Model {
     pub fn stress(n: u32) -> Model {
         let warp = Warp { weight: 16, warp_ns: 200 * MS, limit_ns: 20 * MS, unwarp_ns: 200 * US };
         let console = Console { capacity: 96 << 10, drain_bytes_per_s: 190_000, report_bytes: 830, report_work_ns: 0, report_when_told: false, wait: ConsoleWait::Block };
-        Model { n, cpus: 2, run_ns: 10_000 * MS, costs: Costs::default(), warp, worker_run_ns: None, console, aligned_start: false }
+        Model { n, cpus: 2, run_ns: 10_000 * MS, costs: Costs::default(), warp, worker_run_ns: None, console, aligned_start: false, wake_boost: true }
     }
 
     /// `make stress N=n` as measured: the costs of real runs ([`Costs::measured`]), each
@@ -206,6 +208,7 @@ impl Model {
         model.console.report_when_told = false;
         model.aligned_start = false;
         model.warp.weight = 1;
+        model.wake_boost = false;
         model
     }
 }
@@ -545,7 +548,7 @@ pub fn run<Q: Queue<u32>>(model: &Model) -> Outcome {
         })
         .collect::<Vec<_>>();
     let nearest = |c: usize| (1..cpus).map(|d| ((c + d) % cpus) as u32).collect();
-    let (scheds, boards) = crate::cpu_sched::cpus::<u32, u32, Q>(cpus, Config::default(), nearest);
+    let (scheds, boards) = crate::cpu_sched::cpus::<u32, u32, Q>(cpus, Config { wake_boost_ns: if model.wake_boost { crate::params::DEFAULT_WAKE_BOOST_NS } else { 0 }, ..Config::default() }, nearest);
     let mut sim = Sim {
         model: *model,
         cpus: scheds
@@ -1068,13 +1071,33 @@ mod tests {
     /// reporting when it says every run is over, no start-up and no report is in any run.
     #[test]
     fn start_ups_and_reports_in_other_runs_delay_the_idle_domains() {
-        let mut apart = Model::measured(600);
+        let told = Model { wake_boost: false, ..Model::measured(600) };
+        let mut apart = told;
         apart.console.report_when_told = false;
         apart.aligned_start = false;
         let apart = run::<RunQueue<u32>>(&apart);
-        let told = run::<RunQueue<u32>>(&Model::measured(600));
+        let told = run::<RunQueue<u32>>(&told);
         assert!(apart.idle.percentile(99) > 20 * MS, "apart: idle p99 {}", apart.idle.percentile(99));
         assert!(told.idle.percentile(99) < 5 * MS, "told: idle p99 {}", told.idle.percentile(99));
+    }
+
+    /// The wake-up boost and the interruptions' rule (see the crate documentation) at the
+    /// measured costs: the idle domains' wake-ups come sooner (p50 under 0.8x and p99 under
+    /// 0.6x of those without, from N=100 to 1000), while the hogs keep their shares within 2.5%
+    /// and the warped domains their latency. Without the interruptions' rule the boost alone
+    /// skewed the hogs by 4-8%.
+    #[test]
+    fn the_wake_up_boost_brings_idle_wake_ups_forward_and_keeps_the_shares() {
+        for n in [100, 600, 1000] {
+            let plain = run::<RunQueue<u32>>(&Model { wake_boost: false, ..Model::measured(n) });
+            let boosted = run::<RunQueue<u32>>(&Model::measured(n));
+            for (p, tenths) in [(50, 8), (99, 6)] {
+                let (before, after) = (plain.idle.percentile(p), boosted.idle.percentile(p));
+                assert!(after * 10 < before * tenths, "N={n}: idle p{p} {after} ns with the boost, {before} ns without");
+            }
+            assert!(boosted.hog_error < 0.025, "N={n}: hog error {}", boosted.hog_error);
+            assert!(boosted.warped.percentile(99) < 2 * plain.warped.percentile(99), "N={n}: warped p99 {}", boosted.warped.percentile(99));
+        }
     }
 
     /// The work of one wake-up, decision and block grows with log n, not n: at 1000 members

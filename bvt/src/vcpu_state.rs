@@ -47,6 +47,11 @@ pub(crate) struct Account {
     /// Run ns not yet turned into vns (always below the weight).
     remainder_ns: u64,
     warp: Warp,
+    /// Real ns of its wake-up boost left: it woke from behind SVT (it had used less than its
+    /// share while asleep), and while it has run less than the boost since, it takes the CPU
+    /// from an unboosted running vCPU without the context switch allowance (see the crate
+    /// documentation, "Wake-up boost"). 0: not boosted.
+    boost_left_ns: u64,
 }
 
 impl Account {
@@ -65,6 +70,16 @@ impl Account {
         self.warp.warped
     }
 
+    /// Whether the vCPU woke from behind SVT and has not yet run its boost out.
+    pub(crate) fn boosted(&self) -> bool {
+        self.boost_left_ns > 0
+    }
+
+    /// Real ns of its boost left (0: not boosted).
+    pub(crate) fn boost_left_ns(&self) -> u64 {
+        self.boost_left_ns
+    }
+
     /// Effective virtual time `E = A - W` while warped, else `A`.
     pub(crate) fn effective(&self) -> i128 {
         let bias = if self.warp.warped { self.params.warp_vns } else { 0 };
@@ -79,6 +94,7 @@ impl Account {
         let advance = u64::try_from(total / weight).unwrap_or(u64::MAX);
         self.a = self.a.saturating_add(advance);
         self.remainder_ns = u64::try_from(total % weight).expect("a remainder is below a u32 weight");
+        self.boost_left_ns = self.boost_left_ns.saturating_sub(ran_ns);
         if self.warp.warped {
             self.warp.used_ns = self.warp.used_ns.saturating_add(ran_ns);
             if self.warp.limit_used(self.params.warp_limit_ns) {
@@ -88,9 +104,11 @@ impl Account {
     }
 
     /// The vCPU becomes runnable at `now_ns` on a queue whose SVT is `svt`: it earns no
-    /// credit for sleeping (`A = max(A, SVT)`), and it warps if warping is enabled and it has
+    /// credit for sleeping (`A = max(A, SVT)`), is boosted for its next `boost_ns` of running
+    /// if it was behind SVT (it used less than its share while asleep), and it warps if warping is enabled and it has
     /// warp time left, after renewing its limit if it has been unwarped for at least `U`.
-    pub(crate) fn wake(&mut self, svt: u64, now_ns: u64) {
+    pub(crate) fn wake(&mut self, svt: u64, boost_ns: u64, now_ns: u64) {
+        self.boost_left_ns = if self.a < svt { boost_ns } else { 0 };
         self.a = self.a.max(svt);
         if !self.params.warp_enabled() || self.warp.warped {
             return;
@@ -154,6 +172,7 @@ impl Account {
             a: svt.saturating_add(state.lag_vns),
             remainder_ns: state.remainder_ns,
             warp: state.warp,
+            boost_left_ns: 0,
         }
     }
 }
@@ -211,6 +230,29 @@ mod tests {
     }
 
     #[test]
+    fn only_a_vcpu_that_slept_behind_svt_wakes_boosted_for_its_boost_of_running() {
+        let mut acc = account(1, 0, 0, 0);
+        acc.charge(100, 0);
+        acc.wake(50, 30, 0);
+        assert!(!acc.boosted(), "ahead of SVT: it used more than its share");
+        assert_eq!(acc.actual(), 100);
+        acc.wake(100, 30, 0);
+        assert!(!acc.boosted(), "level with SVT is not behind it");
+        acc.wake(150, 30, 0);
+        assert!(acc.boosted(), "behind SVT");
+        assert_eq!(acc.actual(), 150, "and no credit for it");
+        let moved = Account::arrive(&acc.depart(0, true), 0);
+        assert!(!moved.boosted(), "an arrival is not a wake-up");
+        acc.charge(20, 0);
+        assert_eq!(acc.boost_left_ns(), 10);
+        acc.charge(10, 0);
+        assert!(!acc.boosted(), "run out");
+        let mut off = account(1, 0, 0, 0);
+        off.wake(150, 0, 0);
+        assert!(!off.boosted(), "no boost when boosts are off");
+    }
+
+    #[test]
     fn charging_divides_by_weight_and_carries_the_remainder() {
         let mut acc = account(3, 0, 0, 0);
         for _ in 0..10 {
@@ -239,17 +281,17 @@ mod tests {
     #[test]
     fn waking_raises_a_to_svt_but_never_lowers_it() {
         let mut acc = account(1, 0, 0, 0);
-        acc.wake(1_000, 0);
+        acc.wake(1_000, 0, 0);
         assert_eq!(acc.actual(), 1_000);
         acc.charge(500, 0);
-        acc.wake(10, 0);
+        acc.wake(10, 0, 0);
         assert_eq!(acc.actual(), 1_500);
     }
 
     #[test]
     fn warp_lowers_effective_time_until_its_limit_is_used() {
         let mut acc = account(1, 700, 100, 0);
-        acc.wake(1_000, 0);
+        acc.wake(1_000, 0, 0);
         assert!(acc.warped());
         assert_eq!(acc.effective(), 300);
         assert_eq!(acc.warp_left_ns(), Some(100));
@@ -264,13 +306,13 @@ mod tests {
     #[test]
     fn the_unwarp_requirement_counts_from_the_end_of_the_last_warp() {
         let mut acc = account(1, 700, 100, 1_000);
-        acc.wake(0, 0);
+        acc.wake(0, 0, 0);
         assert!(acc.warped(), "a vCPU that never warped meets U");
         acc.charge(100, 100);
         assert!(!acc.warped(), "L used up at 100");
-        acc.wake(0, 1_099);
+        acc.wake(0, 0, 1_099);
         assert!(!acc.warped(), "999 ns unwarped is short of U");
-        acc.wake(0, 1_100);
+        acc.wake(0, 0, 1_100);
         assert!(acc.warped());
         assert_eq!(acc.warp_left_ns(), Some(100), "U of unwarped time renewed the limit");
     }
@@ -278,25 +320,25 @@ mod tests {
     #[test]
     fn a_short_sleep_pauses_the_warp_without_renewing_its_limit() {
         let mut acc = account(1, 700, 100, 1_000);
-        acc.wake(0, 0);
+        acc.wake(0, 0, 0);
         acc.charge(60, 60);
         acc.unwarp(60); // blocked
-        acc.wake(0, 70);
+        acc.wake(0, 0, 70);
         assert!(acc.warped(), "10 ns asleep: the warp goes on");
         assert_eq!(acc.warp_left_ns(), Some(40), "and so does its limit");
         acc.charge(30, 100);
         acc.unwarp(100);
-        acc.wake(0, 1_100);
+        acc.wake(0, 0, 1_100);
         assert_eq!(acc.warp_left_ns(), Some(100), "U asleep renews it");
     }
 
     #[test]
     fn without_a_limit_the_unwarp_requirement_has_nothing_to_renew() {
         let mut acc = account(1, 700, NO_WARP_LIMIT, 1_000);
-        acc.wake(0, 0);
+        acc.wake(0, 0, 0);
         acc.charge(5_000, 5_000);
         acc.unwarp(5_000);
-        acc.wake(0, 5_001);
+        acc.wake(0, 0, 5_001);
         assert!(acc.warped());
         assert_eq!(acc.warp_left_ns(), None);
     }
@@ -304,11 +346,11 @@ mod tests {
     #[test]
     fn set_params_ends_a_disabled_or_used_up_warp() {
         let mut acc = account(2, 700, 0, 0);
-        acc.wake(0, 0);
+        acc.wake(0, 0, 0);
         acc.charge(50, 50);
         acc.set_params(BvtParams { warp_limit_ns: 50, ..acc.params() }, 60);
         assert!(!acc.warped(), "the new limit is already used");
-        acc.wake(0, 70);
+        acc.wake(0, 0, 70);
         acc.set_params(BvtParams { warp_vns: 0, ..acc.params() }, 80);
         assert!(!acc.warped());
         acc.charge(1, 80);
@@ -319,7 +361,7 @@ mod tests {
     #[test]
     fn departure_keeps_the_lag_not_the_raw_virtual_time() {
         let mut acc = account(1, 0, 0, 0);
-        acc.wake(5_000, 0);
+        acc.wake(5_000, 0, 0);
         acc.charge(300, 0);
         let state = acc.depart(5_100, true);
         assert_eq!(state.lag_vns(), 200);

@@ -32,6 +32,10 @@ pub struct Options {
     /// timers due close together share one interrupt (default 50, as Xen's `timer_slop`;
     /// 0: every timer on time).
     pub timer_slop_us: u32,
+    /// `wake_boost=on|off`: a vCPU that wakes having used less than its share takes the CPU
+    /// from the running one without the context switch allowance (default on; see the
+    /// `bvt` crate, "Wake-up boost").
+    pub wake_boost: bool,
     /// `dom0`: the first boot module is domain 0 (privileged, holds the control interface);
     /// the other modules are only started when domain 0 asks.
     pub dom0: bool,
@@ -72,6 +76,7 @@ impl Default for Options {
             ipi_samples: 200,
             heap_mib: 8,
             timer_slop_us: 50,
+            wake_boost: true,
             test_silent_cpu: None,
             test_late_cpu: None,
             fpu_save: FpuSave::Xsaveopt,
@@ -133,6 +138,8 @@ impl Options {
                 ("nosmp", None) => set(&mut o.max_cpus, Some(Some(1))),
                 ("x2apic", Some("on")) => set(&mut o.x2apic, Some(true)),
                 ("x2apic", Some("off")) => set(&mut o.x2apic, Some(false)),
+                ("wake_boost", Some("on")) => set(&mut o.wake_boost, Some(true)),
+                ("wake_boost", Some("off")) => set(&mut o.wake_boost, Some(false)),
                 ("exit", Some("summary")) => set(&mut o.exit, Some(ExitStatus::Summary)),
                 ("exit", Some("guest")) => set(&mut o.exit, Some(ExitStatus::Guest)),
                 ("maxcpus", v) => set(&mut o.max_cpus, number(v, 1..=u32::MAX).map(Some)),
@@ -147,7 +154,7 @@ impl Options {
                 ("xsave", Some("opt")) => set(&mut o.fpu_save, Some(FpuSave::Xsaveopt)),
                 ("test_silent_cpu", v) => set(&mut o.test_silent_cpu, number(v, 1..=u32::MAX).map(Some)),
                 ("test_late_cpu", v) => set(&mut o.test_late_cpu, number(v, 1..=u32::MAX).map(Some)),
-                ("selftest" | "verbose" | "nosmp" | "x2apic" | "dom0" | "xsave" | "exit", _) => false,
+                ("selftest" | "verbose" | "nosmp" | "x2apic" | "wake_boost" | "dom0" | "xsave" | "exit", _) => false,
                 _ => {
                     let _ = o.unknown.try_push(keyvalue::clip(word));
                     continue;
@@ -201,6 +208,10 @@ mod tests {
         assert_eq!(o.heap_mib, 8);
         assert_eq!(Options::parse("heap_mib=1").heap_mib, 8, "too small for the self-checks");
         assert_eq!(Options::parse("timer_slop_us=0").timer_slop_us, 0);
+        assert!(Options::parse("").wake_boost);
+        assert!(!Options::parse("wake_boost=off").wake_boost);
+        assert!(Options::parse("wake_boost=off wake_boost=on").wake_boost);
+        assert_eq!(Options::parse("wake_boost=maybe").invalid.len(), 1);
         assert_eq!(Options::parse("xsave=off").fpu_save, FpuSave::Fxsave);
         assert_eq!(Options::parse("xsave=on").fpu_save, FpuSave::Xsave);
         assert_eq!(Options::parse("").fpu_save, FpuSave::Xsaveopt);

@@ -181,11 +181,12 @@ fn running_slot() -> &'static AtomicPtr<Vcpu> {
 }
 static LOCAL: Once<PerCpuOwned<Local>> = Once::new();
 
-/// Creates the run queues, one per CPU; `nearest(i)` lists CPU `i`'s others nearest first.
-/// Timers of domains that do not warp may fire up to `timer_slop_ns` late.
-pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, timer_slop_ns: u64, glue: Glue) {
+/// Creates the run queues, one per CPU, each with `config`; `nearest(i)` lists CPU `i`'s
+/// others nearest first. Timers of domains that do not warp may fire up to `timer_slop_ns`
+/// late.
+pub fn init(cpus: usize, nearest: impl Fn(usize) -> Vec<u32>, config: Config, timer_slop_ns: u64, glue: Glue) {
     GLUE.call_once(|| glue);
-    let (cores, boards) = bvt::cpus(cpus, Config::default(), nearest);
+    let (cores, boards) = bvt::cpus(cpus, config, nearest);
     BOARDS.call_once(|| boards);
     STATS.call_once(|| (0..cpus).map(|_| Stats::default()).collect());
     let mut cores = cores.into_iter();
