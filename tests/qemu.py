@@ -438,6 +438,18 @@ def guest_cases():
              expect_lines=ok_lines + ["events: all ok"]
              + [f"hostile: attack {name}:" for name, _ in PREEMPT_ATTACKS]
              + ["hostile: long calls contained"]),
+        # Review of the blocking console write: a write woken by events again and again
+        # (vCPU 1 sends on vCPU 0's IPI port) waits again each time; before the fix each wait
+        # listed its vCPU once more, and the list of waiters (4096) filled with one vCPU
+        # (the flooder beside it then found it full). The list holds a domain once.
+        Case("iso-console-waiters", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello"),
+                      ("guest-hostile", "name=console_waiters vcpus=2 attack=console_waiters"),
+                      ("guest-hostile", "name=long_console attack=long_console")],
+             expect={"domains.created": "3", "domains.unexpected_endings": "0", "console.waiters_full": "0"},
+             expect_at_most={"console.waiters_high_water": CONSOLE_WAITER_DOMAINS, "sched.max_stay_us": PREEMPT_MAX_STAY_US},
+             expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack console_waiters: 4 writes",
+                                      "hostile: attack long_console:"]),
         # Issue 15, holes 1 and 4 (the window only where it belongs): attacks that made the
         # machine triple-fault before the fix (slot 511 of the live L4 cleared, an L4 without
         # it loaded as the kernel's or, with an iret to user mode, the user's table). Each
@@ -709,6 +721,9 @@ PREEMPT_ATTACKS = [("long_mmu_update", ""), ("long_mmuext", ""), ("long_console"
 # Lines in long_console's one write (64 KiB of 128-byte lines): a write that waits for room
 # in the console buffer blocked waits at most once per line.
 CONSOLE_WRITE_LINES = 65536 // 128
+# Domains of iso-console-waiters that write to the console: the list of waiting writers
+# holds each domain at most once.
+CONSOLE_WAITER_DOMAINS = 3
 # The longest stay in the hypervisor with interrupts off the preempt case allows, in us.
 # The hypervisor's own part of a stay is bounded (40 us of work per call, then entry, exit
 # and a 10 us console slice: under 100 us), but under TCG a stay is measured in host time:

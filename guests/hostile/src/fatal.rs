@@ -21,7 +21,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, close_race, compat, containment, exit_path, last_attack, long_calls, m2p, nested_fault, segments, vcpu_info, window};
+use crate::{big_tree, close_race, compat, console_waiters, containment, exit_path, last_attack, long_calls, m2p, nested_fault, segments, vcpu_info, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -35,6 +35,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "long_mmu_update", run: long_calls::mmu_update },
     Attack { name: "long_mmuext", run: long_calls::mmuext },
     Attack { name: "long_console", run: long_calls::console },
+    Attack { name: "console_waiters", run: console_waiters::attack },
     Attack { name: "long_decrease", run: long_calls::decrease },
     Attack { name: "long_gdt", run: long_calls::gdt },
     Attack { name: "long_exchange", run: long_calls::exchange },
