@@ -336,6 +336,11 @@ fn wake_waiters() {
         let share = if domain.privileged { DOM0_SHARE } else { DOMAIN_SHARE };
         // Its own share bounds it too: its lines must print first.
         let mut own = logger::guest_room(Some(id), share);
+        if own < LINE_ROOM {
+            // None of its vCPUs can be woken: back with all of them, none looked up.
+            waiters.put_back(id, listed);
+            continue;
+        }
         let mut still = 0u32;
         for vcpu_id in console_waiters::vcpu_ids(listed) {
             let Some(vcpu) = domain.vcpu(vcpu_id) else { continue };
