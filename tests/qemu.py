@@ -445,8 +445,8 @@ def guest_cases():
         Case("iso-console-waiters", smp="2", boot="iso",
              modules=[("guest-hello", "name=hello"),
                       ("guest-hostile", "name=console_waiters vcpus=2 attack=console_waiters"),
-                      ("guest-hostile", "name=long_console attack=long_console")],
-             expect={"domains.created": "3", "domains.unexpected_endings": "0", "console.waiters_full": "0"},
+                      ("guest-hostile", f"name=long_console count={CONSOLE_FLOODERS} attack=long_console")],
+             expect={"domains.created": str(2 + CONSOLE_FLOODERS), "domains.unexpected_endings": "0", "console.waiters_full": "0"},
              expect_at_most={"console.waiters_high_water": CONSOLE_WAITER_DOMAINS, "sched.max_stay_us": PREEMPT_MAX_STAY_US},
              expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack console_waiters: 4 writes",
                                       "hostile: attack long_console:"]),
@@ -721,9 +721,11 @@ PREEMPT_ATTACKS = [("long_mmu_update", ""), ("long_mmuext", ""), ("long_console"
 # Lines in long_console's one write (64 KiB of 128-byte lines): a write that waits for room
 # in the console buffer blocked waits at most once per line.
 CONSOLE_WRITE_LINES = 65536 // 128
-# Domains of iso-console-waiters that write to the console: the list of waiting writers
-# holds each domain at most once.
-CONSOLE_WAITER_DOMAINS = 3
+# iso-console-waiters: domains flooding the console beside the attacker (twelve 8 KiB shares
+# fill the guests' 96 KiB of the buffer, so that it stays full for long), and the domains
+# that write to the console: the list of waiting writers holds each domain at most once.
+CONSOLE_FLOODERS = 12
+CONSOLE_WAITER_DOMAINS = 2 + CONSOLE_FLOODERS
 # The longest stay in the hypervisor with interrupts off the preempt case allows, in us.
 # The hypervisor's own part of a stay is bounded (40 us of work per call, then entry, exit
 # and a 10 us console slice: under 100 us), but under TCG a stay is measured in host time:
