@@ -478,6 +478,17 @@ def guest_cases():
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_at_most={"sched.max_stay_us": PREEMPT_MAX_STAY_US},
              expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack init_big_tree: done"]),
+        # Review: a domain shut down by one of its vCPUs while another is in the middle of
+        # a long validation continued in slices (a pin, an emulated L4 write, a
+        # VCPUOP_initialise, each over 2053 tables): the teardown relinquishes the
+        # half-validated tree, with nothing leaked (run=pass), beside a guest that finishes.
+        Case("iso-die-mid-validation", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} mem_kib=16384 vcpus={v} attack={a}") for a, v in DIE_MID_VALIDATION],
+             expect={"domains.created": str(1 + len(DIE_MID_VALIDATION)), "domains.unexpected_endings": "0"},
+             expect_at_most={"sched.max_stay_us": PREEMPT_MAX_STAY_US},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}:" for a, _ in DIE_MID_VALIDATION]),
         # Work package "ptwr" (issue 16): the big tree linked into the live L4 by one direct
         # write, emulated in slices (the guest's mov runs again until the validation is
         # done: summary ptwr.again), then unlinked; both land, beside a guest that finishes.
@@ -721,6 +732,8 @@ PREEMPT_ATTACKS = [("long_mmu_update", ""), ("long_mmuext", ""), ("long_console"
 # Lines in long_console's one write (64 KiB of 128-byte lines): a write that waits for room
 # in the console buffer blocked waits at most once per line.
 CONSOLE_WRITE_LINES = 65536 // 128
+# iso-die-mid-validation: each attack and the vCPUs it needs (the killer among them).
+DIE_MID_VALIDATION = [("die_mid_pin", 2), ("die_mid_write", 2), ("die_mid_init", 3)]
 # iso-console-waiters: domains flooding the console beside the attacker (twelve 8 KiB shares
 # fill the guests' 96 KiB of the buffer, so that it stays full for long), and the domains
 # that write to the console: the list of waiting writers holds each domain at most once.
