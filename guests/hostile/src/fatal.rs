@@ -64,6 +64,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "spin_masked", run: containment::spin_masked },
     Attack { name: "flood_dom0", run: containment::flood_dom0 },
     Attack { name: "exhaust_ports_timers", run: containment::exhaust_ports_timers },
+    Attack { name: "console_blocked", run: containment::console_blocked },
     Attack { name: "ldt_call_gate", run: segments::ldt_call_gate },
     Attack { name: "stale_ldt_ss", run: segments::stale_ldt_ss },
     Attack { name: "stale_ldt_ds", run: segments::stale_ldt_ds },
