@@ -302,6 +302,14 @@ def guest_cases():
              modules=[("guest-dom0", "name=dom0 -- attack=share"), ("guest-vcpus", "")],
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["dom0: attack share: ok"]),
+        # Review: a warped ticker (a timer 150 us ahead, block, then 100 us of work, forever)
+        # beside a hog of the same weight on CPU 0: the hypervisor's waits for its early
+        # timers are charged to no domain's CPU time, but the hog must still get its half of
+        # the CPU (within 5 points).
+        Case("iso-lifecycle-held", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=held"), ("guest-vcpus", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack held: ticker warped", "dom0: attack held: ok"]),
         # Work package "store" (issue 17): domain 0 serves the store to two good clients and
         # two hostile ones (quota floods then garbage ring indices; garbage indices at once:
         # each cut off alone, the good ones served on);
