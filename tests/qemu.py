@@ -302,6 +302,14 @@ def guest_cases():
              modules=[("guest-dom0", "name=dom0 -- attack=share"), ("guest-vcpus", "")],
              expect={"domains.unexpected_endings": "0"},
              expect_lines=ok_lines + ["dom0: attack share: ok"]),
+        # Review: a warped ticker (a timer 150 us ahead, block, then 100 us of work, forever)
+        # beside a hog of the same weight on CPU 0: the hypervisor's waits for its early
+        # timers are charged to no domain's CPU time, but the hog must still get its half of
+        # the CPU (within 5 points).
+        Case("iso-lifecycle-held", smp="2", mem="512M", boot="iso", cmdline="dom0",
+             modules=[("guest-dom0", "name=dom0 -- attack=held"), ("guest-vcpus", "")],
+             expect={"domains.unexpected_endings": "0"},
+             expect_lines=ok_lines + ["dom0: attack held: ticker warped", "dom0: attack held: ok"]),
         # Work package "store" (issue 17): domain 0 serves the store to two good clients and
         # two hostile ones (quota floods then garbage ring indices; garbage indices at once:
         # each cut off alone, the good ones served on);
@@ -438,6 +446,18 @@ def guest_cases():
              expect_lines=ok_lines + ["events: all ok"]
              + [f"hostile: attack {name}:" for name, _ in PREEMPT_ATTACKS]
              + ["hostile: long calls contained"]),
+        # Review of the blocking console write: a write woken by events again and again
+        # (vCPU 1 sends on vCPU 0's IPI port) waits again each time; before the fix each wait
+        # listed its vCPU once more, and the list of waiters (4096) filled with one vCPU
+        # (the flooder beside it then found it full). The list holds a domain once.
+        Case("iso-console-waiters", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello"),
+                      ("guest-hostile", "name=console_waiters vcpus=2 attack=console_waiters"),
+                      ("guest-hostile", f"name=long_console count={CONSOLE_FLOODERS} attack=long_console")],
+             expect={"domains.created": str(2 + CONSOLE_FLOODERS), "domains.unexpected_endings": "0", "console.waiters_full": "0"},
+             expect_at_most={"console.waiters_high_water": CONSOLE_WAITER_DOMAINS, "sched.max_stay_us": PREEMPT_MAX_STAY_US},
+             expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack console_waiters: 4 writes",
+                                      "hostile: attack long_console:"]),
         # Issue 15, holes 1 and 4 (the window only where it belongs): attacks that made the
         # machine triple-fault before the fix (slot 511 of the live L4 cleared, an L4 without
         # it loaded as the kernel's or, with an iret to user mode, the user's table). Each
@@ -466,6 +486,17 @@ def guest_cases():
              expect={"domains.created": "2", "domains.unexpected_endings": "0"},
              expect_at_most={"sched.max_stay_us": PREEMPT_MAX_STAY_US},
              expect_lines=ok_lines + ["hello from a Rust PV guest", "hostile: attack init_big_tree: done"]),
+        # Review: a domain shut down by one of its vCPUs while another is in the middle of
+        # a long validation continued in slices (a pin, an emulated L4 write, a
+        # VCPUOP_initialise, each over 2053 tables): the teardown relinquishes the
+        # half-validated tree, with nothing leaked (run=pass), beside a guest that finishes.
+        Case("iso-die-mid-validation", smp="2", boot="iso",
+             modules=[("guest-hello", "name=hello")]
+             + [("guest-hostile", f"name={a} mem_kib=16384 vcpus={v} attack={a}") for a, v in DIE_MID_VALIDATION],
+             expect={"domains.created": str(1 + len(DIE_MID_VALIDATION)), "domains.unexpected_endings": "0"},
+             expect_at_most={"sched.max_stay_us": PREEMPT_MAX_STAY_US},
+             expect_lines=ok_lines + ["hello from a Rust PV guest"]
+             + [f"hostile: attack {a}:" for a, _ in DIE_MID_VALIDATION]),
         # Work package "ptwr" (issue 16): the big tree linked into the live L4 by one direct
         # write, emulated in slices (the guest's mov runs again until the validation is
         # done: summary ptwr.again), then unlinked; both land, beside a guest that finishes.
@@ -709,6 +740,13 @@ PREEMPT_ATTACKS = [("long_mmu_update", ""), ("long_mmuext", ""), ("long_console"
 # Lines in long_console's one write (64 KiB of 128-byte lines): a write that waits for room
 # in the console buffer blocked waits at most once per line.
 CONSOLE_WRITE_LINES = 65536 // 128
+# iso-die-mid-validation: each attack and the vCPUs it needs (the killer among them).
+DIE_MID_VALIDATION = [("die_mid_pin", 2), ("die_mid_write", 2), ("die_mid_init", 3)]
+# iso-console-waiters: domains flooding the console beside the attacker (twelve 8 KiB shares
+# fill the guests' 96 KiB of the buffer, so that it stays full for long), and the domains
+# that write to the console: the list of waiting writers holds each domain at most once.
+CONSOLE_FLOODERS = 12
+CONSOLE_WAITER_DOMAINS = 2 + CONSOLE_FLOODERS
 # The longest stay in the hypervisor with interrupts off the preempt case allows, in us.
 # The hypervisor's own part of a stay is bounded (40 us of work per call, then entry, exit
 # and a 10 us console slice: under 100 us), but under TCG a stay is measured in host time:

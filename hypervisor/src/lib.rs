@@ -7,6 +7,7 @@ pub mod bootmodule;
 pub mod budget;
 pub mod cmdline;
 pub mod console_line;
+pub mod console_waiters;
 pub mod continuation;
 pub mod debugreg;
 pub mod descriptor;

@@ -98,6 +98,7 @@ pub const CYCLE_ATTACKS: &[CycleDomain] = &[
     CycleDomain::Hostile("attack=spin_masked"),
     CycleDomain::Hostile("attack=flood_dom0"),
     CycleDomain::Hostile("attack=exhaust_ports_timers"),
+    CycleDomain::Hostile("attack=console_blocked"),
     CycleDomain::Fuzzer,
 ];
 

@@ -271,3 +271,91 @@ fn fail(name: &str, why: &str) -> ! {
     println!("hostile: attack {name}: FAILED: {why}");
     shutdown(ShutdownReason::Crash)
 }
+
+// ---- Dying in the middle of a long validation -------------------------------------------
+
+/// Set by vCPU 0 just before its long call: the killer's delay starts.
+static GO: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static KILLER_STACK: smp::VcpuStack<8192> = smp::VcpuStack::new();
+/// How long after the long call begins the killer shuts the domain down: well inside the
+/// call (each of the three validates 2053 tables, hundreds of milliseconds under TCG).
+const KILL_AFTER_NS: u64 = 20_000_000;
+
+/// The killer vCPU: waits for [`GO`], lets the long call run [`KILL_AFTER_NS`], then shuts
+/// the domain down (poweroff) while vCPU 0 is in the middle of it.
+extern "C" fn killer(_: u64) -> ! {
+    while !GO.load(core::sync::atomic::Ordering::SeqCst) {
+        core::hint::spin_loop();
+    }
+    let Ok(clock) = Clock::new() else { shutdown(ShutdownReason::Crash) };
+    let until = clock.now_ns() + KILL_AFTER_NS;
+    while clock.now_ns() < until {
+        core::hint::spin_loop();
+    }
+    shutdown(ShutdownReason::Poweroff)
+}
+
+/// Starts the killer on vCPU `id`.
+fn start_killer(name: &str, id: u32) {
+    if smp::start(VcpuId(id), killer, 0, &KILLER_STACK).is_err() {
+        fail(name, "the killer vCPU was refused (vcpus= too small)");
+    }
+}
+
+/// Reached only if the long call returned before the killer struck: the attack tested
+/// nothing (the delay is too long for this machine).
+fn outlived(name: &str) -> ! {
+    println!("hostile: attack {name}: the call returned before the shutdown (the attack tested nothing)");
+    shutdown(ShutdownReason::Crash)
+}
+
+/// `die_mid_pin`: the big tree's pin (continued in slices, the walk partial in the frames
+/// between them), with the domain shut down by its vCPU 1 in the middle of it: the
+/// teardown must relinquish a half-validated tree, frame counts exact (the case's
+/// `run=pass`: nothing leaked) and the hypervisor unharmed. Needs `vcpus=2`.
+pub fn die_mid_pin(targets: &Targets) -> ! {
+    let name = "die_mid_pin";
+    let l3 = build(targets, name);
+    start_killer(name, 1);
+    println!("hostile: attack {name}: pinning {} tables, shut down by vCPU 1 after {} ms", 1 + L2_TABLES + L1_TABLES, KILL_AFTER_NS / 1_000_000);
+    GO.store(true, core::sync::atomic::Ordering::SeqCst);
+    let _ = extended(MmuextCmd::PinL3Table, l3);
+    outlived(name)
+}
+
+/// `die_mid_write`: the big tree linked into the live L4 by one emulated `mov` (continued
+/// in slices), the domain shut down by vCPU 1 in the middle of it. Needs `vcpus=2`.
+pub fn die_mid_write(targets: &Targets) -> ! {
+    let name = "die_mid_write";
+    let l3 = build(targets, name);
+    // SAFETY: vm_assist reads no guest memory.
+    let ret = unsafe { hypercall2(Hypercall::VmAssist, VmAssistCmd::Enable.raw().into(), VmAssistType::WritablePagetables.raw().into()) };
+    if ret != 0 {
+        fail(name, "enabling VMASST_TYPE_writable_pagetables");
+    }
+    let l4 = &targets.l4;
+    let slot = (1..256).find(|&slot| l4.entry(slot) == 0).unwrap_or_else(|| fail(name, "no free L4 slot"));
+    start_killer(name, 1);
+    println!("hostile: attack {name}: linking {} tables into L4 slot {slot}, shut down by vCPU 1 after {} ms", 1 + L2_TABLES + L1_TABLES, KILL_AFTER_NS / 1_000_000);
+    GO.store(true, core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: the slot was free: nothing the program uses goes through it.
+    unsafe { store(l4.va() + 8 * slot as u64, table_entry(l3)) };
+    outlived(name)
+}
+
+/// `die_mid_init`: `VCPUOP_initialise` of vCPU 1 on an L4 over the big tree (validated a
+/// slice per stay, the call issued again), the domain shut down by vCPU 2 in the middle of
+/// it. Needs `vcpus=3`.
+pub fn die_mid_init(targets: &Targets) -> ! {
+    let name = "die_mid_init";
+    let l3 = build(targets, name);
+    let l4 = table_in_spare(targets, FIRST_SPARE + L2_TABLES + 1, |index| (index == 0).then(|| table_entry(l3)))
+        .unwrap_or_else(|why| fail(name, why));
+    start_killer(name, 2);
+    println!("hostile: attack {name}: VCPUOP_initialise on {} tables, shut down by vCPU 2 after {} ms", 2 + L2_TABLES + L1_TABLES, KILL_AFTER_NS / 1_000_000);
+    let context = smp::context(never_runs, 0, targets.guard.va + PAGE_SIZE, l4.0);
+    GO.store(true, core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: the vCPU is never brought up (`never_runs`).
+    let _ = unsafe { smp::initialise(VcpuId(1), &context) };
+    outlived(name)
+}

@@ -7,6 +7,10 @@
 //!   masks): every other domain keeps running.
 //! - `flood_dom0`: binds to a port domain 0 left unbound for it and sends events on it as
 //!   fast as it can: domain 0 and everyone else keep running.
+//! - `console_blocked`: writes 16 KiB to the console again and again with a 1 ms timer
+//!   armed, so that it spends its life blocked waiting for room in the console buffer
+//!   (woken by each expiry, it waits again): domain 0 destroys it while it waits, and the
+//!   next domain may get its id (the list of waiting writers is by domain id).
 //! - `exhaust_ports_timers`: allocates ports until the hypervisor refuses (its per-domain
 //!   limit, or the heap room it keeps), binds every VIRQ it can, then re-arms its one-shot
 //!   timer in a tight loop with deadlines just ahead, so that the hypervisor's timer queue
@@ -83,5 +87,39 @@ pub fn exhaust_ports_timers(_: &Targets) -> ! {
         if armed.is_multiple_of(4096) && evtchn::alloc_unbound(DomId::SELF).is_ok() {
             println!("hostile: attack exhaust_ports_timers: a port past the limit SUCCEEDED (BUG)");
         }
+    }
+}
+
+/// Bytes of each of `console_blocked`'s writes.
+const BLOCKED_WRITE_BYTES: usize = 16 << 10;
+
+/// The text `console_blocked` writes, filled once at start.
+struct Text(core::cell::UnsafeCell<[u8; BLOCKED_WRITE_BYTES]>);
+// SAFETY: written once by vCPU 0 before any read; only vCPU 0 runs.
+unsafe impl Sync for Text {}
+static TEXT: Text = Text(core::cell::UnsafeCell::new([0; BLOCKED_WRITE_BYTES]));
+
+pub fn console_blocked(_: &Targets) -> ! {
+    // SAFETY: only vCPU 0 runs, and nothing else references the text yet.
+    let text = unsafe { &mut *TEXT.0.get() };
+    for line in text.chunks_mut(128) {
+        line.fill(b'b');
+        line[..24].copy_from_slice(b"hostile: console_blocked");
+        line[127] = b'\n';
+    }
+    let text: &[u8] = text;
+    let (Ok(events), Ok(clock)) = (guest_rt::events::Events::init(), Clock::new()) else {
+        println!("hostile: attack console_blocked: no events or clock");
+        shutdown(ShutdownReason::Crash)
+    };
+    if guest_rt::timer::Timer::bind(events).is_err() {
+        println!("hostile: attack console_blocked: no timer");
+        shutdown(ShutdownReason::Crash)
+    }
+    events.enable();
+    println!("hostile: attack console_blocked: console writes of {BLOCKED_WRITE_BYTES} bytes with a 1 ms timer, forever");
+    loop {
+        let _ = guest_rt::timer::set_deadline(clock.now_ns() + 1_000_000);
+        let _ = hypercall::console_write(text);
     }
 }

@@ -21,7 +21,7 @@ use guest_rt::hypercall::shutdown;
 use guest_rt::println;
 
 use crate::targets::Targets;
-use crate::{big_tree, close_race, compat, containment, exit_path, last_attack, long_calls, m2p, nested_fault, segments, vcpu_info, window};
+use crate::{big_tree, close_race, compat, console_waiters, containment, exit_path, last_attack, long_calls, m2p, nested_fault, segments, vcpu_info, window};
 
 /// One single attack: its name on the command line and what runs it.
 struct Attack {
@@ -35,6 +35,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "long_mmu_update", run: long_calls::mmu_update },
     Attack { name: "long_mmuext", run: long_calls::mmuext },
     Attack { name: "long_console", run: long_calls::console },
+    Attack { name: "console_waiters", run: console_waiters::attack },
     Attack { name: "long_decrease", run: long_calls::decrease },
     Attack { name: "long_gdt", run: long_calls::gdt },
     Attack { name: "long_exchange", run: long_calls::exchange },
@@ -45,6 +46,9 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "pin_big_tree", run: big_tree::pin_big_tree },
     Attack { name: "write_big_tree", run: big_tree::write_big_tree },
     Attack { name: "init_big_tree", run: big_tree::init_big_tree },
+    Attack { name: "die_mid_pin", run: big_tree::die_mid_pin },
+    Attack { name: "die_mid_write", run: big_tree::die_mid_write },
+    Attack { name: "die_mid_init", run: big_tree::die_mid_init },
     Attack { name: "shared_info_table", run: crate::shared_info::table_attack },
     Attack { name: "iret_cs_null", run: exit_path::iret_cs_null },
     Attack { name: "iret_cs_null_unhandled", run: exit_path::iret_cs_null_unhandled },
@@ -60,6 +64,7 @@ const ATTACKS: &[Attack] = &[
     Attack { name: "spin_masked", run: containment::spin_masked },
     Attack { name: "flood_dom0", run: containment::flood_dom0 },
     Attack { name: "exhaust_ports_timers", run: containment::exhaust_ports_timers },
+    Attack { name: "console_blocked", run: containment::console_blocked },
     Attack { name: "ldt_call_gate", run: segments::ldt_call_gate },
     Attack { name: "stale_ldt_ss", run: segments::stale_ldt_ss },
     Attack { name: "stale_ldt_ds", run: segments::stale_ldt_ds },

@@ -39,6 +39,7 @@ mod arguments;
 mod big_tree;
 mod close_race;
 mod compat;
+mod console_waiters;
 mod contained;
 mod debugregs;
 mod devices;

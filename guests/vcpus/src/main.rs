@@ -10,6 +10,12 @@
 //! heap when its vCPU moved to another CPU. Console: "vcpus: N vCPUs spinning" once every
 //! vCPU it asked for is up, or "vcpus: vCPU k refused: <error>" (it then spins on those it
 //! has). It must never end by itself.
+//!
+//! With `ticker_us=T` (and `busy_us=B`, default 0) it does not spin: vCPU 0 arms its
+//! one-shot timer T us ahead and blocks, then spins B us, again and again, forever
+//! ("vcpus: ticking every T us, busy B us"): a domain that wakes often, for domain 0's check of what its wake-ups cost the CPU's other
+//! domains when it is latency-sensitive (warped: its timers are programmed early and the
+//! rest waited out by the hypervisor).
 
 #![no_std]
 #![no_main]
@@ -39,6 +45,10 @@ fn main(start: &'static StartInfo) {
         .unwrap_or(1)
         .clamp(1, MAX_VCPUS);
     let far_timer = line.split_ascii_whitespace().any(|w| w == "far_timer");
+    if let Some(period_us) = line.split_ascii_whitespace().find_map(|w| w.strip_prefix("ticker_us=")).and_then(|v| v.parse::<u64>().ok()) {
+        let busy_us = line.split_ascii_whitespace().find_map(|w| w.strip_prefix("busy_us=")).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        tick(period_us.max(1), busy_us)
+    }
     let mut up = 1;
     for (id, stack) in STACKS.iter().enumerate().take(vcpus).skip(1) {
         match smp::start(VcpuId(id as u32), secondary, u64::from(far_timer), stack) {
@@ -62,5 +72,26 @@ fn spin(far_timer: bool) -> ! {
     }
     loop {
         core::hint::spin_loop();
+    }
+}
+
+/// Arms the one-shot timer `period_us` ahead and blocks until it fires, then spins
+/// `busy_us`, forever.
+fn tick(period_us: u64, busy_us: u64) -> ! {
+    let setup = guest_rt::events::Events::init()
+        .ok()
+        .and_then(|events| guest_rt::timer::Timer::bind(events).ok().map(|timer| (events, timer)))
+        .zip(guest_rt::time::Clock::new().ok());
+    let Some(((events, timer), clock)) = setup else {
+        println!("vcpus: ticker: no events, timer or clock");
+        spin(false)
+    };
+    events.enable();
+    println!("vcpus: ticking every {period_us} us, busy {busy_us} us");
+    loop {
+        let woke = timer.sleep_until(clock.now_ns() + period_us * 1000).unwrap_or(0);
+        while clock.now_ns() < woke + busy_us * 1000 {
+            core::hint::spin_loop();
+        }
     }
 }

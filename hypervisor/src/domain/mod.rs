@@ -484,7 +484,7 @@ impl Domain {
     }
 
     pub fn state(&self) -> LifeState {
-        match self.state.load(Ordering::Acquire) {
+        match self.state.load(Ordering::SeqCst) {
             0 => LifeState::Running,
             1 => LifeState::ShuttingDown,
             _ => LifeState::Dead,
@@ -625,7 +625,13 @@ impl Domain {
         }
         *slot = Some(ending);
         drop(slot);
-        self.state.store(LifeState::ShuttingDown as u8, Ordering::Release);
+        // SeqCst, and so are the count of CPUs running its vCPUs and the reads of both:
+        // `pv::teardown::kill` stores this then reads the count, a CPU switching a vCPU in
+        // (or leaving one) changes the count then reads this; with weaker orders both loads
+        // may miss the other's write (a store-load reordering): the vCPU then ran on a domain
+        // being destroyed, or the domain was never destroyed. (On x86 the logger's lock
+        // below happened to order them.)
+        self.state.store(LifeState::ShuttingDown as u8, Ordering::SeqCst);
         if ending.is_failure() {
             warn!("domain {} ({}) ended: {}", self.id.0, self.name, ending.name());
         } else {
@@ -640,7 +646,7 @@ impl Domain {
 
     /// Marks the domain dead; false if it was dead already (its destruction has begun).
     pub fn mark_dead(&self) -> bool {
-        self.state.swap(LifeState::Dead as u8, Ordering::AcqRel) != LifeState::Dead as u8
+        self.state.swap(LifeState::Dead as u8, Ordering::SeqCst) != LifeState::Dead as u8
     }
 
     /// Takes its vCPUs out of it, for its destruction (after [`Domain::mark_dead`], under the

@@ -57,6 +57,7 @@ use mm::addr::Mfn;
 use spin::Mutex;
 
 use hypervisor::console_line::{ConsoleLine, Ring, Source};
+use hypervisor::console_waiters::{self, Waiters};
 
 use crate::domain::{Domain, LifeState, Vcpu};
 use crate::memory::FrameMapping;
@@ -77,49 +78,20 @@ static NO_ROOM: AtomicU64 = AtomicU64::new(0);
 static RING_BYTES: AtomicU64 = AtomicU64::new(0);
 static RING_BOGUS: AtomicU64 = AtomicU64::new(0);
 
-/// vCPUs whose `console_io` write waits for room in the console buffer, blocked, oldest
-/// first: (domain id, vCPU id). A vCPU may be listed twice (woken by an event, it wrote
-/// again and waited again): [`Vcpu::console_wait`] says whether it still waits.
-static WAITERS: Mutex<Waiters> = Mutex::new(Waiters::new());
-/// How many entries [`WAITERS`] holds (read without the lock on every trap exit).
+/// Domains whose `console_io` writers wait for room in the console buffer, blocked,
+/// oldest first, each listed once with its waiting vCPUs (`hypervisor::console_waiters`:
+/// a vCPU woken by an event that writes and waits again is not listed again, so the list
+/// holds at most one entry per domain id and is never full). [`Vcpu::console_wait`] says
+/// whether a listed vCPU still waits.
+static WAITERS: Mutex<Waiters<{ crate::domain::MAX_DOMAINS + 1 }>> = Mutex::new(Waiters::new());
+/// How many domains [`WAITERS`] lists (read without the lock on every trap exit).
 static WAITER_COUNT: AtomicU32 = AtomicU32::new(0);
+/// The most domains [`WAITERS`] listed at once, and the waits it could not list (none:
+/// every domain and vCPU id fits).
+static WAITERS_HIGH_WATER: AtomicU32 = AtomicU32::new(0);
+static WAITERS_FULL: AtomicU64 = AtomicU64::new(0);
 /// Room a woken waiter is counted to need: its longest line with its tag and header.
 const LINE_ROOM: usize = LINE_MAX + 32;
-
-/// A fixed ring of waiting vCPUs (no allocation with interrupts off, no growth).
-struct Waiters {
-    slots: [(u16, u32); WAITER_SLOTS],
-    head: usize,
-    len: usize,
-}
-
-/// Waiters listed at once; a write that finds the list full spins as before (continued at once).
-const WAITER_SLOTS: usize = 4096;
-
-impl Waiters {
-    const fn new() -> Waiters {
-        Waiters { slots: [(0, 0); WAITER_SLOTS], head: 0, len: 0 }
-    }
-
-    fn push(&mut self, waiter: (u16, u32)) -> bool {
-        if self.len == WAITER_SLOTS {
-            return false;
-        }
-        self.slots[(self.head + self.len) % WAITER_SLOTS] = waiter;
-        self.len += 1;
-        true
-    }
-
-    fn pop(&mut self) -> Option<(u16, u32)> {
-        if self.len == 0 {
-            return None;
-        }
-        let waiter = self.slots[self.head];
-        self.head = (self.head + 1) % WAITER_SLOTS;
-        self.len -= 1;
-        Some(waiter)
-    }
-}
 
 /// Domains whose ring kept bytes for want of room in the console buffer, to drain again
 /// (each at most once: [`Ring::retry`]). A fixed array, one slot per possible domain id.
@@ -320,52 +292,74 @@ fn drain_ring(domain: &Domain) {
 /// The running `vcpu`'s `console_io` write found no room for its domain's line: it blocks
 /// until the buffer has drained enough (woken by [`retry_rings`]), instead of spinning on
 /// its continuation. False if it could not be listed (it then continues at once, as before).
+///
+/// Blocked before it is listed: a waker that finds it listed and waiting (on another CPU,
+/// at once) must find it blocked too, or its wake-up is lost (`sched::wake` wakes only a
+/// blocked vCPU) while it has taken the vCPU's `console_wait`: the vCPU then slept until
+/// some event came (for ever, in a guest that takes none).
 pub fn wait_for_room(vcpu: &Vcpu) -> bool {
+    crate::sched::block(vcpu);
     vcpu.console_wait.store(true, Ordering::SeqCst);
     {
         let mut waiters = WAITERS.lock();
-        if !waiters.push((vcpu.domain.id.0, vcpu.id)) {
+        if !waiters.add(vcpu.domain.id.0, vcpu.id) {
+            drop(waiters);
             vcpu.console_wait.store(false, Ordering::SeqCst);
+            WAITERS_FULL.fetch_add(1, Ordering::Relaxed);
+            crate::sched::wake(vcpu);
             return false;
         }
-        WAITER_COUNT.store(waiters.len as u32, Ordering::Release);
+        WAITER_COUNT.store(waiters.len() as u32, Ordering::Release);
+        WAITERS_HIGH_WATER.fetch_max(waiters.len() as u32, Ordering::Relaxed);
     }
-    crate::sched::block(vcpu);
     // Room made between the write and the listing would wake nobody: look now.
     wake_waiters();
     true
 }
 
-/// Wakes the waiting `console_io` writers, oldest first, that the room now free in the
-/// console buffer can take a line of each (a writer whose domain has its own share full
-/// goes to the back). Costs one load while none waits.
+/// Wakes the waiting `console_io` writers, oldest domain first, that the room now free in
+/// the console buffer can take a line of each (a domain whose own share is full, or whose
+/// writers the room does not reach, goes to the back with those still waiting). Each
+/// listed domain is visited at most once. Costs one load while none waits.
 fn wake_waiters() {
     if WAITER_COUNT.load(Ordering::Acquire) == 0 {
         return;
     }
     let mut room = logger::guest_room(None, 0);
     let mut waiters = WAITERS.lock();
-    for _ in 0..waiters.len {
+    for _ in 0..waiters.len() {
         if room < LINE_ROOM {
             break;
         }
-        let Some((id, vcpu_id)) = waiters.pop() else { break };
-        let Some(vcpu) = crate::domain::lookup(mm::frame::DomainId(id)).and_then(|d| d.vcpu(vcpu_id)) else { continue };
-        if !vcpu.console_wait.load(Ordering::SeqCst) {
+        let Some((id, listed)) = waiters.take() else { break };
+        let Some(domain) = crate::domain::lookup(mm::frame::DomainId(id)) else { continue };
+        let share = if domain.privileged { DOM0_SHARE } else { DOMAIN_SHARE };
+        // Its own share bounds it too: its lines must print first.
+        let mut own = logger::guest_room(Some(id), share);
+        if own < LINE_ROOM {
+            // None of its vCPUs can be woken: back with all of them, none looked up.
+            waiters.put_back(id, listed);
             continue;
         }
-        let share = if vcpu.domain.privileged { DOM0_SHARE } else { DOMAIN_SHARE };
-        if logger::guest_room(Some(id), share) < LINE_ROOM {
-            // Its own share is full: its lines must print first.
-            let _ = waiters.push((id, vcpu_id));
-            continue;
+        let mut still = 0u32;
+        for vcpu_id in console_waiters::vcpu_ids(listed) {
+            let Some(vcpu) = domain.vcpu(vcpu_id) else { continue };
+            if !vcpu.console_wait.load(Ordering::SeqCst) {
+                continue;
+            }
+            if room < LINE_ROOM || own < LINE_ROOM {
+                still |= 1 << vcpu_id;
+                continue;
+            }
+            if vcpu.console_wait.swap(false, Ordering::SeqCst) {
+                crate::sched::wake(&vcpu);
+                room -= LINE_ROOM;
+                own -= LINE_ROOM;
+            }
         }
-        if vcpu.console_wait.swap(false, Ordering::SeqCst) {
-            crate::sched::wake(&vcpu);
-            room -= LINE_ROOM;
-        }
+        waiters.put_back(id, still);
     }
-    WAITER_COUNT.store(waiters.len as u32, Ordering::Release);
+    WAITER_COUNT.store(waiters.len() as u32, Ordering::Release);
 }
 
 /// Drains again the rings that kept bytes for want of room in the console buffer, and
@@ -473,7 +467,9 @@ pub fn read_input(domain: &Domain, buffer: u64, count: u64) -> Result<u64, abi::
 }
 
 /// Prints the console's figures as summary lines: `console.waits` (guest writes that
-/// stopped to wait for room in the console buffer), `console.guest_lines_rate_limited`,
+/// stopped to wait for room in the console buffer), `console.waiters_high_water` (the most
+/// domains the list of waiting writers held at once), `console.waiters_full` (waits that
+/// could not be listed and spun instead: none), `console.guest_lines_rate_limited`,
 /// `console.guest_lines_dropped` (a domain's last line at shutdown, for want of room),
 /// `console.hypervisor_lines_dropped`, `console.buffer_high_water_bytes`, `console.ring_bytes`
 /// (taken from console rings) and `console.ring_bogus_indices` (drains that found a ring's
@@ -481,6 +477,8 @@ pub fn read_input(domain: &Domain, buffer: u64, count: u64) -> Result<u64, abi::
 pub fn report() {
     let (dropped, high_water) = logger::figures();
     info!("summary: console.waits={}", WAITS.load(Ordering::Relaxed));
+    info!("summary: console.waiters_high_water={}", WAITERS_HIGH_WATER.load(Ordering::Relaxed));
+    info!("summary: console.waiters_full={}", WAITERS_FULL.load(Ordering::Relaxed));
     info!("summary: console.guest_lines_rate_limited={}", RATE_LIMITED.load(Ordering::Relaxed));
     info!("summary: console.guest_lines_dropped={}", NO_ROOM.load(Ordering::Relaxed));
     info!("summary: console.hypervisor_lines_dropped={dropped}");

@@ -76,7 +76,10 @@ pub fn shutdown(domain: &Domain, ending: Ending) {
 /// if none of its vCPUs is on a CPU; otherwise the last CPU to leave it does.
 pub fn kill(domain: &Arc<Domain>, ending: Ending) {
     shutdown(domain, ending);
-    if domain.running_vcpus.load(Ordering::Acquire) == 0 {
+    // SeqCst, as the state's change and the scheduler's count and reads: of this CPU's
+    // (store state, load count) and a CPU's switch-in or leave (change count, load state),
+    // one sees the other (see `Domain::begin_shutdown`).
+    if domain.running_vcpus.load(Ordering::SeqCst) == 0 {
         destroy(domain);
     }
 }

@@ -832,7 +832,9 @@ fn switch_out(vcpu: &Vcpu, frame: &TrapFrame, since_tsc: u64, timers: &mut Timer
 /// this CPU also joins the domain's dirty CPUs (those a TLB flush for its frames must
 /// reach, see `tlb`) and the vCPU records where it runs.
 fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<VcpuKey>) -> Result<(), Arc<Domain>> {
-    vcpu.domain.running_vcpus.fetch_add(1, Ordering::AcqRel);
+    // SeqCst with the domain's state (`Domain::begin_shutdown`): either this sees it shutting
+    // down, or its killer sees this count.
+    vcpu.domain.running_vcpus.fetch_add(1, Ordering::SeqCst);
     if vcpu.domain.state() != LifeState::Running {
         return Err(vcpu.domain.clone());
     }
@@ -868,7 +870,7 @@ fn leave(domain: &Arc<Domain>) {
     if !current().is_some_and(|vcpu| Arc::ptr_eq(&vcpu.domain, domain)) {
         domain.dirty_cpus.remove(here.index);
     }
-    let last = domain.running_vcpus.fetch_sub(1, Ordering::AcqRel) == 1;
+    let last = domain.running_vcpus.fetch_sub(1, Ordering::SeqCst) == 1;
     if last && domain.state() == LifeState::ShuttingDown {
         (glue().destroy)(domain);
     }

@@ -13,6 +13,8 @@
 //!   guest (guest-hello).
 //! - `share` ([`share`]): a two-vCPU hog and a one-vCPU hog of the same weight on one CPU
 //!   must get the same CPU time. Module 1: guest-vcpus.
+//! - `held` ([`held`]): what a warped domain's wake-ups cost the other domains of its CPU
+//!   (a ticker beside a hog on one CPU, unwarped then warped). Module 1: guest-vcpus.
 //! - `timers` ([`timers`]): `domains=N` hogs with a timer armed a century ahead, created
 //!   in small groups on one CPU, unpinned, so that the idle CPU steals some, then
 //!   destroyed: the heap must come back to what it was. Module 1: guest-vcpus.
@@ -32,6 +34,7 @@
 
 mod blk;
 mod disks;
+mod held;
 mod huge;
 mod race;
 mod share;
@@ -227,6 +230,7 @@ pub fn run(name: &str, start: &StartInfo) -> ! {
             "blk" => blk::run(waiter, cmdline),
             "races" => race::run(waiter, cmdline),
             "share" => share::run(waiter, cmdline),
+            "held" => held::run(waiter, cmdline),
             "timers" => timers::run(waiter, cmdline),
             "store" => store::run(waiter, cmdline),
             _ => Err(Failure::Setup("unknown attack")),
