@@ -196,6 +196,9 @@ pub struct Server<D> {
     /// The disk requests in flight (at most [`DEPTH`]; on the heap, as every list here:
     /// domain 0's stack is small).
     in_flight: Vec<InFlight>,
+    /// Entries of `in_flight` the disk finished (index, whether it succeeded), noted by
+    /// [`Server::collect`] and not yet answered.
+    finished: Vec<(usize, bool)>,
     /// Where one round's finished reads' copies lie (kept for its capacity).
     ranges: Vec<Option<(usize, usize)>>,
     /// Flushes waiting for the disk to be quiet: (ring key, the request).
@@ -237,6 +240,7 @@ impl<D: SectorDisk> Server<D> {
             buffers,
             buffer_busy: [false; SLOTS],
             in_flight: Vec::with_capacity(DEPTH),
+            finished: Vec::with_capacity(2 * DEPTH),
             ranges: Vec::with_capacity(DEPTH * MERGE),
             flushes: Vec::new(),
             flushing: Vec::new(),
@@ -420,29 +424,42 @@ impl<D: SectorDisk> Server<D> {
         self.stats.publish_cycles += rdtsc().wrapping_sub(begin);
     }
 
-    /// Acknowledges the disk's interrupt and answers every request it finished: the data
+    /// Acknowledges the disk's interrupt and notes every request it finished (their disk
+    /// slots are free at once: [`take`](Self::take) may refill them before
+    /// [`complete`](Self::complete) answers these, so that the disk waits for no ring work).
+    pub fn collect(&mut self) {
+        let begin = rdtsc();
+        if self.disk.poll() {
+            self.stats.interrupts += 1;
+        }
+        while let Some((tag, result)) = self.disk.complete() {
+            let Some(i) = self.in_flight.iter().position(|f| f.tag == tag) else { continue };
+            if self.finished.iter().any(|&(j, _)| j == i) {
+                continue;
+            }
+            self.depth_tick();
+            self.in_flight[i].tag = DONE;
+            self.finished.push((i, result.is_ok()));
+        }
+        self.stats.complete_cycles += rdtsc().wrapping_sub(begin);
+    }
+
+    /// Answers every request [`collect`](Self::collect) noted (collecting first): the data
     /// of every finished bounce-buffer read copied into the frontends' pages by one
     /// `GNTTABOP_copy` call for all of them; a zero-copy one answered as it is; a write
     /// with a flush waits for the flush. Then the grants of closed rings that nothing
     /// reaches any more are unmapped.
     pub fn complete(&mut self, rings: &mut impl Rings) {
+        self.collect();
+        self.answer_collected(rings);
+    }
+
+    /// Answers what [`collect`](Self::collect) noted, without looking at the disk again.
+    pub fn answer_collected(&mut self, rings: &mut impl Rings) {
         let begin = rdtsc();
-        if self.disk.poll() {
-            self.stats.interrupts += 1;
-        }
         // The finished requests, by index into `in_flight`, processed where they lie and
         // removed at the end (under emulation every copy of these records costs).
-        let mut finished = ArrayVec::<(usize, bool), DEPTH>::new();
-        while let Some((tag, result)) = self.disk.complete() {
-            let Some(i) = self.in_flight.iter().position(|f| f.tag == tag) else { continue };
-            if finished.iter().any(|&(j, _)| j == i) {
-                continue;
-            }
-            self.depth_tick();
-            self.in_flight[i].tag = DONE;
-            // At most one completion per request in flight: there is room.
-            finished.push((i, result.is_ok()));
-        }
+        let mut finished = core::mem::take(&mut self.finished);
         // Plan every bounce-buffer read's copies: (where its descriptors start and end in
         // `ops`), or `None` when it has none to make.
         let mut ops = core::mem::take(&mut self.ops);
@@ -520,6 +537,8 @@ impl<D: SectorDisk> Server<D> {
         for &(i, _) in &finished {
             self.in_flight.swap_remove(i);
         }
+        finished.clear();
+        self.finished = finished;
         self.ops = ops;
         self.ranges = ranges;
         self.reap(rings);
@@ -531,8 +550,13 @@ impl<D: SectorDisk> Server<D> {
     pub fn can_start(&self) -> bool {
         self.flushes.is_empty()
             && self.flushing.is_empty()
-            && self.in_flight.len() < self.disk.depth().min(DEPTH)
+            && self.live() < self.disk.depth().min(DEPTH)
             && !(self.wants_buffer && self.buffer_busy.iter().take(self.buffers.len()).all(|&b| b))
+    }
+
+    /// Disk requests in flight and being gathered (not those finished and not yet answered).
+    fn live(&self) -> usize {
+        self.in_flight.len() - self.finished.len()
     }
 
     /// Before the number of disk requests in flight changes: accounts the time since the
@@ -551,7 +575,7 @@ impl<D: SectorDisk> Server<D> {
     fn note_started(&mut self, zero_copy: bool) {
         self.stats.disk_requests += 1;
         self.stats.zero_copy += u64::from(zero_copy);
-        self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight.len());
+        self.stats.max_in_flight = self.stats.max_in_flight.max(self.live());
     }
 
     /// Takes at most `budget` requests off ring `key` and starts them, as long as the disk
@@ -578,7 +602,7 @@ impl<D: SectorDisk> Server<D> {
     fn take_timed(&mut self, rings: &mut impl Rings, key: usize, budget: u32) -> bool {
         let mut taken = 0;
         loop {
-            if self.in_flight.len() >= self.disk.depth().min(DEPTH) || !self.flushes.is_empty() || !self.flushing.is_empty() {
+            if self.live() >= self.disk.depth().min(DEPTH) || !self.flushes.is_empty() || !self.flushing.is_empty() {
                 return true;
             }
             let held = self.held.iter().position(|(k, _)| *k == key).map(|i| self.held.swap_remove(i).1);
