@@ -446,8 +446,8 @@ impl Rings for VirtioRings<'_> {
 /// frontend keeping its ring full starved every ring after it: 176 answers against
 /// 106301 in 12 s, io-vbd-flood).
 fn serve_virtio(store: &mut Store, server: &mut Server<VirtioDisk>, vbds: &mut [VbdConn], woke: impl Fn(EvtchnPort) -> bool, all: bool, round: u64) -> bool {
-    // The disk's finished requests noted (their slots free), refilled from the rings and
-    // the disk told, and only then answered: the disk waits for no answering.
+    // The disk's finished requests noted (their slots free), refilled from the rings (the
+    // disk told of each), and only then answered: the disk waits for no answering.
     server.collect();
     let mut more = false;
     let n = vbds.len();
@@ -473,7 +473,6 @@ fn serve_virtio(store: &mut Store, server: &mut Server<VirtioDisk>, vbds: &mut [
             disconnect(store, v, XenbusState::Closing);
         }
     }
-    server.kick();
     server.answer_collected(&mut VirtioRings(vbds));
     // Answering freed bounce buffers a held request may wait for.
     more |= server.can_start() && vbds.iter().any(|v| v.left && v.ring.is_some());
