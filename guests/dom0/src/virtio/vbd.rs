@@ -428,7 +428,8 @@ impl<D: SectorDisk> Server<D> {
 
     /// Acknowledges the disk's interrupt and notes every request it finished (their disk
     /// slots are free at once: [`take`](Self::take) may refill them before
-    /// [`complete`](Self::complete) answers these, so that the disk waits for no ring work).
+    /// [`answer_collected`](Self::answer_collected) answers these, so that the disk waits
+    /// for no ring work).
     pub fn collect(&mut self) {
         let begin = rdtsc();
         if self.disk.poll() {
