@@ -124,6 +124,18 @@ impl Persistent {
         self.entries.binary_search_by_key(&gref, |m| m.gref)
     }
 
+    /// As [`find`](Self::find), looking first just past `after` (the previous piece's
+    /// entry): a frontend's pages are mostly granted in order, so that a request's grants
+    /// usually follow each other in the table and the search is skipped.
+    fn find_after(&self, gref: u32, after: Option<usize>) -> Result<usize, usize> {
+        if let Some(next) = after.map(|i| i + 1) {
+            if self.entries.get(next).is_some_and(|m| m.gref == gref) {
+                return Ok(next);
+            }
+        }
+        self.find(gref)
+    }
+
     /// The entry of `gref`, if mapped.
     pub fn get(&self, gref: u32) -> Option<&Mapped> {
         self.find(gref).ok().map(|i| &self.entries[i])
@@ -171,7 +183,7 @@ impl Persistent {
         // One lookup per piece (each a binary search: this runs for every request).
         let mut found = arrayvec::ArrayVec::<usize, MAX_SEGMENTS>::new();
         for chunk in work.chunks() {
-            let Ok(i) = self.find(chunk.gref) else {
+            let Ok(i) = self.find_after(chunk.gref, found.last().copied()) else {
                 out.truncate(start);
                 return false;
             };
@@ -199,10 +211,12 @@ impl Persistent {
     /// completed) and appends to `out` the entries that may now be unmapped (only once the
     /// ring is closing and no disk request reaches them).
     pub fn release(&mut self, work: &Work, out: &mut Vec<Mapped>) {
+        let mut last = None;
         for chunk in work.chunks() {
-            if let Ok(i) = self.find(chunk.gref) {
+            if let Ok(i) = self.find_after(chunk.gref, last) {
                 let e = &mut self.entries[i];
                 e.users = e.users.saturating_sub(1);
+                last = Some(i);
             }
         }
         if self.closing {
@@ -284,6 +298,35 @@ mod tests {
         p.release(&w, &mut freed);
         p.close(&mut freed);
         assert_eq!(freed.len(), 2, "only `w` used them");
+    }
+
+    #[test]
+    fn grants_in_order_out_of_order_and_repeated_find_the_same_entries() {
+        let mut p = Persistent::new(32);
+        // Bus addresses apart, so that no two pieces share an extent.
+        for g in [10u32, 11, 12, 13, 15, 19, 30] {
+            p.add(g, 0x100_000 * u64::from(g), g).unwrap();
+        }
+        let order = [page(10), page(11), page(12), page(19), page(11), page(13), page(30), page(10), page(15), page(12)];
+        let w = work(OP_READ, 0, &order);
+        let mut out = arrayvec::ArrayVec::<Extent, 16>::new();
+        assert!(p.extents(&w, &mut out));
+        let want: Vec<u64> = order.iter().map(|s| 0x100_000 * u64::from(s.gref)).collect();
+        assert_eq!(out.iter().map(|e| e.addr).collect::<Vec<_>>(), want);
+        // A gap: 14 is not mapped, whatever precedes it.
+        assert!(!p.extents(&work(OP_READ, 0, &[page(13), page(14)]), &mut out));
+        // Released as counted: closing then frees only 10, 11 and 12 once b is released.
+        let b = work(OP_READ, 0, &[page(13), page(15), page(19), page(30)]);
+        assert!(p.extents(&b, &mut out));
+        let mut freed = Vec::new();
+        p.release(&w, &mut freed);
+        p.close(&mut freed);
+        let mut grefs: Vec<u32> = freed.iter().map(|m| m.gref).collect();
+        grefs.sort_unstable();
+        assert_eq!(grefs, [10, 11, 12]);
+        freed.clear();
+        p.release(&b, &mut freed);
+        assert!(p.is_empty());
     }
 
     #[test]

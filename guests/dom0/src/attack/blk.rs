@@ -446,7 +446,9 @@ impl Rings for VirtioRings<'_> {
 /// frontend keeping its ring full starved every ring after it: 176 answers against
 /// 106301 in 12 s, io-vbd-flood).
 fn serve_virtio(store: &mut Store, server: &mut Server<VirtioDisk>, vbds: &mut [VbdConn], woke: impl Fn(EvtchnPort) -> bool, all: bool, round: u64) -> bool {
-    server.complete(&mut VirtioRings(vbds));
+    // The disk's finished requests noted (their slots free), refilled from the rings (the
+    // disk told of each), and only then answered: the disk waits for no answering.
+    server.collect();
     let mut more = false;
     let n = vbds.len();
     // The first ring this round: the next connected ring of the disk in turn (counting
@@ -471,7 +473,9 @@ fn serve_virtio(store: &mut Store, server: &mut Server<VirtioDisk>, vbds: &mut [
             disconnect(store, v, XenbusState::Closing);
         }
     }
-    server.kick();
+    server.answer_collected(&mut VirtioRings(vbds));
+    // Answering freed bounce buffers a held request may wait for.
+    more |= server.can_start() && vbds.iter().any(|v| v.left && v.ring.is_some());
     server.flush(&mut VirtioRings(vbds));
     server.publish(&mut VirtioRings(vbds));
     // What finished while this round ran is answered (and its slot refilled) at once.
