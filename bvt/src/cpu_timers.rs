@@ -89,9 +89,10 @@ impl<T> CpuTimers<T> {
     }
 
     /// The hardware's one-shot timer has fired: nothing is armed until the next
-    /// [`CpuTimers::program`].
-    pub fn fired(&mut self) {
-        self.armed_ns = None;
+    /// [`CpuTimers::program`]. Returns the time it was armed for (`None`: it was not
+    /// armed, or already fired), so that the caller can tell how late the interrupt came.
+    pub fn fired(&mut self) -> Option<u64> {
+        self.armed_ns.take()
     }
 
     /// Learns one delivery latency of a latency-sensitive timer (see [`TimerAdvance`]).
@@ -138,7 +139,8 @@ mod tests {
         assert_eq!(apic.0, [1_050_000, 1_020_000], "no advance learnt yet: programmed at its deadline");
         timers.program(0, [Some(2_000_000)], &mut apic);
         assert_eq!(apic.0.len(), 2, "armed for that deadline already: no write");
-        timers.fired();
+        assert_eq!(timers.fired(), Some(1_020_000), "what the interrupt came for");
+        assert_eq!(timers.fired(), None);
         let due: Vec<_> = timers.expire(1_030_000).collect();
         assert_eq!(due, [("early", 1_020_000), ("lazy", 1_000_000)], "latency-sensitive first");
         timers.program(1_030_000, [Some(2_000_000), None], &mut apic);

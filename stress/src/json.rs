@@ -121,6 +121,10 @@ pub struct CpuFile {
     pub migrations_out: Option<u64>,
     pub warped_pushes_out: Option<u64>,
     pub held_wait_us: Option<u64>,
+    /// Each local timer interrupt's lateness against the time it was armed for: the
+    /// machine beneath's (absent in runs before it was reported).
+    #[serde(default)]
+    pub timer_irq_late: Option<SpanFile>,
     pub timer_late: Option<SpanFile>,
     pub timer_late_warped: Option<SpanFile>,
     pub wake_to_run: Option<SpanFile>,
@@ -515,6 +519,7 @@ fn hypervisor(sched: &BTreeMap<String, String>) -> Vec<CpuFile> {
             "migrations_out" => entry.migrations_out = number(),
             "warped_pushes_out" => entry.warped_pushes_out = number(),
             "held_wait_us" => entry.held_wait_us = number(),
+            "timer_irq_late_us" => entry.timer_irq_late = span(),
             "timer_late_us" => entry.timer_late = span(),
             "timer_late_warped_us" => entry.timer_late_warped = span(),
             "wake_to_run_us" => entry.wake_to_run = span(),

@@ -305,6 +305,7 @@ fn end_summary(log: &mut Log, n: usize) {
         "sched.cpu0.migrations_out=3".into(),
         "sched.cpu0.warped_pushes_out=41".into(),
         "sched.cpu0.timer_late_warped_us=900/8/10/50/120".into(),
+        "sched.cpu0.timer_irq_late_us=2000/12/10/50/21000".into(),
         "run=pass".into(),
     ] {
         log.line(0, &format!("summary: {fact}"));
@@ -493,7 +494,7 @@ mod tests {
             "timer lateness, idle (100 ms)              2       200    102.4    819.2    819.2    819.2",
             "unwarped/warped at p99: 10.0x",
             "PASS    each hog's CPU share within 5% of its weight's",
-            "cpu0   switches     4321  stolen 3  pushed 41  warped timers 900/8/10/50/120  other timers -",
+            "cpu0   switches     4321  stolen 3  pushed 41  warped timers 900/8/10/50/120  other timers -  interrupts 2000/12/10/50/21000",
             "verdict: PASS",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in\n{text}");
@@ -512,6 +513,7 @@ mod tests {
         assert_eq!(cpu0["switches"], 4321);
         assert_eq!(cpu0["timer_late_warped"]["p99_us"], 50);
         assert_eq!(cpu0["timer_late_warped"]["max_us"], 120);
+        assert_eq!(cpu0["timer_irq_late"]["max_us"], 21000);
         assert!(value["fairness"]["max_error"].is_number());
         assert_eq!(value["targets"][4]["status"], "PASS");
         let plot = svg::latency_plot(&a.report.latency, &a.title());

@@ -272,7 +272,8 @@ fn hypervisor_view(out: &mut String, summary: &std::collections::BTreeMap<String
             let _ = writeln!(
                 out,
                 "  hypervisor per CPU (count/avg/p50</p99</max, µs): vCPUs taken by idle CPUs and warped vCPUs pushed to a CPU\n  \
-                 running none; timer interrupt after the deadline; wake-up to run;\n  \
+                 running none; timer interrupt after the deadline; timer interrupt after the time it was armed for\n  \
+                 (the machine beneath: under TCG, QEMU's timer delivery); wake-up to run;\n  \
                  warped timer's deadline to its vCPU's run (0 when switched in ahead of it); each stay in the hypervisor\n  \
                  (interrupts off), and what caused the longest; time spent waiting out the deadlines of warped vCPUs switched in early"
             );
@@ -284,12 +285,13 @@ fn hypervisor_view(out: &mut String, summary: &std::collections::BTreeMap<String
         };
         let _ = writeln!(
             out,
-            "    cpu{cpu:<3} switches {:>8}  stolen {}  pushed {}  warped timers {}  other timers {}  wake-to-run {}  warped-to-run {}  stays {} ({})  held {} ms",
+            "    cpu{cpu:<3} switches {:>8}  stolen {}  pushed {}  warped timers {}  other timers {}  interrupts {}  wake-to-run {}  warped-to-run {}  stays {} ({})  held {} ms",
             get("switches"),
             get("migrations_out"),
             get("warped_pushes_out"),
             get("timer_late_warped_us"),
             get("timer_late_us"),
+            get("timer_irq_late_us"),
             get("wake_to_run_us"),
             get("warped_to_run_us"),
             get("in_hypervisor_us"),

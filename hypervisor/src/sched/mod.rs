@@ -383,7 +383,9 @@ pub fn timer_interrupt() {
     const BATCH: usize = 16;
     let arrived = time::since_boot_ns();
     // The one-shot timer has fired: nothing is armed until the exit path arms it again.
-    with_local(|local| local.timers.queues.fired());
+    if let Some(armed_ns) = with_local(|local| local.timers.queues.fired()) {
+        my_stats().timer_irq_late.record(arrived.saturating_sub(armed_ns));
+    }
     let mut now = arrived;
     loop {
         let due: ArrayVec<Timer, BATCH> = with_local(|local| local.timers.queues.expire(now).take(BATCH).collect());
