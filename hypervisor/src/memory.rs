@@ -27,6 +27,8 @@ use mm::memmap::{usable_memory, PhysRange, UsableMemory};
 use spin::{Mutex, Once};
 
 use crate::arch::paging::{self, MapKind};
+use crate::arch::tempmap;
+pub use crate::arch::tempmap::FrameMapping;
 use crate::bootinfo::BootInfo;
 use crate::{cpus, fwmap};
 use arrayvec::ArrayVec;
@@ -90,7 +92,6 @@ pub struct EarlyMemory {
 static FRAMES: Once<FrameTable> = Once::new();
 static EARLY_POOL: Mutex<Option<EarlyPool>> = Mutex::new(None);
 static CPU_AREAS: Once<Vec<PerCpuArea>> = Once::new();
-static TEMP_BASE: Once<u64> = Once::new();
 
 /// The heap: the global allocator, or behind the heap tracer with feature `heap-trace`.
 #[cfg_attr(not(feature = "heap-trace"), global_allocator)]
@@ -342,14 +343,14 @@ fn move_heap_pages(range: core::ops::Range<u64>, moved: &mut ArrayVec<Mfn, TRIM_
             return;
         }
         let Some(new) = pool.take() else { return };
-        let Some(mut copy) = FrameMapping::new(new) else {
+        let (Some(mut copy), Some(from)) = (FrameMapping::new(new), FrameMapping::read_only(old)) else {
             pool.give_back(new);
             return;
         };
-        // SAFETY: `va` maps a whole heap page; every other CPU is parked and the heap is
-        // locked, so nothing writes the page while it is copied or until it maps `new`.
-        copy.bytes().copy_from_slice(unsafe { &*(va as *const [u8; PAGE_SIZE as usize]) });
-        drop(copy);
+        // Every other CPU is parked and the heap is locked, so nothing writes the page (at
+        // `va`, and `from` maps its frame) while it is copied or until `va` maps `new`.
+        copy.bytes().copy_from_slice(from.bytes_ref());
+        drop((copy, from));
         paging::unmap(va);
         paging::map(va, new.addr().0, MapKind::Data).expect("a heap page just unmapped maps again");
         moved.push(old);
@@ -412,7 +413,7 @@ pub fn image_end_va() -> u64 {
 /// returns each CPU's area.
 pub fn place_cpu_regions(layout: &mut WindowLayout, cpus: usize) -> Result<&'static [PerCpuArea], MemoryError> {
     let temp = layout.place(Region::TempMappings, cpus as u64 * TEMP_SLOTS_PER_CPU * PAGE_SIZE)?;
-    TEMP_BASE.call_once(|| temp.start);
+    tempmap::set_base(temp.start);
     layout.place(Region::PerCpu, cpus as u64 * layout::PER_CPU_BYTES)?;
     let areas = (0..cpus as u32).map(|cpu| layout.per_cpu(cpu).expect("per-CPU region was sized for every CPU")).collect();
     Ok(CPU_AREAS.call_once(|| areas))
@@ -533,68 +534,6 @@ pub fn heap_used_bytes() -> u64 {
 /// Heap memory mapped (the heap region's "used" part).
 pub fn heap_mapped_bytes() -> u64 {
     HEAP.stats().map_or(0, |s| s.mapped as u64)
-}
-
-/// A short-lived mapping of one machine frame in this CPU's temporary-mapping slots.
-/// Unmapped (and invalidated on this CPU) when dropped; never shared with other CPUs.
-pub struct FrameMapping {
-    slot: u32,
-    va: u64,
-}
-
-impl FrameMapping {
-    /// Maps `mfn` writable; `None` when all of this CPU's slots are in use.
-    pub fn new(mfn: Mfn) -> Option<FrameMapping> {
-        Self::with_kind(mfn, MapKind::Data)
-    }
-
-    /// Maps `mfn` read-only (a boot module: [`FrameMapping::bytes`] must not be used).
-    fn read_only(mfn: Mfn) -> Option<FrameMapping> {
-        Self::with_kind(mfn, MapKind::ReadOnly)
-    }
-
-    fn with_kind(mfn: Mfn, kind: MapKind) -> Option<FrameMapping> {
-        let cpu = percpu::current();
-        let slots = &cpu.temp_slots;
-        let base = *TEMP_BASE.get()?;
-        let taken = slots.load(core::sync::atomic::Ordering::Relaxed);
-        let slot = (!taken).trailing_zeros();
-        if slot as u64 >= TEMP_SLOTS_PER_CPU {
-            return None;
-        }
-        slots.fetch_or(1 << slot, core::sync::atomic::Ordering::Relaxed);
-        let va = base + (cpu.index.0 as u64 * TEMP_SLOTS_PER_CPU + slot as u64) * PAGE_SIZE;
-        if paging::map(va, mfn.addr().0, kind).is_err() {
-            slots.fetch_and(!(1 << slot), core::sync::atomic::Ordering::Relaxed);
-            return None;
-        }
-        Some(FrameMapping { slot, va })
-    }
-
-    /// The mapping's virtual address.
-    pub fn address(&self) -> u64 {
-        self.va
-    }
-
-    /// The frame's bytes.
-    pub fn bytes(&mut self) -> &mut [u8; PAGE_SIZE as usize] {
-        // SAFETY: `va` maps one whole frame for as long as `self` lives, on this CPU only.
-        unsafe { &mut *(self.va as *mut [u8; PAGE_SIZE as usize]) }
-    }
-
-    /// The frame's bytes, to read.
-    fn bytes_ref(&self) -> &[u8; PAGE_SIZE as usize] {
-        // SAFETY: `va` maps one whole frame (readable whatever its kind) for as long as
-        // `self` lives, on this CPU only.
-        unsafe { &*(self.va as *const [u8; PAGE_SIZE as usize]) }
-    }
-}
-
-impl Drop for FrameMapping {
-    fn drop(&mut self) {
-        paging::unmap(self.va);
-        percpu::current().temp_slots.fetch_and(!(1 << self.slot), core::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// Copies machine memory at `maddr` into `buf` through read-only temporary mappings, a page

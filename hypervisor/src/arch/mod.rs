@@ -13,6 +13,7 @@ pub mod paging;
 pub mod pciconf;
 pub mod percpu;
 pub mod serial;
+pub mod tempmap;
 pub mod trap;
 pub mod uaccess;
 pub mod vectors;
