@@ -9,6 +9,7 @@ pub mod fpu;
 pub mod gdt;
 pub mod gs;
 pub mod lapic;
+pub mod ldt;
 pub mod paging;
 pub mod pciconf;
 pub mod percpu;

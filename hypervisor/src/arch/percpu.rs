@@ -12,7 +12,7 @@ use core::cell::OnceCell;
 use core::mem::MaybeUninit;
 
 use apic::LocalApic;
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use x86_64::structures::tss::TaskStateSegment;
 
@@ -48,6 +48,10 @@ pub struct PerCpu {
     pub temp_slots: AtomicU32,
     tss: TaskStateSegment,
     lapic: OnceCell<LocalApic>,
+    /// This CPU's LDT range and reserved GDT page (from its area; 0 on the boot CPU's early
+    /// state, which has no LDT), for `super::ldt`.
+    pub(super) ldt_start: u64,
+    pub(super) gdt_reserved: u64,
 }
 
 // SAFETY: the one type GS points at (`activate` installs every CPU's); `repr(C)` with
@@ -101,6 +105,8 @@ pub fn init_boot_cpu_early(stack_top: u64) {
         temp_slots: AtomicU32::new(0),
         tss,
         lapic: OnceCell::new(),
+        ldt_start: 0,
+        gdt_reserved: 0,
     });
     data.self_ptr = data as *const PerCpu as u64;
     // SAFETY: `data` and `early.gdt` are statics that stay valid for the whole run.
@@ -125,8 +131,39 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
             temp_slots: AtomicU32::new(0),
             lapic: OnceCell::new(),
                 tss: gdt::tss(stack_top, [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug].map(ist)),
+            ldt_start: area.ldt.start,
+            gdt_reserved: area.gdt_reserved_page(),
         });
         &*data_ptr
+    }
+}
+
+/// Where a CPU's prepared data page waits for that CPU (the boot CPU stores it, the CPU
+/// itself takes it on its way in): a `&'static PerCpu` that may be shared between CPUs,
+/// which `PerCpu` itself may not (its fields are its CPU's).
+pub struct Handoff(AtomicPtr<PerCpu>);
+
+impl Handoff {
+    pub const fn new() -> Handoff {
+        Handoff(AtomicPtr::new(core::ptr::null_mut()))
+    }
+
+    /// Stores CPU's data page.
+    pub fn set(&self, data: &'static PerCpu) {
+        self.0.store(data as *const PerCpu as *mut PerCpu, Ordering::Release);
+    }
+
+    /// The stored data page, if any.
+    pub fn get(&self) -> Option<&'static PerCpu> {
+        let ptr = self.0.load(Ordering::Acquire);
+        // SAFETY: only `set` stores here, from a `&'static PerCpu`.
+        (!ptr.is_null()).then(|| unsafe { &*ptr })
+    }
+}
+
+impl Default for Handoff {
+    fn default() -> Handoff {
+        Handoff::new()
     }
 }
 
