@@ -41,14 +41,6 @@ use arch::paging::{self, MapKind};
 use mm::layout::PerCpuArea;
 use arch::percpu::{self, CpuIndex};
 
-unsafe extern "C" {
-    static __text_start: u8;
-    static __rodata_start: u8;
-    static __data_start: u8;
-    static __image_end: u8;
-    static boot_stack_top: u8;
-}
-
 /// Entered from the boot stub in long mode, on the boot stack, in the window, with the
 /// loader's protocol magic, its information structure and the TSC at entry.
 #[unsafe(no_mangle)]
@@ -56,7 +48,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     time::set_boot_tsc(entry_tsc);
     arch::serial::init();
     let image_bytes = init_window();
-    percpu::init_boot_cpu_early(&raw const boot_stack_top as u64);
+    percpu::init_boot_cpu_early(arch::boot::stack_top());
     arch::trap::init();
     arch::trap::load();
     logger::init(false);
@@ -142,16 +134,9 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
 /// Moves onto the window page tables with the image mapped by section permissions; returns
 /// the image size in bytes.
 fn init_window() -> u64 {
-    let addr = |sym: *const u8| sym as u64;
-    let (text, rodata, data, end) = (
-        addr(&raw const __text_start),
-        addr(&raw const __rodata_start),
-        addr(&raw const __data_start),
-        addr(&raw const __image_end),
-    );
+    let arch::boot::Sections { text, rodata, data, end } = arch::boot::image_sections();
     let sections = [(text, rodata, MapKind::Text), (rodata, data, MapKind::ReadOnly), (data, end, MapKind::Data)];
-    // SAFETY: the boot stub's tables are still live (identity mapped) while we read slot 0.
-    let identity = unsafe { core::ptr::read_volatile(&raw const arch::boot::boot_pml4[0]) };
+    let identity = arch::boot::take_identity_slot().expect("the window is set up once, on the boot stub's tables");
     let efer = x86_64::registers::model_specific::Efer::read();
     let nx = efer.contains(x86_64::registers::model_specific::EferFlags::NO_EXECUTE_ENABLE);
     paging::init(&sections, nx, identity);

@@ -403,10 +403,7 @@ fn reserved_ranges(boot: &BootInfo) -> ArrayVec<PhysRange, { MAX_MODULES + 8 }> 
 
 /// One past the hypervisor image's last virtual address.
 pub fn image_end_va() -> u64 {
-    unsafe extern "C" {
-        static __image_end: u8;
-    }
-    &raw const __image_end as u64
+    crate::arch::boot::image_sections().end
 }
 
 /// Places the regions that scale with the CPU count (temporary mappings, per-CPU areas) and
@@ -477,9 +474,8 @@ pub fn back_percpu_areas(areas: &[PerCpuArea]) -> Result<(), MemoryError> {
         }
         for page in area.backed_pages() {
             let mfn = frames().alloc(Owner::Hypervisor).map_err(MemoryError::Frames)?;
+            zero_frame(mfn);
             paging::map(page, mfn.addr().0, MapKind::Data).map_err(MemoryError::Map)?;
-            // SAFETY: the page was just mapped to a frame nobody else uses.
-            unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
         }
     }
     Ok(())

@@ -121,18 +121,10 @@ fn descriptor_tables_read_only() -> (bool, String) {
     }
 }
 
-unsafe extern "C" {
-    static __text_start: u8;
-    static __rodata_start: u8;
-    static __data_start: u8;
-    static __image_end: u8;
-}
-
 /// Every page of the image as its section says: code read-only and executable, read-only
 /// data read-only, data writable (the IDT page read-only), neither executable.
 fn image_write_xor_execute() -> (bool, String) {
-    let (text, rodata, data, end) =
-        (&raw const __text_start as u64, &raw const __rodata_start as u64, &raw const __data_start as u64, &raw const __image_end as u64);
+    let arch::boot::Sections { text, rodata, data, end } = arch::boot::image_sections();
     let idt = arch::trap::idt_address();
     let expected = |va: u64| {
         let (writable, executable) = match va {
