@@ -12,7 +12,6 @@ mod arch;
 mod bootinfo;
 mod cpus;
 mod domain;
-mod fwmap;
 #[cfg(feature = "heap-trace")]
 mod heaptrace;
 mod idle;
@@ -105,7 +104,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     lapic::init_this_cpu();
     pci::init(&boot, &machine, |functions| pv::pirq::register_lines(functions, &machine));
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu.or(options.test_late_cpu));
-    let firmware_peak = fwmap::used();
+    let firmware_peak = arch::fwmap::used();
     finish_boot();
     if let Some(cpu) = options.test_late_cpu {
         smpboot::start_late(CpuIndex(cpu));
@@ -156,7 +155,7 @@ fn move_boot_cpu(area: &PerCpuArea) {
 /// Ends the boot-only mappings: the identity map and the firmware mappings, on every CPU.
 fn finish_boot() {
     paging::drop_identity_map();
-    fwmap::release_all();
+    arch::fwmap::release_all();
     let flushed = cpus::call_all(|_| paging::flush_all_local(), 0);
     info!("boot: identity map and firmware mappings removed, TLBs flushed on {flushed} CPUs");
 }

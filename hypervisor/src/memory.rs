@@ -30,7 +30,8 @@ use crate::arch::paging::{self, MapKind};
 use crate::arch::tempmap;
 pub use crate::arch::tempmap::FrameMapping;
 use crate::bootinfo::BootInfo;
-use crate::{cpus, fwmap};
+use crate::arch::fwmap;
+use crate::cpus;
 use arrayvec::ArrayVec;
 
 use crate::bootinfo::MAX_MODULES;

@@ -6,6 +6,7 @@ pub mod debugreg;
 pub mod entry;
 pub mod exit;
 pub mod fpu;
+pub mod fwmap;
 pub mod gdt;
 pub mod gs;
 pub mod lapic;

@@ -81,6 +81,10 @@ unsafe impl AnyBitPattern for abi::shared_info::VcpuInfo {}
 // SAFETY: as for `VcpuInfo`: `#[repr(C)]`, `VcpuInfo`s, integers and arrays of integers.
 unsafe impl AnyBitPattern for abi::shared_info::SharedInfo {}
 
+// SAFETY: `#[repr(C)]`, integers only (the AP trampoline's parameters, `smp` checks its
+// layout against the assembly's).
+unsafe impl AnyBitPattern for smp::trampoline::Params {}
+
 /// A short-lived mapping of one machine frame in this CPU's temporary-mapping slots.
 /// Unmapped (and invalidated on this CPU) when dropped; never shared with other CPUs.
 pub struct FrameMapping {
