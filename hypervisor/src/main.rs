@@ -147,8 +147,7 @@ fn move_boot_cpu(area: &PerCpuArea) {
     let slot = cpus::slot(CpuIndex(0));
     let data = percpu::prepare_area(area, CpuIndex(0), slot.apic_id);
     slot.set_percpu(data);
-    // SAFETY: runs on the boot CPU, once, with the area just prepared from `area`.
-    unsafe { percpu::enter_area(area, data) };
+    percpu::enter_area(area, data);
     slot.set_state(cpus::CpuState::Online);
 }
 

@@ -181,9 +181,8 @@ extern "C" fn ap_entry(cpu_index: u32) -> ! {
     }
     crate::arch::trap::load();
     let Some(data) = slot.percpu() else { crate::arch::exit::halt_forever() };
-    // SAFETY: this CPU is the only user of its area, prepared by the boot CPU in
-    // `start_aps`, and enters it exactly once.
-    unsafe { percpu::enter_area(memory::percpu_area(cpu), data) };
+    // This CPU is the only user of its area, prepared by the boot CPU in `start_aps`.
+    percpu::enter_area(memory::percpu_area(cpu), data);
     lapic::init_this_cpu();
     crate::arch::entry::init_this_cpu();
     crate::arch::cpu::protect_this_cpu();

@@ -304,6 +304,11 @@ pub fn stack_top() -> u64 {
     &raw const boot_stack_top as u64
 }
 
+/// Whether `address` lies in the boot stack.
+pub fn on_boot_stack(address: u64) -> bool {
+    (stack_top() - BOOT_STACK_BYTES as u64..stack_top()).contains(&address)
+}
+
 /// Set once slot 0 of the boot stub's table has been read.
 static IDENTITY_TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 

@@ -12,7 +12,7 @@ use core::cell::OnceCell;
 use core::mem::MaybeUninit;
 
 use apic::LocalApic;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 use x86_64::structures::tss::TaskStateSegment;
 
@@ -52,6 +52,8 @@ pub struct PerCpu {
     /// state, which has no LDT), for `super::ldt`.
     pub(super) ldt_start: u64,
     pub(super) gdt_reserved: u64,
+    /// Set when a CPU enters the area ([`enter_area`]: once).
+    entered: AtomicBool,
 }
 
 // SAFETY: the one type GS points at (`activate` installs every CPU's); `repr(C)` with
@@ -107,6 +109,7 @@ pub fn init_boot_cpu_early(stack_top: u64) {
         lapic: OnceCell::new(),
         ldt_start: 0,
         gdt_reserved: 0,
+        entered: AtomicBool::new(true),
     });
     data.self_ptr = data as *const PerCpu as u64;
     // SAFETY: `data` and `early.gdt` are statics that stay valid for the whole run.
@@ -133,6 +136,7 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
                 tss: gdt::tss(stack_top, [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug].map(ist)),
             ldt_start: area.ldt.start,
             gdt_reserved: area.gdt_reserved_page(),
+            entered: AtomicBool::new(false),
         });
         &*data_ptr
     }
@@ -167,14 +171,25 @@ impl Default for Handoff {
     }
 }
 
-/// Loads this CPU's GDT and TSS from its area and points GS at its data page.
-///
-/// # Safety
-/// Must be called on the CPU that owns `data`, once, with `data` prepared by
-/// [`prepare_area`] from `area`.
-pub unsafe fn enter_area(area: &PerCpuArea, data: &'static PerCpu) {
+/// Loads this CPU's GDT and TSS from its area and points GS at its data page. `data` must
+/// have been prepared by [`prepare_area`] from `area`, and this CPU must be the one the
+/// area is for: an AP running on the area's kernel stack (where the trampoline started it),
+/// or the boot CPU (index 0) still on the boot stack; each area is entered once. Panics
+/// otherwise (a bug in the boot sequence).
+pub fn enter_area(area: &PerCpuArea, data: &'static PerCpu) {
+    let rsp: u64;
+    // SAFETY: reads the stack pointer; no memory access, no state changed.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    let prepared = data.self_ptr == area.data.start && data.stack_top == area.kernel_stack_top();
+    let kernel_stack = area.kernel_stack.start..area.kernel_stack.start + area.kernel_stack.size;
+    let this_cpu = kernel_stack.contains(&rsp) || (data.index.0 == 0 && super::boot::on_boot_stack(rsp));
+    assert!(prepared && this_cpu, "cpu {} enters an area not prepared for it", data.index);
+    assert!(!data.entered.swap(true, Ordering::AcqRel), "cpu {} enters its area twice", data.index);
     let gdt_page = area.gdt_reserved_page() as *mut ReservedGdtPage;
-    // SAFETY: the reserved GDT page is backed, page aligned and owned by this CPU alone.
+    // SAFETY: the reserved GDT page is backed, page aligned and owned by this CPU alone:
+    // `data` was prepared from `area` (checked) for the CPU running on its stack (or the
+    // boot CPU on the boot stack, checked), which enters it once (checked); `data` is
+    // `'static`, and the area's pages are never unmapped.
     unsafe { activate(data, &mut *gdt_page) };
     // Built and loaded (`ltr` has set the TSS busy bit): no one writes it again. The
     // window mapping is global, so other CPUs may hold it in their TLBs only as writable
