@@ -74,7 +74,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
     #[cfg(feature = "heap-trace")]
-    heaptrace::init(&memory::HEAP);
+    heaptrace::init();
     cpus::init(&machine.apic_ids_to_start());
     domain::init();
     let glue = sched::Glue {

@@ -435,14 +435,10 @@ pub fn init_frames(early: EarlyMemory, layout: &mut WindowLayout) -> Result<Memo
     let pages = pages_for(metadata_bytes);
     let backing = usable.carve(pages).map_err(MemoryError::Carve)?;
     let region = layout.place(Region::FrameMetadata, pages * PAGE_SIZE)?;
-    for page in 0..pages {
-        paging::map(region.start + page * PAGE_SIZE, backing.start + page * PAGE_SIZE, MapKind::Data).map_err(MemoryError::Map)?;
-    }
-    layout.set_used(Region::FrameMetadata, metadata_bytes)?;
     let entries = (metadata_bytes / core::mem::size_of::<FrameInfo>() as u64) as usize;
-    // SAFETY: the region was just mapped to freshly carved memory that nothing else uses;
-    // FrameInfo is plain atomics (any bytes are valid) and `FrameTable::new` resets them.
-    let storage = unsafe { core::slice::from_raw_parts_mut(region.start as *mut FrameInfo, entries) };
+    // Freshly carved memory that nothing else uses; `FrameTable::new` resets the entries.
+    let storage = paging::map_for_good::<FrameInfo>(region.start, backing.start, pages, entries).map_err(MemoryError::Map)?;
+    layout.set_used(Region::FrameMetadata, metadata_bytes)?;
     let table = FRAMES.call_once(|| FrameTable::new(storage, usable.ranges()));
     info!("memory: frame table: {} MiB free of {} MiB usable, metadata {} KiB", (table.free_count() * PAGE_SIZE) >> 20, usable.total_bytes() >> 20, metadata_bytes >> 10);
     Ok(MemorySummary { usable_bytes: usable.total_bytes(), metadata_bytes, capped_bytes })

@@ -12,7 +12,7 @@ use log::warn;
 use topology::{AcpiError, AcpiHandler, AcpiInfo, PhysicalMapping};
 
 use super::paging::{self, MapKind};
-use super::tempmap::AnyBitPattern;
+use super::view::AnyBitPattern;
 
 const PAGE: u64 = 4096;
 

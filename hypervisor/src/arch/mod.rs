@@ -19,3 +19,4 @@ pub mod tempmap;
 pub mod trap;
 pub mod uaccess;
 pub mod vectors;
+pub mod view;

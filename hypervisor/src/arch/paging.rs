@@ -15,6 +15,8 @@ use x86_64::structures::paging::PhysFrame;
 use pvmm::entry::{Pte, PteFlags, ADDRESS_MASK};
 use x86_64::{PhysAddr, VirtAddr};
 
+use super::view::AnyBitPattern;
+
 /// First address of the window (top 64 MiB).
 pub const WINDOW_BASE: u64 = 0xFFFF_FFFF_FC00_0000;
 /// Size of the window in bytes.
@@ -201,6 +203,22 @@ pub fn map(vaddr: u64, phys: u64, kind: MapKind) -> Result<(), MapError> {
         .compare_exchange(0, phys | flags(kind).bits(), Ordering::AcqRel, Ordering::Acquire)
         .map(|_| ())
         .map_err(|_| MapError::AlreadyMapped(vaddr))
+}
+
+/// Maps `pages` frames from `phys` at window address `va` (`Data`) for the rest of the
+/// run and returns the memory as `count` values of `T` (at most what the pages hold):
+/// for a region whose only mapper is the caller, never unmapped (the frame metadata).
+/// Every page must have been unmapped: no reference into the range can exist yet.
+pub fn map_for_good<T: AnyBitPattern>(va: u64, phys: u64, pages: u64, count: usize) -> Result<&'static mut [T], MapError> {
+    assert!(align_of::<T>() as u64 <= PAGE_SIZE && (count * size_of::<T>()) as u64 <= pages * PAGE_SIZE, "{count} values in {pages} pages");
+    for page in 0..pages {
+        map(va + page * PAGE_SIZE, phys + page * PAGE_SIZE, MapKind::Data)?;
+    }
+    // SAFETY: `map` refused any page that was mapped, so every page of the range was
+    // unmapped until now and no reference into it exists; now they are mapped writable,
+    // page aligned, for as long as the run (the caller owns the region and never unmaps
+    // it); the values fit (checked) and any bits are a valid `T`.
+    Ok(unsafe { core::slice::from_raw_parts_mut(va as *mut T, count) })
 }
 
 /// Unmaps one window page and invalidates it on this CPU; returns the physical address it

@@ -217,11 +217,32 @@ pub fn adopt_own_gs() {
     gs::adopt_own();
 }
 
-/// The top of this CPU's kernel stack, or `None` while the boot CPU has no GS yet (for the
-/// heap tracer's stack walk).
+/// The return addresses of the caller's frames (for the heap tracer), walking the
+/// frame-pointer chain (the machine's code keeps frame pointers) while it stays within this
+/// CPU's kernel stack; the rest of `out` is left as it was. Nothing while the boot CPU has
+/// no GS yet, or off the kernel stack.
 #[cfg(feature = "heap-trace")]
-pub fn stack_top_if_ready() -> Option<u64> {
-    gs::ready().then(|| current().stack_top)
+pub fn return_addresses(out: &mut [u64]) {
+    let (mut rbp, rsp): (u64, u64);
+    // SAFETY: reads two registers.
+    unsafe { core::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) rbp, out(reg) rsp, options(nomem, nostack)) };
+    let Some(top) = gs::ready().then(|| current().stack_top) else { return };
+    if rsp > top || rsp < top - 64 * 1024 {
+        return;
+    }
+    for slot in out.iter_mut() {
+        if rbp < rsp || rbp + 16 > top || rbp % 8 != 0 {
+            return;
+        }
+        // SAFETY: rbp lies within this CPU's kernel stack (between the stack pointer and its
+        // top, checked), which is mapped; aligned.
+        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        *slot = ret;
+        if next <= rbp {
+            return;
+        }
+        rbp = next;
+    }
 }
 
 /// This CPU's index, or 0 while the boot CPU has no GS yet (early logging and panics).

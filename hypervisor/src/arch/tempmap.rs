@@ -19,7 +19,7 @@
 //! Who decides which frame is mapped, and why, is the caller's business (`memory`, `pv`).
 
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::Ordering;
 
 use mm::addr::{Mfn, PAGE_SIZE};
 use mm::layout::TEMP_SLOTS_PER_CPU;
@@ -27,6 +27,7 @@ use spin::Once;
 
 use super::paging::{self, MapKind};
 use super::percpu;
+pub use super::view::{AnyBitPattern, Shared};
 
 /// Size of a frame, as an index bound.
 const FRAME_BYTES: usize = PAGE_SIZE as usize;
@@ -39,51 +40,6 @@ static BASE: Once<u64> = Once::new();
 pub fn set_base(base: u64) {
     BASE.call_once(|| base);
 }
-
-/// Types that may be viewed in place in a mapped frame through a shared reference, while
-/// other mappings of the frame (the guest's, another CPU's) may read and write it.
-///
-/// # Safety
-/// Every bit pattern of the type's size is a valid value, and every access through a
-/// `&Self` is atomic: the atomic integers, and nothing else.
-pub unsafe trait Shared: Sized {}
-
-// SAFETY: atomic integers are valid for any bits and are only accessed atomically.
-unsafe impl Shared for AtomicU8 {}
-// SAFETY: as for `AtomicU8`.
-unsafe impl Shared for AtomicU16 {}
-// SAFETY: as for `AtomicU8`.
-unsafe impl Shared for AtomicU32 {}
-// SAFETY: as for `AtomicU8`.
-unsafe impl Shared for AtomicU64 {}
-
-/// Plain data: types that may be read from, or viewed in place in, a mapped frame whatever
-/// the frame holds.
-///
-/// # Safety
-/// Every bit pattern of the type's size is a valid value: integers, and arrays and
-/// `#[repr(C)]` structs of them (no `bool`, `char`, enum, reference or pointer).
-pub unsafe trait AnyBitPattern: Copy {}
-
-// SAFETY: integers are valid for any bits.
-unsafe impl AnyBitPattern for u8 {}
-// SAFETY: as for `u8`.
-unsafe impl AnyBitPattern for u16 {}
-// SAFETY: as for `u8`.
-unsafe impl AnyBitPattern for u32 {}
-// SAFETY: as for `u8`.
-unsafe impl AnyBitPattern for u64 {}
-// SAFETY: an array of values valid for any bits is valid for any bits.
-unsafe impl<T: AnyBitPattern, const N: usize> AnyBitPattern for [T; N] {}
-// SAFETY: `#[repr(C)]`, integers and arrays of integers only (the `abi` crate asserts its
-// layout: 64 bytes, no field beyond them).
-unsafe impl AnyBitPattern for abi::shared_info::VcpuInfo {}
-// SAFETY: as for `VcpuInfo`: `#[repr(C)]`, `VcpuInfo`s, integers and arrays of integers.
-unsafe impl AnyBitPattern for abi::shared_info::SharedInfo {}
-
-// SAFETY: `#[repr(C)]`, integers only (the AP trampoline's parameters, `smp` checks its
-// layout against the assembly's).
-unsafe impl AnyBitPattern for smp::trampoline::Params {}
 
 /// A short-lived mapping of one machine frame in this CPU's temporary-mapping slots.
 /// Unmapped (and invalidated on this CPU) when dropped; never shared with other CPUs.
@@ -162,7 +118,7 @@ impl FrameMapping {
     /// A volatile copy of the `T` at byte `offset` (a value other mappings may be writing:
     /// the copy is of the bytes as they are). Panics unless `offset` is aligned for `T`
     /// and the `T` lies inside the frame.
-    pub fn read<T: AnyBitPattern>(&self, offset: usize) -> T {
+    pub fn read<T: AnyBitPattern + Copy>(&self, offset: usize) -> T {
         let address = self.checked(offset, size_of::<T>(), align_of::<T>());
         // SAFETY: aligned, inside the frame (checked) and mapped while `self` lives; any
         // bits are a valid `T`.
