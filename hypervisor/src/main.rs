@@ -42,6 +42,8 @@ use arch::percpu::{self, CpuIndex};
 
 /// Entered from the boot stub in long mode, on the boot stack, in the window, with the
 /// loader's protocol magic, its information structure and the TSC at entry.
+// SAFETY: `boot_main` is the one symbol of that name (the boot stub in `arch::boot` calls
+// it by link name, with this signature).
 #[unsafe(no_mangle)]
 pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     time::set_boot_tsc(entry_tsc);

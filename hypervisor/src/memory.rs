@@ -383,7 +383,9 @@ pub fn init_heap(boot: &BootInfo, layout: &mut WindowLayout, options: &Options) 
     let heap = layout.place(Region::Heap, (options.heap_mib as u64) << 20)?;
     HEAP_RANGE.call_once(|| heap.start..heap.start + heap.size);
     // SAFETY: the heap range was just placed in the window for the heap alone; nothing else
-    // maps or uses it.
+    // maps or uses it. `WindowBacker` keeps the backer's contract: it reports a page mapped
+    // only once it has mapped a frame of the hypervisor's own there (early pool or frame
+    // table, `alloc_hypervisor_frame`), and unmaps only pages the heap gives back.
     let heap = unsafe { Heap::new(heap.start as usize, heap.size as usize, WindowBacker) }.map_err(MemoryError::Heap)?;
     HEAP.init(heap).map_err(MemoryError::Heap)?;
     info!("memory: {} MiB usable in {} ranges; heap started", usable.total_bytes() >> 20, usable.ranges().len());
