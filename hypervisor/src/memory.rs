@@ -344,7 +344,7 @@ fn move_heap_pages(range: core::ops::Range<u64>, moved: &mut ArrayVec<Mfn, TRIM_
             return;
         }
         let Some(new) = pool.take() else { return };
-        let (Some(mut copy), Some(from)) = (FrameMapping::new(new), FrameMapping::read_only(old)) else {
+        let (Some(mut copy), Some(mut from)) = (FrameMapping::new(new), FrameMapping::read_only(old)) else {
             pool.give_back(new);
             return;
         };
@@ -540,7 +540,7 @@ pub fn read_machine(maddr: u64, buf: &mut [u8]) -> bool {
         let at = maddr + done as u64;
         let offset = (at % PAGE_SIZE) as usize;
         let len = (buf.len() - done).min(PAGE_SIZE as usize - offset);
-        let Some(map) = FrameMapping::read_only(Mfn(at / PAGE_SIZE)) else { return false };
+        let Some(mut map) = FrameMapping::read_only(Mfn(at / PAGE_SIZE)) else { return false };
         buf[done..done + len].copy_from_slice(&map.bytes_ref()[offset..offset + len]);
         done += len;
     }

@@ -60,6 +60,9 @@ pub struct PerCpu {
 // `self_ptr`, its own address, first (set by `prepare_area` and `init_boot_cpu_early`).
 unsafe impl GsArea for PerCpu {}
 
+// The data page holds `PerCpu` whole (`prepare_area` writes it there, the GDT range follows).
+const _: () = assert!(size_of::<PerCpu>() as u64 == mm::layout::PER_CPU_DATA_BYTES);
+
 /// Offsets the assembly entry paths use through GS.
 pub const STACK_TOP_OFFSET: usize = core::mem::offset_of!(PerCpu, stack_top);
 pub const SCRATCH_OFFSET: usize = core::mem::offset_of!(PerCpu, scratch);

@@ -46,6 +46,8 @@ pub fn set_base(base: u64) {
 pub struct FrameMapping {
     slot: u32,
     va: u64,
+    /// Mapped writable (`new`), or read-only (`read_only`: the writing views panic).
+    writable: bool,
     /// Not `Send` nor `Sync`: the slot and its translation are this CPU's.
     _cpu: PhantomData<*mut u8>,
 }
@@ -56,8 +58,8 @@ impl FrameMapping {
         Self::with_kind(mfn, MapKind::Data)
     }
 
-    /// Maps `mfn` read-only (a boot module: only the reading views may be used; a write
-    /// faults, which is fatal).
+    /// Maps `mfn` read-only (a boot module): only the reading views ([`Self::bytes_ref`],
+    /// [`Self::read`], loads through [`Self::atomic`]) may be used; the writing ones panic.
     pub fn read_only(mfn: Mfn) -> Option<FrameMapping> {
         Self::with_kind(mfn, MapKind::ReadOnly)
     }
@@ -79,20 +81,23 @@ impl FrameMapping {
             slots.fetch_and(!(1 << slot), Ordering::Relaxed);
             return None;
         }
-        Some(FrameMapping { slot, va, _cpu: PhantomData })
+        Some(FrameMapping { slot, va, writable: kind == MapKind::Data, _cpu: PhantomData })
     }
 
-    /// The frame's bytes.
+    /// The frame's bytes (of a writable mapping: panics on a read-only one).
     pub fn bytes(&mut self) -> &mut [u8; FRAME_BYTES] {
+        assert!(self.writable, "writing a read-only frame mapping");
         // SAFETY: `va` maps one whole frame, page aligned, for as long as `self` lives, on
         // this CPU only; the borrow of `self` keeps every other view of it away meanwhile.
         unsafe { &mut *(self.va as *mut [u8; FRAME_BYTES]) }
     }
 
-    /// The frame's bytes, to read.
-    pub fn bytes_ref(&self) -> &[u8; FRAME_BYTES] {
+    /// The frame's bytes, to read (of a read-only mapping too). Borrows the mapping
+    /// mutably, so that no atomic view of it can write under the bytes.
+    pub fn bytes_ref(&mut self) -> &[u8; FRAME_BYTES] {
         // SAFETY: `va` maps one whole frame (readable whatever its kind) for as long as
-        // `self` lives, on this CPU only; views through `&self` only read or are atomic.
+        // `self` lives, on this CPU only; the mutable borrow of `self` keeps every other
+        // view of it away meanwhile.
         unsafe { &*(self.va as *const [u8; FRAME_BYTES]) }
     }
 
@@ -109,6 +114,7 @@ impl FrameMapping {
     /// The `T` at byte `offset` of the frame, to read and write in place. Panics unless
     /// `offset` is aligned for `T` and the `T` lies inside the frame.
     pub fn view_mut<T: AnyBitPattern>(&mut self, offset: usize) -> &mut T {
+        assert!(self.writable, "writing a read-only frame mapping");
         let address = self.checked(offset, size_of::<T>(), align_of::<T>());
         // SAFETY: aligned, inside the frame (checked), mapped while `self` is borrowed
         // (mutably: no other view of this mapping meanwhile); any bits are a valid `T`.
@@ -128,6 +134,7 @@ impl FrameMapping {
     /// Writes `value` at byte `offset` with one volatile store. Panics unless `offset` is
     /// aligned for `T` and the `T` lies inside the frame.
     pub fn write<T: AnyBitPattern>(&mut self, offset: usize, value: T) {
+        assert!(self.writable, "writing a read-only frame mapping");
         let address = self.checked(offset, size_of::<T>(), align_of::<T>());
         // SAFETY: aligned, inside the frame (checked), mapped while `self` is borrowed
         // mutably.
