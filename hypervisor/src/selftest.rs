@@ -79,6 +79,16 @@ pub fn run(options: &Options) -> Checks {
     let (frames_ok, detail) = memory::check_frames_round_trip(256);
     record(&mut list, "frames return to the allocator", frames_ok, detail);
 
+    let (views_ok, detail) = match memory::frames().alloc(mm::frame::Owner::Hypervisor) {
+        Ok(mfn) => {
+            let result = arch::tempmap::check_views(mfn);
+            let freed = memory::frames().free(mfn).is_ok();
+            (result.0 && freed, result.1)
+        }
+        Err(e) => (false, alloc::format!("no frame: {e:?}")),
+    };
+    record(&mut list, "frame views see one frame, pinned while mapped", views_ok, detail);
+
     let (heap_ok, detail) = memory::check_heap_round_trip();
     record(&mut list, "heap returns memory", heap_ok, detail);
 

@@ -50,8 +50,9 @@ pub fn init(base: u64, size: u64) {
     END.store(base + size, Ordering::Relaxed);
 }
 
-/// Maps `[phys, phys + len)` and returns the virtual address of `phys`.
-pub fn map(phys: u64, len: u64, kind: MapKind) -> Result<u64, FwMapError> {
+/// Maps `[phys, phys + len)` (pinned until [`release_all`]) and returns the virtual
+/// address of `phys`.
+fn map(phys: u64, len: u64, kind: MapKind) -> Result<u64, FwMapError> {
     let end = phys.checked_add(len).filter(|_| len > 0).ok_or(FwMapError::BadRange { phys, len })?;
     let first = phys & !(PAGE - 1);
     let pages = (end - first).div_ceil(PAGE);
@@ -63,7 +64,7 @@ pub fn map(phys: u64, len: u64, kind: MapKind) -> Result<u64, FwMapError> {
         return Err(FwMapError::RegionFull { needed: bytes, left: limit.saturating_sub(va) });
     }
     for page in 0..pages {
-        paging::map(va + page * PAGE, first + page * PAGE, kind).map_err(FwMapError::Map)?;
+        paging::map_pinned(va + page * PAGE, first + page * PAGE, kind).map_err(FwMapError::Map)?;
     }
     Ok(va + (phys - first))
 }
@@ -86,7 +87,7 @@ pub fn release_all() {
     let (base, next) = (BASE.load(Ordering::Relaxed), NEXT.load(Ordering::Relaxed));
     let mut va = base;
     while va < next {
-        paging::unmap(va);
+        paging::unmap_pinned(va);
         va += PAGE;
     }
     NEXT.store(base, Ordering::Relaxed);

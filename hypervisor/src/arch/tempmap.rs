@@ -75,9 +75,9 @@ impl FrameMapping {
         }
         slots.fetch_or(1 << slot, Ordering::Relaxed);
         let va = base + (cpu.index.0 as u64 * TEMP_SLOTS_PER_CPU + slot as u64) * PAGE_SIZE;
-        // `map` fails unless the entry was empty: from here to the drop, the page at `va`
-        // maps `mfn` for this mapping alone.
-        if paging::map(va, mfn.addr().0, kind).is_err() {
+        // `map_pinned` fails unless the entry was empty: from here to the drop, the page at
+        // `va` maps `mfn` for this mapping alone, and nothing but the drop unmaps it.
+        if paging::map_pinned(va, mfn.addr().0, kind).is_err() {
             slots.fetch_and(!(1 << slot), Ordering::Relaxed);
             return None;
         }
@@ -154,7 +154,34 @@ impl FrameMapping {
 
 impl Drop for FrameMapping {
     fn drop(&mut self) {
-        paging::unmap(self.va);
+        paging::unmap_pinned(self.va);
         percpu::current().temp_slots.fetch_and(!(1 << self.slot), Ordering::Relaxed);
     }
+}
+
+/// Self-check on a frame the caller owns (its contents are overwritten): the views see
+/// the same memory (an atomic store in the bytes, a volatile write read back, a plain-data
+/// view's field in the bytes, a read-only mapping reading it), and the mapping is pinned:
+/// `paging::unmap` and `paging::protect` leave it, and only the drop removes it.
+pub fn check_views(mfn: Mfn) -> (bool, alloc::string::String) {
+    let Some(mut map) = FrameMapping::new(mfn) else { return (false, "no temporary mapping slot".into()) };
+    let va = map.va;
+    map.bytes().fill(0);
+    let atomic: &core::sync::atomic::AtomicU64 = map.atomic(8);
+    atomic.store(0x1122_3344_5566_7788, Ordering::Relaxed);
+    let atomic_seen = map.bytes_ref()[8..16] == 0x1122_3344_5566_7788u64.to_le_bytes();
+    map.write::<u32>(16, 0xdead_beef);
+    let write_seen = map.read::<u32>(16) == 0xdead_beef;
+    map.view_mut::<abi::shared_info::VcpuInfo>(64).evtchn_pending_sel = 0x0102_0304;
+    let view_seen = map.bytes_ref()[72..80] == 0x0102_0304u64.to_le_bytes();
+    let unmap_refused = paging::unmap(va).is_none() && paging::translate(va) == Some(mfn.addr().0);
+    let protect_refused = paging::protect(va, MapKind::ReadOnly).is_err();
+    drop(map);
+    let dropped = paging::translate(va).is_none();
+    let read_only_seen = FrameMapping::read_only(mfn).is_some_and(|map| map.read::<u64>(8) == 0x1122_3344_5566_7788);
+    let ok = atomic_seen && write_seen && view_seen && unmap_refused && protect_refused && dropped && read_only_seen;
+    let detail = alloc::format!(
+        "atomic {atomic_seen}, volatile write {write_seen}, vcpu_info view {view_seen}, read-only mapping {read_only_seen}; unmap refused {unmap_refused}, protect refused {protect_refused}, gone after drop {dropped}"
+    );
+    (ok, detail)
 }
