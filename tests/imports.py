@@ -28,7 +28,7 @@ SRC = ROOT / "hypervisor" / "src"
 # layers). Every top-level module must be listed.
 LAYERS = [
     ["arch", "time"],  # the hardware layer (vectors, per-CPU data, entry paths) and the clock
-    ["fwmap", "logger"],
+    ["logger"],
     ["bootinfo", "platform"],
     ["lapic", "heaptrace"],
     ["cpus", "pci"],

@@ -10,7 +10,7 @@ use arrayvec::{ArrayString, ArrayVec};
 use mm::memmap::{MemoryRegion, RegionKind};
 
 use crate::arch::boot::{MULTIBOOT2_MAGIC, PVH_MAGIC};
-use crate::fwmap;
+use crate::arch::fwmap;
 
 /// The most memory-map entries kept; a map with more is truncated with a warning.
 pub const MAX_REGIONS: usize = 128;
@@ -146,7 +146,7 @@ fn copy_str<const N: usize>(s: &str) -> ArrayString<N> {
 }
 
 fn decode_multiboot2(info_phys: u64, info: &mut BootInfo) -> Result<(), BootInfoError> {
-    use multiboot2::{BootInformation, BootInformationHeader, MemoryAreaType};
+    use multiboot2::MemoryAreaType;
     info.protocol = Protocol::Multiboot2;
     let header = fwmap::bytes(info_phys, 8)?;
     let total = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
@@ -155,10 +155,7 @@ fn decode_multiboot2(info_phys: u64, info: &mut BootInfo) -> Result<(), BootInfo
     }
     let bytes = fwmap::bytes(info_phys, total)?;
     let _ = info.loader_ranges.try_push((info_phys, info_phys + total));
-    // SAFETY: `bytes` maps the whole multiboot2 information structure (its own total size),
-    // 8-byte aligned as the protocol requires; the crate validates the tags inside it.
-    let mbi = unsafe { BootInformation::load(bytes.as_ptr() as *const BootInformationHeader) }
-        .map_err(|_| BootInfoError::Multiboot2("invalid header or tags"))?;
+    let mbi = fwmap::multiboot2_info(bytes).ok_or(BootInfoError::Multiboot2("invalid header or tags"))?;
     if let Some(map) = mbi.memory_map_tag() {
         for area in map.memory_areas() {
             let kind = match area.typ() {
@@ -191,11 +188,11 @@ fn decode_multiboot2(info_phys: u64, info: &mut BootInfo) -> Result<(), BootInfo
         }
     }
     // The RSDP tags hold a copy of the RSDP right after their 8-byte tag header.
+    // The tag lies inside the information structure (`bytes`) and the crate checked that
+    // its size covers the RSDP it declares (20 bytes for v1, 36 for v2).
     let rsdp_copy = |tag: *const u8, len: usize| {
-        // SAFETY: the tag lies inside the mapped information structure and the crate checked
-        // that its size covers the RSDP it declares (20 bytes for v1, 36 for v2).
-        let raw = unsafe { core::slice::from_raw_parts(tag.add(8), len) };
-        raw.iter().copied().collect::<ArrayVec<u8, 36>>()
+        let at = (tag as usize).wrapping_sub(bytes.as_ptr() as usize) + 8;
+        bytes.get(at..at + len).unwrap_or_default().iter().copied().collect::<ArrayVec<u8, 36>>()
     };
     if let Some(v2) = mbi.rsdp_v2_tag() {
         info.rsdp = Some(RsdpSource::Copy(rsdp_copy(v2 as *const _ as *const u8, 36)));

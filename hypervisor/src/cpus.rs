@@ -25,12 +25,12 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use smp::xcall::{CallBoard, CallError, CallFn, CpuBits, Mailbox, Platform, MAX_CPUS};
 use spin::Once;
 
-use crate::arch::percpu::{self, CpuIndex, PerCpu};
+use crate::arch::percpu::{self, CpuIndex, Handoff, PerCpu};
 use crate::arch::vectors;
 use crate::lapic;
 
@@ -52,7 +52,7 @@ pub enum CpuState {
 pub struct CpuSlot {
     pub apic_id: u32,
     state: AtomicU8,
-    percpu: AtomicPtr<PerCpu>,
+    percpu: Handoff,
 }
 
 impl CpuSlot {
@@ -75,14 +75,12 @@ impl CpuSlot {
     }
 
     pub fn set_percpu(&self, data: &'static PerCpu) {
-        self.percpu.store(data as *const PerCpu as *mut PerCpu, Ordering::Release);
+        self.percpu.set(data);
     }
 
     /// The CPU's data page, once its area has been prepared.
     pub fn percpu(&self) -> Option<&'static PerCpu> {
-        let ptr = self.percpu.load(Ordering::Acquire);
-        // SAFETY: only `set_percpu` stores here, from a `&'static PerCpu`.
-        (!ptr.is_null()).then(|| unsafe { &*ptr })
+        self.percpu.get()
     }
 }
 
@@ -101,7 +99,7 @@ pub fn init(apic_ids: &[u32]) {
             .map(|&apic_id| CpuSlot {
                 apic_id,
                 state: AtomicU8::new(CpuState::Listed as u8),
-                percpu: AtomicPtr::new(core::ptr::null_mut()),
+                percpu: Handoff::new(),
             })
             .collect();
         let mailboxes: &'static [Mailbox] = Vec::leak((0..slots.len()).map(|_| Mailbox::new()).collect());

@@ -20,6 +20,7 @@
 //! after boot (seen once, 7 frames, in `make fuzz SEED=3 SMP=4`; the same run passes
 //! without the tracer). Use it to find heap residue, not as a test build.
 
+use alloc::vec::Vec;
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -34,7 +35,7 @@ const SITES: usize = 1 << 12;
 const DEPTH: usize = 10;
 
 /// A live allocation: its address (0 never used, 1 removed), size and call stack's index.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Live {
     ptr: usize,
     size: u32,
@@ -42,7 +43,7 @@ struct Live {
 }
 
 /// A call stack, and what is live from it (counted afresh at each dump).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Site {
     rips: [u64; DEPTH],
     used: bool,
@@ -52,14 +53,11 @@ struct Site {
 
 /// Both tables, in heap memory taken at [`init`].
 struct Tables {
-    live: *mut Live,
-    sites: *mut Site,
+    live: &'static mut [Live],
+    sites: &'static mut [Site],
     dropped: u64,
     site_full: u64,
 }
-
-// SAFETY: the raw pointers are only used under the mutex.
-unsafe impl Send for Tables {}
 
 static TABLES: Mutex<Option<Tables>> = Mutex::new(None);
 static READY: AtomicBool = AtomicBool::new(false);
@@ -71,31 +69,6 @@ fn rounded(layout: Layout) -> u32 {
         size.next_power_of_two().max(16) as u32
     } else {
         size.div_ceil(4096) as u32 * 4096
-    }
-}
-
-/// The return addresses of the caller's frames, walking the frame-pointer chain (the
-/// machine's code keeps frame pointers) while it stays within this CPU's kernel stack.
-fn stack(out: &mut [u64; DEPTH]) {
-    let (mut rbp, rsp): (u64, u64);
-    // SAFETY: reads two registers.
-    unsafe { core::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) rbp, out(reg) rsp, options(nomem, nostack)) };
-    let top = crate::arch::percpu::stack_top_if_ready();
-    let Some(top) = top else { return };
-    if rsp > top || rsp < top - 64 * 1024 {
-        return;
-    }
-    for slot in out.iter_mut() {
-        if rbp < rsp || rbp + 16 > top || rbp % 8 != 0 {
-            return;
-        }
-        // SAFETY: rbp lies within this CPU's kernel stack, which is mapped.
-        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
-        *slot = ret;
-        if next <= rbp {
-            return;
-        }
-        rbp = next;
     }
 }
 
@@ -112,8 +85,7 @@ impl Tables {
         }
         let mut i = hash(h) % SITES;
         for _ in 0..SITES {
-            // SAFETY: i < SITES.
-            let s = unsafe { &mut *self.sites.add(i) };
+            let s = &mut self.sites[i];
             if !s.used {
                 s.used = true;
                 s.rips = *rips;
@@ -131,8 +103,7 @@ impl Tables {
     fn insert(&mut self, ptr: usize, size: u32, site: u32) {
         let mut i = hash(ptr as u64) % LIVE;
         for _ in 0..LIVE {
-            // SAFETY: i < LIVE.
-            let l = unsafe { &mut *self.live.add(i) };
+            let l = &mut self.live[i];
             if l.ptr == 0 || l.ptr == 1 {
                 *l = Live { ptr, size, site };
                 return;
@@ -145,8 +116,7 @@ impl Tables {
     fn remove(&mut self, ptr: usize) {
         let mut i = hash(ptr as u64) % LIVE;
         for _ in 0..LIVE {
-            // SAFETY: i < LIVE.
-            let l = unsafe { &mut *self.live.add(i) };
+            let l = &mut self.live[i];
             if l.ptr == ptr {
                 l.ptr = 1; // tombstone
                 return;
@@ -171,7 +141,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Traced<A> {
         let ptr = unsafe { self.0.alloc(layout) };
         if !ptr.is_null() && READY.load(Ordering::Relaxed) {
             let mut rips = [0u64; DEPTH];
-            stack(&mut rips);
+            crate::arch::percpu::return_addresses(&mut rips);
             let mut t = TABLES.lock();
             if let Some(t) = t.as_mut() {
                 let site = t.site(&rips).unwrap_or(u32::MAX);
@@ -193,22 +163,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Traced<A> {
     }
 }
 
-/// Sets the tables up (from `heap` itself, untraced).
-pub fn init(heap: &impl GlobalAlloc) {
-    let live = Layout::array::<Live>(LIVE).unwrap();
-    let sites = Layout::array::<Site>(SITES).unwrap();
-    // SAFETY: non-zero sizes; zeroed memory is a valid empty table.
-    let (l, s) = unsafe { (heap.alloc(live), heap.alloc(sites)) };
-    if l.is_null() || s.is_null() {
+/// Sets the tables up (from the heap, untraced: the tracer is not ready yet).
+pub fn init() {
+    let (mut live, mut sites) = (Vec::new(), Vec::new());
+    if live.try_reserve_exact(LIVE).is_err() || sites.try_reserve_exact(SITES).is_err() {
         info!("heaptrace: no room");
         return;
     }
-    // SAFETY: just allocated with these sizes.
-    unsafe {
-        core::ptr::write_bytes(l, 0, live.size());
-        core::ptr::write_bytes(s, 0, sites.size());
-    }
-    *TABLES.lock() = Some(Tables { live: l.cast(), sites: s.cast(), dropped: 0, site_full: 0 });
+    live.resize(LIVE, Live::default());
+    sites.resize(SITES, Site::default());
+    let (live, sites) = (live.leak(), sites.leak());
+    *TABLES.lock() = Some(Tables { live, sites, dropped: 0, site_full: 0 });
     READY.store(true, Ordering::Release);
     info!("heaptrace: ready");
 }
@@ -221,22 +186,19 @@ pub fn dump() {
     let mut t = TABLES.lock();
     let Some(t) = t.as_mut() else { return };
     for i in 0..SITES {
-        // SAFETY: i < SITES.
-        let s = unsafe { &mut *t.sites.add(i) };
+        let s = &mut t.sites[i];
         s.count = 0;
         s.bytes = 0;
     }
     let mut unknown = (0u32, 0u64);
     for i in 0..LIVE {
-        // SAFETY: i < LIVE.
-        let l = unsafe { *t.live.add(i) };
+        let l = t.live[i];
         if l.ptr > 1 {
             if l.site == u32::MAX {
                 unknown.0 += 1;
                 unknown.1 += u64::from(l.size);
             } else {
-                // SAFETY: site < SITES.
-                let s = unsafe { &mut *t.sites.add(l.site as usize) };
+                let s = &mut t.sites[l.site as usize];
                 s.count += 1;
                 s.bytes += u64::from(l.size);
             }
@@ -244,8 +206,7 @@ pub fn dump() {
     }
     info!("heaptrace: dump {tag} begin dropped={} site_full={} unknown={}/{}", t.dropped, t.site_full, unknown.0, unknown.1);
     for i in 0..SITES {
-        // SAFETY: i < SITES.
-        let s = unsafe { &*t.sites.add(i) };
+        let s = &t.sites[i];
         if s.count > 0 {
             info!(
                 "heaptrace: {tag} n={} b={} {:x} {:x} {:x} {:x} {:x} {:x} {:x} {:x} {:x} {:x}",

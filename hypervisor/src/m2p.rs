@@ -191,11 +191,9 @@ impl Writer {
             self.mapped = Some((frame, FrameMapping::new(frame).expect("a temporary mapping slot is free")));
         }
         let (_, map) = self.mapped.as_ref()?;
-        let address = map.address() + slot.offset as u64;
-        // SAFETY: `address` is 8-byte aligned (`slot.offset` is a multiple of 8) inside the
-        // frame that `map` keeps mapped for as long as `self` is borrowed; the table's
-        // frames are the hypervisor's and only ever accessed as atomic words.
-        Some(unsafe { AtomicU64::from_ptr(address as *mut u64) })
+        // `slot.offset` is a multiple of 8 inside the frame; the table's frames are the
+        // hypervisor's and only ever accessed as atomic words (guests read them).
+        Some(map.atomic(slot.offset))
     }
 }
 

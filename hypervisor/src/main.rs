@@ -12,7 +12,6 @@ mod arch;
 mod bootinfo;
 mod cpus;
 mod domain;
-mod fwmap;
 #[cfg(feature = "heap-trace")]
 mod heaptrace;
 mod idle;
@@ -41,22 +40,16 @@ use arch::paging::{self, MapKind};
 use mm::layout::PerCpuArea;
 use arch::percpu::{self, CpuIndex};
 
-unsafe extern "C" {
-    static __text_start: u8;
-    static __rodata_start: u8;
-    static __data_start: u8;
-    static __image_end: u8;
-    static boot_stack_top: u8;
-}
-
 /// Entered from the boot stub in long mode, on the boot stack, in the window, with the
 /// loader's protocol magic, its information structure and the TSC at entry.
+// SAFETY: `boot_main` is the one symbol of that name (the boot stub in `arch::boot` calls
+// it by link name, with this signature).
 #[unsafe(no_mangle)]
 pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     time::set_boot_tsc(entry_tsc);
     arch::serial::init();
     let image_bytes = init_window();
-    percpu::init_boot_cpu_early(&raw const boot_stack_top as u64);
+    percpu::init_boot_cpu_early(arch::boot::stack_top());
     arch::trap::init();
     arch::trap::load();
     logger::init(false);
@@ -83,7 +76,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     let areas = memory::place_cpu_regions(&mut layout, machine.cpus_to_start()).unwrap_or_else(|e| fatal(format_args!("window: {e}")));
     let memory = memory::init_frames(early, &mut layout).unwrap_or_else(|e| fatal(format_args!("memory: {e}")));
     #[cfg(feature = "heap-trace")]
-    heaptrace::init(&memory::HEAP);
+    heaptrace::init();
     cpus::init(&machine.apic_ids_to_start());
     domain::init();
     let glue = sched::Glue {
@@ -114,7 +107,7 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
     lapic::init_this_cpu();
     pci::init(&boot, &machine, |functions| pv::pirq::register_lines(functions, &machine));
     let smp = smpboot::start_aps(areas, options.ap_timeout_ms, options.test_silent_cpu.or(options.test_late_cpu));
-    let firmware_peak = fwmap::used();
+    let firmware_peak = arch::fwmap::used();
     finish_boot();
     if let Some(cpu) = options.test_late_cpu {
         smpboot::start_late(CpuIndex(cpu));
@@ -143,16 +136,9 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
 /// Moves onto the window page tables with the image mapped by section permissions; returns
 /// the image size in bytes.
 fn init_window() -> u64 {
-    let addr = |sym: *const u8| sym as u64;
-    let (text, rodata, data, end) = (
-        addr(&raw const __text_start),
-        addr(&raw const __rodata_start),
-        addr(&raw const __data_start),
-        addr(&raw const __image_end),
-    );
+    let arch::boot::Sections { text, rodata, data, end } = arch::boot::image_sections();
     let sections = [(text, rodata, MapKind::Text), (rodata, data, MapKind::ReadOnly), (data, end, MapKind::Data)];
-    // SAFETY: the boot stub's tables are still live (identity mapped) while we read slot 0.
-    let identity = unsafe { core::ptr::read_volatile(&raw const arch::boot::boot_pml4[0]) };
+    let identity = arch::boot::take_identity_slot().expect("the window is set up once, on the boot stub's tables");
     let efer = x86_64::registers::model_specific::Efer::read();
     let nx = efer.contains(x86_64::registers::model_specific::EferFlags::NO_EXECUTE_ENABLE);
     paging::init(&sections, nx, identity);
@@ -164,15 +150,14 @@ fn move_boot_cpu(area: &PerCpuArea) {
     let slot = cpus::slot(CpuIndex(0));
     let data = percpu::prepare_area(area, CpuIndex(0), slot.apic_id);
     slot.set_percpu(data);
-    // SAFETY: runs on the boot CPU, once, with the area just prepared from `area`.
-    unsafe { percpu::enter_area(area, data) };
+    percpu::enter_area(area, data);
     slot.set_state(cpus::CpuState::Online);
 }
 
 /// Ends the boot-only mappings: the identity map and the firmware mappings, on every CPU.
 fn finish_boot() {
     paging::drop_identity_map();
-    fwmap::release_all();
+    arch::fwmap::release_all();
     let flushed = cpus::call_all(|_| paging::flush_all_local(), 0);
     info!("boot: identity map and firmware mappings removed, TLBs flushed on {flushed} CPUs");
 }

@@ -27,8 +27,11 @@ use mm::memmap::{usable_memory, PhysRange, UsableMemory};
 use spin::{Mutex, Once};
 
 use crate::arch::paging::{self, MapKind};
+use crate::arch::tempmap;
+pub use crate::arch::tempmap::FrameMapping;
 use crate::bootinfo::BootInfo;
-use crate::{cpus, fwmap};
+use crate::arch::fwmap;
+use crate::cpus;
 use arrayvec::ArrayVec;
 
 use crate::bootinfo::MAX_MODULES;
@@ -90,7 +93,6 @@ pub struct EarlyMemory {
 static FRAMES: Once<FrameTable> = Once::new();
 static EARLY_POOL: Mutex<Option<EarlyPool>> = Mutex::new(None);
 static CPU_AREAS: Once<Vec<PerCpuArea>> = Once::new();
-static TEMP_BASE: Once<u64> = Once::new();
 
 /// The heap: the global allocator, or behind the heap tracer with feature `heap-trace`.
 #[cfg_attr(not(feature = "heap-trace"), global_allocator)]
@@ -342,14 +344,14 @@ fn move_heap_pages(range: core::ops::Range<u64>, moved: &mut ArrayVec<Mfn, TRIM_
             return;
         }
         let Some(new) = pool.take() else { return };
-        let Some(mut copy) = FrameMapping::new(new) else {
+        let (Some(mut copy), Some(mut from)) = (FrameMapping::new(new), FrameMapping::read_only(old)) else {
             pool.give_back(new);
             return;
         };
-        // SAFETY: `va` maps a whole heap page; every other CPU is parked and the heap is
-        // locked, so nothing writes the page while it is copied or until it maps `new`.
-        copy.bytes().copy_from_slice(unsafe { &*(va as *const [u8; PAGE_SIZE as usize]) });
-        drop(copy);
+        // Every other CPU is parked and the heap is locked, so nothing writes the page (at
+        // `va`, and `from` maps its frame) while it is copied or until `va` maps `new`.
+        copy.bytes().copy_from_slice(from.bytes_ref());
+        drop((copy, from));
         paging::unmap(va);
         paging::map(va, new.addr().0, MapKind::Data).expect("a heap page just unmapped maps again");
         moved.push(old);
@@ -381,7 +383,9 @@ pub fn init_heap(boot: &BootInfo, layout: &mut WindowLayout, options: &Options) 
     let heap = layout.place(Region::Heap, (options.heap_mib as u64) << 20)?;
     HEAP_RANGE.call_once(|| heap.start..heap.start + heap.size);
     // SAFETY: the heap range was just placed in the window for the heap alone; nothing else
-    // maps or uses it.
+    // maps or uses it. `WindowBacker` keeps the backer's contract: it reports a page mapped
+    // only once it has mapped a frame of the hypervisor's own there (early pool or frame
+    // table, `alloc_hypervisor_frame`), and unmaps only pages the heap gives back.
     let heap = unsafe { Heap::new(heap.start as usize, heap.size as usize, WindowBacker) }.map_err(MemoryError::Heap)?;
     HEAP.init(heap).map_err(MemoryError::Heap)?;
     info!("memory: {} MiB usable in {} ranges; heap started", usable.total_bytes() >> 20, usable.ranges().len());
@@ -402,17 +406,14 @@ fn reserved_ranges(boot: &BootInfo) -> ArrayVec<PhysRange, { MAX_MODULES + 8 }> 
 
 /// One past the hypervisor image's last virtual address.
 pub fn image_end_va() -> u64 {
-    unsafe extern "C" {
-        static __image_end: u8;
-    }
-    &raw const __image_end as u64
+    crate::arch::boot::image_sections().end
 }
 
 /// Places the regions that scale with the CPU count (temporary mappings, per-CPU areas) and
 /// returns each CPU's area.
 pub fn place_cpu_regions(layout: &mut WindowLayout, cpus: usize) -> Result<&'static [PerCpuArea], MemoryError> {
     let temp = layout.place(Region::TempMappings, cpus as u64 * TEMP_SLOTS_PER_CPU * PAGE_SIZE)?;
-    TEMP_BASE.call_once(|| temp.start);
+    tempmap::set_base(temp.start);
     layout.place(Region::PerCpu, cpus as u64 * layout::PER_CPU_BYTES)?;
     let areas = (0..cpus as u32).map(|cpu| layout.per_cpu(cpu).expect("per-CPU region was sized for every CPU")).collect();
     Ok(CPU_AREAS.call_once(|| areas))
@@ -436,14 +437,10 @@ pub fn init_frames(early: EarlyMemory, layout: &mut WindowLayout) -> Result<Memo
     let pages = pages_for(metadata_bytes);
     let backing = usable.carve(pages).map_err(MemoryError::Carve)?;
     let region = layout.place(Region::FrameMetadata, pages * PAGE_SIZE)?;
-    for page in 0..pages {
-        paging::map(region.start + page * PAGE_SIZE, backing.start + page * PAGE_SIZE, MapKind::Data).map_err(MemoryError::Map)?;
-    }
-    layout.set_used(Region::FrameMetadata, metadata_bytes)?;
     let entries = (metadata_bytes / core::mem::size_of::<FrameInfo>() as u64) as usize;
-    // SAFETY: the region was just mapped to freshly carved memory that nothing else uses;
-    // FrameInfo is plain atomics (any bytes are valid) and `FrameTable::new` resets them.
-    let storage = unsafe { core::slice::from_raw_parts_mut(region.start as *mut FrameInfo, entries) };
+    // Freshly carved memory that nothing else uses; `FrameTable::new` resets the entries.
+    let storage = paging::map_for_good::<FrameInfo>(region.start, backing.start, pages, entries).map_err(MemoryError::Map)?;
+    layout.set_used(Region::FrameMetadata, metadata_bytes)?;
     let table = FRAMES.call_once(|| FrameTable::new(storage, usable.ranges()));
     info!("memory: frame table: {} MiB free of {} MiB usable, metadata {} KiB", (table.free_count() * PAGE_SIZE) >> 20, usable.total_bytes() >> 20, metadata_bytes >> 10);
     Ok(MemorySummary { usable_bytes: usable.total_bytes(), metadata_bytes, capped_bytes })
@@ -476,9 +473,8 @@ pub fn back_percpu_areas(areas: &[PerCpuArea]) -> Result<(), MemoryError> {
         }
         for page in area.backed_pages() {
             let mfn = frames().alloc(Owner::Hypervisor).map_err(MemoryError::Frames)?;
+            zero_frame(mfn);
             paging::map(page, mfn.addr().0, MapKind::Data).map_err(MemoryError::Map)?;
-            // SAFETY: the page was just mapped to a frame nobody else uses.
-            unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
         }
     }
     Ok(())
@@ -535,68 +531,6 @@ pub fn heap_mapped_bytes() -> u64 {
     HEAP.stats().map_or(0, |s| s.mapped as u64)
 }
 
-/// A short-lived mapping of one machine frame in this CPU's temporary-mapping slots.
-/// Unmapped (and invalidated on this CPU) when dropped; never shared with other CPUs.
-pub struct FrameMapping {
-    slot: u32,
-    va: u64,
-}
-
-impl FrameMapping {
-    /// Maps `mfn` writable; `None` when all of this CPU's slots are in use.
-    pub fn new(mfn: Mfn) -> Option<FrameMapping> {
-        Self::with_kind(mfn, MapKind::Data)
-    }
-
-    /// Maps `mfn` read-only (a boot module: [`FrameMapping::bytes`] must not be used).
-    fn read_only(mfn: Mfn) -> Option<FrameMapping> {
-        Self::with_kind(mfn, MapKind::ReadOnly)
-    }
-
-    fn with_kind(mfn: Mfn, kind: MapKind) -> Option<FrameMapping> {
-        let cpu = percpu::current();
-        let slots = &cpu.temp_slots;
-        let base = *TEMP_BASE.get()?;
-        let taken = slots.load(core::sync::atomic::Ordering::Relaxed);
-        let slot = (!taken).trailing_zeros();
-        if slot as u64 >= TEMP_SLOTS_PER_CPU {
-            return None;
-        }
-        slots.fetch_or(1 << slot, core::sync::atomic::Ordering::Relaxed);
-        let va = base + (cpu.index.0 as u64 * TEMP_SLOTS_PER_CPU + slot as u64) * PAGE_SIZE;
-        if paging::map(va, mfn.addr().0, kind).is_err() {
-            slots.fetch_and(!(1 << slot), core::sync::atomic::Ordering::Relaxed);
-            return None;
-        }
-        Some(FrameMapping { slot, va })
-    }
-
-    /// The mapping's virtual address.
-    pub fn address(&self) -> u64 {
-        self.va
-    }
-
-    /// The frame's bytes.
-    pub fn bytes(&mut self) -> &mut [u8; PAGE_SIZE as usize] {
-        // SAFETY: `va` maps one whole frame for as long as `self` lives, on this CPU only.
-        unsafe { &mut *(self.va as *mut [u8; PAGE_SIZE as usize]) }
-    }
-
-    /// The frame's bytes, to read.
-    fn bytes_ref(&self) -> &[u8; PAGE_SIZE as usize] {
-        // SAFETY: `va` maps one whole frame (readable whatever its kind) for as long as
-        // `self` lives, on this CPU only.
-        unsafe { &*(self.va as *const [u8; PAGE_SIZE as usize]) }
-    }
-}
-
-impl Drop for FrameMapping {
-    fn drop(&mut self) {
-        paging::unmap(self.va);
-        percpu::current().temp_slots.fetch_and(!(1 << self.slot), core::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Copies machine memory at `maddr` into `buf` through read-only temporary mappings, a page
 /// at a time (boot modules, which are never mapped otherwise). `false` when no mapping slot
 /// was free.
@@ -606,7 +540,7 @@ pub fn read_machine(maddr: u64, buf: &mut [u8]) -> bool {
         let at = maddr + done as u64;
         let offset = (at % PAGE_SIZE) as usize;
         let len = (buf.len() - done).min(PAGE_SIZE as usize - offset);
-        let Some(map) = FrameMapping::read_only(Mfn(at / PAGE_SIZE)) else { return false };
+        let Some(mut map) = FrameMapping::read_only(Mfn(at / PAGE_SIZE)) else { return false };
         buf[done..done + len].copy_from_slice(&map.bytes_ref()[offset..offset + len]);
         done += len;
     }

@@ -5,16 +5,15 @@
 //! hypervisor runs on the boot CPU alone. Runs on the boot CPU during boot only.
 
 use alloc::vec::Vec;
-use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use hypervisor::cmdline::Options;
 use log::{info, warn};
-use topology::{AcpiHandler, AcpiInfo, ApicId, CpuInfo, MemoryRange, PhysicalMapping, Topology};
+use topology::{AcpiInfo, ApicId, CpuInfo, MemoryRange, Topology};
 
 use crate::arch::paging::{self, MapKind};
+use crate::arch::fwmap;
 use crate::bootinfo::{BootInfo, RsdpSource};
-use crate::fwmap;
 use mm::memmap::RegionKind;
 
 /// What [`discover`] found.
@@ -61,30 +60,6 @@ impl Machine {
     }
 }
 
-/// Maps ACPI tables through the boot-time firmware mappings.
-#[derive(Clone, Copy)]
-struct FirmwareTables;
-
-impl AcpiHandler for FirmwareTables {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
-        let (virt, length) = match fwmap::map(physical_address as u64, size as u64, MapKind::ReadOnly) {
-            Ok(va) => (va as *mut T, size),
-            Err(e) => {
-                warn!("acpi: cannot map {size} bytes at {physical_address:#x}: {e}");
-                (NonNull::dangling().as_ptr(), 0)
-            }
-        };
-        let virt = NonNull::new(virt).unwrap_or(NonNull::dangling());
-        // SAFETY: `virt` maps `length` readable bytes (0 when the mapping failed, which the
-        // topology crate treats as "refused"), and stays mapped until the end of boot.
-        unsafe { PhysicalMapping::new(physical_address, virt, length, length, *self) }
-    }
-
-    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {
-        // Firmware mappings are released all at once at the end of boot.
-    }
-}
-
 /// Reads CPUID and the ACPI tables and builds the topology; `boot_apic` is the boot CPU's
 /// APIC id (`lapic::current_id`).
 pub fn discover(boot: &BootInfo, options: &Options, boot_apic: u32) -> Machine {
@@ -118,11 +93,8 @@ pub fn discover(boot: &BootInfo, options: &Options, boot_apic: u32) -> Machine {
 
 fn read_acpi(boot: &BootInfo) -> AcpiInfo {
     let result = match &boot.rsdp {
-        // SAFETY: the handler maps any physical range read-only through the firmware
-        // window and reports a zero length when it cannot, as the contract requires.
-        Some(RsdpSource::Copy(bytes)) => unsafe { AcpiInfo::from_rsdp_copy(&FirmwareTables, bytes) },
-        // SAFETY: as above.
-        Some(RsdpSource::Physical(address)) => unsafe { AcpiInfo::from_rsdp_address(&FirmwareTables, *address) },
+        Some(RsdpSource::Copy(bytes)) => fwmap::acpi_from_rsdp_copy(bytes),
+        Some(RsdpSource::Physical(address)) => fwmap::acpi_from_rsdp_address(*address),
         None => {
             warn!("acpi: the loader passed no ACPI RSDP (no ACPI tables): running on the boot CPU alone");
             return AcpiInfo::default();
@@ -179,9 +151,8 @@ pub fn init_interrupt_controllers(machine: &Machine) {
     let mut all = Vec::new();
     for io in &machine.acpi.io_apics {
         let va = map_mmio(io.address as u64, 4096);
-        // SAFETY: `va` maps this I/O APIC's registers uncached for the rest of the run;
-        // from here on they are reached only through the lock below.
-        let mut ioapic = unsafe { apic::IoApic::new(va) };
+        // From here on its registers are reached only through the lock below.
+        let mut ioapic = crate::arch::lapic::io_apic(va).expect("an I/O APIC's registers, mapped uncached once");
         let pins = ioapic.mask_all();
         info!("ioapic: id {} at {:#x}, GSI {}-{} masked", io.id, io.address, io.gsi_base, io.gsi_base + pins as u32 - 1);
         all.push(IoApicInputs { gsi_base: io.gsi_base, pins, registers: spin::Mutex::new(ioapic) });

@@ -79,6 +79,16 @@ pub fn run(options: &Options) -> Checks {
     let (frames_ok, detail) = memory::check_frames_round_trip(256);
     record(&mut list, "frames return to the allocator", frames_ok, detail);
 
+    let (views_ok, detail) = match memory::frames().alloc(mm::frame::Owner::Hypervisor) {
+        Ok(mfn) => {
+            let result = arch::tempmap::check_views(mfn);
+            let freed = memory::frames().free(mfn).is_ok();
+            (result.0 && freed, result.1)
+        }
+        Err(e) => (false, alloc::format!("no frame: {e:?}")),
+    };
+    record(&mut list, "frame views see one frame, pinned while mapped", views_ok, detail);
+
     let (heap_ok, detail) = memory::check_heap_round_trip();
     record(&mut list, "heap returns memory", heap_ok, detail);
 
@@ -121,18 +131,10 @@ fn descriptor_tables_read_only() -> (bool, String) {
     }
 }
 
-unsafe extern "C" {
-    static __text_start: u8;
-    static __rodata_start: u8;
-    static __data_start: u8;
-    static __image_end: u8;
-}
-
 /// Every page of the image as its section says: code read-only and executable, read-only
 /// data read-only, data writable (the IDT page read-only), neither executable.
 fn image_write_xor_execute() -> (bool, String) {
-    let (text, rodata, data, end) =
-        (&raw const __text_start as u64, &raw const __rodata_start as u64, &raw const __data_start as u64, &raw const __image_end as u64);
+    let arch::boot::Sections { text, rodata, data, end } = arch::boot::image_sections();
     let idt = arch::trap::idt_address();
     let expected = |va: u64| {
         let (writable, executable) = match va {

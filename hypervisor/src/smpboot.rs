@@ -9,19 +9,20 @@
 //! before paging (`smp::trampoline`), since the identity map it would need is gone by then.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use log::{info, warn};
 use smp::trampoline::{self, Params, StartEntry, GATE_CLOSED, TRAMPOLINE_PHYS};
 use x86_64::registers::model_specific::Efer;
 
-use crate::arch::paging::{self, MapKind};
+use crate::arch::paging;
 use crate::cpus::{self, CpuState};
 use mm::layout::PerCpuArea;
 
 use crate::arch::percpu::{self, CpuIndex};
 use crate::memory;
-use crate::{fwmap, lapic, time};
+use crate::arch::fwmap;
+use crate::{lapic, time};
 
 /// Intel's recommended INIT-to-SIPI delay.
 const INIT_WAIT_NS: u64 = 10_000_000;
@@ -34,7 +35,7 @@ const SECOND_SIPI_WAIT_NS: u64 = 1_000_000;
 const GATE_DRAIN_NS: u64 = 1_000_000_000;
 
 /// Where the trampoline page is mapped (its firmware mapping, until the end of boot).
-static TRAMPOLINE_VA: AtomicU64 = AtomicU64::new(0);
+static TRAMPOLINE: spin::Once<fwmap::Writable> = spin::Once::new();
 
 /// What bring-up achieved.
 pub struct Report {
@@ -111,7 +112,7 @@ pub fn start_aps(areas: &[PerCpuArea], timeout_ms: u32, silent: Option<u32>) -> 
 /// Copies the trampoline to its page below 1 MiB and fills in its parameters.
 fn install_trampoline(table: &'static [StartEntry]) {
     let image = trampoline::image();
-    let va = fwmap::map(TRAMPOLINE_PHYS, 4096, MapKind::Data).expect("trampoline page maps");
+    let page = fwmap::Writable::map(TRAMPOLINE_PHYS, 4096).expect("trampoline page maps");
     let params = Params {
         cr3: paging::hypervisor_pml4_phys(),
         efer: Efer::read_raw() & 0xffff_ffff,
@@ -121,24 +122,20 @@ fn install_trampoline(table: &'static [StartEntry]) {
         gate: 0,
         _pad: 0,
     };
-    // SAFETY: `va` maps the (reserved, otherwise unused) trampoline page writable; the image
-    // is smaller than a page (a test in the smp crate checks) and `Params` sits at its end.
-    unsafe {
-        core::ptr::copy_nonoverlapping(image.as_ptr(), va as *mut u8, image.len());
-        core::ptr::write_unaligned((va as usize + trampoline::params_offset()) as *mut Params, params);
-    }
-    TRAMPOLINE_VA.store(va, Ordering::Release);
+    // The image is smaller than a page (a test in the smp crate checks) and `Params` sits
+    // at its end.
+    page.copy_in(0, image);
+    page.write(trampoline::params_offset(), params);
+    TRAMPOLINE.call_once(|| page);
 }
 
 /// The trampoline's gate word ([`Params::gate`]), shared with the APs running it.
 fn gate() -> &'static AtomicU32 {
-    let va = TRAMPOLINE_VA.load(Ordering::Acquire);
-    assert!(va != 0, "the trampoline is installed");
-    let address = va as usize + trampoline::params_offset() + core::mem::offset_of!(Params, gate);
-    // SAFETY: the word lies in the trampoline page, mapped writable until the end of boot
-    // (every use is before it), aligned (Params is 8-aligned at an 8-aligned offset), and
-    // only ever accessed atomically (the APs use `lock` instructions).
-    unsafe { AtomicU32::from_ptr(address as *mut u32) }
+    let page = TRAMPOLINE.get().expect("the trampoline is installed");
+    // The word lies in the trampoline page, mapped writable until the end of boot (every
+    // use is before it), aligned (Params is 8-aligned at an 8-aligned offset), and only
+    // ever accessed atomically (the APs use `lock` instructions).
+    page.atomic_u32(trampoline::params_offset() + core::mem::offset_of!(Params, gate))
 }
 
 /// Closes the gate (no AP passes it from now on) and waits for the APs already past it to
@@ -184,9 +181,8 @@ extern "C" fn ap_entry(cpu_index: u32) -> ! {
     }
     crate::arch::trap::load();
     let Some(data) = slot.percpu() else { crate::arch::exit::halt_forever() };
-    // SAFETY: this CPU is the only user of its area, prepared by the boot CPU in
-    // `start_aps`, and enters it exactly once.
-    unsafe { percpu::enter_area(memory::percpu_area(cpu), data) };
+    // This CPU is the only user of its area, prepared by the boot CPU in `start_aps`.
+    percpu::enter_area(memory::percpu_area(cpu), data);
     lapic::init_this_cpu();
     crate::arch::entry::init_this_cpu();
     crate::arch::cpu::protect_this_cpu();

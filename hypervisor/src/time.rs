@@ -40,8 +40,7 @@ pub fn tsc_hz() -> u64 {
 
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no side effects and is available on every x86_64 CPU.
-    unsafe { core::arch::x86_64::_rdtsc() }
+    crate::arch::cpu::rdtsc()
 }
 
 /// Converts a TSC delta to nanoseconds.

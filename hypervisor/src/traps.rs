@@ -30,6 +30,9 @@ const EXCEPTION_NAMES: [&str; 32] = [
 /// Entry from `trap_common` (and the `syscall` entry), with interrupts off. Whatever the
 /// trap was, the scheduler decides on the way out what the frame returns to. Exported by
 /// name, which is how the entry path (below everything) reaches it.
+// SAFETY: `hypervisor_trap_dispatch` is the one symbol of that name (the entry path in
+// `arch::trap` (and through it the `syscall` entry) calls it by link name, with this
+// signature).
 #[unsafe(export_name = "hypervisor_trap_dispatch")]
 pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     let entered = crate::time::rdtsc();

@@ -264,6 +264,62 @@ unsafe extern "C" {
     /// name, so that the arch layer imports nothing above it.
     fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> !;
     /// The boot stub's top-level table; its slot 0 (the identity map) is borrowed by the
-    /// window page tables until every AP is up.
-    pub static boot_pml4: [u64; 512];
+    /// window page tables until every AP is up ([`take_identity_slot`]).
+    static boot_pml4: [u64; 512];
+}
+
+unsafe extern "C" {
+    static __text_start: u8;
+    static __rodata_start: u8;
+    static __data_start: u8;
+    static __image_end: u8;
+    static boot_stack_top: u8;
+}
+
+/// Window addresses of the image's sections, from the linker script.
+#[derive(Clone, Copy, Debug)]
+pub struct Sections {
+    /// Code, up to `rodata`.
+    pub text: u64,
+    /// Read-only data, up to `data`.
+    pub rodata: u64,
+    /// Data and bss, up to `end`.
+    pub data: u64,
+    /// One past the image's last byte.
+    pub end: u64,
+}
+
+/// The image's sections.
+pub fn image_sections() -> Sections {
+    Sections {
+        text: &raw const __text_start as u64,
+        rodata: &raw const __rodata_start as u64,
+        data: &raw const __data_start as u64,
+        end: &raw const __image_end as u64,
+    }
+}
+
+/// The top of the boot stack (the boot CPU's stack until it moves to its own area).
+pub fn stack_top() -> u64 {
+    &raw const boot_stack_top as u64
+}
+
+/// Whether `address` lies in the boot stack.
+pub fn on_boot_stack(address: u64) -> bool {
+    (stack_top() - BOOT_STACK_BYTES as u64..stack_top()).contains(&address)
+}
+
+/// Set once slot 0 of the boot stub's table has been read.
+static IDENTITY_TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Slot 0 of the boot stub's top-level table (its identity map), for the window page
+/// tables to borrow: the first call only (the boot script's, on the stub's tables, before
+/// the window tables are loaded); `None` after that.
+pub fn take_identity_slot() -> Option<u64> {
+    if IDENTITY_TAKEN.swap(true, core::sync::atomic::Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the first call runs on the boot stub's tables (the boot script's first steps,
+    // before `paging::init`), whose identity map covers the stub's table.
+    Some(unsafe { core::ptr::read_volatile(&raw const boot_pml4[0]) })
 }

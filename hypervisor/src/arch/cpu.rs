@@ -83,3 +83,9 @@ pub fn protections() -> Protections {
 pub fn fsgsbase_off() -> bool {
     !Cr4::read().contains(Cr4Flags::FSGSBASE)
 }
+
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no side effects and is available on every x86_64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

@@ -155,15 +155,6 @@ pub unsafe fn load_ldt(selector: u16) {
     unsafe { core::arch::asm!("lldt {0:x}", in(reg) selector, options(nostack, preserves_flags)) };
 }
 
-/// Entry `index` of the LDT whose table is mapped at `base`.
-///
-/// # Safety
-/// `base` must be this CPU's LDT area, with a frame mapped at the page holding `index`.
-pub unsafe fn ldt_entry(base: u64, index: u16) -> u64 {
-    // SAFETY: the caller guarantees the page is mapped; entries are 8-byte aligned.
-    unsafe { ((base + u64::from(index) * 8) as *const u64).read_volatile() }
-}
-
 core::arch::global_asm!(
     r#"
     .section .text.segment_load, "ax"

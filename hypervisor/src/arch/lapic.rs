@@ -86,3 +86,21 @@ pub fn enable(mode: ApicMode, vectors: ApicVectors) -> Result<LocalApic, ApicErr
     // CPU's APIC page (checked above).
     unsafe { LocalApic::enable(mode, base, vectors) }
 }
+
+/// The I/O APICs handed out by [`io_apic`] (their register pages' window addresses).
+static IO_APICS_TAKEN: spin::Mutex<alloc::vec::Vec<u64>> = spin::Mutex::new(alloc::vec::Vec::new());
+
+/// The I/O APIC whose registers `va` maps (uncached, writable, 16-byte aligned), once per
+/// address: `None` when `va` is not such a mapping or was handed out before.
+pub fn io_apic(va: u64) -> Option<apic::IoApic> {
+    let mapped = paging::is_uncached(va) && paging::access(va).is_some_and(|a| a.writable) && va.is_multiple_of(16) && va % 4096 <= 4096 - 0x20;
+    let mut taken = IO_APICS_TAKEN.lock();
+    if !mapped || taken.contains(&va) {
+        return None;
+    }
+    taken.push(va);
+    // SAFETY: `va` maps device registers uncached and writable (checked; window mappings of
+    // devices are never removed), 0x20 bytes inside the page, and no other `IoApic` for it
+    // was made (checked and recorded); the hypervisor runs at CPL 0.
+    Some(unsafe { apic::IoApic::new(va) })
+}

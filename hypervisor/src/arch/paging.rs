@@ -15,6 +15,8 @@ use x86_64::structures::paging::PhysFrame;
 use pvmm::entry::{Pte, PteFlags, ADDRESS_MASK};
 use x86_64::{PhysAddr, VirtAddr};
 
+use super::view::AnyBitPattern;
+
 /// First address of the window (top 64 MiB).
 pub const WINDOW_BASE: u64 = 0xFFFF_FFFF_FC00_0000;
 /// Size of the window in bytes.
@@ -77,6 +79,14 @@ static L2: Table = Table::new();
 static DEFAULT_WINDOW_L3: Table = Table::new();
 /// The window's L1 tables, one per 2 MiB.
 static L1: [Table; WINDOW_L1_TABLES] = [const { Table::new() }; WINDOW_L1_TABLES];
+
+/// A software bit (the lowest of the entry's available bits, which the processor ignores)
+/// on window pages that references handed out by the arch layer depend on: `tempmap`'s
+/// frame mappings, [`map_for_good`]'s regions, `fwmap`'s firmware pages. [`unmap`] and
+/// [`protect`] refuse such pages; only their owner in `arch` unmaps them
+/// ([`unmap_pinned`]), so that no safe call elsewhere can pull a page from under a view.
+const PINNED: u64 = 1 << 9;
+const _: () = assert!(PteFlags::AVAILABLE_LOW.bits() & PINNED != 0);
 
 /// NX is used only when the CPU offers it (EFER.NXE was set by the boot stub).
 static NX_MASK: AtomicU64 = AtomicU64::new(0);
@@ -193,21 +203,65 @@ pub fn identity_map_present() -> bool {
 
 /// Maps one window page at `vaddr` to `phys`.
 pub fn map(vaddr: u64, phys: u64, kind: MapKind) -> Result<(), MapError> {
+    map_entry(vaddr, phys, flags(kind).bits())
+}
+
+/// [`map`], pinned: only [`unmap_pinned`] removes it.
+pub(super) fn map_pinned(vaddr: u64, phys: u64, kind: MapKind) -> Result<(), MapError> {
+    map_entry(vaddr, phys, flags(kind).bits() | PINNED)
+}
+
+fn map_entry(vaddr: u64, phys: u64, bits: u64) -> Result<(), MapError> {
     if !phys.is_multiple_of(PAGE_SIZE) || phys & !ADDRESS_MASK != 0 {
         return Err(MapError::BadPhysical(phys));
     }
     let entry = l1_entry(vaddr)?;
     entry
-        .compare_exchange(0, phys | flags(kind).bits(), Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(0, phys | bits, Ordering::AcqRel, Ordering::Acquire)
         .map(|_| ())
         .map_err(|_| MapError::AlreadyMapped(vaddr))
 }
 
+/// Maps `pages` frames from `phys` at window address `va` (`Data`) for the rest of the
+/// run and returns the memory as `count` values of `T` (at most what the pages hold):
+/// for a region whose only mapper is the caller, never unmapped (the frame metadata).
+/// Every page must have been unmapped: no reference into the range can exist yet.
+pub fn map_for_good<T: AnyBitPattern>(va: u64, phys: u64, pages: u64, count: usize) -> Result<&'static mut [T], MapError> {
+    assert!(align_of::<T>() as u64 <= PAGE_SIZE && (count * size_of::<T>()) as u64 <= pages * PAGE_SIZE, "{count} values in {pages} pages");
+    for page in 0..pages {
+        map_pinned(va + page * PAGE_SIZE, phys + page * PAGE_SIZE, MapKind::Data)?;
+    }
+    // SAFETY: `map_pinned` refused any page that was mapped, so every page of the range
+    // was unmapped until now and no reference into it exists; now they are mapped
+    // writable, page aligned, and pinned: nothing unmaps them for the rest of the run (no
+    // `unmap_pinned` of them); the values fit (checked) and any bits are a valid `T`.
+    Ok(unsafe { core::slice::from_raw_parts_mut(va as *mut T, count) })
+}
+
 /// Unmaps one window page and invalidates it on this CPU; returns the physical address it
-/// mapped. Other CPUs that may hold the translation must be flushed by the caller.
+/// mapped. Other CPUs that may hold the translation must be flushed by the caller. A
+/// pinned page is left as it is (`None`).
 pub fn unmap(vaddr: u64) -> Option<u64> {
+    unmap_entry(vaddr, false)
+}
+
+/// [`unmap`] of a pinned page (its owner's, in `arch`); an unpinned one is left (`None`).
+pub(super) fn unmap_pinned(vaddr: u64) -> Option<u64> {
+    unmap_entry(vaddr, true)
+}
+
+fn unmap_entry(vaddr: u64, pinned: bool) -> Option<u64> {
     let entry = l1_entry(vaddr).ok()?;
-    let old = entry.swap(0, Ordering::AcqRel);
+    let mut old = entry.load(Ordering::Acquire);
+    loop {
+        if (old & PINNED != 0) != pinned {
+            return None;
+        }
+        match entry.compare_exchange_weak(old, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(now) => old = now,
+        }
+    }
     x86_64::instructions::tlb::flush(VirtAddr::new(vaddr));
     Pte(old).is_present().then_some(old & ADDRESS_MASK)
 }
@@ -217,7 +271,7 @@ pub fn unmap(vaddr: u64) -> Option<u64> {
 pub fn protect(vaddr: u64, kind: MapKind) -> Result<(), MapError> {
     let entry = l1_entry(vaddr)?;
     let old = entry.load(Ordering::Acquire);
-    if !Pte(old).is_present() {
+    if !Pte(old).is_present() || old & PINNED != 0 {
         return Err(MapError::BadVirtual(vaddr));
     }
     entry.store((old & ADDRESS_MASK) | flags(kind).bits(), Ordering::Release);

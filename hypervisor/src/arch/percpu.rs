@@ -12,7 +12,7 @@ use core::cell::OnceCell;
 use core::mem::MaybeUninit;
 
 use apic::LocalApic;
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 use x86_64::structures::tss::TaskStateSegment;
 
@@ -48,11 +48,20 @@ pub struct PerCpu {
     pub temp_slots: AtomicU32,
     tss: TaskStateSegment,
     lapic: OnceCell<LocalApic>,
+    /// This CPU's LDT range and reserved GDT page (from its area; 0 on the boot CPU's early
+    /// state, which has no LDT), for `super::ldt`.
+    pub(super) ldt_start: u64,
+    pub(super) gdt_reserved: u64,
+    /// Set when a CPU enters the area ([`enter_area`]: once).
+    entered: AtomicBool,
 }
 
 // SAFETY: the one type GS points at (`activate` installs every CPU's); `repr(C)` with
 // `self_ptr`, its own address, first (set by `prepare_area` and `init_boot_cpu_early`).
 unsafe impl GsArea for PerCpu {}
+
+// The data page holds `PerCpu` whole (`prepare_area` writes it there, the GDT range follows).
+const _: () = assert!(size_of::<PerCpu>() as u64 == mm::layout::PER_CPU_DATA_BYTES);
 
 /// Offsets the assembly entry paths use through GS.
 pub const STACK_TOP_OFFSET: usize = core::mem::offset_of!(PerCpu, stack_top);
@@ -101,6 +110,9 @@ pub fn init_boot_cpu_early(stack_top: u64) {
         temp_slots: AtomicU32::new(0),
         tss,
         lapic: OnceCell::new(),
+        ldt_start: 0,
+        gdt_reserved: 0,
+        entered: AtomicBool::new(true),
     });
     data.self_ptr = data as *const PerCpu as u64;
     // SAFETY: `data` and `early.gdt` are statics that stay valid for the whole run.
@@ -125,19 +137,62 @@ pub fn prepare_area(area: &PerCpuArea, index: CpuIndex, apic_id: u32) -> &'stati
             temp_slots: AtomicU32::new(0),
             lapic: OnceCell::new(),
                 tss: gdt::tss(stack_top, [IstStack::DoubleFault, IstStack::Nmi, IstStack::MachineCheck, IstStack::Debug].map(ist)),
+            ldt_start: area.ldt.start,
+            gdt_reserved: area.gdt_reserved_page(),
+            entered: AtomicBool::new(false),
         });
         &*data_ptr
     }
 }
 
-/// Loads this CPU's GDT and TSS from its area and points GS at its data page.
-///
-/// # Safety
-/// Must be called on the CPU that owns `data`, once, with `data` prepared by
-/// [`prepare_area`] from `area`.
-pub unsafe fn enter_area(area: &PerCpuArea, data: &'static PerCpu) {
+/// Where a CPU's prepared data page waits for that CPU (the boot CPU stores it, the CPU
+/// itself takes it on its way in): a `&'static PerCpu` that may be shared between CPUs,
+/// which `PerCpu` itself may not (its fields are its CPU's).
+pub struct Handoff(AtomicPtr<PerCpu>);
+
+impl Handoff {
+    pub const fn new() -> Handoff {
+        Handoff(AtomicPtr::new(core::ptr::null_mut()))
+    }
+
+    /// Stores CPU's data page.
+    pub fn set(&self, data: &'static PerCpu) {
+        self.0.store(data as *const PerCpu as *mut PerCpu, Ordering::Release);
+    }
+
+    /// The stored data page, if any.
+    pub fn get(&self) -> Option<&'static PerCpu> {
+        let ptr = self.0.load(Ordering::Acquire);
+        // SAFETY: only `set` stores here, from a `&'static PerCpu`.
+        (!ptr.is_null()).then(|| unsafe { &*ptr })
+    }
+}
+
+impl Default for Handoff {
+    fn default() -> Handoff {
+        Handoff::new()
+    }
+}
+
+/// Loads this CPU's GDT and TSS from its area and points GS at its data page. `data` must
+/// have been prepared by [`prepare_area`] from `area`, and this CPU must be the one the
+/// area is for: an AP running on the area's kernel stack (where the trampoline started it),
+/// or the boot CPU (index 0) still on the boot stack; each area is entered once. Panics
+/// otherwise (a bug in the boot sequence).
+pub fn enter_area(area: &PerCpuArea, data: &'static PerCpu) {
+    let rsp: u64;
+    // SAFETY: reads the stack pointer; no memory access, no state changed.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    let prepared = data.self_ptr == area.data.start && data.stack_top == area.kernel_stack_top();
+    let kernel_stack = area.kernel_stack.start..area.kernel_stack.start + area.kernel_stack.size;
+    let this_cpu = kernel_stack.contains(&rsp) || (data.index.0 == 0 && super::boot::on_boot_stack(rsp));
+    assert!(prepared && this_cpu, "cpu {} enters an area not prepared for it", data.index);
+    assert!(!data.entered.swap(true, Ordering::AcqRel), "cpu {} enters its area twice", data.index);
     let gdt_page = area.gdt_reserved_page() as *mut ReservedGdtPage;
-    // SAFETY: the reserved GDT page is backed, page aligned and owned by this CPU alone.
+    // SAFETY: the reserved GDT page is backed, page aligned and owned by this CPU alone:
+    // `data` was prepared from `area` (checked) for the CPU running on its stack (or the
+    // boot CPU on the boot stack, checked), which enters it once (checked); `data` is
+    // `'static`, and the area's pages are never unmapped.
     unsafe { activate(data, &mut *gdt_page) };
     // Built and loaded (`ltr` has set the TSS busy bit): no one writes it again. The
     // window mapping is global, so other CPUs may hold it in their TLBs only as writable
@@ -165,11 +220,32 @@ pub fn adopt_own_gs() {
     gs::adopt_own();
 }
 
-/// The top of this CPU's kernel stack, or `None` while the boot CPU has no GS yet (for the
-/// heap tracer's stack walk).
+/// The return addresses of the caller's frames (for the heap tracer), walking the
+/// frame-pointer chain (the machine's code keeps frame pointers) while it stays within this
+/// CPU's kernel stack; the rest of `out` is left as it was. Nothing while the boot CPU has
+/// no GS yet, or off the kernel stack.
 #[cfg(feature = "heap-trace")]
-pub fn stack_top_if_ready() -> Option<u64> {
-    gs::ready().then(|| current().stack_top)
+pub fn return_addresses(out: &mut [u64]) {
+    let (mut rbp, rsp): (u64, u64);
+    // SAFETY: reads two registers.
+    unsafe { core::arch::asm!("mov {}, rbp", "mov {}, rsp", out(reg) rbp, out(reg) rsp, options(nomem, nostack)) };
+    let Some(top) = gs::ready().then(|| current().stack_top) else { return };
+    if rsp > top || rsp < top - 64 * 1024 {
+        return;
+    }
+    for slot in out.iter_mut() {
+        if rbp < rsp || rbp + 16 > top || rbp % 8 != 0 {
+            return;
+        }
+        // SAFETY: rbp lies within this CPU's kernel stack (between the stack pointer and its
+        // top, checked), which is mapped; aligned.
+        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        *slot = ret;
+        if next <= rbp {
+            return;
+        }
+        rbp = next;
+    }
 }
 
 /// This CPU's index, or 0 while the boot CPU has no GS yet (early logging and panics).

@@ -229,17 +229,11 @@ fn drain_ring(domain: &Domain) {
     if !crate::pv::events::hypervisor_stands_in(domain, ring.port) {
         return;
     }
-    let mut map = FrameMapping::new(ring.mfn).expect("a temporary mapping slot is free");
-    let page = map.bytes().as_mut_ptr();
-    // SAFETY: the indices are naturally aligned u32s inside the mapped page (offsets from
-    // the header's layout, asserted in `abi::console`); the guest writes them concurrently,
-    // hence atomics.
-    let (cons_word, prod_word) = unsafe {
-        (
-            &*(page.add(OUT_CONS_OFFSET) as *const core::sync::atomic::AtomicU32),
-            &*(page.add(OUT_PROD_OFFSET) as *const core::sync::atomic::AtomicU32),
-        )
-    };
+    let map = FrameMapping::new(ring.mfn).expect("a temporary mapping slot is free");
+    // The indices are naturally aligned u32s inside the page (offsets from the header's
+    // layout, asserted in `abi::console`); the guest writes them concurrently, hence atomics.
+    let cons_word: &core::sync::atomic::AtomicU32 = map.atomic(OUT_CONS_OFFSET);
+    let prod_word: &core::sync::atomic::AtomicU32 = map.atomic(OUT_PROD_OFFSET);
     let cons = cons_word.load(Ordering::Acquire);
     let prod = prod_word.load(Ordering::Acquire);
     let Some(waiting) = ring_abi::pending(cons, prod, OUT_RING_SIZE) else {
@@ -259,9 +253,8 @@ fn drain_ring(domain: &Domain) {
         let n = (waiting - taken).min(chunk.len() as u32);
         for (i, byte) in chunk[..n as usize].iter_mut().enumerate() {
             let at = OUT_RING_OFFSET + ring_abi::slot(cons.wrapping_add(taken + i as u32), OUT_RING_SIZE);
-            // SAFETY: `at` is inside the output ring, inside the mapped page; the guest may
-            // write the byte concurrently (then this reads either value), hence volatile.
-            *byte = unsafe { page.add(at).read_volatile() };
+            // The guest may write the byte concurrently (then this reads either value).
+            *byte = map.read(at);
         }
         let took = take(domain, &mut console, Source::Ring, &chunk[..n as usize]) as u32;
         taken += took;

@@ -35,6 +35,7 @@ use hypervisor::hypercall::GuestVa;
 use mm::frame::DomainId;
 
 use crate::arch::trap::TrapFrame;
+use crate::arch::tempmap::Shared;
 use crate::arch::uaccess;
 use crate::domain::{self, Domain, LifeState, Vcpu};
 use crate::memory::FrameMapping;
@@ -54,20 +55,20 @@ const CHANNEL_TABLE_GROWTH_BYTES: u64 = 32 << 10;
 struct Page {
     shared: FrameMapping,
     /// The vCPU whose fields [`SharedPage`]'s per-vCPU words are, and where its
-    /// `vcpu_info` is mapped (in `shared`, or in `_moved`, kept mapped while the page lives).
+    /// `vcpu_info` is mapped (in `shared`, or in `moved`, kept mapped while the page lives).
     vcpu: VcpuId,
-    _moved: Option<FrameMapping>,
-    info: u64,
+    moved: Option<FrameMapping>,
+    /// The byte offset of that `vcpu_info` in its frame (8-aligned, 64 bytes inside it).
+    info: usize,
 }
 
 impl Page {
     /// The bitmaps of `domain` and the fields of `vcpu`'s `vcpu_info`.
     fn new(domain: &Domain, vcpu: VcpuId) -> Page {
         let shared = FrameMapping::new(domain.shared_info).expect("a temporary mapping slot is free");
-        let (mfn, offset) = shared::vcpu_info_at(domain, vcpu.0);
+        let (mfn, info) = shared::vcpu_info_at(domain, vcpu.0);
         let moved = (mfn != domain.shared_info).then(|| FrameMapping::new(mfn).expect("a temporary mapping slot is free"));
-        let info = moved.as_ref().unwrap_or(&shared).address() + offset as u64;
-        Page { shared, vcpu, _moved: moved, info }
+        Page { shared, vcpu, moved, info }
     }
 
     /// The bitmaps of `domain` only (no vCPU's fields are touched through it).
@@ -75,47 +76,39 @@ impl Page {
         Page::new(domain, VcpuId(0))
     }
 
-    fn word<T>(&self, address: u64) -> &T {
-        // SAFETY: `address` is one of the fixed shared_info offsets below in `shared`, or a
-        // field of the 8-aligned vcpu_info at `info` (in `shared` or `_moved`), aligned for
-        // `T` (an atomic integer) and inside a page that stays mapped while `self` lives;
-        // atomics may alias the guest's concurrent accesses to the same memory.
-        unsafe { &*(address as *const T) }
-    }
-
-    /// The address of a field `offset` bytes into `vcpu`'s `vcpu_info`. Every caller asks
-    /// for the vCPU the page was made for (the events crate passes the delivery's vCPU
-    /// through); any other falls back to its slot in shared info, a frame that is always
-    /// the domain's.
-    fn vcpu_field(&self, vcpu: VcpuId, offset: u64) -> u64 {
+    /// The field `offset` bytes into `vcpu`'s `vcpu_info`, as an atomic (the guest reads
+    /// and writes it concurrently). Every caller asks for the vCPU the page was made for
+    /// (the events crate passes the delivery's vCPU through); any other falls back to its
+    /// slot in shared info, a frame that is always the domain's.
+    fn vcpu_field<T: Shared>(&self, vcpu: VcpuId, offset: usize) -> &T {
         debug_assert_eq!(vcpu, self.vcpu);
         if vcpu == self.vcpu {
-            self.info + offset
+            self.moved.as_ref().unwrap_or(&self.shared).atomic(self.info + offset)
         } else {
-            self.shared.address() + VCPU_INFO * (vcpu.0 as u64 % 32) + offset
+            self.shared.atomic(VCPU_INFO * (vcpu.0 as usize % 32) + offset)
         }
     }
 }
 
-const PENDING: u64 = 2048;
-const MASK: u64 = 2560;
-const VCPU_INFO: u64 = 64;
+const PENDING: usize = 2048;
+const MASK: usize = 2560;
+const VCPU_INFO: usize = 64;
 
 impl SharedPage for Page {
     fn pending_word(&self, word: usize) -> &AtomicU64 {
-        self.word(self.shared.address() + PENDING + word as u64 % 64 * 8)
+        self.shared.atomic(PENDING + word % 64 * 8)
     }
     fn mask_word(&self, word: usize) -> &AtomicU64 {
-        self.word(self.shared.address() + MASK + word as u64 % 64 * 8)
+        self.shared.atomic(MASK + word % 64 * 8)
     }
     fn pending_sel(&self, vcpu: VcpuId) -> &AtomicU64 {
-        self.word(self.vcpu_field(vcpu, 8))
+        self.vcpu_field(vcpu, 8)
     }
     fn upcall_pending(&self, vcpu: VcpuId) -> &AtomicU8 {
-        self.word(self.vcpu_field(vcpu, 0))
+        self.vcpu_field(vcpu, 0)
     }
     fn upcall_mask(&self, vcpu: VcpuId) -> &AtomicU8 {
-        self.word(self.vcpu_field(vcpu, 1))
+        self.vcpu_field(vcpu, 1)
     }
 }
 

@@ -65,6 +65,7 @@ use mm::frame::{DomainId, FrameState, Owner};
 
 use crate::arch::uaccess;
 use crate::domain::{self, Domain, LifeState, Vcpu};
+use crate::arch::tempmap;
 use crate::memory::{self, FrameMapping};
 use crate::preempt;
 use crate::pv::hypercall::stopped;
@@ -92,9 +93,11 @@ impl Mapped {
         Mapped { cache: RefCell::new(ArrayVec::new()) }
     }
 
-    /// Runs `f` on the address of byte `offset` of `mfn`, which must be aligned for `T`
+    /// Runs `f` on the atomic `T` at byte `offset` of `mfn`, which must be aligned for `T`
     /// and inside the frame (the grant arithmetic guarantees it; anything else is a bug).
-    fn with<T, R>(&self, mfn: Mfn, offset: usize, f: impl FnOnce(*mut T) -> R) -> R {
+    /// The words are only ever accessed atomically by the hypervisor (the guest's own
+    /// accesses are its own).
+    fn with<T: tempmap::Shared, R>(&self, mfn: Mfn, offset: usize, f: impl FnOnce(&T) -> R) -> R {
         assert!(offset.is_multiple_of(size_of::<T>()) && offset + size_of::<T>() <= PAGE_SIZE as usize, "grant access at {offset}");
         let mut cache = self.cache.borrow_mut();
         let slot = match cache.iter().position(|(m, _)| *m == mfn) {
@@ -107,24 +110,19 @@ impl Mapped {
                 cache.len() - 1
             }
         };
-        f((cache[slot].1.address() + offset as u64) as *mut T)
+        f(cache[slot].1.atomic(offset))
     }
 
     fn u16<R>(&self, mfn: Mfn, offset: usize, f: impl FnOnce(&AtomicU16) -> R) -> R {
-        // SAFETY: `with` gives an aligned address inside a frame mapped writable on this CPU
-        // until the cache drops it, which cannot happen before `f` returns; the word is only
-        // ever accessed atomically by the hypervisor (the guest's own accesses are its own).
-        self.with(mfn, offset, |p| f(unsafe { AtomicU16::from_ptr(p) }))
+        self.with(mfn, offset, f)
     }
 
     fn u32<R>(&self, mfn: Mfn, offset: usize, f: impl FnOnce(&AtomicU32) -> R) -> R {
-        // SAFETY: as in `u16`.
-        self.with(mfn, offset, |p| f(unsafe { AtomicU32::from_ptr(p) }))
+        self.with(mfn, offset, f)
     }
 
     fn u64<R>(&self, mfn: Mfn, offset: usize, f: impl FnOnce(&AtomicU64) -> R) -> R {
-        // SAFETY: as in `u16`.
-        self.with(mfn, offset, |p| f(unsafe { AtomicU64::from_ptr(p) }))
+        self.with(mfn, offset, f)
     }
 }
 

@@ -27,14 +27,12 @@
 
 use abi::errno::Errno;
 use arrayvec::ArrayVec;
-use hypervisor::descriptor;
 use mm::addr::{Mfn, PAGE_SIZE};
 
-use crate::arch::gdt;
 use crate::arch::paging::{self, MapKind};
 use crate::arch::uaccess;
 use crate::domain::Vcpu;
-use crate::memory::{self, FrameMapping};
+use crate::memory;
 use crate::arch::percpu;
 use crate::pv::{descriptors, mmu};
 
@@ -111,36 +109,7 @@ pub fn load(ldt: &GuestLdt) {
             paging::map(va, target.addr().0, MapKind::ReadOnly).expect("the LDT page was just unmapped");
         }
     }
-    if ldt.entries == 0 {
-        // SAFETY: the null selector loads no descriptor.
-        unsafe { gdt::load_ldt(0) };
-        return;
-    }
-    write_descriptor(area.gdt_reserved_page(), descriptor::ldt_descriptor(area.ldt.start, ldt.entries));
-    // SAFETY: the descriptor just written is a present LDT descriptor for this CPU's LDT
-    // area, whose pages are mapped (the guest's checked frames, or the zero frame) for as
-    // long as the CPU runs: a later `load` remaps them before changing the descriptor.
-    unsafe { gdt::load_ldt(gdt::LDT_SELECTOR) };
-}
-
-/// Writes the LDT descriptor into the reserved GDT page at `reserved` (mapped read-only),
-/// through a temporary writable mapping of its frame, when it differs.
-fn write_descriptor(reserved: u64, words: [u64; 2]) {
-    let offset = gdt::LDT_ENTRY * 8;
-    let current = [0, 1].map(|i| {
-        let va = reserved + (offset + i * 8) as u64;
-        // SAFETY: the reserved GDT page is mapped (read-only) for the whole run; the two
-        // words are inside it and aligned.
-        unsafe { (va as *const u64).read_volatile() }
-    });
-    if current == words {
-        return;
-    }
-    let frame = Mfn(paging::translate(reserved).expect("the reserved GDT page is mapped") / PAGE_SIZE);
-    let mut map = FrameMapping::new(frame).expect("a temporary mapping slot is free");
-    for (i, word) in words.iter().enumerate() {
-        map.bytes()[offset + i * 8..offset + i * 8 + 8].copy_from_slice(&word.to_le_bytes());
-    }
+    crate::arch::ldt::load(ldt.entries);
 }
 
 /// The descriptor `selector` names in the LDT of `vcpu`, which runs on this CPU; `None`
@@ -150,10 +119,9 @@ pub fn descriptor(vcpu: &Vcpu, selector: u16) -> Option<u64> {
     if u32::from(index) >= vcpu.ldt.lock().entries {
         return None;
     }
-    let area = memory::percpu_area(percpu::current().index);
-    // SAFETY: the running vCPU's LDT is loaded in this CPU's area: the page holding an
-    // index below its count maps one of its frames.
-    Some(unsafe { gdt::ldt_entry(area.ldt.start, index) })
+    // The running vCPU's LDT is loaded in this CPU's area: the page holding an index below
+    // its count maps one of its frames.
+    crate::arch::ldt::entry(index)
 }
 
 /// Drops an LDT's frame references (replaced, or its vCPU destroyed).

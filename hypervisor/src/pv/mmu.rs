@@ -138,7 +138,10 @@ impl<'a> Tables<'a> {
         self.slice_start = crate::time::rdtsc();
     }
 
-    fn entry<R>(&self, mfn: Mfn, index: usize, f: impl FnOnce(&mut [u8; 8]) -> R) -> R {
+    /// Runs `f` on entry `index` of table frame `mfn`. Other hypervisor writers of the
+    /// domain's tables are held off by its page-table lock; processors' page walks update
+    /// an entry's accessed and dirty bits atomically themselves.
+    fn entry<R>(&self, mfn: Mfn, index: usize, f: impl FnOnce(&AtomicU64) -> R) -> R {
         let mut cache = self.cache.borrow_mut();
         let slot = match cache.iter().position(|(m, _)| *m == mfn) {
             Some(i) => i,
@@ -150,26 +153,23 @@ impl<'a> Tables<'a> {
                 cache.len() - 1
             }
         };
-        let bytes = cache[slot].1.bytes();
-        f((&mut bytes[index * 8..index * 8 + 8]).try_into().expect("8 bytes"))
+        f(cache[slot].1.atomic(index * 8))
     }
 }
 
 impl TableMemory for Tables<'_> {
     fn read(&self, mfn: Mfn, index: usize) -> u64 {
-        self.entry(mfn, index, |bytes| u64::from_le_bytes(*bytes))
+        self.entry(mfn, index, |entry| entry.load(Ordering::Relaxed))
     }
 
     fn write(&mut self, mfn: Mfn, index: usize, value: u64) {
-        self.entry(mfn, index, |bytes| *bytes = value.to_le_bytes());
+        self.entry(mfn, index, |entry| entry.store(value, Ordering::Relaxed));
     }
 
     /// One compare-and-swap, as a processor updating the entry's accessed and dirty bits
     /// would see it (for emulated read-modify-writes of guest entries).
     fn compare_exchange(&mut self, mfn: Mfn, index: usize, expected: u64, new: u64) -> bool {
-        self.entry(mfn, index, |bytes| {
-            // SAFETY: as in `write_preserving_ad` below.
-            let entry = unsafe { AtomicU64::from_ptr(bytes.as_mut_ptr().cast::<u64>()) };
+        self.entry(mfn, index, |entry| {
             entry.compare_exchange(expected, new, Ordering::SeqCst, Ordering::Relaxed).is_ok()
         })
     }
@@ -178,12 +178,7 @@ impl TableMemory for Tables<'_> {
     /// loop, so that an accessed or dirty bit a processor sets while the entry is replaced
     /// is kept.
     fn write_preserving_ad(&mut self, mfn: Mfn, index: usize, value: u64) {
-        self.entry(mfn, index, |bytes| {
-            // SAFETY: the 8 bytes are one entry of a mapped table page, 8-byte aligned
-            // (page-aligned mapping, index * 8), valid for the closure's duration; other
-            // hypervisor writers of the domain's tables are held off by its page-table lock,
-            // and the processors' page walks update the entry atomically themselves.
-            let entry = unsafe { AtomicU64::from_ptr(bytes.as_mut_ptr().cast::<u64>()) };
+        self.entry(mfn, index, |entry| {
             let mut current = entry.load(Ordering::Relaxed);
             while let Err(now) = entry.compare_exchange_weak(current, value | (current & PteFlags::ACCESSED.union(PteFlags::DIRTY).bits()), Ordering::SeqCst, Ordering::Relaxed) {
                 current = now;

@@ -36,24 +36,16 @@ pub fn vcpu_info_at(domain: &Domain, id: u32) -> (Mfn, usize) {
 pub fn with_vcpu_info_of<R>(domain: &Domain, id: u32, f: impl FnOnce(&mut VcpuInfo) -> R) -> R {
     let (mfn, offset) = vcpu_info_at(domain, id);
     let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
-    let page = map.bytes();
-    debug_assert!(offset % 8 == 0 && offset + VCPU_INFO_SIZE <= page.len());
-    // SAFETY: `offset` is 8-aligned with the 64 bytes inside the mapped page (checked by
-    // `VcpuInfoPlace::new` before the place was published, or a slot of shared info), and
-    // VcpuInfo is plain integers (alignment 8), so any contents are a valid value.
-    let info = unsafe { &mut *(page.as_mut_ptr().add(offset) as *mut VcpuInfo) };
-    f(info)
+    // `offset` is 8-aligned with the 64 bytes inside the page (checked by `VcpuInfoPlace::new`
+    // before the place was published, or a slot of shared info).
+    f(map.view_mut(offset))
 }
 
 /// Runs `f` on the shared-info page of `domain` (its `vcpu_info` slots are not where a
 /// vCPU's `vcpu_info` is once moved: use [`with_vcpu_info`] for those).
 pub fn with_shared<R>(domain: &Domain, f: impl FnOnce(&mut SharedInfo) -> R) -> R {
     let mut map = FrameMapping::new(domain.shared_info).expect("a temporary mapping slot is free");
-    let page = map.bytes();
-    // SAFETY: the page is at least as large as SharedInfo (3136 < 4096 bytes), page aligned,
-    // and SharedInfo is plain integers, so any contents are a valid value.
-    let shared = unsafe { &mut *(page.as_mut_ptr() as *mut SharedInfo) };
-    f(shared)
+    f(map.view_mut(0))
 }
 
 /// Runs `f` on the `vcpu_info` of `vcpu`.

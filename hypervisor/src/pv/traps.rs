@@ -361,7 +361,11 @@ fn deliver_frame(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, extra: Extra,
     }
     words.extend([frame.rip, cs, guest_rflags, frame.rsp, frame.ss]);
     let sp = (stack & !15) - (words.len() as u64) * 8;
-    let bytes: &[u8] = bytemuck_words(&words);
+    let mut frame_bytes = [0u8; 11 * 8];
+    for (word, bytes) in words.iter().zip(frame_bytes.chunks_exact_mut(8)) {
+        bytes.copy_from_slice(&word.to_le_bytes());
+    }
+    let bytes = &frame_bytes[..words.len() * 8];
     ctx.delivering = true;
     drop(ctx);
     let written = uaccess::write(sp, bytes);
@@ -378,12 +382,6 @@ fn deliver_frame(vcpu: &Vcpu, frame: &mut TrapFrame, handler: u64, extra: Extra,
     frame.ss = FLAT_KERNEL_SS64 as u64;
     frame.rsp = sp;
     frame.rflags = (frame.rflags & !(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM | RFLAGS_AC)) | RFLAGS_IF;
-}
-
-fn bytemuck_words(words: &[u64]) -> &[u8] {
-    // SAFETY: u64 has no padding and any byte view of it is valid; the length covers the
-    // slice exactly.
-    unsafe { core::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 8) }
 }
 
 /// Switches a vCPU from guest user to guest kernel mode on this CPU.

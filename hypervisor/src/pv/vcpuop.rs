@@ -249,10 +249,8 @@ fn register_vcpu_info(caller: &Vcpu, id: u32, target: Option<&Arc<Vcpu>>, arg: G
     let old = shared::with_vcpu_info_of(domain, id, |info| *info);
     {
         let mut map = FrameMapping::new(mfn).expect("a temporary mapping slot is free");
-        let bytes = &mut map.bytes()[usize::from(place.offset)..usize::from(place.offset) + 64];
-        // SAFETY: the 64 bytes are inside the mapped page, 8-aligned (`VcpuInfoPlace::new`),
-        // and VcpuInfo is plain integers of alignment 8.
-        unsafe { (bytes.as_mut_ptr() as *mut abi::shared_info::VcpuInfo).write_volatile(old) };
+        // The 64 bytes are inside the page, 8-aligned (`VcpuInfoPlace::new`).
+        map.write(usize::from(place.offset), old);
     }
     if slot.vcpu_info.compare_exchange(0, place.encode(), Ordering::AcqRel, Ordering::Acquire).is_err() {
         // Another vCPU registered this one meanwhile.
