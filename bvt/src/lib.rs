@@ -55,11 +55,7 @@
 //! - it beats an unboosted running vCPU as soon as its `E` is lower, without the allowance
 //!   (boosted vCPUs among themselves keep it, and warped ones beat them as before);
 //! - it gains no virtual time: `A` is set and charged as for any vCPU, so the boost changes
-//!   when a vCPU runs, never how much (a vCPU that spins runs its boost out in 500 us);
-//! - it preempts a vCPU only once that one has run [`Config::boost_ratelimit_ns`] (200 us)
-//!   since its dispatch, as Xen's `sched_ratelimit_us`: a domain that wakes thousands of times
-//!   a second within its share costs any other vCPU at most two switches per 200 us of its
-//!   running, not two per wake-up.
+//!   when a vCPU runs, never how much (a vCPU that spins runs its boost out in 500 us).
 //!
 //! # Interruptions
 //! A warped vCPU preempting a boosted one, or a boosted one preempting an unboosted one,

@@ -50,12 +50,6 @@ pub struct LinearRunQueue<V> {
     /// interruptions are over (see "Interruptions" in the crate documentation); cleared
     /// once any other vCPU is dispatched.
     resume: Option<V>,
-    /// The latest time any call was made at, system time ns.
-    clock_ns: u64,
-    /// When the running vCPU was dispatched, system time ns.
-    dispatched_at_ns: u64,
-    /// The last decision's slice was measured with a boosted vCPU waiting.
-    slice_counts_boosts: bool,
     /// The last decision gave the running vCPU a slice (a timer is armed for it), measured
     /// against a rival of this `E`: a vCPU that becomes runnable with a lower `E` would beat
     /// the running one sooner, so the slice must be measured again.
@@ -79,9 +73,6 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
             dispatch_seq: 0,
             yield_pending: false,
             resume: None,
-            clock_ns: 0,
-            dispatched_at_ns: 0,
-            slice_counts_boosts: false,
             slice_threshold_vns: None,
             steps: Cell::new(0),
         }
@@ -255,6 +246,9 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
         self.charge_running(now_ns);
         let chosen = self.choose();
         self.yield_pending = false;
+        let slice = chosen.and_then(|i| self.slice(i));
+        self.slice_threshold_vns = slice.map(|(_, threshold)| threshold);
+        let slice_ns = slice.map(|(ns, _)| ns);
         let run = chosen.map(|i| self.members[i].id);
         if run != self.current {
             self.note_preemption(self.current.and_then(|v| self.find(v)), chosen);
@@ -265,13 +259,8 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
             if let Some(i) = chosen {
                 self.dispatch_seq += 1;
                 self.members[i].last_dispatch = self.dispatch_seq;
-                self.dispatched_at_ns = now_ns;
             }
         }
-        let slice = chosen.and_then(|i| self.slice(i));
-        self.slice_threshold_vns = slice.map(|(_, threshold)| threshold);
-        self.slice_counts_boosts = self.first_boosted().is_some();
-        let slice_ns = slice.map(|(ns, _)| ns);
         Decision { run, slice_ns }
     }
 
@@ -302,7 +291,6 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
             Some(c) => self.threshold(c).is_some_and(|threshold| {
                 self.yield_pending
                     || self.slice_threshold_vns.is_none_or(|measured| threshold < measured)
-                    || (!self.slice_counts_boosts && self.first_boosted().is_some())
                     || self.members[c].account.effective() > threshold
             }),
             None => self.runnable > 0,
@@ -359,7 +347,6 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
     /// Charges the running vCPU for the time since it was last charged, then brings SVT up
     /// to date. A clock that goes backwards charges nothing.
     fn charge_running(&mut self, now_ns: u64) {
-        self.clock_ns = self.clock_ns.max(now_ns);
         let ran_ns = now_ns.saturating_sub(self.charged_until_ns);
         self.charged_until_ns = self.charged_until_ns.max(now_ns);
         if let Some(i) = self.current.and_then(|v| self.find(v)) {
@@ -370,14 +357,6 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
         if let Some(min) = min_runnable {
             self.svt = self.svt.max(min);
         }
-    }
-
-    /// Whether a boosted vCPU may take the CPU from the running member `running` without its
-    /// allowance: it is not boosted itself and has run the boost rate limit since its
-    /// dispatch (as Xen's `sched_ratelimit_us`: no vCPU is preempted by boosted wake-ups more
-    /// than once per limit of its running, whatever their rate).
-    fn boost_may_preempt(&self, running: usize) -> bool {
-        !self.boosted(running) && self.clock_ns.saturating_sub(self.dispatched_at_ns) >= self.config.boost_ratelimit_ns
     }
 
     /// Whether member `i` is boosted.
@@ -395,7 +374,7 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
     /// all, if `rival` is boosted and `running` is not).
     fn beats(&self, rival: usize, running: usize) -> bool {
         let e = |i: usize| self.members[i].account.effective();
-        let allowance = if self.boosted(rival) && self.boost_may_preempt(running) { 0 } else { self.allowance_vns(running) };
+        let allowance = if self.boosted(rival) && !self.boosted(running) { 0 } else { self.allowance_vns(running) };
         e(rival) + allowance < e(running)
     }
 
@@ -405,7 +384,7 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
     fn threshold(&self, running: usize) -> Option<i128> {
         let rival = self.best_rival(Some(running))?;
         let allowed = self.members[rival].account.effective() + self.allowance_vns(running);
-        if !self.boost_may_preempt(running) {
+        if self.boosted(running) {
             return Some(allowed);
         }
         self.note(self.members.len());
@@ -512,10 +491,6 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
         let slice = account.warp_left_ns().map_or(until_rival, |left| until_rival.min(left));
         // A boosted vCPU's boost ends within the slice: boosted rivals may beat it from then.
         let slice = if account.boosted() { slice.min(account.boost_left_ns()) } else { slice };
-        // An unboosted one within its rate limit: boosted rivals may beat it once it is over.
-        let rate_limited = !account.boosted() && !self.boost_may_preempt(i) && self.first_boosted().is_some();
-        let limit_left = (self.dispatched_at_ns + self.config.boost_ratelimit_ns).saturating_sub(self.clock_ns);
-        let slice = if rate_limited { slice.min(limit_left) } else { slice };
         Some((slice.max(self.config.mcu_ns), threshold))
     }
 }

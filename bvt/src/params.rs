@@ -20,14 +20,6 @@ pub const DEFAULT_MCU_NS: u64 = 100_000;
 /// crate documentation).
 pub const DEFAULT_WAKE_BOOST_NS: u64 = 500_000;
 
-/// Default boost rate limit: boosted wake-ups preempt a vCPU at most once per 200 us of its
-/// running (two MCUs), so that a domain waking thousands of times a second within its share
-/// cannot make another vCPU pay a switch per wake-up: at most two switches per 200 us (Xen's
-/// `sched_ratelimit_us` does this at 1 ms; here 1 ms took most of the boost's effect away in
-/// the simulator: idle p99 0.86-1.10 ms at N=100-1000 against 0.34-0.52 ms at 200 us and
-/// 0.75-1.13 ms without the boost).
-pub const DEFAULT_BOOST_RATELIMIT_NS: u64 = 200_000;
-
 /// Default steal threshold: a vCPU is given to an idle CPU only once it has waited 1 ms
 /// (one that waits less would run here sooner than the hand-over takes, and stays cache-hot).
 pub const DEFAULT_STEAL_MIN_WAIT_NS: u64 = 1_000_000;
@@ -119,9 +111,6 @@ pub struct Config {
     /// allowance for its first this many real ns of running (see the crate documentation,
     /// "Wake-up boost"); 0: no boosts.
     pub wake_boost_ns: u64,
-    /// A running vCPU is preempted by a boosted one only once it has run this long since
-    /// its dispatch, real ns (Xen's `sched_ratelimit_us`).
-    pub boost_ratelimit_ns: u64,
 }
 
 impl Default for Config {
@@ -131,7 +120,6 @@ impl Default for Config {
             mcu_ns: DEFAULT_MCU_NS,
             steal_min_wait_ns: DEFAULT_STEAL_MIN_WAIT_NS,
             wake_boost_ns: DEFAULT_WAKE_BOOST_NS,
-            boost_ratelimit_ns: DEFAULT_BOOST_RATELIMIT_NS,
         }
     }
 }

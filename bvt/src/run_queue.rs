@@ -156,12 +156,6 @@ pub struct RunQueue<V> {
     /// interruptions are over (see "Interruptions" in the crate documentation); cleared
     /// once any other vCPU is dispatched.
     resume: Option<V>,
-    /// The latest time any call was made at, system time ns.
-    clock_ns: u64,
-    /// When the running vCPU was dispatched, system time ns.
-    dispatched_at_ns: u64,
-    /// The last decision's slice was measured with a boosted vCPU waiting.
-    slice_counts_boosts: bool,
     /// The last decision gave the running vCPU a slice (a timer is armed for it), until its
     /// `E` passes this threshold (see [`RunQueue::threshold`]): a vCPU that becomes runnable
     /// and lowers the threshold would beat the running one sooner, so the slice must be
@@ -188,9 +182,6 @@ impl<V: Copy + Ord> RunQueue<V> {
             dispatch_seq: 0,
             yield_pending: false,
             resume: None,
-            clock_ns: 0,
-            dispatched_at_ns: 0,
-            slice_counts_boosts: false,
             slice_threshold_vns: None,
             steps: Cell::new(0),
         }
@@ -392,7 +383,6 @@ impl<V: Copy + Ord> RunQueue<V> {
             let previous = self.current.and_then(|v| self.find(v));
             self.note_preemption(previous, chosen);
             if let Some(i) = chosen {
-                self.dispatched_at_ns = now_ns;
                 self.unlist(i);
                 self.dispatch_seq += 1;
                 self.members[i].last_dispatch = self.dispatch_seq;
@@ -405,7 +395,6 @@ impl<V: Copy + Ord> RunQueue<V> {
         }
         let slice = chosen.and_then(|i| self.slice(i));
         self.slice_threshold_vns = slice.map(|(_, threshold)| threshold);
-        self.slice_counts_boosts = self.first_boosted().is_some();
         let slice_ns = slice.map(|(ns, _)| ns);
         Decision { run, slice_ns }
     }
@@ -432,7 +421,6 @@ impl<V: Copy + Ord> RunQueue<V> {
             Some(c) => self.threshold(c).is_some_and(|threshold| {
                 self.yield_pending
                     || self.slice_threshold_vns.is_none_or(|measured| threshold < measured)
-                    || (!self.slice_counts_boosts && self.first_boosted().is_some())
                     || self.members[c].account.effective() > threshold
             }),
             None => self.runnable > 0,
@@ -522,7 +510,6 @@ impl<V: Copy + Ord> RunQueue<V> {
     /// to date (the least `A` of the runnable vCPUs). A clock that goes backwards charges
     /// nothing.
     fn charge_running(&mut self, now_ns: u64) {
-        self.clock_ns = self.clock_ns.max(now_ns);
         let ran_ns = now_ns.saturating_sub(self.charged_until_ns);
         self.charged_until_ns = self.charged_until_ns.max(now_ns);
         let running = self.current.and_then(|v| self.find(v));
@@ -534,14 +521,6 @@ impl<V: Copy + Ord> RunQueue<V> {
         if let Some(min) = min_runnable {
             self.svt = self.svt.max(min);
         }
-    }
-
-    /// Whether a boosted vCPU may take the CPU from the running member `running` without its
-    /// allowance: it is not boosted itself and has run the boost rate limit since its
-    /// dispatch (as Xen's `sched_ratelimit_us`: no vCPU is preempted by boosted wake-ups more
-    /// than once per limit of its running, whatever their rate).
-    fn boost_may_preempt(&self, running: usize) -> bool {
-        !self.boosted(running) && self.clock_ns.saturating_sub(self.dispatched_at_ns) >= self.config.boost_ratelimit_ns
     }
 
     /// Whether member `i` is boosted.
@@ -559,7 +538,7 @@ impl<V: Copy + Ord> RunQueue<V> {
     /// all, if `rival` is boosted and `running` is not).
     fn beats(&self, rival: usize, running: usize) -> bool {
         let e = |i: usize| self.members[i].account.effective();
-        let allowance = if self.boosted(rival) && self.boost_may_preempt(running) { 0 } else { self.allowance_vns(running) };
+        let allowance = if self.boosted(rival) && !self.boosted(running) { 0 } else { self.allowance_vns(running) };
         e(rival) + allowance < e(running)
     }
 
@@ -569,7 +548,7 @@ impl<V: Copy + Ord> RunQueue<V> {
     fn threshold(&self, running: usize) -> Option<i128> {
         let (rival_vns, _) = self.best_rival()?;
         let allowed = rival_vns + self.allowance_vns(running);
-        if !self.boost_may_preempt(running) {
+        if self.boosted(running) {
             return Some(allowed);
         }
         self.note(self.waiting.boosted.len());
@@ -661,10 +640,6 @@ impl<V: Copy + Ord> RunQueue<V> {
         let slice = account.warp_left_ns().map_or(until_rival, |left| until_rival.min(left));
         // A boosted vCPU's boost ends within the slice: boosted rivals may beat it from then.
         let slice = if account.boosted() { slice.min(account.boost_left_ns()) } else { slice };
-        // An unboosted one within its rate limit: boosted rivals may beat it once it is over.
-        let rate_limited = !account.boosted() && !self.boost_may_preempt(i) && self.first_boosted().is_some();
-        let limit_left = (self.dispatched_at_ns + self.config.boost_ratelimit_ns).saturating_sub(self.clock_ns);
-        let slice = if rate_limited { slice.min(limit_left) } else { slice };
         Some((slice.max(self.config.mcu_ns), threshold))
     }
 }
@@ -672,7 +647,7 @@ impl<V: Copy + Ord> RunQueue<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{DEFAULT_BOOST_RATELIMIT_NS, DEFAULT_WAKE_BOOST_NS, NO_WARP_LIMIT};
+    use crate::params::{DEFAULT_WAKE_BOOST_NS, NO_WARP_LIMIT};
     use core::num::NonZeroU32;
 
     const MS: u64 = 1_000_000;
@@ -815,26 +790,6 @@ mod tests {
         assert_eq!(decision.run, Some(2), "boosted vCPUs keep the allowance among themselves");
         assert_eq!(decision.slice_ns, Some(DEFAULT_WAKE_BOOST_NS - 99 * US), "until its boost runs out");
         assert_eq!(rq.pick_next(10 * MS + US + DEFAULT_WAKE_BOOST_NS).run, Some(3), "run out: the boosted rival beats it");
-    }
-
-    #[test]
-    fn boosted_wake_ups_preempt_a_vcpu_at_most_once_per_rate_limit_of_its_running() {
-        const US: u64 = 1_000;
-        let mut rq = RunQueue::new(CpuId(0), config(5 * MS, 10 * US));
-        rq.add(1u32, weight(1), 0).unwrap();
-        rq.add(2, weight(1), 0).unwrap();
-        rq.block(2, 0).unwrap();
-        assert_eq!(rq.pick_next(0).run, Some(1));
-        rq.wake(2, 10 * MS).unwrap();
-        assert_eq!(rq.pick_next(10 * MS + US).run, Some(2), "1 has run for 10 ms");
-        rq.block(2, 10 * MS + 20 * US).unwrap();
-        assert_eq!(rq.pick_next(10 * MS + 20 * US).run, Some(1));
-        // Woken again 30 us after 1 was dispatched again: within its rate limit.
-        rq.wake(2, 10 * MS + 50 * US).unwrap();
-        let decision = rq.pick_next(10 * MS + 50 * US);
-        assert_eq!(decision.run, Some(1), "within the rate limit");
-        assert_eq!(decision.slice_ns, Some(DEFAULT_BOOST_RATELIMIT_NS - 30 * US), "until the limit is over");
-        assert_eq!(rq.pick_next(10 * MS + 20 * US + DEFAULT_BOOST_RATELIMIT_NS).run, Some(2));
     }
 
     #[test]

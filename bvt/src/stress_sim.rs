@@ -1082,9 +1082,8 @@ mod tests {
     }
 
     /// The wake-up boost and the interruptions' rule (see the crate documentation) at the
-    /// measured costs: the idle domains' tail comes sooner (p99 under 0.8x of that without,
-    /// p50 no worse, from N=100 to 1000, with the boosts rate-limited to one per 200 us of a
-    /// vCPU's running), while the hogs keep their shares within 2.5%
+    /// measured costs: the idle domains' wake-ups come sooner (p50 under 0.8x and p99 under
+    /// 0.6x of those without, from N=100 to 1000), while the hogs keep their shares within 2.5%
     /// and the warped domains their latency. Without the interruptions' rule the boost alone
     /// skewed the hogs by 4-8%.
     #[test]
@@ -1092,7 +1091,7 @@ mod tests {
         for n in [100, 600, 1000] {
             let plain = run::<RunQueue<u32>>(&Model { wake_boost: false, ..Model::measured(n) });
             let boosted = run::<RunQueue<u32>>(&Model::measured(n));
-            for (p, tenths) in [(50, 11), (99, 8)] {
+            for (p, tenths) in [(50, 8), (99, 6)] {
                 let (before, after) = (plain.idle.percentile(p), boosted.idle.percentile(p));
                 assert!(after * 10 < before * tenths, "N={n}: idle p{p} {after} ns with the boost, {before} ns without");
             }
