@@ -11,6 +11,7 @@ pub mod gdt;
 pub mod gs;
 pub mod lapic;
 pub mod ldt;
+pub mod owned;
 pub mod paging;
 pub mod pciconf;
 pub mod percpu;

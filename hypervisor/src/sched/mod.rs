@@ -62,16 +62,14 @@
 //! domain's parameters once it arrives. Dying vCPUs are woken so that their home notices
 //! and drops them.
 
-mod owned;
 mod stats;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 use bvt::{ArmedAt, Board, BvtParams, Config, CpuSched, CpuTimers, Message, Note, Platform, RunState, TimerHardware, VcpuKey, Verdict};
-use smp::xcall::MAX_CPUS;
 use log::warn;
 use spin::Once;
 
@@ -81,7 +79,7 @@ use crate::domain::{Domain, LifeState, Vcpu};
 use crate::arch::vectors;
 use crate::arch::percpu;
 use crate::{cpus, lapic, time};
-use owned::PerCpuOwned;
+use crate::arch::owned::{PerCpuArc, PerCpuOwned};
 pub use stats::Stay;
 use stats::Stats;
 
@@ -174,11 +172,7 @@ static BOARDS: Once<Vec<Board<VcpuKey, Arc<Vcpu>>>> = Once::new();
 static STATS: Once<Vec<Stats>> = Once::new();
 /// The vCPU each CPU runs (null when idle), from `Arc::into_raw`; only that CPU writes its
 /// slot.
-static RUNNING: [AtomicPtr<Vcpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
-
-fn running_slot() -> &'static AtomicPtr<Vcpu> {
-    &RUNNING[this_cpu() as usize]
-}
+static RUNNING: PerCpuArc<Vcpu> = PerCpuArc::new();
 static LOCAL: Once<PerCpuOwned<Local>> = Once::new();
 
 /// Creates the run queues, one per CPU, each with `config`; `nearest(i)` lists CPU `i`'s
@@ -566,10 +560,7 @@ pub fn has_work() -> bool {
 
 /// The vCPU this CPU runs, if any.
 pub fn current() -> Option<&'static Vcpu> {
-    let ptr = running_slot().load(Ordering::Relaxed);
-    // SAFETY: `current` holds a pointer from `Arc::into_raw` while the vCPU runs here; the
-    // reference is used only within the trap that is running on this CPU.
-    (!ptr.is_null()).then(|| unsafe { &*ptr })
+    RUNNING.get_mine()
 }
 
 /// Decides what runs when `frame` is returned through, and rewrites it accordingly.
@@ -818,10 +809,7 @@ fn switch_out(vcpu: &Vcpu, frame: &TrapFrame, since_tsc: u64, timers: &mut Timer
     vcpu.runstate.lock().change(runstate_after(vcpu), time::since_boot_ns());
     (glue().save)(vcpu, frame);
     vcpu.set_running_on(None);
-    let ptr = running_slot().swap(core::ptr::null_mut(), Ordering::Relaxed);
-    // SAFETY: `current` came from `Arc::into_raw` in `switch_in`; taking it back ends
-    // this CPU's hold on the vCPU.
-    let vcpu = unsafe { Arc::from_raw(ptr) };
+    let vcpu = RUNNING.take_mine().expect("the vCPU switched out runs here");
     vcpu.domain.clone()
 }
 
@@ -846,7 +834,7 @@ fn switch_in(vcpu: Arc<Vcpu>, frame: &mut TrapFrame, fpu_holder: &mut Option<Vcp
     vcpu.runstate.lock().change(abi::vcpu::Runstate::Running, time::since_boot_ns());
     (glue().load)(&vcpu, frame, *fpu_holder == Some(vcpu.sched.key));
     *fpu_holder = Some(vcpu.sched.key);
-    running_slot().store(Arc::into_raw(vcpu) as *mut Vcpu, Ordering::Relaxed);
+    RUNNING.set_mine(vcpu);
     Ok(())
 }
 
