@@ -51,7 +51,9 @@
 //! idle p99 8-16 ms at N=600 in real runs, their wake-ups a fifth of the time cut short by
 //! the latency domains' warps). As Xen's credit scheduler boosts a vCPU that wakes under its
 //! credit, a vCPU that wakes from *behind* SVT (it used less than its share while asleep) is
-//! boosted for its next [`Config::wake_boost_ns`] of running (500 us by default; 0: off):
+//! boosted for its next [`Config::wake_boost_ns`] of running (500 us by default; 0: off),
+//! if it slept at least [`Config::boost_min_sleep_ns`] (1 ms: so that a vCPU waking
+//! thousands of times a second cannot make the running one pay two switches per wake-up):
 //! - it beats an unboosted running vCPU as soon as its `E` is lower, without the allowance
 //!   (boosted vCPUs among themselves keep it, and warped ones beat them as before);
 //! - it gains no virtual time: `A` is set and charged as for any vCPU, so the boost changes
@@ -136,7 +138,8 @@ pub use drain::{Action, Drained};
 pub use error::BvtError;
 pub use inbox::{steal_from_nearest, Inbox, Message};
 pub use params::{
-    BvtParams, Config, CpuId, DEFAULT_CTX_SWITCH_ALLOWANCE_NS, DEFAULT_MCU_NS, DEFAULT_WAKE_BOOST_NS, NO_WARP_LIMIT,
+    BvtParams, Config, CpuId, DEFAULT_BOOST_MIN_SLEEP_NS, DEFAULT_CTX_SWITCH_ALLOWANCE_NS, DEFAULT_MCU_NS, DEFAULT_WAKE_BOOST_NS,
+    NO_WARP_LIMIT,
     STEAL_MIN_LOAD, WEIGHT_SCALE,
 };
 pub use queue::Queue;

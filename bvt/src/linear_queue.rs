@@ -24,7 +24,8 @@ struct Member<V> {
     runnable: bool,
     /// Queue-wide sequence number of its last dispatch (or of its arrival).
     last_dispatch: u64,
-    /// Since when it has waited for the CPU (runnable and not running), system time ns.
+    /// Since when it has waited for the CPU (runnable and not running), or, while it is
+    /// blocked, since when it has slept; system time ns.
     waiting_since_ns: u64,
 }
 
@@ -166,7 +167,9 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
         if !self.members[i].runnable {
-            self.members[i].account.wake(self.svt, self.config.wake_boost_ns, now_ns);
+            let slept_ns = now_ns.saturating_sub(self.members[i].waiting_since_ns);
+            let boost_ns = if slept_ns >= self.config.boost_min_sleep_ns { self.config.wake_boost_ns } else { 0 };
+            self.members[i].account.wake(self.svt, boost_ns, now_ns);
             self.members[i].runnable = true;
             self.members[i].waiting_since_ns = now_ns;
             self.set_load(self.runnable + 1);
@@ -182,6 +185,7 @@ impl<V: Copy + Eq> LinearRunQueue<V> {
         let member = &mut self.members[i];
         if member.runnable {
             member.runnable = false;
+            member.waiting_since_ns = now_ns;
             member.account.unwarp(now_ns);
             self.set_load(self.runnable - 1);
             if self.current == Some(v) {

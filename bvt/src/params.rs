@@ -20,6 +20,13 @@ pub const DEFAULT_MCU_NS: u64 = 100_000;
 /// crate documentation).
 pub const DEFAULT_WAKE_BOOST_NS: u64 = 500_000;
 
+/// Default shortest sleep that earns a boost: 1 ms. A vCPU that wakes thousands of times a
+/// second, each time within its share, would otherwise preempt the running vCPU at each
+/// wake-up and make it pay two switches each time; from 1 ms of sleep on, a boost preempts
+/// any vCPU at most once per millisecond per waking vCPU (a domain's idle wake-ups, 100 ms
+/// apart, are boosted; a 1 ms ping's answers are not).
+pub const DEFAULT_BOOST_MIN_SLEEP_NS: u64 = 1_000_000;
+
 /// Default steal threshold: a vCPU is given to an idle CPU only once it has waited 1 ms
 /// (one that waits less would run here sooner than the hand-over takes, and stays cache-hot).
 pub const DEFAULT_STEAL_MIN_WAIT_NS: u64 = 1_000_000;
@@ -111,6 +118,8 @@ pub struct Config {
     /// allowance for its first this many real ns of running (see the crate documentation,
     /// "Wake-up boost"); 0: no boosts.
     pub wake_boost_ns: u64,
+    /// Only a vCPU that slept at least this long, real ns, wakes boosted.
+    pub boost_min_sleep_ns: u64,
 }
 
 impl Default for Config {
@@ -120,6 +129,7 @@ impl Default for Config {
             mcu_ns: DEFAULT_MCU_NS,
             steal_min_wait_ns: DEFAULT_STEAL_MIN_WAIT_NS,
             wake_boost_ns: DEFAULT_WAKE_BOOST_NS,
+            boost_min_sleep_ns: DEFAULT_BOOST_MIN_SLEEP_NS,
         }
     }
 }

@@ -64,7 +64,8 @@ struct Member<V> {
     runnable: bool,
     /// Queue-wide sequence number of its last dispatch (or of its arrival).
     last_dispatch: u64,
-    /// Since when it has waited for the CPU (runnable and not running), system time ns.
+    /// Since when it has waited for the CPU (runnable and not running), or, while it is
+    /// blocked, since when it has slept; system time ns.
     waiting_since_ns: u64,
 }
 
@@ -286,7 +287,9 @@ impl<V: Copy + Ord> RunQueue<V> {
         self.charge_running(now_ns);
         let i = self.index(v)?;
         if !self.members[i].runnable {
-            let (svt, boost_ns) = (self.svt, self.config.wake_boost_ns);
+            let slept_ns = now_ns.saturating_sub(self.members[i].waiting_since_ns);
+            let boost_ns = if slept_ns >= self.config.boost_min_sleep_ns { self.config.wake_boost_ns } else { 0 };
+            let svt = self.svt;
             let member = &mut self.members[i];
             member.account.wake(svt, boost_ns, now_ns);
             member.runnable = true;
@@ -306,6 +309,7 @@ impl<V: Copy + Ord> RunQueue<V> {
             self.unlist(i);
             let member = &mut self.members[i];
             member.runnable = false;
+            member.waiting_since_ns = now_ns;
             member.account.unwarp(now_ns);
             self.set_load(self.runnable - 1);
             if self.current == Some(v) {
@@ -790,6 +794,27 @@ mod tests {
         assert_eq!(decision.run, Some(2), "boosted vCPUs keep the allowance among themselves");
         assert_eq!(decision.slice_ns, Some(DEFAULT_WAKE_BOOST_NS - 99 * US), "until its boost runs out");
         assert_eq!(rq.pick_next(10 * MS + US + DEFAULT_WAKE_BOOST_NS).run, Some(3), "run out: the boosted rival beats it");
+    }
+
+    #[test]
+    fn only_a_sleep_of_the_minimum_earns_a_boost() {
+        const US: u64 = 1_000;
+        let mut rq = RunQueue::new(CpuId(0), config(5 * MS, 10 * US));
+        rq.add(1u32, weight(1), 0).unwrap();
+        rq.add(2, weight(1), 0).unwrap();
+        rq.block(2, 0).unwrap();
+        assert_eq!(rq.pick_next(0).run, Some(1));
+        rq.wake(2, 10 * MS).unwrap();
+        assert_eq!(rq.pick_next(10 * MS).slice_ns, Some(10 * US), "slept 10 ms: boosted, so 1's slice is one MCU");
+        assert_eq!(rq.pick_next(10 * MS + US).run, Some(2));
+        rq.block(2, 10 * MS + 20 * US).unwrap();
+        assert_eq!(rq.pick_next(10 * MS + 20 * US).run, Some(1));
+        // Woken again after 500 us: behind SVT again, but it did not sleep 1 ms.
+        // (A boost would cut vCPU 1's slice to one MCU, since 2 is level with it.)
+        rq.wake(2, 10 * MS + 520 * US).unwrap();
+        let decision = rq.pick_next(10 * MS + 530 * US);
+        assert_eq!(decision.run, Some(1));
+        assert!(decision.slice_ns.is_some_and(|ns| ns > MS), "no boost: the allowance holds ({decision:?})");
     }
 
     #[test]

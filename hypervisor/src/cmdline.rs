@@ -36,6 +36,9 @@ pub struct Options {
     /// from the running one without the context switch allowance (default on; see the
     /// `bvt` crate, "Wake-up boost").
     pub wake_boost: bool,
+    /// `boost_min_sleep_us=N`: the shortest sleep that earns a wake-up boost, 0-100000 us
+    /// (default 1000).
+    pub boost_min_sleep_us: u32,
     /// `dom0`: the first boot module is domain 0 (privileged, holds the control interface);
     /// the other modules are only started when domain 0 asks.
     pub dom0: bool,
@@ -77,6 +80,7 @@ impl Default for Options {
             heap_mib: 8,
             timer_slop_us: 50,
             wake_boost: true,
+            boost_min_sleep_us: 1000,
             test_silent_cpu: None,
             test_late_cpu: None,
             fpu_save: FpuSave::Xsaveopt,
@@ -147,6 +151,7 @@ impl Options {
                 ("ipi_samples", v) => set(&mut o.ipi_samples, number(v, 1..=1_000_000)),
                 ("heap_mib", v) => set(&mut o.heap_mib, number(v, 2..=32)),
                 ("timer_slop_us", v) => set(&mut o.timer_slop_us, number(v, 0..=1000)),
+                ("boost_min_sleep_us", v) => set(&mut o.boost_min_sleep_us, number(v, 0..=100_000)),
                 ("guests", v) => set(&mut o.guests, number(v, 1..=4096)),
                 ("vcpus", v) => set(&mut o.vcpus, number(v, 1..=crate::domspec::MAX_VCPUS)),
                 ("xsave", Some("off")) => set(&mut o.fpu_save, Some(FpuSave::Fxsave)),
@@ -209,6 +214,9 @@ mod tests {
         assert_eq!(Options::parse("heap_mib=1").heap_mib, 8, "too small for the self-checks");
         assert_eq!(Options::parse("timer_slop_us=0").timer_slop_us, 0);
         assert!(Options::parse("").wake_boost);
+        assert_eq!(Options::parse("").boost_min_sleep_us, 1000);
+        assert_eq!(Options::parse("boost_min_sleep_us=0").boost_min_sleep_us, 0);
+        assert_eq!(Options::parse("boost_min_sleep_us=100001").boost_min_sleep_us, 1000, "out of range: ignored");
         assert!(!Options::parse("wake_boost=off").wake_boost);
         assert!(Options::parse("wake_boost=off wake_boost=on").wake_boost);
         assert_eq!(Options::parse("wake_boost=maybe").invalid.len(), 1);

@@ -86,7 +86,11 @@ pub extern "C" fn boot_main(magic: u32, info_phys: u32, entry_tsc: u64) -> ! {
         destroy: pv::teardown::destroy,
         idle_loop: idle::run,
     };
-    let config = bvt::Config { wake_boost_ns: if options.wake_boost { bvt::DEFAULT_WAKE_BOOST_NS } else { 0 }, ..bvt::Config::default() };
+    let config = bvt::Config {
+        wake_boost_ns: if options.wake_boost { bvt::DEFAULT_WAKE_BOOST_NS } else { 0 },
+        boost_min_sleep_ns: u64::from(options.boost_min_sleep_us) * 1000,
+        ..bvt::Config::default()
+    };
     sched::init(machine.cpus_to_start(), |cpu| machine.nearest_first(cpu), config, u64::from(options.timer_slop_us) * 1000, glue);
     memory::back_percpu_areas(areas).unwrap_or_else(|e| fatal(format_args!("per-CPU areas: {e}")));
     move_boot_cpu(&areas[0]);
