@@ -55,15 +55,16 @@ fn write_descriptor(reserved: u64, words: [u64; 2]) {
 }
 
 /// Entry `index` of this CPU's LDT range (what the loaded LDT holds there, if `index` is
-/// below its count); `None` on a CPU still on its early state.
+/// below its count); `None` on a CPU still on its early state, or for an index past the
+/// range.
 pub fn entry(index: u16) -> Option<u64> {
     let start = percpu::current().ldt_start;
-    if start == 0 {
+    if start == 0 || u32::from(index) >= MAX_ENTRIES {
         return None;
     }
     let va = start + u64::from(index) * 8;
     paging::translate(va)?;
-    // SAFETY: `index` < 8192 = MAX_ENTRIES keeps `va` inside the LDT range, whose page is
+    // SAFETY: `index` < MAX_ENTRIES (checked above) keeps `va` inside the LDT range, whose page is
     // mapped (checked just above; a supervisor window page, never a device's); aligned.
     Some(unsafe { (va as *const u64).read_volatile() })
 }

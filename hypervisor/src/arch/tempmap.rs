@@ -68,12 +68,18 @@ impl FrameMapping {
         let cpu = percpu::current();
         let slots = &cpu.temp_slots;
         let base = *BASE.get()?;
-        let taken = slots.load(Ordering::Relaxed);
-        let slot = (!taken).trailing_zeros();
-        if slot as u64 >= TEMP_SLOTS_PER_CPU {
-            return None;
-        }
-        slots.fetch_or(1 << slot, Ordering::Relaxed);
+        // Claimed with one atomic step, so that a nested trap (an NMI or #MC) taking a slot
+        // meanwhile cannot be handed the same one.
+        let slot = loop {
+            let taken = slots.load(Ordering::Relaxed);
+            let slot = (!taken).trailing_zeros();
+            if slot as u64 >= TEMP_SLOTS_PER_CPU {
+                return None;
+            }
+            if slots.fetch_or(1 << slot, Ordering::Relaxed) & (1 << slot) == 0 {
+                break slot;
+            }
+        };
         let va = base + (cpu.index.0 as u64 * TEMP_SLOTS_PER_CPU + slot as u64) * PAGE_SIZE;
         // `map_pinned` fails unless the entry was empty: from here to the drop, the page at
         // `va` maps `mfn` for this mapping alone, and nothing but the drop unmaps it.
